@@ -6,3 +6,15 @@
 pub mod crypto;
 pub mod net;
 pub mod uri;
+
+pub mod changes;
+pub mod error;
+pub mod log;
+pub mod store;
+pub mod value;
+
+pub use error::{Error, Result};
+
+/// The column that decides where a row replicates.
+pub const ROW_OWNER: &str = "row_owner";
+pub mod node;

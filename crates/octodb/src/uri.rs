@@ -1,1 +1,583 @@
-//! Placeholder: being written.
+//! Parsing and validation of the URI that opens an octodb node.
+//!
+//! The URI is a SQLite-style `file:` URI whose query parameters describe the
+//! replication role, e.g. `file:app.db?node=primary&bind=tcp://0.0.0.0:1234`.
+//! A bare path (`app.db`) opens a plain local database, as in `sqlite3`.
+//! Every error names the offending parameter (or `path`) and says what to write.
+
+use std::fmt;
+use std::net::Ipv6Addr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// Replication role of a node, chosen with `node=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Accepts writes and serves them to secondaries.
+    Primary,
+    /// Follows one or more primaries.
+    Secondary,
+}
+
+impl Role {
+    /// The spelling used in URIs: `"primary"` or `"secondary"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Secondary => "secondary",
+        }
+    }
+}
+
+impl FromStr for Role {
+    type Err = UriError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "primary" => Ok(Role::Primary),
+            "secondary" => Ok(Role::Secondary),
+            _ => Err(bad_value("node", s, "node=primary or node=secondary")),
+        }
+    }
+}
+
+/// How a primary authenticates connecting peers, chosen with `auth=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// No `auth` parameter was given.
+    None,
+    /// Peers authenticate as nodes (`auth=node`).
+    Node,
+    /// Peers authenticate as users (`auth=user`).
+    User,
+}
+
+/// One `tcp://HOST:PORT` entry of `bind` or `connect`; the host is not resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Hostname or IP address; IPv6 addresses are stored without brackets.
+    pub host: String,
+    /// TCP port; 0 (only in `bind`) means "any free port".
+    pub port: u16,
+}
+
+impl Endpoint {
+    fn new(host: &str, port: u16) -> Endpoint {
+        Endpoint {
+            host: host.to_string(),
+            port,
+        }
+    }
+
+    /// `"host:port"`, bracketing IPv6 addresses (`"[::1]:1234"`), ready for socket APIs.
+    pub fn to_addr_string(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tcp://{}", self.to_addr_string())
+    }
+}
+
+/// The key given with `key=` (passphrase) or `hexkey=` (raw bytes).
+#[derive(Clone, PartialEq, Eq)]
+pub enum NetworkKey {
+    /// From `key=`.
+    Passphrase(String),
+    /// From `hexkey=`, already decoded.
+    Bytes(Vec<u8>),
+}
+
+// Hand-written so that logging a NodeConfig never leaks the secret.
+impl fmt::Debug for NetworkKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetworkKey::Passphrase(_) => f.write_str("Passphrase(<redacted>)"),
+            NetworkKey::Bytes(b) => write!(f, "Bytes(<{} bytes redacted>)", b.len()),
+        }
+    }
+}
+
+/// Everything a node URI specifies, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Database file path, percent-decoded.
+    pub path: PathBuf,
+    /// `None` means a plain local database with no replication.
+    pub role: Option<Role>,
+    /// Addresses to listen on.
+    pub bind: Vec<Endpoint>,
+    /// Peers to connect to.
+    pub connect: Vec<Endpoint>,
+    /// `AuthMode::None` when `auth` is absent.
+    pub auth: AuthMode,
+    /// Cipher name for encryption at rest.
+    pub cipher: Option<String>,
+    /// Network (and, with `cipher`, at-rest) key.
+    pub key: Option<NetworkKey>,
+}
+
+/// Why a node URI was rejected; each message names the parameter and the fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UriError {
+    /// `file:` with nothing before `?`, or an empty string.
+    #[error("URI `path` is empty; write file:PATH, e.g. file:app.db")]
+    EmptyPath,
+    /// The path part is malformed (bad escape, remote host, `?` without `file:`).
+    #[error("URI `path` {problem}")]
+    BadPath { problem: &'static str },
+    /// A parameter octodb does not know, including SQLite's own.
+    #[error("unknown URI parameter `{name}`; known parameters are {KNOWN_LIST}")]
+    Unknown { name: String },
+    /// The same parameter appears twice.
+    #[error("URI parameter `{name}` is given twice; keep only one `{name}=`")]
+    Duplicate { name: &'static str },
+    /// `name=` or a bare `name` with no value.
+    #[error("URI parameter `{name}` has an empty value; write {name}=VALUE or remove it")]
+    Empty { name: &'static str },
+    /// A value outside a fixed set (`node`, `auth`, `cipher`).
+    #[error("URI parameter `{name}`: `{value}` is not valid; write {expected}")]
+    BadValue {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    /// A malformed `bind` or `connect` entry.
+    #[error("URI parameter `{name}`: `{entry}` {problem}")]
+    BadEndpoint {
+        name: &'static str,
+        entry: String,
+        problem: &'static str,
+    },
+    /// A value that cannot be decoded (percent escapes, `hexkey`); never echoes secrets.
+    #[error("URI parameter `{name}` {problem}")]
+    Invalid { name: String, problem: &'static str },
+    /// A parameter that is missing, or not allowed, given the others.
+    #[error("URI parameter `{name}` {problem}")]
+    Conflict {
+        name: &'static str,
+        problem: &'static str,
+    },
+}
+
+const KNOWN: [&str; 7] = ["node", "bind", "connect", "auth", "cipher", "key", "hexkey"];
+const KNOWN_LIST: &str = "node, bind, connect, auth, cipher, key, hexkey \
+     (SQLite's mode, cache, vfs and immutable are not supported)";
+const CIPHERS: [&str; 3] = ["sqlcipher", "chacha20", "aes256"];
+const MIN_HEXKEY_BYTES: usize = 16;
+
+const NEEDS_NODE: &str =
+    "needs node=primary or node=secondary; without `node` the URI opens a plain local database";
+const MEMORY: &str = "cannot replicate `:memory:`; give a file path or remove `node`";
+const AUTH_ON_SECONDARY: &str = "applies to primaries only; remove it for node=secondary";
+const BIND_ON_SECONDARY: &str =
+    "is not supported with node=secondary; remove it and name the primaries in `connect`";
+const SECONDARY_ALONE: &str =
+    "is required with node=secondary; add connect=tcp://HOST:PORT of a primary";
+const PRIMARY_ALONE: &str =
+    "(or `connect`) is required with node=primary; add e.g. bind=tcp://0.0.0.0:PORT";
+const TWO_KEYS: &str = "cannot be combined with `key`; keep only one of them";
+// A key without `cipher` only protects the network, which is useful;
+// encryption at rest without a key is not.
+const CIPHER_NO_KEY: &str = "(or `hexkey`) is required with `cipher`; add key=PASSPHRASE";
+
+impl NodeConfig {
+    /// Parses and validates a node URI (`file:PATH?...` or a bare path).
+    pub fn parse(uri: &str) -> Result<NodeConfig, UriError> {
+        let (path, query) = split_uri(uri)?;
+        if path.is_empty() {
+            return Err(UriError::EmptyPath);
+        }
+        let [node, bind, connect, auth, cipher, key, hexkey] = parameters(query)?;
+        let rule = |broken: bool, name, problem| match broken {
+            true => Err(UriError::Conflict { name, problem }),
+            false => Ok(()),
+        };
+        let Some(node) = node else {
+            // Replication parameters on a plain database are almost certainly
+            // a forgotten `node=`, so refuse rather than silently ignore them.
+            let given = [&bind, &connect, &auth, &cipher, &key, &hexkey];
+            if let Some(i) = given.iter().position(|v| v.is_some()) {
+                rule(true, KNOWN[i + 1], NEEDS_NODE)?;
+            }
+            return Ok(NodeConfig::local(path));
+        };
+        let role: Role = node.parse()?;
+        let secondary = role == Role::Secondary;
+        rule(path == ":memory:", "node", MEMORY)?;
+        rule(secondary && auth.is_some(), "auth", AUTH_ON_SECONDARY)?;
+        rule(secondary && bind.is_some(), "bind", BIND_ON_SECONDARY)?;
+        rule(secondary && connect.is_none(), "connect", SECONDARY_ALONE)?;
+        let peers = bind.is_some() || connect.is_some();
+        rule(!secondary && !peers, "bind", PRIMARY_ALONE)?;
+        rule(key.is_some() && hexkey.is_some(), "hexkey", TWO_KEYS)?;
+        let keyed = key.is_some() || hexkey.is_some();
+        rule(cipher.is_some() && !keyed, "key", CIPHER_NO_KEY)?;
+
+        let auth = match auth.as_deref() {
+            None => AuthMode::None,
+            Some("node") => AuthMode::Node,
+            Some("user") => AuthMode::User,
+            Some(v) => return Err(bad_value("auth", v, "auth=node or auth=user")),
+        };
+        if let Some(c) = cipher.as_deref().filter(|c| !CIPHERS.contains(c)) {
+            let expected = "cipher=sqlcipher, cipher=chacha20 or cipher=aes256";
+            return Err(bad_value("cipher", c, expected));
+        }
+        let key = match (key, hexkey) {
+            (Some(k), _) => Some(NetworkKey::Passphrase(k)),
+            (None, Some(h)) => Some(NetworkKey::Bytes(decode_hexkey(&h)?)),
+            (None, None) => None,
+        };
+        Ok(NodeConfig {
+            role: Some(role),
+            bind: endpoints("bind", bind.as_deref(), true)?,
+            connect: endpoints("connect", connect.as_deref(), false)?,
+            auth,
+            cipher,
+            key,
+            ..NodeConfig::local(path)
+        })
+    }
+
+    /// True when the URI named a `node` role, i.e. replication is on.
+    pub fn is_replicated(&self) -> bool {
+        self.role.is_some()
+    }
+
+    fn local(path: String) -> NodeConfig {
+        NodeConfig {
+            path: PathBuf::from(path),
+            role: None,
+            bind: Vec::new(),
+            connect: Vec::new(),
+            auth: AuthMode::None,
+            cipher: None,
+            key: None,
+        }
+    }
+}
+
+fn bad_value(name: &'static str, value: &str, expected: &'static str) -> UriError {
+    UriError::BadValue {
+        name,
+        value: value.to_string(),
+        expected,
+    }
+}
+
+fn invalid(name: &str, problem: &'static str) -> UriError {
+    UriError::Invalid {
+        name: name.to_string(),
+        problem,
+    }
+}
+
+/// Decoded values of the query, in the order of `KNOWN`.
+fn parameters(query: &str) -> Result<[Option<String>; 7], UriError> {
+    let mut values: [Option<String>; 7] = Default::default();
+    for segment in query.split('&').filter(|s| !s.is_empty()) {
+        let (raw_name, raw_value) = segment.split_once('=').unwrap_or((segment, ""));
+        let decoded = decode(raw_name).map_err(|p| invalid(raw_name, p))?;
+        let Some(idx) = KNOWN.iter().position(|k| *k == decoded) else {
+            return Err(UriError::Unknown { name: decoded });
+        };
+        let name = KNOWN[idx];
+        let value = decode(raw_value).map_err(|p| invalid(name, p))?;
+        if value.is_empty() {
+            return Err(UriError::Empty { name });
+        }
+        if values[idx].replace(value).is_some() {
+            return Err(UriError::Duplicate { name });
+        }
+    }
+    Ok(values)
+}
+
+/// Splits into the decoded path and the raw query string.
+fn split_uri(uri: &str) -> Result<(String, &str), UriError> {
+    let bad = |problem| UriError::BadPath { problem };
+    let Some(rest) = uri.strip_prefix("file:") else {
+        // A bare path is taken literally, as sqlite3 does; but a `?` in it
+        // almost always means parameters were meant, and those need `file:`.
+        if uri.contains('?') {
+            return Err(bad("has `?` but no `file:` prefix; write file:PATH?PARAMS"));
+        }
+        return Ok((uri.to_string(), ""));
+    };
+    let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
+    let (mut path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if let Some(after) = path.strip_prefix("//") {
+        let (authority, p) = after.find('/').map_or((after, ""), |i| after.split_at(i));
+        if !authority.is_empty() && authority != "localhost" {
+            return Err(bad("names a remote host; write file:///ABSOLUTE/PATH"));
+        }
+        path = p;
+    }
+    Ok((decode(path).map_err(bad)?, query))
+}
+
+/// Percent-decodes `raw`; the error is a problem phrase for the caller to attach.
+fn decode(raw: &str) -> Result<String, &'static str> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let digit = |j: usize| bytes.get(j).and_then(|b| (*b as char).to_digit(16));
+        match (digit(i + 1), digit(i + 2)) {
+            (Some(hi), Some(lo)) => out.push((hi * 16 + lo) as u8),
+            _ => return Err("has a `%` not followed by two hex digits; write a literal % as %25"),
+        }
+        i += 3;
+    }
+    if out.contains(&0) {
+        return Err("contains %00 (a NUL byte), which SQLite cannot accept; remove it");
+    }
+    String::from_utf8(out).map_err(|_| "is not UTF-8 once percent-decoded; encode é as %C3%A9")
+}
+
+/// Parses a comma-separated `bind`/`connect` list; `port0` allows "any free port".
+fn endpoints(
+    name: &'static str,
+    list: Option<&str>,
+    port0: bool,
+) -> Result<Vec<Endpoint>, UriError> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    let bad = |entry: &str, problem| UriError::BadEndpoint {
+        name,
+        entry: entry.to_string(),
+        problem,
+    };
+    list.split(',')
+        .map(str::trim)
+        .map(|entry| match entry {
+            "" => Err(bad(
+                list,
+                "has an empty entry; separate addresses with single commas",
+            )),
+            _ => endpoint(entry, port0).map_err(|problem| bad(entry, problem)),
+        })
+        .collect()
+}
+
+/// Parses one `tcp://HOST:PORT`; the error is a problem phrase for the caller to attach.
+fn endpoint(entry: &str, port0: bool) -> Result<Endpoint, &'static str> {
+    let Some(rest) = entry.strip_prefix("tcp://") else {
+        return Err("does not start with tcp://; write it as tcp://HOST:PORT");
+    };
+    // Brackets keep an IPv6 address's colons apart from the port's.
+    let (host, port) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
+        Some((host, _)) if host.parse::<Ipv6Addr>().is_err() => {
+            return Err("has brackets around a non-IPv6 address; write tcp://[IPV6]:PORT")
+        }
+        Some((host, after)) => (host, after.strip_prefix(':').unwrap_or("")),
+        None => rest.split_once(':').unwrap_or((rest, "")),
+    };
+    let hostname_char = |c: char| c.is_ascii_alphanumeric() || "-._:".contains(c);
+    Err(if port.contains(':') {
+        "has an IPv6 address without brackets; write it as tcp://[IPV6]:PORT"
+    } else if host.is_empty() {
+        "has no host; write it as tcp://HOST:PORT"
+    } else if !host.chars().all(hostname_char) {
+        "has characters not allowed in a hostname; write it as tcp://HOST:PORT"
+    } else if port.is_empty() {
+        "has no port; write it as tcp://HOST:PORT"
+    } else {
+        // `u16::from_str` accepts a leading `+`, which is not a port number.
+        match port.parse::<u16>().ok().filter(|_| !port.starts_with('+')) {
+            None => "has a port that is not a number from 0 to 65535; write tcp://HOST:PORT",
+            Some(0) if !port0 => "uses port 0, which only `bind` accepts; give the real port",
+            Some(port) => return Ok(Endpoint::new(host, port)),
+        }
+    })
+}
+
+fn decode_hexkey(hex: &str) -> Result<Vec<u8>, UriError> {
+    let problem = match hex::decode(hex) {
+        Ok(bytes) if bytes.len() >= MIN_HEXKEY_BYTES => return Ok(bytes),
+        Ok(_) => "is shorter than 32 hex digits; make one with `openssl rand -hex 32`",
+        Err(hex::FromHexError::OddLength) => "has an odd number of hex digits; give two per byte",
+        Err(_) => "contains a character that is not a hex digit; use only 0-9 and a-f",
+    };
+    Err(invalid("hexkey", problem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(uri: &str) -> NodeConfig {
+        NodeConfig::parse(uri).unwrap_or_else(|e| panic!("{uri}: {e}"))
+    }
+
+    #[test]
+    fn plain_local_paths() {
+        for (uri, path) in [
+            ("file:app.db", "app.db"),
+            ("app.db", "app.db"),
+            ("/tmp/x.db", "/tmp/x.db"),
+            (":memory:", ":memory:"),
+            ("file::memory:", ":memory:"),
+            ("file:my%20app.db", "my app.db"),
+            ("file:///abs/x.db", "/abs/x.db"),
+            ("file://localhost/abs/x.db#frag", "/abs/x.db"),
+            ("file:a.db?", "a.db"),
+        ] {
+            let c = parse(uri);
+            assert_eq!(c, NodeConfig::local(path.to_string()), "{uri}");
+            assert!(!c.is_replicated());
+        }
+    }
+
+    #[test]
+    fn primary_with_bind_and_auth() {
+        let c = parse("file:PATH?node=primary&bind=tcp://0.0.0.0:1234&auth=user");
+        assert_eq!(
+            (c.path.to_str(), c.role),
+            (Some("PATH"), Some(Role::Primary))
+        );
+        assert_eq!(
+            (c.bind, c.connect),
+            (vec![Endpoint::new("0.0.0.0", 1234)], vec![])
+        );
+        assert_eq!(c.auth, AuthMode::User);
+        assert!(parse("file:a?node=primary&connect=tcp://p:1").is_replicated());
+    }
+
+    #[test]
+    fn secondary_with_two_peers() {
+        let c = parse("file:PATH?node=secondary&connect=tcp://host1:1234,tcp://host2:1234");
+        assert_eq!(c.role, Some(Role::Secondary));
+        let peers = vec![Endpoint::new("host1", 1234), Endpoint::new("host2", 1234)];
+        assert_eq!(c.connect, peers);
+        assert_eq!((c.auth, c.cipher, c.key), (AuthMode::None, None, None));
+    }
+
+    #[test]
+    fn absolute_path_and_port_zero() {
+        let c = parse("file:/abs/path/app.db?node=primary&bind=tcp://127.0.0.1:0");
+        assert_eq!(c.path, PathBuf::from("/abs/path/app.db"));
+        assert_eq!(c.bind, vec![Endpoint::new("127.0.0.1", 0)]);
+    }
+
+    #[test]
+    fn ipv6_endpoint_and_formatting() {
+        let c = parse("file:a.db?node=primary&bind=tcp://[::1]:1234&connect=tcp://peer:9");
+        assert_eq!(c.bind, vec![Endpoint::new("::1", 1234)]);
+        assert_eq!(c.bind[0].to_addr_string(), "[::1]:1234");
+        assert_eq!(c.bind[0].to_string(), "tcp://[::1]:1234");
+        assert_eq!(c.connect[0].to_string(), "tcp://peer:9");
+    }
+
+    #[test]
+    fn keys_and_cipher() {
+        let c = parse("file:a?node=primary&bind=tcp://h:1&cipher=chacha20&key=a%20b&auth=node");
+        assert_eq!(c.cipher.as_deref(), Some("chacha20"));
+        assert_eq!(c.key, Some(NetworkKey::Passphrase("a b".into())));
+        assert_eq!(c.auth, AuthMode::Node);
+        // A key without a cipher is a network-only key.
+        let hex = "00112233445566778899aabbccddeeff";
+        let c = parse(&format!(
+            "file:a?node=secondary&connect=tcp://p:1&hexkey={hex}"
+        ));
+        let bytes = hex::decode(hex).unwrap_or_default();
+        assert_eq!(
+            (&c.cipher, &c.key),
+            (&None, &Some(NetworkKey::Bytes(bytes)))
+        );
+        assert!(
+            !format!("{c:?}").contains(hex),
+            "Debug must not print the key"
+        );
+    }
+
+    #[test]
+    fn role_strings() {
+        for role in [Role::Primary, Role::Secondary] {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+            let json = serde_json::to_string(&role).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", role.as_str()));
+        }
+        assert!("Primary".parse::<Role>().is_err());
+    }
+
+    #[test]
+    fn errors_name_the_parameter() {
+        // Shorthands: `P?`/`S?` a valid primary/secondary prefix, `B=` a primary
+        // about to get `bind=`, `HEX` a valid hexkey.
+        let cases = [
+            ("file:", "`path`", "empty"),
+            ("file:?node=primary", "`path`", "empty"),
+            ("", "`path`", "empty"),
+            ("file:a%zz", "`path`", "%25"),
+            ("file://host/a.db", "`path`", "remote host"),
+            ("a.db?node=primary", "`path`", "file:PATH?"),
+            ("file:a?mode=ro", "`mode`", "unknown"),
+            ("file:a?cache=shared", "`cache`", "unknown"),
+            ("file:a?vfs=unix", "`vfs`", "unknown"),
+            ("file:a?immutable=1", "`immutable`", "hexkey"),
+            ("P?node=primary", "`node`", "twice"),
+            ("file:a?node=", "`node`", "empty value"),
+            ("file:a?node", "`node`", "empty value"),
+            ("file:a?node=leader", "`node`", "node=primary or"),
+            ("P?key=a%2", "`key`", "%25"),
+            ("P?key=%FF", "`key`", "UTF-8"),
+            ("P?auth=root", "`auth`", "auth=node or"),
+            ("S?auth=user", "`auth`", "primaries only"),
+            ("S?bind=tcp://h:2", "`bind`", "not supported"),
+            ("file:a?node=secondary", "`connect`", "add connect="),
+            ("file:a?node=primary", "`bind`", "add e.g. bind="),
+            ("B=h:1", "`bind`", "tcp://HOST:PORT"),
+            ("B=tcp://localhost", "`bind`", "has no port"),
+            ("B=tcp://h:", "`bind`", "has no port"),
+            ("B=tcp://:1", "`bind`", "has no host"),
+            ("B=tcp://h:70000", "`bind`", "0 to 65535"),
+            ("B=tcp://h:http", "`bind`", "0 to 65535"),
+            ("B=tcp://h/x:1", "`bind`", "hostname"),
+            ("B=tcp://::1:1", "`bind`", "brackets"),
+            ("B=tcp://[zz]:1", "`bind`", "IPv6"),
+            ("B=tcp://h:1,", "`bind`", "empty entry"),
+            ("B=tcp://h:1&connect=tcp://h:0", "`connect`", "port 0"),
+            ("file:a?bind=tcp://h:1", "`bind`", "node="),
+            ("file:a?connect=tcp://h:1", "`connect`", "node="),
+            ("file:a?auth=user", "`auth`", "node="),
+            ("file:a?cipher=aes256&key=k", "`cipher`", "node="),
+            ("file:a?key=k", "`key`", "node="),
+            ("file:a?hexkey=00", "`hexkey`", "node="),
+            ("file::memory:?node=primary", "`node`", ":memory:"),
+            ("P?key=k&hexkey=HEX", "`hexkey`", "`key`"),
+            ("P?cipher=aes256", "`key`", "`cipher`"),
+            ("P?cipher=rot13&key=k", "`cipher`", "cipher=sqlcipher"),
+            ("P?hexkey=HEXa", "`hexkey`", "odd"),
+            ("P?hexkey=zzHEX", "`hexkey`", "not a hex digit"),
+            ("P?hexkey=abcd", "`hexkey`", "shorter than 32"),
+        ];
+        for (uri, param, phrase) in cases {
+            let uri = uri
+                .replace("P?", "file:a?node=primary&bind=tcp://h:1&")
+                .replace("S?", "file:a?node=secondary&connect=tcp://h:1&")
+                .replace("B=", "file:a?node=primary&bind=")
+                .replace("HEX", &"ab".repeat(16));
+            let msg = match NodeConfig::parse(&uri) {
+                Ok(c) => panic!("{uri}: expected an error, got {c:?}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(msg.contains(param), "{uri}: `{msg}` does not name {param}");
+            assert!(msg.contains(phrase), "{uri}: `{msg}` lacks `{phrase}`");
+        }
+    }
+}

@@ -1,1 +1,7 @@
-//! Placeholder: being written.
+//! The node network: framed, versioned, authenticated and encrypted connections.
+pub mod message;
+pub mod transport;
+pub use message::Message;
+pub use transport::{
+    HandshakeOptions, NetError, PeerIdentity, SecureReader, SecureStream, SecureWriter,
+};

@@ -1,0 +1,46 @@
+//! The engine's error type. Messages say what went wrong and what the user can do about it.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Uri(#[from] crate::uri::UriError),
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("database `{path}` is already open in another process; close that process or open another file")]
+    Locked { path: PathBuf },
+    #[error("I/O error on {what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error(transparent)]
+    Crypto(#[from] crate::crypto::CryptoError),
+    /// A replication rule was broken by the statement; the message names the rule.
+    #[error("{0}")]
+    Rule(String),
+    #[error("PRAGMA {name}: {reason}")]
+    Pragma { name: String, reason: String },
+    #[error("internal data of `{0}` is damaged: {1}; restore the file from a backup or delete it to download again")]
+    Corrupt(PathBuf, String),
+    #[error("the octodb node has shut down; open the database again")]
+    Closed,
+}
+
+impl Error {
+    pub fn rule(msg: impl Into<String>) -> Error {
+        Error::Rule(msg.into())
+    }
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,214 @@
+//! A device applying what the primaries send: rows nobody here is changing are written as they
+//! come; rows with pending local work get the primaries' version as their base, and the pending
+//! work is replayed on top. Accepted and rejected transactions leave the outbox here.
+
+use super::outbox::{decode_change, RowImage};
+use super::{EntryBody, LogEntry};
+use crate::changes::{column_bit, ChangeSet, Op};
+use crate::error::Result;
+use crate::store::apply::{delete_row, write_row, Tables};
+use crate::store::schema;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeSet;
+
+/// What applying a batch did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub accepted: Vec<u64>,
+    pub rejected: Vec<(u64, String)>,
+    pub rows: usize,
+    pub last_seq: u64,
+    pub schema_changed: bool,
+}
+
+type RowKey = (String, i64);
+
+/// Apply `entries` in order. Runs inside the caller's write transaction.
+pub fn apply_entries(
+    conn: &Connection,
+    tables: &mut Tables,
+    my_node: u32,
+    entries: &[LogEntry],
+) -> Result<Applied> {
+    let mut applied = Applied::default();
+    let mut touched: BTreeSet<RowKey> = BTreeSet::new();
+    for e in entries {
+        applied.last_seq = applied.last_seq.max(e.seq);
+        match &e.body {
+            EntryBody::Changes(cs) => {
+                for op in &cs.ops {
+                    apply_op(conn, tables, cs, op, &mut touched, &mut applied)?;
+                }
+                if e.origin_node == my_node && e.origin_txn != 0 {
+                    applied.accepted.push(e.origin_txn);
+                }
+            }
+            EntryBody::Rejected { reason } if e.origin_node == my_node => {
+                applied.rejected.push((e.origin_txn, reason.clone()));
+            }
+            EntryBody::Rejected { .. } => {}
+        }
+    }
+    let done: Vec<u64> = applied
+        .accepted
+        .iter()
+        .copied()
+        .chain(applied.rejected.iter().map(|r| r.0))
+        .collect();
+    for txn in done {
+        let rows: Vec<RowKey> = conn
+            .prepare_cached("SELECT tbl, rid FROM _octo_pending WHERE txn_id = ?1")?
+            .query_map([txn as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        touched.extend(rows);
+        conn.prepare_cached("DELETE FROM _octo_pending WHERE txn_id = ?1")?
+            .execute([txn as i64])?;
+        conn.prepare_cached("DELETE FROM _octo_outbox WHERE txn_id = ?1")?
+            .execute([txn as i64])?;
+    }
+    for (tbl, rid) in touched {
+        replay_row(conn, tables, &tbl, rid)?;
+    }
+    Ok(applied)
+}
+
+fn apply_op(
+    conn: &Connection,
+    tables: &mut Tables,
+    cs: &ChangeSet,
+    op: &Op,
+    touched: &mut BTreeSet<RowKey>,
+    applied: &mut Applied,
+) -> Result<()> {
+    let (table, rowid, image) = match op {
+        Op::Ddl { sql, .. } => {
+            conn.execute_batch(&schema::device_create_table(sql))?;
+            applied.schema_changed = true;
+            return Ok(());
+        }
+        Op::Upsert {
+            table,
+            rowid,
+            values,
+        }
+        | Op::Insert {
+            table,
+            rowid,
+            values,
+        }
+        | Op::Update {
+            table,
+            rowid,
+            values,
+            ..
+        } => {
+            let Some(h) = cs.header(*table) else {
+                return Ok(());
+            };
+            (
+                *table,
+                *rowid,
+                Some(RowImage {
+                    columns: h.columns.clone(),
+                    values: values.clone(),
+                }),
+            )
+        }
+        Op::Delete { table, rowid, .. } => (*table, *rowid, None),
+    };
+    let Some(h) = cs.header(table) else {
+        return Ok(());
+    };
+    applied.rows += 1;
+    if has_base(conn, &h.name, rowid)? {
+        conn.prepare_cached("UPDATE _octo_base SET row = ?3 WHERE tbl = ?1 AND rid = ?2")?
+            .execute(params![h.name, rowid, image.map(|i| i.encode())])?;
+        touched.insert((h.name.clone(), rowid));
+        return Ok(());
+    }
+    let Some(t) = tables.get(conn, &h.name)? else {
+        tracing::warn!(table = %h.name, "change for a table this device does not have; skipped");
+        return Ok(());
+    };
+    match image {
+        Some(img) => write_row(conn, &t, &img.columns, rowid, &img.values),
+        None => delete_row(conn, &t, rowid),
+    }
+}
+
+fn has_base(conn: &Connection, tbl: &str, rid: i64) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM _octo_base WHERE tbl = ?1 AND rid = ?2")?
+        .query_row(params![tbl, rid], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Make the live row = its base with the remaining pending changes replayed on top.
+fn replay_row(conn: &Connection, tables: &mut Tables, tbl: &str, rid: i64) -> Result<()> {
+    let base: Option<Option<Vec<u8>>> = conn
+        .prepare_cached("SELECT row FROM _octo_base WHERE tbl = ?1 AND rid = ?2")?
+        .query_row(params![tbl, rid], |r| r.get(0))
+        .optional()?;
+    let Some(base) = base else { return Ok(()) };
+    let mut state = base.map(|b| RowImage::decode(&b)).transpose()?;
+    let changes: Vec<Vec<u8>> = conn
+        .prepare_cached(
+            "SELECT change FROM _octo_pending WHERE tbl = ?1 AND rid = ?2 ORDER BY txn_id, ord",
+        )?
+        .query_map(params![tbl, rid], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if changes.is_empty() {
+        conn.prepare_cached("DELETE FROM _octo_base WHERE tbl = ?1 AND rid = ?2")?
+            .execute(params![tbl, rid])?;
+    }
+    for c in changes {
+        let cs = decode_change(&c)?;
+        for op in &cs.ops {
+            state = fold(state, &cs, op);
+        }
+    }
+    let Some(t) = tables.get(conn, tbl)? else {
+        return Ok(());
+    };
+    match state {
+        Some(img) => write_row(conn, &t, &img.columns, rid, &img.values),
+        None => delete_row(conn, &t, rid),
+    }
+}
+
+/// One pending change replayed over a row state.
+fn fold(state: Option<RowImage>, cs: &ChangeSet, op: &Op) -> Option<RowImage> {
+    match op {
+        Op::Insert { table, values, .. } | Op::Upsert { table, values, .. } => {
+            cs.header(*table).map(|h| RowImage {
+                columns: h.columns.clone(),
+                values: values.clone(),
+            })
+        }
+        Op::Update {
+            table,
+            changed,
+            values,
+            ..
+        } => {
+            let (mut img, h) = (state?, cs.header(*table)?);
+            for (i, col) in h.columns.iter().enumerate() {
+                if changed & column_bit(i) == 0 {
+                    continue;
+                }
+                let v = values.get(i).cloned().unwrap_or(crate::value::Value::Null);
+                match img.columns.iter().position(|c| c == col) {
+                    Some(j) => img.values[j] = v,
+                    None => {
+                        img.columns.push(col.clone());
+                        img.values.push(v);
+                    }
+                }
+            }
+            Some(img)
+        }
+        Op::Delete { .. } => None,
+        Op::Ddl { .. } => state,
+    }
+}

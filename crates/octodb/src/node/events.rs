@@ -1,0 +1,20 @@
+//! Events a node reports to the application, so it need not poll `PRAGMA sync_status`.
+
+/// Something that happened on the node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The database is authorized and its initial download is complete.
+    Ready,
+    /// A connection to a peer came up (a device: to a primary).
+    Connected { peer: String },
+    /// The connection to the primaries was lost; writes keep going to the outbox.
+    Disconnected,
+    /// Changes from the primaries were applied, up to log sequence `seq`.
+    DataReceived { seq: u64, rows: usize },
+    /// The primaries accepted one of this device's transactions.
+    TransactionAccepted { txn_id: u64 },
+    /// The primaries rejected one of this device's transactions; it was removed here.
+    TransactionRejected { txn_id: u64, reason: String },
+    /// Initial download progress.
+    Download { rows: u64, total: u64 },
+}

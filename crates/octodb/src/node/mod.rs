@@ -1,0 +1,276 @@
+//! A running node: the file, its identity, the engine's writer thread and the network tasks.
+//!
+//! One `Node` per database file per process (a registry hands the same node to every
+//! connection opened on that file). The node's engine applies what the network brings on its
+//! own SQLite connection, in its writer thread, one write transaction per batch (group commit).
+
+mod events;
+mod primary;
+mod registry;
+mod secondary;
+mod status;
+mod writer;
+
+pub use events::Event;
+pub use status::{NodeRecord, SyncStatus};
+
+use crate::crypto::NodeKeys;
+use crate::error::{Error, Result};
+use crate::net::HandshakeOptions;
+use crate::store::capture::Identity;
+use crate::store::lock::ProcessLock;
+use crate::store::{self, meta_get, meta_i64, meta_set};
+use crate::uri::{NodeConfig, Role};
+use rusqlite::Connection;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use tokio::sync::{broadcast, mpsc, watch, Notify};
+
+pub(crate) use registry::open_node;
+
+/// The runtime that carries every node's network tasks in this process.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("octodb-net")
+            .enable_all()
+            .build()
+            // Without a runtime no node can run at all; this fails only if threads cannot start.
+            .expect("octodb: cannot start the network runtime threads")
+    })
+}
+
+/// What the node's tasks share.
+pub(crate) struct Shared {
+    pub cfg: NodeConfig,
+    pub keys: NodeKeys,
+    pub identity: Arc<Identity>,
+    pub jobs: mpsc::Sender<writer::Job>,
+    /// Primary: last committed log sequence. Device: last applied sequence.
+    pub feed: watch::Sender<u64>,
+    pub outbox_changed: Notify,
+    pub events: broadcast::Sender<Event>,
+    pub live: Mutex<status::Live>,
+    pub shutdown: watch::Sender<bool>,
+    pub handshake: HandshakeOptions,
+    pub bound: Mutex<Vec<SocketAddr>>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl Shared {
+    pub fn path(&self) -> &PathBuf {
+        &self.cfg.path
+    }
+
+    /// Run `f` with a read connection of the pool, off the async threads.
+    pub async fn read<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.read_blocking(f))
+            .await
+            .map_err(|_| Error::Closed)?
+    }
+
+    pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => store::open_connection(self.path())?,
+        };
+        let out = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < 8 && conn.is_autocommit() {
+            pool.push(conn);
+        }
+        out
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub fn emit(&self, e: Event) {
+        // No subscriber is fine: events are a convenience, status stays pollable.
+        let _ = self.events.send(e);
+    }
+}
+
+/// A node open in this process.
+pub struct Node {
+    pub(crate) shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    _lock: ProcessLock,
+}
+
+impl Node {
+    /// Open the node for `cfg`: lock the file, prepare it, start the engine and the network.
+    fn start(cfg: NodeConfig) -> Result<Node> {
+        let lock = ProcessLock::acquire(&cfg.path)?;
+        let conn = store::open_connection(&cfg.path)?;
+        store::init_internal_schema(&conn)?;
+        let keys = load_or_create_keys(&conn, &cfg)?;
+        let identity = Arc::new(load_identity(&conn, &cfg)?);
+        let start_seq = match cfg.role {
+            Some(Role::Primary) => crate::log::last_seq(&conn)?,
+            _ => meta_i64(&conn, "last_seq")? as u64,
+        };
+        let (jobs_tx, jobs_rx) = mpsc::channel(1024);
+        let network_key = cfg.key.as_ref().map(network_key_bytes);
+        let shared = Arc::new(Shared {
+            keys,
+            identity,
+            jobs: jobs_tx,
+            feed: watch::channel(start_seq).0,
+            outbox_changed: Notify::new(),
+            events: broadcast::channel(1024).0,
+            live: Mutex::new(status::Live::default()),
+            shutdown: watch::channel(false).0,
+            handshake: HandshakeOptions {
+                network_key,
+                ..HandshakeOptions::default()
+            },
+            bound: Mutex::new(Vec::new()),
+            readers: Mutex::new(Vec::new()),
+            cfg,
+        });
+        let writer = match shared.cfg.role {
+            Some(role) => Some(writer::spawn(shared.clone(), conn, jobs_rx, role)?),
+            None => None,
+        };
+        let node = Node {
+            shared: shared.clone(),
+            writer: Mutex::new(writer),
+            tasks: Mutex::new(Vec::new()),
+            _lock: lock,
+        };
+        let tasks = match shared.cfg.role {
+            Some(Role::Primary) => primary::start(shared.clone())?,
+            Some(Role::Secondary) => vec![runtime().spawn(secondary::run(shared.clone()))],
+            None => Vec::new(),
+        };
+        *node.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        Ok(node)
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.shared.cfg.role
+    }
+
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.shared.identity
+    }
+
+    pub fn public_key(&self) -> crate::crypto::PublicKey {
+        self.shared.keys.public_key()
+    }
+
+    /// The addresses a primary listens on (with the real port when bound to port 0).
+    pub fn bound_addrs(&self) -> Vec<SocketAddr> {
+        self.shared
+            .bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// A user connection committed log entries up to `seq` (primaries).
+    pub fn committed_local(&self, seq: u64) {
+        self.shared.feed.send_if_modified(|v| {
+            let newer = seq > *v;
+            if newer {
+                *v = seq;
+            }
+            newer
+        });
+    }
+
+    /// A user connection added to the outbox (devices).
+    pub fn outbox_changed(&self) {
+        self.shared.outbox_changed.notify_waiters();
+        self.shared.outbox_changed.notify_one();
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    pub fn sync_status(&self) -> Result<SyncStatus> {
+        status::sync_status(&self.shared)
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        status::nodes(&self.shared)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.shared.shutdown.send(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in &tasks {
+            t.abort();
+        }
+        // Wait (briefly) so that listening sockets are closed when the node is gone: a node
+        // reopened right away in this process must be able to bind the same port.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while tasks.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let _ = self.shared.jobs.try_send(writer::Job::Stop);
+        if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn network_key_bytes(k: &crate::uri::NetworkKey) -> [u8; 32] {
+    use crate::uri::NetworkKey;
+    // Stretch the user's key into a Noise pre-shared key with the Noise suite's own hash.
+    let material: Vec<u8> = match k {
+        NetworkKey::Passphrase(p) => p.as_bytes().to_vec(),
+        NetworkKey::Bytes(b) => b.clone(),
+    };
+    crate::crypto::derive_key(b"octodb network key v1", &material)
+}
+
+fn load_or_create_keys(conn: &Connection, cfg: &NodeConfig) -> Result<NodeKeys> {
+    if let Some(bytes) = meta_get::<Vec<u8>>(conn, "node_keys")? {
+        return NodeKeys::from_bytes(&bytes).map_err(|e| store::corrupt(&cfg.path, e.to_string()));
+    }
+    let keys = NodeKeys::generate();
+    meta_set(conn, "node_keys", keys.to_bytes())?;
+    Ok(keys)
+}
+
+fn load_identity(conn: &Connection, cfg: &NodeConfig) -> Result<Identity> {
+    let stored: Option<String> = meta_get(conn, "node_type")?;
+    if let (Some(stored), Some(role)) = (&stored, cfg.role) {
+        if stored != role.as_str() {
+            return Err(Error::rule(format!(
+                "database `{}` belongs to a {stored} node; open it with node={stored} or use another file",
+                cfg.path.display()
+            )));
+        }
+    }
+    let next_seq = meta_i64(conn, "row_seq")? + 1;
+    match cfg.role {
+        Some(Role::Primary) => {
+            meta_set(conn, "node_type", "primary")?;
+            Ok(Identity::new(cfg.role, 1, 0, next_seq))
+        }
+        Some(Role::Secondary) => {
+            meta_set(conn, "node_type", "secondary")?;
+            let node_id = meta_i64(conn, "node_id")? as u32;
+            let user_id = meta_i64(conn, "user_id")?;
+            Ok(Identity::new(cfg.role, node_id, user_id, next_seq))
+        }
+        None => Ok(Identity::new(None, 0, 0, next_seq)),
+    }
+}

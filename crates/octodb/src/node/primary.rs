@@ -1,0 +1,353 @@
+//! A primary's network side: listening, one session per connected node, the initial download,
+//! and streaming the log to each device filtered by what its user may see.
+
+use super::writer::{Job, Registered};
+use super::{runtime, Shared};
+use crate::error::{Error, Result};
+use crate::log;
+use crate::net::{Message, NetError, SecureReader, SecureStream, SecureWriter};
+use crate::store::apply::Sender;
+use crate::store::schema::{self, ident};
+use crate::uri::Role;
+use crate::value::Value;
+use rusqlite::Connection;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// Log entries read per step while a device catches up.
+const CATCH_UP_BATCH: usize = 2000;
+/// Rows per message during the initial download.
+const SNAPSHOT_CHUNK: usize = 4000;
+/// Most transactions a device may send in one message.
+const MAX_TXNS_PER_MESSAGE: usize = 10_000;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bind every `bind` address (so errors show at open time) and start accepting.
+pub(super) fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
+    let _rt = runtime().enter();
+    let mut tasks = Vec::new();
+    for ep in &shared.cfg.bind {
+        let std_listener = std::net::TcpListener::bind(ep.to_addr_string()).map_err(|e| {
+            Error::io(
+                format!("listening on {ep} (is another program using this port?)"),
+                e,
+            )
+        })?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io(format!("listening on {ep}"), e))?;
+        let listener = TcpListener::from_std(std_listener)
+            .map_err(|e| Error::io(format!("listening on {ep}"), e))?;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "primary listening");
+            shared
+                .bound
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(addr);
+        }
+        tasks.push(runtime().spawn(accept_loop(shared.clone(), listener)));
+    }
+    Ok(tasks)
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, addr)) => { tokio::spawn(session(shared.clone(), tcp, addr)); }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn session(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr) {
+    match run_session(&shared, tcp, addr).await {
+        Ok(()) | Err(Error::Net(NetError::Closed)) => tracing::debug!(%addr, "connection closed"),
+        Err(e) => tracing::info!(%addr, "connection closed: {e}"),
+    }
+}
+
+async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {
+    Ok(Message::decode(&rd.recv().await?)?)
+}
+
+async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> Result<()> {
+    let stream = SecureStream::accept(tcp, &shared.keys, &shared.handshake).await?;
+    let pubkey = stream.peer().public_key;
+    let (mut rd, mut wr) = stream.into_split();
+    let hello = tokio::time::timeout(HELLO_TIMEOUT, recv_msg(&mut rd))
+        .await
+        .map_err(|_| NetError::Timeout)??;
+    let Message::Hello {
+        role,
+        last_seq,
+        info,
+    } = hello
+    else {
+        return Err(
+            NetError::Malformed(format!("expected Hello first, got {}", hello.kind())).into(),
+        );
+    };
+    if role == Role::Primary {
+        let reason = "this primary does not run a cluster; connect devices (node=secondary) only"
+            .to_string();
+        send_now(
+            &mut wr,
+            &Message::Refused {
+                reason: reason.clone(),
+            },
+        )
+        .await?;
+        return Err(Error::rule(reason));
+    }
+    let info = if info.len() > 16 * 1024 {
+        String::new()
+    } else {
+        info
+    };
+    let (tx, rx) = oneshot::channel();
+    shared
+        .jobs
+        .send(Job::Register {
+            pubkey,
+            address: addr.to_string(),
+            info,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| Error::Closed)?;
+    let Registered { node_id, user_id } = rx.await.map_err(|_| Error::Closed)??;
+    send_now(
+        &mut wr,
+        &Message::Welcome {
+            node_id,
+            user_id,
+            node_type: Role::Secondary,
+        },
+    )
+    .await?;
+    tracing::info!(%addr, node_id, user_id, "device connected");
+
+    let (out_tx, out_rx) = mpsc::channel::<Message>(64);
+    let writer = tokio::spawn(write_loop(wr, out_rx));
+    let streamer = tokio::spawn(stream_to_device(
+        shared.clone(),
+        node_id,
+        user_id,
+        last_seq,
+        out_tx,
+    ));
+    shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .sessions
+        .insert(node_id, addr.to_string());
+    let sender = Sender { node_id, user_id };
+    let result = read_loop(shared, &mut rd, sender).await;
+    shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .sessions
+        .remove(&node_id);
+    streamer.abort();
+    writer.abort();
+    result
+}
+
+async fn read_loop(shared: &Arc<Shared>, rd: &mut SecureReader, sender: Sender) -> Result<()> {
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        let msg = tokio::select! {
+            m = recv_msg(rd) => m?,
+            _ = stop.changed() => return Ok(()),
+        };
+        match msg {
+            Message::Txns { txns } if txns.len() <= MAX_TXNS_PER_MESSAGE => {
+                shared
+                    .jobs
+                    .send(Job::DeviceTxns { sender, txns })
+                    .await
+                    .map_err(|_| Error::Closed)?;
+            }
+            other => {
+                return Err(NetError::Malformed(format!(
+                    "unexpected {} from a device",
+                    other.kind()
+                ))
+                .into())
+            }
+        }
+    }
+}
+
+async fn send_now(wr: &mut SecureWriter, m: &Message) -> Result<()> {
+    wr.send(&m.encode()).await?;
+    wr.flush().await?;
+    Ok(())
+}
+
+/// Send queued messages, batching whatever is queued into one flush.
+async fn write_loop(mut wr: SecureWriter, mut rx: mpsc::Receiver<Message>) {
+    while let Some(m) = rx.recv().await {
+        let mut result = wr.send(&m.encode()).await;
+        while result.is_ok() {
+            match rx.try_recv() {
+                Ok(m) => result = wr.send(&m.encode()).await,
+                Err(_) => break,
+            }
+        }
+        if result.is_err() || wr.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn stream_to_device(
+    shared: Arc<Shared>,
+    node: u32,
+    user: i64,
+    last_seq: u64,
+    out: mpsc::Sender<Message>,
+) {
+    if let Err(e) = stream_inner(&shared, node, user, last_seq, &out).await {
+        tracing::info!(node, "stopped streaming to device: {e}");
+    }
+}
+
+async fn stream_inner(
+    shared: &Arc<Shared>,
+    node: u32,
+    user: i64,
+    last_seq: u64,
+    out: &mpsc::Sender<Message>,
+) -> Result<()> {
+    let mut feed = shared.feed.subscribe();
+    let mut cursor = last_seq;
+    if last_seq == 0 {
+        let out2 = out.clone();
+        cursor = shared.read(move |c| send_snapshot(c, user, &out2)).await?;
+    }
+    loop {
+        let last = *feed.borrow_and_update();
+        if cursor >= last {
+            feed.changed().await.map_err(|_| Error::Closed)?;
+            continue;
+        }
+        let from = cursor;
+        let entries = shared
+            .read(move |c| log::read_after(c, from, CATCH_UP_BATCH))
+            .await?;
+        let Some(up_to) = entries.last().map(|e| e.seq) else {
+            cursor = last;
+            continue;
+        };
+        let visible: Vec<_> = entries
+            .iter()
+            .filter_map(|e| e.for_device(node, user))
+            .collect();
+        out.send(Message::Entries {
+            entries: visible,
+            up_to,
+        })
+        .await
+        .map_err(|_| Error::Closed)?;
+        cursor = up_to;
+    }
+}
+
+/// The initial download of a device of `user`: schema, then the rows it may see, read in one
+/// read transaction so they match the log position sent with them. Returns that position.
+fn send_snapshot(c: &Connection, user: i64, out: &mpsc::Sender<Message>) -> Result<u64> {
+    c.execute_batch("BEGIN")?;
+    let result = snapshot_in_txn(c, user, out);
+    let _ = c.execute_batch("COMMIT");
+    result
+}
+
+fn snapshot_in_txn(c: &Connection, user: i64, out: &mpsc::Sender<Message>) -> Result<u64> {
+    let send = |m: Message| out.blocking_send(m).map_err(|_| Error::Closed);
+    let seq = log::last_seq(c)?;
+    let statements: Vec<String> = c
+        .prepare(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL
+               AND name NOT LIKE '\\_octo\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+               AND tbl_name NOT LIKE 'private\\_%' ESCAPE '\\'
+             ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let tables: Vec<_> = schema::user_tables(c)?
+        .into_iter()
+        .filter(|t| t.is_replicated() && !schema::is_private(&t.name) && !t.without_rowid)
+        .collect();
+    let filter = |t: &schema::TableLayout| {
+        let ow = ident(&t.columns[t.owner.unwrap_or(0)]);
+        format!("{ow} = '*' OR {ow} = ?1 OR {ow} = ?2")
+    };
+    let mut total = 0u64;
+    for t in &tables {
+        let n: i64 = c.query_row(
+            &format!(
+                "SELECT count(*) FROM {} WHERE {}",
+                ident(&t.name),
+                filter(t)
+            ),
+            rusqlite::params![user, user.to_string()],
+            |r| r.get(0),
+        )?;
+        total += n as u64;
+    }
+    send(Message::SnapshotBegin {
+        seq,
+        schema: statements,
+        total_rows: total,
+    })?;
+    for t in &tables {
+        let cols: Vec<String> = t.columns.iter().map(|c| ident(c)).collect();
+        let mut stmt = c.prepare(&format!(
+            "SELECT rowid, {} FROM {} WHERE {}",
+            cols.join(", "),
+            ident(&t.name),
+            filter(t)
+        ))?;
+        let n = t.columns.len();
+        let mut rows = stmt.query(rusqlite::params![user, user.to_string()])?;
+        let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK);
+        while let Some(r) = rows.next()? {
+            let values = (1..=n)
+                .map(|i| r.get::<_, Value>(i))
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            chunk.push((r.get::<_, i64>(0)?, values));
+            if chunk.len() == SNAPSHOT_CHUNK {
+                let rows = std::mem::replace(&mut chunk, Vec::with_capacity(SNAPSHOT_CHUNK));
+                send(Message::SnapshotRows {
+                    table: t.name.clone(),
+                    columns: t.columns.clone(),
+                    rows,
+                })?;
+            }
+        }
+        if !chunk.is_empty() {
+            send(Message::SnapshotRows {
+                table: t.name.clone(),
+                columns: t.columns.clone(),
+                rows: chunk,
+            })?;
+        }
+    }
+    send(Message::SnapshotEnd { seq })?;
+    Ok(seq)
+}

@@ -1,0 +1,235 @@
+//! A device's network side: connect to a primary (failing over along the `connect` list),
+//! download the database when empty, apply the stream, and send the outbox.
+
+use super::writer::{Job, Reply};
+use super::{Event, Shared};
+use crate::error::{Error, Result};
+use crate::log::outbox;
+use crate::net::{Message, NetError, SecureReader, SecureStream, SecureWriter};
+use crate::uri::{Endpoint, Role};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Transactions per message when sending the outbox.
+const SEND_BATCH: usize = 500;
+
+pub(super) async fn run(shared: Arc<Shared>) {
+    let endpoints = shared.cfg.connect.clone();
+    let mut stop = shared.shutdown.subscribe();
+    let mut backoff = Duration::from_millis(50);
+    for ep in endpoints.iter().cycle() {
+        if shared.is_shutting_down() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match session(&shared, ep).await {
+            Ok(()) => {}
+            Err(e) => tracing::info!(primary = %ep, "sync connection ended: {e}"),
+        }
+        let was_connected = shared
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .connected_to
+            .take()
+            .is_some();
+        if was_connected {
+            shared.emit(Event::Disconnected);
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            backoff = Duration::from_millis(50);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn ask<T>(shared: &Shared, make: impl FnOnce(Reply<T>) -> Job) -> Result<T> {
+    let (tx, rx) = oneshot::channel();
+    shared
+        .jobs
+        .send(make(tx))
+        .await
+        .map_err(|_| Error::Closed)?;
+    rx.await.map_err(|_| Error::Closed)?
+}
+
+async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {
+    Ok(Message::decode(&rd.recv().await?)?)
+}
+
+fn device_info() -> String {
+    serde_json::json!({
+        "platform": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+        "engine": concat!("octodb ", env!("CARGO_PKG_VERSION")),
+    })
+    .to_string()
+}
+
+async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<()> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep.to_addr_string()))
+        .await
+        .map_err(|_| NetError::Timeout)?
+        .map_err(|e| Error::io(format!("connecting to {ep}"), e))?;
+    let stream = SecureStream::connect(tcp, &shared.keys, &shared.handshake).await?;
+    let (mut rd, mut wr) = stream.into_split();
+    let last_seq = *shared.feed.borrow();
+    let hello = Message::Hello {
+        role: Role::Secondary,
+        last_seq,
+        info: device_info(),
+    };
+    wr.send(&hello.encode()).await?;
+    wr.flush().await?;
+    match recv_msg(&mut rd).await? {
+        Message::Welcome {
+            node_id, user_id, ..
+        } => {
+            ask(shared, |reply| Job::Welcome {
+                node_id,
+                user_id,
+                reply,
+            })
+            .await?;
+        }
+        Message::Refused { reason } => {
+            return Err(Error::rule(format!(
+                "the primary refused this node: {reason}"
+            )))
+        }
+        other => {
+            return Err(
+                NetError::Malformed(format!("expected Welcome, got {}", other.kind())).into(),
+            )
+        }
+    }
+    shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .connected_to = Some(ep.to_string());
+    shared.emit(Event::Connected {
+        peer: ep.to_string(),
+    });
+    tracing::info!(primary = %ep, "connected");
+    let sender = tokio::spawn(send_outbox(shared.clone(), wr));
+    let result = receive(shared, &mut rd).await;
+    sender.abort();
+    if shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .download
+        .take()
+        .is_some()
+    {
+        let _ = shared.jobs.send(Job::SnapshotAbort).await;
+    }
+    result
+}
+
+async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        let msg = tokio::select! {
+            m = recv_msg(rd) => m?,
+            _ = stop.changed() => return Ok(()),
+        };
+        match msg {
+            Message::SnapshotBegin {
+                schema, total_rows, ..
+            } => {
+                set_download(shared, Some((0, total_rows)));
+                ask(shared, |reply| Job::SnapshotBegin { schema, reply }).await?;
+            }
+            Message::SnapshotRows {
+                table,
+                columns,
+                rows,
+            } => {
+                let n = rows.len() as u64;
+                ask(shared, |reply| Job::SnapshotRows {
+                    table,
+                    columns,
+                    rows,
+                    reply,
+                })
+                .await?;
+                let progress = {
+                    let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+                    live.download = live.download.map(|(d, t)| (d + n, t));
+                    live.download
+                };
+                if let Some((rows, total)) = progress {
+                    shared.emit(Event::Download { rows, total });
+                }
+            }
+            Message::SnapshotEnd { seq } => {
+                ask(shared, |reply| Job::SnapshotEnd { seq, reply }).await?;
+                set_download(shared, None);
+            }
+            Message::Entries { entries, up_to } => {
+                ask(shared, |reply| Job::Entries {
+                    entries,
+                    up_to,
+                    reply,
+                })
+                .await?;
+            }
+            other => {
+                return Err(NetError::Malformed(format!(
+                    "unexpected {} from a primary",
+                    other.kind()
+                ))
+                .into())
+            }
+        }
+    }
+}
+
+fn set_download(shared: &Shared, d: Option<(u64, u64)>) {
+    shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .download = d;
+}
+
+/// Send every pending transaction once per connection, in order; then each new one as it is
+/// committed. The primaries ignore ids they have already decided, so a resend is harmless.
+async fn send_outbox(shared: Arc<Shared>, mut wr: SecureWriter) {
+    let mut sent = 0u64;
+    loop {
+        let notified = shared.outbox_changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let after = sent;
+        let txns = match shared
+            .read(move |c| outbox::read_after(c, after, SEND_BATCH))
+            .await
+        {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("cannot read the outbox: {e}");
+                return;
+            }
+        };
+        if txns.is_empty() {
+            notified.await;
+            continue;
+        }
+        sent = txns.last().map_or(sent, |t| t.0);
+        let msg = Message::Txns { txns };
+        if wr.send(&msg.encode()).await.is_err() || wr.flush().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! `PRAGMA sync_status` and `PRAGMA nodes`: what a node knows of itself and of its peers.
+
+use super::Shared;
+use crate::error::Result;
+use crate::store::{meta_get, meta_i64};
+use crate::uri::Role;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// Live state kept in memory by the network tasks.
+#[derive(Debug, Default)]
+pub struct Live {
+    pub connected_to: Option<String>,
+    /// Primaries: node id → address of each connected node.
+    pub sessions: HashMap<u32, String>,
+    pub download: Option<(u64, u64)>,
+}
+
+/// The last transaction the primaries rejected, with why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub txn_id: u64,
+    pub reason: String,
+    pub at: f64,
+}
+
+/// The node's sync state; `PRAGMA sync_status` returns it as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// Authorized and initial download done: the app may use the database.
+    pub db_is_ready: bool,
+    pub node_id: u32,
+    pub node_type: String,
+    pub user_id: Option<i64>,
+    pub public_key: String,
+    pub connected: bool,
+    /// Devices: the primary connected to. Primaries: the connected nodes.
+    pub peers: Vec<String>,
+    /// Primaries: the addresses listened on.
+    pub bind: Vec<String>,
+    pub last_seq: u64,
+    pub outbox_len: u64,
+    pub last_rejected: Option<Rejection>,
+    /// Unix time (seconds) of the last batch received from the primaries.
+    pub last_sync: Option<f64>,
+    /// Rows downloaded and expected, while an initial download runs.
+    pub download: Option<(u64, u64)>,
+}
+
+pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
+    let role = shared.cfg.role;
+    let (live_peer, sessions, download) = {
+        let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s: Vec<String> = live.sessions.values().cloned().collect();
+        s.sort();
+        (live.connected_to.clone(), s, live.download)
+    };
+    let (ready, last_seq, outbox_len, last_rejected, last_sync) = shared.read_blocking(|c| {
+        let ready = role != Some(Role::Secondary) || meta_i64(c, "ready")? == 1;
+        let last_seq = match role {
+            Some(Role::Primary) => crate::log::last_seq(c)?,
+            _ => meta_i64(c, "last_seq")? as u64,
+        };
+        let rej: Option<String> = meta_get(c, "last_rejected")?;
+        let rej = rej.and_then(|j| serde_json::from_str(&j).ok());
+        let last_sync: Option<f64> = meta_get(c, "last_sync")?;
+        Ok((ready, last_seq, crate::log::outbox::len(c)?, rej, last_sync))
+    })?;
+    let id = &shared.identity;
+    let (connected, peers) = match role {
+        Some(Role::Primary) => (!sessions.is_empty(), sessions),
+        _ => (live_peer.is_some(), live_peer.into_iter().collect()),
+    };
+    Ok(SyncStatus {
+        db_is_ready: ready && (role != Some(Role::Secondary) || id.node_id() != 0),
+        node_id: id.node_id(),
+        node_type: role.map_or("local", |r| r.as_str()).to_string(),
+        user_id: (id.user_id() != 0).then_some(id.user_id()),
+        public_key: shared.keys.public_key().to_hex(),
+        connected,
+        peers,
+        bind: shared
+            .bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|a| format!("tcp://{a}"))
+            .collect(),
+        last_seq,
+        outbox_len,
+        last_rejected,
+        last_sync,
+        download,
+    })
+}
+
+/// One row of `PRAGMA nodes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub public_key: String,
+    pub node_id: u32,
+    pub node_type: String,
+    pub user_id: Option<i64>,
+    pub address: Option<String>,
+    pub connected: bool,
+    pub auth_state: String,
+    pub last_seen: Option<f64>,
+}
+
+pub fn nodes(shared: &Shared) -> Result<Vec<NodeRecord>> {
+    let connected: HashMap<u32, String> = shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .sessions
+        .clone();
+    shared.read_blocking(|c| {
+        let mut stmt = c.prepare_cached(
+            "SELECT pubkey, node_id, node_type, user_id, address, auth_state, last_seen
+             FROM _octo_nodes ORDER BY node_id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let node_id: u32 = r.get(1)?;
+            Ok(NodeRecord {
+                public_key: r.get(0)?,
+                node_id,
+                node_type: r.get(2)?,
+                user_id: r.get(3)?,
+                address: connected.get(&node_id).cloned().or(r.get(4)?),
+                connected: connected.contains_key(&node_id),
+                auth_state: r.get(5)?,
+                last_seen: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    })
+}

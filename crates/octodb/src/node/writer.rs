@@ -1,0 +1,385 @@
+//! The engine's writer thread: the only place where the network's changes are written.
+//! Work queued while a transaction is being written is gathered into the next one, so many
+//! devices' transactions share one commit (group commit).
+
+use super::{Event, Shared};
+use crate::changes::ChangeSet;
+use crate::crypto::PublicKey;
+use crate::error::{Error, Result};
+use crate::log::{self, EntryBody, LogEntry};
+use crate::store::apply::{self, Sender, Tables};
+use crate::store::{meta_i64, meta_set, schema, write_txn};
+use crate::uri::Role;
+use crate::value::Value;
+use rusqlite::{Connection, OptionalExtension};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// How many device transactions one commit may gather.
+const GROUP_COMMIT_MAX: usize = 2000;
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
+
+pub(crate) enum Job {
+    Stop,
+    /// Primary: a device's transactions, in the device's order.
+    DeviceTxns {
+        sender: Sender,
+        txns: Vec<(u64, ChangeSet)>,
+    },
+    /// Primary: a node presents itself; find or create its record.
+    Register {
+        pubkey: PublicKey,
+        address: String,
+        info: String,
+        reply: Reply<Registered>,
+    },
+    /// Device: the primary accepted this node with these ids.
+    Welcome {
+        node_id: u32,
+        user_id: i64,
+        reply: Reply<()>,
+    },
+    /// Device: entries from the primaries.
+    Entries {
+        entries: Vec<LogEntry>,
+        up_to: u64,
+        reply: Reply<()>,
+    },
+    /// Device: the initial download, in parts, inside one transaction.
+    SnapshotBegin {
+        schema: Vec<String>,
+        reply: Reply<()>,
+    },
+    SnapshotRows {
+        table: String,
+        columns: Vec<String>,
+        rows: Vec<(i64, Vec<Value>)>,
+        reply: Reply<()>,
+    },
+    SnapshotEnd {
+        seq: u64,
+        reply: Reply<()>,
+    },
+    SnapshotAbort,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Registered {
+    pub node_id: u32,
+    pub user_id: i64,
+}
+
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    conn: Connection,
+    rx: mpsc::Receiver<Job>,
+    role: Role,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("octodb-writer".into())
+        .spawn(move || {
+            Writer {
+                shared,
+                conn,
+                tables: Tables::default(),
+                role,
+            }
+            .run(rx)
+        })
+        .map_err(|e| Error::io("starting the writer thread", e))
+}
+
+struct Writer {
+    shared: Arc<Shared>,
+    conn: Connection,
+    tables: Tables,
+    role: Role,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        let mut next: Option<Job> = None;
+        loop {
+            let job = match next.take() {
+                Some(j) => j,
+                None => match rx.blocking_recv() {
+                    Some(j) => j,
+                    None => return,
+                },
+            };
+            match job {
+                Job::Stop => return,
+                Job::DeviceTxns { sender, txns } => {
+                    let mut batch = vec![(sender, txns)];
+                    let mut count = batch[0].1.len();
+                    while count < GROUP_COMMIT_MAX {
+                        match rx.try_recv() {
+                            Ok(Job::DeviceTxns { sender, txns }) => {
+                                count += txns.len();
+                                batch.push((sender, txns));
+                            }
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = self.apply_device_batch(&batch) {
+                        // Nothing was committed; devices resend on their next connection.
+                        tracing::error!("could not apply {count} device transactions: {e}");
+                    }
+                }
+                Job::Register {
+                    pubkey,
+                    address,
+                    info,
+                    reply,
+                } => {
+                    let _ = reply.send(write_txn(&self.conn, |c| {
+                        register(c, pubkey, &address, &info)
+                    }));
+                }
+                Job::Welcome {
+                    node_id,
+                    user_id,
+                    reply,
+                } => {
+                    let _ = reply.send(self.welcome(node_id, user_id));
+                }
+                Job::Entries {
+                    entries,
+                    up_to,
+                    reply,
+                } => {
+                    let _ = reply.send(self.apply_entries(&entries, up_to));
+                }
+                Job::SnapshotBegin { schema, reply } => {
+                    let _ = reply.send(self.snapshot_begin(&schema));
+                }
+                Job::SnapshotRows {
+                    table,
+                    columns,
+                    rows,
+                    reply,
+                } => {
+                    let _ = reply.send(self.snapshot_rows(&table, &columns, &rows));
+                }
+                Job::SnapshotEnd { seq, reply } => {
+                    let _ = reply.send(self.snapshot_end(seq));
+                }
+                Job::SnapshotAbort => {
+                    if !self.conn.is_autocommit() {
+                        let _ = self.conn.execute_batch("ROLLBACK");
+                    }
+                }
+            }
+            let _ = self.role;
+        }
+    }
+
+    /// Primary: apply devices' transactions, each in a savepoint, all in one commit.
+    fn apply_device_batch(&mut self, batch: &[(Sender, Vec<(u64, ChangeSet)>)]) -> Result<()> {
+        let conn = &self.conn;
+        let tables = &mut self.tables;
+        let last = write_txn(conn, |c| {
+            let mut last = 0;
+            for (sender, txns) in batch {
+                let mut done: i64 = c
+                    .prepare_cached("SELECT last_txn FROM _octo_nodes WHERE node_id = ?1")?
+                    .query_row([sender.node_id], |r| r.get(0))
+                    .optional()?
+                    .unwrap_or(0);
+                for (txn_id, cs) in txns {
+                    if (*txn_id as i64) <= done {
+                        continue; // already decided: a resend after a lost connection
+                    }
+                    c.execute_batch("SAVEPOINT device_txn")?;
+                    let body = match apply::apply_device_txn(c, tables, *sender, cs) {
+                        Ok(Ok(changes)) => {
+                            c.execute_batch("RELEASE device_txn")?;
+                            EntryBody::Changes(changes)
+                        }
+                        Ok(Err(reason)) => {
+                            c.execute_batch("ROLLBACK TO device_txn; RELEASE device_txn")?;
+                            tracing::info!(node = sender.node_id, txn = txn_id, %reason, "transaction rejected");
+                            EntryBody::Rejected { reason }
+                        }
+                        Err(e) => {
+                            c.execute_batch("ROLLBACK TO device_txn; RELEASE device_txn")?;
+                            return Err(e);
+                        }
+                    };
+                    last = log::append(c, sender.node_id, *txn_id, &body)?;
+                    done = *txn_id as i64;
+                }
+                c.prepare_cached("UPDATE _octo_nodes SET last_txn = ?2 WHERE node_id = ?1")?
+                    .execute(rusqlite::params![sender.node_id, done])?;
+            }
+            Ok(last)
+        })?;
+        if last > 0 {
+            self.shared.feed.send_if_modified(|v| {
+                let newer = last > *v;
+                *v = (*v).max(last);
+                newer
+            });
+        }
+        Ok(())
+    }
+
+    fn welcome(&mut self, node_id: u32, user_id: i64) -> Result<()> {
+        let id = &self.shared.identity;
+        if id.node_id() == node_id && id.user_id() == user_id {
+            return Ok(());
+        }
+        if id.node_id() != 0 && id.node_id() != node_id {
+            return Err(Error::rule(format!(
+                "the primary knows this device as node {node_id}, but its file belongs to node {}; use a fresh file",
+                id.node_id()
+            )));
+        }
+        write_txn(&self.conn, |c| {
+            meta_set(c, "node_id", node_id as i64)?;
+            meta_set(c, "user_id", user_id)
+        })?;
+        id.set_authorized(node_id, user_id);
+        Ok(())
+    }
+
+    /// Device: apply a batch from the primaries with rebase of pending work.
+    fn apply_entries(&mut self, entries: &[LogEntry], up_to: u64) -> Result<()> {
+        let my_node = self.shared.identity.node_id();
+        let tables = &mut self.tables;
+        let now = unix_now();
+        let applied = write_txn(&self.conn, |c| {
+            let applied = log::rebase::apply_entries(c, tables, my_node, entries)?;
+            let seq = applied
+                .last_seq
+                .max(up_to)
+                .max(meta_i64(c, "last_seq")? as u64);
+            meta_set(c, "last_seq", seq as i64)?;
+            meta_set(c, "last_sync", now)?;
+            if let Some((txn_id, reason)) = applied.rejected.last() {
+                let r = super::status::Rejection {
+                    txn_id: *txn_id,
+                    reason: reason.clone(),
+                    at: now,
+                };
+                meta_set(
+                    c,
+                    "last_rejected",
+                    serde_json::to_string(&r).unwrap_or_default(),
+                )?;
+            }
+            Ok(applied)
+        })?;
+        self.shared.feed.send_replace(applied.last_seq.max(up_to));
+        for t in &applied.accepted {
+            self.shared.emit(Event::TransactionAccepted { txn_id: *t });
+        }
+        for (txn_id, reason) in &applied.rejected {
+            self.shared.emit(Event::TransactionRejected {
+                txn_id: *txn_id,
+                reason: reason.clone(),
+            });
+        }
+        if applied.rows > 0 {
+            self.shared.emit(Event::DataReceived {
+                seq: applied.last_seq,
+                rows: applied.rows,
+            });
+        }
+        Ok(())
+    }
+
+    fn snapshot_begin(&mut self, statements: &[String]) -> Result<()> {
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("ROLLBACK")?;
+        }
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        for sql in statements {
+            if let Err(e) = self.conn.execute_batch(&schema::device_create_table(sql)) {
+                self.conn.execute_batch("ROLLBACK")?;
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot_rows(
+        &mut self,
+        table: &str,
+        columns: &[String],
+        rows: &[(i64, Vec<Value>)],
+    ) -> Result<()> {
+        let Some(t) = self.tables.get(&self.conn, table)? else {
+            return Err(Error::rule(format!(
+                "initial download: table `{table}` is missing"
+            )));
+        };
+        for (rowid, values) in rows {
+            apply::write_row(&self.conn, &t, columns, *rowid, values)?;
+        }
+        Ok(())
+    }
+
+    fn snapshot_end(&mut self, seq: u64) -> Result<()> {
+        meta_set(&self.conn, "last_seq", seq as i64)?;
+        meta_set(&self.conn, "ready", 1)?;
+        meta_set(&self.conn, "last_sync", unix_now())?;
+        self.conn.execute_batch("COMMIT")?;
+        self.shared.feed.send_replace(seq);
+        self.shared.emit(Event::Ready);
+        Ok(())
+    }
+}
+
+/// Find or create the record of a node (no authorization: every node is accepted and each
+/// device is its own user).
+fn register(c: &Connection, pubkey: PublicKey, address: &str, info: &str) -> Result<Registered> {
+    let key = pubkey.to_hex();
+    let now = unix_now();
+    let found: Option<(u32, Option<i64>)> = c
+        .prepare_cached("SELECT node_id, user_id FROM _octo_nodes WHERE pubkey = ?1")?
+        .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if let Some((node_id, user_id)) = found {
+        c.prepare_cached(
+            "UPDATE _octo_nodes SET address = ?2, info = ?3, last_seen = ?4 WHERE node_id = ?1",
+        )?
+        .execute(rusqlite::params![node_id, address, info, now])?;
+        return Ok(Registered {
+            node_id,
+            user_id: user_id.unwrap_or(0),
+        });
+    }
+    // Node 1 is the primary itself.
+    let node_id: u32 = c.query_row(
+        "SELECT max(coalesce(max(node_id), 1), 1) + 1 FROM _octo_nodes",
+        [],
+        |r| r.get(0),
+    )?;
+    let user_id: i64 = c.query_row(
+        "SELECT coalesce(max(user_id), 0) + 1 FROM _octo_users",
+        [],
+        |r| r.get(0),
+    )?;
+    c.prepare_cached("INSERT INTO _octo_users(user_id, created_at) VALUES (?1, ?2)")?
+        .execute(rusqlite::params![user_id, now])?;
+    c.prepare_cached(
+        "INSERT INTO _octo_nodes(node_id, pubkey, node_type, user_id, auth_state, address, info, created_at, last_seen)
+         VALUES (?1, ?2, 'secondary', ?3, 'approved', ?4, ?5, ?6, ?6)",
+    )?
+    .execute(rusqlite::params![node_id, key, user_id, address, info, now])?;
+    tracing::info!(node_id, user_id, pubkey = %key, "new node joined");
+    Ok(Registered { node_id, user_id })
+}
+
+pub(crate) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

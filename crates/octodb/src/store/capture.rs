@@ -1,0 +1,390 @@
+//! Capture of a user's transaction: the SQL functions the TEMP triggers call, and the merge of
+//! the captured rows into one change per row when the transaction commits.
+
+use super::schema::{self, TableLayout, OP_DDL, OP_DELETE, OP_INSERT, OP_UPDATE};
+use crate::changes::{ChangeSet, Op};
+use crate::error::{Error, Result};
+use crate::uri::Role;
+use crate::value::{Owner, Value};
+use rusqlite::functions::{Context, FunctionFlags};
+use rusqlite::Connection;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Who this node is, shared by all its connections. Changes when a device is authorized.
+#[derive(Debug)]
+pub struct Identity {
+    pub role: Option<Role>,
+    node_id: AtomicU32,
+    user_id: AtomicI64,
+    /// Next per-node sequence for row ids (the low 32 bits).
+    next_row_seq: AtomicI64,
+}
+
+impl Identity {
+    pub fn new(role: Option<Role>, node_id: u32, user_id: i64, next_row_seq: i64) -> Identity {
+        Identity {
+            role,
+            node_id: AtomicU32::new(node_id),
+            user_id: AtomicI64::new(user_id),
+            next_row_seq: AtomicI64::new(next_row_seq.max(1)),
+        }
+    }
+    pub fn node_id(&self) -> u32 {
+        self.node_id.load(Ordering::Acquire)
+    }
+    /// The user id of this device, 0 when none (primaries, unauthorized devices).
+    pub fn user_id(&self) -> i64 {
+        self.user_id.load(Ordering::Acquire)
+    }
+    pub fn set_authorized(&self, node_id: u32, user_id: i64) {
+        self.node_id.store(node_id, Ordering::Release);
+        self.user_id.store(user_id, Ordering::Release);
+    }
+    pub fn next_row_seq(&self) -> i64 {
+        self.next_row_seq.load(Ordering::Acquire)
+    }
+    fn alloc_row_id(&self) -> i64 {
+        let seq = self.next_row_seq.fetch_add(1, Ordering::AcqRel) & 0xFFFF_FFFF;
+        ((self.node_id() as i64) << 32) | seq
+    }
+}
+
+/// Per-connection state of the capture functions.
+#[derive(Debug, Default)]
+struct State {
+    layouts: Vec<Arc<TableLayout>>,
+    expected_auto: HashMap<String, i64>,
+    remap_from: Option<i64>,
+    last_alloc: Option<(i64, i64)>,
+}
+
+/// The capture machinery of one user connection.
+#[derive(Clone)]
+pub struct Capture {
+    identity: Arc<Identity>,
+    state: Arc<Mutex<State>>,
+}
+
+fn owner_class(identity: &Identity, v: &Value) -> &'static str {
+    match Owner::of(v) {
+        Owner::Local => "local",
+        Owner::Global => "global",
+        Owner::User(u) if identity.user_id() != 0 && u == identity.user_id() => "me",
+        Owner::User(_) => "other",
+        Owner::Invalid => "invalid",
+    }
+}
+
+impl Capture {
+    pub fn new(identity: Arc<Identity>) -> Capture {
+        Capture {
+            identity,
+            state: Arc::new(Mutex::new(State::default())),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state holds no invariant a panic could break halfway; keep going after one.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register `this_user()`, `this_node()` and the functions the triggers call.
+    pub fn register_functions(&self, conn: &Connection) -> Result<()> {
+        // INNOCUOUS: they are safe inside schema (the device's DEFAULT (this_user())).
+        let pure = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_INNOCUOUS;
+        let id = self.identity.clone();
+        conn.create_scalar_function("this_user", 0, pure, move |_| {
+            let u = id.user_id();
+            Ok((u != 0).then_some(u))
+        })?;
+        let id = self.identity.clone();
+        conn.create_scalar_function("this_node", 0, pure, move |_| Ok(id.node_id() as i64))?;
+        let me = self.clone();
+        conn.create_scalar_function("octo_expect_auto", 2, pure, move |ctx| {
+            let table: String = ctx.get(0)?;
+            let rowid: i64 = ctx.get(1)?;
+            me.lock().expected_auto.insert(table, rowid);
+            Ok(None::<i64>)
+        })?;
+        let me = self.clone();
+        conn.create_scalar_function("octo_take_auto", 2, pure, move |ctx| {
+            let table: String = ctx.get(0)?;
+            let rowid: i64 = ctx.get(1)?;
+            if me.identity.node_id() == 0 {
+                return Ok(false);
+            }
+            let mut st = me.lock();
+            if st.expected_auto.get(&table) == Some(&rowid) {
+                st.expected_auto.remove(&table);
+                st.remap_from = Some(rowid);
+                return Ok(true);
+            }
+            Ok(false)
+        })?;
+        let me = self.clone();
+        conn.create_scalar_function("octo_alloc_id", 0, pure, move |_| {
+            let id = me.identity.alloc_row_id();
+            let mut st = me.lock();
+            let from = st.remap_from.take().unwrap_or(id);
+            st.last_alloc = Some((from, id));
+            Ok(id)
+        })?;
+        let me = self.clone();
+        conn.create_scalar_function("octo_final_rowid", 1, pure, move |ctx| {
+            let rowid: i64 = ctx.get(0)?;
+            Ok(match me.lock().last_alloc {
+                Some((from, to)) if from == rowid => to,
+                _ => rowid,
+            })
+        })?;
+        let me = self.clone();
+        conn.create_scalar_function("octo_last_alloc", 0, pure, move |_| {
+            Ok(me.lock().last_alloc.map(|(_, to)| to))
+        })?;
+        let id = self.identity.clone();
+        conn.create_scalar_function("octo_owner_class", 1, pure, move |ctx| {
+            Ok(owner_class(&id, &value_arg(ctx, 0)))
+        })?;
+        let id = self.identity.clone();
+        conn.create_scalar_function("octo_owner_change_ok", 2, pure, move |ctx| {
+            let (old, new) = (value_arg(ctx, 0), value_arg(ctx, 1));
+            Ok(owner_change_ok(&id, &old, &new))
+        })?;
+        conn.create_scalar_function("octo_pack", -1, pure, |ctx| {
+            let vals: Vec<Value> = (0..ctx.len()).map(|i| value_arg(ctx, i)).collect();
+            Ok(encode_values(&vals))
+        })?;
+        conn.execute_batch(schema::CAPTURE_TABLE)?;
+        Ok(())
+    }
+
+    /// (Re)create the TEMP triggers for the current schema.
+    pub fn install_triggers(&self, conn: &Connection, role: Role) -> Result<()> {
+        schema::drop_triggers(conn)?;
+        let mut sql = String::new();
+        let mut st = self.lock();
+        for t in schema::user_tables(conn)? {
+            if !t.is_replicated() || t.without_rowid {
+                continue;
+            }
+            let id = st.layouts.len();
+            sql += &schema::trigger_sql(&t, id, role);
+            st.layouts.push(Arc::new(t));
+        }
+        drop(st);
+        conn.execute_batch(&sql)?;
+        Ok(())
+    }
+
+    /// Forget what the last statement noted; called before each statement.
+    pub fn begin_statement(&self) {
+        let mut st = self.lock();
+        st.expected_auto.clear();
+        st.remap_from = None;
+        st.last_alloc = None;
+    }
+
+    /// The id the last statement's auto-assigned row was moved to, if `raw` was moved.
+    pub fn remapped_rowid(&self, raw: i64) -> Option<i64> {
+        match self.lock().last_alloc {
+            Some((from, to)) if from == raw => Some(to),
+            _ => None,
+        }
+    }
+
+    /// Read and clear what the triggers captured in the current transaction.
+    pub fn take(&self, conn: &Connection) -> Result<Vec<Captured>> {
+        let layouts = self.lock().layouts.clone();
+        let mut stmt = conn.prepare_cached(
+            "SELECT tbl, layout, op, rid, mask, vals, old, ddl, ddl_private
+             FROM temp._octo_capture ORDER BY seq",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut merger = Merger::default();
+        while let Some(r) = rows.next()? {
+            let op: i64 = r.get(2)?;
+            if op == OP_DDL {
+                merger.barrier();
+                merger.out.push(Captured::Ddl {
+                    sql: r.get(7)?,
+                    private: r.get::<_, Option<bool>>(8)?.unwrap_or(false),
+                });
+                continue;
+            }
+            let layout_id: usize = r.get::<_, i64>(1)? as usize;
+            let layout = layouts.get(layout_id).cloned().ok_or_else(|| {
+                Error::rule("octodb: change captured for an unknown table layout")
+            })?;
+            let rowid: i64 = r.get(3)?;
+            let mask = r.get::<_, Option<i64>>(4)?.unwrap_or(-1) as u64;
+            let vals = decode_opt(r.get::<_, Option<Vec<u8>>>(5)?, &layout, rowid)?;
+            let old = decode_opt(r.get::<_, Option<Vec<u8>>>(6)?, &layout, rowid)?;
+            merger.add(layout, op, rowid, mask, vals, old);
+        }
+        drop(rows);
+        merger.barrier();
+        conn.execute_batch("DELETE FROM temp._octo_capture")?;
+        Ok(merger.out)
+    }
+}
+
+fn value_arg(ctx: &Context<'_>, i: usize) -> Value {
+    ctx.get_raw(i).into()
+}
+
+impl From<rusqlite::types::ValueRef<'_>> for Value {
+    fn from(v: rusqlite::types::ValueRef<'_>) -> Value {
+        Value::from_ref(v)
+    }
+}
+
+fn owner_change_ok(id: &Identity, old: &Value, new: &Value) -> bool {
+    let (o, n) = (Owner::of(old), Owner::of(new));
+    if o == n {
+        return true;
+    }
+    match (id.role, o, n) {
+        (Some(Role::Secondary), Owner::Local, Owner::User(u)) => u == id.user_id(),
+        (Some(Role::Secondary), _, _) => false,
+        (_, Owner::Local, _) => true,
+        (_, Owner::User(_), Owner::Global) => true,
+        _ => false,
+    }
+}
+
+pub fn encode_values(vals: &[Value]) -> Vec<u8> {
+    postcard::to_allocvec(vals).unwrap_or_default()
+}
+
+pub fn decode_values(bytes: &[u8]) -> Result<Vec<Value>> {
+    postcard::from_bytes(bytes).map_err(|e| Error::rule(format!("octodb: bad packed row: {e}")))
+}
+
+fn decode_opt(b: Option<Vec<u8>>, layout: &TableLayout, rowid: i64) -> Result<Option<Vec<Value>>> {
+    let Some(b) = b else { return Ok(None) };
+    let mut vals = decode_values(&b)?;
+    // The INTEGER PRIMARY KEY column was packed before the row's id was moved.
+    if let Some(i) = layout.rowid_alias {
+        if let Some(v) = vals.get_mut(i) {
+            *v = Value::Integer(rowid);
+        }
+    }
+    Ok(Some(vals))
+}
+
+/// What a transaction did, one entry per changed row (in first-touch order) or schema statement.
+#[derive(Debug, Clone)]
+pub enum Captured {
+    Row(RowChange),
+    Ddl { sql: String, private: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct RowChange {
+    pub layout: Arc<TableLayout>,
+    pub rowid: i64,
+    /// The row before the transaction (None: absent).
+    pub before: Option<Vec<Value>>,
+    /// The row after the transaction (None: deleted).
+    pub after: Option<Vec<Value>>,
+    pub changed: u64,
+}
+
+impl RowChange {
+    fn owner(&self, row: &Option<Vec<Value>>) -> Option<Value> {
+        let i = self.layout.owner?;
+        row.as_ref().and_then(|r| r.get(i).cloned())
+    }
+
+    fn shared(&self, row: &Option<Vec<Value>>) -> bool {
+        self.owner(row)
+            .is_some_and(|v| Owner::of(&v) != Owner::Local)
+    }
+
+    /// The change as a device sends it, or None when it stays local.
+    pub fn to_op(&self, cs: &mut ChangeSet) -> Option<Op> {
+        let table = cs.table_index(&self.layout.name, &self.layout.columns);
+        let rowid = self.rowid;
+        match (
+            self.shared(&self.before),
+            self.shared(&self.after),
+            &self.after,
+        ) {
+            (false, true, Some(v)) => Some(Op::Insert {
+                table,
+                rowid,
+                values: v.clone(),
+            }),
+            (true, true, Some(v)) => Some(Op::Update {
+                table,
+                rowid,
+                changed: self.changed,
+                values: v.clone(),
+            }),
+            (true, false, None) => Some(Op::Delete {
+                table,
+                rowid,
+                owner: self.owner(&self.before).unwrap_or(Value::Null),
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Merger {
+    out: Vec<Captured>,
+    group: Vec<RowChange>,
+    index: HashMap<(String, i64), usize>,
+}
+
+impl Merger {
+    fn add(
+        &mut self,
+        layout: Arc<TableLayout>,
+        op: i64,
+        rowid: i64,
+        mask: u64,
+        vals: Option<Vec<Value>>,
+        old: Option<Vec<Value>>,
+    ) {
+        let key = (layout.name.clone(), rowid);
+        if let Some(&i) = self.index.get(&key) {
+            let rc = &mut self.group[i];
+            match op {
+                OP_INSERT => {
+                    rc.after = vals;
+                    rc.changed = u64::MAX;
+                }
+                OP_UPDATE => {
+                    rc.after = vals;
+                    rc.changed |= mask;
+                }
+                _ => rc.after = None,
+            }
+            rc.layout = layout;
+            return;
+        }
+        let (before, after, changed) = match op {
+            OP_INSERT => (None, vals, u64::MAX),
+            OP_UPDATE => (old, vals, mask),
+            OP_DELETE => (old, None, 0),
+            _ => return,
+        };
+        self.index.insert(key, self.group.len());
+        self.group.push(RowChange {
+            layout,
+            rowid,
+            before,
+            after,
+            changed,
+        });
+    }
+
+    fn barrier(&mut self) {
+        self.index.clear();
+        self.out.extend(self.group.drain(..).map(Captured::Row));
+    }
+}

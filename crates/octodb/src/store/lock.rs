@@ -1,0 +1,41 @@
+//! One process per database file: an exclusive lock on a side file `<db>.octolock`.
+//!
+//! SQLite's own locks let several processes share a file; a replicated node must not, because
+//! two engines would hand out the same row ids and sequence numbers.
+
+use crate::error::{Error, Result};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+
+/// Held for as long as the node is open; the OS releases it if the process dies.
+#[derive(Debug)]
+pub struct ProcessLock {
+    _file: File,
+}
+
+pub fn lock_path(db: &Path) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(".octolock");
+    PathBuf::from(s)
+}
+
+impl ProcessLock {
+    pub fn acquire(db: &Path) -> Result<ProcessLock> {
+        let path = lock_path(db);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(ProcessLock { _file: file }),
+            Err(TryLockError::WouldBlock) => Err(Error::Locked {
+                path: db.to_path_buf(),
+            }),
+            Err(TryLockError::Error(e)) => {
+                Err(Error::io(format!("lock file {}", path.display()), e))
+            }
+        }
+    }
+}

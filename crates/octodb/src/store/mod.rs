@@ -1,0 +1,104 @@
+//! The SQLite file: opening it (WAL, one owner process), the engine's internal tables, and
+//! small typed accessors for the engine's own settings.
+
+pub mod apply;
+pub mod capture;
+pub mod lock;
+pub mod schema;
+
+use crate::error::{Error, Result};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::path::Path;
+use std::time::Duration;
+
+/// Prefix of every internal table; such tables are never replicated nor shown as user tables.
+pub const INTERNAL_PREFIX: &str = "_octo_";
+
+/// How long a connection waits for another one of the same node to finish writing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Open one SQLite connection on a node's file with the engine's settings.
+pub fn open_connection(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    if path.as_os_str() != ":memory:" {
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(?path, mode, "could not switch the database to WAL mode");
+        }
+    }
+    // Acknowledged transactions must survive a crash of the machine, not only of the process.
+    conn.execute_batch("PRAGMA synchronous=FULL;")?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(conn)
+}
+
+/// Create the engine's internal tables if they are missing.
+pub fn init_internal_schema(conn: &Connection) -> Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS _octo_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+         -- primaries: the total order of accepted transactions
+         CREATE TABLE IF NOT EXISTS _octo_log(
+             seq INTEGER PRIMARY KEY, origin_node INTEGER NOT NULL,
+             origin_txn INTEGER NOT NULL, body BLOB NOT NULL);
+         -- primaries: every node that ever asked to join
+         CREATE TABLE IF NOT EXISTS _octo_nodes(
+             node_id INTEGER PRIMARY KEY, pubkey TEXT NOT NULL UNIQUE, node_type TEXT NOT NULL,
+             user_id INTEGER, auth_state TEXT NOT NULL, last_txn INTEGER NOT NULL DEFAULT 0,
+             address TEXT, info TEXT, created_at REAL, last_seen REAL);
+         CREATE TABLE IF NOT EXISTS _octo_users(user_id INTEGER PRIMARY KEY, created_at REAL);
+         -- secondaries: transactions not yet accepted by the primaries, in commit order
+         CREATE TABLE IF NOT EXISTS _octo_outbox(txn_id INTEGER PRIMARY KEY, created_at REAL);
+         CREATE TABLE IF NOT EXISTS _octo_pending(
+             txn_id INTEGER NOT NULL, ord INTEGER NOT NULL, tbl TEXT NOT NULL,
+             rid INTEGER NOT NULL, change BLOB NOT NULL, PRIMARY KEY(txn_id, ord));
+         CREATE INDEX IF NOT EXISTS _octo_pending_row ON _octo_pending(tbl, rid);
+         -- secondaries: the primaries' version of each row that pending work has changed
+         CREATE TABLE IF NOT EXISTS _octo_base(
+             tbl TEXT NOT NULL, rid INTEGER NOT NULL, row BLOB, PRIMARY KEY(tbl, rid)) WITHOUT ROWID;",
+    )?;
+    Ok(())
+}
+
+pub fn meta_get<T: rusqlite::types::FromSql>(conn: &Connection, key: &str) -> Result<Option<T>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM _octo_meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+pub fn meta_set<T: rusqlite::ToSql>(conn: &Connection, key: &str, value: T) -> Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO _octo_meta(key, value) VALUES (?1, ?2)")?
+        .execute(rusqlite::params![key, value])?;
+    Ok(())
+}
+
+pub fn meta_i64(conn: &Connection, key: &str) -> Result<i64> {
+    Ok(meta_get::<i64>(conn, key)?.unwrap_or(0))
+}
+
+/// Run `f` inside `BEGIN IMMEDIATE … COMMIT`, rolling back on error.
+pub fn write_txn<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    match f(conn) {
+        Ok(v) => match conn.execute_batch("COMMIT") {
+            Ok(()) => Ok(v),
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                Err(e.into())
+            }
+        },
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
+pub fn corrupt(path: &Path, what: impl Into<String>) -> Error {
+    Error::Corrupt(path.to_path_buf(), what.into())
+}

@@ -1,0 +1,311 @@
+//! What the engine knows of the user's tables, and the TEMP triggers that enforce the ownership
+//! rules and capture changes on a user's connection.
+//!
+//! The triggers are TEMP (per connection, never in the file) because they call functions that
+//! only an octodb connection defines, and because the engine's own connections must apply
+//! remote changes without firing them.
+
+use crate::error::{Error, Result};
+use crate::uri::Role;
+use crate::ROW_OWNER;
+use rusqlite::Connection;
+
+/// A user table as seen at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableLayout {
+    pub name: String,
+    pub columns: Vec<String>,
+    /// Index of the INTEGER PRIMARY KEY column (an alias of the rowid), if any.
+    pub rowid_alias: Option<usize>,
+    /// Index of `row_owner`; a table takes part in row replication only when it has one.
+    pub owner: Option<usize>,
+    pub without_rowid: bool,
+}
+
+impl TableLayout {
+    pub fn is_replicated(&self) -> bool {
+        self.owner.is_some()
+    }
+}
+
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with(crate::store::INTERNAL_PREFIX) || name.starts_with("sqlite_")
+}
+
+pub fn is_private(name: &str) -> bool {
+    name.len() >= 8 && name[..8].eq_ignore_ascii_case("private_")
+}
+
+/// Quote an identifier for SQL text.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quote a string literal for SQL text.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// All user tables of the main database (internal and sqlite_ tables excluded).
+pub fn user_tables(conn: &Connection) -> Result<Vec<TableLayout>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' ORDER BY name",
+    )?;
+    let names: Vec<(String, bool)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Vec::new();
+    for (name, without_rowid) in names {
+        if is_internal(&name) {
+            continue;
+        }
+        out.push(layout_of(conn, &name, without_rowid)?);
+    }
+    Ok(out)
+}
+
+/// The layout of one table, or None if it does not exist.
+pub fn table_layout(conn: &Connection, name: &str) -> Result<Option<TableLayout>> {
+    let wr: Option<bool> = conn
+        .prepare_cached(
+            "SELECT wr FROM pragma_table_list WHERE schema = 'main' AND type = 'table' AND name = ?1",
+        )?
+        .query_row([name], |r| r.get(0))
+        .ok();
+    match wr {
+        Some(wr) => Ok(Some(layout_of(conn, name, wr)?)),
+        None => Ok(None),
+    }
+}
+
+fn layout_of(conn: &Connection, name: &str, without_rowid: bool) -> Result<TableLayout> {
+    let mut stmt =
+        conn.prepare_cached("SELECT name, type, pk FROM pragma_table_info(?1) ORDER BY cid")?;
+    let cols: Vec<(String, String, i64)> = stmt
+        .query_map([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let pk_cols: Vec<usize> = (0..cols.len()).filter(|&i| cols[i].2 > 0).collect();
+    let rowid_alias = match pk_cols.as_slice() {
+        [i] if !without_rowid && cols[*i].1.eq_ignore_ascii_case("INTEGER") => Some(*i),
+        _ => None,
+    };
+    let owner = cols
+        .iter()
+        .position(|c| c.0.eq_ignore_ascii_case(ROW_OWNER));
+    Ok(TableLayout {
+        name: name.to_string(),
+        columns: cols.into_iter().map(|c| c.0).collect(),
+        rowid_alias,
+        owner,
+        without_rowid,
+    })
+}
+
+/// Reject layouts that replication cannot handle, with what to change.
+pub fn check_replicable(t: &TableLayout) -> Result<()> {
+    if t.is_replicated() && t.without_rowid {
+        return Err(Error::rule(format!(
+            "table `{}` has a row_owner column but is WITHOUT ROWID; replicated tables need a rowid: remove WITHOUT ROWID",
+            t.name
+        )));
+    }
+    Ok(())
+}
+
+/// SQL creating the temp capture table; run once per user connection.
+pub const CAPTURE_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS _octo_capture(
+    seq INTEGER PRIMARY KEY, tbl TEXT, layout INTEGER, op INTEGER, rid INTEGER,
+    old_owner, owner, mask INTEGER, vals BLOB, old BLOB, ddl TEXT, ddl_private INTEGER)";
+
+pub const OP_INSERT: i64 = 1;
+pub const OP_UPDATE: i64 = 2;
+pub const OP_DELETE: i64 = 3;
+pub const OP_DDL: i64 = 4;
+
+/// Messages of the rules the triggers enforce (SQLite needs them as literals).
+const MSG_ROWID_CHANGE: &str =
+    "octodb: the id of a replicated row cannot change; delete the row and insert a new one";
+const MSG_OWNER_CHANGE: &str = "octodb: row_owner may only widen: a local row (NULL) may become this user's row (or, on a primary, any user's or '*'), a primary may make a user's row '*'; ownership never moves to another user";
+const MSG_DEVICE_INSERT: &str = "octodb: a device may insert only rows of its own user (omit row_owner or use this_user()) or local rows (row_owner NULL); '*' rows are created on primaries";
+
+/// The TEMP triggers for one replicated table on a connection of a node with `role`.
+/// `layout_id` identifies `t`'s column list in the connection's capture state.
+pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
+    let q = ident(&t.name);
+    let l = literal(&t.name);
+    let ow = ident(&t.columns[t.owner.unwrap_or(0)]);
+    let pack = |row: &str| {
+        let cols: Vec<String> = t
+            .columns
+            .iter()
+            .map(|c| format!("{row}.{}", ident(c)))
+            .collect();
+        format!("octo_pack({})", cols.join(", "))
+    };
+    let mask: Vec<String> = t
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("((NEW.{c} IS NOT OLD.{c}) << {})", i.min(63), c = ident(c)))
+        .collect();
+    let name = |kind: &str| ident(&format!("_octo_{kind}_{}", t.name));
+    let mut sql = String::new();
+    // Auto-assigned ids are moved into this node's id range (node id in the high 32 bits) so that
+    // inserts on different nodes never collide. BEFORE INSERT sees rowid -1 for an auto id and
+    // notes the id SQLite is about to pick; AFTER INSERT moves exactly that row.
+    sql += &format!(
+        "CREATE TEMP TRIGGER {bi} BEFORE INSERT ON main.{q} WHEN NEW.rowid = -1 BEGIN
+           SELECT octo_expect_auto({l}, coalesce((SELECT max(rowid) FROM main.{q}), 0) + 1);
+         END;
+         CREATE TEMP TRIGGER {ai} AFTER INSERT ON main.{q} BEGIN
+           UPDATE main.{q} SET rowid = octo_alloc_id() WHERE rowid = NEW.rowid AND octo_take_auto({l}, NEW.rowid);
+           INSERT INTO temp._octo_capture(tbl, layout, op, rid, owner, vals)
+             VALUES ({l}, {layout_id}, {OP_INSERT}, octo_final_rowid(NEW.rowid), NEW.{ow}, {newp});
+         END;
+         CREATE TEMP TRIGGER {au} AFTER UPDATE ON main.{q} WHEN OLD.rowid = NEW.rowid BEGIN
+           INSERT INTO temp._octo_capture(tbl, layout, op, rid, old_owner, owner, mask, vals, old)
+             VALUES ({l}, {layout_id}, {OP_UPDATE}, NEW.rowid, OLD.{ow}, NEW.{ow}, {mask}, {newp}, {oldp});
+         END;
+         CREATE TEMP TRIGGER {ad} AFTER DELETE ON main.{q} BEGIN
+           INSERT INTO temp._octo_capture(tbl, layout, op, rid, old_owner, old)
+             VALUES ({l}, {layout_id}, {OP_DELETE}, OLD.rowid, OLD.{ow}, {oldp});
+         END;\n",
+        bi = name("bi"),
+        ai = name("ai"),
+        au = name("au"),
+        ad = name("ad"),
+        newp = pack("NEW"),
+        oldp = pack("OLD"),
+        mask = mask.join(" | "),
+    );
+    // Rules. On a device, rows of other users and '*' rows are silently left alone by UPDATE and
+    // DELETE, as if a WHERE clause excluded them.
+    let (ignore_others, device_insert) = match role {
+        Role::Secondary => (
+            "WHEN octo_owner_class(OLD.{ow}) NOT IN ('local', 'me') THEN RAISE(IGNORE)"
+                .replace("{ow}", &ow),
+            true,
+        ),
+        Role::Primary => (String::new(), false),
+    };
+    sql += &format!(
+        "CREATE TEMP TRIGGER {bu} BEFORE UPDATE ON main.{q} BEGIN
+           SELECT CASE {ignore_others}
+             WHEN OLD.rowid <> NEW.rowid AND NEW.rowid IS NOT octo_last_alloc() THEN RAISE(ABORT, {m_rowid})
+             WHEN NOT octo_owner_change_ok(OLD.{ow}, NEW.{ow}) THEN RAISE(ABORT, {m_owner})
+           END;
+         END;\n",
+        bu = name("bu"),
+        m_rowid = literal(MSG_ROWID_CHANGE),
+        m_owner = literal(MSG_OWNER_CHANGE),
+    );
+    if device_insert {
+        sql += &format!(
+            "CREATE TEMP TRIGGER {bd} BEFORE DELETE ON main.{q}
+               WHEN octo_owner_class(OLD.{ow}) NOT IN ('local', 'me') BEGIN SELECT RAISE(IGNORE); END;
+             CREATE TEMP TRIGGER {bio} BEFORE INSERT ON main.{q}
+               WHEN octo_owner_class(NEW.{ow}) NOT IN ('local', 'me') BEGIN SELECT RAISE(ABORT, {m}); END;\n",
+            bd = name("bd"),
+            bio = name("bio"),
+            m = literal(MSG_DEVICE_INSERT),
+        );
+    }
+    sql
+}
+
+/// Drop every TEMP trigger this module created on `conn`.
+pub fn drop_triggers(conn: &Connection) -> Result<()> {
+    let names: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_temp_master WHERE type = 'trigger' AND name LIKE '\\_octo\\_%' ESCAPE '\\'")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for n in names {
+        conn.execute_batch(&format!("DROP TRIGGER IF EXISTS temp.{}", ident(&n)))?;
+    }
+    Ok(())
+}
+
+/// Rewrite a primary's CREATE TABLE for a device: an INSERT that does not name `row_owner`
+/// must make a row of the device's user, so the column gets `DEFAULT (this_user())` there.
+/// Returns the statement unchanged when it has no row_owner column definition or already has
+/// a DEFAULT on it.
+pub fn device_create_table(sql: &str) -> String {
+    let Some(open) = sql.find('(') else {
+        return sql.to_string();
+    };
+    if !sql[..open].to_ascii_uppercase().contains("TABLE") {
+        return sql.to_string();
+    }
+    // Walk the top-level column definitions, skipping quoted text and nested parentheses.
+    let bytes = sql.as_bytes();
+    let mut depth = 0usize;
+    let mut start = open + 1;
+    let mut i = open;
+    let mut quote: Option<u8> = None;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if let Some(q) = quote {
+            if b == q {
+                quote = None;
+            }
+        } else {
+            match b {
+                b'\'' | b'"' | b'`' => quote = Some(b),
+                b'[' => quote = Some(b']'),
+                b'(' => depth += 1,
+                b')' | b',' if depth == 1 => {
+                    let def = &sql[start..i];
+                    if is_owner_def(def) && !def.to_ascii_uppercase().contains("DEFAULT") {
+                        return format!("{} DEFAULT (this_user()){}", &sql[..i], &sql[i..]);
+                    }
+                    if b == b')' {
+                        return sql.to_string();
+                    }
+                    start = i + 1;
+                }
+                b')' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    sql.to_string()
+}
+
+fn is_owner_def(def: &str) -> bool {
+    let first = def
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_matches(|c| c == '"' || c == '`' || c == '[' || c == ']');
+    first.eq_ignore_ascii_case(ROW_OWNER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_default_is_added_to_row_owner() {
+        assert_eq!(
+            device_create_table("CREATE TABLE t (id INTEGER PRIMARY KEY, row_owner, x TEXT)"),
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, row_owner DEFAULT (this_user()), x TEXT)"
+        );
+        assert_eq!(
+            device_create_table("CREATE TABLE t (a CHECK (a IN (1,2)), \"row_owner\" TEXT)"),
+            "CREATE TABLE t (a CHECK (a IN (1,2)), \"row_owner\" TEXT DEFAULT (this_user()))"
+        );
+        let unchanged = "CREATE TABLE t (a, row_owner DEFAULT 5)";
+        assert_eq!(device_create_table(unchanged), unchanged);
+        let no_owner = "CREATE TABLE t (a, 'row_owner,' TEXT)";
+        assert_eq!(device_create_table(no_owner), no_owner);
+    }
+
+    #[test]
+    fn private_names() {
+        assert!(is_private("private_users"));
+        assert!(is_private("PRIVATE_x"));
+        assert!(!is_private("priv"));
+        assert!(!is_private("public"));
+    }
+}

@@ -1,0 +1,91 @@
+//! SQLite values as they travel between nodes.
+
+use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use serde::{Deserialize, Serialize};
+
+/// One SQLite value, with its storage class preserved across the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl Value {
+    pub fn from_ref(v: ValueRef<'_>) -> Value {
+        match v {
+            ValueRef::Null => Value::Null,
+            ValueRef::Integer(i) => Value::Integer(i),
+            ValueRef::Real(f) => Value::Real(f),
+            // SQLite text is not guaranteed to be UTF-8; keep what we can rather than fail a sync.
+            ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+            ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Integer(i) => (*i).into(),
+            Value::Real(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Value::Text(s) => s.clone().into(),
+            Value::Blob(b) => hex::encode(b).into(),
+        }
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Value::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Value::Integer(i) => ToSqlOutput::Borrowed(ValueRef::Integer(*i)),
+            Value::Real(f) => ToSqlOutput::Borrowed(ValueRef::Real(*f)),
+            Value::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
+            Value::Blob(b) => ToSqlOutput::Borrowed(ValueRef::Blob(b)),
+        })
+    }
+}
+
+impl FromSql for Value {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        Ok(Value::from_ref(v))
+    }
+}
+
+/// Who may see a row, decoded from its `row_owner` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// NULL: the row never leaves the node that made it.
+    Local,
+    /// `'*'`: every node.
+    Global,
+    /// A user id: that user's devices and the primaries.
+    User(i64),
+    /// Anything else: kept on the primaries only, never sent to a device.
+    Invalid,
+}
+
+impl Owner {
+    pub fn of(v: &Value) -> Owner {
+        match v {
+            Value::Null => Owner::Local,
+            Value::Integer(u) => Owner::User(*u),
+            Value::Text(s) if s == "*" => Owner::Global,
+            Value::Text(s) => s.parse().map(Owner::User).unwrap_or(Owner::Invalid),
+            Value::Real(_) | Value::Blob(_) => Owner::Invalid,
+        }
+    }
+
+    /// Whether a device of `user` may see a row with this owner.
+    pub fn visible_to(&self, user: i64) -> bool {
+        match self {
+            Owner::Global => true,
+            Owner::User(u) => *u == user,
+            Owner::Local | Owner::Invalid => false,
+        }
+    }
+}
