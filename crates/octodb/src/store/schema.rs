@@ -309,3 +309,7 @@ mod tests {
         assert!(!is_private("public"));
     }
 }
+
+/// What to tell a user who tries to change an internal table.
+pub const INTERNAL_TABLE_HINT: &str =
+    "it is managed by the engine; use PRAGMA sync_status and PRAGMA nodes to read its state";

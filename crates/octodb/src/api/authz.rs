@@ -1,0 +1,69 @@
+//! The SQLite authorizer of a user connection: notes schema statements (to replicate them from
+//! primaries) and refuses what the replication rules forbid, remembering why so the error can
+//! say it plainly instead of SQLite's bare "not authorized".
+
+use crate::store::schema::{is_private, INTERNAL_TABLE_HINT};
+use crate::uri::Role;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use std::sync::{Arc, Mutex};
+
+#[derive(Debug, Default)]
+pub struct AuthzState {
+    /// Set while the engine runs its own statements on the user connection.
+    pub internal: bool,
+    /// The statement being prepared changes the schema: Some(touches a private_ table).
+    pub ddl: Option<bool>,
+    pub denied: Option<String>,
+}
+
+pub type Shared = Arc<Mutex<AuthzState>>;
+
+pub fn lock(s: &Shared) -> std::sync::MutexGuard<'_, AuthzState> {
+    s.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn install(conn: &rusqlite::Connection, role: Role, state: Shared) {
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| decide(role, &state, ctx)));
+}
+
+fn decide(role: Role, state: &Shared, ctx: AuthContext<'_>) -> Authorization {
+    let mut st = lock(state);
+    if st.internal {
+        return Authorization::Allow;
+    }
+    let in_main = ctx.database_name.is_none_or(|d| d == "main");
+    let internal = |t: &str| t.starts_with(crate::store::INTERNAL_PREFIX);
+    let ddl_table: Option<&str> = match ctx.action {
+        AuthAction::CreateTable { table_name } | AuthAction::DropTable { table_name } => Some(table_name),
+        AuthAction::AlterTable { table_name, .. } => Some(table_name),
+        AuthAction::CreateIndex { table_name, .. } | AuthAction::DropIndex { table_name, .. } => Some(table_name),
+        AuthAction::CreateTrigger { table_name, .. } | AuthAction::DropTrigger { table_name, .. } => Some(table_name),
+        AuthAction::CreateView { .. } | AuthAction::DropView { .. } => Some(""),
+        _ => None,
+    };
+    match (ctx.action, ddl_table) {
+        (_, Some(t)) if in_main => {
+            if internal(t) {
+                st.denied = Some(format!("`{t}` is one of octodb's internal tables; {INTERNAL_TABLE_HINT}"));
+                return Authorization::Deny;
+            }
+            if role == Role::Secondary {
+                st.denied = Some(
+                    "the schema of a device comes from the primaries: run CREATE/ALTER/DROP on a primary".into(),
+                );
+                return Authorization::Deny;
+            }
+            let private = is_private(t);
+            st.ddl = Some(st.ddl.unwrap_or(false) || private);
+            Authorization::Allow
+        }
+        (AuthAction::Insert { table_name } | AuthAction::Delete { table_name }, _)
+        | (AuthAction::Update { table_name, .. }, _)
+            if in_main && internal(table_name) =>
+        {
+            st.denied = Some(format!("`{table_name}` is one of octodb's internal tables; {INTERNAL_TABLE_HINT}"));
+            Authorization::Deny
+        }
+        _ => Authorization::Allow,
+    }
+}

@@ -1,0 +1,11 @@
+//! What users call: `Connection` in the style of rusqlite, with octodb's PRAGMAs, typed status
+//! and events.
+
+mod authz;
+mod connection;
+mod pragma;
+mod rows;
+pub mod sql_text;
+
+pub use connection::{Connection, Statement, Transaction};
+pub use rows::{Row, Rows};

@@ -1,0 +1,70 @@
+//! Query results.
+
+use crate::error::Result;
+use crate::value::Value;
+use rusqlite::types::{FromSql, ValueRef};
+
+/// All rows of a query, with the column names.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rows {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<Value>>,
+}
+
+impl Rows {
+    pub fn iter(&self) -> impl Iterator<Item = Row<'_>> {
+        self.rows.iter().map(|values| Row { columns: &self.columns, values })
+    }
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+    /// Rows as JSON objects (column name → value), as the CLI prints them with `--json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        self.iter().map(|r| r.to_json()).collect::<Vec<_>>().into()
+    }
+}
+
+/// One row of a result.
+#[derive(Debug, Clone, Copy)]
+pub struct Row<'a> {
+    columns: &'a [String],
+    values: &'a [Value],
+}
+
+impl<'a> Row<'a> {
+    /// Column `idx` converted like rusqlite's `Row::get`.
+    pub fn get<T: FromSql>(&self, idx: usize) -> Result<T> {
+        let v = self
+            .values
+            .get(idx)
+            .ok_or(rusqlite::Error::InvalidColumnIndex(idx))?;
+        let r = match v {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(f) => ValueRef::Real(*f),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        };
+        let ty = r.data_type();
+        T::column_result(r)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, ty, Box::new(e)).into())
+    }
+    pub fn values(&self) -> &'a [Value] {
+        self.values
+    }
+    pub fn columns(&self) -> &'a [String] {
+        self.columns
+    }
+    pub fn to_json(&self) -> serde_json::Value {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .columns
+            .iter()
+            .zip(self.values)
+            .map(|(c, v)| (c.clone(), v.to_json()))
+            .collect();
+        map.into()
+    }
+}
