@@ -27,6 +27,8 @@ pub enum Error {
     Pragma { name: String, reason: String },
     #[error("internal data of `{0}` is damaged: {1}; restore the file from a backup or delete it to download again")]
     Corrupt(PathBuf, String),
+    #[error("timed out: {0}")]
+    Timeout(String),
     #[error("the octodb node has shut down; open the database again")]
     Closed,
 }

@@ -13,7 +13,13 @@ pub mod log;
 pub mod store;
 pub mod value;
 
+pub mod api;
+
+pub use api::{Connection, Row, Rows, Statement, Transaction};
 pub use error::{Error, Result};
+pub use node::{Event, NodeRecord, SyncStatus};
+pub use uri::{NodeConfig, Role};
+pub use value::Value;
 
 /// The column that decides where a row replicates.
 pub const ROW_OWNER: &str = "row_owner";

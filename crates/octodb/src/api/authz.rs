@@ -34,17 +34,24 @@ fn decide(role: Role, state: &Shared, ctx: AuthContext<'_>) -> Authorization {
     let in_main = ctx.database_name.is_none_or(|d| d == "main");
     let internal = |t: &str| t.starts_with(crate::store::INTERNAL_PREFIX);
     let ddl_table: Option<&str> = match ctx.action {
-        AuthAction::CreateTable { table_name } | AuthAction::DropTable { table_name } => Some(table_name),
+        AuthAction::CreateTable { table_name } | AuthAction::DropTable { table_name } => {
+            Some(table_name)
+        }
         AuthAction::AlterTable { table_name, .. } => Some(table_name),
-        AuthAction::CreateIndex { table_name, .. } | AuthAction::DropIndex { table_name, .. } => Some(table_name),
-        AuthAction::CreateTrigger { table_name, .. } | AuthAction::DropTrigger { table_name, .. } => Some(table_name),
+        AuthAction::CreateIndex { table_name, .. } | AuthAction::DropIndex { table_name, .. } => {
+            Some(table_name)
+        }
+        AuthAction::CreateTrigger { table_name, .. }
+        | AuthAction::DropTrigger { table_name, .. } => Some(table_name),
         AuthAction::CreateView { .. } | AuthAction::DropView { .. } => Some(""),
         _ => None,
     };
     match (ctx.action, ddl_table) {
         (_, Some(t)) if in_main => {
             if internal(t) {
-                st.denied = Some(format!("`{t}` is one of octodb's internal tables; {INTERNAL_TABLE_HINT}"));
+                st.denied = Some(format!(
+                    "`{t}` is one of octodb's internal tables; {INTERNAL_TABLE_HINT}"
+                ));
                 return Authorization::Deny;
             }
             if role == Role::Secondary {
@@ -61,7 +68,9 @@ fn decide(role: Role, state: &Shared, ctx: AuthContext<'_>) -> Authorization {
         | (AuthAction::Update { table_name, .. }, _)
             if in_main && internal(table_name) =>
         {
-            st.denied = Some(format!("`{table_name}` is one of octodb's internal tables; {INTERNAL_TABLE_HINT}"));
+            st.denied = Some(format!(
+                "`{table_name}` is one of octodb's internal tables; {INTERNAL_TABLE_HINT}"
+            ));
             Authorization::Deny
         }
         _ => Authorization::Allow,

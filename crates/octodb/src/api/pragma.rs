@@ -23,21 +23,31 @@ const OURS: &[&str] = &[
 /// Parse `sql` as one of our PRAGMAs; None when it is something else.
 pub fn parse(sql: &str) -> Result<Option<Pragma>> {
     let s = super::sql_text::strip_leading(sql);
-    let Some(rest) = strip_keyword(s, "PRAGMA") else { return Ok(None) };
+    let Some(rest) = strip_keyword(s, "PRAGMA") else {
+        return Ok(None);
+    };
     let rest = rest.trim_start();
-    let name_len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+    let name_len = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
     let name = rest[..name_len].to_ascii_lowercase();
     if !OURS.contains(&name.as_str()) {
         return Ok(None);
     }
     let rest = rest[name_len..].trim().trim_end_matches(';').trim();
-    let bad = |reason: &str| Error::Pragma { name: name.clone(), reason: reason.to_string() };
+    let bad = |reason: &str| Error::Pragma {
+        name: name.clone(),
+        reason: reason.to_string(),
+    };
     let value = if rest.is_empty() {
         None
     } else if let Some(v) = rest.strip_prefix('=') {
         Some(parse_value(v.trim()).ok_or_else(|| bad("the value must be one quoted string ('...' or \"...\", a quote inside doubled) or a plain word"))?)
     } else if let Some(v) = rest.strip_prefix('(').and_then(|v| v.strip_suffix(')')) {
-        Some(parse_value(v.trim()).ok_or_else(|| bad("the value must be one quoted string or a plain word"))?)
+        Some(
+            parse_value(v.trim())
+                .ok_or_else(|| bad("the value must be one quoted string or a plain word"))?,
+        )
     } else {
         return Err(bad("expected `= value` after the name"));
     };
@@ -66,7 +76,12 @@ fn parse_value(v: &str) -> Option<String> {
             }
             Some(inner.replace(&doubled, &q.to_string()))
         }
-        _ if v.chars().all(|c| c.is_ascii_alphanumeric() || "_-.:+".contains(c)) => Some(v.to_string()),
+        _ if v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.:+".contains(c)) =>
+        {
+            Some(v.to_string())
+        }
         _ => None,
     }
 }
@@ -77,9 +92,14 @@ mod tests {
 
     #[test]
     fn parses_ours_and_ignores_others() {
-        assert_eq!(parse("PRAGMA sync_status").ok().flatten().map(|p| p.name), Some("sync_status".into()));
+        assert_eq!(
+            parse("PRAGMA sync_status").ok().flatten().map(|p| p.name),
+            Some("sync_status".into())
+        );
         assert_eq!(parse("pragma journal_mode=WAL").ok().flatten(), None);
-        let p = parse("PRAGMA user_login='{\"a\": \"it''s\"}'").ok().flatten();
+        let p = parse("PRAGMA user_login='{\"a\": \"it''s\"}'")
+            .ok()
+            .flatten();
         assert_eq!(p.and_then(|p| p.value), Some("{\"a\": \"it's\"}".into()));
         let p = parse("PRAGMA authorize_user=\"ab:12\";").ok().flatten();
         assert_eq!(p.and_then(|p| p.value), Some("ab:12".into()));

@@ -13,7 +13,10 @@ pub struct Rows {
 
 impl Rows {
     pub fn iter(&self) -> impl Iterator<Item = Row<'_>> {
-        self.rows.iter().map(|values| Row { columns: &self.columns, values })
+        self.rows.iter().map(|values| Row {
+            columns: &self.columns,
+            values,
+        })
     }
     pub fn len(&self) -> usize {
         self.rows.len()

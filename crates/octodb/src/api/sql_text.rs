@@ -3,7 +3,9 @@
 /// Whether `sql` ends with a complete statement (SQLite's own judgement, which knows that the
 /// `;` inside a CREATE TRIGGER body does not end it).
 pub fn is_complete(sql: &str) -> bool {
-    let Ok(c) = std::ffi::CString::new(sql) else { return false };
+    let Ok(c) = std::ffi::CString::new(sql) else {
+        return false;
+    };
     // SAFETY: `c` is a valid NUL-terminated string that outlives the call; sqlite3_complete
     // only reads it and keeps no pointer to it.
     unsafe { rusqlite::ffi::sqlite3_complete(c.as_ptr()) != 0 }

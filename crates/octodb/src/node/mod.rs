@@ -44,6 +44,11 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// Wait for `f` on the network runtime. Call it from an application thread, not from async code.
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    runtime().block_on(f)
+}
+
 /// What the node's tasks share.
 pub(crate) struct Shared {
     pub cfg: NodeConfig,

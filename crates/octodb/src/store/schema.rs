@@ -158,16 +158,16 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
            SELECT octo_expect_auto({l}, coalesce((SELECT max(rowid) FROM main.{q}), 0) + 1);
          END;
          CREATE TEMP TRIGGER {ai} AFTER INSERT ON main.{q} BEGIN
-           UPDATE main.{q} SET rowid = octo_alloc_id() WHERE rowid = NEW.rowid AND octo_take_auto({l}, NEW.rowid);
-           INSERT INTO temp._octo_capture(tbl, layout, op, rid, owner, vals)
+           UPDATE {q} SET rowid = octo_alloc_id() WHERE rowid = NEW.rowid AND octo_take_auto({l}, NEW.rowid);
+           INSERT INTO _octo_capture(tbl, layout, op, rid, owner, vals)
              VALUES ({l}, {layout_id}, {OP_INSERT}, octo_final_rowid(NEW.rowid), NEW.{ow}, {newp});
          END;
          CREATE TEMP TRIGGER {au} AFTER UPDATE ON main.{q} WHEN OLD.rowid = NEW.rowid BEGIN
-           INSERT INTO temp._octo_capture(tbl, layout, op, rid, old_owner, owner, mask, vals, old)
+           INSERT INTO _octo_capture(tbl, layout, op, rid, old_owner, owner, mask, vals, old)
              VALUES ({l}, {layout_id}, {OP_UPDATE}, NEW.rowid, OLD.{ow}, NEW.{ow}, {mask}, {newp}, {oldp});
          END;
          CREATE TEMP TRIGGER {ad} AFTER DELETE ON main.{q} BEGIN
-           INSERT INTO temp._octo_capture(tbl, layout, op, rid, old_owner, old)
+           INSERT INTO _octo_capture(tbl, layout, op, rid, old_owner, old)
              VALUES ({l}, {layout_id}, {OP_DELETE}, OLD.rowid, OLD.{ow}, {oldp});
          END;\n",
         bi = name("bi"),

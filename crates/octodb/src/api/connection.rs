@@ -1,0 +1,601 @@
+//! `Connection`: a SQLite connection on a node, in the style of rusqlite.
+//!
+//! Every statement goes through [`Connection::run`], which answers octodb's PRAGMAs itself and,
+//! on replicated nodes, makes each write a transaction whose captured changes are recorded (log
+//! on primaries, outbox on devices) in the same SQLite transaction as the data, so a crash can
+//! never separate a change from its replication record.
+
+use super::authz;
+use super::pragma::{self, Pragma};
+use super::rows::{Row, Rows};
+use super::sql_text;
+use crate::error::{Error, Result};
+use crate::log::{self, outbox};
+use crate::node::{open_node, Event, Node, NodeRecord, SyncStatus};
+use crate::store::capture::Capture;
+use crate::store::{self, schema::OP_DDL};
+use crate::uri::{NodeConfig, Role};
+use crate::value::Value;
+use rusqlite::functions::FunctionFlags;
+use rusqlite::Params;
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Statements that write and, outside an explicit transaction, run in one the engine opens
+/// (`BEGIN IMMEDIATE`, so the write lock is taken before any work is done).
+const WRAPPED: &[&str] = &[
+    "INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "WITH",
+];
+const SCHEMA_WORDS: &[&str] = &["CREATE", "DROP", "ALTER"];
+
+/// What one statement produced.
+#[derive(Debug, Default)]
+struct Outcome {
+    rows: Option<Rows>,
+    changes: u64,
+}
+
+/// Replication state of a connection on a primary or a device.
+struct Replication {
+    capture: Capture,
+    role: Role,
+}
+
+/// A connection to an octodb database. Not `Sync`: use one per thread, like SQLite's.
+pub struct Connection {
+    conn: rusqlite::Connection,
+    node: Arc<Node>,
+    repl: Option<Replication>,
+    authz: authz::Shared,
+    schema_version: Cell<i64>,
+    /// Devices: the outbox transaction the open SQLite transaction adds to.
+    open_txn: Cell<Option<u64>>,
+    /// What to announce once the open transaction commits.
+    committed_seq: Cell<Option<u64>>,
+    outbox_added: Cell<bool>,
+    /// `last_insert_rowid()` as the user sees it: the id a row was finally stored under.
+    last_rowid: Arc<AtomicI64>,
+    last_changes: Arc<AtomicI64>,
+}
+
+impl Connection {
+    /// Open the database of `uri` (SPEC §2), starting its node in this process if needed.
+    pub fn open(uri: &str) -> Result<Connection> {
+        Connection::open_config(NodeConfig::parse(uri)?)
+    }
+
+    pub fn open_config(cfg: NodeConfig) -> Result<Connection> {
+        let node = open_node(cfg)?;
+        let conn = store::open_connection(node.shared.path())?;
+        let authz: authz::Shared = Default::default();
+        let repl = node.role().map(|role| Replication {
+            capture: Capture::new(node.identity().clone()),
+            role,
+        });
+        let last_rowid = Arc::new(AtomicI64::new(0));
+        let last_changes = Arc::new(AtomicI64::new(0));
+        override_counters(&conn, &last_rowid, &last_changes)?;
+        let me = Connection {
+            conn,
+            node,
+            repl,
+            authz,
+            schema_version: Cell::new(-1),
+            open_txn: Cell::new(None),
+            committed_seq: Cell::new(None),
+            outbox_added: Cell::new(false),
+            last_rowid,
+            last_changes,
+        };
+        if let Some(r) = &me.repl {
+            r.capture.register_functions(&me.conn)?;
+            authz::install(&me.conn, r.role, me.authz.clone());
+        } else {
+            authz::install(&me.conn, Role::Primary, me.authz.clone());
+        }
+        me.refresh_schema()?;
+        Ok(me)
+    }
+
+    /// Execute one statement; returns the number of rows it changed.
+    pub fn execute<P: Params>(&self, sql: &str, params: P) -> Result<usize> {
+        Ok(self.run(sql, params)?.changes as usize)
+    }
+
+    /// Execute every statement of `sql` in turn, stopping at the first error.
+    pub fn execute_batch(&self, sql: &str) -> Result<()> {
+        for stmt in sql_text::split_statements(sql) {
+            self.run(stmt, [])?;
+        }
+        Ok(())
+    }
+
+    /// Run one statement and return all its rows (empty for statements without results).
+    pub fn query<P: Params>(&self, sql: &str, params: P) -> Result<Rows> {
+        Ok(self.run(sql, params)?.rows.unwrap_or_default())
+    }
+
+    /// Run a statement and map its first row; `QueryReturnedNoRows` when there is none.
+    pub fn query_row<T, P: Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(Row<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let rows = self.query(sql, params)?;
+        let first = rows
+            .iter()
+            .next()
+            .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        f(first)
+    }
+
+    /// A statement to run several times. It is checked (prepared) now.
+    pub fn prepare(&self, sql: &str) -> Result<Statement<'_>> {
+        let columns = match pragma::parse(sql)? {
+            Some(p) => pragma_columns(&p),
+            None => {
+                let stmt = self
+                    .conn
+                    .prepare_cached(sql)
+                    .map_err(|e| self.sql_error(e))?;
+                stmt.column_names().into_iter().map(String::from).collect()
+            }
+        };
+        Ok(Statement {
+            conn: self,
+            sql: sql.to_string(),
+            columns,
+        })
+    }
+
+    /// Start a transaction that takes the write lock at once; it rolls back unless committed.
+    pub fn transaction(&mut self) -> Result<Transaction<'_>> {
+        self.execute("BEGIN IMMEDIATE", [])?;
+        Ok(Transaction {
+            conn: self,
+            done: false,
+        })
+    }
+
+    /// Register a scalar SQL function, as rusqlite's `create_scalar_function`.
+    pub fn create_scalar_function<F, T>(
+        &self,
+        name: &str,
+        n_arg: i32,
+        flags: FunctionFlags,
+        f: F,
+    ) -> Result<()>
+    where
+        F: Fn(&rusqlite::functions::Context<'_>) -> rusqlite::Result<T> + Send + 'static,
+        T: rusqlite::types::ToSql,
+    {
+        Ok(self.conn.create_scalar_function(name, n_arg, flags, f)?)
+    }
+
+    /// The id of the last row inserted by this connection, after the engine gave it its
+    /// collision-free id.
+    pub fn last_insert_rowid(&self) -> i64 {
+        self.last_rowid.load(Ordering::Relaxed)
+    }
+
+    /// Rows changed by the last statement.
+    pub fn changes(&self) -> u64 {
+        self.last_changes.load(Ordering::Relaxed) as u64
+    }
+
+    pub fn is_autocommit(&self) -> bool {
+        self.conn.is_autocommit()
+    }
+
+    pub fn sync_status(&self) -> Result<SyncStatus> {
+        self.node.sync_status()
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
+        self.node.nodes()
+    }
+
+    /// Events of this node from now on (ready, data received, transaction rejected, ...).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.node.subscribe()
+    }
+
+    /// The addresses a primary listens on (the real port when the URI asked for port 0).
+    pub fn bound_addrs(&self) -> Vec<SocketAddr> {
+        self.node.bound_addrs()
+    }
+
+    pub fn role(&self) -> Option<Role> {
+        self.node.role()
+    }
+
+    /// This node's public key (hex), as peers and `PRAGMA nodes` show it.
+    pub fn public_key(&self) -> String {
+        self.node.public_key().to_hex()
+    }
+
+    /// Wait until `db_is_ready` (authorized and initial download done), at most `timeout`.
+    pub fn wait_until_ready(&self, timeout: Duration) -> Result<SyncStatus> {
+        self.wait_for(timeout, |s| s.db_is_ready)
+    }
+
+    /// Wait, woken by the node's events, until `cond` holds for the sync status.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        cond: impl Fn(&SyncStatus) -> bool,
+    ) -> Result<SyncStatus> {
+        let mut events = self.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        crate::node::block_on(async {
+            loop {
+                let status = self.sync_status()?;
+                if cond(&status) {
+                    return Ok(status);
+                }
+                // Status also changes without an event (a commit elsewhere); re-check often.
+                let tick = tokio::time::Instant::now() + Duration::from_millis(50);
+                match tokio::time::timeout_at(tick.min(deadline), events.recv()).await {
+                    Err(_) if tokio::time::Instant::now() >= deadline => {
+                        return Err(Error::Timeout(format!(
+                            "the condition was not reached within {timeout:?}; last status: {}",
+                            serde_json::to_string(&status).unwrap_or_default()
+                        )))
+                    }
+                    _ => {}
+                }
+            }
+        })
+    }
+
+    /// The heart of the connection: run one statement.
+    fn run<P: Params>(&self, sql: &str, params: P) -> Result<Outcome> {
+        if let Some(p) = pragma::parse(sql)? {
+            return self.pragma(p);
+        }
+        self.refresh_schema()?;
+        let word = sql_text::first_word(sql);
+        let word = word.as_str();
+        {
+            let mut a = authz::lock(&self.authz);
+            a.ddl = None;
+            a.denied = None;
+        }
+        // Schema statements are prepared afresh: the authorizer, which notes them, runs only
+        // when a statement is prepared.
+        let (mut cached, mut fresh);
+        let stmt: &mut rusqlite::Statement<'_> = if SCHEMA_WORDS.contains(&word) {
+            fresh = self.conn.prepare(sql).map_err(|e| self.sql_error(e))?;
+            &mut fresh
+        } else {
+            cached = self
+                .conn
+                .prepare_cached(sql)
+                .map_err(|e| self.sql_error(e))?;
+            &mut cached
+        };
+        let ddl = authz::lock(&self.authz).ddl.take();
+        let in_txn = !self.conn.is_autocommit();
+        let wrap = self.repl.is_some() && !in_txn && !stmt.readonly() && WRAPPED.contains(&word);
+        if in_txn && matches!(word, "COMMIT" | "END" | "RELEASE") {
+            // Record the transaction's changes inside it, just before it commits.
+            self.flush()?;
+        }
+        if wrap {
+            self.internal_sql("BEGIN IMMEDIATE")?;
+        }
+        if let Some(r) = &self.repl {
+            r.capture.begin_statement();
+        }
+        let result = execute_statement(stmt, params).map_err(|e| self.sql_error(e));
+        let result = result.and_then(|out| {
+            self.note_counters(out.changes);
+            if let Some(private) = ddl {
+                self.after_schema_change(sql, private)?;
+            }
+            if wrap {
+                self.flush()?;
+                self.internal_sql("COMMIT")?;
+            }
+            Ok(out)
+        });
+        if result.is_err() && wrap && !self.conn.is_autocommit() {
+            let _ = self.internal_sql("ROLLBACK");
+        }
+        self.after_statement(result.is_ok() && word != "ROLLBACK");
+        result
+    }
+
+    /// Remember `changes()` and the final id of the last insert for the user's functions.
+    fn note_counters(&self, changes: u64) {
+        self.last_changes.store(changes as i64, Ordering::Relaxed);
+        let raw = self.conn.last_insert_rowid();
+        let id = self
+            .repl
+            .as_ref()
+            .and_then(|r| r.capture.remapped_rowid(raw))
+            .unwrap_or(raw);
+        self.last_rowid.store(id, Ordering::Relaxed);
+    }
+
+    /// Once no transaction is open: tell the node what was committed, or forget it.
+    fn after_statement(&self, committed: bool) {
+        if !self.conn.is_autocommit() {
+            return;
+        }
+        self.open_txn.set(None);
+        let seq = self.committed_seq.take();
+        let outbox = self.outbox_added.replace(false);
+        if !committed {
+            return;
+        }
+        if let Some(seq) = seq {
+            self.node.committed_local(seq);
+        }
+        if outbox {
+            self.node.outbox_changed();
+        }
+    }
+
+    /// A primary replicates its schema statements; every node re-reads the table layouts.
+    fn after_schema_change(&self, sql: &str, private: bool) -> Result<()> {
+        if matches!(
+            &self.repl,
+            Some(Replication {
+                role: Role::Primary,
+                ..
+            })
+        ) {
+            self.internal(|| {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO temp._octo_capture(op, ddl, ddl_private) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(rusqlite::params![OP_DDL, sql.trim(), private])?;
+                Ok(())
+            })?;
+        }
+        self.schema_version.set(-1);
+        self.refresh_schema()
+    }
+
+    /// Reinstall the capture triggers when the schema changed (here or from the network).
+    fn refresh_schema(&self) -> Result<()> {
+        let Some(r) = &self.repl else { return Ok(()) };
+        let version: i64 = self.internal(|| {
+            Ok(self
+                .conn
+                .query_row("PRAGMA schema_version", [], |row| row.get(0))?)
+        })?;
+        if version == self.schema_version.get() {
+            return Ok(());
+        }
+        self.internal(|| r.capture.install_triggers(&self.conn, r.role))?;
+        // Installing TEMP triggers does not change the main schema_version.
+        self.schema_version.set(version);
+        Ok(())
+    }
+
+    /// Move what the open transaction captured into the log (primary) or outbox (device).
+    fn flush(&self) -> Result<()> {
+        let Some(r) = &self.repl else { return Ok(()) };
+        self.internal(|| {
+            let captured = r.capture.take(&self.conn)?;
+            if captured.is_empty() {
+                return Ok(());
+            }
+            let identity = self.node.identity();
+            match r.role {
+                Role::Primary => {
+                    if let Some(seq) = log::append_local(&self.conn, identity.node_id(), &captured)?
+                    {
+                        self.committed_seq.set(Some(seq));
+                    }
+                }
+                Role::Secondary => {
+                    let txn = match self.open_txn.get() {
+                        Some(t) => t,
+                        None => outbox::next_txn_id(&self.conn)?,
+                    };
+                    self.open_txn.set(Some(txn));
+                    if outbox::append(&self.conn, txn, &captured)? {
+                        self.outbox_added.set(true);
+                    }
+                }
+            }
+            // Ids handed out so far must never be handed out again, even after a restart.
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO _octo_meta(key, value) VALUES ('row_seq', ?1)
+                     ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+                )?
+                .execute([identity.next_row_seq() - 1])?;
+            Ok(())
+        })
+    }
+
+    /// Run `f` with the authorizer letting the engine's own statements through.
+    fn internal<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        authz::lock(&self.authz).internal = true;
+        let out = f();
+        authz::lock(&self.authz).internal = false;
+        out
+    }
+
+    fn internal_sql(&self, sql: &str) -> Result<()> {
+        self.internal(|| Ok(self.conn.execute_batch(sql)?))
+    }
+
+    /// Turn SQLite's bare "not authorized" into the rule that refused the statement.
+    fn sql_error(&self, e: rusqlite::Error) -> Error {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::AuthorizationForStatementDenied) {
+            if let Some(reason) = authz::lock(&self.authz).denied.take() {
+                return Error::Rule(reason);
+            }
+        }
+        Error::Sqlite(e)
+    }
+
+    fn pragma(&self, p: Pragma) -> Result<Outcome> {
+        let rows = match p.name.as_str() {
+            "sync_status" => {
+                let json = serde_json::to_string(&self.sync_status()?)
+                    .map_err(|e| Error::rule(format!("cannot encode sync_status: {e}")))?;
+                Rows { columns: pragma_columns(&p), rows: vec![vec![Value::Text(json)]] }
+            }
+            "nodes" => Rows {
+                columns: pragma_columns(&p),
+                rows: self.nodes()?.into_iter().map(node_row).collect(),
+            },
+            _ => {
+                return Err(Error::Pragma {
+                    name: p.name,
+                    reason: "authorization is not available in this version: every node that connects is accepted (auth=none)".into(),
+                })
+            }
+        };
+        Ok(Outcome {
+            rows: Some(rows),
+            changes: 0,
+        })
+    }
+}
+
+/// Replace SQLite's `last_insert_rowid()` and `changes()` so that SQL sees the same figures as
+/// the API, not those of the engine's bookkeeping statements.
+fn override_counters(
+    conn: &rusqlite::Connection,
+    rowid: &Arc<AtomicI64>,
+    changes: &Arc<AtomicI64>,
+) -> Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8;
+    let r = rowid.clone();
+    conn.create_scalar_function("last_insert_rowid", 0, flags, move |_| {
+        Ok(r.load(Ordering::Relaxed))
+    })?;
+    let c = changes.clone();
+    conn.create_scalar_function("changes", 0, flags, move |_| Ok(c.load(Ordering::Relaxed)))?;
+    Ok(())
+}
+
+fn execute_statement<P: Params>(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: P,
+) -> rusqlite::Result<Outcome> {
+    if stmt.column_count() == 0 {
+        let changes = stmt.execute(params)? as u64;
+        return Ok(Outcome {
+            rows: None,
+            changes,
+        });
+    }
+    let columns: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+    let n = columns.len();
+    let mut out = Vec::new();
+    let mut rows = stmt.query(params)?;
+    while let Some(r) = rows.next()? {
+        let mut vals = Vec::with_capacity(n);
+        for i in 0..n {
+            vals.push(Value::from_ref(r.get_ref(i)?));
+        }
+        out.push(vals);
+    }
+    drop(rows);
+    // A statement with results may also write (INSERT ... RETURNING).
+    let changes = if stmt.readonly() { 0 } else { out.len() as u64 };
+    Ok(Outcome {
+        rows: Some(Rows { columns, rows: out }),
+        changes,
+    })
+}
+
+fn pragma_columns(p: &Pragma) -> Vec<String> {
+    let names: &[&str] = match p.name.as_str() {
+        "sync_status" => &["sync_status"],
+        "nodes" => &[
+            "public_key",
+            "node_id",
+            "node_type",
+            "user_id",
+            "address",
+            "connected",
+            "auth_state",
+            "last_seen",
+        ],
+        _ => &[],
+    };
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn node_row(n: NodeRecord) -> Vec<Value> {
+    vec![
+        Value::Text(n.public_key),
+        Value::Integer(n.node_id as i64),
+        Value::Text(n.node_type),
+        n.user_id.map_or(Value::Null, Value::Integer),
+        n.address.map_or(Value::Null, Value::Text),
+        Value::Integer(n.connected as i64),
+        Value::Text(n.auth_state),
+        n.last_seen.map_or(Value::Null, Value::Real),
+    ]
+}
+
+/// A statement prepared on a connection, run as many times as needed.
+pub struct Statement<'c> {
+    conn: &'c Connection,
+    sql: String,
+    columns: Vec<String>,
+}
+
+impl Statement<'_> {
+    pub fn execute<P: Params>(&mut self, params: P) -> Result<usize> {
+        self.conn.execute(&self.sql, params)
+    }
+    pub fn query<P: Params>(&mut self, params: P) -> Result<Rows> {
+        self.conn.query(&self.sql, params)
+    }
+    pub fn column_names(&self) -> Vec<&str> {
+        self.columns.iter().map(String::as_str).collect()
+    }
+    pub fn column_count(&self) -> usize {
+        self.columns.len()
+    }
+}
+
+/// An open transaction; rolled back when dropped without [`Transaction::commit`].
+pub struct Transaction<'c> {
+    conn: &'c Connection,
+    done: bool,
+}
+
+impl Transaction<'_> {
+    pub fn commit(mut self) -> Result<()> {
+        self.done = true;
+        self.conn.execute("COMMIT", []).map(drop)
+    }
+    pub fn rollback(mut self) -> Result<()> {
+        self.done = true;
+        self.conn.execute("ROLLBACK", []).map(drop)
+    }
+}
+
+impl std::ops::Deref for Transaction<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for Transaction<'_> {
+    fn drop(&mut self) {
+        if !self.done && !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute("ROLLBACK", []) {
+                tracing::warn!("rolling back a dropped transaction failed: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Helpers shared by the integration tests: real files in a temp dir, real loopback sockets.
+#![allow(dead_code)]
+
+use octodb::{Connection, SyncStatus};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Generous: CI machines are slow and shared. Tests wait on conditions, never on fixed sleeps.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OCTODB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        init_tracing();
+        Cluster {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A primary listening on a free loopback port.
+    pub fn primary(&self, name: &str) -> Connection {
+        Connection::open(&primary_uri(&self.path(name), 0)).expect("open primary")
+    }
+
+    /// A device connected to `primary`.
+    pub fn device(&self, name: &str, primary: &Connection) -> Connection {
+        Connection::open(&device_uri(&self.path(name), &addr_of(primary))).expect("open device")
+    }
+}
+
+pub fn primary_uri(path: &Path, port: u16) -> String {
+    format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:{port}",
+        path.display()
+    )
+}
+
+pub fn device_uri(path: &Path, primary_addr: &str) -> String {
+    format!(
+        "file:{}?node=secondary&connect=tcp://{primary_addr}",
+        path.display()
+    )
+}
+
+pub fn addr_of(primary: &Connection) -> String {
+    primary
+        .bound_addrs()
+        .first()
+        .expect("primary is listening")
+        .to_string()
+}
+
+/// Wait until `f` returns Some, or panic with `what` after the deadline.
+pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + DEADLINE;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+pub fn ready(c: &Connection) -> SyncStatus {
+    c.wait_until_ready(DEADLINE).expect("node becomes ready")
+}
+
+pub fn count(c: &Connection, sql: &str) -> i64 {
+    c.query_row(sql, [], |r| r.get::<i64>(0))
+        .expect("count query")
+}
+
+/// Wait until `sql` (a single number) equals `want` on `c`.
+pub fn wait_count(c: &Connection, sql: &str, want: i64) {
+    wait_until(&format!("`{sql}` = {want}"), || {
+        (count(c, sql) == want).then_some(())
+    });
+}
+
+/// A device's outbox is empty: the primary accepted or rejected all its transactions.
+pub fn wait_outbox_empty(c: &Connection) {
+    c.wait_for(DEADLINE, |s| s.outbox_len == 0)
+        .expect("outbox drains");
+}
