@@ -1,1 +1,82 @@
-fn main() {}
+//! `octodb`: a SQL shell on a node, a headless node (`serve`) and a demo of nodes syncing.
+
+mod demo;
+mod output;
+mod progress;
+mod serve;
+mod shell;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// SQL shell on an octodb node, like the sqlite3 shell.
+#[derive(Parser, Debug)]
+#[command(
+    name = "octodb",
+    version,
+    about = "SQL shell on an octodb node (a replicated SQLite database)",
+    after_help = "Other commands:\n  octodb serve URI   run a node headless until SIGINT/SIGTERM\n  octodb demo        a primary and two devices syncing on loopback\n\n\
+                  URI examples:\n  file:app.db?node=primary&bind=tcp://0.0.0.0:1234\n  file:dev.db?node=secondary&connect=tcp://host:1234\n\n\
+                  Logs go to standard error; set OCTODB_LOG (e.g. info, debug, octodb=trace)."
+)]
+pub struct ShellArgs {
+    /// Print the rows of every statement as one line: a JSON array of row objects.
+    #[arg(long)]
+    json: bool,
+    /// The database: a file URI (SPEC §2) or a plain file path.
+    uri: String,
+    /// SQL to run instead of reading statements from standard input.
+    sql: Option<String>,
+}
+
+/// Run a node headless until SIGINT or SIGTERM.
+#[derive(Parser, Debug)]
+#[command(name = "octodb serve")]
+pub struct ServeArgs {
+    /// The node's URI, e.g. file:app.db?node=primary&bind=tcp://0.0.0.0:1234
+    uri: String,
+}
+
+/// A primary and two devices on loopback, showing schema and rows flowing.
+#[derive(Parser, Debug)]
+#[command(name = "octodb demo")]
+pub struct DemoArgs {
+    /// Keep the demo's database files in this directory instead of a temporary one.
+    #[arg(long)]
+    dir: Option<std::path::PathBuf>,
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OCTODB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let args: Vec<String> = std::env::args().collect();
+    let result = match args.get(1).map(String::as_str) {
+        Some("serve") => serve::run(ServeArgs::parse_from(&args[1..])),
+        Some("demo") => demo::run(DemoArgs::parse_from(&args[1..])),
+        _ => shell::run(ShellArgs::parse()),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {}", output::one_line(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Accept a plain path as a URI for a local database, like sqlite3 does.
+pub fn normalize_uri(uri: &str) -> String {
+    if uri.starts_with("file:") {
+        uri.to_string()
+    } else {
+        format!("file:{uri}")
+    }
+}

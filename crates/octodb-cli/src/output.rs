@@ -1,0 +1,75 @@
+//! How the shell prints results: sqlite3's list mode, or one JSON line per statement.
+
+use octodb::{Rows, Value};
+use std::io::Write;
+
+pub fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(f) => f.to_string(),
+        Value::Text(s) => s.clone(),
+        Value::Blob(b) => String::from_utf8_lossy(b).into_owned(),
+    }
+}
+
+/// Print the rows of one statement. Statements without result columns print nothing in list
+/// mode; in JSON mode every statement that returns rows prints exactly one line.
+pub fn print_rows(
+    out: &mut impl Write,
+    rows: &Rows,
+    json: bool,
+    returns_rows: bool,
+) -> std::io::Result<()> {
+    if json {
+        if returns_rows {
+            writeln!(out, "{}", rows.to_json())?;
+        }
+    } else {
+        for r in &rows.rows {
+            let line: Vec<String> = r.iter().map(text).collect();
+            writeln!(out, "{}", line.join("|"))?;
+        }
+    }
+    out.flush()
+}
+
+/// A small aligned table, for the demo.
+pub fn table(rows: &Rows) -> String {
+    let mut widths: Vec<usize> = rows.columns.iter().map(|c| c.len()).collect();
+    let cells: Vec<Vec<String>> = rows
+        .rows
+        .iter()
+        .map(|r| r.iter().map(text).collect())
+        .collect();
+    for r in &cells {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let fmt = |vals: &[String]| {
+        vals.iter()
+            .zip(&widths)
+            .map(|(v, w)| format!("{v:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut s = format!("    {}\n", fmt(&rows.columns));
+    s += &format!(
+        "    {}\n",
+        fmt(&widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>())
+    );
+    for r in &cells {
+        s += &format!("    {}\n", fmt(r));
+    }
+    if cells.is_empty() {
+        s += "    (no rows)\n";
+    }
+    s
+}

@@ -1,0 +1,48 @@
+//! `octodb serve URI`: a node with no shell, until SIGINT or SIGTERM.
+
+use crate::ServeArgs;
+use anyhow::Context;
+use std::process::ExitCode;
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let conn = octodb::Connection::open(&crate::normalize_uri(&args.uri))?;
+    if conn.role().is_none() {
+        anyhow::bail!("`serve` needs a replicated node: add node=primary&bind=... or node=secondary&connect=... to the URI");
+    }
+    crate::progress::show_download(&conn);
+    let status = conn.sync_status()?;
+    let addrs: Vec<String> = conn
+        .bound_addrs()
+        .iter()
+        .map(|a| format!("tcp://{a}"))
+        .collect();
+    eprintln!(
+        "octodb: {} node {} serving{}; public key {}",
+        status.node_type,
+        status.node_id,
+        if addrs.is_empty() {
+            String::new()
+        } else {
+            format!(" on {}", addrs.join(", "))
+        },
+        status.public_key
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal handler")?;
+    let signal = rt.block_on(wait_for_signal())?;
+    eprintln!("octodb: {signal} received, shutting down");
+    drop(conn);
+    eprintln!("octodb: stopped cleanly");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; Ok("SIGINT") }
+        _ = term.recv() => Ok("SIGTERM"),
+    }
+}
