@@ -260,6 +260,11 @@ impl Connection {
         self.refresh_schema()?;
         let word = sql_text::first_word(sql);
         let word = word.as_str();
+        if word == "ALTER" && alters_row_owner(sql) {
+            return Err(Error::rule(
+                "the row_owner column cannot be renamed or dropped: it decides where rows replicate",
+            ));
+        }
         {
             let mut a = authz::lock(&self.authz);
             a.ddl = None;
@@ -513,6 +518,18 @@ fn execute_statement<P: Params>(
     })
 }
 
+/// `ALTER TABLE t RENAME [COLUMN] row_owner ...` or `ALTER TABLE t DROP [COLUMN] row_owner`.
+fn alters_row_owner(sql: &str) -> bool {
+    let words: Vec<String> = sql_text::words(sql).collect();
+    words.iter().enumerate().any(|(i, w)| {
+        (w == "DROP" || w == "RENAME")
+            && words[i + 1..]
+                .iter()
+                .find(|w| *w != "COLUMN")
+                .is_some_and(|w| w == "ROW_OWNER")
+    })
+}
+
 fn pragma_columns(p: &Pragma) -> Vec<String> {
     let names: &[&str] = match p.name.as_str() {
         "sync_status" => &["sync_status"],
@@ -529,6 +546,28 @@ fn pragma_columns(p: &Pragma) -> Vec<String> {
         _ => &[],
     };
     names.iter().map(|s| s.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn row_owner_rename_or_drop_is_recognized() {
+        for sql in [
+            "ALTER TABLE t DROP COLUMN row_owner",
+            "alter table t drop \"row_owner\"",
+            "ALTER TABLE t RENAME COLUMN row_owner TO x",
+            "ALTER TABLE t RENAME row_owner TO x",
+        ] {
+            assert!(super::alters_row_owner(sql), "{sql}");
+        }
+        for sql in [
+            "ALTER TABLE t RENAME TO row_owner_x",
+            "ALTER TABLE t ADD COLUMN row_owner",
+            "ALTER TABLE t DROP COLUMN x",
+        ] {
+            assert!(!super::alters_row_owner(sql), "{sql}");
+        }
+    }
 }
 
 fn node_row(n: NodeRecord) -> Vec<Value> {
