@@ -74,3 +74,20 @@ fn global_rows_everywhere_user_rows_only_at_owner_and_primary() {
         .unwrap();
     assert_eq!(Some(owner), d1.sync_status().unwrap().user_id);
 }
+
+#[test]
+fn tables_without_integer_primary_key_replicate_every_row() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute("CREATE TABLE t(n INTEGER NOT NULL, row_owner)", []).unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    for n in 1..=3 {
+        d.execute("INSERT INTO t(n) VALUES (?1)", [n]).unwrap();
+    }
+    let rows = d.query("INSERT INTO t(n) VALUES (4) RETURNING n", []).unwrap();
+    assert_eq!(rows.len(), 1);
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t", 4);
+    assert_eq!(count(&p, "SELECT count(DISTINCT rowid) FROM t"), 4);
+}

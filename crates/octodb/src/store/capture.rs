@@ -56,7 +56,6 @@ impl Identity {
 struct State {
     layouts: Vec<Arc<TableLayout>>,
     expected_auto: HashMap<String, i64>,
-    remap_from: Option<i64>,
     last_alloc: Option<(i64, i64)>,
 }
 
@@ -109,6 +108,7 @@ impl Capture {
             Ok(None::<i64>)
         })?;
         let me = self.clone();
+        // True (and a new id allocated for the row) when `rowid` is the id SQLite picked itself.
         conn.create_scalar_function("octo_take_auto", 2, pure, move |ctx| {
             let table: String = ctx.get(0)?;
             let rowid: i64 = ctx.get(1)?;
@@ -116,20 +116,12 @@ impl Capture {
                 return Ok(false);
             }
             let mut st = me.lock();
-            if st.expected_auto.get(&table) == Some(&rowid) {
-                st.expected_auto.remove(&table);
-                st.remap_from = Some(rowid);
-                return Ok(true);
+            if st.expected_auto.get(&table) != Some(&rowid) {
+                return Ok(false);
             }
-            Ok(false)
-        })?;
-        let me = self.clone();
-        conn.create_scalar_function("octo_alloc_id", 0, pure, move |_| {
-            let id = me.identity.alloc_row_id();
-            let mut st = me.lock();
-            let from = st.remap_from.take().unwrap_or(id);
-            st.last_alloc = Some((from, id));
-            Ok(id)
+            st.expected_auto.remove(&table);
+            st.last_alloc = Some((rowid, me.identity.alloc_row_id()));
+            Ok(true)
         })?;
         let me = self.clone();
         conn.create_scalar_function("octo_final_rowid", 1, pure, move |ctx| {
@@ -182,7 +174,6 @@ impl Capture {
     pub fn begin_statement(&self) {
         let mut st = self.lock();
         st.expected_auto.clear();
-        st.remap_from = None;
         st.last_alloc = None;
     }
 

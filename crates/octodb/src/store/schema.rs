@@ -152,15 +152,19 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
     let mut sql = String::new();
     // Auto-assigned ids are moved into this node's id range (node id in the high 32 bits) so that
     // inserts on different nodes never collide. BEFORE INSERT sees rowid -1 for an auto id and
-    // notes the id SQLite is about to pick; AFTER INSERT moves exactly that row.
+    // notes the id SQLite is about to pick; AFTER INSERT allocates the new id, captures the row
+    // under it, then moves the row (not when SQLite happened to pick that very id: an UPDATE
+    // to the same id would look like a change of the row).
     sql += &format!(
         "CREATE TEMP TRIGGER {bi} BEFORE INSERT ON main.{q} WHEN NEW.rowid = -1 BEGIN
            SELECT octo_expect_auto({l}, coalesce((SELECT max(rowid) FROM main.{q}), 0) + 1);
          END;
          CREATE TEMP TRIGGER {ai} AFTER INSERT ON main.{q} BEGIN
-           UPDATE {q} SET rowid = octo_alloc_id() WHERE rowid = NEW.rowid AND octo_take_auto({l}, NEW.rowid);
+           SELECT octo_take_auto({l}, NEW.rowid);
            INSERT INTO _octo_capture(tbl, layout, op, rid, owner, vals)
              VALUES ({l}, {layout_id}, {OP_INSERT}, octo_final_rowid(NEW.rowid), NEW.{ow}, {newp});
+           UPDATE {q} SET rowid = octo_final_rowid(NEW.rowid)
+             WHERE rowid = NEW.rowid AND octo_final_rowid(NEW.rowid) <> NEW.rowid;
          END;
          CREATE TEMP TRIGGER {au} AFTER UPDATE ON main.{q} WHEN OLD.rowid = NEW.rowid BEGIN
            INSERT INTO _octo_capture(tbl, layout, op, rid, old_owner, owner, mask, vals, old)

@@ -1,0 +1,230 @@
+//! The `octodb` binary as users run it: real processes, pipes, signals and kill -9.
+
+use octodb::Connection;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn octodb() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_octodb"))
+}
+
+fn primary(dir: &std::path::Path) -> (Connection, String) {
+    let p = Connection::open(&format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0",
+        dir.join("p.db").display()
+    ))
+    .expect("open primary");
+    let addr = p.bound_addrs()[0].to_string();
+    (p, addr)
+}
+
+fn device_uri(dir: &std::path::Path, addr: &str) -> String {
+    format!(
+        "file:{}?node=secondary&connect=tcp://{addr}",
+        dir.join("d.db").display()
+    )
+}
+
+/// Lines of a child's stdout, read on a thread so that the test can wait with a deadline.
+fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn next_line(rx: &mpsc::Receiver<String>) -> String {
+    rx.recv_timeout(DEADLINE)
+        .expect("a line of output before the deadline")
+}
+
+fn count(c: &Connection, sql: &str) -> i64 {
+    c.query_row(sql, [], |r| r.get::<i64>(0)).expect("count")
+}
+
+#[test]
+fn piped_shell_runs_each_statement_when_complete_and_goes_on_after_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!("file:{}", dir.path().join("local.db").display());
+    let mut child = octodb()
+        .args(["--json", &uri])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let lines = lines_of(&mut child);
+    // Each statement is answered before the next is written: the shell does not wait for EOF.
+    writeln!(stdin, "CREATE TABLE t(a, b);").unwrap();
+    writeln!(stdin, "INSERT INTO t VALUES (1, 'x'), (2, NULL);").unwrap();
+    writeln!(stdin, "SELECT a, b FROM t\n ORDER BY a;").unwrap();
+    assert_eq!(next_line(&lines), r#"[{"a":1,"b":"x"},{"a":2,"b":null}]"#);
+    writeln!(stdin, "SELECT * FROM missing;").unwrap();
+    writeln!(stdin, "SELECT count(*) AS n FROM t WHERE 0;").unwrap();
+    assert_eq!(next_line(&lines), r#"[{"n":0}]"#);
+    writeln!(stdin, "SELECT a FROM t WHERE 0;").unwrap();
+    assert_eq!(next_line(&lines), "[]");
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one error line: {stderr}");
+    assert!(stderr.contains("no such table: missing"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "exit status 1 after an error");
+}
+
+#[test]
+fn serve_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0",
+        dir.path().join("p.db").display()
+    );
+    let mut child = octodb()
+        .args(["serve", &uri])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("serving on tcp://127.0.0.1:"), "{first}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success());
+    assert!(
+        rest.iter().any(|l| l.contains("stopped cleanly")),
+        "{rest:?}"
+    );
+    // The file is free again: another process (this one) can open it.
+    Connection::open(&uri).expect("reopen after a clean stop");
+}
+
+#[test]
+fn demo_runs_and_shows_each_node() {
+    let out = octodb().arg("demo").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "the primary sees",
+        "alice's device sees",
+        "bob's device sees",
+        "for alice only",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+}
+
+/// kill -9 of a device process in the middle of writes: nothing it acknowledged is lost and
+/// nothing arrives twice at the primary.
+#[test]
+fn kill_9_of_a_device_loses_nothing_acknowledged_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, addr) = primary(dir.path());
+    p.execute("CREATE TABLE t(n INTEGER NOT NULL, row_owner)", [])
+        .unwrap();
+    let uri = device_uri(dir.path(), &addr);
+    let mut child = octodb()
+        .args(["--json", &uri])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let lines = lines_of(&mut child);
+
+    // Wait (through the pipe) for the schema to arrive on the device.
+    let end = Instant::now() + DEADLINE;
+    loop {
+        writeln!(
+            stdin,
+            "SELECT count(*) AS c FROM sqlite_master WHERE name = 't';"
+        )
+        .unwrap();
+        if next_line(&lines) == r#"[{"c":1}]"# {
+            break;
+        }
+        assert!(Instant::now() < end, "schema never reached the device");
+    }
+
+    // Write on a thread; a row is acknowledged once the shell printed it (after COMMIT).
+    let writer = std::thread::spawn(move || {
+        for n in 1..=20_000 {
+            if writeln!(stdin, "INSERT INTO t(n) VALUES ({n}) RETURNING n;").is_err() {
+                break; // the process is gone
+            }
+        }
+    });
+    let mut acked = Vec::new();
+    while acked.len() < 500 {
+        let line = next_line(&lines);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        acked.push(v[0]["n"].as_i64().unwrap());
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Late lines that were already in the pipe were acknowledged too.
+    while let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+            acked.extend(v[0]["n"].as_i64());
+        }
+    }
+    writer.join().unwrap();
+
+    // Restart the device (here, in-process) and let it drain its outbox.
+    let d = Connection::open(&uri).expect("reopen the killed device");
+    d.wait_for(DEADLINE, |s| s.connected && s.outbox_len == 0)
+        .expect("outbox drains");
+    let on_device = count(&d, "SELECT count(*) FROM t");
+    assert!(
+        on_device >= acked.len() as i64,
+        "device lost acknowledged rows"
+    );
+    let end = Instant::now() + DEADLINE;
+    while count(&p, "SELECT count(*) FROM t") < on_device {
+        assert!(
+            Instant::now() < end,
+            "rows never reached the primary: device {on_device}, primary {}, device status {:?}",
+            count(&p, "SELECT count(*) FROM t"),
+            d.sync_status()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM t"),
+        on_device,
+        "primary has exactly the device's rows"
+    );
+    assert_eq!(
+        count(&p, "SELECT count(DISTINCT n) FROM t"),
+        on_device,
+        "no duplicates"
+    );
+    for n in acked {
+        assert_eq!(
+            count(&p, &format!("SELECT count(*) FROM t WHERE n = {n}")),
+            1,
+            "acknowledged row {n}"
+        );
+    }
+}
