@@ -79,13 +79,16 @@ fn global_rows_everywhere_user_rows_only_at_owner_and_primary() {
 fn tables_without_integer_primary_key_replicate_every_row() {
     let c = Cluster::new();
     let p = c.primary("p.db");
-    p.execute("CREATE TABLE t(n INTEGER NOT NULL, row_owner)", []).unwrap();
+    p.execute("CREATE TABLE t(n INTEGER NOT NULL, row_owner)", [])
+        .unwrap();
     let d = c.device("d.db", &p);
     ready(&d);
     for n in 1..=3 {
         d.execute("INSERT INTO t(n) VALUES (?1)", [n]).unwrap();
     }
-    let rows = d.query("INSERT INTO t(n) VALUES (4) RETURNING n", []).unwrap();
+    let rows = d
+        .query("INSERT INTO t(n) VALUES (4) RETURNING n", [])
+        .unwrap();
     assert_eq!(rows.len(), 1);
     wait_outbox_empty(&d);
     wait_count(&p, "SELECT count(*) FROM t", 4);

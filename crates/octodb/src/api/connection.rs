@@ -548,28 +548,6 @@ fn pragma_columns(p: &Pragma) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn row_owner_rename_or_drop_is_recognized() {
-        for sql in [
-            "ALTER TABLE t DROP COLUMN row_owner",
-            "alter table t drop \"row_owner\"",
-            "ALTER TABLE t RENAME COLUMN row_owner TO x",
-            "ALTER TABLE t RENAME row_owner TO x",
-        ] {
-            assert!(super::alters_row_owner(sql), "{sql}");
-        }
-        for sql in [
-            "ALTER TABLE t RENAME TO row_owner_x",
-            "ALTER TABLE t ADD COLUMN row_owner",
-            "ALTER TABLE t DROP COLUMN x",
-        ] {
-            assert!(!super::alters_row_owner(sql), "{sql}");
-        }
-    }
-}
-
 fn node_row(n: NodeRecord) -> Vec<Value> {
     vec![
         Value::Text(n.public_key),
@@ -635,6 +613,28 @@ impl Drop for Transaction<'_> {
             if let Err(e) = self.conn.execute("ROLLBACK", []) {
                 tracing::warn!("rolling back a dropped transaction failed: {e}");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn row_owner_rename_or_drop_is_recognized() {
+        for sql in [
+            "ALTER TABLE t DROP COLUMN row_owner",
+            "alter table t drop \"row_owner\"",
+            "ALTER TABLE t RENAME COLUMN row_owner TO x",
+            "ALTER TABLE t RENAME row_owner TO x",
+        ] {
+            assert!(super::alters_row_owner(sql), "{sql}");
+        }
+        for sql in [
+            "ALTER TABLE t RENAME TO row_owner_x",
+            "ALTER TABLE t ADD COLUMN row_owner",
+            "ALTER TABLE t DROP COLUMN x",
+        ] {
+            assert!(!super::alters_row_owner(sql), "{sql}");
         }
     }
 }

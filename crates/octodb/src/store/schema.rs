@@ -285,6 +285,10 @@ fn is_owner_def(def: &str) -> bool {
     first.eq_ignore_ascii_case(ROW_OWNER)
 }
 
+/// What to tell a user who tries to change an internal table.
+pub const INTERNAL_TABLE_HINT: &str =
+    "it is managed by the engine; use PRAGMA sync_status and PRAGMA nodes to read its state";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,7 +317,3 @@ mod tests {
         assert!(!is_private("public"));
     }
 }
-
-/// What to tell a user who tries to change an internal table.
-pub const INTERNAL_TABLE_HINT: &str =
-    "it is managed by the engine; use PRAGMA sync_status and PRAGMA nodes to read its state";
