@@ -14,6 +14,7 @@ pub mod store;
 pub mod value;
 
 pub mod api;
+pub mod auth;
 
 pub use api::{Connection, Row, Rows, Statement, Transaction};
 pub use error::{Error, Result};

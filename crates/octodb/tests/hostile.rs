@@ -111,6 +111,7 @@ fn unknown_protocol_version_closes_the_connection() {
             role: octodb::Role::Secondary,
             last_seq: 0,
             info: "{}".into(),
+            auth: None,
         }
         .encode();
         m[0] = 99;
@@ -147,6 +148,7 @@ fn oversized_message_closes_the_connection() {
             role: octodb::Role::Secondary,
             last_seq: 0,
             info: "{}".into(),
+            auth: None,
         };
         s.send(&hello.encode()).await.unwrap();
         s.flush().await.unwrap();

@@ -176,6 +176,18 @@ impl Connection {
         Ok(self.conn.create_scalar_function(name, n_arg, flags, f)?)
     }
 
+    /// Primaries: register the backend's deciding function for sign-ups, logins or new nodes.
+    /// It runs on a worker thread with the request (data, node_info JSON, public key) and
+    /// answers with a [`crate::auth::Decision`]; `Decision::Pending` leaves the request to a
+    /// later `PRAGMA authorize_user` / `authorize_node`.
+    pub fn set_auth_callback(
+        &self,
+        action: crate::auth::Action,
+        f: impl Fn(&crate::auth::AuthRequest) -> crate::auth::Decision + Send + Sync + 'static,
+    ) -> Result<()> {
+        self.node.set_auth_callback(action, Arc::new(f))
+    }
+
     /// The id of the last row inserted by this connection, after the engine gave it its
     /// collision-free id.
     pub fn last_insert_rowid(&self) -> i64 {
@@ -456,10 +468,24 @@ impl Connection {
                 columns: pragma_columns(&p),
                 rows: self.nodes()?.into_iter().map(node_row).collect(),
             },
+            "user_signup" | "user_login" => {
+                let action = crate::auth::Action::from_name(&p.name).unwrap_or(crate::auth::Action::UserSignup);
+                let data = p.value.ok_or_else(|| Error::Pragma {
+                    name: p.name.clone(),
+                    reason: "give the sign-up / login data: PRAGMA user_signup='...'".into(),
+                })?;
+                self.node.request_auth(action, data)?;
+                Rows::default()
+            }
+            "authorize_user" | "authorize_node" => {
+                let (key, decision) = crate::auth::parse_authorize(&p.name, p.value.as_deref())?;
+                self.node.authorize(key, decision)?;
+                Rows::default()
+            }
             _ => {
                 return Err(Error::Pragma {
                     name: p.name,
-                    reason: "authorization is not available in this version: every node that connects is accepted (auth=none)".into(),
+                    reason: "the external authorization service is not available in this version; use callbacks or PRAGMA authorize_*".into(),
                 })
             }
         };

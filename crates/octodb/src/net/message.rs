@@ -19,7 +19,16 @@ pub enum Message {
         last_seq: u64,
         /// JSON describing the node (platform, app-supplied fields).
         info: String,
+        /// A node not yet authorized: its sign-up / login request (None: none made yet, or
+        /// node-level authorization, where connecting is the request).
+        auth: Option<AuthAsk>,
     },
+    /// The primary needs a sign-up or login before anything else (auth=user).
+    AuthRequired {
+        reason: String,
+    },
+    /// The request reached the backend, which decides later; the connection stays open.
+    AuthPending,
     /// The primary accepts the node.
     Welcome {
         node_id: u32,
@@ -55,6 +64,13 @@ pub enum Message {
     },
 }
 
+/// A sign-up or login request with the app's data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuthAsk {
+    pub action: crate::auth::Action,
+    pub data: String,
+}
+
 impl Message {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = vec![PROTOCOL_VERSION];
@@ -82,6 +98,8 @@ impl Message {
             Message::Hello { .. } => "Hello",
             Message::Welcome { .. } => "Welcome",
             Message::Refused { .. } => "Refused",
+            Message::AuthRequired { .. } => "AuthRequired",
+            Message::AuthPending => "AuthPending",
             Message::SnapshotBegin { .. } => "SnapshotBegin",
             Message::SnapshotRows { .. } => "SnapshotRows",
             Message::SnapshotEnd { .. } => "SnapshotEnd",
@@ -101,6 +119,7 @@ mod tests {
             role: Role::Secondary,
             last_seq: 7,
             info: "{}".into(),
+            auth: None,
         };
         let b = m.encode();
         assert_eq!(Message::decode(&b).ok(), Some(m));

@@ -1,7 +1,7 @@
 //! The node network: framed, versioned, authenticated and encrypted connections.
 pub mod message;
 pub mod transport;
-pub use message::Message;
+pub use message::{AuthAsk, Message};
 pub use transport::{
     HandshakeOptions, NetError, PeerIdentity, SecureReader, SecureStream, SecureWriter,
 };

@@ -15,6 +15,8 @@ pub enum Event {
     TransactionAccepted { txn_id: u64 },
     /// The primaries rejected one of this device's transactions; it was removed here.
     TransactionRejected { txn_id: u64, reason: String },
+    /// The primaries refused this node's sign-up, login or join request.
+    AuthorizationRefused { reason: String },
     /// Initial download progress.
     Download { rows: u64, total: u64 },
 }

@@ -4,7 +4,9 @@
 //! connection opened on that file). The node's engine applies what the network brings on its
 //! own SQLite connection, in its writer thread, one write transaction per batch (group commit).
 
+mod admission;
 mod events;
+mod members;
 mod primary;
 mod registry;
 mod secondary;
@@ -64,6 +66,14 @@ pub(crate) struct Shared {
     pub handshake: HandshakeOptions,
     pub bound: Mutex<Vec<SocketAddr>>,
     readers: Mutex<Vec<Connection>>,
+    /// Primaries: the backend's deciding callbacks.
+    pub callbacks: crate::auth::Callbacks,
+    /// Primaries: each decision, for the sessions waiting on it.
+    pub auth_decided: broadcast::Sender<(String, members::Admission)>,
+    /// Primaries: sessions waiting for a decision now (bounded by auth::MAX_PENDING).
+    pub waiting: std::sync::atomic::AtomicUsize,
+    /// Devices: the app made a sign-up or login request.
+    pub auth_changed: Notify,
 }
 
 impl Shared {
@@ -143,6 +153,10 @@ impl Node {
             },
             bound: Mutex::new(Vec::new()),
             readers: Mutex::new(Vec::new()),
+            callbacks: Default::default(),
+            auth_decided: broadcast::channel(256).0,
+            waiting: Default::default(),
+            auth_changed: Notify::new(),
             cfg,
         });
         let writer = match shared.cfg.role {
@@ -212,6 +226,72 @@ impl Node {
 
     pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
         status::nodes(&self.shared)
+    }
+
+    /// Devices: the app signs up or logs in (`PRAGMA user_signup` / `user_login`).
+    pub fn request_auth(&self, action: crate::auth::Action, data: String) -> Result<()> {
+        let bad = |reason: String| Error::Pragma {
+            name: action.as_str().into(),
+            reason,
+        };
+        if self.role() != Some(Role::Secondary) {
+            return Err(bad("only devices (node=secondary) sign up or log in".into()));
+        }
+        let id = &self.shared.identity;
+        if id.node_id() != 0 {
+            return Err(bad(format!(
+                "this device is already authorized (node {}, user {}); no new sign-up or login is needed",
+                id.node_id(),
+                id.user_id()
+            )));
+        }
+        if data.len() > crate::auth::MAX_REQUEST_DATA {
+            return Err(bad(format!(
+                "the data is larger than {} bytes",
+                crate::auth::MAX_REQUEST_DATA
+            )));
+        }
+        {
+            let mut live = self.shared.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.auth_request = Some(crate::net::AuthAsk { action, data });
+            live.auth_error = None;
+        }
+        self.shared.auth_changed.notify_one();
+        Ok(())
+    }
+
+    /// Primaries: decide on a node by its public key (`PRAGMA authorize_user` / `authorize_node`).
+    /// Blocks until the decision is stored; do not call it from async code.
+    pub fn authorize(&self, pubkey: String, decision: crate::auth::Decision) -> Result<()> {
+        if self.role() != Some(Role::Primary) {
+            return Err(Error::rule("only primaries authorize nodes"));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared
+            .jobs
+            .blocking_send(writer::Job::AuthDecide {
+                pubkey,
+                decision,
+                reply: tx,
+            })
+            .map_err(|_| Error::Closed)?;
+        rx.blocking_recv().map_err(|_| Error::Closed)?.map(drop)
+    }
+
+    /// Primaries: the backend's deciding function for `action`, called on a worker thread.
+    pub fn set_auth_callback(
+        &self,
+        action: crate::auth::Action,
+        f: crate::auth::Callback,
+    ) -> Result<()> {
+        if self.role() != Some(Role::Primary) {
+            return Err(Error::rule(format!(
+                "the {} callback decides on a primary; this node is not one",
+                action.as_str()
+            )));
+        }
+        self.shared.callbacks.set(action, f);
+        Ok(())
     }
 }
 

@@ -1,7 +1,9 @@
 //! A primary's network side: listening, one session per connected node, the initial download,
 //! and streaming the log to each device filtered by what its user may see.
 
-use super::writer::{Job, Registered};
+use super::admission::{admit, send_now, Applicant};
+use super::members::Registered;
+use super::writer::Job;
 use super::{runtime, Shared};
 use crate::error::{Error, Result};
 use crate::log;
@@ -15,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// Log entries read per step while a device catches up.
@@ -93,6 +95,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         role,
         last_seq,
         info,
+        auth,
     } = hello
     else {
         return Err(
@@ -111,23 +114,22 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         .await?;
         return Err(Error::rule(reason));
     }
+    // Node information is the node's own say; keep it small.
     let info = if info.len() > 16 * 1024 {
         String::new()
     } else {
         info
     };
-    let (tx, rx) = oneshot::channel();
-    shared
-        .jobs
-        .send(Job::Register {
-            pubkey,
-            address: addr.to_string(),
-            info,
-            reply: tx,
-        })
-        .await
-        .map_err(|_| Error::Closed)?;
-    let Registered { node_id, user_id } = rx.await.map_err(|_| Error::Closed)??;
+    let applicant = Applicant {
+        pubkey,
+        addr,
+        info,
+        ask: auth,
+    };
+    let Some(Registered { node_id, user_id }) = admit(shared, applicant, &mut rd, &mut wr).await?
+    else {
+        return Ok(());
+    };
     send_now(
         &mut wr,
         &Message::Welcome {
@@ -191,12 +193,6 @@ async fn read_loop(shared: &Arc<Shared>, rd: &mut SecureReader, sender: Sender) 
             }
         }
     }
-}
-
-async fn send_now(wr: &mut SecureWriter, m: &Message) -> Result<()> {
-    wr.send(&m.encode()).await?;
-    wr.flush().await?;
-    Ok(())
 }
 
 /// Send queued messages, batching whatever is queued into one flush.

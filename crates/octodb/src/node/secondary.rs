@@ -26,10 +26,13 @@ pub(super) async fn run(shared: Arc<Shared>) {
             return;
         }
         let started = std::time::Instant::now();
-        match session(&shared, ep).await {
-            Ok(()) => {}
-            Err(e) => tracing::info!(primary = %ep, "sync connection ended: {e}"),
-        }
+        let wait_for_request = match session(&shared, ep).await {
+            Ok(flow) => flow == Flow::WaitForRequest,
+            Err(e) => {
+                tracing::info!(primary = %ep, "sync connection ended: {e}");
+                false
+            }
+        };
         let was_connected = shared
             .live
             .lock()
@@ -42,6 +45,15 @@ pub(super) async fn run(shared: Arc<Shared>) {
         }
         if started.elapsed() > Duration::from_secs(5) {
             backoff = Duration::from_millis(50);
+        }
+        if wait_for_request {
+            // Nothing to say to the primaries until the app signs up or logs in.
+            tokio::select! {
+                _ = shared.auth_changed.notified() => {}
+                _ = stop.changed() => return,
+            }
+            backoff = Duration::from_millis(50);
+            continue;
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -74,7 +86,23 @@ fn device_info() -> String {
     .to_string()
 }
 
-async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<()> {
+/// How a session ended without error.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Reconnect,
+    /// The primaries need a (new) sign-up or login from the app first.
+    WaitForRequest,
+}
+
+fn set_auth(shared: &Shared, state: Option<&str>, error: Option<String>) {
+    let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+    live.auth_state = state.map(String::from);
+    if state.is_none() || error.is_some() {
+        live.auth_error = error;
+    }
+}
+
+async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
     let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(ep.to_addr_string()))
         .await
         .map_err(|_| NetError::Timeout)?
@@ -82,33 +110,71 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<()> {
     let stream = SecureStream::connect(tcp, &shared.keys, &shared.handshake).await?;
     let (mut rd, mut wr) = stream.into_split();
     let last_seq = *shared.feed.borrow();
+    let unauthorized = shared.identity.node_id() == 0;
+    let auth = unauthorized
+        .then(|| {
+            shared
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .auth_request
+                .clone()
+        })
+        .flatten();
     let hello = Message::Hello {
         role: Role::Secondary,
         last_seq,
         info: device_info(),
+        auth,
     };
     wr.send(&hello.encode()).await?;
     wr.flush().await?;
-    match recv_msg(&mut rd).await? {
-        Message::Welcome {
-            node_id, user_id, ..
-        } => {
-            ask(shared, |reply| Job::Welcome {
-                node_id,
-                user_id,
-                reply,
-            })
-            .await?;
-        }
-        Message::Refused { reason } => {
-            return Err(Error::rule(format!(
-                "the primary refused this node: {reason}"
-            )))
-        }
-        other => {
-            return Err(
-                NetError::Malformed(format!("expected Welcome, got {}", other.kind())).into(),
-            )
+    loop {
+        match recv_msg(&mut rd).await? {
+            Message::Welcome {
+                node_id, user_id, ..
+            } => {
+                ask(shared, |reply| Job::Welcome {
+                    node_id,
+                    user_id,
+                    reply,
+                })
+                .await?;
+                shared
+                    .live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .auth_request = None;
+                set_auth(shared, None, None);
+                break;
+            }
+            Message::AuthPending => set_auth(shared, Some("pending"), None),
+            Message::AuthRequired { reason } => {
+                tracing::info!(primary = %ep, "{reason}");
+                set_auth(shared, Some("required"), None);
+                return Ok(Flow::WaitForRequest);
+            }
+            Message::Refused { reason } if unauthorized => {
+                tracing::warn!(primary = %ep, "the primary refused this node: {reason}");
+                shared
+                    .live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .auth_request = None;
+                set_auth(shared, Some("rejected"), Some(reason.clone()));
+                shared.emit(Event::AuthorizationRefused { reason });
+                return Ok(Flow::WaitForRequest);
+            }
+            Message::Refused { reason } => {
+                return Err(Error::rule(format!(
+                    "the primary refused this node: {reason}"
+                )))
+            }
+            other => {
+                return Err(
+                    NetError::Malformed(format!("expected Welcome, got {}", other.kind())).into(),
+                )
+            }
         }
     }
     shared
@@ -121,7 +187,7 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<()> {
     });
     tracing::info!(primary = %ep, "connected");
     let sender = tokio::spawn(send_outbox(shared.clone(), wr));
-    let result = receive(shared, &mut rd).await;
+    let result = receive(shared, &mut rd).await.map(|()| Flow::Reconnect);
     sender.abort();
     if shared
         .live

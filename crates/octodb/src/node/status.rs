@@ -14,6 +14,11 @@ pub struct Live {
     /// Primaries: node id → address of each connected node.
     pub sessions: HashMap<u32, String>,
     pub download: Option<(u64, u64)>,
+    /// Devices not yet authorized: the sign-up / login request made by the app, not yet sent.
+    pub auth_request: Option<crate::net::AuthAsk>,
+    /// Devices not yet authorized: "required", "pending" or "rejected".
+    pub auth_state: Option<String>,
+    pub auth_error: Option<String>,
 }
 
 /// The last transaction the primaries rejected, with why.
@@ -45,15 +50,27 @@ pub struct SyncStatus {
     pub last_sync: Option<f64>,
     /// Rows downloaded and expected, while an initial download runs.
     pub download: Option<(u64, u64)>,
+    /// Devices not yet authorized: "required" (sign up or log in), "pending" (the backend
+    /// decides) or "rejected"; null once authorized.
+    pub auth_state: Option<String>,
+    /// Why the last request was rejected.
+    pub auth_error: Option<String>,
 }
 
 pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
     let role = shared.cfg.role;
-    let (live_peer, sessions, download) = {
+    let (live_peer, sessions, download, auth_state, auth_error) = {
         let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
         let mut s: Vec<String> = live.sessions.values().cloned().collect();
         s.sort();
-        (live.connected_to.clone(), s, live.download)
+        let requested = live.auth_request.is_some().then(|| "requested".to_string());
+        (
+            live.connected_to.clone(),
+            s,
+            live.download,
+            live.auth_state.clone().or(requested),
+            live.auth_error.clone(),
+        )
     };
     let (ready, last_seq, outbox_len, last_rejected, last_sync) = shared.read_blocking(|c| {
         let ready = role != Some(Role::Secondary) || meta_i64(c, "ready")? == 1;
@@ -91,6 +108,8 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         last_rejected,
         last_sync,
         download,
+        auth_state: auth_state.filter(|_| id.node_id() == 0),
+        auth_error: auth_error.filter(|_| id.node_id() == 0),
     })
 }
 

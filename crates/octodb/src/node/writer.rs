@@ -34,6 +34,21 @@ pub(crate) enum Job {
         info: String,
         reply: Reply<Registered>,
     },
+    /// Primary: a node's request waits for the backend.
+    AuthRecord {
+        pubkey: String,
+        address: String,
+        info: String,
+        action: crate::auth::Action,
+        data: Option<String>,
+        reply: Reply<()>,
+    },
+    /// Primary: the backend decided on a key; the outcome is also broadcast to waiting sessions.
+    AuthDecide {
+        pubkey: String,
+        decision: crate::auth::Decision,
+        reply: Reply<super::members::Admission>,
+    },
     /// Device: the primary accepted this node with these ids.
     Welcome {
         node_id: u32,
@@ -64,11 +79,7 @@ pub(crate) enum Job {
     SnapshotAbort,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Registered {
-    pub node_id: u32,
-    pub user_id: i64,
-}
+pub(crate) use super::members::Registered;
 
 pub(crate) fn spawn(
     shared: Arc<Shared>,
@@ -138,8 +149,40 @@ impl Writer {
                     reply,
                 } => {
                     let _ = reply.send(write_txn(&self.conn, |c| {
-                        register(c, pubkey, &address, &info)
+                        super::members::register_open(c, pubkey, &address, &info)
                     }));
+                }
+                Job::AuthRecord {
+                    pubkey,
+                    address,
+                    info,
+                    action,
+                    data,
+                    reply,
+                } => {
+                    let _ = reply.send(write_txn(&self.conn, |c| {
+                        super::members::record_request(
+                            c,
+                            &pubkey,
+                            &address,
+                            &info,
+                            action,
+                            data.as_deref(),
+                        )
+                    }));
+                }
+                Job::AuthDecide {
+                    pubkey,
+                    decision,
+                    reply,
+                } => {
+                    let outcome = write_txn(&self.conn, |c| {
+                        super::members::decide(c, &pubkey, &decision)
+                    });
+                    if let Ok(admission) = &outcome {
+                        let _ = self.shared.auth_decided.send((pubkey, admission.clone()));
+                    }
+                    let _ = reply.send(outcome);
                 }
                 Job::Welcome {
                     node_id,
@@ -334,47 +377,6 @@ impl Writer {
         self.shared.emit(Event::Ready);
         Ok(())
     }
-}
-
-/// Find or create the record of a node (no authorization: every node is accepted and each
-/// device is its own user).
-fn register(c: &Connection, pubkey: PublicKey, address: &str, info: &str) -> Result<Registered> {
-    let key = pubkey.to_hex();
-    let now = unix_now();
-    let found: Option<(u32, Option<i64>)> = c
-        .prepare_cached("SELECT node_id, user_id FROM _octo_nodes WHERE pubkey = ?1")?
-        .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    if let Some((node_id, user_id)) = found {
-        c.prepare_cached(
-            "UPDATE _octo_nodes SET address = ?2, info = ?3, last_seen = ?4 WHERE node_id = ?1",
-        )?
-        .execute(rusqlite::params![node_id, address, info, now])?;
-        return Ok(Registered {
-            node_id,
-            user_id: user_id.unwrap_or(0),
-        });
-    }
-    // Node 1 is the primary itself.
-    let node_id: u32 = c.query_row(
-        "SELECT max(coalesce(max(node_id), 1), 1) + 1 FROM _octo_nodes",
-        [],
-        |r| r.get(0),
-    )?;
-    let user_id: i64 = c.query_row(
-        "SELECT coalesce(max(user_id), 0) + 1 FROM _octo_users",
-        [],
-        |r| r.get(0),
-    )?;
-    c.prepare_cached("INSERT INTO _octo_users(user_id, created_at) VALUES (?1, ?2)")?
-        .execute(rusqlite::params![user_id, now])?;
-    c.prepare_cached(
-        "INSERT INTO _octo_nodes(node_id, pubkey, node_type, user_id, auth_state, address, info, created_at, last_seen)
-         VALUES (?1, ?2, 'secondary', ?3, 'approved', ?4, ?5, ?6, ?6)",
-    )?
-    .execute(rusqlite::params![node_id, key, user_id, address, info, now])?;
-    tracing::info!(node_id, user_id, pubkey = %key, "new node joined");
-    Ok(Registered { node_id, user_id })
 }
 
 pub(crate) fn unix_now() -> f64 {

@@ -49,7 +49,7 @@ pub fn init_internal_schema(conn: &Connection) -> Result<()> {
          CREATE TABLE IF NOT EXISTS _octo_nodes(
              node_id INTEGER PRIMARY KEY, pubkey TEXT NOT NULL UNIQUE, node_type TEXT NOT NULL,
              user_id INTEGER, auth_state TEXT NOT NULL, last_txn INTEGER NOT NULL DEFAULT 0,
-             address TEXT, info TEXT, created_at REAL, last_seen REAL);
+             address TEXT, info TEXT, request TEXT, created_at REAL, last_seen REAL);
          CREATE TABLE IF NOT EXISTS _octo_users(user_id INTEGER PRIMARY KEY, created_at REAL);
          -- secondaries: transactions not yet accepted by the primaries, in commit order
          CREATE TABLE IF NOT EXISTS _octo_outbox(txn_id INTEGER PRIMARY KEY, created_at REAL);

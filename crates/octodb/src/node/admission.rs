@@ -1,0 +1,274 @@
+//! A primary deciding whether a connected node may join (SPEC §4.2–4.3). Until it is approved a
+//! node gets nothing but answers about its request, and nothing it sends is accepted.
+
+use super::members::{self, Admission, Member, Registered};
+use super::writer::Job;
+use super::Shared;
+use crate::auth::{self, Action, AuthRequest, Decision, MAX_PENDING, MAX_REQUEST_DATA};
+use crate::crypto::PublicKey;
+use crate::error::{Error, Result};
+use crate::net::{AuthAsk, Message, NetError, SecureReader, SecureWriter};
+use crate::uri::{AuthMode, Role};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// Who is asking, as the session knows it after the handshake and Hello.
+pub(super) struct Applicant {
+    pub pubkey: PublicKey,
+    pub addr: SocketAddr,
+    pub info: String,
+    pub ask: Option<AuthAsk>,
+}
+
+/// Decide on the node at the other end. `Ok(None)`: it was told why it cannot join (yet) and
+/// the session ends.
+pub(super) async fn admit(
+    shared: &Arc<Shared>,
+    who: Applicant,
+    rd: &mut SecureReader,
+    wr: &mut SecureWriter,
+) -> Result<Option<Registered>> {
+    if shared.cfg.auth == AuthMode::None {
+        let (pubkey, address, info) = (who.pubkey, who.addr.to_string(), who.info);
+        return ask_writer(shared, |reply| Job::Register {
+            pubkey,
+            address,
+            info,
+            reply,
+        })
+        .await
+        .map(Some);
+    }
+    let key = who.pubkey.to_hex();
+    let k2 = key.clone();
+    let known: Option<Member> = shared.read(move |c| members::lookup(c, &k2)).await?;
+    if let Some(m) = known.as_ref().filter(|m| m.auth_state == "approved") {
+        let role = if m.node_type == "primary" {
+            Role::Primary
+        } else {
+            Role::Secondary
+        };
+        let registered = Registered {
+            node_id: m.node_id,
+            user_id: m.user_id.unwrap_or(0),
+        };
+        return finish(wr, Admission::Approved { registered, role }).await;
+    }
+    let already_waiting = known.as_ref().is_some_and(|m| m.auth_state == "pending");
+    let (action, data) = match (shared.cfg.auth, who.ask) {
+        (
+            AuthMode::User,
+            Some(AuthAsk {
+                action: a @ (Action::UserSignup | Action::UserLogin),
+                data,
+            }),
+        ) => (a, Some(data)),
+        (AuthMode::User, _) if already_waiting => (Action::UserSignup, None),
+        (AuthMode::User, _) => {
+            let reason = "this network needs a user: run PRAGMA user_signup='...' or PRAGMA user_login='...' on the device";
+            send_now(
+                wr,
+                &Message::AuthRequired {
+                    reason: reason.into(),
+                },
+            )
+            .await?;
+            return Ok(None);
+        }
+        _ => (Action::NewNode, None),
+    };
+    if data.as_ref().is_some_and(|d| d.len() > MAX_REQUEST_DATA) {
+        return refuse(
+            wr,
+            format!("the request data is larger than {MAX_REQUEST_DATA} bytes"),
+        )
+        .await;
+    }
+    let Some(_slot) = WaitingSlot::take(shared) else {
+        return refuse(
+            wr,
+            "too many requests are waiting for the backend; try again later".into(),
+        )
+        .await;
+    };
+    // Subscribe before anything can decide, so that no decision is missed.
+    let mut decided = shared.auth_decided.subscribe();
+    let node_info = node_info(&key, &who.addr, &who.info);
+    let fresh_request = !(already_waiting && data.is_none());
+    let decision = if fresh_request {
+        let (pubkey, address, info, d) = (
+            key.clone(),
+            who.addr.to_string(),
+            node_info.clone(),
+            data.clone(),
+        );
+        ask_writer(shared, |reply| Job::AuthRecord {
+            pubkey,
+            address,
+            info,
+            action,
+            data: d,
+            reply,
+        })
+        .await?;
+        let request = AuthRequest {
+            action,
+            data,
+            pubkey: key.clone(),
+            node_info,
+        };
+        decide_now(shared, request).await
+    } else {
+        Decision::Pending
+    };
+    let outcome = match decision {
+        Decision::Pending => {
+            send_now(wr, &Message::AuthPending).await?;
+            wait_for_decision(shared, &key, &mut decided, rd).await?
+        }
+        d => authorize(shared, key.clone(), d).await?,
+    };
+    finish(wr, outcome).await
+}
+
+/// Ask the backend's callback now, on a worker thread; without one the request waits for
+/// `PRAGMA authorize_*`.
+async fn decide_now(shared: &Arc<Shared>, request: AuthRequest) -> Decision {
+    let Some(f) = shared.callbacks.get(request.action) else {
+        return Decision::Pending;
+    };
+    tokio::task::spawn_blocking(move || auth::call(&f, &request))
+        .await
+        .unwrap_or_else(|_| Decision::Reject("the backend failed to decide (error)".into()))
+}
+
+/// Record a decision (from a callback or a PRAGMA) and let waiting sessions know.
+pub(super) async fn authorize(
+    shared: &Arc<Shared>,
+    pubkey: String,
+    decision: Decision,
+) -> Result<Admission> {
+    ask_writer(shared, |reply| Job::AuthDecide {
+        pubkey,
+        decision,
+        reply,
+    })
+    .await
+}
+
+async fn wait_for_decision(
+    shared: &Arc<Shared>,
+    key: &str,
+    decided: &mut tokio::sync::broadcast::Receiver<(String, Admission)>,
+    rd: &mut SecureReader,
+) -> Result<Admission> {
+    let mut stop = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            d = decided.recv() => match d {
+                Ok((k, outcome)) if k == key => return Ok(outcome),
+                Ok(_) => continue,
+                // Missed decisions while lagging: look at the file.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let k2 = key.to_string();
+                    if let Some(m) = shared.read(move |c| members::lookup(c, &k2)).await? {
+                        if m.auth_state != "pending" {
+                            return Err(Error::rule("the decision arrived while busy; the node will reconnect"));
+                        }
+                    }
+                }
+                Err(_) => return Err(Error::Closed),
+            },
+            m = rd.recv() => {
+                // A waiting node has nothing to say; anything it sends ends the session.
+                let bytes = m?;
+                let kind = Message::decode(&bytes).map(|m| m.kind()).unwrap_or("garbage");
+                return Err(NetError::Malformed(format!("{kind} from a node that is not authorized")).into());
+            }
+            _ = stop.changed() => return Err(Error::Closed),
+        }
+    }
+}
+
+async fn finish(wr: &mut SecureWriter, outcome: Admission) -> Result<Option<Registered>> {
+    match outcome {
+        Admission::Approved {
+            registered,
+            role: Role::Secondary,
+        } => Ok(Some(registered)),
+        Admission::Approved {
+            role: Role::Primary,
+            ..
+        } => {
+            refuse(
+                wr,
+                "approved as a primary, but this primary does not run a cluster yet".into(),
+            )
+            .await
+        }
+        Admission::Rejected(reason) => refuse(wr, reason).await,
+    }
+}
+
+async fn refuse(wr: &mut SecureWriter, reason: String) -> Result<Option<Registered>> {
+    tracing::info!(%reason, "node refused");
+    send_now(wr, &Message::Refused { reason }).await?;
+    Ok(None)
+}
+
+pub(super) async fn send_now(wr: &mut SecureWriter, m: &Message) -> Result<()> {
+    wr.send(&m.encode()).await?;
+    wr.flush().await?;
+    Ok(())
+}
+
+async fn ask_writer<T>(
+    shared: &Shared,
+    make: impl FnOnce(oneshot::Sender<Result<T>>) -> Job,
+) -> Result<T> {
+    let (tx, rx) = oneshot::channel();
+    shared
+        .jobs
+        .send(make(tx))
+        .await
+        .map_err(|_| Error::Closed)?;
+    rx.await.map_err(|_| Error::Closed)?
+}
+
+/// The node_info JSON the backend sees: SPEC §4.3.
+fn node_info(pubkey: &str, addr: &SocketAddr, told: &str) -> String {
+    let told: serde_json::Value = serde_json::from_str(told).unwrap_or(serde_json::Value::Null);
+    let mut info = serde_json::json!({
+        "public_key": pubkey,
+        "node_type": "secondary",
+        "address": addr.to_string(),
+    });
+    if let (Some(obj), serde_json::Value::Object(extra)) = (info.as_object_mut(), told) {
+        for (k, v) in extra {
+            obj.entry(k).or_insert(v);
+        }
+    }
+    info.to_string()
+}
+
+/// One of the bounded places for a session waiting on the backend.
+struct WaitingSlot<'a>(&'a Shared);
+
+impl<'a> WaitingSlot<'a> {
+    fn take(shared: &'a Shared) -> Option<WaitingSlot<'a>> {
+        let prev = shared.waiting.fetch_add(1, Ordering::AcqRel);
+        if prev >= MAX_PENDING {
+            shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(WaitingSlot(shared))
+    }
+}
+
+impl Drop for WaitingSlot<'_> {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+}

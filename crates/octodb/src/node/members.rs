@@ -1,0 +1,200 @@
+//! A primary's record of the nodes that joined or asked to (`_octo_nodes`, `_octo_users`):
+//! lookups, requests waiting for the backend, and the backend's decisions.
+
+use super::writer::unix_now;
+use crate::auth::{Action, Decision};
+use crate::crypto::PublicKey;
+use crate::error::{Error, Result};
+use crate::uri::Role;
+use rusqlite::{Connection, OptionalExtension};
+
+/// Requests kept waiting in the file at most; older waiting ones are dropped beyond this, so a
+/// flood of sign-ups with fresh keys cannot grow the file without bound.
+const MAX_STORED_REQUESTS: i64 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Registered {
+    pub node_id: u32,
+    pub user_id: i64,
+}
+
+/// What a primary knows of a public key.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Member {
+    pub node_id: u32,
+    pub user_id: Option<i64>,
+    pub node_type: String,
+    pub auth_state: String,
+}
+
+/// The outcome of a decision, as the waiting session needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Admission {
+    Approved { registered: Registered, role: Role },
+    Rejected(String),
+}
+
+pub(crate) fn lookup(c: &Connection, pubkey: &str) -> Result<Option<Member>> {
+    Ok(c.prepare_cached(
+        "SELECT node_id, user_id, node_type, auth_state FROM _octo_nodes WHERE pubkey = ?1",
+    )?
+    .query_row([pubkey], |r| {
+        Ok(Member {
+            node_id: r.get(0)?,
+            user_id: r.get(1)?,
+            node_type: r.get(2)?,
+            auth_state: r.get(3)?,
+        })
+    })
+    .optional()?)
+}
+
+fn next_node_id(c: &Connection) -> Result<u32> {
+    // Node 1 is the primary itself.
+    Ok(c.query_row(
+        "SELECT max(coalesce(max(node_id), 1), 1) + 1 FROM _octo_nodes",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+fn new_user(c: &Connection) -> Result<i64> {
+    let user_id: i64 = c.query_row(
+        "SELECT coalesce(max(user_id), 0) + 1 FROM _octo_users",
+        [],
+        |r| r.get(0),
+    )?;
+    c.prepare_cached("INSERT INTO _octo_users(user_id, created_at) VALUES (?1, ?2)")?
+        .execute(rusqlite::params![user_id, unix_now()])?;
+    Ok(user_id)
+}
+
+/// The node's row, created (as `state`) if the key is new. Returns its node id.
+fn ensure_node(
+    c: &Connection,
+    pubkey: &str,
+    state: &str,
+    address: Option<&str>,
+    info: Option<&str>,
+) -> Result<u32> {
+    if let Some(m) = lookup(c, pubkey)? {
+        c.prepare_cached(
+            "UPDATE _octo_nodes SET address = coalesce(?2, address), info = coalesce(?3, info), last_seen = ?4
+             WHERE node_id = ?1",
+        )?
+        .execute(rusqlite::params![m.node_id, address, info, unix_now()])?;
+        return Ok(m.node_id);
+    }
+    let node_id = next_node_id(c)?;
+    c.prepare_cached(
+        "INSERT INTO _octo_nodes(node_id, pubkey, node_type, auth_state, address, info, created_at, last_seen)
+         VALUES (?1, ?2, 'secondary', ?3, ?4, ?5, ?6, ?6)",
+    )?
+    .execute(rusqlite::params![node_id, pubkey, state, address, info, unix_now()])?;
+    Ok(node_id)
+}
+
+/// No authorization: find or create the node; each new device is a new user.
+pub(crate) fn register_open(
+    c: &Connection,
+    pubkey: PublicKey,
+    address: &str,
+    info: &str,
+) -> Result<Registered> {
+    let key = pubkey.to_hex();
+    let node_id = ensure_node(c, &key, "approved", Some(address), Some(info))?;
+    let user_id = match lookup(c, &key)?.and_then(|m| m.user_id) {
+        Some(u) => u,
+        None => {
+            let u = new_user(c)?;
+            c.prepare_cached("UPDATE _octo_nodes SET user_id = ?2 WHERE node_id = ?1")?
+                .execute(rusqlite::params![node_id, u])?;
+            tracing::info!(node_id, user_id = u, pubkey = %key, "new node joined");
+            u
+        }
+    };
+    Ok(Registered { node_id, user_id })
+}
+
+/// Keep a request that waits for the backend, visible in `PRAGMA nodes`.
+pub(crate) fn record_request(
+    c: &Connection,
+    pubkey: &str,
+    address: &str,
+    info: &str,
+    action: Action,
+    data: Option<&str>,
+) -> Result<()> {
+    let waiting: i64 = c.query_row(
+        "SELECT count(*) FROM _octo_nodes WHERE auth_state = 'pending'",
+        [],
+        |r| r.get(0),
+    )?;
+    if waiting >= MAX_STORED_REQUESTS {
+        c.execute(
+            "DELETE FROM _octo_nodes WHERE node_id IN
+               (SELECT node_id FROM _octo_nodes WHERE auth_state = 'pending' ORDER BY last_seen LIMIT ?1)",
+            [waiting - MAX_STORED_REQUESTS + 1],
+        )?;
+    }
+    let node_id = ensure_node(c, pubkey, "pending", Some(address), Some(info))?;
+    let request = serde_json::json!({ "action": action.as_str(), "data": data }).to_string();
+    c.prepare_cached(
+        "UPDATE _octo_nodes SET request = ?2,
+           auth_state = CASE auth_state WHEN 'approved' THEN 'approved' ELSE 'pending' END
+         WHERE node_id = ?1",
+    )?
+    .execute(rusqlite::params![node_id, request])?;
+    Ok(())
+}
+
+/// Apply the backend's decision on `pubkey` (known or not: keys can be approved by hand before
+/// the node ever connects).
+pub(crate) fn decide(c: &Connection, pubkey: &str, decision: &Decision) -> Result<Admission> {
+    let node_id = ensure_node(c, pubkey, "pending", None, None)?;
+    let current = lookup(c, pubkey)?.and_then(|m| m.user_id);
+    let (role, user_id) = match decision {
+        Decision::Pending => return Err(Error::rule("a pending request is not a decision")),
+        Decision::Reject(reason) => {
+            c.prepare_cached(
+                "UPDATE _octo_nodes SET auth_state = 'rejected', request = ?2 WHERE node_id = ?1",
+            )?
+            .execute(rusqlite::params![node_id, reason])?;
+            tracing::info!(node_id, pubkey, %reason, "node rejected");
+            return Ok(Admission::Rejected(reason.clone()));
+        }
+        Decision::User(0) => (Role::Secondary, Some(new_user(c)?)),
+        Decision::User(u) => {
+            c.prepare_cached(
+                "INSERT OR IGNORE INTO _octo_users(user_id, created_at) VALUES (?1, ?2)",
+            )?
+            .execute(rusqlite::params![u, unix_now()])?;
+            (Role::Secondary, Some(*u))
+        }
+        // Node-level authorization: one node per user.
+        Decision::Node(Role::Secondary) => (
+            Role::Secondary,
+            Some(current.map_or_else(|| new_user(c), Ok)?),
+        ),
+        Decision::Node(Role::Primary) => (Role::Primary, None),
+    };
+    c.prepare_cached(
+        "UPDATE _octo_nodes SET auth_state = 'approved', node_type = ?2, user_id = ?3, request = NULL
+         WHERE node_id = ?1",
+    )?
+    .execute(rusqlite::params![node_id, role.as_str(), user_id])?;
+    tracing::info!(
+        node_id,
+        user_id,
+        pubkey,
+        node_type = role.as_str(),
+        "node approved"
+    );
+    Ok(Admission::Approved {
+        registered: Registered {
+            node_id,
+            user_id: user_id.unwrap_or(0),
+        },
+        role,
+    })
+}
