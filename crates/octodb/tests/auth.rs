@@ -1,0 +1,260 @@
+//! Authorization (SPEC §4.2–4.3): the backend decides who joins; nothing unapproved gets in.
+mod common;
+use common::*;
+use octodb::auth::{Action, AuthRequest, Decision};
+use octodb::Connection;
+use std::sync::{Arc, Mutex};
+
+fn primary_with(c: &Cluster, mode: &str) -> Connection {
+    let uri = format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0&auth={mode}",
+        c.path("p.db").display()
+    );
+    let p = Connection::open(&uri).unwrap();
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('public', '*')", [])
+        .unwrap();
+    p
+}
+
+/// Sign-ups get a new user (0); logins name the user in their data: `user:<id>`.
+fn approve_by_data(p: &Connection) {
+    p.set_auth_callback(Action::UserSignup, |_r: &AuthRequest| Decision::User(0))
+        .unwrap();
+    p.set_auth_callback(Action::UserLogin, |r: &AuthRequest| {
+        match r
+            .data
+            .as_deref()
+            .and_then(|d| d.strip_prefix("user:"))
+            .and_then(|u| u.parse().ok())
+        {
+            Some(u) => Decision::User(u),
+            None => Decision::Reject("unknown user".into()),
+        }
+    })
+    .unwrap();
+}
+
+fn not_authorized(d: &Connection) {
+    let s = d.sync_status().unwrap();
+    assert_eq!(s.node_id, 0);
+    assert!(!s.db_is_ready);
+    assert_eq!(
+        count(d, "SELECT count(*) FROM sqlite_master WHERE name = 't'"),
+        0,
+        "nothing downloaded"
+    );
+}
+
+#[test]
+fn user_signup_then_login_from_a_second_device_shares_the_users_rows() {
+    let c = Cluster::new();
+    let p = primary_with(&c, "user");
+    approve_by_data(&p);
+    let d1 = c.device("d1.db", &p);
+    d1.wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("required"))
+        .unwrap();
+    not_authorized(&d1);
+    d1.execute("PRAGMA user_signup='{\"name\": \"ann\", \"it''s\": 1}'", [])
+        .unwrap();
+    let s1 = ready(&d1);
+    let user = s1.user_id.expect("a user id");
+    assert!(s1.node_id > 1);
+    d1.execute("INSERT INTO t(v) VALUES ('ann on phone')", [])
+        .unwrap();
+    wait_outbox_empty(&d1);
+
+    let d2 = c.device("d2.db", &p);
+    d2.execute(&format!("PRAGMA user_login=\"user:{user}\""), [])
+        .unwrap();
+    let s2 = ready(&d2);
+    assert_eq!(s2.user_id, Some(user));
+    assert_ne!(s2.node_id, s1.node_id);
+    // The login downloaded the user's rows and the public ones.
+    wait_count(
+        &d2,
+        "SELECT count(*) FROM t WHERE v IN ('ann on phone', 'public')",
+        2,
+    );
+    // And rows flow between the user's devices.
+    d2.execute("INSERT INTO t(v) VALUES ('ann on laptop')", [])
+        .unwrap();
+    wait_count(&d1, "SELECT count(*) FROM t WHERE v = 'ann on laptop'", 1);
+
+    // No second sign-up once approved.
+    let err = d1.execute("PRAGMA user_signup='again'", []).unwrap_err();
+    assert!(err.to_string().contains("already authorized"), "{err}");
+}
+
+#[test]
+fn an_approved_device_is_recognized_by_its_key_after_a_restart() {
+    let c = Cluster::new();
+    let p = primary_with(&c, "user");
+    let calls = Arc::new(Mutex::new(0));
+    let n = calls.clone();
+    p.set_auth_callback(Action::UserSignup, move |_r: &AuthRequest| {
+        *n.lock().unwrap() += 1;
+        Decision::User(77)
+    })
+    .unwrap();
+    let d = c.device("d.db", &p);
+    d.execute("PRAGMA user_signup='x'", []).unwrap();
+    assert_eq!(ready(&d).user_id, Some(77));
+    drop(d);
+    let d = c.device("d.db", &p);
+    let s = ready(&d);
+    assert_eq!(
+        (s.user_id, *calls.lock().unwrap()),
+        (Some(77), 1),
+        "no second request"
+    );
+}
+
+#[test]
+fn async_mode_pending_until_pragma_authorize_user() {
+    let c = Cluster::new();
+    let p = primary_with(&c, "user");
+    let queue: Arc<Mutex<Vec<AuthRequest>>> = Default::default();
+    let q = queue.clone();
+    p.set_auth_callback(Action::UserSignup, move |r: &AuthRequest| {
+        q.lock().unwrap().push(r.clone());
+        Decision::Pending
+    })
+    .unwrap();
+    let d = c.device("d.db", &p);
+    d.execute("PRAGMA user_signup='bob'", []).unwrap();
+    let req = wait_until("the request reaches the callback", || {
+        queue.lock().unwrap().pop()
+    });
+    assert_eq!(req.data.as_deref(), Some("bob"));
+    let info: serde_json::Value = serde_json::from_str(&req.node_info).unwrap();
+    assert_eq!(info["public_key"].as_str(), Some(d.public_key().as_str()));
+    d.wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("pending"))
+        .unwrap();
+    not_authorized(&d);
+    // PRAGMA nodes shows the request waiting, with its key.
+    let nodes = p.nodes().unwrap();
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n.public_key == req.pubkey && n.auth_state == "pending"),
+        "{nodes:?}"
+    );
+    // The main thread decides later.
+    p.execute(&format!("PRAGMA authorize_user=\"{}:0\"", req.pubkey), [])
+        .unwrap();
+    let s = ready(&d);
+    assert!(s.user_id.is_some());
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'public'", 1);
+}
+
+#[test]
+fn manual_authorization_by_hand_and_node_level_mode() {
+    let c = Cluster::new();
+    let p = primary_with(&c, "node");
+    // No callback: a new node waits; its key shows in PRAGMA nodes; an admin approves it.
+    let d = c.device("d.db", &p);
+    d.wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("pending"))
+        .unwrap();
+    let key = d.public_key();
+    let rows = p.query("PRAGMA nodes", []).unwrap();
+    assert!(
+        rows.iter().any(|r| r.get::<String>(0).unwrap() == key),
+        "{rows:?}"
+    );
+    p.execute(&format!("PRAGMA authorize_node='{key}:secondary'"), [])
+        .unwrap();
+    assert!(
+        ready(&d).user_id.is_some(),
+        "node level: each node is its own user"
+    );
+    // With a new_node callback, nodes join at once.
+    p.set_auth_callback(Action::NewNode, |_r: &AuthRequest| {
+        Decision::Node(octodb::Role::Secondary)
+    })
+    .unwrap();
+    let d2 = c.device("d2.db", &p);
+    ready(&d2);
+}
+
+#[test]
+fn rejection_panicking_and_slow_callbacks() {
+    let c = Cluster::new();
+    let p = primary_with(&c, "user");
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    p.set_auth_callback(Action::UserSignup, move |r: &AuthRequest| {
+        match r.data.as_deref() {
+            Some("slow") => {
+                let _ = release_rx.lock().unwrap().recv_timeout(DEADLINE);
+                Decision::User(0)
+            }
+            Some("panic") => panic!("the callback is broken"),
+            Some("ok") => Decision::User(0),
+            _ => Decision::Reject("go away".into()),
+        }
+    })
+    .unwrap();
+    let slow = c.device("slow.db", &p);
+    slow.execute("PRAGMA user_signup='slow'", []).unwrap();
+    let bad = c.device("bad.db", &p);
+    bad.execute("PRAGMA user_signup='nope'", []).unwrap();
+    let s = bad
+        .wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("rejected"))
+        .unwrap();
+    assert_eq!(s.auth_error.as_deref(), Some("go away"));
+    not_authorized(&bad);
+    let broken = c.device("broken.db", &p);
+    broken.execute("PRAGMA user_signup='panic'", []).unwrap();
+    broken
+        .wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("rejected"))
+        .unwrap();
+    not_authorized(&broken);
+    // The slow callback still holds its device; others are served meanwhile.
+    let fine = c.device("fine.db", &p);
+    fine.execute("PRAGMA user_signup='ok'", []).unwrap();
+    ready(&fine);
+    assert!(!slow.sync_status().unwrap().db_is_ready);
+    release_tx.send(()).unwrap();
+    ready(&slow);
+    // A rejected device may try again.
+    bad.execute("PRAGMA user_signup='ok'", []).unwrap();
+    ready(&bad);
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM _octo_nodes WHERE auth_state = 'approved'"
+        ),
+        3
+    );
+}
+
+#[test]
+fn pragmas_with_garbage_values_give_clear_errors() {
+    let c = Cluster::new();
+    let p = primary_with(&c, "user");
+    for bad in [
+        "PRAGMA authorize_user='nonsense'",
+        "PRAGMA authorize_user='abc:1'",
+        "PRAGMA authorize_user",
+        "PRAGMA authorize_node='x:boss'",
+        "PRAGMA user_signup='x'",
+    ] {
+        let err = p.execute(bad, []).unwrap_err().to_string();
+        assert!(err.starts_with("PRAGMA "), "{bad}: {err}");
+    }
+    let d = c.device("d.db", &p);
+    let err = d.execute("PRAGMA user_signup", []).unwrap_err().to_string();
+    assert!(err.contains("data"), "{err}");
+    let err = d
+        .execute("PRAGMA authorize_user='x:1'", [])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("PRAGMA authorize_user"), "{err}");
+    let huge = format!("PRAGMA user_login='{}'", "x".repeat(20_000));
+    assert!(d.execute(&huge, []).is_err());
+}
