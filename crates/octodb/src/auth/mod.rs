@@ -1,6 +1,8 @@
 //! Authorization (SPEC §4.2–4.3): what a node asks for, what the backend answers, and the ways
 //! the backend decides (callbacks, later PRAGMAs, an external service).
 
+pub mod service;
+
 use crate::error::{Error, Result};
 use crate::uri::Role;
 use serde::{Deserialize, Serialize};

@@ -136,6 +136,17 @@ pub(super) async fn admit(
 /// Ask the backend's callback now, on a worker thread; without one the request waits for
 /// `PRAGMA authorize_*`.
 async fn decide_now(shared: &Arc<Shared>, request: AuthRequest) -> Decision {
+    let service = shared
+        .service
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(service) = service {
+        return match service.try_send(request) {
+            Ok(()) => Decision::Pending,
+            Err(_) => Decision::Reject("the authorization service is busy; try again later".into()),
+        };
+    }
     let Some(f) = shared.callbacks.get(request.action) else {
         return Decision::Pending;
     };

@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     pub waiting: std::sync::atomic::AtomicUsize,
     /// Devices: the app made a sign-up or login request.
     pub auth_changed: Notify,
+    /// Primaries: requests go to this external authorization service when set.
+    pub service: Mutex<Option<mpsc::Sender<crate::auth::AuthRequest>>>,
 }
 
 impl Shared {
@@ -157,6 +159,7 @@ impl Node {
             auth_decided: broadcast::channel(256).0,
             waiting: Default::default(),
             auth_changed: Notify::new(),
+            service: Mutex::new(None),
             cfg,
         });
         let writer = match shared.cfg.role {
@@ -276,6 +279,39 @@ impl Node {
             })
             .map_err(|_| Error::Closed)?;
         rx.blocking_recv().map_err(|_| Error::Closed)?.map(drop)
+    }
+
+    /// Primaries: send authorization requests to the service at `addr` ("host:port") from now
+    /// on, keeping a connection to it (re-established when the service restarts).
+    pub fn set_authorizer_service(
+        &self,
+        addr: String,
+        exec: crate::auth::service::Executor,
+    ) -> Result<()> {
+        if self.role() != Some(Role::Primary) {
+            return Err(Error::rule("only primaries use an authorization service"));
+        }
+        let (req_tx, req_rx) = mpsc::channel(crate::auth::MAX_PENDING);
+        let (ans_tx, mut ans_rx) = mpsc::channel::<crate::auth::service::Answer>(64);
+        let shared = self.shared.clone();
+        let client = runtime().spawn(crate::auth::service::run(addr, req_rx, exec, ans_tx));
+        let applier = runtime().spawn(async move {
+            while let Some(a) = ans_rx.recv().await {
+                if let Err(e) = admission::authorize(&shared, a.pubkey, a.decision).await {
+                    tracing::warn!("cannot store the service's decision: {e}");
+                }
+            }
+        });
+        *self
+            .shared
+            .service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(req_tx);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend([client, applier]);
+        Ok(())
     }
 
     /// Primaries: the backend's deciding function for `action`, called on a worker thread.

@@ -1,0 +1,287 @@
+//! Client of an external authorization service (`PRAGMA authorizer_service="tcp://host:port"`).
+//!
+//! Protocol (docs/authorizer-service.md): UTF-8 JSON messages, each framed by a 4-byte
+//! big-endian length. The primary announces itself with `{"leader":true}`, then sends each
+//! request; the service answers each by public key, in any order, whenever it likes.
+
+use super::{Action, AuthRequest, Decision};
+use crate::error::{Error, Result};
+use serde_json::Value as Json;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// Largest message accepted from the service.
+pub const MAX_FRAME: usize = 1024 * 1024;
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Runs the statements of an answer on the primary's database: `execute` (returns the last
+/// inserted row id) or `find` (returns the first column of the first row), for the node of the
+/// public key given first (whose id replaces `@node_id` in the SQL).
+pub type Executor =
+    std::sync::Arc<dyn Fn(&str, &[String], Option<&str>) -> Result<Option<i64>> + Send + Sync>;
+
+/// What the service decided on a key, ready for the engine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub pubkey: String,
+    pub decision: Decision,
+}
+
+/// Read one frame; None at a clean end of stream.
+pub async fn read_frame(s: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<Json>> {
+    let mut len = [0u8; 4];
+    match s.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(Error::io("reading from the authorization service", e)),
+    }
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(Error::rule(format!(
+            "the authorization service sent {n} bytes; the limit is {MAX_FRAME}"
+        )));
+    }
+    let mut buf = vec![0u8; n];
+    s.read_exact(&mut buf)
+        .await
+        .map_err(|e| Error::io("reading from the authorization service", e))?;
+    serde_json::from_slice(&buf)
+        .map(Some)
+        .map_err(|e| Error::rule(format!("the authorization service sent invalid JSON: {e}")))
+}
+
+pub async fn write_frame(s: &mut (impl AsyncWriteExt + Unpin), msg: &Json) -> Result<()> {
+    let body = msg.to_string().into_bytes();
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    s.write_all(&frame)
+        .await
+        .map_err(|e| Error::io("writing to the authorization service", e))
+}
+
+/// The JSON request for the service: data that is JSON is embedded as JSON.
+pub fn request_json(r: &AuthRequest) -> Json {
+    let data = match (&r.action, &r.data) {
+        (Action::NewNode, _) => serde_json::from_str(&r.node_info).unwrap_or(Json::Null),
+        (_, Some(d)) => serde_json::from_str(d).unwrap_or_else(|_| Json::String(d.clone())),
+        (_, None) => Json::Null,
+    };
+    serde_json::json!({ "action": r.action.as_str(), "data": data, "pubkey": r.pubkey, "node_info": r.node_info })
+}
+
+/// Turn an answer into a decision, running its `execute` / `find` with `exec`.
+/// Errors name what was wrong, so the service's author can fix it.
+pub fn parse_answer(
+    msg: &Json,
+    exec: &dyn Fn(&str, &[String], Option<&str>) -> Result<Option<i64>>,
+) -> Result<Answer> {
+    let bad = |what: &str| Error::rule(format!("authorization service answer {msg}: {what}"));
+    let pubkey = msg
+        .get("pubkey")
+        .and_then(Json::as_str)
+        .filter(|k| crate::crypto::PublicKey::from_hex(k).is_ok())
+        .ok_or_else(|| bad("`pubkey` must be the request's public key (64 hex digits)"))?
+        .to_ascii_lowercase();
+    if let Some(t) = msg.get("node_type") {
+        let decision = match t.as_str() {
+            Some(t @ ("primary" | "secondary")) => Decision::from_node_answer(t),
+            _ => match t.as_i64() {
+                Some(-1) => Decision::Reject("not authorized".into()),
+                _ => return Err(bad("`node_type` must be \"primary\", \"secondary\" or -1")),
+            },
+        };
+        return Ok(Answer { pubkey, decision });
+    }
+    let execute: Vec<String> = match msg.get("execute") {
+        None | Some(Json::Null) => Vec::new(),
+        Some(Json::Array(a)) => a
+            .iter()
+            .map(|s| s.as_str().map(String::from))
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("`execute` must be a list of SQL strings"))?,
+        Some(_) => return Err(bad("`execute` must be a list of SQL strings")),
+    };
+    let find = match msg.get("find") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) => Some(s.as_str()),
+        Some(_) => return Err(bad("`find` must be one SELECT statement")),
+    };
+    let mut user_id = match msg.get("user_id") {
+        None => None,
+        Some(v) => Some(
+            v.as_i64()
+                .ok_or_else(|| bad("`user_id` must be an integer"))?,
+        ),
+    };
+    if user_id.is_none_or(|u| u >= 0) && (!execute.is_empty() || find.is_some()) {
+        match exec(&pubkey, &execute, find)? {
+            Some(u) if user_id.is_none_or(|x| x == 0) => user_id = Some(u),
+            Some(_) => {}
+            None if find.is_some() => {
+                return Ok(Answer {
+                    pubkey,
+                    decision: Decision::Reject("user not found".into()),
+                })
+            }
+            None => {}
+        }
+    }
+    let decision = match user_id {
+        Some(u) if u >= 0 => Decision::User(u),
+        Some(-1) => Decision::Reject("not authorized".into()),
+        Some(u) => Decision::from_user_code(u),
+        None => {
+            return Err(bad(
+                "give `user_id` (or `node_type`), or `execute` / `find` to obtain it",
+            ))
+        }
+    };
+    Ok(Answer { pubkey, decision })
+}
+
+/// The connection to the service, kept up for as long as the node runs. Requests come in on
+/// `requests`; answers go out through `decided`. Unanswered requests are sent again after a
+/// reconnection.
+pub async fn run(
+    addr: String,
+    mut requests: mpsc::Receiver<AuthRequest>,
+    exec: Executor,
+    decided: mpsc::Sender<Answer>,
+) {
+    let mut waiting: HashMap<String, AuthRequest> = HashMap::new();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match TcpStream::connect(&addr).await {
+            Ok(stream) => {
+                backoff = Duration::from_millis(50);
+                tracing::info!(%addr, "connected to the authorization service");
+                match serve(stream, &mut requests, &mut waiting, &exec, &decided).await {
+                    Ok(()) => return, // the node is gone
+                    Err(e) => tracing::warn!(%addr, "authorization service connection ended: {e}"),
+                }
+            }
+            Err(e) => tracing::debug!(%addr, "cannot reach the authorization service: {e}"),
+        }
+        // Keep taking requests while disconnected, so none is lost.
+        let sleep = tokio::time::sleep(backoff);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                r = requests.recv() => match r {
+                    Some(r) => { waiting.insert(r.pubkey.clone(), r); }
+                    None => return,
+                },
+            }
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn serve(
+    stream: TcpStream,
+    requests: &mut mpsc::Receiver<AuthRequest>,
+    waiting: &mut HashMap<String, AuthRequest>,
+    exec: &Executor,
+    decided: &mpsc::Sender<Answer>,
+) -> Result<()> {
+    let (mut rd, mut wr) = stream.into_split();
+    write_frame(&mut wr, &serde_json::json!({ "leader": true })).await?;
+    for r in waiting.values() {
+        write_frame(&mut wr, &request_json(r)).await?;
+    }
+    let (answers_tx, mut answers) = mpsc::channel::<Result<Option<Json>>>(16);
+    let reader = tokio::spawn(async move {
+        loop {
+            let frame = read_frame(&mut rd).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if answers_tx.send(frame).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let result = async {
+        loop {
+            tokio::select! {
+                r = requests.recv() => {
+                    let Some(r) = r else { return Ok(()) };
+                    write_frame(&mut wr, &request_json(&r)).await?;
+                    waiting.insert(r.pubkey.clone(), r);
+                }
+                a = answers.recv() => {
+                    let msg = match a {
+                        Some(Ok(Some(m))) => m,
+                        Some(Err(e)) => return Err(e),
+                        _ => return Err(Error::rule("the service closed the connection")),
+                    };
+                    let exec = exec.clone();
+                    let parsed = tokio::task::spawn_blocking(move || parse_answer(&msg, &*exec))
+                        .await
+                        .map_err(|_| Error::rule("the answer handler failed"))?;
+                    match parsed {
+                        Ok(answer) => {
+                            waiting.remove(&answer.pubkey);
+                            if decided.send(answer).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        // A bad answer is the service's bug: log it, keep the connection.
+                        Err(e) => tracing::warn!("{e}"),
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    reader.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_sql(_: &str, _: &[String], _: Option<&str>) -> Result<Option<i64>> {
+        Ok(None)
+    }
+
+    #[test]
+    fn answers_parse_and_garbage_is_refused() {
+        let k = crate::crypto::NodeKeys::generate().public_key().to_hex();
+        let ok = |j: Json| parse_answer(&j, &no_sql).map(|a| a.decision);
+        assert_eq!(
+            ok(serde_json::json!({"pubkey": k, "user_id": 3})).unwrap(),
+            Decision::User(3)
+        );
+        assert!(matches!(
+            ok(serde_json::json!({"pubkey": k, "user_id": -1})).unwrap(),
+            Decision::Reject(_)
+        ));
+        assert_eq!(
+            ok(serde_json::json!({"pubkey": k, "node_type": "secondary"})).unwrap(),
+            Decision::Node(crate::uri::Role::Secondary)
+        );
+        let via_sql = |_: &str, _: &[String], _: Option<&str>| Ok(Some(41));
+        let a = parse_answer(
+            &serde_json::json!({"pubkey": k, "execute": ["INSERT ..."]}),
+            &via_sql,
+        )
+        .unwrap();
+        assert_eq!(a.decision, Decision::User(41));
+        for bad in [
+            serde_json::json!({"user_id": 1}),
+            serde_json::json!({"pubkey": "zz", "user_id": 1}),
+            serde_json::json!({"pubkey": k}),
+            serde_json::json!({"pubkey": k, "user_id": "one"}),
+            serde_json::json!({"pubkey": k, "node_type": "boss"}),
+            serde_json::json!({"pubkey": k, "execute": "not a list"}),
+            serde_json::json!({"pubkey": k, "find": 7}),
+            serde_json::json!([1, 2]),
+        ] {
+            assert!(parse_answer(&bad, &no_sql).is_err(), "{bad}");
+        }
+    }
+}
