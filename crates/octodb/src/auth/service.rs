@@ -20,8 +20,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Runs the statements of an answer on the primary's database: `execute` (returns the last
 /// inserted row id) or `find` (returns the first column of the first row), for the node of the
 /// public key given first (whose id replaces `@node_id` in the SQL).
-pub type Executor =
-    std::sync::Arc<dyn Fn(&str, &[String], Option<&str>) -> Result<Option<i64>> + Send + Sync>;
+pub type Executor = std::sync::Arc<ExecuteFn>;
+pub type ExecuteFn = dyn Fn(&str, &[String], Option<&str>) -> Result<Option<i64>> + Send + Sync;
 
 /// What the service decided on a key, ready for the engine.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,10 +74,7 @@ pub fn request_json(r: &AuthRequest) -> Json {
 
 /// Turn an answer into a decision, running its `execute` / `find` with `exec`.
 /// Errors name what was wrong, so the service's author can fix it.
-pub fn parse_answer(
-    msg: &Json,
-    exec: &dyn Fn(&str, &[String], Option<&str>) -> Result<Option<i64>>,
-) -> Result<Answer> {
+pub fn parse_answer(msg: &Json, exec: &ExecuteFn) -> Result<Answer> {
     let bad = |what: &str| Error::rule(format!("authorization service answer {msg}: {what}"));
     let pubkey = msg
         .get("pubkey")
