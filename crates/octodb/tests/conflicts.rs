@@ -141,3 +141,39 @@ fn an_empty_device_downloads_100k_rows() {
     }
     assert!(saw_total, "download progress was reported");
 }
+
+#[test]
+fn two_devices_inserting_concurrently_never_collide() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    let devices: Vec<_> = ["d1.db", "d2.db"].iter().map(|n| c.device(n, &p)).collect();
+    let writers: Vec<_> = devices
+        .into_iter()
+        .map(|d| {
+            std::thread::spawn(move || {
+                ready(&d);
+                for i in 0..200 {
+                    d.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+                        .unwrap();
+                    let id = d.last_insert_rowid();
+                    assert_eq!(
+                        count(
+                            &d,
+                            &format!("SELECT count(*) FROM t WHERE id = {id} AND v = 'row {i}'")
+                        ),
+                        1
+                    );
+                }
+                wait_outbox_empty(&d);
+                d
+            })
+        })
+        .collect();
+    let _devices: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    wait_count(&p, "SELECT count(DISTINCT id) FROM t", 400);
+}
