@@ -120,29 +120,6 @@ fn devices_skip_global_rows_and_local_rows_stay_home() {
 }
 
 #[test]
-fn an_empty_device_downloads_100k_rows() {
-    let c = Cluster::new();
-    let p = c.primary("p.db");
-    p.execute_batch(
-        "CREATE TABLE big(id INTEGER PRIMARY KEY, v TEXT, row_owner);
-         BEGIN;
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000)
-           INSERT INTO big(id, v, row_owner) SELECT i, 'row ' || i, '*' FROM n;
-         COMMIT;",
-    )
-    .unwrap();
-    let d = c.device("d.db", &p);
-    let mut events = d.subscribe();
-    ready(&d);
-    assert_eq!(count(&d, "SELECT count(*) FROM big"), 100_000);
-    let mut saw_total = false;
-    while let Ok(e) = events.try_recv() {
-        saw_total |= matches!(e, Event::Download { total: 100_000, .. });
-    }
-    assert!(saw_total, "download progress was reported");
-}
-
-#[test]
 fn two_devices_inserting_concurrently_never_collide() {
     let c = Cluster::new();
     let p = c.primary("p.db");

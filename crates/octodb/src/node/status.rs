@@ -88,8 +88,9 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         Some(Role::Primary) => (!sessions.is_empty(), sessions),
         _ => (live_peer.is_some(), live_peer.into_iter().collect()),
     };
+    let db_is_ready = ready && (role != Some(Role::Secondary) || id.node_id() != 0);
     Ok(SyncStatus {
-        db_is_ready: ready && (role != Some(Role::Secondary) || id.node_id() != 0),
+        db_is_ready,
         node_id: id.node_id(),
         node_type: role.map_or("local", |r| r.as_str()).to_string(),
         user_id: (id.user_id() != 0).then_some(id.user_id()),
@@ -107,7 +108,8 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         outbox_len,
         last_rejected,
         last_sync,
-        download,
+        // The download's end commits `ready` before the network task clears its progress.
+        download: download.filter(|_| !db_is_ready),
         auth_state: auth_state.filter(|_| id.node_id() == 0),
         auth_error: auth_error.filter(|_| id.node_id() == 0),
     })
