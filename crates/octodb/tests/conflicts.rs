@@ -154,3 +154,73 @@ fn two_devices_inserting_concurrently_never_collide() {
     let _devices: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
     wait_count(&p, "SELECT count(DISTINCT id) FROM t", 400);
 }
+
+/// A loopback address where nothing listens: a device pointed at it works offline.
+fn unreachable_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn text(c: &octodb::Connection, sql: &str) -> String {
+    c.query_row(sql, [], |r| r.get::<String>(0)).unwrap()
+}
+
+#[test]
+fn last_update_to_reach_the_primary_wins_column_by_column() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT, b TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    let d_path = c.path("d.db");
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute("INSERT INTO t(id, a, b) VALUES (1, 'a0', 'b0')", [])
+        .unwrap();
+    d.execute("INSERT INTO t(id, a, b) VALUES (2, 'a0', 'b0')", [])
+        .unwrap();
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t", 2);
+
+    // Row 1: the device's update of `a` is made offline, so the primary's update of `a` and `b`
+    // reaches the primary first; the device's arrives later and wins for `a` only.
+    drop(d);
+    let d = octodb::Connection::open(&device_uri(&d_path, &unreachable_addr())).unwrap();
+    d.execute("UPDATE t SET a = 'device' WHERE id = 1", [])
+        .unwrap();
+    assert_eq!(d.sync_status().unwrap().outbox_len, 1);
+    p.execute("UPDATE t SET a = 'primary', b = 'primary' WHERE id = 1", [])
+        .unwrap();
+    drop(d);
+    let d = c.device("d.db", &p);
+    wait_outbox_empty(&d);
+    let last = p.sync_status().unwrap().last_seq;
+    d.wait_for(DEADLINE, |s| s.last_seq == last).unwrap();
+    for node in [&p, &d] {
+        assert_eq!(
+            text(node, "SELECT a || ',' || b FROM t WHERE id = 1"),
+            "device,primary"
+        );
+    }
+
+    // Row 2: the device's update reaches the primary first; the primary's later one wins.
+    d.execute("UPDATE t SET a = 'device', b = 'device' WHERE id = 2", [])
+        .unwrap();
+    wait_outbox_empty(&d);
+    p.execute("UPDATE t SET b = 'primary' WHERE id = 2", [])
+        .unwrap();
+    wait_count(
+        &d,
+        "SELECT count(*) FROM t WHERE id = 2 AND b = 'primary'",
+        1,
+    );
+    for node in [&p, &d] {
+        assert_eq!(
+            text(node, "SELECT a || ',' || b FROM t WHERE id = 2"),
+            "device,primary"
+        );
+    }
+    assert_eq!(d.sync_status().unwrap().last_rejected, None);
+}
