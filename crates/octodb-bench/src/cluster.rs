@@ -1,0 +1,106 @@
+//! A primary with `auth=user` and its devices, in a temporary directory, on loopback.
+
+use anyhow::{bail, Context, Result};
+use octodb::auth::{Action, AuthRequest, Decision};
+use octodb::Connection;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long any single wait of the benchmark may take before it is reported as a failure.
+pub const DEADLINE: Duration = Duration::from_secs(600);
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub primary: Connection,
+    pub addr: String,
+}
+
+/// The backend's decisions in every scenario: a sign-up makes a new user, a login with data
+/// `user:N` joins user N's devices.
+pub fn approve(r: &AuthRequest) -> Decision {
+    match (r.action, r.data.as_deref()) {
+        (Action::UserSignup, _) => Decision::User(0),
+        (Action::UserLogin, Some(d)) => match d.strip_prefix("user:").map(str::parse::<i64>) {
+            Some(Ok(u)) if u > 0 => Decision::User(u),
+            _ => Decision::Reject("login data must be user:N".into()),
+        },
+        _ => Decision::Reject("unexpected request".into()),
+    }
+}
+
+impl Cluster {
+    /// A primary on a free loopback port with the given schema.
+    pub fn new(schema: &str) -> Result<Cluster> {
+        let dir = tempfile::Builder::new()
+            .prefix("octodb-bench")
+            .tempdir_in(bench_dir()?)?;
+        let uri = format!(
+            "file:{}?node=primary&bind=tcp://127.0.0.1:0&auth=user",
+            dir.path().join("primary.db").display()
+        );
+        let primary = Connection::open(&uri).context("opening the primary")?;
+        primary.set_auth_callback(Action::UserSignup, approve)?;
+        primary.set_auth_callback(Action::UserLogin, approve)?;
+        primary.execute_batch(schema)?;
+        let addr = primary
+            .bound_addrs()
+            .first()
+            .context("the primary is not listening")?
+            .to_string();
+        Ok(Cluster { dir, primary, addr })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn device_uri(&self, name: &str) -> String {
+        device_uri(&self.path(name), &self.addr)
+    }
+
+    /// A new device of a new user, ready; returns it with its user id.
+    pub fn signup(&self, name: &str) -> Result<(Connection, i64)> {
+        let d = Connection::open(&self.device_uri(name))?;
+        d.execute(&format!("PRAGMA user_signup='{name}'"), [])?;
+        let s = d.wait_until_ready(DEADLINE)?;
+        let Some(user) = s.user_id else {
+            bail!("device {name} is ready without a user")
+        };
+        Ok((d, user))
+    }
+
+    /// A further device of `user`, ready.
+    pub fn login(&self, name: &str, user: i64) -> Result<Connection> {
+        let d = Connection::open(&self.device_uri(name))?;
+        d.execute(&format!("PRAGMA user_login='user:{user}'"), [])?;
+        d.wait_until_ready(DEADLINE)?;
+        Ok(d)
+    }
+}
+
+pub fn device_uri(path: &std::path::Path, addr: &str) -> String {
+    format!(
+        "file:{}?node=secondary&connect=tcp://{addr}",
+        path.display()
+    )
+}
+
+/// Where benchmark files go: `OCTODB_BENCH_DIR`, else the system temp dir. Both octodb and the
+/// SQLite baseline use the same disk, so their figures compare.
+pub fn bench_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("OCTODB_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+pub fn count(c: &Connection, sql: &str) -> Result<i64> {
+    Ok(c.query_row(sql, [], |r| r.get::<i64>(0))?)
+}
+
+/// A payload of about `len` bytes that differs per row (so pages do not compress trivially).
+pub fn payload(i: u64, len: usize) -> String {
+    let seed = format!("{i:016x}");
+    seed.repeat(len / seed.len() + 1)[..len].to_string()
+}

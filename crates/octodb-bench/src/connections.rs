@@ -1,0 +1,235 @@
+//! Connections: one primary (its own process) holding many authenticated idle device
+//! connections from client processes on several 127.0.0.x source addresses; memory growth per
+//! connection and handshakes per second.
+
+use crate::baseline::ITEMS;
+use crate::cluster::{approve, bench_dir};
+use crate::procs::{self, Proc};
+use crate::report::{Better, Figure};
+use anyhow::{bail, Context, Result};
+use octodb::auth::Action;
+use octodb::crypto::NodeKeys;
+use octodb::net::{AuthAsk, HandshakeOptions, Message, SecureStream};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Semaphore;
+
+/// Client processes; each holds its share of the connections.
+const CLIENT_PROCS: usize = 2;
+/// Source addresses per client process (ephemeral ports run out near 28,000 per address).
+const IPS_PER_PROC: usize = 2;
+/// Handshakes each client process keeps in flight.
+const IN_FLIGHT: usize = 256;
+/// Sign-ups in flight per process: below the primary's limit of waiting requests.
+const SIGNUPS_IN_FLIGHT: usize = 64;
+
+pub fn run(connections: usize) -> Result<Vec<Figure>> {
+    let dir = tempfile::Builder::new()
+        .prefix("octodb-bench-conn")
+        .tempdir_in(bench_dir()?)?;
+    let mut primary = Proc::spawn(
+        "primary",
+        &[
+            "_conn-primary".into(),
+            dir.path().join("primary.db").display().to_string(),
+        ],
+    )?;
+    let words = primary.expect("listening")?;
+    let (addr, seq) = match words.as_slice() {
+        [a, s] => (a.clone(), s.clone()),
+        _ => bail!("primary said {words:?}"),
+    };
+    let rss_before = procs::rss_kib(primary.pid())?;
+
+    let per_proc = connections.div_ceil(CLIENT_PROCS);
+    let mut clients = Vec::new();
+    for p in 0..CLIENT_PROCS {
+        let count = per_proc.min(connections - p * per_proc);
+        let ips: Vec<String> = (0..IPS_PER_PROC)
+            .map(|i| format!("127.0.0.{}", 2 + p * IPS_PER_PROC + i))
+            .collect();
+        clients.push(Proc::spawn(
+            "clients",
+            &[
+                "_conn-clients".into(),
+                addr.clone(),
+                count.to_string(),
+                ips.join(","),
+                seq.clone(),
+            ],
+        )?);
+    }
+    // Phase 1, not measured: every client key signs up once and is approved.
+    let started = Instant::now();
+    for c in &mut clients {
+        c.send("signup")?;
+    }
+    for c in &mut clients {
+        c.expect("done")?;
+    }
+    let signup_secs = started.elapsed().as_secs_f64();
+    // Phase 2: all reconnect at once, recognized by their keys, and stay connected.
+    let started = Instant::now();
+    for c in &mut clients {
+        c.send("connect")?;
+    }
+    for c in &mut clients {
+        c.expect("done")?;
+    }
+    let connect_secs = started.elapsed().as_secs_f64();
+    primary.send("count")?;
+    let held: usize = primary
+        .expect("sessions")?
+        .first()
+        .and_then(|w| w.parse().ok())
+        .context("session count")?;
+    let rss_after = procs::rss_kib(primary.pid())?;
+    for c in clients {
+        c.finish()?;
+    }
+    primary.finish()?;
+    if held < connections {
+        bail!("the primary holds {held} sessions, expected {connections}");
+    }
+
+    let per_conn_kb = (rss_after.saturating_sub(rss_before)) as f64 * 1.024 / connections as f64;
+    let rate = connections as f64 / connect_secs;
+    let note = format!(
+        "{connections} connections held; primary RSS {:.0} MB -> {:.0} MB; sign-up phase {signup_secs:.1} s",
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0
+    );
+    Ok(vec![
+        Figure {
+            scenario: "connections",
+            metric: format!("primary memory growth per idle connection ({connections})"),
+            octodb: per_conn_kb,
+            unit: "KB",
+            sqlite: None,
+            sqlite_setup: "-".into(),
+            better: Better::Lower,
+            target: "<= 16 KB".into(),
+            met: per_conn_kb <= 16.0,
+            notes: note,
+        },
+        Figure {
+            scenario: "connections",
+            metric: "handshakes/s (reconnect of approved devices)".into(),
+            octodb: rate,
+            unit: "hs/s",
+            sqlite: None,
+            sqlite_setup: "-".into(),
+            better: Better::Higher,
+            target: ">= 5,000/s".into(),
+            met: rate >= 5000.0,
+            notes: format!("clients in {CLIENT_PROCS} processes on the same 2 cores"),
+        },
+    ])
+}
+
+/// Child: the primary, answering `count` with the number of device sessions it holds.
+pub fn primary_proc(path: &str) -> Result<()> {
+    let uri = format!("file:{path}?node=primary&bind=tcp://0.0.0.0:0&auth=user");
+    let p = octodb::Connection::open(&uri)?;
+    p.set_auth_callback(Action::UserSignup, approve)?;
+    p.set_auth_callback(Action::UserLogin, approve)?;
+    p.execute_batch(ITEMS)?;
+    let port = p.bound_addrs().first().context("not listening")?.port();
+    let seq = p.sync_status()?.last_seq;
+    procs::say(&format!("listening 127.0.0.1:{port} {seq}"));
+    for cmd in procs::commands() {
+        if cmd == "count" {
+            procs::say(&format!("sessions {}", p.sync_status()?.peers.len()));
+        }
+    }
+    Ok(())
+}
+
+/// Child: `count` device identities connecting from `ips`, driven by `signup` / `connect`.
+pub fn clients_proc(addr: &str, count: usize, ips: &str, last_seq: u64) -> Result<()> {
+    let addr: SocketAddr = addr.parse()?;
+    let ips: Vec<Ipv4Addr> = ips.split(',').map(str::parse).collect::<Result<_, _>>()?;
+    let keys: Arc<Vec<NodeKeys>> = Arc::new((0..count).map(|_| NodeKeys::generate()).collect());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let mut held = Vec::new();
+    for cmd in procs::commands() {
+        let signup = match cmd.as_str() {
+            "signup" => true,
+            "connect" => false,
+            _ => continue,
+        };
+        let streams = rt.block_on(connect_all(addr, &ips, keys.clone(), signup, last_seq))?;
+        if !signup {
+            held = streams;
+        }
+        procs::say("done");
+    }
+    drop(held);
+    Ok(())
+}
+
+async fn connect_all(
+    addr: SocketAddr,
+    ips: &[Ipv4Addr],
+    keys: Arc<Vec<NodeKeys>>,
+    signup: bool,
+    last_seq: u64,
+) -> Result<Vec<SecureStream>> {
+    let gate = Arc::new(Semaphore::new(if signup {
+        SIGNUPS_IN_FLIGHT
+    } else {
+        IN_FLIGHT
+    }));
+    let mut tasks = Vec::with_capacity(keys.len());
+    for i in 0..keys.len() {
+        let permit = gate.clone().acquire_owned().await?;
+        let keys = keys.clone();
+        let ip = ips[i % ips.len()];
+        tasks.push(tokio::spawn(async move {
+            let r = connect_one(addr, ip, &keys[i], signup, last_seq).await;
+            drop(permit);
+            r
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
+async fn connect_one(
+    addr: SocketAddr,
+    ip: Ipv4Addr,
+    keys: &NodeKeys,
+    signup: bool,
+    last_seq: u64,
+) -> Result<SecureStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(ip.into(), 0))?;
+    let tcp = sock.connect(addr).await?;
+    let mut s = SecureStream::connect(tcp, keys, &HandshakeOptions::default()).await?;
+    let hello = Message::Hello {
+        role: octodb::Role::Secondary,
+        last_seq: if signup { 0 } else { last_seq },
+        info: "{}".into(),
+        auth: signup.then(|| AuthAsk {
+            action: Action::UserSignup,
+            data: "bench".into(),
+        }),
+    };
+    s.send(&hello.encode()).await?;
+    s.flush().await?;
+    loop {
+        match Message::decode(&s.recv().await?)? {
+            Message::Welcome { .. } => return Ok(s),
+            Message::AuthPending => continue,
+            Message::Refused { reason } => bail!("refused: {reason}"),
+            other => bail!("expected Welcome, got {}", other.kind()),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Initial download: an empty device whose user can see `rows` rows of about 100 bytes; time
+//! until it is ready, against `VACUUM INTO` of the primary's file.
+
+use crate::baseline::{INSERT, ITEMS};
+use crate::cluster::{count, payload, Cluster, DEADLINE};
+use crate::report::{Better, Figure};
+use anyhow::{bail, Result};
+use std::time::Instant;
+
+/// Makes each row about 100 bytes on disk with its id, n and owner.
+const PAYLOAD: usize = 80;
+const SETUP_TXN: u64 = 10_000;
+
+pub fn run(rows: u64) -> Result<Vec<Figure>> {
+    let mut cluster = Cluster::new(ITEMS)?;
+    let (owner, user) = cluster.signup("owner")?;
+    drop(owner);
+    let p = &mut cluster.primary;
+    p.execute_batch("PRAGMA synchronous=NORMAL")?;
+    let setup = Instant::now();
+    let mut n = 0;
+    while n < rows {
+        let tx = p.transaction()?;
+        for _ in 0..SETUP_TXN.min(rows - n) {
+            tx.execute(
+                INSERT,
+                rusqlite::params![n as i64, payload(n, PAYLOAD), user],
+            )?;
+            n += 1;
+        }
+        tx.commit()?;
+    }
+    p.execute_batch("PRAGMA synchronous=FULL; PRAGMA wal_checkpoint(TRUNCATE);")?;
+    let file_mb = std::fs::metadata(cluster.path("primary.db"))?.len() as f64 / 1e6;
+    eprintln!(
+        "  download: {rows} rows written on the primary in {:.1} s; its file is {file_mb:.0} MB",
+        setup.elapsed().as_secs_f64()
+    );
+
+    let vacuum_into = cluster.path("vacuum-copy.db");
+    let started = Instant::now();
+    {
+        let plain = rusqlite::Connection::open(cluster.path("primary.db"))?;
+        plain.execute("VACUUM INTO ?1", [vacuum_into.to_string_lossy()])?;
+    }
+    let vacuum_secs = started.elapsed().as_secs_f64();
+    std::fs::remove_file(&vacuum_into)?;
+
+    let started = Instant::now();
+    let d = cluster.login("d", user)?;
+    let secs = started.elapsed().as_secs_f64();
+    let got = count(&d, "SELECT count(*) FROM items")? as u64;
+    if got != rows {
+        bail!("the device is ready with {got} rows, expected {rows}");
+    }
+    if started.elapsed() > DEADLINE {
+        bail!("download took longer than the deadline");
+    }
+    Ok(vec![Figure {
+        scenario: "download",
+        metric: format!("empty device ready, {rows} rows (~{} MB)", rows / 10_000),
+        octodb: secs,
+        unit: "s",
+        sqlite: Some(vacuum_secs),
+        sqlite_setup: format!("VACUUM INTO of the primary's {file_mb:.0} MB file"),
+        better: Better::Lower,
+        target: "<= 2x VACUUM INTO".into(),
+        met: secs <= 2.0 * vacuum_secs,
+        notes: String::new(),
+    }])
+}

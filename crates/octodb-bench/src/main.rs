@@ -1,0 +1,137 @@
+//! `octodb-bench`: the performance scenarios of octodb, each measured against plain local SQLite
+//! doing the same work on the same machine in the same run. See BENCHMARKS.md.
+
+mod baseline;
+mod catchup;
+mod cluster;
+mod connections;
+mod download;
+mod latency;
+mod memory;
+mod procs;
+mod report;
+mod streaming;
+mod writers;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use report::Figure;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(about = "octodb benchmarks: replication figures against plain local SQLite")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Smaller sizes (a smoke run of a minute or two, not the figures of record).
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Also write the figures as JSON to this file.
+    #[arg(long, global = true)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every scenario, in turn.
+    All,
+    Streaming,
+    Writers,
+    Latency,
+    Catchup,
+    Download,
+    Connections,
+    Memory,
+    #[command(name = "_idle-device", hide = true)]
+    IdleDevice {
+        uri: String,
+        user: i64,
+    },
+    #[command(name = "_conn-primary", hide = true)]
+    ConnPrimary {
+        path: String,
+    },
+    #[command(name = "_conn-clients", hide = true)]
+    ConnClients {
+        addr: String,
+        count: usize,
+        ips: String,
+        last_seq: u64,
+    },
+}
+
+fn main() -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("OCTODB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = Cli::parse();
+    let q = cli.quick;
+    let scenarios: Vec<&str> = match &cli.command {
+        Command::IdleDevice { uri, user } => return memory::idle_device(uri, *user),
+        Command::ConnPrimary { path } => return connections::primary_proc(path),
+        Command::ConnClients {
+            addr,
+            count,
+            ips,
+            last_seq,
+        } => return connections::clients_proc(addr, *count, ips, *last_seq),
+        Command::All => vec![
+            "streaming",
+            "writers",
+            "latency",
+            "catchup",
+            "download",
+            "connections",
+            "memory",
+        ],
+        Command::Streaming => vec!["streaming"],
+        Command::Writers => vec!["writers"],
+        Command::Latency => vec!["latency"],
+        Command::Catchup => vec!["catchup"],
+        Command::Download => vec!["download"],
+        Command::Connections => vec!["connections"],
+        Command::Memory => vec!["memory"],
+    };
+    println!(
+        "octodb-bench on {} cores{}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if q { " (--quick: reduced sizes)" } else { "" }
+    );
+    let mut all: Vec<Figure> = Vec::new();
+    let mut failed = Vec::new();
+    for s in scenarios {
+        eprintln!("== {s}");
+        let result = match s {
+            "streaming" => streaming::run(if q { 20_000 } else { 200_000 }),
+            "writers" => writers::run(100, Duration::from_secs(if q { 2 } else { 10 })),
+            "latency" => latency::run(if q { 200 } else { 2_000 }),
+            "catchup" => catchup::run(if q { 10_000 } else { 100_000 }),
+            "download" => download::run(if q { 100_000 } else { 1_000_000 }),
+            "connections" => connections::run(if q { 2_000 } else { 19_900 }),
+            _ => memory::run(),
+        };
+        match result {
+            Ok(figures) => {
+                for f in &figures {
+                    f.print();
+                }
+                all.extend(figures);
+            }
+            Err(e) => {
+                println!("{s:<12} FAILED: {e:#}");
+                failed.push(s);
+            }
+        }
+    }
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_string_pretty(&all)?)?;
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("scenarios failed to run: {failed:?}");
+    }
+    Ok(())
+}

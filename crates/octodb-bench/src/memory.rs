@@ -1,0 +1,73 @@
+//! Memory: the resident size of an idle device node (its own process), beyond what SQLite
+//! itself holds (page cache, schema, statements).
+
+use crate::baseline::{INSERT, ITEMS};
+use crate::cluster::{payload, Cluster, DEADLINE};
+use crate::procs::{self, Proc};
+use crate::report::{Better, Figure};
+use anyhow::Result;
+use std::time::Duration;
+
+const ROWS: u64 = 10_000;
+
+pub fn run() -> Result<Vec<Figure>> {
+    let mut cluster = Cluster::new(ITEMS)?;
+    let (owner, user) = cluster.signup("owner")?;
+    drop(owner);
+    let tx = cluster.primary.transaction()?;
+    for i in 0..ROWS {
+        tx.execute(INSERT, rusqlite::params![i as i64, payload(i, 64), user])?;
+    }
+    tx.commit()?;
+
+    let mut child = Proc::spawn(
+        "idle device",
+        &[
+            "_idle-device".into(),
+            cluster.device_uri("idle"),
+            user.to_string(),
+        ],
+    )?;
+    let words = child.expect("idle")?;
+    let sqlite_kib: u64 = words.first().and_then(|w| w.parse().ok()).unwrap_or(0);
+    let rss = procs::rss_kib(child.pid())?;
+    child.finish()?;
+    let beyond_mb = rss.saturating_sub(sqlite_kib) as f64 / 1024.0;
+    Ok(vec![Figure {
+        scenario: "memory",
+        metric: format!("idle device RSS beyond SQLite's memory ({ROWS} rows)"),
+        octodb: beyond_mb,
+        unit: "MB",
+        sqlite: None,
+        sqlite_setup: "-".into(),
+        better: Better::Lower,
+        target: "<= 20 MB".into(),
+        met: beyond_mb <= 20.0,
+        notes: format!(
+            "RSS {:.1} MB in all, of which SQLite's own allocations {:.1} MB",
+            rss as f64 / 1024.0,
+            sqlite_kib as f64 / 1024.0
+        ),
+    }])
+}
+
+/// The child: a device that logs in, downloads, then sits idle and reports.
+pub fn idle_device(uri: &str, user: i64) -> Result<()> {
+    let d = octodb::Connection::open(uri)?;
+    d.execute(&format!("PRAGMA user_login='user:{user}'"), [])?;
+    d.wait_until_ready(DEADLINE)?;
+    // Idle: let the node settle (connection up, caches warm, nothing to do).
+    std::thread::sleep(Duration::from_secs(2));
+    procs::say(&format!("idle {}", sqlite_memory_used() / 1024));
+    for _ in procs::commands() {}
+    drop(d);
+    Ok(())
+}
+
+/// Bytes SQLite has allocated in this process (page caches, schemas, prepared statements).
+fn sqlite_memory_used() -> u64 {
+    // SAFETY: sqlite3_memory_used takes no arguments, only reads SQLite's global counter under
+    // its own mutex, and may be called from any thread at any time.
+    let used = unsafe { rusqlite::ffi::sqlite3_memory_used() };
+    used.max(0) as u64
+}

@@ -1,0 +1,97 @@
+//! Child processes of the benchmark (a primary, clients, an idle device), driven by lines on
+//! their standard input and answering with lines on their standard output.
+
+use anyhow::{bail, Context, Result};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+pub struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    name: String,
+}
+
+impl Proc {
+    /// Start this benchmark binary with `args` (a hidden subcommand).
+    pub fn spawn(name: &str, args: &[String]) -> Result<Proc> {
+        let exe = std::env::current_exe().context("finding the benchmark binary")?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().context("child stdout")?);
+        Ok(Proc {
+            child,
+            stdin,
+            stdout,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        let Some(stdin) = self.stdin.as_mut() else {
+            bail!("{}: input already closed", self.name)
+        };
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+
+    /// The next line the child prints, split into words.
+    pub fn recv(&mut self) -> Result<Vec<String>> {
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("{} exited early", self.name);
+        }
+        Ok(line.split_whitespace().map(String::from).collect())
+    }
+
+    /// The next line, which must start with `word`; returns the rest.
+    pub fn expect(&mut self, word: &str) -> Result<Vec<String>> {
+        let words = self.recv()?;
+        match words.split_first() {
+            Some((w, rest)) if w == word => Ok(rest.to_vec()),
+            _ => bail!("{}: expected `{word} ...`, got {words:?}", self.name),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Close its input (its signal to stop) and wait for it.
+    pub fn finish(mut self) -> Result<()> {
+        drop(self.stdin.take());
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("{} failed: {status}", self.name);
+        }
+        Ok(())
+    }
+}
+
+/// Resident memory of a process in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status (Linux only)"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc status")
+}
+
+/// Lines from standard input until it closes; the child's command loop.
+pub fn commands() -> impl Iterator<Item = String> {
+    std::io::stdin().lock().lines().map_while(|l| l.ok())
+}
+
+pub fn say(line: &str) {
+    println!("{line}");
+    let _ = std::io::stdout().flush();
+}

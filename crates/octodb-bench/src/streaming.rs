@@ -1,0 +1,76 @@
+//! Streaming: device A commits transactions of 100 rows as fast as it can; how many rows per
+//! second become visible on device B of the same user.
+
+use crate::baseline::{self, Sync, INSERT, ITEMS};
+use crate::cluster::{payload, Cluster, DEADLINE};
+use crate::report::{Better, Figure};
+use anyhow::{bail, Result};
+use octodb::Event;
+use std::time::Instant;
+
+pub const PER_TXN: u64 = 100;
+const PAYLOAD: usize = 64;
+
+pub fn run(rows: u64) -> Result<Vec<Figure>> {
+    let cluster = Cluster::new(ITEMS)?;
+    let (mut a, user) = cluster.signup("a")?;
+    let b = cluster.login("b", user)?;
+    let mut events = b.subscribe();
+
+    let started = Instant::now();
+    let writer = std::thread::spawn(move || -> Result<()> {
+        let mut n = 0;
+        while n < rows {
+            let tx = a.transaction()?;
+            for _ in 0..PER_TXN.min(rows - n) {
+                tx.execute(
+                    INSERT,
+                    rusqlite::params![n as i64, payload(n, PAYLOAD), user],
+                )?;
+                n += 1;
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    });
+    let mut seen = 0u64;
+    while seen < rows {
+        match events.blocking_recv() {
+            Ok(Event::DataReceived { rows, .. }) => seen += rows as u64,
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                // Missed events: count what B has instead.
+                seen = crate::cluster::count(&b, "SELECT count(*) FROM items")? as u64;
+            }
+            Err(e) => bail!("device B's events ended: {e}"),
+        }
+        if started.elapsed() > DEADLINE {
+            bail!("device B saw only {seen} of {rows} rows");
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    match writer.join() {
+        Ok(r) => r?,
+        Err(_) => bail!("the writing thread panicked"),
+    }
+    let got = crate::cluster::count(&b, "SELECT count(*) FROM items")? as u64;
+    if got != rows {
+        bail!("device B has {got} rows, expected {rows}");
+    }
+    let rate = rows as f64 / elapsed;
+    let full = baseline::insert_rate(Sync::Full, rows, PER_TXN, PAYLOAD)?;
+    let normal = baseline::insert_rate(Sync::Normal, rows, PER_TXN, PAYLOAD)?;
+    let figure = |sqlite: f64, sync: Sync| Figure {
+        scenario: "streaming",
+        metric: format!("rows/s visible on device B ({rows} rows, txns of {PER_TXN})"),
+        octodb: rate,
+        unit: "rows/s",
+        sqlite: Some(sqlite),
+        sqlite_setup: format!("{}, same rows in txns of {PER_TXN}", sync.describe()),
+        better: Better::Higher,
+        target: ">= 25% of local SQLite".into(),
+        met: rate >= 0.25 * sqlite,
+        notes: String::new(),
+    };
+    Ok(vec![figure(full, Sync::Full), figure(normal, Sync::Normal)])
+}

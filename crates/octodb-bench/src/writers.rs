@@ -1,0 +1,82 @@
+//! Many writers: devices each committing single-row transactions, each waiting for the
+//! primary's acceptance before the next; accepted (durable) transactions per second.
+
+use crate::baseline::{self, Sync, INSERT, ITEMS};
+use crate::cluster::{count, payload, Cluster};
+use crate::report::{Better, Figure};
+use anyhow::{bail, Result};
+use octodb::Event;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PAYLOAD: usize = 64;
+
+pub fn run(devices: usize, duration: Duration) -> Result<Vec<Figure>> {
+    let cluster = Cluster::new(ITEMS)?;
+    let mut nodes = Vec::with_capacity(devices);
+    for i in 0..devices {
+        nodes.push(cluster.signup(&format!("w{i}"))?);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = nodes
+        .into_iter()
+        .enumerate()
+        .map(|(i, (d, user))| {
+            let stop = stop.clone();
+            std::thread::spawn(move || -> Result<u64> {
+                let mut events = d.subscribe();
+                let mut accepted = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let n = (i as u64) << 32 | accepted;
+                    d.execute(
+                        INSERT,
+                        rusqlite::params![n as i64, payload(n, PAYLOAD), user],
+                    )?;
+                    loop {
+                        match events.blocking_recv() {
+                            Ok(Event::TransactionAccepted { .. }) => break,
+                            Ok(Event::TransactionRejected { reason, .. }) => {
+                                bail!("device {i}: transaction rejected: {reason}")
+                            }
+                            Ok(_) => {}
+                            Err(e) => bail!("device {i}: events ended: {e}"),
+                        }
+                    }
+                    accepted += 1;
+                }
+                Ok(accepted)
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for t in threads {
+        match t.join() {
+            Ok(r) => total += r?,
+            Err(_) => bail!("a writer thread panicked"),
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let at_primary = count(&cluster.primary, "SELECT count(*) FROM items")? as u64;
+    if at_primary != total {
+        bail!("the primary holds {at_primary} rows but {total} were acknowledged");
+    }
+    let rate = total as f64 / elapsed;
+    let sqlite_rows = (rate as u64).clamp(2_000, 200_000);
+    let sqlite = baseline::insert_rate(Sync::Normal, sqlite_rows, 1, PAYLOAD)?;
+    Ok(vec![Figure {
+        scenario: "writers",
+        metric: format!("accepted txns/s at the primary, {devices} devices"),
+        octodb: rate,
+        unit: "txn/s",
+        sqlite: Some(sqlite),
+        sqlite_setup: format!("{}, autocommit inserts", Sync::Normal.describe()),
+        better: Better::Higher,
+        target: ">= 25% of local SQLite".into(),
+        met: rate >= 0.25 * sqlite,
+        notes: format!("{total} transactions accepted in {elapsed:.1} s, each awaited"),
+    }])
+}
