@@ -6,7 +6,7 @@ use crate::changes::{column_bit, ChangeSet, Op};
 use crate::error::Result;
 use crate::value::{Owner, Value};
 use rusqlite::{params_from_iter, Connection, ErrorCode, OptionalExtension};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Layouts of the local tables, refreshed when the schema changes.
@@ -135,6 +135,18 @@ pub fn apply_device_txn(
     sender: Sender,
     cs: &ChangeSet,
 ) -> Result<Verdict> {
+    // The owner checks read a column's value at its first place in the header, but SQLite's
+    // UPDATE keeps the last assignment to a column: a header naming a column twice would let a
+    // device pass the check with its own row_owner and write another user's.
+    for h in &cs.tables {
+        let mut seen = HashSet::with_capacity(h.columns.len());
+        if let Some(c) = h.columns.iter().find(|c| !seen.insert(c.as_str())) {
+            return Ok(Err(format!(
+                "the change to `{}` names column `{c}` twice",
+                h.name
+            )));
+        }
+    }
     let mut out = ChangeSet::default();
     for op in &cs.ops {
         let (table, rowid) = match op {
@@ -169,6 +181,18 @@ pub fn apply_device_txn(
         };
         if let Some(c) = header.columns.iter().find(|c| !t.columns.contains(c)) {
             return Ok(Err(format!("table `{}` has no column `{c}`", t.name)));
+        }
+        // A row shorter than its header hides row_owner from the owner checks, and a changed
+        // column without a value is written as NULL: a device could take its row from its user.
+        if let Op::Insert { values, .. } | Op::Update { values, .. } = op {
+            if values.len() != header.columns.len() {
+                return Ok(Err(format!(
+                    "change to `{}` has {} values for {} columns",
+                    t.name,
+                    values.len(),
+                    header.columns.len()
+                )));
+            }
         }
         let existing_owner = |conn: &Connection| -> Result<Option<Value>> {
             let ow = ident(&t.columns[t.owner.unwrap_or(0)]);
