@@ -1,0 +1,1173 @@
+//! Attacks made below the API, on the wire, over real loopback sockets: stolen identities,
+//! replayed handshakes and chunks, forged changes from an approved device, and garbage in every
+//! field of an authorization request. Each is refused with nothing stored at the primary, and
+//! the primary keeps serving real devices throughout.
+mod common;
+use common::*;
+use octodb::auth::{Action, AuthRequest, Decision, MAX_REQUEST_DATA};
+use octodb::changes::{column_bit, ChangeSet, Op};
+use octodb::crypto::{NodeKeys, PublicKey};
+use octodb::log::{EntryBody, LogEntry};
+use octodb::net::{AuthAsk, HandshakeOptions, Message, SecureStream};
+use octodb::{Connection, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The wire constants of `net::transport`, restated: these tests speak the protocol by hand.
+const NOISE_PATTERN: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+const PROLOGUE: &[u8] = b"octodb/1";
+const PROOF_CONTEXT: &[u8] = b"octodb-identity-v1";
+const PROOF_LEN: usize = 1 + 32 + 64 + 1;
+const ROLE_INITIATOR: u8 = 0;
+const ROLE_RESPONDER: u8 = 1;
+const FLAG_LAST: u8 = 1;
+const TAG_LEN: usize = 16;
+
+/// A runtime whose worker keeps proxies and fake servers running while the test thread blocks
+/// on the engine's synchronous API (which must not be called from inside a runtime).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for: {what}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The primary and what it stores
+
+/// An auth=user primary holding one row of user 5 and one public row. Sign-ups are decided by
+/// their data: `user:<id>` joins user <id>; anything else is rejected.
+fn user_primary(c: &Cluster) -> Connection {
+    let uri = format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0&auth=user",
+        c.path("p.db").display()
+    );
+    let p = Connection::open(&uri).unwrap();
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    p.execute(
+        "INSERT INTO t(id, v, row_owner) VALUES (1, 'secret of user 5', 5)",
+        [],
+    )
+    .unwrap();
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('public', '*')", [])
+        .unwrap();
+    p.set_auth_callback(Action::UserSignup, |r: &AuthRequest| {
+        match r
+            .data
+            .as_deref()
+            .and_then(|d| d.strip_prefix("user:"))
+            .and_then(|u| u.parse().ok())
+        {
+            Some(u) => Decision::User(u),
+            None => Decision::Reject("sign-up data not accepted".into()),
+        }
+    })
+    .unwrap();
+    p
+}
+
+/// A device signed up as `user` (see [`user_primary`]), ready.
+fn device_of(c: &Cluster, name: &str, addr: &str, user: i64) -> Connection {
+    let d = Connection::open(&device_uri(&c.path(name), addr)).unwrap();
+    d.execute(&format!("PRAGMA user_signup='user:{user}'"), [])
+        .unwrap();
+    let s = ready(&d);
+    assert_eq!(s.user_id, Some(user));
+    d
+}
+
+fn rows(c: &Connection, sql: &str) -> Vec<Vec<Value>> {
+    c.query(sql, []).unwrap().rows
+}
+
+/// Everything at the primary an attack could have changed.
+#[derive(Debug, PartialEq)]
+struct Stored {
+    rows: Vec<Vec<Value>>,
+    nodes: Vec<Vec<Value>>,
+    users: Vec<Vec<Value>>,
+    log: Vec<Vec<Value>>,
+}
+
+fn stored(p: &Connection) -> Stored {
+    Stored {
+        rows: rows(p, "SELECT rowid, * FROM t ORDER BY rowid"),
+        nodes: rows(
+            p,
+            "SELECT node_id, pubkey, node_type, user_id, auth_state, last_txn, request
+             FROM _octo_nodes ORDER BY node_id",
+        ),
+        users: rows(p, "SELECT user_id FROM _octo_users ORDER BY user_id"),
+        log: rows(
+            p,
+            "SELECT seq, origin_node, origin_txn FROM _octo_log ORDER BY seq",
+        ),
+    }
+}
+
+/// A device of `user` still joins, downloads, and syncs both ways.
+fn still_serving(c: &Cluster, p: &Connection, name: &str, user: i64) {
+    let d = device_of(c, name, &addr_of(p), user);
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM t WHERE v = 'public'"),
+        1,
+        "public rows are downloaded"
+    );
+    if user != 5 {
+        assert_eq!(count(&d, "SELECT count(*) FROM t WHERE row_owner = 5"), 0);
+    }
+    sync_round_trip(p, &d, name);
+}
+
+/// A row written on the device reaches the primary, and one written on the primary reaches it.
+fn sync_round_trip(p: &Connection, d: &Connection, tag: &str) {
+    d.execute("INSERT INTO t(v) VALUES (?1)", [format!("up {tag}")])
+        .unwrap();
+    wait_count(
+        p,
+        &format!("SELECT count(*) FROM t WHERE v = 'up {tag}'"),
+        1,
+    );
+    p.execute(
+        "INSERT INTO t(v, row_owner) VALUES (?1, '*')",
+        [format!("down {tag}")],
+    )
+    .unwrap();
+    wait_count(
+        d,
+        &format!("SELECT count(*) FROM t WHERE v = 'down {tag}'"),
+        1,
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The protocol spoken by hand: frames, a Noise handshake, chunks, identity proofs
+
+async fn write_frame(w: &mut (impl AsyncWrite + Unpin), bytes: &[u8]) {
+    let mut f = (bytes.len() as u16).to_be_bytes().to_vec();
+    f.extend_from_slice(bytes);
+    w.write_all(&f).await.unwrap();
+}
+
+/// One `[u16 len][bytes]` frame, or None once the peer closed (or reset) the connection.
+async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> Option<Vec<u8>> {
+    let mut len = [0u8; 2];
+    r.read_exact(&mut len).await.ok()?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    r.read_exact(&mut buf).await.ok()?;
+    Some(buf)
+}
+
+fn noise_builder(keys: &NodeKeys) -> snow::Builder<'_> {
+    snow::Builder::new(NOISE_PATTERN.parse().unwrap())
+        .local_private_key(keys.noise_private())
+        .prologue(PROLOGUE)
+}
+
+/// The bytes an identity proof signs.
+fn proof_message(role: u8, hash: &[u8]) -> Vec<u8> {
+    [PROOF_CONTEXT, &[role], hash].concat()
+}
+
+fn proof(key: &PublicKey, signature: &[u8; 64], role: u8) -> Vec<u8> {
+    [&[1u8][..], &key.0, signature, &[role]].concat()
+}
+
+/// A client that completed the Noise handshake with its own keys and has sent nothing else.
+struct RawClient {
+    tcp: TcpStream,
+    noise: snow::TransportState,
+    hash: Vec<u8>,
+}
+
+impl RawClient {
+    async fn connect(addr: SocketAddr) -> RawClient {
+        let keys = NodeKeys::generate();
+        let mut hs = noise_builder(&keys).build_initiator().unwrap();
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let n = hs.write_message(&[], &mut buf).unwrap();
+        write_frame(&mut tcp, &buf[..n]).await;
+        let reply = within("handshake reply", read_frame(&mut tcp))
+            .await
+            .expect("the primary answers the handshake");
+        hs.read_message(&reply, &mut buf).unwrap();
+        let n = hs.write_message(&[], &mut buf).unwrap();
+        write_frame(&mut tcp, &buf[..n]).await;
+        RawClient {
+            hash: hs.get_handshake_hash().to_vec(),
+            noise: hs.into_transport_mode().unwrap(),
+            tcp,
+        }
+    }
+
+    /// `data` as one whole-message chunk, framed.
+    fn chunk(&mut self, data: &[u8]) -> Vec<u8> {
+        let plain = [&[FLAG_LAST][..], data].concat();
+        let mut ct = vec![0u8; plain.len() + TAG_LEN];
+        let n = self.noise.write_message(&plain, &mut ct).unwrap();
+        [&(n as u16).to_be_bytes()[..], &ct[..n]].concat()
+    }
+
+    /// The next chunk's data, or None if the connection closed.
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        let ct = read_frame(&mut self.tcp).await?;
+        let mut plain = vec![0u8; ct.len()];
+        let n = self.noise.read_message(&ct, &mut plain).unwrap();
+        assert_eq!(plain[0], FLAG_LAST, "only single-chunk messages expected");
+        Some(plain[1..n].to_vec())
+    }
+
+    /// Reads the primary's identity proof and checks it names `primary` for this connection.
+    async fn expect_primary_proof(&mut self, primary: &PublicKey) {
+        let got = within("the primary's proof", self.recv())
+            .await
+            .expect("the primary sends its proof first");
+        assert_eq!(got.len(), PROOF_LEN);
+        assert_eq!(&got[1..33], &primary.0);
+        primary
+            .verify(&proof_message(ROLE_RESPONDER, &self.hash), &got[33..97])
+            .unwrap();
+    }
+
+    /// Waits for the primary to close, returning every chunk it sent meanwhile.
+    async fn until_closed(&mut self) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        while let Some(m) = within("the primary closing the connection", self.recv()).await {
+            got.push(m);
+        }
+        got
+    }
+}
+
+/// Plays a primary just long enough to receive a connecting node's identity proof, as a fake
+/// primary (or a relay in the middle) would see it.
+async fn capture_proof(listener: TcpListener) -> Vec<u8> {
+    let (mut tcp, _) = listener.accept().await.unwrap();
+    let keys = NodeKeys::generate();
+    let mut hs = noise_builder(&keys).build_responder().unwrap();
+    let mut buf = [0u8; 1024];
+    let m1 = read_frame(&mut tcp).await.unwrap();
+    hs.read_message(&m1, &mut buf).unwrap();
+    let n = hs.write_message(&[], &mut buf).unwrap();
+    write_frame(&mut tcp, &buf[..n]).await;
+    let m3 = read_frame(&mut tcp).await.unwrap();
+    hs.read_message(&m3, &mut buf).unwrap();
+    let mut t = hs.into_transport_mode().unwrap();
+    let ct = read_frame(&mut tcp).await.unwrap();
+    let n = t.read_message(&ct, &mut buf).unwrap();
+    buf[1..n].to_vec()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. Claiming an approved device's public key without its private key
+
+fn impersonate(
+    addr: SocketAddr,
+    primary: &PublicKey,
+    rt: &tokio::runtime::Runtime,
+    forged: ProofOf,
+) {
+    rt.block_on(async {
+        let mut raw = RawClient::connect(addr).await;
+        // Read the primary's proof before sending ours, so its reset cannot discard it unread.
+        raw.expect_primary_proof(primary).await;
+        let proof = match forged {
+            ProofOf::SignedByAnother(victim) => {
+                let sig = NodeKeys::generate().sign(&proof_message(ROLE_INITIATOR, &raw.hash));
+                proof(&victim, &sig, ROLE_INITIATOR)
+            }
+            ProofOf::Replayed(captured) => captured,
+        };
+        // A Hello right behind the proof: it must never be read.
+        let hello = Message::Hello {
+            role: octodb::Role::Secondary,
+            last_seq: 0,
+            info: "{}".into(),
+            auth: None,
+        };
+        let bytes = [raw.chunk(&proof), raw.chunk(&hello.encode())].concat();
+        raw.tcp.write_all(&bytes).await.unwrap();
+        let got = raw.until_closed().await;
+        assert!(
+            got.is_empty(),
+            "the impostor was sent {} messages",
+            got.len()
+        );
+    });
+}
+
+enum ProofOf {
+    /// The victim's public key with a signature made by another key.
+    SignedByAnother(PublicKey),
+    /// A proof the victim really made, captured from its connection to someone else.
+    Replayed(Vec<u8>),
+}
+
+#[test]
+fn a_node_cannot_claim_an_approved_devices_key_without_its_private_key() {
+    let c = Cluster::new();
+    let p = user_primary(&c);
+    let addr = p.bound_addrs()[0];
+    let primary_key = PublicKey::from_hex(&p.public_key()).unwrap();
+    let victim = device_of(&c, "victim.db", &addr_of(&p), 5);
+    assert_eq!(
+        count(&victim, "SELECT count(*) FROM t WHERE row_owner = 5"),
+        1
+    );
+    let victim_key = PublicKey::from_hex(&victim.public_key()).unwrap();
+    drop(victim);
+
+    // The victim connects once to a node the attacker runs, which keeps its identity proof.
+    let rt = runtime();
+    let fake = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let fake_addr = fake.local_addr().unwrap();
+    let capture = rt.spawn(capture_proof(fake));
+    let victim =
+        Connection::open(&device_uri(&c.path("victim.db"), &fake_addr.to_string())).unwrap();
+    let captured = rt
+        .block_on(async { within("the victim's proof", capture).await })
+        .unwrap();
+    drop(victim);
+    assert_eq!(captured.len(), PROOF_LEN);
+    assert_eq!(
+        &captured[1..33],
+        &victim_key.0,
+        "the captured proof is the victim's"
+    );
+
+    let before = stored(&p);
+    impersonate(
+        addr,
+        &primary_key,
+        &rt,
+        ProofOf::SignedByAnother(victim_key),
+    );
+    impersonate(addr, &primary_key, &rt, ProofOf::Replayed(captured));
+    assert_eq!(stored(&p), before, "the impostor changed nothing");
+
+    // The real victim is unaffected: it reconnects with its key and syncs both ways.
+    let victim = Connection::open(&device_uri(&c.path("victim.db"), &addr_of(&p))).unwrap();
+    ready(&victim);
+    victim
+        .execute("INSERT INTO t(v) VALUES ('from the victim')", [])
+        .unwrap();
+    wait_count(
+        &p,
+        "SELECT count(*) FROM t WHERE v = 'from the victim' AND row_owner = 5",
+        1,
+    );
+    p.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('to the victim', 5)",
+        [],
+    )
+    .unwrap();
+    wait_count(
+        &victim,
+        "SELECT count(*) FROM t WHERE v = 'to the victim'",
+        1,
+    );
+    still_serving(&c, &p, "other.db", 7);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Replaying a captured handshake, or a chunk within a session
+
+/// One connection through the [`Proxy`].
+#[derive(Default)]
+struct Relayed {
+    /// Everything the client sent, in order.
+    from_client: Mutex<Vec<u8>>,
+    /// The primary closed its side.
+    server_closed: AtomicBool,
+    /// A chunk of this connection was sent twice.
+    duplicated: AtomicBool,
+}
+
+/// A TCP relay between devices and the primary that records what clients send and, when
+/// armed, sends one post-handshake chunk twice.
+struct Proxy {
+    addr: SocketAddr,
+    conns: Arc<Mutex<Vec<Arc<Relayed>>>>,
+    duplicate_next: Arc<AtomicBool>,
+}
+
+/// Client→server frames before the messages: XX handshake messages 1 and 3, the proof, Hello.
+const FRAMES_BEFORE_MESSAGES: usize = 4;
+
+impl Proxy {
+    fn start(rt: &tokio::runtime::Runtime, primary: SocketAddr) -> Proxy {
+        let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+        let proxy = Proxy {
+            addr: listener.local_addr().unwrap(),
+            conns: Arc::default(),
+            duplicate_next: Arc::default(),
+        };
+        let (conns, dup) = (proxy.conns.clone(), proxy.duplicate_next.clone());
+        rt.spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = TcpStream::connect(primary).await else {
+                    continue;
+                };
+                let rec = Arc::new(Relayed::default());
+                conns.lock().unwrap().push(rec.clone());
+                tokio::spawn(relay(client, server, rec, dup.clone()));
+            }
+        });
+        proxy
+    }
+
+    fn conn(&self, i: usize) -> Option<Arc<Relayed>> {
+        self.conns.lock().unwrap().get(i).cloned()
+    }
+
+    fn conn_count(&self) -> usize {
+        self.conns.lock().unwrap().len()
+    }
+}
+
+async fn relay(client: TcpStream, server: TcpStream, rec: Arc<Relayed>, dup: Arc<AtomicBool>) {
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = server.into_split();
+    let back = rec.clone();
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut sr, &mut cw).await;
+        back.server_closed.store(true, Ordering::SeqCst);
+        // Pass the close on, so the device sees that the primary hung up.
+        let _ = cw.shutdown().await;
+    });
+    let mut index = 0;
+    while let Some(body) = read_frame(&mut cr).await {
+        let frame = [&(body.len() as u16).to_be_bytes()[..], &body].concat();
+        rec.from_client.lock().unwrap().extend_from_slice(&frame);
+        if sw.write_all(&frame).await.is_err() {
+            break;
+        }
+        if index >= FRAMES_BEFORE_MESSAGES && dup.swap(false, Ordering::SeqCst) {
+            rec.duplicated.store(true, Ordering::SeqCst);
+            if sw.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        index += 1;
+    }
+    let _ = sw.shutdown().await;
+}
+
+fn open_primary(c: &Cluster) -> Connection {
+    let p = c.primary("p.db");
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    p
+}
+
+/// Log entries the primary holds from `node`.
+fn entries_from(p: &Connection, node: u32) -> i64 {
+    count(
+        p,
+        &format!("SELECT count(*) FROM _octo_log WHERE origin_node = {node}"),
+    )
+}
+
+#[test]
+fn a_recorded_session_replayed_to_the_primary_is_refused_and_applies_nothing_twice() {
+    let c = Cluster::new();
+    let p = open_primary(&c);
+    let rt = runtime();
+    let proxy = Proxy::start(&rt, p.bound_addrs()[0]);
+    let d = Connection::open(&device_uri(&c.path("d.db"), &proxy.addr.to_string())).unwrap();
+    ready(&d);
+    let node = d.sync_status().unwrap().node_id;
+    d.execute("INSERT INTO t(v) VALUES ('captured')", [])
+        .unwrap();
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t WHERE v = 'captured'", 1);
+    drop(d);
+    let recorded = proxy.conn(0).unwrap();
+    wait_until("the recorded session to end", || {
+        recorded.server_closed.load(Ordering::SeqCst).then_some(())
+    });
+    let bytes = recorded.from_client.lock().unwrap().clone();
+    let before = stored(&p);
+    assert_eq!(entries_from(&p, node), 1);
+
+    rt.block_on(async {
+        let mut tcp = TcpStream::connect(p.bound_addrs()[0]).await.unwrap();
+        // The primary may hang up while this is still being written.
+        let _ = tcp.write_all(&bytes).await;
+        // Its fresh ephemeral key makes the recorded third handshake message fail: at most its
+        // own second handshake message comes back before it closes.
+        let mut frames = 0;
+        while within("the primary closing", read_frame(&mut tcp))
+            .await
+            .is_some()
+        {
+            frames += 1;
+        }
+        assert!(frames <= 1, "{frames} frames answered a replay");
+    });
+    assert_eq!(stored(&p), before, "the replay changed nothing");
+    assert_eq!(count(&p, "SELECT count(*) FROM t WHERE v = 'captured'"), 1);
+
+    let d = c.device("d.db", &p);
+    ready(&d);
+    sync_round_trip(&p, &d, "after replay");
+    assert_eq!(count(&p, "SELECT count(*) FROM t WHERE v = 'captured'"), 1);
+    assert_eq!(entries_from(&p, node), 2);
+}
+
+#[test]
+fn a_chunk_sent_twice_closes_the_session_and_the_device_recovers_exactly_once() {
+    let c = Cluster::new();
+    let p = open_primary(&c);
+    let rt = runtime();
+    let proxy = Proxy::start(&rt, p.bound_addrs()[0]);
+    let d = Connection::open(&device_uri(&c.path("d.db"), &proxy.addr.to_string())).unwrap();
+    ready(&d);
+    let node = d.sync_status().unwrap().node_id;
+    let first = proxy.conn(0).unwrap();
+
+    proxy.duplicate_next.store(true, Ordering::SeqCst);
+    d.execute("INSERT INTO t(v) VALUES ('sent twice')", [])
+        .unwrap();
+    wait_until("the chunk to be duplicated", || {
+        first.duplicated.load(Ordering::SeqCst).then_some(())
+    });
+    wait_until("the primary to close that connection", || {
+        first.server_closed.load(Ordering::SeqCst).then_some(())
+    });
+    // The device reconnects on its own and everything arrives once.
+    wait_until("the device to reconnect", || {
+        (proxy.conn_count() >= 2).then_some(())
+    });
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t WHERE v = 'sent twice'", 1);
+    sync_round_trip(&p, &d, "after the duplicate");
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM t WHERE v = 'sent twice'"),
+        1
+    );
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM t WHERE v = 'sent twice'"),
+        1
+    );
+    assert_eq!(entries_from(&p, node), 2, "one log entry per transaction");
+    assert!(d.sync_status().unwrap().last_rejected.is_none());
+    assert!(proxy
+        .conn(1)
+        .is_some_and(|c| !c.duplicated.load(Ordering::SeqCst)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. An approved device forging changes to another user's rows
+
+/// A device of our own making that speaks the real protocol with its own key.
+struct RawDevice {
+    s: SecureStream,
+    node_id: u32,
+    /// Every row and log entry the primary sent it.
+    rows: Vec<Vec<Value>>,
+    entries: Vec<LogEntry>,
+}
+
+async fn session(addr: SocketAddr) -> SecureStream {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    SecureStream::connect(tcp, &NodeKeys::generate(), &HandshakeOptions::default())
+        .await
+        .unwrap()
+}
+
+async fn send(s: &mut SecureStream, bytes: &[u8]) {
+    s.send(bytes).await.unwrap();
+    s.flush().await.unwrap();
+}
+
+fn hello(last_seq: u64, info: &str, auth: Option<AuthAsk>) -> Message {
+    Message::Hello {
+        role: octodb::Role::Secondary,
+        last_seq,
+        info: info.into(),
+        auth,
+    }
+}
+
+fn ask(action: Action, data: &str) -> Option<AuthAsk> {
+    Some(AuthAsk {
+        action,
+        data: data.into(),
+    })
+}
+
+impl RawDevice {
+    async fn sign_up(addr: SocketAddr, user: i64) -> RawDevice {
+        let mut s = session(addr).await;
+        let m = hello(0, "{}", ask(Action::UserSignup, &format!("user:{user}")));
+        send(&mut s, &m.encode()).await;
+        let mut d = RawDevice {
+            s,
+            node_id: 0,
+            rows: Vec::new(),
+            entries: Vec::new(),
+        };
+        match d.next().await {
+            Message::Welcome {
+                node_id, user_id, ..
+            } => {
+                assert_eq!(user_id, user);
+                d.node_id = node_id;
+            }
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+        loop {
+            match d.next().await {
+                Message::SnapshotBegin { .. } => {}
+                Message::SnapshotRows { rows, .. } => {
+                    d.rows.extend(rows.into_iter().map(|(_, v)| v))
+                }
+                Message::SnapshotEnd { .. } => return d,
+                other => panic!("expected the download, got {other:?}"),
+            }
+        }
+    }
+
+    async fn next(&mut self) -> Message {
+        let bytes = within("a message from the primary", self.s.recv())
+            .await
+            .expect("the primary keeps the connection open");
+        Message::decode(&bytes).unwrap()
+    }
+
+    /// Sends one transaction and returns what the primary decided about it.
+    async fn submit(&mut self, txn_id: u64, cs: ChangeSet) -> EntryBody {
+        let m = Message::Txns {
+            txns: vec![(txn_id, cs)],
+        };
+        send(&mut self.s, &m.encode()).await;
+        loop {
+            let Message::Entries { entries, .. } = self.next().await else {
+                panic!("expected Entries");
+            };
+            self.entries.extend(entries);
+            let mine = self
+                .entries
+                .iter()
+                .find(|e| e.origin_node == self.node_id && e.origin_txn == txn_id);
+            if let Some(e) = mine {
+                return e.body.clone();
+            }
+        }
+    }
+
+    /// Every row value the primary ever sent this device.
+    fn received_values(&self) -> Vec<Value> {
+        let mut out: Vec<Value> = self.rows.iter().flatten().cloned().collect();
+        for e in &self.entries {
+            if let EntryBody::Changes(cs) = &e.body {
+                for op in &cs.ops {
+                    match op {
+                        Op::Insert { values, .. }
+                        | Op::Update { values, .. }
+                        | Op::Upsert { values, .. } => out.extend(values.iter().cloned()),
+                        Op::Delete { owner, .. } => out.push(owner.clone()),
+                        Op::Ddl { .. } => {}
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+const T_COLUMNS: [&str; 3] = ["id", "v", "row_owner"];
+
+/// A transaction of `ops` on table `t`, whose header lists `columns`.
+fn txn_with(columns: &[&str], ops: Vec<Op>) -> ChangeSet {
+    let mut cs = ChangeSet::default();
+    let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+    assert_eq!(cs.table_index("t", &columns), 0);
+    cs.ops = ops;
+    cs
+}
+
+fn txn(ops: Vec<Op>) -> ChangeSet {
+    txn_with(&T_COLUMNS, ops)
+}
+
+fn row(id: i64, v: &str, owner: Value) -> Vec<Value> {
+    vec![Value::Integer(id), Value::Text(v.into()), owner]
+}
+
+fn insert(id: i64, v: &str, owner: Value) -> Op {
+    Op::Insert {
+        table: 0,
+        rowid: id,
+        values: row(id, v, owner),
+    }
+}
+
+/// An update of `columns` (indexes into the header) of row `id`.
+fn update(id: i64, columns: &[usize], values: Vec<Value>) -> Op {
+    Op::Update {
+        table: 0,
+        rowid: id,
+        changed: columns.iter().map(|&i| column_bit(i)).fold(0, |a, b| a | b),
+        values,
+    }
+}
+
+fn user(u: i64) -> Value {
+    Value::Integer(u)
+}
+
+#[test]
+fn a_device_cannot_insert_update_or_delete_another_users_rows_over_the_raw_protocol() {
+    let c = Cluster::new();
+    let p = user_primary(&c);
+    let addr = p.bound_addrs()[0];
+    let other = device_of(&c, "other.db", &addr_of(&p), 7);
+    let rt = runtime();
+    let mut attacker = rt.block_on(RawDevice::sign_up(addr, 6));
+    let secret = || {
+        rows(
+            &p,
+            "SELECT rowid, * FROM t WHERE row_owner = 5 ORDER BY rowid",
+        )
+    };
+    let secret_before = secret();
+    assert_eq!(secret_before.len(), 1);
+
+    // Its own row, to try to give away later.
+    let mine = rt.block_on(attacker.submit(1, txn(vec![insert(1000, "mine", user(6))])));
+    assert!(matches!(mine, EntryBody::Changes(_)), "{mine:?}");
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM t WHERE id = 1000 AND row_owner = 6"
+        ),
+        1
+    );
+    let mine_before = rows(&p, "SELECT * FROM t WHERE id = 1000");
+
+    let attacks: Vec<(&str, ChangeSet)> = vec![
+        (
+            "insert a row of user 5",
+            txn(vec![insert(2000, "planted", user(5))]),
+        ),
+        (
+            "insert a row of user 5 spelled as text",
+            txn(vec![insert(2001, "planted", Value::Text("5".into()))]),
+        ),
+        (
+            "update user 5's row",
+            txn(vec![update(1, &[1], row(1, "defaced", user(5)))]),
+        ),
+        (
+            "update user 5's row claiming it is its own",
+            txn(vec![update(1, &[1, 2], row(1, "defaced", user(6)))]),
+        ),
+        (
+            "delete user 5's row",
+            txn(vec![Op::Delete {
+                table: 0,
+                rowid: 1,
+                owner: user(6),
+            }]),
+        ),
+        (
+            "move its own row to user 5",
+            txn(vec![update(1000, &[2], row(1000, "mine", user(5)))]),
+        ),
+        (
+            "move its own row to user 5 through a second row_owner column",
+            txn_with(
+                &["id", "v", "row_owner", "row_owner"],
+                vec![update(
+                    1000,
+                    &[2, 3],
+                    vec![user(1000), Value::Text("mine".into()), user(6), user(5)],
+                )],
+            ),
+        ),
+        (
+            "update its own row leaving row_owner out of the values",
+            txn(vec![update(
+                1000,
+                &[1, 2],
+                vec![user(1000), Value::Text("x".into())],
+            )]),
+        ),
+        (
+            "insert a public row",
+            txn(vec![insert(2002, "planted", Value::Text("*".into()))]),
+        ),
+        (
+            "a legitimate insert followed by a delete of user 5's row",
+            txn(vec![
+                insert(2003, "cover", user(6)),
+                Op::Delete {
+                    table: 0,
+                    rowid: 1,
+                    owner: user(5),
+                },
+            ]),
+        ),
+    ];
+    for (i, (what, cs)) in attacks.into_iter().enumerate() {
+        let txn_id = i as u64 + 2;
+        let verdict = rt.block_on(attacker.submit(txn_id, cs));
+        assert!(
+            matches!(verdict, EntryBody::Rejected { .. }),
+            "{what}: {verdict:?}"
+        );
+        assert_eq!(secret(), secret_before, "{what}: user 5's row is unchanged");
+        assert_eq!(
+            rows(&p, "SELECT * FROM t WHERE id = 1000"),
+            mine_before,
+            "{what}: its own row is unchanged"
+        );
+        // Meanwhile another user's device keeps syncing both ways.
+        sync_round_trip(&p, &other, &format!("during attack {txn_id}"));
+    }
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM t WHERE v IN ('planted', 'cover', 'defaced')"
+        ),
+        0
+    );
+
+    // New rows of user 5 written during the attack never reach the attacker.
+    p.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('new secret of user 5', 5)",
+        [],
+    )
+    .unwrap();
+    let last = rt.block_on(attacker.submit(100, txn(vec![insert(3000, "probe", user(6))])));
+    assert!(matches!(last, EntryBody::Changes(_)), "{last:?}");
+    let seen = attacker.received_values();
+    assert!(seen.contains(&Value::Text("mine".into())));
+    assert!(!seen
+        .iter()
+        .any(|v| matches!(v, Value::Text(s) if s.contains("secret"))));
+    assert!(!seen.contains(&user(5)) && !seen.contains(&Value::Text("5".into())));
+    still_serving(&c, &p, "after.db", 8);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Garbage in every field of an authorization request
+
+/// A Hello written out in postcard by hand, so tags and strings can be made invalid.
+fn crafted_hello(role_tag: &[u8], action_tag: &[u8], data: &[u8]) -> Vec<u8> {
+    assert!(
+        data.len() < 128,
+        "the length is written as a one-byte varint"
+    );
+    let mut m = vec![octodb::net::message::PROTOCOL_VERSION, 0]; // version, Message::Hello
+    m.extend_from_slice(role_tag);
+    m.extend_from_slice(&[0, 2, b'{', b'}', 1]); // last_seq 0, info "{}", Some(AuthAsk)
+    m.extend_from_slice(action_tag);
+    m.push(data.len() as u8);
+    m.extend_from_slice(data);
+    m
+}
+
+#[derive(Debug)]
+enum Expect {
+    AuthRequired,
+    /// Refused, with this in the reason.
+    Refused(&'static str),
+    AuthPending,
+    Welcome,
+    /// Closed without an answer.
+    Nothing,
+}
+
+/// Sends `messages` on a fresh connection with a fresh key and returns the key and everything
+/// the primary answered before closing the connection.
+async fn attempt(addr: SocketAddr, messages: &[Vec<u8>]) -> (String, Vec<Message>) {
+    let keys = NodeKeys::generate();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut s = SecureStream::connect(tcp, &keys, &HandshakeOptions::default())
+        .await
+        .unwrap();
+    for m in messages {
+        s.send(m).await.unwrap();
+    }
+    s.flush().await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(bytes) = within("the primary closing the connection", s.recv()).await {
+        got.push(Message::decode(&bytes).unwrap());
+    }
+    (keys.public_key().to_hex(), got)
+}
+
+#[test]
+fn garbage_in_every_field_of_an_authorization_request_is_refused_and_stores_nothing() {
+    let c = Cluster::new();
+    let p = user_primary(&c);
+    let seen: Arc<Mutex<Vec<AuthRequest>>> = Arc::default();
+    let log = seen.clone();
+    p.set_auth_callback(Action::UserSignup, move |r: &AuthRequest| {
+        log.lock().unwrap().push(r.clone());
+        match r.data.as_deref() {
+            Some("wait") => Decision::Pending,
+            Some(d) if d.starts_with("user:") => Decision::User(d[5..].parse().unwrap_or(-1)),
+            _ => Decision::Reject("sign-up data not accepted".into()),
+        }
+    })
+    .unwrap();
+    p.set_auth_callback(Action::UserLogin, |r: &AuthRequest| {
+        match r.data.as_deref() {
+            Some("ann") => Decision::User(5),
+            _ => Decision::Reject("unknown user".into()),
+        }
+    })
+    .unwrap();
+    let addr = p.bound_addrs()[0];
+    let before = stored(&p);
+
+    let signup = |data: &str| ask(Action::UserSignup, data);
+    let plain = |info: &str, last_seq: u64, auth| vec![hello(last_seq, info, auth).encode()];
+    let nested_array = format!("{}{}", "[".repeat(8000), "]".repeat(8000));
+    let nested_object = format!("{}1{}", "{\"a\":".repeat(2500), "}".repeat(2500));
+    let at_limit = "a".repeat(MAX_REQUEST_DATA);
+    let over_limit = "a".repeat(MAX_REQUEST_DATA + 1);
+    let valid = crafted_hello(&[1], &[0], b"user:1");
+    assert_eq!(
+        valid,
+        hello(0, "{}", signup("user:1")).encode(),
+        "the hand-written encoding matches the real one"
+    );
+    let twice = |auth: Option<AuthAsk>| {
+        let m = hello(0, "{}", auth).encode();
+        vec![m.clone(), m]
+    };
+    let cases: Vec<(&str, Vec<Vec<u8>>, Expect)> = vec![
+        (
+            "info that is not JSON",
+            plain("not json {{", 0, None),
+            Expect::AuthRequired,
+        ),
+        (
+            "1 MiB of info",
+            plain(&"x".repeat(1 << 20), 0, signup("no")),
+            Expect::Refused("not accepted"),
+        ),
+        (
+            "info with NULs",
+            plain("{\"a\":\"\0\"}\0\0", 0, signup("no")),
+            Expect::Refused("not accepted"),
+        ),
+        (
+            "deeply nested info",
+            plain(&nested_array, 0, signup("no")),
+            Expect::Refused("not accepted"),
+        ),
+        (
+            "last_seq u64::MAX",
+            plain("{}", u64::MAX, None),
+            Expect::AuthRequired,
+        ),
+        (
+            "last_seq u64::MAX with a sign-up",
+            plain("{}", u64::MAX, signup("no")),
+            Expect::Refused("not accepted"),
+        ),
+        (
+            "empty sign-up data",
+            plain("{}", 0, signup("")),
+            Expect::Refused("not accepted"),
+        ),
+        (
+            "odd characters in the data",
+            plain("{}", 0, signup("\u{0}\u{fffd}\u{ffff}\u{10ffff}'\"\\")),
+            Expect::Refused("not accepted"),
+        ),
+        (
+            "data at the 16 KiB limit",
+            plain("{}", 0, signup(&at_limit)),
+            Expect::Refused("not accepted"),
+        ),
+        (
+            "data one byte over the limit",
+            plain("{}", 0, signup(&over_limit)),
+            Expect::Refused("larger than"),
+        ),
+        (
+            "deeply nested JSON data",
+            plain("{}", 0, signup(&nested_object)),
+            Expect::Refused("not accepted"),
+        ),
+        (
+            "a login for an unknown user",
+            plain("{}", 0, ask(Action::UserLogin, "nobody")),
+            Expect::Refused("unknown user"),
+        ),
+        (
+            "a node-level request on a user network",
+            plain("{}", 0, ask(Action::NewNode, "")),
+            Expect::AuthRequired,
+        ),
+        (
+            "data that is not UTF-8",
+            vec![crafted_hello(&[1], &[0], b"\xff\xfe\xc0\x80")],
+            Expect::Nothing,
+        ),
+        (
+            "action tag 3",
+            vec![crafted_hello(&[1], &[3], b"x")],
+            Expect::Nothing,
+        ),
+        (
+            "action tag u32::MAX",
+            vec![crafted_hello(&[1], &[0xff, 0xff, 0xff, 0xff, 0x0f], b"x")],
+            Expect::Nothing,
+        ),
+        (
+            "role tag 2",
+            vec![crafted_hello(&[2], &[0], b"x")],
+            Expect::Nothing,
+        ),
+        (
+            "role tag u32::MAX",
+            vec![crafted_hello(&[0xff, 0xff, 0xff, 0xff, 0x0f], &[0], b"x")],
+            Expect::Nothing,
+        ),
+        (
+            "a truncated Hello",
+            vec![valid[..valid.len() - 1].to_vec()],
+            Expect::Nothing,
+        ),
+        (
+            "Hello twice without a request",
+            twice(None),
+            Expect::AuthRequired,
+        ),
+        (
+            "Hello twice while pending",
+            twice(signup("wait")),
+            Expect::AuthPending,
+        ),
+        (
+            "Hello twice once approved",
+            twice(signup("user:9")),
+            Expect::Welcome,
+        ),
+    ];
+    let rt = runtime();
+    let mut keys = Vec::new();
+    for (what, messages, expect) in &cases {
+        let (key, got) = rt.block_on(attempt(addr, messages));
+        let ok = match (expect, got.as_slice()) {
+            (Expect::AuthRequired, [Message::AuthRequired { .. }]) => true,
+            (Expect::Refused(why), [Message::Refused { reason }]) => reason.contains(why),
+            (Expect::AuthPending, [Message::AuthPending]) => true,
+            (Expect::Nothing, []) => true,
+            // The second Hello ends the session, wherever the download had got to.
+            (Expect::Welcome, [Message::Welcome { user_id: 9, .. }, rest @ ..]) => {
+                rest.iter().all(|m| match m {
+                    Message::SnapshotRows { rows, .. } => {
+                        rows.iter().all(|(_, v)| !v.contains(&user(5)))
+                    }
+                    m => matches!(
+                        m,
+                        Message::SnapshotBegin { .. } | Message::SnapshotEnd { .. }
+                    ),
+                })
+            }
+            _ => false,
+        };
+        assert!(ok, "{what}: expected {expect:?}, got {got:?}");
+        keys.push((*what, key));
+        assert_eq!(
+            stored(&p).rows,
+            before.rows,
+            "{what}: no row changed at the primary"
+        );
+    }
+
+    // Stored: only the bounded records of requests that reached the backend, never approved
+    // except the one that the backend approved, and never the oversized parts.
+    let after = stored(&p);
+    assert_eq!(after.log, before.log);
+    assert_eq!(
+        after.users.len(),
+        before.users.len() + 1,
+        "only user 9 was added"
+    );
+    let key_of = |what: &str| keys.iter().find(|(w, _)| *w == what).unwrap().1.clone();
+    let state_of = |key: &str| -> Option<String> {
+        p.query_row(
+            "SELECT auth_state FROM _octo_nodes WHERE pubkey = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .ok()
+    };
+    assert_eq!(
+        state_of(&key_of("Hello twice once approved")).as_deref(),
+        Some("approved")
+    );
+    assert_eq!(
+        state_of(&key_of("Hello twice while pending")).as_deref(),
+        Some("pending")
+    );
+    for what in [
+        "info that is not JSON",
+        "last_seq u64::MAX",
+        "data one byte over the limit",
+        "a node-level request on a user network",
+        "data that is not UTF-8",
+        "action tag 3",
+        "role tag 2",
+        "a truncated Hello",
+        "Hello twice without a request",
+    ] {
+        assert_eq!(state_of(&key_of(what)), None, "{what}: nothing stored");
+    }
+    // Before the attacks the primary knew no node, so every record is an attacker's.
+    assert!(before.nodes.is_empty());
+    let records = rows(&p, "SELECT auth_state, length(info) FROM _octo_nodes");
+    assert!(records.len() < cases.len(), "{records:?}");
+    for r in &records {
+        let Value::Integer(info_len) = r[1] else {
+            panic!("{r:?}")
+        };
+        assert!(info_len < 1024, "node info is kept small: {r:?}");
+    }
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM _octo_nodes WHERE auth_state = 'approved'"
+        ),
+        1
+    );
+    // The backend saw every request within the limits, and none beyond them.
+    let seen = seen.lock().unwrap();
+    assert!(seen
+        .iter()
+        .any(|r| r.data.as_deref() == Some(at_limit.as_str())));
+    assert!(seen.iter().all(
+        |r| r.data.as_ref().is_some_and(|d| d.len() <= MAX_REQUEST_DATA)
+            && r.node_info.len() < 1024
+    ));
+    drop(seen);
+    still_serving(&c, &p, "after.db", 7);
+}
