@@ -122,6 +122,9 @@ pub struct NodeConfig {
     pub cipher: Option<String>,
     /// Network (and, with `cipher`, at-rest) key.
     pub key: Option<NetworkKey>,
+    /// Plain local databases only: the `file:` URI as given when it carries SQLite's own
+    /// parameters (`mode=ro`, `cache=shared`, ...), so that SQLite opens it and reads them.
+    pub sqlite_uri: Option<String>,
 }
 
 /// Why a node URI was rejected; each message names the parameter and the fix.
@@ -133,9 +136,12 @@ pub enum UriError {
     /// The path part is malformed (bad escape, remote host, `?` without `file:`).
     #[error("URI `path` {problem}")]
     BadPath { problem: &'static str },
-    /// A parameter octodb does not know, including SQLite's own.
+    /// A parameter neither octodb nor SQLite knows.
     #[error("unknown URI parameter `{name}`; known parameters are {KNOWN_LIST}")]
     Unknown { name: String },
+    /// One of SQLite's own parameters on a node URI: the engine opens a node's file itself.
+    #[error("URI parameter `{name}` is SQLite's own and applies to plain local databases only (without `node`); remove it")]
+    SqliteOnNode { name: String },
     /// The same parameter appears twice.
     #[error("URI parameter `{name}` is given twice; keep only one `{name}=`")]
     Duplicate { name: &'static str },
@@ -168,8 +174,18 @@ pub enum UriError {
 }
 
 const KNOWN: [&str; 7] = ["node", "bind", "connect", "auth", "cipher", "key", "hexkey"];
-const KNOWN_LIST: &str = "node, bind, connect, auth, cipher, key, hexkey \
-     (SQLite's mode, cache, vfs and immutable are not supported)";
+const KNOWN_LIST: &str = "node, bind, connect, auth, cipher, key, hexkey, \
+     and without `node` SQLite's own vfs, mode, cache, psow, nolock, immutable, modeof";
+/// SQLite's own URI parameters, handed to SQLite when the URI opens a plain local database.
+const SQLITE_PARAMS: [&str; 7] = [
+    "vfs",
+    "mode",
+    "cache",
+    "psow",
+    "nolock",
+    "immutable",
+    "modeof",
+];
 const CIPHERS: [&str; 3] = ["sqlcipher", "chacha20", "aes256"];
 const MIN_HEXKEY_BYTES: usize = 16;
 
@@ -195,7 +211,8 @@ impl NodeConfig {
         if path.is_empty() {
             return Err(UriError::EmptyPath);
         }
-        let [node, bind, connect, auth, cipher, key, hexkey] = parameters(query)?;
+        let (ours, sqlite_own) = parameters(query)?;
+        let [node, bind, connect, auth, cipher, key, hexkey] = ours;
         let rule = |broken: bool, name, problem| match broken {
             true => Err(UriError::Conflict { name, problem }),
             false => Ok(()),
@@ -207,8 +224,15 @@ impl NodeConfig {
             if let Some(i) = given.iter().position(|v| v.is_some()) {
                 rule(true, KNOWN[i + 1], NEEDS_NODE)?;
             }
-            return Ok(NodeConfig::local(path));
+            let sqlite_uri = (!sqlite_own.is_empty()).then(|| uri.to_string());
+            return Ok(NodeConfig {
+                sqlite_uri,
+                ..NodeConfig::local(path)
+            });
         };
+        if let Some(name) = sqlite_own.into_iter().next() {
+            return Err(UriError::SqliteOnNode { name });
+        }
         let role: Role = node.parse()?;
         let secondary = role == Role::Secondary;
         rule(path == ":memory:", "node", MEMORY)?;
@@ -252,6 +276,21 @@ impl NodeConfig {
         self.role.is_some()
     }
 
+    /// Whether `uri` asks for a node: a `file:` URI with a `node` parameter. Anything else opens
+    /// a plain local database, which is how the Python module tells `sqlite3` filenames apart.
+    pub fn names_a_node(uri: &str) -> bool {
+        let Some(rest) = uri.strip_prefix("file:") else {
+            return false;
+        };
+        let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
+        rest.split_once('?').is_some_and(|(_, query)| {
+            query.split('&').any(|segment| {
+                let name = segment.split_once('=').map_or(segment, |(n, _)| n);
+                decode(name).is_ok_and(|n| n == "node")
+            })
+        })
+    }
+
     fn local(path: String) -> NodeConfig {
         NodeConfig {
             path: PathBuf::from(path),
@@ -261,6 +300,7 @@ impl NodeConfig {
             auth: AuthMode::None,
             cipher: None,
             key: None,
+            sqlite_uri: None,
         }
     }
 }
@@ -281,12 +321,20 @@ fn invalid(name: &str, problem: &'static str) -> UriError {
 }
 
 /// Decoded values of the query, in the order of `KNOWN`.
-fn parameters(query: &str) -> Result<[Option<String>; 7], UriError> {
+/// octodb's parameters in `KNOWN` order, and the names of SQLite's own ones (left for SQLite).
+type Parameters = ([Option<String>; 7], Vec<String>);
+
+fn parameters(query: &str) -> Result<Parameters, UriError> {
     let mut values: [Option<String>; 7] = Default::default();
+    let mut sqlite_own = Vec::new();
     for segment in query.split('&').filter(|s| !s.is_empty()) {
         let (raw_name, raw_value) = segment.split_once('=').unwrap_or((segment, ""));
         let decoded = decode(raw_name).map_err(|p| invalid(raw_name, p))?;
         let Some(idx) = KNOWN.iter().position(|k| *k == decoded) else {
+            if SQLITE_PARAMS.contains(&decoded.as_str()) {
+                sqlite_own.push(decoded);
+                continue;
+            }
             return Err(UriError::Unknown { name: decoded });
         };
         let name = KNOWN[idx];
@@ -298,7 +346,7 @@ fn parameters(query: &str) -> Result<[Option<String>; 7], UriError> {
             return Err(UriError::Duplicate { name });
         }
     }
-    Ok(values)
+    Ok((values, sqlite_own))
 }
 
 /// Splits into the decoded path and the raw query string.
@@ -444,6 +492,28 @@ mod tests {
     }
 
     #[test]
+    fn sqlite_parameters_are_left_to_sqlite_on_local_databases() {
+        let c = parse("file:app.db?mode=ro&cache=shared");
+        assert_eq!((c.path.to_str(), c.role), (Some("app.db"), None));
+        assert_eq!(
+            c.sqlite_uri.as_deref(),
+            Some("file:app.db?mode=ro&cache=shared")
+        );
+        assert_eq!(parse("file:app.db").sqlite_uri, None);
+        for (uri, node) in [
+            ("file:a.db?node=primary&bind=tcp://h:1", true),
+            ("file:a.db?mode=ro&node=secondary", true),
+            ("file:a.db?n%6fde=primary", true),
+            ("file:a.db?mode=ro", false),
+            ("file:a.db#?node=primary", false),
+            ("a.db?node=primary", false),
+            (":memory:", false),
+        ] {
+            assert_eq!(NodeConfig::names_a_node(uri), node, "{uri}");
+        }
+    }
+
+    #[test]
     fn primary_with_bind_and_auth() {
         let c = parse("file:PATH?node=primary&bind=tcp://0.0.0.0:1234&auth=user");
         assert_eq!(
@@ -526,10 +596,12 @@ mod tests {
             ("file:a%zz", "`path`", "%25"),
             ("file://host/a.db", "`path`", "remote host"),
             ("a.db?node=primary", "`path`", "file:PATH?"),
-            ("file:a?mode=ro", "`mode`", "unknown"),
-            ("file:a?cache=shared", "`cache`", "unknown"),
-            ("file:a?vfs=unix", "`vfs`", "unknown"),
-            ("file:a?immutable=1", "`immutable`", "hexkey"),
+            ("file:a?mode=ro&nodes=primary", "`nodes`", "unknown"),
+            ("file:a?bogus=1", "`bogus`", "mode, cache"),
+            ("P?mode=ro", "`mode`", "plain local"),
+            ("S?cache=shared", "`cache`", "plain local"),
+            ("P?vfs=unix", "`vfs`", "without `node`"),
+            ("P?immutable=1", "`immutable`", "SQLite's own"),
             ("P?node=primary", "`node`", "twice"),
             ("file:a?node=", "`node`", "empty value"),
             ("file:a?node", "`node`", "empty value"),

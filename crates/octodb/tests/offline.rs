@@ -391,10 +391,12 @@ fn malformed_uris_are_refused_at_open_naming_the_parameter() {
         ("file:a%zz", "`path`", "%25"),
         ("file://host/a.db", "`path`", "remote host"),
         ("a.db?node=primary", "`path`", "file:PATH?"),
-        ("file:a?mode=ro", "`mode`", "unknown"),
-        ("file:a?cache=shared", "`cache`", "unknown"),
-        ("file:a?vfs=unix", "`vfs`", "unknown"),
-        ("file:a?immutable=1", "`immutable`", "hexkey"),
+        ("file:a?mode=ro&nodes=primary", "`nodes`", "unknown"),
+        ("file:a?bogus=1", "`bogus`", "mode, cache"),
+        ("P?mode=ro", "`mode`", "plain local"),
+        ("S?cache=shared", "`cache`", "plain local"),
+        ("P?vfs=unix", "`vfs`", "without `node`"),
+        ("P?immutable=1", "`immutable`", "SQLite's own"),
         ("P?node=primary", "`node`", "twice"),
         ("file:a?node=", "`node`", "empty value"),
         ("file:a?node", "`node`", "empty value"),
@@ -459,7 +461,7 @@ fn malformed_uris_are_refused_at_open_naming_the_parameter() {
 fn a_file_open_in_another_process_is_refused_and_left_intact() {
     let c = Cluster::new();
     let path = c.path("held.db");
-    let uri = format!("file:{}", path.display());
+    let uri = primary_uri(&path, 0);
     {
         let db = Connection::open(&uri).unwrap();
         db.execute("CREATE TABLE t(x)", []).unwrap();
@@ -474,8 +476,8 @@ fn a_file_open_in_another_process_is_refused_and_left_intact() {
         .expect("the engine made its lock file");
     holder.try_lock().expect("the lock is free once closed");
 
-    let primary = primary_uri(&path, 0);
-    for u in [uri.as_str(), primary.as_str()] {
+    let device = device_uri(&path, "127.0.0.1:9");
+    for u in [uri.as_str(), device.as_str()] {
         let err = match Connection::open(u) {
             Ok(_) => panic!("{u}: opened a file held by another process"),
             Err(e) => e,
@@ -504,6 +506,7 @@ fn a_uri_without_node_is_a_plain_local_database() {
     let path = c.path("local.db");
     let mut db = Connection::open(&format!("file:{}", path.display())).unwrap();
     assert_eq!(db.role(), None);
+    assert_eq!(db.public_key(), "", "a plain database has no node key");
     assert!(db.bound_addrs().is_empty());
     let s = status(&db);
     assert_eq!(s.node_type, "local");
@@ -562,7 +565,29 @@ fn a_uri_without_node_is_a_plain_local_database() {
     // A bare path works too, and the data is in the file.
     let db = Connection::open(path.to_str().unwrap()).unwrap();
     assert_eq!(count(&db, "SELECT count(*) FROM notes"), 3);
-    drop(db);
+    // Only the user's schema is in it: no engine tables, SQLite's default journal, no lock file.
+    let tables: Vec<String> = db
+        .query("SELECT name FROM sqlite_master WHERE type = 'table'", [])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0).unwrap())
+        .collect();
+    assert_eq!(tables, ["notes"]);
+    let mode: String = db
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "delete");
+    let files: Vec<_> = std::fs::read_dir(c.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["local.db"], "nothing but the database file");
+    // Several connections and SQLite's own URI parameters, as with plain SQLite.
+    let ro = Connection::open(&format!("file:{}?mode=ro", path.display())).unwrap();
+    assert_eq!(count(&ro, "SELECT count(*) FROM notes"), 3);
+    let err = ro.execute("DELETE FROM notes", []).unwrap_err();
+    assert!(err.to_string().contains("readonly"), "{err}");
+    drop((db, ro));
     // It is an ordinary SQLite file that plain SQLite reads.
     let plain = rusqlite::Connection::open(&path).unwrap();
     let n: i64 = plain

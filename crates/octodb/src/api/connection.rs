@@ -3,9 +3,18 @@
 //! Every statement goes through [`Connection::run`], which answers octodb's PRAGMAs itself and,
 //! on replicated nodes, makes each write a transaction whose captured changes are recorded (log
 //! on primaries, outbox on devices) in the same SQLite transaction as the data, so a crash can
-//! never separate a change from its replication record.
+//! never separate a change from its replication record. `run` is made of the phases in
+//! `driver`, which a driver stepping statements itself (the Python module) calls in turn.
+//!
+//! Without `node=` the connection is a plain SQLite connection (see `local`): no node, no
+//! bookkeeping, SQLite's own `last_insert_rowid()` and `changes()`.
+
+mod driver;
+
+pub use driver::{Prepared, Started};
 
 use super::authz;
+use super::local::{self, OpenOptions};
 use super::pragma::{self, Pragma};
 use super::rows::{Row, Rows};
 use super::sql_text;
@@ -20,16 +29,10 @@ use rusqlite::functions::FunctionFlags;
 use rusqlite::Params;
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-/// Statements that write and, outside an explicit transaction, run in one the engine opens
-/// (`BEGIN IMMEDIATE`, so the write lock is taken before any work is done).
-const WRAPPED: &[&str] = &[
-    "INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "WITH",
-];
-const SCHEMA_WORDS: &[&str] = &["CREATE", "DROP", "ALTER"];
 
 /// What one statement produced.
 #[derive(Debug, Default)]
@@ -47,7 +50,8 @@ struct Replication {
 /// A connection to an octodb database. Not `Sync`: use one per thread, like SQLite's.
 pub struct Connection {
     conn: rusqlite::Connection,
-    node: Arc<Node>,
+    /// None for a plain local database.
+    node: Option<Arc<Node>>,
     repl: Option<Replication>,
     authz: authz::Shared,
     schema_version: Cell<i64>,
@@ -67,37 +71,72 @@ impl Connection {
         Connection::open_config(NodeConfig::parse(uri)?)
     }
 
+    /// Open a node's URI (`file:PATH?node=...`) as [`Connection::open`] does; anything else is a
+    /// plain local database opened like Python's `sqlite3.connect(target, uri=opts.uri,
+    /// timeout=...)`: a file name taken literally, `:memory:`, or a SQLite URI.
+    pub fn open_with(target: &str, opts: &OpenOptions) -> Result<Connection> {
+        if NodeConfig::names_a_node(target) {
+            return Connection::open(target);
+        }
+        Connection::open_local(Path::new(target), opts)
+    }
+
+    /// A plain local database (no replication), as SQLite itself opens `target`. The path may
+    /// be any bytes the OS accepts.
+    pub fn open_local(target: &Path, opts: &OpenOptions) -> Result<Connection> {
+        Ok(Connection::bare(local::open_plain(target, opts)?))
+    }
+
     pub fn open_config(cfg: NodeConfig) -> Result<Connection> {
+        if cfg.role.is_none() {
+            let target = cfg
+                .sqlite_uri
+                .as_deref()
+                .map_or(cfg.path.as_path(), Path::new);
+            return Connection::open_local(target, &OpenOptions::default());
+        }
         let node = open_node(cfg)?;
         let conn = store::open_connection(node.shared.path())?;
-        let authz: authz::Shared = Default::default();
         let repl = node.role().map(|role| Replication {
             capture: Capture::new(node.identity().clone()),
             role,
         });
-        let last_rowid = Arc::new(AtomicI64::new(0));
-        let last_changes = Arc::new(AtomicI64::new(0));
-        override_counters(&conn, &last_rowid, &last_changes)?;
         let me = Connection {
-            conn,
-            node,
+            node: Some(node),
             repl,
-            authz,
+            ..Connection::bare(conn)
+        };
+        override_counters(&me.conn, &me.last_rowid, &me.last_changes)?;
+        if let Some(r) = &me.repl {
+            r.capture.register_functions(&me.conn)?;
+            authz::install(&me.conn, r.role, me.authz.clone());
+        }
+        me.refresh_schema()?;
+        Ok(me)
+    }
+
+    fn bare(conn: rusqlite::Connection) -> Connection {
+        Connection {
+            conn,
+            node: None,
+            repl: None,
+            authz: Default::default(),
             schema_version: Cell::new(-1),
             open_txn: Cell::new(None),
             committed_seq: Cell::new(None),
             outbox_added: Cell::new(false),
-            last_rowid,
-            last_changes,
-        };
-        if let Some(r) = &me.repl {
-            r.capture.register_functions(&me.conn)?;
-            authz::install(&me.conn, r.role, me.authz.clone());
-        } else {
-            authz::install(&me.conn, Role::Primary, me.authz.clone());
+            last_rowid: Arc::new(AtomicI64::new(0)),
+            last_changes: Arc::new(AtomicI64::new(0)),
         }
-        me.refresh_schema()?;
-        Ok(me)
+    }
+
+    /// The node behind this connection, or why a plain local database cannot do `what`.
+    fn node(&self, what: &str) -> Result<&Arc<Node>> {
+        self.node.as_ref().ok_or_else(|| {
+            Error::rule(format!(
+                "{what} needs a node; this is a plain local database (open it with node=primary or node=secondary)"
+            ))
+        })
     }
 
     /// Execute one statement; returns the number of rows it changed.
@@ -185,18 +224,25 @@ impl Connection {
         action: crate::auth::Action,
         f: impl Fn(&crate::auth::AuthRequest) -> crate::auth::Decision + Send + Sync + 'static,
     ) -> Result<()> {
-        self.node.set_auth_callback(action, Arc::new(f))
+        self.node(action.as_str())?
+            .set_auth_callback(action, Arc::new(f))
     }
 
     /// The id of the last row inserted by this connection, after the engine gave it its
     /// collision-free id.
     pub fn last_insert_rowid(&self) -> i64 {
-        self.last_rowid.load(Ordering::Relaxed)
+        match self.repl {
+            Some(_) => self.last_rowid.load(Ordering::Relaxed),
+            None => self.conn.last_insert_rowid(),
+        }
     }
 
     /// Rows changed by the last statement.
     pub fn changes(&self) -> u64 {
-        self.last_changes.load(Ordering::Relaxed) as u64
+        match self.repl {
+            Some(_) => self.last_changes.load(Ordering::Relaxed) as u64,
+            None => self.conn.changes(),
+        }
     }
 
     pub fn is_autocommit(&self) -> bool {
@@ -204,30 +250,62 @@ impl Connection {
     }
 
     pub fn sync_status(&self) -> Result<SyncStatus> {
-        self.node.sync_status()
+        match &self.node {
+            Some(node) => node.sync_status(),
+            None => Ok(local::status()),
+        }
     }
 
+    /// The nodes a primary knows (none on a plain local database).
     pub fn nodes(&self) -> Result<Vec<NodeRecord>> {
-        self.node.nodes()
+        match &self.node {
+            Some(node) => node.nodes(),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Events of this node from now on (ready, data received, transaction rejected, ...).
+    /// A plain local database has none.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
-        self.node.subscribe()
+        match &self.node {
+            Some(node) => node.subscribe(),
+            None => {
+                // A sender that lives forever: receivers wait quietly instead of seeing "closed".
+                static NONE: OnceLock<tokio::sync::broadcast::Sender<Event>> = OnceLock::new();
+                NONE.get_or_init(|| tokio::sync::broadcast::channel(1).0)
+                    .subscribe()
+            }
+        }
     }
 
     /// The addresses a primary listens on (the real port when the URI asked for port 0).
     pub fn bound_addrs(&self) -> Vec<SocketAddr> {
-        self.node.bound_addrs()
+        self.node
+            .as_ref()
+            .map_or_else(Vec::new, |n| n.bound_addrs())
     }
 
     pub fn role(&self) -> Option<Role> {
-        self.node.role()
+        self.node.as_ref().and_then(|n| n.role())
     }
 
-    /// This node's public key (hex), as peers and `PRAGMA nodes` show it.
+    /// This node's public key (hex), as peers and `PRAGMA nodes` show it; empty on a plain
+    /// local database, which has no key.
     pub fn public_key(&self) -> String {
-        self.node.public_key().to_hex()
+        self.node
+            .as_ref()
+            .map_or_else(String::new, |n| n.public_key().to_hex())
+    }
+
+    /// The SQLite handle, for drivers that call SQLite directly (the Python module).
+    ///
+    /// # Safety
+    /// The pointer is valid while this `Connection` lives. The caller must not close it, must
+    /// finalize every statement it prepares on it before this `Connection` is dropped, and
+    /// must not use it from two threads at once (it is opened without SQLite's own mutex).
+    pub unsafe fn handle(&self) -> *mut rusqlite::ffi::sqlite3 {
+        // SAFETY: rusqlite hands out its handle; the caller takes on the duties documented above.
+        unsafe { self.conn.handle() }
     }
 
     /// Wait until `db_is_ready` (authorized and initial download done), at most `timeout`.
@@ -264,28 +342,17 @@ impl Connection {
         })
     }
 
-    /// The heart of the connection: run one statement.
+    /// The heart of the connection: run one statement, phase by phase (see `driver`).
     fn run<P: Params>(&self, sql: &str, params: P) -> Result<Outcome> {
-        if let Some(p) = pragma::parse(sql)? {
-            return self.pragma(p);
+        if let Some(rows) = self.answer_pragma(sql)? {
+            return Ok(Outcome {
+                rows: Some(rows),
+                changes: 0,
+            });
         }
-        self.refresh_schema()?;
-        let word = sql_text::first_word(sql);
-        let word = word.as_str();
-        if word == "ALTER" && alters_row_owner(sql) {
-            return Err(Error::rule(
-                "the row_owner column cannot be renamed or dropped: it decides where rows replicate",
-            ));
-        }
-        {
-            let mut a = authz::lock(&self.authz);
-            a.ddl = None;
-            a.denied = None;
-        }
-        // Schema statements are prepared afresh: the authorizer, which notes them, runs only
-        // when a statement is prepared.
+        let prepared = self.before_prepare(sql)?;
         let (mut cached, mut fresh);
-        let stmt: &mut rusqlite::Statement<'_> = if SCHEMA_WORDS.contains(&word) {
+        let stmt: &mut rusqlite::Statement<'_> = if prepared.fresh() {
             fresh = self.conn.prepare(sql).map_err(|e| self.sql_error(e))?;
             &mut fresh
         } else {
@@ -295,35 +362,10 @@ impl Connection {
                 .map_err(|e| self.sql_error(e))?;
             &mut cached
         };
-        let ddl = authz::lock(&self.authz).ddl.take();
-        let in_txn = !self.conn.is_autocommit();
-        let wrap = self.repl.is_some() && !in_txn && !stmt.readonly() && WRAPPED.contains(&word);
-        if in_txn && matches!(word, "COMMIT" | "END" | "RELEASE") {
-            // Record the transaction's changes inside it, just before it commits.
-            self.flush()?;
-        }
-        if wrap {
-            self.internal_sql("BEGIN IMMEDIATE")?;
-        }
-        if let Some(r) = &self.repl {
-            r.capture.begin_statement();
-        }
+        let started = self.before_step(prepared, sql, stmt.readonly())?;
         let result = execute_statement(stmt, params).map_err(|e| self.sql_error(e));
-        let result = result.and_then(|out| {
-            self.note_counters(out.changes);
-            if let Some(private) = ddl {
-                self.after_schema_change(sql, private)?;
-            }
-            if wrap {
-                self.flush()?;
-                self.internal_sql("COMMIT")?;
-            }
-            Ok(out)
-        });
-        if result.is_err() && wrap && !self.conn.is_autocommit() {
-            let _ = self.internal_sql("ROLLBACK");
-        }
-        self.after_statement(result.is_ok() && word != "ROLLBACK");
+        let changes = result.as_ref().map(|out| out.changes).map_err(|_| ());
+        self.after_steps(started, changes)?;
         result
     }
 
@@ -350,11 +392,12 @@ impl Connection {
         if !committed {
             return;
         }
+        let Some(node) = &self.node else { return };
         if let Some(seq) = seq {
-            self.node.committed_local(seq);
+            node.committed_local(seq);
         }
         if outbox {
-            self.node.outbox_changed();
+            node.outbox_changed();
         }
     }
 
@@ -405,7 +448,7 @@ impl Connection {
             if captured.is_empty() {
                 return Ok(());
             }
-            let identity = self.node.identity();
+            let identity = self.node("replication")?.identity();
             match r.role {
                 Role::Primary => {
                     if let Some(seq) = log::append_local(&self.conn, identity.node_id(), &captured)?
@@ -478,12 +521,12 @@ impl Connection {
                     name: p.name.clone(),
                     reason: "give the sign-up / login data: PRAGMA user_signup='...'".into(),
                 })?;
-                self.node.request_auth(action, data)?;
+                self.node(action.as_str())?.request_auth(action, data)?;
                 Rows::default()
             }
             "authorize_user" | "authorize_node" => {
                 let (key, decision) = crate::auth::parse_authorize(&p.name, p.value.as_deref())?;
-                self.node.authorize(key, decision)?;
+                self.node(&p.name)?.authorize(key, decision)?;
                 Rows::default()
             }
             _ => {
@@ -491,13 +534,14 @@ impl Connection {
                     name: p.name.clone(),
                     reason,
                 })?;
-                let cfg = self.node.shared.cfg.clone();
+                let cfg = self.node("an authorization service")?.shared.cfg.clone();
                 let exec = Arc::new(
                     move |pubkey: &str, execute: &[String], find: Option<&str>| {
                         run_service_sql(&cfg, pubkey, execute, find)
                     },
                 );
-                self.node.set_authorizer_service(addr, exec)?;
+                self.node("an authorization service")?
+                    .set_authorizer_service(addr, exec)?;
                 Rows::default()
             }
         };

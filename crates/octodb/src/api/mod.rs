@@ -3,9 +3,11 @@
 
 mod authz;
 mod connection;
+mod local;
 mod pragma;
 mod rows;
 pub mod sql_text;
 
-pub use connection::{Connection, Statement, Transaction};
+pub use connection::{Connection, Prepared, Started, Statement, Transaction};
+pub use local::OpenOptions;
 pub use rows::{Row, Rows};

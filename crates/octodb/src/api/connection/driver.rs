@@ -1,0 +1,139 @@
+//! The phases of running one statement. [`Connection::run`] goes through them with rusqlite; a
+//! driver that prepares and steps SQLite statements itself on [`Connection::handle`] (the
+//! Python module, which must keep cursors lazy as `sqlite3` does) calls them in the same order,
+//! so that replication sees its statements exactly as it sees the engine's own:
+//!
+//! 1. [`Connection::answer_pragma`]: octodb's PRAGMAs are answered here, never by SQLite;
+//! 2. [`Connection::before_prepare`], then prepare the statement, afresh when
+//!    [`Prepared::fresh`] says so (the authorizer notes schema statements only while they are
+//!    prepared);
+//! 3. [`Connection::before_step`] once it is prepared and bound;
+//! 4. step it to its end, then [`Connection::after_steps`] with the number of rows it changed,
+//!    or `Err(())` if it failed (the driver reports SQLite's error itself).
+//!
+//! On a plain local database the phases do nothing but note the counters.
+
+use super::{alters_row_owner, Connection};
+use crate::api::authz;
+use crate::api::pragma;
+use crate::api::rows::Rows;
+use crate::api::sql_text;
+use crate::error::{Error, Result};
+
+/// Statements that write and, outside an explicit transaction, run in one the engine opens
+/// (`BEGIN IMMEDIATE`, so the write lock is taken before any work is done).
+const WRAPPED: &[&str] = &[
+    "INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "WITH",
+];
+const SCHEMA_WORDS: &[&str] = &["CREATE", "DROP", "ALTER"];
+
+/// A statement about to be prepared (phase 2).
+#[derive(Debug)]
+#[must_use = "pass it to before_step"]
+pub struct Prepared {
+    word: String,
+}
+
+impl Prepared {
+    /// Prepare it afresh rather than take it from a statement cache.
+    pub fn fresh(&self) -> bool {
+        SCHEMA_WORDS.contains(&self.word.as_str())
+    }
+}
+
+/// A statement whose steps are about to run (phase 3); give it back to `after_steps`.
+#[derive(Debug)]
+#[must_use = "pass it to after_steps once the statement is done"]
+pub struct Started {
+    word: String,
+    /// Its text, when it changed the schema of a primary (to replicate), with "private?".
+    ddl: Option<(String, bool)>,
+    /// The engine opened a transaction around it.
+    wrap: bool,
+}
+
+impl Connection {
+    /// Phase 1: octodb's own PRAGMAs (`sync_status`, `nodes`, `user_signup`, ...) answered
+    /// without SQLite; None when `sql` is anything else.
+    pub fn answer_pragma(&self, sql: &str) -> Result<Option<Rows>> {
+        match pragma::parse(sql)? {
+            Some(p) => Ok(Some(self.pragma(p)?.rows.unwrap_or_default())),
+            None => Ok(None),
+        }
+    }
+
+    /// Phase 2: before `sql` is prepared.
+    pub fn before_prepare(&self, sql: &str) -> Result<Prepared> {
+        let word = sql_text::first_word(sql);
+        if self.repl.is_some() {
+            self.refresh_schema()?;
+            if word == "ALTER" && alters_row_owner(sql) {
+                return Err(Error::rule(
+                    "the row_owner column cannot be renamed or dropped: it decides where rows replicate",
+                ));
+            }
+            let mut a = authz::lock(&self.authz);
+            a.ddl = None;
+            a.denied = None;
+        }
+        Ok(Prepared { word })
+    }
+
+    /// Phase 3: `sql` is prepared (`readonly` as SQLite judges it) and bound; it is about to
+    /// run. On a replicated node this may record the open transaction or open one.
+    pub fn before_step(&self, prepared: Prepared, sql: &str, readonly: bool) -> Result<Started> {
+        let word = prepared.word;
+        let Some(r) = &self.repl else {
+            return Ok(Started {
+                word,
+                ddl: None,
+                wrap: false,
+            });
+        };
+        let ddl = authz::lock(&self.authz)
+            .ddl
+            .take()
+            .map(|private| (sql.to_string(), private));
+        let in_txn = !self.conn.is_autocommit();
+        let wrap = !in_txn && !readonly && WRAPPED.contains(&word.as_str());
+        if in_txn && matches!(word.as_str(), "COMMIT" | "END" | "RELEASE") {
+            // Record the transaction's changes inside it, just before it commits.
+            self.flush()?;
+        }
+        if wrap {
+            self.internal_sql("BEGIN IMMEDIATE")?;
+        }
+        r.capture.begin_statement();
+        Ok(Started { word, ddl, wrap })
+    }
+
+    /// Phase 4: the statement ran to its end having changed `changes` rows, or failed.
+    /// Completes what the engine opened for it; an error here means it was not committed.
+    pub fn after_steps(&self, started: Started, changes: Result<u64, ()>) -> Result<()> {
+        let result = changes.map_err(|_| None).and_then(|changes| {
+            self.note_counters(changes);
+            if let Some((sql, private)) = &started.ddl {
+                self.after_schema_change(sql, *private).map_err(Some)?;
+            }
+            if started.wrap {
+                self.flush().map_err(Some)?;
+                self.internal_sql("COMMIT").map_err(Some)?;
+            }
+            Ok(())
+        });
+        if result.is_err() && started.wrap && !self.conn.is_autocommit() {
+            let _ = self.internal_sql("ROLLBACK");
+        }
+        self.after_statement(result.is_ok() && started.word != "ROLLBACK");
+        match result {
+            Err(Some(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Why the engine's rules refused the last statement, when SQLite reported only "not
+    /// authorized" (`SQLITE_AUTH`); taken once.
+    pub fn take_denied_reason(&self) -> Option<String> {
+        authz::lock(&self.authz).denied.take()
+    }
+}

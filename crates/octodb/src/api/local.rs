@@ -1,0 +1,65 @@
+//! Plain local databases (no `node=`): an ordinary SQLite connection, opened the way Python's
+//! `sqlite3` opens one. The engine writes nothing to such a file, takes no lock beside it and
+//! leaves its journal mode alone, so any SQLite program can share it.
+
+use crate::error::Result;
+use crate::node::SyncStatus;
+use rusqlite::OpenFlags;
+use std::path::Path;
+use std::time::Duration;
+
+/// How a plain local database is opened (nodes have settings of their own and ignore these).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenOptions {
+    /// Read the target as a SQLite URI (`file:app.db?mode=ro`), as sqlite3's `uri=True`;
+    /// otherwise it is a file name taken literally.
+    pub uri: bool,
+    /// How long a statement waits for another connection's lock before failing with
+    /// "database is locked" (sqlite3's `timeout`).
+    pub busy_timeout: Duration,
+}
+
+impl Default for OpenOptions {
+    /// sqlite3's defaults: a 5 second wait; `file:` URIs understood, as `Connection::open` does.
+    fn default() -> OpenOptions {
+        OpenOptions {
+            uri: true,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Open `target` (a path, `:memory:`, or a SQLite URI when `opts.uri`) as plain SQLite does.
+pub(crate) fn open_plain(target: &Path, opts: &OpenOptions) -> Result<rusqlite::Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if opts.uri {
+        flags |= OpenFlags::SQLITE_OPEN_URI;
+    }
+    let conn = rusqlite::Connection::open_with_flags(target, flags)?;
+    conn.busy_timeout(opts.busy_timeout)?;
+    conn.set_prepared_statement_cache_capacity(128);
+    Ok(conn)
+}
+
+/// What `PRAGMA sync_status` says about a plain local database: always ready, never connected.
+pub(crate) fn status() -> SyncStatus {
+    SyncStatus {
+        db_is_ready: true,
+        node_id: 0,
+        node_type: "local".into(),
+        user_id: None,
+        public_key: String::new(),
+        connected: false,
+        peers: Vec::new(),
+        bind: Vec::new(),
+        last_seq: 0,
+        outbox_len: 0,
+        last_rejected: None,
+        last_sync: None,
+        download: None,
+        auth_state: None,
+        auth_error: None,
+    }
+}
