@@ -186,9 +186,11 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
         peer: ep.to_string(),
     });
     tracing::info!(primary = %ep, "connected");
-    let sender = tokio::spawn(send_outbox(shared.clone(), wr));
+    // Ended with the session even when the session is aborted midway (the node closing): the
+    // sender holds the socket's write half, and would keep the connection open forever.
+    let sender = AbortOnDrop(tokio::spawn(send_outbox(shared.clone(), wr)));
     let result = receive(shared, &mut rd).await.map(|()| Flow::Reconnect);
-    sender.abort();
+    drop(sender);
     if shared
         .live
         .lock()
@@ -267,6 +269,15 @@ fn set_download(shared: &Shared, d: Option<(u64, u64)>) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .download = d;
+}
+
+/// A task that is aborted when this handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Send every pending transaction once per connection, in order; then each new one as it is
