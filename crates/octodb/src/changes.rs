@@ -101,7 +101,12 @@ impl ChangeSet {
     /// The row_owner of a row given in `table`'s column order.
     pub fn owner_of(&self, table: u32, values: &[Value]) -> Option<Owner> {
         let header = self.header(table)?;
-        let idx = header.columns.iter().position(|c| c == crate::ROW_OWNER)?;
+        // Column names ignore case in SQLite and in the table layouts: an exact match would
+        // miss a `Row_Owner` column, and a device's update could then give its row away.
+        let idx = header
+            .columns
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(crate::ROW_OWNER))?;
         values.get(idx).map(Owner::of)
     }
 

@@ -675,17 +675,18 @@ impl RawDevice {
         }
     }
 
-    /// Every row value the primary ever sent this device.
-    fn received_values(&self) -> Vec<Value> {
-        let mut out: Vec<Value> = self.rows.iter().flatten().cloned().collect();
+    /// Every row the primary ever sent this device (all tables here are `[id, v, owner]`),
+    /// with the owners of the rows it was told were deleted as one-value rows.
+    fn received_rows(&self) -> Vec<Vec<Value>> {
+        let mut out = self.rows.clone();
         for e in &self.entries {
             if let EntryBody::Changes(cs) = &e.body {
                 for op in &cs.ops {
                     match op {
                         Op::Insert { values, .. }
                         | Op::Update { values, .. }
-                        | Op::Upsert { values, .. } => out.extend(values.iter().cloned()),
-                        Op::Delete { owner, .. } => out.push(owner.clone()),
+                        | Op::Upsert { values, .. } => out.push(values.clone()),
+                        Op::Delete { owner, .. } => out.push(vec![owner.clone()]),
                         Op::Ddl { .. } => {}
                     }
                 }
@@ -697,13 +698,17 @@ impl RawDevice {
 
 const T_COLUMNS: [&str; 3] = ["id", "v", "row_owner"];
 
-/// A transaction of `ops` on table `t`, whose header lists `columns`.
-fn txn_with(columns: &[&str], ops: Vec<Op>) -> ChangeSet {
+/// A transaction of `ops` on `table`, whose header lists `columns`.
+fn txn_on(table: &str, columns: &[&str], ops: Vec<Op>) -> ChangeSet {
     let mut cs = ChangeSet::default();
     let columns: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
-    assert_eq!(cs.table_index("t", &columns), 0);
+    assert_eq!(cs.table_index(table, &columns), 0);
     cs.ops = ops;
     cs
+}
+
+fn txn_with(columns: &[&str], ops: Vec<Op>) -> ChangeSet {
+    txn_on("t", columns, ops)
 }
 
 fn txn(ops: Vec<Op>) -> ChangeSet {
@@ -740,18 +745,35 @@ fn user(u: i64) -> Value {
 fn a_device_cannot_insert_update_or_delete_another_users_rows_over_the_raw_protocol() {
     let c = Cluster::new();
     let p = user_primary(&c);
+    // SQLite column names ignore case, and so does the engine's idea of row_owner.
+    p.execute(
+        "CREATE TABLE u(id INTEGER PRIMARY KEY, v TEXT, Row_Owner)",
+        [],
+    )
+    .unwrap();
+    p.execute(
+        "INSERT INTO u VALUES (50, 'of user 6', 6), (51, 'of user 5', 5)",
+        [],
+    )
+    .unwrap();
     let addr = p.bound_addrs()[0];
     let other = device_of(&c, "other.db", &addr_of(&p), 7);
     let rt = runtime();
     let mut attacker = rt.block_on(RawDevice::sign_up(addr, 6));
-    let secret = || {
-        rows(
+    let guarded = || {
+        let mut r = rows(
             &p,
             "SELECT rowid, * FROM t WHERE row_owner = 5 ORDER BY rowid",
-        )
+        );
+        r.extend(rows(&p, "SELECT rowid, * FROM u ORDER BY rowid"));
+        r
     };
-    let secret_before = secret();
-    assert_eq!(secret_before.len(), 1);
+    let guarded_before = guarded();
+    assert_eq!(
+        guarded_before.len(),
+        3,
+        "user 5's row in t, and both rows of u"
+    );
 
     // Its own row, to try to give away later.
     let mine = rt.block_on(attacker.submit(1, txn(vec![insert(1000, "mine", user(6))])));
@@ -814,6 +836,68 @@ fn a_device_cannot_insert_update_or_delete_another_users_rows_over_the_raw_proto
             )]),
         ),
         (
+            "update user 5's row naming row_owner in capitals",
+            txn_with(
+                &["id", "v", "ROW_OWNER"],
+                vec![update(1, &[1], row(1, "defaced", user(6)))],
+            ),
+        ),
+        (
+            "move its own row to user 5 in a table whose owner column is Row_Owner",
+            txn_on(
+                "u",
+                &["id", "v", "Row_Owner"],
+                vec![update(50, &[2], row(50, "of user 6", user(5)))],
+            ),
+        ),
+        (
+            "update user 5's row in a table whose owner column is Row_Owner",
+            txn_on(
+                "u",
+                &["id", "v", "Row_Owner"],
+                vec![update(51, &[1], row(51, "defaced", user(6)))],
+            ),
+        ),
+        (
+            "an upsert of user 5's row",
+            txn(vec![Op::Upsert {
+                table: 0,
+                rowid: 1,
+                values: row(1, "defaced", user(6)),
+            }]),
+        ),
+        (
+            "a schema change",
+            txn(vec![Op::Ddl {
+                sql: "DROP TABLE t".into(),
+                private: false,
+            }]),
+        ),
+        (
+            "approving itself as user 5 in the primary's node table",
+            txn_on(
+                "_octo_nodes",
+                &["node_id", "user_id"],
+                vec![update(
+                    attacker.node_id.into(),
+                    &[1],
+                    vec![Value::Integer(attacker.node_id.into()), user(5)],
+                )],
+            ),
+        ),
+        (
+            "a row in SQLite's own schema table",
+            txn_on(
+                "sqlite_master",
+                &["type", "name", "tbl_name", "rootpage", "sql"],
+                vec![Op::Delete {
+                    table: 0,
+                    rowid: 1,
+                    owner: user(6),
+                }],
+            ),
+        ),
+        (
             "insert a public row",
             txn(vec![insert(2002, "planted", Value::Text("*".into()))]),
         ),
@@ -836,7 +920,11 @@ fn a_device_cannot_insert_update_or_delete_another_users_rows_over_the_raw_proto
             matches!(verdict, EntryBody::Rejected { .. }),
             "{what}: {verdict:?}"
         );
-        assert_eq!(secret(), secret_before, "{what}: user 5's row is unchanged");
+        assert_eq!(
+            guarded(),
+            guarded_before,
+            "{what}: the rows of user 5 and u are unchanged"
+        );
         assert_eq!(
             rows(&p, "SELECT * FROM t WHERE id = 1000"),
             mine_before,
@@ -861,12 +949,16 @@ fn a_device_cannot_insert_update_or_delete_another_users_rows_over_the_raw_proto
     .unwrap();
     let last = rt.block_on(attacker.submit(100, txn(vec![insert(3000, "probe", user(6))])));
     assert!(matches!(last, EntryBody::Changes(_)), "{last:?}");
-    let seen = attacker.received_values();
-    assert!(seen.contains(&Value::Text("mine".into())));
-    assert!(!seen
-        .iter()
-        .any(|v| matches!(v, Value::Text(s) if s.contains("secret"))));
-    assert!(!seen.contains(&user(5)) && !seen.contains(&Value::Text("5".into())));
+    let received = attacker.received_rows();
+    assert!(received.contains(&row(1000, "mine", user(6))));
+    for r in &received {
+        let owner = r.last().unwrap();
+        assert!(
+            *owner != user(5) && *owner != Value::Text("5".into()),
+            "a row of user 5 was sent: {r:?}"
+        );
+        assert!(!r.contains(&Value::Text("of user 5".into())), "{r:?}");
+    }
     still_serving(&c, &p, "after.db", 8);
 }
 
