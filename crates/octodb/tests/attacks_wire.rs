@@ -350,6 +350,12 @@ fn a_node_cannot_claim_an_approved_devices_key_without_its_private_key() {
         "the captured proof is the victim's"
     );
 
+    // The attacks happen while the real victim is connected to the primary.
+    let victim = Connection::open(&device_uri(&c.path("victim.db"), &addr_of(&p))).unwrap();
+    ready(&victim);
+    wait_until("the victim to be connected", || {
+        victim.sync_status().unwrap().connected.then_some(())
+    });
     let before = stored(&p);
     impersonate(
         addr,
@@ -360,9 +366,7 @@ fn a_node_cannot_claim_an_approved_devices_key_without_its_private_key() {
     impersonate(addr, &primary_key, &rt, ProofOf::Replayed(captured));
     assert_eq!(stored(&p), before, "the impostor changed nothing");
 
-    // The real victim is unaffected: it reconnects with its key and syncs both ways.
-    let victim = Connection::open(&device_uri(&c.path("victim.db"), &addr_of(&p))).unwrap();
-    ready(&victim);
+    // The victim is unaffected: it syncs both ways.
     victim
         .execute("INSERT INTO t(v) VALUES ('from the victim')", [])
         .unwrap();
