@@ -36,7 +36,11 @@ enum Command {
     /// Every scenario, in turn.
     All,
     Streaming,
-    Writers,
+    Writers {
+        /// Devices writing at once.
+        #[arg(long, default_value_t = 100)]
+        devices: usize,
+    },
     Latency,
     Catchup,
     Download,
@@ -67,9 +71,11 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(false)
         .try_init();
     let cli = Cli::parse();
     let q = cli.quick;
+    let mut writer_devices = 100;
     let scenarios: Vec<&str> = match &cli.command {
         Command::IdleDevice { uri, user } => return memory::idle_device(uri, *user),
         Command::ConnPrimary { path } => return connections::primary_proc(path),
@@ -89,7 +95,10 @@ fn main() -> Result<()> {
             "memory",
         ],
         Command::Streaming => vec!["streaming"],
-        Command::Writers => vec!["writers"],
+        Command::Writers { devices } => {
+            writer_devices = *devices;
+            vec!["writers"]
+        }
         Command::Latency => vec!["latency"],
         Command::Catchup => vec!["catchup"],
         Command::Download => vec!["download"],
@@ -107,7 +116,7 @@ fn main() -> Result<()> {
         eprintln!("== {s}");
         let result = match s {
             "streaming" => streaming::run(if q { 20_000 } else { 200_000 }),
-            "writers" => writers::run(100, Duration::from_secs(if q { 2 } else { 10 })),
+            "writers" => writers::run(writer_devices, Duration::from_secs(if q { 2 } else { 10 })),
             "latency" => latency::run(if q { 200 } else { 2_000 }),
             "catchup" => catchup::run(if q { 10_000 } else { 100_000 }),
             "download" => download::run(if q { 100_000 } else { 1_000_000 }),

@@ -27,7 +27,7 @@ use crate::uri::{NodeConfig, Role};
 use crate::value::Value;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::Params;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -57,8 +57,8 @@ pub struct Connection {
     schema_version: Cell<i64>,
     /// Devices: the outbox transaction the open SQLite transaction adds to.
     open_txn: Cell<Option<u64>>,
-    /// What to announce once the open transaction commits.
-    committed_seq: Cell<Option<u64>>,
+    /// Primaries: the log entries to announce once the open transaction commits.
+    committed: RefCell<Vec<log::LogEntry>>,
     outbox_added: Cell<bool>,
     /// `last_insert_rowid()` as the user sees it: the id a row was finally stored under.
     last_rowid: Arc<AtomicI64>,
@@ -123,7 +123,7 @@ impl Connection {
             authz: Default::default(),
             schema_version: Cell::new(-1),
             open_txn: Cell::new(None),
-            committed_seq: Cell::new(None),
+            committed: RefCell::new(Vec::new()),
             outbox_added: Cell::new(false),
             last_rowid: Arc::new(AtomicI64::new(0)),
             last_changes: Arc::new(AtomicI64::new(0)),
@@ -387,14 +387,14 @@ impl Connection {
             return;
         }
         self.open_txn.set(None);
-        let seq = self.committed_seq.take();
+        let entries = self.committed.take();
         let outbox = self.outbox_added.replace(false);
         if !committed {
             return;
         }
         let Some(node) = &self.node else { return };
-        if let Some(seq) = seq {
-            node.committed_local(seq);
+        if !entries.is_empty() {
+            node.committed_local(entries);
         }
         if outbox {
             node.outbox_changed();
@@ -451,9 +451,10 @@ impl Connection {
             let identity = self.node("replication")?.identity();
             match r.role {
                 Role::Primary => {
-                    if let Some(seq) = log::append_local(&self.conn, identity.node_id(), &captured)?
+                    if let Some(entry) =
+                        log::append_local(&self.conn, identity.node_id(), &captured)?
                     {
-                        self.committed_seq.set(Some(seq));
+                        self.committed.borrow_mut().push(entry);
                     }
                 }
                 Role::Secondary => {

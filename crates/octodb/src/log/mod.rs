@@ -3,6 +3,7 @@
 
 pub mod outbox;
 pub mod rebase;
+pub mod recent;
 
 use crate::changes::ChangeSet;
 use crate::error::Result;
@@ -109,9 +110,13 @@ pub fn last_seq(conn: &Connection) -> Result<u64> {
     )
 }
 
-/// Record a primary's own transaction in the log. Returns the new sequence number, or None
-/// when the transaction changed nothing that replicates.
-pub fn append_local(conn: &Connection, node_id: u32, captured: &[Captured]) -> Result<Option<u64>> {
+/// Record a primary's own transaction in the log. Returns the new entry, or None when the
+/// transaction changed nothing that replicates.
+pub fn append_local(
+    conn: &Connection,
+    node_id: u32,
+    captured: &[Captured],
+) -> Result<Option<LogEntry>> {
     let mut cs = ChangeSet::default();
     for c in captured {
         match c {
@@ -129,7 +134,14 @@ pub fn append_local(conn: &Connection, node_id: u32, captured: &[Captured]) -> R
     if cs.is_empty() {
         return Ok(None);
     }
-    append(conn, node_id, 0, &EntryBody::Changes(cs)).map(Some)
+    let body = EntryBody::Changes(cs);
+    let seq = append(conn, node_id, 0, &body)?;
+    Ok(Some(LogEntry {
+        seq,
+        origin_node: node_id,
+        origin_txn: 0,
+        body,
+    }))
 }
 
 /// What a primary records for a change: inserts and updates become the whole row.

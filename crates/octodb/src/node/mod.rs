@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub jobs: mpsc::Sender<writer::Job>,
     /// Primary: last committed log sequence. Device: last applied sequence.
     pub feed: watch::Sender<u64>,
+    /// Primary: the newest log entries, for the sessions streaming to devices.
+    pub recent: crate::log::recent::Recent,
     pub outbox_changed: Notify,
     pub events: broadcast::Sender<Event>,
     pub live: Mutex<status::Live>,
@@ -112,6 +114,17 @@ impl Shared {
         *self.shutdown.borrow()
     }
 
+    /// Move the feed forward to `seq` (never back), waking the sessions that follow it.
+    pub fn advance_feed(&self, seq: u64) {
+        self.feed.send_if_modified(|v| {
+            let newer = seq > *v;
+            if newer {
+                *v = seq;
+            }
+            newer
+        });
+    }
+
     pub fn emit(&self, e: Event) {
         // No subscriber is fine: events are a convenience, status stays pollable.
         let _ = self.events.send(e);
@@ -132,6 +145,15 @@ impl Node {
         let lock = ProcessLock::acquire(&cfg.path)?;
         let conn = store::open_connection(&cfg.path)?;
         store::init_internal_schema(&conn)?;
+        if cfg.role == Some(Role::Secondary) {
+            // This connection becomes the device's writer, which only writes what the primaries
+            // sent (and its position). Without an fsync per commit, a power loss can lose the
+            // newest of those commits but never reorder them (the WAL is a log, and the app's
+            // own commits, FULL, sync everything before them); whatever is lost is sent again
+            // from the older position on the next connection. A crash of the process loses
+            // nothing at all.
+            conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+        }
         let keys = load_or_create_keys(&conn, &cfg)?;
         let identity = Arc::new(load_identity(&conn, &cfg)?);
         let start_seq = match cfg.role {
@@ -145,6 +167,7 @@ impl Node {
             identity,
             jobs: jobs_tx,
             feed: watch::channel(start_seq).0,
+            recent: Default::default(),
             outbox_changed: Notify::new(),
             events: broadcast::channel(1024).0,
             live: Mutex::new(status::Live::default()),
@@ -202,15 +225,11 @@ impl Node {
             .clone()
     }
 
-    /// A user connection committed log entries up to `seq` (primaries).
-    pub fn committed_local(&self, seq: u64) {
-        self.shared.feed.send_if_modified(|v| {
-            let newer = seq > *v;
-            if newer {
-                *v = seq;
-            }
-            newer
-        });
+    /// A user connection committed these log entries (primaries).
+    pub fn committed_local(&self, entries: Vec<crate::log::LogEntry>) {
+        let last = entries.iter().map(|e| e.seq).max().unwrap_or(0);
+        self.shared.recent.push(entries);
+        self.shared.advance_feed(last);
     }
 
     /// A user connection added to the outbox (devices).

@@ -27,6 +27,10 @@ const SNAPSHOT_CHUNK: usize = 4000;
 /// Most transactions a device may send in one message.
 const MAX_TXNS_PER_MESSAGE: usize = 10_000;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a device may go without hearing that the log moved on past entries it may not
+/// see: often enough that a reconnecting device rarely re-reads much, rarely enough that busy
+/// primaries do not send every device a message per commit.
+const POSITION_DELAY: Duration = Duration::from_millis(200);
 
 /// Bind every `bind` address (so errors show at open time) and start accepting.
 pub(super) fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
@@ -236,32 +240,63 @@ async fn stream_inner(
         let out2 = out.clone();
         cursor = shared.read(move |c| send_snapshot(c, user, &out2)).await?;
     }
+    // The device's position as it was last told. Entries it may not see are not sent one by
+    // one; it hears of its new position with its next visible entry, or after POSITION_DELAY.
+    let mut told = cursor;
+    let mut tell_at: Option<tokio::time::Instant> = None;
     loop {
         let last = *feed.borrow_and_update();
         if cursor >= last {
-            feed.changed().await.map_err(|_| Error::Closed)?;
+            match tell_at {
+                Some(at) => {
+                    tokio::select! {
+                        r = feed.changed() => r.map_err(|_| Error::Closed)?,
+                        _ = tokio::time::sleep_until(at) => {
+                            send(out, Vec::new(), cursor).await?;
+                            told = cursor;
+                            tell_at = None;
+                        }
+                    }
+                }
+                None => feed.changed().await.map_err(|_| Error::Closed)?,
+            }
             continue;
         }
-        let from = cursor;
-        let entries = shared
-            .read(move |c| log::read_after(c, from, CATCH_UP_BATCH))
-            .await?;
-        let Some(up_to) = entries.last().map(|e| e.seq) else {
+        let batch = match shared.recent.read_after(cursor, last, CATCH_UP_BATCH) {
+            Some(b) => b,
+            None => {
+                let from = cursor;
+                shared
+                    .read(move |c| log::read_after(c, from, CATCH_UP_BATCH))
+                    .await?
+                    .into_iter()
+                    .map(|e| Arc::new(log::recent::Recorded::new(e)))
+                    .collect()
+            }
+        };
+        let Some(up_to) = batch.last().map(|e| e.seq()) else {
             cursor = last;
             continue;
         };
-        let visible: Vec<_> = entries
+        let visible: Vec<_> = batch
             .iter()
             .filter_map(|e| e.for_device(node, user))
             .collect();
-        out.send(Message::Entries {
-            entries: visible,
-            up_to,
-        })
-        .await
-        .map_err(|_| Error::Closed)?;
         cursor = up_to;
+        if !visible.is_empty() {
+            send(out, visible, up_to).await?;
+            told = up_to;
+            tell_at = None;
+        } else if told < cursor && tell_at.is_none() {
+            tell_at = Some(tokio::time::Instant::now() + POSITION_DELAY);
+        }
     }
+}
+
+async fn send(out: &mpsc::Sender<Message>, entries: Vec<log::LogEntry>, up_to: u64) -> Result<()> {
+    out.send(Message::Entries { entries, up_to })
+        .await
+        .map_err(|_| Error::Closed)
 }
 
 /// The initial download of a device of `user`: schema, then the rows it may see, read in one

@@ -244,6 +244,11 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
                 ask(shared, |reply| Job::SnapshotEnd { seq, reply }).await?;
                 set_download(shared, None);
             }
+            // Only the position moved: nothing to write, and the file's position is
+            // written with the next entries that change something.
+            Message::Entries { entries, up_to } if entries.is_empty() => {
+                shared.advance_feed(up_to);
+            }
             Message::Entries { entries, up_to } => {
                 ask(shared, |reply| Job::Entries {
                     entries,

@@ -76,7 +76,8 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         let ready = role != Some(Role::Secondary) || meta_i64(c, "ready")? == 1;
         let last_seq = match role {
             Some(Role::Primary) => crate::log::last_seq(c)?,
-            _ => meta_i64(c, "last_seq")? as u64,
+            // Devices learn of positions past entries they may not see without a write.
+            _ => (meta_i64(c, "last_seq")? as u64).max(*shared.feed.borrow()),
         };
         let rej: Option<String> = meta_get(c, "last_rejected")?;
         let rej = rej.and_then(|j| serde_json::from_str(&j).ok());

@@ -137,9 +137,17 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    if let Err(e) = self.apply_device_batch(&batch) {
+                    let started = std::time::Instant::now();
+                    match self.apply_device_batch(&batch) {
+                        Ok(()) => tracing::debug!(
+                            txns = count,
+                            micros = started.elapsed().as_micros() as u64,
+                            "device transactions committed"
+                        ),
                         // Nothing was committed; devices resend on their next connection.
-                        tracing::error!("could not apply {count} device transactions: {e}");
+                        Err(e) => {
+                            tracing::error!("could not apply {count} device transactions: {e}")
+                        }
                     }
                 }
                 Job::Register {
@@ -226,8 +234,8 @@ impl Writer {
     fn apply_device_batch(&mut self, batch: &[(Sender, Vec<(u64, ChangeSet)>)]) -> Result<()> {
         let conn = &self.conn;
         let tables = &mut self.tables;
-        let last = write_txn(conn, |c| {
-            let mut last = 0;
+        let mut recorded = Vec::new();
+        write_txn(conn, |c| {
             for (sender, txns) in batch {
                 let mut done: i64 = c
                     .prepare_cached("SELECT last_txn FROM _octo_nodes WHERE node_id = ?1")?
@@ -254,21 +262,24 @@ impl Writer {
                             return Err(e);
                         }
                     };
-                    last = log::append(c, sender.node_id, *txn_id, &body)?;
+                    let seq = log::append(c, sender.node_id, *txn_id, &body)?;
+                    recorded.push(LogEntry {
+                        seq,
+                        origin_node: sender.node_id,
+                        origin_txn: *txn_id,
+                        body,
+                    });
                     done = *txn_id as i64;
                 }
                 c.prepare_cached("UPDATE _octo_nodes SET last_txn = ?2 WHERE node_id = ?1")?
                     .execute(rusqlite::params![sender.node_id, done])?;
             }
-            Ok(last)
-        })?;
-        if last > 0 {
-            self.shared.feed.send_if_modified(|v| {
-                let newer = last > *v;
-                *v = (*v).max(last);
-                newer
-            });
-        }
+            Ok(())
+        })
+        .inspect_err(|_| recorded.clear())?;
+        let last = recorded.iter().map(|e| e.seq).max().unwrap_or(0);
+        self.shared.recent.push(recorded);
+        self.shared.advance_feed(last);
         Ok(())
     }
 
@@ -318,7 +329,7 @@ impl Writer {
             }
             Ok(applied)
         })?;
-        self.shared.feed.send_replace(applied.last_seq.max(up_to));
+        self.shared.advance_feed(applied.last_seq.max(up_to));
         for t in &applied.accepted {
             self.shared.emit(Event::TransactionAccepted { txn_id: *t });
         }

@@ -1,0 +1,174 @@
+//! The newest entries of a primary's log, kept in memory for the sessions that stream to
+//! devices. Without it every commit would make every connected device's session read the file
+//! (and decode the same entries) once: a cost that grows with the square of the devices.
+//! The file stays the source of truth: a session that is further behind than this window, or
+//! finds a sequence number missing, reads the log from the file instead.
+
+use super::{EntryBody, LogEntry};
+use crate::changes::Op;
+use crate::value::Owner;
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+
+/// Most entries kept.
+const MAX_ENTRIES: usize = 8192;
+/// Most row operations kept over all entries, so large transactions cannot pin much memory.
+const MAX_OPS: usize = 256 * 1024;
+
+/// A log entry with who may be interested in it, worked out once for all sessions.
+#[derive(Debug)]
+pub struct Recorded {
+    pub entry: LogEntry,
+    audience: Audience,
+    ops: usize,
+}
+
+#[derive(Debug, Default)]
+struct Audience {
+    /// A public row or schema change: every device.
+    everyone: bool,
+    /// The users whose rows it touches.
+    users: Vec<i64>,
+}
+
+impl Recorded {
+    pub fn new(entry: LogEntry) -> Recorded {
+        let mut audience = Audience::default();
+        let mut ops = 0;
+        if let EntryBody::Changes(cs) = &entry.body {
+            ops = cs.ops.len();
+            for op in &cs.ops {
+                let owner = match op {
+                    Op::Ddl { private, .. } => {
+                        audience.everyone |= !private;
+                        continue;
+                    }
+                    Op::Delete { owner, .. } => Some(Owner::of(owner)),
+                    Op::Upsert { table, values, .. }
+                    | Op::Insert { table, values, .. }
+                    | Op::Update { table, values, .. } => cs.owner_of(*table, values),
+                };
+                match owner {
+                    Some(Owner::Global) => audience.everyone = true,
+                    Some(Owner::User(u)) if !audience.users.contains(&u) => audience.users.push(u),
+                    _ => {}
+                }
+            }
+        }
+        Recorded {
+            entry,
+            audience,
+            ops,
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        self.entry.seq
+    }
+
+    /// What device `node` of `user` may see of this entry, or None; cheap when it sees nothing.
+    pub fn for_device(&self, node: u32, user: i64) -> Option<LogEntry> {
+        let interested = self.entry.origin_node == node
+            || self.audience.everyone
+            || self.audience.users.contains(&user);
+        interested
+            .then(|| self.entry.for_device(node, user))
+            .flatten()
+    }
+}
+
+/// The window of newest entries, in sequence order.
+#[derive(Default)]
+pub struct Recent {
+    inner: RwLock<Window>,
+}
+
+#[derive(Default)]
+struct Window {
+    entries: VecDeque<Arc<Recorded>>,
+    ops: usize,
+}
+
+impl Recent {
+    /// Add committed entries. Commits of different connections may arrive slightly out of
+    /// order; each is placed by its sequence number.
+    pub fn push(&self, entries: impl IntoIterator<Item = LogEntry>) {
+        let recorded: Vec<Arc<Recorded>> = entries
+            .into_iter()
+            .map(|e| Arc::new(Recorded::new(e)))
+            .collect();
+        let mut w = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        for r in recorded {
+            w.ops += r.ops;
+            let at = w.entries.partition_point(|e| e.seq() < r.seq());
+            if w.entries.get(at).is_some_and(|e| e.seq() == r.seq()) {
+                continue;
+            }
+            w.entries.insert(at, r);
+        }
+        while w.entries.len() > MAX_ENTRIES || (w.ops > MAX_OPS && w.entries.len() > 1) {
+            if let Some(old) = w.entries.pop_front() {
+                w.ops -= old.ops;
+            }
+        }
+    }
+
+    /// The entries after `after`, up to `upto` and at most `limit`, if every one of them is
+    /// here (sequence numbers are consecutive); None sends the caller to the file.
+    pub fn read_after(&self, after: u64, upto: u64, limit: usize) -> Option<Vec<Arc<Recorded>>> {
+        let w = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let start = w.entries.partition_point(|e| e.seq() <= after);
+        let mut out = Vec::new();
+        let mut expect = after + 1;
+        for e in w.entries.range(start..) {
+            if e.seq() > upto || out.len() >= limit {
+                break;
+            }
+            if e.seq() != expect {
+                return None;
+            }
+            out.push(e.clone());
+            expect += 1;
+        }
+        (expect > upto || out.len() >= limit).then_some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changes::ChangeSet;
+
+    fn entry(seq: u64) -> LogEntry {
+        LogEntry {
+            seq,
+            origin_node: 1,
+            origin_txn: 0,
+            body: EntryBody::Changes(ChangeSet::default()),
+        }
+    }
+
+    #[test]
+    fn serves_only_complete_ranges() {
+        let r = Recent::default();
+        r.push([entry(1), entry(2), entry(4)]);
+        let seqs = |v: Option<Vec<Arc<Recorded>>>| {
+            v.map(|v| v.iter().map(|e| e.seq()).collect::<Vec<_>>())
+        };
+        assert_eq!(seqs(r.read_after(0, 2, 10)), Some(vec![1, 2]));
+        assert_eq!(seqs(r.read_after(0, 4, 10)), None, "3 is missing");
+        r.push([entry(3)]);
+        assert_eq!(seqs(r.read_after(1, 4, 10)), Some(vec![2, 3, 4]));
+        assert_eq!(seqs(r.read_after(0, 4, 2)), Some(vec![1, 2]));
+        assert_eq!(seqs(r.read_after(4, 4, 10)), Some(vec![]));
+        assert_eq!(seqs(r.read_after(4, 5, 10)), None, "5 is not here");
+    }
+
+    #[test]
+    fn forgets_the_oldest_beyond_its_limit() {
+        let r = Recent::default();
+        r.push((1..=(MAX_ENTRIES as u64 + 10)).map(entry));
+        assert_eq!(r.read_after(0, 5, 10).map(|v| v.len()), None);
+        assert!(r.read_after(20, 30, 100).is_some());
+    }
+}
