@@ -1,4 +1,5 @@
 //! The node network: framed, versioned, authenticated and encrypted connections.
+mod chunks;
 pub mod message;
 pub mod transport;
 pub use message::{AuthAsk, Message};

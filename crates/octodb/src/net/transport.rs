@@ -14,10 +14,11 @@
 
 use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
-use snow::{HandshakeState, StatelessTransportState};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use snow::HandshakeState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+pub use super::chunks::{SecureReader, SecureWriter};
 
 use crate::crypto::{NodeKeys, PublicKey};
 
@@ -25,12 +26,6 @@ use crate::crypto::{NodeKeys, PublicKey};
 const PROLOGUE: &[u8] = b"octodb/1";
 const PATTERN_PSK: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
 const PATTERN_OPEN: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
-/// Largest Noise message (and so largest chunk ciphertext).
-const NOISE_MAX: usize = 65535;
-const TAG_LEN: usize = 16;
-/// Application bytes per chunk: a full Noise message minus the tag and the flags byte.
-const CHUNK_DATA: usize = NOISE_MAX - TAG_LEN - 1;
-const FLAG_LAST: u8 = 1;
 /// XX handshake messages are at most ~100 bytes; anything bigger is another protocol, and
 /// refusing it at once means a stray client fails fast instead of waiting for the timeout.
 const MAX_HANDSHAKE_MSG: usize = 256;
@@ -39,7 +34,6 @@ const PROOF_CONTEXT: &[u8] = b"octodb-identity-v1";
 const PROOF_LEN: usize = 1 + 32 + 64 + 1;
 const ROLE_INITIATOR: u8 = 0;
 const ROLE_RESPONDER: u8 = 1;
-const IO_BUFFER: usize = 64 * 1024;
 
 /// Errors of secure connections.
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +182,7 @@ async fn establish(
     initiator: bool,
 ) -> Result<SecureStream, NetError> {
     let addr = stream.peer_addr()?;
-    // Messages are batched by BufWriter and sent on flush, so Nagle would only add latency.
+    // Messages are batched by the writer and sent on flush, so Nagle would only add latency.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%addr, "could not set TCP_NODELAY: {e}");
     }
@@ -229,9 +223,8 @@ async fn handshake(
     opts: &HandshakeOptions,
     initiator: bool,
 ) -> Result<(SecureReader, SecureWriter, PublicKey), NetError> {
-    let (rd, wr) = stream.into_split();
-    let mut rd = BufReader::with_capacity(IO_BUFFER, rd);
-    let mut wr = BufWriter::with_capacity(IO_BUFFER, wr);
+    // Unbuffered: a buffered reader could swallow the first chunk that follows the handshake.
+    let (mut rd, mut wr) = stream.into_split();
 
     let pattern = if opts.network_key.is_some() {
         PATTERN_PSK
@@ -251,14 +244,13 @@ async fn handshake(
     }
     .map_err(noise_error)?;
 
-    let mut buf = [0u8; MAX_HANDSHAKE_MSG];
+    let mut buf = [0u8; 2 + MAX_HANDSHAKE_MSG];
     let mut payload = [0u8; MAX_HANDSHAKE_MSG];
     while !hs.is_handshake_finished() {
         if hs.is_my_turn() {
-            let n = hs.write_message(&[], &mut buf).map_err(noise_error)?;
-            wr.write_all(&(n as u16).to_be_bytes()).await?;
-            wr.write_all(&buf[..n]).await?;
-            wr.flush().await?;
+            let n = hs.write_message(&[], &mut buf[2..]).map_err(noise_error)?;
+            buf[..2].copy_from_slice(&(n as u16).to_be_bytes());
+            wr.write_all(&buf[..2 + n]).await?;
         } else {
             let len = usize::from(rd.read_u16().await?);
             if len == 0 || len > MAX_HANDSHAKE_MSG {
@@ -343,213 +335,6 @@ fn verify_proof(proof: &[u8], expected_role: u8, hash: &[u8]) -> Result<PublicKe
         Err(e) => auth(format!(
             "peer's identity proof for {key} does not hold for this connection: {e}"
         )),
-    }
-}
-
-/// The receiving half of a [`SecureStream`].
-pub struct SecureReader {
-    inner: BufReader<OwnedReadHalf>,
-    transport: Arc<StatelessTransportState>,
-    nonce: u64,
-    max_message: usize,
-    /// The chunk being read, `[len][ciphertext]`; kept here so `recv` is cancel-safe.
-    chunk: Box<[u8]>,
-    have: usize,
-    plain: Box<[u8]>,
-    /// The message being reassembled.
-    message: Vec<u8>,
-    /// Skipping the rest of a message already refused as too large.
-    discarding: bool,
-    /// Set after a fatal error: the chunk stream can no longer be trusted.
-    failed: Option<String>,
-}
-
-impl SecureReader {
-    fn new(inner: BufReader<OwnedReadHalf>, t: Arc<StatelessTransportState>, max: usize) -> Self {
-        SecureReader {
-            inner,
-            transport: t,
-            nonce: 0,
-            max_message: max,
-            chunk: vec![0u8; 2 + NOISE_MAX].into_boxed_slice(),
-            have: 0,
-            plain: vec![0u8; NOISE_MAX].into_boxed_slice(),
-            message: Vec::new(),
-            discarding: false,
-            failed: None,
-        }
-    }
-
-    /// Receives one whole message; `Err(NetError::Closed)` on a clean end of stream.
-    ///
-    /// Cancel-safe: if the future is dropped (e.g. in `tokio::select!`), partial data is kept
-    /// and the next call continues. After [`NetError::TooLarge`] the rest of that message is
-    /// skipped and the connection stays usable; after other errors every call fails.
-    pub async fn recv(&mut self) -> Result<Vec<u8>, NetError> {
-        if let Some(reason) = &self.failed {
-            return Err(NetError::Malformed(format!(
-                "connection unusable after an earlier error: {reason}"
-            )));
-        }
-        let result = self.recv_inner().await;
-        if let Err(e) = &result {
-            if !matches!(e, NetError::TooLarge { .. } | NetError::Closed) {
-                self.failed = Some(e.to_string());
-            }
-        }
-        result
-    }
-
-    async fn recv_inner(&mut self) -> Result<Vec<u8>, NetError> {
-        loop {
-            let len = self.read_chunk().await?;
-            let n = self
-                .transport
-                .read_message(self.nonce, &self.chunk[2..2 + len], &mut self.plain)
-                .map_err(|e| {
-                    NetError::Noise(format!(
-                        "a chunk failed to decrypt ({e}): data was corrupted, replayed or \
-                         reordered in transit"
-                    ))
-                })?;
-            self.nonce += 1; // cannot overflow: snow refuses the last nonce value
-            let (flags, data) = match self.plain[..n].split_first() {
-                Some((&flags, data)) if flags & !FLAG_LAST == 0 => (flags, data),
-                other => {
-                    return Err(NetError::Malformed(format!(
-                        "invalid chunk flags {:?}: the peer speaks another protocol version",
-                        other.map(|(f, _)| *f)
-                    )))
-                }
-            };
-            let last = flags & FLAG_LAST != 0;
-            if self.discarding {
-                self.discarding = !last;
-                continue;
-            }
-            let size = self.message.len() + data.len();
-            if size > self.max_message {
-                self.message = Vec::new();
-                self.discarding = !last;
-                return Err(NetError::TooLarge {
-                    size,
-                    max: self.max_message,
-                });
-            }
-            if size > self.message.capacity() {
-                // Grow geometrically, but never beyond the limit.
-                let want = (self.message.capacity() * 2).clamp(size, self.max_message);
-                self.message.reserve_exact(want - self.message.len());
-            }
-            self.message.extend_from_slice(data);
-            if last {
-                return Ok(std::mem::take(&mut self.message));
-            }
-        }
-    }
-
-    /// Reads the next whole chunk into `self.chunk`, returning the ciphertext length. Uses only
-    /// `read` (cancel-safe) and keeps progress in `self.have`.
-    async fn read_chunk(&mut self) -> Result<usize, NetError> {
-        loop {
-            let target = if self.have < 2 {
-                2
-            } else {
-                let len = usize::from(u16::from_be_bytes([self.chunk[0], self.chunk[1]]));
-                if len <= TAG_LEN {
-                    return Err(NetError::Malformed(format!(
-                        "chunk of {len} bytes is shorter than its authentication tag"
-                    )));
-                }
-                if self.have == 2 + len {
-                    self.have = 0;
-                    return Ok(len);
-                }
-                2 + len
-            };
-            let n = self.inner.read(&mut self.chunk[self.have..target]).await?;
-            if n == 0 {
-                if self.have == 0 && self.message.is_empty() && !self.discarding {
-                    return Err(NetError::Closed);
-                }
-                return Err(NetError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "peer closed the connection in the middle of a message",
-                )));
-            }
-            self.have += n;
-        }
-    }
-}
-
-/// The sending half of a [`SecureStream`].
-pub struct SecureWriter {
-    inner: BufWriter<OwnedWriteHalf>,
-    transport: Arc<StatelessTransportState>,
-    nonce: u64,
-    plain: Box<[u8]>,
-    frame: Box<[u8]>,
-    /// True while a `send` is in progress; still true afterwards if it was cancelled midway,
-    /// in which case the peer holds a partial chunk and the stream cannot continue.
-    sending: bool,
-}
-
-impl SecureWriter {
-    fn new(inner: BufWriter<OwnedWriteHalf>, transport: Arc<StatelessTransportState>) -> Self {
-        SecureWriter {
-            inner,
-            transport,
-            nonce: 0,
-            plain: vec![0u8; 1 + CHUNK_DATA].into_boxed_slice(),
-            frame: vec![0u8; 2 + NOISE_MAX].into_boxed_slice(),
-            sending: false,
-        }
-    }
-
-    /// Queues one message (any size; the receiver enforces its own `max_message`). Data is
-    /// buffered: call [`SecureWriter::flush`] to send it. Not cancel-safe: if the future is
-    /// dropped midway, later sends fail and the connection must be dropped.
-    pub async fn send(&mut self, msg: &[u8]) -> Result<(), NetError> {
-        if self.sending {
-            return Err(NetError::Malformed(
-                "an earlier send failed or was interrupted; the connection must be re-established"
-                    .into(),
-            ));
-        }
-        self.sending = true;
-        let count = msg.len().div_ceil(CHUNK_DATA).max(1);
-        for (i, data) in msg
-            .chunks(CHUNK_DATA)
-            .chain(msg.is_empty().then_some(msg))
-            .enumerate()
-        {
-            let flags = if i + 1 == count { FLAG_LAST } else { 0 };
-            self.plain[0] = flags;
-            self.plain[1..1 + data.len()].copy_from_slice(data);
-            let n = self
-                .transport
-                .write_message(
-                    self.nonce,
-                    &self.plain[..1 + data.len()],
-                    &mut self.frame[2..],
-                )
-                .map_err(noise_error)?;
-            self.nonce += 1; // cannot overflow: snow refuses the last nonce value
-            self.frame[..2].copy_from_slice(&(n as u16).to_be_bytes());
-            self.inner.write_all(&self.frame[..2 + n]).await?;
-        }
-        self.sending = false;
-        Ok(())
-    }
-
-    /// Sends everything queued by [`SecureWriter::send`].
-    pub async fn flush(&mut self) -> Result<(), NetError> {
-        Ok(self.inner.flush().await?)
-    }
-
-    /// Flushes and closes the sending direction; the peer's `recv` then returns `Closed`.
-    pub async fn shutdown(&mut self) -> Result<(), NetError> {
-        Ok(self.inner.shutdown().await?)
     }
 }
 

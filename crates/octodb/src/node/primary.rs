@@ -89,7 +89,9 @@ async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {
 }
 
 async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> Result<()> {
-    let stream = SecureStream::accept(tcp, &shared.keys, &shared.handshake).await?;
+    // The handshake's and the admission's states are boxed: they are large, and an idle
+    // session (a primary may hold tens of thousands) should not carry their room.
+    let stream = Box::pin(SecureStream::accept(tcp, &shared.keys, &shared.handshake)).await?;
     let pubkey = stream.peer().public_key;
     let (mut rd, mut wr) = stream.into_split();
     let hello = tokio::time::timeout(HELLO_TIMEOUT, recv_msg(&mut rd))
@@ -130,7 +132,8 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         info,
         ask: auth,
     };
-    let Some(Registered { node_id, user_id }) = admit(shared, applicant, &mut rd, &mut wr).await?
+    let Some(Registered { node_id, user_id }) =
+        Box::pin(admit(shared, applicant, &mut rd, &mut wr)).await?
     else {
         return Ok(());
     };
@@ -145,15 +148,6 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     .await?;
     tracing::info!(%addr, node_id, user_id, "device connected");
 
-    let (out_tx, out_rx) = mpsc::channel::<Message>(64);
-    let writer = tokio::spawn(write_loop(wr, out_rx));
-    let streamer = tokio::spawn(stream_to_device(
-        shared.clone(),
-        node_id,
-        user_id,
-        last_seq,
-        out_tx,
-    ));
     shared
         .live
         .lock()
@@ -161,15 +155,18 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         .sessions
         .insert(node_id, addr.to_string());
     let sender = Sender { node_id, user_id };
-    let result = read_loop(shared, &mut rd, sender).await;
+    // Reading the device's transactions and streaming the log to it end together, so a device
+    // never stays connected to a session that stopped sending it anything.
+    let result = tokio::select! {
+        r = read_loop(shared, &mut rd, sender) => r,
+        r = stream_to_device(shared, node_id, user_id, last_seq, wr) => r,
+    };
     shared
         .live
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .sessions
         .remove(&node_id);
-    streamer.abort();
-    writer.abort();
     result
 }
 
@@ -199,46 +196,19 @@ async fn read_loop(shared: &Arc<Shared>, rd: &mut SecureReader, sender: Sender) 
     }
 }
 
-/// Send queued messages, batching whatever is queued into one flush.
-async fn write_loop(mut wr: SecureWriter, mut rx: mpsc::Receiver<Message>) {
-    while let Some(m) = rx.recv().await {
-        let mut result = wr.send(&m.encode()).await;
-        while result.is_ok() {
-            match rx.try_recv() {
-                Ok(m) => result = wr.send(&m.encode()).await,
-                Err(_) => break,
-            }
-        }
-        if result.is_err() || wr.flush().await.is_err() {
-            return;
-        }
-    }
-}
-
+/// Stream the log to a device from `last_seq` on (after its initial download when 0).
 async fn stream_to_device(
-    shared: Arc<Shared>,
-    node: u32,
-    user: i64,
-    last_seq: u64,
-    out: mpsc::Sender<Message>,
-) {
-    if let Err(e) = stream_inner(&shared, node, user, last_seq, &out).await {
-        tracing::info!(node, "stopped streaming to device: {e}");
-    }
-}
-
-async fn stream_inner(
     shared: &Arc<Shared>,
     node: u32,
     user: i64,
     last_seq: u64,
-    out: &mpsc::Sender<Message>,
+    mut wr: SecureWriter,
 ) -> Result<()> {
     let mut feed = shared.feed.subscribe();
     let mut cursor = last_seq;
     if last_seq == 0 {
-        let out2 = out.clone();
-        cursor = shared.read(move |c| send_snapshot(c, user, &out2)).await?;
+        // Boxed: the download's state is large and must not stay in every idle session.
+        cursor = Box::pin(download(shared, user, &mut wr)).await?;
     }
     // The device's position as it was last told. Entries it may not see are not sent one by
     // one; it hears of its new position with its next visible entry, or after POSITION_DELAY.
@@ -252,7 +222,7 @@ async fn stream_inner(
                     tokio::select! {
                         r = feed.changed() => r.map_err(|_| Error::Closed)?,
                         _ = tokio::time::sleep_until(at) => {
-                            send(out, Vec::new(), cursor).await?;
+                            send(&mut wr, Vec::new(), cursor).await?;
                             told = cursor;
                             tell_at = None;
                         }
@@ -284,7 +254,7 @@ async fn stream_inner(
             .collect();
         cursor = up_to;
         if !visible.is_empty() {
-            send(out, visible, up_to).await?;
+            send(&mut wr, visible, up_to).await?;
             told = up_to;
             tell_at = None;
         } else if told < cursor && tell_at.is_none() {
@@ -293,10 +263,31 @@ async fn stream_inner(
     }
 }
 
-async fn send(out: &mpsc::Sender<Message>, entries: Vec<log::LogEntry>, up_to: u64) -> Result<()> {
-    out.send(Message::Entries { entries, up_to })
-        .await
-        .map_err(|_| Error::Closed)
+async fn send(wr: &mut SecureWriter, entries: Vec<log::LogEntry>, up_to: u64) -> Result<()> {
+    wr.send(&Message::Entries { entries, up_to }.encode())
+        .await?;
+    Ok(wr.flush().await?)
+}
+
+/// The initial download: the snapshot is read on a blocking thread and sent from here as its
+/// parts arrive. Returns the log position it stands at.
+async fn download(shared: &Arc<Shared>, user: i64, wr: &mut SecureWriter) -> Result<u64> {
+    let (tx, rx) = mpsc::channel::<Message>(4);
+    let reading = shared.read(move |c| send_snapshot(c, user, &tx));
+    let sending = async {
+        // Owned here so that a failed send drops it, which stops the reading side too.
+        let mut rx = rx;
+        while let Some(m) = rx.recv().await {
+            wr.send(&m.encode()).await?;
+            if rx.is_empty() {
+                wr.flush().await?;
+            }
+        }
+        Ok::<(), Error>(())
+    };
+    let (seq, sent) = tokio::join!(reading, sending);
+    sent?;
+    seq
 }
 
 /// The initial download of a device of `user`: schema, then the rows it may see, read in one
