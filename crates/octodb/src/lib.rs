@@ -16,7 +16,7 @@ pub mod value;
 pub mod api;
 pub mod auth;
 
-pub use api::{Connection, OpenOptions, Row, Rows, Statement, Transaction};
+pub use api::{next_event, Connection, Next, OpenOptions, Row, Rows, Statement, Transaction};
 pub use error::{Error, Result};
 pub use node::{Event, NodeRecord, SyncStatus};
 pub use uri::{NodeConfig, Role};

@@ -34,11 +34,23 @@ pub(crate) fn open_plain(target: &Path, opts: &OpenOptions) -> Result<rusqlite::
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    if opts.uri {
+    let literal;
+    let target = if opts.uri {
         flags |= OpenFlags::SQLITE_OPEN_URI;
-    }
+        target
+    } else if target.as_os_str().as_encoded_bytes().starts_with(b"file:") {
+        // The bundled SQLite reads every `file:` name as a URI (SQLITE_USE_URI); a name meant
+        // literally must not start with `file:`, and `./file:...` is the same file.
+        literal = Path::new(".").join(target);
+        &literal
+    } else {
+        target
+    };
     let conn = rusqlite::Connection::open_with_flags(target, flags)?;
     conn.busy_timeout(opts.busy_timeout)?;
+    // The bundled SQLite turns foreign keys on by default; stock SQLite (and so every program
+    // sharing the file, and Python's sqlite3) leaves them off until the app asks.
+    conn.pragma_update(None, "foreign_keys", false)?;
     conn.set_prepared_statement_cache_capacity(128);
     Ok(conn)
 }

@@ -3,11 +3,13 @@
 
 mod authz;
 mod connection;
+mod events;
 mod local;
 mod pragma;
 mod rows;
 pub mod sql_text;
 
 pub use connection::{Connection, Prepared, Started, Statement, Transaction};
+pub use events::{next_event, Next};
 pub use local::OpenOptions;
 pub use rows::{Row, Rows};
