@@ -1,0 +1,759 @@
+//! `Connection`: sqlite3's connection object on an octodb database (a plain local file, a
+//! primary or a device), with sqlite3's legacy transaction control (`isolation_level`).
+
+use crate::cursor::{self, Cursor};
+use crate::db::{Db, DbGuard};
+use crate::errors::{self, ProgrammingError};
+use crate::ffi_util::detached;
+use crate::stmt;
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+use rusqlite::ffi;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
+use std::time::Duration;
+
+/// The levels `isolation_level` accepts ("" is a plain `BEGIN`).
+const LEVELS: [&str; 4] = ["", "DEFERRED", "IMMEDIATE", "EXCLUSIVE"];
+
+/// A valid `isolation_level`: None (autocommit) or one of `LEVELS`.
+#[derive(Clone, Copy)]
+pub struct Isolation(Option<&'static str>);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Isolation {
+    type Error = PyErr;
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Isolation> {
+        if obj.is_none() {
+            return Ok(Isolation(None));
+        }
+        let Ok(s) = obj.cast::<PyString>() else {
+            return Err(PyTypeError::new_err(format!(
+                "isolation_level must be str or None, not {}",
+                crate::adapters::type_name(&obj)
+            )));
+        };
+        let s = s.to_str()?;
+        LEVELS
+            .iter()
+            .find(|l| l.eq_ignore_ascii_case(s))
+            .map(|l| Isolation(Some(l)))
+            .ok_or_else(|| {
+                PyValueError::new_err(
+                    "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'",
+                )
+            })
+    }
+}
+
+/// A database argument (str, bytes or path-like) as the OS path it names, as sqlite3 takes
+/// it: any bytes, including names that are not valid UTF-8.
+fn fs_path(database: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let os = database.py().import("os")?;
+    let encoded = os.call_method1("fsencode", (os.call_method1("fspath", (database,))?,))?;
+    let bytes = encoded.cast::<pyo3::types::PyBytes>()?.as_bytes().to_vec();
+    Ok(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+}
+
+/// The state of an initialized connection.
+pub struct ConnInner {
+    pub db: Arc<Db>,
+    thread: ThreadId,
+    check_same_thread: bool,
+    pub detect_types: i32,
+    isolation: Mutex<Option<&'static str>>,
+    pub row_factory: Mutex<Py<PyAny>>,
+    pub text_factory: Mutex<Py<PyAny>>,
+}
+
+impl ConnInner {
+    /// sqlite3's check that a connection is used from the thread that made it.
+    pub fn check_thread(&self) -> PyResult<()> {
+        let here = std::thread::current().id();
+        if self.check_same_thread && here != self.thread {
+            return Err(errors::programming(format!(
+                "SQLite objects created in a thread can only be used in that same thread. \
+                 The object was created in thread id {:?} and this is thread id {:?}.",
+                self.thread, here
+            )));
+        }
+        Ok(())
+    }
+
+    /// The statement that opens a transaction before DML, or None in autocommit mode.
+    pub fn begin_statement(&self) -> Option<String> {
+        let level = *self.isolation.lock().unwrap_or_else(|p| p.into_inner());
+        level.map(|l| format!("BEGIN {l}"))
+    }
+
+    pub fn text_factory(&self, py: Python<'_>) -> Py<PyAny> {
+        self.text_factory
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone_ref(py)
+    }
+
+    /// Run an SQL statement of the module's own (BEGIN, COMMIT, ROLLBACK) to its end.
+    pub fn run_internal(&self, py: Python<'_>, g: &DbGuard<'_>, sql: &str) -> PyResult<()> {
+        cursor::run_to_end(py, &self.db, g, sql)
+    }
+}
+
+/// A connection to an octodb database: `octodb.connect(...)` makes one.
+#[pyclass(module = "octodb", subclass, weakref, frozen)]
+pub struct Connection {
+    inner: Mutex<Option<Arc<ConnInner>>>,
+}
+
+impl Connection {
+    /// The state, once `__init__` succeeded.
+    pub fn initialized(&self) -> PyResult<Arc<ConnInner>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| errors::programming("Base Connection.__init__ not called."))
+    }
+
+    /// The state, checked as sqlite3 checks before most operations: initialized, right
+    /// thread, database open.
+    pub fn checked(&self, py: Python<'_>) -> PyResult<Arc<ConnInner>> {
+        let inner = self.initialized()?;
+        inner.check_thread()?;
+        if !inner.db.lock(py).is_open() {
+            return Err(errors::closed_db());
+        }
+        Ok(inner)
+    }
+
+    fn open(
+        py: Python<'_>,
+        database: &Bound<'_, PyAny>,
+        timeout: f64,
+        uri: bool,
+    ) -> PyResult<octodb::Connection> {
+        let path = fs_path(database)?;
+        let opts = octodb::OpenOptions {
+            uri,
+            busy_timeout: Duration::from_secs_f64(timeout.max(0.0)),
+        };
+        let node_uri = path
+            .to_str()
+            .filter(|s| octodb::NodeConfig::names_a_node(s))
+            .map(str::to_string);
+        // SAFETY: opening touches no Python object; a node's start may take a while.
+        let opened = unsafe {
+            detached(py, move || match node_uri {
+                Some(u) => octodb::Connection::open(&u),
+                None => octodb::Connection::open_local(&path, &opts),
+            })
+        };
+        opened.map_err(|e| errors::from_engine(py, e))
+    }
+
+    fn make_cursor<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Cursor>> {
+        let cur = Bound::new(slf.py(), Cursor::blank())?;
+        cur.get().init(slf)?;
+        Ok(cur)
+    }
+}
+
+#[pymethods]
+impl Connection {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        Connection {
+            inner: Mutex::new(None),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (database, timeout = 5.0, detect_types = 0, isolation_level = Isolation(Some("")), check_same_thread = true, factory = None, cached_statements = 128, uri = false))]
+    fn __init__(
+        &self,
+        py: Python<'_>,
+        database: &Bound<'_, PyAny>,
+        timeout: f64,
+        detect_types: i32,
+        isolation_level: Isolation,
+        check_same_thread: bool,
+        factory: Option<&Bound<'_, PyAny>>,
+        cached_statements: i64,
+        uri: bool,
+    ) -> PyResult<()> {
+        let _ = factory;
+        let previous = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(previous);
+        let engine = Connection::open(py, database, timeout, uri)?;
+        let db = Db::new(engine, cached_statements.max(0) as usize);
+        let inner = ConnInner {
+            db,
+            thread: std::thread::current().id(),
+            check_same_thread,
+            detect_types,
+            isolation: Mutex::new(isolation_level.0),
+            row_factory: Mutex::new(py.None()),
+            text_factory: Mutex::new(py.get_type::<PyString>().into_any().unbind()),
+        };
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(inner));
+        Ok(())
+    }
+
+    /// A new cursor (made by `factory(connection)`, which must return a Cursor).
+    #[pyo3(signature = (*args, **kwargs))]
+    fn cursor<'py>(
+        slf: &Bound<'py, Self>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        slf.get().checked(slf.py())?;
+        // An explicit factory=None is an error, as in sqlite3: only an absent one means Cursor.
+        let factory = match (args.len(), kwargs) {
+            (0, None) => None,
+            (0, Some(k)) if k.len() == 1 => k.get_item("factory")?,
+            (1, None) => Some(args.get_item(0)?),
+            _ => None,
+        };
+        let given = args.len() + kwargs.map_or(0, |k| k.len());
+        if given > 0 && factory.is_none() {
+            return Err(PyTypeError::new_err(
+                "cursor() takes at most one argument, factory",
+            ));
+        }
+        let Some(factory) = factory else {
+            return Ok(Connection::make_cursor(slf)?.into_any());
+        };
+        let made = factory.call1((slf,))?;
+        if made.cast::<Cursor>().is_err() {
+            return Err(PyTypeError::new_err(format!(
+                "factory must return a cursor, not {}",
+                crate::adapters::type_name(&made)
+            )));
+        }
+        Ok(made)
+    }
+
+    #[pyo3(signature = (sql, parameters = None))]
+    fn execute<'py>(
+        slf: &Bound<'py, Self>,
+        sql: &Bound<'py, PyAny>,
+        parameters: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, Cursor>> {
+        let cur = Connection::make_cursor(slf)?;
+        cursor::execute(&cur, sql, parameters)?;
+        Ok(cur)
+    }
+
+    fn executemany<'py>(
+        slf: &Bound<'py, Self>,
+        sql: &Bound<'py, PyAny>,
+        parameters: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, Cursor>> {
+        let cur = Connection::make_cursor(slf)?;
+        cursor::executemany(&cur, sql, parameters)?;
+        Ok(cur)
+    }
+
+    fn executescript<'py>(
+        slf: &Bound<'py, Self>,
+        sql_script: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, Cursor>> {
+        let cur = Connection::make_cursor(slf)?;
+        cursor::executescript(&cur, sql_script)?;
+        Ok(cur)
+    }
+
+    fn commit(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = self.checked(py)?;
+        let g = inner.db.lock(py);
+        if !g.autocommit()? {
+            inner.run_internal(py, &g, "COMMIT")?;
+        }
+        Ok(())
+    }
+
+    fn rollback(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = self.checked(py)?;
+        let g = inner.db.lock(py);
+        if !g.autocommit()? {
+            inner.run_internal(py, &g, "ROLLBACK")?;
+        }
+        Ok(())
+    }
+
+    /// Close the database; an open transaction is rolled back, not committed.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = self.initialized()?;
+        inner.check_thread()?;
+        inner.db.close(py);
+        Ok(())
+    }
+
+    fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {
+        slf.get().checked(slf.py())?;
+        Ok(slf.clone())
+    }
+
+    /// Commit when the block succeeded, roll back when it raised (or when the commit failed).
+    #[pyo3(signature = (exc_type, _exc_value, _traceback))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: &Bound<'_, PyAny>,
+        _exc_value: &Bound<'_, PyAny>,
+        _traceback: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        if exc_type.is_none() {
+            if let Err(e) = self.commit(py) {
+                let _ = self.rollback(py);
+                return Err(e);
+            }
+        } else {
+            self.rollback(py)?;
+        }
+        Ok(false)
+    }
+
+    /// A prepared statement object, as sqlite3's `connection(sql)` returns.
+    #[pyo3(signature = (*args))]
+    fn __call__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<Statement> {
+        let inner = self.checked(py)?;
+        if args.len() != 1 {
+            return Err(PyTypeError::new_err(format!(
+                "Connection() takes exactly one argument, the SQL ({} given)",
+                args.len()
+            )));
+        }
+        let sql = args.get_item(0)?;
+        let sql = sql.cast::<PyString>().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "SQL must be str, not {}",
+                crate::adapters::type_name(&sql)
+            ))
+        })?;
+        let text = sql.to_str()?;
+        let g = inner.db.lock(py);
+        cursor::check_sql(&g, text)?;
+        let prepared = stmt::prepare(py, &g, &inner.db, text, false, &|| {
+            cursor::step_error(py, &g)
+        })?;
+        Ok(Statement {
+            _stmt: Mutex::new(prepared),
+        })
+    }
+
+    #[getter]
+    fn isolation_level(&self) -> PyResult<Option<&'static str>> {
+        let inner = self.initialized()?;
+        let level = *inner.isolation.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(level)
+    }
+
+    /// Setting None commits an open transaction and turns autocommit on.
+    #[setter]
+    fn set_isolation_level(&self, py: Python<'_>, level: Isolation) -> PyResult<()> {
+        let inner = self.initialized()?;
+        if level.0.is_none() {
+            self.commit(py)?;
+        }
+        *inner.isolation.lock().unwrap_or_else(|p| p.into_inner()) = level.0;
+        Ok(())
+    }
+
+    #[getter]
+    fn in_transaction(&self, py: Python<'_>) -> PyResult<bool> {
+        let inner = self.checked(py)?;
+        let g = inner.db.lock(py);
+        Ok(!g.autocommit()?)
+    }
+
+    #[getter]
+    fn total_changes(&self, py: Python<'_>) -> PyResult<i64> {
+        let inner = self.checked(py)?;
+        let g = inner.db.lock(py);
+        let raw = g.raw()?;
+        // SAFETY: an open handle under its lock.
+        Ok(unsafe { ffi::sqlite3_total_changes64(raw.0) })
+    }
+
+    #[getter]
+    fn row_factory(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let inner = self.initialized()?;
+        let f = inner.row_factory.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(f.clone_ref(py))
+    }
+
+    #[setter]
+    fn set_row_factory(&self, factory: Py<PyAny>) -> PyResult<()> {
+        let inner = self.initialized()?;
+        let old = std::mem::replace(
+            &mut *inner.row_factory.lock().unwrap_or_else(|p| p.into_inner()),
+            factory,
+        );
+        drop(old);
+        Ok(())
+    }
+
+    #[getter]
+    fn text_factory(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self.initialized()?.text_factory(py))
+    }
+
+    #[setter]
+    fn set_text_factory(&self, factory: Py<PyAny>) -> PyResult<()> {
+        let inner = self.initialized()?;
+        let old = std::mem::replace(
+            &mut *inner.text_factory.lock().unwrap_or_else(|p| p.into_inner()),
+            factory,
+        );
+        drop(old);
+        Ok(())
+    }
+
+    /// Stop a running statement (it fails with "interrupted"); callable from any thread.
+    fn interrupt(&self) -> PyResult<()> {
+        let inner = self.initialized()?;
+        if !inner.db.interrupt() {
+            return Err(errors::closed_db());
+        }
+        Ok(())
+    }
+
+    fn getlimit(&self, py: Python<'_>, category: i32) -> PyResult<i32> {
+        self.limit(py, category, -1)
+    }
+
+    /// Set a run-time limit; returns the previous value (a negative `limit` only reads it).
+    fn setlimit(&self, py: Python<'_>, category: i32, limit: i32) -> PyResult<i32> {
+        self.limit(py, category, limit)
+    }
+
+    /// The SQL text that recreates the database, statement by statement.
+    fn iterdump<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        slf.get().checked(slf.py())?;
+        slf.py()
+            .import("octodb._dump")?
+            .getattr("iterdump")?
+            .call1((slf,))
+    }
+
+    /// create_function(name, narg, func, *, deterministic=False); func None removes it.
+    #[pyo3(signature = (name, narg, func, *, deterministic = false))]
+    fn create_function(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        narg: i32,
+        func: Option<&Bound<'_, PyAny>>,
+        deterministic: bool,
+    ) -> PyResult<()> {
+        crate::functions::create_function(self, py, name, narg, func, deterministic)
+    }
+
+    /// octodb's alias of create_function; on a primary, "user_signup", "user_login" and
+    /// "new_node" register the backend's authorization callbacks instead (SPEC §4.3).
+    fn register_function(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        narg: i32,
+        func: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        crate::auth::register_function(self, py, name, narg, func)
+    }
+
+    #[pyo3(signature = (name, n_arg, aggregate_class))]
+    fn create_aggregate(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        n_arg: i32,
+        aggregate_class: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        crate::functions::create_aggregate(self, py, name, n_arg, aggregate_class)
+    }
+
+    #[pyo3(signature = (name, num_params, aggregate_class, /))]
+    fn create_window_function(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        num_params: i32,
+        aggregate_class: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        crate::functions::create_window_function(self, py, name, num_params, aggregate_class)
+    }
+
+    fn create_collation(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        crate::functions::create_collation(self, py, name, callback)
+    }
+
+    fn set_authorizer(
+        &self,
+        py: Python<'_>,
+        authorizer_callback: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        crate::hooks::set(
+            self,
+            py,
+            crate::hooks::Hook::Authorizer,
+            authorizer_callback,
+        )
+    }
+
+    fn set_progress_handler(
+        &self,
+        py: Python<'_>,
+        progress_handler: &Bound<'_, PyAny>,
+        n: i32,
+    ) -> PyResult<()> {
+        crate::hooks::set(self, py, crate::hooks::Hook::Progress(n), progress_handler)
+    }
+
+    fn set_trace_callback(
+        &self,
+        py: Python<'_>,
+        trace_callback: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        crate::hooks::set(self, py, crate::hooks::Hook::Trace, trace_callback)
+    }
+
+    fn enable_load_extension(&self, py: Python<'_>, enable: bool) -> PyResult<()> {
+        let inner = self.checked(py)?;
+        let g = inner.db.lock(py);
+        let raw = g.raw()?;
+        // SAFETY: an open handle under its lock.
+        if unsafe { ffi::sqlite3_enable_load_extension(raw.0, enable as i32) } != ffi::SQLITE_OK {
+            return Err(errors::OperationalError::new_err(
+                "Error enabling load extension",
+            ));
+        }
+        Ok(())
+    }
+
+    #[pyo3(signature = (name, /, *, entrypoint = None))]
+    fn load_extension(&self, py: Python<'_>, name: &str, entrypoint: Option<&str>) -> PyResult<()> {
+        let inner = self.checked(py)?;
+        let g = inner.db.lock(py);
+        let raw = g.raw()?;
+        let c = |s: &str| {
+            std::ffi::CString::new(s).map_err(|_| PyValueError::new_err("embedded null character"))
+        };
+        let name = c(name)?;
+        let entry = entrypoint.map(c).transpose()?;
+        let mut msg: *mut std::ffi::c_char = std::ptr::null_mut();
+        // SAFETY: an open handle under its lock; the strings outlive the call; the error
+        // message SQLite allocates is copied then freed.
+        let rc = unsafe {
+            ffi::sqlite3_load_extension(
+                raw.0,
+                name.as_ptr(),
+                entry.as_ref().map_or(std::ptr::null(), |e| e.as_ptr()),
+                &mut msg,
+            )
+        };
+        if rc != ffi::SQLITE_OK {
+            let text = unsafe { crate::ffi_util::c_text(msg) };
+            unsafe { ffi::sqlite3_free(msg as *mut std::ffi::c_void) };
+            return Err(errors::OperationalError::new_err(text));
+        }
+        Ok(())
+    }
+
+    /// A Blob for incremental I/O on one value.
+    #[pyo3(signature = (table, column, row, /, *, readonly = false, name = "main"))]
+    fn blobopen(
+        slf: &Bound<'_, Self>,
+        table: &str,
+        column: &str,
+        row: i64,
+        readonly: bool,
+        name: &str,
+    ) -> PyResult<crate::blob::Blob> {
+        crate::blob::open(slf, table, column, row, readonly, name)
+    }
+
+    /// Copy this database into `target`, `pages` pages at a time (all with -1 or 0).
+    #[pyo3(signature = (target, *, pages = -1, progress = None, name = "main", sleep = 0.250))]
+    fn backup(
+        slf: &Bound<'_, Self>,
+        target: &Bound<'_, PyAny>,
+        pages: i32,
+        progress: Option<&Bound<'_, PyAny>>,
+        name: &str,
+        sleep: f64,
+    ) -> PyResult<()> {
+        crate::backup::run(slf, target, pages, progress, name, sleep)
+    }
+
+    /// The database as bytes (what its file would hold).
+    #[pyo3(signature = (*, name = "main"))]
+    fn serialize<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+    ) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        crate::backup::serialize(self, py, name)
+    }
+
+    /// Replace the database with the one in `data` (as `serialize` gives).
+    #[pyo3(signature = (data, /, *, name = "main"))]
+    fn deserialize(&self, py: Python<'_>, data: &Bound<'_, PyAny>, name: &str) -> PyResult<()> {
+        crate::backup::deserialize(self, py, data, name)
+    }
+
+    /// The node's sync status (the JSON of `PRAGMA sync_status`) as a dict.
+    fn sync_status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.api_sync_status(py)
+    }
+
+    /// The nodes a primary knows (`PRAGMA nodes`), as a list of dicts.
+    fn nodes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.api_nodes(py)
+    }
+
+    /// Wait until the database is ready (authorized, initial download done) and return the
+    /// status; TimeoutError after `timeout` seconds (None: no limit).
+    #[pyo3(signature = (timeout = None))]
+    fn wait_until_ready<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.api_wait_until_ready(py, timeout)
+    }
+
+    /// Wait until `predicate(status)` is true and return that status; TimeoutError after
+    /// `timeout` seconds (None: no limit). Woken by the node's events, not by polling.
+    #[pyo3(signature = (predicate, timeout = None))]
+    fn wait_for<'py>(
+        &self,
+        py: Python<'py>,
+        predicate: &Bound<'py, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.api_wait_for(py, predicate, timeout)
+    }
+
+    /// The node's events from now on: iterate it, or `get(timeout)`.
+    fn events(&self, py: Python<'_>) -> PyResult<crate::events::EventStream> {
+        self.api_events(py)
+    }
+
+    /// Call `callback(event)` for each event from now on, on a thread of the module's own.
+    fn on_event(
+        &self,
+        py: Python<'_>,
+        callback: &Bound<'_, PyAny>,
+    ) -> PyResult<crate::events::Listener> {
+        self.api_on_event(py, callback)
+    }
+
+    /// "primary", "secondary" or "local".
+    #[getter]
+    fn node_type(&self, py: Python<'_>) -> PyResult<&'static str> {
+        self.api_node_type(py)
+    }
+
+    /// This node's public key (hex); "" on a plain local database.
+    #[getter]
+    fn public_key(&self, py: Python<'_>) -> PyResult<String> {
+        self.api_public_key(py)
+    }
+
+    /// The addresses a primary listens on (tcp://HOST:PORT, with the real port for port 0).
+    #[getter]
+    fn bound_addresses(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.api_bound_addresses(py)
+    }
+
+    #[classattr]
+    #[pyo3(name = "Warning")]
+    fn warning_class(py: Python<'_>) -> Py<PyType> {
+        py.get_type::<errors::Warning>().unbind()
+    }
+    #[classattr]
+    #[pyo3(name = "Error")]
+    fn error_class(py: Python<'_>) -> Py<PyType> {
+        py.get_type::<errors::Error>().unbind()
+    }
+    #[classattr]
+    #[pyo3(name = "InterfaceError")]
+    fn interface_error_class(py: Python<'_>) -> Py<PyType> {
+        py.get_type::<errors::InterfaceError>().unbind()
+    }
+    #[classattr]
+    #[pyo3(name = "DatabaseError")]
+    fn database_error_class(py: Python<'_>) -> Py<PyType> {
+        py.get_type::<errors::DatabaseError>().unbind()
+    }
+    #[classattr]
+    #[pyo3(name = "DataError")]
+    fn data_error_class(py: Python<'_>) -> Py<PyType> {
+        py.get_type::<errors::DataError>().unbind()
+    }
+    #[classattr]
+    #[pyo3(name = "OperationalError")]
+    fn operational_error_class(py: Python<'_>) -> Py<PyType> {
+        py.get_type::<errors::OperationalError>().unbind()
+    }
+    #[classattr]
+    #[pyo3(name = "IntegrityError")]
+    fn integrity_error_class(py: Python<'_>) -> Py<PyType> {
+        py.get_type::<errors::IntegrityError>().unbind()
+    }
+    #[classattr]
+    #[pyo3(name = "InternalError")]
+    fn internal_error_class(py: Python<'_>) -> Py<PyType> {
+        py.get_type::<errors::InternalError>().unbind()
+    }
+    #[classattr]
+    #[pyo3(name = "ProgrammingError")]
+    fn programming_error_class(py: Python<'_>) -> Py<PyType> {
+        py.get_type::<ProgrammingError>().unbind()
+    }
+    #[classattr]
+    #[pyo3(name = "NotSupportedError")]
+    fn not_supported_error_class(py: Python<'_>) -> Py<PyType> {
+        py.get_type::<errors::NotSupportedError>().unbind()
+    }
+}
+
+impl Connection {
+    fn limit(&self, py: Python<'_>, category: i32, limit: i32) -> PyResult<i32> {
+        let inner = self.checked(py)?;
+        let g = inner.db.lock(py);
+        let raw = g.raw()?;
+        // SAFETY: an open handle under its lock; an unknown category returns -1.
+        let previous = unsafe { ffi::sqlite3_limit(raw.0, category, limit) };
+        if previous < 0 {
+            return Err(errors::programming("'category' is out of bounds"));
+        }
+        Ok(previous)
+    }
+}
+
+/// A prepared statement, as `connection(sql)` returns it; it has no public methods.
+#[pyclass(module = "octodb", frozen)]
+pub struct Statement {
+    _stmt: Mutex<Option<Arc<stmt::Stmt>>>,
+}
+
+#[pymethods]
+impl Statement {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        Err(PyTypeError::new_err(
+            "cannot create 'octodb.Statement' instances",
+        ))
+    }
+}

@@ -1,0 +1,79 @@
+//! The Python module `octodb`: Python's `sqlite3` API (PEP 249 and sqlite3's extras) on the
+//! octodb engine, plus what apps of a replicated database need (status, events, the
+//! backend's authorization callbacks). The package around it (python/octodb) adds the pure
+//! Python parts: `connect`, the DB-API constructors, default adapters, `iterdump`.
+
+mod adapters;
+mod auth;
+mod backup;
+mod blob;
+mod callback;
+mod codes;
+mod connection;
+mod cursor;
+mod db;
+mod errors;
+mod events;
+mod ffi_util;
+mod functions;
+mod hooks;
+mod params;
+mod row;
+mod stmt;
+mod values;
+
+use pyo3::prelude::*;
+use rusqlite::ffi;
+
+/// complete_statement(statement): whether `statement` ends with a complete SQL statement.
+#[pyfunction]
+fn complete_statement(statement: &str) -> PyResult<bool> {
+    Ok(octodb::api::sql_text::is_complete(statement))
+}
+
+/// enable_shared_cache(enable): SQLite's (deprecated) shared cache for later connections.
+#[pyfunction]
+fn enable_shared_cache(enable: bool) -> PyResult<()> {
+    // SAFETY: a process-wide setting SQLite reads when connections open.
+    let rc = unsafe { ffi::sqlite3_enable_shared_cache(enable as i32) };
+    if rc != ffi::SQLITE_OK {
+        return Err(errors::OperationalError::new_err(
+            "Changing the shared_cache flag failed",
+        ));
+    }
+    Ok(())
+}
+
+#[pymodule(gil_used = true)]
+fn _octodb(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<connection::Connection>()?;
+    m.add_class::<cursor::Cursor>()?;
+    m.add_class::<row::Row>()?;
+    m.add_class::<blob::Blob>()?;
+    m.add_class::<connection::Statement>()?;
+    m.add_class::<events::Event>()?;
+    m.add_class::<events::EventStream>()?;
+    m.add_class::<events::Listener>()?;
+    errors::add_to_module(m)?;
+    adapters::add_to_module(m)?;
+    m.add_function(wrap_pyfunction!(complete_statement, m)?)?;
+    m.add_function(wrap_pyfunction!(enable_shared_cache, m)?)?;
+    m.add_function(wrap_pyfunction!(callback::enable_callback_tracebacks, m)?)?;
+    for (name, value) in codes::RESULT_CODES.iter().chain(codes::OTHER_CONSTANTS) {
+        m.add(*name, *value)?;
+    }
+    m.add("PARSE_DECLTYPES", cursor::PARSE_DECLTYPES)?;
+    m.add("PARSE_COLNAMES", cursor::PARSE_COLNAMES)?;
+    // SAFETY: sqlite3_libversion returns a static NUL-terminated string.
+    let version = unsafe { ffi_util::c_text(ffi::sqlite3_libversion()) };
+    m.add("sqlite_version", version)?;
+    // The version of sqlite3's module API this one follows.
+    m.add("version", "2.6.0")?;
+    // SAFETY: a constant of the linked SQLite.
+    let threadsafe = unsafe { ffi::sqlite3_threadsafe() };
+    // sqlite3's mapping of SQLite's threading mode to DB-API's levels (connections are
+    // additionally serialized by the module's own lock).
+    m.add("threadsafety", if threadsafe == 0 { 0 } else { 3 })?;
+    m.add("octodb_version", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
