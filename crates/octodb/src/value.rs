@@ -89,3 +89,59 @@ impl Owner {
         }
     }
 }
+
+/// A value borrowed from SQLite, serialized exactly as the equal [`Value`] is, so rows can be
+/// encoded straight from a query without copying every value into a [`Value`] first.
+pub struct WireValueRef<'a>(pub ValueRef<'a>);
+
+impl Serialize for WireValueRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Variant names and indexes are those `#[derive(Serialize)]` gives `Value`.
+        match self.0 {
+            ValueRef::Null => s.serialize_unit_variant("Value", 0, "Null"),
+            ValueRef::Integer(i) => s.serialize_newtype_variant("Value", 1, "Integer", &i),
+            ValueRef::Real(f) => s.serialize_newtype_variant("Value", 2, "Real", &f),
+            ValueRef::Text(t) => {
+                let text = String::from_utf8_lossy(t);
+                s.serialize_newtype_variant("Value", 3, "Text", text.as_ref())
+            }
+            ValueRef::Blob(b) => s.serialize_newtype_variant("Value", 4, "Blob", b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn borrowed_values_encode_like_owned_ones() {
+        let owned = [
+            Value::Null,
+            Value::Integer(-7),
+            Value::Real(2.5),
+            Value::Text("héllo".into()),
+            Value::Blob(vec![0, 1, 255]),
+        ];
+        for v in &owned {
+            let r = match v {
+                Value::Null => ValueRef::Null,
+                Value::Integer(i) => ValueRef::Integer(*i),
+                Value::Real(f) => ValueRef::Real(*f),
+                Value::Text(t) => ValueRef::Text(t.as_bytes()),
+                Value::Blob(b) => ValueRef::Blob(b),
+            };
+            assert_eq!(
+                postcard::to_allocvec(&WireValueRef(r)).ok(),
+                postcard::to_allocvec(v).ok(),
+                "{v:?}"
+            );
+        }
+        // Text that is not UTF-8 arrives as the lossy text `Value::from_ref` would make.
+        let bad = ValueRef::Text(&[b'a', 0xff]);
+        assert_eq!(
+            postcard::to_allocvec(&WireValueRef(bad)).ok(),
+            postcard::to_allocvec(&Value::from_ref(bad)).ok()
+        );
+    }
+}

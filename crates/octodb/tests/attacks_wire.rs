@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// The wire constants of `net::transport`, restated: these tests speak the protocol by hand.
-const NOISE_PATTERN: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+const NOISE_PATTERN: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
 const PROLOGUE: &[u8] = b"octodb/1";
 const PROOF_CONTEXT: &[u8] = b"octodb-identity-v1";
 const PROOF_LEN: usize = 1 + 32 + 64 + 1;

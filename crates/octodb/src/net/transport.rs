@@ -1,8 +1,8 @@
 //! Secure, framed connections between nodes over TCP.
 //!
 //! Wire protocol (all lengths are big-endian u16):
-//! 1. Noise handshake, `Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s` when a network key is set, else
-//!    `Noise_XX_25519_ChaChaPoly_BLAKE2s`; prologue `octodb/1`, so nodes of another protocol
+//! 1. Noise handshake, `Noise_XXpsk3_25519_AESGCM_BLAKE2s` when a network key is set, else
+//!    `Noise_XX_25519_AESGCM_BLAKE2s`; prologue `octodb/1`, so nodes of another protocol
 //!    version or network fail here. Each handshake message is `[len][bytes]`.
 //! 2. Each side sends an identity proof as its first encrypted message: its Ed25519 key and a
 //!    signature over `"octodb-identity-v1" || role || handshake_hash`. The handshake hash is
@@ -24,8 +24,8 @@ use crate::crypto::{NodeKeys, PublicKey};
 
 /// Protocol version, mixed into the handshake: peers with a different one cannot connect.
 const PROLOGUE: &[u8] = b"octodb/1";
-const PATTERN_PSK: &str = "Noise_XXpsk3_25519_ChaChaPoly_BLAKE2s";
-const PATTERN_OPEN: &str = "Noise_XX_25519_ChaChaPoly_BLAKE2s";
+const PATTERN_PSK: &str = "Noise_XXpsk3_25519_AESGCM_BLAKE2s";
+const PATTERN_OPEN: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
 /// XX handshake messages are at most ~100 bytes; anything bigger is another protocol, and
 /// refusing it at once means a stray client fails fast instead of waiting for the timeout.
 const MAX_HANDSHAKE_MSG: usize = 256;

@@ -10,6 +10,7 @@ mod members;
 mod primary;
 mod registry;
 mod secondary;
+mod snapshot;
 mod status;
 mod writer;
 

@@ -3,16 +3,14 @@
 
 use super::admission::{admit, send_now, Applicant};
 use super::members::Registered;
+use super::snapshot;
 use super::writer::Job;
 use super::{runtime, Shared};
 use crate::error::{Error, Result};
 use crate::log;
 use crate::net::{Message, NetError, SecureReader, SecureStream, SecureWriter};
 use crate::store::apply::Sender;
-use crate::store::schema::{self, ident};
 use crate::uri::Role;
-use crate::value::Value;
-use rusqlite::Connection;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +20,6 @@ use tokio::task::JoinHandle;
 
 /// Log entries read per step while a device catches up.
 const CATCH_UP_BATCH: usize = 2000;
-/// Rows per message during the initial download.
-const SNAPSHOT_CHUNK: usize = 4000;
 /// Most transactions a device may send in one message.
 const MAX_TXNS_PER_MESSAGE: usize = 10_000;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -269,16 +265,16 @@ async fn send(wr: &mut SecureWriter, entries: Vec<log::LogEntry>, up_to: u64) ->
     Ok(wr.flush().await?)
 }
 
-/// The initial download: the snapshot is read on a blocking thread and sent from here as its
-/// parts arrive. Returns the log position it stands at.
+/// The initial download: the snapshot is read and encoded on a blocking thread and sent from
+/// here as its parts arrive. Returns the log position it stands at.
 async fn download(shared: &Arc<Shared>, user: i64, wr: &mut SecureWriter) -> Result<u64> {
-    let (tx, rx) = mpsc::channel::<Message>(4);
-    let reading = shared.read(move |c| send_snapshot(c, user, &tx));
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
+    let reading = shared.read(move |c| snapshot::read(c, user, &tx));
     let sending = async {
         // Owned here so that a failed send drops it, which stops the reading side too.
         let mut rx = rx;
         while let Some(m) = rx.recv().await {
-            wr.send(&m.encode()).await?;
+            wr.send(&m).await?;
             if rx.is_empty() {
                 wr.flush().await?;
             }
@@ -288,88 +284,4 @@ async fn download(shared: &Arc<Shared>, user: i64, wr: &mut SecureWriter) -> Res
     let (seq, sent) = tokio::join!(reading, sending);
     sent?;
     seq
-}
-
-/// The initial download of a device of `user`: schema, then the rows it may see, read in one
-/// read transaction so they match the log position sent with them. Returns that position.
-fn send_snapshot(c: &Connection, user: i64, out: &mpsc::Sender<Message>) -> Result<u64> {
-    c.execute_batch("BEGIN")?;
-    let result = snapshot_in_txn(c, user, out);
-    let _ = c.execute_batch("COMMIT");
-    result
-}
-
-fn snapshot_in_txn(c: &Connection, user: i64, out: &mpsc::Sender<Message>) -> Result<u64> {
-    let send = |m: Message| out.blocking_send(m).map_err(|_| Error::Closed);
-    let seq = log::last_seq(c)?;
-    let statements: Vec<String> = c
-        .prepare(
-            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL
-               AND name NOT LIKE '\\_octo\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
-               AND tbl_name NOT LIKE 'private\\_%' ESCAPE '\\'
-             ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid",
-        )?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let tables: Vec<_> = schema::user_tables(c)?
-        .into_iter()
-        .filter(|t| t.is_replicated() && !schema::is_private(&t.name) && !t.without_rowid)
-        .collect();
-    let filter = |t: &schema::TableLayout| {
-        let ow = ident(&t.columns[t.owner.unwrap_or(0)]);
-        format!("{ow} = '*' OR {ow} = ?1 OR {ow} = ?2")
-    };
-    let mut total = 0u64;
-    for t in &tables {
-        let n: i64 = c.query_row(
-            &format!(
-                "SELECT count(*) FROM {} WHERE {}",
-                ident(&t.name),
-                filter(t)
-            ),
-            rusqlite::params![user, user.to_string()],
-            |r| r.get(0),
-        )?;
-        total += n as u64;
-    }
-    send(Message::SnapshotBegin {
-        seq,
-        schema: statements,
-        total_rows: total,
-    })?;
-    for t in &tables {
-        let cols: Vec<String> = t.columns.iter().map(|c| ident(c)).collect();
-        let mut stmt = c.prepare(&format!(
-            "SELECT rowid, {} FROM {} WHERE {}",
-            cols.join(", "),
-            ident(&t.name),
-            filter(t)
-        ))?;
-        let n = t.columns.len();
-        let mut rows = stmt.query(rusqlite::params![user, user.to_string()])?;
-        let mut chunk = Vec::with_capacity(SNAPSHOT_CHUNK);
-        while let Some(r) = rows.next()? {
-            let values = (1..=n)
-                .map(|i| r.get::<_, Value>(i))
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            chunk.push((r.get::<_, i64>(0)?, values));
-            if chunk.len() == SNAPSHOT_CHUNK {
-                let rows = std::mem::replace(&mut chunk, Vec::with_capacity(SNAPSHOT_CHUNK));
-                send(Message::SnapshotRows {
-                    table: t.name.clone(),
-                    columns: t.columns.clone(),
-                    rows,
-                })?;
-            }
-        }
-        if !chunk.is_empty() {
-            send(Message::SnapshotRows {
-                table: t.name.clone(),
-                columns: t.columns.clone(),
-                rows: chunk,
-            })?;
-        }
-    }
-    send(Message::SnapshotEnd { seq })?;
-    Ok(seq)
 }

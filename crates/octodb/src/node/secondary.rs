@@ -215,6 +215,7 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
             Message::SnapshotBegin {
                 schema, total_rows, ..
             } => {
+                tracing::debug!(total_rows, "initial download begins");
                 set_download(shared, Some((0, total_rows)));
                 ask(shared, |reply| Job::SnapshotBegin { schema, reply }).await?;
             }
@@ -241,6 +242,7 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
                 }
             }
             Message::SnapshotEnd { seq } => {
+                tracing::debug!(seq, "initial download fully received");
                 ask(shared, |reply| Job::SnapshotEnd { seq, reply }).await?;
                 set_download(shared, None);
             }

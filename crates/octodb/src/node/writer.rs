@@ -224,6 +224,9 @@ impl Writer {
                     if !self.conn.is_autocommit() {
                         let _ = self.conn.execute_batch("ROLLBACK");
                     }
+                    if let Err(e) = self.restore_checkpoints() {
+                        tracing::warn!("cannot restore checkpoints after an aborted download: {e}");
+                    }
                 }
             }
             let _ = self.role;
@@ -352,7 +355,10 @@ impl Writer {
         if !self.conn.is_autocommit() {
             self.conn.execute_batch("ROLLBACK")?;
         }
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        // The download's commit would otherwise copy the whole database from the WAL into the
+        // file before the app hears that it is ready; that copy is done just after instead.
+        self.conn
+            .execute_batch("PRAGMA wal_autocheckpoint=0; BEGIN IMMEDIATE")?;
         for sql in statements {
             if let Err(e) = self.conn.execute_batch(&schema::device_create_table(sql)) {
                 self.conn.execute_batch("ROLLBACK")?;
@@ -373,19 +379,27 @@ impl Writer {
                 "initial download: table `{table}` is missing"
             )));
         };
-        for (rowid, values) in rows {
-            apply::write_row(&self.conn, &t, columns, *rowid, values)?;
-        }
-        Ok(())
+        apply::insert_rows(&self.conn, &t, columns, rows)
     }
 
     fn snapshot_end(&mut self, seq: u64) -> Result<()> {
         meta_set(&self.conn, "last_seq", seq as i64)?;
         meta_set(&self.conn, "ready", 1)?;
         meta_set(&self.conn, "last_sync", unix_now())?;
+        let started = std::time::Instant::now();
         self.conn.execute_batch("COMMIT")?;
+        tracing::debug!(
+            micros = started.elapsed().as_micros() as u64,
+            "initial download committed"
+        );
         self.shared.feed.send_replace(seq);
         self.shared.emit(Event::Ready);
+        self.restore_checkpoints()
+    }
+
+    fn restore_checkpoints(&self) -> Result<()> {
+        self.conn
+            .execute_batch("PRAGMA wal_autocheckpoint=1000; PRAGMA wal_checkpoint(PASSIVE);")?;
         Ok(())
     }
 }

@@ -74,6 +74,51 @@ pub fn write_row(
     Ok(())
 }
 
+/// Insert many rows given by `columns` (unknown columns are skipped), as the initial download
+/// does: one prepared statement for them all. A row whose id is taken here already (a local
+/// row made before the download) is merged with [`write_row`] instead.
+pub fn insert_rows(
+    conn: &Connection,
+    t: &TableLayout,
+    columns: &[String],
+    rows: &[(i64, Vec<Value>)],
+) -> Result<()> {
+    let keep: Vec<usize> = (0..columns.len())
+        .filter(|&i| t.columns.contains(&columns[i]))
+        .collect();
+    let mut names = vec!["rowid".to_string()];
+    names.extend(keep.iter().map(|&i| ident(&columns[i])));
+    let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+    let mut stmt = conn.prepare_cached(&format!(
+        "INSERT INTO {}({}) VALUES ({})",
+        ident(&t.name),
+        names.join(", "),
+        marks.join(", ")
+    ))?;
+    for (rowid, values) in rows {
+        if values.len() != columns.len() {
+            return Err(crate::Error::rule(format!(
+                "a row of `{}` has {} values for {} columns",
+                t.name,
+                values.len(),
+                columns.len()
+            )));
+        }
+        stmt.raw_bind_parameter(1, rowid)?;
+        for (n, &i) in keep.iter().enumerate() {
+            stmt.raw_bind_parameter(n + 2, &values[i])?;
+        }
+        match stmt.raw_execute() {
+            Ok(_) => {}
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                write_row(conn, t, columns, *rowid, values)?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 fn insert_row(
     conn: &Connection,
     t: &TableLayout,

@@ -1,0 +1,111 @@
+//! A primary reading the initial download of a device: the schema, then the rows its user may
+//! see, all in one read transaction so that they match the log position sent with them.
+//! Messages are encoded here, on the blocking thread that reads, straight from SQLite's values.
+
+use crate::error::{Error, Result};
+use crate::log;
+use crate::net::message::SnapshotRowsEncoder;
+use crate::net::Message;
+use crate::store::schema::{self, ident, TableLayout};
+use crate::value::WireValueRef;
+use rusqlite::Connection;
+use serde::ser::{Error as _, SerializeSeq};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// Rows per message.
+const CHUNK_ROWS: usize = 4000;
+
+/// Read the download of a device of `user` into `out` (encoded messages). Returns the log
+/// position it stands at.
+pub(super) fn read(c: &Connection, user: i64, out: &mpsc::Sender<Vec<u8>>) -> Result<u64> {
+    c.execute_batch("BEGIN")?;
+    let result = read_in_txn(c, user, out);
+    let _ = c.execute_batch("COMMIT");
+    result
+}
+
+fn read_in_txn(c: &Connection, user: i64, out: &mpsc::Sender<Vec<u8>>) -> Result<u64> {
+    let send = |bytes: Vec<u8>| out.blocking_send(bytes).map_err(|_| Error::Closed);
+    let seq = log::last_seq(c)?;
+    let statements: Vec<String> = c
+        .prepare(
+            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL
+               AND name NOT LIKE '\\_octo\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+               AND tbl_name NOT LIKE 'private\\_%' ESCAPE '\\'
+             ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let tables: Vec<_> = schema::user_tables(c)?
+        .into_iter()
+        .filter(|t| t.is_replicated() && !schema::is_private(&t.name) && !t.without_rowid)
+        .collect();
+    let visible = rusqlite::params![user, user.to_string()];
+    let mut total = 0u64;
+    for t in &tables {
+        let n: i64 = c.query_row(
+            &format!(
+                "SELECT count(*) FROM {} WHERE {}",
+                ident(&t.name),
+                visibility(t)
+            ),
+            visible,
+            |r| r.get(0),
+        )?;
+        total += n as u64;
+    }
+    send(
+        Message::SnapshotBegin {
+            seq,
+            schema: statements,
+            total_rows: total,
+        }
+        .encode(),
+    )?;
+    for t in &tables {
+        let cols: Vec<String> = t.columns.iter().map(|c| ident(c)).collect();
+        let mut stmt = c.prepare(&format!(
+            "SELECT rowid, {} FROM {} WHERE {}",
+            cols.join(", "),
+            ident(&t.name),
+            visibility(t)
+        ))?;
+        let n = t.columns.len();
+        let mut rows = stmt.query(visible)?;
+        let mut chunk = SnapshotRowsEncoder::new(&t.name, &t.columns);
+        while let Some(r) = rows.next()? {
+            chunk.push(r.get::<_, i64>(0)?, &RowValues(r, n))?;
+            if chunk.rows() == CHUNK_ROWS {
+                let full =
+                    std::mem::replace(&mut chunk, SnapshotRowsEncoder::new(&t.name, &t.columns));
+                send(full.finish()?)?;
+            }
+        }
+        if chunk.rows() > 0 {
+            send(chunk.finish()?)?;
+        }
+    }
+    send(Message::SnapshotEnd { seq }.encode())?;
+    Ok(seq)
+}
+
+/// The rows of `t` a device of the user bound as ?1 (and as text, ?2) may see.
+fn visibility(t: &TableLayout) -> String {
+    let ow = ident(&t.columns[t.owner.unwrap_or(0)]);
+    format!("{ow} = '*' OR {ow} = ?1 OR {ow} = ?2")
+}
+
+/// Columns 1..=n of a query row, serialized as a sequence of values without copying them.
+struct RowValues<'a, 'r>(&'a rusqlite::Row<'r>, usize);
+
+impl Serialize for RowValues<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.1))?;
+        for i in 1..=self.1 {
+            let v = self.0.get_ref(i).map_err(S::Error::custom)?;
+            seq.serialize_element(&WireValueRef(v))?;
+        }
+        seq.end()
+    }
+}
