@@ -48,6 +48,8 @@ struct State {
     cast: Option<Casts>,
     columns: usize,
     description: Option<Py<PyAny>>,
+    /// The column names for octodb.Row, read from `description` on first need.
+    names: Option<Arc<[String]>>,
     rowcount: i64,
     lastrowid: Option<i64>,
     row_factory: Option<Py<PyAny>>,
@@ -427,6 +429,7 @@ impl<'py> Run<'_, 'py> {
             let mut st = self.cur.state();
             st.generation += 1;
             st.description = None;
+            st.names = None;
             st.cast = None;
             st.columns = 0;
             st.rowcount = -1;
@@ -545,6 +548,7 @@ impl<'py> Run<'_, 'py> {
         let mut st = self.cur.state();
         st.columns = columns;
         st.description = desc;
+        st.names = None;
         st.cast = cast;
         Ok(())
     }
@@ -731,7 +735,8 @@ struct RowMaker {
 
 enum Factory {
     Tuple,
-    Row,
+    /// octodb.Row, made directly, with the column names read once per fetch.
+    Row(Arc<[String]>),
     Call(Py<PyAny>),
 }
 
@@ -791,13 +796,13 @@ impl RowMaker {
         let py = cursor.py();
         match &self.factory {
             Factory::Tuple => Ok(tuple.into_any()),
-            Factory::Row => {
+            Factory::Row(names) => {
                 let desc = self
                     .description
                     .as_ref()
                     .map(|d| d.clone_ref(py))
                     .unwrap_or_else(|| py.None());
-                Ok(Bound::new(py, Row::new(desc, tuple.unbind()))?.into_any())
+                Ok(Bound::new(py, Row::new(desc, tuple.unbind(), names.clone()))?.into_any())
             }
             Factory::Call(f) => f.bind(py).call1((cursor, tuple)),
         }
@@ -810,11 +815,25 @@ fn fetch<'py>(cursor: &Bound<'py, Cursor>, max: Option<usize>) -> PyResult<Vec<B
     let me = cursor.get();
     let (conn, unlock) = me.enter(py)?;
     let (maker, generation) = {
-        let st = me.state();
+        let mut st = me.state();
         let factory = match &st.row_factory {
             None => Factory::Tuple,
             Some(f) if f.is_none(py) => Factory::Tuple,
-            Some(f) if f.bind(py).is(py.get_type::<Row>()) => Factory::Row,
+            Some(f) if f.bind(py).is(py.get_type::<Row>()) => {
+                let names = match &st.names {
+                    Some(n) => n.clone(),
+                    None => {
+                        let desc = st
+                            .description
+                            .as_ref()
+                            .map_or_else(|| py.None(), |d| d.clone_ref(py));
+                        let n = crate::row::names_of(desc.bind(py))?;
+                        st.names = Some(n.clone());
+                        n
+                    }
+                };
+                Factory::Row(names)
+            }
             Some(f) => Factory::Call(f.clone_ref(py)),
         };
         (

@@ -6,26 +6,36 @@ use pyo3::basic::CompareOp;
 use pyo3::exceptions::{PyIndexError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyList, PySlice, PyString, PyTuple};
+use std::sync::Arc;
 
 #[pyclass(module = "octodb", subclass, frozen, sequence)]
 pub struct Row {
     description: Py<PyAny>,
     data: Py<PyTuple>,
+    /// The column names, shared by the rows of one fetch.
+    names: Arc<[String]>,
 }
 
 impl Row {
-    pub fn new(description: Py<PyAny>, data: Py<PyTuple>) -> Row {
-        Row { description, data }
-    }
-
-    /// The column names, from the cursor's description.
-    fn names<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyAny>>> {
-        let desc = self.description.bind(py);
-        if desc.is_none() {
-            return Ok(Vec::new());
+    pub fn new(description: Py<PyAny>, data: Py<PyTuple>, names: Arc<[String]>) -> Row {
+        Row {
+            description,
+            data,
+            names,
         }
-        desc.try_iter()?.map(|d| d?.get_item(0)).collect()
     }
+}
+
+/// The column names in a cursor's description (first item of each entry).
+pub fn names_of(description: &Bound<'_, PyAny>) -> PyResult<Arc<[String]>> {
+    if description.is_none() {
+        return Ok(Arc::from(Vec::new()));
+    }
+    description
+        .try_iter()?
+        .map(|d| d?.get_item(0)?.str().map(|s| s.to_string()))
+        .collect::<PyResult<Vec<_>>>()
+        .map(Arc::from)
 }
 
 /// Column names compare ASCII letters without case, everything else exactly (as sqlite3).
@@ -43,8 +53,10 @@ impl Row {
         let data = data
             .cast::<PyTuple>()
             .map_err(|_| PyTypeError::new_err("Row() argument 2 must be a tuple"))?;
+        let description = cursor.getattr("description")?;
         Ok(Row {
-            description: cursor.getattr("description")?.unbind(),
+            names: names_of(&description)?,
+            description: description.unbind(),
             data: data.clone().unbind(),
         })
     }
@@ -72,12 +84,10 @@ impl Row {
         }
         if let Ok(name) = key.cast::<PyString>() {
             let name = name.to_str()?;
-            for (i, col) in self.names(py)?.iter().enumerate() {
-                if same_name(col.cast::<PyString>()?.to_str()?, name) {
-                    return data.get_item(i);
-                }
-            }
-            return Err(PyIndexError::new_err("No item with that key"));
+            return match self.names.iter().position(|col| same_name(col, name)) {
+                Some(i) => data.get_item(i),
+                None => Err(PyIndexError::new_err("No item with that key")),
+            };
         }
         if let Ok(slice) = key.cast::<PySlice>() {
             return data.as_any().get_item(slice);
@@ -91,7 +101,7 @@ impl Row {
 
     /// The column names.
     fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(py, self.names(py)?)
+        PyList::new(py, self.names.iter())
     }
 
     fn __hash__(&self, py: Python<'_>) -> PyResult<isize> {

@@ -1,0 +1,37 @@
+"""An app on a new device: signs its user up, waits until the database is ready, then uses it
+(seed "simplified example without any GUI", in Python 3, signing up).
+
+    OCTODB_SERVERS=tcp://backend:1234 OCTODB_USER='{"name": "ann", "password": "..."}' python device_signup.py
+"""
+import octodb as sqlite3
+import time
+import json
+import os
+
+sent_user_registration = False
+user_data = os.environ.get("OCTODB_USER", '{"name": "ann", "password": "secret"}')
+servers = os.environ.get("OCTODB_SERVERS", "tcp://server1:port1,tcp://server2:port2,tcp://server3:port3")
+
+# open the database
+db = sqlite3.connect('file:' + os.environ.get("OCTODB_DB", "app.db") + '?node=secondary&connect=' + servers)
+cur = db.cursor()
+
+# check if the db is ready
+while True:
+    result = cur.execute("PRAGMA sync_status").fetchone()
+    status = json.loads(result[0])
+    if status["db_is_ready"]: break
+    # check if the device is already authorized
+    if not sent_user_registration and status["node_id"] == 0:
+        cur.execute("PRAGMA user_signup='" + user_data + "'")
+        sent_user_registration = True
+    time.sleep(0.250)
+
+# now the app can use the db connection
+print("ready: node", status["node_id"], "user", status["user_id"])
+cur.execute("INSERT INTO todos(title) VALUES (?)", (os.environ.get("OCTODB_TODO", "buy milk"),))
+db.commit()
+db.wait_for(lambda s: s["outbox_len"] == 0, timeout=60)  # the backend accepted it
+for row in cur.execute("SELECT title FROM todos ORDER BY id"):
+    print("todo:", row[0])
+db.close()

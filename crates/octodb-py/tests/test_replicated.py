@@ -1,0 +1,144 @@
+"""sqlite3's API on replicated nodes: transactions that replicate at commit, cursor
+attributes, octodb's status and events for apps."""
+
+import json
+import threading
+
+import octodb
+from conftest import DEADLINE, wait_until
+
+
+def make_table(backend):
+    backend.execute("CREATE TABLE todos(id INTEGER PRIMARY KEY, title TEXT, row_owner)")
+
+
+def test_writes_replicate_when_the_implicit_transaction_commits(open_primary, open_device):
+    backend = open_primary()
+    make_table(backend)
+    phone = open_device(backend)
+    phone.wait_until_ready(timeout=DEADLINE)
+    cur = phone.execute("INSERT INTO todos(title) VALUES (?)", ("buy milk",))
+    assert phone.in_transaction, "DML opens a transaction, as in sqlite3"
+    assert cur.rowcount == 1
+    assert cur.lastrowid >> 32 == phone.sync_status()["node_id"], "collision-free id"
+    assert phone.sync_status()["outbox_len"] == 0, "nothing leaves before the commit"
+    phone.commit()
+    phone.wait_for(lambda s: s["outbox_len"] == 0 and s["last_seq"] > 0, timeout=DEADLINE)
+    user = phone.sync_status()["user_id"]
+    rows = wait_until("the row on the backend", lambda: backend.execute("SELECT id, title, row_owner FROM todos").fetchall())
+    assert rows == [(cur.lastrowid, "buy milk", user)]
+
+
+def test_a_rolled_back_transaction_sends_nothing(open_primary, open_device):
+    backend = open_primary()
+    make_table(backend)
+    phone = open_device(backend)
+    phone.wait_until_ready(timeout=DEADLINE)
+    with phone:
+        phone.execute("INSERT INTO todos(title) VALUES ('kept')")
+    try:
+        with phone:
+            phone.execute("INSERT INTO todos(title) VALUES ('dropped')")
+            raise KeyError("the app changed its mind")
+    except KeyError:
+        pass
+    phone.wait_for(lambda s: s["outbox_len"] == 0, timeout=DEADLINE)
+    wait_until("the kept row", lambda: backend.execute("SELECT count(*) FROM todos").fetchone()[0] == 1)
+    assert backend.execute("SELECT title FROM todos").fetchall() == [("kept",)]
+
+
+def test_autocommit_mode_and_returning_on_a_device(open_primary, open_device):
+    backend = open_primary()
+    make_table(backend)
+    phone = open_device(backend)
+    phone.wait_until_ready(timeout=DEADLINE)
+    phone.isolation_level = None
+    rows = phone.execute("INSERT INTO todos(title) VALUES ('a'), ('b') RETURNING title").fetchall()
+    assert sorted(rows) == [("a",), ("b",)]
+    assert not phone.in_transaction
+    wait_until("both rows on the backend", lambda: backend.execute("SELECT count(*) FROM todos").fetchone()[0] == 2)
+
+
+def test_schema_comes_from_the_backend_and_devices_cannot_change_it(open_primary, open_device):
+    backend = open_primary()
+    phone = open_device(backend)
+    phone.wait_until_ready(timeout=DEADLINE)
+    make_table(backend)
+    wait_until(
+        "the table on the device",
+        lambda: phone.execute("SELECT count(*) FROM sqlite_master WHERE name = 'todos'").fetchone()[0],
+    )
+    try:
+        phone.execute("CREATE TABLE mine(x)")
+        raise AssertionError("a device changed the schema")
+    except octodb.DatabaseError as e:
+        assert "primaries" in str(e)
+
+
+def test_events_ready_data_received_and_a_rejected_transaction(open_primary, open_device):
+    backend = open_primary()
+    backend.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)")
+    first = open_device(backend, "first.db")
+    events = first.events()
+    first.wait_until_ready(timeout=DEADLINE)
+    second = open_device(backend, "second.db")
+    second.wait_until_ready(timeout=DEADLINE)
+
+    kinds = []
+    got = threading.Event()
+
+    def seen(event):
+        kinds.append(event)
+        if event.kind == "data_received":
+            got.set()
+
+    listener = second.on_event(seen)
+    backend.execute("INSERT INTO t(v, row_owner) VALUES ('for everyone', '*')")
+    backend.commit()
+    assert got.wait(DEADLINE), f"no data_received event, got {kinds}"
+    listener.cancel()
+    assert not listener.active
+
+    first.execute("INSERT INTO t(id, v) VALUES (7, 'first')")
+    first.commit()
+    first.wait_for(lambda s: s["outbox_len"] == 0, timeout=DEADLINE)
+    rejected = second.events()
+    second.execute("INSERT INTO t(id, v) VALUES (7, 'second')")
+    second.commit()
+    event = None
+    while event is None or event.kind != "transaction_rejected":
+        event = rejected.get(timeout=DEADLINE)
+        assert event is not None, "no transaction_rejected event"
+    assert "first insert wins" in event.reason
+    assert second.sync_status()["last_rejected"]["reason"] == event.reason
+    assert second.execute("SELECT v FROM t WHERE id = 7").fetchall() == [], "removed from the device"
+
+    seen_kinds = set()
+    while True:
+        e = events.get(timeout=0.5)
+        if e is None:
+            break
+        seen_kinds.add(e.kind)
+    assert "ready" in seen_kinds or first.sync_status()["db_is_ready"]
+
+
+def test_pragma_sync_status_is_the_same_json_as_sync_status(open_primary, tmp_path):
+    backend = open_primary()
+    via_pragma = json.loads(backend.execute("PRAGMA sync_status").fetchone()[0])
+    assert via_pragma["node_type"] == "primary" and via_pragma["db_is_ready"]
+    assert backend.sync_status()["public_key"] == via_pragma["public_key"] == backend.public_key
+    cur = backend.execute("PRAGMA nodes")
+    assert [d[0] for d in cur.description][:3] == ["public_key", "node_id", "node_type"]
+    local = octodb.connect(tmp_path / "plain.db")
+    assert local.sync_status()["node_type"] == "local" and local.node_type == "local"
+    assert local.wait_until_ready(timeout=1)["db_is_ready"]
+
+
+def test_a_wait_that_cannot_succeed_times_out(open_primary, open_device):
+    backend = open_primary(auth="user")
+    phone = open_device(backend)
+    try:
+        phone.wait_until_ready(timeout=0.3)
+        raise AssertionError("an unauthorized device was ready")
+    except TimeoutError as e:
+        assert "db_is_ready" in str(e)
