@@ -82,10 +82,15 @@ impl ConnInner {
         Ok(())
     }
 
-    /// The statement that opens a transaction before DML, or None in autocommit mode.
-    pub fn begin_statement(&self) -> Option<String> {
+    /// The statement that opens a transaction before DML, or None in autocommit mode. On a
+    /// replicated node a deferred one takes the write lock at once: the node's writer thread
+    /// commits concurrently, and a deferred transaction could not upgrade past its commits.
+    pub fn begin_statement(&self, replicated: bool) -> Option<String> {
         let level = *self.isolation.lock().unwrap_or_else(|p| p.into_inner());
-        level.map(|l| format!("BEGIN {l}"))
+        level.map(|l| match l {
+            "" | "DEFERRED" if replicated => "BEGIN IMMEDIATE".to_string(),
+            l => format!("BEGIN {l}"),
+        })
     }
 
     pub fn text_factory(&self, py: Python<'_>) -> Py<PyAny> {
@@ -288,8 +293,7 @@ impl Connection {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let inner = self.initialized()?;
         inner.check_thread()?;
-        inner.db.close(py);
-        Ok(())
+        inner.db.close(py)
     }
 
     fn __enter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Self>> {

@@ -220,6 +220,7 @@ fn before_prepare(
     }
     let engine = g.engine()?;
     // SAFETY: the engine call touches no Python object.
+    let _inside = g.inside();
     let r = unsafe { detached(py, || engine.before_prepare(sql)) };
     r.map(Some).map_err(|e| errors::from_engine(py, e))
 }
@@ -236,6 +237,7 @@ fn before_step(
     };
     let engine = g.engine()?;
     // SAFETY: as above.
+    let _inside = g.inside();
     let r = unsafe { detached(py, || engine.before_step(prepared, sql, readonly)) };
     r.map(Some).map_err(|e| errors::from_engine(py, e))
 }
@@ -251,6 +253,7 @@ fn after_steps(
     };
     let engine = g.engine()?;
     // SAFETY: as above.
+    let _inside = g.inside();
     let r = unsafe { detached(py, || engine.after_steps(started, changes)) };
     r.map_err(|e| errors::from_engine(py, e))
 }
@@ -277,7 +280,7 @@ pub fn run_to_end(py: Python<'_>, db: &Arc<Db>, g: &DbGuard<'_>, sql: &str) -> P
     let raw = s.raw(g)?;
     let started = before_step(py, g, prepared, sql, s.readonly(g))?;
     let rc = loop {
-        match stmt::step(py, raw) {
+        match stmt::step(py, g, raw) {
             ffi::SQLITE_ROW => continue,
             rc => break rc,
         }
@@ -297,6 +300,7 @@ fn answer_pragma(py: Python<'_>, g: &DbGuard<'_>, sql: &str) -> PyResult<Option<
     let engine = g.engine()?;
     // SAFETY: the engine call touches no Python object (PRAGMA authorize_* blocks until the
     // node's writer stores the decision, which is why the GIL is released).
+    let _inside = g.inside();
     let r = unsafe { detached(py, || engine.answer_pragma(sql)) };
     r.map_err(|e| errors::from_engine(py, e))
 }
@@ -482,7 +486,7 @@ impl<'py> Run<'_, 'py> {
     ) -> PyResult<()> {
         let py = self.py;
         if s.is_dml && g.autocommit()? {
-            if let Some(begin) = self.conn.begin_statement() {
+            if let Some(begin) = self.conn.begin_statement(g.replicated) {
                 run_to_end(py, db, g, &begin)?;
             }
         }
@@ -504,7 +508,7 @@ impl<'py> Run<'_, 'py> {
             if g.replicated && !readonly {
                 self.write_ahead(g, s, raw, started)?;
             } else {
-                let rc = stmt::step(py, raw);
+                let rc = stmt::step(py, g, raw);
                 if !described {
                     // After the first step: SQLite may have re-prepared the statement for a
                     // changed schema, with other columns.
@@ -566,7 +570,7 @@ impl<'py> Run<'_, 'py> {
         let n = s.column_count(g);
         let mut rows = VecDeque::new();
         let rc = loop {
-            match stmt::step(py, raw) {
+            match stmt::step(py, g, raw) {
                 ffi::SQLITE_ROW => {
                     rows.push_back((0..n).map(|i| values::engine_value(raw, i)).collect())
                 }
@@ -705,7 +709,7 @@ pub fn executescript(cur: &Bound<'_, Cursor>, script: &Bound<'_, PyAny>) -> PyRe
         }
         // Find where this statement ends, then run it on its own (through the engine's
         // phases on a replicated node).
-        let (rc, p, tail) = stmt::prepare_raw(py, raw_db, rest, false);
+        let (rc, p, tail) = stmt::prepare_raw(py, &g, rest, false)?;
         if !p.is_null() {
             // SAFETY: `p` was just prepared and is not used elsewhere; finalized once.
             unsafe { ffi::sqlite3_finalize(p) };
@@ -880,7 +884,7 @@ fn fetch<'py>(cursor: &Bound<'py, Cursor>, max: Option<usize>) -> PyResult<Vec<B
                     }
                 };
                 let raw = s.raw(&g)?;
-                let rc = stmt::step(py, raw);
+                let rc = stmt::step(py, &g, raw);
                 if rc != ffi::SQLITE_ROW {
                     let failure = (rc != ffi::SQLITE_DONE).then(|| step_error(py, &g));
                     let changed = (s.is_dml && rc == ffi::SQLITE_DONE).then(|| changes(&g));

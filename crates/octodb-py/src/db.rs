@@ -37,6 +37,18 @@ pub struct DbState {
     blobs: RefCell<Vec<Weak<crate::blob::BlobHandle>>>,
     /// Contexts of the authorizer, progress handler and trace callback now registered.
     pub hooks: RefCell<crate::hooks::Hooks>,
+    /// How many calls into SQLite (or the engine) are running on this database now: a Python
+    /// callback inside one must not close the database under it.
+    busy: Cell<u32>,
+}
+
+/// Marks a call into SQLite in progress (see `DbState::inside`).
+pub struct Inside<'a>(&'a Cell<u32>);
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
+    }
 }
 
 impl Db {
@@ -55,6 +67,7 @@ impl Db {
                 live: RefCell::new(Vec::new()),
                 blobs: RefCell::new(Vec::new()),
                 hooks: RefCell::new(Default::default()),
+                busy: Cell::new(0),
             }),
             interrupt_handle: Mutex::new(raw),
         })
@@ -88,10 +101,17 @@ impl Db {
 
     /// Close the database now: finalize statements, close blobs, drop the engine connection
     /// (with the GIL released: a node may wait for its threads, which may need the GIL).
-    pub fn close(&self, py: Python<'_>) {
+    pub fn close(&self, py: Python<'_>) -> PyResult<()> {
         let g = self.lock(py);
         if g.raw.get().0.is_null() {
-            return;
+            return Ok(());
+        }
+        if g.busy.get() > 0 {
+            // A callback (function, converter, trace...) of a statement still running: its
+            // statement cannot be finalized under it.
+            return Err(errors::OperationalError::new_err(
+                "cannot close the database from a callback of one of its own running statements",
+            ));
         }
         let stmts = g.live.take();
         for s in stmts.iter().filter_map(Weak::upgrade) {
@@ -113,13 +133,15 @@ impl Db {
         // After the handle is gone, SQLite can no longer call the hooks' contexts.
         let hooks = std::mem::take(&mut *g.hooks.borrow_mut());
         drop(hooks);
+        Ok(())
     }
 }
 
 impl Drop for Db {
     fn drop(&mut self) {
         if !self.state.get_mut().raw.get().0.is_null() {
-            Python::attach(|py| self.close(py));
+            // Nothing runs on a database nobody references: close() cannot refuse here.
+            let _ = Python::attach(|py| self.close(py));
         }
     }
 }
@@ -132,6 +154,12 @@ impl DbState {
             return Err(errors::closed_db());
         }
         Ok(r)
+    }
+
+    /// Mark a call into SQLite or the engine that may call back into Python.
+    pub fn inside(&self) -> Inside<'_> {
+        self.busy.set(self.busy.get() + 1);
+        Inside(&self.busy)
     }
 
     pub fn is_open(&self) -> bool {

@@ -110,12 +110,20 @@ impl Event {
     }
 }
 
+/// What waiting for an event gave.
+enum Got {
+    Event(Event),
+    Timeout,
+    /// The node stopped: no event will come.
+    Closed,
+}
+
 /// Wait for the next event with the GIL released, letting Ctrl-C through every tick.
 fn next(
     py: Python<'_>,
     rx: &mut Receiver<EngineEvent>,
     deadline: Option<Instant>,
-) -> PyResult<Option<Event>> {
+) -> PyResult<Got> {
     loop {
         let wait = match deadline {
             Some(d) => d.saturating_duration_since(Instant::now()).min(TICK),
@@ -123,18 +131,18 @@ fn next(
         };
         let got = py.detach(|| octodb::next_event(rx, wait));
         match got {
-            Next::Event(e) => return Ok(Some(Event::from_engine(e))),
+            Next::Event(e) => return Ok(Got::Event(Event::from_engine(e))),
             Next::Missed(n) => {
-                return Ok(Some(Event {
+                return Ok(Got::Event(Event {
                     rows: Some(n),
                     ..Event::new("missed")
                 }))
             }
-            Next::Closed => return Err(errors::closed_db()),
+            Next::Closed => return Ok(Got::Closed),
             Next::Timeout => {
                 py.check_signals()?;
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Ok(None);
+                    return Ok(Got::Timeout);
                 }
             }
         }
@@ -149,7 +157,8 @@ pub struct EventStream {
 
 #[pymethods]
 impl EventStream {
-    /// The next event, waiting at most `timeout` seconds (forever with None); None on timeout.
+    /// The next event, waiting at most `timeout` seconds (forever with None); None on
+    /// timeout or once the node has stopped.
     #[pyo3(signature = (timeout = None))]
     fn get(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Event>> {
         let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
@@ -165,7 +174,10 @@ impl EventStream {
             })?;
         let out = next(py, &mut rx, deadline);
         *self.rx.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
-        out
+        match out? {
+            Got::Event(e) => Ok(Some(e)),
+            Got::Timeout | Got::Closed => Ok(None),
+        }
     }
 
     fn __iter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -270,7 +282,11 @@ impl Connection {
                 (None, t) => t,
                 (d, None) => d,
             };
-            next(py, &mut rx, until)?;
+            if let Got::Closed = next(py, &mut rx, until)? {
+                return Err(errors::OperationalError::new_err(
+                    "the node stopped before the condition was reached",
+                ));
+            }
         }
     }
 }

@@ -94,8 +94,9 @@ impl Drop for Stmt {
 
 /// Step with the GIL released (the step may wait for a lock, or run long); callbacks inside
 /// it take the GIL back themselves.
-pub fn step(py: Python<'_>, stmt: RawStmt) -> c_int {
-    // SAFETY: the caller holds the statement's database lock for the whole call.
+pub fn step(py: Python<'_>, g: &DbGuard<'_>, stmt: RawStmt) -> c_int {
+    let _inside = g.inside();
+    // SAFETY: the caller holds the statement's database lock (`g`) for the whole call.
     py.detach(move || {
         let s = stmt;
         unsafe { ffi::sqlite3_step(s.0) }
@@ -112,8 +113,7 @@ pub fn prepare(
     persistent: bool,
     sqlite_error: &dyn Fn() -> PyErr,
 ) -> PyResult<Option<Arc<Stmt>>> {
-    let raw_db = g.raw()?;
-    let (rc, p, tail) = prepare_raw(py, raw_db, sql, persistent);
+    let (rc, p, tail) = prepare_raw(py, g, sql, persistent)?;
     if rc != ffi::SQLITE_OK {
         return Err(sqlite_error());
     }
@@ -140,10 +140,13 @@ pub fn prepare(
 /// the byte offset where the first statement ends.
 pub fn prepare_raw(
     py: Python<'_>,
-    db: crate::ffi_util::RawDb,
+    g: &DbGuard<'_>,
     sql: &str,
     persistent: bool,
-) -> (c_int, *mut ffi::sqlite3_stmt, usize) {
+) -> PyResult<(c_int, *mut ffi::sqlite3_stmt, usize)> {
+    let db = g.raw()?;
+    // The authorizer runs while a statement is prepared.
+    let _inside = g.inside();
     let flags = if persistent {
         ffi::SQLITE_PREPARE_PERSISTENT
     } else {
@@ -171,7 +174,7 @@ pub fn prepare_raw(
         (rc, crate::ffi_util::RawStmt(stmt), tail as usize)
     });
     let tail = if tail == 0 { start + sql.len() } else { tail };
-    (rc, stmt.0, tail.saturating_sub(start))
+    Ok((rc, stmt.0, tail.saturating_sub(start)))
 }
 
 /// Whether the first keyword (after blanks and comments) is INSERT, UPDATE, DELETE or REPLACE.

@@ -29,6 +29,19 @@ def test_writes_replicate_when_the_implicit_transaction_commits(open_primary, op
     assert rows == [(cur.lastrowid, "buy milk", user)]
 
 
+def test_implicit_transactions_take_the_write_lock_at_once_on_a_node(open_primary, open_device):
+    backend = open_primary()
+    make_table(backend)
+    phone = open_device(backend)
+    phone.wait_until_ready(timeout=DEADLINE)
+    traced = []
+    phone.set_trace_callback(traced.append)
+    phone.execute("INSERT INTO todos(title) VALUES ('x')")
+    phone.commit()
+    assert "BEGIN IMMEDIATE" in traced, "the node's writer commits concurrently"
+    assert traced.index("BEGIN IMMEDIATE") < traced.index("INSERT INTO todos(title) VALUES ('x')")
+
+
 def test_a_rolled_back_transaction_sends_nothing(open_primary, open_device):
     backend = open_primary()
     make_table(backend)

@@ -229,3 +229,22 @@ def _try(f, *args):
     except Exception as e:  # the test inspects which one
         return e
     return "no error"
+
+
+def test_closing_from_a_callback_of_a_running_statement_is_refused():
+    db = octodb.connect(":memory:")
+    refused = []
+
+    def closer(x):
+        try:
+            db.close()
+        except octodb.OperationalError as e:
+            refused.append(str(e))
+        return x
+
+    db.create_function("closer", 1, closer)
+    rows = db.execute("SELECT closer(value) FROM (SELECT 1 AS value UNION ALL SELECT 2)").fetchall()
+    assert rows == [(1,), (2,)] and len(refused) == 2
+    db.close()
+    with pytest.raises(octodb.ProgrammingError):
+        db.execute("SELECT 1")
