@@ -94,3 +94,38 @@ fn tables_without_integer_primary_key_replicate_every_row() {
     wait_count(&p, "SELECT count(*) FROM t", 4);
     assert_eq!(count(&p, "SELECT count(DISTINCT rowid) FROM t"), 4);
 }
+
+#[test]
+fn commits_from_several_connections_of_one_device_all_arrive_once() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    let uri = device_uri(&c.path("d.db"), &addr_of(&p));
+    // Commits of different connections finish in an order of their own, so the transactions
+    // reach the sending side out of order now and then.
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let uri = uri.clone();
+            std::thread::spawn(move || {
+                let conn = octodb::Connection::open(&uri).unwrap();
+                for i in 0..100 {
+                    conn.execute("INSERT INTO t(v) VALUES (?1)", [format!("{w}-{i}")])
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(DISTINCT v) FROM t", 400);
+    assert_eq!(count(&p, "SELECT count(*) FROM t"), 400);
+    assert_eq!(d.sync_status().unwrap().last_rejected, None);
+}

@@ -59,7 +59,9 @@ pub struct Connection {
     open_txn: Cell<Option<u64>>,
     /// Primaries: the log entries to announce once the open transaction commits.
     committed: RefCell<Vec<log::LogEntry>>,
-    outbox_added: Cell<bool>,
+    /// Devices: the changes the open transaction added to the outbox, handed to the node at
+    /// commit so it can send them without reading them back.
+    outbox_added: RefCell<Option<crate::changes::ChangeSet>>,
     /// `last_insert_rowid()` as the user sees it: the id a row was finally stored under.
     last_rowid: Arc<AtomicI64>,
     last_changes: Arc<AtomicI64>,
@@ -124,7 +126,7 @@ impl Connection {
             schema_version: Cell::new(-1),
             open_txn: Cell::new(None),
             committed: RefCell::new(Vec::new()),
-            outbox_added: Cell::new(false),
+            outbox_added: RefCell::new(None),
             last_rowid: Arc::new(AtomicI64::new(0)),
             last_changes: Arc::new(AtomicI64::new(0)),
         }
@@ -386,9 +388,9 @@ impl Connection {
         if !self.conn.is_autocommit() {
             return;
         }
-        self.open_txn.set(None);
+        let txn = self.open_txn.take();
         let entries = self.committed.take();
-        let outbox = self.outbox_added.replace(false);
+        let outbox = self.outbox_added.take();
         if !committed {
             return;
         }
@@ -396,8 +398,8 @@ impl Connection {
         if !entries.is_empty() {
             node.committed_local(entries);
         }
-        if outbox {
-            node.outbox_changed();
+        if let (Some(txn), Some(changes)) = (txn, outbox) {
+            node.outbox_committed(txn, changes);
         }
     }
 
@@ -429,7 +431,8 @@ impl Connection {
         let version: i64 = self.internal(|| {
             Ok(self
                 .conn
-                .query_row("PRAGMA schema_version", [], |row| row.get(0))?)
+                .prepare_cached("PRAGMA schema_version")?
+                .query_row([], |row| row.get(0))?)
         })?;
         if version == self.schema_version.get() {
             return Ok(());
@@ -463,8 +466,10 @@ impl Connection {
                         None => outbox::next_txn_id(&self.conn)?,
                     };
                     self.open_txn.set(Some(txn));
-                    if outbox::append(&self.conn, txn, &captured)? {
-                        self.outbox_added.set(true);
+                    let mut added = self.outbox_added.borrow_mut();
+                    let changes = added.get_or_insert_with(Default::default);
+                    if !outbox::append(&self.conn, txn, &captured, changes)? && changes.is_empty() {
+                        *added = None;
                     }
                 }
             }
@@ -488,7 +493,7 @@ impl Connection {
     }
 
     fn internal_sql(&self, sql: &str) -> Result<()> {
-        self.internal(|| Ok(self.conn.execute_batch(sql)?))
+        self.internal(|| Ok(store::exec(&self.conn, sql)?))
     }
 
     /// Turn SQLite's bare "not authorized" into the rule that refused the statement.

@@ -103,11 +103,9 @@ pub fn read_after(conn: &Connection, seq: u64, limit: usize) -> Result<Vec<LogEn
 }
 
 pub fn last_seq(conn: &Connection) -> Result<u64> {
-    Ok(
-        conn.query_row("SELECT coalesce(max(seq), 0) FROM _octo_log", [], |r| {
-            r.get::<_, i64>(0)
-        })? as u64,
-    )
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM _octo_log")?
+        .query_row([], |r| r.get::<_, i64>(0))? as u64)
 }
 
 /// Record a primary's own transaction in the log. Returns the new entry, or None when the

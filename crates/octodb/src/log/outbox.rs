@@ -40,9 +40,14 @@ pub fn next_txn_id(conn: &Connection) -> Result<u64> {
     Ok(id as u64)
 }
 
-/// Add the replicated part of a committed transaction to outbox transaction `txn_id`.
-/// Returns whether anything was added.
-pub fn append(conn: &Connection, txn_id: u64, captured: &[Captured]) -> Result<bool> {
+/// Add the replicated part of a committed transaction to outbox transaction `txn_id`, and to
+/// `sent` (the transaction's changes as they will be sent). Returns whether anything was added.
+pub fn append(
+    conn: &Connection,
+    txn_id: u64,
+    captured: &[Captured],
+    sent: &mut ChangeSet,
+) -> Result<bool> {
     let mut ord: i64 = conn
         .prepare_cached("SELECT coalesce(max(ord), 0) FROM _octo_pending WHERE txn_id = ?1")?
         .query_row([txn_id as i64], |r| r.get(0))?;
@@ -54,6 +59,9 @@ pub fn append(conn: &Connection, txn_id: u64, captured: &[Captured]) -> Result<b
             continue;
         };
         cs.ops.push(op);
+        if let Some(op) = cs.ops.last() {
+            sent.push_from(&cs, op);
+        }
         save_base(conn, rc)?;
         ord += 1;
         conn.prepare_cached(
@@ -124,11 +132,9 @@ pub fn decode_change(b: &[u8]) -> Result<ChangeSet> {
 }
 
 pub fn len(conn: &Connection) -> Result<u64> {
-    Ok(
-        conn.query_row("SELECT count(*) FROM _octo_outbox", [], |r| {
-            r.get::<_, i64>(0)
-        })? as u64,
-    )
+    Ok(conn
+        .prepare_cached("SELECT count(*) FROM _octo_outbox")?
+        .query_row([], |r| r.get::<_, i64>(0))? as u64)
 }
 
 pub fn contains(conn: &Connection, txn_id: u64) -> Result<bool> {

@@ -6,10 +6,10 @@ use super::outbox::{decode_change, RowImage};
 use super::{EntryBody, LogEntry};
 use crate::changes::{column_bit, ChangeSet, Op};
 use crate::error::Result;
-use crate::store::apply::{delete_row, write_row, Tables};
+use crate::store::apply::{delete_row, write_row, RowSql, Tables};
 use crate::store::schema;
 use rusqlite::{params, Connection, OptionalExtension};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 /// What applying a batch did.
 #[derive(Debug, Default)]
@@ -32,12 +32,21 @@ pub fn apply_entries(
 ) -> Result<Applied> {
     let mut applied = Applied::default();
     let mut touched: BTreeSet<RowKey> = BTreeSet::new();
+    // Base rows are made only by this device's own commits, which wait for this transaction.
+    let any_base: bool = conn
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM _octo_base)")?
+        .query_row([], |r| r.get(0))?;
     for e in entries {
         applied.last_seq = applied.last_seq.max(e.seq);
         match &e.body {
             EntryBody::Changes(cs) => {
+                let mut ctx = ChangeSetApply {
+                    tables: &mut *tables,
+                    any_base,
+                    statements: HashMap::new(),
+                };
                 for op in &cs.ops {
-                    apply_op(conn, tables, cs, op, &mut touched, &mut applied)?;
+                    apply_op(conn, &mut ctx, cs, op, &mut touched, &mut applied)?;
                 }
                 if e.origin_node == my_node && e.origin_txn != 0 {
                     applied.accepted.push(e.origin_txn);
@@ -72,15 +81,24 @@ pub fn apply_entries(
     Ok(applied)
 }
 
+/// What applying one change set needs besides the connection.
+struct ChangeSetApply<'a> {
+    tables: &'a mut Tables,
+    /// Whether any row has pending local work (else no row needs the base check).
+    any_base: bool,
+    /// Statements per table header of the change set, built at its first row.
+    statements: HashMap<u32, RowSql>,
+}
+
 fn apply_op(
     conn: &Connection,
-    tables: &mut Tables,
+    ctx: &mut ChangeSetApply<'_>,
     cs: &ChangeSet,
     op: &Op,
     touched: &mut BTreeSet<RowKey>,
     applied: &mut Applied,
 ) -> Result<()> {
-    let (table, rowid, image) = match op {
+    let (table, rowid, values) = match op {
         Op::Ddl { sql, .. } => {
             conn.execute_batch(&schema::device_create_table(sql))?;
             applied.schema_changed = true;
@@ -101,37 +119,37 @@ fn apply_op(
             rowid,
             values,
             ..
-        } => {
-            let Some(h) = cs.header(*table) else {
-                return Ok(());
-            };
-            (
-                *table,
-                *rowid,
-                Some(RowImage {
-                    columns: h.columns.clone(),
-                    values: values.clone(),
-                }),
-            )
-        }
+        } => (*table, *rowid, Some(values)),
         Op::Delete { table, rowid, .. } => (*table, *rowid, None),
     };
     let Some(h) = cs.header(table) else {
         return Ok(());
     };
     applied.rows += 1;
-    if has_base(conn, &h.name, rowid)? {
+    if ctx.any_base && has_base(conn, &h.name, rowid)? {
+        let image = values.map(|v| {
+            RowImage {
+                columns: h.columns.clone(),
+                values: v.clone(),
+            }
+            .encode()
+        });
         conn.prepare_cached("UPDATE _octo_base SET row = ?3 WHERE tbl = ?1 AND rid = ?2")?
-            .execute(params![h.name, rowid, image.map(|i| i.encode())])?;
+            .execute(params![h.name, rowid, image])?;
         touched.insert((h.name.clone(), rowid));
         return Ok(());
     }
-    let Some(t) = tables.get(conn, &h.name)? else {
+    let Some(t) = ctx.tables.get(conn, &h.name)? else {
         tracing::warn!(table = %h.name, "change for a table this device does not have; skipped");
         return Ok(());
     };
-    match image {
-        Some(img) => write_row(conn, &t, &img.columns, rowid, &img.values),
+    match values {
+        // Rows from the primaries are usually new here: try the insert first.
+        Some(values) => ctx
+            .statements
+            .entry(table)
+            .or_insert_with(|| RowSql::new(&t, &h.columns))
+            .insert_or_update(conn, rowid, values),
         None => delete_row(conn, &t, rowid),
     }
 }

@@ -33,6 +33,10 @@ use tokio::sync::{broadcast, mpsc, watch, Notify};
 
 pub(crate) use registry::open_node;
 
+/// Committed device transactions waiting in memory for the sending task; beyond this they are
+/// read back from the outbox.
+const FRESH_TXNS: usize = 1024;
+
 /// The runtime that carries every node's network tasks in this process.
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -62,7 +66,11 @@ pub(crate) struct Shared {
     pub feed: watch::Sender<u64>,
     /// Primary: the newest log entries, for the sessions streaming to devices.
     pub recent: crate::log::recent::Recent,
+    /// Devices: a committed transaction could not be handed over in memory.
     pub outbox_changed: Notify,
+    /// Devices: transactions just committed, for the task that sends them (see `secondary`).
+    pub fresh_txns: mpsc::Sender<(u64, crate::changes::ChangeSet)>,
+    pub fresh_txns_rx: tokio::sync::Mutex<mpsc::Receiver<(u64, crate::changes::ChangeSet)>>,
     pub events: broadcast::Sender<Event>,
     pub live: Mutex<status::Live>,
     pub shutdown: watch::Sender<bool>,
@@ -162,6 +170,7 @@ impl Node {
             _ => meta_i64(&conn, "last_seq")? as u64,
         };
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
+        let (fresh_tx, fresh_rx) = mpsc::channel(FRESH_TXNS);
         let network_key = cfg.key.as_ref().map(network_key_bytes);
         let shared = Arc::new(Shared {
             keys,
@@ -170,6 +179,8 @@ impl Node {
             feed: watch::channel(start_seq).0,
             recent: Default::default(),
             outbox_changed: Notify::new(),
+            fresh_txns: fresh_tx,
+            fresh_txns_rx: tokio::sync::Mutex::new(fresh_rx),
             events: broadcast::channel(1024).0,
             live: Mutex::new(status::Live::default()),
             shutdown: watch::channel(false).0,
@@ -233,10 +244,15 @@ impl Node {
         self.shared.advance_feed(last);
     }
 
-    /// A user connection added to the outbox (devices).
-    pub fn outbox_changed(&self) {
-        self.shared.outbox_changed.notify_waiters();
-        self.shared.outbox_changed.notify_one();
+    /// A user connection committed outbox transaction `txn_id` with these changes (devices).
+    /// They are handed to the sending task in memory; if it cannot take them now (offline, or
+    /// behind), it reads them from the outbox later.
+    pub fn outbox_committed(&self, txn_id: u64, changes: crate::changes::ChangeSet) {
+        tracing::trace!(txn_id, "outbox transaction committed");
+        if self.shared.fresh_txns.try_send((txn_id, changes)).is_err() {
+            // The sender reads the outbox instead (a stored permit if it is busy now).
+            self.shared.outbox_changed.notify_one();
+        }
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -175,6 +175,11 @@ async fn read_loop(shared: &Arc<Shared>, rd: &mut SecureReader, sender: Sender) 
         };
         match msg {
             Message::Txns { txns } if txns.len() <= MAX_TXNS_PER_MESSAGE => {
+                tracing::trace!(
+                    node = sender.node_id,
+                    count = txns.len(),
+                    "transactions received"
+                );
                 shared
                     .jobs
                     .send(Job::DeviceTxns { sender, txns })
@@ -250,6 +255,7 @@ async fn stream_to_device(
             .collect();
         cursor = up_to;
         if !visible.is_empty() {
+            tracing::trace!(node, up_to, "streaming entries");
             send(&mut wr, visible, up_to).await?;
             told = up_to;
             tell_at = None;

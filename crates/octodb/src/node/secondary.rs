@@ -252,6 +252,7 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
                 shared.advance_feed(up_to);
             }
             Message::Entries { entries, up_to } => {
+                tracing::trace!(up_to, "entries received");
                 ask(shared, |reply| Job::Entries {
                     entries,
                     up_to,
@@ -288,29 +289,61 @@ impl Drop for AbortOnDrop {
 }
 
 /// Send every pending transaction once per connection, in order; then each new one as it is
-/// committed. The primaries ignore ids they have already decided, so a resend is harmless.
+/// committed: as handed over in memory when it comes next in order, else read from the outbox
+/// (after a gap, or when the hand-over queue was full). The primaries ignore ids they have
+/// already decided, so a resend is harmless.
 async fn send_outbox(shared: Arc<Shared>, mut wr: SecureWriter) {
+    // Held for the whole session: the next session waits for this one's sender to end.
+    let mut fresh = shared.fresh_txns_rx.lock().await;
     let mut sent = 0u64;
+    let mut from_outbox = true;
     loop {
-        let notified = shared.outbox_changed.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let after = sent;
-        let txns = match shared
-            .read(move |c| outbox::read_after(c, after, SEND_BATCH))
-            .await
-        {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!("cannot read the outbox: {e}");
-                return;
+        let txns = if from_outbox {
+            let after = sent;
+            let txns = match shared
+                .read(move |c| outbox::read_after(c, after, SEND_BATCH))
+                .await
+            {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!("cannot read the outbox: {e}");
+                    return;
+                }
+            };
+            // All sent: from now on, take commits as they are handed over.
+            from_outbox = !txns.is_empty();
+            txns
+        } else {
+            let first = tokio::select! {
+                t = fresh.recv() => match t {
+                    Some(t) => t,
+                    None => return,
+                },
+                _ = shared.outbox_changed.notified() => {
+                    from_outbox = true;
+                    continue;
+                }
+            };
+            let queued = std::iter::from_fn(|| fresh.try_recv().ok());
+            let mut txns: Vec<(u64, crate::changes::ChangeSet)> = Vec::new();
+            for (id, changes) in std::iter::once(first).chain(queued) {
+                let next = txns.last().map_or(sent, |t| t.0) + 1;
+                if id < next {
+                    continue; // already sent, from the outbox
+                }
+                if id > next {
+                    from_outbox = true; // one is missing here: the outbox has it
+                    break;
+                }
+                txns.push((id, changes));
             }
+            txns
         };
         if txns.is_empty() {
-            notified.await;
             continue;
         }
         sent = txns.last().map_or(sent, |t| t.0);
+        tracing::trace!(up_to = sent, "sending transactions");
         let msg = Message::Txns { txns };
         if wr.send(&msg.encode()).await.is_err() || wr.flush().await.is_err() {
             return;

@@ -8,7 +8,7 @@ use crate::crypto::PublicKey;
 use crate::error::{Error, Result};
 use crate::log::{self, EntryBody, LogEntry};
 use crate::store::apply::{self, Sender, Tables};
-use crate::store::{meta_i64, meta_set, schema, write_txn};
+use crate::store::{exec, meta_i64, meta_set, schema, write_txn};
 use crate::uri::Role;
 use crate::value::Value;
 use rusqlite::{Connection, OptionalExtension};
@@ -249,19 +249,21 @@ impl Writer {
                     if (*txn_id as i64) <= done {
                         continue; // already decided: a resend after a lost connection
                     }
-                    c.execute_batch("SAVEPOINT device_txn")?;
+                    exec(c, "SAVEPOINT device_txn")?;
                     let body = match apply::apply_device_txn(c, tables, *sender, cs) {
                         Ok(Ok(changes)) => {
-                            c.execute_batch("RELEASE device_txn")?;
+                            exec(c, "RELEASE device_txn")?;
                             EntryBody::Changes(changes)
                         }
                         Ok(Err(reason)) => {
-                            c.execute_batch("ROLLBACK TO device_txn; RELEASE device_txn")?;
+                            exec(c, "ROLLBACK TO device_txn")?;
+                            exec(c, "RELEASE device_txn")?;
                             tracing::info!(node = sender.node_id, txn = txn_id, %reason, "transaction rejected");
                             EntryBody::Rejected { reason }
                         }
                         Err(e) => {
-                            c.execute_batch("ROLLBACK TO device_txn; RELEASE device_txn")?;
+                            exec(c, "ROLLBACK TO device_txn")?;
+                            exec(c, "RELEASE device_txn")?;
                             return Err(e);
                         }
                     };
@@ -332,6 +334,7 @@ impl Writer {
             }
             Ok(applied)
         })?;
+        tracing::trace!(up_to, rows = applied.rows, "entries applied");
         self.shared.advance_feed(applied.last_seq.max(up_to));
         for t in &applied.accepted {
             self.shared.emit(Event::TransactionAccepted { txn_id: *t });

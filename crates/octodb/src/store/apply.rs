@@ -5,7 +5,7 @@ use super::schema::{self, ident, TableLayout};
 use crate::changes::{column_bit, ChangeSet, Op};
 use crate::error::Result;
 use crate::value::{Owner, Value};
-use rusqlite::{params_from_iter, Connection, ErrorCode, OptionalExtension};
+use rusqlite::{Connection, ErrorCode, OptionalExtension};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -18,7 +18,7 @@ pub struct Tables {
 
 impl Tables {
     pub fn get(&mut self, conn: &Connection, name: &str) -> Result<Option<Arc<TableLayout>>> {
-        let v: i64 = conn.query_row("PRAGMA schema_version", [], |r| r.get(0))?;
+        let v = super::schema_version(conn)?;
         if v != self.schema_version {
             self.cache.clear();
             self.schema_version = v;
@@ -41,37 +41,135 @@ pub fn write_row(
     rowid: i64,
     values: &[Value],
 ) -> Result<()> {
-    let pairs: Vec<(&String, &Value)> = columns
-        .iter()
-        .zip(values)
-        .filter(|(c, _)| t.columns.contains(c))
-        .collect();
-    let q = ident(&t.name);
-    let sets: Vec<String> = pairs
-        .iter()
-        .enumerate()
-        .map(|(i, (c, _))| format!("{} = ?{}", ident(c), i + 2))
-        .collect();
-    let mut args: Vec<&Value> = Vec::with_capacity(pairs.len() + 1);
-    let rowid_v = Value::Integer(rowid);
-    args.push(&rowid_v);
-    args.extend(pairs.iter().map(|(_, v)| *v));
-    let updated = if sets.is_empty() {
-        conn.prepare_cached(&format!("SELECT 1 FROM {q} WHERE rowid = ?1"))?
-            .query_row([rowid], |_| Ok(()))
-            .optional()?
-            .map_or(0, |_| 1)
-    } else {
-        conn.prepare_cached(&format!(
-            "UPDATE {q} SET {} WHERE rowid = ?1",
-            sets.join(", ")
-        ))?
-        .execute(params_from_iter(args.iter()))?
-    };
-    if updated == 0 {
-        insert_row(conn, t, &pairs, rowid)?;
+    RowSql::new(t, columns).update_or_insert(conn, rowid, values)
+}
+
+/// The statements that write rows of one table given in one column order, built once for all
+/// the rows of a batch that share that order.
+#[derive(Debug)]
+pub struct RowSql {
+    /// Positions (in the given column order) of the columns this table has.
+    keep: Vec<usize>,
+    insert: String,
+    /// None when no given column is one of the table's: the row is only checked for.
+    update: Option<String>,
+    exists: String,
+    /// The whole row in the table's own column order.
+    read: String,
+    width: usize,
+}
+
+impl RowSql {
+    pub fn new(t: &TableLayout, columns: &[String]) -> RowSql {
+        let keep: Vec<usize> = (0..columns.len())
+            .filter(|&i| t.columns.contains(&columns[i]))
+            .collect();
+        let q = ident(&t.name);
+        let mut names = vec!["rowid".to_string()];
+        names.extend(keep.iter().map(|&i| ident(&columns[i])));
+        let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+        let sets: Vec<String> = keep
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| format!("{} = ?{}", ident(&columns[i]), n + 2))
+            .collect();
+        RowSql {
+            insert: format!(
+                "INSERT INTO {q}({}) VALUES ({})",
+                names.join(", "),
+                marks.join(", ")
+            ),
+            update: (!sets.is_empty())
+                .then(|| format!("UPDATE {q} SET {} WHERE rowid = ?1", sets.join(", "))),
+            exists: format!("SELECT 1 FROM {q} WHERE rowid = ?1"),
+            read: format!(
+                "SELECT {} FROM {q} WHERE rowid = ?1",
+                t.columns
+                    .iter()
+                    .map(|c| ident(c))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            width: t.columns.len(),
+            keep,
+        }
     }
-    Ok(())
+
+    fn bind(
+        &self,
+        stmt: &mut rusqlite::CachedStatement<'_>,
+        rowid: i64,
+        values: &[Value],
+    ) -> rusqlite::Result<()> {
+        if let Some(&last) = self.keep.last() {
+            if values.len() <= last {
+                return Err(rusqlite::Error::InvalidParameterCount(
+                    values.len(),
+                    last + 1,
+                ));
+            }
+        }
+        stmt.raw_bind_parameter(1, rowid)?;
+        for (n, &i) in self.keep.iter().enumerate() {
+            stmt.raw_bind_parameter(n + 2, &values[i])?;
+        }
+        Ok(())
+    }
+
+    /// Insert the row; an error if its id (or another unique key) is taken.
+    pub fn insert(&self, conn: &Connection, rowid: i64, values: &[Value]) -> rusqlite::Result<()> {
+        let mut stmt = conn.prepare_cached(&self.insert)?;
+        self.bind(&mut stmt, rowid, values)?;
+        stmt.raw_execute().map(drop)
+    }
+
+    /// The whole row in the table's column order, or None if absent.
+    pub fn read(&self, conn: &Connection, rowid: i64) -> Result<Option<Vec<Value>>> {
+        Ok(conn
+            .prepare_cached(&self.read)?
+            .query_row([rowid], |r| {
+                (0..self.width).map(|i| r.get::<_, Value>(i)).collect()
+            })
+            .optional()?)
+    }
+
+    /// Update the row if it exists; returns whether it did.
+    pub fn update(&self, conn: &Connection, rowid: i64, values: &[Value]) -> Result<bool> {
+        let Some(update) = &self.update else {
+            return Ok(conn
+                .prepare_cached(&self.exists)?
+                .query_row([rowid], |_| Ok(()))
+                .optional()?
+                .is_some());
+        };
+        let mut stmt = conn.prepare_cached(update)?;
+        self.bind(&mut stmt, rowid, values)?;
+        Ok(stmt.raw_execute()? > 0)
+    }
+
+    /// Update the row if it exists, else insert it: for rows that usually exist.
+    pub fn update_or_insert(&self, conn: &Connection, rowid: i64, values: &[Value]) -> Result<()> {
+        if !self.update(conn, rowid, values)? {
+            self.insert(conn, rowid, values)?;
+        }
+        Ok(())
+    }
+
+    /// Insert the row, else (its id is taken) update it: for rows that are usually new.
+    pub fn insert_or_update(&self, conn: &Connection, rowid: i64, values: &[Value]) -> Result<()> {
+        match self.insert(conn, rowid, values) {
+            Ok(()) => Ok(()),
+            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                if self.update(conn, rowid, values)? {
+                    Ok(())
+                } else {
+                    // Not the id: another unique key of the table refused the row.
+                    Err(e.into())
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 /// Insert many rows given by `columns` (unknown columns are skipped), as the initial download
@@ -83,18 +181,7 @@ pub fn insert_rows(
     columns: &[String],
     rows: &[(i64, Vec<Value>)],
 ) -> Result<()> {
-    let keep: Vec<usize> = (0..columns.len())
-        .filter(|&i| t.columns.contains(&columns[i]))
-        .collect();
-    let mut names = vec!["rowid".to_string()];
-    names.extend(keep.iter().map(|&i| ident(&columns[i])));
-    let marks: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
-    let mut stmt = conn.prepare_cached(&format!(
-        "INSERT INTO {}({}) VALUES ({})",
-        ident(&t.name),
-        names.join(", "),
-        marks.join(", ")
-    ))?;
+    let sql = RowSql::new(t, columns);
     for (rowid, values) in rows {
         if values.len() != columns.len() {
             return Err(crate::Error::rule(format!(
@@ -104,40 +191,8 @@ pub fn insert_rows(
                 columns.len()
             )));
         }
-        stmt.raw_bind_parameter(1, rowid)?;
-        for (n, &i) in keep.iter().enumerate() {
-            stmt.raw_bind_parameter(n + 2, &values[i])?;
-        }
-        match stmt.raw_execute() {
-            Ok(_) => {}
-            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
-                write_row(conn, t, columns, *rowid, values)?;
-            }
-            Err(e) => return Err(e.into()),
-        }
+        sql.insert_or_update(conn, *rowid, values)?;
     }
-    Ok(())
-}
-
-fn insert_row(
-    conn: &Connection,
-    t: &TableLayout,
-    pairs: &[(&String, &Value)],
-    rowid: i64,
-) -> Result<()> {
-    let mut cols = vec!["rowid".to_string()];
-    cols.extend(pairs.iter().map(|(c, _)| ident(c)));
-    let marks: Vec<String> = (1..=cols.len()).map(|i| format!("?{i}")).collect();
-    let rowid_v = Value::Integer(rowid);
-    let mut args: Vec<&Value> = vec![&rowid_v];
-    args.extend(pairs.iter().map(|(_, v)| *v));
-    conn.prepare_cached(&format!(
-        "INSERT INTO {}({}) VALUES ({})",
-        ident(&t.name),
-        cols.join(", "),
-        marks.join(", ")
-    ))?
-    .execute(params_from_iter(args.iter()))?;
     Ok(())
 }
 
@@ -145,20 +200,6 @@ pub fn delete_row(conn: &Connection, t: &TableLayout, rowid: i64) -> Result<()> 
     conn.prepare_cached(&format!("DELETE FROM {} WHERE rowid = ?1", ident(&t.name)))?
         .execute([rowid])?;
     Ok(())
-}
-
-/// The whole row in `t`'s column order, or None if absent.
-pub fn read_row(conn: &Connection, t: &TableLayout, rowid: i64) -> Result<Option<Vec<Value>>> {
-    let cols: Vec<String> = t.columns.iter().map(|c| ident(c)).collect();
-    let n = cols.len();
-    Ok(conn
-        .prepare_cached(&format!(
-            "SELECT {} FROM {} WHERE rowid = ?1",
-            cols.join(", "),
-            ident(&t.name)
-        ))?
-        .query_row([rowid], |r| (0..n).map(|i| r.get::<_, Value>(i)).collect())
-        .optional()?)
 }
 
 /// The device a transaction comes from, as the primaries know it.
@@ -193,6 +234,8 @@ pub fn apply_device_txn(
         }
     }
     let mut out = ChangeSet::default();
+    // Statements for each table header, built at its first row.
+    let mut statements: HashMap<u32, RowSql> = HashMap::new();
     for op in &cs.ops {
         let (table, rowid) = match op {
             Op::Insert { table, rowid, .. }
@@ -238,7 +281,26 @@ pub fn apply_device_txn(
                     header.columns.len()
                 )));
             }
+            // The INTEGER PRIMARY KEY is the row id: a change naming another value for it
+            // would store the row under an id the log does not know.
+            let alias = t.rowid_alias.map(|i| &t.columns[i]);
+            let given = alias.and_then(|a| header.columns.iter().position(|c| c == a));
+            if let Some(i) = given {
+                let changes_it = match op {
+                    Op::Update { changed, .. } => changed & column_bit(i) != 0,
+                    _ => true,
+                };
+                if changes_it && values[i] != Value::Integer(rowid) {
+                    return Ok(Err(format!(
+                        "change to row {rowid} of `{}` gives its id column the value {:?}; a row's id never changes",
+                        t.name, values[i]
+                    )));
+                }
+            }
         }
+        let sql = statements
+            .entry(table)
+            .or_insert_with(|| RowSql::new(&t, &header.columns));
         let existing_owner = |conn: &Connection| -> Result<Option<Value>> {
             let ow = ident(&t.columns[t.owner.unwrap_or(0)]);
             Ok(conn
@@ -262,17 +324,15 @@ pub fn apply_device_txn(
                         t.name, sender.user_id
                     )));
                 }
-                let pairs: Vec<(&String, &Value)> = header.columns.iter().zip(values).collect();
-                match insert_row(conn, &t, &pairs, rowid) {
+                match sql.insert(conn, rowid, values) {
                     Ok(()) => {}
-                    Err(crate::Error::Sqlite(e)) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                    Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
                         return Ok(Err(format!(
                             "insert into `{}` conflicts with a row the primaries already have (first insert wins): {e}",
                             t.name
                         )))
                     }
-                    Err(crate::Error::Sqlite(e)) => return Ok(Err(format!("insert into `{}` failed: {e}", t.name))),
-                    Err(e) => return Err(e),
+                    Err(e) => return Ok(Err(format!("insert into `{}` failed: {e}", t.name))),
                 }
             }
             Op::Update {
@@ -327,7 +387,7 @@ pub fn apply_device_txn(
             }
             _ => {}
         }
-        if let Some(values) = read_row(conn, &t, rowid)? {
+        if let Some(values) = sql.read(conn, rowid)? {
             out.ops.push(Op::Upsert {
                 table: out_table,
                 rowid,

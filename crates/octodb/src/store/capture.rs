@@ -216,7 +216,7 @@ impl Capture {
         }
         drop(rows);
         merger.barrier();
-        conn.execute_batch("DELETE FROM temp._octo_capture")?;
+        super::exec(conn, "DELETE FROM temp._octo_capture")?;
         Ok(merger.out)
     }
 }

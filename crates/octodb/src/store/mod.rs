@@ -81,22 +81,34 @@ pub fn meta_i64(conn: &Connection, key: &str) -> Result<i64> {
     Ok(meta_get::<i64>(conn, key)?.unwrap_or(0))
 }
 
+/// Run one statement without results through the statement cache: the engine's own
+/// BEGIN/COMMIT/SAVEPOINT/... run for every transaction, and parsing them each time shows.
+pub fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
 /// Run `f` inside `BEGIN IMMEDIATE … COMMIT`, rolling back on error.
 pub fn write_txn<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
+    exec(conn, "BEGIN IMMEDIATE")?;
     match f(conn) {
-        Ok(v) => match conn.execute_batch("COMMIT") {
+        Ok(v) => match exec(conn, "COMMIT") {
             Ok(()) => Ok(v),
             Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
+                let _ = exec(conn, "ROLLBACK");
                 Err(e.into())
             }
         },
         Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = exec(conn, "ROLLBACK");
             Err(e)
         }
     }
+}
+
+/// SQLite's schema version of the file, through the statement cache.
+pub fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("PRAGMA schema_version")?
+        .query_row([], |r| r.get(0))
 }
 
 pub fn corrupt(path: &Path, what: impl Into<String>) -> Error {
