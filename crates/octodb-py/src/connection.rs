@@ -155,7 +155,12 @@ impl Connection {
                 None => octodb::Connection::open_local(&path, &opts),
             })
         };
-        opened.map_err(|e| errors::from_engine(py, e))
+        opened.map_err(|e| match e {
+            // At open time a broken rule (a file of another role, the same file with other
+            // parameters) means the database cannot be opened, not a constraint.
+            octodb::Error::Rule(msg) => errors::OperationalError::new_err(msg),
+            e => errors::from_engine(py, e),
+        })
     }
 
     fn make_cursor<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Cursor>> {

@@ -83,8 +83,14 @@ def test_asynchronous_mode_the_main_thread_answers_later(open_primary, open_devi
     phone.execute(SIGNUP)
     node = wait_until("the queued request", lambda: queue and queue[0])
     assert phone.sync_status()["auth_state"] in ("requested", "pending")
+    events = phone.events()
     backend.execute("PRAGMA authorize_user='" + node["public_key"] + ":0'")
-    status = phone.wait_until_ready(timeout=DEADLINE)
+    kinds = []
+    while "ready" not in kinds:
+        event = events.get(timeout=DEADLINE)
+        assert event is not None, f"no ready event; got {kinds}"
+        kinds.append(event.kind)
+    status = phone.sync_status()
     assert status["node_id"] > 0 and status["user_id"] > 0
     pending = [n for n in backend.nodes() if n["public_key"] == node["public_key"]]
     assert pending[0]["auth_state"] == "approved"
