@@ -567,11 +567,12 @@ impl<'py> Run<'_, 'py> {
         started: Option<octodb::api::Started>,
     ) -> PyResult<()> {
         let py = self.py;
-        let n = s.column_count(g);
         let mut rows = VecDeque::new();
         let rc = loop {
             match stmt::step(py, g, raw) {
                 ffi::SQLITE_ROW => {
+                    // Counted after the step: a re-prepare may have changed the columns.
+                    let n = s.column_count(g);
                     rows.push_back((0..n).map(|i| values::engine_value(raw, i)).collect())
                 }
                 rc => break rc,
@@ -759,7 +760,7 @@ impl RowMaker {
         for i in 0..n {
             // Re-read the handle for each column: a converter may have closed the database.
             let raw = s.raw(g)?;
-            let v = match self.cast.as_ref().and_then(|c| c[i].as_ref()) {
+            let v = match self.cast.as_ref().and_then(|c| c.get(i)?.as_ref()) {
                 Some(conv) => values::converted_column(py, raw, i as c_int, conv)?,
                 None => values::column(py, raw, i as c_int, &self.text)?,
             };

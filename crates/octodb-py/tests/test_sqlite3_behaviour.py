@@ -185,12 +185,21 @@ def test_threads(tmp_path):
 
 def test_interrupt_from_another_thread(tmp_path):
     db = octodb.connect(":memory:")
-    timer = threading.Timer(0.2, db.interrupt)
-    timer.start()
-    with pytest.raises(octodb.OperationalError, match="interrupted"):
-        db.execute(
-            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
-        ).fetchone()
+    done = threading.Event()
+
+    def interrupter():
+        # Until the endless query has been stopped (an interrupt before it starts is a no-op).
+        while not done.wait(0.05):
+            db.interrupt()
+
+    threading.Thread(target=interrupter, daemon=True).start()
+    try:
+        with pytest.raises(octodb.OperationalError, match="interrupted"):
+            db.execute(
+                "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
+            ).fetchone()
+    finally:
+        done.set()
 
 
 def test_blob_and_backup(tmp_path):
