@@ -115,6 +115,40 @@ fn an_approved_device_is_recognized_by_its_key_after_a_restart() {
 }
 
 #[test]
+fn a_device_rejected_after_its_approval_is_refused_when_it_returns() {
+    let c = Cluster::new();
+    let p = primary_with(&c, "user");
+    approve_by_data(&p);
+    let d = c.device("d.db", &p);
+    d.execute("PRAGMA user_signup='x'", []).unwrap();
+    ready(&d);
+    let key = d.public_key();
+    // Recognized by its key once more (the primary now knows it well), then taken back.
+    drop(d);
+    let d = c.device("d.db", &p);
+    ready(&d);
+    drop(d);
+    p.execute(&format!("PRAGMA authorize_user='{key}:-1'"), [])
+        .unwrap();
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
+        .unwrap();
+    let d = c.device("d.db", &p);
+    let s = d
+        .wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("rejected"))
+        .expect("the device hears that it is no longer accepted");
+    assert!(
+        s.auth_error.is_some_and(|e| e.contains("no longer accept")),
+        "the reason is given"
+    );
+    assert!(!s.connected);
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM t WHERE v = 'after'"),
+        0,
+        "nothing reaches a node whose approval was taken back"
+    );
+}
+
+#[test]
 fn async_mode_pending_until_pragma_authorize_user() {
     let c = Cluster::new();
     let p = primary_with(&c, "user");

@@ -83,6 +83,8 @@ pub struct HandshakeOptions {
     pub timeout: Duration,
     /// Largest message this side accepts; bigger ones fail with [`NetError::TooLarge`].
     pub max_message: usize,
+    /// Identity bindings already proven to this node (shared by its connections).
+    pub bindings: Arc<VerifiedBindings>,
 }
 
 impl Default for HandshakeOptions {
@@ -91,7 +93,39 @@ impl Default for HandshakeOptions {
             network_key: None,
             timeout: Duration::from_secs(10),
             max_message: 64 * 1024 * 1024,
+            bindings: Default::default(),
         }
+    }
+}
+
+/// Which Ed25519 identity each Noise static key has proven to belong to.
+///
+/// Why a proof need not be verified again: the Noise handshake proves, in every connection,
+/// that the peer holds the private key of its static key S. A proof verified once showed that
+/// the holder of identity E signed a handshake hash that covers S, i.e. that E uses S. A later
+/// connection that proves S and claims E therefore needs no new signature check; a claim of E
+/// with any other static key is verified as usual. (S and E are kept together in a node's file.)
+/// This halves the public-key work of a primary's handshake with a returning device.
+#[derive(Default)]
+pub struct VerifiedBindings {
+    map: std::sync::Mutex<std::collections::HashMap<[u8; 32], [u8; 32]>>,
+}
+
+/// Bindings kept at most; beyond, the oldest knowledge is simply dropped (and re-proven).
+const MAX_BINDINGS: usize = 200_000;
+
+impl VerifiedBindings {
+    fn holds(&self, noise_static: &[u8; 32], identity: &[u8; 32]) -> bool {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(noise_static) == Some(identity)
+    }
+
+    fn remember(&self, noise_static: [u8; 32], identity: [u8; 32]) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_BINDINGS {
+            map.clear();
+        }
+        map.insert(noise_static, identity);
     }
 }
 
@@ -270,6 +304,9 @@ async fn handshake(
     }
 
     let hash = hs.get_handshake_hash().to_vec();
+    let remote_static: Option<[u8; 32]> = hs
+        .get_remote_static()
+        .and_then(|k| <[u8; 32]>::try_from(k).ok());
     let transport = Arc::new(hs.into_stateless_transport_mode().map_err(noise_error)?);
     // Until the peer is authenticated, accept nothing bigger than an identity proof.
     let mut reader = SecureReader::new(rd, transport.clone(), PROOF_LEN);
@@ -287,7 +324,19 @@ async fn handshake(
         )),
         other => other,
     }?;
-    let public_key = verify_proof(&proof, peer_role, &hash)?;
+    let public_key = match remote_static {
+        Some(s) if proven_before(&proof, peer_role, &s, &opts.bindings) => PublicKey(
+            proof[1..33]
+                .try_into()
+                .map_err(|_| NetError::Authentication("identity proof has no key".into()))?,
+        ),
+        Some(s) => {
+            let key = verify_proof(&proof, peer_role, &hash)?;
+            opts.bindings.remember(s, key.0);
+            key
+        }
+        None => verify_proof(&proof, peer_role, &hash)?,
+    };
     reader.max_message = opts.max_message;
     Ok((reader, writer, public_key))
 }
@@ -303,6 +352,19 @@ fn create_proof(keys: &NodeKeys, role: u8, hash: &[u8]) -> Vec<u8> {
     let signature = keys.sign(&proof_message(role, hash));
     let public = keys.public_key().0;
     [&[PROOF_VERSION][..], &public, &signature, &[role]].concat()
+}
+
+/// Whether `proof` is well formed and claims the identity `noise_static` was proven to have.
+fn proven_before(
+    proof: &[u8],
+    expected_role: u8,
+    noise_static: &[u8; 32],
+    bindings: &VerifiedBindings,
+) -> bool {
+    proof.len() == PROOF_LEN
+        && proof[0] == PROOF_VERSION
+        && proof[PROOF_LEN - 1] == expected_role
+        && <&[u8; 32]>::try_from(&proof[1..33]).is_ok_and(|id| bindings.holds(noise_static, id))
 }
 
 /// Checks a peer's proof and returns its identity.

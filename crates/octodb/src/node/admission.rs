@@ -42,8 +42,17 @@ pub(super) async fn admit(
         .map(Some);
     }
     let key = who.pubkey.to_hex();
-    let k2 = key.clone();
-    let known: Option<Member> = shared.read(move |c| members::lookup(c, &k2)).await?;
+    let known: Option<Member> = match shared.approved.get(&key) {
+        Ok(m) => Some(m),
+        Err(generation) => {
+            let k2 = key.clone();
+            let m = shared.read(move |c| members::lookup(c, &k2)).await?;
+            if let Some(m) = m.as_ref().filter(|m| m.auth_state == "approved") {
+                shared.approved.remember(&key, m.clone(), generation);
+            }
+            m
+        }
+    };
     if let Some(m) = known.as_ref().filter(|m| m.auth_state == "approved") {
         let role = if m.node_type == "primary" {
             Role::Primary

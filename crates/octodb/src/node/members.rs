@@ -34,6 +34,56 @@ pub(crate) enum Admission {
     Rejected(String),
 }
 
+/// Primaries: approved nodes as last read from the file, so that a returning device is let in
+/// without a read on a blocking thread. Every change of a node's record goes through the writer,
+/// which forgets that node here first.
+#[derive(Default)]
+pub(crate) struct ApprovedCache {
+    map: std::sync::Mutex<Approved>,
+}
+
+#[derive(Default)]
+struct Approved {
+    members: std::collections::HashMap<String, Member>,
+    /// Bumped by every `forget`: a read that started before a change must not be remembered
+    /// after it (a revoked node would stay approved here).
+    generation: u64,
+}
+
+/// Nodes remembered at most; beyond, the cache starts over (lookups fall back to the file).
+const MAX_CACHED: usize = 100_000;
+
+impl ApprovedCache {
+    /// The cached record, or the generation to pass to `remember` after reading the file.
+    pub fn get(&self, pubkey: &str) -> Result<Member, u64> {
+        let a = self.lock();
+        a.members.get(pubkey).cloned().ok_or(a.generation)
+    }
+
+    /// Keep `m`, read from the file when the cache was at `generation`, unless anything was
+    /// forgotten since.
+    pub fn remember(&self, pubkey: &str, m: Member, generation: u64) {
+        let mut a = self.lock();
+        if a.generation != generation {
+            return;
+        }
+        if a.members.len() >= MAX_CACHED {
+            a.members.clear();
+        }
+        a.members.insert(pubkey.to_string(), m);
+    }
+
+    pub fn forget(&self, pubkey: &str) {
+        let mut a = self.lock();
+        a.members.remove(pubkey);
+        a.generation += 1;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Approved> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 pub(crate) fn lookup(c: &Connection, pubkey: &str) -> Result<Option<Member>> {
     Ok(c.prepare_cached(
         "SELECT node_id, user_id, node_type, auth_state FROM _octo_nodes WHERE pubkey = ?1",

@@ -77,6 +77,8 @@ pub(crate) struct Shared {
     pub handshake: HandshakeOptions,
     pub bound: Mutex<Vec<SocketAddr>>,
     readers: Mutex<Vec<Connection>>,
+    /// Primaries: approved nodes, as last read from the file.
+    pub approved: members::ApprovedCache,
     /// Primaries: the backend's deciding callbacks.
     pub callbacks: crate::auth::Callbacks,
     /// Primaries: each decision, for the sessions waiting on it.
@@ -190,6 +192,7 @@ impl Node {
             },
             bound: Mutex::new(Vec::new()),
             readers: Mutex::new(Vec::new()),
+            approved: Default::default(),
             callbacks: Default::default(),
             auth_decided: broadcast::channel(256).0,
             waiting: Default::default(),

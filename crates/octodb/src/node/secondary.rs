@@ -149,6 +149,14 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
                 break;
             }
             Message::AuthPending => set_auth(shared, Some("pending"), None),
+            Message::AuthRequired { reason } if !unauthorized => {
+                // This device was approved once; the backend has taken that back.
+                let reason = format!("the primaries no longer accept this device ({reason})");
+                tracing::warn!(primary = %ep, "{reason}");
+                set_auth(shared, Some("rejected"), Some(reason.clone()));
+                shared.emit(Event::AuthorizationRefused { reason });
+                return Ok(Flow::WaitForRequest);
+            }
             Message::AuthRequired { reason } => {
                 tracing::info!(primary = %ep, "{reason}");
                 set_auth(shared, Some("required"), None);

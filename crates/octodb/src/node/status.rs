@@ -89,6 +89,7 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         Some(Role::Primary) => (!sessions.is_empty(), sessions),
         _ => (live_peer.is_some(), live_peer.into_iter().collect()),
     };
+    let revoked = auth_state.as_deref() == Some("rejected");
     let db_is_ready = ready && (role != Some(Role::Secondary) || id.node_id() != 0);
     Ok(SyncStatus {
         db_is_ready,
@@ -111,8 +112,9 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         last_sync,
         // The download's end commits `ready` before the network task clears its progress.
         download: download.filter(|_| !db_is_ready),
-        auth_state: auth_state.filter(|_| id.node_id() == 0),
-        auth_error: auth_error.filter(|_| id.node_id() == 0),
+        // An approved device shows a state only when the backend took its approval back.
+        auth_error: auth_error.filter(|_| id.node_id() == 0 || revoked),
+        auth_state: auth_state.filter(|_| id.node_id() == 0 || revoked),
     })
 }
 

@@ -168,6 +168,7 @@ impl Writer {
                     data,
                     reply,
                 } => {
+                    self.shared.approved.forget(&pubkey);
                     let _ = reply.send(write_txn(&self.conn, |c| {
                         super::members::record_request(
                             c,
@@ -184,6 +185,7 @@ impl Writer {
                     decision,
                     reply,
                 } => {
+                    self.shared.approved.forget(&pubkey);
                     let outcome = write_txn(&self.conn, |c| {
                         super::members::decide(c, &pubkey, &decision)
                     });
