@@ -153,27 +153,30 @@ fn next(
 #[pyclass(module = "octodb", frozen)]
 pub struct EventStream {
     rx: Mutex<Option<Receiver<EngineEvent>>>,
+    /// Set by close(), also while another thread waits on the receiver.
+    closed: AtomicBool,
 }
 
 #[pymethods]
 impl EventStream {
     /// The next event, waiting at most `timeout` seconds (forever with None); None on
-    /// timeout or once the node has stopped.
+    /// timeout, once the node has stopped, or once the stream is closed.
     #[pyo3(signature = (timeout = None))]
     fn get(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Event>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(None);
+        }
         let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         let mut rx = self
             .rx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .ok_or_else(|| {
-                errors::programming(
-                    "the event stream is closed (or another thread is waiting on it)",
-                )
-            })?;
+            .ok_or_else(|| errors::programming("another thread is waiting on this event stream"))?;
         let out = next(py, &mut rx, deadline);
-        *self.rx.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+        if !self.closed.load(Ordering::Acquire) {
+            *self.rx.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
+        }
         match out? {
             Got::Event(e) => Ok(Some(e)),
             Got::Timeout | Got::Closed => Ok(None),
@@ -190,6 +193,7 @@ impl EventStream {
 
     /// Stop receiving events.
     fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         self.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
 
@@ -336,6 +340,7 @@ impl Connection {
     pub fn api_events(&self, py: Python<'_>) -> PyResult<EventStream> {
         Ok(EventStream {
             rx: Mutex::new(Some(self.subscribe(py)?)),
+            closed: AtomicBool::new(false),
         })
     }
 
