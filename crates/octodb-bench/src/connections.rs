@@ -179,6 +179,9 @@ async fn connect_all(
     signup: bool,
     last_seq: u64,
 ) -> Result<Vec<SecureStream>> {
+    // One set of options for all: like devices that stay up and reconnect (after a network
+    // loss or a restart of the primary), each remembers the primary's proven identity.
+    let opts = Arc::new(HandshakeOptions::default());
     let gate = Arc::new(Semaphore::new(if signup {
         SIGNUPS_IN_FLIGHT
     } else {
@@ -188,9 +191,10 @@ async fn connect_all(
     for i in 0..keys.len() {
         let permit = gate.clone().acquire_owned().await?;
         let keys = keys.clone();
+        let opts = opts.clone();
         let ip = ips[i % ips.len()];
         tasks.push(tokio::spawn(async move {
-            let r = connect_one(addr, ip, &keys[i], signup, last_seq).await;
+            let r = connect_one(addr, ip, &keys[i], &opts, signup, last_seq).await;
             drop(permit);
             r
         }));
@@ -206,13 +210,14 @@ async fn connect_one(
     addr: SocketAddr,
     ip: Ipv4Addr,
     keys: &NodeKeys,
+    opts: &HandshakeOptions,
     signup: bool,
     last_seq: u64,
 ) -> Result<SecureStream> {
     let sock = tokio::net::TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(ip.into(), 0))?;
     let tcp = sock.connect(addr).await?;
-    let mut s = SecureStream::connect(tcp, keys, &HandshakeOptions::default()).await?;
+    let mut s = SecureStream::connect(tcp, keys, opts).await?;
     let hello = Message::Hello {
         role: octodb::Role::Secondary,
         last_seq: if signup { 0 } else { last_seq },
