@@ -78,12 +78,20 @@ pub fn run(connections: usize) -> Result<Vec<Figure>> {
         c.expect("done")?;
     }
     let connect_secs = started.elapsed().as_secs_f64();
-    primary.send("count")?;
-    let held: usize = primary
-        .expect("sessions")?
-        .first()
-        .and_then(|w| w.parse().ok())
-        .context("session count")?;
+    // A session is counted just after its Welcome is sent: let the last ones settle.
+    let settle = Instant::now() + std::time::Duration::from_secs(30);
+    let held = loop {
+        primary.send("count")?;
+        let held: usize = primary
+            .expect("sessions")?
+            .first()
+            .and_then(|w| w.parse().ok())
+            .context("session count")?;
+        if held >= connections || Instant::now() > settle {
+            break held;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
     let rss_after = procs::rss_kib(primary.pid())?;
     for c in clients {
         c.finish()?;
@@ -237,4 +245,55 @@ async fn connect_one(
             other => bail!("expected Welcome, got {}", other.kind()),
         }
     }
+}
+
+/// Child: the CPU cost of one handshake, both sides in this process on one thread, over
+/// loopback: what bounds the handshake rate when clients share the primary's cores.
+pub fn handshake_cost(count: usize) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server_keys = NodeKeys::generate();
+        let server_opts = HandshakeOptions::default();
+        let client_keys: Vec<NodeKeys> = (0..count).map(|_| NodeKeys::generate()).collect();
+        let client_opts = HandshakeOptions::default();
+        let run = |label: &'static str| {
+            let listener = &listener;
+            let (server_keys, server_opts, client_opts) =
+                (&server_keys, &server_opts, &client_opts);
+            let client_keys = &client_keys;
+            async move {
+                let started = Instant::now();
+                for keys in client_keys {
+                    let (accepted, connected) = tokio::join!(
+                        async {
+                            let (tcp, _) = listener.accept().await?;
+                            SecureStream::accept(tcp, server_keys, server_opts)
+                                .await
+                                .map_err(anyhow::Error::from)
+                        },
+                        async {
+                            let tcp = tokio::net::TcpStream::connect(addr).await?;
+                            SecureStream::connect(tcp, keys, client_opts)
+                                .await
+                                .map_err(anyhow::Error::from)
+                        }
+                    );
+                    accepted?;
+                    connected?;
+                }
+                let us = started.elapsed().as_secs_f64() * 1e6 / count as f64;
+                procs::say(&format!(
+                    "{label}: {us:.0} us per handshake (both sides, one core)"
+                ));
+                Ok::<(), anyhow::Error>(())
+            }
+        };
+        run("first contact").await?;
+        run("returning devices").await?;
+        Ok(())
+    })
 }

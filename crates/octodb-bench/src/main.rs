@@ -51,6 +51,10 @@ enum Command {
         uri: String,
         user: i64,
     },
+    #[command(name = "_handshake-cost", hide = true)]
+    HandshakeCost {
+        count: usize,
+    },
     #[command(name = "_conn-primary", hide = true)]
     ConnPrimary {
         path: String,
@@ -79,6 +83,7 @@ fn main() -> Result<()> {
     let scenarios: Vec<&str> = match &cli.command {
         Command::IdleDevice { uri, user } => return memory::idle_device(uri, *user),
         Command::ConnPrimary { path } => return connections::primary_proc(path),
+        Command::HandshakeCost { count } => return connections::handshake_cost(*count),
         Command::ConnClients {
             addr,
             count,
