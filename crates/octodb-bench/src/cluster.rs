@@ -95,6 +95,29 @@ pub fn bench_dir() -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Insert `rows` items owned by `owner` in transactions of `per_txn`, numbered from 0.
+pub fn fill(
+    c: &mut Connection,
+    rows: u64,
+    per_txn: u64,
+    payload_len: usize,
+    owner: i64,
+) -> Result<()> {
+    let mut n = 0;
+    while n < rows {
+        let tx = c.transaction()?;
+        for _ in 0..per_txn.min(rows - n) {
+            tx.execute(
+                crate::baseline::INSERT,
+                rusqlite::params![n as i64, payload(n, payload_len), owner],
+            )?;
+            n += 1;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
 pub fn count(c: &Connection, sql: &str) -> Result<i64> {
     Ok(c.query_row(sql, [], |r| r.get::<i64>(0))?)
 }

@@ -1,8 +1,8 @@
 //! Initial download: an empty device whose user can see `rows` rows of about 100 bytes; time
 //! until it is ready, against `VACUUM INTO` of the primary's file.
 
-use crate::baseline::{INSERT, ITEMS};
-use crate::cluster::{count, payload, Cluster, DEADLINE};
+use crate::baseline::ITEMS;
+use crate::cluster::{count, fill, Cluster, DEADLINE};
 use crate::report::{Better, Figure};
 use anyhow::{bail, Result};
 use std::time::Instant;
@@ -18,18 +18,7 @@ pub fn run(rows: u64) -> Result<Vec<Figure>> {
     let p = &mut cluster.primary;
     p.execute_batch("PRAGMA synchronous=NORMAL")?;
     let setup = Instant::now();
-    let mut n = 0;
-    while n < rows {
-        let tx = p.transaction()?;
-        for _ in 0..SETUP_TXN.min(rows - n) {
-            tx.execute(
-                INSERT,
-                rusqlite::params![n as i64, payload(n, PAYLOAD), user],
-            )?;
-            n += 1;
-        }
-        tx.commit()?;
-    }
+    fill(p, rows, SETUP_TXN, PAYLOAD, user)?;
     p.execute_batch("PRAGMA synchronous=FULL; PRAGMA wal_checkpoint(TRUNCATE);")?;
     let file_mb = std::fs::metadata(cluster.path("primary.db"))?.len() as f64 / 1e6;
     eprintln!(

@@ -1,8 +1,8 @@
 //! Memory: the resident size of an idle device node (its own process), beyond what SQLite
 //! itself holds (page cache, schema, statements).
 
-use crate::baseline::{INSERT, ITEMS};
-use crate::cluster::{payload, Cluster, DEADLINE};
+use crate::baseline::ITEMS;
+use crate::cluster::{fill, Cluster, DEADLINE};
 use crate::procs::{self, Proc};
 use crate::report::{Better, Figure};
 use anyhow::Result;
@@ -14,11 +14,7 @@ pub fn run() -> Result<Vec<Figure>> {
     let mut cluster = Cluster::new(ITEMS)?;
     let (owner, user) = cluster.signup("owner")?;
     drop(owner);
-    let tx = cluster.primary.transaction()?;
-    for i in 0..ROWS {
-        tx.execute(INSERT, rusqlite::params![i as i64, payload(i, 64), user])?;
-    }
-    tx.commit()?;
+    fill(&mut cluster.primary, ROWS, ROWS, 64, user)?;
 
     let mut child = Proc::spawn(
         "idle device",

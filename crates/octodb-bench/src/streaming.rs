@@ -1,8 +1,8 @@
 //! Streaming: device A commits transactions of 100 rows as fast as it can; how many rows per
 //! second become visible on device B of the same user.
 
-use crate::baseline::{self, Sync, INSERT, ITEMS};
-use crate::cluster::{payload, Cluster, DEADLINE};
+use crate::baseline::{self, Sync, ITEMS};
+use crate::cluster::{fill, Cluster, DEADLINE};
 use crate::report::{Better, Figure};
 use anyhow::{bail, Result};
 use octodb::Event;
@@ -18,21 +18,7 @@ pub fn run(rows: u64) -> Result<Vec<Figure>> {
     let mut events = b.subscribe();
 
     let started = Instant::now();
-    let writer = std::thread::spawn(move || -> Result<()> {
-        let mut n = 0;
-        while n < rows {
-            let tx = a.transaction()?;
-            for _ in 0..PER_TXN.min(rows - n) {
-                tx.execute(
-                    INSERT,
-                    rusqlite::params![n as i64, payload(n, PAYLOAD), user],
-                )?;
-                n += 1;
-            }
-            tx.commit()?;
-        }
-        Ok(())
-    });
+    let writer = std::thread::spawn(move || fill(&mut a, rows, PER_TXN, PAYLOAD, user));
     let mut seen = 0u64;
     while seen < rows {
         match events.blocking_recv() {

@@ -2,7 +2,7 @@
 //! node gets nothing but answers about its request, and nothing it sends is accepted.
 
 use super::members::{self, Admission, Member, Registered};
-use super::writer::Job;
+use super::writer::{ask, Job};
 use super::Shared;
 use crate::auth::{self, Action, AuthRequest, Decision, MAX_PENDING, MAX_REQUEST_DATA};
 use crate::crypto::PublicKey;
@@ -12,7 +12,6 @@ use crate::uri::{AuthMode, Role};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::sync::oneshot;
 
 /// Who is asking, as the session knows it after the handshake and Hello.
 pub(super) struct Applicant {
@@ -32,7 +31,7 @@ pub(super) async fn admit(
 ) -> Result<Option<Registered>> {
     if shared.cfg.auth == AuthMode::None {
         let (pubkey, address, info) = (who.pubkey, who.addr.to_string(), who.info);
-        return ask_writer(shared, |reply| Job::Register {
+        return ask(shared, |reply| Job::Register {
             pubkey,
             address,
             info,
@@ -113,7 +112,7 @@ pub(super) async fn admit(
             node_info.clone(),
             data.clone(),
         );
-        ask_writer(shared, |reply| Job::AuthRecord {
+        ask(shared, |reply| Job::AuthRecord {
             pubkey,
             address,
             info,
@@ -170,7 +169,7 @@ pub(super) async fn authorize(
     pubkey: String,
     decision: Decision,
 ) -> Result<Admission> {
-    ask_writer(shared, |reply| Job::AuthDecide {
+    ask(shared, |reply| Job::AuthDecide {
         pubkey,
         decision,
         reply,
@@ -242,19 +241,6 @@ pub(super) async fn send_now(wr: &mut SecureWriter, m: &Message) -> Result<()> {
     wr.send(&m.encode()).await?;
     wr.flush().await?;
     Ok(())
-}
-
-async fn ask_writer<T>(
-    shared: &Shared,
-    make: impl FnOnce(oneshot::Sender<Result<T>>) -> Job,
-) -> Result<T> {
-    let (tx, rx) = oneshot::channel();
-    shared
-        .jobs
-        .send(make(tx))
-        .await
-        .map_err(|_| Error::Closed)?;
-    rx.await.map_err(|_| Error::Closed)?
 }
 
 /// The node_info JSON the backend sees: SPEC §4.3.

@@ -1,7 +1,7 @@
 //! A device's network side: connect to a primary (failing over along the `connect` list),
 //! download the database when empty, apply the stream, and send the outbox.
 
-use super::writer::{Job, Reply};
+use super::writer::{ask, Job};
 use super::{Event, Shared};
 use crate::error::{Error, Result};
 use crate::log::outbox;
@@ -10,7 +10,6 @@ use crate::uri::{Endpoint, Role};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -61,16 +60,6 @@ pub(super) async fn run(shared: Arc<Shared>) {
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
-}
-
-async fn ask<T>(shared: &Shared, make: impl FnOnce(Reply<T>) -> Job) -> Result<T> {
-    let (tx, rx) = oneshot::channel();
-    shared
-        .jobs
-        .send(make(tx))
-        .await
-        .map_err(|_| Error::Closed)?;
-    rx.await.map_err(|_| Error::Closed)?
 }
 
 async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {

@@ -20,6 +20,17 @@ const GROUP_COMMIT_MAX: usize = 2000;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
+/// Queue a job for the writer thread and wait for its answer.
+pub(crate) async fn ask<T>(shared: &Shared, make: impl FnOnce(Reply<T>) -> Job) -> Result<T> {
+    let (tx, rx) = oneshot::channel();
+    shared
+        .jobs
+        .send(make(tx))
+        .await
+        .map_err(|_| Error::Closed)?;
+    rx.await.map_err(|_| Error::Closed)?
+}
+
 pub(crate) enum Job {
     Stop,
     /// Primary: a device's transactions, in the device's order.
