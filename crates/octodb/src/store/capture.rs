@@ -148,6 +148,9 @@ impl Capture {
             let vals: Vec<Value> = (0..ctx.len()).map(|i| value_arg(ctx, i)).collect();
             Ok(encode_values(&vals))
         })?;
+        // The capture table is written for every changed row and emptied at every commit:
+        // keep it (and its journal) in memory rather than in a temporary file.
+        conn.execute_batch("PRAGMA temp_store=MEMORY")?;
         conn.execute_batch(schema::CAPTURE_TABLE)?;
         Ok(())
     }
