@@ -54,14 +54,13 @@ pub fn append(
     let mut added = false;
     for c in captured {
         let Captured::Row(rc) = c else { continue };
-        let mut cs = ChangeSet::default();
-        let Some(op) = rc.to_op(&mut cs) else {
+        // The op refers to its header in `sent`; stored alone, it refers to header 0.
+        let Some(op) = rc.to_op(sent) else {
             continue;
         };
-        cs.ops.push(op);
-        if let Some(op) = cs.ops.last() {
-            sent.push_from(&cs, op);
-        }
+        let stored =
+            crate::changes::encode_single(&rc.layout.name, &rc.layout.columns, &op.with_table(0));
+        sent.ops.push(op);
         save_base(conn, rc)?;
         ord += 1;
         conn.prepare_cached(
@@ -72,7 +71,7 @@ pub fn append(
             ord,
             rc.layout.name,
             rc.rowid,
-            cs.encode()
+            stored
         ])?;
         added = true;
     }

@@ -215,7 +215,7 @@ impl Capture {
             let mask = r.get::<_, Option<i64>>(4)?.unwrap_or(-1) as u64;
             let vals = decode_opt(r.get::<_, Option<Vec<u8>>>(5)?, &layout, rowid)?;
             let old = decode_opt(r.get::<_, Option<Vec<u8>>>(6)?, &layout, rowid)?;
-            merger.add(layout, op, rowid, mask, vals, old);
+            merger.add(layout_id, layout, op, rowid, mask, vals, old);
         }
         drop(rows);
         merger.barrier();
@@ -331,12 +331,17 @@ impl RowChange {
 struct Merger {
     out: Vec<Captured>,
     group: Vec<RowChange>,
-    index: HashMap<(String, i64), usize>,
+    /// (layout id, rowid) -> position in `group`. A layout id names one table's layout for
+    /// the life of the connection; layouts change only with schema statements, which are
+    /// barriers here.
+    index: HashMap<(usize, i64), usize>,
 }
 
 impl Merger {
+    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
+        layout_id: usize,
         layout: Arc<TableLayout>,
         op: i64,
         rowid: i64,
@@ -344,7 +349,7 @@ impl Merger {
         vals: Option<Vec<Value>>,
         old: Option<Vec<Value>>,
     ) {
-        let key = (layout.name.clone(), rowid);
+        let key = (layout_id, rowid);
         if let Some(&i) = self.index.get(&key) {
             let rc = &mut self.group[i];
             match op {
