@@ -118,6 +118,20 @@ pub fn fill(
     Ok(())
 }
 
+/// The next event of `events`, failing once `end` has passed. None: some were missed.
+pub fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<octodb::Event>,
+    end: std::time::Instant,
+) -> Result<Option<octodb::Event>> {
+    let left = end.saturating_duration_since(std::time::Instant::now());
+    match octodb::next_event(events, left) {
+        octodb::Next::Event(e) => Ok(Some(e)),
+        octodb::Next::Missed(_) => Ok(None),
+        octodb::Next::Timeout => bail!("no event within the benchmark's deadline"),
+        octodb::Next::Closed => bail!("the node stopped"),
+    }
+}
+
 pub fn count(c: &Connection, sql: &str) -> Result<i64> {
     Ok(c.query_row(sql, [], |r| r.get::<i64>(0))?)
 }

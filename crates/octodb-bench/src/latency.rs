@@ -2,9 +2,9 @@
 //! user, one at a time on an otherwise idle machine.
 
 use crate::baseline::{self, Sync, INSERT, ITEMS};
-use crate::cluster::{payload, Cluster};
+use crate::cluster::{next_event, payload, Cluster, DEADLINE};
 use crate::report::{percentile, Better, Figure};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use octodb::Event;
 use std::time::{Duration, Instant};
 
@@ -23,13 +23,11 @@ pub fn run(samples: usize) -> Result<Vec<Figure>> {
             INSERT,
             rusqlite::params![i as i64, payload(i, PAYLOAD), user],
         )?;
-        loop {
-            match events.blocking_recv() {
-                Ok(Event::DataReceived { .. }) => break,
-                Ok(_) => {}
-                Err(e) => bail!("device B's events ended: {e}"),
-            }
-        }
+        let end = Instant::now() + DEADLINE;
+        while !matches!(
+            next_event(&mut events, end)?,
+            Some(Event::DataReceived { .. })
+        ) {}
         // The first tenth warms up connections, caches and statement caches.
         if i as usize >= samples / 10 {
             ms.push(t.elapsed().as_secs_f64() * 1e3);

@@ -2,7 +2,7 @@
 //! second become visible on device B of the same user.
 
 use crate::baseline::{self, Sync, ITEMS};
-use crate::cluster::{fill, Cluster, DEADLINE};
+use crate::cluster::{count, fill, next_event, Cluster, DEADLINE};
 use crate::report::{Better, Figure};
 use anyhow::{bail, Result};
 use octodb::Event;
@@ -18,28 +18,24 @@ pub fn run(rows: u64) -> Result<Vec<Figure>> {
     let mut events = b.subscribe();
 
     let started = Instant::now();
-    let writer = std::thread::spawn(move || fill(&mut a, rows, PER_TXN, PAYLOAD, user));
+    let end = started + DEADLINE;
+    // The device is handed back: it must stay up until its rows have left.
+    let writer = std::thread::spawn(move || fill(&mut a, rows, PER_TXN, PAYLOAD, user).map(|()| a));
     let mut seen = 0u64;
     while seen < rows {
-        match events.blocking_recv() {
-            Ok(Event::DataReceived { rows, .. }) => seen += rows as u64,
-            Ok(_) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                // Missed events: count what B has instead.
-                seen = crate::cluster::count(&b, "SELECT count(*) FROM items")? as u64;
-            }
-            Err(e) => bail!("device B's events ended: {e}"),
-        }
-        if started.elapsed() > DEADLINE {
-            bail!("device B saw only {seen} of {rows} rows");
+        match next_event(&mut events, end)? {
+            Some(Event::DataReceived { rows, .. }) => seen += rows as u64,
+            Some(_) => {}
+            // Missed events: count what B has instead.
+            None => seen = count(&b, "SELECT count(*) FROM items")? as u64,
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    match writer.join() {
+    let _a = match writer.join() {
         Ok(r) => r?,
         Err(_) => bail!("the writing thread panicked"),
-    }
-    let got = crate::cluster::count(&b, "SELECT count(*) FROM items")? as u64;
+    };
+    let got = count(&b, "SELECT count(*) FROM items")? as u64;
     if got != rows {
         bail!("device B has {got} rows, expected {rows}");
     }

@@ -2,7 +2,7 @@
 //! primary's acceptance before the next; accepted (durable) transactions per second.
 
 use crate::baseline::{self, Sync, INSERT, ITEMS};
-use crate::cluster::{count, payload, Cluster};
+use crate::cluster::{count, next_event, payload, Cluster, DEADLINE};
 use crate::report::{Better, Figure};
 use anyhow::{bail, Result};
 use octodb::Event;
@@ -37,14 +37,15 @@ pub fn run(devices: usize, duration: Duration) -> Result<Vec<Figure>> {
                         rusqlite::params![n as i64, payload(n, PAYLOAD), user],
                     )?;
                     committing += t.elapsed();
+                    let end = Instant::now() + DEADLINE;
                     loop {
-                        match events.blocking_recv() {
-                            Ok(Event::TransactionAccepted { .. }) => break,
-                            Ok(Event::TransactionRejected { reason, .. }) => {
+                        match next_event(&mut events, end)? {
+                            Some(Event::TransactionAccepted { .. }) => break,
+                            Some(Event::TransactionRejected { reason, .. }) => {
                                 bail!("device {i}: transaction rejected: {reason}")
                             }
-                            Ok(_) => {}
-                            Err(e) => bail!("device {i}: events ended: {e}"),
+                            Some(_) => {}
+                            None => bail!("device {i}: events were missed"),
                         }
                     }
                     accepted += 1;
