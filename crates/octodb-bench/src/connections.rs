@@ -69,6 +69,9 @@ pub fn run(connections: usize) -> Result<Vec<Figure>> {
         c.expect("done")?;
     }
     let signup_secs = started.elapsed().as_secs_f64();
+    // The sign-up sessions must be gone (their sockets closed) before all reconnect at once:
+    // together they would pass the machine's limit of open files.
+    sessions_settle(&mut primary, |held| held == 0)?;
     // Phase 2: all reconnect at once, recognized by their keys, and stay connected.
     let started = Instant::now();
     for c in &mut clients {
@@ -79,19 +82,7 @@ pub fn run(connections: usize) -> Result<Vec<Figure>> {
     }
     let connect_secs = started.elapsed().as_secs_f64();
     // A session is counted just after its Welcome is sent: let the last ones settle.
-    let settle = Instant::now() + std::time::Duration::from_secs(30);
-    let held = loop {
-        primary.send("count")?;
-        let held: usize = primary
-            .expect("sessions")?
-            .first()
-            .and_then(|w| w.parse().ok())
-            .context("session count")?;
-        if held >= connections || Instant::now() > settle {
-            break held;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
+    let held = sessions_settle(&mut primary, |held| held >= connections)?;
     let rss_after = procs::rss_kib(primary.pid())?;
     for c in clients {
         c.finish()?;
@@ -134,6 +125,23 @@ pub fn run(connections: usize) -> Result<Vec<Figure>> {
             notes: format!("clients in {CLIENT_PROCS} processes on the same 2 cores"),
         },
     ])
+}
+
+/// Ask the primary for its session count until `done` holds for it (at most 30 s).
+fn sessions_settle(primary: &mut Proc, done: impl Fn(usize) -> bool) -> Result<usize> {
+    let settle = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        primary.send("count")?;
+        let held: usize = primary
+            .expect("sessions")?
+            .first()
+            .and_then(|w| w.parse().ok())
+            .context("session count")?;
+        if done(held) || Instant::now() > settle {
+            return Ok(held);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 /// Child: the primary, answering `count` with the number of device sessions it holds.
