@@ -212,12 +212,13 @@ async fn connect_all(
         tasks.push(tokio::spawn(async move {
             let r = connect_one(addr, ip, &keys[i], &opts, signup, last_seq).await;
             drop(permit);
-            r
+            // A signed-up device is done: close it now, or all would be open at once.
+            r.map(|s| (!signup).then_some(s))
         }));
     }
     let mut out = Vec::with_capacity(tasks.len());
     for t in tasks {
-        out.push(t.await??);
+        out.extend(t.await??);
     }
     Ok(out)
 }

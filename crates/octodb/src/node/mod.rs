@@ -33,6 +33,9 @@ use tokio::sync::{broadcast, mpsc, watch, Notify};
 
 pub(crate) use registry::open_node;
 
+/// Read connections a node keeps, and reads its network tasks run at once.
+const READERS: usize = 8;
+
 /// Committed device transactions waiting in memory for the sending task; beyond this they are
 /// read back from the outbox.
 const FRESH_TXNS: usize = 1024;
@@ -77,6 +80,7 @@ pub(crate) struct Shared {
     pub handshake: HandshakeOptions,
     pub bound: Mutex<Vec<SocketAddr>>,
     readers: Mutex<Vec<Connection>>,
+    read_turns: tokio::sync::Semaphore,
     /// Primaries: approved nodes, as last read from the file.
     pub approved: members::ApprovedCache,
     /// Primaries: the backend's deciding callbacks.
@@ -96,11 +100,14 @@ impl Shared {
         &self.cfg.path
     }
 
-    /// Run `f` with a read connection of the pool, off the async threads.
+    /// Run `f` with a read connection of the pool, off the async threads. At most `READERS`
+    /// run at once: a burst of connecting devices must not open a SQLite connection (three
+    /// files) each, nor occupy a blocking thread each.
     pub async fn read<T: Send + 'static>(
         self: &Arc<Self>,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        let _turn = self.read_turns.acquire().await.map_err(|_| Error::Closed)?;
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.read_blocking(f))
             .await
@@ -115,7 +122,7 @@ impl Shared {
         };
         let out = f(&conn);
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < 8 && conn.is_autocommit() {
+        if pool.len() < READERS && conn.is_autocommit() {
             pool.push(conn);
         }
         out
@@ -192,6 +199,7 @@ impl Node {
             },
             bound: Mutex::new(Vec::new()),
             readers: Mutex::new(Vec::new()),
+            read_turns: tokio::sync::Semaphore::new(READERS),
             approved: Default::default(),
             callbacks: Default::default(),
             auth_decided: broadcast::channel(256).0,
