@@ -51,6 +51,10 @@ enum Command {
         uri: String,
         user: i64,
     },
+    #[command(name = "_device-commits", hide = true)]
+    DeviceCommits {
+        rows: u64,
+    },
     #[command(name = "_handshake-cost", hide = true)]
     HandshakeCost {
         count: usize,
@@ -84,6 +88,7 @@ fn main() -> Result<()> {
         Command::IdleDevice { uri, user } => return memory::idle_device(uri, *user),
         Command::ConnPrimary { path } => return connections::primary_proc(path),
         Command::HandshakeCost { count } => return connections::handshake_cost(*count),
+        Command::DeviceCommits { rows } => return streaming::device_commit_rate(*rows),
         Command::ConnClients {
             addr,
             count,

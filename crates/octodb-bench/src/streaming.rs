@@ -56,3 +56,26 @@ pub fn run(rows: u64) -> Result<Vec<Figure>> {
     };
     Ok(vec![figure(full, Sync::Full), figure(normal, Sync::Normal)])
 }
+
+/// Child: device A's commit path alone: an offline device committing `rows` rows in
+/// transactions of 100 (what bounds the streaming figure), against SQLite doing the same.
+pub fn device_commit_rate(rows: u64) -> Result<()> {
+    let cluster = Cluster::new(ITEMS)?;
+    let (a, user) = cluster.signup("a")?;
+    drop(a);
+    // Pointed at an address where nothing listens: it stays offline, its outbox grows.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut a = octodb::Connection::open(&crate::cluster::device_uri(
+        &cluster.path("a"),
+        &nowhere.to_string(),
+    ))?;
+    let started = Instant::now();
+    fill(&mut a, rows, PER_TXN, PAYLOAD, user)?;
+    let octodb = rows as f64 / started.elapsed().as_secs_f64();
+    let sqlite = baseline::insert_rate(Sync::Full, rows, PER_TXN, PAYLOAD)?;
+    crate::procs::say(&format!(
+        "device commits: {octodb:.0} rows/s; SQLite: {sqlite:.0} rows/s ({:.1}%)",
+        octodb / sqlite * 100.0
+    ));
+    Ok(())
+}
