@@ -129,3 +129,48 @@ fn commits_from_several_connections_of_one_device_all_arrive_once() {
     assert_eq!(count(&p, "SELECT count(*) FROM t"), 400);
     assert_eq!(d.sync_status().unwrap().last_rejected, None);
 }
+
+/// Rows written and then undone by `ROLLBACK TO` after an inner `RELEASE` (which records the
+/// changes made so far) never leave the node, on a device or on a primary.
+#[test]
+fn changes_undone_by_rollback_to_a_savepoint_never_replicate() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    let script = |owner: &str| {
+        format!(
+            "BEGIN;
+             SAVEPOINT a;
+             INSERT INTO t(v, row_owner) VALUES ('undone 1', {owner});
+             SAVEPOINT b;
+             INSERT INTO t(v, row_owner) VALUES ('undone 2', {owner});
+             RELEASE b;
+             ROLLBACK TO a;
+             INSERT INTO t(v, row_owner) VALUES ('kept', {owner});
+             COMMIT;"
+        )
+    };
+    d.execute_batch(&script("this_user()")).unwrap();
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t WHERE v = 'kept'", 1);
+    p.execute_batch(&script("'*'")).unwrap();
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'kept'", 2);
+    // A marker behind them: once it is everywhere, nothing else is on its way.
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('marker', '*')", [])
+        .unwrap();
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'marker'", 1);
+    for node in [&p, &d] {
+        assert_eq!(
+            count(node, "SELECT count(*) FROM t WHERE v LIKE 'undone%'"),
+            0
+        );
+        assert_eq!(count(node, "SELECT count(*) FROM t"), 3);
+    }
+    assert_eq!(d.sync_status().unwrap().last_rejected, None);
+}

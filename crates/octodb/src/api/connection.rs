@@ -62,6 +62,8 @@ pub struct Connection {
     /// Devices: the changes the open transaction added to the outbox, handed to the node at
     /// commit so it can send them without reading them back.
     outbox_added: RefCell<Option<crate::changes::ChangeSet>>,
+    /// A `ROLLBACK TO` ran in the open transaction: announce it from the file, not from memory.
+    rolled_back_within: Cell<bool>,
     /// `last_insert_rowid()` as the user sees it: the id a row was finally stored under.
     last_rowid: Arc<AtomicI64>,
     last_changes: Arc<AtomicI64>,
@@ -127,6 +129,7 @@ impl Connection {
             open_txn: Cell::new(None),
             committed: RefCell::new(Vec::new()),
             outbox_added: RefCell::new(None),
+            rolled_back_within: Cell::new(false),
             last_rowid: Arc::new(AtomicI64::new(0)),
             last_changes: Arc::new(AtomicI64::new(0)),
         }
@@ -391,10 +394,23 @@ impl Connection {
         let txn = self.open_txn.take();
         let entries = self.committed.take();
         let outbox = self.outbox_added.take();
+        let from_file = self.rolled_back_within.replace(false);
         if !committed {
             return;
         }
         let Some(node) = &self.node else { return };
+        if from_file {
+            if !entries.is_empty() {
+                match log::last_seq(&self.conn) {
+                    Ok(seq) => node.committed_in_file(seq),
+                    Err(e) => tracing::warn!("cannot read the log position: {e}"),
+                }
+            }
+            if outbox.is_some() {
+                node.outbox_changed();
+            }
+            return;
+        }
         if !entries.is_empty() {
             node.committed_local(entries);
         }

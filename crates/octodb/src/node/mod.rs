@@ -255,6 +255,17 @@ impl Node {
         self.shared.advance_feed(last);
     }
 
+    /// A user connection committed log entries up to `seq` that are to be read from the file
+    /// (primaries; its copies in memory were made before a `ROLLBACK TO`).
+    pub fn committed_in_file(&self, seq: u64) {
+        self.shared.advance_feed(seq);
+    }
+
+    /// A user connection committed to the outbox; the sender reads it from the file (devices).
+    pub fn outbox_changed(&self) {
+        self.shared.outbox_changed.notify_one();
+    }
+
     /// A user connection committed outbox transaction `txn_id` with these changes (devices).
     /// They are handed to the sending task in memory; if it cannot take them now (offline, or
     /// behind), it reads them from the outbox later.

@@ -124,6 +124,11 @@ impl Connection {
         if result.is_err() && started.wrap && !self.conn.is_autocommit() {
             let _ = self.internal_sql("ROLLBACK");
         }
+        if result.is_ok() && started.word == "ROLLBACK" && !self.conn.is_autocommit() {
+            // ROLLBACK TO: what an inner RELEASE recorded may be undone in the file; the
+            // copies kept in memory for announcing the transaction can no longer be trusted.
+            self.rolled_back_within.set(true);
+        }
         self.after_statement(result.is_ok() && started.word != "ROLLBACK");
         match result {
             Err(Some(e)) => Err(e),
