@@ -25,6 +25,17 @@ impl Value {
         }
     }
 
+    /// The value as SQLite's borrowed form.
+    pub fn as_value_ref(&self) -> ValueRef<'_> {
+        match self {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(f) => ValueRef::Real(*f),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }
+    }
+
     pub fn to_json(&self) -> serde_json::Value {
         match self {
             Value::Null => serde_json::Value::Null,
@@ -124,15 +135,8 @@ mod tests {
             Value::Blob(vec![0, 1, 255]),
         ];
         for v in &owned {
-            let r = match v {
-                Value::Null => ValueRef::Null,
-                Value::Integer(i) => ValueRef::Integer(*i),
-                Value::Real(f) => ValueRef::Real(*f),
-                Value::Text(t) => ValueRef::Text(t.as_bytes()),
-                Value::Blob(b) => ValueRef::Blob(b),
-            };
             assert_eq!(
-                postcard::to_allocvec(&WireValueRef(r)).ok(),
+                postcard::to_allocvec(&WireValueRef(v.as_value_ref())).ok(),
                 postcard::to_allocvec(v).ok(),
                 "{v:?}"
             );

@@ -2,7 +2,7 @@
 
 use crate::error::Result;
 use crate::value::Value;
-use rusqlite::types::{FromSql, ValueRef};
+use rusqlite::types::FromSql;
 
 /// All rows of a query, with the column names.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,13 +44,7 @@ impl<'a> Row<'a> {
             .values
             .get(idx)
             .ok_or(rusqlite::Error::InvalidColumnIndex(idx))?;
-        let r = match v {
-            Value::Null => ValueRef::Null,
-            Value::Integer(i) => ValueRef::Integer(*i),
-            Value::Real(f) => ValueRef::Real(*f),
-            Value::Text(s) => ValueRef::Text(s.as_bytes()),
-            Value::Blob(b) => ValueRef::Blob(b),
-        };
+        let r = v.as_value_ref();
         let ty = r.data_type();
         T::column_result(r)
             .map_err(|e| rusqlite::Error::FromSqlConversionFailure(idx, ty, Box::new(e)).into())

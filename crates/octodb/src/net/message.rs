@@ -182,7 +182,6 @@ mod tests {
     #[test]
     fn snapshot_rows_built_row_by_row_decode_as_the_message() {
         use crate::value::WireValueRef;
-        use rusqlite::types::ValueRef;
         let columns = vec!["a".to_string(), "b".to_string()];
         let rows = vec![
             (1, vec![Value::Integer(5), Value::Text("x".into())]),
@@ -192,15 +191,7 @@ mod tests {
         for (rowid, values) in &rows {
             let refs: Vec<WireValueRef<'_>> = values
                 .iter()
-                .map(|v| {
-                    WireValueRef(match v {
-                        Value::Null => ValueRef::Null,
-                        Value::Integer(i) => ValueRef::Integer(*i),
-                        Value::Real(f) => ValueRef::Real(*f),
-                        Value::Text(t) => ValueRef::Text(t.as_bytes()),
-                        Value::Blob(b) => ValueRef::Blob(b),
-                    })
-                })
+                .map(|v| WireValueRef(v.as_value_ref()))
                 .collect();
             enc.push(*rowid, &refs).unwrap();
         }
