@@ -86,8 +86,8 @@ struct ChangeSetApply<'a> {
     tables: &'a mut Tables,
     /// Whether any row has pending local work (else no row needs the base check).
     any_base: bool,
-    /// Statements per table header of the change set, built at its first row.
-    statements: HashMap<u32, RowSql>,
+    /// Statements per table header of the change set, looked up at its first row.
+    statements: HashMap<u32, std::sync::Arc<RowSql>>,
 }
 
 fn apply_op(
@@ -148,7 +148,7 @@ fn apply_op(
         Some(values) => ctx
             .statements
             .entry(table)
-            .or_insert_with(|| RowSql::new(&t, &h.columns))
+            .or_insert_with(|| ctx.tables.statements(&t, &h.columns))
             .insert_or_update(conn, rowid, values),
         None => delete_row(conn, &t, rowid),
     }

@@ -9,10 +9,14 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-/// Layouts of the local tables, refreshed when the schema changes.
+const MAX_STATEMENT_SETS: usize = 256;
+
+/// Layouts of the local tables, and the statements that write their rows in each column order
+/// met so far; both forgotten when the schema changes.
 #[derive(Default)]
 pub struct Tables {
     cache: HashMap<String, Option<Arc<TableLayout>>>,
+    statements: HashMap<(String, Vec<String>), Arc<RowSql>>,
     schema_version: i64,
 }
 
@@ -21,6 +25,7 @@ impl Tables {
         let v = super::schema_version(conn)?;
         if v != self.schema_version {
             self.cache.clear();
+            self.statements.clear();
             self.schema_version = v;
         }
         if let Some(t) = self.cache.get(name) {
@@ -29,6 +34,19 @@ impl Tables {
         let t = schema::table_layout(conn, name)?.map(Arc::new);
         self.cache.insert(name.to_string(), t.clone());
         Ok(t)
+    }
+
+    /// The statements for rows of `t` given in `columns` order (`t` as `get` just gave it).
+    pub fn statements(&mut self, t: &TableLayout, columns: &[String]) -> Arc<RowSql> {
+        // Column orders come from the network: a device could send many; keep a bounded few.
+        if self.statements.len() >= MAX_STATEMENT_SETS {
+            self.statements.clear();
+        }
+        let key = (t.name.clone(), columns.to_vec());
+        self.statements
+            .entry(key)
+            .or_insert_with(|| Arc::new(RowSql::new(t, columns)))
+            .clone()
     }
 }
 
@@ -234,8 +252,8 @@ pub fn apply_device_txn(
         }
     }
     let mut out = ChangeSet::default();
-    // Statements for each table header, built at its first row.
-    let mut statements: HashMap<u32, RowSql> = HashMap::new();
+    // Statements for each table header, looked up at its first row.
+    let mut statements: HashMap<u32, Arc<RowSql>> = HashMap::new();
     for op in &cs.ops {
         let (table, rowid) = match op {
             Op::Insert { table, rowid, .. }
@@ -300,7 +318,7 @@ pub fn apply_device_txn(
         }
         let sql = statements
             .entry(table)
-            .or_insert_with(|| RowSql::new(&t, &header.columns));
+            .or_insert_with(|| tables.statements(&t, &header.columns));
         let existing_owner = |conn: &Connection| -> Result<Option<Value>> {
             let ow = ident(&t.columns[t.owner.unwrap_or(0)]);
             Ok(conn
