@@ -1,0 +1,146 @@
+//! octodb's own PRAGMAs (`sync_status`, `nodes`, `user_signup`, `authorize_*`,
+//! `authorizer_service`), answered by the connection without SQLite.
+
+use super::{Connection, Outcome};
+use crate::api::pragma::Pragma;
+use crate::api::rows::Rows;
+use crate::error::{Error, Result};
+use crate::node::NodeRecord;
+use crate::uri::NodeConfig;
+use crate::value::Value;
+use std::sync::Arc;
+
+impl Connection {
+    pub(super) fn pragma(&self, p: Pragma) -> Result<Outcome> {
+        let rows = match p.name.as_str() {
+            "sync_status" => {
+                let json = serde_json::to_string(&self.sync_status()?)
+                    .map_err(|e| Error::rule(format!("cannot encode sync_status: {e}")))?;
+                Rows {
+                    columns: pragma_columns(&p),
+                    rows: vec![vec![Value::Text(json)]],
+                }
+            }
+            "nodes" => Rows {
+                columns: pragma_columns(&p),
+                rows: self.nodes()?.into_iter().map(node_row).collect(),
+            },
+            "user_signup" | "user_login" => {
+                let action = crate::auth::Action::from_name(&p.name)
+                    .unwrap_or(crate::auth::Action::UserSignup);
+                let data = p.value.ok_or_else(|| Error::Pragma {
+                    name: p.name.clone(),
+                    reason: "give the sign-up / login data: PRAGMA user_signup='...'".into(),
+                })?;
+                self.node(action.as_str())?.request_auth(action, data)?;
+                Rows::default()
+            }
+            "authorize_user" | "authorize_node" => {
+                let (key, decision) = crate::auth::parse_authorize(&p.name, p.value.as_deref())?;
+                self.node(&p.name)?.authorize(key, decision)?;
+                Rows::default()
+            }
+            _ => {
+                let addr = service_address(p.value.as_deref()).map_err(|reason| Error::Pragma {
+                    name: p.name.clone(),
+                    reason,
+                })?;
+                let cfg = self.node("an authorization service")?.shared.cfg.clone();
+                let exec = Arc::new(
+                    move |pubkey: &str, execute: &[String], find: Option<&str>| {
+                        run_service_sql(&cfg, pubkey, execute, find)
+                    },
+                );
+                self.node("an authorization service")?
+                    .set_authorizer_service(addr, exec)?;
+                Rows::default()
+            }
+        };
+        Ok(Outcome {
+            rows: Some(rows),
+            changes: 0,
+        })
+    }
+}
+
+/// `tcp://host:port` → `host:port`, or why not.
+fn service_address(value: Option<&str>) -> std::result::Result<String, String> {
+    let v =
+        value.ok_or("give the service's address: PRAGMA authorizer_service='tcp://host:port'")?;
+    let rest = v
+        .strip_prefix("tcp://")
+        .ok_or_else(|| format!("`{v}` must start with tcp://"))?;
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(rest.to_string())
+        }
+        _ => Err(format!("`{v}` is not tcp://host:port")),
+    }
+}
+
+/// The `execute` / `find` of an authorization service's answer, run on the primary's database
+/// through a connection of its own (so writes replicate like any other).
+fn run_service_sql(
+    cfg: &NodeConfig,
+    pubkey: &str,
+    execute: &[String],
+    find: Option<&str>,
+) -> Result<Option<i64>> {
+    let conn = Connection::open_config(cfg.clone())?;
+    let node_id: Option<i64> = conn
+        .query(
+            "SELECT node_id FROM _octo_nodes WHERE pubkey = ?1",
+            [pubkey],
+        )?
+        .iter()
+        .next()
+        .map(|r| r.get(0))
+        .transpose()?;
+    let with_id = |sql: &str| sql.replace("@node_id", &node_id.unwrap_or(0).to_string());
+    let mut user = None;
+    for sql in execute {
+        conn.execute(&with_id(sql), [])?;
+        user = Some(conn.last_insert_rowid());
+    }
+    if let Some(sql) = find {
+        let rows = conn.query(&with_id(sql), [])?;
+        let col = rows
+            .columns
+            .iter()
+            .position(|c| c == "user_id")
+            .unwrap_or(0);
+        user = rows.iter().next().map(|r| r.get::<i64>(col)).transpose()?;
+    }
+    Ok(user)
+}
+
+pub(super) fn pragma_columns(p: &Pragma) -> Vec<String> {
+    let names: &[&str] = match p.name.as_str() {
+        "sync_status" => &["sync_status"],
+        "nodes" => &[
+            "public_key",
+            "node_id",
+            "node_type",
+            "user_id",
+            "address",
+            "connected",
+            "auth_state",
+            "last_seen",
+        ],
+        _ => &[],
+    };
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn node_row(n: NodeRecord) -> Vec<Value> {
+    vec![
+        Value::Text(n.public_key),
+        Value::Integer(n.node_id as i64),
+        Value::Text(n.node_type),
+        n.user_id.map_or(Value::Null, Value::Integer),
+        n.address.map_or(Value::Null, Value::Text),
+        Value::Integer(n.connected as i64),
+        Value::Text(n.auth_state),
+        n.last_seen.map_or(Value::Null, Value::Real),
+    ]
+}
