@@ -9,6 +9,7 @@ mod backup;
 mod blob;
 mod callback;
 mod codes;
+mod columns;
 mod connection;
 mod cursor;
 mod db;
