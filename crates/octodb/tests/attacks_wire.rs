@@ -48,11 +48,7 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
 /// An auth=user primary holding one row of user 5 and one public row. Sign-ups are decided by
 /// their data: `user:<id>` joins user <id>; anything else is rejected.
 fn user_primary(c: &Cluster) -> Connection {
-    let uri = format!(
-        "file:{}?node=primary&bind=tcp://127.0.0.1:0&auth=user",
-        c.path("p.db").display()
-    );
-    let p = Connection::open(&uri).unwrap();
+    let p = c.auth_primary("p.db", "user");
     p.execute(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
         [],
@@ -66,12 +62,7 @@ fn user_primary(c: &Cluster) -> Connection {
     p.execute("INSERT INTO t(v, row_owner) VALUES ('public', '*')", [])
         .unwrap();
     p.set_auth_callback(Action::UserSignup, |r: &AuthRequest| {
-        match r
-            .data
-            .as_deref()
-            .and_then(|d| d.strip_prefix("user:"))
-            .and_then(|u| u.parse().ok())
-        {
+        match user_named_in(r) {
             Some(u) => Decision::User(u),
             None => Decision::Reject("sign-up data not accepted".into()),
         }

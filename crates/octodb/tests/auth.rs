@@ -6,11 +6,7 @@ use octodb::Connection;
 use std::sync::{Arc, Mutex};
 
 fn primary_with(c: &Cluster, mode: &str) -> Connection {
-    let uri = format!(
-        "file:{}?node=primary&bind=tcp://127.0.0.1:0&auth={mode}",
-        c.path("p.db").display()
-    );
-    let p = Connection::open(&uri).unwrap();
+    let p = c.auth_primary("p.db", mode);
     p.execute(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
         [],
@@ -26,12 +22,7 @@ fn approve_by_data(p: &Connection) {
     p.set_auth_callback(Action::UserSignup, |_r: &AuthRequest| Decision::User(0))
         .unwrap();
     p.set_auth_callback(Action::UserLogin, |r: &AuthRequest| {
-        match r
-            .data
-            .as_deref()
-            .and_then(|d| d.strip_prefix("user:"))
-            .and_then(|u| u.parse().ok())
-        {
+        match user_named_in(r) {
             Some(u) => Decision::User(u),
             None => Decision::Reject("unknown user".into()),
         }

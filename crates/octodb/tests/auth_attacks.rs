@@ -15,11 +15,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn primary(c: &Cluster) -> Connection {
-    let uri = format!(
-        "file:{}?node=primary&bind=tcp://127.0.0.1:0&auth=user",
-        c.path("p.db").display()
-    );
-    let p = Connection::open(&uri).unwrap();
+    let p = c.auth_primary("p.db", "user");
     p.execute(
         "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
         [],

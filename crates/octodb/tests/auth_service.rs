@@ -1,7 +1,6 @@
 //! The external authorization service (docs/authorizer-service.md) over a real socket.
 mod common;
 use common::*;
-use octodb::Connection;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -48,11 +47,7 @@ fn serve(listener: TcpListener, n: usize) -> std::thread::JoinHandle<Vec<Value>>
 #[test]
 fn a_service_decides_signups_and_logins_and_survives_its_restart() {
     let c = Cluster::new();
-    let uri = format!(
-        "file:{}?node=primary&bind=tcp://127.0.0.1:0&auth=user",
-        c.path("p.db").display()
-    );
-    let p = Connection::open(&uri).unwrap();
+    let p = c.auth_primary("p.db", "user");
     p.execute_batch(
         "CREATE TABLE accounts(id INTEGER PRIMARY KEY, name TEXT UNIQUE, first_node INTEGER);
          CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner);",

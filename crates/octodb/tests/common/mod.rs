@@ -39,10 +39,21 @@ impl Cluster {
         Connection::open(&primary_uri(&self.path(name), 0)).expect("open primary")
     }
 
+    /// A primary deciding who joins (`auth` is `node` or `user`), on a free loopback port.
+    pub fn auth_primary(&self, name: &str, auth: &str) -> Connection {
+        Connection::open(&format!("{}&auth={auth}", primary_uri(&self.path(name), 0)))
+            .expect("open primary")
+    }
+
     /// A device connected to `primary`.
     pub fn device(&self, name: &str, primary: &Connection) -> Connection {
         Connection::open(&device_uri(&self.path(name), &addr_of(primary))).expect("open device")
     }
+}
+
+/// The user a request's data names as `user:<id>`: how the tests' backends decide.
+pub fn user_named_in(r: &octodb::auth::AuthRequest) -> Option<i64> {
+    r.data.as_deref()?.strip_prefix("user:")?.parse().ok()
 }
 
 pub fn primary_uri(path: &Path, port: u16) -> String {
