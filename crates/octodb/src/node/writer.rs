@@ -293,8 +293,7 @@ impl Writer {
                     .execute(rusqlite::params![sender.node_id, done])?;
             }
             Ok(())
-        })
-        .inspect_err(|_| recorded.clear())?;
+        })?;
         let last = recorded.iter().map(|e| e.seq).max().unwrap_or(0);
         self.shared.recent.push(recorded);
         self.shared.advance_feed(last);

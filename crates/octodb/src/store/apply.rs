@@ -192,7 +192,7 @@ impl RowSql {
 
 /// Insert many rows given by `columns` (unknown columns are skipped), as the initial download
 /// does: one prepared statement for them all. A row whose id is taken here already (a local
-/// row made before the download) is merged with [`write_row`] instead.
+/// row made before the download) is updated instead.
 pub fn insert_rows(
     conn: &Connection,
     t: &TableLayout,
@@ -381,7 +381,10 @@ pub fn apply_device_txn(
                         )));
                     }
                 }
-                if let Err(e) = write_row(conn, &t, &cols, rowid, &vals) {
+                let written = tables
+                    .statements(&t, &cols)
+                    .update_or_insert(conn, rowid, &vals);
+                if let Err(e) = written {
                     return Ok(Err(format!("update of `{}` failed: {e}", t.name)));
                 }
             }
