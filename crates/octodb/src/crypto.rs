@@ -4,13 +4,18 @@
 //! key pair (the Noise static key); the two are tied together during the handshake by an
 //! Ed25519 signature over the Noise handshake hash (see [`crate::net::transport`]). Keeping them
 //! separate avoids converting one curve's secret into the other's, which is easy to get subtly
-//! wrong. All primitives come from `ed25519-dalek` and `snow`; nothing is implemented here.
+//! wrong. All primitives come from `ed25519-dalek`, `snow` and `aws-lc-rs` (see
+//! [`noise_suite`]); nothing is implemented here.
+
+mod noise_suite;
 
 use std::fmt;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use snow::params::DHChoice;
 use snow::resolvers::{CryptoResolver, DefaultResolver};
+
+pub(crate) use noise_suite::NoiseSuite;
 
 /// The Noise parameters used only to have snow generate an X25519 key pair; any pattern that
 /// uses Curve25519 gives the same kind of key.
@@ -73,11 +78,10 @@ impl NodeKeys {
         let params = KEYGEN_PARAMS
             .parse()
             .expect("KEYGEN_PARAMS is a valid, constant Noise pattern");
-        // Only fails if snow's built-in resolver lacks Curve25519 or an RNG, which the default
-        // feature set always provides.
-        let pair = snow::Builder::new(params)
+        // Only fails if the resolver lacks Curve25519 or an RNG, and NoiseSuite has both.
+        let pair = snow::Builder::with_resolver(params, Box::new(NoiseSuite))
             .generate_keypair()
-            .expect("snow's default resolver supports Curve25519");
+            .expect("NoiseSuite supports Curve25519");
         let mut noise_private = [0u8; 32];
         let mut noise_public = [0u8; 32];
         noise_private.copy_from_slice(&pair.private);
@@ -148,12 +152,11 @@ impl fmt::Debug for NodeKeys {
     }
 }
 
-/// Derives the X25519 public key with snow's own Curve25519 implementation, so no extra crate is
-/// needed and the result is exactly what the handshake will use.
+/// Derives the X25519 public key with the implementation the handshake will use.
 fn x25519_public(private: &[u8; 32]) -> [u8; 32] {
-    let mut dh = DefaultResolver
+    let mut dh = NoiseSuite
         .resolve_dh(&DHChoice::Curve25519)
-        .expect("snow's default resolver supports Curve25519");
+        .expect("NoiseSuite supports Curve25519");
     dh.set(private);
     let mut public = [0u8; 32];
     public.copy_from_slice(dh.pubkey());

@@ -265,7 +265,8 @@ async fn handshake(
     } else {
         PATTERN_OPEN
     };
-    let mut builder = snow::Builder::new(pattern.parse().map_err(noise_error)?)
+    let suite = Box::new(crate::crypto::NoiseSuite);
+    let mut builder = snow::Builder::with_resolver(pattern.parse().map_err(noise_error)?, suite)
         .local_private_key(keys.noise_private())
         .prologue(PROLOGUE);
     if let Some(psk) = &opts.network_key {
