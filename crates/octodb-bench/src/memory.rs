@@ -49,6 +49,7 @@ pub fn run() -> Result<Vec<Figure>> {
 
 /// The child: a device that logs in, downloads, then sits idle and reports.
 pub fn idle_device(uri: &str, user: i64) -> Result<()> {
+    count_sqlite_memory()?;
     let d = octodb::Connection::open(uri)?;
     d.execute(&format!("PRAGMA user_login='user:{user}'"), [])?;
     d.wait_until_ready(DEADLINE)?;
@@ -57,6 +58,22 @@ pub fn idle_device(uri: &str, user: i64) -> Result<()> {
     procs::say(&format!("idle {}", sqlite_memory_used() / 1024));
     for _ in procs::commands() {}
     drop(d);
+    Ok(())
+}
+
+/// Turns on SQLite's count of its allocations, which octodb's builds leave off (the count takes a
+/// global lock on every allocation). Must run before SQLite is first used in the process.
+fn count_sqlite_memory() -> Result<()> {
+    // SAFETY: sqlite3_config is documented as callable before sqlite3_initialize (SQLite itself
+    // reports misuse afterwards, checked below); SQLITE_CONFIG_MEMSTATUS takes exactly one int.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 1 as std::ffi::c_int)
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        anyhow::bail!(
+            "could not turn on SQLite's memory count (code {rc}): SQLite was already in use"
+        );
+    }
     Ok(())
 }
 
