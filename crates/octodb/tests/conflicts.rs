@@ -224,3 +224,37 @@ fn last_update_to_reach_the_primary_wins_column_by_column() {
     }
     assert_eq!(d.sync_status().unwrap().last_rejected, None);
 }
+
+#[test]
+fn a_device_ends_with_the_primarys_version_of_its_own_accepted_rows() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    // The trigger runs on every node; `seen` differs because the primary also has rows of
+    // another user, which the device never sees.
+    p.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, seen INTEGER, row_owner);
+         CREATE TRIGGER count_on_insert AFTER INSERT ON t BEGIN
+           UPDATE t SET seen = (SELECT count(*) FROM t) WHERE rowid = NEW.rowid;
+         END;
+         INSERT INTO t(id, v, row_owner) VALUES (100, 'x', 999), (101, 'y', 999), (102, 'z', 999);",
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute("INSERT INTO t(id, v) VALUES (1, 'start')", [])
+        .unwrap();
+    // Further transactions on the same row while the first is still in flight.
+    for i in 0..20 {
+        d.execute("UPDATE t SET v = ?1 WHERE id = 1", [format!("v{i}")])
+            .unwrap();
+    }
+    wait_outbox_empty(&d);
+    wait_count(&d, "SELECT count(*) FROM t WHERE id = 1 AND seen = 4", 1);
+    for node in [&p, &d] {
+        assert_eq!(
+            text(node, "SELECT v || ',' || seen FROM t WHERE id = 1"),
+            "v19,4"
+        );
+    }
+    assert_eq!(count(&d, "SELECT count(*) FROM t"), 1);
+}

@@ -40,6 +40,12 @@ pub fn apply_entries(
         applied.last_seq = applied.last_seq.max(e.seq);
         match &e.body {
             EntryBody::Changes(cs) => {
+                if e.origin_node == my_node && e.origin_txn != 0 {
+                    // Accepted: from here on the transaction is the primaries' history, no
+                    // longer pending work to replay over what they send.
+                    leave_outbox(conn, e.origin_txn, &mut touched)?;
+                    applied.accepted.push(e.origin_txn);
+                }
                 let mut ctx = ChangeSetApply {
                     tables: &mut *tables,
                     any_base,
@@ -48,9 +54,6 @@ pub fn apply_entries(
                 for op in &cs.ops {
                     apply_op(conn, &mut ctx, cs, op, &mut touched, &mut applied)?;
                 }
-                if e.origin_node == my_node && e.origin_txn != 0 {
-                    applied.accepted.push(e.origin_txn);
-                }
             }
             EntryBody::Rejected { reason } if e.origin_node == my_node => {
                 applied.rejected.push((e.origin_txn, reason.clone()));
@@ -58,27 +61,28 @@ pub fn apply_entries(
             EntryBody::Rejected { .. } => {}
         }
     }
-    let done: Vec<u64> = applied
-        .accepted
-        .iter()
-        .copied()
-        .chain(applied.rejected.iter().map(|r| r.0))
-        .collect();
-    for txn in done {
-        let rows: Vec<RowKey> = conn
-            .prepare_cached("SELECT tbl, rid FROM _octo_pending WHERE txn_id = ?1")?
-            .query_map([txn as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?;
-        touched.extend(rows);
-        conn.prepare_cached("DELETE FROM _octo_pending WHERE txn_id = ?1")?
-            .execute([txn as i64])?;
-        conn.prepare_cached("DELETE FROM _octo_outbox WHERE txn_id = ?1")?
-            .execute([txn as i64])?;
+    for (txn, _) in &applied.rejected {
+        leave_outbox(conn, *txn, &mut touched)?;
     }
     for (tbl, rid) in touched {
         replay_row(conn, tables, &tbl, rid)?;
     }
     Ok(applied)
+}
+
+/// Remove transaction `txn` from the outbox; the rows it changed are added to `touched`, to be
+/// rebuilt from their base and the pending work that remains.
+fn leave_outbox(conn: &Connection, txn: u64, touched: &mut BTreeSet<RowKey>) -> Result<()> {
+    let rows = conn
+        .prepare_cached("SELECT tbl, rid FROM _octo_pending WHERE txn_id = ?1")?
+        .query_map([txn as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<Vec<RowKey>>>()?;
+    touched.extend(rows);
+    conn.prepare_cached("DELETE FROM _octo_pending WHERE txn_id = ?1")?
+        .execute([txn as i64])?;
+    conn.prepare_cached("DELETE FROM _octo_outbox WHERE txn_id = ?1")?
+        .execute([txn as i64])?;
+    Ok(())
 }
 
 /// What applying one change set needs besides the connection.
@@ -126,7 +130,12 @@ fn apply_op(
         return Ok(());
     };
     applied.rows += 1;
-    if ctx.any_base && has_base(conn, &h.name, rowid)? {
+    // A row whose pending work has all been accepted (typically: this device's own
+    // transaction coming back in the log) simply becomes what the primaries say it is.
+    let settled = ctx.any_base && drop_base_if_settled(conn, &h.name, rowid)?;
+    if settled {
+        touched.remove(&(h.name.clone(), rowid));
+    } else if ctx.any_base && has_base(conn, &h.name, rowid)? {
         let image = values.map(|v| {
             RowImage {
                 columns: h.columns.clone(),
@@ -143,15 +152,28 @@ fn apply_op(
         tracing::warn!(table = %h.name, "change for a table this device does not have; skipped");
         return Ok(());
     };
+    let sql = ctx
+        .statements
+        .entry(table)
+        .or_insert_with(|| ctx.tables.statements(&t, &h.columns));
     match values {
+        // A settled row is usually already as the primaries have it: write only a difference.
+        Some(values) if settled => sql.make_equal(conn, rowid, values),
         // Rows from the primaries are usually new here: try the insert first.
-        Some(values) => ctx
-            .statements
-            .entry(table)
-            .or_insert_with(|| ctx.tables.statements(&t, &h.columns))
-            .insert_or_update(conn, rowid, values),
+        Some(values) => sql.insert_or_update(conn, rowid, values),
         None => delete_row(conn, &t, rowid),
     }
+}
+
+/// Deletes the base of a row on which no work is pending any more; returns whether it did.
+fn drop_base_if_settled(conn: &Connection, tbl: &str, rid: i64) -> Result<bool> {
+    let deleted = conn
+        .prepare_cached(
+            "DELETE FROM _octo_base WHERE tbl = ?1 AND rid = ?2
+               AND NOT EXISTS(SELECT 1 FROM _octo_pending WHERE tbl = ?1 AND rid = ?2)",
+        )?
+        .execute(params![tbl, rid])?;
+    Ok(deleted > 0)
 }
 
 fn has_base(conn: &Connection, tbl: &str, rid: i64) -> Result<bool> {

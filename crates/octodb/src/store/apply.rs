@@ -75,6 +75,8 @@ pub struct RowSql {
     /// The whole row in the table's own column order.
     read: String,
     width: usize,
+    /// The kept columns, in the given order.
+    read_kept: String,
 }
 
 impl RowSql {
@@ -109,6 +111,7 @@ impl RowSql {
                     .join(", ")
             ),
             width: t.columns.len(),
+            read_kept: format!("SELECT {} FROM {q} WHERE rowid = ?1", names[1..].join(", ")),
             keep,
         }
     }
@@ -171,6 +174,33 @@ impl RowSql {
             self.insert(conn, rowid, values)?;
         }
         Ok(())
+    }
+
+    /// Make the row hold `values`, writing nothing when it already does: for rows that are
+    /// usually as given already.
+    pub fn make_equal(&self, conn: &Connection, rowid: i64, values: &[Value]) -> Result<()> {
+        if self.keep.is_empty() {
+            return self.update_or_insert(conn, rowid, values);
+        }
+        let current: Option<Vec<Value>> = conn
+            .prepare_cached(&self.read_kept)?
+            .query_row([rowid], |r| {
+                (0..self.keep.len()).map(|n| r.get::<_, Value>(n)).collect()
+            })
+            .optional()?;
+        match current {
+            Some(row)
+                if self
+                    .keep
+                    .iter()
+                    .zip(&row)
+                    .all(|(&i, v)| values.get(i) == Some(v)) =>
+            {
+                Ok(())
+            }
+            Some(_) => self.update(conn, rowid, values).map(drop),
+            None => Ok(self.insert(conn, rowid, values)?),
+        }
     }
 
     /// Insert the row, else (its id is taken) update it: for rows that are usually new.
