@@ -1,20 +1,25 @@
 //! A device's network side: connect to a primary (failing over along the `connect` list),
 //! download the database when empty, apply the stream, and send the outbox.
 
-use super::writer::{ask, Job};
+use super::writer::{answer, ask, submit, Job};
 use super::{Event, Shared};
 use crate::error::{Error, Result};
 use crate::log::outbox;
 use crate::net::{Message, NetError, SecureReader, SecureStream, SecureWriter};
 use crate::uri::{Endpoint, Role};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Transactions per message when sending the outbox.
 const SEND_BATCH: usize = 500;
+/// Download chunks handed to the writer and not yet written: enough that the writer never waits
+/// for the network to receive and decode the next one, few enough to bound memory (~1 MB each).
+const CHUNKS_IN_FLIGHT: usize = 3;
 
 pub(super) async fn run(shared: Arc<Shared>) {
     let endpoints = shared.cfg.connect.clone();
@@ -203,11 +208,18 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
 
 async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
     let mut stop = shared.shutdown.subscribe();
+    let mut chunks = ChunksInFlight::default();
     loop {
         let msg = tokio::select! {
             m = recv_msg(rd) => m?,
             _ = stop.changed() => return Ok(()),
         };
+        // Only download rows may overtake each other's writing; anything else comes after them.
+        let limit = match msg {
+            Message::SnapshotRows { .. } => CHUNKS_IN_FLIGHT - 1,
+            _ => 0,
+        };
+        chunks.wait_until_at_most(shared, limit).await?;
         match msg {
             Message::SnapshotBegin {
                 schema, total_rows, ..
@@ -222,21 +234,14 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
                 rows,
             } => {
                 let n = rows.len() as u64;
-                ask(shared, |reply| Job::SnapshotRows {
+                let written = submit(shared, |reply| Job::SnapshotRows {
                     table,
                     columns,
                     rows,
                     reply,
                 })
                 .await?;
-                let progress = {
-                    let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
-                    live.download = live.download.map(|(d, t)| (d + n, t));
-                    live.download
-                };
-                if let Some((rows, total)) = progress {
-                    shared.emit(Event::Download { rows, total });
-                }
+                chunks.0.push_back((n, written));
             }
             Message::SnapshotEnd { seq } => {
                 tracing::debug!(seq, "initial download fully received");
@@ -265,6 +270,32 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
                 .into())
             }
         }
+    }
+}
+
+/// Download chunks the writer has been given, oldest first, with their row counts.
+#[derive(Default)]
+struct ChunksInFlight(VecDeque<(u64, oneshot::Receiver<Result<()>>)>);
+
+impl ChunksInFlight {
+    /// Wait for the oldest chunks to be written until at most `n` remain; each written chunk
+    /// is reported as download progress.
+    async fn wait_until_at_most(&mut self, shared: &Shared, n: usize) -> Result<()> {
+        while self.0.len() > n {
+            let Some((rows, written)) = self.0.pop_front() else {
+                break;
+            };
+            answer(written).await?;
+            let progress = {
+                let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+                live.download = live.download.map(|(d, t)| (d + rows, t));
+                live.download
+            };
+            if let Some((rows, total)) = progress {
+                shared.emit(Event::Download { rows, total });
+            }
+        }
+        Ok(())
     }
 }
 

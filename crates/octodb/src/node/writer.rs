@@ -22,13 +22,26 @@ pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
 /// Queue a job for the writer thread and wait for its answer.
 pub(crate) async fn ask<T>(shared: &Shared, make: impl FnOnce(Reply<T>) -> Job) -> Result<T> {
+    answer(submit(shared, make).await?).await
+}
+
+/// Hands a job to the writer without waiting for it to be done; see [`answer`].
+pub(crate) async fn submit<T>(
+    shared: &Shared,
+    make: impl FnOnce(Reply<T>) -> Job,
+) -> Result<oneshot::Receiver<Result<T>>> {
     let (tx, rx) = oneshot::channel();
     shared
         .jobs
         .send(make(tx))
         .await
         .map_err(|_| Error::Closed)?;
-    rx.await.map_err(|_| Error::Closed)?
+    Ok(rx)
+}
+
+/// The outcome of a job handed over by [`submit`].
+pub(crate) async fn answer<T>(pending: oneshot::Receiver<Result<T>>) -> Result<T> {
+    pending.await.map_err(|_| Error::Closed)?
 }
 
 pub(crate) enum Job {

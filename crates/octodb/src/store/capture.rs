@@ -49,6 +49,21 @@ impl Identity {
         let seq = self.next_row_seq.fetch_add(1, Ordering::AcqRel) & 0xFFFF_FFFF;
         ((self.node_id() as i64) << 32) | seq
     }
+
+    /// The id for a row SQLite numbered `picked` itself: `picked` when it already lies in this
+    /// node's range above every id handed out so far (SQLite picks one more than the largest id,
+    /// so a node that is the latest to insert keeps its rows where SQLite put them and nothing
+    /// has to move), else a newly allocated one.
+    fn row_id_for(&self, picked: i64) -> i64 {
+        if picked >> 32 == self.node_id() as i64 {
+            let seq = picked & 0xFFFF_FFFF;
+            // Writers are serialized by SQLite's write lock; the atomic keeps this exact anyway.
+            if self.next_row_seq.fetch_max(seq + 1, Ordering::AcqRel) <= seq {
+                return picked;
+            }
+        }
+        self.alloc_row_id()
+    }
 }
 
 /// Per-connection state of the capture functions.
@@ -120,7 +135,7 @@ impl Capture {
                 return Ok(false);
             }
             st.expected_auto.remove(&table);
-            st.last_alloc = Some((rowid, me.identity.alloc_row_id()));
+            st.last_alloc = Some((rowid, me.identity.row_id_for(rowid)));
             Ok(true)
         })?;
         let me = self.clone();
