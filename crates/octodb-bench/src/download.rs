@@ -26,21 +26,6 @@ pub fn run(rows: u64) -> Result<Vec<Figure>> {
         setup.elapsed().as_secs_f64()
     );
 
-    // The median of three runs: the first may find the file's pages in the OS cache or not.
-    let mut vacuum = Vec::new();
-    for _ in 0..3 {
-        let copy = cluster.path("vacuum-copy.db");
-        let started = Instant::now();
-        let plain = rusqlite::Connection::open(cluster.path("primary.db"))?;
-        plain.execute("VACUUM INTO ?1", [copy.to_string_lossy()])?;
-        drop(plain);
-        vacuum.push(started.elapsed().as_secs_f64());
-        std::fs::remove_file(&copy)?;
-    }
-    vacuum.sort_by(f64::total_cmp);
-    let vacuum_secs = vacuum[1];
-    eprintln!("  download: VACUUM INTO took {vacuum:.3?} s");
-
     let started = Instant::now();
     let d = cluster.login("d", user)?;
     let secs = started.elapsed().as_secs_f64();
@@ -51,6 +36,31 @@ pub fn run(rows: u64) -> Result<Vec<Figure>> {
     if started.elapsed() > DEADLINE {
         bail!("download took longer than the deadline");
     }
+    // Closed before the baseline runs, so that its checkpoint cannot slow the baseline down.
+    drop(d);
+
+    // The median of three runs (the first may find the file's pages in the OS cache or not),
+    // with SQLite's defaults and with the memory-mapped reads octodb's nodes use; the faster
+    // of the two is the baseline.
+    let mut vacuum_secs = f64::MAX;
+    for setup in ["", "PRAGMA mmap_size=1073741824;"] {
+        let mut vacuum = Vec::new();
+        for _ in 0..3 {
+            let copy = cluster.path("vacuum-copy.db");
+            let started = Instant::now();
+            let plain = rusqlite::Connection::open(cluster.path("primary.db"))?;
+            plain.execute_batch(setup)?;
+            plain.execute("VACUUM INTO ?1", [copy.to_string_lossy()])?;
+            drop(plain);
+            vacuum.push(started.elapsed().as_secs_f64());
+            std::fs::remove_file(&copy)?;
+        }
+        vacuum.sort_by(f64::total_cmp);
+        vacuum_secs = vacuum_secs.min(vacuum[1]);
+        let label = if setup.is_empty() { "defaults" } else { "mmap" };
+        eprintln!("  download: VACUUM INTO ({label}) took {vacuum:.3?} s");
+    }
+
     Ok(vec![Figure {
         scenario: "download",
         metric: format!("empty device ready, {rows} rows (~{} MB)", rows / 10_000),
