@@ -19,11 +19,17 @@ const CHUNK_ROWS: usize = 4000;
 /// Read the download of a device of `user` into `out` (encoded messages). Returns the log
 /// position it stands at.
 pub(super) fn read(c: &Connection, user: i64, out: &mpsc::Sender<Vec<u8>>) -> Result<u64> {
-    c.execute_batch("BEGIN")?;
+    // The download scans the whole file: read it through a memory map rather than a read() per
+    // page (1M rows: 0.72 -> 0.63 s). Only here: a map on every connection made each commit
+    // slower (the map is redone as the file grows), which showed in the latency figure.
+    c.execute_batch(&format!("PRAGMA mmap_size={SCAN_MMAP_BYTES}; BEGIN"))?;
     let result = read_in_txn(c, user, out);
-    let _ = c.execute_batch("COMMIT");
+    let _ = c.execute_batch("COMMIT; PRAGMA mmap_size=0");
     result
 }
+
+/// The most of the file a download maps at once (address space, not memory).
+const SCAN_MMAP_BYTES: u64 = 1 << 30;
 
 fn read_in_txn(c: &Connection, user: i64, out: &mpsc::Sender<Vec<u8>>) -> Result<u64> {
     let send = |bytes: Vec<u8>| out.blocking_send(bytes).map_err(|_| Error::Closed);
