@@ -402,3 +402,29 @@ impl Merger {
         self.out.extend(self.group.drain(..).map(Captured::Row));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: i64 = 7;
+
+    fn id(node: i64, seq: i64) -> i64 {
+        (node << 32) | seq
+    }
+
+    #[test]
+    fn sqlites_pick_is_kept_only_in_this_nodes_range_above_every_id_handed_out() {
+        let me = Identity::new(Some(Role::Secondary), NODE as u32, 3, 10);
+        // In range and above the counter: kept, and the counter moves past it.
+        assert_eq!(me.row_id_for(id(NODE, 12)), id(NODE, 12));
+        assert_eq!(me.next_row_seq(), 13);
+        // In range but at or below an id already handed out: a fresh id instead.
+        assert_eq!(me.row_id_for(id(NODE, 12)), id(NODE, 13));
+        assert_eq!(me.row_id_for(id(NODE, 5)), id(NODE, 14));
+        // Another node's range (or a small SQLite id): never kept.
+        assert_eq!(me.row_id_for(id(NODE + 1, 1)), id(NODE, 15));
+        assert_eq!(me.row_id_for(3), id(NODE, 16));
+        assert_eq!(me.next_row_seq(), 17);
+    }
+}
