@@ -68,6 +68,8 @@ pub fn write_row(
 pub struct RowSql {
     /// Positions (in the given column order) of the columns this table has.
     keep: Vec<usize>,
+    /// `INSERT INTO table(rowid, kept columns)`, to which the values are added.
+    insert_head: String,
     insert: String,
     /// None when no given column is one of the table's: the row is only checked for.
     update: Option<String>,
@@ -93,12 +95,10 @@ impl RowSql {
             .enumerate()
             .map(|(n, &i)| format!("{} = ?{}", ident(&columns[i]), n + 2))
             .collect();
+        let insert_head = format!("INSERT INTO {q}({})", names.join(", "));
         RowSql {
-            insert: format!(
-                "INSERT INTO {q}({}) VALUES ({})",
-                names.join(", "),
-                marks.join(", ")
-            ),
+            insert: format!("{insert_head} VALUES ({})", marks.join(", ")),
+            insert_head,
             update: (!sets.is_empty())
                 .then(|| format!("UPDATE {q} SET {} WHERE rowid = ?1", sets.join(", "))),
             exists: format!("SELECT 1 FROM {q} WHERE rowid = ?1"),
@@ -156,11 +156,7 @@ impl RowSql {
     /// An INSERT of `rows` rows at once (parameters numbered row after row).
     fn insert_many_sql(&self, rows: usize) -> String {
         let one = format!("({})", vec!["?"; self.row_width()].join(", "));
-        let head = self
-            .insert
-            .split_once(" VALUES ")
-            .map_or(self.insert.as_str(), |(head, _)| head);
-        format!("{head} VALUES {}", vec![one; rows].join(", "))
+        format!("{} VALUES {}", self.insert_head, vec![one; rows].join(", "))
     }
 
     /// Insert the row; an error if its id (or another unique key) is taken.
@@ -231,7 +227,19 @@ impl RowSql {
 
     /// Insert the row, else (its id is taken) update it: for rows that are usually new.
     pub fn insert_or_update(&self, conn: &Connection, rowid: i64, values: &[Value]) -> Result<()> {
-        match self.insert(conn, rowid, values) {
+        let inserted = self.insert(conn, rowid, values);
+        self.update_if_insert_refused(conn, rowid, values, inserted)
+    }
+
+    /// After an attempt to insert the row: when its id was taken, update the row there instead.
+    fn update_if_insert_refused(
+        &self,
+        conn: &Connection,
+        rowid: i64,
+        values: &[Value],
+        inserted: rusqlite::Result<()>,
+    ) -> Result<()> {
+        match inserted {
             Ok(()) => Ok(()),
             Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
                 if self.update(conn, rowid, values)? {
@@ -305,16 +313,8 @@ fn insert_one_by_one(conn: &Connection, sql: &RowSql, rows: &[(i64, Vec<Value>)]
     let mut insert = conn.prepare_cached(&sql.insert)?;
     for (rowid, values) in rows {
         sql.bind(&mut insert, *rowid, values)?;
-        match insert.raw_execute() {
-            Ok(_) => {}
-            Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
-                if !sql.update(conn, *rowid, values)? {
-                    // Not the id: another unique key of the table refused the row.
-                    return Err(e.into());
-                }
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let inserted = insert.raw_execute().map(drop);
+        sql.update_if_insert_refused(conn, *rowid, values, inserted)?;
     }
     Ok(())
 }
