@@ -47,31 +47,6 @@ pub enum Op {
     Ddl { sql: String, private: bool },
 }
 
-impl Op {
-    /// This op referring to header `table` (a copy only when it refers to another one).
-    pub fn with_table(&self, table: u32) -> std::borrow::Cow<'_, Op> {
-        let mut op = match self {
-            Op::Insert { table: t, .. }
-            | Op::Update { table: t, .. }
-            | Op::Upsert { table: t, .. }
-            | Op::Delete { table: t, .. }
-                if *t != table =>
-            {
-                self.clone()
-            }
-            _ => return std::borrow::Cow::Borrowed(self),
-        };
-        if let Op::Insert { table: t, .. }
-        | Op::Update { table: t, .. }
-        | Op::Upsert { table: t, .. }
-        | Op::Delete { table: t, .. } = &mut op
-        {
-            *t = table;
-        }
-        std::borrow::Cow::Owned(op)
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChangeSet {
     pub tables: Vec<TableHeader>,
@@ -101,6 +76,20 @@ impl ChangeSet {
 
     pub fn header(&self, table: u32) -> Option<&TableHeader> {
         self.tables.get(table as usize)
+    }
+
+    /// The (table name, row id) that `op` (one of this set's ops) changes; None for schema
+    /// statements.
+    pub fn row_of(&self, op: &Op) -> Option<(&str, i64)> {
+        match op {
+            Op::Insert { table, rowid, .. }
+            | Op::Update { table, rowid, .. }
+            | Op::Upsert { table, rowid, .. }
+            | Op::Delete { table, rowid, .. } => {
+                self.header(*table).map(|h| (h.name.as_str(), *rowid))
+            }
+            Op::Ddl { .. } => None,
+        }
     }
 
     /// The part of this change set that a device of `user` may see, or None if nothing.
@@ -200,52 +189,7 @@ impl ChangeSet {
     }
 }
 
-/// The bytes of a change set holding one header and one change, as [`ChangeSet::encode`] gives
-/// them, made without copying the header or the row. `op` must refer to header 0.
-pub fn encode_single(name: &str, columns: &[String], op: &Op) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct HeaderRef<'a> {
-        name: &'a str,
-        columns: &'a [String],
-    }
-    // Field for field the shape of `ChangeSet`, borrowing instead of owning.
-    #[derive(Serialize)]
-    struct Single<'a> {
-        tables: &'a [HeaderRef<'a>],
-        ops: &'a [&'a Op],
-    }
-    let single = Single {
-        tables: &[HeaderRef { name, columns }],
-        ops: &[op],
-    };
-    postcard::to_allocvec(&single).unwrap_or_default()
-}
-
 /// Bit for column `i` in an `Op::Update::changed` mask.
 pub fn column_bit(i: usize) -> u64 {
     1u64 << i.min(63)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_single_change_encodes_as_its_change_set() {
-        let columns = vec!["id".to_string(), "row_owner".to_string()];
-        let op = Op::Update {
-            table: 0,
-            rowid: 3,
-            changed: 2,
-            values: vec![Value::Integer(3), Value::Integer(7)],
-        };
-        let mut cs = ChangeSet::default();
-        cs.table_index("t", &columns);
-        cs.ops.push(op.clone());
-        assert_eq!(encode_single("t", &columns, &op), cs.encode());
-        assert_eq!(
-            ChangeSet::decode(&encode_single("t", &columns, &op)).ok(),
-            Some(cs)
-        );
-    }
 }

@@ -258,3 +258,68 @@ fn a_device_ends_with_the_primarys_version_of_its_own_accepted_rows() {
     }
     assert_eq!(count(&d, "SELECT count(*) FROM t"), 1);
 }
+
+#[test]
+fn a_rejected_transaction_flushed_in_parts_is_taken_back_whole() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    let d_path = c.path("d.db");
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute("INSERT INTO t(id, v) VALUES (1, 'kept')", [])
+        .unwrap();
+    wait_outbox_empty(&d);
+    drop(d);
+    // While the device is offline, the primary takes id 7.
+    p.execute(
+        "INSERT INTO t(id, v, row_owner) VALUES (7, 'primary', '*')",
+        [],
+    )
+    .unwrap();
+    let d = octodb::Connection::open(&device_uri(&d_path, &unreachable_addr())).unwrap();
+    // One transaction, recorded at each RELEASE and at COMMIT: three parts.
+    d.execute_batch(
+        "BEGIN;
+         SAVEPOINT a;
+         INSERT INTO t(id, v) VALUES (50, 'part 1');
+         UPDATE t SET v = 'changed' WHERE id = 1;
+         RELEASE a;
+         SAVEPOINT b;
+         INSERT INTO t(id, v) VALUES (7, 'device');
+         RELEASE b;
+         UPDATE t SET v = 'part 3' WHERE id = 50;
+         COMMIT;",
+    )
+    .unwrap();
+    // A later transaction on a row the doomed one also changed.
+    d.execute("UPDATE t SET v = 'later' WHERE id = 1", [])
+        .unwrap();
+    assert_eq!(d.sync_status().unwrap().outbox_len, 2);
+    drop(d);
+
+    let d = c.device("d.db", &p);
+    let s = d
+        .wait_for(DEADLINE, |s| s.last_rejected.is_some() && s.outbox_len == 0)
+        .unwrap();
+    assert!(s
+        .last_rejected
+        .unwrap()
+        .reason
+        .contains("first insert wins"));
+    let last = p.sync_status().unwrap().last_seq;
+    d.wait_for(DEADLINE, |s| s.last_seq >= last).unwrap();
+    for node in [&p, &d] {
+        assert_eq!(
+            text(
+                node,
+                "SELECT group_concat(id || '=' || v, ' ') FROM (SELECT * FROM t ORDER BY id)"
+            ),
+            "1=later 7=primary"
+        );
+    }
+}

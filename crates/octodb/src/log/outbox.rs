@@ -1,6 +1,11 @@
 //! A device's durable outbox: its transactions not yet accepted by the primaries, in commit
 //! order, with the primaries' version of each row they touched (the base) so that a rejected
 //! transaction can be taken back.
+//!
+//! A transaction is stored as its change set (one blob per flush, usually one per
+//! transaction), not as a row per changed row: the commit path then writes one bookkeeping
+//! row per changed row (its base) instead of three b-tree entries. Each base row carries the
+//! range of outbox transactions that touched it, which is where its pending work is found.
 
 use crate::changes::ChangeSet;
 use crate::error::Result;
@@ -48,42 +53,41 @@ pub fn append(
     captured: &[Captured],
     sent: &mut ChangeSet,
 ) -> Result<bool> {
-    let mut ord: i64 = conn
-        .prepare_cached("SELECT coalesce(max(ord), 0) FROM _octo_pending WHERE txn_id = ?1")?
-        .query_row([txn_id as i64], |r| r.get(0))?;
-    let mut added = false;
+    let mut part = ChangeSet::default();
     for c in captured {
         let Captured::Row(rc) = c else { continue };
-        // The op refers to its header in `sent`; stored alone, it refers to header 0.
-        let Some(op) = rc.to_op(sent) else {
+        let Some(op) = rc.to_op(&mut part) else {
             continue;
         };
-        let stored =
-            crate::changes::encode_single(&rc.layout.name, &rc.layout.columns, &op.with_table(0));
-        sent.ops.push(op);
-        save_base(conn, rc)?;
-        ord += 1;
-        conn.prepare_cached(
-            "INSERT INTO _octo_pending(txn_id, ord, tbl, rid, change) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![
-            txn_id as i64,
-            ord,
-            rc.layout.name,
-            rc.rowid,
-            stored
-        ])?;
-        added = true;
+        note_base(conn, rc, txn_id)?;
+        part.ops.push(op);
     }
-    if added {
-        conn.prepare_cached("INSERT OR IGNORE INTO _octo_outbox(txn_id, created_at) VALUES (?1, unixepoch('subsec'))")?
-            .execute([txn_id as i64])?;
+    if part.is_empty() {
+        return Ok(false);
     }
-    Ok(added)
+    // A transaction is flushed again after each savepoint it releases: one part per flush.
+    conn.prepare_cached(
+        "INSERT INTO _octo_outbox_part(txn_id, part, changes)
+         SELECT ?1, coalesce(max(part), 0) + 1, ?2 FROM _octo_outbox_part WHERE txn_id = ?1",
+    )?
+    .execute(params![txn_id as i64, part.encode()])?;
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO _octo_outbox(txn_id, created_at) VALUES (?1, unixepoch('subsec'))",
+    )?
+    .execute([txn_id as i64])?;
+    if sent.is_empty() {
+        *sent = part;
+    } else {
+        for op in &part.ops {
+            sent.push_from(&part, op);
+        }
+    }
+    Ok(true)
 }
 
-/// Keep the row as it was before any pending work touched it (the first pending change wins).
-fn save_base(conn: &Connection, rc: &RowChange) -> Result<()> {
+/// Keep the row as it was before any pending work touched it (the first pending change wins),
+/// and extend the range of pending transactions that touched it to `txn_id`.
+fn note_base(conn: &Connection, rc: &RowChange, txn_id: u64) -> Result<()> {
     let image = rc.before.as_ref().map(|v| {
         RowImage {
             columns: rc.layout.columns.clone(),
@@ -91,8 +95,12 @@ fn save_base(conn: &Connection, rc: &RowChange) -> Result<()> {
         }
         .encode()
     });
-    conn.prepare_cached("INSERT OR IGNORE INTO _octo_base(tbl, rid, row) VALUES (?1, ?2, ?3)")?
-        .execute(params![rc.layout.name, rc.rowid, image])?;
+    conn.prepare_cached(
+        "INSERT INTO _octo_base(tbl, rid, row, first_txn, last_txn) VALUES (?1, ?2, ?3, ?4, ?4)
+         ON CONFLICT(tbl, rid) DO UPDATE
+           SET first_txn = coalesce(first_txn, excluded.first_txn), last_txn = excluded.last_txn",
+    )?
+    .execute(params![rc.layout.name, rc.rowid, image, txn_id as i64])?;
     Ok(())
 }
 
@@ -113,17 +121,48 @@ pub fn read_after(conn: &Connection, after: u64, limit: usize) -> Result<Vec<(u6
 
 /// The changes of one pending transaction, merged into one change set.
 pub fn pending_changes(conn: &Connection, txn_id: u64) -> Result<ChangeSet> {
-    let mut stmt =
-        conn.prepare_cached("SELECT change FROM _octo_pending WHERE txn_id = ?1 ORDER BY ord")?;
+    let mut stmt = conn
+        .prepare_cached("SELECT changes FROM _octo_outbox_part WHERE txn_id = ?1 ORDER BY part")?;
     let mut rows = stmt.query([txn_id as i64])?;
     let mut cs = ChangeSet::default();
     while let Some(r) = rows.next()? {
-        let one = decode_change(&r.get::<_, Vec<u8>>(0)?)?;
-        for op in &one.ops {
-            cs.push_from(&one, op);
+        let part = decode_change(r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
+        if cs.is_empty() {
+            cs = part;
+            continue;
+        }
+        for op in &part.ops {
+            cs.push_from(&part, op);
         }
     }
     Ok(cs)
+}
+
+/// Remove transaction `txn_id` from the outbox; returns its changes.
+pub fn remove(conn: &Connection, txn_id: u64) -> Result<ChangeSet> {
+    let changes = pending_changes(conn, txn_id)?;
+    conn.prepare_cached("DELETE FROM _octo_outbox_part WHERE txn_id = ?1")?
+        .execute([txn_id as i64])?;
+    conn.prepare_cached("DELETE FROM _octo_outbox WHERE txn_id = ?1")?
+        .execute([txn_id as i64])?;
+    Ok(changes)
+}
+
+/// The ids of the pending transactions in `first..=last`, oldest first: those that may have
+/// touched a row whose base carries that range.
+pub fn txns_in(conn: &Connection, first: u64, last: u64) -> Result<Vec<u64>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT txn_id FROM _octo_outbox WHERE txn_id BETWEEN ?1 AND ?2 ORDER BY txn_id",
+        )?
+        .query_map(params![first as i64, last as i64], |r| r.get::<_, i64>(0))?
+        .map(|r| r.map(|id| id as u64))
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// The (table, row id) of every row change in `cs`.
+pub fn rows_of(cs: &ChangeSet) -> impl Iterator<Item = (&str, i64)> + '_ {
+    cs.ops.iter().filter_map(|op| cs.row_of(op))
 }
 
 pub fn decode_change(b: &[u8]) -> Result<ChangeSet> {
@@ -142,4 +181,133 @@ pub fn contains(conn: &Connection, txn_id: u64) -> Result<bool> {
         .query_row([txn_id as i64], |_| Ok(()))
         .optional()?
         .is_some())
+}
+
+/// Bring an outbox written by an older octodb (one `_octo_pending` row per changed row) to
+/// this layout, keeping every pending transaction. Runs inside the caller's write transaction.
+pub fn upgrade(conn: &Connection) -> Result<()> {
+    let base_has_range: bool = conn
+        .prepare(
+            "SELECT EXISTS(SELECT 1 FROM pragma_table_info('_octo_base') WHERE name = 'last_txn')",
+        )?
+        .query_row([], |r| r.get(0))?;
+    if !base_has_range {
+        conn.execute_batch(
+            "ALTER TABLE _octo_base ADD COLUMN first_txn INTEGER;
+             ALTER TABLE _octo_base ADD COLUMN last_txn INTEGER;",
+        )?;
+    }
+    let old_layout: bool = conn
+        .prepare("SELECT EXISTS(SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_octo_pending')")?
+        .query_row([], |r| r.get(0))?;
+    if !old_layout {
+        return Ok(());
+    }
+    let txns: Vec<i64> = conn
+        .prepare("SELECT txn_id FROM _octo_outbox ORDER BY txn_id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for txn in &txns {
+        let mut cs = ChangeSet::default();
+        let mut stmt =
+            conn.prepare("SELECT change FROM _octo_pending WHERE txn_id = ?1 ORDER BY ord")?;
+        let mut rows = stmt.query([txn])?;
+        while let Some(r) = rows.next()? {
+            let one = decode_change(r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
+            for op in &one.ops {
+                cs.push_from(&one, op);
+            }
+        }
+        conn.execute(
+            "INSERT INTO _octo_outbox_part(txn_id, part, changes) VALUES (?1, 1, ?2)",
+            params![txn, cs.encode()],
+        )?;
+    }
+    conn.execute_batch(
+        "UPDATE _octo_base SET
+           first_txn = (SELECT min(txn_id) FROM _octo_pending p WHERE p.tbl = _octo_base.tbl AND p.rid = _octo_base.rid),
+           last_txn = (SELECT max(txn_id) FROM _octo_pending p WHERE p.tbl = _octo_base.tbl AND p.rid = _octo_base.rid);
+         DROP TABLE _octo_pending;",
+    )?;
+    tracing::info!(
+        transactions = txns.len(),
+        "outbox moved to one entry per transaction"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::changes::Op;
+
+    fn one_change(op: Op) -> Vec<u8> {
+        let mut cs = ChangeSet::default();
+        cs.table_index("t", &["id".to_string(), "row_owner".to_string()]);
+        cs.ops.push(op);
+        cs.encode()
+    }
+
+    fn insert(rowid: i64) -> Op {
+        Op::Insert {
+            table: 0,
+            rowid,
+            values: vec![Value::Integer(rowid), Value::Integer(3)],
+        }
+    }
+
+    #[test]
+    fn an_outbox_of_the_row_per_change_layout_keeps_every_pending_transaction() {
+        let conn = Connection::open_in_memory().unwrap();
+        // The layout octodb wrote before one entry per transaction.
+        conn.execute_batch(
+            "CREATE TABLE _octo_outbox(txn_id INTEGER PRIMARY KEY, created_at REAL);
+             CREATE TABLE _octo_pending(
+                 txn_id INTEGER NOT NULL, ord INTEGER NOT NULL, tbl TEXT NOT NULL,
+                 rid INTEGER NOT NULL, change BLOB NOT NULL, PRIMARY KEY(txn_id, ord));
+             CREATE TABLE _octo_base(
+                 tbl TEXT NOT NULL, rid INTEGER NOT NULL, row BLOB, PRIMARY KEY(tbl, rid)) WITHOUT ROWID;
+             INSERT INTO _octo_outbox VALUES (4, 0), (9, 0);
+             INSERT INTO _octo_base VALUES ('t', 5, NULL), ('t', 6, NULL);",
+        )
+        .unwrap();
+        let pending = [(4, 1, 5), (4, 2, 6), (9, 1, 5)];
+        for (txn, ord, rid) in pending {
+            conn.execute(
+                "INSERT INTO _octo_pending VALUES (?1, ?2, 't', ?3, ?4)",
+                params![txn, ord, rid, one_change(insert(rid))],
+            )
+            .unwrap();
+        }
+        crate::store::init_internal_schema(&conn).unwrap();
+        crate::store::write_txn(&conn, upgrade).unwrap();
+
+        let rows = |txn| {
+            let cs = pending_changes(&conn, txn).unwrap();
+            rows_of(&cs)
+                .map(|(t, r)| format!("{t}{r}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rows(4), ["t5", "t6"]);
+        assert_eq!(rows(9), ["t5"]);
+        let ranges: Vec<(i64, i64, i64)> = conn
+            .prepare("SELECT rid, first_txn, last_txn FROM _octo_base ORDER BY rid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(ranges, [(5, 4, 9), (6, 4, 4)]);
+        let old_left: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = '_octo_pending'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_left, 0);
+        // Running again (every start does) changes nothing.
+        crate::store::write_txn(&conn, upgrade).unwrap();
+        assert_eq!(rows(4), ["t5", "t6"]);
+    }
 }

@@ -2,13 +2,14 @@
 //! come; rows with pending local work get the primaries' version as their base, and the pending
 //! work is replayed on top. Accepted and rejected transactions leave the outbox here.
 
-use super::outbox::{decode_change, RowImage};
+use super::outbox::{self, RowImage};
 use super::{EntryBody, LogEntry};
 use crate::changes::{column_bit, ChangeSet, Op};
 use crate::error::Result;
 use crate::store::apply::{delete_row, write_row, RowSql, Tables};
 use crate::store::schema;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 
 /// What applying a batch did.
@@ -64,8 +65,9 @@ pub fn apply_entries(
     for (txn, _) in &applied.rejected {
         leave_outbox(conn, *txn, &mut touched)?;
     }
+    let mut pending = PendingCache::default();
     for (tbl, rid) in touched {
-        replay_row(conn, tables, &tbl, rid)?;
+        replay_row(conn, tables, &mut pending, &tbl, rid)?;
     }
     Ok(applied)
 }
@@ -73,15 +75,8 @@ pub fn apply_entries(
 /// Remove transaction `txn` from the outbox; the rows it changed are added to `touched`, to be
 /// rebuilt from their base and the pending work that remains.
 fn leave_outbox(conn: &Connection, txn: u64, touched: &mut BTreeSet<RowKey>) -> Result<()> {
-    let rows = conn
-        .prepare_cached("SELECT tbl, rid FROM _octo_pending WHERE txn_id = ?1")?
-        .query_map([txn as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<Vec<RowKey>>>()?;
-    touched.extend(rows);
-    conn.prepare_cached("DELETE FROM _octo_pending WHERE txn_id = ?1")?
-        .execute([txn as i64])?;
-    conn.prepare_cached("DELETE FROM _octo_outbox WHERE txn_id = ?1")?
-        .execute([txn as i64])?;
+    let changes = outbox::remove(conn, txn)?;
+    touched.extend(outbox::rows_of(&changes).map(|(tbl, rid)| (tbl.to_string(), rid)));
     Ok(())
 }
 
@@ -166,11 +161,14 @@ fn apply_op(
 }
 
 /// Deletes the base of a row on which no work is pending any more; returns whether it did.
+/// (A pending transaction inside the row's range that did not touch it keeps the base: the
+/// replay then finds nothing to do on it and drops it.)
 fn drop_base_if_settled(conn: &Connection, tbl: &str, rid: i64) -> Result<bool> {
     let deleted = conn
         .prepare_cached(
             "DELETE FROM _octo_base WHERE tbl = ?1 AND rid = ?2
-               AND NOT EXISTS(SELECT 1 FROM _octo_pending WHERE tbl = ?1 AND rid = ?2)",
+               AND NOT EXISTS(SELECT 1 FROM _octo_outbox
+                              WHERE txn_id BETWEEN _octo_base.first_txn AND _octo_base.last_txn)",
         )?
         .execute(params![tbl, rid])?;
     Ok(deleted > 0)
@@ -184,29 +182,66 @@ fn has_base(conn: &Connection, tbl: &str, rid: i64) -> Result<bool> {
         .is_some())
 }
 
-/// Make the live row = its base with the remaining pending changes replayed on top.
-fn replay_row(conn: &Connection, tables: &mut Tables, tbl: &str, rid: i64) -> Result<()> {
-    let base: Option<Option<Vec<u8>>> = conn
-        .prepare_cached("SELECT row FROM _octo_base WHERE tbl = ?1 AND rid = ?2")?
-        .query_row(params![tbl, rid], |r| r.get(0))
-        .optional()?;
-    let Some(base) = base else { return Ok(()) };
-    let mut state = base.map(|b| RowImage::decode(&b)).transpose()?;
-    let changes: Vec<Vec<u8>> = conn
-        .prepare_cached(
-            "SELECT change FROM _octo_pending WHERE tbl = ?1 AND rid = ?2 ORDER BY txn_id, ord",
-        )?
-        .query_map(params![tbl, rid], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    if changes.is_empty() {
-        conn.prepare_cached("DELETE FROM _octo_base WHERE tbl = ?1 AND rid = ?2")?
-            .execute(params![tbl, rid])?;
+/// Pending transactions decoded once per batch: a transaction of many rows is looked at once
+/// per row it touched.
+#[derive(Default)]
+struct PendingCache(HashMap<u64, ChangeSet>);
+
+impl PendingCache {
+    fn get(&mut self, conn: &Connection, txn: u64) -> Result<&ChangeSet> {
+        Ok(match self.0.entry(txn) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(outbox::pending_changes(conn, txn)?),
+        })
     }
-    for c in changes {
-        let cs = decode_change(&c)?;
+}
+
+/// Make the live row = its base with the remaining pending changes replayed on top.
+fn replay_row(
+    conn: &Connection,
+    tables: &mut Tables,
+    pending: &mut PendingCache,
+    tbl: &str,
+    rid: i64,
+) -> Result<()> {
+    type Base = (Option<Vec<u8>>, Option<i64>, Option<i64>);
+    let base: Option<Base> = conn
+        .prepare_cached(
+            "SELECT row, first_txn, last_txn FROM _octo_base WHERE tbl = ?1 AND rid = ?2",
+        )?
+        .query_row(params![tbl, rid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((base, first, last)) = base else {
+        return Ok(());
+    };
+    let mut state = base.map(|b| RowImage::decode(&b)).transpose()?;
+    let range = match (first, last) {
+        (Some(f), Some(l)) => outbox::txns_in(conn, f as u64, l as u64)?,
+        _ => Vec::new(),
+    };
+    let mut first_remaining = None;
+    for txn in range {
+        let cs = pending.get(conn, txn)?;
         for op in &cs.ops {
-            state = fold(state, &cs, op);
+            if cs.row_of(op) == Some((tbl, rid)) {
+                first_remaining.get_or_insert(txn);
+                state = fold(state, cs, op);
+            }
         }
+    }
+    match first_remaining {
+        None => {
+            conn.prepare_cached("DELETE FROM _octo_base WHERE tbl = ?1 AND rid = ?2")?
+                .execute(params![tbl, rid])?;
+        }
+        // Narrow the range to what is still pending, so the row settles when that is accepted.
+        Some(f) if Some(f as i64) != first => {
+            conn.prepare_cached(
+                "UPDATE _octo_base SET first_txn = ?3 WHERE tbl = ?1 AND rid = ?2",
+            )?
+            .execute(params![tbl, rid, f as i64])?;
+        }
+        Some(_) => {}
     }
     let Some(t) = tables.get(conn, tbl)? else {
         return Ok(());

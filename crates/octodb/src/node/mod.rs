@@ -163,6 +163,7 @@ impl Node {
         let lock = ProcessLock::acquire(&cfg.path)?;
         let conn = store::open_connection(&cfg.path)?;
         store::init_internal_schema(&conn)?;
+        store::write_txn(&conn, crate::log::outbox::upgrade)?;
         if cfg.role == Some(Role::Secondary) {
             // This connection becomes the device's writer, which only writes what the primaries
             // sent (and its position). Without an fsync per commit, a power loss can lose the

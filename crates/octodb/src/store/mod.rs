@@ -53,13 +53,15 @@ pub fn init_internal_schema(conn: &Connection) -> Result<()> {
          CREATE TABLE IF NOT EXISTS _octo_users(user_id INTEGER PRIMARY KEY, created_at REAL);
          -- secondaries: transactions not yet accepted by the primaries, in commit order
          CREATE TABLE IF NOT EXISTS _octo_outbox(txn_id INTEGER PRIMARY KEY, created_at REAL);
-         CREATE TABLE IF NOT EXISTS _octo_pending(
-             txn_id INTEGER NOT NULL, ord INTEGER NOT NULL, tbl TEXT NOT NULL,
-             rid INTEGER NOT NULL, change BLOB NOT NULL, PRIMARY KEY(txn_id, ord));
-         CREATE INDEX IF NOT EXISTS _octo_pending_row ON _octo_pending(tbl, rid);
-         -- secondaries: the primaries' version of each row that pending work has changed
+         -- secondaries: each pending transaction's change set (one part per flush)
+         CREATE TABLE IF NOT EXISTS _octo_outbox_part(
+             txn_id INTEGER NOT NULL, part INTEGER NOT NULL, changes BLOB NOT NULL,
+             PRIMARY KEY(txn_id, part));
+         -- secondaries: the primaries' version of each row that pending work has changed, and
+         -- the range of outbox transactions that changed it
          CREATE TABLE IF NOT EXISTS _octo_base(
-             tbl TEXT NOT NULL, rid INTEGER NOT NULL, row BLOB, PRIMARY KEY(tbl, rid)) WITHOUT ROWID;",
+             tbl TEXT NOT NULL, rid INTEGER NOT NULL, row BLOB, first_txn INTEGER,
+             last_txn INTEGER, PRIMARY KEY(tbl, rid)) WITHOUT ROWID;",
     )?;
     Ok(())
 }
