@@ -174,3 +174,55 @@ fn changes_undone_by_rollback_to_a_savepoint_never_replicate() {
     }
     assert_eq!(d.sync_status().unwrap().last_rejected, None);
 }
+
+/// Inside one transaction the capture follows the transaction's own schema statements,
+/// including one undone by `ROLLBACK TO`: every row replicates with the columns its table has.
+#[test]
+fn rows_written_between_schema_statements_of_one_transaction_replicate() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    p.execute_batch(
+        "BEGIN;
+         INSERT INTO t(v, row_owner) VALUES ('before', '*');
+         CREATE TABLE u(id INTEGER PRIMARY KEY, w TEXT, row_owner);
+         INSERT INTO u(w, row_owner) VALUES ('new table', '*');
+         SAVEPOINT s;
+         ALTER TABLE t ADD COLUMN undone TEXT;
+         INSERT INTO t(v, undone, row_owner) VALUES ('undone', 'x', '*');
+         ROLLBACK TO s;
+         INSERT INTO t(v, row_owner) VALUES ('after the rollback', '*');
+         RELEASE s;
+         ALTER TABLE t ADD COLUMN extra TEXT;
+         INSERT INTO t(v, extra, row_owner) VALUES ('after', 'e', '*');
+         COMMIT;",
+    )
+    .unwrap();
+    // The transaction arrives whole: once the column is there, so are the rows.
+    wait_count(
+        &d,
+        "SELECT count(*) FROM pragma_table_info('t') WHERE name = 'extra'",
+        1,
+    );
+    assert_eq!(count(&d, "SELECT count(*) FROM t WHERE extra = 'e'"), 1);
+    for node in [&p, &d] {
+        assert_eq!(
+            count(node, "SELECT count(*) FROM u WHERE w = 'new table'"),
+            1
+        );
+        assert_eq!(count(node, "SELECT count(*) FROM t"), 3);
+        assert_eq!(
+            count(
+                node,
+                "SELECT count(*) FROM pragma_table_info('t') WHERE name = 'undone'"
+            ),
+            0
+        );
+    }
+}

@@ -57,6 +57,9 @@ pub struct Connection {
     repl: Option<Replication>,
     authz: authz::Shared,
     schema_version: Cell<i64>,
+    /// The open transaction has read `schema_version`: its snapshot is fixed, so only this
+    /// connection's own schema statements (or a rollback of them) can change what it sees.
+    schema_fixed: Cell<bool>,
     /// Devices: the outbox transaction the open SQLite transaction adds to.
     open_txn: Cell<Option<u64>>,
     /// Primaries: the log entries to announce once the open transaction commits.
@@ -128,6 +131,7 @@ impl Connection {
             repl: None,
             authz: Default::default(),
             schema_version: Cell::new(-1),
+            schema_fixed: Cell::new(false),
             open_txn: Cell::new(None),
             committed: RefCell::new(Vec::new()),
             outbox_added: RefCell::new(None),
@@ -393,6 +397,7 @@ impl Connection {
         if !self.conn.is_autocommit() {
             return;
         }
+        self.schema_fixed.set(false);
         let txn = self.open_txn.take();
         let entries = self.committed.take();
         let outbox = self.outbox_added.take();
@@ -440,18 +445,24 @@ impl Connection {
             })?;
         }
         self.schema_version.set(-1);
+        self.schema_fixed.set(false);
         self.refresh_schema()
     }
 
     /// Reinstall the capture triggers when the schema changed (here or from the network).
     fn refresh_schema(&self) -> Result<()> {
         let Some(r) = &self.repl else { return Ok(()) };
+        if self.schema_fixed.get() {
+            return Ok(());
+        }
         let version: i64 = self.internal(|| {
             Ok(self
                 .conn
                 .prepare_cached("PRAGMA schema_version")?
                 .query_row([], |row| row.get(0))?)
         })?;
+        // Reading the version started the open transaction's read snapshot, if one is open.
+        self.schema_fixed.set(!self.conn.is_autocommit());
         if version == self.schema_version.get() {
             return Ok(());
         }
@@ -473,7 +484,7 @@ impl Connection {
             match r.role {
                 Role::Primary => {
                     if let Some(entry) =
-                        log::append_local(&self.conn, identity.node_id(), &captured)?
+                        log::append_local(&self.conn, identity.node_id(), captured)?
                     {
                         self.committed.borrow_mut().push(entry);
                     }
@@ -486,7 +497,7 @@ impl Connection {
                     self.open_txn.set(Some(txn));
                     let mut added = self.outbox_added.borrow_mut();
                     let changes = added.get_or_insert_with(Default::default);
-                    if !outbox::append(&self.conn, txn, &captured, changes)? && changes.is_empty() {
+                    if !outbox::append(&self.conn, txn, captured, changes)? && changes.is_empty() {
                         *added = None;
                     }
                 }

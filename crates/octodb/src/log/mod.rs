@@ -113,17 +113,14 @@ pub fn last_seq(conn: &Connection) -> Result<u64> {
 pub fn append_local(
     conn: &Connection,
     node_id: u32,
-    captured: &[Captured],
+    captured: Vec<Captured>,
 ) -> Result<Option<LogEntry>> {
     let mut cs = ChangeSet::default();
     for c in captured {
         match c {
-            Captured::Ddl { sql, private } => cs.ops.push(crate::changes::Op::Ddl {
-                sql: sql.clone(),
-                private: *private,
-            }),
+            Captured::Ddl { sql, private } => cs.ops.push(crate::changes::Op::Ddl { sql, private }),
             Captured::Row(rc) => {
-                if let Some(op) = rc.to_op(&mut cs) {
+                if let Some(op) = rc.into_op(&mut cs) {
                     cs.ops.push(primary_form(op));
                 }
             }

@@ -9,7 +9,7 @@
 
 use crate::changes::ChangeSet;
 use crate::error::Result;
-use crate::store::capture::{Captured, RowChange};
+use crate::store::capture::Captured;
 use crate::store::meta_i64;
 use crate::value::Value;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -50,18 +50,28 @@ pub fn next_txn_id(conn: &Connection) -> Result<u64> {
 pub fn append(
     conn: &Connection,
     txn_id: u64,
-    captured: &[Captured],
+    captured: Vec<Captured>,
     sent: &mut ChangeSet,
 ) -> Result<bool> {
     let mut part = ChangeSet::default();
+    let mut bases = Bases::new(conn, txn_id);
     for c in captured {
         let Captured::Row(rc) = c else { continue };
-        let Some(op) = rc.to_op(&mut part) else {
+        let (layout, rowid) = (rc.layout.clone(), rc.rowid);
+        let before = rc.before.as_ref().map(|values| {
+            RowImage {
+                columns: layout.columns.clone(),
+                values: values.clone(),
+            }
+            .encode()
+        });
+        let Some(op) = rc.into_op(&mut part) else {
             continue;
         };
-        note_base(conn, rc, txn_id)?;
+        bases.note(&layout.name, rowid, before)?;
         part.ops.push(op);
     }
+    bases.flush()?;
     if part.is_empty() {
         return Ok(false);
     }
@@ -85,23 +95,83 @@ pub fn append(
     Ok(true)
 }
 
-/// Keep the row as it was before any pending work touched it (the first pending change wins),
-/// and extend the range of pending transactions that touched it to `txn_id`.
-fn note_base(conn: &Connection, rc: &RowChange, txn_id: u64) -> Result<()> {
-    let image = rc.before.as_ref().map(|v| {
-        RowImage {
-            columns: rc.layout.columns.clone(),
-            values: v.clone(),
+/// Rows noted as changed by one outbox transaction, written to `_octo_base` a batch at a
+/// time: each row keeps its version from before any pending work touched it (the first
+/// pending change wins), and the range of pending transactions that touched it extends to
+/// this one.
+struct Bases<'c> {
+    conn: &'c Connection,
+    txn_id: i64,
+    batch: Vec<(String, i64, Option<Vec<u8>>)>,
+}
+
+/// Rows per statement (4 parameters each, under SQLite's default limit of 999).
+const BASES_PER_STATEMENT: usize = 64;
+
+impl<'c> Bases<'c> {
+    fn new(conn: &'c Connection, txn_id: u64) -> Bases<'c> {
+        Bases {
+            conn,
+            txn_id: txn_id as i64,
+            batch: Vec::with_capacity(BASES_PER_STATEMENT),
         }
-        .encode()
-    });
-    conn.prepare_cached(
-        "INSERT INTO _octo_base(tbl, rid, row, first_txn, last_txn) VALUES (?1, ?2, ?3, ?4, ?4)
+    }
+
+    fn note(&mut self, table: &str, rowid: i64, before: Option<Vec<u8>>) -> Result<()> {
+        self.batch.push((table.to_string(), rowid, before));
+        if self.batch.len() == BASES_PER_STATEMENT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let n = self.batch.len();
+        let sql = if n == BASES_PER_STATEMENT {
+            &*FULL_BATCH_SQL
+        } else {
+            &upsert_bases_sql(n)
+        };
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        for (i, (table, rowid, before)) in self.batch.iter().enumerate() {
+            let at = i * 4;
+            stmt.raw_bind_parameter(at + 1, table)?;
+            stmt.raw_bind_parameter(at + 2, rowid)?;
+            stmt.raw_bind_parameter(at + 3, before)?;
+            stmt.raw_bind_parameter(at + 4, self.txn_id)?;
+        }
+        stmt.raw_execute()?;
+        self.batch.clear();
+        Ok(())
+    }
+}
+
+static FULL_BATCH_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| upsert_bases_sql(BASES_PER_STATEMENT));
+
+fn upsert_bases_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| {
+            let p = i * 4;
+            format!(
+                "(?{}, ?{}, ?{}, ?{}, ?{})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 4
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO _octo_base(tbl, rid, row, first_txn, last_txn) VALUES {}
          ON CONFLICT(tbl, rid) DO UPDATE
            SET first_txn = coalesce(first_txn, excluded.first_txn), last_txn = excluded.last_txn",
-    )?
-    .execute(params![rc.layout.name, rc.rowid, image, txn_id as i64])?;
-    Ok(())
+        values.join(", ")
+    )
 }
 
 /// Pending transactions with id greater than `after`, oldest first, at most `limit`.

@@ -302,40 +302,37 @@ pub struct RowChange {
 }
 
 impl RowChange {
-    fn owner(&self, row: &Option<Vec<Value>>) -> Option<Value> {
+    fn owner<'a>(&self, row: &'a Option<Vec<Value>>) -> Option<&'a Value> {
         let i = self.layout.owner?;
-        row.as_ref().and_then(|r| r.get(i).cloned())
+        row.as_ref().and_then(|r| r.get(i))
     }
 
     fn shared(&self, row: &Option<Vec<Value>>) -> bool {
         self.owner(row)
-            .is_some_and(|v| Owner::of(&v) != Owner::Local)
+            .is_some_and(|v| Owner::of(v) != Owner::Local)
     }
 
-    /// The change as a device sends it, or None when it stays local.
-    pub fn to_op(&self, cs: &mut ChangeSet) -> Option<Op> {
+    /// The change as a device sends it, or None when it stays local. Takes the row's values
+    /// rather than copying them: they are the bulk of a transaction.
+    pub fn into_op(self, cs: &mut ChangeSet) -> Option<Op> {
         let table = cs.table_index(&self.layout.name, &self.layout.columns);
         let rowid = self.rowid;
-        match (
-            self.shared(&self.before),
-            self.shared(&self.after),
-            &self.after,
-        ) {
-            (false, true, Some(v)) => Some(Op::Insert {
+        match (self.shared(&self.before), self.shared(&self.after)) {
+            (false, true) => self.after.map(|values| Op::Insert {
                 table,
                 rowid,
-                values: v.clone(),
+                values,
             }),
-            (true, true, Some(v)) => Some(Op::Update {
+            (true, true) => self.after.map(|values| Op::Update {
                 table,
                 rowid,
                 changed: self.changed,
-                values: v.clone(),
+                values,
             }),
-            (true, false, None) => Some(Op::Delete {
+            (true, false) if self.after.is_none() => Some(Op::Delete {
                 table,
                 rowid,
-                owner: self.owner(&self.before).unwrap_or(Value::Null),
+                owner: self.owner(&self.before).cloned().unwrap_or(Value::Null),
             }),
             _ => None,
         }

@@ -129,6 +129,10 @@ impl Connection {
             // copies kept in memory for announcing the transaction can no longer be trusted.
             self.rolled_back_within.set(true);
         }
+        if started.word == "ROLLBACK" {
+            // It may have undone a schema statement of this connection.
+            self.schema_fixed.set(false);
+        }
         self.after_statement(result.is_ok() && started.word != "ROLLBACK");
         match result {
             Err(Some(e)) => Err(e),
