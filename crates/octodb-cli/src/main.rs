@@ -6,6 +6,14 @@ mod progress;
 mod serve;
 mod shell;
 
+/// octodb's threads hand rows to one another all the time (app thread, network tasks, the
+/// writer), so much memory is freed on another thread than the one that allocated it; glibc's
+/// allocator then contends on its arena locks (14% of all CPU in the streaming benchmark).
+/// mimalloc frees across threads without a lock. Built without transparent huge pages
+/// (`no_thp`), which otherwise cost an idle device ~15 MB of RSS. See BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 use std::process::ExitCode;
 

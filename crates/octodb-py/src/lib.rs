@@ -3,6 +3,14 @@
 //! backend's authorization callbacks). The package around it (python/octodb) adds the pure
 //! Python parts: `connect`, the DB-API constructors, default adapters, `iterdump`.
 
+/// octodb's threads hand rows to one another all the time (app thread, network tasks, the
+/// writer), so much memory is freed on another thread than the one that allocated it; glibc's
+/// allocator then contends on its arena locks (14% of all CPU in the streaming benchmark).
+/// mimalloc frees across threads without a lock. Built without transparent huge pages
+/// (`no_thp`), which otherwise cost an idle device ~15 MB of RSS. See BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod adapters;
 mod auth;
 mod backup;
