@@ -226,3 +226,47 @@ fn rows_written_between_schema_statements_of_one_transaction_replicate() {
         );
     }
 }
+
+/// A trigger from the primaries that calls `this_node()` / `this_user()` runs wherever rows
+/// are written: on a device's own commit, on the primary applying the device's transaction,
+/// and on the device applying the primary's rows.
+#[test]
+fn triggers_calling_this_node_and_this_user_run_on_every_node() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner);
+         CREATE TABLE audit(v TEXT, node INTEGER, user INTEGER);
+         CREATE TRIGGER audit_insert AFTER INSERT ON t BEGIN
+           INSERT INTO audit VALUES (NEW.v, this_node(), this_user());
+         END;",
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute("INSERT INTO t(v) VALUES ('from the device')", [])
+        .unwrap();
+    wait_outbox_empty(&d);
+    p.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('from the primary', '*')",
+        [],
+    )
+    .unwrap();
+    wait_count(&d, "SELECT count(*) FROM t", 2);
+    assert_eq!(d.sync_status().unwrap().last_rejected, None);
+
+    let audit = |node: &octodb::Connection| -> String {
+        node.query_row(
+            "SELECT group_concat(v || ':' || (node = this_node()) || ':' || (user IS this_user()), ' ')
+             FROM (SELECT * FROM audit ORDER BY rowid)",
+            [],
+            |r| r.get::<String>(0),
+        )
+        .unwrap()
+    };
+    // Each node's audit names itself (1: this node, 1: this node's user, NULL on a primary).
+    assert_eq!(audit(&p), "from the device:1:1 from the primary:1:1");
+    assert_eq!(audit(&d), "from the device:1:1 from the primary:1:1");
+    let device_user: Option<i64> = d.query_row("SELECT this_user()", [], |r| r.get(0)).unwrap();
+    assert!(device_user.is_some());
+}

@@ -20,7 +20,7 @@ pub use status::{NodeRecord, SyncStatus};
 use crate::crypto::NodeKeys;
 use crate::error::{Error, Result};
 use crate::net::HandshakeOptions;
-use crate::store::capture::Identity;
+use crate::store::capture::{register_identity_functions, Identity};
 use crate::store::lock::ProcessLock;
 use crate::store::{self, meta_get, meta_i64, meta_set};
 use crate::uri::{NodeConfig, Role};
@@ -118,7 +118,11 @@ impl Shared {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
-            None => store::open_connection(self.path())?,
+            None => {
+                let c = store::open_connection(self.path())?;
+                register_identity_functions(&c, &self.identity)?;
+                c
+            }
         };
         let out = f(&conn);
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
@@ -175,6 +179,7 @@ impl Node {
         }
         let keys = load_or_create_keys(&conn, &cfg)?;
         let identity = Arc::new(load_identity(&conn, &cfg)?);
+        register_identity_functions(&conn, &identity)?;
         let start_seq = match cfg.role {
             Some(Role::Primary) => crate::log::last_seq(&conn)?,
             _ => meta_i64(&conn, "last_seq")? as u64,

@@ -106,15 +106,8 @@ impl Capture {
 
     /// Register `this_user()`, `this_node()` and the functions the triggers call.
     pub fn register_functions(&self, conn: &Connection) -> Result<()> {
-        // INNOCUOUS: they are safe inside schema (the device's DEFAULT (this_user())).
+        register_identity_functions(conn, &self.identity)?;
         let pure = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_INNOCUOUS;
-        let id = self.identity.clone();
-        conn.create_scalar_function("this_user", 0, pure, move |_| {
-            let u = id.user_id();
-            Ok((u != 0).then_some(u))
-        })?;
-        let id = self.identity.clone();
-        conn.create_scalar_function("this_node", 0, pure, move |_| Ok(id.node_id() as i64))?;
         let me = self.clone();
         conn.create_scalar_function("octo_expect_auto", 2, pure, move |ctx| {
             let table: String = ctx.get(0)?;
@@ -237,6 +230,22 @@ impl Capture {
         super::exec(conn, "DELETE FROM temp._octo_capture")?;
         Ok(merger.out)
     }
+}
+
+/// Register `this_user()` and `this_node()` on `conn`. Every connection on a node's file
+/// needs them, the engine's too: the schema may use them (a device's `DEFAULT (this_user())`,
+/// a trigger from the primaries), and the engine's writes fire those triggers.
+pub fn register_identity_functions(conn: &Connection, identity: &Arc<Identity>) -> Result<()> {
+    // INNOCUOUS: they are safe inside schema.
+    let pure = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_INNOCUOUS;
+    let id = identity.clone();
+    conn.create_scalar_function("this_user", 0, pure, move |_| {
+        let u = id.user_id();
+        Ok((u != 0).then_some(u))
+    })?;
+    let id = identity.clone();
+    conn.create_scalar_function("this_node", 0, pure, move |_| Ok(id.node_id() as i64))?;
+    Ok(())
 }
 
 fn value_arg(ctx: &Context<'_>, i: usize) -> Value {
