@@ -323,3 +323,31 @@ fn a_rejected_transaction_flushed_in_parts_is_taken_back_whole() {
         );
     }
 }
+
+/// A constraint only the primary can check (a UNIQUE value held by a row of another user,
+/// which the device never sees) rejects the device's transaction; nothing stalls.
+#[test]
+fn a_constraint_failing_only_at_the_primary_rejects_the_transaction() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT UNIQUE, row_owner);
+         INSERT INTO t(name, row_owner) VALUES ('taken', 999);",
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute("INSERT INTO t(name) VALUES ('taken')", [])
+        .unwrap();
+    let s = d
+        .wait_for(DEADLINE, |s| s.last_rejected.is_some() && s.outbox_len == 0)
+        .unwrap();
+    assert!(s.last_rejected.unwrap().reason.contains("UNIQUE"));
+    wait_count(&d, "SELECT count(*) FROM t", 0);
+    // The device goes on: its next transaction is accepted.
+    d.execute("INSERT INTO t(name) VALUES ('free')", [])
+        .unwrap();
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t WHERE name = 'free'", 1);
+    assert_eq!(count(&p, "SELECT count(*) FROM t"), 2);
+}

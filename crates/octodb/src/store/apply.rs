@@ -335,6 +335,30 @@ pub struct Sender {
 /// Outcome of checking and applying a device's transaction on a primary.
 pub type Verdict = std::result::Result<ChangeSet, String>;
 
+/// Whether a failed write is the primary's own trouble (disk full, I/O error, out of memory,
+/// ...) rather than something wrong with the device's transaction (a constraint, a trigger
+/// refusing it). The first must not reject the transaction, which the device would then undo:
+/// the batch fails instead and the device sends the transaction again later.
+fn fault_of_the_node(e: &rusqlite::Error) -> bool {
+    use ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            DiskFull
+                | SystemIoFailure
+                | OutOfMemory
+                | DatabaseBusy
+                | DatabaseLocked
+                | ReadOnly
+                | CannotOpen
+                | DatabaseCorrupt
+                | NotADatabase
+                | FileLockingProtocolFailed
+                | OperationInterrupted
+        )
+    )
+}
+
 /// Apply a device's transaction with the replication rules. `Ok(Err(reason))` means the
 /// transaction is rejected: the caller rolls back what was applied (it runs in a savepoint).
 /// `Ok(Ok(changes))` gives the changes as the primaries now have them, for the log.
@@ -455,6 +479,7 @@ pub fn apply_device_txn(
                             t.name
                         )))
                     }
+                    Err(e) if fault_of_the_node(&e) => return Err(e.into()),
                     Err(e) => return Ok(Err(format!("insert into `{}` failed: {e}", t.name))),
                 }
             }
@@ -489,8 +514,10 @@ pub fn apply_device_txn(
                 let written = tables
                     .statements(&t, &cols)
                     .update_or_insert(conn, rowid, &vals);
-                if let Err(e) = written {
-                    return Ok(Err(format!("update of `{}` failed: {e}", t.name)));
+                match written {
+                    Err(crate::Error::Sqlite(e)) if fault_of_the_node(&e) => return Err(e.into()),
+                    Err(e) => return Ok(Err(format!("update of `{}` failed: {e}", t.name))),
+                    Ok(()) => {}
                 }
             }
             Op::Delete { .. } => {
@@ -522,4 +549,36 @@ pub fn apply_device_txn(
         }
     }
     Ok(Ok(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqlite_error(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    #[test]
+    fn a_full_disk_fails_the_batch_but_a_refused_row_rejects_the_transaction() {
+        use rusqlite::ffi;
+        for code in [
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_IOERR,
+            ffi::SQLITE_NOMEM,
+            ffi::SQLITE_BUSY,
+        ] {
+            assert!(fault_of_the_node(&sqlite_error(code)), "code {code}");
+        }
+        for code in [
+            ffi::SQLITE_CONSTRAINT_UNIQUE,
+            ffi::SQLITE_CONSTRAINT_CHECK,
+            ffi::SQLITE_CONSTRAINT_TRIGGER,
+            ffi::SQLITE_ERROR,
+            ffi::SQLITE_MISMATCH,
+            ffi::SQLITE_TOOBIG,
+        ] {
+            assert!(!fault_of_the_node(&sqlite_error(code)), "code {code}");
+        }
+    }
 }
