@@ -270,3 +270,63 @@ fn triggers_calling_this_node_and_this_user_run_on_every_node() {
     let device_user: Option<i64> = d.query_row("SELECT this_user()", [], |r| r.get(0)).unwrap();
     assert!(device_user.is_some());
 }
+
+/// A statement that fails part-way inside a transaction: with ABORT (the default) its rows
+/// are undone and never leave the node; with OR FAIL the rows it wrote before failing stay,
+/// and replicate with the transaction.
+#[test]
+fn a_failed_statement_replicates_exactly_what_it_left_behind() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    let run = |node: &octodb::Connection, base: i64, owner: &str| {
+        node.execute_batch("BEGIN").unwrap();
+        node.execute(
+            &format!("INSERT INTO t(id, v, row_owner) VALUES ({base}, 'first', {owner})"),
+            [],
+        )
+        .unwrap();
+        let aborted = format!(
+            "INSERT INTO t(id, v, row_owner) VALUES ({}, 'undone', {owner}), ({}, 'undone', {owner}), ({base}, 'duplicate', {owner})",
+            base + 1,
+            base + 2
+        );
+        assert!(node.execute(&aborted, []).is_err());
+        let failed = format!(
+            "INSERT OR FAIL INTO t(id, v, row_owner) VALUES ({}, 'kept', {owner}), ({}, 'kept', {owner}), ({base}, 'duplicate', {owner})",
+            base + 3,
+            base + 4
+        );
+        assert!(node.execute(&failed, []).is_err());
+        node.execute_batch("COMMIT").unwrap();
+    };
+    run(&d, 100, "this_user()");
+    wait_outbox_empty(&d);
+    run(&p, 200, "'*'");
+    wait_count(&d, "SELECT count(*) FROM t WHERE id >= 200", 3);
+    // A marker behind them: once it is everywhere, nothing else is on its way.
+    p.execute(
+        "INSERT INTO t(id, v, row_owner) VALUES (999, 'marker', '*')",
+        [],
+    )
+    .unwrap();
+    wait_count(&d, "SELECT count(*) FROM t WHERE id = 999", 1);
+    for node in [&p, &d] {
+        assert_eq!(
+            node.query_row(
+                "SELECT group_concat(id || '=' || v, ' ') FROM (SELECT * FROM t ORDER BY id)",
+                [],
+                |r| r.get::<String>(0)
+            )
+            .unwrap(),
+            "100=first 103=kept 104=kept 200=first 203=kept 204=kept 999=marker"
+        );
+    }
+    assert_eq!(d.sync_status().unwrap().last_rejected, None);
+}

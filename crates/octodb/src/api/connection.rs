@@ -22,8 +22,8 @@ use super::sql_text;
 use crate::error::{Error, Result};
 use crate::log::{self, outbox};
 use crate::node::{open_node, Event, Node, NodeRecord, SyncStatus};
+use crate::store;
 use crate::store::capture::Capture;
-use crate::store::{self, schema::OP_DDL};
 use crate::uri::{NodeConfig, Role};
 use crate::value::Value;
 use pragmas::pragma_columns;
@@ -398,6 +398,9 @@ impl Connection {
             return;
         }
         self.schema_fixed.set(false);
+        if let Some(r) = &self.repl {
+            r.capture.forget();
+        }
         let txn = self.open_txn.take();
         let entries = self.committed.take();
         let outbox = self.outbox_added.take();
@@ -428,21 +431,10 @@ impl Connection {
 
     /// A primary replicates its schema statements; every node re-reads the table layouts.
     fn after_schema_change(&self, sql: &str, private: bool) -> Result<()> {
-        if matches!(
-            &self.repl,
-            Some(Replication {
-                role: Role::Primary,
-                ..
-            })
-        ) {
-            self.internal(|| {
-                self.conn
-                    .prepare_cached(
-                        "INSERT INTO temp._octo_capture(op, ddl, ddl_private) VALUES (?1, ?2, ?3)",
-                    )?
-                    .execute(rusqlite::params![OP_DDL, sql.trim(), private])?;
-                Ok(())
-            })?;
+        if let Some(r) = &self.repl {
+            if r.role == Role::Primary {
+                self.internal(|| r.capture.record_ddl(&self.conn, sql.trim(), private))?;
+            }
         }
         self.schema_version.set(-1);
         self.schema_fixed.set(false);

@@ -1,14 +1,20 @@
 //! Capture of a user's transaction: the SQL functions the TEMP triggers call, and the merge of
 //! the captured rows into one change per row when the transaction commits.
+//!
+//! Captured rows are kept in the connection's memory, each tagged with the statement that
+//! made it. A statement's first captured row also writes a mark (its id) into a TEMP table;
+//! SQLite undoes that mark with the statement's other changes (a statement that aborts, a
+//! `ROLLBACK TO`), so at commit the rows of statements without a mark are dropped. This costs
+//! one small TEMP write per statement instead of one per row.
 
-use super::schema::{self, TableLayout, OP_DDL, OP_DELETE, OP_INSERT, OP_UPDATE};
+use super::schema::{self, TableLayout, OP_DELETE, OP_INSERT, OP_UPDATE};
 use crate::changes::{ChangeSet, Op};
 use crate::error::{Error, Result};
 use crate::uri::Role;
 use crate::value::{Owner, Value};
 use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::Connection;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -72,6 +78,35 @@ struct State {
     layouts: Vec<Arc<TableLayout>>,
     expected_auto: HashMap<String, i64>,
     last_alloc: Option<(i64, i64)>,
+    /// The statement running now (see the module's documentation).
+    statement: i64,
+    /// Whether `statement` has written its mark.
+    marked: bool,
+    /// What the open transaction captured so far, in order.
+    captured: Vec<Tagged>,
+}
+
+/// A captured row or schema statement and the statement that made it.
+#[derive(Debug)]
+struct Tagged {
+    statement: i64,
+    what: Raw,
+}
+
+#[derive(Debug)]
+enum Raw {
+    Row {
+        layout_id: usize,
+        op: i64,
+        rowid: i64,
+        mask: u64,
+        vals: Option<Vec<Value>>,
+        old: Option<Vec<Value>>,
+    },
+    Ddl {
+        sql: String,
+        private: bool,
+    },
 }
 
 /// The capture machinery of one user connection.
@@ -152,12 +187,18 @@ impl Capture {
             let (old, new) = (value_arg(ctx, 0), value_arg(ctx, 1));
             Ok(owner_change_ok(&id, &old, &new))
         })?;
-        conn.create_scalar_function("octo_pack", -1, pure, |ctx| {
-            let vals: Vec<Value> = (0..ctx.len()).map(|i| value_arg(ctx, i)).collect();
-            Ok(encode_values(&vals))
+        let me = self.clone();
+        // octo_capture(layout, op, rowid, mask, values...): the new row's values (insert), the
+        // new then the old (update), or the old (delete). True when the statement's mark is
+        // still to be written.
+        conn.create_scalar_function("octo_capture", -1, pure, move |ctx| {
+            me.capture_row(ctx)
+                .map_err(|e| rusqlite::Error::UserFunctionError(e.into()))
         })?;
-        // The capture table is written for every changed row and emptied at every commit:
-        // keep it (and its journal) in memory rather than in a temporary file.
+        let me = self.clone();
+        conn.create_scalar_function("octo_statement", 0, pure, move |_| Ok(me.lock().statement))?;
+        // The mark table is written at every statement and emptied at every commit: keep it
+        // (and its journal) in memory rather than in a temporary file.
         conn.execute_batch("PRAGMA temp_store=MEMORY")?;
         conn.execute_batch(schema::CAPTURE_TABLE)?;
         Ok(())
@@ -181,11 +222,92 @@ impl Capture {
         Ok(())
     }
 
-    /// Forget what the last statement noted; called before each statement.
+    /// A new statement begins: forget what the last one noted.
     pub fn begin_statement(&self) {
         let mut st = self.lock();
         st.expected_auto.clear();
         st.last_alloc = None;
+        st.statement += 1;
+        st.marked = false;
+    }
+
+    /// The running statement failed. Its mark may have been undone with it; a statement it
+    /// ran inside (SQL run from a user function) marks again at its next row.
+    pub fn statement_failed(&self) {
+        self.lock().marked = false;
+    }
+
+    /// The transaction ended (committed after `take`, or rolled back): drop what is left.
+    pub fn forget(&self) {
+        self.lock().captured.clear();
+    }
+
+    /// Record a schema statement of the running statement (primaries replicate them).
+    pub fn record_ddl(&self, conn: &Connection, sql: &str, private: bool) -> Result<()> {
+        let statement = {
+            let mut st = self.lock();
+            let statement = st.statement;
+            st.captured.push(Tagged {
+                statement,
+                what: Raw::Ddl {
+                    sql: sql.to_string(),
+                    private,
+                },
+            });
+            statement
+        };
+        conn.prepare_cached(&format!(
+            "INSERT OR IGNORE INTO temp.{}(id) VALUES (?1)",
+            schema::STATEMENTS_TABLE
+        ))?
+        .execute([statement])?;
+        Ok(())
+    }
+
+    fn capture_row(&self, ctx: &Context<'_>) -> Result<bool> {
+        let int = |i: usize| -> Result<i64> {
+            match ctx.get_raw(i) {
+                rusqlite::types::ValueRef::Integer(v) => Ok(v),
+                _ => Err(Error::rule("octodb: octo_capture needs integer arguments")),
+            }
+        };
+        let (layout_id, op, rowid, mask) = (int(0)? as usize, int(1)?, int(2)?, int(3)? as u64);
+        let mut st = self.lock();
+        let n = st
+            .layouts
+            .get(layout_id)
+            .map(|l| l.columns.len())
+            .ok_or_else(|| Error::rule("octodb: change captured for an unknown table layout"))?;
+        let values =
+            |from: usize| -> Vec<Value> { (from..from + n).map(|i| value_arg(ctx, i)).collect() };
+        let expected = match op {
+            OP_UPDATE => 4 + 2 * n,
+            OP_INSERT | OP_DELETE => 4 + n,
+            _ => 0,
+        };
+        if ctx.len() != expected {
+            return Err(Error::rule(
+                "octodb: octo_capture called with the wrong arguments",
+            ));
+        }
+        let (vals, old) = match op {
+            OP_INSERT => (Some(values(4)), None),
+            OP_UPDATE => (Some(values(4)), Some(values(4 + n))),
+            _ => (None, Some(values(4))),
+        };
+        let statement = st.statement;
+        st.captured.push(Tagged {
+            statement,
+            what: Raw::Row {
+                layout_id,
+                op,
+                rowid,
+                mask,
+                vals,
+                old,
+            },
+        });
+        Ok(!std::mem::replace(&mut st.marked, true))
     }
 
     /// The id the last statement's auto-assigned row was moved to, if `raw` was moved.
@@ -196,38 +318,55 @@ impl Capture {
         }
     }
 
-    /// Read and clear what the triggers captured in the current transaction.
+    /// Take what the open transaction captured, one change per row, leaving out what was
+    /// undone (statements whose mark is gone).
     pub fn take(&self, conn: &Connection) -> Result<Vec<Captured>> {
-        let layouts = self.lock().layouts.clone();
-        let mut stmt = conn.prepare_cached(
-            "SELECT tbl, layout, op, rid, mask, vals, old, ddl, ddl_private
-             FROM temp._octo_capture ORDER BY seq",
+        let standing: HashSet<i64> = conn
+            .prepare_cached(&format!("SELECT id FROM temp.{}", schema::STATEMENTS_TABLE))?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        super::exec(
+            conn,
+            &format!("DELETE FROM temp.{}", schema::STATEMENTS_TABLE),
         )?;
-        let mut rows = stmt.query([])?;
+        let (layouts, captured) = {
+            let mut st = self.lock();
+            // Later rows of the running statement need a new mark.
+            st.marked = false;
+            (st.layouts.clone(), std::mem::take(&mut st.captured))
+        };
         let mut merger = Merger::default();
-        while let Some(r) = rows.next()? {
-            let op: i64 = r.get(2)?;
-            if op == OP_DDL {
-                merger.barrier();
-                merger.out.push(Captured::Ddl {
-                    sql: r.get(7)?,
-                    private: r.get::<_, Option<bool>>(8)?.unwrap_or(false),
-                });
+        for tagged in captured {
+            if !standing.contains(&tagged.statement) {
                 continue;
             }
-            let layout_id: usize = r.get::<_, i64>(1)? as usize;
-            let layout = layouts.get(layout_id).cloned().ok_or_else(|| {
-                Error::rule("octodb: change captured for an unknown table layout")
-            })?;
-            let rowid: i64 = r.get(3)?;
-            let mask = r.get::<_, Option<i64>>(4)?.unwrap_or(-1) as u64;
-            let vals = decode_opt(r.get::<_, Option<Vec<u8>>>(5)?, &layout, rowid)?;
-            let old = decode_opt(r.get::<_, Option<Vec<u8>>>(6)?, &layout, rowid)?;
-            merger.add(layout_id, layout, op, rowid, mask, vals, old);
+            match tagged.what {
+                Raw::Ddl { sql, private } => {
+                    merger.barrier();
+                    merger.out.push(Captured::Ddl { sql, private });
+                }
+                Raw::Row {
+                    layout_id,
+                    op,
+                    rowid,
+                    mask,
+                    mut vals,
+                    old,
+                } => {
+                    let layout = layouts.get(layout_id).cloned().ok_or_else(|| {
+                        Error::rule("octodb: change captured for an unknown table layout")
+                    })?;
+                    // The INTEGER PRIMARY KEY column was read before the row's id was moved.
+                    if let (Some(i), Some(v)) = (layout.rowid_alias, vals.as_mut()) {
+                        if let Some(v) = v.get_mut(i) {
+                            *v = Value::Integer(rowid);
+                        }
+                    }
+                    merger.add(layout_id, layout, op, rowid, mask, vals, old);
+                }
+            }
         }
-        drop(rows);
         merger.barrier();
-        super::exec(conn, "DELETE FROM temp._octo_capture")?;
         Ok(merger.out)
     }
 }
@@ -270,26 +409,6 @@ fn owner_change_ok(id: &Identity, old: &Value, new: &Value) -> bool {
         (_, Owner::User(_), Owner::Global) => true,
         _ => false,
     }
-}
-
-pub fn encode_values(vals: &[Value]) -> Vec<u8> {
-    postcard::to_allocvec(vals).unwrap_or_default()
-}
-
-pub fn decode_values(bytes: &[u8]) -> Result<Vec<Value>> {
-    postcard::from_bytes(bytes).map_err(|e| Error::rule(format!("octodb: bad packed row: {e}")))
-}
-
-fn decode_opt(b: Option<Vec<u8>>, layout: &TableLayout, rowid: i64) -> Result<Option<Vec<Value>>> {
-    let Some(b) = b else { return Ok(None) };
-    let mut vals = decode_values(&b)?;
-    // The INTEGER PRIMARY KEY column was packed before the row's id was moved.
-    if let Some(i) = layout.rowid_alias {
-        if let Some(v) = vals.get_mut(i) {
-            *v = Value::Integer(rowid);
-        }
-    }
-    Ok(Some(vals))
 }
 
 /// What a transaction did, one entry per changed row (in first-touch order) or schema statement.

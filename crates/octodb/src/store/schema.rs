@@ -112,10 +112,12 @@ pub fn check_replicable(t: &TableLayout) -> Result<()> {
     Ok(())
 }
 
-/// SQL creating the temp capture table; run once per user connection.
-pub const CAPTURE_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS _octo_capture(
-    seq INTEGER PRIMARY KEY, tbl TEXT, layout INTEGER, op INTEGER, rid INTEGER,
-    old_owner, owner, mask INTEGER, vals BLOB, old BLOB, ddl TEXT, ddl_private INTEGER)";
+/// The TEMP table of statement marks (see [`trigger_sql`]).
+pub const STATEMENTS_TABLE: &str = "_octo_statements";
+
+/// SQL creating the TEMP table of statement marks; run once per user connection.
+pub const CAPTURE_TABLE: &str =
+    "CREATE TEMP TABLE IF NOT EXISTS _octo_statements(id INTEGER PRIMARY KEY)";
 
 pub const OP_INSERT: i64 = 1;
 pub const OP_UPDATE: i64 = 2;
@@ -134,13 +136,13 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
     let q = ident(&t.name);
     let l = literal(&t.name);
     let ow = ident(&t.columns[t.owner.unwrap_or(0)]);
-    let pack = |row: &str| {
+    let cols = |row: &str| {
         let cols: Vec<String> = t
             .columns
             .iter()
             .map(|c| format!("{row}.{}", ident(c)))
             .collect();
-        format!("octo_pack({})", cols.join(", "))
+        cols.join(", ")
     };
     let mask: Vec<String> = t
         .columns
@@ -155,32 +157,50 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
     // notes the id SQLite is about to pick; AFTER INSERT allocates the new id, captures the row
     // under it, then moves the row (not when SQLite happened to pick that very id: an UPDATE
     // to the same id would look like a change of the row).
+    //
+    // `octo_capture` keeps the row in the connection's memory and returns true at the first
+    // row of a statement, which then leaves a mark in a TEMP table: the mark is undone with
+    // the statement (an aborted statement, ROLLBACK TO), and tells the commit which captured
+    // rows still stand.
+    let mark = |capture: String| {
+        format!(
+            "INSERT OR IGNORE INTO {STATEMENTS_TABLE}(id) SELECT octo_statement() WHERE {capture};"
+        )
+    };
     sql += &format!(
         "CREATE TEMP TRIGGER {bi} BEFORE INSERT ON main.{q} WHEN NEW.rowid = -1 BEGIN
            SELECT octo_expect_auto({l}, coalesce((SELECT max(rowid) FROM main.{q}), 0) + 1);
          END;
          CREATE TEMP TRIGGER {ai} AFTER INSERT ON main.{q} BEGIN
            SELECT octo_take_auto({l}, NEW.rowid);
-           INSERT INTO _octo_capture(tbl, layout, op, rid, owner, vals)
-             VALUES ({l}, {layout_id}, {OP_INSERT}, octo_final_rowid(NEW.rowid), NEW.{ow}, {newp});
+           {insert}
            UPDATE {q} SET rowid = octo_final_rowid(NEW.rowid)
              WHERE rowid = NEW.rowid AND octo_final_rowid(NEW.rowid) <> NEW.rowid;
          END;
          CREATE TEMP TRIGGER {au} AFTER UPDATE ON main.{q} WHEN OLD.rowid = NEW.rowid BEGIN
-           INSERT INTO _octo_capture(tbl, layout, op, rid, old_owner, owner, mask, vals, old)
-             VALUES ({l}, {layout_id}, {OP_UPDATE}, NEW.rowid, OLD.{ow}, NEW.{ow}, {mask}, {newp}, {oldp});
+           {update}
          END;
          CREATE TEMP TRIGGER {ad} AFTER DELETE ON main.{q} BEGIN
-           INSERT INTO _octo_capture(tbl, layout, op, rid, old_owner, old)
-             VALUES ({l}, {layout_id}, {OP_DELETE}, OLD.rowid, OLD.{ow}, {oldp});
+           {delete}
          END;\n",
         bi = name("bi"),
         ai = name("ai"),
         au = name("au"),
         ad = name("ad"),
-        newp = pack("NEW"),
-        oldp = pack("OLD"),
-        mask = mask.join(" | "),
+        insert = mark(format!(
+            "octo_capture({layout_id}, {OP_INSERT}, octo_final_rowid(NEW.rowid), -1, {})",
+            cols("NEW")
+        )),
+        update = mark(format!(
+            "octo_capture({layout_id}, {OP_UPDATE}, NEW.rowid, {}, {}, {})",
+            mask.join(" | "),
+            cols("NEW"),
+            cols("OLD")
+        )),
+        delete = mark(format!(
+            "octo_capture({layout_id}, {OP_DELETE}, OLD.rowid, 0, {})",
+            cols("OLD")
+        )),
     );
     // Rules. On a device, rows of other users and '*' rows are silently left alone by UPDATE and
     // DELETE, as if a WHERE clause excluded them.

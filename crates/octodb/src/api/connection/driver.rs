@@ -121,6 +121,11 @@ impl Connection {
             }
             Ok(())
         });
+        if result.is_err() {
+            if let Some(r) = &self.repl {
+                r.capture.statement_failed();
+            }
+        }
         if result.is_err() && started.wrap && !self.conn.is_autocommit() {
             let _ = self.internal_sql("ROLLBACK");
         }
