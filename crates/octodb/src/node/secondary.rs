@@ -51,13 +51,22 @@ pub(super) async fn run(shared: Arc<Shared>) {
             backoff = Duration::from_millis(50);
         }
         if wait_for_request {
-            // Nothing to say to the primaries until the app signs up or logs in.
-            tokio::select! {
-                _ = shared.auth_changed.notified() => {}
-                _ = stop.changed() => return,
+            // Nothing to say to the primaries until the app signs up or logs in. A wake-up
+            // left from a request the last session already carried is not a new request:
+            // reconnecting for it would replace "rejected" with "required".
+            let mut waited = false;
+            while !has_auth_request(&shared) {
+                tokio::select! {
+                    _ = shared.auth_changed.notified() => {}
+                    _ = stop.changed() => return,
+                }
+                waited = true;
             }
-            backoff = Duration::from_millis(50);
-            continue;
+            if waited {
+                backoff = Duration::from_millis(50);
+                continue;
+            }
+            // A request was pending all along: retry it after the usual back-off.
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -86,6 +95,15 @@ enum Flow {
     Reconnect,
     /// The primaries need a (new) sign-up or login from the app first.
     WaitForRequest,
+}
+
+fn has_auth_request(shared: &Shared) -> bool {
+    shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .auth_request
+        .is_some()
 }
 
 fn set_auth(shared: &Shared, state: Option<&str>, error: Option<String>) {
