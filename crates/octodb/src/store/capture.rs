@@ -151,20 +151,22 @@ impl Capture {
             Ok(None::<i64>)
         })?;
         let me = self.clone();
-        // True (and a new id allocated for the row) when `rowid` is the id SQLite picked itself.
-        conn.create_scalar_function("octo_take_auto", 2, pure, move |ctx| {
+        // The id a new row ends with: when `rowid` is the id SQLite picked itself, one in this
+        // node's range (noted for the move and for last_insert_rowid); else `rowid`.
+        conn.create_scalar_function("octo_row_id", 2, pure, move |ctx| {
             let table: String = ctx.get(0)?;
             let rowid: i64 = ctx.get(1)?;
             if me.identity.node_id() == 0 {
-                return Ok(false);
+                return Ok(rowid);
             }
             let mut st = me.lock();
             if st.expected_auto.get(&table) != Some(&rowid) {
-                return Ok(false);
+                return Ok(rowid);
             }
             st.expected_auto.remove(&table);
-            st.last_alloc = Some((rowid, me.identity.row_id_for(rowid)));
-            Ok(true)
+            let id = me.identity.row_id_for(rowid);
+            st.last_alloc = Some((rowid, id));
+            Ok(id)
         })?;
         let me = self.clone();
         conn.create_scalar_function("octo_final_rowid", 1, pure, move |ctx| {

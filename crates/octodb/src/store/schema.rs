@@ -167,15 +167,27 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
             "INSERT OR IGNORE INTO {STATEMENTS_TABLE}(id) SELECT octo_statement() WHERE {capture};"
         )
     };
+    let expect_auto =
+        format!("octo_expect_auto({l}, coalesce((SELECT max(rowid) FROM main.{q}), 0) + 1)");
+    // Every trigger is a sub-program SQLite runs per row: a device's insert rule shares the
+    // BEFORE INSERT trigger with the auto-id note.
+    let before_insert = match role {
+        Role::Primary => format!("WHEN NEW.rowid = -1 BEGIN SELECT {expect_auto}; END"),
+        Role::Secondary => format!(
+            "BEGIN SELECT
+               CASE WHEN octo_owner_class(NEW.{ow}) NOT IN ('local', 'me') THEN RAISE(ABORT, {m}) END,
+               CASE WHEN NEW.rowid = -1 THEN {expect_auto} END;
+             END",
+            m = literal(MSG_DEVICE_INSERT)
+        ),
+    };
+    // The move looks the row up only when it moves (a NULL rowid finds nothing at once).
     sql += &format!(
-        "CREATE TEMP TRIGGER {bi} BEFORE INSERT ON main.{q} WHEN NEW.rowid = -1 BEGIN
-           SELECT octo_expect_auto({l}, coalesce((SELECT max(rowid) FROM main.{q}), 0) + 1);
-         END;
+        "CREATE TEMP TRIGGER {bi} BEFORE INSERT ON main.{q} {before_insert};
          CREATE TEMP TRIGGER {ai} AFTER INSERT ON main.{q} BEGIN
-           SELECT octo_take_auto({l}, NEW.rowid);
            {insert}
            UPDATE {q} SET rowid = octo_final_rowid(NEW.rowid)
-             WHERE rowid = NEW.rowid AND octo_final_rowid(NEW.rowid) <> NEW.rowid;
+             WHERE rowid = (CASE WHEN octo_final_rowid(NEW.rowid) <> NEW.rowid THEN NEW.rowid END);
          END;
          CREATE TEMP TRIGGER {au} AFTER UPDATE ON main.{q} WHEN OLD.rowid = NEW.rowid BEGIN
            {update}
@@ -188,7 +200,7 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
         au = name("au"),
         ad = name("ad"),
         insert = mark(format!(
-            "octo_capture({layout_id}, {OP_INSERT}, octo_final_rowid(NEW.rowid), -1, {})",
+            "octo_capture({layout_id}, {OP_INSERT}, octo_row_id({l}, NEW.rowid), -1, {})",
             cols("NEW")
         )),
         update = mark(format!(
@@ -226,12 +238,8 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
     if device_insert {
         sql += &format!(
             "CREATE TEMP TRIGGER {bd} BEFORE DELETE ON main.{q}
-               WHEN octo_owner_class(OLD.{ow}) NOT IN ('local', 'me') BEGIN SELECT RAISE(IGNORE); END;
-             CREATE TEMP TRIGGER {bio} BEFORE INSERT ON main.{q}
-               WHEN octo_owner_class(NEW.{ow}) NOT IN ('local', 'me') BEGIN SELECT RAISE(ABORT, {m}); END;\n",
+               WHEN octo_owner_class(OLD.{ow}) NOT IN ('local', 'me') BEGIN SELECT RAISE(IGNORE); END;\n",
             bd = name("bd"),
-            bio = name("bio"),
-            m = literal(MSG_DEVICE_INSERT),
         );
     }
     sql
