@@ -283,3 +283,35 @@ fn pragmas_with_garbage_values_give_clear_errors() {
     let huge = format!("PRAGMA user_login='{}'", "x".repeat(20_000));
     assert!(d.execute(&huge, []).is_err());
 }
+
+#[test]
+fn a_connected_device_whose_approval_is_taken_back_is_cut_off_at_once() {
+    let c = Cluster::new();
+    let p = primary_with(&c, "user");
+    approve_by_data(&p);
+    let d = c.device("d.db", &p);
+    d.execute("PRAGMA user_signup='x'", []).unwrap();
+    ready(&d);
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
+        .unwrap();
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'before'", 1);
+    let key = d.public_key();
+    // Taken back while the device stays connected.
+    p.execute(&format!("PRAGMA authorize_user='{key}:-1'"), [])
+        .unwrap();
+    let s = d
+        .wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("rejected"))
+        .expect("the device is cut off and told why when it reconnects");
+    assert!(!s.connected);
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
+        .unwrap();
+    assert!(
+        p.sync_status().unwrap().peers.is_empty(),
+        "the primary holds no session for it"
+    );
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM t WHERE v = 'after'"),
+        0,
+        "nothing reaches a node whose approval was taken back"
+    );
+}

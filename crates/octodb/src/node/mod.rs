@@ -25,6 +25,7 @@ use crate::store::lock::ProcessLock;
 use crate::store::{self, meta_get, meta_i64, meta_set};
 use crate::uri::{NodeConfig, Role};
 use rusqlite::Connection;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -87,6 +88,9 @@ pub(crate) struct Shared {
     pub callbacks: crate::auth::Callbacks,
     /// Primaries: each decision, for the sessions waiting on it.
     pub auth_decided: broadcast::Sender<(String, members::Admission)>,
+    /// Primaries: connected devices by public key (hex), each with the wake-up its sessions
+    /// wait on to end when the backend takes the device's approval back.
+    pub connected_keys: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
     /// Primaries: sessions waiting for a decision now (bounded by auth::MAX_PENDING).
     pub waiting: std::sync::atomic::AtomicUsize,
     /// Devices: the app made a sign-up or login request.
@@ -96,6 +100,43 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// A session of the device with `pubkey` begins: the wake-up that ends it on withdrawal.
+    pub fn session_opened(&self, pubkey: &str) -> Arc<Notify> {
+        let mut keys = self
+            .connected_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let entry = keys
+            .entry(pubkey.to_string())
+            .or_insert_with(|| (Arc::new(Notify::new()), 0));
+        entry.1 += 1;
+        entry.0.clone()
+    }
+
+    pub fn session_closed(&self, pubkey: &str) {
+        let mut keys = self
+            .connected_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(entry) = keys.get_mut(pubkey) {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                keys.remove(pubkey);
+            }
+        }
+    }
+
+    /// The backend took the approval of `pubkey` back: end its open sessions now.
+    pub fn approval_withdrawn(&self, pubkey: &str) {
+        let keys = self
+            .connected_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((notify, _)) = keys.get(pubkey) {
+            notify.notify_waiters();
+        }
+    }
+
     pub fn path(&self) -> &PathBuf {
         &self.cfg.path
     }
@@ -210,6 +251,7 @@ impl Node {
             callbacks: Default::default(),
             auth_decided: broadcast::channel(256).0,
             waiting: Default::default(),
+            connected_keys: Default::default(),
             auth_changed: Notify::new(),
             service: Mutex::new(None),
             cfg,

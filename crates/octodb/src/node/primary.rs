@@ -133,6 +133,17 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     else {
         return Ok(());
     };
+    let connected = ConnectedKey::open(shared, pubkey.to_hex());
+    let withdrawal = connected.withdrawn.notified();
+    tokio::pin!(withdrawal);
+    // Listen from now on: a withdrawal from here to the end of the session is not missed.
+    withdrawal.as_mut().enable();
+    if shared.approved.get(&connected.key).is_err()
+        && !still_approved(shared, &connected.key).await?
+    {
+        // A decision on this key came after its admission, and took the approval back.
+        return Ok(());
+    }
     send_now(
         &mut wr,
         &Message::Welcome {
@@ -152,10 +163,15 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         .insert(node_id, addr.to_string());
     let sender = Sender { node_id, user_id };
     // Reading the device's transactions and streaming the log to it end together, so a device
-    // never stays connected to a session that stopped sending it anything.
+    // never stays connected to a session that stopped sending it anything. A device whose
+    // approval the backend takes back is cut off at once (it hears why when it reconnects).
     let result = tokio::select! {
         r = read_loop(shared, &mut rd, sender) => r,
         r = stream_to_device(shared, node_id, user_id, last_seq, wr) => r,
+        () = &mut withdrawal => {
+            tracing::info!(%addr, node_id, "device disconnected: its approval was taken back");
+            Ok(())
+        }
     };
     shared
         .live
@@ -164,6 +180,41 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         .sessions
         .remove(&node_id);
     result
+}
+
+/// A device's public key among the connected ones for as long as its session lives.
+struct ConnectedKey<'a> {
+    shared: &'a Shared,
+    key: String,
+    /// Rung when the backend takes the device's approval back.
+    withdrawn: Arc<tokio::sync::Notify>,
+}
+
+impl<'a> ConnectedKey<'a> {
+    fn open(shared: &'a Shared, key: String) -> ConnectedKey<'a> {
+        let withdrawn = shared.session_opened(&key);
+        ConnectedKey {
+            shared,
+            key,
+            withdrawn,
+        }
+    }
+}
+
+impl Drop for ConnectedKey<'_> {
+    fn drop(&mut self) {
+        self.shared.session_closed(&self.key);
+    }
+}
+
+/// Whether the file still holds `key` as approved (when the cache no longer says so).
+async fn still_approved(shared: &Arc<Shared>, key: &str) -> Result<bool> {
+    let key = key.to_string();
+    shared
+        .read(move |c| {
+            Ok(super::members::lookup(c, &key)?.is_some_and(|m| m.auth_state == "approved"))
+        })
+        .await
 }
 
 async fn read_loop(shared: &Arc<Shared>, rd: &mut SecureReader, sender: Sender) -> Result<()> {

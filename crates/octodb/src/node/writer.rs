@@ -214,6 +214,9 @@ impl Writer {
                         super::members::decide(c, &pubkey, &decision)
                     });
                     if let Ok(admission) = &outcome {
+                        if matches!(admission, super::members::Admission::Rejected(_)) {
+                            self.shared.approval_withdrawn(&pubkey);
+                        }
                         let _ = self.shared.auth_decided.send((pubkey, admission.clone()));
                     }
                     let _ = reply.send(outcome);
