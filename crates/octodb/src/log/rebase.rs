@@ -100,6 +100,7 @@ fn apply_op(
     let (table, rowid, values) = match op {
         Op::Ddl { sql, .. } => {
             conn.execute_batch(&schema::device_create_table(sql))?;
+            ctx.tables.schema_changed();
             applied.schema_changed = true;
             return Ok(());
         }

@@ -267,48 +267,9 @@ impl Writer {
         let conn = &self.conn;
         let tables = &mut self.tables;
         let mut recorded = Vec::new();
+        // Device transactions never change the schema.
         write_txn(conn, |c| {
-            for (sender, txns) in batch {
-                let mut done: i64 = c
-                    .prepare_cached("SELECT last_txn FROM _octo_nodes WHERE node_id = ?1")?
-                    .query_row([sender.node_id], |r| r.get(0))
-                    .optional()?
-                    .unwrap_or(0);
-                for (txn_id, cs) in txns {
-                    if (*txn_id as i64) <= done {
-                        continue; // already decided: a resend after a lost connection
-                    }
-                    exec(c, "SAVEPOINT device_txn")?;
-                    let body = match apply::apply_device_txn(c, tables, *sender, cs) {
-                        Ok(Ok(changes)) => {
-                            exec(c, "RELEASE device_txn")?;
-                            EntryBody::Changes(changes)
-                        }
-                        Ok(Err(reason)) => {
-                            exec(c, "ROLLBACK TO device_txn")?;
-                            exec(c, "RELEASE device_txn")?;
-                            tracing::info!(node = sender.node_id, txn = txn_id, %reason, "transaction rejected");
-                            EntryBody::Rejected { reason }
-                        }
-                        Err(e) => {
-                            exec(c, "ROLLBACK TO device_txn")?;
-                            exec(c, "RELEASE device_txn")?;
-                            return Err(e);
-                        }
-                    };
-                    let seq = log::append(c, sender.node_id, *txn_id, &body)?;
-                    recorded.push(LogEntry {
-                        seq,
-                        origin_node: sender.node_id,
-                        origin_txn: *txn_id,
-                        body,
-                    });
-                    done = *txn_id as i64;
-                }
-                c.prepare_cached("UPDATE _octo_nodes SET last_txn = ?2 WHERE node_id = ?1")?
-                    .execute(rusqlite::params![sender.node_id, done])?;
-            }
-            Ok(())
+            tables.in_transaction(|tables| decide_device_txns(c, tables, batch, &mut recorded))
         })?;
         let last = recorded.iter().map(|e| e.seq).max().unwrap_or(0);
         self.shared.recent.push(recorded);
@@ -341,7 +302,8 @@ impl Writer {
         let tables = &mut self.tables;
         let now = unix_now();
         let applied = write_txn(&self.conn, |c| {
-            let applied = log::rebase::apply_entries(c, tables, my_node, entries)?;
+            let applied =
+                tables.in_transaction(|t| log::rebase::apply_entries(c, t, my_node, entries))?;
             let seq = applied
                 .last_seq
                 .max(up_to)
@@ -440,4 +402,55 @@ pub(crate) fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// Primary: decide each device transaction of `batch` in its own savepoint (applied, or
+/// rejected and rolled back), recording the outcome in the log and in `recorded`.
+fn decide_device_txns(
+    c: &Connection,
+    tables: &mut Tables,
+    batch: &[(Sender, Vec<(u64, ChangeSet)>)],
+    recorded: &mut Vec<LogEntry>,
+) -> Result<()> {
+    for (sender, txns) in batch {
+        let mut done: i64 = c
+            .prepare_cached("SELECT last_txn FROM _octo_nodes WHERE node_id = ?1")?
+            .query_row([sender.node_id], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0);
+        for (txn_id, cs) in txns {
+            if (*txn_id as i64) <= done {
+                continue; // already decided: a resend after a lost connection
+            }
+            exec(c, "SAVEPOINT device_txn")?;
+            let body = match apply::apply_device_txn(c, tables, *sender, cs) {
+                Ok(Ok(changes)) => {
+                    exec(c, "RELEASE device_txn")?;
+                    EntryBody::Changes(changes)
+                }
+                Ok(Err(reason)) => {
+                    exec(c, "ROLLBACK TO device_txn")?;
+                    exec(c, "RELEASE device_txn")?;
+                    tracing::info!(node = sender.node_id, txn = txn_id, %reason, "transaction rejected");
+                    EntryBody::Rejected { reason }
+                }
+                Err(e) => {
+                    exec(c, "ROLLBACK TO device_txn")?;
+                    exec(c, "RELEASE device_txn")?;
+                    return Err(e);
+                }
+            };
+            let seq = log::append(c, sender.node_id, *txn_id, &body)?;
+            recorded.push(LogEntry {
+                seq,
+                origin_node: sender.node_id,
+                origin_txn: *txn_id,
+                body,
+            });
+            done = *txn_id as i64;
+        }
+        c.prepare_cached("UPDATE _octo_nodes SET last_txn = ?2 WHERE node_id = ?1")?
+            .execute(rusqlite::params![sender.node_id, done])?;
+    }
+    Ok(())
 }

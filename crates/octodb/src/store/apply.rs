@@ -18,15 +18,38 @@ pub struct Tables {
     cache: HashMap<String, Option<Arc<TableLayout>>>,
     statements: HashMap<(String, Vec<String>), Arc<RowSql>>,
     schema_version: i64,
+    /// Inside `in_transaction`: the schema version was read since the last schema change.
+    version_read: bool,
+    in_transaction: bool,
 }
 
 impl Tables {
+    /// Run `f` inside the caller's write transaction, reading SQLite's schema version once
+    /// rather than at every lookup: within one transaction only the caller's own statements
+    /// change the schema, and it says so with [`Tables::schema_changed`].
+    pub fn in_transaction<T>(&mut self, f: impl FnOnce(&mut Tables) -> Result<T>) -> Result<T> {
+        self.in_transaction = true;
+        self.version_read = false;
+        let out = f(self);
+        self.in_transaction = false;
+        self.version_read = false;
+        out
+    }
+
+    /// The caller changed the schema inside `in_transaction`.
+    pub fn schema_changed(&mut self) {
+        self.version_read = false;
+    }
+
     pub fn get(&mut self, conn: &Connection, name: &str) -> Result<Option<Arc<TableLayout>>> {
-        let v = super::schema_version(conn)?;
-        if v != self.schema_version {
-            self.cache.clear();
-            self.statements.clear();
-            self.schema_version = v;
+        if !(self.in_transaction && self.version_read) {
+            let v = super::schema_version(conn)?;
+            if v != self.schema_version {
+                self.cache.clear();
+                self.statements.clear();
+                self.schema_version = v;
+            }
+            self.version_read = true;
         }
         if let Some(t) = self.cache.get(name) {
             return Ok(t.clone());
