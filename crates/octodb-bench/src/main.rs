@@ -63,6 +63,10 @@ enum Command {
     DeviceCommits {
         rows: u64,
     },
+    #[command(name = "_busy-device-latency", hide = true)]
+    BusyDeviceLatency {
+        samples: usize,
+    },
     #[command(name = "_handshake-cost", hide = true)]
     HandshakeCost {
         count: usize,
@@ -97,6 +101,7 @@ fn main() -> Result<()> {
         Command::ConnPrimary { path } => return connections::primary_proc(path),
         Command::HandshakeCost { count } => return connections::handshake_cost(*count),
         Command::DeviceCommits { rows } => return streaming::device_commit_rate(*rows),
+        Command::BusyDeviceLatency { samples } => return latency::under_local_writes(*samples),
         Command::ConnClients {
             addr,
             count,
