@@ -597,3 +597,32 @@ fn a_uri_without_node_is_a_plain_local_database() {
         .unwrap();
     assert_eq!(n, 1);
 }
+
+/// A device that cannot apply what the primaries send (a trigger from the primaries refuses
+/// the row there) keeps trying, and says why in `sync_error`.
+#[test]
+fn a_device_that_cannot_apply_a_row_says_why_in_its_status() {
+    let c = common::Cluster::new();
+    let p = c.primary("p.db");
+    p.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner);
+         CREATE TRIGGER refused_on_devices BEFORE INSERT ON t
+           WHEN this_user() IS NOT NULL AND NEW.v = 'poison'
+           BEGIN SELECT RAISE(ABORT, 'devices refuse this row'); END;",
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    common::ready(&d);
+    assert_eq!(d.sync_status().unwrap().sync_error, None);
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('poison', '*')", [])
+        .unwrap();
+    let s = d
+        .wait_for(common::DEADLINE, |s| {
+            s.sync_error
+                .as_deref()
+                .is_some_and(|e| e.contains("devices refuse this row"))
+        })
+        .unwrap();
+    assert_eq!(common::count(&d, "SELECT count(*) FROM t"), 0);
+    assert!(s.last_seq < p.sync_status().unwrap().last_seq);
+}

@@ -207,7 +207,7 @@ class Connection:
     def sync_status(self) -> dict[str, Any]:
         """The node's status: db_is_ready, node_id, node_type, user_id, public_key, connected,
         peers, bind, last_seq, outbox_len, last_rejected, last_sync, download, auth_state,
-        auth_error."""
+        auth_error, sync_error."""
     def nodes(self) -> list[dict[str, Any]]: ...
     def wait_until_ready(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for db_is_ready (woken by the node's events); TimeoutError after `timeout`."""

@@ -73,5 +73,6 @@ pub(crate) fn status() -> SyncStatus {
         download: None,
         auth_state: None,
         auth_error: None,
+        sync_error: None,
     }
 }

@@ -34,6 +34,11 @@ pub(super) async fn run(shared: Arc<Shared>) {
             Ok(flow) => flow == Flow::WaitForRequest,
             Err(e) => {
                 tracing::info!(primary = %ep, "sync connection ended: {e}");
+                shared
+                    .live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .sync_error = Some(format!("{ep}: {e}"));
                 false
             }
         };
@@ -152,11 +157,11 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
                     reply,
                 })
                 .await?;
-                shared
-                    .live
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .auth_request = None;
+                {
+                    let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+                    live.auth_request = None;
+                    live.sync_error = None;
+                }
                 set_auth(shared, None, None);
                 break;
             }

@@ -19,6 +19,8 @@ pub struct Live {
     /// Devices not yet authorized: "required", "pending" or "rejected".
     pub auth_state: Option<String>,
     pub auth_error: Option<String>,
+    /// Devices: why the last session with the primaries failed; None while one is up.
+    pub sync_error: Option<String>,
 }
 
 /// The last transaction the primaries rejected, with why.
@@ -55,11 +57,14 @@ pub struct SyncStatus {
     pub auth_state: Option<String>,
     /// Why the last request was rejected.
     pub auth_error: Option<String>,
+    /// Devices: why the last session with the primaries failed (it cannot reach them, or it
+    /// cannot apply what they send); null while a session is up.
+    pub sync_error: Option<String>,
 }
 
 pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
     let role = shared.cfg.role;
-    let (live_peer, sessions, download, auth_state, auth_error) = {
+    let (live_peer, sessions, download, auth_state, auth_error, sync_error) = {
         let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
         let mut s: Vec<String> = live.sessions.values().cloned().collect();
         s.sort();
@@ -70,6 +75,7 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
             live.download,
             live.auth_state.clone().or(requested),
             live.auth_error.clone(),
+            live.sync_error.clone(),
         )
     };
     let (ready, last_seq, outbox_len, last_rejected, last_sync) = shared.read_blocking(|c| {
@@ -115,6 +121,7 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         // An approved device shows a state only when the backend took its approval back.
         auth_error: auth_error.filter(|_| id.node_id() == 0 || revoked),
         auth_state: auth_state.filter(|_| id.node_id() == 0 || revoked),
+        sync_error,
     })
 }
 
