@@ -124,6 +124,18 @@ impl ChangeSet {
         values.get(idx).map(Owner::of)
     }
 
+    /// Append all of `other`'s changes after this set's (taking `other` whole when this one is
+    /// empty, as it usually is).
+    pub fn extend(&mut self, other: ChangeSet) {
+        if self.is_empty() && self.tables.is_empty() {
+            *self = other;
+            return;
+        }
+        for op in &other.ops {
+            self.push_from(&other, op);
+        }
+    }
+
     /// Append `op` (which refers to `from`'s headers) to this change set.
     pub fn push_from(&mut self, from: &ChangeSet, op: &Op) {
         let remap = |this: &mut ChangeSet, t: u32| -> u32 {

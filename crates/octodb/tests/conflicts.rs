@@ -161,10 +161,6 @@ fn unreachable_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
-fn text(c: &octodb::Connection, sql: &str) -> String {
-    c.query_row(sql, [], |r| r.get::<String>(0)).unwrap()
-}
-
 #[test]
 fn last_update_to_reach_the_primary_wins_column_by_column() {
     let c = Cluster::new();

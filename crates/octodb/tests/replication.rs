@@ -256,13 +256,11 @@ fn triggers_calling_this_node_and_this_user_run_on_every_node() {
     assert_eq!(d.sync_status().unwrap().last_rejected, None);
 
     let audit = |node: &octodb::Connection| -> String {
-        node.query_row(
+        text(
+            node,
             "SELECT group_concat(v || ':' || (node = this_node()) || ':' || (user IS this_user()), ' ')
              FROM (SELECT * FROM audit ORDER BY rowid)",
-            [],
-            |r| r.get::<String>(0),
         )
-        .unwrap()
     };
     // Each node's audit names itself (1: this node, 1: this node's user, NULL on a primary).
     assert_eq!(audit(&p), "from the device:1:1 from the primary:1:1");
@@ -319,12 +317,10 @@ fn a_failed_statement_replicates_exactly_what_it_left_behind() {
     wait_count(&d, "SELECT count(*) FROM t WHERE id = 999", 1);
     for node in [&p, &d] {
         assert_eq!(
-            node.query_row(
-                "SELECT group_concat(id || '=' || v, ' ') FROM (SELECT * FROM t ORDER BY id)",
-                [],
-                |r| r.get::<String>(0)
-            )
-            .unwrap(),
+            text(
+                node,
+                "SELECT group_concat(id || '=' || v, ' ') FROM (SELECT * FROM t ORDER BY id)"
+            ),
             "100=first 103=kept 104=kept 200=first 203=kept 204=kept 999=marker"
         );
     }

@@ -85,13 +85,7 @@ pub fn append(
         "INSERT OR IGNORE INTO _octo_outbox(txn_id, created_at) VALUES (?1, unixepoch('subsec'))",
     )?
     .execute([txn_id as i64])?;
-    if sent.is_empty() {
-        *sent = part;
-    } else {
-        for op in &part.ops {
-            sent.push_from(&part, op);
-        }
-    }
+    sent.extend(part);
     Ok(true)
 }
 
@@ -129,13 +123,9 @@ impl<'c> Bases<'c> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let n = self.batch.len();
-        let sql = if n == BASES_PER_STATEMENT {
-            &*FULL_BATCH_SQL
-        } else {
-            &upsert_bases_sql(n)
-        };
-        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&UPSERT_BASES_SQL[self.batch.len() - 1])?;
         for (i, (table, rowid, before)) in self.batch.iter().enumerate() {
             let at = i * 4;
             stmt.raw_bind_parameter(at + 1, table)?;
@@ -149,8 +139,10 @@ impl<'c> Bases<'c> {
     }
 }
 
-static FULL_BATCH_SQL: std::sync::LazyLock<String> =
-    std::sync::LazyLock::new(|| upsert_bases_sql(BASES_PER_STATEMENT));
+/// The upsert of 1 to [`BASES_PER_STATEMENT`] base rows (index: rows - 1), made once rather than
+/// at every commit.
+static UPSERT_BASES_SQL: std::sync::LazyLock<Vec<String>> =
+    std::sync::LazyLock::new(|| (1..=BASES_PER_STATEMENT).map(upsert_bases_sql).collect());
 
 fn upsert_bases_sql(rows: usize) -> String {
     let values: Vec<String> = (0..rows)
@@ -196,14 +188,9 @@ pub fn pending_changes(conn: &Connection, txn_id: u64) -> Result<ChangeSet> {
     let mut rows = stmt.query([txn_id as i64])?;
     let mut cs = ChangeSet::default();
     while let Some(r) = rows.next()? {
-        let part = decode_change(r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
-        if cs.is_empty() {
-            cs = part;
-            continue;
-        }
-        for op in &part.ops {
-            cs.push_from(&part, op);
-        }
+        cs.extend(decode_change(
+            r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?,
+        )?);
     }
     Ok(cs)
 }
@@ -283,10 +270,9 @@ pub fn upgrade(conn: &Connection) -> Result<()> {
             conn.prepare("SELECT change FROM _octo_pending WHERE txn_id = ?1 ORDER BY ord")?;
         let mut rows = stmt.query([txn])?;
         while let Some(r) = rows.next()? {
-            let one = decode_change(r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)?;
-            for op in &one.ops {
-                cs.push_from(&one, op);
-            }
+            cs.extend(decode_change(
+                r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?,
+            )?);
         }
         conn.execute(
             "INSERT INTO _octo_outbox_part(txn_id, part, changes) VALUES (?1, 1, ?2)",

@@ -101,6 +101,12 @@ pub fn count(c: &Connection, sql: &str) -> i64 {
         .expect("count query")
 }
 
+/// The single text `sql` returns on `c`.
+pub fn text(c: &Connection, sql: &str) -> String {
+    c.query_row(sql, [], |r| r.get::<String>(0))
+        .expect("text query")
+}
+
 /// Wait until `sql` (a single number) equals `want` on `c`.
 pub fn wait_count(c: &Connection, sql: &str, want: i64) {
     wait_until(&format!("`{sql}` = {want}"), || {
