@@ -18,9 +18,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The wire constants of `net::transport`, restated: these tests speak the protocol by hand.
 const NOISE_PATTERN: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
-const PROLOGUE: &[u8] = b"octodb/1";
-const PROOF_CONTEXT: &[u8] = b"octodb-identity-v1";
-const PROOF_LEN: usize = 1 + 32 + 64 + 1;
+const PROLOGUE: &[u8] = b"octodb/2";
+const CLAIM_VERSION: u8 = 2;
+const PROOF_CONTEXT: &[u8] = b"octodb-identity-v2";
+const SIGNATURE_LEN: usize = 64;
 const ROLE_INITIATOR: u8 = 0;
 const ROLE_RESPONDER: u8 = 1;
 const FLAG_LAST: u8 = 1;
@@ -169,16 +170,28 @@ fn noise_builder(keys: &NodeKeys) -> snow::Builder<'_> {
         .prologue(PROLOGUE)
 }
 
-/// The bytes an identity proof signs.
+/// The bytes an identity signature signs.
 fn proof_message(role: u8, hash: &[u8]) -> Vec<u8> {
     [PROOF_CONTEXT, &[role], hash].concat()
 }
 
-fn proof(key: &PublicKey, signature: &[u8; 64], role: u8) -> Vec<u8> {
-    [&[1u8][..], &key.0, signature, &[role]].concat()
+/// The claim in handshake message 2 (`wants` None) or 3.
+fn claim(identity: &PublicKey, wants: Option<bool>) -> Vec<u8> {
+    let mut c = [&[CLAIM_VERSION][..], &identity.0].concat();
+    c.extend(wants.map(u8::from));
+    c
 }
 
-/// A client that completed the Noise handshake with its own keys and has sent nothing else.
+/// `data` as one whole-message chunk, framed.
+fn chunk(noise: &mut snow::TransportState, data: &[u8]) -> Vec<u8> {
+    let plain = [&[FLAG_LAST][..], data].concat();
+    let mut ct = vec![0u8; plain.len() + TAG_LEN];
+    let n = noise.write_message(&plain, &mut ct).unwrap();
+    [&(n as u16).to_be_bytes()[..], &ct[..n]].concat()
+}
+
+/// A client that completed the Noise handshake with a Noise key of its own, claiming
+/// `identity` and asking for the primary's signature, and has sent nothing else.
 struct RawClient {
     tcp: TcpStream,
     noise: snow::TransportState,
@@ -186,7 +199,7 @@ struct RawClient {
 }
 
 impl RawClient {
-    async fn connect(addr: SocketAddr) -> RawClient {
+    async fn connect(addr: SocketAddr, identity: &PublicKey) -> RawClient {
         let keys = NodeKeys::generate();
         let mut hs = noise_builder(&keys).build_initiator().unwrap();
         let mut tcp = TcpStream::connect(addr).await.unwrap();
@@ -197,7 +210,9 @@ impl RawClient {
             .await
             .expect("the primary answers the handshake");
         hs.read_message(&reply, &mut buf).unwrap();
-        let n = hs.write_message(&[], &mut buf).unwrap();
+        let n = hs
+            .write_message(&claim(identity, Some(true)), &mut buf)
+            .unwrap();
         write_frame(&mut tcp, &buf[..n]).await;
         RawClient {
             hash: hs.get_handshake_hash().to_vec(),
@@ -206,12 +221,8 @@ impl RawClient {
         }
     }
 
-    /// `data` as one whole-message chunk, framed.
     fn chunk(&mut self, data: &[u8]) -> Vec<u8> {
-        let plain = [&[FLAG_LAST][..], data].concat();
-        let mut ct = vec![0u8; plain.len() + TAG_LEN];
-        let n = self.noise.write_message(&plain, &mut ct).unwrap();
-        [&(n as u16).to_be_bytes()[..], &ct[..n]].concat()
+        chunk(&mut self.noise, data)
     }
 
     /// The next chunk's data, or None if the connection closed.
@@ -223,16 +234,17 @@ impl RawClient {
         Some(plain[1..n].to_vec())
     }
 
-    /// Reads the primary's identity proof and checks it names `primary` for this connection.
-    async fn expect_primary_proof(&mut self, primary: &PublicKey) {
-        let got = within("the primary's proof", self.recv())
+    /// Reads the primary's answer, checks that its signature names `primary` for this
+    /// connection, and returns whether the primary asks for our signature.
+    async fn expect_primary_answer(&mut self, primary: &PublicKey) -> bool {
+        let got = within("the primary's answer", self.recv())
             .await
-            .expect("the primary sends its proof first");
-        assert_eq!(got.len(), PROOF_LEN);
-        assert_eq!(&got[1..33], &primary.0);
+            .expect("the primary answers first");
+        assert_eq!(got.len(), 1 + SIGNATURE_LEN);
         primary
-            .verify(&proof_message(ROLE_RESPONDER, &self.hash), &got[33..97])
+            .verify(&proof_message(ROLE_RESPONDER, &self.hash), &got[1..])
             .unwrap();
+        got[0] == 1
     }
 
     /// Waits for the primary to close, returning every chunk it sent meanwhile.
@@ -245,53 +257,73 @@ impl RawClient {
     }
 }
 
-/// Plays a primary just long enough to receive a connecting node's identity proof, as a fake
-/// primary (or a relay in the middle) would see it.
-async fn capture_proof(listener: TcpListener) -> Vec<u8> {
+/// Plays a primary just long enough to receive a connecting node's identity signature, as a
+/// fake primary (or a relay in the middle) would see it: the signature and the handshake hash
+/// it signs.
+async fn capture_signature(listener: TcpListener) -> (Vec<u8>, Vec<u8>) {
     let (mut tcp, _) = listener.accept().await.unwrap();
     let keys = NodeKeys::generate();
     let mut hs = noise_builder(&keys).build_responder().unwrap();
     let mut buf = [0u8; 1024];
     let m1 = read_frame(&mut tcp).await.unwrap();
     hs.read_message(&m1, &mut buf).unwrap();
-    let n = hs.write_message(&[], &mut buf).unwrap();
+    let n = hs
+        .write_message(&claim(&keys.public_key(), None), &mut buf)
+        .unwrap();
     write_frame(&mut tcp, &buf[..n]).await;
     let m3 = read_frame(&mut tcp).await.unwrap();
-    hs.read_message(&m3, &mut buf).unwrap();
+    let n = hs.read_message(&m3, &mut buf).unwrap();
+    let wants_ours = buf[n - 1] == 1;
+    let hash = hs.get_handshake_hash().to_vec();
     let mut t = hs.into_transport_mode().unwrap();
+    let mut answer = vec![1u8];
+    if wants_ours {
+        answer.extend_from_slice(&keys.sign(&proof_message(ROLE_RESPONDER, &hash)));
+    }
+    tcp.write_all(&chunk(&mut t, &answer)).await.unwrap();
     let ct = read_frame(&mut tcp).await.unwrap();
     let n = t.read_message(&ct, &mut buf).unwrap();
-    buf[1..n].to_vec()
+    (buf[1..n].to_vec(), hash)
 }
 
 // ---------------------------------------------------------------------------------------------
 // 1. Claiming an approved device's public key without its private key
 
+/// Connects with a Noise key of the attacker's own, claims to be `victim`, and answers the
+/// primary's demand for a signature with `forged`.
 fn impersonate(
     addr: SocketAddr,
     primary: &PublicKey,
+    victim: &PublicKey,
     rt: &tokio::runtime::Runtime,
-    forged: ProofOf,
+    forged: Forged,
 ) {
     rt.block_on(async {
-        let mut raw = RawClient::connect(addr).await;
-        // Read the primary's proof before sending ours, so its reset cannot discard it unread.
-        raw.expect_primary_proof(primary).await;
-        let proof = match forged {
-            ProofOf::SignedByAnother(victim) => {
-                let sig = NodeKeys::generate().sign(&proof_message(ROLE_INITIATOR, &raw.hash));
-                proof(&victim, &sig, ROLE_INITIATOR)
-            }
-            ProofOf::Replayed(captured) => captured,
+        let mut raw = RawClient::connect(addr, victim).await;
+        // Read the primary's answer before sending, so its reset cannot discard it unread.
+        assert!(
+            raw.expect_primary_answer(primary).await,
+            "the primary asks for a signature: it never saw the victim use this Noise key"
+        );
+        let signature = match forged {
+            Forged::SignedByAnother => NodeKeys::generate()
+                .sign(&proof_message(ROLE_INITIATOR, &raw.hash))
+                .to_vec(),
+            Forged::Replayed(captured) => captured,
+            Forged::Omitted => Vec::new(),
         };
-        // A Hello right behind the proof: it must never be read.
+        // A Hello right behind the signature: it must never be read.
         let hello = Message::Hello {
             role: octodb::Role::Secondary,
             last_seq: 0,
             info: "{}".into(),
             auth: None,
         };
-        let bytes = [raw.chunk(&proof), raw.chunk(&hello.encode())].concat();
+        let mut bytes = Vec::new();
+        if !signature.is_empty() {
+            bytes.extend(raw.chunk(&signature));
+        }
+        bytes.extend(raw.chunk(&hello.encode()));
         raw.tcp.write_all(&bytes).await.unwrap();
         let got = raw.until_closed().await;
         assert!(
@@ -302,11 +334,13 @@ fn impersonate(
     });
 }
 
-enum ProofOf {
-    /// The victim's public key with a signature made by another key.
-    SignedByAnother(PublicKey),
-    /// A proof the victim really made, captured from its connection to someone else.
+enum Forged {
+    /// A signature made by another key.
+    SignedByAnother,
+    /// A signature the victim really made, captured from its connection to someone else.
     Replayed(Vec<u8>),
+    /// No signature at all: the Hello comes where it belongs.
+    Omitted,
 }
 
 #[test]
@@ -323,23 +357,20 @@ fn a_node_cannot_claim_an_approved_devices_key_without_its_private_key() {
     let victim_key = PublicKey::from_hex(&victim.public_key()).unwrap();
     drop(victim);
 
-    // The victim connects once to a node the attacker runs, which keeps its identity proof.
+    // The victim connects once to a node the attacker runs, which keeps its identity signature.
     let rt = runtime();
     let fake = rt.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let fake_addr = fake.local_addr().unwrap();
-    let capture = rt.spawn(capture_proof(fake));
+    let capture = rt.spawn(capture_signature(fake));
     let victim =
         Connection::open(&device_uri(&c.path("victim.db"), &fake_addr.to_string())).unwrap();
-    let captured = rt
-        .block_on(async { within("the victim's proof", capture).await })
+    let (captured, hash) = rt
+        .block_on(async { within("the victim's signature", capture).await })
         .unwrap();
     drop(victim);
-    assert_eq!(captured.len(), PROOF_LEN);
-    assert_eq!(
-        &captured[1..33],
-        &victim_key.0,
-        "the captured proof is the victim's"
-    );
+    victim_key
+        .verify(&proof_message(ROLE_INITIATOR, &hash), &captured)
+        .expect("the captured signature is the victim's");
 
     // The attacks happen while the real victim is connected to the primary.
     let victim = Connection::open(&device_uri(&c.path("victim.db"), &addr_of(&p))).unwrap();
@@ -348,13 +379,13 @@ fn a_node_cannot_claim_an_approved_devices_key_without_its_private_key() {
         victim.sync_status().unwrap().connected.then_some(())
     });
     let before = stored(&p);
-    impersonate(
-        addr,
-        &primary_key,
-        &rt,
-        ProofOf::SignedByAnother(victim_key),
-    );
-    impersonate(addr, &primary_key, &rt, ProofOf::Replayed(captured));
+    for forged in [
+        Forged::SignedByAnother,
+        Forged::Replayed(captured),
+        Forged::Omitted,
+    ] {
+        impersonate(addr, &primary_key, &victim_key, &rt, forged);
+    }
     assert_eq!(stored(&p), before, "the impostor changed nothing");
 
     // The victim is unaffected: it syncs both ways.
@@ -401,7 +432,8 @@ struct Proxy {
     duplicate_next: Arc<AtomicBool>,
 }
 
-/// Client→server frames before the messages: XX handshake messages 1 and 3, the proof, Hello.
+/// Client→server frames before the messages of a first connection: XX handshake messages 1
+/// and 3, the identity signature, Hello.
 const FRAMES_BEFORE_MESSAGES: usize = 4;
 
 impl Proxy {

@@ -2,12 +2,19 @@
 //!
 //! Wire protocol (all lengths are big-endian u16):
 //! 1. Noise handshake, `Noise_XXpsk3_25519_AESGCM_BLAKE2s` when a network key is set, else
-//!    `Noise_XX_25519_AESGCM_BLAKE2s`; prologue `octodb/1`, so nodes of another protocol
-//!    version or network fail here. Each handshake message is `[len][bytes]`.
-//! 2. Each side sends an identity proof as its first encrypted message: its Ed25519 key and a
-//!    signature over `"octodb-identity-v1" || role || handshake_hash`. The handshake hash is
-//!    unique to this connection and covers both Noise static keys, so a proof cannot be replayed
-//!    elsewhere; the role byte stops a peer from reflecting our own proof back at us.
+//!    `Noise_XX_25519_AESGCM_BLAKE2s`; prologue `octodb/2`, so nodes of another protocol
+//!    version or network fail here. Each handshake message is `[len][bytes]`. Message 2 carries
+//!    the responder's claim `[version][Ed25519 identity]`, message 3 the initiator's claim and
+//!    one byte: whether it needs the responder's signature (encrypted, as Noise does for
+//!    payloads after the first message).
+//! 2. An identity is proven by an Ed25519 signature over `"octodb-identity-v2" || role ||
+//!    handshake_hash`. The handshake hash is unique to this connection and covers both Noise
+//!    static keys, so a signature cannot be replayed elsewhere; the role byte stops a peer from
+//!    reflecting our own signature back at us. A side asks for it only when it does not yet
+//!    know that the claimed identity uses the peer's Noise static key ([`VerifiedBindings`]):
+//!    the responder's first encrypted message is `[needs the initiator's signature: 0|1]`
+//!    followed by its own signature if asked; the initiator then sends its signature if asked.
+//!    A returning node thus connects without any signature made or checked.
 //! 3. Messages, split into chunks `[len][ciphertext]` whose plaintext is `[flags][data]`
 //!    (flags bit 0 = last chunk). Nonces are implicit counters, so a dropped, replayed or
 //!    reordered chunk fails to decrypt.
@@ -23,15 +30,20 @@ pub use super::chunks::{SecureReader, SecureWriter};
 use crate::crypto::{NodeKeys, PublicKey};
 
 /// Protocol version, mixed into the handshake: peers with a different one cannot connect.
-const PROLOGUE: &[u8] = b"octodb/1";
+/// Version 2: signatures only when asked for (version 1 always sent them).
+const PROLOGUE: &[u8] = b"octodb/2";
 const PATTERN_PSK: &str = "Noise_XXpsk3_25519_AESGCM_BLAKE2s";
 const PATTERN_OPEN: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
 /// XX handshake messages are at most ~100 bytes; anything bigger is another protocol, and
 /// refusing it at once means a stray client fails fast instead of waiting for the timeout.
 const MAX_HANDSHAKE_MSG: usize = 256;
-const PROOF_VERSION: u8 = 1;
-const PROOF_CONTEXT: &[u8] = b"octodb-identity-v1";
-const PROOF_LEN: usize = 1 + 32 + 64 + 1;
+const CLAIM_VERSION: u8 = 2;
+/// `[version][identity]`; the initiator's claim has one byte more.
+const CLAIM_LEN: usize = 1 + 32;
+const PROOF_CONTEXT: &[u8] = b"octodb-identity-v2";
+const SIGNATURE_LEN: usize = 64;
+/// The responder's answer: `[needs the initiator's signature]` and perhaps its own.
+const ANSWER_MAX_LEN: usize = 1 + SIGNATURE_LEN;
 const ROLE_INITIATOR: u8 = 0;
 const ROLE_RESPONDER: u8 = 1;
 
@@ -100,15 +112,17 @@ impl Default for HandshakeOptions {
 
 /// Which Ed25519 identity each Noise static key has proven to belong to.
 ///
-/// Why a proof need not be verified again: the Noise handshake proves, in every connection,
-/// that the peer holds the private key of its static key S. A proof verified once showed that
-/// the holder of identity E signed a handshake hash that covers S, i.e. that E uses S. A later
-/// connection that proves S and claims E therefore needs no new signature check; a claim of E
-/// with any other static key is verified as usual. (S and E are kept together in a node's file.)
-/// This halves the public-key work of a primary's handshake with a returning device.
+/// Why a signature need not be asked for again: the Noise handshake proves, in every
+/// connection, that the peer holds the private key of its static key S. A signature checked
+/// once showed that the holder of identity E signed a handshake hash that covers S, i.e. that
+/// E uses S. A later connection that proves S and claims E therefore needs no new signature; a
+/// claim of E with any other static key must be signed. (S and E are kept together in a node's
+/// file.) A returning node's handshake thus has no signature work on either side.
 #[derive(Default)]
 pub struct VerifiedBindings {
     map: std::sync::Mutex<std::collections::HashMap<[u8; 32], [u8; 32]>>,
+    /// Signatures checked so far (what the tests look at).
+    checked: std::sync::atomic::AtomicU64,
 }
 
 /// Bindings kept at most; beyond, the oldest knowledge is simply dropped (and re-proven).
@@ -126,6 +140,11 @@ impl VerifiedBindings {
             map.clear();
         }
         map.insert(noise_static, identity);
+    }
+
+    /// How many identity signatures this node has checked.
+    pub fn signatures_checked(&self) -> u64 {
+        self.checked.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -279,13 +298,29 @@ async fn handshake(
     }
     .map_err(noise_error)?;
 
+    let own_identity = keys.public_key().0;
+    // The peer's claimed identity, and whether we asked it for a signature.
+    let mut peer: Option<([u8; 32], bool)> = None;
+    // Whether the peer asked us for a signature (the responder learns it from message 3).
+    let mut peer_wants_ours = true;
     let mut buf = [0u8; 2 + MAX_HANDSHAKE_MSG];
     let mut payload = [0u8; MAX_HANDSHAKE_MSG];
+    let (mut sent, mut received) = (0, 0);
     while !hs.is_handshake_finished() {
         if hs.is_my_turn() {
-            let n = hs.write_message(&[], &mut buf[2..]).map_err(noise_error)?;
+            // Message 1 carries nothing; 2 the responder's claim; 3 the initiator's claim and
+            // whether it needs the responder's signature.
+            let claim: Vec<u8> = match (sent, &peer) {
+                (0, _) if initiator => Vec::new(),
+                (_, Some((_, wants))) => encode_claim(own_identity, Some(*wants)),
+                _ => encode_claim(own_identity, None),
+            };
+            let n = hs
+                .write_message(&claim, &mut buf[2..])
+                .map_err(noise_error)?;
             buf[..2].copy_from_slice(&(n as u16).to_be_bytes());
             wr.write_all(&buf[..2 + n]).await?;
+            sent += 1;
         } else {
             let len = usize::from(rd.read_u16().await?);
             if len == 0 || len > MAX_HANDSHAKE_MSG {
@@ -295,51 +330,148 @@ async fn handshake(
                 )));
             }
             rd.read_exact(&mut buf[..len]).await?;
-            hs.read_message(&buf[..len], &mut payload).map_err(|e| {
+            let n = hs.read_message(&buf[..len], &mut payload).map_err(|e| {
                 NetError::Authentication(format!(
                     "peer failed the handshake ({e}): wrong network key, different octodb \
                      version, or not an octodb node"
                 ))
             })?;
+            received += 1;
+            if !initiator && received == 1 {
+                // Message 1 carries nothing in this protocol; with a network key on one side
+                // only, the other reads its authentication tag as data.
+                if n != 0 {
+                    return Err(NetError::Authentication(
+                        "peer failed the handshake (its first message carries data): wrong \
+                         network key, different octodb version, or not an octodb node"
+                            .into(),
+                    ));
+                }
+                continue;
+            }
+            let claim = decode_claim(&payload[..n], !initiator)?;
+            let remote_static = hs
+                .get_remote_static()
+                .and_then(|k| <[u8; 32]>::try_from(k).ok())
+                .ok_or_else(|| NetError::Noise("no remote static key after its claim".into()))?;
+            let known = opts.bindings.holds(&remote_static, &claim.identity);
+            peer = Some((claim.identity, !known));
+            if let Some(wants) = claim.wants_proof {
+                peer_wants_ours = wants;
+            }
         }
     }
+    let (peer_identity, we_want_theirs) =
+        peer.ok_or_else(|| NetError::Noise("handshake ended without the peer's claim".into()))?;
 
     let hash = hs.get_handshake_hash().to_vec();
     let remote_static: Option<[u8; 32]> = hs
         .get_remote_static()
         .and_then(|k| <[u8; 32]>::try_from(k).ok());
     let transport = Arc::new(hs.into_stateless_transport_mode().map_err(noise_error)?);
-    // Until the peer is authenticated, accept nothing bigger than an identity proof.
-    let mut reader = SecureReader::new(rd, transport.clone(), PROOF_LEN);
+    // Until the peer is authenticated, accept nothing bigger than an answer with a proof.
+    let mut reader = SecureReader::new(rd, transport.clone(), ANSWER_MAX_LEN);
     let mut writer = SecureWriter::new(wr, transport);
 
     let (role, peer_role) = match initiator {
         true => (ROLE_INITIATOR, ROLE_RESPONDER),
         false => (ROLE_RESPONDER, ROLE_INITIATOR),
     };
-    writer.send(&create_proof(keys, role, &hash)).await?;
-    writer.flush().await?;
-    let proof = match reader.recv().await {
-        Err(NetError::TooLarge { .. }) => Err(NetError::Malformed(
-            "oversized identity proof: the peer is not an octodb node of this version".into(),
-        )),
-        other => other,
-    }?;
-    let public_key = match remote_static {
-        Some(s) if proven_before(&proof, peer_role, &s, &opts.bindings) => PublicKey(
-            proof[1..33]
-                .try_into()
-                .map_err(|_| NetError::Authentication("identity proof has no key".into()))?,
-        ),
-        Some(s) => {
-            let key = verify_proof(&proof, peer_role, &hash)?;
-            opts.bindings.remember(s, key.0);
-            key
+    // The responder answers at once: whether it needs the initiator's signature, and its own
+    // if the initiator asked. The initiator then sends its signature only if asked.
+    let peer_signature: Option<Vec<u8>> = if initiator {
+        let answer = recv_before_auth(&mut reader).await?;
+        let (&needs_ours, signature) = answer
+            .split_first()
+            .ok_or_else(|| NetError::Malformed("empty handshake answer".into()))?;
+        if needs_ours > 1 || signature.len() != if we_want_theirs { SIGNATURE_LEN } else { 0 } {
+            return Err(NetError::Malformed(format!(
+                "handshake answer of {} bytes does not match this protocol: the peer is not \
+                 an octodb node of this version",
+                answer.len()
+            )));
         }
-        None => verify_proof(&proof, peer_role, &hash)?,
+        if needs_ours == 1 {
+            writer.send(&keys.sign(&proof_message(role, &hash))).await?;
+            writer.flush().await?;
+        }
+        we_want_theirs.then(|| signature.to_vec())
+    } else {
+        let mut answer = vec![u8::from(we_want_theirs)];
+        if peer_wants_ours {
+            answer.extend_from_slice(&keys.sign(&proof_message(role, &hash)));
+        }
+        writer.send(&answer).await?;
+        writer.flush().await?;
+        match we_want_theirs {
+            true => Some(recv_before_auth(&mut reader).await?),
+            false => None,
+        }
     };
+    let public_key = PublicKey(peer_identity);
+    if let Some(signature) = peer_signature {
+        opts.bindings
+            .checked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        verify_signature(&public_key, peer_role, &hash, &signature)?;
+        if let Some(s) = remote_static {
+            opts.bindings.remember(s, peer_identity);
+        }
+    }
     reader.max_message = opts.max_message;
     Ok((reader, writer, public_key))
+}
+
+/// The first messages after the Noise handshake, refusing anything bigger than they can be.
+async fn recv_before_auth(reader: &mut SecureReader) -> Result<Vec<u8>, NetError> {
+    match reader.recv().await {
+        Err(NetError::TooLarge { .. }) => Err(NetError::Malformed(
+            "oversized handshake answer: the peer is not an octodb node of this version".into(),
+        )),
+        other => other,
+    }
+}
+
+/// What a side says of itself inside the Noise handshake.
+#[derive(Debug)]
+struct Claim {
+    identity: [u8; 32],
+    /// The initiator's request for the responder's signature (message 3 only).
+    wants_proof: Option<bool>,
+}
+
+/// `[version][Ed25519 identity: 32]`, then `[wants the responder's signature: 0|1]` in
+/// message 3.
+fn encode_claim(identity: [u8; 32], wants_proof: Option<bool>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(CLAIM_LEN + 1);
+    out.push(CLAIM_VERSION);
+    out.extend_from_slice(&identity);
+    out.extend(wants_proof.map(u8::from));
+    out
+}
+
+fn decode_claim(bytes: &[u8], from_initiator: bool) -> Result<Claim, NetError> {
+    let expected = CLAIM_LEN + usize::from(from_initiator);
+    if bytes.first().is_some_and(|&v| v != CLAIM_VERSION) {
+        return Err(NetError::Authentication(format!(
+            "peer uses handshake claim version {}, this node supports {CLAIM_VERSION}: \
+             upgrade the older node",
+            bytes[0]
+        )));
+    }
+    if bytes.len() != expected || (from_initiator && bytes[CLAIM_LEN] > 1) {
+        return Err(NetError::Malformed(format!(
+            "identity claim of {} bytes, expected {expected}: the peer is not an octodb node \
+             of this version",
+            bytes.len()
+        )));
+    }
+    let mut identity = [0u8; 32];
+    identity.copy_from_slice(&bytes[1..CLAIM_LEN]);
+    Ok(Claim {
+        identity,
+        wants_proof: from_initiator.then(|| bytes[CLAIM_LEN] == 1),
+    })
 }
 
 /// The bytes each side signs: fixed context, its role, and this connection's handshake hash.
@@ -347,58 +479,20 @@ fn proof_message(role: u8, hash: &[u8]) -> Vec<u8> {
     [PROOF_CONTEXT, &[role], hash].concat()
 }
 
-/// Encodes `IdentityProof { version: u8, ed25519_public: [u8; 32], signature: [u8; 64],
-/// role: u8 }` as those fixed-size fields in order (serde has no impls for `[u8; 64]`).
-fn create_proof(keys: &NodeKeys, role: u8, hash: &[u8]) -> Vec<u8> {
-    let signature = keys.sign(&proof_message(role, hash));
-    let public = keys.public_key().0;
-    [&[PROOF_VERSION][..], &public, &signature, &[role]].concat()
-}
-
-/// Whether `proof` is well formed and claims the identity `noise_static` was proven to have.
-fn proven_before(
-    proof: &[u8],
-    expected_role: u8,
-    noise_static: &[u8; 32],
-    bindings: &VerifiedBindings,
-) -> bool {
-    proof.len() == PROOF_LEN
-        && proof[0] == PROOF_VERSION
-        && proof[PROOF_LEN - 1] == expected_role
-        && <&[u8; 32]>::try_from(&proof[1..33]).is_ok_and(|id| bindings.holds(noise_static, id))
-}
-
-/// Checks a peer's proof and returns its identity.
-fn verify_proof(proof: &[u8], expected_role: u8, hash: &[u8]) -> Result<PublicKey, NetError> {
-    let auth = |m: String| Err(NetError::Authentication(m));
-    if proof.len() != PROOF_LEN {
-        return auth(format!(
-            "identity proof has {} bytes, expected {PROOF_LEN}",
-            proof.len()
-        ));
-    }
-    if proof[0] != PROOF_VERSION {
-        return auth(format!(
-            "peer uses identity proof version {}, this node supports {PROOF_VERSION}: \
-             upgrade the older node",
-            proof[0]
-        ));
-    }
-    let role = proof[PROOF_LEN - 1];
-    if role != expected_role {
-        return auth(format!(
-            "peer claims role {role}, expected {expected_role} (a reflected or misrouted proof)"
-        ));
-    }
-    let mut key = [0u8; 32];
-    key.copy_from_slice(&proof[1..33]);
-    let key = PublicKey(key);
-    match key.verify(&proof_message(role, hash), &proof[33..97]) {
-        Ok(()) => Ok(key),
-        Err(e) => auth(format!(
-            "peer's identity proof for {key} does not hold for this connection: {e}"
-        )),
-    }
+/// Checks that the holder of `identity` signed this connection's handshake hash in `role`.
+fn verify_signature(
+    identity: &PublicKey,
+    role: u8,
+    hash: &[u8],
+    signature: &[u8],
+) -> Result<(), NetError> {
+    identity
+        .verify(&proof_message(role, hash), signature)
+        .map_err(|e| {
+            NetError::Authentication(format!(
+                "peer's identity proof for {identity} does not hold for this connection: {e}"
+            ))
+        })
 }
 
 #[cfg(test)]
@@ -425,19 +519,31 @@ mod tests {
         client: HandshakeOptions,
         server: HandshakeOptions,
     ) -> (Side, Side, [PublicKey; 2]) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (ck, sk) = (NodeKeys::generate(), NodeKeys::generate());
         let ids = [ck.public_key(), sk.public_key()];
+        let (c, s) = pair_of(&ck, &sk, &client, &server).await;
+        (c, s, ids)
+    }
+
+    /// Connects `client` to `server` with the given keys and options over loopback.
+    async fn pair_of(
+        client_keys: &NodeKeys,
+        server_keys: &NodeKeys,
+        client: &HandshakeOptions,
+        server: &HandshakeOptions,
+    ) -> (Side, Side) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (sk, server) = (server_keys.clone(), server.clone());
         let server = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.unwrap();
             SecureStream::accept(tcp, &sk, &server).await
         });
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let client = timeout(LIMIT, SecureStream::connect(tcp, &ck, &client));
+        let client = timeout(LIMIT, SecureStream::connect(tcp, client_keys, client));
         let client = client.await.expect("connect hung");
         let server = timeout(LIMIT, server).await.expect("accept hung").unwrap();
-        (client, server, ids)
+        (client, server)
     }
 
     #[tokio::test]
@@ -615,20 +721,67 @@ mod tests {
     }
 
     #[test]
-    fn identity_proof_is_bound_to_role_and_hash() {
+    fn identity_signature_is_bound_to_role_and_hash() {
         let keys = NodeKeys::generate();
         let hash = [7u8; 32];
-        let proof = create_proof(&keys, ROLE_INITIATOR, &hash);
-        assert_eq!(proof.len(), PROOF_LEN);
-        assert_eq!(
-            verify_proof(&proof, ROLE_INITIATOR, &hash).unwrap(),
-            keys.public_key()
-        );
-        assert!(verify_proof(&proof, ROLE_RESPONDER, &hash).is_err());
-        assert!(verify_proof(&proof, ROLE_INITIATOR, &[8u8; 32]).is_err());
-        let mut forged = proof.clone();
-        forged[1..33].copy_from_slice(&NodeKeys::generate().public_key().0);
-        assert!(verify_proof(&forged, ROLE_INITIATOR, &hash).is_err());
-        assert!(verify_proof(&proof[..90], ROLE_INITIATOR, &hash).is_err());
+        let signature = keys.sign(&proof_message(ROLE_INITIATOR, &hash));
+        let id = keys.public_key();
+        assert!(verify_signature(&id, ROLE_INITIATOR, &hash, &signature).is_ok());
+        assert!(verify_signature(&id, ROLE_RESPONDER, &hash, &signature).is_err());
+        assert!(verify_signature(&id, ROLE_INITIATOR, &[8u8; 32], &signature).is_err());
+        let other = NodeKeys::generate().public_key();
+        assert!(verify_signature(&other, ROLE_INITIATOR, &hash, &signature).is_err());
+        assert!(verify_signature(&id, ROLE_INITIATOR, &hash, &signature[..63]).is_err());
+    }
+
+    #[test]
+    fn claims_are_checked_for_version_and_length() {
+        let id = NodeKeys::generate().public_key().0;
+        let claim = encode_claim(id, Some(true));
+        let decoded = decode_claim(&claim, true).unwrap();
+        assert_eq!((decoded.identity, decoded.wants_proof), (id, Some(true)));
+        assert!(decode_claim(&encode_claim(id, None), false).is_ok());
+        assert!(decode_claim(&encode_claim(id, None), true).is_err());
+        assert!(decode_claim(&claim, false).is_err());
+        let mut bad_flag = claim.clone();
+        bad_flag[CLAIM_LEN] = 2;
+        assert!(decode_claim(&bad_flag, true).is_err());
+        let mut old = claim;
+        old[0] = 1;
+        let err = decode_claim(&old, true).unwrap_err();
+        assert!(err.to_string().contains("upgrade"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_returning_node_connects_without_signatures() {
+        let (ck, sk) = (NodeKeys::generate(), NodeKeys::generate());
+        let (copts, sopts) = (HandshakeOptions::default(), HandshakeOptions::default());
+        for (round, checked) in [(1, 1), (2, 1), (3, 1)] {
+            let (c, s) = pair_of(&ck, &sk, &copts, &sopts).await;
+            let (c, s) = (c.unwrap(), s.unwrap());
+            assert_eq!(c.peer().public_key, sk.public_key(), "round {round}");
+            assert_eq!(s.peer().public_key, ck.public_key(), "round {round}");
+            assert_eq!(
+                copts.bindings.signatures_checked(),
+                checked,
+                "round {round}"
+            );
+            assert_eq!(
+                sopts.bindings.signatures_checked(),
+                checked,
+                "round {round}"
+            );
+        }
+        // The same identity with another Noise static key must sign again; the server's
+        // knowledge of the client stays, so only the server asks.
+        let mut bytes = ck.to_bytes();
+        bytes[32..].copy_from_slice(NodeKeys::generate().noise_private());
+        let moved = NodeKeys::from_bytes(&bytes).unwrap();
+        assert_eq!(moved.public_key(), ck.public_key());
+        let (c, s) = pair_of(&moved, &sk, &copts, &sopts).await;
+        assert_eq!(s.unwrap().peer().public_key, ck.public_key());
+        drop(c.unwrap());
+        assert_eq!(copts.bindings.signatures_checked(), 1);
+        assert_eq!(sopts.bindings.signatures_checked(), 2);
     }
 }
