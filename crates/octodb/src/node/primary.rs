@@ -10,11 +10,11 @@ use crate::error::{Error, Result};
 use crate::log;
 use crate::net::{Message, NetError, SecureReader, SecureStream, SecureWriter};
 use crate::store::apply::Sender;
-use crate::uri::Role;
-use std::net::SocketAddr;
+use crate::uri::{Endpoint, Role};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -33,17 +33,12 @@ pub(super) fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
     let _rt = runtime().enter();
     let mut tasks = Vec::new();
     for ep in &shared.cfg.bind {
-        let std_listener = std::net::TcpListener::bind(ep.to_addr_string()).map_err(|e| {
+        let listener = listen(ep).map_err(|e| {
             Error::io(
                 format!("listening on {ep} (is another program using this port?)"),
                 e,
             )
         })?;
-        std_listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io(format!("listening on {ep}"), e))?;
-        let listener = TcpListener::from_std(std_listener)
-            .map_err(|e| Error::io(format!("listening on {ep}"), e))?;
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(%addr, "primary listening");
             shared
@@ -55,6 +50,40 @@ pub(super) fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
         tasks.push(runtime().spawn(accept_loop(shared.clone(), listener)));
     }
     Ok(tasks)
+}
+
+/// Connections the kernel queues while the accept loop is busy. Rust's std listens with 128:
+/// when thousands of devices reconnect at once (a primary restart, a network blip), the
+/// overflow drops their SYNs and each waits for TCP's retransmit (1 s, then 3 s ...). The
+/// kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on the endpoint's first address that accepts it.
+fn listen(ep: &Endpoint) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in ep.to_addr_string().to_socket_addrs()? {
+        let listener = (|| {
+            let socket = match addr {
+                SocketAddr::V4(_) => TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            // As std's listeners do: a restarted primary can bind while old connections
+            // linger in TIME_WAIT.
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(LISTEN_BACKLOG)
+        })();
+        match listener {
+            Ok(l) => return Ok(l),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
 }
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
