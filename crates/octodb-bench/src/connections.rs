@@ -232,6 +232,7 @@ async fn connect_one(
     last_seq: u64,
 ) -> Result<SecureStream> {
     let sock = tokio::net::TcpSocket::new_v4()?;
+    defer_port_choice(&sock)?;
     sock.bind(SocketAddr::new(ip.into(), 0))?;
     let tcp = sock.connect(addr).await?;
     let mut s = SecureStream::connect(tcp, keys, opts).await?;
@@ -253,6 +254,32 @@ async fn connect_one(
             Message::Refused { reason } => bail!("refused: {reason}"),
             other => bail!("expected Welcome, got {}", other.kind()),
         }
+    }
+}
+
+/// Lets the kernel pick the source port at `connect` (by the whole address pair) instead of
+/// at `bind` (by port alone): with tens of thousands of sockets bound on a few addresses, and
+/// as many left in TIME_WAIT by an earlier phase or run, `bind` searched the port range for a
+/// free port at every connection, and the clients, on the primary's cores, slowed down
+/// run after run. Devices do not bind; only this harness, to use several source addresses.
+fn defer_port_choice(sock: &tokio::net::TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: the descriptor is the open socket `sock` owns for this whole call; the option
+    // value points at a live c_int and the length passed is exactly its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
