@@ -167,6 +167,10 @@ pub(crate) fn register_open(
 }
 
 /// Keep a request that waits for the backend, visible in `PRAGMA nodes`.
+/// Served by the partial index `_octo_nodes_pending`: a network of many approved nodes must not
+/// make each new request scan them all.
+const COUNT_WAITING_SQL: &str = "SELECT count(*) FROM _octo_nodes WHERE auth_state = 'pending'";
+
 pub(crate) fn record_request(
     c: &Connection,
     pubkey: &str,
@@ -175,11 +179,9 @@ pub(crate) fn record_request(
     action: Action,
     data: Option<&str>,
 ) -> Result<()> {
-    let waiting: i64 = c.query_row(
-        "SELECT count(*) FROM _octo_nodes WHERE auth_state = 'pending'",
-        [],
-        |r| r.get(0),
-    )?;
+    let waiting: i64 = c
+        .prepare_cached(COUNT_WAITING_SQL)?
+        .query_row([], |r| r.get(0))?;
     if waiting >= MAX_STORED_REQUESTS {
         c.execute(
             "DELETE FROM _octo_nodes WHERE node_id IN
@@ -247,4 +249,29 @@ pub(crate) fn decide(c: &Connection, pubkey: &str, decision: &Decision) -> Resul
         },
         role,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_requests_are_counted_without_scanning_all_nodes() {
+        let c = Connection::open_in_memory().unwrap();
+        crate::store::init_internal_schema(&c).unwrap();
+        let plan: Vec<String> = c
+            .prepare(&format!("EXPLAIN QUERY PLAN {COUNT_WAITING_SQL}"))
+            .unwrap()
+            .query_map([], |r| r.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("_octo_nodes_pending")),
+            "{plan:?}"
+        );
+        record_request(&c, "k1", "127.0.0.1:1", "{}", Action::UserSignup, None).unwrap();
+        let waiting: i64 = c.query_row(COUNT_WAITING_SQL, [], |r| r.get(0)).unwrap();
+        assert_eq!(waiting, 1);
+    }
 }

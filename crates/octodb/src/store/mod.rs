@@ -50,6 +50,10 @@ pub fn init_internal_schema(conn: &Connection) -> Result<()> {
              node_id INTEGER PRIMARY KEY, pubkey TEXT NOT NULL UNIQUE, node_type TEXT NOT NULL,
              user_id INTEGER, auth_state TEXT NOT NULL, last_txn INTEGER NOT NULL DEFAULT 0,
              address TEXT, info TEXT, request TEXT, created_at REAL, last_seen REAL);
+         -- primaries: waiting requests, counted and pruned oldest first at every new request
+         -- (a scan of all nodes there made sign-ups slower as the network grew)
+         CREATE INDEX IF NOT EXISTS _octo_nodes_pending ON _octo_nodes(last_seen)
+             WHERE auth_state = 'pending';
          CREATE TABLE IF NOT EXISTS _octo_users(user_id INTEGER PRIMARY KEY, created_at REAL);
          -- secondaries: transactions not yet accepted by the primaries, in commit order
          CREATE TABLE IF NOT EXISTS _octo_outbox(txn_id INTEGER PRIMARY KEY, created_at REAL);
