@@ -347,3 +347,51 @@ fn a_constraint_failing_only_at_the_primary_rejects_the_transaction() {
     wait_count(&p, "SELECT count(*) FROM t WHERE name = 'free'", 1);
     assert_eq!(count(&p, "SELECT count(*) FROM t"), 2);
 }
+
+#[test]
+fn a_long_offline_queue_on_one_row_merges_with_the_primarys_change_to_it() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, n INTEGER, note TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    let d_path = c.path("d.db");
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute("INSERT INTO t(id, n, note) VALUES (1, 0, 'device')", [])
+        .unwrap();
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t", 1);
+
+    // More transactions than the primary sends back in one batch, all on one row: the
+    // device settles the first batch with the primary's change in it by a full rebuild, the
+    // later batches (only its own transactions) by checking its prediction.
+    drop(d);
+    let d = octodb::Connection::open(&device_uri(&d_path, &unreachable_addr())).unwrap();
+    let txns = 3_000;
+    for _ in 0..txns {
+        d.execute("UPDATE t SET n = n + 1 WHERE id = 1", [])
+            .unwrap();
+    }
+    p.execute("UPDATE t SET note = 'primary' WHERE id = 1", [])
+        .unwrap();
+    drop(d);
+    let d = c.device("d.db", &p);
+    wait_outbox_empty(&d);
+    let last = p.sync_status().unwrap().last_seq;
+    d.wait_for(DEADLINE, |s| s.last_seq == last).unwrap();
+    for node in [&p, &d] {
+        assert_eq!(
+            text(node, "SELECT n || ',' || note FROM t WHERE id = 1"),
+            format!("{txns},primary")
+        );
+    }
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM _octo_base"),
+        0,
+        "nothing pending"
+    );
+    assert_eq!(d.sync_status().unwrap().last_rejected, None);
+}

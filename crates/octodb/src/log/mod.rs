@@ -2,6 +2,7 @@
 //! devices keep their pending transactions (the outbox) and rebase them over what arrives.
 
 pub mod outbox;
+mod predict;
 pub mod rebase;
 pub mod recent;
 

@@ -3,6 +3,7 @@
 //! work is replayed on top. Accepted and rejected transactions leave the outbox here.
 
 use super::outbox::{self, RowImage};
+use super::predict::Predictions;
 use super::{EntryBody, LogEntry};
 use crate::changes::{column_bit, ChangeSet, Op};
 use crate::error::Result;
@@ -10,7 +11,7 @@ use crate::store::apply::{delete_row, write_row, RowSql, Tables};
 use crate::store::schema;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// What applying a batch did.
 #[derive(Debug, Default)]
@@ -22,7 +23,7 @@ pub struct Applied {
     pub schema_changed: bool,
 }
 
-type RowKey = (String, i64);
+pub(super) type RowKey = (String, i64);
 
 /// Apply `entries` in order. Runs inside the caller's write transaction.
 pub fn apply_entries(
@@ -33,6 +34,7 @@ pub fn apply_entries(
 ) -> Result<Applied> {
     let mut applied = Applied::default();
     let mut touched: BTreeSet<RowKey> = BTreeSet::new();
+    let mut predictions = Predictions::default();
     // Base rows are made only by this device's own commits, which wait for this transaction.
     let any_base: bool = conn
         .prepare_cached("SELECT EXISTS(SELECT 1 FROM _octo_base)")?
@@ -41,16 +43,23 @@ pub fn apply_entries(
         applied.last_seq = applied.last_seq.max(e.seq);
         match &e.body {
             EntryBody::Changes(cs) => {
-                if e.origin_node == my_node && e.origin_txn != 0 {
+                let ours = if e.origin_node == my_node && e.origin_txn != 0 {
                     // Accepted: from here on the transaction is the primaries' history, no
                     // longer pending work to replay over what they send.
-                    leave_outbox(conn, e.origin_txn, &mut touched)?;
+                    let ours = leave_outbox(conn, e.origin_txn, &mut touched)?;
                     applied.accepted.push(e.origin_txn);
-                }
+                    predictions.accepted(&ours, cs);
+                    Some(ours)
+                } else {
+                    None
+                };
                 let mut ctx = ChangeSetApply {
                     tables: &mut *tables,
                     any_base,
                     statements: HashMap::new(),
+                    ours: ours.as_ref(),
+                    predictions: &mut predictions,
+                    predicted: HashSet::new(),
                 };
                 for op in &cs.ops {
                     apply_op(conn, &mut ctx, cs, op, &mut touched, &mut applied)?;
@@ -63,21 +72,24 @@ pub fn apply_entries(
         }
     }
     for (txn, _) in &applied.rejected {
-        leave_outbox(conn, *txn, &mut touched)?;
+        let taken_back = leave_outbox(conn, *txn, &mut touched)?;
+        predictions.spoil_rows_of(&taken_back);
     }
     let mut pending = PendingCache::default();
     for (tbl, rid) in touched {
-        replay_row(conn, tables, &mut pending, &tbl, rid)?;
+        if !predictions.settle_if_predicted(conn, &tbl, rid)? {
+            replay_row(conn, tables, &mut pending, &tbl, rid)?;
+        }
     }
     Ok(applied)
 }
 
-/// Remove transaction `txn` from the outbox; the rows it changed are added to `touched`, to be
-/// rebuilt from their base and the pending work that remains.
-fn leave_outbox(conn: &Connection, txn: u64, touched: &mut BTreeSet<RowKey>) -> Result<()> {
+/// Remove transaction `txn` from the outbox and return it; the rows it changed are added to
+/// `touched`, to be rebuilt from their base and the pending work that remains.
+fn leave_outbox(conn: &Connection, txn: u64, touched: &mut BTreeSet<RowKey>) -> Result<ChangeSet> {
     let changes = outbox::remove(conn, txn)?;
     touched.extend(outbox::rows_of(&changes).map(|(tbl, rid)| (tbl.to_string(), rid)));
-    Ok(())
+    Ok(changes)
 }
 
 /// What applying one change set needs besides the connection.
@@ -87,6 +99,11 @@ struct ChangeSetApply<'a> {
     any_base: bool,
     /// Statements per table header of the change set, looked up at its first row.
     statements: HashMap<u32, std::sync::Arc<RowSql>>,
+    /// This device's own transaction, when the change set is what the primaries made of it.
+    ours: Option<&'a ChangeSet>,
+    predictions: &'a mut Predictions,
+    /// Rows whose base prediction this change set already advanced.
+    predicted: HashSet<RowKey>,
 }
 
 fn apply_op(
@@ -132,6 +149,15 @@ fn apply_op(
     if settled {
         touched.remove(&(h.name.clone(), rowid));
     } else if ctx.any_base && has_base(conn, &h.name, rowid)? {
+        match ctx.ours {
+            // Once per row of the transaction, though the primaries may have changed it twice.
+            Some(ours) if ctx.predicted.insert((h.name.clone(), rowid)) => {
+                let key = (h.name.clone(), rowid);
+                ctx.predictions.before_base_update(conn, key, ours)?;
+            }
+            Some(_) => {}
+            None => ctx.predictions.spoil(&h.name, rowid),
+        }
         let image = values.map(|v| {
             RowImage {
                 columns: h.columns.clone(),
@@ -254,7 +280,7 @@ fn replay_row(
 }
 
 /// One pending change replayed over a row state.
-fn fold(state: Option<RowImage>, cs: &ChangeSet, op: &Op) -> Option<RowImage> {
+pub(super) fn fold(state: Option<RowImage>, cs: &ChangeSet, op: &Op) -> Option<RowImage> {
     match op {
         Op::Insert { table, values, .. } | Op::Upsert { table, values, .. } => {
             cs.header(*table).map(|h| RowImage {
