@@ -67,6 +67,13 @@ enum Command {
     BusyDeviceLatency {
         samples: usize,
     },
+    #[command(name = "_offline-hot-row", hide = true)]
+    OfflineHotRow {
+        txns: u64,
+        /// Each transaction inserts its own row instead.
+        #[arg(long)]
+        distinct: bool,
+    },
     #[command(name = "_handshake-cost", hide = true)]
     HandshakeCost {
         count: usize,
@@ -100,6 +107,9 @@ fn main() -> Result<()> {
         Command::IdleDevice { uri, user } => return memory::idle_device(uri, *user),
         Command::ConnPrimary { path } => return connections::primary_proc(path),
         Command::HandshakeCost { count } => return connections::handshake_cost(*count),
+        Command::OfflineHotRow { txns, distinct } => {
+            return catchup::offline_hot_row(*txns, *distinct)
+        }
         Command::DeviceCommits { rows } => return streaming::device_commit_rate(*rows),
         Command::BusyDeviceLatency { samples } => return latency::under_local_writes(*samples),
         Command::ConnClients {
