@@ -105,6 +105,46 @@ fn an_approved_device_is_recognized_by_its_key_after_a_restart() {
     );
 }
 
+fn seconds_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+#[test]
+fn pragma_nodes_says_when_and_where_an_approved_device_was_last_seen() {
+    let c = Cluster::new();
+    let p = primary_with(&c, "user");
+    approve_by_data(&p);
+    let d = c.device("d.db", &p);
+    d.execute("PRAGMA user_signup='x'", []).unwrap();
+    let node_id = ready(&d).node_id;
+    let node = |p: &Connection| {
+        p.nodes()
+            .unwrap()
+            .into_iter()
+            .find(|n| n.node_id == node_id)
+            .expect("the device is listed")
+    };
+    // Connected: seen now, at its current address.
+    let before = seconds_now();
+    let n = node(&p);
+    assert!(n.connected && n.last_seen.unwrap() >= before, "{n:?}");
+    assert!(n.address.as_deref().unwrap().starts_with("127.0.0.1:"), "{n:?}");
+    // Reconnecting with its approval (no new request): its last session's end is kept.
+    drop(d);
+    let d = c.device("d.db", &p);
+    ready(&d);
+    let before_leaving = seconds_now();
+    drop(d);
+    let n = wait_until("the primary to keep when the device left", || {
+        let n = node(&p);
+        (!n.connected && n.last_seen.is_some_and(|t| t >= before_leaving)).then_some(n)
+    });
+    assert!(n.address.is_some(), "{n:?}");
+}
+
 #[test]
 fn a_device_rejected_after_its_approval_is_refused_when_it_returns() {
     let c = Cluster::new();

@@ -166,6 +166,26 @@ pub(crate) fn register_open(
     Ok(Registered { node_id, user_id })
 }
 
+/// When and from where a node was last connected.
+#[derive(Debug)]
+pub(crate) struct Sighting {
+    pub node_id: u32,
+    pub address: String,
+    pub at: f64,
+}
+
+/// Keep the time and address of sessions that ended (`PRAGMA nodes`' `last_seen`).
+pub(crate) fn record_sightings(c: &Connection, seen: &[Sighting]) -> Result<()> {
+    let mut stmt = c.prepare_cached(
+        "UPDATE _octo_nodes SET last_seen = max(coalesce(last_seen, 0), ?2), address = ?3
+         WHERE node_id = ?1",
+    )?;
+    for s in seen {
+        stmt.execute(rusqlite::params![s.node_id, s.at, s.address])?;
+    }
+    Ok(())
+}
+
 /// Keep a request that waits for the backend, visible in `PRAGMA nodes`.
 /// Served by the partial index `_octo_nodes_pending`: a network of many approved nodes must not
 /// make each new request scan them all.

@@ -208,6 +208,16 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         .unwrap_or_else(|p| p.into_inner())
         .sessions
         .remove(&node_id);
+    // Kept when the session ends (while it lasts, `PRAGMA nodes` says it is connected): a
+    // write per connection would cost every reconnecting device a commit.
+    let seen = super::members::Sighting {
+        node_id,
+        address: addr.to_string(),
+        at: super::writer::unix_now(),
+    };
+    if shared.jobs.send(Job::Seen(seen)).await.is_err() {
+        tracing::debug!(node_id, "node stopping: last-seen time not kept");
+    }
     result
 }
 

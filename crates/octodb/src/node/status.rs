@@ -145,6 +145,7 @@ pub fn nodes(shared: &Shared) -> Result<Vec<NodeRecord>> {
         .unwrap_or_else(|p| p.into_inner())
         .sessions
         .clone();
+    let now = super::writer::unix_now();
     shared.read_blocking(|c| {
         let mut stmt = c.prepare_cached(
             "SELECT pubkey, node_id, node_type, user_id, address, auth_state, last_seen
@@ -160,7 +161,12 @@ pub fn nodes(shared: &Shared) -> Result<Vec<NodeRecord>> {
                 address: connected.get(&node_id).cloned().or(r.get(4)?),
                 connected: connected.contains_key(&node_id),
                 auth_state: r.get(5)?,
-                last_seen: r.get(6)?,
+                // A connected node is being seen now; the file keeps the end of its last
+                // session.
+                last_seen: match connected.contains_key(&node_id) {
+                    true => Some(now),
+                    false => r.get(6)?,
+                },
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -67,6 +67,8 @@ pub(crate) enum Job {
         data: Option<String>,
         reply: Reply<()>,
     },
+    /// Primary: a device's session ended; it was last seen at `at` from `address`.
+    Seen(super::members::Sighting),
     /// Primary: the backend decided on a key; the outcome is also broadcast to waiting sessions.
     AuthDecide {
         pubkey: String,
@@ -203,6 +205,27 @@ impl Writer {
                             data.as_deref(),
                         )
                     }));
+                }
+                Job::Seen(first) => {
+                    // Many sessions end at once when a network drops: one commit for all.
+                    let mut seen = vec![first];
+                    while let Ok(job) = rx.try_recv() {
+                        match job {
+                            Job::Seen(s) => seen.push(s),
+                            other => {
+                                next = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    if let Err(e) =
+                        write_txn(&self.conn, |c| super::members::record_sightings(c, &seen))
+                    {
+                        tracing::warn!(
+                            "could not record when {} nodes were last seen: {e}",
+                            seen.len()
+                        );
+                    }
                 }
                 Job::AuthDecide {
                     pubkey,
