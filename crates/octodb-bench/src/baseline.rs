@@ -93,3 +93,39 @@ pub fn commit_latencies(sync: Sync, samples: usize, payload_len: usize) -> Resul
     out.sort_by(f64::total_cmp);
     Ok(out)
 }
+
+/// Single-row autocommit inserts per second, all files together, with `files` plain SQLite
+/// files written at once for `duration`, one thread each: what the devices of the many-writers
+/// scenario must do at the least (each commits its transaction durably before sending it),
+/// with nothing else of octodb.
+pub fn parallel_files_rate(sync: Sync, files: usize, duration: std::time::Duration) -> Result<f64> {
+    let locals: Vec<Local> = (0..files)
+        .map(|_| Local::new(sync))
+        .collect::<Result<_>>()?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = locals
+        .into_iter()
+        .map(|local| {
+            let stop = stop.clone();
+            std::thread::spawn(move || -> Result<u64> {
+                let mut ins = local.conn.prepare(INSERT)?;
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    ins.execute(rusqlite::params![n as i64, payload(n, 64), 7])?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for t in threads {
+        total += t
+            .join()
+            .map_err(|_| anyhow::anyhow!("a writer thread panicked"))??;
+    }
+    Ok(total as f64 / started.elapsed().as_secs_f64())
+}

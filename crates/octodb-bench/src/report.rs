@@ -62,7 +62,9 @@ impl Figure {
             if self.met { "MET" } else { "MISSED" }
         );
         if !self.notes.is_empty() {
-            println!("{:<12} note: {}", "", self.notes);
+            for line in self.notes.lines() {
+                println!("{:<12} note: {}", "", line);
+            }
         }
     }
 }
