@@ -131,7 +131,10 @@ fn pragma_nodes_says_when_and_where_an_approved_device_was_last_seen() {
     let before = seconds_now();
     let n = node(&p);
     assert!(n.connected && n.last_seen.unwrap() >= before, "{n:?}");
-    assert!(n.address.as_deref().unwrap().starts_with("127.0.0.1:"), "{n:?}");
+    assert!(
+        n.address.as_deref().unwrap().starts_with("127.0.0.1:"),
+        "{n:?}"
+    );
     // Reconnecting with its approval (no new request): its last session's end is kept.
     drop(d);
     let d = c.device("d.db", &p);
