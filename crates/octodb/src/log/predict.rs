@@ -1,6 +1,6 @@
 //! A device's own accepted transactions usually come back from the primaries exactly as the
-//! device made them. The live row of such a row was built as base + all pending work; once
-//! the base has become base + the accepted part, the live row already *is* the new base + the
+//! device made them. A row with pending work was built as its base + all that work; once the
+//! base has become the old base + the accepted part, the row already *is* the new base + the
 //! work still pending, and rebuilding it would only decode every pending transaction in the
 //! row's range again. For a long offline queue that keeps changing one row (a counter, a
 //! document) that rebuild was made once per applied batch: quadratic in the queue.
