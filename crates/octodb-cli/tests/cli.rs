@@ -228,3 +228,91 @@ fn kill_9_of_a_device_loses_nothing_acknowledged_and_duplicates_nothing() {
         );
     }
 }
+
+/// An `octodb serve` process, killed if the test ends without stopping it.
+struct Served(Child);
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `octodb serve` on `uri`; returns the process and the address it serves on.
+fn serve(uri: &str) -> (Served, String) {
+    let mut child = octodb()
+        .args(["serve", uri])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = Served(child);
+    let mut lines = BufReader::new(stderr).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .split("serving on tcp://")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_string();
+    // Keep reading, so that the process never blocks on a full pipe.
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+    (child, addr)
+}
+
+/// kill -9 of the primary process while a device sends one transaction after another: after
+/// a restart on the same file, each transaction is there exactly once (those decided before
+/// the kill and resent by the device are recognized as already decided).
+#[test]
+fn kill_9_of_the_primary_duplicates_nothing_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    {
+        let (p, _) = primary(dir.path());
+        p.execute("CREATE TABLE t(n INTEGER NOT NULL, row_owner)", [])
+            .unwrap();
+    }
+    let (mut first, addr) = serve(&format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0",
+        path.display()
+    ));
+    let d = Connection::open(&device_uri(dir.path(), &addr)).unwrap();
+    d.wait_until_ready(DEADLINE).unwrap();
+    // The primary's file read beside it, as a plain SQLite file: what it has committed.
+    let committed = Connection::open(&format!("file:{}?mode=ro", path.display())).unwrap();
+    let total: i64 = 3_000;
+    let mut killed = false;
+    let mut second = None;
+    for n in 1..=total {
+        d.execute("INSERT INTO t(n) VALUES (?1)", [n]).unwrap();
+        if !killed && count(&committed, "SELECT count(*) FROM t") >= 300 {
+            // SIGKILL in the middle of the stream: some transactions are decided and
+            // committed there, but the device has not heard so.
+            first.0.kill().unwrap();
+            first.0.wait().unwrap();
+            killed = true;
+        }
+        if killed && second.is_none() && n >= total / 2 {
+            let uri = format!("file:{}?node=primary&bind=tcp://{addr}", path.display());
+            second = Some(serve(&uri).0);
+        }
+    }
+    assert!(killed, "the primary committed fewer than 300 transactions");
+    drop(committed);
+    let mut second = second.expect("the primary restarted");
+    d.wait_for(DEADLINE, |s| s.connected && s.outbox_len == 0)
+        .expect("the device's queue drains into the restarted primary");
+    assert_eq!(d.sync_status().unwrap().last_rejected, None);
+    drop(d);
+    let status = Command::new("kill")
+        .args(["-TERM", &second.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(second.0.wait().unwrap().success());
+
+    let p = Connection::open(&format!("file:{}", path.display())).unwrap();
+    assert_eq!(count(&p, "SELECT count(*) FROM t"), total);
+    assert_eq!(count(&p, "SELECT count(DISTINCT n) FROM t"), total);
+}
