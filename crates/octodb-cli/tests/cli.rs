@@ -315,4 +315,11 @@ fn kill_9_of_the_primary_duplicates_nothing_and_loses_nothing() {
     let p = Connection::open(&format!("file:{}", path.display())).unwrap();
     assert_eq!(count(&p, "SELECT count(*) FROM t"), total);
     assert_eq!(count(&p, "SELECT count(DISTINCT n) FROM t"), total);
+    // Re-applying a resent insert would leave the table as it was (same row id), but it
+    // would be a second decision in the log, sent again to every device.
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM _octo_log WHERE origin_txn > 0"),
+        total,
+        "each device transaction decided once"
+    );
 }

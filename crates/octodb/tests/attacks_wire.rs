@@ -1,6 +1,6 @@
 //! Attacks made below the API, on the wire, over real loopback sockets: stolen identities,
-//! replayed handshakes and chunks, forged changes from an approved device, and garbage in every
-//! field of an authorization request. Each is refused with nothing stored at the primary, and
+//! replayed handshakes and chunks, forged changes from an approved device, garbage in every
+//! field of an authorization request, and transactions sent again after a primary restart. Each is refused with nothing stored at the primary, and
 //! the primary keeps serving real devices throughout.
 mod common;
 use common::*;
@@ -614,9 +614,9 @@ struct RawDevice {
     entries: Vec<LogEntry>,
 }
 
-async fn session(addr: SocketAddr) -> SecureStream {
+async fn session_as(addr: SocketAddr, keys: &NodeKeys) -> SecureStream {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    SecureStream::connect(tcp, &NodeKeys::generate(), &HandshakeOptions::default())
+    SecureStream::connect(tcp, keys, &HandshakeOptions::default())
         .await
         .unwrap()
 }
@@ -644,7 +644,12 @@ fn ask(action: Action, data: &str) -> Option<AuthAsk> {
 
 impl RawDevice {
     async fn sign_up(addr: SocketAddr, user: i64) -> RawDevice {
-        let mut s = session(addr).await;
+        RawDevice::sign_up_as(addr, user, &NodeKeys::generate()).await
+    }
+
+    /// Connects with `keys` (signing up as `user` the first time) and downloads.
+    async fn sign_up_as(addr: SocketAddr, user: i64, keys: &NodeKeys) -> RawDevice {
+        let mut s = session_as(addr, keys).await;
         let m = hello(0, "{}", ask(Action::UserSignup, &format!("user:{user}")));
         send(&mut s, &m.encode()).await;
         let mut d = RawDevice {
@@ -1289,4 +1294,54 @@ fn garbage_in_every_field_of_an_authorization_request_is_refused_and_stores_noth
     ));
     drop(seen);
     still_serving(&c, &p, "after.db", 7);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A transaction sent again after the primary restarted
+
+#[test]
+fn a_transaction_resent_after_a_primary_restart_is_not_decided_twice() {
+    let c = Cluster::new();
+    let p = user_primary(&c);
+    let addr = p.bound_addrs()[0];
+    let rt = runtime();
+    let keys = NodeKeys::generate();
+    let mut d = rt.block_on(RawDevice::sign_up_as(addr, 5, &keys));
+    for id in 1..=3 {
+        let body = rt.block_on(d.submit(
+            id,
+            txn(vec![insert(100 + id as i64, "v", Value::Integer(5))]),
+        ));
+        assert!(matches!(body, EntryBody::Changes(_)), "{body:?}");
+    }
+    let node = d.node_id;
+    drop(d);
+    // A stop and a start: decisions since the last checkpoint are found again in the log.
+    drop(p);
+    let p = Connection::open(&format!(
+        "{}&auth=user",
+        primary_uri(&c.path("p.db"), addr.port())
+    ))
+    .unwrap();
+    let before = stored(&p);
+    assert_eq!(entries_from(&p, node), 3);
+    // The device never heard of the acceptance of 2 and 3: it sends them again, then 4.
+    let mut d = rt.block_on(RawDevice::sign_up_as(addr, 5, &keys));
+    assert_eq!(d.node_id, node);
+    let m = Message::Txns {
+        txns: vec![
+            (2, txn(vec![insert(102, "again", Value::Integer(5))])),
+            (3, txn(vec![insert(103, "again", Value::Integer(5))])),
+        ],
+    };
+    rt.block_on(send(&mut d.s, &m.encode()));
+    let body = rt.block_on(d.submit(4, txn(vec![insert(104, "v", Value::Integer(5))])));
+    assert!(matches!(body, EntryBody::Changes(_)), "{body:?}");
+    assert_eq!(entries_from(&p, node), 4, "2 and 3 were not decided again");
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM t WHERE v = 'again'"),
+        0,
+        "nothing of the resent transactions applied"
+    );
+    assert_eq!(stored(&p).rows.len(), before.rows.len() + 1);
 }

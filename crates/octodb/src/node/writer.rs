@@ -11,7 +11,7 @@ use crate::store::apply::{self, Sender, Tables};
 use crate::store::{exec, meta_i64, meta_set, schema, write_txn};
 use crate::uri::Role;
 use crate::value::Value;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -105,6 +105,7 @@ pub(crate) enum Job {
     SnapshotAbort,
 }
 
+use super::decided::{Decided, NewDecisions};
 pub(crate) use super::members::Registered;
 
 pub(crate) fn spawn(
@@ -121,6 +122,7 @@ pub(crate) fn spawn(
                 conn,
                 tables: Tables::default(),
                 role,
+                decided: None,
             }
             .run(rx)
         })
@@ -132,6 +134,8 @@ struct Writer {
     conn: Connection,
     tables: Tables,
     role: Role,
+    /// Primary: the last transaction decided per device (loaded at the first batch).
+    decided: Option<Decided>,
 }
 
 impl Writer {
@@ -289,11 +293,20 @@ impl Writer {
     fn apply_device_batch(&mut self, batch: &[(Sender, Vec<(u64, ChangeSet)>)]) -> Result<()> {
         let conn = &self.conn;
         let tables = &mut self.tables;
+        let decided = match &mut self.decided {
+            Some(d) => d,
+            None => self.decided.insert(Decided::load(conn)?),
+        };
         let mut recorded = Vec::new();
+        let mut new = NewDecisions::default();
         // Device transactions never change the schema.
         write_txn(conn, |c| {
-            tables.in_transaction(|tables| decide_device_txns(c, tables, batch, &mut recorded))
+            tables.in_transaction(|tables| {
+                decide_device_txns(c, tables, decided, &mut new, batch, &mut recorded)
+            })?;
+            decided.checkpoint_if_due(c, &mut new)
         })?;
+        decided.committed(new);
         let last = recorded.iter().map(|e| e.seq).max().unwrap_or(0);
         self.shared.recent.push(recorded);
         self.shared.advance_feed(last);
@@ -432,15 +445,14 @@ pub(crate) fn unix_now() -> f64 {
 fn decide_device_txns(
     c: &Connection,
     tables: &mut Tables,
+    decided: &mut Decided,
+    new: &mut NewDecisions,
     batch: &[(Sender, Vec<(u64, ChangeSet)>)],
     recorded: &mut Vec<LogEntry>,
 ) -> Result<()> {
     for (sender, txns) in batch {
-        let mut done: i64 = c
-            .prepare_cached("SELECT last_txn FROM _octo_nodes WHERE node_id = ?1")?
-            .query_row([sender.node_id], |r| r.get(0))
-            .optional()?
-            .unwrap_or(0);
+        let mut done = decided.last(c, new, sender.node_id)?;
+        let mut count = 0;
         for (txn_id, cs) in txns {
             if (*txn_id as i64) <= done {
                 continue; // already decided: a resend after a lost connection
@@ -471,9 +483,9 @@ fn decide_device_txns(
                 body,
             });
             done = *txn_id as i64;
+            count += 1;
         }
-        c.prepare_cached("UPDATE _octo_nodes SET last_txn = ?2 WHERE node_id = ?1")?
-            .execute(rusqlite::params![sender.node_id, done])?;
+        new.record(sender.node_id, done, count);
     }
     Ok(())
 }
