@@ -373,18 +373,67 @@ async fn handshake(
     let mut reader = SecureReader::new(rd, transport.clone(), ANSWER_MAX_LEN);
     let mut writer = SecureWriter::new(wr, transport);
 
-    let (role, peer_role) = match initiator {
-        true => (ROLE_INITIATOR, ROLE_RESPONDER),
-        false => (ROLE_RESPONDER, ROLE_INITIATOR),
+    let public_key = PublicKey(peer_identity);
+    let asked = Asked {
+        by_peer: peer_wants_ours,
+        of_peer: we_want_theirs,
     };
-    // The responder answers at once: whether it needs the initiator's signature, and its own
-    // if the initiator asked. The initiator then sends its signature only if asked.
-    let peer_signature: Option<Vec<u8>> = if initiator {
-        let answer = recv_before_auth(&mut reader).await?;
+    if let Some(signature) =
+        exchange_signatures(&mut reader, &mut writer, keys, initiator, asked, &hash).await?
+    {
+        opts.bindings
+            .checked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        verify_signature(&public_key, peer_role(initiator), &hash, &signature)?;
+        if let Some(s) = remote_static {
+            opts.bindings.remember(s, peer_identity);
+        }
+    }
+    reader.max_message = opts.max_message;
+    Ok((reader, writer, public_key))
+}
+
+/// Which signatures the two sides asked each other for.
+#[derive(Clone, Copy)]
+struct Asked {
+    /// The peer needs ours.
+    by_peer: bool,
+    /// We need the peer's.
+    of_peer: bool,
+}
+
+fn own_role(initiator: bool) -> u8 {
+    if initiator {
+        ROLE_INITIATOR
+    } else {
+        ROLE_RESPONDER
+    }
+}
+
+fn peer_role(initiator: bool) -> u8 {
+    own_role(!initiator)
+}
+
+/// After the Noise handshake: the responder answers at once, saying whether it needs the
+/// initiator's signature and adding its own if the initiator asked (the initiator's request
+/// came in message 3); the initiator then sends its signature only if asked. Returns the
+/// peer's signature when we asked for it, still to be checked.
+async fn exchange_signatures(
+    reader: &mut SecureReader,
+    writer: &mut SecureWriter,
+    keys: &NodeKeys,
+    initiator: bool,
+    asked: Asked,
+    hash: &[u8],
+) -> Result<Option<Vec<u8>>, NetError> {
+    let ours = || keys.sign(&proof_message(own_role(initiator), hash));
+    if initiator {
+        let answer = recv_before_auth(reader).await?;
         let (&needs_ours, signature) = answer
             .split_first()
             .ok_or_else(|| NetError::Malformed("empty handshake answer".into()))?;
-        if needs_ours > 1 || signature.len() != if we_want_theirs { SIGNATURE_LEN } else { 0 } {
+        let expected_len = if asked.of_peer { SIGNATURE_LEN } else { 0 };
+        if needs_ours > 1 || signature.len() != expected_len {
             return Err(NetError::Malformed(format!(
                 "handshake answer of {} bytes does not match this protocol: the peer is not \
                  an octodb node of this version",
@@ -392,34 +441,22 @@ async fn handshake(
             )));
         }
         if needs_ours == 1 {
-            writer.send(&keys.sign(&proof_message(role, &hash))).await?;
+            writer.send(&ours()).await?;
             writer.flush().await?;
         }
-        we_want_theirs.then(|| signature.to_vec())
+        Ok(asked.of_peer.then(|| signature.to_vec()))
     } else {
-        let mut answer = vec![u8::from(we_want_theirs)];
-        if peer_wants_ours {
-            answer.extend_from_slice(&keys.sign(&proof_message(role, &hash)));
+        let mut answer = vec![u8::from(asked.of_peer)];
+        if asked.by_peer {
+            answer.extend_from_slice(&ours());
         }
         writer.send(&answer).await?;
         writer.flush().await?;
-        match we_want_theirs {
-            true => Some(recv_before_auth(&mut reader).await?),
-            false => None,
-        }
-    };
-    let public_key = PublicKey(peer_identity);
-    if let Some(signature) = peer_signature {
-        opts.bindings
-            .checked
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        verify_signature(&public_key, peer_role, &hash, &signature)?;
-        if let Some(s) = remote_static {
-            opts.bindings.remember(s, peer_identity);
+        match asked.of_peer {
+            true => Ok(Some(recv_before_auth(reader).await?)),
+            false => Ok(None),
         }
     }
-    reader.max_message = opts.max_message;
-    Ok((reader, writer, public_key))
 }
 
 /// The first messages after the Noise handshake, refusing anything bigger than they can be.
