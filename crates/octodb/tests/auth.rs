@@ -105,6 +105,37 @@ fn an_approved_device_is_recognized_by_its_key_after_a_restart() {
     );
 }
 
+#[test]
+fn many_devices_signing_up_at_once_each_get_their_own_user() {
+    let c = Cluster::new();
+    let p = primary_with(&c, "user");
+    approve_by_data(&p);
+    // Opened and asked together, so that their requests and decisions reach the primary's
+    // writer together (it records them many to a commit).
+    let devices: Vec<Connection> = (0..24)
+        .map(|i| {
+            let d = c.device(&format!("d{i}.db"), &p);
+            d.execute(&format!("PRAGMA user_signup='u{i}'"), [])
+                .unwrap();
+            d
+        })
+        .collect();
+    let mut users: Vec<i64> = devices
+        .iter()
+        .map(|d| ready(d).user_id.expect("a user"))
+        .collect();
+    users.sort();
+    users.dedup();
+    assert_eq!(users.len(), devices.len(), "one new user each");
+    let approved = p
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.auth_state == "approved" && n.user_id.is_some())
+        .count();
+    assert_eq!(approved, devices.len());
+}
+
 fn seconds_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

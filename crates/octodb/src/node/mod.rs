@@ -5,6 +5,7 @@
 //! own SQLite connection, in its writer thread, one write transaction per batch (group commit).
 
 mod admission;
+mod auth_batch;
 mod decided;
 mod events;
 mod members;

@@ -105,6 +105,7 @@ pub(crate) enum Job {
     SnapshotAbort,
 }
 
+use super::auth_batch;
 use super::decided::{Decided, NewDecisions};
 pub(crate) use super::members::Registered;
 
@@ -190,25 +191,19 @@ impl Writer {
                         super::members::register_open(c, pubkey, &address, &info)
                     }));
                 }
-                Job::AuthRecord {
-                    pubkey,
-                    address,
-                    info,
-                    action,
-                    data,
-                    reply,
-                } => {
-                    self.shared.approved.forget(&pubkey);
-                    let _ = reply.send(write_txn(&self.conn, |c| {
-                        super::members::record_request(
-                            c,
-                            &pubkey,
-                            &address,
-                            &info,
-                            action,
-                            data.as_deref(),
-                        )
-                    }));
+                job @ (Job::AuthRecord { .. } | Job::AuthDecide { .. }) => {
+                    let mut jobs = vec![job];
+                    while jobs.len() < auth_batch::MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(j) if auth_batch::is_auth_record(&j) => jobs.push(j),
+                            Ok(other) => {
+                                next = Some(other);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    auth_batch::run(&self.conn, &self.shared, jobs);
                 }
                 Job::Seen(first) => {
                     // Many sessions end at once when a network drops: one commit for all.
@@ -230,23 +225,6 @@ impl Writer {
                             seen.len()
                         );
                     }
-                }
-                Job::AuthDecide {
-                    pubkey,
-                    decision,
-                    reply,
-                } => {
-                    self.shared.approved.forget(&pubkey);
-                    let outcome = write_txn(&self.conn, |c| {
-                        super::members::decide(c, &pubkey, &decision)
-                    });
-                    if let Ok(admission) = &outcome {
-                        if matches!(admission, super::members::Admission::Rejected(_)) {
-                            self.shared.approval_withdrawn(&pubkey);
-                        }
-                        let _ = self.shared.auth_decided.send((pubkey, admission.clone()));
-                    }
-                    let _ = reply.send(outcome);
                 }
                 Job::Welcome {
                     node_id,
