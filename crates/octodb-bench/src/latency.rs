@@ -56,9 +56,10 @@ pub fn run(samples: usize) -> Result<Vec<Figure>> {
 }
 
 /// Child: latency of a primary's row until it is on a device whose app meanwhile commits a
-/// transaction of 100 rows every 5 ms (~15k rows/s, well under what the device can send): the
-/// device's engine competes with the app for the file's write lock.
-pub fn under_local_writes(samples: usize) -> Result<()> {
+/// transaction of 100 rows every 5 ms (~15k rows/s, well under what the device can send), or
+/// with `unpaced` one after another: the device's engine competes with the app for the
+/// file's write lock.
+pub fn under_local_writes(samples: usize, unpaced: bool) -> Result<()> {
     let cluster = Cluster::new(ITEMS)?;
     let (a, user) = cluster.signup("a")?;
     let mut events = a.subscribe();
@@ -72,7 +73,9 @@ pub fn under_local_writes(samples: usize) -> Result<()> {
         while !writer_stop.load(std::sync::atomic::Ordering::Relaxed) {
             crate::cluster::fill(&mut app, 100, 100, PAYLOAD, user)?;
             n += 100;
-            std::thread::sleep(Duration::from_millis(5));
+            if !unpaced {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         Ok(n)
     });

@@ -66,6 +66,9 @@ enum Command {
     #[command(name = "_busy-device-latency", hide = true)]
     BusyDeviceLatency {
         samples: usize,
+        /// The app commits without pausing between transactions.
+        #[arg(long)]
+        unpaced: bool,
     },
     #[command(name = "_offline-hot-row", hide = true)]
     OfflineHotRow {
@@ -111,7 +114,9 @@ fn main() -> Result<()> {
             return catchup::offline_hot_row(*txns, *distinct)
         }
         Command::DeviceCommits { rows } => return streaming::device_commit_rate(*rows),
-        Command::BusyDeviceLatency { samples } => return latency::under_local_writes(*samples),
+        Command::BusyDeviceLatency { samples, unpaced } => {
+            return latency::under_local_writes(*samples, *unpaced)
+        }
         Command::ConnClients {
             addr,
             count,
