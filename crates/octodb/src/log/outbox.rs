@@ -217,6 +217,48 @@ pub fn txns_in(conn: &Connection, first: u64, last: u64) -> Result<Vec<u64>> {
         .collect::<rusqlite::Result<_>>()?)
 }
 
+/// A row's base: the primaries' version of it (None: the row does not exist there) and the
+/// range of outbox transactions that touched it.
+pub struct Base {
+    pub image: Option<RowImage>,
+    pub first: Option<i64>,
+    pub last: Option<i64>,
+}
+
+/// The base of a row, if work is pending on it.
+pub fn base_of(conn: &Connection, tbl: &str, rid: i64) -> Result<Option<Base>> {
+    type Stored = (Option<Vec<u8>>, Option<i64>, Option<i64>);
+    let stored: Option<Stored> = conn
+        .prepare_cached(
+            "SELECT row, first_txn, last_txn FROM _octo_base WHERE tbl = ?1 AND rid = ?2",
+        )?
+        .query_row(params![tbl, rid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    stored
+        .map(|(row, first, last)| {
+            Ok(Base {
+                image: row.map(|b| RowImage::decode(&b)).transpose()?,
+                first,
+                last,
+            })
+        })
+        .transpose()
+}
+
+/// The work pending on a row now starts at outbox transaction `first` (what came before was
+/// accepted); with None, nothing is pending on it any more and its base goes.
+pub fn narrow_base(conn: &Connection, tbl: &str, rid: i64, first: Option<i64>) -> Result<()> {
+    match first {
+        None => conn
+            .prepare_cached("DELETE FROM _octo_base WHERE tbl = ?1 AND rid = ?2")?
+            .execute(params![tbl, rid])?,
+        Some(f) => conn
+            .prepare_cached("UPDATE _octo_base SET first_txn = ?3 WHERE tbl = ?1 AND rid = ?2")?
+            .execute(params![tbl, rid, f])?,
+    };
+    Ok(())
+}
+
 /// The (table, row id) of every row change in `cs`.
 pub fn rows_of(cs: &ChangeSet) -> impl Iterator<Item = (&str, i64)> + '_ {
     cs.ops.iter().filter_map(|op| cs.row_of(op))

@@ -10,11 +10,11 @@
 //! primaries sent. Any other change to the row in the batch (another node's, a primary's
 //! trigger, a rejected transaction of ours) sends it down the full rebuild.
 
-use super::outbox::RowImage;
+use super::outbox::{self, RowImage};
 use super::rebase::{fold, RowKey};
 use crate::changes::ChangeSet;
 use crate::error::Result;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use std::collections::{HashMap, HashSet};
 
 /// The base each row should have after this device's transactions accepted in this batch.
@@ -68,8 +68,8 @@ impl Predictions {
         }
         let mut state = match self.expected.remove(&key) {
             Some(state) => state,
-            None => match read_base(conn, &key.0, key.1)? {
-                Some((image, ..)) => image,
+            None => match outbox::base_of(conn, &key.0, key.1)? {
+                Some(base) => base.image,
                 None => {
                     self.spoiled.insert(key);
                     return Ok(());
@@ -107,41 +107,21 @@ impl Predictions {
         let Some(expected) = self.expected.get(&key) else {
             return Ok(false);
         };
-        let Some((base, Some(first), Some(last))) = read_base(conn, tbl, rid)? else {
+        let Some(base) = outbox::base_of(conn, tbl, rid)? else {
             return Ok(false);
         };
-        if !same_row(&base, expected) {
+        let (Some(first), Some(last)) = (base.first, base.last) else {
+            return Ok(false);
+        };
+        if !same_row(&base.image, expected) {
             return Ok(false);
         }
         let first_pending: Option<i64> = conn
             .prepare_cached("SELECT min(txn_id) FROM _octo_outbox WHERE txn_id BETWEEN ?1 AND ?2")?
             .query_row(params![first, last], |r| r.get(0))?;
-        match first_pending {
-            None => conn
-                .prepare_cached("DELETE FROM _octo_base WHERE tbl = ?1 AND rid = ?2")?
-                .execute(params![tbl, rid])?,
-            Some(f) => conn
-                .prepare_cached("UPDATE _octo_base SET first_txn = ?3 WHERE tbl = ?1 AND rid = ?2")?
-                .execute(params![tbl, rid, f])?,
-        };
+        outbox::narrow_base(conn, tbl, rid, first_pending)?;
         Ok(true)
     }
-}
-
-/// A row's base: its image (None: the row does not exist at the primaries) and the range of
-/// pending transactions that touched it; None when the row has no base.
-type Base = (Option<RowImage>, Option<i64>, Option<i64>);
-
-fn read_base(conn: &Connection, tbl: &str, rid: i64) -> Result<Option<Base>> {
-    type Stored = (Option<Vec<u8>>, Option<i64>, Option<i64>);
-    let raw: Option<Stored> = conn
-        .prepare_cached(
-            "SELECT row, first_txn, last_txn FROM _octo_base WHERE tbl = ?1 AND rid = ?2",
-        )?
-        .query_row(params![tbl, rid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    raw.map(|(row, first, last)| Ok((row.map(|b| RowImage::decode(&b)).transpose()?, first, last)))
-        .transpose()
 }
 
 /// The same columns with the same values, in any order.

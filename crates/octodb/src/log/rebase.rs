@@ -231,18 +231,11 @@ fn replay_row(
     tbl: &str,
     rid: i64,
 ) -> Result<()> {
-    type Base = (Option<Vec<u8>>, Option<i64>, Option<i64>);
-    let base: Option<Base> = conn
-        .prepare_cached(
-            "SELECT row, first_txn, last_txn FROM _octo_base WHERE tbl = ?1 AND rid = ?2",
-        )?
-        .query_row(params![tbl, rid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?;
-    let Some((base, first, last)) = base else {
+    let Some(base) = outbox::base_of(conn, tbl, rid)? else {
         return Ok(());
     };
-    let mut state = base.map(|b| RowImage::decode(&b)).transpose()?;
-    let range = match (first, last) {
+    let mut state = base.image;
+    let range = match (base.first, base.last) {
         (Some(f), Some(l)) => outbox::txns_in(conn, f as u64, l as u64)?,
         _ => Vec::new(),
     };
@@ -256,19 +249,10 @@ fn replay_row(
             }
         }
     }
-    match first_remaining {
-        None => {
-            conn.prepare_cached("DELETE FROM _octo_base WHERE tbl = ?1 AND rid = ?2")?
-                .execute(params![tbl, rid])?;
-        }
-        // Narrow the range to what is still pending, so the row settles when that is accepted.
-        Some(f) if Some(f as i64) != first => {
-            conn.prepare_cached(
-                "UPDATE _octo_base SET first_txn = ?3 WHERE tbl = ?1 AND rid = ?2",
-            )?
-            .execute(params![tbl, rid, f as i64])?;
-        }
-        Some(_) => {}
+    // Narrow the range to what is still pending, so the row settles when that is accepted.
+    let first_remaining = first_remaining.map(|f| f as i64);
+    if first_remaining.is_none() || first_remaining != base.first {
+        outbox::narrow_base(conn, tbl, rid, first_remaining)?;
     }
     let Some(t) = tables.get(conn, tbl)? else {
         return Ok(());
