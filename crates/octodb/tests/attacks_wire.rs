@@ -495,16 +495,6 @@ async fn relay(client: TcpStream, server: TcpStream, rec: Arc<Relayed>, dup: Arc
     let _ = sw.shutdown().await;
 }
 
-fn open_primary(c: &Cluster) -> Connection {
-    let p = c.primary("p.db");
-    p.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
-    p
-}
-
 /// Log entries the primary holds from `node`.
 fn entries_from(p: &Connection, node: u32) -> i64 {
     count(
@@ -516,7 +506,7 @@ fn entries_from(p: &Connection, node: u32) -> i64 {
 #[test]
 fn a_recorded_session_replayed_to_the_primary_is_refused_and_applies_nothing_twice() {
     let c = Cluster::new();
-    let p = open_primary(&c);
+    let p = c.primary_with_t();
     let rt = runtime();
     let proxy = Proxy::start(&rt, p.bound_addrs()[0]);
     let d = Connection::open(&device_uri(&c.path("d.db"), &proxy.addr.to_string())).unwrap();
@@ -563,7 +553,7 @@ fn a_recorded_session_replayed_to_the_primary_is_refused_and_applies_nothing_twi
 #[test]
 fn a_chunk_sent_twice_closes_the_session_and_the_device_recovers_exactly_once() {
     let c = Cluster::new();
-    let p = open_primary(&c);
+    let p = c.primary_with_t();
     let rt = runtime();
     let proxy = Proxy::start(&rt, p.bound_addrs()[0]);
     let d = Connection::open(&device_uri(&c.path("d.db"), &proxy.addr.to_string())).unwrap();

@@ -30,6 +30,16 @@ fn approve_by_data(p: &Connection) {
     .unwrap();
 }
 
+/// A primary with `auth=user` approving sign-ups (see [`approve_by_data`]), and a device that
+/// asked to sign up on it.
+fn signed_up_device(c: &Cluster) -> (Connection, Connection) {
+    let p = primary_with(c, "user");
+    approve_by_data(&p);
+    let d = c.device("d.db", &p);
+    d.execute("PRAGMA user_signup='x'", []).unwrap();
+    (p, d)
+}
+
 fn not_authorized(d: &Connection) {
     let s = d.sync_status().unwrap();
     assert_eq!(s.node_id, 0);
@@ -146,10 +156,7 @@ fn seconds_now() -> f64 {
 #[test]
 fn pragma_nodes_says_when_and_where_an_approved_device_was_last_seen() {
     let c = Cluster::new();
-    let p = primary_with(&c, "user");
-    approve_by_data(&p);
-    let d = c.device("d.db", &p);
-    d.execute("PRAGMA user_signup='x'", []).unwrap();
+    let (p, d) = signed_up_device(&c);
     let node_id = ready(&d).node_id;
     let node = |p: &Connection| {
         p.nodes()
@@ -182,10 +189,7 @@ fn pragma_nodes_says_when_and_where_an_approved_device_was_last_seen() {
 #[test]
 fn a_device_rejected_after_its_approval_is_refused_when_it_returns() {
     let c = Cluster::new();
-    let p = primary_with(&c, "user");
-    approve_by_data(&p);
-    let d = c.device("d.db", &p);
-    d.execute("PRAGMA user_signup='x'", []).unwrap();
+    let (p, d) = signed_up_device(&c);
     ready(&d);
     let key = d.public_key();
     // Recognized by its key once more (the primary now knows it well), then taken back.
@@ -361,10 +365,7 @@ fn pragmas_with_garbage_values_give_clear_errors() {
 #[test]
 fn a_connected_device_whose_approval_is_taken_back_is_cut_off_at_once() {
     let c = Cluster::new();
-    let p = primary_with(&c, "user");
-    approve_by_data(&p);
-    let d = c.device("d.db", &p);
-    d.execute("PRAGMA user_signup='x'", []).unwrap();
+    let (p, d) = signed_up_device(&c);
     ready(&d);
     p.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
         .unwrap();

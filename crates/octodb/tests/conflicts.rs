@@ -6,12 +6,7 @@ use octodb::Event;
 #[test]
 fn explicit_key_conflict_rejects_the_later_transaction_whole() {
     let c = Cluster::new();
-    let p = c.primary("p.db");
-    p.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
+    let p = c.primary_with_t();
     let d1 = c.device("d1.db", &p);
     let d2 = c.device("d2.db", &p);
     ready(&d1);
@@ -44,12 +39,7 @@ fn explicit_key_conflict_rejects_the_later_transaction_whole() {
 #[test]
 fn a_row_for_one_user_reaches_that_device_also_after_being_offline() {
     let c = Cluster::new();
-    let p = c.primary("p.db");
-    p.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
+    let p = c.primary_with_t();
     let d1 = c.device("d1.db", &p);
     let d2 = c.device("d2.db", &p);
     let user1 = ready(&d1).user_id.unwrap();
@@ -122,12 +112,7 @@ fn devices_skip_global_rows_and_local_rows_stay_home() {
 #[test]
 fn two_devices_inserting_concurrently_never_collide() {
     let c = Cluster::new();
-    let p = c.primary("p.db");
-    p.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
+    let p = c.primary_with_t();
     let devices: Vec<_> = ["d1.db", "d2.db"].iter().map(|n| c.device(n, &p)).collect();
     let writers: Vec<_> = devices
         .into_iter()
@@ -161,6 +146,20 @@ fn unreachable_addr() -> String {
     l.local_addr().unwrap().to_string()
 }
 
+/// Device `name` reopened with no primary reachable: it works offline.
+fn offline_device(c: &Cluster, name: &str) -> octodb::Connection {
+    octodb::Connection::open(&device_uri(&c.path(name), &unreachable_addr())).unwrap()
+}
+
+/// Device `name` reconnected to `p`: its queue accepted, and all the primary has applied.
+fn back_online(c: &Cluster, name: &str, p: &octodb::Connection) -> octodb::Connection {
+    let d = c.device(name, p);
+    wait_outbox_empty(&d);
+    let last = p.sync_status().unwrap().last_seq;
+    d.wait_for(DEADLINE, |s| s.last_seq == last).unwrap();
+    d
+}
+
 #[test]
 fn last_update_to_reach_the_primary_wins_column_by_column() {
     let c = Cluster::new();
@@ -170,7 +169,6 @@ fn last_update_to_reach_the_primary_wins_column_by_column() {
         [],
     )
     .unwrap();
-    let d_path = c.path("d.db");
     let d = c.device("d.db", &p);
     ready(&d);
     d.execute("INSERT INTO t(id, a, b) VALUES (1, 'a0', 'b0')", [])
@@ -183,17 +181,14 @@ fn last_update_to_reach_the_primary_wins_column_by_column() {
     // Row 1: the device's update of `a` is made offline, so the primary's update of `a` and `b`
     // reaches the primary first; the device's arrives later and wins for `a` only.
     drop(d);
-    let d = octodb::Connection::open(&device_uri(&d_path, &unreachable_addr())).unwrap();
+    let d = offline_device(&c, "d.db");
     d.execute("UPDATE t SET a = 'device' WHERE id = 1", [])
         .unwrap();
     assert_eq!(d.sync_status().unwrap().outbox_len, 1);
     p.execute("UPDATE t SET a = 'primary', b = 'primary' WHERE id = 1", [])
         .unwrap();
     drop(d);
-    let d = c.device("d.db", &p);
-    wait_outbox_empty(&d);
-    let last = p.sync_status().unwrap().last_seq;
-    d.wait_for(DEADLINE, |s| s.last_seq == last).unwrap();
+    let d = back_online(&c, "d.db", &p);
     for node in [&p, &d] {
         assert_eq!(
             text(node, "SELECT a || ',' || b FROM t WHERE id = 1"),
@@ -258,13 +253,7 @@ fn a_device_ends_with_the_primarys_version_of_its_own_accepted_rows() {
 #[test]
 fn a_rejected_transaction_flushed_in_parts_is_taken_back_whole() {
     let c = Cluster::new();
-    let p = c.primary("p.db");
-    p.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
-    let d_path = c.path("d.db");
+    let p = c.primary_with_t();
     let d = c.device("d.db", &p);
     ready(&d);
     d.execute("INSERT INTO t(id, v) VALUES (1, 'kept')", [])
@@ -277,7 +266,7 @@ fn a_rejected_transaction_flushed_in_parts_is_taken_back_whole() {
         [],
     )
     .unwrap();
-    let d = octodb::Connection::open(&device_uri(&d_path, &unreachable_addr())).unwrap();
+    let d = offline_device(&c, "d.db");
     // One transaction, recorded at each RELEASE and at COMMIT: three parts.
     d.execute_batch(
         "BEGIN;
@@ -357,7 +346,6 @@ fn a_long_offline_queue_on_one_row_merges_with_the_primarys_change_to_it() {
         [],
     )
     .unwrap();
-    let d_path = c.path("d.db");
     let d = c.device("d.db", &p);
     ready(&d);
     d.execute("INSERT INTO t(id, n, note) VALUES (1, 0, 'device')", [])
@@ -369,7 +357,7 @@ fn a_long_offline_queue_on_one_row_merges_with_the_primarys_change_to_it() {
     // device settles the first batch with the primary's change in it by a full rebuild, the
     // later batches (only its own transactions) by checking its prediction.
     drop(d);
-    let d = octodb::Connection::open(&device_uri(&d_path, &unreachable_addr())).unwrap();
+    let d = offline_device(&c, "d.db");
     let txns = 3_000;
     for _ in 0..txns {
         d.execute("UPDATE t SET n = n + 1 WHERE id = 1", [])
@@ -378,10 +366,7 @@ fn a_long_offline_queue_on_one_row_merges_with_the_primarys_change_to_it() {
     p.execute("UPDATE t SET note = 'primary' WHERE id = 1", [])
         .unwrap();
     drop(d);
-    let d = c.device("d.db", &p);
-    wait_outbox_empty(&d);
-    let last = p.sync_status().unwrap().last_seq;
-    d.wait_for(DEADLINE, |s| s.last_seq == last).unwrap();
+    let d = back_online(&c, "d.db", &p);
     for node in [&p, &d] {
         assert_eq!(
             text(node, "SELECT n || ',' || note FROM t WHERE id = 1"),

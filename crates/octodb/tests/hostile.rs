@@ -27,12 +27,7 @@ fn still_serving(c: &Cluster, p: &Connection, name: &str) {
 
 fn setup() -> (Cluster, Connection, std::net::SocketAddr) {
     let c = Cluster::new();
-    let p = c.primary("p.db");
-    p.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
+    let p = c.primary_with_t();
     let addr = p.bound_addrs()[0];
     (c, p, addr)
 }

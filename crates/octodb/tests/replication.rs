@@ -39,12 +39,7 @@ fn schema_from_primary_reaches_two_devices() {
 #[test]
 fn global_rows_everywhere_user_rows_only_at_owner_and_primary() {
     let c = Cluster::new();
-    let p = c.primary("p.db");
-    p.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
+    let p = c.primary_with_t();
     let d1 = c.device("d1.db", &p);
     let d2 = c.device("d2.db", &p);
     ready(&d1);
@@ -98,12 +93,7 @@ fn tables_without_integer_primary_key_replicate_every_row() {
 #[test]
 fn commits_from_several_connections_of_one_device_all_arrive_once() {
     let c = Cluster::new();
-    let p = c.primary("p.db");
-    p.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
+    let p = c.primary_with_t();
     let d = c.device("d.db", &p);
     ready(&d);
     let uri = device_uri(&c.path("d.db"), &addr_of(&p));
@@ -135,12 +125,7 @@ fn commits_from_several_connections_of_one_device_all_arrive_once() {
 #[test]
 fn changes_undone_by_rollback_to_a_savepoint_never_replicate() {
     let c = Cluster::new();
-    let p = c.primary("p.db");
-    p.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
+    let p = c.primary_with_t();
     let d = c.device("d.db", &p);
     ready(&d);
     let script = |owner: &str| {
@@ -180,12 +165,7 @@ fn changes_undone_by_rollback_to_a_savepoint_never_replicate() {
 #[test]
 fn rows_written_between_schema_statements_of_one_transaction_replicate() {
     let c = Cluster::new();
-    let p = c.primary("p.db");
-    p.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
+    let p = c.primary_with_t();
     let d = c.device("d.db", &p);
     ready(&d);
     p.execute_batch(
@@ -275,12 +255,7 @@ fn triggers_calling_this_node_and_this_user_run_on_every_node() {
 #[test]
 fn a_failed_statement_replicates_exactly_what_it_left_behind() {
     let c = Cluster::new();
-    let p = c.primary("p.db");
-    p.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
+    let p = c.primary_with_t();
     let d = c.device("d.db", &p);
     ready(&d);
     let run = |node: &octodb::Connection, base: i64, owner: &str| {

@@ -39,6 +39,18 @@ impl Cluster {
         Connection::open(&primary_uri(&self.path(name), 0)).expect("open primary")
     }
 
+    /// A primary (`p.db`) with the table most tests use: `t(id INTEGER PRIMARY KEY, v TEXT,
+    /// row_owner)`.
+    pub fn primary_with_t(&self) -> Connection {
+        let p = self.primary("p.db");
+        p.execute(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+            [],
+        )
+        .expect("create table t");
+        p
+    }
+
     /// A primary deciding who joins (`auth` is `node` or `user`), on a free loopback port.
     pub fn auth_primary(&self, name: &str, auth: &str) -> Connection {
         Connection::open(&format!("{}&auth={auth}", primary_uri(&self.path(name), 0)))
