@@ -186,11 +186,11 @@ pub(crate) fn record_sightings(c: &Connection, seen: &[Sighting]) -> Result<()> 
     Ok(())
 }
 
-/// Keep a request that waits for the backend, visible in `PRAGMA nodes`.
 /// Served by the partial index `_octo_nodes_pending`: a network of many approved nodes must not
 /// make each new request scan them all.
 const COUNT_WAITING_SQL: &str = "SELECT count(*) FROM _octo_nodes WHERE auth_state = 'pending'";
 
+/// Keep a request that waits for the backend, visible in `PRAGMA nodes`.
 pub(crate) fn record_request(
     c: &Connection,
     pubkey: &str,

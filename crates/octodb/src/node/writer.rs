@@ -130,6 +130,36 @@ pub(crate) fn spawn(
         .map_err(|e| Error::io("starting the writer thread", e))
 }
 
+/// Sessions' ends recorded in one commit at most.
+const MAX_SIGHTINGS: usize = 4096;
+
+/// `first` and the jobs queued behind it, while each weighs more than nothing by `weight` and
+/// the batch stays under `max` of it; the first job that does not join is left in `next`.
+fn take_batch(
+    rx: &mut mpsc::Receiver<Job>,
+    next: &mut Option<Job>,
+    first: Job,
+    weight: impl Fn(&Job) -> usize,
+    max: usize,
+) -> Vec<Job> {
+    let mut total = weight(&first);
+    let mut jobs = vec![first];
+    while total < max {
+        match rx.try_recv() {
+            Ok(j) if weight(&j) > 0 => {
+                total += weight(&j);
+                jobs.push(j);
+            }
+            Ok(other) => {
+                *next = Some(other);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    jobs
+}
+
 struct Writer {
     shared: Arc<Shared>,
     conn: Connection,
@@ -152,22 +182,20 @@ impl Writer {
             };
             match job {
                 Job::Stop => return,
-                Job::DeviceTxns { sender, txns } => {
-                    let mut batch = vec![(sender, txns)];
-                    let mut count = batch[0].1.len();
-                    while count < GROUP_COMMIT_MAX {
-                        match rx.try_recv() {
-                            Ok(Job::DeviceTxns { sender, txns }) => {
-                                count += txns.len();
-                                batch.push((sender, txns));
-                            }
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                job @ Job::DeviceTxns { .. } => {
+                    let txns_in = |j: &Job| match j {
+                        Job::DeviceTxns { txns, .. } => txns.len(),
+                        _ => 0,
+                    };
+                    let jobs = take_batch(&mut rx, &mut next, job, txns_in, GROUP_COMMIT_MAX);
+                    let batch: Vec<_> = jobs
+                        .into_iter()
+                        .filter_map(|j| match j {
+                            Job::DeviceTxns { sender, txns } => Some((sender, txns)),
+                            _ => None,
+                        })
+                        .collect();
+                    let count: usize = batch.iter().map(|(_, txns)| txns.len()).sum();
                     let started = std::time::Instant::now();
                     match self.apply_device_batch(&batch) {
                         Ok(()) => tracing::debug!(
@@ -192,31 +220,21 @@ impl Writer {
                     }));
                 }
                 job @ (Job::AuthRecord { .. } | Job::AuthDecide { .. }) => {
-                    let mut jobs = vec![job];
-                    while jobs.len() < auth_batch::MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(j) if auth_batch::is_auth_record(&j) => jobs.push(j),
-                            Ok(other) => {
-                                next = Some(other);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
+                    let one = |j: &Job| usize::from(auth_batch::is_auth_record(j));
+                    let jobs = take_batch(&mut rx, &mut next, job, one, auth_batch::MAX_BATCH);
                     auth_batch::run(&self.conn, &self.shared, jobs);
                 }
-                Job::Seen(first) => {
+                job @ Job::Seen(_) => {
                     // Many sessions end at once when a network drops: one commit for all.
-                    let mut seen = vec![first];
-                    while let Ok(job) = rx.try_recv() {
-                        match job {
-                            Job::Seen(s) => seen.push(s),
-                            other => {
-                                next = Some(other);
-                                break;
-                            }
-                        }
-                    }
+                    let one = |j: &Job| usize::from(matches!(j, Job::Seen(_)));
+                    let jobs = take_batch(&mut rx, &mut next, job, one, MAX_SIGHTINGS);
+                    let seen: Vec<_> = jobs
+                        .into_iter()
+                        .filter_map(|j| match j {
+                            Job::Seen(s) => Some(s),
+                            _ => None,
+                        })
+                        .collect();
                     if let Err(e) =
                         write_txn(&self.conn, |c| super::members::record_sightings(c, &seen))
                     {
