@@ -39,14 +39,16 @@ pub(super) fn run(conn: &Connection, shared: &Shared, jobs: Vec<Job>) {
         }
         Ok(())
     });
+    // A failed commit fails every job, also those it did not reach.
     let failed = committed.err().map(|e| e.to_string());
-    for (job, outcome) in jobs.into_iter().zip(outcomes) {
-        let outcome = match &failed {
-            Some(e) => Err(Error::io(
+    let mut outcomes = outcomes.into_iter();
+    for job in jobs {
+        let outcome = match (&failed, outcomes.next()) {
+            (None, Some(outcome)) => outcome,
+            (failed, _) => Err(Error::io(
                 "committing authorization records",
-                std::io::Error::other(e.clone()),
+                std::io::Error::other(failed.clone().unwrap_or_default()),
             )),
-            None => outcome,
         };
         match (job, outcome) {
             (Job::AuthRecord { reply, .. }, outcome) => {
