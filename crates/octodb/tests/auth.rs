@@ -176,7 +176,8 @@ fn pragma_nodes_says_when_and_where_an_approved_device_was_last_seen() {
     // Reconnecting with its approval (no new request): its last session's end is kept.
     drop(d);
     let d = c.device("d.db", &p);
-    ready(&d);
+    // Ready as soon as it opens (its file is): wait for the session itself.
+    d.wait_for(DEADLINE, |s| s.connected).unwrap();
     let before_leaving = seconds_now();
     drop(d);
     let n = wait_until("the primary to keep when the device left", || {
