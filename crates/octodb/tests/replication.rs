@@ -301,3 +301,68 @@ fn a_failed_statement_replicates_exactly_what_it_left_behind() {
     }
     assert_eq!(d.sync_status().unwrap().last_rejected, None);
 }
+
+/// An app committing without pause must not shut its node's engine out of the file: rows from
+/// the primaries still arrive, and its own transactions are still accepted, while it writes.
+/// (SQLite alone lets the app win nearly every race for the write lock; this stalled for good.)
+#[test]
+fn a_device_whose_app_writes_without_pause_still_receives_and_settles() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    let mut events = d.subscribe();
+    let uri = device_uri(&c.path("d.db"), &addr_of(&p));
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writing = stop.clone();
+    let app = std::thread::spawn(move || {
+        let mut conn = octodb::Connection::open(&uri).expect("app connection");
+        let mut txns = 0u64;
+        while !writing.load(Ordering::Relaxed) {
+            let tx = conn.transaction().expect("begin");
+            for _ in 0..100 {
+                tx.execute("INSERT INTO t(v) VALUES ('app')", [])
+                    .expect("insert");
+            }
+            tx.commit().expect("commit");
+            txns += 1;
+        }
+        txns
+    });
+    wait_until("the app has committed a first transaction", || {
+        (count(&d, "SELECT count(*) FROM t WHERE v = 'app'") > 0).then_some(())
+    });
+    p.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('from the primary', '*')",
+        [],
+    )
+    .expect("primary insert");
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'from the primary'", 1);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        match events.try_recv() {
+            Ok(octodb::Event::TransactionAccepted { .. }) => break,
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no transaction of the app was accepted while it wrote"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
+    assert!(
+        !app.is_finished(),
+        "the app stopped writing before the checks"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let txns = app.join().expect("app thread");
+    wait_outbox_empty(&d);
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM t WHERE v = 'app'"),
+        txns as i64 * 100
+    );
+}

@@ -21,6 +21,7 @@ use super::rows::{Row, Rows};
 use super::sql_text;
 use crate::error::{Error, Result};
 use crate::log::{self, outbox};
+use crate::node::write_turns::AppTurn;
 use crate::node::{open_node, Event, Node, NodeRecord, SyncStatus};
 use crate::store;
 use crate::store::capture::Capture;
@@ -72,6 +73,8 @@ pub struct Connection {
     /// `last_insert_rowid()` as the user sees it: the id a row was finally stored under.
     last_rowid: Arc<AtomicI64>,
     last_changes: Arc<AtomicI64>,
+    /// This connection's part in the node's turns at writing (none on a plain database).
+    turn: AppTurn,
 }
 
 impl Connection {
@@ -111,6 +114,7 @@ impl Connection {
             role,
         });
         let me = Connection {
+            turn: AppTurn::new(node.shared.write_turns.clone()),
             node: Some(node),
             repl,
             ..Connection::bare(conn)
@@ -138,6 +142,7 @@ impl Connection {
             rolled_back_within: Cell::new(false),
             last_rowid: Arc::new(AtomicI64::new(0)),
             last_changes: Arc::new(AtomicI64::new(0)),
+            turn: AppTurn::default(),
         }
     }
 
@@ -398,6 +403,7 @@ impl Connection {
             return;
         }
         self.schema_fixed.set(false);
+        self.turn.idle();
         if let Some(r) = &self.repl {
             r.capture.forget();
         }

@@ -9,6 +9,7 @@ use crate::changes::{column_bit, ChangeSet, Op};
 use crate::error::Result;
 use crate::store::apply::{delete_row, write_row, RowSql, Tables};
 use crate::store::schema;
+use crate::value::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -57,6 +58,10 @@ pub fn apply_entries(
                     tables: &mut *tables,
                     any_base,
                     statements: HashMap::new(),
+                    kept_as_sent: ours
+                        .as_ref()
+                        .is_some_and(|ours| same_rows_after(ours, cs))
+                        .then_some(e.origin_txn as i64),
                     ours: ours.as_ref(),
                     predictions: &mut predictions,
                     predicted: HashSet::new(),
@@ -101,6 +106,8 @@ struct ChangeSetApply<'a> {
     statements: HashMap<u32, std::sync::Arc<RowSql>>,
     /// This device's own transaction, when the change set is what the primaries made of it.
     ours: Option<&'a ChangeSet>,
+    /// That transaction's id, when the primaries left every row of it as the device sent it.
+    kept_as_sent: Option<i64>,
     predictions: &'a mut Predictions,
     /// Rows whose base prediction this change set already advanced.
     predicted: HashSet<RowKey>,
@@ -145,7 +152,13 @@ fn apply_op(
     applied.rows += 1;
     // A row whose pending work has all been accepted (typically: this device's own
     // transaction coming back in the log) simply becomes what the primaries say it is.
-    let settled = ctx.any_base && drop_base_if_settled(conn, &h.name, rowid)?;
+    // Rows only the transaction the primaries kept as sent had changed since they last said
+    // what it was: the row here is that base with those changes, as it is there.
+    let as_sent = match ctx.kept_as_sent {
+        Some(txn) if ctx.any_base => drop_base_of_only(conn, &h.name, rowid, txn)?,
+        _ => false,
+    };
+    let settled = as_sent || (ctx.any_base && drop_base_if_settled(conn, &h.name, rowid)?);
     if settled {
         touched.remove(&(h.name.clone(), rowid));
     } else if ctx.any_base && has_base(conn, &h.name, rowid)? {
@@ -179,6 +192,7 @@ fn apply_op(
         .entry(table)
         .or_insert_with(|| ctx.tables.statements(&t, &h.columns));
     match values {
+        Some(_) if as_sent => Ok(()),
         // A settled row is usually already as the primaries have it: write only a difference.
         Some(values) if settled => sql.make_equal(conn, rowid, values),
         // Rows from the primaries are usually new here: try the insert first.
@@ -199,6 +213,61 @@ fn drop_base_if_settled(conn: &Connection, tbl: &str, rid: i64) -> Result<bool> 
         )?
         .execute(params![tbl, rid])?;
     Ok(deleted > 0)
+}
+
+/// Deletes the base of a row that only transaction `txn` (which has left the outbox) changed;
+/// returns whether it did.
+fn drop_base_of_only(conn: &Connection, tbl: &str, rid: i64, txn: i64) -> Result<bool> {
+    let deleted = conn
+        .prepare_cached(
+            "DELETE FROM _octo_base
+             WHERE tbl = ?1 AND rid = ?2 AND first_txn = ?3 AND last_txn = ?3",
+        )?
+        .execute(params![tbl, rid, txn])?;
+    Ok(deleted > 0)
+}
+
+/// Whether `theirs` leaves every row as `ours` does, op by op: the primaries applied the
+/// device's transaction as it was sent (no trigger, conflict or rule of theirs changed it).
+fn same_rows_after(ours: &ChangeSet, theirs: &ChangeSet) -> bool {
+    ours.ops.len() == theirs.ops.len()
+        && ours.ops.iter().zip(&theirs.ops).all(|(a, b)| {
+            match (row_after(ours, a), row_after(theirs, b)) {
+                (Some(a), Some(b)) => a == b,
+                _ => false,
+            }
+        })
+}
+
+/// What `op` of `cs` leaves: the table's name and columns, the row id, and the row's values
+/// (None when it deleted the row); None for a schema statement.
+#[allow(clippy::type_complexity)]
+fn row_after<'a>(
+    cs: &'a ChangeSet,
+    op: &'a Op,
+) -> Option<(&'a str, &'a [String], i64, Option<&'a [Value]>)> {
+    let (table, rowid, values) = match op {
+        Op::Insert {
+            table,
+            rowid,
+            values,
+        }
+        | Op::Update {
+            table,
+            rowid,
+            values,
+            ..
+        }
+        | Op::Upsert {
+            table,
+            rowid,
+            values,
+        } => (*table, *rowid, Some(values.as_slice())),
+        Op::Delete { table, rowid, .. } => (*table, *rowid, None),
+        Op::Ddl { .. } => return None,
+    };
+    let h = cs.header(table)?;
+    Some((h.name.as_str(), h.columns.as_slice(), rowid, values))
 }
 
 fn has_base(conn: &Connection, tbl: &str, rid: i64) -> Result<bool> {

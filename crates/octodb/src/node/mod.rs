@@ -14,6 +14,7 @@ mod registry;
 mod secondary;
 mod snapshot;
 mod status;
+pub(crate) mod write_turns;
 mod writer;
 
 pub use events::Event;
@@ -99,6 +100,8 @@ pub(crate) struct Shared {
     pub auth_changed: Notify,
     /// Primaries: requests go to this external authorization service when set.
     pub service: Mutex<Option<mpsc::Sender<crate::auth::AuthRequest>>>,
+    /// Turns at writing the file between the app's connections and the engine's writer.
+    pub write_turns: Arc<write_turns::WriteTurns>,
 }
 
 impl Shared {
@@ -256,6 +259,7 @@ impl Node {
             connected_keys: Default::default(),
             auth_changed: Notify::new(),
             service: Mutex::new(None),
+            write_turns: Default::default(),
             cfg,
         });
         let writer = match shared.cfg.role {

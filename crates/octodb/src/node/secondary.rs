@@ -1,7 +1,7 @@
 //! A device's network side: connect to a primary (failing over along the `connect` list),
 //! download the database when empty, apply the stream, and send the outbox.
 
-use super::writer::{answer, ask, submit, Job};
+use super::writer::{ask, submit, Job};
 use super::{Event, Shared};
 use crate::error::{Error, Result};
 use crate::log::outbox;
@@ -20,6 +20,10 @@ const SEND_BATCH: usize = 500;
 /// Download chunks handed to the writer and not yet written: enough that the writer never waits
 /// for the network to receive and decode the next one, few enough to bound memory (~1 MB each).
 const CHUNKS_IN_FLIGHT: usize = 3;
+/// Messages of log entries handed to the writer and not yet written. While the app holds the
+/// file, those that queue up are written in one transaction when the engine's turn comes
+/// (`write_turns`), instead of one turn and one transaction each.
+const ENTRIES_IN_FLIGHT: usize = 8;
 
 pub(super) async fn run(shared: Arc<Shared>) {
     let endpoints = shared.cfg.connect.clone();
@@ -231,18 +235,24 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
 
 async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
     let mut stop = shared.shutdown.subscribe();
-    let mut chunks = ChunksInFlight::default();
+    let mut writing = WritesInFlight::default();
     loop {
         let msg = tokio::select! {
             m = recv_msg(rd) => m?,
+            // The session ends (and the node retries on a new one) as soon as a write fails,
+            // not at the next message, which may be long in coming.
+            e = writing.failure(shared) => return Err(e),
             _ = stop.changed() => return Ok(()),
         };
-        // Only download rows may overtake each other's writing; anything else comes after them.
-        let limit = match msg {
+        // Only download rows, and entries, may overtake each other's writing; anything else
+        // (a position that moved, which the feed must not announce before the entries ahead
+        // of it are written) comes after them.
+        let limit = match &msg {
             Message::SnapshotRows { .. } => CHUNKS_IN_FLIGHT - 1,
+            Message::Entries { entries, .. } if !entries.is_empty() => ENTRIES_IN_FLIGHT - 1,
             _ => 0,
         };
-        chunks.wait_until_at_most(shared, limit).await?;
+        writing.wait_until_at_most(shared, limit).await?;
         match msg {
             Message::SnapshotBegin {
                 schema, total_rows, ..
@@ -264,7 +274,7 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
                     reply,
                 })
                 .await?;
-                chunks.0.push_back((n, written));
+                writing.0.push_back((n, written));
             }
             Message::SnapshotEnd { seq } => {
                 tracing::debug!(seq, "initial download fully received");
@@ -278,12 +288,14 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
             }
             Message::Entries { entries, up_to } => {
                 tracing::trace!(up_to, "entries received");
-                ask(shared, |reply| Job::Entries {
+                let written = submit(shared, |reply| Job::Entries {
                     entries,
                     up_to,
                     reply,
                 })
                 .await?;
+                // No download progress to report for these.
+                writing.0.push_back((0, written));
             }
             other => {
                 return Err(NetError::Malformed(format!(
@@ -296,27 +308,52 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
     }
 }
 
-/// Download chunks the writer has been given, oldest first, with their row counts.
+/// Download chunks and messages of entries the writer has been given, oldest first, with
+/// their download rows.
 #[derive(Default)]
-struct ChunksInFlight(VecDeque<(u64, oneshot::Receiver<Result<()>>)>);
+struct WritesInFlight(VecDeque<(u64, oneshot::Receiver<Result<()>>)>);
 
-impl ChunksInFlight {
-    /// Wait for the oldest chunks to be written until at most `n` remain; each written chunk
-    /// is reported as download progress.
+impl WritesInFlight {
+    /// Wait for the oldest to be written until at most `n` remain.
     async fn wait_until_at_most(&mut self, shared: &Shared, n: usize) -> Result<()> {
         while self.0.len() > n {
-            let Some((rows, written)) = self.0.pop_front() else {
-                break;
-            };
-            answer(written).await?;
-            let progress = {
-                let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
-                live.download = live.download.map(|(d, t)| (d + rows, t));
-                live.download
-            };
-            if let Some((rows, total)) = progress {
-                shared.emit(Event::Download { rows, total });
+            self.next_written(shared).await?;
+        }
+        Ok(())
+    }
+
+    /// Pending while every write succeeds (and none is left); the first that fails. Safe to
+    /// drop at any await: a write is taken off only once its outcome is in.
+    async fn failure(&mut self, shared: &Shared) -> Error {
+        loop {
+            if self.0.is_empty() {
+                return std::future::pending().await;
             }
+            if let Err(e) = self.next_written(shared).await {
+                return e;
+            }
+        }
+    }
+
+    /// The oldest write's outcome; a written download chunk is reported as progress.
+    async fn next_written(&mut self, shared: &Shared) -> Result<()> {
+        let Some((rows, written)) = self.0.front_mut() else {
+            return Ok(());
+        };
+        let outcome = written.await.map_err(|_| Error::Closed).and_then(|r| r);
+        let rows = *rows;
+        self.0.pop_front();
+        outcome?;
+        if rows == 0 {
+            return Ok(());
+        }
+        let progress = {
+            let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.download = live.download.map(|(d, t)| (d + rows, t));
+            live.download
+        };
+        if let Some((rows, total)) = progress {
+            shared.emit(Event::Download { rows, total });
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! Work queued while a transaction is being written is gathered into the next one, so many
 //! devices' transactions share one commit (group commit).
 
+use super::write_turns::EngineTurn;
 use super::{Event, Shared};
 use crate::changes::ChangeSet;
 use crate::crypto::PublicKey;
@@ -13,10 +14,13 @@ use crate::uri::Role;
 use crate::value::Value;
 use rusqlite::Connection;
 use std::sync::Arc;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
 /// How many device transactions one commit may gather.
 const GROUP_COMMIT_MAX: usize = 2000;
+/// Devices: how many log entries, from the messages queued, one commit may gather.
+const ENTRIES_MAX: usize = 8000;
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -172,14 +176,29 @@ struct Writer {
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut next: Option<Job> = None;
+        // Held while jobs are queued (see `write_turns`), never across an idle wait.
+        let mut turn: Option<EngineTurn> = None;
         loop {
-            let job = match next.take() {
-                Some(j) => j,
-                None => match rx.blocking_recv() {
-                    Some(j) => j,
-                    None => return,
-                },
+            let job = match next.take().map(Ok).unwrap_or_else(|| rx.try_recv()) {
+                Ok(j) => j,
+                Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => {
+                    if self.conn.is_autocommit() {
+                        turn = None;
+                    }
+                    match rx.blocking_recv() {
+                        Some(j) => j,
+                        None => return,
+                    }
+                }
             };
+            // An initial download keeps its transaction open between jobs: keep the turn too.
+            if turn.as_ref().is_some_and(EngineTurn::is_over) && self.conn.is_autocommit() {
+                turn = None;
+            }
+            if turn.is_none() && !matches!(job, Job::Stop) {
+                turn = Some(self.shared.write_turns.engine());
+            }
             match job {
                 Job::Stop => return,
                 job @ Job::DeviceTxns { .. } => {
@@ -251,12 +270,13 @@ impl Writer {
                 } => {
                     let _ = reply.send(self.welcome(node_id, user_id));
                 }
-                Job::Entries {
-                    entries,
-                    up_to,
-                    reply,
-                } => {
-                    let _ = reply.send(self.apply_entries(&entries, up_to));
+                job @ Job::Entries { .. } => {
+                    let entries_in = |j: &Job| match j {
+                        Job::Entries { entries, .. } => entries.len(),
+                        _ => 0,
+                    };
+                    let jobs = take_batch(&mut rx, &mut next, job, entries_in, ENTRIES_MAX);
+                    self.apply_queued_entries(jobs);
                 }
                 Job::SnapshotBegin { schema, reply } => {
                     let _ = reply.send(self.snapshot_begin(&schema));
@@ -326,6 +346,44 @@ impl Writer {
         })?;
         id.set_authorized(node_id, user_id);
         Ok(())
+    }
+
+    /// Device: the queued messages of entries from the primaries, in one transaction; every
+    /// message is answered with its outcome.
+    fn apply_queued_entries(&mut self, jobs: Vec<Job>) {
+        let mut entries = Vec::new();
+        let mut up_to = 0;
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if let Job::Entries {
+                entries: e,
+                up_to: u,
+                reply,
+            } = job
+            {
+                entries.extend(e);
+                up_to = up_to.max(u);
+                replies.push(reply);
+            }
+        }
+        match self.apply_entries(&entries, up_to) {
+            Ok(()) => replies.into_iter().for_each(|r| {
+                let _ = r.send(Ok(()));
+            }),
+            Err(e) => {
+                let message = e.to_string();
+                let mut replies = replies.into_iter();
+                if let Some(first) = replies.next() {
+                    let _ = first.send(Err(e));
+                }
+                for r in replies {
+                    let _ = r.send(Err(Error::io(
+                        "writing entries from the primaries",
+                        std::io::Error::other(message.clone()),
+                    )));
+                }
+            }
+        }
     }
 
     /// Device: apply a batch from the primaries with rebase of pending work.

@@ -52,6 +52,22 @@ pub struct Started {
     wrap: bool,
 }
 
+/// Whether a statement run outside any transaction opens one, and if so whether it will write:
+/// a write (SQLite runs it in a transaction of its own, or the engine does), `BEGIN` (taking
+/// the write lock at once when IMMEDIATE or EXCLUSIVE) or `SAVEPOINT`.
+fn opens_transaction(word: &str, sql: &str, readonly: bool) -> Option<bool> {
+    match word {
+        "BEGIN" => Some(
+            sql_text::words(sql)
+                .nth(1)
+                .is_some_and(|w| w == "IMMEDIATE" || w == "EXCLUSIVE"),
+        ),
+        "SAVEPOINT" => Some(false),
+        _ if !readonly => Some(true),
+        _ => None,
+    }
+}
+
 impl Connection {
     /// Phase 1: octodb's own PRAGMAs (`sync_status`, `nodes`, `user_signup`, ...) answered
     /// without SQLite; None when `sql` is anything else.
@@ -100,8 +116,18 @@ impl Connection {
             // Record the transaction's changes inside it, just before it commits.
             self.flush()?;
         }
+        if in_txn {
+            if !readonly {
+                self.turn.writes();
+            }
+        } else if let Some(will_write) = opens_transaction(&word, sql, readonly) {
+            self.turn.opening(will_write);
+        }
         if wrap {
-            self.internal_sql("BEGIN IMMEDIATE")?;
+            if let Err(e) = self.internal_sql("BEGIN IMMEDIATE") {
+                self.turn.idle();
+                return Err(e);
+            }
         }
         r.capture.begin_statement();
         Ok(Started { word, ddl, wrap })
