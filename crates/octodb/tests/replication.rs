@@ -366,3 +366,22 @@ fn a_device_whose_app_writes_without_pause_still_receives_and_settles() {
         txns as i64 * 100
     );
 }
+
+/// A node's commits stay durable: lowering `synchronous` is refused on primaries and devices
+/// (a commit lost at a power loss after it was sent would make the node reuse its ids).
+#[test]
+fn replicated_nodes_refuse_to_lower_synchronous() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    for node in [&p, &d] {
+        for sql in ["PRAGMA synchronous=NORMAL", "PRAGMA main.synchronous = OFF"] {
+            let err = node.execute_batch(sql).expect_err(sql).to_string();
+            assert!(err.contains("keeps synchronous=FULL"), "{sql}: {err}");
+        }
+        node.execute_batch("PRAGMA synchronous=EXTRA")
+            .expect("raising it is fine");
+        assert_eq!(count(node, "PRAGMA synchronous"), 3);
+    }
+}

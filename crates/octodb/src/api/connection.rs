@@ -594,6 +594,18 @@ fn alters_row_owner(sql: &str) -> bool {
     })
 }
 
+/// `PRAGMA [schema.]synchronous = X` with X anything but FULL or EXTRA (SQLite reads any
+/// other word as OFF or NORMAL).
+fn lowers_synchronous(sql: &str) -> bool {
+    let words: Vec<String> = sql_text::words(sql).collect();
+    let Some(at) = words.iter().take(3).position(|w| w == "SYNCHRONOUS") else {
+        return false;
+    };
+    words
+        .get(at + 1)
+        .is_some_and(|v| !matches!(v.as_str(), "FULL" | "EXTRA" | "2" | "3"))
+}
+
 /// A statement prepared on a connection, run as many times as needed.
 pub struct Statement<'c> {
     conn: &'c Connection,
@@ -652,6 +664,28 @@ impl Drop for Transaction<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn lowering_synchronous_is_recognized() {
+        for sql in [
+            "PRAGMA synchronous=NORMAL",
+            "pragma main.synchronous = off",
+            "PRAGMA synchronous(1)",
+            "PRAGMA synchronous = 'normal'",
+            "PRAGMA synchronous = yes",
+        ] {
+            assert!(super::lowers_synchronous(sql), "{sql}");
+        }
+        for sql in [
+            "PRAGMA synchronous",
+            "PRAGMA synchronous=FULL",
+            "PRAGMA main.synchronous = extra",
+            "PRAGMA synchronous(2)",
+            "PRAGMA journal_mode=WAL",
+        ] {
+            assert!(!super::lowers_synchronous(sql), "{sql}");
+        }
+    }
+
     #[test]
     fn row_owner_rename_or_drop_is_recognized() {
         for sql in [

@@ -13,7 +13,7 @@
 //!
 //! On a plain local database the phases do nothing but note the counters.
 
-use super::{alters_row_owner, Connection};
+use super::{alters_row_owner, lowers_synchronous, Connection};
 use crate::api::authz;
 use crate::api::pragma;
 use crate::api::rows::Rows;
@@ -86,6 +86,13 @@ impl Connection {
             if word == "ALTER" && alters_row_owner(sql) {
                 return Err(Error::rule(
                     "the row_owner column cannot be renamed or dropped: it decides where rows replicate",
+                ));
+            }
+            if word == "PRAGMA" && lowers_synchronous(sql) {
+                return Err(Error::rule(
+                    "a replicated node keeps synchronous=FULL (or EXTRA): a commit lost at a power \
+                     loss after it was sent would make the node hand out its transaction and row \
+                     ids again",
                 ));
             }
             let mut a = authz::lock(&self.authz);
