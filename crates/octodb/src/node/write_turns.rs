@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 /// hand-over costs both sides), short enough that incoming data is not held up noticeably.
 pub const ENGINE_GRACE: Duration = Duration::from_millis(2);
 /// The longest the engine keeps its turn while jobs are queued; apps then get theirs.
-pub const ENGINE_TURN_MAX: Duration = Duration::from_millis(20);
+pub const ENGINE_TURN_MAX: Duration = Duration::from_millis(10);
 /// Beyond this the engine stops waiting for an app's transaction here and waits in SQLite's
 /// busy handler instead (a long or forgotten app transaction).
 const ENGINE_WAIT_MAX: Duration = Duration::from_millis(100);
