@@ -385,3 +385,46 @@ fn replicated_nodes_refuse_to_lower_synchronous() {
         assert_eq!(count(node, "PRAGMA synchronous"), 3);
     }
 }
+
+/// The same on a primary: a backend app committing without pause does not keep the devices'
+/// transactions from being accepted.
+#[test]
+fn a_primary_whose_app_writes_without_pause_still_accepts_devices() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    let uri = primary_uri(&c.path("p.db"), 0);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writing = stop.clone();
+    let backend = std::thread::spawn(move || {
+        let mut conn = octodb::Connection::open(&uri).expect("backend connection");
+        while !writing.load(Ordering::Relaxed) {
+            let tx = conn.transaction().expect("begin");
+            for _ in 0..100 {
+                tx.execute("INSERT INTO t(v) VALUES ('backend')", [])
+                    .expect("insert");
+            }
+            tx.commit().expect("commit");
+        }
+    });
+    wait_until("the backend has committed a first transaction", || {
+        (count(&p, "SELECT count(*) FROM t WHERE v = 'backend'") > 0).then_some(())
+    });
+    for i in 0..20 {
+        d.execute("INSERT INTO t(v) VALUES (?1)", [format!("device {i}")])
+            .expect("device insert");
+    }
+    wait_outbox_empty(&d);
+    assert!(
+        !backend.is_finished(),
+        "the backend stopped writing before the check"
+    );
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM t WHERE v LIKE 'device %'"),
+        20
+    );
+    stop.store(true, Ordering::Relaxed);
+    backend.join().expect("backend thread");
+}
