@@ -9,8 +9,9 @@
 //!
 //! - the engine's writer waits for the app's open write transactions to end, woken as soon as
 //!   the last one does, rather than sleeping in SQLite's busy handler;
-//! - once it has waited [`ENGINE_GRACE`], an app connection about to open a transaction lets it
-//!   go first, and goes on when the engine's turn ends;
+//! - once it has waited [`ENGINE_GRACE`], an app connection about to write, and holding no read
+//!   snapshot yet, lets it go first and goes on when the engine's turn ends (readers never wait:
+//!   WAL lets them read beside any writer);
 //! - the engine keeps its turn while it has queued work, at most [`ENGINE_TURN_MAX`].
 //!
 //! So neither side can shut the other out: incoming data waits at most the grace plus the
@@ -121,10 +122,10 @@ impl WriteTurns {
         }
     }
 
-    /// An app connection that holds no transaction is about to open one: let the engine go
-    /// first if it is writing or has waited its grace; then, if the transaction will write,
-    /// count it (undo with [`WriteTurns::app_done`]).
-    fn app_starting(&self, will_write: bool) {
+    /// An app connection without a read snapshot is about to write: let the engine go first
+    /// if it is writing or has waited its grace; then count it (undo with
+    /// [`WriteTurns::app_done`]).
+    fn app_starting(&self) {
         let mut state = self.lock();
         let asked = Instant::now();
         state.apps_waiting += 1;
@@ -148,11 +149,7 @@ impl WriteTurns {
         }
         state.apps_waiting -= 1;
         state.apps_first = false;
-        if will_write {
-            state.app_writers += 1;
-        } else if state.engine_waiting_since.is_some() {
-            self.changed.notify_all();
-        }
+        state.app_writers += 1;
     }
 
     fn app_writing(&self) {
@@ -207,13 +204,14 @@ impl AppTurn {
         }
     }
 
-    /// The connection holds no transaction and is about to open one (a write wrapped in its
-    /// own transaction, `BEGIN`, `SAVEPOINT`): this may wait for the engine's turn.
-    pub fn opening(&self, will_write: bool) {
+    /// The connection holds no read snapshot and is about to write (a write in a transaction
+    /// of its own, `BEGIN IMMEDIATE`, or the first statement after a deferred `BEGIN`): this
+    /// may wait for the engine's turn.
+    pub fn begins_writing(&self) {
         let Some(turns) = &self.turns else { return };
         self.idle();
-        turns.app_starting(will_write);
-        self.writing.set(will_write);
+        turns.app_starting();
+        self.writing.set(true);
     }
 
     /// A statement inside the open transaction is about to write: count it, without waiting
@@ -259,7 +257,7 @@ mod tests {
     fn the_engine_goes_as_soon_as_the_app_transaction_ends() {
         let turns = patient();
         let app = AppTurn::new(turns.clone());
-        app.opening(true);
+        app.begins_writing();
         let (tx, rx) = mpsc::channel();
         let engine = {
             let turns = turns.clone();
@@ -285,7 +283,7 @@ mod tests {
     fn an_app_opening_a_transaction_lets_an_engine_that_waited_its_grace_go_first() {
         let turns = patient();
         let busy_app = AppTurn::new(turns.clone());
-        busy_app.opening(true);
+        busy_app.begins_writing();
         let engine = {
             let turns = turns.clone();
             std::thread::spawn(move || {
@@ -308,7 +306,7 @@ mod tests {
         }
         // The app's transaction ends and it opens the next at once: the engine goes first.
         busy_app.idle();
-        busy_app.opening(true);
+        busy_app.begins_writing();
         let app_went = Instant::now();
         let engine_went = engine.join().expect("engine thread");
         assert!(engine_went < app_went);
@@ -323,7 +321,7 @@ mod tests {
         // grace): the app must not wait for it, and these turns would wait for ever.
         turns.lock().engine_waiting_since = Some(Instant::now() + Duration::from_secs(60));
         let app = AppTurn::new(turns.clone());
-        app.opening(true);
+        app.begins_writing();
         assert_eq!(turns.lock().app_writers, 1);
         drop(app);
         assert_eq!(turns.lock().app_writers, 0);
@@ -338,7 +336,7 @@ mod tests {
             let turns = turns.clone();
             std::thread::spawn(move || {
                 let app = AppTurn::new(turns);
-                app.opening(true);
+                app.begins_writing();
                 tx.send(()).ok();
                 app.idle();
             })
@@ -355,6 +353,25 @@ mod tests {
             rx.try_recv().is_ok(),
             "the engine went again before the waiting app"
         );
+        app.join().expect("app thread");
+    }
+
+    #[test]
+    fn a_write_inside_a_read_snapshot_never_waits_for_the_engine() {
+        let turns = patient();
+        let _engine = turns.engine();
+        let (tx, rx) = mpsc::channel();
+        let app = {
+            let turns = turns.clone();
+            std::thread::spawn(move || {
+                let app = AppTurn::new(turns);
+                app.writes();
+                tx.send(()).ok();
+                app.idle();
+            })
+        };
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the write waited for the engine's turn");
         app.join().expect("app thread");
     }
 }

@@ -52,19 +52,15 @@ pub struct Started {
     wrap: bool,
 }
 
-/// Whether a statement run outside any transaction opens one, and if so whether it will write:
-/// a write (SQLite runs it in a transaction of its own, or the engine does), `BEGIN` (taking
-/// the write lock at once when IMMEDIATE or EXCLUSIVE) or `SAVEPOINT`.
-fn opens_transaction(word: &str, sql: &str, readonly: bool) -> Option<bool> {
+/// Whether a statement run outside any transaction opens one that writes: a write (SQLite
+/// runs it in a transaction of its own, or the engine does) or `BEGIN IMMEDIATE`/`EXCLUSIVE`.
+/// (A deferred `BEGIN` or a `SAVEPOINT` may only read; see `before_step`.)
+fn opens_write_transaction(word: &str, sql: &str, readonly: bool) -> bool {
     match word {
-        "BEGIN" => Some(
-            sql_text::words(sql)
-                .nth(1)
-                .is_some_and(|w| w == "IMMEDIATE" || w == "EXCLUSIVE"),
-        ),
-        "SAVEPOINT" => Some(false),
-        _ if !readonly => Some(true),
-        _ => None,
+        "BEGIN" => sql_text::words(sql)
+            .nth(1)
+            .is_some_and(|w| w == "IMMEDIATE" || w == "EXCLUSIVE"),
+        _ => !readonly,
     }
 }
 
@@ -123,12 +119,20 @@ impl Connection {
             // Record the transaction's changes inside it, just before it commits.
             self.flush()?;
         }
-        if in_txn {
-            if !readonly {
+        // Turns at writing the file (`node::write_turns`): only a connection about to write
+        // and holding no read snapshot may wait for the engine; a reader never waits, and one
+        // whose snapshot is taken would only fail to write after the engine's commit.
+        if !in_txn && opens_write_transaction(&word, sql, readonly) {
+            self.turn.begins_writing();
+        } else if in_txn && !readonly {
+            let no_snapshot =
+                self.conn.transaction_state(None::<&str>)? == rusqlite::TransactionState::None;
+            if no_snapshot {
+                // A deferred `BEGIN` (or `SAVEPOINT`) whose first statement writes.
+                self.turn.begins_writing();
+            } else {
                 self.turn.writes();
             }
-        } else if let Some(will_write) = opens_transaction(&word, sql, readonly) {
-            self.turn.opening(will_write);
         }
         if wrap {
             if let Err(e) = self.internal_sql("BEGIN IMMEDIATE") {
