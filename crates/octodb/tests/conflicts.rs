@@ -380,3 +380,44 @@ fn a_long_offline_queue_on_one_row_merges_with_the_primarys_change_to_it() {
     );
     assert_eq!(d.sync_status().unwrap().last_rejected, None);
 }
+
+/// A device's offline transaction accepted as sent settles its rows at once, unless a later
+/// pending transaction changed one of them: that row keeps its later value and the others
+/// settle all the same.
+#[test]
+fn accepted_rows_settle_also_when_a_later_pending_transaction_changed_one() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    drop(d);
+    let d = offline_device(&c, "d.db");
+    let mut d = d;
+    let tx = d.transaction().unwrap();
+    for i in 0..10 {
+        tx.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
+    }
+    tx.commit().unwrap();
+    d.execute("UPDATE t SET v = 'changed later' WHERE v = 'row 5'", [])
+        .unwrap();
+    // A third transaction, on other rows only: settled as sent once accepted.
+    d.execute("INSERT INTO t(v) VALUES ('alone')", []).unwrap();
+    drop(d);
+    let d = back_online(&c, "d.db", &p);
+    for node in [&p, &d] {
+        assert_eq!(
+            text(
+                node,
+                "SELECT group_concat(v, ',') FROM (SELECT v FROM t ORDER BY id)"
+            ),
+            "row 0,row 1,row 2,row 3,row 4,changed later,row 6,row 7,row 8,row 9,alone"
+        );
+    }
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM _octo_base"),
+        0,
+        "nothing pending"
+    );
+    assert_eq!(count(&d, "SELECT count(*) FROM _octo_outbox"), 0);
+}

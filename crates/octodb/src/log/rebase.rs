@@ -54,14 +54,24 @@ pub fn apply_entries(
                 } else {
                     None
                 };
+                let kept_as_sent = ours
+                    .as_ref()
+                    .is_some_and(|ours| same_rows_after(ours, cs))
+                    .then_some(e.origin_txn as i64);
+                if let Some(txn) = kept_as_sent.filter(|_| any_base) {
+                    if settle_all_as_sent(conn, cs, txn)? {
+                        for (tbl, rid) in cs.ops.iter().filter_map(|op| cs.row_of(op)) {
+                            touched.remove(&(tbl.to_string(), rid));
+                            applied.rows += 1;
+                        }
+                        continue;
+                    }
+                }
                 let mut ctx = ChangeSetApply {
                     tables: &mut *tables,
                     any_base,
                     statements: HashMap::new(),
-                    kept_as_sent: ours
-                        .as_ref()
-                        .is_some_and(|ours| same_rows_after(ours, cs))
-                        .then_some(e.origin_txn as i64),
+                    kept_as_sent,
                     ours: ours.as_ref(),
                     predictions: &mut predictions,
                     predicted: HashSet::new(),
@@ -161,6 +171,9 @@ fn apply_op(
     let settled = as_sent || (ctx.any_base && drop_base_if_settled(conn, &h.name, rowid)?);
     if settled {
         touched.remove(&(h.name.clone(), rowid));
+        if as_sent && values.is_some() {
+            return Ok(());
+        }
     } else if ctx.any_base && has_base(conn, &h.name, rowid)? {
         match ctx.ours {
             // Once per row of the transaction, though the primaries may have changed it twice.
@@ -192,7 +205,6 @@ fn apply_op(
         .entry(table)
         .or_insert_with(|| ctx.tables.statements(&t, &h.columns));
     match values {
-        Some(_) if as_sent => Ok(()),
         // A settled row is usually already as the primaries have it: write only a difference.
         Some(values) if settled => sql.make_equal(conn, rowid, values),
         // Rows from the primaries are usually new here: try the insert first.
@@ -213,6 +225,43 @@ fn drop_base_if_settled(conn: &Connection, tbl: &str, rid: i64) -> Result<bool> 
         )?
         .execute(params![tbl, rid])?;
     Ok(deleted > 0)
+}
+
+/// Settles every row of `cs`, this device's transaction `txn` kept as sent, when `txn` alone
+/// had changed each of them since the primaries last said what it was: their bases are deleted
+/// by ranges of row ids, and nothing else is to do (see [`apply_op`]). Returns false, having
+/// deleted nothing, when a table's rows are too scattered for ranges; false too when some row
+/// had other pending work (its base stays, the bases deleted are gone, and [`apply_op`] then
+/// takes each row in turn, writing those as the primaries have them, which they already are).
+fn settle_all_as_sent(conn: &Connection, cs: &ChangeSet, txn: i64) -> Result<bool> {
+    let mut rows: HashMap<&str, Vec<i64>> = HashMap::new();
+    for (tbl, rid) in cs.ops.iter().filter_map(|op| cs.row_of(op)) {
+        rows.entry(tbl).or_default().push(rid);
+    }
+    let mut ranges = Vec::with_capacity(rows.len());
+    let mut expected = 0;
+    for (tbl, mut rids) in rows {
+        rids.sort_unstable();
+        rids.dedup();
+        let (Some(&first), Some(&last)) = (rids.first(), rids.last()) else {
+            continue;
+        };
+        // A range may also hold rows of other transactions: those are read, not deleted.
+        if last.saturating_sub(first) >= 4 * rids.len() as i64 {
+            return Ok(false);
+        }
+        expected += rids.len();
+        ranges.push((tbl, first, last));
+    }
+    let mut delete = conn.prepare_cached(
+        "DELETE FROM _octo_base
+         WHERE tbl = ?1 AND rid BETWEEN ?2 AND ?3 AND first_txn = ?4 AND last_txn = ?4",
+    )?;
+    let mut deleted = 0;
+    for (tbl, first, last) in ranges {
+        deleted += delete.execute(params![tbl, first, last, txn])?;
+    }
+    Ok(deleted == expected)
 }
 
 /// Deletes the base of a row that only transaction `txn` (which has left the outbox) changed;
