@@ -22,7 +22,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// How long the engine waits for the app before apps opening a transaction let it go first.
+/// How long the engine waits for the app before apps about to write let it go first.
 /// Long enough that the engine's work gathers into few transactions while an app writes (each
 /// hand-over costs both sides), short enough that incoming data is not held up noticeably.
 pub const ENGINE_GRACE: Duration = Duration::from_millis(2);
@@ -134,16 +134,11 @@ impl WriteTurns {
             if left.is_zero() {
                 break;
             }
-            // The engine's waiting grows no shorter by itself: wake to re-check the grace.
-            let nap = match state.engine_waiting_since {
-                Some(since) if !state.engine_writing => ENGINE_GRACE
-                    .saturating_sub(since.elapsed())
-                    .max(Duration::from_micros(100)),
-                _ => left,
-            };
+            // Yielding ends only when the engine's turn does (its drop wakes us): an engine
+            // past its grace stays so until it has had its turn.
             state = self
                 .changed
-                .wait_timeout(state, nap.min(left))
+                .wait_timeout(state, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
