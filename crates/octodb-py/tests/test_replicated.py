@@ -155,3 +155,53 @@ def test_a_wait_that_cannot_succeed_times_out(open_primary, open_device):
         raise AssertionError("an unauthorized device was ready")
     except TimeoutError as e:
         assert "db_is_ready" in str(e)
+
+
+def test_a_device_whose_app_writes_without_pause_still_receives_rows(open_primary, open_device, tmp_path):
+    """Python's implicit transactions on a device committing back to back do not keep the
+    node's engine out of the file: a backend row arrives, and the app's rows are accepted."""
+    backend = open_primary()
+    make_table(backend)
+    phone = open_device(backend)
+    phone.wait_until_ready(timeout=DEADLINE)
+    stop = threading.Event()
+    committed = []
+    failed = []
+    uri = f"file:{tmp_path / 'phone.db'}?node=secondary&connect={backend.bound_addresses[0]}"
+
+    def app():
+        try:
+            db = octodb.connect(uri)
+            while not stop.is_set():
+                with db:
+                    db.executemany("INSERT INTO todos(title) VALUES (?)", [("app",)] * 100)
+                committed.append(1)
+            db.close()
+        except Exception as e:  # reported by the test, not lost in the thread
+            failed.append(e)
+
+    writer = threading.Thread(target=app)
+    writer.start()
+    try:
+        wait_until("the app's first commit", lambda: committed or failed)
+        assert not failed, failed
+        backend.execute("INSERT INTO todos(title, row_owner) VALUES ('from the backend', '*')")
+        backend.commit()
+        wait_until(
+            "the backend's row on the phone while its app writes",
+            lambda: phone.execute("SELECT count(*) FROM todos WHERE title = 'from the backend'").fetchone()[0] == 1,
+        )
+        wait_until(
+            "some of the app's rows on the backend while it writes",
+            lambda: backend.execute("SELECT count(*) FROM todos WHERE title = 'app'").fetchone()[0] > 0,
+        )
+        assert writer.is_alive() and not failed, failed
+    finally:
+        stop.set()
+        writer.join(timeout=DEADLINE)
+    assert not failed, failed
+    phone.wait_for(lambda s: s["outbox_len"] == 0, timeout=DEADLINE)
+    wait_until(
+        "every row of the app on the backend",
+        lambda: backend.execute("SELECT count(*) FROM todos WHERE title = 'app'").fetchone()[0] == 100 * len(committed),
+    )
