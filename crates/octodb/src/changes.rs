@@ -47,6 +47,33 @@ pub enum Op {
     Ddl { sql: String, private: bool },
 }
 
+impl Op {
+    /// The row it changes, as (table header index, row id, the row's values after it or None
+    /// when it deletes the row); None for a schema statement.
+    pub fn row(&self) -> Option<(u32, i64, Option<&[Value]>)> {
+        match self {
+            Op::Insert {
+                table,
+                rowid,
+                values,
+            }
+            | Op::Update {
+                table,
+                rowid,
+                values,
+                ..
+            }
+            | Op::Upsert {
+                table,
+                rowid,
+                values,
+            } => Some((*table, *rowid, Some(values.as_slice()))),
+            Op::Delete { table, rowid, .. } => Some((*table, *rowid, None)),
+            Op::Ddl { .. } => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChangeSet {
     pub tables: Vec<TableHeader>,
@@ -81,15 +108,8 @@ impl ChangeSet {
     /// The (table name, row id) that `op` (one of this set's ops) changes; None for schema
     /// statements.
     pub fn row_of(&self, op: &Op) -> Option<(&str, i64)> {
-        match op {
-            Op::Insert { table, rowid, .. }
-            | Op::Update { table, rowid, .. }
-            | Op::Upsert { table, rowid, .. }
-            | Op::Delete { table, rowid, .. } => {
-                self.header(*table).map(|h| (h.name.as_str(), *rowid))
-            }
-            Op::Ddl { .. } => None,
-        }
+        let (table, rowid, _) = op.row()?;
+        self.header(table).map(|h| (h.name.as_str(), rowid))
     }
 
     /// The part of this change set that a device of `user` may see, or None if nothing.

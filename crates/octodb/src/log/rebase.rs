@@ -131,30 +131,13 @@ fn apply_op(
     touched: &mut BTreeSet<RowKey>,
     applied: &mut Applied,
 ) -> Result<()> {
-    let (table, rowid, values) = match op {
-        Op::Ddl { sql, .. } => {
+    let Some((table, rowid, values)) = op.row() else {
+        if let Op::Ddl { sql, .. } = op {
             conn.execute_batch(&schema::device_create_table(sql))?;
             ctx.tables.schema_changed();
             applied.schema_changed = true;
-            return Ok(());
         }
-        Op::Upsert {
-            table,
-            rowid,
-            values,
-        }
-        | Op::Insert {
-            table,
-            rowid,
-            values,
-        }
-        | Op::Update {
-            table,
-            rowid,
-            values,
-            ..
-        } => (*table, *rowid, Some(values)),
-        Op::Delete { table, rowid, .. } => (*table, *rowid, None),
+        return Ok(());
     };
     let Some(h) = cs.header(table) else {
         return Ok(());
@@ -187,7 +170,7 @@ fn apply_op(
         let image = values.map(|v| {
             RowImage {
                 columns: h.columns.clone(),
-                values: v.clone(),
+                values: v.to_vec(),
             }
             .encode()
         });
@@ -295,26 +278,7 @@ fn row_after<'a>(
     cs: &'a ChangeSet,
     op: &'a Op,
 ) -> Option<(&'a str, &'a [String], i64, Option<&'a [Value]>)> {
-    let (table, rowid, values) = match op {
-        Op::Insert {
-            table,
-            rowid,
-            values,
-        }
-        | Op::Update {
-            table,
-            rowid,
-            values,
-            ..
-        }
-        | Op::Upsert {
-            table,
-            rowid,
-            values,
-        } => (*table, *rowid, Some(values.as_slice())),
-        Op::Delete { table, rowid, .. } => (*table, *rowid, None),
-        Op::Ddl { .. } => return None,
-    };
+    let (table, rowid, values) = op.row()?;
     let h = cs.header(table)?;
     Some((h.name.as_str(), h.columns.as_slice(), rowid, values))
 }

@@ -1,7 +1,7 @@
 //! A device's network side: connect to a primary (failing over along the `connect` list),
 //! download the database when empty, apply the stream, and send the outbox.
 
-use super::writer::{ask, submit, Job};
+use super::writer::{answer, ask, submit, Job};
 use super::{Event, Shared};
 use crate::error::{Error, Result};
 use crate::log::outbox;
@@ -340,7 +340,7 @@ impl WritesInFlight {
         let Some((rows, written)) = self.0.front_mut() else {
             return Ok(());
         };
-        let outcome = written.await.map_err(|_| Error::Closed).and_then(|r| r);
+        let outcome = answer(written).await;
         let rows = *rows;
         self.0.pop_front();
         outcome?;

@@ -218,6 +218,11 @@ impl AppTurn {
         }
     }
 
+    /// Counted among the app's writers already (its open transaction has written).
+    pub fn is_writing(&self) -> bool {
+        self.writing.get()
+    }
+
     /// The connection holds no transaction any more.
     pub fn idle(&self) {
         if let Some(turns) = &self.turns {

@@ -43,8 +43,11 @@ pub(crate) async fn submit<T>(
     Ok(rx)
 }
 
-/// The outcome of a job handed over by [`submit`].
-pub(crate) async fn answer<T>(pending: oneshot::Receiver<Result<T>>) -> Result<T> {
+/// The outcome of a job handed over by [`submit`] (its receiver, or a borrow of it to keep it
+/// when the wait is cancelled).
+pub(crate) async fn answer<T>(
+    pending: impl std::future::Future<Output = Result<Result<T>, oneshot::error::RecvError>>,
+) -> Result<T> {
     pending.await.map_err(|_| Error::Closed)?
 }
 

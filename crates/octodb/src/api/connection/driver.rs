@@ -124,7 +124,7 @@ impl Connection {
         // whose snapshot is taken would only fail to write after the engine's commit.
         if !in_txn && opens_write_transaction(&word, sql, readonly) {
             self.turn.begins_writing();
-        } else if in_txn && !readonly {
+        } else if in_txn && !readonly && !self.turn.is_writing() {
             let no_snapshot =
                 self.conn.transaction_state(None::<&str>)? == rusqlite::TransactionState::None;
             if no_snapshot {
