@@ -307,29 +307,12 @@ fn a_failed_statement_replicates_exactly_what_it_left_behind() {
 /// (SQLite alone lets the app win nearly every race for the write lock; this stalled for good.)
 #[test]
 fn a_device_whose_app_writes_without_pause_still_receives_and_settles() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let c = Cluster::new();
     let p = c.primary_with_t();
     let d = c.device("d.db", &p);
     ready(&d);
     let mut events = d.subscribe();
-    let uri = device_uri(&c.path("d.db"), &addr_of(&p));
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let writing = stop.clone();
-    let app = std::thread::spawn(move || {
-        let mut conn = octodb::Connection::open(&uri).expect("app connection");
-        let mut txns = 0u64;
-        while !writing.load(Ordering::Relaxed) {
-            let tx = conn.transaction().expect("begin");
-            for _ in 0..100 {
-                tx.execute("INSERT INTO t(v) VALUES ('app')", [])
-                    .expect("insert");
-            }
-            tx.commit().expect("commit");
-            txns += 1;
-        }
-        txns
-    });
+    let app = FlatOutWriter::start(device_uri(&c.path("d.db"), &addr_of(&p)), "app");
     wait_until("the app has committed a first transaction", || {
         (count(&d, "SELECT count(*) FROM t WHERE v = 'app'") > 0).then_some(())
     });
@@ -355,11 +338,10 @@ fn a_device_whose_app_writes_without_pause_still_receives_and_settles() {
         }
     }
     assert!(
-        !app.is_finished(),
+        app.is_writing(),
         "the app stopped writing before the checks"
     );
-    stop.store(true, Ordering::Relaxed);
-    let txns = app.join().expect("app thread");
+    let txns = app.stop();
     wait_outbox_empty(&d);
     assert_eq!(
         count(&p, "SELECT count(*) FROM t WHERE v = 'app'"),
@@ -390,25 +372,11 @@ fn replicated_nodes_refuse_to_lower_synchronous() {
 /// transactions from being accepted.
 #[test]
 fn a_primary_whose_app_writes_without_pause_still_accepts_devices() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let c = Cluster::new();
     let p = c.primary_with_t();
     let d = c.device("d.db", &p);
     ready(&d);
-    let uri = primary_uri(&c.path("p.db"), 0);
-    let stop = std::sync::Arc::new(AtomicBool::new(false));
-    let writing = stop.clone();
-    let backend = std::thread::spawn(move || {
-        let mut conn = octodb::Connection::open(&uri).expect("backend connection");
-        while !writing.load(Ordering::Relaxed) {
-            let tx = conn.transaction().expect("begin");
-            for _ in 0..100 {
-                tx.execute("INSERT INTO t(v) VALUES ('backend')", [])
-                    .expect("insert");
-            }
-            tx.commit().expect("commit");
-        }
-    });
+    let backend = FlatOutWriter::start(primary_uri(&c.path("p.db"), 0), "backend");
     wait_until("the backend has committed a first transaction", || {
         (count(&p, "SELECT count(*) FROM t WHERE v = 'backend'") > 0).then_some(())
     });
@@ -418,13 +386,52 @@ fn a_primary_whose_app_writes_without_pause_still_accepts_devices() {
     }
     wait_outbox_empty(&d);
     assert!(
-        !backend.is_finished(),
+        backend.is_writing(),
         "the backend stopped writing before the check"
     );
     assert_eq!(
         count(&p, "SELECT count(*) FROM t WHERE v LIKE 'device %'"),
         20
     );
-    stop.store(true, Ordering::Relaxed);
-    backend.join().expect("backend thread");
+    backend.stop();
+}
+
+/// An app thread committing transactions of 100 rows (`v` = its label) back to back on the
+/// node of `uri`, until stopped.
+struct FlatOutWriter {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl FlatOutWriter {
+    fn start(uri: String, label: &'static str) -> FlatOutWriter {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut conn = octodb::Connection::open(&uri).expect("app connection");
+            let mut txns = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                let tx = conn.transaction().expect("begin");
+                for _ in 0..100 {
+                    tx.execute("INSERT INTO t(v) VALUES (?1)", [label])
+                        .expect("insert");
+                }
+                tx.commit().expect("commit");
+                txns += 1;
+            }
+            txns
+        });
+        FlatOutWriter { stop, thread }
+    }
+
+    fn is_writing(&self) -> bool {
+        !self.thread.is_finished()
+    }
+
+    /// Stops it; the transactions it committed.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("app thread")
+    }
 }
