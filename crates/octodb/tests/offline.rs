@@ -156,6 +156,44 @@ fn offline_transactions_arrive_once_each_and_in_order() {
     assert_eq!(status(&d).last_rejected, None);
 }
 
+/// The engine's writer checkpoints the WAL after its own commits; an app still does when the
+/// engine has not written for a while, as on a device offline.
+#[test]
+fn an_offline_devices_write_ahead_log_stays_bounded() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute(
+        "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    let mut d = Connection::open(&device_uri(&c.path("d.db"), &addr_of(&p))).unwrap();
+    ready(&d);
+    wait_count(
+        &d,
+        "SELECT count(*) FROM sqlite_master WHERE name = 'notes'",
+        1,
+    );
+    drop(p);
+    wait_connected(&d, false);
+    // About 50 MB of rows, over 12,000 pages of WAL were it never checkpointed.
+    let body = "x".repeat(1000);
+    for _ in 0..500 {
+        let tx = d.transaction().unwrap();
+        for _ in 0..100 {
+            tx.execute("INSERT INTO notes(body) VALUES (?1)", [&body])
+                .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    assert_eq!(count(&d, "SELECT count(*) FROM notes"), 50_000);
+    let wal = std::fs::metadata(c.path("d.db-wal")).map_or(0, |m| m.len());
+    assert!(
+        wal < 24 << 20,
+        "the WAL grew to {wal} bytes: it is not checkpointed"
+    );
+}
+
 #[test]
 fn devices_reconnect_by_themselves_after_a_primary_restart() {
     let c = Cluster::new();

@@ -77,6 +77,9 @@ pub struct Connection {
     turn: AppTurn,
 }
 
+/// WAL pages after which an app's commit checkpoints (the engine does at 1000).
+const APP_CHECKPOINT_PAGES: u32 = 4000;
+
 impl Connection {
     /// Open the database of `uri` (SPEC §2), starting its node in this process if needed.
     pub fn open(uri: &str) -> Result<Connection> {
@@ -109,6 +112,11 @@ impl Connection {
         }
         let node = open_node(cfg)?;
         let conn = store::open_connection(node.shared.path())?;
+        // The engine's writer checkpoints after its own commits (every 1000 pages of WAL), off
+        // the app's thread: an app's commit that ran the checkpoint paid for writing the
+        // pages to the database file and its fsync. The app checkpoints itself only as a
+        // backstop, when the engine has not written for a while (a device offline).
+        conn.execute_batch(&format!("PRAGMA wal_autocheckpoint={APP_CHECKPOINT_PAGES}"))?;
         let repl = node.role().map(|role| Replication {
             capture: Capture::new(node.identity().clone()),
             role,
@@ -490,7 +498,7 @@ impl Connection {
                 Role::Secondary => {
                     let txn = match self.open_txn.get() {
                         Some(t) => t,
-                        None => outbox::next_txn_id(&self.conn)?,
+                        None => outbox::new_txn_id(&self.conn, identity)?,
                     };
                     self.open_txn.set(Some(txn));
                     let mut added = self.outbox_added.borrow_mut();
@@ -500,13 +508,7 @@ impl Connection {
                     }
                 }
             }
-            // Ids handed out so far must never be handed out again, even after a restart.
-            self.conn
-                .prepare_cached(
-                    "INSERT INTO _octo_meta(key, value) VALUES ('row_seq', ?1)
-                     ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
-                )?
-                .execute([identity.next_row_seq() - 1])?;
+            store::reserve_ids(&self.conn, store::ROW_SEQ_KEY, identity.next_row_seq() - 1)?;
             Ok(())
         })
     }
