@@ -419,5 +419,5 @@ fn accepted_rows_settle_also_when_a_later_pending_transaction_changed_one() {
         0,
         "nothing pending"
     );
-    assert_eq!(count(&d, "SELECT count(*) FROM _octo_outbox"), 0);
+    assert_eq!(count(&d, "SELECT count(*) FROM _octo_undecided"), 0);
 }

@@ -6,10 +6,15 @@
 //! transaction), not as a row per changed row: the commit path then writes one bookkeeping
 //! row per changed row (its base) instead of three b-tree entries. Each base row carries the
 //! range of outbox transactions that touched it, which is where its pending work is found.
+//!
+//! The parts of all transactions live in one rowid table, `_octo_undecided`, keyed by
+//! [`part_id`]: a transaction is a range of row ids, so an app's commit adds one b-tree entry
+//! for it (a table of transactions beside a table of parts with its own index wrote three
+//! b-trees, a page or more each, on every commit).
 
 use crate::changes::ChangeSet;
 use crate::error::Result;
-use crate::store::capture::Captured;
+use crate::store::capture::{Captured, Identity};
 use crate::store::meta_i64;
 use crate::value::Value;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -38,11 +43,47 @@ impl RowImage {
     }
 }
 
-/// A new outbox transaction id (inside the write transaction that uses it).
-pub fn next_txn_id(conn: &Connection) -> Result<u64> {
-    let id = meta_i64(conn, "last_txn_id")? + 1;
-    crate::store::meta_set(conn, "last_txn_id", id)?;
-    Ok(id as u64)
+/// Bits of a part's row id that number the parts of one transaction.
+const PART_BITS: u32 = 24;
+const LAST_PART: i64 = (1 << PART_BITS) - 1;
+/// Transaction ids fit in the row ids left above the parts' bits.
+pub const MAX_TXN_ID: u64 = (i64::MAX >> PART_BITS) as u64;
+
+/// The row id of part `part` of transaction `txn` (parts count from 1; part 0 is the
+/// transaction's own lower bound).
+fn part_id(txn: u64, part: i64) -> i64 {
+    ((txn as i64) << PART_BITS) | part
+}
+
+fn txn_of(part_id: i64) -> u64 {
+    (part_id >> PART_BITS) as u64
+}
+
+/// The meta key of the bound on the outbox transaction ids handed out (see
+/// [`crate::store::reserve_ids`]).
+pub const TXN_ID_KEY: &str = "last_txn_id";
+
+/// A new outbox transaction id, inside the write transaction that uses it.
+pub fn new_txn_id(conn: &Connection, identity: &Identity) -> Result<u64> {
+    let txn = identity.alloc_txn_id();
+    if txn > MAX_TXN_ID {
+        return Err(crate::Error::rule(format!(
+            "octodb: this device has used all {MAX_TXN_ID} transaction ids; \
+             sign it up again as a new device"
+        )));
+    }
+    crate::store::reserve_ids(conn, TXN_ID_KEY, txn as i64)?;
+    Ok(txn)
+}
+
+/// The highest outbox transaction id this file may have handed out: where a node's counter
+/// resumes after a restart.
+pub fn last_txn_id(conn: &Connection) -> Result<u64> {
+    let reserved = meta_i64(conn, TXN_ID_KEY)?;
+    let in_outbox: i64 = conn
+        .prepare_cached("SELECT coalesce(max(id), 0) FROM _octo_undecided")?
+        .query_row([], |r| r.get(0))?;
+    Ok(reserved.max(0).max(txn_of(in_outbox) as i64) as u64)
 }
 
 /// Add the replicated part of a committed transaction to outbox transaction `txn_id`, and to
@@ -76,17 +117,41 @@ pub fn append(
         return Ok(false);
     }
     // A transaction is flushed again after each savepoint it releases: one part per flush.
-    conn.prepare_cached(
-        "INSERT INTO _octo_outbox_part(txn_id, part, changes)
-         SELECT ?1, coalesce(max(part), 0) + 1, ?2 FROM _octo_outbox_part WHERE txn_id = ?1",
-    )?
-    .execute(params![txn_id as i64, part.encode()])?;
-    conn.prepare_cached(
-        "INSERT OR IGNORE INTO _octo_outbox(txn_id, created_at) VALUES (?1, unixepoch('subsec'))",
-    )?
-    .execute([txn_id as i64])?;
+    let mut id = last_part_id(conn, txn_id)? + 1;
+    if id > part_id(txn_id, LAST_PART) {
+        id = merge_parts(conn, txn_id)? + 1;
+    }
+    conn.prepare_cached("INSERT INTO _octo_undecided(id, changes) VALUES (?1, ?2)")?
+        .execute(params![id, part.encode()])?;
     sent.extend(part);
     Ok(true)
+}
+
+/// The row id of the last part of `txn` (its part 0 when it has none).
+fn last_part_id(conn: &Connection, txn: u64) -> Result<i64> {
+    Ok(conn
+        .prepare_cached("SELECT max(id) FROM _octo_undecided WHERE id BETWEEN ?1 AND ?2")?
+        .query_row(params![part_id(txn, 0), part_id(txn, LAST_PART)], |r| {
+            r.get::<_, Option<i64>>(0)
+        })?
+        .unwrap_or(part_id(txn, 0)))
+}
+
+/// Rewrites the parts of `txn` as its first part alone (when a transaction has released
+/// more savepoints than it has part numbers); returns that part's row id.
+fn merge_parts(conn: &Connection, txn: u64) -> Result<i64> {
+    let merged = pending_changes(conn, txn)?;
+    delete_parts(conn, txn)?;
+    let id = part_id(txn, 1);
+    conn.prepare_cached("INSERT INTO _octo_undecided(id, changes) VALUES (?1, ?2)")?
+        .execute(params![id, merged.encode()])?;
+    Ok(id)
+}
+
+fn delete_parts(conn: &Connection, txn: u64) -> Result<()> {
+    conn.prepare_cached("DELETE FROM _octo_undecided WHERE id BETWEEN ?1 AND ?2")?
+        .execute(params![part_id(txn, 0), part_id(txn, LAST_PART)])?;
+    Ok(())
 }
 
 /// Rows noted as changed by one outbox transaction, written to `_octo_base` a batch at a
@@ -168,24 +233,33 @@ fn upsert_bases_sql(rows: usize) -> String {
 
 /// Pending transactions with id greater than `after`, oldest first, at most `limit`.
 pub fn read_after(conn: &Connection, after: u64, limit: usize) -> Result<Vec<(u64, ChangeSet)>> {
-    let ids: Vec<i64> = conn
-        .prepare_cached(
-            "SELECT txn_id FROM _octo_outbox WHERE txn_id > ?1 ORDER BY txn_id LIMIT ?2",
-        )?
-        .query_map(params![after as i64, limit as i64], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        out.push((id as u64, pending_changes(conn, id as u64)?));
+    let mut stmt =
+        conn.prepare_cached("SELECT id, changes FROM _octo_undecided WHERE id > ?1 ORDER BY id")?;
+    let mut rows = stmt.query([part_id(after, LAST_PART)])?;
+    let mut out: Vec<(u64, ChangeSet)> = Vec::new();
+    while let Some(r) = rows.next()? {
+        let txn = txn_of(r.get(0)?);
+        let part = decode_change(r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?)?;
+        if let Some((last, cs)) = out.last_mut() {
+            if *last == txn {
+                cs.extend(part);
+                continue;
+            }
+        }
+        if out.len() == limit {
+            break;
+        }
+        out.push((txn, part));
     }
     Ok(out)
 }
 
 /// The changes of one pending transaction, merged into one change set.
 pub fn pending_changes(conn: &Connection, txn_id: u64) -> Result<ChangeSet> {
-    let mut stmt = conn
-        .prepare_cached("SELECT changes FROM _octo_outbox_part WHERE txn_id = ?1 ORDER BY part")?;
-    let mut rows = stmt.query([txn_id as i64])?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT changes FROM _octo_undecided WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
+    )?;
+    let mut rows = stmt.query(params![part_id(txn_id, 0), part_id(txn_id, LAST_PART)])?;
     let mut cs = ChangeSet::default();
     while let Some(r) = rows.next()? {
         cs.extend(decode_change(
@@ -198,23 +272,50 @@ pub fn pending_changes(conn: &Connection, txn_id: u64) -> Result<ChangeSet> {
 /// Remove transaction `txn_id` from the outbox; returns its changes.
 pub fn remove(conn: &Connection, txn_id: u64) -> Result<ChangeSet> {
     let changes = pending_changes(conn, txn_id)?;
-    conn.prepare_cached("DELETE FROM _octo_outbox_part WHERE txn_id = ?1")?
-        .execute([txn_id as i64])?;
-    conn.prepare_cached("DELETE FROM _octo_outbox WHERE txn_id = ?1")?
-        .execute([txn_id as i64])?;
+    delete_parts(conn, txn_id)?;
     Ok(changes)
 }
 
 /// The ids of the pending transactions in `first..=last`, oldest first: those that may have
 /// touched a row whose base carries that range.
 pub fn txns_in(conn: &Connection, first: u64, last: u64) -> Result<Vec<u64>> {
-    Ok(conn
+    let mut txns: Vec<u64> = conn
+        .prepare_cached("SELECT id FROM _octo_undecided WHERE id BETWEEN ?1 AND ?2 ORDER BY id")?
+        .query_map(params![part_id(first, 0), part_id(last, LAST_PART)], |r| {
+            r.get::<_, i64>(0)
+        })?
+        .map(|r| r.map(txn_of))
+        .collect::<rusqlite::Result<_>>()?;
+    txns.dedup();
+    Ok(txns)
+}
+
+/// The oldest pending transaction in `first..=last`, if any.
+pub fn first_pending_in(conn: &Connection, first: i64, last: i64) -> Result<Option<i64>> {
+    let id: Option<i64> = conn
+        .prepare_cached("SELECT min(id) FROM _octo_undecided WHERE id BETWEEN ?1 AND ?2")?
+        .query_row(
+            params![part_id(first as u64, 0), part_id(last as u64, LAST_PART)],
+            |r| r.get(0),
+        )?;
+    Ok(id.map(|id| txn_of(id) as i64))
+}
+
+/// Deletes the base of a row on which no work is pending any more; returns whether it did.
+/// (A pending transaction inside the row's range that did not touch it keeps the base: the
+/// replay then finds nothing to do on it and drops it.)
+pub fn drop_base_if_settled(conn: &Connection, tbl: &str, rid: i64) -> Result<bool> {
+    // The range of part ids of transactions first_txn..=last_txn (see `part_id`).
+    const _: () = assert!(PART_BITS == 24);
+    let deleted = conn
         .prepare_cached(
-            "SELECT txn_id FROM _octo_outbox WHERE txn_id BETWEEN ?1 AND ?2 ORDER BY txn_id",
+            "DELETE FROM _octo_base WHERE tbl = ?1 AND rid = ?2
+               AND NOT EXISTS(SELECT 1 FROM _octo_undecided
+                              WHERE id BETWEEN (_octo_base.first_txn << 24)
+                                           AND (_octo_base.last_txn << 24) + 16777215)",
         )?
-        .query_map(params![first as i64, last as i64], |r| r.get::<_, i64>(0))?
-        .map(|r| r.map(|id| id as u64))
-        .collect::<rusqlite::Result<_>>()?)
+        .execute(params![tbl, rid])?;
+    Ok(deleted > 0)
 }
 
 /// A row's base: the primaries' version of it (None: the row does not exist there) and the
@@ -268,22 +369,17 @@ pub fn decode_change(b: &[u8]) -> Result<ChangeSet> {
     ChangeSet::decode(b).map_err(|e| crate::Error::rule(format!("octodb: bad pending change: {e}")))
 }
 
+/// Pending transactions.
 pub fn len(conn: &Connection) -> Result<u64> {
     Ok(conn
-        .prepare_cached("SELECT count(*) FROM _octo_outbox")?
+        .prepare_cached(&format!(
+            "SELECT count(DISTINCT id >> {PART_BITS}) FROM _octo_undecided"
+        ))?
         .query_row([], |r| r.get::<_, i64>(0))? as u64)
 }
 
-pub fn contains(conn: &Connection, txn_id: u64) -> Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM _octo_outbox WHERE txn_id = ?1")?
-        .query_row([txn_id as i64], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
-
-/// Bring an outbox written by an older octodb (one `_octo_pending` row per changed row) to
-/// this layout, keeping every pending transaction. Runs inside the caller's write transaction.
+/// Bring an outbox written by an older octodb to this layout, keeping every pending
+/// transaction. Runs inside the caller's write transaction, at every start.
 pub fn upgrade(conn: &Connection) -> Result<()> {
     let base_has_range: bool = conn
         .prepare(
@@ -296,12 +392,34 @@ pub fn upgrade(conn: &Connection) -> Result<()> {
              ALTER TABLE _octo_base ADD COLUMN last_txn INTEGER;",
         )?;
     }
-    let old_layout: bool = conn
-        .prepare("SELECT EXISTS(SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_octo_pending')")?
-        .query_row([], |r| r.get(0))?;
-    if !old_layout {
-        return Ok(());
+    if table_exists(conn, "_octo_pending")? {
+        upgrade_row_per_change(conn)?;
     }
+    if table_exists(conn, "_octo_outbox_part")? {
+        let moved = conn.execute(
+            &format!(
+                "INSERT INTO _octo_undecided(id, changes)
+                 SELECT (txn_id << {PART_BITS}) | part, changes FROM _octo_outbox_part"
+            ),
+            [],
+        )?;
+        conn.execute_batch("DROP TABLE _octo_outbox_part; DROP TABLE _octo_outbox;")?;
+        tracing::info!(
+            parts = moved,
+            "outbox moved to one table of transaction parts"
+        );
+    }
+    Ok(())
+}
+
+fn table_exists(conn: &Connection, name: &str) -> Result<bool> {
+    Ok(conn
+        .prepare("SELECT EXISTS(SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1)")?
+        .query_row([name], |r| r.get(0))?)
+}
+
+/// The first layout: a row per changed row in `_octo_pending`, transactions in `_octo_outbox`.
+fn upgrade_row_per_change(conn: &Connection) -> Result<()> {
     let txns: Vec<i64> = conn
         .prepare("SELECT txn_id FROM _octo_outbox ORDER BY txn_id")?
         .query_map([], |r| r.get(0))?
@@ -317,15 +435,16 @@ pub fn upgrade(conn: &Connection) -> Result<()> {
             )?);
         }
         conn.execute(
-            "INSERT INTO _octo_outbox_part(txn_id, part, changes) VALUES (?1, 1, ?2)",
-            params![txn, cs.encode()],
+            "INSERT INTO _octo_undecided(id, changes) VALUES (?1, ?2)",
+            params![part_id(*txn as u64, 1), cs.encode()],
         )?;
     }
     conn.execute_batch(
         "UPDATE _octo_base SET
            first_txn = (SELECT min(txn_id) FROM _octo_pending p WHERE p.tbl = _octo_base.tbl AND p.rid = _octo_base.rid),
            last_txn = (SELECT max(txn_id) FROM _octo_pending p WHERE p.tbl = _octo_base.tbl AND p.rid = _octo_base.rid);
-         DROP TABLE _octo_pending;",
+         DROP TABLE _octo_pending;
+         DROP TABLE _octo_outbox;",
     )?;
     tracing::info!(
         transactions = txns.len(),
@@ -398,7 +517,7 @@ mod tests {
         assert_eq!(ranges, [(5, 4, 9), (6, 4, 4)]);
         let old_left: i64 = conn
             .query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE name = '_octo_pending'",
+                "SELECT count(*) FROM sqlite_schema WHERE name IN ('_octo_pending', '_octo_outbox')",
                 [],
                 |r| r.get(0),
             )
@@ -407,5 +526,119 @@ mod tests {
         // Running again (every start does) changes nothing.
         crate::store::write_txn(&conn, upgrade).unwrap();
         assert_eq!(rows(4), ["t5", "t6"]);
+    }
+
+    fn rows_of_txn(conn: &Connection, txn: u64) -> Vec<i64> {
+        let cs = pending_changes(conn, txn).unwrap();
+        rows_of(&cs).map(|(_, r)| r).collect()
+    }
+
+    #[test]
+    fn an_outbox_of_the_table_per_transaction_layout_keeps_every_pending_transaction() {
+        let conn = Connection::open_in_memory().unwrap();
+        // The layout octodb wrote before one table of parts: transactions and their parts apart.
+        conn.execute_batch(
+            "CREATE TABLE _octo_outbox(txn_id INTEGER PRIMARY KEY, created_at REAL);
+             CREATE TABLE _octo_outbox_part(
+                 txn_id INTEGER NOT NULL, part INTEGER NOT NULL, changes BLOB NOT NULL,
+                 PRIMARY KEY(txn_id, part));
+             INSERT INTO _octo_outbox VALUES (4, 0), (9, 0);",
+        )
+        .unwrap();
+        for (txn, part, rid) in [(4, 1, 5), (4, 2, 6), (9, 1, 5)] {
+            conn.execute(
+                "INSERT INTO _octo_outbox_part VALUES (?1, ?2, ?3)",
+                params![txn, part, one_change(insert(rid))],
+            )
+            .unwrap();
+        }
+        conn.execute_batch("CREATE TABLE _octo_meta(key TEXT PRIMARY KEY, value) WITHOUT ROWID; INSERT INTO _octo_meta VALUES ('last_txn_id', 9)").unwrap();
+        crate::store::init_internal_schema(&conn).unwrap();
+        crate::store::write_txn(&conn, upgrade).unwrap();
+
+        assert_eq!(rows_of_txn(&conn, 4), [5, 6]);
+        assert_eq!(rows_of_txn(&conn, 9), [5]);
+        assert_eq!(len(&conn).unwrap(), 2);
+        assert_eq!(last_txn_id(&conn).unwrap(), 9);
+        for gone in ["_octo_outbox", "_octo_outbox_part"] {
+            assert!(!table_exists(&conn, gone).unwrap(), "{gone} dropped");
+        }
+        crate::store::write_txn(&conn, upgrade).unwrap();
+        assert_eq!(len(&conn).unwrap(), 2, "running again changes nothing");
+    }
+
+    /// An outbox with `parts` parts of one row each per transaction.
+    fn outbox_of(txns: &[(u64, &[i64])]) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        crate::store::init_internal_schema(&conn).unwrap();
+        for (txn, rids) in txns {
+            for rid in *rids {
+                let id = last_part_id(&conn, *txn).unwrap() + 1;
+                conn.execute(
+                    "INSERT INTO _octo_undecided(id, changes) VALUES (?1, ?2)",
+                    params![id, one_change(insert(*rid))],
+                )
+                .unwrap();
+            }
+        }
+        conn
+    }
+
+    #[test]
+    fn transactions_are_read_whole_in_order_and_up_to_the_limit() {
+        let conn = outbox_of(&[(3, &[1, 2, 3]), (4, &[4]), (7, &[5, 6])]);
+        let read = |after, limit| -> Vec<(u64, Vec<i64>)> {
+            read_after(&conn, after, limit)
+                .unwrap()
+                .into_iter()
+                .map(|(t, cs)| (t, rows_of(&cs).map(|(_, r)| r).collect()))
+                .collect()
+        };
+        assert_eq!(
+            read(0, 10),
+            [(3, vec![1, 2, 3]), (4, vec![4]), (7, vec![5, 6])]
+        );
+        assert_eq!(read(0, 2), [(3, vec![1, 2, 3]), (4, vec![4])]);
+        assert_eq!(read(4, 10), [(7, vec![5, 6])]);
+        assert_eq!(read(7, 10), []);
+        assert_eq!(txns_in(&conn, 1, 6).unwrap(), [3, 4]);
+        assert_eq!(first_pending_in(&conn, 5, 9).unwrap(), Some(7));
+        assert_eq!(first_pending_in(&conn, 5, 6).unwrap(), None);
+        assert_eq!(len(&conn).unwrap(), 3);
+
+        assert_eq!(remove(&conn, 3).unwrap().ops.len(), 3);
+        assert_eq!(txns_in(&conn, 1, 9).unwrap(), [4, 7]);
+        assert_eq!(last_txn_id(&conn).unwrap(), 7);
+    }
+
+    #[test]
+    fn a_transaction_out_of_part_numbers_is_merged_into_one_part() {
+        let conn = outbox_of(&[(3, &[1, 2, 3]), (4, &[4])]);
+        assert_eq!(merge_parts(&conn, 3).unwrap(), part_id(3, 1));
+        assert_eq!(last_part_id(&conn, 3).unwrap(), part_id(3, 1));
+        assert_eq!(rows_of_txn(&conn, 3), [1, 2, 3]);
+        assert_eq!(rows_of_txn(&conn, 4), [4], "its neighbour untouched");
+    }
+
+    #[test]
+    fn a_transaction_id_is_never_handed_out_twice_across_restarts() {
+        let conn = Connection::open_in_memory().unwrap();
+        crate::store::init_internal_schema(&conn).unwrap();
+        let mut handed_out = Vec::new();
+        for _restart in 0..3 {
+            let me = Identity::new(None, 0, 0, 1, last_txn_id(&conn).unwrap() + 1);
+            for _ in 0..3 {
+                handed_out.push(crate::store::write_txn(&conn, |c| new_txn_id(c, &me)).unwrap());
+            }
+        }
+        assert!(
+            handed_out.windows(2).all(|w| w[0] < w[1]),
+            "increasing, none repeated: {handed_out:?}"
+        );
+        assert_eq!(&handed_out[..3], [1, 2, 3]);
+        assert!(
+            handed_out[3] > 3,
+            "a restart resumes above the reserved bound"
+        );
     }
 }

@@ -14,7 +14,7 @@ use super::outbox::{self, RowImage};
 use super::rebase::{fold, RowKey};
 use crate::changes::ChangeSet;
 use crate::error::Result;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use std::collections::{HashMap, HashSet};
 
 /// The base each row should have after this device's transactions accepted in this batch.
@@ -116,9 +116,7 @@ impl Predictions {
         if !same_row(&base.image, expected) {
             return Ok(false);
         }
-        let first_pending: Option<i64> = conn
-            .prepare_cached("SELECT min(txn_id) FROM _octo_outbox WHERE txn_id BETWEEN ?1 AND ?2")?
-            .query_row(params![first, last], |r| r.get(0))?;
+        let first_pending = outbox::first_pending_in(conn, first, last)?;
         outbox::narrow_base(conn, tbl, rid, first_pending)?;
         Ok(true)
     }

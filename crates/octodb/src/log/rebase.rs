@@ -151,7 +151,7 @@ fn apply_op(
         Some(txn) if ctx.any_base => drop_base_of_only(conn, &h.name, rowid, txn)?,
         _ => false,
     };
-    let settled = as_sent || (ctx.any_base && drop_base_if_settled(conn, &h.name, rowid)?);
+    let settled = as_sent || (ctx.any_base && outbox::drop_base_if_settled(conn, &h.name, rowid)?);
     if settled {
         touched.remove(&(h.name.clone(), rowid));
         if as_sent && values.is_some() {
@@ -194,20 +194,6 @@ fn apply_op(
         Some(values) => sql.insert_or_update(conn, rowid, values),
         None => delete_row(conn, &t, rowid),
     }
-}
-
-/// Deletes the base of a row on which no work is pending any more; returns whether it did.
-/// (A pending transaction inside the row's range that did not touch it keeps the base: the
-/// replay then finds nothing to do on it and drops it.)
-fn drop_base_if_settled(conn: &Connection, tbl: &str, rid: i64) -> Result<bool> {
-    let deleted = conn
-        .prepare_cached(
-            "DELETE FROM _octo_base WHERE tbl = ?1 AND rid = ?2
-               AND NOT EXISTS(SELECT 1 FROM _octo_outbox
-                              WHERE txn_id BETWEEN _octo_base.first_txn AND _octo_base.last_txn)",
-        )?
-        .execute(params![tbl, rid])?;
-    Ok(deleted > 0)
 }
 
 /// Settles every row of `cs`, this device's transaction `txn` kept as sent, when `txn` alone

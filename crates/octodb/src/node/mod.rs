@@ -492,18 +492,21 @@ fn load_identity(conn: &Connection, cfg: &NodeConfig) -> Result<Identity> {
             )));
         }
     }
-    let next_seq = meta_i64(conn, "row_seq")? + 1;
+    let next_seq = meta_i64(conn, store::ROW_SEQ_KEY)? + 1;
+    let next_txn = crate::log::outbox::last_txn_id(conn)? + 1;
     match cfg.role {
         Some(Role::Primary) => {
             meta_set(conn, "node_type", "primary")?;
-            Ok(Identity::new(cfg.role, 1, 0, next_seq))
+            Ok(Identity::new(cfg.role, 1, 0, next_seq, next_txn))
         }
         Some(Role::Secondary) => {
             meta_set(conn, "node_type", "secondary")?;
             let node_id = meta_i64(conn, "node_id")? as u32;
             let user_id = meta_i64(conn, "user_id")?;
-            Ok(Identity::new(cfg.role, node_id, user_id, next_seq))
+            Ok(Identity::new(
+                cfg.role, node_id, user_id, next_seq, next_txn,
+            ))
         }
-        None => Ok(Identity::new(None, 0, 0, next_seq)),
+        None => Ok(Identity::new(None, 0, 0, next_seq, next_txn)),
     }
 }

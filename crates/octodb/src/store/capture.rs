@@ -15,7 +15,7 @@ use crate::value::{Owner, Value};
 use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::Connection;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Who this node is, shared by all its connections. Changes when a device is authorized.
@@ -26,15 +26,25 @@ pub struct Identity {
     user_id: AtomicI64,
     /// Next per-node sequence for row ids (the low 32 bits).
     next_row_seq: AtomicI64,
+    /// Next id of a device's outbox transaction.
+    next_txn_id: AtomicU64,
 }
 
 impl Identity {
-    pub fn new(role: Option<Role>, node_id: u32, user_id: i64, next_row_seq: i64) -> Identity {
+    /// `next_row_seq` and `next_txn_id`: above every id the file may have handed out.
+    pub fn new(
+        role: Option<Role>,
+        node_id: u32,
+        user_id: i64,
+        next_row_seq: i64,
+        next_txn_id: u64,
+    ) -> Identity {
         Identity {
             role,
             node_id: AtomicU32::new(node_id),
             user_id: AtomicI64::new(user_id),
             next_row_seq: AtomicI64::new(next_row_seq.max(1)),
+            next_txn_id: AtomicU64::new(next_txn_id.max(1)),
         }
     }
     pub fn node_id(&self) -> u32 {
@@ -50,6 +60,12 @@ impl Identity {
     }
     pub fn next_row_seq(&self) -> i64 {
         self.next_row_seq.load(Ordering::Acquire)
+    }
+    /// A new outbox transaction id. Taken inside the write transaction that uses it: SQLite's
+    /// write lock makes ids increase in commit order (one taken by a transaction that rolls
+    /// back is skipped, which the primaries allow).
+    pub fn alloc_txn_id(&self) -> u64 {
+        self.next_txn_id.fetch_add(1, Ordering::AcqRel)
     }
     fn alloc_row_id(&self) -> i64 {
         let seq = self.next_row_seq.fetch_add(1, Ordering::AcqRel) & 0xFFFF_FFFF;
@@ -542,7 +558,7 @@ mod tests {
 
     #[test]
     fn sqlites_pick_is_kept_only_in_this_nodes_range_above_every_id_handed_out() {
-        let me = Identity::new(Some(Role::Secondary), NODE as u32, 3, 10);
+        let me = Identity::new(Some(Role::Secondary), NODE as u32, 3, 10, 1);
         // In range and above the counter: kept, and the counter moves past it.
         assert_eq!(me.row_id_for(id(NODE, 12)), id(NODE, 12));
         assert_eq!(me.next_row_seq(), 13);

@@ -55,12 +55,9 @@ pub fn init_internal_schema(conn: &Connection) -> Result<()> {
          CREATE INDEX IF NOT EXISTS _octo_nodes_pending ON _octo_nodes(last_seen)
              WHERE auth_state = 'pending';
          CREATE TABLE IF NOT EXISTS _octo_users(user_id INTEGER PRIMARY KEY, created_at REAL);
-         -- secondaries: transactions not yet accepted by the primaries, in commit order
-         CREATE TABLE IF NOT EXISTS _octo_outbox(txn_id INTEGER PRIMARY KEY, created_at REAL);
-         -- secondaries: each pending transaction's change set (one part per flush)
-         CREATE TABLE IF NOT EXISTS _octo_outbox_part(
-             txn_id INTEGER NOT NULL, part INTEGER NOT NULL, changes BLOB NOT NULL,
-             PRIMARY KEY(txn_id, part));
+         -- secondaries: the transactions the primaries have not decided yet, in commit order:
+         -- each one's change set, one part per flush, id = txn_id << 24 | part (log::outbox)
+         CREATE TABLE IF NOT EXISTS _octo_undecided(id INTEGER PRIMARY KEY, changes BLOB NOT NULL);
          -- secondaries: the primaries' version of each row that pending work has changed, and
          -- the range of outbox transactions that changed it
          CREATE TABLE IF NOT EXISTS _octo_base(
@@ -85,6 +82,24 @@ pub fn meta_set<T: rusqlite::ToSql>(conn: &Connection, key: &str, value: T) -> R
 
 pub fn meta_i64(conn: &Connection, key: &str) -> Result<i64> {
     Ok(meta_get::<i64>(conn, key)?.unwrap_or(0))
+}
+
+/// The meta key of the bound on the row ids a node has handed out (their low 32 bits).
+pub const ROW_SEQ_KEY: &str = "row_seq";
+
+/// How far ahead of the ids in use [`reserve_ids`] moves a bound.
+const ID_BLOCK: i64 = 4096;
+
+/// Inside a write transaction that used ids up to `used`: makes sure the bound kept under
+/// `key` covers them, so that no id is handed out twice, even after a crash. The bound moves
+/// [`ID_BLOCK`] ahead at a time rather than at every commit: the meta page then stays out of
+/// most commits (it was one of the five pages a device's one-row transaction wrote). A
+/// restart resumes above the bound, skipping the ids reserved but not used.
+pub fn reserve_ids(conn: &Connection, key: &str, used: i64) -> Result<()> {
+    if used > meta_i64(conn, key)? {
+        meta_set(conn, key, used + ID_BLOCK)?;
+    }
+    Ok(())
 }
 
 /// Run one statement without results through the statement cache: the engine's own
