@@ -47,7 +47,7 @@ pub fn apply_entries(
                 let ours = if e.origin_node == my_node && e.origin_txn != 0 {
                     // Accepted: from here on the transaction is the primaries' history, no
                     // longer pending work to replay over what they send.
-                    let ours = leave_outbox(conn, e.origin_txn, &mut touched)?;
+                    let ours = outbox::remove(conn, e.origin_txn)?;
                     applied.accepted.push(e.origin_txn);
                     predictions.accepted(&ours, cs);
                     Some(ours)
@@ -61,11 +61,19 @@ pub fn apply_entries(
                 if let Some(txn) = kept_as_sent.filter(|_| any_base) {
                     if settle_all_as_sent(conn, cs, txn)? {
                         for (tbl, rid) in cs.ops.iter().filter_map(|op| cs.row_of(op)) {
-                            touched.remove(&(tbl.to_string(), rid));
+                            // (Rows an earlier entry of the batch touched are settled too.)
+                            if !touched.is_empty() {
+                                touched.remove(&(tbl.to_string(), rid));
+                            }
                             applied.rows += 1;
                         }
                         continue;
                     }
+                }
+                // The rows of an accepted transaction are rebuilt from their base and the
+                // pending work that remains, unless settled below.
+                if let Some(ours) = &ours {
+                    touched.extend(outbox::rows_of(ours).map(|(tbl, rid)| (tbl.to_string(), rid)));
                 }
                 let mut ctx = ChangeSetApply {
                     tables: &mut *tables,
