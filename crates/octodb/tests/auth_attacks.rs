@@ -244,3 +244,48 @@ fn an_approved_device_cannot_touch_another_users_rows() {
         1
     );
 }
+
+/// A device keeps the key of the primary that admitted it: another primary at the same
+/// address (another network's, or an impostor; no network key set) gets nothing from it,
+/// not even its pending rows, and the device says why in its status.
+#[test]
+fn a_device_sends_nothing_to_a_primary_other_than_the_one_that_admitted_it() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let port = p.bound_addrs()[0].port();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute("INSERT INTO t(v) VALUES ('synced')", []).unwrap();
+    wait_outbox_empty(&d);
+    drop(p);
+    d.wait_for(DEADLINE, |s| !s.connected).unwrap();
+    d.execute("INSERT INTO t(v) VALUES ('secret')", []).unwrap();
+
+    let impostor = Connection::open(&primary_uri(&c.path("impostor.db"), port)).unwrap();
+    impostor
+        .execute(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+            [],
+        )
+        .unwrap();
+    let status = d
+        .wait_for(DEADLINE, |s| {
+            s.sync_error
+                .as_deref()
+                .is_some_and(|e| e.contains("not the key"))
+        })
+        .unwrap();
+    assert!(!status.connected);
+    assert_eq!(count(&impostor, "SELECT count(*) FROM t"), 0);
+    let known = impostor.query("PRAGMA nodes", []).unwrap();
+    assert!(
+        known.is_empty(),
+        "the impostor learned of the device: {known:?}"
+    );
+    drop(impostor);
+
+    // Its own primary back at the address: the pending row goes there.
+    let p = Connection::open(&primary_uri(&c.path("p.db"), port)).unwrap();
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t WHERE v = 'secret'", 1);
+}

@@ -44,6 +44,9 @@ const READERS: usize = 8;
 /// read back from the outbox.
 const FRESH_TXNS: usize = 1024;
 
+/// Devices: the meta key of the admitting primary's public key (hex).
+pub(crate) const PRIMARY_KEY: &str = "primary_key";
+
 /// The runtime that carries every node's network tasks in this process.
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -102,6 +105,9 @@ pub(crate) struct Shared {
     pub service: Mutex<Option<mpsc::Sender<crate::auth::AuthRequest>>>,
     /// Turns at writing the file between the app's connections and the engine's writer.
     pub write_turns: Arc<write_turns::WriteTurns>,
+    /// Devices: the key of the primary that admitted this device (kept in the file from its
+    /// first welcome); a primary presenting another key gets nothing from it.
+    pub primary_key: Mutex<Option<crate::crypto::PublicKey>>,
 }
 
 impl Shared {
@@ -233,6 +239,14 @@ impl Node {
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
         let (fresh_tx, fresh_rx) = mpsc::channel(FRESH_TXNS);
         let network_key = cfg.key.as_ref().map(network_key_bytes);
+        let primary_key = match meta_get::<String>(&conn, PRIMARY_KEY)? {
+            Some(hex) => Some(crate::crypto::PublicKey::from_hex(&hex).map_err(|e| {
+                Error::rule(format!(
+                    "octodb: the primary's key kept in this file is damaged ({e}); open a fresh device file"
+                ))
+            })?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             keys,
             identity,
@@ -260,6 +274,7 @@ impl Node {
             auth_changed: Notify::new(),
             service: Mutex::new(None),
             write_turns: Default::default(),
+            primary_key: Mutex::new(primary_key),
             cfg,
         });
         let writer = match shared.cfg.role {

@@ -3,6 +3,7 @@
 
 use super::writer::{answer, ask, submit, Job};
 use super::{Event, Shared};
+use crate::crypto::PublicKey;
 use crate::error::{Error, Result};
 use crate::log::outbox;
 use crate::net::{Message, NetError, SecureReader, SecureStream, SecureWriter};
@@ -85,6 +86,21 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// A device sends nothing (not even its sign-up data) to a primary other than the one that
+/// admitted it: at the same address may now be another network's primary, or an impostor.
+fn check_primary_key(shared: &Shared, ep: &Endpoint, key: &PublicKey) -> Result<()> {
+    let pinned = *shared.primary_key.lock().unwrap_or_else(|p| p.into_inner());
+    match pinned {
+        Some(known) if known != *key => Err(Error::rule(format!(
+            "the primary at {ep} presents key {key}, not the key {known} of the primary that \
+             admitted this device: it is another network's primary or an impostor, and gets \
+             nothing from this device. If this network's primary was re-created with a new \
+             key, open a fresh device file and sign up or log in again"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {
     Ok(Message::decode(&rd.recv().await?)?)
 }
@@ -129,6 +145,8 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
         .map_err(|_| NetError::Timeout)?
         .map_err(|e| Error::io(format!("connecting to {ep}"), e))?;
     let stream = SecureStream::connect(tcp, &shared.keys, &shared.handshake).await?;
+    let primary_key = stream.peer().public_key;
+    check_primary_key(shared, ep, &primary_key)?;
     let (mut rd, mut wr) = stream.into_split();
     let last_seq = *shared.feed.borrow();
     let unauthorized = shared.identity.node_id() == 0;
@@ -158,6 +176,7 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
                 ask(shared, |reply| Job::Welcome {
                     node_id,
                     user_id,
+                    primary_key,
                     reply,
                 })
                 .await?;

@@ -86,6 +86,8 @@ pub(crate) enum Job {
     Welcome {
         node_id: u32,
         user_id: i64,
+        /// The welcoming primary's key, kept from the first welcome on.
+        primary_key: crate::crypto::PublicKey,
         reply: Reply<()>,
     },
     /// Device: entries from the primaries.
@@ -269,9 +271,10 @@ impl Writer {
                 Job::Welcome {
                     node_id,
                     user_id,
+                    primary_key,
                     reply,
                 } => {
-                    let _ = reply.send(self.welcome(node_id, user_id));
+                    let _ = reply.send(self.welcome(node_id, user_id, primary_key));
                 }
                 job @ Job::Entries { .. } => {
                     let entries_in = |j: &Job| match j {
@@ -332,9 +335,20 @@ impl Writer {
         Ok(())
     }
 
-    fn welcome(&mut self, node_id: u32, user_id: i64) -> Result<()> {
+    fn welcome(
+        &mut self,
+        node_id: u32,
+        user_id: i64,
+        primary_key: crate::crypto::PublicKey,
+    ) -> Result<()> {
         let id = &self.shared.identity;
-        if id.node_id() == node_id && id.user_id() == user_id {
+        let mut pinned = self
+            .shared
+            .primary_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let pin = pinned.is_none();
+        if id.node_id() == node_id && id.user_id() == user_id && !pin {
             return Ok(());
         }
         if id.node_id() != 0 && id.node_id() != node_id {
@@ -345,9 +359,17 @@ impl Writer {
         }
         write_txn(&self.conn, |c| {
             meta_set(c, "node_id", node_id as i64)?;
-            meta_set(c, "user_id", user_id)
+            meta_set(c, "user_id", user_id)?;
+            if pin {
+                // Trust on first use: from now on only this primary gets anything.
+                meta_set(c, super::PRIMARY_KEY, primary_key.to_hex())?;
+            }
+            Ok(())
         })?;
         id.set_authorized(node_id, user_id);
+        if pin {
+            *pinned = Some(primary_key);
+        }
         Ok(())
     }
 
