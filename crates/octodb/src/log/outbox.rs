@@ -47,7 +47,7 @@ impl RowImage {
 const PART_BITS: u32 = 24;
 const LAST_PART: i64 = (1 << PART_BITS) - 1;
 /// Transaction ids fit in the row ids left above the parts' bits.
-pub const MAX_TXN_ID: u64 = (i64::MAX >> PART_BITS) as u64;
+const MAX_TXN_ID: u64 = (i64::MAX >> PART_BITS) as u64;
 
 /// The row id of part `part` of transaction `txn` (parts count from 1; part 0 is the
 /// transaction's own lower bound).
@@ -61,7 +61,7 @@ fn txn_of(part_id: i64) -> u64 {
 
 /// The meta key of the bound on the outbox transaction ids handed out (see
 /// [`crate::store::reserve_ids`]).
-pub const TXN_ID_KEY: &str = "last_txn_id";
+const TXN_ID_KEY: &str = "last_txn_id";
 
 /// A new outbox transaction id, inside the write transaction that uses it.
 pub fn new_txn_id(conn: &Connection, identity: &Identity) -> Result<u64> {
@@ -121,10 +121,15 @@ pub fn append(
     if id > part_id(txn_id, LAST_PART) {
         id = merge_parts(conn, txn_id)? + 1;
     }
-    conn.prepare_cached("INSERT INTO _octo_undecided(id, changes) VALUES (?1, ?2)")?
-        .execute(params![id, part.encode()])?;
+    insert_part(conn, id, &part)?;
     sent.extend(part);
     Ok(true)
+}
+
+fn insert_part(conn: &Connection, id: i64, changes: &ChangeSet) -> Result<()> {
+    conn.prepare_cached("INSERT INTO _octo_undecided(id, changes) VALUES (?1, ?2)")?
+        .execute(params![id, changes.encode()])?;
+    Ok(())
 }
 
 /// The row id of the last part of `txn` (its part 0 when it has none).
@@ -143,8 +148,7 @@ fn merge_parts(conn: &Connection, txn: u64) -> Result<i64> {
     let merged = pending_changes(conn, txn)?;
     delete_parts(conn, txn)?;
     let id = part_id(txn, 1);
-    conn.prepare_cached("INSERT INTO _octo_undecided(id, changes) VALUES (?1, ?2)")?
-        .execute(params![id, merged.encode()])?;
+    insert_part(conn, id, &merged)?;
     Ok(id)
 }
 
@@ -434,10 +438,7 @@ fn upgrade_row_per_change(conn: &Connection) -> Result<()> {
                 r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?,
             )?);
         }
-        conn.execute(
-            "INSERT INTO _octo_undecided(id, changes) VALUES (?1, ?2)",
-            params![part_id(*txn as u64, 1), cs.encode()],
-        )?;
+        insert_part(conn, part_id(*txn as u64, 1), &cs)?;
     }
     conn.execute_batch(
         "UPDATE _octo_base SET

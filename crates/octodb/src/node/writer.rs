@@ -342,12 +342,13 @@ impl Writer {
         primary_key: crate::crypto::PublicKey,
     ) -> Result<()> {
         let id = &self.shared.identity;
-        let mut pinned = self
+        // Only this thread sets the pin: it may be read now and set after the commit.
+        let pin = self
             .shared
             .primary_key
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let pin = pinned.is_none();
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none();
         if id.node_id() == node_id && id.user_id() == user_id && !pin {
             return Ok(());
         }
@@ -368,7 +369,11 @@ impl Writer {
         })?;
         id.set_authorized(node_id, user_id);
         if pin {
-            *pinned = Some(primary_key);
+            *self
+                .shared
+                .primary_key
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(primary_key);
         }
         Ok(())
     }
