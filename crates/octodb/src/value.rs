@@ -76,12 +76,20 @@ pub enum Owner {
 
 impl Owner {
     pub fn of(v: &Value) -> Owner {
+        Owner::of_ref(v.as_value_ref())
+    }
+
+    /// The owner a value read straight from SQLite stands for.
+    pub fn of_ref(v: ValueRef<'_>) -> Owner {
         match v {
-            Value::Null => Owner::Local,
-            Value::Integer(u) => Owner::User(*u),
-            Value::Text(s) if s == "*" => Owner::Global,
-            Value::Text(s) => s.parse().map(Owner::User).unwrap_or(Owner::Invalid),
-            Value::Real(_) | Value::Blob(_) => Owner::Invalid,
+            ValueRef::Null => Owner::Local,
+            ValueRef::Integer(u) => Owner::User(u),
+            ValueRef::Text(b"*") => Owner::Global,
+            ValueRef::Text(t) => std::str::from_utf8(t)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map_or(Owner::Invalid, Owner::User),
+            ValueRef::Real(_) | ValueRef::Blob(_) => Owner::Invalid,
         }
     }
 

@@ -16,9 +16,11 @@ use crate::changes::ChangeSet;
 use crate::error::Result;
 use crate::store::capture::{Captured, Identity};
 use crate::store::meta_i64;
+use crate::store::schema::TableLayout;
 use crate::value::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// A row image with its column names, so it stays meaningful if the schema changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,7 +111,7 @@ pub fn append(
         let Some(op) = rc.into_op(&mut part) else {
             continue;
         };
-        bases.note(&layout.name, rowid, before)?;
+        bases.note(layout, rowid, before)?;
         part.ops.push(op);
     }
     bases.flush()?;
@@ -165,7 +167,8 @@ fn delete_parts(conn: &Connection, txn: u64) -> Result<()> {
 struct Bases<'c> {
     conn: &'c Connection,
     txn_id: i64,
-    batch: Vec<(String, i64, Option<Vec<u8>>)>,
+    /// (table, row id, base image); the table by its layout, which every change shares.
+    batch: Vec<(Arc<TableLayout>, i64, Option<Vec<u8>>)>,
 }
 
 /// Rows per statement (4 parameters each, under SQLite's default limit of 999).
@@ -180,8 +183,8 @@ impl<'c> Bases<'c> {
         }
     }
 
-    fn note(&mut self, table: &str, rowid: i64, before: Option<Vec<u8>>) -> Result<()> {
-        self.batch.push((table.to_string(), rowid, before));
+    fn note(&mut self, table: Arc<TableLayout>, rowid: i64, before: Option<Vec<u8>>) -> Result<()> {
+        self.batch.push((table, rowid, before));
         if self.batch.len() == BASES_PER_STATEMENT {
             self.flush()?;
         }
@@ -197,7 +200,7 @@ impl<'c> Bases<'c> {
             .prepare_cached(&UPSERT_BASES_SQL[self.batch.len() - 1])?;
         for (i, (table, rowid, before)) in self.batch.iter().enumerate() {
             let at = i * 4;
-            stmt.raw_bind_parameter(at + 1, table)?;
+            stmt.raw_bind_parameter(at + 1, table.name.as_str())?;
             stmt.raw_bind_parameter(at + 2, rowid)?;
             stmt.raw_bind_parameter(at + 3, before)?;
             stmt.raw_bind_parameter(at + 4, self.txn_id)?;

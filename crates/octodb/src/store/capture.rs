@@ -14,7 +14,7 @@ use crate::uri::Role;
 use crate::value::{Owner, Value};
 use rusqlite::functions::{Context, FunctionFlags};
 use rusqlite::Connection;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -92,7 +92,8 @@ impl Identity {
 #[derive(Debug, Default)]
 struct State {
     layouts: Vec<Arc<TableLayout>>,
-    expected_auto: HashMap<String, i64>,
+    /// Per layout id: the id SQLite is about to pick for a row inserted without one.
+    expected_auto: Vec<Option<i64>>,
     last_alloc: Option<(i64, i64)>,
     /// The statement running now (see the module's documentation).
     statement: i64,
@@ -132,13 +133,14 @@ pub struct Capture {
     state: Arc<Mutex<State>>,
 }
 
-fn owner_class(identity: &Identity, v: &Value) -> &'static str {
-    match Owner::of(v) {
-        Owner::Local => "local",
-        Owner::Global => "global",
-        Owner::User(u) if identity.user_id() != 0 && u == identity.user_id() => "me",
-        Owner::User(_) => "other",
-        Owner::Invalid => "invalid",
+/// Whether a row with owner `v` is this device's user's or local: the rows a device's app may
+/// insert, update and delete. An integer, not a class name: a text result is copied by SQLite
+/// at every call, and the device's triggers call this for every row they see.
+fn mine_or_local(identity: &Identity, v: rusqlite::types::ValueRef<'_>) -> bool {
+    match Owner::of_ref(v) {
+        Owner::Local => true,
+        Owner::User(u) => identity.user_id() != 0 && u == identity.user_id(),
+        Owner::Global | Owner::Invalid => false,
     }
 }
 
@@ -160,26 +162,32 @@ impl Capture {
         register_identity_functions(conn, &self.identity)?;
         let pure = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_INNOCUOUS;
         let me = self.clone();
+        // Tables are named by their layout id: these run for every inserted row, and a
+        // table's name would be a string to copy and hash each time.
         conn.create_scalar_function("octo_expect_auto", 2, pure, move |ctx| {
-            let table: String = ctx.get(0)?;
+            let layout_id: usize = ctx.get(0)?;
             let rowid: i64 = ctx.get(1)?;
-            me.lock().expected_auto.insert(table, rowid);
+            let mut st = me.lock();
+            if st.expected_auto.len() <= layout_id {
+                st.expected_auto.resize(layout_id + 1, None);
+            }
+            st.expected_auto[layout_id] = Some(rowid);
             Ok(None::<i64>)
         })?;
         let me = self.clone();
         // The id a new row ends with: when `rowid` is the id SQLite picked itself, one in this
         // node's range (noted for the move and for last_insert_rowid); else `rowid`.
         conn.create_scalar_function("octo_row_id", 2, pure, move |ctx| {
-            let table: String = ctx.get(0)?;
+            let layout_id: usize = ctx.get(0)?;
             let rowid: i64 = ctx.get(1)?;
             if me.identity.node_id() == 0 {
                 return Ok(rowid);
             }
             let mut st = me.lock();
-            if st.expected_auto.get(&table) != Some(&rowid) {
-                return Ok(rowid);
+            match st.expected_auto.get_mut(layout_id) {
+                Some(expected) if *expected == Some(rowid) => *expected = None,
+                _ => return Ok(rowid),
             }
-            st.expected_auto.remove(&table);
             let id = me.identity.row_id_for(rowid);
             st.last_alloc = Some((rowid, id));
             Ok(id)
@@ -197,8 +205,8 @@ impl Capture {
             Ok(me.lock().last_alloc.map(|(_, to)| to))
         })?;
         let id = self.identity.clone();
-        conn.create_scalar_function("octo_owner_class", 1, pure, move |ctx| {
-            Ok(owner_class(&id, &value_arg(ctx, 0)))
+        conn.create_scalar_function("octo_mine_or_local", 1, pure, move |ctx| {
+            Ok(mine_or_local(&id, ctx.get_raw(0)))
         })?;
         let id = self.identity.clone();
         conn.create_scalar_function("octo_owner_change_ok", 2, pure, move |ctx| {
@@ -243,7 +251,7 @@ impl Capture {
     /// A new statement begins: forget what the last one noted.
     pub fn begin_statement(&self) {
         let mut st = self.lock();
-        st.expected_auto.clear();
+        st.expected_auto.iter_mut().for_each(|e| *e = None);
         st.last_alloc = None;
         st.statement += 1;
         st.marked = false;
@@ -339,8 +347,12 @@ impl Capture {
     /// Take what the open transaction captured, one change per row, leaving out what was
     /// undone (statements whose mark is gone).
     pub fn take(&self, conn: &Connection) -> Result<Vec<Captured>> {
-        let standing: HashSet<i64> = conn
-            .prepare_cached(&format!("SELECT id FROM temp.{}", schema::STATEMENTS_TABLE))?
+        // In order (the table's rowids), to be searched without hashing.
+        let standing: Vec<i64> = conn
+            .prepare_cached(&format!(
+                "SELECT id FROM temp.{} ORDER BY id",
+                schema::STATEMENTS_TABLE
+            ))?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         super::exec(
@@ -355,7 +367,7 @@ impl Capture {
         };
         let mut merger = Merger::default();
         for tagged in captured {
-            if !standing.contains(&tagged.statement) {
+            if standing.binary_search(&tagged.statement).is_err() {
                 continue;
             }
             match tagged.what {
@@ -492,7 +504,8 @@ struct Merger {
     /// (layout id, rowid) -> position in `group`. A layout id names one table's layout for
     /// the life of the connection; layouts change only with schema statements, which are
     /// barriers here.
-    index: HashMap<(usize, i64), usize>,
+    /// Hashed with foldhash: one lookup per captured row, keys from this node's own app.
+    index: HashMap<(usize, i64), usize, foldhash::fast::RandomState>,
 }
 
 impl Merger {

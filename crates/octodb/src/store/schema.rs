@@ -134,7 +134,6 @@ const MSG_DEVICE_INSERT: &str = "octodb: a device may insert only rows of its ow
 /// `layout_id` identifies `t`'s column list in the connection's capture state.
 pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
     let q = ident(&t.name);
-    let l = literal(&t.name);
     let ow = ident(&t.columns[t.owner.unwrap_or(0)]);
     let cols = |row: &str| {
         let cols: Vec<String> = t
@@ -167,15 +166,16 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
             "INSERT OR IGNORE INTO {STATEMENTS_TABLE}(id) SELECT octo_statement() WHERE {capture};"
         )
     };
-    let expect_auto =
-        format!("octo_expect_auto({l}, coalesce((SELECT max(rowid) FROM main.{q}), 0) + 1)");
+    let expect_auto = format!(
+        "octo_expect_auto({layout_id}, coalesce((SELECT max(rowid) FROM main.{q}), 0) + 1)"
+    );
     // Every trigger is a sub-program SQLite runs per row: a device's insert rule shares the
     // BEFORE INSERT trigger with the auto-id note.
     let before_insert = match role {
         Role::Primary => format!("WHEN NEW.rowid = -1 BEGIN SELECT {expect_auto}; END"),
         Role::Secondary => format!(
             "BEGIN SELECT
-               CASE WHEN octo_owner_class(NEW.{ow}) NOT IN ('local', 'me') THEN RAISE(ABORT, {m}) END,
+               CASE WHEN NOT octo_mine_or_local(NEW.{ow}) THEN RAISE(ABORT, {m}) END,
                CASE WHEN NEW.rowid = -1 THEN {expect_auto} END;
              END",
             m = literal(MSG_DEVICE_INSERT)
@@ -200,7 +200,7 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
         au = name("au"),
         ad = name("ad"),
         insert = mark(format!(
-            "octo_capture({layout_id}, {OP_INSERT}, octo_row_id({l}, NEW.rowid), -1, {})",
+            "octo_capture({layout_id}, {OP_INSERT}, octo_row_id({layout_id}, NEW.rowid), -1, {})",
             cols("NEW")
         )),
         update = mark(format!(
@@ -218,8 +218,7 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
     // DELETE, as if a WHERE clause excluded them.
     let (ignore_others, device_insert) = match role {
         Role::Secondary => (
-            "WHEN octo_owner_class(OLD.{ow}) NOT IN ('local', 'me') THEN RAISE(IGNORE)"
-                .replace("{ow}", &ow),
+            "WHEN NOT octo_mine_or_local(OLD.{ow}) THEN RAISE(IGNORE)".replace("{ow}", &ow),
             true,
         ),
         Role::Primary => (String::new(), false),
@@ -238,7 +237,7 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
     if device_insert {
         sql += &format!(
             "CREATE TEMP TRIGGER {bd} BEFORE DELETE ON main.{q}
-               WHEN octo_owner_class(OLD.{ow}) NOT IN ('local', 'me') BEGIN SELECT RAISE(IGNORE); END;\n",
+               WHEN NOT octo_mine_or_local(OLD.{ow}) BEGIN SELECT RAISE(IGNORE); END;\n",
             bd = name("bd"),
         );
     }
