@@ -128,6 +128,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_owner_read_from_sqlite_is_the_owner_of_the_equal_value() {
+        let cases = [
+            (ValueRef::Null, Owner::Local),
+            (ValueRef::Integer(7), Owner::User(7)),
+            (ValueRef::Text(b"*"), Owner::Global),
+            (ValueRef::Text(b"42"), Owner::User(42)),
+            (ValueRef::Text(b"4x"), Owner::Invalid),
+            (ValueRef::Text(b"\xff7"), Owner::Invalid),
+            (ValueRef::Real(1.0), Owner::Invalid),
+            (ValueRef::Blob(b"1"), Owner::Invalid),
+        ];
+        for (raw, owner) in cases {
+            assert_eq!(Owner::of_ref(raw), owner, "{raw:?}");
+            assert_eq!(Owner::of(&Value::from_ref(raw)), owner, "{raw:?}");
+        }
+    }
+
+    #[test]
     fn borrowed_values_encode_like_owned_ones() {
         let owned = [
             Value::Null,
