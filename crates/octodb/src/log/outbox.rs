@@ -78,6 +78,38 @@ pub fn new_txn_id(conn: &Connection, identity: &Identity) -> Result<u64> {
     Ok(txn)
 }
 
+/// Moves every pending transaction with an id above `floor` `by` ids further on, in order,
+/// with the ranges of the bases that name them, and the ids still to be handed out too.
+/// Returns how many transactions moved. Inside a write transaction.
+///
+/// For a device whose file went back in time (restored from a backup): the primaries decided
+/// ids above `floor` for work of the file's lost future, and would take this work for that.
+pub fn renumber_after(conn: &Connection, identity: &Identity, floor: u64, by: u64) -> Result<u64> {
+    let last = last_txn_id(conn)?.max(identity.next_txn_id().saturating_sub(1));
+    if last.saturating_add(by) > MAX_TXN_ID {
+        return Err(crate::Error::rule(format!(
+            "octodb: this device cannot move its pending transactions past id {MAX_TXN_ID}; \
+             sign it up again as a new device"
+        )));
+    }
+    let first_moved = part_id(floor, LAST_PART);
+    let moved: i64 = conn
+        .prepare_cached("SELECT count(DISTINCT id >> 24) FROM _octo_undecided WHERE id > ?1")?
+        .query_row([first_moved], |r| r.get(0))?;
+    // Through negative ids: a part moved onto the id of one not yet moved would collide.
+    conn.prepare_cached("UPDATE _octo_undecided SET id = -(id + ?2) WHERE id > ?1")?
+        .execute(params![first_moved, part_id(by, 0)])?;
+    conn.prepare_cached("UPDATE _octo_undecided SET id = -id WHERE id < 0")?
+        .execute([])?;
+    conn.prepare_cached("UPDATE _octo_base SET first_txn = first_txn + ?2 WHERE first_txn > ?1")?
+        .execute(params![floor as i64, by as i64])?;
+    conn.prepare_cached("UPDATE _octo_base SET last_txn = last_txn + ?2 WHERE last_txn > ?1")?
+        .execute(params![floor as i64, by as i64])?;
+    let next = identity.skip_txn_ids(by);
+    crate::store::reserve_ids(conn, TXN_ID_KEY, next as i64 - 1)?;
+    Ok(moved as u64)
+}
+
 /// The highest outbox transaction id this file may have handed out: where a node's counter
 /// resumes after a restart.
 pub fn last_txn_id(conn: &Connection) -> Result<u64> {

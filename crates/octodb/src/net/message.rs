@@ -8,7 +8,8 @@ use crate::uri::Role;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: Welcome tells a device the last of its transactions the primaries decided.
+pub const PROTOCOL_VERSION: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
@@ -34,6 +35,10 @@ pub enum Message {
         node_id: u32,
         user_id: i64,
         node_type: Role,
+        /// The last of this device's outbox transactions the primaries decided (0: none):
+        /// a device whose file went back in time (restored from a backup) must not hand out
+        /// those ids again for new work.
+        last_decided_txn: u64,
     },
     /// The primary refuses the node; the connection closes after it.
     Refused {

@@ -81,6 +81,9 @@ pub(crate) struct Shared {
     /// Devices: transactions just committed, for the task that sends them (see `secondary`).
     pub fresh_txns: mpsc::Sender<(u64, crate::changes::ChangeSet)>,
     pub fresh_txns_rx: tokio::sync::Mutex<mpsc::Receiver<(u64, crate::changes::ChangeSet)>>,
+    /// Devices: the highest outbox transaction id sent since the node started (see
+    /// `Writer::renumber_reused_txn_ids`).
+    pub sent_txn_max: std::sync::atomic::AtomicU64,
     pub events: broadcast::Sender<Event>,
     pub live: Mutex<status::Live>,
     pub shutdown: watch::Sender<bool>,
@@ -256,6 +259,7 @@ impl Node {
             outbox_changed: Notify::new(),
             fresh_txns: fresh_tx,
             fresh_txns_rx: tokio::sync::Mutex::new(fresh_rx),
+            sent_txn_max: Default::default(),
             events: broadcast::channel(1024).0,
             live: Mutex::new(status::Live::default()),
             shutdown: watch::channel(false).0,

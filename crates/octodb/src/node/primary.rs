@@ -4,7 +4,7 @@
 use super::admission::{admit, send_now, Applicant};
 use super::members::Registered;
 use super::snapshot;
-use super::writer::Job;
+use super::writer::{ask, Job};
 use super::{runtime, Shared};
 use crate::error::{Error, Result};
 use crate::log;
@@ -173,12 +173,14 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         // A decision on this key came after its admission, and took the approval back.
         return Ok(());
     }
+    let last_decided_txn = ask(shared, |reply| Job::LastDecided { node_id, reply }).await?;
     send_now(
         &mut wr,
         &Message::Welcome {
             node_id,
             user_id,
             node_type: Role::Secondary,
+            last_decided_txn,
         },
     )
     .await?;

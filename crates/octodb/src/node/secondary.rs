@@ -171,12 +171,16 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
     loop {
         match recv_msg(&mut rd).await? {
             Message::Welcome {
-                node_id, user_id, ..
+                node_id,
+                user_id,
+                last_decided_txn,
+                ..
             } => {
                 ask(shared, |reply| Job::Welcome {
                     node_id,
                     user_id,
                     primary_key,
+                    last_decided_txn,
                     reply,
                 })
                 .await?;
@@ -452,6 +456,11 @@ async fn send_outbox(shared: Arc<Shared>, mut wr: SecureWriter) {
         sent = txns.last().map_or(sent, |t| t.0);
         tracing::trace!(up_to = sent, "sending transactions");
         let msg = Message::Txns { txns };
+        // Counted as sent before it may have left: a transaction the primaries might have
+        // must never be renumbered (see `Writer::renumber_reused_txn_ids`).
+        shared
+            .sent_txn_max
+            .fetch_max(sent, std::sync::atomic::Ordering::AcqRel);
         if wr.send(&msg.encode()).await.is_err() || wr.flush().await.is_err() {
             return;
         }

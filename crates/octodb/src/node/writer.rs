@@ -82,12 +82,19 @@ pub(crate) enum Job {
         decision: crate::auth::Decision,
         reply: Reply<super::members::Admission>,
     },
+    /// Primary: the last transaction decided for a device (0: none), for its Welcome.
+    LastDecided {
+        node_id: u32,
+        reply: Reply<u64>,
+    },
     /// Device: the primary accepted this node with these ids.
     Welcome {
         node_id: u32,
         user_id: i64,
         /// The welcoming primary's key, kept from the first welcome on.
         primary_key: crate::crypto::PublicKey,
+        /// The last of this device's transactions the primaries decided.
+        last_decided_txn: u64,
         reply: Reply<()>,
     },
     /// Device: entries from the primaries.
@@ -201,7 +208,8 @@ impl Writer {
             if turn.as_ref().is_some_and(EngineTurn::is_over) && self.conn.is_autocommit() {
                 turn = None;
             }
-            if turn.is_none() && !matches!(job, Job::Stop) {
+            // (A lookup writes nothing: it does not wait for a turn.)
+            if turn.is_none() && !matches!(job, Job::Stop | Job::LastDecided { .. }) {
                 turn = Some(self.shared.write_turns.engine());
             }
             match job {
@@ -268,13 +276,20 @@ impl Writer {
                         );
                     }
                 }
+                Job::LastDecided { node_id, reply } => {
+                    let _ = reply.send(self.last_decided(node_id));
+                }
                 Job::Welcome {
                     node_id,
                     user_id,
                     primary_key,
+                    last_decided_txn,
                     reply,
                 } => {
-                    let _ = reply.send(self.welcome(node_id, user_id, primary_key));
+                    let welcomed = self
+                        .welcome(node_id, user_id, primary_key)
+                        .and_then(|()| self.renumber_reused_txn_ids(last_decided_txn));
+                    let _ = reply.send(welcomed);
                 }
                 job @ Job::Entries { .. } => {
                     let entries_in = |j: &Job| match j {
@@ -309,6 +324,16 @@ impl Writer {
             }
             let _ = self.role;
         }
+    }
+
+    /// Primary: the last transaction decided for `node_id`, as committed.
+    fn last_decided(&mut self, node_id: u32) -> Result<u64> {
+        let decided = match &mut self.decided {
+            Some(d) => d,
+            None => self.decided.insert(Decided::load(&self.conn)?),
+        };
+        let last = decided.last(&self.conn, &NewDecisions::default(), node_id)?;
+        Ok(last.max(0) as u64)
     }
 
     /// Primary: apply devices' transactions, each in a savepoint, all in one commit.
@@ -375,6 +400,38 @@ impl Writer {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(primary_key);
         }
+        Ok(())
+    }
+
+    /// Device: the primaries decided outbox transaction ids up to `last_decided`. A healthy
+    /// device has sent each of them: they were handed out before this run started, or sent
+    /// during it. When they go beyond both, the file went back in time (restored from a
+    /// backup, a VM rolled back) and this run handed out again ids whose decisions are about
+    /// the file's lost future: its pending transactions from there on move past them, or the
+    /// primaries would skip them as already decided, and the device take those decisions for
+    /// them. (Ids handed out before the run are the file's own: what it holds under them is
+    /// what was sent under them.)
+    fn renumber_reused_txn_ids(&self, last_decided: u64) -> Result<()> {
+        let identity = &self.shared.identity;
+        let floor = (identity.first_txn_id_of_run() - 1).max(
+            self.shared
+                .sent_txn_max
+                .load(std::sync::atomic::Ordering::Acquire),
+        );
+        if last_decided <= floor {
+            return Ok(());
+        }
+        let by = last_decided - floor;
+        let moved = write_txn(&self.conn, |c| {
+            log::outbox::renumber_after(c, identity, floor, by)
+        })?;
+        tracing::warn!(
+            moved,
+            last_decided,
+            "the primaries decided transaction ids this device had not sent: its file was \
+             restored from a backup or copied; its pending transactions after id {floor} \
+             were moved past them"
+        );
         Ok(())
     }
 

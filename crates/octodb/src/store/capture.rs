@@ -28,6 +28,9 @@ pub struct Identity {
     next_row_seq: AtomicI64,
     /// Next id of a device's outbox transaction.
     next_txn_id: AtomicU64,
+    /// The first outbox transaction id this run of the node could hand out: ids below it
+    /// were handed out before the file was opened.
+    first_txn_id_of_run: u64,
 }
 
 impl Identity {
@@ -45,6 +48,7 @@ impl Identity {
             user_id: AtomicI64::new(user_id),
             next_row_seq: AtomicI64::new(next_row_seq.max(1)),
             next_txn_id: AtomicU64::new(next_txn_id.max(1)),
+            first_txn_id_of_run: next_txn_id.max(1),
         }
     }
     pub fn node_id(&self) -> u32 {
@@ -66,6 +70,17 @@ impl Identity {
     /// back is skipped, which the primaries allow).
     pub fn alloc_txn_id(&self) -> u64 {
         self.next_txn_id.fetch_add(1, Ordering::AcqRel)
+    }
+    pub fn next_txn_id(&self) -> u64 {
+        self.next_txn_id.load(Ordering::Acquire)
+    }
+    pub fn first_txn_id_of_run(&self) -> u64 {
+        self.first_txn_id_of_run
+    }
+    /// Moves the outbox transaction ids still to be handed out `by` further on (after the
+    /// pending ones were moved as much). Inside the write transaction that moves them.
+    pub fn skip_txn_ids(&self, by: u64) -> u64 {
+        self.next_txn_id.fetch_add(by, Ordering::AcqRel) + by
     }
     fn alloc_row_id(&self) -> i64 {
         let seq = self.next_row_seq.fetch_add(1, Ordering::AcqRel) & 0xFFFF_FFFF;
