@@ -657,6 +657,36 @@ mod tests {
     }
 
     #[test]
+    fn renumbering_moves_the_later_transactions_in_order_with_their_parts_and_bases() {
+        // Transactions 2, 3 (two parts) and 4 (parts over 3 and 4); 1 stays.
+        let conn = outbox_of(&[(1, &[10]), (2, &[20]), (3, &[30, 31]), (4, &[40])]);
+        conn.execute_batch(
+            "INSERT INTO _octo_base(tbl, rid, row, first_txn, last_txn) VALUES
+               ('t', 10, NULL, 1, 1), ('t', 30, NULL, 1, 3), ('t', 40, NULL, 3, 4)",
+        )
+        .unwrap();
+        let me = Identity::new(None, 0, 0, 1, 5);
+        let moved = crate::store::write_txn(&conn, |c| renumber_after(c, &me, 1, 1)).unwrap();
+        assert_eq!(moved, 3);
+        assert_eq!(txns_in(&conn, 1, 100).unwrap(), [1, 3, 4, 5]);
+        assert_eq!(rows_of_txn(&conn, 1), [10]);
+        assert_eq!(rows_of_txn(&conn, 3), [20]);
+        assert_eq!(rows_of_txn(&conn, 4), [30, 31]);
+        assert_eq!(rows_of_txn(&conn, 5), [40]);
+        let ranges: Vec<(i64, i64)> = conn
+            .prepare("SELECT first_txn, last_txn FROM _octo_base ORDER BY rid")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(ranges, [(1, 1), (1, 4), (4, 5)]);
+        // New ids come after the moved ones, across restarts too.
+        assert_eq!(me.alloc_txn_id(), 6);
+        assert!(last_txn_id(&conn).unwrap() >= 6);
+    }
+
+    #[test]
     fn a_transaction_id_is_never_handed_out_twice_across_restarts() {
         let conn = Connection::open_in_memory().unwrap();
         crate::store::init_internal_schema(&conn).unwrap();
