@@ -78,6 +78,28 @@ pub fn new_txn_id(conn: &Connection, identity: &Identity) -> Result<u64> {
     Ok(txn)
 }
 
+/// The meta key of the first outbox transaction id that no run of the node has sent, kept
+/// from one run to the next while none of them connects to a primary.
+const UNSENT_FROM_KEY: &str = "unsent_txn_from";
+
+/// A device's run starts, handing out ids from `next_txn`: returns the first id no run has
+/// sent, the lowest since the last run that connected (none of the ids a run hands out is
+/// sent before it connects, and [`note_sending_begins`] forgets the bound when it does).
+pub fn note_run_start(conn: &Connection, next_txn: u64) -> Result<u64> {
+    let kept: Option<i64> = crate::store::meta_get(conn, UNSENT_FROM_KEY)?;
+    let from = kept.map_or(next_txn, |k| (k.max(1) as u64).min(next_txn));
+    crate::store::meta_set(conn, UNSENT_FROM_KEY, from as i64)?;
+    Ok(from)
+}
+
+/// This run is about to send its first transaction: from now on any id it hands out may
+/// reach the primaries. Durable before anything is sent.
+pub fn note_sending_begins(conn: &Connection) -> Result<()> {
+    conn.prepare_cached("DELETE FROM _octo_meta WHERE key = ?1")?
+        .execute([UNSENT_FROM_KEY])?;
+    Ok(())
+}
+
 /// Moves every pending transaction with an id above `floor` `by` ids further on, in order,
 /// with the ranges of the bases that name them, and the ids still to be handed out too.
 /// Returns how many transactions moved. Inside a write transaction.
@@ -684,6 +706,17 @@ mod tests {
         // New ids come after the moved ones, across restarts too.
         assert_eq!(me.alloc_txn_id(), 6);
         assert!(last_txn_id(&conn).unwrap() >= 6);
+    }
+
+    #[test]
+    fn the_first_unsent_id_is_kept_across_runs_until_one_of_them_sends() {
+        let conn = Connection::open_in_memory().unwrap();
+        crate::store::init_internal_schema(&conn).unwrap();
+        assert_eq!(note_run_start(&conn, 10).unwrap(), 10);
+        // A run that never reached a primary: ids from 10 on are still unsent.
+        assert_eq!(note_run_start(&conn, 20).unwrap(), 10);
+        note_sending_begins(&conn).unwrap();
+        assert_eq!(note_run_start(&conn, 30).unwrap(), 30);
     }
 
     #[test]

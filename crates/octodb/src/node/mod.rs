@@ -522,9 +522,11 @@ fn load_identity(conn: &Connection, cfg: &NodeConfig) -> Result<Identity> {
             meta_set(conn, "node_type", "secondary")?;
             let node_id = meta_i64(conn, "node_id")? as u32;
             let user_id = meta_i64(conn, "user_id")?;
-            Ok(Identity::new(
-                cfg.role, node_id, user_id, next_seq, next_txn,
-            ))
+            let unsent_from = crate::log::outbox::note_run_start(conn, next_txn)?;
+            Ok(
+                Identity::new(cfg.role, node_id, user_id, next_seq, next_txn)
+                    .with_unsent_txn_from(unsent_from),
+            )
         }
         None => Ok(Identity::new(None, 0, 0, next_seq, next_txn)),
     }

@@ -140,6 +140,7 @@ pub(crate) fn spawn(
                 tables: Tables::default(),
                 role,
                 decided: None,
+                sending_noted: false,
             }
             .run(rx)
         })
@@ -183,6 +184,8 @@ struct Writer {
     role: Role,
     /// Primary: the last transaction decided per device (loaded at the first batch).
     decided: Option<Decided>,
+    /// Device: this run told its file that it sends (see `renumber_reused_txn_ids`).
+    sending_noted: bool,
 }
 
 impl Writer {
@@ -404,27 +407,35 @@ impl Writer {
     }
 
     /// Device: the primaries decided outbox transaction ids up to `last_decided`. A healthy
-    /// device has sent each of them: they were handed out before this run started, or sent
-    /// during it. When they go beyond both, the file went back in time (restored from a
-    /// backup, a VM rolled back) and this run handed out again ids whose decisions are about
-    /// the file's lost future: its pending transactions from there on move past them, or the
-    /// primaries would skip them as already decided, and the device take those decisions for
-    /// them. (Ids handed out before the run are the file's own: what it holds under them is
-    /// what was sent under them.)
-    fn renumber_reused_txn_ids(&self, last_decided: u64) -> Result<()> {
+    /// device has sent each of them: below the first id no earlier run sent
+    /// (`outbox::note_run_start`), or sent by this run. When they go beyond both, the file
+    /// went back in time (restored from a backup, a VM rolled back) and handed out again ids
+    /// whose decisions are about the file's lost future: its pending transactions from there
+    /// on move past them, or the primaries would skip them as already decided, and the
+    /// device take those decisions for them. (Below that bound, what the file holds under an
+    /// id is what was sent under it.) Then, before anything is sent, the file forgets that
+    /// bound: from here on this run's ids may reach the primaries.
+    fn renumber_reused_txn_ids(&mut self, last_decided: u64) -> Result<()> {
         let identity = &self.shared.identity;
-        let floor = (identity.first_txn_id_of_run() - 1).max(
+        let floor = (identity.unsent_txn_from() - 1).max(
             self.shared
                 .sent_txn_max
                 .load(std::sync::atomic::Ordering::Acquire),
         );
         if last_decided <= floor {
+            if !self.sending_noted {
+                write_txn(&self.conn, log::outbox::note_sending_begins)?;
+                self.sending_noted = true;
+            }
             return Ok(());
         }
         let by = last_decided - floor;
         let moved = write_txn(&self.conn, |c| {
-            log::outbox::renumber_after(c, identity, floor, by)
+            let moved = log::outbox::renumber_after(c, identity, floor, by)?;
+            log::outbox::note_sending_begins(c)?;
+            Ok(moved)
         })?;
+        self.sending_noted = true;
         tracing::warn!(
             moved,
             last_decided,

@@ -28,9 +28,9 @@ pub struct Identity {
     next_row_seq: AtomicI64,
     /// Next id of a device's outbox transaction.
     next_txn_id: AtomicU64,
-    /// The first outbox transaction id this run of the node could hand out: ids below it
-    /// were handed out before the file was opened.
-    first_txn_id_of_run: u64,
+    /// No outbox transaction id from this one on was sent before this run of the node
+    /// (see `outbox::note_run_start`).
+    unsent_txn_from: u64,
 }
 
 impl Identity {
@@ -48,8 +48,14 @@ impl Identity {
             user_id: AtomicI64::new(user_id),
             next_row_seq: AtomicI64::new(next_row_seq.max(1)),
             next_txn_id: AtomicU64::new(next_txn_id.max(1)),
-            first_txn_id_of_run: next_txn_id.max(1),
+            unsent_txn_from: next_txn_id.max(1),
         }
+    }
+
+    /// With the first outbox transaction id that no earlier run of the node sent.
+    pub fn with_unsent_txn_from(mut self, id: u64) -> Identity {
+        self.unsent_txn_from = id.max(1);
+        self
     }
     pub fn node_id(&self) -> u32 {
         self.node_id.load(Ordering::Acquire)
@@ -74,8 +80,8 @@ impl Identity {
     pub fn next_txn_id(&self) -> u64 {
         self.next_txn_id.load(Ordering::Acquire)
     }
-    pub fn first_txn_id_of_run(&self) -> u64 {
-        self.first_txn_id_of_run
+    pub fn unsent_txn_from(&self) -> u64 {
+        self.unsent_txn_from
     }
     /// Moves the outbox transaction ids still to be handed out `by` further on (after the
     /// pending ones were moved as much). Inside the write transaction that moves them.
