@@ -709,6 +709,16 @@ mod tests {
     }
 
     #[test]
+    fn renumbering_past_the_last_id_is_refused_and_moves_nothing() {
+        let conn = outbox_of(&[(1, &[10]), (2, &[20])]);
+        let me = Identity::new(None, 0, 0, 1, 3);
+        let refused = crate::store::write_txn(&conn, |c| renumber_after(c, &me, 1, MAX_TXN_ID));
+        assert!(refused.is_err());
+        assert_eq!(txns_in(&conn, 1, 100).unwrap(), [1, 2]);
+        assert_eq!(me.alloc_txn_id(), 3);
+    }
+
+    #[test]
     fn the_first_unsent_id_is_kept_across_runs_until_one_of_them_sends() {
         let conn = Connection::open_in_memory().unwrap();
         crate::store::init_internal_schema(&conn).unwrap();
