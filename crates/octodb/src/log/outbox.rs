@@ -106,7 +106,12 @@ pub fn note_sending_begins(conn: &Connection) -> Result<()> {
 ///
 /// For a device whose file went back in time (restored from a backup): the primaries decided
 /// ids above `floor` for work of the file's lost future, and would take this work for that.
-pub fn renumber_after(conn: &Connection, identity: &Identity, floor: u64, by: u64) -> Result<u64> {
+pub fn renumber_after(
+    conn: &Connection,
+    identity: &Identity,
+    floor: u64,
+    by: u64,
+) -> Result<usize> {
     let last = last_txn_id(conn)?.max(identity.next_txn_id().saturating_sub(1));
     if last.saturating_add(by) > MAX_TXN_ID {
         return Err(crate::Error::rule(format!(
@@ -114,10 +119,8 @@ pub fn renumber_after(conn: &Connection, identity: &Identity, floor: u64, by: u6
              sign it up again as a new device"
         )));
     }
+    let moved = txns_in(conn, floor + 1, MAX_TXN_ID)?.len();
     let first_moved = part_id(floor, LAST_PART);
-    let moved: i64 = conn
-        .prepare_cached("SELECT count(DISTINCT id >> 24) FROM _octo_undecided WHERE id > ?1")?
-        .query_row([first_moved], |r| r.get(0))?;
     // Through negative ids: a part moved onto the id of one not yet moved would collide.
     conn.prepare_cached("UPDATE _octo_undecided SET id = -(id + ?2) WHERE id > ?1")?
         .execute(params![first_moved, part_id(by, 0)])?;
@@ -129,7 +132,7 @@ pub fn renumber_after(conn: &Connection, identity: &Identity, floor: u64, by: u6
         .execute(params![floor as i64, by as i64])?;
     let next = identity.skip_txn_ids(by);
     crate::store::reserve_ids(conn, TXN_ID_KEY, next as i64 - 1)?;
-    Ok(moved as u64)
+    Ok(moved)
 }
 
 /// The highest outbox transaction id this file may have handed out: where a node's counter

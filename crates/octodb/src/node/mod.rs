@@ -82,7 +82,7 @@ pub(crate) struct Shared {
     pub fresh_txns: mpsc::Sender<(u64, crate::changes::ChangeSet)>,
     pub fresh_txns_rx: tokio::sync::Mutex<mpsc::Receiver<(u64, crate::changes::ChangeSet)>>,
     /// Devices: the highest outbox transaction id sent since the node started (see
-    /// `Writer::renumber_reused_txn_ids`).
+    /// `Writer::txn_ids_before_sending`).
     pub sent_txn_max: std::sync::atomic::AtomicU64,
     pub events: broadcast::Sender<Event>,
     pub live: Mutex<status::Live>,

@@ -457,7 +457,7 @@ async fn send_outbox(shared: Arc<Shared>, mut wr: SecureWriter) {
         tracing::trace!(up_to = sent, "sending transactions");
         let msg = Message::Txns { txns };
         // Counted as sent before it may have left: a transaction the primaries might have
-        // must never be renumbered (see `Writer::renumber_reused_txn_ids`).
+        // must never be renumbered (see `Writer::txn_ids_before_sending`).
         shared
             .sent_txn_max
             .fetch_max(sent, std::sync::atomic::Ordering::AcqRel);

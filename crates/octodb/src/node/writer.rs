@@ -184,7 +184,7 @@ struct Writer {
     role: Role,
     /// Primary: the last transaction decided per device (loaded at the first batch).
     decided: Option<Decided>,
-    /// Device: this run told its file that it sends (see `renumber_reused_txn_ids`).
+    /// Device: this run told its file that it sends (see `txn_ids_before_sending`).
     sending_noted: bool,
 }
 
@@ -291,7 +291,7 @@ impl Writer {
                 } => {
                     let welcomed = self
                         .welcome(node_id, user_id, primary_key)
-                        .and_then(|()| self.renumber_reused_txn_ids(last_decided_txn));
+                        .and_then(|()| self.txn_ids_before_sending(last_decided_txn));
                     let _ = reply.send(welcomed);
                 }
                 job @ Job::Entries { .. } => {
@@ -415,7 +415,7 @@ impl Writer {
     /// device take those decisions for them. (Below that bound, what the file holds under an
     /// id is what was sent under it.) Then, before anything is sent, the file forgets that
     /// bound: from here on this run's ids may reach the primaries.
-    fn renumber_reused_txn_ids(&mut self, last_decided: u64) -> Result<()> {
+    fn txn_ids_before_sending(&mut self, last_decided: u64) -> Result<()> {
         let identity = &self.shared.identity;
         let floor = (identity.unsent_txn_from() - 1).max(
             self.shared

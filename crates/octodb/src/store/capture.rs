@@ -272,7 +272,7 @@ impl Capture {
     /// A new statement begins: forget what the last one noted.
     pub fn begin_statement(&self) {
         let mut st = self.lock();
-        st.expected_auto.iter_mut().for_each(|e| *e = None);
+        st.expected_auto.clear();
         st.last_alloc = None;
         st.statement += 1;
         st.marked = false;
