@@ -435,3 +435,44 @@ impl FlatOutWriter {
         self.thread.join().expect("app thread")
     }
 }
+
+#[test]
+fn ids_sqlite_picks_move_into_the_nodes_range_and_ids_the_app_gives_are_kept() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    let node = i64::from(ready(&d).node_id);
+    // On an empty table SQLite picks id 1 for 'auto', which is no node's range: it moves into
+    // this device's range; 'given' then takes id 1 itself, in the same statement.
+    d.execute(
+        "INSERT INTO t(id, v) VALUES (NULL, 'auto'), (1, 'given')",
+        [],
+    )
+    .unwrap();
+    assert_eq!(d.last_insert_rowid(), 1, "the last row inserted is 'given'");
+    let auto_id = count(&d, "SELECT id FROM t WHERE v = 'auto'");
+    assert_eq!(
+        auto_id >> 32,
+        node,
+        "auto id {auto_id:#x} in node {node}'s range"
+    );
+    assert_eq!(count(&d, "SELECT id FROM t WHERE v = 'given'"), 1);
+    d.execute("INSERT INTO t(v) VALUES ('next')", []).unwrap();
+    let next_id = d.last_insert_rowid();
+    assert_eq!(
+        count(
+            &d,
+            &format!("SELECT count(*) FROM t WHERE id = {next_id} AND v = 'next'")
+        ),
+        1
+    );
+    assert_eq!(next_id >> 32, node);
+    wait_count(&p, "SELECT count(*) FROM t", 3);
+    for (v, id) in [("auto", auto_id), ("given", 1), ("next", next_id)] {
+        assert_eq!(
+            count(&p, &format!("SELECT id FROM t WHERE v = '{v}'")),
+            id,
+            "{v} at the primary"
+        );
+    }
+}

@@ -113,15 +113,27 @@ impl Identity {
 #[derive(Debug, Default)]
 struct State {
     layouts: Vec<Arc<TableLayout>>,
-    /// Per layout id: the id SQLite is about to pick for a row inserted without one.
-    expected_auto: Vec<Option<i64>>,
-    last_alloc: Option<(i64, i64)>,
+    /// Per layout id: the row being inserted into that table now.
+    inserting: Vec<Inserting>,
+    /// The last row inserted: the id SQLite gave it and the id it ends with.
+    last_row: Option<(i64, i64)>,
     /// The statement running now (see the module's documentation).
     statement: i64,
     /// Whether `statement` has written its mark.
     marked: bool,
     /// What the open transaction captured so far, in order.
     captured: Vec<Tagged>,
+}
+
+/// What the triggers know of the row being inserted into one table. SQLite runs a row's
+/// BEFORE INSERT triggers, inserts it, then runs its AFTER INSERT triggers, before the next
+/// row: the BEFORE trigger starts the note, the AFTER triggers read it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Inserting {
+    /// The INSERT gave no id: SQLite picks it.
+    auto: bool,
+    /// The id SQLite picked (`.0`) and the one the row ends with (`.1`), once decided.
+    decided: Option<(i64, i64)>,
 }
 
 /// A captured row or schema statement and the statement that made it.
@@ -185,45 +197,39 @@ impl Capture {
         let me = self.clone();
         // Tables are named by their layout id: these run for every inserted row, and a
         // table's name would be a string to copy and hash each time.
-        conn.create_scalar_function("octo_expect_auto", 2, pure, move |ctx| {
+        conn.create_scalar_function("octo_insert_begins", 2, pure, move |ctx| {
             let layout_id: usize = ctx.get(0)?;
-            let rowid: i64 = ctx.get(1)?;
+            let auto: bool = ctx.get(1)?;
             let mut st = me.lock();
-            if st.expected_auto.len() <= layout_id {
-                st.expected_auto.resize(layout_id + 1, None);
+            if st.inserting.len() <= layout_id {
+                st.inserting.resize(layout_id + 1, Inserting::default());
             }
-            st.expected_auto[layout_id] = Some(rowid);
+            st.inserting[layout_id] = Inserting {
+                auto,
+                decided: None,
+            };
             Ok(None::<i64>)
         })?;
         let me = self.clone();
-        // The id a new row ends with: when `rowid` is the id SQLite picked itself, one in this
-        // node's range (noted for the move and for last_insert_rowid); else `rowid`.
+        // The id the row being inserted ends with: for an id SQLite picked, one in this node's
+        // range (decided at the first call, the same at every later call for that row); else
+        // `rowid`. Both AFTER INSERT triggers call it, in whichever order SQLite runs them.
         conn.create_scalar_function("octo_row_id", 2, pure, move |ctx| {
             let layout_id: usize = ctx.get(0)?;
             let rowid: i64 = ctx.get(1)?;
-            if me.identity.node_id() == 0 {
-                return Ok(rowid);
-            }
-            let mut st = me.lock();
-            match st.expected_auto.get_mut(layout_id) {
-                Some(expected) if *expected == Some(rowid) => *expected = None,
-                _ => return Ok(rowid),
-            }
-            let id = me.identity.row_id_for(rowid);
-            st.last_alloc = Some((rowid, id));
-            Ok(id)
+            Ok(me.row_id(layout_id, rowid))
         })?;
         let me = self.clone();
-        conn.create_scalar_function("octo_final_rowid", 1, pure, move |ctx| {
-            let rowid: i64 = ctx.get(0)?;
-            Ok(match me.lock().last_alloc {
-                Some((from, to)) if from == rowid => to,
-                _ => rowid,
+        // The id the row now inserted with SQLite's id `rowid` moves to, if it moves: the
+        // one change of a row's id that the rules allow.
+        conn.create_scalar_function("octo_moving_to", 2, pure, move |ctx| {
+            let layout_id: usize = ctx.get(0)?;
+            let rowid: i64 = ctx.get(1)?;
+            let st = me.lock();
+            Ok(match st.inserting.get(layout_id).and_then(|i| i.decided) {
+                Some((from, to)) if from == rowid && to != rowid => Some(to),
+                _ => None,
             })
-        })?;
-        let me = self.clone();
-        conn.create_scalar_function("octo_last_alloc", 0, pure, move |_| {
-            Ok(me.lock().last_alloc.map(|(_, to)| to))
         })?;
         let id = self.identity.clone();
         conn.create_scalar_function("octo_mine_or_local", 1, pure, move |ctx| {
@@ -272,8 +278,8 @@ impl Capture {
     /// A new statement begins: forget what the last one noted.
     pub fn begin_statement(&self) {
         let mut st = self.lock();
-        st.expected_auto.clear();
-        st.last_alloc = None;
+        st.inserting.clear();
+        st.last_row = None;
         st.statement += 1;
         st.marked = false;
     }
@@ -357,9 +363,29 @@ impl Capture {
         Ok(!std::mem::replace(&mut st.marked, true))
     }
 
-    /// The id the last statement's auto-assigned row was moved to, if `raw` was moved.
+    /// See `octo_row_id`.
+    fn row_id(&self, layout_id: usize, rowid: i64) -> i64 {
+        let mut st = self.lock();
+        let Some(row) = st.inserting.get_mut(layout_id) else {
+            return rowid;
+        };
+        let id = match row.decided {
+            Some((from, to)) if from == rowid => to,
+            _ if row.auto && self.identity.node_id() != 0 => {
+                row.auto = false;
+                let to = self.identity.row_id_for(rowid);
+                row.decided = Some((rowid, to));
+                to
+            }
+            _ => rowid,
+        };
+        st.last_row = Some((rowid, id));
+        id
+    }
+
+    /// The id the last statement's last inserted row ends with, if SQLite gave it `raw`.
     pub fn remapped_rowid(&self, raw: i64) -> Option<i64> {
-        match self.lock().last_alloc {
+        match self.lock().last_row {
             Some((from, to)) if from == raw => Some(to),
             _ => None,
         }

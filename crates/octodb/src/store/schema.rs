@@ -152,67 +152,59 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
     let name = |kind: &str| ident(&format!("_octo_{kind}_{}", t.name));
     let mut sql = String::new();
     // Auto-assigned ids are moved into this node's id range (node id in the high 32 bits) so that
-    // inserts on different nodes never collide. BEFORE INSERT sees rowid -1 for an auto id and
-    // notes the id SQLite is about to pick; AFTER INSERT allocates the new id, captures the row
-    // under it, then moves the row (not when SQLite happened to pick that very id: an UPDATE
-    // to the same id would look like a change of the row).
+    // inserts on different nodes never collide. BEFORE INSERT notes whether SQLite picks the
+    // row's id (it sees rowid -1 then); `octo_row_id` decides the row's final id; a trigger of
+    // its own moves the row when that differs (not run otherwise: an UPDATE statement in a
+    // trigger program costs a cursor per row even when it finds nothing).
     //
     // `octo_capture` keeps the row in the connection's memory and returns true at the first
     // row of a statement, which then leaves a mark in a TEMP table: the mark is undone with
     // the statement (an aborted statement, ROLLBACK TO), and tells the commit which captured
-    // rows still stand.
-    let mark = |capture: String| {
-        format!(
-            "INSERT OR IGNORE INTO {STATEMENTS_TABLE}(id) SELECT octo_statement() WHERE {capture};"
-        )
-    };
-    let expect_auto = format!(
-        "octo_expect_auto({layout_id}, coalesce((SELECT max(rowid) FROM main.{q}), 0) + 1)"
-    );
+    // rows still stand. The capture is the trigger's WHEN clause, so the mark's INSERT runs
+    // once per statement rather than being set up for every row.
+    //
     // Every trigger is a sub-program SQLite runs per row: a device's insert rule shares the
-    // BEFORE INSERT trigger with the auto-id note.
+    // BEFORE INSERT trigger with the note.
+    let insert_begins = format!("octo_insert_begins({layout_id}, NEW.rowid = -1)");
     let before_insert = match role {
-        Role::Primary => format!("WHEN NEW.rowid = -1 BEGIN SELECT {expect_auto}; END"),
+        Role::Primary => format!("SELECT {insert_begins};"),
         Role::Secondary => format!(
-            "BEGIN SELECT
+            "SELECT
                CASE WHEN NOT octo_mine_or_local(NEW.{ow}) THEN RAISE(ABORT, {m}) END,
-               CASE WHEN NEW.rowid = -1 THEN {expect_auto} END;
-             END",
+               {insert_begins};",
             m = literal(MSG_DEVICE_INSERT)
         ),
     };
-    // The move looks the row up only when it moves (a NULL rowid finds nothing at once).
+    let row_id = format!("octo_row_id({layout_id}, NEW.rowid)");
+    let mark = format!("INSERT OR IGNORE INTO {STATEMENTS_TABLE}(id) VALUES (octo_statement());");
     sql += &format!(
-        "CREATE TEMP TRIGGER {bi} BEFORE INSERT ON main.{q} {before_insert};
-         CREATE TEMP TRIGGER {ai} AFTER INSERT ON main.{q} BEGIN
-           {insert}
-           UPDATE {q} SET rowid = octo_final_rowid(NEW.rowid)
-             WHERE rowid = (CASE WHEN octo_final_rowid(NEW.rowid) <> NEW.rowid THEN NEW.rowid END);
+        "CREATE TEMP TRIGGER {bi} BEFORE INSERT ON main.{q} BEGIN {before_insert} END;
+         CREATE TEMP TRIGGER {ai} AFTER INSERT ON main.{q} WHEN {insert} BEGIN {mark} END;
+         CREATE TEMP TRIGGER {am} AFTER INSERT ON main.{q} WHEN {row_id} <> NEW.rowid BEGIN
+           UPDATE {q} SET rowid = {row_id} WHERE rowid = NEW.rowid;
          END;
-         CREATE TEMP TRIGGER {au} AFTER UPDATE ON main.{q} WHEN OLD.rowid = NEW.rowid BEGIN
-           {update}
-         END;
-         CREATE TEMP TRIGGER {ad} AFTER DELETE ON main.{q} BEGIN
-           {delete}
-         END;\n",
+         CREATE TEMP TRIGGER {au} AFTER UPDATE ON main.{q} WHEN OLD.rowid = NEW.rowid AND {update}
+           BEGIN {mark} END;
+         CREATE TEMP TRIGGER {ad} AFTER DELETE ON main.{q} WHEN {delete} BEGIN {mark} END;\n",
         bi = name("bi"),
         ai = name("ai"),
+        am = name("am"),
         au = name("au"),
         ad = name("ad"),
-        insert = mark(format!(
-            "octo_capture({layout_id}, {OP_INSERT}, octo_row_id({layout_id}, NEW.rowid), -1, {})",
+        insert = format!(
+            "octo_capture({layout_id}, {OP_INSERT}, {row_id}, -1, {})",
             cols("NEW")
-        )),
-        update = mark(format!(
+        ),
+        update = format!(
             "octo_capture({layout_id}, {OP_UPDATE}, NEW.rowid, {}, {}, {})",
             mask.join(" | "),
             cols("NEW"),
             cols("OLD")
-        )),
-        delete = mark(format!(
+        ),
+        delete = format!(
             "octo_capture({layout_id}, {OP_DELETE}, OLD.rowid, 0, {})",
             cols("OLD")
-        )),
+        ),
     );
     // Rules. On a device, rows of other users and '*' rows are silently left alone by UPDATE and
     // DELETE, as if a WHERE clause excluded them.
@@ -226,7 +218,7 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
     sql += &format!(
         "CREATE TEMP TRIGGER {bu} BEFORE UPDATE ON main.{q} BEGIN
            SELECT CASE {ignore_others}
-             WHEN OLD.rowid <> NEW.rowid AND NEW.rowid IS NOT octo_last_alloc() THEN RAISE(ABORT, {m_rowid})
+             WHEN OLD.rowid <> NEW.rowid AND NEW.rowid IS NOT octo_moving_to({layout_id}, OLD.rowid) THEN RAISE(ABORT, {m_rowid})
              WHEN NOT octo_owner_change_ok(OLD.{ow}, NEW.{ow}) THEN RAISE(ABORT, {m_owner})
            END;
          END;\n",
