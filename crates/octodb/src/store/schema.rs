@@ -177,6 +177,20 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
     };
     let row_id = format!("octo_row_id({layout_id}, NEW.rowid)");
     let mark = format!("INSERT OR IGNORE INTO {STATEMENTS_TABLE}(id) VALUES (octo_statement());");
+    let insert = format!(
+        "octo_capture({layout_id}, {OP_INSERT}, {row_id}, -1, {})",
+        cols("NEW")
+    );
+    let update = format!(
+        "octo_capture({layout_id}, {OP_UPDATE}, NEW.rowid, {}, {}, {})",
+        mask.join(" | "),
+        cols("NEW"),
+        cols("OLD")
+    );
+    let delete = format!(
+        "octo_capture({layout_id}, {OP_DELETE}, OLD.rowid, 0, {})",
+        cols("OLD")
+    );
     sql += &format!(
         "CREATE TEMP TRIGGER {bi} BEFORE INSERT ON main.{q} BEGIN {before_insert} END;
          CREATE TEMP TRIGGER {ai} AFTER INSERT ON main.{q} WHEN {insert} BEGIN {mark} END;
@@ -191,20 +205,6 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
         am = name("am"),
         au = name("au"),
         ad = name("ad"),
-        insert = format!(
-            "octo_capture({layout_id}, {OP_INSERT}, {row_id}, -1, {})",
-            cols("NEW")
-        ),
-        update = format!(
-            "octo_capture({layout_id}, {OP_UPDATE}, NEW.rowid, {}, {}, {})",
-            mask.join(" | "),
-            cols("NEW"),
-            cols("OLD")
-        ),
-        delete = format!(
-            "octo_capture({layout_id}, {OP_DELETE}, OLD.rowid, 0, {})",
-            cols("OLD")
-        ),
     );
     // Rules. On a device, rows of other users and '*' rows are silently left alone by UPDATE and
     // DELETE, as if a WHERE clause excluded them.
