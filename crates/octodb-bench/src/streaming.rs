@@ -11,7 +11,55 @@ use std::time::Instant;
 pub const PER_TXN: u64 = 100;
 const PAYLOAD: usize = 64;
 
+/// Rounds of the scenario, each a fresh cluster measured right before its own SQLite baseline.
+/// The disk's fsync time drifts by a third within minutes on the benchmark's VM, and one run
+/// against a baseline taken at another moment reads several points either side of the line.
+const ROUNDS: usize = 3;
+
 pub fn run(rows: u64) -> Result<Vec<Figure>> {
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let octodb = rows_per_second_on_b(rows)?;
+        let full = baseline::insert_rate(Sync::Full, rows, PER_TXN, PAYLOAD)?;
+        rounds.push((octodb, full));
+    }
+    let ratio = |(octodb, sqlite): &(f64, f64)| octodb / sqlite;
+    let mut by_ratio = rounds.clone();
+    by_ratio.sort_by(|x, y| ratio(x).total_cmp(&ratio(y)));
+    let (rate, full) = by_ratio[ROUNDS / 2];
+    let listed: Vec<String> = rounds
+        .iter()
+        .map(|r| format!("{:.0} / {:.0} = {:.1}%", r.0, r.1, ratio(r) * 100.0))
+        .collect();
+    let normal = baseline::insert_rate(Sync::Normal, rows, PER_TXN, PAYLOAD)?;
+    let figure = |sqlite: f64, sync: Sync, notes: String| Figure {
+        scenario: "streaming",
+        metric: format!("rows/s visible on device B ({rows} rows, txns of {PER_TXN})"),
+        octodb: rate,
+        unit: "rows/s",
+        sqlite: Some(sqlite),
+        sqlite_setup: format!("{}, same rows in txns of {PER_TXN}", sync.describe()),
+        better: Better::Higher,
+        target: ">= 25% of local SQLite".into(),
+        met: rate >= 0.25 * sqlite,
+        notes,
+    };
+    Ok(vec![
+        figure(
+            full,
+            Sync::Full,
+            format!(
+                "the median of {ROUNDS} rounds, each octodb then SQLite: {}",
+                listed.join(", ")
+            ),
+        ),
+        figure(normal, Sync::Normal, String::new()),
+    ])
+}
+
+/// One round: a fresh primary and two devices of one user; A commits `rows` rows in
+/// transactions of [`PER_TXN`]; the rows per second that reach B.
+fn rows_per_second_on_b(rows: u64) -> Result<f64> {
     let cluster = Cluster::new(ITEMS)?;
     let (mut a, user) = cluster.signup("a")?;
     let b = cluster.login("b", user)?;
@@ -39,22 +87,7 @@ pub fn run(rows: u64) -> Result<Vec<Figure>> {
     if got != rows {
         bail!("device B has {got} rows, expected {rows}");
     }
-    let rate = rows as f64 / elapsed;
-    let full = baseline::insert_rate(Sync::Full, rows, PER_TXN, PAYLOAD)?;
-    let normal = baseline::insert_rate(Sync::Normal, rows, PER_TXN, PAYLOAD)?;
-    let figure = |sqlite: f64, sync: Sync| Figure {
-        scenario: "streaming",
-        metric: format!("rows/s visible on device B ({rows} rows, txns of {PER_TXN})"),
-        octodb: rate,
-        unit: "rows/s",
-        sqlite: Some(sqlite),
-        sqlite_setup: format!("{}, same rows in txns of {PER_TXN}", sync.describe()),
-        better: Better::Higher,
-        target: ">= 25% of local SQLite".into(),
-        met: rate >= 0.25 * sqlite,
-        notes: String::new(),
-    };
-    Ok(vec![figure(full, Sync::Full), figure(normal, Sync::Normal)])
+    Ok(rows as f64 / elapsed)
 }
 
 /// Child: device A's commit path alone: an offline device committing `rows` rows in
