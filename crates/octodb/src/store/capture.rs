@@ -198,16 +198,7 @@ impl Capture {
         // Tables are named by their layout id: these run for every inserted row, and a
         // table's name would be a string to copy and hash each time.
         conn.create_scalar_function("octo_insert_begins", 2, pure, move |ctx| {
-            let layout_id: usize = ctx.get(0)?;
-            let auto: bool = ctx.get(1)?;
-            let mut st = me.lock();
-            if st.inserting.len() <= layout_id {
-                st.inserting.resize(layout_id + 1, Inserting::default());
-            }
-            st.inserting[layout_id] = Inserting {
-                auto,
-                decided: None,
-            };
+            me.insert_begins(ctx.get(0)?, ctx.get(1)?);
             Ok(None::<i64>)
         })?;
         let me = self.clone();
@@ -361,6 +352,18 @@ impl Capture {
             },
         });
         Ok(!std::mem::replace(&mut st.marked, true))
+    }
+
+    /// A row is about to be inserted into the table of `layout_id`; `auto`: SQLite picks its id.
+    fn insert_begins(&self, layout_id: usize, auto: bool) {
+        let mut st = self.lock();
+        if st.inserting.len() <= layout_id {
+            st.inserting.resize(layout_id + 1, Inserting::default());
+        }
+        st.inserting[layout_id] = Inserting {
+            auto,
+            decided: None,
+        };
     }
 
     /// See `octo_row_id`.
@@ -629,5 +632,28 @@ mod tests {
         assert_eq!(me.row_id_for(id(NODE + 1, 1)), id(NODE, 15));
         assert_eq!(me.row_id_for(3), id(NODE, 16));
         assert_eq!(me.next_row_seq(), 17);
+    }
+
+    #[test]
+    fn a_row_gets_one_final_id_however_often_its_triggers_ask() {
+        let me = Identity::new(Some(Role::Secondary), NODE as u32, 3, 10, 1);
+        let capture = Capture::new(Arc::new(me));
+        capture.begin_statement();
+        // SQLite picked 1 for a row inserted without an id: it moves into the node's range,
+        // and both AFTER INSERT triggers (in either order) get the same id.
+        capture.insert_begins(0, true);
+        assert_eq!(capture.row_id(0, 1), id(NODE, 10));
+        assert_eq!(capture.row_id(0, 1), id(NODE, 10));
+        assert_eq!(capture.remapped_rowid(1), Some(id(NODE, 10)));
+        // The next row of the statement gives id 1 itself: kept, and it is the last row.
+        capture.insert_begins(0, false);
+        assert_eq!(capture.row_id(0, 1), 1);
+        assert_eq!(capture.remapped_rowid(1), Some(1));
+        // Another table's row in between does not disturb this one's decision.
+        capture.insert_begins(0, true);
+        assert_eq!(capture.row_id(0, 2), id(NODE, 11));
+        capture.insert_begins(1, true);
+        assert_eq!(capture.row_id(1, 2), id(NODE, 12));
+        assert_eq!(capture.row_id(0, 2), id(NODE, 11));
     }
 }
