@@ -2,10 +2,10 @@
 //! connections from client processes on several 127.0.0.x source addresses; memory growth per
 //! connection and handshakes per second.
 
-use crate::baseline::ITEMS;
-use crate::cluster::{approve, bench_dir};
+use crate::baseline::{INSERT, ITEMS};
+use crate::cluster::{approve, bench_dir, payload};
 use crate::procs::{self, Proc};
-use crate::report::{Better, Figure};
+use crate::report::{percentile, Better, Figure};
 use anyhow::{bail, Context, Result};
 use octodb::auth::Action;
 use octodb::crypto::NodeKeys;
@@ -23,6 +23,10 @@ const IPS_PER_PROC: usize = 2;
 const IN_FLIGHT: usize = 256;
 /// Sign-ups in flight per process: below the primary's limit of waiting requests.
 const SIGNUPS_IN_FLIGHT: usize = 64;
+/// Single-row commits the backend makes while every device is connected.
+const BACKEND_COMMITS: usize = 200;
+/// The user whose rows the backend writes then: no device here belongs to it.
+const NOBODYS_USER: i64 = 1 << 40;
 
 pub fn run(connections: usize) -> Result<Vec<Figure>> {
     let dir = tempfile::Builder::new()
@@ -84,6 +88,16 @@ pub fn run(connections: usize) -> Result<Vec<Figure>> {
     // A session is counted just after its Welcome is sent: let the last ones settle.
     let held = sessions_settle(&mut primary, |held| held >= connections)?;
     let rss_after = procs::rss_kib(primary.pid())?;
+    // Phase 3: the backend writes rows for a user none of these devices belongs to, while they
+    // are all connected: what the primary spends per commit on devices that see nothing of it.
+    let cpu_before = procs::cpu_seconds(primary.pid())?;
+    primary.send(&format!("write {BACKEND_COMMITS}"))?;
+    let wrote = primary.expect("wrote")?;
+    let cpu_ms = (procs::cpu_seconds(primary.pid())? - cpu_before) * 1e3;
+    let commit_p50_ms: f64 = wrote
+        .first()
+        .and_then(|w| w.parse().ok())
+        .context("commit time")?;
     for c in clients {
         c.finish()?;
     }
@@ -95,9 +109,11 @@ pub fn run(connections: usize) -> Result<Vec<Figure>> {
     let per_conn_kb = (rss_after.saturating_sub(rss_before)) as f64 * 1.024 / connections as f64;
     let rate = connections as f64 / connect_secs;
     let note = format!(
-        "{connections} connections held; primary RSS {:.0} MB -> {:.0} MB; sign-up phase {signup_secs:.1} s",
+        "{connections} connections held; primary RSS {:.0} MB -> {:.0} MB; sign-up phase {signup_secs:.1} s\n\
+         with all connected, the backend's {BACKEND_COMMITS} single-row commits of rows none of them sees: p50 {commit_p50_ms:.2} ms each, primary CPU {:.2} ms per commit",
         rss_before as f64 / 1024.0,
-        rss_after as f64 / 1024.0
+        rss_after as f64 / 1024.0,
+        cpu_ms / BACKEND_COMMITS as f64
     );
     Ok(vec![
         Figure {
@@ -157,6 +173,19 @@ pub fn primary_proc(path: &str) -> Result<()> {
     for cmd in procs::commands() {
         if cmd == "count" {
             procs::say(&format!("sessions {}", p.sync_status()?.peers.len()));
+        } else if let Some(n) = cmd.strip_prefix("write ") {
+            let n: usize = n.parse().context("write: a number of commits")?;
+            let mut ms = Vec::with_capacity(n);
+            for i in 0..n {
+                let started = Instant::now();
+                p.execute(
+                    INSERT,
+                    rusqlite::params![i as i64, payload(i as u64, 64), NOBODYS_USER],
+                )?;
+                ms.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            ms.sort_by(f64::total_cmp);
+            procs::say(&format!("wrote {:.3}", percentile(&ms, 50.0)));
         }
     }
     Ok(())

@@ -86,6 +86,29 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
         .context("no VmRSS in /proc status")
 }
 
+/// CPU time (user and system) a process has used so far, in seconds, from /proc.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat (Linux only)"))?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("no command name in /proc stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name and state.
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .context("no CPU times in /proc stat")? as f64)
+    };
+    // SAFETY: sysconf only reads a configuration value; _SC_CLK_TCK is a valid name.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks(11)? + ticks(12)?) / per_second)
+}
+
 /// Lines from standard input until it closes; the child's command loop.
 pub fn commands() -> impl Iterator<Item = String> {
     std::io::stdin().lock().lines().map_while(|l| l.ok())
