@@ -476,3 +476,32 @@ fn ids_sqlite_picks_move_into_the_nodes_range_and_ids_the_app_gives_are_kept() {
         );
     }
 }
+
+#[test]
+fn each_device_gets_its_users_rows_and_hears_its_position_past_the_others() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d1 = c.device("d1.db", &p);
+    let d2 = c.device("d2.db", &p);
+    let user2 = ready(&d2).user_id.expect("a device has a user");
+    ready(&d1);
+    d1.execute("INSERT INTO t(v) VALUES ('d1 only')", [])
+        .unwrap();
+    wait_count(&p, "SELECT count(*) FROM t WHERE v = 'd1 only'", 1);
+    // d2 sees none of it, yet learns that the log moved past it.
+    let p_seq = p.sync_status().unwrap().last_seq;
+    d2.wait_for(DEADLINE, |s| s.last_seq >= p_seq).unwrap();
+    assert_eq!(count(&d2, "SELECT count(*) FROM t WHERE v = 'd1 only'"), 0);
+    // A row the backend writes for d2's user reaches d2, not d1; a '*' row reaches both.
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('for d2', ?1)", [user2])
+        .unwrap();
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('for all', '*')", [])
+        .unwrap();
+    wait_count(
+        &d2,
+        "SELECT count(*) FROM t WHERE v IN ('for d2', 'for all')",
+        2,
+    );
+    wait_count(&d1, "SELECT count(*) FROM t WHERE v = 'for all'", 1);
+    assert_eq!(count(&d1, "SELECT count(*) FROM t WHERE v = 'for d2'"), 0);
+}

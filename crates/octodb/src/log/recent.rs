@@ -66,6 +66,16 @@ impl Recorded {
         self.entry.seq
     }
 
+    /// Every device may see some of it (a public row or a schema change).
+    pub fn is_for_everyone(&self) -> bool {
+        self.audience.everyone
+    }
+
+    /// The users whose rows it holds.
+    pub fn users(&self) -> &[i64] {
+        &self.audience.users
+    }
+
     /// What device `node` of `user` may see of this entry, or None; cheap when it sees nothing.
     pub fn for_device(&self, node: u32, user: i64) -> Option<LogEntry> {
         let interested = self.entry.origin_node == node
@@ -90,15 +100,15 @@ struct Window {
 }
 
 impl Recent {
-    /// Add committed entries. Commits of different connections may arrive slightly out of
-    /// order; each is placed by its sequence number.
-    pub fn push(&self, entries: impl IntoIterator<Item = LogEntry>) {
+    /// Add committed entries; returns them as recorded. Commits of different connections may
+    /// arrive slightly out of order; each is placed by its sequence number.
+    pub fn push(&self, entries: impl IntoIterator<Item = LogEntry>) -> Vec<Arc<Recorded>> {
         let recorded: Vec<Arc<Recorded>> = entries
             .into_iter()
             .map(|e| Arc::new(Recorded::new(e)))
             .collect();
         let mut w = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        for r in recorded {
+        for r in recorded.iter().cloned() {
             w.ops += r.ops;
             let at = w.entries.partition_point(|e| e.seq() < r.seq());
             if w.entries.get(at).is_some_and(|e| e.seq() == r.seq()) {
@@ -111,6 +121,7 @@ impl Recent {
                 w.ops -= old.ops;
             }
         }
+        recorded
     }
 
     /// The entries after `after`, up to `upto` and at most `limit`, if every one of them is

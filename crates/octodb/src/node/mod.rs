@@ -5,6 +5,7 @@
 //! own SQLite connection, in its writer thread, one write transaction per batch (group commit).
 
 mod admission;
+mod audiences;
 mod auth_batch;
 mod decided;
 mod events;
@@ -76,6 +77,8 @@ pub(crate) struct Shared {
     pub feed: watch::Sender<u64>,
     /// Primary: the newest log entries, for the sessions streaming to devices.
     pub recent: crate::log::recent::Recent,
+    /// Primary: which sessions streaming to devices a new entry wakes.
+    pub audiences: Arc<audiences::Audiences>,
     /// Devices: a committed transaction could not be handed over in memory.
     pub outbox_changed: Notify,
     /// Devices: transactions just committed, for the task that sends them (see `secondary`).
@@ -191,7 +194,20 @@ impl Shared {
         *self.shutdown.borrow()
     }
 
-    /// Move the feed forward to `seq` (never back), waking the sessions that follow it.
+    /// Primaries: `entries` were committed; the sessions streaming to devices that may see
+    /// them (or whose transaction they decide: `origin_user` names a device node's user) look.
+    pub fn log_committed(
+        &self,
+        entries: Vec<crate::log::LogEntry>,
+        origin_user: impl Fn(u32) -> Option<i64>,
+    ) {
+        let last = entries.iter().map(|e| e.seq).max().unwrap_or(0);
+        let recorded = self.recent.push(entries);
+        self.advance_feed(last);
+        self.audiences.wake(&recorded, origin_user);
+    }
+
+    /// Move the feed forward to `seq` (never back), waking the tasks that follow it.
     pub fn advance_feed(&self, seq: u64) {
         self.feed.send_if_modified(|v| {
             let newer = seq > *v;
@@ -256,6 +272,7 @@ impl Node {
             jobs: jobs_tx,
             feed: watch::channel(start_seq).0,
             recent: Default::default(),
+            audiences: Default::default(),
             outbox_changed: Notify::new(),
             fresh_txns: fresh_tx,
             fresh_txns_rx: tokio::sync::Mutex::new(fresh_rx),
@@ -323,15 +340,15 @@ impl Node {
 
     /// A user connection committed these log entries (primaries).
     pub fn committed_local(&self, entries: Vec<crate::log::LogEntry>) {
-        let last = entries.iter().map(|e| e.seq).max().unwrap_or(0);
-        self.shared.recent.push(entries);
-        self.shared.advance_feed(last);
+        // The primary's own transactions: no device is waiting for a decision on them.
+        self.shared.log_committed(entries, |_| None);
     }
 
     /// A user connection committed log entries up to `seq` that are to be read from the file
     /// (primaries; its copies in memory were made before a `ROLLBACK TO`).
     pub fn committed_in_file(&self, seq: u64) {
         self.shared.advance_feed(seq);
+        self.shared.audiences.wake_everyone(seq);
     }
 
     /// A user connection committed to the outbox; the sender reads it from the file (devices).

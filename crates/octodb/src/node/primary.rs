@@ -2,6 +2,7 @@
 //! and streaming the log to each device filtered by what its user may see.
 
 use super::admission::{admit, send_now, Applicant};
+use super::audiences::{Wake, POSITION_DELAY};
 use super::members::Registered;
 use super::snapshot;
 use super::writer::{ask, Job};
@@ -23,10 +24,6 @@ const CATCH_UP_BATCH: usize = 2000;
 /// Most transactions a device may send in one message.
 const MAX_TXNS_PER_MESSAGE: usize = 10_000;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a device may go without hearing that the log moved on past entries it may not
-/// see: often enough that a reconnecting device rarely re-reads much, rarely enough that busy
-/// primaries do not send every device a message per commit.
-const POSITION_DELAY: Duration = Duration::from_millis(200);
 
 /// Bind every `bind` address (so errors show at open time) and start accepting.
 pub(super) fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
@@ -49,6 +46,14 @@ pub(super) fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
         }
         tasks.push(runtime().spawn(accept_loop(shared.clone(), listener)));
     }
+    tasks.push(
+        runtime().spawn(
+            shared
+                .audiences
+                .clone()
+                .tick_positions(shared.feed.subscribe(), POSITION_DELAY),
+        ),
+    );
     Ok(tasks)
 }
 
@@ -297,63 +302,53 @@ async fn stream_to_device(
     last_seq: u64,
     mut wr: SecureWriter,
 ) -> Result<()> {
-    let mut feed = shared.feed.subscribe();
+    let mut following = shared.audiences.follow(user);
     let mut cursor = last_seq;
     if last_seq == 0 {
         // Boxed: the download's state is large and must not stay in every idle session.
         cursor = Box::pin(download(shared, user, &mut wr)).await?;
     }
     // The device's position as it was last told. Entries it may not see are not sent one by
-    // one; it hears of its new position with its next visible entry, or after POSITION_DELAY.
+    // one; it hears of its new position with its next visible entry, or at the next position
+    // tick (see `audiences`).
     let mut told = cursor;
-    let mut tell_at: Option<tokio::time::Instant> = None;
+    let mut tell_position = false;
     loop {
-        let last = *feed.borrow_and_update();
-        if cursor >= last {
-            match tell_at {
-                Some(at) => {
-                    tokio::select! {
-                        r = feed.changed() => r.map_err(|_| Error::Closed)?,
-                        _ = tokio::time::sleep_until(at) => {
-                            send(&mut wr, Vec::new(), cursor).await?;
-                            told = cursor;
-                            tell_at = None;
-                        }
-                    }
+        following.mark_seen();
+        let last = *shared.feed.borrow();
+        while cursor < last {
+            let batch = match shared.recent.read_after(cursor, last, CATCH_UP_BATCH) {
+                Some(b) => b,
+                None => {
+                    let from = cursor;
+                    shared
+                        .read(move |c| log::read_after(c, from, CATCH_UP_BATCH))
+                        .await?
+                        .into_iter()
+                        .map(|e| Arc::new(log::recent::Recorded::new(e)))
+                        .collect()
                 }
-                None => feed.changed().await.map_err(|_| Error::Closed)?,
+            };
+            let Some(up_to) = batch.last().map(|e| e.seq()) else {
+                cursor = last;
+                break;
+            };
+            let visible: Vec<_> = batch
+                .iter()
+                .filter_map(|e| e.for_device(node, user))
+                .collect();
+            cursor = up_to;
+            if !visible.is_empty() {
+                tracing::trace!(node, up_to, "streaming entries");
+                send(&mut wr, visible, up_to).await?;
+                told = up_to;
             }
-            continue;
         }
-        let batch = match shared.recent.read_after(cursor, last, CATCH_UP_BATCH) {
-            Some(b) => b,
-            None => {
-                let from = cursor;
-                shared
-                    .read(move |c| log::read_after(c, from, CATCH_UP_BATCH))
-                    .await?
-                    .into_iter()
-                    .map(|e| Arc::new(log::recent::Recorded::new(e)))
-                    .collect()
-            }
-        };
-        let Some(up_to) = batch.last().map(|e| e.seq()) else {
-            cursor = last;
-            continue;
-        };
-        let visible: Vec<_> = batch
-            .iter()
-            .filter_map(|e| e.for_device(node, user))
-            .collect();
-        cursor = up_to;
-        if !visible.is_empty() {
-            tracing::trace!(node, up_to, "streaming entries");
-            send(&mut wr, visible, up_to).await?;
-            told = up_to;
-            tell_at = None;
-        } else if told < cursor && tell_at.is_none() {
-            tell_at = Some(tokio::time::Instant::now() + POSITION_DELAY);
+        if tell_position && told < cursor {
+            send(&mut wr, Vec::new(), cursor).await?;
+            told = cursor;
         }
+        tell_position = following.woken().await == Wake::Position;
     }
 }
 

@@ -357,9 +357,13 @@ impl Writer {
             decided.checkpoint_if_due(c, &mut new)
         })?;
         decided.committed(new);
-        let last = recorded.iter().map(|e| e.seq).max().unwrap_or(0);
-        self.shared.recent.push(recorded);
-        self.shared.advance_feed(last);
+        let user_of = |node: u32| {
+            batch
+                .iter()
+                .find(|(sender, _)| sender.node_id == node)
+                .map(|(sender, _)| sender.user_id)
+        };
+        self.shared.log_committed(recorded, user_of);
         Ok(())
     }
 
