@@ -113,10 +113,8 @@ impl Identity {
 #[derive(Debug, Default)]
 struct State {
     layouts: Vec<Arc<TableLayout>>,
-    /// Per layout id: the row being inserted into that table now.
+    /// Per layout id: the row being inserted into that table now, or last.
     inserting: Vec<Inserting>,
-    /// The last row inserted: the id SQLite gave it and the id it ends with.
-    last_row: Option<(i64, i64)>,
     /// The statement running now (see the module's documentation).
     statement: i64,
     /// Whether `statement` has written its mark.
@@ -132,7 +130,7 @@ struct State {
 struct Inserting {
     /// The INSERT gave no id: SQLite picks it.
     auto: bool,
-    /// The id SQLite picked (`.0`) and the one the row ends with (`.1`), once decided.
+    /// The id SQLite gave the row (`.0`) and the one it ends with (`.1`), once decided.
     decided: Option<(i64, i64)>,
 }
 
@@ -270,7 +268,6 @@ impl Capture {
     pub fn begin_statement(&self) {
         let mut st = self.lock();
         st.inserting.clear();
-        st.last_row = None;
         st.statement += 1;
         st.marked = false;
     }
@@ -372,26 +369,28 @@ impl Capture {
         let Some(row) = st.inserting.get_mut(layout_id) else {
             return rowid;
         };
-        let id = match row.decided {
-            Some((from, to)) if from == rowid => to,
-            _ if row.auto && self.identity.node_id() != 0 => {
-                row.auto = false;
-                let to = self.identity.row_id_for(rowid);
-                row.decided = Some((rowid, to));
-                to
-            }
-            _ => rowid,
+        if let Some((_, to)) = row.decided.filter(|(from, _)| *from == rowid) {
+            return to;
+        }
+        let to = if std::mem::take(&mut row.auto) && self.identity.node_id() != 0 {
+            self.identity.row_id_for(rowid)
+        } else {
+            rowid
         };
-        st.last_row = Some((rowid, id));
-        id
+        row.decided = Some((rowid, to));
+        to
     }
 
-    /// The id the last statement's last inserted row ends with, if SQLite gave it `raw`.
+    /// The id the last statement's row that SQLite gave id `raw` ends with: the last row it
+    /// inserted into some table (SQLite's last_insert_rowid names no table; rows inserted by
+    /// triggers into other tables keep their own notes).
     pub fn remapped_rowid(&self, raw: i64) -> Option<i64> {
-        match self.lock().last_row {
-            Some((from, to)) if from == raw => Some(to),
-            _ => None,
-        }
+        let st = self.lock();
+        st.inserting
+            .iter()
+            .filter_map(|i| i.decided)
+            .find(|(from, _)| *from == raw)
+            .map(|(_, to)| to)
     }
 
     /// Take what the open transaction captured, one change per row, leaving out what was
@@ -652,8 +651,12 @@ mod tests {
         // Another table's row in between does not disturb this one's decision.
         capture.insert_begins(0, true);
         assert_eq!(capture.row_id(0, 2), id(NODE, 11));
-        capture.insert_begins(1, true);
-        assert_eq!(capture.row_id(1, 2), id(NODE, 12));
+        capture.insert_begins(1, false);
+        assert_eq!(capture.row_id(1, 7), 7);
         assert_eq!(capture.row_id(0, 2), id(NODE, 11));
+        // After the statement, SQLite names the last row of the statement's own table (2):
+        // the row a trigger inserted into another table (7) does not hide its move.
+        assert_eq!(capture.remapped_rowid(2), Some(id(NODE, 11)));
+        assert_eq!(capture.remapped_rowid(7), Some(7));
     }
 }
