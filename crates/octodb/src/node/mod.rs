@@ -492,8 +492,20 @@ impl Drop for Node {
         while tasks.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        let _ = self.shared.jobs.try_send(writer::Job::Stop);
         if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            // The queue may be full (sessions ending together each queue a job): wait for room
+            // rather than give up, or the writer would wait for jobs for ever and this join
+            // with it. Not `blocking_send`: a node may be dropped on a runtime thread.
+            let mut stop = writer::Job::Stop;
+            loop {
+                match self.shared.jobs.try_send(stop) {
+                    Err(mpsc::error::TrySendError::Full(job)) if !w.is_finished() => {
+                        stop = job;
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    _ => break,
+                }
+            }
             let _ = w.join();
         }
     }
