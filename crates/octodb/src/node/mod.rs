@@ -493,20 +493,33 @@ impl Drop for Node {
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
         if let Some(w) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            // The queue may be full (sessions ending together each queue a job): wait for room
-            // rather than give up, or the writer would wait for jobs for ever and this join
-            // with it. Not `blocking_send`: a node may be dropped on a runtime thread.
-            let mut stop = writer::Job::Stop;
-            loop {
-                match self.shared.jobs.try_send(stop) {
-                    Err(mpsc::error::TrySendError::Full(job)) if !w.is_finished() => {
-                        stop = job;
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                    }
-                    _ => break,
-                }
-            }
+            send_stop(
+                &self.shared.jobs,
+                || w.is_finished(),
+                || std::thread::sleep(std::time::Duration::from_millis(1)),
+            );
             let _ = w.join();
+        }
+    }
+}
+
+/// Queue the writer's stop job. The queue may be full (sessions ending together each queue a
+/// job): wait for room, with `pause` between tries, rather than give up, or the writer would
+/// wait for jobs for ever and the node's close with it; stop trying once `writer_finished`.
+/// Not `blocking_send`: a node may be dropped on a runtime thread.
+fn send_stop(
+    jobs: &mpsc::Sender<writer::Job>,
+    writer_finished: impl Fn() -> bool,
+    pause: impl Fn(),
+) {
+    let mut stop = writer::Job::Stop;
+    loop {
+        match jobs.try_send(stop) {
+            Err(mpsc::error::TrySendError::Full(job)) if !writer_finished() => {
+                stop = job;
+                pause();
+            }
+            _ => return,
         }
     }
 }
@@ -558,5 +571,45 @@ fn load_identity(conn: &Connection, cfg: &NodeConfig) -> Result<Identity> {
             )
         }
         None => Ok(Identity::new(None, 0, 0, next_seq, next_txn)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc as std_mpsc;
+
+    #[test]
+    fn the_stop_job_waits_for_room_in_a_full_queue() {
+        let (jobs, mut queue) = mpsc::channel(2);
+        while jobs.try_send(writer::Job::Stop).is_ok() {}
+        // A writer that drains the queue only once the sender has met it full.
+        let (release, released) = std_mpsc::channel::<()>();
+        let writer = std::thread::spawn(move || {
+            let _ = released.recv();
+            let mut stops = 0;
+            while let Some(job) = queue.blocking_recv() {
+                if matches!(job, writer::Job::Stop) {
+                    stops += 1;
+                }
+                if stops == 3 {
+                    return true;
+                }
+            }
+            false
+        });
+        send_stop(
+            &jobs,
+            || false,
+            || {
+                let _ = release.send(());
+            },
+        );
+        drop(jobs);
+        drop(release);
+        assert!(
+            writer.join().expect("writer thread"),
+            "the third stop, sent while the queue held two, reached the writer"
+        );
     }
 }
