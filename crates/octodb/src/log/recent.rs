@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 
 /// Most entries kept.
-const MAX_ENTRIES: usize = 8192;
+pub const MAX_ENTRIES: usize = 8192;
 /// Most row operations kept over all entries, so large transactions cannot pin much memory.
 const MAX_OPS: usize = 256 * 1024;
 
