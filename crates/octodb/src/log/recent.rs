@@ -78,12 +78,17 @@ impl Recorded {
 
     /// What device `node` of `user` may see of this entry, or None; cheap when it sees nothing.
     pub fn for_device(&self, node: u32, user: i64) -> Option<LogEntry> {
-        let interested = self.entry.origin_node == node
-            || self.audience.everyone
-            || self.audience.users.contains(&user);
-        interested
+        self.may_concern(node, user)
             .then(|| self.entry.for_device(node, user))
             .flatten()
+    }
+
+    /// Whether device `node` of `user` may see some of it (or hear its decision): false means
+    /// certainly not.
+    fn may_concern(&self, node: u32, user: i64) -> bool {
+        self.entry.origin_node == node
+            || self.audience.everyone
+            || self.audience.users.contains(&user)
     }
 }
 
@@ -122,6 +127,25 @@ impl Recent {
             }
         }
         recorded
+    }
+
+    /// Whether every entry after `after` up to `upto` is here and none concerns device `node`
+    /// of `user`: a session may then move past them without copying any (what a position
+    /// tick mostly finds).
+    pub fn none_for(&self, after: u64, upto: u64, node: u32, user: i64) -> bool {
+        let w = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let start = w.entries.partition_point(|e| e.seq() <= after);
+        let mut expect = after + 1;
+        for e in w.entries.range(start..) {
+            if e.seq() > upto {
+                break;
+            }
+            if e.seq() != expect || e.may_concern(node, user) {
+                return false;
+            }
+            expect += 1;
+        }
+        expect > upto
     }
 
     /// The entries after `after`, up to `upto` and at most `limit`, if every one of them is
@@ -173,6 +197,21 @@ mod tests {
         assert_eq!(seqs(r.read_after(0, 4, 2)), Some(vec![1, 2]));
         assert_eq!(seqs(r.read_after(4, 4, 10)), Some(vec![]));
         assert_eq!(seqs(r.read_after(4, 5, 10)), None, "5 is not here");
+    }
+
+    #[test]
+    fn none_for_is_true_only_for_a_complete_range_nobody_here_may_see() {
+        let r = Recent::default();
+        // Entries 1-3 come from node 1 and touch no user's rows; 4 is node 2's own.
+        r.push([entry(1), entry(2), entry(3)]);
+        let mut mine = entry(4);
+        mine.origin_node = 2;
+        r.push([mine]);
+        assert!(r.none_for(0, 3, 2, 7), "nothing of 1-3 concerns node 2");
+        assert!(!r.none_for(0, 4, 2, 7), "4 decides node 2's transaction");
+        assert!(r.none_for(0, 4, 3, 7), "node 3 hears of none of it");
+        assert!(!r.none_for(0, 5, 3, 7), "5 is not here: read the file");
+        assert!(r.none_for(4, 4, 3, 7), "an empty range");
     }
 
     #[test]

@@ -317,6 +317,10 @@ async fn stream_to_device(
         following.mark_seen();
         let last = *shared.feed.borrow();
         while cursor < last {
+            if shared.recent.none_for(cursor, last, node, user) {
+                cursor = last;
+                break;
+            }
             let batch = match shared.recent.read_after(cursor, last, CATCH_UP_BATCH) {
                 Some(b) => b,
                 None => {
