@@ -331,10 +331,7 @@ impl Writer {
 
     /// Primary: the last transaction decided for `node_id`, as committed.
     fn last_decided(&mut self, node_id: u32) -> Result<u64> {
-        let decided = match &mut self.decided {
-            Some(d) => d,
-            None => self.decided.insert(Decided::load(&self.conn)?),
-        };
+        let decided = loaded(&mut self.decided, &self.conn)?;
         let last = decided.last(&self.conn, &NewDecisions::default(), node_id)?;
         Ok(last.max(0) as u64)
     }
@@ -343,10 +340,7 @@ impl Writer {
     fn apply_device_batch(&mut self, batch: &[(Sender, Vec<(u64, ChangeSet)>)]) -> Result<()> {
         let conn = &self.conn;
         let tables = &mut self.tables;
-        let decided = match &mut self.decided {
-            Some(d) => d,
-            None => self.decided.insert(Decided::load(conn)?),
-        };
+        let decided = loaded(&mut self.decided, conn)?;
         let mut recorded = Vec::new();
         let mut new = NewDecisions::default();
         // Device transactions never change the schema.
@@ -586,6 +580,14 @@ impl Writer {
         self.conn
             .execute_batch("PRAGMA wal_autocheckpoint=1000; PRAGMA wal_checkpoint(PASSIVE);")?;
         Ok(())
+    }
+}
+
+/// Primary: the decided map, read from the file at its first use.
+fn loaded<'a>(decided: &'a mut Option<Decided>, conn: &Connection) -> Result<&'a mut Decided> {
+    match decided {
+        Some(d) => Ok(d),
+        None => Ok(decided.insert(Decided::load(conn)?)),
     }
 }
 
