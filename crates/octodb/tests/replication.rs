@@ -396,6 +396,49 @@ fn a_primary_whose_app_writes_without_pause_still_accepts_devices() {
     backend.stop();
 }
 
+/// An app's deferred `BEGIN` whose first statement writes waits for the engine's turn like
+/// any write. (octodb's own schema check used to start a read snapshot in it, and SQLite
+/// then fails the write at once with "database is locked" while the engine writes.)
+#[test]
+fn a_deferred_transaction_that_writes_waits_for_the_engine_instead_of_failing() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    // The device's engine keeps writing: the backend sends it rows without pause.
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    let backend_uri = primary_uri(&c.path("p.db"), 0);
+    let backend = std::thread::spawn(move || {
+        let mut conn = octodb::Connection::open(&backend_uri).expect("backend connection");
+        while !stopped.load(Ordering::Relaxed) {
+            let tx = conn.transaction().expect("begin");
+            for _ in 0..10 {
+                tx.execute("INSERT INTO t(v, row_owner) VALUES ('backend', '*')", [])
+                    .expect("backend insert");
+            }
+            tx.commit().expect("backend commit");
+        }
+    });
+    wait_until("rows from the backend reach the device", || {
+        (count(&d, "SELECT count(*) FROM t WHERE v = 'backend'") > 0).then_some(())
+    });
+    for i in 0..300 {
+        d.execute_batch(&format!(
+            "BEGIN; INSERT INTO t(v) VALUES ('deferred {i}'); COMMIT;"
+        ))
+        .unwrap_or_else(|e| panic!("transaction {i}: {e}"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    backend.join().expect("backend thread");
+    wait_outbox_empty(&d);
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM t WHERE v LIKE 'deferred %'"),
+        300
+    );
+}
+
 /// An app thread committing transactions of 100 rows (`v` = its label) back to back on the
 /// node of `uri`, until stopped.
 struct FlatOutWriter {

@@ -26,6 +26,13 @@ const WRAPPED: &[&str] = &[
     "INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "WITH",
 ];
 const SCHEMA_WORDS: &[&str] = &["CREATE", "DROP", "ALTER"];
+/// Statements that always write (unlike `WITH`, which may only read).
+const WRITE_WORDS: &[&str] = &[
+    "INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER",
+];
+/// Takes the write lock of the main database and changes nothing: SQLite opens a statement's
+/// write transaction before it looks at its WHERE clause.
+const TAKE_WRITE_LOCK: &str = "DELETE FROM main._octo_meta WHERE 0";
 
 /// A statement about to be prepared (phase 2).
 #[derive(Debug)]
@@ -78,6 +85,7 @@ impl Connection {
     pub fn before_prepare(&self, sql: &str) -> Result<Prepared> {
         let word = sql_text::first_word(sql);
         if self.repl.is_some() {
+            self.write_lock_before_reading(&word)?;
             self.refresh_schema()?;
             if word == "ALTER" && alters_row_owner(sql) {
                 return Err(Error::rule(
@@ -96,6 +104,27 @@ impl Connection {
             a.denied = None;
         }
         Ok(Prepared { word })
+    }
+
+    /// The first statement after a deferred `BEGIN` (or an outermost `SAVEPOINT`) writes:
+    /// take the write lock, waiting for the engine's turn, before octodb reads anything in
+    /// the transaction. Otherwise the schema check would start a read snapshot, and SQLite
+    /// does not wait for a busy write lock on behalf of a transaction that holds one: the
+    /// app's INSERT would fail with "database is locked" whenever the engine was writing,
+    /// though the app itself had read nothing.
+    fn write_lock_before_reading(&self, word: &str) -> Result<()> {
+        if self.conn.is_autocommit() || self.turn.is_writing() || !WRITE_WORDS.contains(&word) {
+            return Ok(());
+        }
+        if self.conn.transaction_state(None::<&str>)? != rusqlite::TransactionState::None {
+            return Ok(());
+        }
+        self.turn.begins_writing();
+        if let Err(e) = self.internal_sql(TAKE_WRITE_LOCK) {
+            self.turn.idle();
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Phase 3: `sql` is prepared (`readonly` as SQLite judges it) and bound; it is about to
