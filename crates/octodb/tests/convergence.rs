@@ -1,0 +1,296 @@
+//! Randomized convergence (SPEC §3.2-3.4): devices of two users and the backend write at
+//! random, devices go offline and come back, transactions conflict and are rejected; in the
+//! end every device holds exactly the primary's rows that its user may see, and no row a
+//! device committed on its own (an id it did not choose) was lost.
+//!
+//! Each run is one fixed seed: a failure names it and replays the same operations.
+mod common;
+use common::*;
+use octodb::auth::{Action, AuthRequest, Decision};
+use octodb::{Connection, Value};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeSet;
+
+/// Explicit ids the devices and the backend share: inserts of the same one conflict.
+const SHARED_IDS: i64 = 12;
+
+struct Device {
+    name: &'static str,
+    user: i64,
+    conn: Option<Connection>,
+    online: bool,
+}
+
+struct World {
+    cluster: Cluster,
+    primary: Connection,
+    devices: Vec<Device>,
+    /// Tags of rows inserted on a device in a transaction of their own with an id SQLite
+    /// picked: nothing can reject those (no one else can hold their id, no rule is broken).
+    must_arrive: BTreeSet<String>,
+}
+
+#[test]
+fn devices_converge_to_the_primary_under_random_work_seed_1() {
+    run(1, 1500);
+}
+
+#[test]
+fn devices_converge_to_the_primary_under_random_work_seed_2() {
+    run(2, 1500);
+}
+
+fn run(seed: u64, steps: usize) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut w = World::new();
+    for step in 0..steps {
+        w.random_step(&mut rng, seed, step);
+    }
+    w.check_converged(seed);
+}
+
+impl World {
+    fn new() -> World {
+        let cluster = Cluster::new();
+        let primary = cluster.auth_primary("p.db", "user");
+        primary
+            .execute_batch(
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, tag TEXT, v TEXT, n INTEGER, row_owner);
+                 CREATE TABLE u(x TEXT, row_owner);",
+            )
+            .unwrap();
+        primary
+            .set_auth_callback(Action::UserSignup, |_r: &AuthRequest| Decision::User(0))
+            .unwrap();
+        primary
+            .set_auth_callback(Action::UserLogin, |r: &AuthRequest| {
+                match user_named_in(r) {
+                    Some(u) => Decision::User(u),
+                    None => Decision::Reject("unknown user".into()),
+                }
+            })
+            .unwrap();
+        let mut w = World {
+            cluster,
+            primary,
+            devices: Vec::new(),
+            must_arrive: BTreeSet::new(),
+        };
+        let ann = w.join("ann1.db", "PRAGMA user_signup='ann'".into());
+        w.join("ann2.db", format!("PRAGMA user_login='user:{ann}'"));
+        w.join("bob1.db", "PRAGMA user_signup='bob'".into());
+        w
+    }
+
+    /// A new device that signs up or logs in with `pragma`; returns its user.
+    fn join(&mut self, name: &'static str, pragma: String) -> i64 {
+        let conn = self.cluster.device(name, &self.primary);
+        conn.execute(&pragma, []).unwrap();
+        let user = ready(&conn).user_id.expect("an approved device has a user");
+        self.devices.push(Device {
+            name,
+            user,
+            conn: Some(conn),
+            online: true,
+        });
+        user
+    }
+
+    fn random_step(&mut self, rng: &mut StdRng, seed: u64, step: usize) {
+        let tag = format!("s{seed}-{step}");
+        let shared_id = rng.gen_range(1..=SHARED_IDS);
+        let value = format!("v{step}");
+        let who = rng.gen_range(0..=self.devices.len());
+        if who == self.devices.len() {
+            self.backend_step(rng, &tag, shared_id, &value);
+            return;
+        }
+        let roll = rng.gen_range(0..100);
+        let d = &mut self.devices[who];
+        if roll < 6 {
+            d.toggle_online(&self.cluster, &self.primary);
+            return;
+        }
+        let c = d.conn.as_mut().expect("a device is always open");
+        let outcome = match roll {
+            // A row whose id SQLite picks, in a transaction of its own.
+            6..=30 => {
+                let r = c.execute(
+                    "INSERT INTO t(tag, v, n) VALUES (?1, ?2, 0)",
+                    (tag.as_str(), value.as_str()),
+                );
+                if r.is_ok() {
+                    self.must_arrive.insert(tag);
+                }
+                r.map(drop)
+            }
+            31..=45 => c
+                .execute(
+                    "INSERT INTO t(id, tag, v, n) VALUES (?1, ?2, ?3, 0)",
+                    (shared_id, tag.as_str(), value.as_str()),
+                )
+                .map(drop),
+            46..=65 => c
+                .execute(
+                    "UPDATE t SET v = ?1, n = n + 1 WHERE id = ?2 OR tag = (SELECT max(tag) FROM t)",
+                    (value.as_str(), shared_id),
+                )
+                .map(drop),
+            66..=72 => c
+                .execute("DELETE FROM t WHERE id = ?1", [shared_id])
+                .map(drop),
+            73..=80 => c
+                .execute("INSERT INTO u(x) VALUES (?1)", [tag.as_str()])
+                .map(drop),
+            // Several statements in one transaction, one of them undone by a savepoint;
+            // an explicit id inside can get the whole transaction rejected.
+            _ => {
+                let other = rng.gen_range(1..=SHARED_IDS);
+                let stmts = [
+                    "BEGIN".to_string(),
+                    format!("INSERT INTO t(tag, v, n) VALUES ('{tag}-a', '{value}', 0)"),
+                    "SAVEPOINT s".into(),
+                    format!("INSERT INTO t(tag, v, n) VALUES ('{tag}-undone', '{value}', 0)"),
+                    format!("UPDATE t SET n = n + 100 WHERE id = {shared_id}"),
+                    "ROLLBACK TO s".into(),
+                    "RELEASE s".into(),
+                    format!("UPDATE t SET n = n + 1 WHERE id = {shared_id}"),
+                    format!("INSERT OR IGNORE INTO t(id, tag, v, n) VALUES ({other}, '{tag}-b', '{value}', 0)"),
+                    "COMMIT".into(),
+                ];
+                let mut r = Ok(());
+                for s in &stmts {
+                    if let Err(e) = c.execute_batch(s) {
+                        r = Err(octodb::Error::rule(format!("{s}: {e}")));
+                        break;
+                    }
+                }
+                r
+            }
+        };
+        if let Err(e) = outcome {
+            // The app's own mistakes (a taken id) fail the statement; nothing else may.
+            assert!(
+                e.to_string().contains("UNIQUE"),
+                "seed {seed} step {step} (roll {roll}) on {}: {e}",
+                d.name
+            );
+            if !c.is_autocommit() {
+                c.execute_batch("ROLLBACK").unwrap();
+            }
+        }
+    }
+
+    /// The backend: rows for a user, for everyone, or its own; changes to any row.
+    fn backend_step(&mut self, rng: &mut StdRng, tag: &str, shared_id: i64, value: &str) {
+        let owners = [
+            Value::Integer(self.devices[0].user),
+            Value::Integer(self.devices[2].user),
+            Value::Text("*".into()),
+            Value::Null,
+        ];
+        let owner = owners[rng.gen_range(0..owners.len())].clone();
+        let p = &self.primary;
+        let r = match rng.gen_range(0..4) {
+            0 => p.execute(
+                "INSERT INTO t(tag, v, n, row_owner) VALUES (?1, ?2, 0, ?3)",
+                (tag, value, owner),
+            ),
+            1 => p.execute(
+                "INSERT OR IGNORE INTO t(id, tag, v, n, row_owner) VALUES (?1, ?2, ?3, 0, ?4)",
+                (shared_id, tag, value, owner),
+            ),
+            2 => p.execute(
+                "UPDATE t SET v = ?1, n = n + 1 WHERE id = ?2",
+                (value, shared_id),
+            ),
+            _ => p.execute("DELETE FROM t WHERE id = ?1", [shared_id]),
+        };
+        r.unwrap();
+    }
+
+    fn check_converged(&mut self, seed: u64) {
+        for d in &mut self.devices {
+            if !d.online {
+                d.toggle_online(&self.cluster, &self.primary);
+            }
+        }
+        for d in &self.devices {
+            let c = d.conn.as_ref().expect("open");
+            wait_outbox_empty(c);
+        }
+        // Every outbox is empty, so the primary's log is final; each device catches up to it.
+        let last = self.primary.sync_status().unwrap().last_seq;
+        for d in &self.devices {
+            let c = d.conn.as_ref().expect("open");
+            c.wait_for(DEADLINE, |s| s.last_seq >= last).unwrap();
+        }
+        for d in &self.devices {
+            let c = d.conn.as_ref().expect("open");
+            for table in ["t", "u"] {
+                let visible = format!(
+                    "SELECT rowid, * FROM {table} WHERE row_owner = {} OR row_owner = '*' ORDER BY rowid",
+                    d.user
+                );
+                assert_eq!(
+                    rows(c, &visible),
+                    rows(&self.primary, &visible),
+                    "seed {seed}: device {} differs from the primary in `{table}`",
+                    d.name
+                );
+                let foreign = format!(
+                    "SELECT count(*) FROM {table} WHERE row_owner IS NOT NULL
+                       AND row_owner <> '*' AND row_owner <> {}",
+                    d.user
+                );
+                assert_eq!(
+                    count(c, &foreign),
+                    0,
+                    "seed {seed}: {} holds another user's rows",
+                    d.name
+                );
+            }
+        }
+        let at_primary: BTreeSet<String> = rows(&self.primary, "SELECT tag FROM t")
+            .into_iter()
+            .filter_map(|r| match r.into_iter().next() {
+                Some(Value::Text(t)) => Some(t),
+                _ => None,
+            })
+            .collect();
+        let lost: Vec<_> = self.must_arrive.difference(&at_primary).collect();
+        assert!(
+            lost.is_empty(),
+            "seed {seed}: rows committed on devices never arrived: {lost:?}"
+        );
+        assert!(
+            !self.must_arrive.is_empty(),
+            "seed {seed}: the run made no device inserts to check"
+        );
+    }
+}
+
+impl Device {
+    /// Offline: reopened pointing at a port where nothing listens. Online: reopened on the
+    /// primary's address.
+    fn toggle_online(&mut self, cluster: &Cluster, primary: &Connection) {
+        drop(self.conn.take());
+        let addr = if self.online {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        } else {
+            addr_of(primary)
+        };
+        self.online = !self.online;
+        self.conn = Some(Connection::open(&device_uri(&cluster.path(self.name), &addr)).unwrap());
+    }
+}
+
+fn rows(c: &Connection, sql: &str) -> Vec<Vec<Value>> {
+    c.query(sql, [])
+        .unwrap()
+        .iter()
+        .map(|r| r.values().to_vec())
+        .collect()
+}
