@@ -18,6 +18,10 @@ const SHARED_IDS: i64 = 12;
 
 struct Device {
     name: &'static str,
+    /// The file's path.
+    path: std::path::PathBuf,
+    /// Where the primary listens (the same port across its restarts).
+    primary_addr: String,
     user: i64,
     conn: Option<Connection>,
     online: bool,
@@ -31,6 +35,10 @@ struct World {
     /// Tags of rows inserted on a device in a transaction of their own with an id SQLite
     /// picked: nothing can reject those (no one else can hold their id, no rule is broken).
     must_arrive: BTreeSet<String>,
+    /// Restarting the primary is one of the backend's steps (not while devices run alone).
+    restarts: bool,
+    /// The two users (ann's devices come first).
+    users: [i64; 2],
 }
 
 #[test]
@@ -41,6 +49,56 @@ fn devices_converge_to_the_primary_under_random_work_seed_1() {
 #[test]
 fn devices_converge_to_the_primary_under_random_work_seed_2() {
     run(2, 1500);
+}
+
+/// The devices' apps and the backend all at once, each in its thread with its own seed (so the
+/// interleaving, unlike the steps, differs from run to run).
+#[test]
+fn devices_converge_when_all_write_at_once() {
+    run_concurrently(3, 400);
+}
+
+fn run_concurrently(seed: u64, steps: usize) {
+    let mut w = World::new();
+    w.restarts = false;
+    let devices = std::mem::take(&mut w.devices);
+    let threads: Vec<_> = devices
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut d)| {
+            std::thread::spawn(move || {
+                let mut rng = StdRng::seed_from_u64(seed * 100 + i as u64);
+                let mut must_arrive = Vec::new();
+                for step in 0..steps {
+                    let tag = format!("s{seed}-d{i}-{step}");
+                    let shared_id = rng.gen_range(1..=SHARED_IDS);
+                    must_arrive.extend(d.random_step(
+                        &mut rng,
+                        &tag,
+                        shared_id,
+                        &format!("v{step}"),
+                    ));
+                }
+                (d, must_arrive)
+            })
+        })
+        .collect();
+    let mut rng = StdRng::seed_from_u64(seed * 100 + 99);
+    for step in 0..steps {
+        let shared_id = rng.gen_range(1..=SHARED_IDS);
+        w.backend_step(
+            &mut rng,
+            &format!("s{seed}-b-{step}"),
+            shared_id,
+            &format!("v{step}"),
+        );
+    }
+    for t in threads {
+        let (d, must_arrive) = t.join().expect("a device's app thread");
+        w.devices.push(d);
+        w.must_arrive.extend(must_arrive);
+    }
+    w.check_converged(seed);
 }
 
 fn run(seed: u64, steps: usize) {
@@ -70,10 +128,13 @@ impl World {
             primary_port,
             devices: Vec::new(),
             must_arrive: BTreeSet::new(),
+            restarts: true,
+            users: [0, 0],
         };
         let ann = w.join("ann1.db", "PRAGMA user_signup='ann'".into());
         w.join("ann2.db", format!("PRAGMA user_login='user:{ann}'"));
-        w.join("bob1.db", "PRAGMA user_signup='bob'".into());
+        let bob = w.join("bob1.db", "PRAGMA user_signup='bob'".into());
+        w.users = [ann, bob];
         w
     }
 
@@ -84,6 +145,8 @@ impl World {
         let user = ready(&conn).user_id.expect("an approved device has a user");
         self.devices.push(Device {
             name,
+            path: self.cluster.path(name),
+            primary_addr: addr_of(&self.primary),
             user,
             conn: Some(conn),
             online: true,
@@ -100,110 +163,15 @@ impl World {
             self.backend_step(rng, &tag, shared_id, &value);
             return;
         }
-        let roll = rng.gen_range(0..100);
-        let d = &mut self.devices[who];
-        if roll < 6 {
-            d.toggle_online(&self.cluster, &self.primary);
-            return;
-        }
-        let c = d.conn.as_mut().expect("a device is always open");
-        let outcome = match roll {
-            // A row whose id SQLite picks, in a transaction of its own.
-            6..=30 => {
-                let r = c.execute(
-                    "INSERT INTO t(tag, v, n) VALUES (?1, ?2, 0)",
-                    (tag.as_str(), value.as_str()),
-                );
-                if r.is_ok() {
-                    self.must_arrive.insert(tag);
-                }
-                r.map(drop)
-            }
-            31..=45 => c
-                .execute(
-                    "INSERT INTO t(id, tag, v, n) VALUES (?1, ?2, ?3, 0)",
-                    (shared_id, tag.as_str(), value.as_str()),
-                )
-                .map(drop),
-            46..=65 => c
-                .execute(
-                    "UPDATE t SET v = ?1, n = n + 1 WHERE id = ?2 OR tag = (SELECT max(tag) FROM t)",
-                    (value.as_str(), shared_id),
-                )
-                .map(drop),
-            66..=72 => c
-                .execute("DELETE FROM t WHERE id = ?1", [shared_id])
-                .map(drop),
-            73..=78 => c
-                .execute("INSERT INTO u(x) VALUES (?1)", [tag.as_str()])
-                .map(drop),
-            // A local row, which stays on the device until it is made a row of the user.
-            79..=81 => c
-                .execute(
-                    "INSERT INTO t(tag, v, n, row_owner) VALUES (?1, ?2, 0, NULL)",
-                    (tag.as_str(), value.as_str()),
-                )
-                .map(drop),
-            // A bigger transaction: more rows than one statement of the outbox's bookkeeping
-            // takes, and updates of rows it inserted.
-            84..=85 => c.execute_batch(&format!(
-                "BEGIN IMMEDIATE;
-                 WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 150)
-                   INSERT INTO t(tag, v, n) SELECT '{tag}-' || i, '{value}', i FROM k;
-                 UPDATE t SET n = n * 2 WHERE tag LIKE '{tag}-%' AND n % 3 = 0;
-                 DELETE FROM t WHERE tag LIKE '{tag}-%' AND n % 5 = 0;
-                 COMMIT;"
-            )),
-            82..=83 => c
-                .execute(
-                    "UPDATE t SET row_owner = this_user()
-                     WHERE rowid = (SELECT min(rowid) FROM t WHERE row_owner IS NULL)",
-                    [],
-                )
-                .map(drop),
-            // Several statements in one transaction, one of them undone by a savepoint;
-            // an explicit id inside can get the whole transaction rejected.
-            _ => {
-                let other = rng.gen_range(1..=SHARED_IDS);
-                let stmts = [
-                    "BEGIN".to_string(),
-                    format!("INSERT INTO t(tag, v, n) VALUES ('{tag}-a', '{value}', 0)"),
-                    "SAVEPOINT s".into(),
-                    format!("INSERT INTO t(tag, v, n) VALUES ('{tag}-undone', '{value}', 0)"),
-                    format!("UPDATE t SET n = n + 100 WHERE id = {shared_id}"),
-                    "ROLLBACK TO s".into(),
-                    "RELEASE s".into(),
-                    format!("UPDATE t SET n = n + 1 WHERE id = {shared_id}"),
-                    format!("INSERT OR IGNORE INTO t(id, tag, v, n) VALUES ({other}, '{tag}-b', '{value}', 0)"),
-                    "COMMIT".into(),
-                ];
-                let mut r = Ok(());
-                for s in &stmts {
-                    if let Err(e) = c.execute_batch(s) {
-                        r = Err(octodb::Error::rule(format!("{s}: {e}")));
-                        break;
-                    }
-                }
-                r
-            }
-        };
-        if let Err(e) = outcome {
-            // The app's own mistakes (a taken id) fail the statement; nothing else may.
-            assert!(
-                e.to_string().contains("UNIQUE"),
-                "seed {seed} step {step} (roll {roll}) on {}: {e}",
-                d.name
-            );
-            if !c.is_autocommit() {
-                c.execute_batch("ROLLBACK").unwrap();
-            }
+        if let Some(tag) = self.devices[who].random_step(rng, &tag, shared_id, &value) {
+            self.must_arrive.insert(tag);
         }
     }
 
     /// The backend: rows for a user, for everyone, or its own; changes to any row.
     fn backend_step(&mut self, rng: &mut StdRng, tag: &str, shared_id: i64, value: &str) {
         match rng.gen_range(0..100) {
-            0..=1 => return self.restart_primary(),
+            0..=1 if self.restarts => return self.restart_primary(),
             2 => {
                 // A column more: devices get it, with work pending from before it.
                 let column = tag.replace('-', "_");
@@ -220,9 +188,10 @@ impl World {
             }
             _ => {}
         }
+        let (ann, bob) = (self.users[0], self.users[1]);
         let owners = [
-            Value::Integer(self.devices[0].user),
-            Value::Integer(self.devices[2].user),
+            Value::Integer(ann),
+            Value::Integer(bob),
             Value::Text("*".into()),
             Value::Null,
         ];
@@ -237,7 +206,7 @@ impl World {
                        SELECT '{tag}-' || i, '{value}', i, CASE i % 3 WHEN 0 THEN '*' ELSE {} END FROM k;
                      UPDATE t SET v = '{value}' WHERE id = {shared_id};
                      COMMIT;",
-                    self.devices[0].user
+                    ann
                 ))
                 .map(|()| 0),
             0 => p.execute(
@@ -273,7 +242,7 @@ impl World {
     fn check_converged(&mut self, seed: u64) {
         for d in &mut self.devices {
             if !d.online {
-                d.toggle_online(&self.cluster, &self.primary);
+                d.toggle_online();
             }
         }
         for d in &self.devices {
@@ -338,18 +307,128 @@ impl World {
 }
 
 impl Device {
+    /// One random step of this device's app; the tag of a row that must reach the primary
+    /// (one inserted alone, with an id SQLite picked), if it made one.
+    fn random_step(
+        &mut self,
+        rng: &mut StdRng,
+        tag: &str,
+        shared_id: i64,
+        value: &str,
+    ) -> Option<String> {
+        let roll = rng.gen_range(0..100);
+        if roll < 6 {
+            self.toggle_online();
+            return None;
+        }
+        let mut must_arrive = None;
+        let c = self.conn.as_mut().expect("a device is always open");
+        let outcome = match roll {
+            // A row whose id SQLite picks, in a transaction of its own.
+            6..=30 => {
+                let r = c.execute(
+                    "INSERT INTO t(tag, v, n) VALUES (?1, ?2, 0)",
+                    (tag, value),
+                );
+                if r.is_ok() {
+                    must_arrive = Some(tag.to_string());
+                }
+                r.map(drop)
+            }
+            31..=45 => c
+                .execute(
+                    "INSERT INTO t(id, tag, v, n) VALUES (?1, ?2, ?3, 0)",
+                    (shared_id, tag, value),
+                )
+                .map(drop),
+            46..=65 => c
+                .execute(
+                    "UPDATE t SET v = ?1, n = n + 1 WHERE id = ?2 OR tag = (SELECT max(tag) FROM t)",
+                    (value, shared_id),
+                )
+                .map(drop),
+            66..=72 => c
+                .execute("DELETE FROM t WHERE id = ?1", [shared_id])
+                .map(drop),
+            73..=78 => c
+                .execute("INSERT INTO u(x) VALUES (?1)", [tag])
+                .map(drop),
+            // A local row, which stays on the device until it is made a row of the user.
+            79..=81 => c
+                .execute(
+                    "INSERT INTO t(tag, v, n, row_owner) VALUES (?1, ?2, 0, NULL)",
+                    (tag, value),
+                )
+                .map(drop),
+            // A bigger transaction: more rows than one statement of the outbox's bookkeeping
+            // takes, and updates of rows it inserted.
+            84..=85 => c.execute_batch(&format!(
+                "BEGIN IMMEDIATE;
+                 WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 150)
+                   INSERT INTO t(tag, v, n) SELECT '{tag}-' || i, '{value}', i FROM k;
+                 UPDATE t SET n = n * 2 WHERE tag LIKE '{tag}-%' AND n % 3 = 0;
+                 DELETE FROM t WHERE tag LIKE '{tag}-%' AND n % 5 = 0;
+                 COMMIT;"
+            )),
+            82..=83 => c
+                .execute(
+                    "UPDATE t SET row_owner = this_user()
+                     WHERE rowid = (SELECT min(rowid) FROM t WHERE row_owner IS NULL)",
+                    [],
+                )
+                .map(drop),
+            // Several statements in one transaction, one of them undone by a savepoint;
+            // an explicit id inside can get the whole transaction rejected.
+            _ => {
+                let other = rng.gen_range(1..=SHARED_IDS);
+                let stmts = [
+                    "BEGIN".to_string(),
+                    format!("INSERT INTO t(tag, v, n) VALUES ('{tag}-a', '{value}', 0)"),
+                    "SAVEPOINT s".into(),
+                    format!("INSERT INTO t(tag, v, n) VALUES ('{tag}-undone', '{value}', 0)"),
+                    format!("UPDATE t SET n = n + 100 WHERE id = {shared_id}"),
+                    "ROLLBACK TO s".into(),
+                    "RELEASE s".into(),
+                    format!("UPDATE t SET n = n + 1 WHERE id = {shared_id}"),
+                    format!("INSERT OR IGNORE INTO t(id, tag, v, n) VALUES ({other}, '{tag}-b', '{value}', 0)"),
+                    "COMMIT".into(),
+                ];
+                let mut r = Ok(());
+                for s in &stmts {
+                    if let Err(e) = c.execute_batch(s) {
+                        r = Err(octodb::Error::rule(format!("{s}: {e}")));
+                        break;
+                    }
+                }
+                r
+            }
+        };
+        if let Err(e) = outcome {
+            // The app's own mistakes (a taken id) fail the statement; nothing else may.
+            assert!(
+                e.to_string().contains("UNIQUE"),
+                "step {tag} (roll {roll}) on {}: {e}",
+                self.name
+            );
+            if !c.is_autocommit() {
+                c.execute_batch("ROLLBACK").unwrap();
+            }
+        }
+        must_arrive
+    }
+
     /// Offline: reopened pointing at a port where nothing listens. Online: reopened on the
     /// primary's address.
-    fn toggle_online(&mut self, cluster: &Cluster, primary: &Connection) {
+    fn toggle_online(&mut self) {
         drop(self.conn.take());
         let addr = if self.online {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().to_string()
         } else {
-            addr_of(primary)
+            self.primary_addr.clone()
         };
         self.online = !self.online;
-        self.conn = Some(Connection::open(&device_uri(&cluster.path(self.name), &addr)).unwrap());
+        self.conn = Some(Connection::open(&device_uri(&self.path, &addr)).unwrap());
     }
 }
 
