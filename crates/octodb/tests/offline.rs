@@ -547,6 +547,48 @@ fn an_empty_device_downloads_100k_rows_with_progress() {
     wait_count(&d, "SELECT count(*) FROM items", N + 1);
 }
 
+/// A download cut off by the primary's restart starts over when the device reconnects and
+/// ends whole: every row once, and what the primary committed in between too.
+#[test]
+fn a_download_cut_off_by_a_primary_restart_ends_whole() {
+    const N: i64 = 300_000;
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    let port = port_of(&p);
+    p.execute_batch(
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, qty INTEGER, row_owner);
+         WITH RECURSIVE k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i < 299999)
+           INSERT INTO items(qty, row_owner) SELECT i, '*' FROM k;",
+    )
+    .unwrap();
+    drop(p);
+    let d = Connection::open(&device_uri(&c.path("d.db"), &format!("127.0.0.1:{port}"))).unwrap();
+    let mut events = d.subscribe();
+    let p = reopen_primary(&c.path("p.db"), port);
+    // Cut it off once some rows, not all, have arrived.
+    let cut_at = loop {
+        match octodb::next_event(&mut events, DEADLINE) {
+            octodb::Next::Event(Event::Download { rows, .. }) if rows > 0 => break rows,
+            octodb::Next::Event(Event::Ready) => panic!("the download ended before the cut"),
+            octodb::Next::Event(_) => {}
+            other => panic!("waiting for download progress: {other:?}"),
+        }
+    };
+    drop(p);
+    eprintln!("cut off after {cut_at} of {N} rows");
+    assert!(
+        !status(&d).db_is_ready,
+        "cut off after {cut_at} rows, the device is not ready"
+    );
+    let p = reopen_primary(&c.path("p.db"), port);
+    p.execute("INSERT INTO items(qty, row_owner) VALUES (-1, '*')", [])
+        .unwrap();
+    ready(&d);
+    wait_count(&d, "SELECT count(*) FROM items", N + 1);
+    assert_eq!(count(&d, "SELECT count(DISTINCT id) FROM items"), N + 1);
+    assert_eq!(count(&d, "SELECT sum(qty) FROM items"), N * (N - 1) / 2 - 1);
+}
+
 #[test]
 fn malformed_uris_are_refused_at_open_naming_the_parameter() {
     let c = Cluster::new();
