@@ -42,6 +42,37 @@ def test_implicit_transactions_take_the_write_lock_at_once_on_a_node(open_primar
     assert traced.index("BEGIN IMMEDIATE") < traced.index("INSERT INTO todos(title) VALUES ('x')")
 
 
+def test_an_explicit_deferred_begin_that_writes_waits_for_the_engine(open_primary, open_device, tmp_path):
+    backend = open_primary()
+    make_table(backend)
+    phone = open_device(backend)
+    phone.wait_until_ready(timeout=DEADLINE)
+    stop = threading.Event()
+
+    def send_rows_without_pause():
+        # Another backend connection, so that the phone's engine keeps writing what arrives.
+        db = octodb.connect(f"file:{tmp_path / 'backend.db'}?node=primary&bind=tcp://127.0.0.1:0")
+        while not stop.is_set():
+            with db:
+                db.executemany("INSERT INTO todos(title, row_owner) VALUES (?, '*')", [("news",)] * 10)
+        db.close()
+
+    sender = threading.Thread(target=send_rows_without_pause)
+    sender.start()
+    try:
+        wait_until("rows from the backend", lambda: phone.execute("SELECT count(*) FROM todos").fetchone()[0] > 0)
+        phone.isolation_level = None  # the app runs its own BEGIN (deferred) and COMMIT
+        for i in range(200):
+            phone.execute("BEGIN")
+            phone.execute("INSERT INTO todos(title) VALUES (?)", (f"mine {i}",))
+            phone.execute("COMMIT")
+    finally:
+        stop.set()
+        sender.join()
+    phone.wait_for(lambda s: s["outbox_len"] == 0, timeout=DEADLINE)
+    assert backend.execute("SELECT count(*) FROM todos WHERE title LIKE 'mine %'").fetchone()[0] == 200
+
+
 def test_a_rolled_back_transaction_sends_nothing(open_primary, open_device):
     backend = open_primary()
     make_table(backend)
