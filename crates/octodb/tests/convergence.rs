@@ -25,6 +25,8 @@ struct Device {
     user: i64,
     conn: Option<Connection>,
     online: bool,
+    /// Goes offline and back now and then (not while another connection shares its node).
+    toggles: bool,
 }
 
 struct World {
@@ -61,7 +63,20 @@ fn devices_converge_when_all_write_at_once() {
 fn run_concurrently(seed: u64, steps: usize) {
     let mut w = World::new();
     w.restarts = false;
-    let devices = std::mem::take(&mut w.devices);
+    let mut devices = std::mem::take(&mut w.devices);
+    // A second app connection on ann's second device, writing at the same time as the first.
+    let second = &mut devices[1];
+    second.toggles = false;
+    let also = Device {
+        name: second.name,
+        path: second.path.clone(),
+        primary_addr: second.primary_addr.clone(),
+        user: second.user,
+        conn: Some(w.cluster.device(second.name, &w.primary)),
+        online: true,
+        toggles: false,
+    };
+    devices.push(also);
     let threads: Vec<_> = devices
         .into_iter()
         .enumerate()
@@ -98,6 +113,8 @@ fn run_concurrently(seed: u64, steps: usize) {
         w.devices.push(d);
         w.must_arrive.extend(must_arrive);
     }
+    // The second connection's device is checked through the first.
+    w.devices.pop();
     w.check_converged(seed);
 }
 
@@ -150,6 +167,7 @@ impl World {
             user,
             conn: Some(conn),
             online: true,
+            toggles: true,
         });
         user
     }
@@ -318,7 +336,9 @@ impl Device {
     ) -> Option<String> {
         let roll = rng.gen_range(0..100);
         if roll < 6 {
-            self.toggle_online();
+            if self.toggles {
+                self.toggle_online();
+            }
             return None;
         }
         let mut must_arrive = None;
