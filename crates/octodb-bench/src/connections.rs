@@ -162,7 +162,8 @@ fn sessions_settle(primary: &mut Proc, done: impl Fn(usize) -> bool) -> Result<u
     }
 }
 
-/// Child: the primary, answering `count` with the number of device sessions it holds.
+/// Child: the primary, answering `count` with the number of device sessions it holds, `rows`
+/// with the number of rows devices gave it, and `write N` with the p50 of N paced commits.
 pub fn primary_proc(path: &str) -> Result<()> {
     let uri = format!("file:{path}?node=primary&bind=tcp://0.0.0.0:0&auth=user");
     let p = octodb::Connection::open(&uri)?;
@@ -175,6 +176,13 @@ pub fn primary_proc(path: &str) -> Result<()> {
     for cmd in procs::commands() {
         if cmd == "count" {
             procs::say(&format!("sessions {}", p.sync_status()?.peers.len()));
+        } else if cmd == "rows" {
+            let n: i64 = p.query_row(
+                "SELECT count(*) FROM items WHERE row_owner IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            procs::say(&format!("rows {n}"));
         } else if let Some(n) = cmd.strip_prefix("write ") {
             let n: usize = n.parse().context("write: a number of commits")?;
             let mut ms = Vec::with_capacity(n);

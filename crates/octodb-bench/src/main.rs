@@ -8,6 +8,7 @@ mod connections;
 mod download;
 mod latency;
 mod memory;
+mod primary_alone;
 mod procs;
 mod report;
 mod streaming;

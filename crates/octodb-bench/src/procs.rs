@@ -88,15 +88,37 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 
 /// CPU time (user and system) a process has used so far, in seconds, from /proc.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("reading /proc/{pid}/stat (Linux only)"))?;
-    // The fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
+    let path = format!("/proc/{pid}/stat");
+    let stat =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {path} (Linux only)"))?;
+    Ok(stat_cpu(&stat)?.1)
+}
+
+/// CPU time the threads of a process named `name` have used so far, in seconds.
+pub fn thread_cpu_seconds(pid: u32, name: &str) -> Result<f64> {
+    let mut total = 0.0;
+    let tasks = format!("/proc/{pid}/task");
+    for task in std::fs::read_dir(&tasks).with_context(|| format!("reading {tasks}"))? {
+        // A thread that ended since the listing has no stat any more: it counts for nothing.
+        let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else {
+            continue;
+        };
+        let (comm, cpu) = stat_cpu(&stat)?;
+        if comm == name {
+            total += cpu;
+        }
+    }
+    Ok(total)
+}
+
+/// The command name and CPU seconds (user and system) of a /proc `stat` line.
+fn stat_cpu(stat: &str) -> Result<(&str, f64)> {
+    // The command name is in parentheses and may hold spaces.
+    let (head, rest) = stat
         .rsplit_once(')')
-        .context("no command name in /proc stat")?
-        .1
-        .split_whitespace()
-        .collect();
+        .context("no command name in /proc stat")?;
+    let comm = head.split_once('(').map_or("", |(_, c)| c);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name and state.
     let ticks = |i: usize| -> Result<f64> {
         Ok(fields
@@ -106,7 +128,7 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     };
     // SAFETY: sysconf only reads a configuration value; _SC_CLK_TCK is a valid name.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((ticks(11)? + ticks(12)?) / per_second)
+    Ok((comm, (ticks(11)? + ticks(12)?) / per_second))
 }
 
 /// Lines from standard input until it closes; the child's command loop.

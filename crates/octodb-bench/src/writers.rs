@@ -3,6 +3,7 @@
 
 use crate::baseline::{self, Sync, INSERT, ITEMS};
 use crate::cluster::{count, next_event, payload, Cluster, DEADLINE};
+use crate::primary_alone;
 use crate::report::{percentile, Better, Figure};
 use anyhow::{bail, Result};
 use octodb::Event;
@@ -81,6 +82,8 @@ pub fn run(devices: usize, duration: Duration) -> Result<Vec<Figure>> {
     // The least the devices must do, alone on the same cores and disk: an upper bound for any
     // design in which each device commits durably before it sends.
     let devices_alone = baseline::parallel_files_rate(Sync::Full, devices, duration / 2)?;
+    // What the primary accepts when the devices' work is not on its cores.
+    let alone = primary_alone::run(devices, duration / 2)?;
     Ok(vec![Figure {
         scenario: "writers",
         metric: format!("accepted txns/s at the primary, {devices} devices"),
@@ -94,13 +97,18 @@ pub fn run(devices: usize, duration: Duration) -> Result<Vec<Figure>> {
         notes: format!(
             "{total} transactions accepted in {elapsed:.1} s, each awaited; a device's round trip {:.2} ms, of which its local commit {:.2} ms\n\
              {devices} plain SQLite files committing single rows at once ({}, one thread each, nothing else): {devices_alone:.0} txn/s = {:.1}% of the baseline, the ceiling for devices on these cores\n\
-             meanwhile a backend app's single-row insert on the primary (every 10 ms, a local row): p50 {:.2} ms, p99 {:.2} ms",
+             meanwhile a backend app's single-row insert on the primary (every 10 ms, a local row): p50 {:.2} ms, p99 {:.2} ms\n\
+             the primary alone (its own process; {devices} sessions speaking the device protocol with no device files, in this process): {:.0} txn/s = {:.1}% of the baseline; primary CPU {:.0} us per accepted txn, its writer thread {:.0} us",
             devices as f64 * elapsed * 1e3 / total as f64,
             committing.as_secs_f64() * 1e3 / total as f64,
             Sync::Full.describe(),
             100.0 * devices_alone / sqlite,
             percentile(&backend_ms, 50.0),
             percentile(&backend_ms, 99.0),
+            alone.rate,
+            100.0 * alone.rate / sqlite,
+            alone.cpu_us,
+            alone.writer_us,
         ),
     }])
 }
