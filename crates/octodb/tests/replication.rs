@@ -249,6 +249,61 @@ fn triggers_calling_this_node_and_this_user_run_on_every_node() {
     assert!(device_user.is_some());
 }
 
+/// A backend trigger (limited to primaries with `this_user() IS NULL`) that writes another
+/// replicated table when a device's row arrives: its rows are logged with the device's
+/// transaction, get ids in the primary's range, and reach the devices that may see them; a
+/// rejected transaction leaves none.
+#[test]
+fn rows_a_primarys_trigger_writes_for_a_devices_transaction_reach_the_devices() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner);
+         CREATE TABLE receipts(id INTEGER PRIMARY KEY, what TEXT, row_owner);
+         CREATE TRIGGER receipt AFTER INSERT ON t WHEN this_user() IS NULL BEGIN
+           INSERT INTO receipts(what, row_owner) VALUES ('got ' || NEW.v, NEW.row_owner);
+           INSERT INTO receipts(what, row_owner) VALUES ('someone sent a row', '*');
+         END;",
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    let other = c.device("other.db", &p);
+    ready(&d);
+    ready(&other);
+    d.execute("INSERT INTO t(id, v) VALUES (1, 'first')", [])
+        .unwrap();
+    wait_outbox_empty(&d);
+    // A rejected transaction (id 1 is taken) must leave no receipt.
+    other
+        .execute("INSERT INTO t(id, v) VALUES (1, 'clash')", [])
+        .unwrap();
+    other
+        .wait_for(DEADLINE, |s| s.outbox_len == 0 && s.last_rejected.is_some())
+        .unwrap();
+    let last = p.sync_status().unwrap().last_seq;
+    for node in [&d, &other] {
+        node.wait_for(DEADLINE, |s| s.last_seq >= last).unwrap();
+    }
+    let receipts = |node: &octodb::Connection| {
+        text(
+            node,
+            "SELECT group_concat(what, ', ') FROM (SELECT what FROM receipts ORDER BY id)",
+        )
+    };
+    assert_eq!(receipts(&p), "got first, someone sent a row");
+    assert_eq!(receipts(&d), "got first, someone sent a row");
+    assert_eq!(receipts(&other), "someone sent a row");
+    let primary_node = p.sync_status().unwrap().node_id as i64;
+    assert_eq!(
+        count(
+            &p,
+            &format!("SELECT count(*) FROM receipts WHERE id >> 32 <> {primary_node}")
+        ),
+        0,
+        "rows a trigger inserts on the primary get ids in its range"
+    );
+}
+
 /// A statement that fails part-way inside a transaction: with ABORT (the default) its rows
 /// are undone and never leave the node; with OR FAIL the rows it wrote before failing stay,
 /// and replicate with the transaction.

@@ -116,17 +116,7 @@ pub fn append_local(
     node_id: u32,
     captured: Vec<Captured>,
 ) -> Result<Option<LogEntry>> {
-    let mut cs = ChangeSet::default();
-    for c in captured {
-        match c {
-            Captured::Ddl { sql, private } => cs.ops.push(crate::changes::Op::Ddl { sql, private }),
-            Captured::Row(rc) => {
-                if let Some(op) = rc.into_op(&mut cs) {
-                    cs.ops.push(primary_form(op));
-                }
-            }
-        }
-    }
+    let cs = primary_changes(captured);
     if cs.is_empty() {
         return Ok(None);
     }
@@ -138,6 +128,22 @@ pub fn append_local(
         origin_txn: 0,
         body,
     }))
+}
+
+/// Captured changes as a primary's log records them.
+pub fn primary_changes(captured: Vec<Captured>) -> ChangeSet {
+    let mut cs = ChangeSet::default();
+    for c in captured {
+        match c {
+            Captured::Ddl { sql, private } => cs.ops.push(crate::changes::Op::Ddl { sql, private }),
+            Captured::Row(rc) => {
+                if let Some(op) = rc.into_op(&mut cs) {
+                    cs.ops.push(primary_form(op));
+                }
+            }
+        }
+    }
+    cs
 }
 
 /// What a primary records for a change: inserts and updates become the whole row.

@@ -124,6 +124,7 @@ pub(crate) enum Job {
 use super::auth_batch;
 use super::decided::{Decided, NewDecisions};
 pub(crate) use super::members::Registered;
+use crate::store::trigger_effects::TriggerEffects;
 
 pub(crate) fn spawn(
     shared: Arc<Shared>,
@@ -131,6 +132,10 @@ pub(crate) fn spawn(
     rx: mpsc::Receiver<Job>,
     role: Role,
 ) -> Result<std::thread::JoinHandle<()>> {
+    let trigger_effects = match role {
+        Role::Primary => Some(TriggerEffects::new(&conn, shared.identity.clone())?),
+        _ => None,
+    };
     std::thread::Builder::new()
         .name("octodb-writer".into())
         .spawn(move || {
@@ -141,6 +146,7 @@ pub(crate) fn spawn(
                 role,
                 decided: None,
                 sending_noted: false,
+                trigger_effects,
             }
             .run(rx)
         })
@@ -186,6 +192,8 @@ struct Writer {
     decided: Option<Decided>,
     /// Device: this run told its file that it sends (see `txn_ids_before_sending`).
     sending_noted: bool,
+    /// Primary: what the schema's triggers write while devices' transactions are applied.
+    trigger_effects: Option<TriggerEffects>,
 }
 
 impl Writer {
@@ -343,10 +351,15 @@ impl Writer {
         let decided = loaded(&mut self.decided, conn)?;
         let mut recorded = Vec::new();
         let mut new = NewDecisions::default();
+        let effects = &mut self.trigger_effects;
         // Device transactions never change the schema.
         write_txn(conn, |c| {
+            let effects = match effects {
+                Some(e) => e.prepare(c)?.then_some(&*e),
+                None => None,
+            };
             tables.in_transaction(|tables| {
-                decide_device_txns(c, tables, decided, &mut new, batch, &mut recorded)
+                decide_device_txns(c, tables, decided, &mut new, batch, effects, &mut recorded)
             })?;
             decided.checkpoint_if_due(c, &mut new)
         })?;
@@ -599,13 +612,15 @@ pub(crate) fn unix_now() -> f64 {
 }
 
 /// Primary: decide each device transaction of `batch` in its own savepoint (applied, or
-/// rejected and rolled back), recording the outcome in the log and in `recorded`.
+/// rejected and rolled back), recording the outcome in the log and in `recorded`. With
+/// `effects`, the log takes what the transaction and the schema's triggers changed.
 fn decide_device_txns(
     c: &Connection,
     tables: &mut Tables,
     decided: &mut Decided,
     new: &mut NewDecisions,
     batch: &[(Sender, Vec<(u64, ChangeSet)>)],
+    effects: Option<&TriggerEffects>,
     recorded: &mut Vec<LogEntry>,
 ) -> Result<()> {
     for (sender, txns) in batch {
@@ -616,20 +631,29 @@ fn decide_device_txns(
                 continue; // already decided: a resend after a lost connection
             }
             exec(c, "SAVEPOINT device_txn")?;
+            if let Some(e) = effects {
+                e.begin();
+            }
             let body = match apply::apply_device_txn(c, tables, *sender, cs) {
                 Ok(Ok(changes)) => {
+                    let changes = match effects {
+                        Some(e) => e.take(c)?,
+                        None => changes,
+                    };
                     exec(c, "RELEASE device_txn")?;
                     EntryBody::Changes(changes)
                 }
                 Ok(Err(reason)) => {
                     exec(c, "ROLLBACK TO device_txn")?;
                     exec(c, "RELEASE device_txn")?;
+                    effects.inspect(|e| e.forget());
                     tracing::info!(node = sender.node_id, txn = txn_id, %reason, "transaction rejected");
                     EntryBody::Rejected { reason }
                 }
                 Err(e) => {
                     exec(c, "ROLLBACK TO device_txn")?;
                     exec(c, "RELEASE device_txn")?;
+                    effects.inspect(|e| e.forget());
                     return Err(e);
                 }
             };

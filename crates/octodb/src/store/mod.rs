@@ -5,6 +5,7 @@ pub mod apply;
 pub mod capture;
 pub mod lock;
 pub mod schema;
+pub mod trigger_effects;
 
 use crate::error::{Error, Result};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
