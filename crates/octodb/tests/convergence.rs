@@ -135,7 +135,17 @@ impl World {
         primary
             .execute_batch(
                 "CREATE TABLE t(id INTEGER PRIMARY KEY, tag TEXT, v TEXT, n INTEGER, row_owner);
-                 CREATE TABLE u(x TEXT, row_owner);",
+                 CREATE TABLE u(x TEXT, row_owner);
+                 -- The backend's trigger: a receipt for every row of t, written on primaries.
+                 CREATE TABLE receipts(id INTEGER PRIMARY KEY, tag TEXT, row_owner);
+                 CREATE TRIGGER receipt AFTER INSERT ON t WHEN this_user() IS NULL BEGIN
+                   INSERT INTO receipts(tag, row_owner) VALUES (NEW.tag, NEW.row_owner);
+                 END;
+                 -- A local table every node keeps for itself.
+                 CREATE TABLE seen_here(tag TEXT);
+                 CREATE TRIGGER seen AFTER INSERT ON t BEGIN
+                   INSERT INTO seen_here VALUES (NEW.tag);
+                 END;",
             )
             .unwrap();
         let primary_port = primary.bound_addrs()[0].port();
@@ -275,7 +285,7 @@ impl World {
         }
         for d in &self.devices {
             let c = d.conn.as_ref().expect("open");
-            for table in ["t", "u"] {
+            for table in ["t", "u", "receipts"] {
                 let visible = format!(
                     "SELECT rowid, * FROM {table} WHERE row_owner = {} OR row_owner = '*' ORDER BY rowid",
                     d.user
@@ -299,6 +309,14 @@ impl World {
                 );
             }
         }
+        assert_eq!(
+            count(
+                &self.primary,
+                "SELECT count(*) FROM t WHERE tag NOT IN (SELECT tag FROM receipts)"
+            ),
+            0,
+            "seed {seed}: a row of t on the primary has no receipt from its trigger"
+        );
         let at_primary = tags(&self.primary, "SELECT tag FROM t");
         for d in &self.devices {
             let local = tags(
