@@ -36,6 +36,52 @@ fn schema_from_primary_reaches_two_devices() {
     assert!(err.to_string().contains("primary"), "{err}");
 }
 
+/// `ALTER TABLE ... DROP COLUMN` on a primary works (the capture's triggers name every column)
+/// and reaches the devices; a device cannot drop a column, and no one can drop one of octodb's
+/// internal tables. (SQLite hands the authorizer the dropped column where other statements put
+/// a database name: DROP COLUMN used to pass every rule, and was not replicated.)
+#[test]
+fn dropping_a_column_on_a_primary_reaches_the_devices_and_only_a_primary_may() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, a TEXT, b TEXT, row_owner)")
+        .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    p.execute_batch("ALTER TABLE t DROP COLUMN b").unwrap();
+    wait_count(
+        &d,
+        "SELECT count(*) FROM pragma_table_info('t') WHERE name = 'b'",
+        0,
+    );
+    // Rows still flow both ways, through the capture installed again for the new schema.
+    p.execute(
+        "INSERT INTO t(a, row_owner) VALUES ('from the primary', '*')",
+        [],
+    )
+    .unwrap();
+    d.execute("INSERT INTO t(a) VALUES ('from the device')", [])
+        .unwrap();
+    wait_count(&d, "SELECT count(*) FROM t", 2);
+    wait_count(&p, "SELECT count(*) FROM t", 2);
+
+    let err = d.execute_batch("ALTER TABLE t DROP COLUMN a").unwrap_err();
+    assert!(err.to_string().contains("on a primary"), "{err}");
+    assert_eq!(
+        count(
+            &d,
+            "SELECT count(*) FROM pragma_table_info('t') WHERE name = 'a'"
+        ),
+        1
+    );
+    for node in [&p, &d] {
+        let err = node
+            .execute_batch("ALTER TABLE _octo_meta DROP COLUMN value")
+            .unwrap_err();
+        assert!(err.to_string().contains("internal tables"), "{err}");
+    }
+}
+
 #[test]
 fn global_rows_everywhere_user_rows_only_at_owner_and_primary() {
     let c = Cluster::new();

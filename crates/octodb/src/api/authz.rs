@@ -31,7 +31,13 @@ fn decide(role: Role, state: &Shared, ctx: AuthContext<'_>) -> Authorization {
     if st.internal {
         return Authorization::Allow;
     }
-    let in_main = ctx.database_name.is_none_or(|d| d == "main");
+    let in_main = match ctx.action {
+        // SQLite names the database among ALTER TABLE's own arguments; the slot it fills
+        // elsewhere holds the column of a DROP COLUMN, which must not pass for another
+        // database and escape the rules below.
+        AuthAction::AlterTable { database_name, .. } => database_name == "main",
+        _ => ctx.database_name.is_none_or(|d| d == "main"),
+    };
     let internal = |t: &str| t.starts_with(crate::store::INTERNAL_PREFIX);
     let ddl_table: Option<&str> = match ctx.action {
         AuthAction::CreateTable { table_name } | AuthAction::DropTable { table_name } => {

@@ -455,6 +455,17 @@ impl Connection {
         self.refresh_schema()
     }
 
+    /// Before `ALTER TABLE ... DROP COLUMN`: SQLite checks every trigger on the table once the
+    /// column is gone, this connection's TEMP ones too, and the capture triggers name every
+    /// column, so the statement would always fail. They go, and come back for the new schema
+    /// after the statement (or at the next statement, if it failed).
+    pub(crate) fn capture_off_for_drop_column(&self) -> Result<()> {
+        self.internal(|| crate::store::schema::drop_triggers(&self.conn))?;
+        self.schema_version.set(-1);
+        self.schema_fixed.set(false);
+        Ok(())
+    }
+
     /// Reinstall the capture triggers when the schema changed (here or from the network).
     fn refresh_schema(&self) -> Result<()> {
         let Some(r) = &self.repl else { return Ok(()) };

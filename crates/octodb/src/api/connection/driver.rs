@@ -164,7 +164,25 @@ impl Connection {
             }
         }
         if wrap {
-            if let Err(e) = self.internal_sql("BEGIN IMMEDIATE") {
+            // The schema is checked again once the write lock is held: the engine may have
+            // changed it (a column dropped or renamed from the primaries) since the check
+            // before the statement was prepared, and capture triggers naming a column that is
+            // gone would fail the statement. SQLite prepares it again for new triggers.
+            let begun = self.internal_sql("BEGIN IMMEDIATE");
+            if let Err(e) = begun.and_then(|()| self.refresh_schema()) {
+                if !self.conn.is_autocommit() {
+                    let _ = self.internal_sql("ROLLBACK");
+                }
+                self.turn.idle();
+                return Err(e);
+            }
+        }
+        if word == "ALTER" && sql_text::words(sql).any(|w| w == "DROP") {
+            // Last, just before it runs: nothing in between may install them again.
+            if let Err(e) = self.capture_off_for_drop_column() {
+                if wrap && !self.conn.is_autocommit() {
+                    let _ = self.internal_sql("ROLLBACK");
+                }
                 self.turn.idle();
                 return Err(e);
             }
