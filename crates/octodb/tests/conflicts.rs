@@ -421,3 +421,46 @@ fn accepted_rows_settle_also_when_a_later_pending_transaction_changed_one() {
     );
     assert_eq!(count(&d, "SELECT count(*) FROM _octo_undecided"), 0);
 }
+
+/// Schema changes on the primaries while a device has work pending on the rows they touch: a
+/// table dropped and made again (as SQLite's table rebuild does), and a column dropped. The
+/// device's work is kept (its rows reach the new table, without the dropped column's value)
+/// and the device ends as the primary is. (Its rows used to vanish from the device when the
+/// drop reached it first; its inserts naming the dropped column were rejected.)
+#[test]
+fn work_pending_across_a_table_rebuild_and_a_dropped_column_is_kept() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, extra TEXT, row_owner);
+         CREATE TABLE u(id INTEGER PRIMARY KEY, x TEXT, row_owner);",
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    drop(d);
+    let d = offline_device(&c, "d.db");
+    d.execute("INSERT INTO t(v, extra) VALUES ('kept', 'gone soon')", [])
+        .unwrap();
+    d.execute("INSERT INTO u(x) VALUES ('in the old table')", [])
+        .unwrap();
+    drop(d);
+    p.execute_batch(
+        "ALTER TABLE t DROP COLUMN extra;
+         CREATE TABLE u_new(id INTEGER PRIMARY KEY, x TEXT, y TEXT DEFAULT 'new', row_owner);
+         INSERT INTO u_new(id, x, row_owner) SELECT id, x, row_owner FROM u;
+         DROP TABLE u;
+         ALTER TABLE u_new RENAME TO u;",
+    )
+    .unwrap();
+    let d = back_online(&c, "d.db", &p);
+    assert_eq!(d.sync_status().unwrap().last_rejected, None);
+    for node in [&p, &d] {
+        assert_eq!(text(node, "SELECT group_concat(v) FROM t"), "kept");
+        assert_eq!(
+            text(node, "SELECT group_concat(x || ':' || y) FROM u"),
+            "in the old table:new"
+        );
+    }
+    assert_eq!(count(&d, "SELECT count(*) FROM _octo_base"), 0);
+}

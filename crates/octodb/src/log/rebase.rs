@@ -58,7 +58,9 @@ pub fn apply_entries(
                     .as_ref()
                     .is_some_and(|ours| same_rows_after(ours, cs))
                     .then_some(e.origin_txn as i64);
-                if let Some(txn) = kept_as_sent.filter(|_| any_base) {
+                // (Not after a schema statement of this batch: it may have dropped those rows
+                // here, a table or a column, before the primaries applied the transaction.)
+                if let Some(txn) = kept_as_sent.filter(|_| any_base && !applied.schema_changed) {
                     if settle_all_as_sent(conn, cs, txn)? {
                         for (tbl, rid) in cs.ops.iter().filter_map(|op| cs.row_of(op)) {
                             // (Rows an earlier entry of the batch touched are settled too.)
@@ -144,6 +146,16 @@ fn apply_op(
             conn.execute_batch(&schema::device_create_table(sql))?;
             ctx.tables.schema_changed();
             applied.schema_changed = true;
+            if ctx.any_base {
+                // A dropped table or column (or a table rebuilt under its name) may have taken
+                // rows of pending work with it: each such row is rebuilt from its base and that
+                // work at the end of the batch, as the primaries will see it.
+                let mut stmt = conn.prepare_cached("SELECT tbl, rid FROM _octo_base")?;
+                let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+                for row in rows {
+                    touched.insert(row?);
+                }
+            }
         }
         return Ok(());
     };
@@ -162,7 +174,7 @@ fn apply_op(
     let settled = as_sent || (ctx.any_base && outbox::drop_base_if_settled(conn, &h.name, rowid)?);
     if settled {
         touched.remove(&(h.name.clone(), rowid));
-        if as_sent && values.is_some() {
+        if as_sent && values.is_some() && !applied.schema_changed {
             return Ok(());
         }
     } else if ctx.any_base && has_base(conn, &h.name, rowid)? {

@@ -437,9 +437,10 @@ pub fn apply_device_txn(
                 )))
             }
         };
-        if let Some(c) = header.columns.iter().find(|c| !t.columns.contains(c)) {
-            return Ok(Err(format!("table `{}` has no column `{c}`", t.name)));
-        }
+        // A column the table no longer has (dropped or renamed on the primaries since the
+        // device wrote, perhaps offline) is left out; the rest of the change applies, as it
+        // does on the device once the new schema reaches it. (Rejecting the transaction would
+        // lose every row a device wrote offline across such a schema change.)
         // A row shorter than its header hides row_owner from the owner checks, and a changed
         // column without a value is written as NULL: a device could take its row from its user.
         if let Op::Insert { values, .. } | Op::Update { values, .. } = op {
