@@ -464,3 +464,29 @@ fn work_pending_across_a_table_rebuild_and_a_dropped_column_is_kept() {
     }
     assert_eq!(count(&d, "SELECT count(*) FROM _octo_base"), 0);
 }
+
+/// A transaction that installed the capture for a new schema and then rolled back took the
+/// new capture triggers with it: the connection must install them again, or its next writes
+/// are captured for the old schema (here: without the new column's value).
+#[test]
+fn a_rollback_does_not_leave_the_capture_behind_the_schema() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute("INSERT INTO t(v) VALUES ('before')", []).unwrap();
+    wait_outbox_empty(&d);
+    // The change reaches the device after its app opened a (deferred) transaction, so the
+    // transaction's first write installs the new capture inside it.
+    d.execute_batch("BEGIN").unwrap();
+    p.execute_batch("ALTER TABLE t ADD COLUMN c TEXT").unwrap();
+    let last = p.sync_status().unwrap().last_seq;
+    d.wait_for(DEADLINE, |s| s.last_seq >= last).unwrap();
+    d.execute_batch("INSERT INTO t(v) VALUES ('undone'); ROLLBACK;")
+        .unwrap();
+    d.execute("INSERT INTO t(v, c) VALUES ('after', 'has c')", [])
+        .unwrap();
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t WHERE v = 'after'", 1);
+    assert_eq!(text(&p, "SELECT c FROM t WHERE v = 'after'"), "has c");
+}

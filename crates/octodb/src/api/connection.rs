@@ -61,6 +61,10 @@ pub struct Connection {
     /// The open transaction has read `schema_version`: its snapshot is fixed, so only this
     /// connection's own schema statements (or a rollback of them) can change what it sees.
     schema_fixed: Cell<bool>,
+    /// The capture triggers were installed inside the open transaction: a rollback takes
+    /// them back with it (TEMP schema is transactional), so `schema_version` must not vouch
+    /// for them after one.
+    installed_in_txn: Cell<bool>,
     /// Devices: the outbox transaction the open SQLite transaction adds to.
     open_txn: Cell<Option<u64>>,
     /// Primaries: the log entries to announce once the open transaction commits.
@@ -144,6 +148,7 @@ impl Connection {
             authz: Default::default(),
             schema_version: Cell::new(-1),
             schema_fixed: Cell::new(false),
+            installed_in_txn: Cell::new(false),
             open_txn: Cell::new(None),
             committed: RefCell::new(Vec::new()),
             outbox_added: RefCell::new(None),
@@ -410,6 +415,10 @@ impl Connection {
         if !self.conn.is_autocommit() {
             return;
         }
+        if !committed {
+            self.rolled_back();
+        }
+        self.installed_in_txn.set(false);
         self.schema_fixed.set(false);
         self.turn.idle();
         if let Some(r) = &self.repl {
@@ -472,21 +481,39 @@ impl Connection {
         if self.schema_fixed.get() {
             return Ok(());
         }
-        let version: i64 = self.internal(|| {
+        let mut version = self.read_schema_version()?;
+        // Reading the version started the open transaction's read snapshot, if one is open.
+        self.schema_fixed.set(!self.conn.is_autocommit());
+        while version != self.schema_version.get() {
+            self.internal(|| r.capture.install_triggers(&self.conn, r.role))?;
+            // Installing TEMP triggers does not change the main schema_version.
+            self.schema_version.set(version);
+            if !self.conn.is_autocommit() {
+                self.installed_in_txn.set(true);
+                break;
+            }
+            // Outside a transaction the engine may have changed the schema meanwhile.
+            version = self.read_schema_version()?;
+        }
+        Ok(())
+    }
+
+    /// A rollback (of the transaction, or to a savepoint) may have taken back capture triggers
+    /// installed inside it: have the next statement install them again.
+    pub(crate) fn rolled_back(&self) {
+        if self.installed_in_txn.replace(false) {
+            self.schema_version.set(-1);
+        }
+        self.schema_fixed.set(false);
+    }
+
+    fn read_schema_version(&self) -> Result<i64> {
+        self.internal(|| {
             Ok(self
                 .conn
                 .prepare_cached("PRAGMA schema_version")?
                 .query_row([], |row| row.get(0))?)
-        })?;
-        // Reading the version started the open transaction's read snapshot, if one is open.
-        self.schema_fixed.set(!self.conn.is_autocommit());
-        if version == self.schema_version.get() {
-            return Ok(());
-        }
-        self.internal(|| r.capture.install_triggers(&self.conn, r.role))?;
-        // Installing TEMP triggers does not change the main schema_version.
-        self.schema_version.set(version);
-        Ok(())
+        })
     }
 
     /// Move what the open transaction captured into the log (primary) or outbox (device).

@@ -219,8 +219,9 @@ impl Connection {
             self.rolled_back_within.set(true);
         }
         if started.word == "ROLLBACK" {
-            // It may have undone a schema statement of this connection.
-            self.schema_fixed.set(false);
+            // It may have undone a schema statement of this connection, or the capture
+            // triggers installed since the savepoint.
+            self.rolled_back();
         }
         self.after_statement(result.is_ok() && started.word != "ROLLBACK");
         match result {
