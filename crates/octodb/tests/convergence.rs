@@ -214,6 +214,42 @@ impl World {
                     .unwrap();
                 return;
             }
+            3 => {
+                // The newest added column goes again, and an index comes or goes.
+                let added: Vec<String> = rows(
+                    &self.primary,
+                    "SELECT name FROM pragma_table_info('t') WHERE name LIKE 's%' ORDER BY cid",
+                )
+                .into_iter()
+                .filter_map(|r| match r.into_iter().next() {
+                    Some(Value::Text(name)) => Some(name),
+                    _ => None,
+                })
+                .collect();
+                if let Some(column) = added.last() {
+                    self.primary
+                        .execute_batch(&format!("ALTER TABLE t DROP COLUMN {column}"))
+                        .unwrap();
+                }
+                self.primary
+                    .execute_batch(if rng.gen_bool(0.5) {
+                        "CREATE INDEX IF NOT EXISTS t_n ON t(n)"
+                    } else {
+                        "DROP INDEX IF EXISTS t_n"
+                    })
+                    .unwrap();
+                return;
+            }
+            4 => {
+                // A table dropped and made again, with devices' work pending on it.
+                self.primary
+                    .execute_batch(
+                        "DROP TABLE u; CREATE TABLE u(x TEXT, row_owner);
+                         INSERT INTO u(x, row_owner) VALUES ('fresh', '*');",
+                    )
+                    .unwrap();
+                return;
+            }
             _ => {}
         }
         let (ann, bob) = (self.users[0], self.users[1]);
@@ -443,6 +479,23 @@ impl Device {
         };
         if let Err(e) = outcome {
             // The app's own mistakes (a taken id) fail the statement; nothing else may.
+            if !e.to_string().contains("UNIQUE") {
+                let trig = c.query_row(
+                    "SELECT sql FROM sqlite_temp_master WHERE name = '_octo_ai_t'",
+                    [],
+                    |r| r.get::<String>(0),
+                );
+                let cols = c.query_row(
+                    "SELECT group_concat(name) FROM pragma_table_info('t')",
+                    [],
+                    |r| r.get::<String>(0),
+                );
+                let v = c.query_row("PRAGMA schema_version", [], |r| r.get::<i64>(0));
+                eprintln!(
+                    "DEBUG {e}\n trig={trig:?}\n cols={cols:?}\n v={v:?} autocommit={}",
+                    c.is_autocommit()
+                );
+            }
             assert!(
                 e.to_string().contains("UNIQUE"),
                 "step {tag} (roll {roll}) on {}: {e}",
