@@ -479,23 +479,6 @@ impl Device {
         };
         if let Err(e) = outcome {
             // The app's own mistakes (a taken id) fail the statement; nothing else may.
-            if !e.to_string().contains("UNIQUE") {
-                let trig = c.query_row(
-                    "SELECT sql FROM sqlite_temp_master WHERE name = '_octo_ai_t'",
-                    [],
-                    |r| r.get::<String>(0),
-                );
-                let cols = c.query_row(
-                    "SELECT group_concat(name) FROM pragma_table_info('t')",
-                    [],
-                    |r| r.get::<String>(0),
-                );
-                let v = c.query_row("PRAGMA schema_version", [], |r| r.get::<i64>(0));
-                eprintln!(
-                    "DEBUG {e}\n trig={trig:?}\n cols={cols:?}\n v={v:?} autocommit={}",
-                    c.is_autocommit()
-                );
-            }
             assert!(
                 e.to_string().contains("UNIQUE"),
                 "step {tag} (roll {roll}) on {}: {e}",
