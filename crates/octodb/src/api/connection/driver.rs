@@ -57,11 +57,30 @@ pub struct Started {
     ddl: Option<(String, bool)>,
     /// The engine opened a transaction around it.
     wrap: bool,
+    /// It runs with recursive triggers on (see [`deletes_by_replace`]).
+    recursive: bool,
 }
 
 /// Whether a statement run outside any transaction opens one that writes: a write (SQLite
 /// runs it in a transaction of its own, or the engine does) or `BEGIN IMMEDIATE`/`EXCLUSIVE`.
 /// (A deferred `BEGIN` or a `SAVEPOINT` may only read; see `before_step`.)
+/// `INSERT OR REPLACE`, `REPLACE INTO`, `UPDATE OR REPLACE`: the rows SQLite deletes to resolve
+/// a conflict fire delete triggers only while recursive triggers are on, and without them the
+/// capture would never see those deletes (the primaries and the other devices would keep the
+/// rows). Such a statement runs with them on; apps' own triggers may then fire themselves
+/// during it, as in other databases.
+fn deletes_by_replace(word: &str, sql: &str) -> bool {
+    if word == "REPLACE" {
+        return true;
+    }
+    let mut previous = String::new();
+    sql_text::words(sql).any(|w| {
+        let hit = previous == "OR" && w == "REPLACE";
+        previous = w;
+        hit
+    })
+}
+
 fn opens_write_transaction(word: &str, sql: &str, readonly: bool) -> bool {
     match word {
         "BEGIN" => sql_text::words(sql)
@@ -136,6 +155,7 @@ impl Connection {
                 word,
                 ddl: None,
                 wrap: false,
+                recursive: false,
             });
         };
         let ddl = authz::lock(&self.authz)
@@ -187,13 +207,35 @@ impl Connection {
                 return Err(e);
             }
         }
+        // Set once the statement is prepared: the pragma expires it, and SQLite prepares it
+        // again with the delete triggers coded in.
+        let recursive = !readonly && deletes_by_replace(&word, sql);
+        if recursive {
+            if let Err(e) = self.internal_sql("PRAGMA recursive_triggers = ON") {
+                if wrap && !self.conn.is_autocommit() {
+                    let _ = self.internal_sql("ROLLBACK");
+                }
+                self.turn.idle();
+                return Err(e);
+            }
+        }
         r.capture.begin_statement();
-        Ok(Started { word, ddl, wrap })
+        Ok(Started {
+            word,
+            ddl,
+            wrap,
+            recursive,
+        })
     }
 
     /// Phase 4: the statement ran to its end having changed `changes` rows, or failed.
     /// Completes what the engine opened for it; an error here means it was not committed.
     pub fn after_steps(&self, started: Started, changes: Result<u64, ()>) -> Result<()> {
+        if started.recursive {
+            if let Err(e) = self.internal_sql("PRAGMA recursive_triggers = OFF") {
+                tracing::warn!("cannot turn recursive triggers off again: {e}");
+            }
+        }
         let result = changes.map_err(|_| None).and_then(|changes| {
             self.note_counters(changes);
             if let Some((sql, private)) = &started.ddl {
