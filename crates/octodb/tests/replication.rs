@@ -709,4 +709,19 @@ fn rows_replaced_by_insert_or_replace_are_replaced_everywhere() {
             "3:b, now row 3, 10:the backend's a, 100:everyone's"
         );
     }
+    // The same id replaced by a row of another owner (here the backend's own): the device,
+    // which may not see the new row, hears that the old one is gone.
+    p.execute(
+        "INSERT OR REPLACE INTO t(id, k, v, row_owner) VALUES (3, 'b', 'the backend''s', NULL)",
+        [],
+    )
+    .unwrap();
+    wait_count(&d, "SELECT count(*) FROM t WHERE id = 3", 0);
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM t WHERE id = 3 AND row_owner IS NULL"
+        ),
+        1
+    );
 }

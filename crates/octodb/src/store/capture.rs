@@ -572,6 +572,25 @@ impl Merger {
         let key = (layout_id, rowid);
         if let Some(&i) = self.index.get(&key) {
             let rc = &mut self.group[i];
+            // Deleted, then inserted again under another owner (what REPLACE does): the
+            // delete must reach the old owner's nodes, so the two stay two changes.
+            let owner_of = |row: &Option<Vec<Value>>| {
+                layout
+                    .owner
+                    .and_then(|o| row.as_ref().and_then(|r| r.get(o)))
+                    .map(Owner::of)
+            };
+            if op == OP_INSERT && rc.after.is_none() && owner_of(&rc.before) != owner_of(&vals) {
+                self.index.insert(key, self.group.len());
+                self.group.push(RowChange {
+                    layout,
+                    rowid,
+                    before: None,
+                    after: vals,
+                    changed: u64::MAX,
+                });
+                return;
+            }
             match op {
                 OP_INSERT => {
                     rc.after = vals;
