@@ -244,8 +244,10 @@ impl World {
                 // A table dropped and made again, with devices' work pending on it.
                 self.primary
                     .execute_batch(
-                        "DROP TABLE u; CREATE TABLE u(x TEXT, row_owner);
-                         INSERT INTO u(x, row_owner) VALUES ('fresh', '*');",
+                        "BEGIN IMMEDIATE;
+                         DROP TABLE u; CREATE TABLE u(x TEXT, row_owner);
+                         INSERT INTO u(x, row_owner) VALUES ('fresh', '*');
+                         COMMIT;",
                     )
                     .unwrap();
                 return;
@@ -276,6 +278,10 @@ impl World {
             0 => p.execute(
                 "INSERT INTO t(tag, v, n, row_owner) VALUES (?1, ?2, 0, ?3)",
                 (tag, value, owner),
+            ),
+            1 if rng.gen_bool(0.3) => p.execute(
+                "INSERT OR REPLACE INTO t(id, tag, v, n, row_owner) VALUES (?1, ?2, ?3, 0, ?4)",
+                (shared_id, tag, value, owner),
             ),
             1 => p.execute(
                 "INSERT OR IGNORE INTO t(id, tag, v, n, row_owner) VALUES (?1, ?2, ?3, 0, ?4)",
@@ -326,12 +332,19 @@ impl World {
                     "SELECT rowid, * FROM {table} WHERE row_owner = {} OR row_owner = '*' ORDER BY rowid",
                     d.user
                 );
-                assert_eq!(
-                    rows(c, &visible),
-                    rows(&self.primary, &visible),
-                    "seed {seed}: device {} differs from the primary in `{table}`",
-                    d.name
-                );
+                let (here, there) = (rows(c, &visible), rows(&self.primary, &visible));
+                if here != there {
+                    // A few rows of each side that the other lacks (a search per row: only
+                    // when they differ).
+                    let only_here: Vec<_> =
+                        here.iter().filter(|r| !there.contains(r)).take(5).collect();
+                    let only_there: Vec<_> =
+                        there.iter().filter(|r| !here.contains(r)).take(5).collect();
+                    panic!(
+                        "seed {seed}: device {} differs from the primary in `{table}`:\n  only on the device: {only_here:?}\n  only on the primary: {only_there:?}",
+                        d.name
+                    );
+                }
                 let foreign = format!(
                     "SELECT count(*) FROM {table} WHERE row_owner IS NOT NULL
                        AND row_owner <> '*' AND row_owner <> {}",
@@ -348,7 +361,10 @@ impl World {
         assert_eq!(
             count(
                 &self.primary,
-                "SELECT count(*) FROM t WHERE tag NOT IN (SELECT tag FROM receipts)"
+                // (A device's REPLACE of its own row reaches the primary as the row's update:
+                // a transaction carries each row's net change.)
+                "SELECT count(*) FROM t WHERE tag NOT IN (SELECT tag FROM receipts)
+                   AND tag NOT LIKE '%-r'"
             ),
             0,
             "seed {seed}: a row of t on the primary has no receipt from its trigger"
@@ -444,6 +460,19 @@ impl Device {
                  DELETE FROM t WHERE tag LIKE '{tag}-%' AND n % 5 = 0;
                  COMMIT;"
             )),
+            86..=87 => c
+                .execute(
+                    "INSERT OR REPLACE INTO t(id, tag, v, n) VALUES (?1, ?2 || '-r', ?3, 0)",
+                    (shared_id, tag, value),
+                )
+                .map(drop),
+            88..=89 => c
+                .execute(
+                    "INSERT INTO t(id, tag, v, n) VALUES (?1, ?2, ?3, 0)
+                     ON CONFLICT(id) DO UPDATE SET v = excluded.v, n = n + 1",
+                    (shared_id, tag, value),
+                )
+                .map(drop),
             82..=83 => c
                 .execute(
                     "UPDATE t SET row_owner = this_user()
