@@ -61,9 +61,6 @@ pub struct Started {
     recursive: bool,
 }
 
-/// Whether a statement run outside any transaction opens one that writes: a write (SQLite
-/// runs it in a transaction of its own, or the engine does) or `BEGIN IMMEDIATE`/`EXCLUSIVE`.
-/// (A deferred `BEGIN` or a `SAVEPOINT` may only read; see `before_step`.)
 /// `INSERT OR REPLACE`, `REPLACE INTO`, `UPDATE OR REPLACE`: the rows SQLite deletes to resolve
 /// a conflict fire delete triggers only while recursive triggers are on, and without them the
 /// capture would never see those deletes (the primaries and the other devices would keep the
@@ -81,6 +78,9 @@ fn deletes_by_replace(word: &str, sql: &str) -> bool {
     })
 }
 
+/// Whether a statement run outside any transaction opens one that writes: a write (SQLite
+/// runs it in a transaction of its own, or the engine does) or `BEGIN IMMEDIATE`/`EXCLUSIVE`.
+/// (A deferred `BEGIN` or a `SAVEPOINT` may only read; see `before_step`.)
 fn opens_write_transaction(word: &str, sql: &str, readonly: bool) -> bool {
     match word {
         "BEGIN" => sql_text::words(sql)
@@ -183,41 +183,15 @@ impl Connection {
                 self.turn.writes();
             }
         }
-        if wrap {
-            // The schema is checked again once the write lock is held: the engine may have
-            // changed it (a column dropped or renamed from the primaries) since the check
-            // before the statement was prepared, and capture triggers naming a column that is
-            // gone would fail the statement. SQLite prepares it again for new triggers.
-            let begun = self.internal_sql("BEGIN IMMEDIATE");
-            if let Err(e) = begun.and_then(|()| self.refresh_schema()) {
+        let recursive = !readonly && deletes_by_replace(&word, sql);
+        if let Err(e) = self.prepare_to_run(&word, sql, wrap, recursive) {
+            if wrap {
                 if !self.conn.is_autocommit() {
                     let _ = self.internal_sql("ROLLBACK");
                 }
                 self.turn.idle();
-                return Err(e);
             }
-        }
-        if word == "ALTER" && sql_text::words(sql).any(|w| w == "DROP") {
-            // Last, just before it runs: nothing in between may install them again.
-            if let Err(e) = self.capture_off_for_drop_column() {
-                if wrap && !self.conn.is_autocommit() {
-                    let _ = self.internal_sql("ROLLBACK");
-                }
-                self.turn.idle();
-                return Err(e);
-            }
-        }
-        // Set once the statement is prepared: the pragma expires it, and SQLite prepares it
-        // again with the delete triggers coded in.
-        let recursive = !readonly && deletes_by_replace(&word, sql);
-        if recursive {
-            if let Err(e) = self.internal_sql("PRAGMA recursive_triggers = ON") {
-                if wrap && !self.conn.is_autocommit() {
-                    let _ = self.internal_sql("ROLLBACK");
-                }
-                self.turn.idle();
-                return Err(e);
-            }
+            return Err(e);
         }
         r.capture.begin_statement();
         Ok(Started {
@@ -226,6 +200,29 @@ impl Connection {
             wrap,
             recursive,
         })
+    }
+
+    /// What phase 3 does to the file just before the statement runs (`wrap`: in a transaction
+    /// opened for it, which the caller undoes if this fails).
+    fn prepare_to_run(&self, word: &str, sql: &str, wrap: bool, recursive: bool) -> Result<()> {
+        if wrap {
+            // The schema is checked again once the write lock is held: the engine may have
+            // changed it (a column dropped or renamed from the primaries) since the check
+            // before the statement was prepared, and capture triggers naming a column that is
+            // gone would fail the statement. SQLite prepares it again for new triggers.
+            self.internal_sql("BEGIN IMMEDIATE")?;
+            self.refresh_schema()?;
+        }
+        if word == "ALTER" && sql_text::words(sql).any(|w| w == "DROP") {
+            // Last, just before it runs: nothing in between may install them again.
+            self.capture_off_for_drop_column()?;
+        }
+        if recursive {
+            // Once the statement is prepared: the pragma expires it, and SQLite prepares it
+            // again with the delete triggers coded in.
+            self.internal_sql("PRAGMA recursive_triggers = ON")?;
+        }
+        Ok(())
     }
 
     /// Phase 4: the statement ran to its end having changed `changes` rows, or failed.
