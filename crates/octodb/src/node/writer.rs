@@ -353,7 +353,7 @@ impl Writer {
         let mut new = NewDecisions::default();
         let effects = &mut self.trigger_effects;
         // Device transactions never change the schema.
-        write_txn(conn, |c| {
+        let written = write_txn(conn, |c| {
             let effects = match effects {
                 Some(e) => e.prepare(c)?.then_some(&*e),
                 None => None,
@@ -362,7 +362,13 @@ impl Writer {
                 decide_device_txns(c, tables, decided, &mut new, batch, effects, &mut recorded)
             })?;
             decided.checkpoint_if_due(c, &mut new)
-        })?;
+        });
+        if written.is_err() {
+            if let Some(e) = &mut self.trigger_effects {
+                e.rolled_back();
+            }
+        }
+        written?;
         decided.committed(new);
         let user_of = |node: u32| {
             batch

@@ -72,4 +72,15 @@ impl TriggerEffects {
     pub fn forget(&self) {
         self.capture.forget();
     }
+
+    /// The write transaction failed and rolled back, and with it whatever [`prepare`] did to
+    /// the TEMP triggers (TEMP schema is transactional): check again next time, and drop any
+    /// triggers left if the schema has none.
+    ///
+    /// [`prepare`]: TriggerEffects::prepare
+    pub fn rolled_back(&mut self) {
+        self.capture.forget();
+        self.checked_for = None;
+        self.active = true;
+    }
 }
