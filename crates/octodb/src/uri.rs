@@ -427,6 +427,9 @@ fn endpoint(entry: &str, port0: bool) -> Result<Endpoint, &'static str> {
     let Some(rest) = entry.strip_prefix("tcp://") else {
         return Err("does not start with tcp://; write it as tcp://HOST:PORT");
     };
+    if rest.contains("://") {
+        return Err("names a scheme twice; write it as tcp://HOST:PORT");
+    }
     // Brackets keep an IPv6 address's colons apart from the port's.
     let (host, port) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
         Some((host, _)) if host.parse::<Ipv6Addr>().is_err() => {
@@ -622,6 +625,7 @@ mod tests {
             ("B=tcp://h/x:1", "`bind`", "hostname"),
             ("B=tcp://::1:1", "`bind`", "brackets"),
             ("B=tcp://[zz]:1", "`bind`", "IPv6"),
+            ("B=tcp://tcp://h:1", "`bind`", "scheme twice"),
             ("B=tcp://h:1,", "`bind`", "empty entry"),
             ("B=tcp://h:1&connect=tcp://h:0", "`connect`", "port 0"),
             ("file:a?bind=tcp://h:1", "`bind`", "node="),
