@@ -567,7 +567,8 @@ fn rows(c: &Connection, sql: &str) -> Vec<Vec<Value>> {
 }
 
 /// More seeds, longer runs, for hunting: `HUNT_FROM=200 cargo test --release --test
-/// convergence -- --ignored` runs seeds 200 to 207, 3,000 steps each.
+/// convergence -- --ignored` runs seeds 200 to 207, 3,000 steps each, and with each seed all
+/// actors at once, 1,000 steps each.
 #[test]
 #[ignore]
 fn more_seeds() {
@@ -577,5 +578,6 @@ fn more_seeds() {
         .unwrap_or(100);
     for seed in from..from + 8 {
         run(seed, 3000);
+        run_concurrently(seed, 1000);
     }
 }
