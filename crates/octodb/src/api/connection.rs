@@ -65,6 +65,9 @@ pub struct Connection {
     /// them back with it (TEMP schema is transactional), so `schema_version` must not vouch
     /// for them after one.
     installed_in_txn: Cell<bool>,
+    /// SQLite's recursive triggers are on: the last statement resolved conflicts by REPLACE
+    /// (see `driver::deletes_by_replace`).
+    recursive_triggers: Cell<bool>,
     /// Devices: the outbox transaction the open SQLite transaction adds to.
     open_txn: Cell<Option<u64>>,
     /// Primaries: the log entries to announce once the open transaction commits.
@@ -149,6 +152,7 @@ impl Connection {
             schema_version: Cell::new(-1),
             schema_fixed: Cell::new(false),
             installed_in_txn: Cell::new(false),
+            recursive_triggers: Cell::new(false),
             open_txn: Cell::new(None),
             committed: RefCell::new(Vec::new()),
             outbox_added: RefCell::new(None),

@@ -57,8 +57,6 @@ pub struct Started {
     ddl: Option<(String, bool)>,
     /// The engine opened a transaction around it.
     wrap: bool,
-    /// It runs with recursive triggers on (see [`deletes_by_replace`]).
-    recursive: bool,
 }
 
 /// `INSERT OR REPLACE`, `REPLACE INTO`, `UPDATE OR REPLACE`: the rows SQLite deletes to resolve
@@ -155,7 +153,6 @@ impl Connection {
                 word,
                 ddl: None,
                 wrap: false,
-                recursive: false,
             });
         };
         let ddl = authz::lock(&self.authz)
@@ -194,12 +191,7 @@ impl Connection {
             return Err(e);
         }
         r.capture.begin_statement();
-        Ok(Started {
-            word,
-            ddl,
-            wrap,
-            recursive,
-        })
+        Ok(Started { word, ddl, wrap })
     }
 
     /// What phase 3 does to the file just before the statement runs (`wrap`: in a transaction
@@ -217,10 +209,16 @@ impl Connection {
             // Last, just before it runs: nothing in between may install them again.
             self.capture_off_for_drop_column()?;
         }
-        if recursive {
+        if recursive != self.recursive_triggers.get() {
             // Once the statement is prepared: the pragma expires it, and SQLite prepares it
-            // again with the delete triggers coded in.
-            self.internal_sql("PRAGMA recursive_triggers = ON")?;
+            // again with (or without) the delete triggers coded in. Switched only when the
+            // kind of statement changes, so that a run of REPLACEs is prepared once.
+            self.internal_sql(if recursive {
+                "PRAGMA recursive_triggers = ON"
+            } else {
+                "PRAGMA recursive_triggers = OFF"
+            })?;
+            self.recursive_triggers.set(recursive);
         }
         Ok(())
     }
@@ -228,11 +226,6 @@ impl Connection {
     /// Phase 4: the statement ran to its end having changed `changes` rows, or failed.
     /// Completes what the engine opened for it; an error here means it was not committed.
     pub fn after_steps(&self, started: Started, changes: Result<u64, ()>) -> Result<()> {
-        if started.recursive {
-            if let Err(e) = self.internal_sql("PRAGMA recursive_triggers = OFF") {
-                tracing::warn!("cannot turn recursive triggers off again: {e}");
-            }
-        }
         let result = changes.map_err(|_| None).and_then(|changes| {
             self.note_counters(changes);
             if let Some((sql, private)) = &started.ddl {
