@@ -2,6 +2,7 @@
 attributes, octodb's status and events for apps."""
 
 import json
+import sqlite3
 import threading
 
 import octodb
@@ -236,3 +237,20 @@ def test_a_device_whose_app_writes_without_pause_still_receives_rows(open_primar
         "every row of the app on the backend",
         lambda: backend.execute("SELECT count(*) FROM todos WHERE title = 'app'").fetchone()[0] == 100 * len(committed),
     )
+
+
+def test_a_dump_holds_the_apps_data_and_none_of_the_nodes_own_tables(open_primary, open_device):
+    backend = open_primary()
+    make_table(backend)
+    phone = open_device(backend)
+    phone.wait_until_ready(timeout=DEADLINE)
+    with phone:
+        phone.execute("INSERT INTO todos(title) VALUES ('buy milk')")
+    dump = list(phone.iterdump())
+    # The node's keys, log and outbox are octodb's: a dump shared for debugging must not
+    # carry the device's secret key, and a copy restored from it is not that node.
+    assert not [line for line in dump if "_octo_" in line]
+    assert any("buy milk" in line for line in dump)
+    copy = sqlite3.connect(":memory:")
+    copy.executescript("\n".join(dump))
+    assert copy.execute("SELECT title FROM todos").fetchall() == [("buy milk",)]

@@ -31,6 +31,10 @@ def _insert_statements(connection, table):
         yield statement + ";"
 
 
+# octodb's own tables (a node's keys, its log, its outbox): never part of the app's data.
+_INTERNAL = "_octo_"
+
+
 def iterdump(connection):
     yield "BEGIN TRANSACTION;"
     tables = _rows(
@@ -48,7 +52,7 @@ def iterdump(connection):
         if name == "sqlite_stat1":
             yield "ANALYZE sqlite_master;"
             continue
-        if name.startswith("sqlite_"):
+        if name.startswith("sqlite_") or name.startswith(_INTERNAL):
             continue
         if sql.startswith("CREATE VIRTUAL TABLE"):
             # A virtual table is recreated through the schema table (its module builds it).
@@ -64,11 +68,12 @@ def iterdump(connection):
         yield from _insert_statements(connection, name)
     others = _rows(
         connection,
-        "SELECT name, type, sql FROM sqlite_master "
+        "SELECT name, tbl_name, sql FROM sqlite_master "
         "WHERE sql NOT NULL AND type IN ('index', 'trigger', 'view')",
     )
-    for _name, _type, sql in others:
-        yield "{};".format(sql)
+    for name, table, sql in others:
+        if not (name.startswith(_INTERNAL) or table.startswith(_INTERNAL)):
+            yield "{};".format(sql)
     if writable_schema:
         yield "PRAGMA writable_schema=OFF;"
     if has_sequence:
