@@ -838,3 +838,37 @@ fn a_device_that_cannot_apply_a_row_says_why_in_its_status() {
     assert_eq!(common::count(&d, "SELECT count(*) FROM t"), 0);
     assert!(s.last_seq < p.sync_status().unwrap().last_seq);
 }
+
+/// A local row (row_owner NULL) holding a unique value that a row from the primaries also
+/// holds stops the device's sync; its status names the row and what to do, and once the app
+/// changes its local row the sync resumes where it stopped.
+#[test]
+fn a_local_row_in_the_way_of_the_primaries_row_is_named_and_sync_resumes_once_moved() {
+    let c = common::Cluster::new();
+    let p = c.primary("p.db");
+    p.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, k TEXT UNIQUE, row_owner)")
+        .unwrap();
+    let d = c.device("d.db", &p);
+    common::ready(&d);
+    d.execute("INSERT INTO t(k, row_owner) VALUES ('x', NULL)", [])
+        .unwrap();
+    p.execute("INSERT INTO t(k, row_owner) VALUES ('x', '*')", [])
+        .unwrap();
+    p.execute("INSERT INTO t(k, row_owner) VALUES ('after', '*')", [])
+        .unwrap();
+    let s = d
+        .wait_for(common::DEADLINE, |s| s.sync_error.is_some())
+        .unwrap();
+    let error = s.sync_error.unwrap_or_default();
+    assert!(
+        error.contains("of `t` from the primaries") && error.contains("change or delete that row"),
+        "{error}"
+    );
+    d.execute("UPDATE t SET k = 'x (mine)' WHERE row_owner IS NULL", [])
+        .unwrap();
+    common::wait_count(&d, "SELECT count(*) FROM t WHERE k IN ('x', 'after')", 2);
+    assert_eq!(
+        common::count(&d, "SELECT count(*) FROM t WHERE k = 'x (mine)'"),
+        1
+    );
+}

@@ -207,12 +207,31 @@ fn apply_op(
         .statements
         .entry(table)
         .or_insert_with(|| ctx.tables.statements(&t, &h.columns));
-    match values {
+    let written = match values {
         // A settled row is usually already as the primaries have it: write only a difference.
         Some(values) if settled => sql.make_equal(conn, rowid, values),
         // Rows from the primaries are usually new here: try the insert first.
         Some(values) => sql.insert_or_update(conn, rowid, values),
         None => delete_row(conn, &t, rowid),
+    };
+    written.map_err(|e| refused_here(e, &h.name, rowid))
+}
+
+/// A row from the primaries that this file refuses (a constraint of its own rows): the sync
+/// stops here until the app resolves it, so the message names the row and what to do.
+fn refused_here(e: crate::Error, table: &str, rowid: i64) -> crate::Error {
+    match &e {
+        crate::Error::Sqlite(se)
+            if se.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
+        {
+            crate::Error::rule(format!(
+                "row {rowid} of `{table}` from the primaries cannot be written here ({se}): a \
+                 row only this device has (row_owner NULL) holds one of its unique values, or a \
+                 trigger or constraint of this file refuses it; change or delete that row and \
+                 sync resumes"
+            ))
+        }
+        _ => e,
     }
 }
 
