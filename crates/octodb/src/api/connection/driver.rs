@@ -26,10 +26,6 @@ const WRAPPED: &[&str] = &[
     "INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "WITH",
 ];
 const SCHEMA_WORDS: &[&str] = &["CREATE", "DROP", "ALTER"];
-/// Statements that always write (unlike `WITH`, which may only read).
-const WRITE_WORDS: &[&str] = &[
-    "INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER",
-];
 /// Takes the write lock of the main database and changes nothing: SQLite opens a statement's
 /// write transaction before it looks at its WHERE clause.
 const TAKE_WRITE_LOCK: &str = "DELETE FROM main._octo_meta WHERE 0";
@@ -64,12 +60,17 @@ pub struct Started {
 /// capture would never see those deletes (the primaries and the other devices would keep the
 /// rows). Such a statement runs with them on; apps' own triggers may then fire themselves
 /// during it, as in other databases.
+/// (Every write passes here: only the two words after INSERT or UPDATE are read, and a whole
+/// statement only when it starts with WITH.)
 fn deletes_by_replace(word: &str, sql: &str) -> bool {
-    if word == "REPLACE" {
-        return true;
-    }
+    let words = match word {
+        "REPLACE" => return true,
+        "INSERT" | "UPDATE" => 3,
+        "WITH" => usize::MAX,
+        _ => return false,
+    };
     let mut previous = String::new();
-    sql_text::words(sql).any(|w| {
+    sql_text::words(sql).take(words).any(|w| {
         let hit = previous == "OR" && w == "REPLACE";
         previous = w;
         hit
@@ -130,7 +131,9 @@ impl Connection {
     /// app's INSERT would fail with "database is locked" whenever the engine was writing,
     /// though the app itself had read nothing.
     fn write_lock_before_reading(&self, word: &str) -> Result<()> {
-        if self.conn.is_autocommit() || self.turn.is_writing() || !WRITE_WORDS.contains(&word) {
+        // The words of writes, but `WITH`, which may only read.
+        let writes = word != "WITH" && WRAPPED.contains(&word);
+        if self.conn.is_autocommit() || self.turn.is_writing() || !writes {
             return Ok(());
         }
         if self.conn.transaction_state(None::<&str>)? != rusqlite::TransactionState::None {
