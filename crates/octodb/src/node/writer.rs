@@ -640,7 +640,7 @@ fn decide_device_txns(
             if let Some(e) = effects {
                 e.begin();
             }
-            let body = match apply::apply_device_txn(c, tables, *sender, cs) {
+            let body = match apply::apply_device_txn(c, tables, *sender, cs, effects.is_none()) {
                 Ok(Ok(changes)) => {
                     let changes = match effects {
                         Some(e) => e.take(c)?,

@@ -385,11 +385,15 @@ fn fault_of_the_node(e: &rusqlite::Error) -> bool {
 /// Apply a device's transaction with the replication rules. `Ok(Err(reason))` means the
 /// transaction is rejected: the caller rolls back what was applied (it runs in a savepoint).
 /// `Ok(Ok(changes))` gives the changes as the primaries now have them, for the log.
+///
+/// With `read_back` false the caller captures what the transaction wrote itself (see
+/// `store::trigger_effects`), and the changes returned are empty.
 pub fn apply_device_txn(
     conn: &Connection,
     tables: &mut Tables,
     sender: Sender,
     cs: &ChangeSet,
+    read_back: bool,
 ) -> Result<Verdict> {
     // The owner checks read a column's value at its first place in the header, but SQLite's
     // UPDATE keeps the last assignment to a column: a header naming a column twice would let a
@@ -555,14 +559,19 @@ pub fn apply_device_txn(
                     )));
                 }
                 delete_row(conn, &t, rowid)?;
-                out.ops.push(Op::Delete {
-                    table: out_table,
-                    rowid,
-                    owner,
-                });
+                if read_back {
+                    out.ops.push(Op::Delete {
+                        table: out_table,
+                        rowid,
+                        owner,
+                    });
+                }
                 continue;
             }
             _ => {}
+        }
+        if !read_back {
+            continue;
         }
         if let Some(values) = sql.read(conn, rowid)? {
             out.ops.push(Op::Upsert {
