@@ -17,19 +17,6 @@ fn primary_with(c: &Cluster, mode: &str) -> Connection {
     p
 }
 
-/// Sign-ups get a new user (0); logins name the user in their data: `user:<id>`.
-fn approve_by_data(p: &Connection) {
-    p.set_auth_callback(Action::UserSignup, |_r: &AuthRequest| Decision::User(0))
-        .unwrap();
-    p.set_auth_callback(Action::UserLogin, |r: &AuthRequest| {
-        match user_named_in(r) {
-            Some(u) => Decision::User(u),
-            None => Decision::Reject("unknown user".into()),
-        }
-    })
-    .unwrap();
-}
-
 /// A primary with `auth=user` approving sign-ups (see [`approve_by_data`]), and a device that
 /// asked to sign up on it.
 fn signed_up_device(c: &Cluster) -> (Connection, Connection) {

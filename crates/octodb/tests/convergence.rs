@@ -7,7 +7,6 @@
 //! Each run is one fixed seed: a failure names it and replays the same operations.
 mod common;
 use common::*;
-use octodb::auth::{Action, AuthRequest, Decision};
 use octodb::{Connection, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -533,19 +532,6 @@ impl Device {
         self.online = !self.online;
         self.conn = Some(Connection::open(&device_uri(&self.path, &addr)).unwrap());
     }
-}
-
-/// Sign-ups get a new user; logins name the user in their data: `user:<id>`.
-fn approve_by_data(p: &Connection) {
-    p.set_auth_callback(Action::UserSignup, |_r: &AuthRequest| Decision::User(0))
-        .unwrap();
-    p.set_auth_callback(Action::UserLogin, |r: &AuthRequest| {
-        match user_named_in(r) {
-            Some(u) => Decision::User(u),
-            None => Decision::Reject("unknown user".into()),
-        }
-    })
-    .unwrap();
 }
 
 fn tags(c: &Connection, sql: &str) -> BTreeSet<String> {

@@ -68,6 +68,21 @@ pub fn user_named_in(r: &octodb::auth::AuthRequest) -> Option<i64> {
     r.data.as_deref()?.strip_prefix("user:")?.parse().ok()
 }
 
+/// A backend approving as the tests' do: sign-ups get a new user (0), logins name the user in
+/// their data (`user:<id>`).
+pub fn approve_by_data(p: &Connection) {
+    use octodb::auth::{Action, AuthRequest, Decision};
+    p.set_auth_callback(Action::UserSignup, |_r: &AuthRequest| Decision::User(0))
+        .unwrap();
+    p.set_auth_callback(Action::UserLogin, |r: &AuthRequest| {
+        match user_named_in(r) {
+            Some(u) => Decision::User(u),
+            None => Decision::Reject("unknown user".into()),
+        }
+    })
+    .unwrap();
+}
+
 pub fn primary_uri(path: &Path, port: u16) -> String {
     format!(
         "file:{}?node=primary&bind=tcp://127.0.0.1:{port}",
