@@ -276,6 +276,20 @@ async fn connect_one(
     sock.bind(SocketAddr::new(ip.into(), 0))?;
     let tcp = sock.connect(addr).await?;
     let mut s = SecureStream::connect(tcp, keys, opts).await?;
+    hello(&mut s, signup, last_seq).await?;
+    Ok(s)
+}
+
+/// What a primary's Welcome tells a device.
+pub struct Welcomed {
+    pub node_id: u32,
+    pub user_id: i64,
+    pub last_decided_txn: u64,
+}
+
+/// A device's first message on `s` (signing up, or a returning device standing at
+/// `last_seq`), then the primary's messages until its Welcome.
+pub async fn hello(s: &mut SecureStream, signup: bool, last_seq: u64) -> Result<Welcomed> {
     let hello = Message::Hello {
         role: octodb::Role::Secondary,
         last_seq: if signup { 0 } else { last_seq },
@@ -289,7 +303,18 @@ async fn connect_one(
     s.flush().await?;
     loop {
         match Message::decode(&s.recv().await?)? {
-            Message::Welcome { .. } => return Ok(s),
+            Message::Welcome {
+                node_id,
+                user_id,
+                last_decided_txn,
+                ..
+            } => {
+                return Ok(Welcomed {
+                    node_id,
+                    user_id,
+                    last_decided_txn,
+                })
+            }
             Message::AuthPending => continue,
             Message::Refused { reason } => bail!("refused: {reason}"),
             other => bail!("expected Welcome, got {}", other.kind()),

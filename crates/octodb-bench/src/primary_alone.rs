@@ -8,11 +8,10 @@
 use crate::cluster::payload;
 use crate::procs::{self, Proc};
 use anyhow::{bail, Context, Result};
-use octodb::auth::Action;
 use octodb::changes::{ChangeSet, Op};
 use octodb::crypto::NodeKeys;
 use octodb::log::EntryBody;
-use octodb::net::{AuthAsk, HandshakeOptions, Message, SecureStream};
+use octodb::net::{HandshakeOptions, Message, SecureStream};
 use octodb::Value;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -110,37 +109,13 @@ async fn sign_up(addr: SocketAddr) -> Result<Device> {
     let keys = NodeKeys::generate();
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let mut stream = SecureStream::connect(tcp, &keys, &HandshakeOptions::default()).await?;
-    let hello = Message::Hello {
-        role: octodb::Role::Secondary,
-        last_seq: 0,
-        info: "{}".into(),
-        auth: Some(AuthAsk {
-            action: Action::UserSignup,
-            data: "bench".into(),
-        }),
-    };
-    stream.send(&hello.encode()).await?;
-    stream.flush().await?;
-    loop {
-        match Message::decode(&stream.recv().await?)? {
-            Message::Welcome {
-                node_id,
-                user_id,
-                last_decided_txn,
-                ..
-            } => {
-                return Ok(Device {
-                    stream,
-                    node_id,
-                    user_id,
-                    next_txn: last_decided_txn + 1,
-                })
-            }
-            Message::AuthPending => continue,
-            Message::Refused { reason } => bail!("refused: {reason}"),
-            other => bail!("expected Welcome, got {}", other.kind()),
-        }
-    }
+    let welcomed = crate::connections::hello(&mut stream, true, 0).await?;
+    Ok(Device {
+        stream,
+        node_id: welcomed.node_id,
+        user_id: welcomed.user_id,
+        next_txn: welcomed.last_decided_txn + 1,
+    })
 }
 
 impl Device {
