@@ -993,7 +993,7 @@ fn crafted_hello(role_tag: &[u8], action_tag: &[u8], data: &[u8]) -> Vec<u8> {
         data.len() < 128,
         "the length is written as a one-byte varint"
     );
-    let mut m = vec![octodb::net::message::PROTOCOL_VERSION, 0]; // version, Message::Hello
+    let mut m = vec![octodb::net::message::MESSAGE_ENCODING, 0]; // version, Message::Hello
     m.extend_from_slice(role_tag);
     m.extend_from_slice(&[0, 2, b'{', b'}', 1]); // last_seq 0, info "{}", Some(AuthAsk)
     m.extend_from_slice(action_tag);

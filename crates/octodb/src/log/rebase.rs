@@ -143,7 +143,7 @@ fn apply_op(
 ) -> Result<()> {
     let Some((table, rowid, values)) = op.row() else {
         if let Op::Ddl { sql, .. } = op {
-            conn.execute_batch(&schema::device_create_table(sql))?;
+            schema::apply_primaries_ddl(conn, sql)?;
             ctx.tables.schema_changed();
             applied.schema_changed = true;
             if ctx.any_base {

@@ -1,5 +1,8 @@
 //! The messages nodes exchange once a secure connection is up. Each encoded message starts with
-//! the protocol version byte; a peer speaking another version is told so and disconnected.
+//! its encoding's number. The protocol version is agreed in the handshake ([`super::version`]);
+//! versions that encode messages alike share an encoding, and a version that changes one gets
+//! a new encoding, in which a node then writes to the peers that agreed on it. The encoding of
+//! each message is frozen in `tests/fixtures/wire/` (tests/wire_fixtures.rs).
 
 use super::NetError;
 use crate::changes::ChangeSet;
@@ -8,8 +11,9 @@ use crate::uri::Role;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
-/// 2: Welcome tells a device the last of its transactions the primaries decided.
-pub const PROTOCOL_VERSION: u8 = 2;
+/// The encoding of protocol versions 2 and 3 (2: Welcome tells a device the last of its
+/// transactions the primaries decided).
+pub const MESSAGE_ENCODING: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
@@ -125,7 +129,7 @@ pub struct AuthAsk {
 
 impl Message {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![PROTOCOL_VERSION];
+        let mut out = vec![MESSAGE_ENCODING];
         // Serialising owned data into a Vec cannot fail.
         if let Ok(body) = postcard::to_allocvec(self) {
             out.extend_from_slice(&body);
@@ -135,10 +139,11 @@ impl Message {
 
     pub fn decode(bytes: &[u8]) -> Result<Message, NetError> {
         match bytes.split_first() {
-            Some((&PROTOCOL_VERSION, body)) => postcard::from_bytes(body)
+            Some((&MESSAGE_ENCODING, body)) => postcard::from_bytes(body)
                 .map_err(|e| NetError::Malformed(format!("undecodable message: {e}"))),
             Some((v, _)) => Err(NetError::Malformed(format!(
-                "peer speaks protocol version {v}, this node speaks {PROTOCOL_VERSION}; upgrade the older node"
+                "message in encoding {v}, which the protocol version agreed in the handshake \
+                 does not use (it uses {MESSAGE_ENCODING})"
             ))),
             None => Err(NetError::Malformed("empty message".into())),
         }
@@ -178,9 +183,9 @@ mod tests {
         let mut wrong = b.clone();
         wrong[0] = 99;
         assert!(
-            matches!(Message::decode(&wrong), Err(NetError::Malformed(m)) if m.contains("version 99"))
+            matches!(Message::decode(&wrong), Err(NetError::Malformed(m)) if m.contains("encoding 99"))
         );
-        assert!(Message::decode(&[PROTOCOL_VERSION, 0xff, 0xff]).is_err());
+        assert!(Message::decode(&[MESSAGE_ENCODING, 0xff, 0xff]).is_err());
         assert!(Message::decode(&[]).is_err());
     }
 

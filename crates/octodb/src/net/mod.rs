@@ -2,6 +2,7 @@
 mod chunks;
 pub mod message;
 pub mod transport;
+pub mod version;
 pub use message::{AuthAsk, Message};
 pub use transport::{
     HandshakeOptions, NetError, PeerIdentity, SecureReader, SecureStream, SecureWriter,

@@ -2,11 +2,13 @@
 //!
 //! Wire protocol (all lengths are big-endian u16):
 //! 1. Noise handshake, `Noise_XXpsk3_25519_AESGCM_BLAKE2s` when a network key is set, else
-//!    `Noise_XX_25519_AESGCM_BLAKE2s`; prologue `octodb/2`, so nodes of another protocol
-//!    version or network fail here. Each handshake message is `[len][bytes]`. Message 2 carries
-//!    the responder's claim `[version][Ed25519 identity]`, message 3 the initiator's claim and
-//!    one byte: whether it needs the responder's signature (encrypted, as Noise does for
-//!    payloads after the first message).
+//!    `Noise_XX_25519_AESGCM_BLAKE2s`; prologue `octodb/2` (the handshake's own layout, which
+//!    every protocol version since 2 shares). Each handshake message is `[len][bytes]`.
+//!    Message 1 carries the initiator's offer of protocol versions ([`super::version`]; none
+//!    from a node of version 2). Message 2 carries the responder's claim `[claim version]
+//!    [Ed25519 identity]`, followed by `[chosen version][oldest][newest]` when an offer was
+//!    made; message 3 the initiator's claim and one byte: whether it needs the responder's
+//!    signature (encrypted, as Noise does for payloads after the first message).
 //! 2. An identity is proven by an Ed25519 signature over `"octodb-identity-v2" || role ||
 //!    handshake_hash`. The handshake hash is unique to this connection and covers both Noise
 //!    static keys, so a signature cannot be replayed elsewhere; the role byte stops a peer from
@@ -27,18 +29,22 @@ use tokio::net::TcpStream;
 
 pub use super::chunks::{SecureReader, SecureWriter};
 
+use super::version::{self, Versions};
 use crate::crypto::{NodeKeys, PublicKey};
 
-/// Protocol version, mixed into the handshake: peers with a different one cannot connect.
-/// Version 2: signatures only when asked for (version 1 always sent them).
+/// The handshake's layout, mixed into it: nodes of version 1 (which always sent signatures)
+/// cannot connect. Protocol versions since 2 share it and negotiate inside it.
 const PROLOGUE: &[u8] = b"octodb/2";
 const PATTERN_PSK: &str = "Noise_XXpsk3_25519_AESGCM_BLAKE2s";
 const PATTERN_OPEN: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
 /// XX handshake messages are at most ~100 bytes; anything bigger is another protocol, and
 /// refusing it at once means a stray client fails fast instead of waiting for the timeout.
 const MAX_HANDSHAKE_MSG: usize = 256;
-const CLAIM_VERSION: u8 = 2;
-/// `[version][identity]`; the initiator's claim has one byte more.
+/// The claim's layout in a handshake without an offer (protocol 2) and with one.
+const CLAIM_PRE_NEGOTIATION: u8 = 2;
+const CLAIM_NEGOTIATED: u8 = 3;
+/// `[claim version][identity]`; the initiator's claim has one byte more, the responder's three
+/// more when it answers an offer.
 const CLAIM_LEN: usize = 1 + 32;
 const PROOF_CONTEXT: &[u8] = b"octodb-identity-v2";
 const SIGNATURE_LEN: usize = 64;
@@ -79,6 +85,9 @@ pub enum NetError {
     /// The peer sent bytes that do not follow the protocol.
     #[error("malformed data from peer: {0}")]
     Malformed(String),
+    /// The two nodes speak no protocol version in common; says which one to upgrade.
+    #[error("incompatible octodb versions: {0}")]
+    Version(String),
 }
 
 fn noise_error(e: snow::Error) -> NetError {
@@ -97,6 +106,9 @@ pub struct HandshakeOptions {
     pub max_message: usize,
     /// Identity bindings already proven to this node (shared by its connections).
     pub bindings: Arc<VerifiedBindings>,
+    /// The protocol versions this side speaks (this build's, but for tests that play an
+    /// older or newer node).
+    pub versions: Versions,
 }
 
 impl Default for HandshakeOptions {
@@ -106,6 +118,7 @@ impl Default for HandshakeOptions {
             timeout: Duration::from_secs(10),
             max_message: 64 * 1024 * 1024,
             bindings: Default::default(),
+            versions: Versions::default(),
         }
     }
 }
@@ -155,6 +168,7 @@ impl fmt::Debug for HandshakeOptions {
             .field("network_key", &self.network_key.map(|_| "<set>"))
             .field("timeout", &self.timeout)
             .field("max_message", &self.max_message)
+            .field("versions", &self.versions)
             .finish()
     }
 }
@@ -173,12 +187,14 @@ pub struct SecureStream {
     reader: SecureReader,
     writer: SecureWriter,
     peer: PeerIdentity,
+    protocol: u8,
 }
 
 impl fmt::Debug for SecureStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecureStream")
             .field("peer", &self.peer)
+            .field("protocol", &self.protocol)
             .finish()
     }
 }
@@ -205,6 +221,11 @@ impl SecureStream {
     /// The authenticated peer.
     pub fn peer(&self) -> &PeerIdentity {
         &self.peer
+    }
+
+    /// The protocol version the two sides agreed on.
+    pub fn protocol_version(&self) -> u8 {
+        self.protocol
     }
 
     /// Splits into halves that can be moved to separate tasks.
@@ -242,10 +263,16 @@ async fn establish(
     let result = tokio::time::timeout(opts.timeout, handshake(stream, keys, opts, initiator)).await;
     match result {
         Err(_) => Err(NetError::Timeout),
-        Ok(Ok((reader, writer, public_key))) => Ok(SecureStream {
+        Ok(Ok(Established {
+            reader,
+            writer,
+            public_key,
+            protocol,
+        })) => Ok(SecureStream {
             reader,
             writer,
             peer: PeerIdentity { public_key, addr },
+            protocol,
         }),
         // A peer that rejects our handshake just hangs up; say what that usually means.
         Ok(Err(e)) if is_disconnect(&e) => Err(NetError::Authentication(
@@ -270,12 +297,42 @@ fn is_disconnect(e: &NetError) -> bool {
     }
 }
 
+/// What a finished handshake hands over.
+struct Established {
+    reader: SecureReader,
+    writer: SecureWriter,
+    public_key: PublicKey,
+    protocol: u8,
+}
+
+/// The protocol version as the handshake goes: what was offered and chosen.
+#[derive(Clone, Copy)]
+enum Negotiation {
+    /// Initiator: nothing heard yet (`offered`: whether message 1 carried an offer).
+    Pending { offered: bool },
+    /// Both sides know the version; `with_offer`: whether the claims use the negotiated
+    /// layout.
+    Agreed { version: u8, with_offer: bool },
+    /// Responder: the initiator's offer shares no version with ours; message 2 says so.
+    NoneInCommon { theirs: Versions },
+}
+
+impl Negotiation {
+    fn with_offer(&self) -> bool {
+        match *self {
+            Negotiation::Pending { offered } => offered,
+            Negotiation::Agreed { with_offer, .. } => with_offer,
+            Negotiation::NoneInCommon { .. } => true,
+        }
+    }
+}
+
 async fn handshake(
     stream: TcpStream,
     keys: &NodeKeys,
     opts: &HandshakeOptions,
     initiator: bool,
-) -> Result<(SecureReader, SecureWriter, PublicKey), NetError> {
+) -> Result<Established, NetError> {
     // Unbuffered: a buffered reader could swallow the first chunk that follows the handshake.
     let (mut rd, mut wr) = stream.into_split();
 
@@ -299,6 +356,10 @@ async fn handshake(
     .map_err(noise_error)?;
 
     let own_identity = keys.public_key().0;
+    let ours = opts.versions;
+    let mut negotiation = Negotiation::Pending {
+        offered: initiator && ours.makes_offer(),
+    };
     // The peer's claimed identity, and whether we asked it for a signature.
     let mut peer: Option<([u8; 32], bool)> = None;
     // Whether the peer asked us for a signature (the responder learns it from message 3).
@@ -308,21 +369,36 @@ async fn handshake(
     let (mut sent, mut received) = (0, 0);
     while !hs.is_handshake_finished() {
         if hs.is_my_turn() {
-            // Message 1 carries nothing; 2 the responder's claim; 3 the initiator's claim and
-            // whether it needs the responder's signature.
-            let claim: Vec<u8> = match (sent, &peer) {
+            // Message 1 carries the offer; 2 the responder's claim (and the version chosen);
+            // 3 the initiator's claim and whether it needs the responder's signature.
+            let layout = ClaimLayout {
+                with_offer: negotiation.with_offer(),
+                from_initiator: initiator,
+            };
+            let message: Vec<u8> = match (sent, &peer) {
+                (0, _) if initiator && layout.with_offer => ours.encode_offer().to_vec(),
                 (0, _) if initiator => Vec::new(),
-                (_, Some((_, wants))) => encode_claim(own_identity, Some(*wants)),
-                _ => encode_claim(own_identity, None),
+                (_, Some((_, wants))) => layout.encode(own_identity, Some(*wants), None),
+                _ => layout.encode(own_identity, None, Some((&negotiation, &ours))),
             };
             let n = hs
-                .write_message(&claim, &mut buf[2..])
+                .write_message(&message, &mut buf[2..])
                 .map_err(noise_error)?;
             buf[..2].copy_from_slice(&(n as u16).to_be_bytes());
             wr.write_all(&buf[..2 + n]).await?;
             sent += 1;
+            if let Negotiation::NoneInCommon { theirs } = negotiation {
+                // Told the peer in message 2; nothing more to say to it.
+                return Err(NetError::Version(version::mismatch_advice(&ours, &theirs)));
+            }
         } else {
-            let len = usize::from(rd.read_u16().await?);
+            let len = match rd.read_u16().await {
+                Ok(len) => usize::from(len),
+                Err(e) if negotiation.with_offer() && received == 0 => {
+                    return Err(refused_offer(e.into()))
+                }
+                Err(e) => return Err(e.into()),
+            };
             if len == 0 || len > MAX_HANDSHAKE_MSG {
                 return Err(NetError::Malformed(format!(
                     "handshake message of {len} bytes (at most {MAX_HANDSHAKE_MSG} expected): \
@@ -338,18 +414,22 @@ async fn handshake(
             })?;
             received += 1;
             if !initiator && received == 1 {
-                // Message 1 carries nothing in this protocol; with a network key on one side
-                // only, the other reads its authentication tag as data.
-                if n != 0 {
-                    return Err(NetError::Authentication(
-                        "peer failed the handshake (its first message carries data): wrong \
-                         network key, different octodb version, or not an octodb node"
-                            .into(),
-                    ));
-                }
+                negotiation = answer_offer(&ours, &payload[..n])?;
                 continue;
             }
-            let claim = decode_claim(&payload[..n], !initiator)?;
+            let layout = ClaimLayout {
+                with_offer: negotiation.with_offer(),
+                from_initiator: !initiator,
+            };
+            let claim = layout.decode(&payload[..n])?;
+            if let Some((chosen, theirs)) = claim.answer {
+                negotiation = agreed_by_responder(&ours, chosen, theirs)?;
+            } else if let Negotiation::Pending { offered: false } = negotiation {
+                negotiation = Negotiation::Agreed {
+                    version: version::PRE_NEGOTIATION,
+                    with_offer: false,
+                };
+            }
             let remote_static = hs
                 .get_remote_static()
                 .and_then(|k| <[u8; 32]>::try_from(k).ok())
@@ -363,6 +443,14 @@ async fn handshake(
     }
     let (peer_identity, we_want_theirs) =
         peer.ok_or_else(|| NetError::Noise("handshake ended without the peer's claim".into()))?;
+    let Negotiation::Agreed {
+        version: protocol, ..
+    } = negotiation
+    else {
+        return Err(NetError::Noise(
+            "handshake ended without a protocol version".into(),
+        ));
+    };
 
     let hash = hs.get_handshake_hash().to_vec();
     let remote_static: Option<[u8; 32]> = hs
@@ -390,7 +478,81 @@ async fn handshake(
         }
     }
     reader.max_message = opts.max_message;
-    Ok((reader, writer, public_key))
+    Ok(Established {
+        reader,
+        writer,
+        public_key,
+        protocol,
+    })
+}
+
+/// The responder reads the initiator's first message: an offer, or nothing from a node of
+/// version 2.
+fn answer_offer(ours: &Versions, payload: &[u8]) -> Result<Negotiation, NetError> {
+    if payload.is_empty() {
+        return match ours.contains(version::PRE_NEGOTIATION) {
+            true => Ok(Negotiation::Agreed {
+                version: version::PRE_NEGOTIATION,
+                with_offer: false,
+            }),
+            // A node of version 2 cannot be told why; the log says it here.
+            false => Err(NetError::Version(version::mismatch_advice(
+                ours,
+                &Versions::PRE_NEGOTIATION,
+            ))),
+        };
+    }
+    // With a network key on one side only, the other reads its authentication tag as data.
+    let theirs = Versions::decode_offer(payload).ok_or_else(|| {
+        NetError::Authentication(
+            "peer failed the handshake (its first message is no version offer): wrong \
+             network key, different octodb version, or not an octodb node"
+                .into(),
+        )
+    })?;
+    Ok(match ours.choose(&theirs) {
+        Some(version) => Negotiation::Agreed {
+            version,
+            with_offer: true,
+        },
+        None => Negotiation::NoneInCommon { theirs },
+    })
+}
+
+/// The initiator reads the version the responder chose (0: none in common).
+fn agreed_by_responder(
+    ours: &Versions,
+    chosen: u8,
+    theirs: Versions,
+) -> Result<Negotiation, NetError> {
+    if chosen == 0 {
+        return Err(NetError::Version(version::mismatch_advice(ours, &theirs)));
+    }
+    if !ours.contains(chosen) || !theirs.contains(chosen) {
+        return Err(NetError::Malformed(format!(
+            "the peer chose protocol version {chosen}, outside this node's {ours} or its own \
+             {theirs}"
+        )));
+    }
+    Ok(Negotiation::Agreed {
+        version: chosen,
+        with_offer: true,
+    })
+}
+
+/// A peer that hangs up on our offer before answering it: a node of version 2 refuses any
+/// data in the first message.
+fn refused_offer(e: NetError) -> NetError {
+    if !is_disconnect(&e) {
+        return e;
+    }
+    NetError::Authentication(format!(
+        "the peer closed the connection on this node's version offer (protocol {}): it runs an \
+         octodb from before version negotiation (protocol {}; upgrade the primaries before \
+         their devices), or it uses another network key",
+        Versions::default(),
+        version::PRE_NEGOTIATION
+    ))
 }
 
 /// Which signatures the two sides asked each other for.
@@ -475,40 +637,96 @@ struct Claim {
     identity: [u8; 32],
     /// The initiator's request for the responder's signature (message 3 only).
     wants_proof: Option<bool>,
+    /// The responder's answer to an offer: the version chosen (0: none) and its own range.
+    answer: Option<(u8, Versions)>,
 }
 
-/// `[version][Ed25519 identity: 32]`, then `[wants the responder's signature: 0|1]` in
-/// message 3.
-fn encode_claim(identity: [u8; 32], wants_proof: Option<bool>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(CLAIM_LEN + 1);
-    out.push(CLAIM_VERSION);
-    out.extend_from_slice(&identity);
-    out.extend(wants_proof.map(u8::from));
-    out
+/// Which claim a message holds.
+#[derive(Clone, Copy)]
+struct ClaimLayout {
+    /// The handshake began with an offer (claim version 3), or not (2).
+    with_offer: bool,
+    from_initiator: bool,
 }
 
-fn decode_claim(bytes: &[u8], from_initiator: bool) -> Result<Claim, NetError> {
-    let expected = CLAIM_LEN + usize::from(from_initiator);
-    if bytes.first().is_some_and(|&v| v != CLAIM_VERSION) {
-        return Err(NetError::Authentication(format!(
-            "peer uses handshake claim version {}, this node supports {CLAIM_VERSION}: \
-             upgrade the older node",
-            bytes[0]
-        )));
+impl ClaimLayout {
+    fn version(&self) -> u8 {
+        match self.with_offer {
+            true => CLAIM_NEGOTIATED,
+            false => CLAIM_PRE_NEGOTIATION,
+        }
     }
-    if bytes.len() != expected || (from_initiator && bytes[CLAIM_LEN] > 1) {
-        return Err(NetError::Malformed(format!(
-            "identity claim of {} bytes, expected {expected}: the peer is not an octodb node \
-             of this version",
-            bytes.len()
-        )));
+
+    fn len(&self) -> usize {
+        match (self.from_initiator, self.with_offer) {
+            (true, _) => CLAIM_LEN + 1,
+            (false, true) => CLAIM_LEN + 3,
+            (false, false) => CLAIM_LEN,
+        }
     }
-    let mut identity = [0u8; 32];
-    identity.copy_from_slice(&bytes[1..CLAIM_LEN]);
-    Ok(Claim {
-        identity,
-        wants_proof: from_initiator.then(|| bytes[CLAIM_LEN] == 1),
-    })
+
+    /// `[claim version][Ed25519 identity: 32]`, then `[wants the responder's signature: 0|1]`
+    /// from the initiator, or `[chosen][oldest][newest]` from a responder answering an offer.
+    fn encode(
+        &self,
+        identity: [u8; 32],
+        wants_proof: Option<bool>,
+        answer: Option<(&Negotiation, &Versions)>,
+    ) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        out.push(self.version());
+        out.extend_from_slice(&identity);
+        out.extend(wants_proof.map(u8::from));
+        if let (false, true, Some((negotiation, ours))) =
+            (self.from_initiator, self.with_offer, answer)
+        {
+            let chosen = match *negotiation {
+                Negotiation::Agreed { version, .. } => version,
+                _ => 0,
+            };
+            out.extend_from_slice(&[chosen, ours.oldest, ours.newest]);
+        }
+        out
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Claim, NetError> {
+        let expected = self.len();
+        if bytes.first().is_some_and(|&v| v != self.version()) {
+            return Err(NetError::Authentication(format!(
+                "peer uses handshake claim version {}, where this handshake needs {}: the \
+                 peer is not an octodb node of a compatible version; upgrade the older node",
+                bytes[0],
+                self.version()
+            )));
+        }
+        if bytes.len() != expected || (self.from_initiator && bytes[CLAIM_LEN] > 1) {
+            return Err(NetError::Malformed(format!(
+                "identity claim of {} bytes, expected {expected}: the peer is not an octodb \
+                 node of this version",
+                bytes.len()
+            )));
+        }
+        let mut identity = [0u8; 32];
+        identity.copy_from_slice(&bytes[1..CLAIM_LEN]);
+        let answer = match (self.from_initiator, self.with_offer) {
+            (false, true) => {
+                let (chosen, oldest, newest) =
+                    (bytes[CLAIM_LEN], bytes[CLAIM_LEN + 1], bytes[CLAIM_LEN + 2]);
+                if oldest == 0 || oldest > newest {
+                    return Err(NetError::Malformed(format!(
+                        "the peer claims protocol versions {oldest} to {newest}"
+                    )));
+                }
+                Some((chosen, Versions { oldest, newest }))
+            }
+            _ => None,
+        };
+        Ok(Claim {
+            identity,
+            wants_proof: self.from_initiator.then(|| bytes[CLAIM_LEN] == 1),
+            answer,
+        })
+    }
 }
 
 /// The bytes each side signs: fixed context, its role, and this connection's handshake hash.
@@ -774,19 +992,163 @@ mod tests {
     #[test]
     fn claims_are_checked_for_version_and_length() {
         let id = NodeKeys::generate().public_key().0;
-        let claim = encode_claim(id, Some(true));
-        let decoded = decode_claim(&claim, true).unwrap();
+        let initiator = ClaimLayout {
+            with_offer: true,
+            from_initiator: true,
+        };
+        let responder = ClaimLayout {
+            from_initiator: false,
+            ..initiator
+        };
+        let claim = initiator.encode(id, Some(true), None);
+        let decoded = initiator.decode(&claim).unwrap();
         assert_eq!((decoded.identity, decoded.wants_proof), (id, Some(true)));
-        assert!(decode_claim(&encode_claim(id, None), false).is_ok());
-        assert!(decode_claim(&encode_claim(id, None), true).is_err());
-        assert!(decode_claim(&claim, false).is_err());
+        let agreed = Negotiation::Agreed {
+            version: 3,
+            with_offer: true,
+        };
+        let ours = Versions::default();
+        let answer = responder.encode(id, None, Some((&agreed, &ours)));
+        assert_eq!(responder.decode(&answer).unwrap().answer, Some((3, ours)));
+        assert!(initiator.decode(&answer).is_err());
+        assert!(responder.decode(&claim).is_err());
         let mut bad_flag = claim.clone();
         bad_flag[CLAIM_LEN] = 2;
-        assert!(decode_claim(&bad_flag, true).is_err());
+        assert!(initiator.decode(&bad_flag).is_err());
+        let mut bad_range = answer.clone();
+        bad_range[CLAIM_LEN + 1] = 9;
+        assert!(responder.decode(&bad_range).is_err());
         let mut old = claim;
         old[0] = 1;
-        let err = decode_claim(&old, true).unwrap_err();
+        let err = initiator.decode(&old).unwrap_err();
         assert!(err.to_string().contains("upgrade"), "{err}");
+        let legacy = ClaimLayout {
+            with_offer: false,
+            from_initiator: false,
+        };
+        assert_eq!(legacy.encode(id, None, None).len(), CLAIM_LEN);
+        assert!(legacy.decode(&answer).is_err());
+    }
+
+    fn speaking(oldest: u8, newest: u8) -> HandshakeOptions {
+        HandshakeOptions {
+            versions: Versions { oldest, newest },
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_newest_common_version_is_agreed() {
+        let current = version::NEWEST;
+        let cases = [
+            (speaking(2, current), speaking(2, current), current),
+            // A device from before negotiation (no offer) at this build's primary.
+            (speaking(2, 2), speaking(2, current), 2),
+            // This build's device at a primary that speaks 2 and 3 only... and at a newer one.
+            (speaking(2, current), speaking(2, current + 1), current),
+            (
+                speaking(current, current + 2),
+                speaking(2, current + 1),
+                current + 1,
+            ),
+        ];
+        for (client, server, expected) in cases {
+            let (c, s, _) = pair(client.clone(), server.clone()).await;
+            let (c, s) = (c.unwrap(), s.unwrap());
+            assert_eq!(
+                (c.protocol_version(), s.protocol_version()),
+                (expected, expected),
+                "{:?} / {:?}",
+                client.versions,
+                server.versions
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn no_common_version_says_which_side_to_upgrade() {
+        // A device newer than anything its primary speaks.
+        let (c, s, _) = pair(speaking(9, 10), speaking(2, 3)).await;
+        let (c, s) = (c.unwrap_err(), s.unwrap_err());
+        assert!(
+            matches!(&c, NetError::Version(m) if m.contains("upgrade the peer")),
+            "{c}"
+        );
+        assert!(
+            matches!(&s, NetError::Version(m) if m.contains("upgrade this node")),
+            "{s}"
+        );
+        // A device of version 2 at a primary that no longer serves it.
+        let (_, s, _) = pair(speaking(2, 2), speaking(3, 4)).await;
+        let s = s.unwrap_err();
+        assert!(
+            matches!(&s, NetError::Version(m) if m.contains("protocol 2")),
+            "{s}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_offer_refused_by_an_old_node_is_explained() {
+        // What a node of version 2 does with any first message that carries data: hang up.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let old = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let len = tcp.read_u16().await.unwrap();
+            let mut first = vec![0u8; usize::from(len)];
+            tcp.read_exact(&mut first).await.unwrap();
+            assert!(first.len() > 32, "the offer rides in message 1");
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let opts = HandshakeOptions::default();
+        let err = SecureStream::connect(tcp, &NodeKeys::generate(), &opts)
+            .await
+            .unwrap_err();
+        old.await.unwrap();
+        assert!(
+            err.to_string().contains("before version negotiation"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tampered_offer_fails_the_handshake() {
+        // A relay that rewrites the offer to force version 2 breaks the handshake hash.
+        let server_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (server_addr, relay_addr) = (
+            server_l.local_addr().unwrap(),
+            relay_l.local_addr().unwrap(),
+        );
+        tokio::spawn(async move {
+            let (client, _) = relay_l.accept().await.unwrap();
+            let server = TcpStream::connect(server_addr).await.unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut sr, &mut cw).await });
+            let len = cr.read_u16().await.unwrap();
+            let mut first = vec![0u8; usize::from(len)];
+            cr.read_exact(&mut first).await.unwrap();
+            let n = first.len();
+            first[n - 1] = 2; // newest = 2
+            sw.write_all(&len.to_be_bytes()).await.unwrap();
+            sw.write_all(&first).await.unwrap();
+            let _ = tokio::io::copy(&mut cr, &mut sw).await;
+        });
+        let accept = tokio::spawn(async move {
+            let (tcp, _) = server_l.accept().await.unwrap();
+            SecureStream::accept(tcp, &NodeKeys::generate(), &HandshakeOptions::default()).await
+        });
+        let tcp = TcpStream::connect(relay_addr).await.unwrap();
+        let client = timeout(
+            LIMIT,
+            SecureStream::connect(tcp, &NodeKeys::generate(), &HandshakeOptions::default()),
+        )
+        .await
+        .expect("connect hung");
+        assert!(client.is_err(), "a downgraded handshake must fail");
+        let server = timeout(LIMIT, accept).await.expect("accept hung").unwrap();
+        assert!(server.is_err(), "a downgraded handshake must fail");
     }
 
     #[tokio::test]

@@ -123,6 +123,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     // session (a primary may hold tens of thousands) should not carry their room.
     let stream = Box::pin(SecureStream::accept(tcp, &shared.keys, &shared.handshake)).await?;
     let pubkey = stream.peer().public_key;
+    tracing::debug!(%addr, protocol = stream.protocol_version(), "secure connection up");
     let (mut rd, mut wr) = stream.into_split();
     let hello = tokio::time::timeout(HELLO_TIMEOUT, recv_msg(&mut rd))
         .await

@@ -558,9 +558,9 @@ impl Writer {
         self.conn
             .execute_batch("PRAGMA wal_autocheckpoint=0; BEGIN IMMEDIATE")?;
         for sql in statements {
-            if let Err(e) = self.conn.execute_batch(&schema::device_create_table(sql)) {
+            if let Err(e) = schema::apply_primaries_ddl(&self.conn, sql) {
                 self.conn.execute_batch("ROLLBACK")?;
-                return Err(e.into());
+                return Err(e);
             }
         }
         Ok(())

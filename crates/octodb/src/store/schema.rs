@@ -248,6 +248,21 @@ pub fn drop_triggers(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Run one of the primaries' schema statements on a device. One that this device cannot run
+/// (a newer SQLite feature, a collation or function the app registered on the backend only)
+/// stops the sync with an error that says so, and changes nothing: the device keeps its data
+/// and pending work, and syncs on once an app update can run it.
+pub fn apply_primaries_ddl(conn: &Connection, sql: &str) -> Result<()> {
+    conn.execute_batch(&device_create_table(sql)).map_err(|e| {
+        Error::rule(format!(
+            "the primaries' schema has a statement this device cannot run ({e}): `{sql}`. This \
+             build of the app (its octodb, or the functions and collations it registers) \
+             cannot handle it: update the app. Sync is stopped until then; this device's data \
+             and pending work are kept"
+        ))
+    })
+}
+
 /// Rewrite a primary's CREATE TABLE for a device: an INSERT that does not name `row_owner`
 /// must make a row of the device's user, so the column gets `DEFAULT (this_user())` there.
 /// Returns the statement unchanged when it has no row_owner column definition or already has

@@ -1,0 +1,234 @@
+//! The bytes of every message and stored record, frozen. Devices in the field run older
+//! builds for weeks: a change that alters an encoding breaks them. Such a change needs a new
+//! protocol version and message encoding (src/net/version.rs, src/net/message.rs), the old
+//! one still served, and its own fixtures beside these.
+//!
+//! A fixture is made once with `OCTODB_WRITE_FIXTURES=1 cargo test --test wire_fixtures`
+//! (only missing files are written); after that it never changes.
+
+use octodb::auth::Action;
+use octodb::changes::{ChangeSet, Op, TableHeader};
+use octodb::log::outbox::RowImage;
+use octodb::log::{EntryBody, LogEntry};
+use octodb::net::{AuthAsk, Message};
+use octodb::{Role, Value};
+use std::path::PathBuf;
+
+fn fixture_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/wire/encoding-2")
+}
+
+/// Compares `bytes` with the frozen fixture `name`.
+fn frozen(name: &str, bytes: &[u8]) {
+    let path = fixture_dir().join(format!("{name}.hex"));
+    let encoded = hex::encode(bytes);
+    match std::fs::read_to_string(&path) {
+        Ok(fixture) => assert_eq!(
+            fixture.trim(),
+            encoded,
+            "the encoding of {name} changed: devices and primaries of older builds can no \
+             longer read it. Give the change a new protocol version and message encoding, keep \
+             the old one served, and freeze the new one in fixtures of its own"
+        ),
+        Err(_) if std::env::var_os("OCTODB_WRITE_FIXTURES").is_some() => {
+            std::fs::create_dir_all(fixture_dir()).unwrap();
+            std::fs::write(&path, format!("{encoded}\n")).unwrap();
+        }
+        Err(e) => panic!(
+            "missing fixture {} ({e}); make it with OCTODB_WRITE_FIXTURES=1",
+            path.display()
+        ),
+    }
+}
+
+fn fixture_bytes(name: &str) -> Vec<u8> {
+    let path = fixture_dir().join(format!("{name}.hex"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    hex::decode(text.trim()).unwrap()
+}
+
+fn sample_changes() -> ChangeSet {
+    ChangeSet {
+        tables: vec![TableHeader {
+            name: "todos".into(),
+            columns: vec!["id".into(), "title".into(), "row_owner".into()],
+        }],
+        ops: vec![
+            Op::Insert {
+                table: 0,
+                rowid: (7 << 32) | 1,
+                values: vec![
+                    Value::Integer((7 << 32) | 1),
+                    Value::Text("buy milk".into()),
+                    Value::Integer(3),
+                ],
+            },
+            Op::Update {
+                table: 0,
+                rowid: 5,
+                changed: 0b10,
+                values: vec![Value::Integer(5), Value::Real(1.5), Value::Integer(3)],
+            },
+            Op::Upsert {
+                table: 0,
+                rowid: 6,
+                values: vec![
+                    Value::Null,
+                    Value::Blob(vec![0, 255]),
+                    Value::Text("*".into()),
+                ],
+            },
+            Op::Delete {
+                table: 0,
+                rowid: 8,
+                owner: Value::Integer(3),
+            },
+            Op::Ddl {
+                sql: "CREATE TABLE t(a, row_owner)".into(),
+                private: false,
+            },
+        ],
+    }
+}
+
+fn sample_messages() -> Vec<(&'static str, Message)> {
+    let entry = |seq, body| LogEntry {
+        seq,
+        origin_node: 7,
+        origin_txn: 42,
+        body,
+    };
+    vec![
+        (
+            "hello",
+            Message::Hello {
+                role: Role::Secondary,
+                last_seq: 12,
+                info: r#"{"platform":"linux"}"#.into(),
+                auth: Some(AuthAsk {
+                    action: Action::UserSignup,
+                    data: r#"{"name":"ann"}"#.into(),
+                }),
+            },
+        ),
+        (
+            "hello_login_primary",
+            Message::Hello {
+                role: Role::Primary,
+                last_seq: 0,
+                info: "{}".into(),
+                auth: Some(AuthAsk {
+                    action: Action::UserLogin,
+                    data: "x".into(),
+                }),
+            },
+        ),
+        (
+            "auth_required",
+            Message::AuthRequired {
+                reason: "sign up".into(),
+            },
+        ),
+        ("auth_pending", Message::AuthPending),
+        (
+            "welcome",
+            Message::Welcome {
+                node_id: 7,
+                user_id: 3,
+                node_type: Role::Secondary,
+                last_decided_txn: 41,
+            },
+        ),
+        (
+            "refused",
+            Message::Refused {
+                reason: "no".into(),
+            },
+        ),
+        (
+            "snapshot_begin",
+            Message::SnapshotBegin {
+                seq: 100,
+                schema: vec!["CREATE TABLE todos(id INTEGER PRIMARY KEY, title, row_owner)".into()],
+                total_rows: 2,
+            },
+        ),
+        (
+            "snapshot_rows",
+            Message::SnapshotRows {
+                table: "todos".into(),
+                columns: vec!["id".into(), "title".into(), "row_owner".into()],
+                rows: vec![(
+                    1,
+                    vec![
+                        Value::Integer(1),
+                        Value::Text("a".into()),
+                        Value::Integer(3),
+                    ],
+                )],
+            },
+        ),
+        ("snapshot_end", Message::SnapshotEnd { seq: 100 }),
+        (
+            "entries",
+            Message::Entries {
+                entries: vec![
+                    entry(101, EntryBody::Changes(sample_changes())),
+                    entry(
+                        102,
+                        EntryBody::Rejected {
+                            reason: "row exists".into(),
+                        },
+                    ),
+                ],
+                up_to: 103,
+            },
+        ),
+        (
+            "txns",
+            Message::Txns {
+                txns: vec![(42, sample_changes())],
+            },
+        ),
+    ]
+}
+
+#[test]
+fn every_message_keeps_its_encoding() {
+    for (name, message) in sample_messages() {
+        frozen(name, &message.encode());
+        assert_eq!(
+            Message::decode(&fixture_bytes(name)).unwrap(),
+            message,
+            "{name}: the frozen bytes no longer decode to the same message"
+        );
+    }
+}
+
+#[test]
+fn stored_records_keep_their_encoding() {
+    // Outbox rows and log entries live in the file across upgrades of the app.
+    let changes = sample_changes();
+    frozen("stored_change_set", &changes.encode());
+    assert_eq!(
+        ChangeSet::decode(&fixture_bytes("stored_change_set")).unwrap(),
+        changes
+    );
+    let image = RowImage {
+        columns: vec!["id".into(), "row_owner".into()],
+        values: vec![Value::Integer(1), Value::Null],
+    };
+    frozen("stored_row_image", &image.encode());
+    assert_eq!(
+        RowImage::decode(&fixture_bytes("stored_row_image")).unwrap(),
+        image
+    );
+}
+
+#[test]
+fn every_message_kind_has_a_fixture() {
+    // A new kind of message must be frozen too (add it to sample_messages).
+    let kinds: std::collections::BTreeSet<&str> =
+        sample_messages().iter().map(|(_, m)| m.kind()).collect();
+    assert_eq!(kinds.len(), 10, "message kinds with fixtures: {kinds:?}");
+}
