@@ -19,7 +19,11 @@ use tokio::net::{TcpListener, TcpStream};
 /// The wire constants of `net::transport`, restated: these tests speak the protocol by hand.
 const NOISE_PATTERN: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
 const PROLOGUE: &[u8] = b"octodb/2";
-const CLAIM_VERSION: u8 = 2;
+/// Protocol 3: message 1 offers versions 3 to 3; the claims are of the negotiated layout.
+const OFFER: [u8; 3] = [0xa7, 3, 3];
+const CLAIM_VERSION: u8 = 3;
+/// The responder's answer to the offer: chosen 3, speaks 3 to 3.
+const ANSWER: [u8; 3] = [3, 3, 3];
 const PROOF_CONTEXT: &[u8] = b"octodb-identity-v2";
 const SIGNATURE_LEN: usize = 64;
 const ROLE_INITIATOR: u8 = 0;
@@ -175,10 +179,13 @@ fn proof_message(role: u8, hash: &[u8]) -> Vec<u8> {
     [PROOF_CONTEXT, &[role], hash].concat()
 }
 
-/// The claim in handshake message 2 (`wants` None) or 3.
+/// The claim in handshake message 2 (`wants` None: with the answer to the offer) or 3.
 fn claim(identity: &PublicKey, wants: Option<bool>) -> Vec<u8> {
     let mut c = [&[CLAIM_VERSION][..], &identity.0].concat();
-    c.extend(wants.map(u8::from));
+    match wants {
+        Some(w) => c.push(u8::from(w)),
+        None => c.extend_from_slice(&ANSWER),
+    }
     c
 }
 
@@ -204,7 +211,7 @@ impl RawClient {
         let mut hs = noise_builder(&keys).build_initiator().unwrap();
         let mut tcp = TcpStream::connect(addr).await.unwrap();
         let mut buf = [0u8; 1024];
-        let n = hs.write_message(&[], &mut buf).unwrap();
+        let n = hs.write_message(&OFFER, &mut buf).unwrap();
         write_frame(&mut tcp, &buf[..n]).await;
         let reply = within("handshake reply", read_frame(&mut tcp))
             .await
