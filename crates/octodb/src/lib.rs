@@ -15,6 +15,7 @@ pub mod value;
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 
 pub use api::{next_event, Connection, Next, OpenOptions, Row, Rows, Statement, Transaction};
 pub use error::{Error, Result};

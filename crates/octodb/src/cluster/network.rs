@@ -1,0 +1,259 @@
+//! Raft's messages between primaries, over the nodes' Noise connections. A primary opens a
+//! connection to a member as a device would (handshake, then `Hello` with the role
+//! `primary`), refuses a member whose key is not the one the cluster knows for it, and then
+//! sends one request at a time and reads its reply. The receiving primary serves it with
+//! [`serve_connection`].
+
+use super::types::{Member, TypeConfig};
+use super::{Raft, RaftNodeId};
+use crate::crypto::{NodeKeys, PublicKey};
+use crate::net::{HandshakeOptions, Message, NetError, SecureReader, SecureStream, SecureWriter};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// First byte of every cluster frame: the encoding of [`Request`] and [`Reply`]. Never reorder
+/// their variants; add new ones at the end.
+const CLUSTER_ENCODING: u8 = 1;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Request {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<RaftNodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Reply {
+    AppendEntries(Result<AppendEntriesResponse<RaftNodeId>, RaftError<RaftNodeId>>),
+    Vote(Result<VoteResponse<RaftNodeId>, RaftError<RaftNodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<RaftNodeId>, RaftError<RaftNodeId, InstallSnapshotError>>,
+    ),
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, NetError> {
+    let mut out = vec![CLUSTER_ENCODING];
+    postcard::to_extend(value, out.split_off(0))
+        .map(|body| {
+            out.extend_from_slice(&body);
+            out
+        })
+        .map_err(|e| NetError::Malformed(format!("cannot encode a cluster message: {e}")))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, NetError> {
+    match bytes.split_first() {
+        Some((&CLUSTER_ENCODING, body)) => postcard::from_bytes(body)
+            .map_err(|e| NetError::Malformed(format!("undecodable cluster message: {e}"))),
+        Some((v, _)) => Err(NetError::Malformed(format!(
+            "cluster message in encoding {v}, this primary reads {CLUSTER_ENCODING}: the \
+             primaries run incompatible versions"
+        ))),
+        None => Err(NetError::Malformed("empty cluster message".into())),
+    }
+}
+
+/// Serves Raft's requests from another primary on an established connection (its `Hello`
+/// already read) until it closes. Only the cluster's members are served, and anyone while
+/// this primary has no membership yet (it waits to be added, and its `connect=` primary
+/// admitted it).
+pub async fn serve_connection(
+    raft: Raft,
+    peer: PublicKey,
+    mut rd: SecureReader,
+    mut wr: SecureWriter,
+) -> Result<(), NetError> {
+    loop {
+        let request: Request = decode(&rd.recv().await?)?;
+        if !may_call(&raft, &peer) {
+            return Err(NetError::Authentication(format!(
+                "{peer} is not a member of this cluster"
+            )));
+        }
+        let reply = match request {
+            Request::AppendEntries(r) => Reply::AppendEntries(raft.append_entries(r).await),
+            Request::Vote(r) => Reply::Vote(raft.vote(r).await),
+            Request::InstallSnapshot(r) => Reply::InstallSnapshot(raft.install_snapshot(r).await),
+        };
+        wr.send(&encode(&reply)?).await?;
+        wr.flush().await?;
+    }
+}
+
+fn may_call(raft: &Raft, peer: &PublicKey) -> bool {
+    let membership = raft.metrics().borrow().membership_config.clone();
+    let key = peer.to_hex();
+    let mut members = membership.nodes().peekable();
+    members.peek().is_none() || members.any(|(_, m)| m.public_key == key)
+}
+
+/// Opens connections to the other primaries, with this primary's keys.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    keys: NodeKeys,
+    handshake: Arc<HandshakeOptions>,
+}
+
+impl PeerNetwork {
+    pub fn new(keys: NodeKeys, handshake: HandshakeOptions) -> PeerNetwork {
+        PeerNetwork {
+            keys,
+            handshake: Arc::new(handshake),
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: RaftNodeId, node: &Member) -> PeerClient {
+        PeerClient {
+            target,
+            member: node.clone(),
+            network: self.clone(),
+            conn: None,
+        }
+    }
+}
+
+/// One member, as this primary's Raft talks to it: connected on first use, and again after a
+/// failure.
+pub struct PeerClient {
+    target: RaftNodeId,
+    member: Member,
+    network: PeerNetwork,
+    conn: Option<(SecureReader, SecureWriter)>,
+}
+
+/// How a call failed: before reaching the member (back off), or on the way.
+enum CallError {
+    Unreachable(NetError),
+    Network(NetError),
+}
+
+impl CallError {
+    fn into_rpc<E: std::error::Error>(self) -> RPCError<RaftNodeId, Member, E> {
+        match self {
+            CallError::Unreachable(e) => RPCError::Unreachable(Unreachable::new(&e)),
+            CallError::Network(e) => RPCError::Network(NetworkError::new(&e)),
+        }
+    }
+}
+
+impl PeerClient {
+    async fn connect(&self) -> Result<(SecureReader, SecureWriter), NetError> {
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.member.addr))
+            .await
+            .map_err(|_| NetError::Timeout)??;
+        let net = &self.network;
+        let stream = SecureStream::connect(tcp, &net.keys, &net.handshake).await?;
+        let key = stream.peer().public_key.to_hex();
+        if key != self.member.public_key {
+            return Err(NetError::Authentication(format!(
+                "the primary at {} presents key {key}, not member {}'s {}: refused",
+                self.member.addr, self.target, self.member.public_key
+            )));
+        }
+        let (rd, mut wr) = stream.into_split();
+        let hello = Message::Hello {
+            role: crate::Role::Primary,
+            last_seq: 0,
+            info: "{}".into(),
+            auth: None,
+        };
+        wr.send(&hello.encode()).await?;
+        Ok((rd, wr))
+    }
+
+    async fn call(&mut self, request: Request, option: &RPCOption) -> Result<Reply, CallError> {
+        let bytes = encode(&request).map_err(CallError::Network)?;
+        let (mut rd, mut wr) = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.connect().await.map_err(CallError::Unreachable)?,
+        };
+        let exchange = async {
+            wr.send(&bytes).await?;
+            wr.flush().await?;
+            decode::<Reply>(&rd.recv().await?)
+        };
+        match tokio::time::timeout(option.hard_ttl(), exchange).await {
+            Ok(Ok(reply)) => {
+                self.conn = Some((rd, wr));
+                Ok(reply)
+            }
+            Ok(Err(e)) => Err(CallError::Network(e)),
+            Err(_) => Err(CallError::Network(NetError::Timeout)),
+        }
+    }
+}
+
+fn unexpected<E: std::error::Error>() -> RPCError<RaftNodeId, Member, E> {
+    RPCError::Network(NetworkError::new(&NetError::Malformed(
+        "a reply of another kind than the request".into(),
+    )))
+}
+
+fn remote<E: std::error::Error>(
+    target: RaftNodeId,
+    member: &Member,
+    e: E,
+) -> RPCError<RaftNodeId, Member, E> {
+    RPCError::RemoteError(openraft::error::RemoteError::new_with_node(
+        target,
+        member.clone(),
+        e,
+    ))
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        AppendEntriesResponse<RaftNodeId>,
+        RPCError<RaftNodeId, Member, RaftError<RaftNodeId>>,
+    > {
+        match self.call(Request::AppendEntries(rpc), &option).await {
+            Ok(Reply::AppendEntries(r)) => r.map_err(|e| remote(self.target, &self.member, e)),
+            Ok(_) => Err(unexpected()),
+            Err(e) => Err(e.into_rpc()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<RaftNodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<RaftNodeId>, RPCError<RaftNodeId, Member, RaftError<RaftNodeId>>> {
+        match self.call(Request::Vote(rpc), &option).await {
+            Ok(Reply::Vote(r)) => r.map_err(|e| remote(self.target, &self.member, e)),
+            Ok(_) => Err(unexpected()),
+            Err(e) => Err(e.into_rpc()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<RaftNodeId>,
+        RPCError<RaftNodeId, Member, RaftError<RaftNodeId, InstallSnapshotError>>,
+    > {
+        match self.call(Request::InstallSnapshot(rpc), &option).await {
+            Ok(Reply::InstallSnapshot(r)) => r.map_err(|e| remote(self.target, &self.member, e)),
+            Ok(_) => Err(unexpected()),
+            Err(e) => Err(e.into_rpc()),
+        }
+    }
+}

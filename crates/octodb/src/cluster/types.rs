@@ -1,0 +1,62 @@
+//! What the primaries' Raft log carries, and how a member is addressed.
+
+use crate::log::EntryBody;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::io::Cursor;
+
+/// One entry of the Raft log, as the leader proposes it. Stored in every primary's file and
+/// sent between primaries: never reorder its variants or fields (postcard encodes them by
+/// position); add new ones at the end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Proposal {
+    /// Transactions the leader decided, in order: each becomes one entry of the primaries'
+    /// log, with the next sequence number, on every primary.
+    Decided(Vec<Decided>),
+}
+
+/// A transaction as the leader decided it: its effects as the primaries apply them (triggers'
+/// effects on replicated tables included), or its rejection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decided {
+    /// The node whose transaction this is (a primary's own writes: that primary).
+    pub origin_node: u32,
+    /// That node's transaction id (0 for a primary's own writes).
+    pub origin_txn: u64,
+    pub body: EntryBody,
+}
+
+/// What applying a proposal gave: the log position after it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub last_seq: u64,
+}
+
+/// A primary as the cluster knows it: where it listens and the key it proves in every
+/// handshake (a connection to an address that presents another key is refused).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// `host:port` other primaries reach it at (its `advertise=`, else its `bind=`).
+    pub addr: String,
+    /// Its Ed25519 identity, hex.
+    pub public_key: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.addr, self.public_key)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// The primaries' Raft types.
+    pub TypeConfig:
+        D = Proposal,
+        R = Applied,
+        NodeId = u64,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+        Responder = openraft::impls::OneshotResponder<TypeConfig>,
+);

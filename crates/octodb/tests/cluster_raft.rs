@@ -1,0 +1,359 @@
+//! The primaries' Raft layer on its own: real files, real Noise connections over loopback.
+//! A cluster forms (one primary, then two learners promoted to voters), every primary applies
+//! the same decided transactions with the same log positions, a new leader is elected when the
+//! leader stops, a primary far behind catches up from a snapshot and keeps its local rows, and
+//! a node that is not a member is not served.
+
+mod common;
+
+use octodb::changes::{ChangeSet, Op, TableHeader};
+use octodb::cluster::{
+    raft_config, serve_connection, Decided, LogStore, Member, PeerNetwork, Proposal, Raft,
+    StateMachine,
+};
+use octodb::crypto::NodeKeys;
+use octodb::log::EntryBody;
+use octodb::net::{HandshakeOptions, Message, SecureStream};
+use octodb::Value;
+use openraft::ServerState;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Primary {
+    id: u64,
+    path: PathBuf,
+    member: Member,
+    raft: Raft,
+    server: JoinHandle<()>,
+}
+
+impl Primary {
+    async fn start(dir: &Path, id: u64) -> Primary {
+        let path = dir.join(format!("p{id}.db"));
+        let keys = NodeKeys::generate();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let member = Member {
+            addr: listener.local_addr().unwrap().to_string(),
+            public_key: keys.public_key().to_hex(),
+        };
+        let network = PeerNetwork::new(keys.clone(), HandshakeOptions::default());
+        let raft = Raft::new(
+            id,
+            raft_config(),
+            network,
+            LogStore::open(&path).unwrap(),
+            StateMachine::open(&path).unwrap(),
+        )
+        .await
+        .unwrap();
+        let server = tokio::spawn(serve(listener, keys, raft.clone()));
+        Primary {
+            id,
+            path,
+            member,
+            raft,
+            server,
+        }
+    }
+
+    async fn stop(self) {
+        self.server.abort();
+        self.raft.shutdown().await.unwrap();
+    }
+
+    /// Rows of `sql` in this primary's file.
+    fn rows(&self, sql: &str) -> Vec<Vec<Value>> {
+        let c = rusqlite::Connection::open(&self.path).unwrap();
+        let mut stmt = c.prepare(sql).unwrap();
+        let n = stmt.column_count();
+        stmt.query_map([], |r| (0..n).map(|i| r.get::<_, Value>(i)).collect())
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// Makes this primary a cluster of one and waits until it leads it.
+    async fn found_cluster(&self) {
+        self.raft
+            .initialize(BTreeMap::from([(self.id, self.member.clone())]))
+            .await
+            .unwrap();
+        self.raft
+            .wait(Some(DEADLINE))
+            .state(ServerState::Leader, "leads its own cluster")
+            .await
+            .unwrap();
+    }
+
+    async fn wait_applied(&self, index: u64) {
+        self.raft
+            .wait(Some(DEADLINE))
+            .applied_index_at_least(Some(index), "applied")
+            .await
+            .unwrap();
+    }
+}
+
+/// What a primary's listener does with another primary: handshake, Hello, then Raft.
+async fn serve(listener: TcpListener, keys: NodeKeys, raft: Raft) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let (keys, raft) = (keys.clone(), raft.clone());
+        tokio::spawn(async move {
+            let Ok(stream) = SecureStream::accept(tcp, &keys, &HandshakeOptions::default()).await
+            else {
+                return;
+            };
+            let peer = stream.peer().public_key;
+            let (mut rd, wr) = stream.into_split();
+            let Ok(bytes) = rd.recv().await else { return };
+            if !matches!(Message::decode(&bytes), Ok(Message::Hello { .. })) {
+                return;
+            }
+            let _ = serve_connection(raft, peer, rd, wr).await;
+        });
+    }
+}
+
+fn create_table() -> Decided {
+    Decided {
+        origin_node: 1,
+        origin_txn: 0,
+        body: EntryBody::Changes(ChangeSet {
+            tables: Vec::new(),
+            ops: vec![Op::Ddl {
+                sql: "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)".into(),
+                private: false,
+            }],
+        }),
+    }
+}
+
+/// A device's transaction `txn` as the leader decided it: one row of user 7.
+fn device_row(node: u32, txn: u64, id: i64) -> Decided {
+    Decided {
+        origin_node: node,
+        origin_txn: txn,
+        body: EntryBody::Changes(ChangeSet {
+            tables: vec![TableHeader {
+                name: "t".into(),
+                columns: vec!["id".into(), "v".into(), "row_owner".into()],
+            }],
+            ops: vec![Op::Upsert {
+                table: 0,
+                rowid: id,
+                values: vec![
+                    Value::Integer(id),
+                    Value::Text(format!("row {id}")),
+                    Value::Integer(7),
+                ],
+            }],
+        }),
+    }
+}
+
+async fn propose(raft: &Raft, txns: Vec<Decided>) -> u64 {
+    let written = raft.client_write(Proposal::Decided(txns)).await.unwrap();
+    written.log_id.index
+}
+
+async fn leader_among(primaries: &[&Primary]) -> u64 {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        for p in primaries {
+            let m = p.raft.metrics().borrow().clone();
+            if m.state == ServerState::Leader {
+                return p.id;
+            }
+        }
+        assert!(tokio::time::Instant::now() < end, "no leader elected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const SHARED: &[&str] = &[
+    "SELECT id, v, row_owner FROM t WHERE row_owner IS NOT NULL ORDER BY id",
+    "SELECT seq, origin_node, origin_txn, body FROM _octo_log ORDER BY seq",
+];
+
+fn assert_same(a: &Primary, b: &Primary) {
+    for sql in SHARED {
+        assert_eq!(
+            a.rows(sql),
+            b.rows(sql),
+            "primaries {} and {}: {sql}",
+            a.id,
+            b.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_primaries_apply_the_same_log_and_elect_a_new_leader() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let p1 = Primary::start(dir.path(), 1).await;
+    let p2 = Primary::start(dir.path(), 2).await;
+    let p3 = Primary::start(dir.path(), 3).await;
+    p1.found_cluster().await;
+    propose(&p1.raft, vec![create_table(), device_row(10, 1, 100)]).await;
+    p1.raft
+        .add_learner(2, p2.member.clone(), true)
+        .await
+        .unwrap();
+    p1.raft
+        .add_learner(3, p3.member.clone(), true)
+        .await
+        .unwrap();
+    p1.raft
+        .change_membership(BTreeSet::from([1, 2, 3]), false)
+        .await
+        .unwrap();
+    let mut last = 0;
+    for txn in 2..=20 {
+        last = propose(&p1.raft, vec![device_row(10, txn, 100 + txn as i64)]).await;
+    }
+    for p in [&p2, &p3] {
+        p.wait_applied(last).await;
+        assert_same(&p1, p);
+    }
+    assert_eq!(
+        p3.rows("SELECT count(*) FROM t")[0],
+        vec![Value::Integer(20)]
+    );
+    // Each decided transaction is one log entry, at the same position everywhere.
+    assert_eq!(
+        p2.rows("SELECT max(seq) FROM _octo_log")[0],
+        vec![Value::Integer(21)]
+    );
+
+    // The leader stops: the other two elect one and go on.
+    p1.stop().await;
+    let leader_id = leader_among(&[&p2, &p3]).await;
+    let (leader, follower) = if leader_id == 2 {
+        (&p2, &p3)
+    } else {
+        (&p3, &p2)
+    };
+    let last = propose(&leader.raft, vec![device_row(11, 1, 500)]).await;
+    follower.wait_applied(last).await;
+    assert_same(leader, follower);
+    assert_eq!(
+        follower.rows("SELECT v FROM t WHERE id = 500")[0],
+        vec![Value::Text("row 500".into())]
+    );
+    p2.stop().await;
+    p3.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_far_behind_gets_a_snapshot_and_keeps_its_local_rows() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let p1 = Primary::start(dir.path(), 1).await;
+    p1.found_cluster().await;
+    let mut last = propose(&p1.raft, vec![create_table()]).await;
+    for txn in 1..=50 {
+        last = propose(&p1.raft, vec![device_row(10, txn, txn as i64)]).await;
+    }
+    // Compact: the log before the snapshot is gone, so a newcomer can only get the snapshot.
+    // (A metrics borrow held across an await would stall Raft's own task: take it apart.)
+    let leader = p1.raft.metrics().borrow().vote.leader_id;
+    let upto = openraft::LogId::new(leader, last);
+    p1.raft.trigger().snapshot().await.unwrap();
+    p1.raft
+        .wait(Some(DEADLINE))
+        .snapshot(upto, "snapshot")
+        .await
+        .unwrap();
+    p1.raft.trigger().purge_log(last).await.unwrap();
+    p1.raft
+        .wait(Some(DEADLINE))
+        .purged(Some(upto), "purged")
+        .await
+        .unwrap();
+
+    // The newcomer has a local row of its own in the same table.
+    let p2 = Primary::start(dir.path(), 2).await;
+    {
+        let c = rusqlite::Connection::open(&p2.path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner);
+             INSERT INTO t VALUES (999, 'local to p2', NULL);",
+        )
+        .unwrap();
+    }
+    p1.raft
+        .add_learner(2, p2.member.clone(), true)
+        .await
+        .unwrap();
+    p2.wait_applied(last).await;
+    assert_eq!(
+        p2.rows("SELECT count(*) FROM t WHERE row_owner IS NOT NULL")[0],
+        vec![Value::Integer(50)]
+    );
+    assert_eq!(
+        p2.rows(SHARED[1]),
+        p1.rows(SHARED[1]),
+        "the log came with the snapshot"
+    );
+    assert_eq!(
+        p2.rows("SELECT v FROM t WHERE id = 999"),
+        vec![vec![Value::Text("local to p2".into())]],
+        "local rows stay on their node"
+    );
+    // The snapshot carried no secret of p1's: p2's own keys are not p1's.
+    assert!(p2
+        .rows("SELECT value FROM _octo_meta WHERE key = 'node_keys'")
+        .is_empty());
+    // And p2 follows new entries after it.
+    let next = propose(&p1.raft, vec![device_row(10, 51, 51)]).await;
+    p2.wait_applied(next).await;
+    assert_same(&p1, &p2);
+    p1.stop().await;
+    p2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_not_a_member_is_not_served() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let p1 = Primary::start(dir.path(), 1).await;
+    p1.found_cluster().await;
+    propose(&p1.raft, vec![create_table()]).await;
+    // A stranger that pretends to be the leader of a newer term, to take over p1's log.
+    let stranger = NodeKeys::generate();
+    let tcp = TcpStream::connect(&p1.member.addr).await.unwrap();
+    let stream = SecureStream::connect(tcp, &stranger, &HandshakeOptions::default())
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let hello = Message::Hello {
+        role: octodb::Role::Primary,
+        last_seq: 0,
+        info: "{}".into(),
+        auth: None,
+    };
+    wr.send(&hello.encode()).await.unwrap();
+    let vote = openraft::raft::VoteRequest::new(openraft::Vote::new(99, 9), None);
+    let mut frame = vec![1u8];
+    frame.extend(postcard::to_allocvec(&(1u32, vote)).unwrap());
+    wr.send(&frame).await.unwrap();
+    wr.flush().await.unwrap();
+    let answer = tokio::time::timeout(DEADLINE, rd.recv()).await.unwrap();
+    assert!(
+        answer.is_err(),
+        "a stranger gets no answer, only a closed connection"
+    );
+    let m = p1.raft.metrics().borrow().clone();
+    assert_eq!(m.state, ServerState::Leader, "p1 is still the leader");
+    assert_eq!(m.current_term, 1, "the stranger's term was never taken");
+    p1.stop().await;
+}
