@@ -29,6 +29,9 @@ const BACKEND_COMMITS: usize = 200;
 const BACKEND_PACE: std::time::Duration = std::time::Duration::from_millis(5);
 /// The user whose rows the backend writes then: no device here belongs to it.
 const NOBODYS_USER: i64 = 1 << 40;
+/// How long the primary's CPU is measured while every device only sends heartbeats: a bit
+/// more than one heartbeat interval.
+const IDLE_MEASURED: std::time::Duration = std::time::Duration::from_secs(12);
 
 pub fn run(connections: usize) -> Result<Vec<Figure>> {
     let dir = tempfile::Builder::new()
@@ -100,10 +103,21 @@ pub fn run(connections: usize) -> Result<Vec<Figure>> {
         .first()
         .and_then(|w| w.parse().ok())
         .context("commit time")?;
+    // Phase 4: nothing but heartbeats (each side's, after every 10 s of silence): what idle
+    // devices cost their primary.
+    let cpu_before = procs::cpu_seconds(primary.pid())?;
+    let idle_started = Instant::now();
+    std::thread::sleep(IDLE_MEASURED);
+    let idle_cpu =
+        (procs::cpu_seconds(primary.pid())? - cpu_before) / idle_started.elapsed().as_secs_f64();
+    let still_held = sessions_settle(&mut primary, |_| true)?;
     for c in clients {
         c.finish()?;
     }
     primary.finish()?;
+    if still_held < connections {
+        bail!("only {still_held} of {connections} idle sessions survived the heartbeat phase");
+    }
     if held < connections {
         bail!("the primary holds {held} sessions, expected {connections}");
     }
@@ -129,6 +143,21 @@ pub fn run(connections: usize) -> Result<Vec<Figure>> {
             target: "<= 16 KB".into(),
             met: per_conn_kb <= 16.0,
             notes: note,
+        },
+        Figure {
+            scenario: "connections",
+            metric: format!("primary CPU while {connections} devices idle (heartbeats only)"),
+            octodb: idle_cpu * 100.0,
+            unit: "% of a core",
+            sqlite: None,
+            sqlite_setup: "-".into(),
+            better: Better::Lower,
+            target: "<= 5%".into(),
+            met: idle_cpu <= 0.05,
+            notes: format!(
+                "measured over {IDLE_MEASURED:?}: a heartbeat each way per device per {:?} of silence",
+                octodb::uri::DEFAULT_HEARTBEAT
+            ),
         },
         Figure {
             scenario: "connections",
@@ -220,12 +249,36 @@ pub fn clients_proc(addr: &str, count: usize, ips: &str, last_seq: u64) -> Resul
         };
         let streams = rt.block_on(connect_all(addr, &ips, keys.clone(), signup, last_seq))?;
         if !signup {
-            held = streams;
+            held = streams
+                .into_iter()
+                .map(|s| rt.spawn(stay_connected(s)))
+                .collect();
         }
         procs::say("done");
     }
-    drop(held);
+    for task in held {
+        task.abort();
+    }
     Ok(())
+}
+
+/// What an idle device does with its connection: a heartbeat after every interval of
+/// silence, and whatever the primary sends read and dropped.
+async fn stay_connected(s: SecureStream) {
+    let (mut rd, mut wr) = s.into_split();
+    let beat = Message::Heartbeat.encode();
+    let mut last_sent = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            r = rd.recv() => if r.is_err() { return },
+            () = tokio::time::sleep_until(last_sent + octodb::uri::DEFAULT_HEARTBEAT) => {
+                if wr.send(&beat).await.is_err() || wr.flush().await.is_err() {
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+        }
+    }
 }
 
 async fn connect_all(
@@ -293,7 +346,11 @@ pub async fn hello(s: &mut SecureStream, signup: bool, last_seq: u64) -> Result<
     let hello = Message::Hello {
         role: octodb::Role::Secondary,
         last_seq: if signup { 0 } else { last_seq },
-        info: "{}".into(),
+        // As a device says: it sends heartbeats after 10 s of silence.
+        info: format!(
+            r#"{{"heartbeat_s":{}}}"#,
+            octodb::uri::DEFAULT_HEARTBEAT.as_secs()
+        ),
         auth: signup.then(|| AuthAsk {
             action: Action::UserSignup,
             data: "bench".into(),

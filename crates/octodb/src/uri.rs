@@ -9,6 +9,7 @@ use std::fmt;
 use std::net::Ipv6Addr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::time::Duration;
 
 /// Replication role of a node, chosen with `node=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -122,6 +123,10 @@ pub struct NodeConfig {
     pub cipher: Option<String>,
     /// Network (and, with `cipher`, at-rest) key.
     pub key: Option<NetworkKey>,
+    /// How long a connection may stay silent before this node sends a heartbeat; one that
+    /// hears nothing for [`NodeConfig::dead_after`] is taken as dead. A device's setting
+    /// holds for its connection (the primary follows it).
+    pub heartbeat: Duration,
     /// Plain local databases only: the `file:` URI as given when it carries SQLite's own
     /// parameters (`mode=ro`, `cache=shared`, ...), so that SQLite opens it and reads them.
     pub sqlite_uri: Option<String>,
@@ -173,8 +178,17 @@ pub enum UriError {
     },
 }
 
-const KNOWN: [&str; 7] = ["node", "bind", "connect", "auth", "cipher", "key", "hexkey"];
-const KNOWN_LIST: &str = "node, bind, connect, auth, cipher, key, hexkey, \
+const KNOWN: [&str; 8] = [
+    "node",
+    "bind",
+    "connect",
+    "auth",
+    "cipher",
+    "key",
+    "hexkey",
+    "heartbeat",
+];
+const KNOWN_LIST: &str = "node, bind, connect, auth, cipher, key, hexkey, heartbeat, \
      and without `node` SQLite's own vfs, mode, cache, psow, nolock, immutable, modeof";
 /// SQLite's own URI parameters, handed to SQLite when the URI opens a plain local database.
 const SQLITE_PARAMS: [&str; 7] = [
@@ -212,7 +226,7 @@ impl NodeConfig {
             return Err(UriError::EmptyPath);
         }
         let (ours, sqlite_own) = parameters(query)?;
-        let [node, bind, connect, auth, cipher, key, hexkey] = ours;
+        let [node, bind, connect, auth, cipher, key, hexkey, heartbeat] = ours;
         let rule = |broken: bool, name, problem| match broken {
             true => Err(UriError::Conflict { name, problem }),
             false => Ok(()),
@@ -220,7 +234,7 @@ impl NodeConfig {
         let Some(node) = node else {
             // Replication parameters on a plain database are almost certainly
             // a forgotten `node=`, so refuse rather than silently ignore them.
-            let given = [&bind, &connect, &auth, &cipher, &key, &hexkey];
+            let given = [&bind, &connect, &auth, &cipher, &key, &hexkey, &heartbeat];
             if let Some(i) = given.iter().position(|v| v.is_some()) {
                 rule(true, KNOWN[i + 1], NEEDS_NODE)?;
             }
@@ -260,8 +274,16 @@ impl NodeConfig {
             (None, Some(h)) => Some(NetworkKey::Bytes(decode_hexkey(&h)?)),
             (None, None) => None,
         };
+        let heartbeat = match heartbeat.as_deref() {
+            None => DEFAULT_HEARTBEAT,
+            Some(v) => match v.parse::<u64>() {
+                Ok(s) if HEARTBEAT_SECONDS.contains(&s) => Duration::from_secs(s),
+                _ => return Err(bad_value("heartbeat", v, HEARTBEAT_EXPECTED)),
+            },
+        };
         Ok(NodeConfig {
             role: Some(role),
+            heartbeat,
             bind: endpoints("bind", bind.as_deref(), true)?,
             connect: endpoints("connect", connect.as_deref(), false)?,
             auth,
@@ -300,9 +322,27 @@ impl NodeConfig {
             auth: AuthMode::None,
             cipher: None,
             key: None,
+            heartbeat: DEFAULT_HEARTBEAT,
             sqlite_uri: None,
         }
     }
+
+    /// How long a connection with heartbeats may hear nothing before it counts as dead.
+    pub fn dead_after(&self) -> Duration {
+        dead_after(self.heartbeat)
+    }
+}
+
+/// Heartbeats every 10 s of silence: a dead connection is noticed within 25 s, and an idle
+/// device costs its primary one small message each way per 10 s.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+const HEARTBEAT_SECONDS: std::ops::RangeInclusive<u64> = 1..=60;
+const HEARTBEAT_EXPECTED: &str = "heartbeat=SECONDS, from 1 to 60 (default 10)";
+
+/// Silence allowed on a connection whose peer sends heartbeats every `heartbeat`: two and a
+/// half beats, so one late beat is no reason to drop it.
+pub fn dead_after(heartbeat: Duration) -> Duration {
+    heartbeat * 5 / 2
 }
 
 fn bad_value(name: &'static str, value: &str, expected: &'static str) -> UriError {
@@ -322,10 +362,10 @@ fn invalid(name: &str, problem: &'static str) -> UriError {
 
 /// Decoded values of the query, in the order of `KNOWN`.
 /// octodb's parameters in `KNOWN` order, and the names of SQLite's own ones (left for SQLite).
-type Parameters = ([Option<String>; 7], Vec<String>);
+type Parameters = ([Option<String>; 8], Vec<String>);
 
 fn parameters(query: &str) -> Result<Parameters, UriError> {
-    let mut values: [Option<String>; 7] = Default::default();
+    let mut values: [Option<String>; 8] = Default::default();
     let mut sqlite_own = Vec::new();
     for segment in query.split('&').filter(|s| !s.is_empty()) {
         let (raw_name, raw_value) = segment.split_once('=').unwrap_or((segment, ""));

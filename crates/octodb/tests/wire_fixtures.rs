@@ -190,6 +190,8 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
                 txns: vec![(42, sample_changes())],
             },
         ),
+        // Protocol 4.
+        ("heartbeat", Message::Heartbeat),
     ]
 }
 
@@ -230,5 +232,5 @@ fn every_message_kind_has_a_fixture() {
     // A new kind of message must be frozen too (add it to sample_messages).
     let kinds: std::collections::BTreeSet<&str> =
         sample_messages().iter().map(|(_, m)| m.kind()).collect();
-    assert_eq!(kinds.len(), 10, "message kinds with fixtures: {kinds:?}");
+    assert_eq!(kinds.len(), 11, "message kinds with fixtures: {kinds:?}");
 }

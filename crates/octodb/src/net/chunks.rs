@@ -46,6 +46,9 @@ pub struct SecureReader {
     discarding: bool,
     /// Set after a fatal error: the chunk stream can no longer be trusted.
     failed: Option<String>,
+    /// With heartbeats: how long the socket may deliver no byte at all before the connection
+    /// counts as dead. Bytes, not messages: a large message on a slow link keeps it alive.
+    idle_timeout: Option<std::time::Duration>,
 }
 
 impl SecureReader {
@@ -60,7 +63,14 @@ impl SecureReader {
             message: Vec::new(),
             discarding: false,
             failed: None,
+            idle_timeout: None,
         }
+    }
+
+    /// From now on, a silence of `after` (no byte received) fails `recv` with
+    /// [`NetError::Dead`]; `None` waits forever (a peer that sends no heartbeats).
+    pub fn set_idle_timeout(&mut self, after: Option<std::time::Duration>) {
+        self.idle_timeout = after;
     }
 
     /// Receives one whole message; `Err(NetError::Closed)` on a clean end of stream.
@@ -195,7 +205,12 @@ impl SecureReader {
             self.buf = Vec::new();
         }
         loop {
-            self.inner.readable().await?;
+            match self.idle_timeout {
+                Some(after) => tokio::time::timeout(after, self.inner.readable())
+                    .await
+                    .map_err(|_| NetError::Dead(after))??,
+                None => self.inner.readable().await?,
+            }
             self.buf.reserve(want.max(READ_SIZE));
             match self.inner.try_read_buf(&mut self.buf) {
                 Ok(0) => {

@@ -11,8 +11,9 @@ use crate::uri::Role;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
-/// The encoding of protocol versions 2 and 3 (2: Welcome tells a device the last of its
-/// transactions the primaries decided).
+/// The encoding of protocol versions 2 to 4 (2: Welcome tells a device the last of its
+/// transactions the primaries decided; 4 adds `Heartbeat` at the end, which only peers of 4
+/// receive, and leaves every other message's bytes as they were).
 pub const MESSAGE_ENCODING: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +72,9 @@ pub enum Message {
     Txns {
         txns: Vec<(u64, ChangeSet)>,
     },
+    /// Protocol 4 and newer: sent when the connection has been silent for a heartbeat
+    /// interval, so that the peer can tell a quiet connection from a dead one.
+    Heartbeat,
 }
 
 /// Builds the bytes of a [`Message::SnapshotRows`] row by row, straight from SQLite's values:
@@ -162,6 +166,7 @@ impl Message {
             Message::SnapshotEnd { .. } => "SnapshotEnd",
             Message::Entries { .. } => "Entries",
             Message::Txns { .. } => "Txns",
+            Message::Heartbeat => "Heartbeat",
         }
     }
 }

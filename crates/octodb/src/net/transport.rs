@@ -85,6 +85,14 @@ pub enum NetError {
     /// The peer sent bytes that do not follow the protocol.
     #[error("malformed data from peer: {0}")]
     Malformed(String),
+    /// Nothing at all arrived for this long from a peer that sends heartbeats: the path is
+    /// silently cut (a NAT or mobile network dropping the connection's packets).
+    #[error(
+        "no data from the peer for {} s although it sends heartbeats: the connection is \
+         dead (the network silently stopped passing its packets); reconnecting",
+        .0.as_secs_f64()
+    )]
+    Dead(Duration),
     /// The two nodes speak no protocol version in common; says which one to upgrade.
     #[error("incompatible octodb versions: {0}")]
     Version(String),

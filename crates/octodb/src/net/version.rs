@@ -18,8 +18,10 @@
 use std::fmt;
 
 /// Versions: 2 (signatures only when asked), 3 (negotiation in the handshake; messages
-/// encoded as in 2).
-pub const NEWEST: u8 = 3;
+/// encoded as in 2), 4 (heartbeats: `Message::Heartbeat`, sent only to peers of 4 or newer).
+pub const NEWEST: u8 = 4;
+/// The first version whose peers send heartbeats, so that silence means a dead connection.
+pub const HEARTBEATS: u8 = 4;
 /// The oldest version this build still serves.
 pub const OLDEST: u8 = 2;
 /// The version from before negotiation: what a peer that makes no offer speaks.

@@ -4,12 +4,13 @@
 use super::admission::{admit, send_now, Applicant};
 use super::audiences::{Wake, POSITION_DELAY};
 use super::members::Registered;
+use super::secondary::beat_due;
 use super::snapshot;
 use super::writer::{ask, Job};
 use super::{runtime, Shared};
 use crate::error::{Error, Result};
 use crate::log;
-use crate::net::{Message, NetError, SecureReader, SecureStream, SecureWriter};
+use crate::net::{version, Message, NetError, SecureReader, SecureStream, SecureWriter};
 use crate::store::apply::Sender;
 use crate::uri::{Endpoint, Role};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -18,6 +19,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 /// Log entries read per step while a device catches up.
 const CATCH_UP_BATCH: usize = 2000;
@@ -123,7 +125,8 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     // session (a primary may hold tens of thousands) should not carry their room.
     let stream = Box::pin(SecureStream::accept(tcp, &shared.keys, &shared.handshake)).await?;
     let pubkey = stream.peer().public_key;
-    tracing::debug!(%addr, protocol = stream.protocol_version(), "secure connection up");
+    let protocol = stream.protocol_version();
+    tracing::debug!(%addr, protocol, "secure connection up");
     let (mut rd, mut wr) = stream.into_split();
     let hello = tokio::time::timeout(HELLO_TIMEOUT, recv_msg(&mut rd))
         .await
@@ -157,6 +160,9 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     } else {
         info
     };
+    // Devices of protocol 4 and newer send heartbeats at the pace they name; this side
+    // answers with its own at that pace and takes silence as a dead connection.
+    let heartbeat = (protocol >= version::HEARTBEATS).then(|| device_heartbeat(&info));
     let applicant = Applicant {
         pubkey,
         addr,
@@ -199,12 +205,13 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         .sessions
         .insert(node_id, addr.to_string());
     let sender = Sender { node_id, user_id };
+    rd.set_idle_timeout(heartbeat.map(crate::uri::dead_after));
     // Reading the device's transactions and streaming the log to it end together, so a device
     // never stays connected to a session that stopped sending it anything. A device whose
     // approval the backend takes back is cut off at once (it hears why when it reconnects).
     let result = tokio::select! {
         r = read_loop(shared, &mut rd, sender) => r,
-        r = stream_to_device(shared, node_id, user_id, last_seq, wr) => r,
+        r = stream_to_device(shared, node_id, user_id, last_seq, wr, heartbeat) => r,
         () = &mut withdrawal => {
             tracing::info!(%addr, node_id, "device disconnected: its approval was taken back");
             Ok(())
@@ -272,6 +279,7 @@ async fn read_loop(shared: &Arc<Shared>, rd: &mut SecureReader, sender: Sender) 
             _ = stop.changed() => return Ok(()),
         };
         match msg {
+            Message::Heartbeat => {}
             Message::Txns { txns } if txns.len() <= MAX_TXNS_PER_MESSAGE => {
                 tracing::trace!(
                     node = sender.node_id,
@@ -302,6 +310,7 @@ async fn stream_to_device(
     user: i64,
     last_seq: u64,
     mut wr: SecureWriter,
+    heartbeat: Option<Duration>,
 ) -> Result<()> {
     let mut following = shared.audiences.follow(user);
     let mut cursor = last_seq;
@@ -313,6 +322,7 @@ async fn stream_to_device(
     // one; it hears of its new position with its next visible entry, or at the next position
     // tick (see `audiences`).
     let mut told = cursor;
+    let mut last_sent = Instant::now();
     let mut tell_position = false;
     loop {
         following.mark_seen();
@@ -347,14 +357,35 @@ async fn stream_to_device(
                 tracing::trace!(node, up_to, "streaming entries");
                 send(&mut wr, visible, up_to).await?;
                 told = up_to;
+                last_sent = Instant::now();
             }
         }
         if tell_position && told < cursor {
             send(&mut wr, Vec::new(), cursor).await?;
             told = cursor;
+            last_sent = Instant::now();
         }
-        tell_position = following.woken().await == Wake::Position;
+        tell_position = loop {
+            tokio::select! {
+                wake = following.woken() => break wake == Wake::Position,
+                () = beat_due(heartbeat, last_sent) => {
+                    wr.send(&Message::Heartbeat.encode()).await?;
+                    wr.flush().await?;
+                    last_sent = Instant::now();
+                }
+            }
+        };
     }
+}
+
+/// The heartbeat interval a device names in its node information (the default if none).
+fn device_heartbeat(info: &str) -> Duration {
+    serde_json::from_str::<serde_json::Value>(info)
+        .ok()
+        .and_then(|v| v.get("heartbeat_s")?.as_u64())
+        .map_or(crate::uri::DEFAULT_HEARTBEAT, |s| {
+            Duration::from_secs(s.clamp(1, 60))
+        })
 }
 
 async fn send(wr: &mut SecureWriter, entries: Vec<log::LogEntry>, up_to: u64) -> Result<()> {

@@ -6,7 +6,7 @@ use super::{Event, Shared};
 use crate::crypto::PublicKey;
 use crate::error::{Error, Result};
 use crate::log::outbox;
-use crate::net::{Message, NetError, SecureReader, SecureStream, SecureWriter};
+use crate::net::{version, Message, NetError, SecureReader, SecureStream, SecureWriter};
 use crate::uri::{Endpoint, Role};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -105,11 +105,14 @@ async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {
     Ok(Message::decode(&rd.recv().await?)?)
 }
 
-fn device_info() -> String {
+/// What a device tells the primaries about itself, among it its heartbeat interval: the
+/// primary sends heartbeats at that pace and expects them at it.
+fn device_info(heartbeat: Duration) -> String {
     serde_json::json!({
         "platform": std::env::consts::OS,
         "arch": std::env::consts::ARCH,
         "engine": concat!("octodb ", env!("CARGO_PKG_VERSION")),
+        "heartbeat_s": heartbeat.as_secs(),
     })
     .to_string()
 }
@@ -146,6 +149,10 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
         .map_err(|e| Error::io(format!("connecting to {ep}"), e))?;
     let stream = SecureStream::connect(tcp, &shared.keys, &shared.handshake).await?;
     let primary_key = stream.peer().public_key;
+    // With a primary of protocol 4 or newer both sides send heartbeats, so silence means a
+    // dead connection; older ones send none and only TCP can tell.
+    let heartbeat =
+        (stream.protocol_version() >= version::HEARTBEATS).then_some(shared.cfg.heartbeat);
     check_primary_key(shared, ep, &primary_key)?;
     let (mut rd, mut wr) = stream.into_split();
     let last_seq = *shared.feed.borrow();
@@ -163,7 +170,7 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
     let hello = Message::Hello {
         role: Role::Secondary,
         last_seq,
-        info: device_info(),
+        info: device_info(shared.cfg.heartbeat),
         auth,
     };
     wr.send(&hello.encode()).await?;
@@ -238,9 +245,10 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
         peer: ep.to_string(),
     });
     tracing::info!(primary = %ep, "connected");
+    rd.set_idle_timeout(heartbeat.map(crate::uri::dead_after));
     // Ended with the session even when the session is aborted midway (the node closing): the
     // sender holds the socket's write half, and would keep the connection open forever.
-    let sender = AbortOnDrop(tokio::spawn(send_outbox(shared.clone(), wr)));
+    let sender = AbortOnDrop(tokio::spawn(send_outbox(shared.clone(), wr, heartbeat)));
     let result = receive(shared, &mut rd).await.map(|()| Flow::Reconnect);
     drop(sender);
     if shared
@@ -267,6 +275,9 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
             e = writing.failure(shared) => return Err(e),
             _ = stop.changed() => return Ok(()),
         };
+        if matches!(msg, Message::Heartbeat) {
+            continue;
+        }
         // Only download rows, and entries, may overtake each other's writing; anything else
         // (a position that moved, which the feed must not announce before the entries ahead
         // of it are written) comes after them.
@@ -402,12 +413,14 @@ impl Drop for AbortOnDrop {
 /// Send every pending transaction once per connection, in order; then each new one as it is
 /// committed: as handed over in memory when it comes next in order, else read from the outbox
 /// (after a gap, or when the hand-over queue was full). The primaries ignore ids they have
-/// already decided, so a resend is harmless.
-async fn send_outbox(shared: Arc<Shared>, mut wr: SecureWriter) {
+/// already decided, so a resend is harmless. With `heartbeat`, a heartbeat goes out whenever
+/// nothing else has for that long.
+async fn send_outbox(shared: Arc<Shared>, mut wr: SecureWriter, heartbeat: Option<Duration>) {
     // Held for the whole session: the next session waits for this one's sender to end.
     let mut fresh = shared.fresh_txns_rx.lock().await;
     let mut sent = 0u64;
     let mut from_outbox = true;
+    let mut last_sent = tokio::time::Instant::now();
     loop {
         let txns = if from_outbox {
             let after = sent;
@@ -432,6 +445,13 @@ async fn send_outbox(shared: Arc<Shared>, mut wr: SecureWriter) {
                 },
                 _ = shared.outbox_changed.notified() => {
                     from_outbox = true;
+                    continue;
+                }
+                () = beat_due(heartbeat, last_sent) => {
+                    if send_message(&mut wr, &Message::Heartbeat).await.is_err() {
+                        return;
+                    }
+                    last_sent = tokio::time::Instant::now();
                     continue;
                 }
             };
@@ -461,8 +481,23 @@ async fn send_outbox(shared: Arc<Shared>, mut wr: SecureWriter) {
         shared
             .sent_txn_max
             .fetch_max(sent, std::sync::atomic::Ordering::AcqRel);
-        if wr.send(&msg.encode()).await.is_err() || wr.flush().await.is_err() {
+        if send_message(&mut wr, &msg).await.is_err() {
             return;
         }
+        last_sent = tokio::time::Instant::now();
+    }
+}
+
+async fn send_message(wr: &mut SecureWriter, msg: &Message) -> Result<(), NetError> {
+    wr.send(&msg.encode()).await?;
+    wr.flush().await
+}
+
+/// Ready when a heartbeat is due: `heartbeat` after the last message sent (never without
+/// heartbeats).
+pub(super) async fn beat_due(heartbeat: Option<Duration>, last_sent: tokio::time::Instant) {
+    match heartbeat {
+        Some(every) => tokio::time::sleep_until(last_sent + every).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: real files in a temp dir, real loopback sockets.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use octodb::{Connection, SyncStatus};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,0 +1,101 @@
+//! A connection whose path silently stops passing packets (a NAT or mobile network) is noticed
+//! by both sides within the heartbeat's bounds, the device says so in `sync_status`, and
+//! everything flows again once a new connection gets through: while the device writes, and
+//! while it only receives.
+
+mod common;
+
+use common::proxy::Proxy;
+use common::*;
+use octodb::Connection;
+
+/// Heartbeats every second: a dead connection is noticed within 2.5 s.
+fn device_behind(c: &Cluster, proxy: &Proxy) -> Connection {
+    let uri = format!("{}&heartbeat=1", device_uri(&c.path("d.db"), &proxy.addr));
+    Connection::open(&uri).expect("open device")
+}
+
+fn wait_dead(d: &Connection) {
+    let status = d
+        .wait_for(DEADLINE, |s| {
+            !s.connected
+                && s.sync_error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("no data from the peer"))
+        })
+        .expect("the device notices the dead connection and says why");
+    assert!(status.peers.is_empty(), "{status:?}");
+}
+
+fn wait_primary_drops(p: &Connection, node_id: u32) {
+    wait_until("the primary notices the dead connection", || {
+        let nodes = p.nodes().expect("nodes");
+        let device = nodes.iter().find(|n| n.node_id == node_id)?;
+        (!device.connected).then_some(())
+    });
+}
+
+#[test]
+fn a_silently_cut_connection_is_noticed_on_both_sides_and_sync_resumes() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let proxy = Proxy::start(&addr_of(&p));
+    let d = device_behind(&c, &proxy);
+    let node_id = ready(&d).node_id;
+    d.execute("INSERT INTO t(v) VALUES ('before')", []).unwrap();
+    wait_outbox_empty(&d);
+
+    // While the device writes.
+    proxy.swallow();
+    d.execute("INSERT INTO t(v) VALUES ('written while cut')", [])
+        .unwrap();
+    wait_dead(&d);
+    wait_primary_drops(&p, node_id);
+    proxy.pass();
+    wait_count(
+        &p,
+        "SELECT count(*) FROM t WHERE v = 'written while cut'",
+        1,
+    );
+    wait_outbox_empty(&d);
+    d.wait_for(DEADLINE, |s| s.connected)
+        .expect("connected again");
+
+    // While it only receives.
+    proxy.swallow();
+    p.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('for everyone', '*')",
+        [],
+    )
+    .unwrap();
+    wait_dead(&d);
+    wait_primary_drops(&p, node_id);
+    proxy.pass();
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'for everyone'", 1);
+    assert_eq!(count(&p, "SELECT count(*) FROM t"), 3);
+}
+
+#[test]
+fn a_quiet_connection_with_heartbeats_stays_up() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let proxy = Proxy::start(&addr_of(&p));
+    let d = device_behind(&c, &proxy);
+    ready(&d);
+    let mut events = d.subscribe();
+    // Several dead-connection bounds of silence from the app: only heartbeats move.
+    let quiet_until = std::time::Instant::now() + std::time::Duration::from_secs(6);
+    while std::time::Instant::now() < quiet_until {
+        let status = d.sync_status().unwrap();
+        assert!(
+            status.connected && status.sync_error.is_none(),
+            "{status:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !std::iter::from_fn(|| events.try_recv().ok())
+            .any(|e| matches!(e, octodb::Event::Disconnected)),
+        "no reconnection while the connection was quiet"
+    );
+}
