@@ -333,16 +333,17 @@ impl NodeConfig {
     }
 }
 
-/// Heartbeats every 10 s of silence: a dead connection is noticed within 25 s, and an idle
-/// device costs its primary one small message each way per 10 s.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// A device's heartbeat after 20 s of silence, which its primary answers: a dead connection
+/// is noticed within 30 s, and an idle device costs its primary one small message each way
+/// per 20 s.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(20);
 const HEARTBEAT_SECONDS: std::ops::RangeInclusive<u64> = 1..=60;
-const HEARTBEAT_EXPECTED: &str = "heartbeat=SECONDS, from 1 to 60 (default 10)";
+const HEARTBEAT_EXPECTED: &str = "heartbeat=SECONDS, from 1 to 60 (default 20)";
 
-/// Silence allowed on a connection whose peer sends heartbeats every `heartbeat`: two and a
-/// half beats, so one late beat is no reason to drop it.
+/// Silence allowed on a connection with heartbeats every `heartbeat`: the interval and half
+/// as much again (at least 2 s), so that a beat a little late is no reason to drop it.
 pub fn dead_after(heartbeat: Duration) -> Duration {
-    heartbeat * 5 / 2
+    heartbeat + (heartbeat / 2).max(Duration::from_secs(2))
 }
 
 fn bad_value(name: &'static str, value: &str, expected: &'static str) -> UriError {

@@ -27,6 +27,38 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// Buffers this small are kept between messages; larger ones are given back when idle.
 const KEEP: usize = 512;
 
+/// When bytes last moved on a connection, in either direction: shared by its two halves, so
+/// that a long upload (nothing to read meanwhile) does not count as silence.
+#[derive(Debug)]
+pub(super) struct Progress {
+    since: std::time::Instant,
+    /// Milliseconds after `since`.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    pub(super) fn new() -> Arc<Progress> {
+        Arc::new(Progress {
+            since: std::time::Instant::now(),
+            last: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let now = self.since.elapsed().as_millis() as u64;
+        self.last
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How long ago bytes last moved.
+    fn quiet_for(&self) -> std::time::Duration {
+        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        self.since
+            .elapsed()
+            .saturating_sub(std::time::Duration::from_millis(last))
+    }
+}
+
 fn noise_error(e: snow::Error) -> NetError {
     NetError::Noise(e.to_string())
 }
@@ -46,13 +78,19 @@ pub struct SecureReader {
     discarding: bool,
     /// Set after a fatal error: the chunk stream can no longer be trusted.
     failed: Option<String>,
-    /// With heartbeats: how long the socket may deliver no byte at all before the connection
-    /// counts as dead. Bytes, not messages: a large message on a slow link keeps it alive.
+    /// With heartbeats: how long no byte may move (either way) before the connection counts
+    /// as dead. Bytes, not messages: a large message on a slow link keeps it alive.
     idle_timeout: Option<std::time::Duration>,
+    progress: Arc<Progress>,
 }
 
 impl SecureReader {
-    pub(super) fn new(inner: OwnedReadHalf, t: Arc<StatelessTransportState>, max: usize) -> Self {
+    pub(super) fn new(
+        inner: OwnedReadHalf,
+        t: Arc<StatelessTransportState>,
+        max: usize,
+        progress: Arc<Progress>,
+    ) -> Self {
         SecureReader {
             inner,
             transport: t,
@@ -64,10 +102,11 @@ impl SecureReader {
             discarding: false,
             failed: None,
             idle_timeout: None,
+            progress,
         }
     }
 
-    /// From now on, a silence of `after` (no byte received) fails `recv` with
+    /// From now on, a silence of `after` (no byte received or sent) fails `recv` with
     /// [`NetError::Dead`]; `None` waits forever (a peer that sends no heartbeats).
     pub fn set_idle_timeout(&mut self, after: Option<std::time::Duration>) {
         self.idle_timeout = after;
@@ -205,12 +244,7 @@ impl SecureReader {
             self.buf = Vec::new();
         }
         loop {
-            match self.idle_timeout {
-                Some(after) => tokio::time::timeout(after, self.inner.readable())
-                    .await
-                    .map_err(|_| NetError::Dead(after))??,
-                None => self.inner.readable().await?,
-            }
+            self.wait_readable().await?;
             self.buf.reserve(want.max(READ_SIZE));
             match self.inner.try_read_buf(&mut self.buf) {
                 Ok(0) => {
@@ -225,9 +259,29 @@ impl SecureReader {
                         ))
                     });
                 }
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.progress.touch();
+                    return Ok(());
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Until the socket is readable; with an idle timeout, fails once no byte has moved either
+    /// way for that long.
+    async fn wait_readable(&mut self) -> Result<(), NetError> {
+        let Some(after) = self.idle_timeout else {
+            return Ok(self.inner.readable().await?);
+        };
+        loop {
+            let left = after.saturating_sub(self.progress.quiet_for());
+            if left.is_zero() {
+                return Err(NetError::Dead(after));
+            }
+            if let Ok(ready) = tokio::time::timeout(left, self.inner.readable()).await {
+                return Ok(ready?);
             }
         }
     }
@@ -257,10 +311,15 @@ pub struct SecureWriter {
     /// True while a `send` is in progress; still true afterwards if it was cancelled midway,
     /// in which case the peer holds a partial chunk and the stream cannot continue.
     sending: bool,
+    progress: Arc<Progress>,
 }
 
 impl SecureWriter {
-    pub(super) fn new(inner: OwnedWriteHalf, transport: Arc<StatelessTransportState>) -> Self {
+    pub(super) fn new(
+        inner: OwnedWriteHalf,
+        transport: Arc<StatelessTransportState>,
+        progress: Arc<Progress>,
+    ) -> Self {
         SecureWriter {
             inner,
             transport,
@@ -269,6 +328,7 @@ impl SecureWriter {
             out: Vec::new(),
             written: 0,
             sending: false,
+            progress,
         }
     }
 
@@ -322,7 +382,18 @@ impl SecureWriter {
     /// Writes the queued chunks; cancel-safe (progress is kept in `written`).
     async fn write_out(&mut self) -> Result<(), NetError> {
         while self.written < self.out.len() {
-            let n = self.inner.write(&self.out[self.written..]).await?;
+            let n = match self.inner.try_write(&self.out[self.written..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.inner.writable().await?;
+                    // The send buffer had filled and has room again: the peer acknowledged
+                    // bytes, so the path works (a write that just lands in the buffer proves
+                    // nothing: a dead path takes those too).
+                    self.progress.touch();
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             if n == 0 {
                 return Err(NetError::Io(std::io::ErrorKind::WriteZero.into()));
             }

@@ -466,8 +466,9 @@ async fn handshake(
         .and_then(|k| <[u8; 32]>::try_from(k).ok());
     let transport = Arc::new(hs.into_stateless_transport_mode().map_err(noise_error)?);
     // Until the peer is authenticated, accept nothing bigger than an answer with a proof.
-    let mut reader = SecureReader::new(rd, transport.clone(), ANSWER_MAX_LEN);
-    let mut writer = SecureWriter::new(wr, transport);
+    let progress = super::chunks::Progress::new();
+    let mut reader = SecureReader::new(rd, transport.clone(), ANSWER_MAX_LEN, progress.clone());
+    let mut writer = SecureWriter::new(wr, transport, progress);
 
     let public_key = PublicKey(peer_identity);
     let asked = Asked {

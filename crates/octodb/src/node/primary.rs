@@ -4,7 +4,6 @@
 use super::admission::{admit, send_now, Applicant};
 use super::audiences::{Wake, POSITION_DELAY};
 use super::members::Registered;
-use super::secondary::beat_due;
 use super::snapshot;
 use super::writer::{ask, Job};
 use super::{runtime, Shared};
@@ -19,7 +18,6 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 /// Log entries read per step while a device catches up.
 const CATCH_UP_BATCH: usize = 2000;
@@ -160,8 +158,8 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     } else {
         info
     };
-    // Devices of protocol 4 and newer send heartbeats at the pace they name; this side
-    // answers with its own at that pace and takes silence as a dead connection.
+    // Devices of protocol 4 and newer send heartbeats at the pace they name, which this side
+    // answers; a silence longer than that pace allows means a dead connection.
     let heartbeat = (protocol >= version::HEARTBEATS).then(|| device_heartbeat(&info));
     let applicant = Applicant {
         pubkey,
@@ -209,9 +207,10 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     // Reading the device's transactions and streaming the log to it end together, so a device
     // never stays connected to a session that stopped sending it anything. A device whose
     // approval the backend takes back is cut off at once (it hears why when it reconnects).
+    let beats = tokio::sync::Notify::new();
     let result = tokio::select! {
-        r = read_loop(shared, &mut rd, sender) => r,
-        r = stream_to_device(shared, node_id, user_id, last_seq, wr, heartbeat) => r,
+        r = read_loop(shared, &mut rd, sender, &beats) => r,
+        r = stream_to_device(shared, node_id, user_id, last_seq, wr, &beats) => r,
         () = &mut withdrawal => {
             tracing::info!(%addr, node_id, "device disconnected: its approval was taken back");
             Ok(())
@@ -271,7 +270,14 @@ async fn still_approved(shared: &Arc<Shared>, key: &str) -> Result<bool> {
         .await
 }
 
-async fn read_loop(shared: &Arc<Shared>, rd: &mut SecureReader, sender: Sender) -> Result<()> {
+/// Reads the device's messages: its transactions go to the writer, its heartbeats to
+/// `beats` (the streaming side answers them).
+async fn read_loop(
+    shared: &Arc<Shared>,
+    rd: &mut SecureReader,
+    sender: Sender,
+    beats: &tokio::sync::Notify,
+) -> Result<()> {
     let mut stop = shared.shutdown.subscribe();
     loop {
         let msg = tokio::select! {
@@ -279,7 +285,7 @@ async fn read_loop(shared: &Arc<Shared>, rd: &mut SecureReader, sender: Sender) 
             _ = stop.changed() => return Ok(()),
         };
         match msg {
-            Message::Heartbeat => {}
+            Message::Heartbeat => beats.notify_one(),
             Message::Txns { txns } if txns.len() <= MAX_TXNS_PER_MESSAGE => {
                 tracing::trace!(
                     node = sender.node_id,
@@ -310,7 +316,7 @@ async fn stream_to_device(
     user: i64,
     last_seq: u64,
     mut wr: SecureWriter,
-    heartbeat: Option<Duration>,
+    beats: &tokio::sync::Notify,
 ) -> Result<()> {
     let mut following = shared.audiences.follow(user);
     let mut cursor = last_seq;
@@ -322,7 +328,6 @@ async fn stream_to_device(
     // one; it hears of its new position with its next visible entry, or at the next position
     // tick (see `audiences`).
     let mut told = cursor;
-    let mut last_sent = Instant::now();
     let mut tell_position = false;
     loop {
         following.mark_seen();
@@ -357,21 +362,21 @@ async fn stream_to_device(
                 tracing::trace!(node, up_to, "streaming entries");
                 send(&mut wr, visible, up_to).await?;
                 told = up_to;
-                last_sent = Instant::now();
             }
         }
         if tell_position && told < cursor {
             send(&mut wr, Vec::new(), cursor).await?;
             told = cursor;
-            last_sent = Instant::now();
         }
         tell_position = loop {
             tokio::select! {
                 wake = following.woken() => break wake == Wake::Position,
-                () = beat_due(heartbeat, last_sent) => {
+                // The device's heartbeat, answered: it proves to the device that the path
+                // back works. Only devices send them unprompted, so an idle device costs one
+                // message each way per its interval.
+                () = beats.notified() => {
                     wr.send(&Message::Heartbeat.encode()).await?;
                     wr.flush().await?;
-                    last_sent = Instant::now();
                 }
             }
         };

@@ -149,8 +149,9 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
         .map_err(|e| Error::io(format!("connecting to {ep}"), e))?;
     let stream = SecureStream::connect(tcp, &shared.keys, &shared.handshake).await?;
     let primary_key = stream.peer().public_key;
-    // With a primary of protocol 4 or newer both sides send heartbeats, so silence means a
-    // dead connection; older ones send none and only TCP can tell.
+    // With a primary of protocol 4 or newer, this device sends heartbeats and the primary
+    // answers them, so silence means a dead connection; older ones have none and only TCP
+    // can tell.
     let heartbeat =
         (stream.protocol_version() >= version::HEARTBEATS).then_some(shared.cfg.heartbeat);
     check_primary_key(shared, ep, &primary_key)?;
@@ -495,7 +496,7 @@ async fn send_message(wr: &mut SecureWriter, msg: &Message) -> Result<(), NetErr
 
 /// Ready when a heartbeat is due: `heartbeat` after the last message sent (never without
 /// heartbeats).
-pub(super) async fn beat_due(heartbeat: Option<Duration>, last_sent: tokio::time::Instant) {
+async fn beat_due(heartbeat: Option<Duration>, last_sent: tokio::time::Instant) {
     match heartbeat {
         Some(every) => tokio::time::sleep_until(last_sent + every).await,
         None => std::future::pending().await,
