@@ -378,3 +378,21 @@ fn a_connected_device_whose_approval_is_taken_back_is_cut_off_at_once() {
         "nothing reaches a node whose approval was taken back"
     );
 }
+
+#[test]
+fn a_device_waiting_for_a_sign_up_picks_up_an_approval_made_by_hand() {
+    let c = Cluster::new();
+    let p = primary_with(&c, "user");
+    let d = c.device("d.db", &p);
+    d.wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("required"))
+        .unwrap();
+    not_authorized(&d);
+    // The operator approves the device's key (as shown by `PRAGMA nodes` or the app) by hand,
+    // before any sign-up: the device, not reopened, becomes ready.
+    p.execute(&format!("PRAGMA authorize_user='{}:0'", d.public_key()), [])
+        .unwrap();
+    let s = ready(&d);
+    assert!(s.user_id.is_some_and(|u| u > 0), "{s:?}");
+    assert_eq!(s.auth_state, None);
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'public'", 1);
+}

@@ -15,6 +15,10 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A device the primaries require a sign-up from asks again after this long, then ever less
+/// often, whether its key was approved by hand meanwhile.
+const APPROVAL_CHECK_FIRST: Duration = Duration::from_secs(2);
+const APPROVAL_CHECK_MAX: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Transactions per message when sending the outbox.
 const SEND_BATCH: usize = 500;
@@ -30,6 +34,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let endpoints = shared.cfg.connect.clone();
     let mut stop = shared.shutdown.subscribe();
     let mut backoff = Duration::from_millis(50);
+    let mut approval_check = APPROVAL_CHECK_FIRST;
     for ep in endpoints.iter().cycle() {
         if shared.is_shutting_down() {
             return;
@@ -61,22 +66,36 @@ pub(super) async fn run(shared: Arc<Shared>) {
             backoff = Duration::from_millis(50);
         }
         if wait_for_request {
-            // Nothing to say to the primaries until the app signs up or logs in. A wake-up
-            // left from a request the last session already carried is not a new request:
-            // reconnecting for it would replace "rejected" with "required".
+            // Nothing to say to the primaries until the app signs up or logs in, or the
+            // backend approves this device's key by hand (checked now and then while the
+            // primaries require a sign-up). A wake-up left from a request the last session
+            // already carried is not a new request: reconnecting for it would replace
+            // "rejected" with "required".
+            let check_approval = auth_state_is(&shared, "required");
             let mut waited = false;
+            let mut recheck = false;
             while !has_auth_request(&shared) {
                 tokio::select! {
                     _ = shared.auth_changed.notified() => {}
+                    () = tokio::time::sleep(approval_check), if check_approval => {
+                        recheck = true;
+                        break;
+                    }
                     _ = stop.changed() => return,
                 }
                 waited = true;
+            }
+            if recheck {
+                approval_check = (approval_check * 2).min(APPROVAL_CHECK_MAX);
+                continue;
             }
             if waited {
                 backoff = Duration::from_millis(50);
                 continue;
             }
             // A request was pending all along: retry it after the usual back-off.
+        } else {
+            approval_check = APPROVAL_CHECK_FIRST;
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -123,6 +142,16 @@ enum Flow {
     Reconnect,
     /// The primaries need a (new) sign-up or login from the app first.
     WaitForRequest,
+}
+
+fn auth_state_is(shared: &Shared, state: &str) -> bool {
+    shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .auth_state
+        .as_deref()
+        == Some(state)
 }
 
 fn has_auth_request(shared: &Shared) -> bool {
