@@ -1250,6 +1250,8 @@ fn garbage_in_every_field_of_an_authorization_request_is_refused_and_stores_noth
         state_of(&key_of("Hello twice while pending")).as_deref(),
         Some("pending")
     );
+    // A key that connects without a request is kept as "required" (bounded, never approved),
+    // so that an admin can approve it by hand; nothing else is stored for it.
     for what in [
         "info that is not JSON",
         "last_seq u64::MAX",
@@ -1261,8 +1263,20 @@ fn garbage_in_every_field_of_an_authorization_request_is_refused_and_stores_noth
         "a truncated Hello",
         "Hello twice without a request",
     ] {
-        assert_eq!(state_of(&key_of(what)), None, "{what}: nothing stored");
+        let state = state_of(&key_of(what));
+        assert!(
+            matches!(state.as_deref(), None | Some("required")),
+            "{what}: nothing stored but the key's presence, got {state:?}"
+        );
     }
+    assert_eq!(
+        count(
+            &p,
+            "SELECT count(*) FROM _octo_nodes WHERE node_id > 0 AND auth_state <> 'approved'"
+        ),
+        0,
+        "no node id spent on a key never approved"
+    );
     // Before the attacks the primary knew no node, so every record is an attacker's.
     assert!(before.nodes.is_empty());
     let records = rows(&p, "SELECT auth_state, length(info) FROM _octo_nodes");

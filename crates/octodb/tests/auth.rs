@@ -396,3 +396,73 @@ fn a_device_waiting_for_a_sign_up_picks_up_an_approval_made_by_hand() {
     assert_eq!(s.auth_state, None);
     wait_count(&d, "SELECT count(*) FROM t WHERE v = 'public'", 1);
 }
+
+#[test]
+fn approving_by_hand_needs_a_key_a_node_presented_unless_it_is_a_pre_approval() {
+    let c = Cluster::new();
+    let p = primary_with(&c, "user");
+    let unknown = octodb::crypto::NodeKeys::generate().public_key().to_hex();
+    let err = p
+        .execute(&format!("PRAGMA authorize_user='{unknown}:0'"), [])
+        .unwrap_err();
+    assert!(err.to_string().contains("no node has presented"), "{err}");
+    assert!(err.to_string().contains("preauthorize_user"), "{err}");
+    assert!(p.nodes().unwrap().iter().all(|n| n.public_key != unknown));
+    // `<key>: 1`, with a space, is a mistake and is refused.
+    let d = c.device("d.db", &p);
+    d.wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("required"))
+        .unwrap();
+    let key = d.public_key();
+    for bad in [
+        format!("{key}: 0"),
+        format!(" {key}:0"),
+        format!("{key}:0 "),
+    ] {
+        let err = p
+            .execute(&format!("PRAGMA authorize_user='{bad}'"), [])
+            .unwrap_err();
+        assert!(err.to_string().contains("authorize_user"), "{bad}: {err}");
+    }
+    // A pre-approval names its key on purpose: the device approved before it ever connects.
+    let fresh = octodb::crypto::NodeKeys::generate().public_key().to_hex();
+    p.execute(&format!("PRAGMA preauthorize_user='{fresh}:0'"), [])
+        .unwrap();
+    assert!(p
+        .nodes()
+        .unwrap()
+        .iter()
+        .any(|n| n.public_key == fresh && n.auth_state == "approved"));
+}
+
+#[test]
+fn refused_sign_ups_from_fresh_keys_spend_no_node_ids() {
+    let c = Cluster::new();
+    let p = primary_with(&c, "user");
+    p.set_auth_callback(Action::UserSignup, |r: &AuthRequest| {
+        match r.data.as_deref() {
+            Some("welcome") => Decision::User(0),
+            _ => Decision::Reject("not today".into()),
+        }
+    })
+    .unwrap();
+    for i in 0..20 {
+        let d = c.device(&format!("stranger{i}.db"), &p);
+        d.execute("PRAGMA user_signup='stranger'", []).unwrap();
+        d.wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("rejected"))
+            .unwrap();
+    }
+    let welcome = c.device("welcome.db", &p);
+    welcome.execute("PRAGMA user_signup='welcome'", []).unwrap();
+    let s = ready(&welcome);
+    assert_eq!(s.node_id, 2, "the first node id after the primary's own");
+    let nodes = p.nodes().unwrap();
+    assert_eq!(
+        nodes.iter().filter(|n| n.auth_state == "rejected").count(),
+        20,
+        "refused keys are kept (bounded) for the admin to see"
+    );
+    assert!(nodes
+        .iter()
+        .filter(|n| n.auth_state == "rejected")
+        .all(|n| n.node_id == 0));
+}

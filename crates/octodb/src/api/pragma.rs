@@ -17,6 +17,8 @@ const OURS: &[&str] = &[
     "user_login",
     "authorize_user",
     "authorize_node",
+    "preauthorize_user",
+    "preauthorize_node",
     "authorizer_service",
 ];
 

@@ -140,15 +140,16 @@ pub fn parse_authorize(pragma: &str, value: Option<&str>) -> Result<(String, Dec
     let (key, answer) = value
         .rsplit_once(':')
         .ok_or_else(|| bad(format!("`{value}` is not \"<public key>:<decision>\"")))?;
-    let key = key.trim().to_ascii_lowercase();
+    // Taken exactly as written: `<key>: 1` (with a space) is a mistake, not a decision.
+    let key = key.to_ascii_lowercase();
     crate::crypto::PublicKey::from_hex(&key).map_err(|_| {
         bad(format!(
             "`{key}` is not a public key (64 hex digits, as PRAGMA nodes shows)"
         ))
     })?;
-    let decision = match pragma {
+    let decision = match pragma.trim_start_matches("pre") {
         "authorize_user" => {
-            let code: i64 = answer.trim().parse().map_err(|_| {
+            let code: i64 = answer.parse().map_err(|_| {
                 bad(format!(
                     "`{answer}` is not a user id (a number; 0 = new user, -1 = reject)"
                 ))
@@ -160,7 +161,7 @@ pub fn parse_authorize(pragma: &str, value: Option<&str>) -> Result<(String, Dec
             }
             Decision::from_user_code(code)
         }
-        _ => match answer.trim() {
+        _ => match answer {
             "primary" | "secondary" | "-1" => Decision::from_node_answer(answer),
             _ => {
                 return Err(bad(format!(

@@ -75,6 +75,17 @@ pub(super) async fn admit(
         ) => (a, Some(data)),
         (AuthMode::User, _) if already_waiting => (Action::UserSignup, None),
         (AuthMode::User, _) => {
+            if known.is_none() {
+                let (pubkey, address) = (key.clone(), who.addr.to_string());
+                let info = node_info(&key, &who.addr, &who.info);
+                ask(shared, |reply| Job::Presence {
+                    pubkey,
+                    address,
+                    info,
+                    reply,
+                })
+                .await?;
+            }
             let reason = "this network needs a user: run PRAGMA user_signup='...' or PRAGMA user_login='...' on the device";
             send_now(
                 wr,
@@ -172,6 +183,7 @@ pub(super) async fn authorize(
     ask(shared, |reply| Job::AuthDecide {
         pubkey,
         decision,
+        known: members::Known::Any,
         reply,
     })
     .await

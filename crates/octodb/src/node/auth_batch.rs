@@ -15,7 +15,10 @@ pub(super) const MAX_BATCH: usize = 256;
 
 /// Whether `job` can join a batch of authorization records.
 pub(super) fn is_auth_record(job: &Job) -> bool {
-    matches!(job, Job::AuthRecord { .. } | Job::AuthDecide { .. })
+    matches!(
+        job,
+        Job::AuthRecord { .. } | Job::AuthDecide { .. } | Job::Presence { .. }
+    )
 }
 
 enum Done {
@@ -51,7 +54,7 @@ pub(super) fn run(conn: &Connection, shared: &Shared, jobs: Vec<Job>) {
             )),
         };
         match (job, outcome) {
-            (Job::AuthRecord { reply, .. }, outcome) => {
+            (Job::AuthRecord { reply, .. } | Job::Presence { reply, .. }, outcome) => {
                 let _ = reply.send(outcome.map(|_| ()));
             }
             (Job::AuthDecide { pubkey, reply, .. }, Ok(Done::Decided(admission))) => {
@@ -87,11 +90,20 @@ fn record(c: &Connection, shared: &Shared, job: &Job) -> Result<Done> {
                 .map(|()| Done::Recorded)
         }
         Job::AuthDecide {
-            pubkey, decision, ..
+            pubkey,
+            decision,
+            known,
+            ..
         } => {
             shared.approved.forget(pubkey);
-            members::decide(c, pubkey, decision).map(Done::Decided)
+            members::decide(c, pubkey, decision, *known).map(Done::Decided)
         }
+        Job::Presence {
+            pubkey,
+            address,
+            info,
+            ..
+        } => members::record_presence(c, pubkey, address, info).map(|()| Done::Recorded),
         _ => Err(Error::rule("not an authorization record")),
     }
 }

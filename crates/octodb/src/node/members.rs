@@ -8,9 +8,11 @@ use crate::error::{Error, Result};
 use crate::uri::Role;
 use rusqlite::{Connection, OptionalExtension};
 
-/// Requests kept waiting in the file at most; older waiting ones are dropped beyond this, so a
-/// flood of sign-ups with fresh keys cannot grow the file without bound.
-const MAX_STORED_REQUESTS: i64 = 10_000;
+/// Keys that asked and were never approved (waiting, refused, or told to sign up) kept at most;
+/// the oldest are dropped beyond this, so a flood of requests from fresh keys cannot grow the
+/// file without bound. They hold negative row ids: node ids (1, 2, ...) go to approved nodes
+/// only, and are never handed out twice.
+const MAX_UNAPPROVED: i64 = 10_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Registered {
@@ -84,13 +86,14 @@ impl ApprovedCache {
     }
 }
 
+/// What the file says of `pubkey`; a key never approved has node id 0 here.
 pub(crate) fn lookup(c: &Connection, pubkey: &str) -> Result<Option<Member>> {
     Ok(c.prepare_cached(
         "SELECT node_id, user_id, node_type, auth_state FROM _octo_nodes WHERE pubkey = ?1",
     )?
     .query_row([pubkey], |r| {
         Ok(Member {
-            node_id: r.get(0)?,
+            node_id: node_id_of(r.get(0)?),
             user_id: r.get(1)?,
             node_type: r.get(2)?,
             auth_state: r.get(3)?,
@@ -99,13 +102,54 @@ pub(crate) fn lookup(c: &Connection, pubkey: &str) -> Result<Option<Member>> {
     .optional()?)
 }
 
-fn next_node_id(c: &Connection) -> Result<u32> {
+/// The node id a row stands for: 0 for a key never approved (a negative row id).
+pub(crate) fn node_id_of(row_id: i64) -> u32 {
+    u32::try_from(row_id).unwrap_or(0)
+}
+
+fn row_id(c: &Connection, pubkey: &str) -> Result<Option<i64>> {
+    Ok(
+        c.prepare_cached("SELECT node_id FROM _octo_nodes WHERE pubkey = ?1")?
+            .query_row([pubkey], |r| r.get(0))
+            .optional()?,
+    )
+}
+
+fn next_node_id(c: &Connection) -> Result<i64> {
     // Node 1 is the primary itself.
     Ok(c.query_row(
         "SELECT max(coalesce(max(node_id), 1), 1) + 1 FROM _octo_nodes",
         [],
         |r| r.get(0),
     )?)
+}
+
+/// A row id for a key that is not approved: below every other.
+fn next_unapproved_row(c: &Connection) -> Result<i64> {
+    Ok(c.query_row(
+        "SELECT min(coalesce(min(node_id), 0), 0) - 1 FROM _octo_nodes",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
+/// Served by the partial index `_octo_nodes_unapproved`: a network of many approved nodes must
+/// not make each new request scan them all.
+const COUNT_UNAPPROVED_SQL: &str = "SELECT count(*) FROM _octo_nodes WHERE node_id < 0";
+
+/// Makes room for one more unapproved key, dropping the oldest beyond `max`.
+fn prune_unapproved(c: &Connection, max: i64) -> Result<()> {
+    let held: i64 = c
+        .prepare_cached(COUNT_UNAPPROVED_SQL)?
+        .query_row([], |r| r.get(0))?;
+    if held >= max {
+        c.execute(
+            "DELETE FROM _octo_nodes WHERE node_id IN
+               (SELECT node_id FROM _octo_nodes WHERE node_id < 0 ORDER BY last_seen LIMIT ?1)",
+            [held - max + 1],
+        )?;
+    }
+    Ok(())
 }
 
 fn new_user(c: &Connection) -> Result<i64> {
@@ -119,29 +163,46 @@ fn new_user(c: &Connection) -> Result<i64> {
     Ok(user_id)
 }
 
-/// The node's row, created (as `state`) if the key is new. Returns its node id.
+/// The key's row, created (as `state`) if the key is new. Returns its row id: its node id once
+/// approved, a negative id until then.
 fn ensure_node(
     c: &Connection,
     pubkey: &str,
     state: &str,
     address: Option<&str>,
     info: Option<&str>,
-) -> Result<u32> {
-    if let Some(m) = lookup(c, pubkey)? {
+) -> Result<i64> {
+    if let Some(row) = row_id(c, pubkey)? {
         c.prepare_cached(
             "UPDATE _octo_nodes SET address = coalesce(?2, address), info = coalesce(?3, info), last_seen = ?4
              WHERE node_id = ?1",
         )?
-        .execute(rusqlite::params![m.node_id, address, info, unix_now()])?;
-        return Ok(m.node_id);
+        .execute(rusqlite::params![row, address, info, unix_now()])?;
+        return Ok(row);
     }
-    let node_id = next_node_id(c)?;
+    let row = if state == "approved" {
+        next_node_id(c)?
+    } else {
+        prune_unapproved(c, MAX_UNAPPROVED)?;
+        next_unapproved_row(c)?
+    };
     c.prepare_cached(
         "INSERT INTO _octo_nodes(node_id, pubkey, node_type, auth_state, address, info, created_at, last_seen)
          VALUES (?1, ?2, 'secondary', ?3, ?4, ?5, ?6, ?6)",
     )?
-    .execute(rusqlite::params![node_id, pubkey, state, address, info, unix_now()])?;
-    Ok(node_id)
+    .execute(rusqlite::params![row, pubkey, state, address, info, unix_now()])?;
+    Ok(row)
+}
+
+/// Once approved, a key gets its node id (it had a negative row id while it waited).
+fn give_node_id(c: &Connection, row: i64) -> Result<u32> {
+    if row > 0 {
+        return Ok(node_id_of(row));
+    }
+    let node_id = next_node_id(c)?;
+    c.prepare_cached("UPDATE _octo_nodes SET node_id = ?2 WHERE node_id = ?1")?
+        .execute(rusqlite::params![row, node_id])?;
+    Ok(node_id_of(node_id))
 }
 
 /// No authorization: find or create the node; each new device is a new user.
@@ -152,7 +213,12 @@ pub(crate) fn register_open(
     info: &str,
 ) -> Result<Registered> {
     let key = pubkey.to_hex();
-    let node_id = ensure_node(c, &key, "approved", Some(address), Some(info))?;
+    let row = ensure_node(c, &key, "approved", Some(address), Some(info))?;
+    let node_id = give_node_id(c, row)?;
+    if row != i64::from(node_id) {
+        c.prepare_cached("UPDATE _octo_nodes SET auth_state = 'approved' WHERE node_id = ?1")?
+            .execute([node_id])?;
+    }
     let user_id = match lookup(c, &key)?.and_then(|m| m.user_id) {
         Some(u) => u,
         None => {
@@ -186,9 +252,16 @@ pub(crate) fn record_sightings(c: &Connection, seen: &[Sighting]) -> Result<()> 
     Ok(())
 }
 
-/// Served by the partial index `_octo_nodes_pending`: a network of many approved nodes must not
-/// make each new request scan them all.
-const COUNT_WAITING_SQL: &str = "SELECT count(*) FROM _octo_nodes WHERE auth_state = 'pending'";
+/// Keep a key that connected without a request while the primaries require one: an admin
+/// who approves it by hand (`PRAGMA authorize_user`) finds it, shown as `required`.
+pub(crate) fn record_presence(
+    c: &Connection,
+    pubkey: &str,
+    address: &str,
+    info: &str,
+) -> Result<()> {
+    ensure_node(c, pubkey, "required", Some(address), Some(info)).map(drop)
+}
 
 /// Keep a request that waits for the backend, visible in `PRAGMA nodes`.
 pub(crate) fn record_request(
@@ -199,16 +272,6 @@ pub(crate) fn record_request(
     action: Action,
     data: Option<&str>,
 ) -> Result<()> {
-    let waiting: i64 = c
-        .prepare_cached(COUNT_WAITING_SQL)?
-        .query_row([], |r| r.get(0))?;
-    if waiting >= MAX_STORED_REQUESTS {
-        c.execute(
-            "DELETE FROM _octo_nodes WHERE node_id IN
-               (SELECT node_id FROM _octo_nodes WHERE auth_state = 'pending' ORDER BY last_seen LIMIT ?1)",
-            [waiting - MAX_STORED_REQUESTS + 1],
-        )?;
-    }
     let node_id = ensure_node(c, pubkey, "pending", Some(address), Some(info))?;
     let request = serde_json::json!({ "action": action.as_str(), "data": data }).to_string();
     c.prepare_cached(
@@ -220,10 +283,31 @@ pub(crate) fn record_request(
     Ok(())
 }
 
-/// Apply the backend's decision on `pubkey` (known or not: keys can be approved by hand before
-/// the node ever connects).
-pub(crate) fn decide(c: &Connection, pubkey: &str, decision: &Decision) -> Result<Admission> {
-    let node_id = ensure_node(c, pubkey, "pending", None, None)?;
+/// Which keys a decision may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Known {
+    /// Only a key some node presented (`PRAGMA authorize_*`: a mistyped key is an error, not a
+    /// new record).
+    Presented,
+    /// Any key: approved before its node ever connects (`PRAGMA preauthorize_*`).
+    Any,
+}
+
+/// Apply the backend's decision on `pubkey`.
+pub(crate) fn decide(
+    c: &Connection,
+    pubkey: &str,
+    decision: &Decision,
+    known: Known,
+) -> Result<Admission> {
+    if known == Known::Presented && row_id(c, pubkey)?.is_none() {
+        return Err(Error::rule(format!(
+            "no node has presented the key {pubkey}: check it against PRAGMA nodes (which lists \
+             the keys that connected or asked). To approve a key before its node ever \
+             connects, use PRAGMA preauthorize_user / preauthorize_node with the same value"
+        )));
+    }
+    let row = ensure_node(c, pubkey, "pending", None, None)?;
     let current = lookup(c, pubkey)?.and_then(|m| m.user_id);
     let (role, user_id) = match decision {
         Decision::Pending => return Err(Error::rule("a pending request is not a decision")),
@@ -231,8 +315,8 @@ pub(crate) fn decide(c: &Connection, pubkey: &str, decision: &Decision) -> Resul
             c.prepare_cached(
                 "UPDATE _octo_nodes SET auth_state = 'rejected', request = ?2 WHERE node_id = ?1",
             )?
-            .execute(rusqlite::params![node_id, reason])?;
-            tracing::info!(node_id, pubkey, %reason, "node rejected");
+            .execute(rusqlite::params![row, reason])?;
+            tracing::info!(node_id = node_id_of(row), pubkey, %reason, "node rejected");
             return Ok(Admission::Rejected(reason.clone()));
         }
         Decision::User(0) => (Role::Secondary, Some(new_user(c)?)),
@@ -250,6 +334,7 @@ pub(crate) fn decide(c: &Connection, pubkey: &str, decision: &Decision) -> Resul
         ),
         Decision::Node(Role::Primary) => (Role::Primary, None),
     };
+    let node_id = give_node_id(c, row)?;
     c.prepare_cached(
         "UPDATE _octo_nodes SET auth_state = 'approved', node_type = ?2, user_id = ?3, request = NULL
          WHERE node_id = ?1",
@@ -276,22 +361,88 @@ mod tests {
     use super::*;
 
     #[test]
-    fn waiting_requests_are_counted_without_scanning_all_nodes() {
+    fn unapproved_keys_are_counted_without_scanning_all_nodes() {
         let c = Connection::open_in_memory().unwrap();
         crate::store::init_internal_schema(&c).unwrap();
         let plan: Vec<String> = c
-            .prepare(&format!("EXPLAIN QUERY PLAN {COUNT_WAITING_SQL}"))
+            .prepare(&format!("EXPLAIN QUERY PLAN {COUNT_UNAPPROVED_SQL}"))
             .unwrap()
             .query_map([], |r| r.get(3))
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
+        // A search (of the index or of the negative ids' range), never a scan of all nodes.
         assert!(
-            plan.iter().any(|step| step.contains("_octo_nodes_pending")),
+            plan.iter().all(|step| step.starts_with("SEARCH")),
             "{plan:?}"
         );
         record_request(&c, "k1", "127.0.0.1:1", "{}", Action::UserSignup, None).unwrap();
-        let waiting: i64 = c.query_row(COUNT_WAITING_SQL, [], |r| r.get(0)).unwrap();
-        assert_eq!(waiting, 1);
+        let held: i64 = c.query_row(COUNT_UNAPPROVED_SQL, [], |r| r.get(0)).unwrap();
+        assert_eq!(held, 1);
+    }
+
+    fn file() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        crate::store::init_internal_schema(&c).unwrap();
+        c
+    }
+
+    #[test]
+    fn node_ids_go_to_approved_keys_only() {
+        let c = file();
+        for k in ["a", "b", "c"] {
+            record_request(&c, k, "127.0.0.1:1", "{}", Action::UserSignup, None).unwrap();
+            let refused = decide(&c, k, &Decision::Reject("no".into()), Known::Presented);
+            assert!(matches!(refused, Ok(Admission::Rejected(_))));
+            assert_eq!(lookup(&c, k).unwrap().unwrap().node_id, 0);
+        }
+        record_request(&c, "d", "127.0.0.1:1", "{}", Action::UserSignup, None).unwrap();
+        let Admission::Approved { registered, .. } =
+            decide(&c, "d", &Decision::User(0), Known::Presented).unwrap()
+        else {
+            panic!("approved");
+        };
+        assert_eq!(
+            registered.node_id, 2,
+            "the first node id after the primary's"
+        );
+        assert_eq!(lookup(&c, "d").unwrap().unwrap().node_id, 2);
+    }
+
+    #[test]
+    fn unapproved_keys_are_capped_oldest_first_and_approved_ones_never_dropped() {
+        let c = file();
+        record_request(&c, "approved", "a", "{}", Action::UserSignup, None).unwrap();
+        decide(&c, "approved", &Decision::User(0), Known::Presented).unwrap();
+        for i in 0..5 {
+            ensure_node(&c, &format!("k{i}"), "pending", None, None).unwrap();
+            c.execute(
+                "UPDATE _octo_nodes SET last_seen = ?2 WHERE pubkey = ?1",
+                rusqlite::params![format!("k{i}"), i],
+            )
+            .unwrap();
+        }
+        prune_unapproved(&c, 3).unwrap();
+        let kept: Vec<String> = c
+            .prepare("SELECT pubkey FROM _octo_nodes ORDER BY pubkey")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(kept, vec!["approved", "k3", "k4"]);
+    }
+
+    #[test]
+    fn a_decision_by_hand_needs_a_key_that_was_presented_unless_it_is_a_pre_approval() {
+        let c = file();
+        let unknown = "ab".repeat(32);
+        let err = decide(&c, &unknown, &Decision::User(0), Known::Presented).unwrap_err();
+        assert!(err.to_string().contains("preauthorize_user"), "{err}");
+        assert!(lookup(&c, &unknown).unwrap().is_none(), "nothing recorded");
+        assert!(decide(&c, &unknown, &Decision::User(0), Known::Any).is_ok());
+        record_presence(&c, "seen", "127.0.0.1:1", "{}").unwrap();
+        assert_eq!(lookup(&c, "seen").unwrap().unwrap().auth_state, "required");
+        assert!(decide(&c, "seen", &Decision::User(0), Known::Presented).is_ok());
     }
 }

@@ -413,7 +413,14 @@ impl Node {
 
     /// Primaries: decide on a node by its public key (`PRAGMA authorize_user` / `authorize_node`).
     /// Blocks until the decision is stored; do not call it from async code.
-    pub fn authorize(&self, pubkey: String, decision: crate::auth::Decision) -> Result<()> {
+    /// Primaries: decide on `pubkey` by hand. `preapproval`: the key may be one no node has
+    /// presented yet (else that is an error: most likely a mistyped key).
+    pub fn authorize(
+        &self,
+        pubkey: String,
+        decision: crate::auth::Decision,
+        preapproval: bool,
+    ) -> Result<()> {
         if self.role() != Some(Role::Primary) {
             return Err(Error::rule("only primaries authorize nodes"));
         }
@@ -423,6 +430,10 @@ impl Node {
             .blocking_send(writer::Job::AuthDecide {
                 pubkey,
                 decision,
+                known: match preapproval {
+                    true => members::Known::Any,
+                    false => members::Known::Presented,
+                },
                 reply: tx,
             })
             .map_err(|_| Error::Closed)?;

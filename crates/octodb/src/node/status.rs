@@ -152,7 +152,8 @@ pub fn nodes(shared: &Shared) -> Result<Vec<NodeRecord>> {
              FROM _octo_nodes ORDER BY node_id",
         )?;
         let rows = stmt.query_map([], |r| {
-            let node_id: u32 = r.get(1)?;
+            // 0 for a key never approved: node ids go to approved nodes only.
+            let node_id = super::members::node_id_of(r.get(1)?);
             Ok(NodeRecord {
                 public_key: r.get(0)?,
                 node_id,

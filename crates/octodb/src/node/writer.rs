@@ -80,7 +80,17 @@ pub(crate) enum Job {
     AuthDecide {
         pubkey: String,
         decision: crate::auth::Decision,
+        /// Whether the key must be one some node presented.
+        known: super::members::Known,
         reply: Reply<super::members::Admission>,
+    },
+    /// Primary: a key connected without the sign-up the primaries require; keep it so that it
+    /// can be approved by hand.
+    Presence {
+        pubkey: String,
+        address: String,
+        info: String,
+        reply: Reply<()>,
     },
     /// Primary: the last transaction decided for a device (0: none), for its Welcome.
     LastDecided {
@@ -262,7 +272,7 @@ impl Writer {
                         super::members::register_open(c, pubkey, &address, &info)
                     }));
                 }
-                job @ (Job::AuthRecord { .. } | Job::AuthDecide { .. }) => {
+                job @ (Job::AuthRecord { .. } | Job::AuthDecide { .. } | Job::Presence { .. }) => {
                     let one = |j: &Job| usize::from(auth_batch::is_auth_record(j));
                     let jobs = take_batch(&mut rx, &mut next, job, one, auth_batch::MAX_BATCH);
                     auth_batch::run(&self.conn, &self.shared, jobs);

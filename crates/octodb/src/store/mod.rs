@@ -51,10 +51,11 @@ pub fn init_internal_schema(conn: &Connection) -> Result<()> {
              node_id INTEGER PRIMARY KEY, pubkey TEXT NOT NULL UNIQUE, node_type TEXT NOT NULL,
              user_id INTEGER, auth_state TEXT NOT NULL, last_txn INTEGER NOT NULL DEFAULT 0,
              address TEXT, info TEXT, request TEXT, created_at REAL, last_seen REAL);
-         -- primaries: waiting requests, counted and pruned oldest first at every new request
-         -- (a scan of all nodes there made sign-ups slower as the network grew)
-         CREATE INDEX IF NOT EXISTS _octo_nodes_pending ON _octo_nodes(last_seen)
-             WHERE auth_state = 'pending';
+         -- primaries: keys never approved (negative ids), counted and pruned oldest first at
+         -- every new one (a scan of all nodes there made sign-ups slower as the network grew)
+         DROP INDEX IF EXISTS _octo_nodes_pending;
+         CREATE INDEX IF NOT EXISTS _octo_nodes_unapproved ON _octo_nodes(last_seen)
+             WHERE node_id < 0;
          CREATE TABLE IF NOT EXISTS _octo_users(user_id INTEGER PRIMARY KEY, created_at REAL);
          -- secondaries: the transactions the primaries have not decided yet, in commit order:
          -- each one's change set, one part per flush, id = txn_id << 24 | part (log::outbox)

@@ -35,9 +35,10 @@ impl Connection {
                 self.node(action.as_str())?.request_auth(action, data)?;
                 Rows::default()
             }
-            "authorize_user" | "authorize_node" => {
+            "authorize_user" | "authorize_node" | "preauthorize_user" | "preauthorize_node" => {
                 let (key, decision) = crate::auth::parse_authorize(&p.name, p.value.as_deref())?;
-                self.node(&p.name)?.authorize(key, decision)?;
+                let preapproval = p.name.starts_with("pre");
+                self.node(&p.name)?.authorize(key, decision, preapproval)?;
                 Rows::default()
             }
             _ => {
