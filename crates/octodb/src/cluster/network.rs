@@ -257,3 +257,35 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2_000, failure_persistence: None, ..Default::default()
+        })]
+        /// A member's frames come from the network: any bytes decode or fail, never panic.
+        #[test]
+        fn any_cluster_frame_decodes_or_fails_cleanly(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
+        ) {
+            let _ = decode::<Request>(&bytes);
+            let _ = decode::<Reply>(&bytes);
+            let mut framed = vec![CLUSTER_ENCODING];
+            framed.extend_from_slice(&bytes);
+            let _ = decode::<Request>(&framed);
+            let _ = decode::<Reply>(&framed);
+        }
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let vote = VoteRequest::new(openraft::Vote::new(3, 2), None);
+        let bytes = encode(&Request::Vote(vote.clone())).unwrap();
+        assert!(matches!(decode::<Request>(&bytes), Ok(Request::Vote(v)) if v == vote));
+        assert!(decode::<Request>(&[9, 0]).is_err());
+        assert!(decode::<Request>(&[]).is_err());
+    }
+}

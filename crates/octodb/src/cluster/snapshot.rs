@@ -158,3 +158,21 @@ pub(super) fn install(c: &Connection, state: &SharedState) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2_000, failure_persistence: None, ..Default::default()
+        })]
+        /// A snapshot comes from another primary: any bytes decode or fail, never panic.
+        #[test]
+        fn any_snapshot_bytes_decode_or_fail_cleanly(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)
+        ) {
+            let _ = SharedState::decode(&bytes);
+        }
+    }
+}

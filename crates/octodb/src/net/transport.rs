@@ -1039,6 +1039,27 @@ mod tests {
         assert!(legacy.decode(&answer).is_err());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2_000, failure_persistence: None, ..Default::default()
+        })]
+        #[test]
+        fn any_claim_bytes_decode_or_fail_cleanly(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48),
+            with_offer in proptest::prelude::any::<bool>(),
+            from_initiator in proptest::prelude::any::<bool>(),
+        ) {
+            let layout = ClaimLayout { with_offer, from_initiator };
+            if let Ok(claim) = layout.decode(&bytes) {
+                proptest::prop_assert_eq!(bytes.len(), layout.len());
+                if let Some((_, theirs)) = claim.answer {
+                    proptest::prop_assert!(theirs.oldest >= 1 && theirs.oldest <= theirs.newest);
+                }
+            }
+            let _ = answer_offer(&Versions::default(), &bytes);
+        }
+    }
+
     fn speaking(oldest: u8, newest: u8) -> HandshakeOptions {
         HandshakeOptions {
             versions: Versions { oldest, newest },

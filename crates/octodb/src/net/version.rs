@@ -138,6 +138,20 @@ mod tests {
         assert!(ours.makes_offer());
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 2_000, failure_persistence: None, ..Default::default()
+        })]
+        #[test]
+        fn any_first_message_payload_is_an_offer_or_none(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)
+        ) {
+            if let Some(v) = Versions::decode_offer(&bytes) {
+                proptest::prop_assert!(v.oldest >= 1 && v.oldest <= v.newest);
+            }
+        }
+    }
+
     #[test]
     fn advice_names_the_side_to_upgrade() {
         let ours = Versions::default();
