@@ -194,6 +194,14 @@ fn ensure_node(
     Ok(row)
 }
 
+/// The node id of `pubkey`, given now if it waits for approval; 0 for an unknown key.
+pub(crate) fn reserve_node_id(c: &Connection, pubkey: &str) -> Result<u32> {
+    match row_id(c, pubkey)? {
+        Some(row) => give_node_id(c, row),
+        None => Ok(0),
+    }
+}
+
 /// Once approved, a key gets its node id (it had a negative row id while it waited).
 fn give_node_id(c: &Connection, row: i64) -> Result<u32> {
     if row > 0 {

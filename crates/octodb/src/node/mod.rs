@@ -413,6 +413,17 @@ impl Node {
 
     /// Primaries: decide on a node by its public key (`PRAGMA authorize_user` / `authorize_node`).
     /// Blocks until the decision is stored; do not call it from async code.
+    /// Primaries: the node id of `pubkey`, given to it now if it waits for approval (0 for a
+    /// key no node presented).
+    pub fn reserve_node_id(&self, pubkey: String) -> Result<u32> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared
+            .jobs
+            .blocking_send(writer::Job::ReserveNodeId { pubkey, reply: tx })
+            .map_err(|_| Error::Closed)?;
+        rx.blocking_recv().map_err(|_| Error::Closed)?
+    }
+
     /// Primaries: decide on `pubkey` by hand. `preapproval`: the key may be one no node has
     /// presented yet (else that is an error: most likely a mistyped key).
     pub fn authorize(

@@ -84,6 +84,11 @@ pub(crate) enum Job {
         known: super::members::Known,
         reply: Reply<super::members::Admission>,
     },
+    /// Primary: the node id of a key about to be approved (given now if it waits).
+    ReserveNodeId {
+        pubkey: String,
+        reply: Reply<u32>,
+    },
     /// Primary: a key connected without the sign-up the primaries require; keep it so that it
     /// can be approved by hand.
     Presence {
@@ -296,6 +301,11 @@ impl Writer {
                             seen.len()
                         );
                     }
+                }
+                Job::ReserveNodeId { pubkey, reply } => {
+                    let reserved =
+                        write_txn(&self.conn, |c| super::members::reserve_node_id(c, &pubkey));
+                    let _ = reply.send(reserved);
                 }
                 Job::LastDecided { node_id, reply } => {
                     let _ = reply.send(self.last_decided(node_id));

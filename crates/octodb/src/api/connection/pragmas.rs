@@ -88,16 +88,14 @@ fn run_service_sql(
     find: Option<&str>,
 ) -> Result<Option<i64>> {
     let conn = Connection::open_config(cfg.clone())?;
-    let node_id: Option<i64> = conn
-        .query(
-            "SELECT node_id FROM _octo_nodes WHERE pubkey = ?1",
-            [pubkey],
-        )?
-        .iter()
-        .next()
-        .map(|r| r.get(0))
-        .transpose()?;
-    let with_id = |sql: &str| sql.replace("@node_id", &node_id.unwrap_or(0).to_string());
+    // A key waiting for approval has no node id yet: one that the service's SQL names gets
+    // it now, as the node it is about to approve.
+    let names_id = |sql: &str| sql.contains("@node_id");
+    let node_id = match execute.iter().any(|s| names_id(s)) || find.is_some_and(names_id) {
+        true => conn.node("@node_id")?.reserve_node_id(pubkey.to_string())?,
+        false => 0,
+    };
+    let with_id = |sql: &str| sql.replace("@node_id", &node_id.to_string());
     let mut user = None;
     for sql in execute {
         conn.execute(&with_id(sql), [])?;
