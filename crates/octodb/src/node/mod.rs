@@ -67,6 +67,13 @@ pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
     runtime().block_on(f)
 }
 
+/// Devices whose transactions could not be written, and why.
+#[derive(Debug, Default)]
+pub(crate) struct Unwritten {
+    pub nodes: std::collections::HashSet<u32>,
+    pub reason: String,
+}
+
 /// What the node's tasks share.
 pub(crate) struct Shared {
     pub cfg: NodeConfig,
@@ -103,6 +110,10 @@ pub(crate) struct Shared {
     /// Primaries: connected devices by public key (hex), each with the wake-up its sessions
     /// wait on to end when the backend takes the device's approval back.
     pub connected_keys: Mutex<HashMap<String, (Arc<Notify>, usize)>>,
+    /// Primaries: the devices whose transactions the writer could not write (a full disk, an
+    /// I/O error), and why: their sessions end, telling them, so that they send those
+    /// transactions again (after the device's back-off) once the primary can write.
+    pub unwritten: watch::Sender<Arc<Unwritten>>,
     /// Primaries: sessions waiting for a decision now (bounded by auth::MAX_PENDING).
     pub waiting: std::sync::atomic::AtomicUsize,
     /// Devices: the app made a sign-up or login request.
@@ -140,6 +151,26 @@ impl Shared {
             if entry.1 == 0 {
                 keys.remove(pubkey);
             }
+        }
+    }
+
+    /// The writer could not write these devices' transactions: their sessions end with
+    /// `reason`, and the primary's `sync_error` says it until a write succeeds again.
+    pub fn writes_failed(&self, nodes: std::collections::HashSet<u32>, reason: String) {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync_error = Some(reason.clone());
+        self.unwritten
+            .send_replace(Arc::new(Unwritten { nodes, reason }));
+    }
+
+    /// A write succeeded: whatever failed before is over.
+    pub fn writes_succeed(&self) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if live.sync_error.is_some() {
+            tracing::info!("the primary writes again");
+            live.sync_error = None;
         }
     }
 
@@ -292,6 +323,7 @@ impl Node {
             auth_decided: broadcast::channel(256).0,
             waiting: Default::default(),
             connected_keys: Default::default(),
+            unwritten: watch::channel(Arc::new(Unwritten::default())).0,
             auth_changed: Notify::new(),
             service: Mutex::new(None),
             write_turns: Default::default(),

@@ -235,6 +235,22 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     result
 }
 
+/// Until the writer fails to write a batch holding `node`'s transactions; then why.
+async fn transactions_unwritten(
+    unwritten: &mut tokio::sync::watch::Receiver<Arc<super::Unwritten>>,
+    node: u32,
+) -> String {
+    loop {
+        if unwritten.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let failed = unwritten.borrow_and_update().clone();
+        if failed.nodes.contains(&node) {
+            return failed.reason.clone();
+        }
+    }
+}
+
 /// A device's public key among the connected ones for as long as its session lives.
 struct ConnectedKey<'a> {
     shared: &'a Shared,
@@ -319,6 +335,8 @@ async fn stream_to_device(
     beats: &tokio::sync::Notify,
 ) -> Result<()> {
     let mut following = shared.audiences.follow(user);
+    let mut unwritten = shared.unwritten.subscribe();
+    unwritten.mark_unchanged();
     let mut cursor = last_seq;
     if last_seq == 0 {
         // Boxed: the download's state is large and must not stay in every idle session.
@@ -377,6 +395,14 @@ async fn stream_to_device(
                 () = beats.notified() => {
                     wr.send(&Message::Heartbeat.encode()).await?;
                     wr.flush().await?;
+                }
+                // The writer could not write this device's transactions: the session ends,
+                // telling the device why, and it sends them again when it reconnects.
+                reason = transactions_unwritten(&mut unwritten, node) => {
+                    tracing::info!(node, "device disconnected: {reason}");
+                    wr.send(&Message::Refused { reason: reason.clone() }.encode()).await?;
+                    wr.flush().await?;
+                    return Err(Error::rule(reason));
                 }
             }
         };

@@ -305,8 +305,16 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
             e = writing.failure(shared) => return Err(e),
             _ = stop.changed() => return Ok(()),
         };
-        if matches!(msg, Message::Heartbeat) {
-            continue;
+        match msg {
+            Message::Heartbeat => continue,
+            // The primary could not take this device's transactions (its disk is full, say):
+            // they stay in the outbox and go again on the next connection.
+            Message::Refused { reason } => {
+                return Err(Error::rule(format!(
+                    "the primary did not accept this device's transactions: {reason}"
+                )))
+            }
+            _ => {}
         }
         // Only download rows, and entries, may overtake each other's writing; anything else
         // (a position that moved, which the feed must not announce before the entries ahead

@@ -256,14 +256,25 @@ impl Writer {
                     let count: usize = batch.iter().map(|(_, txns)| txns.len()).sum();
                     let started = std::time::Instant::now();
                     match self.apply_device_batch(&batch) {
-                        Ok(()) => tracing::debug!(
-                            txns = count,
-                            micros = started.elapsed().as_micros() as u64,
-                            "device transactions committed"
-                        ),
-                        // Nothing was committed; devices resend on their next connection.
+                        Ok(()) => {
+                            self.shared.writes_succeed();
+                            tracing::debug!(
+                                txns = count,
+                                micros = started.elapsed().as_micros() as u64,
+                                "device transactions committed"
+                            )
+                        }
+                        // Nothing was committed. The devices' sessions end, telling them why,
+                        // and they send these again when they reconnect.
                         Err(e) => {
-                            tracing::error!("could not apply {count} device transactions: {e}")
+                            let reason = format!(
+                                "the primary could not write {count} device transactions ({e}); \
+                                 if its disk is full, free space there: they are sent again \
+                                 and accepted once it can write"
+                            );
+                            tracing::error!("{reason}");
+                            let nodes = batch.iter().map(|(s, _)| s.node_id).collect();
+                            self.shared.writes_failed(nodes, reason);
                         }
                     }
                 }
