@@ -23,6 +23,23 @@ pub use node::{Event, NodeRecord, SyncStatus};
 pub use uri::{NodeConfig, Role};
 pub use value::Value;
 
+/// What the crate's own tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Property tests of decoders that read bytes from the network or a file: bounded in CI
+    /// (`OCTODB_FUZZ_CASES` for a longer hunt), no failure files written into the tree.
+    pub fn fuzz_config() -> proptest::prelude::ProptestConfig {
+        proptest::prelude::ProptestConfig {
+            cases: std::env::var("OCTODB_FUZZ_CASES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2_000),
+            failure_persistence: None,
+            ..Default::default()
+        }
+    }
+}
+
 /// The column that decides where a row replicates.
 pub const ROW_OWNER: &str = "row_owner";
 pub mod node;

@@ -263,9 +263,7 @@ mod tests {
     use super::*;
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 2_000, failure_persistence: None, ..Default::default()
-        })]
+        #![proptest_config(crate::test_support::fuzz_config())]
         /// A member's frames come from the network: any bytes decode or fail, never panic.
         #[test]
         fn any_cluster_frame_decodes_or_fails_cleanly(

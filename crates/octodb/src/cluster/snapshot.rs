@@ -164,9 +164,7 @@ mod tests {
     use super::*;
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 2_000, failure_persistence: None, ..Default::default()
-        })]
+        #![proptest_config(crate::test_support::fuzz_config())]
         /// A snapshot comes from another primary: any bytes decode or fail, never panic.
         #[test]
         fn any_snapshot_bytes_decode_or_fail_cleanly(

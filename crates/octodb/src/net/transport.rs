@@ -934,16 +934,18 @@ mod tests {
         assert!(matches!(silent, NetError::Timeout), "{silent}");
     }
 
-    #[tokio::test]
-    async fn tampered_chunk_fails_to_decrypt() {
+    /// A server behind a relay that hands every read from the client to `hook` before passing
+    /// it on (the server's bytes pass untouched). Returns the relay's address and the server's
+    /// side of the handshake.
+    async fn behind_relay(
+        mut hook: impl FnMut(&mut [u8]) + Send + 'static,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Side>) {
         let server_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let relay_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (server_addr, relay_addr) = (
             server_l.local_addr().unwrap(),
             relay_l.local_addr().unwrap(),
         );
-        let tamper = Arc::new(AtomicBool::new(false));
-        let flag = tamper.clone();
         tokio::spawn(async move {
             let (client, _) = relay_l.accept().await.unwrap();
             let server = TcpStream::connect(server_addr).await.unwrap();
@@ -952,20 +954,34 @@ mod tests {
             tokio::spawn(async move { tokio::io::copy(&mut sr, &mut cw).await });
             let mut buf = vec![0u8; 1 << 16];
             loop {
-                let n = cr.read(&mut buf).await.unwrap();
+                let n = cr.read(&mut buf).await.unwrap_or(0);
                 if n == 0 {
                     break;
                 }
-                if flag.swap(false, Ordering::SeqCst) {
-                    buf[n - 1] ^= 0x40; // inside the authentication tag of the chunk
+                hook(&mut buf[..n]);
+                if sw.write_all(&buf[..n]).await.is_err() {
+                    break;
                 }
-                sw.write_all(&buf[..n]).await.unwrap();
             }
         });
         let accept = tokio::spawn(async move {
             let (tcp, _) = server_l.accept().await.unwrap();
             SecureStream::accept(tcp, &NodeKeys::generate(), &HandshakeOptions::default()).await
         });
+        (relay_addr, accept)
+    }
+
+    #[tokio::test]
+    async fn tampered_chunk_fails_to_decrypt() {
+        let tamper = Arc::new(AtomicBool::new(false));
+        let flag = tamper.clone();
+        let (relay_addr, accept) = behind_relay(move |bytes| {
+            if flag.swap(false, Ordering::SeqCst) {
+                let n = bytes.len();
+                bytes[n - 1] ^= 0x40; // inside the authentication tag of the chunk
+            }
+        })
+        .await;
         let tcp = TcpStream::connect(relay_addr).await.unwrap();
         let opts = HandshakeOptions::default();
         let mut c = SecureStream::connect(tcp, &NodeKeys::generate(), &opts)
@@ -1040,9 +1056,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 2_000, failure_persistence: None, ..Default::default()
-        })]
+        #![proptest_config(crate::test_support::fuzz_config())]
         #[test]
         fn any_claim_bytes_decode_or_fail_cleanly(
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..48),
@@ -1144,31 +1158,14 @@ mod tests {
     #[tokio::test]
     async fn a_tampered_offer_fails_the_handshake() {
         // A relay that rewrites the offer to force version 2 breaks the handshake hash.
-        let server_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let relay_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let (server_addr, relay_addr) = (
-            server_l.local_addr().unwrap(),
-            relay_l.local_addr().unwrap(),
-        );
-        tokio::spawn(async move {
-            let (client, _) = relay_l.accept().await.unwrap();
-            let server = TcpStream::connect(server_addr).await.unwrap();
-            let (mut cr, mut cw) = client.into_split();
-            let (mut sr, mut sw) = server.into_split();
-            tokio::spawn(async move { tokio::io::copy(&mut sr, &mut cw).await });
-            let len = cr.read_u16().await.unwrap();
-            let mut first = vec![0u8; usize::from(len)];
-            cr.read_exact(&mut first).await.unwrap();
-            let n = first.len();
-            first[n - 1] = 2; // newest = 2
-            sw.write_all(&len.to_be_bytes()).await.unwrap();
-            sw.write_all(&first).await.unwrap();
-            let _ = tokio::io::copy(&mut cr, &mut sw).await;
-        });
-        let accept = tokio::spawn(async move {
-            let (tcp, _) = server_l.accept().await.unwrap();
-            SecureStream::accept(tcp, &NodeKeys::generate(), &HandshakeOptions::default()).await
-        });
+        let mut first = true;
+        let (relay_addr, accept) = behind_relay(move |bytes| {
+            if std::mem::take(&mut first) {
+                let n = bytes.len();
+                bytes[n - 1] = 2; // the offer's newest version, last in message 1
+            }
+        })
+        .await;
         let tcp = TcpStream::connect(relay_addr).await.unwrap();
         let client = timeout(
             LIMIT,

@@ -139,9 +139,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig {
-            cases: 2_000, failure_persistence: None, ..Default::default()
-        })]
+        #![proptest_config(crate::test_support::fuzz_config())]
         #[test]
         fn any_first_message_payload_is_an_offer_or_none(
             bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)
