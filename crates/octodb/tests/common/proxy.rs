@@ -1,9 +1,11 @@
-//! A TCP proxy the tests control, between nodes on loopback: it passes bytes, or swallows
-//! them as a NAT or mobile network that silently stops passing a connection's packets does
-//! (the connections stay open, nothing arrives). Connections that were swallowed stay cut when
-//! it passes again, as a lost NAT entry stays lost; new ones pass.
+//! A TCP proxy the tests control, between nodes on loopback. It passes bytes; or swallows them
+//! as a NAT or mobile network that silently stops passing a connection's packets does (the
+//! connections stay open, nothing arrives; connections that were swallowed stay cut when it
+//! passes again, as a lost NAT entry stays lost, while new ones pass); or resets every open
+//! connection; or slows every read down.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -13,16 +15,18 @@ enum Mode {
     Swallow,
 }
 
-/// The mode, and which generation of connections may pass (those accepted since the last
-/// switch to passing).
+/// The mode, which generation of connections may pass (those accepted since the last switch
+/// to passing), and how long each read is held back.
 struct State {
     mode: Mode,
     generation: u64,
+    delay: Duration,
 }
 
 pub struct Proxy {
     pub addr: String,
     state: Arc<Mutex<State>>,
+    resets: tokio::sync::watch::Sender<u64>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -41,8 +45,10 @@ impl Proxy {
         let state = Arc::new(Mutex::new(State {
             mode: Mode::Pass,
             generation: 0,
+            delay: Duration::ZERO,
         }));
-        let (upstream, shared) = (upstream.to_string(), state.clone());
+        let resets = tokio::sync::watch::channel(0u64).0;
+        let (upstream, shared, reset_tx) = (upstream.to_string(), state.clone(), resets.clone());
         rt.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(&upstream).await else {
@@ -51,13 +57,18 @@ impl Proxy {
                 let generation = shared.lock().unwrap().generation;
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, shared.clone(), generation));
-                tokio::spawn(pump(sr, cw, shared.clone(), generation));
+                let link = Link {
+                    state: shared.clone(),
+                    generation,
+                };
+                tokio::spawn(link.clone().pump(cr, sw, reset_tx.subscribe()));
+                tokio::spawn(link.pump(sr, cw, reset_tx.subscribe()));
             }
         });
         Proxy {
             addr,
             state,
+            resets,
             _rt: rt,
         }
     }
@@ -73,28 +84,61 @@ impl Proxy {
         state.mode = Mode::Pass;
         state.generation += 1;
     }
+
+    /// Every connection open now is reset (new ones are made as usual).
+    pub fn reset(&self) {
+        self.resets.send_modify(|n| *n += 1);
+    }
+
+    /// Each read is held back this long before it is passed on (zero: at once).
+    pub fn slow(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
 }
 
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
+#[derive(Clone)]
+struct Link {
     state: Arc<Mutex<State>>,
     generation: u64,
-) {
-    let passes = || {
-        let s = state.lock().unwrap();
-        s.mode == Mode::Pass && s.generation == generation
-    };
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) if passes() => return,
-            // A cut path carries no FIN or reset either: the other side keeps waiting.
-            Ok(0) | Err(_) => return std::future::pending::<()>().await,
-            Ok(n) => n,
-        };
-        if passes() && to.write_all(&buf[..n]).await.is_err() {
-            return;
+}
+
+impl Link {
+    /// Whether bytes pass now, and after what delay.
+    fn passes(&self) -> Option<Duration> {
+        let s = self.state.lock().unwrap();
+        (s.mode == Mode::Pass && s.generation == self.generation).then_some(s.delay)
+    }
+
+    async fn pump(
+        self,
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut resets: tokio::sync::watch::Receiver<u64>,
+    ) {
+        resets.mark_unchanged();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let read = tokio::select! {
+                r = from.read(&mut buf) => r,
+                // Both halves are dropped: the connection closes under the peers' feet.
+                _ = resets.changed() => return,
+            };
+            let n = match read {
+                Ok(0) | Err(_) if self.passes().is_some() => return,
+                // A cut path carries no FIN or reset either: the other side keeps waiting.
+                Ok(0) | Err(_) => {
+                    let _ = resets.changed().await;
+                    return;
+                }
+                Ok(n) => n,
+            };
+            let Some(delay) = self.passes() else { continue };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
         }
     }
 }
