@@ -99,3 +99,29 @@ fn a_quiet_connection_with_heartbeats_stays_up() {
         "no reconnection while the connection was quiet"
     );
 }
+
+#[test]
+fn a_primary_that_never_answers_the_hello_is_given_up_on() {
+    // What a path cut right after the handshake looks like to a device: the handshake
+    // completes, then nothing ever comes back.
+    let c = Cluster::new();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    rt.spawn(async move {
+        let keys = octodb::crypto::NodeKeys::generate();
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            let opts = octodb::net::HandshakeOptions::default();
+            if let Ok(mut s) = octodb::net::SecureStream::accept(tcp, &keys, &opts).await {
+                let _hello = s.recv().await;
+                held.push(s);
+            }
+        }
+    });
+    let uri = format!("{}&heartbeat=1", device_uri(&c.path("d.db"), &addr));
+    let d = Connection::open(&uri).expect("open device");
+    wait_dead(&d);
+}

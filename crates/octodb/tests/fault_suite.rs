@@ -44,6 +44,7 @@ fn child_process() {
     let (Ok(role), Ok(uri)) = (std::env::var(ROLE), std::env::var(URI)) else {
         return;
     };
+    common::init_tracing();
     let db = octodb::Connection::open(&uri).expect("open the node");
     if role == "primary" {
         db.execute(
@@ -84,11 +85,12 @@ fn child_process() {
             }),
             _ if line == "status" => db.sync_status().map(|s| {
                 format!(
-                    "status {} {} {} {}",
+                    "status {} {} {} {} {}",
                     s.outbox_len,
                     s.last_seq,
                     s.user_id.unwrap_or(0),
-                    s.connected
+                    s.connected,
+                    s.sync_error.unwrap_or_default()
                 )
             }),
             _ => Ok(format!("unknown command {line}")),
@@ -117,18 +119,29 @@ impl Process {
             ])
             .env(ROLE, role)
             .env(URI, uri)
-            .env("OCTODB_LOG", "error")
+            .env(
+                "OCTODB_LOG",
+                std::env::var("FAULT_CHILD_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(match std::env::var_os("FAULT_CHILD_LOG") {
+                Some(_) => Stdio::inherit(),
+                None => Stdio::null(),
+            })
             .spawn()
             .expect("start a child process");
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
+        let show_logs = std::env::var_os("FAULT_CHILD_LOG").is_some();
+        let name = format!("{role} {}", child.id());
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { return };
+                if show_logs && !line.contains(MARK) {
+                    eprintln!("[{name}] {line}");
+                }
                 if tx.send(line).is_err() {
                     return;
                 }
@@ -188,6 +201,7 @@ impl Drop for Process {
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
             .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -360,7 +374,9 @@ impl Run {
         let primary_rows = loop {
             let primary = self.primary.as_mut().unwrap();
             let rows = parse_rows(&primary.ask("rows", "rows"));
+            let primary_status = primary.ask("status", "status");
             let mut settled = true;
+            let mut report = vec![format!("primary: {} rows, {primary_status}", rows.len())];
             for d in &mut self.devices {
                 let p = d.process.as_mut().unwrap();
                 let status = p.ask("status", "status");
@@ -372,13 +388,15 @@ impl Run {
                     .count();
                 let has = parse_rows(&p.ask("rows", "rows")).len();
                 settled &= outbox == "0" && has == expected;
+                report.push(format!("device: {has} of {expected} rows, {status}"));
             }
             if settled {
                 break rows;
             }
             assert!(
                 Instant::now() < end,
-                "the nodes did not converge within 120 s after healing"
+                "the nodes did not converge within 120 s after healing:\n{}",
+                report.join("\n")
             );
             std::thread::sleep(Duration::from_millis(200));
         };

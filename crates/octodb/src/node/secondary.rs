@@ -185,6 +185,9 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
         (stream.protocol_version() >= version::HEARTBEATS).then_some(shared.cfg.heartbeat);
     check_primary_key(shared, ep, &primary_key)?;
     let (mut rd, mut wr) = stream.into_split();
+    // The primary answers a Hello at once: a path cut right after the handshake must not
+    // leave this device waiting for a Welcome forever.
+    rd.set_idle_timeout(heartbeat.map(crate::uri::dead_after));
     let last_seq = *shared.feed.borrow();
     let unauthorized = shared.identity.node_id() == 0;
     let auth = unauthorized
@@ -229,7 +232,11 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
                 set_auth(shared, None, None);
                 break;
             }
-            Message::AuthPending => set_auth(shared, Some("pending"), None),
+            Message::AuthPending => {
+                set_auth(shared, Some("pending"), None);
+                // The backend may take its time, and nothing flows meanwhile.
+                rd.set_idle_timeout(None);
+            }
             Message::AuthRequired { reason } if !unauthorized => {
                 // This device was approved once; the backend has taken that back.
                 let reason = format!("the primaries no longer accept this device ({reason})");
