@@ -357,3 +357,87 @@ async fn a_node_that_is_not_a_member_is_not_served() {
     assert_eq!(m.current_term, 1, "the stranger's term was never taken");
     p1.stop().await;
 }
+
+/// The schema of the trigger test: `t`, a local audit table its trigger keeps, and a
+/// replicated table of receipts its trigger writes too.
+fn triggers_schema() -> Decided {
+    let ddl = |sql: &str| Op::Ddl {
+        sql: sql.into(),
+        private: false,
+    };
+    Decided {
+        origin_node: 1,
+        origin_txn: 0,
+        body: EntryBody::Changes(ChangeSet {
+            tables: Vec::new(),
+            ops: vec![
+                ddl("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)"),
+                ddl("CREATE TABLE audit(v TEXT)"),
+                ddl("CREATE TABLE receipts(id INTEGER PRIMARY KEY, v TEXT, row_owner)"),
+                ddl("CREATE TRIGGER t_written AFTER INSERT ON t BEGIN
+                       INSERT INTO audit VALUES (new.v);
+                       INSERT INTO receipts(v, row_owner) VALUES (new.v, new.row_owner);
+                     END"),
+            ],
+        }),
+    }
+}
+
+/// A device's row as the leader decided it, with the receipt its trigger wrote (captured by
+/// the leader, id from the leader's range).
+fn row_with_receipt(txn: u64, id: i64) -> Decided {
+    let mut d = device_row(10, txn, id);
+    if let EntryBody::Changes(cs) = &mut d.body {
+        cs.tables.push(TableHeader {
+            name: "receipts".into(),
+            columns: vec!["id".into(), "v".into(), "row_owner".into()],
+        });
+        cs.ops.push(Op::Upsert {
+            table: 1,
+            rowid: (1 << 32) | id,
+            values: vec![
+                Value::Integer((1 << 32) | id),
+                Value::Text(format!("row {id}")),
+                Value::Integer(7),
+            ],
+        });
+    }
+    d
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triggers_keep_local_tables_on_every_primary_without_doubling_replicated_effects() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let p1 = Primary::start(dir.path(), 1).await;
+    let p2 = Primary::start(dir.path(), 2).await;
+    p1.found_cluster().await;
+    propose(&p1.raft, vec![triggers_schema()]).await;
+    p1.raft
+        .add_learner(2, p2.member.clone(), true)
+        .await
+        .unwrap();
+    let mut last = 0;
+    for txn in 1..=5 {
+        last = propose(&p1.raft, vec![row_with_receipt(txn, txn as i64)]).await;
+    }
+    p2.wait_applied(last).await;
+    for p in [&p1, &p2] {
+        assert_eq!(
+            p.rows("SELECT count(*) FROM audit")[0],
+            vec![Value::Integer(5)],
+            "primary {}: the trigger kept its local table",
+            p.id
+        );
+        assert_eq!(
+            p.rows("SELECT id FROM receipts ORDER BY id"),
+            (1..=5)
+                .map(|i| vec![Value::Integer((1 << 32) | i)])
+                .collect::<Vec<_>>(),
+            "primary {}: each receipt once, with the leader's id",
+            p.id
+        );
+    }
+    p1.stop().await;
+    p2.stop().await;
+}

@@ -2,6 +2,11 @@
 //! transaction that writes the decided rows, appends their log entries (so every primary gives
 //! them the same sequence numbers), and records the last applied Raft log id and membership,
 //! so a restart re-applies nothing twice.
+//!
+//! Triggers: an entry already holds what the leader's triggers wrote to replicated tables, so
+//! here a trigger's writes to a replicated table are ignored (SQLite's authorizer answers
+//! `Ignore` for them, which leaves the statement out), while its writes to local tables (an
+//! FTS index, an audit table) happen on every primary as on the leader.
 
 use super::snapshot::{self, SharedState};
 use super::types::{Applied, Decided, Proposal, TypeConfig};
@@ -27,9 +32,13 @@ const MEMBERSHIP_KEY: &str = "raft_membership";
 
 type Membership = StoredMembership<RaftNodeId, Member>;
 
+/// The tables that replicate (they have `row_owner`), for the trigger guard.
+type Replicated = Arc<Mutex<std::collections::HashSet<String>>>;
+
 struct Inner {
     conn: Connection,
     tables: Tables,
+    replicated: Replicated,
     /// The last snapshot built or installed, as sent to followers that need one.
     current: Option<(SnapshotMeta<RaftNodeId, Member>, Vec<u8>)>,
 }
@@ -45,10 +54,14 @@ impl StateMachine {
     pub fn open(path: &Path) -> Result<StateMachine> {
         let conn = crate::store::open_connection(path)?;
         crate::store::init_internal_schema(&conn)?;
+        let replicated = Replicated::default();
+        guard_triggers(&conn, replicated.clone());
+        refresh_replicated(&conn, &replicated)?;
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(Inner {
                 conn,
                 tables: Tables::default(),
+                replicated,
                 current: None,
             })),
         })
@@ -66,6 +79,40 @@ impl StateMachine {
         .await
         .map_err(|e| Error::rule(format!("the state machine's task stopped: {e}")))?
     }
+}
+
+/// A trigger's write to a replicated table is left out: the entry carries its effect.
+fn guard_triggers(conn: &Connection, replicated: Replicated) {
+    use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        let table = match ctx.action {
+            AuthAction::Insert { table_name }
+            | AuthAction::Delete { table_name }
+            | AuthAction::Update { table_name, .. } => table_name,
+            _ => return Authorization::Allow,
+        };
+        let by_trigger = ctx.accessor.is_some();
+        let replicated = replicated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(table);
+        match by_trigger && replicated {
+            true => Authorization::Ignore,
+            false => Authorization::Allow,
+        }
+    }));
+}
+
+/// Reads which tables replicate; after every schema change (statements prepared later see it,
+/// and SQLite prepares again those a schema change made stale).
+fn refresh_replicated(c: &Connection, replicated: &Replicated) -> Result<()> {
+    let names = crate::store::schema::user_tables(c)?
+        .into_iter()
+        .filter(|t| t.is_replicated())
+        .map(|t| t.name)
+        .collect();
+    *replicated.lock().unwrap_or_else(|p| p.into_inner()) = names;
+    Ok(())
 }
 
 fn read_blob<T: serde::de::DeserializeOwned>(c: &Connection, key: &str) -> Result<Option<T>> {
@@ -104,7 +151,12 @@ pub(super) fn save_applied_state(
 }
 
 /// Writes one decided transaction and appends its log entry.
-fn apply_decided(c: &Connection, tables: &mut Tables, d: &Decided) -> Result<u64> {
+fn apply_decided(
+    c: &Connection,
+    tables: &mut Tables,
+    replicated: &Replicated,
+    d: &Decided,
+) -> Result<u64> {
     if let EntryBody::Changes(cs) = &d.body {
         for op in &cs.ops {
             match op {
@@ -129,6 +181,7 @@ fn apply_decided(c: &Connection, tables: &mut Tables, d: &Decided) -> Result<u64
                 Op::Ddl { sql, .. } => {
                     c.execute_batch(sql)?;
                     tables.schema_changed();
+                    refresh_replicated(c, replicated)?;
                 }
                 Op::Insert { .. } | Op::Update { .. } => {
                     return Err(Error::rule(
@@ -171,7 +224,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
         self.with(move |inner| {
-            let Inner { conn, tables, .. } = inner;
+            let Inner {
+                conn,
+                tables,
+                replicated,
+                ..
+            } = inner;
             let (mut applied, mut membership) = applied_state(conn)?;
             write_txn(conn, |c| {
                 tables.in_transaction(|tables| {
@@ -182,7 +240,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             EntryPayload::Blank => {}
                             EntryPayload::Normal(Proposal::Decided(txns)) => {
                                 for d in txns {
-                                    last_seq = apply_decided(c, tables, d)?;
+                                    last_seq = apply_decided(c, tables, replicated, d)?;
                                 }
                             }
                             EntryPayload::Membership(m) => {
@@ -226,6 +284,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 save_applied_state(c, &meta.last_log_id, &meta.last_membership)
             })?;
             inner.tables = Tables::default();
+            refresh_replicated(&inner.conn, &inner.replicated)?;
             inner.current = Some((meta, bytes));
             Ok(())
         })
