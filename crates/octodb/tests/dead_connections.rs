@@ -125,3 +125,35 @@ fn a_primary_that_never_answers_the_hello_is_given_up_on() {
     let d = Connection::open(&uri).expect("open device");
     wait_dead(&d);
 }
+
+#[test]
+fn a_sign_up_waiting_for_the_backend_stays_up_and_a_cut_is_noticed() {
+    use octodb::auth::{Action, AuthRequest, Decision};
+    let c = Cluster::new();
+    let p = Connection::open(&format!("{}&auth=user", primary_uri(&c.path("p.db"), 0))).unwrap();
+    // The backend takes its time: every sign-up waits.
+    p.set_auth_callback(Action::UserSignup, |_: &AuthRequest| Decision::Pending)
+        .unwrap();
+    let proxy = Proxy::start(&addr_of(&p));
+    let d = device_behind(&c, &proxy);
+    d.execute("PRAGMA user_signup='ann'", []).unwrap();
+    d.wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("pending"))
+        .unwrap();
+    // Several dead-connection bounds of waiting: heartbeats keep the wait up.
+    let quiet_until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < quiet_until {
+        let s = d.sync_status().unwrap();
+        assert!(
+            s.auth_state.as_deref() == Some("pending") && s.sync_error.is_none(),
+            "{s:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // A cut path while waiting is noticed, and the approval still arrives afterwards.
+    proxy.swallow();
+    wait_dead(&d);
+    proxy.pass();
+    p.execute(&format!("PRAGMA authorize_user='{}:0'", d.public_key()), [])
+        .unwrap();
+    ready(&d);
+}

@@ -19,6 +19,8 @@ pub(super) struct Applicant {
     pub addr: SocketAddr,
     pub info: String,
     pub ask: Option<AuthAsk>,
+    /// The device's heartbeat interval when it sends heartbeats (protocol 4 and newer).
+    pub heartbeat: Option<std::time::Duration>,
 }
 
 /// Decide on the node at the other end. `Ok(None)`: it was told why it cannot join (yet) and
@@ -145,7 +147,10 @@ pub(super) async fn admit(
     let outcome = match decision {
         Decision::Pending => {
             send_now(wr, &Message::AuthPending).await?;
-            wait_for_decision(shared, &key, &mut decided, rd).await?
+            // The backend may take long: the device's heartbeats (answered here) tell a quiet
+            // wait from a dead connection, which must not hold a waiting slot forever.
+            rd.set_idle_timeout(who.heartbeat.map(crate::uri::dead_after));
+            wait_for_decision(shared, &key, &mut decided, rd, wr).await?
         }
         d => authorize(shared, key.clone(), d).await?,
     };
@@ -194,6 +199,7 @@ async fn wait_for_decision(
     key: &str,
     decided: &mut tokio::sync::broadcast::Receiver<(String, Admission)>,
     rd: &mut SecureReader,
+    wr: &mut SecureWriter,
 ) -> Result<Admission> {
     let mut stop = shared.shutdown.subscribe();
     loop {
@@ -213,9 +219,15 @@ async fn wait_for_decision(
                 Err(_) => return Err(Error::Closed),
             },
             m = rd.recv() => {
-                // A waiting node has nothing to say; anything it sends ends the session.
+                // A waiting node has nothing to say but heartbeats; anything else ends the
+                // session.
                 let bytes = m?;
-                let kind = Message::decode(&bytes).map(|m| m.kind()).unwrap_or("garbage");
+                let message = Message::decode(&bytes);
+                if matches!(message, Ok(Message::Heartbeat)) {
+                    send_now(wr, &Message::Heartbeat).await?;
+                    continue;
+                }
+                let kind = message.map(|m| m.kind()).unwrap_or("garbage");
                 return Err(NetError::Malformed(format!("{kind} from a node that is not authorized")).into());
             }
             _ = stop.changed() => return Err(Error::Closed),

@@ -166,6 +166,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         addr,
         info,
         ask: auth,
+        heartbeat,
     };
     let Some(Registered { node_id, user_id }) =
         Box::pin(admit(shared, applicant, &mut rd, &mut wr)).await?

@@ -208,8 +208,20 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
     };
     wr.send(&hello.encode()).await?;
     wr.flush().await?;
+    // While the backend decides on a request, heartbeats go both ways.
+    let mut pending = false;
+    let mut last_sent = tokio::time::Instant::now();
     loop {
-        match recv_msg(&mut rd).await? {
+        let msg = tokio::select! {
+            m = recv_msg(&mut rd) => m?,
+            () = beat_due(heartbeat.filter(|_| pending), last_sent) => {
+                send_message(&mut wr, &Message::Heartbeat).await?;
+                last_sent = tokio::time::Instant::now();
+                continue;
+            }
+        };
+        match msg {
+            Message::Heartbeat => {}
             Message::Welcome {
                 node_id,
                 user_id,
@@ -234,8 +246,7 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
             }
             Message::AuthPending => {
                 set_auth(shared, Some("pending"), None);
-                // The backend may take its time, and nothing flows meanwhile.
-                rd.set_idle_timeout(None);
+                pending = true;
             }
             Message::AuthRequired { reason } if !unauthorized => {
                 // This device was approved once; the backend has taken that back.
