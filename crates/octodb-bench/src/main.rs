@@ -10,6 +10,7 @@ mod latency;
 mod memory;
 mod primary_alone;
 mod procs;
+mod raft;
 mod report;
 mod streaming;
 mod writers;
@@ -55,6 +56,8 @@ enum Command {
     Download,
     Connections,
     Memory,
+    /// The primaries' Raft layer alone (not yet wired to a running primary).
+    Raft,
     #[command(name = "_idle-device", hide = true)]
     IdleDevice {
         uri: String,
@@ -132,6 +135,7 @@ fn main() -> Result<()> {
             "download",
             "connections",
             "memory",
+            "raft",
         ],
         Command::Streaming => vec!["streaming"],
         Command::Writers { devices } => {
@@ -143,6 +147,7 @@ fn main() -> Result<()> {
         Command::Download => vec!["download"],
         Command::Connections => vec!["connections"],
         Command::Memory => vec!["memory"],
+        Command::Raft => vec!["raft"],
     };
     println!(
         "octodb-bench on {} cores{}",
@@ -160,6 +165,7 @@ fn main() -> Result<()> {
             "catchup" => catchup::run(if q { 10_000 } else { 100_000 }),
             "download" => download::run(if q { 100_000 } else { 1_000_000 }),
             "connections" => connections::run(if q { 2_000 } else { 19_900 }),
+            "raft" => raft::run(if q { 2_000 } else { 20_000 }),
             _ => memory::run(),
         };
         match result {

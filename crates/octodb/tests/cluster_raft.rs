@@ -8,7 +8,7 @@ mod common;
 
 use octodb::changes::{ChangeSet, Op, TableHeader};
 use octodb::cluster::{
-    raft_config, serve_connection, Decided, LogStore, Member, PeerNetwork, Proposal, Raft,
+    raft_config, serve_members, Decided, LogStore, Member, PeerNetwork, Proposal, Raft,
     StateMachine,
 };
 use octodb::crypto::NodeKeys;
@@ -51,7 +51,12 @@ impl Primary {
         )
         .await
         .unwrap();
-        let server = tokio::spawn(serve(listener, keys, raft.clone()));
+        let server = tokio::spawn(serve_members(
+            listener,
+            keys,
+            HandshakeOptions::default(),
+            raft.clone(),
+        ));
         Primary {
             id,
             path,
@@ -96,29 +101,6 @@ impl Primary {
             .applied_index_at_least(Some(index), "applied")
             .await
             .unwrap();
-    }
-}
-
-/// What a primary's listener does with another primary: handshake, Hello, then Raft.
-async fn serve(listener: TcpListener, keys: NodeKeys, raft: Raft) {
-    loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            return;
-        };
-        let (keys, raft) = (keys.clone(), raft.clone());
-        tokio::spawn(async move {
-            let Ok(stream) = SecureStream::accept(tcp, &keys, &HandshakeOptions::default()).await
-            else {
-                return;
-            };
-            let peer = stream.peer().public_key;
-            let (mut rd, wr) = stream.into_split();
-            let Ok(bytes) = rd.recv().await else { return };
-            if !matches!(Message::decode(&bytes), Ok(Message::Hello { .. })) {
-                return;
-            }
-            let _ = serve_connection(raft, peer, rd, wr).await;
-        });
     }
 }
 

@@ -172,18 +172,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read_vote(&e).into())
     }
 
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<RaftNodeId>>,
-    ) -> Result<(), StorageError> {
-        self.put("committed", &committed).await.map_err(write_err)
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogId<RaftNodeId>>, StorageError> {
-        let committed: Option<Option<LogId<RaftNodeId>>> =
-            self.get("committed").await.map_err(read_err)?;
-        Ok(committed.flatten())
-    }
+    // `save_committed` / `read_committed` keep openraft's defaults (not stored): the state
+    // machine records what it applied in the same transaction as the rows, and after a restart
+    // the leader's next commit lets it apply the rest. Storing the commit index here cost one
+    // more fsync per commit.
 
     async fn append<I>(
         &mut self,

@@ -19,7 +19,7 @@ mod state_machine;
 mod types;
 
 pub use log_store::LogStore;
-pub use network::{serve_connection, PeerNetwork};
+pub use network::{serve_connection, serve_members, PeerNetwork};
 pub use state_machine::StateMachine;
 pub use types::{Applied, Decided, Member, Proposal, TypeConfig};
 

@@ -89,6 +89,38 @@ pub async fn serve_connection(
     }
 }
 
+/// Accepts other primaries' connections on `listener` and serves their Raft requests, each
+/// after its handshake and `Hello`, until the listener fails. (A running primary will route
+/// the `Hello`s of primaries from its own listener here instead.)
+pub async fn serve_members(
+    listener: tokio::net::TcpListener,
+    keys: NodeKeys,
+    handshake: HandshakeOptions,
+    raft: Raft,
+) {
+    let handshake = Arc::new(handshake);
+    while let Ok((tcp, addr)) = listener.accept().await {
+        let (keys, handshake, raft) = (keys.clone(), handshake.clone(), raft.clone());
+        tokio::spawn(async move {
+            let served = async {
+                let stream = SecureStream::accept(tcp, &keys, &handshake).await?;
+                let peer = stream.peer().public_key;
+                let (mut rd, wr) = stream.into_split();
+                match Message::decode(&rd.recv().await?)? {
+                    Message::Hello { .. } => serve_connection(raft, peer, rd, wr).await,
+                    other => Err(NetError::Malformed(format!(
+                        "expected Hello first, got {}",
+                        other.kind()
+                    ))),
+                }
+            };
+            if let Err(e) = served.await {
+                tracing::debug!(%addr, "cluster connection closed: {e}");
+            }
+        });
+    }
+}
+
 fn may_call(raft: &Raft, peer: &PublicKey) -> bool {
     let membership = raft.metrics().borrow().membership_config.clone();
     let key = peer.to_hex();

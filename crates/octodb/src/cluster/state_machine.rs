@@ -54,6 +54,10 @@ impl StateMachine {
     pub fn open(path: &Path) -> Result<StateMachine> {
         let conn = crate::store::open_connection(path)?;
         crate::store::init_internal_schema(&conn)?;
+        // The Raft log is the durable record of every entry: a commit here need not wait for
+        // the disk. After a crash openraft applies again what `raft_applied` lacks, and the
+        // log's own FULL commits flush the shared WAL, these frames included.
+        conn.execute_batch("PRAGMA synchronous=NORMAL")?;
         let replicated = Replicated::default();
         guard_triggers(&conn, replicated.clone());
         refresh_replicated(&conn, &replicated)?;
