@@ -27,6 +27,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 struct Primary {
     id: u64,
     path: PathBuf,
+    keys: NodeKeys,
     member: Member,
     raft: Raft,
     server: JoinHandle<()>,
@@ -34,9 +35,14 @@ struct Primary {
 
 impl Primary {
     async fn start(dir: &Path, id: u64) -> Primary {
+        Primary::start_as(dir, id, NodeKeys::generate(), "127.0.0.1:0").await
+    }
+
+    /// Starts primary `id` on its file in `dir` with `keys`, listening at `addr`: a restart
+    /// gives the same ones.
+    async fn start_as(dir: &Path, id: u64, keys: NodeKeys, addr: &str) -> Primary {
         let path = dir.join(format!("p{id}.db"));
-        let keys = NodeKeys::generate();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind(addr).await.unwrap();
         let member = Member {
             addr: listener.local_addr().unwrap().to_string(),
             public_key: keys.public_key().to_hex(),
@@ -53,13 +59,14 @@ impl Primary {
         .unwrap();
         let server = tokio::spawn(serve_members(
             listener,
-            keys,
+            keys.clone(),
             HandshakeOptions::default(),
             raft.clone(),
         ));
         Primary {
             id,
             path,
+            keys,
             member,
             raft,
             server,
@@ -422,4 +429,69 @@ async fn triggers_keep_local_tables_on_every_primary_without_doubling_replicated
     }
     p1.stop().await;
     p2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_restarted_after_the_log_was_compacted_catches_up_and_applies_nothing_twice() {
+    common::init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let p1 = Primary::start(dir.path(), 1).await;
+    let p2 = Primary::start(dir.path(), 2).await;
+    let p3 = Primary::start(dir.path(), 3).await;
+    p1.found_cluster().await;
+    propose(&p1.raft, vec![create_table()]).await;
+    p1.raft
+        .add_learner(2, p2.member.clone(), true)
+        .await
+        .unwrap();
+    p1.raft
+        .add_learner(3, p3.member.clone(), true)
+        .await
+        .unwrap();
+    p1.raft
+        .change_membership(BTreeSet::from([1, 2, 3]), false)
+        .await
+        .unwrap();
+    let mut last = 0;
+    for txn in 1..=50 {
+        last = propose(&p1.raft, vec![device_row(10, txn, txn as i64)]).await;
+    }
+    p3.wait_applied(last).await;
+    // p3 stops; the other two go on, and the log it would need is compacted away.
+    let (keys, addr) = (p3.keys.clone(), p3.member.addr.clone());
+    p3.stop().await;
+    for txn in 51..=300 {
+        last = propose(&p1.raft, vec![device_row(10, txn, txn as i64)]).await;
+    }
+    let leader = p1.raft.metrics().borrow().vote.leader_id;
+    let upto = openraft::LogId::new(leader, last);
+    p1.raft.trigger().snapshot().await.unwrap();
+    p1.raft
+        .wait(Some(DEADLINE))
+        .snapshot(upto, "snapshot")
+        .await
+        .unwrap();
+    p1.raft.trigger().purge_log(last).await.unwrap();
+    p1.raft
+        .wait(Some(DEADLINE))
+        .purged(Some(upto), "purged")
+        .await
+        .unwrap();
+    // p3 comes back on its own file, with its own key and address.
+    let p3 = Primary::start_as(dir.path(), 3, keys, &addr).await;
+    p3.wait_applied(last).await;
+    assert_same(&p1, &p3);
+    assert_eq!(
+        p3.rows(
+            "SELECT count(*), count(DISTINCT origin_txn) FROM _octo_log WHERE origin_node = 10"
+        )[0],
+        vec![Value::Integer(300), Value::Integer(300)],
+        "every decided transaction once in p3's log"
+    );
+    let next = propose(&p1.raft, vec![device_row(10, 301, 301)]).await;
+    p3.wait_applied(next).await;
+    assert_same(&p1, &p3);
+    for p in [p1, p2, p3] {
+        p.stop().await;
+    }
 }

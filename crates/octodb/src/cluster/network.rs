@@ -86,6 +86,21 @@ pub async fn serve_connection(
         };
         wr.send(&encode(&reply)?).await?;
         wr.flush().await?;
+        // This node's Raft stopped (it is shutting down, or a new instance took its place):
+        // the peer must reconnect rather than keep hearing "stopped" on this connection.
+        if reply.is_fatal() {
+            return Err(NetError::Closed);
+        }
+    }
+}
+
+impl Reply {
+    fn is_fatal(&self) -> bool {
+        match self {
+            Reply::AppendEntries(r) => matches!(r, Err(RaftError::Fatal(_))),
+            Reply::Vote(r) => matches!(r, Err(RaftError::Fatal(_))),
+            Reply::InstallSnapshot(r) => matches!(r, Err(RaftError::Fatal(_))),
+        }
     }
 }
 
@@ -99,9 +114,12 @@ pub async fn serve_members(
     raft: Raft,
 ) {
     let handshake = Arc::new(handshake);
+    // Owned here: when this server is stopped, its connections end with it.
+    let mut connections = tokio::task::JoinSet::new();
     while let Ok((tcp, addr)) = listener.accept().await {
+        while connections.try_join_next().is_some() {}
         let (keys, handshake, raft) = (keys.clone(), handshake.clone(), raft.clone());
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let served = async {
                 let stream = SecureStream::accept(tcp, &keys, &handshake).await?;
                 let peer = stream.peer().public_key;
