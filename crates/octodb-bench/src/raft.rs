@@ -8,13 +8,9 @@ use crate::cluster::{bench_dir, payload};
 use crate::report::{percentile, Better, Figure};
 use anyhow::Result;
 use octodb::changes::{ChangeSet, Op, TableHeader};
-use octodb::cluster::{
-    raft_config, serve_members, Decided, LogStore, Member, PeerNetwork, Proposal, Raft,
-    StateMachine,
-};
+use octodb::cluster::{start_member, Decided, Proposal, Raft};
 use octodb::crypto::NodeKeys;
 use octodb::log::EntryBody;
-use octodb::net::HandshakeOptions;
 use octodb::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -94,26 +90,9 @@ impl Group {
         let mut known = BTreeMap::new();
         for id in 1..=size {
             let path = dir.join(format!("{name}-{id}.db"));
-            let keys = NodeKeys::generate();
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let member = Member {
-                addr: listener.local_addr()?.to_string(),
-                public_key: keys.public_key().to_hex(),
-            };
-            let raft = Raft::new(
-                id,
-                raft_config(),
-                PeerNetwork::new(keys.clone(), HandshakeOptions::default()),
-                LogStore::open(&path)?,
-                StateMachine::open(&path)?,
-            )
-            .await?;
-            let server = tokio::spawn(serve_members(
-                listener,
-                keys,
-                HandshakeOptions::default(),
-                raft.clone(),
-            ));
+            let (raft, member, server) =
+                start_member(id, &path, NodeKeys::generate(), listener).await?;
             known.insert(id, member);
             members.push((raft, server));
         }

@@ -7,10 +7,7 @@
 mod common;
 
 use octodb::changes::{ChangeSet, Op, TableHeader};
-use octodb::cluster::{
-    raft_config, serve_members, Decided, LogStore, Member, PeerNetwork, Proposal, Raft,
-    StateMachine,
-};
+use octodb::cluster::{start_member, Decided, Member, Proposal, Raft};
 use octodb::crypto::NodeKeys;
 use octodb::log::EntryBody;
 use octodb::net::{HandshakeOptions, Message, SecureStream};
@@ -43,26 +40,9 @@ impl Primary {
     async fn start_as(dir: &Path, id: u64, keys: NodeKeys, addr: &str) -> Primary {
         let path = dir.join(format!("p{id}.db"));
         let listener = TcpListener::bind(addr).await.unwrap();
-        let member = Member {
-            addr: listener.local_addr().unwrap().to_string(),
-            public_key: keys.public_key().to_hex(),
-        };
-        let network = PeerNetwork::new(keys.clone(), HandshakeOptions::default());
-        let raft = Raft::new(
-            id,
-            raft_config(),
-            network,
-            LogStore::open(&path).unwrap(),
-            StateMachine::open(&path).unwrap(),
-        )
-        .await
-        .unwrap();
-        let server = tokio::spawn(serve_members(
-            listener,
-            keys.clone(),
-            HandshakeOptions::default(),
-            raft.clone(),
-        ));
+        let (raft, member, server) = start_member(id, &path, keys.clone(), listener)
+            .await
+            .unwrap();
         Primary {
             id,
             path,
@@ -87,6 +67,26 @@ impl Primary {
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap()
+    }
+
+    /// Snapshots the state up to log index `last` and purges the log before it, so that a
+    /// primary that needs older entries can only get the snapshot.
+    async fn compact(&self, last: u64) {
+        // (A metrics borrow held across an await would stall Raft's own task: take it apart.)
+        let leader = self.raft.metrics().borrow().vote.leader_id;
+        let upto = openraft::LogId::new(leader, last);
+        self.raft.trigger().snapshot().await.unwrap();
+        self.raft
+            .wait(Some(DEADLINE))
+            .snapshot(upto, "snapshot")
+            .await
+            .unwrap();
+        self.raft.trigger().purge_log(last).await.unwrap();
+        self.raft
+            .wait(Some(DEADLINE))
+            .purged(Some(upto), "purged")
+            .await
+            .unwrap();
     }
 
     /// Makes this primary a cluster of one and waits until it leads it.
@@ -253,21 +253,7 @@ async fn a_primary_far_behind_gets_a_snapshot_and_keeps_its_local_rows() {
         last = propose(&p1.raft, vec![device_row(10, txn, txn as i64)]).await;
     }
     // Compact: the log before the snapshot is gone, so a newcomer can only get the snapshot.
-    // (A metrics borrow held across an await would stall Raft's own task: take it apart.)
-    let leader = p1.raft.metrics().borrow().vote.leader_id;
-    let upto = openraft::LogId::new(leader, last);
-    p1.raft.trigger().snapshot().await.unwrap();
-    p1.raft
-        .wait(Some(DEADLINE))
-        .snapshot(upto, "snapshot")
-        .await
-        .unwrap();
-    p1.raft.trigger().purge_log(last).await.unwrap();
-    p1.raft
-        .wait(Some(DEADLINE))
-        .purged(Some(upto), "purged")
-        .await
-        .unwrap();
+    p1.compact(last).await;
 
     // The newcomer has a local row of its own in the same table.
     let p2 = Primary::start(dir.path(), 2).await;
@@ -463,20 +449,7 @@ async fn a_follower_restarted_after_the_log_was_compacted_catches_up_and_applies
     for txn in 51..=300 {
         last = propose(&p1.raft, vec![device_row(10, txn, txn as i64)]).await;
     }
-    let leader = p1.raft.metrics().borrow().vote.leader_id;
-    let upto = openraft::LogId::new(leader, last);
-    p1.raft.trigger().snapshot().await.unwrap();
-    p1.raft
-        .wait(Some(DEADLINE))
-        .snapshot(upto, "snapshot")
-        .await
-        .unwrap();
-    p1.raft.trigger().purge_log(last).await.unwrap();
-    p1.raft
-        .wait(Some(DEADLINE))
-        .purged(Some(upto), "purged")
-        .await
-        .unwrap();
+    p1.compact(last).await;
     // p3 comes back on its own file, with its own key and address.
     let p3 = Primary::start_as(dir.path(), 3, keys, &addr).await;
     p3.wait_applied(last).await;

@@ -51,6 +51,37 @@ pub fn raft_config() -> Arc<openraft::Config> {
     )
 }
 
+/// A primary's Raft member: its node on the file at `path` with `keys`, serving the other
+/// primaries' Raft requests on `listener`. Returns the Raft handle, how others reach it, and
+/// the server's task (aborting it ends its connections). (A running primary will serve from
+/// its own listener instead; tests and the benchmark use this.)
+pub async fn start_member(
+    id: RaftNodeId,
+    path: &std::path::Path,
+    keys: crate::crypto::NodeKeys,
+    listener: tokio::net::TcpListener,
+) -> crate::Result<(Raft, Member, tokio::task::JoinHandle<()>)> {
+    let member = Member {
+        addr: listener
+            .local_addr()
+            .map_err(|e| crate::Error::io("reading the listener's address", e))?
+            .to_string(),
+        public_key: keys.public_key().to_hex(),
+    };
+    let handshake = crate::net::HandshakeOptions::default();
+    let raft = Raft::new(
+        id,
+        raft_config(),
+        PeerNetwork::new(keys.clone(), handshake.clone()),
+        LogStore::open(path)?,
+        StateMachine::open(path)?,
+    )
+    .await
+    .map_err(|e| crate::Error::rule(format!("starting the Raft node: {e}")))?;
+    let server = tokio::spawn(serve_members(listener, keys, handshake, raft.clone()));
+    Ok((raft, member, server))
+}
+
 /// Errors of the cluster's storage, as openraft takes them.
 pub(crate) type StorageError = openraft::StorageError<RaftNodeId>;
 
