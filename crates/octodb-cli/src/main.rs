@@ -1,5 +1,6 @@
 //! `octodb`: a SQL shell on a node, a headless node (`serve`) and a demo of nodes syncing.
 
+mod backup;
 mod demo;
 mod output;
 mod progress;
@@ -23,7 +24,7 @@ use std::process::ExitCode;
     name = "octodb",
     version,
     about = "SQL shell on an octodb node (a replicated SQLite database)",
-    after_help = "Other commands:\n  octodb serve URI   run a node headless until SIGINT/SIGTERM\n  octodb demo        a primary and two devices syncing on loopback\n\n\
+    after_help = "Other commands:\n  octodb serve URI   run a node headless until SIGINT/SIGTERM\n  octodb backup URI FILE   a consistent copy of a node's file, while it runs\n  octodb demo        a primary and two devices syncing on loopback\n\n\
                   URI examples:\n  file:app.db?node=primary&bind=tcp://0.0.0.0:1234\n  file:dev.db?node=secondary&connect=tcp://host:1234\n\n\
                   Logs go to standard error; set OCTODB_LOG (e.g. info, debug, octodb=trace)."
 )]
@@ -43,6 +44,16 @@ pub struct ShellArgs {
 pub struct ServeArgs {
     /// The node's URI, e.g. file:app.db?node=primary&bind=tcp://0.0.0.0:1234
     uri: String,
+}
+
+/// A consistent copy of a node's database file, taken while the node runs.
+#[derive(Parser, Debug)]
+#[command(name = "octodb backup")]
+pub struct BackupArgs {
+    /// The node's URI (or its file's path).
+    uri: String,
+    /// The new file to write the copy into.
+    dest: std::path::PathBuf,
 }
 
 /// A primary and two devices on loopback, showing schema and rows flowing.
@@ -69,6 +80,7 @@ fn main() -> ExitCode {
     let result = match args.get(1).map(String::as_str) {
         Some("serve") => serve::run(ServeArgs::parse_from(&args[1..])),
         Some("demo") => demo::run(DemoArgs::parse_from(&args[1..])),
+        Some("backup") => backup::run(BackupArgs::parse_from(&args[1..])),
         _ => shell::run(ShellArgs::parse()),
     };
     match result {

@@ -323,3 +323,36 @@ fn kill_9_of_the_primary_duplicates_nothing_and_loses_nothing() {
         "each device transaction decided once"
     );
 }
+
+#[test]
+fn backup_copies_a_running_primary_consistently_and_never_overwrites() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, _addr) = primary(dir.path());
+    p.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner);
+         INSERT INTO t(v, row_owner) VALUES ('one', '*'), ('two', '*');",
+    )
+    .unwrap();
+    let uri = format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0",
+        dir.path().join("p.db").display()
+    );
+    let dest = dir.path().join("backup.db");
+    let out = octodb().args(["backup", &uri]).arg(&dest).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The primary went on running; the copy holds its rows and its log.
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('three', '*')", [])
+        .unwrap();
+    let copy = Connection::open(&format!("file:{}", dest.display())).unwrap();
+    assert_eq!(count(&copy, "SELECT count(*) FROM t"), 2);
+    assert!(count(&copy, "SELECT count(*) FROM _octo_log") >= 2);
+    // A second backup to the same file is refused, leaving the first intact.
+    let again = octodb().args(["backup", &uri]).arg(&dest).output().unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    assert_eq!(count(&copy, "SELECT count(*) FROM t"), 2);
+}

@@ -1,0 +1,42 @@
+//! `octodb backup URI DEST`: a consistent copy of a node's file, taken while the node runs (in
+//! this process or another), with SQLite's `VACUUM INTO` on a read-only connection of its own:
+//! the node goes on writing meanwhile.
+
+use crate::BackupArgs;
+use anyhow::{bail, Context};
+use std::process::ExitCode;
+
+pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
+    let cfg = octodb::NodeConfig::parse(&crate::normalize_uri(&args.uri))
+        .with_context(|| format!("reading the URI `{}`", args.uri))?;
+    if args.dest.exists() {
+        bail!(
+            "`{}` exists already: name a new file for the backup",
+            args.dest.display()
+        );
+    }
+    if !cfg.path.exists() {
+        bail!("there is no database at `{}`", cfg.path.display());
+    }
+    // A plain connection of its own, which only reads: the node's lock is not taken, and
+    // reading its file beside it is what WAL allows.
+    let read_only = octodb::OpenOptions {
+        uri: false,
+        busy_timeout: std::time::Duration::from_secs(30),
+    };
+    let source = octodb::Connection::open_local(&cfg.path, &read_only)
+        .with_context(|| format!("opening `{}` to read it", cfg.path.display()))?;
+    let dest = args
+        .dest
+        .to_str()
+        .context("the backup's path is not valid UTF-8")?;
+    source
+        .execute("VACUUM INTO ?1", [dest])
+        .with_context(|| format!("copying `{}` into `{dest}`", cfg.path.display()))?;
+    eprintln!(
+        "octodb: backed up `{}` into `{dest}` (it holds the node's secret key: keep it as safe \
+         as the node itself)",
+        cfg.path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
