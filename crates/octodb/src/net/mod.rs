@@ -1,5 +1,6 @@
 //! The node network: framed, versioned, authenticated and encrypted connections.
 mod chunks;
+mod claims;
 pub mod message;
 pub mod transport;
 pub mod version;
