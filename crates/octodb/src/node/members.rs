@@ -143,6 +143,11 @@ fn prune_unapproved(c: &Connection, max: i64) -> Result<()> {
         .prepare_cached(COUNT_UNAPPROVED_SQL)?
         .query_row([], |r| r.get(0))?;
     if held >= max {
+        tracing::warn!(
+            held,
+            "more than {max} keys asked to join and were never approved: the oldest are \
+             forgotten (a request that still waits must be made again)"
+        );
         c.execute(
             "DELETE FROM _octo_nodes WHERE node_id IN
                (SELECT node_id FROM _octo_nodes WHERE node_id < 0 ORDER BY last_seen LIMIT ?1)",
