@@ -111,6 +111,26 @@ impl Primary {
     }
 }
 
+/// Primaries 1, 2 and 3 as voters of one cluster led by 1, after 1 alone applied `first`.
+async fn three_primaries(dir: &Path, first: Vec<Decided>) -> [Primary; 3] {
+    let p1 = Primary::start(dir, 1).await;
+    let p2 = Primary::start(dir, 2).await;
+    let p3 = Primary::start(dir, 3).await;
+    p1.found_cluster().await;
+    propose(&p1.raft, first).await;
+    for p in [&p2, &p3] {
+        p1.raft
+            .add_learner(p.id, p.member.clone(), true)
+            .await
+            .unwrap();
+    }
+    p1.raft
+        .change_membership(BTreeSet::from([1, 2, 3]), false)
+        .await
+        .unwrap();
+    [p1, p2, p3]
+}
+
 fn create_table() -> Decided {
     Decided {
         origin_node: 1,
@@ -188,23 +208,8 @@ fn assert_same(a: &Primary, b: &Primary) {
 async fn three_primaries_apply_the_same_log_and_elect_a_new_leader() {
     common::init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let p1 = Primary::start(dir.path(), 1).await;
-    let p2 = Primary::start(dir.path(), 2).await;
-    let p3 = Primary::start(dir.path(), 3).await;
-    p1.found_cluster().await;
-    propose(&p1.raft, vec![create_table(), device_row(10, 1, 100)]).await;
-    p1.raft
-        .add_learner(2, p2.member.clone(), true)
-        .await
-        .unwrap();
-    p1.raft
-        .add_learner(3, p3.member.clone(), true)
-        .await
-        .unwrap();
-    p1.raft
-        .change_membership(BTreeSet::from([1, 2, 3]), false)
-        .await
-        .unwrap();
+    let [p1, p2, p3] =
+        three_primaries(dir.path(), vec![create_table(), device_row(10, 1, 100)]).await;
     let mut last = 0;
     for txn in 2..=20 {
         last = propose(&p1.raft, vec![device_row(10, txn, 100 + txn as i64)]).await;
@@ -421,23 +426,7 @@ async fn triggers_keep_local_tables_on_every_primary_without_doubling_replicated
 async fn a_follower_restarted_after_the_log_was_compacted_catches_up_and_applies_nothing_twice() {
     common::init_tracing();
     let dir = tempfile::tempdir().unwrap();
-    let p1 = Primary::start(dir.path(), 1).await;
-    let p2 = Primary::start(dir.path(), 2).await;
-    let p3 = Primary::start(dir.path(), 3).await;
-    p1.found_cluster().await;
-    propose(&p1.raft, vec![create_table()]).await;
-    p1.raft
-        .add_learner(2, p2.member.clone(), true)
-        .await
-        .unwrap();
-    p1.raft
-        .add_learner(3, p3.member.clone(), true)
-        .await
-        .unwrap();
-    p1.raft
-        .change_membership(BTreeSet::from([1, 2, 3]), false)
-        .await
-        .unwrap();
+    let [p1, p2, p3] = three_primaries(dir.path(), vec![create_table()]).await;
     let mut last = 0;
     for txn in 1..=50 {
         last = propose(&p1.raft, vec![device_row(10, txn, txn as i64)]).await;

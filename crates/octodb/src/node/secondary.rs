@@ -293,7 +293,6 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
         peer: ep.to_string(),
     });
     tracing::info!(primary = %ep, "connected");
-    rd.set_idle_timeout(heartbeat.map(crate::uri::dead_after));
     // Ended with the session even when the session is aborted midway (the node closing): the
     // sender holds the socket's write half, and would keep the connection open forever.
     let sender = AbortOnDrop(tokio::spawn(send_outbox(shared.clone(), wr, heartbeat)));
