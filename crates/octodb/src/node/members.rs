@@ -133,8 +133,9 @@ fn next_unapproved_row(c: &Connection) -> Result<i64> {
     )?)
 }
 
-/// Served by the partial index `_octo_nodes_unapproved`: a network of many approved nodes must
-/// not make each new request scan them all.
+/// A search of the negative ids only (their range of the primary key, or the partial index
+/// `_octo_nodes_unapproved`): a network of many approved nodes must not make each new request
+/// scan them all.
 const COUNT_UNAPPROVED_SQL: &str = "SELECT count(*) FROM _octo_nodes WHERE node_id < 0";
 
 /// Makes room for one more unapproved key, dropping the oldest beyond `max`.
