@@ -15,6 +15,9 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::write_through::{Handoff, PendingAppend};
 
 /// Why the log store could not read or write.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,12 @@ pub enum LogStoreError {
     Decode(#[from] postcard::Error),
     #[error("the storage task stopped: {0}")]
     Stopped(String),
+    #[error(
+        "this primary's file holds transactions the cluster did not keep (Raft entry {0}, \
+         written by this primary as leader before it stopped): remove it from the cluster and \
+         add it again as a new member, with a fresh file"
+    )]
+    Diverged(u64),
 }
 
 const SCHEMA: &str = "
@@ -37,7 +46,12 @@ const SCHEMA: &str = "
 #[derive(Clone)]
 pub struct LogStore {
     conn: Arc<Mutex<Connection>>,
+    /// Appends go to the transaction waiting for them, when one does (`write_through`).
+    handoff: Arc<Handoff>,
 }
+
+/// Longest pause between tries of a write the disk refused (openraft waits for it).
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 impl LogStore {
     /// Opens the log in the primary's file at `path`.
@@ -46,7 +60,34 @@ impl LogStore {
         conn.execute_batch(SCHEMA)?;
         Ok(LogStore {
             conn: Arc::new(Mutex::new(conn)),
+            handoff: Arc::default(),
         })
+    }
+
+    /// Where appends meet the transactions that write them through.
+    pub(crate) fn handoff(&self) -> Arc<Handoff> {
+        self.handoff.clone()
+    }
+
+    /// Writes `entries` in a transaction of its own, trying again while the disk refuses
+    /// (full, failing): openraft's core waits for them, and a primary whose disk is full must
+    /// go on once space returns. Blocks.
+    pub(crate) fn write_blocking(
+        &self,
+        entries: &[Entry<TypeConfig>],
+    ) -> Result<(), LogStoreError> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match write_entries(&conn, entries) {
+                Err(LogStoreError::Sqlite(e)) if disk_refused(&e) => {
+                    tracing::warn!("cannot write the Raft log ({e}); trying again");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Runs `f` on the connection, on the blocking pool.
@@ -186,37 +227,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let encoded = entries
-            .into_iter()
-            .map(|e| Ok((e.log_id.index, postcard::to_allocvec(&e)?)))
-            .collect::<Result<Vec<_>, LogStoreError>>()
-            .map_err(write_err)?;
-        self.with(move |c| {
-            crate::store::exec(c, "BEGIN IMMEDIATE")?;
-            let written = (|| {
-                let mut stmt = c.prepare_cached(
-                    "INSERT OR REPLACE INTO _octo_raft_log(idx, entry) VALUES (?1, ?2)",
-                )?;
-                for (index, bytes) in &encoded {
-                    stmt.execute(params![*index as i64, bytes])?;
-                }
-                crate::store::exec(c, "COMMIT")
-            })();
-            if written.is_err() {
-                let _ = crate::store::exec(c, "ROLLBACK");
-            }
-            Ok(written?)
-        })
-        .await
-        .map_err(write_err)?;
+        let append = PendingAppend {
+            entries: entries.into_iter().collect(),
+            flushed: callback,
+        };
+        let Some(append) = self.handoff.offer(append) else {
+            return Ok(()); // a transaction writes it with its batch, and says when it is durable
+        };
+        let store = self.clone();
+        let PendingAppend { entries, flushed } = append;
+        let written = tokio::task::spawn_blocking(move || store.write_blocking(&entries))
+            .await
+            .map_err(|e| LogStoreError::Stopped(e.to_string()))
+            .and_then(|r| r);
         // Committed with synchronous=FULL: on disk.
-        callback.log_io_completed(Ok(()));
+        flushed.log_io_completed(written.map_err(|e| std::io::Error::other(e.to_string())));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<RaftNodeId>) -> Result<(), StorageError> {
         let from = log_id.index as i64;
         self.with(move |c| {
+            if let Some(index) = written_through_since(c, from)? {
+                return Err(LogStoreError::Diverged(index));
+            }
             c.prepare_cached("DELETE FROM _octo_raft_log WHERE idx >= ?1")?
                 .execute([from])?;
             Ok(())
@@ -238,4 +272,49 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .await
         .map_err(write_err)
     }
+}
+
+/// Writes one entry (in the caller's transaction).
+pub(crate) fn write_entry(c: &Connection, entry: &Entry<TypeConfig>) -> Result<(), LogStoreError> {
+    let bytes = postcard::to_allocvec(entry)?;
+    c.prepare_cached("INSERT OR REPLACE INTO _octo_raft_log(idx, entry) VALUES (?1, ?2)")?
+        .execute(params![entry.log_id.index as i64, bytes])?;
+    Ok(())
+}
+
+/// Writes `entries` in one transaction of their own.
+fn write_entries(c: &Connection, entries: &[Entry<TypeConfig>]) -> Result<(), LogStoreError> {
+    crate::store::exec(c, "BEGIN IMMEDIATE")?;
+    let written = entries
+        .iter()
+        .try_for_each(|e| write_entry(c, e))
+        .and_then(|()| Ok(crate::store::exec(c, "COMMIT")?));
+    if written.is_err() {
+        let _ = crate::store::exec(c, "ROLLBACK");
+    }
+    written
+}
+
+/// SQLite could not write for want of space or a working disk.
+fn disk_refused(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{DiskFull, SystemIoFailure};
+    matches!(e.sqlite_error_code(), Some(DiskFull | SystemIoFailure))
+}
+
+/// The first entry from `from` on whose batch this primary wrote through (its effects are
+/// in the file: it cannot be taken back).
+fn written_through_since(c: &Connection, from: i64) -> Result<Option<u64>, LogStoreError> {
+    let mut stmt =
+        c.prepare_cached("SELECT entry FROM _octo_raft_log WHERE idx >= ?1 ORDER BY idx")?;
+    let rows = stmt.query_map([from], |r| r.get::<_, Vec<u8>>(0))?;
+    for bytes in rows {
+        let entry: Entry<TypeConfig> = postcard::from_bytes(&bytes?)?;
+        if matches!(
+            entry.payload,
+            openraft::EntryPayload::Normal(super::types::Proposal::InLog { .. })
+        ) {
+            return Ok(Some(entry.log_id.index));
+        }
+    }
+    Ok(None)
 }

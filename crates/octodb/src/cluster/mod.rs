@@ -17,11 +17,14 @@ pub mod network;
 mod snapshot;
 mod state_machine;
 mod types;
+mod write_through;
 
 pub use log_store::LogStore;
 pub use network::{serve_connection, serve_members, PeerNetwork};
 pub use state_machine::StateMachine;
 pub use types::{Applied, Decided, Member, Proposal, TypeConfig};
+pub use write_through::Proposer;
+pub(crate) use write_through::{GaveUp, Proposed, Response};
 
 use std::sync::Arc;
 
@@ -41,6 +44,10 @@ pub fn raft_config() -> Arc<openraft::Config> {
         election_timeout_max: 1200,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 256,
+        // A snapshot is the whole shared state, built in memory: not every 5,000 entries of
+        // a busy primary. (Compaction with snapshots kept in files is to come; until then
+        // the Raft log grows by a few dozen bytes per written-through batch.)
+        snapshot_policy: openraft::SnapshotPolicy::Never,
         ..Default::default()
     };
     // These constants pass openraft's checks (the test below); no input reaches them.
@@ -49,6 +56,63 @@ pub fn raft_config() -> Arc<openraft::Config> {
             .validate()
             .expect("the cluster's Raft timings are consistent"),
     )
+}
+
+/// A primary's Raft node on its file at `path`, with `keys`: the handle, and the proposer
+/// its writer decides through.
+pub async fn start_node(
+    id: RaftNodeId,
+    path: &std::path::Path,
+    keys: crate::crypto::NodeKeys,
+    handshake: crate::net::HandshakeOptions,
+) -> crate::Result<(Raft, Proposer)> {
+    let log = LogStore::open(path)?;
+    let raft = Raft::new(
+        id,
+        raft_config(),
+        PeerNetwork::new(keys, handshake, path),
+        log.clone(),
+        StateMachine::open(path)?,
+    )
+    .await
+    .map_err(|e| crate::Error::rule(format!("starting the Raft node: {e}")))?;
+    let proposer = Proposer::new(raft.clone(), log);
+    Ok((raft, proposer))
+}
+
+/// How long a primary alone waits to lead its cluster of one (it elects itself at once).
+const ALONE_LEADS_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A primary alone: a cluster of one, formed at its first start, that it leads.
+pub(crate) async fn start_alone(
+    id: RaftNodeId,
+    path: &std::path::Path,
+    keys: crate::crypto::NodeKeys,
+    member: Member,
+) -> crate::Result<Proposer> {
+    let (raft, proposer) =
+        start_node(id, path, keys, crate::net::HandshakeOptions::default()).await?;
+    let failed = |what: &str, e: &dyn std::fmt::Display| {
+        crate::Error::rule(format!("{what} the primary's cluster of one: {e}"))
+    };
+    let formed = raft
+        .is_initialized()
+        .await
+        .map_err(|e| failed("reading", &e))?;
+    if !formed {
+        let members = std::collections::BTreeMap::from([(id, member)]);
+        raft.initialize(members)
+            .await
+            .map_err(|e| failed("forming", &e))?;
+    }
+    raft.wait(Some(ALONE_LEADS_WITHIN))
+        .state(
+            openraft::ServerState::Leader,
+            "a primary alone leads its cluster",
+        )
+        .await
+        .map_err(|e| failed("electing the leader of", &e))?;
+    Ok(proposer)
 }
 
 /// A primary's Raft member: its node on the file at `path` with `keys`, serving the other
@@ -69,15 +133,7 @@ pub async fn start_member(
         public_key: keys.public_key().to_hex(),
     };
     let handshake = crate::net::HandshakeOptions::default();
-    let raft = Raft::new(
-        id,
-        raft_config(),
-        PeerNetwork::new(keys.clone(), handshake.clone()),
-        LogStore::open(path)?,
-        StateMachine::open(path)?,
-    )
-    .await
-    .map_err(|e| crate::Error::rule(format!("starting the Raft node: {e}")))?;
+    let (raft, _) = start_node(id, path, keys.clone(), handshake.clone()).await?;
     let server = tokio::spawn(serve_members(listener, keys, handshake, raft.clone()));
     Ok((raft, member, server))
 }

@@ -4,7 +4,7 @@
 //! sends one request at a time and reads its reply. The receiving primary serves it with
 //! [`serve_connection`].
 
-use super::types::{Member, TypeConfig};
+use super::types::{Member, Proposal, TypeConfig};
 use super::{Raft, RaftNodeId};
 use crate::crypto::{NodeKeys, PublicKey};
 use crate::net::{HandshakeOptions, Message, NetError, SecureReader, SecureStream, SecureWriter};
@@ -14,8 +14,10 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::EntryPayload;
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
@@ -151,15 +153,93 @@ fn may_call(raft: &Raft, peer: &PublicKey) -> bool {
 pub struct PeerNetwork {
     keys: NodeKeys,
     handshake: Arc<HandshakeOptions>,
+    batches: WrittenBatches,
 }
 
 impl PeerNetwork {
-    pub fn new(keys: NodeKeys, handshake: HandshakeOptions) -> PeerNetwork {
+    /// The network of the primary whose file is at `path`.
+    pub fn new(keys: NodeKeys, handshake: HandshakeOptions, path: &Path) -> PeerNetwork {
         PeerNetwork {
             keys,
             handshake: Arc::new(handshake),
+            batches: WrittenBatches {
+                path: Arc::new(path.to_path_buf()),
+                conn: Arc::default(),
+            },
         }
     }
+}
+
+/// The batches this primary wrote through, read back from its `_octo_log` to be sent whole
+/// (its Raft log holds only their positions there).
+#[derive(Clone)]
+struct WrittenBatches {
+    path: Arc<PathBuf>,
+    conn: Arc<Mutex<Option<rusqlite::Connection>>>,
+}
+
+impl WrittenBatches {
+    /// `rpc` with every written-through batch replaced by the transactions it stands for.
+    async fn expand(
+        &self,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<AppendEntriesRequest<TypeConfig>, NetError> {
+        let compact = |e: &openraft::Entry<TypeConfig>| {
+            matches!(e.payload, EntryPayload::Normal(Proposal::InLog { .. }))
+        };
+        if !rpc.entries.iter().any(compact) {
+            return Ok(rpc);
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut slot = me.conn.lock().unwrap_or_else(|p| p.into_inner());
+            let conn = match slot.as_mut() {
+                Some(c) => c,
+                None => slot.insert(
+                    crate::store::open_connection(&me.path)
+                        .map_err(|e| NetError::Malformed(format!("reading the log: {e}")))?,
+                ),
+            };
+            for entry in &mut rpc.entries {
+                if let EntryPayload::Normal(Proposal::InLog {
+                    first_seq,
+                    last_seq,
+                }) = entry.payload
+                {
+                    entry.payload = EntryPayload::Normal(Proposal::Decided(read_batch(
+                        conn, first_seq, last_seq,
+                    )?));
+                }
+            }
+            Ok(rpc)
+        })
+        .await
+        .map_err(|e| NetError::Malformed(format!("reading the log: {e}")))?
+    }
+}
+
+/// The transactions of `_octo_log` rows `first..=last`.
+fn read_batch(
+    conn: &rusqlite::Connection,
+    first: u64,
+    last: u64,
+) -> Result<Vec<super::types::Decided>, NetError> {
+    let want = last.saturating_sub(first) as usize + 1;
+    let entries = crate::log::read_after(conn, first.saturating_sub(1), want)
+        .map_err(|e| NetError::Malformed(format!("reading the log: {e}")))?;
+    if entries.len() != want || entries.first().map(|e| e.seq) != Some(first) {
+        return Err(NetError::Malformed(format!(
+            "the log no longer holds positions {first}..={last} that a Raft entry names"
+        )));
+    }
+    Ok(entries
+        .into_iter()
+        .map(|e| super::types::Decided {
+            origin_node: e.origin_node,
+            origin_txn: e.origin_txn,
+            body: e.body,
+        })
+        .collect())
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -273,6 +353,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         AppendEntriesResponse<RaftNodeId>,
         RPCError<RaftNodeId, Member, RaftError<RaftNodeId>>,
     > {
+        let rpc = self
+            .network
+            .batches
+            .expand(rpc)
+            .await
+            .map_err(|e| CallError::Network(e).into_rpc())?;
         match self.call(Request::AppendEntries(rpc), &option).await {
             Ok(Reply::AppendEntries(r)) => r.map_err(|e| remote(self.target, &self.member, e)),
             Ok(_) => Err(unexpected()),

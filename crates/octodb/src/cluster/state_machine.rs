@@ -41,6 +41,105 @@ struct Inner {
     replicated: Replicated,
     /// The last snapshot built or installed, as sent to followers that need one.
     current: Option<(SnapshotMeta<RaftNodeId, Member>, Vec<u8>)>,
+    /// The last applied log id and membership, once read (ahead of the file's by `unsaved`).
+    applied: Option<(Option<LogId<RaftNodeId>>, Membership)>,
+    /// Entries skipped since the applied position was last stored.
+    unsaved: usize,
+}
+
+/// Written-through entries skipped between two stores of the applied position.
+const SAVE_EVERY: usize = 1024;
+
+impl Inner {
+    /// What was applied: as stored, then as applied since.
+    fn applied(&mut self) -> Result<&mut (Option<LogId<RaftNodeId>>, Membership)> {
+        let loaded = match self.applied.take() {
+            Some(a) => a,
+            None => applied_state(&self.conn)?,
+        };
+        Ok(self.applied.insert(loaded))
+    }
+
+    fn apply(&mut self, entries: &[Entry<TypeConfig>]) -> Result<Vec<Applied>> {
+        // Batches this primary wrote through are in the file already: nothing to write but
+        // the position, which can wait (after a restart openraft applies them again, and
+        // they are skipped again).
+        let written_through = |e: &Entry<TypeConfig>| {
+            matches!(e.payload, EntryPayload::Normal(Proposal::InLog { .. }))
+        };
+        if entries.iter().all(written_through) && self.unsaved + entries.len() < SAVE_EVERY {
+            let out = entries.iter().map(skipped).collect();
+            if let Some(last) = entries.last() {
+                self.applied()?.0 = Some(last.log_id);
+            }
+            self.unsaved += entries.len();
+            return Ok(out);
+        }
+        let (mut applied, mut membership) = self.applied()?.clone();
+        let Inner {
+            conn,
+            tables,
+            replicated,
+            ..
+        } = self;
+        let out = write_txn(conn, |c| {
+            tables.in_transaction(|tables| {
+                let mut out = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    let mut last_seq = 0;
+                    match &entry.payload {
+                        EntryPayload::Blank => {}
+                        EntryPayload::Normal(Proposal::Decided(txns)) => {
+                            for d in txns {
+                                last_seq = apply_decided(c, tables, replicated, d)?;
+                            }
+                        }
+                        EntryPayload::Normal(Proposal::InLog { last_seq: s, .. }) => {
+                            last_seq = *s;
+                        }
+                        EntryPayload::Membership(m) => {
+                            membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        }
+                    }
+                    if last_seq == 0 {
+                        last_seq = log::last_seq(c)?;
+                    }
+                    applied = Some(entry.log_id);
+                    out.push(Applied { last_seq });
+                }
+                save_applied_state(c, &applied, &membership)?;
+                Ok(out)
+            })
+        })?;
+        self.applied = Some((applied, membership));
+        self.unsaved = 0;
+        Ok(out)
+    }
+}
+
+/// The newest entry whose batch was written through, in the file as read now.
+fn newest_written_through(c: &Connection) -> Result<Option<LogId<RaftNodeId>>> {
+    let mut stmt =
+        c.prepare_cached("SELECT entry FROM _octo_raft_log ORDER BY idx DESC LIMIT 64")?;
+    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    for bytes in rows {
+        let entry: Entry<TypeConfig> = postcard::from_bytes(&bytes?)
+            .map_err(|e| Error::rule(format!("a stored Raft entry does not decode: {e}")))?;
+        if matches!(entry.payload, EntryPayload::Normal(Proposal::InLog { .. })) {
+            return Ok(Some(entry.log_id));
+        }
+    }
+    Ok(None)
+}
+
+/// What a written-through batch answers: its log position.
+fn skipped(e: &Entry<TypeConfig>) -> Applied {
+    match &e.payload {
+        EntryPayload::Normal(Proposal::InLog { last_seq, .. }) => Applied {
+            last_seq: *last_seq,
+        },
+        _ => Applied::default(),
+    }
 }
 
 /// The state machine of one primary. Cheap to clone: clones share the connection.
@@ -67,6 +166,8 @@ impl StateMachine {
                 tables: Tables::default(),
                 replicated,
                 current: None,
+                applied: None,
+                unsaved: 0,
             })),
         })
     }
@@ -216,7 +317,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId<RaftNodeId>>, Membership), StorageError> {
-        self.with(|inner| applied_state(&inner.conn))
+        self.with(|inner| Ok(inner.applied()?.clone()))
             .await
             .map_err(|e| StorageIOError::read_state_machine(&e).into())
     }
@@ -227,43 +328,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        self.with(move |inner| {
-            let Inner {
-                conn,
-                tables,
-                replicated,
-                ..
-            } = inner;
-            let (mut applied, mut membership) = applied_state(conn)?;
-            write_txn(conn, |c| {
-                tables.in_transaction(|tables| {
-                    let mut out = Vec::with_capacity(entries.len());
-                    for entry in &entries {
-                        let mut last_seq = 0;
-                        match &entry.payload {
-                            EntryPayload::Blank => {}
-                            EntryPayload::Normal(Proposal::Decided(txns)) => {
-                                for d in txns {
-                                    last_seq = apply_decided(c, tables, replicated, d)?;
-                                }
-                            }
-                            EntryPayload::Membership(m) => {
-                                membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                            }
-                        }
-                        if last_seq == 0 {
-                            last_seq = log::last_seq(c)?;
-                        }
-                        applied = Some(entry.log_id);
-                        out.push(Applied { last_seq });
-                    }
-                    save_applied_state(c, &applied, &membership)?;
-                    Ok(out)
-                })
-            })
-        })
-        .await
-        .map_err(storage_error)
+        self.with(move |inner| inner.apply(&entries))
+            .await
+            .map_err(storage_error)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -289,6 +356,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             })?;
             inner.tables = Tables::default();
             refresh_replicated(&inner.conn, &inner.replicated)?;
+            inner.applied = Some((meta.last_log_id, meta.last_membership.clone()));
+            inner.unsaved = 0;
             inner.current = Some((meta, bytes));
             Ok(())
         })
@@ -314,7 +383,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             // One read transaction: the rows, the log and the applied id agree.
             crate::store::exec(&inner.conn, "BEGIN")?;
             let read = (|| -> Result<_> {
-                let (applied, membership) = applied_state(&inner.conn)?;
+                // The file holds what was applied and every batch written through, which may
+                // be newer (committed by this leader, not applied yet): the snapshot is of
+                // the newest of them.
+                let (applied, membership) = inner.applied()?.clone();
+                let applied = applied.max(newest_written_through(&inner.conn)?);
                 let bytes = SharedState::read(&inner.conn)?.encode()?;
                 Ok((applied, membership, bytes))
             })();

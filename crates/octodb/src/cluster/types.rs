@@ -13,6 +13,11 @@ pub enum Proposal {
     /// Transactions the leader decided, in order: each becomes one entry of the primaries'
     /// log, with the next sequence number, on every primary.
     Decided(Vec<Decided>),
+    /// A batch the leader wrote in the same SQLite transaction as its effects (see
+    /// `write_through`): its transactions are the leader's `_octo_log` rows
+    /// `first_seq..=last_seq`. Only stored in the leader's own Raft log; sent to other
+    /// primaries as the `Decided` it stands for.
+    InLog { first_seq: u64, last_seq: u64 },
 }
 
 /// A transaction as the leader decided it: its effects as the primaries apply them (triggers'

@@ -125,6 +125,8 @@ pub(crate) struct Shared {
     /// Devices: the key of the primary that admitted this device (kept in the file from its
     /// first welcome); a primary presenting another key gets nothing from it.
     pub primary_key: Mutex<Option<crate::crypto::PublicKey>>,
+    /// Primaries: the Raft cluster the writer proposes its batches to (set at the start).
+    pub cluster: OnceLock<crate::cluster::Proposer>,
 }
 
 impl Shared {
@@ -328,8 +330,13 @@ impl Node {
             service: Mutex::new(None),
             write_turns: Default::default(),
             primary_key: Mutex::new(primary_key),
+            cluster: OnceLock::new(),
             cfg,
         });
+        if shared.cfg.role == Some(Role::Primary) {
+            let proposer = on_runtime(start_cluster(&shared))??;
+            let _ = shared.cluster.set(proposer);
+        }
         let writer = match shared.cfg.role {
             Some(role) => Some(writer::spawn(shared.clone(), conn, jobs_rx, role)?),
             None => None,
@@ -554,7 +561,45 @@ impl Drop for Node {
             );
             let _ = w.join();
         }
+        // The Raft node's task holds connections to the file: it ends with the node.
+        if let Some(proposer) = self.shared.cluster.get() {
+            let raft = proposer.raft().clone();
+            let stopped = on_runtime(async move { raft.shutdown().await });
+            if let Ok(Err(e)) = stopped {
+                tracing::warn!("stopping the primary's Raft node: {e}");
+            }
+        }
     }
+}
+
+/// Runs `f` on the network runtime and waits for it, from any thread (unlike [`block_on`],
+/// also from one of the runtime's own, though it then holds that thread meanwhile).
+fn on_runtime<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    runtime().spawn(async move {
+        let _ = tx.send(f.await);
+    });
+    rx.recv().map_err(|_| Error::Closed)
+}
+
+/// A primary's Raft node: its own cluster of one (joining others comes later).
+fn start_cluster(
+    shared: &Shared,
+) -> impl std::future::Future<Output = Result<crate::cluster::Proposer>> + Send + 'static {
+    let member = crate::cluster::Member {
+        addr: shared
+            .cfg
+            .bind
+            .first()
+            .map(|ep| ep.to_addr_string())
+            .unwrap_or_default(),
+        public_key: shared.keys.public_key().to_hex(),
+    };
+    let id = u64::from(shared.identity.node_id());
+    let (path, keys) = (shared.cfg.path.clone(), shared.keys.clone());
+    async move { crate::cluster::start_alone(id, &path, keys, member).await }
 }
 
 /// Queue the writer's stop job. The queue may be full (sessions ending together each queue a

@@ -5,6 +5,7 @@
 use super::write_turns::EngineTurn;
 use super::{Event, Shared};
 use crate::changes::ChangeSet;
+use crate::cluster::{GaveUp, Proposed, Response};
 use crate::crypto::PublicKey;
 use crate::error::{Error, Result};
 use crate::log::{self, EntryBody, LogEntry};
@@ -151,6 +152,8 @@ pub(crate) fn spawn(
         Role::Primary => Some(TriggerEffects::new(&conn, shared.identity.clone())?),
         _ => None,
     };
+    let (commits, announcements) = mpsc::unbounded_channel();
+    super::runtime().spawn(announce(shared.clone(), announcements));
     std::thread::Builder::new()
         .name("octodb-writer".into())
         .spawn(move || {
@@ -162,6 +165,8 @@ pub(crate) fn spawn(
                 decided: None,
                 sending_noted: false,
                 trigger_effects,
+                commits,
+                separately: None,
             }
             .run(rx)
         })
@@ -209,6 +214,27 @@ struct Writer {
     sending_noted: bool,
     /// Primary: what the schema's triggers write while devices' transactions are applied.
     trigger_effects: Option<TriggerEffects>,
+    /// Primary: committed batches, to announce once the cluster committed them (in order).
+    commits: mpsc::UnboundedSender<Announcement>,
+    /// Primary: a batch to apply through the state machine (its entry missed its commit).
+    separately: Option<GaveUp>,
+}
+
+/// A batch written through: the cluster's answer to come, its log entries, and the users of
+/// the devices whose transactions it decides.
+type Announcement = (Response, Vec<LogEntry>, Vec<(u32, i64)>);
+
+/// Tells the sessions streaming to devices of each committed batch, in commit order, once the
+/// cluster has committed it.
+async fn announce(shared: Arc<Shared>, mut commits: mpsc::UnboundedReceiver<Announcement>) {
+    while let Some((response, entries, users)) = commits.recv().await {
+        match response.wait().await {
+            Ok(_) => shared.log_committed(entries, user_in(users)),
+            // Only when the node stops (or, in a cluster, loses its lead before a majority
+            // held the batch: then the cluster decides what stands).
+            Err(e) => tracing::warn!("a batch was not committed by the cluster: {e}"),
+        }
+    }
 }
 
 impl Writer {
@@ -275,6 +301,9 @@ impl Writer {
                             tracing::error!("{reason}");
                             let nodes = batch.iter().map(|(s, _)| s.node_id).collect();
                             self.shared.writes_failed(nodes, reason);
+                            if let Err(e) = self.apply_separately() {
+                                tracing::error!("the cluster did not take a batch: {e}");
+                            }
                         }
                     }
                 }
@@ -375,7 +404,9 @@ impl Writer {
         Ok(last.max(0) as u64)
     }
 
-    /// Primary: apply devices' transactions, each in a savepoint, all in one commit.
+    /// Primary: decide devices' transactions, each in a savepoint, all in one commit that
+    /// also holds the batch's Raft entry (written through: see `cluster::write_through`).
+    /// Sessions hear of the decisions once the cluster committed them.
     fn apply_device_batch(&mut self, batch: &[(Sender, Vec<(u64, ChangeSet)>)]) -> Result<()> {
         let conn = &self.conn;
         let tables = &mut self.tables;
@@ -383,31 +414,85 @@ impl Writer {
         let mut recorded = Vec::new();
         let mut new = NewDecisions::default();
         let effects = &mut self.trigger_effects;
+        exec(conn, "BEGIN IMMEDIATE")?;
         // Device transactions never change the schema.
-        let written = write_txn(conn, |c| {
+        let decisions = (|| {
             let effects = match effects {
-                Some(e) => e.prepare(c)?.then_some(&*e),
+                Some(e) => e.prepare(conn)?.then_some(&*e),
                 None => None,
             };
             tables.in_transaction(|tables| {
-                decide_device_txns(c, tables, decided, &mut new, batch, effects, &mut recorded)
+                decide_device_txns(
+                    conn,
+                    tables,
+                    decided,
+                    &mut new,
+                    batch,
+                    effects,
+                    &mut recorded,
+                )
             })?;
-            decided.checkpoint_if_due(c, &mut new)
-        });
-        if written.is_err() {
+            decided.checkpoint_if_due(conn, &mut new)
+        })();
+        let proposed = match (decisions, self.shared.cluster.get()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(cluster)) if !recorded.is_empty() => {
+                let seqs = recorded[0].seq..=recorded[recorded.len() - 1].seq;
+                Ok(Some(cluster.propose_in_txn(
+                    conn,
+                    proposal_of(&recorded),
+                    seqs,
+                )))
+            }
+            (Ok(()), _) => Ok(None),
+        };
+        let committed = match &proposed {
+            Ok(None | Some(Proposed::InTxn(_))) => exec(conn, "COMMIT").map_err(Error::from),
+            Ok(Some(Proposed::GaveUp(_))) => Err(Error::rule("applied separately")),
+            Err(_) => Err(Error::rule("not decided")),
+        };
+        if committed.is_err() {
+            let _ = exec(conn, "ROLLBACK");
             if let Some(e) = &mut self.trigger_effects {
                 e.rolled_back();
             }
         }
-        written?;
-        decided.committed(new);
-        let user_of = |node: u32| {
-            batch
-                .iter()
-                .find(|(sender, _)| sender.node_id == node)
-                .map(|(sender, _)| sender.user_id)
+        let users: Vec<(u32, i64)> = batch.iter().map(|(s, _)| (s.node_id, s.user_id)).collect();
+        match (proposed?, committed) {
+            (None, Ok(())) => {
+                decided.committed(new);
+                self.shared.log_committed(recorded, user_in(users));
+                Ok(())
+            }
+            (Some(Proposed::InTxn(t)), Ok(())) => {
+                decided.committed(new);
+                let _ = self.commits.send((t.committed(), recorded, users));
+                Ok(())
+            }
+            (None, Err(e)) => Err(e),
+            (Some(Proposed::InTxn(t)), Err(e)) => {
+                self.separately = Some(t.not_committed());
+                Err(e)
+            }
+            (Some(Proposed::GaveUp(g)), _) => {
+                self.separately = Some(g);
+                self.apply_separately()
+            }
+        }
+    }
+
+    /// The batch whose Raft entry could not be written with it: its entry is written alone
+    /// and the state machine applies it. Decisions wait for it (the next batch is decided on
+    /// top of it), however long the disk refuses to write.
+    fn apply_separately(&mut self) -> Result<()> {
+        let Some(gave_up) = self.separately.take() else {
+            return Ok(());
         };
-        self.shared.log_committed(recorded, user_of);
+        // What this writer knows of past decisions may now be behind the file.
+        self.decided = None;
+        let applied = gave_up.after_rollback().blocking_wait()?;
+        self.shared.advance_feed(applied.last_seq);
+        self.shared.audiences.wake_everyone(applied.last_seq);
         Ok(())
     }
 
@@ -631,6 +716,23 @@ impl Writer {
             .execute_batch("PRAGMA wal_autocheckpoint=1000; PRAGMA wal_checkpoint(PASSIVE);")?;
         Ok(())
     }
+}
+
+/// The Raft proposal of a batch's log entries.
+fn proposal_of(recorded: &[LogEntry]) -> Vec<crate::cluster::Decided> {
+    recorded
+        .iter()
+        .map(|e| crate::cluster::Decided {
+            origin_node: e.origin_node,
+            origin_txn: e.origin_txn,
+            body: e.body.clone(),
+        })
+        .collect()
+}
+
+/// The user of each device node of a batch.
+fn user_in(users: Vec<(u32, i64)>) -> impl Fn(u32) -> Option<i64> {
+    move |node| users.iter().find(|(n, _)| *n == node).map(|(_, u)| *u)
 }
 
 /// Primary: the decided map, read from the file at its first use.

@@ -1,0 +1,324 @@
+//! The leader's own transactions carry their Raft entry: "write-through".
+//!
+//! A primary decides a batch (devices' transactions, checked and applied) in a write
+//! transaction. Rolling it back, proposing it, and writing it again through the state machine
+//! would do every write twice. Instead the deciding transaction proposes the batch and waits,
+//! still open, for openraft to hand it the entry to append: it writes that entry into the Raft
+//! log *in the same SQLite transaction* as the effects, commits once (one fsync), and only then
+//! tells openraft the entry is durable. The stored entry is compact
+//! ([`Proposal::InLog`]: the `_octo_log` positions that hold the batch), and the state machine
+//! skips it when it is committed: its effects are already in the file.
+//!
+//! Hand-over: openraft's core appends one batch at a time and waits until it is flushed
+//! (openraft 0.9's `append_to_log`). While a transaction waits for its entry, the log store
+//! gives every append to it ([`Handoff::offer`]), in order, so nothing is written out of
+//! order and no append waits for the SQLite write lock the transaction holds. If its entry
+//! does not come (the core waits for that lock elsewhere, to save a vote; this primary is not
+//! the leader), the transaction gives up: it rolls back, the appends it took are written by
+//! the log store as usual ([`GaveUp::after_rollback`]), and the proposal, which carries its
+//! whole batch, is applied by the state machine like any other entry. Write-through is only a
+//! shortcut: without it the outcome is the same.
+//!
+//! Only the leader writes through, and only entries it proposes itself. An entry written
+//! through is in the file before a majority holds it; a leader that crashes then may come back
+//! with effects the cluster did not keep. Raft would truncate that entry: the log store refuses
+//! (`LogStore::truncate`) and says the primary must rejoin as a new member.
+
+use super::log_store::{LogStore, LogStoreError};
+use super::types::{Applied, Decided, Proposal, TypeConfig};
+use super::Raft;
+use crate::error::{Error, Result};
+use openraft::storage::LogFlushed;
+use openraft::{Entry, EntryPayload};
+use rusqlite::Connection;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// How long a deciding transaction waits for its entry before it gives up (see the module's
+/// notes): far longer than an append takes, short enough that a core waiting for the write
+/// lock is not held up for long.
+const ENTRY_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// Entries openraft asks to append, and the callback that says they are durable.
+pub(crate) struct PendingAppend {
+    pub entries: Vec<Entry<TypeConfig>>,
+    pub flushed: LogFlushed<TypeConfig>,
+}
+
+/// Appends on their way from the log store to the transaction that waits for them.
+#[derive(Default)]
+pub struct Handoff {
+    state: Mutex<HandoffState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct HandoffState {
+    waiting: bool,
+    queue: Vec<PendingAppend>,
+    /// The waiting transaction's proposal failed before its entry came.
+    proposal_failed: bool,
+}
+
+impl Handoff {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HandoffState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// From the log store: a waiting transaction takes `append` (None), else it comes back.
+    pub(crate) fn offer(&self, append: PendingAppend) -> Option<PendingAppend> {
+        let mut state = self.lock();
+        if !state.waiting {
+            return Some(append);
+        }
+        state.queue.push(append);
+        self.changed.notify_all();
+        None
+    }
+
+    fn start_waiting(&self) {
+        let mut state = self.lock();
+        state.waiting = true;
+        state.proposal_failed = false;
+    }
+
+    /// The appends that came, waiting for some until `deadline` or a failed proposal.
+    fn take(&self, deadline: Instant) -> Vec<PendingAppend> {
+        let mut state = self.lock();
+        while state.queue.is_empty() && !state.proposal_failed {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        std::mem::take(&mut state.queue)
+    }
+
+    /// Stops taking appends; returns those that came since the last `take`.
+    fn stop_waiting(&self) -> Vec<PendingAppend> {
+        let mut state = self.lock();
+        state.waiting = false;
+        std::mem::take(&mut state.queue)
+    }
+
+    fn proposal_failed(&self) {
+        self.lock().proposal_failed = true;
+        self.changed.notify_all();
+    }
+}
+
+/// What openraft answers a proposal once it is committed and applied.
+pub(crate) struct Response(oneshot::Receiver<Result<Applied>>);
+
+impl Response {
+    pub async fn wait(self) -> Result<Applied> {
+        self.0.await.map_err(|_| stopped())?
+    }
+
+    /// Waits from a plain thread.
+    pub fn blocking_wait(self) -> Result<Applied> {
+        self.0.blocking_recv().map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> Error {
+    Error::rule("the cluster stopped before the proposal was decided")
+}
+
+/// Proposes a primary's decided batches to the cluster, writing them through when it can.
+pub struct Proposer {
+    raft: Raft,
+    handoff: Arc<Handoff>,
+    log: LogStore,
+    runtime: tokio::runtime::Handle,
+}
+
+/// A proposal made from inside an open write transaction.
+pub(crate) enum Proposed {
+    /// Its entry is written in the transaction: commit it, then [`InTxn::committed`] (or
+    /// [`InTxn::not_committed`] when the commit fails).
+    InTxn(InTxn),
+    /// Its entry is not in the transaction: roll it back, then [`GaveUp::after_rollback`].
+    GaveUp(GaveUp),
+}
+
+pub(crate) struct InTxn {
+    /// The appends written in the transaction, as openraft gave them.
+    written: Vec<PendingAppend>,
+    response: Response,
+    log: LogStore,
+}
+
+pub(crate) struct GaveUp {
+    appends: Vec<PendingAppend>,
+    response: Response,
+    log: LogStore,
+}
+
+impl Proposer {
+    /// Call it from inside the runtime that runs `raft`.
+    pub(crate) fn new(raft: Raft, log: LogStore) -> Proposer {
+        Proposer {
+            raft,
+            handoff: log.handoff(),
+            log,
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// Proposes `decided`, whose log entries are `_octo_log` rows `first_seq..=last_seq`
+    /// written in the write transaction open on `conn`, and writes its Raft entry there too
+    /// when openraft hands it over in time. Call it from a plain thread (it blocks).
+    pub(crate) fn propose_in_txn(
+        &self,
+        conn: &Connection,
+        decided: Vec<Decided>,
+        seqs: std::ops::RangeInclusive<u64>,
+    ) -> Proposed {
+        let (first_seq, last_seq) = (*seqs.start(), *seqs.end());
+        self.handoff.start_waiting();
+        let response = self.propose(Proposal::Decided(decided), true);
+        let deadline = Instant::now() + ENTRY_WAIT_MAX;
+        let mut written = Vec::new();
+        let mut ours = false;
+        while !ours && Instant::now() < deadline {
+            let appends = self.handoff.take(deadline);
+            if appends.is_empty() {
+                break; // the deadline passed, or the proposal failed
+            }
+            for append in appends {
+                let wrote = write_appends(conn, &append.entries, &mut ours, first_seq, last_seq);
+                written.push(append);
+                if let Err(e) = wrote {
+                    written.extend(self.handoff.stop_waiting());
+                    return Proposed::GaveUp(self.gave_up(written, response, e));
+                }
+            }
+        }
+        // openraft appends nothing more until ours is durable; whatever still came goes in too.
+        let rest = self.handoff.stop_waiting();
+        if !ours {
+            written.extend(rest);
+            tracing::debug!("the proposal's entry did not come in time: applied separately");
+            return Proposed::GaveUp(GaveUp {
+                appends: written,
+                response,
+                log: self.log.clone(),
+            });
+        }
+        for append in rest {
+            let wrote = write_appends(conn, &append.entries, &mut ours, 0, 0);
+            written.push(append);
+            if let Err(e) = wrote {
+                return Proposed::GaveUp(self.gave_up(written, response, e));
+            }
+        }
+        Proposed::InTxn(InTxn {
+            written,
+            response,
+            log: self.log.clone(),
+        })
+    }
+
+    fn gave_up(&self, appends: Vec<PendingAppend>, response: Response, e: Error) -> GaveUp {
+        tracing::warn!("could not write the proposal's Raft entry with its batch: {e}");
+        GaveUp {
+            appends,
+            response,
+            log: self.log.clone(),
+        }
+    }
+
+    /// Proposes on openraft's runtime; with `wake`, a failure wakes the waiting transaction.
+    fn propose(&self, proposal: Proposal, wake: bool) -> Response {
+        let (tx, rx) = oneshot::channel();
+        let raft = self.raft.clone();
+        let handoff = self.handoff.clone();
+        self.runtime.spawn(async move {
+            let outcome = raft
+                .client_write(proposal)
+                .await
+                .map(|r| r.data)
+                .map_err(|e| Error::rule(format!("the cluster did not take the proposal: {e}")));
+            if outcome.is_err() && wake {
+                handoff.proposal_failed();
+            }
+            let _ = tx.send(outcome);
+        });
+        Response(rx)
+    }
+}
+
+/// Writes `entries` into the Raft log in the open transaction: the proposal waited for
+/// (the first decided batch met while `*ours` is false) compactly, as the `_octo_log` rows
+/// `first_seq..=last_seq` that hold it, every other entry whole.
+fn write_appends(
+    conn: &Connection,
+    entries: &[Entry<TypeConfig>],
+    ours: &mut bool,
+    first_seq: u64,
+    last_seq: u64,
+) -> Result<()> {
+    for entry in entries {
+        let mine = !*ours && matches!(entry.payload, EntryPayload::Normal(Proposal::Decided(_)));
+        if mine {
+            *ours = true;
+            let compact = Entry {
+                log_id: entry.log_id,
+                payload: EntryPayload::Normal(Proposal::InLog {
+                    first_seq,
+                    last_seq,
+                }),
+            };
+            super::log_store::write_entry(conn, &compact)
+        } else {
+            super::log_store::write_entry(conn, entry)
+        }
+        .map_err(|e| Error::rule(format!("writing the Raft log: {e}")))?;
+    }
+    Ok(())
+}
+
+impl InTxn {
+    /// The transaction committed: the entries are durable. Returns openraft's answer to come.
+    pub(crate) fn committed(self) -> Response {
+        for append in self.written {
+            append.flushed.log_io_completed(Ok(()));
+        }
+        self.response
+    }
+
+    /// The commit failed (and rolled back): the entries are written without the batch, whose
+    /// proposal carries it whole.
+    pub(crate) fn not_committed(self) -> GaveUp {
+        GaveUp {
+            appends: self.written,
+            response: self.response,
+            log: self.log,
+        }
+    }
+}
+
+impl GaveUp {
+    /// After the rollback: the appends taken are written by the log store, whole (retrying
+    /// while the disk refuses: openraft waits for them). Blocks; returns openraft's answer to
+    /// come, which says when the state machine applied the batch.
+    pub(crate) fn after_rollback(self) -> Response {
+        for append in self.appends {
+            let result = self.log.write_blocking(&append.entries);
+            let result = result.map_err(|e: LogStoreError| std::io::Error::other(e.to_string()));
+            append.flushed.log_io_completed(result);
+        }
+        self.response
+    }
+}

@@ -1,0 +1,91 @@
+//! A running primary is a Raft cluster of one: its devices' transactions reach its Raft log,
+//! written in the same commit as their effects (a few bytes each: their positions in the
+//! primaries' log), and a restart, which applies the Raft log again, applies none twice.
+
+mod common;
+
+use common::*;
+use octodb::cluster::{Proposal, TypeConfig};
+use octodb::Connection;
+use openraft::{Entry, EntryPayload};
+use std::path::Path;
+
+/// The primary's Raft log, read from its file.
+fn raft_log(path: &Path) -> Vec<Entry<TypeConfig>> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = c
+        .prepare("SELECT entry FROM _octo_raft_log ORDER BY idx")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| r.get::<_, Vec<u8>>(0))
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .unwrap();
+    rows.iter()
+        .map(|b| postcard::from_bytes(b).expect("a stored Raft entry decodes"))
+        .collect()
+}
+
+/// The log positions that written-through entries name, in order.
+fn written_through(log: &[Entry<TypeConfig>]) -> Vec<(u64, u64)> {
+    log.iter()
+        .filter_map(|e| match e.payload {
+            EntryPayload::Normal(Proposal::InLog {
+                first_seq,
+                last_seq,
+            }) => Some((first_seq, last_seq)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn insert(d: &Connection, from: usize, to: usize) {
+    for i in from..to {
+        d.execute("INSERT INTO t(v) VALUES (?1)", [format!("v{i}")])
+            .unwrap();
+    }
+}
+
+#[test]
+fn a_primary_alone_writes_device_batches_through_its_raft_log_and_restarts_without_doubling() {
+    let c = Cluster::new();
+    let path = c.path("p.db");
+    let p = c.primary_with_t();
+    let port = p.bound_addrs()[0].port();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    insert(&d, 0, 50);
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t", 50);
+
+    let log = raft_log(&path);
+    let batches = written_through(&log);
+    assert!(!batches.is_empty(), "device batches are in the Raft log");
+    let covered: u64 = batches.iter().map(|(a, b)| b - a + 1).sum();
+    assert_eq!(
+        covered, 50,
+        "each accepted transaction is in exactly one batch"
+    );
+    let from_device = "SELECT count(*) FROM _octo_log WHERE origin_txn > 0";
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let logged: i64 = raw.query_row(from_device, [], |r| r.get(0)).unwrap();
+    assert_eq!(logged, 50);
+
+    // A restart: the Raft node applies its log again; nothing is written twice.
+    drop(d);
+    drop(p);
+    let p = Connection::open(&primary_uri(&path, port)).unwrap();
+    assert_eq!(count(&p, "SELECT count(*) FROM t"), 50);
+    let d = c.device("d.db", &p);
+    ready(&d);
+    insert(&d, 50, 60);
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t", 60);
+    let logged: i64 = raw.query_row(from_device, [], |r| r.get(0)).unwrap();
+    assert_eq!(logged, 60, "every transaction once in the primaries' log");
+    let covered: u64 = written_through(&raft_log(&path))
+        .iter()
+        .map(|(a, b)| b - a + 1)
+        .sum();
+    assert_eq!(covered, 60);
+}
