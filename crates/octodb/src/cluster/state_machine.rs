@@ -60,19 +60,26 @@ impl Inner {
         Ok(self.applied.insert(loaded))
     }
 
-    fn apply(&mut self, entries: &[Entry<TypeConfig>]) -> Result<Vec<Applied>> {
-        // Batches this primary wrote through are in the file already: nothing to write but
-        // the position, which can wait (after a restart openraft applies them again, and
-        // they are skipped again).
+    /// Batches this primary wrote through are in the file already: nothing to write but the
+    /// position, which can wait (after a restart openraft applies them again, and they are
+    /// skipped again). None when `entries` need more (or the position is due to be stored).
+    fn skip_written_through(&mut self, entries: &[Entry<TypeConfig>]) -> Option<Vec<Applied>> {
         let written_through = |e: &Entry<TypeConfig>| {
             matches!(e.payload, EntryPayload::Normal(Proposal::InLog { .. }))
         };
-        if entries.iter().all(written_through) && self.unsaved + entries.len() < SAVE_EVERY {
-            let out = entries.iter().map(skipped).collect();
-            if let Some(last) = entries.last() {
-                self.applied()?.0 = Some(last.log_id);
-            }
-            self.unsaved += entries.len();
+        let applied = self.applied.as_mut()?;
+        if !entries.iter().all(written_through) || self.unsaved + entries.len() >= SAVE_EVERY {
+            return None;
+        }
+        if let Some(last) = entries.last() {
+            applied.0 = Some(last.log_id);
+        }
+        self.unsaved += entries.len();
+        Some(entries.iter().map(skipped).collect())
+    }
+
+    fn apply(&mut self, entries: &[Entry<TypeConfig>]) -> Result<Vec<Applied>> {
+        if let Some(out) = self.skip_written_through(entries) {
             return Ok(out);
         }
         let (mut applied, mut membership) = self.applied()?.clone();
@@ -170,6 +177,10 @@ impl StateMachine {
                 unsaved: 0,
             })),
         })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn with<T: Send + 'static>(
@@ -328,6 +339,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: Send,
     {
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        // Batches written through need no SQLite work: answered here, without a trip to the
+        // blocking pool (the leader's every proposal comes this way).
+        if let Some(out) = self.lock().skip_written_through(&entries) {
+            return Ok(out);
+        }
         self.with(move |inner| inner.apply(&entries))
             .await
             .map_err(storage_error)
