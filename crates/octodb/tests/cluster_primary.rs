@@ -61,10 +61,11 @@ fn a_primary_alone_writes_device_batches_through_its_raft_log_and_restarts_witho
     let log = raft_log(&path);
     let batches = written_through(&log);
     assert!(!batches.is_empty(), "device batches are in the Raft log");
-    let covered: u64 = batches.iter().map(|(a, b)| b - a + 1).sum();
     assert_eq!(
-        covered, 50,
-        "each accepted transaction is in exactly one batch"
+        covered_positions(&path),
+        log_positions(&path),
+        "each entry of the primaries' log (the schema, then each accepted transaction) is in \
+         exactly one Raft entry"
     );
     let from_device = "SELECT count(*) FROM _octo_log WHERE origin_txn > 0";
     let raw = rusqlite::Connection::open(&path).unwrap();
@@ -83,9 +84,72 @@ fn a_primary_alone_writes_device_batches_through_its_raft_log_and_restarts_witho
     wait_count(&p, "SELECT count(*) FROM t", 60);
     let logged: i64 = raw.query_row(from_device, [], |r| r.get(0)).unwrap();
     assert_eq!(logged, 60, "every transaction once in the primaries' log");
-    let covered: u64 = written_through(&raft_log(&path))
-        .iter()
-        .map(|(a, b)| b - a + 1)
-        .sum();
-    assert_eq!(covered, 60);
+    assert_eq!(covered_positions(&path), log_positions(&path));
+}
+
+/// Every position of the primaries' log, each once, in the Raft log's order.
+fn covered_positions(path: &Path) -> Vec<u64> {
+    written_through(&raft_log(path))
+        .into_iter()
+        .flat_map(|(a, b)| a..=b)
+        .collect()
+}
+
+fn log_positions(path: &Path) -> Vec<u64> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = c.prepare("SELECT seq FROM _octo_log ORDER BY seq").unwrap();
+    let seqs = stmt
+        .query_map([], |r| r.get::<_, i64>(0))
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .unwrap();
+    seqs.into_iter().map(|s| s as u64).collect()
+}
+
+#[test]
+fn every_commit_of_a_primary_app_takes_its_place_in_the_raft_log() {
+    let c = Cluster::new();
+    let path = c.path("p.db");
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    // Autocommit statements, an explicit transaction, savepoints (one released inside a
+    // transaction, one rolled back, one that commits by its RELEASE), a rolled-back
+    // transaction, a schema change; and devices' batches in between.
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('auto', '*')", [])
+        .unwrap();
+    insert(&d, 0, 5);
+    p.execute_batch(
+        "BEGIN; INSERT INTO t(v, row_owner) VALUES ('b1', '*');
+         SAVEPOINT s1; INSERT INTO t(v, row_owner) VALUES ('b2', '*'); RELEASE s1;
+         SAVEPOINT s2; INSERT INTO t(v, row_owner) VALUES ('gone', '*'); ROLLBACK TO s2;
+         COMMIT;",
+    )
+    .unwrap();
+    p.execute_batch(
+        "SAVEPOINT Outer; INSERT INTO t(v, row_owner) VALUES ('s1', '*');
+         SAVEPOINT inner; UPDATE t SET v = 's1b' WHERE v = 's1'; RELEASE inner;
+         RELEASE \"outer\";",
+    )
+    .unwrap();
+    p.execute_batch("BEGIN; INSERT INTO t(v, row_owner) VALUES ('never', '*'); ROLLBACK;")
+        .unwrap();
+    p.execute(
+        "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    insert(&d, 5, 10);
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t", 14);
+
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM t WHERE v IN ('gone', 'never')"),
+        0
+    );
+    assert_eq!(
+        covered_positions(&path),
+        log_positions(&path),
+        "each entry of the primaries' log is in the Raft log once, in the same order"
+    );
 }

@@ -10,6 +10,7 @@
 //! bookkeeping, SQLite's own `last_insert_rowid()` and `changes()`.
 
 mod capture_schema;
+mod commit_point;
 mod driver;
 mod pragmas;
 
@@ -78,6 +79,11 @@ pub struct Connection {
     outbox_added: RefCell<Option<crate::changes::ChangeSet>>,
     /// A `ROLLBACK TO` ran in the open transaction: announce it from the file, not from memory.
     rolled_back_within: Cell<bool>,
+    /// Primaries: the savepoints of a transaction a `SAVEPOINT` opened, oldest first
+    /// (`commit_point`).
+    savepoints: RefCell<Vec<String>>,
+    /// Primaries in a cluster: the open transaction's Raft entry, written in it at its commit.
+    in_flight: RefCell<Option<commit_point::InFlight>>,
     /// `last_insert_rowid()` as the user sees it: the id a row was finally stored under.
     last_rowid: Arc<AtomicI64>,
     last_changes: Arc<AtomicI64>,
@@ -158,6 +164,8 @@ impl Connection {
             committed: RefCell::new(Vec::new()),
             outbox_added: RefCell::new(None),
             rolled_back_within: Cell::new(false),
+            savepoints: RefCell::new(Vec::new()),
+            in_flight: RefCell::new(None),
             last_rowid: Arc::new(AtomicI64::new(0)),
             last_changes: Arc::new(AtomicI64::new(0)),
             turn: AppTurn::default(),
@@ -433,10 +441,22 @@ impl Connection {
         let entries = self.committed.take();
         let outbox = self.outbox_added.take();
         let from_file = self.rolled_back_within.replace(false);
-        if !committed {
+        // Its Raft entry was written with it: announced once the cluster commits it.
+        let announced = self.settle_in_flight(committed);
+        if !committed || announced {
             return;
         }
         let Some(node) = &self.node else { return };
+        if !entries.is_empty() && node.shared.cluster.get().is_some() {
+            if from_file {
+                tracing::warn!(
+                    "a transaction committed by a RELEASE after a ROLLBACK TO gets no Raft \
+                     entry: other primaries would not receive it"
+                );
+            } else if self.propose_committed(entries.clone()) {
+                return;
+            }
+        }
         if from_file {
             if !entries.is_empty() {
                 match log::last_seq(&self.conn) {

@@ -96,7 +96,9 @@ impl Inner {
                     let mut last_seq = 0;
                     match &entry.payload {
                         EntryPayload::Blank => {}
-                        EntryPayload::Normal(Proposal::Decided(txns)) => {
+                        EntryPayload::Normal(
+                            Proposal::Decided(txns) | Proposal::Batch { txns, .. },
+                        ) => {
                             for d in txns {
                                 last_seq = apply_decided(c, tables, replicated, d)?;
                             }

@@ -18,6 +18,9 @@ pub enum Proposal {
     /// `first_seq..=last_seq`. Only stored in the leader's own Raft log; sent to other
     /// primaries as the `Decided` it stands for.
     InLog { first_seq: u64, last_seq: u64 },
+    /// Transactions a primary decided, as [`Proposal::Decided`], under an id that lets it void
+    /// the batch (appended with no transactions) when it gives it up (`write_through`).
+    Batch { id: u64, txns: Vec<Decided> },
 }
 
 /// A transaction as the leader decided it: its effects as the primaries apply them (triggers'

@@ -14,10 +14,11 @@
 //! gives every append to it ([`Handoff::offer`]), in order, so nothing is written out of
 //! order and no append waits for the SQLite write lock the transaction holds. If its entry
 //! does not come (the core waits for that lock elsewhere, to save a vote; this primary is not
-//! the leader), the transaction gives up: it rolls back, the appends it took are written by
-//! the log store as usual ([`GaveUp::after_rollback`]), and the proposal, which carries its
-//! whole batch, is applied by the state machine like any other entry. Write-through is only a
-//! shortcut: without it the outcome is the same.
+//! the leader), or the commit fails (a full disk), the transaction gives up: it rolls back,
+//! and its batch is voided: whenever its entry is appended it is written empty (each batch
+//! carries an id for this), and the appends it took are written by the log store as usual
+//! ([`GaveUp::after_rollback`]). A batch given up was not decided: the devices send those
+//! transactions again, an app's COMMIT fails.
 //!
 //! Only the leader writes through, and only entries it proposes itself. An entry written
 //! through is in the file before a majority holds it; a leader that crashes then may come back
@@ -59,6 +60,8 @@ struct HandoffState {
     queue: Vec<PendingAppend>,
     /// The waiting transaction's proposal failed before its entry came.
     proposal_failed: bool,
+    /// Batches given up before openraft appended them: appended empty.
+    voided: std::collections::HashSet<u64>,
 }
 
 impl Handoff {
@@ -67,8 +70,17 @@ impl Handoff {
     }
 
     /// From the log store: a waiting transaction takes `append` (None), else it comes back.
-    pub(crate) fn offer(&self, append: PendingAppend) -> Option<PendingAppend> {
+    pub(crate) fn offer(&self, mut append: PendingAppend) -> Option<PendingAppend> {
         let mut state = self.lock();
+        if !state.voided.is_empty() {
+            for entry in &mut append.entries {
+                if let EntryPayload::Normal(Proposal::Batch { id, txns }) = &mut entry.payload {
+                    if state.voided.remove(id) {
+                        txns.clear();
+                    }
+                }
+            }
+        }
         if !state.waiting {
             return Some(append);
         }
@@ -100,11 +112,20 @@ impl Handoff {
         std::mem::take(&mut state.queue)
     }
 
-    /// Stops taking appends; returns those that came since the last `take`.
-    fn stop_waiting(&self) -> Vec<PendingAppend> {
+    /// Stops taking appends; returns those that came since the last `take`. With `void`,
+    /// that batch is appended empty whenever openraft appends it.
+    fn stop_waiting(&self, void: Option<u64>) -> Vec<PendingAppend> {
         let mut state = self.lock();
         state.waiting = false;
+        if let Some(id) = void {
+            state.voided.insert(id);
+        }
         std::mem::take(&mut state.queue)
+    }
+
+    /// The batch was never appended (its proposal failed): nothing to void.
+    fn forget(&self, id: u64) {
+        self.lock().voided.remove(&id);
     }
 
     fn proposal_failed(&self) {
@@ -120,11 +141,6 @@ impl Response {
     pub async fn wait(self) -> Result<Applied> {
         self.0.await.map_err(|_| stopped())?
     }
-
-    /// Waits from a plain thread.
-    pub fn blocking_wait(self) -> Result<Applied> {
-        self.0.blocking_recv().map_err(|_| stopped())?
-    }
 }
 
 fn stopped() -> Error {
@@ -137,6 +153,8 @@ pub struct Proposer {
     handoff: Arc<Handoff>,
     log: LogStore,
     runtime: tokio::runtime::Handle,
+    /// Ids of this process's batches (unique among those in flight, which is all they need).
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 /// A proposal made from inside an open write transaction.
@@ -149,6 +167,7 @@ pub(crate) enum Proposed {
 }
 
 pub(crate) struct InTxn {
+    id: u64,
     /// The appends written in the transaction, as openraft gave them.
     written: Vec<PendingAppend>,
     response: Response,
@@ -156,8 +175,8 @@ pub(crate) struct InTxn {
 }
 
 pub(crate) struct GaveUp {
+    id: u64,
     appends: Vec<PendingAppend>,
-    response: Response,
     log: LogStore,
 }
 
@@ -169,6 +188,7 @@ impl Proposer {
             handoff: log.handoff(),
             log,
             runtime: tokio::runtime::Handle::current(),
+            next_id: std::sync::atomic::AtomicU64::new(1),
         }
     }
 
@@ -182,75 +202,94 @@ impl Proposer {
     pub(crate) fn propose_in_txn(
         &self,
         conn: &Connection,
-        decided: Vec<Decided>,
+        txns: Vec<Decided>,
         seqs: std::ops::RangeInclusive<u64>,
     ) -> Proposed {
-        let (first_seq, last_seq) = (*seqs.start(), *seqs.end());
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let compact = Proposal::InLog {
+            first_seq: *seqs.start(),
+            last_seq: *seqs.end(),
+        };
         self.handoff.start_waiting();
-        let response = self.propose(Proposal::Decided(decided), true);
+        let response = self.propose(Proposal::Batch { id, txns });
         let deadline = Instant::now() + ENTRY_WAIT_MAX;
         let mut written = Vec::new();
         let mut ours = false;
-        while !ours && Instant::now() < deadline {
+        while !ours {
             let appends = self.handoff.take(deadline);
             if appends.is_empty() {
                 break; // the deadline passed, or the proposal failed
             }
             for append in appends {
-                let wrote = write_appends(conn, &append.entries, &mut ours, first_seq, last_seq);
+                let wrote = write_appends(conn, &append.entries, id, &compact, &mut ours);
                 written.push(append);
                 if let Err(e) = wrote {
-                    written.extend(self.handoff.stop_waiting());
-                    return Proposed::GaveUp(self.gave_up(written, response, e));
+                    tracing::warn!("could not write a batch's Raft entry with it: {e}");
+                    written.extend(self.handoff.stop_waiting(Some(id)));
+                    return Proposed::GaveUp(self.gave_up(id, written));
                 }
             }
         }
-        // openraft appends nothing more until ours is durable; whatever still came goes in too.
-        let rest = self.handoff.stop_waiting();
         if !ours {
-            written.extend(rest);
-            tracing::debug!("the proposal's entry did not come in time: applied separately");
-            return Proposed::GaveUp(GaveUp {
-                appends: written,
-                response,
-                log: self.log.clone(),
-            });
+            tracing::info!("a batch's Raft entry did not come in time: given up");
+            written.extend(self.handoff.stop_waiting(Some(id)));
+            return Proposed::GaveUp(self.gave_up(id, written));
         }
-        for append in rest {
-            let wrote = write_appends(conn, &append.entries, &mut ours, 0, 0);
+        // openraft appends nothing more until ours is durable; whatever still came goes in too.
+        for append in self.handoff.stop_waiting(None) {
+            let wrote = write_appends(conn, &append.entries, id, &compact, &mut ours);
             written.push(append);
             if let Err(e) = wrote {
-                return Proposed::GaveUp(self.gave_up(written, response, e));
+                tracing::warn!("could not write a batch's Raft entry with it: {e}");
+                return Proposed::GaveUp(self.gave_up(id, written));
             }
         }
         Proposed::InTxn(InTxn {
+            id,
             written,
             response,
             log: self.log.clone(),
         })
     }
 
-    fn gave_up(&self, appends: Vec<PendingAppend>, response: Response, e: Error) -> GaveUp {
-        tracing::warn!("could not write the proposal's Raft entry with its batch: {e}");
+    fn gave_up(&self, id: u64, appends: Vec<PendingAppend>) -> GaveUp {
         GaveUp {
+            id,
             appends,
-            response,
             log: self.log.clone(),
         }
     }
 
-    /// Proposes on openraft's runtime; with `wake`, a failure wakes the waiting transaction.
-    fn propose(&self, proposal: Proposal, wake: bool) -> Response {
+    /// Proposes `_octo_log` rows `seqs` committed without their Raft entry (a transaction that
+    /// a `RELEASE` committed): their effects are in the file already.
+    pub(crate) fn propose_committed(&self, seqs: std::ops::RangeInclusive<u64>) -> Response {
+        self.propose(Proposal::InLog {
+            first_seq: *seqs.start(),
+            last_seq: *seqs.end(),
+        })
+    }
+
+    /// Proposes on openraft's runtime; a failure wakes the transaction waiting for the entry.
+    fn propose(&self, proposal: Proposal) -> Response {
         let (tx, rx) = oneshot::channel();
         let raft = self.raft.clone();
         let handoff = self.handoff.clone();
+        let id = match &proposal {
+            Proposal::Batch { id, .. } => Some(*id),
+            _ => None,
+        };
         self.runtime.spawn(async move {
             let outcome = raft
                 .client_write(proposal)
                 .await
                 .map(|r| r.data)
                 .map_err(|e| Error::rule(format!("the cluster did not take the proposal: {e}")));
-            if outcome.is_err() && wake {
+            if outcome.is_err() {
+                if let Some(id) = id {
+                    handoff.forget(id);
+                }
                 handoff.proposal_failed();
             }
             let _ = tx.send(outcome);
@@ -259,28 +298,25 @@ impl Proposer {
     }
 }
 
-/// Writes `entries` into the Raft log in the open transaction: the proposal waited for
-/// (the first decided batch met while `*ours` is false) compactly, as the `_octo_log` rows
-/// `first_seq..=last_seq` that hold it, every other entry whole.
+/// Writes `entries` into the Raft log in the open transaction: batch `id` as `compact` (the
+/// `_octo_log` positions that hold it), every other entry whole.
 fn write_appends(
     conn: &Connection,
     entries: &[Entry<TypeConfig>],
+    id: u64,
+    compact: &Proposal,
     ours: &mut bool,
-    first_seq: u64,
-    last_seq: u64,
 ) -> Result<()> {
     for entry in entries {
-        let mine = !*ours && matches!(entry.payload, EntryPayload::Normal(Proposal::Decided(_)));
+        let mine = matches!(&entry.payload,
+            EntryPayload::Normal(Proposal::Batch { id: i, .. }) if *i == id);
         if mine {
             *ours = true;
-            let compact = Entry {
+            let stored = Entry {
                 log_id: entry.log_id,
-                payload: EntryPayload::Normal(Proposal::InLog {
-                    first_seq,
-                    last_seq,
-                }),
+                payload: EntryPayload::Normal(compact.clone()),
             };
-            super::log_store::write_entry(conn, &compact)
+            super::log_store::write_entry(conn, &stored)
         } else {
             super::log_store::write_entry(conn, entry)
         }
@@ -298,27 +334,31 @@ impl InTxn {
         self.response
     }
 
-    /// The commit failed (and rolled back): the entries are written without the batch, whose
-    /// proposal carries it whole.
+    /// The commit failed (and rolled back): the batch is voided.
     pub(crate) fn not_committed(self) -> GaveUp {
         GaveUp {
+            id: self.id,
             appends: self.written,
-            response: self.response,
             log: self.log,
         }
     }
 }
 
 impl GaveUp {
-    /// After the rollback: the appends taken are written by the log store, whole (retrying
-    /// while the disk refuses: openraft waits for them). Blocks; returns openraft's answer to
-    /// come, which says when the state machine applied the batch.
-    pub(crate) fn after_rollback(self) -> Response {
-        for append in self.appends {
+    /// After the rollback: the appends taken are written by the log store, this batch empty
+    /// (retrying while the disk refuses: openraft waits for them). Blocks.
+    pub(crate) fn after_rollback(self) {
+        for mut append in self.appends {
+            for entry in &mut append.entries {
+                if let EntryPayload::Normal(Proposal::Batch { id, txns }) = &mut entry.payload {
+                    if *id == self.id {
+                        txns.clear();
+                    }
+                }
+            }
             let result = self.log.write_blocking(&append.entries);
             let result = result.map_err(|e: LogStoreError| std::io::Error::other(e.to_string()));
             append.flushed.log_io_completed(result);
         }
-        self.response
     }
 }

@@ -127,6 +127,47 @@ pub(crate) struct Shared {
     pub primary_key: Mutex<Option<crate::crypto::PublicKey>>,
     /// Primaries: the Raft cluster the writer proposes its batches to (set at the start).
     pub cluster: OnceLock<crate::cluster::Proposer>,
+    /// Primaries: batches written through, announced once the cluster committed them.
+    announcements: mpsc::UnboundedSender<Announcement>,
+}
+
+/// A batch written through: the cluster's answer to come, its log entries, and the users of
+/// the devices whose transactions it decides.
+type Announcement = (
+    crate::cluster::Response,
+    Vec<crate::log::LogEntry>,
+    Vec<(u32, i64)>,
+);
+
+/// Tells the sessions streaming to devices of each batch, in the order they were handed over,
+/// once the cluster has committed it.
+async fn announce(shared: Arc<Shared>, mut batches: mpsc::UnboundedReceiver<Announcement>) {
+    while let Some((response, entries, users)) = batches.recv().await {
+        match response.wait().await {
+            Ok(applied) => {
+                tracing::debug!(
+                    last_seq = applied.last_seq,
+                    "batch committed by the cluster"
+                );
+                shared.log_committed(entries, user_in(users))
+            }
+            // Only when the node stops (or, in a cluster, loses its lead before a majority
+            // held the batch: then the cluster decides what stands).
+            Err(e) => tracing::warn!("a batch was not committed by the cluster: {e}"),
+        }
+    }
+}
+
+/// A number for a session between two nodes, unique in this process: the writer refuses
+/// what a session queued after some of its work failed.
+pub(crate) fn next_session() -> u64 {
+    static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The user of each device node of a batch.
+fn user_in(users: Vec<(u32, i64)>) -> impl Fn(u32) -> Option<i64> {
+    move |node| users.iter().find(|(n, _)| *n == node).map(|(_, u)| *u)
 }
 
 impl Shared {
@@ -240,6 +281,19 @@ impl Shared {
         self.audiences.wake(&recorded, origin_user);
     }
 
+    /// Primaries: `entries` were committed with their Raft entry; the sessions hear of them
+    /// once the cluster has committed it (`users`: the users of the device nodes they decide).
+    pub fn announce_when_committed(
+        &self,
+        response: crate::cluster::Response,
+        entries: Vec<crate::log::LogEntry>,
+        users: Vec<(u32, i64)>,
+    ) {
+        if self.announcements.send((response, entries, users)).is_err() {
+            tracing::debug!("the node stops: a batch is not announced");
+        }
+    }
+
     /// Move the feed forward to `seq` (never back), waking the tasks that follow it.
     pub fn advance_feed(&self, seq: u64) {
         self.feed.send_if_modified(|v| {
@@ -289,6 +343,7 @@ impl Node {
             _ => meta_i64(&conn, "last_seq")? as u64,
         };
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
+        let (announcements, batches) = mpsc::unbounded_channel();
         let (fresh_tx, fresh_rx) = mpsc::channel(FRESH_TXNS);
         let network_key = cfg.key.as_ref().map(network_key_bytes);
         let primary_key = match meta_get::<String>(&conn, PRIMARY_KEY)? {
@@ -331,6 +386,7 @@ impl Node {
             write_turns: Default::default(),
             primary_key: Mutex::new(primary_key),
             cluster: OnceLock::new(),
+            announcements,
             cfg,
         });
         if shared.cfg.role == Some(Role::Primary) {
@@ -348,7 +404,11 @@ impl Node {
             _lock: lock,
         };
         let tasks = match shared.cfg.role {
-            Some(Role::Primary) => primary::start(shared.clone())?,
+            Some(Role::Primary) => {
+                let mut tasks = primary::start(shared.clone())?;
+                tasks.push(runtime().spawn(announce(shared.clone(), batches)));
+                tasks
+            }
             Some(Role::Secondary) => vec![runtime().spawn(secondary::run(shared.clone()))],
             None => Vec::new(),
         };

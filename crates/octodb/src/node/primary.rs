@@ -296,6 +296,7 @@ async fn read_loop(
     beats: &tokio::sync::Notify,
 ) -> Result<()> {
     let mut stop = shared.shutdown.subscribe();
+    let session = super::next_session();
     loop {
         let msg = tokio::select! {
             m = recv_msg(rd) => m?,
@@ -311,7 +312,11 @@ async fn read_loop(
                 );
                 shared
                     .jobs
-                    .send(Job::DeviceTxns { sender, txns })
+                    .send(Job::DeviceTxns {
+                        sender,
+                        session,
+                        txns,
+                    })
                     .await
                     .map_err(|_| Error::Closed)?;
             }

@@ -314,6 +314,7 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
 async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
     let mut stop = shared.shutdown.subscribe();
     let mut writing = WritesInFlight::default();
+    let session = super::next_session();
     loop {
         let msg = tokio::select! {
             m = recv_msg(rd) => m?,
@@ -380,6 +381,7 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
                 let written = submit(shared, |reply| Job::Entries {
                     entries,
                     up_to,
+                    session,
                     reply,
                 })
                 .await?;

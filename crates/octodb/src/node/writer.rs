@@ -5,7 +5,7 @@
 use super::write_turns::EngineTurn;
 use super::{Event, Shared};
 use crate::changes::ChangeSet;
-use crate::cluster::{GaveUp, Proposed, Response};
+use crate::cluster::{GaveUp, Proposed};
 use crate::crypto::PublicKey;
 use crate::error::{Error, Result};
 use crate::log::{self, EntryBody, LogEntry};
@@ -54,9 +54,10 @@ pub(crate) async fn answer<T>(
 
 pub(crate) enum Job {
     Stop,
-    /// Primary: a device's transactions, in the device's order.
+    /// Primary: a device's transactions, in the device's order, from one of its sessions.
     DeviceTxns {
         sender: Sender,
+        session: u64,
         txns: Vec<(u64, ChangeSet)>,
     },
     /// Primary: a node presents itself; find or create its record.
@@ -113,10 +114,11 @@ pub(crate) enum Job {
         last_decided_txn: u64,
         reply: Reply<()>,
     },
-    /// Device: entries from the primaries.
+    /// Device: entries from the primaries, received by one session.
     Entries {
         entries: Vec<LogEntry>,
         up_to: u64,
+        session: u64,
         reply: Reply<()>,
     },
     /// Device: the initial download, in parts, inside one transaction.
@@ -152,8 +154,6 @@ pub(crate) fn spawn(
         Role::Primary => Some(TriggerEffects::new(&conn, shared.identity.clone())?),
         _ => None,
     };
-    let (commits, announcements) = mpsc::unbounded_channel();
-    super::runtime().spawn(announce(shared.clone(), announcements));
     std::thread::Builder::new()
         .name("octodb-writer".into())
         .spawn(move || {
@@ -165,8 +165,8 @@ pub(crate) fn spawn(
                 decided: None,
                 sending_noted: false,
                 trigger_effects,
-                commits,
-                separately: None,
+                given_up: None,
+                failed_sessions: Default::default(),
             }
             .run(rx)
         })
@@ -214,28 +214,16 @@ struct Writer {
     sending_noted: bool,
     /// Primary: what the schema's triggers write while devices' transactions are applied.
     trigger_effects: Option<TriggerEffects>,
-    /// Primary: committed batches, to announce once the cluster committed them (in order).
-    commits: mpsc::UnboundedSender<Announcement>,
-    /// Primary: a batch to apply through the state machine (its entry missed its commit).
-    separately: Option<GaveUp>,
+    /// Primary: a batch given up, whose Raft entries are written (voided) once its devices
+    /// have been told.
+    given_up: Option<GaveUp>,
+    /// Sessions whose work could not be written (a primary's device sessions, a device's
+    /// sessions with its primary).
+    failed_sessions: std::collections::HashSet<u64>,
 }
 
-/// A batch written through: the cluster's answer to come, its log entries, and the users of
-/// the devices whose transactions it decides.
-type Announcement = (Response, Vec<LogEntry>, Vec<(u32, i64)>);
-
-/// Tells the sessions streaming to devices of each committed batch, in commit order, once the
-/// cluster has committed it.
-async fn announce(shared: Arc<Shared>, mut commits: mpsc::UnboundedReceiver<Announcement>) {
-    while let Some((response, entries, users)) = commits.recv().await {
-        match response.wait().await {
-            Ok(_) => shared.log_committed(entries, user_in(users)),
-            // Only when the node stops (or, in a cluster, loses its lead before a majority
-            // held the batch: then the cluster decides what stands).
-            Err(e) => tracing::warn!("a batch was not committed by the cluster: {e}"),
-        }
-    }
-}
+/// Failed sessions remembered at most (they end within moments of their failure).
+const MAX_FAILED_SESSIONS: usize = 65_536;
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
@@ -272,13 +260,32 @@ impl Writer {
                         _ => 0,
                     };
                     let jobs = take_batch(&mut rx, &mut next, job, txns_in, GROUP_COMMIT_MAX);
+                    let mut sessions = Vec::new();
                     let batch: Vec<_> = jobs
                         .into_iter()
                         .filter_map(|j| match j {
-                            Job::DeviceTxns { sender, txns } => Some((sender, txns)),
+                            // A session whose batch failed is ending: what it queued after
+                            // must not be decided before what failed (its device sends both
+                            // again, in order, on its next connection).
+                            Job::DeviceTxns { session, .. }
+                                if self.failed_sessions.contains(&session) =>
+                            {
+                                None
+                            }
+                            Job::DeviceTxns {
+                                sender,
+                                session,
+                                txns,
+                            } => {
+                                sessions.push(session);
+                                Some((sender, txns))
+                            }
                             _ => None,
                         })
                         .collect();
+                    if batch.is_empty() {
+                        continue;
+                    }
                     let count: usize = batch.iter().map(|(_, txns)| txns.len()).sum();
                     let started = std::time::Instant::now();
                     match self.apply_device_batch(&batch) {
@@ -301,8 +308,10 @@ impl Writer {
                             tracing::error!("{reason}");
                             let nodes = batch.iter().map(|(s, _)| s.node_id).collect();
                             self.shared.writes_failed(nodes, reason);
-                            if let Err(e) = self.apply_separately() {
-                                tracing::error!("the cluster did not take a batch: {e}");
+                            self.note_failed_sessions(sessions);
+                            // (Retries while the disk refuses: openraft waits for these.)
+                            if let Some(g) = self.given_up.take() {
+                                g.after_rollback();
                             }
                         }
                     }
@@ -397,6 +406,14 @@ impl Writer {
         }
     }
 
+    /// These sessions' work could not be written: what they queued after it is refused.
+    fn note_failed_sessions(&mut self, sessions: Vec<u64>) {
+        if self.failed_sessions.len() > MAX_FAILED_SESSIONS {
+            self.failed_sessions.clear(); // long ended, all of them
+        }
+        self.failed_sessions.extend(sessions);
+    }
+
     /// Primary: the last transaction decided for `node_id`, as committed.
     fn last_decided(&mut self, node_id: u32) -> Result<u64> {
         let decided = loaded(&mut self.decided, &self.conn)?;
@@ -461,39 +478,28 @@ impl Writer {
         match (proposed?, committed) {
             (None, Ok(())) => {
                 decided.committed(new);
-                self.shared.log_committed(recorded, user_in(users));
+                self.shared.log_committed(recorded, super::user_in(users));
                 Ok(())
             }
             (Some(Proposed::InTxn(t)), Ok(())) => {
                 decided.committed(new);
-                let _ = self.commits.send((t.committed(), recorded, users));
+                self.shared
+                    .announce_when_committed(t.committed(), recorded, users);
                 Ok(())
             }
             (None, Err(e)) => Err(e),
             (Some(Proposed::InTxn(t)), Err(e)) => {
-                self.separately = Some(t.not_committed());
+                self.given_up = Some(t.not_committed());
                 Err(e)
             }
             (Some(Proposed::GaveUp(g)), _) => {
-                self.separately = Some(g);
-                self.apply_separately()
+                self.given_up = Some(g);
+                Err(Error::rule(
+                    "the cluster did not take the batch (its leader changed, or its Raft entry \
+                     could not be written)",
+                ))
             }
         }
-    }
-
-    /// The batch whose Raft entry could not be written with it: its entry is written alone
-    /// and the state machine applies it. Decisions wait for it (the next batch is decided on
-    /// top of it), however long the disk refuses to write.
-    fn apply_separately(&mut self) -> Result<()> {
-        let Some(gave_up) = self.separately.take() else {
-            return Ok(());
-        };
-        // What this writer knows of past decisions may now be behind the file.
-        self.decided = None;
-        let applied = gave_up.after_rollback().blocking_wait()?;
-        self.shared.advance_feed(applied.last_seq);
-        self.shared.audiences.wake_everyone(applied.last_seq);
-        Ok(())
     }
 
     fn welcome(
@@ -585,19 +591,39 @@ impl Writer {
         let mut entries = Vec::new();
         let mut up_to = 0;
         let mut replies = Vec::with_capacity(jobs.len());
+        let mut sessions = Vec::new();
         for job in jobs {
-            if let Job::Entries {
-                entries: e,
-                up_to: u,
-                reply,
-            } = job
-            {
-                entries.extend(e);
-                up_to = up_to.max(u);
-                replies.push(reply);
+            match job {
+                // Entries that came after some this session could not apply: applying them
+                // would move the device's position past those (they come again, in order,
+                // on its next connection).
+                Job::Entries { session, reply, .. } if self.failed_sessions.contains(&session) => {
+                    let _ = reply.send(Err(Error::rule(
+                        "earlier entries of this connection could not be applied",
+                    )));
+                }
+                Job::Entries {
+                    entries: e,
+                    up_to: u,
+                    session,
+                    reply,
+                } => {
+                    entries.extend(e);
+                    up_to = up_to.max(u);
+                    replies.push(reply);
+                    sessions.push(session);
+                }
+                _ => {}
             }
         }
-        match self.apply_entries(&entries, up_to) {
+        if replies.is_empty() {
+            return;
+        }
+        let applied = self.apply_entries(&entries, up_to);
+        if applied.is_err() {
+            self.note_failed_sessions(sessions);
+        }
+        match applied {
             Ok(()) => replies.into_iter().for_each(|r| {
                 let _ = r.send(Ok(()));
             }),
@@ -728,11 +754,6 @@ fn proposal_of(recorded: &[LogEntry]) -> Vec<crate::cluster::Decided> {
             body: e.body.clone(),
         })
         .collect()
-}
-
-/// The user of each device node of a batch.
-fn user_in(users: Vec<(u32, i64)>) -> impl Fn(u32) -> Option<i64> {
-    move |node| users.iter().find(|(n, _)| *n == node).map(|(_, u)| *u)
 }
 
 /// Primary: the decided map, read from the file at its first use.

@@ -165,9 +165,18 @@ impl Connection {
         let in_txn = !self.conn.is_autocommit();
         let wrap = !in_txn && !readonly && WRAPPED.contains(&word.as_str());
         if in_txn && matches!(word.as_str(), "COMMIT" | "END" | "RELEASE") {
+            let commits = word != "RELEASE" || self.release_commits(sql);
             // Record the transaction's changes inside it, just before it commits.
             self.flush()?;
+            if commits {
+                if let Err(e) = self.propose_before_commit() {
+                    self.rolled_back();
+                    self.after_statement(false);
+                    return Err(e);
+                }
+            }
         }
+        self.track_savepoint(&word, sql, in_txn);
         // Turns at writing the file (`node::write_turns`): only a connection about to write
         // and holding no read snapshot may wait for the engine; a reader never waits, and one
         // whose snapshot is taken would only fail to write after the engine's commit.
@@ -236,6 +245,7 @@ impl Connection {
             }
             if started.wrap {
                 self.flush().map_err(Some)?;
+                self.propose_before_commit().map_err(Some)?;
                 self.internal_sql("COMMIT").map_err(Some)?;
             }
             Ok(())
@@ -245,7 +255,10 @@ impl Connection {
                 r.capture.statement_failed();
             }
         }
-        if result.is_err() && started.wrap && !self.conn.is_autocommit() {
+        let raft_entry_written = self.in_flight.borrow().is_some();
+        if result.is_err() && (started.wrap || raft_entry_written) && !self.conn.is_autocommit() {
+            // (A failed COMMIT that left its transaction open: its Raft entry is voided, so
+            // the transaction goes too.)
             let _ = self.internal_sql("ROLLBACK");
         }
         if result.is_ok() && started.word == "ROLLBACK" && !self.conn.is_autocommit() {

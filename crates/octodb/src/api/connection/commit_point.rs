@@ -1,0 +1,217 @@
+//! A primary app's transaction in the cluster: at the statement that commits it, its log
+//! entries are proposed to the primaries' Raft group and their Raft entry is written in the
+//! same SQLite transaction (`cluster::write_through`), so an app's commit costs one fsync as
+//! before and takes its place in the Raft log in the order of the primaries' log.
+//!
+//! Which statement commits: `COMMIT`/`END`, a statement the engine wrapped in a transaction,
+//! and a `RELEASE` of the savepoint that opened the transaction (tracked by name here, as
+//! SQLite matches them: the most recent savepoint of that name, case-insensitively). A
+//! transaction committed in a way not recognized here gets its Raft entry just after its
+//! commit instead ([`Connection::propose_committed`]), which a cluster of one takes alike.
+
+use super::Connection;
+use crate::api::sql_text;
+use crate::cluster::{Decided, Proposed};
+use crate::error::{Error, Result};
+use crate::log::{self, LogEntry};
+
+/// A transaction's Raft entry written in it, and its entries to announce once committed.
+pub(crate) struct InFlight {
+    txn: crate::cluster::InTxn,
+    entries: Vec<LogEntry>,
+}
+
+impl Connection {
+    /// Notes the savepoints of a transaction that a `SAVEPOINT` opened (phase 3, before the
+    /// statement runs; `in_txn`: one was open before it).
+    pub(super) fn track_savepoint(&self, word: &str, sql: &str, in_txn: bool) {
+        let mut names = self.savepoints.borrow_mut();
+        match word {
+            "SAVEPOINT" if !in_txn => {
+                names.clear();
+                names.extend(savepoint_name(sql, &["SAVEPOINT"]));
+            }
+            "SAVEPOINT" if !names.is_empty() => {
+                if let Some(name) = savepoint_name(sql, &["SAVEPOINT"]) {
+                    names.push(name);
+                } else {
+                    names.clear(); // unreadable: no RELEASE is taken for the commit
+                }
+            }
+            "RELEASE" => {
+                let name = savepoint_name(sql, &["RELEASE", "SAVEPOINT"]);
+                match name.and_then(|n| names.iter().rposition(|s| *s == n)) {
+                    Some(i) => names.truncate(i),
+                    None => names.clear(),
+                }
+            }
+            "COMMIT" | "END" | "ROLLBACK" if !sql_text::words(sql).any(|w| w == "TO") => {
+                names.clear()
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether `RELEASE` `sql` releases the savepoint that opened the transaction: SQLite
+    /// releases the most recent savepoint of that name and all after it.
+    pub(super) fn release_commits(&self, sql: &str) -> bool {
+        let names = self.savepoints.borrow();
+        savepoint_name(sql, &["RELEASE", "SAVEPOINT"])
+            .is_some_and(|name| names.iter().rposition(|s| *s == name) == Some(0))
+    }
+
+    /// The transaction is about to commit (its changes flushed into the log): on a primary in
+    /// a cluster, propose its entries and write their Raft entry in it. If the cluster does
+    /// not take them, the transaction is rolled back and this says so.
+    pub(super) fn propose_before_commit(&self) -> Result<()> {
+        let Some(proposer) = self.node.as_ref().and_then(|n| n.shared.cluster.get()) else {
+            return Ok(());
+        };
+        let entries = self.txn_entries()?;
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        let seqs = first.seq..=last.seq;
+        let txns = entries
+            .iter()
+            .map(|e| Decided {
+                origin_node: e.origin_node,
+                origin_txn: e.origin_txn,
+                body: e.body.clone(),
+            })
+            .collect();
+        // (The engine's own write: the authorizer lets it through.)
+        let proposed = self.internal(|| Ok(proposer.propose_in_txn(&self.conn, txns, seqs)))?;
+        match proposed {
+            Proposed::InTxn(txn) => {
+                *self.in_flight.borrow_mut() = Some(InFlight { txn, entries });
+                Ok(())
+            }
+            Proposed::GaveUp(gave_up) => {
+                let _ = self.internal_sql("ROLLBACK");
+                gave_up.after_rollback();
+                Err(Error::rule(
+                    "the primaries' cluster did not take this transaction (its leader changed, \
+                     or its Raft entry could not be written): it was rolled back; try it again",
+                ))
+            }
+        }
+    }
+
+    /// The log entries of the open transaction, as they stand in the file.
+    fn txn_entries(&self) -> Result<Vec<LogEntry>> {
+        let kept = self.committed.borrow();
+        let Some(first) = kept.first() else {
+            return Ok(Vec::new());
+        };
+        if !self.rolled_back_within.get() {
+            return Ok(kept.clone());
+        }
+        // A `ROLLBACK TO` may have taken some back: read what is left (every entry after the
+        // transaction's first is its own: it holds the write lock).
+        log::read_after(&self.conn, first.seq - 1, usize::MAX >> 1)
+    }
+
+    /// After the statement that ended the transaction: its Raft entry is durable if it
+    /// committed (announce it once the cluster commits it), voided if not. Returns whether a
+    /// Raft entry was in flight.
+    pub(super) fn settle_in_flight(&self, committed: bool) -> bool {
+        let Some(InFlight { txn, entries }) = self.in_flight.borrow_mut().take() else {
+            return false;
+        };
+        match (committed, &self.node) {
+            (true, Some(node)) => {
+                node.shared
+                    .announce_when_committed(txn.committed(), entries, Vec::new())
+            }
+            _ => txn.not_committed().after_rollback(),
+        }
+        true
+    }
+
+    /// A transaction committed without its Raft entry (a commit not recognized above, such as
+    /// a `RELEASE` of a savepoint whose name was not readable): propose its entries now.
+    pub(super) fn propose_committed(&self, entries: Vec<LogEntry>) -> bool {
+        let Some(node) = &self.node else { return false };
+        let Some(proposer) = node.shared.cluster.get() else {
+            return false;
+        };
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return false;
+        };
+        tracing::debug!("a transaction committed before its Raft entry was written");
+        let response = proposer.propose_committed(first.seq..=last.seq);
+        node.shared
+            .announce_when_committed(response, entries, Vec::new());
+        true
+    }
+}
+
+/// The savepoint named by `sql` after the leading keywords `skip` (each optional after the
+/// first), as SQLite compares it: unquoted, ASCII case folded. None if unreadable.
+fn savepoint_name(sql: &str, skip: &[&str]) -> Option<String> {
+    let mut rest = sql_text::strip_leading(sql);
+    for (i, word) in skip.iter().enumerate() {
+        let head: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_alphabetic())
+            .collect();
+        if head.eq_ignore_ascii_case(word) {
+            rest = sql_text::strip_leading(&rest[head.len()..]);
+        } else if i == 0 {
+            return None;
+        }
+    }
+    let name = match rest.chars().next()? {
+        q @ ('"' | '`' | '\'') => {
+            let mut out = String::new();
+            let mut chars = rest[1..].chars().peekable();
+            loop {
+                match chars.next()? {
+                    c if c == q && chars.peek() == Some(&q) => {
+                        chars.next();
+                        out.push(q);
+                    }
+                    c if c == q => break,
+                    c => out.push(c),
+                }
+            }
+            out
+        }
+        '[' => rest[1..].split(']').next()?.to_string(),
+        _ => rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '$')
+            .collect(),
+    };
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::savepoint_name;
+
+    #[test]
+    fn savepoint_names_read_as_sqlite_compares_them() {
+        let skip = &["RELEASE", "SAVEPOINT"];
+        assert_eq!(savepoint_name("RELEASE a", skip).as_deref(), Some("a"));
+        assert_eq!(
+            savepoint_name("release savepoint Ab", skip).as_deref(),
+            Some("ab")
+        );
+        assert_eq!(
+            savepoint_name(" RELEASE \"x \"\"y\"", skip).as_deref(),
+            Some("x \"y")
+        );
+        assert_eq!(
+            savepoint_name("RELEASE [sp 1]", skip).as_deref(),
+            Some("sp 1")
+        );
+        assert_eq!(
+            savepoint_name("SAVEPOINT `q`", &["SAVEPOINT"]).as_deref(),
+            Some("q")
+        );
+        assert_eq!(savepoint_name("RELEASE", skip), None);
+        assert_eq!(savepoint_name("COMMIT", skip), None);
+    }
+}
