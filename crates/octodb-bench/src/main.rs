@@ -56,7 +56,7 @@ enum Command {
     Download,
     Connections,
     Memory,
-    /// The primaries' Raft layer alone (not yet wired to a running primary).
+    /// The primaries' Raft layer alone, with whole batches as proposals.
     Raft,
     #[command(name = "_idle-device", hide = true)]
     IdleDevice {

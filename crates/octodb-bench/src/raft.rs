@@ -1,7 +1,7 @@
-//! Raft: the primaries' Raft layer on its own (`octodb::cluster`, not yet wired to a running
-//! primary), committing decided single-row transactions through openraft on real files, one
-//! primary and three on loopback in this process, beside SQLite's own single-row commits in
-//! the same run. What a cluster adds to a primary's commit path, before the wiring.
+//! Raft: the primaries' Raft layer on its own (`octodb::cluster`), committing decided
+//! single-row transactions through openraft on real files as whole proposals, one primary and
+//! three on loopback in this process, beside SQLite's own single-row commits in the same run.
+//! (A running primary writes its batches' entries through instead: see BENCHMARKS.md.)
 
 use crate::baseline::{self, Sync};
 use crate::cluster::{bench_dir, payload};
