@@ -58,6 +58,18 @@ fn a_primary_alone_writes_device_batches_through_its_raft_log_and_restarts_witho
     wait_outbox_empty(&d);
     wait_count(&p, "SELECT count(*) FROM t", 50);
 
+    let cluster = p
+        .sync_status()
+        .unwrap()
+        .cluster
+        .expect("a primary shows its cluster");
+    assert_eq!((cluster.role.as_str(), cluster.leader), ("leader", Some(1)));
+    assert_eq!(cluster.members.len(), 1);
+    assert!(cluster.members[0].voter);
+    assert!(
+        d.sync_status().unwrap().cluster.is_none(),
+        "devices are not in it"
+    );
     let log = raft_log(&path);
     let batches = written_through(&log);
     assert!(!batches.is_empty(), "device batches are in the Raft log");

@@ -74,5 +74,6 @@ pub(crate) fn status() -> SyncStatus {
         auth_state: None,
         auth_error: None,
         sync_error: None,
+        cluster: None,
     }
 }

@@ -60,6 +60,74 @@ pub struct SyncStatus {
     /// Devices: why the last session with the primaries failed (it cannot reach them, or it
     /// cannot apply what they send); null while a session is up.
     pub sync_error: Option<String>,
+    /// Primaries: the primaries' Raft cluster as this primary sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// A primary's view of its cluster (openraft's metrics).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// "leader", "follower", "candidate" or "learner".
+    pub role: String,
+    pub term: u64,
+    /// The leader's node id, when one is known.
+    pub leader: Option<u64>,
+    /// The last Raft log index this primary holds, and the last it applied.
+    pub last_log_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub members: Vec<ClusterMember>,
+}
+
+/// A member of the cluster.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClusterMember {
+    pub node_id: u64,
+    pub addr: String,
+    pub public_key: String,
+    /// A voter (else a learner).
+    pub voter: bool,
+    /// On the leader: how many entries it has that this member does not hold yet.
+    pub lag: Option<u64>,
+}
+
+/// The cluster as `raft`'s metrics show it now.
+pub(crate) fn cluster_status(raft: &crate::cluster::Raft) -> ClusterStatus {
+    // (Taken out of the borrow at once: openraft's core waits while it is held.)
+    let m = raft.metrics().borrow().clone();
+    let role = match m.state {
+        openraft::ServerState::Leader => "leader",
+        openraft::ServerState::Follower => "follower",
+        openraft::ServerState::Candidate => "candidate",
+        _ => "learner",
+    };
+    let config = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = config.voter_ids().collect();
+    let members = config
+        .nodes()
+        .map(|(id, member)| {
+            let matched = m.replication.as_ref().and_then(|r| r.get(id).cloned());
+            let lag = matched.map(|log| {
+                let held = log.map_or(0, |l| l.index);
+                m.last_log_index.unwrap_or(0).saturating_sub(held)
+            });
+            ClusterMember {
+                node_id: *id,
+                addr: member.addr.clone(),
+                public_key: member.public_key.clone(),
+                voter: voters.contains(id),
+                lag,
+            }
+        })
+        .collect();
+    ClusterStatus {
+        role: role.into(),
+        term: m.current_term,
+        leader: m.current_leader,
+        last_log_index: m.last_log_index,
+        applied_index: m.last_applied.map(|l| l.index),
+        members,
+    }
 }
 
 pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
@@ -122,6 +190,7 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         auth_error: auth_error.filter(|_| id.node_id() == 0 || revoked),
         auth_state: auth_state.filter(|_| id.node_id() == 0 || revoked),
         sync_error,
+        cluster: shared.cluster.get().map(|p| cluster_status(p.raft())),
     })
 }
 
