@@ -83,17 +83,18 @@ pub async fn start_node(
 /// How long a primary alone waits to lead its cluster of one (it elects itself at once).
 const ALONE_LEADS_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A primary alone: a cluster of one, formed at its first start, that it leads.
-pub(crate) async fn start_alone(
+/// A primary's Raft node at its start: a new primary alone forms a cluster of one and leads
+/// it; after a restart the stored membership decides (a primary alone leads again at once).
+pub(crate) async fn start_primary(
     id: RaftNodeId,
     path: &std::path::Path,
     keys: crate::crypto::NodeKeys,
+    handshake: crate::net::HandshakeOptions,
     member: Member,
 ) -> crate::Result<Proposer> {
-    let (raft, proposer) =
-        start_node(id, path, keys, crate::net::HandshakeOptions::default()).await?;
+    let (raft, proposer) = start_node(id, path, keys, handshake).await?;
     let failed = |what: &str, e: &dyn std::fmt::Display| {
-        crate::Error::rule(format!("{what} the primary's cluster of one: {e}"))
+        crate::Error::rule(format!("{what} the primary's cluster: {e}"))
     };
     let formed = raft
         .is_initialized()
@@ -105,14 +106,54 @@ pub(crate) async fn start_alone(
             .await
             .map_err(|e| failed("forming", &e))?;
     }
-    raft.wait(Some(ALONE_LEADS_WITHIN))
-        .state(
-            openraft::ServerState::Leader,
-            "a primary alone leads its cluster",
+    // (The metrics show the membership once the core has taken it in: wait for that.)
+    let known = raft
+        .wait(Some(ALONE_LEADS_WITHIN))
+        .metrics(
+            |m| {
+                m.membership_config
+                    .membership()
+                    .voter_ids()
+                    .next()
+                    .is_some()
+            },
+            "the primary's cluster membership is known",
         )
         .await
-        .map_err(|e| failed("electing the leader of", &e))?;
+        .map_err(|e| failed("reading the membership of", &e))?;
+    let voters: Vec<RaftNodeId> = known.membership_config.membership().voter_ids().collect();
+    if voters == [id] {
+        // Leading, with the leader's first entry applied: its vote and that entry are then
+        // written, so no commit of the primary's waits for the SQLite lock behind them.
+        raft.wait(Some(ALONE_LEADS_WITHIN))
+            .metrics(
+                |m| {
+                    m.state == openraft::ServerState::Leader
+                        && m.last_applied
+                            .is_some_and(|l| l.leader_id.term == m.current_term)
+                },
+                "a primary alone leads its cluster",
+            )
+            .await
+            .map_err(|e| failed("electing the leader of", &e))?;
+    }
     Ok(proposer)
+}
+
+/// Whether the primary's file at `path` already belongs to a cluster (its Raft node has a
+/// log or a vote): then its stored membership decides, not `connect=`.
+pub(crate) fn is_formed(conn: &rusqlite::Connection) -> crate::Result<bool> {
+    let has = |sql: &str| -> crate::Result<bool> {
+        Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? > 0)
+    };
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE name IN ('_octo_raft_log', '_octo_raft')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(tables == 2
+        && (has("SELECT count(*) FROM _octo_raft_log")?
+            || has("SELECT count(*) FROM _octo_raft WHERE key = 'vote'")?))
 }
 
 /// A primary's Raft member: its node on the file at `path` with `keys`, serving the other

@@ -141,7 +141,10 @@ pub async fn serve_members(
     }
 }
 
-fn may_call(raft: &Raft, peer: &PublicKey) -> bool {
+/// Whether `peer` may send this primary Raft's messages: a member, or anyone while this
+/// primary has no membership yet (it waits to be added; its leader was admitted by the
+/// primary it joined through).
+pub(crate) fn may_call(raft: &Raft, peer: &PublicKey) -> bool {
     let membership = raft.metrics().borrow().membership_config.clone();
     let key = peer.to_hex();
     let mut members = membership.nodes().peekable();

@@ -9,6 +9,7 @@ mod audiences;
 mod auth_batch;
 mod decided;
 mod events;
+mod join;
 mod members;
 mod primary;
 mod registry;
@@ -336,6 +337,11 @@ impl Node {
             conn.execute_batch("PRAGMA synchronous=NORMAL")?;
         }
         let keys = load_or_create_keys(&conn, &cfg)?;
+        // A new primary with `connect=` joins the cluster there; one whose file already
+        // belongs to a cluster (or a primary alone) starts its Raft node at once.
+        let joins = cfg.role == Some(Role::Primary)
+            && !cfg.connect.is_empty()
+            && !crate::cluster::is_formed(&conn)?;
         let identity = Arc::new(load_identity(&conn, &cfg)?);
         register_identity_functions(&conn, &identity)?;
         let start_seq = match cfg.role {
@@ -389,10 +395,7 @@ impl Node {
             announcements,
             cfg,
         });
-        if shared.cfg.role == Some(Role::Primary) {
-            let proposer = on_runtime(start_cluster(&shared))??;
-            let _ = shared.cluster.set(proposer);
-        }
+
         let writer = match shared.cfg.role {
             Some(role) => Some(writer::spawn(shared.clone(), conn, jobs_rx, role)?),
             None => None,
@@ -407,6 +410,12 @@ impl Node {
             Some(Role::Primary) => {
                 let mut tasks = primary::start(shared.clone())?;
                 tasks.push(runtime().spawn(announce(shared.clone(), batches)));
+                if joins {
+                    tasks.push(runtime().spawn(join::join(shared.clone())));
+                } else {
+                    let proposer = on_runtime(start_cluster(&shared))??;
+                    let _ = shared.cluster.set(proposer);
+                }
                 tasks
             }
             Some(Role::Secondary) => vec![runtime().spawn(secondary::run(shared.clone()))],
@@ -644,22 +653,28 @@ fn on_runtime<T: Send + 'static>(
     rx.recv().map_err(|_| Error::Closed)
 }
 
-/// A primary's Raft node: its own cluster of one (joining others comes later).
+/// A primary's Raft node: its cluster as stored, or a new cluster of one. Members reach it
+/// at the first address it listens on.
 fn start_cluster(
     shared: &Shared,
 ) -> impl std::future::Future<Output = Result<crate::cluster::Proposer>> + Send + 'static {
     let member = crate::cluster::Member {
         addr: shared
-            .cfg
-            .bind
+            .bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .first()
-            .map(|ep| ep.to_addr_string())
+            .map(SocketAddr::to_string)
             .unwrap_or_default(),
         public_key: shared.keys.public_key().to_hex(),
     };
     let id = u64::from(shared.identity.node_id());
-    let (path, keys) = (shared.cfg.path.clone(), shared.keys.clone());
-    async move { crate::cluster::start_alone(id, &path, keys, member).await }
+    let (path, keys, handshake) = (
+        shared.cfg.path.clone(),
+        shared.keys.clone(),
+        shared.handshake.clone(),
+    );
+    async move { crate::cluster::start_primary(id, &path, keys, handshake, member).await }
 }
 
 /// Queue the writer's stop job. The queue may be full (sessions ending together each queue a
@@ -717,7 +732,12 @@ fn load_identity(conn: &Connection, cfg: &NodeConfig) -> Result<Identity> {
     match cfg.role {
         Some(Role::Primary) => {
             meta_set(conn, "node_type", "primary")?;
-            Ok(Identity::new(cfg.role, 1, 0, next_seq, next_txn))
+            // The first primary of a cluster is node 1; the others get theirs when they join.
+            let node_id = match meta_i64(conn, "node_id")? {
+                id if id > 0 => id as u32,
+                _ => 1,
+            };
+            Ok(Identity::new(cfg.role, node_id, 0, next_seq, next_txn))
         }
         Some(Role::Secondary) => {
             meta_set(conn, "node_type", "secondary")?;

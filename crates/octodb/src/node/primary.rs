@@ -141,8 +141,9 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         );
     };
     if role == Role::Primary {
-        let reason = "this primary does not run a cluster; connect devices (node=secondary) only"
-            .to_string();
+        return super::join::primary_session(shared, pubkey, addr, info, rd, wr).await;
+    }
+    if let Some(reason) = not_serving_devices(shared) {
         send_now(
             &mut wr,
             &Message::Refused {
@@ -329,6 +330,32 @@ async fn read_loop(
             }
         }
     }
+}
+
+/// Why this primary does not take devices now: it is joining its cluster, or follows its
+/// leader (devices connect to the leader for now).
+fn not_serving_devices(shared: &Shared) -> Option<String> {
+    let Some(proposer) = shared.cluster.get() else {
+        return Some("this primary is starting or joining its cluster: try again shortly".into());
+    };
+    let metrics = proposer.raft().metrics().borrow().clone();
+    if metrics.state == openraft::ServerState::Leader {
+        return None;
+    }
+    let leader = metrics.current_leader.and_then(|id| {
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+    });
+    Some(match leader {
+        Some(m) => format!(
+            "this primary follows the cluster's leader; devices connect to the leader at {}",
+            m.addr
+        ),
+        None => "the primaries' cluster has no leader now: try again shortly".into(),
+    })
 }
 
 /// Stream the log to a device from `last_seq` on (after its initial download when 0).

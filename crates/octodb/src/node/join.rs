@@ -1,0 +1,300 @@
+//! Primaries joining a cluster. A new primary opened with `connect=` (and a file that has no
+//! cluster yet) asks a primary of the cluster to add it; every primary answers other
+//! primaries' connections here: Raft's messages from members, joins from new ones.
+//!
+//! A join, over one Noise connection (the messages a device's admission uses):
+//! 1. the new primary says `Hello` with the role `primary` and the address others reach it at;
+//! 2. the leader admits it as any node (automatically without `auth=`, else only a key
+//!    approved as `primary`: `PRAGMA authorize_node` / `preauthorize_node='<key>:primary'`, or
+//!    the `new_node` callback answering "primary") and answers `Welcome` with its node id;
+//! 3. the new primary starts its Raft node under that id and says it is ready (a heartbeat);
+//! 4. the leader adds it as a learner, which receives a snapshot of the shared state and the
+//!    log after it, then makes it a voter once it has caught up, and answers with a heartbeat.
+//!
+//! A primary that is not the leader refuses a join and names the leader; the new primary tries
+//! the next of its `connect=` addresses, again and again until one takes it. After a restart
+//! the stored membership decides and `connect=` is not used.
+
+use super::admission::send_now;
+use super::members::{Admission, Known};
+use super::writer::{ask, Job};
+use super::Shared;
+use crate::cluster::{Member, Raft};
+use crate::crypto::PublicKey;
+use crate::error::{Error, Result};
+use crate::net::{Message, NetError, SecureReader, SecureStream, SecureWriter};
+use crate::uri::{AuthMode, Role};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a step of a join may wait for the other side (catching up excluded).
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause between rounds of join attempts over the `connect=` addresses, doubling up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// A connection from another primary (its `Hello` read): Raft's messages if it is a member
+/// (or while this primary waits to be added: its admission by the leader vouches for the
+/// leader), else a join.
+pub(super) async fn primary_session(
+    shared: &Arc<Shared>,
+    peer: PublicKey,
+    addr: SocketAddr,
+    info: String,
+    rd: SecureReader,
+    mut wr: SecureWriter,
+) -> Result<()> {
+    let Some(proposer) = shared.cluster.get() else {
+        let reason = "this primary is starting or joining its cluster: try again shortly";
+        send_now(
+            &mut wr,
+            &Message::Refused {
+                reason: reason.into(),
+            },
+        )
+        .await?;
+        return Err(Error::rule(reason));
+    };
+    let raft = proposer.raft().clone();
+    if crate::cluster::network::may_call(&raft, &peer) {
+        return Ok(crate::cluster::serve_connection(raft, peer, rd, wr).await?);
+    }
+    match admit_joiner(shared, &raft, peer, &info).await {
+        Ok((node_id, member)) => {
+            tracing::info!(%addr, node_id, "a primary joins the cluster");
+            add_member(&raft, node_id, member, rd, wr).await
+        }
+        Err(reason) => {
+            tracing::info!(%addr, %reason, "a primary's join refused");
+            send_now(
+                &mut wr,
+                &Message::Refused {
+                    reason: reason.clone(),
+                },
+            )
+            .await?;
+            Err(Error::rule(reason))
+        }
+    }
+}
+
+/// The joining primary's node id and how members reach it, or why it may not join.
+async fn admit_joiner(
+    shared: &Arc<Shared>,
+    raft: &Raft,
+    peer: PublicKey,
+    info: &str,
+) -> std::result::Result<(u32, Member), String> {
+    let metrics = raft.metrics().borrow().clone();
+    if metrics.state != openraft::ServerState::Leader {
+        let leader = metrics.current_leader.and_then(|id| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .cloned()
+        });
+        return Err(match leader {
+            Some(m) => format!(
+                "this primary is not the cluster's leader; join through the leader at {}",
+                m.addr
+            ),
+            None => "the cluster has no leader now; try again shortly".into(),
+        });
+    }
+    let member_addr = serde_json::from_str::<serde_json::Value>(info)
+        .ok()
+        .and_then(|v| v.get("member_addr")?.as_str().map(str::to_string))
+        .filter(|a| a.len() <= 256 && a.parse::<SocketAddr>().is_ok())
+        .ok_or("a joining primary must name the address members reach it at")?;
+    let key = peer.to_hex();
+    let node_id = match shared.cfg.auth {
+        AuthMode::None => {
+            let decided = ask(shared, |reply| Job::AuthDecide {
+                pubkey: key.clone(),
+                decision: crate::auth::Decision::Node(Role::Primary),
+                known: Known::Any,
+                reply,
+            })
+            .await
+            .map_err(|e| format!("cannot record the new primary: {e}"))?;
+            match decided {
+                Admission::Approved { registered, .. } => registered.node_id,
+                Admission::Rejected(reason) => return Err(reason),
+            }
+        }
+        _ => {
+            let k = key.clone();
+            let found = shared
+                .read(move |c| super::members::lookup(c, &k))
+                .await
+                .map_err(|e| format!("cannot read the nodes: {e}"))?;
+            match found {
+                Some(m) if m.auth_state == "approved" && m.node_type == "primary" => m.node_id,
+                _ => {
+                    return Err(format!(
+                        "this primary's key is not approved as a primary: on the leader, run \
+                         PRAGMA preauthorize_node='{key}:primary'"
+                    ))
+                }
+            }
+        }
+    };
+    Ok((
+        node_id,
+        Member {
+            addr: member_addr,
+            public_key: key,
+        },
+    ))
+}
+
+/// Tells the joiner its id, waits until its Raft node runs, then adds it: a learner that
+/// catches up (from a snapshot), then a voter.
+async fn add_member(
+    raft: &Raft,
+    node_id: u32,
+    member: Member,
+    mut rd: SecureReader,
+    mut wr: SecureWriter,
+) -> Result<()> {
+    let welcome = Message::Welcome {
+        node_id,
+        user_id: 0,
+        node_type: Role::Primary,
+        last_decided_txn: 0,
+    };
+    send_now(&mut wr, &welcome).await?;
+    match tokio::time::timeout(STEP_TIMEOUT, rd.recv()).await {
+        Ok(Ok(bytes)) if matches!(Message::decode(&bytes), Ok(Message::Heartbeat)) => {}
+        _ => {
+            return Err(Error::rule(
+                "the joining primary did not start its Raft node",
+            ))
+        }
+    }
+    let id = u64::from(node_id);
+    let added = async {
+        raft.add_learner(id, member, true).await?;
+        let mut voters: BTreeSet<u64> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        voters.insert(id);
+        raft.change_membership(voters, false).await?;
+        Ok::<(), openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, Member>>>(())
+    };
+    if let Err(e) = added.await {
+        let reason = format!("the cluster could not add this primary: {e}");
+        send_now(
+            &mut wr,
+            &Message::Refused {
+                reason: reason.clone(),
+            },
+        )
+        .await?;
+        return Err(Error::rule(reason));
+    }
+    tracing::info!(node_id, "a primary joined the cluster as a voter");
+    send_now(&mut wr, &Message::Heartbeat).await?;
+    Ok(())
+}
+
+/// The new primary's side: joins through its `connect=` addresses, retrying until one of them
+/// adds it. Sets the node's cluster once its Raft node runs.
+pub(super) async fn join(shared: Arc<Shared>) {
+    let mut pause = RETRY_FIRST;
+    loop {
+        for ep in &shared.cfg.connect {
+            match join_through(&shared, &ep.to_addr_string()).await {
+                Ok(()) => return,
+                Err(e) => tracing::info!(primary = %ep, "joining the cluster: {e}"),
+            }
+        }
+        if shared.is_shutting_down() {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RETRY_MAX);
+    }
+}
+
+async fn join_through(shared: &Arc<Shared>, addr: &str) -> Result<()> {
+    let member_addr = shared
+        .bound
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .first()
+        .map(SocketAddr::to_string)
+        .ok_or_else(|| {
+            Error::rule("a primary joins a cluster only with bind= (members reach it there)")
+        })?;
+    let tcp = tokio::time::timeout(STEP_TIMEOUT, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| NetError::Timeout)?
+        .map_err(|e| Error::io(format!("connecting to {addr}"), e))?;
+    let stream = SecureStream::connect(tcp, &shared.keys, &shared.handshake).await?;
+    let (mut rd, mut wr) = stream.into_split();
+    let hello = Message::Hello {
+        role: Role::Primary,
+        last_seq: 0,
+        info: serde_json::json!({ "member_addr": member_addr }).to_string(),
+        auth: None,
+    };
+    send_now(&mut wr, &hello).await?;
+    let node_id = match next(&mut rd).await? {
+        Message::Welcome { node_id, .. } => node_id,
+        Message::Refused { reason } => return Err(Error::rule(reason)),
+        other => return Err(NetError::Malformed(format!("unexpected {}", other.kind())).into()),
+    };
+    start_raft(shared, node_id).await?;
+    send_now(&mut wr, &Message::Heartbeat).await?;
+    // The leader answers once this primary is a voter: after a snapshot of the whole shared
+    // state, which may take a while.
+    match Message::decode(&rd.recv().await?)? {
+        Message::Heartbeat => {
+            tracing::info!(node_id, "joined the primaries' cluster");
+            Ok(())
+        }
+        Message::Refused { reason } => Err(Error::rule(reason)),
+        other => Err(NetError::Malformed(format!("unexpected {}", other.kind())).into()),
+    }
+}
+
+async fn next(rd: &mut SecureReader) -> Result<Message> {
+    let bytes = tokio::time::timeout(STEP_TIMEOUT, rd.recv())
+        .await
+        .map_err(|_| NetError::Timeout)??;
+    Ok(Message::decode(&bytes)?)
+}
+
+/// Takes `node_id` as this primary's and starts its Raft node (once: a join tried again after
+/// a failure keeps the node).
+async fn start_raft(shared: &Arc<Shared>, node_id: u32) -> Result<()> {
+    if shared.cluster.get().is_some() {
+        return Ok(());
+    }
+    let path = shared.cfg.path.clone();
+    tokio::task::spawn_blocking(move || {
+        let c = crate::store::open_connection(&path)?;
+        crate::store::meta_set(&c, "node_id", i64::from(node_id))
+    })
+    .await
+    .map_err(|_| Error::Closed)??;
+    shared.identity.set_authorized(node_id, 0);
+    let (_, proposer) = crate::cluster::start_node(
+        u64::from(node_id),
+        &shared.cfg.path,
+        shared.keys.clone(),
+        shared.handshake.clone(),
+    )
+    .await?;
+    let _ = shared.cluster.set(proposer);
+    Ok(())
+}

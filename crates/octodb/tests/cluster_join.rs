@@ -1,0 +1,119 @@
+//! Running primaries forming a cluster: new primaries opened with `connect=` join the first,
+//! receive its shared state, and from then on hold the same rows and the same log as the
+//! leader, whatever its devices and its app write. A follower refuses writes with a clear
+//! error, and sends devices to the leader.
+
+mod common;
+
+use common::*;
+use octodb::Connection;
+use std::path::Path;
+
+/// A primary joining the cluster of the primary at `leader_addr`.
+fn joining_primary(path: &Path, leader_addr: &str) -> Connection {
+    Connection::open(&format!(
+        "{}&connect=tcp://{leader_addr}",
+        primary_uri(path, 0)
+    ))
+    .expect("open a joining primary")
+}
+
+/// Every row of `sql` in the file at `path`, as text.
+fn rows(path: &Path, sql: &str) -> Vec<Vec<String>> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = c.prepare(sql).unwrap();
+    let n = stmt.column_count();
+    stmt.query_map([], |r| {
+        (0..n)
+            .map(|i| {
+                let v: rusqlite::types::Value = r.get(i)?;
+                Ok(format!("{v:?}"))
+            })
+            .collect()
+    })
+    .unwrap()
+    .collect::<rusqlite::Result<_>>()
+    .unwrap()
+}
+
+const SHARED: [&str; 3] = [
+    "SELECT id, v, row_owner FROM t ORDER BY id",
+    "SELECT id, body, row_owner FROM notes ORDER BY id",
+    "SELECT seq, origin_node, origin_txn, body FROM _octo_log ORDER BY seq",
+];
+
+#[test]
+fn new_primaries_join_the_first_and_hold_what_its_devices_and_app_write() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let leader = addr_of(&p1);
+    let d = c.device("d.db", &p1);
+    ready(&d);
+    d.execute("INSERT INTO t(v) VALUES ('from the device, before')", [])
+        .unwrap();
+    p1.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('from the backend', '*')",
+        [],
+    )
+    .unwrap();
+    wait_outbox_empty(&d);
+
+    let p2 = joining_primary(&c.path("p2.db"), &leader);
+    let p3 = joining_primary(&c.path("p3.db"), &leader);
+    let status = p1
+        .wait_for(DEADLINE, |s| {
+            s.cluster
+                .as_ref()
+                .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 3)
+        })
+        .expect("both new primaries become voters");
+    let cluster = status.cluster.unwrap();
+    assert_eq!(cluster.role, "leader");
+    let mut ids: Vec<u64> = cluster.members.iter().map(|m| m.node_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "each primary has its own node id: {ids:?}");
+
+    // After the joins: a schema change, the device's and the backend's writes.
+    p1.execute(
+        "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    for i in 0..20 {
+        d.execute("INSERT INTO t(v) VALUES (?1)", [format!("device {i}")])
+            .unwrap();
+    }
+    p1.execute_batch(
+        "BEGIN; INSERT INTO notes(body, row_owner) VALUES ('a note', '*');
+         UPDATE t SET v = 'edited' WHERE v = 'from the backend'; COMMIT;",
+    )
+    .unwrap();
+    wait_outbox_empty(&d);
+
+    for follower in ["p2.db", "p3.db"] {
+        for sql in SHARED {
+            let want = rows(&c.path("p.db"), sql);
+            wait_until(&format!("{follower} holds `{sql}` as the leader"), || {
+                (rows(&c.path(follower), sql) == want).then_some(())
+            });
+        }
+    }
+    assert_eq!(count(&p2, "SELECT count(*) FROM t"), 22);
+
+    // A follower takes no writes of its own (yet: they would go through the leader).
+    let refused = p2
+        .execute(
+            "INSERT INTO t(v, row_owner) VALUES ('on a follower', '*')",
+            [],
+        )
+        .expect_err("a follower refuses a write");
+    assert!(refused.to_string().contains("cluster"), "{refused}");
+    assert_eq!(
+        count(&p2, "SELECT count(*) FROM t WHERE v = 'on a follower'"),
+        0
+    );
+    let follower_status = p3.sync_status().unwrap().cluster.unwrap();
+    assert_eq!(follower_status.role, "follower");
+    drop(p3);
+}
