@@ -115,5 +115,18 @@ fn new_primaries_join_the_first_and_hold_what_its_devices_and_app_write() {
     );
     let follower_status = p3.sync_status().unwrap().cluster.unwrap();
     assert_eq!(follower_status.role, "follower");
+
+    // The leader takes a primary out; a follower cannot.
+    let p3_id = p3.sync_status().unwrap().node_id;
+    let refused = p2
+        .execute_batch(&format!("PRAGMA remove_primary={p3_id}"))
+        .expect_err("only the leader removes primaries");
+    assert!(refused.to_string().contains("leader"), "{refused}");
+    p1.execute_batch(&format!("PRAGMA remove_primary={p3_id}"))
+        .unwrap();
+    let members = p1.sync_status().unwrap().cluster.unwrap().members;
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(members.iter().all(|m| m.node_id != u64::from(p3_id)));
+    assert!(p1.execute_batch("PRAGMA remove_primary=99").is_err());
     drop(p3);
 }

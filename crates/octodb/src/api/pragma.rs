@@ -20,6 +20,7 @@ const OURS: &[&str] = &[
     "preauthorize_user",
     "preauthorize_node",
     "authorizer_service",
+    "remove_primary",
 ];
 
 /// Parse `sql` as one of our PRAGMAs; None when it is something else.

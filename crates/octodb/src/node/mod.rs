@@ -592,6 +592,39 @@ impl Node {
         Ok(())
     }
 
+    /// Primaries: `PRAGMA remove_primary`: the cluster's leader takes primary `id` out of the
+    /// cluster (it keeps its file, and no longer receives the log). Blocks until the cluster
+    /// has committed the change.
+    pub fn remove_primary(&self, id: u64) -> Result<()> {
+        let Some(proposer) = self.shared.cluster.get() else {
+            return Err(Error::rule("only a primary in a cluster removes primaries"));
+        };
+        let raft = proposer.raft().clone();
+        let metrics = raft.metrics().borrow().clone();
+        if metrics.state != openraft::ServerState::Leader {
+            return Err(Error::rule(
+                "run PRAGMA remove_primary on the cluster's leader (PRAGMA sync_status names it)",
+            ));
+        }
+        if id == metrics.id {
+            return Err(Error::rule(
+                "a primary does not remove itself: run PRAGMA remove_primary on another primary                  once a new leader is elected, or remove the others first",
+            ));
+        }
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(&id).is_none() {
+            return Err(Error::rule(format!(
+                "node {id} is not a member of this cluster (PRAGMA sync_status lists them)"
+            )));
+        }
+        let voters: std::collections::BTreeSet<u64> =
+            membership.voter_ids().filter(|v| *v != id).collect();
+        let removed = on_runtime(async move { raft.change_membership(voters, false).await })?;
+        removed.map_err(|e| Error::rule(format!("the cluster could not remove node {id}: {e}")))?;
+        tracing::info!(node_id = id, "primary removed from the cluster");
+        Ok(())
+    }
+
     /// Primaries: the backend's deciding function for `action`, called on a worker thread.
     pub fn set_auth_callback(
         &self,

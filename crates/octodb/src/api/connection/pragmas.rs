@@ -1,5 +1,5 @@
 //! octodb's own PRAGMAs (`sync_status`, `nodes`, `user_signup`, `authorize_*`,
-//! `authorizer_service`), answered by the connection without SQLite.
+//! `authorizer_service`, `remove_primary`), answered by the connection without SQLite.
 
 use super::{Connection, Outcome};
 use crate::api::pragma::Pragma;
@@ -39,6 +39,20 @@ impl Connection {
                 let (key, decision) = crate::auth::parse_authorize(&p.name, p.value.as_deref())?;
                 let preapproval = p.name.starts_with("pre");
                 self.node(&p.name)?.authorize(key, decision, preapproval)?;
+                Rows::default()
+            }
+            "remove_primary" => {
+                let id = p
+                    .value
+                    .as_deref()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| Error::Pragma {
+                        name: p.name.clone(),
+                        reason: "give the primary's node id (PRAGMA sync_status lists the \
+                                 members): PRAGMA remove_primary=3"
+                            .into(),
+                    })?;
+                self.node("removing a primary")?.remove_primary(id)?;
                 Rows::default()
             }
             _ => {
