@@ -193,13 +193,14 @@ fn sessions_settle(primary: &mut Proc, done: impl Fn(usize) -> bool) -> Result<u
 
 /// Child: the primary, answering `count` with the number of device sessions it holds, `rows`
 /// with the number of rows devices gave it, and `write N` with the p50 of N paced commits.
-pub fn primary_proc(path: &str) -> Result<()> {
+pub fn primary_proc(path: &str, followers: usize) -> Result<()> {
     let uri = format!("file:{path}?node=primary&bind=tcp://0.0.0.0:0&auth=user");
     let p = octodb::Connection::open(&uri)?;
     p.set_auth_callback(Action::UserSignup, approve)?;
     p.set_auth_callback(Action::UserLogin, approve)?;
     p.execute_batch(ITEMS)?;
     let port = p.bound_addrs().first().context("not listening")?.port();
+    let _followers = join_followers(&p, path, port, followers)?;
     let seq = p.sync_status()?.last_seq;
     procs::say(&format!("listening 127.0.0.1:{port} {seq}"));
     for cmd in procs::commands() {
@@ -229,6 +230,38 @@ pub fn primary_proc(path: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `n` primaries joining the cluster of `leader` (listening on `port`), approved by it, each on
+/// a file beside `path`: open until the returned connections are dropped.
+fn join_followers(
+    leader: &octodb::Connection,
+    path: &str,
+    port: u16,
+    n: usize,
+) -> Result<Vec<octodb::Connection>> {
+    let mut followers = Vec::with_capacity(n);
+    for i in 1..=n {
+        let uri = format!(
+            "file:{path}.follower{i}?node=primary&bind=tcp://127.0.0.1:0&connect=tcp://127.0.0.1:{port}"
+        );
+        let f = octodb::Connection::open(&uri)?;
+        leader.execute_batch(&format!(
+            "PRAGMA preauthorize_node='{}:primary'",
+            f.public_key()
+        ))?;
+        followers.push(f);
+    }
+    if n > 0 {
+        leader
+            .wait_for(std::time::Duration::from_secs(60), |s| {
+                s.cluster
+                    .as_ref()
+                    .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == n + 1)
+            })
+            .context("the followers join the cluster")?;
+    }
+    Ok(followers)
 }
 
 /// Child: `count` device identities connecting from `ips`, driven by `signup` / `connect`.

@@ -88,6 +88,9 @@ enum Command {
     #[command(name = "_conn-primary", hide = true)]
     ConnPrimary {
         path: String,
+        /// Primaries joining this one's cluster, in this process.
+        #[arg(long, default_value_t = 0)]
+        followers: usize,
     },
     #[command(name = "_conn-clients", hide = true)]
     ConnClients {
@@ -112,7 +115,9 @@ fn main() -> Result<()> {
     let mut writer_devices = 100;
     let scenarios: Vec<&str> = match &cli.command {
         Command::IdleDevice { uri, user } => return memory::idle_device(uri, *user),
-        Command::ConnPrimary { path } => return connections::primary_proc(path),
+        Command::ConnPrimary { path, followers } => {
+            return connections::primary_proc(path, *followers)
+        }
         Command::HandshakeCost { count } => return connections::handshake_cost(*count),
         Command::OfflineHotRow { txns, distinct } => {
             return catchup::offline_hot_row(*txns, *distinct)

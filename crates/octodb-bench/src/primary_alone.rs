@@ -29,14 +29,20 @@ pub struct PrimaryAlone {
     pub writer_us: f64,
 }
 
-pub fn run(sessions: usize, duration: Duration) -> Result<PrimaryAlone> {
+/// `followers`: the primary leads a cluster with that many more primaries, in its process
+/// (the "3 primaries on this machine": they share its two cores and its disk).
+pub fn run(sessions: usize, duration: Duration, followers: usize) -> Result<PrimaryAlone> {
     let dir = tempfile::Builder::new()
         .prefix("octodb-bench")
         .tempdir_in(crate::cluster::bench_dir()?)?;
     let path = dir.path().join("primary.db");
     let mut primary = Proc::spawn(
         "the primary",
-        &["_conn-primary".into(), path.display().to_string()],
+        &[
+            "_conn-primary".into(),
+            path.display().to_string(),
+            format!("--followers={followers}"),
+        ],
     )?;
     let listening = primary.expect("listening")?;
     let addr: SocketAddr = listening

@@ -83,7 +83,10 @@ pub fn run(devices: usize, duration: Duration) -> Result<Vec<Figure>> {
     // design in which each device commits durably before it sends.
     let devices_alone = baseline::parallel_files_rate(Sync::Full, devices, duration / 2)?;
     // What the primary accepts when the devices' work is not on its cores.
-    let alone = primary_alone::run(devices, duration / 2)?;
+    let alone = primary_alone::run(devices, duration / 2, 0)?;
+    // The same load on a primary leading a cluster of three on these cores (issue "Cluster of
+    // primaries": at least 50% of the primary alone).
+    let three = primary_alone::run(devices, duration / 2, 2)?;
     Ok(vec![Figure {
         scenario: "writers",
         metric: format!("accepted txns/s at the primary, {devices} devices"),
@@ -98,7 +101,8 @@ pub fn run(devices: usize, duration: Duration) -> Result<Vec<Figure>> {
             "{total} transactions accepted in {elapsed:.1} s, each awaited; a device's round trip {:.2} ms, of which its local commit {:.2} ms\n\
              {devices} plain SQLite files committing single rows at once ({}, one thread each, nothing else): {devices_alone:.0} txn/s = {:.1}% of the baseline, the ceiling for devices on these cores\n\
              meanwhile a backend app's single-row insert on the primary (every 10 ms, a local row): p50 {:.2} ms, p99 {:.2} ms\n\
-             the primary alone (its own process; {devices} sessions speaking the device protocol with no device files, in this process): {:.0} txn/s = {:.1}% of the baseline; primary CPU {:.0} us per accepted txn, its writer thread {:.0} us",
+             the primary alone (its own process; {devices} sessions speaking the device protocol with no device files, in this process): {:.0} txn/s = {:.1}% of the baseline; primary CPU {:.0} us per accepted txn, its writer thread {:.0} us\n\
+             the same load on a primary leading a cluster of 3 (the two followers in its process, on these cores): {:.0} txn/s = {:.1}% of the primary alone (target >= 50%); the three primaries' CPU {:.0} us per accepted txn",
             devices as f64 * elapsed * 1e3 / total as f64,
             committing.as_secs_f64() * 1e3 / total as f64,
             Sync::Full.describe(),
@@ -109,6 +113,9 @@ pub fn run(devices: usize, duration: Duration) -> Result<Vec<Figure>> {
             100.0 * alone.rate / sqlite,
             alone.cpu_us,
             alone.writer_us,
+            three.rate,
+            100.0 * three.rate / alone.rate,
+            three.cpu_us,
         ),
     }])
 }
