@@ -179,6 +179,31 @@ pub async fn start_member(
     Ok((raft, member, server))
 }
 
+/// Who leads the cluster, as this primary sees it.
+pub(crate) enum Lead {
+    /// This primary.
+    Here,
+    /// Another member, reached at this address.
+    At(String),
+    /// No leader now (an election runs).
+    Unknown,
+}
+
+pub(crate) fn lead(raft: &Raft) -> Lead {
+    // (Taken out of the borrow at once: openraft's core waits while it is held.)
+    let m = raft.metrics().borrow().clone();
+    if m.state == openraft::ServerState::Leader {
+        return Lead::Here;
+    }
+    let leader = m
+        .current_leader
+        .and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+    match leader {
+        Some(member) => Lead::At(member.addr),
+        None => Lead::Unknown,
+    }
+}
+
 /// Errors of the cluster's storage, as openraft takes them.
 pub(crate) type StorageError = openraft::StorageError<RaftNodeId>;
 

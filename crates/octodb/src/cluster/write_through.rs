@@ -97,18 +97,13 @@ impl Handoff {
 
     /// The appends that came, waiting for some until `deadline` or a failed proposal.
     fn take(&self, deadline: Instant) -> Vec<PendingAppend> {
-        let mut state = self.lock();
-        while state.queue.is_empty() && !state.proposal_failed {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (mut state, _) = self
+            .changed
+            .wait_timeout_while(self.lock(), left, |s| {
+                s.queue.is_empty() && !s.proposal_failed
+            })
+            .unwrap_or_else(|p| p.into_inner());
         std::mem::take(&mut state.queue)
     }
 

@@ -247,7 +247,9 @@ async fn finish(wr: &mut SecureWriter, outcome: Admission) -> Result<Option<Regi
         } => {
             refuse(
                 wr,
-                "approved as a primary, but this primary does not run a cluster yet".into(),
+                "this key is approved as a primary: open that node with node=primary and \
+                 connect= to join the cluster"
+                    .into(),
             )
             .await
         }
@@ -265,6 +267,18 @@ pub(super) async fn send_now(wr: &mut SecureWriter, m: &Message) -> Result<()> {
     wr.send(&m.encode()).await?;
     wr.flush().await?;
     Ok(())
+}
+
+/// Tells the peer why it is refused; the session ends with that reason.
+pub(super) async fn refuse_session(wr: &mut SecureWriter, reason: String) -> Result<()> {
+    send_now(
+        wr,
+        &Message::Refused {
+            reason: reason.clone(),
+        },
+    )
+    .await?;
+    Err(Error::rule(reason))
 }
 
 /// The node_info JSON the backend sees: SPEC §4.3.

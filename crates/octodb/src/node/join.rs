@@ -15,11 +15,11 @@
 //! the next of its `connect=` addresses, again and again until one takes it. After a restart
 //! the stored membership decides and `connect=` is not used.
 
-use super::admission::send_now;
+use super::admission::{refuse_session, send_now};
 use super::members::{Admission, Known};
 use super::writer::{ask, Job};
 use super::Shared;
-use crate::cluster::{Member, Raft};
+use crate::cluster::{Lead, Member, Raft};
 use crate::crypto::PublicKey;
 use crate::error::{Error, Result};
 use crate::net::{Message, NetError, SecureReader, SecureStream, SecureWriter};
@@ -49,14 +49,7 @@ pub(super) async fn primary_session(
 ) -> Result<()> {
     let Some(proposer) = shared.cluster.get() else {
         let reason = "this primary is starting or joining its cluster: try again shortly";
-        send_now(
-            &mut wr,
-            &Message::Refused {
-                reason: reason.into(),
-            },
-        )
-        .await?;
-        return Err(Error::rule(reason));
+        return refuse_session(&mut wr, reason.into()).await;
     };
     let raft = proposer.raft().clone();
     if crate::cluster::network::may_call(&raft, &peer) {
@@ -69,14 +62,7 @@ pub(super) async fn primary_session(
         }
         Err(reason) => {
             tracing::info!(%addr, %reason, "a primary's join refused");
-            send_now(
-                &mut wr,
-                &Message::Refused {
-                    reason: reason.clone(),
-                },
-            )
-            .await?;
-            Err(Error::rule(reason))
+            refuse_session(&mut wr, reason).await
         }
     }
 }
@@ -88,22 +74,14 @@ async fn admit_joiner(
     peer: PublicKey,
     info: &str,
 ) -> std::result::Result<(u32, Member), String> {
-    let metrics = raft.metrics().borrow().clone();
-    if metrics.state != openraft::ServerState::Leader {
-        let leader = metrics.current_leader.and_then(|id| {
-            metrics
-                .membership_config
-                .membership()
-                .get_node(&id)
-                .cloned()
-        });
-        return Err(match leader {
-            Some(m) => format!(
-                "this primary is not the cluster's leader; join through the leader at {}",
-                m.addr
-            ),
-            None => "the cluster has no leader now; try again shortly".into(),
-        });
+    match crate::cluster::lead(raft) {
+        Lead::Here => {}
+        Lead::At(addr) => {
+            return Err(format!(
+                "this primary is not the cluster's leader; join through the leader at {addr}"
+            ))
+        }
+        Lead::Unknown => return Err("the cluster has no leader now; try again shortly".into()),
     }
     let member_addr = serde_json::from_str::<serde_json::Value>(info)
         .ok()

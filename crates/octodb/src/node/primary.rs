@@ -144,14 +144,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         return super::join::primary_session(shared, pubkey, addr, info, rd, wr).await;
     }
     if let Some(reason) = not_serving_devices(shared) {
-        send_now(
-            &mut wr,
-            &Message::Refused {
-                reason: reason.clone(),
-            },
-        )
-        .await?;
-        return Err(Error::rule(reason));
+        return super::admission::refuse_session(&mut wr, reason).await;
     }
     // Node information is the node's own say; keep it small.
     let info = if info.len() > 16 * 1024 {
@@ -338,24 +331,15 @@ fn not_serving_devices(shared: &Shared) -> Option<String> {
     let Some(proposer) = shared.cluster.get() else {
         return Some("this primary is starting or joining its cluster: try again shortly".into());
     };
-    let metrics = proposer.raft().metrics().borrow().clone();
-    if metrics.state == openraft::ServerState::Leader {
-        return None;
+    match crate::cluster::lead(proposer.raft()) {
+        crate::cluster::Lead::Here => None,
+        crate::cluster::Lead::At(addr) => Some(format!(
+            "this primary follows the cluster's leader; devices connect to the leader at {addr}"
+        )),
+        crate::cluster::Lead::Unknown => {
+            Some("the primaries' cluster has no leader now: try again shortly".into())
+        }
     }
-    let leader = metrics.current_leader.and_then(|id| {
-        metrics
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .cloned()
-    });
-    Some(match leader {
-        Some(m) => format!(
-            "this primary follows the cluster's leader; devices connect to the leader at {}",
-            m.addr
-        ),
-        None => "the primaries' cluster has no leader now: try again shortly".into(),
-    })
 }
 
 /// Stream the log to a device from `last_seq` on (after its initial download when 0).
