@@ -130,3 +130,62 @@ fn new_primaries_join_the_first_and_hold_what_its_devices_and_app_write() {
     assert!(p1.execute_batch("PRAGMA remove_primary=99").is_err());
     drop(p3);
 }
+
+#[test]
+fn a_follower_restarted_after_many_commits_catches_up_from_its_stored_membership() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let leader = addr_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &leader);
+    let p3 = joining_primary(&c.path("p3.db"), &leader);
+    p1.wait_for(DEADLINE, |s| {
+        s.cluster
+            .as_ref()
+            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 3)
+    })
+    .expect("both new primaries become voters");
+    let p3_port = p3.bound_addrs()[0].port();
+    drop(p3);
+
+    // The leader and p2 go on without p3: a majority.
+    p1.execute_batch("BEGIN").unwrap();
+    for i in 0..2_000 {
+        p1.execute(
+            "INSERT INTO t(v, row_owner) VALUES (?1, '*')",
+            [format!("while p3 was away {i}")],
+        )
+        .unwrap();
+    }
+    p1.execute_batch("COMMIT").unwrap();
+    for i in 0..300 {
+        p1.execute(
+            "INSERT INTO t(v, row_owner) VALUES (?1, '*')",
+            [format!("one commit each {i}")],
+        )
+        .unwrap();
+    }
+    wait_count(&p2, "SELECT count(*) FROM t", 2_300);
+
+    // p3 comes back on its address; its stored membership decides (no join again).
+    let p3 = Connection::open(&format!(
+        "{}&connect=tcp://{leader}",
+        primary_uri(&c.path("p3.db"), p3_port)
+    ))
+    .unwrap();
+    for sql in SHARED {
+        if sql.contains("notes") {
+            continue;
+        }
+        let want = rows(&c.path("p.db"), sql);
+        wait_until(&format!("p3 holds `{sql}` as the leader"), || {
+            (rows(&c.path("p3.db"), sql) == want).then_some(())
+        });
+    }
+    let cluster = p3.sync_status().unwrap().cluster.unwrap();
+    assert_eq!(cluster.role, "follower");
+    assert_eq!(
+        p1.sync_status().unwrap().cluster.unwrap().members.len(),
+        3,
+        "p3 came back as the same member"
+    );
+}
