@@ -36,10 +36,14 @@ fn rows(path: &Path, sql: &str) -> Vec<Vec<String>> {
     .unwrap()
 }
 
-const SHARED: [&str; 3] = [
+const SHARED: [&str; 5] = [
     "SELECT id, v, row_owner FROM t ORDER BY id",
     "SELECT id, body, row_owner FROM notes ORDER BY id",
     "SELECT seq, origin_node, origin_txn, body FROM _octo_log ORDER BY seq",
+    // The authorization state: nodes (their sightings included) and users.
+    "SELECT node_id, pubkey, node_type, user_id, auth_state, address, last_seen FROM _octo_nodes
+     WHERE node_id > 0 ORDER BY node_id",
+    "SELECT user_id, created_at FROM _octo_users ORDER BY user_id",
 ];
 
 #[test]
@@ -90,6 +94,13 @@ fn new_primaries_join_the_first_and_hold_what_its_devices_and_app_write() {
     )
     .unwrap();
     wait_outbox_empty(&d);
+    // A device that signs up after the joins: a new node and a new user on every primary.
+    let d2 = c.device("d2.db", &p1);
+    ready(&d2);
+    d2.execute("INSERT INTO t(v) VALUES ('from the second device')", [])
+        .unwrap();
+    wait_outbox_empty(&d2);
+    drop(d2);
 
     for follower in ["p2.db", "p3.db"] {
         for sql in SHARED {
@@ -99,7 +110,9 @@ fn new_primaries_join_the_first_and_hold_what_its_devices_and_app_write() {
             });
         }
     }
-    assert_eq!(count(&p2, "SELECT count(*) FROM t"), 22);
+    assert_eq!(count(&p2, "SELECT count(*) FROM t"), 23);
+    let users = rows(&c.path("p2.db"), "SELECT user_id FROM _octo_users");
+    assert_eq!(users.len(), 2, "both devices' users: {users:?}");
 
     // A follower takes no writes of its own (yet: they would go through the leader).
     let refused = p2

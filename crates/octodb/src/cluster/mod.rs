@@ -24,7 +24,7 @@ pub use network::{serve_connection, serve_members, PeerNetwork};
 pub use state_machine::StateMachine;
 pub use types::{Applied, Decided, Member, Proposal, TypeConfig};
 pub use write_through::Proposer;
-pub(crate) use write_through::{GaveUp, InTxn, Proposed, Response};
+pub(crate) use write_through::{Batch, GaveUp, InTxn, Proposed, Response};
 
 use std::sync::Arc;
 

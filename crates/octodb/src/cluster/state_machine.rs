@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::log::{self, EntryBody};
 use crate::store::apply::{self, Tables};
 use crate::store::{meta_get, meta_set, write_txn};
+use crate::value::Value;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     Entry, EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageIOError, StoredMembership,
@@ -105,6 +106,9 @@ impl Inner {
                         }
                         EntryPayload::Normal(Proposal::InLog { last_seq: s, .. }) => {
                             last_seq = *s;
+                        }
+                        EntryPayload::Normal(Proposal::Rows { nodes, users, .. }) => {
+                            write_shared_rows(c, nodes, users)?;
                         }
                         EntryPayload::Membership(m) => {
                             membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -311,6 +315,25 @@ fn apply_decided(
         }
     }
     log::append(c, d.origin_node, d.origin_txn, &d.body)
+}
+
+/// The authorization state's rows, whole, as the leader has them.
+fn write_shared_rows(c: &Connection, nodes: &[Vec<Value>], users: &[Vec<Value>]) -> Result<()> {
+    for (table, rows) in [("_octo_nodes", nodes), ("_octo_users", users)] {
+        for row in rows {
+            let marks = vec!["?"; row.len()].join(", ");
+            let sql = format!("INSERT OR REPLACE INTO {table} VALUES ({marks})");
+            c.prepare_cached(&sql)?
+                .execute(rusqlite::params_from_iter(row.iter()))
+                .map_err(|e| {
+                    Error::rule(format!(
+                        "a row of {table} from the leader does not fit this primary's ({e}): \
+                         the primaries run incompatible versions"
+                    ))
+                })?;
+        }
+    }
+    Ok(())
 }
 
 fn missing_table(name: &str) -> Error {

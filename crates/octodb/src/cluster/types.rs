@@ -21,6 +21,13 @@ pub enum Proposal {
     /// Transactions a primary decided, as [`Proposal::Decided`], under an id that lets it void
     /// the batch (appended with no transactions) when it gives it up (`write_through`).
     Batch { id: u64, txns: Vec<Decided> },
+    /// The authorization state a primary changed (its nodes' and users' rows, whole, as they
+    /// now are in `_octo_nodes` and `_octo_users`), under an id as [`Proposal::Batch`].
+    Rows {
+        id: u64,
+        nodes: Vec<Vec<crate::Value>>,
+        users: Vec<Vec<crate::Value>>,
+    },
 }
 
 /// A transaction as the leader decided it: its effects as the primaries apply them (triggers'

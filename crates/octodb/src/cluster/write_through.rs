@@ -74,9 +74,10 @@ impl Handoff {
         let mut state = self.lock();
         if !state.voided.is_empty() {
             for entry in &mut append.entries {
-                if let EntryPayload::Normal(Proposal::Batch { id, txns }) = &mut entry.payload {
-                    if state.voided.remove(id) {
-                        txns.clear();
+                if let EntryPayload::Normal(p) = &mut entry.payload {
+                    if let Some(id) = batch_id(p).filter(|id| state.voided.contains(id)) {
+                        void(p, id);
+                        state.voided.remove(&id);
                     }
                 }
             }
@@ -152,6 +153,20 @@ pub struct Proposer {
     next_id: std::sync::atomic::AtomicU64,
 }
 
+/// What a primary proposes from inside a write transaction.
+pub(crate) enum Batch {
+    /// Decided transactions, which the transaction appended to `_octo_log` at `seqs`.
+    Txns {
+        txns: Vec<Decided>,
+        seqs: std::ops::RangeInclusive<u64>,
+    },
+    /// Rows of the authorization state, whole.
+    Rows {
+        nodes: Vec<Vec<crate::Value>>,
+        users: Vec<Vec<crate::Value>>,
+    },
+}
+
 /// A proposal made from inside an open write transaction.
 pub(crate) enum Proposed {
     /// Its entry is written in the transaction: commit it, then [`InTxn::committed`] (or
@@ -191,24 +206,25 @@ impl Proposer {
         &self.raft
     }
 
-    /// Proposes `decided`, whose log entries are `_octo_log` rows `first_seq..=last_seq`
-    /// written in the write transaction open on `conn`, and writes its Raft entry there too
-    /// when openraft hands it over in time. Call it from a plain thread (it blocks).
-    pub(crate) fn propose_in_txn(
-        &self,
-        conn: &Connection,
-        txns: Vec<Decided>,
-        seqs: std::ops::RangeInclusive<u64>,
-    ) -> Proposed {
+    /// Proposes `batch`, written in the write transaction open on `conn`, and writes its Raft
+    /// entry there too when openraft hands it over in time. Call it from a plain thread (it
+    /// blocks).
+    pub(crate) fn propose_in_txn(&self, conn: &Connection, batch: Batch) -> Proposed {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let compact = Proposal::InLog {
-            first_seq: *seqs.start(),
-            last_seq: *seqs.end(),
+        let (proposal, compact) = match batch {
+            Batch::Txns { txns, seqs } => (
+                Proposal::Batch { id, txns },
+                Some(Proposal::InLog {
+                    first_seq: *seqs.start(),
+                    last_seq: *seqs.end(),
+                }),
+            ),
+            Batch::Rows { nodes, users } => (Proposal::Rows { id, nodes, users }, None),
         };
         self.handoff.start_waiting();
-        let response = self.propose(Proposal::Batch { id, txns });
+        let response = self.propose(proposal);
         let deadline = Instant::now() + ENTRY_WAIT_MAX;
         let mut written = Vec::new();
         let mut ours = false;
@@ -271,10 +287,7 @@ impl Proposer {
         let (tx, rx) = oneshot::channel();
         let raft = self.raft.clone();
         let handoff = self.handoff.clone();
-        let id = match &proposal {
-            Proposal::Batch { id, .. } => Some(*id),
-            _ => None,
-        };
+        let id = batch_id(&proposal);
         self.runtime.spawn(async move {
             let outcome = raft
                 .client_write(proposal)
@@ -294,30 +307,54 @@ impl Proposer {
 }
 
 /// Writes `entries` into the Raft log in the open transaction: batch `id` as `compact` (the
-/// `_octo_log` positions that hold it), every other entry whole.
+/// `_octo_log` positions that hold it) when there is one, every other entry whole.
 fn write_appends(
     conn: &Connection,
     entries: &[Entry<TypeConfig>],
     id: u64,
-    compact: &Proposal,
+    compact: &Option<Proposal>,
     ours: &mut bool,
 ) -> Result<()> {
     for entry in entries {
-        let mine = matches!(&entry.payload,
-            EntryPayload::Normal(Proposal::Batch { id: i, .. }) if *i == id);
-        if mine {
-            *ours = true;
-            let stored = Entry {
-                log_id: entry.log_id,
-                payload: EntryPayload::Normal(compact.clone()),
-            };
-            super::log_store::write_entry(conn, &stored)
-        } else {
-            super::log_store::write_entry(conn, entry)
+        let mine = matches!(&entry.payload, EntryPayload::Normal(p) if batch_id(p) == Some(id));
+        *ours |= mine;
+        match (mine, compact) {
+            (true, Some(compact)) => {
+                let stored = Entry {
+                    log_id: entry.log_id,
+                    payload: EntryPayload::Normal(compact.clone()),
+                };
+                super::log_store::write_entry(conn, &stored)
+            }
+            _ => super::log_store::write_entry(conn, entry),
         }
         .map_err(|e| Error::rule(format!("writing the Raft log: {e}")))?;
     }
     Ok(())
+}
+
+/// The id of a primary's batch.
+fn batch_id(p: &Proposal) -> Option<u64> {
+    match p {
+        Proposal::Batch { id, .. } | Proposal::Rows { id, .. } => Some(*id),
+        Proposal::Decided(_) | Proposal::InLog { .. } => None,
+    }
+}
+
+/// `p` with nothing in it, if it is batch `id` (a batch given up).
+fn void(p: &mut Proposal, id: u64) -> bool {
+    if batch_id(p) != Some(id) {
+        return false;
+    }
+    match p {
+        Proposal::Batch { txns, .. } => txns.clear(),
+        Proposal::Rows { nodes, users, .. } => {
+            nodes.clear();
+            users.clear();
+        }
+        Proposal::Decided(_) | Proposal::InLog { .. } => {}
+    }
+    true
 }
 
 impl InTxn {
@@ -345,10 +382,8 @@ impl GaveUp {
     pub(crate) fn after_rollback(self) {
         for mut append in self.appends {
             for entry in &mut append.entries {
-                if let EntryPayload::Normal(Proposal::Batch { id, txns }) = &mut entry.payload {
-                    if *id == self.id {
-                        txns.clear();
-                    }
+                if let EntryPayload::Normal(p) = &mut entry.payload {
+                    void(p, self.id);
                 }
             }
             let result = self.log.write_blocking(&append.entries);

@@ -4,10 +4,11 @@
 //! syncs per second.
 
 use super::members::{self, Admission};
+use super::shared_rows::{self, Touched};
 use super::writer::Job;
 use super::Shared;
 use crate::error::{Error, Result};
-use crate::store::{exec, write_txn};
+use crate::store::exec;
 use rusqlite::Connection;
 
 /// Requests and decisions taken from the writer's queue at once, at most.
@@ -30,7 +31,16 @@ enum Done {
 /// so that one failing does not undo the others; answers each once the commit is durable.
 pub(super) fn run(conn: &Connection, shared: &Shared, jobs: Vec<Job>) {
     let mut outcomes: Vec<Result<Done>> = Vec::with_capacity(jobs.len());
-    let committed = write_txn(conn, |c| {
+    let touched: Vec<Touched> = jobs
+        .iter()
+        .filter_map(|j| match j {
+            Job::AuthRecord { pubkey, .. }
+            | Job::AuthDecide { pubkey, .. }
+            | Job::Presence { pubkey, .. } => Some(Touched::Key(pubkey.clone())),
+            _ => None,
+        })
+        .collect();
+    let committed = shared_rows::write_txn(conn, shared, &touched, |c| {
         for job in &jobs {
             exec(c, "SAVEPOINT auth_record")?;
             let outcome = record(c, shared, job);

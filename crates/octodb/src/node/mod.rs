@@ -14,6 +14,7 @@ mod members;
 mod primary;
 mod registry;
 mod secondary;
+mod shared_rows;
 mod snapshot;
 mod status;
 pub(crate) mod write_turns;

@@ -5,7 +5,7 @@
 use super::write_turns::EngineTurn;
 use super::{Event, Shared};
 use crate::changes::ChangeSet;
-use crate::cluster::{GaveUp, Proposed};
+use crate::cluster::{Batch, GaveUp, Proposed};
 use crate::crypto::PublicKey;
 use crate::error::{Error, Result};
 use crate::log::{self, EntryBody, LogEntry};
@@ -142,6 +142,7 @@ pub(crate) enum Job {
 use super::auth_batch;
 use super::decided::{Decided, NewDecisions};
 pub(crate) use super::members::Registered;
+use super::shared_rows::{self, Touched};
 use crate::store::trigger_effects::TriggerEffects;
 
 pub(crate) fn spawn(
@@ -322,9 +323,13 @@ impl Writer {
                     info,
                     reply,
                 } => {
-                    let _ = reply.send(write_txn(&self.conn, |c| {
-                        super::members::register_open(c, pubkey, &address, &info)
-                    }));
+                    let touched = [Touched::Key(pubkey.to_hex())];
+                    let _ = reply.send(shared_rows::write_txn(
+                        &self.conn,
+                        &self.shared,
+                        &touched,
+                        |c| super::members::register_open(c, pubkey, &address, &info),
+                    ));
                 }
                 job @ (Job::AuthRecord { .. } | Job::AuthDecide { .. } | Job::Presence { .. }) => {
                     let one = |j: &Job| usize::from(auth_batch::is_auth_record(j));
@@ -342,8 +347,11 @@ impl Writer {
                             _ => None,
                         })
                         .collect();
+                    let touched: Vec<_> = seen.iter().map(|s| Touched::Node(s.node_id)).collect();
                     if let Err(e) =
-                        write_txn(&self.conn, |c| super::members::record_sightings(c, &seen))
+                        shared_rows::write_txn(&self.conn, &self.shared, &touched, |c| {
+                            super::members::record_sightings(c, &seen)
+                        })
                     {
                         tracing::warn!(
                             "could not record when {} nodes were last seen: {e}",
@@ -352,8 +360,11 @@ impl Writer {
                     }
                 }
                 Job::ReserveNodeId { pubkey, reply } => {
+                    let touched = [Touched::Key(pubkey.clone())];
                     let reserved =
-                        write_txn(&self.conn, |c| super::members::reserve_node_id(c, &pubkey));
+                        shared_rows::write_txn(&self.conn, &self.shared, &touched, |c| {
+                            super::members::reserve_node_id(c, &pubkey)
+                        });
                     let _ = reply.send(reserved);
                 }
                 Job::LastDecided { node_id, reply } => {
@@ -455,11 +466,10 @@ impl Writer {
             (Err(e), _) => Err(e),
             (Ok(()), Some(cluster)) if !recorded.is_empty() => {
                 let seqs = recorded[0].seq..=recorded[recorded.len() - 1].seq;
-                Ok(Some(cluster.propose_in_txn(
-                    conn,
-                    proposal_of(&recorded),
-                    seqs,
-                )))
+                let txns = proposal_of(&recorded);
+                Ok(Some(
+                    cluster.propose_in_txn(conn, Batch::Txns { txns, seqs }),
+                ))
             }
             (Ok(()), _) => Ok(None),
         };

@@ -81,7 +81,8 @@ impl Connection {
             })
             .collect();
         // (The engine's own write: the authorizer lets it through.)
-        let proposed = self.internal(|| Ok(proposer.propose_in_txn(&self.conn, txns, seqs)))?;
+        let batch = crate::cluster::Batch::Txns { txns, seqs };
+        let proposed = self.internal(|| Ok(proposer.propose_in_txn(&self.conn, batch)))?;
         match proposed {
             Proposed::InTxn(txn) => {
                 *self.in_flight.borrow_mut() = Some(InFlight { txn, entries });
