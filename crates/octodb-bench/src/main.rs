@@ -8,6 +8,7 @@ mod connections;
 mod download;
 mod latency;
 mod memory;
+mod plain_work;
 mod primary_alone;
 mod procs;
 mod raft;
@@ -85,6 +86,11 @@ enum Command {
     HandshakeCost {
         count: usize,
     },
+    /// A fixed amount of plain local SQLite work, for instruction counts under callgrind.
+    #[command(name = "_plain-work", hide = true)]
+    PlainWork {
+        rows: u64,
+    },
     #[command(name = "_conn-primary", hide = true)]
     ConnPrimary {
         path: String,
@@ -113,6 +119,7 @@ fn main() -> Result<()> {
     let scenarios: Vec<&str> = match &cli.command {
         Command::IdleDevice { uri, user } => return memory::idle_device(uri, *user),
         Command::ConnPrimary { path } => return connections::primary_proc(path),
+        Command::PlainWork { rows } => return plain_work::run(*rows),
         Command::HandshakeCost { count } => return connections::handshake_cost(*count),
         Command::OfflineHotRow { txns, distinct } => {
             return catchup::offline_hot_row(*txns, *distinct)
