@@ -40,7 +40,7 @@ impl Primary {
     async fn start_as(dir: &Path, id: u64, keys: NodeKeys, addr: &str) -> Primary {
         let path = dir.join(format!("p{id}.db"));
         let listener = TcpListener::bind(addr).await.unwrap();
-        let (raft, member, server) = start_member(id, &path, keys.clone(), listener)
+        let (raft, member, server) = start_member(id, &path, None, keys.clone(), listener)
             .await
             .unwrap();
         Primary {

@@ -41,8 +41,11 @@ pub struct LogStore {
 
 impl LogStore {
     /// Opens the log in the primary's file at `path`.
-    pub fn open(path: &Path) -> Result<LogStore, crate::Error> {
-        let conn = crate::store::open_connection(path)?;
+    pub fn open(
+        path: &Path,
+        file_key: Option<&crate::uri::NetworkKey>,
+    ) -> Result<LogStore, crate::Error> {
+        let conn = crate::store::open_connection(path, file_key)?;
         conn.execute_batch(SCHEMA)?;
         Ok(LogStore {
             conn: Arc::new(Mutex::new(conn)),

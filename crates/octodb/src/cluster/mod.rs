@@ -51,13 +51,15 @@ pub fn raft_config() -> Arc<openraft::Config> {
     )
 }
 
-/// A primary's Raft member: its node on the file at `path` with `keys`, serving the other
+/// A primary's Raft member: its node on the file at `path` (encrypted with `file_key`, as the
+/// node's URI gives it with `cipher=`) with `keys`, serving the other
 /// primaries' Raft requests on `listener`. Returns the Raft handle, how others reach it, and
 /// the server's task (aborting it ends its connections). (A running primary will serve from
 /// its own listener instead; tests and the benchmark use this.)
 pub async fn start_member(
     id: RaftNodeId,
     path: &std::path::Path,
+    file_key: Option<&crate::uri::NetworkKey>,
     keys: crate::crypto::NodeKeys,
     listener: tokio::net::TcpListener,
 ) -> crate::Result<(Raft, Member, tokio::task::JoinHandle<()>)> {
@@ -73,8 +75,8 @@ pub async fn start_member(
         id,
         raft_config(),
         PeerNetwork::new(keys.clone(), handshake.clone()),
-        LogStore::open(path)?,
-        StateMachine::open(path)?,
+        LogStore::open(path, file_key)?,
+        StateMachine::open(path, file_key)?,
     )
     .await
     .map_err(|e| crate::Error::rule(format!("starting the Raft node: {e}")))?;

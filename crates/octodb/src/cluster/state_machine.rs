@@ -51,8 +51,8 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// The state machine on the primary's file at `path` (its internal tables already made).
-    pub fn open(path: &Path) -> Result<StateMachine> {
-        let conn = crate::store::open_connection(path)?;
+    pub fn open(path: &Path, file_key: Option<&crate::uri::NetworkKey>) -> Result<StateMachine> {
+        let conn = crate::store::open_connection(path, file_key)?;
         crate::store::init_internal_schema(&conn)?;
         // The Raft log is the durable record of every entry: a commit here need not wait for
         // the disk. After a crash openraft applies again what `raft_applied` lacks, and the

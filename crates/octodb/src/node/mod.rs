@@ -208,7 +208,7 @@ impl Shared {
         let conn = match pooled {
             Some(c) => c,
             None => {
-                let c = store::open_connection(self.path())?;
+                let c = store::open_connection(self.path(), self.cfg.file_key())?;
                 register_identity_functions(&c, &self.identity)?;
                 c
             }
@@ -267,7 +267,7 @@ impl Node {
     /// Open the node for `cfg`: lock the file, prepare it, start the engine and the network.
     fn start(cfg: NodeConfig) -> Result<Node> {
         let lock = ProcessLock::acquire(&cfg.path)?;
-        let conn = store::open_connection(&cfg.path)?;
+        let conn = store::open_connection(&cfg.path, cfg.file_key())?;
         store::init_internal_schema(&conn)?;
         store::write_txn(&conn, crate::log::outbox::upgrade)?;
         if cfg.role == Some(Role::Secondary) {
@@ -288,7 +288,11 @@ impl Node {
         };
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
         let (fresh_tx, fresh_rx) = mpsc::channel(FRESH_TXNS);
-        let network_key = cfg.key.as_ref().map(network_key_bytes);
+        let network_key = match (cfg.file_key(), &cfg.key) {
+            (Some(file_key), _) => Some(crate::store::at_rest::network_key(&conn, file_key)?),
+            (None, Some(key)) => Some(network_key_bytes(key)),
+            (None, None) => None,
+        };
         let primary_key = match meta_get::<String>(&conn, PRIMARY_KEY)? {
             Some(hex) => Some(crate::crypto::PublicKey::from_hex(&hex).map_err(|e| {
                 Error::rule(format!(

@@ -1,0 +1,177 @@
+//! Encryption at rest: handing a file's key to SQLCipher, the page codec linked in (AES-256-CBC
+//! and an HMAC-SHA512 per page, over the file and its WAL). Every connection octodb opens on an
+//! encrypted file (the app's, the writer's, readers, the cluster's, plain local ones, backups)
+//! gets its key here, in [`unlock`], and nowhere else.
+//!
+//! The file takes the key exactly as the URI gives it, so stock SQLCipher 4 opens it with the
+//! same `PRAGMA key`. A passphrase costs SQLCipher a PBKDF2 of 256,000 rounds (about a quarter of
+//! a second) at every connection; octodb derives it once per process and file salt and hands
+//! the raw key to every later connection instead (see [`key_spec`]).
+
+use crate::error::{Error, Result};
+use crate::uri::NetworkKey;
+use rusqlite::{Connection, ErrorCode};
+use std::collections::HashMap;
+use std::io::Read;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::{Mutex, Once, OnceLock};
+
+/// SQLCipher 4's default key derivation, which octodb keeps so that stock SQLCipher 4 opens
+/// its files: PBKDF2-HMAC-SHA512, 256,000 iterations, a 256-bit key, a 16-byte random salt
+/// kept as the file's first 16 bytes.
+const KDF_ITERATIONS: u32 = 256_000;
+const KEY_BYTES: usize = 32;
+const SALT_BYTES: usize = 16;
+/// What a plain SQLite file starts with (an encrypted one starts with its salt).
+const PLAIN_HEADER: &[u8; SALT_BYTES] = b"SQLite format 3\0";
+
+/// Hand `key` to a connection just opened on `file`, and check that it opens the file: a wrong
+/// key, or a key for a plain file, fails here with [`Error::WrongKey`] and changes nothing.
+pub fn unlock(conn: &Connection, file: &Path, key: &NetworkKey) -> Result<()> {
+    quiet_sqlcipher_log(conn);
+    let salt = file_salt(file);
+    let spec = key_spec(key, salt)?;
+    conn.pragma_update(None, "key", spec.as_str())?;
+    match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
+        Ok(()) => {}
+        Err(e) if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) => {
+            tracing::warn!(file = %file.display(), "the key given does not open this file");
+            return Err(Error::WrongKey {
+                path: file.to_path_buf(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if salt.is_none() && file.exists() {
+        // A new file: write its first page now, in the main file, so that the salt SQLCipher
+        // drew is on disk before any other connection reads the header (in WAL mode page 1
+        // would otherwise sit in the WAL, and another connection would draw a salt of its own
+        // and fail to read it).
+        conn.execute_batch("PRAGMA user_version = 0")?;
+    }
+    Ok(())
+}
+
+/// The file's salt: its first 16 bytes, when it has them and is not a plain SQLite file.
+fn file_salt(file: &Path) -> Option<[u8; SALT_BYTES]> {
+    let mut salt = [0u8; SALT_BYTES];
+    let mut f = std::fs::File::open(file).ok()?;
+    f.read_exact(&mut salt).ok()?;
+    (&salt != PLAIN_HEADER).then_some(salt)
+}
+
+/// What `PRAGMA key` is given: SQLCipher reads `x'<64 hex>'` as a raw key, `x'<96 hex>'` as a
+/// raw key and the salt it was derived with, and anything else as a passphrase to stretch.
+fn key_spec(key: &NetworkKey, salt: Option<[u8; SALT_BYTES]>) -> Result<Secret> {
+    let passphrase = match key {
+        NetworkKey::Bytes(raw) => return Ok(Secret(format!("x'{}'", hex::encode(raw)))),
+        NetworkKey::Passphrase(p) => p,
+    };
+    match salt {
+        // A passphrase that is itself a raw-key literal is SQLCipher's to read as one.
+        Some(salt) if !looks_raw(passphrase) => {
+            let derived = derived_key(passphrase, &salt);
+            Ok(Secret(format!(
+                "x'{}{}'",
+                hex::encode(derived),
+                hex::encode(salt)
+            )))
+        }
+        _ => Ok(Secret(passphrase.clone())),
+    }
+}
+
+fn looks_raw(passphrase: &str) -> bool {
+    let lower = passphrase.to_ascii_lowercase();
+    lower.starts_with("x'") && lower.ends_with('\'')
+}
+
+/// PBKDF2 of `passphrase` with `salt`, SQLCipher 4's way, once per process for each pair.
+fn derived_key(passphrase: &str, salt: &[u8; SALT_BYTES]) -> [u8; KEY_BYTES] {
+    type Cache = Mutex<HashMap<(String, [u8; SALT_BYTES]), [u8; KEY_BYTES]>>;
+    static DERIVED: OnceLock<Cache> = OnceLock::new();
+    // The lock is held while deriving: a second connection waits for the first derivation
+    // rather than doing its own.
+    let mut cache = DERIVED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    *cache
+        .entry((passphrase.to_string(), *salt))
+        .or_insert_with(|| {
+            let mut out = [0u8; KEY_BYTES];
+            let rounds = NonZeroU32::new(KDF_ITERATIONS).unwrap_or(NonZeroU32::MIN);
+            aws_lc_rs::pbkdf2::derive(
+                aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA512,
+                rounds,
+                salt,
+                passphrase.as_bytes(),
+                &mut out,
+            );
+            out
+        })
+}
+
+/// SQLCipher prints its warnings ("hmac check failed for pgno=1" at every wrong key) on
+/// stderr by default. octodb reports those cases itself, as typed errors and `tracing` lines,
+/// so SQLCipher's own log is turned off, once per process (the setting is global).
+fn quiet_sqlcipher_log(conn: &Connection) {
+    static QUIET: Once = Once::new();
+    QUIET.call_once(|| {
+        if let Err(e) = conn.query_row("PRAGMA cipher_log = off", [], |_| Ok(())) {
+            tracing::debug!(error = %e, "could not turn SQLCipher's log off");
+        }
+    });
+}
+
+/// A key spec, cleared from memory when dropped.
+struct Secret(String);
+
+impl Secret {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        // SAFETY: zeroes are valid UTF-8, so the String stays valid; the bytes are this
+        // String's own, borrowed mutably for the call only.
+        unsafe { self.0.as_bytes_mut() }.fill(0);
+    }
+}
+
+/// Where a node on an encrypted file keeps its network key (in the encrypted file itself).
+const NETWORK_KEY: &str = "network_key";
+
+/// The network key of a node whose file is encrypted with `file_key`: the one kept in the file,
+/// or, on a file that has none yet, one derived from `file_key` and kept. Kept, so that a
+/// `PRAGMA rekey` of the file leaves the network key as it was: the other nodes still have it.
+pub fn network_key(conn: &Connection, file_key: &NetworkKey) -> Result<[u8; 32]> {
+    if let Some(stored) = super::meta_get::<Vec<u8>>(conn, NETWORK_KEY)? {
+        return <[u8; 32]>::try_from(stored.as_slice()).map_err(|_| {
+            Error::rule("the network key kept in this file is damaged; restore it from a backup")
+        });
+    }
+    let derived = derive_network_key(file_key)?;
+    super::meta_set(conn, NETWORK_KEY, derived.to_vec())?;
+    Ok(derived)
+}
+
+/// HKDF-SHA256 of the file's key, with a salt and a label of octodb's own: the bytes that
+/// encrypt the file are never the bytes that key the network (Noise's pre-shared key).
+pub fn derive_network_key(file_key: &NetworkKey) -> Result<[u8; 32]> {
+    use aws_lc_rs::hkdf;
+    let material = match file_key {
+        NetworkKey::Passphrase(p) => p.as_bytes(),
+        NetworkKey::Bytes(b) => b.as_slice(),
+    };
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"octodb at-rest key to network key v1")
+        .extract(material);
+    let mut out = [0u8; 32];
+    prk.expand(&[b"noise pre-shared key"], hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut out))
+        .map_err(|_| Error::rule("deriving the network key from the file's key failed"))?;
+    Ok(out)
+}
