@@ -106,3 +106,100 @@ fn a_primary_and_its_device_leave_nothing_readable_on_disk() {
     drop((p, d));
     assert_nothing_readable(c.dir.path(), &needles);
 }
+
+/// The bytes of every file of `dir`, to show that a failed open changed nothing.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut files = files_in(dir);
+    files.sort();
+    files
+}
+
+#[test]
+fn a_wrong_or_missing_key_or_a_key_for_a_plain_file_fails_at_open_and_changes_nothing() {
+    let c = Cluster::new();
+    let enc = c.path("enc.db");
+    {
+        let p = Connection::open(&encrypted_primary_uri(&enc, KEY)).unwrap();
+        p.execute_batch("CREATE TABLE t(v)").unwrap();
+    }
+    let plain = c.path("plain.db");
+    drop(Connection::open(&primary_uri(&plain, 0)).unwrap());
+    let before = snapshot(c.dir.path());
+    let wrong_key = [
+        encrypted_primary_uri(&enc, "not the key"),
+        primary_uri(&enc, 0),
+        encrypted_primary_uri(&plain, KEY),
+        local_uri(&enc, "not the key"),
+        local_uri(&plain, KEY),
+        format!("{}&cipher=sqlcipher&hexkey={}", primary_uri(&enc, 0), "ab".repeat(32)),
+    ];
+    for uri in wrong_key {
+        let err = match Connection::open(&uri) {
+            Ok(_) => panic!("{uri}: opened"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, Error::WrongKey { .. }), "{uri}: {err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("wrong key or not an encrypted database"), "{msg}");
+        assert!(!msg.contains(KEY) && !msg.contains("not the key"), "{msg}");
+    }
+    assert_eq!(snapshot(c.dir.path()), before, "a failed open changed a file");
+    // The right key still opens it.
+    let p = Connection::open(&encrypted_primary_uri(&enc, KEY)).unwrap();
+    assert_eq!(count(&p, "SELECT count(*) FROM t"), 0);
+}
+
+/// A plain local database (no `node`) is encrypted the same way, and every connection after
+/// the first gets the raw key: no PBKDF2 of a quarter second each.
+#[test]
+fn a_plain_local_database_is_encrypted_and_its_passphrase_derived_once() {
+    let c = Cluster::new();
+    let path = c.path("local.db");
+    let uri = local_uri(&path, KEY);
+    let first_started = Instant::now();
+    let first = Connection::open(&uri).unwrap();
+    let first_took = first_started.elapsed();
+    first
+        .execute_batch(&format!("CREATE TABLE t(v); INSERT INTO t VALUES ('{MARKER}')"))
+        .unwrap();
+    let later_started = Instant::now();
+    let later: Vec<Connection> = (0..8).map(|_| Connection::open(&uri).unwrap()).collect();
+    let later_took = later_started.elapsed();
+    for c in &later {
+        assert_eq!(text(c, "SELECT v FROM t"), MARKER);
+    }
+    // The first open ran SQLCipher's PBKDF2 (256,000 rounds); eight more doing the same would
+    // take eight times as long.
+    assert!(
+        later_took < first_took,
+        "8 later opens took {later_took:?}, the first {first_took:?}: the key was derived again"
+    );
+    drop((first, later));
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(!contains(&bytes, MARKER.as_bytes()));
+    assert!(!contains(&bytes, b"SQLite format 3"));
+}
+
+#[test]
+fn a_node_without_the_key_cannot_complete_a_handshake() {
+    let c = Cluster::new();
+    let p = Connection::open(&encrypted_primary_uri(&c.path("p.db"), KEY)).unwrap();
+    p.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)")
+        .unwrap();
+    let addr = addr_of(&p);
+    // Another key for its own file; and the network key alone given as the raw passphrase
+    // (the network key is derived from the file's key, never the same bytes).
+    let strangers = [
+        Connection::open(&encrypted_device_uri(&c.path("w1.db"), &addr, "guess")).unwrap(),
+        Connection::open(&format!("{}&key={KEY}", device_uri(&c.path("w2.db"), &addr))).unwrap(),
+    ];
+    let right = Connection::open(&encrypted_device_uri(&c.path("r.db"), &addr, KEY)).unwrap();
+    ready(&right);
+    for wrong in &strangers {
+        let err = wrong
+            .wait_until_ready(Duration::from_millis(500))
+            .unwrap_err();
+        assert!(err.to_string().contains("timed out"), "{err}");
+    }
+    assert_eq!(count(&p, "SELECT count(*) FROM _octo_nodes"), 1);
+}

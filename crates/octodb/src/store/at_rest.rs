@@ -29,10 +29,11 @@ const PLAIN_HEADER: &[u8; SALT_BYTES] = b"SQLite format 3\0";
 /// Hand `key` to a connection just opened on `file`, and check that it opens the file: a wrong
 /// key, or a key for a plain file, fails here with [`Error::WrongKey`] and changes nothing.
 pub fn unlock(conn: &Connection, file: &Path, key: &NetworkKey) -> Result<()> {
-    quiet_sqlcipher_log(conn);
     let salt = file_salt(file);
     let spec = key_spec(key, salt)?;
     conn.pragma_update(None, "key", spec.as_str())?;
+    // After the key: SQLCipher sets its default log (stderr) when its first codec starts.
+    quiet_sqlcipher_log(conn);
     match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
         Ok(()) => {}
         Err(e) if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) => {
@@ -63,23 +64,30 @@ fn file_salt(file: &Path) -> Option<[u8; SALT_BYTES]> {
 
 /// What `PRAGMA key` is given: SQLCipher reads `x'<64 hex>'` as a raw key, `x'<96 hex>'` as a
 /// raw key and the salt it was derived with, and anything else as a passphrase to stretch.
+/// A passphrase is stretched here, as SQLCipher would with the file's salt (a new file gets a
+/// random salt, which SQLCipher writes as its first 16 bytes): once per process and salt.
 fn key_spec(key: &NetworkKey, salt: Option<[u8; SALT_BYTES]>) -> Result<Secret> {
     let passphrase = match key {
         NetworkKey::Bytes(raw) => return Ok(Secret(format!("x'{}'", hex::encode(raw)))),
+        // A passphrase that is itself a raw-key literal is SQLCipher's to read as one.
+        NetworkKey::Passphrase(p) if looks_raw(p) => return Ok(Secret(p.clone())),
         NetworkKey::Passphrase(p) => p,
     };
-    match salt {
-        // A passphrase that is itself a raw-key literal is SQLCipher's to read as one.
-        Some(salt) if !looks_raw(passphrase) => {
-            let derived = derived_key(passphrase, &salt);
-            Ok(Secret(format!(
-                "x'{}{}'",
-                hex::encode(derived),
-                hex::encode(salt)
-            )))
+    let salt = match salt {
+        Some(salt) => salt,
+        None => {
+            let mut fresh = [0u8; SALT_BYTES];
+            aws_lc_rs::rand::fill(&mut fresh)
+                .map_err(|_| Error::rule("the system's random source failed; try again"))?;
+            fresh
         }
-        _ => Ok(Secret(passphrase.clone())),
-    }
+    };
+    let derived = derived_key(passphrase, &salt);
+    Ok(Secret(format!(
+        "x'{}{}'",
+        hex::encode(derived),
+        hex::encode(salt)
+    )))
 }
 
 fn looks_raw(passphrase: &str) -> bool {
