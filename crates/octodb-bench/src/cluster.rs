@@ -4,7 +4,24 @@ use anyhow::{bail, Context, Result};
 use octodb::auth::{Action, AuthRequest, Decision};
 use octodb::Connection;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// Whether the clusters made from now on encrypt their files at rest (the `encrypted` scenario
+/// runs the same work both ways).
+static AT_REST: AtomicBool = AtomicBool::new(false);
+
+pub fn encrypt_at_rest(on: bool) {
+    AT_REST.store(on, Ordering::SeqCst);
+}
+
+/// What every node URI of the benchmark ends with: a key for the file when encrypting.
+fn at_rest_params() -> &'static str {
+    match AT_REST.load(Ordering::SeqCst) {
+        true => "&cipher=sqlcipher&key=octodb-bench-passphrase",
+        false => "",
+    }
+}
 
 /// How long any single wait of the benchmark may take before it is reported as a failure.
 pub const DEADLINE: Duration = Duration::from_secs(600);
@@ -35,8 +52,9 @@ impl Cluster {
             .prefix("octodb-bench")
             .tempdir_in(bench_dir()?)?;
         let uri = format!(
-            "file:{}?node=primary&bind=tcp://127.0.0.1:0&auth=user",
-            dir.path().join("primary.db").display()
+            "file:{}?node=primary&bind=tcp://127.0.0.1:0&auth=user{}",
+            dir.path().join("primary.db").display(),
+            at_rest_params()
         );
         let primary = Connection::open(&uri).context("opening the primary")?;
         primary.set_auth_callback(Action::UserSignup, approve)?;
@@ -80,8 +98,9 @@ impl Cluster {
 
 pub fn device_uri(path: &std::path::Path, addr: &str) -> String {
     format!(
-        "file:{}?node=secondary&connect=tcp://{addr}",
-        path.display()
+        "file:{}?node=secondary&connect=tcp://{addr}{}",
+        path.display(),
+        at_rest_params()
     )
 }
 

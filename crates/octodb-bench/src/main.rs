@@ -6,6 +6,7 @@ mod catchup;
 mod cluster;
 mod connections;
 mod download;
+mod encrypted;
 mod latency;
 mod memory;
 mod plain_work;
@@ -59,6 +60,8 @@ enum Command {
     Memory,
     /// The primaries' Raft layer alone (not yet wired to a running primary).
     Raft,
+    /// Streaming, catch-up and download with `cipher=sqlcipher` against the same without it.
+    Encrypted,
     #[command(name = "_idle-device", hide = true)]
     IdleDevice {
         uri: String,
@@ -143,6 +146,7 @@ fn main() -> Result<()> {
             "connections",
             "memory",
             "raft",
+            "encrypted",
         ],
         Command::Streaming => vec!["streaming"],
         Command::Writers { devices } => {
@@ -155,6 +159,7 @@ fn main() -> Result<()> {
         Command::Connections => vec!["connections"],
         Command::Memory => vec!["memory"],
         Command::Raft => vec!["raft"],
+        Command::Encrypted => vec!["encrypted"],
     };
     println!(
         "octodb-bench on {} cores{}",
@@ -173,6 +178,11 @@ fn main() -> Result<()> {
             "download" => download::run(if q { 100_000 } else { 1_000_000 }),
             "connections" => connections::run(if q { 2_000 } else { 19_900 }),
             "raft" => raft::run(if q { 2_000 } else { 20_000 }),
+            "encrypted" => encrypted::run(encrypted::Sizes {
+                streaming_rows: if q { 20_000 } else { 100_000 },
+                catchup_txns: if q { 2_000 } else { 20_000 },
+                download_rows: if q { 50_000 } else { 300_000 },
+            }),
             _ => memory::run(),
         };
         match result {
