@@ -247,3 +247,62 @@ fn a_flipped_byte_in_a_page_fails_the_reads_of_that_page() {
     // The same again: the error stays, it is no one-off.
     assert!(db.query("SELECT v FROM big", []).is_err());
 }
+
+/// `PRAGMA rekey` on a running primary: the file is re-encrypted, nothing is lost, the engine
+/// goes on writing (rows from its device), and the network key stays: the device, which still
+/// has the old key for its own file, keeps syncing, before and after the primary reopens.
+#[test]
+fn rekey_re_encrypts_a_running_primary_and_keeps_its_network_key() {
+    let c = Cluster::new();
+    let p_path = c.path("p.db");
+    let p = Connection::open(&encrypted_primary_uri(&p_path, KEY)).unwrap();
+    p.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)")
+        .unwrap();
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
+        .unwrap();
+    let port = p.bound_addrs()[0].port();
+    let d = Connection::open(&encrypted_device_uri(&c.path("d.db"), &addr_of(&p), KEY)).unwrap();
+    ready(&d);
+    wait_count(&d, "SELECT count(*) FROM t", 1);
+
+    // Refused while another app connection holds the old key.
+    let second = Connection::open(&encrypted_primary_uri(&p_path, KEY)).unwrap();
+    let err = p.execute_batch("PRAGMA rekey = 'new key'").unwrap_err();
+    assert!(err.to_string().contains("other connections"), "{err}");
+    drop(second);
+
+    p.execute_batch("PRAGMA rekey = 'new key'").unwrap();
+    // The engine's writer (reopened with the new key) applies the device's rows; readers too.
+    d.execute("INSERT INTO t(v) VALUES ('from the device after the rekey')", [])
+        .unwrap();
+    wait_outbox_empty(&d);
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
+        .unwrap();
+    wait_count(&d, "SELECT count(*) FROM t", 3);
+    assert_eq!(count(&p, "SELECT count(*) FROM t"), 3);
+    // Another app connection needs the new key now.
+    let old = Connection::open(&encrypted_primary_uri(&p_path, KEY)).map(drop);
+    assert!(matches!(old, Err(Error::WrongKey { .. })), "{old:?}");
+    let new_conn = Connection::open(&encrypted_primary_uri(&p_path, "new key")).unwrap();
+    assert_eq!(count(&new_conn, "SELECT count(*) FROM t"), 3);
+    drop((p, new_conn));
+
+    // Reopened with the new key on the same port: the device reconnects with the network key
+    // it always had.
+    let uri = format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:{port}&cipher=sqlcipher&key=new key",
+        p_path.display()
+    );
+    let p = Connection::open(&uri).unwrap();
+    assert_eq!(count(&p, "SELECT count(*) FROM t"), 3);
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('after reopening', '*')", [])
+        .unwrap();
+    wait_count(&d, "SELECT count(*) FROM t", 4);
+    drop(p);
+    let old = Connection::open(&format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0&cipher=sqlcipher&key={KEY}",
+        p_path.display()
+    ))
+    .map(drop);
+    assert!(matches!(old, Err(Error::WrongKey { .. })), "{old:?}");
+}

@@ -120,8 +120,11 @@ impl Connection {
         if cfg.role.is_none() {
             return Connection::open_file(&cfg, opts);
         }
+        // The app's connection opens with the key its URI gives: a wrong one fails here even
+        // when the node is already running.
+        let app_key = cfg.file_key().cloned();
         let node = open_node(cfg)?;
-        let conn = store::open_connection(node.shared.path(), node.shared.cfg.file_key())?;
+        let conn = store::open_connection(node.shared.path(), app_key.as_ref())?;
         // The engine's writer checkpoints after its own commits (every 1000 pages of WAL), off
         // the app's thread: an app's commit that ran the checkpoint paid for writing the
         // pages to the database file and its fsync. The app checkpoints itself only as a

@@ -99,7 +99,10 @@ pub(crate) struct Shared {
     pub shutdown: watch::Sender<bool>,
     pub handshake: HandshakeOptions,
     pub bound: Mutex<Vec<SocketAddr>>,
-    readers: Mutex<Vec<Connection>>,
+    /// Pooled read connections, each with the generation of the file's key it was opened with.
+    readers: Mutex<Vec<(u64, Connection)>>,
+    /// The file's key (`cipher=`) as it is now; `PRAGMA rekey` changes it.
+    pub file_key: Arc<crate::store::at_rest::CurrentKey>,
     read_turns: tokio::sync::Semaphore,
     /// Primaries: approved nodes, as last read from the file.
     pub approved: members::ApprovedCache,
@@ -205,18 +208,22 @@ impl Shared {
 
     pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match pooled {
+        let (generation, conn) = match pooled {
             Some(c) => c,
             None => {
-                let c = store::open_connection(self.path(), self.cfg.file_key())?;
+                let generation = self.file_key.generation();
+                let key = self.file_key.get();
+                let c = store::open_connection(self.path(), key.as_ref())?;
                 register_identity_functions(&c, &self.identity)?;
-                c
+                (generation, c)
             }
         };
         let out = f(&conn);
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < READERS && conn.is_autocommit() {
-            pool.push(conn);
+        // One opened before a rekey holds the old key: closed, not pooled.
+        if pool.len() < READERS && conn.is_autocommit() && generation == self.file_key.generation()
+        {
+            pool.push((generation, conn));
         }
         out
     }
@@ -321,6 +328,9 @@ impl Node {
             },
             bound: Mutex::new(Vec::new()),
             readers: Mutex::new(Vec::new()),
+            file_key: Arc::new(crate::store::at_rest::CurrentKey::new(
+                cfg.file_key().cloned(),
+            )),
             read_turns: tokio::sync::Semaphore::new(READERS),
             approved: Default::default(),
             callbacks: Default::default(),
@@ -401,6 +411,42 @@ impl Node {
             // The sender reads the outbox instead (a stored permit if it is busy now).
             self.shared.outbox_changed.notify_one();
         }
+    }
+
+    /// `PRAGMA rekey`: re-encrypt the node's file with `new_key` through `conn`, the app's
+    /// connection asking (the only one open on the node). The writer waits meanwhile and then
+    /// reopens its connection with the new key; pooled readers are closed. The network key,
+    /// kept in the file, stays as it was.
+    pub fn rekey(&self, conn: &Connection, new_key: crate::uri::NetworkKey) -> Result<()> {
+        if self.shared.cfg.cipher.is_none() {
+            return Err(Error::rule(
+                "PRAGMA rekey needs an encrypted file (cipher=sqlcipher); encrypt a copy of a \
+                 plain file with `octodb encrypt`",
+            ));
+        }
+        let (paused_tx, paused_rx) = tokio::sync::oneshot::channel();
+        let (resume_tx, resume_rx) = std::sync::mpsc::channel();
+        self.shared
+            .jobs
+            .blocking_send(writer::Job::PauseForRekey {
+                paused: paused_tx,
+                resume: resume_rx,
+            })
+            .map_err(|_| Error::Closed)?;
+        paused_rx.blocking_recv().map_err(|_| Error::Closed)??;
+        let done = crate::store::at_rest::rekey(
+            conn,
+            self.shared.path(),
+            new_key,
+            &self.shared.file_key,
+        );
+        self.shared
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let _ = resume_tx.send(done.is_ok());
+        done
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {

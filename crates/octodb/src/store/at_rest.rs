@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::num::NonZeroU32;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
 
 /// SQLCipher 4's default key derivation, which octodb keeps so that stock SQLCipher 4 opens
@@ -182,4 +183,55 @@ pub fn derive_network_key(file_key: &NetworkKey) -> Result<[u8; 32]> {
         .and_then(|okm| okm.fill(&mut out))
         .map_err(|_| Error::rule("deriving the network key from the file's key failed"))?;
     Ok(out)
+}
+
+/// The key a node's file has now: the URI's, until a `PRAGMA rekey` changes it. The node's
+/// own connections (writer, readers) are opened with it; `generation` counts the changes, so
+/// that a connection opened with an older key is closed rather than used again.
+#[derive(Default)]
+pub struct CurrentKey {
+    key: Mutex<Option<NetworkKey>>,
+    generation: AtomicU64,
+}
+
+impl CurrentKey {
+    pub fn new(key: Option<NetworkKey>) -> CurrentKey {
+        CurrentKey {
+            key: Mutex::new(key),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    pub fn get(&self) -> Option<NetworkKey> {
+        self.key.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    fn replace(&self, key: NetworkKey) {
+        *self.key.lock().unwrap_or_else(|p| p.into_inner()) = Some(key);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Re-encrypt `file` with `new_key` through `conn` (SQLCipher's `PRAGMA rekey`: every page is
+/// rewritten in one transaction; the salt stays), and make `new_key` the file's key for the
+/// connections opened from now on. Only `conn` goes on working: any other connection open on
+/// the file still has the old key, and must be closed (the caller sees to that).
+pub fn rekey(conn: &Connection, file: &Path, new_key: NetworkKey, current: &CurrentKey) -> Result<()> {
+    // The salt is the file's own: the new key is derived with it, as SQLCipher would.
+    let Some(salt) = file_salt(file) else {
+        return Err(Error::WrongKey {
+            path: file.to_path_buf(),
+        });
+    };
+    let spec = key_spec(&new_key, Some(salt))?;
+    conn.pragma_update(None, "rekey", spec.as_str())?;
+    // Proof that the file reads with the new key, through this connection.
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+    current.replace(new_key);
+    tracing::info!(file = %file.display(), "the file was re-encrypted with a new key");
+    Ok(())
 }
