@@ -117,6 +117,12 @@ fn main() -> Result<()> {
         .with_ansi(false)
         .try_init();
     let cli = Cli::parse();
+    // Any scenario on encrypted files, e.g. to profile one: OCTODB_BENCH_CIPHER=key or hexkey.
+    match std::env::var("OCTODB_BENCH_CIPHER").as_deref() {
+        Ok("key") => cluster::encrypt_at_rest(cluster::PASSPHRASE),
+        Ok("hexkey") => cluster::encrypt_at_rest(cluster::RAW_KEY),
+        _ => {}
+    }
     let q = cli.quick;
     let mut writer_devices = 100;
     let scenarios: Vec<&str> = match &cli.command {

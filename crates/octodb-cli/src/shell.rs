@@ -191,5 +191,6 @@ impl Shell {
 /// shell's history file, which is plain text.
 fn names_a_key(line: &str) -> bool {
     let lower = line.to_ascii_lowercase();
-    lower.contains("key") || lower.contains("sqlcipher")
+    let keyed = |word: &str| lower.contains(word) && lower.contains("key");
+    keyed("pragma") || keyed("attach") || lower.contains("sqlcipher")
 }
