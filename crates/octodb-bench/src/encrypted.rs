@@ -81,7 +81,11 @@ fn compare(
     for round in 0..ROUNDS {
         // Which goes first alternates, so that neither always meets a warmer disk cache.
         let mut pair = [0.0; 2];
-        let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
         for encrypted in order {
             encrypt_at_rest(if encrypted { params } else { "" });
             let figure = measure();

@@ -7,8 +7,12 @@ use anyhow::{bail, Context};
 use std::process::ExitCode;
 
 pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
-    let cfg = octodb::NodeConfig::parse(&crate::normalize_uri(&args.uri))
-        .with_context(|| format!("reading the URI `{}`", octodb::NodeConfig::redacted(&args.uri)))?;
+    let cfg = octodb::NodeConfig::parse(&crate::normalize_uri(&args.uri)).with_context(|| {
+        format!(
+            "reading the URI `{}`",
+            octodb::NodeConfig::redacted(&args.uri)
+        )
+    })?;
     if args.dest.exists() {
         bail!(
             "`{}` exists already: name a new file for the backup",

@@ -30,7 +30,11 @@ pub fn run(direction: Direction, args: ConvertArgs) -> anyhow::Result<ExitCode> 
              file:PATH?cipher=sqlcipher&key=... (or hexkey=, keyenv=, keyfile=)"
         );
     }
-    let plain = if direction == Direction::Encrypt { &source } else { &target };
+    let plain = if direction == Direction::Encrypt {
+        &source
+    } else {
+        &target
+    };
     if plain.file_key().is_some() {
         bail!("octodb {verb}: the plain side is given a key; name it by its path alone");
     }
@@ -55,8 +59,11 @@ pub fn run(direction: Direction, args: ConvertArgs) -> anyhow::Result<ExitCode> 
         .context("the new file's path is not valid UTF-8")?;
     // An empty key attaches a plain file; the key is bound, never spliced into the SQL.
     let key = target.file_key().map(attach_key).unwrap_or_default();
-    conn.execute("ATTACH DATABASE ?1 AS converted KEY ?2", [dest, key.as_str()])
-        .context("creating the new file")?;
+    conn.execute(
+        "ATTACH DATABASE ?1 AS converted KEY ?2",
+        [dest, key.as_str()],
+    )
+    .context("creating the new file")?;
     let exported = conn
         .query_row("SELECT sqlcipher_export('converted')", [], |_| Ok(()))
         .and_then(|()| conn.execute_batch("DETACH DATABASE converted"));

@@ -375,7 +375,10 @@ fn encrypt_decrypt_and_backup_of_an_encrypted_node() {
     let run = |args: &[&str]| {
         let out = octodb().args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert!(!stderr.contains("s3cret-k3y"), "a key was printed: {stderr}");
+        assert!(
+            !stderr.contains("s3cret-k3y"),
+            "a key was printed: {stderr}"
+        );
         (out.status.success(), stderr)
     };
     let plain_arg = plain.to_str().unwrap();
@@ -386,7 +389,10 @@ fn encrypt_decrypt_and_backup_of_an_encrypted_node() {
     assert!(!enc_bytes.starts_with(b"SQLite format 3"));
     assert!(!enc_bytes.windows(12).any(|w| w == b"readable row"));
     let c = Connection::open(&enc_uri).unwrap();
-    assert_eq!(count(&c, "SELECT count(*) FROM t WHERE v = 'readable row'"), 1);
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM t WHERE v = 'readable row'"),
+        1
+    );
     drop(c);
     // Never over an existing file.
     let (ok, err) = run(&["encrypt", plain_arg, &enc_uri]);
@@ -396,7 +402,10 @@ fn encrypt_decrypt_and_backup_of_an_encrypted_node() {
     let (ok, err) = run(&["decrypt", &enc_uri, back.to_str().unwrap()]);
     assert!(ok, "{err}");
     let c = Connection::open(&format!("file:{}", back.display())).unwrap();
-    assert_eq!(count(&c, "SELECT count(*) FROM t WHERE v = 'readable row'"), 1);
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM t WHERE v = 'readable row'"),
+        1
+    );
     let wrong = format!("file:{}?cipher=sqlcipher&key=wrong", enc.display());
     let (ok, err) = run(&["decrypt", &wrong, dir.path().join("x.db").to_str().unwrap()]);
     assert!(!ok && err.contains("wrong key"), "{err}");
@@ -415,7 +424,10 @@ fn encrypt_decrypt_and_backup_of_an_encrypted_node() {
     let copy_bytes = std::fs::read(&copy).unwrap();
     assert!(!copy_bytes.starts_with(b"SQLite format 3"));
     assert!(!copy_bytes.windows(8).any(|w| w == b"node row"));
-    let c = Connection::open(&format!("file:{}?cipher=sqlcipher&key=s3cret-k3y", copy.display()))
-        .unwrap();
+    let c = Connection::open(&format!(
+        "file:{}?cipher=sqlcipher&key=s3cret-k3y",
+        copy.display()
+    ))
+    .unwrap();
     assert_eq!(count(&c, "SELECT count(*) FROM n"), 1);
 }

@@ -293,7 +293,11 @@ impl NodeConfig {
         let keyed = !given_keys.is_empty();
         rule(cipher.is_some() && !keyed, "key", CIPHER_NO_KEY)?;
         let cipher: Option<Cipher> = cipher.as_deref().map(str::parse).transpose()?;
-        rule(cipher.is_some() && path == ":memory:", "cipher", CIPHER_MEMORY)?;
+        rule(
+            cipher.is_some() && path == ":memory:",
+            "cipher",
+            CIPHER_MEMORY,
+        )?;
         let key = match (key, hexkey, keyenv, keyfile) {
             (Some(k), ..) => Some(NetworkKey::Passphrase(k)),
             (_, Some(h), ..) => Some(NetworkKey::Bytes(decode_hexkey(&h, cipher.is_some())?)),
@@ -376,7 +380,9 @@ impl NodeConfig {
         let masked: Vec<String> = query
             .split('&')
             .map(|segment| match segment.split_once('=') {
-                Some((name, _)) if decode(name).is_ok_and(|n| SECRET_PARAMS.contains(&n.as_str())) => {
+                Some((name, _))
+                    if decode(name).is_ok_and(|n| SECRET_PARAMS.contains(&n.as_str())) =>
+                {
                     format!("{name}=***")
                 }
                 _ => segment.to_string(),
@@ -454,7 +460,11 @@ fn sqlite_only_uri(uri: &str) -> String {
             decode(name).is_ok_and(|n| SQLITE_PARAMS.contains(&n.as_str()))
         })
         .collect();
-    let fragment = if fragment.is_empty() { String::new() } else { format!("#{fragment}") };
+    let fragment = if fragment.is_empty() {
+        String::new()
+    } else {
+        format!("#{fragment}")
+    };
     format!("{head}?{}{fragment}", kept.join("&"))
 }
 
@@ -470,12 +480,18 @@ fn key_from_env(var: &str) -> Result<String, UriError> {
             format!("the environment variable `{var}` is not UTF-8; give the key as UTF-8 text")
         }
     };
-    Err(UriError::KeySource { name: "keyenv", problem })
+    Err(UriError::KeySource {
+        name: "keyenv",
+        problem,
+    })
 }
 
 /// A passphrase from the file `path` (`keyfile=`): its text, less one trailing line end.
 fn key_from_file(path: &str) -> Result<String, UriError> {
-    let fail = |problem: String| UriError::KeySource { name: "keyfile", problem };
+    let fail = |problem: String| UriError::KeySource {
+        name: "keyfile",
+        problem,
+    };
     let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read `{path}`: {e}")))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| fail(format!("`{path}` is not UTF-8 text; write the key as text")))?;
@@ -775,7 +791,10 @@ mod tests {
         let _ = std::fs::create_dir_all(&dir);
         let file = dir.join("key.txt");
         let _ = std::fs::write(&file, "from a file\n");
-        let c = parse(&format!("file:a.db?cipher=sqlcipher&keyfile={}", file.display()));
+        let c = parse(&format!(
+            "file:a.db?cipher=sqlcipher&keyfile={}",
+            file.display()
+        ));
         assert_eq!(c.key, Some(NetworkKey::Passphrase("from a file".into())));
         let _ = std::fs::remove_dir_all(&dir);
         // PATH is set in any test environment; its value stands in for a key.
@@ -860,11 +879,23 @@ mod tests {
             ("file:a?cipher=chacha20&key=k", "`cipher`", "no ChaCha20"),
             ("file:a?cipher=rc4&key=k", "`cipher`", "insecure"),
             ("P?cipher=xrc4&key=k", "`cipher`", "insecure"),
-            ("file:a?cipher=sqlcipher&hexkey=HEX", "`hexkey`", "64 hex digits"),
-            ("file::memory:?cipher=sqlcipher&key=k", "`cipher`", ":memory:"),
+            (
+                "file:a?cipher=sqlcipher&hexkey=HEX",
+                "`hexkey`",
+                "64 hex digits",
+            ),
+            (
+                "file::memory:?cipher=sqlcipher&key=k",
+                "`cipher`",
+                ":memory:",
+            ),
             ("file:a?cipher=sqlcipher", "`key`", "`cipher`"),
             ("file:a?keyenv=OCTODB_TEST_UNSET_VAR", "`keyenv`", "not set"),
-            ("P?keyfile=/nonexistent/octodb-key", "`keyfile`", "cannot read"),
+            (
+                "P?keyfile=/nonexistent/octodb-key",
+                "`keyfile`",
+                "cannot read",
+            ),
             ("P?key=k&keyenv=V", "`keyenv`", "keep one"),
             ("file:a?key=k", "`key`", "node="),
             ("file:a?hexkey=00", "`hexkey`", "node="),

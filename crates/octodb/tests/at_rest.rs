@@ -45,7 +45,10 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 /// No file of `dir` holds any of `needles`, byte for byte.
 fn assert_nothing_readable(dir: &Path, needles: &[&[u8]]) {
     let files = files_in(dir);
-    assert!(files.len() >= 4, "expected the files and their WALs: {files:?}",);
+    assert!(
+        files.len() >= 4,
+        "expected the files and their WALs: {files:?}",
+    );
     for (path, bytes) in &files {
         for needle in needles {
             assert!(
@@ -72,12 +75,7 @@ fn a_primary_and_its_device_leave_nothing_readable_on_disk() {
         )
         .unwrap();
     }
-    let d = Connection::open(&encrypted_device_uri(
-        &c.path("d.db"),
-        &addr_of(&p),
-        KEY,
-    ))
-    .unwrap();
+    let d = Connection::open(&encrypted_device_uri(&c.path("d.db"), &addr_of(&p), KEY)).unwrap();
     ready(&d);
     wait_count(&d, "SELECT count(*) FROM t", 50);
     p.execute(
@@ -86,12 +84,18 @@ fn a_primary_and_its_device_leave_nothing_readable_on_disk() {
     )
     .unwrap();
     // The device's own write goes through its outbox and the primary's log.
-    d.execute("INSERT INTO t(v) VALUES (?1)", [format!("{MARKER} from the device")])
-        .unwrap();
+    d.execute(
+        "INSERT INTO t(v) VALUES (?1)",
+        [format!("{MARKER} from the device")],
+    )
+    .unwrap();
     wait_outbox_empty(&d);
     wait_count(&d, "SELECT count(*) FROM t", 52);
     wait_count(&p, "SELECT count(*) FROM t", 52);
-    let secret = text(&p, "SELECT hex(value) FROM _octo_meta WHERE key = 'node_keys'");
+    let secret = text(
+        &p,
+        "SELECT hex(value) FROM _octo_meta WHERE key = 'node_keys'",
+    );
     let secret = hex::decode(secret).unwrap();
     let public = p.sync_status().unwrap().public_key;
     let needles: [&[u8]; 5] = [
@@ -131,7 +135,11 @@ fn a_wrong_or_missing_key_or_a_key_for_a_plain_file_fails_at_open_and_changes_no
         encrypted_primary_uri(&plain, KEY),
         local_uri(&enc, "not the key"),
         local_uri(&plain, KEY),
-        format!("{}&cipher=sqlcipher&hexkey={}", primary_uri(&enc, 0), "ab".repeat(32)),
+        format!(
+            "{}&cipher=sqlcipher&hexkey={}",
+            primary_uri(&enc, 0),
+            "ab".repeat(32)
+        ),
     ];
     for uri in wrong_key {
         let err = match Connection::open(&uri) {
@@ -140,10 +148,17 @@ fn a_wrong_or_missing_key_or_a_key_for_a_plain_file_fails_at_open_and_changes_no
         };
         assert!(matches!(err, Error::WrongKey { .. }), "{uri}: {err:?}");
         let msg = err.to_string();
-        assert!(msg.contains("wrong key or not an encrypted database"), "{msg}");
+        assert!(
+            msg.contains("wrong key or not an encrypted database"),
+            "{msg}"
+        );
         assert!(!msg.contains(KEY) && !msg.contains("not the key"), "{msg}");
     }
-    assert_eq!(snapshot(c.dir.path()), before, "a failed open changed a file");
+    assert_eq!(
+        snapshot(c.dir.path()),
+        before,
+        "a failed open changed a file"
+    );
     // The right key still opens it.
     let p = Connection::open(&encrypted_primary_uri(&enc, KEY)).unwrap();
     assert_eq!(count(&p, "SELECT count(*) FROM t"), 0);
@@ -160,7 +175,9 @@ fn a_plain_local_database_is_encrypted_and_its_passphrase_derived_once() {
     let first = Connection::open(&uri).unwrap();
     let first_took = first_started.elapsed();
     first
-        .execute_batch(&format!("CREATE TABLE t(v); INSERT INTO t VALUES ('{MARKER}')"))
+        .execute_batch(&format!(
+            "CREATE TABLE t(v); INSERT INTO t VALUES ('{MARKER}')"
+        ))
         .unwrap();
     let later_started = Instant::now();
     let later: Vec<Connection> = (0..8).map(|_| Connection::open(&uri).unwrap()).collect();
@@ -191,7 +208,11 @@ fn a_node_without_the_key_cannot_complete_a_handshake() {
     // (the network key is derived from the file's key, never the same bytes).
     let strangers = [
         Connection::open(&encrypted_device_uri(&c.path("w1.db"), &addr, "guess")).unwrap(),
-        Connection::open(&format!("{}&key={KEY}", device_uri(&c.path("w2.db"), &addr))).unwrap(),
+        Connection::open(&format!(
+            "{}&key={KEY}",
+            device_uri(&c.path("w2.db"), &addr)
+        ))
+        .unwrap(),
     ];
     let right = Connection::open(&encrypted_device_uri(&c.path("r.db"), &addr, KEY)).unwrap();
     ready(&right);
@@ -220,15 +241,20 @@ fn a_flipped_byte_in_a_page_fails_the_reads_of_that_page() {
         )
         .unwrap();
         for i in 0..400 {
-            db.execute("INSERT INTO big(v) VALUES (?1)", [format!("{MARKER} {i:0>200}")])
-                .unwrap();
+            db.execute(
+                "INSERT INTO big(v) VALUES (?1)",
+                [format!("{MARKER} {i:0>200}")],
+            )
+            .unwrap();
         }
     }
     let db = Connection::open(&uri).unwrap();
     let last_page: i64 = db
-        .query_row("SELECT max(pageno) FROM dbstat WHERE name = 'big'", [], |r| {
-            r.get::<i64>(0)
-        })
+        .query_row(
+            "SELECT max(pageno) FROM dbstat WHERE name = 'big'",
+            [],
+            |r| r.get::<i64>(0),
+        )
         .unwrap();
     drop(db);
     let page_size = 4096;
@@ -243,7 +269,10 @@ fn a_flipped_byte_in_a_page_fails_the_reads_of_that_page() {
         .query("SELECT count(*), sum(length(v)) FROM big", [])
         .unwrap_err();
     let msg = err.to_string();
-    assert!(msg.contains("malformed") || msg.contains("corrupt"), "{msg}");
+    assert!(
+        msg.contains("malformed") || msg.contains("corrupt"),
+        "{msg}"
+    );
     // The same again: the error stays, it is no one-off.
     assert!(db.query("SELECT v FROM big", []).is_err());
 }
@@ -273,8 +302,11 @@ fn rekey_re_encrypts_a_running_primary_and_keeps_its_network_key() {
 
     p.execute_batch("PRAGMA rekey = 'new key'").unwrap();
     // The engine's writer (reopened with the new key) applies the device's rows; readers too.
-    d.execute("INSERT INTO t(v) VALUES ('from the device after the rekey')", [])
-        .unwrap();
+    d.execute(
+        "INSERT INTO t(v) VALUES ('from the device after the rekey')",
+        [],
+    )
+    .unwrap();
     wait_outbox_empty(&d);
     p.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
         .unwrap();
@@ -295,8 +327,11 @@ fn rekey_re_encrypts_a_running_primary_and_keeps_its_network_key() {
     );
     let p = Connection::open(&uri).unwrap();
     assert_eq!(count(&p, "SELECT count(*) FROM t"), 3);
-    p.execute("INSERT INTO t(v, row_owner) VALUES ('after reopening', '*')", [])
-        .unwrap();
+    p.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('after reopening', '*')",
+        [],
+    )
+    .unwrap();
     wait_count(&d, "SELECT count(*) FROM t", 4);
     drop(p);
     let old = Connection::open(&format!(

@@ -162,7 +162,9 @@ impl Connection {
             file: &cfg.path,
             key,
         });
-        Ok(Connection::bare(local::open_plain(target, &opts, encrypted)?))
+        Ok(Connection::bare(local::open_plain(
+            target, &opts, encrypted,
+        )?))
     }
 
     fn bare(conn: rusqlite::Connection) -> Connection {

@@ -434,12 +434,8 @@ impl Node {
             })
             .map_err(|_| Error::Closed)?;
         paused_rx.blocking_recv().map_err(|_| Error::Closed)??;
-        let done = crate::store::at_rest::rekey(
-            conn,
-            self.shared.path(),
-            new_key,
-            &self.shared.file_key,
-        );
+        let done =
+            crate::store::at_rest::rekey(conn, self.shared.path(), new_key, &self.shared.file_key);
         self.shared
             .readers
             .lock()

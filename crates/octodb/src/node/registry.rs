@@ -32,7 +32,15 @@ fn canonical(path: &Path) -> Result<PathBuf> {
 /// own URI names the old one.
 fn same_node(a: &NodeConfig, b: &NodeConfig) -> bool {
     match (a.cipher, b.cipher) {
-        (Some(_), Some(_)) => NodeConfig { key: None, ..a.clone() } == NodeConfig { key: None, ..b.clone() },
+        (Some(_), Some(_)) => {
+            NodeConfig {
+                key: None,
+                ..a.clone()
+            } == NodeConfig {
+                key: None,
+                ..b.clone()
+            }
+        }
         _ => a == b,
     }
 }

@@ -220,7 +220,12 @@ impl CurrentKey {
 /// rewritten in one transaction; the salt stays), and make `new_key` the file's key for the
 /// connections opened from now on. Only `conn` goes on working: any other connection open on
 /// the file still has the old key, and must be closed (the caller sees to that).
-pub fn rekey(conn: &Connection, file: &Path, new_key: NetworkKey, current: &CurrentKey) -> Result<()> {
+pub fn rekey(
+    conn: &Connection,
+    file: &Path,
+    new_key: NetworkKey,
+    current: &CurrentKey,
+) -> Result<()> {
     // The salt is the file's own: the new key is derived with it, as SQLCipher would.
     let Some(salt) = file_salt(file) else {
         return Err(Error::WrongKey {

@@ -95,9 +95,17 @@ impl Connection {
         let key = match p.name.as_str() {
             "hexrekey" => match hex::decode(value) {
                 Ok(bytes) if bytes.len() == 32 => NetworkKey::Bytes(bytes),
-                _ => return Err(bad("give 64 hex digits (a 256-bit key), e.g. from `openssl rand -hex 32`")),
+                _ => {
+                    return Err(bad(
+                        "give 64 hex digits (a 256-bit key), e.g. from `openssl rand -hex 32`",
+                    ))
+                }
             },
-            _ if value.is_empty() => return Err(bad("the new key is empty; to decrypt a copy use `octodb decrypt`")),
+            _ if value.is_empty() => {
+                return Err(bad(
+                    "the new key is empty; to decrypt a copy use `octodb decrypt`",
+                ))
+            }
             _ => NetworkKey::Passphrase(value.to_string()),
         };
         if !self.conn.is_autocommit() {
