@@ -258,7 +258,7 @@ const SECONDARY_ALONE: &str =
 const PRIMARY_ALONE: &str =
     "(or `connect`) is required with node=primary; add e.g. bind=tcp://0.0.0.0:PORT";
 const TWO_KEYS: &str =
-    "cannot be combined with another key parameter (key, hexkey, keyenv, keyfile); keep one";
+    "cannot be combined with `key`, `hexkey`, `keyenv` or `keyfile`; keep only one of them";
 // A key without `cipher` only protects the network, which is useful;
 // encryption at rest without a key is not.
 const CIPHER_NO_KEY: &str =
@@ -298,6 +298,9 @@ impl NodeConfig {
             "cipher",
             CIPHER_MEMORY,
         )?;
+        if let (None, None, Some(&source)) = (&node, cipher, given_keys.first()) {
+            rule(true, source, KEY_WITHOUT_NODE)?;
+        }
         let key = match (key, hexkey, keyenv, keyfile) {
             (Some(k), ..) => Some(NetworkKey::Passphrase(k)),
             (_, Some(h), ..) => Some(NetworkKey::Bytes(decode_hexkey(&h, cipher.is_some())?)),
@@ -311,9 +314,6 @@ impl NodeConfig {
             let given = [&bind, &connect, &auth, &None, &None, &None, &heartbeat];
             if let Some(i) = given.iter().position(|v| v.is_some()) {
                 rule(true, KNOWN[i + 1], NEEDS_NODE)?;
-            }
-            if let (None, Some(&source)) = (cipher, given_keys.first()) {
-                rule(true, source, KEY_WITHOUT_NODE)?;
             }
             let sqlite_uri = (!sqlite_own.is_empty()).then(|| sqlite_only_uri(uri));
             return Ok(NodeConfig {
@@ -890,13 +890,18 @@ mod tests {
                 ":memory:",
             ),
             ("file:a?cipher=sqlcipher", "`key`", "`cipher`"),
-            ("file:a?keyenv=OCTODB_TEST_UNSET_VAR", "`keyenv`", "not set"),
+            (
+                "file:a?cipher=sqlcipher&keyenv=OCTODB_TEST_UNSET_VAR",
+                "`keyenv`",
+                "not set",
+            ),
+            ("file:a?keyenv=V", "`keyenv`", "network key"),
             (
                 "P?keyfile=/nonexistent/octodb-key",
                 "`keyfile`",
                 "cannot read",
             ),
-            ("P?key=k&keyenv=V", "`keyenv`", "keep one"),
+            ("P?key=k&keyenv=V", "`keyenv`", "keep only one"),
             ("file:a?key=k", "`key`", "node="),
             ("file:a?hexkey=00", "`hexkey`", "node="),
             ("file::memory:?node=primary", "`node`", ":memory:"),
