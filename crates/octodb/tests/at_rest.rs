@@ -341,3 +341,38 @@ fn rekey_re_encrypts_a_running_primary_and_keeps_its_network_key() {
     .map(drop);
     assert!(matches!(old, Err(Error::WrongKey { .. })), "{old:?}");
 }
+
+/// What SQLite does with a damaged WAL frame of an encrypted file (README, "Tampering"): its
+/// own checksum over the encrypted frame fails first, and the frame is taken as the end of the
+/// log, as after a torn write: the last transaction is gone, the ones before it read, and no
+/// error is raised.
+#[test]
+fn a_flipped_byte_in_the_last_wal_frame_ends_the_log_before_it() {
+    let c = Cluster::new();
+    let path = c.path("w.db");
+    let copy = c.path("copy.db");
+    let wal_of = |p: &Path| std::path::PathBuf::from(format!("{}-wal", p.display()));
+    {
+        let db = Connection::open(&local_uri(&path, KEY)).unwrap();
+        db.execute_batch("PRAGMA journal_mode=WAL; PRAGMA wal_autocheckpoint=0; CREATE TABLE t(v)")
+            .unwrap();
+        for i in 0..5 {
+            db.execute("INSERT INTO t VALUES (?1)", [format!("row {i}")])
+                .unwrap();
+        }
+        // The file and its WAL as they stand while the connection is open (closing would
+        // checkpoint the WAL into the file).
+        std::fs::copy(&path, &copy).unwrap();
+        std::fs::copy(wal_of(&path), wal_of(&copy)).unwrap();
+    }
+    let mut wal = std::fs::read(wal_of(&copy)).unwrap();
+    // WAL header 32 bytes, then frames of a 24-byte header and a 4096-byte page.
+    let frames = (wal.len() - 32) / (24 + 4096);
+    assert!(frames >= 5, "one frame per commit at least: {frames}");
+    wal[32 + (frames - 1) * (24 + 4096) + 24 + 200] ^= 0x01;
+    std::fs::write(wal_of(&copy), &wal).unwrap();
+
+    let db = Connection::open(&local_uri(&copy, KEY)).unwrap();
+    assert_eq!(count(&db, "SELECT count(*) FROM t"), 4);
+    assert_eq!(text(&db, "SELECT max(v) FROM t"), "row 3");
+}
