@@ -96,16 +96,30 @@ fn looks_raw(passphrase: &str) -> bool {
     lower.starts_with("x'") && lower.ends_with('\'')
 }
 
-/// PBKDF2 of `passphrase` with `salt`, SQLCipher 4's way, once per process for each pair.
-fn derived_key(passphrase: &str, salt: &[u8; SALT_BYTES]) -> [u8; KEY_BYTES] {
-    type Cache = Mutex<HashMap<(String, [u8; SALT_BYTES]), [u8; KEY_BYTES]>>;
-    static DERIVED: OnceLock<Cache> = OnceLock::new();
-    // The lock is held while deriving: a second connection waits for the first derivation
-    // rather than doing its own.
-    let mut cache = DERIVED
+type Cache = Mutex<HashMap<(String, [u8; SALT_BYTES]), [u8; KEY_BYTES]>>;
+/// The keys derived in this process, by passphrase and salt.
+static DERIVED: OnceLock<Cache> = OnceLock::new();
+
+fn derived() -> std::sync::MutexGuard<'static, HashMap<(String, [u8; SALT_BYTES]), [u8; KEY_BYTES]>>
+{
+    DERIVED
         .get_or_init(Default::default)
         .lock()
-        .unwrap_or_else(|p| p.into_inner());
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// How many PBKDF2 derivations of `passphrase` this process has run (one per file salt): what
+/// the tests check to show that a connection after the first does not derive again.
+#[doc(hidden)]
+pub fn derivations_of(passphrase: &str) -> usize {
+    derived().keys().filter(|(p, _)| p == passphrase).count()
+}
+
+/// PBKDF2 of `passphrase` with `salt`, SQLCipher 4's way, once per process for each pair.
+fn derived_key(passphrase: &str, salt: &[u8; SALT_BYTES]) -> [u8; KEY_BYTES] {
+    // The lock is held while deriving: a second connection waits for the first derivation
+    // rather than doing its own.
+    let mut cache = derived();
     *cache
         .entry((passphrase.to_string(), *salt))
         .or_insert_with(|| {
