@@ -96,12 +96,12 @@ fn looks_raw(passphrase: &str) -> bool {
     lower.starts_with("x'") && lower.ends_with('\'')
 }
 
-type Cache = Mutex<HashMap<(String, [u8; SALT_BYTES]), [u8; KEY_BYTES]>>;
-/// The keys derived in this process, by passphrase and salt.
-static DERIVED: OnceLock<Cache> = OnceLock::new();
+/// Derived keys by passphrase and salt.
+type DerivedKeys = HashMap<(String, [u8; SALT_BYTES]), [u8; KEY_BYTES]>;
+/// The keys derived in this process.
+static DERIVED: OnceLock<Mutex<DerivedKeys>> = OnceLock::new();
 
-fn derived() -> std::sync::MutexGuard<'static, HashMap<(String, [u8; SALT_BYTES]), [u8; KEY_BYTES]>>
-{
+fn derived() -> std::sync::MutexGuard<'static, DerivedKeys> {
     DERIVED
         .get_or_init(Default::default)
         .lock()
