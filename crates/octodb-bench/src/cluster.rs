@@ -4,7 +4,26 @@ use anyhow::{bail, Context, Result};
 use octodb::auth::{Action, AuthRequest, Decision};
 use octodb::Connection;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// What every node URI of the clusters made from now on ends with: nothing, or a cipher and a
+/// key (the `encrypted` scenario runs the same work both ways).
+static AT_REST: Mutex<&'static str> = Mutex::new("");
+
+/// A passphrase: SQLCipher's PBKDF2 (~0.2 s here) once for each new file.
+pub const PASSPHRASE: &str = "&cipher=sqlcipher&key=octodb-bench-passphrase";
+/// A raw 256-bit key: no key derivation.
+pub const RAW_KEY: &str =
+    "&cipher=sqlcipher&hexkey=5f1c2e3d4a5b6c7d8e9f00112233445566778899aabbccddeeff001122334455";
+
+pub fn encrypt_at_rest(params: &'static str) {
+    *AT_REST.lock().unwrap_or_else(|p| p.into_inner()) = params;
+}
+
+fn at_rest_params() -> &'static str {
+    *AT_REST.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// How long any single wait of the benchmark may take before it is reported as a failure.
 pub const DEADLINE: Duration = Duration::from_secs(600);
@@ -35,8 +54,9 @@ impl Cluster {
             .prefix("octodb-bench")
             .tempdir_in(bench_dir()?)?;
         let uri = format!(
-            "file:{}?node=primary&bind=tcp://127.0.0.1:0&auth=user",
-            dir.path().join("primary.db").display()
+            "file:{}?node=primary&bind=tcp://127.0.0.1:0&auth=user{}",
+            dir.path().join("primary.db").display(),
+            at_rest_params()
         );
         let primary = Connection::open(&uri).context("opening the primary")?;
         primary.set_auth_callback(Action::UserSignup, approve)?;
@@ -80,8 +100,9 @@ impl Cluster {
 
 pub fn device_uri(path: &std::path::Path, addr: &str) -> String {
     format!(
-        "file:{}?node=secondary&connect=tcp://{addr}",
-        path.display()
+        "file:{}?node=secondary&connect=tcp://{addr}{}",
+        path.display(),
+        at_rest_params()
     )
 }
 

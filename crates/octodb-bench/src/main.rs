@@ -6,8 +6,10 @@ mod catchup;
 mod cluster;
 mod connections;
 mod download;
+mod encrypted;
 mod latency;
 mod memory;
+mod plain_work;
 mod primary_alone;
 mod procs;
 mod raft;
@@ -58,6 +60,8 @@ enum Command {
     Memory,
     /// The primaries' Raft layer alone, with whole batches as proposals.
     Raft,
+    /// Streaming, catch-up and download with `cipher=sqlcipher` against the same without it.
+    Encrypted,
     #[command(name = "_idle-device", hide = true)]
     IdleDevice {
         uri: String,
@@ -85,6 +89,11 @@ enum Command {
     HandshakeCost {
         count: usize,
     },
+    /// A fixed amount of plain local SQLite work, for instruction counts under callgrind.
+    #[command(name = "_plain-work", hide = true)]
+    PlainWork {
+        rows: u64,
+    },
     #[command(name = "_conn-primary", hide = true)]
     ConnPrimary {
         path: String,
@@ -111,6 +120,12 @@ fn main() -> Result<()> {
         .with_ansi(false)
         .try_init();
     let cli = Cli::parse();
+    // Any scenario on encrypted files, e.g. to profile one: OCTODB_BENCH_CIPHER=key or hexkey.
+    match std::env::var("OCTODB_BENCH_CIPHER").as_deref() {
+        Ok("key") => cluster::encrypt_at_rest(cluster::PASSPHRASE),
+        Ok("hexkey") => cluster::encrypt_at_rest(cluster::RAW_KEY),
+        _ => {}
+    }
     let q = cli.quick;
     let mut writer_devices = 100;
     let scenarios: Vec<&str> = match &cli.command {
@@ -118,6 +133,7 @@ fn main() -> Result<()> {
         Command::ConnPrimary { path, followers } => {
             return connections::primary_proc(path, *followers)
         }
+        Command::PlainWork { rows } => return plain_work::run(*rows),
         Command::HandshakeCost { count } => return connections::handshake_cost(*count),
         Command::OfflineHotRow { txns, distinct } => {
             return catchup::offline_hot_row(*txns, *distinct)
@@ -141,6 +157,7 @@ fn main() -> Result<()> {
             "connections",
             "memory",
             "raft",
+            "encrypted",
         ],
         Command::Streaming => vec!["streaming"],
         Command::Writers { devices } => {
@@ -153,6 +170,7 @@ fn main() -> Result<()> {
         Command::Connections => vec!["connections"],
         Command::Memory => vec!["memory"],
         Command::Raft => vec!["raft"],
+        Command::Encrypted => vec!["encrypted"],
     };
     println!(
         "octodb-bench on {} cores{}",
@@ -171,6 +189,11 @@ fn main() -> Result<()> {
             "download" => download::run(if q { 100_000 } else { 1_000_000 }),
             "connections" => connections::run(if q { 2_000 } else { 19_900 }),
             "raft" => raft::run(if q { 2_000 } else { 20_000 }),
+            "encrypted" => encrypted::run(encrypted::Sizes {
+                streaming_rows: if q { 20_000 } else { 100_000 },
+                catchup_txns: if q { 2_000 } else { 20_000 },
+                download_rows: if q { 50_000 } else { 300_000 },
+            }),
             _ => memory::run(),
         };
         match result {

@@ -92,7 +92,7 @@ impl Group {
             let path = dir.join(format!("{name}-{id}.db"));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let (raft, member, server) =
-                start_member(id, &path, NodeKeys::generate(), listener).await?;
+                start_member(id, &path, None, NodeKeys::generate(), listener).await?;
             known.insert(id, member);
             members.push((raft, server));
         }

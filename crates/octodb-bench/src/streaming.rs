@@ -59,7 +59,7 @@ pub fn run(rows: u64) -> Result<Vec<Figure>> {
 
 /// One round: a fresh primary and two devices of one user; A commits `rows` rows in
 /// transactions of [`PER_TXN`]; the rows per second that reach B.
-fn rows_per_second_on_b(rows: u64) -> Result<f64> {
+pub fn rows_per_second_on_b(rows: u64) -> Result<f64> {
     let cluster = Cluster::new(ITEMS)?;
     let (mut a, user) = cluster.signup("a")?;
     let b = cluster.login("b", user)?;

@@ -7,8 +7,12 @@ use anyhow::{bail, Context};
 use std::process::ExitCode;
 
 pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
-    let cfg = octodb::NodeConfig::parse(&crate::normalize_uri(&args.uri))
-        .with_context(|| format!("reading the URI `{}`", args.uri))?;
+    let cfg = octodb::NodeConfig::parse(&crate::normalize_uri(&args.uri)).with_context(|| {
+        format!(
+            "reading the URI `{}`",
+            octodb::NodeConfig::redacted(&args.uri)
+        )
+    })?;
     if args.dest.exists() {
         bail!(
             "`{}` exists already: name a new file for the backup",
@@ -24,7 +28,9 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
         uri: false,
         busy_timeout: std::time::Duration::from_secs(30),
     };
-    let source = octodb::Connection::open_local(&cfg.path, &read_only)
+    // With `cipher=`, the source is opened with its key, and SQLCipher writes the copy with the
+    // same key and salt: an encrypted node's backup is encrypted alike.
+    let source = octodb::Connection::open_file(&cfg, &read_only)
         .with_context(|| format!("opening `{}` to read it", cfg.path.display()))?;
     let dest = args
         .dest

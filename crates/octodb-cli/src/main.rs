@@ -1,6 +1,7 @@
 //! `octodb`: a SQL shell on a node, a headless node (`serve`) and a demo of nodes syncing.
 
 mod backup;
+mod convert;
 mod demo;
 mod output;
 mod progress;
@@ -24,7 +25,7 @@ use std::process::ExitCode;
     name = "octodb",
     version,
     about = "SQL shell on an octodb node (a replicated SQLite database)",
-    after_help = "Other commands:\n  octodb serve URI   run a node headless until SIGINT/SIGTERM\n  octodb backup URI FILE   a consistent copy of a node's file, while it runs\n  octodb demo        a primary and two devices syncing on loopback\n\n\
+    after_help = "Other commands:\n  octodb serve URI   run a node headless until SIGINT/SIGTERM\n  octodb backup URI FILE   a consistent copy of a node's file, while it runs\n  octodb encrypt PLAIN_FILE 'file:NEW?cipher=sqlcipher&key=...'   an encrypted copy\n  octodb decrypt 'file:FILE?cipher=sqlcipher&key=...' NEW_PLAIN_FILE   a plain copy\n  octodb demo        a primary and two devices syncing on loopback\n\n\
                   URI examples:\n  file:app.db?node=primary&bind=tcp://0.0.0.0:1234\n  file:dev.db?node=secondary&connect=tcp://host:1234\n\n\
                   Logs go to standard error; set OCTODB_LOG (e.g. info, debug, octodb=trace)."
 )]
@@ -56,6 +57,15 @@ pub struct BackupArgs {
     dest: std::path::PathBuf,
 }
 
+/// A copy of a database file with encryption at rest added (`encrypt`) or taken off (`decrypt`).
+#[derive(Parser, Debug)]
+pub struct ConvertArgs {
+    /// The file to copy: a path (plain) or a URI with its key (encrypted).
+    source: String,
+    /// The new file: a URI with its key (encrypted) or a path (plain). Never overwritten.
+    target: String,
+}
+
 /// A primary and two devices on loopback, showing schema and rows flowing.
 #[derive(Parser, Debug)]
 #[command(name = "octodb demo")]
@@ -81,6 +91,14 @@ fn main() -> ExitCode {
         Some("serve") => serve::run(ServeArgs::parse_from(&args[1..])),
         Some("demo") => demo::run(DemoArgs::parse_from(&args[1..])),
         Some("backup") => backup::run(BackupArgs::parse_from(&args[1..])),
+        Some("encrypt") => convert::run(
+            convert::Direction::Encrypt,
+            ConvertArgs::parse_from(&args[1..]),
+        ),
+        Some("decrypt") => convert::run(
+            convert::Direction::Decrypt,
+            ConvertArgs::parse_from(&args[1..]),
+        ),
         _ => shell::run(ShellArgs::parse()),
     };
     match result {

@@ -130,7 +130,7 @@ impl Shell {
             };
             match editor.readline(prompt) {
                 Ok(line) => {
-                    if !line.trim().is_empty() {
+                    if !line.trim().is_empty() && !names_a_key(&line) {
                         let _ = editor.add_history_entry(line.as_str());
                     }
                     if let Flow::Quit = self.feed(&mut buffer, &line) {
@@ -185,4 +185,12 @@ impl Shell {
         let _ = std::io::stdout().flush();
         Flow::Continue
     }
+}
+
+/// A line that may hold a key (`PRAGMA rekey='...'`, `ATTACH ... KEY '...'`): kept out of the
+/// shell's history file, which is plain text.
+fn names_a_key(line: &str) -> bool {
+    let lower = line.to_ascii_lowercase();
+    let keyed = |word: &str| lower.contains(word) && lower.contains("key");
+    keyed("pragma") || keyed("attach") || lower.contains("sqlcipher")
 }

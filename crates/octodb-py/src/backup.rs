@@ -49,6 +49,18 @@ pub fn run(
         ));
     }
     let (sraw, draw) = (gs.raw()?, gd.raw()?);
+    // SQLCipher's backup checks, before SQLite looks the name up, that both sides are plain or
+    // both encrypted, and answers an unknown name with a message of its own: say what SQLite
+    // (and so sqlite3) says. SAFETY: the handle is open and locked; the name outlives the call.
+    // (`temp` exists before its file is opened, which sqlite3_db_readonly does not count.)
+    let known = matches!(name.to_bytes(), b"main" | b"temp")
+        || unsafe { ffi::sqlite3_db_readonly(sraw.0, name.as_ptr()) } >= 0;
+    if !known {
+        return Err(errors::OperationalError::new_err(format!(
+            "unknown database {}",
+            name.to_string_lossy()
+        )));
+    }
     // SAFETY: both handles are open and locked; the names outlive the call.
     let bck = unsafe { ffi::sqlite3_backup_init(draw.0, c"main".as_ptr(), sraw.0, name.as_ptr()) };
     if bck.is_null() {

@@ -144,14 +144,15 @@ impl Connection {
             uri,
             busy_timeout: Duration::from_secs_f64(timeout.max(0.0)),
         };
-        let node_uri = path
+        // A node's URI, or one with a key (`cipher=`): octodb's to read, not SQLite's.
+        let octodb_uri = path
             .to_str()
-            .filter(|s| octodb::NodeConfig::names_a_node(s))
+            .filter(|s| octodb::NodeConfig::has_octodb_parameters(s))
             .map(str::to_string);
         // SAFETY: opening touches no Python object; a node's start may take a while.
         let opened = unsafe {
-            detached(py, move || match node_uri {
-                Some(u) => octodb::Connection::open(&u),
+            detached(py, move || match octodb_uri {
+                Some(u) => octodb::Connection::open_with(&u, &opts),
                 None => octodb::Connection::open_local(&path, &opts),
             })
         };

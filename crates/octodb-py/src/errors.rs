@@ -121,7 +121,8 @@ pub fn from_engine(py: Python<'_>, e: octodb::Error) -> PyErr {
         }
         E::Uri(_) | E::Pragma { .. } => ProgrammingError::new_err(e.to_string()),
         E::Rule(_) => IntegrityError::new_err(e.to_string()),
-        E::Corrupt(..) | E::Crypto(_) => DatabaseError::new_err(e.to_string()),
+        // sqlite3 reports a file it cannot read as a database (SQLITE_NOTADB) so.
+        E::Corrupt(..) | E::Crypto(_) | E::WrongKey { .. } => DatabaseError::new_err(e.to_string()),
         _ => OperationalError::new_err(e.to_string()),
     }
 }

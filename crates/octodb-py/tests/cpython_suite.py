@@ -23,13 +23,13 @@ import octodb._octodb
 sys.modules["sqlite3"] = octodb
 sys.modules["_sqlite3"] = octodb._octodb
 
-# Why a test fails, for those that fail for a known reason. Keys are test ids or the id's
-# start (a class); the first word of the value is the category.
-KNOWN = {}
-
 BUILD_OPTION = "build option"
 BY_DESIGN = "by design"
 BUG = "bug"
+
+# Why a test fails, for those that fail for a known reason. Keys are test ids or the id's
+# start (a class); the first word of the value is the category.
+KNOWN = {}
 
 
 def reason_for(test_id):

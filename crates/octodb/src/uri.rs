@@ -87,10 +87,12 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// The key given with `key=` (passphrase) or `hexkey=` (raw bytes).
+/// The key given with `key=`, `keyenv=`, `keyfile=` (a passphrase) or `hexkey=` (raw bytes).
+/// Alone it is the network key; with `cipher=` it is the file's key as given, and the network
+/// key is derived from it (see `store::at_rest`).
 #[derive(Clone, PartialEq, Eq)]
 pub enum NetworkKey {
-    /// From `key=`.
+    /// From `key=`, or read from `keyenv=` / `keyfile=`.
     Passphrase(String),
     /// From `hexkey=`, already decoded.
     Bytes(Vec<u8>),
@@ -119,8 +121,8 @@ pub struct NodeConfig {
     pub connect: Vec<Endpoint>,
     /// `AuthMode::None` when `auth` is absent.
     pub auth: AuthMode,
-    /// Cipher name for encryption at rest.
-    pub cipher: Option<String>,
+    /// Encryption at rest (`cipher=sqlcipher`), with `key` as the file's key.
+    pub cipher: Option<Cipher>,
     /// Network (and, with `cipher`, at-rest) key.
     pub key: Option<NetworkKey>,
     /// How long a connection may stay silent before this node sends a heartbeat; one that
@@ -128,8 +130,40 @@ pub struct NodeConfig {
     /// holds for its connection (the primary follows it).
     pub heartbeat: Duration,
     /// Plain local databases only: the `file:` URI as given when it carries SQLite's own
-    /// parameters (`mode=ro`, `cache=shared`, ...), so that SQLite opens it and reads them.
+    /// parameters (`mode=ro`, `cache=shared`, ...), so that SQLite opens it and reads them;
+    /// octodb's own parameters (the key among them) are taken out of it.
     pub sqlite_uri: Option<String>,
+}
+
+/// The page codec that encrypts a file at rest, chosen with `cipher=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cipher {
+    /// SQLCipher 4: AES-256-CBC with an HMAC-SHA512 per page, PBKDF2-HMAC-SHA512 key derivation.
+    SqlCipher,
+}
+
+impl FromStr for Cipher {
+    type Err = UriError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let refused = |expected| Err(bad_value("cipher", s, expected));
+        match s.to_ascii_lowercase().as_str() {
+            "sqlcipher" => Ok(Cipher::SqlCipher),
+            "rc4" | "xrc4" => refused(
+                "cipher=sqlcipher (RC4 is insecure: its keystream is biased and it has no \
+                 integrity check, so octodb never offers it)",
+            ),
+            "chacha20" => refused(
+                "cipher=sqlcipher (the codec octodb links, SQLCipher, has no ChaCha20; it is \
+                 AES-256 with an HMAC per page)",
+            ),
+            "aes256" => refused(
+                "cipher=sqlcipher (which is AES-256-CBC with an HMAC-SHA512 per page; octodb \
+                 keeps one name for it so that a URI says which file format it makes)",
+            ),
+            _ => refused("cipher=sqlcipher, the only cipher octodb supports"),
+        }
+    }
 }
 
 /// Why a node URI was rejected; each message names the parameter and the fix.
@@ -170,6 +204,9 @@ pub enum UriError {
     /// A value that cannot be decoded (percent escapes, `hexkey`); never echoes secrets.
     #[error("URI parameter `{name}` {problem}")]
     Invalid { name: String, problem: &'static str },
+    /// `keyenv` or `keyfile` could not be read; never echoes the key.
+    #[error("URI parameter `{name}`: {problem}")]
+    KeySource { name: &'static str, problem: String },
     /// A parameter that is missing, or not allowed, given the others.
     #[error("URI parameter `{name}` {problem}")]
     Conflict {
@@ -178,7 +215,7 @@ pub enum UriError {
     },
 }
 
-const KNOWN: [&str; 8] = [
+const KNOWN: [&str; 10] = [
     "node",
     "bind",
     "connect",
@@ -187,9 +224,15 @@ const KNOWN: [&str; 8] = [
     "key",
     "hexkey",
     "heartbeat",
+    "keyenv",
+    "keyfile",
 ];
-const KNOWN_LIST: &str = "node, bind, connect, auth, cipher, key, hexkey, heartbeat, \
-     and without `node` SQLite's own vfs, mode, cache, psow, nolock, immutable, modeof";
+const KNOWN_LIST: &str = "node, bind, connect, auth, cipher, key, hexkey, keyenv, keyfile, \
+     heartbeat, and without `node` SQLite's own vfs, mode, cache, psow, nolock, immutable, modeof";
+/// The parameters that give a key: at most one of them.
+const KEY_SOURCES: [&str; 4] = ["key", "hexkey", "keyenv", "keyfile"];
+/// Parameters whose value is a secret, masked wherever a URI is printed.
+const SECRET_PARAMS: [&str; 2] = ["key", "hexkey"];
 /// SQLite's own URI parameters, handed to SQLite when the URI opens a plain local database.
 const SQLITE_PARAMS: [&str; 7] = [
     "vfs",
@@ -200,8 +243,9 @@ const SQLITE_PARAMS: [&str; 7] = [
     "immutable",
     "modeof",
 ];
-const CIPHERS: [&str; 3] = ["sqlcipher", "chacha20", "aes256"];
 const MIN_HEXKEY_BYTES: usize = 16;
+/// SQLCipher takes a raw key of exactly 256 bits.
+const FILE_HEXKEY_BYTES: usize = 32;
 
 const NEEDS_NODE: &str =
     "needs node=primary or node=secondary; without `node` the URI opens a plain local database";
@@ -213,10 +257,17 @@ const SECONDARY_ALONE: &str =
     "is required with node=secondary; add connect=tcp://HOST:PORT of a primary";
 const PRIMARY_ALONE: &str =
     "(or `connect`) is required with node=primary; add e.g. bind=tcp://0.0.0.0:PORT";
-const TWO_KEYS: &str = "cannot be combined with `key`; keep only one of them";
+const TWO_KEYS: &str =
+    "cannot be combined with `key`, `hexkey`, `keyenv` or `keyfile`; keep only one of them";
 // A key without `cipher` only protects the network, which is useful;
 // encryption at rest without a key is not.
-const CIPHER_NO_KEY: &str = "(or `hexkey`) is required with `cipher`; add key=PASSPHRASE";
+const CIPHER_NO_KEY: &str =
+    "(or `hexkey`, `keyenv`, `keyfile`) is required with `cipher`; add key=PASSPHRASE";
+const KEY_WITHOUT_NODE: &str = "alone is a network key and needs node=primary or \
+     node=secondary; to encrypt a plain local database add cipher=sqlcipher";
+const CIPHER_MEMORY: &str = "cannot encrypt `:memory:`, which never reaches the disk; remove it";
+const FILE_HEXKEY: &str =
+    "must be 64 hex digits (a 256-bit key) with `cipher`; make one with `openssl rand -hex 32`";
 
 impl NodeConfig {
     /// Parses and validates a node URI (`file:PATH?...` or a bare path).
@@ -226,21 +277,49 @@ impl NodeConfig {
             return Err(UriError::EmptyPath);
         }
         let (ours, sqlite_own) = parameters(query)?;
-        let [node, bind, connect, auth, cipher, key, hexkey, heartbeat] = ours;
+        let [node, bind, connect, auth, cipher, key, hexkey, heartbeat, keyenv, keyfile] = ours;
         let rule = |broken: bool, name, problem| match broken {
             true => Err(UriError::Conflict { name, problem }),
             false => Ok(()),
         };
+        let sources = [&key, &hexkey, &keyenv, &keyfile];
+        let given_keys: Vec<&str> = (0..4)
+            .filter(|&i| sources[i].is_some())
+            .map(|i| KEY_SOURCES[i])
+            .collect();
+        if let [_, second, ..] = given_keys[..] {
+            rule(true, second, TWO_KEYS)?;
+        }
+        let keyed = !given_keys.is_empty();
+        rule(cipher.is_some() && !keyed, "key", CIPHER_NO_KEY)?;
+        let cipher: Option<Cipher> = cipher.as_deref().map(str::parse).transpose()?;
+        rule(
+            cipher.is_some() && path == ":memory:",
+            "cipher",
+            CIPHER_MEMORY,
+        )?;
+        if let (None, None, Some(&source)) = (&node, cipher, given_keys.first()) {
+            rule(true, source, KEY_WITHOUT_NODE)?;
+        }
+        let key = match (key, hexkey, keyenv, keyfile) {
+            (Some(k), ..) => Some(NetworkKey::Passphrase(k)),
+            (_, Some(h), ..) => Some(NetworkKey::Bytes(decode_hexkey(&h, cipher.is_some())?)),
+            (_, _, Some(var), _) => Some(NetworkKey::Passphrase(key_from_env(&var)?)),
+            (.., Some(file)) => Some(NetworkKey::Passphrase(key_from_file(&file)?)),
+            _ => None,
+        };
         let Some(node) = node else {
             // Replication parameters on a plain database are almost certainly
             // a forgotten `node=`, so refuse rather than silently ignore them.
-            let given = [&bind, &connect, &auth, &cipher, &key, &hexkey, &heartbeat];
+            let given = [&bind, &connect, &auth, &None, &None, &None, &heartbeat];
             if let Some(i) = given.iter().position(|v| v.is_some()) {
                 rule(true, KNOWN[i + 1], NEEDS_NODE)?;
             }
-            let sqlite_uri = (!sqlite_own.is_empty()).then(|| uri.to_string());
+            let sqlite_uri = (!sqlite_own.is_empty()).then(|| sqlite_only_uri(uri));
             return Ok(NodeConfig {
                 sqlite_uri,
+                cipher,
+                key,
                 ..NodeConfig::local(path)
             });
         };
@@ -255,24 +334,12 @@ impl NodeConfig {
         rule(secondary && connect.is_none(), "connect", SECONDARY_ALONE)?;
         let peers = bind.is_some() || connect.is_some();
         rule(!secondary && !peers, "bind", PRIMARY_ALONE)?;
-        rule(key.is_some() && hexkey.is_some(), "hexkey", TWO_KEYS)?;
-        let keyed = key.is_some() || hexkey.is_some();
-        rule(cipher.is_some() && !keyed, "key", CIPHER_NO_KEY)?;
 
         let auth = match auth.as_deref() {
             None => AuthMode::None,
             Some("node") => AuthMode::Node,
             Some("user") => AuthMode::User,
             Some(v) => return Err(bad_value("auth", v, "auth=node or auth=user")),
-        };
-        if let Some(c) = cipher.as_deref().filter(|c| !CIPHERS.contains(c)) {
-            let expected = "cipher=sqlcipher, cipher=chacha20 or cipher=aes256";
-            return Err(bad_value("cipher", c, expected));
-        }
-        let key = match (key, hexkey) {
-            (Some(k), _) => Some(NetworkKey::Passphrase(k)),
-            (None, Some(h)) => Some(NetworkKey::Bytes(decode_hexkey(&h)?)),
-            (None, None) => None,
         };
         let heartbeat = match heartbeat.as_deref() {
             None => DEFAULT_HEARTBEAT,
@@ -293,6 +360,37 @@ impl NodeConfig {
         })
     }
 
+    /// The key that encrypts the file at rest: the URI's key, when `cipher` is given.
+    pub fn file_key(&self) -> Option<&NetworkKey> {
+        self.cipher.and(self.key.as_ref())
+    }
+
+    /// Whether `uri` needs octodb's own parsing rather than SQLite's: a `file:` URI with `node`,
+    /// `cipher` or a key parameter. The Python module opens everything else as `sqlite3` would.
+    pub fn has_octodb_parameters(uri: &str) -> bool {
+        query_names(uri).any(|n| n == "node" || n == "cipher" || KEY_SOURCES.contains(&n.as_str()))
+    }
+
+    /// `uri` with the values of its secret parameters (`key`, `hexkey`) masked, for anything
+    /// printed or logged. Anything that is not a URI with a query is returned as it is.
+    pub fn redacted(uri: &str) -> String {
+        let Some((head, query)) = uri.split_once('?') else {
+            return uri.to_string();
+        };
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|segment| match segment.split_once('=') {
+                Some((name, _))
+                    if decode(name).is_ok_and(|n| SECRET_PARAMS.contains(&n.as_str())) =>
+                {
+                    format!("{name}=***")
+                }
+                _ => segment.to_string(),
+            })
+            .collect();
+        format!("{head}?{}", masked.join("&"))
+    }
+
     /// True when the URI named a `node` role, i.e. replication is on.
     pub fn is_replicated(&self) -> bool {
         self.role.is_some()
@@ -301,16 +399,7 @@ impl NodeConfig {
     /// Whether `uri` asks for a node: a `file:` URI with a `node` parameter. Anything else opens
     /// a plain local database, which is how the Python module tells `sqlite3` filenames apart.
     pub fn names_a_node(uri: &str) -> bool {
-        let Some(rest) = uri.strip_prefix("file:") else {
-            return false;
-        };
-        let rest = rest.split_once('#').map_or(rest, |(before, _)| before);
-        rest.split_once('?').is_some_and(|(_, query)| {
-            query.split('&').any(|segment| {
-                let name = segment.split_once('=').map_or(segment, |(n, _)| n);
-                decode(name).is_ok_and(|n| n == "node")
-            })
-        })
+        query_names(uri).any(|n| n == "node")
     }
 
     fn local(path: String) -> NodeConfig {
@@ -346,6 +435,74 @@ pub fn dead_after(heartbeat: Duration) -> Duration {
     heartbeat + (heartbeat / 2).max(Duration::from_secs(2))
 }
 
+/// The decoded parameter names of a `file:` URI's query (none for anything else).
+fn query_names(uri: &str) -> impl Iterator<Item = String> + '_ {
+    let query = uri
+        .strip_prefix("file:")
+        .map(|rest| rest.split_once('#').map_or(rest, |(before, _)| before))
+        .and_then(|rest| rest.split_once('?'))
+        .map_or("", |(_, query)| query);
+    query
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .filter_map(|segment| decode(segment.split_once('=').map_or(segment, |(n, _)| n)).ok())
+}
+
+/// A local database's URI with only SQLite's own parameters: octodb's (the key among them)
+/// are taken out, since SQLCipher would read `key`/`hexkey` itself, with other meanings.
+fn sqlite_only_uri(uri: &str) -> String {
+    let (head, query) = uri.split_once('?').unwrap_or((uri, ""));
+    let (query, fragment) = query.split_once('#').unwrap_or((query, ""));
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|segment| {
+            let name = segment.split_once('=').map_or(*segment, |(n, _)| n);
+            decode(name).is_ok_and(|n| SQLITE_PARAMS.contains(&n.as_str()))
+        })
+        .collect();
+    let fragment = if fragment.is_empty() {
+        String::new()
+    } else {
+        format!("#{fragment}")
+    };
+    format!("{head}?{}{fragment}", kept.join("&"))
+}
+
+/// A passphrase from the environment variable `var` (`keyenv=`).
+fn key_from_env(var: &str) -> Result<String, UriError> {
+    let problem = match std::env::var(var) {
+        Ok(v) if !v.is_empty() => return Ok(v),
+        Ok(_) => format!("the environment variable `{var}` is empty; put the key in it"),
+        Err(std::env::VarError::NotPresent) => {
+            format!("the environment variable `{var}` is not set; export it with the key")
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            format!("the environment variable `{var}` is not UTF-8; give the key as UTF-8 text")
+        }
+    };
+    Err(UriError::KeySource {
+        name: "keyenv",
+        problem,
+    })
+}
+
+/// A passphrase from the file `path` (`keyfile=`): its text, less one trailing line end.
+fn key_from_file(path: &str) -> Result<String, UriError> {
+    let fail = |problem: String| UriError::KeySource {
+        name: "keyfile",
+        problem,
+    };
+    let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read `{path}`: {e}")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| fail(format!("`{path}` is not UTF-8 text; write the key as text")))?;
+    let key = text.strip_suffix('\n').unwrap_or(&text);
+    let key = key.strip_suffix('\r').unwrap_or(key);
+    if key.is_empty() {
+        return Err(fail(format!("`{path}` is empty; write the key in it")));
+    }
+    Ok(key.to_string())
+}
+
 fn bad_value(name: &'static str, value: &str, expected: &'static str) -> UriError {
     UriError::BadValue {
         name,
@@ -363,10 +520,10 @@ fn invalid(name: &str, problem: &'static str) -> UriError {
 
 /// Decoded values of the query, in the order of `KNOWN`.
 /// octodb's parameters in `KNOWN` order, and the names of SQLite's own ones (left for SQLite).
-type Parameters = ([Option<String>; 8], Vec<String>);
+type Parameters = ([Option<String>; 10], Vec<String>);
 
 fn parameters(query: &str) -> Result<Parameters, UriError> {
-    let mut values: [Option<String>; 8] = Default::default();
+    let mut values: [Option<String>; 10] = Default::default();
     let mut sqlite_own = Vec::new();
     for segment in query.split('&').filter(|s| !s.is_empty()) {
         let (raw_name, raw_value) = segment.split_once('=').unwrap_or((segment, ""));
@@ -498,8 +655,10 @@ fn endpoint(entry: &str, port0: bool) -> Result<Endpoint, &'static str> {
     })
 }
 
-fn decode_hexkey(hex: &str) -> Result<Vec<u8>, UriError> {
+/// A `hexkey`: at least 128 bits for the network alone; exactly 256 bits for a file's key.
+fn decode_hexkey(hex: &str, for_file: bool) -> Result<Vec<u8>, UriError> {
     let problem = match hex::decode(hex) {
+        Ok(bytes) if for_file && bytes.len() != FILE_HEXKEY_BYTES => FILE_HEXKEY,
         Ok(bytes) if bytes.len() >= MIN_HEXKEY_BYTES => return Ok(bytes),
         Ok(_) => "is shorter than 32 hex digits; make one with `openssl rand -hex 32`",
         Err(hex::FromHexError::OddLength) => "has an odd number of hex digits; give two per byte",
@@ -599,8 +758,9 @@ mod tests {
 
     #[test]
     fn keys_and_cipher() {
-        let c = parse("file:a?node=primary&bind=tcp://h:1&cipher=chacha20&key=a%20b&auth=node");
-        assert_eq!(c.cipher.as_deref(), Some("chacha20"));
+        let c = parse("file:a?node=primary&bind=tcp://h:1&cipher=sqlcipher&key=a%20b&auth=node");
+        assert_eq!(c.cipher, Some(Cipher::SqlCipher));
+        assert_eq!(c.file_key(), c.key.as_ref());
         assert_eq!(c.key, Some(NetworkKey::Passphrase("a b".into())));
         assert_eq!(c.auth, AuthMode::Node);
         // A key without a cipher is a network-only key.
@@ -617,6 +777,49 @@ mod tests {
             !format!("{c:?}").contains(hex),
             "Debug must not print the key"
         );
+    }
+
+    #[test]
+    fn encrypted_local_databases_and_key_sources() {
+        let c = parse("file:a.db?cipher=sqlcipher&key=s3cret&mode=rwc");
+        assert_eq!((c.role, c.cipher), (None, Some(Cipher::SqlCipher)));
+        assert_eq!(c.file_key(), Some(&NetworkKey::Passphrase("s3cret".into())));
+        // SQLCipher would read `key` itself: SQLite gets only its own parameters.
+        assert_eq!(c.sqlite_uri.as_deref(), Some("file:a.db?mode=rwc"));
+        assert_eq!(parse("file:a.db?cipher=sqlcipher&key=k").sqlite_uri, None);
+        let dir = std::env::temp_dir().join(format!("octodb-uri-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let file = dir.join("key.txt");
+        let _ = std::fs::write(&file, "from a file\n");
+        let c = parse(&format!(
+            "file:a.db?cipher=sqlcipher&keyfile={}",
+            file.display()
+        ));
+        assert_eq!(c.key, Some(NetworkKey::Passphrase("from a file".into())));
+        let _ = std::fs::remove_dir_all(&dir);
+        // PATH is set in any test environment; its value stands in for a key.
+        let path = std::env::var("PATH").unwrap_or_default();
+        let c = parse("file:a.db?cipher=sqlcipher&keyenv=PATH");
+        assert_eq!(c.key, Some(NetworkKey::Passphrase(path)));
+        for (uri, octodb) in [
+            ("file:a.db?cipher=sqlcipher&key=k", true),
+            ("file:a.db?hexkey=00", true),
+            ("file:a.db?mode=ro", false),
+            ("a.db", false),
+        ] {
+            assert_eq!(NodeConfig::has_octodb_parameters(uri), octodb, "{uri}");
+        }
+    }
+
+    #[test]
+    fn printed_uris_hide_keys() {
+        let uri = "file:a.db?node=primary&key=s3cret&bind=tcp://h:1&h%65xkey=abcd&keyenv=V";
+        let shown = NodeConfig::redacted(uri);
+        assert_eq!(
+            shown,
+            "file:a.db?node=primary&key=***&bind=tcp://h:1&h%65xkey=***&keyenv=V"
+        );
+        assert_eq!(NodeConfig::redacted("app.db"), "app.db");
     }
 
     #[test]
@@ -672,7 +875,33 @@ mod tests {
             ("file:a?bind=tcp://h:1", "`bind`", "node="),
             ("file:a?connect=tcp://h:1", "`connect`", "node="),
             ("file:a?auth=user", "`auth`", "node="),
-            ("file:a?cipher=aes256&key=k", "`cipher`", "node="),
+            ("file:a?cipher=aes256&key=k", "`cipher`", "AES-256"),
+            ("file:a?cipher=chacha20&key=k", "`cipher`", "no ChaCha20"),
+            ("file:a?cipher=rc4&key=k", "`cipher`", "insecure"),
+            ("P?cipher=xrc4&key=k", "`cipher`", "insecure"),
+            (
+                "file:a?cipher=sqlcipher&hexkey=HEX",
+                "`hexkey`",
+                "64 hex digits",
+            ),
+            (
+                "file::memory:?cipher=sqlcipher&key=k",
+                "`cipher`",
+                ":memory:",
+            ),
+            ("file:a?cipher=sqlcipher", "`key`", "`cipher`"),
+            (
+                "file:a?cipher=sqlcipher&keyenv=OCTODB_TEST_UNSET_VAR",
+                "`keyenv`",
+                "not set",
+            ),
+            ("file:a?keyenv=V", "`keyenv`", "network key"),
+            (
+                "P?keyfile=/nonexistent/octodb-key",
+                "`keyfile`",
+                "cannot read",
+            ),
+            ("P?key=k&keyenv=V", "`keyenv`", "keep only one"),
             ("file:a?key=k", "`key`", "node="),
             ("file:a?hexkey=00", "`hexkey`", "node="),
             ("file::memory:?node=primary", "`node`", ":memory:"),

@@ -634,7 +634,7 @@ fn malformed_uris_are_refused_at_open_naming_the_parameter() {
         ("file:a?bind=tcp://h:1", "`bind`", "node="),
         ("file:a?connect=tcp://h:1", "`connect`", "node="),
         ("file:a?auth=user", "`auth`", "node="),
-        ("file:a?cipher=aes256&key=k", "`cipher`", "node="),
+        ("file:a?cipher=aes256&key=k", "`cipher`", "AES-256"),
         ("file:a?key=k", "`key`", "node="),
         ("file:a?hexkey=00", "`hexkey`", "node="),
         ("file::memory:?node=primary", "`node`", ":memory:"),

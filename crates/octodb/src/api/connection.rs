@@ -104,8 +104,8 @@ impl Connection {
     /// plain local database opened like Python's `sqlite3.connect(target, uri=opts.uri,
     /// timeout=...)`: a file name taken literally, `:memory:`, or a SQLite URI.
     pub fn open_with(target: &str, opts: &OpenOptions) -> Result<Connection> {
-        if NodeConfig::names_a_node(target) {
-            return Connection::open(target);
+        if NodeConfig::has_octodb_parameters(target) {
+            return Connection::open_config_with(NodeConfig::parse(target)?, opts);
         }
         Connection::open_local(Path::new(target), opts)
     }
@@ -113,19 +113,24 @@ impl Connection {
     /// A plain local database (no replication), as SQLite itself opens `target`. The path may
     /// be any bytes the OS accepts.
     pub fn open_local(target: &Path, opts: &OpenOptions) -> Result<Connection> {
-        Ok(Connection::bare(local::open_plain(target, opts)?))
+        Ok(Connection::bare(local::open_plain(target, opts, None)?))
     }
 
     pub fn open_config(cfg: NodeConfig) -> Result<Connection> {
+        Connection::open_config_with(cfg, &OpenOptions::default())
+    }
+
+    /// [`Connection::open_config`], with `opts` for a plain local database (nodes have their
+    /// own settings).
+    pub fn open_config_with(cfg: NodeConfig, opts: &OpenOptions) -> Result<Connection> {
         if cfg.role.is_none() {
-            let target = cfg
-                .sqlite_uri
-                .as_deref()
-                .map_or(cfg.path.as_path(), Path::new);
-            return Connection::open_local(target, &OpenOptions::default());
+            return Connection::open_file(&cfg, opts);
         }
+        // The app's connection opens with the key its URI gives: a wrong one fails here even
+        // when the node is already running.
+        let app_key = cfg.file_key().cloned();
         let node = open_node(cfg)?;
-        let conn = store::open_connection(node.shared.path())?;
+        let conn = store::open_connection(node.shared.path(), app_key.as_ref())?;
         // The engine's writer checkpoints after its own commits (every 1000 pages of WAL), off
         // the app's thread: an app's commit that ran the checkpoint paid for writing the
         // pages to the database file and its fsync. The app checkpoints itself only as a
@@ -148,6 +153,24 @@ impl Connection {
         }
         me.refresh_schema()?;
         Ok(me)
+    }
+
+    /// The file of `cfg` as a plain local database, with its key when it is encrypted, whatever
+    /// its `node`: what tools reading a node's file beside it (backups, conversions) open.
+    pub fn open_file(cfg: &NodeConfig, opts: &OpenOptions) -> Result<Connection> {
+        let local_uri = cfg.sqlite_uri.as_deref().filter(|_| cfg.role.is_none());
+        let target = local_uri.map_or(cfg.path.as_path(), Path::new);
+        let opts = OpenOptions {
+            uri: local_uri.is_some(),
+            ..opts.clone()
+        };
+        let encrypted = cfg.file_key().map(|key| local::Encrypted {
+            file: &cfg.path,
+            key,
+        });
+        Ok(Connection::bare(local::open_plain(
+            target, &opts, encrypted,
+        )?))
     }
 
     fn bare(conn: rusqlite::Connection) -> Connection {

@@ -4,6 +4,7 @@
 
 use crate::error::Result;
 use crate::node::SyncStatus;
+use crate::uri::NetworkKey;
 use rusqlite::OpenFlags;
 use std::path::Path;
 use std::time::Duration;
@@ -29,8 +30,19 @@ impl Default for OpenOptions {
     }
 }
 
-/// Open `target` (a path, `:memory:`, or a SQLite URI when `opts.uri`) as plain SQLite does.
-pub(crate) fn open_plain(target: &Path, opts: &OpenOptions) -> Result<rusqlite::Connection> {
+/// The key of an encrypted local database (`cipher=`) and the file it encrypts.
+pub(crate) struct Encrypted<'a> {
+    pub file: &'a Path,
+    pub key: &'a NetworkKey,
+}
+
+/// Open `target` (a path, `:memory:`, or a SQLite URI when `opts.uri`) as plain SQLite does;
+/// an encrypted file gets its key before anything else.
+pub(crate) fn open_plain(
+    target: &Path,
+    opts: &OpenOptions,
+    encrypted: Option<Encrypted<'_>>,
+) -> Result<rusqlite::Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -48,6 +60,9 @@ pub(crate) fn open_plain(target: &Path, opts: &OpenOptions) -> Result<rusqlite::
     };
     let conn = rusqlite::Connection::open_with_flags(target, flags)?;
     conn.busy_timeout(opts.busy_timeout)?;
+    if let Some(e) = encrypted {
+        crate::store::at_rest::unlock(&conn, e.file, e.key)?;
+    }
     // The bundled SQLite turns foreign keys on by default; stock SQLite (and so every program
     // sharing the file, and Python's sqlite3) leaves them off until the app asks.
     conn.pragma_update(None, "foreign_keys", false)?;

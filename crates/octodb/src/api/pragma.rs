@@ -21,7 +21,13 @@ const OURS: &[&str] = &[
     "preauthorize_node",
     "authorizer_service",
     "remove_primary",
+    "rekey",
+    "hexrekey",
 ];
+
+/// The PRAGMAs that change an encrypted file's key: a node's connections take turns for them;
+/// on a plain local database they are SQLCipher's own.
+pub const REKEY: &[&str] = &["rekey", "hexrekey"];
 
 /// Parse `sql` as one of our PRAGMAs; None when it is something else.
 pub fn parse(sql: &str) -> Result<Option<Pragma>> {

@@ -55,13 +55,28 @@ const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 impl LogStore {
     /// Opens the log in the primary's file at `path`.
-    pub fn open(path: &Path) -> Result<LogStore, crate::Error> {
-        let conn = crate::store::open_connection(path)?;
+    pub fn open(
+        path: &Path,
+        file_key: Option<&crate::uri::NetworkKey>,
+    ) -> Result<LogStore, crate::Error> {
+        let conn = crate::store::open_connection(path, file_key)?;
         conn.execute_batch(SCHEMA)?;
         Ok(LogStore {
             conn: Arc::new(Mutex::new(conn)),
             handoff: Arc::default(),
         })
+    }
+
+    /// Opens its connection again, with the file's new key (after a `PRAGMA rekey`, while
+    /// nothing is proposed).
+    pub(crate) fn reopen(
+        &self,
+        path: &Path,
+        file_key: Option<&crate::uri::NetworkKey>,
+    ) -> Result<(), crate::Error> {
+        let conn = crate::store::open_connection(path, file_key)?;
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = conn;
+        Ok(())
     }
 
     /// Where appends meet the transactions that write them through.

@@ -58,25 +58,27 @@ pub fn raft_config() -> Arc<openraft::Config> {
     )
 }
 
-/// A primary's Raft node on its file at `path`, with `keys`: the handle, and the proposer
-/// its writer decides through.
+/// A primary's Raft node on its file at `path` (encrypted with `file_key` when given), with
+/// `keys`: the handle, and the proposer its writer decides through.
 pub async fn start_node(
     id: RaftNodeId,
     path: &std::path::Path,
+    file_key: Option<crate::uri::NetworkKey>,
     keys: crate::crypto::NodeKeys,
     handshake: crate::net::HandshakeOptions,
 ) -> crate::Result<(Raft, Proposer)> {
-    let log = LogStore::open(path)?;
+    let log = LogStore::open(path, file_key.as_ref())?;
+    let state = StateMachine::open(path, file_key.as_ref())?;
     let raft = Raft::new(
         id,
         raft_config(),
-        PeerNetwork::new(keys, handshake, path),
+        PeerNetwork::new(keys, handshake, path, file_key.clone()),
         log.clone(),
-        StateMachine::open(path)?,
+        state.clone(),
     )
     .await
     .map_err(|e| crate::Error::rule(format!("starting the Raft node: {e}")))?;
-    let proposer = Proposer::new(raft.clone(), log);
+    let proposer = Proposer::new(raft.clone(), log, state);
     Ok((raft, proposer))
 }
 
@@ -88,11 +90,12 @@ const ALONE_LEADS_WITHIN: std::time::Duration = std::time::Duration::from_secs(1
 pub(crate) async fn start_primary(
     id: RaftNodeId,
     path: &std::path::Path,
+    file_key: Option<crate::uri::NetworkKey>,
     keys: crate::crypto::NodeKeys,
     handshake: crate::net::HandshakeOptions,
     member: Member,
 ) -> crate::Result<Proposer> {
-    let (raft, proposer) = start_node(id, path, keys, handshake).await?;
+    let (raft, proposer) = start_node(id, path, file_key, keys, handshake).await?;
     let failed = |what: &str, e: &dyn std::fmt::Display| {
         crate::Error::rule(format!("{what} the primary's cluster: {e}"))
     };
@@ -156,13 +159,15 @@ pub(crate) fn is_formed(conn: &rusqlite::Connection) -> crate::Result<bool> {
             || has("SELECT count(*) FROM _octo_raft WHERE key = 'vote'")?))
 }
 
-/// A primary's Raft member: its node on the file at `path` with `keys`, serving the other
+/// A primary's Raft member: its node on the file at `path` (encrypted with `file_key`, as the
+/// node's URI gives it with `cipher=`) with `keys`, serving the other
 /// primaries' Raft requests on `listener`. Returns the Raft handle, how others reach it, and
 /// the server's task (aborting it ends its connections). (A running primary will serve from
 /// its own listener instead; tests and the benchmark use this.)
 pub async fn start_member(
     id: RaftNodeId,
     path: &std::path::Path,
+    file_key: Option<&crate::uri::NetworkKey>,
     keys: crate::crypto::NodeKeys,
     listener: tokio::net::TcpListener,
 ) -> crate::Result<(Raft, Member, tokio::task::JoinHandle<()>)> {
@@ -174,7 +179,8 @@ pub async fn start_member(
         public_key: keys.public_key().to_hex(),
     };
     let handshake = crate::net::HandshakeOptions::default();
-    let (raft, _) = start_node(id, path, keys.clone(), handshake.clone()).await?;
+    let (raft, _) =
+        start_node(id, path, file_key.cloned(), keys.clone(), handshake.clone()).await?;
     let server = tokio::spawn(serve_members(listener, keys, handshake, raft.clone()));
     Ok((raft, member, server))
 }

@@ -160,13 +160,19 @@ pub struct PeerNetwork {
 }
 
 impl PeerNetwork {
-    /// The network of the primary whose file is at `path`.
-    pub fn new(keys: NodeKeys, handshake: HandshakeOptions, path: &Path) -> PeerNetwork {
+    /// The network of the primary whose file is at `path` (encrypted with `file_key`).
+    pub fn new(
+        keys: NodeKeys,
+        handshake: HandshakeOptions,
+        path: &Path,
+        file_key: Option<crate::uri::NetworkKey>,
+    ) -> PeerNetwork {
         PeerNetwork {
             keys,
             handshake: Arc::new(handshake),
             batches: WrittenBatches {
                 path: Arc::new(path.to_path_buf()),
+                file_key: Arc::new(file_key),
                 conn: Arc::default(),
             },
         }
@@ -178,6 +184,7 @@ impl PeerNetwork {
 #[derive(Clone)]
 struct WrittenBatches {
     path: Arc<PathBuf>,
+    file_key: Arc<Option<crate::uri::NetworkKey>>,
     conn: Arc<Mutex<Option<rusqlite::Connection>>>,
 }
 
@@ -199,7 +206,7 @@ impl WrittenBatches {
             let conn = match slot.as_mut() {
                 Some(c) => c,
                 None => slot.insert(
-                    crate::store::open_connection(&me.path)
+                    crate::store::open_connection(&me.path, me.file_key.as_ref().as_ref())
                         .map_err(|e| NetError::Malformed(format!("reading the log: {e}")))?,
                 ),
             };

@@ -163,8 +163,8 @@ pub struct StateMachine {
 
 impl StateMachine {
     /// The state machine on the primary's file at `path` (its internal tables already made).
-    pub fn open(path: &Path) -> Result<StateMachine> {
-        let conn = crate::store::open_connection(path)?;
+    pub fn open(path: &Path, file_key: Option<&crate::uri::NetworkKey>) -> Result<StateMachine> {
+        let conn = crate::store::open_connection(path, file_key)?;
         crate::store::init_internal_schema(&conn)?;
         // The Raft log is the durable record of every entry: a commit here need not wait for
         // the disk. After a crash openraft applies again what `raft_applied` lacks, and the
@@ -183,6 +183,22 @@ impl StateMachine {
                 unsaved: 0,
             })),
         })
+    }
+
+    /// Opens its connection again, with the file's new key (after a `PRAGMA rekey`, while
+    /// nothing is proposed).
+    pub(crate) fn reopen(
+        &self,
+        path: &Path,
+        file_key: Option<&crate::uri::NetworkKey>,
+    ) -> Result<()> {
+        let conn = crate::store::open_connection(path, file_key)?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+        let mut inner = self.lock();
+        guard_triggers(&conn, inner.replicated.clone());
+        inner.conn = conn;
+        inner.tables = Tables::default();
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

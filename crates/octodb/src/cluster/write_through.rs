@@ -148,6 +148,8 @@ pub struct Proposer {
     raft: Raft,
     handoff: Arc<Handoff>,
     log: LogStore,
+    /// The state machine's handle, to reopen its connection after a `PRAGMA rekey`.
+    state: super::StateMachine,
     runtime: tokio::runtime::Handle,
     /// Ids of this process's batches (unique among those in flight, which is all they need).
     next_id: std::sync::atomic::AtomicU64,
@@ -192,11 +194,12 @@ pub(crate) struct GaveUp {
 
 impl Proposer {
     /// Call it from inside the runtime that runs `raft`.
-    pub(crate) fn new(raft: Raft, log: LogStore) -> Proposer {
+    pub(crate) fn new(raft: Raft, log: LogStore, state: super::StateMachine) -> Proposer {
         Proposer {
             raft,
             handoff: log.handoff(),
             log,
+            state,
             runtime: tokio::runtime::Handle::current(),
             next_id: std::sync::atomic::AtomicU64::new(1),
         }
@@ -204,6 +207,17 @@ impl Proposer {
 
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// After a `PRAGMA rekey` (nothing proposed meanwhile): the Raft log's and the state
+    /// machine's connections open again with the file's new key.
+    pub(crate) fn reopen_storage(
+        &self,
+        path: &std::path::Path,
+        file_key: Option<&crate::uri::NetworkKey>,
+    ) -> Result<()> {
+        self.log.reopen(path, file_key)?;
+        self.state.reopen(path, file_key)
     }
 
     /// Proposes `batch`, written in the write transaction open on `conn`, and writes its Raft

@@ -259,8 +259,9 @@ async fn start_raft(shared: &Arc<Shared>, node_id: u32) -> Result<()> {
         return Ok(());
     }
     let path = shared.cfg.path.clone();
+    let file_key = shared.file_key.get();
     tokio::task::spawn_blocking(move || {
-        let c = crate::store::open_connection(&path)?;
+        let c = crate::store::open_connection(&path, file_key.as_ref())?;
         crate::store::meta_set(&c, "node_id", i64::from(node_id))
     })
     .await
@@ -269,6 +270,7 @@ async fn start_raft(shared: &Arc<Shared>, node_id: u32) -> Result<()> {
     let (_, proposer) = crate::cluster::start_node(
         u64::from(node_id),
         &shared.cfg.path,
+        shared.file_key.get(),
         shared.keys.clone(),
         shared.handshake.clone(),
     )

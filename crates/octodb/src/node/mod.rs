@@ -101,7 +101,10 @@ pub(crate) struct Shared {
     pub shutdown: watch::Sender<bool>,
     pub handshake: HandshakeOptions,
     pub bound: Mutex<Vec<SocketAddr>>,
-    readers: Mutex<Vec<Connection>>,
+    /// Pooled read connections, each with the generation of the file's key it was opened with.
+    readers: Mutex<Vec<(u64, Connection)>>,
+    /// The file's key (`cipher=`) as it is now; `PRAGMA rekey` changes it.
+    pub file_key: Arc<crate::store::at_rest::CurrentKey>,
     read_turns: tokio::sync::Semaphore,
     /// Primaries: approved nodes, as last read from the file.
     pub approved: members::ApprovedCache,
@@ -250,18 +253,22 @@ impl Shared {
 
     pub fn read_blocking<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let pooled = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match pooled {
+        let (generation, conn) = match pooled {
             Some(c) => c,
             None => {
-                let c = store::open_connection(self.path())?;
+                let generation = self.file_key.generation();
+                let key = self.file_key.get();
+                let c = store::open_connection(self.path(), key.as_ref())?;
                 register_identity_functions(&c, &self.identity)?;
-                c
+                (generation, c)
             }
         };
         let out = f(&conn);
         let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < READERS && conn.is_autocommit() {
-            pool.push(conn);
+        // One opened before a rekey holds the old key: closed, not pooled.
+        if pool.len() < READERS && conn.is_autocommit() && generation == self.file_key.generation()
+        {
+            pool.push((generation, conn));
         }
         out
     }
@@ -325,7 +332,7 @@ impl Node {
     /// Open the node for `cfg`: lock the file, prepare it, start the engine and the network.
     fn start(cfg: NodeConfig) -> Result<Node> {
         let lock = ProcessLock::acquire(&cfg.path)?;
-        let conn = store::open_connection(&cfg.path)?;
+        let conn = store::open_connection(&cfg.path, cfg.file_key())?;
         store::init_internal_schema(&conn)?;
         store::write_txn(&conn, crate::log::outbox::upgrade)?;
         if cfg.role == Some(Role::Secondary) {
@@ -352,7 +359,11 @@ impl Node {
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
         let (announcements, batches) = mpsc::unbounded_channel();
         let (fresh_tx, fresh_rx) = mpsc::channel(FRESH_TXNS);
-        let network_key = cfg.key.as_ref().map(network_key_bytes);
+        let network_key = match (cfg.file_key(), &cfg.key) {
+            (Some(file_key), _) => Some(crate::store::at_rest::network_key(&conn, file_key)?),
+            (None, Some(key)) => Some(network_key_bytes(key)),
+            (None, None) => None,
+        };
         let primary_key = match meta_get::<String>(&conn, PRIMARY_KEY)? {
             Some(hex) => Some(crate::crypto::PublicKey::from_hex(&hex).map_err(|e| {
                 Error::rule(format!(
@@ -381,6 +392,9 @@ impl Node {
             },
             bound: Mutex::new(Vec::new()),
             readers: Mutex::new(Vec::new()),
+            file_key: Arc::new(crate::store::at_rest::CurrentKey::new(
+                cfg.file_key().cloned(),
+            )),
             read_turns: tokio::sync::Semaphore::new(READERS),
             approved: Default::default(),
             callbacks: Default::default(),
@@ -474,6 +488,60 @@ impl Node {
             // The sender reads the outbox instead (a stored permit if it is busy now).
             self.shared.outbox_changed.notify_one();
         }
+    }
+
+    /// `PRAGMA rekey`: re-encrypt the node's file with `new_key` through `conn`, the app's
+    /// connection asking (the only one open on the node). The writer waits meanwhile and then
+    /// reopens its connection with the new key; pooled readers are closed. The network key,
+    /// kept in the file, stays as it was.
+    pub fn rekey(&self, conn: &Connection, new_key: crate::uri::NetworkKey) -> Result<()> {
+        if self.shared.cfg.cipher.is_none() {
+            return Err(Error::rule(
+                "PRAGMA rekey needs an encrypted file (cipher=sqlcipher); encrypt a copy of a \
+                 plain file with `octodb encrypt`",
+            ));
+        }
+        if let Some(proposer) = self.shared.cluster.get() {
+            let members = proposer
+                .raft()
+                .metrics()
+                .borrow()
+                .membership_config
+                .nodes()
+                .count();
+            if members > 1 {
+                return Err(Error::rule(
+                    "PRAGMA rekey on a primary of a cluster of several is not supported yet: \
+                     re-encrypt while the primary is alone, or copy with `octodb encrypt`",
+                ));
+            }
+        }
+        let (paused_tx, paused_rx) = tokio::sync::oneshot::channel();
+        let (resume_tx, resume_rx) = std::sync::mpsc::channel();
+        self.shared
+            .jobs
+            .blocking_send(writer::Job::PauseForRekey {
+                paused: paused_tx,
+                resume: resume_rx,
+            })
+            .map_err(|_| Error::Closed)?;
+        paused_rx.blocking_recv().map_err(|_| Error::Closed)??;
+        let done =
+            crate::store::at_rest::rekey(conn, self.shared.path(), new_key, &self.shared.file_key)
+                .and_then(|()| match self.shared.cluster.get() {
+                    // The Raft log's and state machine's connections hold the old key.
+                    Some(p) => {
+                        p.reopen_storage(self.shared.path(), self.shared.file_key.get().as_ref())
+                    }
+                    None => Ok(()),
+                });
+        self.shared
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        let _ = resume_tx.send(done.is_ok());
+        done
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
@@ -703,12 +771,13 @@ fn start_cluster(
         public_key: shared.keys.public_key().to_hex(),
     };
     let id = u64::from(shared.identity.node_id());
-    let (path, keys, handshake) = (
+    let (path, file_key, keys, handshake) = (
         shared.cfg.path.clone(),
+        shared.file_key.get(),
         shared.keys.clone(),
         shared.handshake.clone(),
     );
-    async move { crate::cluster::start_primary(id, &path, keys, handshake, member).await }
+    async move { crate::cluster::start_primary(id, &path, file_key, keys, handshake, member).await }
 }
 
 /// Queue the writer's stop job. The queue may be full (sessions ending together each queue a

@@ -27,13 +27,31 @@ fn canonical(path: &Path) -> Result<PathBuf> {
     Ok(dir.join(path.file_name().unwrap_or(path.as_os_str())))
 }
 
+/// Whether `a` and `b` describe the same node. The key of an encrypted file is not compared:
+/// SQLCipher checks it on the connection opened with it, and after a `PRAGMA rekey` the node's
+/// own URI names the old one.
+fn same_node(a: &NodeConfig, b: &NodeConfig) -> bool {
+    match (a.cipher, b.cipher) {
+        (Some(_), Some(_)) => {
+            NodeConfig {
+                key: None,
+                ..a.clone()
+            } == NodeConfig {
+                key: None,
+                ..b.clone()
+            }
+        }
+        _ => a == b,
+    }
+}
+
 /// The node for `cfg`'s file, started if this process does not have it open yet.
 pub(crate) fn open_node(mut cfg: NodeConfig) -> Result<Arc<Node>> {
     cfg.path = canonical(&cfg.path)?;
     let mut map = nodes().lock().unwrap_or_else(|p| p.into_inner());
     map.retain(|_, w| w.strong_count() > 0);
     if let Some(node) = map.get(&cfg.path).and_then(Weak::upgrade) {
-        if node.shared.cfg != cfg {
+        if !same_node(&node.shared.cfg, &cfg) {
             return Err(Error::rule(format!(
                 "database `{}` is already open in this process with other parameters; open it with the same URI",
                 cfg.path.display()

@@ -54,6 +54,12 @@ pub(crate) async fn answer<T>(
 
 pub(crate) enum Job {
     Stop,
+    /// An app connection re-encrypts the file (`PRAGMA rekey`): wait, holding no transaction,
+    /// until it says whether it did; if so, reopen the connection with the file's new key.
+    PauseForRekey {
+        paused: Reply<()>,
+        resume: std::sync::mpsc::Receiver<bool>,
+    },
     /// Primary: a device's transactions, in the device's order, from one of its sessions.
     DeviceTxns {
         sender: Sender,
@@ -174,6 +180,10 @@ pub(crate) fn spawn(
         .map_err(|e| Error::io("starting the writer thread", e))
 }
 
+/// The longest the writer waits for an app connection's `PRAGMA rekey` (which rewrites every
+/// page of the file once).
+const REKEY_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Sessions' ends recorded in one commit at most.
 const MAX_SIGHTINGS: usize = 4096;
 
@@ -227,6 +237,22 @@ struct Writer {
 const MAX_FAILED_SESSIONS: usize = 65_536;
 
 impl Writer {
+    /// A new connection on the file, with its key as it is now (after a `PRAGMA rekey`), set
+    /// up as `Node::start` set up the first.
+    fn reopen(&mut self) -> Result<()> {
+        let key = self.shared.file_key.get();
+        let conn = crate::store::open_connection(self.shared.path(), key.as_ref())?;
+        if self.role == Role::Secondary {
+            conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+        }
+        crate::store::capture::register_identity_functions(&conn, &self.shared.identity)?;
+        if self.role == Role::Primary {
+            self.trigger_effects = Some(TriggerEffects::new(&conn, self.shared.identity.clone())?);
+        }
+        self.conn = conn;
+        Ok(())
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut next: Option<Job> = None;
         // Held while jobs are queued (see `write_turns`), never across an idle wait.
@@ -250,11 +276,32 @@ impl Writer {
                 turn = None;
             }
             // (A lookup writes nothing: it does not wait for a turn.)
-            if turn.is_none() && !matches!(job, Job::Stop | Job::LastDecided { .. }) {
+            if turn.is_none()
+                && !matches!(
+                    job,
+                    Job::Stop | Job::LastDecided { .. } | Job::PauseForRekey { .. }
+                )
+            {
                 turn = Some(self.shared.write_turns.engine());
             }
             match job {
                 Job::Stop => return,
+                Job::PauseForRekey { paused, resume } => {
+                    if !self.conn.is_autocommit() {
+                        let _ = paused.send(Err(Error::rule(
+                            "the device is downloading its data; run PRAGMA rekey once it is ready",
+                        )));
+                        continue;
+                    }
+                    // The turn is not held while paused: the app connection rekeys meanwhile.
+                    turn = None;
+                    let _ = paused.send(Ok(()));
+                    if let Ok(true) = resume.recv_timeout(REKEY_WAIT_MAX) {
+                        if let Err(e) = self.reopen() {
+                            tracing::error!(error = %e, "the writer could not reopen the file with its new key");
+                        }
+                    }
+                }
                 job @ Job::DeviceTxns { .. } => {
                     let txns_in = |j: &Job| match j {
                         Job::DeviceTxns { txns, .. } => txns.len(),

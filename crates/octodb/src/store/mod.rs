@@ -2,12 +2,14 @@
 //! small typed accessors for the engine's own settings.
 
 pub mod apply;
+pub mod at_rest;
 pub mod capture;
 pub mod lock;
 pub mod schema;
 pub mod trigger_effects;
 
 use crate::error::{Error, Result};
+use crate::uri::NetworkKey;
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 use std::time::Duration;
@@ -18,16 +20,22 @@ pub const INTERNAL_PREFIX: &str = "_octo_";
 /// How long a connection waits for another one of the same node to finish writing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Open one SQLite connection on a node's file with the engine's settings.
-pub fn open_connection(path: &Path) -> Result<Connection> {
+/// Open one SQLite connection on a node's file with the engine's settings; `file_key` is the
+/// key of an encrypted file (`cipher=`), handed over before anything is read.
+pub fn open_connection(path: &Path, file_key: Option<&NetworkKey>) -> Result<Connection> {
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
         | OpenFlags::SQLITE_OPEN_URI
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
+    if let Some(key) = file_key {
+        at_rest::unlock(&conn, path, key)?;
+    }
     if path.as_os_str() != ":memory:" {
-        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .map_err(|e| not_a_database(path, e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(?path, mode, "could not switch the database to WAL mode");
         }
@@ -132,6 +140,17 @@ pub fn write_txn<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>)
 pub fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.prepare_cached("PRAGMA schema_version")?
         .query_row([], |r| r.get(0))
+}
+
+/// A file that is not a database to SQLite when first read: most often an encrypted file
+/// opened without its key.
+fn not_a_database(path: &Path, e: rusqlite::Error) -> Error {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => Error::WrongKey {
+            path: path.to_path_buf(),
+        },
+        _ => e.into(),
+    }
 }
 
 pub fn corrupt(path: &Path, what: impl Into<String>) -> Error {

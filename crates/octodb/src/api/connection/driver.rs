@@ -94,6 +94,7 @@ impl Connection {
     /// without SQLite; None when `sql` is anything else.
     pub fn answer_pragma(&self, sql: &str) -> Result<Option<Rows>> {
         match pragma::parse(sql)? {
+            Some(p) if self.node.is_none() && pragma::REKEY.contains(&p.name.as_str()) => Ok(None),
             Some(p) => Ok(Some(self.pragma(p)?.rows.unwrap_or_default())),
             None => Ok(None),
         }

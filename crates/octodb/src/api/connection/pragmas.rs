@@ -6,7 +6,7 @@ use crate::api::pragma::Pragma;
 use crate::api::rows::Rows;
 use crate::error::{Error, Result};
 use crate::node::NodeRecord;
-use crate::uri::NodeConfig;
+use crate::uri::{NetworkKey, NodeConfig};
 use crate::value::Value;
 use std::sync::Arc;
 
@@ -35,6 +35,10 @@ impl Connection {
                 self.node(action.as_str())?.request_auth(action, data)?;
                 Rows::default()
             }
+            "rekey" | "hexrekey" => {
+                self.rekey(&p)?;
+                Rows::default()
+            }
             "authorize_user" | "authorize_node" | "preauthorize_user" | "preauthorize_node" => {
                 let (key, decision) = crate::auth::parse_authorize(&p.name, p.value.as_deref())?;
                 let preapproval = p.name.starts_with("pre");
@@ -60,9 +64,19 @@ impl Connection {
                     name: p.name.clone(),
                     reason,
                 })?;
-                let cfg = self.node("an authorization service")?.shared.cfg.clone();
+                let shared = &self.node("an authorization service")?.shared;
+                let cfg = shared.cfg.clone();
+                let file_key = shared.file_key.clone();
                 let exec = Arc::new(
                     move |pubkey: &str, execute: &[String], find: Option<&str>| {
+                        // The file's key as it is now: a PRAGMA rekey may have changed it.
+                        let cfg = match file_key.get() {
+                            Some(key) => NodeConfig {
+                                key: Some(key),
+                                ..cfg.clone()
+                            },
+                            None => cfg.clone(),
+                        };
                         run_service_sql(&cfg, pubkey, execute, find)
                     },
                 );
@@ -75,6 +89,48 @@ impl Connection {
             rows: Some(rows),
             changes: 0,
         })
+    }
+}
+
+impl Connection {
+    /// `PRAGMA rekey='NEW PASSPHRASE'` / `PRAGMA hexrekey='64 HEX DIGITS'` on a node: the file
+    /// is re-encrypted with the new key. Every other connection on the file holds the old key,
+    /// so this one must be the app's only connection to the node.
+    fn rekey(&self, p: &Pragma) -> Result<()> {
+        let bad = |reason: &str| Error::Pragma {
+            name: p.name.clone(),
+            reason: reason.to_string(),
+        };
+        let node = self.node(&format!("PRAGMA {}", p.name))?;
+        let value = p
+            .value
+            .as_deref()
+            .ok_or_else(|| bad("give the new key: PRAGMA rekey='NEW PASSPHRASE'"))?;
+        let key = match p.name.as_str() {
+            "hexrekey" => match hex::decode(value) {
+                Ok(bytes) if bytes.len() == 32 => NetworkKey::Bytes(bytes),
+                _ => {
+                    return Err(bad(
+                        "give 64 hex digits (a 256-bit key), e.g. from `openssl rand -hex 32`",
+                    ))
+                }
+            },
+            _ if value.is_empty() => {
+                return Err(bad(
+                    "the new key is empty; to decrypt a copy use `octodb decrypt`",
+                ))
+            }
+            _ => NetworkKey::Passphrase(value.to_string()),
+        };
+        if !self.conn.is_autocommit() {
+            return Err(bad("run it outside a transaction"));
+        }
+        if Arc::strong_count(node) > 1 {
+            return Err(bad(
+                "close the app's other connections to this node first: each holds the file's old key",
+            ));
+        }
+        node.rekey(&self.conn, key)
     }
 }
 

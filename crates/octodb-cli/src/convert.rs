@@ -1,0 +1,98 @@
+//! `octodb encrypt PLAIN ENCRYPTED_URI` and `octodb decrypt ENCRYPTED_URI PLAIN`: a copy of a
+//! database file with encryption at rest added or taken off, through SQLCipher's own
+//! `sqlcipher_export` into a new file attached with the target's key. The source is read
+//! beside a node that may be running on it (as `octodb backup` does) and is never changed; the
+//! target must not exist.
+
+use crate::ConvertArgs;
+use anyhow::{bail, Context};
+use octodb::uri::NetworkKey;
+use octodb::NodeConfig;
+use std::process::ExitCode;
+
+/// Which way a conversion goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Encrypt,
+    Decrypt,
+}
+
+pub fn run(direction: Direction, args: ConvertArgs) -> anyhow::Result<ExitCode> {
+    let source = parse(&args.source)?;
+    let target = parse(&args.target)?;
+    let (encrypted, verb) = match direction {
+        Direction::Encrypt => (&target, "encrypt"),
+        Direction::Decrypt => (&source, "decrypt"),
+    };
+    if encrypted.file_key().is_none() {
+        bail!(
+            "octodb {verb}: the encrypted side needs its key: write it as \
+             file:PATH?cipher=sqlcipher&key=... (or hexkey=, keyenv=, keyfile=)"
+        );
+    }
+    let plain = if direction == Direction::Encrypt {
+        &source
+    } else {
+        &target
+    };
+    if plain.file_key().is_some() {
+        bail!("octodb {verb}: the plain side is given a key; name it by its path alone");
+    }
+    if target.path.exists() {
+        bail!(
+            "`{}` exists already: name a new file (octodb never overwrites one)",
+            target.path.display()
+        );
+    }
+    if !source.path.exists() {
+        bail!("there is no database at `{}`", source.path.display());
+    }
+    let opts = octodb::OpenOptions {
+        uri: false,
+        busy_timeout: std::time::Duration::from_secs(30),
+    };
+    let conn = octodb::Connection::open_file(&source, &opts)
+        .with_context(|| format!("opening `{}`", source.path.display()))?;
+    let dest = target
+        .path
+        .to_str()
+        .context("the new file's path is not valid UTF-8")?;
+    // An empty key attaches a plain file; the key is bound, never spliced into the SQL.
+    let key = target.file_key().map(attach_key).unwrap_or_default();
+    conn.execute(
+        "ATTACH DATABASE ?1 AS converted KEY ?2",
+        [dest, key.as_str()],
+    )
+    .context("creating the new file")?;
+    let exported = conn
+        .query_row("SELECT sqlcipher_export('converted')", [], |_| Ok(()))
+        .and_then(|()| conn.execute_batch("DETACH DATABASE converted"));
+    if let Err(e) = exported {
+        let _ = std::fs::remove_file(&target.path);
+        return Err(e).context("copying the database into the new file");
+    }
+    eprintln!(
+        "octodb: {verb}ed `{}` into `{dest}`; `{}` is unchanged",
+        source.path.display(),
+        source.path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse(uri: &str) -> anyhow::Result<NodeConfig> {
+    NodeConfig::parse(&crate::normalize_uri(uri))
+        .with_context(|| format!("reading the URI `{}`", NodeConfig::redacted(uri)))
+}
+
+/// The key as SQLCipher's `ATTACH ... KEY` takes it: a passphrase as it is, raw bytes as
+/// `x'<hex>'`.
+fn attach_key(key: &NetworkKey) -> String {
+    match key {
+        NetworkKey::Passphrase(p) => p.clone(),
+        NetworkKey::Bytes(b) => format!("x'{}'", hex_of(b)),
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
