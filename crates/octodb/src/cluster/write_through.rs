@@ -37,9 +37,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// How long a deciding transaction waits for its entry before it gives up (see the module's
-/// notes): far longer than an append takes, short enough that a core waiting for the write
-/// lock is not held up for long.
-const ENTRY_WAIT_MAX: Duration = Duration::from_secs(1);
+/// notes): far longer than an append takes even on a machine short of CPU (a give-up fails the
+/// batch), short enough that a core waiting for the write lock, to save a vote in an
+/// election, is not held up for long.
+const ENTRY_WAIT_MAX: Duration = Duration::from_secs(10);
 
 /// Entries openraft asks to append, and the callback that says they are durable.
 pub(crate) struct PendingAppend {
