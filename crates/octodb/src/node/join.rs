@@ -190,9 +190,18 @@ pub(super) async fn join(shared: Arc<Shared>) {
     let mut pause = RETRY_FIRST;
     loop {
         for ep in &shared.cfg.connect {
-            match join_through(&shared, &ep.to_addr_string()).await {
-                Ok(()) => return,
-                Err(e) => tracing::info!(primary = %ep, "joining the cluster: {e}"),
+            let joined = join_through(&shared, &ep.to_addr_string()).await;
+            // The app sees why its primary is not in the cluster yet (`sync_status`).
+            let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+            match joined {
+                Ok(()) => {
+                    live.sync_error = None;
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(primary = %ep, "joining the cluster: {e}");
+                    live.sync_error = Some(format!("joining the cluster through {ep}: {e}"));
+                }
             }
         }
         if shared.is_shutting_down() {

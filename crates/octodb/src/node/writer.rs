@@ -535,7 +535,8 @@ impl Writer {
         match (proposed?, committed) {
             (None, Ok(())) => {
                 decided.committed(new);
-                self.shared.log_committed(recorded, super::user_in(users));
+                self.shared
+                    .log_committed(recorded, super::cluster_member::user_in(users));
                 Ok(())
             }
             (Some(Proposed::InTxn(t)), Ok(())) => {

@@ -1,0 +1,101 @@
+//! This primary's place in the primaries' Raft cluster: starting its Raft node, announcing
+//! the batches the cluster committed, taking a primary out.
+
+use super::{on_runtime, Shared};
+use crate::error::{Error, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// A batch written through: the cluster's answer to come, its log entries, and the users of
+/// the devices whose transactions it decides.
+pub(super) type Announcement = (
+    crate::cluster::Response,
+    Vec<crate::log::LogEntry>,
+    Vec<(u32, i64)>,
+);
+
+/// Tells the sessions streaming to devices of each batch, in the order they were handed over,
+/// once the cluster has committed it.
+pub(super) async fn announce(
+    shared: Arc<Shared>,
+    mut batches: mpsc::UnboundedReceiver<Announcement>,
+) {
+    while let Some((response, entries, users)) = batches.recv().await {
+        match response.wait().await {
+            Ok(applied) => {
+                tracing::debug!(
+                    last_seq = applied.last_seq,
+                    "batch committed by the cluster"
+                );
+                shared.log_committed(entries, user_in(users))
+            }
+            // Only when the node stops (or, in a cluster, loses its lead before a majority
+            // held the batch: then the cluster decides what stands).
+            Err(e) => tracing::warn!("a batch was not committed by the cluster: {e}"),
+        }
+    }
+}
+
+/// The user of each device node of a batch.
+pub(super) fn user_in(users: Vec<(u32, i64)>) -> impl Fn(u32) -> Option<i64> {
+    move |node| users.iter().find(|(n, _)| *n == node).map(|(_, u)| *u)
+}
+
+/// A primary's Raft node: its cluster as stored, or a new cluster of one. Members reach it
+/// at the first address it listens on.
+pub(super) fn start(
+    shared: &Shared,
+) -> impl std::future::Future<Output = Result<crate::cluster::Proposer>> + Send + 'static {
+    let member = crate::cluster::Member {
+        addr: shared
+            .bound
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .map(SocketAddr::to_string)
+            .unwrap_or_default(),
+        public_key: shared.keys.public_key().to_hex(),
+    };
+    let id = u64::from(shared.identity.node_id());
+    let (path, file_key, keys, handshake) = (
+        shared.cfg.path.clone(),
+        shared.file_key.get(),
+        shared.keys.clone(),
+        shared.handshake.clone(),
+    );
+    async move { crate::cluster::start_primary(id, &path, file_key, keys, handshake, member).await }
+}
+
+/// Primaries: `PRAGMA remove_primary`: the cluster's leader takes primary `id` out of the
+/// cluster (it keeps its file, and no longer receives the log). Blocks until the cluster
+/// has committed the change.
+pub(super) fn remove_primary(shared: &Shared, id: u64) -> Result<()> {
+    let Some(proposer) = shared.cluster.get() else {
+        return Err(Error::rule("only a primary in a cluster removes primaries"));
+    };
+    let raft = proposer.raft().clone();
+    let metrics = raft.metrics().borrow().clone();
+    if metrics.state != openraft::ServerState::Leader {
+        return Err(Error::rule(
+            "run PRAGMA remove_primary on the cluster's leader (PRAGMA sync_status names it)",
+        ));
+    }
+    if id == metrics.id {
+        return Err(Error::rule(
+            "a primary does not remove itself: run PRAGMA remove_primary on another primary                  once a new leader is elected, or remove the others first",
+        ));
+    }
+    let membership = metrics.membership_config.membership();
+    if membership.get_node(&id).is_none() {
+        return Err(Error::rule(format!(
+            "node {id} is not a member of this cluster (PRAGMA sync_status lists them)"
+        )));
+    }
+    let voters: std::collections::BTreeSet<u64> =
+        membership.voter_ids().filter(|v| *v != id).collect();
+    let removed = on_runtime(async move { raft.change_membership(voters, false).await })?;
+    removed.map_err(|e| Error::rule(format!("the cluster could not remove node {id}: {e}")))?;
+    tracing::info!(node_id = id, "primary removed from the cluster");
+    Ok(())
+}
