@@ -17,6 +17,8 @@ pub mod api;
 pub mod auth;
 pub mod cluster;
 
+/// The change feed: committed row changes on a primary, in log order.
+pub use api::feed;
 pub use api::{next_event, Connection, Next, OpenOptions, Row, Rows, Statement, Transaction};
 pub use error::{Error, Result};
 pub use node::{Event, NodeRecord, SyncStatus};

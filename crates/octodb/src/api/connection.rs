@@ -362,6 +362,46 @@ impl Connection {
             .map_or_else(String::new, |n| n.public_key().to_hex())
     }
 
+    /// The change feed's position (see [`crate::feed`]): on a primary, the last log position
+    /// the cluster committed; on a device, the last one applied here; 0 on a plain database.
+    pub fn feed_position(&self) -> u64 {
+        self.node.as_ref().map_or(0, |n| *n.shared.feed.borrow())
+    }
+
+    /// Waits until the feed's position passes `after`, at most `timeout`; returns the
+    /// position then. Call it from an application thread, not from async code.
+    pub fn wait_feed(&self, after: u64, timeout: Duration) -> u64 {
+        let Some(node) = &self.node else {
+            return 0;
+        };
+        let mut feed = node.shared.feed.subscribe();
+        crate::node::block_on(async {
+            let passed = tokio::time::timeout(timeout, feed.wait_for(|seq| *seq > after))
+                .await
+                .ok()
+                .and_then(|waited| waited.ok().map(|seq| *seq));
+            // Timed out, or the node stopped: where it stands.
+            passed.unwrap_or_else(|| *feed.borrow())
+        })
+    }
+
+    /// Primaries: the rows changed by the log entries after `after`, up to the feed's
+    /// position, reading at most `max_entries` entries (see [`crate::feed`]).
+    pub fn changes_after(&self, after: u64, max_entries: usize) -> Result<crate::feed::FeedBatch> {
+        let node = match &self.node {
+            Some(node) if node.role() == Some(Role::Primary) => node,
+            _ => {
+                return Err(Error::rule(
+                    "the change feed's rows are kept on primaries only: open the primary's \
+                     database to read them (a device can wait on `wait_feed`)",
+                ))
+            }
+        };
+        let position = *node.shared.feed.borrow();
+        node.shared
+            .read_blocking(|c| super::feed::read(c, after, position, max_entries))
+    }
+
     /// The SQLite handle, for drivers that call SQLite directly (the Python module).
     ///
     /// # Safety

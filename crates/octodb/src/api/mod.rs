@@ -4,6 +4,7 @@
 mod authz;
 mod connection;
 mod events;
+pub mod feed;
 mod local;
 mod pragma;
 mod rows;

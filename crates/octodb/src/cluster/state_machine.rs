@@ -79,10 +79,13 @@ impl Inner {
         Some(entries.iter().map(skipped).collect())
     }
 
-    fn apply(&mut self, entries: &[Entry<TypeConfig>]) -> Result<Vec<Applied>> {
+    /// Applies `entries`; answers each, and the log position of the last rows written here
+    /// (0: none).
+    fn apply(&mut self, entries: &[Entry<TypeConfig>]) -> Result<(Vec<Applied>, u64)> {
         if let Some(out) = self.skip_written_through(entries) {
-            return Ok(out);
+            return Ok((out, 0));
         }
+        let mut rows_seq = 0;
         let (mut applied, mut membership) = self.applied()?.clone();
         let Inner {
             conn,
@@ -102,6 +105,7 @@ impl Inner {
                         ) => {
                             for d in txns {
                                 last_seq = apply_decided(c, tables, replicated, d)?;
+                                rows_seq = last_seq;
                             }
                         }
                         EntryPayload::Normal(Proposal::InLog { last_seq: s, .. }) => {
@@ -126,7 +130,7 @@ impl Inner {
         })?;
         self.applied = Some((applied, membership));
         self.unsaved = 0;
-        Ok(out)
+        Ok((out, rows_seq))
     }
 }
 
@@ -159,6 +163,10 @@ fn skipped(e: &Entry<TypeConfig>) -> Applied {
 #[derive(Clone)]
 pub struct StateMachine {
     inner: Arc<Mutex<Inner>>,
+    /// The log position of the last rows this state machine wrote itself (a follower's
+    /// batches, a snapshot): the node's change feed follows it. Batches written through
+    /// are announced by the writer that wrote them, not here.
+    rows_applied: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateMachine {
@@ -182,7 +190,23 @@ impl StateMachine {
                 applied: None,
                 unsaved: 0,
             })),
+            rows_applied: Arc::new(tokio::sync::watch::channel(0).0),
         })
+    }
+
+    /// Follows the log position of the rows this state machine writes (see `rows_applied`).
+    pub fn rows_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.rows_applied.subscribe()
+    }
+
+    fn report_rows(&self, seq: u64) {
+        if seq > 0 {
+            self.rows_applied.send_if_modified(|v| {
+                let newer = seq > *v;
+                *v = (*v).max(seq);
+                newer
+            });
+        }
     }
 
     /// Opens its connection again, with the file's new key (after a `PRAGMA rekey`, while
@@ -385,9 +409,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(out) = self.lock().skip_written_through(&entries) {
             return Ok(out);
         }
-        self.with(move |inner| inner.apply(&entries))
+        let (out, rows_seq) = self
+            .with(move |inner| inner.apply(&entries))
             .await
-            .map_err(storage_error)
+            .map_err(storage_error)?;
+        self.report_rows(rows_seq);
+        Ok(out)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -416,9 +443,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             inner.applied = Some((meta.last_log_id, meta.last_membership.clone()));
             inner.unsaved = 0;
             inner.current = Some((meta, bytes));
-            Ok(())
+            log::last_seq(&inner.conn)
         })
         .await
+        .map(|seq| self.report_rows(seq))
         .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
     }
 

@@ -210,6 +210,12 @@ impl Proposer {
         &self.raft
     }
 
+    /// Follows the log position of the rows the state machine writes itself: a follower's
+    /// batches and snapshots (a leader's own batches are announced by their writers).
+    pub fn rows_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.state.rows_applied()
+    }
+
     /// After a `PRAGMA rekey` (nothing proposed meanwhile): the Raft log's and the state
     /// machine's connections open again with the file's new key.
     pub(crate) fn reopen_storage(

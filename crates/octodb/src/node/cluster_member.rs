@@ -37,6 +37,27 @@ pub(super) async fn announce(
     }
 }
 
+/// The primary is in its cluster now: the writer proposes to `proposer`, and the rows the
+/// cluster's state machine writes here (as a follower) move the change feed on.
+pub(super) fn joined(shared: &Arc<Shared>, proposer: crate::cluster::Proposer) {
+    let mut rows_applied = proposer.rows_applied();
+    if shared.cluster.set(proposer).is_err() {
+        tracing::warn!("the primary joined its cluster twice; the first stands");
+        return;
+    }
+    let shared = Arc::downgrade(shared);
+    super::runtime().spawn(async move {
+        while rows_applied.changed().await.is_ok() {
+            let seq = *rows_applied.borrow_and_update();
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            shared.advance_feed(seq);
+            shared.audiences.wake_everyone(seq);
+        }
+    });
+}
+
 /// The user of each device node of a batch.
 pub(super) fn user_in(users: Vec<(u32, i64)>) -> impl Fn(u32) -> Option<i64> {
     move |node| users.iter().find(|(n, _)| *n == node).map(|(_, u)| *u)

@@ -284,6 +284,6 @@ async fn start_raft(shared: &Arc<Shared>, node_id: u32) -> Result<()> {
         shared.handshake.clone(),
     )
     .await?;
-    let _ = shared.cluster.set(proposer);
+    super::cluster_member::joined(shared, proposer);
     Ok(())
 }

@@ -398,7 +398,7 @@ impl Node {
                     tasks.push(runtime().spawn(join::join(shared.clone())));
                 } else {
                     let proposer = on_runtime(cluster_member::start(&shared))??;
-                    let _ = shared.cluster.set(proposer);
+                    cluster_member::joined(&shared, proposer);
                 }
                 tasks
             }
