@@ -19,7 +19,9 @@ pub mod cluster;
 
 /// The change feed: committed row changes on a primary, in log order.
 pub use api::feed;
-pub use api::{next_event, Connection, Next, OpenOptions, Row, Rows, Statement, Transaction};
+pub use api::{
+    app_signed_bytes, next_event, Connection, Next, OpenOptions, Row, Rows, Statement, Transaction,
+};
 pub use error::{Error, Result};
 pub use node::{Event, NodeRecord, SyncStatus};
 pub use uri::{NodeConfig, Role};

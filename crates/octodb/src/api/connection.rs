@@ -13,8 +13,10 @@ mod capture_schema;
 mod commit_point;
 mod driver;
 mod pragmas;
+mod services;
 
 pub use driver::{Prepared, Started};
+pub use services::app_signed_bytes;
 
 use super::authz;
 use super::local::{self, OpenOptions};

@@ -10,7 +10,7 @@ mod pragma;
 mod rows;
 pub mod sql_text;
 
-pub use connection::{Connection, Prepared, Started, Statement, Transaction};
+pub use connection::{app_signed_bytes, Connection, Prepared, Started, Statement, Transaction};
 pub use events::{next_event, Next};
 pub use local::OpenOptions;
 pub use rows::{Row, Rows};

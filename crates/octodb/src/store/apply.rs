@@ -1,6 +1,7 @@
 //! Deterministic application of changes on the engine's own connection (no TEMP triggers there):
 //! writing rows, and a primary's checks and conflict rules for a device's transaction.
 
+use super::column_rules::{self, ColumnRule};
 use super::schema::{self, ident, TableLayout};
 use crate::changes::{column_bit, ChangeSet, Op};
 use crate::error::Result;
@@ -410,6 +411,8 @@ pub fn apply_device_txn(
     let mut out = ChangeSet::default();
     // Statements for each table header, looked up at its first row.
     let mut statements: HashMap<u32, Arc<RowSql>> = HashMap::new();
+    // The columns devices may not write freely, per table header (see `column_rules`).
+    let mut rules: HashMap<u32, Vec<(String, ColumnRule)>> = HashMap::new();
     for op in &cs.ops {
         let (table, rowid) = match op {
             Op::Insert { table, rowid, .. }
@@ -472,6 +475,22 @@ pub fn apply_device_txn(
                     )));
                 }
             }
+        }
+        if !rules.contains_key(&table) {
+            rules.insert(table, column_rules::of_table(conn, &t.name)?);
+        }
+        let table_rules = rules.get(&table).map(Vec::as_slice).unwrap_or_default();
+        let refusal = match op {
+            Op::Insert { values, .. } => {
+                column_rules::insert_refusal(&t.name, table_rules, &header.columns, values)
+            }
+            Op::Update { changed, .. } => {
+                column_rules::update_refusal(&t.name, table_rules, &header.columns, *changed)
+            }
+            _ => None,
+        };
+        if let Some(reason) = refusal {
+            return Ok(Err(reason));
         }
         let sql = statements
             .entry(table)

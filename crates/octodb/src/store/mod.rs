@@ -4,6 +4,7 @@
 pub mod apply;
 pub mod at_rest;
 pub mod capture;
+pub mod column_rules;
 pub mod lock;
 pub mod schema;
 pub mod trigger_effects;
@@ -74,6 +75,7 @@ pub fn init_internal_schema(conn: &Connection) -> Result<()> {
              tbl TEXT NOT NULL, rid INTEGER NOT NULL, row BLOB, first_txn INTEGER,
              last_txn INTEGER, PRIMARY KEY(tbl, rid)) WITHOUT ROWID;",
     )?;
+    conn.execute_batch(column_rules::SCHEMA)?;
     Ok(())
 }
 

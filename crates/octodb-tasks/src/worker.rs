@@ -1,0 +1,1067 @@
+//! Workers: threads in the process that holds a primary. They examine each new task (signature,
+//! signer, expiry, nonce), claim it with a lease, run the handler registered for its type and
+//! write its progress and outcome, every write fenced by (attempt, lease id).
+//!
+//! Threads of one [`Workers`]:
+//! - an *intake* thread follows the change feed: it records which node inserted each task's
+//!   row (the signer must be that node), notes when the submitter acknowledged the final state,
+//!   wakes the workers, and does the housekeeping (expired tasks refused, retention deletion,
+//!   old nonces dropped) once a tick;
+//! - a *keeper* thread renews the leases of the tasks running here;
+//! - `threads` workers, each with its own connection, claiming and running tasks.
+//!
+//! On a follower primary of a cluster the engine refuses app writes: claims fail, are logged,
+//! and the workers try again at the next wake-up (the leader's workers do the work).
+
+use crate::policy::{Policy, Signer};
+use crate::record::{verify_cancel, TaskRecord};
+use crate::schema::{self, TASKS_TABLE};
+use crate::{now_ms, TaskError};
+use octodb::crypto::PublicKey;
+use octodb::feed::ChangeKind;
+use octodb::{Connection, Role, Value};
+use rand::RngCore;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Clock difference tolerated between a submitter and the primary judging its record.
+const CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+/// Attempts a task may lose to dying workers (lease ran out) beyond its retries, so a task
+/// that kills its worker every time does not run for ever.
+const LOST_ATTEMPTS_ALLOWED: i64 = 2;
+
+/// An error a handler ends with: its type's name and message reach the submitter as they are.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{type_name}: {message}")]
+pub struct HandlerError {
+    pub type_name: String,
+    pub message: String,
+}
+
+impl HandlerError {
+    pub fn new(type_name: impl Into<String>, message: impl Into<String>) -> HandlerError {
+        HandlerError {
+            type_name: type_name.into(),
+            message: message.into(),
+        }
+    }
+    /// What a progress report returns once the task is cancelled (or this worker lost it):
+    /// return it from the handler.
+    pub fn cancelled() -> HandlerError {
+        HandlerError::new("Cancelled", "the task was cancelled")
+    }
+}
+
+/// A task type's code on the workers. Arguments and result are JSON text.
+pub trait Handler: Send + Sync {
+    fn run(&self, ctx: &mut TaskContext<'_>, args: &str) -> Result<String, HandlerError>;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(&mut TaskContext<'_>, serde_json::Value) -> Result<serde_json::Value, HandlerError>
+        + Send
+        + Sync,
+{
+    fn run(&self, ctx: &mut TaskContext<'_>, args: &str) -> Result<String, HandlerError> {
+        let args = serde_json::from_str(args)
+            .map_err(|e| HandlerError::new("ValueError", format!("arguments are not JSON: {e}")))?;
+        self(ctx, args).map(|v| v.to_string())
+    }
+}
+
+/// How a task type is retried.
+#[derive(Debug, Clone)]
+pub struct TypeOptions {
+    /// Handler errors retried this many times (default 0: no retry).
+    pub max_retries: u32,
+    /// The first retry waits this long, each next one twice as long (at most 10 minutes).
+    pub backoff: Duration,
+}
+
+impl Default for TypeOptions {
+    fn default() -> Self {
+        TypeOptions {
+            max_retries: 0,
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The task types a worker runs, by name.
+#[derive(Default, Clone)]
+pub struct Registry {
+    handlers: HashMap<String, (Arc<dyn Handler>, TypeOptions)>,
+}
+
+impl Registry {
+    pub fn register(
+        &mut self,
+        task_type: &str,
+        options: TypeOptions,
+        handler: impl Handler + 'static,
+    ) -> &mut Self {
+        self.handlers
+            .insert(task_type.to_string(), (Arc::new(handler), options));
+        self
+    }
+    fn types_json(&self) -> String {
+        serde_json::Value::from(self.handlers.keys().cloned().collect::<Vec<_>>()).to_string()
+    }
+}
+
+/// How workers behave.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Worker threads (each runs one task at a time).
+    pub threads: usize,
+    /// A claim lasts this long unless renewed (renewed every third of it while running).
+    pub lease: Duration,
+    /// Ended tasks are deleted this long after their submitter has seen the final state.
+    pub retention: Duration,
+    /// ... and at the latest this long after they ended, seen or not.
+    pub retention_cap: Duration,
+    /// Progress is written at most once per this interval per task.
+    pub progress_interval: Duration,
+    /// Housekeeping and timed events (leases running out, retries, not-before) are checked
+    /// at least this often; new tasks wake the workers at once through the change feed.
+    pub tick: Duration,
+    /// Shown in the `worker` column.
+    pub name: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            threads: 4,
+            lease: Duration::from_secs(30),
+            retention: Duration::from_secs(300),
+            retention_cap: Duration::from_secs(7 * 24 * 3600),
+            progress_interval: Duration::from_millis(100),
+            tick: Duration::from_secs(1),
+            name: format!("pid {}", std::process::id()),
+        }
+    }
+}
+
+/// Why a running handler must stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The submitter's signed cancel was seen.
+    Cancelled,
+    /// Another worker may own the task now (lease renewal failed, or the row is gone).
+    LeaseLost,
+}
+
+/// What a handler sees of its task.
+pub struct TaskContext<'a> {
+    pub id: i64,
+    /// 1 for the first attempt.
+    pub attempt: i64,
+    lease_id: String,
+    conn: &'a Connection,
+    submitter: PublicKey,
+    nonce: Vec<u8>,
+    progress: Option<f64>,
+    total: Option<f64>,
+    expected_duration: Option<f64>,
+    last_write: Option<Instant>,
+    interval: Duration,
+    lost: Arc<AtomicBool>,
+    stop: Option<Stop>,
+}
+
+impl TaskContext<'_> {
+    /// A key unique to this task and attempt, for the handler's side effects.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}", self.id, self.attempt)
+    }
+    pub fn set_progress(&mut self, progress: f64) {
+        self.progress = Some(progress);
+    }
+    pub fn set_total(&mut self, total: f64) {
+        self.total = Some(total);
+    }
+    pub fn set_expected_duration(&mut self, seconds: f64) {
+        self.expected_duration = Some(seconds);
+    }
+    /// Set progress and total and publish them.
+    pub fn report(&mut self, progress: f64, total: f64) -> Result<(), HandlerError> {
+        self.set_progress(progress);
+        self.set_total(total);
+        self.publish()
+    }
+
+    /// Publish progress, total and expected duration (written at most once per progress
+    /// interval; the last values are always written when the task ends). Returns
+    /// [`HandlerError::cancelled`] once the task is cancelled or this worker lost it: the
+    /// handler should return that error.
+    pub fn publish(&mut self) -> Result<(), HandlerError> {
+        if self.stop.is_none() && self.lost.load(Ordering::Acquire) {
+            self.stop = Some(Stop::LeaseLost);
+        }
+        if self.stop.is_some() {
+            return Err(HandlerError::cancelled());
+        }
+        if self
+            .last_write
+            .is_some_and(|at| at.elapsed() < self.interval)
+        {
+            return Ok(());
+        }
+        self.last_write = Some(Instant::now());
+        let rows = self.conn.query(
+            "UPDATE octo_tasks SET progress = ?1, total = ?2, expected_duration = ?3 \
+             WHERE id = ?4 AND attempts = ?5 AND lease_id = ?6 AND state = 'running' \
+             RETURNING cancel_signature",
+            (
+                self.progress,
+                self.total,
+                self.expected_duration,
+                self.id,
+                self.attempt,
+                self.lease_id.as_str(),
+            ),
+        );
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                // The write failed (a follower now, a full disk): carry on, the final write
+                // or the lease decides.
+                tracing::warn!(task = self.id, "cannot write progress: {e}");
+                return Ok(());
+            }
+        };
+        let Some(row) = rows.iter().next() else {
+            self.stop = Some(Stop::LeaseLost);
+            return Err(HandlerError::cancelled());
+        };
+        if let Ok(Some(cancel)) = row.get::<Option<Vec<u8>>>(0) {
+            if verify_cancel(&self.submitter, self.id, &self.nonce, &cancel) {
+                self.stop = Some(Stop::Cancelled);
+                return Err(HandlerError::cancelled());
+            }
+            tracing::warn!(
+                task = self.id,
+                "ignoring a cancel request with a bad signature"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Wakes idle workers when the feed brings task changes.
+#[derive(Default)]
+struct Wake {
+    generation: Mutex<u64>,
+    cv: Condvar,
+}
+
+impl Wake {
+    fn lock(&self) -> MutexGuard<'_, u64> {
+        self.generation.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn bump(&self) {
+        *self.lock() += 1;
+        self.cv.notify_all();
+    }
+    fn wait_past(&self, seen: u64, timeout: Duration) {
+        let guard = self.lock();
+        if *guard != seen {
+            return;
+        }
+        drop(
+            self.cv
+                .wait_timeout_while(guard, timeout, |g| *g == seen)
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+    }
+}
+
+/// A task running on this process, as the lease keeper renews it.
+struct Active {
+    attempt: i64,
+    lease_id: String,
+    lost: Arc<AtomicBool>,
+}
+
+struct Shared {
+    uri: String,
+    registry: Registry,
+    policy: Policy,
+    config: WorkerConfig,
+    stopping: AtomicBool,
+    wake: Wake,
+    active: Mutex<HashMap<i64, Active>>,
+}
+
+impl Shared {
+    fn active(&self) -> MutexGuard<'_, HashMap<i64, Active>> {
+        self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+/// Running workers; stopped (threads joined) by [`Workers::stop`] or when dropped.
+pub struct Workers {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Start workers on the primary of `uri` (opened in this process if it is not yet).
+    pub fn start(
+        uri: &str,
+        registry: Registry,
+        policy: Policy,
+        config: WorkerConfig,
+    ) -> Result<Workers, TaskError> {
+        let conn = Connection::open(uri)?;
+        if conn.role() != Some(Role::Primary) {
+            return Err(TaskError::Usage(
+                "workers run on a primary (node=primary): tasks are checked and claimed there"
+                    .into(),
+            ));
+        }
+        schema::install(&conn)?;
+        let threads_wanted = config.threads.max(1);
+        let shared = Arc::new(Shared {
+            uri: uri.to_string(),
+            registry,
+            policy,
+            config,
+            stopping: AtomicBool::new(false),
+            wake: Wake::default(),
+            active: Mutex::new(HashMap::new()),
+        });
+        let mut threads = Vec::new();
+        let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name)
+                .spawn(f)
+                .map_err(|e| TaskError::Usage(format!("cannot start a worker thread: {e}")))
+        };
+        let s = shared.clone();
+        threads.push(spawn(
+            "octodb-tasks-intake".into(),
+            Box::new(move || intake(&s, conn)),
+        )?);
+        let s = shared.clone();
+        threads.push(spawn(
+            "octodb-tasks-keeper".into(),
+            Box::new(move || keeper(&s)),
+        )?);
+        for i in 0..threads_wanted {
+            let s = shared.clone();
+            threads.push(spawn(
+                format!("octodb-task-worker-{i}"),
+                Box::new(move || work(&s)),
+            )?);
+        }
+        Ok(Workers { shared, threads })
+    }
+
+    /// Stop taking tasks, let running handlers finish, and join the threads.
+    pub fn stop(mut self) {
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.wake.bump();
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a task worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}
+
+/// Open a connection for a worker thread, retrying while the node starts.
+fn open(shared: &Shared) -> Option<Connection> {
+    while !shared.stopping() {
+        match Connection::open(&shared.uri) {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                tracing::error!("task worker cannot open its database: {e}");
+                shared.wake.wait_past(u64::MAX, shared.config.tick);
+            }
+        }
+    }
+    None
+}
+
+// ---------------------------------------------------------------- intake and housekeeping
+
+fn intake(shared: &Shared, conn: Connection) {
+    let mut position: u64 = conn
+        .query_row(
+            "SELECT position FROM private_octo_task_intake WHERE id = 1",
+            [],
+            |r| r.get::<i64>(0),
+        )
+        .map(|p| p.max(0) as u64)
+        .unwrap_or(0);
+    let mut last_housekeeping: Option<Instant> = None;
+    while !shared.stopping() {
+        conn.wait_feed(position, shared.config.tick);
+        match take_in(&conn, position) {
+            Ok((next, touched)) => {
+                position = next;
+                if touched {
+                    shared.wake.bump();
+                }
+            }
+            Err(e) => tracing::warn!("task intake cannot read the change feed: {e}"),
+        }
+        if last_housekeeping.is_none_or(|at| at.elapsed() >= shared.config.tick) {
+            last_housekeeping = Some(Instant::now());
+            match housekeeping(&conn, &shared.config) {
+                Ok(true) => shared.wake.bump(),
+                Ok(false) => {}
+                Err(e) => tracing::debug!("task housekeeping skipped: {e}"),
+            }
+            // Timed events (leases out, retries due) need no feed change to be seen.
+            shared.wake.bump();
+        }
+    }
+}
+
+/// Read the feed after `position`: note each task row's inserting node and the submitter's
+/// acknowledgements. Returns the new position and whether any task changed.
+fn take_in(conn: &Connection, position: u64) -> Result<(u64, bool), octodb::Error> {
+    let batch = conn.changes_after(position, 512)?;
+    if batch.up_to == position {
+        return Ok((position, false));
+    }
+    let now = now_ms();
+    let mut touched = false;
+    conn.execute("BEGIN IMMEDIATE", [])?;
+    let written = (|| -> Result<(), octodb::Error> {
+        for change in batch
+            .changes
+            .iter()
+            .filter(|c| c.table.eq_ignore_ascii_case(TASKS_TABLE))
+        {
+            touched = true;
+            match change.kind {
+                ChangeKind::Upsert => {
+                    conn.execute(
+                        "INSERT OR IGNORE INTO private_octo_task_origins(task_id, origin_node, seq) \
+                         VALUES (?1, ?2, ?3)",
+                        (change.rowid, change.origin_node as i64, change.seq as i64),
+                    )?;
+                    if matches!(change.get("final_seen"), Some(v) if *v != Value::Null) {
+                        conn.execute(
+                            "UPDATE private_octo_task_origins SET acked_ms = ?1 \
+                             WHERE task_id = ?2 AND acked_ms IS NULL",
+                            (now, change.rowid),
+                        )?;
+                    }
+                }
+                ChangeKind::Delete => {
+                    conn.execute(
+                        "DELETE FROM private_octo_task_origins WHERE task_id = ?1",
+                        [change.rowid],
+                    )?;
+                }
+            }
+        }
+        conn.execute(
+            "INSERT OR REPLACE INTO private_octo_task_intake(id, position) VALUES (1, ?1)",
+            [batch.up_to as i64],
+        )?;
+        Ok(())
+    })();
+    match written {
+        Ok(()) => conn.execute("COMMIT", [])?,
+        Err(e) => {
+            let _ = conn.execute("ROLLBACK", []);
+            return Err(e);
+        }
+    };
+    Ok((batch.up_to, touched))
+}
+
+/// Refuse expired tasks, delete ended ones past their retention, forget expired nonces.
+fn housekeeping(conn: &Connection, config: &WorkerConfig) -> Result<bool, octodb::Error> {
+    let now = now_ms();
+    let expired = conn.execute(
+        "UPDATE octo_tasks SET state = 'refused', reason = 'expired', ended_at_ms = ?1, \
+         error_message = 'not started before its expiry' \
+         WHERE (state IS NULL OR state = 'queued') AND not_after_ms < ?1",
+        [now],
+    )?;
+    let retention = config.retention.as_millis() as i64;
+    let cap = config.retention_cap.as_millis() as i64;
+    let deleted = conn.execute(
+        "DELETE FROM octo_tasks WHERE state IN ('done', 'failed', 'cancelled', 'refused') AND (
+             ended_at_ms < ?1 - ?3
+             OR id IN (SELECT task_id FROM private_octo_task_origins
+                       WHERE acked_ms IS NOT NULL AND acked_ms <= ?1 - ?2)
+             OR (row_owner = 0 AND ended_at_ms <= ?1 - ?2))",
+        (now, retention, cap),
+    )?;
+    conn.execute(
+        "DELETE FROM private_octo_task_nonces WHERE expires_ms < ?1",
+        [now],
+    )?;
+    if deleted > 0 {
+        tracing::debug!(deleted, "tasks deleted after their retention");
+    }
+    Ok(expired > 0)
+}
+
+// ---------------------------------------------------------------- lease keeper
+
+fn keeper(shared: &Shared) {
+    let Some(conn) = open(shared) else { return };
+    let every = (shared.config.lease / 3).max(Duration::from_millis(50));
+    while !shared.stopping() {
+        shared.wake.wait_past(u64::MAX, every);
+        let running: Vec<(i64, i64, String, Arc<AtomicBool>)> = shared
+            .active()
+            .iter()
+            .map(|(id, a)| (*id, a.attempt, a.lease_id.clone(), a.lost.clone()))
+            .collect();
+        let until = now_ms() + shared.config.lease.as_millis() as i64;
+        for (id, attempt, lease_id, lost) in running {
+            let renewed = conn.execute(
+                "UPDATE octo_tasks SET lease_until_ms = ?1 \
+                 WHERE id = ?2 AND attempts = ?3 AND lease_id = ?4 AND state = 'running'",
+                (until, id, attempt, lease_id.as_str()),
+            );
+            match renewed {
+                Ok(0) => {
+                    tracing::warn!(
+                        task = id,
+                        attempt,
+                        "lease lost: the task was taken over or deleted"
+                    );
+                    lost.store(true, Ordering::Release);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(task = id, "cannot renew the lease: {e}"),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- claiming and running
+
+/// A task claimed by this worker.
+struct Job {
+    id: i64,
+    attempt: i64,
+    lease_id: String,
+    task_type: String,
+    args: String,
+    submitter: PublicKey,
+    nonce: Vec<u8>,
+}
+
+fn work(shared: &Shared) {
+    let Some(conn) = open(shared) else { return };
+    let me = Me::of(&conn);
+    while !shared.stopping() {
+        let seen = *shared.wake.lock();
+        match claim(shared, &conn, &me) {
+            Ok(Some(job)) => run(shared, &conn, job),
+            Ok(None) => shared.wake.wait_past(seen, shared.config.tick),
+            Err(e) => {
+                tracing::debug!("cannot claim tasks now: {e}");
+                shared.wake.wait_past(seen, shared.config.tick);
+            }
+        }
+    }
+}
+
+/// This primary, as a signer of its own tasks.
+struct Me {
+    node_id: u32,
+    public_key: String,
+}
+
+impl Me {
+    fn of(conn: &Connection) -> Me {
+        Me {
+            node_id: conn.sync_status().map(|s| s.node_id).unwrap_or(0),
+            public_key: conn.public_key(),
+        }
+    }
+}
+
+/// A waiting task's row, as read for examination.
+struct Candidate {
+    id: i64,
+    values: Vec<Value>,
+    attempts: i64,
+    origin: Option<u32>,
+}
+
+const CANDIDATE_SQL: &str = "
+SELECT t.id, t.task_type, t.args, t.priority, t.not_before_ms, t.not_after_ms, t.submitter,
+       t.nonce, t.created_at_ms, t.signature, t.cancel_signature, coalesce(t.attempts, 0),
+       o.origin_node
+FROM octo_tasks t LEFT JOIN private_octo_task_origins o ON o.task_id = t.id
+WHERE (t.state IS NULL OR t.state = 'queued' OR (t.state = 'running' AND t.lease_until_ms < ?1))
+  AND (t.next_try_ms IS NULL OR t.next_try_ms <= ?1)
+  AND (t.not_before_ms IS NULL OR t.not_before_ms <= ?1 OR t.cancel_signature IS NOT NULL)
+  AND t.task_type IN (SELECT value FROM json_each(?2))
+ORDER BY t.priority DESC, t.id
+LIMIT 16";
+
+/// Examine the waiting tasks in priority order; refuse or cancel those that must be, and
+/// claim the first that may run. One write transaction, so two workers never claim one task.
+fn claim(shared: &Shared, conn: &Connection, me: &Me) -> Result<Option<Job>, octodb::Error> {
+    let now = now_ms();
+    conn.execute("BEGIN IMMEDIATE", [])?;
+    let claimed = (|| -> Result<Option<Job>, octodb::Error> {
+        let rows = conn.query(CANDIDATE_SQL, (now, shared.registry.types_json()))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let nodes = conn.nodes()?;
+        for row in rows.iter() {
+            let values = row.values();
+            let candidate = Candidate {
+                id: row.get(0)?,
+                values: values.to_vec(),
+                attempts: row.get(11)?,
+                origin: row.get::<Option<i64>>(12)?.map(|n| n as u32),
+            };
+            if let Some(job) = examine(shared, conn, me, &nodes, &candidate, now)? {
+                return Ok(Some(job));
+            }
+        }
+        Ok(None)
+    })();
+    match claimed {
+        Ok(job) => {
+            conn.execute("COMMIT", [])?;
+            Ok(job)
+        }
+        Err(e) => {
+            let _ = conn.execute("ROLLBACK", []);
+            Err(e)
+        }
+    }
+}
+
+/// Why a task may not run: one of the reasons the issue names, and the detail.
+struct Refusal {
+    reason: &'static str,
+    detail: String,
+}
+
+fn refusal(reason: &'static str, detail: impl Into<String>) -> Refusal {
+    Refusal {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// The signed record of a candidate row; any value of the wrong type is a bad record.
+fn record_of(c: &Candidate) -> Result<(TaskRecord, Vec<u8>, Option<Vec<u8>>), Refusal> {
+    let bad = |what: &str| refusal("bad signature", format!("the stored {what} is malformed"));
+    let text = |i: usize, what: &str| match &c.values[i] {
+        Value::Text(s) => Ok(s.clone()),
+        _ => Err(bad(what)),
+    };
+    let int = |i: usize, what: &str| match &c.values[i] {
+        Value::Integer(n) => Ok(*n),
+        _ => Err(bad(what)),
+    };
+    let blob = |i: usize, what: &str| match &c.values[i] {
+        Value::Blob(b) => Ok(b.clone()),
+        _ => Err(bad(what)),
+    };
+    let submitter = PublicKey::from_hex(&text(6, "submitter key")?).map_err(|e| {
+        refusal(
+            "bad signature",
+            format!("the submitter key is not valid: {e}"),
+        )
+    })?;
+    let nonce: [u8; 16] = blob(7, "nonce")?
+        .try_into()
+        .map_err(|_| bad("nonce (not 16 bytes)"))?;
+    let not_before_ms = match &c.values[4] {
+        Value::Null => None,
+        Value::Integer(n) => Some(*n),
+        _ => return Err(bad("not-before time")),
+    };
+    let cancel = match &c.values[10] {
+        Value::Blob(b) => Some(b.clone()),
+        _ => None,
+    };
+    Ok((
+        TaskRecord {
+            task_type: text(1, "task type")?,
+            args: text(2, "arguments")?,
+            priority: int(3, "priority")?,
+            not_before_ms,
+            not_after_ms: int(5, "expiry")?,
+            submitter,
+            nonce,
+            created_at_ms: int(8, "creation time")?,
+        },
+        blob(9, "signature")?,
+        cancel,
+    ))
+}
+
+/// Checks everything but the nonce: signature, signer (the inserting node, approved, allowed
+/// by the policy), expiry judged by this primary's clock.
+fn check(
+    policy: &Policy,
+    me: &Me,
+    nodes: &[octodb::NodeRecord],
+    record: &TaskRecord,
+    signature: &[u8],
+    origin: u32,
+    now: i64,
+) -> Result<(), Refusal> {
+    record
+        .verify(signature)
+        .map_err(|e| refusal("bad signature", e.to_string()))?;
+    let signer_hex = record.submitter.to_hex();
+    let inserter = if origin == me.node_id {
+        Some(me.public_key.clone())
+    } else {
+        nodes
+            .iter()
+            .find(|n| n.node_id == origin)
+            .map(|n| n.public_key.to_lowercase())
+    };
+    if inserter.as_deref() != Some(signer_hex.as_str()) {
+        return Err(refusal(
+            "signer not allowed",
+            format!("the row was inserted by node {origin}, not by the node that signed it"),
+        ));
+    }
+    let signer = if signer_hex == me.public_key {
+        Signer {
+            public_key: signer_hex,
+            node_id: me.node_id,
+            node_type: "primary".into(),
+            user_id: None,
+        }
+    } else {
+        let Some(node) = nodes
+            .iter()
+            .find(|n| n.public_key.eq_ignore_ascii_case(&signer_hex))
+            .filter(|n| n.auth_state == "approved")
+        else {
+            return Err(refusal(
+                "signer not allowed",
+                "the signer is not an approved node",
+            ));
+        };
+        Signer {
+            public_key: signer_hex,
+            node_id: node.node_id,
+            node_type: node.node_type.clone(),
+            user_id: node.user_id,
+        }
+    };
+    if !policy.allows(&signer, &record.task_type) {
+        return Err(refusal(
+            "signer not allowed",
+            format!(
+                "the policy does not let this node submit `{}`",
+                record.task_type
+            ),
+        ));
+    }
+    if record.not_after_ms < now {
+        return Err(refusal("expired", "not started before its expiry"));
+    }
+    let cap = crate::client::MAX_EXPIRY.as_millis() as i64;
+    if record.not_after_ms > now + cap + CLOCK_SKEW_MS {
+        return Err(refusal("expired", "its expiry lies beyond the 7-day cap"));
+    }
+    if record.created_at_ms > now + CLOCK_SKEW_MS {
+        return Err(refusal(
+            "expired",
+            "created in the future (clock skew beyond 5 minutes)",
+        ));
+    }
+    Ok(())
+}
+
+/// Decide about one candidate inside the claim transaction: `Some(job)` when claimed.
+fn examine(
+    shared: &Shared,
+    conn: &Connection,
+    me: &Me,
+    nodes: &[octodb::NodeRecord],
+    c: &Candidate,
+    now: i64,
+) -> Result<Option<Job>, octodb::Error> {
+    let Some(origin) = c.origin else {
+        // The intake has not read this row's insert from the feed yet; it wakes us when it has.
+        return Ok(None);
+    };
+    let checked = record_of(c).and_then(|(record, signature, cancel)| {
+        check(&shared.policy, me, nodes, &record, &signature, origin, now)
+            .map(|()| (record, cancel))
+    });
+    let (record, cancel) = match checked {
+        Ok(ok) => ok,
+        Err(r) => {
+            tracing::warn!(task = c.id, reason = r.reason, detail = %r.detail, "task refused");
+            end(conn, c, "refused", Some(r.reason), Some(&r.detail), now)?;
+            return Ok(None);
+        }
+    };
+    if let Some(cancel) = cancel {
+        if verify_cancel(&record.submitter, c.id, &record.nonce, &cancel) {
+            end(conn, c, "cancelled", None, None, now)?;
+            return Ok(None);
+        }
+        tracing::warn!(
+            task = c.id,
+            "ignoring a cancel request with a bad signature"
+        );
+    }
+    // The nonce: the first task to show it owns it until its expiry.
+    conn.execute(
+        "INSERT INTO private_octo_task_nonces(nonce, task_id, expires_ms, row_owner) \
+         VALUES (?1, ?2, ?3, '*') ON CONFLICT(nonce) DO NOTHING",
+        (record.nonce.to_vec(), c.id, record.not_after_ms),
+    )?;
+    let owner: i64 = conn.query_row(
+        "SELECT task_id FROM private_octo_task_nonces WHERE nonce = ?1",
+        [record.nonce.to_vec()],
+        |r| r.get(0),
+    )?;
+    if owner != c.id {
+        tracing::warn!(
+            task = c.id,
+            first = owner,
+            "task refused: its nonce was used before"
+        );
+        end(
+            conn,
+            c,
+            "refused",
+            Some("replayed"),
+            Some(&format!("its nonce was first used by task {owner}")),
+            now,
+        )?;
+        return Ok(None);
+    }
+    let options = shared
+        .registry
+        .handlers
+        .get(&record.task_type)
+        .map(|(_, o)| o.clone())
+        .unwrap_or_default();
+    if c.attempts > i64::from(options.max_retries) + LOST_ATTEMPTS_ALLOWED {
+        conn.execute(
+            "UPDATE octo_tasks SET state = 'failed', error_type = 'WorkerLost', \
+             error_message = 'its workers stopped without finishing it, attempt after attempt', \
+             ended_at_ms = ?1, lease_id = NULL WHERE id = ?2 AND coalesce(attempts, 0) = ?3",
+            (now, c.id, c.attempts),
+        )?;
+        return Ok(None);
+    }
+    let lease_id = {
+        let mut b = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut b);
+        hex::encode(b)
+    };
+    let attempt = c.attempts + 1;
+    let claimed = conn.execute(
+        "UPDATE octo_tasks SET state = 'running', attempts = ?1, lease_id = ?2, \
+         lease_until_ms = ?3, worker = ?4, started_at_ms = coalesce(started_at_ms, ?5), \
+         next_try_ms = NULL WHERE id = ?6 AND coalesce(attempts, 0) = ?7",
+        (
+            attempt,
+            lease_id.as_str(),
+            now + shared.config.lease.as_millis() as i64,
+            shared.config.name.as_str(),
+            now,
+            c.id,
+            c.attempts,
+        ),
+    )?;
+    if claimed == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Job {
+        id: c.id,
+        attempt,
+        lease_id,
+        task_type: record.task_type,
+        args: record.args,
+        submitter: record.submitter,
+        nonce: record.nonce.to_vec(),
+    }))
+}
+
+/// End a waiting task without running it.
+fn end(
+    conn: &Connection,
+    c: &Candidate,
+    state: &str,
+    reason: Option<&str>,
+    detail: Option<&str>,
+    now: i64,
+) -> Result<(), octodb::Error> {
+    conn.execute(
+        "UPDATE octo_tasks SET state = ?1, reason = ?2, error_message = ?3, ended_at_ms = ?4, \
+         lease_id = NULL WHERE id = ?5 AND coalesce(attempts, 0) = ?6",
+        (state, reason, detail, now, c.id, c.attempts),
+    )?;
+    Ok(())
+}
+
+fn run(shared: &Shared, conn: &Connection, job: Job) {
+    let Some((handler, options)) = shared.registry.handlers.get(&job.task_type).cloned() else {
+        return;
+    };
+    let lost = Arc::new(AtomicBool::new(false));
+    shared.active().insert(
+        job.id,
+        Active {
+            attempt: job.attempt,
+            lease_id: job.lease_id.clone(),
+            lost: lost.clone(),
+        },
+    );
+    let mut ctx = TaskContext {
+        id: job.id,
+        attempt: job.attempt,
+        lease_id: job.lease_id.clone(),
+        conn,
+        submitter: job.submitter,
+        nonce: job.nonce.clone(),
+        progress: None,
+        total: None,
+        expected_duration: None,
+        last_write: None,
+        interval: shared.config.progress_interval,
+        lost,
+        stop: None,
+    };
+    tracing::debug!(task = job.id, attempt = job.attempt, task_type = %job.task_type, "running");
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        handler.run(&mut ctx, &job.args)
+    }))
+    .unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the handler panicked".into());
+        Err(HandlerError::new("panic", message))
+    });
+    shared.active().remove(&job.id);
+    if ctx.stop.is_none() && ctx.lost.load(Ordering::Acquire) {
+        ctx.stop = Some(Stop::LeaseLost);
+    }
+    let now = now_ms();
+    let fenced = "WHERE id = ?1 AND attempts = ?2 AND lease_id = ?3 AND state = 'running'";
+    let written = match (ctx.stop, outcome) {
+        (Some(Stop::LeaseLost), _) => {
+            tracing::warn!(
+                task = job.id,
+                attempt = job.attempt,
+                "the outcome is dropped: this worker lost the task"
+            );
+            return;
+        }
+        (Some(Stop::Cancelled), _) => conn.execute(
+            &format!(
+                "UPDATE octo_tasks SET state = 'cancelled', ended_at_ms = ?4, lease_id = NULL, \
+                 progress = ?5, total = ?6, expected_duration = ?7 {fenced}"
+            ),
+            (
+                job.id,
+                job.attempt,
+                job.lease_id.as_str(),
+                now,
+                ctx.progress,
+                ctx.total,
+                ctx.expected_duration,
+            ),
+        ),
+        (None, Ok(result)) => conn.execute(
+            &format!(
+                "UPDATE octo_tasks SET state = 'done', result = ?4, ended_at_ms = ?5, \
+                 lease_id = NULL, progress = ?6, total = ?7, expected_duration = ?8, \
+                 error_type = NULL, error_message = NULL {fenced}"
+            ),
+            (
+                job.id,
+                job.attempt,
+                job.lease_id.as_str(),
+                result,
+                now,
+                ctx.progress,
+                ctx.total,
+                ctx.expected_duration,
+            ),
+        ),
+        (None, Err(error)) => {
+            let retries_used = job.attempt - 1;
+            if retries_used < i64::from(options.max_retries) {
+                let backoff = options
+                    .backoff
+                    .saturating_mul(1u32 << retries_used.clamp(0, 16) as u32)
+                    .min(Duration::from_secs(600));
+                conn.execute(
+                    &format!(
+                        "UPDATE octo_tasks SET state = 'queued', next_try_ms = ?4, lease_id = NULL, \
+                         error_type = ?5, error_message = ?6 {fenced}"
+                    ),
+                    (
+                        job.id,
+                        job.attempt,
+                        job.lease_id.as_str(),
+                        now + backoff.as_millis() as i64,
+                        error.type_name,
+                        error.message,
+                    ),
+                )
+            } else {
+                conn.execute(
+                    &format!(
+                        "UPDATE octo_tasks SET state = 'failed', ended_at_ms = ?4, lease_id = NULL, \
+                         error_type = ?5, error_message = ?6, progress = ?7, total = ?8 {fenced}"
+                    ),
+                    (
+                        job.id,
+                        job.attempt,
+                        job.lease_id.as_str(),
+                        now,
+                        error.type_name,
+                        error.message,
+                        ctx.progress,
+                        ctx.total,
+                    ),
+                )
+            }
+        }
+    };
+    match written {
+        Ok(0) => tracing::warn!(
+            task = job.id,
+            "the outcome is dropped: the task was taken over or deleted"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::error!(task = job.id, "cannot write the task's outcome: {e}"),
+    }
+}
