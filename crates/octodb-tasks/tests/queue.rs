@@ -1,0 +1,433 @@
+//! The signed task queue with real nodes: a primary running workers, devices submitting.
+
+mod common;
+
+use common::*;
+use octodb_tasks::{Policy, State, SubmitOptions, TaskError};
+use std::time::Duration;
+
+#[test]
+fn happy_path_progress_never_goes_back_and_ends_at_total() {
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let _workers = setup.workers(registry(&counter), Policy::default(), quick_config(2));
+    let device = setup.device("d.db");
+    let task = device
+        .start("count", serde_json::json!([20]), SubmitOptions::default())
+        .unwrap();
+    let mut seen: Vec<f64> = Vec::new();
+    let result = task
+        .join(Some(DEADLINE), |p| seen.push(p.progress.unwrap_or(0.0)))
+        .unwrap();
+    assert_eq!(result, serde_json::json!(20));
+    assert!(!seen.is_empty(), "progress was reported");
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "progress went back: {seen:?}"
+    );
+    assert_eq!(seen.last().copied(), Some(20.0));
+    let info = task.info().unwrap();
+    assert_eq!(info.state, State::Done);
+    assert_eq!(info.attempts, 1);
+    assert_eq!(info.progress.total, Some(20.0));
+    assert_eq!(counter.of(task.id), 1);
+    // An explicit delete acts at once, on every node (the retention here is 5 minutes).
+    task.delete().unwrap();
+    assert!(device.info(task.id).unwrap().is_none());
+    wait_until("the deleted task leaves the primary", || {
+        let n: i64 = setup
+            .primary
+            .query_row("SELECT count(*) FROM octo_tasks", [], |r| r.get(0))
+            .ok()?;
+        (n == 0).then_some(())
+    });
+}
+
+#[test]
+fn a_handler_error_keeps_its_type_and_message() {
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let _workers = setup.workers(registry(&counter), Policy::default(), quick_config(1));
+    let device = setup.device("d.db");
+    let task = device
+        .start("fail", serde_json::json!([]), SubmitOptions::default())
+        .unwrap();
+    match task.join(Some(DEADLINE), |_| {}) {
+        Err(TaskError::Failed { type_name, message }) => {
+            assert_eq!(type_name, "ZeroDivisionError");
+            assert_eq!(message, "division by zero");
+        }
+        other => panic!("expected the handler's error, got {other:?}"),
+    }
+    assert_eq!(task.state().unwrap(), State::Failed);
+}
+
+#[test]
+fn join_times_out_when_no_worker_runs_the_task() {
+    let setup = Setup::new();
+    let device = setup.device("d.db");
+    let task = device
+        .start("count", serde_json::json!([1]), SubmitOptions::default())
+        .unwrap();
+    let started = std::time::Instant::now();
+    match task.join(Some(Duration::from_millis(300)), |_| {}) {
+        Err(TaskError::Timeout(_)) => {}
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(task.state().unwrap(), State::Queued);
+}
+
+/// Submit one `count` task from `device` and wait until the primary has its row.
+fn submitted(setup: &Setup, device: &octodb_tasks::TaskQueue, opts: SubmitOptions) -> i64 {
+    let id = device.submit("count", "[2]", opts).unwrap();
+    on_primary(setup, id);
+    id
+}
+
+#[test]
+fn tampering_with_any_signed_field_in_the_stored_row_is_refused() {
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let device = setup.device("d.db");
+    let tampering = [
+        "task_type = 'fail'",
+        "args = '[5]'",
+        "priority = priority + 1",
+        "not_before_ms = 0",
+        "not_after_ms = not_after_ms + 1000",
+        "submitter = '0000000000000000000000000000000000000000000000000000000000000000'",
+        "nonce = randomblob(16)",
+        "created_at_ms = created_at_ms + 1",
+        "signature = randomblob(64)",
+        "args = x'5b355d'",
+    ];
+    let mut ids = Vec::new();
+    for change in tampering {
+        let id = submitted(&setup, &device, SubmitOptions::default());
+        setup
+            .primary
+            .execute(
+                &format!("UPDATE octo_tasks SET {change} WHERE id = ?1"),
+                [id],
+            )
+            .unwrap();
+        ids.push((id, change));
+    }
+    let _workers = setup.workers(registry(&counter), Policy::default(), quick_config(2));
+    for (id, change) in ids {
+        let (state, reason) = ended_on_primary(&setup, id);
+        assert_eq!(state, "refused", "{change}");
+        assert_eq!(reason.as_deref(), Some("bad signature"), "{change}");
+    }
+    assert_eq!(counter.total(), 0, "no tampered task ran");
+    // An untouched task still runs.
+    let id = submitted(&setup, &device, SubmitOptions::default());
+    assert_eq!(ended_on_primary(&setup, id).0, "done");
+}
+
+#[test]
+fn a_replayed_copy_under_a_new_id_is_refused() {
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let _workers = setup.workers(registry(&counter), Policy::default(), quick_config(2));
+    let device = setup.device("d.db");
+    let task = device
+        .start("count", serde_json::json!([2]), SubmitOptions::default())
+        .unwrap();
+    task.join(Some(DEADLINE), |_| {}).unwrap();
+    assert_eq!(counter.of(task.id), 1);
+    // The same signed record, inserted again by the same node: signature and signer check out.
+    device
+        .connection()
+        .execute(
+            "INSERT INTO octo_tasks(task_type, args, priority, not_before_ms, not_after_ms, \
+             submitter, nonce, created_at_ms, signature) SELECT task_type, args, priority, \
+             not_before_ms, not_after_ms, submitter, nonce, created_at_ms, signature \
+             FROM octo_tasks WHERE id = ?1",
+            [task.id],
+        )
+        .unwrap();
+    let copy = device.connection().last_insert_rowid();
+    assert_ne!(copy, task.id);
+    match device.join(copy, Some(DEADLINE), |_| {}) {
+        Err(TaskError::Refused { reason }) => assert_eq!(reason, "replayed"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(counter.total(), 1, "the replay did not run");
+}
+
+#[test]
+fn a_signer_the_policy_refuses_or_that_did_not_insert_the_row_is_refused() {
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let device = setup.device("d.db");
+    let other = setup.device("other.db");
+    let only_other = Policy::default().allow_keys("fail", [other.connection().public_key()]);
+    // A type limited to another node's key.
+    let limited = device
+        .submit("fail", "[]", SubmitOptions::default())
+        .unwrap();
+    on_primary(&setup, limited);
+    // The device's signed record, inserted by the primary's app: the inserter is not the signer.
+    let original = submitted(&setup, &device, SubmitOptions::default());
+    setup
+        .primary
+        .execute(
+            "INSERT INTO octo_tasks(task_type, args, priority, not_before_ms, not_after_ms, \
+             submitter, nonce, created_at_ms, signature, row_owner) SELECT task_type, args, \
+             priority, not_before_ms, not_after_ms, submitter, nonce, created_at_ms, signature, \
+             row_owner FROM octo_tasks WHERE id = ?1",
+            [original],
+        )
+        .unwrap();
+    let foreign = setup.primary.last_insert_rowid();
+    // Delete the original before workers start, so only the foreign copy shows the nonce.
+    setup
+        .primary
+        .execute("DELETE FROM octo_tasks WHERE id = ?1", [original])
+        .unwrap();
+    let _workers = setup.workers(registry(&counter), only_other, quick_config(1));
+    assert_eq!(
+        ended_on_primary(&setup, limited),
+        ("refused".into(), Some("signer not allowed".into()))
+    );
+    assert_eq!(
+        ended_on_primary(&setup, foreign),
+        ("refused".into(), Some("signer not allowed".into()))
+    );
+    // The node the policy names may submit it (and its handler then fails, as it does).
+    let allowed = other
+        .submit("fail", "[]", SubmitOptions::default())
+        .unwrap();
+    assert_eq!(ended_on_primary(&setup, allowed).0, "failed");
+    assert_eq!(counter.total(), 0);
+}
+
+#[test]
+fn an_expired_task_is_refused() {
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let device = setup.device("d.db");
+    let id = submitted(
+        &setup,
+        &device,
+        SubmitOptions {
+            expires_in: Duration::from_millis(1),
+            ..SubmitOptions::default()
+        },
+    );
+    let _workers = setup.workers(registry(&counter), Policy::default(), quick_config(1));
+    match device.join(id, Some(DEADLINE), |_| {}) {
+        Err(TaskError::Refused { reason }) => assert_eq!(reason, "expired"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(counter.total(), 0);
+}
+
+#[test]
+fn cancel_while_queued_and_while_running() {
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let _workers = setup.workers(registry(&counter), Policy::default(), quick_config(2));
+    let device = setup.device("d.db");
+    // Queued: it may not start for an hour.
+    let later = device
+        .submit(
+            "count",
+            "[1]",
+            SubmitOptions {
+                not_before_ms: Some(octodb_now_ms() + 3_600_000),
+                ..SubmitOptions::default()
+            },
+        )
+        .unwrap();
+    device.cancel(later).unwrap();
+    assert!(matches!(
+        device.join(later, Some(DEADLINE), |_| {}),
+        Err(TaskError::Cancelled)
+    ));
+    // Running: `spin` reports progress until it sees the cancel.
+    let spinning = device
+        .submit("spin", "[]", SubmitOptions::default())
+        .unwrap();
+    wait_until("the spinning task runs on the device's view", || {
+        let info = device.info(spinning).ok()??;
+        (info.state == State::Running && info.progress.progress.is_some()).then_some(())
+    });
+    device.cancel(spinning).unwrap();
+    assert!(matches!(
+        device.join(spinning, Some(DEADLINE), |_| {}),
+        Err(TaskError::Cancelled)
+    ));
+    assert_eq!(
+        device.info(spinning).unwrap().unwrap().state,
+        State::Cancelled
+    );
+    assert_eq!(counter.total(), 0);
+}
+
+fn octodb_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn ended_tasks_are_deleted_everywhere_after_the_submitter_saw_them() {
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let config = octodb_tasks::WorkerConfig {
+        retention: Duration::ZERO,
+        ..quick_config(1)
+    };
+    let _workers = setup.workers(registry(&counter), Policy::default(), config);
+    let device = setup.device("d.db");
+    let task = device
+        .start("count", serde_json::json!([1]), SubmitOptions::default())
+        .unwrap();
+    task.join(Some(DEADLINE), |_| {}).unwrap();
+    wait_until("the ended task is deleted on the device", || {
+        device.info(task.id).unwrap().is_none().then_some(())
+    });
+    wait_until("and on the primary", || {
+        let n: i64 = setup
+            .primary
+            .query_row("SELECT count(*) FROM octo_tasks", [], |r| r.get(0))
+            .ok()?;
+        (n == 0).then_some(())
+    });
+}
+
+#[test]
+fn an_offline_submitter_receives_the_result_later() {
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let id = {
+        let device = setup.device("d.db");
+        let id = device
+            .submit("count", "[3]", SubmitOptions::default())
+            .unwrap();
+        on_primary(&setup, id);
+        id
+        // the device's node stops here: it is offline while the task runs
+    };
+    let _workers = setup.workers(registry(&counter), Policy::default(), quick_config(1));
+    assert_eq!(ended_on_primary(&setup, id).0, "done");
+    let device = setup.device("d.db");
+    let result = device.join(id, Some(DEADLINE), |_| {}).unwrap();
+    assert_eq!(result, "3");
+    let info = device.info(id).unwrap().unwrap();
+    assert_eq!((info.state, info.attempts), (State::Done, 1));
+    assert_eq!(info.progress.progress, Some(3.0));
+    assert!(info.ended_at_ms.is_some());
+}
+
+#[test]
+fn several_workers_run_each_task_exactly_once_highest_priority_first() {
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let device = setup.device("d.db");
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let opts = SubmitOptions {
+            priority: i % 3,
+            ..SubmitOptions::default()
+        };
+        ids.push(device.submit("count", "[2]", opts).unwrap());
+    }
+    let _a = setup.workers(registry(&counter), Policy::default(), quick_config(3));
+    let _b = setup.workers(registry(&counter), Policy::default(), quick_config(3));
+    for id in &ids {
+        assert_eq!(device.join(*id, Some(DEADLINE), |_| {}).unwrap(), "2");
+    }
+    for id in &ids {
+        assert_eq!(counter.of(*id), 1, "task {id}");
+        assert_eq!(device.info(*id).unwrap().unwrap().attempts, 1);
+    }
+    assert_eq!(counter.total(), 30);
+}
+
+#[test]
+fn handler_errors_are_retried_with_backoff_up_to_the_types_maximum() {
+    let setup = Setup::new();
+    let mut registry = octodb_tasks::Registry::default();
+    registry.register(
+        "flaky",
+        octodb_tasks::TypeOptions {
+            max_retries: 2,
+            backoff: Duration::from_millis(50),
+        },
+        |ctx: &mut octodb_tasks::TaskContext<'_>, _args: serde_json::Value| {
+            if ctx.attempt < 2 {
+                return Err(octodb_tasks::HandlerError::new("IOError", "try again"));
+            }
+            Ok(serde_json::json!(ctx.idempotency_key()))
+        },
+    );
+    let _workers = setup.workers(registry, Policy::default(), quick_config(1));
+    let device = setup.device("d.db");
+    let id = device
+        .submit("flaky", "[]", SubmitOptions::default())
+        .unwrap();
+    let result = device.join(id, Some(DEADLINE), |_| {}).unwrap();
+    assert_eq!(result, format!("\"{id}:2\""));
+    assert_eq!(device.info(id).unwrap().unwrap().attempts, 2);
+}
+
+#[test]
+fn the_engine_refuses_a_devices_writes_to_worker_and_signed_columns() {
+    let setup = Setup::new();
+    let device = setup.device("d.db");
+    let id = submitted(&setup, &device, SubmitOptions::default());
+    let conn = device.connection();
+    for (sql, column) in [
+        (
+            "UPDATE octo_tasks SET state = 'done' WHERE id = ?1",
+            "state",
+        ),
+        ("UPDATE octo_tasks SET args = '[99]' WHERE id = ?1", "args"),
+    ] {
+        conn.execute(sql, [id]).unwrap();
+        let status = conn
+            .wait_for(DEADLINE, |s| {
+                s.last_rejected
+                    .as_ref()
+                    .is_some_and(|r| format!("{r:?}").contains(&format!("`{column}`")))
+            })
+            .expect("the primary rejects the device's transaction");
+        assert_eq!(status.outbox_len, 0);
+    }
+    let (state, args): (Option<String>, String) = setup
+        .primary
+        .query_row(
+            "SELECT state, args FROM octo_tasks WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (state, args.as_str()),
+        (None, "[2]"),
+        "the primary's row is untouched"
+    );
+    // The device converges back to the primary's row.
+    wait_until("the device undoes its rejected writes", || {
+        let info = device.info(id).ok()??;
+        (info.state == State::Queued && info.args == "[2]").then_some(())
+    });
+    // An insert naming a worker column is rejected too.
+    conn.execute(
+        "INSERT INTO octo_tasks(task_type, args, not_after_ms, submitter, nonce, created_at_ms, \
+         signature, state) VALUES ('count', '[]', 0, 'x', x'00', 0, x'00', 'done')",
+        [],
+    )
+    .unwrap();
+    conn.wait_for(DEADLINE, |s| {
+        s.last_rejected
+            .as_ref()
+            .is_some_and(|r| format!("{r:?}").contains("inserts the row with it NULL"))
+    })
+    .expect("the insert is rejected");
+}
