@@ -543,7 +543,13 @@ fn keeper(shared: &Shared) {
                 (until, id, attempt, lease_id.as_str()),
             );
             match renewed {
-                Ok(0) => {
+                // Zero rows also when the task ended here since the list was taken.
+                Ok(0)
+                    if shared
+                        .active()
+                        .get(&id)
+                        .is_some_and(|a| a.lease_id == lease_id) =>
+                {
                     tracing::warn!(
                         task = id,
                         attempt,
@@ -673,7 +679,10 @@ fn refusal(reason: &'static str, detail: impl Into<String>) -> Refusal {
 }
 
 /// The signed record of a candidate row; any value of the wrong type is a bad record.
-fn record_of(c: &Candidate) -> Result<(TaskRecord, Vec<u8>, Option<Vec<u8>>), Refusal> {
+/// A row's signed record, its signature and its cancel request (if any).
+type StoredRecord = (TaskRecord, Vec<u8>, Option<Vec<u8>>);
+
+fn record_of(c: &Candidate) -> Result<StoredRecord, Refusal> {
     let bad = |what: &str| refusal("bad signature", format!("the stored {what} is malformed"));
     let text = |i: usize, what: &str| match &c.values[i] {
         Value::Text(s) => Ok(s.clone()),

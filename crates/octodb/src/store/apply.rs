@@ -476,10 +476,12 @@ pub fn apply_device_txn(
                 }
             }
         }
-        if !rules.contains_key(&table) {
-            rules.insert(table, column_rules::of_table(conn, &t.name)?);
-        }
-        let table_rules = rules.get(&table).map(Vec::as_slice).unwrap_or_default();
+        let table_rules = match rules.entry(table) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(column_rules::of_table(conn, &t.name)?)
+            }
+        };
         let refusal = match op {
             Op::Insert { values, .. } => {
                 column_rules::insert_refusal(&t.name, table_rules, &header.columns, values)
