@@ -29,6 +29,7 @@ mod hooks;
 mod params;
 mod row;
 mod stmt;
+mod tasks;
 mod values;
 
 use pyo3::prelude::*;
@@ -64,6 +65,7 @@ fn _octodb(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<events::EventStream>()?;
     m.add_class::<events::Listener>()?;
     errors::add_to_module(m)?;
+    tasks::add_to_module(m)?;
     adapters::add_to_module(m)?;
     m.add_function(wrap_pyfunction!(complete_statement, m)?)?;
     m.add_function(wrap_pyfunction!(enable_shared_cache, m)?)?;

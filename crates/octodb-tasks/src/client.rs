@@ -289,7 +289,7 @@ impl TaskQueue {
     }
 
     /// Tell the primaries this node has the final state: the retention period starts.
-    fn acknowledge(&self, info: &TaskInfo) -> Result<(), TaskError> {
+    pub fn acknowledge(&self, info: &TaskInfo) -> Result<(), TaskError> {
         if !info.final_seen && self.conn.role() == Some(Role::Secondary) {
             self.conn.execute(
                 "UPDATE octo_tasks SET final_seen = 1 WHERE id = ?1 AND final_seen IS NULL",

@@ -21,7 +21,9 @@ use octodb::crypto::PublicKey;
 use octodb::feed::ChangeKind;
 use octodb::{Connection, Role, Value};
 use rand::RngCore;
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -57,16 +59,14 @@ impl HandlerError {
 
 /// A task type's code on the workers. Arguments and result are JSON text.
 pub trait Handler: Send + Sync {
-    fn run(&self, ctx: &mut TaskContext<'_>, args: &str) -> Result<String, HandlerError>;
+    fn run(&self, ctx: &TaskContext, args: &str) -> Result<String, HandlerError>;
 }
 
 impl<F> Handler for F
 where
-    F: Fn(&mut TaskContext<'_>, serde_json::Value) -> Result<serde_json::Value, HandlerError>
-        + Send
-        + Sync,
+    F: Fn(&TaskContext, serde_json::Value) -> Result<serde_json::Value, HandlerError> + Send + Sync,
 {
-    fn run(&self, ctx: &mut TaskContext<'_>, args: &str) -> Result<String, HandlerError> {
+    fn run(&self, ctx: &TaskContext, args: &str) -> Result<String, HandlerError> {
         let args = serde_json::from_str(args)
             .map_err(|e| HandlerError::new("ValueError", format!("arguments are not JSON: {e}")))?;
         self(ctx, args).map(|v| v.to_string())
@@ -156,40 +156,57 @@ enum Stop {
     LeaseLost,
 }
 
-/// What a handler sees of its task.
-pub struct TaskContext<'a> {
+/// What a handler sees of its task. Cheap to clone; a clone reports for the same run (the
+/// Python module keeps one in the object it hands to `run`). Not `Send`: it is used on the
+/// worker thread that runs the handler.
+#[derive(Clone)]
+pub struct TaskContext {
     pub id: i64,
     /// 1 for the first attempt.
     pub attempt: i64,
+    fixed: Rc<RunFixed>,
+    reporting: Rc<RefCell<Reporting>>,
+}
+
+/// What a run's reports are written with.
+struct RunFixed {
     lease_id: String,
-    conn: &'a Connection,
+    conn: Rc<Connection>,
     submitter: PublicKey,
     nonce: Vec<u8>,
+    interval: Duration,
+    lost: Arc<AtomicBool>,
+}
+
+/// What a run has reported so far, and whether it must stop.
+#[derive(Default)]
+struct Reporting {
     progress: Option<f64>,
     total: Option<f64>,
     expected_duration: Option<f64>,
     last_write: Option<Instant>,
-    interval: Duration,
-    lost: Arc<AtomicBool>,
     stop: Option<Stop>,
 }
 
-impl TaskContext<'_> {
+impl TaskContext {
     /// A key unique to this task and attempt, for the handler's side effects.
     pub fn idempotency_key(&self) -> String {
         format!("{}:{}", self.id, self.attempt)
     }
-    pub fn set_progress(&mut self, progress: f64) {
-        self.progress = Some(progress);
+    fn reporting(&self) -> std::cell::RefMut<'_, Reporting> {
+        self.reporting.borrow_mut()
     }
-    pub fn set_total(&mut self, total: f64) {
-        self.total = Some(total);
+    pub fn set_progress(&self, progress: f64) {
+        self.reporting().progress = Some(progress);
     }
-    pub fn set_expected_duration(&mut self, seconds: f64) {
-        self.expected_duration = Some(seconds);
+    pub fn set_total(&self, total: f64) {
+        self.reporting().total = Some(total);
+    }
+    pub fn set_expected_duration(&self, seconds: f64) {
+        self.reporting().expected_duration = Some(seconds);
     }
     /// Set progress and total and publish them.
-    pub fn report(&mut self, progress: f64, total: f64) -> Result<(), HandlerError> {
+    pub fn report(&self, progress: f64, total: f64) -> Result<(), HandlerError> {
         self.set_progress(progress);
         self.set_total(total);
         self.publish()
@@ -199,31 +216,30 @@ impl TaskContext<'_> {
     /// interval; the last values are always written when the task ends). Returns
     /// [`HandlerError::cancelled`] once the task is cancelled or this worker lost it: the
     /// handler should return that error.
-    pub fn publish(&mut self) -> Result<(), HandlerError> {
-        if self.stop.is_none() && self.lost.load(Ordering::Acquire) {
-            self.stop = Some(Stop::LeaseLost);
+    pub fn publish(&self) -> Result<(), HandlerError> {
+        let mut r = self.reporting();
+        let f = &self.fixed;
+        if r.stop.is_none() && f.lost.load(Ordering::Acquire) {
+            r.stop = Some(Stop::LeaseLost);
         }
-        if self.stop.is_some() {
+        if r.stop.is_some() {
             return Err(HandlerError::cancelled());
         }
-        if self
-            .last_write
-            .is_some_and(|at| at.elapsed() < self.interval)
-        {
+        if r.last_write.is_some_and(|at| at.elapsed() < f.interval) {
             return Ok(());
         }
-        self.last_write = Some(Instant::now());
-        let rows = self.conn.query(
+        r.last_write = Some(Instant::now());
+        let rows = f.conn.query(
             "UPDATE octo_tasks SET progress = ?1, total = ?2, expected_duration = ?3 \
              WHERE id = ?4 AND attempts = ?5 AND lease_id = ?6 AND state = 'running' \
              RETURNING cancel_signature",
             (
-                self.progress,
-                self.total,
-                self.expected_duration,
+                r.progress,
+                r.total,
+                r.expected_duration,
                 self.id,
                 self.attempt,
-                self.lease_id.as_str(),
+                f.lease_id.as_str(),
             ),
         );
         let rows = match rows {
@@ -236,12 +252,12 @@ impl TaskContext<'_> {
             }
         };
         let Some(row) = rows.iter().next() else {
-            self.stop = Some(Stop::LeaseLost);
+            r.stop = Some(Stop::LeaseLost);
             return Err(HandlerError::cancelled());
         };
         if let Ok(Some(cancel)) = row.get::<Option<Vec<u8>>>(0) {
-            if verify_cancel(&self.submitter, self.id, &self.nonce, &cancel) {
-                self.stop = Some(Stop::Cancelled);
+            if verify_cancel(&f.submitter, self.id, &f.nonce, &cancel) {
+                r.stop = Some(Stop::Cancelled);
                 return Err(HandlerError::cancelled());
             }
             tracing::warn!(
@@ -578,7 +594,9 @@ struct Job {
 }
 
 fn work(shared: &Shared) {
-    let Some(conn) = open(shared) else { return };
+    let Some(conn) = open(shared).map(Rc::new) else {
+        return;
+    };
     let me = Me::of(&conn);
     while !shared.stopping() {
         let seen = *shared.wake.lock();
@@ -631,8 +649,10 @@ LIMIT 16";
 /// Examine the waiting tasks in priority order; refuse or cancel those that must be, and
 /// claim the first that may run. One write transaction, so two workers never claim one task.
 fn claim(shared: &Shared, conn: &Connection, me: &Me) -> Result<Option<Job>, octodb::Error> {
-    let now = now_ms();
     conn.execute("BEGIN IMMEDIATE", [])?;
+    // The clock is read once the write lock is held: read before, a long wait for the lock
+    // would give a lease that has already run out when it is written.
+    let now = now_ms();
     let claimed = (|| -> Result<Option<Job>, octodb::Error> {
         let rows = conn.query(CANDIDATE_SQL, (now, shared.registry.types_json()))?;
         if rows.is_empty() {
@@ -818,6 +838,10 @@ fn examine(
     c: &Candidate,
     now: i64,
 ) -> Result<Option<Job>, octodb::Error> {
+    if shared.active().contains_key(&c.id) {
+        // Running here, its lease late to be renewed (a starved keeper): not another attempt.
+        return Ok(None);
+    }
     let Some(origin) = c.origin else {
         // The intake has not read this row's insert from the feed yet; it wakes us when it has.
         return Ok(None);
@@ -844,10 +868,14 @@ fn examine(
             "ignoring a cancel request with a bad signature"
         );
     }
-    // The nonce: the first task to show it owns it until its expiry.
+    // The nonce: the first task to show it owns it until its expiry. Its row is owned by
+    // user 0, which no device has (0 asks the engine for a new user, it is never given):
+    // the row replicates among the primaries only. ('*' would do for a `private_` table by
+    // the SPEC, but the engine streams '*' rows of private tables to devices too, which skip
+    // them: reported.)
     conn.execute(
         "INSERT INTO private_octo_task_nonces(nonce, task_id, expires_ms, row_owner) \
-         VALUES (?1, ?2, ?3, '*') ON CONFLICT(nonce) DO NOTHING",
+         VALUES (?1, ?2, ?3, 0) ON CONFLICT(nonce) DO NOTHING",
         (record.nonce.to_vec(), c.id, record.not_after_ms),
     )?;
     let owner: i64 = conn.query_row(
@@ -937,7 +965,7 @@ fn end(
     Ok(())
 }
 
-fn run(shared: &Shared, conn: &Connection, job: Job) {
+fn run(shared: &Shared, conn: &Rc<Connection>, job: Job) {
     let Some((handler, options)) = shared.registry.handlers.get(&job.task_type).cloned() else {
         return;
     };
@@ -950,24 +978,22 @@ fn run(shared: &Shared, conn: &Connection, job: Job) {
             lost: lost.clone(),
         },
     );
-    let mut ctx = TaskContext {
+    let ctx = TaskContext {
         id: job.id,
         attempt: job.attempt,
-        lease_id: job.lease_id.clone(),
-        conn,
-        submitter: job.submitter,
-        nonce: job.nonce.clone(),
-        progress: None,
-        total: None,
-        expected_duration: None,
-        last_write: None,
-        interval: shared.config.progress_interval,
-        lost,
-        stop: None,
+        fixed: Rc::new(RunFixed {
+            lease_id: job.lease_id.clone(),
+            conn: conn.clone(),
+            submitter: job.submitter,
+            nonce: job.nonce.clone(),
+            interval: shared.config.progress_interval,
+            lost: lost.clone(),
+        }),
+        reporting: Rc::default(),
     };
     tracing::debug!(task = job.id, attempt = job.attempt, task_type = %job.task_type, "running");
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        handler.run(&mut ctx, &job.args)
+        handler.run(&ctx, &job.args)
     }))
     .unwrap_or_else(|panic| {
         let message = panic
@@ -978,12 +1004,14 @@ fn run(shared: &Shared, conn: &Connection, job: Job) {
         Err(HandlerError::new("panic", message))
     });
     shared.active().remove(&job.id);
-    if ctx.stop.is_none() && ctx.lost.load(Ordering::Acquire) {
-        ctx.stop = Some(Stop::LeaseLost);
-    }
+    let r = std::mem::take(&mut *ctx.reporting());
+    let stop = match r.stop {
+        None if lost.load(Ordering::Acquire) => Some(Stop::LeaseLost),
+        stop => stop,
+    };
     let now = now_ms();
     let fenced = "WHERE id = ?1 AND attempts = ?2 AND lease_id = ?3 AND state = 'running'";
-    let written = match (ctx.stop, outcome) {
+    let written = match (stop, outcome) {
         (Some(Stop::LeaseLost), _) => {
             tracing::warn!(
                 task = job.id,
@@ -1002,9 +1030,9 @@ fn run(shared: &Shared, conn: &Connection, job: Job) {
                 job.attempt,
                 job.lease_id.as_str(),
                 now,
-                ctx.progress,
-                ctx.total,
-                ctx.expected_duration,
+                r.progress,
+                r.total,
+                r.expected_duration,
             ),
         ),
         (None, Ok(result)) => conn.execute(
@@ -1019,9 +1047,9 @@ fn run(shared: &Shared, conn: &Connection, job: Job) {
                 job.lease_id.as_str(),
                 result,
                 now,
-                ctx.progress,
-                ctx.total,
-                ctx.expected_duration,
+                r.progress,
+                r.total,
+                r.expected_duration,
             ),
         ),
         (None, Err(error)) => {
@@ -1058,8 +1086,8 @@ fn run(shared: &Shared, conn: &Connection, job: Job) {
                         now,
                         error.type_name,
                         error.message,
-                        ctx.progress,
-                        ctx.total,
+                        r.progress,
+                        r.total,
                     ),
                 )
             }

@@ -337,8 +337,14 @@ fn several_workers_run_each_task_exactly_once_highest_priority_first() {
         };
         ids.push(device.submit("count", "[2]", opts).unwrap());
     }
-    let _a = setup.workers(registry(&counter), Policy::default(), quick_config(3));
-    let _b = setup.workers(registry(&counter), Policy::default(), quick_config(3));
+    // A lease long enough that a loaded machine never lets one run out here: this test is
+    // about claims, the crash test about leases.
+    let config = octodb_tasks::WorkerConfig {
+        lease: Duration::from_secs(30),
+        ..quick_config(3)
+    };
+    let _a = setup.workers(registry(&counter), Policy::default(), config.clone());
+    let _b = setup.workers(registry(&counter), Policy::default(), config);
     for id in &ids {
         assert_eq!(device.join(*id, Some(DEADLINE), |_| {}).unwrap(), "2");
     }
@@ -359,7 +365,7 @@ fn handler_errors_are_retried_with_backoff_up_to_the_types_maximum() {
             max_retries: 2,
             backoff: Duration::from_millis(50),
         },
-        |ctx: &mut octodb_tasks::TaskContext<'_>, _args: serde_json::Value| {
+        |ctx: &octodb_tasks::TaskContext, _args: serde_json::Value| {
             if ctx.attempt < 2 {
                 return Err(octodb_tasks::HandlerError::new("IOError", "try again"));
             }

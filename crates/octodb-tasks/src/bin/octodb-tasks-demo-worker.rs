@@ -32,7 +32,7 @@ fn main() -> std::process::ExitCode {
     registry.register(
         "steps",
         TypeOptions::default(),
-        move |ctx: &mut TaskContext<'_>, args: serde_json::Value| {
+        move |ctx: &TaskContext, args: serde_json::Value| {
             let n = args[0].as_u64().unwrap_or(10);
             let step = Duration::from_millis(args[1].as_u64().unwrap_or(100));
             for i in 1..=n {

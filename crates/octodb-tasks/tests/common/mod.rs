@@ -111,7 +111,7 @@ pub fn registry(counter: &Counter) -> Registry {
     r.register(
         "count",
         TypeOptions::default(),
-        move |ctx: &mut TaskContext<'_>, args: serde_json::Value| {
+        move |ctx: &TaskContext, args: serde_json::Value| {
             let steps = args[0].as_i64().unwrap_or(3);
             ctx.set_expected_duration(0.1);
             for i in 1..=steps {
@@ -125,14 +125,14 @@ pub fn registry(counter: &Counter) -> Registry {
     r.register(
         "fail",
         TypeOptions::default(),
-        |_ctx: &mut TaskContext<'_>, _args: serde_json::Value| {
+        |_ctx: &TaskContext, _args: serde_json::Value| {
             Err::<serde_json::Value, _>(HandlerError::new("ZeroDivisionError", "division by zero"))
         },
     );
     r.register(
         "spin",
         TypeOptions::default(),
-        |ctx: &mut TaskContext<'_>, _args: serde_json::Value| {
+        |ctx: &TaskContext, _args: serde_json::Value| {
             let mut i = 0.0;
             loop {
                 i += 1.0;

@@ -1,0 +1,420 @@
+"""The signed task queue: tasks that travel through the replicated database.
+
+A device (or the backend itself) starts a task; the record (type, arguments, priority,
+times, the node's public key and a fresh nonce) is signed with the node's own key and
+stored as a row that reaches the workers on the primaries. A worker runs it only if the
+signature, the signer, the nonce and the expiry check out; progress and the outcome come
+back to the submitter's devices by replication. Code never travels: a task names a class
+that the workers registered.
+
+On a device::
+
+    import octodb.tasks as tasks
+
+    class Add(tasks.Task):
+        def run(self, a, b):
+            self.total = 10
+            for i in range(10):
+                self.progress = i + 1
+                self.publish()          # coalesced; raises Cancelled once cancelled
+            return a + b
+
+    queue = tasks.Queue("file:phone.db?node=secondary&connect=tcp://backend:7000")
+    add = Add(queue)
+    add.start(1, 2)                     # returns at once
+    print(add.join(timeout=30, progress_callback=lambda t: print(t.progress, t.total)))
+
+On the backend::
+
+    worker = tasks.Worker("file:backend.db?node=primary&bind=tcp://0.0.0.0:7000", threads=4)
+    worker.register(Add)                # by class name; max_retries=, allowed_keys= ...
+    worker.start()
+"""
+
+import base64 as _base64
+import builtins as _builtins
+import datetime as _datetime
+import json as _json
+import time as _time
+
+from octodb._octodb import _TaskQueue, _TaskWorkers
+
+__all__ = [
+    "Task",
+    "Queue",
+    "Worker",
+    "Cancelled",
+    "TaskFailed",
+    "Refused",
+    "TimeoutError",
+]
+
+TimeoutError = _builtins.TimeoutError
+
+_ENDED = ("done", "failed", "cancelled", "refused")
+
+
+class Cancelled(Exception):
+    """The task was cancelled: raised by ``join``, and inside ``run`` at the next publish."""
+
+
+class TaskFailed(Exception):
+    """A task's error whose type is not a built-in exception: a subclass named after the
+    original type is raised, with the original message."""
+
+
+class Refused(Exception):
+    """A worker refused the task: bad signature, signer not allowed, replayed, expired."""
+
+    def __init__(self, reason, detail=None):
+        super().__init__(reason if not detail else f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------- arguments as JSON
+
+
+def _default(value):
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$bytes": _base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, _datetime.datetime):
+        return {"$datetime": value.isoformat()}
+    if isinstance(value, _datetime.date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    raise TypeError(f"a task argument or result of type {type(value).__name__} cannot be sent")
+
+
+def _object_hook(obj):
+    if len(obj) == 1:
+        ((key, value),) = obj.items()
+        if key == "$bytes":
+            return _base64.b64decode(value)
+        if key == "$datetime":
+            return _datetime.datetime.fromisoformat(value)
+        if key == "$date":
+            return _datetime.date.fromisoformat(value)
+    return obj
+
+
+def encode(value):
+    """JSON text of `value`, with bytes, dates and datetimes kept."""
+    return _json.dumps(value, default=_default, separators=(",", ":"))
+
+
+def decode(text):
+    return _json.loads(text, object_hook=_object_hook)
+
+
+_error_classes = {}
+
+
+def _error(type_name, message):
+    """An exception of the task's error type (a built-in one if it is one), with its message."""
+    builtin = getattr(_builtins, type_name or "", None)
+    if isinstance(builtin, type) and issubclass(builtin, Exception):
+        try:
+            return builtin(message)
+        except Exception:  # a built-in that wants other arguments
+            pass
+    name = type_name if (type_name or "").isidentifier() else "TaskFailed"
+    cls = _error_classes.get(name)
+    if cls is None:
+        cls = type(name, (TaskFailed,), {})
+        _error_classes[name] = cls
+    return cls(message)
+
+
+# ---------------------------------------------------------------- the queue
+
+
+class Queue:
+    """A node's view of the task queue: a device's, or a primary's (which creates the
+    queue's tables there). Tasks are started, followed and joined through it."""
+
+    def __init__(self, uri):
+        self._q = _TaskQueue(uri)
+        self.uri = uri
+
+    @property
+    def public_key(self):
+        return self._q.public_key
+
+    def task(self, task_id):
+        """A handle on task `task_id` (submitted earlier, perhaps before a restart)."""
+        info = self._q.info(task_id)
+        if info is None:
+            raise LookupError(f"task {task_id} does not exist here (deleted, or not submitted here)")
+        t = Task(self, task_id=task_id)
+        t.name = info["type"]
+        return t
+
+    def tasks(self):
+        """Every task this node sees, as dicts, newest first."""
+        return self._q.list()
+
+
+_queues = {}
+
+
+def _queue_of(where):
+    if isinstance(where, Queue):
+        return where
+    if isinstance(where, str):
+        q = _queues.get(where)
+        if q is None:
+            q = _queues[where] = Queue(where)
+        return q
+    raise TypeError("a task needs a Queue or the URI of a node (node=secondary or node=primary)")
+
+
+# ---------------------------------------------------------------- tasks
+
+
+_ALIASES = {"m_progress": "progress", "m_total": "total", "m_expected_duration": "expected_duration"}
+
+
+def _alias(attr):
+    return property(
+        lambda self: getattr(self, attr), lambda self, value: setattr(self, attr, value)
+    )
+
+
+class Task:
+    """Subclass it and define ``run(self, *args)``. On the submitter, ``start`` / ``join``;
+    inside ``run`` on a worker, set ``progress``, ``total``, ``expected_duration`` (or the
+    ``m_`` names) and call ``publish()``."""
+
+    #: The name workers know the class by (default: the class name).
+    name = None
+
+    def __init__(self, queue=None, task_id=None):
+        self._queue = _queue_of(queue) if queue is not None else None
+        self.id = task_id
+        self.progress = getattr(self, "_default_progress", None)
+        self.total = getattr(self, "_default_total", None)
+        self.expected_duration = getattr(self, "_default_expected_duration", None)
+        self.result = None
+        self.error = None
+        self.state = None if task_id is None else "queued"
+        self.attempts = 0
+        self.reason = None
+        self._run = None
+        if task_id is not None:
+            self.refresh()
+
+    @classmethod
+    def task_name(cls):
+        return cls.name or cls.__name__
+
+    # crypto_task's names
+    m_progress = _alias("progress")
+    m_total = _alias("total")
+    m_expected_duration = _alias("expected_duration")
+    m_result = property(lambda self: self.result)
+
+    def __init_subclass__(cls, **kwargs):
+        # A subclass giving an `m_` name a value (crypto_task's `m_expected_duration = 0`)
+        # sets a default: the name stays an alias.
+        super().__init_subclass__(**kwargs)
+        for alias, attr in _ALIASES.items():
+            value = cls.__dict__.get(alias)
+            if not isinstance(value, property):
+                setattr(cls, "_default_" + attr, value)
+                setattr(cls, alias, _alias(attr))
+
+    def run(self, *args):
+        raise NotImplementedError("define run(self, *args) in the task's class")
+
+    # -- submitter side
+
+    def start(self, *args, priority=0, not_before=None, expires_in=3600.0):
+        """Sign and submit the task; returns at once. `not_before` is a Unix time;
+        `expires_in` seconds (at most 7 days) after which a worker refuses it."""
+        if self._queue is None:
+            raise TypeError("this task has no queue: make it with Task(queue)")
+        if self.id is not None:
+            raise RuntimeError("this task was started already")
+        self.id = self._queue._q.submit(
+            self.task_name(), encode(list(args)), priority, not_before, expires_in
+        )
+        self.state = "queued"
+        return self
+
+    def refresh(self):
+        """Read the task's row again; returns its state."""
+        info = self._queue._q.info(self.id)
+        if info is None:
+            raise LookupError(f"task {self.id} does not exist (deleted after its retention?)")
+        self._update(info)
+        return self.state
+
+    def _update(self, info):
+        self.state = info["state"]
+        self.progress = info["progress"]
+        self.total = info["total"]
+        if info["expected_duration"] is not None:
+            self.expected_duration = info["expected_duration"]
+        self.attempts = info["attempts"]
+        self.reason = info["reason"]
+        if info["state"] == "done":
+            self.result = decode(info["result"]) if info["result"] is not None else None
+            self.error = None
+        elif info["state"] == "failed":
+            self.error = _error(info["error_type"], info["error_message"] or "")
+        elif info["state"] == "cancelled":
+            self.error = Cancelled("the task was cancelled")
+        elif info["state"] == "refused":
+            self.error = Refused(info["reason"] or "refused", info["error_message"])
+
+    def join(self, timeout=None, progress_callback=None):
+        """Wait until the task ends; returns its result or raises its error (with the
+        handler's type name and message), ``Cancelled``, ``Refused`` or ``TimeoutError``.
+        ``progress_callback(task)`` is called whenever progress changes."""
+        if callable(timeout) and progress_callback is None:
+            # crypto_task's join(progress_callback)
+            timeout, progress_callback = None, timeout
+        if self.id is None:
+            raise RuntimeError("start the task before joining it")
+        q = self._queue._q
+        deadline = None if timeout is None else _time.monotonic() + timeout
+        last = None
+        while True:
+            position = q.feed_position()
+            info = q.info(self.id)
+            if info is None:
+                raise LookupError(f"task {self.id} does not exist (deleted after its retention?)")
+            self._update(info)
+            now = (self.progress, self.total, self.expected_duration)
+            if progress_callback is not None and self.progress is not None and now != last:
+                last = now
+                progress_callback(self)
+            if self.state in _ENDED:
+                q.acknowledge(self.id)
+                if self.state == "done":
+                    return self.result
+                raise self.error
+            wait = 1.0
+            if deadline is not None:
+                left = deadline - _time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(
+                        f"task {self.id} did not end within {timeout} s (it is {self.state}); "
+                        "join again to keep waiting, or cancel it"
+                    )
+                wait = min(wait, left)
+            q.wait_feed(position, wait)
+
+    def cancel(self):
+        """Ask for the task to be cancelled (a request signed by this node): a queued task
+        never runs, a running one sees ``Cancelled`` at its next publish."""
+        self._queue._q.cancel(self.id)
+
+    def delete(self):
+        """Delete the ended task now, on every node."""
+        self._queue._q.delete(self.id)
+
+    def display(self):
+        return f"{self.task_name()}#{self.id} {self.state}"
+
+    # -- worker side (inside run)
+
+    @property
+    def idempotency_key(self):
+        """Task id and attempt: the same for a retry of the same attempt never happens."""
+        return self._run.idempotency_key if self._run is not None else None
+
+    @property
+    def attempt(self):
+        return self._run.attempt if self._run is not None else self.attempts
+
+    def publish(self):
+        """Publish progress, total and expected duration (at most about 10 writes a second;
+        the last values are always written at the end). Raises ``Cancelled`` once the task is
+        cancelled."""
+        if self._run is None:
+            return
+        if self._run.publish(self.progress, self.total, self.expected_duration):
+            raise Cancelled("the task was cancelled")
+
+    # crypto_task's load()/save() around progress updates
+    save = publish
+
+    def load(self):
+        pass
+
+
+def _runner_for(cls):
+    def runner(run, args_json):
+        task = cls.__new__(cls)
+        Task.__init__(task)
+        task.id = run.id
+        task._run = run
+        task.state = "running"
+        try:
+            args = decode(args_json)
+            if not isinstance(args, list):
+                args = [args]
+            result = task.run(*args)
+            # The last values are written with the outcome.
+            run.publish(task.progress, task.total, task.expected_duration)
+            return (True, encode(result))
+        except Cancelled:
+            return (False, "Cancelled", "the task was cancelled")
+        except Exception as e:  # the task's error goes back to the submitter as it is
+            return (False, type(e).__name__, str(e))
+
+    return runner
+
+
+# ---------------------------------------------------------------- workers
+
+
+class Worker:
+    """Worker threads on a primary running the registered task classes."""
+
+    def __init__(self, uri, threads=4, lease=30.0, retention=300.0, retention_cap=7 * 86400.0):
+        self.uri = uri
+        self.threads = threads
+        self.lease = lease
+        self.retention = retention
+        self.retention_cap = retention_cap
+        self._handlers = {}
+        self._allowed = {}
+        self._workers = None
+
+    def register(self, cls, name=None, max_retries=0, backoff=1.0, allowed_keys=None):
+        """Run tasks of `cls` (named `name`, default the class's name). `allowed_keys`: only
+        these nodes' public keys may submit it (default: every approved node)."""
+        name = name or cls.task_name()
+        self._handlers[name] = (_runner_for(cls), int(max_retries), float(backoff))
+        if allowed_keys is not None:
+            self._allowed[name] = [str(k) for k in allowed_keys]
+        return cls
+
+    def start(self):
+        if self._workers is not None:
+            raise RuntimeError("the workers are running already")
+        self._workers = _TaskWorkers(
+            self.uri,
+            self._handlers,
+            self._allowed,
+            self.threads,
+            self.lease,
+            self.retention,
+            self.retention_cap,
+        )
+        return self
+
+    def stop(self):
+        if self._workers is not None:
+            self._workers.stop()
+            self._workers = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
