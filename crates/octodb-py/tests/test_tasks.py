@@ -1,0 +1,140 @@
+"""octodb.tasks with real nodes on loopback: a primary running workers, a device submitting."""
+
+import datetime
+import threading
+
+import pytest
+
+import octodb
+import octodb.tasks as tasks
+from conftest import DEADLINE, primary_uri, wait_until
+
+COMPLETED = []
+LOCK = threading.Lock()
+
+
+class Echo(tasks.Task):
+    """Returns its arguments, reporting progress over `steps` steps."""
+
+    def run(self, steps, payload):
+        self.total = steps
+        self.expected_duration = 0.01 * steps
+        for i in range(steps):
+            self.progress = i + 1
+            self.publish()
+        with LOCK:
+            COMPLETED.append(self.idempotency_key)
+        return payload
+
+
+class Divide(tasks.Task):
+    def run(self, a, b):
+        return a / b
+
+
+class QuotaExceeded(Exception):
+    pass
+
+
+class Quota(tasks.Task):
+    def run(self):
+        raise QuotaExceeded("no more than 3 a day")
+
+
+class Spin(tasks.Task):
+    """Publishes until cancelled."""
+
+    def run(self):
+        self.total = 1_000_000
+        self.progress = 0
+        while True:
+            self.progress += 1
+            self.publish()
+            threading.Event().wait(0.005)
+
+
+@pytest.fixture
+def nodes(tmp_path):
+    uri = primary_uri(tmp_path / "backend.db")
+    backend = octodb.connect(uri)
+    worker = tasks.Worker(uri, threads=2, lease=10)
+    for cls in (Echo, Divide, Quota, Spin):
+        worker.register(cls)
+    worker.start()
+    device_uri = f"file:{tmp_path / 'phone.db'}?node=secondary&connect={backend.bound_addresses[0]}"
+    device = octodb.connect(device_uri)
+    device.wait_until_ready(timeout=DEADLINE)
+    queue = tasks.Queue(device_uri)
+    wait_until("the task table reaches the device", lambda: _has_table(device))
+    yield queue, worker
+    worker.stop()
+    device.close()
+    backend.close()
+
+
+def _has_table(db):
+    try:
+        db.execute("SELECT 1 FROM octo_tasks LIMIT 1")
+        return True
+    except octodb.OperationalError:
+        return False
+
+
+def test_progress_reaches_the_submitter_and_arguments_keep_their_types(nodes):
+    queue, _ = nodes
+    payload = {"bytes": b"\x00\xff", "when": datetime.datetime(2026, 12, 4, 16, 0), "day": datetime.date(2026, 1, 2)}
+    task = Echo(queue).start(20, payload)
+    seen = []
+    result = task.join(timeout=DEADLINE, progress_callback=lambda t: seen.append((t.m_progress, t.m_total)))
+    assert result == payload
+    assert task.m_result == payload and task.state == "done" and task.error is None
+    assert seen, "progress was reported"
+    assert [p for p, _ in seen] == sorted(p for p, _ in seen), "progress never goes back"
+    assert seen[-1] == (20.0, 20.0)
+    assert task.attempts == 1
+    assert COMPLETED.count(f"{task.id}:1") == 1
+
+
+def test_errors_keep_their_type_name_and_message(nodes):
+    queue, _ = nodes
+    with pytest.raises(ZeroDivisionError, match="division by zero"):
+        Divide(queue).start(1, 0).join(timeout=DEADLINE)
+    task = Quota(queue).start()
+    with pytest.raises(tasks.TaskFailed) as raised:
+        task.join(timeout=DEADLINE)
+    assert type(raised.value).__name__ == "QuotaExceeded"
+    assert str(raised.value) == "no more than 3 a day"
+    assert task.state == "failed"
+
+
+def test_cancel_raises_cancelled_inside_run_and_in_join(nodes):
+    queue, _ = nodes
+    task = Spin(queue).start()
+    wait_until("the task runs", lambda: task.refresh() == "running" and (task.progress or 0) > 0)
+    task.cancel()
+    with pytest.raises(tasks.Cancelled):
+        task.join(timeout=DEADLINE)
+    assert task.state == "cancelled"
+
+
+def test_join_times_out_and_a_task_is_found_again_by_id(nodes, tmp_path):
+    queue, worker = nodes
+    # Not before an hour from now: it stays queued.
+    task = Echo(queue).start(1, "later", not_before=datetime.datetime.now().timestamp() + 3600)
+    with pytest.raises(TimeoutError):
+        task.join(timeout=0.3)
+    again = queue.task(task.id)
+    assert again.state == "queued" and again.name == "Echo"
+    again.cancel()
+    with pytest.raises(tasks.Cancelled):
+        again.join(timeout=DEADLINE)
+    again.delete()
+    with pytest.raises(LookupError):
+        queue.task(task.id)
+
+
+def test_the_seeds_example_runs_as_a_program(run_example):
+    p = run_example("tasks_add.py")
+    assert p.finish() == 0, p.output()
+    assert "result: Add#" in p.output() and "--> 1" in p.output() and "--> 3" in p.output()
+    assert "progress: 10.0/10.0" in p.output()
