@@ -7,6 +7,7 @@ mod output;
 mod progress;
 mod serve;
 mod shell;
+mod tasks;
 
 /// octodb's threads hand rows to one another all the time (app thread, network tasks, the
 /// writer), so much memory is freed on another thread than the one that allocated it; glibc's
@@ -25,7 +26,7 @@ use std::process::ExitCode;
     name = "octodb",
     version,
     about = "SQL shell on an octodb node (a replicated SQLite database)",
-    after_help = "Other commands:\n  octodb serve URI   run a node headless until SIGINT/SIGTERM\n  octodb backup URI FILE   a consistent copy of a node's file, while it runs\n  octodb encrypt PLAIN_FILE 'file:NEW?cipher=sqlcipher&key=...'   an encrypted copy\n  octodb decrypt 'file:FILE?cipher=sqlcipher&key=...' NEW_PLAIN_FILE   a plain copy\n  octodb demo        a primary and two devices syncing on loopback\n\n\
+    after_help = "Other commands:\n  octodb serve URI   run a node headless until SIGINT/SIGTERM\n  octodb backup URI FILE   a consistent copy of a node's file, while it runs\n  octodb encrypt PLAIN_FILE 'file:NEW?cipher=sqlcipher&key=...'   an encrypted copy\n  octodb decrypt 'file:FILE?cipher=sqlcipher&key=...' NEW_PLAIN_FILE   a plain copy\n  octodb tasks URI   the signed task queue's tasks: state, progress, attempts, reasons\n  octodb demo        a primary and two devices syncing on loopback\n\n\
                   URI examples:\n  file:app.db?node=primary&bind=tcp://0.0.0.0:1234\n  file:dev.db?node=secondary&connect=tcp://host:1234\n\n\
                   Logs go to standard error; set OCTODB_LOG (e.g. info, debug, octodb=trace)."
 )]
@@ -66,6 +67,17 @@ pub struct ConvertArgs {
     target: String,
 }
 
+/// The signed task queue's tasks in a node's file: state, progress, attempts, reasons.
+#[derive(Parser, Debug)]
+#[command(name = "octodb tasks")]
+pub struct TasksArgs {
+    /// Print the tasks as one line of JSON.
+    #[arg(long)]
+    json: bool,
+    /// The node's URI (or its file's path); read beside the running node.
+    uri: String,
+}
+
 /// A primary and two devices on loopback, showing schema and rows flowing.
 #[derive(Parser, Debug)]
 #[command(name = "octodb demo")]
@@ -90,6 +102,7 @@ fn main() -> ExitCode {
     let result = match args.get(1).map(String::as_str) {
         Some("serve") => serve::run(ServeArgs::parse_from(&args[1..])),
         Some("demo") => demo::run(DemoArgs::parse_from(&args[1..])),
+        Some("tasks") => tasks::run(TasksArgs::parse_from(&args[1..])),
         Some("backup") => backup::run(BackupArgs::parse_from(&args[1..])),
         Some("encrypt") => convert::run(
             convert::Direction::Encrypt,

@@ -22,8 +22,9 @@ fn task_error(py: Python<'_>, e: TaskError) -> PyErr {
 }
 
 fn seconds(what: &str, s: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(s)
-        .map_err(|_| pyo3::exceptions::PyValueError::new_err(format!("{what} must be a number of seconds >= 0")))
+    Duration::try_from_secs_f64(s).map_err(|_| {
+        pyo3::exceptions::PyValueError::new_err(format!("{what} must be a number of seconds >= 0"))
+    })
 }
 
 fn info_dict<'py>(py: Python<'py>, i: &TaskInfo) -> PyResult<Bound<'py, PyDict>> {
@@ -202,17 +203,14 @@ impl Handler for PyHandler {
         Python::attach(|py| {
             let run = Py::new(py, PyTaskRun { ctx: ctx.clone() })
                 .map_err(|e| HandlerError::new("RuntimeError", e.to_string()))?;
-            let out = self
-                .runner
-                .call1(py, (run, args))
-                .map_err(|e| {
-                    let type_name = e
-                        .get_type(py)
-                        .name()
-                        .map(|n| n.to_string())
-                        .unwrap_or_else(|_| "Exception".into());
-                    HandlerError::new(type_name, e.value(py).to_string())
-                })?;
+            let out = self.runner.call1(py, (run, args)).map_err(|e| {
+                let type_name = e
+                    .get_type(py)
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|_| "Exception".into());
+                HandlerError::new(type_name, e.value(py).to_string())
+            })?;
             let out = out.bind(py);
             let tuple = out
                 .cast::<PyTuple>()
