@@ -325,7 +325,7 @@ fn an_offline_submitter_receives_the_result_later() {
 }
 
 #[test]
-fn several_workers_run_each_task_exactly_once_highest_priority_first() {
+fn several_workers_run_each_task_exactly_once() {
     let setup = Setup::new();
     let counter = Counter::default();
     let device = setup.device("d.db");
@@ -436,4 +436,70 @@ fn the_engine_refuses_a_devices_writes_to_worker_and_signed_columns() {
             .is_some_and(|r| format!("{r:?}").contains("inserts the row with it NULL"))
     })
     .expect("the insert is rejected");
+}
+
+#[test]
+fn a_worker_takes_higher_priority_first() {
+    let setup = Setup::new();
+    let device = setup.device("d.db");
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut ids = Vec::new();
+    for priority in [0, 5, 1, 5, 9] {
+        let opts = SubmitOptions {
+            priority,
+            ..SubmitOptions::default()
+        };
+        let id = device
+            .submit("note", &format!("[{priority}]"), opts)
+            .unwrap();
+        on_primary(&setup, id);
+        ids.push(id);
+    }
+    let mut registry = octodb_tasks::Registry::default();
+    let seen = order.clone();
+    registry.register(
+        "note",
+        octodb_tasks::TypeOptions::default(),
+        move |ctx: &octodb_tasks::TaskContext, args: serde_json::Value| {
+            seen.lock()
+                .unwrap()
+                .push((args[0].as_i64().unwrap_or(-1), ctx.id));
+            Ok(serde_json::Value::Null)
+        },
+    );
+    let _workers = setup.workers(registry, Policy::default(), quick_config(1));
+    for id in &ids {
+        device.join(*id, Some(DEADLINE), |_| {}).unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    let priorities: Vec<i64> = order.iter().map(|(p, _)| *p).collect();
+    assert_eq!(priorities, vec![9, 5, 5, 1, 0]);
+    // Equal priorities: the older first.
+    assert_eq!((order[1].1, order[2].1), (ids[1], ids[3]));
+}
+
+#[test]
+fn node_signatures_are_separated_by_domain() {
+    let setup = Setup::new();
+    let key = octodb::crypto::PublicKey::from_hex(&setup.primary.public_key()).unwrap();
+    let signature = setup
+        .primary
+        .sign_with_node_key("octodb-task-v1", b"message")
+        .unwrap();
+    let signed = |domain: &str, msg: &[u8]| octodb::app_signed_bytes(domain, msg);
+    assert!(key
+        .verify(&signed("octodb-task-v1", b"message"), &signature)
+        .is_ok());
+    assert!(key
+        .verify(&signed("octodb-task-cancel-v1", b"message"), &signature)
+        .is_err());
+    assert!(
+        key.verify(b"message", &signature).is_err(),
+        "never a signature of the bare bytes"
+    );
+    // Moving bytes between domain and message changes what is signed.
+    assert!(key
+        .verify(&signed("octodb-task-v", b"1message"), &signature)
+        .is_err());
+    assert!(setup.primary.sign_with_node_key("", b"x").is_err());
 }
