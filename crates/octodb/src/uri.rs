@@ -71,6 +71,23 @@ impl Endpoint {
         }
     }
 
+    /// The endpoint of a `host:port` address (IPv6 hosts in brackets), as peers tell them;
+    /// None when it is not one.
+    pub fn from_addr(addr: &str) -> Option<Endpoint> {
+        let (host, port) = addr.rsplit_once(':')?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+        let plausible = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
+        plausible.then(|| Endpoint::new(host, port))
+    }
+
     /// `"host:port"`, bracketing IPv6 addresses (`"[::1]:1234"`), ready for socket APIs.
     pub fn to_addr_string(&self) -> String {
         if self.host.contains(':') {

@@ -45,17 +45,54 @@ pub(super) fn joined(shared: &Arc<Shared>, proposer: crate::cluster::Proposer) {
         tracing::warn!("the primary joined its cluster twice; the first stands");
         return;
     }
-    let shared = Arc::downgrade(shared);
+    let weak = Arc::downgrade(shared);
     super::runtime().spawn(async move {
         while rows_applied.changed().await.is_ok() {
             let seq = *rows_applied.borrow_and_update();
-            let Some(shared) = shared.upgrade() else {
+            let Some(shared) = weak.upgrade() else {
                 return;
             };
             shared.advance_feed(seq);
             shared.audiences.wake_everyone(seq);
         }
     });
+    super::runtime().spawn(follow_view(Arc::downgrade(shared)));
+}
+
+/// Keeps `Shared::cluster_view` as the cluster is: the device sessions follow it (to end
+/// when this primary stops leading, to tell their devices of the primaries), and only a
+/// change of it wakes them, not every commit that moves Raft's metrics.
+async fn follow_view(shared: std::sync::Weak<Shared>) {
+    let Some(mut metrics) = shared
+        .upgrade()
+        .and_then(|s| s.cluster.get().map(|p| p.raft().metrics()))
+    else {
+        return;
+    };
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let Some(proposer) = shared.cluster.get() else {
+            return;
+        };
+        let view = crate::cluster::view(proposer.raft());
+        shared.cluster_view.send_if_modified(|current| {
+            if view == *current {
+                return false;
+            }
+            if view.leading && !current.leading {
+                shared.approved.forget_all();
+                tracing::info!("this primary leads its cluster now");
+            }
+            *current = view;
+            true
+        });
+        drop(shared);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The user of each device node of a batch.
