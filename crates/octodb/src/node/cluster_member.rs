@@ -3,7 +3,6 @@
 
 use super::{on_runtime, Shared};
 use crate::error::{Error, Result};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -106,13 +105,7 @@ pub(super) fn start(
     shared: &Shared,
 ) -> impl std::future::Future<Output = Result<crate::cluster::Proposer>> + Send + 'static {
     let member = crate::cluster::Member {
-        addr: shared
-            .bound
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .first()
-            .map(SocketAddr::to_string)
-            .unwrap_or_default(),
+        addr: member_addr(shared),
         public_key: shared.keys.public_key().to_hex(),
     };
     let id = u64::from(shared.identity.node_id());
@@ -123,6 +116,27 @@ pub(super) fn start(
         shared.handshake.clone(),
     );
     async move { crate::cluster::start_primary(id, &path, file_key, keys, handshake, member).await }
+}
+
+/// The address other primaries reach this one at: its `advertise=`, else the first address
+/// it listens on (unreachable for them when that is `0.0.0.0`: said in the log).
+pub(super) fn member_addr(shared: &Shared) -> String {
+    if let Some(advertised) = &shared.cfg.advertise {
+        return advertised.to_addr_string();
+    }
+    let first = shared
+        .bound
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .first()
+        .copied();
+    if first.is_some_and(|a| a.ip().is_unspecified()) {
+        tracing::warn!(
+            "this primary listens on every interface and names no advertise=: other primaries \
+             cannot reach it at {first:?}; add advertise=tcp://HOST:PORT"
+        );
+    }
+    first.map(|a| a.to_string()).unwrap_or_default()
 }
 
 /// Primaries: `PRAGMA remove_primary`: the cluster's leader takes primary `id` out of the
