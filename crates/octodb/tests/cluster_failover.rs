@@ -115,3 +115,39 @@ fn a_device_is_not_served_by_a_primary_outside_its_cluster() {
         .expect("the device refuses the other primary's key");
     assert!(!status.connected);
 }
+
+/// With other primaries, an app's COMMIT on the leader returns once a majority holds the
+/// transaction; when none can (the other primary of two is gone), it says so instead of
+/// pretending, and the transaction reaches the other primary once it is back.
+#[test]
+fn a_commit_the_cluster_cannot_confirm_says_so() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let p2_uri = format!(
+        "{}&connect=tcp://{}",
+        primary_uri(&c.path("p2.db"), common::process::free_port()),
+        addr_of(&p1)
+    );
+    let p2 = Connection::open(&p2_uri).expect("open the second primary");
+    p1.wait_for(DEADLINE, |s| {
+        s.cluster
+            .as_ref()
+            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 2)
+    })
+    .expect("two voters");
+    p1.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('held by both', '*')",
+        [],
+    )
+    .expect("a majority holds it");
+    wait_count(&p2, "SELECT count(*) FROM t WHERE v = 'held by both'", 1);
+
+    drop(p2);
+    let err = p1
+        .execute("INSERT INTO t(v, row_owner) VALUES ('alone', '*')", [])
+        .expect_err("no majority can hold it");
+    assert!(err.to_string().contains("did not confirm"), "{err}");
+
+    let p2 = Connection::open(&p2_uri).expect("reopen the second primary");
+    wait_count(&p2, "SELECT count(*) FROM t WHERE v = 'alone'", 1);
+}

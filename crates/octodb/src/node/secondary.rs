@@ -34,7 +34,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut stop = shared.shutdown.subscribe();
     let mut backoff = Duration::from_millis(50);
     let mut approval_check = APPROVAL_CHECK_FIRST;
-    for turn in 0usize.. {
+    // The primary tried next: the same again after a session that was up (a dropped
+    // connection, a restart), the next one after a failure to get in.
+    let mut turn = 0usize;
+    loop {
         if shared.is_shutting_down() {
             return;
         }
@@ -62,6 +65,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
             .is_some();
         if was_connected {
             shared.emit(Event::Disconnected);
+        } else {
+            turn = turn.wrapping_add(1);
         }
         if started.elapsed() > Duration::from_secs(5) {
             backoff = Duration::from_millis(50);
