@@ -10,7 +10,7 @@ use octodb::auth::Action;
 use octodb::changes::{ChangeSet, Op, TableHeader};
 use octodb::log::outbox::RowImage;
 use octodb::log::{EntryBody, LogEntry};
-use octodb::net::{AuthAsk, Message};
+use octodb::net::{AuthAsk, Message, PrimaryMember};
 use octodb::{Role, Value};
 use std::path::PathBuf;
 
@@ -192,6 +192,16 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
         ),
         // Protocol 4.
         ("heartbeat", Message::Heartbeat),
+        // Protocol 5.
+        (
+            "primary_members",
+            Message::PrimaryMembers {
+                members: vec![PrimaryMember {
+                    addr: "10.0.0.2:1234".into(),
+                    public_key: "ab".repeat(32),
+                }],
+            },
+        ),
     ]
 }
 
@@ -232,5 +242,5 @@ fn every_message_kind_has_a_fixture() {
     // A new kind of message must be frozen too (add it to sample_messages).
     let kinds: std::collections::BTreeSet<&str> =
         sample_messages().iter().map(|(_, m)| m.kind()).collect();
-    assert_eq!(kinds.len(), 11, "message kinds with fixtures: {kinds:?}");
+    assert_eq!(kinds.len(), 12, "message kinds with fixtures: {kinds:?}");
 }

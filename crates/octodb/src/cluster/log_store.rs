@@ -324,10 +324,7 @@ fn written_through_since(c: &Connection, from: i64) -> Result<Option<u64>, LogSt
     let rows = stmt.query_map([from], |r| r.get::<_, Vec<u8>>(0))?;
     for bytes in rows {
         let entry: Entry<TypeConfig> = postcard::from_bytes(&bytes?)?;
-        if matches!(
-            entry.payload,
-            openraft::EntryPayload::Normal(super::types::Proposal::InLog { .. })
-        ) {
+        if matches!(&entry.payload, openraft::EntryPayload::Normal(p) if p.is_written_through()) {
             return Ok(Some(entry.log_id.index));
         }
     }

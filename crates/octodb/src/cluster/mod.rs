@@ -210,6 +210,33 @@ pub(crate) fn lead(raft: &Raft) -> Lead {
     }
 }
 
+/// What a primary's devices need to know of its cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// This primary leads the cluster (only the leader serves devices, for now).
+    pub leading: bool,
+    /// Every primary of the cluster (voters and learners), by node id.
+    pub members: Vec<crate::net::PrimaryMember>,
+}
+
+/// The cluster as `raft` sees it now.
+pub(crate) fn view(raft: &Raft) -> ClusterView {
+    // (Taken out of the borrow at once: openraft's core waits while it is held.)
+    let m = raft.metrics().borrow().clone();
+    ClusterView {
+        leading: m.state == openraft::ServerState::Leader,
+        members: m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(_, member)| crate::net::PrimaryMember {
+                addr: member.addr.clone(),
+                public_key: member.public_key.clone(),
+            })
+            .collect(),
+    }
+}
+
 /// Errors of the cluster's storage, as openraft takes them.
 pub(crate) type StorageError = openraft::StorageError<RaftNodeId>;
 

@@ -11,9 +11,10 @@ use crate::uri::Role;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
-/// The encoding of protocol versions 2 to 4 (2: Welcome tells a device the last of its
+/// The encoding of protocol versions 2 to 5 (2: Welcome tells a device the last of its
 /// transactions the primaries decided; 4 adds `Heartbeat` at the end, which only peers of 4
-/// receive, and leaves every other message's bytes as they were).
+/// receive, and leaves every other message's bytes as they were; 5 adds `PrimaryMembers`
+/// after it, likewise).
 pub const MESSAGE_ENCODING: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +76,21 @@ pub enum Message {
     /// Protocol 4 and newer: sent when the connection has been silent for a heartbeat
     /// interval, so that the peer can tell a quiet connection from a dead one.
     Heartbeat,
+    /// Protocol 5 and newer, primary → device after `Welcome` and whenever the primaries'
+    /// cluster changes: every primary of the cluster, so that the device can fail over to
+    /// them (it trusts their keys because the primary it trusts vouches for them).
+    PrimaryMembers {
+        members: Vec<PrimaryMember>,
+    },
+}
+
+/// A primary of the cluster as a device needs it: where to reach it and the key it proves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryMember {
+    /// `host:port`.
+    pub addr: String,
+    /// Its Ed25519 public key, hex.
+    pub public_key: String,
 }
 
 /// Builds the bytes of a [`Message::SnapshotRows`] row by row, straight from SQLite's values:
@@ -167,6 +183,7 @@ impl Message {
             Message::Entries { .. } => "Entries",
             Message::Txns { .. } => "Txns",
             Message::Heartbeat => "Heartbeat",
+            Message::PrimaryMembers { .. } => "PrimaryMembers",
         }
     }
 }

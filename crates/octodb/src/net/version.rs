@@ -18,10 +18,13 @@
 use std::fmt;
 
 /// Versions: 2 (signatures only when asked), 3 (negotiation in the handshake; messages
-/// encoded as in 2), 4 (heartbeats: `Message::Heartbeat`, sent only to peers of 4 or newer).
-pub const NEWEST: u8 = 4;
+/// encoded as in 2), 4 (heartbeats: `Message::Heartbeat`, sent only to peers of 4 or newer),
+/// 5 (a primary tells its devices the cluster's primaries: `Message::PrimaryMembers`).
+pub const NEWEST: u8 = 5;
 /// The first version whose peers send heartbeats, so that silence means a dead connection.
 pub const HEARTBEATS: u8 = 4;
+/// The first version whose devices hear of the cluster's primaries, to fail over to them.
+pub const PRIMARY_MEMBERS: u8 = 5;
 /// The oldest version this build still serves.
 pub const OLDEST: u8 = 2;
 /// The version from before negotiation: what a peer that makes no offer speaks.

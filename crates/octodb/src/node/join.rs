@@ -86,7 +86,7 @@ async fn admit_joiner(
     let member_addr = serde_json::from_str::<serde_json::Value>(info)
         .ok()
         .and_then(|v| v.get("member_addr")?.as_str().map(str::to_string))
-        .filter(|a| a.len() <= 256 && a.parse::<SocketAddr>().is_ok())
+        .filter(|a| a.len() <= 256 && crate::uri::Endpoint::from_addr(a).is_some())
         .ok_or("a joining primary must name the address members reach it at")?;
     let key = peer.to_hex();
     let node_id = match shared.cfg.auth {
@@ -213,15 +213,12 @@ pub(super) async fn join(shared: Arc<Shared>) {
 }
 
 async fn join_through(shared: &Arc<Shared>, addr: &str) -> Result<()> {
-    let member_addr = shared
-        .bound
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .first()
-        .map(SocketAddr::to_string)
-        .ok_or_else(|| {
-            Error::rule("a primary joins a cluster only with bind= (members reach it there)")
-        })?;
+    let member_addr = super::cluster_member::member_addr(shared);
+    if member_addr.is_empty() {
+        return Err(Error::rule(
+            "a primary joins a cluster only with bind= (members reach it there)",
+        ));
+    }
     let tcp = tokio::time::timeout(STEP_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| NetError::Timeout)?

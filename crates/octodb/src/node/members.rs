@@ -81,6 +81,14 @@ impl ApprovedCache {
         a.generation += 1;
     }
 
+    /// Forgets every node: a primary that starts to lead was a follower, whose nodes changed
+    /// in its file by its cluster's state machine, not by its writer.
+    pub fn forget_all(&self) {
+        let mut a = self.lock();
+        a.members.clear();
+        a.generation += 1;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Approved> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -133,6 +133,12 @@ pub(crate) struct Shared {
     pub primary_key: Mutex<Option<crate::crypto::PublicKey>>,
     /// Primaries: the Raft cluster the writer proposes its batches to (set at the start).
     pub cluster: OnceLock<crate::cluster::Proposer>,
+    /// Primaries: whether this primary leads its cluster, and its members (see
+    /// `cluster_member::follow_view`).
+    pub cluster_view: watch::Sender<crate::cluster::ClusterView>,
+    /// Devices: the cluster's primaries as the primaries last told (kept in the file): where
+    /// to fail over to, and the keys trusted besides the pinned one.
+    pub known_primaries: Mutex<Vec<crate::net::PrimaryMember>>,
     /// Primaries: batches written through, announced once the cluster committed them.
     announcements: mpsc::UnboundedSender<cluster_member::Announcement>,
 }
@@ -341,6 +347,7 @@ impl Node {
             })?),
             None => None,
         };
+        let known_primaries = secondary::known_primaries_in(&conn)?;
         let shared = Arc::new(Shared {
             keys,
             identity,
@@ -376,6 +383,8 @@ impl Node {
             write_turns: Default::default(),
             primary_key: Mutex::new(primary_key),
             cluster: OnceLock::new(),
+            cluster_view: watch::channel(Default::default()).0,
+            known_primaries: Mutex::new(known_primaries),
             announcements,
             cfg,
         });

@@ -120,6 +120,11 @@ pub(crate) enum Job {
         last_decided_txn: u64,
         reply: Reply<()>,
     },
+    /// Device: the cluster's primaries, as the primary told (checked), to keep in the file.
+    PrimaryMembers {
+        members: Vec<crate::net::PrimaryMember>,
+        reply: Reply<()>,
+    },
     /// Device: entries from the primaries, received by one session.
     Entries {
         entries: Vec<LogEntry>,
@@ -428,6 +433,18 @@ impl Writer {
                         .welcome(node_id, user_id, primary_key)
                         .and_then(|()| self.txn_ids_before_sending(last_decided_txn));
                     let _ = reply.send(welcomed);
+                }
+                Job::PrimaryMembers { members, reply } => {
+                    let kept = super::secondary::keep_known_primaries(&self.conn, members).map(
+                        |members| {
+                            *self
+                                .shared
+                                .known_primaries
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner()) = members;
+                        },
+                    );
+                    let _ = reply.send(kept);
                 }
                 job @ Job::Entries { .. } => {
                     let entries_in = |j: &Job| match j {
