@@ -172,12 +172,14 @@ impl PyTaskRun {
     }
     /// Publish the values (coalesced); returns True when the task must stop (cancelled, or
     /// this worker lost it): `octodb.tasks` raises `Cancelled` inside `run` then.
-    #[pyo3(signature = (progress=None, total=None, expected_duration=None))]
+    /// With `write` false the values are only kept, for the outcome's write.
+    #[pyo3(signature = (progress=None, total=None, expected_duration=None, write=true))]
     fn publish(
         &self,
         progress: Option<f64>,
         total: Option<f64>,
         expected_duration: Option<f64>,
+        write: bool,
     ) -> bool {
         if let Some(p) = progress {
             self.ctx.set_progress(p);
@@ -188,7 +190,7 @@ impl PyTaskRun {
         if let Some(d) = expected_duration {
             self.ctx.set_expected_duration(d);
         }
-        self.ctx.publish().is_err()
+        write && self.ctx.publish().is_err()
     }
 }
 

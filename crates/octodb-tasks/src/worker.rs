@@ -429,10 +429,11 @@ fn intake(shared: &Shared, conn: Connection) {
         )
         .map(|p| p.max(0) as u64)
         .unwrap_or(0);
+    let mut stored = position;
     let mut last_housekeeping: Option<Instant> = None;
     while !shared.stopping() {
         conn.wait_feed(position, shared.config.tick);
-        match take_in(&conn, position) {
+        match take_in(&conn, position, &mut stored) {
             Ok((next, touched)) => {
                 position = next;
                 if touched {
@@ -454,45 +455,83 @@ fn intake(shared: &Shared, conn: Connection) {
     }
 }
 
+/// Entries the intake may read past without writing its position down: after a restart it
+/// reads them again, harmlessly. (Writing it at every read would cost a commit for each.)
+const POSITION_SLACK: u64 = 10_000;
+
+/// What the intake writes for one task change.
+enum Note {
+    Origin { task: i64, node: u32, seq: u64 },
+    Acknowledged { task: i64 },
+    Forget { task: i64 },
+}
+
 /// Read the feed after `position`: note each task row's inserting node and the submitter's
-/// acknowledgements. Returns the new position and whether any task changed.
-fn take_in(conn: &Connection, position: u64) -> Result<(u64, bool), octodb::Error> {
+/// acknowledgements. Returns the new position and whether any task changed; writes only when
+/// there is something new (or the stored position lags by [`POSITION_SLACK`]).
+fn take_in(
+    conn: &Connection,
+    position: u64,
+    stored: &mut u64,
+) -> Result<(u64, bool), octodb::Error> {
     let batch = conn.changes_after(position, 512)?;
     if batch.up_to == position {
         return Ok((position, false));
     }
-    let now = now_ms();
     let mut touched = false;
+    let mut notes = Vec::new();
+    for change in batch
+        .changes
+        .iter()
+        .filter(|c| c.table.eq_ignore_ascii_case(TASKS_TABLE))
+    {
+        touched = true;
+        let task = change.rowid;
+        if change.kind == ChangeKind::Delete {
+            notes.push(Note::Forget { task });
+            continue;
+        }
+        let known = conn.query(
+            "SELECT acked_ms FROM private_octo_task_origins WHERE task_id = ?1",
+            [task],
+        )?;
+        let acked = known.iter().next().map(|r| r.values()[0] != Value::Null);
+        if acked.is_none() {
+            notes.push(Note::Origin {
+                task,
+                node: change.origin_node,
+                seq: change.seq,
+            });
+        }
+        let seen_final = matches!(change.get("final_seen"), Some(v) if *v != Value::Null);
+        if seen_final && acked != Some(true) {
+            notes.push(Note::Acknowledged { task });
+        }
+    }
+    if notes.is_empty() && batch.up_to < stored.saturating_add(POSITION_SLACK) {
+        return Ok((batch.up_to, touched));
+    }
+    let now = now_ms();
     conn.execute("BEGIN IMMEDIATE", [])?;
     let written = (|| -> Result<(), octodb::Error> {
-        for change in batch
-            .changes
-            .iter()
-            .filter(|c| c.table.eq_ignore_ascii_case(TASKS_TABLE))
-        {
-            touched = true;
-            match change.kind {
-                ChangeKind::Upsert => {
-                    conn.execute(
-                        "INSERT OR IGNORE INTO private_octo_task_origins(task_id, origin_node, seq) \
-                         VALUES (?1, ?2, ?3)",
-                        (change.rowid, change.origin_node as i64, change.seq as i64),
-                    )?;
-                    if matches!(change.get("final_seen"), Some(v) if *v != Value::Null) {
-                        conn.execute(
-                            "UPDATE private_octo_task_origins SET acked_ms = ?1 \
-                             WHERE task_id = ?2 AND acked_ms IS NULL",
-                            (now, change.rowid),
-                        )?;
-                    }
-                }
-                ChangeKind::Delete => {
-                    conn.execute(
-                        "DELETE FROM private_octo_task_origins WHERE task_id = ?1",
-                        [change.rowid],
-                    )?;
-                }
-            }
+        for note in &notes {
+            match *note {
+                // OR IGNORE: the first upsert of a row in the log is its insert.
+                Note::Origin { task, node, seq } => conn.execute(
+                    "INSERT OR IGNORE INTO private_octo_task_origins(task_id, origin_node, seq) \
+                     VALUES (?1, ?2, ?3)",
+                    (task, i64::from(node), seq as i64),
+                )?,
+                Note::Acknowledged { task } => conn.execute(
+                    "UPDATE private_octo_task_origins SET acked_ms = ?1 \
+                     WHERE task_id = ?2 AND acked_ms IS NULL",
+                    (now, task),
+                )?,
+                Note::Forget { task } => conn.execute(
+                    "DELETE FROM private_octo_task_origins WHERE task_id = ?1",
+                    [task],
+                )?,
+            };
         }
         conn.execute(
             "INSERT OR REPLACE INTO private_octo_task_intake(id, position) VALUES (1, ?1)",
@@ -507,6 +546,7 @@ fn take_in(conn: &Connection, position: u64) -> Result<(u64, bool), octodb::Erro
             return Err(e);
         }
     };
+    *stored = batch.up_to;
     Ok((batch.up_to, touched))
 }
 
@@ -598,15 +638,32 @@ fn work(shared: &Shared) {
         return;
     };
     let me = Me::of(&conn);
+    // The last run's outcome, written in the same transaction as the next claim.
+    let mut outcome: Option<Outcome> = None;
     while !shared.stopping() {
         let seen = *shared.wake.lock();
-        match claim(shared, &conn, &me) {
-            Ok(Some(job)) => run(shared, &conn, job),
-            Ok(None) => shared.wake.wait_past(seen, shared.config.tick),
+        match claim(shared, &conn, &me, outcome.as_ref()) {
+            Ok(next) => {
+                outcome = None;
+                if let Some(job) = next {
+                    outcome = run(shared, &conn, job);
+                    continue;
+                }
+            }
             Err(e) => {
                 tracing::debug!("cannot claim tasks now: {e}");
-                shared.wake.wait_past(seen, shared.config.tick);
+                if let Some(o) = outcome.take() {
+                    if let Err(e) = o.write(&conn) {
+                        tracing::error!(task = o.task, "cannot write the task's outcome: {e}");
+                    }
+                }
             }
+        }
+        shared.wake.wait_past(seen, shared.config.tick);
+    }
+    if let Some(o) = outcome {
+        if let Err(e) = o.write(&conn) {
+            tracing::error!(task = o.task, "cannot write the task's outcome: {e}");
         }
     }
 }
@@ -648,12 +705,20 @@ LIMIT 16";
 
 /// Examine the waiting tasks in priority order; refuse or cancel those that must be, and
 /// claim the first that may run. One write transaction, so two workers never claim one task.
-fn claim(shared: &Shared, conn: &Connection, me: &Me) -> Result<Option<Job>, octodb::Error> {
+fn claim(
+    shared: &Shared,
+    conn: &Connection,
+    me: &Me,
+    outcome: Option<&Outcome>,
+) -> Result<Option<Job>, octodb::Error> {
     conn.execute("BEGIN IMMEDIATE", [])?;
     // The clock is read once the write lock is held: read before, a long wait for the lock
     // would give a lease that has already run out when it is written.
     let now = now_ms();
     let claimed = (|| -> Result<Option<Job>, octodb::Error> {
+        if let Some(o) = outcome {
+            o.write(conn)?;
+        }
         let rows = conn.query(CANDIDATE_SQL, (now, shared.registry.types_json()))?;
         if rows.is_empty() {
             return Ok(None);
@@ -965,10 +1030,9 @@ fn end(
     Ok(())
 }
 
-fn run(shared: &Shared, conn: &Rc<Connection>, job: Job) {
-    let Some((handler, options)) = shared.registry.handlers.get(&job.task_type).cloned() else {
-        return;
-    };
+/// Run a claimed task's handler; returns the outcome to write, unless this worker lost it.
+fn run(shared: &Shared, conn: &Rc<Connection>, job: Job) -> Option<Outcome> {
+    let (handler, options) = shared.registry.handlers.get(&job.task_type).cloned()?;
     let lost = Arc::new(AtomicBool::new(false));
     shared.active().insert(
         job.id,
@@ -1010,47 +1074,41 @@ fn run(shared: &Shared, conn: &Rc<Connection>, job: Job) {
         stop => stop,
     };
     let now = now_ms();
-    let fenced = "WHERE id = ?1 AND attempts = ?2 AND lease_id = ?3 AND state = 'running'";
-    let written = match (stop, outcome) {
+    let opt = |v: Option<f64>| v.map_or(Value::Null, Value::Real);
+    let fence = [
+        Value::Integer(job.id),
+        Value::Integer(job.attempt),
+        Value::Text(job.lease_id.clone()),
+    ];
+    let (set, values): (&str, Vec<Value>) = match (stop, outcome) {
         (Some(Stop::LeaseLost), _) => {
             tracing::warn!(
                 task = job.id,
                 attempt = job.attempt,
                 "the outcome is dropped: this worker lost the task"
             );
-            return;
+            return None;
         }
-        (Some(Stop::Cancelled), _) => conn.execute(
-            &format!(
-                "UPDATE octo_tasks SET state = 'cancelled', ended_at_ms = ?4, lease_id = NULL, \
-                 progress = ?5, total = ?6, expected_duration = ?7 {fenced}"
-            ),
-            (
-                job.id,
-                job.attempt,
-                job.lease_id.as_str(),
-                now,
-                r.progress,
-                r.total,
-                r.expected_duration,
-            ),
+        (Some(Stop::Cancelled), _) => (
+            "state = 'cancelled', ended_at_ms = ?4, lease_id = NULL, progress = ?5, total = ?6, \
+             expected_duration = ?7",
+            vec![
+                Value::Integer(now),
+                opt(r.progress),
+                opt(r.total),
+                opt(r.expected_duration),
+            ],
         ),
-        (None, Ok(result)) => conn.execute(
-            &format!(
-                "UPDATE octo_tasks SET state = 'done', result = ?4, ended_at_ms = ?5, \
-                 lease_id = NULL, progress = ?6, total = ?7, expected_duration = ?8, \
-                 error_type = NULL, error_message = NULL {fenced}"
-            ),
-            (
-                job.id,
-                job.attempt,
-                job.lease_id.as_str(),
-                result,
-                now,
-                r.progress,
-                r.total,
-                r.expected_duration,
-            ),
+        (None, Ok(result)) => (
+            "state = 'done', result = ?4, ended_at_ms = ?5, lease_id = NULL, progress = ?6, \
+             total = ?7, expected_duration = ?8, error_type = NULL, error_message = NULL",
+            vec![
+                Value::Text(result),
+                Value::Integer(now),
+                opt(r.progress),
+                opt(r.total),
+                opt(r.expected_duration),
+            ],
         ),
         (None, Err(error)) => {
             let retries_used = job.attempt - 1;
@@ -1059,46 +1117,56 @@ fn run(shared: &Shared, conn: &Rc<Connection>, job: Job) {
                     .backoff
                     .saturating_mul(1u32 << retries_used.clamp(0, 16) as u32)
                     .min(Duration::from_secs(600));
-                conn.execute(
-                    &format!(
-                        "UPDATE octo_tasks SET state = 'queued', next_try_ms = ?4, lease_id = NULL, \
-                         error_type = ?5, error_message = ?6 {fenced}"
-                    ),
-                    (
-                        job.id,
-                        job.attempt,
-                        job.lease_id.as_str(),
-                        now + backoff.as_millis() as i64,
-                        error.type_name,
-                        error.message,
-                    ),
+                (
+                    "state = 'queued', next_try_ms = ?4, lease_id = NULL, error_type = ?5, \
+                     error_message = ?6",
+                    vec![
+                        Value::Integer(now + backoff.as_millis() as i64),
+                        Value::Text(error.type_name),
+                        Value::Text(error.message),
+                    ],
                 )
             } else {
-                conn.execute(
-                    &format!(
-                        "UPDATE octo_tasks SET state = 'failed', ended_at_ms = ?4, lease_id = NULL, \
-                         error_type = ?5, error_message = ?6, progress = ?7, total = ?8 {fenced}"
-                    ),
-                    (
-                        job.id,
-                        job.attempt,
-                        job.lease_id.as_str(),
-                        now,
-                        error.type_name,
-                        error.message,
-                        r.progress,
-                        r.total,
-                    ),
+                (
+                    "state = 'failed', ended_at_ms = ?4, lease_id = NULL, error_type = ?5, \
+                     error_message = ?6, progress = ?7, total = ?8",
+                    vec![
+                        Value::Integer(now),
+                        Value::Text(error.type_name),
+                        Value::Text(error.message),
+                        opt(r.progress),
+                        opt(r.total),
+                    ],
                 )
             }
         }
     };
-    match written {
-        Ok(0) => tracing::warn!(
-            task = job.id,
-            "the outcome is dropped: the task was taken over or deleted"
+    Some(Outcome {
+        task: job.id,
+        sql: format!(
+            "UPDATE octo_tasks SET {set} \
+             WHERE id = ?1 AND attempts = ?2 AND lease_id = ?3 AND state = 'running'"
         ),
-        Ok(_) => {}
-        Err(e) => tracing::error!(task = job.id, "cannot write the task's outcome: {e}"),
+        params: fence.into_iter().chain(values).collect(),
+    })
+}
+
+/// A run's outcome, to be written (fenced) with the worker's next claim: one commit for both.
+struct Outcome {
+    task: i64,
+    sql: String,
+    params: Vec<Value>,
+}
+
+impl Outcome {
+    fn write(&self, conn: &Connection) -> Result<(), octodb::Error> {
+        let written = conn.execute(&self.sql, rusqlite::params_from_iter(self.params.iter()))?;
+        if written == 0 {
+            tracing::warn!(
+                task = self.task,
+                "the outcome is dropped: the task was taken over or deleted"
+            );
+        }
+        Ok(())
     }
 }

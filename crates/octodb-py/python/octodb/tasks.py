@@ -358,8 +358,8 @@ def _runner_for(cls):
             if not isinstance(args, list):
                 args = [args]
             result = task.run(*args)
-            # The last values are written with the outcome.
-            run.publish(task.progress, task.total, task.expected_duration)
+            # The last values are written with the outcome (no write of their own).
+            run.publish(task.progress, task.total, task.expected_duration, False)
             return (True, encode(result))
         except Cancelled:
             return (False, "Cancelled", "the task was cancelled")
