@@ -312,9 +312,24 @@ struct Shared {
     stopping: AtomicBool,
     wake: Wake,
     active: Mutex<HashMap<i64, Active>>,
+    /// What the intake read from the feed and has not written down yet.
+    intake: Mutex<IntakeBuffer>,
+}
+
+/// The intake's notes, written down together once a tick (one commit for many tasks rather
+/// than one each); the origins are read from here meanwhile.
+#[derive(Default)]
+struct IntakeBuffer {
+    origins: HashMap<i64, u32>,
+    notes: Vec<Note>,
+    /// The feed position everything up to which is noted here or in the file.
+    up_to: u64,
 }
 
 impl Shared {
+    fn intake(&self) -> MutexGuard<'_, IntakeBuffer> {
+        self.intake.lock().unwrap_or_else(|p| p.into_inner())
+    }
     fn active(&self) -> MutexGuard<'_, HashMap<i64, Active>> {
         self.active.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -354,6 +369,7 @@ impl Workers {
             stopping: AtomicBool::new(false),
             wake: Wake::default(),
             active: Mutex::new(HashMap::new()),
+            intake: Mutex::new(IntakeBuffer::default()),
         });
         let mut threads = Vec::new();
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
@@ -433,7 +449,7 @@ fn intake(shared: &Shared, conn: Connection) {
     let mut last_housekeeping: Option<Instant> = None;
     while !shared.stopping() {
         conn.wait_feed(position, shared.config.tick);
-        match take_in(&conn, position, &mut stored) {
+        match take_in(&conn, shared, position) {
             Ok((next, touched)) => {
                 position = next;
                 if touched {
@@ -442,7 +458,13 @@ fn intake(shared: &Shared, conn: Connection) {
             }
             Err(e) => tracing::warn!("task intake cannot read the change feed: {e}"),
         }
-        if last_housekeeping.is_none_or(|at| at.elapsed() >= shared.config.tick) {
+        let tick_due = last_housekeeping.is_none_or(|at| at.elapsed() >= shared.config.tick);
+        if tick_due || shared.intake().notes.len() >= FLUSH_NOTES {
+            if let Err(e) = write_down(&conn, shared, &mut stored) {
+                tracing::debug!("the task intake cannot write its notes now: {e}");
+            }
+        }
+        if tick_due {
             last_housekeeping = Some(Instant::now());
             match housekeeping(&conn, &shared.config) {
                 Ok(true) => shared.wake.bump(),
@@ -452,6 +474,9 @@ fn intake(shared: &Shared, conn: Connection) {
             // Timed events (leases out, retries due) need no feed change to be seen.
             shared.wake.bump();
         }
+    }
+    if let Err(e) = write_down(&conn, shared, &mut stored) {
+        tracing::debug!("the task intake cannot write its notes: {e}");
     }
 }
 
@@ -466,13 +491,16 @@ enum Note {
     Forget { task: i64 },
 }
 
+/// Notes past which the intake writes down before its tick.
+const FLUSH_NOTES: usize = 1024;
+
 /// Read the feed after `position`: note each task row's inserting node and the submitter's
-/// acknowledgements. Returns the new position and whether any task changed; writes only when
-/// there is something new (or the stored position lags by [`POSITION_SLACK`]).
+/// acknowledgements (in memory, see [`write_down`]). Returns the new position and whether any
+/// task changed.
 fn take_in(
     conn: &Connection,
+    shared: &Shared,
     position: u64,
-    stored: &mut u64,
 ) -> Result<(u64, bool), octodb::Error> {
     let batch = conn.changes_after(position, 512)?;
     if batch.up_to == position {
@@ -480,6 +508,7 @@ fn take_in(
     }
     let mut touched = false;
     let mut notes = Vec::new();
+    let mut fresh: HashMap<i64, u32> = HashMap::new();
     for change in batch
         .changes
         .iter()
@@ -488,15 +517,24 @@ fn take_in(
         touched = true;
         let task = change.rowid;
         if change.kind == ChangeKind::Delete {
+            fresh.remove(&task);
             notes.push(Note::Forget { task });
             continue;
         }
-        let known = conn.query(
-            "SELECT acked_ms FROM private_octo_task_origins WHERE task_id = ?1",
-            [task],
-        )?;
-        let acked = known.iter().next().map(|r| r.values()[0] != Value::Null);
-        if acked.is_none() {
+        let buffered = fresh.contains_key(&task) || shared.intake().origins.contains_key(&task);
+        let acked = if buffered {
+            None
+        } else {
+            let known = conn.query(
+                "SELECT acked_ms FROM private_octo_task_origins WHERE task_id = ?1",
+                [task],
+            )?;
+            let acked = known.iter().next().map(|r| r.values()[0] != Value::Null);
+            acked
+        };
+        if !buffered && acked.is_none() {
+            // The first upsert of a row in the log is its insert.
+            fresh.insert(task, change.origin_node);
             notes.push(Note::Origin {
                 task,
                 node: change.origin_node,
@@ -508,15 +546,33 @@ fn take_in(
             notes.push(Note::Acknowledged { task });
         }
     }
-    if notes.is_empty() && batch.up_to < stored.saturating_add(POSITION_SLACK) {
-        return Ok((batch.up_to, touched));
+    let mut buffer = shared.intake();
+    for note in &notes {
+        if let Note::Forget { task } = note {
+            buffer.origins.remove(task);
+        }
     }
+    buffer.origins.extend(fresh);
+    buffer.notes.extend(notes);
+    buffer.up_to = batch.up_to;
+    Ok((batch.up_to, touched))
+}
+
+/// Write the intake's notes and position down, in one transaction; nothing when there is
+/// nothing new and the stored position lags by less than [`POSITION_SLACK`].
+fn write_down(conn: &Connection, shared: &Shared, stored: &mut u64) -> Result<(), octodb::Error> {
+    let (notes, up_to) = {
+        let mut buffer = shared.intake();
+        if buffer.notes.is_empty() && buffer.up_to < stored.saturating_add(POSITION_SLACK) {
+            return Ok(());
+        }
+        (std::mem::take(&mut buffer.notes), buffer.up_to)
+    };
     let now = now_ms();
-    conn.execute("BEGIN IMMEDIATE", [])?;
     let written = (|| -> Result<(), octodb::Error> {
+        conn.execute("BEGIN IMMEDIATE", [])?;
         for note in &notes {
             match *note {
-                // OR IGNORE: the first upsert of a row in the log is its insert.
                 Note::Origin { task, node, seq } => conn.execute(
                     "INSERT OR IGNORE INTO private_octo_task_origins(task_id, origin_node, seq) \
                      VALUES (?1, ?2, ?3)",
@@ -535,19 +591,32 @@ fn take_in(
         }
         conn.execute(
             "INSERT OR REPLACE INTO private_octo_task_intake(id, position) VALUES (1, ?1)",
-            [batch.up_to as i64],
+            [up_to as i64],
         )?;
+        conn.execute("COMMIT", [])?;
         Ok(())
     })();
+    let mut buffer = shared.intake();
     match written {
-        Ok(()) => conn.execute("COMMIT", [])?,
-        Err(e) => {
-            let _ = conn.execute("ROLLBACK", []);
-            return Err(e);
+        Ok(()) => {
+            for note in &notes {
+                if let Note::Origin { task, .. } = note {
+                    buffer.origins.remove(task);
+                }
+            }
+            *stored = up_to;
+            Ok(())
         }
-    };
-    *stored = batch.up_to;
-    Ok((batch.up_to, touched))
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute("ROLLBACK", []);
+            }
+            // Keep them, in order, for the next try.
+            let later = std::mem::replace(&mut buffer.notes, notes);
+            buffer.notes.extend(later);
+            Err(e)
+        }
+    }
 }
 
 /// Refuse expired tasks, delete ended ones past their retention, forget expired nonces.
@@ -731,6 +800,12 @@ fn claim(
                 values: values.to_vec(),
                 attempts: row.get(11)?,
                 origin: row.get::<Option<i64>>(12)?.map(|n| n as u32),
+            };
+            let candidate = Candidate {
+                origin: candidate
+                    .origin
+                    .or_else(|| shared.intake().origins.get(&candidate.id).copied()),
+                ..candidate
             };
             if let Some(job) = examine(shared, conn, me, &nodes, &candidate, now)? {
                 return Ok(Some(job));
