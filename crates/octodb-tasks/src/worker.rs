@@ -22,9 +22,9 @@ use octodb::feed::ChangeKind;
 use octodb::{Connection, Role, Value};
 use rand::RngCore;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -314,6 +314,7 @@ struct Shared {
     active: Mutex<HashMap<i64, Active>>,
     /// What the intake read from the feed and has not written down yet.
     intake: Mutex<IntakeBuffer>,
+    dispatch: Dispatch,
 }
 
 /// The intake's notes, written down together once a tick (one commit for many tasks rather
@@ -370,6 +371,7 @@ impl Workers {
             wake: Wake::default(),
             active: Mutex::new(HashMap::new()),
             intake: Mutex::new(IntakeBuffer::default()),
+            dispatch: Dispatch::default(),
         });
         let mut threads = Vec::new();
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
@@ -387,6 +389,11 @@ impl Workers {
         threads.push(spawn(
             "octodb-tasks-keeper".into(),
             Box::new(move || keeper(&s)),
+        )?);
+        let s = shared.clone();
+        threads.push(spawn(
+            "octodb-tasks-dispatch".into(),
+            Box::new(move || dispatch(&s)),
         )?);
         for i in 0..threads_wanted {
             let s = shared.clone();
@@ -406,6 +413,7 @@ impl Workers {
     fn stop_threads(&mut self) {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.wake.bump();
+        self.shared.dispatch.jobs_ready.notify_all();
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 tracing::error!("a task worker thread panicked");
@@ -702,38 +710,109 @@ struct Job {
     nonce: Vec<u8>,
 }
 
-fn work(shared: &Shared) {
-    let Some(conn) = open(shared).map(Rc::new) else {
-        return;
-    };
+/// Claimed tasks waiting for a runner, and the outcomes of runs waiting to be written.
+#[derive(Default)]
+struct Dispatch {
+    jobs: Mutex<VecDeque<Job>>,
+    jobs_ready: Condvar,
+    outcomes: Mutex<Vec<Outcome>>,
+    /// Claimed and not yet ended: jobs waiting or running, outcomes not yet handed back.
+    busy: AtomicUsize,
+}
+
+impl Dispatch {
+    fn jobs(&self) -> MutexGuard<'_, VecDeque<Job>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn outcomes(&self) -> MutexGuard<'_, Vec<Outcome>> {
+        self.outcomes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The dispatcher: one write transaction per round writes every outcome the runners handed
+/// back and claims as many tasks as there are idle runners (SQLite commits one at a time,
+/// so one commit for several tasks is what lets workers share a primary's disk).
+fn dispatch(shared: &Shared) {
+    let Some(conn) = open(shared) else { return };
     let me = Me::of(&conn);
-    // The last run's outcome, written in the same transaction as the next claim.
-    let mut outcome: Option<Outcome> = None;
-    while !shared.stopping() {
+    let runners = shared.config.threads.max(1);
+    loop {
         let seen = *shared.wake.lock();
-        match claim(shared, &conn, &me, outcome.as_ref()) {
-            Ok(next) => {
-                outcome = None;
-                if let Some(job) = next {
-                    outcome = run(shared, &conn, job);
-                    continue;
+        let stopping = shared.stopping();
+        let outcomes = std::mem::take(&mut *shared.dispatch.outcomes());
+        let busy = shared.dispatch.busy.load(Ordering::Acquire);
+        if stopping && busy == 0 && outcomes.is_empty() {
+            return;
+        }
+        let wanted = if stopping {
+            0
+        } else {
+            runners.saturating_sub(busy)
+        };
+        if wanted == 0 && outcomes.is_empty() {
+            shared.wake.wait_past(seen, shared.config.tick);
+            continue;
+        }
+        match claim(shared, &conn, &me, &outcomes, wanted) {
+            Ok(jobs) if jobs.is_empty() => {
+                if outcomes.is_empty() {
+                    shared.wake.wait_past(seen, shared.config.tick);
                 }
+            }
+            Ok(jobs) => {
+                shared.dispatch.busy.fetch_add(jobs.len(), Ordering::AcqRel);
+                shared.dispatch.jobs().extend(jobs);
+                shared.dispatch.jobs_ready.notify_all();
             }
             Err(e) => {
                 tracing::debug!("cannot claim tasks now: {e}");
-                if let Some(o) = outcome.take() {
+                // Alone, the outcomes may still be written (a claim's read can fail where a
+                // write would not); otherwise they are kept for the next round.
+                let mut kept = Vec::new();
+                for o in outcomes {
                     if let Err(e) = o.write(&conn) {
-                        tracing::error!(task = o.task, "cannot write the task's outcome: {e}");
+                        tracing::warn!(task = o.task, "cannot write the task's outcome yet: {e}");
+                        kept.push(o);
                     }
                 }
+                shared.dispatch.outcomes().extend(kept);
+                shared.wake.wait_past(seen, shared.config.tick);
             }
         }
-        shared.wake.wait_past(seen, shared.config.tick);
     }
-    if let Some(o) = outcome {
-        if let Err(e) = o.write(&conn) {
-            tracing::error!(task = o.task, "cannot write the task's outcome: {e}");
+}
+
+/// A runner: runs the jobs the dispatcher claimed, one at a time, and hands back outcomes.
+fn work(shared: &Shared) {
+    let Some(conn) = open(shared).map(Rc::new) else {
+        // Another runner takes its jobs.
+        return;
+    };
+    loop {
+        let job = {
+            let mut jobs = shared.dispatch.jobs();
+            loop {
+                if let Some(job) = jobs.pop_front() {
+                    break Some(job);
+                }
+                // Jobs claimed before a stop are still run: their leases are taken.
+                if shared.stopping() {
+                    break None;
+                }
+                jobs = shared
+                    .dispatch
+                    .jobs_ready
+                    .wait_timeout(jobs, shared.config.tick)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        };
+        let Some(job) = job else { return };
+        if let Some(outcome) = run(shared, &conn, job) {
+            shared.dispatch.outcomes().push(outcome);
         }
+        shared.dispatch.busy.fetch_sub(1, Ordering::AcqRel);
+        shared.wake.bump();
     }
 }
 
@@ -770,7 +849,7 @@ WHERE (t.state IS NULL OR t.state = 'queued' OR (t.state = 'running' AND t.lease
   AND (t.not_before_ms IS NULL OR t.not_before_ms <= ?1 OR t.cancel_signature IS NOT NULL)
   AND t.task_type IN (SELECT value FROM json_each(?2))
 ORDER BY t.priority DESC, t.id
-LIMIT 16";
+LIMIT ?3";
 
 /// Examine the waiting tasks in priority order; refuse or cancel those that must be, and
 /// claim the first that may run. One write transaction, so two workers never claim one task.
@@ -778,45 +857,51 @@ fn claim(
     shared: &Shared,
     conn: &Connection,
     me: &Me,
-    outcome: Option<&Outcome>,
-) -> Result<Option<Job>, octodb::Error> {
+    outcomes: &[Outcome],
+    wanted: usize,
+) -> Result<Vec<Job>, octodb::Error> {
     conn.execute("BEGIN IMMEDIATE", [])?;
     // The clock is read once the write lock is held: read before, a long wait for the lock
     // would give a lease that has already run out when it is written.
     let now = now_ms();
-    let claimed = (|| -> Result<Option<Job>, octodb::Error> {
-        if let Some(o) = outcome {
+    let claimed = (|| -> Result<Vec<Job>, octodb::Error> {
+        for o in outcomes {
             o.write(conn)?;
         }
-        let rows = conn.query(CANDIDATE_SQL, (now, shared.registry.types_json()))?;
+        let mut jobs = Vec::new();
+        if wanted == 0 {
+            return Ok(jobs);
+        }
+        let rows = conn.query(
+            CANDIDATE_SQL,
+            (now, shared.registry.types_json(), (wanted + 16) as i64),
+        )?;
         if rows.is_empty() {
-            return Ok(None);
+            return Ok(jobs);
         }
         let nodes = conn.nodes()?;
         for row in rows.iter() {
-            let values = row.values();
+            let id: i64 = row.get(0)?;
+            let origin = row.get::<Option<i64>>(12)?.map(|n| n as u32);
             let candidate = Candidate {
-                id: row.get(0)?,
-                values: values.to_vec(),
+                id,
+                values: row.values().to_vec(),
                 attempts: row.get(11)?,
-                origin: row.get::<Option<i64>>(12)?.map(|n| n as u32),
-            };
-            let candidate = Candidate {
-                origin: candidate
-                    .origin
-                    .or_else(|| shared.intake().origins.get(&candidate.id).copied()),
-                ..candidate
+                origin: origin.or_else(|| shared.intake().origins.get(&id).copied()),
             };
             if let Some(job) = examine(shared, conn, me, &nodes, &candidate, now)? {
-                return Ok(Some(job));
+                jobs.push(job);
+                if jobs.len() == wanted {
+                    break;
+                }
             }
         }
-        Ok(None)
+        Ok(jobs)
     })();
     match claimed {
-        Ok(job) => {
+        Ok(jobs) => {
             conn.execute("COMMIT", [])?;
-            Ok(job)
+            Ok(jobs)
         }
         Err(e) => {
             let _ = conn.execute("ROLLBACK", []);
