@@ -753,7 +753,16 @@ fn dispatch(shared: &Shared) {
             shared.wake.wait_past(seen, shared.config.tick);
             continue;
         }
-        match claim(shared, &conn, &me, &outcomes, wanted) {
+        let round = Instant::now();
+        let claimed = claim(shared, &conn, &me, &outcomes, wanted);
+        tracing::debug!(
+            outcomes = outcomes.len(),
+            wanted,
+            claimed = claimed.as_ref().map_or(0, Vec::len),
+            elapsed = ?round.elapsed(),
+            "dispatch round"
+        );
+        match claimed {
             Ok(jobs) if jobs.is_empty() => {
                 if outcomes.is_empty() {
                     shared.wake.wait_past(seen, shared.config.tick);
