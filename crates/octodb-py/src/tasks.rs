@@ -245,7 +245,9 @@ pub struct PyTaskWorkers {
 #[pymethods]
 impl PyTaskWorkers {
     /// `handlers`: name → (runner, max_retries, backoff seconds); `allowed`: name → list of
-    /// public keys that may submit that type (types not named: every approved node).
+    /// public keys that may submit that type, or a callable `(signer: dict, task_type) -> bool`
+    /// (types not named: every approved node). The callable runs while the claim holds the
+    /// database's write lock: it may read, not write.
     #[new]
     #[pyo3(signature = (uri, handlers, allowed, threads=4, lease=30.0, retention=300.0, retention_cap=604800.0))]
     #[allow(clippy::too_many_arguments)]
@@ -273,10 +275,31 @@ impl PyTaskWorkers {
             );
         }
         let mut policy = Policy::default();
-        for (name, keys) in allowed.iter() {
+        for (name, rule) in allowed.iter() {
             let name: String = name.extract()?;
-            let keys: Vec<String> = keys.extract()?;
-            policy = policy.allow_keys(&name, keys);
+            if rule.is_callable() {
+                let decide: Py<PyAny> = rule.unbind();
+                policy = policy.allow_if(&name, move |signer, task_type| {
+                    Python::attach(|py| {
+                        let asked = (|| -> PyResult<bool> {
+                            let info = PyDict::new(py);
+                            info.set_item("public_key", &signer.public_key)?;
+                            info.set_item("node_id", signer.node_id)?;
+                            info.set_item("node_type", &signer.node_type)?;
+                            info.set_item("user_id", signer.user_id)?;
+                            decide.call1(py, (info, task_type))?.bind(py).is_truthy()
+                        })();
+                        // An error in the backend's callback refuses, and says why.
+                        asked.unwrap_or_else(|e| {
+                            report_unraisable(py, &e);
+                            false
+                        })
+                    })
+                });
+            } else {
+                let keys: Vec<String> = rule.extract()?;
+                policy = policy.allow_keys(&name, keys);
+            }
         }
         let config = WorkerConfig {
             threads,
@@ -319,6 +342,11 @@ impl Drop for PyTaskWorkers {
             Python::attach(|py| py.detach(|| w.stop()));
         }
     }
+}
+
+/// Show a failed policy callback's error the way Python shows unraisable ones.
+fn report_unraisable(py: Python<'_>, e: &PyErr) {
+    e.clone_ref(py).write_unraisable(py, None);
 }
 
 pub fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -53,6 +53,24 @@ class Spin(tasks.Task):
             threading.Event().wait(0.005)
 
 
+class Forbidden(tasks.Task):
+    def run(self):
+        return "ran"
+
+
+class Guarded(tasks.Task):
+    def run(self):
+        return "ran"
+
+
+SIGNERS = []
+
+
+def only_secondaries(signer, task_type):
+    SIGNERS.append((signer, task_type))
+    return signer["node_type"] == "secondary"
+
+
 @pytest.fixture
 def nodes(tmp_path):
     uri = primary_uri(tmp_path / "backend.db")
@@ -60,6 +78,8 @@ def nodes(tmp_path):
     worker = tasks.Worker(uri, threads=2, lease=10)
     for cls in (Echo, Divide, Quota, Spin):
         worker.register(cls)
+    worker.register(Forbidden, allow_if=lambda signer, task_type: False)
+    worker.register(Guarded, allow_if=only_secondaries)
     worker.start()
     device_uri = f"file:{tmp_path / 'phone.db'}?node=secondary&connect={backend.bound_addresses[0]}"
     device = octodb.connect(device_uri)
@@ -138,3 +158,13 @@ def test_the_seeds_example_runs_as_a_program(run_example):
     assert p.finish() == 0, p.output()
     assert "result: Add#" in p.output() and "--> 1" in p.output() and "--> 3" in p.output()
     assert "progress: 10.0/10.0" in p.output()
+
+
+def test_the_backends_policy_decides_who_may_submit_a_type(nodes):
+    queue, _ = nodes
+    with pytest.raises(tasks.Refused) as refused:
+        Forbidden(queue).start().join(timeout=DEADLINE)
+    assert refused.value.reason == "signer not allowed"
+    assert Guarded(queue).start().join(timeout=DEADLINE) == "ran"
+    signer, task_type = SIGNERS[-1]
+    assert task_type == "Guarded" and signer["public_key"] == queue.public_key

@@ -385,13 +385,23 @@ class Worker:
         self._allowed = {}
         self._workers = None
 
-    def register(self, cls, name=None, max_retries=0, backoff=1.0, allowed_keys=None):
-        """Run tasks of `cls` (named `name`, default the class's name). `allowed_keys`: only
-        these nodes' public keys may submit it (default: every approved node)."""
+    def register(self, cls, name=None, max_retries=0, backoff=1.0, allowed_keys=None, allow_if=None):
+        """Run tasks of `cls` (named `name`, default the class's name), retrying a failed run
+        up to `max_retries` times after `backoff` seconds (doubling). Who may submit it:
+        every approved node by default; only the nodes whose public keys are in
+        `allowed_keys`; or those for which `allow_if(signer, task_type)` is true (`signer`: a
+        dict with public_key, node_id, node_type, user_id; it may read the database, not
+        write it)."""
         name = name or cls.task_name()
         self._handlers[name] = (_runner_for(cls), int(max_retries), float(backoff))
+        if allowed_keys is not None and allow_if is not None:
+            raise ValueError("give allowed_keys or allow_if, not both")
         if allowed_keys is not None:
             self._allowed[name] = [str(k) for k in allowed_keys]
+        if allow_if is not None:
+            if not callable(allow_if):
+                raise TypeError("allow_if must be callable: allow_if(signer, task_type) -> bool")
+            self._allowed[name] = allow_if
         return cls
 
     def start(self):
