@@ -6,12 +6,16 @@
 //! - an *intake* thread follows the change feed: it records which node inserted each task's
 //!   row (the signer must be that node), notes when the submitter acknowledged the final state,
 //!   wakes the workers, and does the housekeeping (expired tasks refused, retention deletion,
-//!   old nonces dropped) once a tick;
-//! - a *keeper* thread renews the leases of the tasks running here;
-//! - `threads` workers, each with its own connection, claiming and running tasks.
+//!   old nonces dropped) once a tick; what it reads is kept in memory and written down once a
+//!   tick (one commit for many tasks);
+//! - a *dispatcher* thread: one write transaction per round writes the outcomes the runners
+//!   handed back and claims as many tasks as runners are idle (examining each);
+//! - `threads` *runners*, each with its own connection (for progress reports), running the
+//!   handlers of the tasks the dispatcher claimed;
+//! - a *keeper* thread renews the leases of the tasks running here.
 //!
 //! On a follower primary of a cluster the engine refuses app writes: claims fail, are logged,
-//! and the workers try again at the next wake-up (the leader's workers do the work).
+//! and the dispatcher tries again at the next wake-up (the leader's workers do the work).
 
 use crate::policy::{Policy, Signer};
 use crate::record::{verify_cancel, TaskRecord};
