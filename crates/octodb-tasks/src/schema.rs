@@ -69,9 +69,27 @@ CREATE TABLE IF NOT EXISTS private_octo_task_origins(
 CREATE TABLE IF NOT EXISTS private_octo_task_intake(id INTEGER PRIMARY KEY, position INTEGER NOT NULL);
 ";
 
-/// Create the tables (if missing) and declare the column rules on this primary.
+/// The queue's tables, all of which [`install`] creates.
+const TABLES: &[&str] = &[
+    TASKS_TABLE,
+    "private_octo_task_nonces",
+    "private_octo_task_origins",
+    "private_octo_task_intake",
+];
+
+/// Create the tables (if missing) and declare the column rules on this primary. On a
+/// follower of a cluster, which takes no schema statements, the tables must have come from
+/// the leader (where the queue was installed first).
 pub fn install(conn: &Connection) -> octodb::Result<()> {
-    conn.execute_batch(CREATE_SQL)?;
+    let present: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN \
+         (SELECT value FROM json_each(?1))",
+        [serde_json::Value::from(TABLES.to_vec()).to_string()],
+        |r| r.get(0),
+    )?;
+    if present < TABLES.len() as i64 {
+        conn.execute_batch(CREATE_SQL)?;
+    }
     for column in SIGNED_COLUMNS {
         conn.set_column_rule(TASKS_TABLE, column, ColumnRule::SetAtInsert)?;
     }

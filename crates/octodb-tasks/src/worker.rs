@@ -432,6 +432,16 @@ impl Drop for Workers {
     }
 }
 
+/// Whether this primary writes now: alone, or its cluster's leader. A follower's app writes
+/// would wait for a leader that is not itself (and hold its file's write lock meanwhile, which
+/// its Raft state machine needs): its workers wait instead.
+fn leads(conn: &Connection) -> bool {
+    match conn.sync_status() {
+        Ok(status) => status.cluster.is_none_or(|c| c.role == "leader"),
+        Err(_) => false,
+    }
+}
+
 /// Open a connection for a worker thread, retrying while the node starts.
 fn open(shared: &Shared) -> Option<Connection> {
     while !shared.stopping() {
@@ -471,14 +481,22 @@ fn intake(shared: &Shared, conn: Connection) {
             Err(e) => tracing::warn!("task intake cannot read the change feed: {e}"),
         }
         let tick_due = last_housekeeping.is_none_or(|at| at.elapsed() >= shared.config.tick);
-        if tick_due || shared.intake().notes.len() >= FLUSH_NOTES {
+        let flush_due = tick_due || shared.intake().notes.len() >= FLUSH_NOTES;
+        // A follower writes nothing: what it read stays in memory until it leads.
+        let leading = flush_due && leads(&conn);
+        if leading {
             if let Err(e) = write_down(&conn, shared, &mut stored) {
                 tracing::debug!("the task intake cannot write its notes now: {e}");
             }
         }
         if tick_due {
             last_housekeeping = Some(Instant::now());
-            match housekeeping(&conn, &shared.config) {
+            let cleaned = if leading {
+                housekeeping(&conn, &shared.config)
+            } else {
+                Ok(false)
+            };
+            match cleaned {
                 Ok(true) => shared.wake.bump(),
                 Ok(false) => {}
                 Err(e) => tracing::debug!("task housekeeping skipped: {e}"),
@@ -672,6 +690,9 @@ fn keeper(shared: &Shared) {
             .iter()
             .map(|(id, a)| (*id, a.attempt, a.lease_id.clone(), a.lost.clone()))
             .collect();
+        if running.is_empty() || !leads(&conn) {
+            continue;
+        }
         let until = now_ms() + shared.config.lease.as_millis() as i64;
         for (id, attempt, lease_id, lost) in running {
             let renewed = conn.execute(
@@ -753,6 +774,15 @@ fn dispatch(shared: &Shared) {
         } else {
             runners.saturating_sub(busy)
         };
+        if !leads(&conn) {
+            // Outcomes wait too: a new leader's workers take over once the leases run out.
+            shared.dispatch.outcomes().extend(outcomes);
+            if stopping {
+                return;
+            }
+            shared.wake.wait_past(seen, shared.config.tick);
+            continue;
+        }
         if wanted == 0 && outcomes.is_empty() {
             shared.wake.wait_past(seen, shared.config.tick);
             continue;

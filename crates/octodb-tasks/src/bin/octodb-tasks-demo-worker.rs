@@ -56,13 +56,42 @@ fn main() -> std::process::ExitCode {
         tick: Duration::from_millis(100),
         ..WorkerConfig::default()
     };
-    let workers = match Workers::start(uri, registry, Policy::default(), config) {
-        Ok(w) => w,
-        Err(e) => {
-            eprintln!("cannot start the workers: {e}");
-            return std::process::ExitCode::FAILURE;
+    // A primary joining a cluster receives the queue's tables from the leader: until they
+    // are there, starting fails; try again for a minute.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let workers = loop {
+        match Workers::start(uri, registry.clone(), Policy::default(), config.clone()) {
+            Ok(w) => break w,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::info!("the workers cannot start yet: {e}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => {
+                eprintln!("cannot start the workers: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
         }
     };
+    // A primary joining a cluster is ready once it votes in it (a test then knows how many
+    // primaries a majority is).
+    if uri.contains("connect=") {
+        let voting = match octodb::Connection::open(uri) {
+            Ok(conn) => conn
+                .wait_for(Duration::from_secs(120), |s| {
+                    s.cluster.as_ref().is_some_and(|c| {
+                        c.members
+                            .iter()
+                            .any(|m| m.voter && m.public_key == s.public_key)
+                    })
+                })
+                .is_ok(),
+            Err(_) => false,
+        };
+        if !voting {
+            eprintln!("this primary did not become a voter of its cluster within 2 minutes");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     println!("ready");
     let _ = std::io::stdout().flush();
     loop {
