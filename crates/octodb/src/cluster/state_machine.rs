@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 
 use super::types::Member;
 
-const APPLIED_KEY: &str = "raft_applied";
-const MEMBERSHIP_KEY: &str = "raft_membership";
+pub(super) const APPLIED_KEY: &str = "raft_applied";
+pub(super) const MEMBERSHIP_KEY: &str = "raft_membership";
 
 type Membership = StoredMembership<RaftNodeId, Member>;
 

@@ -97,6 +97,11 @@ pub(crate) enum Job {
         pubkey: String,
         reply: Reply<u32>,
     },
+    /// Primary (the leader): a member primary rejoins as a new member; its key's new node id.
+    RenumberPrimary {
+        pubkey: String,
+        reply: Reply<u32>,
+    },
     /// Primary: a key connected without the sign-up the primaries require; keep it so that it
     /// can be approved by hand.
     Presence {
@@ -418,6 +423,15 @@ impl Writer {
                             super::members::reserve_node_id(c, &pubkey)
                         });
                     let _ = reply.send(reserved);
+                }
+                Job::RenumberPrimary { pubkey, reply } => {
+                    let touched = [Touched::Key(pubkey.clone())];
+                    let renumbered =
+                        shared_rows::write_txn(&self.conn, &self.shared, &touched, |c| {
+                            super::members::renumber(c, &pubkey)
+                        });
+                    self.shared.approved.forget(&pubkey);
+                    let _ = reply.send(renumbered);
                 }
                 Job::LastDecided { node_id, reply } => {
                     let _ = reply.send(self.last_decided(node_id));
