@@ -313,10 +313,12 @@ impl PeerClient {
             )));
         }
         let (rd, mut wr) = stream.into_split();
+        // Which member the messages are for: a primary that rejoined under a new id, at the
+        // address and with the key of an old member, must not take the old member's log.
         let hello = Message::Hello {
             role: crate::Role::Primary,
             last_seq: 0,
-            info: "{}".into(),
+            info: serde_json::json!({ "to": self.target }).to_string(),
             auth: None,
         };
         wr.send(&hello.encode()).await?;

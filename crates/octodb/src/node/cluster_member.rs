@@ -75,6 +75,35 @@ async fn follow_view(shared: std::sync::Weak<Shared>) {
         let Some(proposer) = shared.cluster.get() else {
             return;
         };
+        let stopped = proposer
+            .raft()
+            .metrics()
+            .borrow()
+            .running_state
+            .clone()
+            .err();
+        if let Some(fatal) = stopped {
+            if matches!(fatal, openraft::error::Fatal::Stopped) {
+                return; // the node closes
+            }
+            let why = format!(
+                "this primary's Raft node stopped ({fatal}); it serves nothing until the \
+                 database is opened again (a primary whose file diverged from its cluster's \
+                 then rejoins it as a new member)"
+            );
+            tracing::error!("{why}");
+            shared
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sync_error = Some(why);
+            shared.cluster_view.send_if_modified(|current| {
+                let was_leading = current.leading;
+                current.leading = false;
+                was_leading
+            });
+            return;
+        }
         let view = crate::cluster::view(proposer.raft());
         shared.cluster_view.send_if_modified(|current| {
             if view == *current {

@@ -216,6 +216,15 @@ pub(crate) fn reserve_node_id(c: &Connection, pubkey: &str) -> Result<u32> {
     }
 }
 
+/// A primary that rejoins its cluster as a new member (its file diverged, or was restored):
+/// its key's record moves to a new node id, never used before.
+pub(crate) fn renumber(c: &Connection, pubkey: &str) -> Result<u32> {
+    let node_id = next_node_id(c)?;
+    c.prepare_cached("UPDATE _octo_nodes SET node_id = ?2 WHERE pubkey = ?1")?
+        .execute(rusqlite::params![pubkey, node_id])?;
+    Ok(node_id_of(node_id))
+}
+
 /// Once approved, a key gets its node id (it had a negative row id while it waited).
 fn give_node_id(c: &Connection, row: i64) -> Result<u32> {
     if row > 0 {

@@ -322,8 +322,13 @@ impl Node {
         let keys = load_or_create_keys(&conn, &cfg)?;
         // A new primary with `connect=` joins the cluster there; one whose file already
         // belongs to a cluster (or a primary alone) starts its Raft node at once.
+        // A primary whose file diverged from its cluster's rejoins it as a new member.
+        let rejoins = match cfg.role {
+            Some(Role::Primary) => !crate::cluster::rejoin::prepare(&conn)?.is_empty(),
+            _ => false,
+        };
         let joins = cfg.role == Some(Role::Primary)
-            && !cfg.connect.is_empty()
+            && (!cfg.connect.is_empty() || rejoins)
             && !crate::cluster::is_formed(&conn)?;
         let identity = Arc::new(load_identity(&conn, &cfg)?);
         register_identity_functions(&conn, &identity)?;
