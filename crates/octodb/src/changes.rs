@@ -115,15 +115,26 @@ impl ChangeSet {
     /// The part of this change set that a device of `user` may see, or None if nothing.
     pub fn visible_to_user(&self, user: i64) -> Option<ChangeSet> {
         let mut out = ChangeSet::default();
+        // Rows of `private_*` tables stay among the primaries whatever their owner (SPEC 3.1);
+        // the initial download leaves those tables out, and so must the stream.
+        let shared = |table: &u32| {
+            self.header(*table)
+                .is_some_and(|h| !crate::store::schema::is_private(&h.name))
+        };
         for op in &self.ops {
             let keep = match op {
                 Op::Ddl { private, .. } => !private,
-                Op::Delete { owner, .. } => Owner::of(owner).visible_to(user),
+                Op::Delete { table, owner, .. } => {
+                    shared(table) && Owner::of(owner).visible_to(user)
+                }
                 Op::Upsert { table, values, .. }
                 | Op::Insert { table, values, .. }
-                | Op::Update { table, values, .. } => self
-                    .owner_of(*table, values)
-                    .is_some_and(|o| o.visible_to(user)),
+                | Op::Update { table, values, .. } => {
+                    shared(table)
+                        && self
+                            .owner_of(*table, values)
+                            .is_some_and(|o| o.visible_to(user))
+                }
             };
             if keep {
                 out.push_from(self, op);
@@ -224,4 +235,36 @@ impl ChangeSet {
 /// Bit for column `i` in an `Op::Update::changed` mask.
 pub fn column_bit(i: usize) -> u64 {
     1u64 << i.min(63)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_of_private_tables_are_visible_to_no_device() {
+        let mut cs = ChangeSet::default();
+        let columns = vec!["id".to_string(), "row_owner".to_string()];
+        let secret = cs.table_index("private_nonces", &columns);
+        let public = cs.table_index("notes", &columns);
+        for (table, owner) in [
+            (secret, Value::Text("*".into())),
+            (secret, Value::Integer(7)),
+            (public, Value::Integer(7)),
+        ] {
+            cs.ops.push(Op::Upsert {
+                table,
+                rowid: 1,
+                values: vec![Value::Integer(1), owner],
+            });
+        }
+        cs.ops.push(Op::Delete {
+            table: secret,
+            rowid: 1,
+            owner: Value::Text("*".into()),
+        });
+        let seen = cs.visible_to_user(7).expect("the public row is visible");
+        assert_eq!(seen.ops.len(), 1);
+        assert_eq!(seen.row_of(&seen.ops[0]), Some(("notes", 1)));
+    }
 }
