@@ -392,10 +392,17 @@ impl Task<'_> {
             ))
         })
     }
+    /// The task as this node sees it now. Seeing it ended acknowledges the final state (its
+    /// retention starts).
     pub fn info(&self) -> Result<TaskInfo, TaskError> {
-        self.queue
+        let info = self
+            .queue
             .info(self.id)?
-            .ok_or(TaskError::NotFound(self.id))
+            .ok_or(TaskError::NotFound(self.id))?;
+        if info.state.has_ended() {
+            self.queue.acknowledge(&info)?;
+        }
+        Ok(info)
     }
     pub fn state(&self) -> Result<State, TaskError> {
         Ok(self.info()?.state)

@@ -244,11 +244,14 @@ class Task:
         return self
 
     def refresh(self):
-        """Read the task's row again; returns its state."""
+        """Read the task's row again; returns its state. Seeing it ended acknowledges the
+        final state (its retention starts)."""
         info = self._queue._q.info(self.id)
         if info is None:
             raise LookupError(f"task {self.id} does not exist (deleted after its retention?)")
         self._update(info)
+        if self.state in _ENDED:
+            self._queue._q.acknowledge(self.id)
         return self.state
 
     def _update(self, info):
