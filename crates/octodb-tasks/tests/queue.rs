@@ -503,3 +503,60 @@ fn node_signatures_are_separated_by_domain() {
         .is_err());
     assert!(setup.primary.sign_with_node_key("", b"x").is_err());
 }
+
+#[test]
+fn a_chatty_handler_writes_progress_about_ten_times_a_second_and_leases_are_renewed_calmly() {
+    let setup = Setup::new();
+    let mut registry = octodb_tasks::Registry::default();
+    registry.register(
+        "chatty",
+        octodb_tasks::TypeOptions::default(),
+        |ctx: &octodb_tasks::TaskContext, _args: serde_json::Value| {
+            // 50,000 reports over about half a second.
+            let started = std::time::Instant::now();
+            let mut i = 0.0;
+            while started.elapsed() < Duration::from_millis(500) {
+                i += 1.0;
+                ctx.report(i, 1e9)?;
+            }
+            Ok(serde_json::json!(i))
+        },
+    );
+    let config = octodb_tasks::WorkerConfig {
+        progress_interval: Duration::from_millis(100),
+        ..quick_config(1)
+    };
+    let before = setup.primary.feed_position();
+    let _workers = setup.workers(registry, Policy::default(), config);
+    let device = setup.device("d.db");
+    let id = device
+        .submit("chatty", "[]", SubmitOptions::default())
+        .unwrap();
+    let reports: f64 = device
+        .join(id, Some(DEADLINE), |_| {})
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(reports > 1000.0, "the handler reported {reports} times");
+    // Every write of the task's row, from the primary's log: insert, claim, progress, lease
+    // renewals (every third of the 2 s lease), outcome.
+    let mut writes = 0;
+    let mut after = before;
+    loop {
+        let batch = setup.primary.changes_after(after, 1000).unwrap();
+        writes += batch
+            .changes
+            .iter()
+            .filter(|c| c.table == "octo_tasks" && c.rowid == id)
+            .count();
+        if batch.up_to == after {
+            break;
+        }
+        after = batch.up_to;
+    }
+    // About 5 progress writes in half a second, with room for a slow machine's pauses.
+    assert!(
+        writes <= 12,
+        "{writes} writes of the task's row for {reports} reports"
+    );
+}

@@ -6,7 +6,7 @@ pub(super) fn keeper(shared: &Shared) {
     let Some(conn) = open(shared) else { return };
     let every = (shared.config.lease / 3).max(Duration::from_millis(50));
     while !shared.stopping() {
-        shared.wake.wait_past(u64::MAX, every);
+        shared.wake.sleep(every, &shared.stopping);
         let running: Vec<(i64, i64, String, Arc<AtomicBool>)> = shared
             .active()
             .iter()

@@ -187,6 +187,22 @@ impl Wake {
                 .unwrap_or_else(|p| p.into_inner()),
         );
     }
+
+    /// Sleep `timeout`, or less if `stopping` becomes true (a stop bumps the generation).
+    fn sleep(&self, timeout: Duration, stopping: &AtomicBool) {
+        let deadline = Instant::now() + timeout;
+        let mut guard = self.lock();
+        while !stopping.load(Ordering::Acquire) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            guard = self
+                .cv
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
 }
 
 /// A task running on this process, as the lease keeper renews it.
@@ -327,7 +343,7 @@ fn open(shared: &Shared) -> Option<Connection> {
             Ok(c) => return Some(c),
             Err(e) => {
                 tracing::error!("task worker cannot open its database: {e}");
-                shared.wake.wait_past(u64::MAX, shared.config.tick);
+                shared.wake.sleep(shared.config.tick, &shared.stopping);
             }
         }
     }
