@@ -35,6 +35,12 @@ fn start_worker_with_lease(uri: &str, side_effects: &std::path::Path, lease_ms: 
     let mut child = Command::new(env!("CARGO_BIN_EXE_octodb-tasks-demo-worker"))
         .args([uri, &side_effects.display().to_string(), lease_ms])
         .stdout(Stdio::piped())
+        // The killed leader's peers log their elections loudly: shown only when asked for.
+        .stderr(if std::env::var_os("OCTODB_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("start the worker process");
     let stdout = child.stdout.take().expect("worker's stdout");
