@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 /// The encoding of protocol versions 2 to 5 (2: Welcome tells a device the last of its
 /// transactions the primaries decided; 4 adds `Heartbeat` at the end, which only peers of 4
-/// receive, and leaves every other message's bytes as they were; 5 adds `PrimaryMembers`
-/// after it, likewise).
+/// receive, and leaves every other message's bytes as they were; 5 adds `PrimaryMembers` and
+/// `NotLeader` after it, likewise).
 pub const MESSAGE_ENCODING: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +81,13 @@ pub enum Message {
     /// them (it trusts their keys because the primary it trusts vouches for them).
     PrimaryMembers {
         members: Vec<PrimaryMember>,
+    },
+    /// Protocol 5 and newer, primary → device instead of `Hello`'s answer: this primary does
+    /// not serve devices now (it follows, or its cluster is electing a leader); `leader` is
+    /// where the leader listens when known. The connection closes after it.
+    NotLeader {
+        leader: Option<String>,
+        reason: String,
     },
 }
 
@@ -184,6 +191,7 @@ impl Message {
             Message::Txns { .. } => "Txns",
             Message::Heartbeat => "Heartbeat",
             Message::PrimaryMembers { .. } => "PrimaryMembers",
+            Message::NotLeader { .. } => "NotLeader",
         }
     }
 }
