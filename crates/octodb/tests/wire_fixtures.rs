@@ -192,6 +192,20 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
         ),
         // Protocol 4.
         ("heartbeat", Message::Heartbeat),
+        // Protocol 5.
+        (
+            "open_channel",
+            Message::OpenChannel {
+                service: "broker".into(),
+            },
+        ),
+        (
+            "channel_open",
+            Message::ChannelOpen {
+                node_id: 7,
+                user_id: 3,
+            },
+        ),
     ]
 }
 
@@ -232,5 +246,5 @@ fn every_message_kind_has_a_fixture() {
     // A new kind of message must be frozen too (add it to sample_messages).
     let kinds: std::collections::BTreeSet<&str> =
         sample_messages().iter().map(|(_, m)| m.kind()).collect();
-    assert_eq!(kinds.len(), 11, "message kinds with fixtures: {kinds:?}");
+    assert_eq!(kinds.len(), 13, "message kinds with fixtures: {kinds:?}");
 }

@@ -11,9 +11,10 @@ use crate::uri::Role;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
-/// The encoding of protocol versions 2 to 4 (2: Welcome tells a device the last of its
+/// The encoding of protocol versions 2 to 5 (2: Welcome tells a device the last of its
 /// transactions the primaries decided; 4 adds `Heartbeat` at the end, which only peers of 4
-/// receive, and leaves every other message's bytes as they were).
+/// receive, and leaves every other message's bytes as they were; 5 appends `OpenChannel` and
+/// `ChannelOpen` the same way, exchanged only with peers of 5).
 pub const MESSAGE_ENCODING: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -75,6 +76,18 @@ pub enum Message {
     /// Protocol 4 and newer: sent when the connection has been silent for a heartbeat
     /// interval, so that the peer can tell a quiet connection from a dead one.
     Heartbeat,
+    /// Protocol 5 and newer, first message of the connecting node instead of `Hello`: it asks
+    /// for the named service (`node::channels`) on this connection. The frames that follow
+    /// belong to the service.
+    OpenChannel {
+        service: String,
+    },
+    /// Protocol 5: the primary opened the channel for this approved node (its node and user
+    /// ids as the primary knows them); the service's frames follow. A refusal is `Refused`.
+    ChannelOpen {
+        node_id: u32,
+        user_id: i64,
+    },
 }
 
 /// Builds the bytes of a [`Message::SnapshotRows`] row by row, straight from SQLite's values:
@@ -167,6 +180,8 @@ impl Message {
             Message::Entries { .. } => "Entries",
             Message::Txns { .. } => "Txns",
             Message::Heartbeat => "Heartbeat",
+            Message::OpenChannel { .. } => "OpenChannel",
+            Message::ChannelOpen { .. } => "ChannelOpen",
         }
     }
 }
