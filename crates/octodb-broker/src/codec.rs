@@ -706,3 +706,161 @@ impl From<&octodb::Value> for Value {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn samples() -> Vec<Value> {
+        let t = TimeOfDay {
+            hour: 23,
+            minute: 59,
+            second: 58,
+            micro: 999_999,
+            utc_offset: Some(-3600),
+        };
+        vec![
+            Value::None,
+            Value::Bool(true),
+            Value::Bool(false),
+            Value::Int(i64::MIN),
+            Value::Int(i64::MAX),
+            Value::BigInt("-123456789012345678901234567890".into()),
+            Value::Float(-0.5),
+            Value::Float(f64::INFINITY),
+            Value::Str("héllo".into()),
+            Value::Bytes(vec![0, 255, 7]),
+            Value::List(vec![Value::Int(1), Value::Str("x".into())]),
+            Value::Tuple(vec![]),
+            Value::Dict(vec![(Value::Int(1), Value::None), ("k".into(), Value::Bool(true))]),
+            Value::DateTime(DateTime {
+                year: 2026,
+                month: 12,
+                day: 4,
+                time: t,
+            }),
+            Value::Date {
+                year: -44,
+                month: 3,
+                day: 15,
+            },
+            Value::Time(TimeOfDay {
+                utc_offset: None,
+                ..t
+            }),
+            Value::TimeDelta {
+                days: -3,
+                seconds: 86_399,
+                micros: 1,
+            },
+            Value::Custom {
+                type_name: "Point".into(),
+                value: Box::new(Value::Tuple(vec![Value::Int(1), Value::Int(2)])),
+            },
+            // A list that holds itself, and a dict shared twice.
+            Value::Shared {
+                id: 0,
+                value: Box::new(Value::List(vec![
+                    Value::Backref(0),
+                    Value::Shared {
+                        id: 1,
+                        value: Box::new(Value::Dict(vec![])),
+                    },
+                    Value::Backref(1),
+                ])),
+            },
+            Value::Ref(ObjRef {
+                key: Key::new("static", [KeyPart::from("root"), KeyPart::Int(-1)]),
+                code: vec![1; 16],
+            }),
+            Value::Object(Box::new(ObjectState {
+                key: ObjRef::unsigned(Key::new("todos", [KeyPart::Int(5)])),
+                class: "todos".into(),
+                fields: vec![("title".into(), "milk".into())],
+                refs: vec![
+                    ("owner".into(), None),
+                    (
+                        "list".into(),
+                        Some(ObjRef::unsigned(Key::new("lists", [KeyPart::Int(1)]))),
+                    ),
+                ],
+                backrefs: vec!["items".into()],
+                methods: vec!["done".into()],
+            })),
+        ]
+    }
+
+    #[test]
+    fn every_kind_round_trips() {
+        for v in samples() {
+            let bytes = encode(&v);
+            assert_eq!(decode(&bytes, &Limits::default()), Ok(v.clone()), "{v:?}");
+            // Every strict prefix is an error, never a panic.
+            for cut in 0..bytes.len() {
+                assert!(decode(&bytes[..cut], &Limits::default()).is_err(), "{v:?} cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn limits_hold() {
+        let mut deep = Value::None;
+        for _ in 0..100 {
+            deep = Value::List(vec![deep]);
+        }
+        let bytes = encode(&deep);
+        assert_eq!(
+            decode(&bytes, &Limits::default()),
+            Err(CodecError::TooDeep(64))
+        );
+        let big = encode(&Value::Bytes(vec![0; 100]));
+        let small = Limits {
+            max_bytes: 50,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            decode(&big, &small),
+            Err(CodecError::TooLarge { .. })
+        ));
+        // A forged count far beyond the bytes given.
+        assert_eq!(
+            decode(&[tag::LIST, 0xff, 0xff, 0xff, 0xff, 0x0f], &Limits::default()),
+            Err(CodecError::Truncated)
+        );
+        // References must point back at a structure already begun.
+        assert!(decode(&[tag::BACKREF, 0], &Limits::default()).is_err());
+        assert!(decode(&[tag::SHARED, 1, tag::NONE], &Limits::default()).is_err());
+        // Trailing bytes.
+        assert!(decode(&[tag::NONE, 0], &Limits::default()).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("OCTODB_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(3_000),
+            failure_persistence: None,
+            ..Default::default()
+        })]
+        #[test]
+        fn random_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode(&bytes, &Limits::default());
+        }
+
+        #[test]
+        fn mutated_values_decode_or_fail_cleanly(which in 0usize..21, pos in any::<usize>(), byte in any::<u8>()) {
+            let samples = samples();
+            let mut bytes = encode(&samples[which % samples.len()]);
+            if !bytes.is_empty() {
+                let i = pos % bytes.len();
+                bytes[i] = byte;
+            }
+            let _ = decode(&bytes, &Limits::default());
+        }
+
+        #[test]
+        fn random_frames_never_crash_the_protocol_decoder(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = crate::protocol::decode::<crate::protocol::Request>(&bytes);
+            let _ = crate::protocol::decode::<crate::protocol::ServerFrame>(&bytes);
+        }
+    }
+}

@@ -442,8 +442,17 @@ impl Inner {
         if let Some(s) = lock(&self.sessions).get_mut(&session) {
             s.held.insert(key.clone());
         }
-        let state = self.loader(&key.loader)?.fetch(peer, &key)?;
-        Ok(Value::Object(Box::new(state)))
+        let state = self.loader(&key.loader).and_then(|l| l.fetch(peer, &key));
+        match state {
+            Ok(state) => Ok(Value::Object(Box::new(state))),
+            Err(e) => {
+                // Refused or gone: it holds nothing, and hears nothing of it.
+                if let Some(s) = lock(&self.sessions).get_mut(&session) {
+                    s.held.remove(&key);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Signs every reference of a reply and notes the objects sent whole as held.
@@ -614,9 +623,4 @@ async fn run_session(inner: Arc<Inner>, ch: Channel) {
     }
     lock(&inner.sessions).remove(&id);
     tracing::debug!(node = peer.node_id, "broker client disconnected");
-}
-
-#[cfg(test)]
-pub(crate) fn test_server() -> Server {
-    Server::with_secret("test", Secret::from_bytes(b"test"))
 }
