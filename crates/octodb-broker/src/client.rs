@@ -395,7 +395,10 @@ impl Client {
     /// A new object of `class` (writable exports only).
     pub fn create(&self, class: &str, values: Vec<(String, Value)>) -> Result<Value, BrokerError> {
         let values = codec::encode(&Value::Dict(
-            values.into_iter().map(|(k, v)| (Value::Str(k), v)).collect(),
+            values
+                .into_iter()
+                .map(|(k, v)| (Value::Str(k), v))
+                .collect(),
         ));
         self.request(Op::New {
             class: class.to_string(),
@@ -523,9 +526,7 @@ async fn maintain(inner: Arc<Inner>) {
                         }
                     }
                     ServerFrame::Invalidate { keys } => inner.note(Notice::Invalidated(keys)),
-                    ServerFrame::ClassChanged { class } => {
-                        inner.note(Notice::ClassChanged(class))
-                    }
+                    ServerFrame::ClassChanged { class } => inner.note(Notice::ClassChanged(class)),
                 }
             }
             #[allow(unreachable_code)]

@@ -26,14 +26,28 @@ pub enum Value {
     /// Pairs in their order (keys may be any value, as Python's dict keys).
     Dict(Vec<(Value, Value)>),
     DateTime(DateTime),
-    Date { year: i32, month: u8, day: u8 },
+    Date {
+        year: i32,
+        month: u8,
+        day: u8,
+    },
     Time(TimeOfDay),
     /// Python's normalized form: `seconds` in 0..86400, `micros` in 0..1_000_000.
-    TimeDelta { days: i64, seconds: u32, micros: u32 },
+    TimeDelta {
+        days: i64,
+        seconds: u32,
+        micros: u32,
+    },
     /// A value of a type registered on both sides under `type_name`.
-    Custom { type_name: String, value: Box<Value> },
+    Custom {
+        type_name: String,
+        value: Box<Value>,
+    },
     /// The first occurrence of a structure referred to again (see the module's doc).
-    Shared { id: u32, value: Box<Value> },
+    Shared {
+        id: u32,
+        value: Box<Value>,
+    },
     /// A later occurrence of the `Shared` value with this id.
     Backref(u32),
     /// An exported object, by reference (its key and access code).
@@ -733,7 +747,10 @@ mod tests {
             Value::Bytes(vec![0, 255, 7]),
             Value::List(vec![Value::Int(1), Value::Str("x".into())]),
             Value::Tuple(vec![]),
-            Value::Dict(vec![(Value::Int(1), Value::None), ("k".into(), Value::Bool(true))]),
+            Value::Dict(vec![
+                (Value::Int(1), Value::None),
+                ("k".into(), Value::Bool(true)),
+            ]),
             Value::DateTime(DateTime {
                 year: 2026,
                 month: 12,
@@ -798,7 +815,10 @@ mod tests {
             assert_eq!(decode(&bytes, &Limits::default()), Ok(v.clone()), "{v:?}");
             // Every strict prefix is an error, never a panic.
             for cut in 0..bytes.len() {
-                assert!(decode(&bytes[..cut], &Limits::default()).is_err(), "{v:?} cut {cut}");
+                assert!(
+                    decode(&bytes[..cut], &Limits::default()).is_err(),
+                    "{v:?} cut {cut}"
+                );
             }
         }
     }
@@ -825,7 +845,10 @@ mod tests {
         ));
         // A forged count far beyond the bytes given.
         assert_eq!(
-            decode(&[tag::LIST, 0xff, 0xff, 0xff, 0xff, 0x0f], &Limits::default()),
+            decode(
+                &[tag::LIST, 0xff, 0xff, 0xff, 0xff, 0x0f],
+                &Limits::default()
+            ),
             Err(CodecError::Truncated)
         );
         // References must point back at a structure already begun.

@@ -23,7 +23,9 @@ pub enum Op {
     /// The root object.
     Root,
     /// An object's state, by its reference.
-    Fetch { target: ObjRef },
+    Fetch {
+        target: ObjRef,
+    },
     /// A method of an object (`target`), or a plain server call (None). `args` is a tuple of
     /// (positional list, keyword dict).
     Call {
@@ -32,7 +34,10 @@ pub enum Op {
         args: Encoded,
     },
     /// The objects behind a one-to-many reference.
-    BackRef { target: ObjRef, name: String },
+    BackRef {
+        target: ObjRef,
+        name: String,
+    },
     /// `get`/`find`/`count` on a class; `eq` is a dict of field to value.
     Search {
         class: String,
@@ -41,10 +46,18 @@ pub enum Op {
         mode: SearchMode,
     },
     /// A new object of a class, with its fields (a dict).
-    New { class: String, values: Encoded },
+    New {
+        class: String,
+        values: Encoded,
+    },
     /// Field changes: a dict of field to `(old, new)`; refused if the old value changed.
-    Update { target: ObjRef, changes: Encoded },
-    Delete { target: ObjRef },
+    Update {
+        target: ObjRef,
+        changes: Encoded,
+    },
+    Delete {
+        target: ObjRef,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -81,7 +81,9 @@ pub trait Loader: Send + Sync + 'static {
         _limit: Option<u32>,
         _mode: SearchMode,
     ) -> Result<Value, BrokerError> {
-        Err(BrokerError::Unknown(format!("class {class} cannot be searched")))
+        Err(BrokerError::Unknown(format!(
+            "class {class} cannot be searched"
+        )))
     }
 
     fn create(
@@ -279,11 +281,7 @@ impl Inner {
         }
         let mut sessions = lock(&self.sessions);
         for s in sessions.values_mut() {
-            let told: Vec<Key> = keys
-                .iter()
-                .filter(|k| s.held.remove(*k))
-                .cloned()
-                .collect();
+            let told: Vec<Key> = keys.iter().filter(|k| s.held.remove(*k)).cloned().collect();
             if !told.is_empty() {
                 self.announced.fetch_add(1, Ordering::Relaxed);
                 queue(s, ServerFrame::Invalidate { keys: told });
@@ -564,7 +562,11 @@ async fn run_session(inner: Arc<Inner>, ch: Channel) {
             kicked: kicked.clone(),
         },
     );
-    tracing::debug!(node = peer.node_id, user = peer.user_id, "broker client connected");
+    tracing::debug!(
+        node = peer.node_id,
+        user = peer.user_id,
+        "broker client connected"
+    );
     let writing = async {
         while let Some(frame) = out_rx.recv().await {
             wr.send(&frame).await?;

@@ -134,7 +134,9 @@ impl SqlTables {
             .filter(|c| !hide.iter().any(|h| h.eq_ignore_ascii_case(c)))
             .cloned()
             .collect();
-        let has_owner = all.iter().any(|c| c.eq_ignore_ascii_case(octodb::ROW_OWNER));
+        let has_owner = all
+            .iter()
+            .any(|c| c.eq_ignore_ascii_case(octodb::ROW_OWNER));
         let fks = conn.query(&format!("PRAGMA foreign_key_list({})", quote(table)), [])?;
         let mut fk_list = Vec::new();
         for r in fks.iter() {
@@ -244,16 +246,19 @@ impl SqlTables {
                 .iter()
                 .map(|(name, col, target)| {
                     let r = match get(col) {
-                        Some(octodb::Value::Integer(id)) => Some(ObjRef::unsigned(Key::new(
-                            target,
-                            [KeyPart::Int(*id)],
-                        ))),
+                        Some(octodb::Value::Integer(id)) => {
+                            Some(ObjRef::unsigned(Key::new(target, [KeyPart::Int(*id)])))
+                        }
                         _ => None,
                     };
                     (name.clone(), r)
                 })
                 .collect(),
-            backrefs: self.lists_of(&e.name).into_iter().map(|(n, _, _)| n).collect(),
+            backrefs: self
+                .lists_of(&e.name)
+                .into_iter()
+                .map(|(n, _, _)| n)
+                .collect(),
             methods: Vec::new(),
         }
     }
@@ -498,7 +503,9 @@ impl Loader for SqlTables {
         )?;
         Ok(rows
             .into_iter()
-            .map(|(rowid, _)| Value::Ref(ObjRef::unsigned(Key::new(&e.name, [KeyPart::Int(rowid)]))))
+            .map(|(rowid, _)| {
+                Value::Ref(ObjRef::unsigned(Key::new(&e.name, [KeyPart::Int(rowid)])))
+            })
             .collect())
     }
 

@@ -82,7 +82,12 @@ impl Statics {
     }
 
     fn with_server(&self, f: impl FnOnce(&Server)) {
-        if let Some(s) = self.server.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+        if let Some(s) = self
+            .server
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
             f(s);
         }
     }

@@ -20,12 +20,10 @@ fn seed_server(p: &Connection) -> (Server, Statics) {
     statics.install(&server);
     let status = statics.add(
         vec!["status".into()],
-        StaticObject::new("Status")
-            .field("health", "OK")
-            .field(
-                "servers",
-                Value::Tuple(vec!["joe".into(), "curly".into(), "moe".into()]),
-            ),
+        StaticObject::new("Status").field("health", "OK").field(
+            "servers",
+            Value::Tuple(vec!["joe".into(), "curly".into(), "moe".into()]),
+        ),
     );
     let for_login = statics.clone();
     let for_bump = statics.clone();
@@ -106,7 +104,12 @@ fn the_seed_example_root_status_login_and_hello() {
     let status = client.fetch(&status_ref(&root)).unwrap();
     assert_eq!(field(&status, "health"), Value::from("OK"));
     let real = client
-        .call_method(&root.key, "login", vec!["jane".into(), "hash".into()], vec![])
+        .call_method(
+            &root.key,
+            "login",
+            vec!["jane".into(), "hash".into()],
+            vec![],
+        )
         .unwrap();
     let Value::Ref(real) = real else {
         panic!("login returns a reference, got {real:?}")
@@ -139,7 +142,10 @@ fn a_reference_is_fetched_once_and_shared() {
     let first = client.fetch(&r).unwrap();
     assert!(client.is_cached(&r.key));
     let second = client.fetch(&r).unwrap();
-    assert!(Arc::ptr_eq(&first, &second), "one object per key, no second request");
+    assert!(
+        Arc::ptr_eq(&first, &second),
+        "one object per key, no second request"
+    );
 }
 
 #[test]
@@ -190,7 +196,10 @@ fn an_invalidation_reaches_the_client_and_orders_before_the_reply() {
             !client.is_cached(&r.key),
             "round {i}: the reply came before the invalidation"
         );
-        assert_eq!(field(&client.fetch(&r).unwrap(), "health"), Value::from(health));
+        assert_eq!(
+            field(&client.fetch(&r).unwrap(), "health"),
+            Value::from(health)
+        );
     }
 }
 
@@ -229,9 +238,7 @@ fn a_deleted_object_is_not_found_and_forged_keys_are_refused() {
     // The server's own reference for a key is what it hands out.
     assert_eq!(server.reference(Key::of_static(["root"])), root.key);
     // A forged reference inside a call's arguments is refused too.
-    let err = client
-        .call("hello", vec![Value::Ref(guessed)])
-        .unwrap_err();
+    let err = client.call("hello", vec![Value::Ref(guessed)]).unwrap_err();
     assert!(matches!(err, BrokerError::Permission(_)), "{err:?}");
 }
 
@@ -302,7 +309,8 @@ fn an_export_limited_to_a_user_is_refused_to_others() {
     let mut clients = Vec::new();
     for (name, user) in [("ann", 10), ("bob", 20)] {
         let d = net.device(&format!("{name}.db"), &p);
-        d.execute(&format!("PRAGMA user_signup='{name}'"), []).unwrap();
+        d.execute(&format!("PRAGMA user_signup='{name}'"), [])
+            .unwrap();
         assert_eq!(ready(&d).user_id, Some(user));
         let c = Client::connect(&d, SERVICE, DEADLINE).unwrap();
         clients.push((d, c));
@@ -341,7 +349,10 @@ fn a_client_keeps_its_references_across_a_server_restart() {
     let (_d, client) = connected(&net, &p, "d.db");
     let root = client.root().unwrap();
     let r = status_ref(&root);
-    assert_eq!(field(&client.fetch(&r).unwrap(), "health"), Value::from("OK"));
+    assert_eq!(
+        field(&client.fetch(&r).unwrap(), "health"),
+        Value::from("OK")
+    );
     let notices: Arc<Mutex<Vec<Notice>>> = Default::default();
     let seen = notices.clone();
     client.set_listener(move |n| seen.lock().unwrap().push(n));

@@ -86,5 +86,6 @@ pub fn ready(c: &Connection) -> octodb::SyncStatus {
 }
 
 pub fn count(c: &Connection, sql: &str) -> i64 {
-    c.query_row(sql, [], |r| r.get::<i64>(0)).expect("count query")
+    c.query_row(sql, [], |r| r.get::<i64>(0))
+        .expect("count query")
 }
