@@ -112,6 +112,9 @@ pub trait Loader: Send + Sync + 'static {
 
 /// A plain server call's handler (`call("hello", "you")`).
 pub type CallHandler = Arc<dyn Fn(&Peer, Args) -> Result<Value, BrokerError> + Send + Sync>;
+/// Handles plain calls by name (a Python server's `do_*` methods).
+pub type FallbackHandler =
+    Arc<dyn Fn(&Peer, &str, Args) -> Result<Value, BrokerError> + Send + Sync>;
 
 /// What the server tells a client, as the server decides it.
 struct ClientSession {
@@ -135,7 +138,7 @@ pub(crate) struct Inner {
     root: RwLock<Option<Key>>,
     calls: RwLock<HashMap<String, CallHandler>>,
     /// Handles calls no registered name matches (a Python server's `do_*` methods).
-    fallback_call: RwLock<Option<CallHandler>>,
+    fallback_call: RwLock<Option<FallbackHandler>>,
     sessions: Mutex<HashMap<u64, ClientSession>>,
     next_session: AtomicU64,
     stopped: AtomicBool,
@@ -226,7 +229,7 @@ impl Server {
     }
 
     /// Handles plain calls no [`Server::add_call`] name matches.
-    pub fn set_fallback_call(&self, handler: CallHandler) {
+    pub fn set_fallback_call(&self, handler: FallbackHandler) {
         *write(&self.inner.fallback_call) = Some(handler);
     }
 
@@ -370,16 +373,16 @@ impl Inner {
                         self.loader(&key.loader)?.call(peer, &key, &method, args)
                     }
                     None => {
-                        let handler = read(&self.calls)
-                            .get(&method)
-                            .cloned()
-                            .or_else(|| read(&self.fallback_call).clone())
-                            .ok_or_else(|| {
-                                BrokerError::Unknown(format!(
-                                    "the server has no call named `{method}`"
-                                ))
-                            })?;
-                        handler(peer, args)
+                        let handler = read(&self.calls).get(&method).cloned();
+                        if let Some(h) = handler {
+                            return h(peer, args);
+                        }
+                        let fallback = read(&self.fallback_call).clone().ok_or_else(|| {
+                            BrokerError::Unknown(format!(
+                                "the server has no call named `{method}`"
+                            ))
+                        })?;
+                        fallback(peer, &method, args)
                     }
                 }
             }
