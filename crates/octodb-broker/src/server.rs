@@ -142,8 +142,9 @@ pub(crate) struct Inner {
     sessions: Mutex<HashMap<u64, ClientSession>>,
     next_session: AtomicU64,
     stopped: AtomicBool,
-    /// Exported tables (lower-case name) → (loader, class), for invalidations from the feed.
-    pub(crate) tables: RwLock<HashMap<String, (String, String)>>,
+    /// Exported tables (lower-case name) → the exports of each (a table may be exported under
+    /// several names), for invalidations from the feed.
+    pub(crate) tables: RwLock<HashMap<String, Vec<String>>>,
     /// Invalidations announced (for tests and benchmarks).
     announced: AtomicU64,
 }
@@ -378,9 +379,7 @@ impl Inner {
                             return h(peer, args);
                         }
                         let fallback = read(&self.fallback_call).clone().ok_or_else(|| {
-                            BrokerError::Unknown(format!(
-                                "the server has no call named `{method}`"
-                            ))
+                            BrokerError::Unknown(format!("the server has no call named `{method}`"))
                         })?;
                         fallback(peer, &method, args)
                     }

@@ -178,7 +178,9 @@ impl SqlTables {
             .tables
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(table.to_lowercase(), (name.to_string(), name.to_string()));
+            .entry(table.to_lowercase())
+            .or_default()
+            .push(name.to_string());
         Ok(())
     }
 
@@ -700,10 +702,10 @@ pub fn follow_feed(server: &Server, conn: octodb::Connection) -> Result<(), Brok
                 let mut keys = Vec::new();
                 let mut classes = Vec::new();
                 for c in &batch.changes {
-                    if let Some((loader, class)) = tables.get(&c.table.to_lowercase()) {
-                        keys.push(Key::new(loader, [KeyPart::Int(c.rowid)]));
-                        if !classes.contains(class) {
-                            classes.push(class.clone());
+                    for export in tables.get(&c.table.to_lowercase()).into_iter().flatten() {
+                        keys.push(Key::new(export, [KeyPart::Int(c.rowid)]));
+                        if !classes.contains(export) {
+                            classes.push(export.clone());
                         }
                     }
                 }

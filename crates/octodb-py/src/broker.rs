@@ -77,7 +77,11 @@ impl PyLoader {
         Encoder::new(py, Some(hook))?.encode(obj)
     }
 
-    fn decode_args<'py>(&self, py: Python<'py>, args: &Args) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    fn decode_args<'py>(
+        &self,
+        py: Python<'py>,
+        args: &Args,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
         let hook = self.handler.bind(py).getattr("_decode_value")?;
         let mut dec = Decoder::new(py, Some(hook))?;
         let pos = PyList::empty(py);
@@ -115,7 +119,10 @@ impl Loader for PyLoader {
 
     fn backref(&self, peer: &Peer, key: &Key, name: &str) -> Result<Vec<Value>, BrokerError> {
         self.with(|py, h| {
-            let out = h.call_method1("_backref", (peer_dict(py, peer)?, key_to_py(py, key)?, name))?;
+            let out = h.call_method1(
+                "_backref",
+                (peer_dict(py, peer)?, key_to_py(py, key)?, name),
+            )?;
             match self.encode(py, &out)? {
                 Value::List(items) => Ok(items),
                 _ => Err(PyValueError::new_err("a list reference must give a list")),
@@ -182,10 +189,9 @@ impl PyServer {
                 };
                 let run = || -> PyResult<Value> {
                     let (pos, kw) = loader.decode_args(py, &args)?;
-                    let out = calls.bind(py).call_method1(
-                        "_plain_call",
-                        (peer_dict(py, peer)?, name, pos, kw),
-                    )?;
+                    let out = calls
+                        .bind(py)
+                        .call_method1("_plain_call", (peer_dict(py, peer)?, name, pos, kw))?;
                     loader.encode(py, &out)
                 };
                 run().map_err(|e| remote(py, e))
@@ -369,7 +375,13 @@ fn ref_hook(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
 #[pymethods]
 impl PyClient {
     #[new]
-    fn new(py: Python<'_>, uri: &str, service: &str, timeout: f64, hook: Py<PyAny>) -> PyResult<PyClient> {
+    fn new(
+        py: Python<'_>,
+        uri: &str,
+        service: &str,
+        timeout: f64,
+        hook: Py<PyAny>,
+    ) -> PyResult<PyClient> {
         let conn = open(py, uri)?;
         let service = service.to_string();
         let (client, conn) = py
@@ -390,7 +402,12 @@ impl PyClient {
     }
 
     fn fetch<'py>(&self, py: Python<'py>, r: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        self.run(py, Op::Fetch { target: ref_from_py(r)? })
+        self.run(
+            py,
+            Op::Fetch {
+                target: ref_from_py(r)?,
+            },
+        )
     }
 
     /// `target` is (key, code) or None for a plain call.
@@ -431,7 +448,12 @@ impl PyClient {
         )
     }
 
-    fn backref<'py>(&self, py: Python<'py>, r: &Bound<'py, PyAny>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+    fn backref<'py>(
+        &self,
+        py: Python<'py>,
+        r: &Bound<'py, PyAny>,
+        name: &str,
+    ) -> PyResult<Bound<'py, PyAny>> {
         self.run(
             py,
             Op::BackRef {
@@ -467,7 +489,12 @@ impl PyClient {
         )
     }
 
-    fn create<'py>(&self, py: Python<'py>, class_name: &str, values: Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn create<'py>(
+        &self,
+        py: Python<'py>,
+        class_name: &str,
+        values: Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         self.run(
             py,
             Op::New {
@@ -478,7 +505,12 @@ impl PyClient {
     }
 
     /// `changes`: {field: (old, new)}.
-    fn update<'py>(&self, py: Python<'py>, r: &Bound<'py, PyAny>, changes: Bound<'py, PyAny>) -> PyResult<()> {
+    fn update<'py>(
+        &self,
+        py: Python<'py>,
+        r: &Bound<'py, PyAny>,
+        changes: Bound<'py, PyAny>,
+    ) -> PyResult<()> {
         self.run(
             py,
             Op::Update {
@@ -490,7 +522,13 @@ impl PyClient {
     }
 
     fn delete(&self, py: Python<'_>, r: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.run(py, Op::Delete { target: ref_from_py(r)? }).map(|_| ())
+        self.run(
+            py,
+            Op::Delete {
+                target: ref_from_py(r)?,
+            },
+        )
+        .map(|_| ())
     }
 
     fn epoch(&self) -> u64 {
@@ -510,7 +548,9 @@ impl PyClient {
             [
                 keys.into_any(),
                 PyList::new(py, classes)?.into_any(),
-                pyo3::types::PyBool::new(py, c.everything).to_owned().into_any(),
+                pyo3::types::PyBool::new(py, c.everything)
+                    .to_owned()
+                    .into_any(),
             ],
         )
     }
@@ -530,7 +570,12 @@ impl PyClient {
                         }
                         ("invalidated", l.into_any())
                     }
-                    Notice::ClassChanged(c) => ("class", c.into_pyobject(py).map(|s| s.into_any()).unwrap_or_else(|_| py.None().into_bound(py))),
+                    Notice::ClassChanged(c) => (
+                        "class",
+                        c.into_pyobject(py)
+                            .map(|s| s.into_any())
+                            .unwrap_or_else(|_| py.None().into_bound(py)),
+                    ),
                     Notice::Reconnected => ("reconnected", py.None().into_bound(py)),
                 };
                 if let Err(e) = callback.call1(py, args) {

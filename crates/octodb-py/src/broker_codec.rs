@@ -9,7 +9,9 @@ use octodb_broker::codec::{DateTime, TimeOfDay, Value};
 use octodb_broker::key::{Key, KeyPart, ObjRef};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
+};
 use std::collections::HashMap;
 
 /// Deepest nesting encoded (the decoder's limit is the same).
