@@ -248,7 +248,7 @@ impl<'py> Encoder<'py> {
                     value: Box::new(value),
                 })
             }
-            "whole" => Ok(Value::Object(Box::new(self.state(&t, depth)?))),
+            "whole" => Ok(Value::Object(Box::new(self.state(t, depth)?))),
             other => Err(PyValueError::new_err(format!(
                 "the encoding hook answered `{other}`"
             ))),
