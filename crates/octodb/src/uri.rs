@@ -71,6 +71,23 @@ impl Endpoint {
         }
     }
 
+    /// The endpoint of a `host:port` address (IPv6 hosts in brackets), as peers tell them;
+    /// None when it is not one.
+    pub fn from_addr(addr: &str) -> Option<Endpoint> {
+        let (host, port) = addr.rsplit_once(':')?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
+        let plausible = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '_'));
+        plausible.then(|| Endpoint::new(host, port))
+    }
+
     /// `"host:port"`, bracketing IPv6 addresses (`"[::1]:1234"`), ready for socket APIs.
     pub fn to_addr_string(&self) -> String {
         if self.host.contains(':') {
@@ -119,6 +136,9 @@ pub struct NodeConfig {
     pub bind: Vec<Endpoint>,
     /// Peers to connect to.
     pub connect: Vec<Endpoint>,
+    /// Primaries: the address other primaries reach this one at (`advertise=`), when its
+    /// `bind` address is not one they can reach (`0.0.0.0`, a NAT).
+    pub advertise: Option<Endpoint>,
     /// `AuthMode::None` when `auth` is absent.
     pub auth: AuthMode,
     /// Encryption at rest (`cipher=sqlcipher`), with `key` as the file's key.
@@ -215,7 +235,7 @@ pub enum UriError {
     },
 }
 
-const KNOWN: [&str; 10] = [
+const KNOWN: [&str; 11] = [
     "node",
     "bind",
     "connect",
@@ -226,9 +246,10 @@ const KNOWN: [&str; 10] = [
     "heartbeat",
     "keyenv",
     "keyfile",
+    "advertise",
 ];
-const KNOWN_LIST: &str = "node, bind, connect, auth, cipher, key, hexkey, keyenv, keyfile, \
-     heartbeat, and without `node` SQLite's own vfs, mode, cache, psow, nolock, immutable, modeof";
+const KNOWN_LIST: &str = "node, bind, connect, advertise, auth, cipher, key, hexkey, keyenv, \
+     keyfile, heartbeat, and without `node` SQLite's own vfs, mode, cache, psow, nolock, immutable, modeof";
 /// The parameters that give a key: at most one of them.
 const KEY_SOURCES: [&str; 4] = ["key", "hexkey", "keyenv", "keyfile"];
 /// Parameters whose value is a secret, masked wherever a URI is printed.
@@ -250,6 +271,9 @@ const FILE_HEXKEY_BYTES: usize = 32;
 const NEEDS_NODE: &str =
     "needs node=primary or node=secondary; without `node` the URI opens a plain local database";
 const MEMORY: &str = "cannot replicate `:memory:`; give a file path or remove `node`";
+const ADVERTISE_ON_SECONDARY: &str =
+    "applies to primaries only (the address other primaries reach it at); remove it";
+const ADVERTISE_ONE: &str = "takes one address, tcp://HOST:PORT, that other primaries reach";
 const AUTH_ON_SECONDARY: &str = "applies to primaries only; remove it for node=secondary";
 const BIND_ON_SECONDARY: &str =
     "is not supported with node=secondary; remove it and name the primaries in `connect`";
@@ -277,7 +301,8 @@ impl NodeConfig {
             return Err(UriError::EmptyPath);
         }
         let (ours, sqlite_own) = parameters(query)?;
-        let [node, bind, connect, auth, cipher, key, hexkey, heartbeat, keyenv, keyfile] = ours;
+        let [node, bind, connect, auth, cipher, key, hexkey, heartbeat, keyenv, keyfile, advertise] =
+            ours;
         let rule = |broken: bool, name, problem| match broken {
             true => Err(UriError::Conflict { name, problem }),
             false => Ok(()),
@@ -312,6 +337,7 @@ impl NodeConfig {
             // Replication parameters on a plain database are almost certainly
             // a forgotten `node=`, so refuse rather than silently ignore them.
             let given = [&bind, &connect, &auth, &None, &None, &None, &heartbeat];
+            rule(advertise.is_some(), "advertise", NEEDS_NODE)?;
             if let Some(i) = given.iter().position(|v| v.is_some()) {
                 rule(true, KNOWN[i + 1], NEEDS_NODE)?;
             }
@@ -334,6 +360,15 @@ impl NodeConfig {
         rule(secondary && connect.is_none(), "connect", SECONDARY_ALONE)?;
         let peers = bind.is_some() || connect.is_some();
         rule(!secondary && !peers, "bind", PRIMARY_ALONE)?;
+        rule(
+            secondary && advertise.is_some(),
+            "advertise",
+            ADVERTISE_ON_SECONDARY,
+        )?;
+        let advertise = endpoints("advertise", advertise.as_deref(), false)?;
+        if advertise.len() > 1 {
+            rule(true, "advertise", ADVERTISE_ONE)?;
+        }
 
         let auth = match auth.as_deref() {
             None => AuthMode::None,
@@ -353,6 +388,7 @@ impl NodeConfig {
             heartbeat,
             bind: endpoints("bind", bind.as_deref(), true)?,
             connect: endpoints("connect", connect.as_deref(), false)?,
+            advertise: advertise.into_iter().next(),
             auth,
             cipher,
             key,
@@ -408,6 +444,7 @@ impl NodeConfig {
             role: None,
             bind: Vec::new(),
             connect: Vec::new(),
+            advertise: None,
             auth: AuthMode::None,
             cipher: None,
             key: None,
@@ -520,10 +557,10 @@ fn invalid(name: &str, problem: &'static str) -> UriError {
 
 /// Decoded values of the query, in the order of `KNOWN`.
 /// octodb's parameters in `KNOWN` order, and the names of SQLite's own ones (left for SQLite).
-type Parameters = ([Option<String>; 10], Vec<String>);
+type Parameters = ([Option<String>; 11], Vec<String>);
 
 fn parameters(query: &str) -> Result<Parameters, UriError> {
-    let mut values: [Option<String>; 10] = Default::default();
+    let mut values: [Option<String>; 11] = Default::default();
     let mut sqlite_own = Vec::new();
     for segment in query.split('&').filter(|s| !s.is_empty()) {
         let (raw_name, raw_value) = segment.split_once('=').unwrap_or((segment, ""));
@@ -713,6 +750,67 @@ mod tests {
             (":memory:", false),
         ] {
             assert_eq!(NodeConfig::names_a_node(uri), node, "{uri}");
+        }
+    }
+
+    #[test]
+    fn a_primary_advertises_one_address_others_reach() {
+        let c =
+            parse("file:p.db?node=primary&bind=tcp://0.0.0.0:1235&advertise=tcp://db2.lan:1235");
+        assert_eq!(c.advertise, Some(Endpoint::new("db2.lan", 1235)));
+        assert_eq!(
+            parse("file:p.db?node=primary&bind=tcp://h:1").advertise,
+            None
+        );
+        for (uri, says) in [
+            (
+                "file:d.db?node=secondary&connect=tcp://h:1&advertise=tcp://h:2",
+                "primaries only",
+            ),
+            (
+                "file:p.db?node=primary&bind=tcp://h:1&advertise=tcp://a:1,tcp://b:1",
+                "one address",
+            ),
+            (
+                "file:p.db?node=primary&bind=tcp://h:1&advertise=h:1",
+                "tcp://",
+            ),
+            (
+                "file:p.db?node=primary&bind=tcp://h:1&advertise=tcp://h:0",
+                "port",
+            ),
+            ("file:p.db?advertise=tcp://h:1", "node"),
+        ] {
+            let e = NodeConfig::parse(uri).expect_err(uri).to_string();
+            assert!(e.contains("advertise") && e.contains(says), "{uri}: {e}");
+        }
+    }
+
+    #[test]
+    fn peers_tell_addresses_as_host_and_port() {
+        assert_eq!(
+            Endpoint::from_addr("10.0.0.2:1234"),
+            Some(Endpoint::new("10.0.0.2", 1234))
+        );
+        assert_eq!(
+            Endpoint::from_addr("[::1]:7"),
+            Some(Endpoint::new("::1", 7))
+        );
+        assert_eq!(
+            Endpoint::from_addr("db.lan:80"),
+            Some(Endpoint::new("db.lan", 80))
+        );
+        for bad in [
+            "",
+            "h",
+            "h:0",
+            ":1",
+            "h:99999",
+            "a b:1",
+            "h:1/x",
+            "tcp://h:1",
+        ] {
+            assert_eq!(Endpoint::from_addr(bad), None, "{bad}");
         }
     }
 

@@ -202,3 +202,40 @@ fn a_follower_restarted_after_many_commits_catches_up_from_its_stored_membership
         "p3 came back as the same member"
     );
 }
+
+/// A primary listening on every interface names the address others reach it at: the
+/// cluster stores and uses that one (here a host name, not an address).
+#[test]
+fn a_primary_bound_to_every_interface_joins_at_the_address_it_advertises() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let p2 = Connection::open(&format!(
+        "file:{}?node=primary&bind=tcp://0.0.0.0:{port}&advertise=tcp://localhost:{port}\
+         &connect=tcp://{}",
+        c.path("p2.db").display(),
+        addr_of(&p1)
+    ))
+    .expect("open a joining primary");
+    let status = p1
+        .wait_for(DEADLINE, |s| {
+            s.cluster
+                .as_ref()
+                .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 2)
+        })
+        .expect("the leader reaches the new primary at its advertised address");
+    let addrs: Vec<String> = status
+        .cluster
+        .unwrap()
+        .members
+        .into_iter()
+        .map(|m| m.addr)
+        .collect();
+    assert!(addrs.contains(&format!("localhost:{port}")), "{addrs:?}");
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('to p2', '*')", [])
+        .unwrap();
+    wait_count(&p2, "SELECT count(*) FROM t WHERE v = 'to p2'", 1);
+}

@@ -165,3 +165,43 @@ fn every_commit_of_a_primary_app_takes_its_place_in_the_raft_log() {
         "each entry of the primaries' log is in the Raft log once, in the same order"
     );
 }
+
+/// The authorization rows a primary writes go through its Raft log written through, as its
+/// batches do: its state machine must not write them a second time. (It did: an older image
+/// applied after a newer decision had committed showed an approved device as `pending`.)
+#[test]
+fn a_primarys_own_authorization_rows_are_written_once() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let path = c.path("p.db");
+    let spy = rusqlite::Connection::open(&path).unwrap();
+    spy.execute_batch(
+        "CREATE TABLE node_inserts(pubkey TEXT);
+         CREATE TRIGGER count_node_inserts AFTER INSERT ON _octo_nodes
+         BEGIN INSERT INTO node_inserts VALUES (new.pubkey); END;",
+    )
+    .unwrap();
+    let devices: Vec<Connection> = (0..3).map(|i| c.device(&format!("d{i}.db"), &p)).collect();
+    for d in &devices {
+        ready(d);
+    }
+    p.wait_for(DEADLINE, |s| {
+        s.cluster
+            .as_ref()
+            .is_some_and(|c| c.applied_index == c.last_log_index)
+    })
+    .expect("the primary applies its whole Raft log");
+    let inserts: i64 = spy
+        .query_row("SELECT count(*) FROM node_inserts", [], |r| r.get(0))
+        .unwrap();
+    let keys: i64 = spy
+        .query_row("SELECT count(DISTINCT pubkey) FROM node_inserts", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(keys, 3, "each device asked to join");
+    assert_eq!(
+        inserts, 3,
+        "each device's row was inserted once, by the writer"
+    );
+}

@@ -10,7 +10,7 @@ use octodb::auth::Action;
 use octodb::changes::{ChangeSet, Op, TableHeader};
 use octodb::log::outbox::RowImage;
 use octodb::log::{EntryBody, LogEntry};
-use octodb::net::{AuthAsk, Message};
+use octodb::net::{AuthAsk, Message, PrimaryMember};
 use octodb::{Role, Value};
 use std::path::PathBuf;
 
@@ -194,6 +194,16 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
         ("heartbeat", Message::Heartbeat),
         // Protocol 5.
         (
+            "primary_members",
+            Message::PrimaryMembers {
+                members: vec![PrimaryMember {
+                    addr: "10.0.0.2:1234".into(),
+                    public_key: "ab".repeat(32),
+                }],
+            },
+        ),
+        // Protocol 6.
+        (
             "open_channel",
             Message::OpenChannel {
                 service: "broker".into(),
@@ -246,5 +256,5 @@ fn every_message_kind_has_a_fixture() {
     // A new kind of message must be frozen too (add it to sample_messages).
     let kinds: std::collections::BTreeSet<&str> =
         sample_messages().iter().map(|(_, m)| m.kind()).collect();
-    assert_eq!(kinds.len(), 13, "message kinds with fixtures: {kinds:?}");
+    assert_eq!(kinds.len(), 14, "message kinds with fixtures: {kinds:?}");
 }

@@ -487,9 +487,10 @@ impl Connection {
     }
 
     /// Once no transaction is open: tell the node what was committed, or forget it.
-    fn after_statement(&self, committed: bool) {
+    /// Errs only when a transaction committed here and its cluster did not confirm it.
+    fn after_statement(&self, committed: bool) -> Result<()> {
         if !self.conn.is_autocommit() {
-            return;
+            return Ok(());
         }
         if !committed {
             self.rolled_back();
@@ -505,11 +506,13 @@ impl Connection {
         let outbox = self.outbox_added.take();
         let from_file = self.rolled_back_within.replace(false);
         // Its Raft entry was written with it: announced once the cluster commits it.
-        let announced = self.settle_in_flight(committed);
+        let announced = self.settle_in_flight(committed)?;
         if !committed || announced {
-            return;
+            return Ok(());
         }
-        let Some(node) = &self.node else { return };
+        let Some(node) = &self.node else {
+            return Ok(());
+        };
         if !entries.is_empty() && node.shared.cluster.get().is_some() {
             if from_file {
                 tracing::warn!(
@@ -517,7 +520,7 @@ impl Connection {
                      entry: other primaries would not receive it"
                 );
             } else if self.propose_committed(entries.clone()) {
-                return;
+                return Ok(());
             }
         }
         if from_file {
@@ -530,7 +533,7 @@ impl Connection {
             if outbox.is_some() {
                 node.outbox_changed();
             }
-            return;
+            return Ok(());
         }
         if !entries.is_empty() {
             node.committed_local(entries);
@@ -538,6 +541,7 @@ impl Connection {
         if let (Some(txn), Some(changes)) = (txn, outbox) {
             node.outbox_committed(txn, changes);
         }
+        Ok(())
     }
 
     /// A primary replicates its schema statements; every node re-reads the table layouts.

@@ -90,5 +90,6 @@ pub(crate) fn status() -> SyncStatus {
         auth_error: None,
         sync_error: None,
         cluster: None,
+        primaries: Vec::new(),
     }
 }

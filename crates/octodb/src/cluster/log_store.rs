@@ -32,8 +32,8 @@ pub enum LogStoreError {
     Stopped(String),
     #[error(
         "this primary's file holds transactions the cluster did not keep (Raft entry {0}, \
-         written by this primary as leader before it stopped): remove it from the cluster and \
-         add it again as a new member, with a fresh file"
+         written by this primary as leader before it stopped): its Raft node stops; open the \
+         database again and it rejoins the cluster as a new member"
     )]
     Diverged(u64),
 }
@@ -264,6 +264,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let from = log_id.index as i64;
         self.with(move |c| {
             if let Some(index) = written_through_since(c, from)? {
+                // Kept in the file: at its next start the primary rejoins as a new member.
+                super::rejoin::mark_diverged(c, index)
+                    .map_err(|e| LogStoreError::Stopped(e.to_string()))?;
                 return Err(LogStoreError::Diverged(index));
             }
             c.prepare_cached("DELETE FROM _octo_raft_log WHERE idx >= ?1")?
@@ -324,10 +327,7 @@ fn written_through_since(c: &Connection, from: i64) -> Result<Option<u64>, LogSt
     let rows = stmt.query_map([from], |r| r.get::<_, Vec<u8>>(0))?;
     for bytes in rows {
         let entry: Entry<TypeConfig> = postcard::from_bytes(&bytes?)?;
-        if matches!(
-            entry.payload,
-            openraft::EntryPayload::Normal(super::types::Proposal::InLog { .. })
-        ) {
+        if matches!(&entry.payload, openraft::EntryPayload::Normal(p) if p.is_written_through()) {
             return Ok(Some(entry.log_id.index));
         }
     }

@@ -14,6 +14,7 @@
 
 mod log_store;
 pub mod network;
+pub(crate) mod rejoin;
 mod snapshot;
 mod state_machine;
 mod types;
@@ -207,6 +208,70 @@ pub(crate) fn lead(raft: &Raft) -> Lead {
     match leader {
         Some(member) => Lead::At(member.addr),
         None => Lead::Unknown,
+    }
+}
+
+/// Builds a snapshot of everything applied and purges the Raft log up to it, so that a
+/// member added next receives the snapshot instead of the log from its start: how a primary
+/// that rejoins as a new member (`rejoin`) gets its shared state replaced whole.
+pub(crate) async fn compact(raft: &Raft, timeout: std::time::Duration) -> crate::Result<()> {
+    let failed =
+        |e: &dyn std::fmt::Display| crate::Error::rule(format!("compacting the Raft log: {e}"));
+    // (Taken out of the borrow at once: openraft's core waits while it is held.)
+    let applied = raft.metrics().borrow().last_applied;
+    let Some(applied) = applied else {
+        return Ok(());
+    };
+    raft.trigger().snapshot().await.map_err(|e| failed(&e))?;
+    let built = raft
+        .wait(Some(timeout))
+        .metrics(
+            |m| m.snapshot.is_some_and(|s| s.index >= applied.index),
+            "a snapshot of what was applied",
+        )
+        .await
+        .map_err(|e| failed(&e))?;
+    let Some(snapshot) = built.snapshot else {
+        return Ok(());
+    };
+    raft.trigger()
+        .purge_log(snapshot.index)
+        .await
+        .map_err(|e| failed(&e))?;
+    raft.wait(Some(timeout))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index >= snapshot.index),
+            "the log purged up to the snapshot",
+        )
+        .await
+        .map_err(|e| failed(&e))?;
+    Ok(())
+}
+
+/// What a primary's devices need to know of its cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// This primary leads the cluster (only the leader serves devices, for now).
+    pub leading: bool,
+    /// Every primary of the cluster (voters and learners), by node id.
+    pub members: Vec<crate::net::PrimaryMember>,
+}
+
+/// The cluster as `raft` sees it now.
+pub(crate) fn view(raft: &Raft) -> ClusterView {
+    // (Taken out of the borrow at once: openraft's core waits while it is held.)
+    let m = raft.metrics().borrow().clone();
+    ClusterView {
+        leading: m.state == openraft::ServerState::Leader,
+        members: m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(_, member)| crate::net::PrimaryMember {
+                addr: member.addr.clone(),
+                public_key: member.public_key.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -194,9 +194,7 @@ impl WrittenBatches {
         &self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
     ) -> Result<AppendEntriesRequest<TypeConfig>, NetError> {
-        let compact = |e: &openraft::Entry<TypeConfig>| {
-            matches!(e.payload, EntryPayload::Normal(Proposal::InLog { .. }))
-        };
+        let compact = |e: &openraft::Entry<TypeConfig>| matches!(&e.payload, EntryPayload::Normal(p) if p.is_written_through());
         if !rpc.entries.iter().any(compact) {
             return Ok(rpc);
         }
@@ -211,14 +209,25 @@ impl WrittenBatches {
                 ),
             };
             for entry in &mut rpc.entries {
-                if let EntryPayload::Normal(Proposal::InLog {
-                    first_seq,
-                    last_seq,
-                }) = entry.payload
-                {
-                    entry.payload = EntryPayload::Normal(Proposal::Decided(read_batch(
-                        conn, first_seq, last_seq,
-                    )?));
+                match &mut entry.payload {
+                    EntryPayload::Normal(Proposal::InLog {
+                        first_seq,
+                        last_seq,
+                    }) => {
+                        entry.payload = EntryPayload::Normal(Proposal::Decided(read_batch(
+                            conn, *first_seq, *last_seq,
+                        )?));
+                    }
+                    // The rows are in the entry: the receiver writes them (its id only
+                    // matters to the primary that proposed it).
+                    EntryPayload::Normal(Proposal::RowsWritten { nodes, users }) => {
+                        entry.payload = EntryPayload::Normal(Proposal::Rows {
+                            id: 0,
+                            nodes: std::mem::take(nodes),
+                            users: std::mem::take(users),
+                        });
+                    }
+                    _ => {}
                 }
             }
             Ok(rpc)
@@ -304,10 +313,12 @@ impl PeerClient {
             )));
         }
         let (rd, mut wr) = stream.into_split();
+        // Which member the messages are for: a primary that rejoined under a new id, at the
+        // address and with the key of an old member, must not take the old member's log.
         let hello = Message::Hello {
             role: crate::Role::Primary,
             last_seq: 0,
-            info: "{}".into(),
+            info: serde_json::json!({ "to": self.target }).to_string(),
             auth: None,
         };
         wr.send(&hello.encode()).await?;

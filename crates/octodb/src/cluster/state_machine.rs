@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex};
 
 use super::types::Member;
 
-const APPLIED_KEY: &str = "raft_applied";
-const MEMBERSHIP_KEY: &str = "raft_membership";
+pub(super) const APPLIED_KEY: &str = "raft_applied";
+pub(super) const MEMBERSHIP_KEY: &str = "raft_membership";
 
 type Membership = StoredMembership<RaftNodeId, Member>;
 
@@ -65,9 +65,7 @@ impl Inner {
     /// position, which can wait (after a restart openraft applies them again, and they are
     /// skipped again). None when `entries` need more (or the position is due to be stored).
     fn skip_written_through(&mut self, entries: &[Entry<TypeConfig>]) -> Option<Vec<Applied>> {
-        let written_through = |e: &Entry<TypeConfig>| {
-            matches!(e.payload, EntryPayload::Normal(Proposal::InLog { .. }))
-        };
+        let written_through = |e: &Entry<TypeConfig>| matches!(&e.payload, EntryPayload::Normal(p) if p.is_written_through());
         let applied = self.applied.as_mut()?;
         if !entries.iter().all(written_through) || self.unsaved + entries.len() >= SAVE_EVERY {
             return None;
@@ -111,6 +109,7 @@ impl Inner {
                         EntryPayload::Normal(Proposal::InLog { last_seq: s, .. }) => {
                             last_seq = *s;
                         }
+                        EntryPayload::Normal(Proposal::RowsWritten { .. }) => {}
                         EntryPayload::Normal(Proposal::Rows { nodes, users, .. }) => {
                             write_shared_rows(c, nodes, users)?;
                         }
@@ -142,7 +141,7 @@ fn newest_written_through(c: &Connection) -> Result<Option<LogId<RaftNodeId>>> {
     for bytes in rows {
         let entry: Entry<TypeConfig> = postcard::from_bytes(&bytes?)
             .map_err(|e| Error::rule(format!("a stored Raft entry does not decode: {e}")))?;
-        if matches!(entry.payload, EntryPayload::Normal(Proposal::InLog { .. })) {
+        if matches!(&entry.payload, EntryPayload::Normal(p) if p.is_written_through()) {
             return Ok(Some(entry.log_id));
         }
     }

@@ -28,6 +28,21 @@ pub enum Proposal {
         nodes: Vec<Vec<crate::Value>>,
         users: Vec<Vec<crate::Value>>,
     },
+    /// [`Proposal::Rows`] as the primary that wrote them through stores it: its rows are in
+    /// its file already, and its state machine must not write them again (an older image
+    /// applied late would overwrite a newer decision). Sent to other primaries as `Rows`.
+    RowsWritten {
+        nodes: Vec<Vec<crate::Value>>,
+        users: Vec<Vec<crate::Value>>,
+    },
+}
+
+impl Proposal {
+    /// Its effects were written with it, in the same SQLite transaction, by this primary
+    /// (only its own Raft log stores such entries): nothing to apply, nothing to take back.
+    pub fn is_written_through(&self) -> bool {
+        matches!(self, Proposal::InLog { .. } | Proposal::RowsWritten { .. })
+    }
 }
 
 /// A transaction as the leader decided it: its effects as the primaries apply them (triggers'

@@ -242,7 +242,14 @@ impl Proposer {
                     last_seq: *seqs.end(),
                 }),
             ),
-            Batch::Rows { nodes, users } => (Proposal::Rows { id, nodes, users }, None),
+            Batch::Rows { nodes, users } => (
+                Proposal::Rows {
+                    id,
+                    nodes: nodes.clone(),
+                    users: users.clone(),
+                },
+                Some(Proposal::RowsWritten { nodes, users }),
+            ),
         };
         self.handoff.start_waiting();
         let response = self.propose(proposal);
@@ -358,7 +365,7 @@ fn write_appends(
 fn batch_id(p: &Proposal) -> Option<u64> {
     match p {
         Proposal::Batch { id, .. } | Proposal::Rows { id, .. } => Some(*id),
-        Proposal::Decided(_) | Proposal::InLog { .. } => None,
+        Proposal::Decided(_) | Proposal::InLog { .. } | Proposal::RowsWritten { .. } => None,
     }
 }
 
@@ -373,7 +380,7 @@ fn void(p: &mut Proposal, id: u64) -> bool {
             nodes.clear();
             users.clear();
         }
-        Proposal::Decided(_) | Proposal::InLog { .. } => {}
+        Proposal::Decided(_) | Proposal::InLog { .. } | Proposal::RowsWritten { .. } => {}
     }
     true
 }

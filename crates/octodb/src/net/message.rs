@@ -11,10 +11,11 @@ use crate::uri::Role;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
-/// The encoding of protocol versions 2 to 5 (2: Welcome tells a device the last of its
+/// The encoding of protocol versions 2 to 6 (2: Welcome tells a device the last of its
 /// transactions the primaries decided; 4 adds `Heartbeat` at the end, which only peers of 4
-/// receive, and leaves every other message's bytes as they were; 5 appends `OpenChannel` and
-/// `ChannelOpen` the same way, exchanged only with peers of 5).
+/// receive, and leaves every other message's bytes as they were; 5 adds `PrimaryMembers`
+/// after it, likewise; 6 appends `OpenChannel` and `ChannelOpen` the same way, exchanged only
+/// with peers of 6).
 pub const MESSAGE_ENCODING: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,18 +77,33 @@ pub enum Message {
     /// Protocol 4 and newer: sent when the connection has been silent for a heartbeat
     /// interval, so that the peer can tell a quiet connection from a dead one.
     Heartbeat,
-    /// Protocol 5 and newer, first message of the connecting node instead of `Hello`: it asks
+    /// Protocol 5 and newer, primary → device after `Welcome` and whenever the primaries'
+    /// cluster changes: every primary of the cluster, so that the device can fail over to
+    /// them (it trusts their keys because the primary it trusts vouches for them).
+    PrimaryMembers {
+        members: Vec<PrimaryMember>,
+    },
+    /// Protocol 6 and newer, first message of the connecting node instead of `Hello`: it asks
     /// for the named service (`node::channels`) on this connection. The frames that follow
     /// belong to the service.
     OpenChannel {
         service: String,
     },
-    /// Protocol 5: the primary opened the channel for this approved node (its node and user
+    /// Protocol 6: the primary opened the channel for this approved node (its node and user
     /// ids as the primary knows them); the service's frames follow. A refusal is `Refused`.
     ChannelOpen {
         node_id: u32,
         user_id: i64,
     },
+}
+
+/// A primary of the cluster as a device needs it: where to reach it and the key it proves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrimaryMember {
+    /// `host:port`.
+    pub addr: String,
+    /// Its Ed25519 public key, hex.
+    pub public_key: String,
 }
 
 /// Builds the bytes of a [`Message::SnapshotRows`] row by row, straight from SQLite's values:
@@ -180,6 +196,7 @@ impl Message {
             Message::Entries { .. } => "Entries",
             Message::Txns { .. } => "Txns",
             Message::Heartbeat => "Heartbeat",
+            Message::PrimaryMembers { .. } => "PrimaryMembers",
             Message::OpenChannel { .. } => "OpenChannel",
             Message::ChannelOpen { .. } => "ChannelOpen",
         }

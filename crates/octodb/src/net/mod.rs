@@ -4,7 +4,7 @@ mod claims;
 pub mod message;
 pub mod transport;
 pub mod version;
-pub use message::{AuthAsk, Message};
+pub use message::{AuthAsk, Message, PrimaryMember};
 pub use transport::{
     HandshakeOptions, NetError, PeerIdentity, SecureReader, SecureStream, SecureWriter,
 };

@@ -19,12 +19,15 @@ use std::fmt;
 
 /// Versions: 2 (signatures only when asked), 3 (negotiation in the handshake; messages
 /// encoded as in 2), 4 (heartbeats: `Message::Heartbeat`, sent only to peers of 4 or newer),
-/// 5 (service channels: `Message::OpenChannel` instead of `Hello`, for the object broker).
-pub const NEWEST: u8 = 5;
+/// 5 (a primary tells its devices the cluster's primaries: `Message::PrimaryMembers`),
+/// 6 (service channels: `Message::OpenChannel` instead of `Hello`, for the object broker).
+pub const NEWEST: u8 = 6;
 /// The first version whose primaries open service channels (`Message::OpenChannel`).
-pub const CHANNELS: u8 = 5;
+pub const CHANNELS: u8 = 6;
 /// The first version whose peers send heartbeats, so that silence means a dead connection.
 pub const HEARTBEATS: u8 = 4;
+/// The first version whose devices hear of the cluster's primaries, to fail over to them.
+pub const PRIMARY_MEMBERS: u8 = 5;
 /// The oldest version this build still serves.
 pub const OLDEST: u8 = 2;
 /// The version from before negotiation: what a peer that makes no offer speaks.

@@ -290,28 +290,26 @@ pub(crate) async fn open_from(shared: &Arc<Shared>, service: &str) -> Result<Cha
             "a service name has 1 to {MAX_SERVICE_NAME} bytes"
         )));
     }
+    // The primary the device syncs with first, then the others sync would try.
     let current = shared
         .live
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .connected_to
         .clone();
-    let mut addrs: Vec<String> = current.into_iter().collect();
-    for ep in &shared.cfg.connect {
-        let a = ep.to_addr_string();
-        if !addrs.iter().any(|c| c.ends_with(&a)) {
-            addrs.push(a);
-        }
+    let mut endpoints = super::secondary::endpoints(shared);
+    if let Some(i) = current.and_then(|c| endpoints.iter().position(|e| e.to_string() == c)) {
+        let ep = endpoints.remove(i);
+        endpoints.insert(0, ep);
     }
     let mut last = Error::rule(
         "this node has no primary to open a channel to (open it with connect=tcp://HOST:PORT)",
     );
-    for addr in addrs {
-        let addr = addr.trim_start_matches("tcp://").to_string();
-        match open_at(shared, &addr, service).await {
+    for ep in endpoints {
+        match open_at(shared, &ep, service).await {
             Ok(ch) => return Ok(ch),
             Err(e) => {
-                tracing::debug!(%addr, %service, "service channel not opened: {e}");
+                tracing::debug!(primary = %ep, %service, "service channel not opened: {e}");
                 last = e;
             }
         }
@@ -319,22 +317,19 @@ pub(crate) async fn open_from(shared: &Arc<Shared>, service: &str) -> Result<Cha
     Err(last)
 }
 
-async fn open_at(shared: &Arc<Shared>, addr: &str, service: &str) -> Result<Channel> {
-    let tcp = tokio::time::timeout(OPEN_TIMEOUT, tokio::net::TcpStream::connect(addr))
+async fn open_at(
+    shared: &Arc<Shared>,
+    ep: &crate::uri::Endpoint,
+    service: &str,
+) -> Result<Channel> {
+    let addr = ep.to_addr_string();
+    let tcp = tokio::time::timeout(OPEN_TIMEOUT, tokio::net::TcpStream::connect(&addr))
         .await
         .map_err(|_| NetError::Timeout)?
         .map_err(|e| Error::io(format!("connecting to {addr}"), e))?;
     let stream = crate::net::SecureStream::connect(tcp, &shared.keys, &shared.handshake).await?;
-    let pinned = *shared.primary_key.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(known) = pinned {
-        // As sync: a device talks to no primary but the one that admitted it.
-        if stream.peer().public_key != known {
-            return Err(Error::rule(format!(
-                "the primary at {addr} is not the primary that admitted this device (another \
-                 key): no channel opened"
-            )));
-        }
-    }
+    // As sync: a device talks only to the primary that admitted it or those it vouched for.
+    super::secondary::check_primary_key(shared, ep, &stream.peer().public_key)?;
     open(stream, service, OPEN_TIMEOUT).await
 }
 

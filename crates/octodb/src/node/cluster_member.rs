@@ -3,7 +3,6 @@
 
 use super::{on_runtime, Shared};
 use crate::error::{Error, Result};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -45,17 +44,83 @@ pub(super) fn joined(shared: &Arc<Shared>, proposer: crate::cluster::Proposer) {
         tracing::warn!("the primary joined its cluster twice; the first stands");
         return;
     }
-    let shared = Arc::downgrade(shared);
+    let weak = Arc::downgrade(shared);
     super::runtime().spawn(async move {
         while rows_applied.changed().await.is_ok() {
             let seq = *rows_applied.borrow_and_update();
-            let Some(shared) = shared.upgrade() else {
+            let Some(shared) = weak.upgrade() else {
                 return;
             };
             shared.advance_feed(seq);
             shared.audiences.wake_everyone(seq);
         }
     });
+    super::runtime().spawn(follow_view(Arc::downgrade(shared)));
+}
+
+/// Keeps `Shared::cluster_view` as the cluster is: the device sessions follow it (to end
+/// when this primary stops leading, to tell their devices of the primaries), and only a
+/// change of it wakes them, not every commit that moves Raft's metrics.
+async fn follow_view(shared: std::sync::Weak<Shared>) {
+    let Some(mut metrics) = shared
+        .upgrade()
+        .and_then(|s| s.cluster.get().map(|p| p.raft().metrics()))
+    else {
+        return;
+    };
+    loop {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let Some(proposer) = shared.cluster.get() else {
+            return;
+        };
+        let stopped = proposer
+            .raft()
+            .metrics()
+            .borrow()
+            .running_state
+            .clone()
+            .err();
+        if let Some(fatal) = stopped {
+            if matches!(fatal, openraft::error::Fatal::Stopped) {
+                return; // the node closes
+            }
+            let why = format!(
+                "this primary's Raft node stopped ({fatal}); it serves nothing until the \
+                 database is opened again (a primary whose file diverged from its cluster's \
+                 then rejoins it as a new member)"
+            );
+            tracing::error!("{why}");
+            shared
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sync_error = Some(why);
+            shared.cluster_view.send_if_modified(|current| {
+                let was_leading = current.leading;
+                current.leading = false;
+                was_leading
+            });
+            return;
+        }
+        let view = crate::cluster::view(proposer.raft());
+        shared.cluster_view.send_if_modified(|current| {
+            if view == *current {
+                return false;
+            }
+            if view.leading && !current.leading {
+                shared.approved.forget_all();
+                tracing::info!("this primary leads its cluster now");
+            }
+            *current = view;
+            true
+        });
+        drop(shared);
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The user of each device node of a batch.
@@ -69,13 +134,7 @@ pub(super) fn start(
     shared: &Shared,
 ) -> impl std::future::Future<Output = Result<crate::cluster::Proposer>> + Send + 'static {
     let member = crate::cluster::Member {
-        addr: shared
-            .bound
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .first()
-            .map(SocketAddr::to_string)
-            .unwrap_or_default(),
+        addr: member_addr(shared),
         public_key: shared.keys.public_key().to_hex(),
     };
     let id = u64::from(shared.identity.node_id());
@@ -86,6 +145,27 @@ pub(super) fn start(
         shared.handshake.clone(),
     );
     async move { crate::cluster::start_primary(id, &path, file_key, keys, handshake, member).await }
+}
+
+/// The address other primaries reach this one at: its `advertise=`, else the first address
+/// it listens on (unreachable for them when that is `0.0.0.0`: said in the log).
+pub(super) fn member_addr(shared: &Shared) -> String {
+    if let Some(advertised) = &shared.cfg.advertise {
+        return advertised.to_addr_string();
+    }
+    let first = shared
+        .bound
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .first()
+        .copied();
+    if first.is_some_and(|a| a.ip().is_unspecified()) {
+        tracing::warn!(
+            "this primary listens on every interface and names no advertise=: other primaries \
+             cannot reach it at {first:?}; add advertise=tcp://HOST:PORT"
+        );
+    }
+    first.map(|a| a.to_string()).unwrap_or_default()
 }
 
 /// Primaries: `PRAGMA remove_primary`: the cluster's leader takes primary `id` out of the

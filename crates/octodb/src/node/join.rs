@@ -52,13 +52,22 @@ pub(super) async fn primary_session(
         return refuse_session(&mut wr, reason.into()).await;
     };
     let raft = proposer.raft().clone();
-    if crate::cluster::network::may_call(&raft, &peer) {
+    if !asks_to_join(&info) && crate::cluster::network::may_call(&raft, &peer) {
+        let me = raft.metrics().borrow().id;
+        if addressed_to(&info).is_some_and(|to| to != me) {
+            let reason = format!("this primary is node {me} of its cluster, not the one called");
+            return refuse_session(&mut wr, reason).await;
+        }
         return Ok(crate::cluster::serve_connection(raft, peer, rd, wr).await?);
     }
     match admit_joiner(shared, &raft, peer, &info).await {
-        Ok((node_id, member)) => {
-            tracing::info!(%addr, node_id, "a primary joins the cluster");
-            add_member(&raft, node_id, member, rd, wr).await
+        Ok(Joiner {
+            node_id,
+            member,
+            rejoins,
+        }) => {
+            tracing::info!(%addr, node_id, ?rejoins, "a primary joins the cluster");
+            add_member(&raft, node_id, member, rejoins, rd, wr).await
         }
         Err(reason) => {
             tracing::info!(%addr, %reason, "a primary's join refused");
@@ -67,13 +76,37 @@ pub(super) async fn primary_session(
     }
 }
 
+/// The member a primary's Raft connection is for (older builds do not say).
+fn addressed_to(info: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(info)
+        .ok()?
+        .get("to")?
+        .as_u64()
+}
+
+/// A primary's `Hello` asks to join (a member's Raft connection says nothing of the kind).
+fn asks_to_join(info: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(info)
+        .ok()
+        .is_some_and(|v| v.get("member_addr").is_some())
+}
+
+/// A primary admitted to join the cluster.
+struct Joiner {
+    node_id: u32,
+    member: Member,
+    /// It rejoins as a new member (its file holds a state of its own): with its old node id
+    /// when that is still a member.
+    rejoins: Option<Option<u64>>,
+}
+
 /// The joining primary's node id and how members reach it, or why it may not join.
 async fn admit_joiner(
     shared: &Arc<Shared>,
     raft: &Raft,
     peer: PublicKey,
     info: &str,
-) -> std::result::Result<(u32, Member), String> {
+) -> std::result::Result<Joiner, String> {
     match crate::cluster::lead(raft) {
         Lead::Here => {}
         Lead::At(addr) => {
@@ -86,7 +119,7 @@ async fn admit_joiner(
     let member_addr = serde_json::from_str::<serde_json::Value>(info)
         .ok()
         .and_then(|v| v.get("member_addr")?.as_str().map(str::to_string))
-        .filter(|a| a.len() <= 256 && a.parse::<SocketAddr>().is_ok())
+        .filter(|a| a.len() <= 256 && crate::uri::Endpoint::from_addr(a).is_some())
         .ok_or("a joining primary must name the address members reach it at")?;
     let key = peer.to_hex();
     let node_id = match shared.cfg.auth {
@@ -121,13 +154,44 @@ async fn admit_joiner(
             }
         }
     };
-    Ok((
+    // A member that says it rejoins lost its Raft state (its file diverged from the
+    // cluster's): it comes back under a new node id, so that the vote it forgot cannot count
+    // twice. (A member joining again without saying so retries a join whose answer it
+    // missed, its Raft node already running under its id: it keeps it.)
+    let rejoins = serde_json::from_str::<serde_json::Value>(info)
+        .ok()
+        .and_then(|v| v.get("rejoin")?.as_bool())
+        .unwrap_or(false);
+    // Its old place among the members, found by its key (the first primary of a cluster was
+    // never recorded as a node, so its key may have a new id already).
+    let old_id = rejoins
+        .then(|| {
+            raft.metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .nodes()
+                .find(|(_, m)| m.public_key == key)
+                .map(|(id, _)| *id)
+        })
+        .flatten();
+    let node_id = match old_id {
+        Some(old) if old == u64::from(node_id) => {
+            let k = key.clone();
+            ask(shared, |reply| Job::RenumberPrimary { pubkey: k, reply })
+                .await
+                .map_err(|e| format!("cannot give the rejoining primary a new node id: {e}"))?
+        }
+        _ => node_id,
+    };
+    Ok(Joiner {
         node_id,
-        Member {
+        member: Member {
             addr: member_addr,
             public_key: key,
         },
-    ))
+        rejoins: rejoins.then_some(old_id),
+    })
 }
 
 /// Tells the joiner its id, waits until its Raft node runs, then adds it: a learner that
@@ -136,6 +200,7 @@ async fn add_member(
     raft: &Raft,
     node_id: u32,
     member: Member,
+    rejoins: Option<Option<u64>>,
     mut rd: SecureReader,
     mut wr: SecureWriter,
 ) -> Result<()> {
@@ -155,15 +220,35 @@ async fn add_member(
         }
     }
     let id = u64::from(node_id);
+    if let Some(old) = rejoins {
+        // Its old member goes first (it cannot vote any more: it forgot its vote), then the
+        // log is compacted so that the new one receives a snapshot, which replaces its
+        // shared state whole (a log replayed over its old state would apply twice).
+        let compacted = async {
+            if let Some(old) = old {
+                let mut voters = voter_ids(raft);
+                voters.remove(&old);
+                raft.change_membership(voters, false)
+                    .await
+                    .map_err(|e| Error::rule(format!("taking out its old member: {e}")))?;
+            }
+            crate::cluster::compact(raft, STEP_TIMEOUT).await
+        };
+        if let Err(e) = compacted.await {
+            let reason = format!("the cluster could not take this primary back: {e}");
+            send_now(
+                &mut wr,
+                &Message::Refused {
+                    reason: reason.clone(),
+                },
+            )
+            .await?;
+            return Err(Error::rule(reason));
+        }
+    }
     let added = async {
         raft.add_learner(id, member, true).await?;
-        let mut voters: BTreeSet<u64> = raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let mut voters = voter_ids(raft);
         voters.insert(id);
         raft.change_membership(voters, false).await?;
         Ok::<(), openraft::error::RaftError<u64, openraft::error::ClientWriteError<u64, Member>>>(())
@@ -184,13 +269,37 @@ async fn add_member(
     Ok(())
 }
 
+fn voter_ids(raft: &Raft) -> BTreeSet<u64> {
+    raft.metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect()
+}
+
 /// The new primary's side: joins through its `connect=` addresses, retrying until one of them
 /// adds it. Sets the node's cluster once its Raft node runs.
 pub(super) async fn join(shared: Arc<Shared>) {
     let mut pause = RETRY_FIRST;
+    let mut targets: Vec<String> = shared
+        .cfg
+        .connect
+        .iter()
+        .map(|ep| ep.to_addr_string())
+        .collect();
+    let rejoin_addrs = rejoin_through(&shared).await;
+    let rejoins = !rejoin_addrs.is_empty();
+    for addr in rejoin_addrs {
+        if !targets.contains(&addr) {
+            targets.push(addr);
+        }
+    }
     loop {
-        for ep in &shared.cfg.connect {
-            let joined = join_through(&shared, &ep.to_addr_string()).await;
+        for ep in &targets {
+            // Said until its Raft node runs under the id the leader gives it.
+            let rejoining = rejoins && shared.cluster.get().is_none();
+            let joined = join_through(&shared, ep, rejoining).await;
             // The app sees why its primary is not in the cluster yet (`sync_status`).
             let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
             match joined {
@@ -212,16 +321,24 @@ pub(super) async fn join(shared: Arc<Shared>) {
     }
 }
 
-async fn join_through(shared: &Arc<Shared>, addr: &str) -> Result<()> {
-    let member_addr = shared
-        .bound
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .first()
-        .map(SocketAddr::to_string)
-        .ok_or_else(|| {
-            Error::rule("a primary joins a cluster only with bind= (members reach it there)")
-        })?;
+/// The members a primary that rejoins as a new member knew (see `cluster::rejoin`).
+async fn rejoin_through(shared: &Arc<Shared>) -> Vec<String> {
+    shared
+        .read(crate::cluster::rejoin::addresses)
+        .await
+        .unwrap_or_else(|e| {
+            tracing::warn!("cannot read the members to rejoin through: {e}");
+            Vec::new()
+        })
+}
+
+async fn join_through(shared: &Arc<Shared>, addr: &str, rejoining: bool) -> Result<()> {
+    let member_addr = super::cluster_member::member_addr(shared);
+    if member_addr.is_empty() {
+        return Err(Error::rule(
+            "a primary joins a cluster only with bind= (members reach it there)",
+        ));
+    }
     let tcp = tokio::time::timeout(STEP_TIMEOUT, tokio::net::TcpStream::connect(addr))
         .await
         .map_err(|_| NetError::Timeout)?
@@ -231,7 +348,7 @@ async fn join_through(shared: &Arc<Shared>, addr: &str) -> Result<()> {
     let hello = Message::Hello {
         role: Role::Primary,
         last_seq: 0,
-        info: serde_json::json!({ "member_addr": member_addr }).to_string(),
+        info: serde_json::json!({ "member_addr": member_addr, "rejoin": rejoining }).to_string(),
         auth: None,
     };
     send_now(&mut wr, &hello).await?;
@@ -271,7 +388,8 @@ async fn start_raft(shared: &Arc<Shared>, node_id: u32) -> Result<()> {
     let file_key = shared.file_key.get();
     tokio::task::spawn_blocking(move || {
         let c = crate::store::open_connection(&path, file_key.as_ref())?;
-        crate::store::meta_set(&c, "node_id", i64::from(node_id))
+        crate::store::meta_set(&c, "node_id", i64::from(node_id))?;
+        crate::cluster::rejoin::done(&c)
     })
     .await
     .map_err(|_| Error::Closed)??;

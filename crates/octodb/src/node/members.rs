@@ -81,6 +81,14 @@ impl ApprovedCache {
         a.generation += 1;
     }
 
+    /// Forgets every node: a primary that starts to lead was a follower, whose nodes changed
+    /// in its file by its cluster's state machine, not by its writer.
+    pub fn forget_all(&self) {
+        let mut a = self.lock();
+        a.members.clear();
+        a.generation += 1;
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Approved> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -206,6 +214,15 @@ pub(crate) fn reserve_node_id(c: &Connection, pubkey: &str) -> Result<u32> {
         Some(row) => give_node_id(c, row),
         None => Ok(0),
     }
+}
+
+/// A primary that rejoins its cluster as a new member (its file diverged, or was restored):
+/// its key's record moves to a new node id, never used before.
+pub(crate) fn renumber(c: &Connection, pubkey: &str) -> Result<u32> {
+    let node_id = next_node_id(c)?;
+    c.prepare_cached("UPDATE _octo_nodes SET node_id = ?2 WHERE pubkey = ?1")?
+        .execute(rusqlite::params![pubkey, node_id])?;
+    Ok(node_id_of(node_id))
 }
 
 /// Once approved, a key gets its node id (it had a negative row id while it waited).

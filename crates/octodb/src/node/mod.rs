@@ -139,6 +139,12 @@ pub(crate) struct Shared {
     pub primary_key: Mutex<Option<crate::crypto::PublicKey>>,
     /// Primaries: the Raft cluster the writer proposes its batches to (set at the start).
     pub cluster: OnceLock<crate::cluster::Proposer>,
+    /// Primaries: whether this primary leads its cluster, and its members (see
+    /// `cluster_member::follow_view`).
+    pub cluster_view: watch::Sender<crate::cluster::ClusterView>,
+    /// Devices: the cluster's primaries as the primaries last told (kept in the file): where
+    /// to fail over to, and the keys trusted besides the pinned one.
+    pub known_primaries: Mutex<Vec<crate::net::PrimaryMember>>,
     /// Primaries: batches written through, announced once the cluster committed them.
     announcements: mpsc::UnboundedSender<cluster_member::Announcement>,
     /// Primaries: the services served on service channels (`channels`).
@@ -324,8 +330,13 @@ impl Node {
         let keys = load_or_create_keys(&conn, &cfg)?;
         // A new primary with `connect=` joins the cluster there; one whose file already
         // belongs to a cluster (or a primary alone) starts its Raft node at once.
+        // A primary whose file diverged from its cluster's rejoins it as a new member.
+        let rejoins = match cfg.role {
+            Some(Role::Primary) => !crate::cluster::rejoin::prepare(&conn)?.is_empty(),
+            _ => false,
+        };
         let joins = cfg.role == Some(Role::Primary)
-            && !cfg.connect.is_empty()
+            && (!cfg.connect.is_empty() || rejoins)
             && !crate::cluster::is_formed(&conn)?;
         let identity = Arc::new(load_identity(&conn, &cfg)?);
         register_identity_functions(&conn, &identity)?;
@@ -349,6 +360,7 @@ impl Node {
             })?),
             None => None,
         };
+        let known_primaries = secondary::known_primaries_in(&conn)?;
         let shared = Arc::new(Shared {
             keys,
             identity,
@@ -384,6 +396,8 @@ impl Node {
             write_turns: Default::default(),
             primary_key: Mutex::new(primary_key),
             cluster: OnceLock::new(),
+            cluster_view: watch::channel(Default::default()).0,
+            known_primaries: Mutex::new(known_primaries),
             announcements,
             services: Default::default(),
             cfg,

@@ -193,6 +193,11 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     )
     .await?;
     tracing::info!(%addr, node_id, user_id, "device connected");
+    let tells_members = protocol >= version::PRIMARY_MEMBERS;
+    if tells_members {
+        let members = shared.cluster_view.borrow().members.clone();
+        send_now(&mut wr, &Message::PrimaryMembers { members }).await?;
+    }
 
     shared
         .live
@@ -208,7 +213,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     let beats = tokio::sync::Notify::new();
     let result = tokio::select! {
         r = read_loop(shared, &mut rd, sender, &beats) => r,
-        r = stream_to_device(shared, node_id, user_id, last_seq, wr, &beats) => r,
+        r = stream_to_device(shared, Streamed { node: node_id, user: user_id, last_seq, tells_members }, wr, &beats) => r,
         () = &mut withdrawal => {
             tracing::info!(%addr, node_id, "device disconnected: its approval was taken back");
             Ok(())
@@ -345,15 +350,32 @@ fn not_serving_devices(shared: &Shared) -> Option<String> {
     }
 }
 
-/// Stream the log to a device from `last_seq` on (after its initial download when 0).
-async fn stream_to_device(
-    shared: &Arc<Shared>,
+/// The device a session streams to.
+struct Streamed {
     node: u32,
     user: i64,
+    /// Where its copy stands (0: it needs the initial download).
     last_seq: u64,
+    /// It speaks protocol 5 or newer: it hears of the cluster's primaries.
+    tells_members: bool,
+}
+
+/// Stream the log to a device from `last_seq` on (after its initial download when 0). Ends
+/// when this primary stops leading its cluster: the device then finds the new leader.
+async fn stream_to_device(
+    shared: &Arc<Shared>,
+    device: Streamed,
     mut wr: SecureWriter,
     beats: &tokio::sync::Notify,
 ) -> Result<()> {
+    let Streamed {
+        node,
+        user,
+        last_seq,
+        tells_members,
+    } = device;
+    let mut cluster = shared.cluster_view.subscribe();
+    cluster.mark_unchanged();
     let mut following = shared.audiences.follow(user);
     let mut unwritten = shared.unwritten.subscribe();
     unwritten.mark_unchanged();
@@ -415,6 +437,22 @@ async fn stream_to_device(
                 () = beats.notified() => {
                     wr.send(&Message::Heartbeat.encode()).await?;
                     wr.flush().await?;
+                }
+                Ok(()) = cluster.changed() => {
+                    let view = cluster.borrow_and_update().clone();
+                    if !view.leading {
+                        let reason = "this primary no longer leads its cluster: connect to \
+                                      another of its primaries"
+                            .to_string();
+                        tracing::info!(node, "device disconnected: {reason}");
+                        wr.send(&Message::Refused { reason: reason.clone() }.encode()).await?;
+                        wr.flush().await?;
+                        return Err(Error::rule(reason));
+                    }
+                    if tells_members {
+                        wr.send(&Message::PrimaryMembers { members: view.members }.encode()).await?;
+                        wr.flush().await?;
+                    }
                 }
                 // The writer could not write this device's transactions: the session ends,
                 // telling the device why, and it sends them again when it reconnects.

@@ -31,14 +31,18 @@ const CHUNKS_IN_FLIGHT: usize = 3;
 const ENTRIES_IN_FLIGHT: usize = 8;
 
 pub(super) async fn run(shared: Arc<Shared>) {
-    let endpoints = shared.cfg.connect.clone();
     let mut stop = shared.shutdown.subscribe();
     let mut backoff = Duration::from_millis(50);
     let mut approval_check = APPROVAL_CHECK_FIRST;
-    for ep in endpoints.iter().cycle() {
+    // The primary tried next: the same again after a session that was up (a dropped
+    // connection, a restart), the next one after a failure to get in.
+    let mut turn = 0usize;
+    loop {
         if shared.is_shutting_down() {
             return;
         }
+        let endpoints = endpoints(&shared);
+        let ep = &endpoints[turn % endpoints.len()];
         let started = std::time::Instant::now();
         let wait_for_request = match session(&shared, ep).await {
             Ok(flow) => flow == Flow::WaitForRequest,
@@ -61,6 +65,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
             .is_some();
         if was_connected {
             shared.emit(Event::Disconnected);
+        } else {
+            turn = turn.wrapping_add(1);
         }
         if started.elapsed() > Duration::from_secs(5) {
             backoff = Duration::from_millis(50);
@@ -105,12 +111,85 @@ pub(super) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// The primaries to try in turn: the `connect` list, then the cluster's other primaries as
+/// the primaries told (never empty: `connect` is required on a device).
+pub(super) fn endpoints(shared: &Shared) -> Vec<Endpoint> {
+    let mut out = shared.cfg.connect.clone();
+    let known = shared
+        .known_primaries
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    for member in known {
+        if let Some(ep) = Endpoint::from_addr(&member.addr) {
+            if !out.contains(&ep) {
+                out.push(ep);
+            }
+        }
+    }
+    out
+}
+
+/// Meta key of the cluster's primaries as last told (JSON).
+const KNOWN_PRIMARIES: &str = "primary_members";
+/// Most primaries a device keeps from what a primary tells.
+const MAX_KNOWN_PRIMARIES: usize = 64;
+
+/// The cluster's primaries kept in the device's file (none if it never heard of them).
+pub(super) fn known_primaries_in(
+    c: &rusqlite::Connection,
+) -> Result<Vec<crate::net::PrimaryMember>> {
+    let Some(json) = crate::store::meta_get::<String>(c, KNOWN_PRIMARIES)? else {
+        return Ok(Vec::new());
+    };
+    let members: Vec<(String, String)> = serde_json::from_str(&json).unwrap_or_else(|e| {
+        tracing::warn!("the primaries kept in this file do not read ({e}): forgotten");
+        Vec::new()
+    });
+    Ok(members
+        .into_iter()
+        .map(|(addr, public_key)| crate::net::PrimaryMember { addr, public_key })
+        .collect())
+}
+
+/// Keeps the primaries a primary told of, those that make sense (an address, a key), in the
+/// device's file; returns them.
+pub(super) fn keep_known_primaries(
+    c: &rusqlite::Connection,
+    told: Vec<crate::net::PrimaryMember>,
+) -> Result<Vec<crate::net::PrimaryMember>> {
+    let members: Vec<crate::net::PrimaryMember> = told
+        .into_iter()
+        .filter(|m| {
+            Endpoint::from_addr(&m.addr).is_some() && PublicKey::from_hex(&m.public_key).is_ok()
+        })
+        .take(MAX_KNOWN_PRIMARIES)
+        .collect();
+    let pairs: Vec<(&str, &str)> = members
+        .iter()
+        .map(|m| (m.addr.as_str(), m.public_key.as_str()))
+        .collect();
+    let json = serde_json::to_string(&pairs).unwrap_or_default();
+    crate::store::write_txn(c, |c| crate::store::meta_set(c, KNOWN_PRIMARIES, json))?;
+    Ok(members)
+}
+
 /// A device sends nothing (not even its sign-up data) to a primary other than the one that
-/// admitted it: at the same address may now be another network's primary, or an impostor.
-fn check_primary_key(shared: &Shared, ep: &Endpoint, key: &PublicKey) -> Result<()> {
+/// admitted it, or the primaries of its cluster as that one told: at the same address may
+/// now be another network's primary, or an impostor.
+pub(super) fn check_primary_key(shared: &Shared, ep: &Endpoint, key: &PublicKey) -> Result<()> {
     let pinned = *shared.primary_key.lock().unwrap_or_else(|p| p.into_inner());
+    let vouched = || {
+        let hex = key.to_hex();
+        shared
+            .known_primaries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|m| m.public_key.eq_ignore_ascii_case(&hex))
+    };
     match pinned {
-        Some(known) if known != *key => Err(Error::rule(format!(
+        Some(known) if known != *key && !vouched() => Err(Error::rule(format!(
             "the primary at {ep} presents key {key}, not the key {known} of the primary that \
              admitted this device: it is another network's primary or an impostor, and gets \
              nothing from this device. If this network's primary was re-created with a new \
@@ -325,12 +404,17 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
         };
         match msg {
             Message::Heartbeat => continue,
-            // The primary could not take this device's transactions (its disk is full, say):
-            // they stay in the outbox and go again on the next connection.
+            // The primary could not take this device's transactions (its disk is full, say),
+            // or stopped leading its cluster: they stay in the outbox and go again on the
+            // next connection.
             Message::Refused { reason } => {
                 return Err(Error::rule(format!(
-                    "the primary did not accept this device's transactions: {reason}"
+                    "the primary ended the session: {reason}"
                 )))
+            }
+            Message::PrimaryMembers { members } => {
+                ask(shared, |reply| Job::PrimaryMembers { members, reply }).await?;
+                continue;
             }
             _ => {}
         }

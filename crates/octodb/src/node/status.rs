@@ -63,6 +63,10 @@ pub struct SyncStatus {
     /// Primaries: the primaries' Raft cluster as this primary sees it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// Devices: the addresses of the cluster's primaries, as the primaries told: where the
+    /// device fails over to, beside its `connect` list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub primaries: Vec<String>,
 }
 
 /// A primary's view of its cluster (openraft's metrics).
@@ -191,6 +195,13 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         auth_state: auth_state.filter(|_| id.node_id() == 0 || revoked),
         sync_error,
         cluster: shared.cluster.get().map(|p| cluster_status(p.raft())),
+        primaries: shared
+            .known_primaries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|m| m.addr.clone())
+            .collect(),
     })
 }
 

@@ -97,6 +97,11 @@ pub(crate) enum Job {
         pubkey: String,
         reply: Reply<u32>,
     },
+    /// Primary (the leader): a member primary rejoins as a new member; its key's new node id.
+    RenumberPrimary {
+        pubkey: String,
+        reply: Reply<u32>,
+    },
     /// Primary: a key connected without the sign-up the primaries require; keep it so that it
     /// can be approved by hand.
     Presence {
@@ -118,6 +123,11 @@ pub(crate) enum Job {
         primary_key: crate::crypto::PublicKey,
         /// The last of this device's transactions the primaries decided.
         last_decided_txn: u64,
+        reply: Reply<()>,
+    },
+    /// Device: the cluster's primaries, as the primary told (checked), to keep in the file.
+    PrimaryMembers {
+        members: Vec<crate::net::PrimaryMember>,
         reply: Reply<()>,
     },
     /// Device: entries from the primaries, received by one session.
@@ -414,6 +424,15 @@ impl Writer {
                         });
                     let _ = reply.send(reserved);
                 }
+                Job::RenumberPrimary { pubkey, reply } => {
+                    let touched = [Touched::Key(pubkey.clone())];
+                    let renumbered =
+                        shared_rows::write_txn(&self.conn, &self.shared, &touched, |c| {
+                            super::members::renumber(c, &pubkey)
+                        });
+                    self.shared.approved.forget(&pubkey);
+                    let _ = reply.send(renumbered);
+                }
                 Job::LastDecided { node_id, reply } => {
                     let _ = reply.send(self.last_decided(node_id));
                 }
@@ -428,6 +447,18 @@ impl Writer {
                         .welcome(node_id, user_id, primary_key)
                         .and_then(|()| self.txn_ids_before_sending(last_decided_txn));
                     let _ = reply.send(welcomed);
+                }
+                Job::PrimaryMembers { members, reply } => {
+                    let kept = super::secondary::keep_known_primaries(&self.conn, members).map(
+                        |members| {
+                            *self
+                                .shared
+                                .known_primaries
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner()) = members;
+                        },
+                    );
+                    let _ = reply.send(kept);
                 }
                 job @ Job::Entries { .. } => {
                     let entries_in = |j: &Job| match j {

@@ -15,6 +15,18 @@ use crate::cluster::{Decided, Proposed};
 use crate::error::{Error, Result};
 use crate::log::{self, LogEntry};
 
+/// How long a COMMIT waits for a cluster of several primaries to hold its transaction.
+const CONFIRM_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn unconfirmed(why: &str) -> Error {
+    Error::rule(format!(
+        "the transaction was committed on this primary, but its cluster did not confirm it \
+         ({why}): its leader changed or lost its majority. It may be lost if another primary \
+         leads: check whether it is there (PRAGMA sync_status names the leader) and write it \
+         again if not"
+    ))
+}
+
 /// A transaction's Raft entry written in it, and its entries to announce once committed.
 pub(crate) struct InFlight {
     txn: crate::cluster::InTxn,
@@ -115,19 +127,40 @@ impl Connection {
 
     /// After the statement that ended the transaction: its Raft entry is durable if it
     /// committed (announce it once the cluster commits it), voided if not. Returns whether a
-    /// Raft entry was in flight.
-    pub(super) fn settle_in_flight(&self, committed: bool) -> bool {
+    /// Raft entry was in flight, or an error when the transaction committed here and a
+    /// cluster of several primaries did not confirm it.
+    ///
+    /// With other primaries, the COMMIT returns only once a majority holds the transaction:
+    /// a leader that dies right after answering must not take a commit its app was told of
+    /// with it (the next leader would not have it). A cluster of one confirms at once.
+    pub(super) fn settle_in_flight(&self, committed: bool) -> Result<bool> {
         let Some(InFlight { txn, entries }) = self.in_flight.borrow_mut().take() else {
-            return false;
+            return Ok(false);
         };
-        match (committed, &self.node) {
-            (true, Some(node)) => {
-                node.shared
-                    .announce_when_committed(txn.committed(), entries, Vec::new())
+        let node = match (committed, &self.node) {
+            (true, Some(node)) => node,
+            _ => {
+                txn.not_committed().after_rollback();
+                return Ok(true);
             }
-            _ => txn.not_committed().after_rollback(),
+        };
+        let response = txn.committed();
+        if node.shared.cluster_view.borrow().members.len() <= 1 {
+            node.shared
+                .announce_when_committed(response, entries, Vec::new());
+            return Ok(true);
         }
-        true
+        let confirmed = crate::node::block_on(async {
+            tokio::time::timeout(CONFIRM_WAIT_MAX, response.wait()).await
+        });
+        match confirmed {
+            Ok(Ok(_)) => {
+                node.committed_local(entries);
+                Ok(true)
+            }
+            Ok(Err(e)) => Err(unconfirmed(&e.to_string())),
+            Err(_) => Err(unconfirmed("no answer within 10 s")),
+        }
     }
 
     /// A transaction committed without its Raft entry (a commit not recognized above, such as

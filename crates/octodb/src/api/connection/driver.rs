@@ -172,7 +172,8 @@ impl Connection {
             if commits {
                 if let Err(e) = self.propose_before_commit() {
                     self.rolled_back();
-                    self.after_statement(false);
+                    // (Nothing committed: nothing to confirm.)
+                    let _ = self.after_statement(false);
                     return Err(e);
                 }
             }
@@ -272,10 +273,10 @@ impl Connection {
             // triggers installed since the savepoint.
             self.rolled_back();
         }
-        self.after_statement(result.is_ok() && started.word != "ROLLBACK");
+        let confirmed = self.after_statement(result.is_ok() && started.word != "ROLLBACK");
         match result {
             Err(Some(e)) => Err(e),
-            _ => Ok(()),
+            _ => confirmed,
         }
     }
 

@@ -1,0 +1,153 @@
+//! Devices follow their cluster's leader: a device hears of every primary of the cluster
+//! from the one it trusts, and when the leader goes it finds the new one (even one its
+//! `connect=` never named), sends it what it wrote meanwhile, and receives its writes.
+
+mod common;
+
+use common::*;
+use octodb::Connection;
+use std::path::Path;
+
+/// A primary joining the cluster of the primary at `leader_addr`.
+fn joining_primary(path: &Path, leader_addr: &str) -> Connection {
+    Connection::open(&format!(
+        "{}&connect=tcp://{leader_addr}",
+        primary_uri(path, 0)
+    ))
+    .expect("open a joining primary")
+}
+
+fn role(p: &Connection) -> String {
+    p.sync_status()
+        .ok()
+        .and_then(|s| s.cluster)
+        .map(|c| c.role)
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_device_fails_over_to_the_new_leader_when_its_primary_goes() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let first = addr_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &first);
+    let p3 = joining_primary(&c.path("p3.db"), &first);
+    p1.wait_for(DEADLINE, |s| {
+        s.cluster
+            .as_ref()
+            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 3)
+    })
+    .expect("three voters");
+
+    // The device names only the first primary; it hears of the others from it.
+    let d = c.device("d.db", &p1);
+    ready(&d);
+    d.wait_for(DEADLINE, |s| s.primaries.len() == 3)
+        .expect("the device hears of the cluster's three primaries");
+    d.execute("INSERT INTO t(v) VALUES ('before')", []).unwrap();
+    wait_outbox_empty(&d);
+
+    drop(p1);
+    let (leader, follower) = wait_until("a new leader among the other two", || {
+        match (role(&p2).as_str(), role(&p3).as_str()) {
+            ("leader", _) => Some((&p2, &p3)),
+            (_, "leader") => Some((&p3, &p2)),
+            _ => None,
+        }
+    });
+
+    // What the device writes now reaches the new leader, and its followers.
+    d.execute("INSERT INTO t(v) VALUES ('after')", []).unwrap();
+    wait_outbox_empty(&d);
+    let status = d.sync_status().unwrap();
+    assert_eq!(
+        status.peers,
+        vec![format!("tcp://{}", addr_of(leader))],
+        "{status:?}"
+    );
+    assert_eq!(status.last_rejected, None);
+    wait_count(
+        leader,
+        "SELECT count(*) FROM t WHERE v IN ('before', 'after')",
+        2,
+    );
+    wait_count(
+        follower,
+        "SELECT count(*) FROM t WHERE v IN ('before', 'after')",
+        2,
+    );
+
+    // And what the new leader writes reaches the device.
+    leader
+        .execute(
+            "INSERT INTO t(v, row_owner) VALUES ('from the new leader', '*')",
+            [],
+        )
+        .unwrap();
+    wait_count(
+        &d,
+        "SELECT count(*) FROM t WHERE v = 'from the new leader'",
+        1,
+    );
+    assert_eq!(count(&d, "SELECT count(*) FROM t"), 3, "nothing doubled");
+}
+
+#[test]
+fn a_device_is_not_served_by_a_primary_outside_its_cluster() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.wait_for(DEADLINE, |s| s.primaries.len() == 1)
+        .expect("the device hears of its primary");
+    drop(d);
+    drop(p);
+    // Another network's primary: the device, reopened towards it, sends it nothing.
+    let other = c.primary("other.db");
+    let d = Connection::open(&device_uri(&c.path("d.db"), &addr_of(&other)))
+        .expect("reopen the device");
+    let status = d
+        .wait_for(DEADLINE, |s| {
+            s.sync_error
+                .as_deref()
+                .is_some_and(|e| e.contains("impostor"))
+        })
+        .expect("the device refuses the other primary's key");
+    assert!(!status.connected);
+}
+
+/// With other primaries, an app's COMMIT on the leader returns once a majority holds the
+/// transaction; when none can (the other primary of two is gone), it says so instead of
+/// pretending, and the transaction reaches the other primary once it is back.
+#[test]
+fn a_commit_the_cluster_cannot_confirm_says_so() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let p2_uri = format!(
+        "{}&connect=tcp://{}",
+        primary_uri(&c.path("p2.db"), common::process::free_port()),
+        addr_of(&p1)
+    );
+    let p2 = Connection::open(&p2_uri).expect("open the second primary");
+    p1.wait_for(DEADLINE, |s| {
+        s.cluster
+            .as_ref()
+            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 2)
+    })
+    .expect("two voters");
+    p1.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('held by both', '*')",
+        [],
+    )
+    .expect("a majority holds it");
+    wait_count(&p2, "SELECT count(*) FROM t WHERE v = 'held by both'", 1);
+
+    drop(p2);
+    let err = p1
+        .execute("INSERT INTO t(v, row_owner) VALUES ('alone', '*')", [])
+        .expect_err("no majority can hold it");
+    assert!(err.to_string().contains("did not confirm"), "{err}");
+
+    let p2 = Connection::open(&p2_uri).expect("reopen the second primary");
+    wait_count(&p2, "SELECT count(*) FROM t WHERE v = 'alone'", 1);
+}

@@ -1,0 +1,125 @@
+//! A leader that wrote a transaction no other primary held, and stopped, comes back with a
+//! file the cluster does not agree with. It must not serve that tail, nor stop the cluster:
+//! its Raft node stops and says why, and opened again it rejoins as a new member whose
+//! shared state is the cluster's.
+
+mod common;
+
+use common::*;
+use octodb::Connection;
+
+fn primary_at(path: &std::path::Path, port: u16, connect: Option<&str>) -> Connection {
+    let uri = match connect {
+        Some(addr) => format!("{}&connect=tcp://{addr}", primary_uri(path, port)),
+        None => primary_uri(path, port),
+    };
+    Connection::open(&uri).expect("open a primary")
+}
+
+fn voters(p: &Connection) -> Vec<u64> {
+    p.sync_status()
+        .ok()
+        .and_then(|s| s.cluster)
+        .map(|c| {
+            c.members
+                .iter()
+                .filter(|m| m.voter)
+                .map(|m| m.node_id)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn role(p: &Connection) -> String {
+    p.sync_status()
+        .ok()
+        .and_then(|s| s.cluster)
+        .map(|c| c.role)
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_leader_whose_file_diverged_rejoins_as_a_new_member() {
+    let c = Cluster::new();
+    let ports = [
+        common::process::free_port(),
+        common::process::free_port(),
+        common::process::free_port(),
+    ];
+    let paths = [c.path("p1.db"), c.path("p2.db"), c.path("p3.db")];
+    let first = format!("127.0.0.1:{}", ports[0]);
+    let p1 = primary_at(&paths[0], ports[0], None);
+    p1.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    let p2 = primary_at(&paths[1], ports[1], Some(&first));
+    let p3 = primary_at(&paths[2], ports[2], Some(&first));
+    wait_until("three voters", || (voters(&p1).len() == 3).then_some(()));
+    let old_id = p1.sync_status().unwrap().node_id;
+    p1.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('held by all', '*')",
+        [],
+    )
+    .unwrap();
+    wait_count(&p3, "SELECT count(*) FROM t", 1);
+
+    // The leader alone: its commit is written in its file, and never confirmed.
+    drop(p2);
+    drop(p3);
+    let err = p1
+        .execute("INSERT INTO t(v, row_owner) VALUES ('only on p1', '*')", [])
+        .expect_err("no majority");
+    assert!(err.to_string().contains("did not confirm"), "{err}");
+    drop(p1);
+
+    // The two others lead on without it.
+    let p2 = primary_at(&paths[1], ports[1], None);
+    let p3 = primary_at(&paths[2], ports[2], None);
+    let leader = wait_until("a leader among p2 and p3", || {
+        match (role(&p2).as_str(), role(&p3).as_str()) {
+            ("leader", _) => Some(&p2),
+            (_, "leader") => Some(&p3),
+            _ => None,
+        }
+    });
+    leader
+        .execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
+        .expect("two of three confirm");
+
+    // p1 comes back: the cluster's log contradicts its tail; it stops and says why.
+    let p1 = primary_at(&paths[0], ports[0], None);
+    let status = p1
+        .wait_for(DEADLINE, |s| {
+            s.sync_error
+                .as_deref()
+                .is_some_and(|e| e.contains("opened again"))
+        })
+        .expect("the diverged primary says why it stopped");
+    assert!(status.sync_error.unwrap().contains("rejoins"));
+    assert_eq!(
+        count(leader, "SELECT count(*) FROM t WHERE v = 'only on p1'"),
+        0,
+        "the cluster never took p1's unconfirmed tail"
+    );
+
+    // Opened again, it rejoins under a new id, with the cluster's rows and not its tail.
+    drop(p1);
+    let p1 = primary_at(&paths[0], ports[0], None);
+    wait_until("p1 back among three voters, under a new id", || {
+        let v = voters(leader);
+        (v.len() == 3 && !v.contains(&u64::from(old_id))).then_some(())
+    });
+    wait_count(&p1, "SELECT count(*) FROM t WHERE v = 'after'", 1);
+    assert_eq!(
+        count(&p1, "SELECT count(*) FROM t WHERE v = 'only on p1'"),
+        0,
+        "its tail is gone"
+    );
+    assert_ne!(p1.sync_status().unwrap().node_id, old_id);
+    leader
+        .execute("INSERT INTO t(v, row_owner) VALUES ('later', '*')", [])
+        .unwrap();
+    wait_count(&p1, "SELECT count(*) FROM t WHERE v = 'later'", 1);
+}
