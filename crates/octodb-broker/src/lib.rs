@@ -1,7 +1,7 @@
 //! octodb's object broker (SPEC §8): a primary exports objects (fields, references, methods)
 //! and SQL tables as classes; devices and other nodes use them through a client that caches
 //! them by key and is told when they change. It runs over the node network's service channels
-//! (protocol 5): only approved nodes reach it, each request knows its node and user.
+//! (protocol 6): only approved nodes reach it, each request knows its node and user.
 //!
 //! - [`codec`]: the self-describing value encoding, decoded under limits;
 //! - [`key`]: stable keys and their access codes (HMAC under a secret the primaries share);

@@ -1,4 +1,4 @@
-//! Service channels (protocol 5): a primary serves named services on its bound port to approved
+//! Service channels (protocol 6): a primary serves named services on its bound port to approved
 //! nodes only, on real loopback sockets and real files.
 mod common;
 use common::*;

@@ -17,7 +17,7 @@ through a :class:`BrokerClient`, which caches them by key and is told when they 
     client.root.status.health                            # "poor"
     client.call("hello", "you")                          # runs the server's do_hello
 
-The channel is the node's own (protocol 5 service channel): only approved nodes reach the
+The channel is the node's own (protocol 6 service channel): only approved nodes reach the
 broker, and the server knows each request's node and user. See docs/broker.md.
 """
 

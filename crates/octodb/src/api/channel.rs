@@ -1,4 +1,4 @@
-//! Service channels (protocol 5): the API services built on the engine use to talk over the
+//! Service channels (protocol 6): the API services built on the engine use to talk over the
 //! node network, on the primary's bound port, with the same keys and authorization as sync.
 //!
 //! A primary serves a named service with [`Connection::serve_channel`]; a device (or another

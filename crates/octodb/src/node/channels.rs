@@ -1,4 +1,4 @@
-//! Service channels (protocol 5): named services a primary serves on its bound port beside
+//! Service channels (protocol 6): named services a primary serves on its bound port beside
 //! sync, for the services built on the engine (the object broker).
 //!
 //! A connecting node does the usual Noise handshake, then sends `OpenChannel { service }`
@@ -341,7 +341,7 @@ mod tests {
     use crate::net::{HandshakeOptions, SecureStream};
     use tokio::net::{TcpListener, TcpStream};
 
-    /// A primary of protocol 4 cannot serve channels: the connecting side says to upgrade it,
+    /// A primary older than protocol 6 cannot serve channels: the connecting side says to upgrade it,
     /// without sending it a message it cannot read.
     #[tokio::test]
     async fn a_primary_older_than_channels_is_named_for_upgrade() {
