@@ -43,8 +43,9 @@ pub struct Changes {
 type Listener = Arc<dyn Fn(Notice) + Send + Sync>;
 
 struct State {
-    /// The current connection's outgoing queue.
-    writer: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    /// The current connection's writing half (requests are written by the calling thread:
+    /// no hand-over to another task).
+    writer: Option<Arc<tokio::sync::Mutex<octodb::net::SecureWriter>>>,
     pending: HashMap<u64, oneshot::Sender<Result<Value, BrokerError>>>,
     cache: HashMap<Key, Arc<ObjectState>>,
     changes: Changes,
@@ -223,21 +224,31 @@ impl Client {
                 if inner.stopped.load(Ordering::SeqCst) {
                     return Err(BrokerError::Connection("the client was closed".into()));
                 }
-                let rx = {
+                let sending = {
                     let mut st = lock(&inner.state);
-                    match st.writer.clone() {
-                        Some(w) => {
-                            let (tx, rx) = oneshot::channel();
-                            st.pending.insert(id, tx);
-                            if w.send(frame.clone()).is_err() {
-                                st.pending.remove(&id);
-                                None
-                            } else {
-                                Some(rx)
-                            }
+                    st.writer.clone().map(|w| {
+                        let (tx, rx) = oneshot::channel();
+                        st.pending.insert(id, tx);
+                        (w, rx)
+                    })
+                };
+                let rx = match sending {
+                    Some((w, rx)) => {
+                        let mut w = w.lock().await;
+                        let sent = match w.send(&frame).await {
+                            Ok(()) => w.flush().await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = sent {
+                            // The reading side notices the dead connection and reconnects.
+                            lock(&inner.state).pending.remove(&id);
+                            return Err(BrokerError::Connection(format!(
+                                "the request could not be sent: {e}"
+                            )));
                         }
-                        None => None,
+                        Some(rx)
                     }
+                    None => None,
                 };
                 match rx {
                     Some(rx) => {
@@ -487,24 +498,14 @@ async fn maintain(inner: Arc<Inner>) {
             }
         };
         pause = RECONNECT_FIRST;
-        let (mut rd, mut wr, _) = ch.into_split();
-        let (tx, mut out) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (mut rd, wr, _) = ch.into_split();
         if !first {
             // Before any reply of the new connection: the cache is dropped first.
             inner.note(Notice::Reconnected);
         }
         first = false;
-        lock(&inner.state).writer = Some(tx);
+        lock(&inner.state).writer = Some(Arc::new(tokio::sync::Mutex::new(wr)));
         inner.connected.send_replace(true);
-        let writing = async {
-            while let Some(frame) = out.recv().await {
-                wr.send(&frame).await?;
-                if out.is_empty() {
-                    wr.flush().await?;
-                }
-            }
-            Ok::<(), octodb::net::NetError>(())
-        };
         let reading = async {
             loop {
                 let bytes = rd.recv().await?;
@@ -535,7 +536,6 @@ async fn maintain(inner: Arc<Inner>) {
         let mut stopped = inner.connected.subscribe();
         tokio::select! {
             r = reading => if let Err(e) = r { tracing::info!("broker connection lost: {e}") },
-            r = writing => if let Err(e) = r { tracing::info!("broker connection lost: {e}") },
             _ = stopped.wait_for(|c| !*c) => {}
         }
         inner.connected.send_replace(false);

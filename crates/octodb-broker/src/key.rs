@@ -143,28 +143,39 @@ impl Secret {
         conn: &octodb::Connection,
         service: &str,
     ) -> Result<Secret, crate::BrokerError> {
-        conn.execute(
-            &format!(
-                "CREATE TABLE IF NOT EXISTS {SECRET_TABLE}(service TEXT PRIMARY KEY, secret \
-                 BLOB NOT NULL, row_owner)"
-            ),
-            [],
-        )?;
-        let existing = read_secret(conn, service)?;
-        if let Some(bytes) = existing {
+        // Read first: a follower of the cluster refuses writes, and gets the secret through
+        // the log.
+        if let Some(bytes) = read_secret(conn, service)? {
             return Ok(Secret::from_bytes(&bytes));
         }
         let mut bytes = [0u8; 32];
         aws_lc_rs::rand::fill(&mut bytes)
             .map_err(|_| crate::BrokerError::Internal("no randomness for the secret".into()))?;
-        // Two primaries starting at once: the first insert wins, both then read the same.
-        conn.execute(
-            &format!(
-                "INSERT OR IGNORE INTO {SECRET_TABLE}(service, secret, row_owner) VALUES (?1, \
-                 ?2, '{SECRET_OWNER}')"
-            ),
-            rusqlite::params![service, bytes.to_vec()],
-        )?;
+        let made = conn
+            .execute(
+                &format!(
+                    "CREATE TABLE IF NOT EXISTS {SECRET_TABLE}(service TEXT PRIMARY KEY, \
+                     secret BLOB NOT NULL, row_owner)"
+                ),
+                [],
+            )
+            .and_then(|_| {
+                // Two primaries starting at once: the first insert wins, both read the same.
+                conn.execute(
+                    &format!(
+                        "INSERT OR IGNORE INTO {SECRET_TABLE}(service, secret, row_owner) \
+                         VALUES (?1, ?2, '{SECRET_OWNER}')"
+                    ),
+                    rusqlite::params![service, bytes.to_vec()],
+                )
+            });
+        if let Err(e) = made {
+            return Err(crate::BrokerError::Internal(format!(
+                "the broker's secret is not in this primary's database yet and cannot be made \
+                 here ({e}): start the broker on the cluster's leader first, or wait until this \
+                 primary has caught up"
+            )));
+        }
         let bytes = read_secret(conn, service)?
             .ok_or_else(|| crate::BrokerError::Internal("the secret was not stored".into()))?;
         Ok(Secret::from_bytes(&bytes))
@@ -191,6 +202,13 @@ fn read_secret(
     conn: &octodb::Connection,
     service: &str,
 ) -> Result<Option<Vec<u8>>, crate::BrokerError> {
+    let exists = conn.query(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [SECRET_TABLE],
+    )?;
+    if exists.is_empty() {
+        return Ok(None);
+    }
     let rows = conn.query(
         &format!("SELECT secret FROM {SECRET_TABLE} WHERE service = ?1"),
         [service],

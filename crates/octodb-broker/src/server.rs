@@ -593,27 +593,26 @@ async fn run_session(inner: Arc<Inner>, ch: Channel) {
                 return Ok(());
             };
             let (inner, peer, out) = (inner.clone(), peer.clone(), out.clone());
-            tokio::spawn(async move {
+            // Handled on a blocking thread (the program's handler may be slow, or wait for
+            // Python's GIL), which queues the reply itself: one hand-over less per request.
+            tokio::task::spawn_blocking(move || {
                 let rid = request.id;
-                let worker = inner.clone();
-                let done = tokio::task::spawn_blocking(move || {
-                    let result = worker
+                let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    inner
                         .dispatch(id, &peer, request.op)
-                        .map(|v| worker.outgoing(id, v));
-                    if let Err(e) = &result {
-                        tracing::debug!(node = peer.node_id, "broker request failed: {e}");
-                    }
-                    result
-                })
-                .await
-                .unwrap_or_else(|_| {
+                        .map(|v| inner.outgoing(id, v))
+                }));
+                let result = handled.unwrap_or_else(|_| {
                     Err(BrokerError::Internal(
                         "the server's handler panicked".into(),
                     ))
                 });
-                let result = done.map_err(|e| RemoteError::from(&e));
+                if let Err(e) = &result {
+                    tracing::debug!(node = peer.node_id, "broker request failed: {e}");
+                }
+                let result = result.map_err(|e| RemoteError::from(&e));
                 let frame = protocol::encode(&ServerFrame::Reply { id: rid, result });
-                let _ = out.send(frame).await;
+                let _ = out.blocking_send(frame);
                 drop(turn);
             });
         }

@@ -369,7 +369,15 @@ impl PyClient {
 
 /// On the client, objects in arguments are proxies: their `_ref` is (key, code).
 fn ref_hook(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    py.import("octodb.broker")?.getattr("_client_encode_object")
+    static HOOK: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
+    HOOK.get_or_try_init(py, || {
+        Ok::<_, PyErr>(
+            py.import("octodb.broker")?
+                .getattr("_client_encode_object")?
+                .unbind(),
+        )
+    })
+    .map(|h| h.bind(py).clone())
 }
 
 #[pymethods]

@@ -25,14 +25,35 @@ struct DatetimeTypes<'py> {
     timezone: Bound<'py, PyAny>,
 }
 
+/// The datetime module's types, looked up once per process (every encode and decode needs
+/// them, and a lookup costs more than encoding a small call).
+struct DatetimeTypesCache {
+    datetime: Py<PyAny>,
+    date: Py<PyAny>,
+    time: Py<PyAny>,
+    timedelta: Py<PyAny>,
+    timezone: Py<PyAny>,
+}
+
+static DATETIME_TYPES: pyo3::sync::PyOnceLock<DatetimeTypesCache> = pyo3::sync::PyOnceLock::new();
+
 fn datetime_types(py: Python<'_>) -> PyResult<DatetimeTypes<'_>> {
-    let m = py.import("datetime")?;
+    let cached = DATETIME_TYPES.get_or_try_init(py, || -> PyResult<DatetimeTypesCache> {
+        let m = py.import("datetime")?;
+        Ok(DatetimeTypesCache {
+            datetime: m.getattr("datetime")?.unbind(),
+            date: m.getattr("date")?.unbind(),
+            time: m.getattr("time")?.unbind(),
+            timedelta: m.getattr("timedelta")?.unbind(),
+            timezone: m.getattr("timezone")?.unbind(),
+        })
+    })?;
     Ok(DatetimeTypes {
-        datetime: m.getattr("datetime")?,
-        date: m.getattr("date")?,
-        time: m.getattr("time")?,
-        timedelta: m.getattr("timedelta")?,
-        timezone: m.getattr("timezone")?,
+        datetime: cached.datetime.bind(py).clone(),
+        date: cached.date.bind(py).clone(),
+        time: cached.time.bind(py).clone(),
+        timedelta: cached.timedelta.bind(py).clone(),
+        timezone: cached.timezone.bind(py).clone(),
     })
 }
 
