@@ -383,3 +383,28 @@ fn a_client_keeps_its_references_across_a_server_restart() {
         .unwrap();
     assert_eq!(result, Value::None);
 }
+
+/// Not a check: how long a call takes on this machine (`cargo test --release -- --ignored
+/// --nocapture call_round_trip`).
+#[test]
+#[ignore]
+fn call_round_trip() {
+    let net = Net::new();
+    let p = net.primary("p.db");
+    let (_server, _statics) = seed_server(&p);
+    let (_d, client) = connected(&net, &p, "d.db");
+    let root = client.root().unwrap();
+    for _ in 0..2 {
+        let n = 5000;
+        let started = Instant::now();
+        for _ in 0..n {
+            client.call("hello", vec!["x".into()]).unwrap();
+        }
+        eprintln!("plain call: {:?}", started.elapsed() / n);
+        let started = Instant::now();
+        for _ in 0..n {
+            client.request(Op::Fetch { target: root.key.clone() }).unwrap();
+        }
+        eprintln!("fetch: {:?}", started.elapsed() / n);
+    }
+}
