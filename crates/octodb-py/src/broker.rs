@@ -336,6 +336,42 @@ impl PyServer {
         }
     }
 
+    /// Runs `fn()` in one transaction of the exported tables' connection: a transaction at
+    /// the outermost level, a SAVEPOINT inside another, rolled back alone when `fn` raises
+    /// (the exception then propagates).
+    fn sql_transaction(&self, py: Python<'_>, f: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        let tables = self
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| PyValueError::new_err("no table is exported"))?;
+        let failure: Mutex<Option<PyErr>> = Mutex::new(None);
+        let out = py.detach(|| {
+            tables.transaction(|_| {
+                Python::attach(|py| match f.call0(py) {
+                    Ok(v) => Ok(v),
+                    Err(e) => {
+                        let err = BrokerError::Remote {
+                            kind: "transaction".into(),
+                            message: e.to_string(),
+                        };
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        Err(err)
+                    }
+                })
+            })
+        });
+        match out {
+            Ok(v) => Ok(v),
+            Err(e) => Err(failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| py_err(e))),
+        }
+    }
+
     fn stop(&self) -> PyResult<()> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(c) = conn {

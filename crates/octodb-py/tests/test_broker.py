@@ -221,6 +221,24 @@ def test_sql_exports(net):
     )
     server.obj_delete(row)
     wait_until("the deletion is told", lambda: client.count("todos", title="by sql") == 0)
+    # Nested writes: the inner transaction that fails rolls back alone.
+    classes_told = []
+    client.on_change("todos", classes_told.append)
+
+    def inner():
+        server.obj_new(todos, title="inner", row_owner="*")
+        raise ValueError("inner fails")
+
+    def outer():
+        server.obj_new(todos, title="outer", row_owner="*")
+        with pytest.raises(ValueError, match="inner fails"):
+            server.transaction(inner)
+        return "done"
+
+    assert server.transaction(outer) == "done"
+    titles = [t for (t,) in p.execute("SELECT title FROM todos WHERE title IN ('outer', 'inner')")]
+    assert titles == ["outer"]
+    wait_until("on_change hears of the class", lambda: "todos" in classes_told)
 
 
 def test_an_export_limited_to_a_user(tmp_path):

@@ -369,6 +369,13 @@ class BrokerServer:
     def row(self, export, rowid):
         return _SqlRow(export, rowid)
 
+    def transaction(self, fn, *args, **kwargs):
+        """Runs ``fn(*args, **kwargs)`` in one transaction of the exported tables (their
+        ``obj_new``/``obj_update``/``obj_delete``); a transaction inside another is a
+        SAVEPOINT: when ``fn`` raises, only its own part is rolled back, and the exception
+        propagates. Returns what ``fn`` returns."""
+        return self._core.sql_transaction(lambda: fn(*args, **kwargs))
+
     # changes
 
     def obj_update(self, obj, **changes):
