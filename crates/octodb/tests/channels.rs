@@ -143,3 +143,40 @@ fn a_user_device_gets_its_user_id() {
         format!("{}:{user}:Secondary:hi", s.node_id)
     );
 }
+
+#[test]
+fn an_open_channel_ends_when_the_approval_is_taken_back() {
+    let c = Cluster::new();
+    let p = c.auth_primary("p.db", "user");
+    approve_by_data(&p);
+    serve_echo(&p);
+    let d = c.device("d.db", &p);
+    d.execute("PRAGMA user_signup='x'", []).unwrap();
+    ready(&d);
+    let mut ch = d.open_channel("echo").unwrap();
+    block_on(async {
+        ch.send(b"before").await?;
+        ch.recv().await
+    })
+    .unwrap();
+    p.execute(
+        &format!("PRAGMA authorize_user='{}:-1'", d.public_key()),
+        [],
+    )
+    .unwrap();
+    // The primary closes the channel (an echo already under way may still come first).
+    let ended = block_on(async {
+        let _ = ch.send(b"after").await;
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                if let Err(e) = ch.recv().await {
+                    return e;
+                }
+            }
+        })
+        .await
+    });
+    assert!(ended.is_ok(), "the channel must be closed by the primary");
+    let err = refusal(&d, "echo");
+    assert!(err.contains("refused by the backend"), "{err}");
+}
