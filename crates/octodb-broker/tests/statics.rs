@@ -403,7 +403,11 @@ fn call_round_trip() {
         eprintln!("plain call: {:?}", started.elapsed() / n);
         let started = Instant::now();
         for _ in 0..n {
-            client.request(Op::Fetch { target: root.key.clone() }).unwrap();
+            client
+                .request(Op::Fetch {
+                    target: root.key.clone(),
+                })
+                .unwrap();
         }
         eprintln!("fetch: {:?}", started.elapsed() / n);
     }

@@ -641,7 +641,9 @@ impl PyClient {
 pub fn add_to_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyServer>()?;
     m.add_class::<PyClient>()?;
-    m.add("BrokerCallError", m.py().get_type::<BrokerCallError>())?;
+    // Underscored: `from octodb._octodb import *` leaves them out of `octodb` (they belong to
+    // `octodb.broker`).
+    m.add("_BrokerCallError", m.py().get_type::<BrokerCallError>())?;
     m.add_function(wrap_pyfunction!(crate::broker_codec::broker_encode, m)?)?;
     m.add_function(wrap_pyfunction!(crate::broker_codec::broker_decode, m)?)?;
     Ok(())

@@ -519,7 +519,7 @@ impl<'py> Decoder<'py> {
 
 /// `encode(value)` → bytes, for tests and custom transports.
 #[pyfunction]
-#[pyo3(signature = (value, hook = None))]
+#[pyo3(name = "_broker_encode", signature = (value, hook = None))]
 pub fn broker_encode<'py>(
     py: Python<'py>,
     value: &Bound<'py, PyAny>,
@@ -531,7 +531,7 @@ pub fn broker_encode<'py>(
 
 /// `decode(bytes)` → value, under the broker's limits (a malformed input raises ValueError).
 #[pyfunction]
-#[pyo3(signature = (data, hook = None))]
+#[pyo3(name = "_broker_decode", signature = (data, hook = None))]
 pub fn broker_decode<'py>(
     py: Python<'py>,
     data: &[u8],

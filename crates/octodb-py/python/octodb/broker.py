@@ -103,7 +103,7 @@ def _typed(error):
 def _core(call, *args):
     try:
         return call(*args)
-    except _octodb.BrokerCallError as e:
+    except _octodb._BrokerCallError as e:
         raise _typed(e) from None
 
 
@@ -145,7 +145,7 @@ def encode(value):
             raise TypeError(f"cannot send a {type(obj).__name__}: register a codec for it")
         return c
 
-    return _octodb.broker_encode(value, hook)
+    return _octodb._broker_encode(value, hook)
 
 
 def decode(data):
@@ -156,7 +156,7 @@ def decode(data):
             return _decode_custom(payload)
         return payload
 
-    return _octodb.broker_decode(data, hook)
+    return _octodb._broker_decode(data, hook)
 
 
 # --- export descriptions ------------------------------------------------------------------
