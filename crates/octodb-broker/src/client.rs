@@ -304,14 +304,13 @@ impl Client {
         lock(&self.inner.state).cache.contains_key(key)
     }
 
+    /// The object of a reply, as cached (the reading task cached it, in order with the
+    /// invalidations; one already invalidated again is handed out uncached).
     fn cached_object(&self, v: Value) -> Result<Arc<ObjectState>, BrokerError> {
         match v {
             Value::Object(o) => {
-                let o: Arc<ObjectState> = Arc::from(o);
-                lock(&self.inner.state)
-                    .cache
-                    .insert(o.key.key.clone(), o.clone());
-                Ok(o)
+                let cached = lock(&self.inner.state).cache.get(&o.key.key).cloned();
+                Ok(cached.unwrap_or_else(|| Arc::from(o)))
             }
             other => Err(BrokerError::Internal(format!(
                 "the server answered with {other} instead of an object"
@@ -521,7 +520,15 @@ async fn maintain(inner: Arc<Inner>) {
                         let result = result
                             .map_err(|e| e.into_error())
                             .and_then(|bytes| Ok(codec::decode(&bytes, &limits)?));
-                        let waiter = lock(&inner.state).pending.remove(&id);
+                        let waiter = {
+                            let mut st = lock(&inner.state);
+                            // Cached here, in the order of the frames: an invalidation that
+                            // follows the reply finds the copy to drop.
+                            if let Ok(v) = &result {
+                                cache_whole(&mut st.cache, v);
+                            }
+                            st.pending.remove(&id)
+                        };
                         if let Some(w) = waiter {
                             let _ = w.send(result);
                         }
@@ -547,5 +554,22 @@ async fn maintain(inner: Arc<Inner>) {
                     .into(),
             )));
         }
+    }
+}
+
+/// The objects a reply brings whole (itself, or the items of a list), into the cache.
+fn cache_whole(cache: &mut HashMap<Key, Arc<ObjectState>>, v: &Value) {
+    match v {
+        Value::Object(o) => {
+            cache.insert(o.key.key.clone(), Arc::new(ObjectState::clone(o)));
+        }
+        Value::List(items) => {
+            for item in items {
+                if let Value::Object(o) = item {
+                    cache.insert(o.key.key.clone(), Arc::new(ObjectState::clone(o)));
+                }
+            }
+        }
+        _ => {}
     }
 }

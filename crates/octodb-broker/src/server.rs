@@ -147,7 +147,20 @@ pub(crate) struct Inner {
     pub(crate) tables: RwLock<HashMap<String, Vec<String>>>,
     /// Invalidations announced (for tests and benchmarks).
     announced: AtomicU64,
+    /// The latest invalidations, numbered: a reply read before one of them and sent after it
+    /// must not leave the client with the old state (see `outgoing`).
+    recent: Mutex<RecentInvalidations>,
 }
+
+/// Keys invalidated lately, with their numbers (bounded: beyond, the oldest are forgotten and
+/// a reply older than what is kept is treated as stale).
+#[derive(Default)]
+struct RecentInvalidations {
+    next: u64,
+    keys: std::collections::VecDeque<(u64, Key)>,
+}
+
+const RECENT_INVALIDATIONS: usize = 4096;
 
 /// A running broker server. Cloning shares it.
 #[derive(Clone)]
@@ -194,6 +207,7 @@ impl Server {
                 stopped: AtomicBool::new(false),
                 tables: Default::default(),
                 announced: AtomicU64::new(0),
+                recent: Default::default(),
             }),
         }
     }
@@ -284,6 +298,17 @@ impl Inner {
             return;
         }
         let mut sessions = lock(&self.sessions);
+        {
+            let mut recent = lock(&self.recent);
+            for k in keys {
+                recent.next += 1;
+                let n = recent.next;
+                recent.keys.push_back((n, k.clone()));
+                if recent.keys.len() > RECENT_INVALIDATIONS {
+                    recent.keys.pop_front();
+                }
+            }
+        }
         for s in sessions.values_mut() {
             let told: Vec<Key> = keys.iter().filter(|k| s.held.remove(*k)).cloned().collect();
             if !told.is_empty() {
@@ -356,11 +381,11 @@ impl Inner {
                 let key = read(&self.root).clone().ok_or_else(|| {
                     BrokerError::Unknown("the server has no root object yet".into())
                 })?;
-                self.fetch(session, peer, key)
+                self.fetch(peer, key)
             }
             Op::Fetch { target } => {
                 let key = self.checked(target)?;
-                self.fetch(session, peer, key)
+                self.fetch(peer, key)
             }
             Op::Call {
                 target,
@@ -436,36 +461,57 @@ impl Inner {
         }
     }
 
-    fn fetch(&self, session: u64, peer: &Peer, key: Key) -> Result<Value, BrokerError> {
-        // Held before it is read: a change announced while it is being read reaches this
-        // client, which then drops the copy it is about to receive.
-        if let Some(s) = lock(&self.sessions).get_mut(&session) {
-            s.held.insert(key.clone());
-        }
-        let state = self.loader(&key.loader).and_then(|l| l.fetch(peer, &key));
-        match state {
-            Ok(state) => Ok(Value::Object(Box::new(state))),
-            Err(e) => {
-                // Refused or gone: it holds nothing, and hears nothing of it.
-                if let Some(s) = lock(&self.sessions).get_mut(&session) {
-                    s.held.remove(&key);
-                }
-                Err(e)
-            }
-        }
+    /// An object's state. A change announced while it is read is caught by `outgoing`; a
+    /// refused or missing object is not held, so the client hears nothing of it.
+    fn fetch(&self, peer: &Peer, key: Key) -> Result<Value, BrokerError> {
+        let state = self.loader(&key.loader)?.fetch(peer, &key)?;
+        Ok(Value::Object(Box::new(state)))
     }
 
-    /// Signs every reference of a reply and notes the objects sent whole as held.
-    fn outgoing(&self, session: u64, mut v: Value) -> Vec<u8> {
+    /// The number of the latest invalidation (taken before a request is handled).
+    fn invalidations_so_far(&self) -> u64 {
+        lock(&self.recent).next
+    }
+
+    /// Signs every reference of a reply and notes the objects sent whole as held. An object
+    /// invalidated after the request began (`since`) may have been read before its change,
+    /// while the client did not hold it yet: the second frame returned, to be sent right after
+    /// the reply, tells the client to drop that copy.
+    fn outgoing(&self, session: u64, since: u64, mut v: Value) -> (Vec<u8>, Option<Vec<u8>>) {
         let mut whole = Vec::new();
         collect_objects(&v, &mut whole);
+        let mut after = None;
         if !whole.is_empty() {
-            if let Some(s) = lock(&self.sessions).get_mut(&session) {
+            let mut sessions = lock(&self.sessions);
+            let stale: Vec<Key> = {
+                let recent = lock(&self.recent);
+                let forgotten = recent.keys.front().is_some_and(|(n, _)| *n > since + 1);
+                whole
+                    .iter()
+                    .filter(|k| {
+                        forgotten
+                            || recent
+                                .keys
+                                .iter()
+                                .rev()
+                                .take_while(|(n, _)| *n > since)
+                                .any(|(_, r)| r == *k)
+                    })
+                    .cloned()
+                    .collect()
+            };
+            if let Some(s) = sessions.get_mut(&session) {
                 s.held.extend(whole);
+                if !stale.is_empty() {
+                    for k in &stale {
+                        s.held.remove(k);
+                    }
+                    after = Some(protocol::encode(&ServerFrame::Invalidate { keys: stale }));
+                }
             }
         }
         v.refs_mut(&mut |r| self.secret.sign(r));
-        codec::encode(&v)
+        (codec::encode(&v), after)
     }
 }
 
@@ -598,9 +644,10 @@ async fn run_session(inner: Arc<Inner>, ch: Channel) {
             tokio::task::spawn_blocking(move || {
                 let rid = request.id;
                 let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let since = inner.invalidations_so_far();
                     inner
                         .dispatch(id, &peer, request.op)
-                        .map(|v| inner.outgoing(id, v))
+                        .map(|v| inner.outgoing(id, since, v))
                 }));
                 let result = handled.unwrap_or_else(|_| {
                     Err(BrokerError::Internal(
@@ -610,9 +657,15 @@ async fn run_session(inner: Arc<Inner>, ch: Channel) {
                 if let Err(e) = &result {
                     tracing::debug!(node = peer.node_id, "broker request failed: {e}");
                 }
-                let result = result.map_err(|e| RemoteError::from(&e));
+                let (result, after) = match result {
+                    Ok((reply, after)) => (Ok(reply), after),
+                    Err(e) => (Err(RemoteError::from(&e)), None),
+                };
                 let frame = protocol::encode(&ServerFrame::Reply { id: rid, result });
                 let _ = out.blocking_send(frame);
+                if let Some(after) = after {
+                    let _ = out.blocking_send(after);
+                }
                 drop(turn);
             });
         }

@@ -412,3 +412,67 @@ fn call_round_trip() {
         eprintln!("fetch: {:?}", started.elapsed() / n);
     }
 }
+
+/// A loader whose fetch waits until the test lets it go, answering the version it read first.
+struct Gate {
+    version: Mutex<i64>,
+    reading: std::sync::mpsc::SyncSender<()>,
+    go: Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl octodb_broker::Loader for Gate {
+    fn fetch(
+        &self,
+        _peer: &octodb_broker::Peer,
+        key: &Key,
+    ) -> Result<octodb_broker::ObjectState, BrokerError> {
+        let version = *self.version.lock().unwrap();
+        let _ = self.reading.send(());
+        let _ = self.go.lock().unwrap().recv();
+        Ok(octodb_broker::ObjectState {
+            key: ObjRef::unsigned(key.clone()),
+            class: "Gated".into(),
+            fields: vec![("version".into(), Value::Int(version))],
+            refs: vec![],
+            backrefs: vec![],
+            methods: vec![],
+        })
+    }
+}
+
+#[test]
+fn a_change_made_while_an_object_is_read_is_not_missed() {
+    let net = Net::new();
+    let p = net.primary("p.db");
+    let server = Server::start(&p, SERVICE).unwrap();
+    let (reading_tx, reading_rx) = std::sync::mpsc::sync_channel(1);
+    let (go_tx, go_rx) = std::sync::mpsc::sync_channel(1);
+    let gate = Arc::new(Gate {
+        version: Mutex::new(1),
+        reading: reading_tx,
+        go: Mutex::new(go_rx),
+    });
+    server.add_loader("gated", gate.clone());
+    let key = Key::new("gated", [KeyPart::Int(1)]);
+    server.set_root(key.clone());
+    let (_d, client) = connected(&net, &p, "d.db");
+    let fetching = std::thread::spawn({
+        let client = client.clone();
+        move || client.root()
+    });
+    reading_rx.recv().unwrap();
+    // Changed after the server read version 1, before its reply went out.
+    *gate.version.lock().unwrap() = 2;
+    server.invalidate(std::slice::from_ref(&key));
+    go_tx.send(()).unwrap();
+    let first = fetching.join().unwrap().unwrap();
+    assert_eq!(first.field("version"), Some(&Value::Int(1)));
+    wait_until("the client drops the copy read before the change", || {
+        (!client.is_cached(&key)).then_some(())
+    });
+    go_tx.send(()).unwrap();
+    assert_eq!(
+        client.root().unwrap().field("version"),
+        Some(&Value::Int(2))
+    );
+}
