@@ -15,7 +15,7 @@
 //! leader; and an app's COMMIT on a leader with other primaries returns only once a majority
 //! held it (else it says it was not confirmed).
 
-use super::state_machine::{applied_state, APPLIED_KEY, MEMBERSHIP_KEY};
+use super::state_machine::{applied_state, APPLIED_KEY, MEMBERSHIP_KEY, SNAPSHOT_KEY};
 use crate::error::Result;
 use crate::store::{meta_get, meta_set, write_txn};
 use rusqlite::Connection;
@@ -45,8 +45,16 @@ pub(crate) fn prepare(c: &Connection) -> Result<Vec<String>> {
         let json = serde_json::to_string(&addrs).unwrap_or_default();
         write_txn(c, |c| {
             c.execute_batch("DELETE FROM _octo_raft_log; DELETE FROM _octo_raft;")?;
-            c.prepare_cached("DELETE FROM _octo_meta WHERE key IN (?1, ?2, ?3)")?
-                .execute([APPLIED_KEY, MEMBERSHIP_KEY, DIVERGED_KEY])?;
+            // (`decided_upto`: the checkpoint of decided transactions is of a log the
+            // snapshot replaces.)
+            c.prepare_cached("DELETE FROM _octo_meta WHERE key IN (?1, ?2, ?3, ?4, ?5)")?
+                .execute([
+                    APPLIED_KEY,
+                    MEMBERSHIP_KEY,
+                    SNAPSHOT_KEY,
+                    DIVERGED_KEY,
+                    "decided_upto",
+                ])?;
             meta_set(c, REJOIN_THROUGH_KEY, json)
         })?;
         tracing::warn!(

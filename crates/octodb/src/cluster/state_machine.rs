@@ -30,6 +30,10 @@ use super::types::Member;
 
 pub(super) const APPLIED_KEY: &str = "raft_applied";
 pub(super) const MEMBERSHIP_KEY: &str = "raft_membership";
+/// The last snapshot built or installed, kept in the file: after a restart openraft asks for
+/// it (a primary whose log was purged cannot rebuild it as it was), and sends it to members
+/// that need it.
+pub(super) const SNAPSHOT_KEY: &str = "raft_snapshot";
 
 type Membership = StoredMembership<RaftNodeId, Member>;
 
@@ -435,7 +439,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let state = SharedState::decode(&bytes)?;
             write_txn(&inner.conn, |c| {
                 snapshot::install(c, &state)?;
-                save_applied_state(c, &meta.last_log_id, &meta.last_membership)
+                save_applied_state(c, &meta.last_log_id, &meta.last_membership)?;
+                write_blob(c, SNAPSHOT_KEY, &(&meta, &bytes))
             })?;
             inner.tables = Tables::default();
             refresh_replicated(&inner.conn, &inner.replicated)?;
@@ -451,6 +456,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         self.with(|inner| {
+            if inner.current.is_none() {
+                inner.current = read_blob(&inner.conn, SNAPSHOT_KEY)?;
+            }
             Ok(inner.current.as_ref().map(|(meta, bytes)| Snapshot {
                 meta: meta.clone(),
                 snapshot: Box::new(Cursor::new(bytes.clone())),
@@ -486,6 +494,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     applied.map_or(0, |l| l.index)
                 ),
             };
+            // What the snapshot holds counts as applied from now on (written-through batches
+            // newer than the applied position included), so that after a restart the stored
+            // snapshot is never ahead of what the file says it applied.
+            if applied > inner.applied()?.0 {
+                let membership = meta.last_membership.clone();
+                save_applied_state(&inner.conn, &applied, &membership)?;
+                inner.applied = Some((applied, membership));
+                inner.unsaved = 0;
+            }
+            write_blob(&inner.conn, SNAPSHOT_KEY, &(&meta, &bytes))?;
             inner.current = Some((meta.clone(), bytes.clone()));
             Ok(Snapshot {
                 meta,

@@ -47,11 +47,10 @@ impl Decided {
     /// What the file says: the checkpoint, and the log after it.
     pub fn load(c: &Connection) -> Result<Decided> {
         let mut decided = Decided::default();
-        let Some(upto) = meta_get::<i64>(c, META_KEY)? else {
-            // A file from before checkpoints kept `last_txn` at every commit: it is complete.
-            crate::store::write_txn(c, |c| meta_set(c, META_KEY, max_seq(c)?))?;
-            return Ok(decided);
-        };
+        // Without a checkpoint of its own (a primary that only followed so far, whose
+        // `last_txn` came from its leader's checkpoints; one that rejoined; a file from before
+        // checkpoints), the whole log is folded in.
+        let upto = meta_get::<i64>(c, META_KEY)?.unwrap_or(0);
         let mut stmt = c.prepare(
             "SELECT origin_node, max(origin_txn) FROM _octo_log
              WHERE seq > ?1 AND origin_txn > 0 GROUP BY origin_node",

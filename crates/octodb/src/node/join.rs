@@ -219,6 +219,10 @@ async fn add_member(
             ))
         }
     }
+    // One membership change at a time: openraft refuses a second while one is under way, and
+    // joiners arriving together would retry against each other with growing pauses.
+    static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _turn = ONE_AT_A_TIME.lock().await;
     let id = u64::from(node_id);
     if let Some(old) = rejoins {
         // Its old member goes first (it cannot vote any more: it forgot its vote), then the

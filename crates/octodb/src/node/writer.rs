@@ -229,8 +229,10 @@ struct Writer {
     conn: Connection,
     tables: Tables,
     role: Role,
-    /// Primary: the last transaction decided per device (loaded at the first batch).
-    decided: Option<Decided>,
+    /// Primary: the last transaction decided per device (loaded at the first batch), with
+    /// the Raft term it was loaded in: in a later term this primary may have followed, its
+    /// state machine writing others' decisions into the log, so it reads them again.
+    decided: Option<(u64, Decided)>,
     /// Device: this run told its file that it sends (see `txn_ids_before_sending`).
     sending_noted: bool,
     /// Primary: what the schema's triggers write while devices' transactions are applied.
@@ -503,9 +505,18 @@ impl Writer {
         self.failed_sessions.extend(sessions);
     }
 
+    /// Primary: the Raft term its cluster is in (0 before it has one).
+    fn raft_term(&self) -> u64 {
+        self.shared
+            .cluster
+            .get()
+            .map_or(0, |p| p.raft().metrics().borrow().current_term)
+    }
+
     /// Primary: the last transaction decided for `node_id`, as committed.
     fn last_decided(&mut self, node_id: u32) -> Result<u64> {
-        let decided = loaded(&mut self.decided, &self.conn)?;
+        let term = self.raft_term();
+        let decided = loaded(&mut self.decided, &self.conn, term)?;
         let last = decided.last(&self.conn, &NewDecisions::default(), node_id)?;
         Ok(last.max(0) as u64)
     }
@@ -514,9 +525,10 @@ impl Writer {
     /// also holds the batch's Raft entry (written through: see `cluster::write_through`).
     /// Sessions hear of the decisions once the cluster committed them.
     fn apply_device_batch(&mut self, batch: &[(Sender, Vec<(u64, ChangeSet)>)]) -> Result<()> {
+        let term = self.raft_term();
         let conn = &self.conn;
         let tables = &mut self.tables;
-        let decided = loaded(&mut self.decided, conn)?;
+        let decided = loaded(&mut self.decided, conn, term)?;
         let mut recorded = Vec::new();
         let mut new = NewDecisions::default();
         let effects = &mut self.trigger_effects;
@@ -845,11 +857,19 @@ fn proposal_of(recorded: &[LogEntry]) -> Vec<crate::cluster::Decided> {
         .collect()
 }
 
-/// Primary: the decided map, read from the file at its first use.
-fn loaded<'a>(decided: &'a mut Option<Decided>, conn: &Connection) -> Result<&'a mut Decided> {
+/// Primary: the decided map, read from the file at its first use and again in each new Raft
+/// `term` (a device sends the new leader again what the old one decided and never told it).
+fn loaded<'a>(
+    decided: &'a mut Option<(u64, Decided)>,
+    conn: &Connection,
+    term: u64,
+) -> Result<&'a mut Decided> {
+    if decided.as_ref().is_some_and(|(t, _)| *t != term) {
+        *decided = None;
+    }
     match decided {
-        Some(d) => Ok(d),
-        None => Ok(decided.insert(Decided::load(conn)?)),
+        Some((_, d)) => Ok(d),
+        None => Ok(&mut decided.insert((term, Decided::load(conn)?)).1),
     }
 }
 
