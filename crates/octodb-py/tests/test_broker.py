@@ -44,6 +44,10 @@ class Root:
     def first_item(self):
         return self.items[0]
 
+    @classmethod
+    def kind(cls):
+        return cls.__name__
+
 
 class Net:
     def __init__(self, tmp_path, auth=None):
@@ -86,7 +90,9 @@ def static_server(n):
     server.export_class(Status, "servers health")
     server.export_class(Item, "name owner", allow=lambda user, item: item.owner in (0, user))
     root = Root(server)
-    server.export_object(root, "version_string set_health fail +", refs="status", backrefs="items")
+    server.export_object(
+        root, ["version_string", "set_health", "fail", ob.Callable("kind"), "+"], refs="status", backrefs="items"
+    )
     server.add_static(root.status, "status")
     for i, name in enumerate(["One", "Two", "Two"]):
         item = Item(name)
@@ -109,6 +115,7 @@ def test_root_reference_method_call_and_identity(net):
     assert r.status is status, "a reference is fetched once; one object per key"
     assert client.call("hello", "you") == "hello you"
     assert r.first_item().name == "One"
+    assert r.kind() == "Root", "a classmethod, exported"
     assert [i.name for i in r.items] == ["One", "Two", "Two"]
     with pytest.raises(ValueError, match="bad input, try again"):
         r.fail()
