@@ -209,6 +209,20 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
                 reason: "follows".into(),
             },
         ),
+        // Protocol 6.
+        (
+            "open_channel",
+            Message::OpenChannel {
+                service: "broker".into(),
+            },
+        ),
+        (
+            "channel_open",
+            Message::ChannelOpen {
+                node_id: 7,
+                user_id: 3,
+            },
+        ),
     ]
 }
 
@@ -249,5 +263,5 @@ fn every_message_kind_has_a_fixture() {
     // A new kind of message must be frozen too (add it to sample_messages).
     let kinds: std::collections::BTreeSet<&str> =
         sample_messages().iter().map(|(_, m)| m.kind()).collect();
-    assert_eq!(kinds.len(), 13, "message kinds with fixtures: {kinds:?}");
+    assert_eq!(kinds.len(), 15, "message kinds with fixtures: {kinds:?}");
 }

@@ -129,6 +129,9 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     let hello = tokio::time::timeout(HELLO_TIMEOUT, recv_msg(&mut rd))
         .await
         .map_err(|_| NetError::Timeout)??;
+    if let Message::OpenChannel { service } = hello {
+        return super::channels::serve(shared, pubkey, addr, protocol, service, rd, wr).await;
+    }
     let Message::Hello {
         role,
         last_seq,

@@ -168,7 +168,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
 
 /// The primaries to try in turn: the `connect` list, then the cluster's other primaries as
 /// the primaries told (never empty: `connect` is required on a device).
-fn endpoints(shared: &Shared) -> Vec<Endpoint> {
+pub(super) fn endpoints(shared: &Shared) -> Vec<Endpoint> {
     let mut out = shared.cfg.connect.clone();
     let known = shared
         .known_primaries
@@ -232,7 +232,7 @@ pub(super) fn keep_known_primaries(
 /// A device sends nothing (not even its sign-up data) to a primary other than the one that
 /// admitted it, or the primaries of its cluster as that one told: at the same address may
 /// now be another network's primary, or an impostor.
-fn check_primary_key(shared: &Shared, ep: &Endpoint, key: &PublicKey) -> Result<()> {
+pub(super) fn check_primary_key(shared: &Shared, ep: &Endpoint, key: &PublicKey) -> Result<()> {
     let pinned = *shared.primary_key.lock().unwrap_or_else(|p| p.into_inner());
     let vouched = || {
         let hex = key.to_hex();
