@@ -113,9 +113,17 @@ impl ChangeSet {
     }
 
     /// The part of this change set that a device of `user` may see, or None if nothing.
+    /// Rows of `private_` tables stay among the primaries, whoever owns them.
     pub fn visible_to_user(&self, user: i64) -> Option<ChangeSet> {
         let mut out = ChangeSet::default();
         for op in &self.ops {
+            let private_rows = op
+                .row()
+                .and_then(|(table, ..)| self.header(table))
+                .is_some_and(|h| crate::store::schema::is_private(&h.name));
+            if private_rows {
+                continue;
+            }
             let keep = match op {
                 Op::Ddl { private, .. } => !private,
                 Op::Delete { owner, .. } => Owner::of(owner).visible_to(user),
@@ -224,4 +232,46 @@ impl ChangeSet {
 /// Bit for column `i` in an `Op::Update::changed` mask.
 pub fn column_bit(i: usize) -> u64 {
     1u64 << i.min(63)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upsert(cs: &mut ChangeSet, table: &str, rowid: i64, owner: Value) {
+        let columns = vec!["v".to_string(), crate::ROW_OWNER.to_string()];
+        let t = cs.table_index(table, &columns);
+        cs.ops.push(Op::Upsert {
+            table: t,
+            rowid,
+            values: vec![Value::Text("x".into()), owner],
+        });
+    }
+
+    #[test]
+    fn rows_of_private_tables_reach_no_device_whoever_owns_them() {
+        let mut cs = ChangeSet::default();
+        upsert(&mut cs, "private_secrets", 1, Value::Text("*".into()));
+        upsert(&mut cs, "PRIVATE_keys", 2, Value::Integer(7));
+        upsert(&mut cs, "notes", 3, Value::Integer(7));
+        let seen = cs
+            .visible_to_user(7)
+            .expect("the user's own public-table row");
+        let rows: Vec<i64> = seen
+            .ops
+            .iter()
+            .filter_map(|op| op.row())
+            .map(|r| r.1)
+            .collect();
+        assert_eq!(rows, [3]);
+        assert!(seen.tables.iter().all(|t| t.name == "notes"));
+        let mut only_private = ChangeSet::default();
+        upsert(
+            &mut only_private,
+            "private_secrets",
+            1,
+            Value::Text("*".into()),
+        );
+        assert_eq!(only_private.visible_to_user(7), None);
+    }
 }
