@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Wait until `cond` holds, checking often; fail with `what` after the deadline.
-fn wait_until(what: &str, mut cond: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+pub(crate) fn wait_until(
+    what: &str,
+    mut cond: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let end = Instant::now() + DEADLINE;
     while !cond()? {
         if Instant::now() > end {
@@ -22,7 +25,7 @@ fn wait_until(what: &str, mut cond: impl FnMut() -> anyhow::Result<bool>) -> any
     Ok(())
 }
 
-fn count(conn: &Connection, sql: &str) -> anyhow::Result<i64> {
+pub(crate) fn count(conn: &Connection, sql: &str) -> anyhow::Result<i64> {
     Ok(conn.query_row(sql, [], |r| r.get::<i64>(0))?)
 }
 
@@ -36,6 +39,9 @@ fn show(name: &str, conn: &Connection) -> anyhow::Result<()> {
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    if args.cluster {
+        return crate::demo_cluster::run(args.dir.as_deref());
+    }
     let temp;
     let dir: &Path = match &args.dir {
         Some(d) => {

@@ -3,6 +3,7 @@
 mod backup;
 mod convert;
 mod demo;
+mod demo_cluster;
 mod output;
 mod progress;
 mod serve;
@@ -85,11 +86,16 @@ pub struct DemoArgs {
     /// Keep the demo's database files in this directory instead of a temporary one.
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
+    /// Three primaries as a Raft cluster instead: the leader stops and the device goes on.
+    #[arg(long)]
+    cluster: bool,
 }
 
 fn init_logging() {
+    // openraft reports each unreachable member of a cluster every half second while one is
+    // down; octodb says what matters of it itself (OCTODB_LOG=warn,openraft=warn shows it).
     let filter = tracing_subscriber::EnvFilter::try_from_env("OCTODB_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

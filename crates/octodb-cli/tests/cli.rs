@@ -116,6 +116,30 @@ fn serve_stops_cleanly_on_sigterm() {
 }
 
 #[test]
+fn the_cluster_demo_fails_over_and_every_node_ends_with_the_same_rows() {
+    let out = octodb().args(["demo", "--cluster"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "stops.",
+        "elected primary",
+        "primary1: 2 rows",
+        "device: 2 rows",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn demo_runs_and_shows_each_node() {
     let out = octodb().arg("demo").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -15,6 +15,8 @@ mod adapters;
 mod auth;
 mod backup;
 mod blob;
+mod broker;
+mod broker_codec;
 mod callback;
 mod codes;
 mod columns;
@@ -65,6 +67,7 @@ fn _octodb(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<events::EventStream>()?;
     m.add_class::<events::Listener>()?;
     errors::add_to_module(m)?;
+    broker::add_to_module(m)?;
     tasks::add_to_module(m)?;
     adapters::add_to_module(m)?;
     m.add_function(wrap_pyfunction!(complete_statement, m)?)?;

@@ -113,28 +113,25 @@ impl ChangeSet {
     }
 
     /// The part of this change set that a device of `user` may see, or None if nothing.
+    /// Rows of `private_` tables stay among the primaries, whoever owns them.
     pub fn visible_to_user(&self, user: i64) -> Option<ChangeSet> {
         let mut out = ChangeSet::default();
-        // Rows of `private_*` tables stay among the primaries whatever their owner (SPEC 3.1);
-        // the initial download leaves those tables out, and so must the stream.
-        let shared = |table: &u32| {
-            self.header(*table)
-                .is_some_and(|h| !crate::store::schema::is_private(&h.name))
-        };
         for op in &self.ops {
+            let private_rows = op
+                .row()
+                .and_then(|(table, ..)| self.header(table))
+                .is_some_and(|h| crate::store::schema::is_private(&h.name));
+            if private_rows {
+                continue;
+            }
             let keep = match op {
                 Op::Ddl { private, .. } => !private,
-                Op::Delete { table, owner, .. } => {
-                    shared(table) && Owner::of(owner).visible_to(user)
-                }
+                Op::Delete { owner, .. } => Owner::of(owner).visible_to(user),
                 Op::Upsert { table, values, .. }
                 | Op::Insert { table, values, .. }
-                | Op::Update { table, values, .. } => {
-                    shared(table)
-                        && self
-                            .owner_of(*table, values)
-                            .is_some_and(|o| o.visible_to(user))
-                }
+                | Op::Update { table, values, .. } => self
+                    .owner_of(*table, values)
+                    .is_some_and(|o| o.visible_to(user)),
             };
             if keep {
                 out.push_from(self, op);
@@ -241,30 +238,40 @@ pub fn column_bit(i: usize) -> u64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn rows_of_private_tables_are_visible_to_no_device() {
-        let mut cs = ChangeSet::default();
-        let columns = vec!["id".to_string(), "row_owner".to_string()];
-        let secret = cs.table_index("private_nonces", &columns);
-        let public = cs.table_index("notes", &columns);
-        for (table, owner) in [
-            (secret, Value::Text("*".into())),
-            (secret, Value::Integer(7)),
-            (public, Value::Integer(7)),
-        ] {
-            cs.ops.push(Op::Upsert {
-                table,
-                rowid: 1,
-                values: vec![Value::Integer(1), owner],
-            });
-        }
-        cs.ops.push(Op::Delete {
-            table: secret,
-            rowid: 1,
-            owner: Value::Text("*".into()),
+    fn upsert(cs: &mut ChangeSet, table: &str, rowid: i64, owner: Value) {
+        let columns = vec!["v".to_string(), crate::ROW_OWNER.to_string()];
+        let t = cs.table_index(table, &columns);
+        cs.ops.push(Op::Upsert {
+            table: t,
+            rowid,
+            values: vec![Value::Text("x".into()), owner],
         });
-        let seen = cs.visible_to_user(7).expect("the public row is visible");
-        assert_eq!(seen.ops.len(), 1);
-        assert_eq!(seen.row_of(&seen.ops[0]), Some(("notes", 1)));
+    }
+
+    #[test]
+    fn rows_of_private_tables_reach_no_device_whoever_owns_them() {
+        let mut cs = ChangeSet::default();
+        upsert(&mut cs, "private_secrets", 1, Value::Text("*".into()));
+        upsert(&mut cs, "PRIVATE_keys", 2, Value::Integer(7));
+        upsert(&mut cs, "notes", 3, Value::Integer(7));
+        let seen = cs
+            .visible_to_user(7)
+            .expect("the user's own public-table row");
+        let rows: Vec<i64> = seen
+            .ops
+            .iter()
+            .filter_map(|op| op.row())
+            .map(|r| r.1)
+            .collect();
+        assert_eq!(rows, [3]);
+        assert!(seen.tables.iter().all(|t| t.name == "notes"));
+        let mut only_private = ChangeSet::default();
+        upsert(
+            &mut only_private,
+            "private_secrets",
+            1,
+            Value::Text("*".into()),
+        );
+        assert_eq!(only_private.visible_to_user(7), None);
     }
 }

@@ -202,6 +202,27 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
                 }],
             },
         ),
+        (
+            "not_leader",
+            Message::NotLeader {
+                leader: Some("10.0.0.3:1234".into()),
+                reason: "follows".into(),
+            },
+        ),
+        // Protocol 6.
+        (
+            "open_channel",
+            Message::OpenChannel {
+                service: "broker".into(),
+            },
+        ),
+        (
+            "channel_open",
+            Message::ChannelOpen {
+                node_id: 7,
+                user_id: 3,
+            },
+        ),
     ]
 }
 
@@ -242,5 +263,5 @@ fn every_message_kind_has_a_fixture() {
     // A new kind of message must be frozen too (add it to sample_messages).
     let kinds: std::collections::BTreeSet<&str> =
         sample_messages().iter().map(|(_, m)| m.kind()).collect();
-    assert_eq!(kinds.len(), 12, "message kinds with fixtures: {kinds:?}");
+    assert_eq!(kinds.len(), 15, "message kinds with fixtures: {kinds:?}");
 }

@@ -198,7 +198,7 @@ impl Connection {
     }
 
     /// The node behind this connection, or why a plain local database cannot do `what`.
-    fn node(&self, what: &str) -> Result<&Arc<Node>> {
+    pub(super) fn node(&self, what: &str) -> Result<&Arc<Node>> {
         self.node.as_ref().ok_or_else(|| {
             Error::rule(format!(
                 "{what} needs a node; this is a plain local database (open it with node=primary or node=secondary)"

@@ -2,6 +2,7 @@
 //! and events.
 
 mod authz;
+pub mod channel;
 mod connection;
 mod events;
 pub mod feed;

@@ -40,9 +40,9 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub fn raft_config() -> Arc<openraft::Config> {
     let config = openraft::Config {
         cluster_name: "octodb".into(),
-        heartbeat_interval: 150,
-        election_timeout_min: 600,
-        election_timeout_max: 1200,
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 256,
         // A snapshot is the whole shared state, built in memory: not every 5,000 entries of
@@ -253,6 +253,8 @@ pub(crate) async fn compact(raft: &Raft, timeout: std::time::Duration) -> crate:
 pub struct ClusterView {
     /// This primary leads the cluster (only the leader serves devices, for now).
     pub leading: bool,
+    /// Where the leader listens, when another primary leads and it is known.
+    pub leader: Option<String>,
     /// Every primary of the cluster (voters and learners), by node id.
     pub members: Vec<crate::net::PrimaryMember>,
 }
@@ -261,8 +263,16 @@ pub struct ClusterView {
 pub(crate) fn view(raft: &Raft) -> ClusterView {
     // (Taken out of the borrow at once: openraft's core waits while it is held.)
     let m = raft.metrics().borrow().clone();
+    let leading = m.state == openraft::ServerState::Leader;
+    let config = m.membership_config.membership();
+    let leader = m
+        .current_leader
+        .filter(|_| !leading)
+        .and_then(|id| config.get_node(&id))
+        .map(|member| member.addr.clone());
     ClusterView {
-        leading: m.state == openraft::ServerState::Leader,
+        leading,
+        leader,
         members: m
             .membership_config
             .membership()

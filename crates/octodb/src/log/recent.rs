@@ -38,6 +38,14 @@ impl Recorded {
         if let EntryBody::Changes(cs) = &entry.body {
             ops = cs.ops.len();
             for op in &cs.ops {
+                // Rows of `private_` tables reach no device.
+                let private_rows = op
+                    .row()
+                    .and_then(|(table, ..)| cs.header(table))
+                    .is_some_and(|h| crate::store::schema::is_private(&h.name));
+                if private_rows {
+                    continue;
+                }
                 let owner = match op {
                     Op::Ddl { private, .. } => {
                         audience.everyone |= !private;

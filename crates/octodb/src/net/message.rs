@@ -11,10 +11,11 @@ use crate::uri::Role;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
-/// The encoding of protocol versions 2 to 5 (2: Welcome tells a device the last of its
+/// The encoding of protocol versions 2 to 6 (2: Welcome tells a device the last of its
 /// transactions the primaries decided; 4 adds `Heartbeat` at the end, which only peers of 4
-/// receive, and leaves every other message's bytes as they were; 5 adds `PrimaryMembers`
-/// after it, likewise).
+/// receive, and leaves every other message's bytes as they were; 5 adds `PrimaryMembers` and
+/// `NotLeader` after it, likewise; 6 appends `OpenChannel` and `ChannelOpen` the same way,
+/// exchanged only with peers of 6).
 pub const MESSAGE_ENCODING: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,6 +82,25 @@ pub enum Message {
     /// them (it trusts their keys because the primary it trusts vouches for them).
     PrimaryMembers {
         members: Vec<PrimaryMember>,
+    },
+    /// Protocol 5 and newer, primary → device instead of `Hello`'s answer: this primary does
+    /// not serve devices now (it follows, or its cluster is electing a leader); `leader` is
+    /// where the leader listens when known. The connection closes after it.
+    NotLeader {
+        leader: Option<String>,
+        reason: String,
+    },
+    /// Protocol 6 and newer, first message of the connecting node instead of `Hello`: it asks
+    /// for the named service (`node::channels`) on this connection. The frames that follow
+    /// belong to the service.
+    OpenChannel {
+        service: String,
+    },
+    /// Protocol 6: the primary opened the channel for this approved node (its node and user
+    /// ids as the primary knows them); the service's frames follow. A refusal is `Refused`.
+    ChannelOpen {
+        node_id: u32,
+        user_id: i64,
     },
 }
 
@@ -184,6 +204,9 @@ impl Message {
             Message::Txns { .. } => "Txns",
             Message::Heartbeat => "Heartbeat",
             Message::PrimaryMembers { .. } => "PrimaryMembers",
+            Message::NotLeader { .. } => "NotLeader",
+            Message::OpenChannel { .. } => "OpenChannel",
+            Message::ChannelOpen { .. } => "ChannelOpen",
         }
     }
 }

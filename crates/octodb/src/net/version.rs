@@ -19,8 +19,11 @@ use std::fmt;
 
 /// Versions: 2 (signatures only when asked), 3 (negotiation in the handshake; messages
 /// encoded as in 2), 4 (heartbeats: `Message::Heartbeat`, sent only to peers of 4 or newer),
-/// 5 (a primary tells its devices the cluster's primaries: `Message::PrimaryMembers`).
-pub const NEWEST: u8 = 5;
+/// 5 (a primary tells its devices the cluster's primaries: `Message::PrimaryMembers`),
+/// 6 (service channels: `Message::OpenChannel` instead of `Hello`, for the object broker).
+pub const NEWEST: u8 = 6;
+/// The first version whose primaries open service channels (`Message::OpenChannel`).
+pub const CHANNELS: u8 = 6;
 /// The first version whose peers send heartbeats, so that silence means a dead connection.
 pub const HEARTBEATS: u8 = 4;
 /// The first version whose devices hear of the cluster's primaries, to fail over to them.

@@ -7,6 +7,7 @@
 mod admission;
 mod audiences;
 mod auth_batch;
+pub mod channels;
 mod cluster_member;
 mod decided;
 mod events;
@@ -63,6 +64,11 @@ fn runtime() -> &'static tokio::runtime::Runtime {
             // Without a runtime no node can run at all; this fails only if threads cannot start.
             .expect("octodb: cannot start the network runtime threads")
     })
+}
+
+/// A handle on the network runtime, for services that run their tasks beside the engine's.
+pub(crate) fn runtime_handle() -> tokio::runtime::Handle {
+    runtime().handle().clone()
 }
 
 /// Wait for `f` on the network runtime. Call it from an application thread, not from async code.
@@ -141,6 +147,8 @@ pub(crate) struct Shared {
     pub known_primaries: Mutex<Vec<crate::net::PrimaryMember>>,
     /// Primaries: batches written through, announced once the cluster committed them.
     announcements: mpsc::UnboundedSender<cluster_member::Announcement>,
+    /// Primaries: the services served on service channels (`channels`).
+    pub services: channels::Services,
 }
 
 /// A number for a session between two nodes, unique in this process: the writer refuses
@@ -391,6 +399,7 @@ impl Node {
             cluster_view: watch::channel(Default::default()).0,
             known_primaries: Mutex::new(known_primaries),
             announcements,
+            services: Default::default(),
             cfg,
         });
 

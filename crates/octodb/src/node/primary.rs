@@ -129,6 +129,9 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     let hello = tokio::time::timeout(HELLO_TIMEOUT, recv_msg(&mut rd))
         .await
         .map_err(|_| NetError::Timeout)??;
+    if let Message::OpenChannel { service } = hello {
+        return super::channels::serve(shared, pubkey, addr, protocol, service, rd, wr).await;
+    }
     let Message::Hello {
         role,
         last_seq,
@@ -143,7 +146,20 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     if role == Role::Primary {
         return super::join::primary_session(shared, pubkey, addr, info, rd, wr).await;
     }
-    if let Some(reason) = not_serving_devices(shared) {
+    if let Some((leader, reason)) = not_serving_devices(shared) {
+        if protocol >= version::PRIMARY_MEMBERS {
+            // Structured, so the device goes to the leader at once (or retries soon while
+            // the cluster elects one) instead of backing off.
+            send_now(
+                &mut wr,
+                &Message::NotLeader {
+                    leader,
+                    reason: reason.clone(),
+                },
+            )
+            .await?;
+            return Err(Error::rule(reason));
+        }
         return super::admission::refuse_session(&mut wr, reason).await;
     }
     // Node information is the node's own say; keep it small.
@@ -332,18 +348,23 @@ async fn read_loop(
 
 /// Why this primary does not take devices now: it is joining its cluster, or follows its
 /// leader (devices connect to the leader for now).
-fn not_serving_devices(shared: &Shared) -> Option<String> {
+fn not_serving_devices(shared: &Shared) -> Option<(Option<String>, String)> {
     let Some(proposer) = shared.cluster.get() else {
-        return Some("this primary is starting or joining its cluster: try again shortly".into());
+        let reason = "this primary is starting or joining its cluster: try again shortly";
+        return Some((None, reason.into()));
     };
     match crate::cluster::lead(proposer.raft()) {
         crate::cluster::Lead::Here => None,
-        crate::cluster::Lead::At(addr) => Some(format!(
-            "this primary follows the cluster's leader; devices connect to the leader at {addr}"
-        )),
-        crate::cluster::Lead::Unknown => {
-            Some("the primaries' cluster has no leader now: try again shortly".into())
+        crate::cluster::Lead::At(addr) => {
+            let reason = format!(
+                "this primary follows the cluster's leader; devices connect to the leader at {addr}"
+            );
+            Some((Some(addr), reason))
         }
+        crate::cluster::Lead::Unknown => Some((
+            None,
+            "the primaries' cluster has no leader now: try again shortly".into(),
+        )),
     }
 }
 
@@ -442,7 +463,11 @@ async fn stream_to_device(
                                       another of its primaries"
                             .to_string();
                         tracing::info!(node, "device disconnected: {reason}");
-                        wr.send(&Message::Refused { reason: reason.clone() }.encode()).await?;
+                        let told = match tells_members {
+                            true => Message::NotLeader { leader: view.leader, reason: reason.clone() },
+                            false => Message::Refused { reason: reason.clone() },
+                        };
+                        wr.send(&told.encode()).await?;
                         wr.flush().await?;
                         return Err(Error::rule(reason));
                     }

@@ -20,6 +20,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const APPROVAL_CHECK_FIRST: Duration = Duration::from_secs(2);
 const APPROVAL_CHECK_MAX: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Pause before trying the next primary of the list after one failed.
+const NEXT_PRIMARY_PAUSE: Duration = Duration::from_millis(20);
+/// Pause before trying again while the primaries elect a leader (an election takes about a
+/// second: a few tries, not a growing back-off).
+const ELECTION_PAUSE: Duration = Duration::from_millis(150);
 /// Transactions per message when sending the outbox.
 const SEND_BATCH: usize = 500;
 /// Download chunks handed to the writer and not yet written: enough that the writer never waits
@@ -37,14 +42,50 @@ pub(super) async fn run(shared: Arc<Shared>) {
     // The primary tried next: the same again after a session that was up (a dropped
     // connection, a restart), the next one after a failure to get in.
     let mut turn = 0usize;
+    // Where a follower said the leader is: tried next, once.
+    let mut leader_hint: Option<Endpoint> = None;
     loop {
         if shared.is_shutting_down() {
             return;
         }
         let endpoints = endpoints(&shared);
-        let ep = &endpoints[turn % endpoints.len()];
+        let ep = match leader_hint.take() {
+            Some(leader) => leader,
+            None => endpoints[turn % endpoints.len()].clone(),
+        };
+        let ep = &ep;
         let started = std::time::Instant::now();
+        let position_before = *shared.feed.borrow();
         let wait_for_request = match session(&shared, ep).await {
+            Ok(Flow::NotLeader(leader)) => {
+                // Not a failure of the path: the cluster is moving. To the leader at once, or
+                // round the list again soon while it is being elected.
+                let was_connected = shared
+                    .live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .connected_to
+                    .take()
+                    .is_some();
+                if was_connected {
+                    shared.emit(Event::Disconnected);
+                }
+                let pause = match leader {
+                    Some(leader) => {
+                        leader_hint = Some(leader);
+                        NEXT_PRIMARY_PAUSE
+                    }
+                    None => {
+                        turn = turn.wrapping_add(1);
+                        ELECTION_PAUSE
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
             Ok(flow) => flow == Flow::WaitForRequest,
             Err(e) => {
                 tracing::info!(primary = %ep, "sync connection ended: {e}");
@@ -68,7 +109,11 @@ pub(super) async fn run(shared: Arc<Shared>) {
         } else {
             turn = turn.wrapping_add(1);
         }
-        if started.elapsed() > Duration::from_secs(5) {
+        // A session that lasted, or that moved this device's copy on, was a good one: the
+        // next try comes soon. (One that a primary ends at once does not reset the back-off:
+        // such a primary must not make its devices reconnect in a loop.)
+        let moved_on = *shared.feed.borrow() > position_before;
+        if started.elapsed() > Duration::from_secs(5) || (was_connected && moved_on) {
             backoff = Duration::from_millis(50);
         }
         if wait_for_request {
@@ -103,17 +148,27 @@ pub(super) async fn run(shared: Arc<Shared>) {
         } else {
             approval_check = APPROVAL_CHECK_FIRST;
         }
+        // The back-off grows once per round of the list: after a primary's loss, the others
+        // (one of them the new leader) are tried at once, not each after a longer pause.
+        let round_done = turn.is_multiple_of(endpoints.len());
+        let pause = if round_done || was_connected {
+            backoff
+        } else {
+            NEXT_PRIMARY_PAUSE
+        };
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = stop.changed() => return,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        if round_done {
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
     }
 }
 
 /// The primaries to try in turn: the `connect` list, then the cluster's other primaries as
 /// the primaries told (never empty: `connect` is required on a device).
-fn endpoints(shared: &Shared) -> Vec<Endpoint> {
+pub(super) fn endpoints(shared: &Shared) -> Vec<Endpoint> {
     let mut out = shared.cfg.connect.clone();
     let known = shared
         .known_primaries
@@ -177,7 +232,7 @@ pub(super) fn keep_known_primaries(
 /// A device sends nothing (not even its sign-up data) to a primary other than the one that
 /// admitted it, or the primaries of its cluster as that one told: at the same address may
 /// now be another network's primary, or an impostor.
-fn check_primary_key(shared: &Shared, ep: &Endpoint, key: &PublicKey) -> Result<()> {
+pub(super) fn check_primary_key(shared: &Shared, ep: &Endpoint, key: &PublicKey) -> Result<()> {
     let pinned = *shared.primary_key.lock().unwrap_or_else(|p| p.into_inner());
     let vouched = || {
         let hex = key.to_hex();
@@ -221,6 +276,8 @@ enum Flow {
     Reconnect,
     /// The primaries need a (new) sign-up or login from the app first.
     WaitForRequest,
+    /// This primary does not serve devices now: the leader is there (or being elected).
+    NotLeader(Option<Endpoint>),
 }
 
 fn auth_state_is(shared: &Shared, state: &str) -> bool {
@@ -356,6 +413,17 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
                     "the primary refused this node: {reason}"
                 )))
             }
+            Message::NotLeader { leader, reason } => {
+                tracing::info!(primary = %ep, "{reason}");
+                shared
+                    .live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .sync_error = Some(format!("{ep}: {reason}"));
+                return Ok(Flow::NotLeader(
+                    leader.as_deref().and_then(Endpoint::from_addr),
+                ));
+            }
             other => {
                 return Err(
                     NetError::Malformed(format!("expected Welcome, got {}", other.kind())).into(),
@@ -375,7 +443,7 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
     // Ended with the session even when the session is aborted midway (the node closing): the
     // sender holds the socket's write half, and would keep the connection open forever.
     let sender = AbortOnDrop(tokio::spawn(send_outbox(shared.clone(), wr, heartbeat)));
-    let result = receive(shared, &mut rd).await.map(|()| Flow::Reconnect);
+    let result = receive(shared, &mut rd).await;
     drop(sender);
     if shared
         .live
@@ -390,7 +458,9 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
     result
 }
 
-async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
+/// Applies what the primary sends until the session ends: `Reconnect` when it closes (or the
+/// node stops), `NotLeader` when the primary stopped leading its cluster.
+async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<Flow> {
     let mut stop = shared.shutdown.subscribe();
     let mut writing = WritesInFlight::default();
     let session = super::next_session();
@@ -400,7 +470,7 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
             // The session ends (and the node retries on a new one) as soon as a write fails,
             // not at the next message, which may be long in coming.
             e = writing.failure(shared) => return Err(e),
-            _ = stop.changed() => return Ok(()),
+            _ = stop.changed() => return Ok(Flow::Reconnect),
         };
         match msg {
             Message::Heartbeat => continue,
@@ -415,6 +485,12 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<()> {
             Message::PrimaryMembers { members } => {
                 ask(shared, |reply| Job::PrimaryMembers { members, reply }).await?;
                 continue;
+            }
+            Message::NotLeader { leader, reason } => {
+                tracing::info!("{reason}");
+                return Ok(Flow::NotLeader(
+                    leader.as_deref().and_then(Endpoint::from_addr),
+                ));
             }
             _ => {}
         }

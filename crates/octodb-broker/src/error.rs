@@ -1,0 +1,112 @@
+//! The broker's errors. A server-side failure reaches the client with its kind and message
+//! ([`RemoteError`]), never as a bare assertion.
+
+use crate::codec::CodecError;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A search that must find exactly one object found none.
+    #[error("no {class} matches {criteria}")]
+    NoData { class: String, criteria: String },
+    /// A search that must find exactly one object found several.
+    #[error("{count} objects of {class} match {criteria}, expected one: narrow the search")]
+    ManyData {
+        class: String,
+        criteria: String,
+        count: u64,
+    },
+    /// The object is gone (deleted), or never existed.
+    #[error("object {0} not found: it was deleted, or never existed")]
+    NotFound(String),
+    /// The export does not allow this (read-only, attributes only, another user's object,
+    /// a key the server never handed out).
+    #[error("permission denied: {0}")]
+    Permission(String),
+    /// An update carried an old value the object no longer has: someone changed it meanwhile.
+    #[error("conflict: {0}; fetch the object again and retry")]
+    Conflict(String),
+    /// The request names something the server does not export.
+    #[error("{0}")]
+    Unknown(String),
+    /// The server's code raised an error.
+    #[error("{kind}: {message}")]
+    Remote { kind: String, message: String },
+    #[error("value encoding: {0}")]
+    Codec(#[from] CodecError),
+    #[error("database: {0}")]
+    Engine(#[from] octodb::Error),
+    /// The connection to the server is gone; the client reconnects by itself.
+    #[error("broker connection: {0}")]
+    Connection(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("internal broker error: {0}")]
+    Internal(String),
+}
+
+impl From<rusqlite::Error> for BrokerError {
+    fn from(e: rusqlite::Error) -> Self {
+        BrokerError::Engine(octodb::Error::Sqlite(e))
+    }
+}
+
+/// An error as it travels to the client: its kind (for the client to raise the same type) and
+/// its message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RemoteError {
+    pub kind: String,
+    pub message: String,
+}
+
+impl From<&BrokerError> for RemoteError {
+    fn from(e: &BrokerError) -> RemoteError {
+        let kind = match e {
+            BrokerError::NoData { .. } => "NoData",
+            BrokerError::ManyData { .. } => "ManyData",
+            BrokerError::NotFound(_) => "NotFound",
+            BrokerError::Permission(_) => "PermissionError",
+            BrokerError::Conflict(_) => "Conflict",
+            BrokerError::Unknown(_) => "AttributeError",
+            BrokerError::Remote { kind, message } => {
+                return RemoteError {
+                    kind: kind.clone(),
+                    message: message.clone(),
+                }
+            }
+            BrokerError::Codec(_) => "ValueError",
+            BrokerError::Engine(_) => "DatabaseError",
+            BrokerError::Connection(_) => "ConnectionError",
+            BrokerError::Timeout(_) => "TimeoutError",
+            BrokerError::Internal(_) => "RuntimeError",
+        };
+        RemoteError {
+            kind: kind.into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<RemoteError> for BrokerError {
+    fn from(r: RemoteError) -> BrokerError {
+        BrokerError::Remote {
+            kind: r.kind,
+            message: r.message,
+        }
+    }
+}
+
+impl RemoteError {
+    /// The client's typed error for what the server sent.
+    pub fn into_error(self) -> BrokerError {
+        match self.kind.as_str() {
+            "NotFound" => BrokerError::NotFound(self.message),
+            "PermissionError" => BrokerError::Permission(self.message),
+            "Conflict" => BrokerError::Conflict(self.message),
+            _ => BrokerError::Remote {
+                kind: self.kind,
+                message: self.message,
+            },
+        }
+    }
+}

@@ -1,0 +1,374 @@
+"""octodb.broker: a primary's BrokerServer and a device's BrokerClient on loopback, real files;
+the seed's MyRoot/Status example as two processes. Waits on conditions, never fixed sleeps."""
+
+import datetime
+import os
+import random
+import threading
+
+import pytest
+
+import octodb
+from octodb import broker as ob
+
+from conftest import device_uri, primary_uri, wait_until
+
+
+class Status:
+    servers = ("joe", "curly", "moe")
+    health = "OK"
+
+
+class Item:
+    def __init__(self, name, owner=0):
+        self.name = name
+        self.owner = owner
+
+
+class Root:
+    version_string = "0.12.3"
+
+    def __init__(self, server):
+        self.status = Status()
+        self._server = server
+        self.items = []
+
+    def set_health(self, health):
+        self._server.obj_update(self.status, health=health)
+        return health
+
+    def fail(self):
+        raise ValueError("bad input, try again")
+
+    @ob.exported(include=True)
+    def first_item(self):
+        return self.items[0]
+
+    @classmethod
+    def kind(cls):
+        return cls.__name__
+
+
+class Net:
+    def __init__(self, tmp_path, auth=None):
+        self.tmp_path = tmp_path
+        self.primary_uri = primary_uri(tmp_path / "backend.db", auth)
+        self.primary = octodb.connect(self.primary_uri)
+        self.opened = [self.primary]
+        self.clients = []
+
+    def device(self, name="phone.db", signup=None):
+        uri = device_uri(self.tmp_path / name, self.primary)
+        db = octodb.connect(uri)
+        self.opened.append(db)
+        if signup:
+            db.execute(f"PRAGMA user_signup='{signup}'")
+        db.wait_until_ready(timeout=60)
+        return uri, db
+
+    def client(self, uri):
+        c = ob.BrokerClient(uri, timeout=60)
+        self.clients.append(c)
+        return c
+
+    def close(self):
+        for c in self.clients:
+            c.close()
+        for db in reversed(self.opened):
+            db.close()
+
+
+@pytest.fixture
+def net(tmp_path):
+    n = Net(tmp_path)
+    yield n
+    n.close()
+
+
+def static_server(n):
+    server = ob.BrokerServer(n.primary_uri)
+    server.export_class(Status, "servers health")
+    server.export_class(Item, "name owner", allow=lambda user, item: item.owner in (0, user))
+    root = Root(server)
+    server.export_object(
+        root, ["version_string", "set_health", "fail", ob.Callable("kind"), "+"], refs="status", backrefs="items"
+    )
+    server.add_static(root.status, "status")
+    for i, name in enumerate(["One", "Two", "Two"]):
+        item = Item(name)
+        server.add_static(item, "item", i)
+        root.items.append(item)
+    server.root = root
+    server.add_call("hello", lambda who: "hello " + who)
+    return server, root
+
+
+def test_root_reference_method_call_and_identity(net):
+    server, root = static_server(net)
+    uri, _ = net.device()
+    client = net.client(uri)
+    r = client.root
+    assert r.version_string == "0.12.3"
+    status = r.status
+    assert status.health == "OK"
+    assert status.servers == ("joe", "curly", "moe")
+    assert r.status is status, "a reference is fetched once; one object per key"
+    assert client.call("hello", "you") == "hello you"
+    assert r.first_item().name == "One"
+    assert r.kind() == "Root", "a classmethod, exported"
+    assert [i.name for i in r.items] == ["One", "Two", "Two"]
+    with pytest.raises(ValueError, match="bad input, try again"):
+        r.fail()
+    with pytest.raises(AttributeError, match="no call named 'nothing'"):
+        client.call("nothing")
+
+
+def test_invalidation_obsolete_copies_and_reply_ordering(net):
+    server, root = static_server(net)
+    uri, _ = net.device()
+    client = net.client(uri)
+    r = client.root
+    old = r.status
+    changes = []
+    client.on_change(old, changes.append)
+    server.obj_update(root.status, health="poor")
+    wait_until("the invalidation arrives", lambda: old._obsolete)
+    assert old.health == "OK", "an obsolete copy keeps its old values"
+    assert r.status.health == "poor"
+    wait_until("on_change hears it", lambda: changes and changes[-1].health == "poor")
+    # A call that changes the status: when it returns, the cache is already fresh.
+    for i in range(10):
+        assert r.status.health != f"h{i}"
+        r.set_health(f"h{i}")
+        assert r.status.health == f"h{i}"
+
+
+def test_delete_and_search(net):
+    server, root = static_server(net)
+    uri, _ = net.device()
+    client = net.client(uri)
+    items = client.cls("Item")
+    assert items.count() == 3
+    assert items.get(name="One").name == "One"
+    with pytest.raises(ob.NoData):
+        items.get(name="Zero")
+    with pytest.raises(ob.ManyData):
+        items.get(name="Two")
+    assert len(items.find(name="Two")) == 2
+    assert len(items.find(name="Two", _limit=1)) == 1
+    one = items.get(name="One")
+    server.obj_delete(root.items[0])
+    wait_until("the deletion is told", lambda: one._obsolete)
+    with pytest.raises(ob.ObjectNotFound):
+        one._key()
+    assert items.count() == 2, "the cached count was dropped"
+    # Renamed: a cached search of the old name is dropped.
+    assert len(items.find(name="Two")) == 2
+    server.obj_update(root.items[1], name="Two2")
+    wait_until("the search is dropped", lambda: len(items.find(name="Two")) == 1)
+    assert len(items.find(name="Two2")) == 1
+
+
+def test_sql_exports(net):
+    p = net.primary
+    p.executescript(
+        """
+        CREATE TABLE todos(id INTEGER PRIMARY KEY, title TEXT, secret TEXT, row_owner);
+        CREATE TABLE catalog(id INTEGER PRIMARY KEY, name TEXT, row_owner);
+        INSERT INTO todos(title, secret, row_owner) VALUES ('One', 's', '*'), ('Two', 's', '*');
+        INSERT INTO catalog(name, row_owner) VALUES ('a', '*');
+        """
+    )
+    p.commit()
+    server = ob.BrokerServer(net.primary_uri)
+    todos = server.export_table("todos", rw=True, hide=["secret"])
+    server.export_table("catalog")
+    server.export_table("todos", name="todo_attrs", rw=None)
+    server.root = Status()
+    uri, device = net.device()
+    client = net.client(uri)
+    # Read-only: refused, the database untouched.
+    catalog = client.cls("catalog")
+    a = catalog.get(name="a")
+    with pytest.raises(PermissionError, match="read-only"):
+        catalog.new(name="b")
+    with pytest.raises(PermissionError):
+        client.update(a, name="z")
+    with pytest.raises(PermissionError):
+        client.delete(a)
+    assert p.execute("SELECT name FROM catalog").fetchall() == [("a",)]
+    # Attributes only: no search.
+    with pytest.raises(PermissionError, match="attributes only"):
+        client.cls("todo_attrs").find()
+    # Hidden columns never come.
+    two = client.get("todos", title="Two")
+    with pytest.raises(AttributeError):
+        two.secret
+    # Read-write (the primary's own rows are the backend's: a device may not change '*' rows).
+    with pytest.raises(PermissionError, match="backend only"):
+        client.update(two, title="Two2")
+    row = server.obj_new(todos, title="Two", row_owner=device.sync_status()["user_id"])
+    mine = [t for t in client.find("todos", title="Two") if t.id == row.rowid][0]
+    client.update(mine, title="Two2")
+    assert [t.title for t in client.find("todos", title="Two")] == ["Two"]
+    assert len(client.find("todos", title="Two2")) == 1
+    # An update from a stale copy is refused.
+    with pytest.raises(ob.Conflict):
+        client.update(mine, title="again")
+    # The backend's SQL invalidates without any broker call.
+    fresh = client.get("todos", title="Two2")
+    p.execute("UPDATE todos SET title = 'by sql' WHERE id = ?", (row.rowid,))
+    p.commit()
+    wait_until("the feed invalidates it", lambda: fresh._obsolete)
+    assert fresh._key().title == "by sql"
+    # Writes through the broker replicate to the device like any primary write.
+    wait_until(
+        "the row reaches the device",
+        lambda: device.execute("SELECT title FROM todos WHERE id = ?", (row.rowid,)).fetchall() == [("by sql",)],
+    )
+    server.obj_delete(row)
+    wait_until("the deletion is told", lambda: client.count("todos", title="by sql") == 0)
+    # Nested writes: the inner transaction that fails rolls back alone.
+    classes_told = []
+    client.on_change("todos", classes_told.append)
+
+    def inner():
+        server.obj_new(todos, title="inner", row_owner="*")
+        raise ValueError("inner fails")
+
+    def outer():
+        server.obj_new(todos, title="outer", row_owner="*")
+        with pytest.raises(ValueError, match="inner fails"):
+            server.transaction(inner)
+        return "done"
+
+    assert server.transaction(outer) == "done"
+    titles = [t for (t,) in p.execute("SELECT title FROM todos WHERE title IN ('outer', 'inner')")]
+    assert titles == ["outer"]
+    wait_until("on_change hears of the class", lambda: "todos" in classes_told)
+
+
+def test_an_export_limited_to_a_user(tmp_path):
+    n = Net(tmp_path, auth="user")
+    try:
+        n.primary.register_function("user_signup", 2, lambda data, info: 10 if data == "ann" else 20)
+        server, root = static_server(n)
+        mine = Item("ann's", owner=10)
+        server.add_static(mine, "item", "ann")
+        ann_uri, _ = n.device("ann.db", signup="ann")
+        bob_uri, _ = n.device("bob.db", signup="bob")
+        ann, bob = n.client(ann_uri), n.client(bob_uri)
+        assert ann.cls("Item").get(name="ann's").owner == 10
+        with pytest.raises(ob.NoData):
+            bob.cls("Item").get(name="ann's")
+        assert bob.cls("Item").count() == 3
+    finally:
+        n.close()
+
+
+def test_codecs_round_trip_and_hostile_bytes():
+    tz = datetime.timezone(datetime.timedelta(hours=-5))
+    shared = [1, 2]
+    loop = []
+    loop.append(loop)
+    values = [
+        None,
+        True,
+        -(2**63),
+        2**100,
+        1.5,
+        "héllo",
+        b"\x00\xff",
+        [1, [2]],
+        (1, "a"),
+        {"k": {1: None}},
+        datetime.datetime(2026, 12, 4, 16, 30, 1, 5, tzinfo=tz),
+        datetime.datetime(2026, 12, 4),
+        datetime.date(1999, 1, 2),
+        datetime.time(23, 59, 59, 999999),
+        datetime.timedelta(days=-3, seconds=5, microseconds=7),
+    ]
+    for v in values:
+        assert ob.decode(ob.encode(v)) == v, v
+    both = ob.decode(ob.encode([shared, shared]))
+    assert both[0] is both[1]
+    again = ob.decode(ob.encode(loop))
+    assert again[0] is again
+
+    class Point:
+        def __init__(self, x, y):
+            self.x, self.y = x, y
+
+    ob.register_codec(Point, "Point", lambda p: (p.x, p.y), lambda t: Point(*t))
+    p = ob.decode(ob.encode({"at": Point(1, 2)}))["at"]
+    assert (p.x, p.y) == (1, 2)
+    with pytest.raises(TypeError, match="register a codec"):
+        ob.encode(object())
+    deep = []
+    for _ in range(100):
+        deep = [deep]
+    with pytest.raises(ValueError, match="deeper"):
+        ob.encode(deep)
+    rng = random.Random(7)
+    good = ob.encode(values)
+    for _ in range(3000):
+        data = bytearray(good if rng.random() < 0.5 else os.urandom(rng.randrange(64)))
+        if data:
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        try:
+            ob.decode(bytes(data[: rng.randrange(len(data) + 1)]))
+        except (ValueError, TypeError):
+            pass
+
+
+def test_the_seed_example_as_processes(tmp_path, run_example):
+    server = run_example(
+        "broker_server.py",
+        OCTODB_URI=f"file:{tmp_path / 'backend.db'}?node=primary&bind=tcp://127.0.0.1:0",
+    )
+    address = server.wait_line("broker listening on ").split()[-1]
+    client = run_example(
+        "broker_client.py",
+        OCTODB_DB=str(tmp_path / "phone.db"),
+        OCTODB_SERVERS=address,
+    )
+    assert client.finish() == 0, client.output() + "\n--- server:\n" + server.output()
+    assert "version: 0.12.3" in client.lines
+    assert "health: OK" in client.lines
+    assert "login: jane / welcome, jane" in client.lines
+    assert "call: hello you" in client.lines
+
+
+def test_unapproved_devices_cannot_reach_the_broker(tmp_path):
+    n = Net(tmp_path, auth="user")
+    try:
+        static_server(n)
+        uri = device_uri(tmp_path / "stranger.db", n.primary)
+        db = octodb.connect(uri)
+        n.opened.append(db)
+        with pytest.raises(ConnectionError) as e:
+            ob.BrokerClient(uri, timeout=2)
+        assert "not approved" in str(e.value)
+    finally:
+        n.close()
+
+
+def test_concurrent_callers_share_one_client(net):
+    server, root = static_server(net)
+    uri, _ = net.device()
+    client = net.client(uri)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(50):
+                assert client.call("hello", "x") == "hello x"
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
