@@ -7,7 +7,6 @@ mod common;
 use common::*;
 use octodb::feed::{Change, ChangeKind, FeedBatch};
 use octodb::{Connection, Value};
-use std::path::Path;
 
 /// Follows `conn`'s feed from `after` until `want` changes arrived (woken by `wait_feed`).
 fn follow(conn: &Connection, after: &mut u64, want: usize) -> Vec<Change> {
@@ -89,15 +88,6 @@ fn a_device_waits_on_its_feed_but_reads_rows_from_its_tables() {
     assert_eq!(count(&d, "SELECT count(*) FROM t WHERE v = 'for all'"), 1);
     let err = d.changes_after(0, 10).expect_err("no log on a device");
     assert!(err.to_string().contains("primaries only"), "{err}");
-}
-
-/// A primary joining the cluster of the primary at `leader_addr`.
-fn joining_primary(path: &Path, leader_addr: &str) -> Connection {
-    Connection::open(&format!(
-        "{}&connect=tcp://{leader_addr}",
-        primary_uri(path, 0)
-    ))
-    .expect("open a joining primary")
 }
 
 #[test]

@@ -6,24 +6,6 @@ mod common;
 
 use common::*;
 use octodb::Connection;
-use std::path::Path;
-
-/// A primary joining the cluster of the primary at `leader_addr`.
-fn joining_primary(path: &Path, leader_addr: &str) -> Connection {
-    Connection::open(&format!(
-        "{}&connect=tcp://{leader_addr}",
-        primary_uri(path, 0)
-    ))
-    .expect("open a joining primary")
-}
-
-fn role(p: &Connection) -> String {
-    p.sync_status()
-        .ok()
-        .and_then(|s| s.cluster)
-        .map(|c| c.role)
-        .unwrap_or_default()
-}
 
 #[test]
 fn a_device_fails_over_to_the_new_leader_when_its_primary_goes() {
@@ -49,7 +31,7 @@ fn a_device_fails_over_to_the_new_leader_when_its_primary_goes() {
 
     drop(p1);
     let (leader, follower) = wait_until("a new leader among the other two", || {
-        match (role(&p2).as_str(), role(&p3).as_str()) {
+        match (cluster_role(&p2).as_str(), cluster_role(&p3).as_str()) {
             ("leader", _) => Some((&p2, &p3)),
             (_, "leader") => Some((&p3, &p2)),
             _ => None,

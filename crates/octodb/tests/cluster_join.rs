@@ -9,15 +9,6 @@ use common::*;
 use octodb::Connection;
 use std::path::Path;
 
-/// A primary joining the cluster of the primary at `leader_addr`.
-fn joining_primary(path: &Path, leader_addr: &str) -> Connection {
-    Connection::open(&format!(
-        "{}&connect=tcp://{leader_addr}",
-        primary_uri(path, 0)
-    ))
-    .expect("open a joining primary")
-}
-
 /// Every row of `sql` in the file at `path`, as text.
 fn rows(path: &Path, sql: &str) -> Vec<Vec<String>> {
     let c = rusqlite::Connection::open(path).unwrap();

@@ -30,14 +30,6 @@ fn voters(p: &Connection) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-fn role(p: &Connection) -> String {
-    p.sync_status()
-        .ok()
-        .and_then(|s| s.cluster)
-        .map(|c| c.role)
-        .unwrap_or_default()
-}
-
 #[test]
 fn a_leader_whose_file_diverged_rejoins_as_a_new_member() {
     let c = Cluster::new();
@@ -78,7 +70,7 @@ fn a_leader_whose_file_diverged_rejoins_as_a_new_member() {
     let p2 = primary_at(&paths[1], ports[1], None);
     let p3 = primary_at(&paths[2], ports[2], None);
     let leader = wait_until("a leader among p2 and p3", || {
-        match (role(&p2).as_str(), role(&p3).as_str()) {
+        match (cluster_role(&p2).as_str(), cluster_role(&p3).as_str()) {
             ("leader", _) => Some(&p2),
             (_, "leader") => Some(&p3),
             _ => None,

@@ -40,9 +40,13 @@ pub type Raft = openraft::Raft<TypeConfig>;
 pub fn raft_config() -> Arc<openraft::Config> {
     let config = openraft::Config {
         cluster_name: "octodb".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        // openraft 0.9 also gives each AppendEntries this long (a new connection's handshake
+        // included): at 100 ms a loaded machine timed replication out again and again and a
+        // joining primary never caught up. Elections after 0.5-1 s of silence keep a
+        // fail-over near 2 s (octodb-bench failover).
+        heartbeat_interval: 200,
+        election_timeout_min: 500,
+        election_timeout_max: 1000,
         install_snapshot_timeout: 10_000,
         max_payload_entries: 256,
         // A snapshot is the whole shared state, built in memory: not every 5,000 entries of

@@ -60,16 +60,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
             Ok(Flow::NotLeader(leader)) => {
                 // Not a failure of the path: the cluster is moving. To the leader at once, or
                 // round the list again soon while it is being elected.
-                let was_connected = shared
-                    .live
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .connected_to
-                    .take()
-                    .is_some();
-                if was_connected {
-                    shared.emit(Event::Disconnected);
-                }
+                session_ended(&shared);
                 let pause = match leader {
                     Some(leader) => {
                         leader_hint = Some(leader);
@@ -97,16 +88,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 false
             }
         };
-        let was_connected = shared
-            .live
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .connected_to
-            .take()
-            .is_some();
-        if was_connected {
-            shared.emit(Event::Disconnected);
-        } else {
+        let was_connected = session_ended(&shared);
+        if !was_connected {
             turn = turn.wrapping_add(1);
         }
         // A session that lasted, or that moved this device's copy on, was a good one: the
@@ -164,6 +147,22 @@ pub(super) async fn run(shared: Arc<Shared>) {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
+}
+
+/// A session ended: the device is not connected any more (and says so, if it was). Returns
+/// whether it was connected.
+fn session_ended(shared: &Shared) -> bool {
+    let was_connected = shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .connected_to
+        .take()
+        .is_some();
+    if was_connected {
+        shared.emit(Event::Disconnected);
+    }
+    was_connected
 }
 
 /// The primaries to try in turn: the `connect` list, then the cluster's other primaries as

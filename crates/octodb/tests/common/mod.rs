@@ -149,3 +149,21 @@ pub fn wait_outbox_empty(c: &Connection) {
     c.wait_for(DEADLINE, |s| s.outbox_len == 0)
         .expect("outbox drains");
 }
+
+/// A primary's role in its cluster ("leader", "follower", ...; empty without one).
+pub fn cluster_role(p: &Connection) -> String {
+    p.sync_status()
+        .ok()
+        .and_then(|s| s.cluster)
+        .map(|c| c.role)
+        .unwrap_or_default()
+}
+
+/// A primary joining the cluster of the primary at `leader_addr`.
+pub fn joining_primary(path: &Path, leader_addr: &str) -> Connection {
+    Connection::open(&format!(
+        "{}&connect=tcp://{leader_addr}",
+        primary_uri(path, 0)
+    ))
+    .expect("open a joining primary")
+}
