@@ -50,6 +50,9 @@ pub struct LogStore {
     handoff: Arc<Handoff>,
 }
 
+/// How long the log store's own write waits for the file's write lock before it looks
+/// whether a waiting transaction can take its entries (`write_or_hand_over`).
+const LOCK_WAIT_STEP: Duration = Duration::from_millis(20);
 /// Longest pause between tries of a write the disk refused (openraft waits for it).
 const RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
 
@@ -103,6 +106,41 @@ impl LogStore {
                 other => return other,
             }
         }
+    }
+
+    /// Writes `append` in a transaction of its own, and says when it is durable. While the
+    /// file's write lock is taken, it looks again and again whether a transaction now waits
+    /// for entries: that transaction may hold the lock itself, waiting for an entry openraft
+    /// sends only after this one, so it takes this append into its own commit instead (a
+    /// wait for the lock here stalled both for the proposer's 10 s, then failed Raft's log).
+    fn write_or_hand_over(&self, mut append: PendingAppend) {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = conn.busy_timeout(LOCK_WAIT_STEP);
+        let mut pause = Duration::from_millis(10);
+        let written = loop {
+            match write_entries(&conn, &append.entries) {
+                Err(LogStoreError::Sqlite(e)) if lock_taken(&e) => {
+                    match self.handoff.offer(append) {
+                        None => {
+                            let _ = conn.busy_timeout(crate::store::BUSY_TIMEOUT);
+                            return; // the waiting transaction writes it and says when
+                        }
+                        Some(back) => append = back,
+                    }
+                }
+                Err(LogStoreError::Sqlite(e)) if disk_refused(&e) => {
+                    tracing::warn!("cannot write the Raft log ({e}); trying again");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                }
+                other => break other,
+            }
+        };
+        let _ = conn.busy_timeout(crate::store::BUSY_TIMEOUT);
+        // Committed with synchronous=FULL: on disk.
+        append
+            .flushed
+            .log_io_completed(written.map_err(|e| std::io::Error::other(e.to_string())));
     }
 
     /// Runs `f` on the connection, on the blocking pool.
@@ -250,13 +288,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(()); // a transaction writes it with its batch, and says when it is durable
         };
         let store = self.clone();
-        let PendingAppend { entries, flushed } = append;
-        let written = tokio::task::spawn_blocking(move || store.write_blocking(&entries))
+        tokio::task::spawn_blocking(move || store.write_or_hand_over(append))
             .await
-            .map_err(|e| LogStoreError::Stopped(e.to_string()))
-            .and_then(|r| r);
-        // Committed with synchronous=FULL: on disk.
-        flushed.log_io_completed(written.map_err(|e| std::io::Error::other(e.to_string())));
+            .map_err(|e| StorageIOError::write_logs(&LogStoreError::Stopped(e.to_string())))?;
         Ok(())
     }
 
@@ -311,6 +345,12 @@ fn write_entries(c: &Connection, entries: &[Entry<TypeConfig>]) -> Result<(), Lo
         let _ = crate::store::exec(c, "ROLLBACK");
     }
     written
+}
+
+/// Another connection holds the file's write lock.
+fn lock_taken(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+    matches!(e.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked))
 }
 
 /// SQLite could not write for want of space or a working disk.

@@ -19,7 +19,7 @@ use std::time::Duration;
 pub const INTERNAL_PREFIX: &str = "_octo_";
 
 /// How long a connection waits for another one of the same node to finish writing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Open one SQLite connection on a node's file with the engine's settings; `file_key` is the
 /// key of an encrypted file (`cipher=`), handed over before anything is read.
