@@ -25,6 +25,24 @@ pub(crate) fn wait_until(
     Ok(())
 }
 
+/// The demo's directory: the one asked for (made if missing), else a temporary one, kept
+/// (and deleted) with the first value.
+pub(crate) fn demo_dir(
+    asked: Option<&Path>,
+) -> anyhow::Result<(Option<tempfile::TempDir>, std::path::PathBuf)> {
+    match asked {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            Ok((None, d.to_path_buf()))
+        }
+        None => {
+            let temp = tempfile::tempdir().context("creating a temporary directory")?;
+            let path = temp.path().to_path_buf();
+            Ok((Some(temp), path))
+        }
+    }
+}
+
 pub(crate) fn count(conn: &Connection, sql: &str) -> anyhow::Result<i64> {
     Ok(conn.query_row(sql, [], |r| r.get::<i64>(0))?)
 }
@@ -42,17 +60,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     if args.cluster {
         return crate::demo_cluster::run(args.dir.as_deref());
     }
-    let temp;
-    let dir: &Path = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            d
-        }
-        None => {
-            temp = tempfile::tempdir().context("creating a temporary directory")?;
-            temp.path()
-        }
-    };
+    let (_temp, dir) = demo_dir(args.dir.as_deref())?;
+    let dir: &Path = &dir;
     let started = Instant::now();
     println!(
         "octodb demo: one primary (the backend) and two devices, over loopback, in {}\n",

@@ -2,7 +2,7 @@
 //! leader stops, the device finds the new leader and goes on, and the stopped primary comes
 //! back and catches up.
 
-use crate::demo::{count, wait_until};
+use crate::demo::{count, demo_dir, wait_until};
 use anyhow::Context;
 use octodb::Connection;
 use std::path::Path;
@@ -61,17 +61,8 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 pub fn run(dir: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let temp;
-    let dir: &Path = match dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            d
-        }
-        None => {
-            temp = tempfile::tempdir().context("creating a temporary directory")?;
-            temp.path()
-        }
-    };
+    let (_temp, dir) = demo_dir(dir)?;
+    let dir: &Path = &dir;
     let started = Instant::now();
     println!(
         "octodb demo --cluster: three primaries (a Raft cluster) and a device, over loopback, in {}\n",

@@ -52,15 +52,16 @@ pub(super) async fn primary_session(
         return refuse_session(&mut wr, reason.into()).await;
     };
     let raft = proposer.raft().clone();
-    if !asks_to_join(&info) && crate::cluster::network::may_call(&raft, &peer) {
+    let hello = PrimaryHello::parse(&info);
+    if !hello.asks_to_join() && crate::cluster::network::may_call(&raft, &peer) {
         let me = raft.metrics().borrow().id;
-        if addressed_to(&info).is_some_and(|to| to != me) {
+        if hello.to.is_some_and(|to| to != me) {
             let reason = format!("this primary is node {me} of its cluster, not the one called");
             return refuse_session(&mut wr, reason).await;
         }
         return Ok(crate::cluster::serve_connection(raft, peer, rd, wr).await?);
     }
-    match admit_joiner(shared, &raft, peer, &info).await {
+    match admit_joiner(shared, &raft, peer, hello).await {
         Ok(Joiner {
             node_id,
             member,
@@ -76,19 +77,26 @@ pub(super) async fn primary_session(
     }
 }
 
-/// The member a primary's Raft connection is for (older builds do not say).
-fn addressed_to(info: &str) -> Option<u64> {
-    serde_json::from_str::<serde_json::Value>(info)
-        .ok()?
-        .get("to")?
-        .as_u64()
+/// What a primary says of itself in its `Hello`: a member's Raft connection names the member
+/// it is for (`to`; older builds do not say); a join names the address members reach the
+/// joiner at, and whether it rejoins after clearing its Raft state.
+#[derive(Debug, Default, serde::Deserialize)]
+struct PrimaryHello {
+    to: Option<u64>,
+    member_addr: Option<String>,
+    #[serde(default)]
+    rejoin: bool,
 }
 
-/// A primary's `Hello` asks to join (a member's Raft connection says nothing of the kind).
-fn asks_to_join(info: &str) -> bool {
-    serde_json::from_str::<serde_json::Value>(info)
-        .ok()
-        .is_some_and(|v| v.get("member_addr").is_some())
+impl PrimaryHello {
+    /// Read from the `Hello`'s info; anything else there (or no JSON) says nothing.
+    fn parse(info: &str) -> PrimaryHello {
+        serde_json::from_str(info).unwrap_or_default()
+    }
+
+    fn asks_to_join(&self) -> bool {
+        self.member_addr.is_some()
+    }
 }
 
 /// A primary admitted to join the cluster.
@@ -105,7 +113,7 @@ async fn admit_joiner(
     shared: &Arc<Shared>,
     raft: &Raft,
     peer: PublicKey,
-    info: &str,
+    hello: PrimaryHello,
 ) -> std::result::Result<Joiner, String> {
     match crate::cluster::lead(raft) {
         Lead::Here => {}
@@ -116,9 +124,8 @@ async fn admit_joiner(
         }
         Lead::Unknown => return Err("the cluster has no leader now; try again shortly".into()),
     }
-    let member_addr = serde_json::from_str::<serde_json::Value>(info)
-        .ok()
-        .and_then(|v| v.get("member_addr")?.as_str().map(str::to_string))
+    let member_addr = hello
+        .member_addr
         .filter(|a| a.len() <= 256 && crate::uri::Endpoint::from_addr(a).is_some())
         .ok_or("a joining primary must name the address members reach it at")?;
     let key = peer.to_hex();
@@ -158,10 +165,7 @@ async fn admit_joiner(
     // cluster's): it comes back under a new node id, so that the vote it forgot cannot count
     // twice. (A member joining again without saying so retries a join whose answer it
     // missed, its Raft node already running under its id: it keeps it.)
-    let rejoins = serde_json::from_str::<serde_json::Value>(info)
-        .ok()
-        .and_then(|v| v.get("rejoin")?.as_bool())
-        .unwrap_or(false);
+    let rejoins = hello.rejoin;
     // Its old place among the members, found by its key (the first primary of a cluster was
     // never recorded as a node, so its key may have a new id already).
     let old_id = rejoins

@@ -487,6 +487,11 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<Flow> {
             }
             Message::NotLeader { leader, reason } => {
                 tracing::info!("{reason}");
+                shared
+                    .live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .sync_error = Some(reason);
                 return Ok(Flow::NotLeader(
                     leader.as_deref().and_then(Endpoint::from_addr),
                 ));
