@@ -507,10 +507,33 @@ impl Writer {
 
     /// Primary: the Raft term its cluster is in (0 before it has one).
     fn raft_term(&self) -> u64 {
-        self.shared
-            .cluster
-            .get()
-            .map_or(0, |p| p.raft().metrics().borrow().current_term)
+        let Some(proposer) = self.shared.cluster.get() else {
+            return 0;
+        };
+        let (term, logged, applied) = {
+            let m = proposer.raft().metrics().borrow().clone();
+            (
+                m.current_term,
+                m.last_log_index,
+                m.last_applied.map(|l| l.index),
+            )
+        };
+        if self.decided.as_ref().is_some_and(|(t, _)| *t == term) || applied >= logged {
+            return term;
+        }
+        // A new term: the decided map is read again from the file, once it holds what the
+        // log holds (a new leader may still be applying its predecessor's last entries, and
+        // a device's transaction among them would be decided twice).
+        let raft = proposer.raft().clone();
+        let caught_up = super::block_on(async move {
+            raft.wait(Some(APPLY_WAIT_MAX))
+                .applied_index_at_least(logged, "the log applied before deciding")
+                .await
+        });
+        if let Err(e) = caught_up {
+            tracing::warn!("deciding before the log is applied here: {e}");
+        }
+        term
     }
 
     /// Primary: the last transaction decided for `node_id`, as committed.
@@ -856,6 +879,9 @@ fn proposal_of(recorded: &[LogEntry]) -> Vec<crate::cluster::Decided> {
         })
         .collect()
 }
+
+/// How long a new leader's writer waits for its log to be applied before it decides.
+const APPLY_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Primary: the decided map, read from the file at its first use and again in each new Raft
 /// `term` (a device sends the new leader again what the old one decided and never told it).
