@@ -322,7 +322,15 @@ impl World {
         let last = self.primary.sync_status().unwrap().last_seq;
         for d in &self.devices {
             let c = d.conn.as_ref().expect("open");
-            c.wait_for(DEADLINE, |s| s.last_seq >= last).unwrap();
+            if let Err(e) = c.wait_for(DEADLINE, |s| s.last_seq >= last) {
+                panic!(
+                    "seed {seed}: device {} did not reach the primary's position {last}: {e}; \
+                     primary's feed at {}, its status {:?}",
+                    d.name,
+                    self.primary.feed_position(),
+                    self.primary.sync_status()
+                );
+            }
         }
         for d in &self.devices {
             let c = d.conn.as_ref().expect("open");

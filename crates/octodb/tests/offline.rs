@@ -465,6 +465,54 @@ fn a_device_back_online_gets_what_it_missed_from_its_last_sequence() {
     }
 }
 
+/// Rows it may not see are not sent to a device, but it still hears how far the log went, so
+/// that it does not read them again at each reconnect: also when the primary is idle by the
+/// time the device comes back (no later commit moves the position for it).
+#[test]
+fn a_device_back_online_hears_its_position_past_rows_it_may_not_see() {
+    let c = Cluster::new();
+    let p = c.auth_primary("p.db", "user");
+    approve_by_data(&p);
+    let port = port_of(&p);
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('first', '*')", [])
+        .unwrap();
+    let d_uri = device_uri(&c.path("d.db"), &addr_of(&p));
+    let d = Connection::open(&d_uri).unwrap();
+    d.execute_batch("PRAGMA user_signup='ann'").unwrap();
+    let user = ready(&d).user_id.expect("signed up");
+    wait_count(&d, "SELECT count(*) FROM t", 1);
+    drop(d); // offline
+    for i in 0..20 {
+        p.execute(
+            "INSERT INTO t(v, row_owner) VALUES (?1, ?2)",
+            (format!("another user's {i}"), user + 1),
+        )
+        .unwrap();
+    }
+    let p_seq = status(&p).last_seq;
+    // The primary restarts after those commits, so nothing moves its log once it is back.
+    drop(p);
+    let p = Connection::open(&format!("{}&auth=user", primary_uri(&c.path("p.db"), port)))
+        .expect("the primary reopens on its port");
+    approve_by_data(&p);
+    let d = Connection::open(&d_uri).unwrap();
+    let s = d
+        .wait_for(DEADLINE, |s| s.last_seq >= p_seq)
+        .expect("the device hears the primary's position though nothing new is for it");
+    assert_eq!(s.last_seq, p_seq);
+    assert_eq!(status(&p).last_seq, p_seq);
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM t"),
+        1,
+        "no other user's row arrived"
+    );
+}
+
 #[test]
 fn an_empty_device_downloads_100k_rows_with_progress() {
     const N: i64 = 100_000;

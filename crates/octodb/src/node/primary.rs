@@ -404,9 +404,10 @@ async fn stream_to_device(
     }
     // The device's position as it was last told. Entries it may not see are not sent one by
     // one; it hears of its new position with its next visible entry, or at the next position
-    // tick (see `audiences`).
+    // tick (see `audiences`). A device that connects behind entries it may not see hears
+    // its position once it has caught up: no tick may come while the log stands still.
     let mut told = cursor;
-    let mut tell_position = false;
+    let mut tell_position = true;
     loop {
         following.mark_seen();
         let last = *shared.feed.borrow();
