@@ -79,6 +79,14 @@ impl Event {
                 total: Some(total),
                 ..Event::new("download")
             },
+            EngineEvent::PrimaryBehind { reason } => Event {
+                reason: Some(reason),
+                ..Event::new("primary_behind")
+            },
+            EngineEvent::Resynced { rows_removed } => Event {
+                rows: Some(rows_removed),
+                ..Event::new("resynced")
+            },
         }
     }
 }

@@ -676,15 +676,15 @@ impl RawDevice {
         }
     }
 
-    /// The primary's next message (the list of its cluster's primaries, which this client
-    /// does not use, skipped).
+    /// The primary's next message (the list of its cluster's primaries and the log's
+    /// epochs, which this client does not use, skipped).
     async fn next(&mut self) -> Message {
         loop {
             let bytes = within("a message from the primary", self.s.recv())
                 .await
                 .expect("the primary keeps the connection open");
             match Message::decode(&bytes).unwrap() {
-                Message::PrimaryMembers { .. } => continue,
+                Message::PrimaryMembers { .. } | Message::LogHistory { .. } => continue,
                 m => return m,
             }
         }
@@ -1042,7 +1042,7 @@ async fn attempt(addr: SocketAddr, messages: &[Vec<u8>]) -> (String, Vec<Message
     let mut got = Vec::new();
     while let Ok(bytes) = within("the primary closing the connection", s.recv()).await {
         match Message::decode(&bytes).unwrap() {
-            Message::PrimaryMembers { .. } => {}
+            Message::PrimaryMembers { .. } | Message::LogHistory { .. } => {}
             m => got.push(m),
         }
     }

@@ -223,6 +223,14 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
                 user_id: 3,
             },
         ),
+        // Protocol 7.
+        (
+            "log_history",
+            Message::LogHistory {
+                epochs: vec![(0x1234_5678_9abc, 1), (77, 4096)],
+                resync: Some("behind".into()),
+            },
+        ),
     ]
 }
 
@@ -263,5 +271,5 @@ fn every_message_kind_has_a_fixture() {
     // A new kind of message must be frozen too (add it to sample_messages).
     let kinds: std::collections::BTreeSet<&str> =
         sample_messages().iter().map(|(_, m)| m.kind()).collect();
-    assert_eq!(kinds.len(), 15, "message kinds with fixtures: {kinds:?}");
+    assert_eq!(kinds.len(), 16, "message kinds with fixtures: {kinds:?}");
 }

@@ -95,6 +95,8 @@ class Event:
         "transaction_rejected",
         "authorization_refused",
         "download",
+        "primary_behind",
+        "resynced",
         "missed",
     ]
     peer: str | None

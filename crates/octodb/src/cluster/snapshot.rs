@@ -15,7 +15,7 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
 /// The primaries' internal tables that are shared state: copied whole.
-const SHARED_INTERNAL: &[&str] = &["_octo_log", "_octo_nodes", "_octo_users"];
+const SHARED_INTERNAL: &[&str] = &["_octo_log", "_octo_nodes", "_octo_users", "_octo_epochs"];
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct SharedState {

@@ -357,7 +357,11 @@ fn apply_decided(
             }
         }
     }
-    log::append(c, d.origin_node, d.origin_txn, &d.body)
+    let seq = log::append(c, d.origin_node, d.origin_txn, &d.body)?;
+    if let EntryBody::Epoch { id } = &d.body {
+        log::epochs::begin(c, *id, seq)?;
+    }
+    Ok(seq)
 }
 
 /// The authorization state's rows, whole, as the leader has them.

@@ -1,6 +1,7 @@
 //! Ordered history. Primaries keep the total order of accepted transactions (`_octo_log`);
 //! devices keep their pending transactions (the outbox) and rebase them over what arrives.
 
+pub mod epochs;
 pub mod outbox;
 mod predict;
 pub mod rebase;
@@ -29,6 +30,9 @@ pub enum EntryBody {
     Changes(ChangeSet),
     /// The transaction was rejected as a whole; only its origin hears of it.
     Rejected { reason: String },
+    /// A new epoch of the log begins here (`epochs`): a primary began leading. Primaries
+    /// only: no device receives it.
+    Epoch { id: u64 },
 }
 
 impl LogEntry {
@@ -43,7 +47,7 @@ impl LogEntry {
                 None => return None,
             },
             EntryBody::Rejected { .. } if mine => self.body.clone(),
-            EntryBody::Rejected { .. } => return None,
+            EntryBody::Rejected { .. } | EntryBody::Epoch { .. } => return None,
         };
         Some(LogEntry {
             body,

@@ -93,7 +93,8 @@ pub fn apply_entries(
             EntryBody::Rejected { reason } if e.origin_node == my_node => {
                 applied.rejected.push((e.origin_txn, reason.clone()));
             }
-            EntryBody::Rejected { .. } => {}
+            // (Epoch markers never reach devices.)
+            EntryBody::Rejected { .. } | EntryBody::Epoch { .. } => {}
         }
     }
     for (txn, _) in &applied.rejected {

@@ -11,11 +11,11 @@ use crate::uri::Role;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
-/// The encoding of protocol versions 2 to 6 (2: Welcome tells a device the last of its
+/// The encoding of protocol versions 2 to 7 (2: Welcome tells a device the last of its
 /// transactions the primaries decided; 4 adds `Heartbeat` at the end, which only peers of 4
 /// receive, and leaves every other message's bytes as they were; 5 adds `PrimaryMembers` and
 /// `NotLeader` after it, likewise; 6 appends `OpenChannel` and `ChannelOpen` the same way,
-/// exchanged only with peers of 6).
+/// exchanged only with peers of 6; 7 appends `LogHistory`).
 pub const MESSAGE_ENCODING: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +101,14 @@ pub enum Message {
     ChannelOpen {
         node_id: u32,
         user_id: i64,
+    },
+    /// Protocol 7, primary → device after `Welcome`, and again when a new epoch of the log
+    /// begins: the epochs of the primaries' log from the device's own on (`log::epochs`),
+    /// and, when `resync` says why, that this primary is behind the device (restored from an
+    /// older copy): the device downloads again, keeping its pending work.
+    LogHistory {
+        epochs: Vec<(u64, u64)>,
+        resync: Option<String>,
     },
 }
 
@@ -207,6 +215,7 @@ impl Message {
             Message::NotLeader { .. } => "NotLeader",
             Message::OpenChannel { .. } => "OpenChannel",
             Message::ChannelOpen { .. } => "ChannelOpen",
+            Message::LogHistory { .. } => "LogHistory",
         }
     }
 }

@@ -20,8 +20,12 @@ use std::fmt;
 /// Versions: 2 (signatures only when asked), 3 (negotiation in the handshake; messages
 /// encoded as in 2), 4 (heartbeats: `Message::Heartbeat`, sent only to peers of 4 or newer),
 /// 5 (a primary tells its devices the cluster's primaries: `Message::PrimaryMembers`),
-/// 6 (service channels: `Message::OpenChannel` instead of `Hello`, for the object broker).
-pub const NEWEST: u8 = 6;
+/// 6 (service channels: `Message::OpenChannel` instead of `Hello`, for the object broker),
+/// 7 (the log's epochs: `Message::LogHistory`; a device names its position's epoch in its
+/// Hello's information, and re-downloads from a primary that is behind it).
+pub const NEWEST: u8 = 7;
+/// The first version whose devices hear of the log's epochs and can download again.
+pub const LOG_EPOCHS: u8 = 7;
 /// The first version whose primaries open service channels (`Message::OpenChannel`).
 pub const CHANNELS: u8 = 6;
 /// The first version whose peers send heartbeats, so that silence means a dead connection.

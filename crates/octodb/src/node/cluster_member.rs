@@ -105,6 +105,7 @@ async fn follow_view(shared: std::sync::Weak<Shared>) {
             return;
         }
         let view = crate::cluster::view(proposer.raft());
+        let mut began_leading = false;
         shared.cluster_view.send_if_modified(|current| {
             if view == *current {
                 return false;
@@ -112,10 +113,14 @@ async fn follow_view(shared: std::sync::Weak<Shared>) {
             if view.leading && !current.leading {
                 shared.approved.forget_all();
                 tracing::info!("this primary leads its cluster now");
+                began_leading = true;
             }
             *current = view;
             true
         });
+        if began_leading {
+            tokio::spawn(super::epoch::begin(shared.clone()));
+        }
         drop(shared);
         if metrics.changed().await.is_err() {
             return;

@@ -19,4 +19,11 @@ pub enum Event {
     AuthorizationRefused { reason: String },
     /// Initial download progress.
     Download { rows: u64, total: u64 },
+    /// The primary is behind this device (restored from an older copy of its file): the
+    /// device downloads its data again, keeping its pending work (`reason` says what was
+    /// found).
+    PrimaryBehind { reason: String },
+    /// That download is complete: the device holds what the primary holds, plus its pending
+    /// work. `rows_removed` rows it had were no longer on the primary and are gone here too.
+    Resynced { rows_removed: u64 },
 }

@@ -10,11 +10,13 @@ mod auth_batch;
 pub mod channels;
 mod cluster_member;
 mod decided;
+mod epoch;
 mod events;
 mod join;
 mod members;
 mod primary;
 mod registry;
+mod resync;
 mod secondary;
 mod shared_rows;
 mod snapshot;
@@ -142,6 +144,9 @@ pub(crate) struct Shared {
     /// Primaries: whether this primary leads its cluster, and its members (see
     /// `cluster_member::follow_view`).
     pub cluster_view: watch::Sender<crate::cluster::ClusterView>,
+    /// Primaries: the sequence number of the newest epoch marker this primary wrote
+    /// (`node::epoch`); its device sessions then tell their devices the new epoch.
+    pub epoch_marks: watch::Sender<u64>,
     /// Devices: the cluster's primaries as the primaries last told (kept in the file): where
     /// to fail over to, and the keys trusted besides the pinned one.
     pub known_primaries: Mutex<Vec<crate::net::PrimaryMember>>,
@@ -397,6 +402,7 @@ impl Node {
             primary_key: Mutex::new(primary_key),
             cluster: OnceLock::new(),
             cluster_view: watch::channel(Default::default()).0,
+            epoch_marks: watch::channel(0).0,
             known_primaries: Mutex::new(known_primaries),
             announcements,
             services: Default::default(),

@@ -171,6 +171,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     // Devices of protocol 4 and newer send heartbeats at the pace they name, which this side
     // answers; a silence longer than that pace allows means a dead connection.
     let heartbeat = (protocol >= version::HEARTBEATS).then(|| device_heartbeat(&info));
+    let device_epoch = device_log_epoch(&info);
     let applicant = Applicant {
         pubkey,
         addr,
@@ -206,6 +207,12 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     )
     .await?;
     tracing::info!(%addr, node_id, user_id, "device connected");
+    let tells_epochs = protocol >= version::LOG_EPOCHS;
+    let Some(last_seq) =
+        judge_position(shared, &mut wr, tells_epochs, last_seq, device_epoch).await?
+    else {
+        return Ok(());
+    };
     let tells_members = protocol >= version::PRIMARY_MEMBERS;
     if tells_members {
         let members = shared.cluster_view.borrow().members.clone();
@@ -226,7 +233,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     let beats = tokio::sync::Notify::new();
     let result = tokio::select! {
         r = read_loop(shared, &mut rd, sender, &beats) => r,
-        r = stream_to_device(shared, Streamed { node: node_id, user: user_id, last_seq, tells_members }, wr, &beats) => r,
+        r = stream_to_device(shared, Streamed { node: node_id, user: user_id, last_seq, tells_members, tells_epochs }, wr, &beats) => r,
         () = &mut withdrawal => {
             tracing::info!(%addr, node_id, "device disconnected: its approval was taken back");
             Ok(())
@@ -376,6 +383,61 @@ struct Streamed {
     last_seq: u64,
     /// It speaks protocol 5 or newer: it hears of the cluster's primaries.
     tells_members: bool,
+    /// It speaks protocol 7 or newer: it hears of the log's new epochs.
+    tells_epochs: bool,
+}
+
+/// Where a device that applied the log up to `last_seq` (in epoch `epoch`) goes on from:
+/// there, or from a new download (0) when this primary is behind it (`log::epochs`). A
+/// device of protocol 7 hears the log's epochs, and why it downloads again; an older one
+/// cannot download over its data, and is refused (None) with what to do.
+async fn judge_position(
+    shared: &Arc<Shared>,
+    wr: &mut SecureWriter,
+    tells_epochs: bool,
+    last_seq: u64,
+    epoch: Option<u64>,
+) -> Result<Option<u64>> {
+    // Read before the history: an epoch begun since is then in it (`node::epoch`).
+    let end = *shared.feed.borrow();
+    let history = shared.read(log::epochs::history).await?;
+    let behind = log::epochs::judge(&history, end, last_seq, epoch.filter(|_| tells_epochs));
+    if !tells_epochs {
+        let Some(reason) = behind else {
+            return Ok(Some(last_seq));
+        };
+        let reason = format!(
+            "{reason}. This device's app is too old to download again over its data: update              the app, or give the device a fresh file"
+        );
+        tracing::warn!("a device is ahead of this primary: {reason}");
+        return super::admission::refuse_session(wr, reason)
+            .await
+            .map(|()| None);
+    }
+    let epochs = match behind {
+        Some(_) => history,
+        None => log::epochs::from(&history, epoch),
+    };
+    if let Some(reason) = &behind {
+        tracing::warn!("a device is ahead of this primary; it downloads again: {reason}");
+    }
+    let resync = behind.is_some();
+    send_now(
+        wr,
+        &Message::LogHistory {
+            epochs,
+            resync: behind,
+        },
+    )
+    .await?;
+    Ok(Some(if resync { 0 } else { last_seq }))
+}
+
+/// The epoch of the position a device names in its Hello's information (protocol 7).
+fn device_log_epoch(info: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(info)
+        .ok()
+        .and_then(|v| v.get("log_epoch")?.as_u64())
 }
 
 /// Stream the log to a device from `last_seq` on (after its initial download when 0). Ends
@@ -391,7 +453,10 @@ async fn stream_to_device(
         user,
         last_seq,
         tells_members,
+        tells_epochs,
     } = device;
+    let mut epoch_marks = shared.epoch_marks.subscribe();
+    epoch_marks.mark_unchanged();
     let mut cluster = shared.cluster_view.subscribe();
     cluster.mark_unchanged();
     let mut following = shared.audiences.follow(user);
@@ -411,6 +476,21 @@ async fn stream_to_device(
     loop {
         following.mark_seen();
         let last = *shared.feed.borrow();
+        // After the feed: an epoch whose marker the feed passed is seen here, and the device
+        // hears of it before any entry after it.
+        if tells_epochs && epoch_marks.has_changed().unwrap_or(false) {
+            epoch_marks.mark_unchanged();
+            let history = shared.read(log::epochs::history).await?;
+            let newest = history.last().copied().into_iter().collect();
+            send_now(
+                &mut wr,
+                &Message::LogHistory {
+                    epochs: newest,
+                    resync: None,
+                },
+            )
+            .await?;
+        }
         while cursor < last {
             if shared.recent.none_for(cursor, last, node, user) {
                 cursor = last;

@@ -259,12 +259,15 @@ async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {
 
 /// What a device tells the primaries about itself, among it its heartbeat interval: the
 /// primary sends heartbeats at that pace and expects them at it.
-fn device_info(heartbeat: Duration) -> String {
+/// What a device tells about itself in its Hello: its platform, its heartbeat's pace, and
+/// the epoch of the log its position belongs to (`log::epochs`; protocol 7).
+fn device_info(heartbeat: Duration, log_epoch: Option<u64>) -> String {
     serde_json::json!({
         "platform": std::env::consts::OS,
         "arch": std::env::consts::ARCH,
         "engine": concat!("octodb ", env!("CARGO_PKG_VERSION")),
         "heartbeat_s": heartbeat.as_secs(),
+        "log_epoch": log_epoch,
     })
     .to_string()
 }
@@ -324,6 +327,14 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
     // leave this device waiting for a Welcome forever.
     rd.set_idle_timeout(heartbeat.map(crate::uri::dead_after));
     let last_seq = *shared.feed.borrow();
+    let epoch = shared
+        .read(move |c| {
+            Ok(crate::log::epochs::at(
+                &crate::log::epochs::load(c)?,
+                last_seq,
+            ))
+        })
+        .await?;
     let unauthorized = shared.identity.node_id() == 0;
     let auth = unauthorized
         .then(|| {
@@ -338,7 +349,7 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
     let hello = Message::Hello {
         role: Role::Secondary,
         last_seq,
-        info: device_info(shared.cfg.heartbeat),
+        info: device_info(shared.cfg.heartbeat, epoch),
         auth,
     };
     wr.send(&hello.encode()).await?;
@@ -483,6 +494,31 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<Flow> {
             }
             Message::PrimaryMembers { members } => {
                 ask(shared, |reply| Job::PrimaryMembers { members, reply }).await?;
+                continue;
+            }
+            Message::LogHistory { epochs, resync } => {
+                let over_data = resync.is_some();
+                ask(shared, |reply| Job::LogHistory {
+                    epochs,
+                    resync: over_data,
+                    reply,
+                })
+                .await?;
+                if let Some(reason) = resync {
+                    tracing::warn!(
+                        "{reason}: this device downloads the primary's data again, keeping \
+                         its pending work"
+                    );
+                    shared
+                        .live
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .sync_error = Some(format!(
+                        "{reason}. This device downloads the primary's data again, keeping its \
+                         pending work; rows the primary no longer has are removed here"
+                    ));
+                    shared.emit(Event::PrimaryBehind { reason });
+                }
                 continue;
             }
             Message::NotLeader { leader, reason } => {

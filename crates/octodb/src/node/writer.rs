@@ -110,6 +110,11 @@ pub(crate) enum Job {
         info: String,
         reply: Reply<()>,
     },
+    /// Primary: it began leading; a new epoch of the log begins (`node::epoch`). Answers the
+    /// marker's sequence number.
+    BeginEpoch {
+        reply: Reply<u64>,
+    },
     /// Primary: the last transaction decided for a device (0: none), for its Welcome.
     LastDecided {
         node_id: u32,
@@ -153,6 +158,13 @@ pub(crate) enum Job {
         reply: Reply<()>,
     },
     SnapshotAbort,
+    /// Device: the log's epochs, as the primary told; with `resync`, the primary is behind
+    /// this device and the download that follows goes over its data (`node::resync`).
+    LogHistory {
+        epochs: Vec<log::epochs::Epoch>,
+        resync: bool,
+        reply: Reply<()>,
+    },
 }
 
 use super::auth_batch;
@@ -183,6 +195,7 @@ pub(crate) fn spawn(
                 sending_noted: false,
                 trigger_effects,
                 given_up: None,
+                resync: None,
                 failed_sessions: Default::default(),
             }
             .run(rx)
@@ -240,6 +253,9 @@ struct Writer {
     /// Primary: a batch given up, whose Raft entries are written (voided) once its devices
     /// have been told.
     given_up: Option<GaveUp>,
+    /// Device: the download under way goes over this device's data (its primary was behind
+    /// it); the primary's epochs are kept once it is complete.
+    resync: Option<Vec<log::epochs::Epoch>>,
     /// Sessions whose work could not be written (a primary's device sessions, a device's
     /// sessions with its primary).
     failed_sessions: std::collections::HashSet<u64>,
@@ -435,6 +451,23 @@ impl Writer {
                     self.shared.approved.forget(&pubkey);
                     let _ = reply.send(renumbered);
                 }
+                Job::BeginEpoch { reply } => {
+                    let begun = super::epoch::write_marker(&self.conn, &self.shared).map(
+                        |(entry, committed)| {
+                            let seq = entry.seq;
+                            match committed {
+                                Some(response) => self.shared.announce_when_committed(
+                                    response,
+                                    vec![entry],
+                                    Vec::new(),
+                                ),
+                                None => self.shared.log_committed(vec![entry], |_| None),
+                            }
+                            seq
+                        },
+                    );
+                    let _ = reply.send(begun);
+                }
                 Job::LastDecided { node_id, reply } => {
                     let _ = reply.send(self.last_decided(node_id));
                 }
@@ -483,6 +516,22 @@ impl Writer {
                 }
                 Job::SnapshotEnd { seq, reply } => {
                     let _ = reply.send(self.snapshot_end(seq));
+                }
+                Job::LogHistory {
+                    epochs,
+                    resync,
+                    reply,
+                } => {
+                    // A download over this device's data keeps the epochs only once it is
+                    // complete: until then the device's position is still the old one.
+                    let kept = match resync {
+                        true => {
+                            self.resync = Some(epochs);
+                            Ok(())
+                        }
+                        false => write_txn(&self.conn, |c| log::epochs::keep(c, &epochs, false)),
+                    };
+                    let _ = reply.send(kept);
                 }
                 Job::SnapshotAbort => {
                     if !self.conn.is_autocommit() {
@@ -823,13 +872,23 @@ impl Writer {
         // file before the app hears that it is ready; that copy is done just after instead.
         self.conn
             .execute_batch("PRAGMA wal_autocheckpoint=0; BEGIN IMMEDIATE")?;
-        for sql in statements {
-            if let Err(e) = schema::apply_primaries_ddl(&self.conn, sql) {
-                self.conn.execute_batch("ROLLBACK")?;
-                return Err(e);
+        let over_data = self.resync.is_some();
+        let begun = (|| {
+            if over_data {
+                super::resync::begin(&self.conn)?;
             }
+            for sql in statements {
+                match over_data {
+                    true => super::resync::apply_ddl(&self.conn, sql)?,
+                    false => schema::apply_primaries_ddl(&self.conn, sql)?,
+                }
+            }
+            Ok(())
+        })();
+        if begun.is_err() {
+            self.conn.execute_batch("ROLLBACK")?;
         }
-        Ok(())
+        begun
     }
 
     fn snapshot_rows(
@@ -843,10 +902,18 @@ impl Writer {
                 "initial download: table `{table}` is missing"
             )));
         };
-        apply::insert_rows(&self.conn, &t, columns, rows)
+        match self.resync {
+            Some(_) => super::resync::rows(&self.conn, &t, columns, rows),
+            None => apply::insert_rows(&self.conn, &t, columns, rows),
+        }
     }
 
     fn snapshot_end(&mut self, seq: u64) -> Result<()> {
+        let mut removed = None;
+        if let Some(epochs) = self.resync.take() {
+            removed = Some(super::resync::finish(&self.conn)?);
+            log::epochs::keep(&self.conn, &epochs, true)?;
+        }
         meta_set(&self.conn, "last_seq", seq as i64)?;
         meta_set(&self.conn, "ready", 1)?;
         meta_set(&self.conn, "last_sync", unix_now())?;
@@ -858,6 +925,14 @@ impl Writer {
         );
         self.shared.feed.send_replace(seq);
         self.shared.emit(Event::Ready);
+        if let Some(rows_removed) = removed {
+            tracing::warn!(
+                rows_removed,
+                seq,
+                "downloaded again from a primary that was behind this device"
+            );
+            self.shared.emit(Event::Resynced { rows_removed });
+        }
         self.restore_checkpoints()
     }
 

@@ -73,7 +73,9 @@ pub fn init_internal_schema(conn: &Connection) -> Result<()> {
          -- the range of outbox transactions that changed it
          CREATE TABLE IF NOT EXISTS _octo_base(
              tbl TEXT NOT NULL, rid INTEGER NOT NULL, row BLOB, first_txn INTEGER,
-             last_txn INTEGER, PRIMARY KEY(tbl, rid)) WITHOUT ROWID;",
+             last_txn INTEGER, PRIMARY KEY(tbl, rid)) WITHOUT ROWID;
+         -- primaries: the epochs of their log (log::epochs), shared by the cluster
+         CREATE TABLE IF NOT EXISTS _octo_epochs(id INTEGER NOT NULL, first_seq INTEGER NOT NULL);",
     )?;
     conn.execute_batch(column_rules::SCHEMA)?;
     Ok(())
