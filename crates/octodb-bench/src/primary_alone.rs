@@ -176,6 +176,8 @@ impl Device {
                 return match e.body {
                     EntryBody::Changes(_) => Ok(()),
                     EntryBody::Rejected { reason } => bail!("transaction {txn} rejected: {reason}"),
+                    // (Primaries only: never sent to a device.)
+                    EntryBody::Epoch { .. } => continue,
                 };
             }
         }
