@@ -83,8 +83,12 @@ impl Event {
                 reason: Some(reason),
                 ..Event::new("primary_behind")
             },
-            EngineEvent::Resynced { rows_removed } => Event {
+            EngineEvent::Resynced {
+                resent,
+                rows_removed,
+            } => Event {
                 rows: Some(rows_removed),
+                total: Some(resent),
                 ..Event::new("resynced")
             },
         }

@@ -48,6 +48,9 @@ pub fn apply_entries(
                     // Accepted: from here on the transaction is the primaries' history, no
                     // longer pending work to replay over what they send.
                     let ours = outbox::remove(conn, e.origin_txn)?;
+                    if !ours.is_empty() {
+                        outbox::accepted::keep(conn, e.origin_txn, &ours)?;
+                    }
                     applied.accepted.push(e.origin_txn);
                     predictions.accepted(&ours, cs);
                     Some(ours)

@@ -74,18 +74,51 @@ pub(super) fn write_marker(
     Ok((entry, txn.map(|t| t.committed())))
 }
 
+/// Attempts at writing a new epoch's marker while this primary leads (a leader just elected
+/// may still be settling its cluster's membership).
+const ATTEMPTS: u32 = 5;
+
 /// Begins a new epoch now that this primary leads; waits until the cluster committed it.
+/// Gives up quietly when it stops leading meanwhile (the next leader begins its own).
 pub(super) async fn begin(shared: Arc<Shared>) {
-    let written = super::writer::ask(&shared, |reply| Job::BeginEpoch { reply }).await;
-    match written {
-        Ok(seq) => {
-            let mut feed = shared.feed.subscribe();
-            let _ = feed.wait_for(|at| *at >= seq).await;
-            tracing::info!(seq, "a new epoch of the log begins");
+    let mut pause = std::time::Duration::from_millis(50);
+    for attempt in 1..=ATTEMPTS {
+        if !shared.cluster_view.borrow().leading || shared.is_shutting_down() {
+            tracing::debug!("no longer leading: no new epoch from this primary");
+            return;
         }
-        Err(e) => tracing::warn!(
-            "this primary could not begin a new epoch of its log ({e}): devices that are ahead \
-             of it are recognized by their position only"
-        ),
+        // A primary reopened may see itself as leader from its stored vote for a moment,
+        // while another leads: only a leadership a majority confirms writes the marker (a
+        // marker written under a stale one would be a tail its cluster refuses).
+        let Some(raft) = shared.cluster.get().map(|p| p.raft().clone()) else {
+            return;
+        };
+        if let Err(e) = raft.ensure_linearizable().await {
+            tracing::debug!(attempt, "leadership not confirmed yet: {e}");
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+            continue;
+        }
+        match super::writer::ask(&shared, |reply| Job::BeginEpoch { reply }).await {
+            Ok(seq) => {
+                let mut feed = shared.feed.subscribe();
+                let _ = feed.wait_for(|at| *at >= seq).await;
+                tracing::info!(seq, "a new epoch of the log begins");
+                return;
+            }
+            Err(e) if attempt == ATTEMPTS => {
+                if shared.cluster_view.borrow().leading && !shared.is_shutting_down() {
+                    tracing::warn!(
+                        "this primary could not begin a new epoch of its log ({e}): devices \
+                         that are ahead of it are recognized by their position only"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::debug!(attempt, "a new epoch's marker was not written: {e}");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
     }
 }

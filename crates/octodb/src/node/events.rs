@@ -24,6 +24,8 @@ pub enum Event {
     /// found).
     PrimaryBehind { reason: String },
     /// That download is complete: the device holds what the primary holds, plus its pending
-    /// work. `rows_removed` rows it had were no longer on the primary and are gone here too.
-    Resynced { rows_removed: u64 },
+    /// work. `resent` of this device's transactions that the primary had accepted and lost
+    /// went back into its outbox, to be sent again; `rows_removed` rows it had were no longer
+    /// on the primary and are gone here too.
+    Resynced { resent: u64, rows_removed: u64 },
 }

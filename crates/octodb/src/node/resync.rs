@@ -3,7 +3,9 @@
 //! file. Rows nobody here is changing take the primary's version; rows with pending work keep
 //! theirs, and the primary's version becomes their base (what a rejection takes them back
 //! to), so the pending work is not lost; rows the primary no longer has go, unless pending
-//! work is on them. Local rows (no `row_owner`) are never touched.
+//! work is on them. Local rows (no `row_owner`) are never touched. First, before the
+//! session sends anything, this device's transactions that the primary had accepted and lost
+//! go back into its outbox, so that they are sent again, in their order.
 
 use crate::error::{Error, Result};
 use crate::log::outbox::RowImage;
@@ -20,6 +22,22 @@ pub fn begin(conn: &Connection) -> Result<()> {
              PRIMARY KEY(tbl, rid)) WITHOUT ROWID;",
     )?;
     Ok(())
+}
+
+/// This device's transactions that the primary accepted and lost (those after
+/// `last_decided`, the last it now says it decided) go back into the outbox from the window
+/// kept (`log::outbox::accepted`), before anything is sent and before the download: their
+/// rows then have pending work, and keep it. Returns how many went back.
+pub fn requeue_lost(conn: &Connection, last_decided: u64) -> Result<u64> {
+    let requeued = crate::log::outbox::accepted::requeue_after(conn, last_decided)?;
+    if requeued.some_forgotten {
+        tracing::warn!(
+            last_decided,
+            "some of this device's transactions that the primary lost were accepted too long \
+             ago to be kept here: they cannot be sent again"
+        );
+    }
+    Ok(requeued.txns)
 }
 
 /// A schema statement of the download: the device has most of its objects already.

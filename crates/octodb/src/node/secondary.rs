@@ -272,6 +272,39 @@ fn device_info(heartbeat: Duration, log_epoch: Option<u64>) -> String {
     .to_string()
 }
 
+/// The log's epochs as the primary told them; with `resync`, the primary is behind this
+/// device (restored from an older copy): the device says so, puts back into its outbox its
+/// transactions the primary lost, and the download that follows goes over its data.
+async fn take_log_history(
+    shared: &Arc<Shared>,
+    epochs: Vec<crate::log::epochs::Epoch>,
+    resync: Option<String>,
+) -> Result<()> {
+    let over_data = resync.is_some();
+    ask(shared, |reply| Job::LogHistory {
+        epochs,
+        resync: over_data,
+        reply,
+    })
+    .await?;
+    if let Some(reason) = resync {
+        tracing::warn!(
+            "{reason}: this device downloads the primary's data again, keeping its pending work"
+        );
+        shared
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync_error = Some(format!(
+            "{reason}. This device downloads the primary's data again, keeping its pending \
+             work and sending again its transactions the primary lost; rows the primary no \
+             longer has are removed here"
+        ));
+        shared.emit(Event::PrimaryBehind { reason });
+    }
+    Ok(())
+}
+
 /// How a session ended without error.
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
@@ -319,8 +352,8 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
     // With a primary of protocol 4 or newer, this device sends heartbeats and the primary
     // answers them, so silence means a dead connection; older ones have none and only TCP
     // can tell.
-    let heartbeat =
-        (stream.protocol_version() >= version::HEARTBEATS).then_some(shared.cfg.heartbeat);
+    let protocol = stream.protocol_version();
+    let heartbeat = (protocol >= version::HEARTBEATS).then_some(shared.cfg.heartbeat);
     check_primary_key(shared, ep, &primary_key)?;
     let (mut rd, mut wr) = stream.into_split();
     // The primary answers a Hello at once: a path cut right after the handshake must not
@@ -388,6 +421,22 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
                     live.sync_error = None;
                 }
                 set_auth(shared, None, None);
+                if protocol >= version::LOG_EPOCHS {
+                    // Before anything is sent: if the primary is behind this device, the
+                    // transactions it lost go back into the outbox first.
+                    match recv_msg(&mut rd).await? {
+                        Message::LogHistory { epochs, resync } => {
+                            take_log_history(shared, epochs, resync).await?
+                        }
+                        other => {
+                            return Err(NetError::Malformed(format!(
+                                "expected LogHistory after Welcome, got {}",
+                                other.kind()
+                            ))
+                            .into())
+                        }
+                    }
+                }
                 break;
             }
             Message::AuthPending => {
@@ -497,28 +546,7 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<Flow> {
                 continue;
             }
             Message::LogHistory { epochs, resync } => {
-                let over_data = resync.is_some();
-                ask(shared, |reply| Job::LogHistory {
-                    epochs,
-                    resync: over_data,
-                    reply,
-                })
-                .await?;
-                if let Some(reason) = resync {
-                    tracing::warn!(
-                        "{reason}: this device downloads the primary's data again, keeping \
-                         its pending work"
-                    );
-                    shared
-                        .live
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .sync_error = Some(format!(
-                        "{reason}. This device downloads the primary's data again, keeping its \
-                         pending work; rows the primary no longer has are removed here"
-                    ));
-                    shared.emit(Event::PrimaryBehind { reason });
-                }
+                take_log_history(shared, epochs, resync).await?;
                 continue;
             }
             Message::NotLeader { leader, reason } => {

@@ -196,6 +196,8 @@ pub(crate) fn spawn(
                 trigger_effects,
                 given_up: None,
                 resync: None,
+                told_last_decided: 0,
+                resent: 0,
                 failed_sessions: Default::default(),
             }
             .run(rx)
@@ -256,6 +258,10 @@ struct Writer {
     /// Device: the download under way goes over this device's data (its primary was behind
     /// it); the primary's epochs are kept once it is complete.
     resync: Option<Vec<log::epochs::Epoch>>,
+    /// Device: the last of its transactions the primary decided, as its Welcome said.
+    told_last_decided: u64,
+    /// Device: accepted transactions the download under way put back into the outbox.
+    resent: u64,
     /// Sessions whose work could not be written (a primary's device sessions, a device's
     /// sessions with its primary).
     failed_sessions: std::collections::HashSet<u64>,
@@ -478,6 +484,7 @@ impl Writer {
                     last_decided_txn,
                     reply,
                 } => {
+                    self.told_last_decided = last_decided_txn;
                     let welcomed = self
                         .welcome(node_id, user_id, primary_key)
                         .and_then(|()| self.txn_ids_before_sending(last_decided_txn));
@@ -527,7 +534,9 @@ impl Writer {
                     let kept = match resync {
                         true => {
                             self.resync = Some(epochs);
-                            Ok(())
+                            let last_decided = self.told_last_decided;
+                            write_txn(&self.conn, |c| super::resync::requeue_lost(c, last_decided))
+                                .map(|resent| self.resent = resent)
                         }
                         false => write_txn(&self.conn, |c| log::epochs::keep(c, &epochs, false)),
                     };
@@ -928,10 +937,14 @@ impl Writer {
         if let Some(rows_removed) = removed {
             tracing::warn!(
                 rows_removed,
+                resent = self.resent,
                 seq,
                 "downloaded again from a primary that was behind this device"
             );
-            self.shared.emit(Event::Resynced { rows_removed });
+            self.shared.emit(Event::Resynced {
+                resent: self.resent,
+                rows_removed,
+            });
         }
         self.restore_checkpoints()
     }

@@ -74,6 +74,9 @@ pub fn init_internal_schema(conn: &Connection) -> Result<()> {
          CREATE TABLE IF NOT EXISTS _octo_base(
              tbl TEXT NOT NULL, rid INTEGER NOT NULL, row BLOB, first_txn INTEGER,
              last_txn INTEGER, PRIMARY KEY(tbl, rid)) WITHOUT ROWID;
+         -- secondaries: their newest accepted transactions, kept to be sent again to a
+         -- primary restored from an older copy (log::outbox::accepted)
+         CREATE TABLE IF NOT EXISTS _octo_accepted(txn INTEGER PRIMARY KEY, changes BLOB NOT NULL);
          -- primaries: the epochs of their log (log::epochs), shared by the cluster
          CREATE TABLE IF NOT EXISTS _octo_epochs(id INTEGER NOT NULL, first_seq INTEGER NOT NULL);",
     )?;

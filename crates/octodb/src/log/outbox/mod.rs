@@ -22,6 +22,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+pub mod accepted;
 mod upgrade;
 pub use upgrade::upgrade;
 
