@@ -148,6 +148,21 @@ impl Secret {
         if let Some(bytes) = read_secret(conn, service)? {
             return Ok(Secret::from_bytes(&bytes));
         }
+        // Only a leader may make it: a write tried on another primary is refused at its
+        // commit, and tried again and again it would hold up the very log that brings the
+        // secret here.
+        let role = conn
+            .sync_status()
+            .ok()
+            .and_then(|s| s.cluster)
+            .map(|c| c.role);
+        if let Some(role) = role.filter(|r| r != "leader") {
+            return Err(crate::BrokerError::Internal(format!(
+                "the broker's secret is not in this primary's database yet and cannot be made \
+                 here (it is the cluster's {role}): start the broker on the cluster's leader \
+                 first, or wait until this primary has caught up"
+            )));
+        }
         let mut bytes = [0u8; 32];
         aws_lc_rs::rand::fill(&mut bytes)
             .map_err(|_| crate::BrokerError::Internal("no randomness for the secret".into()))?;

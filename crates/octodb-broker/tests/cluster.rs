@@ -21,7 +21,6 @@ fn leader_write(p: &Connection, sql: &str) {
 }
 
 #[test]
-#[ignore = "stalls now and then: two 2-primary clusters joining in one process hit a cluster write stall (a writer waits 10 s for its Raft entry, again and again; see the session 14 note); run with --ignored"]
 fn every_primary_signs_references_alike_and_follows_the_rows() {
     let net = Net::new();
     let p1 = net.primary("p1.db");
@@ -73,7 +72,6 @@ fn every_primary_signs_references_alike_and_follows_the_rows() {
 }
 
 #[test]
-#[ignore = "stalls now and then: two 2-primary clusters joining in one process hit a cluster write stall (a writer waits 10 s for its Raft entry, again and again; see the session 14 note); run with --ignored"]
 fn a_client_of_a_follower_hears_of_the_leaders_writes() {
     let net = Net::new();
     let p1 = net.primary("p1.db");

@@ -270,6 +270,16 @@ impl Proposer {
                     return Proposed::GaveUp(self.gave_up(id, written));
                 }
             }
+            if !ours {
+                // Entries of others came alone (a membership change, a new leader's blank
+                // entry): openraft appends nothing more, this batch's entry included, until
+                // they are durable, which only this transaction's end can make them. Waiting
+                // would only hold the file's lock (openraft's votes wait for it too) until
+                // the deadline: give the batch up now; they are written after the rollback.
+                tracing::debug!("others' Raft entries came before this batch's: given up");
+                written.extend(self.handoff.stop_waiting(Some(id)));
+                return Proposed::GaveUp(self.gave_up(id, written));
+            }
         }
         if !ours {
             tracing::info!("a batch's Raft entry did not come in time: given up");
