@@ -68,6 +68,26 @@ fn new_primaries_join_the_first_and_hold_what_its_devices_and_app_write() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 3, "each primary has its own node id: {ids:?}");
+    // PRAGMA nodes names the other primaries' roles (this one's is in its sync_status), and
+    // the leader sees how far each one lags.
+    let primaries = wait_until("PRAGMA nodes shows the other primaries' roles", || {
+        let mut primaries: Vec<(String, Option<u64>)> = p1
+            .nodes()
+            .ok()?
+            .into_iter()
+            .filter_map(|n| Some((n.cluster_role?, n.raft_lag)))
+            .collect();
+        primaries.sort();
+        (primaries.len() == 2).then_some(primaries)
+    });
+    let roles: Vec<&str> = primaries.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(roles, ["follower", "follower"]);
+    assert!(
+        primaries.iter().all(|(_, lag)| lag.is_some()),
+        "the leader knows each member's lag: {primaries:?}"
+    );
+    let columns = p1.query("PRAGMA nodes", []).unwrap().columns;
+    assert!(columns.iter().any(|c| c == "cluster_role") && columns.iter().any(|c| c == "raft_lag"));
 
     // After the joins: a schema change, the device's and the backend's writes.
     p1.execute(

@@ -216,6 +216,32 @@ pub struct NodeRecord {
     pub connected: bool,
     pub auth_state: String,
     pub last_seen: Option<f64>,
+    /// A primary of this node's cluster: `leader`, `follower` or `learner`, as this node's
+    /// Raft sees it (None for other nodes).
+    pub cluster_role: Option<String>,
+    /// A primary of this node's cluster, seen from its leader: how many Raft entries the
+    /// leader has that it does not hold yet (None elsewhere, or not known here).
+    pub raft_lag: Option<u64>,
+}
+
+/// Each member of this primary's cluster: its role and lag (`NodeRecord`).
+fn member_roles(shared: &Shared) -> HashMap<u32, (String, Option<u64>)> {
+    let Some(proposer) = shared.cluster.get() else {
+        return HashMap::new();
+    };
+    let status = cluster_status(proposer.raft());
+    status
+        .members
+        .iter()
+        .map(|m| {
+            let role = match (Some(m.node_id) == status.leader, m.voter) {
+                (true, _) => "leader",
+                (false, true) => "follower",
+                (false, false) => "learner",
+            };
+            (m.node_id as u32, (role.to_string(), m.lag))
+        })
+        .collect()
 }
 
 pub fn nodes(shared: &Shared) -> Result<Vec<NodeRecord>> {
@@ -225,6 +251,7 @@ pub fn nodes(shared: &Shared) -> Result<Vec<NodeRecord>> {
         .unwrap_or_else(|p| p.into_inner())
         .sessions
         .clone();
+    let roles = member_roles(shared);
     let now = super::writer::unix_now();
     shared.read_blocking(|c| {
         let mut stmt = c.prepare_cached(
@@ -234,7 +261,13 @@ pub fn nodes(shared: &Shared) -> Result<Vec<NodeRecord>> {
         let rows = stmt.query_map([], |r| {
             // 0 for a key never approved: node ids go to approved nodes only.
             let node_id = super::members::node_id_of(r.get(1)?);
+            let (cluster_role, raft_lag) = match roles.get(&node_id) {
+                Some((role, lag)) => (Some(role.clone()), *lag),
+                None => (None, None),
+            };
             Ok(NodeRecord {
+                cluster_role,
+                raft_lag,
                 public_key: r.get(0)?,
                 node_id,
                 node_type: r.get(2)?,

@@ -195,6 +195,8 @@ pub(super) fn pragma_columns(p: &Pragma) -> Vec<String> {
             "connected",
             "auth_state",
             "last_seen",
+            "cluster_role",
+            "raft_lag",
         ],
         _ => &[],
     };
@@ -211,5 +213,7 @@ fn node_row(n: NodeRecord) -> Vec<Value> {
         Value::Integer(n.connected as i64),
         Value::Text(n.auth_state),
         n.last_seen.map_or(Value::Null, Value::Real),
+        n.cluster_role.map_or(Value::Null, Value::Text),
+        n.raft_lag.map_or(Value::Null, |l| Value::Integer(l as i64)),
     ]
 }
