@@ -132,11 +132,17 @@ fn new_primaries_join_the_first_and_hold_what_its_devices_and_app_write() {
             [],
         )
         .expect_err("a follower refuses a write");
-    assert!(refused.to_string().contains("cluster"), "{refused}");
+    assert!(
+        refused.to_string().contains("follows its cluster's leader"),
+        "the app is told to write on the leader: {refused}"
+    );
     assert_eq!(
         count(&p2, "SELECT count(*) FROM t WHERE v = 'on a follower'"),
         0
     );
+    // Its local rows (no owner: they go nowhere) it writes.
+    p2.execute("INSERT INTO t(v) VALUES ('local to the follower')", [])
+        .expect("a follower's app writes its local rows");
     let follower_status = p3.sync_status().unwrap().cluster.unwrap();
     assert_eq!(follower_status.role, "follower");
 

@@ -83,6 +83,19 @@ impl Connection {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(());
         };
+        if let Some(leader) = self.node.as_ref().and_then(|n| {
+            let view = n.shared.cluster_view.borrow();
+            (!view.leading).then(|| view.leader.clone()).flatten()
+        }) {
+            // Known to fail: not proposed (a follower's retries would only hold its file's
+            // lock from the Raft log that follows the leader).
+            let _ = self.internal_sql("ROLLBACK");
+            return Err(Error::rule(format!(
+                "this primary follows its cluster's leader (at {leader}): write replicated \
+                 rows and schema on the leader; an app on a follower writes only its local rows \
+                 (row_owner NULL) for now. The transaction was rolled back"
+            )));
+        }
         let seqs = first.seq..=last.seq;
         let txns = entries
             .iter()
