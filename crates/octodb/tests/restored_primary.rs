@@ -47,17 +47,31 @@ fn insert_own(c: &Connection, v: &str) {
     c.execute("INSERT INTO t(v) VALUES (?1)", [v]).unwrap();
 }
 
-#[test]
-fn devices_ahead_of_a_restored_primary_download_again_and_agree_with_it() {
+/// A primary with one row every device sees, its device holding it, and a backup of the
+/// primary's file in `copy.db` taken then. Returns the primary's port too.
+struct BackedUp {
+    c: Cluster,
+    p: Connection,
+    port: u16,
+    d: Connection,
+}
+
+fn backed_up(first_row: &str) -> BackedUp {
     let c = Cluster::new();
-    let p_path = c.path("p.db");
     let p = c.primary_with_t();
     let port = p.bound_addrs()[0].port();
-    insert(&p, "p before the backup");
+    insert(&p, first_row);
     let d = c.device("d.db", &p);
     ready(&d);
     wait_count(&d, "SELECT count(*) FROM t", 1);
-    backup(&p_path, &c.path("copy.db"));
+    backup(&c.path("p.db"), &c.path("copy.db"));
+    BackedUp { c, p, port, d }
+}
+
+#[test]
+fn devices_ahead_of_a_restored_primary_download_again_and_agree_with_it() {
+    let BackedUp { c, p, port, d } = backed_up("p before the backup");
+    let p_path = c.path("p.db");
 
     // After the backup: the primary and the device go on; the device has it all.
     for i in 0..3 {
@@ -129,15 +143,8 @@ fn devices_ahead_of_a_restored_primary_download_again_and_agree_with_it() {
 /// log's end: found by position alone.
 #[test]
 fn a_device_past_the_end_of_a_restored_primarys_log_downloads_again() {
-    let c = Cluster::new();
+    let BackedUp { c, p, port, d } = backed_up("kept");
     let p_path = c.path("p.db");
-    let p = c.primary_with_t();
-    let port = p.bound_addrs()[0].port();
-    insert(&p, "kept");
-    let d = c.device("d.db", &p);
-    ready(&d);
-    wait_count(&d, "SELECT count(*) FROM t", 1);
-    backup(&p_path, &c.path("copy.db"));
     insert(&p, "lost");
     wait_count(&d, "SELECT count(*) FROM t", 2);
     let mut events = d.subscribe();
