@@ -96,7 +96,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((tcp, addr)) => { tokio::spawn(session(shared.clone(), tcp, addr)); }
+                Ok((tcp, addr)) => {
+                    shared.metrics.connections.inc();
+                    tokio::spawn(session(shared.clone(), tcp, addr));
+                }
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -121,7 +124,9 @@ async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {
 async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> Result<()> {
     // The handshake's and the admission's states are boxed: they are large, and an idle
     // session (a primary may hold tens of thousands) should not carry their room.
-    let stream = Box::pin(SecureStream::accept(tcp, &shared.keys, &shared.handshake)).await?;
+    let stream = Box::pin(SecureStream::accept(tcp, &shared.keys, &shared.handshake)).await;
+    shared.metrics.handshake(stream.is_ok());
+    let stream = stream?;
     let pubkey = stream.peer().public_key;
     let protocol = stream.protocol_version();
     tracing::debug!(%addr, protocol, "secure connection up");
@@ -509,6 +514,7 @@ async fn send(wr: &mut SecureWriter, entries: Vec<log::LogEntry>, up_to: u64) ->
 /// The initial download: the snapshot is read and encoded on a blocking thread and sent from
 /// here as its parts arrive. Returns the log position it stands at.
 async fn download(shared: &Arc<Shared>, user: i64, wr: &mut SecureWriter) -> Result<u64> {
+    let _serving = shared.metrics.download_served();
     let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
     let reading = shared.read(move |c| snapshot::read(c, user, &tx));
     let sending = async {
