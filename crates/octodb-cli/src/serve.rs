@@ -5,11 +5,14 @@ use anyhow::Context;
 use std::process::ExitCode;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let conn = octodb::Connection::open(&crate::normalize_uri(&args.uri))?;
+    let conn = octodb::Connection::open(&with_admin(&args))?;
     if conn.role().is_none() {
         anyhow::bail!("`serve` needs a replicated node: add node=primary&bind=... or node=secondary&connect=... to the URI");
     }
     crate::progress::show_download(&conn);
+    if let Some(url) = admin_address(&conn) {
+        eprintln!("octodb: admin console and /metrics at {url}");
+    }
     let status = conn.sync_status()?;
     let addrs: Vec<String> = conn
         .bound_addrs()
@@ -36,6 +39,25 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     drop(conn);
     eprintln!("octodb: stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The URI with `--admin` / `--admin-insecure` added as their URI parameters.
+fn with_admin(args: &ServeArgs) -> String {
+    let mut uri = crate::normalize_uri(&args.uri);
+    if let Some(addr) = &args.admin {
+        let sep = if uri.contains('?') { '&' } else { '?' };
+        uri.push_str(&format!("{sep}admin={addr}"));
+        if args.admin_insecure {
+            uri.push_str("&admin_insecure=1");
+        }
+    }
+    uri
+}
+
+fn admin_address(conn: &octodb::Connection) -> Option<String> {
+    let rows = conn.query("PRAGMA admin_address", []).ok()?;
+    let row = rows.iter().next()?;
+    row.get::<Option<String>>(0).ok().flatten()
 }
 
 async fn wait_for_signal() -> anyhow::Result<&'static str> {
