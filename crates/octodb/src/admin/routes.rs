@@ -279,7 +279,7 @@ async fn metrics(State(c): Shared, headers: HeaderMap) -> Response {
     let shared = &c.shared;
     // From the file, as PRAGMA sync_status reads it: the feed moves only once the cluster
     // has committed a batch, a moment after the file.
-    let log_seq = match shared.read(|conn| crate::log::last_seq(conn)).await {
+    let log_seq = match shared.read(crate::log::last_seq).await {
         Ok(seq) => seq,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
