@@ -10,9 +10,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("`serve` needs a replicated node: add node=primary&bind=... or node=secondary&connect=... to the URI");
     }
     crate::progress::show_download(&conn);
-    if let Some(url) = admin_address(&conn) {
-        eprintln!("octodb: admin console and /metrics at {url}");
-    }
     let status = conn.sync_status()?;
     let addrs: Vec<String> = conn
         .bound_addrs()
@@ -52,12 +49,6 @@ fn with_admin(args: &ServeArgs) -> String {
         }
     }
     uri
-}
-
-fn admin_address(conn: &octodb::Connection) -> Option<String> {
-    let rows = conn.query("PRAGMA admin_address", []).ok()?;
-    let row = rows.iter().next()?;
-    row.get::<Option<String>>(0).ok().flatten()
 }
 
 async fn wait_for_signal() -> anyhow::Result<&'static str> {

@@ -825,6 +825,49 @@ mod tests {
     }
 
     #[test]
+    fn admin_parameters() {
+        let base = "file:p.db?node=primary&bind=tcp://127.0.0.1:0";
+        let c = parse(&format!("{base}&admin=127.0.0.1:8080"));
+        let a = c.admin.expect("admin");
+        assert_eq!(a.addr.to_string(), "127.0.0.1:8080");
+        assert!(a.token.is_none() && !a.insecure);
+        let c = parse(&format!(
+            "{base}&admin=0.0.0.0:0&admin_token=s3cret&admin_insecure=1"
+        ));
+        let a = c.admin.expect("admin");
+        assert_eq!(a.token, Some(AdminToken("s3cret".into())));
+        assert!(a.insecure);
+        assert!(
+            !format!("{a:?}").contains("s3cret"),
+            "the token never shows in logs"
+        );
+        assert!(
+            NodeConfig::redacted(&format!("{base}&admin_token=s3cret")).contains("admin_token=***")
+        );
+        let err = |uri: String| NodeConfig::parse(&uri).unwrap_err().to_string();
+        assert!(err(format!("{base}&admin_token=x")).contains("needs admin=HOST:PORT"));
+        assert!(err(format!("{base}&admin=localhost")).contains("admin=HOST:PORT"));
+        assert!(err(format!("{base}&admin=127.0.0.1:1&admin_insecure=yes"))
+            .contains("admin_insecure=1"));
+        assert!(err(format!(
+            "{base}&admin=127.0.0.1:1&admin_token=a&admin_token_env=B"
+        ))
+        .contains("admin_token_env"));
+        assert!(
+            err("file:d.db?node=secondary&connect=tcp://h:1&admin=127.0.0.1:1".into())
+                .contains("primaries only")
+        );
+        assert!(err("file:x.db?admin=127.0.0.1:1".into()).contains("primaries only"));
+        let err_env = err(format!(
+            "{base}&admin=127.0.0.1:1&admin_token_env=OCTODB_TEST_NO_SUCH_VAR"
+        ));
+        assert!(
+            err_env.contains("admin_token_env") && err_env.contains("not set"),
+            "{err_env}"
+        );
+    }
+
+    #[test]
     fn plain_local_paths() {
         for (uri, path) in [
             ("file:app.db", "app.db"),

@@ -97,8 +97,6 @@ pub struct Metrics {
     devices_connected: Gauge,
     auth_waiting: Gauge,
     downloads: Gauge,
-    download_rows: Gauge,
-    download_total: Gauge,
     raft_term: Gauge,
     raft_last_log: Gauge,
     raft_applied: Gauge,
@@ -112,8 +110,6 @@ pub struct Snapshot {
     pub log_seq: u64,
     pub devices_connected: usize,
     pub auth_waiting: usize,
-    /// Devices: rows downloaded and expected while the initial download runs.
-    pub download: Option<(u64, u64)>,
     pub raft: Option<RaftFigures>,
 }
 
@@ -145,8 +141,6 @@ impl Default for Metrics {
             devices_connected: Gauge::default(),
             auth_waiting: Gauge::default(),
             downloads: Gauge::default(),
-            download_rows: Gauge::default(),
-            download_total: Gauge::default(),
             raft_term: Gauge::default(),
             raft_last_log: Gauge::default(),
             raft_applied: Gauge::default(),
@@ -207,18 +201,8 @@ impl Metrics {
         );
         r.register(
             "octodb_downloads_in_progress",
-            "Initial downloads running now (primaries: served; devices: received)",
+            "Initial downloads this primary is serving now",
             self.downloads.clone(),
-        );
-        r.register(
-            "octodb_download_rows",
-            "Devices: rows received so far by the running initial download",
-            self.download_rows.clone(),
-        );
-        r.register(
-            "octodb_download_rows_expected",
-            "Devices: rows the running initial download brings in all",
-            self.download_total.clone(),
         );
         r.register(
             "octodb_raft_term",
@@ -240,6 +224,20 @@ impl Metrics {
             "1 while this primary leads its cluster",
             self.raft_leader.clone(),
         );
+        // Every label value from the start, at 0: a rate over a series that appears only at
+        // its first event misses that event.
+        for reason in [
+            RejectKind::Conflict,
+            RejectKind::NotOwned,
+            RejectKind::Constraint,
+            RejectKind::Malformed,
+            RejectKind::Other,
+        ] {
+            drop(self.txns_rejected.get_or_create(&ReasonLabel { reason }));
+        }
+        for outcome in [HandshakeOutcome::Ok, HandshakeOutcome::Failed] {
+            drop(self.handshakes.get_or_create(&OutcomeLabel { outcome }));
+        }
         self
     }
 
@@ -300,11 +298,7 @@ impl Metrics {
         let serving = self
             .downloads_serving
             .load(std::sync::atomic::Ordering::Relaxed);
-        self.downloads
-            .set(n(serving + u64::from(now.download.is_some())));
-        let (rows, total) = now.download.unwrap_or((0, 0));
-        self.download_rows.set(n(rows));
-        self.download_total.set(n(total));
+        self.downloads.set(n(serving));
         if let Some(r) = &now.raft {
             self.raft_term.set(n(r.term));
             self.raft_last_log.set(n(r.last_log_index));

@@ -283,15 +283,16 @@ async fn metrics(State(c): Shared, headers: HeaderMap) -> Response {
         Ok(seq) => seq,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
-    let (sessions, download) = {
-        let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
-        (live.sessions.len(), live.download)
-    };
+    let sessions = shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .sessions
+        .len();
     let now = super::metrics::Snapshot {
         log_seq,
         devices_connected: sessions,
         auth_waiting: shared.waiting.load(std::sync::atomic::Ordering::Relaxed),
-        download,
         raft: shared.cluster.get().map(|p| {
             let s = crate::node::cluster_status_of(p);
             super::metrics::RaftFigures {
