@@ -91,12 +91,15 @@ pub struct Metrics {
     pub apply_seconds: Histogram,
     /// Primaries: initial downloads being served now.
     pub downloads_serving: AtomicU64,
+    /// Primaries: device sessions reading log entries from the file (behind what memory holds).
+    catch_ups: AtomicU64,
     recent_rejections: Mutex<VecDeque<RecentRejection>>,
     // Set at scrape time from the node's state.
     log_seq: Gauge,
     devices_connected: Gauge,
     auth_waiting: Gauge,
     downloads: Gauge,
+    catch_up: Gauge,
     raft_term: Gauge,
     raft_last_log: Gauge,
     raft_applied: Gauge,
@@ -136,11 +139,13 @@ impl Default for Metrics {
             commit_seconds: Histogram::new(latency_buckets()),
             apply_seconds: Histogram::new(latency_buckets()),
             downloads_serving: AtomicU64::new(0),
+            catch_ups: AtomicU64::new(0),
             recent_rejections: Mutex::new(VecDeque::new()),
             log_seq: Gauge::default(),
             devices_connected: Gauge::default(),
             auth_waiting: Gauge::default(),
             downloads: Gauge::default(),
+            catch_up: Gauge::default(),
             raft_term: Gauge::default(),
             raft_last_log: Gauge::default(),
             raft_applied: Gauge::default(),
@@ -203,6 +208,11 @@ impl Metrics {
             "octodb_downloads_in_progress",
             "Initial downloads this primary is serving now",
             self.downloads.clone(),
+        );
+        r.register(
+            "octodb_catch_ups_in_progress",
+            "Device sessions catching up: reading log entries older than memory holds",
+            self.catch_up.clone(),
         );
         r.register(
             "octodb_raft_term",
@@ -279,6 +289,13 @@ impl Metrics {
         DownloadServed(&self.downloads_serving)
     }
 
+    /// Primaries: a device session catches up until the guard drops.
+    pub fn catch_up(&self) -> DownloadServed<'_> {
+        self.catch_ups
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        DownloadServed(&self.catch_ups)
+    }
+
     pub fn handshake(&self, ok: bool) {
         let outcome = match ok {
             true => HandshakeOutcome::Ok,
@@ -299,6 +316,8 @@ impl Metrics {
             .downloads_serving
             .load(std::sync::atomic::Ordering::Relaxed);
         self.downloads.set(n(serving));
+        self.catch_up
+            .set(n(self.catch_ups.load(std::sync::atomic::Ordering::Relaxed)));
         if let Some(r) = &now.raft {
             self.raft_term.set(n(r.term));
             self.raft_last_log.set(n(r.last_log_index));
@@ -311,7 +330,8 @@ impl Metrics {
     }
 }
 
-/// An initial download being served (see [`Metrics::download_served`]).
+/// An initial download being served, or a catch-up, counted while it lives (see
+/// [`Metrics::download_served`], [`Metrics::catch_up`]).
 pub struct DownloadServed<'a>(&'a AtomicU64);
 
 impl Drop for DownloadServed<'_> {

@@ -416,6 +416,8 @@ async fn stream_to_device(
     loop {
         following.mark_seen();
         let last = *shared.feed.borrow();
+        // Counted (metrics) while this session reads entries older than memory holds.
+        let mut catching_up = None;
         while cursor < last {
             if shared.recent.none_for(cursor, last, node, user) {
                 cursor = last;
@@ -424,6 +426,7 @@ async fn stream_to_device(
             let batch = match shared.recent.read_after(cursor, last, CATCH_UP_BATCH) {
                 Some(b) => b,
                 None => {
+                    catching_up.get_or_insert_with(|| shared.metrics.catch_up());
                     let from = cursor;
                     shared
                         .read(move |c| log::read_after(c, from, CATCH_UP_BATCH))
@@ -448,6 +451,7 @@ async fn stream_to_device(
                 told = up_to;
             }
         }
+        drop(catching_up);
         if tell_position && told < cursor {
             send(&mut wr, Vec::new(), cursor).await?;
             told = cursor;
