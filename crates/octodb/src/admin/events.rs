@@ -74,8 +74,13 @@ impl Journal {
 /// Note the log position every second, for the chart of commits per second.
 pub async fn sample(console: Arc<Console>) {
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    // Ends with the node: it holds the node's state, which must not outlive it.
+    let mut stop = console.shared.shutdown.subscribe();
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
         let seq = *console.shared.feed.borrow();
         console.journal.push(Sample {
             at: crate::node::unix_now(),

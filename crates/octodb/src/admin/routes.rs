@@ -199,6 +199,10 @@ async fn stream(State(c): Shared, headers: HeaderMap) -> Response {
             tokio::time::sleep(STREAM_GAP).await;
             let _ = tokio::time::timeout(STREAM_EVERY, feed.changed()).await;
         }
+        // The stream ends with the node: an open page must not keep the node's state alive.
+        if c.shared.is_shutting_down() {
+            return None;
+        }
         let event = match state_json(c.clone()).await {
             Ok(json) => Event::default().event("state").data(json),
             Err(e) => Event::default().event("problem").data(e),
