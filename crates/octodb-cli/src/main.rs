@@ -47,6 +47,13 @@ pub struct ShellArgs {
 pub struct ServeArgs {
     /// The node's URI, e.g. file:app.db?node=primary&bind=tcp://0.0.0.0:1234
     uri: String,
+    /// Serve the admin console and /metrics on ADDR (a primary's), e.g. 127.0.0.1:8080;
+    /// the same as admin=ADDR in the URI.
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// Allow --admin beyond loopback in plain HTTP (admin_insecure=1).
+    #[arg(long, requires = "admin")]
+    admin_insecure: bool,
 }
 
 /// A consistent copy of a node's database file, taken while the node runs.

@@ -5,7 +5,7 @@ use anyhow::Context;
 use std::process::ExitCode;
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let conn = octodb::Connection::open(&crate::normalize_uri(&args.uri))?;
+    let conn = octodb::Connection::open(&with_admin(&args))?;
     if conn.role().is_none() {
         anyhow::bail!("`serve` needs a replicated node: add node=primary&bind=... or node=secondary&connect=... to the URI");
     }
@@ -36,6 +36,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     drop(conn);
     eprintln!("octodb: stopped cleanly");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The URI with `--admin` / `--admin-insecure` added as their URI parameters.
+fn with_admin(args: &ServeArgs) -> String {
+    let mut uri = crate::normalize_uri(&args.uri);
+    if let Some(addr) = &args.admin {
+        let sep = if uri.contains('?') { '&' } else { '?' };
+        uri.push_str(&format!("{sep}admin={addr}"));
+        if args.admin_insecure {
+            uri.push_str("&admin_insecure=1");
+        }
+    }
+    uri
 }
 
 async fn wait_for_signal() -> anyhow::Result<&'static str> {

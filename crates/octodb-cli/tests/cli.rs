@@ -455,3 +455,59 @@ fn encrypt_decrypt_and_backup_of_an_encrypted_node() {
     .unwrap();
     assert_eq!(count(&c, "SELECT count(*) FROM n"), 1);
 }
+
+/// A plain HTTP/1.1 GET (the test needs no client library): the whole response.
+fn http_get(addr: &str, path: &str, bearer: Option<&str>) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn serve_with_admin_serves_the_console_and_metrics_behind_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let uri = format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0",
+        dir.path().join("p.db").display()
+    );
+    let out = octodb()
+        .args(["serve", &uri, "--admin", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("admin_insecure=1"), "{err}");
+
+    let child = octodb()
+        .args(["serve", &uri, "--admin", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Served(child);
+    let stderr = child.0.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let first = lines.next().unwrap().unwrap();
+    // "octodb: admin console at http://ADDR/ ; its token (kept in the node's file): TOKEN"
+    let addr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no console address in {first:?}"))
+        .to_string();
+    let token = first.rsplit(' ').next().unwrap_or_default().to_string();
+    assert_eq!(token.len(), 64, "{first}");
+    std::thread::spawn(move || lines.map_while(Result::ok).for_each(drop));
+    assert!(http_get(&addr, "/metrics", None).starts_with("HTTP/1.1 401"));
+    assert!(http_get(&addr, "/", None).starts_with("HTTP/1.1 401"));
+    let metrics = http_get(&addr, "/metrics", Some(&token));
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("\noctodb_log_seq "), "{metrics}");
+}

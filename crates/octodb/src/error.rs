@@ -23,6 +23,8 @@ pub enum Error {
     Net(#[from] crate::net::NetError),
     #[error(transparent)]
     Crypto(#[from] crate::crypto::CryptoError),
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
     /// A replication rule was broken by the statement; the message names the rule.
     #[error("{0}")]
     Rule(String),

@@ -13,6 +13,7 @@ pub mod log;
 pub mod store;
 pub mod value;
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod cluster;

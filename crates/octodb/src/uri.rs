@@ -153,6 +153,30 @@ pub struct NodeConfig {
     /// parameters (`mode=ro`, `cache=shared`, ...), so that SQLite opens it and reads them;
     /// octodb's own parameters (the key among them) are taken out of it.
     pub sqlite_uri: Option<String>,
+    /// Primaries: the admin console and `/metrics` (`admin=HOST:PORT`), when asked for.
+    pub admin: Option<AdminConfig>,
+}
+
+/// Where and how a primary serves its admin console (`admin=`, `admin_token*=`,
+/// `admin_insecure=`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    pub addr: std::net::SocketAddr,
+    /// The operator's own secret; without it the node makes one and keeps it in its file.
+    pub token: Option<AdminToken>,
+    /// Serve plain HTTP beyond loopback (`admin_insecure=1`).
+    pub insecure: bool,
+}
+
+/// The admin console's secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+// Hand-written so that logging a NodeConfig never leaks the secret.
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
 }
 
 /// The page codec that encrypts a file at rest, chosen with `cipher=`.
@@ -235,7 +259,7 @@ pub enum UriError {
     },
 }
 
-const KNOWN: [&str; 11] = [
+const KNOWN: [&str; 16] = [
     "node",
     "bind",
     "connect",
@@ -247,13 +271,18 @@ const KNOWN: [&str; 11] = [
     "keyenv",
     "keyfile",
     "advertise",
+    "admin",
+    "admin_token",
+    "admin_token_env",
+    "admin_token_file",
+    "admin_insecure",
 ];
 const KNOWN_LIST: &str = "node, bind, connect, advertise, auth, cipher, key, hexkey, keyenv, \
-     keyfile, heartbeat, and without `node` SQLite's own vfs, mode, cache, psow, nolock, immutable, modeof";
+     keyfile, heartbeat, admin, admin_token, admin_token_env, admin_token_file, admin_insecure, and without `node` SQLite's own vfs, mode, cache, psow, nolock, immutable, modeof";
 /// The parameters that give a key: at most one of them.
 const KEY_SOURCES: [&str; 4] = ["key", "hexkey", "keyenv", "keyfile"];
 /// Parameters whose value is a secret, masked wherever a URI is printed.
-const SECRET_PARAMS: [&str; 2] = ["key", "hexkey"];
+const SECRET_PARAMS: [&str; 3] = ["key", "hexkey", "admin_token"];
 /// SQLite's own URI parameters, handed to SQLite when the URI opens a plain local database.
 const SQLITE_PARAMS: [&str; 7] = [
     "vfs",
@@ -301,8 +330,18 @@ impl NodeConfig {
             return Err(UriError::EmptyPath);
         }
         let (ours, sqlite_own) = parameters(query)?;
-        let [node, bind, connect, auth, cipher, key, hexkey, heartbeat, keyenv, keyfile, advertise] =
+        let [node, bind, connect, auth, cipher, key, hexkey, heartbeat, keyenv, keyfile, advertise, admin, admin_token, admin_token_env, admin_token_file, admin_insecure] =
             ours;
+        let admin_given = [
+            &admin,
+            &admin_token,
+            &admin_token_env,
+            &admin_token_file,
+            &admin_insecure,
+        ];
+        let admin_on = |role: Option<&String>| -> Result<Option<AdminConfig>, UriError> {
+            admin_config(role, admin_given)
+        };
         let rule = |broken: bool, name, problem| match broken {
             true => Err(UriError::Conflict { name, problem }),
             false => Ok(()),
@@ -338,6 +377,7 @@ impl NodeConfig {
             // a forgotten `node=`, so refuse rather than silently ignore them.
             let given = [&bind, &connect, &auth, &None, &None, &None, &heartbeat];
             rule(advertise.is_some(), "advertise", NEEDS_NODE)?;
+            admin_on(None)?;
             if let Some(i) = given.iter().position(|v| v.is_some()) {
                 rule(true, KNOWN[i + 1], NEEDS_NODE)?;
             }
@@ -353,6 +393,7 @@ impl NodeConfig {
             return Err(UriError::SqliteOnNode { name });
         }
         let role: Role = node.parse()?;
+        let admin = admin_on(Some(&node))?;
         let secondary = role == Role::Secondary;
         rule(path == ":memory:", "node", MEMORY)?;
         rule(secondary && auth.is_some(), "auth", AUTH_ON_SECONDARY)?;
@@ -392,6 +433,7 @@ impl NodeConfig {
             auth,
             cipher,
             key,
+            admin,
             ..NodeConfig::local(path)
         })
     }
@@ -450,6 +492,7 @@ impl NodeConfig {
             key: None,
             heartbeat: DEFAULT_HEARTBEAT,
             sqlite_uri: None,
+            admin: None,
         }
     }
 
@@ -505,8 +548,78 @@ fn sqlite_only_uri(uri: &str) -> String {
     format!("{head}?{}{fragment}", kept.join("&"))
 }
 
+const ADMIN_NEEDS_PRIMARY: &str = "applies to primaries only (node=primary): the console \
+     serves from the process holding a primary; remove it";
+const ADMIN_TOKEN_ALONE: &str = "needs admin=HOST:PORT, the console's address, e.g. \
+     admin=127.0.0.1:8080";
+const ADMIN_ADDR: &str = "admin=HOST:PORT with an IP address, e.g. admin=127.0.0.1:8080";
+const ADMIN_INSECURE: &str = "admin_insecure=1 (or leave it out)";
+
+/// The admin console's settings: `given` holds `admin`, `admin_token`, `admin_token_env`,
+/// `admin_token_file` and `admin_insecure`, in that order.
+fn admin_config(
+    role: Option<&String>,
+    given: [&Option<String>; 5],
+) -> Result<Option<AdminConfig>, UriError> {
+    let names = [
+        "admin",
+        "admin_token",
+        "admin_token_env",
+        "admin_token_file",
+        "admin_insecure",
+    ];
+    if let Some(i) = given.iter().position(|v| v.is_some()) {
+        if role.map(String::as_str) != Some("primary") {
+            return Err(UriError::Conflict {
+                name: names[i],
+                problem: ADMIN_NEEDS_PRIMARY,
+            });
+        }
+    }
+    let Some(addr) = given[0] else {
+        if let Some(i) = given.iter().position(|v| v.is_some()) {
+            return Err(UriError::Conflict {
+                name: names[i],
+                problem: ADMIN_TOKEN_ALONE,
+            });
+        }
+        return Ok(None);
+    };
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| bad_value("admin", addr, ADMIN_ADDR))?;
+    let sources: Vec<usize> = (1..4).filter(|&i| given[i].is_some()).collect();
+    if let [_, second, ..] = sources[..] {
+        return Err(UriError::Conflict {
+            name: names[second],
+            problem: "cannot be combined with another admin_token source; keep only one",
+        });
+    }
+    let token = match (given[1], given[2], given[3]) {
+        (Some(t), ..) => Some(t.clone()),
+        (_, Some(var), _) => Some(secret_from_env("admin_token_env", var)?),
+        (.., Some(file)) => Some(secret_from_file("admin_token_file", file)?),
+        _ => None,
+    };
+    let insecure = match given[4].as_deref() {
+        None | Some("0") => false,
+        Some("1") => true,
+        Some(v) => return Err(bad_value("admin_insecure", v, ADMIN_INSECURE)),
+    };
+    Ok(Some(AdminConfig {
+        addr,
+        token: token.map(AdminToken),
+        insecure,
+    }))
+}
+
 /// A passphrase from the environment variable `var` (`keyenv=`).
 fn key_from_env(var: &str) -> Result<String, UriError> {
+    secret_from_env("keyenv", var)
+}
+
+/// A secret from the environment variable `var`, for parameter `name`.
+fn secret_from_env(name: &'static str, var: &str) -> Result<String, UriError> {
     let problem = match std::env::var(var) {
         Ok(v) if !v.is_empty() => return Ok(v),
         Ok(_) => format!("the environment variable `{var}` is empty; put the key in it"),
@@ -517,18 +630,17 @@ fn key_from_env(var: &str) -> Result<String, UriError> {
             format!("the environment variable `{var}` is not UTF-8; give the key as UTF-8 text")
         }
     };
-    Err(UriError::KeySource {
-        name: "keyenv",
-        problem,
-    })
+    Err(UriError::KeySource { name, problem })
 }
 
 /// A passphrase from the file `path` (`keyfile=`): its text, less one trailing line end.
 fn key_from_file(path: &str) -> Result<String, UriError> {
-    let fail = |problem: String| UriError::KeySource {
-        name: "keyfile",
-        problem,
-    };
+    secret_from_file("keyfile", path)
+}
+
+/// A secret from the file `path`, for parameter `name`: its text, less one trailing line end.
+fn secret_from_file(name: &'static str, path: &str) -> Result<String, UriError> {
+    let fail = |problem: String| UriError::KeySource { name, problem };
     let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read `{path}`: {e}")))?;
     let text = String::from_utf8(bytes)
         .map_err(|_| fail(format!("`{path}` is not UTF-8 text; write the key as text")))?;
@@ -557,10 +669,10 @@ fn invalid(name: &str, problem: &'static str) -> UriError {
 
 /// Decoded values of the query, in the order of `KNOWN`.
 /// octodb's parameters in `KNOWN` order, and the names of SQLite's own ones (left for SQLite).
-type Parameters = ([Option<String>; 11], Vec<String>);
+type Parameters = ([Option<String>; 16], Vec<String>);
 
 fn parameters(query: &str) -> Result<Parameters, UriError> {
-    let mut values: [Option<String>; 11] = Default::default();
+    let mut values: [Option<String>; 16] = Default::default();
     let mut sqlite_own = Vec::new();
     for segment in query.split('&').filter(|s| !s.is_empty()) {
         let (raw_name, raw_value) = segment.split_once('=').unwrap_or((segment, ""));
@@ -710,6 +822,49 @@ mod tests {
 
     fn parse(uri: &str) -> NodeConfig {
         NodeConfig::parse(uri).unwrap_or_else(|e| panic!("{uri}: {e}"))
+    }
+
+    #[test]
+    fn admin_parameters() {
+        let base = "file:p.db?node=primary&bind=tcp://127.0.0.1:0";
+        let c = parse(&format!("{base}&admin=127.0.0.1:8080"));
+        let a = c.admin.expect("admin");
+        assert_eq!(a.addr.to_string(), "127.0.0.1:8080");
+        assert!(a.token.is_none() && !a.insecure);
+        let c = parse(&format!(
+            "{base}&admin=0.0.0.0:0&admin_token=s3cret&admin_insecure=1"
+        ));
+        let a = c.admin.expect("admin");
+        assert_eq!(a.token, Some(AdminToken("s3cret".into())));
+        assert!(a.insecure);
+        assert!(
+            !format!("{a:?}").contains("s3cret"),
+            "the token never shows in logs"
+        );
+        assert!(
+            NodeConfig::redacted(&format!("{base}&admin_token=s3cret")).contains("admin_token=***")
+        );
+        let err = |uri: String| NodeConfig::parse(&uri).unwrap_err().to_string();
+        assert!(err(format!("{base}&admin_token=x")).contains("needs admin=HOST:PORT"));
+        assert!(err(format!("{base}&admin=localhost")).contains("admin=HOST:PORT"));
+        assert!(err(format!("{base}&admin=127.0.0.1:1&admin_insecure=yes"))
+            .contains("admin_insecure=1"));
+        assert!(err(format!(
+            "{base}&admin=127.0.0.1:1&admin_token=a&admin_token_env=B"
+        ))
+        .contains("admin_token_env"));
+        assert!(
+            err("file:d.db?node=secondary&connect=tcp://h:1&admin=127.0.0.1:1".into())
+                .contains("primaries only")
+        );
+        assert!(err("file:x.db?admin=127.0.0.1:1".into()).contains("primaries only"));
+        let err_env = err(format!(
+            "{base}&admin=127.0.0.1:1&admin_token_env=OCTODB_TEST_NO_SUCH_VAR"
+        ));
+        assert!(
+            err_env.contains("admin_token_env") && err_env.contains("not set"),
+            "{err_env}"
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@ const OURS: &[&str] = &[
     "remove_primary",
     "rekey",
     "hexrekey",
+    "admin_address",
+    "admin_token",
 ];
 
 /// The PRAGMAs that change an encrypted file's key: a node's connections take turns for them;

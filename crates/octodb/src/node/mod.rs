@@ -154,6 +154,54 @@ pub(crate) struct Shared {
     announcements: mpsc::UnboundedSender<cluster_member::Announcement>,
     /// Primaries: the services served on service channels (`channels`).
     pub services: channels::Services,
+    /// Counters and histograms for `/metrics` (kept whether or not the console runs).
+    pub metrics: crate::admin::metrics::Metrics,
+    /// Primaries: where the admin console listens, once it does.
+    pub admin_addr: OnceLock<SocketAddr>,
+}
+
+pub(crate) use writer::unix_now;
+
+/// `PRAGMA sync_status` of the node whose state is `shared` (for the admin console).
+pub(crate) fn sync_status_of(shared: &Shared) -> Result<SyncStatus> {
+    status::sync_status(shared)
+}
+
+/// `PRAGMA nodes` of the node whose state is `shared` (for the admin console).
+pub(crate) fn nodes_of(shared: &Shared) -> Result<Vec<NodeRecord>> {
+    status::nodes(shared)
+}
+
+pub(crate) fn cluster_status_of(p: &crate::cluster::Proposer) -> status::ClusterStatus {
+    status::cluster_status(p.raft())
+}
+
+/// Primaries: decide on `pubkey` by hand, as `PRAGMA authorize_*` does (the admin console's
+/// buttons too). `preapproval`: the key may be one no node has presented yet (else that is an
+/// error: most likely a mistyped key). Blocks until the decision is stored.
+pub(crate) fn authorize(
+    shared: &Shared,
+    pubkey: String,
+    decision: crate::auth::Decision,
+    preapproval: bool,
+) -> Result<()> {
+    if shared.cfg.role != Some(Role::Primary) {
+        return Err(Error::rule("only primaries authorize nodes"));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    shared
+        .jobs
+        .blocking_send(writer::Job::AuthDecide {
+            pubkey,
+            decision,
+            known: match preapproval {
+                true => members::Known::Any,
+                false => members::Known::Presented,
+            },
+            reply: tx,
+        })
+        .map_err(|_| Error::Closed)?;
+    rx.blocking_recv().map_err(|_| Error::Closed)?.map(drop)
 }
 
 /// A number for a session between two nodes, unique in this process: the writer refuses
@@ -333,6 +381,15 @@ impl Node {
             conn.execute_batch("PRAGMA synchronous=NORMAL")?;
         }
         let keys = load_or_create_keys(&conn, &cfg)?;
+        let admin = match (&cfg.admin, cfg.role) {
+            (Some(a), Some(Role::Primary)) => {
+                crate::admin::check_address(a)?;
+                let (token, new) =
+                    crate::admin::auth::load_or_create_token(&conn, a.token.as_ref())?;
+                Some((a.clone(), token, new))
+            }
+            _ => None,
+        };
         // A new primary with `connect=` joins the cluster there; one whose file already
         // belongs to a cluster (or a primary alone) starts its Raft node at once.
         // A primary whose file diverged from its cluster's rejoins it as a new member.
@@ -406,6 +463,8 @@ impl Node {
             known_primaries: Mutex::new(known_primaries),
             announcements,
             services: Default::default(),
+            metrics: Default::default(),
+            admin_addr: OnceLock::new(),
             cfg,
         });
 
@@ -435,6 +494,24 @@ impl Node {
             None => Vec::new(),
         };
         *node.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        if let Some((cfg, token, new)) = admin {
+            let (addr, task) =
+                on_runtime(crate::admin::start(shared.clone(), cfg, token.clone()))??;
+            node.tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(task);
+            let _ = shared.admin_addr.set(addr);
+            if new {
+                // Shown this once; PRAGMA admin_token shows it again to whoever holds the file.
+                eprintln!("octodb: admin console at http://{addr}/ ; its token (kept in the node's file): {token}");
+                tracing::info!("admin console token created and kept in the node's file");
+            } else {
+                eprintln!(
+                    "octodb: admin console at http://{addr}/ (PRAGMA admin_token shows its token)"
+                );
+            }
+        }
         Ok(node)
     }
 
@@ -607,23 +684,27 @@ impl Node {
         decision: crate::auth::Decision,
         preapproval: bool,
     ) -> Result<()> {
-        if self.role() != Some(Role::Primary) {
-            return Err(Error::rule("only primaries authorize nodes"));
+        authorize(&self.shared, pubkey, decision, preapproval)
+    }
+
+    /// Primaries: where the admin console listens (`admin=`), once it does.
+    pub fn admin_address(&self) -> Option<SocketAddr> {
+        self.shared.admin_addr.get().copied()
+    }
+
+    /// Primaries: the admin console's token (the URI's, or the one kept in the file).
+    pub fn admin_token(&self) -> Result<Option<String>> {
+        if let Some(t) = self
+            .shared
+            .cfg
+            .admin
+            .as_ref()
+            .and_then(|a| a.token.as_ref())
+        {
+            return Ok(Some(t.0.clone()));
         }
-        let (tx, rx) = tokio::sync::oneshot::channel();
         self.shared
-            .jobs
-            .blocking_send(writer::Job::AuthDecide {
-                pubkey,
-                decision,
-                known: match preapproval {
-                    true => members::Known::Any,
-                    false => members::Known::Presented,
-                },
-                reply: tx,
-            })
-            .map_err(|_| Error::Closed)?;
-        rx.blocking_recv().map_err(|_| Error::Closed)?.map(drop)
+            .read_blocking(|c| meta_get::<String>(c, crate::admin::auth::TOKEN_KEY))
     }
 
     /// Primaries: send authorization requests to the service at `addr` ("host:port") from now

@@ -96,7 +96,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     loop {
         tokio::select! {
             r = listener.accept() => match r {
-                Ok((tcp, addr)) => { tokio::spawn(session(shared.clone(), tcp, addr)); }
+                Ok((tcp, addr)) => {
+                    shared.metrics.connections.inc();
+                    tokio::spawn(session(shared.clone(), tcp, addr));
+                }
                 Err(e) => {
                     tracing::warn!("accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -121,7 +124,9 @@ async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {
 async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> Result<()> {
     // The handshake's and the admission's states are boxed: they are large, and an idle
     // session (a primary may hold tens of thousands) should not carry their room.
-    let stream = Box::pin(SecureStream::accept(tcp, &shared.keys, &shared.handshake)).await?;
+    let stream = Box::pin(SecureStream::accept(tcp, &shared.keys, &shared.handshake)).await;
+    shared.metrics.handshake(stream.is_ok());
+    let stream = stream?;
     let pubkey = stream.peer().public_key;
     let protocol = stream.protocol_version();
     tracing::debug!(%addr, protocol, "secure connection up");
@@ -491,6 +496,8 @@ async fn stream_to_device(
             )
             .await?;
         }
+        // Counted (metrics) while this session reads entries older than memory holds.
+        let mut catching_up = None;
         while cursor < last {
             if shared.recent.none_for(cursor, last, node, user) {
                 cursor = last;
@@ -499,6 +506,7 @@ async fn stream_to_device(
             let batch = match shared.recent.read_after(cursor, last, CATCH_UP_BATCH) {
                 Some(b) => b,
                 None => {
+                    catching_up.get_or_insert_with(|| shared.metrics.catch_up());
                     let from = cursor;
                     shared
                         .read(move |c| log::read_after(c, from, CATCH_UP_BATCH))
@@ -523,6 +531,7 @@ async fn stream_to_device(
                 told = up_to;
             }
         }
+        drop(catching_up);
         if tell_position && told < cursor {
             send(&mut wr, Vec::new(), cursor).await?;
             told = cursor;
@@ -589,6 +598,7 @@ async fn send(wr: &mut SecureWriter, entries: Vec<log::LogEntry>, up_to: u64) ->
 /// The initial download: the snapshot is read and encoded on a blocking thread and sent from
 /// here as its parts arrive. Returns the log position it stands at.
 async fn download(shared: &Arc<Shared>, user: i64, wr: &mut SecureWriter) -> Result<u64> {
+    let _serving = shared.metrics.download_served();
     let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
     let reading = shared.read(move |c| snapshot::read(c, user, &tx));
     let sending = async {

@@ -606,6 +606,33 @@ impl Writer {
     /// also holds the batch's Raft entry (written through: see `cluster::write_through`).
     /// Sessions hear of the decisions once the cluster committed them.
     fn apply_device_batch(&mut self, batch: &[(Sender, Vec<(u64, ChangeSet)>)]) -> Result<()> {
+        let started = std::time::Instant::now();
+        let done = self.decide_device_batch(batch);
+        self.shared
+            .metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        done
+    }
+
+    /// Counts the decisions of a batch that was committed, for `/metrics` and the console.
+    fn count_decisions(&self, recorded: &[LogEntry]) {
+        let now = unix_now();
+        for e in recorded {
+            match &e.body {
+                EntryBody::Rejected { reason } => {
+                    self.shared
+                        .metrics
+                        .rejected(e.origin_node, e.origin_txn, reason, now)
+                }
+                _ => {
+                    self.shared.metrics.txns_accepted.inc();
+                }
+            }
+        }
+    }
+
+    fn decide_device_batch(&mut self, batch: &[(Sender, Vec<(u64, ChangeSet)>)]) -> Result<()> {
         let term = self.raft_term();
         let conn = &self.conn;
         let tables = &mut self.tables;
@@ -659,12 +686,14 @@ impl Writer {
         match (proposed?, committed) {
             (None, Ok(())) => {
                 decided.committed(new);
+                self.count_decisions(&recorded);
                 self.shared
                     .log_committed(recorded, super::cluster_member::user_in(users));
                 Ok(())
             }
             (Some(Proposed::InTxn(t)), Ok(())) => {
                 decided.committed(new);
+                self.count_decisions(&recorded);
                 self.shared
                     .announce_when_committed(t.committed(), recorded, users);
                 Ok(())
@@ -830,6 +859,7 @@ impl Writer {
         let my_node = self.shared.identity.node_id();
         let tables = &mut self.tables;
         let now = unix_now();
+        let started = std::time::Instant::now();
         let applied = write_txn(&self.conn, |c| {
             let applied =
                 tables.in_transaction(|t| log::rebase::apply_entries(c, t, my_node, entries))?;
@@ -853,6 +883,10 @@ impl Writer {
             }
             Ok(applied)
         })?;
+        self.shared
+            .metrics
+            .apply_seconds
+            .observe(started.elapsed().as_secs_f64());
         tracing::trace!(up_to, rows = applied.rows, "entries applied");
         self.shared.advance_feed(applied.last_seq.max(up_to));
         for t in &applied.accepted {

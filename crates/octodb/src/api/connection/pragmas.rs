@@ -35,6 +35,21 @@ impl Connection {
                 self.node(action.as_str())?.request_auth(action, data)?;
                 Rows::default()
             }
+            // The admin console's address (`http://HOST:PORT/`) and token; NULL without `admin=`.
+            "admin_address" | "admin_token" => {
+                let node = self.node(&format!("PRAGMA {}", p.name))?;
+                let value = match p.name.as_str() {
+                    "admin_address" => node.admin_address().map(|a| format!("http://{a}/")),
+                    _ => match node.admin_address() {
+                        Some(_) => node.admin_token()?,
+                        None => None,
+                    },
+                };
+                Rows {
+                    columns: pragma_columns(&p),
+                    rows: vec![vec![value.map_or(Value::Null, Value::Text)]],
+                }
+            }
             "rekey" | "hexrekey" => {
                 self.rekey(&p)?;
                 Rows::default()
@@ -186,6 +201,8 @@ fn run_service_sql(
 pub(super) fn pragma_columns(p: &Pragma) -> Vec<String> {
     let names: &[&str] = match p.name.as_str() {
         "sync_status" => &["sync_status"],
+        "admin_address" => &["admin_address"],
+        "admin_token" => &["admin_token"],
         "nodes" => &[
             "public_key",
             "node_id",

@@ -1,0 +1,321 @@
+//! The console's HTTP routes: the page, login, the JSON state and its live stream, actions
+//! and `/metrics`.
+
+use super::auth::{self, Caller};
+use super::Console;
+use crate::auth::Decision;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Form, Json, Router};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const PAGE: &str = include_str!("page.html");
+const LOGIN: &str = include_str!("login.html");
+/// The live stream sends the state at least this often, and at most four times a second.
+const STREAM_EVERY: Duration = Duration::from_secs(1);
+const STREAM_GAP: Duration = Duration::from_millis(250);
+
+type Shared = State<Arc<Console>>;
+
+pub fn router(console: Arc<Console>) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .route("/api/state", get(state))
+        .route("/api/events", get(stream))
+        .route("/api/authorize", post(authorize))
+        .route("/metrics", get(metrics))
+        .with_state(console)
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer realm=\"octodb\"")],
+        "401: the admin token is required: log in on the console's page, or send \
+         Authorization: Bearer TOKEN\n",
+    )
+        .into_response()
+}
+
+fn session_cookie(id: &str) -> String {
+    format!("{}={id}; HttpOnly; SameSite=Strict; Path=/", auth::COOKIE)
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+/// The page for a logged-in browser; `?token=` logs in and drops the token from the address.
+async fn page(State(c): Shared, headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
+    if let Some(t) = q.token {
+        if !auth::same_secret(&t, &c.token) {
+            return (StatusCode::UNAUTHORIZED, Html(LOGIN)).into_response();
+        }
+        let (id, _) = c.sessions.open();
+        return (
+            [(header::SET_COOKIE, session_cookie(&id))],
+            Redirect::to("/"),
+        )
+            .into_response();
+    }
+    match auth::caller(&headers, &c.token, &c.sessions) {
+        Some(Caller::Browser { csrf, .. }) => Html(PAGE.replace("{{CSRF}}", &csrf)).into_response(),
+        // A script with the bearer token has no session to act from: it uses the API.
+        Some(Caller::Bearer) => Html(PAGE.replace("{{CSRF}}", "")).into_response(),
+        None => (StatusCode::UNAUTHORIZED, Html(LOGIN)).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(
+    State(c): Shared,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    if !auth::same_secret(f.token.trim(), &c.token) {
+        c.journal
+            .action(client, "login with a wrong token".into(), false);
+        return (StatusCode::UNAUTHORIZED, Html(LOGIN)).into_response();
+    }
+    let (id, _) = c.sessions.open();
+    c.journal.action(client, "logged in".into(), true);
+    (
+        [(header::SET_COOKIE, session_cookie(&id))],
+        Redirect::to("/"),
+    )
+        .into_response()
+}
+
+async fn logout(State(c): Shared, headers: HeaderMap) -> Response {
+    if let Some(caller @ Caller::Browser { .. }) = auth::caller(&headers, &c.token, &c.sessions) {
+        if let (Ok(()), Caller::Browser { session, .. }) =
+            (auth::check_csrf(&headers, &caller), &caller)
+        {
+            c.sessions.close(session);
+        }
+    }
+    Redirect::to("/").into_response()
+}
+
+/// A user and how many devices they have.
+#[derive(Serialize)]
+struct UserRow {
+    user_id: i64,
+    devices: usize,
+    online: usize,
+}
+
+/// Everything the page shows, in one JSON object.
+#[derive(Serialize)]
+struct ConsoleState {
+    node: crate::node::SyncStatus,
+    devices: Vec<crate::node::NodeRecord>,
+    waiting: Vec<crate::node::NodeRecord>,
+    users: Vec<UserRow>,
+    samples: Vec<super::events::Sample>,
+    rejections: Vec<super::metrics::RecentRejection>,
+    actions: Vec<super::events::ActionRecord>,
+    auth_requests_waiting: usize,
+}
+
+fn snapshot(c: &Console) -> crate::error::Result<ConsoleState> {
+    let shared = &c.shared;
+    let node = crate::node::sync_status_of(shared)?;
+    let nodes = crate::node::nodes_of(shared)?;
+    let waiting = nodes
+        .iter()
+        .filter(|n| n.auth_state == "pending" || n.auth_state == "required")
+        .cloned()
+        .collect();
+    let devices: Vec<_> = nodes
+        .into_iter()
+        .filter(|n| n.auth_state == "approved")
+        .collect();
+    let mut users: std::collections::BTreeMap<i64, UserRow> = Default::default();
+    for d in devices.iter().filter(|d| d.node_type == "secondary") {
+        let Some(user_id) = d.user_id else { continue };
+        let row = users.entry(user_id).or_insert(UserRow {
+            user_id,
+            devices: 0,
+            online: 0,
+        });
+        row.devices += 1;
+        row.online += usize::from(d.connected);
+    }
+    Ok(ConsoleState {
+        node,
+        devices,
+        waiting,
+        users: users.into_values().collect(),
+        samples: c.journal.samples(),
+        rejections: shared.metrics.recent_rejections(),
+        actions: c.journal.actions(),
+        auth_requests_waiting: shared.waiting.load(std::sync::atomic::Ordering::Relaxed),
+    })
+}
+
+/// The state as JSON, read off the async threads (it reads the file).
+async fn state_json(c: Arc<Console>) -> Result<String, String> {
+    let done = tokio::task::spawn_blocking(move || {
+        snapshot(&c).map_err(|e| e.to_string()).and_then(|s| {
+            serde_json::to_string(&s).map_err(|e| format!("cannot encode the state: {e}"))
+        })
+    })
+    .await;
+    done.map_err(|e| format!("the state's reader failed: {e}"))?
+}
+
+async fn state(State(c): Shared, headers: HeaderMap) -> Response {
+    if auth::caller(&headers, &c.token, &c.sessions).is_none() {
+        return unauthorized();
+    }
+    match state_json(c).await {
+        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+/// The state, pushed as server-sent events: each second, and soon after the log moves.
+async fn stream(State(c): Shared, headers: HeaderMap) -> Response {
+    if auth::caller(&headers, &c.token, &c.sessions).is_none() {
+        return unauthorized();
+    }
+    let feed = c.shared.feed.subscribe();
+    let events = futures_util::stream::unfold((c, feed, true), |(c, mut feed, first)| async move {
+        if !first {
+            tokio::time::sleep(STREAM_GAP).await;
+            let _ = tokio::time::timeout(STREAM_EVERY, feed.changed()).await;
+        }
+        // The stream ends with the node: an open page must not keep the node's state alive.
+        if c.shared.is_shutting_down() {
+            return None;
+        }
+        let event = match state_json(c.clone()).await {
+            Ok(json) => Event::default().event("state").data(json),
+            Err(e) => Event::default().event("problem").data(e),
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), (c, feed, false)))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// An approval or a rejection, as the page's buttons send it.
+#[derive(Deserialize)]
+pub struct AuthorizeRequest {
+    pub pubkey: String,
+    /// "new_user", "existing_user", "reject", or for a primary's join "primary".
+    pub decision: String,
+    pub user_id: Option<i64>,
+}
+
+/// The `PRAGMA authorize_*` that does what `r` asks: the console calls the same parser and
+/// the same decision code as the PRAGMA.
+fn as_pragma(r: &AuthorizeRequest) -> Result<(&'static str, String), String> {
+    let key = r.pubkey.trim();
+    match (r.decision.as_str(), r.user_id) {
+        ("new_user", _) => Ok(("authorize_user", format!("{key}:0"))),
+        ("existing_user", Some(id)) if id > 0 => Ok(("authorize_user", format!("{key}:{id}"))),
+        ("existing_user", _) => Err("give the existing user's id (a number above 0)".into()),
+        ("reject", _) => Ok(("authorize_user", format!("{key}:-1"))),
+        ("primary", _) | ("secondary", _) => {
+            Ok(("authorize_node", format!("{key}:{}", r.decision)))
+        }
+        (other, _) => Err(format!(
+            "`{other}` is not a decision: new_user, existing_user, reject, primary or secondary"
+        )),
+    }
+}
+
+async fn authorize(
+    State(c): Shared,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(r): Json<AuthorizeRequest>,
+) -> Response {
+    let Some(caller) = auth::caller(&headers, &c.token, &c.sessions) else {
+        return unauthorized();
+    };
+    if let Err(e) = auth::check_csrf(&headers, &caller) {
+        c.journal
+            .action(client, format!("refused {}: {e}", r.decision), false);
+        return (StatusCode::FORBIDDEN, e.to_string()).into_response();
+    }
+    let (pragma, value) = match as_pragma(&r) {
+        Ok(p) => p,
+        Err(e) => return (StatusCode::BAD_REQUEST, e).into_response(),
+    };
+    let what = format!("PRAGMA {pragma}='{value}'");
+    let shared = c.shared.clone();
+    let done = tokio::task::spawn_blocking(move || -> crate::error::Result<()> {
+        let (key, decision): (String, Decision) =
+            crate::auth::parse_authorize(pragma, Some(&value))?;
+        crate::node::authorize(&shared, key, decision, false)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    c.journal.action(client, what.clone(), done.is_ok());
+    match done {
+        Ok(()) => (StatusCode::OK, format!("done: {what}\n")).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{what} failed: {e}\n")).into_response(),
+    }
+}
+
+async fn metrics(State(c): Shared, headers: HeaderMap) -> Response {
+    if auth::caller(&headers, &c.token, &c.sessions).is_none() {
+        return unauthorized();
+    }
+    let shared = &c.shared;
+    // From the file, as PRAGMA sync_status reads it: the feed moves only once the cluster
+    // has committed a batch, a moment after the file.
+    let log_seq = match shared.read(crate::log::last_seq).await {
+        Ok(seq) => seq,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    let sessions = shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .sessions
+        .len();
+    let now = super::metrics::Snapshot {
+        log_seq,
+        devices_connected: sessions,
+        auth_waiting: shared.waiting.load(std::sync::atomic::Ordering::Relaxed),
+        raft: shared.cluster.get().map(|p| {
+            let s = crate::node::cluster_status_of(p);
+            super::metrics::RaftFigures {
+                term: s.term,
+                last_log_index: s.last_log_index.unwrap_or(0),
+                applied_index: s.applied_index.unwrap_or(0),
+                leader: s.role == "leader",
+            }
+        }),
+    };
+    match shared.metrics.encode(&now) {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,309 @@
+//! The admin console and `/metrics` (issue 24): served by a real primary on loopback, used
+//! over HTTP as a browser and as Prometheus would.
+mod common;
+use common::*;
+use octodb::auth::{Action, AuthRequest, Decision};
+use octodb::Connection;
+
+/// A primary with `auth=user` whose backend leaves sign-ups waiting, serving its console on a
+/// free loopback port, with table `t`.
+fn primary_with_console(c: &Cluster, token: Option<&str>) -> Connection {
+    let token = token.map_or(String::new(), |t| format!("&admin_token={t}"));
+    let p = Connection::open(&format!(
+        "{}&auth=user&admin=127.0.0.1:0{token}",
+        primary_uri(&c.path("p.db"), 0)
+    ))
+    .expect("open primary with its console");
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    p.set_auth_callback(Action::UserSignup, |_r: &AuthRequest| Decision::Pending)
+        .unwrap();
+    p
+}
+
+fn admin_url(p: &Connection) -> String {
+    let url = text(p, "PRAGMA admin_address");
+    url.trim_end_matches('/').to_string()
+}
+
+fn agent() -> ureq::Agent {
+    // Redirects are looked at, not followed: the login answers with its cookie and a 303.
+    ureq::AgentBuilder::new().redirects(0).build()
+}
+
+/// Status and body of a request, whatever the status.
+fn call(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
+    match r {
+        Ok(resp) => (resp.status(), resp.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap_or_default()),
+        Err(e) => panic!("request failed: {e}"),
+    }
+}
+
+/// Log in as the page's form does; the session cookie ("name=value").
+fn login(base: &str, token: &str) -> String {
+    let resp = agent()
+        .post(&format!("{base}/login"))
+        .send_form(&[("token", token)])
+        .expect("login answers");
+    assert_eq!(
+        resp.status(),
+        303,
+        "a good token logs in and goes to the page"
+    );
+    let cookie = resp
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_string();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    cookie.split(';').next().unwrap_or_default().to_string()
+}
+
+/// The page's CSRF token, from its meta tag.
+fn csrf_of(page: &str) -> String {
+    let (_, after) = page
+        .split_once("name=\"octodb-csrf\" content=\"")
+        .expect("the page carries its CSRF token");
+    after.split('"').next().unwrap_or_default().to_string()
+}
+
+/// Scrape /metrics with the bearer token and parse it as Prometheus does.
+fn scrape(base: &str, token: &str) -> prometheus_parse::Scrape {
+    let (status, body) = call(
+        agent()
+            .get(&format!("{base}/metrics"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .call(),
+    );
+    assert_eq!(status, 200, "{body}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("the metrics parse as Prometheus text")
+}
+
+/// The value of sample `name` (summed over its labels).
+fn value(scrape: &prometheus_parse::Scrape, name: &str) -> Option<f64> {
+    let mut found = None;
+    for s in scrape.samples.iter().filter(|s| s.metric == name) {
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => continue,
+        };
+        found = Some(found.unwrap_or(0.0) + v);
+    }
+    found
+}
+
+#[test]
+fn without_the_token_page_api_and_metrics_answer_401() {
+    let c = Cluster::new();
+    let p = primary_with_console(&c, Some("sesame-for-tests"));
+    let base = admin_url(&p);
+    for path in ["/", "/api/state", "/api/events", "/metrics"] {
+        let (status, _) = call(agent().get(&format!("{base}{path}")).call());
+        assert_eq!(status, 401, "{path} without the token");
+        let (status, _) = call(
+            agent()
+                .get(&format!("{base}{path}"))
+                .set("Authorization", "Bearer wrong")
+                .call(),
+        );
+        assert_eq!(status, 401, "{path} with a wrong token");
+    }
+    let (status, _) = call(
+        agent()
+            .post(&format!("{base}/api/authorize"))
+            .set("content-type", "application/json")
+            .send_string(r#"{"pubkey":"00","decision":"new_user"}"#),
+    );
+    assert_eq!(status, 401, "an action without the token");
+    let (status, _) = call(
+        agent()
+            .post(&format!("{base}/login"))
+            .send_form(&[("token", "wrong")]),
+    );
+    assert_eq!(status, 401, "a login with a wrong token");
+    for path in ["/api/state", "/metrics"] {
+        let (status, body) = call(
+            agent()
+                .get(&format!("{base}{path}"))
+                .set("Authorization", "Bearer sesame-for-tests")
+                .call(),
+        );
+        assert_eq!(status, 200, "{path} with the token: {body}");
+    }
+    let cookie = login(&base, "sesame-for-tests");
+    let (status, page) = call(
+        agent()
+            .get(&format!("{base}/"))
+            .set("Cookie", &cookie)
+            .call(),
+    );
+    assert_eq!(status, 200);
+    assert!(page.contains("octodb admin console"), "{page}");
+}
+
+#[test]
+fn a_browser_approves_a_waiting_device_and_metrics_show_its_writes() {
+    let c = Cluster::new();
+    let p = primary_with_console(&c, None);
+    // The token made at the first start, kept in the file.
+    let token = text(&p, "PRAGMA admin_token");
+    assert_eq!(token.len(), 64, "a random 256-bit token: {token}");
+    let base = admin_url(&p);
+    let host = base.trim_start_matches("http://").to_string();
+
+    let d = c.device("d.db", &p);
+    d.execute("PRAGMA user_signup='alice'", []).unwrap();
+    d.wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("pending"))
+        .expect("the device waits for a decision");
+    let key = d.public_key();
+
+    let cookie = login(&base, &token);
+    let (status, page) = call(
+        agent()
+            .get(&format!("{base}/"))
+            .set("Cookie", &cookie)
+            .call(),
+    );
+    assert_eq!(status, 200);
+    let csrf = csrf_of(&page);
+    assert_eq!(csrf.len(), 64);
+
+    // The state lists the request.
+    let (_, state) = call(
+        agent()
+            .get(&format!("{base}/api/state"))
+            .set("Cookie", &cookie)
+            .call(),
+    );
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let waiting = state["waiting"].as_array().unwrap();
+    assert!(
+        waiting.iter().any(|w| w["public_key"] == key.as_str()),
+        "the waiting request is listed: {state}"
+    );
+
+    let body = format!(r#"{{"pubkey":"{key}","decision":"new_user"}}"#);
+    let post = |headers: &[(&str, &str)]| {
+        let mut r = agent()
+            .post(&format!("{base}/api/authorize"))
+            .set("Cookie", &cookie)
+            .set("content-type", "application/json");
+        for (k, v) in headers {
+            r = r.set(k, v);
+        }
+        call(r.send_string(&body))
+    };
+    // Another site's page posting with the browser's cookie: refused, even with the token.
+    let (status, why) = post(&[("Sec-Fetch-Site", "cross-site"), ("x-octodb-csrf", &csrf)]);
+    assert_eq!(status, 403, "{why}");
+    let (status, why) = post(&[("Origin", "http://evil.example"), ("x-octodb-csrf", &csrf)]);
+    assert_eq!(status, 403, "{why}");
+    let (status, why) = post(&[("Origin", &format!("http://{host}"))]);
+    assert_eq!(status, 403, "without the CSRF header: {why}");
+    assert_eq!(
+        d.sync_status().unwrap().auth_state.as_deref(),
+        Some("pending"),
+        "nothing was decided by the refused requests"
+    );
+
+    // As the page's button does.
+    let (status, answer) = post(&[
+        ("Origin", &format!("http://{host}")),
+        ("Sec-Fetch-Site", "same-origin"),
+        ("x-octodb-csrf", &csrf),
+    ]);
+    assert_eq!(status, 200, "{answer}");
+    let s = d
+        .wait_for(DEADLINE, |s| s.db_is_ready)
+        .expect("the approved device becomes ready");
+    assert!(s.user_id.is_some_and(|u| u > 0), "a new user: {s:?}");
+
+    // The action is in the console's journal with the client's address.
+    let (_, state) = call(
+        agent()
+            .get(&format!("{base}/api/state"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .call(),
+    );
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let actions = state["actions"].as_array().unwrap();
+    assert!(
+        actions.iter().any(|a| a["ok"] == true
+            && a["what"].as_str().unwrap_or("").contains("authorize_user")
+            && a["client"].as_str().unwrap_or("").starts_with("127.0.0.1:")),
+        "{state}"
+    );
+
+    // A device writes: the metrics a user checks move.
+    d.execute("INSERT INTO t(v) VALUES ('from the device')", [])
+        .unwrap();
+    d.execute("INSERT INTO t(v) VALUES ('and again')", [])
+        .unwrap();
+    wait_count(&p, "SELECT count(*) FROM t", 2);
+    let m = wait_until("the metrics to count the device's transactions", || {
+        let m = scrape(&base, &token);
+        (value(&m, "octodb_transactions_accepted_total")? >= 2.0).then_some(m)
+    });
+    assert_eq!(value(&m, "octodb_devices_connected"), Some(1.0));
+    let seq = p.sync_status().unwrap().last_seq as f64;
+    assert!(
+        value(&m, "octodb_log_seq").is_some_and(|v| v >= seq - 0.5),
+        "log seq {seq} in {:?}",
+        value(&m, "octodb_log_seq")
+    );
+    assert!(value(&m, "octodb_connections_total").is_some_and(|v| v >= 1.0));
+    assert!(value(&m, "octodb_handshakes_total").is_some_and(|v| v >= 1.0));
+    assert_eq!(value(&m, "octodb_auth_requests_waiting"), Some(0.0));
+    assert!(value(&m, "octodb_raft_term").is_some_and(|v| v >= 1.0));
+    assert!(
+        value(&m, "octodb_commit_seconds_count").is_some_and(|v| v >= 1.0)
+            || m.samples
+                .iter()
+                .any(|s| s.metric == "octodb_commit_seconds"),
+        "the commit latency histogram has observations"
+    );
+
+    // The token stays the same across restarts (kept in the file).
+    drop(d);
+    drop(p);
+    let p = Connection::open(&format!(
+        "{}&auth=user&admin=127.0.0.1:0",
+        primary_uri(&c.path("p.db"), 0)
+    ))
+    .unwrap();
+    assert_eq!(text(&p, "PRAGMA admin_token"), token);
+}
+
+#[test]
+fn a_console_beyond_loopback_needs_the_insecure_flag() {
+    let c = Cluster::new();
+    let err = Connection::open(&format!(
+        "{}&admin=0.0.0.0:0",
+        primary_uri(&c.path("p.db"), 0)
+    ))
+    .err()
+    .expect("refused beyond loopback without TLS or the flag");
+    assert!(err.to_string().contains("admin_insecure=1"), "{err}");
+    let p = Connection::open(&format!(
+        "{}&admin=0.0.0.0:0&admin_insecure=1",
+        primary_uri(&c.path("p2.db"), 0)
+    ))
+    .expect("served with the explicit flag");
+    assert!(text(&p, "PRAGMA admin_address").starts_with("http://0.0.0.0:"));
+    let err = Connection::open(&format!(
+        "file:{}?node=secondary&connect=tcp://127.0.0.1:9&admin=127.0.0.1:0",
+        c.path("d.db").display()
+    ))
+    .err()
+    .expect("a device serves no console");
+    assert!(err.to_string().contains("primaries only"), "{err}");
+}
