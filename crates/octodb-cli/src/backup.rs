@@ -7,16 +7,18 @@ use anyhow::{bail, Context};
 use std::process::ExitCode;
 
 pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
-    let cfg = octodb::NodeConfig::parse(&crate::normalize_uri(&args.uri)).with_context(|| {
-        format!(
-            "reading the URI `{}`",
-            octodb::NodeConfig::redacted(&args.uri)
-        )
-    })?;
-    if args.dest.exists() {
+    copy(&crate::normalize_uri(&args.uri), &args.dest)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copy the database of `uri` into the new file `dest` (also the shell's `.backup`).
+pub fn copy(uri: &str, dest: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = octodb::NodeConfig::parse(uri)
+        .with_context(|| format!("reading the URI `{}`", octodb::NodeConfig::redacted(uri)))?;
+    if dest.exists() {
         bail!(
             "`{}` exists already: name a new file for the backup",
-            args.dest.display()
+            dest.display()
         );
     }
     if !cfg.path.exists() {
@@ -32,8 +34,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     // same key and salt: an encrypted node's backup is encrypted alike.
     let source = octodb::Connection::open_file(&cfg, &read_only)
         .with_context(|| format!("opening `{}` to read it", cfg.path.display()))?;
-    let dest = args
-        .dest
+    let dest = dest
         .to_str()
         .context("the backup's path is not valid UTF-8")?;
     source
@@ -44,5 +45,5 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
          as the node itself)",
         cfg.path.display()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
