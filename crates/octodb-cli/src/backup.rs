@@ -7,7 +7,14 @@ use anyhow::{bail, Context};
 use std::process::ExitCode;
 
 pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
-    copy(&crate::normalize_uri(&args.uri), &args.dest)?;
+    let uri = crate::normalize_uri(&args.uri);
+    copy(&uri, &args.dest)?;
+    let path = octodb::NodeConfig::parse(&uri).map(|c| c.path.display().to_string())?;
+    eprintln!(
+        "octodb: backed up `{path}` into `{}` (it holds the node's secret key: keep it as safe \
+         as the node itself)",
+        args.dest.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -40,10 +47,5 @@ pub fn copy(uri: &str, dest: &std::path::Path) -> anyhow::Result<()> {
     source
         .execute("VACUUM INTO ?1", [dest])
         .with_context(|| format!("copying `{}` into `{dest}`", cfg.path.display()))?;
-    eprintln!(
-        "octodb: backed up `{}` into `{dest}` (it holds the node's secret key: keep it as safe \
-         as the node itself)",
-        cfg.path.display()
-    );
     Ok(())
 }

@@ -172,7 +172,7 @@ pub fn dump(conn: &Connection, patterns: &[&str], out: &mut dyn Write) -> anyhow
         &format!(
             "SELECT sql FROM sqlite_schema WHERE sql NOT NULL AND type IN ('index', 'trigger', \
              'view') AND {OWN}{} ORDER BY rowid",
-            filter("tbl_name")
+            filter("name")
         ),
         [],
     )?;
