@@ -78,6 +78,15 @@ impl Completer for ShellHelper {
                 .collect();
             return Ok((0, cmds));
         }
+        if before.starts_with(".mode ") {
+            let modes = super::modes::Mode::NAMES
+                .iter()
+                .chain(&["tabs"])
+                .filter(|m| m.starts_with(word))
+                .map(|m| pair(m))
+                .collect();
+            return Ok((start, modes));
+        }
         // After `table.`, complete the column part only.
         let (offset, stem) = match word.rfind('.') {
             Some(i) => (start + i + 1, &word[i + 1..]),

@@ -66,13 +66,12 @@ pub fn run(conn: &Connection, imp: &Import) -> anyhow::Result<Vec<String>> {
     let mut records = parse_csv(&text, imp.sep).into_iter().skip(imp.skip);
     let mut warnings = Vec::new();
     let q = quote_ident(imp.table);
-    let exists = conn
+    let exists = !conn
         .query(
             "SELECT 1 FROM sqlite_schema WHERE type IN ('table', 'view') AND name = ?1",
             [imp.table],
         )?
-        .len()
-        > 0;
+        .is_empty();
     let tx_started = conn.is_autocommit();
     if tx_started {
         conn.execute_batch("BEGIN")?;
