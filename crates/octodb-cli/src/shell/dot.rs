@@ -29,10 +29,11 @@ pub const COMMANDS: &[&str] = &[
 
 pub const HELP: &str = "\
 .backup FILE             a consistent copy of the database into the new FILE (never overwrites)
-.dump ?PATTERN ...?      the schema and rows as SQL, in one transaction; tables LIKE PATTERN only;
-                         octodb's own tables (_octo_*), their triggers and temp objects left out
+.dump ?PATTERN ...?      the schema and rows as SQL, in one transaction; objects named LIKE
+                         PATTERN only; octodb's own tables (_octo_*), their triggers and temp
+                         objects are left out
 .exit / .quit            leave the shell
-.headers on|off          show column names (list, csv, quote, line modes)
+.headers on|off          show column names (list, csv, quote, tabs, column; grids always do)
 .help                    this text
 .import ?--csv? ?--skip N? FILE TABLE
                          rows of a CSV FILE into TABLE; a new TABLE is created from the header
@@ -43,7 +44,7 @@ pub const HELP: &str = "\
 .once FILE               the next command's output goes into FILE
 .output ?FILE?           output into FILE from now on; with no FILE, back to the screen
 .read FILE               run the SQL and dot commands of FILE
-.schema ?PATTERN?        CREATE statements, of tables LIKE PATTERN only
+.schema ?PATTERN?        CREATE statements, of tables or objects named LIKE PATTERN only
 .separator COL ?ROW?     the separators of list mode (default: | and newline)
 .status                  this node's sync status (PRAGMA sync_status)
 .tables ?PATTERN?        tables and views, of names LIKE PATTERN only
