@@ -7,16 +7,25 @@ use anyhow::{bail, Context};
 use std::process::ExitCode;
 
 pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
-    let cfg = octodb::NodeConfig::parse(&crate::normalize_uri(&args.uri)).with_context(|| {
-        format!(
-            "reading the URI `{}`",
-            octodb::NodeConfig::redacted(&args.uri)
-        )
-    })?;
-    if args.dest.exists() {
+    let uri = crate::normalize_uri(&args.uri);
+    copy(&uri, &args.dest)?;
+    let path = octodb::NodeConfig::parse(&uri).map(|c| c.path.display().to_string())?;
+    eprintln!(
+        "octodb: backed up `{path}` into `{}` (it holds the node's secret key: keep it as safe \
+         as the node itself)",
+        args.dest.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copy the database of `uri` into the new file `dest` (also the shell's `.backup`).
+pub fn copy(uri: &str, dest: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = octodb::NodeConfig::parse(uri)
+        .with_context(|| format!("reading the URI `{}`", octodb::NodeConfig::redacted(uri)))?;
+    if dest.exists() {
         bail!(
             "`{}` exists already: name a new file for the backup",
-            args.dest.display()
+            dest.display()
         );
     }
     if !cfg.path.exists() {
@@ -32,17 +41,11 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     // same key and salt: an encrypted node's backup is encrypted alike.
     let source = octodb::Connection::open_file(&cfg, &read_only)
         .with_context(|| format!("opening `{}` to read it", cfg.path.display()))?;
-    let dest = args
-        .dest
+    let dest = dest
         .to_str()
         .context("the backup's path is not valid UTF-8")?;
     source
         .execute("VACUUM INTO ?1", [dest])
         .with_context(|| format!("copying `{}` into `{dest}`", cfg.path.display()))?;
-    eprintln!(
-        "octodb: backed up `{}` into `{dest}` (it holds the node's secret key: keep it as safe \
-         as the node itself)",
-        cfg.path.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }

@@ -37,8 +37,9 @@ pub struct ShellArgs {
     json: bool,
     /// The database: a file URI (SPEC §2) or a plain file path.
     uri: String,
-    /// SQL to run instead of reading statements from standard input.
-    sql: Option<String>,
+    /// SQL or dot commands to run instead of reading standard input; each argument is run in
+    /// turn, as the sqlite3 shell runs its arguments.
+    sql: Vec<String>,
 }
 
 /// Run a node headless until SIGINT or SIGTERM.

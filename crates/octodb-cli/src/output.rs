@@ -1,7 +1,7 @@
-//! How the shell prints results: sqlite3's list mode, or one JSON line per statement.
+//! Small text helpers: one-line error messages and the demo's aligned tables (the shell's
+//! output modes are in shell/modes.rs).
 
 use octodb::{Rows, Value};
-use std::io::Write;
 
 pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -15,27 +15,6 @@ fn text(v: &Value) -> String {
         Value::Text(s) => s.clone(),
         Value::Blob(b) => String::from_utf8_lossy(b).into_owned(),
     }
-}
-
-/// Print the rows of one statement. Statements without result columns print nothing in list
-/// mode; in JSON mode every statement that returns rows prints exactly one line.
-pub fn print_rows(
-    out: &mut impl Write,
-    rows: &Rows,
-    json: bool,
-    returns_rows: bool,
-) -> std::io::Result<()> {
-    if json {
-        if returns_rows {
-            writeln!(out, "{}", rows.to_json())?;
-        }
-    } else {
-        for r in &rows.rows {
-            let line: Vec<String> = r.iter().map(text).collect();
-            writeln!(out, "{}", line.join("|"))?;
-        }
-    }
-    out.flush()
 }
 
 /// A small aligned table, for the demo.

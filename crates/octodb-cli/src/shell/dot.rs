@@ -1,0 +1,348 @@
+//! The dot commands: their arguments (words, or quoted with '...' or "..." as in sqlite3) and
+//! what each one does to the shell.
+
+use super::modes::Mode;
+use super::{Flow, Shell};
+use std::io::Write;
+
+/// Every command, for `.help` and for completion.
+pub const COMMANDS: &[&str] = &[
+    ".backup",
+    ".dump",
+    ".exit",
+    ".headers",
+    ".help",
+    ".import",
+    ".mode",
+    ".nodes",
+    ".nullvalue",
+    ".once",
+    ".output",
+    ".quit",
+    ".read",
+    ".schema",
+    ".separator",
+    ".status",
+    ".tables",
+    ".timer",
+];
+
+pub const HELP: &str = "\
+.backup FILE             a consistent copy of the database into the new FILE (never overwrites)
+.dump ?PATTERN ...?      the schema and rows as SQL, in one transaction; objects named LIKE
+                         PATTERN only; octodb's own tables (_octo_*), their triggers and temp
+                         objects are left out
+.exit / .quit            leave the shell
+.headers on|off          show column names (list, csv, quote, tabs, column; grids always do)
+.help                    this text
+.import ?--csv? ?--skip N? FILE TABLE
+                         rows of a CSV FILE into TABLE; a new TABLE is created from the header
+                         row, into an existing one every row is data (--skip 1 drops a header)
+.mode MODE               box, column, csv, json, line, list, markdown, quote, table, tabs
+.nodes                   the nodes this node knows (PRAGMA nodes)
+.nullvalue TEXT          how NULL prints (default: nothing)
+.once FILE               the next command's output goes into FILE
+.output ?FILE?           output into FILE from now on; with no FILE, back to the screen
+.read FILE               run the SQL and dot commands of FILE
+.schema ?PATTERN?        CREATE statements, of tables or objects named LIKE PATTERN only
+.separator COL ?ROW?     the separators of list mode (default: | and newline)
+.status                  this node's sync status (PRAGMA sync_status)
+.tables ?PATTERN?        tables and views, of names LIKE PATTERN only
+.timer on|off            print the run time of each statement
+Any other input is SQL; a statement runs once it is complete (ends with ;).";
+
+/// The words of a dot command line: whitespace-separated, or quoted.
+pub fn split_args(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = line.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+            continue;
+        }
+        let mut word = String::new();
+        if c == '\'' || c == '"' {
+            chars.next();
+            for d in chars.by_ref() {
+                if d == c {
+                    break;
+                }
+                word.push(d);
+            }
+        } else {
+            while let Some(&d) = chars.peek() {
+                if d.is_whitespace() {
+                    break;
+                }
+                word.push(d);
+                chars.next();
+            }
+        }
+        out.push(word);
+    }
+    out
+}
+
+fn on_off(arg: Option<&str>) -> Option<bool> {
+    match arg?.to_ascii_lowercase().as_str() {
+        "on" | "yes" | "true" | "1" => Some(true),
+        "off" | "no" | "false" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// C-style escapes in `.separator` and `.nullvalue` arguments (`\t`, `\n`, `\r`, `\\`).
+fn unescape(s: &str) -> String {
+    s.replace("\\t", "\t")
+        .replace("\\n", "\n")
+        .replace("\\r", "\r")
+        .replace("\\\\", "\\")
+}
+
+impl Shell {
+    pub(super) fn dot_command(&mut self, line: &str) -> Flow {
+        let args = split_args(line);
+        let cmd = args.first().map_or("", String::as_str);
+        let arg = |i: usize| args.get(i).map(String::as_str);
+        match cmd {
+            ".quit" | ".exit" => return Flow::Quit,
+            ".help" => self.say(HELP),
+            ".status" => match self.conn.sync_status() {
+                Ok(s) => {
+                    let text = if self.json {
+                        serde_json::to_string(&s)
+                    } else {
+                        serde_json::to_string_pretty(&s)
+                    };
+                    self.say(&text.unwrap_or_default());
+                }
+                Err(e) => self.report(e),
+            },
+            ".nodes" => self.run_sql("PRAGMA nodes;"),
+            ".tables" => self.tables(arg(1)),
+            ".schema" => self.schema(arg(1)),
+            ".mode" => match arg(1) {
+                Some("tabs") => {
+                    self.format.mode = Mode::List;
+                    self.format.col_sep = "\t".into();
+                    self.format.row_sep = "\n".into();
+                }
+                Some(name) => match Mode::parse(name) {
+                    Some(mode) => self.set_mode(mode),
+                    None => self.report(format!(
+                        "unknown mode `{name}`: use one of {}, tabs",
+                        Mode::NAMES.join(", ")
+                    )),
+                },
+                None => self.say(&format!("current output mode: {:?}", self.format.mode)),
+            },
+            ".headers" | ".header" => match on_off(arg(1)) {
+                Some(b) => {
+                    self.format.headers = b;
+                    self.headers_set = true;
+                }
+                None => self.report("usage: .headers on|off"),
+            },
+            ".timer" => match on_off(arg(1)) {
+                Some(b) => self.timer = b,
+                None => self.report("usage: .timer on|off"),
+            },
+            ".separator" => match arg(1) {
+                Some(col) => {
+                    self.format.col_sep = unescape(col);
+                    if let Some(row) = arg(2) {
+                        self.format.row_sep = unescape(row);
+                    }
+                }
+                None => self.report("usage: .separator COL ?ROW?"),
+            },
+            ".nullvalue" => match arg(1) {
+                Some(text) => self.format.null = unescape(text),
+                None => self.report("usage: .nullvalue TEXT"),
+            },
+            ".output" | ".once" => self.redirect(cmd == ".once", arg(1)),
+            ".read" => match arg(1) {
+                Some(file) => self.read_file(file),
+                None => self.report("usage: .read FILE"),
+            },
+            ".dump" => {
+                let patterns: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+                let result = super::dump::dump(&self.conn, &patterns, &mut self.out);
+                if let Err(e) = result {
+                    self.report(format!("{e:#}"));
+                }
+            }
+            ".backup" | ".save" => match (arg(1), arg(2)) {
+                (Some(file), None) => {
+                    let dest = std::path::Path::new(file);
+                    if let Err(e) = crate::backup::copy(&self.uri, dest) {
+                        self.report(format!("{e:#}"));
+                    }
+                }
+                _ => self.report("usage: .backup FILE (a new file)"),
+            },
+            ".import" => self.import(&args[1..]),
+            _ => self.report(format!("unknown command `{cmd}`; .help lists the commands")),
+        }
+        let _ = self.out.flush();
+        Flow::Continue
+    }
+
+    fn set_mode(&mut self, mode: Mode) {
+        self.format.mode = mode;
+        match mode {
+            Mode::Csv => {
+                self.format.col_sep = ",".into();
+                self.format.row_sep = "\r\n".into();
+            }
+            Mode::List => {
+                self.format.col_sep = "|".into();
+                self.format.row_sep = "\n".into();
+            }
+            // As sqlite3: the column mode shows the names unless `.headers off` said not to.
+            Mode::Column if !self.headers_set => self.format.headers = true,
+            _ => {}
+        }
+    }
+
+    fn redirect(&mut self, once: bool, file: Option<&str>) {
+        match file {
+            None if !once => {
+                self.out = Box::new(std::io::stdout());
+                self.once = false;
+            }
+            None => self.report("usage: .once FILE"),
+            Some(path) => match std::fs::File::create(path) {
+                Ok(f) => {
+                    self.out = Box::new(std::io::BufWriter::new(f));
+                    // The command that follows this one is the one whose output is caught.
+                    self.once = once;
+                    self.once_armed = false;
+                }
+                Err(e) => self.report(format!("cannot write to `{path}`: {e}")),
+            },
+        }
+    }
+
+    fn tables(&mut self, pattern: Option<&str>) {
+        let sql = "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') \
+                   AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
+                   AND name NOT LIKE '\\_octo\\_%' ESCAPE '\\' AND name LIKE ?1 ORDER BY name";
+        let rows = match self.conn.query(sql, [pattern.unwrap_or("%")]) {
+            Ok(r) => r,
+            Err(e) => return self.report(e),
+        };
+        let names: Vec<String> = rows
+            .rows
+            .iter()
+            .map(|r| super::modes::plain(&r[0], ""))
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        // As sqlite3: names padded to the longest, in columns down then across, 80 wide.
+        let w = names.iter().map(|n| n.chars().count()).max().unwrap_or(0);
+        let cols = (80 / (w + 2)).max(1);
+        let nrows = names.len().div_ceil(cols);
+        let mut text = String::new();
+        for i in 0..nrows {
+            let line: Vec<String> = names
+                .iter()
+                .skip(i)
+                .step_by(nrows)
+                .map(|n| format!("{n:<w$}"))
+                .collect();
+            text.push_str(&line.join("  "));
+            text.push('\n');
+        }
+        self.write_out(&text);
+    }
+
+    fn schema(&mut self, pattern: Option<&str>) {
+        let sql = "SELECT type, name, sql FROM sqlite_schema WHERE sql NOT NULL \
+                   AND name NOT LIKE '\\_octo\\_%' ESCAPE '\\' \
+                   AND tbl_name NOT LIKE '\\_octo\\_%' ESCAPE '\\' \
+                   AND (tbl_name LIKE ?1 OR name LIKE ?1) ORDER BY rowid";
+        let rows = match self.conn.query(sql, [pattern.unwrap_or("%")]) {
+            Ok(r) => r,
+            Err(e) => return self.report(e),
+        };
+        let mut text = String::new();
+        for r in &rows.rows {
+            let kind = super::modes::plain(&r[0], "");
+            let name = super::modes::plain(&r[1], "");
+            let sql = super::modes::plain(&r[2], "");
+            text.push_str(&super::dump::create_sql(&sql));
+            // sqlite3 names a view's columns in a comment after its CREATE VIEW.
+            if kind == "view" {
+                if let Ok(cols) = self.conn.query(
+                    "SELECT name FROM pragma_table_info(?1) ORDER BY cid",
+                    [name.as_str()],
+                ) {
+                    let cols: Vec<String> = cols
+                        .rows
+                        .iter()
+                        .map(|c| view_col(&super::modes::plain(&c[0], "")))
+                        .collect();
+                    text.push_str(&format!("\n/* {}({}) */", view_col(&name), cols.join(",")));
+                }
+            }
+            text.push_str(";\n");
+        }
+        self.write_out(&text);
+    }
+
+    fn import(&mut self, args: &[String]) {
+        let mut skip = 0;
+        let mut csv = self.format.mode == Mode::Csv;
+        let mut rest = Vec::new();
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--csv" => csv = true,
+                "--skip" => match it.next().and_then(|n| n.parse().ok()) {
+                    Some(n) => skip = n,
+                    None => return self.report("usage: .import --skip N FILE TABLE"),
+                },
+                other if other.starts_with("--") => {
+                    return self.report(format!("unknown .import option `{other}`"))
+                }
+                _ => rest.push(a.as_str()),
+            }
+        }
+        let [file, table] = rest[..] else {
+            return self.report("usage: .import ?--csv? ?--skip N? FILE TABLE");
+        };
+        let sep = if csv {
+            ','
+        } else {
+            self.format.col_sep.chars().next().unwrap_or('|')
+        };
+        let imp = super::import::Import {
+            file,
+            table,
+            skip,
+            sep,
+        };
+        match super::import::run(&self.conn, &imp) {
+            Ok(warnings) => {
+                for w in warnings {
+                    eprintln!("{w}");
+                }
+                self.names.refresh(&self.conn);
+            }
+            Err(e) => self.report(format!("{e:#}")),
+        }
+    }
+}
+
+/// A name in the view comment: quoted when it is not a plain word.
+fn view_col(name: &str) -> String {
+    if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.chars().next().is_some_and(|c| !c.is_ascii_digit())
+    {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}

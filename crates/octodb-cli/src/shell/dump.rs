@@ -1,0 +1,184 @@
+//! `.dump [PATTERN...]`: the schema and rows as an SQL script, in one transaction, as the
+//! sqlite3 shell writes it. octodb's own tables (`_octo_*`), the triggers on them and temp
+//! objects stay out: they belong to the node that wrote them, and replaying them elsewhere
+//! would make a second node believe it is the first. A comment line says so.
+
+use super::modes::sql_literal;
+use octodb::{Connection, Value};
+use std::io::Write;
+
+const OWN: &str =
+    "name NOT LIKE '\\_octo\\_%' ESCAPE '\\' AND tbl_name NOT LIKE '\\_octo\\_%' ESCAPE '\\'";
+
+/// The statement that recreates a table, as sqlite3 writes it: a table whose name was quoted
+/// gets `IF NOT EXISTS` (it may be the target of an ALTER TABLE RENAME).
+pub fn create_sql(sql: &str) -> String {
+    match sql.strip_prefix("CREATE TABLE \"") {
+        Some(rest) => format!("CREATE TABLE IF NOT EXISTS \"{rest}"),
+        None => sql.to_string(),
+    }
+}
+
+/// An identifier as sqlite3 quotes it in INSERTs: bare when it is a plain word.
+pub fn quote_ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !is_keyword(name);
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+fn is_keyword(name: &str) -> bool {
+    // The keywords a table name could collide with in practice; sqlite3 quotes any keyword.
+    const KW: &[&str] = &[
+        "ABORT",
+        "ADD",
+        "ALL",
+        "ALTER",
+        "AND",
+        "AS",
+        "ASC",
+        "BEGIN",
+        "BETWEEN",
+        "BY",
+        "CASE",
+        "CHECK",
+        "COLUMN",
+        "COMMIT",
+        "CREATE",
+        "CROSS",
+        "DEFAULT",
+        "DELETE",
+        "DESC",
+        "DISTINCT",
+        "DROP",
+        "ELSE",
+        "END",
+        "EXISTS",
+        "FROM",
+        "GROUP",
+        "HAVING",
+        "IN",
+        "INDEX",
+        "INSERT",
+        "INTO",
+        "IS",
+        "JOIN",
+        "KEY",
+        "LIMIT",
+        "NOT",
+        "NULL",
+        "ON",
+        "OR",
+        "ORDER",
+        "PRIMARY",
+        "REFERENCES",
+        "SELECT",
+        "SET",
+        "TABLE",
+        "THEN",
+        "TO",
+        "TRANSACTION",
+        "TRIGGER",
+        "UNION",
+        "UNIQUE",
+        "UPDATE",
+        "USING",
+        "VALUES",
+        "VIEW",
+        "WHEN",
+        "WHERE",
+        "WITH",
+    ];
+    KW.contains(&name.to_ascii_uppercase().as_str())
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Text(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// A text literal with its newlines written as sqlite3 writes them, so the script stays one
+/// statement a line.
+fn literal(v: &Value) -> String {
+    match v {
+        Value::Text(s) if s.contains('\n') || s.contains('\r') => {
+            let mut lit = sql_literal(v).replace('\n', "\\n").replace('\r', "\\r");
+            if s.contains('\r') {
+                lit = format!("replace({lit},'\\r',char(13))");
+            }
+            if s.contains('\n') {
+                lit = format!("replace({lit},'\\n',char(10))");
+            }
+            lit
+        }
+        _ => sql_literal(v),
+    }
+}
+
+pub fn dump(conn: &Connection, patterns: &[&str], out: &mut dyn Write) -> anyhow::Result<()> {
+    let filter = |col: &str| -> String {
+        if patterns.is_empty() {
+            String::new()
+        } else {
+            let ors: Vec<String> = patterns
+                .iter()
+                .map(|p| format!("{col} LIKE {}", super::modes::quote_text(p)))
+                .collect();
+            format!(" AND ({})", ors.join(" OR "))
+        }
+    };
+    writeln!(out, "PRAGMA foreign_keys=OFF;")?;
+    writeln!(out, "BEGIN TRANSACTION;")?;
+    writeln!(
+        out,
+        "-- octodb: its own tables (_octo_*), their triggers and temp objects are left out"
+    )?;
+    let tables = conn.query(
+        &format!(
+            "SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND sql NOT NULL AND {OWN}{} \
+             ORDER BY tbl_name = 'sqlite_sequence', rowid",
+            filter("name")
+        ),
+        [],
+    )?;
+    for t in &tables.rows {
+        let (name, sql) = (text(&t[0]), text(&t[1]));
+        if name == "sqlite_sequence" {
+            writeln!(out, "DELETE FROM sqlite_sequence;")?;
+        } else if name == "sqlite_stat1" {
+            writeln!(out, "ANALYZE sqlite_schema;")?;
+        } else if name.starts_with("sqlite_") {
+            continue;
+        } else {
+            writeln!(out, "{};", create_sql(&sql))?;
+        }
+        let q = quote_ident(&name);
+        let rows = conn.query(&format!("SELECT * FROM {q}"), [])?;
+        for r in &rows.rows {
+            let vals: Vec<String> = r.iter().map(literal).collect();
+            writeln!(out, "INSERT INTO {q} VALUES({});", vals.join(","))?;
+        }
+    }
+    let others = conn.query(
+        &format!(
+            "SELECT sql FROM sqlite_schema WHERE sql NOT NULL AND type IN ('index', 'trigger', \
+             'view') AND {OWN}{} ORDER BY rowid",
+            filter("name")
+        ),
+        [],
+    )?;
+    for o in &others.rows {
+        writeln!(out, "{};", text(&o[0]))?;
+    }
+    writeln!(out, "COMMIT;")?;
+    Ok(())
+}

@@ -1,0 +1,287 @@
+//! The SQL shell, with the sqlite3 shell's habits: interactive with history and completion on
+//! a terminal; otherwise it reads standard input (or the SQL argument) line by line, dot
+//! commands and SQL alike, and executes each statement as soon as it has arrived complete, so
+//! it can be driven by a pipe or a script as sqlite3 is.
+
+mod complete;
+mod dot;
+mod dump;
+mod import;
+mod modes;
+
+use crate::output::one_line;
+use crate::ShellArgs;
+use octodb::api::sql_text;
+use octodb::Connection;
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// How deep `.read` may nest (a file that reads itself stops here).
+const MAX_READ_DEPTH: usize = 16;
+
+pub struct Shell {
+    conn: Connection,
+    uri: String,
+    json: bool,
+    errors: usize,
+    format: modes::Format,
+    /// Whether `.headers` was given, which `.mode column` then respects.
+    headers_set: bool,
+    timer: bool,
+    out: Box<dyn Write>,
+    /// `.once`: the output goes back to the screen after the next command...
+    once: bool,
+    /// ...which is the one after `.once` itself.
+    once_armed: bool,
+    read_depth: usize,
+    names: complete::Names,
+}
+
+pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
+    let uri = crate::normalize_uri(&args.uri);
+    let conn = Connection::open(&uri)?;
+    crate::progress::show_download(&conn);
+    let mut sh = Shell {
+        conn,
+        uri,
+        json: args.json,
+        errors: 0,
+        format: modes::Format::default(),
+        headers_set: false,
+        timer: false,
+        out: Box::new(std::io::stdout()),
+        once: false,
+        once_armed: false,
+        read_depth: 0,
+        names: complete::Names::default(),
+    };
+    let interactive = args.sql.is_empty() && std::io::stdin().is_terminal();
+    if !args.sql.is_empty() {
+        // As sqlite3: each argument is read as a script, dot commands included.
+        for sql in &args.sql {
+            if let Flow::Quit = sh.script(&mut sql.as_bytes()) {
+                break;
+            }
+        }
+    } else if interactive {
+        sh.interactive()?;
+    } else {
+        sh.script(&mut std::io::stdin().lock());
+    }
+    let _ = sh.out.flush();
+    Ok(if sh.errors > 0 && !interactive {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// What the reader should do after a line.
+pub(crate) enum Flow {
+    Continue,
+    Quit,
+}
+
+impl Shell {
+    fn report(&mut self, e: impl std::fmt::Display) {
+        self.errors += 1;
+        eprintln!("Error: {}", one_line(&e.to_string()));
+    }
+
+    fn write_out(&mut self, text: &str) {
+        if let Err(e) = self.out.write_all(text.as_bytes()) {
+            self.report(format!("cannot write the output: {e}"));
+        }
+    }
+
+    fn say(&mut self, text: &str) {
+        self.write_out(&format!("{text}\n"));
+    }
+
+    /// Run every statement of `sql`, printing results; errors are reported and skipped.
+    fn run_sql(&mut self, sql: &str) {
+        let mut schema_changed = false;
+        for stmt in sql_text::split_statements(sql) {
+            let started = Instant::now();
+            let cpu = cpu_times();
+            let result = self.conn.query(stmt, []);
+            let elapsed = started.elapsed();
+            match result {
+                Ok(rows) => {
+                    let printed = if self.json {
+                        if rows.columns.is_empty() {
+                            Ok(())
+                        } else {
+                            writeln!(self.out, "{}", rows.to_json()).and_then(|()| self.out.flush())
+                        }
+                    } else {
+                        modes::print(&mut self.out, &rows, &self.format)
+                    };
+                    if let Err(e) = printed {
+                        self.report(format!("cannot write the output: {e}"));
+                    }
+                }
+                Err(e) => self.report(e),
+            }
+            if self.timer {
+                let (user, sys) = match (cpu, cpu_times()) {
+                    (Some(a), Some(b)) => (b.0 - a.0, b.1 - a.1),
+                    _ => (0.0, 0.0),
+                };
+                let line = format!(
+                    "Run Time: real {:.3} user {user:.6} sys {sys:.6}",
+                    elapsed.as_secs_f64()
+                );
+                self.say(&line);
+            }
+            let first = sql_text::first_word(stmt);
+            schema_changed |= matches!(first.as_str(), "CREATE" | "DROP" | "ALTER");
+        }
+        if schema_changed {
+            self.names.refresh(&self.conn);
+        }
+    }
+
+    /// Feed one line of input; runs the buffered SQL once it forms complete statements.
+    fn feed(&mut self, buffer: &mut String, line: &str) -> Flow {
+        let flow = if sql_text::is_blank(buffer) && line.trim_start().starts_with('.') {
+            buffer.clear();
+            let flow = self.dot_command(line.trim());
+            self.after_command();
+            flow
+        } else {
+            buffer.push_str(line);
+            buffer.push('\n');
+            if sql_text::is_complete(buffer) {
+                let sql = std::mem::take(buffer);
+                self.run_sql(&sql);
+                self.after_command();
+            }
+            Flow::Continue
+        };
+        let _ = self.out.flush();
+        flow
+    }
+
+    /// `.once` sends one command's output to its file: the command after `.once`.
+    fn after_command(&mut self) {
+        if self.once {
+            if self.once_armed {
+                let _ = self.out.flush();
+                self.out = Box::new(std::io::stdout());
+                self.once = false;
+                self.once_armed = false;
+            } else {
+                self.once_armed = true;
+            }
+        }
+    }
+
+    /// Statements and dot commands, line by line, as sqlite3 reads a script.
+    fn script(&mut self, input: &mut dyn BufRead) -> Flow {
+        let mut buffer = String::new();
+        for line in input.lines() {
+            let line = match line {
+                Ok(l) => l,
+                Err(e) => {
+                    self.report(format!("cannot read the input: {e}"));
+                    return Flow::Continue;
+                }
+            };
+            if let Flow::Quit = self.feed(&mut buffer, &line) {
+                return Flow::Quit;
+            }
+        }
+        if !sql_text::is_blank(&buffer) {
+            // An unfinished statement at the end: let SQLite say what is wrong with it.
+            self.run_sql(&buffer);
+        }
+        Flow::Continue
+    }
+
+    fn read_file(&mut self, path: &str) {
+        if self.read_depth >= MAX_READ_DEPTH {
+            return self.report(format!(".read nested more than {MAX_READ_DEPTH} deep"));
+        }
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) => return self.report(format!("cannot open \"{path}\": {e}")),
+        };
+        self.read_depth += 1;
+        // A `.quit` inside the file ends that file only.
+        let _ = self.script(&mut std::io::BufReader::new(file));
+        self.read_depth -= 1;
+    }
+
+    fn interactive(&mut self) -> anyhow::Result<()> {
+        use rustyline::error::ReadlineError;
+        let mut editor: rustyline::Editor<
+            complete::ShellHelper,
+            rustyline::history::DefaultHistory,
+        > = rustyline::Editor::new()?;
+        self.names.refresh(&self.conn);
+        editor.set_helper(Some(complete::ShellHelper {
+            names: self.names.clone(),
+        }));
+        let history =
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".octodb_history"));
+        if let Some(h) = &history {
+            let _ = editor.load_history(h);
+        }
+        let status = self.conn.sync_status()?;
+        println!(
+            "octodb {} — {} node {}; .help for help",
+            env!("CARGO_PKG_VERSION"),
+            status.node_type,
+            status.node_id
+        );
+        let mut buffer = String::new();
+        loop {
+            let prompt = if sql_text::is_blank(&buffer) {
+                "octodb> "
+            } else {
+                "   ...> "
+            };
+            match editor.readline(prompt) {
+                Ok(line) => {
+                    if !line.trim().is_empty() && !names_a_key(&line) {
+                        let _ = editor.add_history_entry(line.as_str());
+                    }
+                    if let Flow::Quit = self.feed(&mut buffer, &line) {
+                        break;
+                    }
+                }
+                Err(ReadlineError::Interrupted) => buffer.clear(),
+                Err(ReadlineError::Eof) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Some(h) = &history {
+            let _ = editor.save_history(h);
+        }
+        Ok(())
+    }
+}
+
+/// This process's user and system CPU seconds, for `.timer` (Linux's /proc; elsewhere the
+/// timer shows real time only).
+fn cpu_times() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
+    let ticks = 100.0; // USER_HZ, 100 on every Linux
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let sys: f64 = fields.get(12)?.parse().ok()?;
+    Some((user / ticks, sys / ticks))
+}
+
+/// A line that may hold a key (`PRAGMA rekey='...'`, `ATTACH ... KEY '...'`): kept out of the
+/// shell's history file, which is plain text.
+fn names_a_key(line: &str) -> bool {
+    let lower = line.to_ascii_lowercase();
+    let keyed = |word: &str| lower.contains(word) && lower.contains("key");
+    keyed("pragma") || keyed("attach") || lower.contains("sqlcipher")
+}

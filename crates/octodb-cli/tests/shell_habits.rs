@@ -1,0 +1,315 @@
+//! The shell's sqlite3 habits, checked against Debian's `sqlite3` binary: the same commands on
+//! two copies of one plain database file must print the same bytes (where octodb means them
+//! to: `.dump` adds one comment line saying what it leaves out). Without `sqlite3` on the
+//! machine the comparisons are skipped with a printed reason; CI installs it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn octodb() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_octodb"))
+}
+
+fn sqlite3_present() -> bool {
+    let ok = Command::new("sqlite3")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!(
+            "SKIPPED the comparison with sqlite3: no `sqlite3` binary (apt-get install sqlite3)"
+        );
+    }
+    ok
+}
+
+/// Run `cmd` with `script` on standard input; its stdout, stderr.
+fn run(mut cmd: Command, script: &str) -> (String, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the shell");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write the script");
+    let out = child.wait_with_output().expect("the shell's output");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A plain SQLite file with a few kinds of values, and a copy of it for each shell.
+fn fixture(dir: &Path) -> (PathBuf, PathBuf) {
+    let plain = dir.join("sqlite3.db");
+    let c = rusqlite::Connection::open(&plain).expect("create the fixture");
+    c.execute_batch(
+        "CREATE TABLE t(a INTEGER PRIMARY KEY, b TEXT, c REAL, d BLOB);
+         INSERT INTO t VALUES (1, 'x,y', 1.0, x'414243'), (2, 'he said \"hi\"', NULL, NULL),
+           (3, 'multi
+line', 1e20, 'é'), (4, 'it''s', -2.5, ''), (5, '', 0.5, 42);
+         CREATE TABLE \"odd name\"(k, v);
+         INSERT INTO \"odd name\" VALUES ('a b', 2.25), (NULL, 100000000000000.0);
+         CREATE INDEX t_b ON t(b);
+         CREATE VIEW v AS SELECT a, b AS \"b b\" FROM t WHERE a < 3;
+         CREATE TABLE log(n);
+         CREATE TRIGGER t_log AFTER INSERT ON t BEGIN INSERT INTO log VALUES (new.a); END;
+         CREATE TABLE seq(id INTEGER PRIMARY KEY AUTOINCREMENT, s);
+         INSERT INTO seq(s) VALUES ('one'), ('two');",
+    )
+    .expect("fill the fixture");
+    drop(c);
+    let copy = dir.join("octodb.db");
+    std::fs::copy(&plain, &copy).expect("copy the fixture");
+    (plain, copy)
+}
+
+fn compare(script: &str, filter: impl Fn(&str) -> String) {
+    if !sqlite3_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (plain, copy) = fixture(dir.path());
+    let mut s = Command::new("sqlite3");
+    s.arg(&plain);
+    let mut o = octodb();
+    o.arg(&copy);
+    let (want, want_err) = run(s, script);
+    let (got, got_err) = run(o, script);
+    assert!(want_err.is_empty(), "sqlite3 complained: {want_err}");
+    assert!(got_err.is_empty(), "octodb complained: {got_err}");
+    let got = filter(&got);
+    if want != got {
+        for (i, (w, g)) in want.lines().zip(got.lines()).enumerate() {
+            if w != g {
+                panic!("line {}: sqlite3 printed\n{w:?}\noctodb printed\n{g:?}\n\nwhole sqlite3 output:\n{want}\nwhole octodb output:\n{got}", i + 1);
+            }
+        }
+        panic!("different lengths:\nsqlite3:\n{want}\noctodb:\n{got}");
+    }
+}
+
+const QUERIES: &str = "SELECT * FROM t ORDER BY a;\nSELECT k, v, 1 AS one FROM \"odd name\";\n";
+
+#[test]
+fn every_output_mode_prints_what_sqlite3_prints() {
+    let mut script = String::new();
+    for mode in [
+        "list", "csv", "json", "table", "box", "line", "quote", "column", "markdown", "tabs",
+    ] {
+        for headers in ["off", "on"] {
+            script += &format!(".headers {headers}\n.mode {mode}\n{QUERIES}");
+        }
+    }
+    script += ".mode list\n.headers on\n.separator ; ~\n.nullvalue (null)\n";
+    script += QUERIES;
+    script += ".separator |\n.nullvalue ''\nSELECT 1, 'a';\n";
+    compare(&script, |s| s.to_string());
+}
+
+#[test]
+fn schema_tables_and_dump_print_what_sqlite3_prints() {
+    let script = ".schema\n.schema t%\n.schema odd%\n.tables\n.tables %o%\n.dump\n.dump t\n";
+    compare(script, |s| {
+        // octodb's one extra line: what .dump leaves out.
+        s.lines()
+            .filter(|l| !l.starts_with("-- octodb:"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    });
+}
+
+#[test]
+fn import_creates_the_table_from_the_header_as_sqlite3_does() {
+    if !sqlite3_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("in.csv");
+    std::fs::write(
+        &csv,
+        "name,\"note, quoted\"\r\nann,\"said \"\"hi\"\"\"\nbob,\"two\nlines\"\ncy,\n",
+    )
+    .expect("write the CSV");
+    let script = format!(
+        ".import --csv {0} people\n.import --csv --skip 1 {0} people\n.schema people\n\
+         .mode csv\n.headers on\nSELECT * FROM people;\nSELECT count(*) FROM people;\n",
+        csv.display()
+    );
+    compare(&script, |s| s.to_string());
+}
+
+#[test]
+fn read_output_once_timer_and_backup() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("local.db");
+    let sql_file = dir.path().join("script.sql");
+    // A trigger's body holds `;` that do not end it; comments hold quotes that do not open one.
+    std::fs::write(
+        &sql_file,
+        "CREATE TABLE a(x); -- it's a comment\nCREATE TABLE b(y);\n\
+         CREATE TRIGGER ab AFTER INSERT ON a BEGIN\n  INSERT INTO b VALUES (new.x);\n  INSERT INTO b VALUES (new.x * 10);\nEND;\n\
+         /* 'not a string */ INSERT INTO a VALUES (1);\n.mode csv\n",
+    )
+    .expect("write the script");
+    let out_file = dir.path().join("out.txt");
+    let once_file = dir.path().join("once.txt");
+    let backup = dir.path().join("copy.db");
+    let script = format!(
+        ".read {}\n.output {}\nSELECT y FROM b ORDER BY y;\n.output\n.once {}\nSELECT 'once';\n\
+         SELECT 'screen';\n.timer on\nSELECT 7;\n.timer off\n.backup {}\n",
+        sql_file.display(),
+        out_file.display(),
+        once_file.display(),
+        backup.display()
+    );
+    let mut cmd = octodb();
+    cmd.arg(&db);
+    let (out, err) = run(cmd, &script);
+    assert!(err.is_empty(), "errors: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "screen");
+    assert_eq!(lines[1], "7");
+    assert!(lines[2].starts_with("Run Time: real "), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&out_file).expect("the .output file"),
+        "1\r\n10\r\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&once_file).expect("the .once file"),
+        "once\r\n"
+    );
+    let copy = rusqlite::Connection::open(&backup).expect("open the backup");
+    let n: i64 = copy
+        .query_row("SELECT count(*) FROM b", [], |r| r.get(0))
+        .expect("count in the backup");
+    assert_eq!(n, 2);
+    // The backup never overwrites: a second one into the same file is an error, said so.
+    let mut cmd = octodb();
+    cmd.arg(&db);
+    let (_, err) = run(cmd, &format!(".backup {}\n", backup.display()));
+    assert!(err.contains("exists already"), "{err}");
+}
+
+#[test]
+fn sql_arguments_run_as_scripts_with_dot_commands() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("args.db");
+    let out = octodb()
+        .arg(&db)
+        .args([
+            "CREATE TABLE t(x); INSERT INTO t VALUES (1), (2);",
+            ".mode json",
+            "SELECT x FROM t;",
+        ])
+        .output()
+        .expect("run octodb");
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[{\"x\":1},\n{\"x\":2}]\n"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[test]
+fn on_a_primary_dump_leaves_octodb_out_and_import_reaches_a_device() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let uri = format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:{port}",
+        dir.path().join("p.db").display()
+    );
+    let csv = dir.path().join("todos.csv");
+    std::fs::write(
+        &csv,
+        "id,title,row_owner\n1,milk,*\n2,eggs,*\n3,\"bread, brown\",*\n",
+    )
+    .expect("write the CSV");
+    let mut shell = octodb()
+        .arg(&uri)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the shell on a primary");
+    let mut stdin = shell.stdin.take().expect("stdin");
+    writeln!(
+        stdin,
+        "CREATE TABLE todos(id INTEGER PRIMARY KEY, title TEXT, row_owner);\n\
+         .import --csv --skip 1 {} todos",
+        csv.display()
+    )
+    .expect("write to the shell");
+
+    let device = octodb::Connection::open(&format!(
+        "file:{}?node=secondary&connect=tcp://127.0.0.1:{port}",
+        dir.path().join("d.db").display()
+    ))
+    .expect("open a device");
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: i64 = device
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'todos'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        if n == 1 {
+            let rows: i64 = device
+                .query_row("SELECT count(*) FROM todos", [], |r| r.get(0))
+                .expect("count");
+            if rows == 3 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "the imported rows never reached the device"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let title: String = device
+        .query_row("SELECT title FROM todos WHERE id = 3", [], |r| r.get(0))
+        .expect("row 3");
+    assert_eq!(title, "bread, brown");
+
+    writeln!(stdin, ".dump\n.tables\n.quit").expect("write to the shell");
+    drop(stdin);
+    let out = shell.wait_with_output().expect("the shell's output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("_octo_") && !l.starts_with("-- octodb:")),
+        "octodb's own tables in:\n{text}"
+    );
+    assert!(
+        text.contains("-- octodb: its own tables (_octo_*)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("INSERT INTO todos VALUES(3,'bread, brown','*');"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with("todos"), "{text}");
+}
