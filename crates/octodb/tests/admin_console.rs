@@ -150,6 +150,37 @@ fn without_the_token_page_api_and_metrics_answer_401() {
     assert!(page.contains("octodb admin console"), "{page}");
 }
 
+/// The page's figures of the task queue and of service channels (the object broker's).
+#[test]
+fn the_state_holds_task_and_service_figures() {
+    let c = Cluster::new();
+    let p = primary_with_console(&c, Some("sesame-for-tests"));
+    let base = admin_url(&p);
+    p.serve_channel("broker", |_channel| async {}).unwrap();
+    // The task queue's table as octodb-tasks makes it, in short: states by count.
+    p.execute_batch(
+        "CREATE TABLE octo_tasks(id INTEGER PRIMARY KEY, state TEXT, row_owner);
+         INSERT INTO octo_tasks(state, row_owner) VALUES (NULL, 1), ('done', 1), ('done', 1);",
+    )
+    .unwrap();
+    let (status, body) = call(
+        agent()
+            .get(&format!("{base}/api/state"))
+            .set("Authorization", "Bearer sesame-for-tests")
+            .call(),
+    );
+    assert_eq!(status, 200, "{body}");
+    let state: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        state["tasks"],
+        serde_json::json!([{"state": "done", "count": 2}, {"state": "queued", "count": 1}])
+    );
+    assert_eq!(
+        state["services"],
+        serde_json::json!([{"service": "broker", "serving": true, "open_channels": 0, "opened": 0}])
+    );
+}
+
 #[test]
 fn a_browser_approves_a_waiting_device_and_metrics_show_its_writes() {
     let c = Cluster::new();

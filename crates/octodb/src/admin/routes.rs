@@ -129,6 +129,41 @@ struct ConsoleState {
     rejections: Vec<super::metrics::RecentRejection>,
     actions: Vec<super::events::ActionRecord>,
     auth_requests_waiting: usize,
+    /// The signed task queue's tasks by state (empty without `octodb-tasks`' table).
+    tasks: Vec<TaskCount>,
+    /// Service channels (the object broker's among them).
+    services: Vec<crate::node::channels::ServiceFigures>,
+}
+
+#[derive(Serialize)]
+struct TaskCount {
+    state: String,
+    count: i64,
+}
+
+/// The task queue's figures, read from its table when this primary has one (`octodb-tasks`
+/// keeps its tasks in `octo_tasks`; a submitted task not examined yet has no state).
+fn task_counts(shared: &crate::node::Shared) -> crate::error::Result<Vec<TaskCount>> {
+    shared.read_blocking(|c| {
+        let exists: bool = c.query_row(
+            "SELECT EXISTS(SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'octo_tasks')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let mut stmt = c.prepare(
+            "SELECT coalesce(state, 'queued'), count(*) FROM octo_tasks GROUP BY 1 ORDER BY 1",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(TaskCount {
+                state: r.get(0)?,
+                count: r.get(1)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    })
 }
 
 fn snapshot(c: &Console) -> crate::error::Result<ConsoleState> {
@@ -164,6 +199,8 @@ fn snapshot(c: &Console) -> crate::error::Result<ConsoleState> {
         rejections: shared.metrics.recent_rejections(),
         actions: c.journal.actions(),
         auth_requests_waiting: shared.waiting.load(std::sync::atomic::Ordering::Relaxed),
+        tasks: task_counts(shared)?,
+        services: shared.services.figures(),
     })
 }
 

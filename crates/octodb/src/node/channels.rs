@@ -65,9 +65,64 @@ pub type ServiceHandler =
 #[derive(Default)]
 pub(crate) struct Services {
     map: Mutex<HashMap<String, ServiceHandler>>,
+    /// Per service: channels open now and opened since the start (the admin console's
+    /// figures of the broker and other services).
+    counts: Mutex<HashMap<String, (u64, u64)>>,
+}
+
+/// A service's channels, for the admin console.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ServiceFigures {
+    pub service: String,
+    pub serving: bool,
+    pub open_channels: u64,
+    pub opened: u64,
 }
 
 impl Services {
+    /// Every service served or once used here, with its channels.
+    pub fn figures(&self) -> Vec<ServiceFigures> {
+        let serving: Vec<String> = self
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut names: Vec<&String> = serving.iter().chain(counts.keys()).collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let (open, opened) = counts.get(name).copied().unwrap_or_default();
+                ServiceFigures {
+                    service: name.clone(),
+                    serving: serving.contains(name),
+                    open_channels: open,
+                    opened,
+                }
+            })
+            .collect()
+    }
+
+    /// A channel to `service` opened; it counts as open until the value returned is dropped.
+    fn opened<'a>(&'a self, service: &str) -> OpenChannel<'a> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let c = counts.entry(service.to_string()).or_default();
+        c.0 += 1;
+        c.1 += 1;
+        OpenChannel {
+            services: self,
+            service: service.to_string(),
+        }
+    }
+
     pub fn set(&self, name: &str, handler: Option<ServiceHandler>) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         match handler {
@@ -149,6 +204,7 @@ pub(super) async fn serve(
         me: (0, 0),
     };
     let mut stop = shared.shutdown.subscribe();
+    let _counted = shared.services.opened(&service);
     tokio::select! {
         () = handler(channel) => {}
         () = &mut withdrawal => {
@@ -157,6 +213,25 @@ pub(super) async fn serve(
         _ = stop.changed() => {}
     }
     Ok(())
+}
+
+/// Counts a channel as open while it lives.
+struct OpenChannel<'a> {
+    services: &'a Services,
+    service: String,
+}
+
+impl Drop for OpenChannel<'_> {
+    fn drop(&mut self) {
+        let mut counts = self
+            .services
+            .counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = counts.get_mut(&self.service) {
+            c.0 = c.0.saturating_sub(1);
+        }
+    }
 }
 
 /// Ends the key's place among the connected ones with the channel.
