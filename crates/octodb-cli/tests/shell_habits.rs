@@ -277,10 +277,16 @@ fn on_a_primary_dump_leaves_octodb_out_and_import_reaches_a_device() {
                 break;
             }
         }
-        assert!(
-            Instant::now() < end,
-            "the imported rows never reached the device"
-        );
+        if Instant::now() >= end {
+            let status = device.sync_status();
+            let _ = shell.kill();
+            let out = shell.wait_with_output().expect("the shell's output");
+            panic!(
+                "the imported rows never reached the device: {status:?}\nshell stdout: {}\nshell stderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
     let title: String = device

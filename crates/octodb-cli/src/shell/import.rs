@@ -74,7 +74,9 @@ pub fn run(conn: &Connection, imp: &Import) -> anyhow::Result<Vec<String>> {
         .is_empty();
     let tx_started = conn.is_autocommit();
     if tx_started {
-        conn.execute_batch("BEGIN")?;
+        // IMMEDIATE: on a node the engine writes the file too; a transaction that read
+        // before its first write would fail as busy if the engine committed in between.
+        conn.execute_batch("BEGIN IMMEDIATE")?;
     }
     let result = (|| -> anyhow::Result<()> {
         if !exists {

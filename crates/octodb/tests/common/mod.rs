@@ -137,10 +137,12 @@ pub fn text(c: &Connection, sql: &str) -> String {
         .expect("text query")
 }
 
-/// Wait until `sql` (a single number) equals `want` on `c`.
+/// Wait until `sql` (a single number) equals `want` on `c`. A query that fails meanwhile
+/// (its table not there yet, on a node still catching up) is tried again.
 pub fn wait_count(c: &Connection, sql: &str, want: i64) {
     wait_until(&format!("`{sql}` = {want}"), || {
-        (count(c, sql) == want).then_some(())
+        let n = c.query_row(sql, [], |r| r.get::<i64>(0)).ok()?;
+        (n == want).then_some(())
     });
 }
 
