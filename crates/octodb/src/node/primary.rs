@@ -175,8 +175,9 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     };
     // Devices of protocol 4 and newer send heartbeats at the pace they name, which this side
     // answers; a silence longer than that pace allows means a dead connection.
-    let heartbeat = (protocol >= version::HEARTBEATS).then(|| device_heartbeat(&info));
-    let device_epoch = device_log_epoch(&info);
+    let told = device_info(&info);
+    let heartbeat = (protocol >= version::HEARTBEATS).then_some(told.heartbeat);
+    let device_epoch = told.log_epoch;
     let applicant = Applicant {
         pubkey,
         addr,
@@ -412,7 +413,8 @@ async fn judge_position(
             return Ok(Some(last_seq));
         };
         let reason = format!(
-            "{reason}. This device's app is too old to download again over its data: update              the app, or give the device a fresh file"
+            "{reason}. This device's app is too old to download again over its data: update \
+             the app, or give the device a fresh file"
         );
         tracing::warn!("a device is ahead of this primary: {reason}");
         return super::admission::refuse_session(wr, reason)
@@ -436,13 +438,6 @@ async fn judge_position(
     )
     .await?;
     Ok(Some(if resync { 0 } else { last_seq }))
-}
-
-/// The epoch of the position a device names in its Hello's information (protocol 7).
-fn device_log_epoch(info: &str) -> Option<u64> {
-    serde_json::from_str::<serde_json::Value>(info)
-        .ok()
-        .and_then(|v| v.get("log_epoch")?.as_u64())
 }
 
 /// Stream the log to a device from `last_seq` on (after its initial download when 0). Ends
@@ -579,14 +574,22 @@ async fn stream_to_device(
     }
 }
 
-/// The heartbeat interval a device names in its node information (the default if none).
-fn device_heartbeat(info: &str) -> Duration {
-    serde_json::from_str::<serde_json::Value>(info)
-        .ok()
-        .and_then(|v| v.get("heartbeat_s")?.as_u64())
-        .map_or(crate::uri::DEFAULT_HEARTBEAT, |s| {
+/// What a device says of itself in its Hello's information, read once: the heartbeat
+/// interval it names (the default if none) and the epoch of its log position (protocol 7).
+struct DeviceInfo {
+    heartbeat: Duration,
+    log_epoch: Option<u64>,
+}
+
+fn device_info(info: &str) -> DeviceInfo {
+    let v = serde_json::from_str::<serde_json::Value>(info).ok();
+    let field = |name: &str| v.as_ref().and_then(|v| v.get(name)?.as_u64());
+    DeviceInfo {
+        heartbeat: field("heartbeat_s").map_or(crate::uri::DEFAULT_HEARTBEAT, |s| {
             Duration::from_secs(s.clamp(1, 60))
-        })
+        }),
+        log_epoch: field("log_epoch"),
+    }
 }
 
 async fn send(wr: &mut SecureWriter, entries: Vec<log::LogEntry>, up_to: u64) -> Result<()> {
