@@ -83,6 +83,11 @@ impl Event {
                 reason: Some(reason),
                 ..Event::new("primary_behind")
             },
+            EngineEvent::CopiedFile { txn, reason } => Event {
+                txn_id: Some(txn),
+                reason: Some(reason),
+                ..Event::new("copied_file")
+            },
             EngineEvent::Resynced {
                 resent,
                 rows_removed,

@@ -103,12 +103,16 @@ fn message() -> impl Strategy<Value = Message> {
                 origin_node: 3,
                 origin_txn: seq,
                 body: EntryBody::Changes(cs),
+                origin_digest: None,
             }],
             up_to: seq,
         }),
         proptest::collection::vec((any::<u64>(), change_set()), 0..3)
             .prop_map(|txns| Message::Txns { txns }),
         Just(Message::Heartbeat),
+        proptest::collection::vec((any::<u64>(), any::<[u8; 16]>()), 0..4)
+            .prop_map(|txns| Message::OwnDigests { txns }),
+        (any::<u64>(), ".{0,10}").prop_map(|(txn, reason)| Message::CopiedFile { txn, reason }),
     ]
 }
 

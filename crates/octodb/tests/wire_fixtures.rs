@@ -97,6 +97,7 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
         origin_node: 7,
         origin_txn: 42,
         body,
+        origin_digest: None,
     };
     vec![
         (
@@ -231,6 +232,19 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
                 resync: Some("behind".into()),
             },
         ),
+        (
+            "own_digests",
+            Message::OwnDigests {
+                txns: vec![(42, [0xab; 16]), (43, [7; 16])],
+            },
+        ),
+        (
+            "copied_file",
+            Message::CopiedFile {
+                txn: 42,
+                reason: "copy".into(),
+            },
+        ),
     ]
 }
 
@@ -271,5 +285,5 @@ fn every_message_kind_has_a_fixture() {
     // A new kind of message must be frozen too (add it to sample_messages).
     let kinds: std::collections::BTreeSet<&str> =
         sample_messages().iter().map(|(_, m)| m.kind()).collect();
-    assert_eq!(kinds.len(), 16, "message kinds with fixtures: {kinds:?}");
+    assert_eq!(kinds.len(), 18, "message kinds with fixtures: {kinds:?}");
 }

@@ -25,6 +25,7 @@ const OURS: &[&str] = &[
     "hexrekey",
     "admin_address",
     "admin_token",
+    "new_identity",
 ];
 
 /// The PRAGMAs that change an encrypted file's key: a node's connections take turns for them;

@@ -357,7 +357,7 @@ fn apply_decided(
             }
         }
     }
-    let seq = log::append(c, d.origin_node, d.origin_txn, &d.body)?;
+    let seq = log::append(c, d.origin_node, d.origin_txn, &d.body, None)?;
     if let EntryBody::Epoch { id } = &d.body {
         log::epochs::begin(c, *id, seq)?;
     }

@@ -1,6 +1,7 @@
 //! Ordered history. Primaries keep the total order of accepted transactions (`_octo_log`);
 //! devices keep their pending transactions (the outbox) and rebase them over what arrives.
 
+pub mod digest;
 pub mod epochs;
 pub mod outbox;
 mod predict;
@@ -22,6 +23,13 @@ pub struct LogEntry {
     /// That node's transaction id (0 for a primary's own writes).
     pub origin_txn: u64,
     pub body: EntryBody,
+    /// A device's transaction: the digest of its change set as the deciding primary received
+    /// it (`digest`), so that its origin can tell that the decision is about its own work and
+    /// not a copy's. Kept in `_octo_log`, never in the wire's entries (protocol 8 sends it
+    /// beside them, `Message::OwnDigests`); None for a primary's own writes, for entries a
+    /// follower applied from the Raft log, and for entries from before it was kept.
+    #[serde(skip)]
+    pub origin_digest: Option<digest::TxnDigest>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -66,14 +74,16 @@ pub fn append(
     origin_node: u32,
     origin_txn: u64,
     body: &EntryBody,
+    origin_digest: Option<&digest::TxnDigest>,
 ) -> Result<u64> {
     conn.prepare_cached(
-        "INSERT INTO _octo_log(origin_node, origin_txn, body) VALUES (?1, ?2, ?3)",
+        "INSERT INTO _octo_log(origin_node, origin_txn, body, origin_digest) VALUES (?1, ?2, ?3, ?4)",
     )?
     .execute(rusqlite::params![
         origin_node,
         origin_txn as i64,
-        encode_body(body)
+        encode_body(body),
+        origin_digest.map(|d| d.as_slice())
     ])?;
     Ok(conn.last_insert_rowid() as u64)
 }
@@ -81,7 +91,8 @@ pub fn append(
 /// Entries after `seq`, oldest first, at most `limit`.
 pub fn read_after(conn: &Connection, seq: u64, limit: usize) -> Result<Vec<LogEntry>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, origin_node, origin_txn, body FROM _octo_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        "SELECT seq, origin_node, origin_txn, body, origin_digest FROM _octo_log
+         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
     let rows = stmt.query_map(rusqlite::params![seq as i64, limit as i64], |r| {
         Ok((
@@ -89,11 +100,12 @@ pub fn read_after(conn: &Connection, seq: u64, limit: usize) -> Result<Vec<LogEn
             r.get::<_, u32>(1)?,
             r.get::<_, i64>(2)?,
             r.get::<_, Vec<u8>>(3)?,
+            r.get::<_, Option<Vec<u8>>>(4)?,
         ))
     })?;
     let mut out = Vec::new();
     for row in rows {
-        let (seq, origin_node, origin_txn, body) = row?;
+        let (seq, origin_node, origin_txn, body, origin_digest) = row?;
         let body: EntryBody = postcard::from_bytes(&body).map_err(|e| {
             crate::Error::rule(format!("octodb: log entry {seq} cannot be decoded: {e}"))
         })?;
@@ -102,6 +114,8 @@ pub fn read_after(conn: &Connection, seq: u64, limit: usize) -> Result<Vec<LogEn
             origin_node,
             origin_txn: origin_txn as u64,
             body,
+            // (Another length than a digest's: not one this build wrote; treated as none.)
+            origin_digest: origin_digest.and_then(|d| d.try_into().ok()),
         });
     }
     Ok(out)
@@ -125,12 +139,13 @@ pub fn append_local(
         return Ok(None);
     }
     let body = EntryBody::Changes(cs);
-    let seq = append(conn, node_id, 0, &body)?;
+    let seq = append(conn, node_id, 0, &body, None)?;
     Ok(Some(LogEntry {
         seq,
         origin_node: node_id,
         origin_txn: 0,
         body,
+        origin_digest: None,
     }))
 }
 

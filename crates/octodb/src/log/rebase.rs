@@ -2,6 +2,7 @@
 //! come; rows with pending local work get the primaries' version as their base, and the pending
 //! work is replayed on top. Accepted and rejected transactions leave the outbox here.
 
+use super::digest::{self, TxnDigest};
 use super::outbox::{self, RowImage};
 use super::predict::Predictions;
 use super::{EntryBody, LogEntry};
@@ -26,11 +27,42 @@ pub struct Applied {
 
 pub(super) type RowKey = (String, i64);
 
+/// What tells the decisions about this device's own transactions from decisions about a
+/// copy's: two copies of one device file (a phone's backup restored onto a second phone while
+/// the first goes on) hand out the same transaction ids for different work, and taking the
+/// other copy's decision for its own would lose this copy's work without a word.
+#[derive(Debug, Default)]
+pub struct OwnWork {
+    /// The digest of each decided transaction as the deciding primary received it, by id
+    /// (protocol 8, `Message::OwnDigests`; none from older primaries, taken on trust).
+    pub digests: HashMap<u64, TxnDigest>,
+    /// The next transaction id this file hands out: no decision about it or a later id can be
+    /// about this file's work.
+    pub next_txn: u64,
+}
+
+impl OwnWork {
+    /// Checks that the decision of transaction `txn`, whose pending work here was `ours`
+    /// (empty: none was pending), is about that work.
+    fn check(&self, txn: u64, ours: &ChangeSet) -> Result<()> {
+        if txn >= self.next_txn {
+            return Err(crate::Error::CopiedFile { txn });
+        }
+        match self.digests.get(&txn) {
+            Some(decided) if !ours.is_empty() && digest::of(ours) != *decided => {
+                Err(crate::Error::CopiedFile { txn })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Apply `entries` in order. Runs inside the caller's write transaction.
 pub fn apply_entries(
     conn: &Connection,
     tables: &mut Tables,
     my_node: u32,
+    own: &OwnWork,
     entries: &[LogEntry],
 ) -> Result<Applied> {
     let mut applied = Applied::default();
@@ -48,6 +80,7 @@ pub fn apply_entries(
                     // Accepted: from here on the transaction is the primaries' history, no
                     // longer pending work to replay over what they send.
                     let ours = outbox::remove(conn, e.origin_txn)?;
+                    own.check(e.origin_txn, &ours)?;
                     if !ours.is_empty() {
                         outbox::accepted::keep(conn, e.origin_txn, &ours)?;
                     }
@@ -102,6 +135,7 @@ pub fn apply_entries(
     }
     for (txn, _) in &applied.rejected {
         let taken_back = leave_outbox(conn, *txn, &mut touched)?;
+        own.check(*txn, &taken_back)?;
         predictions.spoil_rows_of(&taken_back);
     }
     let mut pending = PendingCache::default();
@@ -407,5 +441,49 @@ pub(super) fn fold(state: Option<RowImage>, cs: &ChangeSet, op: &Op) -> Option<R
         }
         Op::Delete { .. } => None,
         Op::Ddl { .. } => state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn work(body: &str) -> ChangeSet {
+        let mut cs = ChangeSet::default();
+        let t = cs.table_index("notes", &["body".to_string()]);
+        cs.ops.push(Op::Insert {
+            table: t,
+            rowid: 1,
+            values: vec![Value::Text(body.into())],
+        });
+        cs
+    }
+
+    fn copied(r: Result<()>) -> Option<u64> {
+        match r {
+            Err(crate::Error::CopiedFile { txn }) => Some(txn),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_decision_about_a_copys_work_is_not_taken_for_this_files() {
+        let own = OwnWork {
+            digests: [
+                (5, digest::of(&work("mine"))),
+                (6, digest::of(&work("theirs"))),
+            ]
+            .into_iter()
+            .collect(),
+            next_txn: 8,
+        };
+        assert!(own.check(5, &work("mine")).is_ok());
+        assert_eq!(copied(own.check(6, &work("mine"))), Some(6));
+        // Nothing pending under the id: nothing of this file's to lose.
+        assert!(own.check(6, &ChangeSet::default()).is_ok());
+        // No digest (an older primary, a follower's entry): taken on trust.
+        assert!(own.check(7, &work("mine")).is_ok());
+        // An id this file has not handed out yet was sent by another copy.
+        assert_eq!(copied(own.check(8, &ChangeSet::default())), Some(8));
     }
 }

@@ -4,6 +4,7 @@
 //! The file stays the source of truth: a session that is further behind than this window, or
 //! finds a sequence number missing, reads the log from the file instead.
 
+use super::digest::TxnDigest;
 use super::{EntryBody, LogEntry};
 use crate::changes::Op;
 use crate::value::Owner;
@@ -137,6 +138,17 @@ impl Recent {
         recorded
     }
 
+    /// The digest recorded by the decision of device `node`'s transaction `txn`, if that
+    /// decision is still here (`Some(None)`: it recorded none).
+    pub fn decided_digest(&self, node: u32, txn: u64) -> Option<Option<TxnDigest>> {
+        let w = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        w.entries
+            .iter()
+            .rev()
+            .find(|e| e.entry.origin_node == node && e.entry.origin_txn == txn)
+            .map(|e| e.entry.origin_digest)
+    }
+
     /// Whether every entry after `after` up to `upto` is here and none concerns device `node`
     /// of `user`: a session may then move past them without copying any (what a position
     /// tick mostly finds).
@@ -188,6 +200,7 @@ mod tests {
             origin_node: 1,
             origin_txn: 0,
             body: EntryBody::Changes(ChangeSet::default()),
+            origin_digest: None,
         }
     }
 

@@ -11,11 +11,12 @@ use crate::uri::Role;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
-/// The encoding of protocol versions 2 to 7 (2: Welcome tells a device the last of its
+/// The encoding of protocol versions 2 to 8 (2: Welcome tells a device the last of its
 /// transactions the primaries decided; 4 adds `Heartbeat` at the end, which only peers of 4
 /// receive, and leaves every other message's bytes as they were; 5 adds `PrimaryMembers` and
 /// `NotLeader` after it, likewise; 6 appends `OpenChannel` and `ChannelOpen` the same way,
-/// exchanged only with peers of 6; 7 appends `LogHistory`).
+/// exchanged only with peers of 6; 7 appends `LogHistory`; 8 appends `OwnDigests` and
+/// `CopiedFile`).
 pub const MESSAGE_ENCODING: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,6 +110,21 @@ pub enum Message {
     LogHistory {
         epochs: Vec<(u64, u64)>,
         resync: Option<String>,
+    },
+    /// Protocol 8, primary → device, just before an `Entries` message that decides some of
+    /// the device's own transactions: by transaction id, the digest (`log::digest`) of each
+    /// as the deciding primary received it. A device whose pending transaction under such an
+    /// id is other work runs on a copy of another device's file: it stops rather than take
+    /// that decision for its own work.
+    OwnDigests {
+        txns: Vec<(u64, [u8; 16])>,
+    },
+    /// Protocol 8, primary → device: the device sent, under transaction id `txn`, other work
+    /// than the primaries decided under it, so its file is a copy of another device's in use.
+    /// The connection closes after it.
+    CopiedFile {
+        txn: u64,
+        reason: String,
     },
 }
 
@@ -216,6 +232,8 @@ impl Message {
             Message::OpenChannel { .. } => "OpenChannel",
             Message::ChannelOpen { .. } => "ChannelOpen",
             Message::LogHistory { .. } => "LogHistory",
+            Message::OwnDigests { .. } => "OwnDigests",
+            Message::CopiedFile { .. } => "CopiedFile",
         }
     }
 }

@@ -22,8 +22,13 @@ use std::fmt;
 /// 5 (a primary tells its devices the cluster's primaries: `Message::PrimaryMembers`),
 /// 6 (service channels: `Message::OpenChannel` instead of `Hello`, for the object broker),
 /// 7 (the log's epochs: `Message::LogHistory`; a device names its position's epoch in its
-/// Hello's information, and re-downloads from a primary that is behind it).
-pub const NEWEST: u8 = 7;
+/// Hello's information, and re-downloads from a primary that is behind it), 8 (copied device
+/// files: `Message::OwnDigests` beside the entries that decide a device's transactions, and
+/// `Message::CopiedFile`).
+pub const NEWEST: u8 = 8;
+/// The first version whose devices check that a decision is about their own work, and hear
+/// that their file is a copy of another device's.
+pub const COPIED_FILES: u8 = 8;
 /// The first version whose devices hear of the log's epochs and can download again.
 pub const LOG_EPOCHS: u8 = 7;
 /// The first version whose primaries open service channels (`Message::OpenChannel`).

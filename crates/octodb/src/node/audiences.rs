@@ -238,6 +238,7 @@ mod tests {
             origin_node,
             origin_txn: 1,
             body: EntryBody::Changes(cs),
+            origin_digest: None,
         }))
     }
 

@@ -21,7 +21,7 @@ pub(super) fn write_marker(
     let me = shared.identity.node_id();
     let body = EntryBody::Epoch { id };
     exec(conn, "BEGIN IMMEDIATE")?;
-    let written = log::append(conn, me, 0, &body)
+    let written = log::append(conn, me, 0, &body, None)
         .and_then(|seq| log::epochs::begin(conn, id, seq).map(|()| seq));
     let seq = match written {
         Ok(seq) => seq,
@@ -35,6 +35,7 @@ pub(super) fn write_marker(
         origin_node: me,
         origin_txn: 0,
         body,
+        origin_digest: None,
     };
     let proposed = shared.cluster.get().map(|cluster| {
         let txns = vec![Decided {

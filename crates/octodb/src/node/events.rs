@@ -28,4 +28,9 @@ pub enum Event {
     /// went back into its outbox, to be sent again; `rows_removed` rows it had were no longer
     /// on the primary and are gone here too.
     Resynced { resent: u64, rows_removed: u64 },
+    /// This device's file is a copy of another device's in use (a phone's backup restored
+    /// onto a second phone while the first goes on): the primaries decided other work under
+    /// its transaction id `txn`. It stops syncing, keeping its pending work; `PRAGMA
+    /// new_identity` and a reopen let it go on under a new key, approved afresh.
+    CopiedFile { txn: u64, reason: String },
 }

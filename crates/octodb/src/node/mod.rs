@@ -128,6 +128,10 @@ pub(crate) struct Shared {
     /// I/O error), and why: their sessions end, telling them, so that they send those
     /// transactions again (after the device's back-off) once the primary can write.
     pub unwritten: watch::Sender<Arc<Unwritten>>,
+    /// Primaries: sessions whose device sent other work under a transaction id already
+    /// decided (its file is a copy of another device's), with that id. Such a session ends,
+    /// telling its device, and takes itself out.
+    pub copied_files: watch::Sender<HashMap<u64, u64>>,
     /// Primaries: sessions waiting for a decision now (bounded by auth::MAX_PENDING).
     pub waiting: std::sync::atomic::AtomicUsize,
     /// Devices: the app made a sign-up or login request.
@@ -247,6 +251,14 @@ impl Shared {
             .sync_error = Some(reason.clone());
         self.unwritten
             .send_replace(Arc::new(Unwritten { nodes, reason }));
+    }
+
+    /// Session `session`'s device sent other work under transaction id `txn`, already
+    /// decided: its file is a copy of another device's.
+    pub fn copied_file_found(&self, session: u64, txn: u64) {
+        self.copied_files.send_modify(|found| {
+            found.insert(session, txn);
+        });
     }
 
     /// A write succeeded: whatever failed before is over.
@@ -453,6 +465,7 @@ impl Node {
             waiting: Default::default(),
             connected_keys: Default::default(),
             unwritten: watch::channel(Arc::new(Unwritten::default())).0,
+            copied_files: watch::channel(HashMap::new()).0,
             auth_changed: Notify::new(),
             service: Mutex::new(None),
             write_turns: Default::default(),
@@ -661,6 +674,17 @@ impl Node {
         }
         self.shared.auth_changed.notify_one();
         Ok(())
+    }
+
+    /// Devices whose file was found a copy of another device's (`PRAGMA new_identity`): a new
+    /// key pair for the next open; returns its public key (hex).
+    pub fn new_identity(&self) -> Result<String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared
+            .jobs
+            .blocking_send(writer::Job::NewIdentity { reply: tx })
+            .map_err(|_| Error::Closed)?;
+        rx.blocking_recv().map_err(|_| Error::Closed)?
     }
 
     /// Primaries: decide on a node by its public key (`PRAGMA authorize_user` / `authorize_node`).

@@ -5,7 +5,7 @@ use super::admission::{admit, send_now, Applicant};
 use super::audiences::{Wake, POSITION_DELAY};
 use super::members::Registered;
 use super::snapshot;
-use super::writer::{ask, Job};
+use super::writer::{ask, DeviceTxn, Job};
 use super::{runtime, Shared};
 use crate::error::{Error, Result};
 use crate::log;
@@ -237,9 +237,19 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     // never stays connected to a session that stopped sending it anything. A device whose
     // approval the backend takes back is cut off at once (it hears why when it reconnects).
     let beats = tokio::sync::Notify::new();
+    let session = super::next_session();
+    let streamed = Streamed {
+        node: node_id,
+        user: user_id,
+        last_seq,
+        tells_members,
+        tells_epochs,
+        tells_digests: protocol >= version::COPIED_FILES,
+        session,
+    };
     let result = tokio::select! {
-        r = read_loop(shared, &mut rd, sender, &beats) => r,
-        r = stream_to_device(shared, Streamed { node: node_id, user: user_id, last_seq, tells_members, tells_epochs }, wr, &beats) => r,
+        r = read_loop(shared, &mut rd, sender, session, &beats) => r,
+        r = stream_to_device(shared, streamed, wr, &beats) => r,
         () = &mut withdrawal => {
             tracing::info!(%addr, node_id, "device disconnected: its approval was taken back");
             Ok(())
@@ -251,6 +261,11 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         .unwrap_or_else(|p| p.into_inner())
         .sessions
         .remove(&node_id);
+    // (Nobody waits for a session's removal: no wake-up.)
+    shared.copied_files.send_if_modified(|found| {
+        found.remove(&session);
+        false
+    });
     // Kept when the session ends (while it lasts, `PRAGMA nodes` says it is connected): a
     // write per connection would cost every reconnecting device a commit.
     let seen = super::members::Sighting {
@@ -321,10 +336,10 @@ async fn read_loop(
     shared: &Arc<Shared>,
     rd: &mut SecureReader,
     sender: Sender,
+    session: u64,
     beats: &tokio::sync::Notify,
 ) -> Result<()> {
     let mut stop = shared.shutdown.subscribe();
-    let session = super::next_session();
     loop {
         let msg = tokio::select! {
             m = recv_msg(rd) => m?,
@@ -343,7 +358,10 @@ async fn read_loop(
                     .send(Job::DeviceTxns {
                         sender,
                         session,
-                        txns,
+                        txns: txns
+                            .into_iter()
+                            .map(|(id, changes)| DeviceTxn::received(id, changes))
+                            .collect(),
                     })
                     .await
                     .map_err(|_| Error::Closed)?;
@@ -391,6 +409,11 @@ struct Streamed {
     tells_members: bool,
     /// It speaks protocol 7 or newer: it hears of the log's new epochs.
     tells_epochs: bool,
+    /// It speaks protocol 8 or newer: it hears the digests of its own decided transactions,
+    /// and that its file is a copy of another device's.
+    tells_digests: bool,
+    /// The session reading its transactions (`copied_files`).
+    session: u64,
 }
 
 /// Where a device that applied the log up to `last_seq` (in epoch `epoch`) goes on from:
@@ -454,7 +477,11 @@ async fn stream_to_device(
         last_seq,
         tells_members,
         tells_epochs,
+        tells_digests,
+        session,
     } = device;
+    let mut copied_files = shared.copied_files.subscribe();
+    copied_files.mark_unchanged();
     let mut epoch_marks = shared.epoch_marks.subscribe();
     epoch_marks.mark_unchanged();
     let mut cluster = shared.cluster_view.subscribe();
@@ -522,6 +549,9 @@ async fn stream_to_device(
             cursor = up_to;
             if !visible.is_empty() {
                 tracing::trace!(node, up_to, "streaming entries");
+                if tells_digests {
+                    send_own_digests(&mut wr, &visible, node).await?;
+                }
                 send(&mut wr, visible, up_to).await?;
                 told = up_to;
             }
@@ -561,6 +591,18 @@ async fn stream_to_device(
                         wr.flush().await?;
                     }
                 }
+                // This device sent other work under an id already decided.
+                txn = copied_file(&mut copied_files, session) => {
+                    let reason = Error::CopiedFile { txn }.to_string();
+                    tracing::warn!(node, txn, "device disconnected: its file is a copy of another device's in use");
+                    let told = match tells_digests {
+                        true => Message::CopiedFile { txn, reason: reason.clone() },
+                        false => Message::Refused { reason: reason.clone() },
+                    };
+                    wr.send(&told.encode()).await?;
+                    wr.flush().await?;
+                    return Err(Error::rule(reason));
+                }
                 // The writer could not write this device's transactions: the session ends,
                 // telling the device why, and it sends them again when it reconnects.
                 reason = transactions_unwritten(&mut unwritten, node) => {
@@ -589,6 +631,42 @@ fn device_info(info: &str) -> DeviceInfo {
             Duration::from_secs(s.clamp(1, 60))
         }),
         log_epoch: field("log_epoch"),
+    }
+}
+
+/// Protocol 8: before entries that decide some of `node`'s own transactions, the digest of
+/// each as the deciding primary received it (entries a follower applied carry none).
+async fn send_own_digests(
+    wr: &mut SecureWriter,
+    entries: &[log::LogEntry],
+    node: u32,
+) -> Result<()> {
+    let txns: Vec<(u64, [u8; 16])> = entries
+        .iter()
+        .filter(|e| e.origin_node == node)
+        .filter_map(|e| Some((e.origin_txn, e.origin_digest?)))
+        .collect();
+    if txns.is_empty() {
+        return Ok(());
+    }
+    wr.send(&Message::OwnDigests { txns }.encode()).await?;
+    Ok(())
+}
+
+/// Until the writer finds that session `session`'s device sent other work under an id
+/// already decided; then that id.
+async fn copied_file(
+    found: &mut tokio::sync::watch::Receiver<std::collections::HashMap<u64, u64>>,
+    session: u64,
+) -> u64 {
+    loop {
+        if found.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let txn = found.borrow_and_update().get(&session).copied();
+        if let Some(txn) = txn {
+            return txn;
+        }
     }
 }
 

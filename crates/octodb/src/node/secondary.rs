@@ -44,8 +44,19 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut turn = 0usize;
     // Where a follower said the leader is: tried next, once.
     let mut leader_hint: Option<Endpoint> = None;
+    note_copied_file(&shared).await;
     loop {
         if shared.is_shutting_down() {
+            return;
+        }
+        // A copy of another device's file in use syncs no more, under this key.
+        if let Some(txn) = copied_file(&shared) {
+            shared
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sync_error = Some(Error::CopiedFile { txn }.to_string());
+            let _ = stop.changed().await;
             return;
         }
         let endpoints = endpoints(&shared);
@@ -145,6 +156,36 @@ pub(super) async fn run(shared: Arc<Shared>) {
         }
         if round_done {
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// Whether this file was found to be a copy of another device's in use: at which transaction.
+fn copied_file(shared: &Shared) -> Option<u64> {
+    shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .copied_file
+}
+
+/// Reads from the file whether an earlier run found it to be a copy of another device's.
+async fn note_copied_file(shared: &Arc<Shared>) {
+    let key = super::writer::COPIED_FILE_KEY;
+    match shared
+        .read(move |c| crate::store::meta_get::<i64>(c, key))
+        .await
+    {
+        Ok(Some(txn)) => {
+            shared
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .copied_file = Some(txn as u64);
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!("cannot read whether this file is a copy of another device's: {e}")
         }
     }
 }
@@ -257,19 +298,26 @@ async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {
     Ok(Message::decode(&rd.recv().await?)?)
 }
 
-/// What a device tells the primaries about itself, among it its heartbeat interval: the
-/// primary sends heartbeats at that pace and expects them at it.
-/// What a device tells about itself in its Hello: its platform, its heartbeat's pace, and
-/// the epoch of the log its position belongs to (`log::epochs`; protocol 7).
-fn device_info(heartbeat: Duration, log_epoch: Option<u64>) -> String {
-    serde_json::json!({
+/// The meta key of the public key (hex) a device went on from with `PRAGMA new_identity`,
+/// its file having been found a copy of another device's.
+pub(crate) const CLONE_OF_KEY: &str = "clone_of";
+
+/// What a device tells about itself in its Hello: its platform, its heartbeat's pace (the
+/// primary sends heartbeats at that pace and expects them at it), the epoch of the log its
+/// position belongs to (`log::epochs`; protocol 7), and, when its file was found a copy of
+/// another device's, the key of that device (`clone_of`), for the backend that approves it.
+fn device_info(heartbeat: Duration, log_epoch: Option<u64>, clone_of: Option<String>) -> String {
+    let mut info = serde_json::json!({
         "platform": std::env::consts::OS,
         "arch": std::env::consts::ARCH,
         "engine": concat!("octodb ", env!("CARGO_PKG_VERSION")),
         "heartbeat_s": heartbeat.as_secs(),
         "log_epoch": log_epoch,
-    })
-    .to_string()
+    });
+    if let Some(key) = clone_of {
+        info["clone_of"] = serde_json::Value::String(key);
+    }
+    info.to_string()
 }
 
 /// The log's epochs as the primary told them; with `resync`, the primary is behind this
@@ -360,12 +408,10 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
     // leave this device waiting for a Welcome forever.
     rd.set_idle_timeout(heartbeat.map(crate::uri::dead_after));
     let last_seq = *shared.feed.borrow();
-    let epoch = shared
+    let (epoch, clone_of) = shared
         .read(move |c| {
-            Ok(crate::log::epochs::at(
-                &crate::log::epochs::load(c)?,
-                last_seq,
-            ))
+            let epoch = crate::log::epochs::at(&crate::log::epochs::load(c)?, last_seq);
+            Ok((epoch, crate::store::meta_get::<String>(c, CLONE_OF_KEY)?))
         })
         .await?;
     let unauthorized = shared.identity.node_id() == 0;
@@ -382,7 +428,7 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
     let hello = Message::Hello {
         role: Role::Secondary,
         last_seq,
-        info: device_info(shared.cfg.heartbeat, epoch),
+        info: device_info(shared.cfg.heartbeat, epoch, clone_of),
         auth,
     };
     wr.send(&hello.encode()).await?;
@@ -523,6 +569,8 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<Flow> {
     let mut stop = shared.shutdown.subscribe();
     let mut writing = WritesInFlight::default();
     let session = super::next_session();
+    // Digests of the decisions of this device's own transactions in the next entries.
+    let mut own_digests = std::collections::HashMap::new();
     loop {
         let msg = tokio::select! {
             m = recv_msg(rd) => m?,
@@ -548,6 +596,15 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<Flow> {
             Message::LogHistory { epochs, resync } => {
                 take_log_history(shared, epochs, resync).await?;
                 continue;
+            }
+            Message::OwnDigests { txns } => {
+                own_digests.extend(txns);
+                continue;
+            }
+            Message::CopiedFile { txn, reason } => {
+                tracing::warn!("the primary ended the session: {reason}");
+                ask(shared, |reply| Job::CopiedFile { txn, reply }).await?;
+                return Err(Error::CopiedFile { txn });
             }
             Message::NotLeader { leader, reason } => {
                 tracing::info!("{reason}");
@@ -606,9 +663,11 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<Flow> {
             }
             Message::Entries { entries, up_to } => {
                 tracing::trace!(up_to, "entries received");
+                let own_digests = std::mem::take(&mut own_digests);
                 let written = submit(shared, |reply| Job::Entries {
                     entries,
                     up_to,
+                    own_digests,
                     session,
                     reply,
                 })
@@ -762,7 +821,8 @@ async fn send_outbox(shared: Arc<Shared>, mut wr: SecureWriter, heartbeat: Optio
         tracing::trace!(up_to = sent, "sending transactions");
         let msg = Message::Txns { txns };
         // Counted as sent before it may have left: a transaction the primaries might have
-        // must never be renumbered (see `Writer::txn_ids_before_sending`).
+        // must never be taken for the work of another copy of this file (see
+        // `Writer::txn_ids_before_sending`).
         shared
             .sent_txn_max
             .fetch_max(sent, std::sync::atomic::Ordering::AcqRel);

@@ -21,6 +21,9 @@ pub struct Live {
     pub auth_error: Option<String>,
     /// Devices: why the last session with the primaries failed; None while one is up.
     pub sync_error: Option<String>,
+    /// Devices: this file is a copy of another device's in use, found at this transaction
+    /// id; it does not sync until `PRAGMA new_identity` and a reopen.
+    pub copied_file: Option<u64>,
 }
 
 /// The last transaction the primaries rejected, with why.

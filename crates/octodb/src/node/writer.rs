@@ -8,6 +8,7 @@ use crate::changes::ChangeSet;
 use crate::cluster::{Batch, GaveUp, Proposed};
 use crate::crypto::PublicKey;
 use crate::error::{Error, Result};
+use crate::log::digest::TxnDigest;
 use crate::log::{self, EntryBody, LogEntry};
 use crate::store::apply::{self, Sender, Tables};
 use crate::store::{exec, meta_i64, meta_set, schema, write_txn};
@@ -64,7 +65,7 @@ pub(crate) enum Job {
     DeviceTxns {
         sender: Sender,
         session: u64,
-        txns: Vec<(u64, ChangeSet)>,
+        txns: Vec<DeviceTxn>,
     },
     /// Primary: a node presents itself; find or create its record.
     Register {
@@ -139,8 +140,21 @@ pub(crate) enum Job {
     Entries {
         entries: Vec<LogEntry>,
         up_to: u64,
+        /// The digests of the decisions about this device's own transactions among them
+        /// (protocol 8).
+        own_digests: std::collections::HashMap<u64, TxnDigest>,
         session: u64,
         reply: Reply<()>,
+    },
+    /// Device: the primary found this file to be a copy of another device's in use.
+    CopiedFile {
+        txn: u64,
+        reply: Reply<()>,
+    },
+    /// Device (a copy of another's file): a new key pair in the file, for the next open; its
+    /// new public key (hex).
+    NewIdentity {
+        reply: Reply<String>,
     },
     /// Device: the initial download, in parts, inside one transaction.
     SnapshotBegin {
@@ -371,8 +385,13 @@ impl Writer {
                     let count: usize = batch.iter().map(|(_, txns)| txns.len()).sum();
                     let started = std::time::Instant::now();
                     match self.apply_device_batch(&batch) {
-                        Ok(()) => {
+                        Ok(clones) => {
                             self.shared.writes_succeed();
+                            for CloneFound { at, txn } in clones {
+                                // What the session queued after must not be decided either.
+                                self.note_failed_sessions(vec![sessions[at]]);
+                                self.shared.copied_file_found(sessions[at], txn);
+                            }
                             tracing::debug!(
                                 txns = count,
                                 micros = started.elapsed().as_micros() as u64,
@@ -490,6 +509,13 @@ impl Writer {
                         .and_then(|()| self.txn_ids_before_sending(last_decided_txn));
                     let _ = reply.send(welcomed);
                 }
+                Job::CopiedFile { txn, reply } => {
+                    self.copied_file(txn);
+                    let _ = reply.send(Ok(()));
+                }
+                Job::NewIdentity { reply } => {
+                    let _ = reply.send(self.new_identity());
+                }
                 Job::PrimaryMembers { members, reply } => {
                     let kept = super::secondary::keep_known_primaries(&self.conn, members).map(
                         |members| {
@@ -605,7 +631,10 @@ impl Writer {
     /// Primary: decide devices' transactions, each in a savepoint, all in one commit that
     /// also holds the batch's Raft entry (written through: see `cluster::write_through`).
     /// Sessions hear of the decisions once the cluster committed them.
-    fn apply_device_batch(&mut self, batch: &[(Sender, Vec<(u64, ChangeSet)>)]) -> Result<()> {
+    fn apply_device_batch(
+        &mut self,
+        batch: &[(Sender, Vec<DeviceTxn>)],
+    ) -> Result<Vec<CloneFound>> {
         let started = std::time::Instant::now();
         let done = self.decide_device_batch(batch);
         self.shared
@@ -632,12 +661,15 @@ impl Writer {
         }
     }
 
-    fn decide_device_batch(&mut self, batch: &[(Sender, Vec<(u64, ChangeSet)>)]) -> Result<()> {
+    fn decide_device_batch(
+        &mut self,
+        batch: &[(Sender, Vec<DeviceTxn>)],
+    ) -> Result<Vec<CloneFound>> {
         let term = self.raft_term();
         let conn = &self.conn;
         let tables = &mut self.tables;
         let decided = loaded(&mut self.decided, conn, term)?;
-        let mut recorded = Vec::new();
+        let mut out = BatchOutcome::new(&self.shared.recent);
         let mut new = NewDecisions::default();
         let effects = &mut self.trigger_effects;
         exec(conn, "BEGIN IMMEDIATE")?;
@@ -648,18 +680,13 @@ impl Writer {
                 None => None,
             };
             tables.in_transaction(|tables| {
-                decide_device_txns(
-                    conn,
-                    tables,
-                    decided,
-                    &mut new,
-                    batch,
-                    effects,
-                    &mut recorded,
-                )
+                decide_device_txns(conn, tables, decided, &mut new, batch, effects, &mut out)
             })?;
             decided.checkpoint_if_due(conn, &mut new)
         })();
+        let BatchOutcome {
+            recorded, clones, ..
+        } = out;
         let proposed = match (decisions, self.shared.cluster.get()) {
             (Err(e), _) => Err(e),
             (Ok(()), Some(cluster)) if !recorded.is_empty() => {
@@ -689,14 +716,14 @@ impl Writer {
                 self.count_decisions(&recorded);
                 self.shared
                     .log_committed(recorded, super::cluster_member::user_in(users));
-                Ok(())
+                Ok(clones)
             }
             (Some(Proposed::InTxn(t)), Ok(())) => {
                 decided.committed(new);
                 self.count_decisions(&recorded);
                 self.shared
                     .announce_when_committed(t.committed(), recorded, users);
-                Ok(())
+                Ok(clones)
             }
             (None, Err(e)) => Err(e),
             (Some(Proposed::InTxn(t)), Err(e)) => {
@@ -756,15 +783,86 @@ impl Writer {
         Ok(())
     }
 
+    /// Device: this file is a copy of another device's in use (found at transaction `txn`).
+    /// Kept in the file, so that it does not sync again, even after a restart, until
+    /// `PRAGMA new_identity`; the app hears it once.
+    fn copied_file(&mut self, txn: u64) {
+        if let Err(e) = write_txn(&self.conn, |c| meta_set(c, COPIED_FILE_KEY, txn as i64)) {
+            tracing::error!("cannot note in the file that it is a copy of another device's: {e}");
+        }
+        let reason = Error::CopiedFile { txn }.to_string();
+        let first = {
+            let mut live = self.shared.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.sync_error = Some(reason.clone());
+            live.copied_file.replace(txn).is_none()
+        };
+        if first {
+            tracing::warn!(txn, "{reason}");
+            self.shared.emit(Event::CopiedFile { txn, reason });
+        }
+    }
+
+    /// Device whose file was found a copy of another device's: a new key pair replaces the
+    /// file's, its node and user ids are forgotten, and its Hello names the old key
+    /// (`clone_of`), so that the backend approves it afresh, knowing. Its data and pending
+    /// work stay. Takes effect when the database is opened again.
+    fn new_identity(&mut self) -> Result<String> {
+        let refuse = |reason: &str| Error::Pragma {
+            name: "new_identity".into(),
+            reason: reason.into(),
+        };
+        if self.shared.identity.role != Some(Role::Secondary) {
+            return Err(refuse(
+                "only a device (node=secondary) takes a new identity",
+            ));
+        }
+        let copied = self
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .copied_file;
+        if copied.is_none() {
+            return Err(refuse(
+                "this device's file was not found to be a copy of another device's; a new \
+                 identity is for such a copy only (it would need the backend's approval again)",
+            ));
+        }
+        let old = self.shared.keys.public_key().to_hex();
+        let keys = crate::crypto::NodeKeys::generate();
+        let new = keys.public_key().to_hex();
+        write_txn(&self.conn, |c| {
+            meta_set(c, "node_keys", keys.to_bytes())?;
+            meta_set(c, super::secondary::CLONE_OF_KEY, &old)?;
+            c.execute(
+                "DELETE FROM _octo_meta WHERE key IN ('node_id', 'user_id', ?1)",
+                [COPIED_FILE_KEY],
+            )?;
+            // Kept to be sent again under the old key: not this key's transactions.
+            c.execute("DELETE FROM _octo_accepted", [])?;
+            Ok(())
+        })?;
+        tracing::warn!(old = %old, new = %new, "this device takes a new key; open the database again to sync under it");
+        self.shared
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync_error = Some(format!(
+            "this device has a new key ({new}), taken because its file was a copy of another \
+             device's: open the database again to sync under it; the backend approves it afresh"
+        ));
+        Ok(new)
+    }
+
     /// Device: the primaries decided outbox transaction ids up to `last_decided`. A healthy
     /// device has sent each of them: below the first id no earlier run sent
-    /// (`outbox::note_run_start`), or sent by this run. When they go beyond both, the file
-    /// went back in time (restored from a backup, a VM rolled back) and handed out again ids
-    /// whose decisions are about the file's lost future: its pending transactions from there
-    /// on move past them, or the primaries would skip them as already decided, and the
-    /// device take those decisions for them. (Below that bound, what the file holds under an
-    /// id is what was sent under it.) Then, before anything is sent, the file forgets that
-    /// bound: from here on this run's ids may reach the primaries.
+    /// (`outbox::note_run_start`), or sent by this run. When they go beyond both, another file
+    /// sent them under this device's key: this file is a copy of it, or went back in time
+    /// (restored from a backup, a VM rolled back), and the other's work under those ids is
+    /// not this file's. Neither can be told from the other, nor a stolen backup from a
+    /// restored one: the file stops as a copy (`copied_file`), its work kept, and goes on
+    /// only under a new key approved afresh. Otherwise, before anything is sent, the file
+    /// forgets that bound: from here on this run's ids may reach the primaries.
     fn txn_ids_before_sending(&mut self, last_decided: u64) -> Result<()> {
         let identity = &self.shared.identity;
         let floor = (identity.unsent_txn_from() - 1).max(
@@ -772,27 +870,15 @@ impl Writer {
                 .sent_txn_max
                 .load(std::sync::atomic::Ordering::Acquire),
         );
-        if last_decided <= floor {
-            if !self.sending_noted {
-                write_txn(&self.conn, log::outbox::note_sending_begins)?;
-                self.sending_noted = true;
-            }
-            return Ok(());
+        if last_decided > floor {
+            let txn = floor + 1;
+            self.copied_file(txn);
+            return Err(Error::CopiedFile { txn });
         }
-        let by = last_decided - floor;
-        let moved = write_txn(&self.conn, |c| {
-            let moved = log::outbox::renumber_after(c, identity, floor, by)?;
-            log::outbox::note_sending_begins(c)?;
-            Ok(moved)
-        })?;
-        self.sending_noted = true;
-        tracing::warn!(
-            moved,
-            last_decided,
-            "the primaries decided transaction ids this device had not sent: its file was \
-             restored from a backup or copied; its pending transactions after id {floor} \
-             were moved past them"
-        );
+        if !self.sending_noted {
+            write_txn(&self.conn, log::outbox::note_sending_begins)?;
+            self.sending_noted = true;
+        }
         Ok(())
     }
 
@@ -801,6 +887,10 @@ impl Writer {
     fn apply_queued_entries(&mut self, jobs: Vec<Job>) {
         let mut entries = Vec::new();
         let mut up_to = 0;
+        let mut own = log::rebase::OwnWork {
+            next_txn: self.shared.identity.next_txn_id(),
+            ..Default::default()
+        };
         let mut replies = Vec::with_capacity(jobs.len());
         let mut sessions = Vec::new();
         for job in jobs {
@@ -816,9 +906,11 @@ impl Writer {
                 Job::Entries {
                     entries: e,
                     up_to: u,
+                    own_digests: d,
                     session,
                     reply,
                 } => {
+                    own.digests.extend(d);
                     entries.extend(e);
                     up_to = up_to.max(u);
                     replies.push(reply);
@@ -830,9 +922,12 @@ impl Writer {
         if replies.is_empty() {
             return;
         }
-        let applied = self.apply_entries(&entries, up_to);
+        let applied = self.apply_entries(&entries, up_to, &own);
         if applied.is_err() {
             self.note_failed_sessions(sessions);
+        }
+        if let Err(Error::CopiedFile { txn }) = &applied {
+            self.copied_file(*txn);
         }
         match applied {
             Ok(()) => replies.into_iter().for_each(|r| {
@@ -855,14 +950,19 @@ impl Writer {
     }
 
     /// Device: apply a batch from the primaries with rebase of pending work.
-    fn apply_entries(&mut self, entries: &[LogEntry], up_to: u64) -> Result<()> {
+    fn apply_entries(
+        &mut self,
+        entries: &[LogEntry],
+        up_to: u64,
+        own: &log::rebase::OwnWork,
+    ) -> Result<()> {
         let my_node = self.shared.identity.node_id();
         let tables = &mut self.tables;
         let now = unix_now();
         let started = std::time::Instant::now();
         let applied = write_txn(&self.conn, |c| {
-            let applied =
-                tables.in_transaction(|t| log::rebase::apply_entries(c, t, my_node, entries))?;
+            let applied = tables
+                .in_transaction(|t| log::rebase::apply_entries(c, t, my_node, own, entries))?;
             let seq = applied
                 .last_seq
                 .max(up_to)
@@ -1021,6 +1121,74 @@ fn loaded<'a>(
     }
 }
 
+/// The meta key under which a device's file notes that it is a copy of another device's (the
+/// transaction id where that was found).
+pub(crate) const COPIED_FILE_KEY: &str = "copied_file";
+
+/// A device's transaction as its session hands it to the writer.
+#[derive(Debug)]
+pub(crate) struct DeviceTxn {
+    pub id: u64,
+    pub changes: ChangeSet,
+    /// Worked out by the session, off the writer's thread (`log::digest`).
+    pub digest: TxnDigest,
+}
+
+impl DeviceTxn {
+    pub fn received(id: u64, changes: ChangeSet) -> DeviceTxn {
+        let digest = log::digest::of(&changes);
+        DeviceTxn {
+            id,
+            changes,
+            digest,
+        }
+    }
+}
+
+/// A device sent, under an id already decided, other work than the decision was about: its
+/// file is a copy of another's. `at`: the sender's place in its batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CloneFound {
+    pub at: usize,
+    pub txn: u64,
+}
+
+/// What deciding a batch of devices' transactions gave.
+struct BatchOutcome<'a> {
+    /// The log's newest entries, where a resent id's decision is looked up.
+    recent: &'a log::recent::Recent,
+    recorded: Vec<LogEntry>,
+    clones: Vec<CloneFound>,
+}
+
+impl<'a> BatchOutcome<'a> {
+    fn new(recent: &'a log::recent::Recent) -> BatchOutcome<'a> {
+        BatchOutcome {
+            recent,
+            recorded: Vec::new(),
+            clones: Vec::new(),
+        }
+    }
+
+    /// Whether the decision of `node`'s transaction `txn` was about other work than
+    /// `digest`. Only decisions still in memory (this batch, the recent window) are looked
+    /// at: a device resends only what it sent before its last connection, and a copy whose
+    /// id was decided longer ago hears it from the decision's digest (`Message::OwnDigests`).
+    fn decided_other_work(&self, node: u32, txn: u64, digest: &TxnDigest) -> bool {
+        let in_batch = self
+            .recorded
+            .iter()
+            .rev()
+            .find(|e| e.origin_node == node && e.origin_txn == txn)
+            .map(|e| e.origin_digest);
+        match in_batch.or_else(|| self.recent.decided_digest(node, txn)) {
+            Some(Some(decided)) => decided != *digest,
+            // Not known here, or decided without a digest: taken as a resend, as before.
+            _ => false,
+        }
+    }
+}
+
 pub(crate) fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -1036,16 +1204,33 @@ fn decide_device_txns(
     tables: &mut Tables,
     decided: &mut Decided,
     new: &mut NewDecisions,
-    batch: &[(Sender, Vec<(u64, ChangeSet)>)],
+    batch: &[(Sender, Vec<DeviceTxn>)],
     effects: Option<&TriggerEffects>,
-    recorded: &mut Vec<LogEntry>,
+    out: &mut BatchOutcome,
 ) -> Result<()> {
-    for (sender, txns) in batch {
+    for (at, (sender, txns)) in batch.iter().enumerate() {
         let mut done = decided.last(c, new, sender.node_id)?;
         let mut count = 0;
-        for (txn_id, cs) in txns {
+        for DeviceTxn {
+            id: txn_id,
+            changes: cs,
+            digest,
+        } in txns
+        {
             if (*txn_id as i64) <= done {
-                continue; // already decided: a resend after a lost connection
+                // Already decided: a resend after a lost connection, unless that decision
+                // was about other work under the same id (a copy of the device's file).
+                if out.decided_other_work(sender.node_id, *txn_id, digest) {
+                    tracing::warn!(
+                        node = sender.node_id,
+                        txn = txn_id,
+                        "a device sent other work under a transaction id already decided: \
+                         two copies of its file are in use; its session ends"
+                    );
+                    out.clones.push(CloneFound { at, txn: *txn_id });
+                    break;
+                }
+                continue;
             }
             exec(c, "SAVEPOINT device_txn")?;
             if let Some(e) = effects {
@@ -1074,12 +1259,13 @@ fn decide_device_txns(
                     return Err(e);
                 }
             };
-            let seq = log::append(c, sender.node_id, *txn_id, &body)?;
-            recorded.push(LogEntry {
+            let seq = log::append(c, sender.node_id, *txn_id, &body, Some(digest))?;
+            out.recorded.push(LogEntry {
                 seq,
                 origin_node: sender.node_id,
                 origin_txn: *txn_id,
                 body,
+                origin_digest: Some(*digest),
             });
             done = *txn_id as i64;
             count += 1;

@@ -83,11 +83,6 @@ impl Identity {
     pub fn unsent_txn_from(&self) -> u64 {
         self.unsent_txn_from
     }
-    /// Moves the outbox transaction ids still to be handed out `by` further on (after the
-    /// pending ones were moved as much). Inside the write transaction that moves them.
-    pub fn skip_txn_ids(&self, by: u64) -> u64 {
-        self.next_txn_id.fetch_add(by, Ordering::AcqRel) + by
-    }
     fn alloc_row_id(&self) -> i64 {
         let seq = self.next_row_seq.fetch_add(1, Ordering::AcqRel) & 0xFFFF_FFFF;
         ((self.node_id() as i64) << 32) | seq

@@ -54,7 +54,7 @@ pub fn init_internal_schema(conn: &Connection) -> Result<()> {
          -- primaries: the total order of accepted transactions
          CREATE TABLE IF NOT EXISTS _octo_log(
              seq INTEGER PRIMARY KEY, origin_node INTEGER NOT NULL,
-             origin_txn INTEGER NOT NULL, body BLOB NOT NULL);
+             origin_txn INTEGER NOT NULL, body BLOB NOT NULL, origin_digest BLOB);
          -- primaries: every node that ever asked to join
          CREATE TABLE IF NOT EXISTS _octo_nodes(
              node_id INTEGER PRIMARY KEY, pubkey TEXT NOT NULL UNIQUE, node_type TEXT NOT NULL,
@@ -81,6 +81,21 @@ pub fn init_internal_schema(conn: &Connection) -> Result<()> {
          CREATE TABLE IF NOT EXISTS _octo_epochs(id INTEGER NOT NULL, first_seq INTEGER NOT NULL);",
     )?;
     conn.execute_batch(column_rules::SCHEMA)?;
+    add_missing_columns(conn)?;
+    Ok(())
+}
+
+/// Columns a file written by an older octodb lacks.
+fn add_missing_columns(conn: &Connection) -> Result<()> {
+    let has_digest: bool = conn
+        .prepare(
+            "SELECT EXISTS(SELECT 1 FROM pragma_table_info('_octo_log') WHERE name = 'origin_digest')",
+        )?
+        .query_row([], |r| r.get(0))?;
+    if !has_digest {
+        // (Entries from before it carry no digest: their origins take them on trust.)
+        conn.execute_batch("ALTER TABLE _octo_log ADD COLUMN origin_digest BLOB")?;
+    }
     Ok(())
 }
 

@@ -169,3 +169,38 @@ pub fn joining_primary(path: &Path, leader_addr: &str) -> Connection {
     ))
     .expect("open a joining primary")
 }
+
+/// Wait until this process no longer has `name`'s database file open: a node's last
+/// connection may close (and checkpoint into the file) just after the node is dropped.
+pub fn wait_closed(dir: &Cluster, name: &str) {
+    let file = dir
+        .path(name)
+        .canonicalize()
+        .expect("the database file exists");
+    wait_until(&format!("{name} closed"), || {
+        let open = std::fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .any(|target| {
+                target
+                    .to_string_lossy()
+                    .starts_with(&*file.to_string_lossy())
+            });
+        (!open).then_some(())
+    });
+}
+
+/// Copy a closed database's files (`name`, and its WAL if SQLite left one) to `to`.
+pub fn copy_closed_db(dir: &Cluster, name: &str, to: &str) {
+    for suffix in ["", "-wal"] {
+        let (from, dest) = (
+            dir.path(&format!("{name}{suffix}")),
+            dir.path(&format!("{to}{suffix}")),
+        );
+        let _ = std::fs::remove_file(&dest);
+        if from.exists() {
+            std::fs::copy(&from, &dest).expect("copy a database file");
+        }
+    }
+    let _ = std::fs::remove_file(dir.path(&format!("{to}-shm")));
+}

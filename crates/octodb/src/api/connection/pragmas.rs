@@ -50,6 +50,13 @@ impl Connection {
                     rows: vec![vec![value.map_or(Value::Null, Value::Text)]],
                 }
             }
+            // A device whose file was found a copy of another device's: a new key.
+            "new_identity" => Rows {
+                columns: pragma_columns(&p),
+                rows: vec![vec![Value::Text(
+                    self.node("PRAGMA new_identity")?.new_identity()?,
+                )]],
+            },
             "rekey" | "hexrekey" => {
                 self.rekey(&p)?;
                 Rows::default()
@@ -203,6 +210,7 @@ pub(super) fn pragma_columns(p: &Pragma) -> Vec<String> {
         "sync_status" => &["sync_status"],
         "admin_address" => &["admin_address"],
         "admin_token" => &["admin_token"],
+        "new_identity" => &["public_key"],
         "nodes" => &[
             "public_key",
             "node_id",

@@ -104,41 +104,6 @@ pub fn note_sending_begins(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// Moves every pending transaction with an id above `floor` `by` ids further on, in order,
-/// with the ranges of the bases that name them, and the ids still to be handed out too.
-/// Returns how many transactions moved. Inside a write transaction.
-///
-/// For a device whose file went back in time (restored from a backup): the primaries decided
-/// ids above `floor` for work of the file's lost future, and would take this work for that.
-pub fn renumber_after(
-    conn: &Connection,
-    identity: &Identity,
-    floor: u64,
-    by: u64,
-) -> Result<usize> {
-    let last = last_txn_id(conn)?.max(identity.next_txn_id().saturating_sub(1));
-    if last.saturating_add(by) > MAX_TXN_ID {
-        return Err(crate::Error::rule(format!(
-            "octodb: this device cannot move its pending transactions past id {MAX_TXN_ID}; \
-             sign it up again as a new device"
-        )));
-    }
-    let moved = txns_in(conn, floor + 1, MAX_TXN_ID)?.len();
-    let first_moved = part_id(floor, LAST_PART);
-    // Through negative ids: a part moved onto the id of one not yet moved would collide.
-    conn.prepare_cached("UPDATE _octo_undecided SET id = -(id + ?2) WHERE id > ?1")?
-        .execute(params![first_moved, part_id(by, 0)])?;
-    conn.prepare_cached("UPDATE _octo_undecided SET id = -id WHERE id < 0")?
-        .execute([])?;
-    conn.prepare_cached("UPDATE _octo_base SET first_txn = first_txn + ?2 WHERE first_txn > ?1")?
-        .execute(params![floor as i64, by as i64])?;
-    conn.prepare_cached("UPDATE _octo_base SET last_txn = last_txn + ?2 WHERE last_txn > ?1")?
-        .execute(params![floor as i64, by as i64])?;
-    let next = identity.skip_txn_ids(by);
-    crate::store::reserve_ids(conn, TXN_ID_KEY, next as i64 - 1)?;
-    Ok(moved)
-}
-
 /// The highest outbox transaction id this file may have handed out: where a node's counter
 /// resumes after a restart.
 pub fn last_txn_id(conn: &Connection) -> Result<u64> {
@@ -522,46 +487,6 @@ mod tests {
         assert_eq!(last_part_id(&conn, 3).unwrap(), part_id(3, 1));
         assert_eq!(rows_of_txn(&conn, 3), [1, 2, 3]);
         assert_eq!(rows_of_txn(&conn, 4), [4], "its neighbour untouched");
-    }
-
-    #[test]
-    fn renumbering_moves_the_later_transactions_in_order_with_their_parts_and_bases() {
-        // Transactions 2, 3 (two parts) and 4 (parts over 3 and 4); 1 stays.
-        let conn = outbox_of(&[(1, &[10]), (2, &[20]), (3, &[30, 31]), (4, &[40])]);
-        conn.execute_batch(
-            "INSERT INTO _octo_base(tbl, rid, row, first_txn, last_txn) VALUES
-               ('t', 10, NULL, 1, 1), ('t', 30, NULL, 1, 3), ('t', 40, NULL, 3, 4)",
-        )
-        .unwrap();
-        let me = Identity::new(None, 0, 0, 1, 5);
-        let moved = crate::store::write_txn(&conn, |c| renumber_after(c, &me, 1, 1)).unwrap();
-        assert_eq!(moved, 3);
-        assert_eq!(txns_in(&conn, 1, 100).unwrap(), [1, 3, 4, 5]);
-        assert_eq!(rows_of_txn(&conn, 1), [10]);
-        assert_eq!(rows_of_txn(&conn, 3), [20]);
-        assert_eq!(rows_of_txn(&conn, 4), [30, 31]);
-        assert_eq!(rows_of_txn(&conn, 5), [40]);
-        let ranges: Vec<(i64, i64)> = conn
-            .prepare("SELECT first_txn, last_txn FROM _octo_base ORDER BY rid")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        assert_eq!(ranges, [(1, 1), (1, 4), (4, 5)]);
-        // New ids come after the moved ones, across restarts too.
-        assert_eq!(me.alloc_txn_id(), 6);
-        assert!(last_txn_id(&conn).unwrap() >= 6);
-    }
-
-    #[test]
-    fn renumbering_past_the_last_id_is_refused_and_moves_nothing() {
-        let conn = outbox_of(&[(1, &[10]), (2, &[20])]);
-        let me = Identity::new(None, 0, 0, 1, 3);
-        let refused = crate::store::write_txn(&conn, |c| renumber_after(c, &me, 1, MAX_TXN_ID));
-        assert!(refused.is_err());
-        assert_eq!(txns_in(&conn, 1, 100).unwrap(), [1, 2]);
-        assert_eq!(me.alloc_txn_id(), 3);
     }
 
     #[test]
