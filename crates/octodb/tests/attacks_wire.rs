@@ -676,15 +676,17 @@ impl RawDevice {
         }
     }
 
-    /// The primary's next message (the list of its cluster's primaries and the log's
-    /// epochs, which this client does not use, skipped).
+    /// The primary's next message (the list of its cluster's primaries, the log's epochs and
+    /// the digests of its own decisions, which this client does not use, skipped).
     async fn next(&mut self) -> Message {
         loop {
             let bytes = within("a message from the primary", self.s.recv())
                 .await
                 .expect("the primary keeps the connection open");
             match Message::decode(&bytes).unwrap() {
-                Message::PrimaryMembers { .. } | Message::LogHistory { .. } => continue,
+                Message::PrimaryMembers { .. }
+                | Message::LogHistory { .. }
+                | Message::OwnDigests { .. } => continue,
                 m => return m,
             }
         }

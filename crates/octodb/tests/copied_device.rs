@@ -6,6 +6,7 @@
 //! is lost. Real files, real loopback sockets.
 mod common;
 use common::*;
+use octodb::auth::{Action, AuthRequest, Decision};
 use octodb::{Connection, Event, SyncStatus};
 
 fn status(c: &Connection) -> SyncStatus {
@@ -191,7 +192,22 @@ fn a_found_out_copy_stays_stopped_until_it_takes_a_new_key() {
     assert_eq!(s.outbox_len, 1);
     assert!(!s.connected);
 
+    // The backend sees, with the new key's login, which key it is a copy of.
+    let old_key = status(&copy).public_key;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let noted = seen.clone();
+    p.set_auth_callback(Action::UserLogin, move |r: &AuthRequest| {
+        noted.lock().unwrap().push(r.node_info.clone());
+        match user_named_in(r) {
+            Some(u) => Decision::User(u),
+            None => Decision::Reject("unknown user".into()),
+        }
+    })
+    .unwrap();
     let copy = go_on_under_a_new_key(&c, copy, "copy.db", &copy_uri);
+    let info: serde_json::Value =
+        serde_json::from_str(&seen.lock().unwrap()[0]).expect("node_info is JSON");
+    assert_eq!(info["clone_of"], serde_json::Value::String(old_key));
     wait_outbox_empty(&copy);
     wait_count(&p, "SELECT count(*) FROM notes", 3);
     assert_eq!(text(&p, "SELECT body FROM notes WHERE id = 3"), "copy");
