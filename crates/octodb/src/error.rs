@@ -38,6 +38,8 @@ pub enum Error {
     Closed,
     #[error("this device's file is a copy of another device's that is in use: the primaries decided other work under its transaction id {txn}. It stops syncing, its pending work kept; run PRAGMA new_identity and open the database again to go on under a new key, which the backend approves afresh")]
     CopiedFile { txn: u64 },
+    #[error("the change feed's position {after} is older than the primary's log, which now starts at {start} (compacted to its newest log_keep= entries): read again from {start} on, or from the current position")]
+    LogCompacted { after: u64, start: u64 },
 }
 
 impl Error {

@@ -149,6 +149,8 @@ pub struct NodeConfig {
     /// hears nothing for [`NodeConfig::dead_after`] is taken as dead. A device's setting
     /// holds for its connection (the primary follows it).
     pub heartbeat: Duration,
+    /// Primaries: the newest entries of the log kept when it is compacted (`log_keep=`).
+    pub log_keep: u64,
     /// Plain local databases only: the `file:` URI as given when it carries SQLite's own
     /// parameters (`mode=ro`, `cache=shared`, ...), so that SQLite opens it and reads them;
     /// octodb's own parameters (the key among them) are taken out of it.
@@ -259,7 +261,7 @@ pub enum UriError {
     },
 }
 
-const KNOWN: [&str; 16] = [
+const KNOWN: [&str; 17] = [
     "node",
     "bind",
     "connect",
@@ -276,9 +278,10 @@ const KNOWN: [&str; 16] = [
     "admin_token_env",
     "admin_token_file",
     "admin_insecure",
+    "log_keep",
 ];
 const KNOWN_LIST: &str = "node, bind, connect, advertise, auth, cipher, key, hexkey, keyenv, \
-     keyfile, heartbeat, admin, admin_token, admin_token_env, admin_token_file, admin_insecure, and without `node` SQLite's own vfs, mode, cache, psow, nolock, immutable, modeof";
+     keyfile, heartbeat, admin, admin_token, admin_token_env, admin_token_file, admin_insecure, log_keep, and without `node` SQLite's own vfs, mode, cache, psow, nolock, immutable, modeof";
 /// The parameters that give a key: at most one of them.
 const KEY_SOURCES: [&str; 4] = ["key", "hexkey", "keyenv", "keyfile"];
 /// Parameters whose value is a secret, masked wherever a URI is printed.
@@ -330,7 +333,7 @@ impl NodeConfig {
             return Err(UriError::EmptyPath);
         }
         let (ours, sqlite_own) = parameters(query)?;
-        let [node, bind, connect, auth, cipher, key, hexkey, heartbeat, keyenv, keyfile, advertise, admin, admin_token, admin_token_env, admin_token_file, admin_insecure] =
+        let [node, bind, connect, auth, cipher, key, hexkey, heartbeat, keyenv, keyfile, advertise, admin, admin_token, admin_token_env, admin_token_file, admin_insecure, log_keep] =
             ours;
         let admin_given = [
             &admin,
@@ -377,6 +380,7 @@ impl NodeConfig {
             // a forgotten `node=`, so refuse rather than silently ignore them.
             let given = [&bind, &connect, &auth, &None, &None, &None, &heartbeat];
             rule(advertise.is_some(), "advertise", NEEDS_NODE)?;
+            rule(log_keep.is_some(), "log_keep", NEEDS_NODE)?;
             admin_on(None)?;
             if let Some(i) = given.iter().position(|v| v.is_some()) {
                 rule(true, KNOWN[i + 1], NEEDS_NODE)?;
@@ -417,6 +421,18 @@ impl NodeConfig {
             Some("user") => AuthMode::User,
             Some(v) => return Err(bad_value("auth", v, "auth=node or auth=user")),
         };
+        rule(
+            secondary && log_keep.is_some(),
+            "log_keep",
+            LOG_KEEP_ON_SECONDARY,
+        )?;
+        let log_keep = match log_keep.as_deref() {
+            None => DEFAULT_LOG_KEEP,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if n >= MIN_LOG_KEEP => n,
+                _ => return Err(bad_value("log_keep", v, LOG_KEEP_EXPECTED)),
+            },
+        };
         let heartbeat = match heartbeat.as_deref() {
             None => DEFAULT_HEARTBEAT,
             Some(v) => match v.parse::<u64>() {
@@ -427,6 +443,7 @@ impl NodeConfig {
         Ok(NodeConfig {
             role: Some(role),
             heartbeat,
+            log_keep,
             bind: endpoints("bind", bind.as_deref(), true)?,
             connect: endpoints("connect", connect.as_deref(), false)?,
             advertise: advertise.into_iter().next(),
@@ -491,6 +508,7 @@ impl NodeConfig {
             cipher: None,
             key: None,
             heartbeat: DEFAULT_HEARTBEAT,
+            log_keep: DEFAULT_LOG_KEEP,
             sqlite_uri: None,
             admin: None,
         }
@@ -507,6 +525,13 @@ impl NodeConfig {
 /// per 20 s.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(20);
 const HEARTBEAT_SECONDS: std::ops::RangeInclusive<u64> = 1..=60;
+/// Entries a primary's log keeps by default: a device offline for longer than that many
+/// transactions downloads again (keeping its pending work) instead of catching up.
+pub const DEFAULT_LOG_KEEP: u64 = 1_000_000;
+const MIN_LOG_KEEP: u64 = 100;
+const LOG_KEEP_EXPECTED: &str = "log_keep=ENTRIES, at least 100 (default 1000000)";
+const LOG_KEEP_ON_SECONDARY: &str =
+    "is for primaries: a device keeps no log of the primaries' entries";
 const HEARTBEAT_EXPECTED: &str = "heartbeat=SECONDS, from 1 to 60 (default 20)";
 
 /// Silence allowed on a connection with heartbeats every `heartbeat`: the interval and half
@@ -669,10 +694,10 @@ fn invalid(name: &str, problem: &'static str) -> UriError {
 
 /// Decoded values of the query, in the order of `KNOWN`.
 /// octodb's parameters in `KNOWN` order, and the names of SQLite's own ones (left for SQLite).
-type Parameters = ([Option<String>; 16], Vec<String>);
+type Parameters = ([Option<String>; KNOWN.len()], Vec<String>);
 
 fn parameters(query: &str) -> Result<Parameters, UriError> {
-    let mut values: [Option<String>; 16] = Default::default();
+    let mut values: [Option<String>; KNOWN.len()] = Default::default();
     let mut sqlite_own = Vec::new();
     for segment in query.split('&').filter(|s| !s.is_empty()) {
         let (raw_name, raw_value) = segment.split_once('=').unwrap_or((segment, ""));

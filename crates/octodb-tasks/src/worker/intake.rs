@@ -34,6 +34,17 @@ pub(super) fn intake(shared: &Shared, conn: Connection) {
                     shared.wake.bump();
                 }
             }
+            // Away for longer than the log keeps: what was cut is not read (tasks inserted
+            // then have no known origin, and are not run: `claim::examine`).
+            Err(octodb::Error::LogCompacted { start, .. }) => {
+                tracing::warn!(
+                    from = position,
+                    to = start - 1,
+                    "task intake: the log was compacted past its position; it reads on from its start"
+                );
+                position = start - 1;
+                shared.intake().up_to = position;
+            }
             Err(e) => tracing::warn!("task intake cannot read the change feed: {e}"),
         }
         let tick_due = last_housekeeping.is_none_or(|at| at.elapsed() >= shared.config.tick);

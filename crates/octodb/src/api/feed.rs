@@ -90,6 +90,10 @@ pub(crate) fn read(
     if position <= after || max_entries == 0 {
         return Ok(batch);
     }
+    let start = log::compaction::start(conn)?;
+    if after + 1 < start {
+        return Err(crate::Error::LogCompacted { after, start });
+    }
     let wanted = max_entries.min((position - after) as usize);
     for entry in log::read_after(conn, after, wanted)? {
         if entry.seq > position {

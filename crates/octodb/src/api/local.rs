@@ -91,5 +91,6 @@ pub(crate) fn status() -> SyncStatus {
         sync_error: None,
         cluster: None,
         primaries: Vec::new(),
+        log_start: None,
     }
 }

@@ -97,7 +97,7 @@ impl LogStore {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         let mut pause = Duration::from_millis(10);
         loop {
-            match write_entries(&conn, entries) {
+            match write_entries(&conn, entries, &self.handoff) {
                 Err(LogStoreError::Sqlite(e)) if disk_refused(&e) => {
                     tracing::warn!("cannot write the Raft log ({e}); trying again");
                     std::thread::sleep(pause);
@@ -118,7 +118,7 @@ impl LogStore {
         let _ = conn.busy_timeout(LOCK_WAIT_STEP);
         let mut pause = Duration::from_millis(10);
         let written = loop {
-            match write_entries(&conn, &append.entries) {
+            match write_entries(&conn, &append.entries, &self.handoff) {
                 Err(LogStoreError::Sqlite(e)) if lock_taken(&e) => {
                     match self.handoff.offer(append) {
                         None => {
@@ -311,15 +311,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .map_err(write_err)
     }
 
+    /// Purges in a transaction of its own if the file's lock is free soon. A transaction
+    /// holding it may be waiting for openraft, which waits for this purge: then the purge is
+    /// left to the next transaction that writes Raft entries (`Handoff::defer_purge`). Until
+    /// then the entries stay: harmless, as reads below the purge point do not come.
     async fn purge(&mut self, log_id: LogId<RaftNodeId>) -> Result<(), StorageError> {
-        // The mark first: a crash between the two leaves entries that are purged already,
-        // which reads skip, never a hole.
-        self.put("purged", &log_id).await.map_err(write_err)?;
-        let upto = log_id.index as i64;
+        let handoff = self.handoff.clone();
         self.with(move |c| {
-            c.prepare_cached("DELETE FROM _octo_raft_log WHERE idx <= ?1")?
-                .execute([upto])?;
-            Ok(())
+            let _ = c.busy_timeout(LOCK_WAIT_STEP);
+            let purged = (|| {
+                crate::store::exec(c, "BEGIN IMMEDIATE")?;
+                purge_in(c, log_id)?;
+                Ok::<(), LogStoreError>(crate::store::exec(c, "COMMIT")?)
+            })();
+            let _ = c.busy_timeout(crate::store::BUSY_TIMEOUT);
+            match purged {
+                Err(LogStoreError::Sqlite(e)) if lock_taken(&e) => {
+                    let _ = crate::store::exec(c, "ROLLBACK");
+                    handoff.defer_purge(log_id);
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = crate::store::exec(c, "ROLLBACK");
+                    Err(e)
+                }
+                Ok(()) => Ok(()),
+            }
         })
         .await
         .map_err(write_err)
@@ -334,15 +351,35 @@ pub(crate) fn write_entry(c: &Connection, entry: &Entry<TypeConfig>) -> Result<(
     Ok(())
 }
 
-/// Writes `entries` in one transaction of their own.
-fn write_entries(c: &Connection, entries: &[Entry<TypeConfig>]) -> Result<(), LogStoreError> {
+/// Purges the Raft log up to `upto`, in the caller's transaction. The mark first: entries
+/// left behind it are skipped by reads, never a hole.
+pub(crate) fn purge_in(c: &Connection, upto: LogId<RaftNodeId>) -> Result<(), LogStoreError> {
+    let bytes = postcard::to_allocvec(&upto)?;
+    c.prepare_cached("INSERT OR REPLACE INTO _octo_raft(key, value) VALUES ('purged', ?1)")?
+        .execute([bytes])?;
+    c.prepare_cached("DELETE FROM _octo_raft_log WHERE idx <= ?1")?
+        .execute([upto.index as i64])?;
+    Ok(())
+}
+
+/// Writes `entries` in one transaction of their own, with a purge left waiting (`handoff`).
+fn write_entries(
+    c: &Connection,
+    entries: &[Entry<TypeConfig>],
+    handoff: &Handoff,
+) -> Result<(), LogStoreError> {
     crate::store::exec(c, "BEGIN IMMEDIATE")?;
+    let purge = handoff.take_purge();
     let written = entries
         .iter()
         .try_for_each(|e| write_entry(c, e))
+        .and_then(|()| purge.map_or(Ok(()), |upto| purge_in(c, upto)))
         .and_then(|()| Ok(crate::store::exec(c, "COMMIT")?));
     if written.is_err() {
         let _ = crate::store::exec(c, "ROLLBACK");
+        if let Some(upto) = purge {
+            handoff.defer_purge(upto);
+        }
     }
     written
 }
@@ -361,6 +398,25 @@ fn disk_refused(e: &rusqlite::Error) -> bool {
 
 /// The first entry from `from` on whose batch this primary wrote through (its effects are
 /// in the file: it cannot be taken back).
+/// The oldest position of the primaries' log (`_octo_log`) that an entry still in the Raft
+/// log names (`Proposal::InLog`): a member behind would be sent it, so the log must keep it
+/// (`log::compaction`). None when no entry names one.
+pub(crate) fn oldest_log_seq_named(c: &Connection) -> crate::Result<Option<u64>> {
+    let mut stmt = c.prepare_cached("SELECT entry FROM _octo_raft_log ORDER BY idx")?;
+    let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+    for bytes in rows {
+        let entry: Entry<TypeConfig> = postcard::from_bytes(&bytes?)
+            .map_err(|e| crate::Error::rule(format!("a stored Raft entry does not decode: {e}")))?;
+        // (Entries come in log order, and so do the positions they name.)
+        if let openraft::EntryPayload::Normal(super::Proposal::InLog { first_seq, .. }) =
+            entry.payload
+        {
+            return Ok(Some(first_seq));
+        }
+    }
+    Ok(None)
+}
+
 fn written_through_since(c: &Connection, from: i64) -> Result<Option<u64>, LogStoreError> {
     let mut stmt =
         c.prepare_cached("SELECT entry FROM _octo_raft_log WHERE idx >= ?1 ORDER BY idx")?;

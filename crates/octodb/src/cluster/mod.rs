@@ -20,6 +20,7 @@ mod state_machine;
 mod types;
 mod write_through;
 
+pub(crate) use log_store::oldest_log_seq_named;
 pub use log_store::LogStore;
 pub use network::{serve_connection, serve_members, PeerNetwork};
 pub use state_machine::StateMachine;

@@ -473,22 +473,61 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
+/// How often a snapshot waiting for the newest batches looks again, and says so in the log.
+const SNAPSHOT_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
+const SNAPSHOT_WAIT_NOTE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The shared state, the applied log id and the membership, read in one transaction, if no
+/// batch written through is newer than what was applied (else None: try again).
+type SnapshotRead = (
+    Option<LogId<RaftNodeId>>,
+    StoredMembership<RaftNodeId, Member>,
+    Vec<u8>,
+);
+
+fn read_when_all_applied(inner: &mut Inner) -> Result<Option<SnapshotRead>> {
+    // One read transaction: the rows, the log and the applied id agree.
+    crate::store::exec(&inner.conn, "BEGIN")?;
+    let read = (|| -> Result<_> {
+        let (applied, membership) = inner.applied()?.clone();
+        if newest_written_through(&inner.conn)? > applied {
+            return Ok(None);
+        }
+        let bytes = SharedState::read(&inner.conn)?.encode()?;
+        Ok(Some((applied, membership, bytes)))
+    })();
+    let _ = crate::store::exec(&inner.conn, "COMMIT");
+    read
+}
+
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    /// A snapshot of what was applied. The file may also hold this leader's newest batches,
+    /// written through (committed in SQLite) but not yet committed by the cluster: a
+    /// snapshot holding them would claim more than the cluster committed, which openraft
+    /// refuses (its core stops), and one leaving their log position out would have them
+    /// applied twice where it is installed. So the snapshot is read at a moment when every
+    /// batch in the file is applied; under a steady stream of batches such moments come
+    /// between group commits (openraft builds snapshots in a task of their own, while it
+    /// goes on applying).
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        self.with(|inner| {
-            // One read transaction: the rows, the log and the applied id agree.
-            crate::store::exec(&inner.conn, "BEGIN")?;
-            let read = (|| -> Result<_> {
-                // The file holds what was applied and every batch written through, which may
-                // be newer (committed by this leader, not applied yet): the snapshot is of
-                // the newest of them.
-                let (applied, membership) = inner.applied()?.clone();
-                let applied = applied.max(newest_written_through(&inner.conn)?);
-                let bytes = SharedState::read(&inner.conn)?.encode()?;
-                Ok((applied, membership, bytes))
-            })();
-            let _ = crate::store::exec(&inner.conn, "COMMIT");
-            let (applied, membership, bytes) = read?;
+        let waiting_since = std::time::Instant::now();
+        let mut told = waiting_since;
+        let (applied, membership, bytes) = loop {
+            match self.with(read_when_all_applied).await {
+                Ok(Some(read)) => break read,
+                Ok(None) => {}
+                Err(e) => return Err(StorageIOError::read_state_machine(&e).into()),
+            }
+            if told.elapsed() > SNAPSHOT_WAIT_NOTE {
+                told = std::time::Instant::now();
+                tracing::info!(
+                    waited_s = waiting_since.elapsed().as_secs(),
+                    "a Raft snapshot waits for this primary's newest batches to be committed"
+                );
+            }
+            tokio::time::sleep(SNAPSHOT_RETRY).await;
+        };
+        self.with(move |inner| {
             let meta = SnapshotMeta {
                 last_log_id: applied,
                 last_membership: membership,
@@ -498,13 +537,12 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     applied.map_or(0, |l| l.index)
                 ),
             };
-            // What the snapshot holds counts as applied from now on (written-through batches
-            // newer than the applied position included), so that after a restart the stored
-            // snapshot is never ahead of what the file says it applied.
-            if applied > inner.applied()?.0 {
-                let membership = meta.last_membership.clone();
-                save_applied_state(&inner.conn, &applied, &membership)?;
-                inner.applied = Some((applied, membership));
+            // The applied position is saved now if it was not yet (it is saved every so
+            // many entries), so that after a restart the stored snapshot is never ahead of
+            // what the file says it applied.
+            if inner.unsaved > 0 {
+                let (newest, membership) = inner.applied()?.clone();
+                save_applied_state(&inner.conn, &newest, &membership)?;
                 inner.unsaved = 0;
             }
             write_blob(&inner.conn, SNAPSHOT_KEY, &(&meta, &bytes))?;

@@ -63,6 +63,10 @@ struct HandoffState {
     proposal_failed: bool,
     /// Batches given up before openraft appended them: appended empty.
     voided: std::collections::HashSet<u64>,
+    /// A purge of the Raft log that could not take the file's lock (a transaction held it,
+    /// waiting for openraft, which waited for the purge): done by the next transaction that
+    /// writes Raft entries (`log_store::purge`).
+    purge: Option<openraft::LogId<super::RaftNodeId>>,
 }
 
 impl Handoff {
@@ -89,6 +93,17 @@ impl Handoff {
         state.queue.push(append);
         self.changed.notify_all();
         None
+    }
+
+    /// From the log store: purge up to `upto` with the next entries written.
+    pub(crate) fn defer_purge(&self, upto: openraft::LogId<super::RaftNodeId>) {
+        let mut state = self.lock();
+        state.purge = state.purge.max(Some(upto));
+    }
+
+    /// The purge deferred, if any, to be done in the caller's transaction.
+    pub(crate) fn take_purge(&self) -> Option<openraft::LogId<super::RaftNodeId>> {
+        self.lock().purge.take()
     }
 
     fn start_waiting(&self) {
@@ -293,6 +308,14 @@ impl Proposer {
             if let Err(e) = wrote {
                 tracing::warn!("could not write a batch's Raft entry with it: {e}");
                 return Proposed::GaveUp(self.gave_up(id, written));
+            }
+        }
+        // A purge that waited for this transaction's lock. (Should the transaction not
+        // commit, the entries stay: harmless, as nothing cuts the log below entries the Raft
+        // log still names; the next compaction purges again.)
+        if let Some(upto) = self.handoff.take_purge() {
+            if let Err(e) = super::log_store::purge_in(conn, upto) {
+                tracing::warn!("could not purge the Raft log with a batch: {e}");
             }
         }
         Proposed::InTxn(InTxn {

@@ -1,6 +1,7 @@
 //! Ordered history. Primaries keep the total order of accepted transactions (`_octo_log`);
 //! devices keep their pending transactions (the outbox) and rebase them over what arrives.
 
+pub mod compaction;
 pub mod digest;
 pub mod epochs;
 pub mod outbox;

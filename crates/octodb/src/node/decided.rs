@@ -116,6 +116,23 @@ impl Decided {
     }
 }
 
+/// Makes sure a checkpoint covers every decision in the log below `below`, writing one of all
+/// decisions now if not: the log before `below` is about to go (`log::compaction`), and a
+/// restart folds in only the log after the checkpoint. Inside a write transaction.
+pub(super) fn checkpoint_before_cut(c: &Connection, below: u64) -> Result<()> {
+    let upto = meta_get::<i64>(c, META_KEY)?.unwrap_or(0);
+    if upto + 1 >= below as i64 {
+        return Ok(());
+    }
+    let all = Decided::load(c)?;
+    let mut stmt = c.prepare_cached("UPDATE _octo_nodes SET last_txn = ?2 WHERE node_id = ?1")?;
+    for (node, txn) in &all.last {
+        stmt.execute(params![node, txn])?;
+    }
+    meta_set(c, META_KEY, max_seq(c)?)?;
+    Ok(())
+}
+
 fn saved_last(c: &Connection, node: u32) -> Result<i64> {
     Ok(
         c.prepare_cached("SELECT last_txn FROM _octo_nodes WHERE node_id = ?1")?

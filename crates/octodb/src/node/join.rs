@@ -68,7 +68,8 @@ pub(super) async fn primary_session(
             rejoins,
         }) => {
             tracing::info!(%addr, node_id, ?rejoins, "a primary joins the cluster");
-            add_member(&raft, node_id, member, rejoins, rd, wr).await
+            let log_cut = shared.read(crate::log::compaction::start).await? > 1;
+            add_member(&raft, node_id, member, rejoins, log_cut, rd, wr).await
         }
         Err(reason) => {
             tracing::info!(%addr, %reason, "a primary's join refused");
@@ -199,12 +200,14 @@ async fn admit_joiner(
 }
 
 /// Tells the joiner its id, waits until its Raft node runs, then adds it: a learner that
-/// catches up (from a snapshot), then a voter.
+/// catches up (from a snapshot), then a voter. `log_cut`: this primary's log was cut
+/// (`log::compaction`).
 async fn add_member(
     raft: &Raft,
     node_id: u32,
     member: Member,
     rejoins: Option<Option<u64>>,
+    log_cut: bool,
     mut rd: SecureReader,
     mut wr: SecureWriter,
 ) -> Result<()> {
@@ -228,6 +231,22 @@ async fn add_member(
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = ONE_AT_A_TIME.lock().await;
     let id = u64::from(node_id);
+    // A primary whose log was cut (`log::compaction`) compacts its Raft log too before a new
+    // member comes: the Raft log's oldest entries name log entries that are gone, so the new
+    // member must start from a snapshot.
+    if rejoins.is_none() && log_cut {
+        if let Err(e) = crate::cluster::compact(raft, STEP_TIMEOUT).await {
+            let reason = format!("the cluster could not take this primary in: {e}");
+            send_now(
+                &mut wr,
+                &Message::Refused {
+                    reason: reason.clone(),
+                },
+            )
+            .await?;
+            return Err(Error::rule(reason));
+        }
+    }
     if let Some(old) = rejoins {
         // Its old member goes first (it cannot vote any more: it forgot its vote), then the
         // log is compacted so that the new one receives a snapshot, which replaces its

@@ -9,6 +9,7 @@ mod audiences;
 mod auth_batch;
 pub mod channels;
 mod cluster_member;
+mod compaction;
 mod decided;
 mod epoch;
 mod events;
@@ -495,6 +496,7 @@ impl Node {
             Some(Role::Primary) => {
                 let mut tasks = primary::start(shared.clone())?;
                 tasks.push(runtime().spawn(cluster_member::announce(shared.clone(), batches)));
+                tasks.push(runtime().spawn(compaction::keep_log_bounded(shared.clone())));
                 if joins {
                     tasks.push(runtime().spawn(join::join(shared.clone())));
                 } else {

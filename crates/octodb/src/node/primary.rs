@@ -417,7 +417,8 @@ struct Streamed {
 }
 
 /// Where a device that applied the log up to `last_seq` (in epoch `epoch`) goes on from:
-/// there, or from a new download (0) when this primary is behind it (`log::epochs`). A
+/// there, or from a new download (0) when this primary is behind it (`log::epochs`) or its
+/// log no longer holds what follows that position (`log::compaction`). A
 /// device of protocol 7 hears the log's epochs, and why it downloads again; an older one
 /// cannot download over its data, and is refused (None) with what to do.
 async fn judge_position(
@@ -429,8 +430,11 @@ async fn judge_position(
 ) -> Result<Option<u64>> {
     // Read before the history: an epoch begun since is then in it (`node::epoch`).
     let end = *shared.feed.borrow();
-    let history = shared.read(log::epochs::history).await?;
-    let behind = log::epochs::judge(&history, end, last_seq, epoch.filter(|_| tells_epochs));
+    let (history, start) = shared
+        .read(|c| Ok((log::epochs::history(c)?, log::compaction::start(c)?)))
+        .await?;
+    let behind = log::epochs::judge(&history, end, last_seq, epoch.filter(|_| tells_epochs))
+        .or_else(|| past_compaction(last_seq, start, shared.cfg.log_keep));
     if !tells_epochs {
         let Some(reason) = behind else {
             return Ok(Some(last_seq));
@@ -439,7 +443,7 @@ async fn judge_position(
             "{reason}. This device's app is too old to download again over its data: update \
              the app, or give the device a fresh file"
         );
-        tracing::warn!("a device is ahead of this primary: {reason}");
+        tracing::warn!("a device cannot go on from its position: {reason}");
         return super::admission::refuse_session(wr, reason)
             .await
             .map(|()| None);
@@ -449,7 +453,7 @@ async fn judge_position(
         None => log::epochs::from(&history, epoch),
     };
     if let Some(reason) = &behind {
-        tracing::warn!("a device is ahead of this primary; it downloads again: {reason}");
+        tracing::warn!("a device cannot go on from its position; it downloads again: {reason}");
     }
     let resync = behind.is_some();
     send_now(
@@ -461,6 +465,18 @@ async fn judge_position(
     )
     .await?;
     Ok(Some(if resync { 0 } else { last_seq }))
+}
+
+/// Why a device at `last_seq` cannot catch up from a log that starts at `start` (cut to its
+/// newest `keep` entries: `log::compaction`), if it cannot. (0: it downloads anyway.)
+fn past_compaction(last_seq: u64, start: u64, keep: u64) -> Option<String> {
+    (last_seq > 0 && last_seq + 1 < start).then(|| {
+        format!(
+            "the primary's log no longer holds the entries after this device's position \
+             {last_seq}: it keeps its newest {keep} (log_keep=) and starts at {start}, and this \
+             device was away for longer"
+        )
+    })
 }
 
 /// Stream the log to a device from `last_seq` on (after its initial download when 0). Ends
@@ -530,10 +546,29 @@ async fn stream_to_device(
                 None => {
                     catching_up.get_or_insert_with(|| shared.metrics.catch_up());
                     let from = cursor;
-                    shared
+                    let read = shared
                         .read(move |c| log::read_after(c, from, CATCH_UP_BATCH))
-                        .await?
-                        .into_iter()
+                        .await?;
+                    // Cut while this session read it (`log::compaction`): the device hears
+                    // why, and downloads again on its next connection.
+                    if read.first().is_some_and(|e| e.seq != from + 1) {
+                        let reason = past_compaction(from, read[0].seq, shared.cfg.log_keep)
+                            .unwrap_or_else(|| {
+                                "the primary's log was compacted past this \
+                                                 device's position"
+                                    .into()
+                            });
+                        wr.send(
+                            &Message::Refused {
+                                reason: reason.clone(),
+                            }
+                            .encode(),
+                        )
+                        .await?;
+                        wr.flush().await?;
+                        return Err(Error::rule(reason));
+                    }
+                    read.into_iter()
                         .map(|e| Arc::new(log::recent::Recorded::new(e)))
                         .collect()
                 }

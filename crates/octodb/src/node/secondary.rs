@@ -345,8 +345,8 @@ async fn take_log_history(
             .unwrap_or_else(|p| p.into_inner())
             .sync_error = Some(format!(
             "{reason}. This device downloads the primary's data again, keeping its pending \
-             work and sending again its transactions the primary lost; rows the primary no \
-             longer has are removed here"
+             work (and sending again any of its transactions the primary lost); rows the \
+             primary no longer has are removed here"
         ));
         shared.emit(Event::PrimaryBehind { reason });
     }

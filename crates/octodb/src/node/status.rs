@@ -70,6 +70,10 @@ pub struct SyncStatus {
     /// device fails over to, beside its `connect` list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub primaries: Vec<String>,
+    /// Primaries: the first position the log still holds (1 until it is compacted to its
+    /// newest `log_keep=` entries); a device behind it downloads again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_start: Option<u64>,
 }
 
 /// A primary's view of its cluster (openraft's metrics).
@@ -153,18 +157,25 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
             live.sync_error.clone(),
         )
     };
-    let (ready, last_seq, outbox_len, last_rejected, last_sync) = shared.read_blocking(|c| {
-        let ready = role != Some(Role::Secondary) || meta_i64(c, "ready")? == 1;
-        let last_seq = match role {
-            Some(Role::Primary) => crate::log::last_seq(c)?,
-            // Devices learn of positions past entries they may not see without a write.
-            _ => (meta_i64(c, "last_seq")? as u64).max(*shared.feed.borrow()),
-        };
-        let rej: Option<String> = meta_get(c, "last_rejected")?;
-        let rej = rej.and_then(|j| serde_json::from_str(&j).ok());
-        let last_sync: Option<f64> = meta_get(c, "last_sync")?;
-        Ok((ready, last_seq, crate::log::outbox::len(c)?, rej, last_sync))
-    })?;
+    let (ready, last_seq, outbox_len, last_rejected, last_sync, log_start) =
+        shared.read_blocking(|c| {
+            let ready = role != Some(Role::Secondary) || meta_i64(c, "ready")? == 1;
+            let primary = role == Some(Role::Primary);
+            let last_seq = match primary {
+                true => crate::log::last_seq(c)?,
+                // Devices learn of positions past entries they may not see without a write.
+                false => (meta_i64(c, "last_seq")? as u64).max(*shared.feed.borrow()),
+            };
+            let rej: Option<String> = meta_get(c, "last_rejected")?;
+            let rej = rej.and_then(|j| serde_json::from_str(&j).ok());
+            let last_sync: Option<f64> = meta_get(c, "last_sync")?;
+            let log_start = match primary {
+                true => Some(crate::log::compaction::start(c)?),
+                false => None,
+            };
+            let outbox_len = crate::log::outbox::len(c)?;
+            Ok((ready, last_seq, outbox_len, rej, last_sync, log_start))
+        })?;
     let id = &shared.identity;
     let (connected, peers) = match role {
         Some(Role::Primary) => (!sessions.is_empty(), sessions),
@@ -205,6 +216,7 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
             .iter()
             .map(|m| m.addr.clone())
             .collect(),
+        log_start,
     })
 }
 

@@ -146,6 +146,12 @@ pub(crate) enum Job {
         session: u64,
         reply: Reply<()>,
     },
+    /// Primary: removes log entries below `below`, a chunk at a time; replies where the log
+    /// starts now (`log::compaction`).
+    CutLog {
+        below: u64,
+        reply: Reply<u64>,
+    },
     /// Device: the primary found this file to be a copy of another device's in use.
     CopiedFile {
         txn: u64,
@@ -508,6 +514,12 @@ impl Writer {
                         .welcome(node_id, user_id, primary_key)
                         .and_then(|()| self.txn_ids_before_sending(last_decided_txn));
                     let _ = reply.send(welcomed);
+                }
+                Job::CutLog { below, reply } => {
+                    let _ = reply.send(write_txn(&self.conn, |c| {
+                        super::decided::checkpoint_before_cut(c, below)?;
+                        log::compaction::cut(c, below)
+                    }));
                 }
                 Job::CopiedFile { txn, reply } => {
                     self.copied_file(txn);
@@ -1073,7 +1085,7 @@ impl Writer {
                 rows_removed,
                 resent = self.resent,
                 seq,
-                "downloaded again from a primary that was behind this device"
+                "downloaded the primary's data again (it could not go on from this device's position)"
             );
             self.shared.emit(Event::Resynced {
                 resent: self.resent,

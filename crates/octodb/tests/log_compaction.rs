@@ -1,0 +1,157 @@
+//! A primary's log kept to its newest `log_keep=` entries (issue "Cluster", item 4): a device
+//! away for longer downloads again, keeping its pending work; a primary of the cluster that
+//! was away for longer catches up from a snapshot. Real files, real loopback sockets.
+
+mod common;
+
+use common::*;
+use octodb::{Connection, Event};
+use std::path::Path;
+
+/// Every row of `sql` in the file at `path`, as text.
+fn rows(path: &Path, sql: &str) -> Vec<Vec<String>> {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = c.prepare(sql).unwrap();
+    let n = stmt.column_count();
+    stmt.query_map([], |r| {
+        (0..n)
+            .map(|i| {
+                let v: rusqlite::types::Value = r.get(i)?;
+                Ok(format!("{v:?}"))
+            })
+            .collect()
+    })
+    .unwrap()
+    .collect::<rusqlite::Result<_>>()
+    .unwrap()
+}
+
+/// A primary `p.db` keeping 100 entries of its log, with table `t`.
+fn primary_keeping_100(c: &Cluster) -> Connection {
+    let p = Connection::open(&format!("{}&log_keep=100", primary_uri(&c.path("p.db"), 0)))
+        .expect("open primary");
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    p
+}
+
+/// `n` commits of one public row each on `p`.
+fn commits(p: &Connection, n: usize, what: &str) {
+    for i in 0..n {
+        p.execute(
+            "INSERT INTO t(v, row_owner) VALUES (?1, '*')",
+            [format!("{what} {i}")],
+        )
+        .unwrap();
+    }
+}
+
+/// Waits until `p`'s log starts past `seq`: compacted.
+fn wait_log_cut_past(p: &Connection, seq: u64) -> u64 {
+    p.wait_for(DEADLINE, |s| {
+        s.log_start.is_some_and(|start| start > seq + 1)
+    })
+    .expect("the log is compacted")
+    .log_start
+    .unwrap_or(0)
+}
+
+#[test]
+fn a_device_away_longer_than_the_log_keeps_downloads_again_keeping_its_work() {
+    let c = Cluster::new();
+    let p = primary_keeping_100(&c);
+    let d_uri = device_uri(&c.path("d.db"), &addr_of(&p));
+    let d = Connection::open(&d_uri).unwrap();
+    ready(&d);
+    d.execute("INSERT INTO t(v) VALUES ('mine, before')", [])
+        .unwrap();
+    wait_outbox_empty(&d);
+    let position = d.sync_status().unwrap().last_seq;
+    drop(d);
+
+    // Offline (its primary out of reach), the device works on.
+    let nowhere = device_uri(&c.path("d.db"), "127.0.0.1:9");
+    let d = Connection::open(&nowhere).unwrap();
+    d.execute("INSERT INTO t(v) VALUES ('mine, offline')", [])
+        .unwrap();
+    drop(d);
+
+    // Meanwhile the primary commits more than its log keeps, and cuts it.
+    commits(&p, 300, "while the device was away");
+    let last = p.sync_status().unwrap().last_seq;
+    // The newest 100 to 110 entries are kept.
+    let start = wait_log_cut_past(&p, last - 111);
+    assert!(start > position + 1);
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM _octo_log"),
+        (p.sync_status().unwrap().last_seq + 1 - start) as i64
+    );
+
+    // Back in reach: it cannot catch up from the log, so it downloads again, keeping its
+    // pending work, which then arrives.
+    let d = Connection::open(&d_uri).unwrap();
+    let mut events = d.subscribe();
+    let reason = wait_until("the device hears why it downloads again", || loop {
+        match events.try_recv() {
+            Ok(Event::PrimaryBehind { reason }) => break Some(reason),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    });
+    assert!(reason.contains("log_keep"), "{reason}");
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t", 302);
+    wait_count(&d, "SELECT count(*) FROM t", 302);
+    assert_eq!(
+        text(
+            &d,
+            "SELECT group_concat(v, '|') FROM (SELECT v FROM t WHERE v LIKE 'mine%' ORDER BY id)"
+        ),
+        "mine, before|mine, offline"
+    );
+    assert_eq!(d.sync_status().unwrap().last_rejected, None);
+
+    // A device that was not away that long catches up from the log as before.
+    commits(&p, 5, "after");
+    wait_count(&d, "SELECT count(*) FROM t", 307);
+}
+
+#[test]
+fn a_primary_away_longer_than_the_log_keeps_catches_up_from_a_snapshot() {
+    let c = Cluster::new();
+    let p1 = primary_keeping_100(&c);
+    let leader = addr_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &leader);
+    let p3 = joining_primary(&c.path("p3.db"), &leader);
+    p1.wait_for(DEADLINE, |s| {
+        s.cluster
+            .as_ref()
+            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 3)
+    })
+    .expect("both new primaries become voters");
+    let p3_position = p3.sync_status().unwrap().last_seq;
+    let p3_port = p3.bound_addrs()[0].port();
+    drop(p3);
+
+    // The leader and p2 go on without p3, and the leader cuts its log (and its Raft log).
+    commits(&p1, 300, "while p3 was away");
+    wait_log_cut_past(&p1, p3_position);
+    wait_count(&p2, "SELECT count(*) FROM t", 300);
+
+    // p3 comes back: what it missed is no longer in the leader's log; a snapshot brings it.
+    let p3 = Connection::open(&format!(
+        "{}&connect=tcp://{leader}",
+        primary_uri(&c.path("p3.db"), p3_port)
+    ))
+    .unwrap();
+    wait_count(&p3, "SELECT count(*) FROM t", 300);
+    let table = "SELECT id, v, row_owner FROM t ORDER BY id";
+    assert_eq!(rows(&c.path("p3.db"), table), rows(&c.path("p.db"), table));
+    // And it follows on.
+    commits(&p1, 3, "after");
+    wait_count(&p3, "SELECT count(*) FROM t", 303);
+    drop(p2);
+}
