@@ -79,6 +79,52 @@ pub(super) fn write_marker(
 /// may still be settling its cluster's membership).
 const ATTEMPTS: u32 = 5;
 
+/// Devices may be served: the epoch began, or will not (a warning said so).
+fn settled(shared: &Shared) {
+    shared
+        .epoch_settled
+        .store(true, std::sync::atomic::Ordering::Release);
+}
+
+/// How long a primary alone waits at open for its new epoch's marker.
+const ALONE_MARKER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A primary that is its cluster's only voter leads at once: its open returns only once its
+/// new epoch's marker is in the log, so that nothing its app or devices write in this run
+/// lands before it. (Entries before the marker would count as the old epoch's: a device
+/// ahead of a primary restored from an older copy, its position among them, would be taken
+/// for one that is not ahead.) Blocks; never on a runtime thread.
+pub(super) fn await_first_marker_alone(shared: &Arc<Shared>) {
+    let alone = shared.cluster.get().is_some_and(|p| {
+        let voters = p
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        voters <= 1
+    });
+    if !alone {
+        return;
+    }
+    let mut marks = shared.epoch_marks.subscribe();
+    let waited = super::on_runtime(async move {
+        let begun = marks.wait_for(|seq| *seq > 0);
+        matches!(
+            tokio::time::timeout(ALONE_MARKER_WAIT, begun).await,
+            Ok(Ok(_))
+        )
+    });
+    if !matches!(waited, Ok(true)) {
+        tracing::warn!(
+            "this primary's new epoch did not begin within {ALONE_MARKER_WAIT:?}: devices \
+             ahead of it are recognized by their position only"
+        );
+    }
+}
+
 /// Begins a new epoch now that this primary leads; waits until the cluster committed it.
 /// Gives up quietly when it stops leading meanwhile (the next leader begins its own).
 pub(super) async fn begin(shared: Arc<Shared>) {
@@ -105,9 +151,11 @@ pub(super) async fn begin(shared: Arc<Shared>) {
                 let mut feed = shared.feed.subscribe();
                 let _ = feed.wait_for(|at| *at >= seq).await;
                 tracing::info!(seq, "a new epoch of the log begins");
+                settled(&shared);
                 return;
             }
             Err(e) if attempt == ATTEMPTS => {
+                settled(&shared);
                 if shared.cluster_view.borrow().leading && !shared.is_shutting_down() {
                     tracing::warn!(
                         "this primary could not begin a new epoch of its log ({e}): devices \

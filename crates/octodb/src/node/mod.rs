@@ -152,6 +152,9 @@ pub(crate) struct Shared {
     /// Primaries: the sequence number of the newest epoch marker this primary wrote
     /// (`node::epoch`); its device sessions then tell their devices the new epoch.
     pub epoch_marks: watch::Sender<u64>,
+    /// Primaries: this run's first leadership began its epoch (or gave up trying): devices
+    /// are served from then on, so that no batch of theirs lands before the marker.
+    pub epoch_settled: std::sync::atomic::AtomicBool,
     /// Devices: the cluster's primaries as the primaries last told (kept in the file): where
     /// to fail over to, and the keys trusted besides the pinned one.
     pub known_primaries: Mutex<Vec<crate::net::PrimaryMember>>,
@@ -474,6 +477,7 @@ impl Node {
             cluster: OnceLock::new(),
             cluster_view: watch::channel(Default::default()).0,
             epoch_marks: watch::channel(0).0,
+            epoch_settled: Default::default(),
             known_primaries: Mutex::new(known_primaries),
             announcements,
             services: Default::default(),
@@ -502,6 +506,7 @@ impl Node {
                 } else {
                     let proposer = on_runtime(cluster_member::start(&shared))??;
                     cluster_member::joined(&shared, proposer);
+                    epoch::await_first_marker_alone(&shared);
                 }
                 tasks
             }

@@ -385,6 +385,18 @@ fn not_serving_devices(shared: &Shared) -> Option<(Option<String>, String)> {
         return Some((None, reason.into()));
     };
     match crate::cluster::lead(proposer.raft()) {
+        // (Its batches would land before the marker: a device ahead of a primary restored
+        // from an older copy could then be taken for one that is not.)
+        crate::cluster::Lead::Here
+            if !shared
+                .epoch_settled
+                .load(std::sync::atomic::Ordering::Acquire) =>
+        {
+            Some((
+                None,
+                "this primary is beginning a new epoch of its log: try again shortly".into(),
+            ))
+        }
         crate::cluster::Lead::Here => None,
         crate::cluster::Lead::At(addr) => {
             let reason = format!(
