@@ -45,6 +45,7 @@ pub fn run(rows: u64) -> Result<Vec<Figure>> {
         better: Better::Lower,
         target: "<= 2x VACUUM INTO".into(),
         met: secs <= 2.0 * vacuum_secs,
+        spread: None,
         notes: String::new(),
     }])
 }

@@ -49,6 +49,7 @@ pub fn run(samples: usize) -> Result<Vec<Figure>> {
             better: Better::Lower,
             target: format!("<= {target_ms} ms"),
             met: v <= target_ms,
+            spread: None,
             notes: String::new(),
         }
     };

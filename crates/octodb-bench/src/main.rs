@@ -16,6 +16,7 @@ mod primary_alone;
 mod procs;
 mod raft;
 mod report;
+mod rounds;
 mod streaming;
 mod writers;
 

@@ -97,6 +97,7 @@ pub fn run(devices: usize, duration: Duration) -> Result<Vec<Figure>> {
         better: Better::Higher,
         target: ">= 25% of local SQLite".into(),
         met: rate >= 0.25 * sqlite,
+        spread: None,
         notes: format!(
             "{total} transactions accepted in {elapsed:.1} s, each awaited; a device's round trip {:.2} ms, of which its local commit {:.2} ms\n\
              {devices} plain SQLite files committing single rows at once ({}, one thread each, nothing else): {devices_alone:.0} txn/s = {:.1}% of the baseline, the ceiling for devices on these cores\n\
