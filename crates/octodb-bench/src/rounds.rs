@@ -43,3 +43,8 @@ pub fn median_by<T: Clone>(
     let keys: Vec<f64> = rounds.iter().map(&key).collect();
     Ok((sorted[sorted.len() / 2].clone(), Spread::of(&keys, unit)))
 }
+
+/// The median of `values` (the upper middle for an even count) with their spread in `unit`.
+pub fn median(values: &[f64], unit: &str) -> Result<(f64, Spread)> {
+    median_by(values, |v| *v, unit)
+}
