@@ -4,13 +4,18 @@
 use crate::baseline::{self, Sync, INSERT, ITEMS};
 use crate::cluster::{count, payload, Cluster, DEADLINE};
 use crate::report::{Better, Figure};
-use anyhow::{bail, Result};
+use crate::rounds::{median, ROUNDS};
+use anyhow::{bail, Context, Result};
 use std::time::Instant;
 
 const PAYLOAD: usize = 64;
 
+/// Issue 23's line for 100,000 missed transactions, in seconds.
+const TARGET_SECS: f64 = 1.0;
+
 pub fn run(txns: u64) -> Result<Vec<Figure>> {
-    let secs = catch_up_secs(txns)?;
+    let rounds = catch_up_rounds(txns, ROUNDS)?;
+    let (secs, spread) = median(&rounds, "s")?;
     let rows_per_s = baseline::insert_rate(Sync::Full, txns, txns, PAYLOAD)?;
     let sqlite_secs = txns as f64 / rows_per_s;
     Ok(vec![Figure {
@@ -21,23 +26,47 @@ pub fn run(txns: u64) -> Result<Vec<Figure>> {
         sqlite: Some(sqlite_secs),
         sqlite_setup: format!("{}, the same rows in one txn", Sync::Full.describe()),
         better: Better::Lower,
-        target: "<= 2 s".into(),
-        met: secs <= 2.0 * (txns as f64 / 100_000.0).max(1.0),
-        notes: if txns < 100_000 {
-            "reduced size (--quick): target scaled".into()
-        } else {
-            String::new()
-        },
+        target: format!("<= {TARGET_SECS} s"),
+        met: secs <= TARGET_SECS * (txns as f64 / 100_000.0).max(1.0),
+        spread: Some(spread),
+        notes: format!(
+            "the rounds in order: {}{}",
+            rounds
+                .iter()
+                .map(|s| format!("{s:.3} s"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            if txns < 100_000 {
+                "\nreduced size (--quick): target scaled"
+            } else {
+                ""
+            }
+        ),
     }])
 }
 
 /// Seconds from a device's reconnection until it has applied the `txns` single-row
 /// transactions it missed.
 pub fn catch_up_secs(txns: u64) -> Result<f64> {
+    catch_up_rounds(txns, 1)?
+        .first()
+        .copied()
+        .context("no catch-up measured")
+}
+
+/// `devices` devices of one user, all offline while the primary commits `txns` single-row
+/// transactions for that user, then reconnected one after another, each alone: the seconds
+/// each took to catch up. The rounds share one setup, which takes an fsync per transaction
+/// (33 s for 100,000 here, 70 times the catch-up); at that size the first reconnect after it
+/// read like the next ones (0.44, 0.49, 0.48 s in one run), so a fresh cluster per round
+/// would buy nothing for its minute.
+fn catch_up_rounds(txns: u64, devices: usize) -> Result<Vec<f64>> {
     let cluster = Cluster::new(ITEMS)?;
-    let (d, user) = cluster.signup("d")?;
-    let uri = cluster.device_uri("d");
+    let (d, user) = cluster.signup("d0")?;
     drop(d);
+    for i in 1..devices {
+        drop(cluster.login(&format!("d{i}"), user)?);
+    }
 
     // Setting up is not what is measured, but it is durable like any primary's commit (a
     // replicated connection refuses to lower `synchronous`): an fsync per transaction.
@@ -55,15 +84,18 @@ pub fn catch_up_secs(txns: u64) -> Result<f64> {
         setup.elapsed().as_secs_f64()
     );
 
-    let started = Instant::now();
-    let d = octodb::Connection::open(&uri)?;
-    d.wait_for(DEADLINE, |s| s.last_seq >= target_seq)?;
-    let secs = started.elapsed().as_secs_f64();
-    let got = count(&d, "SELECT count(*) FROM items")? as u64;
-    if got != txns {
-        bail!("the device has {got} rows after catching up, expected {txns}");
+    let mut rounds = Vec::with_capacity(devices);
+    for i in 0..devices {
+        let started = Instant::now();
+        let d = octodb::Connection::open(&cluster.device_uri(&format!("d{i}")))?;
+        d.wait_for(DEADLINE, |s| s.last_seq >= target_seq)?;
+        rounds.push(started.elapsed().as_secs_f64());
+        let got = count(&d, "SELECT count(*) FROM items")? as u64;
+        if got != txns {
+            bail!("device d{i} has {got} rows after catching up, expected {txns}");
+        }
     }
-    Ok(secs)
+    Ok(rounds)
 }
 
 /// Child: a device offline makes `txns` single-row transactions that all change the same row

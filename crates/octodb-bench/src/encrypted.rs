@@ -120,6 +120,7 @@ impl Compared {
             better,
             target: ">= 80% of the speed without cipher=".into(),
             met: share(better, self.median) >= 0.8,
+            spread: None,
             notes: format!(
                 "encrypted / plain per round (median of {ROUNDS}): {}",
                 listed.join(", ")

@@ -113,6 +113,7 @@ pub fn run(samples: usize, rounds: usize) -> Result<Vec<Figure>> {
         better: Better::Lower,
         target: target.into(),
         met,
+        spread: None,
         notes,
     };
     let visible_p50 = percentile(&visible, 0.5);
@@ -147,6 +148,7 @@ pub fn run(samples: usize, rounds: usize) -> Result<Vec<Figure>> {
             better: Better::Lower,
             target: "<= 3 s".into(),
             met: worst_failover <= 3.0,
+            spread: None,
             notes: format!(
                 "{rounds} rounds, worst {worst_failover:.2} s; a new leader after {:.2} s at \
                  most (closing the old one's node in-process: {:.2} s at most); the device \

@@ -4,6 +4,7 @@
 mod baseline;
 mod catchup;
 mod cluster;
+mod conditions;
 mod connections;
 mod download;
 mod encrypted;
@@ -15,6 +16,7 @@ mod primary_alone;
 mod procs;
 mod raft;
 mod report;
+mod rounds;
 mod streaming;
 mod writers;
 
@@ -28,7 +30,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use conditions::Conditions;
 use report::Figure;
+use serde::Serialize;
 use std::time::Duration;
 
 #[derive(Parser)]
@@ -114,6 +118,15 @@ enum Command {
     },
 }
 
+/// What `--json` writes: the figures with the machine's state around them, so that two runs'
+/// files compare like their printed output.
+#[derive(Serialize)]
+struct Run {
+    before: Conditions,
+    figures: Vec<Figure>,
+    after: Conditions,
+}
+
 fn main() -> Result<()> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -181,10 +194,12 @@ fn main() -> Result<()> {
         Command::Failover => vec!["failover"],
     };
     println!(
-        "octodb-bench on {} cores{}",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "octodb-bench{}",
         if q { " (--quick: reduced sizes)" } else { "" }
     );
+    // Before any scenario, so that the load is the machine's and not this run's.
+    let before = Conditions::measure();
+    println!("machine before: {}", before.describe());
     let mut all: Vec<Figure> = Vec::new();
     let mut failed = Vec::new();
     for s in scenarios {
@@ -218,8 +233,18 @@ fn main() -> Result<()> {
             }
         }
     }
+    let after = Conditions::measure();
+    println!(
+        "machine after:  {} (this run's own work in the load)",
+        after.describe()
+    );
     if let Some(path) = &cli.json {
-        std::fs::write(path, serde_json::to_string_pretty(&all)?)?;
+        let run = Run {
+            before,
+            figures: all,
+            after,
+        };
+        std::fs::write(path, serde_json::to_string_pretty(&run)?)?;
     }
     if !failed.is_empty() {
         anyhow::bail!("scenarios failed to run: {failed:?}");

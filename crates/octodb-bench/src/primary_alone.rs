@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 const PAYLOAD: usize = 64;
 
+#[derive(Clone)]
 pub struct PrimaryAlone {
     /// Accepted transactions per second, over all sessions.
     pub rate: f64,

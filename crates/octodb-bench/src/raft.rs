@@ -51,6 +51,7 @@ pub fn run(txns: usize) -> Result<Vec<Figure>> {
         better: Better::Higher,
         target: "- (informative)".into(),
         met: true,
+        spread: None,
         notes: note,
     };
     Ok(vec![

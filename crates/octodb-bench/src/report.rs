@@ -1,6 +1,7 @@
 //! One line per measured figure: octodb's, plain local SQLite's for the same work in the same
 //! run, their ratio, and the issue's target.
 
+use crate::rounds::Spread;
 use serde::Serialize;
 
 /// Whether a bigger or a smaller figure is better (rows/s vs. milliseconds).
@@ -24,6 +25,8 @@ pub struct Figure {
     /// The target as the issue states it, e.g. ">= 25% of local SQLite".
     pub target: String,
     pub met: bool,
+    /// A line judged on the median of several rounds: how far the rounds lay apart.
+    pub spread: Option<Spread>,
     pub notes: String,
 }
 
@@ -61,6 +64,16 @@ impl Figure {
             self.target,
             if self.met { "MET" } else { "MISSED" }
         );
+        if let Some(s) = &self.spread {
+            println!(
+                "{:<12} rounds: the median of {} is judged; spread {} - {} {}",
+                "",
+                s.rounds,
+                human(s.min),
+                human(s.max),
+                s.unit
+            );
+        }
         if !self.notes.is_empty() {
             for line in self.notes.lines() {
                 println!("{:<12} note: {}", "", line);

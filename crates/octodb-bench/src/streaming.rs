@@ -4,6 +4,7 @@
 use crate::baseline::{self, Sync, ITEMS};
 use crate::cluster::{count, fill, next_event, Cluster, DEADLINE};
 use crate::report::{Better, Figure};
+use crate::rounds::{median_by, ROUNDS};
 use anyhow::{bail, Result};
 use octodb::Event;
 use std::time::Instant;
@@ -11,11 +12,15 @@ use std::time::Instant;
 pub const PER_TXN: u64 = 100;
 const PAYLOAD: usize = 64;
 
-/// Rounds of the scenario, each a fresh cluster measured right before its own SQLite baseline.
-/// The disk's fsync time drifts by a third within minutes on the benchmark's VM, and one run
-/// against a baseline taken at another moment reads several points either side of the line.
-const ROUNDS: usize = 3;
+/// Issue 23's line: device B's rate at least this share of SQLite's at FULL.
+const TARGET_OF_FULL: f64 = 0.35;
+/// The line against SQLite at NORMAL, kept as it was (issue 5).
+const TARGET_OF_NORMAL: f64 = 0.25;
 
+/// Rounds of the scenario ([`ROUNDS`]), each a fresh cluster measured right before its own
+/// SQLite baseline: the disk's fsync time drifts by a third within minutes on the benchmark's
+/// VM, and one run against a baseline taken at another moment reads several points either side
+/// of the line. The round in the middle by ratio is judged.
 pub fn run(rows: u64) -> Result<Vec<Figure>> {
     let mut rounds = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
@@ -23,16 +28,14 @@ pub fn run(rows: u64) -> Result<Vec<Figure>> {
         let full = baseline::insert_rate(Sync::Full, rows, PER_TXN, PAYLOAD)?;
         rounds.push((octodb, full));
     }
-    let ratio = |(octodb, sqlite): &(f64, f64)| octodb / sqlite;
-    let mut by_ratio = rounds.clone();
-    by_ratio.sort_by(|x, y| ratio(x).total_cmp(&ratio(y)));
-    let (rate, full) = by_ratio[ROUNDS / 2];
+    let percent = |(octodb, sqlite): &(f64, f64)| octodb / sqlite * 100.0;
+    let ((rate, full), spread) = median_by(&rounds, percent, "% of SQLite")?;
     let listed: Vec<String> = rounds
         .iter()
-        .map(|r| format!("{:.0} / {:.0} = {:.1}%", r.0, r.1, ratio(r) * 100.0))
+        .map(|r| format!("{:.0} / {:.0} = {:.1}%", r.0, r.1, percent(r)))
         .collect();
     let normal = baseline::insert_rate(Sync::Normal, rows, PER_TXN, PAYLOAD)?;
-    let figure = |sqlite: f64, sync: Sync, notes: String| Figure {
+    let figure = |sqlite: f64, sync: Sync, share: f64| Figure {
         scenario: "streaming",
         metric: format!("rows/s visible on device B ({rows} rows, txns of {PER_TXN})"),
         octodb: rate,
@@ -40,20 +43,18 @@ pub fn run(rows: u64) -> Result<Vec<Figure>> {
         sqlite: Some(sqlite),
         sqlite_setup: format!("{}, same rows in txns of {PER_TXN}", sync.describe()),
         better: Better::Higher,
-        target: ">= 25% of local SQLite".into(),
-        met: rate >= 0.25 * sqlite,
-        notes,
+        target: format!(">= {:.0}% of local SQLite", share * 100.0),
+        met: rate >= share * sqlite,
+        spread: None,
+        notes: String::new(),
     };
     Ok(vec![
-        figure(
-            full,
-            Sync::Full,
-            format!(
-                "the median of {ROUNDS} rounds, each octodb then SQLite: {}",
-                listed.join(", ")
-            ),
-        ),
-        figure(normal, Sync::Normal, String::new()),
+        Figure {
+            spread: Some(spread),
+            notes: format!("each round octodb then SQLite: {}", listed.join(", ")),
+            ..figure(full, Sync::Full, TARGET_OF_FULL)
+        },
+        figure(normal, Sync::Normal, TARGET_OF_NORMAL),
     ])
 }
 
