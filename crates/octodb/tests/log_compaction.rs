@@ -155,3 +155,52 @@ fn a_primary_away_longer_than_the_log_keeps_catches_up_from_a_snapshot() {
     wait_count(&p3, "SELECT count(*) FROM t", 303);
     drop(p2);
 }
+
+/// A fourth primary joins a cluster whose leader cut its log, while a device writes through
+/// the leader: it starts from a snapshot taken under that load, and ends holding every row.
+#[test]
+fn a_primary_joins_under_load_after_the_log_was_cut() {
+    let c = Cluster::new();
+    let p1 = primary_keeping_100(&c);
+    let leader = addr_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &leader);
+    let p3 = joining_primary(&c.path("p3.db"), &leader);
+    p1.wait_for(DEADLINE, |s| {
+        s.cluster
+            .as_ref()
+            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 3)
+    })
+    .expect("both new primaries become voters");
+    commits(&p1, 200, "before");
+    wait_log_cut_past(&p1, 50);
+
+    let d = c.device("d.db", &p1);
+    ready(&d);
+    const WRITES: usize = 300;
+    let writer = std::thread::spawn(move || {
+        for i in 0..WRITES {
+            d.execute("INSERT INTO t(v) VALUES (?1)", [format!("device {i}")])
+                .unwrap();
+        }
+        wait_outbox_empty(&d);
+        d
+    });
+    let p4 = joining_primary(&c.path("p4.db"), &leader);
+    let d = writer.join().expect("the device's writes");
+    p1.wait_for(DEADLINE, |s| {
+        s.cluster
+            .as_ref()
+            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 4)
+    })
+    .expect("the fourth primary becomes a voter");
+    let want = (200 + WRITES) as i64;
+    for p in [&p1, &p2, &p3, &p4] {
+        wait_count(p, "SELECT count(*) FROM t", want);
+    }
+    let table = "SELECT id, v, row_owner FROM t ORDER BY id";
+    let leaders = rows(&c.path("p.db"), table);
+    for name in ["p2.db", "p3.db", "p4.db"] {
+        assert_eq!(rows(&c.path(name), table), leaders, "{name}");
+    }
+    drop(d);
+}
