@@ -291,3 +291,45 @@ fn a_device_restored_from_a_backup_keeps_its_new_work_under_a_new_key() {
         "offline, first run"
     );
 }
+
+/// The digests that let a primary tell a device from a copy of its file reach the other
+/// primaries of the cluster with the log, so that a new leader after a fail-over still has
+/// them.
+#[test]
+fn the_other_primaries_keep_the_digests_of_devices_work() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let leader = addr_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &leader);
+    p1.wait_for(DEADLINE, |s| {
+        s.cluster
+            .as_ref()
+            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 2)
+    })
+    .expect("the second primary becomes a voter");
+    let d = c.device("d.db", &p1);
+    ready(&d);
+    for i in 0..5 {
+        d.execute("INSERT INTO t(v) VALUES (?1)", [format!("row {i}")])
+            .unwrap();
+    }
+    wait_outbox_empty(&d);
+    wait_count(&p2, "SELECT count(*) FROM t", 5);
+    let node = status(&d).node_id;
+    let digests = |name: &str| -> Vec<(i64, Vec<u8>)> {
+        let f = rusqlite::Connection::open(c.path(name)).unwrap();
+        let mut stmt = f
+            .prepare(
+                "SELECT origin_txn, origin_digest FROM _octo_log
+                 WHERE origin_node = ?1 AND origin_digest IS NOT NULL ORDER BY seq",
+            )
+            .unwrap();
+        stmt.query_map([node], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    let on_leader = digests("p.db");
+    assert_eq!(on_leader.len(), 5, "one digest per device transaction");
+    assert_eq!(digests("p2.db"), on_leader);
+}

@@ -190,9 +190,12 @@ struct WrittenBatches {
 
 impl WrittenBatches {
     /// `rpc` with every written-through batch replaced by the transactions it stands for.
+    /// `digests`: the receiver speaks protocol 8 or newer, and keeps the digests of the
+    /// devices' work the transactions decided (`Proposal::DecidedChecked`).
     async fn expand(
         &self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
+        digests: bool,
     ) -> Result<AppendEntriesRequest<TypeConfig>, NetError> {
         let compact = |e: &openraft::Entry<TypeConfig>| matches!(&e.payload, EntryPayload::Normal(p) if p.is_written_through());
         if !rpc.entries.iter().any(compact) {
@@ -214,9 +217,14 @@ impl WrittenBatches {
                         first_seq,
                         last_seq,
                     }) => {
-                        entry.payload = EntryPayload::Normal(Proposal::Decided(read_batch(
-                            conn, *first_seq, *last_seq,
-                        )?));
+                        let (txns, checked) = read_batch(conn, *first_seq, *last_seq)?;
+                        entry.payload = EntryPayload::Normal(match digests {
+                            true => Proposal::DecidedChecked {
+                                txns,
+                                digests: checked,
+                            },
+                            false => Proposal::Decided(txns),
+                        });
                     }
                     // The rows are in the entry: the receiver writes them (its id only
                     // matters to the primary that proposed it).
@@ -237,12 +245,13 @@ impl WrittenBatches {
     }
 }
 
-/// The transactions of `_octo_log` rows `first..=last`.
+/// The transactions of `_octo_log` rows `first..=last`, and the digest of each one's device
+/// work (`log::digest`).
 fn read_batch(
     conn: &rusqlite::Connection,
     first: u64,
     last: u64,
-) -> Result<Vec<super::types::Decided>, NetError> {
+) -> Result<(Vec<super::types::Decided>, Vec<Option<[u8; 16]>>), NetError> {
     let want = last.saturating_sub(first) as usize + 1;
     let entries = crate::log::read_after(conn, first.saturating_sub(1), want)
         .map_err(|e| NetError::Malformed(format!("reading the log: {e}")))?;
@@ -251,14 +260,16 @@ fn read_batch(
             "the log no longer holds positions {first}..={last} that a Raft entry names"
         )));
     }
-    Ok(entries
+    let digests = entries.iter().map(|e| e.origin_digest).collect();
+    let txns = entries
         .into_iter()
         .map(|e| super::types::Decided {
             origin_node: e.origin_node,
             origin_txn: e.origin_txn,
             body: e.body,
         })
-        .collect())
+        .collect();
+    Ok((txns, digests))
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
@@ -270,6 +281,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             member: node.clone(),
             network: self.clone(),
             conn: None,
+            protocol: 0,
         }
     }
 }
@@ -281,6 +293,8 @@ pub struct PeerClient {
     member: Member,
     network: PeerNetwork,
     conn: Option<(SecureReader, SecureWriter)>,
+    /// The protocol version agreed on `conn`.
+    protocol: u8,
 }
 
 /// How a call failed: before reaching the member (back off), or on the way.
@@ -299,13 +313,15 @@ impl CallError {
 }
 
 impl PeerClient {
-    async fn connect(&self) -> Result<(SecureReader, SecureWriter), NetError> {
+    /// A connection to the member, and the protocol version agreed on it.
+    async fn connect(&self) -> Result<(SecureReader, SecureWriter, u8), NetError> {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.member.addr))
             .await
             .map_err(|_| NetError::Timeout)??;
         let net = &self.network;
         let stream = SecureStream::connect(tcp, &net.keys, &net.handshake).await?;
         let key = stream.peer().public_key.to_hex();
+        let protocol = stream.protocol_version();
         if key != self.member.public_key {
             return Err(NetError::Authentication(format!(
                 "the primary at {} presents key {key}, not member {}'s {}: refused",
@@ -322,14 +338,24 @@ impl PeerClient {
             auth: None,
         };
         wr.send(&hello.encode()).await?;
-        Ok((rd, wr))
+        Ok((rd, wr, protocol))
+    }
+
+    /// Connected (if it was not), so that what is sent can suit the member's version.
+    async fn ensure_connected(&mut self) -> Result<(), CallError> {
+        if self.conn.is_none() {
+            let (rd, wr, protocol) = self.connect().await.map_err(CallError::Unreachable)?;
+            self.conn = Some((rd, wr));
+            self.protocol = protocol;
+        }
+        Ok(())
     }
 
     async fn call(&mut self, request: Request, option: &RPCOption) -> Result<Reply, CallError> {
         let bytes = encode(&request).map_err(CallError::Network)?;
-        let (mut rd, mut wr) = match self.conn.take() {
-            Some(conn) => conn,
-            None => self.connect().await.map_err(CallError::Unreachable)?,
+        self.ensure_connected().await?;
+        let Some((mut rd, mut wr)) = self.conn.take() else {
+            return Err(CallError::Unreachable(NetError::Closed));
         };
         let exchange = async {
             wr.send(&bytes).await?;
@@ -374,10 +400,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         AppendEntriesResponse<RaftNodeId>,
         RPCError<RaftNodeId, Member, RaftError<RaftNodeId>>,
     > {
+        self.ensure_connected().await.map_err(CallError::into_rpc)?;
+        let digests = self.protocol >= crate::net::version::COPIED_FILES;
         let rpc = self
             .network
             .batches
-            .expand(rpc)
+            .expand(rpc, digests)
             .await
             .map_err(|e| CallError::Network(e).into_rpc())?;
         match self.call(Request::AppendEntries(rpc), &option).await {

@@ -106,7 +106,15 @@ impl Inner {
                             Proposal::Decided(txns) | Proposal::Batch { txns, .. },
                         ) => {
                             for d in txns {
-                                last_seq = apply_decided(c, tables, replicated, d)?;
+                                last_seq = apply_decided(c, tables, replicated, d, None)?;
+                                rows_seq = last_seq;
+                            }
+                        }
+                        EntryPayload::Normal(Proposal::DecidedChecked { txns, digests }) => {
+                            for (at, d) in txns.iter().enumerate() {
+                                let digest = digests.get(at).copied().flatten();
+                                let digest = digest.as_ref();
+                                last_seq = apply_decided(c, tables, replicated, d, digest)?;
                                 rows_seq = last_seq;
                             }
                         }
@@ -321,6 +329,7 @@ fn apply_decided(
     tables: &mut Tables,
     replicated: &Replicated,
     d: &Decided,
+    origin_digest: Option<&crate::log::digest::TxnDigest>,
 ) -> Result<u64> {
     if let EntryBody::Changes(cs) = &d.body {
         for op in &cs.ops {
@@ -357,7 +366,7 @@ fn apply_decided(
             }
         }
     }
-    let seq = log::append(c, d.origin_node, d.origin_txn, &d.body, None)?;
+    let seq = log::append(c, d.origin_node, d.origin_txn, &d.body, origin_digest)?;
     if let EntryBody::Epoch { id } = &d.body {
         log::epochs::begin(c, *id, seq)?;
     }

@@ -35,6 +35,15 @@ pub enum Proposal {
         nodes: Vec<Vec<crate::Value>>,
         users: Vec<Vec<crate::Value>>,
     },
+    /// [`Proposal::Decided`] with, for each transaction, the digest of the device's work it
+    /// decided as the leader received it (`log::digest`; None for a primary's own writes):
+    /// how a leader sends its written-through batches to primaries of protocol 8 and newer,
+    /// so that they keep the digests too and, once one of them leads, still tell a copy of a
+    /// device's file from the device.
+    DecidedChecked {
+        txns: Vec<Decided>,
+        digests: Vec<Option<[u8; 16]>>,
+    },
 }
 
 impl Proposal {

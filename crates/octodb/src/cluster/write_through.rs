@@ -398,7 +398,10 @@ fn write_appends(
 fn batch_id(p: &Proposal) -> Option<u64> {
     match p {
         Proposal::Batch { id, .. } | Proposal::Rows { id, .. } => Some(*id),
-        Proposal::Decided(_) | Proposal::InLog { .. } | Proposal::RowsWritten { .. } => None,
+        Proposal::Decided(_)
+        | Proposal::DecidedChecked { .. }
+        | Proposal::InLog { .. }
+        | Proposal::RowsWritten { .. } => None,
     }
 }
 
@@ -413,7 +416,10 @@ fn void(p: &mut Proposal, id: u64) -> bool {
             nodes.clear();
             users.clear();
         }
-        Proposal::Decided(_) | Proposal::InLog { .. } | Proposal::RowsWritten { .. } => {}
+        Proposal::Decided(_)
+        | Proposal::DecidedChecked { .. }
+        | Proposal::InLog { .. }
+        | Proposal::RowsWritten { .. } => {}
     }
     true
 }
