@@ -245,13 +245,15 @@ impl WrittenBatches {
     }
 }
 
-/// The transactions of `_octo_log` rows `first..=last`, and the digest of each one's device
-/// work (`log::digest`).
+/// Transactions of the log, and the digest of each one's device work (`log::digest`).
+type CheckedBatch = (Vec<super::types::Decided>, Vec<Option<[u8; 16]>>);
+
+/// The transactions of `_octo_log` rows `first..=last`, with their digests.
 fn read_batch(
     conn: &rusqlite::Connection,
     first: u64,
     last: u64,
-) -> Result<(Vec<super::types::Decided>, Vec<Option<[u8; 16]>>), NetError> {
+) -> Result<CheckedBatch, NetError> {
     let want = last.saturating_sub(first) as usize + 1;
     let entries = crate::log::read_after(conn, first.saturating_sub(1), want)
         .map_err(|e| NetError::Malformed(format!("reading the log: {e}")))?;
