@@ -57,7 +57,9 @@ pub fn run(sessions: usize, duration: Duration, followers: usize) -> Result<Prim
     let devices = rt.block_on(async {
         let mut signups = Vec::with_capacity(sessions);
         for _ in 0..sessions {
-            signups.push(tokio::spawn(sign_up(addr)));
+            signups.push(tokio::spawn(async move {
+                sign_up(addr).await.context("a session signing up")
+            }));
         }
         let mut devices = Vec::with_capacity(sessions);
         for s in signups {
@@ -79,7 +81,7 @@ pub fn run(sessions: usize, duration: Duration, followers: usize) -> Result<Prim
     stop.store(true, Ordering::Relaxed);
     rt.block_on(async {
         for t in tasks {
-            t.await??;
+            t.await?.context("a session writing")?;
         }
         anyhow::Ok(())
     })?;
@@ -165,10 +167,14 @@ impl Device {
     /// Read what the primary sends until it decides `txn`: an error if it rejects it.
     async fn until_decided(&mut self, txn: u64) -> Result<()> {
         loop {
-            let Message::Entries { entries, .. } = Message::decode(&self.stream.recv().await?)?
-            else {
-                // The empty initial download, before the first entries.
-                continue;
+            let entries = match Message::decode(&self.stream.recv().await?)? {
+                Message::Entries { entries, .. } => entries,
+                // The primary ends the session, saying why.
+                Message::Refused { reason } => bail!("the primary ended the session: {reason}"),
+                Message::NotLeader { reason, .. } => bail!("the primary stopped leading: {reason}"),
+                Message::CopiedFile { reason, .. } => bail!("taken for a copied device: {reason}"),
+                // The empty initial download, before the first entries; digests.
+                _ => continue,
             };
             for e in entries {
                 if e.origin_node != self.node_id || e.origin_txn != txn {
