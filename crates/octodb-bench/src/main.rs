@@ -7,6 +7,7 @@ mod cluster;
 mod conditions;
 mod connections;
 mod download;
+mod dqlite;
 mod encrypted;
 mod failover;
 mod latency;
@@ -70,6 +71,13 @@ enum Command {
     /// Three primaries: commits confirmed by a majority, replication to a follower, and the
     /// time from the leader's loss until a device's next transaction is accepted.
     Failover,
+    /// Three primaries beside a 3-node dqlite cluster (Debian's go-dqlite tools; skipped
+    /// without them): single-row write transactions per second, in the same run.
+    Dqlite {
+        /// Concurrent clients on each side, one measurement per count.
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        clients: Vec<usize>,
+    },
     #[command(name = "_idle-device", hide = true)]
     IdleDevice {
         uri: String,
@@ -147,6 +155,7 @@ fn main() -> Result<()> {
     }
     let q = cli.quick;
     let mut writer_devices = 100;
+    let mut dqlite_clients = vec![1, 4];
     let scenarios: Vec<&str> = match &cli.command {
         Command::IdleDevice { uri, user } => return memory::idle_device(uri, *user),
         Command::ConnPrimary { path, followers } => {
@@ -192,6 +201,10 @@ fn main() -> Result<()> {
         Command::Raft => vec!["raft"],
         Command::Encrypted => vec!["encrypted"],
         Command::Failover => vec!["failover"],
+        Command::Dqlite { clients } => {
+            dqlite_clients = clients.clone();
+            vec!["dqlite"]
+        }
     };
     println!(
         "octodb-bench{}",
@@ -213,6 +226,11 @@ fn main() -> Result<()> {
             "connections" => connections::run(if q { 2_000 } else { 19_900 }),
             "raft" => raft::run(if q { 2_000 } else { 20_000 }),
             "failover" => failover::run(if q { 50 } else { 500 }, 3),
+            "dqlite" => dqlite::run(
+                &dqlite_clients,
+                if q { 3 } else { 10 },
+                if q { 300 } else { 2_000 },
+            ),
             "encrypted" => encrypted::run(encrypted::Sizes {
                 streaming_rows: if q { 20_000 } else { 100_000 },
                 catchup_txns: if q { 2_000 } else { 20_000 },
