@@ -69,6 +69,7 @@ pub fn run(clients: &[usize], secs: u64, sqlite_rows: u64) -> Result<Vec<Figure>
             better: Better::Higher,
             target: "- (informative: beside dqlite)".into(),
             met: true,
+            spread: None,
             notes: format!(
                 "dqlite {} (3 nodes, {n} client{}): {} txn/s = {:.1}% of SQLite; octodb / dqlite = {:.2}x\n\
                  dqlite: {} inserts acknowledged in {:.1} s, {} errors ({}); its table holds {} rows afterwards\n\
