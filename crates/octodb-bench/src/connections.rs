@@ -281,6 +281,18 @@ pub fn primary_proc(path: &str, followers: usize) -> Result<()> {
     for cmd in procs::commands() {
         if cmd == "count" {
             procs::say(&format!("sessions {}", p.sync_status()?.peers.len()));
+        } else if cmd == "undecided" {
+            // Diagnostics: approved devices none of whose transactions is in the log.
+            let rows: Option<String> = p.query_row(
+                "SELECT group_concat(node_id || ':' || last_txn || ':' || auth_state || ':'
+                                     || coalesce(user_id, -1), ' ')
+                 FROM _octo_nodes n
+                 WHERE node_type = 'secondary' AND node_id > 0
+                   AND NOT EXISTS (SELECT 1 FROM _octo_log l WHERE l.origin_node = n.node_id)",
+                [],
+                |r| r.get(0),
+            )?;
+            procs::say(&format!("undecided {}", rows.unwrap_or_default()));
         } else if cmd == "rows" {
             let n: i64 = p.query_row(
                 "SELECT count(*) FROM items WHERE row_owner IS NOT NULL",

@@ -79,12 +79,17 @@ pub fn run(sessions: usize, duration: Duration, followers: usize) -> Result<Prim
         .collect();
     std::thread::sleep(duration);
     stop.store(true, Ordering::Relaxed);
-    rt.block_on(async {
+    let written = rt.block_on(async {
         for t in tasks {
             t.await?.context("a session writing")?;
         }
         anyhow::Ok(())
-    })?;
+    });
+    if let Err(e) = written {
+        primary.send("undecided")?;
+        let undecided = primary.expect("undecided")?.join(" ");
+        bail!("{e:#}; devices with nothing in the primary's log (node:last_txn:state:user): {undecided}");
+    }
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = procs::cpu_seconds(primary.pid())? - cpu_before;
     let writer = procs::thread_cpu_seconds(primary.pid(), "octodb-writer")? - writer_before;
@@ -106,6 +111,10 @@ pub fn run(sessions: usize, duration: Duration, followers: usize) -> Result<Prim
     })
 }
 
+/// How long a session waits for the decision of its transaction before it reports what it
+/// heard instead (a decision that never comes would otherwise end as a bare "closed").
+const DECISION_WAIT_MAX: Duration = Duration::from_secs(60);
+
 /// A signed-up device session with no file: its ids, and its next transaction.
 struct Device {
     stream: SecureStream,
@@ -119,6 +128,14 @@ async fn sign_up(addr: SocketAddr) -> Result<Device> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let mut stream = SecureStream::connect(tcp, &keys, &HandshakeOptions::default()).await?;
     let welcomed = crate::connections::hello(&mut stream, true, 0).await?;
+    // As a device does, nothing is sent before the initial download ends: a transaction
+    // decided inside the downloaded state would have its decision before the download's
+    // position, which is never streamed.
+    loop {
+        if let Message::SnapshotEnd { .. } = Message::decode(&stream.recv().await?)? {
+            break;
+        }
+    }
     Ok(Device {
         stream,
         node_id: welcomed.node_id,
@@ -166,8 +183,33 @@ impl Device {
 
     /// Read what the primary sends until it decides `txn`: an error if it rejects it.
     async fn until_decided(&mut self, txn: u64) -> Result<()> {
+        // What it heard last, to say so if the decision never comes.
+        let mut seen: Vec<String> = Vec::new();
         loop {
-            let entries = match Message::decode(&self.stream.recv().await?)? {
+            let got = tokio::time::timeout(DECISION_WAIT_MAX, self.stream.recv()).await;
+            let Ok(got) = got else {
+                bail!(
+                    "node {} waited {DECISION_WAIT_MAX:?} for the decision of its transaction {txn}; it heard: {}",
+                    self.node_id,
+                    seen.join(", ")
+                );
+            };
+            let message = Message::decode(&got?)?;
+            seen.push(match &message {
+                Message::Entries { entries, up_to } => format!(
+                    "Entries({} up to {up_to}: {:?})",
+                    entries.len(),
+                    entries
+                        .iter()
+                        .map(|e| (e.seq, e.origin_node, e.origin_txn))
+                        .collect::<Vec<_>>()
+                ),
+                other => other.kind().to_string(),
+            });
+            if seen.len() > 12 {
+                seen.remove(0);
+            }
+            let entries = match message {
                 Message::Entries { entries, .. } => entries,
                 // The primary ends the session, saying why.
                 Message::Refused { reason } => bail!("the primary ended the session: {reason}"),

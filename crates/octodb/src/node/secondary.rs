@@ -327,7 +327,7 @@ async fn take_log_history(
     shared: &Arc<Shared>,
     epochs: Vec<crate::log::epochs::Epoch>,
     resync: Option<String>,
-) -> Result<()> {
+) -> Result<bool> {
     let over_data = resync.is_some();
     ask(shared, |reply| Job::LogHistory {
         epochs,
@@ -350,7 +350,7 @@ async fn take_log_history(
         ));
         shared.emit(Event::PrimaryBehind { reason });
     }
-    Ok(())
+    Ok(over_data)
 }
 
 /// How a session ended without error.
@@ -408,6 +408,8 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
     // leave this device waiting for a Welcome forever.
     rd.set_idle_timeout(heartbeat.map(crate::uri::dead_after));
     let last_seq = *shared.feed.borrow();
+    // A device with nothing yet downloads first (and one whose primary is behind it, below).
+    let mut downloads = last_seq == 0;
     let (epoch, clone_of) = shared
         .read(move |c| {
             let epoch = crate::log::epochs::at(&crate::log::epochs::load(c)?, last_seq);
@@ -472,7 +474,7 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
                     // transactions it lost go back into the outbox first.
                     match recv_msg(&mut rd).await? {
                         Message::LogHistory { epochs, resync } => {
-                            take_log_history(shared, epochs, resync).await?
+                            downloads |= take_log_history(shared, epochs, resync).await?;
                         }
                         other => {
                             return Err(NetError::Malformed(format!(
@@ -547,8 +549,17 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
     tracing::info!(primary = %ep, "connected");
     // Ended with the session even when the session is aborted midway (the node closing): the
     // sender holds the socket's write half, and would keep the connection open forever.
-    let sender = AbortOnDrop(tokio::spawn(send_outbox(shared.clone(), wr, heartbeat)));
-    let result = receive(shared, &mut rd).await;
+    // While a download runs, nothing is sent: a transaction decided meanwhile would be
+    // decided inside the downloaded state, and its decision, before the download's position,
+    // never streamed to this device (its outbox would wait for it for ever).
+    let (downloaded, download_done) = tokio::sync::watch::channel(!downloads);
+    let sender = AbortOnDrop(tokio::spawn(send_outbox(
+        shared.clone(),
+        wr,
+        heartbeat,
+        download_done,
+    )));
+    let result = receive(shared, &mut rd, &downloaded).await;
     drop(sender);
     if shared
         .live
@@ -565,7 +576,11 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
 
 /// Applies what the primary sends until the session ends: `Reconnect` when it closes (or the
 /// node stops), `NotLeader` when the primary stopped leading its cluster.
-async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<Flow> {
+async fn receive(
+    shared: &Arc<Shared>,
+    rd: &mut SecureReader,
+    downloaded: &tokio::sync::watch::Sender<bool>,
+) -> Result<Flow> {
     let mut stop = shared.shutdown.subscribe();
     let mut writing = WritesInFlight::default();
     let session = super::next_session();
@@ -655,6 +670,7 @@ async fn receive(shared: &Arc<Shared>, rd: &mut SecureReader) -> Result<Flow> {
                 tracing::debug!(seq, "initial download fully received");
                 ask(shared, |reply| Job::SnapshotEnd { seq, reply }).await?;
                 set_download(shared, None);
+                downloaded.send_replace(true);
             }
             // Only the position moved: nothing to write, and the file's position is
             // written with the next entries that change something.
@@ -759,12 +775,29 @@ impl Drop for AbortOnDrop {
 /// (after a gap, or when the hand-over queue was full). The primaries ignore ids they have
 /// already decided, so a resend is harmless. With `heartbeat`, a heartbeat goes out whenever
 /// nothing else has for that long.
-async fn send_outbox(shared: Arc<Shared>, mut wr: SecureWriter, heartbeat: Option<Duration>) {
+async fn send_outbox(
+    shared: Arc<Shared>,
+    mut wr: SecureWriter,
+    heartbeat: Option<Duration>,
+    mut download_done: tokio::sync::watch::Receiver<bool>,
+) {
     // Held for the whole session: the next session waits for this one's sender to end.
     let mut fresh = shared.fresh_txns_rx.lock().await;
     let mut sent = 0u64;
     let mut from_outbox = true;
     let mut last_sent = tokio::time::Instant::now();
+    // Heartbeats only, until the download ends.
+    while !*download_done.borrow_and_update() {
+        tokio::select! {
+            changed = download_done.changed() => if changed.is_err() { return },
+            () = beat_due(heartbeat, last_sent) => {
+                if send_message(&mut wr, &Message::Heartbeat).await.is_err() {
+                    return;
+                }
+                last_sent = tokio::time::Instant::now();
+            }
+        }
+    }
     loop {
         let txns = if from_outbox {
             let after = sent;
