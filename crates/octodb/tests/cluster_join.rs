@@ -7,25 +7,6 @@ mod common;
 
 use common::*;
 use octodb::Connection;
-use std::path::Path;
-
-/// Every row of `sql` in the file at `path`, as text.
-fn rows(path: &Path, sql: &str) -> Vec<Vec<String>> {
-    let c = rusqlite::Connection::open(path).unwrap();
-    let mut stmt = c.prepare(sql).unwrap();
-    let n = stmt.column_count();
-    stmt.query_map([], |r| {
-        (0..n)
-            .map(|i| {
-                let v: rusqlite::types::Value = r.get(i)?;
-                Ok(format!("{v:?}"))
-            })
-            .collect()
-    })
-    .unwrap()
-    .collect::<rusqlite::Result<_>>()
-    .unwrap()
-}
 
 const SHARED: [&str; 5] = [
     "SELECT id, v, row_owner FROM t ORDER BY id",
@@ -115,14 +96,14 @@ fn new_primaries_join_the_first_and_hold_what_its_devices_and_app_write() {
 
     for follower in ["p2.db", "p3.db"] {
         for sql in SHARED {
-            let want = rows(&c.path("p.db"), sql);
+            let want = file_rows(&c.path("p.db"), sql);
             wait_until(&format!("{follower} holds `{sql}` as the leader"), || {
-                (rows(&c.path(follower), sql) == want).then_some(())
+                (file_rows(&c.path(follower), sql) == want).then_some(())
             });
         }
     }
     assert_eq!(count(&p2, "SELECT count(*) FROM t"), 23);
-    let users = rows(&c.path("p2.db"), "SELECT user_id FROM _octo_users");
+    let users = file_rows(&c.path("p2.db"), "SELECT user_id FROM _octo_users");
     assert_eq!(users.len(), 2, "both devices' users: {users:?}");
 
     // A follower takes no writes of its own (yet: they would go through the leader).
@@ -206,9 +187,9 @@ fn a_follower_restarted_after_many_commits_catches_up_from_its_stored_membership
         if sql.contains("notes") {
             continue;
         }
-        let want = rows(&c.path("p.db"), sql);
+        let want = file_rows(&c.path("p.db"), sql);
         wait_until(&format!("p3 holds `{sql}` as the leader"), || {
-            (rows(&c.path("p3.db"), sql) == want).then_some(())
+            (file_rows(&c.path("p3.db"), sql) == want).then_some(())
         });
     }
     let cluster = p3.sync_status().unwrap().cluster.unwrap();

@@ -301,12 +301,7 @@ fn the_other_primaries_keep_the_digests_of_devices_work() {
     let p1 = c.primary_with_t();
     let leader = addr_of(&p1);
     let p2 = joining_primary(&c.path("p2.db"), &leader);
-    p1.wait_for(DEADLINE, |s| {
-        s.cluster
-            .as_ref()
-            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 2)
-    })
-    .expect("the second primary becomes a voter");
+    wait_voters(&p1, 2);
     let d = c.device("d.db", &p1);
     ready(&d);
     for i in 0..5 {

@@ -6,25 +6,6 @@ mod common;
 
 use common::*;
 use octodb::{Connection, Event};
-use std::path::Path;
-
-/// Every row of `sql` in the file at `path`, as text.
-fn rows(path: &Path, sql: &str) -> Vec<Vec<String>> {
-    let c = rusqlite::Connection::open(path).unwrap();
-    let mut stmt = c.prepare(sql).unwrap();
-    let n = stmt.column_count();
-    stmt.query_map([], |r| {
-        (0..n)
-            .map(|i| {
-                let v: rusqlite::types::Value = r.get(i)?;
-                Ok(format!("{v:?}"))
-            })
-            .collect()
-    })
-    .unwrap()
-    .collect::<rusqlite::Result<_>>()
-    .unwrap()
-}
 
 /// A primary `p.db` keeping 100 entries of its log, with table `t`.
 fn primary_keeping_100(c: &Cluster) -> Connection {
@@ -126,12 +107,7 @@ fn a_primary_away_longer_than_the_log_keeps_catches_up_from_a_snapshot() {
     let leader = addr_of(&p1);
     let p2 = joining_primary(&c.path("p2.db"), &leader);
     let p3 = joining_primary(&c.path("p3.db"), &leader);
-    p1.wait_for(DEADLINE, |s| {
-        s.cluster
-            .as_ref()
-            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 3)
-    })
-    .expect("both new primaries become voters");
+    wait_voters(&p1, 3);
     let p3_position = p3.sync_status().unwrap().last_seq;
     let p3_port = p3.bound_addrs()[0].port();
     drop(p3);
@@ -149,7 +125,10 @@ fn a_primary_away_longer_than_the_log_keeps_catches_up_from_a_snapshot() {
     .unwrap();
     wait_count(&p3, "SELECT count(*) FROM t", 300);
     let table = "SELECT id, v, row_owner FROM t ORDER BY id";
-    assert_eq!(rows(&c.path("p3.db"), table), rows(&c.path("p.db"), table));
+    assert_eq!(
+        file_rows(&c.path("p3.db"), table),
+        file_rows(&c.path("p.db"), table)
+    );
     // And it follows on.
     commits(&p1, 3, "after");
     wait_count(&p3, "SELECT count(*) FROM t", 303);
@@ -165,12 +144,7 @@ fn a_primary_joins_under_load_after_the_log_was_cut() {
     let leader = addr_of(&p1);
     let p2 = joining_primary(&c.path("p2.db"), &leader);
     let p3 = joining_primary(&c.path("p3.db"), &leader);
-    p1.wait_for(DEADLINE, |s| {
-        s.cluster
-            .as_ref()
-            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 3)
-    })
-    .expect("both new primaries become voters");
+    wait_voters(&p1, 3);
     commits(&p1, 200, "before");
     wait_log_cut_past(&p1, 50);
 
@@ -187,20 +161,15 @@ fn a_primary_joins_under_load_after_the_log_was_cut() {
     });
     let p4 = joining_primary(&c.path("p4.db"), &leader);
     let d = writer.join().expect("the device's writes");
-    p1.wait_for(DEADLINE, |s| {
-        s.cluster
-            .as_ref()
-            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 4)
-    })
-    .expect("the fourth primary becomes a voter");
+    wait_voters(&p1, 4);
     let want = (200 + WRITES) as i64;
     for p in [&p1, &p2, &p3, &p4] {
         wait_count(p, "SELECT count(*) FROM t", want);
     }
     let table = "SELECT id, v, row_owner FROM t ORDER BY id";
-    let leaders = rows(&c.path("p.db"), table);
+    let leaders = file_rows(&c.path("p.db"), table);
     for name in ["p2.db", "p3.db", "p4.db"] {
-        assert_eq!(rows(&c.path(name), table), leaders, "{name}");
+        assert_eq!(file_rows(&c.path(name), table), leaders, "{name}");
     }
     drop(d);
 }

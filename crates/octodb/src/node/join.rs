@@ -231,28 +231,14 @@ async fn add_member(
     static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let _turn = ONE_AT_A_TIME.lock().await;
     let id = u64::from(node_id);
-    // A primary whose log was cut (`log::compaction`) compacts its Raft log too before a new
-    // member comes: the Raft log's oldest entries name log entries that are gone, so the new
-    // member must start from a snapshot.
-    if rejoins.is_none() && log_cut {
-        if let Err(e) = crate::cluster::compact(raft, STEP_TIMEOUT).await {
-            let reason = format!("the cluster could not take this primary in: {e}");
-            send_now(
-                &mut wr,
-                &Message::Refused {
-                    reason: reason.clone(),
-                },
-            )
-            .await?;
-            return Err(Error::rule(reason));
-        }
-    }
-    if let Some(old) = rejoins {
-        // Its old member goes first (it cannot vote any more: it forgot its vote), then the
-        // log is compacted so that the new one receives a snapshot, which replaces its
-        // shared state whole (a log replayed over its old state would apply twice).
+    // A rejoining primary's old member goes first (it cannot vote any more: it forgot its
+    // vote), then the log is compacted so that the new one receives a snapshot, which replaces
+    // its shared state whole (a log replayed over its old state would apply twice). A primary
+    // whose log was cut (`log::compaction`) compacts too before any new member: the Raft log's
+    // oldest entries name log entries that are gone.
+    if rejoins.is_some() || log_cut {
         let compacted = async {
-            if let Some(old) = old {
+            if let Some(Some(old)) = rejoins {
                 let mut voters = voter_ids(raft);
                 voters.remove(&old);
                 raft.change_membership(voters, false)
@@ -262,15 +248,8 @@ async fn add_member(
             crate::cluster::compact(raft, STEP_TIMEOUT).await
         };
         if let Err(e) = compacted.await {
-            let reason = format!("the cluster could not take this primary back: {e}");
-            send_now(
-                &mut wr,
-                &Message::Refused {
-                    reason: reason.clone(),
-                },
-            )
-            .await?;
-            return Err(Error::rule(reason));
+            let reason = format!("the cluster could not take this primary in: {e}");
+            return super::admission::refuse_session(&mut wr, reason).await;
         }
     }
     let added = async {

@@ -204,3 +204,31 @@ pub fn copy_closed_db(dir: &Cluster, name: &str, to: &str) {
     }
     let _ = std::fs::remove_file(dir.path(&format!("{to}-shm")));
 }
+
+/// Every row of `sql` in the file at `path`, as text (read with plain SQLite, beside the node).
+pub fn file_rows(path: &Path, sql: &str) -> Vec<Vec<String>> {
+    let c = rusqlite::Connection::open(path).expect("open the file");
+    let mut stmt = c.prepare(sql).expect("prepare");
+    let n = stmt.column_count();
+    stmt.query_map([], |r| {
+        (0..n)
+            .map(|i| {
+                let v: rusqlite::types::Value = r.get(i)?;
+                Ok(format!("{v:?}"))
+            })
+            .collect()
+    })
+    .expect("query")
+    .collect::<rusqlite::Result<_>>()
+    .expect("rows")
+}
+
+/// Waits until the cluster `p` leads has `voters` voting members.
+pub fn wait_voters(p: &Connection, voters: usize) {
+    p.wait_for(DEADLINE, |s| {
+        s.cluster
+            .as_ref()
+            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == voters)
+    })
+    .unwrap_or_else(|e| panic!("waiting for {voters} voters: {e}"));
+}
