@@ -10,6 +10,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("`serve` needs a replicated node: add node=primary&bind=... or node=secondary&connect=... to the URI");
     }
     crate::progress::show_download(&conn);
+    // The handlers are in place before the node says it serves: a SIGTERM right after that
+    // line must stop it cleanly, not kill it.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal handler")?;
+    let mut signals = rt.block_on(async { Signals::install() })?;
     let status = conn.sync_status()?;
     let addrs: Vec<String> = conn
         .bound_addrs()
@@ -27,11 +34,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         status.public_key
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the signal handler")?;
-    let signal = rt.block_on(wait_for_signal())?;
+    let signal = rt.block_on(signals.next());
     eprintln!("octodb: {signal} received, shutting down");
     drop(conn);
     eprintln!("octodb: stopped cleanly");
@@ -51,11 +54,26 @@ fn with_admin(args: &ServeArgs) -> String {
     uri
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => { r.context("waiting for SIGINT")?; Ok("SIGINT") }
-        _ = term.recv() => Ok("SIGTERM"),
+/// SIGINT and SIGTERM, caught from the moment they are installed.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Inside the runtime that will wait for them.
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
     }
 }

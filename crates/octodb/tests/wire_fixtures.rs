@@ -287,3 +287,59 @@ fn every_message_kind_has_a_fixture() {
         sample_messages().iter().map(|(_, m)| m.kind()).collect();
     assert_eq!(kinds.len(), 18, "message kinds with fixtures: {kinds:?}");
 }
+
+/// The entries of the primaries' Raft log: stored in every primary's file and sent between
+/// primaries, which a rolling upgrade runs at different builds for a while.
+#[test]
+fn raft_proposals_keep_their_encoding() {
+    use octodb::cluster::{Decided, Proposal};
+    let decided = || Decided {
+        origin_node: 7,
+        origin_txn: 42,
+        body: EntryBody::Changes(sample_changes()),
+    };
+    let samples = [
+        ("proposal_decided", Proposal::Decided(vec![decided()])),
+        (
+            "proposal_in_log",
+            Proposal::InLog {
+                first_seq: 10,
+                last_seq: 12,
+            },
+        ),
+        (
+            "proposal_batch",
+            Proposal::Batch {
+                id: 5,
+                txns: vec![decided()],
+            },
+        ),
+        (
+            "proposal_rows",
+            Proposal::Rows {
+                id: 6,
+                nodes: vec![vec![Value::Integer(1), Value::Text("key".into())]],
+                users: vec![vec![Value::Integer(3), Value::Real(1.5)]],
+            },
+        ),
+        (
+            "proposal_rows_written",
+            Proposal::RowsWritten {
+                nodes: Vec::new(),
+                users: vec![vec![Value::Integer(2)]],
+            },
+        ),
+        (
+            "proposal_decided_checked",
+            Proposal::DecidedChecked {
+                txns: vec![decided(), decided()],
+                digests: vec![Some([9; 16]), None],
+            },
+        ),
+    ];
+    for (name, proposal) in samples {
+        frozen(name, &postcard::to_allocvec(&proposal).unwrap());
+        let read: Proposal = postcard::from_bytes(&fixture_bytes(name)).unwrap();
+        assert_eq!(read, proposal, "{name}");
+    }
+}
