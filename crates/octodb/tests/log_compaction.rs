@@ -19,6 +19,17 @@ fn primary_keeping_100(c: &Cluster) -> Connection {
     p
 }
 
+/// `primary_keeping_100` leading a cluster of three (`p2.db`, `p3.db` joined as voters), and
+/// the address devices and joining primaries reach it at.
+fn three_primaries_keeping_100(c: &Cluster) -> (Connection, String, Connection, Connection) {
+    let p1 = primary_keeping_100(c);
+    let leader = addr_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &leader);
+    let p3 = joining_primary(&c.path("p3.db"), &leader);
+    wait_voters(&p1, 3);
+    (p1, leader, p2, p3)
+}
+
 /// `n` commits of one public row each on `p`.
 fn commits(p: &Connection, n: usize, what: &str) {
     for i in 0..n {
@@ -103,11 +114,7 @@ fn a_device_away_longer_than_the_log_keeps_downloads_again_keeping_its_work() {
 #[test]
 fn a_primary_away_longer_than_the_log_keeps_catches_up_from_a_snapshot() {
     let c = Cluster::new();
-    let p1 = primary_keeping_100(&c);
-    let leader = addr_of(&p1);
-    let p2 = joining_primary(&c.path("p2.db"), &leader);
-    let p3 = joining_primary(&c.path("p3.db"), &leader);
-    wait_voters(&p1, 3);
+    let (p1, leader, p2, p3) = three_primaries_keeping_100(&c);
     let p3_position = p3.sync_status().unwrap().last_seq;
     let p3_port = p3.bound_addrs()[0].port();
     drop(p3);
@@ -140,11 +147,7 @@ fn a_primary_away_longer_than_the_log_keeps_catches_up_from_a_snapshot() {
 #[test]
 fn a_primary_joins_under_load_after_the_log_was_cut() {
     let c = Cluster::new();
-    let p1 = primary_keeping_100(&c);
-    let leader = addr_of(&p1);
-    let p2 = joining_primary(&c.path("p2.db"), &leader);
-    let p3 = joining_primary(&c.path("p3.db"), &leader);
-    wait_voters(&p1, 3);
+    let (p1, leader, p2, p3) = three_primaries_keeping_100(&c);
     commits(&p1, 200, "before");
     wait_log_cut_past(&p1, 50);
 

@@ -61,7 +61,16 @@ async fn cut_below(shared: &Arc<Shared>, below: u64) -> crate::Result<u64> {
         // A purge may wait for the next Raft entries written (`log_store::purge`): the
         // entries it leaves still name their positions, which stay until a later round.
         if let Some(named) = shared.read(crate::cluster::oldest_log_seq_named).await? {
-            below = below.min(named);
+            if named < below {
+                // Said, or a log that stays long would be a silent mystery.
+                tracing::info!(
+                    wanted = below,
+                    named,
+                    "the log is cut only up to the oldest position its Raft log still names \
+                     (a purge waits for the next Raft entries written); more at a later round"
+                );
+                below = named;
+            }
         }
     }
     let started = std::time::Instant::now();
