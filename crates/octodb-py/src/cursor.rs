@@ -343,7 +343,10 @@ impl<'py> Run<'_, 'py> {
         // On a replicated node the engine's phase 2 comes before preparing: its authorizer
         // notes schema statements while they are prepared.
         let prepared = before_prepare(py, &g, text)?;
-        let cacheable = !g.replicated || !is_schema(text);
+        // (A write on a follower is prepared afresh too: the engine's authorizer notes the
+        // tables it writes.)
+        let cacheable =
+            !g.replicated || !(is_schema(text) || prepared.as_ref().is_some_and(|p| p.fresh()));
         let Some(s) = statement(py, &g, &db, text, cacheable)? else {
             return Ok(());
         };

@@ -34,6 +34,10 @@ pub enum Error {
     Corrupt(PathBuf, String),
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error(
+        "conflict: {0}. Nothing of this transaction was applied: read the rows again and retry it"
+    )]
+    Conflict(String),
     #[error("the octodb node has shut down; open the database again")]
     Closed,
     #[error("this device's file is a copy of another device's that is in use: the primaries decided other work under its transaction id {txn}. It stops syncing, its pending work kept; run PRAGMA new_identity and open the database again to go on under a new key, which the backend approves afresh")]

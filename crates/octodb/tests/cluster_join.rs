@@ -1,7 +1,7 @@
 //! Running primaries forming a cluster: new primaries opened with `connect=` join the first,
 //! receive its shared state, and from then on hold the same rows and the same log as the
-//! leader, whatever its devices and its app write. A follower refuses writes with a clear
-//! error, and sends devices to the leader.
+//! leader, whatever its devices and its app write. A follower's app writes through the
+//! leader, and a follower sends devices to the leader.
 
 mod common;
 
@@ -106,21 +106,18 @@ fn new_primaries_join_the_first_and_hold_what_its_devices_and_app_write() {
     let users = file_rows(&c.path("p2.db"), "SELECT user_id FROM _octo_users");
     assert_eq!(users.len(), 2, "both devices' users: {users:?}");
 
-    // A follower takes no writes of its own (yet: they would go through the leader).
-    let refused = p2
-        .execute(
-            "INSERT INTO t(v, row_owner) VALUES ('on a follower', '*')",
-            [],
-        )
-        .expect_err("a follower refuses a write");
-    assert!(
-        refused.to_string().contains("follows its cluster's leader"),
-        "the app is told to write on the leader: {refused}"
-    );
+    // A follower's app writes through the leader (tests/cluster_follower_writes.rs): the
+    // row is there when its COMMIT returns, and on the leader.
+    p2.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('on a follower', '*')",
+        [],
+    )
+    .expect("a follower's write goes through the leader");
     assert_eq!(
         count(&p2, "SELECT count(*) FROM t WHERE v = 'on a follower'"),
-        0
+        1
     );
+    wait_count(&p1, "SELECT count(*) FROM t WHERE v = 'on a follower'", 1);
     // Its local rows (no owner: they go nowhere) it writes.
     p2.execute("INSERT INTO t(v) VALUES ('local to the follower')", [])
         .expect("a follower's app writes its local rows");

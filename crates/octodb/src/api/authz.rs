@@ -14,6 +14,12 @@ pub struct AuthzState {
     /// The statement being prepared changes the schema: Some(touches a private_ table).
     pub ddl: Option<bool>,
     pub denied: Option<String>,
+    /// Set on a follower's connection for the statements it prepares while in a write: the
+    /// main tables they write themselves (not through a trigger) are noted in `direct_writes`.
+    pub track_writes: bool,
+    /// The main tables the open transaction's statements write themselves (see
+    /// `track_writes`), for a follower to tell whether the leader would receive all of it.
+    pub direct_writes: Vec<String>,
 }
 
 pub type Shared = Arc<Mutex<AuthzState>>;
@@ -68,6 +74,20 @@ fn decide(role: Role, state: &Shared, ctx: AuthContext<'_>) -> Authorization {
             }
             let private = is_private(t);
             st.ddl = Some(st.ddl.unwrap_or(false) || private);
+            Authorization::Allow
+        }
+        (AuthAction::Insert { table_name } | AuthAction::Delete { table_name }, _)
+        | (AuthAction::Update { table_name, .. }, _)
+            if in_main
+                && st.track_writes
+                && ctx.accessor.is_none()
+                && !internal(table_name)
+                // (A schema statement writes SQLite's own table: it is forwarded as DDL.)
+                && !table_name.starts_with("sqlite_") =>
+        {
+            if !st.direct_writes.iter().any(|t| t == table_name) {
+                st.direct_writes.push(table_name.to_string());
+            }
             Authorization::Allow
         }
         (AuthAction::Insert { table_name } | AuthAction::Delete { table_name }, _)

@@ -86,6 +86,9 @@ pub struct Connection {
     savepoints: RefCell<Vec<String>>,
     /// Primaries in a cluster: the open transaction's Raft entry, written in it at its commit.
     in_flight: RefCell<Option<commit_point::InFlight>>,
+    /// Followers: the open transaction changed rows that stay local (row_owner NULL), which
+    /// the leader would not receive with its replicated rows (`commit_point`).
+    local_rows_in_txn: Cell<bool>,
     /// `last_insert_rowid()` as the user sees it: the id a row was finally stored under.
     last_rowid: Arc<AtomicI64>,
     last_changes: Arc<AtomicI64>,
@@ -191,6 +194,7 @@ impl Connection {
             rolled_back_within: Cell::new(false),
             savepoints: RefCell::new(Vec::new()),
             in_flight: RefCell::new(None),
+            local_rows_in_txn: Cell::new(false),
             last_rowid: Arc::new(AtomicI64::new(0)),
             last_changes: Arc::new(AtomicI64::new(0)),
             turn: AppTurn::default(),
@@ -477,9 +481,15 @@ impl Connection {
     }
 
     /// Remember `changes()` and the final id of the last insert for the user's functions.
-    fn note_counters(&self, changes: u64) {
+    /// `raw_before`: SQLite's figure before the statement ran. A statement that inserted
+    /// nothing leaves the id as it was (SQLite's own figure may come from the engine's
+    /// bookkeeping inserts at the last commit).
+    fn note_counters(&self, changes: u64, raw_before: i64) {
         self.last_changes.store(changes as i64, Ordering::Relaxed);
         let raw = self.conn.last_insert_rowid();
+        if raw == raw_before {
+            return;
+        }
         let id = self
             .repl
             .as_ref()
@@ -504,6 +514,13 @@ impl Connection {
             r.capture.forget();
         }
         let txn = self.open_txn.take();
+        self.local_rows_in_txn.set(false);
+        {
+            let mut a = authz::lock(&self.authz);
+            if !a.direct_writes.is_empty() {
+                a.direct_writes.clear();
+            }
+        }
         let entries = self.committed.take();
         let outbox = self.outbox_added.take();
         let from_file = self.rolled_back_within.replace(false);
@@ -569,6 +586,9 @@ impl Connection {
             let identity = self.node("replication")?.identity();
             match r.role {
                 Role::Primary => {
+                    if self.leader_followed() && store::capture::any_local(&captured) {
+                        self.local_rows_in_txn.set(true);
+                    }
                     if let Some(entry) =
                         log::append_local(&self.conn, identity.node_id(), captured)?
                     {

@@ -12,6 +12,7 @@
 //! files over loopback (tests/cluster_raft.rs). Wiring a running primary's writer and its
 //! device sessions to it is the next step (README, "Cluster of primaries").
 
+pub(crate) mod forward;
 mod log_store;
 pub mod network;
 pub(crate) mod rejoin;
@@ -75,16 +76,18 @@ pub async fn start_node(
 ) -> crate::Result<(Raft, Proposer)> {
     let log = LogStore::open(path, file_key.as_ref())?;
     let state = StateMachine::open(path, file_key.as_ref())?;
+    let network = PeerNetwork::new(keys, handshake, path, file_key.clone());
     let raft = Raft::new(
         id,
         raft_config(),
-        PeerNetwork::new(keys, handshake, path, file_key.clone()),
+        network.clone(),
         log.clone(),
         state.clone(),
     )
     .await
     .map_err(|e| crate::Error::rule(format!("starting the Raft node: {e}")))?;
-    let proposer = Proposer::new(raft.clone(), log, state);
+    let forwarder = forward::Forwarder::new(network);
+    let proposer = Proposer::new(raft.clone(), log, state, forwarder);
     Ok((raft, proposer))
 }
 

@@ -4,6 +4,7 @@
 //! sends one request at a time and reads its reply. The receiving primary serves it with
 //! [`serve_connection`].
 
+use super::forward::{DecideForwarded, ForwardOutcome, Forwarded};
 use super::types::{Member, Proposal, TypeConfig};
 use super::{Raft, RaftNodeId};
 use crate::crypto::{NodeKeys, PublicKey};
@@ -31,6 +32,8 @@ enum Request {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<RaftNodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A follower's app transaction, for the leader to decide (`forward`).
+    Forward(Forwarded),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -40,6 +43,7 @@ enum Reply {
     InstallSnapshot(
         Result<InstallSnapshotResponse<RaftNodeId>, RaftError<RaftNodeId, InstallSnapshotError>>,
     ),
+    Forward(ForwardOutcome),
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, NetError> {
@@ -67,12 +71,13 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, NetError> {
 /// Serves Raft's requests from another primary on an established connection (its `Hello`
 /// already read) until it closes. Only the cluster's members are served, and anyone while
 /// this primary has no membership yet (it waits to be added, and its `connect=` primary
-/// admitted it).
+/// admitted it). `forwarded` decides followers' app transactions (a running primary's).
 pub async fn serve_connection(
     raft: Raft,
     peer: PublicKey,
     mut rd: SecureReader,
     mut wr: SecureWriter,
+    forwarded: Option<DecideForwarded>,
 ) -> Result<(), NetError> {
     loop {
         let request: Request = decode(&rd.recv().await?)?;
@@ -85,6 +90,12 @@ pub async fn serve_connection(
             Request::AppendEntries(r) => Reply::AppendEntries(raft.append_entries(r).await),
             Request::Vote(r) => Reply::Vote(raft.vote(r).await),
             Request::InstallSnapshot(r) => Reply::InstallSnapshot(raft.install_snapshot(r).await),
+            Request::Forward(txn) => Reply::Forward(match &forwarded {
+                Some(decide) => decide(peer, txn).await,
+                None => ForwardOutcome::Refused {
+                    reason: "this primary decides no forwarded transactions".into(),
+                },
+            }),
         };
         wr.send(&encode(&reply)?).await?;
         wr.flush().await?;
@@ -102,6 +113,7 @@ impl Reply {
             Reply::AppendEntries(r) => matches!(r, Err(RaftError::Fatal(_))),
             Reply::Vote(r) => matches!(r, Err(RaftError::Fatal(_))),
             Reply::InstallSnapshot(r) => matches!(r, Err(RaftError::Fatal(_))),
+            Reply::Forward(_) => false,
         }
     }
 }
@@ -127,7 +139,7 @@ pub async fn serve_members(
                 let peer = stream.peer().public_key;
                 let (mut rd, wr) = stream.into_split();
                 match Message::decode(&rd.recv().await?)? {
-                    Message::Hello { .. } => serve_connection(raft, peer, rd, wr).await,
+                    Message::Hello { .. } => serve_connection(raft, peer, rd, wr, None).await,
                     other => Err(NetError::Malformed(format!(
                         "expected Hello first, got {}",
                         other.kind()
@@ -278,13 +290,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: RaftNodeId, node: &Member) -> PeerClient {
-        PeerClient {
-            target,
-            member: node.clone(),
-            network: self.clone(),
-            conn: None,
-            protocol: 0,
-        }
+        PeerClient::new(target, node.clone(), self.clone())
     }
 }
 
@@ -315,6 +321,36 @@ impl CallError {
 }
 
 impl PeerClient {
+    pub(super) fn new(target: RaftNodeId, member: Member, network: PeerNetwork) -> PeerClient {
+        PeerClient {
+            target,
+            member,
+            network,
+            conn: None,
+            protocol: 0,
+        }
+    }
+
+    /// Whether it talks to `target` at `member`'s address and key.
+    pub(super) fn is_for(&self, target: RaftNodeId, member: &Member) -> bool {
+        self.target == target && self.member == *member
+    }
+
+    /// Sends a follower's app transaction to this member (the leader) and reads its answer.
+    pub(super) async fn forward(
+        &mut self,
+        txn: Forwarded,
+        wait: Duration,
+    ) -> Result<ForwardOutcome, NetError> {
+        match self.call(Request::Forward(txn), wait).await {
+            Ok(Reply::Forward(outcome)) => Ok(outcome),
+            Ok(_) => Err(NetError::Malformed(
+                "a reply of another kind than the request".into(),
+            )),
+            Err(CallError::Unreachable(e) | CallError::Network(e)) => Err(e),
+        }
+    }
+
     /// A connection to the member, and the protocol version agreed on it.
     async fn connect(&self) -> Result<(SecureReader, SecureWriter, u8), NetError> {
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.member.addr))
@@ -353,7 +389,7 @@ impl PeerClient {
         Ok(())
     }
 
-    async fn call(&mut self, request: Request, option: &RPCOption) -> Result<Reply, CallError> {
+    async fn call(&mut self, request: Request, ttl: Duration) -> Result<Reply, CallError> {
         let bytes = encode(&request).map_err(CallError::Network)?;
         self.ensure_connected().await?;
         let Some((mut rd, mut wr)) = self.conn.take() else {
@@ -364,7 +400,7 @@ impl PeerClient {
             wr.flush().await?;
             decode::<Reply>(&rd.recv().await?)
         };
-        match tokio::time::timeout(option.hard_ttl(), exchange).await {
+        match tokio::time::timeout(ttl, exchange).await {
             Ok(Ok(reply)) => {
                 self.conn = Some((rd, wr));
                 Ok(reply)
@@ -410,7 +446,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .expand(rpc, digests)
             .await
             .map_err(|e| CallError::Network(e).into_rpc())?;
-        match self.call(Request::AppendEntries(rpc), &option).await {
+        match self
+            .call(Request::AppendEntries(rpc), option.hard_ttl())
+            .await
+        {
             Ok(Reply::AppendEntries(r)) => r.map_err(|e| remote(self.target, &self.member, e)),
             Ok(_) => Err(unexpected()),
             Err(e) => Err(e.into_rpc()),
@@ -422,7 +461,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<RaftNodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<RaftNodeId>, RPCError<RaftNodeId, Member, RaftError<RaftNodeId>>> {
-        match self.call(Request::Vote(rpc), &option).await {
+        match self.call(Request::Vote(rpc), option.hard_ttl()).await {
             Ok(Reply::Vote(r)) => r.map_err(|e| remote(self.target, &self.member, e)),
             Ok(_) => Err(unexpected()),
             Err(e) => Err(e.into_rpc()),
@@ -437,7 +476,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<RaftNodeId>,
         RPCError<RaftNodeId, Member, RaftError<RaftNodeId, InstallSnapshotError>>,
     > {
-        match self.call(Request::InstallSnapshot(rpc), &option).await {
+        match self
+            .call(Request::InstallSnapshot(rpc), option.hard_ttl())
+            .await
+        {
             Ok(Reply::InstallSnapshot(r)) => r.map_err(|e| remote(self.target, &self.member, e)),
             Ok(_) => Err(unexpected()),
             Err(e) => Err(e.into_rpc()),

@@ -38,7 +38,7 @@ pub(super) const SNAPSHOT_KEY: &str = "raft_snapshot";
 type Membership = StoredMembership<RaftNodeId, Member>;
 
 /// The tables that replicate (they have `row_owner`), for the trigger guard.
-type Replicated = Arc<Mutex<std::collections::HashSet<String>>>;
+pub(super) type Replicated = Arc<Mutex<std::collections::HashSet<String>>>;
 
 struct Inner {
     conn: Connection,
@@ -255,7 +255,7 @@ impl StateMachine {
 }
 
 /// A trigger's write to a replicated table is left out: the entry carries its effect.
-fn guard_triggers(conn: &Connection, replicated: Replicated) {
+pub(super) fn guard_triggers(conn: &Connection, replicated: Replicated) {
     use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
     conn.authorizer(Some(move |ctx: AuthContext<'_>| {
         let table = match ctx.action {
@@ -278,7 +278,7 @@ fn guard_triggers(conn: &Connection, replicated: Replicated) {
 
 /// Reads which tables replicate; after every schema change (statements prepared later see it,
 /// and SQLite prepares again those a schema change made stale).
-fn refresh_replicated(c: &Connection, replicated: &Replicated) -> Result<()> {
+pub(super) fn refresh_replicated(c: &Connection, replicated: &Replicated) -> Result<()> {
     let names = crate::store::schema::user_tables(c)?
         .into_iter()
         .filter(|t| t.is_replicated())
@@ -324,7 +324,7 @@ pub(super) fn save_applied_state(
 }
 
 /// Writes one decided transaction and appends its log entry.
-fn apply_decided(
+pub(super) fn apply_decided(
     c: &Connection,
     tables: &mut Tables,
     replicated: &Replicated,

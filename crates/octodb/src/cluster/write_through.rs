@@ -169,6 +169,8 @@ pub struct Proposer {
     runtime: tokio::runtime::Handle,
     /// Ids of this process's batches (unique among those in flight, which is all they need).
     next_id: std::sync::atomic::AtomicU64,
+    /// A follower's app transactions go to the leader through it.
+    forwarder: super::forward::Forwarder,
 }
 
 /// What a primary proposes from inside a write transaction.
@@ -210,7 +212,12 @@ pub(crate) struct GaveUp {
 
 impl Proposer {
     /// Call it from inside the runtime that runs `raft`.
-    pub(crate) fn new(raft: Raft, log: LogStore, state: super::StateMachine) -> Proposer {
+    pub(crate) fn new(
+        raft: Raft,
+        log: LogStore,
+        state: super::StateMachine,
+        forwarder: super::forward::Forwarder,
+    ) -> Proposer {
         Proposer {
             raft,
             handoff: log.handoff(),
@@ -218,7 +225,34 @@ impl Proposer {
             state,
             runtime: tokio::runtime::Handle::current(),
             next_id: std::sync::atomic::AtomicU64::new(1),
+            forwarder,
         }
+    }
+
+    /// A follower: sends an app's transaction to the cluster's leader, to be decided there
+    /// (`forward`), and waits at most `wait` for the answer. An error: the outcome is unknown.
+    pub(crate) async fn forward(
+        &self,
+        txn: super::forward::Forwarded,
+        wait: std::time::Duration,
+    ) -> Result<super::forward::ForwardOutcome> {
+        let (leader, member) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let leader = m.current_leader.filter(|l| *l != m.id);
+            let member =
+                leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+            match (leader, member) {
+                (Some(l), Some(member)) => (l, member),
+                _ => {
+                    return Ok(super::forward::ForwardOutcome::Refused {
+                        reason: "the cluster has no leader now (an election is under way, or                                  its majority is lost)"
+                            .into(),
+                    })
+                }
+            }
+        };
+        self.forwarder.forward(leader, member, txn, wait).await
     }
 
     pub fn raft(&self) -> &Raft {

@@ -189,7 +189,8 @@ pub(super) fn remove_primary(shared: &Shared, id: u64) -> Result<()> {
     }
     if id == metrics.id {
         return Err(Error::rule(
-            "a primary does not remove itself: run PRAGMA remove_primary on another primary                  once a new leader is elected, or remove the others first",
+            "a primary does not remove itself: run PRAGMA remove_primary on another primary \
+             once a new leader is elected, or remove the others first",
         ));
     }
     let membership = metrics.membership_config.membership();

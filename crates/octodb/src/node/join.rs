@@ -59,7 +59,8 @@ pub(super) async fn primary_session(
             let reason = format!("this primary is node {me} of its cluster, not the one called");
             return refuse_session(&mut wr, reason).await;
         }
-        return Ok(crate::cluster::serve_connection(raft, peer, rd, wr).await?);
+        let forwarded = Some(super::forwarded::decider(shared));
+        return Ok(crate::cluster::serve_connection(raft, peer, rd, wr, forwarded).await?);
     }
     match admit_joiner(shared, &raft, peer, hello).await {
         Ok(Joiner {

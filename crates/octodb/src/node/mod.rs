@@ -13,6 +13,7 @@ mod compaction;
 mod decided;
 mod epoch;
 mod events;
+mod forwarded;
 mod join;
 mod members;
 mod primary;
@@ -166,6 +167,8 @@ pub(crate) struct Shared {
     pub metrics: crate::admin::metrics::Metrics,
     /// Primaries: where the admin console listens, once it does.
     pub admin_addr: OnceLock<SocketAddr>,
+    /// Primaries (the leader): the connection deciding followers' app transactions.
+    pub forwarded: forwarded::Applying,
 }
 
 pub(crate) use writer::unix_now;
@@ -483,6 +486,7 @@ impl Node {
             services: Default::default(),
             metrics: Default::default(),
             admin_addr: OnceLock::new(),
+            forwarded: Default::default(),
             cfg,
         });
 

@@ -503,6 +503,19 @@ pub struct RowChange {
     pub changed: u64,
 }
 
+/// Whether any of `captured` is a row change that stays local (row_owner NULL before and
+/// after, or a row made local): a primary's log leaves those out.
+pub fn any_local(captured: &[Captured]) -> bool {
+    captured.iter().any(|c| match c {
+        Captured::Row(rc) => match (rc.shared(&rc.before), rc.shared(&rc.after)) {
+            (false, false) => true,
+            (true, false) => rc.after.is_some(),
+            _ => false,
+        },
+        Captured::Ddl { .. } => false,
+    })
+}
+
 impl RowChange {
     fn owner<'a>(&self, row: &'a Option<Vec<Value>>) -> Option<&'a Value> {
         let i = self.layout.owner?;

@@ -14,6 +14,7 @@ use crate::api::sql_text;
 use crate::cluster::{Decided, Proposed};
 use crate::error::{Error, Result};
 use crate::log::{self, LogEntry};
+use crate::store;
 
 /// How long a COMMIT waits for a cluster of several primaries to hold its transaction.
 const CONFIRM_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
@@ -75,7 +76,11 @@ impl Connection {
     /// The transaction is about to commit (its changes flushed into the log): on a primary in
     /// a cluster, propose its entries and write their Raft entry in it. If the cluster does
     /// not take them, the transaction is rolled back and this says so.
-    pub(super) fn propose_before_commit(&self) -> Result<()> {
+    ///
+    /// On a follower the transaction goes to the leader instead ([`Self::forward_to_leader`]);
+    /// once it is decided and applied here, an empty transaction is opened for `word`, the
+    /// statement that commits (COMMIT, END, RELEASE; the engine's own COMMIT: "COMMIT"), to end.
+    pub(super) fn propose_before_commit(&self, word: &str) -> Result<()> {
         let Some(proposer) = self.node.as_ref().and_then(|n| n.shared.cluster.get()) else {
             return Ok(());
         };
@@ -83,18 +88,9 @@ impl Connection {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(());
         };
-        if let Some(leader) = self.node.as_ref().and_then(|n| {
-            let view = n.shared.cluster_view.borrow();
-            (!view.leading).then(|| view.leader.clone()).flatten()
-        }) {
-            // Known to fail: not proposed (a follower's retries would only hold its file's
-            // lock from the Raft log that follows the leader).
-            let _ = self.internal_sql("ROLLBACK");
-            return Err(Error::rule(format!(
-                "this primary follows its cluster's leader (at {leader}): write replicated \
-                 rows and schema on the leader; an app on a follower writes only its local rows \
-                 (row_owner NULL) for now. The transaction was rolled back"
-            )));
+        if self.leader_followed() {
+            let base_seq = first.seq - 1;
+            return self.forward_to_leader(proposer, base_seq, entries, &self.reopen_for(word));
         }
         let seqs = first.seq..=last.seq;
         let txns = entries
@@ -122,6 +118,127 @@ impl Connection {
                 ))
             }
         }
+    }
+
+    /// Whether this primary follows another in its cluster: its app's replicated writes go to
+    /// the leader.
+    pub(super) fn leader_followed(&self) -> bool {
+        self.node.as_ref().is_some_and(|n| {
+            n.shared.cluster.get().is_some() && !n.shared.cluster_view.borrow().leading
+        })
+    }
+
+    /// The statement that opens an empty transaction for `word` (COMMIT, END or the RELEASE
+    /// of the transaction's first savepoint) to end, once a follower's transaction went to the
+    /// leader.
+    fn reopen_for(&self, word: &str) -> String {
+        match (word, self.savepoints.borrow().first()) {
+            ("RELEASE", Some(name)) => format!("SAVEPOINT \"{}\"", name.replace('"', "\"\"")),
+            _ => "BEGIN".into(),
+        }
+    }
+
+    /// A follower's transaction: rolled back here, its effects sent to the leader (with the
+    /// log position it began at, for the leader's conflict check: `cluster::forward`), and
+    /// once a majority holds them, waited for until this primary has applied them too, so that
+    /// the connection reads its own write. Any failure leaves nothing of it anywhere, except
+    /// where it says the outcome is unknown.
+    fn forward_to_leader(
+        &self,
+        proposer: &crate::cluster::Proposer,
+        base_seq: u64,
+        entries: Vec<LogEntry>,
+        reopen: &str,
+    ) -> Result<()> {
+        use crate::cluster::forward::{ForwardOutcome, Forwarded};
+        let local_rows = self.local_rows_in_txn.replace(false);
+        let local_tables = self.unreplicated_tables_written();
+        let bodies = entries.into_iter().map(|e| e.body).collect();
+        // (The internal rollback cannot fail but for a closed connection.)
+        let _ = self.internal_sql("ROLLBACK");
+        self.committed.borrow_mut().clear();
+        self.rolled_back();
+        if let Some(tables) = local_tables? {
+            return Err(Error::rule(format!(
+                "on a follower, a transaction that changes replicated rows is decided by the \
+                 cluster's leader, which receives only those rows; this one also wrote {tables}, \
+                 which do not replicate. Write those in a transaction of their own, or run this \
+                 one on the leader. It was rolled back"
+            )));
+        }
+        if local_rows {
+            return Err(Error::rule(
+                "on a follower, a transaction that changes replicated rows is decided by the \
+                 cluster's leader, which receives only those rows; this one also changed rows \
+                 that stay local (row_owner NULL). Change them in a transaction of their own, \
+                 or run this one on the leader. It was rolled back",
+            ));
+        }
+        let txn = Forwarded { base_seq, bodies };
+        let outcome = crate::node::block_on(proposer.forward(txn, CONFIRM_WAIT_MAX));
+        let last_seq = match outcome {
+            Ok(ForwardOutcome::Committed { last_seq }) => last_seq,
+            Ok(ForwardOutcome::Conflict { reason }) => return Err(Error::Conflict(reason)),
+            Ok(ForwardOutcome::Refused { reason }) => {
+                return Err(Error::rule(format!(
+                    "this primary follows its cluster's leader, which did not apply the \
+                     transaction: {reason}. Nothing of it was applied; try it again"
+                )))
+            }
+            Ok(ForwardOutcome::Unconfirmed { reason }) => return Err(unconfirmed(&reason)),
+            Err(e) => {
+                return Err(Error::rule(format!(
+                    "this primary follows its cluster's leader, and the transaction's outcome \
+                     is unknown: {e}. It may have been applied: check whether it is there \
+                     (PRAGMA sync_status names the leader) and write it again if not"
+                )))
+            }
+        };
+        let mut applied = proposer.rows_applied();
+        let caught_up = crate::node::block_on(async {
+            tokio::time::timeout(CONFIRM_WAIT_MAX, applied.wait_for(|seq| *seq >= last_seq))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        });
+        if !caught_up {
+            return Err(Error::rule(format!(
+                "the transaction was committed by the cluster (log position {last_seq}) but \
+                 this primary has not applied it within 10 s: it will, and reads here show it \
+                 from then on"
+            )));
+        }
+        self.internal(|| {
+            store::exec(&self.conn, reopen)?;
+            // The ids this transaction took stay taken (the reservation went with the rollback).
+            if let Some(node) = &self.node {
+                let next = node.identity().next_row_seq();
+                store::reserve_ids(&self.conn, store::ROW_SEQ_KEY, next - 1)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The tables that do not replicate which the open transaction's statements wrote
+    /// themselves (their triggers' writes aside: those run again where the leader's entry is
+    /// applied), named for an error; None if none.
+    fn unreplicated_tables_written(&self) -> Result<Option<String>> {
+        let written = std::mem::take(&mut super::authz::lock(&self.authz).direct_writes);
+        if written.is_empty() {
+            return Ok(None);
+        }
+        let replicated: Vec<String> = self.internal(|| {
+            Ok(crate::store::schema::user_tables(&self.conn)?
+                .into_iter()
+                .filter(|t| t.is_replicated())
+                .map(|t| t.name)
+                .collect())
+        })?;
+        let local: Vec<String> = written
+            .into_iter()
+            .filter(|t| !replicated.iter().any(|r| r.eq_ignore_ascii_case(t)))
+            .map(|t| format!("`{t}`"))
+            .collect();
+        Ok((!local.is_empty()).then(|| local.join(", ")))
     }
 
     /// The log entries of the open transaction, as they stand in the file.

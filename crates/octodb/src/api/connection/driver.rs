@@ -35,12 +35,15 @@ const TAKE_WRITE_LOCK: &str = "DELETE FROM main._octo_meta WHERE 0";
 #[must_use = "pass it to before_step"]
 pub struct Prepared {
     word: String,
+    /// A write on a follower: its authorizer must see the tables it writes
+    /// (`commit_point::forward_to_leader`), which a statement taken from a cache skips.
+    afresh: bool,
 }
 
 impl Prepared {
     /// Prepare it afresh rather than take it from a statement cache.
     pub fn fresh(&self) -> bool {
-        SCHEMA_WORDS.contains(&self.word.as_str())
+        self.afresh || SCHEMA_WORDS.contains(&self.word.as_str())
     }
 }
 
@@ -49,6 +52,8 @@ impl Prepared {
 #[must_use = "pass it to after_steps once the statement is done"]
 pub struct Started {
     word: String,
+    /// SQLite's last inserted row id before the statement ran.
+    rowid_before: i64,
     /// Its text, when it changed the schema of a primary (to replicate), with "private?".
     ddl: Option<(String, bool)>,
     /// The engine opened a transaction around it.
@@ -118,11 +123,17 @@ impl Connection {
                      ids again",
                 ));
             }
+            let afresh = WRAPPED.contains(&word.as_str()) && self.leader_followed();
             let mut a = authz::lock(&self.authz);
             a.ddl = None;
             a.denied = None;
+            a.track_writes = afresh;
+            return Ok(Prepared { word, afresh });
         }
-        Ok(Prepared { word })
+        Ok(Prepared {
+            word,
+            afresh: false,
+        })
     }
 
     /// The first statement after a deferred `BEGIN` (or an outermost `SAVEPOINT`) writes:
@@ -155,6 +166,7 @@ impl Connection {
         let Some(r) = &self.repl else {
             return Ok(Started {
                 word,
+                rowid_before: self.conn.last_insert_rowid(),
                 ddl: None,
                 wrap: false,
             });
@@ -170,7 +182,7 @@ impl Connection {
             // Record the transaction's changes inside it, just before it commits.
             self.flush()?;
             if commits {
-                if let Err(e) = self.propose_before_commit() {
+                if let Err(e) = self.propose_before_commit(&word) {
                     self.rolled_back();
                     // (Nothing committed: nothing to confirm.)
                     let _ = self.after_statement(false);
@@ -205,7 +217,12 @@ impl Connection {
             return Err(e);
         }
         r.capture.begin_statement();
-        Ok(Started { word, ddl, wrap })
+        Ok(Started {
+            word,
+            rowid_before: self.conn.last_insert_rowid(),
+            ddl,
+            wrap,
+        })
     }
 
     /// What phase 3 does to the file just before the statement runs (`wrap`: in a transaction
@@ -241,13 +258,13 @@ impl Connection {
     /// Completes what the engine opened for it; an error here means it was not committed.
     pub fn after_steps(&self, started: Started, changes: Result<u64, ()>) -> Result<()> {
         let result = changes.map_err(|_| None).and_then(|changes| {
-            self.note_counters(changes);
+            self.note_counters(changes, started.rowid_before);
             if let Some((sql, private)) = &started.ddl {
                 self.after_schema_change(sql, *private).map_err(Some)?;
             }
             if started.wrap {
                 self.flush().map_err(Some)?;
-                self.propose_before_commit().map_err(Some)?;
+                self.propose_before_commit("COMMIT").map_err(Some)?;
                 self.internal_sql("COMMIT").map_err(Some)?;
             }
             Ok(())

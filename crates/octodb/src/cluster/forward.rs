@@ -1,0 +1,299 @@
+//! A backend app's transaction on a follower, decided by the leader.
+//!
+//! Every write enters the Raft log through the leader, in the order of the primaries' log. A
+//! follower cannot write its app's transaction through (only the holder of the leader's write
+//! lock proposes), so at COMMIT it rolls the transaction back and sends its effects, as its
+//! log recorded them, over a member connection ([`Forwarder`]). The leader ([`Applier`])
+//! checks that no row the transaction changed was changed by an entry after the follower's log
+//! position when the transaction began (else the COMMIT fails with a conflict and the app
+//! retries: no update is lost), applies the effects the way every primary's state machine
+//! applies a decided transaction (its triggers' writes to replicated tables are in the
+//! effects already; triggers keeping local tables run), writes them through like its own
+//! app's transaction, and answers once a majority holds them. The follower's COMMIT returns
+//! when its own state machine has applied them, so the connection reads its own write.
+
+use super::network::PeerClient;
+use super::state_machine::{apply_decided, guard_triggers, refresh_replicated, Replicated};
+use super::types::{Decided, Member};
+use super::write_through::{Batch, Proposed, Proposer, Response};
+use super::RaftNodeId;
+use crate::changes::Op;
+use crate::error::{Error, Result};
+use crate::log::{self, EntryBody, LogEntry};
+use crate::store::apply::Tables;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The most log entries a leader reads to check a forwarded transaction for conflicts: a
+/// follower further behind than this is told to retry once it has caught up.
+const CONFLICT_SCAN_MAX: usize = 100_000;
+
+/// A follower's app transaction, sent to the leader. Sent between primaries: never reorder
+/// its fields (postcard encodes them by position).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forwarded {
+    /// The follower's log position when the transaction began: rows changed by entries after
+    /// it conflict.
+    pub base_seq: u64,
+    /// Its effects, in order, as the follower's log recorded them (`EntryBody::Changes`).
+    pub bodies: Vec<EntryBody>,
+}
+
+/// The leader's answer to a [`Forwarded`]. Never reorder its variants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ForwardOutcome {
+    /// Committed by a majority; its log entries end at `last_seq` on every primary.
+    Committed { last_seq: u64 },
+    /// A row it changed was changed by another transaction since it began: nothing applied.
+    Conflict { reason: String },
+    /// Not applied, for `reason` (the leader changed, a constraint failed on the leader...).
+    Refused { reason: String },
+    /// Written by the leader, but no majority confirmed it: it may be lost.
+    Unconfirmed { reason: String },
+}
+
+/// How a primary serving its members decides a forwarded transaction from `peer`.
+pub type DecideForwarded = Arc<
+    dyn Fn(
+            crate::crypto::PublicKey,
+            Forwarded,
+        ) -> Pin<Box<dyn Future<Output = ForwardOutcome> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A follower's connection to its leader for forwarded transactions: one at a time (a second
+/// app connection's COMMIT waits for the first), opened on first use and again when the
+/// leader changes or the connection fails.
+pub(crate) struct Forwarder {
+    network: super::PeerNetwork,
+    client: tokio::sync::Mutex<Option<PeerClient>>,
+}
+
+impl Forwarder {
+    pub(crate) fn new(network: super::PeerNetwork) -> Forwarder {
+        Forwarder {
+            network,
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Sends `txn` to `leader` and waits at most `wait` for its answer. An error means the
+    /// outcome is unknown (the request may have reached the leader).
+    pub(crate) async fn forward(
+        &self,
+        leader: RaftNodeId,
+        member: Member,
+        txn: Forwarded,
+        wait: Duration,
+    ) -> Result<ForwardOutcome> {
+        let mut slot = self.client.lock().await;
+        let current = slot.as_ref().is_some_and(|c| c.is_for(leader, &member));
+        if !current {
+            *slot = Some(PeerClient::new(leader, member, self.network.clone()));
+        }
+        let Some(client) = slot.as_mut() else {
+            return Err(Error::rule("no connection to the leader"));
+        };
+        match client.forward(txn, wait).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                *slot = None;
+                Err(Error::rule(format!("the leader did not answer ({e})")))
+            }
+        }
+    }
+}
+
+/// The leader's side: its own connection to its file, with the state machine's guard on
+/// triggers. Used from a blocking thread, one forwarded transaction at a time.
+pub(crate) struct Applier {
+    conn: rusqlite::Connection,
+    tables: Tables,
+    replicated: Replicated,
+}
+
+/// What the leader did with a forwarded transaction, before its commit by the cluster.
+pub(crate) enum Decision {
+    /// Committed here with its Raft entry; the cluster's answer is to come.
+    Written {
+        response: Response,
+        entries: Vec<LogEntry>,
+    },
+    /// Nothing applied.
+    NotApplied(ForwardOutcome),
+}
+
+impl Applier {
+    pub(crate) fn open(
+        path: &std::path::Path,
+        file_key: Option<&crate::uri::NetworkKey>,
+    ) -> Result<Applier> {
+        let conn = crate::store::open_connection(path, file_key)?;
+        let replicated = Replicated::default();
+        guard_triggers(&conn, replicated.clone());
+        Ok(Applier {
+            conn,
+            tables: Tables::default(),
+            replicated,
+        })
+    }
+
+    /// Checks and applies `txn` from member `origin_node` in one write transaction that also
+    /// holds its Raft entry. Blocks (it waits for the file's lock and for openraft).
+    pub(crate) fn decide(
+        &mut self,
+        proposer: &Proposer,
+        origin_node: u32,
+        txn: &Forwarded,
+    ) -> Result<Decision> {
+        let c = &self.conn;
+        crate::store::exec(c, "BEGIN IMMEDIATE")?;
+        let applied = (|| {
+            // (Another connection may have changed the schema since the last one.)
+            refresh_replicated(c, &self.replicated)?;
+            if let Some(reason) = conflict(c, txn)? {
+                return Ok(Err(ForwardOutcome::Conflict { reason }));
+            }
+            let mut entries = Vec::with_capacity(txn.bodies.len());
+            for body in &txn.bodies {
+                let d = Decided {
+                    origin_node,
+                    origin_txn: 0,
+                    body: body.clone(),
+                };
+                let seq = match apply_decided(c, &mut self.tables, &self.replicated, &d, None) {
+                    Ok(seq) => seq,
+                    // (A constraint of the leader's rows, a schema statement that fails here.)
+                    Err(e) => {
+                        return Ok(Err(ForwardOutcome::Refused {
+                            reason: format!("the leader could not apply it: {e}"),
+                        }))
+                    }
+                };
+                entries.push(LogEntry {
+                    seq,
+                    origin_node,
+                    origin_txn: 0,
+                    body: body.clone(),
+                    origin_digest: None,
+                });
+            }
+            Ok(Ok(entries))
+        })();
+        let entries = match applied {
+            Ok(Ok(entries)) if !entries.is_empty() => entries,
+            Ok(Ok(_)) => {
+                crate::store::exec(c, "ROLLBACK")?;
+                return Ok(Decision::NotApplied(ForwardOutcome::Refused {
+                    reason: "the transaction changed nothing".into(),
+                }));
+            }
+            Ok(Err(outcome)) => {
+                crate::store::exec(c, "ROLLBACK")?;
+                return Ok(Decision::NotApplied(outcome));
+            }
+            Err(e) => {
+                let _ = crate::store::exec(c, "ROLLBACK");
+                return Err(e);
+            }
+        };
+        let (first, last) = (entries[0].seq, entries[entries.len() - 1].seq);
+        let txns = entries
+            .iter()
+            .map(|e| Decided {
+                origin_node,
+                origin_txn: 0,
+                body: e.body.clone(),
+            })
+            .collect();
+        let batch = Batch::Txns {
+            txns,
+            seqs: first..=last,
+        };
+        match proposer.propose_in_txn(c, batch) {
+            Proposed::InTxn(t) => match crate::store::exec(c, "COMMIT") {
+                Ok(()) => Ok(Decision::Written {
+                    response: t.committed(),
+                    entries,
+                }),
+                Err(e) => {
+                    let _ = crate::store::exec(c, "ROLLBACK");
+                    t.not_committed().after_rollback();
+                    Err(e.into())
+                }
+            },
+            Proposed::GaveUp(g) => {
+                let _ = crate::store::exec(c, "ROLLBACK");
+                g.after_rollback();
+                Ok(Decision::NotApplied(ForwardOutcome::Refused {
+                    reason: "the cluster did not take it (its leader changed, or its Raft \
+                             entry could not be written)"
+                        .into(),
+                }))
+            }
+        }
+    }
+}
+
+/// Why `txn` conflicts with what the leader's log holds after the follower's position, or
+/// None. Inside the leader's write transaction.
+fn conflict(c: &rusqlite::Connection, txn: &Forwarded) -> Result<Option<String>> {
+    let mut touched = HashSet::new();
+    for body in &txn.bodies {
+        let EntryBody::Changes(cs) = body else {
+            return Err(Error::rule(
+                "a forwarded transaction holds something other than changes",
+            ));
+        };
+        for op in &cs.ops {
+            if matches!(op, Op::Insert { .. } | Op::Update { .. }) {
+                return Err(Error::rule(
+                    "a forwarded transaction holds a device's unchecked change",
+                ));
+            }
+            if let Some((table, rowid)) = cs.row_of(op) {
+                touched.insert((table.to_string(), rowid));
+            }
+        }
+    }
+    if txn.base_seq + 1 < log::compaction::start(c)? {
+        return Ok(Some(format!(
+            "the leader's log no longer reaches back to position {} where it began (compacted)",
+            txn.base_seq
+        )));
+    }
+    let newer = log::read_after(c, txn.base_seq, CONFLICT_SCAN_MAX + 1)?;
+    if newer.len() > CONFLICT_SCAN_MAX {
+        return Ok(Some(format!(
+            "this primary is more than {CONFLICT_SCAN_MAX} log entries behind its leader"
+        )));
+    }
+    for entry in &newer {
+        let EntryBody::Changes(cs) = &entry.body else {
+            continue;
+        };
+        for op in &cs.ops {
+            if let Op::Ddl { .. } = op {
+                return Ok(Some(format!(
+                    "the schema changed since it began (log position {})",
+                    entry.seq
+                )));
+            }
+            if let Some((table, rowid)) = cs.row_of(op) {
+                if touched.contains(&(table.to_string(), rowid)) {
+                    return Ok(Some(format!(
+                        "row {rowid} of `{table}` was changed by another transaction since it \
+                         began (log position {})",
+                        entry.seq
+                    )));
+                }
+            }
+        }
+    }
+    Ok(None)
+}

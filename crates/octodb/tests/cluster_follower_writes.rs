@@ -1,0 +1,214 @@
+//! A backend app writing on a follower (issue "Cluster", item 2): its transaction goes
+//! through the leader, in the one order of the log, and its COMMIT returns once the cluster
+//! holds it and the follower applied it, so the connection reads its own write. Two
+//! transactions on different primaries that change the same row do not lose an update: the
+//! later one fails at COMMIT with a conflict. Real files, real loopback sockets.
+
+mod common;
+
+use common::*;
+use octodb::{Connection, Error};
+
+/// A leader with table `t` and two followers joined as voters.
+fn three_primaries(c: &Cluster) -> (Connection, Connection, Connection) {
+    let p1 = c.primary_with_t();
+    let leader = addr_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &leader);
+    let p3 = joining_primary(&c.path("p3.db"), &leader);
+    wait_voters(&p1, 3);
+    // Both followers know their leader before the app writes.
+    for p in [&p2, &p3] {
+        p.wait_for(DEADLINE, |s| {
+            s.cluster
+                .as_ref()
+                .is_some_and(|c| c.role == "follower" && c.leader.is_some())
+        })
+        .expect("the follower knows its leader");
+    }
+    (p1, p2, p3)
+}
+
+const SHARED: [&str; 2] = [
+    "SELECT id, v, row_owner FROM t ORDER BY id",
+    "SELECT seq, origin_node, origin_txn, body FROM _octo_log ORDER BY seq",
+];
+
+fn wait_identical(c: &Cluster) {
+    for follower in ["p2.db", "p3.db"] {
+        for sql in SHARED {
+            let want = file_rows(&c.path("p.db"), sql);
+            wait_until(&format!("{follower} holds `{sql}` as the leader"), || {
+                (file_rows(&c.path(follower), sql) == want).then_some(())
+            });
+        }
+    }
+}
+
+#[test]
+fn a_followers_write_goes_through_the_leader_and_reads_back_at_once() {
+    let c = Cluster::new();
+    let (p1, p2, p3) = three_primaries(&c);
+    let d = c.device("d.db", &p1);
+    ready(&d);
+
+    // An autocommit statement, an explicit transaction, and one a savepoint opens.
+    p2.execute("INSERT INTO t(v, row_owner) VALUES ('one', '*')", [])
+        .expect("a follower's insert");
+    assert_eq!(count(&p2, "SELECT count(*) FROM t WHERE v = 'one'"), 1);
+    let id: i64 = p2
+        .query_row("SELECT last_insert_rowid()", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(p2.last_insert_rowid(), id, "a SELECT leaves it as it was");
+    assert_eq!(
+        count(&p2, &format!("SELECT count(*) FROM t WHERE id = {id}")),
+        1,
+        "last_insert_rowid {id} names the row: {:?}",
+        file_rows(&c.path("p2.db"), "SELECT id, v FROM t")
+    );
+    p2.execute_batch(
+        "BEGIN; INSERT INTO t(v, row_owner) VALUES ('two', '*');
+         UPDATE t SET v = 'one, edited' WHERE v = 'one'; COMMIT;",
+    )
+    .expect("a follower's transaction");
+    assert_eq!(
+        text(
+            &p2,
+            "SELECT group_concat(v, '|') FROM (SELECT v FROM t ORDER BY v)"
+        ),
+        "one, edited|two"
+    );
+    p3.execute_batch(
+        "SAVEPOINT outer; INSERT INTO t(v, row_owner) VALUES ('three', '*');
+         SAVEPOINT inner; INSERT INTO t(v, row_owner) VALUES ('undone', '*');
+         ROLLBACK TO inner; RELEASE inner; RELEASE outer;",
+    )
+    .expect("a follower's savepoint transaction");
+    assert_eq!(
+        text(
+            &p3,
+            "SELECT group_concat(v, '|') FROM (SELECT v FROM t ORDER BY v)"
+        ),
+        "one, edited|three|two"
+    );
+
+    // A schema change on a follower reaches every primary and the devices.
+    p3.execute(
+        "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, row_owner)",
+        [],
+    )
+    .expect("a follower's schema change");
+    p3.execute("INSERT INTO notes(body, row_owner) VALUES ('n', '*')", [])
+        .unwrap();
+    wait_count(&d, "SELECT count(*) FROM notes", 1);
+    wait_count(&d, "SELECT count(*) FROM t", 3);
+    wait_count(&p1, "SELECT count(*) FROM t", 3);
+    wait_identical(&c);
+    // The log names the follower as the origin of its writes.
+    let p2_id = p2.sync_status().unwrap().node_id;
+    assert_eq!(
+        count(
+            &p1,
+            &format!("SELECT count(*) FROM _octo_log WHERE origin_node = {p2_id}")
+        ),
+        2
+    );
+    // Rows that stay local are a follower's own, as before.
+    p2.execute("INSERT INTO t(v) VALUES ('local')", []).unwrap();
+    assert_eq!(count(&p2, "SELECT count(*) FROM t WHERE v = 'local'"), 1);
+    assert_eq!(count(&p1, "SELECT count(*) FROM t WHERE v = 'local'"), 0);
+}
+
+#[test]
+fn two_primaries_changing_one_row_do_not_lose_an_update() {
+    let c = Cluster::new();
+    let (p1, p2, _p3) = three_primaries(&c);
+    p1.execute(
+        "INSERT INTO t(id, v, row_owner) VALUES (1, 'first', '*')",
+        [],
+    )
+    .unwrap();
+    wait_count(&p2, "SELECT count(*) FROM t WHERE v = 'first'", 1);
+
+    // The follower's transaction began before the leader's change, and changes the same row.
+    p2.execute_batch("BEGIN; UPDATE t SET v = 'by the follower' WHERE id = 1;")
+        .unwrap();
+    p1.execute("UPDATE t SET v = 'by the leader' WHERE id = 1", [])
+        .unwrap();
+    let refused = p2.execute_batch("COMMIT").expect_err("a conflict");
+    assert!(matches!(refused, Error::Conflict(_)), "{refused}");
+    assert!(refused.to_string().contains("row 1 of `t`"), "{refused}");
+    // Nothing of it anywhere; the follower catches up with the leader's change.
+    wait_count(&p2, "SELECT count(*) FROM t WHERE v = 'by the leader'", 1);
+    assert_eq!(
+        count(&p1, "SELECT count(*) FROM t WHERE v = 'by the follower'"),
+        0
+    );
+    // Retried, it goes through.
+    p2.execute(
+        "UPDATE t SET v = v || ', then the follower' WHERE id = 1",
+        [],
+    )
+    .unwrap();
+    wait_count(
+        &p1,
+        "SELECT count(*) FROM t WHERE v = 'by the leader, then the follower'",
+        1,
+    );
+    // Another row changed meanwhile is no conflict.
+    p1.execute(
+        "INSERT INTO t(id, v, row_owner) VALUES (2, 'other', '*')",
+        [],
+    )
+    .unwrap();
+    p2.execute("UPDATE t SET v = 'follower again' WHERE id = 1", [])
+        .expect("no conflict over another row");
+    wait_identical(&c);
+}
+
+#[test]
+fn a_followers_transaction_mixing_local_and_replicated_rows_is_refused_whole() {
+    let c = Cluster::new();
+    let (p1, p2, _p3) = three_primaries(&c);
+    let refused = p2
+        .execute_batch(
+            "BEGIN; INSERT INTO t(v) VALUES ('local');
+             INSERT INTO t(v, row_owner) VALUES ('shared', '*'); COMMIT;",
+        )
+        .expect_err("mixed local and replicated rows on a follower");
+    assert!(refused.to_string().contains("stay local"), "{refused}");
+    assert!(p2.is_autocommit(), "the transaction was rolled back");
+    assert_eq!(count(&p2, "SELECT count(*) FROM t"), 0);
+    assert_eq!(count(&p1, "SELECT count(*) FROM t"), 0);
+
+    // A table without row_owner does not replicate: written directly beside replicated rows,
+    // the transaction is refused too, naming it. Written by a trigger, it is kept: the
+    // trigger runs again wherever the leader's entry is applied.
+    p1.execute_batch(
+        "CREATE TABLE seen(what TEXT);
+         CREATE TABLE audit(what TEXT);
+         CREATE TRIGGER audited AFTER INSERT ON t BEGIN
+           INSERT INTO audit(what) VALUES ('inserted ' || NEW.v);
+         END;",
+    )
+    .unwrap();
+    wait_until("the follower has the schema", || {
+        p2.query("SELECT * FROM audit", []).ok().map(|_| ())
+    });
+    let refused = p2
+        .execute_batch(
+            "BEGIN; INSERT INTO seen(what) VALUES ('here');
+             INSERT INTO t(v, row_owner) VALUES ('shared', '*'); COMMIT;",
+        )
+        .expect_err("a table that does not replicate, beside replicated rows");
+    assert!(refused.to_string().contains("`seen`"), "{refused}");
+    assert_eq!(count(&p2, "SELECT count(*) FROM seen"), 0);
+    p2.execute("INSERT INTO t(v, row_owner) VALUES ('audited', '*')", [])
+        .expect("a trigger's local writes are kept");
+    assert_eq!(count(&p2, "SELECT count(*) FROM audit"), 1);
+    wait_count(&p1, "SELECT count(*) FROM audit", 1);
+    assert_eq!(text(&p1, "SELECT what FROM audit"), "inserted audited");
+    // Alone, the follower's own tables take its writes as before.
+    p2.execute("INSERT INTO seen(what) VALUES ('alone')", [])
+        .unwrap();
+    assert_eq!(count(&p2, "SELECT count(*) FROM seen"), 1);
+}
