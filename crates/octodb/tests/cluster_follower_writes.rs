@@ -212,3 +212,66 @@ fn a_followers_transaction_mixing_local_and_replicated_rows_is_refused_whole() {
         .unwrap();
     assert_eq!(count(&p2, "SELECT count(*) FROM seen"), 1);
 }
+
+/// A key that is not a member of the cluster gets nothing from the leader for a forwarded
+/// transaction, even naming the leader as a member would: no answer, nothing written.
+#[test]
+fn a_stranger_cannot_forward_a_transaction_to_the_leader() {
+    use octodb::changes::{ChangeSet, Op, TableHeader};
+    use octodb::crypto::NodeKeys;
+    use octodb::log::EntryBody;
+    use octodb::net::{HandshakeOptions, Message, SecureStream};
+
+    let c = Cluster::new();
+    let (p1, _p2, _p3) = three_primaries(&c);
+    let leader_id = p1.sync_status().unwrap().node_id;
+    let changes = ChangeSet {
+        tables: vec![TableHeader {
+            name: "t".into(),
+            columns: vec!["id".into(), "v".into(), "row_owner".into()],
+        }],
+        ops: vec![Op::Upsert {
+            table: 0,
+            rowid: 77,
+            values: vec![
+                octodb::Value::Integer(77),
+                octodb::Value::Text("forged".into()),
+                octodb::Value::Text("*".into()),
+            ],
+        }],
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let answer = runtime.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr_of(&p1)).await.unwrap();
+        let stranger = NodeKeys::generate();
+        let stream = SecureStream::connect(tcp, &stranger, &HandshakeOptions::default())
+            .await
+            .unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        let hello = Message::Hello {
+            role: octodb::Role::Primary,
+            last_seq: 0,
+            info: format!("{{\"to\": {leader_id}}}"),
+            auth: None,
+        };
+        wr.send(&hello.encode()).await.unwrap();
+        // The cluster's encoding byte, then Request::Forward (variant 3): its base position
+        // and its bodies.
+        let mut frame = vec![1u8];
+        frame.extend(
+            postcard::to_allocvec(&(3u32, 0u64, vec![EntryBody::Changes(changes)])).unwrap(),
+        );
+        wr.send(&frame).await.unwrap();
+        wr.flush().await.unwrap();
+        tokio::time::timeout(DEADLINE, rd.recv()).await.unwrap()
+    });
+    // (What comes back, if anything, is a refusal of the join the stranger's Hello asked.)
+    if let Ok(bytes) = answer {
+        let reply = Message::decode(&bytes).map(|m| m.kind().to_string());
+        assert!(
+            matches!(reply.as_deref(), Ok("Refused")),
+            "a stranger hears only a refusal: {reply:?}"
+        );
+    }
+    assert_eq!(count(&p1, "SELECT count(*) FROM t WHERE v = 'forged'"), 0);
+}

@@ -50,8 +50,9 @@ pub struct AuthRequest {
     pub node_info: String,
 }
 
-/// The backend's answer.
-#[derive(Debug, Clone, PartialEq)]
+/// The backend's answer. Sent between primaries (a follower's decisions go to the leader):
+/// never reorder its variants.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Decision {
     /// Approve as a device of this user; 0 = a new user, id chosen by the engine.
     User(i64),

@@ -56,15 +56,42 @@ pub enum ForwardOutcome {
     Unconfirmed { reason: String },
 }
 
-/// How a primary serving its members decides a forwarded transaction from `peer`.
-pub type DecideForwarded = Arc<
-    dyn Fn(
-            crate::crypto::PublicKey,
-            Forwarded,
-        ) -> Pin<Box<dyn Future<Output = ForwardOutcome> + Send>>
-        + Send
-        + Sync,
->;
+/// A decision on a node's request that a follower's process took (its callback, its
+/// `PRAGMA authorize_*`), for the leader to record. Never reorder its fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardedDecision {
+    pub pubkey: String,
+    pub decision: crate::auth::Decision,
+    pub scope: DecisionScope,
+}
+
+/// Which keys a forwarded decision may name. Never reorder its variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DecisionScope {
+    /// A key some node presented (`PRAGMA authorize_*`).
+    Presented,
+    /// Any key, before its node ever connects (`PRAGMA preauthorize_*`).
+    Any,
+    /// A key whose request still waits (a callback's answer: the first decision stands).
+    Pending,
+}
+
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the leader does for its members' requests (a running primary's node).
+pub trait LeaderServices: Send + Sync {
+    /// Decides a follower's app transaction from `peer`.
+    fn transaction(&self, peer: crate::crypto::PublicKey, txn: Forwarded) -> Boxed<ForwardOutcome>;
+    /// Records a decision a follower took; Err: why not.
+    fn decision(
+        &self,
+        peer: crate::crypto::PublicKey,
+        decision: ForwardedDecision,
+    ) -> Boxed<std::result::Result<(), String>>;
+}
+
+/// The leader's services, shared by its member connections.
+pub type Services = Arc<dyn LeaderServices>;
 
 /// A follower's connection to its leader for forwarded transactions: one at a time (a second
 /// app connection's COMMIT waits for the first), opened on first use and again when the
@@ -101,6 +128,33 @@ impl Forwarder {
         };
         match client.forward(txn, wait).await {
             Ok(outcome) => Ok(outcome),
+            Err(e) => {
+                *slot = None;
+                Err(Error::rule(format!("the leader did not answer ({e})")))
+            }
+        }
+    }
+
+    /// Sends a decision to `leader` (see [`ForwardedDecision`]).
+    pub(crate) async fn decision(
+        &self,
+        leader: RaftNodeId,
+        member: Member,
+        decision: ForwardedDecision,
+        wait: Duration,
+    ) -> Result<()> {
+        let mut slot = self.client.lock().await;
+        let current = slot.as_ref().is_some_and(|c| c.is_for(leader, &member));
+        if !current {
+            *slot = Some(PeerClient::new(leader, member, self.network.clone()));
+        }
+        let Some(client) = slot.as_mut() else {
+            return Err(Error::rule("no connection to the leader"));
+        };
+        match client.decision(decision, wait).await {
+            Ok(recorded) => recorded.map_err(|why| {
+                Error::rule(format!("the cluster's leader did not record it: {why}"))
+            }),
             Err(e) => {
                 *slot = None;
                 Err(Error::rule(format!("the leader did not answer ({e})")))

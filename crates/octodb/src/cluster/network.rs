@@ -4,7 +4,7 @@
 //! sends one request at a time and reads its reply. The receiving primary serves it with
 //! [`serve_connection`].
 
-use super::forward::{DecideForwarded, ForwardOutcome, Forwarded};
+use super::forward::{ForwardOutcome, Forwarded, ForwardedDecision, Services};
 use super::types::{Member, Proposal, TypeConfig};
 use super::{Raft, RaftNodeId};
 use crate::crypto::{NodeKeys, PublicKey};
@@ -34,6 +34,8 @@ enum Request {
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A follower's app transaction, for the leader to decide (`forward`).
     Forward(Forwarded),
+    /// A decision on a node a follower's process took, for the leader to record.
+    Decide(ForwardedDecision),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -44,6 +46,7 @@ enum Reply {
         Result<InstallSnapshotResponse<RaftNodeId>, RaftError<RaftNodeId, InstallSnapshotError>>,
     ),
     Forward(ForwardOutcome),
+    Decide(Result<(), String>),
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, NetError> {
@@ -71,13 +74,13 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, NetError> {
 /// Serves Raft's requests from another primary on an established connection (its `Hello`
 /// already read) until it closes. Only the cluster's members are served, and anyone while
 /// this primary has no membership yet (it waits to be added, and its `connect=` primary
-/// admitted it). `forwarded` decides followers' app transactions (a running primary's).
+/// admitted it). `services` serve followers' requests (a running primary's).
 pub async fn serve_connection(
     raft: Raft,
     peer: PublicKey,
     mut rd: SecureReader,
     mut wr: SecureWriter,
-    forwarded: Option<DecideForwarded>,
+    services: Option<Services>,
 ) -> Result<(), NetError> {
     loop {
         let request: Request = decode(&rd.recv().await?)?;
@@ -90,11 +93,15 @@ pub async fn serve_connection(
             Request::AppendEntries(r) => Reply::AppendEntries(raft.append_entries(r).await),
             Request::Vote(r) => Reply::Vote(raft.vote(r).await),
             Request::InstallSnapshot(r) => Reply::InstallSnapshot(raft.install_snapshot(r).await),
-            Request::Forward(txn) => Reply::Forward(match &forwarded {
-                Some(decide) => decide(peer, txn).await,
+            Request::Forward(txn) => Reply::Forward(match &services {
+                Some(s) => s.transaction(peer, txn).await,
                 None => ForwardOutcome::Refused {
                     reason: "this primary decides no forwarded transactions".into(),
                 },
+            }),
+            Request::Decide(decision) => Reply::Decide(match &services {
+                Some(s) => s.decision(peer, decision).await,
+                None => Err("this primary records no forwarded decisions".into()),
             }),
         };
         wr.send(&encode(&reply)?).await?;
@@ -113,7 +120,7 @@ impl Reply {
             Reply::AppendEntries(r) => matches!(r, Err(RaftError::Fatal(_))),
             Reply::Vote(r) => matches!(r, Err(RaftError::Fatal(_))),
             Reply::InstallSnapshot(r) => matches!(r, Err(RaftError::Fatal(_))),
-            Reply::Forward(_) => false,
+            Reply::Forward(_) | Reply::Decide(_) => false,
         }
     }
 }
@@ -344,6 +351,21 @@ impl PeerClient {
     ) -> Result<ForwardOutcome, NetError> {
         match self.call(Request::Forward(txn), wait).await {
             Ok(Reply::Forward(outcome)) => Ok(outcome),
+            Ok(_) => Err(NetError::Malformed(
+                "a reply of another kind than the request".into(),
+            )),
+            Err(CallError::Unreachable(e) | CallError::Network(e)) => Err(e),
+        }
+    }
+
+    /// Sends a decision on a node to this member (the leader) and reads whether it recorded it.
+    pub(super) async fn decision(
+        &mut self,
+        decision: ForwardedDecision,
+        wait: Duration,
+    ) -> Result<Result<(), String>, NetError> {
+        match self.call(Request::Decide(decision), wait).await {
+            Ok(Reply::Decide(recorded)) => Ok(recorded),
             Ok(_) => Err(NetError::Malformed(
                 "a reply of another kind than the request".into(),
             )),

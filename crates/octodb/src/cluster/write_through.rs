@@ -159,6 +159,9 @@ fn stopped() -> Error {
     Error::rule("the cluster stopped before the proposal was decided")
 }
 
+const NO_LEADER: &str =
+    "the cluster has no leader now (an election is under way, or its majority is lost)";
+
 /// Proposes a primary's decided batches to the cluster, writing them through when it can.
 pub struct Proposer {
     raft: Raft,
@@ -236,23 +239,39 @@ impl Proposer {
         txn: super::forward::Forwarded,
         wait: std::time::Duration,
     ) -> Result<super::forward::ForwardOutcome> {
-        let (leader, member) = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            let leader = m.current_leader.filter(|l| *l != m.id);
-            let member =
-                leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
-            match (leader, member) {
-                (Some(l), Some(member)) => (l, member),
-                _ => {
-                    return Ok(super::forward::ForwardOutcome::Refused {
-                        reason: "the cluster has no leader now (an election is under way, or                                  its majority is lost)"
-                            .into(),
-                    })
-                }
-            }
+        let Some((leader, member)) = self.leader() else {
+            return Ok(super::forward::ForwardOutcome::Refused {
+                reason: NO_LEADER.into(),
+            });
         };
         self.forwarder.forward(leader, member, txn, wait).await
+    }
+
+    /// A follower: sends a decision on a node to the cluster's leader, which records it.
+    pub(crate) async fn forward_decision(
+        &self,
+        decision: super::forward::ForwardedDecision,
+        wait: std::time::Duration,
+    ) -> Result<()> {
+        let Some((leader, member)) = self.leader() else {
+            return Err(Error::rule(NO_LEADER));
+        };
+        self.forwarder
+            .decision(leader, member, decision, wait)
+            .await
+    }
+
+    /// The cluster's leader, when it is another primary.
+    fn leader(&self) -> Option<(super::RaftNodeId, super::Member)> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader.filter(|l| *l != m.id)?;
+        let member = m
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .cloned()?;
+        Some((leader, member))
     }
 
     pub fn raft(&self) -> &Raft {

@@ -118,6 +118,10 @@ pub(super) async fn admit(
     let mut decided = shared.auth_decided.subscribe();
     let node_info = node_info(&key, &who.addr, &who.info);
     let fresh_request = !(already_waiting && data.is_none());
+    // This session puts a fresh request to this process's callback: the task deciding waiting
+    // requests (`waiting_requests`) leaves it alone meanwhile. One carried over from another
+    // leader is that task's to put.
+    let _asking = fresh_request.then(|| shared.asking.begin(&key));
     let decision = if fresh_request {
         let (pubkey, address, info, d) = (
             key.clone(),

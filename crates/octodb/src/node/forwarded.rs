@@ -1,10 +1,17 @@
-//! The leader's side of followers' app transactions (`cluster::forward`): only from a member
-//! primary, only while this primary leads; decided on a connection of its own, answered once
-//! a majority holds the transaction.
+//! The leader's side of its followers' requests (`cluster::forward`): app transactions, and
+//! decisions on nodes that a follower's process took. Only from a member primary, only while
+//! this primary leads.
 
+use super::members::Known;
+use super::writer::{ask, Job};
 use super::Shared;
-use crate::cluster::forward::{Applier, DecideForwarded, Decision, ForwardOutcome, Forwarded};
+use crate::cluster::forward::{
+    Applier, Decision, DecisionScope, ForwardOutcome, Forwarded, ForwardedDecision, LeaderServices,
+    Services,
+};
 use crate::crypto::PublicKey;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -14,10 +21,27 @@ const MAJORITY_WAIT_MAX: Duration = Duration::from_secs(10);
 /// The leader's connection for forwarded transactions, opened on first use.
 pub(crate) type Applying = Arc<Mutex<Option<Applier>>>;
 
-/// How this primary decides the forwarded transactions its members send it.
-pub(super) fn decider(shared: &Arc<Shared>) -> DecideForwarded {
-    let weak = Arc::downgrade(shared);
-    Arc::new(move |peer, txn| Box::pin(decide(weak.clone(), peer, txn)))
+/// What this primary does for its members' requests.
+pub(super) fn services(shared: &Arc<Shared>) -> Services {
+    Arc::new(Leader(Arc::downgrade(shared)))
+}
+
+struct Leader(Weak<Shared>);
+
+type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl LeaderServices for Leader {
+    fn transaction(&self, peer: PublicKey, txn: Forwarded) -> Boxed<ForwardOutcome> {
+        Box::pin(decide(self.0.clone(), peer, txn))
+    }
+
+    fn decision(
+        &self,
+        peer: PublicKey,
+        decision: ForwardedDecision,
+    ) -> Boxed<std::result::Result<(), String>> {
+        Box::pin(record_decision(self.0.clone(), peer, decision))
+    }
 }
 
 fn refused(reason: impl Into<String>) -> ForwardOutcome {
@@ -26,43 +50,46 @@ fn refused(reason: impl Into<String>) -> ForwardOutcome {
     }
 }
 
+/// The node id of `peer` if it is a member of this primary's cluster and this primary leads
+/// it; else why the request is refused.
+fn leading_for(shared: &Shared, peer: &PublicKey) -> std::result::Result<u32, &'static str> {
+    let Some(proposer) = shared.cluster.get() else {
+        return Err("the leader is starting");
+    };
+    if !shared.cluster_view.borrow().leading {
+        return Err("the primary it was sent to no longer leads the cluster");
+    }
+    let metrics = proposer.raft().metrics();
+    let m = metrics.borrow();
+    let key = peer.to_hex();
+    let id = m
+        .membership_config
+        .membership()
+        .nodes()
+        .find(|(_, member)| member.public_key == key)
+        .and_then(|(id, _)| u32::try_from(*id).ok());
+    id.ok_or("only the cluster's primaries send it requests")
+}
+
 async fn decide(shared: Weak<Shared>, peer: PublicKey, txn: Forwarded) -> ForwardOutcome {
     let Some(shared) = shared.upgrade() else {
         return refused("the leader is shutting down");
     };
-    let Some(proposer) = shared.cluster.get() else {
-        return refused("the leader is starting");
+    let origin = match leading_for(&shared, &peer) {
+        Ok(id) => id,
+        Err(why) => return refused(why),
     };
-    if !shared.cluster_view.borrow().leading {
-        return refused("the primary it was sent to no longer leads the cluster");
-    }
-    // The sender's node id: a member's (the connection was served because it is one).
-    let origin = {
-        let metrics = proposer.raft().metrics();
-        let m = metrics.borrow();
-        let key = peer.to_hex();
-        let id = m
-            .membership_config
-            .membership()
-            .nodes()
-            .find(|(_, member)| member.public_key == key)
-            .and_then(|(id, _)| u32::try_from(*id).ok());
-        id
-    };
-    let Some(origin) = origin else {
-        return refused("only the cluster's primaries forward transactions");
-    };
-    let shared2 = shared.clone();
+    let on_file = shared.clone();
     let decided = tokio::task::spawn_blocking(move || {
-        let mut slot = shared2.forwarded.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = on_file.forwarded.lock().unwrap_or_else(|p| p.into_inner());
         let applier = match slot.as_mut() {
             Some(a) => a,
             None => slot.insert(Applier::open(
-                &shared2.cfg.path,
-                shared2.file_key.get().as_ref(),
+                &on_file.cfg.path,
+                on_file.file_key.get().as_ref(),
             )?),
         };
-        let Some(proposer) = shared2.cluster.get() else {
+        let Some(proposer) = on_file.cluster.get() else {
             return Ok(Decision::NotApplied(refused("the leader is stopping")));
         };
         let decided = applier.decide(proposer, origin, &txn);
@@ -94,4 +121,28 @@ async fn decide(shared: Weak<Shared>, peer: PublicKey, txn: Forwarded) -> Forwar
         Ok(Err(e)) => unconfirmed(e.to_string()),
         Err(_) => unconfirmed("no majority confirmed it within 10 s".into()),
     }
+}
+
+async fn record_decision(
+    shared: Weak<Shared>,
+    peer: PublicKey,
+    d: ForwardedDecision,
+) -> std::result::Result<(), String> {
+    let shared = shared.upgrade().ok_or("the leader is shutting down")?;
+    let origin = leading_for(&shared, &peer)?;
+    tracing::debug!(node = origin, pubkey = %d.pubkey, "a follower's decision on a node");
+    let known = match d.scope {
+        DecisionScope::Pending => Known::Pending,
+        DecisionScope::Presented => Known::Presented,
+        DecisionScope::Any => Known::Any,
+    };
+    ask(&shared, |reply| Job::AuthDecide {
+        pubkey: d.pubkey,
+        decision: d.decision,
+        known,
+        reply,
+    })
+    .await
+    .map(drop)
+    .map_err(|e| e.to_string())
 }

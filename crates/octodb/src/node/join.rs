@@ -59,8 +59,8 @@ pub(super) async fn primary_session(
             let reason = format!("this primary is node {me} of its cluster, not the one called");
             return refuse_session(&mut wr, reason).await;
         }
-        let forwarded = Some(super::forwarded::decider(shared));
-        return Ok(crate::cluster::serve_connection(raft, peer, rd, wr, forwarded).await?);
+        let services = Some(super::forwarded::services(shared));
+        return Ok(crate::cluster::serve_connection(raft, peer, rd, wr, services).await?);
     }
     match admit_joiner(shared, &raft, peer, hello).await {
         Ok(Joiner {

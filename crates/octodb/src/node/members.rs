@@ -322,6 +322,9 @@ pub(crate) enum Known {
     Presented,
     /// Any key: approved before its node ever connects (`PRAGMA preauthorize_*`).
     Any,
+    /// Only a key whose request still waits: a callback's answer, which may come from several
+    /// primaries' processes (each request is decided once: the first decision stands).
+    Pending,
 }
 
 /// Apply the backend's decision on `pubkey`.
@@ -337,6 +340,27 @@ pub(crate) fn decide(
              the keys that connected or asked). To approve a key before its node ever \
              connects, use PRAGMA preauthorize_user / preauthorize_node with the same value"
         )));
+    }
+    if known == Known::Pending {
+        match lookup(c, pubkey)? {
+            Some(m) if m.auth_state == "pending" => {}
+            Some(m) if m.auth_state == "approved" => {
+                let role = match m.node_type.as_str() {
+                    "primary" => Role::Primary,
+                    _ => Role::Secondary,
+                };
+                let registered = Registered {
+                    node_id: m.node_id,
+                    user_id: m.user_id.unwrap_or(0),
+                };
+                return Ok(Admission::Approved { registered, role });
+            }
+            _ => {
+                return Err(Error::rule(format!(
+                    "no request of key {pubkey} waits for a decision (it was decided already)"
+                )))
+            }
+        }
     }
     let row = ensure_node(c, pubkey, "pending", None, None)?;
     let current = lookup(c, pubkey)?.and_then(|m| m.user_id);

@@ -23,6 +23,7 @@ mod secondary;
 mod shared_rows;
 mod snapshot;
 mod status;
+mod waiting_requests;
 pub(crate) mod write_turns;
 mod writer;
 
@@ -169,6 +170,8 @@ pub(crate) struct Shared {
     pub admin_addr: OnceLock<SocketAddr>,
     /// Primaries (the leader): the connection deciding followers' app transactions.
     pub forwarded: forwarded::Applying,
+    /// Primaries: keys whose request a session is putting to this process's callback now.
+    pub asking: waiting_requests::Asking,
 }
 
 pub(crate) use writer::unix_now;
@@ -199,6 +202,23 @@ pub(crate) fn authorize(
     if shared.cfg.role != Some(Role::Primary) {
         return Err(Error::rule("only primaries authorize nodes"));
     }
+    // A follower's decision goes to the leader, which records it for every primary.
+    if let Some(proposer) = shared
+        .cluster
+        .get()
+        .filter(|_| !shared.cluster_view.borrow().leading)
+    {
+        use crate::cluster::forward::{DecisionScope, ForwardedDecision};
+        let forwarded = ForwardedDecision {
+            pubkey,
+            decision,
+            scope: match preapproval {
+                true => DecisionScope::Any,
+                false => DecisionScope::Presented,
+            },
+        };
+        return block_on(proposer.forward_decision(forwarded, FORWARD_WAIT_MAX));
+    }
     let (tx, rx) = tokio::sync::oneshot::channel();
     shared
         .jobs
@@ -214,6 +234,9 @@ pub(crate) fn authorize(
         .map_err(|_| Error::Closed)?;
     rx.blocking_recv().map_err(|_| Error::Closed)?.map(drop)
 }
+
+/// How long a follower waits for its leader to record a decision it forwards.
+const FORWARD_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A number for a session between two nodes, unique in this process: the writer refuses
 /// what a session queued after some of its work failed.
@@ -487,6 +510,7 @@ impl Node {
             metrics: Default::default(),
             admin_addr: OnceLock::new(),
             forwarded: Default::default(),
+            asking: Default::default(),
             cfg,
         });
 
@@ -505,6 +529,9 @@ impl Node {
                 let mut tasks = primary::start(shared.clone())?;
                 tasks.push(runtime().spawn(cluster_member::announce(shared.clone(), batches)));
                 tasks.push(runtime().spawn(compaction::keep_log_bounded(shared.clone())));
+                tasks.push(runtime().spawn(waiting_requests::decide_with_callbacks(
+                    Arc::downgrade(&shared),
+                )));
                 if joins {
                     tasks.push(runtime().spawn(join::join(shared.clone())));
                 } else {
