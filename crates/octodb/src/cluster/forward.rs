@@ -12,7 +12,7 @@
 //! app's transaction, and answers once a majority holds them. The follower's COMMIT returns
 //! when its own state machine has applied them, so the connection reads its own write.
 
-use super::network::PeerClient;
+use super::network::{PeerClient, Reply, Request};
 use super::state_machine::{apply_decided, guard_triggers, refresh_replicated, Replicated};
 use super::types::{Decided, Member};
 use super::write_through::{Batch, Proposed, Proposer, Response};
@@ -76,6 +76,24 @@ pub enum DecisionScope {
     Pending,
 }
 
+/// What the leader tells a follower of a device that connected to it. Never reorder its fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceAdmitted {
+    pub node_id: u32,
+    pub user_id: i64,
+    /// The device's last transaction the primaries decided.
+    pub last_decided_txn: u64,
+}
+
+/// A device's transactions that a follower received, as the device sent them. Never reorder
+/// its fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardedTxns {
+    pub node_id: u32,
+    pub user_id: i64,
+    pub txns: Vec<(u64, crate::changes::ChangeSet)>,
+}
+
 type Boxed<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// What the leader does for its members' requests (a running primary's node).
@@ -88,79 +106,139 @@ pub trait LeaderServices: Send + Sync {
         peer: crate::crypto::PublicKey,
         decision: ForwardedDecision,
     ) -> Boxed<std::result::Result<(), String>>;
+    /// Whether the device of `pubkey`, connected to follower `peer`, is approved: its ids.
+    fn admit_device(
+        &self,
+        peer: crate::crypto::PublicKey,
+        pubkey: String,
+    ) -> Boxed<std::result::Result<DeviceAdmitted, String>>;
+    /// Decides a device's transactions a follower received; answers once they are written
+    /// (`Some(txn)`: the device sent other work under `txn`, decided already: a copy).
+    fn device_txns(
+        &self,
+        peer: crate::crypto::PublicKey,
+        txns: ForwardedTxns,
+    ) -> Boxed<std::result::Result<Option<u64>, String>>;
 }
 
 /// The leader's services, shared by its member connections.
 pub type Services = Arc<dyn LeaderServices>;
 
-/// A follower's connection to its leader for forwarded transactions: one at a time (a second
-/// app connection's COMMIT waits for the first), opened on first use and again when the
-/// leader changes or the connection fails.
+/// Connections a follower keeps to its leader for its requests: each carries one request at a
+/// time, so several app connections and device sessions wait for their own answers side by
+/// side.
+const FORWARD_CONNECTIONS: usize = 8;
+
+/// A follower's connections to its leader for forwarded requests, opened on first use and
+/// again when the leader changes or a connection fails.
 pub(crate) struct Forwarder {
     network: super::PeerNetwork,
-    client: tokio::sync::Mutex<Option<PeerClient>>,
+    clients: Vec<tokio::sync::Mutex<Option<PeerClient>>>,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl Forwarder {
     pub(crate) fn new(network: super::PeerNetwork) -> Forwarder {
         Forwarder {
             network,
-            client: tokio::sync::Mutex::new(None),
+            clients: (0..FORWARD_CONNECTIONS)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: Default::default(),
         }
     }
 
-    /// Sends `txn` to `leader` and waits at most `wait` for its answer. An error means the
+    /// Sends `request` to `leader` and waits at most `wait` for its reply. An error means the
     /// outcome is unknown (the request may have reached the leader).
-    pub(crate) async fn forward(
+    async fn call(
         &self,
         leader: RaftNodeId,
         member: Member,
+        request: Request,
+        wait: Duration,
+    ) -> Result<Reply> {
+        // A free connection, else the next in turn.
+        let free = self.clients.iter().find_map(|c| c.try_lock().ok());
+        let mut slot = match free {
+            Some(slot) => slot,
+            None => {
+                let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.clients[turn % self.clients.len()].lock().await
+            }
+        };
+        let current = slot.as_ref().is_some_and(|c| c.is_for(leader, &member));
+        if !current {
+            *slot = Some(PeerClient::new(leader, member, self.network.clone()));
+        }
+        let Some(client) = slot.as_mut() else {
+            return Err(Error::rule("no connection to the leader"));
+        };
+        match client.request(request, wait).await {
+            Ok(reply) => Ok(reply),
+            Err(e) => {
+                *slot = None;
+                Err(Error::rule(format!("the leader did not answer ({e})")))
+            }
+        }
+    }
+
+    /// Sends an app's transaction to `leader`.
+    pub(crate) async fn forward(
+        &self,
+        (leader, member): (RaftNodeId, Member),
         txn: Forwarded,
         wait: Duration,
     ) -> Result<ForwardOutcome> {
-        let mut slot = self.client.lock().await;
-        let current = slot.as_ref().is_some_and(|c| c.is_for(leader, &member));
-        if !current {
-            *slot = Some(PeerClient::new(leader, member, self.network.clone()));
-        }
-        let Some(client) = slot.as_mut() else {
-            return Err(Error::rule("no connection to the leader"));
-        };
-        match client.forward(txn, wait).await {
-            Ok(outcome) => Ok(outcome),
-            Err(e) => {
-                *slot = None;
-                Err(Error::rule(format!("the leader did not answer ({e})")))
-            }
+        match self.call(leader, member, Request::Forward(txn), wait).await? {
+            Reply::Forward(outcome) => Ok(outcome),
+            _ => Err(other_reply()),
         }
     }
 
-    /// Sends a decision to `leader` (see [`ForwardedDecision`]).
+    /// Sends a decision on a node to `leader`, which records it.
     pub(crate) async fn decision(
         &self,
-        leader: RaftNodeId,
-        member: Member,
+        (leader, member): (RaftNodeId, Member),
         decision: ForwardedDecision,
         wait: Duration,
     ) -> Result<()> {
-        let mut slot = self.client.lock().await;
-        let current = slot.as_ref().is_some_and(|c| c.is_for(leader, &member));
-        if !current {
-            *slot = Some(PeerClient::new(leader, member, self.network.clone()));
-        }
-        let Some(client) = slot.as_mut() else {
-            return Err(Error::rule("no connection to the leader"));
-        };
-        match client.decision(decision, wait).await {
-            Ok(recorded) => recorded.map_err(|why| {
+        match self.call(leader, member, Request::Decide(decision), wait).await? {
+            Reply::Decide(recorded) => recorded.map_err(|why| {
                 Error::rule(format!("the cluster's leader did not record it: {why}"))
             }),
-            Err(e) => {
-                *slot = None;
-                Err(Error::rule(format!("the leader did not answer ({e})")))
-            }
+            _ => Err(other_reply()),
         }
     }
+
+    /// Asks `leader` whether the device of `pubkey` is approved, and its ids.
+    pub(crate) async fn admit_device(
+        &self,
+        (leader, member): (RaftNodeId, Member),
+        pubkey: String,
+        wait: Duration,
+    ) -> Result<std::result::Result<DeviceAdmitted, String>> {
+        match self.call(leader, member, Request::AdmitDevice(pubkey), wait).await? {
+            Reply::AdmitDevice(admitted) => Ok(admitted),
+            _ => Err(other_reply()),
+        }
+    }
+
+    /// Sends a device's transactions to `leader`; answers once they are written there.
+    pub(crate) async fn device_txns(
+        &self,
+        (leader, member): (RaftNodeId, Member),
+        txns: ForwardedTxns,
+        wait: Duration,
+    ) -> Result<std::result::Result<Option<u64>, String>> {
+        match self.call(leader, member, Request::DeviceTxns(txns), wait).await? {
+            Reply::DeviceTxns(written) => Ok(written),
+            _ => Err(other_reply()),
+        }
+    }
+}
+
+fn other_reply() -> Error {
+    Error::rule("the leader answered with a reply of another kind than the request")
 }
 
 /// The leader's side: its own connection to its file, with the state machine's guard on

@@ -4,7 +4,9 @@
 //! sends one request at a time and reads its reply. The receiving primary serves it with
 //! [`serve_connection`].
 
-use super::forward::{ForwardOutcome, Forwarded, ForwardedDecision, Services};
+use super::forward::{
+    DeviceAdmitted, ForwardOutcome, Forwarded, ForwardedDecision, ForwardedTxns, Services,
+};
 use super::types::{Member, Proposal, TypeConfig};
 use super::{Raft, RaftNodeId};
 use crate::crypto::{NodeKeys, PublicKey};
@@ -26,9 +28,10 @@ use tokio::net::TcpStream;
 /// their variants; add new ones at the end.
 const CLUSTER_ENCODING: u8 = 1;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const NO_SERVICES: &str = "this primary serves no followers' requests";
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Request {
+pub(super) enum Request {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<RaftNodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
@@ -36,10 +39,14 @@ enum Request {
     Forward(Forwarded),
     /// A decision on a node a follower's process took, for the leader to record.
     Decide(ForwardedDecision),
+    /// A device connected to a follower: the leader says whether it is approved, and its ids.
+    AdmitDevice(String),
+    /// A device's transactions received by a follower, for the leader to decide.
+    DeviceTxns(ForwardedTxns),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-enum Reply {
+pub(super) enum Reply {
     AppendEntries(Result<AppendEntriesResponse<RaftNodeId>, RaftError<RaftNodeId>>),
     Vote(Result<VoteResponse<RaftNodeId>, RaftError<RaftNodeId>>),
     InstallSnapshot(
@@ -47,6 +54,8 @@ enum Reply {
     ),
     Forward(ForwardOutcome),
     Decide(Result<(), String>),
+    AdmitDevice(Result<DeviceAdmitted, String>),
+    DeviceTxns(Result<Option<u64>, String>),
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, NetError> {
@@ -101,7 +110,15 @@ pub async fn serve_connection(
             }),
             Request::Decide(decision) => Reply::Decide(match &services {
                 Some(s) => s.decision(peer, decision).await,
-                None => Err("this primary records no forwarded decisions".into()),
+                None => Err(NO_SERVICES.into()),
+            }),
+            Request::AdmitDevice(key) => Reply::AdmitDevice(match &services {
+                Some(s) => s.admit_device(peer, key).await,
+                None => Err(NO_SERVICES.into()),
+            }),
+            Request::DeviceTxns(txns) => Reply::DeviceTxns(match &services {
+                Some(s) => s.device_txns(peer, txns).await,
+                None => Err(NO_SERVICES.into()),
             }),
         };
         wr.send(&encode(&reply)?).await?;
@@ -120,7 +137,10 @@ impl Reply {
             Reply::AppendEntries(r) => matches!(r, Err(RaftError::Fatal(_))),
             Reply::Vote(r) => matches!(r, Err(RaftError::Fatal(_))),
             Reply::InstallSnapshot(r) => matches!(r, Err(RaftError::Fatal(_))),
-            Reply::Forward(_) | Reply::Decide(_) => false,
+            Reply::Forward(_)
+            | Reply::Decide(_)
+            | Reply::AdmitDevice(_)
+            | Reply::DeviceTxns(_) => false,
         }
     }
 }
@@ -343,34 +363,15 @@ impl PeerClient {
         self.target == target && self.member == *member
     }
 
-    /// Sends a follower's app transaction to this member (the leader) and reads its answer.
-    pub(super) async fn forward(
+    /// Sends a follower's request to this member (the leader) and reads its reply.
+    pub(super) async fn request(
         &mut self,
-        txn: Forwarded,
+        request: Request,
         wait: Duration,
-    ) -> Result<ForwardOutcome, NetError> {
-        match self.call(Request::Forward(txn), wait).await {
-            Ok(Reply::Forward(outcome)) => Ok(outcome),
-            Ok(_) => Err(NetError::Malformed(
-                "a reply of another kind than the request".into(),
-            )),
-            Err(CallError::Unreachable(e) | CallError::Network(e)) => Err(e),
-        }
-    }
-
-    /// Sends a decision on a node to this member (the leader) and reads whether it recorded it.
-    pub(super) async fn decision(
-        &mut self,
-        decision: ForwardedDecision,
-        wait: Duration,
-    ) -> Result<Result<(), String>, NetError> {
-        match self.call(Request::Decide(decision), wait).await {
-            Ok(Reply::Decide(recorded)) => Ok(recorded),
-            Ok(_) => Err(NetError::Malformed(
-                "a reply of another kind than the request".into(),
-            )),
-            Err(CallError::Unreachable(e) | CallError::Network(e)) => Err(e),
-        }
+    ) -> Result<Reply, NetError> {
+        self.call(request, wait).await.map_err(|e| match e {
+            CallError::Unreachable(e) | CallError::Network(e) => e,
+        })
     }
 
     /// A connection to the member, and the protocol version agreed on it.

@@ -239,12 +239,12 @@ impl Proposer {
         txn: super::forward::Forwarded,
         wait: std::time::Duration,
     ) -> Result<super::forward::ForwardOutcome> {
-        let Some((leader, member)) = self.leader() else {
+        let Some(leader) = self.leader() else {
             return Ok(super::forward::ForwardOutcome::Refused {
                 reason: NO_LEADER.into(),
             });
         };
-        self.forwarder.forward(leader, member, txn, wait).await
+        self.forwarder.forward(leader, txn, wait).await
     }
 
     /// A follower: sends a decision on a node to the cluster's leader, which records it.
@@ -253,12 +253,28 @@ impl Proposer {
         decision: super::forward::ForwardedDecision,
         wait: std::time::Duration,
     ) -> Result<()> {
-        let Some((leader, member)) = self.leader() else {
-            return Err(Error::rule(NO_LEADER));
-        };
-        self.forwarder
-            .decision(leader, member, decision, wait)
-            .await
+        let leader = self.leader().ok_or_else(|| Error::rule(NO_LEADER))?;
+        self.forwarder.decision(leader, decision, wait).await
+    }
+
+    /// A follower: asks the leader whether the device of `pubkey` is approved, and its ids.
+    pub(crate) async fn admit_device(
+        &self,
+        pubkey: String,
+        wait: std::time::Duration,
+    ) -> Result<std::result::Result<super::forward::DeviceAdmitted, String>> {
+        let leader = self.leader().ok_or_else(|| Error::rule(NO_LEADER))?;
+        self.forwarder.admit_device(leader, pubkey, wait).await
+    }
+
+    /// A follower: sends a device's transactions to the leader; answers once written there.
+    pub(crate) async fn device_txns(
+        &self,
+        txns: super::forward::ForwardedTxns,
+        wait: std::time::Duration,
+    ) -> Result<std::result::Result<Option<u64>, String>> {
+        let leader = self.leader().ok_or_else(|| Error::rule(NO_LEADER))?;
+        self.forwarder.device_txns(leader, txns, wait).await
     }
 
     /// The cluster's leader, when it is another primary.

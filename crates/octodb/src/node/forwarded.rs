@@ -3,10 +3,12 @@
 //! this primary leads.
 
 use super::members::Known;
-use super::writer::{ask, Job};
+use super::writer::{ask, DeviceTxn, Job};
+use crate::store::apply::Sender;
+use rusqlite::OptionalExtension;
 use super::Shared;
 use crate::cluster::forward::{
-    Applier, Decision, DecisionScope, ForwardOutcome, Forwarded, ForwardedDecision, LeaderServices,
+    Applier, Decision, DecisionScope, DeviceAdmitted, ForwardOutcome, ForwardedTxns, Forwarded, ForwardedDecision, LeaderServices,
     Services,
 };
 use crate::crypto::PublicKey;
@@ -41,6 +43,22 @@ impl LeaderServices for Leader {
         decision: ForwardedDecision,
     ) -> Boxed<std::result::Result<(), String>> {
         Box::pin(record_decision(self.0.clone(), peer, decision))
+    }
+
+    fn admit_device(
+        &self,
+        peer: PublicKey,
+        pubkey: String,
+    ) -> Boxed<std::result::Result<DeviceAdmitted, String>> {
+        Box::pin(admit_device(self.0.clone(), peer, pubkey))
+    }
+
+    fn device_txns(
+        &self,
+        peer: PublicKey,
+        txns: ForwardedTxns,
+    ) -> Boxed<std::result::Result<Option<u64>, String>> {
+        Box::pin(device_txns(self.0.clone(), peer, txns))
     }
 }
 
@@ -145,4 +163,75 @@ async fn record_decision(
     .await
     .map(drop)
     .map_err(|e| e.to_string())
+}
+
+/// A device that connected to follower `peer`: approved here, and its ids.
+async fn admit_device(
+    shared: Weak<Shared>,
+    peer: PublicKey,
+    pubkey: String,
+) -> std::result::Result<DeviceAdmitted, String> {
+    let shared = shared.upgrade().ok_or("the leader is shutting down")?;
+    leading_for(&shared, &peer)?;
+    let key = pubkey.clone();
+    let member = shared
+        .read(move |c| super::members::lookup(c, &key))
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(m) = member.filter(|m| m.auth_state == "approved" && m.node_type == "secondary")
+    else {
+        return Err("this device is not approved yet: it asks the leader".into());
+    };
+    let node_id = m.node_id;
+    let last_decided_txn = ask(&shared, |reply| Job::LastDecided { node_id, reply })
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(DeviceAdmitted {
+        node_id,
+        user_id: m.user_id.unwrap_or(0),
+        last_decided_txn,
+    })
+}
+
+/// A device's transactions that follower `peer` received: decided by this primary's writer as
+/// if the device were connected here; answered once they are written.
+async fn device_txns(
+    shared: Weak<Shared>,
+    peer: PublicKey,
+    forwarded: ForwardedTxns,
+) -> std::result::Result<Option<u64>, String> {
+    let shared = shared.upgrade().ok_or("the leader is shutting down")?;
+    leading_for(&shared, &peer)?;
+    let node_id = forwarded.node_id;
+    let approved = shared
+        .read(move |c| {
+            let state: Option<(String, Option<i64>)> = c
+                .prepare_cached("SELECT auth_state, user_id FROM _octo_nodes WHERE node_id = ?1")?
+                .query_row([node_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            Ok(state)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    match approved {
+        Some((state, user)) if state == "approved" && user == Some(forwarded.user_id) => {}
+        _ => return Err("the device is not approved (any more)".into()),
+    }
+    let (written, done) = tokio::sync::oneshot::channel();
+    let job = Job::DeviceTxns {
+        sender: Sender {
+            node_id,
+            user_id: forwarded.user_id,
+        },
+        session: super::next_session(),
+        txns: forwarded
+            .txns
+            .into_iter()
+            .map(|(id, changes)| DeviceTxn::received(id, changes))
+            .collect(),
+        written: Some(written),
+    };
+    shared.jobs.send(job).await.map_err(|_| "the leader is stopping")?;
+    done.await
+        .unwrap_or_else(|_| Err("the leader did not write them (try again)".into()))
 }

@@ -362,6 +362,7 @@ async fn read_loop(
                             .into_iter()
                             .map(|(id, changes)| DeviceTxn::received(id, changes))
                             .collect(),
+                        written: None,
                     })
                     .await
                     .map_err(|_| Error::Closed)?;

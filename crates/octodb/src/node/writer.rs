@@ -53,6 +53,11 @@ pub(crate) async fn answer<T>(
     pending.await.map_err(|_| Error::Closed)?
 }
 
+/// Whether a device's transactions were written: `Ok(Some(txn))` when the device sent other work
+/// under `txn`, already decided (a copy of its file); `Err`: why not.
+pub(crate) type TxnsWritten =
+    tokio::sync::oneshot::Sender<std::result::Result<Option<u64>, String>>;
+
 pub(crate) enum Job {
     Stop,
     /// An app connection re-encrypts the file (`PRAGMA rekey`): wait, holding no transaction,
@@ -66,6 +71,9 @@ pub(crate) enum Job {
         sender: Sender,
         session: u64,
         txns: Vec<DeviceTxn>,
+        /// Told once the batch holding them is written (a follower's session waits for it:
+        /// `forwarded`), else the session hears through `unwritten` and `copied_files`.
+        written: Option<TxnsWritten>,
     },
     /// Primary: a node presents itself; find or create its record.
     Register {
@@ -363,6 +371,7 @@ impl Writer {
                     };
                     let jobs = take_batch(&mut rx, &mut next, job, txns_in, GROUP_COMMIT_MAX);
                     let mut sessions = Vec::new();
+                    let mut waiting = Vec::new();
                     let batch: Vec<_> = jobs
                         .into_iter()
                         .filter_map(|j| match j {
@@ -378,8 +387,10 @@ impl Writer {
                                 sender,
                                 session,
                                 txns,
+                                written,
                             } => {
                                 sessions.push(session);
+                                waiting.push(written);
                                 Some((sender, txns))
                             }
                             _ => None,
@@ -393,10 +404,16 @@ impl Writer {
                     match self.apply_device_batch(&batch) {
                         Ok(clones) => {
                             self.shared.writes_succeed();
-                            for CloneFound { at, txn } in clones {
+                            for CloneFound { at, txn } in &clones {
                                 // What the session queued after must not be decided either.
-                                self.note_failed_sessions(vec![sessions[at]]);
-                                self.shared.copied_file_found(sessions[at], txn);
+                                self.note_failed_sessions(vec![sessions[*at]]);
+                                self.shared.copied_file_found(sessions[*at], *txn);
+                            }
+                            for (at, written) in waiting.into_iter().enumerate() {
+                                let copy = clones.iter().find(|c| c.at == at).map(|c| c.txn);
+                                if let Some(w) = written {
+                                    let _ = w.send(Ok(copy));
+                                }
                             }
                             tracing::debug!(
                                 txns = count,
@@ -414,6 +431,9 @@ impl Writer {
                             );
                             tracing::error!("{reason}");
                             let nodes = batch.iter().map(|(s, _)| s.node_id).collect();
+                            for w in waiting.into_iter().flatten() {
+                                let _ = w.send(Err(reason.clone()));
+                            }
                             self.shared.writes_failed(nodes, reason);
                             self.note_failed_sessions(sessions);
                             // (Retries while the disk refuses: openraft waits for these.)
