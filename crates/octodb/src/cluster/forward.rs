@@ -189,7 +189,10 @@ impl Forwarder {
         txn: Forwarded,
         wait: Duration,
     ) -> Result<ForwardOutcome> {
-        match self.call(leader, member, Request::Forward(txn), wait).await? {
+        match self
+            .call(leader, member, Request::Forward(txn), wait)
+            .await?
+        {
             Reply::Forward(outcome) => Ok(outcome),
             _ => Err(other_reply()),
         }
@@ -202,7 +205,10 @@ impl Forwarder {
         decision: ForwardedDecision,
         wait: Duration,
     ) -> Result<()> {
-        match self.call(leader, member, Request::Decide(decision), wait).await? {
+        match self
+            .call(leader, member, Request::Decide(decision), wait)
+            .await?
+        {
             Reply::Decide(recorded) => recorded.map_err(|why| {
                 Error::rule(format!("the cluster's leader did not record it: {why}"))
             }),
@@ -217,7 +223,10 @@ impl Forwarder {
         pubkey: String,
         wait: Duration,
     ) -> Result<std::result::Result<DeviceAdmitted, String>> {
-        match self.call(leader, member, Request::AdmitDevice(pubkey), wait).await? {
+        match self
+            .call(leader, member, Request::AdmitDevice(pubkey), wait)
+            .await?
+        {
             Reply::AdmitDevice(admitted) => Ok(admitted),
             _ => Err(other_reply()),
         }
@@ -230,7 +239,10 @@ impl Forwarder {
         txns: ForwardedTxns,
         wait: Duration,
     ) -> Result<std::result::Result<Option<u64>, String>> {
-        match self.call(leader, member, Request::DeviceTxns(txns), wait).await? {
+        match self
+            .call(leader, member, Request::DeviceTxns(txns), wait)
+            .await?
+        {
             Reply::DeviceTxns(written) => Ok(written),
             _ => Err(other_reply()),
         }
@@ -412,8 +424,8 @@ fn conflict(c: &rusqlite::Connection, txn: &Forwarded) -> Result<Option<String>>
         for op in &cs.ops {
             if let Op::Ddl { .. } = op {
                 return Ok(Some(format!(
-                    "the schema changed since it began (log position {})",
-                    entry.seq
+                    "the schema changed since it began (log position {}, after {})",
+                    entry.seq, txn.base_seq
                 )));
             }
             if let Some((table, rowid)) = cs.row_of(op) {

@@ -24,7 +24,8 @@ mod write_through;
 pub(crate) use log_store::oldest_log_seq_named;
 pub use log_store::LogStore;
 pub use network::{serve_connection, serve_members, PeerNetwork};
-pub use state_machine::StateMachine;
+pub(crate) use state_machine::own_batches_beyond;
+pub use state_machine::{Applying, StateMachine};
 pub use types::{Applied, Decided, Member, Proposal, TypeConfig};
 pub use write_through::Proposer;
 pub(crate) use write_through::{Batch, GaveUp, InTxn, Proposed, Response};
@@ -207,6 +208,10 @@ pub(crate) enum Lead {
 pub(crate) fn lead(raft: &Raft) -> Lead {
     // (Taken out of the borrow at once: openraft's core waits while it is held.)
     let m = raft.metrics().borrow().clone();
+    // A node whose Raft stopped (its file diverged, say) knows of no leader it can follow.
+    if m.running_state.is_err() {
+        return Lead::Unknown;
+    }
     if m.state == openraft::ServerState::Leader {
         return Lead::Here;
     }
@@ -259,7 +264,7 @@ pub(crate) async fn compact(raft: &Raft, timeout: std::time::Duration) -> crate:
 /// What a primary's devices need to know of its cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterView {
-    /// This primary leads the cluster (only the leader serves devices, for now).
+    /// This primary leads the cluster.
     pub leading: bool,
     /// Where the leader listens, when another primary leads and it is known.
     pub leader: Option<String>,

@@ -137,10 +137,9 @@ impl Reply {
             Reply::AppendEntries(r) => matches!(r, Err(RaftError::Fatal(_))),
             Reply::Vote(r) => matches!(r, Err(RaftError::Fatal(_))),
             Reply::InstallSnapshot(r) => matches!(r, Err(RaftError::Fatal(_))),
-            Reply::Forward(_)
-            | Reply::Decide(_)
-            | Reply::AdmitDevice(_)
-            | Reply::DeviceTxns(_) => false,
+            Reply::Forward(_) | Reply::Decide(_) | Reply::AdmitDevice(_) | Reply::DeviceTxns(_) => {
+                false
+            }
         }
     }
 }

@@ -83,11 +83,12 @@ impl Inner {
 
     /// Applies `entries`; answers each, and the log position of the last rows written here
     /// (0: none).
-    fn apply(&mut self, entries: &[Entry<TypeConfig>]) -> Result<(Vec<Applied>, u64)> {
+    fn apply(&mut self, entries: &[Entry<TypeConfig>]) -> Result<(Vec<Applied>, u64, Applying)> {
         if let Some(out) = self.skip_written_through(entries) {
-            return Ok((out, 0));
+            return Ok((out, 0, Applying::default()));
         }
         let mut rows_seq = 0;
+        let mut news = Applying::default();
         let (mut applied, mut membership) = self.applied()?.clone();
         let Inner {
             conn,
@@ -108,6 +109,9 @@ impl Inner {
                             for d in txns {
                                 last_seq = apply_decided(c, tables, replicated, d, None)?;
                                 rows_seq = last_seq;
+                                if let EntryBody::Epoch { .. } = d.body {
+                                    news.epoch_seq = last_seq;
+                                }
                             }
                         }
                         EntryPayload::Normal(Proposal::DecidedChecked { txns, digests }) => {
@@ -116,6 +120,9 @@ impl Inner {
                                 let digest = digest.as_ref();
                                 last_seq = apply_decided(c, tables, replicated, d, digest)?;
                                 rows_seq = last_seq;
+                                if let EntryBody::Epoch { .. } = d.body {
+                                    news.epoch_seq = last_seq;
+                                }
                             }
                         }
                         EntryPayload::Normal(Proposal::InLog { last_seq: s, .. }) => {
@@ -124,6 +131,7 @@ impl Inner {
                         EntryPayload::Normal(Proposal::RowsWritten { .. }) => {}
                         EntryPayload::Normal(Proposal::Rows { nodes, users, .. }) => {
                             write_shared_rows(c, nodes, users)?;
+                            news.auth_changes += 1;
                         }
                         EntryPayload::Membership(m) => {
                             membership = StoredMembership::new(Some(entry.log_id), m.clone());
@@ -141,7 +149,7 @@ impl Inner {
         })?;
         self.applied = Some((applied, membership));
         self.unsaved = 0;
-        Ok((out, rows_seq))
+        Ok((out, rows_seq, news))
     }
 }
 
@@ -158,6 +166,16 @@ fn newest_written_through(c: &Connection) -> Result<Option<LogId<RaftNodeId>>> {
         }
     }
     Ok(None)
+}
+
+/// Whether the file holds batches this primary wrote through (as a leader) beyond `applied`:
+/// entries its cluster may never have held, which no device may read from it until the
+/// cluster has confirmed them (or this primary found its file diverged and stopped).
+pub(crate) fn own_batches_beyond(
+    c: &Connection,
+    applied: Option<LogId<RaftNodeId>>,
+) -> Result<bool> {
+    Ok(newest_written_through(c)? > applied)
 }
 
 /// What a written-through batch answers: its log position.
@@ -178,6 +196,17 @@ pub struct StateMachine {
     /// batches, a snapshot): the node's change feed follows it. Batches written through
     /// are announced by the writer that wrote them, not here.
     rows_applied: Arc<tokio::sync::watch::Sender<u64>>,
+    /// What else the entries it applied changed, for the node (see [`Applying`]).
+    news: Arc<tokio::sync::watch::Sender<Applying>>,
+}
+
+/// What a follower's applied entries changed besides rows, for its device sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applying {
+    /// The sequence number of the newest epoch marker applied (0: none yet).
+    pub epoch_seq: u64,
+    /// Counts the entries that changed the authorization state (nodes, users).
+    pub auth_changes: u64,
 }
 
 impl StateMachine {
@@ -202,7 +231,13 @@ impl StateMachine {
                 unsaved: 0,
             })),
             rows_applied: Arc::new(tokio::sync::watch::channel(0).0),
+            news: Arc::new(tokio::sync::watch::channel(Applying::default()).0),
         })
+    }
+
+    /// Follows the epochs and authorization changes this state machine applies.
+    pub fn news(&self) -> tokio::sync::watch::Receiver<Applying> {
+        self.news.subscribe()
     }
 
     /// Follows the log position of the rows this state machine writes (see `rows_applied`).
@@ -425,11 +460,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(out) = self.lock().skip_written_through(&entries) {
             return Ok(out);
         }
-        let (out, rows_seq) = self
+        let (out, rows_seq, news) = self
             .with(move |inner| inner.apply(&entries))
             .await
             .map_err(storage_error)?;
         self.report_rows(rows_seq);
+        if news != Applying::default() {
+            self.news.send_modify(|n| {
+                n.epoch_seq = n.epoch_seq.max(news.epoch_seq);
+                n.auth_changes += news.auth_changes;
+            });
+        }
         Ok(out)
     }
 
@@ -463,7 +504,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             log::last_seq(&inner.conn)
         })
         .await
-        .map(|seq| self.report_rows(seq))
+        .map(|seq| {
+            self.report_rows(seq);
+            // Nodes and epochs came with it too.
+            self.news.send_modify(|n| {
+                n.epoch_seq = n.epoch_seq.max(seq);
+                n.auth_changes += 1;
+            });
+        })
         .map_err(|e| StorageIOError::write_snapshot(None, &e).into())
     }
 

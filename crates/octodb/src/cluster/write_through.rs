@@ -300,6 +300,11 @@ impl Proposer {
         self.state.rows_applied()
     }
 
+    /// Follows the epochs and authorization changes the state machine applies (a follower's).
+    pub fn news(&self) -> tokio::sync::watch::Receiver<super::state_machine::Applying> {
+        self.state.news()
+    }
+
     /// After a `PRAGMA rekey` (nothing proposed meanwhile): the Raft log's and the state
     /// machine's connections open again with the file's new key.
     pub(crate) fn reopen_storage(

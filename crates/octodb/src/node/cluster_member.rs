@@ -40,6 +40,7 @@ pub(super) async fn announce(
 /// cluster's state machine writes here (as a follower) move the change feed on.
 pub(super) fn joined(shared: &Arc<Shared>, proposer: crate::cluster::Proposer) {
     let mut rows_applied = proposer.rows_applied();
+    let news = proposer.news();
     if shared.cluster.set(proposer).is_err() {
         tracing::warn!("the primary joined its cluster twice; the first stands");
         return;
@@ -56,6 +57,62 @@ pub(super) fn joined(shared: &Arc<Shared>, proposer: crate::cluster::Proposer) {
         }
     });
     super::runtime().spawn(follow_view(Arc::downgrade(shared)));
+    super::runtime().spawn(follow_news(Arc::downgrade(shared), news));
+}
+
+/// What the entries applied here (as a follower) changed besides rows: a new epoch is told to
+/// the devices this primary serves; a change of the authorization state empties the cache of
+/// approved nodes, and a device whose approval was taken back is cut off.
+async fn follow_news(
+    shared: std::sync::Weak<Shared>,
+    mut news: tokio::sync::watch::Receiver<crate::cluster::Applying>,
+) {
+    let mut seen = *news.borrow_and_update();
+    while news.changed().await.is_ok() {
+        let now = *news.borrow_and_update();
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if now.epoch_seq > seen.epoch_seq {
+            shared.epoch_marks.send_if_modified(|mark| {
+                let newer = now.epoch_seq > *mark;
+                *mark = (*mark).max(now.epoch_seq);
+                newer
+            });
+        }
+        if now.auth_changes != seen.auth_changes {
+            shared.approved.forget_all();
+            let connected: Vec<String> = shared
+                .connected_keys
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            if !connected.is_empty() {
+                let approved = shared
+                    .read(move |c| {
+                        let mut still = Vec::new();
+                        for key in connected {
+                            let ok = super::members::lookup(c, &key)?
+                                .is_some_and(|m| m.auth_state == "approved");
+                            still.push((key, ok));
+                        }
+                        Ok(still)
+                    })
+                    .await;
+                match approved {
+                    Ok(keys) => {
+                        for (key, _) in keys.into_iter().filter(|(_, ok)| !ok) {
+                            shared.approval_withdrawn(&key);
+                        }
+                    }
+                    Err(e) => tracing::warn!("cannot check the connected devices' approval: {e}"),
+                }
+            }
+        }
+        seen = now;
+    }
 }
 
 /// Keeps `Shared::cluster_view` as the cluster is: the device sessions follow it (to end
@@ -97,10 +154,13 @@ async fn follow_view(shared: std::sync::Weak<Shared>) {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .sync_error = Some(why);
+            // Its device sessions end too: their transactions would go to a leader whose
+            // decisions this primary can no longer apply.
             shared.cluster_view.send_if_modified(|current| {
-                let was_leading = current.leading;
+                let was_serving = current.leading || current.leader.is_some();
                 current.leading = false;
-                was_leading
+                current.leader = None;
+                was_serving
             });
             return;
         }

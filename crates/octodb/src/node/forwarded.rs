@@ -4,14 +4,14 @@
 
 use super::members::Known;
 use super::writer::{ask, DeviceTxn, Job};
-use crate::store::apply::Sender;
-use rusqlite::OptionalExtension;
 use super::Shared;
 use crate::cluster::forward::{
-    Applier, Decision, DecisionScope, DeviceAdmitted, ForwardOutcome, ForwardedTxns, Forwarded, ForwardedDecision, LeaderServices,
-    Services,
+    Applier, Decision, DecisionScope, DeviceAdmitted, ForwardOutcome, Forwarded, ForwardedDecision,
+    ForwardedTxns, LeaderServices, Services,
 };
 use crate::crypto::PublicKey;
+use crate::store::apply::Sender;
+use rusqlite::OptionalExtension;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -231,7 +231,11 @@ async fn device_txns(
             .collect(),
         written: Some(written),
     };
-    shared.jobs.send(job).await.map_err(|_| "the leader is stopping")?;
+    shared
+        .jobs
+        .send(job)
+        .await
+        .map_err(|_| "the leader is stopping")?;
     done.await
         .unwrap_or_else(|_| Err("the leader did not write them (try again)".into()))
 }

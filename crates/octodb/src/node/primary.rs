@@ -151,22 +151,12 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     if role == Role::Primary {
         return super::join::primary_session(shared, pubkey, addr, info, rd, wr).await;
     }
-    if let Some((leader, reason)) = not_serving_devices(shared) {
-        if protocol >= version::PRIMARY_MEMBERS {
-            // Structured, so the device goes to the leader at once (or retries soon while
-            // the cluster elects one) instead of backing off.
-            send_now(
-                &mut wr,
-                &Message::NotLeader {
-                    leader,
-                    reason: reason.clone(),
-                },
-            )
-            .await?;
-            return Err(Error::rule(reason));
+    let serving = match serving_devices(shared).await {
+        Ok(serving) => serving,
+        Err((leader, reason)) => {
+            return redirect(&mut wr, protocol, leader, reason).await;
         }
-        return super::admission::refuse_session(&mut wr, reason).await;
-    }
+    };
     // Node information is the node's own say; keep it small.
     let info = if info.len() > 16 * 1024 {
         String::new()
@@ -178,19 +168,40 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     let told = device_info(&info);
     let heartbeat = (protocol >= version::HEARTBEATS).then_some(told.heartbeat);
     let device_epoch = told.log_epoch;
-    let applicant = Applicant {
-        pubkey,
-        addr,
-        info,
-        ask: auth,
-        heartbeat,
+    let (registered, last_decided_txn, connected) = match &serving {
+        Serving::Leader => {
+            let applicant = Applicant {
+                pubkey,
+                addr,
+                info,
+                ask: auth,
+                heartbeat,
+            };
+            let Some(registered) = Box::pin(admit(shared, applicant, &mut rd, &mut wr)).await?
+            else {
+                return Ok(());
+            };
+            let connected = ConnectedKey::open(shared, pubkey.to_hex());
+            let node_id = registered.node_id;
+            let last_decided_txn = ask(shared, |reply| Job::LastDecided { node_id, reply }).await?;
+            (registered, last_decided_txn, connected)
+        }
+        Serving::Follower(leader) => {
+            // Open first: a withdrawal from now on is not missed.
+            let connected = ConnectedKey::open(shared, pubkey.to_hex());
+            match admitted_by_leader(shared, &pubkey).await {
+                Ok((registered, last_decided_txn)) => (registered, last_decided_txn, connected),
+                Err(reason) => {
+                    let reason = format!(
+                        "{reason}; devices sign up and are approved at the cluster's leader at \
+                         {leader}"
+                    );
+                    return redirect(&mut wr, protocol, Some(leader.clone()), reason).await;
+                }
+            }
+        }
     };
-    let Some(Registered { node_id, user_id }) =
-        Box::pin(admit(shared, applicant, &mut rd, &mut wr)).await?
-    else {
-        return Ok(());
-    };
-    let connected = ConnectedKey::open(shared, pubkey.to_hex());
+    let Registered { node_id, user_id } = registered;
     let withdrawal = connected.withdrawn.notified();
     tokio::pin!(withdrawal);
     // Listen from now on: a withdrawal from here to the end of the session is not missed.
@@ -201,7 +212,6 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         // A decision on this key came after its admission, and took the approval back.
         return Ok(());
     }
-    let last_decided_txn = ask(shared, |reply| Job::LastDecided { node_id, reply }).await?;
     send_now(
         &mut wr,
         &Message::Welcome {
@@ -212,8 +222,17 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         },
     )
     .await?;
-    tracing::info!(%addr, node_id, user_id, "device connected");
+    tracing::info!(%addr, node_id, user_id, following = matches!(serving, Serving::Follower(_)), "device connected");
     let tells_epochs = protocol >= version::LOG_EPOCHS;
+    if let Serving::Follower(leader) = &serving {
+        if !caught_up_with(shared, last_seq).await {
+            let reason = format!(
+                "this primary has not yet applied the log as far as this device's position \
+                 {last_seq}: the device goes to the cluster's leader at {leader}"
+            );
+            return redirect(&mut wr, protocol, Some(leader.clone()), reason).await;
+        }
+    }
     let Some(last_seq) =
         judge_position(shared, &mut wr, tells_epochs, last_seq, device_epoch).await?
     else {
@@ -273,7 +292,9 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         address: addr.to_string(),
         at: super::writer::unix_now(),
     };
-    if shared.jobs.send(Job::Seen(seen)).await.is_err() {
+    // (A follower keeps no sightings: the authorization state is the leader's to write.)
+    let leading = shared.cluster_view.borrow().leading;
+    if leading && shared.jobs.send(Job::Seen(seen)).await.is_err() {
         tracing::debug!(node_id, "node stopping: last-seen time not kept");
     }
     result
@@ -353,6 +374,10 @@ async fn read_loop(
                     count = txns.len(),
                     "transactions received"
                 );
+                if !shared.cluster_view.borrow().leading {
+                    to_the_leader(shared, sender, session, txns).await?;
+                    continue;
+                }
                 shared
                     .jobs
                     .send(Job::DeviceTxns {
@@ -378,12 +403,46 @@ async fn read_loop(
     }
 }
 
-/// Why this primary does not take devices now: it is joining its cluster, or follows its
-/// leader (devices connect to the leader for now).
-fn not_serving_devices(shared: &Shared) -> Option<(Option<String>, String)> {
+/// How this primary serves devices now.
+enum Serving {
+    /// It leads its cluster: it decides their transactions.
+    Leader,
+    /// It follows the leader at this address: it streams its own log to them, and their
+    /// transactions go to the leader (`forwarded`).
+    Follower(String),
+}
+
+/// How this primary serves devices now; or why it does not take them (it is joining its
+/// cluster, beginning an epoch, or its cluster has no leader), with where the leader is.
+async fn serving_devices(
+    shared: &Arc<Shared>,
+) -> std::result::Result<Serving, (Option<String>, String)> {
+    let serving = serving_now(shared)?;
+    if let Serving::Follower(leader) = &serving {
+        // A primary that led until its restart may hold batches its cluster never confirmed:
+        // no device reads them from it.
+        let applied = shared
+            .cluster
+            .get()
+            .and_then(|p| p.raft().metrics().borrow().last_applied);
+        let tail = shared
+            .read(move |c| crate::cluster::own_batches_beyond(c, applied))
+            .await
+            .unwrap_or(true);
+        if tail {
+            return Err((
+                Some(leader.clone()),
+                "this primary is settling its log with its cluster's leader".into(),
+            ));
+        }
+    }
+    Ok(serving)
+}
+
+fn serving_now(shared: &Shared) -> std::result::Result<Serving, (Option<String>, String)> {
     let Some(proposer) = shared.cluster.get() else {
         let reason = "this primary is starting or joining its cluster: try again shortly";
-        return Some((None, reason.into()));
+        return Err((None, reason.into()));
     };
     match crate::cluster::lead(proposer.raft()) {
         // (Its batches would land before the marker: a device ahead of a primary restored
@@ -393,22 +452,109 @@ fn not_serving_devices(shared: &Shared) -> Option<(Option<String>, String)> {
                 .epoch_settled
                 .load(std::sync::atomic::Ordering::Acquire) =>
         {
-            Some((
+            Err((
                 None,
                 "this primary is beginning a new epoch of its log: try again shortly".into(),
             ))
         }
-        crate::cluster::Lead::Here => None,
-        crate::cluster::Lead::At(addr) => {
-            let reason = format!(
-                "this primary follows the cluster's leader; devices connect to the leader at {addr}"
-            );
-            Some((Some(addr), reason))
-        }
-        crate::cluster::Lead::Unknown => Some((
+        crate::cluster::Lead::Here => Ok(Serving::Leader),
+        crate::cluster::Lead::At(addr) => Ok(Serving::Follower(addr)),
+        crate::cluster::Lead::Unknown => Err((
             None,
             "the primaries' cluster has no leader now: try again shortly".into(),
         )),
+    }
+}
+
+/// Sends the device elsewhere: to `leader` if known (devices of protocol 5 and newer go
+/// there at once, or retry soon while the cluster elects one), with `reason`.
+async fn redirect(
+    wr: &mut SecureWriter,
+    protocol: u8,
+    leader: Option<String>,
+    reason: String,
+) -> Result<()> {
+    if protocol >= version::PRIMARY_MEMBERS {
+        send_now(
+            wr,
+            &Message::NotLeader {
+                leader,
+                reason: reason.clone(),
+            },
+        )
+        .await?;
+        return Err(Error::rule(reason));
+    }
+    super::admission::refuse_session(wr, reason).await
+}
+
+/// How long a follower waits for its leader's answers about a device.
+const LEADER_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How long a follower waits to apply the log as far as a device that connects to it.
+const CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// A follower: the device of `pubkey` as the leader knows it (approved: its ids, and its last
+/// decided transaction); else why not.
+async fn admitted_by_leader(
+    shared: &Shared,
+    pubkey: &crate::crypto::PublicKey,
+) -> std::result::Result<(Registered, u64), String> {
+    let proposer = shared.cluster.get().ok_or("this primary is starting")?;
+    match proposer
+        .admit_device(pubkey.to_hex(), LEADER_WAIT_MAX)
+        .await
+    {
+        Ok(Ok(a)) => Ok((
+            Registered {
+                node_id: a.node_id,
+                user_id: a.user_id,
+            },
+            a.last_decided_txn,
+        )),
+        Ok(Err(why)) => Err(why),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A follower: whether it has applied the log as far as `last_seq` (waiting a little).
+async fn caught_up_with(shared: &Shared, last_seq: u64) -> bool {
+    let mut feed = shared.feed.subscribe();
+    let reached = tokio::time::timeout(CATCH_UP_WAIT_MAX, feed.wait_for(|seq| *seq >= last_seq))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    reached
+}
+
+/// A follower: a device's transactions go to the leader, in order; the session goes on once
+/// they are written there (the device hears of their decisions from this primary's log, once
+/// the cluster committed them), and ends if they are not.
+async fn to_the_leader(
+    shared: &Shared,
+    sender: Sender,
+    session: u64,
+    txns: Vec<(u64, crate::changes::ChangeSet)>,
+) -> Result<()> {
+    let proposer = shared.cluster.get().ok_or(Error::Closed)?;
+    let forwarded = crate::cluster::forward::ForwardedTxns {
+        node_id: sender.node_id,
+        user_id: sender.user_id,
+        txns,
+    };
+    match proposer.device_txns(forwarded, LEADER_WAIT_MAX).await {
+        Ok(Ok(None)) => Ok(()),
+        Ok(Ok(Some(txn))) => {
+            // The streaming side tells the device, and the session ends.
+            shared.copied_file_found(session, txn);
+            Ok(())
+        }
+        Ok(Err(why)) => Err(Error::rule(format!(
+            "the cluster's leader did not take this device's transactions: {why}; they are \
+             sent again on the next connection"
+        ))),
+        Err(e) => Err(Error::rule(format!(
+            "this device's transactions could not reach the cluster's leader ({e}); they are \
+             sent again on the next connection"
+        ))),
     }
 }
 
@@ -621,8 +767,10 @@ async fn stream_to_device(
                 }
                 Ok(()) = cluster.changed() => {
                     let view = cluster.borrow_and_update().clone();
-                    if !view.leading {
-                        let reason = "this primary no longer leads its cluster: connect to \
+                    // A follower serves its devices too: only a primary with no leader to
+                    // send their transactions to (an election, a lost majority) ends them.
+                    if !view.leading && view.leader.is_none() {
+                        let reason = "this primary's cluster has no leader now: connect to \
                                       another of its primaries"
                             .to_string();
                         tracing::info!(node, "device disconnected: {reason}");
