@@ -95,12 +95,7 @@ fn a_follower_feeds_what_the_leader_decided() {
     let c = Cluster::new();
     let p1 = c.primary_with_t();
     let p2 = joining_primary(&c.path("p2.db"), &addr_of(&p1));
-    p1.wait_for(DEADLINE, |s| {
-        s.cluster
-            .as_ref()
-            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 2)
-    })
-    .expect("the second primary becomes a voter");
+    wait_voters(&p1, 2);
     let mut after = 0;
     p1.execute(
         "INSERT INTO t(id, v, row_owner) VALUES (7, 'seven', '*')",

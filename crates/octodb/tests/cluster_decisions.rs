@@ -11,23 +11,6 @@ use octodb::{Connection, Role};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// A primary with `auth=node` joining the cluster of `leader`, approved there by hand.
-fn approved_primary(c: &Cluster, name: &str, leader: &Connection) -> Connection {
-    let p = Connection::open(&format!(
-        "{}&auth=node&connect=tcp://{}",
-        primary_uri(&c.path(name), 0),
-        addr_of(leader)
-    ))
-    .expect("open a joining primary");
-    leader
-        .execute(
-            &format!("PRAGMA preauthorize_node='{}:primary'", p.public_key()),
-            [],
-        )
-        .expect("the leader approves the primary");
-    p
-}
-
 fn auth_state_on(c: &Cluster, primary: &str, key: &str) -> String {
     file_rows(
         &c.path(primary),
@@ -40,15 +23,7 @@ fn auth_state_on(c: &Cluster, primary: &str, key: &str) -> String {
 #[test]
 fn a_followers_callback_decides_what_waits_at_the_leader_once() {
     let c = Cluster::new();
-    let p1 = c.auth_primary("p.db", "node");
-    p1.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
-    let p2 = approved_primary(&c, "p2.db", &p1);
-    let p3 = approved_primary(&c, "p3.db", &p1);
-    wait_voters(&p1, 3);
+    let (p1, p2, p3) = three_auth_primaries(&c, |_| {});
 
     // The leader's process has no callback; the second primary's approves, while told to.
     let asked = Arc::new(AtomicUsize::new(0));
@@ -107,15 +82,7 @@ fn a_followers_callback_decides_what_waits_at_the_leader_once() {
 #[test]
 fn a_waiting_request_carries_over_to_the_next_leader() {
     let c = Cluster::new();
-    let p1 = c.auth_primary("p.db", "node");
-    p1.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
-    let p2 = approved_primary(&c, "p2.db", &p1);
-    let p3 = approved_primary(&c, "p3.db", &p1);
-    wait_voters(&p1, 3);
+    let (p1, p2, p3) = three_auth_primaries(&c, |_| {});
     // No process has a callback: the device's request waits at the leader.
     let all = [&p1, &p2, &p3]
         .map(|p| format!("tcp://{}", addr_of(p)))

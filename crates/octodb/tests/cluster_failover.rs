@@ -14,12 +14,7 @@ fn a_device_fails_over_to_the_new_leader_when_its_primary_goes() {
     let first = addr_of(&p1);
     let p2 = joining_primary(&c.path("p2.db"), &first);
     let p3 = joining_primary(&c.path("p3.db"), &first);
-    p1.wait_for(DEADLINE, |s| {
-        s.cluster
-            .as_ref()
-            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 3)
-    })
-    .expect("three voters");
+    wait_voters(&p1, 3);
 
     // The device names only the first primary; it hears of the others from it.
     let d = c.device("d.db", &p1);
@@ -109,12 +104,7 @@ fn a_commit_the_cluster_cannot_confirm_says_so() {
         addr_of(&p1)
     );
     let p2 = Connection::open(&p2_uri).expect("open the second primary");
-    p1.wait_for(DEADLINE, |s| {
-        s.cluster
-            .as_ref()
-            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 2)
-    })
-    .expect("two voters");
+    wait_voters(&p1, 2);
     p1.execute(
         "INSERT INTO t(v, row_owner) VALUES ('held by both', '*')",
         [],

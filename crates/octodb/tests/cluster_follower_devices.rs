@@ -12,50 +12,21 @@ use octodb::{Connection, Role};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// A leader with `auth=node` approving new devices while `approving`, table `t`, and two
-/// followers.
+/// Three primaries (`three_auth_primaries`) whose leader approves new devices while
+/// `approving`.
 fn three_primaries(
     c: &Cluster,
     approving: Arc<AtomicBool>,
 ) -> (Connection, Connection, Connection) {
-    let p1 = c.auth_primary("p.db", "node");
-    p1.set_auth_callback(Action::NewNode, move |_r: &AuthRequest| {
-        match approving.load(Ordering::SeqCst) {
-            true => Decision::Node(Role::Secondary),
-            false => Decision::Reject("no more devices".into()),
-        }
-    })
-    .unwrap();
-    p1.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
-    let join = |name: &str| {
-        let p = Connection::open(&format!(
-            "{}&auth=node&connect=tcp://{}",
-            primary_uri(&c.path(name), 0),
-            addr_of(&p1)
-        ))
-        .expect("open a joining primary");
-        p1.execute(
-            &format!("PRAGMA preauthorize_node='{}:primary'", p.public_key()),
-            [],
-        )
-        .unwrap();
-        p
-    };
-    let (p2, p3) = (join("p2.db"), join("p3.db"));
-    wait_voters(&p1, 3);
-    for p in [&p2, &p3] {
-        p.wait_for(DEADLINE, |s| {
-            s.cluster
-                .as_ref()
-                .is_some_and(|c| c.role == "follower" && c.leader.is_some())
+    three_auth_primaries(c, move |p1| {
+        p1.set_auth_callback(Action::NewNode, move |_r: &AuthRequest| {
+            match approving.load(Ordering::SeqCst) {
+                true => Decision::Node(Role::Secondary),
+                false => Decision::Reject("no more devices".into()),
+            }
         })
-        .expect("the follower knows its leader");
-    }
-    (p1, p2, p3)
+        .expect("set the callback");
+    })
 }
 
 /// A new device naming only `follower`: sent to the leader to be approved and to download,

@@ -17,14 +17,8 @@ fn three_primaries(c: &Cluster) -> (Connection, Connection, Connection) {
     let p3 = joining_primary(&c.path("p3.db"), &leader);
     wait_voters(&p1, 3);
     // Both followers know their leader before the app writes.
-    for p in [&p2, &p3] {
-        p.wait_for(DEADLINE, |s| {
-            s.cluster
-                .as_ref()
-                .is_some_and(|c| c.role == "follower" && c.leader.is_some())
-        })
-        .expect("the follower knows its leader");
-    }
+    wait_follows_leader(&p2);
+    wait_follows_leader(&p3);
     (p1, p2, p3)
 }
 

@@ -36,14 +36,8 @@ fn new_primaries_join_the_first_and_hold_what_its_devices_and_app_write() {
 
     let p2 = joining_primary(&c.path("p2.db"), &leader);
     let p3 = joining_primary(&c.path("p3.db"), &leader);
-    let status = p1
-        .wait_for(DEADLINE, |s| {
-            s.cluster
-                .as_ref()
-                .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 3)
-        })
-        .expect("both new primaries become voters");
-    let cluster = status.cluster.unwrap();
+    wait_voters(&p1, 3);
+    let cluster = p1.sync_status().unwrap().cluster.unwrap();
     assert_eq!(cluster.role, "leader");
     let mut ids: Vec<u64> = cluster.members.iter().map(|m| m.node_id).collect();
     ids.sort();
@@ -146,12 +140,7 @@ fn a_follower_restarted_after_many_commits_catches_up_from_its_stored_membership
     let leader = addr_of(&p1);
     let p2 = joining_primary(&c.path("p2.db"), &leader);
     let p3 = joining_primary(&c.path("p3.db"), &leader);
-    p1.wait_for(DEADLINE, |s| {
-        s.cluster
-            .as_ref()
-            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 3)
-    })
-    .expect("both new primaries become voters");
+    wait_voters(&p1, 3);
     let p3_port = p3.bound_addrs()[0].port();
     drop(p3);
 
@@ -215,14 +204,10 @@ fn a_primary_bound_to_every_interface_joins_at_the_address_it_advertises() {
         addr_of(&p1)
     ))
     .expect("open a joining primary");
-    let status = p1
-        .wait_for(DEADLINE, |s| {
-            s.cluster
-                .as_ref()
-                .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 2)
-        })
-        .expect("the leader reaches the new primary at its advertised address");
-    let addrs: Vec<String> = status
+    wait_voters(&p1, 2);
+    let addrs: Vec<String> = p1
+        .sync_status()
+        .unwrap()
         .cluster
         .unwrap()
         .members

@@ -270,6 +270,8 @@ pub struct ClusterView {
     pub leader: Option<String>,
     /// Every primary of the cluster (voters and learners), by node id.
     pub members: Vec<crate::net::PrimaryMember>,
+    /// This primary's Raft node stopped (its file diverged, say): it serves no device.
+    pub stopped: bool,
 }
 
 /// The cluster as `raft` sees it now.
@@ -286,6 +288,7 @@ pub(crate) fn view(raft: &Raft) -> ClusterView {
     ClusterView {
         leading,
         leader,
+        stopped: m.running_state.is_err(),
         members: m
             .membership_config
             .membership()

@@ -157,9 +157,10 @@ async fn follow_view(shared: std::sync::Weak<Shared>) {
             // Its device sessions end too: their transactions would go to a leader whose
             // decisions this primary can no longer apply.
             shared.cluster_view.send_if_modified(|current| {
-                let was_serving = current.leading || current.leader.is_some();
+                let was_serving = !current.stopped;
                 current.leading = false;
                 current.leader = None;
+                current.stopped = true;
                 was_serving
             });
             return;

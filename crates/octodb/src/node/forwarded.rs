@@ -173,9 +173,22 @@ async fn admit_device(
 ) -> std::result::Result<DeviceAdmitted, String> {
     let shared = shared.upgrade().ok_or("the leader is shutting down")?;
     leading_for(&shared, &peer)?;
-    let key = pubkey.clone();
+    let (registered, last_decided_txn) = approved_device(&shared, pubkey).await?;
+    Ok(DeviceAdmitted {
+        node_id: registered.node_id,
+        user_id: registered.user_id,
+        last_decided_txn,
+    })
+}
+
+/// The device of `pubkey` as this primary's authorization state knows it: approved, its ids
+/// and its last decided transaction; else why not.
+pub(super) async fn approved_device(
+    shared: &Arc<Shared>,
+    pubkey: String,
+) -> std::result::Result<(super::members::Registered, u64), String> {
     let member = shared
-        .read(move |c| super::members::lookup(c, &key))
+        .read(move |c| super::members::lookup(c, &pubkey))
         .await
         .map_err(|e| e.to_string())?;
     let Some(m) = member.filter(|m| m.auth_state == "approved" && m.node_type == "secondary")
@@ -183,14 +196,14 @@ async fn admit_device(
         return Err("this device is not approved yet: it asks the leader".into());
     };
     let node_id = m.node_id;
-    let last_decided_txn = ask(&shared, |reply| Job::LastDecided { node_id, reply })
+    let last_decided = ask(shared, |reply| Job::LastDecided { node_id, reply })
         .await
         .map_err(|e| e.to_string())?;
-    Ok(DeviceAdmitted {
+    let registered = super::members::Registered {
         node_id,
         user_id: m.user_id.unwrap_or(0),
-        last_decided_txn,
-    })
+    };
+    Ok((registered, last_decided))
 }
 
 /// A device's transactions that follower `peer` received: decided by this primary's writer as

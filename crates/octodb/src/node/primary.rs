@@ -192,11 +192,14 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
             match admitted_by_leader(shared, &pubkey).await {
                 Ok((registered, last_decided_txn)) => (registered, last_decided_txn, connected),
                 Err(reason) => {
-                    let reason = format!(
-                        "{reason}; devices sign up and are approved at the cluster's leader at \
-                         {leader}"
-                    );
-                    return redirect(&mut wr, protocol, Some(leader.clone()), reason).await;
+                    let reason = match leader {
+                        Some(at) => format!(
+                            "{reason}; devices sign up and are approved at the cluster's \
+                             leader at {at}"
+                        ),
+                        None => format!("{reason}; the cluster elects a leader: try again shortly"),
+                    };
+                    return redirect(&mut wr, protocol, leader.clone(), reason).await;
                 }
             }
         }
@@ -228,9 +231,9 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         if !caught_up_with(shared, last_seq).await {
             let reason = format!(
                 "this primary has not yet applied the log as far as this device's position \
-                 {last_seq}: the device goes to the cluster's leader at {leader}"
+                 {last_seq}: the device goes to the cluster's leader"
             );
-            return redirect(&mut wr, protocol, Some(leader.clone()), reason).await;
+            return redirect(&mut wr, protocol, leader.clone(), reason).await;
         }
     }
     let Some(last_seq) =
@@ -407,9 +410,9 @@ async fn read_loop(
 enum Serving {
     /// It leads its cluster: it decides their transactions.
     Leader,
-    /// It follows the leader at this address: it streams its own log to them, and their
-    /// transactions go to the leader (`forwarded`).
-    Follower(String),
+    /// It follows the leader at this address (None: while its cluster elects one): it streams
+    /// its own log to them, and their transactions go to the leader (`forwarded`).
+    Follower(Option<String>),
 }
 
 /// How this primary serves devices now; or why it does not take them (it is joining its
@@ -431,7 +434,7 @@ async fn serving_devices(
             .unwrap_or(true);
         if tail {
             return Err((
-                Some(leader.clone()),
+                leader.clone(),
                 "this primary is settling its log with its cluster's leader".into(),
             ));
         }
@@ -458,10 +461,16 @@ fn serving_now(shared: &Shared) -> std::result::Result<Serving, (Option<String>,
             ))
         }
         crate::cluster::Lead::Here => Ok(Serving::Leader),
-        crate::cluster::Lead::At(addr) => Ok(Serving::Follower(addr)),
+        crate::cluster::Lead::At(addr) => Ok(Serving::Follower(Some(addr))),
+        // While a member elects a leader its devices stay (their transactions wait for the
+        // new leader), so that a fail-over costs them no reconnection.
+        crate::cluster::Lead::Unknown if !shared.cluster_view.borrow().stopped => {
+            Ok(Serving::Follower(None))
+        }
         crate::cluster::Lead::Unknown => Err((
             None,
-            "the primaries' cluster has no leader now: try again shortly".into(),
+            "this primary's Raft node stopped: connect to another of its cluster's primaries"
+                .into(),
         )),
     }
 }
@@ -496,10 +505,16 @@ const CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(5);
 /// A follower: the device of `pubkey` as the leader knows it (approved: its ids, and its last
 /// decided transaction); else why not.
 async fn admitted_by_leader(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     pubkey: &crate::crypto::PublicKey,
 ) -> std::result::Result<(Registered, u64), String> {
     let proposer = shared.cluster.get().ok_or("this primary is starting")?;
+    if !proposer.has_leader() {
+        // While its cluster elects a leader: as this primary's own copy of the authorization
+        // state knows the device (its last decided transaction may be older than the truth:
+        // the leader then skips what the device sends again).
+        return super::forwarded::approved_device(shared, pubkey.to_hex()).await;
+    }
     match proposer
         .admit_device(pubkey.to_hex(), LEADER_WAIT_MAX)
         .await
@@ -767,11 +782,12 @@ async fn stream_to_device(
                 }
                 Ok(()) = cluster.changed() => {
                     let view = cluster.borrow_and_update().clone();
-                    // A follower serves its devices too: only a primary with no leader to
-                    // send their transactions to (an election, a lost majority) ends them.
-                    if !view.leading && view.leader.is_none() {
-                        let reason = "this primary's cluster has no leader now: connect to \
-                                      another of its primaries"
+                    // A follower serves its devices too, during an election as well (their
+                    // transactions wait for the new leader): only a primary whose Raft node
+                    // stopped ends them.
+                    if view.stopped {
+                        let reason = "this primary's Raft node stopped: connect to another of \
+                                      its cluster's primaries"
                             .to_string();
                         tracing::info!(node, "device disconnected: {reason}");
                         let told = match tells_members {

@@ -223,12 +223,61 @@ pub fn file_rows(path: &Path, sql: &str) -> Vec<Vec<String>> {
     .expect("rows")
 }
 
-/// Waits until the cluster `p` leads has `voters` voting members.
+/// Waits until the cluster `p` leads has `voters` voting members, and its membership change
+/// is applied: a write that meets the change's last Raft entry on its way can be refused
+/// with "try it again" (the app's retry), which a test must not take for a failure.
 pub fn wait_voters(p: &Connection, voters: usize) {
+    p.wait_for(DEADLINE, |s| {
+        s.cluster.as_ref().is_some_and(|c| {
+            c.members.iter().filter(|m| m.voter).count() == voters
+                && c.applied_index.is_some()
+                && c.applied_index == c.last_log_index
+        })
+    })
+    .unwrap_or_else(|e| panic!("waiting for {voters} voters: {e}"));
+}
+
+/// Waits until the follower `p` knows its cluster's leader.
+pub fn wait_follows_leader(p: &Connection) {
     p.wait_for(DEADLINE, |s| {
         s.cluster
             .as_ref()
-            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == voters)
+            .is_some_and(|c| c.role == "follower" && c.leader.is_some())
     })
-    .unwrap_or_else(|e| panic!("waiting for {voters} voters: {e}"));
+    .expect("the follower knows its leader");
+}
+
+/// A leader `p.db` with `auth=node` and table `t` (`setup` runs on it first: the backend's
+/// callbacks), and two primaries (`p2.db`, `p3.db`) joined with `auth=node`, approved there as
+/// primaries; all three voters, the followers knowing their leader.
+pub fn three_auth_primaries(
+    c: &Cluster,
+    setup: impl FnOnce(&Connection),
+) -> (Connection, Connection, Connection) {
+    let p1 = c.auth_primary("p.db", "node");
+    setup(&p1);
+    p1.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .expect("create t");
+    let join = |name: &str| {
+        let p = Connection::open(&format!(
+            "{}&auth=node&connect=tcp://{}",
+            primary_uri(&c.path(name), 0),
+            addr_of(&p1)
+        ))
+        .expect("open a joining primary");
+        p1.execute(
+            &format!("PRAGMA preauthorize_node='{}:primary'", p.public_key()),
+            [],
+        )
+        .expect("the leader approves the primary");
+        p
+    };
+    let (p2, p3) = (join("p2.db"), join("p3.db"));
+    wait_voters(&p1, 3);
+    wait_follows_leader(&p2);
+    wait_follows_leader(&p3);
+    (p1, p2, p3)
 }
