@@ -93,6 +93,11 @@ pub async fn serve_connection(
 ) -> Result<(), NetError> {
     loop {
         let request: Request = decode(&rd.recv().await?)?;
+        // A node that stopped (closed, or its file diverged) answers nothing more: the peer
+        // must not wait on it, and finds the cluster's leader anew.
+        if raft.metrics().borrow().running_state.is_err() {
+            return Err(NetError::Closed);
+        }
         if !may_call(&raft, &peer) {
             return Err(NetError::Authentication(format!(
                 "{peer} is not a member of this cluster"

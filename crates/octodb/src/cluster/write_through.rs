@@ -159,10 +159,6 @@ fn stopped() -> Error {
     Error::rule("the cluster stopped before the proposal was decided")
 }
 
-/// How often a follower looks whether its cluster has elected a leader, while a device's
-/// transactions wait for one.
-const LEADER_POLL: std::time::Duration = std::time::Duration::from_millis(20);
-
 const NO_LEADER: &str =
     "the cluster has no leader now (an election is under way, or its majority is lost)";
 
@@ -277,17 +273,7 @@ impl Proposer {
         txns: super::forward::ForwardedTxns,
         wait: std::time::Duration,
     ) -> Result<std::result::Result<Option<u64>, String>> {
-        // (During an election the device's session waits for the new leader.)
-        let deadline = tokio::time::Instant::now() + wait;
-        let leader = loop {
-            match self.leader() {
-                Some(leader) => break leader,
-                None if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(LEADER_POLL).await
-                }
-                None => return Err(Error::rule(NO_LEADER)),
-            }
-        };
+        let leader = self.leader().ok_or_else(|| Error::rule(NO_LEADER))?;
         self.forwarder.device_txns(leader, txns, wait).await
     }
 

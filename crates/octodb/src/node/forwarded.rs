@@ -74,6 +74,9 @@ fn leading_for(shared: &Shared, peer: &PublicKey) -> std::result::Result<u32, &'
     let Some(proposer) = shared.cluster.get() else {
         return Err("the leader is starting");
     };
+    if shared.is_shutting_down() {
+        return Err("the leader is shutting down");
+    }
     if !shared.cluster_view.borrow().leading {
         return Err("the primary it was sent to no longer leads the cluster");
     }
@@ -249,6 +252,20 @@ async fn device_txns(
         .send(job)
         .await
         .map_err(|_| "the leader is stopping")?;
-    done.await
-        .unwrap_or_else(|_| Err("the leader did not write them (try again)".into()))
+    let written = done
+        .await
+        .unwrap_or_else(|_| Err("the leader did not write them (try again)".into()))?;
+    // Answered once the cluster holds them: a leader lost before that must not have said
+    // they were taken (the follower then sends them to the next one, which decides them).
+    let mut feed = shared.feed.subscribe();
+    let committed = tokio::time::timeout(
+        MAJORITY_WAIT_MAX,
+        feed.wait_for(|seq| *seq >= written.last_seq),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok());
+    match committed {
+        true => Ok(written.copy),
+        false => Err("the cluster did not confirm them in time (they are sent again)".into()),
+    }
 }

@@ -499,6 +499,15 @@ async fn redirect(
 
 /// How long a follower waits for its leader's answers about a device.
 const LEADER_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How long a follower waits for the leader to say whether a device is approved before it
+/// takes its own copy of the authorization state's word (a leader lost without a word).
+const ADMIT_WAIT_MAX: Duration = Duration::from_secs(1);
+/// The longest one attempt to hand a device's transactions to the leader waits: a leader
+/// lost without a word must not hold them for the whole wait.
+const FORWARD_ATTEMPT_MAX: Duration = Duration::from_secs(3);
+/// How often a follower looks again for its cluster's leader while a device's transactions
+/// wait for one.
+const LEADER_POLL: Duration = Duration::from_millis(20);
 /// How long a follower waits to apply the log as far as a device that connects to it.
 const CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(5);
 
@@ -515,10 +524,7 @@ async fn admitted_by_leader(
         // the leader then skips what the device sends again).
         return super::forwarded::approved_device(shared, pubkey.to_hex()).await;
     }
-    match proposer
-        .admit_device(pubkey.to_hex(), LEADER_WAIT_MAX)
-        .await
-    {
+    match proposer.admit_device(pubkey.to_hex(), ADMIT_WAIT_MAX).await {
         Ok(Ok(a)) => Ok((
             Registered {
                 node_id: a.node_id,
@@ -527,7 +533,11 @@ async fn admitted_by_leader(
             a.last_decided_txn,
         )),
         Ok(Err(why)) => Err(why),
-        Err(e) => Err(e.to_string()),
+        // The leader it knows is unreachable (lost, not replaced yet): as for an election.
+        Err(e) => {
+            tracing::debug!("the leader did not answer about a device ({e}): admitted here");
+            super::forwarded::approved_device(shared, pubkey.to_hex()).await
+        }
     }
 }
 
@@ -542,7 +552,10 @@ async fn caught_up_with(shared: &Shared, last_seq: u64) -> bool {
 
 /// A follower: a device's transactions go to the leader, in order; the session goes on once
 /// they are written there (the device hears of their decisions from this primary's log, once
-/// the cluster committed them), and ends if they are not.
+/// the cluster committed them), and ends if they are not. During an election, or while the
+/// leader this primary knows is unreachable (lost, not replaced yet), they wait for the new
+/// one, which may be this primary. Sending them again is safe: the leader skips a device's
+/// transactions it decided already.
 async fn to_the_leader(
     shared: &Shared,
     sender: Sender,
@@ -550,24 +563,53 @@ async fn to_the_leader(
     txns: Vec<(u64, crate::changes::ChangeSet)>,
 ) -> Result<()> {
     let proposer = shared.cluster.get().ok_or(Error::Closed)?;
-    let forwarded = crate::cluster::forward::ForwardedTxns {
-        node_id: sender.node_id,
-        user_id: sender.user_id,
-        txns,
+    let deadline = tokio::time::Instant::now() + LEADER_WAIT_MAX;
+    let outcome = loop {
+        if shared.cluster_view.borrow().leading {
+            // This primary leads now: its own writer decides them.
+            let job = Job::DeviceTxns {
+                sender,
+                session,
+                txns: txns
+                    .into_iter()
+                    .map(|(id, changes)| DeviceTxn::received(id, changes))
+                    .collect(),
+                written: None,
+            };
+            return shared.jobs.send(job).await.map_err(|_| Error::Closed);
+        }
+        let forwarded = crate::cluster::forward::ForwardedTxns {
+            node_id: sender.node_id,
+            user_id: sender.user_id,
+            txns: txns.clone(),
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match proposer
+            .device_txns(forwarded, left.min(FORWARD_ATTEMPT_MAX))
+            .await
+        {
+            Ok(written) => break written,
+            Err(e) if tokio::time::Instant::now() + LEADER_POLL < deadline => {
+                tracing::debug!("a device's transactions wait for the leader: {e}");
+                tokio::time::sleep(LEADER_POLL).await;
+            }
+            Err(e) => {
+                return Err(Error::rule(format!(
+                    "this device's transactions could not reach the cluster's leader ({e}); \
+                     they are sent again on the next connection"
+                )))
+            }
+        }
     };
-    match proposer.device_txns(forwarded, LEADER_WAIT_MAX).await {
-        Ok(Ok(None)) => Ok(()),
-        Ok(Ok(Some(txn))) => {
+    match outcome {
+        Ok(None) => Ok(()),
+        Ok(Some(txn)) => {
             // The streaming side tells the device, and the session ends.
             shared.copied_file_found(session, txn);
             Ok(())
         }
-        Ok(Err(why)) => Err(Error::rule(format!(
+        Err(why) => Err(Error::rule(format!(
             "the cluster's leader did not take this device's transactions: {why}; they are \
-             sent again on the next connection"
-        ))),
-        Err(e) => Err(Error::rule(format!(
-            "this device's transactions could not reach the cluster's leader ({e}); they are \
              sent again on the next connection"
         ))),
     }

@@ -53,10 +53,19 @@ pub(crate) async fn answer<T>(
     pending.await.map_err(|_| Error::Closed)?
 }
 
-/// Whether a device's transactions were written: `Ok(Some(txn))` when the device sent other work
-/// under `txn`, already decided (a copy of its file); `Err`: why not.
-pub(crate) type TxnsWritten =
-    tokio::sync::oneshot::Sender<std::result::Result<Option<u64>, String>>;
+/// Whether a device's transactions were written; `Err`: why not.
+pub(crate) type TxnsWritten = tokio::sync::oneshot::Sender<std::result::Result<Written, String>>;
+
+/// A device's transactions written in a batch.
+#[derive(Debug)]
+pub(crate) struct Written {
+    /// The device sent other work under this transaction id, already decided (a copy of its
+    /// file): nothing after it was decided.
+    pub copy: Option<u64>,
+    /// The log position of the batch's last entry (0: none): the batch is committed by the
+    /// cluster once the change feed passes it.
+    pub last_seq: u64,
+}
 
 pub(crate) enum Job {
     Stop,
@@ -402,7 +411,7 @@ impl Writer {
                     let count: usize = batch.iter().map(|(_, txns)| txns.len()).sum();
                     let started = std::time::Instant::now();
                     match self.apply_device_batch(&batch) {
-                        Ok(clones) => {
+                        Ok((clones, last_seq)) => {
                             self.shared.writes_succeed();
                             for CloneFound { at, txn } in &clones {
                                 // What the session queued after must not be decided either.
@@ -412,7 +421,7 @@ impl Writer {
                             for (at, written) in waiting.into_iter().enumerate() {
                                 let copy = clones.iter().find(|c| c.at == at).map(|c| c.txn);
                                 if let Some(w) = written {
-                                    let _ = w.send(Ok(copy));
+                                    let _ = w.send(Ok(Written { copy, last_seq }));
                                 }
                             }
                             tracing::debug!(
@@ -666,7 +675,7 @@ impl Writer {
     fn apply_device_batch(
         &mut self,
         batch: &[(Sender, Vec<DeviceTxn>)],
-    ) -> Result<Vec<CloneFound>> {
+    ) -> Result<(Vec<CloneFound>, u64)> {
         let started = std::time::Instant::now();
         let done = self.decide_device_batch(batch);
         self.shared
@@ -693,10 +702,11 @@ impl Writer {
         }
     }
 
+    /// Returns the copies found, and the log position of the batch's last entry (0: none).
     fn decide_device_batch(
         &mut self,
         batch: &[(Sender, Vec<DeviceTxn>)],
-    ) -> Result<Vec<CloneFound>> {
+    ) -> Result<(Vec<CloneFound>, u64)> {
         let term = self.raft_term();
         let conn = &self.conn;
         let tables = &mut self.tables;
@@ -719,6 +729,7 @@ impl Writer {
         let BatchOutcome {
             recorded, clones, ..
         } = out;
+        let last_seq = recorded.last().map_or(0, |e| e.seq);
         let proposed = match (decisions, self.shared.cluster.get()) {
             (Err(e), _) => Err(e),
             (Ok(()), Some(cluster)) if !recorded.is_empty() => {
@@ -748,14 +759,14 @@ impl Writer {
                 self.count_decisions(&recorded);
                 self.shared
                     .log_committed(recorded, super::cluster_member::user_in(users));
-                Ok(clones)
+                Ok((clones, last_seq))
             }
             (Some(Proposed::InTxn(t)), Ok(())) => {
                 decided.committed(new);
                 self.count_decisions(&recorded);
                 self.shared
                     .announce_when_committed(t.committed(), recorded, users);
-                Ok(clones)
+                Ok((clones, last_seq))
             }
             (None, Err(e)) => Err(e),
             (Some(Proposed::InTxn(t)), Err(e)) => {
