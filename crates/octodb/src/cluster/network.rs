@@ -380,9 +380,7 @@ impl PeerClient {
 
     /// A connection to the member, and the protocol version agreed on it.
     async fn connect(&self) -> Result<(SecureReader, SecureWriter, u8), NetError> {
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.member.addr))
-            .await
-            .map_err(|_| NetError::Timeout)??;
+        let tcp = TcpStream::connect(&self.member.addr).await?;
         let net = &self.network;
         let stream = SecureStream::connect(tcp, &net.keys, &net.handshake).await?;
         let key = stream.peer().public_key.to_hex();
@@ -409,7 +407,12 @@ impl PeerClient {
     /// Connected (if it was not), so that what is sent can suit the member's version.
     async fn ensure_connected(&mut self) -> Result<(), CallError> {
         if self.conn.is_none() {
-            let (rd, wr, protocol) = self.connect().await.map_err(CallError::Unreachable)?;
+            // Bounded whole: a member stopped (SIGSTOP, a frozen machine) accepts the TCP
+            // connection in its kernel and never answers the handshake.
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, self.connect())
+                .await
+                .map_err(|_| CallError::Unreachable(NetError::Timeout))?;
+            let (rd, wr, protocol) = connected.map_err(CallError::Unreachable)?;
             self.conn = Some((rd, wr));
             self.protocol = protocol;
         }
