@@ -93,6 +93,21 @@ impl Primary {
         Some((role, voters, error))
     }
 
+    /// Whether it is running and in its cluster (not asking to be opened again). One that died
+    /// (or was stopped) as a leader with batches its cluster never held finds out once it runs
+    /// again, and asks to be opened again: a supervisor does so here, and it rejoins.
+    fn up(&mut self) -> Option<(String, usize)> {
+        let (role, voters, error) = self.status()?;
+        if error.contains("opened again") {
+            if let Some(process) = self.process.take() {
+                process.kill();
+            }
+            self.start();
+            return None;
+        }
+        Some((role, voters))
+    }
+
     fn tags(&mut self) -> BTreeSet<String> {
         let answer = self.process.as_mut().expect("running").ask("tags", "tags");
         answer
@@ -174,14 +189,7 @@ fn killing_the_leader_again_and_again_loses_no_committed_row() {
         // stops and asks to be opened again; a supervisor does so, and it rejoins.
         wait_until("the killed primary back with every committed row", || {
             let p = &mut primaries[leader];
-            let (_, _, error) = p.status()?;
-            if error.contains("opened again") {
-                if let Some(process) = p.process.take() {
-                    process.kill();
-                }
-                p.start();
-                return None;
-            }
+            p.up()?;
             (p.tags() == committed).then_some(())
         });
         write(&d, &format!("r{round}-after"), &mut committed);
@@ -290,20 +298,11 @@ fn run_cluster_seed(seed: u64, steps: usize, stops: bool) {
         }
         // The two primaries left are a majority: the devices' rows get through meanwhile
         // (a device whose primary went moves to another).
-        // (A primary that finds out now that it must be opened again is: a supervisor's job.)
+        // (A primary that finds out now that it must be opened again is: `Primary::up`.)
         wait_until(&format!("seed {seed}: the devices' rows through"), || {
             for (i, p) in primaries.iter_mut().enumerate() {
-                if i == victim {
-                    continue;
-                }
-                let asks = p
-                    .status()
-                    .is_some_and(|(_, _, error)| error.contains("opened again"));
-                if asks {
-                    if let Some(process) = p.process.take() {
-                        process.kill();
-                    }
-                    p.start();
+                if i != victim {
+                    let _ = p.up();
                 }
             }
             devices
@@ -353,14 +352,7 @@ fn run_cluster_seed(seed: u64, steps: usize, stops: bool) {
             &format!("seed {seed}: primary {i} holds every committed row"),
             || {
                 // (One that finds out only now that it must be opened again is.)
-                let (_, _, error) = p.status()?;
-                if error.contains("opened again") {
-                    if let Some(process) = p.process.take() {
-                        process.kill();
-                    }
-                    p.start();
-                    return None;
-                }
+                p.up()?;
                 (p.tags() == all).then_some(())
             },
         );
@@ -380,24 +372,15 @@ fn run_cluster_seed(seed: u64, steps: usize, stops: bool) {
     );
 }
 
-/// Waits until every primary is in the cluster again, as a leader or a follower, and one
-/// leads. A primary that died (or was stopped) as a leader with batches its cluster never held
-/// finds out once it runs again and asks to be opened again: a supervisor does so, and it
-/// rejoins as a new member.
+/// Waits until every primary is in the cluster again (`Primary::up`), as a leader or a
+/// follower, and one leads.
 fn settle(primaries: &mut [Primary], seed: u64) {
     wait_until(
         &format!("seed {seed}: every primary in the cluster"),
         || {
             let mut leaders = 0;
             for p in primaries.iter_mut() {
-                let (role, _, error) = p.status()?;
-                if error.contains("opened again") {
-                    if let Some(process) = p.process.take() {
-                        process.kill();
-                    }
-                    p.start();
-                    return None;
-                }
+                let (role, _) = p.up()?;
                 match role.as_str() {
                     "leader" => leaders += 1,
                     "follower" => {}

@@ -381,19 +381,7 @@ async fn read_loop(
                     to_the_leader(shared, sender, session, txns).await?;
                     continue;
                 }
-                shared
-                    .jobs
-                    .send(Job::DeviceTxns {
-                        sender,
-                        session,
-                        txns: txns
-                            .into_iter()
-                            .map(|(id, changes)| DeviceTxn::received(id, changes))
-                            .collect(),
-                        written: None,
-                    })
-                    .await
-                    .map_err(|_| Error::Closed)?;
+                to_own_writer(shared, sender, session, txns).await?;
             }
             other => {
                 return Err(NetError::Malformed(format!(
@@ -550,6 +538,25 @@ async fn caught_up_with(shared: &Shared, last_seq: u64) -> bool {
     reached
 }
 
+/// The leader: a device's transactions go to this primary's writer, which decides them.
+async fn to_own_writer(
+    shared: &Shared,
+    sender: Sender,
+    session: u64,
+    txns: Vec<(u64, crate::changes::ChangeSet)>,
+) -> Result<()> {
+    let job = Job::DeviceTxns {
+        sender,
+        session,
+        txns: txns
+            .into_iter()
+            .map(|(id, changes)| DeviceTxn::received(id, changes))
+            .collect(),
+        written: None,
+    };
+    shared.jobs.send(job).await.map_err(|_| Error::Closed)
+}
+
 /// A follower: a device's transactions go to the leader, in order; the session goes on once
 /// they are written there (the device hears of their decisions from this primary's log, once
 /// the cluster committed them), and ends if they are not. During an election, or while the
@@ -567,16 +574,7 @@ async fn to_the_leader(
     let outcome = loop {
         if shared.cluster_view.borrow().leading {
             // This primary leads now: its own writer decides them.
-            let job = Job::DeviceTxns {
-                sender,
-                session,
-                txns: txns
-                    .into_iter()
-                    .map(|(id, changes)| DeviceTxn::received(id, changes))
-                    .collect(),
-                written: None,
-            };
-            return shared.jobs.send(job).await.map_err(|_| Error::Closed);
+            return to_own_writer(shared, sender, session, txns).await;
         }
         let forwarded = crate::cluster::forward::ForwardedTxns {
             node_id: sender.node_id,
