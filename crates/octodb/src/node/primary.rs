@@ -378,7 +378,18 @@ async fn read_loop(
                     "transactions received"
                 );
                 if !shared.cluster_view.borrow().leading {
-                    to_the_leader(shared, sender, session, txns).await?;
+                    if let Err(e) = to_the_leader(shared, sender, session, txns).await {
+                        // The device hears why from the streaming side (as when the leader's
+                        // own writer fails), and this side reads nothing more: what the device
+                        // sent after must not be decided before what failed.
+                        let reason = e.to_string();
+                        tracing::warn!(node = sender.node_id, "{reason}");
+                        let nodes = std::collections::HashSet::from([sender.node_id]);
+                        shared
+                            .unwritten
+                            .send_replace(Arc::new(super::Unwritten { nodes, reason }));
+                        return std::future::pending().await;
+                    }
                     continue;
                 }
                 to_own_writer(shared, sender, session, txns).await?;
