@@ -46,12 +46,21 @@ fn child_process() {
         let answer = match line.as_str() {
             "status" => db.sync_status().map(|s| {
                 // (No cluster yet while it joins.)
-                let (role, voters) = s.cluster.map_or(("joining".into(), 0), |c| {
-                    (c.role, c.members.iter().filter(|m| m.voter).count())
+                let (role, voters, silence) = s.cluster.map_or(("joining".into(), 0, None), |c| {
+                    let voters = c.members.iter().filter(|m| m.voter).count();
+                    (c.role, voters, c.quorum_silence_ms)
                 });
+                let silence = silence.map_or("-".into(), |ms| ms.to_string());
                 let error = s.sync_error.unwrap_or_default().replace(' ', "_");
-                format!("status {role} {voters} {error}")
+                format!("status {role} {voters} {silence} {error}")
             }),
+            // The backend app writes a row every node sees.
+            _ if line.starts_with("write ") => db
+                .execute(
+                    "INSERT INTO t(tag, row_owner) VALUES (?1, '*')",
+                    [&line["write ".len()..]],
+                )
+                .map(|_| "wrote".to_string()),
             "tags" => db.query("SELECT tag FROM t ORDER BY tag", []).map(|rows| {
                 let tags: Vec<String> = rows
                     .iter()
@@ -85,12 +94,25 @@ impl Primary {
 
     /// (role, voters, sync_error) as the primary answers; None while it is down.
     fn status(&mut self) -> Option<(String, usize, String)> {
+        self.full_status()
+            .map(|(role, voters, _, error)| (role, voters, error))
+    }
+
+    /// Also how long it led without hearing from a majority (when it did).
+    fn full_status(&mut self) -> Option<(String, usize, Option<u64>, String)> {
         let answer = self.process.as_mut()?.ask("status", "status");
         let mut words = answer.split(' ').skip(1);
         let role = words.next()?.to_string();
         let voters = words.next()?.parse().ok()?;
+        let silence = words.next()?.parse().ok();
         let error = words.next().unwrap_or_default().replace('_', " ");
-        Some((role, voters, error))
+        Some((role, voters, silence, error))
+    }
+
+    /// The backend app on this primary writes a row tagged `tag`: "wrote", or its error.
+    fn write(&mut self, tag: &str) -> String {
+        let process = self.process.as_mut().expect("running");
+        process.ask(&format!("write {tag}"), "wrote")
     }
 
     /// Whether it is running and in its cluster (not asking to be opened again). One that died
@@ -208,6 +230,139 @@ fn killing_the_leader_again_and_again_loses_no_committed_row() {
         committed.len(),
         "the device holds its rows once each"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A partition (issue "Cluster", item 6)
+
+/// Three primaries whose member connections pass through proxies the test controls; two
+/// devices, one on a follower and one naming only the leader. The leader is cut off from the
+/// other two. The majority elects a leader and goes on: both devices' rows, and a backend
+/// app's write on the majority, are accepted. The cut-off leader finds out that no majority
+/// answers it and takes no write (its app's COMMIT fails with "quorum lost", nothing
+/// written), so there is no second history. Once the network heals it follows the new
+/// leader, and every primary holds the same rows and the same log.
+#[test]
+fn a_partition_isolating_the_leader_stops_it_and_heals() {
+    use common::partition::Partitions;
+    let c = Cluster::new();
+    let ports = [free_port(), free_port(), free_port()];
+    let real: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let net = Partitions::start(&real);
+    let mut primaries: Vec<Primary> = (0..3)
+        .map(|i| {
+            let mut uri = primary_uri(&c.path(&format!("p{i}.db")), ports[i]);
+            uri.push_str(&format!("&advertise=tcp://{}", net.addrs[i]));
+            if i > 0 {
+                uri.push_str(&format!("&connect=tcp://{}", real[0]));
+            }
+            Primary {
+                uri,
+                create: i == 0,
+                process: None,
+            }
+        })
+        .collect();
+    for p in &mut primaries {
+        p.start();
+    }
+    // (Again after each restart: `Primary::up` may start one again.)
+    let track = |primaries: &[Primary]| {
+        for (i, p) in primaries.iter().enumerate() {
+            if let Some(process) = &p.process {
+                net.set_pid(i, process.id());
+            }
+        }
+    };
+    track(&primaries);
+    wait_until("three voters", || {
+        primaries[0]
+            .status()
+            .filter(|(_, voters, _)| *voters == 3)
+            .map(|_| ())
+    });
+    let leader = wait_until("a leader", || {
+        primaries
+            .iter_mut()
+            .position(|p| p.status().is_some_and(|(role, ..)| role == "leader"))
+    });
+    let others = [(leader + 1) % 3, (leader + 2) % 3];
+    let device = |name: &str, connect: &[usize]| {
+        let connect: Vec<String> = connect
+            .iter()
+            .map(|i| format!("tcp://{}", real[*i]))
+            .collect();
+        let d = Connection::open(&format!(
+            "file:{}?node=secondary&heartbeat=1&connect={}",
+            c.path(name).display(),
+            connect.join(",")
+        ))
+        .expect("open a device");
+        ready(&d);
+        d
+    };
+    let on_follower = device("d0.db", &others);
+    let on_leader = device("d1.db", &[leader]);
+    let mut committed = BTreeSet::new();
+    let write_rows = |d: &Connection, name: &str, committed: &mut BTreeSet<String>| {
+        for n in 0..5 {
+            let tag = format!("{name}-{n}");
+            d.execute("INSERT INTO t(tag) VALUES (?1)", [&tag])
+                .expect("a device commits locally");
+            committed.insert(tag);
+        }
+    };
+    write_rows(&on_follower, "d0-before", &mut committed);
+    write_rows(&on_leader, "d1-before", &mut committed);
+    wait_outbox_empty(&on_follower);
+    wait_outbox_empty(&on_leader);
+
+    net.isolate(leader);
+    let new_leader = wait_until("a leader on the majority's side", || {
+        others.into_iter().find(|i| {
+            primaries[*i]
+                .status()
+                .is_some_and(|(role, ..)| role == "leader")
+        })
+    });
+    // The minority's side: its leader finds that no majority answers, and refuses writes.
+    wait_until("the cut-off leader knows it", || {
+        let (role, _, silence, _) = primaries[leader].full_status()?;
+        (role == "leader" && silence.is_some()).then_some(())
+    });
+    let refused = primaries[leader].write("minority-app");
+    assert!(
+        refused.starts_with("error") && refused.contains("quorum lost"),
+        "the cut-off leader's app write is refused: {refused}"
+    );
+    // The majority goes on: an app's write there, and both devices' rows (the one that named
+    // only the cut-off leader moves to a primary its leader vouched for).
+    assert_eq!(primaries[new_leader].write("majority-app"), "wrote");
+    committed.insert("majority-app".to_string());
+    write_rows(&on_follower, "d0-during", &mut committed);
+    write_rows(&on_leader, "d1-during", &mut committed);
+    wait_outbox_empty(&on_follower);
+    wait_outbox_empty(&on_leader);
+
+    net.heal();
+    for i in 0..3 {
+        wait_until(&format!("primary {i} back with every accepted row"), || {
+            let up = primaries[i].up();
+            track(&primaries);
+            up?;
+            (primaries[i].tags() == committed).then_some(())
+        });
+    }
+    for d in [&on_follower, &on_leader] {
+        assert_eq!(d.sync_status().unwrap().last_rejected, None);
+    }
+    let log = "SELECT seq, origin_node, origin_txn, body FROM _octo_log ORDER BY seq";
+    let first = file_rows(&c.path("p0.db"), log);
+    for i in 1..3 {
+        wait_until(&format!("primary {i} holds the same log"), || {
+            (file_rows(&c.path(&format!("p{i}.db")), log) == first).then_some(())
+        });
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

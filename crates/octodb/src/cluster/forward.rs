@@ -373,12 +373,9 @@ impl Applier {
             },
             Proposed::GaveUp(g) => {
                 let _ = crate::store::exec(c, "ROLLBACK");
+                let reason = format!("the cluster did not take it ({})", g.why());
                 g.after_rollback();
-                Ok(Decision::NotApplied(ForwardOutcome::Refused {
-                    reason: "the cluster did not take it (its leader changed, or its Raft \
-                             entry could not be written)"
-                        .into(),
-                }))
+                Ok(Decision::NotApplied(ForwardOutcome::Refused { reason }))
             }
         }
     }

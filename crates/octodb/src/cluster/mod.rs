@@ -199,6 +199,9 @@ pub async fn start_member(
 pub(crate) enum Lead {
     /// This primary.
     Here,
+    /// This primary, but no majority of its voters answered it for this many milliseconds:
+    /// it is likely cut off from the others, which may have elected another leader.
+    CutOff(u64),
     /// Another member, reached at this address.
     At(String),
     /// No leader now (an election runs).
@@ -213,7 +216,10 @@ pub(crate) fn lead(raft: &Raft) -> Lead {
         return Lead::Unknown;
     }
     if m.state == openraft::ServerState::Leader {
-        return Lead::Here;
+        return match quorum_silence(&m) {
+            Some(ms) => Lead::CutOff(ms),
+            None => Lead::Here,
+        };
     }
     let leader = m
         .current_leader
@@ -222,6 +228,33 @@ pub(crate) fn lead(raft: &Raft) -> Lead {
         Some(member) => Lead::At(member.addr),
         None => Lead::Unknown,
     }
+}
+
+/// How long a leader of several voters may hear from no majority of them before it stops
+/// taking writes and devices: beyond the longest election timeout, by when the others have
+/// likely elected a leader of their own. (A healthy leader hears from them with every
+/// heartbeat, every 200 ms.)
+const QUORUM_SILENCE_MAX_MS: u64 = 1_500;
+
+/// For a leader of several voters that heard from no majority for longer than
+/// [`QUORUM_SILENCE_MAX_MS`]: for how long. None while a majority answers (or it leads alone,
+/// or it does not lead).
+pub(crate) fn quorum_silence(m: &openraft::RaftMetrics<RaftNodeId, Member>) -> Option<u64> {
+    if m.state != openraft::ServerState::Leader
+        || m.membership_config.membership().voter_ids().count() < 2
+    {
+        return None;
+    }
+    m.millis_since_quorum_ack
+        .filter(|ms| *ms > QUORUM_SILENCE_MAX_MS)
+}
+
+/// What a leader cut off from its majority says when it refuses a write.
+pub(crate) fn cut_off(ms: u64) -> String {
+    format!(
+        "quorum lost: this primary leads but has heard from no majority of its cluster for          {:.1} s (a network partition, or the others are down); nothing was written. Write          through another primary of the cluster, or try again once it reaches them",
+        ms as f64 / 1000.0
+    )
 }
 
 /// Builds a snapshot of everything applied and purges the Raft log up to it, so that a

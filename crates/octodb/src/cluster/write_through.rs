@@ -211,7 +211,12 @@ pub(crate) struct GaveUp {
     id: u64,
     appends: Vec<PendingAppend>,
     log: LogStore,
+    /// Why, for the error its writer returns.
+    why: String,
 }
+
+/// Why a batch is given up when nothing more precise is known.
+const ENTRY_NOT_WRITTEN: &str = "its leader changed, or its Raft entry could not be written";
 
 impl Proposer {
     /// Call it from inside the runtime that runs `raft`.
@@ -328,6 +333,17 @@ impl Proposer {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A leader cut off from its majority could not have the batch confirmed: refused
+        // before anything is proposed, so that the minority side of a partition takes no
+        // writes at all (the majority's leader has them).
+        let silence = super::quorum_silence(&self.raft.metrics().borrow());
+        if let Some(ms) = silence {
+            let why = super::cut_off(ms);
+            return Proposed::GaveUp(GaveUp {
+                why,
+                ..self.gave_up(id, Vec::new())
+            });
+        }
         let (proposal, compact) = match batch {
             Batch::Txns { txns, seqs } => (
                 Proposal::Batch { id, txns },
@@ -410,6 +426,7 @@ impl Proposer {
             id,
             appends,
             log: self.log.clone(),
+            why: ENTRY_NOT_WRITTEN.into(),
         }
     }
 
@@ -518,11 +535,17 @@ impl InTxn {
             id: self.id,
             appends: self.written,
             log: self.log,
+            why: "its commit failed".into(),
         }
     }
 }
 
 impl GaveUp {
+    /// Why the batch was given up, for its writer's error.
+    pub(crate) fn why(&self) -> &str {
+        &self.why
+    }
+
     /// After the rollback: the appends taken are written by the log store, this batch empty
     /// (retrying while the disk refuses: openraft waits for them). Blocks.
     pub(crate) fn after_rollback(self) {

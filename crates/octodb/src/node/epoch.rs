@@ -56,10 +56,11 @@ pub(super) fn write_marker(
         Some(Proposed::InTxn(txn)) => Some(txn),
         Some(Proposed::GaveUp(gave_up)) => {
             let _ = exec(conn, "ROLLBACK");
+            let why = gave_up.why().to_string();
             gave_up.after_rollback();
-            return Err(Error::rule(
-                "the cluster did not take the new epoch's entry",
-            ));
+            return Err(Error::rule(format!(
+                "the cluster did not take the new epoch's entry ({why})"
+            )));
         }
     };
     if let Err(e) = exec(conn, "COMMIT") {

@@ -125,6 +125,7 @@ async fn admit_joiner(
             ))
         }
         Lead::Unknown => return Err("the cluster has no leader now; try again shortly".into()),
+        Lead::CutOff(ms) => return Err(crate::cluster::cut_off(ms)),
     }
     let member_addr = hello
         .member_addr

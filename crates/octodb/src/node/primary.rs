@@ -460,6 +460,8 @@ fn serving_now(shared: &Shared) -> std::result::Result<Serving, (Option<String>,
             ))
         }
         crate::cluster::Lead::Here => Ok(Serving::Leader),
+        // Its devices' transactions could not be confirmed: they go where a majority is.
+        crate::cluster::Lead::CutOff(ms) => Err((None, crate::cluster::cut_off(ms))),
         crate::cluster::Lead::At(addr) => Ok(Serving::Follower(Some(addr))),
         // While a member elects a leader its devices stay (their transactions wait for the
         // new leader), so that a fail-over costs them no reconnection.

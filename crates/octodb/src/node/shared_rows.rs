@@ -59,11 +59,13 @@ pub(crate) fn write_txn<T>(
         },
         Proposed::GaveUp(gave_up) => {
             let _ = exec(conn, "ROLLBACK");
+            let why = gave_up.why().to_string();
             gave_up.after_rollback();
-            Err(Error::rule(
-                "the primaries' cluster did not take this change of its nodes or users: only its \
-                 leader changes them (PRAGMA sync_status names it); on the leader, try again",
-            ))
+            Err(Error::rule(format!(
+                "the primaries' cluster did not take this change of its nodes or users ({why}): \
+                 only its leader changes them (PRAGMA sync_status names it); on the leader, try \
+                 again",
+            )))
         }
     }
 }

@@ -88,6 +88,10 @@ pub struct ClusterStatus {
     pub last_log_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub members: Vec<ClusterMember>,
+    /// A leader that heard from no majority of its voters for over 1.5 s: for how many
+    /// milliseconds. It takes no writes and serves no device meanwhile ("quorum lost").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_silence_ms: Option<u64>,
 }
 
 /// A member of the cluster.
@@ -137,6 +141,7 @@ pub(crate) fn cluster_status(raft: &crate::cluster::Raft) -> ClusterStatus {
         leader: m.current_leader,
         last_log_index: m.last_log_index,
         applied_index: m.last_applied.map(|l| l.index),
+        quorum_silence_ms: crate::cluster::quorum_silence(&m),
         members,
     }
 }

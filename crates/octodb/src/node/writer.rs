@@ -774,11 +774,11 @@ impl Writer {
                 Err(e)
             }
             (Some(Proposed::GaveUp(g)), _) => {
+                let why = g.why().to_string();
                 self.given_up = Some(g);
-                Err(Error::rule(
-                    "the cluster did not take the batch (its leader changed, or its Raft entry \
-                     could not be written)",
-                ))
+                Err(Error::rule(format!(
+                    "the cluster did not take the batch ({why})"
+                )))
             }
         }
     }

@@ -111,11 +111,12 @@ impl Connection {
             }
             Proposed::GaveUp(gave_up) => {
                 let _ = self.internal_sql("ROLLBACK");
+                let why = gave_up.why().to_string();
                 gave_up.after_rollback();
-                Err(Error::rule(
-                    "the primaries' cluster did not take this transaction (its leader changed, \
-                     or its Raft entry could not be written): it was rolled back; try it again",
-                ))
+                Err(Error::rule(format!(
+                    "the primaries' cluster did not take this transaction ({why}): it was \
+                     rolled back; try it again",
+                )))
             }
         }
     }
