@@ -11,11 +11,13 @@
 
 mod common;
 
+use common::partition::Partitions;
 use common::process::{free_port, Process, ANSWER, MARK, ROLE, URI};
 use common::*;
 use octodb::Connection;
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
+use std::sync::Arc;
 
 /// Set for the first primary: it creates the table.
 const CREATE: &str = "OCTODB_FAULT_CREATE";
@@ -80,6 +82,34 @@ struct Primary {
     uri: String,
     create: bool,
     process: Option<Process>,
+    /// The proxies its member connections pass through, and its place among them.
+    net: Option<(Arc<Partitions>, usize)>,
+}
+
+/// Three primaries, not started yet: the first creates the table, the others join it. Their
+/// member connections pass through `net`'s proxies when there is one. Also their addresses,
+/// for devices (not through the proxies: only the primaries are partitioned).
+fn three_primaries(c: &Cluster, net: Option<&Arc<Partitions>>) -> (Vec<Primary>, Vec<String>) {
+    let ports = [free_port(), free_port(), free_port()];
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let primaries = (0..3)
+        .map(|i| {
+            let mut uri = primary_uri(&c.path(&format!("p{i}.db")), ports[i]);
+            if let Some(net) = net {
+                uri.push_str(&format!("&advertise=tcp://{}", net.addrs[i]));
+            }
+            if i > 0 {
+                uri.push_str(&format!("&connect=tcp://{}", addrs[0]));
+            }
+            Primary {
+                uri,
+                create: i == 0,
+                process: None,
+                net: net.map(|n| (n.clone(), i)),
+            }
+        })
+        .collect();
+    (primaries, addrs)
 }
 
 impl Primary {
@@ -88,8 +118,12 @@ impl Primary {
         if std::mem::take(&mut self.create) {
             std::env::set_var(CREATE, "1");
         }
-        self.process = Some(Process::start("primary", &self.uri));
+        let process = Process::start("primary", &self.uri);
         std::env::remove_var(CREATE);
+        if let Some((net, i)) = &self.net {
+            net.set_pid(*i, process.id());
+        }
+        self.process = Some(process);
     }
 
     /// (role, voters, sync_error) as the primary answers; None while it is down.
@@ -155,21 +189,8 @@ fn write(d: &Connection, step: &str, committed: &mut BTreeSet<String>) {
 #[test]
 fn killing_the_leader_again_and_again_loses_no_committed_row() {
     let c = Cluster::new();
-    let ports = [free_port(), free_port(), free_port()];
-    let first = format!("127.0.0.1:{}", ports[0]);
-    let mut primaries: Vec<Primary> = (0..3)
-        .map(|i| {
-            let mut uri = primary_uri(&c.path(&format!("p{i}.db")), ports[i]);
-            if i > 0 {
-                uri.push_str(&format!("&connect=tcp://{first}"));
-            }
-            Primary {
-                uri,
-                create: i == 0,
-                process: None,
-            }
-        })
-        .collect();
+    let (mut primaries, addrs) = three_primaries(&c, None);
+    let first = addrs[0].clone();
     primaries[0].start();
     for p in &mut primaries[1..] {
         p.start();
@@ -244,37 +265,13 @@ fn killing_the_leader_again_and_again_loses_no_committed_row() {
 /// leader, and every primary holds the same rows and the same log.
 #[test]
 fn a_partition_isolating_the_leader_stops_it_and_heals() {
-    use common::partition::Partitions;
     let c = Cluster::new();
-    let ports = [free_port(), free_port(), free_port()];
-    let real: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let net = Partitions::start(&real);
-    let mut primaries: Vec<Primary> = (0..3)
-        .map(|i| {
-            let mut uri = primary_uri(&c.path(&format!("p{i}.db")), ports[i]);
-            uri.push_str(&format!("&advertise=tcp://{}", net.addrs[i]));
-            if i > 0 {
-                uri.push_str(&format!("&connect=tcp://{}", real[0]));
-            }
-            Primary {
-                uri,
-                create: i == 0,
-                process: None,
-            }
-        })
-        .collect();
+    let net = Partitions::start(3);
+    let (mut primaries, real) = three_primaries(&c, Some(&net));
+    net.set_upstreams(&real);
     for p in &mut primaries {
         p.start();
     }
-    // (Again after each restart: `Primary::up` may start one again.)
-    let track = |primaries: &[Primary]| {
-        for (i, p) in primaries.iter().enumerate() {
-            if let Some(process) = &p.process {
-                net.set_pid(i, process.id());
-            }
-        }
-    };
-    track(&primaries);
     wait_until("three voters", || {
         primaries[0]
             .status()
@@ -347,9 +344,7 @@ fn a_partition_isolating_the_leader_stops_it_and_heals() {
     net.heal();
     for i in 0..3 {
         wait_until(&format!("primary {i} back with every accepted row"), || {
-            let up = primaries[i].up();
-            track(&primaries);
-            up?;
+            primaries[i].up()?;
             (primaries[i].tags() == committed).then_some(())
         });
     }
@@ -376,25 +371,13 @@ fn a_partition_isolating_the_leader_stops_it_and_heals() {
 /// Jepsen's, once every fault is healed: every row a device committed is on every primary
 /// exactly once and nothing was rejected; the primaries hold the same rows and the same log;
 /// each device holds its own rows, and what it has seen only grew.
-fn run_cluster_seed(seed: u64, steps: usize, stops: bool) {
+fn run_cluster_seed(seed: u64, steps: usize, faults: &[Fault]) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let c = Cluster::new();
-    let ports = [free_port(), free_port(), free_port()];
-    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let mut primaries: Vec<Primary> = (0..3)
-        .map(|i| {
-            let mut uri = primary_uri(&c.path(&format!("p{i}.db")), ports[i]);
-            if i > 0 {
-                uri.push_str(&format!("&connect=tcp://{}", addrs[0]));
-            }
-            Primary {
-                uri,
-                create: i == 0,
-                process: None,
-            }
-        })
-        .collect();
+    let net = Partitions::start(3);
+    let (mut primaries, addrs) = three_primaries(&c, Some(&net));
+    net.set_upstreams(&addrs);
     for p in &mut primaries {
         p.start();
     }
@@ -431,17 +414,21 @@ fn run_cluster_seed(seed: u64, steps: usize, stops: bool) {
             Some(l) if rng.gen_bool(0.5) => l,
             _ => rng.gen_range(0..3),
         };
-        let stop = stops && rng.gen_bool(0.3);
-        let fault = if stop { "SIGSTOP" } else { "SIGKILL" };
-        eprintln!("seed {seed} step {step}: {fault} primary {victim} (leader: {leader:?})");
+        let fault = faults[rng.gen_range(0..faults.len())];
+        eprintln!("seed {seed} step {step}: {fault:?} primary {victim} (leader: {leader:?})");
         // The fault, while both devices write.
-        match (stop, primaries[victim].process.take()) {
-            (true, Some(p)) => {
-                p.signal("-STOP");
-                primaries[victim].process = Some(p);
+        match fault {
+            Fault::Kill => {
+                if let Some(p) = primaries[victim].process.take() {
+                    p.kill();
+                }
             }
-            (false, Some(p)) => p.kill(),
-            (_, None) => {}
+            Fault::Stop => {
+                if let Some(p) = &primaries[victim].process {
+                    p.signal("-STOP");
+                }
+            }
+            Fault::Cut => net.isolate(victim),
         }
         for (i, d) in devices.iter().enumerate() {
             for n in 0..5 {
@@ -466,9 +453,10 @@ fn run_cluster_seed(seed: u64, steps: usize, stops: bool) {
                 .then_some(())
         });
         // Healed before the next fault: one primary down at most.
-        match primaries[victim].process.as_ref() {
-            Some(p) => p.signal("-CONT"),
-            None => primaries[victim].start(),
+        match (fault, primaries[victim].process.as_ref()) {
+            (Fault::Cut, _) => net.heal(),
+            (_, Some(p)) => p.signal("-CONT"),
+            (_, None) => primaries[victim].start(),
         }
         // Each device's reads only grow.
         for (i, d) in devices.iter().enumerate() {
@@ -527,6 +515,17 @@ fn run_cluster_seed(seed: u64, steps: usize, stops: bool) {
     );
 }
 
+/// What befalls a primary in a step of the randomized run.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// SIGKILL, then started again.
+    Kill,
+    /// SIGSTOP, then SIGCONT.
+    Stop,
+    /// Cut off from the other primaries by the proxies, then healed.
+    Cut,
+}
+
 /// Waits until every primary is in the cluster again (`Primary::up`), as a leader or a
 /// follower, and one leads.
 fn settle(primaries: &mut [Primary], seed: u64) {
@@ -551,7 +550,7 @@ fn settle(primaries: &mut [Primary], seed: u64) {
 /// see the hunt below.)
 #[test]
 fn a_randomized_cluster_fault_run_loses_nothing() {
-    run_cluster_seed(1, 6, false);
+    run_cluster_seed(1, 6, &[Fault::Kill, Fault::Cut]);
 }
 
 #[test]
@@ -567,6 +566,6 @@ fn a_randomized_cluster_fault_hunt() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(40);
     for seed in from..=to {
-        run_cluster_seed(seed, steps, true);
+        run_cluster_seed(seed, steps, &[Fault::Kill, Fault::Stop, Fault::Cut]);
     }
 }

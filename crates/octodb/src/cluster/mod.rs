@@ -252,7 +252,9 @@ pub(crate) fn quorum_silence(m: &openraft::RaftMetrics<RaftNodeId, Member>) -> O
 /// What a leader cut off from its majority says when it refuses a write.
 pub(crate) fn cut_off(ms: u64) -> String {
     format!(
-        "quorum lost: this primary leads but has heard from no majority of its cluster for          {:.1} s (a network partition, or the others are down); nothing was written. Write          through another primary of the cluster, or try again once it reaches them",
+        "quorum lost: this primary leads but has heard from no majority of its cluster for \
+         {:.1} s (a network partition, or the others are down): use another primary of the \
+         cluster, or try again once this one reaches them",
         ms as f64 / 1000.0
     )
 }
@@ -305,6 +307,65 @@ pub struct ClusterView {
     pub members: Vec<crate::net::PrimaryMember>,
     /// This primary's Raft node stopped (its file diverged, say): it serves no device.
     pub stopped: bool,
+    /// This primary leads, but heard from no majority of its voters for a while
+    /// ([`quorum_silence`]).
+    pub cut_off: bool,
+    /// Since when this primary has known no leader, itself included (an election, or it is
+    /// cut off from its majority).
+    pub leaderless_since: Option<std::time::Instant>,
+    /// Without a leader for longer than an election takes ([`LEADERLESS_MAX`]).
+    pub leaderless_long: bool,
+}
+
+/// How long a primary may know no leader before it sends its devices to others: longer
+/// than an election takes.
+pub(crate) const LEADERLESS_MAX: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl ClusterView {
+    /// `self`, with `leaderless_since` carried over from `before` (or begun now).
+    pub(crate) fn after(mut self, before: &ClusterView) -> ClusterView {
+        self.leaderless_since = match (self.leading || self.leader.is_some(), before) {
+            (true, _) => None,
+            (
+                false,
+                ClusterView {
+                    leaderless_since: Some(since),
+                    ..
+                },
+            ) => Some(*since),
+            (false, _) => Some(std::time::Instant::now()),
+        };
+        self.leaderless_long = self
+            .leaderless_since
+            .is_some_and(|since| since.elapsed() > LEADERLESS_MAX);
+        self
+    }
+
+    /// Why this primary may not serve devices now: its Raft node stopped, it leads cut off
+    /// from its majority, or it has known no leader for long. None: it may.
+    pub(crate) fn refusal(&self) -> Option<String> {
+        if self.stopped {
+            return Some(
+                "this primary's Raft node stopped: connect to another of its cluster's primaries"
+                    .into(),
+            );
+        }
+        if self.cut_off {
+            return Some(
+                "quorum lost: this primary leads but hears from no majority of its cluster: \
+                 connect to another of its primaries"
+                    .into(),
+            );
+        }
+        if self.leaderless_long {
+            return Some(format!(
+                "this primary has known no leader of its cluster for over {} s (it is cut off \
+                 from its majority, or that is down): connect to another of its primaries",
+                LEADERLESS_MAX.as_secs()
+            ));
+        }
+        None
+    }
 }
 
 /// The cluster as `raft` sees it now.
@@ -322,6 +383,9 @@ pub(crate) fn view(raft: &Raft) -> ClusterView {
         leading,
         leader,
         stopped: m.running_state.is_err(),
+        cut_off: quorum_silence(&m).is_some(),
+        leaderless_since: None,
+        leaderless_long: false,
         members: m
             .membership_config
             .membership()

@@ -168,6 +168,7 @@ async fn follow_view(shared: std::sync::Weak<Shared>) {
         let view = crate::cluster::view(proposer.raft());
         let mut began_leading = false;
         shared.cluster_view.send_if_modified(|current| {
+            let view = view.after(current);
             if view == *current {
                 return false;
             }

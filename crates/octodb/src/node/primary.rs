@@ -464,15 +464,13 @@ fn serving_now(shared: &Shared) -> std::result::Result<Serving, (Option<String>,
         crate::cluster::Lead::CutOff(ms) => Err((None, crate::cluster::cut_off(ms))),
         crate::cluster::Lead::At(addr) => Ok(Serving::Follower(Some(addr))),
         // While a member elects a leader its devices stay (their transactions wait for the
-        // new leader), so that a fail-over costs them no reconnection.
-        crate::cluster::Lead::Unknown if !shared.cluster_view.borrow().stopped => {
-            Ok(Serving::Follower(None))
-        }
-        crate::cluster::Lead::Unknown => Err((
-            None,
-            "this primary's Raft node stopped: connect to another of its cluster's primaries"
-                .into(),
-        )),
+        // new leader), so that a fail-over costs them no reconnection. One that has known no
+        // leader for longer than an election takes is likely cut off from its majority: its
+        // devices go to primaries that can have their transactions decided.
+        crate::cluster::Lead::Unknown => match shared.cluster_view.borrow().refusal() {
+            Some(reason) => Err((None, reason)),
+            None => Ok(Serving::Follower(None)),
+        },
     }
 }
 
@@ -837,11 +835,8 @@ async fn stream_to_device(
                     let view = cluster.borrow_and_update().clone();
                     // A follower serves its devices too, during an election as well (their
                     // transactions wait for the new leader): only a primary whose Raft node
-                    // stopped ends them.
-                    if view.stopped {
-                        let reason = "this primary's Raft node stopped: connect to another of \
-                                      its cluster's primaries"
-                            .to_string();
+                    // stopped, or that is cut off from its majority, ends them.
+                    if let Some(reason) = view.refusal() {
                         tracing::info!(node, "device disconnected: {reason}");
                         let told = match tells_members {
                             true => Message::NotLeader { leader: view.leader, reason: reason.clone() },

@@ -16,6 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 /// Which primary is on which side: `sides[i]` for primary `i`; None: no partition.
 #[derive(Default)]
 struct Net {
+    /// Each primary's own listening address, and process.
+    upstreams: Vec<String>,
     pids: Vec<Option<u32>>,
     sides: Option<Vec<u8>>,
 }
@@ -38,28 +40,33 @@ pub struct Partitions {
 }
 
 impl Partitions {
-    /// A proxy for each primary listening at `upstreams[i]` (`host:port`).
-    pub fn start(upstreams: &[String]) -> Partitions {
+    /// A proxy for each of `n` primaries, which pass to them once they are named
+    /// ([`Partitions::set_upstreams`]).
+    pub fn start(n: usize) -> Arc<Partitions> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("proxy runtime");
         let net = Arc::new(Mutex::new(Net {
-            pids: vec![None; upstreams.len()],
+            upstreams: vec![String::new(); n],
+            pids: vec![None; n],
             sides: None,
         }));
         let mut addrs = Vec::new();
-        for (to, upstream) in upstreams.iter().enumerate() {
+        for to in 0..n {
             let listener = rt
                 .block_on(TcpListener::bind("127.0.0.1:0"))
                 .expect("proxy listens");
             let local = listener.local_addr().expect("proxy address");
             addrs.push(local.to_string());
-            let (upstream, net) = (upstream.clone(), net.clone());
+            let net = net.clone();
             rt.spawn(async move {
                 while let Ok((client, peer)) = listener.accept().await {
-                    let pids = net.lock().unwrap().pids.clone();
+                    let (upstream, pids) = {
+                        let net = net.lock().unwrap();
+                        (net.upstreams[to].clone(), net.pids.clone())
+                    };
                     let from = primary_of(peer.port(), local.port(), &pids);
                     let Ok(server) = TcpStream::connect(&upstream).await else {
                         continue;
@@ -76,11 +83,16 @@ impl Partitions {
                 }
             });
         }
-        Partitions {
+        Arc::new(Partitions {
             addrs,
             net,
             _rt: rt,
-        }
+        })
+    }
+
+    /// The primaries listen at `upstreams` (`host:port`, in order).
+    pub fn set_upstreams(&self, upstreams: &[String]) {
+        self.net.lock().unwrap().upstreams = upstreams.to_vec();
     }
 
     /// Primary `i` runs as process `pid` (again after each restart).
