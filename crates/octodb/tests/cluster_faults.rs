@@ -342,10 +342,10 @@ fn a_partition_isolating_the_leader_stops_it_and_heals() {
     wait_outbox_empty(&on_leader);
 
     net.heal();
-    for i in 0..3 {
+    for (i, p) in primaries.iter_mut().enumerate() {
         wait_until(&format!("primary {i} back with every accepted row"), || {
-            primaries[i].up()?;
-            (primaries[i].tags() == committed).then_some(())
+            p.up()?;
+            (p.tags() == committed).then_some(())
         });
     }
     for d in [&on_follower, &on_leader] {
