@@ -37,8 +37,8 @@ pub type RaftNodeId = u64;
 /// A running Raft node.
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// Raft's timings for primaries on one network: heartbeats every 150 ms, an election after
-/// 0.6-1.2 s without one (a new leader well within the 3 s that devices' fail-over allows),
+/// Raft's timings for primaries on one network: heartbeats every 200 ms, an election after
+/// 0.5-1 s without one (a new leader well within the 3 s that devices' fail-over allows),
 /// snapshots sent with a generous per-chunk deadline.
 pub fn raft_config() -> Arc<openraft::Config> {
     let config = openraft::Config {
