@@ -219,3 +219,115 @@ fn a_primary_bound_to_every_interface_joins_at_the_address_it_advertises() {
         .unwrap();
     wait_count(&p2, "SELECT count(*) FROM t WHERE v = 'to p2'", 1);
 }
+
+/// Waits until `p` counts `voters` voters in its cluster (while entries may still flow).
+fn wait_voter_count(p: &Connection, voters: usize) {
+    p.wait_for(DEADLINE, |s| {
+        s.cluster
+            .as_ref()
+            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == voters)
+    })
+    .unwrap_or_else(|e| panic!("waiting for {voters} voters: {e}"));
+}
+
+/// Each primary in `names` holds the leader's rows and log.
+fn wait_same_as_leader(c: &Cluster, names: &[&str]) {
+    for sql in [SHARED[0], SHARED[2]] {
+        let want = file_rows(&c.path("p.db"), sql);
+        for name in names {
+            wait_until(&format!("{name} holds `{sql}` as the leader"), || {
+                (file_rows(&c.path(name), sql) == want).then_some(())
+            });
+        }
+    }
+}
+
+/// A fourth primary joins while a device writes without pause: it becomes a voter, and at
+/// the end all four hold the same rows and the same log, every row the device wrote once.
+#[test]
+fn a_fourth_primary_joins_under_load() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let leader = addr_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &leader);
+    let p3 = joining_primary(&c.path("p3.db"), &leader);
+    wait_voters(&p1, 3);
+    let d = c.device("d.db", &p1);
+    ready(&d);
+
+    let stop = &std::sync::atomic::AtomicBool::new(false);
+    let (p4, d, written) = std::thread::scope(|s| {
+        let load = s.spawn(move || {
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 200 {
+                d.execute("INSERT INTO t(v) VALUES (?1)", [format!("load {n}")])
+                    .expect("the device writes");
+                n += 1;
+            }
+            (d, n)
+        });
+        // Joins once the load is on its way.
+        wait_until("the load reaches the leader", || {
+            (count(&p1, "SELECT count(*) FROM t") >= 100).then_some(())
+        });
+        let p4 = joining_primary(&c.path("p4.db"), &leader);
+        wait_voter_count(&p1, 4);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (d, written) = load.join().expect("the load thread");
+        (p4, d, written)
+    });
+    wait_outbox_empty(&d);
+    assert_eq!(count(&p1, "SELECT count(*) FROM t") as usize, written);
+    wait_same_as_leader(&c, &["p2.db", "p3.db", "p4.db"]);
+    assert_eq!(p4.sync_status().unwrap().cluster.unwrap().role, "follower");
+    drop((p2, p3));
+}
+
+/// A follower away while the others decide 100,000 device transactions comes back and
+/// catches up, from the log or a snapshot, to the same rows and log as the leader.
+#[test]
+fn a_follower_away_for_100000_commits_catches_up() {
+    const COMMITS: usize = 100_000;
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let leader = addr_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &leader);
+    let p3 = joining_primary(&c.path("p3.db"), &leader);
+    wait_voters(&p1, 3);
+    let p3_port = p3.bound_addrs()[0].port();
+    drop(p3);
+    wait_closed(&c, "p3.db");
+
+    // Two devices, each committing its transactions one row at a time.
+    let started = std::time::Instant::now();
+    let devices: Vec<Connection> = std::thread::scope(|s| {
+        let writers: Vec<_> = ["d1.db", "d2.db"]
+            .into_iter()
+            .map(|name| {
+                let d = c.device(name, &p1);
+                s.spawn(move || {
+                    ready(&d);
+                    for i in 0..COMMITS / 2 {
+                        d.execute("INSERT INTO t(v) VALUES (?1)", [format!("{name} {i}")])
+                            .expect("the device commits");
+                    }
+                    d
+                })
+            })
+            .collect();
+        writers
+            .into_iter()
+            .map(|w| w.join().expect("a device's thread"))
+            .collect()
+    });
+    for d in &devices {
+        wait_outbox_empty(d);
+    }
+    eprintln!("{COMMITS} commits decided in {:?}", started.elapsed());
+    assert_eq!(count(&p1, "SELECT count(*) FROM t") as usize, COMMITS);
+
+    let p3 = Connection::open(&primary_uri(&c.path("p3.db"), p3_port)).unwrap();
+    wait_same_as_leader(&c, &["p2.db", "p3.db"]);
+    assert_eq!(p3.sync_status().unwrap().cluster.unwrap().role, "follower");
+    drop(p2);
+}
