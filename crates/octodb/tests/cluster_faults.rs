@@ -405,7 +405,7 @@ fn run_cluster_seed(seed: u64, steps: usize, faults: &[Fault]) {
 
     for step in 0..steps {
         // Every primary back in the cluster before the next fault: one down at most.
-        settle(&mut primaries, seed);
+        settle(&c, &mut primaries, seed);
         // The leader half the time, else any primary.
         let leader = primaries
             .iter_mut()
@@ -527,10 +527,14 @@ enum Fault {
 }
 
 /// Waits until every primary is in the cluster again (`Primary::up`), as a leader or a
-/// follower, and one leads.
-fn settle(primaries: &mut [Primary], seed: u64) {
+/// follower, one leads, and all hold the same log. (A primary that led with a tail its
+/// cluster never held may call itself a follower until the new leader's entries meet that
+/// tail; it then rejoins as a new member, and until it has, the cluster counts one primary
+/// less: a fault meanwhile would be a second one at once.)
+fn settle(c: &Cluster, primaries: &mut [Primary], seed: u64) {
+    let log = "SELECT seq, origin_node, origin_txn, body FROM _octo_log ORDER BY seq";
     wait_until(
-        &format!("seed {seed}: every primary in the cluster"),
+        &format!("seed {seed}: every primary in the cluster, with the same log"),
         || {
             let mut leaders = 0;
             for p in primaries.iter_mut() {
@@ -541,7 +545,10 @@ fn settle(primaries: &mut [Primary], seed: u64) {
                     _ => return None,
                 }
             }
-            (leaders == 1).then_some(())
+            let first = file_rows(&c.path("p0.db"), log);
+            let same = (1..primaries.len())
+                .all(|i| file_rows(&c.path(&format!("p{i}.db")), log) == first);
+            (leaders == 1 && same).then_some(())
         },
     );
 }

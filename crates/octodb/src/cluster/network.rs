@@ -334,6 +334,8 @@ pub struct PeerClient {
     conn: Option<(SecureReader, SecureWriter)>,
     /// The protocol version agreed on `conn`.
     protocol: u8,
+    /// The member answered a request on `conn`.
+    answered: bool,
 }
 
 /// How a call failed: before reaching the member (back off), or on the way.
@@ -359,6 +361,7 @@ impl PeerClient {
             network,
             conn: None,
             protocol: 0,
+            answered: false,
         }
     }
 
@@ -415,6 +418,7 @@ impl PeerClient {
             let (rd, wr, protocol) = connected.map_err(CallError::Unreachable)?;
             self.conn = Some((rd, wr));
             self.protocol = protocol;
+            self.answered = false;
         }
         Ok(())
     }
@@ -433,7 +437,13 @@ impl PeerClient {
         match tokio::time::timeout(ttl, exchange).await {
             Ok(Ok(reply)) => {
                 self.conn = Some((rd, wr));
+                self.answered = true;
                 Ok(reply)
+            }
+            // A member that closes a new connection at once refuses it (it is another
+            // member now, or stopping): openraft backs off rather than calling again at once.
+            Ok(Err(NetError::Closed)) if !self.answered => {
+                Err(CallError::Unreachable(NetError::Closed))
             }
             Ok(Err(e)) => Err(CallError::Network(e)),
             Err(_) => Err(CallError::Network(NetError::Timeout)),
