@@ -546,8 +546,8 @@ fn settle(c: &Cluster, primaries: &mut [Primary], seed: u64) {
                 }
             }
             let first = file_rows(&c.path("p0.db"), log);
-            let same = (1..primaries.len())
-                .all(|i| file_rows(&c.path(&format!("p{i}.db")), log) == first);
+            let same =
+                (1..primaries.len()).all(|i| file_rows(&c.path(&format!("p{i}.db")), log) == first);
             (leaders == 1 && same).then_some(())
         },
     );

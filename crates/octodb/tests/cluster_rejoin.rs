@@ -115,3 +115,65 @@ fn a_leader_whose_file_diverged_rejoins_as_a_new_member() {
         .unwrap();
     wait_count(&p1, "SELECT count(*) FROM t WHERE v = 'later'", 1);
 }
+
+/// A follower's file replaced by a backup taken earlier (`octodb backup`): restored, it may
+/// be older than what it acknowledged to the others, so it rejoins as a new member (a new
+/// node id) and takes the cluster's current state, the rows written after the backup too.
+#[test]
+fn a_member_restored_from_an_old_backup_rejoins_as_a_new_member() {
+    let c = Cluster::new();
+    let ports = [
+        common::process::free_port(),
+        common::process::free_port(),
+        common::process::free_port(),
+    ];
+    let paths = [c.path("p1.db"), c.path("p2.db"), c.path("p3.db")];
+    let first = format!("127.0.0.1:{}", ports[0]);
+    let p1 = primary_at(&paths[0], ports[0], None);
+    p1.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    let p2 = primary_at(&paths[1], ports[1], Some(&first));
+    let p3 = primary_at(&paths[2], ports[2], Some(&first));
+    wait_until("three voters", || (voters(&p1).len() == 3).then_some(()));
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
+        .unwrap();
+    wait_count(&p3, "SELECT count(*) FROM t", 1);
+
+    // A backup of p3 while it runs, then more writes it acknowledges.
+    let copy = c.path("p3-backup.db");
+    let cfg = octodb::NodeConfig::parse(&primary_uri(&paths[2], ports[2])).unwrap();
+    assert!(
+        octodb::backup(&cfg, &copy).expect("back up p3"),
+        "a member's backup is marked to rejoin"
+    );
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
+        .unwrap();
+    wait_count(&p3, "SELECT count(*) FROM t", 2);
+    let old_id = p3.sync_status().unwrap().node_id;
+
+    // p3's disk is lost; its backup is restored in its place.
+    drop(p3);
+    wait_closed(&c, "p3.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", paths[2].display()));
+    }
+    std::fs::rename(&copy, &paths[2]).unwrap();
+    let p3 = primary_at(&paths[2], ports[2], None);
+    wait_until("p3 back among three voters, under a new id", || {
+        let v = voters(&p1);
+        (v.len() == 3 && !v.contains(&u64::from(old_id))).then_some(())
+    });
+    assert_ne!(p3.sync_status().unwrap().node_id, old_id);
+    wait_count(&p3, "SELECT count(*) FROM t WHERE v = 'after'", 1);
+    let log = "SELECT seq, origin_node, origin_txn, body FROM _octo_log ORDER BY seq";
+    wait_until("p3 holds the cluster's log", || {
+        (file_rows(&paths[2], log) == file_rows(&paths[0], log)).then_some(())
+    });
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('later', '*')", [])
+        .unwrap();
+    wait_count(&p3, "SELECT count(*) FROM t WHERE v = 'later'", 1);
+    drop(p2);
+}

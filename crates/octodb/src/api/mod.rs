@@ -2,6 +2,7 @@
 //! and events.
 
 mod authz;
+mod backup;
 pub mod channel;
 mod connection;
 mod events;
@@ -11,6 +12,7 @@ mod pragma;
 mod rows;
 pub mod sql_text;
 
+pub use backup::backup;
 pub use connection::{app_signed_bytes, Connection, Prepared, Started, Statement, Transaction};
 pub use events::{next_event, Next};
 pub use local::OpenOptions;

@@ -22,6 +22,8 @@ use rusqlite::Connection;
 
 /// Meta key: the Raft index from which this primary's log diverged from its cluster's.
 pub(crate) const DIVERGED_KEY: &str = "raft_diverged";
+/// Meta key: the file is a backup of a member of a cluster of several (`octodb::backup`).
+const RESTORED_KEY: &str = "raft_restored_copy";
 /// Meta key: the members' addresses to rejoin through (JSON), kept until it has rejoined.
 const REJOIN_THROUGH_KEY: &str = "raft_rejoin_through";
 
@@ -31,11 +33,28 @@ pub(crate) fn mark_diverged(c: &Connection, index: u64) -> Result<()> {
     meta_set(c, DIVERGED_KEY, index as i64)
 }
 
-/// At a primary's start: if its file diverged from its cluster, clears its Raft state so
-/// that it joins again as a new member. Returns the addresses to join through: those of the
-/// members it knew, kept until the join succeeds (empty when it has nothing to rejoin).
+/// In a backup just written: if it is of a member of a cluster of several, marks it so that
+/// once restored it rejoins as a new member (it may be older than what the member
+/// acknowledged). Returns whether it did.
+pub(crate) fn mark_restored_copy(c: &Connection) -> Result<bool> {
+    let Ok((_, membership)) = applied_state(c) else {
+        return Ok(false); // not a primary's file (no Raft state)
+    };
+    if membership.membership().nodes().count() < 2 {
+        return Ok(false);
+    }
+    meta_set(c, RESTORED_KEY, 1)?;
+    Ok(true)
+}
+
+/// At a primary's start: if its file diverged from its cluster, or is a restored backup of a
+/// member, clears its Raft state so that it joins again as a new member. Returns the
+/// addresses to join through: those of the members it knew, kept until the join succeeds
+/// (empty when it has nothing to rejoin).
 pub(crate) fn prepare(c: &Connection) -> Result<Vec<String>> {
-    if meta_get::<i64>(c, DIVERGED_KEY)?.is_some() {
+    let diverged = meta_get::<i64>(c, DIVERGED_KEY)?.is_some();
+    let restored = meta_get::<i64>(c, RESTORED_KEY)?.is_some();
+    if diverged || restored {
         let (_, membership) = applied_state(c)?;
         let addrs: Vec<String> = membership
             .membership()
@@ -47,20 +66,28 @@ pub(crate) fn prepare(c: &Connection) -> Result<Vec<String>> {
             c.execute_batch("DELETE FROM _octo_raft_log; DELETE FROM _octo_raft;")?;
             // (`decided_upto`: the checkpoint of decided transactions is of a log the
             // snapshot replaces.)
-            c.prepare_cached("DELETE FROM _octo_meta WHERE key IN (?1, ?2, ?3, ?4, ?5)")?
+            c.prepare_cached("DELETE FROM _octo_meta WHERE key IN (?1, ?2, ?3, ?4, ?5, ?6)")?
                 .execute([
                     APPLIED_KEY,
                     MEMBERSHIP_KEY,
                     SNAPSHOT_KEY,
                     DIVERGED_KEY,
+                    RESTORED_KEY,
                     "decided_upto",
                 ])?;
             meta_set(c, REJOIN_THROUGH_KEY, json)
         })?;
-        tracing::warn!(
-            "this primary's file held transactions its cluster did not keep (it led, and \
-             stopped before the others held them): it rejoins the cluster as a new member"
-        );
+        if diverged {
+            tracing::warn!(
+                "this primary's file held transactions its cluster did not keep (it led, and \
+                 stopped before the others held them): it rejoins the cluster as a new member"
+            );
+        } else {
+            tracing::warn!(
+                "this primary's file is a restored backup, perhaps older than what it told its \
+                 cluster: it rejoins the cluster as a new member"
+            );
+        }
     }
     addresses(c)
 }
