@@ -94,7 +94,8 @@ pub struct DemoArgs {
     /// Keep the demo's database files in this directory instead of a temporary one.
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
-    /// Three primaries as a Raft cluster instead: the leader stops and the device goes on.
+    /// Three primaries as a Raft cluster instead, each a process: the leader is killed and the
+    /// device goes on.
     #[arg(long)]
     cluster: bool,
 }
@@ -116,6 +117,8 @@ fn main() -> ExitCode {
     let result = match args.get(1).map(String::as_str) {
         Some("serve") => serve::run(ServeArgs::parse_from(&args[1..])),
         Some("demo") => demo::run(DemoArgs::parse_from(&args[1..])),
+        // (Not in the help: the body of `demo --cluster`'s primary processes.)
+        Some(demo_cluster::PRIMARY_COMMAND) => demo_cluster::primary_process(args.get(2)),
         Some("tasks") => tasks::run(TasksArgs::parse_from(&args[1..])),
         Some("backup") => backup::run(BackupArgs::parse_from(&args[1..])),
         Some("encrypt") => convert::run(

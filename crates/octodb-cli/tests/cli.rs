@@ -125,7 +125,7 @@ fn the_cluster_demo_fails_over_and_every_node_ends_with_the_same_rows() {
         String::from_utf8_lossy(&out.stderr)
     );
     for expected in [
-        "stops.",
+        "is killed (SIGKILL",
         "elected primary",
         "primary1: 2 rows",
         "device: 2 rows",
