@@ -408,7 +408,7 @@ fn ref_hook(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     static HOOK: pyo3::sync::PyOnceLock<Py<PyAny>> = pyo3::sync::PyOnceLock::new();
     HOOK.get_or_try_init(py, || {
         Ok::<_, PyErr>(
-            py.import("octodb.broker")?
+            py.import("octodb.broker.client")?
                 .getattr("_client_encode_object")?
                 .unbind(),
         )
