@@ -1,5 +1,5 @@
 //! `octodb.broker`'s core: the Rust broker server and client (crate octodb-broker) for the
-//! Python classes in python/octodb/broker.py. The server asks a Python handler for the
+//! Python classes in python/octodb/broker/. The server asks a Python handler for the
 //! program's objects; the client hands decoded values to Python, which makes the proxies.
 
 use crate::broker_codec::{key_from_py, key_to_py, ref_from_py, Decoder, Encoder};
