@@ -136,11 +136,8 @@ fn new_primaries_join_the_first_and_hold_what_its_devices_and_app_write() {
 #[test]
 fn a_follower_restarted_after_many_commits_catches_up_from_its_stored_membership() {
     let c = Cluster::new();
-    let p1 = c.primary_with_t();
+    let (p1, p2, p3) = three_joined(&c);
     let leader = addr_of(&p1);
-    let p2 = joining_primary(&c.path("p2.db"), &leader);
-    let p3 = joining_primary(&c.path("p3.db"), &leader);
-    wait_voters(&p1, 3);
     let p3_port = p3.bound_addrs()[0].port();
     drop(p3);
 
@@ -220,6 +217,16 @@ fn a_primary_bound_to_every_interface_joins_at_the_address_it_advertises() {
     wait_count(&p2, "SELECT count(*) FROM t WHERE v = 'to p2'", 1);
 }
 
+/// The leader `p.db` (with table t), and `p2.db` and `p3.db` joined to it, all three voters.
+fn three_joined(c: &Cluster) -> (Connection, Connection, Connection) {
+    let p1 = c.primary_with_t();
+    let leader = addr_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &leader);
+    let p3 = joining_primary(&c.path("p3.db"), &leader);
+    wait_voters(&p1, 3);
+    (p1, p2, p3)
+}
+
 /// Waits until `p` counts `voters` voters in its cluster (while entries may still flow).
 fn wait_voter_count(p: &Connection, voters: usize) {
     p.wait_for(DEADLINE, |s| {
@@ -247,11 +254,8 @@ fn wait_same_as_leader(c: &Cluster, names: &[&str]) {
 #[test]
 fn a_fourth_primary_joins_under_load() {
     let c = Cluster::new();
-    let p1 = c.primary_with_t();
+    let (p1, p2, p3) = three_joined(&c);
     let leader = addr_of(&p1);
-    let p2 = joining_primary(&c.path("p2.db"), &leader);
-    let p3 = joining_primary(&c.path("p3.db"), &leader);
-    wait_voters(&p1, 3);
     let d = c.device("d.db", &p1);
     ready(&d);
 
@@ -289,11 +293,7 @@ fn a_fourth_primary_joins_under_load() {
 fn a_follower_away_for_100000_commits_catches_up() {
     const COMMITS: usize = 100_000;
     let c = Cluster::new();
-    let p1 = c.primary_with_t();
-    let leader = addr_of(&p1);
-    let p2 = joining_primary(&c.path("p2.db"), &leader);
-    let p3 = joining_primary(&c.path("p3.db"), &leader);
-    wait_voters(&p1, 3);
+    let (p1, p2, p3) = three_joined(&c);
     let p3_port = p3.bound_addrs()[0].port();
     drop(p3);
     wait_closed(&c, "p3.db");

@@ -30,9 +30,14 @@ fn voters(p: &Connection) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-#[test]
-fn a_leader_whose_file_diverged_rejoins_as_a_new_member() {
-    let c = Cluster::new();
+/// Three primaries on ports of their own (to be restarted on), all voters, with table t.
+struct Three {
+    ports: [u16; 3],
+    paths: [std::path::PathBuf; 3],
+    primaries: [Connection; 3],
+}
+
+fn three(c: &Cluster) -> Three {
     let ports = [
         common::process::free_port(),
         common::process::free_port(),
@@ -49,6 +54,21 @@ fn a_leader_whose_file_diverged_rejoins_as_a_new_member() {
     let p2 = primary_at(&paths[1], ports[1], Some(&first));
     let p3 = primary_at(&paths[2], ports[2], Some(&first));
     wait_until("three voters", || (voters(&p1).len() == 3).then_some(()));
+    Three {
+        ports,
+        paths,
+        primaries: [p1, p2, p3],
+    }
+}
+
+#[test]
+fn a_leader_whose_file_diverged_rejoins_as_a_new_member() {
+    let c = Cluster::new();
+    let Three {
+        ports,
+        paths,
+        primaries: [p1, p2, p3],
+    } = three(&c);
     let old_id = p1.sync_status().unwrap().node_id;
     p1.execute(
         "INSERT INTO t(v, row_owner) VALUES ('held by all', '*')",
@@ -122,22 +142,11 @@ fn a_leader_whose_file_diverged_rejoins_as_a_new_member() {
 #[test]
 fn a_member_restored_from_an_old_backup_rejoins_as_a_new_member() {
     let c = Cluster::new();
-    let ports = [
-        common::process::free_port(),
-        common::process::free_port(),
-        common::process::free_port(),
-    ];
-    let paths = [c.path("p1.db"), c.path("p2.db"), c.path("p3.db")];
-    let first = format!("127.0.0.1:{}", ports[0]);
-    let p1 = primary_at(&paths[0], ports[0], None);
-    p1.execute(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
-        [],
-    )
-    .unwrap();
-    let p2 = primary_at(&paths[1], ports[1], Some(&first));
-    let p3 = primary_at(&paths[2], ports[2], Some(&first));
-    wait_until("three voters", || (voters(&p1).len() == 3).then_some(()));
+    let Three {
+        ports,
+        paths,
+        primaries: [p1, p2, p3],
+    } = three(&c);
     p1.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
         .unwrap();
     wait_count(&p3, "SELECT count(*) FROM t", 1);
