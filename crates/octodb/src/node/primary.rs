@@ -504,9 +504,12 @@ const ADMIT_WAIT_MAX: Duration = Duration::from_secs(1);
 /// The longest one attempt to hand a device's transactions to the leader waits: a leader
 /// lost without a word must not hold them for the whole wait.
 const FORWARD_ATTEMPT_MAX: Duration = Duration::from_secs(3);
-/// How often a follower looks again for its cluster's leader while a device's transactions
-/// wait for one.
+/// How soon a follower tries its cluster's leader again while a device's transactions wait
+/// for one: at first (an election ends within a second), then less often, up to
+/// [`LEADER_POLL_MAX`] while the same leader fails, so that one that refuses connections is
+/// not called every few ms; a new leader is tried at once.
 const LEADER_POLL: Duration = Duration::from_millis(20);
+const LEADER_POLL_MAX: Duration = Duration::from_millis(160);
 /// How long a follower waits to apply the log as far as a device that connects to it.
 const CATCH_UP_WAIT_MAX: Duration = Duration::from_secs(5);
 
@@ -582,6 +585,8 @@ async fn to_the_leader(
 ) -> Result<()> {
     let proposer = shared.cluster.get().ok_or(Error::Closed)?;
     let deadline = tokio::time::Instant::now() + LEADER_WAIT_MAX;
+    let mut poll = LEADER_POLL;
+    let mut tried = shared.cluster_view.borrow().leader.clone();
     let outcome = loop {
         if shared.cluster_view.borrow().leading {
             // This primary leads now: its own writer decides them.
@@ -598,9 +603,15 @@ async fn to_the_leader(
             .await
         {
             Ok(written) => break written,
-            Err(e) if tokio::time::Instant::now() + LEADER_POLL < deadline => {
+            Err(e) if tokio::time::Instant::now() + poll < deadline => {
                 tracing::debug!("a device's transactions wait for the leader: {e}");
-                tokio::time::sleep(LEADER_POLL).await;
+                tokio::time::sleep(poll).await;
+                let leader = shared.cluster_view.borrow().leader.clone();
+                poll = match leader == tried {
+                    true => (poll * 2).min(LEADER_POLL_MAX),
+                    false => LEADER_POLL,
+                };
+                tried = leader;
             }
             Err(e) => {
                 return Err(Error::rule(format!(
