@@ -344,7 +344,7 @@ fn join_followers(
             .wait_for(std::time::Duration::from_secs(60), |s| {
                 s.cluster
                     .as_ref()
-                    .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == n + 1)
+                    .is_some_and(|c| c.settled_voters() == Some(n + 1))
             })
             .context("the followers join the cluster")?;
     }

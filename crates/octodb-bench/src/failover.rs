@@ -60,7 +60,7 @@ pub fn run(samples: usize, rounds: usize) -> Result<Vec<Figure>> {
     p0.wait_for(WAIT, |s| {
         s.cluster
             .as_ref()
-            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == 3)
+            .is_some_and(|c| c.settled_voters() == Some(3))
     })?;
     let mut primaries = vec![Some(p0), Some(p1), Some(p2)];
     let first = primaries[0].as_ref().context("the first primary")?;

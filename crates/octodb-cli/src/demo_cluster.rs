@@ -37,8 +37,10 @@ pub fn primary_process(uri: Option<&String>) -> anyhow::Result<ExitCode> {
                 .sync_status()
                 .map(|s| match (s.sync_error, s.cluster) {
                     (Some(e), _) if e.contains("opened again") => "diverged".to_string(),
-                    (_, Some(c)) => c.role,
-                    (_, None) => "joining".to_string(),
+                    // (Joining until its three voters are settled: a leader killed while
+                    // they grow from two leaves no majority of the two.)
+                    (_, Some(c)) if c.settled_voters() == Some(3) => c.role,
+                    _ => "joining".to_string(),
                 })
                 .map_err(Into::into),
             "count" => count(&db, "SELECT count(*) FROM todos").map(|n| n.to_string()),

@@ -49,9 +49,9 @@ fn child_process() {
         let line = line.expect("a command");
         let answer = match line.as_str() {
             "status" => db.sync_status().map(|s| {
-                // (No cluster yet while it joins.)
+                // (No cluster yet while it joins; voters 0 while they change.)
                 let (role, voters, silence) = s.cluster.map_or(("joining".into(), 0, None), |c| {
-                    let voters = c.members.iter().filter(|m| m.voter).count();
+                    let voters = c.settled_voters().unwrap_or(0);
                     (c.role, voters, c.quorum_silence_ms)
                 });
                 let silence = silence.map_or("-".into(), |ms| ms.to_string());
@@ -121,11 +121,13 @@ fn three_behind_proxies(c: &Cluster) -> (Arc<Partitions>, Vec<Primary>, Vec<Stri
     for p in &mut primaries {
         p.start();
     }
-    wait_until("three voters", || {
-        primaries[0]
-            .status()
-            .filter(|(_, voters, _)| *voters == 3)
-            .map(|_| ())
+    // On every primary: a leader killed while the voters grow from two to three leaves
+    // a cluster that cannot elect (the old two must both agree), as Raft must.
+    wait_until("three voters, as every primary sees it", || {
+        primaries
+            .iter_mut()
+            .all(|p| p.status().is_some_and(|(_, voters, _)| voters == 3))
+            .then_some(())
     });
     (net, primaries, addrs)
 }
@@ -243,6 +245,8 @@ fn killing_the_leader_again_and_again_loses_no_committed_row() {
             p.up()?;
             (p.tags() == committed).then_some(())
         });
+        // (And a member again: one that rejoined is one only once its change is done.)
+        settle(&c, &mut primaries, &format!("round {round}"));
         write(&d, &format!("r{round}-after"), &mut committed);
     }
 
@@ -392,7 +396,7 @@ fn run_cluster_seed(seed: u64, steps: usize, faults: &[Fault]) {
 
     for step in 0..steps {
         // Every primary back in the cluster before the next fault: one down at most.
-        settle(&c, &mut primaries, seed);
+        settle(&c, &mut primaries, &format!("seed {seed}"));
         // The leader half the time, else any primary.
         let leader = primaries
             .iter_mut()
@@ -480,7 +484,7 @@ fn run_cluster_seed(seed: u64, steps: usize, faults: &[Fault]) {
     // Every primary in the cluster with the same log (one that finds out only now that it
     // must be opened again is), then every committed row on each. (Each tag is UNIQUE in
     // the table: a row applied twice would have been rejected.)
-    settle(&c, &mut primaries, seed);
+    settle(&c, &mut primaries, &format!("seed {seed}"));
     for (i, p) in primaries.iter_mut().enumerate() {
         wait_until(
             &format!("seed {seed}: primary {i} holds every committed row"),
@@ -508,18 +512,22 @@ enum Fault {
 }
 
 /// Waits until every primary is in the cluster again (`Primary::up`), as a leader or a
-/// follower, one leads, and all hold the same log. (A primary that led with a tail its
-/// cluster never held may call itself a follower until the new leader's entries meet that
-/// tail; it then rejoins as a new member, and until it has, the cluster counts one primary
-/// less: a fault meanwhile would be a second one at once.)
-fn settle(c: &Cluster, primaries: &mut [Primary], seed: u64) {
+/// follower, one leads, each sees three voters and no change of them under way, and all
+/// hold the same log. (A primary that led with a tail its cluster never held may call
+/// itself a follower until the new leader's entries meet that tail; it then rejoins as a
+/// new member, and until its membership change is done the cluster counts one primary less:
+/// a fault meanwhile would be a second one at once, which three primaries cannot take.)
+fn settle(c: &Cluster, primaries: &mut [Primary], when: &str) {
     let log = "SELECT seq, origin_node, origin_txn, body FROM _octo_log ORDER BY seq";
     wait_until(
-        &format!("seed {seed}: every primary in the cluster, with the same log"),
+        &format!("{when}: every primary in the cluster, with the same log"),
         || {
             let mut leaders = 0;
             for p in primaries.iter_mut() {
-                let (role, _) = p.up()?;
+                let (role, voters) = p.up()?;
+                if voters != 3 {
+                    return None;
+                }
                 match role.as_str() {
                     "leader" => leaders += 1,
                     "follower" => {}

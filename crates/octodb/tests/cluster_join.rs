@@ -232,7 +232,7 @@ fn wait_voter_count(p: &Connection, voters: usize) {
     p.wait_for(DEADLINE, |s| {
         s.cluster
             .as_ref()
-            .is_some_and(|c| c.members.iter().filter(|m| m.voter).count() == voters)
+            .is_some_and(|c| c.settled_voters() == Some(voters))
     })
     .unwrap_or_else(|e| panic!("waiting for {voters} voters: {e}"));
 }

@@ -92,6 +92,23 @@ pub struct ClusterStatus {
     /// milliseconds. It takes no writes and serves no device meanwhile ("quorum lost").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum_silence_ms: Option<u64>,
+    /// A change of the voters is under way as this primary sees it: the old and the new voters
+    /// both decide (Raft's joint configuration), or the new membership is not committed here
+    /// yet. Losing a primary of a two-voter step now stalls the cluster, as Raft must: wait
+    /// for this to clear (see [`ClusterStatus::settled_voters`]) before taking one away.
+    #[serde(default)]
+    pub membership_changing: bool,
+}
+
+impl ClusterStatus {
+    /// How many primaries vote, once no change of the voters is under way here; None while
+    /// one is.
+    pub fn settled_voters(&self) -> Option<usize> {
+        match self.membership_changing {
+            true => None,
+            false => Some(self.members.iter().filter(|m| m.voter).count()),
+        }
+    }
 }
 
 /// A member of the cluster.
@@ -118,6 +135,8 @@ pub(crate) fn cluster_status(raft: &crate::cluster::Raft) -> ClusterStatus {
     };
     let config = m.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = config.voter_ids().collect();
+    let membership_changing =
+        config.get_joint_config().len() > 1 || m.membership_config.log_id() > &m.last_applied;
     let members = config
         .nodes()
         .map(|(id, member)| {
@@ -142,6 +161,7 @@ pub(crate) fn cluster_status(raft: &crate::cluster::Raft) -> ClusterStatus {
         last_log_index: m.last_log_index,
         applied_index: m.last_applied.map(|l| l.index),
         quorum_silence_ms: crate::cluster::quorum_silence(&m),
+        membership_changing,
         members,
     }
 }

@@ -230,7 +230,7 @@ pub fn file_rows(path: &Path, sql: &str) -> Vec<Vec<String>> {
 pub fn wait_voters(p: &Connection, voters: usize) {
     p.wait_for(DEADLINE, |s| {
         s.cluster.as_ref().is_some_and(|c| {
-            c.members.iter().filter(|m| m.voter).count() == voters
+            c.settled_voters() == Some(voters)
                 && c.applied_index.is_some()
                 && c.applied_index == c.last_log_index
         })
