@@ -14,13 +14,27 @@ pub const ANSWER: Duration = Duration::from_secs(60);
 /// Marks the child's answers among the lines the test harness prints (which may share a line).
 pub const MARK: &str = "@@ ";
 
-/// A loopback port free now (for a URI that must name its port before binding it).
+/// A loopback port free now, for a URI that must name its port before binding it (and bind
+/// it again after a restart). Taken below Linux's ephemeral range (32768-60999), so that no
+/// other test's outgoing connection is handed it while its primary is down; each test
+/// process counts on from a place of its own, so parallel tests do not pick the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A child process in a role, driven line by line.
