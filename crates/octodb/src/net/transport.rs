@@ -469,7 +469,7 @@ async fn handshake(
 }
 
 /// A peer that hangs up on our offer before answering it: a node of version 2 refuses any
-/// data in the first message.
+/// data in the first message (and a TCP proxy whose node is down accepts, then closes).
 fn refused_offer(e: NetError) -> NetError {
     if !is_disconnect(&e) {
         return e;
@@ -477,7 +477,7 @@ fn refused_offer(e: NetError) -> NetError {
     NetError::Authentication(format!(
         "the peer closed the connection on this node's version offer (protocol {}): it runs an \
          octodb from before version negotiation (protocol {}; upgrade the primaries before \
-         their devices), or it uses another network key",
+         their devices), or it uses another network key, or it is a proxy whose node is down",
         Versions::default(),
         version::PRE_NEGOTIATION
     ))
