@@ -61,6 +61,23 @@ pub fn run(
             name.to_string_lossy()
         )));
     }
+    if name.to_bytes() == b"temp" {
+        // SQLCipher's check above reads the key length of `temp` into a variable it leaves
+        // uninitialised while `temp` is not open yet (SQLite opens it only later in the same
+        // call), so it failed at random with "backup is not supported with encrypted
+        // databases". A PRAGMA that names `temp` opens it, as SQLite would. SAFETY: the
+        // handle is open and locked; the statement text is a static C string, and no callback
+        // or output pointer is passed.
+        unsafe {
+            ffi::sqlite3_exec(
+                sraw.0,
+                c"PRAGMA temp.page_count".as_ptr(),
+                None,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+    }
     // SAFETY: both handles are open and locked; the names outlive the call.
     let bck = unsafe { ffi::sqlite3_backup_init(draw.0, c"main".as_ptr(), sraw.0, name.as_ptr()) };
     if bck.is_null() {
