@@ -15,6 +15,7 @@ pub mod client;
 pub mod codec;
 pub mod error;
 pub mod key;
+mod outbox;
 pub mod protocol;
 pub mod server;
 pub mod sql;

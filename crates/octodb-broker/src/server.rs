@@ -10,17 +10,17 @@
 use crate::codec::{self, Limits, ObjectState, Value};
 use crate::error::{BrokerError, RemoteError};
 use crate::key::{Key, ObjRef, Secret};
+use crate::outbox::{Full, Outbox};
 use crate::protocol::{self, Op, Request, SearchMode, ServerFrame};
 use octodb::api::channel::Channel;
 use octodb::Role;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::mpsc;
 
 /// The loader of objects added with `add_static`.
 pub const STATIC_LOADER: &str = "static";
-/// Frames queued for one client; a client that falls this far behind is disconnected (it
+/// Frames waiting for one client; a client that falls this far behind is disconnected (it
 /// reconnects and drops its cache, so it misses nothing).
 const CLIENT_QUEUE: usize = 4096;
 /// Requests of one client handled at once.
@@ -118,7 +118,7 @@ pub type FallbackHandler =
 
 /// What the server tells a client, as the server decides it.
 struct ClientSession {
-    out: mpsc::Sender<Vec<u8>>,
+    out: Arc<Outbox>,
     peer: Peer,
     /// Objects sent to it whole: it caches them, so it must hear of their changes.
     held: HashSet<Key>,
@@ -531,16 +531,12 @@ fn collect_objects(v: &Value, out: &mut Vec<Key>) {
 }
 
 fn queue(s: &mut ClientSession, frame: ServerFrame) {
-    match s.out.try_send(protocol::encode(&frame)) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(_)) => {
-            tracing::warn!(
-                node = s.peer.node_id,
-                "broker client too far behind: disconnected (it reconnects and refetches)"
-            );
-            s.kicked.notify_one();
-        }
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    if let Err(Full) = s.out.push(protocol::encode(&frame)) {
+        tracing::warn!(
+            node = s.peer.node_id,
+            "broker client too far behind: disconnected (it reconnects and refetches)"
+        );
+        s.kicked.notify_one();
     }
 }
 
@@ -590,7 +586,7 @@ async fn run_session(inner: Arc<Inner>, ch: Channel) {
     if inner.stopped.load(Ordering::SeqCst) {
         return;
     }
-    let (mut rd, mut wr, chpeer) = ch.into_split();
+    let (mut rd, wr, chpeer) = ch.into_split();
     let peer = Peer {
         node_id: chpeer.node_id,
         user_id: chpeer.user_id,
@@ -598,7 +594,8 @@ async fn run_session(inner: Arc<Inner>, ch: Channel) {
         role: chpeer.role,
     };
     let id = inner.next_session.fetch_add(1, Ordering::Relaxed);
-    let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE);
+    let out = Arc::new(Outbox::new(wr, CLIENT_QUEUE));
+    let runtime = tokio::runtime::Handle::current();
     let kicked = Arc::new(tokio::sync::Notify::new());
     lock(&inner.sessions).insert(
         id,
@@ -615,15 +612,7 @@ async fn run_session(inner: Arc<Inner>, ch: Channel) {
         user = peer.user_id,
         "broker client connected"
     );
-    let writing = async {
-        while let Some(frame) = out_rx.recv().await {
-            wr.send(&frame).await?;
-            if out_rx.is_empty() {
-                wr.flush().await?;
-            }
-        }
-        Ok::<(), octodb::net::NetError>(())
-    };
+    let writing = out.run_writer();
     let turns = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_REQUESTS));
     let reading = async {
         loop {
@@ -639,8 +628,9 @@ async fn run_session(inner: Arc<Inner>, ch: Channel) {
                 return Ok(());
             };
             let (inner, peer, out) = (inner.clone(), peer.clone(), out.clone());
+            let (runtime, kicked) = (runtime.clone(), kicked.clone());
             // Handled on a blocking thread (the program's handler may be slow, or wait for
-            // Python's GIL), which queues the reply itself: one hand-over less per request.
+            // Python's GIL), which sends the reply itself (`Outbox`).
             tokio::task::spawn_blocking(move || {
                 let rid = request.id;
                 let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -662,9 +652,9 @@ async fn run_session(inner: Arc<Inner>, ch: Channel) {
                     Err(e) => (Err(RemoteError::from(&e)), None),
                 };
                 let frame = protocol::encode(&ServerFrame::Reply { id: rid, result });
-                let _ = out.blocking_send(frame);
-                if let Some(after) = after {
-                    let _ = out.blocking_send(after);
+                if let Err(e) = out.send_blocking(&runtime, std::iter::once(frame).chain(after)) {
+                    tracing::debug!(node = peer.node_id, "broker reply not sent: {e}");
+                    kicked.notify_one();
                 }
                 drop(turn);
             });
