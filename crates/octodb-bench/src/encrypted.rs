@@ -31,11 +31,8 @@ pub fn run(sizes: Sizes) -> Result<Vec<Figure>> {
     })?;
     let download_secs = || download::download_secs(download_rows).map(|(secs, _, _)| secs);
     let download = compare(PASSPHRASE, Better::Lower, download_secs)?;
-    // The download's time includes making the device's new file. A device in a process of
-    // its own stretches a passphrase there once in its life (a PBKDF2, ~0.2 s); here it
-    // shares the primary's process and takes the salt already stretched, as any new file of
-    // a process does. The same with a raw key, which needs no stretching anywhere, shows
-    // the codec's part alone.
+    // The download's time includes making the device's new file, whose key a passphrase
+    // costs a PBKDF2 of its own: the same with a raw key shows the codec's part alone.
     let download_raw = compare(RAW_KEY, Better::Lower, download_secs)?;
     Ok(vec![
         streaming.figure(

@@ -6,8 +6,7 @@
 //! The file takes the key exactly as the URI gives it, so stock SQLCipher 4 opens it with the
 //! same `PRAGMA key`. A passphrase costs SQLCipher a PBKDF2 of 256,000 rounds (about a quarter of
 //! a second) at every connection; octodb derives it once per process and file salt and hands
-//! the raw key to every later connection instead, and new files of the process take the salt
-//! it has (see [`key_spec`]).
+//! the raw key to every later connection instead (see [`key_spec`]).
 
 use crate::error::{Error, Result};
 use crate::uri::NetworkKey;
@@ -67,8 +66,7 @@ fn file_salt(file: &Path) -> Option<[u8; SALT_BYTES]> {
 /// What `PRAGMA key` is given: SQLCipher reads `x'<64 hex>'` as a raw key, `x'<96 hex>'` as a
 /// raw key and the salt it was derived with, and anything else as a passphrase to stretch.
 /// A passphrase is stretched here, as SQLCipher would with the file's salt (a new file gets a
-/// salt, which SQLCipher writes as its first 16 bytes): once per process and salt. A new file
-/// takes a salt this process already stretched the passphrase with, else a random one.
+/// random salt, which SQLCipher writes as its first 16 bytes): once per process and salt.
 fn key_spec(key: &NetworkKey, salt: Option<[u8; SALT_BYTES]>) -> Result<Secret> {
     let passphrase = match key {
         NetworkKey::Bytes(raw) => return Ok(Secret(format!("x'{}'", hex::encode(raw)))),
@@ -76,7 +74,7 @@ fn key_spec(key: &NetworkKey, salt: Option<[u8; SALT_BYTES]>) -> Result<Secret> 
         NetworkKey::Passphrase(p) if looks_raw(p) => return Ok(Secret(p.clone())),
         NetworkKey::Passphrase(p) => p,
     };
-    let salt = match salt.or_else(|| salt_derived_for(passphrase)) {
+    let salt = match salt {
         Some(salt) => salt,
         None => {
             let mut fresh = [0u8; SALT_BYTES];
@@ -115,19 +113,6 @@ fn derived() -> std::sync::MutexGuard<'static, DerivedKeys> {
 #[doc(hidden)]
 pub fn derivations_of(passphrase: &str) -> usize {
     derived().keys().filter(|(p, _)| p == passphrase).count()
-}
-
-/// A salt this process already derived `passphrase`'s key with. A new file takes it, and so
-/// the same raw key: a device's download into a new file, a backup or a converted copy then
-/// costs no second PBKDF2 (a quarter second, most of a small download's time). The files of
-/// one passphrase made by one process share their raw key as the pages of one file do; their
-/// salt still differs from other processes' files, which is what a salt is for (no table
-/// computed ahead serves two of them), and each file's pages keep their own random IVs.
-fn salt_derived_for(passphrase: &str) -> Option<[u8; SALT_BYTES]> {
-    derived()
-        .keys()
-        .find(|(p, _)| p == passphrase)
-        .map(|(_, salt)| *salt)
 }
 
 /// PBKDF2 of `passphrase` with `salt`, SQLCipher 4's way, once per process for each pair.
