@@ -476,3 +476,84 @@ fn a_change_made_while_an_object_is_read_is_not_missed() {
         Some(&Value::Int(2))
     );
 }
+
+/// The reply-after-invalidation order holds with many threads at once, whichever thread
+/// writes the frames (the handler's own, or the session's writing task): while other callers
+/// keep the connection busy and the server keeps announcing changes of another object the
+/// client holds, every call that changed the status returns with the status already dropped
+/// from the client's cache.
+#[test]
+fn replies_follow_invalidations_among_concurrent_calls_and_announcements() {
+    let net = Net::new();
+    let p = net.primary("p.db");
+    let (_server, statics) = seed_server(&p);
+    let (_d, client) = connected(&net, &p, "d.db");
+    let root = client.root().unwrap();
+    let status = status_ref(&root);
+    let Value::Ref(ann) = client
+        .call_method(&root.key, "login", vec!["ann".into()], vec![])
+        .unwrap()
+    else {
+        panic!("login returns a reference");
+    };
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let running = |f: Box<dyn Fn() + Send>| {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f();
+            }
+        })
+    };
+    let mut busy = Vec::new();
+    for i in 0..4 {
+        let c = client.clone();
+        busy.push(running(Box::new(move || {
+            let answer = c.call("hello", vec![format!("caller {i}").into()]).unwrap();
+            assert_eq!(answer, Value::Str(format!("hello caller {i}")));
+        })));
+    }
+    // The client holds `ann` again and again; the server changes it again and again.
+    let c = client.clone();
+    let held = ann.clone();
+    busy.push(running(Box::new(move || {
+        c.fetch(&held).unwrap();
+    })));
+    let (s, key) = (statics.clone(), ann.key.clone());
+    let n = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let count = n.clone();
+    busy.push(running(Box::new(move || {
+        let i = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.update(&key, vec![("n".into(), Value::Int(i as i64))], vec![])
+            .unwrap();
+        std::thread::yield_now();
+    })));
+
+    for round in 0..200 {
+        client.fetch(&status).unwrap();
+        client
+            .call_method(
+                &root.key,
+                "set_health",
+                vec![format!("h{round}").into()],
+                vec![],
+            )
+            .unwrap();
+        assert!(
+            !client.is_cached(&status.key),
+            "round {round}: the reply came before the invalidation"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in busy {
+        t.join().expect("a busy thread failed");
+    }
+    assert!(
+        n.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the server announced changes meanwhile"
+    );
+    assert_eq!(
+        field(&client.fetch(&status).unwrap(), "health"),
+        Value::from("h199")
+    );
+}
