@@ -121,14 +121,9 @@ fn three_behind_proxies(c: &Cluster) -> (Arc<Partitions>, Vec<Primary>, Vec<Stri
     for p in &mut primaries {
         p.start();
     }
-    // On every primary: a leader killed while the voters grow from two to three leaves
-    // a cluster that cannot elect (the old two must both agree), as Raft must.
-    wait_until("three voters, as every primary sees it", || {
-        primaries
-            .iter_mut()
-            .all(|p| p.status().is_some_and(|(_, voters, _)| voters == 3))
-            .then_some(())
-    });
+    // Three settled voters on every primary: a leader killed while the voters grow from two
+    // to three leaves a cluster that cannot elect (the old two must both agree), as Raft must.
+    settle(c, &mut primaries, "three primaries started");
     (net, primaries, addrs)
 }
 

@@ -122,10 +122,11 @@ async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {
 }
 
 async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> Result<()> {
-    // Every step before the streaming is boxed (the handshake, the admission, the leader's
-    // answer for a follower, the position's judgement, redirects): a future is as large as
-    // its largest state, and an idle session (a primary may hold tens of thousands) should
-    // not carry their room. `tests::an_idle_device_session_stays_small` keeps it so.
+    // The steps whose state is larger than an idle session's are boxed (the handshake, the
+    // admission, a follower's asking its leader, a joining primary's session): a future is
+    // as large as its largest state, and an idle session (a primary may hold tens of
+    // thousands) should not carry their room. `tests::an_idle_device_session_stays_small`
+    // keeps it so.
     let stream = Box::pin(SecureStream::accept(tcp, &shared.keys, &shared.handshake)).await;
     shared.metrics.handshake(stream.is_ok());
     let stream = stream?;
@@ -137,10 +138,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         .await
         .map_err(|_| NetError::Timeout)??;
     if let Message::OpenChannel { service } = hello {
-        return Box::pin(super::channels::serve(
-            shared, pubkey, addr, protocol, service, rd, wr,
-        ))
-        .await;
+        return super::channels::serve(shared, pubkey, addr, protocol, service, rd, wr).await;
     }
     let Message::Hello {
         role,
@@ -159,10 +157,10 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         ))
         .await;
     }
-    let serving = match Box::pin(serving_devices(shared)).await {
+    let serving = match serving_devices(shared).await {
         Ok(serving) => serving,
         Err((leader, reason)) => {
-            return Box::pin(redirect(&mut wr, protocol, leader, reason)).await;
+            return redirect(&mut wr, protocol, leader, reason).await;
         }
     };
     // Node information is the node's own say; keep it small.
@@ -191,8 +189,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
             };
             let connected = ConnectedKey::open(shared, pubkey.to_hex());
             let node_id = registered.node_id;
-            let last_decided_txn =
-                Box::pin(ask(shared, |reply| Job::LastDecided { node_id, reply })).await?;
+            let last_decided_txn = ask(shared, |reply| Job::LastDecided { node_id, reply }).await?;
             (registered, last_decided_txn, connected)
         }
         Serving::Follower(leader) => {
@@ -208,7 +205,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
                         ),
                         None => format!("{reason}; the cluster elects a leader: try again shortly"),
                     };
-                    return Box::pin(redirect(&mut wr, protocol, leader.clone(), reason)).await;
+                    return redirect(&mut wr, protocol, leader.clone(), reason).await;
                 }
             }
         }
@@ -219,7 +216,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     // Listen from now on: a withdrawal from here to the end of the session is not missed.
     withdrawal.as_mut().enable();
     if shared.approved.get(&connected.key).is_err()
-        && !Box::pin(still_approved(shared, &connected.key)).await?
+        && !still_approved(shared, &connected.key).await?
     {
         // A decision on this key came after its admission, and took the approval back.
         return Ok(());
@@ -237,22 +234,16 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     tracing::info!(%addr, node_id, user_id, following = matches!(serving, Serving::Follower(_)), "device connected");
     let tells_epochs = protocol >= version::LOG_EPOCHS;
     if let Serving::Follower(leader) = &serving {
-        if !Box::pin(caught_up_with(shared, last_seq)).await {
+        if !caught_up_with(shared, last_seq).await {
             let reason = format!(
                 "this primary has not yet applied the log as far as this device's position \
                  {last_seq}: the device goes to the cluster's leader"
             );
-            return Box::pin(redirect(&mut wr, protocol, leader.clone(), reason)).await;
+            return redirect(&mut wr, protocol, leader.clone(), reason).await;
         }
     }
-    let Some(last_seq) = Box::pin(judge_position(
-        shared,
-        &mut wr,
-        tells_epochs,
-        last_seq,
-        device_epoch,
-    ))
-    .await?
+    let Some(last_seq) =
+        judge_position(shared, &mut wr, tells_epochs, last_seq, device_epoch).await?
     else {
         return Ok(());
     };
