@@ -86,6 +86,55 @@ fn submitted(setup: &Setup, device: &octodb_tasks::TaskQueue, opts: SubmitOption
 }
 
 #[test]
+fn a_task_whose_insert_was_compacted_from_the_log_before_a_worker_read_it_is_refused() {
+    // Workers start long after the task came in: the log has been compacted past its insert,
+    // so no one can tell which node inserted the row. It is refused with the reason, not left
+    // waiting forever; later tasks run.
+    let setup = Setup::with_options("log_keep=100");
+    let counter = Counter::default();
+    let device = setup.device("d.db");
+    let early = submitted(&setup, &device, SubmitOptions::default());
+    let inserted_by = setup.primary.feed_position();
+    setup
+        .primary
+        .execute_batch("CREATE TABLE filler(id INTEGER PRIMARY KEY, row_owner, v)")
+        .unwrap();
+    for i in 0..300 {
+        setup
+            .primary
+            .execute("INSERT INTO filler(row_owner, v) VALUES ('*', ?1)", [i])
+            .unwrap();
+    }
+    wait_until("the log is compacted past the task's insert", || {
+        let start = setup.primary.sync_status().ok()?.log_start?;
+        (start > inserted_by).then_some(())
+    });
+    let _workers = setup.workers(registry(&counter), Policy::default(), quick_config(1));
+    let (state, reason) = ended_on_primary(&setup, early);
+    assert_eq!(
+        (state.as_str(), reason.as_deref()),
+        ("refused", Some("signer not allowed"))
+    );
+    let detail: String = setup
+        .primary
+        .query_row(
+            "SELECT error_message FROM octo_tasks WHERE id = ?1",
+            [early],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(detail.contains("compacted"), "{detail}");
+    let later = device
+        .start("count", serde_json::json!([2]), SubmitOptions::default())
+        .unwrap();
+    assert_eq!(
+        later.join(Some(DEADLINE), |_| {}).unwrap(),
+        serde_json::json!(2)
+    );
+    assert_eq!((counter.of(early), counter.of(later.id)), (0, 1));
+}
+
+#[test]
 fn tampering_with_any_signed_field_in_the_stored_row_is_refused() {
     let setup = Setup::new();
     let counter = Counter::default();

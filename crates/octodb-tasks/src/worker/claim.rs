@@ -41,7 +41,7 @@ pub(super) struct Candidate {
     pub(super) id: i64,
     pub(super) values: Vec<Value>,
     pub(super) attempts: i64,
-    pub(super) origin: Option<u32>,
+    pub(super) origin: Option<Origin>,
 }
 
 pub(super) const CANDIDATE_SQL: &str = "
@@ -90,7 +90,7 @@ pub(super) fn claim(
         let nodes = conn.nodes()?;
         for row in rows.iter() {
             let id: i64 = row.get(0)?;
-            let origin = row.get::<Option<i64>>(12)?.map(|n| n as u32);
+            let origin = row.get::<Option<i64>>(12)?.map(Origin::from_stored);
             let candidate = Candidate {
                 id,
                 values: row.values().to_vec(),
@@ -280,14 +280,21 @@ pub(super) fn examine(
         // Running here, its lease late to be renewed (a starved keeper): not another attempt.
         return Ok(None);
     }
-    let Some(origin) = c.origin else {
+    let origin = match c.origin {
+        Some(Origin::Node(node)) => Ok(node),
+        Some(Origin::CutFromLog) => Err(refusal(
+            "signer not allowed",
+            "the log entry that inserted it was compacted (log_keep=) before the workers read \
+             it, so the node that inserted it cannot be checked: submit the task again",
+        )),
         // Its insert is newer than the feed position read before the rows: the intake notes
         // it and wakes us.
-        return Ok(None);
+        None => return Ok(None),
     };
-    let checked = record_of(c).and_then(|(record, signature, cancel)| {
-        check(&shared.policy, me, nodes, &record, &signature, origin, now)
-            .map(|()| (record, cancel))
+    let checked = origin.and_then(|origin| {
+        let (record, signature, cancel) = record_of(c)?;
+        check(&shared.policy, me, nodes, &record, &signature, origin, now)?;
+        Ok((record, cancel))
     });
     let (record, cancel) = match checked {
         Ok(ok) => ok,

@@ -7,7 +7,7 @@ use super::*;
 /// than one each); the origins are read from here meanwhile.
 #[derive(Default)]
 pub(super) struct IntakeBuffer {
-    pub(super) origins: HashMap<i64, u32>,
+    pub(super) origins: HashMap<i64, Origin>,
     pub(super) notes: Vec<Note>,
     /// The feed position everything up to which is noted here or in the file.
     pub(super) up_to: u64,
@@ -25,6 +25,7 @@ pub(super) fn intake(shared: &Shared, conn: Connection) {
     let mut stored = position;
     shared.intake().up_to = position;
     let mut last_housekeeping: Option<Instant> = None;
+    let mut before_cut: Option<BeforeCut> = None;
     while !shared.stopping() {
         conn.wait_feed(position, shared.config.tick);
         match take_in(&conn, shared, position) {
@@ -33,15 +34,29 @@ pub(super) fn intake(shared: &Shared, conn: Connection) {
                 if touched {
                     shared.wake.bump();
                 }
+                if let Some(cut) = before_cut.take_if(|cut| position >= cut.last_seq) {
+                    match note_cut_inserts(&conn, shared, cut) {
+                        Ok(0) => {}
+                        Ok(_) => shared.wake.bump(),
+                        Err(e) => tracing::warn!("task intake cannot note the tasks whose insert was cut from the log: {e}"),
+                    }
+                }
             }
-            // Away for longer than the log keeps: what was cut is not read (tasks inserted
-            // then have no known origin, and are not run: `claim::examine`).
+            // Away for longer than the log keeps: what was cut is not read. Tasks inserted
+            // then can never have their inserting node checked; they are found (once the
+            // intake has read what remains) and refused rather than left waiting.
             Err(octodb::Error::LogCompacted { start, .. }) => {
                 tracing::warn!(
                     from = position,
                     to = start - 1,
                     "task intake: the log was compacted past its position; it reads on from its start"
                 );
+                match tasks_before_cut(&conn) {
+                    Ok(cut) => before_cut = Some(cut),
+                    Err(e) => tracing::warn!(
+                        "task intake cannot list the tasks waiting across the cut: {e}"
+                    ),
+                }
                 position = start - 1;
                 shared.intake().up_to = position;
             }
@@ -81,9 +96,34 @@ pub(super) fn intake(shared: &Shared, conn: Connection) {
 /// reads them again, harmlessly. (Writing it at every read would cost a commit for each.)
 pub(super) const POSITION_SLACK: u64 = 10_000;
 
+/// Who inserted a task's row, as the intake learnt it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Origin {
+    Node(u32),
+    /// Its insert was compacted out of the log before the intake read it: nobody can tell
+    /// which node inserted it, so it may not run (`claim::examine` refuses it).
+    CutFromLog,
+}
+
+impl Origin {
+    /// Node ids are never negative: -1 stands for [`Origin::CutFromLog`] in the table.
+    const CUT_FROM_LOG: i64 = -1;
+
+    pub(super) fn stored(self) -> i64 {
+        match self {
+            Origin::Node(node) => i64::from(node),
+            Origin::CutFromLog => Self::CUT_FROM_LOG,
+        }
+    }
+
+    pub(super) fn from_stored(value: i64) -> Origin {
+        u32::try_from(value).map_or(Origin::CutFromLog, Origin::Node)
+    }
+}
+
 /// What the intake writes for one task change.
 pub(super) enum Note {
-    Origin { task: i64, node: u32, seq: u64 },
+    Origin { task: i64, origin: Origin, seq: u64 },
     Acknowledged { task: i64 },
     Forget { task: i64 },
 }
@@ -105,7 +145,7 @@ pub(super) fn take_in(
     }
     let mut touched = false;
     let mut notes = Vec::new();
-    let mut fresh: HashMap<i64, u32> = HashMap::new();
+    let mut fresh: HashMap<i64, Origin> = HashMap::new();
     for change in batch
         .changes
         .iter()
@@ -131,10 +171,11 @@ pub(super) fn take_in(
         };
         if !buffered && acked.is_none() {
             // The first upsert of a row in the log is its insert.
-            fresh.insert(task, change.origin_node);
+            let origin = Origin::Node(change.origin_node);
+            fresh.insert(task, origin);
             notes.push(Note::Origin {
                 task,
-                node: change.origin_node,
+                origin,
                 seq: change.seq,
             });
         }
@@ -174,10 +215,10 @@ pub(super) fn write_down(
         conn.execute("BEGIN IMMEDIATE", [])?;
         for note in &notes {
             match *note {
-                Note::Origin { task, node, seq } => conn.execute(
+                Note::Origin { task, origin, seq } => conn.execute(
                     "INSERT OR IGNORE INTO private_octo_task_origins(task_id, origin_node, seq) \
                      VALUES (?1, ?2, ?3)",
-                    (task, i64::from(node), seq as i64),
+                    (task, origin.stored(), seq as i64),
                 )?,
                 Note::Acknowledged { task } => conn.execute(
                     "UPDATE private_octo_task_origins SET acked_ms = ?1 \
@@ -218,6 +259,80 @@ pub(super) fn write_down(
             Err(e)
         }
     }
+}
+
+/// The tasks in the table when the intake found the log cut past its position, and the log's
+/// last entry then (read in one snapshot, so every one of those inserts is at or before it).
+pub(super) struct BeforeCut {
+    tasks: Vec<i64>,
+    last_seq: u64,
+}
+
+fn tasks_before_cut(conn: &Connection) -> Result<BeforeCut, octodb::Error> {
+    conn.execute("BEGIN", [])?;
+    let read = (|| -> Result<BeforeCut, octodb::Error> {
+        let rows = conn.query(
+            "SELECT id FROM octo_tasks WHERE state IS NULL OR state IN ('queued', 'running')",
+            [],
+        )?;
+        let tasks = rows
+            .iter()
+            .map(|r| r.get::<i64>(0))
+            .collect::<Result<_, _>>()?;
+        // The engine's log, read-only: the newest position whose rows this snapshot holds.
+        let last_seq: i64 =
+            conn.query_row("SELECT coalesce(max(seq), 0) FROM _octo_log", [], |r| {
+                r.get(0)
+            })?;
+        Ok(BeforeCut {
+            tasks,
+            last_seq: last_seq.max(0) as u64,
+        })
+    })();
+    let _ = conn.execute("COMMIT", []);
+    read
+}
+
+/// Once the intake has read up to `cut.last_seq`: the listed tasks whose insert it did not
+/// meet were inserted in the part of the log that was cut. Notes them so (the claim refuses
+/// them with the reason) and returns how many.
+fn note_cut_inserts(
+    conn: &Connection,
+    shared: &Shared,
+    cut: BeforeCut,
+) -> Result<usize, octodb::Error> {
+    let mut orphans = Vec::new();
+    for task in cut.tasks {
+        if shared.intake().origins.contains_key(&task) {
+            continue;
+        }
+        let known: i64 = conn.query_row(
+            "SELECT (SELECT count(*) FROM private_octo_task_origins WHERE task_id = ?1) \
+                    + 1 - (SELECT count(*) FROM octo_tasks WHERE id = ?1)",
+            [task],
+            |r| r.get(0),
+        )?;
+        if known == 0 {
+            orphans.push(task);
+        }
+    }
+    if !orphans.is_empty() {
+        tracing::warn!(
+            tasks = ?orphans,
+            "tasks inserted in the part of the log compacted before the workers read it: \
+             their inserting node cannot be checked, so they are refused"
+        );
+    }
+    let mut buffer = shared.intake();
+    for &task in &orphans {
+        buffer.origins.insert(task, Origin::CutFromLog);
+        buffer.notes.push(Note::Origin {
+            task,
+            origin: Origin::CutFromLog,
+            seq: 0,
+        });
+    }
+    Ok(orphans.len())
 }
 
 /// Refuse expired tasks, delete ended ones past their retention, forget expired nonces.

@@ -32,11 +32,17 @@ pub struct Setup {
 
 impl Setup {
     pub fn new() -> Setup {
+        Setup::with_options("")
+    }
+
+    /// A primary whose URI also has `options` (`&`-separated, e.g. `log_keep=100`).
+    pub fn with_options(options: &str) -> Setup {
         init_tracing();
         let dir = tempfile::tempdir().expect("temp dir");
         let primary_uri = format!(
-            "file:{}?node=primary&bind=tcp://127.0.0.1:0",
-            dir.path().join("p.db").display()
+            "file:{}?node=primary&bind=tcp://127.0.0.1:0{}{options}",
+            dir.path().join("p.db").display(),
+            if options.is_empty() { "" } else { "&" },
         );
         let primary = Connection::open(&primary_uri).expect("open primary");
         octodb_tasks::schema::install(&primary).expect("install the queue");
