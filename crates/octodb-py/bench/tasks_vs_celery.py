@@ -13,6 +13,7 @@ with `synchronous=FULL` on the primary and the device.
 """
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -66,8 +67,7 @@ def bench_octodb(n, paced_n, directory):
             time.sleep(0.01)
 
     started = time.time()
-    for i in range(n):
-        Noop(queue).start(i)
+    burst_ids = [Noop(queue).start(i).id for i in range(n)]
     # Wait, woken by the device's feed, until every task is done on the device.
     end = time.monotonic() + DEADLINE
     while True:
@@ -90,7 +90,10 @@ def bench_octodb(n, paced_n, directory):
         paced.append((started_ms - created_ms) / 1000.0)
     burst = [
         (s - c) / 1000.0
-        for s, c in device.execute("SELECT started_at_ms, created_at_ms FROM octo_tasks LIMIT ?", (n,))
+        for s, c in device.execute(
+            "SELECT started_at_ms, created_at_ms FROM octo_tasks WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(burst_ids),),
+        )
     ]
     worker.stop()
     device.close()

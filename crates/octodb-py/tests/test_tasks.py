@@ -115,6 +115,17 @@ def test_progress_reaches_the_submitter_and_arguments_keep_their_types(nodes):
     assert COMPLETED.count(f"{task.id}:1") == 1
 
 
+def test_state_result_and_error_follow_the_row_without_join(nodes):
+    queue, _ = nodes
+    task = Echo(queue).start(3, "hello")
+    assert task.state in ("queued", "running", "done")
+    wait_until("the task's state reads done", lambda: task.state == "done")
+    assert task.result == "hello" and task.error is None
+    failing = Divide(queue).start(1, 0)
+    wait_until("the failing task's state reads failed", lambda: failing.state == "failed")
+    assert isinstance(failing.error, ZeroDivisionError)
+
+
 def test_errors_keep_their_type_name_and_message(nodes):
     queue, _ = nodes
     with pytest.raises(ZeroDivisionError, match="division by zero"):

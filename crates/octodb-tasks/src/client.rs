@@ -105,7 +105,8 @@ pub struct TaskInfo {
 
 const INFO_COLUMNS: &str = "id, task_type, args, priority, state, reason, attempts, progress, \
     total, expected_duration, result, error_type, error_message, created_at_ms, started_at_ms, \
-    ended_at_ms, submitter, cancel_signature IS NOT NULL, final_seen IS NOT NULL";
+    ended_at_ms, submitter, cancel_signature IS NOT NULL, \
+    coalesce(final_seen = ended_at_ms, 0)";
 
 fn info_of(r: octodb::Row<'_>) -> octodb::Result<TaskInfo> {
     Ok(TaskInfo {
@@ -288,12 +289,19 @@ impl TaskQueue {
         }
     }
 
-    /// Tell the primaries this node has the final state: the retention period starts.
+    /// Tell the primaries this node has the final state: the retention period starts. The
+    /// acknowledgement names the end it saw (its time), so that nothing written before the
+    /// task ended can pass for one.
     pub fn acknowledge(&self, info: &TaskInfo) -> Result<(), TaskError> {
         if !info.final_seen && self.conn.role() == Some(Role::Secondary) {
             self.conn.execute(
-                "UPDATE octo_tasks SET final_seen = 1 WHERE id = ?1 AND final_seen IS NULL",
-                [info.id],
+                "UPDATE octo_tasks SET final_seen = ended_at_ms WHERE id = ?1 \
+                 AND ended_at_ms IS NOT NULL AND final_seen IS NOT ended_at_ms \
+                 AND state IN (SELECT value FROM json_each(?2))",
+                (
+                    info.id,
+                    serde_json::json!(crate::schema::ENDED_STATES).to_string(),
+                ),
             )?;
         }
         Ok(())

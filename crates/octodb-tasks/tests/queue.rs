@@ -316,6 +316,111 @@ fn cancel_while_queued_and_while_running() {
     assert_eq!(counter.total(), 0);
 }
 
+#[test]
+fn a_running_task_sees_a_cancel_at_a_report_that_is_not_written() {
+    // Progress is written at most once an hour here: only the first report reaches the row.
+    // The cancel must still stop the handler at its next report.
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let config = octodb_tasks::WorkerConfig {
+        progress_interval: Duration::from_secs(3600),
+        ..quick_config(1)
+    };
+    let _workers = setup.workers(registry(&counter), Policy::default(), config);
+    let device = setup.device("d.db");
+    let spinning = device
+        .submit("spin", "[]", SubmitOptions::default())
+        .unwrap();
+    wait_until("the spinning task reports its first progress", || {
+        let info = device.info(spinning).ok()??;
+        (info.state == State::Running && info.progress.progress.is_some()).then_some(())
+    });
+    device.cancel(spinning).unwrap();
+    assert!(matches!(
+        device.join(spinning, Some(DEADLINE), |_| {}),
+        Err(TaskError::Cancelled)
+    ));
+}
+
+#[test]
+fn a_task_whose_expiry_passes_before_its_retry_fails_saying_so() {
+    // It ran once (so it is not "refused": it was accepted), failed, and its retry would
+    // start after its expiry.
+    let setup = Setup::new();
+    let mut registry = octodb_tasks::Registry::default();
+    let runs = Counter::default();
+    let counted = runs.clone();
+    registry.register(
+        "flaky",
+        octodb_tasks::TypeOptions {
+            max_retries: 3,
+            backoff: Duration::from_secs(120),
+        },
+        move |ctx: &octodb_tasks::TaskContext, _args: serde_json::Value| {
+            counted.add(ctx.id);
+            Err::<serde_json::Value, _>(octodb_tasks::HandlerError::new("IOError", "not yet"))
+        },
+    );
+    let _workers = setup.workers(registry, Policy::default(), quick_config(1));
+    let device = setup.device("d.db");
+    let id = device
+        .submit(
+            "flaky",
+            "[]",
+            SubmitOptions {
+                expires_in: Duration::from_secs(10),
+                ..SubmitOptions::default()
+            },
+        )
+        .unwrap();
+    match device.join(id, Some(DEADLINE), |_| {}) {
+        Err(TaskError::Failed { type_name, message }) => {
+            assert_eq!(type_name, "TaskExpired");
+            assert!(message.contains("attempt 2"), "{message}");
+        }
+        other => panic!("expected the expiry's failure, got {other:?}"),
+    }
+    assert_eq!(runs.of(id), 1);
+}
+
+#[test]
+fn a_task_of_a_device_revoked_before_it_ran_is_refused() {
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let device = setup.device("d.db");
+    let id = submitted(&setup, &device, SubmitOptions::default());
+    let key = device.connection().public_key();
+    setup
+        .primary
+        .execute(&format!("PRAGMA authorize_user=\"{key}:-1\""), [])
+        .unwrap();
+    wait_until("the device no longer approved", || {
+        let nodes = setup.primary.nodes().ok()?;
+        let node = nodes
+            .iter()
+            .find(|n| n.public_key.eq_ignore_ascii_case(&key))?;
+        (node.auth_state != "approved").then_some(())
+    });
+    let _workers = setup.workers(registry(&counter), Policy::default(), quick_config(1));
+    assert_eq!(
+        ended_on_primary(&setup, id),
+        (
+            "refused".to_string(),
+            Some("signer not allowed".to_string())
+        )
+    );
+    let detail: String = setup
+        .primary
+        .query_row(
+            "SELECT error_message FROM octo_tasks WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(detail.contains("not an approved node"), "{detail}");
+    assert_eq!(counter.total(), 0);
+}
+
 fn octodb_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -346,6 +451,67 @@ fn ended_tasks_are_deleted_everywhere_after_the_submitter_saw_them() {
             .query_row("SELECT count(*) FROM octo_tasks", [], |r| r.get(0))
             .ok()?;
         (n == 0).then_some(())
+    });
+}
+
+#[test]
+fn only_an_acknowledgement_of_the_end_starts_the_retention() {
+    // A `final_seen` written before the task ended (by a buggy app, say) acknowledges
+    // nothing: the ended task stays until its submitter has seen the end.
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let config = octodb_tasks::WorkerConfig {
+        retention: Duration::ZERO,
+        ..quick_config(1)
+    };
+    let device = setup.device("d.db");
+    let early = submitted(&setup, &device, SubmitOptions::default());
+    device
+        .connection()
+        .execute(
+            "UPDATE octo_tasks SET final_seen = 1 WHERE id = ?1",
+            [early],
+        )
+        .unwrap();
+    wait_until("the early final_seen reaches the primary", || {
+        let seen: Option<i64> = setup
+            .primary
+            .query_row(
+                "SELECT final_seen FROM octo_tasks WHERE id = ?1",
+                [early],
+                |r| r.get(0),
+            )
+            .ok()?;
+        seen.map(|_| ())
+    });
+    let _workers = setup.workers(registry(&counter), Policy::default(), config);
+    assert_eq!(ended_on_primary(&setup, early).0, "done");
+    // Another task, acknowledged by its join: once the housekeeping has deleted it, it has
+    // looked at the first one too.
+    let later = device
+        .start("count", serde_json::json!([1]), SubmitOptions::default())
+        .unwrap();
+    later.join(Some(DEADLINE), |_| {}).unwrap();
+    let on_primary = |id: i64| -> i64 {
+        setup
+            .primary
+            .query_row("SELECT count(*) FROM octo_tasks WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    wait_until("the acknowledged task is deleted on the primary", || {
+        (on_primary(later.id) == 0).then_some(())
+    });
+    assert_eq!(
+        on_primary(early),
+        1,
+        "deleted before its submitter saw its end"
+    );
+    // Now the submitter looks (a join acknowledges the end): the retention (zero here) starts.
+    device.join(early, Some(DEADLINE), |_| {}).unwrap();
+    wait_until("the first task is deleted on the primary", || {
+        (on_primary(early) == 0).then_some(())
     });
 }
 

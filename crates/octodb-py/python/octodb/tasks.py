@@ -196,12 +196,12 @@ class Task:
         self.progress = getattr(self, "_default_progress", None)
         self.total = getattr(self, "_default_total", None)
         self.expected_duration = getattr(self, "_default_expected_duration", None)
-        self.result = None
-        self.error = None
-        self.state = None if task_id is None else "queued"
+        self._run = None
+        self._result = None
+        self._error = None
+        self._state = None if task_id is None else "queued"
         self.attempts = 0
         self.reason = None
-        self._run = None
         if task_id is not None:
             self.refresh()
 
@@ -228,6 +228,52 @@ class Task:
     def run(self, *args):
         raise NotImplementedError("define run(self, *args) in the task's class")
 
+    # -- what the submitter reads: the row as it is now, until the task has ended
+
+    @property
+    def state(self):
+        """queued, running, done, failed, cancelled or refused: read from the task's row each
+        time on the submitter's side (inside ``run``, "running")."""
+        self._follow()
+        return self._state
+
+    @state.setter
+    def state(self, value):
+        self._state = value
+
+    @property
+    def result(self):
+        """The handler's result once the task is done (else None)."""
+        self._follow()
+        return self._result
+
+    @result.setter
+    def result(self, value):
+        self._result = value
+
+    @property
+    def error(self):
+        """The exception ``join`` raises once the task failed, was cancelled or refused."""
+        self._follow()
+        return self._error
+
+    @error.setter
+    def error(self, value):
+        self._error = value
+
+    def _follow(self):
+        # Only a submitted task not yet ended, outside its run, has anything new to read.
+        if self._run is not None or self.id is None or self._queue is None:
+            return
+        if self._state in _ENDED:
+            return
+        info = self._queue._q.info(self.id)
+        if info is None:
+            return  # deleted: the last values read stay
+        self._update(info)
+        if self._state in _ENDED:
+            self._queue._q.acknowledge(self.id)
+
     # -- submitter side
 
     def start(self, *args, priority=0, not_before=None, expires_in=3600.0):
@@ -240,7 +286,7 @@ class Task:
         self.id = self._queue._q.submit(
             self.task_name(), encode(list(args)), priority, not_before, expires_in
         )
-        self.state = "queued"
+        self._state = "queued"
         return self
 
     def refresh(self):
@@ -250,12 +296,12 @@ class Task:
         if info is None:
             raise LookupError(f"task {self.id} does not exist (deleted after its retention?)")
         self._update(info)
-        if self.state in _ENDED:
+        if self._state in _ENDED:
             self._queue._q.acknowledge(self.id)
-        return self.state
+        return self._state
 
     def _update(self, info):
-        self.state = info["state"]
+        self._state = info["state"]
         self.progress = info["progress"]
         self.total = info["total"]
         if info["expected_duration"] is not None:
@@ -263,14 +309,14 @@ class Task:
         self.attempts = info["attempts"]
         self.reason = info["reason"]
         if info["state"] == "done":
-            self.result = decode(info["result"]) if info["result"] is not None else None
-            self.error = None
+            self._result = decode(info["result"]) if info["result"] is not None else None
+            self._error = None
         elif info["state"] == "failed":
-            self.error = _error(info["error_type"], info["error_message"] or "")
+            self._error = _error(info["error_type"], info["error_message"] or "")
         elif info["state"] == "cancelled":
-            self.error = Cancelled("the task was cancelled")
+            self._error = Cancelled("the task was cancelled")
         elif info["state"] == "refused":
-            self.error = Refused(info["reason"] or "refused", info["error_message"])
+            self._error = Refused(info["reason"] or "refused", info["error_message"])
 
     def join(self, timeout=None, progress_callback=None):
         """Wait until the task ends; returns its result or raises its error (with the
@@ -294,17 +340,17 @@ class Task:
             if progress_callback is not None and self.progress is not None and now != last:
                 last = now
                 progress_callback(self)
-            if self.state in _ENDED:
+            if self._state in _ENDED:
                 q.acknowledge(self.id)
-                if self.state == "done":
-                    return self.result
-                raise self.error
+                if self._state == "done":
+                    return self._result
+                raise self._error
             wait = 1.0
             if deadline is not None:
                 left = deadline - _time.monotonic()
                 if left <= 0:
                     raise TimeoutError(
-                        f"task {self.id} did not end within {timeout} s (it is {self.state}); "
+                        f"task {self.id} did not end within {timeout} s (it is {self._state}); "
                         "join again to keep waiting, or cancel it"
                     )
                 wait = min(wait, left)

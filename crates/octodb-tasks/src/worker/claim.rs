@@ -298,6 +298,17 @@ pub(super) fn examine(
     });
     let (record, cancel) = match checked {
         Ok(ok) => ok,
+        // A task that has run before (a retry, or a takeover after a lost lease) whose expiry
+        // passed meanwhile: it was not refused, it ran; it fails, saying why.
+        Err(r) if r.reason == "expired" && c.attempts > 0 => {
+            tracing::warn!(
+                task = c.id,
+                attempts = c.attempts,
+                "task expired before its next attempt"
+            );
+            fail_expired(conn, c, now)?;
+            return Ok(None);
+        }
         Err(r) => {
             tracing::warn!(task = c.id, reason = r.reason, detail = %r.detail, "task refused");
             end(conn, c, "refused", Some(r.reason), Some(&r.detail), now)?;
@@ -395,6 +406,28 @@ pub(super) fn examine(
 }
 
 /// End a waiting task without running it.
+/// The error type of a task whose expiry passed before its next attempt could start.
+pub(super) const EXPIRED_ERROR: &str = "TaskExpired";
+
+/// End a task that already ran as failed: its expiry passed before its next attempt.
+fn fail_expired(conn: &Connection, c: &Candidate, now: i64) -> Result<(), octodb::Error> {
+    conn.execute(
+        "UPDATE octo_tasks SET state = 'failed', error_type = ?1, error_message = ?2, \
+         ended_at_ms = ?3, lease_id = NULL WHERE id = ?4 AND coalesce(attempts, 0) = ?5",
+        (
+            EXPIRED_ERROR,
+            format!(
+                "its expiry passed before attempt {} could start",
+                c.attempts + 1
+            ),
+            now,
+            c.id,
+            c.attempts,
+        ),
+    )?;
+    Ok(())
+}
+
 pub(super) fn end(
     conn: &Connection,
     c: &Candidate,

@@ -32,6 +32,8 @@ pub(super) struct RunFixed {
     pub(super) nonce: Vec<u8>,
     pub(super) interval: Duration,
     pub(super) lost: Arc<AtomicBool>,
+    /// The intake saw the submitter's valid cancel request in the feed.
+    pub(super) cancelled: Arc<AtomicBool>,
 }
 
 /// What a run has reported so far, and whether it must stop.
@@ -77,6 +79,10 @@ impl TaskContext {
         let f = &self.fixed;
         if r.stop.is_none() && f.lost.load(Ordering::Acquire) {
             r.stop = Some(Stop::LeaseLost);
+        }
+        // Checked at every report, also those the progress interval does not write.
+        if r.stop.is_none() && f.cancelled.load(Ordering::Acquire) {
+            r.stop = Some(Stop::Cancelled);
         }
         if r.stop.is_some() {
             return Err(HandlerError::cancelled());

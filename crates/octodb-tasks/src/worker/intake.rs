@@ -179,7 +179,18 @@ pub(super) fn take_in(
                 seq: change.seq,
             });
         }
-        let seen_final = matches!(change.get("final_seen"), Some(v) if *v != Value::Null);
+        if let Some(Value::Blob(cancel)) = change.get("cancel_signature") {
+            flag_cancel(shared, task, cancel);
+        }
+        // Only an acknowledgement of this end starts the retention: `final_seen` holds the
+        // end's time as the submitter saw it (a value written earlier, at the insert say,
+        // acknowledges nothing).
+        let ended = matches!(change.get("state"), Some(Value::Text(s)) if ENDED_STATES.contains(&s.as_str()));
+        let seen_final = ended
+            && matches!(
+                (change.get("final_seen"), change.get("ended_at_ms")),
+                (Some(Value::Integer(seen)), Some(Value::Integer(end))) if seen == end
+            );
         if seen_final && acked != Some(true) {
             notes.push(Note::Acknowledged { task });
         }
@@ -194,6 +205,20 @@ pub(super) fn take_in(
     buffer.notes.extend(notes);
     buffer.up_to = batch.up_to;
     Ok((batch.up_to, touched))
+}
+
+/// A cancel request seen in the feed for a task running here: checked against the
+/// submitter's key and raised for its handler's next report.
+fn flag_cancel(shared: &Shared, task: i64, cancel: &[u8]) {
+    let active = shared.active();
+    let Some(run) = active.get(&task) else {
+        return;
+    };
+    if verify_cancel(&run.submitter, task, &run.nonce, cancel) {
+        run.cancelled.store(true, Ordering::Release);
+    } else {
+        tracing::warn!(task, "ignoring a cancel request with a bad signature");
+    }
 }
 
 /// Write the intake's notes and position down, in one transaction; nothing when there is
@@ -341,11 +366,18 @@ pub(super) fn housekeeping(
     config: &WorkerConfig,
 ) -> Result<bool, octodb::Error> {
     let now = now_ms();
+    // Never started: refused. Waiting for a retry (it ran before): failed.
     let expired = conn.execute(
         "UPDATE octo_tasks SET state = 'refused', reason = 'expired', ended_at_ms = ?1, \
          error_message = 'not started before its expiry' \
-         WHERE (state IS NULL OR state = 'queued') AND not_after_ms < ?1",
+         WHERE (state IS NULL OR state = 'queued') AND coalesce(attempts, 0) = 0 \
+           AND not_after_ms < ?1",
         [now],
+    )? + conn.execute(
+        "UPDATE octo_tasks SET state = 'failed', error_type = ?2, ended_at_ms = ?1, \
+         error_message = 'its expiry passed before attempt ' || (attempts + 1) || ' could start' \
+         WHERE state = 'queued' AND attempts > 0 AND not_after_ms < ?1",
+        (now, EXPIRED_ERROR),
     )?;
     let retention = config.retention.as_millis() as i64;
     let cap = config.retention_cap.as_millis() as i64;

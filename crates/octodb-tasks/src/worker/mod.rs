@@ -35,7 +35,7 @@ use run::*;
 
 use crate::policy::{Policy, Signer};
 use crate::record::{verify_cancel, TaskRecord};
-use crate::schema::{self, TASKS_TABLE};
+use crate::schema::{self, ENDED_STATES, TASKS_TABLE};
 use crate::{now_ms, TaskError};
 use octodb::crypto::PublicKey;
 use octodb::feed::ChangeKind;
@@ -210,6 +210,11 @@ struct Active {
     attempt: i64,
     lease_id: String,
     lost: Arc<AtomicBool>,
+    /// Set by the intake when the feed shows the submitter's valid cancel request: the
+    /// handler sees it at its next report, whether or not that report is written.
+    cancelled: Arc<AtomicBool>,
+    submitter: PublicKey,
+    nonce: Vec<u8>,
 }
 
 struct Shared {

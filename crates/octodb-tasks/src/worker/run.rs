@@ -6,12 +6,16 @@ use super::*;
 pub(super) fn run(shared: &Shared, conn: &Rc<Connection>, job: Job) -> Option<Outcome> {
     let (handler, options) = shared.registry.handlers.get(&job.task_type).cloned()?;
     let lost = Arc::new(AtomicBool::new(false));
+    let cancelled = Arc::new(AtomicBool::new(false));
     shared.active().insert(
         job.id,
         Active {
             attempt: job.attempt,
             lease_id: job.lease_id.clone(),
             lost: lost.clone(),
+            cancelled: cancelled.clone(),
+            submitter: job.submitter,
+            nonce: job.nonce.clone(),
         },
     );
     let ctx = TaskContext {
@@ -24,6 +28,7 @@ pub(super) fn run(shared: &Shared, conn: &Rc<Connection>, job: Job) -> Option<Ou
             nonce: job.nonce.clone(),
             interval: shared.config.progress_interval,
             lost: lost.clone(),
+            cancelled,
         }),
         reporting: Rc::default(),
     };
