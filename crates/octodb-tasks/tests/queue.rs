@@ -421,6 +421,112 @@ fn a_task_of_a_device_revoked_before_it_ran_is_refused() {
     assert_eq!(counter.total(), 0);
 }
 
+/// Insert a task whose record is signed by `device`'s own key with the times given: what a
+/// modified client could submit.
+fn signed_by_hand(device: &octodb_tasks::TaskQueue, not_after_ms: i64, created_at_ms: i64) -> i64 {
+    use octodb_tasks::record::{TaskRecord, TASK_DOMAIN};
+    let conn = device.connection();
+    let record = TaskRecord {
+        task_type: "count".into(),
+        args: "[1]".into(),
+        priority: 0,
+        not_before_ms: None,
+        not_after_ms,
+        submitter: octodb::crypto::PublicKey::from_hex(&conn.public_key()).unwrap(),
+        nonce: rand::random(),
+        created_at_ms,
+    };
+    let signature = conn
+        .sign_with_node_key(TASK_DOMAIN, &record.signed_bytes())
+        .unwrap();
+    record.verify(&signature).expect("a good signature");
+    conn.execute(
+        "INSERT INTO octo_tasks(task_type, args, priority, not_after_ms, submitter, nonce, \
+         created_at_ms, signature) VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7)",
+        (
+            record.task_type.as_str(),
+            record.args.as_str(),
+            not_after_ms,
+            conn.public_key(),
+            record.nonce.to_vec(),
+            created_at_ms,
+            signature,
+        ),
+    )
+    .unwrap();
+    conn.last_insert_rowid()
+}
+
+#[test]
+fn a_well_signed_task_beyond_the_expiry_cap_or_from_the_future_is_refused() {
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let _workers = setup.workers(registry(&counter), Policy::default(), quick_config(1));
+    let device = setup.device("d.db");
+    let now = octodb_now_ms();
+    let day = 24 * 3600 * 1000;
+    let beyond_cap = signed_by_hand(&device, now + 8 * day, now);
+    let from_the_future = signed_by_hand(&device, now + 2 * day, now + day);
+    for (id, why) in [
+        (beyond_cap, "beyond the 7-day cap"),
+        (from_the_future, "created in the future"),
+    ] {
+        match device.join(id, Some(DEADLINE), |_| {}) {
+            Err(TaskError::Refused { reason }) => assert_eq!(reason, "expired", "{why}"),
+            other => panic!("{why}: expected a refusal, got {other:?}"),
+        }
+        let detail: String = setup
+            .primary
+            .query_row(
+                "SELECT error_message FROM octo_tasks WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(detail.contains(why), "{detail}");
+    }
+    // The same hand, within the rules, runs: the refusals were about the times.
+    let fine = signed_by_hand(&device, now + day, now);
+    assert_eq!(device.join(fine, Some(DEADLINE), |_| {}).unwrap(), "1");
+    assert_eq!(counter.total(), 1);
+}
+
+#[test]
+fn an_ended_task_nobody_acknowledges_is_deleted_at_the_retention_cap() {
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let config = octodb_tasks::WorkerConfig {
+        retention_cap: Duration::from_secs(1),
+        ..quick_config(1)
+    };
+    let _workers = setup.workers(registry(&counter), Policy::default(), config);
+    let device = setup.device("d.db");
+    // Submitted by hand on the device's connection and never looked at through the queue.
+    let id = submitted(&setup, &device, SubmitOptions::default());
+    assert_eq!(ended_on_primary(&setup, id).0, "done");
+    wait_until(
+        "the unacknowledged task is deleted on the primary after the cap",
+        || {
+            let n: i64 = setup
+                .primary
+                .query_row("SELECT count(*) FROM octo_tasks WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .ok()?;
+            (n == 0).then_some(())
+        },
+    );
+    wait_until("and on the device", || {
+        let n: i64 = device
+            .connection()
+            .query_row("SELECT count(*) FROM octo_tasks WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .ok()?;
+        (n == 0).then_some(())
+    });
+}
+
 fn octodb_now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
