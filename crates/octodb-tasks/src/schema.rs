@@ -24,6 +24,9 @@ pub const SIGNED_COLUMNS: &[&str] = &[
 ];
 
 /// Written by workers on the primaries only.
+/// The column a worker sets when a task ends.
+pub const END_COLUMN: &str = "ended_at_ms";
+
 pub const WORKER_COLUMNS: &[&str] = &[
     "state",
     "reason",
@@ -96,7 +99,13 @@ pub fn install(conn: &Connection) -> octodb::Result<()> {
         conn.set_column_rule(TASKS_TABLE, column, ColumnRule::SetAtInsert)?;
     }
     for column in WORKER_COLUMNS {
-        conn.set_column_rule(TASKS_TABLE, column, ColumnRule::PrimaryOnly)?;
+        // The end time also gates a device's delete: a device deletes only ended tasks.
+        let rule = if *column == END_COLUMN {
+            ColumnRule::PrimaryOnlyDeletableOnceSet
+        } else {
+            ColumnRule::PrimaryOnly
+        };
+        conn.set_column_rule(TASKS_TABLE, column, rule)?;
     }
     Ok(())
 }

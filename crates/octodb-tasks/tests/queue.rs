@@ -704,7 +704,7 @@ fn handler_errors_are_retried_with_backoff_up_to_the_types_maximum() {
 }
 
 #[test]
-fn the_engine_refuses_a_devices_writes_to_worker_and_signed_columns() {
+fn the_engine_refuses_a_devices_writes_to_worker_and_signed_columns_and_deletes_of_unended_tasks() {
     let setup = Setup::new();
     let device = setup.device("d.db");
     let id = submitted(&setup, &device, SubmitOptions::default());
@@ -744,6 +744,26 @@ fn the_engine_refuses_a_devices_writes_to_worker_and_signed_columns() {
         let info = device.info(id).ok()??;
         (info.state == State::Queued && info.args == "[2]").then_some(())
     });
+    // A delete of the unfinished task is rejected, and the row comes back on the device.
+    conn.execute("DELETE FROM octo_tasks WHERE id = ?1", [id])
+        .unwrap();
+    conn.wait_for(DEADLINE, |s| {
+        s.last_rejected.as_ref().is_some_and(|r| {
+            format!("{r:?}").contains("only once the primaries have set its `ended_at_ms`")
+        })
+    })
+    .expect("the delete is rejected");
+    wait_until("the device has the undeleted task back", || {
+        device.info(id).ok()?.map(|_| ())
+    });
+    assert_eq!(
+        setup
+            .primary
+            .query_row("SELECT count(*) FROM octo_tasks WHERE id = ?1", [id], |r| r
+                .get::<i64>(0))
+            .unwrap(),
+        1
+    );
     // An insert naming a worker column is rejected too.
     conn.execute(
         "INSERT INTO octo_tasks(task_type, args, not_after_ms, submitter, nonce, created_at_ms, \

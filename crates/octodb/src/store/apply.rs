@@ -579,6 +579,26 @@ pub fn apply_device_txn(
                         t.name, sender.user_id
                     )));
                 }
+                if let Some(gate) = column_rules::delete_gate(table_rules) {
+                    let read = conn
+                        .prepare_cached(&format!(
+                            "SELECT {} FROM {} WHERE rowid = ?1",
+                            ident(gate),
+                            ident(&t.name)
+                        ))
+                        .and_then(|mut s| s.query_row([rowid], |r| r.get::<_, Value>(0)));
+                    let refusal = match read {
+                        Ok(value) => column_rules::delete_refusal(&t.name, gate, rowid, &value),
+                        // A rule naming a column the table lost: refuse rather than guess.
+                        Err(e) => Some(format!(
+                            "the delete rule of `{}` names its column `{gate}`, which cannot be read: {e}",
+                            t.name
+                        )),
+                    };
+                    if let Some(reason) = refusal {
+                        return Ok(Err(reason));
+                    }
+                }
                 delete_row(conn, &t, rowid)?;
                 if read_back {
                     out.ops.push(Op::Delete {

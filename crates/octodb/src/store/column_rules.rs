@@ -27,13 +27,24 @@ pub enum ColumnRule {
     PrimaryOnly,
     /// A device gives it a value when it inserts the row, and never changes it afterwards.
     SetAtInsert,
+    /// As [`ColumnRule::PrimaryOnly`], and a device may delete the row only once the primaries
+    /// have given this column a value (a task's end time: a device deletes only ended tasks).
+    PrimaryOnlyDeletableOnceSet,
 }
 
 impl ColumnRule {
+    fn primary_only(self) -> bool {
+        matches!(
+            self,
+            ColumnRule::PrimaryOnly | ColumnRule::PrimaryOnlyDeletableOnceSet
+        )
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             ColumnRule::PrimaryOnly => "primary_only",
             ColumnRule::SetAtInsert => "set_at_insert",
+            ColumnRule::PrimaryOnlyDeletableOnceSet => "primary_only_deletable_once_set",
         }
     }
 
@@ -41,6 +52,7 @@ impl ColumnRule {
         match s {
             "primary_only" => Some(ColumnRule::PrimaryOnly),
             "set_at_insert" => Some(ColumnRule::SetAtInsert),
+            "primary_only_deletable_once_set" => Some(ColumnRule::PrimaryOnlyDeletableOnceSet),
             _ => None,
         }
     }
@@ -80,6 +92,24 @@ pub fn of_table(conn: &Connection, table: &str) -> Result<Vec<(String, ColumnRul
     Ok(out)
 }
 
+/// The column whose value a device's delete of a row waits for, if `rules` name one.
+pub fn delete_gate(rules: &[(String, ColumnRule)]) -> Option<&str> {
+    rules
+        .iter()
+        .find(|(_, rule)| *rule == ColumnRule::PrimaryOnlyDeletableOnceSet)
+        .map(|(column, _)| column.as_str())
+}
+
+/// Why a device's delete of row `rowid` breaks the rule of `gate`, whose value in the row is
+/// `value`, if it does.
+pub fn delete_refusal(table: &str, gate: &str, rowid: i64, value: &Value) -> Option<String> {
+    (*value == Value::Null).then(|| {
+        format!(
+            "row {rowid} of `{table}` may be deleted by a device only once the primaries have set its `{gate}` (a task only once it has ended)"
+        )
+    })
+}
+
 /// Why a device's insert of `values` (in the order of `columns`) breaks `rules`, if it does.
 pub fn insert_refusal(
     table: &str,
@@ -90,7 +120,7 @@ pub fn insert_refusal(
     rules.iter().find_map(|(column, rule)| {
         let at = columns.iter().position(|c| c.eq_ignore_ascii_case(column))?;
         let given = values.get(at).unwrap_or(&Value::Null);
-        (*rule == ColumnRule::PrimaryOnly && *given != Value::Null).then(|| {
+        (rule.primary_only() && *given != Value::Null).then(|| {
             format!(
                 "column `{column}` of `{table}` is written by the primaries only; a device inserts the row with it NULL"
             )
@@ -109,7 +139,7 @@ pub fn update_refusal(
     rules.iter().find_map(|(column, rule)| {
         let at = columns.iter().position(|c| c.eq_ignore_ascii_case(column))?;
         (changed & column_bit(at) != 0).then(|| match rule {
-            ColumnRule::PrimaryOnly => format!(
+            ColumnRule::PrimaryOnly | ColumnRule::PrimaryOnlyDeletableOnceSet => format!(
                 "column `{column}` of `{table}` is written by the primaries only; a device may not update it"
             ),
             ColumnRule::SetAtInsert => format!(
@@ -142,6 +172,32 @@ mod tests {
         ];
         let reason = insert_refusal("t", &rules(), &cols, &bad).expect("refused");
         assert!(reason.contains("`state`"), "{reason}");
+    }
+
+    #[test]
+    fn a_delete_waits_for_its_gate_column() {
+        let rules = vec![
+            ("state".into(), ColumnRule::PrimaryOnly),
+            (
+                "ended_at_ms".into(),
+                ColumnRule::PrimaryOnlyDeletableOnceSet,
+            ),
+        ];
+        let gate = delete_gate(&rules).expect("a gate");
+        assert_eq!(gate, "ended_at_ms");
+        assert!(delete_refusal("t", gate, 7, &Value::Null).is_some());
+        assert_eq!(delete_refusal("t", gate, 7, &Value::Integer(1)), None);
+        assert_eq!(delete_gate(&self::tests::rules()), None);
+        // It is a primary-only column too.
+        let cols: Vec<String> = ["id", "ended_at_ms"].map(String::from).to_vec();
+        assert!(
+            insert_refusal("t", &rules, &cols, &[Value::Integer(1), Value::Integer(5)]).is_some()
+        );
+        assert!(update_refusal("t", &rules, &cols, column_bit(1)).is_some());
+        assert_eq!(
+            ColumnRule::parse(ColumnRule::PrimaryOnlyDeletableOnceSet.as_str()),
+            Some(ColumnRule::PrimaryOnlyDeletableOnceSet)
+        );
     }
 
     #[test]
