@@ -36,7 +36,13 @@ fn lists_tasks_with_state_progress_attempts_and_reasons() {
         tick: Duration::from_millis(100),
         ..WorkerConfig::default()
     };
-    let workers = Workers::start(&uri, registry, Policy::default(), config).unwrap();
+    registry.register(
+        "forbidden",
+        TypeOptions::default(),
+        |_ctx: &TaskContext, _args: serde_json::Value| Ok(serde_json::json!("ran")),
+    );
+    let policy = Policy::default().allow_keys("forbidden", Vec::<String>::new());
+    let workers = Workers::start(&uri, registry, policy, config).unwrap();
     let done = queue
         .submit("count", "[]", SubmitOptions::default())
         .unwrap();
@@ -46,6 +52,10 @@ fn lists_tasks_with_state_progress_attempts_and_reasons() {
     let deadline = Some(Duration::from_secs(60));
     queue.join(done, deadline, |_| {}).unwrap();
     assert!(queue.join(failed, deadline, |_| {}).is_err());
+    let refused = queue
+        .submit("forbidden", "[]", SubmitOptions::default())
+        .unwrap();
+    assert!(queue.join(refused, deadline, |_| {}).is_err());
     workers.stop();
 
     let out = Command::new(env!("CARGO_BIN_EXE_octodb"))
@@ -74,13 +84,25 @@ fn lists_tasks_with_state_progress_attempts_and_reasons() {
         line.contains("failed") && line.contains("ZeroDivisionError: division by zero"),
         "{line}"
     );
-    assert!(text.contains("(2 tasks)"), "{text}");
+    let line = line_of(refused);
+    assert!(
+        line.contains("refused") && line.contains("signer not allowed: the policy"),
+        "{line}"
+    );
+    assert!(text.contains("(3 tasks)"), "{text}");
 
     let out = Command::new(env!("CARGO_BIN_EXE_octodb"))
         .args(["tasks", "--json", &uri])
         .output()
         .unwrap();
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(rows.as_array().map(Vec::len), Some(2));
-    assert_eq!(rows[0]["attempts"], 1);
+    assert_eq!(rows.as_array().map(Vec::len), Some(3));
+    let row_of = |id: i64| {
+        rows.as_array()
+            .and_then(|all| all.iter().find(|r| r["id"] == id))
+            .unwrap_or_else(|| panic!("task {id} in {rows}"))
+    };
+    assert_eq!(row_of(done)["attempts"], 1);
+    assert_eq!(row_of(refused)["attempts"], 0);
+    assert_eq!(row_of(refused)["reason"], "signer not allowed");
 }
