@@ -115,14 +115,7 @@ fn a_task_whose_insert_was_compacted_from_the_log_before_a_worker_read_it_is_ref
         (state.as_str(), reason.as_deref()),
         ("refused", Some("signer not allowed"))
     );
-    let detail: String = setup
-        .primary
-        .query_row(
-            "SELECT error_message FROM octo_tasks WHERE id = ?1",
-            [early],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let detail = error_message_on_primary(&setup, early);
     assert!(detail.contains("compacted"), "{detail}");
     let later = device
         .start("count", serde_json::json!([2]), SubmitOptions::default())
@@ -409,14 +402,7 @@ fn a_task_of_a_device_revoked_before_it_ran_is_refused() {
             Some("signer not allowed".to_string())
         )
     );
-    let detail: String = setup
-        .primary
-        .query_row(
-            "SELECT error_message FROM octo_tasks WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let detail = error_message_on_primary(&setup, id);
     assert!(detail.contains("not an approved node"), "{detail}");
     assert_eq!(counter.total(), 0);
 }
@@ -475,14 +461,7 @@ fn a_well_signed_task_beyond_the_expiry_cap_or_from_the_future_is_refused() {
             Err(TaskError::Refused { reason }) => assert_eq!(reason, "expired", "{why}"),
             other => panic!("{why}: expected a refusal, got {other:?}"),
         }
-        let detail: String = setup
-            .primary
-            .query_row(
-                "SELECT error_message FROM octo_tasks WHERE id = ?1",
-                [id],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let detail = error_message_on_primary(&setup, id);
         assert!(detail.contains(why), "{detail}");
     }
     // The same hand, within the rules, runs: the refusals were about the times.
@@ -506,24 +485,10 @@ fn an_ended_task_nobody_acknowledges_is_deleted_at_the_retention_cap() {
     assert_eq!(ended_on_primary(&setup, id).0, "done");
     wait_until(
         "the unacknowledged task is deleted on the primary after the cap",
-        || {
-            let n: i64 = setup
-                .primary
-                .query_row("SELECT count(*) FROM octo_tasks WHERE id = ?1", [id], |r| {
-                    r.get(0)
-                })
-                .ok()?;
-            (n == 0).then_some(())
-        },
+        || (rows_of(&setup.primary, id) == 0).then_some(()),
     );
     wait_until("and on the device", || {
-        let n: i64 = device
-            .connection()
-            .query_row("SELECT count(*) FROM octo_tasks WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .ok()?;
-        (n == 0).then_some(())
+        (rows_of(device.connection(), id) == 0).then_some(())
     });
 }
 
@@ -598,14 +563,7 @@ fn only_an_acknowledgement_of_the_end_starts_the_retention() {
         .start("count", serde_json::json!([1]), SubmitOptions::default())
         .unwrap();
     later.join(Some(DEADLINE), |_| {}).unwrap();
-    let on_primary = |id: i64| -> i64 {
-        setup
-            .primary
-            .query_row("SELECT count(*) FROM octo_tasks WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .unwrap()
-    };
+    let on_primary = |id: i64| rows_of(&setup.primary, id);
     wait_until("the acknowledged task is deleted on the primary", || {
         (on_primary(later.id) == 0).then_some(())
     });
@@ -756,14 +714,7 @@ fn the_engine_refuses_a_devices_writes_to_worker_and_signed_columns_and_deletes_
     wait_until("the device has the undeleted task back", || {
         device.info(id).ok()?.map(|_| ())
     });
-    assert_eq!(
-        setup
-            .primary
-            .query_row("SELECT count(*) FROM octo_tasks WHERE id = ?1", [id], |r| r
-                .get::<i64>(0))
-            .unwrap(),
-        1
-    );
+    assert_eq!(rows_of(&setup.primary, id), 1);
     // An insert naming a worker column is rejected too.
     conn.execute(
         "INSERT INTO octo_tasks(task_type, args, not_after_ms, submitter, nonce, created_at_ms, \

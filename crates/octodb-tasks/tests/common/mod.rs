@@ -166,13 +166,7 @@ pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 /// Wait until the primary sees task `id` (the device's insert arrived).
 pub fn on_primary(setup: &Setup, id: i64) {
     wait_until(&format!("task {id} reaches the primary"), || {
-        let n: i64 = setup
-            .primary
-            .query_row("SELECT count(*) FROM octo_tasks WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .ok()?;
-        (n == 1).then_some(())
+        (rows_of(&setup.primary, id) == 1).then_some(())
     });
 }
 
@@ -192,4 +186,24 @@ pub fn ended_on_primary(setup: &Setup, id: i64) -> (String, Option<String>) {
             _ => None,
         }
     })
+}
+
+/// The detail a refused or failed task `id` carries on the primary.
+pub fn error_message_on_primary(setup: &Setup, id: i64) -> String {
+    setup
+        .primary
+        .query_row(
+            "SELECT error_message FROM octo_tasks WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .expect("the task's error message")
+}
+
+/// How many rows task `id` has on `conn` (0 once deleted, else 1).
+pub fn rows_of(conn: &Connection, id: i64) -> i64 {
+    conn.query_row("SELECT count(*) FROM octo_tasks WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })
+    .expect("counting the task's rows")
 }
