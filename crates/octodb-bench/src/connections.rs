@@ -338,15 +338,15 @@ fn join_followers(
             f.public_key()
         ))?;
         followers.push(f);
-    }
-    if n > 0 {
+        // One at a time: while the voters change, the leader gives up a change of its nodes
+        // (the next approval) with "try again" (README: a cluster's membership changes).
         leader
             .wait_for(std::time::Duration::from_secs(60), |s| {
                 s.cluster
                     .as_ref()
-                    .is_some_and(|c| c.settled_voters() == Some(n + 1))
+                    .is_some_and(|c| c.settled_voters() == Some(i + 1))
             })
-            .context("the followers join the cluster")?;
+            .with_context(|| format!("follower {i} joins the cluster"))?;
     }
     Ok(followers)
 }

@@ -27,6 +27,7 @@ pub fn run() -> Result<Vec<Figure>> {
     let words = child.expect("idle")?;
     let sqlite_kib: u64 = words.first().and_then(|w| w.parse().ok()).unwrap_or(0);
     let rss = procs::rss_kib(child.pid())?;
+    let private = procs::status_kib(child.pid(), "RssAnon")?;
     child.finish()?;
     let beyond_mb = rss.saturating_sub(sqlite_kib) as f64 / 1024.0;
     Ok(vec![Figure {
@@ -40,10 +41,16 @@ pub fn run() -> Result<Vec<Figure>> {
         target: "<= 20 MB".into(),
         met: beyond_mb <= 20.0,
         spread: None,
+        // Most of the RSS is the benchmark binary's code (file-backed, shared, counted as
+        // far as the kernel mapped it around the pages touched): the private part says what
+        // the device itself holds.
         notes: format!(
-            "RSS {:.1} MB in all, of which SQLite's own allocations {:.1} MB",
+            "RSS {:.1} MB in all, of which SQLite's own allocations {:.1} MB; private \
+             (anonymous) memory {:.1} MB, the rest file-backed: the benchmark binary's code \
+             and libraries, shared",
             rss as f64 / 1024.0,
-            sqlite_kib as f64 / 1024.0
+            sqlite_kib as f64 / 1024.0,
+            private as f64 / 1024.0,
         ),
     }])
 }

@@ -77,13 +77,18 @@ impl Proc {
 
 /// Resident memory of a process in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS")
+}
+
+/// A figure in kB of a process's /proc status (`VmRSS`, `RssAnon`, `RssFile`, ...).
+pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status (Linux only)"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc status")
+        .with_context(|| format!("no {field} in /proc status"))
 }
 
 /// CPU time (user and system) a process has used so far, in seconds, from /proc.
