@@ -296,12 +296,8 @@ impl TaskQueue {
         if !info.final_seen && self.conn.role() == Some(Role::Secondary) {
             self.conn.execute(
                 "UPDATE octo_tasks SET final_seen = ended_at_ms WHERE id = ?1 \
-                 AND ended_at_ms IS NOT NULL AND final_seen IS NOT ended_at_ms \
-                 AND state IN (SELECT value FROM json_each(?2))",
-                (
-                    info.id,
-                    serde_json::json!(crate::schema::ENDED_STATES).to_string(),
-                ),
+                 AND ended_at_ms IS NOT NULL AND final_seen IS NOT ended_at_ms",
+                [info.id],
             )?;
         }
         Ok(())

@@ -7,8 +7,6 @@ use octodb::Connection;
 /// The replicated table of tasks: `row_owner` is the submitter's user, so a task reaches the
 /// primaries and its submitter's devices.
 pub const TASKS_TABLE: &str = "octo_tasks";
-/// The states a task ends in.
-pub const ENDED_STATES: [&str; 4] = ["done", "failed", "cancelled", "refused"];
 
 /// Signed by the submitter at insert; a device may never change them afterwards.
 pub const SIGNED_COLUMNS: &[&str] = &[
@@ -24,7 +22,7 @@ pub const SIGNED_COLUMNS: &[&str] = &[
 ];
 
 /// Written by workers on the primaries only.
-/// The column a worker sets when a task ends.
+/// The column a worker sets when, and only when, a task ends.
 pub const END_COLUMN: &str = "ended_at_ms";
 
 pub const WORKER_COLUMNS: &[&str] = &[

@@ -183,14 +183,12 @@ pub(super) fn take_in(
             flag_cancel(shared, task, cancel);
         }
         // Only an acknowledgement of this end starts the retention: `final_seen` holds the
-        // end's time as the submitter saw it (a value written earlier, at the insert say,
-        // acknowledges nothing).
-        let ended = matches!(change.get("state"), Some(Value::Text(s)) if ENDED_STATES.contains(&s.as_str()));
-        let seen_final = ended
-            && matches!(
-                (change.get("final_seen"), change.get("ended_at_ms")),
-                (Some(Value::Integer(seen)), Some(Value::Integer(end))) if seen == end
-            );
+        // end's time as the submitter saw it (`ended_at_ms` is set when, and only when, a task
+        // ends; a value written earlier, at the insert say, acknowledges nothing).
+        let seen_final = matches!(
+            (change.get("final_seen"), change.get(END_COLUMN)),
+            (Some(Value::Integer(seen)), Some(Value::Integer(end))) if seen == end
+        );
         if seen_final && acked != Some(true) {
             notes.push(Note::Acknowledged { task });
         }
@@ -336,13 +334,14 @@ fn note_cut_inserts(
         if shared.intake().origins.contains_key(&task) {
             continue;
         }
-        let known: i64 = conn.query_row(
-            "SELECT (SELECT count(*) FROM private_octo_task_origins WHERE task_id = ?1) \
-                    + 1 - (SELECT count(*) FROM octo_tasks WHERE id = ?1)",
+        // Its origin noted (the table), or the task gone since: not an orphan.
+        let settled: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM private_octo_task_origins WHERE task_id = ?1) \
+                 OR NOT EXISTS (SELECT 1 FROM octo_tasks WHERE id = ?1)",
             [task],
             |r| r.get(0),
         )?;
-        if known == 0 {
+        if !settled {
             orphans.push(task);
         }
     }

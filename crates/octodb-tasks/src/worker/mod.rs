@@ -35,7 +35,7 @@ use run::*;
 
 use crate::policy::{Policy, Signer};
 use crate::record::{verify_cancel, TaskRecord};
-use crate::schema::{self, ENDED_STATES, TASKS_TABLE};
+use crate::schema::{self, END_COLUMN, TASKS_TABLE};
 use crate::{now_ms, TaskError};
 use octodb::crypto::PublicKey;
 use octodb::feed::ChangeKind;
