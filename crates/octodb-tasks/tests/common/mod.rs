@@ -207,3 +207,22 @@ pub fn rows_of(conn: &Connection, id: i64) -> i64 {
     })
     .expect("counting the task's rows")
 }
+
+/// Submit one `count` task from `device` and wait until the primary has its row.
+pub fn submitted(
+    setup: &Setup,
+    device: &octodb_tasks::TaskQueue,
+    opts: octodb_tasks::SubmitOptions,
+) -> i64 {
+    let id = device.submit("count", "[2]", opts).unwrap();
+    on_primary(setup, id);
+    id
+}
+
+/// The time now as task records give it (Unix ms).
+pub fn octodb_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
