@@ -1,18 +1,27 @@
-//! Capture of a user's transaction: the SQL functions the TEMP triggers call, and the merge of
-//! the captured rows into one change per row when the transaction commits.
+//! Capture of a user's transaction. SQLite's preupdate hook reports every row a statement is
+//! about to change in a replicated table; the connection keeps one change per row (the row as
+//! the transaction found it and as it is now) in memory, in first-touch order, and hands them
+//! over when the transaction commits.
 //!
-//! Captured rows are kept in the connection's memory, each tagged with the statement that
-//! made it. A statement's first captured row also writes a mark (its id) into a TEMP table;
-//! SQLite undoes that mark with the statement's other changes (a statement that aborts, a
-//! `ROLLBACK TO`), so at commit the rows of statements without a mark are dropped. This costs
-//! one small TEMP write per statement instead of one per row.
+//! A hook is not told when SQLite takes changes back: a failing statement undoes its rows, and
+//! so does `ROLLBACK TO`. The connection's driver sees both and says so
+//! ([`Capture::statement_failed`], [`Capture::rolled_back_to`]); a transaction in which either
+//! happened reads each touched row back from its table at commit (as SQLite's session extension
+//! does), so an undone change drops out by itself. Any other transaction takes the hook's copies
+//! as they are, reading nothing back.
+//!
+//! Schema statements (a primary replicates them) stand between the rows: a row touched after
+//! one is a new change. Each leaves a mark in a TEMP table, which SQLite undoes with it, so the
+//! commit knows whether it still stands.
 
-use super::schema::{self, TableLayout, OP_DELETE, OP_INSERT, OP_UPDATE};
+use super::schema::{self, TableLayout};
 use crate::changes::{ChangeSet, Op};
 use crate::error::{Error, Result};
 use crate::uri::Role;
 use crate::value::{Owner, Value};
 use rusqlite::functions::{Context, FunctionFlags};
+use rusqlite::hooks::PreUpdateCase;
+use rusqlite::types::ValueRef;
 use rusqlite::Connection;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
@@ -104,23 +113,29 @@ impl Identity {
     }
 }
 
-/// Per-connection state of the capture functions.
+/// Per-connection state of the capture.
 #[derive(Debug, Default)]
 struct State {
+    /// Every layout the connection has known, by layout id (ids stay valid for its life).
     layouts: Vec<Arc<TableLayout>>,
+    /// The current layout id of each replicated table: what the hook looks a table up in.
+    tables: HashMap<String, usize>,
     /// Per layout id: the row being inserted into that table now, or last.
     inserting: Vec<Inserting>,
-    /// The statement running now (see the module's documentation).
+    /// The statement running now: schema statements are marked with it.
     statement: i64,
-    /// Whether `statement` has written its mark.
-    marked: bool,
-    /// What the open transaction captured so far, in order.
-    captured: Vec<Tagged>,
+    /// What the open transaction changed so far.
+    changes: Changes,
+    /// A statement failed or a `ROLLBACK TO` ran in the open transaction: some of `changes`
+    /// may have been undone, so the commit reads the touched rows back.
+    undone: bool,
+    /// Why the open transaction cannot be captured, once the hook found out.
+    broken: Option<String>,
 }
 
 /// What the triggers know of the row being inserted into one table. SQLite runs a row's
 /// BEFORE INSERT triggers, inserts it, then runs its AFTER INSERT triggers, before the next
-/// row: the BEFORE trigger starts the note, the AFTER triggers read it.
+/// row: the BEFORE trigger starts the note, the AFTER trigger reads it.
 #[derive(Debug, Default, Clone, Copy)]
 struct Inserting {
     /// The INSERT gave no id: SQLite picks it.
@@ -129,27 +144,215 @@ struct Inserting {
     decided: Option<(i64, i64)>,
 }
 
-/// A captured row or schema statement and the statement that made it.
-#[derive(Debug)]
-struct Tagged {
-    statement: i64,
-    what: Raw,
+/// The open transaction's changes, one per row and schema statement, in first-touch order.
+#[derive(Debug, Default)]
+struct Changes {
+    items: Vec<Item>,
+    /// (layout id, rowid) -> its change in `items`, since the last schema statement. A layout
+    /// id names one table's layout for the life of the connection.
+    /// Hashed with foldhash: one lookup per changed row, keys from this node's own app.
+    index: HashMap<(usize, i64), usize, foldhash::fast::RandomState>,
 }
 
 #[derive(Debug)]
-enum Raw {
+enum Item {
     Row {
-        layout_id: usize,
-        op: i64,
-        rowid: i64,
-        mask: u64,
-        vals: Option<Vec<Value>>,
-        old: Option<Vec<Value>>,
+        change: RowChange,
+        /// A later change of the same row follows (see [`Changes::insert`]): this one keeps
+        /// its end state when the rows are read back.
+        superseded: bool,
     },
     Ddl {
+        statement: i64,
         sql: String,
         private: bool,
     },
+}
+
+/// `changed` of a row inserted (or deleted and inserted again) in the transaction: every
+/// column is sent.
+const WHOLE_ROW: u64 = u64::MAX;
+
+/// Why a row could not be read in the hook; the transaction's commit fails with it.
+type HookError = String;
+
+impl Changes {
+    fn get_mut(&mut self, key: (usize, i64)) -> Option<&mut RowChange> {
+        let i = *self.index.get(&key)?;
+        match &mut self.items[i] {
+            Item::Row { change, .. } => Some(change),
+            Item::Ddl { .. } => None,
+        }
+    }
+
+    fn push(&mut self, key: (usize, i64), change: RowChange) {
+        self.index.insert(key, self.items.len());
+        self.items.push(Item::Row {
+            change,
+            superseded: false,
+        });
+    }
+
+    fn insert(&mut self, layout_id: usize, layout: Arc<TableLayout>, rowid: i64, row: Vec<Value>) {
+        let key = (layout_id, rowid);
+        let owner_of = |r: &Vec<Value>| layout.owner.and_then(|o| r.get(o)).map(Owner::of);
+        if let Some(&i) = self.index.get(&key) {
+            if let Item::Row { change, superseded } = &mut self.items[i] {
+                // Deleted, then inserted again under another owner (what REPLACE does): the
+                // delete must reach the old owner's nodes, so the two stay two changes.
+                let owner_moves = change.after.is_none()
+                    && change.before.as_ref().map(owner_of) != Some(owner_of(&row));
+                if !owner_moves {
+                    change.after = Some(row);
+                    change.changed = WHOLE_ROW;
+                    change.layout = layout;
+                    return;
+                }
+                *superseded = true;
+            }
+        }
+        self.push(
+            key,
+            RowChange {
+                layout,
+                rowid,
+                before: None,
+                after: Some(row),
+                changed: WHOLE_ROW,
+            },
+        );
+    }
+
+    /// `after`: the row's new state (None: deleted); `before`: reads the row as it is now,
+    /// called only when the transaction has not touched it yet.
+    fn change(
+        &mut self,
+        layout_id: usize,
+        layout: Arc<TableLayout>,
+        rowid: i64,
+        before: impl FnOnce() -> std::result::Result<Vec<Value>, HookError>,
+        after: Option<Vec<Value>>,
+    ) -> std::result::Result<(), HookError> {
+        let key = (layout_id, rowid);
+        if let Some(change) = self.get_mut(key) {
+            change.after = after;
+            change.layout = layout;
+            return Ok(());
+        }
+        let before = Some(before()?);
+        self.push(
+            key,
+            RowChange {
+                layout,
+                rowid,
+                before,
+                after,
+                changed: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// A schema statement: rows touched after it are new changes.
+    fn barrier(&mut self, item: Item) {
+        self.index.clear();
+        self.items.push(item);
+    }
+}
+
+/// Read the row the hook shows through `column` (the new or the old row) in `layout`'s
+/// column order.
+fn hook_row<'a>(
+    layout: &TableLayout,
+    count: i32,
+    column: impl Fn(i32) -> rusqlite::Result<ValueRef<'a>>,
+) -> std::result::Result<Vec<Value>, HookError> {
+    if layout.virtual_columns {
+        return Err(format!(
+            "octodb: table `{}` has a VIRTUAL generated column, which this build cannot \
+             replicate (SQLite 3.46's preupdate hook reads such rows wrongly): declare the \
+             column STORED",
+            layout.name
+        ));
+    }
+    if count != layout.width {
+        return Err(format!(
+            "octodb: table `{}` changed its columns during the transaction; run it again",
+            layout.name
+        ));
+    }
+    layout
+        .hook_index
+        .iter()
+        .map(|&i| column(i).map(Value::from_ref))
+        .collect::<rusqlite::Result<_>>()
+        .map_err(|e| format!("octodb: cannot read a changed row of `{}`: {e}", layout.name))
+}
+
+impl State {
+    /// The preupdate hook: a statement is about to change a row of `table`.
+    fn on_change(&mut self, db: &str, table: &str, case: &PreUpdateCase) {
+        if db != "main" || self.broken.is_some() {
+            return;
+        }
+        let Some(&layout_id) = self.tables.get(table) else {
+            return;
+        };
+        let layout = self.layouts[layout_id].clone();
+        if let Err(why) = self.record(layout_id, layout, case) {
+            self.broken = Some(why);
+        }
+    }
+
+    fn record(
+        &mut self,
+        layout_id: usize,
+        layout: Arc<TableLayout>,
+        case: &PreUpdateCase,
+    ) -> std::result::Result<(), HookError> {
+        match case {
+            PreUpdateCase::Insert(new) => {
+                let row = hook_row(&layout, new.get_column_count(), |i| {
+                    new.get_new_column_value(i)
+                })?;
+                self.changes
+                    .insert(layout_id, layout, new.get_new_row_id(), row);
+            }
+            PreUpdateCase::Update {
+                old_value_accessor: old,
+                new_value_accessor: new,
+            } => {
+                let before =
+                    || hook_row(&layout, old.get_column_count(), |i| old.get_old_column_value(i));
+                let row = hook_row(&layout, new.get_column_count(), |i| {
+                    new.get_new_column_value(i)
+                })?;
+                let (from, to) = (old.get_old_row_id(), new.get_new_row_id());
+                if from == to {
+                    self.changes
+                        .change(layout_id, layout.clone(), to, before, Some(row))?;
+                } else {
+                    // A row moved to its final id (the one change of an id the rules allow).
+                    self.changes
+                        .change(layout_id, layout.clone(), from, before, None)?;
+                    self.changes.insert(layout_id, layout.clone(), to, row);
+                }
+            }
+            PreUpdateCase::Delete(old) => {
+                let before =
+                    || hook_row(&layout, old.get_column_count(), |i| old.get_old_column_value(i));
+                self.changes
+                    .change(layout_id, layout.clone(), old.get_old_row_id(), before, None)?;
+            }
+            PreUpdateCase::Unknown => {
+                return Err(format!(
+                    "octodb: SQLite reported a change of `{}` of a kind this build does not know",
+                    layout.name
+                ))
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The capture machinery of one user connection.
@@ -162,7 +365,7 @@ pub struct Capture {
 /// Whether a row with owner `v` is this device's user's or local: the rows a device's app may
 /// insert, update and delete. An integer, not a class name: a text result is copied by SQLite
 /// at every call, and the device's triggers call this for every row they see.
-fn mine_or_local(identity: &Identity, v: rusqlite::types::ValueRef<'_>) -> bool {
+fn mine_or_local(identity: &Identity, v: ValueRef<'_>) -> bool {
     match Owner::of_ref(v) {
         Owner::Local => true,
         Owner::User(u) => identity.user_id() != 0 && u == identity.user_id(),
@@ -197,7 +400,7 @@ impl Capture {
         let me = self.clone();
         // The id the row being inserted ends with: for an id SQLite picked, one in this node's
         // range (decided at the first call, the same at every later call for that row); else
-        // `rowid`. Both AFTER INSERT triggers call it, in whichever order SQLite runs them.
+        // `rowid`. The AFTER INSERT trigger calls it in its WHEN clause and its body.
         conn.create_scalar_function("octo_row_id", 2, pure, move |ctx| {
             let layout_id: usize = ctx.get(0)?;
             let rowid: i64 = ctx.get(1)?;
@@ -224,38 +427,54 @@ impl Capture {
             let (old, new) = (value_arg(ctx, 0), value_arg(ctx, 1));
             Ok(owner_change_ok(&id, &old, &new))
         })?;
-        let me = self.clone();
-        // octo_capture(layout, op, rowid, mask, values...): the new row's values (insert), the
-        // new then the old (update), or the old (delete). True when the statement's mark is
-        // still to be written.
-        conn.create_scalar_function("octo_capture", -1, pure, move |ctx| {
-            me.capture_row(ctx)
-                .map_err(|e| rusqlite::Error::UserFunctionError(e.into()))
-        })?;
-        let me = self.clone();
-        conn.create_scalar_function("octo_statement", 0, pure, move |_| Ok(me.lock().statement))?;
-        // The mark table is written at every statement and emptied at every commit: keep it
-        // (and its journal) in memory rather than in a temporary file.
+        // The mark table is written at every schema statement and emptied at their commit:
+        // keep it (and its journal) in memory rather than in a temporary file.
         conn.execute_batch("PRAGMA temp_store=MEMORY")?;
         conn.execute_batch(schema::CAPTURE_TABLE)?;
         Ok(())
     }
 
-    /// (Re)create the TEMP triggers for the current schema.
+    /// Capture the replicated tables of the current schema: (re)create their TEMP triggers
+    /// and point the hook at their layouts.
     pub fn install_triggers(&self, conn: &Connection, role: Role) -> Result<()> {
         schema::drop_triggers(conn)?;
         let mut sql = String::new();
         let mut st = self.lock();
+        let mut tables = HashMap::new();
         for t in schema::user_tables(conn)? {
             if !t.is_replicated() || t.without_rowid {
                 continue;
             }
-            let id = st.layouts.len();
+            // A layout that did not change keeps its id: the open transaction's changes of
+            // that table stay one per row.
+            let id = match st.tables.get(&t.name) {
+                Some(&id) if *st.layouts[id] == t => id,
+                _ => {
+                    st.layouts.push(Arc::new(t.clone()));
+                    st.layouts.len() - 1
+                }
+            };
             sql += &schema::trigger_sql(&t, id, role);
-            st.layouts.push(Arc::new(t));
+            tables.insert(t.name, id);
         }
+        st.tables = tables;
         drop(st);
         conn.execute_batch(&sql)?;
+        let state = self.state.clone();
+        conn.preupdate_hook(Some(move |_, db: &str, table: &str, case: &PreUpdateCase| {
+            state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .on_change(db, table, case)
+        }));
+        Ok(())
+    }
+
+    /// Stop capturing on `conn`: no triggers, no hook.
+    pub fn uninstall(&self, conn: &Connection) -> Result<()> {
+        schema::drop_triggers(conn)?;
+        conn.preupdate_hook(None::<fn(rusqlite::hooks::Action, &str, &str, &PreUpdateCase)>);
+        self.lock().tables.clear();
         Ok(())
     }
 
@@ -264,18 +483,24 @@ impl Capture {
         let mut st = self.lock();
         st.inserting.clear();
         st.statement += 1;
-        st.marked = false;
     }
 
-    /// The running statement failed. Its mark may have been undone with it; a statement it
-    /// ran inside (SQL run from a user function) marks again at its next row.
+    /// The running statement failed: SQLite may have undone some of its changes.
     pub fn statement_failed(&self) {
-        self.lock().marked = false;
+        self.lock().undone = true;
+    }
+
+    /// A `ROLLBACK TO` undid part of the open transaction.
+    pub fn rolled_back_to(&self) {
+        self.lock().undone = true;
     }
 
     /// The transaction ended (committed after `take`, or rolled back): drop what is left.
     pub fn forget(&self) {
-        self.lock().captured.clear();
+        let mut st = self.lock();
+        st.changes = Changes::default();
+        st.undone = false;
+        st.broken = None;
     }
 
     /// Record a schema statement of the running statement (primaries replicate them).
@@ -283,12 +508,10 @@ impl Capture {
         let statement = {
             let mut st = self.lock();
             let statement = st.statement;
-            st.captured.push(Tagged {
+            st.changes.barrier(Item::Ddl {
                 statement,
-                what: Raw::Ddl {
-                    sql: sql.to_string(),
-                    private,
-                },
+                sql: sql.to_string(),
+                private,
             });
             statement
         };
@@ -298,52 +521,6 @@ impl Capture {
         ))?
         .execute([statement])?;
         Ok(())
-    }
-
-    fn capture_row(&self, ctx: &Context<'_>) -> Result<bool> {
-        let int = |i: usize| -> Result<i64> {
-            match ctx.get_raw(i) {
-                rusqlite::types::ValueRef::Integer(v) => Ok(v),
-                _ => Err(Error::rule("octodb: octo_capture needs integer arguments")),
-            }
-        };
-        let (layout_id, op, rowid, mask) = (int(0)? as usize, int(1)?, int(2)?, int(3)? as u64);
-        let mut st = self.lock();
-        let n = st
-            .layouts
-            .get(layout_id)
-            .map(|l| l.columns.len())
-            .ok_or_else(|| Error::rule("octodb: change captured for an unknown table layout"))?;
-        let values =
-            |from: usize| -> Vec<Value> { (from..from + n).map(|i| value_arg(ctx, i)).collect() };
-        let expected = match op {
-            OP_UPDATE => 4 + 2 * n,
-            OP_INSERT | OP_DELETE => 4 + n,
-            _ => 0,
-        };
-        if ctx.len() != expected {
-            return Err(Error::rule(
-                "octodb: octo_capture called with the wrong arguments",
-            ));
-        }
-        let (vals, old) = match op {
-            OP_INSERT => (Some(values(4)), None),
-            OP_UPDATE => (Some(values(4)), Some(values(4 + n))),
-            _ => (None, Some(values(4))),
-        };
-        let statement = st.statement;
-        st.captured.push(Tagged {
-            statement,
-            what: Raw::Row {
-                layout_id,
-                op,
-                rowid,
-                mask,
-                vals,
-                old,
-            },
-        });
-        Ok(!std::mem::replace(&mut st.marked, true))
     }
 
     /// A row is about to be inserted into the table of `layout_id`; `auto`: SQLite picks its id.
@@ -388,61 +565,97 @@ impl Capture {
             .map(|(_, to)| to)
     }
 
-    /// Take what the open transaction captured, one change per row, leaving out what was
-    /// undone (statements whose mark is gone).
+    /// Take what the open transaction changed, one change per row (leaving out rows it left
+    /// as they were) and schema statement (leaving out those undone).
     pub fn take(&self, conn: &Connection) -> Result<Vec<Captured>> {
-        // In order (the table's rowids), to be searched without hashing.
-        let standing: Vec<i64> = conn
-            .prepare_cached(&format!(
-                "SELECT id FROM temp.{} ORDER BY id",
-                schema::STATEMENTS_TABLE
-            ))?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        super::exec(
-            conn,
-            &format!("DELETE FROM temp.{}", schema::STATEMENTS_TABLE),
-        )?;
-        let (layouts, captured) = {
+        let (items, undone, broken) = {
             let mut st = self.lock();
-            // Later rows of the running statement need a new mark.
-            st.marked = false;
-            (st.layouts.clone(), std::mem::take(&mut st.captured))
+            let changes = std::mem::take(&mut st.changes);
+            (
+                changes.items,
+                std::mem::take(&mut st.undone),
+                st.broken.take(),
+            )
         };
-        let mut merger = Merger::default();
-        for tagged in captured {
-            if standing.binary_search(&tagged.statement).is_err() {
-                continue;
-            }
-            match tagged.what {
-                Raw::Ddl { sql, private } => {
-                    merger.barrier();
-                    merger.out.push(Captured::Ddl { sql, private });
-                }
-                Raw::Row {
-                    layout_id,
-                    op,
-                    rowid,
-                    mask,
-                    mut vals,
-                    old,
+        if let Some(why) = broken {
+            return Err(Error::rule(why));
+        }
+        let standing = standing_ddl(conn, &items)?;
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            match item {
+                Item::Ddl {
+                    statement,
+                    sql,
+                    private,
                 } => {
-                    let layout = layouts.get(layout_id).cloned().ok_or_else(|| {
-                        Error::rule("octodb: change captured for an unknown table layout")
-                    })?;
-                    // The INTEGER PRIMARY KEY column was read before the row's id was moved.
-                    if let (Some(i), Some(v)) = (layout.rowid_alias, vals.as_mut()) {
-                        if let Some(v) = v.get_mut(i) {
-                            *v = Value::Integer(rowid);
-                        }
+                    if standing.binary_search(&statement).is_ok() {
+                        out.push(Captured::Ddl { sql, private });
                     }
-                    merger.add(layout_id, layout, op, rowid, mask, vals, old);
+                }
+                Item::Row {
+                    mut change,
+                    superseded,
+                } => {
+                    if undone && !superseded {
+                        change.after = read_back(conn, &change.layout, change.rowid)?;
+                    }
+                    if let Some(change) = change.settled() {
+                        out.push(Captured::Row(change));
+                    }
                 }
             }
         }
-        merger.barrier();
-        Ok(merger.out)
+        Ok(out)
     }
+}
+
+/// The ids of the schema statements among `items` that still stand (their marks survived),
+/// in order; the marks go.
+fn standing_ddl(conn: &Connection, items: &[Item]) -> Result<Vec<i64>> {
+    if !items.iter().any(|i| matches!(i, Item::Ddl { .. })) {
+        return Ok(Vec::new());
+    }
+    let standing: Vec<i64> = conn
+        .prepare_cached(&format!(
+            "SELECT id FROM temp.{} ORDER BY id",
+            schema::STATEMENTS_TABLE
+        ))?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    super::exec(
+        conn,
+        &format!("DELETE FROM temp.{}", schema::STATEMENTS_TABLE),
+    )?;
+    Ok(standing)
+}
+
+/// Row `rowid` of `layout`'s table as it is now (None: absent).
+fn read_back(conn: &Connection, layout: &TableLayout, rowid: i64) -> Result<Option<Vec<Value>>> {
+    let columns: Vec<String> = layout.columns.iter().map(|c| schema::ident(c)).collect();
+    let sql = format!(
+        "SELECT {} FROM main.{} WHERE rowid = ?1",
+        columns.join(", "),
+        schema::ident(&layout.name)
+    );
+    let read = || -> rusqlite::Result<Option<Vec<Value>>> {
+        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query([rowid])?;
+        let Some(row) = rows.next()? else {
+            return Ok(None);
+        };
+        (0..columns.len())
+            .map(|i| row.get_ref(i).map(Value::from_ref))
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map(Some)
+    };
+    read().map_err(|e| {
+        Error::rule(format!(
+            "octodb: part of this transaction was undone, and row {rowid} of `{}` cannot be \
+             read back to find what stands ({e}); run the transaction again",
+            layout.name
+        ))
+    })
 }
 
 /// Register `this_user()` and `this_node()` on `conn`. Every connection on a node's file
@@ -462,13 +675,7 @@ pub fn register_identity_functions(conn: &Connection, identity: &Arc<Identity>) 
 }
 
 fn value_arg(ctx: &Context<'_>, i: usize) -> Value {
-    ctx.get_raw(i).into()
-}
-
-impl From<rusqlite::types::ValueRef<'_>> for Value {
-    fn from(v: rusqlite::types::ValueRef<'_>) -> Value {
-        Value::from_ref(v)
-    }
+    Value::from_ref(ctx.get_raw(i))
 }
 
 fn owner_change_ok(id: &Identity, old: &Value, new: &Value) -> bool {
@@ -517,6 +724,25 @@ pub fn any_local(captured: &[Captured]) -> bool {
 }
 
 impl RowChange {
+    /// The change with its changed columns worked out, or None when the transaction left the
+    /// row as it found it.
+    fn settled(mut self) -> Option<RowChange> {
+        match (&self.before, &self.after) {
+            (None, None) => None,
+            (Some(before), Some(after)) if self.changed != WHOLE_ROW => {
+                self.changed = if before.len() == after.len() {
+                    (0..after.len())
+                        .filter(|&i| before[i] != after[i])
+                        .fold(0, |mask, i| mask | crate::changes::column_bit(i))
+                } else {
+                    WHOLE_ROW
+                };
+                (self.changed != 0).then_some(self)
+            }
+            _ => Some(self),
+        }
+    }
+
     fn owner<'a>(&self, row: &'a Option<Vec<Value>>) -> Option<&'a Value> {
         let i = self.layout.owner?;
         row.as_ref().and_then(|r| r.get(i))
@@ -551,87 +777,6 @@ impl RowChange {
             }),
             _ => None,
         }
-    }
-}
-
-#[derive(Default)]
-struct Merger {
-    out: Vec<Captured>,
-    group: Vec<RowChange>,
-    /// (layout id, rowid) -> position in `group`. A layout id names one table's layout for
-    /// the life of the connection; layouts change only with schema statements, which are
-    /// barriers here.
-    /// Hashed with foldhash: one lookup per captured row, keys from this node's own app.
-    index: HashMap<(usize, i64), usize, foldhash::fast::RandomState>,
-}
-
-impl Merger {
-    #[allow(clippy::too_many_arguments)]
-    fn add(
-        &mut self,
-        layout_id: usize,
-        layout: Arc<TableLayout>,
-        op: i64,
-        rowid: i64,
-        mask: u64,
-        vals: Option<Vec<Value>>,
-        old: Option<Vec<Value>>,
-    ) {
-        let key = (layout_id, rowid);
-        if let Some(&i) = self.index.get(&key) {
-            let rc = &mut self.group[i];
-            // Deleted, then inserted again under another owner (what REPLACE does): the
-            // delete must reach the old owner's nodes, so the two stay two changes.
-            let owner_of = |row: &Option<Vec<Value>>| {
-                layout
-                    .owner
-                    .and_then(|o| row.as_ref().and_then(|r| r.get(o)))
-                    .map(Owner::of)
-            };
-            if op == OP_INSERT && rc.after.is_none() && owner_of(&rc.before) != owner_of(&vals) {
-                self.index.insert(key, self.group.len());
-                self.group.push(RowChange {
-                    layout,
-                    rowid,
-                    before: None,
-                    after: vals,
-                    changed: u64::MAX,
-                });
-                return;
-            }
-            match op {
-                OP_INSERT => {
-                    rc.after = vals;
-                    rc.changed = u64::MAX;
-                }
-                OP_UPDATE => {
-                    rc.after = vals;
-                    rc.changed |= mask;
-                }
-                _ => rc.after = None,
-            }
-            rc.layout = layout;
-            return;
-        }
-        let (before, after, changed) = match op {
-            OP_INSERT => (None, vals, u64::MAX),
-            OP_UPDATE => (old, vals, mask),
-            OP_DELETE => (old, None, 0),
-            _ => return,
-        };
-        self.index.insert(key, self.group.len());
-        self.group.push(RowChange {
-            layout,
-            rowid,
-            before,
-            after,
-            changed,
-        });
-    }
-
-    fn barrier(&mut self) {
-        self.index.clear();
-        self.out.extend(self.group.drain(..).map(Captured::Row));
     }
 }
 

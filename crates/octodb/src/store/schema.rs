@@ -1,5 +1,5 @@
 //! What the engine knows of the user's tables, and the TEMP triggers that enforce the ownership
-//! rules and capture changes on a user's connection.
+//! and row id rules on a user's connection (changes are captured by `store::capture`).
 //!
 //! The triggers are TEMP (per connection, never in the file) because they call functions that
 //! only an octodb connection defines, and because the engine's own connections must apply
@@ -20,6 +20,14 @@ pub struct TableLayout {
     /// Index of `row_owner`; a table takes part in row replication only when it has one.
     pub owner: Option<usize>,
     pub without_rowid: bool,
+    /// Where each of `columns` sits among all the table's columns, generated ones included:
+    /// the index SQLite's preupdate hook reads it at.
+    pub hook_index: Vec<i32>,
+    /// How many columns the table has, generated ones included.
+    pub width: i32,
+    /// The table has a VIRTUAL generated column: the preupdate hook of the SQLite built here
+    /// (3.46) reads the rows of such tables at the wrong offsets, so they cannot be captured.
+    pub virtual_columns: bool,
 }
 
 impl TableLayout {
@@ -79,11 +87,22 @@ pub fn table_layout(conn: &Connection, name: &str) -> Result<Option<TableLayout>
 }
 
 fn layout_of(conn: &Connection, name: &str, without_rowid: bool) -> Result<TableLayout> {
-    let mut stmt =
-        conn.prepare_cached("SELECT name, type, pk FROM pragma_table_info(?1) ORDER BY cid")?;
-    let cols: Vec<(String, String, i64)> = stmt
-        .query_map([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+    // Generated columns (hidden 2: VIRTUAL, 3: STORED) are computed on every node, never sent.
+    let mut stmt = conn
+        .prepare_cached("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")?;
+    let all: Vec<(String, String, i64, i64)> = stmt
+        .query_map([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<rusqlite::Result<_>>()?;
+    let width = all.len() as i32;
+    let virtual_columns = all.iter().any(|c| c.3 == 2);
+    let hook_index: Vec<i32> = (0..all.len() as i32)
+        .filter(|&i| all[i as usize].3 == 0)
+        .collect();
+    let cols: Vec<(String, String, i64)> = all
+        .into_iter()
+        .filter(|c| c.3 == 0)
+        .map(|c| (c.0, c.1, c.2))
+        .collect();
     let pk_cols: Vec<usize> = (0..cols.len()).filter(|&i| cols[i].2 > 0).collect();
     let rowid_alias = match pk_cols.as_slice() {
         [i] if !without_rowid && cols[*i].1.eq_ignore_ascii_case("INTEGER") => Some(*i),
@@ -98,6 +117,9 @@ fn layout_of(conn: &Connection, name: &str, without_rowid: bool) -> Result<Table
         rowid_alias,
         owner,
         without_rowid,
+        hook_index,
+        width,
+        virtual_columns,
     })
 }
 
@@ -112,17 +134,13 @@ pub fn check_replicable(t: &TableLayout) -> Result<()> {
     Ok(())
 }
 
-/// The TEMP table of statement marks (see [`trigger_sql`]).
+/// The TEMP table of schema statements' marks (see `store::capture`).
 pub const STATEMENTS_TABLE: &str = "_octo_statements";
 
 /// SQL creating the TEMP table of statement marks; run once per user connection.
 pub const CAPTURE_TABLE: &str =
     "CREATE TEMP TABLE IF NOT EXISTS _octo_statements(id INTEGER PRIMARY KEY)";
 
-pub const OP_INSERT: i64 = 1;
-pub const OP_UPDATE: i64 = 2;
-pub const OP_DELETE: i64 = 3;
-pub const OP_DDL: i64 = 4;
 
 /// Messages of the rules the triggers enforce (SQLite needs them as literals).
 const MSG_ROWID_CHANGE: &str =
@@ -135,33 +153,17 @@ const MSG_DEVICE_INSERT: &str = "octodb: a device may insert only rows of its ow
 pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
     let q = ident(&t.name);
     let ow = ident(&t.columns[t.owner.unwrap_or(0)]);
-    let cols = |row: &str| {
-        let cols: Vec<String> = t
-            .columns
-            .iter()
-            .map(|c| format!("{row}.{}", ident(c)))
-            .collect();
-        cols.join(", ")
-    };
-    let mask: Vec<String> = t
-        .columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("((NEW.{c} IS NOT OLD.{c}) << {})", i.min(63), c = ident(c)))
-        .collect();
     let name = |kind: &str| ident(&format!("_octo_{kind}_{}", t.name));
     let mut sql = String::new();
+    // Row changes are captured by SQLite's preupdate hook (`store::capture`), not here: what
+    // stays are the rules a hook cannot keep, because it can neither see whether SQLite picks
+    // a row's id nor change or refuse a row.
+    //
     // Auto-assigned ids are moved into this node's id range (node id in the high 32 bits) so that
     // inserts on different nodes never collide. BEFORE INSERT notes whether SQLite picks the
     // row's id (it sees rowid -1 then); `octo_row_id` decides the row's final id; a trigger of
     // its own moves the row when that differs (not run otherwise: an UPDATE statement in a
     // trigger program costs a cursor per row even when it finds nothing).
-    //
-    // `octo_capture` keeps the row in the connection's memory and returns true at the first
-    // row of a statement, which then leaves a mark in a TEMP table: the mark is undone with
-    // the statement (an aborted statement, ROLLBACK TO), and tells the commit which captured
-    // rows still stand. The capture is the trigger's WHEN clause, so the mark's INSERT runs
-    // once per statement rather than being set up for every row.
     //
     // Every trigger is a sub-program SQLite runs per row: a device's insert rule shares the
     // BEFORE INSERT trigger with the note.
@@ -176,35 +178,13 @@ pub fn trigger_sql(t: &TableLayout, layout_id: usize, role: Role) -> String {
         ),
     };
     let row_id = format!("octo_row_id({layout_id}, NEW.rowid)");
-    let mark = format!("INSERT OR IGNORE INTO {STATEMENTS_TABLE}(id) VALUES (octo_statement());");
-    let insert = format!(
-        "octo_capture({layout_id}, {OP_INSERT}, {row_id}, -1, {})",
-        cols("NEW")
-    );
-    let update = format!(
-        "octo_capture({layout_id}, {OP_UPDATE}, NEW.rowid, {}, {}, {})",
-        mask.join(" | "),
-        cols("NEW"),
-        cols("OLD")
-    );
-    let delete = format!(
-        "octo_capture({layout_id}, {OP_DELETE}, OLD.rowid, 0, {})",
-        cols("OLD")
-    );
     sql += &format!(
         "CREATE TEMP TRIGGER {bi} BEFORE INSERT ON main.{q} BEGIN {before_insert} END;
-         CREATE TEMP TRIGGER {ai} AFTER INSERT ON main.{q} WHEN {insert} BEGIN {mark} END;
          CREATE TEMP TRIGGER {am} AFTER INSERT ON main.{q} WHEN {row_id} <> NEW.rowid BEGIN
            UPDATE {q} SET rowid = {row_id} WHERE rowid = NEW.rowid;
-         END;
-         CREATE TEMP TRIGGER {au} AFTER UPDATE ON main.{q} WHEN OLD.rowid = NEW.rowid AND {update}
-           BEGIN {mark} END;
-         CREATE TEMP TRIGGER {ad} AFTER DELETE ON main.{q} WHEN {delete} BEGIN {mark} END;\n",
+         END;\n",
         bi = name("bi"),
-        ai = name("ai"),
         am = name("am"),
-        au = name("au"),
-        ad = name("ad"),
     );
     // Rules. On a device, rows of other users and '*' rows are silently left alone by UPDATE and
     // DELETE, as if a WHERE clause excluded them.

@@ -2,12 +2,11 @@
 //! may refuse the transaction, change its rows, or write other rows. Everything they write to
 //! replicated tables must reach the log with the transaction, or the primary would hold rows
 //! no device ever hears of. So while the schema has triggers, the engine's connection captures
-//! every row change as an app's connection does (the same TEMP triggers: rows that triggers
-//! insert also get ids in the primary's range), and the log takes the captured changes.
+//! every row change as an app's connection does (the same hook and TEMP triggers: rows that
+//! triggers insert also get ids in the primary's range), and the log takes the captured changes.
 //! Without triggers, the transaction's own rows, read back, are all it wrote: no capture cost.
 
 use super::capture::{Capture, Identity};
-use super::schema;
 use crate::changes::ChangeSet;
 use crate::error::Result;
 use crate::uri::Role;
@@ -23,7 +22,7 @@ pub struct TriggerEffects {
 
 impl TriggerEffects {
     /// On the primary engine's connection, before any transaction: registers the capture's
-    /// functions and its (TEMP) mark table, which are inert until triggers are installed.
+    /// functions and its (TEMP) mark table, which are inert until the capture is installed.
     pub fn new(conn: &Connection, identity: Arc<Identity>) -> Result<TriggerEffects> {
         let capture = Capture::new(identity);
         capture.register_functions(conn)?;
@@ -49,7 +48,7 @@ impl TriggerEffects {
         if has_triggers {
             self.capture.install_triggers(conn, Role::Primary)?;
         } else if self.active {
-            schema::drop_triggers(conn)?;
+            self.capture.uninstall(conn)?;
         }
         self.active = has_triggers;
         self.checked_for = Some(version);

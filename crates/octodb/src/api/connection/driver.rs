@@ -282,8 +282,12 @@ impl Connection {
         }
         if result.is_ok() && started.word == "ROLLBACK" && !self.conn.is_autocommit() {
             // ROLLBACK TO: what an inner RELEASE recorded may be undone in the file; the
-            // copies kept in memory for announcing the transaction can no longer be trusted.
+            // copies kept in memory for announcing the transaction can no longer be trusted,
+            // nor can the capture's copies of the rows.
             self.rolled_back_within.set(true);
+            if let Some(r) = &self.repl {
+                r.capture.rolled_back_to();
+            }
         }
         if started.word == "ROLLBACK" {
             // It may have undone a schema statement of this connection, or the capture
