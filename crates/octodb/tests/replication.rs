@@ -206,6 +206,56 @@ fn changes_undone_by_rollback_to_a_savepoint_never_replicate() {
     assert_eq!(d.sync_status().unwrap().last_rejected, None);
 }
 
+/// Updates and deletes undone by `ROLLBACK TO` or by a statement that fails halfway leave the
+/// other nodes' rows as they were; what stands in the same transaction arrives. An update that
+/// leaves a row as it was sends nothing that changes it.
+#[test]
+fn updates_and_deletes_undone_in_a_transaction_never_replicate() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    p.execute("CREATE UNIQUE INDEX t_v ON t(v)", []).unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute_batch(
+        "INSERT INTO t(id, v) VALUES (1, 'one'), (2, 'two'), (3, 'three'), (4, 'four');",
+    )
+    .unwrap();
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t", 4);
+    d.execute_batch(
+        "BEGIN;
+         UPDATE t SET v = v WHERE id = 4;
+         SAVEPOINT s;
+         UPDATE t SET v = 'undone' WHERE id = 1;
+         DELETE FROM t WHERE id = 2;
+         ROLLBACK TO s;
+         RELEASE s;
+         UPDATE t SET v = 'kept' WHERE id = 3;",
+    )
+    .unwrap();
+    // Row 4 first becomes 'two', a value row 2 still holds: the statement fails at row 4 and
+    // SQLite undoes its change of row 3 with it.
+    let err = d
+        .execute(
+            "UPDATE t SET v = CASE id WHEN 3 THEN 'partly' ELSE 'two' END WHERE id IN (3, 4)",
+            [],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("UNIQUE"), "{err}");
+    d.execute_batch("COMMIT").unwrap();
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t WHERE v = 'kept'", 1);
+    let rows = |c: &octodb::Connection| {
+        text(
+            c,
+            "SELECT group_concat(r, ' ') FROM (SELECT id || ':' || v AS r FROM t ORDER BY id)",
+        )
+    };
+    assert_eq!(rows(&d), "1:one 2:two 3:kept 4:four");
+    assert_eq!(rows(&p), rows(&d));
+    assert_eq!(d.sync_status().unwrap().last_rejected, None);
+}
+
 /// Inside one transaction the capture follows the transaction's own schema statements,
 /// including one undone by `ROLLBACK TO`: every row replicates with the columns its table has.
 #[test]

@@ -286,7 +286,12 @@ fn hook_row<'a>(
         .iter()
         .map(|&i| column(i).map(Value::from_ref))
         .collect::<rusqlite::Result<_>>()
-        .map_err(|e| format!("octodb: cannot read a changed row of `{}`: {e}", layout.name))
+        .map_err(|e| {
+            format!(
+                "octodb: cannot read a changed row of `{}`: {e}",
+                layout.name
+            )
+        })
 }
 
 impl State {
@@ -322,8 +327,11 @@ impl State {
                 old_value_accessor: old,
                 new_value_accessor: new,
             } => {
-                let before =
-                    || hook_row(&layout, old.get_column_count(), |i| old.get_old_column_value(i));
+                let before = || {
+                    hook_row(&layout, old.get_column_count(), |i| {
+                        old.get_old_column_value(i)
+                    })
+                };
                 let row = hook_row(&layout, new.get_column_count(), |i| {
                     new.get_new_column_value(i)
                 })?;
@@ -339,10 +347,18 @@ impl State {
                 }
             }
             PreUpdateCase::Delete(old) => {
-                let before =
-                    || hook_row(&layout, old.get_column_count(), |i| old.get_old_column_value(i));
-                self.changes
-                    .change(layout_id, layout.clone(), old.get_old_row_id(), before, None)?;
+                let before = || {
+                    hook_row(&layout, old.get_column_count(), |i| {
+                        old.get_old_column_value(i)
+                    })
+                };
+                self.changes.change(
+                    layout_id,
+                    layout.clone(),
+                    old.get_old_row_id(),
+                    before,
+                    None,
+                )?;
             }
             PreUpdateCase::Unknown => {
                 return Err(format!(
@@ -461,12 +477,14 @@ impl Capture {
         drop(st);
         conn.execute_batch(&sql)?;
         let state = self.state.clone();
-        conn.preupdate_hook(Some(move |_, db: &str, table: &str, case: &PreUpdateCase| {
-            state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .on_change(db, table, case)
-        }));
+        conn.preupdate_hook(Some(
+            move |_, db: &str, table: &str, case: &PreUpdateCase| {
+                state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .on_change(db, table, case)
+            },
+        ));
         Ok(())
     }
 

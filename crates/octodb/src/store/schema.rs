@@ -141,7 +141,6 @@ pub const STATEMENTS_TABLE: &str = "_octo_statements";
 pub const CAPTURE_TABLE: &str =
     "CREATE TEMP TABLE IF NOT EXISTS _octo_statements(id INTEGER PRIMARY KEY)";
 
-
 /// Messages of the rules the triggers enforce (SQLite needs them as literals).
 const MSG_ROWID_CHANGE: &str =
     "octodb: the id of a replicated row cannot change; delete the row and insert a new one";

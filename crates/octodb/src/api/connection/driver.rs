@@ -61,10 +61,10 @@ pub struct Started {
 }
 
 /// `INSERT OR REPLACE`, `REPLACE INTO`, `UPDATE OR REPLACE`: the rows SQLite deletes to resolve
-/// a conflict fire delete triggers only while recursive triggers are on, and without them the
-/// capture would never see those deletes (the primaries and the other devices would keep the
-/// rows). Such a statement runs with them on; apps' own triggers may then fire themselves
-/// during it, as in other databases.
+/// a conflict fire delete triggers only while recursive triggers are on, and a device's rule
+/// that leaves other users' and `'*'` rows alone is a delete trigger (the capture, a preupdate
+/// hook, sees those deletes either way). Such a statement runs with them on; apps' own triggers
+/// may then fire themselves during it, as in other databases.
 /// (Every write passes here: only the two words after INSERT or UPDATE are read, and a whole
 /// statement only when it starts with WITH.)
 fn deletes_by_replace(word: &str, sql: &str) -> bool {
