@@ -118,8 +118,9 @@ impl Identity {
 struct State {
     /// Every layout the connection has known, by layout id (ids stay valid for its life).
     layouts: Vec<Arc<TableLayout>>,
-    /// The current layout id of each replicated table: what the hook looks a table up in.
-    tables: HashMap<String, usize>,
+    /// The current layout id of each replicated table: what the hook looks a table up in, for
+    /// every row a statement changes (foldhash: names from this node's own schema).
+    tables: HashMap<String, usize, foldhash::fast::RandomState>,
     /// Per layout id: the row being inserted into that table now, or last.
     inserting: Vec<Inserting>,
     /// The statement running now: schema statements are marked with it.
@@ -456,7 +457,7 @@ impl Capture {
         schema::drop_triggers(conn)?;
         let mut sql = String::new();
         let mut st = self.lock();
-        let mut tables = HashMap::new();
+        let mut tables = HashMap::default();
         for t in schema::user_tables(conn)? {
             if !t.is_replicated() || t.without_rowid {
                 continue;
@@ -806,6 +807,102 @@ mod tests {
 
     fn id(node: i64, seq: i64) -> i64 {
         (node << 32) | seq
+    }
+
+    /// A primary's connection on an in-memory file, capturing table `t`.
+    fn capturing() -> (Connection, Capture) {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)")
+            .unwrap();
+        let me = Identity::new(Some(Role::Primary), 0, 0, 1, 1);
+        let capture = Capture::new(Arc::new(me));
+        capture.register_functions(&conn).unwrap();
+        capture.install_triggers(&conn, Role::Primary).unwrap();
+        (conn, capture)
+    }
+
+    /// (rowid, before, after, changed) of each captured row, values as text.
+    fn rows(captured: Vec<Captured>) -> Vec<(i64, Option<String>, Option<String>, u64)> {
+        let show = |r: Option<Vec<Value>>| r.map(|r| format!("{r:?}"));
+        captured
+            .into_iter()
+            .map(|c| match c {
+                Captured::Row(rc) => (rc.rowid, show(rc.before), show(rc.after), rc.changed),
+                Captured::Ddl { sql, .. } => panic!("unexpected schema statement {sql}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_change_per_row_from_its_first_state_to_its_last() {
+        let (conn, capture) = capturing();
+        conn.execute_batch("INSERT INTO t VALUES (1, 'a', '*'), (2, 'b', '*'), (3, 'c', 7)")
+            .unwrap();
+        capture.forget();
+        conn.execute_batch(
+            "BEGIN;
+             INSERT INTO t VALUES (4, 'new', '*');
+             UPDATE t SET v = 'newer' WHERE id = 4;
+             UPDATE t SET v = 'A' WHERE id = 1;
+             UPDATE t SET v = 'b' WHERE id = 2;
+             DELETE FROM t WHERE id = 3;",
+        )
+        .unwrap();
+        let got = rows(capture.take(&conn).unwrap());
+        let row = |id: i64, v: &str, owner: Value| {
+            Some(format!(
+                "{:?}",
+                vec![Value::Integer(id), Value::Text(v.into()), owner]
+            ))
+        };
+        let star = || Value::Text("*".into());
+        assert_eq!(
+            got,
+            vec![
+                // Inserted then updated: one insert of its last state.
+                (4, None, row(4, "newer", star()), WHOLE_ROW),
+                (1, row(1, "a", star()), row(1, "A", star()), 0b10),
+                // Row 2's update left it as it was: nothing.
+                (3, row(3, "c", Value::Integer(7)), None, 0),
+            ]
+        );
+        conn.execute_batch("COMMIT").unwrap();
+    }
+
+    #[test]
+    fn a_replace_that_moves_a_row_to_another_owner_stays_a_delete_and_an_insert() {
+        let (conn, capture) = capturing();
+        conn.execute_batch("INSERT INTO t VALUES (1, 'a', 7)")
+            .unwrap();
+        capture.forget();
+        conn.execute_batch("BEGIN; REPLACE INTO t VALUES (1, 'b', 8);")
+            .unwrap();
+        let got = rows(capture.take(&conn).unwrap());
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!((got[0].0, got[0].2.is_none()), (1, true));
+        assert_eq!((got[1].0, got[1].1.is_none()), (1, true));
+        conn.execute_batch("COMMIT").unwrap();
+    }
+
+    #[test]
+    fn what_sqlite_undid_is_read_back_and_drops_out() {
+        let (conn, capture) = capturing();
+        conn.execute_batch("INSERT INTO t VALUES (1, 'a', '*')")
+            .unwrap();
+        capture.forget();
+        conn.execute_batch(
+            "BEGIN;
+             SAVEPOINT s;
+             INSERT INTO t VALUES (2, 'undone', '*');
+             UPDATE t SET v = 'undone' WHERE id = 1;
+             ROLLBACK TO s;
+             INSERT INTO t VALUES (3, 'kept', '*');",
+        )
+        .unwrap();
+        capture.rolled_back_to();
+        let got = rows(capture.take(&conn).unwrap());
+        assert_eq!(got.iter().map(|r| r.0).collect::<Vec<_>>(), vec![3]);
+        conn.execute_batch("COMMIT").unwrap();
     }
 
     #[test]
