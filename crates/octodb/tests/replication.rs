@@ -630,6 +630,34 @@ impl FlatOutWriter {
     }
 }
 
+/// An id the app gives inside the node's own range is never handed out again: a later row
+/// whose id must move (SQLite picked it above another range) gets a free one.
+#[test]
+fn an_id_the_app_gives_in_the_nodes_range_is_not_handed_out_again() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute("INSERT INTO t(v) VALUES ('auto')", []).unwrap();
+    let auto_id = d.last_insert_rowid();
+    // The next id of this device's range, taken by the app; and a local row far above every
+    // range, so that SQLite's next pick lies outside this device's range and must move.
+    d.execute_batch(&format!(
+        "INSERT INTO t(id, v) VALUES ({}, 'given');
+         INSERT INTO t(id, v, row_owner) VALUES ({}, 'far', NULL);",
+        auto_id + 1,
+        1i64 << 62
+    ))
+    .unwrap();
+    d.execute("INSERT INTO t(v) VALUES ('moved')", []).unwrap();
+    let moved = d.last_insert_rowid();
+    assert_eq!(moved >> 32, auto_id >> 32, "moved into the device's range");
+    assert!(moved > auto_id + 1, "{moved:#x} above the given id");
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t", 3);
+    assert_eq!(d.sync_status().unwrap().last_rejected, None);
+}
+
 #[test]
 fn ids_sqlite_picks_move_into_the_nodes_range_and_ids_the_app_gives_are_kept() {
     let c = Cluster::new();

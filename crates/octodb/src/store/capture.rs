@@ -92,6 +92,15 @@ impl Identity {
     pub fn unsent_txn_from(&self) -> u64 {
         self.unsent_txn_from
     }
+    /// The app gave a row id `id` itself: one in this node's range is never handed out after.
+    fn note_given_id(&self, id: i64) {
+        let node = self.node_id();
+        if node != 0 && id >> 32 == node as i64 {
+            self.next_row_seq
+                .fetch_max((id & 0xFFFF_FFFF) + 1, Ordering::AcqRel);
+        }
+    }
+
     fn alloc_row_id(&self) -> i64 {
         let seq = self.next_row_seq.fetch_add(1, Ordering::AcqRel) & 0xFFFF_FFFF;
         ((self.node_id() as i64) << 32) | seq
@@ -566,6 +575,7 @@ impl Capture {
         let to = if std::mem::take(&mut row.auto) && self.identity.node_id() != 0 {
             self.identity.row_id_for(rowid)
         } else {
+            self.identity.note_given_id(rowid);
             rowid
         };
         row.decided = Some((rowid, to));
