@@ -810,6 +810,10 @@ impl RowChange {
 }
 
 #[cfg(test)]
+#[path = "capture_model.rs"]
+mod model;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
