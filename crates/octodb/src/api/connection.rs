@@ -65,7 +65,7 @@ pub struct Connection {
     /// The open transaction has read `schema_version`: its snapshot is fixed, so only this
     /// connection's own schema statements (or a rollback of them) can change what it sees.
     schema_fixed: Cell<bool>,
-    /// The capture triggers were installed inside the open transaction: a rollback takes
+    /// The capture's triggers were installed inside the open transaction: a rollback takes
     /// them back with it (TEMP schema is transactional), so `schema_version` must not vouch
     /// for them after one.
     installed_in_txn: Cell<bool>,

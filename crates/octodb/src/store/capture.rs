@@ -462,7 +462,7 @@ impl Capture {
 
     /// Capture the replicated tables of the current schema: (re)create their TEMP triggers
     /// and point the hook at their layouts.
-    pub fn install_triggers(&self, conn: &Connection, role: Role) -> Result<()> {
+    pub fn install(&self, conn: &Connection, role: Role) -> Result<()> {
         schema::drop_triggers(conn)?;
         let mut sql = String::new();
         let mut st = self.lock();
@@ -831,7 +831,7 @@ mod tests {
         let me = Identity::new(Some(Role::Primary), 0, 0, 1, 1);
         let capture = Capture::new(Arc::new(me));
         capture.register_functions(&conn).unwrap();
-        capture.install_triggers(&conn, Role::Primary).unwrap();
+        capture.install(&conn, Role::Primary).unwrap();
         (conn, capture)
     }
 

@@ -103,7 +103,7 @@ fn run(script: &[(u8, u8, u8, u8)]) {
     // A primary with node id 3: ids SQLite picks move into its range.
     let capture = Capture::new(Arc::new(Identity::new(Some(Role::Primary), 3, 0, 1, 1)));
     capture.register_functions(&conn).unwrap();
-    capture.install_triggers(&conn, Role::Primary).unwrap();
+    capture.install(&conn, Role::Primary).unwrap();
     let start = table(&conn);
     conn.execute_batch("BEGIN").unwrap();
     let mut savepoints = Vec::new();

@@ -46,7 +46,7 @@ impl TriggerEffects {
             )?
             .query_row([], |r| r.get(0))?;
         if has_triggers {
-            self.capture.install_triggers(conn, Role::Primary)?;
+            self.capture.install(conn, Role::Primary)?;
         } else if self.active {
             self.capture.uninstall(conn)?;
         }

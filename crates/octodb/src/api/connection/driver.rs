@@ -231,7 +231,7 @@ impl Connection {
         if wrap {
             // The schema is checked again once the write lock is held: the engine may have
             // changed it (a column dropped or renamed from the primaries) since the check
-            // before the statement was prepared, and capture triggers naming a column that is
+            // before the statement was prepared, and triggers naming a column that is
             // gone would fail the statement. SQLite prepares it again for new triggers.
             self.internal_sql("BEGIN IMMEDIATE")?;
             self.refresh_schema()?;
