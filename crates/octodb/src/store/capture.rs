@@ -920,6 +920,33 @@ mod tests {
     }
 
     #[test]
+    fn generated_columns_are_left_out_and_virtual_ones_refused_at_commit() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE s(id INTEGER PRIMARY KEY, g AS (v || '!') STORED, v TEXT, row_owner);
+             CREATE TABLE w(id INTEGER PRIMARY KEY, g AS (v || '!') VIRTUAL, v TEXT, row_owner);",
+        )
+        .unwrap();
+        let capture = Capture::new(Arc::new(Identity::new(Some(Role::Primary), 0, 0, 1, 1)));
+        capture.register_functions(&conn).unwrap();
+        capture.install(&conn, Role::Primary).unwrap();
+        conn.execute_batch("BEGIN; INSERT INTO s(id, v, row_owner) VALUES (1, 'x', '*');")
+            .unwrap();
+        let got = rows(capture.take(&conn).unwrap());
+        let want = vec![
+            Value::Integer(1),
+            Value::Text("x".into()),
+            Value::Text("*".into()),
+        ];
+        assert_eq!(got, vec![(1, None, Some(format!("{want:?}")), WHOLE_ROW)]);
+        conn.execute_batch("INSERT INTO w(id, v, row_owner) VALUES (1, 'x', '*');")
+            .unwrap();
+        let err = capture.take(&conn).unwrap_err().to_string();
+        assert!(err.contains("VIRTUAL") && err.contains("STORED"), "{err}");
+        conn.execute_batch("ROLLBACK").unwrap();
+    }
+
+    #[test]
     fn sqlites_pick_is_kept_only_in_this_nodes_range_above_every_id_handed_out() {
         let me = Identity::new(Some(Role::Secondary), NODE as u32, 3, 10, 1);
         // In range and above the counter: kept, and the counter moves past it.
