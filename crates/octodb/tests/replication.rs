@@ -349,6 +349,37 @@ fn triggers_calling_this_node_and_this_user_run_on_every_node() {
 /// replicated table when a device's row arrives: its rows are logged with the device's
 /// transaction, get ids in the primary's range, and reach the devices that may see them; a
 /// rejected transaction leaves none.
+/// A primary's trigger writing a table whose rows cannot be captured (a VIRTUAL generated
+/// column) rejects the device's transaction with the reason, heard on the device; the device's
+/// next transaction goes through, nothing stalls.
+#[test]
+fn a_device_transaction_whose_trigger_effects_cannot_be_captured_is_rejected_saying_why() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner);
+         CREATE TABLE w(id INTEGER PRIMARY KEY, g AS (v || '!') VIRTUAL, v TEXT, row_owner);
+         CREATE TRIGGER copy AFTER INSERT ON t WHEN this_user() IS NULL AND NEW.v = 'copied'
+         BEGIN
+           INSERT INTO w(v, row_owner) VALUES (NEW.v, '*');
+         END;",
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute("INSERT INTO t(v) VALUES ('copied')", []).unwrap();
+    let status = d
+        .wait_for(DEADLINE, |s| s.outbox_len == 0 && s.last_rejected.is_some())
+        .unwrap();
+    let reason = status.last_rejected.map(|r| r.reason).unwrap_or_default();
+    assert!(reason.contains("STORED"), "{reason}");
+    d.execute("INSERT INTO t(v) VALUES ('plain')", []).unwrap();
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM t WHERE v = 'plain'", 1);
+    assert_eq!(count(&p, "SELECT count(*) FROM t WHERE v = 'copied'"), 0);
+    assert_eq!(count(&p, "SELECT count(*) FROM w"), 0);
+}
+
 #[test]
 fn rows_a_primarys_trigger_writes_for_a_devices_transaction_reach_the_devices() {
     let c = Cluster::new();

@@ -1279,12 +1279,14 @@ fn decide_device_txns(
             if let Some(e) = effects {
                 e.begin();
             }
-            let body = match apply::apply_device_txn(c, tables, *sender, cs, effects.is_none()) {
+            let applied = apply::apply_device_txn(c, tables, *sender, cs, effects.is_none())
+                .and_then(|outcome| match (outcome, effects) {
+                    // What the primary's triggers wrote with it, as captured.
+                    (Ok(_), Some(e)) => e.take(c),
+                    (outcome, _) => Ok(outcome),
+                });
+            let body = match applied {
                 Ok(Ok(changes)) => {
-                    let changes = match effects {
-                        Some(e) => e.take(c)?,
-                        None => changes,
-                    };
                     exec(c, "RELEASE device_txn")?;
                     EntryBody::Changes(changes)
                 }

@@ -8,7 +8,7 @@
 
 use super::capture::{Capture, Identity};
 use crate::changes::ChangeSet;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::uri::Role;
 use rusqlite::Connection;
 use std::sync::Arc;
@@ -62,9 +62,15 @@ impl TriggerEffects {
     }
 
     /// Everything the transaction applied since [`TriggerEffects::begin`] changed in
-    /// replicated tables, as the log records a primary's changes.
-    pub fn take(&self, conn: &Connection) -> Result<ChangeSet> {
-        Ok(crate::log::primary_changes(self.capture.take(conn)?))
+    /// replicated tables, as the log records a primary's changes; or why they cannot be
+    /// captured (a rule of the capture: the same for this transaction on every try, so the
+    /// transaction is rejected with it rather than the batch failing again and again).
+    pub fn take(&self, conn: &Connection) -> Result<std::result::Result<ChangeSet, String>> {
+        match self.capture.take(conn) {
+            Ok(captured) => Ok(Ok(crate::log::primary_changes(captured))),
+            Err(Error::Rule(reason)) => Ok(Err(reason)),
+            Err(e) => Err(e),
+        }
     }
 
     /// The transaction was rejected and rolled back.
