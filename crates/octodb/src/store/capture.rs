@@ -610,6 +610,8 @@ impl Capture {
             return Err(Error::rule(why));
         }
         let standing = standing_ddl(conn, &items)?;
+        // The read-back statement of each layout, built once (keyed by the shared layout).
+        let mut read_sql: HashMap<*const TableLayout, String> = HashMap::new();
         let mut out = Vec::with_capacity(items.len());
         for item in items {
             match item {
@@ -627,7 +629,10 @@ impl Capture {
                     superseded,
                 } => {
                     if undone && !superseded {
-                        change.after = read_back(conn, &change.layout, change.rowid)?;
+                        let sql = read_sql
+                            .entry(Arc::as_ptr(&change.layout))
+                            .or_insert_with(|| read_back_sql(&change.layout));
+                        change.after = read_back(conn, sql, &change.layout, change.rowid)?;
                     }
                     if let Some(change) = change.settled() {
                         out.push(Captured::Row(change));
@@ -659,21 +664,31 @@ fn standing_ddl(conn: &Connection, items: &[Item]) -> Result<Vec<i64>> {
     Ok(standing)
 }
 
-/// Row `rowid` of `layout`'s table as it is now (None: absent).
-fn read_back(conn: &Connection, layout: &TableLayout, rowid: i64) -> Result<Option<Vec<Value>>> {
+/// The statement reading a row of `layout`'s table in its column order. `main.`: an app's
+/// TEMP table of the same name would shadow it.
+fn read_back_sql(layout: &TableLayout) -> String {
     let columns: Vec<String> = layout.columns.iter().map(|c| schema::ident(c)).collect();
-    let sql = format!(
+    format!(
         "SELECT {} FROM main.{} WHERE rowid = ?1",
         columns.join(", "),
         schema::ident(&layout.name)
-    );
+    )
+}
+
+/// Row `rowid` of `layout`'s table as it is now (None: absent); `sql` from [`read_back_sql`].
+fn read_back(
+    conn: &Connection,
+    sql: &str,
+    layout: &TableLayout,
+    rowid: i64,
+) -> Result<Option<Vec<Value>>> {
     let read = || -> rusqlite::Result<Option<Vec<Value>>> {
-        let mut stmt = conn.prepare_cached(&sql)?;
+        let mut stmt = conn.prepare_cached(sql)?;
         let mut rows = stmt.query([rowid])?;
         let Some(row) = rows.next()? else {
             return Ok(None);
         };
-        (0..columns.len())
+        (0..layout.columns.len())
             .map(|i| row.get_ref(i).map(Value::from_ref))
             .collect::<rusqlite::Result<Vec<_>>>()
             .map(Some)
