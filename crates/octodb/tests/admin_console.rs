@@ -1,6 +1,7 @@
 //! The admin console and `/metrics` (issue 24): served by a real primary on loopback, used
 //! over HTTP as a browser and as Prometheus would.
 mod common;
+use common::http::*;
 use common::*;
 use octodb::auth::{Action, AuthRequest, Decision};
 use octodb::Connection;
@@ -22,25 +23,6 @@ fn primary_with_console(c: &Cluster, token: Option<&str>) -> Connection {
     p.set_auth_callback(Action::UserSignup, |_r: &AuthRequest| Decision::Pending)
         .unwrap();
     p
-}
-
-fn admin_url(p: &Connection) -> String {
-    let url = text(p, "PRAGMA admin_address");
-    url.trim_end_matches('/').to_string()
-}
-
-fn agent() -> ureq::Agent {
-    // Redirects are looked at, not followed: the login answers with its cookie and a 303.
-    ureq::AgentBuilder::new().redirects(0).build()
-}
-
-/// Status and body of a request, whatever the status.
-fn call(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
-    match r {
-        Ok(resp) => (resp.status(), resp.into_string().unwrap_or_default()),
-        Err(ureq::Error::Status(code, resp)) => (code, resp.into_string().unwrap_or_default()),
-        Err(e) => panic!("request failed: {e}"),
-    }
 }
 
 /// Log in as the page's form does; the session cookie ("name=value").
@@ -71,34 +53,6 @@ fn csrf_of(page: &str) -> String {
         .split_once("name=\"octodb-csrf\" content=\"")
         .expect("the page carries its CSRF token");
     after.split('"').next().unwrap_or_default().to_string()
-}
-
-/// Scrape /metrics with the bearer token and parse it as Prometheus does.
-fn scrape(base: &str, token: &str) -> prometheus_parse::Scrape {
-    let (status, body) = call(
-        agent()
-            .get(&format!("{base}/metrics"))
-            .set("Authorization", &format!("Bearer {token}"))
-            .call(),
-    );
-    assert_eq!(status, 200, "{body}");
-    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
-        .expect("the metrics parse as Prometheus text")
-}
-
-/// The value of sample `name` (summed over its labels).
-fn value(scrape: &prometheus_parse::Scrape, name: &str) -> Option<f64> {
-    let mut found = None;
-    for s in scrape.samples.iter().filter(|s| s.metric == name) {
-        let v = match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => v,
-            _ => continue,
-        };
-        found = Some(found.unwrap_or(0.0) + v);
-    }
-    found
 }
 
 #[test]

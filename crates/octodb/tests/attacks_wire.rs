@@ -677,7 +677,8 @@ impl RawDevice {
     }
 
     /// The primary's next message (the list of its cluster's primaries, the log's epochs and
-    /// the digests of its own decisions, which this client does not use, skipped).
+    /// the digests of its own decisions and a session ticket, which this client does not use,
+    /// skipped).
     async fn next(&mut self) -> Message {
         loop {
             let bytes = within("a message from the primary", self.s.recv())
@@ -686,7 +687,8 @@ impl RawDevice {
             match Message::decode(&bytes).unwrap() {
                 Message::PrimaryMembers { .. }
                 | Message::LogHistory { .. }
-                | Message::OwnDigests { .. } => continue,
+                | Message::OwnDigests { .. }
+                | Message::SessionTicket { .. } => continue,
                 m => return m,
             }
         }
@@ -1044,7 +1046,9 @@ async fn attempt(addr: SocketAddr, messages: &[Vec<u8>]) -> (String, Vec<Message
     let mut got = Vec::new();
     while let Ok(bytes) = within("the primary closing the connection", s.recv()).await {
         match Message::decode(&bytes).unwrap() {
-            Message::PrimaryMembers { .. } | Message::LogHistory { .. } => {}
+            Message::PrimaryMembers { .. }
+            | Message::LogHistory { .. }
+            | Message::SessionTicket { .. } => {}
             m => got.push(m),
         }
     }

@@ -245,6 +245,15 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
                 reason: "copy".into(),
             },
         ),
+        // Protocol 9.
+        (
+            "session_ticket",
+            Message::SessionTicket {
+                ticket: vec![1, 2, 3],
+                secret: [0x5a; 32],
+                lifetime_s: 86_400,
+            },
+        ),
     ]
 }
 
@@ -285,7 +294,7 @@ fn every_message_kind_has_a_fixture() {
     // A new kind of message must be frozen too (add it to sample_messages).
     let kinds: std::collections::BTreeSet<&str> =
         sample_messages().iter().map(|(_, m)| m.kind()).collect();
-    assert_eq!(kinds.len(), 18, "message kinds with fixtures: {kinds:?}");
+    assert_eq!(kinds.len(), 19, "message kinds with fixtures: {kinds:?}");
 }
 
 /// The entries of the primaries' Raft log: stored in every primary's file and sent between

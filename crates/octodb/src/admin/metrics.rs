@@ -83,6 +83,8 @@ const RECENT_REJECTIONS: usize = 50;
 pub struct Metrics {
     pub connections: Counter,
     pub handshakes: Family<OutcomeLabel, Counter>,
+    /// Of the handshakes that succeeded, those a session ticket stood in for.
+    pub handshakes_resumed: Counter,
     pub txns_accepted: Counter,
     pub txns_rejected: Family<ReasonLabel, Counter>,
     /// Primaries: one batch of device transactions, decided and committed.
@@ -134,6 +136,7 @@ impl Default for Metrics {
         let m = Metrics {
             connections: Counter::default(),
             handshakes: Family::default(),
+            handshakes_resumed: Counter::default(),
             txns_accepted: Counter::default(),
             txns_rejected: Family::default(),
             commit_seconds: Histogram::new(latency_buckets()),
@@ -168,6 +171,11 @@ impl Metrics {
             "octodb_handshakes",
             "Secure handshakes with peers, by outcome",
             self.handshakes.clone(),
+        );
+        r.register(
+            "octodb_handshakes_resumed",
+            "Successful handshakes resumed with a session ticket (a subset of outcome ok)",
+            self.handshakes_resumed.clone(),
         );
         r.register(
             "octodb_transactions_accepted",
@@ -296,10 +304,16 @@ impl Metrics {
         DownloadServed(&self.catch_ups)
     }
 
-    pub fn handshake(&self, ok: bool) {
-        let outcome = match ok {
-            true => HandshakeOutcome::Ok,
-            false => HandshakeOutcome::Failed,
+    /// A handshake ended: failed (`None`), or succeeded, resumed with a ticket or not.
+    pub fn handshake(&self, resumed: Option<bool>) {
+        let outcome = match resumed {
+            Some(resumed) => {
+                if resumed {
+                    self.handshakes_resumed.inc();
+                }
+                HandshakeOutcome::Ok
+            }
+            None => HandshakeOutcome::Failed,
         };
         self.handshakes
             .get_or_create(&OutcomeLabel { outcome })

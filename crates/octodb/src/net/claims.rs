@@ -217,7 +217,7 @@ mod tests {
         bad_flag[CLAIM_LEN] = 2;
         assert!(initiator.decode(&bad_flag).is_err());
         let mut bad_range = answer.clone();
-        bad_range[CLAIM_LEN + 1] = 9;
+        bad_range[CLAIM_LEN + 1] = u8::MAX;
         assert!(responder.decode(&bad_range).is_err());
         let mut old = claim;
         old[0] = 1;

@@ -11,12 +11,12 @@ use crate::uri::Role;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
-/// The encoding of protocol versions 2 to 8 (2: Welcome tells a device the last of its
+/// The encoding of protocol versions 2 to 9 (2: Welcome tells a device the last of its
 /// transactions the primaries decided; 4 adds `Heartbeat` at the end, which only peers of 4
 /// receive, and leaves every other message's bytes as they were; 5 adds `PrimaryMembers` and
 /// `NotLeader` after it, likewise; 6 appends `OpenChannel` and `ChannelOpen` the same way,
 /// exchanged only with peers of 6; 7 appends `LogHistory`; 8 appends `OwnDigests` and
-/// `CopiedFile`).
+/// `CopiedFile`; 9 appends `SessionTicket`).
 pub const MESSAGE_ENCODING: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +126,14 @@ pub enum Message {
         txn: u64,
         reason: String,
     },
+    /// Protocol 9, primary → device after its admission: a session ticket and its secret
+    /// (`net::ticket`), good for `lifetime_s` seconds, with which the device's next connection
+    /// to this primary takes the cheaper resumed handshake.
+    SessionTicket {
+        ticket: Vec<u8>,
+        secret: [u8; 32],
+        lifetime_s: u32,
+    },
 }
 
 /// A primary of the cluster as a device needs it: where to reach it and the key it proves.
@@ -234,6 +242,7 @@ impl Message {
             Message::LogHistory { .. } => "LogHistory",
             Message::OwnDigests { .. } => "OwnDigests",
             Message::CopiedFile { .. } => "CopiedFile",
+            Message::SessionTicket { .. } => "SessionTicket",
         }
     }
 }

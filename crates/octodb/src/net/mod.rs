@@ -2,9 +2,12 @@
 mod chunks;
 mod claims;
 pub mod message;
+mod resume;
+pub mod ticket;
 pub mod transport;
 pub mod version;
 pub use message::{AuthAsk, Message, PrimaryMember};
+pub use ticket::{Resumption, TicketKeys};
 pub use transport::{
     HandshakeOptions, NetError, PeerIdentity, SecureReader, SecureStream, SecureWriter,
 };

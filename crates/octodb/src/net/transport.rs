@@ -25,11 +25,14 @@ use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use snow::HandshakeState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 pub use super::chunks::{SecureReader, SecureWriter};
 
 use super::claims::{agreed_by_responder, answer_offer, ClaimLayout, Negotiation};
+use super::resume::{self, Offered};
+use super::ticket::{Resumption, TicketKeys};
 use super::version::{self, Versions};
 use crate::crypto::{NodeKeys, PublicKey};
 
@@ -40,7 +43,7 @@ const PATTERN_PSK: &str = "Noise_XXpsk3_25519_AESGCM_BLAKE2s";
 const PATTERN_OPEN: &str = "Noise_XX_25519_AESGCM_BLAKE2s";
 /// XX handshake messages are at most ~100 bytes; anything bigger is another protocol, and
 /// refusing it at once means a stray client fails fast instead of waiting for the timeout.
-const MAX_HANDSHAKE_MSG: usize = 256;
+pub(super) const MAX_HANDSHAKE_MSG: usize = 256;
 const PROOF_CONTEXT: &[u8] = b"octodb-identity-v2";
 const SIGNATURE_LEN: usize = 64;
 /// The responder's answer: `[needs the initiator's signature]` and perhaps its own.
@@ -93,7 +96,7 @@ pub enum NetError {
     Version(String),
 }
 
-fn noise_error(e: snow::Error) -> NetError {
+pub(super) fn noise_error(e: snow::Error) -> NetError {
     NetError::Noise(e.to_string())
 }
 
@@ -112,6 +115,9 @@ pub struct HandshakeOptions {
     /// The protocol versions this side speaks (this build's, but for tests that play an
     /// older or newer node).
     pub versions: Versions,
+    /// A responder that takes session tickets (a primary serving devices): the keys that
+    /// sealed them. `None`: every ticket offered is refused and the full handshake runs.
+    pub tickets: Option<Arc<TicketKeys>>,
 }
 
 impl Default for HandshakeOptions {
@@ -122,6 +128,7 @@ impl Default for HandshakeOptions {
             max_message: 64 * 1024 * 1024,
             bindings: Default::default(),
             versions: Versions::default(),
+            tickets: None,
         }
     }
 }
@@ -172,6 +179,7 @@ impl fmt::Debug for HandshakeOptions {
             .field("timeout", &self.timeout)
             .field("max_message", &self.max_message)
             .field("versions", &self.versions)
+            .field("tickets", &self.tickets.is_some())
             .finish()
     }
 }
@@ -191,6 +199,7 @@ pub struct SecureStream {
     writer: SecureWriter,
     peer: PeerIdentity,
     protocol: u8,
+    resumed: bool,
 }
 
 impl fmt::Debug for SecureStream {
@@ -198,6 +207,7 @@ impl fmt::Debug for SecureStream {
         f.debug_struct("SecureStream")
             .field("peer", &self.peer)
             .field("protocol", &self.protocol)
+            .field("resumed", &self.resumed)
             .finish()
     }
 }
@@ -209,7 +219,19 @@ impl SecureStream {
         keys: &NodeKeys,
         opts: &HandshakeOptions,
     ) -> Result<SecureStream, NetError> {
-        establish(stream, keys, opts, true).await
+        establish(stream, keys, opts, Side::Initiator(None)).await
+    }
+
+    /// Runs the handshake as the initiator, offering a session ticket this node received
+    /// from the same primary: the resumed handshake when the primary takes it, else the full
+    /// one on the same connection ([`super::resume`]).
+    pub async fn resume(
+        stream: TcpStream,
+        keys: &NodeKeys,
+        opts: &HandshakeOptions,
+        resumption: &Resumption,
+    ) -> Result<SecureStream, NetError> {
+        establish(stream, keys, opts, Side::Initiator(Some(resumption))).await
     }
 
     /// Runs the handshake as the responder (the side that accepted the connection).
@@ -218,7 +240,7 @@ impl SecureStream {
         keys: &NodeKeys,
         opts: &HandshakeOptions,
     ) -> Result<SecureStream, NetError> {
-        establish(stream, keys, opts, false).await
+        establish(stream, keys, opts, Side::Responder).await
     }
 
     /// The authenticated peer.
@@ -229,6 +251,11 @@ impl SecureStream {
     /// The protocol version the two sides agreed on.
     pub fn protocol_version(&self) -> u8 {
         self.protocol
+    }
+
+    /// Whether the handshake was a resumption with a session ticket.
+    pub fn resumed(&self) -> bool {
+        self.resumed
     }
 
     /// Splits into halves that can be moved to separate tasks.
@@ -252,18 +279,26 @@ impl SecureStream {
     }
 }
 
+/// Which end of the connection this node is.
+#[derive(Clone, Copy)]
+enum Side<'a> {
+    /// It opened the connection, perhaps with a ticket to offer.
+    Initiator(Option<&'a Resumption>),
+    Responder,
+}
+
 async fn establish(
     stream: TcpStream,
     keys: &NodeKeys,
     opts: &HandshakeOptions,
-    initiator: bool,
+    side: Side<'_>,
 ) -> Result<SecureStream, NetError> {
     let addr = stream.peer_addr()?;
     // Messages are batched by the writer and sent on flush, so Nagle would only add latency.
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%addr, "could not set TCP_NODELAY: {e}");
     }
-    let result = tokio::time::timeout(opts.timeout, handshake(stream, keys, opts, initiator)).await;
+    let result = tokio::time::timeout(opts.timeout, handshake(stream, keys, opts, side)).await;
     match result {
         Err(_) => Err(NetError::Timeout),
         Ok(Ok(Established {
@@ -271,11 +306,13 @@ async fn establish(
             writer,
             public_key,
             protocol,
+            resumed,
         })) => Ok(SecureStream {
             reader,
             writer,
             peer: PeerIdentity { public_key, addr },
             protocol,
+            resumed,
         }),
         // A peer that rejects our handshake just hangs up; say what that usually means.
         Ok(Err(e)) if is_disconnect(&e) => Err(NetError::Authentication(
@@ -301,22 +338,84 @@ fn is_disconnect(e: &NetError) -> bool {
 }
 
 /// What a finished handshake hands over.
-struct Established {
-    reader: SecureReader,
-    writer: SecureWriter,
-    public_key: PublicKey,
-    protocol: u8,
+pub(super) struct Established {
+    pub(super) reader: SecureReader,
+    pub(super) writer: SecureWriter,
+    pub(super) public_key: PublicKey,
+    pub(super) protocol: u8,
+    /// A session ticket stood in for the full handshake.
+    pub(super) resumed: bool,
+}
+
+/// Reads one handshake frame `[len][bytes]` into `buf`; returns its length.
+pub(super) async fn read_frame(
+    rd: &mut OwnedReadHalf,
+    buf: &mut [u8; MAX_HANDSHAKE_MSG],
+) -> Result<usize, NetError> {
+    let len = usize::from(rd.read_u16().await?);
+    if len == 0 || len > MAX_HANDSHAKE_MSG {
+        return Err(NetError::Malformed(format!(
+            "handshake message of {len} bytes (at most {MAX_HANDSHAKE_MSG} expected): \
+             the peer is not an octodb node or speaks another protocol"
+        )));
+    }
+    rd.read_exact(&mut buf[..len]).await?;
+    Ok(len)
 }
 
 async fn handshake(
     stream: TcpStream,
     keys: &NodeKeys,
     opts: &HandshakeOptions,
-    initiator: bool,
+    side: Side<'_>,
 ) -> Result<Established, NetError> {
     // Unbuffered: a buffered reader could swallow the first chunk that follows the handshake.
-    let (mut rd, mut wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    match side {
+        Side::Initiator(Some(resumption)) => match resume::offer(rd, wr, opts, resumption).await? {
+            Offered::Resumed(established) => Ok(*established),
+            Offered::Refused(rd, wr) => {
+                tracing::debug!("the primary did not take this node's session ticket");
+                full_handshake(rd, wr, keys, opts, true, None).await
+            }
+        },
+        Side::Initiator(None) => full_handshake(rd, wr, keys, opts, true, None).await,
+        Side::Responder => respond(rd, wr, keys, opts).await,
+    }
+}
 
+/// The responder's first frame is a resumption or XX's message 1.
+async fn respond(
+    mut rd: OwnedReadHalf,
+    mut wr: OwnedWriteHalf,
+    keys: &NodeKeys,
+    opts: &HandshakeOptions,
+) -> Result<Established, NetError> {
+    let mut first = [0u8; MAX_HANDSHAKE_MSG];
+    let mut len = read_frame(&mut rd, &mut first).await?;
+    if let Some((ticket, message_1)) = resume::parse(&first[..len]) {
+        match opts.tickets.as_ref().map(|keys| keys.open(ticket)) {
+            Some(Ok(opened)) => {
+                return resume::respond(rd, wr, opts, opened, ticket, message_1).await
+            }
+            Some(Err(why)) => tracing::debug!("session ticket not taken ({why:?}): full handshake"),
+            None => tracing::debug!("session ticket offered to a node that takes none"),
+        }
+        resume::refuse(&mut wr).await?;
+        len = read_frame(&mut rd, &mut first).await?;
+    }
+    full_handshake(rd, wr, keys, opts, false, Some(&first[..len])).await
+}
+
+/// Noise XX with identity claims (module docs). A responder passes the first frame it read.
+async fn full_handshake(
+    mut rd: OwnedReadHalf,
+    mut wr: OwnedWriteHalf,
+    keys: &NodeKeys,
+    opts: &HandshakeOptions,
+    initiator: bool,
+    mut first_frame: Option<&[u8]>,
+) -> Result<Established, NetError> {
     let pattern = if opts.network_key.is_some() {
         PATTERN_PSK
     } else {
@@ -346,6 +445,7 @@ async fn handshake(
     // Whether the peer asked us for a signature (the responder learns it from message 3).
     let mut peer_wants_ours = true;
     let mut buf = [0u8; 2 + MAX_HANDSHAKE_MSG];
+    let mut frame = [0u8; MAX_HANDSHAKE_MSG];
     let mut payload = [0u8; MAX_HANDSHAKE_MSG];
     let (mut sent, mut received) = (0, 0);
     while !hs.is_handshake_finished() {
@@ -373,21 +473,17 @@ async fn handshake(
                 return Err(NetError::Version(version::mismatch_advice(&ours, &theirs)));
             }
         } else {
-            let len = match rd.read_u16().await {
-                Ok(len) => usize::from(len),
-                Err(e) if negotiation.with_offer() && received == 0 => {
-                    return Err(refused_offer(e.into()))
-                }
-                Err(e) => return Err(e.into()),
+            let message = match first_frame.take() {
+                Some(frame) => frame,
+                None => match read_frame(&mut rd, &mut frame).await {
+                    Ok(len) => &frame[..len],
+                    Err(e) if negotiation.with_offer() && received == 0 => {
+                        return Err(refused_offer(e))
+                    }
+                    Err(e) => return Err(e),
+                },
             };
-            if len == 0 || len > MAX_HANDSHAKE_MSG {
-                return Err(NetError::Malformed(format!(
-                    "handshake message of {len} bytes (at most {MAX_HANDSHAKE_MSG} expected): \
-                     the peer is not an octodb node or speaks another protocol"
-                )));
-            }
-            rd.read_exact(&mut buf[..len]).await?;
-            let n = hs.read_message(&buf[..len], &mut payload).map_err(|e| {
+            let n = hs.read_message(message, &mut payload).map_err(|e| {
                 NetError::Authentication(format!(
                     "peer failed the handshake ({e}): wrong network key, different octodb \
                      version, or not an octodb node"
@@ -465,6 +561,7 @@ async fn handshake(
         writer,
         public_key,
         protocol,
+        resumed: false,
     })
 }
 

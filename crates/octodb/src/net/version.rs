@@ -24,8 +24,11 @@ use std::fmt;
 /// 7 (the log's epochs: `Message::LogHistory`; a device names its position's epoch in its
 /// Hello's information, and re-downloads from a primary that is behind it), 8 (copied device
 /// files: `Message::OwnDigests` beside the entries that decide a device's transactions, and
-/// `Message::CopiedFile`).
-pub const NEWEST: u8 = 8;
+/// `Message::CopiedFile`), 9 (session tickets: `Message::SessionTicket` after a device's
+/// admission, and the resumed handshake that takes one, `net::resume`).
+pub const NEWEST: u8 = 9;
+/// The first version whose primaries hand devices session tickets and take them back.
+pub const SESSION_TICKETS: u8 = 9;
 /// The first version whose devices check that a decision is about their own work, and hear
 /// that their file is a copy of another device's.
 pub const COPIED_FILES: u8 = 8;

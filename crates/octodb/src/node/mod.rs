@@ -160,6 +160,10 @@ pub(crate) struct Shared {
     /// Devices: the cluster's primaries as the primaries last told (kept in the file): where
     /// to fail over to, and the keys trusted besides the pinned one.
     pub known_primaries: Mutex<Vec<crate::net::PrimaryMember>>,
+    /// Devices: the session ticket each primary (by the endpoint it was reached at) last
+    /// handed this device, for a resumed handshake on the next connection (`net::ticket`).
+    /// In memory only: a restarted device runs the full handshake once.
+    pub session_tickets: Mutex<HashMap<String, crate::net::Resumption>>,
     /// Primaries: batches written through, announced once the cluster committed them.
     announcements: mpsc::UnboundedSender<cluster_member::Announcement>,
     /// Primaries: the services served on service channels (`channels`).
@@ -481,6 +485,12 @@ impl Node {
             shutdown: watch::channel(false).0,
             handshake: HandshakeOptions {
                 network_key,
+                tickets: match cfg.role {
+                    Some(Role::Primary) => Some(Arc::new(crate::net::TicketKeys::generate().map_err(
+                        |_| Error::rule("octodb: the system's random source failed; cannot make session ticket keys"),
+                    )?)),
+                    _ => None,
+                },
                 ..HandshakeOptions::default()
             },
             bound: Mutex::new(Vec::new()),
@@ -505,6 +515,7 @@ impl Node {
             epoch_marks: watch::channel(0).0,
             epoch_settled: Default::default(),
             known_primaries: Mutex::new(known_primaries),
+            session_tickets: Default::default(),
             announcements,
             services: Default::default(),
             metrics: Default::default(),

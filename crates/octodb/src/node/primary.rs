@@ -7,6 +7,7 @@ use super::members::Registered;
 use super::snapshot;
 use super::writer::{ask, DeviceTxn, Job};
 use super::{runtime, Shared};
+use crate::crypto::PublicKey;
 use crate::error::{Error, Result};
 use crate::log;
 use crate::net::{version, Message, NetError, SecureReader, SecureStream, SecureWriter};
@@ -117,6 +118,29 @@ async fn session(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr) {
     }
 }
 
+/// A fresh session ticket for the admitted device's next connection (`net::ticket`).
+async fn hand_ticket(shared: &Shared, wr: &mut SecureWriter, device: &PublicKey) -> Result<()> {
+    let Some(keys) = &shared.handshake.tickets else {
+        return Ok(());
+    };
+    match keys.issue(device) {
+        Ok((ticket, secret)) => {
+            let lifetime_s = crate::net::ticket::TICKET_LIFETIME.as_secs() as u32;
+            let ticket = Message::SessionTicket {
+                ticket,
+                secret,
+                lifetime_s,
+            };
+            send_now(wr, &ticket).await
+        }
+        // The device just runs the full handshake next time.
+        Err(_) => {
+            tracing::warn!("could not issue a session ticket: the system's random source failed");
+            Ok(())
+        }
+    }
+}
+
 async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {
     Ok(Message::decode(&rd.recv().await?)?)
 }
@@ -128,7 +152,9 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     // thousands) should not carry their room. `tests::an_idle_device_session_stays_small`
     // keeps it so.
     let stream = Box::pin(SecureStream::accept(tcp, &shared.keys, &shared.handshake)).await;
-    shared.metrics.handshake(stream.is_ok());
+    shared
+        .metrics
+        .handshake(stream.as_ref().ok().map(SecureStream::resumed));
     let stream = stream?;
     let pubkey = stream.peer().public_key;
     let protocol = stream.protocol_version();
@@ -251,6 +277,9 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     if tells_members {
         let members = shared.cluster_view.borrow().members.clone();
         send_now(&mut wr, &Message::PrimaryMembers { members }).await?;
+    }
+    if protocol >= version::SESSION_TICKETS {
+        hand_ticket(shared, &mut wr, &pubkey).await?;
     }
 
     shared

@@ -6,7 +6,9 @@ use super::{Event, Shared};
 use crate::crypto::PublicKey;
 use crate::error::{Error, Result};
 use crate::log::outbox;
-use crate::net::{version, Message, NetError, SecureReader, SecureStream, SecureWriter};
+use crate::net::{
+    version, Message, NetError, Resumption, SecureReader, SecureStream, SecureWriter,
+};
 use crate::uri::{Endpoint, Role};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -294,6 +296,32 @@ pub(super) fn check_primary_key(shared: &Shared, ep: &Endpoint, key: &PublicKey)
     }
 }
 
+fn tickets(
+    shared: &Shared,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Resumption>> {
+    shared
+        .session_tickets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// The handshake with the primary at `ep`: resumed with the ticket it last handed this
+/// device, if one is still good, else the full one. A ticket that did not serve is dropped.
+async fn handshake(shared: &Shared, ep: &Endpoint, tcp: TcpStream) -> Result<SecureStream> {
+    let key = ep.to_string();
+    let ticket = tickets(shared).get(&key).filter(|t| t.is_fresh()).cloned();
+    let Some(ticket) = ticket else {
+        return Ok(SecureStream::connect(tcp, &shared.keys, &shared.handshake).await?);
+    };
+    let stream = SecureStream::resume(tcp, &shared.keys, &shared.handshake, &ticket).await;
+    if !stream.as_ref().is_ok_and(SecureStream::resumed) {
+        // Not taken (the primary restarted, say) or the handshake failed: a primary of an
+        // older version reads a ticket as garbage and hangs up, so the next try goes without.
+        tickets(shared).remove(&key);
+    }
+    Ok(stream?)
+}
+
 async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {
     Ok(Message::decode(&rd.recv().await?)?)
 }
@@ -395,7 +423,7 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
         .await
         .map_err(|_| NetError::Timeout)?
         .map_err(|e| Error::io(format!("connecting to {ep}"), e))?;
-    let stream = SecureStream::connect(tcp, &shared.keys, &shared.handshake).await?;
+    let stream = handshake(shared, ep, tcp).await?;
     let primary_key = stream.peer().public_key;
     // With a primary of protocol 4 or newer, this device sends heartbeats and the primary
     // answers them, so silence means a dead connection; older ones have none and only TCP
@@ -559,7 +587,7 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
         heartbeat,
         download_done,
     )));
-    let result = receive(shared, &mut rd, &downloaded).await;
+    let result = receive(shared, &mut rd, &downloaded, (ep, primary_key)).await;
     drop(sender);
     if shared
         .live
@@ -580,6 +608,7 @@ async fn receive(
     shared: &Arc<Shared>,
     rd: &mut SecureReader,
     downloaded: &tokio::sync::watch::Sender<bool>,
+    (ep, primary_key): (&Endpoint, PublicKey),
 ) -> Result<Flow> {
     let mut stop = shared.shutdown.subscribe();
     let mut writing = WritesInFlight::default();
@@ -614,6 +643,15 @@ async fn receive(
             }
             Message::OwnDigests { txns } => {
                 own_digests.extend(txns);
+                continue;
+            }
+            Message::SessionTicket {
+                ticket,
+                secret,
+                lifetime_s,
+            } => {
+                let ticket = Resumption::received(ticket, secret, primary_key, lifetime_s);
+                tickets(shared).insert(ep.to_string(), ticket);
                 continue;
             }
             Message::CopiedFile { txn, reason } => {

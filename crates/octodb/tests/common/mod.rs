@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: real files in a temp dir, real loopback sockets.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod partition;
 pub mod process;
 pub mod proxy;
