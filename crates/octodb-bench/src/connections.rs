@@ -8,10 +8,10 @@ use crate::cluster::{approve, bench_dir, payload};
 use crate::procs::{self, Proc};
 use crate::report::{human, percentile, Better, Figure};
 use crate::rounds::{median, ROUNDS};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use octodb::auth::Action;
 use octodb::crypto::NodeKeys;
-use octodb::net::{AuthAsk, HandshakeOptions, Message, SecureStream};
+use octodb::net::{AuthAsk, HandshakeOptions, Message, Resumption, SecureStream};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -90,9 +90,12 @@ pub fn run(connections: usize) -> Result<Vec<Figure>> {
     // Phase 2: all reconnect at once, recognized by their keys, and stay connected; memory is
     // measured after the first of these rounds, the others close and reconnect all again (the
     // handshake lines are judged on the rounds' median).
+    // The first round takes the full handshake (a device whose primary restarted, or that
+    // never had a ticket), the others resume with the devices' session tickets.
     let mut handshakes = Vec::with_capacity(ROUNDS);
     let mut rss_after = 0;
-    for round in 0..ROUNDS {
+    let mut full = None;
+    for round in 0..=ROUNDS {
         if round > 0 {
             for c in &mut clients {
                 c.send("close")?;
@@ -105,11 +108,20 @@ pub fn run(connections: usize) -> Result<Vec<Figure>> {
                 bail!("{held} sessions still open after the clients closed theirs");
             }
         }
-        handshakes.push(reconnect_all(&mut primary, &mut clients, connections)?);
+        let how = if round == 0 {
+            "connect-full"
+        } else {
+            "connect"
+        };
+        let round_figures = reconnect_all(&mut primary, &mut clients, connections, how)?;
         if round == 0 {
             rss_after = procs::rss_kib(primary.pid())?;
+            full = Some(round_figures);
+        } else {
+            handshakes.push(round_figures);
         }
     }
+    let full = full.context("the full handshake's round")?;
     // Phase 3: the backend writes rows for a user none of these devices belongs to, while they
     // are all connected: what the primary spends per commit on devices that see nothing of it.
     let cpu_before = procs::cpu_seconds(primary.pid())?;
@@ -182,7 +194,7 @@ pub fn run(connections: usize) -> Result<Vec<Figure>> {
         },
         Figure {
             scenario: "connections",
-            metric: "handshakes/s (reconnect of approved devices)".into(),
+            metric: "handshakes/s (reconnect of approved devices, resumed)".into(),
             octodb: rate,
             unit: "hs/s",
             sqlite: None,
@@ -191,11 +203,15 @@ pub fn run(connections: usize) -> Result<Vec<Figure>> {
             target: format!(">= {}/s", human(HANDSHAKES_PER_S)),
             met: rate >= HANDSHAKES_PER_S,
             spread: Some(rate_spread),
-            notes: clients_ran.clone(),
+            notes: format!(
+                "each device offers the session ticket its sign-up got (resumed handshake, \
+                 Noise NNpsk0); the full handshake (XX, no ticket) in the same run: {:.0} hs/s; {clients_ran}",
+                full.rate
+            ),
         },
         Figure {
             scenario: "connections",
-            metric: "primary CPU per handshake (reconnect of approved devices)".into(),
+            metric: "primary CPU per handshake (reconnect of approved devices, resumed)".into(),
             octodb: cpu_us,
             unit: "us",
             sqlite: None,
@@ -205,7 +221,9 @@ pub fn run(connections: usize) -> Result<Vec<Figure>> {
             met: cpu_us <= HANDSHAKE_CPU_US,
             spread: Some(cpu_spread),
             notes: format!(
-                "the primary process's CPU over the reconnect, its admission (Hello, Welcome) included; {clients_ran}"
+                "the primary process's CPU over the reconnect, its admission (Hello, Welcome) and \
+                 the next ticket included; the full handshake in the same run: {:.0} us; {clients_ran}",
+                full.cpu_us
             ),
         },
     ])
@@ -222,16 +240,18 @@ fn of(rounds: &[Handshakes], f: fn(&Handshakes) -> f64) -> Vec<f64> {
     rounds.iter().map(f).collect()
 }
 
-/// Every client reconnects at once, recognized by its key, and stays connected.
+/// Every client reconnects at once (`how`: `connect`, resumed with its ticket, or
+/// `connect-full`), recognized by its key, and stays connected.
 fn reconnect_all(
     primary: &mut Proc,
     clients: &mut [Proc],
     connections: usize,
+    how: &str,
 ) -> Result<Handshakes> {
     let cpu_before = procs::cpu_seconds(primary.pid())?;
     let started = Instant::now();
     for c in clients.iter_mut() {
-        c.send("connect")?;
+        c.send(how)?;
     }
     for c in clients.iter_mut() {
         c.expect("done")?;
@@ -351,21 +371,31 @@ fn join_followers(
     Ok(followers)
 }
 
-/// Child: `count` device identities connecting from `ips`, driven by `signup` / `connect` /
-/// `close` (of the connections the last `connect` made).
+/// Child: `count` device identities connecting from `ips`, driven by `signup` (which keeps
+/// each device's session ticket), `connect` (resumed with it), `connect-full` (the full
+/// handshake, as a device the primary has no ticket for) and `close` (of the connections the
+/// last connect made).
 pub fn clients_proc(addr: &str, count: usize, ips: &str, last_seq: u64) -> Result<()> {
     let addr: SocketAddr = addr.parse()?;
     let ips: Vec<Ipv4Addr> = ips.split(',').map(str::parse).collect::<Result<_, _>>()?;
-    let keys: Arc<Vec<NodeKeys>> = Arc::new((0..count).map(|_| NodeKeys::generate()).collect());
+    let devices: Arc<Vec<Device>> = Arc::new(
+        (0..count)
+            .map(|_| Device {
+                keys: NodeKeys::generate(),
+                ticket: Default::default(),
+            })
+            .collect(),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()?;
     let mut held: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     for cmd in procs::commands() {
-        let signup = match cmd.as_str() {
-            "signup" => true,
-            "connect" => false,
+        let how = match cmd.as_str() {
+            "signup" => How::SignUp,
+            "connect" => How::Resume,
+            "connect-full" => How::Full,
             "close" => {
                 // Dropping a task's stream closes its socket.
                 for task in held.drain(..) {
@@ -376,8 +406,8 @@ pub fn clients_proc(addr: &str, count: usize, ips: &str, last_seq: u64) -> Resul
             }
             _ => continue,
         };
-        let streams = rt.block_on(connect_all(addr, &ips, keys.clone(), signup, last_seq))?;
-        if !signup {
+        let streams = rt.block_on(connect_all(addr, &ips, devices.clone(), how, last_seq))?;
+        if how != How::SignUp {
             held = streams
                 .into_iter()
                 .map(|s| rt.spawn(stay_connected(s)))
@@ -410,13 +440,31 @@ async fn stay_connected(s: SecureStream) {
     }
 }
 
+/// A device of the client processes: its key, and the session ticket its sign-up got.
+struct Device {
+    keys: NodeKeys,
+    ticket: std::sync::Mutex<Option<Resumption>>,
+}
+
+/// How the client processes connect.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum How {
+    /// Sign up, keep the session ticket, close.
+    SignUp,
+    /// Reconnect, resumed with the ticket.
+    Resume,
+    /// Reconnect with the full handshake.
+    Full,
+}
+
 async fn connect_all(
     addr: SocketAddr,
     ips: &[Ipv4Addr],
-    keys: Arc<Vec<NodeKeys>>,
-    signup: bool,
+    devices: Arc<Vec<Device>>,
+    how: How,
     last_seq: u64,
 ) -> Result<Vec<SecureStream>> {
+    let signup = how == How::SignUp;
     // One set of options for all: like devices that stay up and reconnect (after a network
     // loss or a restart of the primary), each remembers the primary's proven identity.
     let opts = Arc::new(HandshakeOptions::default());
@@ -425,14 +473,14 @@ async fn connect_all(
     } else {
         IN_FLIGHT
     }));
-    let mut tasks = Vec::with_capacity(keys.len());
-    for i in 0..keys.len() {
+    let mut tasks = Vec::with_capacity(devices.len());
+    for i in 0..devices.len() {
         let permit = gate.clone().acquire_owned().await?;
-        let keys = keys.clone();
+        let devices = devices.clone();
         let opts = opts.clone();
         let ip = ips[i % ips.len()];
         tasks.push(tokio::spawn(async move {
-            let r = connect_one(addr, ip, &keys[i], &opts, signup, last_seq).await;
+            let r = connect_one(addr, ip, &devices[i], &opts, how, last_seq).await;
             drop(permit);
             // A signed-up device is done: close it now, or all would be open at once.
             r.map(|s| (!signup).then_some(s))
@@ -448,18 +496,49 @@ async fn connect_all(
 async fn connect_one(
     addr: SocketAddr,
     ip: Ipv4Addr,
-    keys: &NodeKeys,
+    device: &Device,
     opts: &HandshakeOptions,
-    signup: bool,
+    how: How,
     last_seq: u64,
 ) -> Result<SecureStream> {
     let sock = tokio::net::TcpSocket::new_v4()?;
     defer_port_choice(&sock)?;
     sock.bind(SocketAddr::new(ip.into(), 0))?;
     let tcp = sock.connect(addr).await?;
-    let mut s = SecureStream::connect(tcp, keys, opts).await?;
+    let ticket = match how {
+        How::Resume => device.ticket.lock().map_err(|_| anyhow!("lock"))?.clone(),
+        How::SignUp | How::Full => None,
+    };
+    let mut s = match &ticket {
+        Some(ticket) => SecureStream::resume(tcp, &device.keys, opts, ticket).await?,
+        None => SecureStream::connect(tcp, &device.keys, opts).await?,
+    };
+    if how == How::Resume && !s.resumed() {
+        bail!("the primary did not take a session ticket it issued");
+    }
+    let signup = how == How::SignUp;
     hello(&mut s, signup, last_seq).await?;
+    if signup {
+        let ticket = session_ticket(&mut s).await?;
+        *device.ticket.lock().map_err(|_| anyhow!("lock"))? = Some(ticket);
+    }
     Ok(s)
+}
+
+/// The session ticket a primary hands a device after its Welcome.
+async fn session_ticket(s: &mut SecureStream) -> Result<Resumption> {
+    let primary = s.peer().public_key;
+    loop {
+        match Message::decode(&s.recv().await?)? {
+            Message::SessionTicket {
+                ticket,
+                secret,
+                lifetime_s,
+            } => return Ok(Resumption::received(ticket, secret, primary, lifetime_s)),
+            Message::LogHistory { .. } | Message::PrimaryMembers { .. } => continue,
+            other => bail!("expected a session ticket, got {}", other.kind()),
+        }
+    }
 }
 
 /// What a primary's Welcome tells a device.
@@ -544,17 +623,37 @@ pub fn handshake_cost(count: usize) -> Result<()> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let server_keys = NodeKeys::generate();
-        let server_opts = HandshakeOptions::default();
+        let server_opts = HandshakeOptions {
+            tickets: Some(Arc::new(
+                octodb::net::TicketKeys::generate().map_err(|_| anyhow!("random source"))?,
+            )),
+            ..Default::default()
+        };
         let client_keys: Vec<NodeKeys> = (0..count).map(|_| NodeKeys::generate()).collect();
+        let tickets = client_keys
+            .iter()
+            .map(|keys| {
+                let sealer = server_opts.tickets.as_ref().context("ticket keys")?;
+                let (ticket, secret) = sealer
+                    .issue(&keys.public_key())
+                    .map_err(|_| anyhow!("random source"))?;
+                Ok(Resumption::received(
+                    ticket,
+                    secret,
+                    server_keys.public_key(),
+                    3600,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let client_opts = HandshakeOptions::default();
-        let run = |label: &'static str| {
+        let run = |label: &'static str, resume: bool| {
             let listener = &listener;
             let (server_keys, server_opts, client_opts) =
                 (&server_keys, &server_opts, &client_opts);
-            let client_keys = &client_keys;
+            let (client_keys, tickets) = (&client_keys, &tickets);
             async move {
                 let started = Instant::now();
-                for keys in client_keys {
+                for (keys, ticket) in client_keys.iter().zip(tickets) {
                     let (accepted, connected) = tokio::join!(
                         async {
                             let (tcp, _) = listener.accept().await?;
@@ -564,9 +663,11 @@ pub fn handshake_cost(count: usize) -> Result<()> {
                         },
                         async {
                             let tcp = tokio::net::TcpStream::connect(addr).await?;
-                            SecureStream::connect(tcp, keys, client_opts)
-                                .await
-                                .map_err(anyhow::Error::from)
+                            let stream = match resume {
+                                true => SecureStream::resume(tcp, keys, client_opts, ticket).await,
+                                false => SecureStream::connect(tcp, keys, client_opts).await,
+                            };
+                            stream.map_err(anyhow::Error::from)
                         }
                     );
                     accepted?;
@@ -579,8 +680,9 @@ pub fn handshake_cost(count: usize) -> Result<()> {
                 Ok::<(), anyhow::Error>(())
             }
         };
-        run("first contact").await?;
-        run("returning devices").await?;
+        run("first contact", false).await?;
+        run("returning devices", false).await?;
+        run("returning devices with a session ticket", true).await?;
         Ok(())
     })
 }

@@ -118,27 +118,39 @@ async fn session(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr) {
     }
 }
 
-/// A fresh session ticket for the admitted device's next connection (`net::ticket`).
-async fn hand_ticket(shared: &Shared, wr: &mut SecureWriter, device: &PublicKey) -> Result<()> {
-    let Some(keys) = &shared.handshake.tickets else {
-        return Ok(());
-    };
-    match keys.issue(device) {
-        Ok((ticket, secret)) => {
-            let lifetime_s = crate::net::ticket::TICKET_LIFETIME.as_secs() as u32;
-            let ticket = Message::SessionTicket {
-                ticket,
-                secret,
-                lifetime_s,
-            };
-            send_now(wr, &ticket).await
-        }
-        // The device just runs the full handshake next time.
-        Err(_) => {
-            tracing::warn!("could not issue a session ticket: the system's random source failed");
-            Ok(())
+/// After an admitted device's position is settled: the cluster's primaries (protocol 5) and
+/// a fresh session ticket for its next connection (protocol 9, `net::ticket`), in one write.
+async fn tell_members_and_ticket(
+    shared: &Shared,
+    wr: &mut SecureWriter,
+    protocol: u8,
+    device: &PublicKey,
+) -> Result<()> {
+    if protocol >= version::PRIMARY_MEMBERS {
+        let members = shared.cluster_view.borrow().members.clone();
+        wr.send(&Message::PrimaryMembers { members }.encode())
+            .await?;
+    }
+    let tickets = shared.handshake.tickets.as_ref();
+    if let Some(keys) = tickets.filter(|_| protocol >= version::SESSION_TICKETS) {
+        match keys.issue(device) {
+            Ok((ticket, secret)) => {
+                let lifetime_s = crate::net::ticket::TICKET_LIFETIME.as_secs() as u32;
+                let ticket = Message::SessionTicket {
+                    ticket,
+                    secret,
+                    lifetime_s,
+                };
+                wr.send(&ticket.encode()).await?;
+            }
+            // The device just runs the full handshake next time.
+            Err(_) => tracing::warn!(
+                "could not issue a session ticket: the system's random source failed"
+            ),
         }
     }
+    wr.flush().await?;
+    Ok(())
 }
 
 async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {
@@ -274,13 +286,8 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         return Ok(());
     };
     let tells_members = protocol >= version::PRIMARY_MEMBERS;
-    if tells_members {
-        let members = shared.cluster_view.borrow().members.clone();
-        send_now(&mut wr, &Message::PrimaryMembers { members }).await?;
-    }
-    if protocol >= version::SESSION_TICKETS {
-        hand_ticket(shared, &mut wr, &pubkey).await?;
-    }
+    // From here on the device counts as seen, however its session ends.
+    let told = tell_members_and_ticket(shared, &mut wr, protocol, &pubkey).await;
 
     shared
         .live
@@ -304,13 +311,16 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         tells_digests: protocol >= version::COPIED_FILES,
         session,
     };
-    let result = tokio::select! {
-        r = read_loop(shared, &mut rd, sender, session, &beats) => r,
-        r = stream_to_device(shared, streamed, wr, &beats) => r,
-        () = &mut withdrawal => {
-            tracing::info!(%addr, node_id, "device disconnected: its approval was taken back");
-            Ok(())
-        }
+    let result = match told {
+        Err(e) => Err(e),
+        Ok(()) => tokio::select! {
+            r = read_loop(shared, &mut rd, sender, session, &beats) => r,
+            r = stream_to_device(shared, streamed, wr, &beats) => r,
+            () = &mut withdrawal => {
+                tracing::info!(%addr, node_id, "device disconnected: its approval was taken back");
+                Ok(())
+            }
+        },
     };
     shared
         .live
