@@ -119,7 +119,8 @@ async fn session(shared: Arc<Shared>, tcp: TcpStream, addr: SocketAddr) {
 }
 
 /// After an admitted device's position is settled: the cluster's primaries (protocol 5) and
-/// a fresh session ticket for its next connection (protocol 9, `net::ticket`), in one write.
+/// a fresh session ticket for its next connection (protocol 9, `net::ticket`), flushed with
+/// the Welcome and the log's history before them in one write.
 async fn tell_members_and_ticket(
     shared: &Shared,
     wr: &mut SecureWriter,
@@ -259,19 +260,19 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         // A decision on this key came after its admission, and took the approval back.
         return Ok(());
     }
-    send_now(
-        &mut wr,
-        &Message::Welcome {
-            node_id,
-            user_id,
-            node_type: Role::Secondary,
-            last_decided_txn,
-        },
-    )
-    .await?;
+    // The Welcome, the log's history, the cluster's primaries and the session ticket go out in
+    // one write (`tell_members_and_ticket` flushes), but before a follower waits.
+    let welcome = Message::Welcome {
+        node_id,
+        user_id,
+        node_type: Role::Secondary,
+        last_decided_txn,
+    };
+    wr.send(&welcome.encode()).await?;
     tracing::info!(%addr, node_id, user_id, following = matches!(serving, Serving::Follower(_)), "device connected");
     let tells_epochs = protocol >= version::LOG_EPOCHS;
     if let Serving::Follower(leader) = &serving {
+        wr.flush().await?;
         if !caught_up_with(shared, last_seq).await {
             let reason = format!(
                 "this primary has not yet applied the log as far as this device's position \
@@ -739,14 +740,12 @@ async fn judge_position(
         tracing::warn!("a device cannot go on from its position; it downloads again: {reason}");
     }
     let resync = behind.is_some();
-    send_now(
-        wr,
-        &Message::LogHistory {
-            epochs,
-            resync: behind,
-        },
-    )
-    .await?;
+    // Flushed with what follows it.
+    let history = Message::LogHistory {
+        epochs,
+        resync: behind,
+    };
+    wr.send(&history.encode()).await?;
     Ok(Some(if resync { 0 } else { last_seq }))
 }
 
