@@ -213,7 +213,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     let told = device_info(&info);
     let heartbeat = (protocol >= version::HEARTBEATS).then_some(told.heartbeat);
     let device_epoch = told.log_epoch;
-    let (registered, last_decided_txn, connected) = match &serving {
+    let (registered, last_decided_txn, connected, shape) = match &serving {
         Serving::Leader => {
             let applicant = Applicant {
                 pubkey,
@@ -228,14 +228,18 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
             };
             let connected = ConnectedKey::open(shared, pubkey.to_hex());
             let node_id = registered.node_id;
-            let last_decided_txn = ask(shared, |reply| Job::LastDecided { node_id, reply }).await?;
-            (registered, last_decided_txn, connected)
+            let (last_decided_txn, shape) =
+                ask(shared, |reply| Job::Returning { node_id, reply }).await?;
+            (registered, last_decided_txn, connected, Some(shape))
         }
         Serving::Follower(leader) => {
             // Open first: a withdrawal from now on is not missed.
             let connected = ConnectedKey::open(shared, pubkey.to_hex());
             match Box::pin(admitted_by_leader(shared, &pubkey)).await {
-                Ok((registered, last_decided_txn)) => (registered, last_decided_txn, connected),
+                // Its log's shape is read once it caught up with the device (below).
+                Ok((registered, last_decided_txn)) => {
+                    (registered, last_decided_txn, connected, None)
+                }
                 Err(reason) => {
                     let reason = match leader {
                         Some(at) => format!(
@@ -281,8 +285,14 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
             return redirect(&mut wr, protocol, leader.clone(), reason).await;
         }
     }
-    let Some(last_seq) =
-        judge_position(shared, &mut wr, tells_epochs, last_seq, device_epoch).await?
+    let Some(last_seq) = judge_position(
+        shared,
+        &mut wr,
+        tells_epochs,
+        (last_seq, device_epoch),
+        shape,
+    )
+    .await?
     else {
         return Ok(());
     };
@@ -709,14 +719,20 @@ async fn judge_position(
     shared: &Arc<Shared>,
     wr: &mut SecureWriter,
     tells_epochs: bool,
-    last_seq: u64,
-    epoch: Option<u64>,
+    (last_seq, epoch): (u64, Option<u64>),
+    shape: Option<LogShape>,
 ) -> Result<Option<u64>> {
-    // Read before the history: an epoch begun since is then in it (`node::epoch`).
-    let end = *shared.feed.borrow();
-    let (history, start) = shared
-        .read(|c| Ok((log::epochs::history(c)?, log::compaction::start(c)?)))
-        .await?;
+    let LogShape {
+        end,
+        history,
+        start,
+    } = match shape {
+        Some(shape) => shape,
+        None => {
+            let reader = shared.clone();
+            shared.read(move |c| LogShape::read(&reader, c)).await?
+        }
+    };
     let behind = log::epochs::judge(&history, end, last_seq, epoch.filter(|_| tells_epochs))
         .or_else(|| past_compaction(last_seq, start, shared.cfg.log_keep));
     if !tells_epochs {
@@ -747,6 +763,25 @@ async fn judge_position(
     };
     wr.send(&history.encode()).await?;
     Ok(Some(if resync { 0 } else { last_seq }))
+}
+
+/// What says where a device goes on from: the log's end, its epochs and its first entry.
+pub(crate) struct LogShape {
+    end: u64,
+    history: Vec<log::epochs::Epoch>,
+    start: u64,
+}
+
+impl LogShape {
+    pub(crate) fn read(shared: &Shared, c: &rusqlite::Connection) -> Result<LogShape> {
+        // The end before the history: an epoch begun since is then in it (`node::epoch`).
+        let end = *shared.feed.borrow();
+        Ok(LogShape {
+            end,
+            history: log::epochs::history(c)?,
+            start: log::compaction::start(c)?,
+        })
+    }
 }
 
 /// Why a device at `last_seq` cannot catch up from a log that starts at `start` (cut to its

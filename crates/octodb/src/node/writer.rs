@@ -138,6 +138,13 @@ pub(crate) enum Job {
         node_id: u32,
         reply: Reply<u64>,
     },
+    /// Primary: what a leader tells an admitted device: the last of its transactions decided
+    /// (as `LastDecided`), and the log's shape, which says where the device goes on from.
+    /// One trip to this thread for both: every reconnecting device asks.
+    Returning {
+        node_id: u32,
+        reply: Reply<(u64, super::primary::LogShape)>,
+    },
     /// Device: the primary accepted this node with these ids.
     Welcome {
         node_id: u32,
@@ -350,7 +357,10 @@ impl Writer {
             if turn.is_none()
                 && !matches!(
                     job,
-                    Job::Stop | Job::LastDecided { .. } | Job::PauseForRekey { .. }
+                    Job::Stop
+                        | Job::LastDecided { .. }
+                        | Job::Returning { .. }
+                        | Job::PauseForRekey { .. }
                 )
             {
                 turn = Some(self.shared.write_turns.engine());
@@ -530,6 +540,15 @@ impl Writer {
                 }
                 Job::LastDecided { node_id, reply } => {
                     let _ = reply.send(self.last_decided(node_id));
+                }
+                Job::Returning { node_id, reply } => {
+                    let returning = self.last_decided(node_id).and_then(|last| {
+                        Ok((
+                            last,
+                            super::primary::LogShape::read(&self.shared, &self.conn)?,
+                        ))
+                    });
+                    let _ = reply.send(returning);
                 }
                 Job::Welcome {
                     node_id,
