@@ -17,6 +17,10 @@
 //! `ee` exchange keeps forward secrecy; a replayed message 1 leads nowhere, as the replayer
 //! cannot compute `ee`. The refusal is unauthenticated and can only send a device to the full
 //! handshake, never around it.
+//!
+//! The network key (`key=`) plays no part here: a ticket is issued only over a connection
+//! that proved it, and only the process that issued it, which holds the same network key
+//! until it restarts (and forgets its ticket keys), can take it.
 
 use std::sync::Arc;
 

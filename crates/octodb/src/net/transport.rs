@@ -9,6 +9,9 @@
 //!    [Ed25519 identity]`, followed by `[chosen version][oldest][newest]` when an offer was
 //!    made; message 3 the initiator's claim and one byte: whether it needs the responder's
 //!    signature (encrypted, as Noise does for payloads after the first message).
+//!    A device holding a session ticket from this primary offers it instead, and the two run
+//!    the cheaper resumed handshake ([`super::resume`]); a ticket not taken falls back to XX
+//!    on the same connection.
 //! 2. An identity is proven by an Ed25519 signature over `"octodb-identity-v2" || role ||
 //!    handshake_hash`. The handshake hash is unique to this connection and covers both Noise
 //!    static keys, so a signature cannot be replayed elsewhere; the role byte stops a peer from

@@ -230,7 +230,12 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
             let node_id = registered.node_id;
             let (last_decided_txn, shape) =
                 ask(shared, |reply| Job::Returning { node_id, reply }).await?;
-            (registered, last_decided_txn, connected, Some(shape))
+            (
+                registered,
+                last_decided_txn,
+                connected,
+                Some(Box::new(shape)),
+            )
         }
         Serving::Follower(leader) => {
             // Open first: a withdrawal from now on is not missed.
@@ -720,14 +725,14 @@ async fn judge_position(
     wr: &mut SecureWriter,
     tells_epochs: bool,
     (last_seq, epoch): (u64, Option<u64>),
-    shape: Option<LogShape>,
+    shape: Option<Box<LogShape>>,
 ) -> Result<Option<u64>> {
     let LogShape {
         end,
         history,
         start,
     } = match shape {
-        Some(shape) => shape,
+        Some(shape) => *shape,
         None => {
             let reader = shared.clone();
             shared.read(move |c| LogShape::read(&reader, c)).await?
