@@ -327,6 +327,29 @@ mod tests {
         assert_eq!(c.peer().public_key, impostor.public_key());
     }
 
+    #[tokio::test]
+    async fn a_primary_that_hangs_up_on_a_ticket_fails_the_attempt_promptly() {
+        // A primary of protocol 8 or older reads the ticket as a malformed XX message and
+        // closes: the device's attempt fails at once (it then drops the ticket, and its next
+        // connection runs the full handshake).
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let old_primary = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut frame = [0u8; 2 + super::super::transport::MAX_HANDSHAKE_MSG];
+            let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut frame).await;
+        });
+        let (device, primary) = (NodeKeys::generate(), NodeKeys::generate());
+        let keys = TicketKeys::generate().unwrap();
+        let r = resumption(&keys, &device, &primary);
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let opts = HandshakeOptions::default();
+        let attempt = timeout(LIMIT, SecureStream::resume(tcp, &device, &opts, &r)).await;
+        let err = attempt.expect("no hang").unwrap_err();
+        assert!(matches!(err, NetError::Authentication(_)), "{err}");
+        old_primary.await.unwrap();
+    }
+
     #[test]
     fn only_a_tagged_frame_with_a_ticket_and_a_message_is_a_resumption() {
         let mut frame = RESUME_TAG.to_vec();
