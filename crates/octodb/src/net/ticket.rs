@@ -151,16 +151,19 @@ impl TicketKeys {
             .map_err(|_| NotTaken::Unknown)?;
         drop(keys);
         // Sealed by this process, so laid out as `issue` writes; checked all the same.
-        let [FORMAT, ref issued @ .., _] = *plain else {
-            return Err(NotTaken::Unknown);
+        let fields = match &*plain {
+            [FORMAT, rest @ ..] if rest.len() == PLAIN_LEN - 1 => rest,
+            _ => return Err(NotTaken::Unknown),
         };
-        let issued = u64::from_be_bytes(issued[..8].try_into().map_err(|_| NotTaken::Unknown)?);
+        let (issued, rest) = fields.split_at(8);
+        let (identity, secret) = rest.split_at(32);
+        let issued = u64::from_be_bytes(issued.try_into().map_err(|_| NotTaken::Unknown)?);
         let age = now_unix_s.checked_sub(issued).ok_or(NotTaken::Expired)?;
         if age >= TICKET_LIFETIME.as_secs() {
             return Err(NotTaken::Expired);
         }
-        let identity = PublicKey(plain[9..41].try_into().map_err(|_| NotTaken::Unknown)?);
-        let secret = plain[41..73].try_into().map_err(|_| NotTaken::Unknown)?;
+        let identity = PublicKey(identity.try_into().map_err(|_| NotTaken::Unknown)?);
+        let secret = secret.try_into().map_err(|_| NotTaken::Unknown)?;
         Ok(Opened { identity, secret })
     }
 }
