@@ -97,12 +97,16 @@ pub fn device_commit_rate(rows: u64) -> Result<()> {
     let cluster = Cluster::new(ITEMS)?;
     let (a, user) = cluster.signup("a")?;
     drop(a);
+    let path = cluster.path("a");
+    // The primary closes: the device knows it (and would fail over to it) from the primaries'
+    // list it was given, so only a primary that is gone leaves the device alone.
+    let Cluster {
+        dir: _dir, primary, ..
+    } = cluster;
+    drop(primary);
     // Pointed at an address where nothing listens: it stays offline, its outbox grows.
     let nowhere = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let mut a = octodb::Connection::open(&crate::cluster::device_uri(
-        &cluster.path("a"),
-        &nowhere.to_string(),
-    ))?;
+    let mut a = octodb::Connection::open(&crate::cluster::device_uri(&path, &nowhere.to_string()))?;
     let started = Instant::now();
     fill(&mut a, rows, PER_TXN, PAYLOAD, user)?;
     let octodb = rows as f64 / started.elapsed().as_secs_f64();
