@@ -303,7 +303,10 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     };
     let tells_members = protocol >= version::PRIMARY_MEMBERS;
     // From here on the device counts as seen, however its session ends.
-    let told = tell_members_and_ticket(shared, &mut wr, protocol, &pubkey).await;
+    // Boxed: it stays in the session's state while the session runs.
+    let told = tell_members_and_ticket(shared, &mut wr, protocol, &pubkey)
+        .await
+        .map_err(Box::new);
 
     shared
         .live
@@ -328,7 +331,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         session,
     };
     let result = match told {
-        Err(e) => Err(e),
+        Err(e) => Err(*e),
         Ok(()) => tokio::select! {
             r = read_loop(shared, &mut rd, sender, session, &beats) => r,
             r = stream_to_device(shared, streamed, wr, &beats) => r,
