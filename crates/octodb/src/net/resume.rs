@@ -25,12 +25,13 @@
 use std::sync::Arc;
 
 use snow::HandshakeState;
-use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::claims::{agreed_by_responder, Negotiation};
 use super::ticket::{Opened, Resumption};
-use super::transport::{noise_error, read_frame, Established, HandshakeOptions, NetError};
+use super::transport::{
+    noise_error, read_frame, write_frame, Established, HandshakeOptions, NetError,
+};
 use super::version::{self, Versions};
 use super::{SecureReader, SecureWriter};
 
@@ -92,14 +93,8 @@ pub(super) async fn offer(
     let n = hs
         .write_message(&opts.versions.encode_offer(), &mut message)
         .map_err(noise_error)?;
-    let frame_len = RESUME_TAG.len() + 1 + ticket.len() + n;
-    let mut frame = Vec::with_capacity(2 + frame_len);
-    frame.extend_from_slice(&(frame_len as u16).to_be_bytes());
-    frame.extend_from_slice(RESUME_TAG);
-    frame.push(ticket_len);
-    frame.extend_from_slice(ticket);
-    frame.extend_from_slice(&message[..n]);
-    wr.write_all(&frame).await?;
+    let parts: [&[u8]; 4] = [RESUME_TAG, &[ticket_len], ticket, &message[..n]];
+    write_frame(&mut wr, &parts).await?;
 
     let mut buf = [0u8; super::transport::MAX_HANDSHAKE_MSG];
     let len = read_frame(&mut rd, &mut buf).await?;
@@ -142,10 +137,7 @@ pub(super) async fn offer(
 
 /// Responder: the initiator offered a ticket this primary does not take.
 pub(super) async fn refuse(wr: &mut OwnedWriteHalf) -> Result<(), NetError> {
-    let mut frame = (REFUSED_TAG.len() as u16).to_be_bytes().to_vec();
-    frame.extend_from_slice(REFUSED_TAG);
-    wr.write_all(&frame).await?;
-    Ok(())
+    write_frame(wr, &[REFUSED_TAG]).await
 }
 
 /// Responder: finishes a resumption whose ticket opened to `opened`.
@@ -174,9 +166,7 @@ pub(super) async fn respond(
     let n = hs
         .write_message(&answer, &mut message)
         .map_err(noise_error)?;
-    let mut frame = (n as u16).to_be_bytes().to_vec();
-    frame.extend_from_slice(&message[..n]);
-    wr.write_all(&frame).await?;
+    write_frame(&mut wr, &[&message[..n]]).await?;
     let version =
         chosen.ok_or_else(|| NetError::Version(version::mismatch_advice(&ours, &theirs)))?;
     established(rd, wr, hs, opts, opened.identity, version)

@@ -366,6 +366,19 @@ pub(super) async fn read_frame(
     Ok(len)
 }
 
+/// Writes one handshake frame `[len][parts...]` (the parts together at most
+/// [`MAX_HANDSHAKE_MSG`] bytes, as every sender here builds them).
+pub(super) async fn write_frame(wr: &mut OwnedWriteHalf, parts: &[&[u8]]) -> Result<(), NetError> {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut frame = Vec::with_capacity(2 + len);
+    frame.extend_from_slice(&(len as u16).to_be_bytes());
+    for part in parts {
+        frame.extend_from_slice(part);
+    }
+    wr.write_all(&frame).await?;
+    Ok(())
+}
+
 async fn handshake(
     stream: TcpStream,
     keys: &NodeKeys,
@@ -447,7 +460,7 @@ async fn full_handshake(
     let mut peer: Option<([u8; 32], bool)> = None;
     // Whether the peer asked us for a signature (the responder learns it from message 3).
     let mut peer_wants_ours = true;
-    let mut buf = [0u8; 2 + MAX_HANDSHAKE_MSG];
+    let mut out = [0u8; MAX_HANDSHAKE_MSG];
     let mut frame = [0u8; MAX_HANDSHAKE_MSG];
     let mut payload = [0u8; MAX_HANDSHAKE_MSG];
     let (mut sent, mut received) = (0, 0);
@@ -465,11 +478,8 @@ async fn full_handshake(
                 (_, Some((_, wants))) => layout.encode(own_identity, Some(*wants), None),
                 _ => layout.encode(own_identity, None, Some((&negotiation, &ours))),
             };
-            let n = hs
-                .write_message(&message, &mut buf[2..])
-                .map_err(noise_error)?;
-            buf[..2].copy_from_slice(&(n as u16).to_be_bytes());
-            wr.write_all(&buf[..2 + n]).await?;
+            let n = hs.write_message(&message, &mut out).map_err(noise_error)?;
+            write_frame(&mut wr, &[&out[..n]]).await?;
             sent += 1;
             if let Negotiation::NoneInCommon { theirs } = negotiation {
                 // Told the peer in message 2; nothing more to say to it.
