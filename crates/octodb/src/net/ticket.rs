@@ -106,24 +106,20 @@ impl TicketKeys {
         self.rng.fill(&mut secret)?;
         let mut nonce = [0u8; NONCE_LEN];
         self.rng.fill(&mut nonce)?;
-        let mut sealed = Vec::with_capacity(SEALED_LEN);
+        let mut body = Vec::with_capacity(PLAIN_LEN + TAG_LEN);
+        body.push(FORMAT);
+        body.extend_from_slice(&now.unix_s.to_be_bytes());
+        body.extend_from_slice(&identity.0);
+        body.extend_from_slice(&secret);
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         keys.rotate_if_due(&self.rng, now.instant)?;
         let generation = &keys.current;
-        sealed.push(generation.id);
-        sealed.extend_from_slice(&nonce);
-        let start = sealed.len();
-        sealed.push(FORMAT);
-        sealed.extend_from_slice(&now.unix_s.to_be_bytes());
-        sealed.extend_from_slice(&identity.0);
-        sealed.extend_from_slice(&secret);
-        let mut body = sealed.split_off(start);
         generation.key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(aad(generation.id)),
             &mut body,
         )?;
-        sealed.extend_from_slice(&body);
+        let sealed = [&[generation.id][..], &nonce, &body].concat();
         Ok((sealed, secret))
     }
 
