@@ -1055,6 +1055,75 @@ async fn attempt(addr: SocketAddr, messages: &[Vec<u8>]) -> (String, Vec<Message
     (keys.public_key().to_hex(), got)
 }
 
+/// The primary logs a device's inserted row as it stored it: a value its column converts (an
+/// integer into a TEXT column) reaches the sender and the user's other devices converted, the
+/// same on every node. (Values already in their stored form are logged without reading the row
+/// back; these are read back.)
+#[test]
+fn a_value_its_column_converts_is_logged_as_the_primary_stored_it() {
+    let c = Cluster::new();
+    let p = user_primary(&c);
+    p.execute(
+        "CREATE TABLE k(id INTEGER PRIMARY KEY, v TEXT, r REAL, n NUMERIC, row_owner)",
+        [],
+    )
+    .unwrap();
+    let addr = p.bound_addrs()[0];
+    let other = device_of(&c, "other.db", &addr_of(&p), 6);
+    let rt = runtime();
+    let mut raw = rt.block_on(RawDevice::sign_up(addr, 6));
+    let columns = ["id", "v", "r", "n", "row_owner"];
+    let sent = vec![
+        Value::Integer(3000),
+        Value::Integer(42),
+        Value::Integer(7),
+        Value::Text("12".into()),
+        user(6),
+    ];
+    let decided = rt.block_on(raw.submit(
+        1,
+        txn_on(
+            "k",
+            &columns,
+            vec![Op::Insert {
+                table: 0,
+                rowid: 3000,
+                values: sent,
+            }],
+        ),
+    ));
+    let stored = vec![
+        Value::Integer(3000),
+        Value::Text("42".into()),
+        Value::Real(7.0),
+        Value::Integer(12),
+        user(6),
+    ];
+    let EntryBody::Changes(cs) = decided else {
+        panic!("the insert was refused: {decided:?}");
+    };
+    let logged: Vec<&Vec<Value>> = cs
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Upsert { values, .. } => Some(values),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(logged, vec![&stored], "the sender hears the row as stored");
+    assert_eq!(rows(&p, "SELECT * FROM k"), vec![stored.clone()]);
+    wait_count(&other, "SELECT count(*) FROM k", 1);
+    assert_eq!(rows(&other, "SELECT * FROM k"), vec![stored]);
+    assert_eq!(
+        rows(&other, "SELECT typeof(v), typeof(r), typeof(n) FROM k"),
+        vec![vec![
+            Value::Text("text".into()),
+            Value::Text("real".into()),
+            Value::Text("integer".into())
+        ]]
+    );
+}
+
 #[test]
 fn garbage_in_every_field_of_an_authorization_request_is_refused_and_stores_nothing() {
     let c = Cluster::new();

@@ -531,6 +531,14 @@ pub fn apply_device_txn(
                     Err(e) if fault_of_the_node(&e) => return Err(e.into()),
                     Err(e) => return Ok(Err(format!("insert into `{}` failed: {e}", t.name))),
                 }
+                if read_back && stored_as_given(&t, &header.columns, values) {
+                    out.ops.push(Op::Upsert {
+                        table: out_table,
+                        rowid,
+                        values: values.clone(),
+                    });
+                    continue;
+                }
             }
             Op::Update {
                 changed, values, ..
@@ -623,6 +631,16 @@ pub fn apply_device_txn(
         }
     }
     Ok(Ok(out))
+}
+
+/// Whether an inserted row is stored exactly as `values` (given for `columns`), so that it
+/// need not be read back: every column of the table given, in its order, and each value kept
+/// by its column's affinity. Only called where the schema has no triggers (with triggers the
+/// primary captures what they wrote instead of reading back).
+fn stored_as_given(t: &TableLayout, columns: &[String], values: &[Value]) -> bool {
+    t.columns == columns
+        && values.len() == t.kinds.len()
+        && values.iter().zip(&t.kinds).all(|(v, k)| k.keeps(v))
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The SQLite file: opening it (WAL, one owner process), the engine's internal tables, and
 //! small typed accessors for the engine's own settings.
 
+pub mod affinity;
 pub mod apply;
 pub mod at_rest;
 pub mod capture;

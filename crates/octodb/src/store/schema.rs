@@ -5,6 +5,7 @@
 //! only an octodb connection defines, and because the engine's own connections must apply
 //! remote changes without firing them.
 
+use super::affinity::{Affinity, ColumnKind};
 use crate::error::{Error, Result};
 use crate::uri::Role;
 use crate::ROW_OWNER;
@@ -28,6 +29,8 @@ pub struct TableLayout {
     /// The table has a VIRTUAL generated column: the preupdate hook of the SQLite built here
     /// (3.46) reads the rows of such tables at the wrong offsets, so they cannot be captured.
     pub virtual_columns: bool,
+    /// For each of `columns`, what decides whether a value is stored as given.
+    pub kinds: Vec<ColumnKind>,
 }
 
 impl TableLayout {
@@ -88,20 +91,30 @@ pub fn table_layout(conn: &Connection, name: &str) -> Result<Option<TableLayout>
 
 fn layout_of(conn: &Connection, name: &str, without_rowid: bool) -> Result<TableLayout> {
     // Generated columns (hidden 2: VIRTUAL, 3: STORED) are computed on every node, never sent.
-    let mut stmt = conn
-        .prepare_cached("SELECT name, type, pk, hidden FROM pragma_table_xinfo(?1) ORDER BY cid")?;
-    let all: Vec<(String, String, i64, i64)> = stmt
-        .query_map([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+    let mut stmt = conn.prepare_cached(
+        "SELECT name, type, pk, hidden, \"notnull\" FROM pragma_table_xinfo(?1) ORDER BY cid",
+    )?;
+    let all: Vec<(String, String, i64, i64, bool)> = stmt
+        .query_map([name], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
     let width = all.len() as i32;
     let virtual_columns = all.iter().any(|c| c.3 == 2);
     let hook_index: Vec<i32> = (0..all.len() as i32)
         .filter(|&i| all[i as usize].3 == 0)
         .collect();
-    let cols: Vec<(String, String, i64)> = all
+    let cols: Vec<(String, String, i64, bool)> = all
         .into_iter()
         .filter(|c| c.3 == 0)
-        .map(|c| (c.0, c.1, c.2))
+        .map(|c| (c.0, c.1, c.2, c.4))
+        .collect();
+    let kinds = cols
+        .iter()
+        .map(|c| ColumnKind {
+            affinity: Affinity::of_declared(&c.1),
+            not_null: c.3,
+        })
         .collect();
     let pk_cols: Vec<usize> = (0..cols.len()).filter(|&i| cols[i].2 > 0).collect();
     let rowid_alias = match pk_cols.as_slice() {
@@ -120,6 +133,7 @@ fn layout_of(conn: &Connection, name: &str, without_rowid: bool) -> Result<Table
         hook_index,
         width,
         virtual_columns,
+        kinds,
     })
 }
 
