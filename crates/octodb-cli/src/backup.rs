@@ -1,7 +1,9 @@
 //! `octodb backup URI DEST`: a consistent copy of a node's file, taken while the node runs (in
 //! this process or another), by `octodb::backup`: the node goes on writing meanwhile.
+//! `octodb restore-cluster URI`: the copy of a primary whose whole cluster was lost starts a
+//! new cluster (`octodb::restore_cluster`).
 
-use crate::BackupArgs;
+use crate::{BackupArgs, RestoreClusterArgs};
 use anyhow::Context;
 use std::process::ExitCode;
 
@@ -35,4 +37,29 @@ pub fn copy(uri: &str, dest: &std::path::Path) -> anyhow::Result<bool> {
             dest.display()
         )
     })
+}
+
+pub fn restore_cluster(args: RestoreClusterArgs) -> anyhow::Result<ExitCode> {
+    let uri = crate::normalize_uri(&args.uri);
+    let cfg = octodb::NodeConfig::parse(&uri)
+        .with_context(|| format!("reading the URI `{}`", octodb::NodeConfig::redacted(&uri)))?;
+    let restored = octodb::restore_cluster(&cfg)
+        .with_context(|| format!("restoring a cluster from `{}`", cfg.path.display()))?;
+    eprintln!(
+        "octodb: `{}` now starts a new cluster as its only primary (node {}), with the rows \
+         and log it holds. Start it as a primary (octodb serve 'file:...?node=primary&bind=...'); \
+         other primaries join it from fresh files with connect=. Devices that had more from \
+         the lost cluster take the new cluster's data when they reconnect, their own \
+         unsent rows kept.",
+        cfg.path.display(),
+        restored.node_id
+    );
+    if !restored.former_members.is_empty() {
+        eprintln!(
+            "octodb: its old cluster's members ({}) are not called: if one of them still runs, \
+             stop it, or it serves devices a second, separate history",
+            restored.former_members.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -27,7 +27,7 @@ use std::process::ExitCode;
     name = "octodb",
     version,
     about = "SQL shell on an octodb node (a replicated SQLite database)",
-    after_help = "Other commands:\n  octodb serve URI   run a node headless until SIGINT/SIGTERM\n  octodb backup URI FILE   a consistent copy of a node's file, while it runs\n  octodb encrypt PLAIN_FILE 'file:NEW?cipher=sqlcipher&key=...'   an encrypted copy\n  octodb decrypt 'file:FILE?cipher=sqlcipher&key=...' NEW_PLAIN_FILE   a plain copy\n  octodb tasks URI   the signed task queue's tasks: state, progress, attempts, reasons\n  octodb demo        a primary and two devices syncing on loopback\n\n\
+    after_help = "Other commands:\n  octodb serve URI   run a node headless until SIGINT/SIGTERM\n  octodb backup URI FILE   a consistent copy of a node's file, while it runs\n  octodb restore-cluster URI   every primary lost: a primary's restored copy starts a new cluster\n  octodb encrypt PLAIN_FILE 'file:NEW?cipher=sqlcipher&key=...'   an encrypted copy\n  octodb decrypt 'file:FILE?cipher=sqlcipher&key=...' NEW_PLAIN_FILE   a plain copy\n  octodb tasks URI   the signed task queue's tasks: state, progress, attempts, reasons\n  octodb demo        a primary and two devices syncing on loopback\n\n\
                   URI examples:\n  file:app.db?node=primary&bind=tcp://0.0.0.0:1234\n  file:dev.db?node=secondary&connect=tcp://host:1234\n\n\
                   Logs go to standard error; set OCTODB_LOG (e.g. info, debug, octodb=trace)."
 )]
@@ -65,6 +65,15 @@ pub struct BackupArgs {
     uri: String,
     /// The new file to write the copy into.
     dest: std::path::PathBuf,
+}
+
+/// Disaster recovery, every primary of a cluster lost: the primary's file (a backup put back in
+/// place) becomes the first and only member of a new cluster. Run with the node stopped.
+#[derive(Parser, Debug)]
+#[command(name = "octodb restore-cluster")]
+pub struct RestoreClusterArgs {
+    /// The primary's URI (or its file's path), with its key if the file is encrypted.
+    uri: String,
 }
 
 /// A copy of a database file with encryption at rest added (`encrypt`) or taken off (`decrypt`).
@@ -121,6 +130,9 @@ fn main() -> ExitCode {
         Some(demo_cluster::PRIMARY_COMMAND) => demo_cluster::primary_process(args.get(2)),
         Some("tasks") => tasks::run(TasksArgs::parse_from(&args[1..])),
         Some("backup") => backup::run(BackupArgs::parse_from(&args[1..])),
+        Some("restore-cluster") => {
+            backup::restore_cluster(RestoreClusterArgs::parse_from(&args[1..]))
+        }
         Some("encrypt") => convert::run(
             convert::Direction::Encrypt,
             ConvertArgs::parse_from(&args[1..]),

@@ -381,6 +381,69 @@ fn backup_copies_a_running_primary_consistently_and_never_overwrites() {
     assert_eq!(count(&copy, "SELECT count(*) FROM t"), 2);
 }
 
+/// `octodb restore-cluster`: a primary's copy, its node stopped, starts a new cluster and
+/// leads it with the copy's rows; a running node's file and a device's are refused, with
+/// what to do.
+#[test]
+fn restore_cluster_turns_a_primarys_copy_into_a_new_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let uri = format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0",
+        path.display()
+    );
+    let p = Connection::open(&uri).unwrap();
+    p.execute_batch("CREATE TABLE t(v, row_owner); INSERT INTO t VALUES ('kept', '*')")
+        .unwrap();
+    let out = octodb().args(["restore-cluster", &uri]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("already open"),
+        "{err}"
+    );
+    let device = dir.path().join("d.db");
+    {
+        let d = Connection::open(&format!(
+            "file:{}?node=secondary&connect=tcp://{}",
+            device.display(),
+            p.bound_addrs()[0]
+        ))
+        .unwrap();
+        d.wait_until_ready(std::time::Duration::from_secs(30))
+            .unwrap();
+    }
+    drop(p);
+    let out = octodb()
+        .args(["restore-cluster", device.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not the file of a primary"),
+        "{err}"
+    );
+    // (The node's last connection may still be closing: try until the file is free.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let out = loop {
+        let out = octodb()
+            .args(["restore-cluster", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let busy = String::from_utf8_lossy(&out.stderr).contains("already open");
+        if !busy || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("starts a new cluster"), "{err}");
+    let p = Connection::open(&uri).unwrap();
+    assert_eq!(count(&p, "SELECT count(*) FROM t WHERE v = 'kept'"), 1);
+    p.execute("INSERT INTO t VALUES ('new', '*')", []).unwrap();
+    assert_eq!(count(&p, "SELECT count(*) FROM t"), 2);
+}
+
 /// `octodb encrypt` / `decrypt`: an encrypted copy of a plain file and a plain copy of an
 /// encrypted one, sources unchanged, targets never overwritten; `octodb backup` of an encrypted
 /// node is encrypted alike. No key is ever printed.

@@ -186,3 +186,95 @@ fn a_member_restored_from_an_old_backup_rejoins_as_a_new_member() {
     wait_count(&p3, "SELECT count(*) FROM t WHERE v = 'later'", 1);
     drop(p2);
 }
+
+/// Every primary lost: a backup of one of them, restored with `octodb::restore_cluster`,
+/// starts a new cluster of its own with the rows of the copy; a device that had more from the
+/// lost cluster takes the new cluster's data, its own rows kept; a new primary joins the new
+/// cluster and receives everything. Without the command the copy would wait for its old
+/// members forever; the command refuses a device's file and a running node.
+#[test]
+fn every_primary_lost_a_restored_backup_starts_a_new_cluster() {
+    let c = Cluster::new();
+    let Three {
+        ports,
+        paths,
+        primaries: [p1, p2, p3],
+    } = three(&c);
+    let d = Connection::open(&device_uri(
+        &c.path("d.db"),
+        &format!("127.0.0.1:{}", ports[0]),
+    ))
+    .unwrap();
+    ready(&d);
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
+        .unwrap();
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'before'", 1);
+
+    let copy = c.path("p2-backup.db");
+    let cfg = octodb::NodeConfig::parse(&primary_uri(&paths[1], ports[1])).unwrap();
+    assert!(octodb::backup(&cfg, &copy).unwrap(), "a member's copy");
+    let copy_cfg = octodb::NodeConfig::parse(&format!("file:{}", copy.display())).unwrap();
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
+        .unwrap();
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'after'", 1);
+
+    // A running node's file is refused, and so is a device's.
+    let running = octodb::restore_cluster(&cfg).unwrap_err().to_string();
+    assert!(running.contains("already open"), "{running}");
+    let p2_id = p2.sync_status().unwrap().node_id;
+
+    // Every primary is lost with its disk; the device goes offline meanwhile.
+    drop(d);
+    wait_closed(&c, "d.db");
+    let device_file =
+        octodb::NodeConfig::parse(&format!("file:{}", c.path("d.db").display())).unwrap();
+    let not_primary = octodb::restore_cluster(&device_file)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        not_primary.contains("not the file of a primary"),
+        "{not_primary}"
+    );
+    for (p, path) in [p1, p2, p3].into_iter().zip(&paths) {
+        drop(p);
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        wait_closed(&c, &name);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    let restored = octodb::restore_cluster(&copy_cfg).expect("restore the cluster");
+    assert_eq!(restored.node_id, p2_id);
+    assert_eq!(restored.former_members.len(), 3, "{restored:?}");
+    // Put in place at the first primary's address, which the device knows.
+    std::fs::rename(&copy, &paths[0]).unwrap();
+    let p = primary_at(&paths[0], ports[0], None);
+    wait_until("the copy leads a cluster of one", || {
+        (voters(&p) == [u64::from(p2_id)] && cluster_role(&p) == "leader").then_some(())
+    });
+    assert_eq!(count(&p, "SELECT count(*) FROM t WHERE v = 'before'"), 1);
+    assert_eq!(count(&p, "SELECT count(*) FROM t WHERE v = 'after'"), 0);
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('new', '*')", [])
+        .unwrap();
+
+    // The device was ahead of the copy: it takes the new cluster's data.
+    let d = Connection::open(&device_uri(
+        &c.path("d.db"),
+        &format!("127.0.0.1:{}", ports[0]),
+    ))
+    .unwrap();
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'new'", 1);
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'after'", 0);
+    d.execute("INSERT INTO t(v) VALUES ('from the device')", [])
+        .unwrap();
+    wait_count(&p, "SELECT count(*) FROM t WHERE v = 'from the device'", 1);
+
+    // A new primary joins the new cluster and gets everything.
+    let joiner = joining_primary(&c.path("p4.db"), &format!("127.0.0.1:{}", ports[0]));
+    wait_until("two voters", || (voters(&p).len() == 2).then_some(()));
+    wait_count(&joiner, "SELECT count(*) FROM t", 3);
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('later', '*')", [])
+        .unwrap();
+    wait_count(&joiner, "SELECT count(*) FROM t WHERE v = 'later'", 1);
+}

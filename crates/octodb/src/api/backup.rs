@@ -45,3 +45,76 @@ pub fn backup(cfg: &NodeConfig, dest: &Path) -> Result<bool> {
     let copy = open_plain(dest, &opts, encrypted(dest))?;
     crate::cluster::mark_restored_copy(&copy)
 }
+
+/// What [`restore_cluster`] made of a primary's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredCluster {
+    /// The primary's node id, under which it forms the new cluster.
+    pub node_id: u32,
+    /// The addresses of the members of the cluster the file came from, which the new cluster
+    /// does not call: a primary there that is still running would make a second cluster.
+    pub former_members: Vec<String>,
+}
+
+/// Disaster recovery, when every primary of a cluster is lost: makes the primary's file `cfg`
+/// names (typically a backup put back in place) the first and only member of a new cluster.
+/// Opened as a primary afterwards, it leads a cluster of one with the rows and log of the
+/// copy, and other primaries join it with `connect=` as new members (from fresh files). The
+/// node must not be running. Without this a restored copy of a member waits for its old
+/// members to let it rejoin.
+pub fn restore_cluster(cfg: &NodeConfig) -> Result<RestoredCluster> {
+    if !cfg.path.exists() {
+        return Err(Error::rule(format!(
+            "there is no database at `{}`",
+            cfg.path.display()
+        )));
+    }
+    // The node's own lock: a running node would go on with the state cleared under it.
+    let _lock = crate::store::lock::ProcessLock::acquire(&cfg.path)?;
+    let opts = OpenOptions {
+        uri: false,
+        busy_timeout: std::time::Duration::from_secs(30),
+    };
+    let key = cfg.file_key();
+    let conn = open_plain(
+        &cfg.path,
+        &opts,
+        key.map(|key| Encrypted {
+            file: &cfg.path,
+            key,
+        }),
+    )?;
+    let node_type = crate::store::meta_get::<String>(&conn, "node_type")?;
+    if node_type.as_deref() != Some("primary") {
+        return Err(Error::rule(format!(
+            "`{}` is not the file of a primary (it is a {}): only a primary's copy can start a \
+             cluster",
+            cfg.path.display(),
+            node_type
+                .as_deref()
+                .map_or("plain database", |_| "device's file")
+        )));
+    }
+    let raft_tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE name IN ('_octo_raft_log', '_octo_raft')",
+        [],
+        |r| r.get(0),
+    )?;
+    if raft_tables != 2 {
+        return Err(Error::rule(format!(
+            "`{}` has no cluster state (a primary's file from before clusters): opened as a \
+             primary it forms a cluster of its own by itself",
+            cfg.path.display()
+        )));
+    }
+    // The first primary of a cluster is node 1 without noting it (`node::load_identity`).
+    let node_id = crate::store::meta_get::<i64>(&conn, "node_id")?
+        .and_then(|id| u32::try_from(id).ok())
+        .filter(|id| *id > 0)
+        .unwrap_or(1);
+    let former_members = crate::cluster::start_new_cluster(&conn)?;
+    Ok(RestoredCluster {
+        node_id,
+        former_members,
+    })
+}

@@ -26,6 +26,9 @@ pub(crate) const DIVERGED_KEY: &str = "raft_diverged";
 const RESTORED_KEY: &str = "raft_restored_copy";
 /// Meta key: the members' addresses to rejoin through (JSON), kept until it has rejoined.
 const REJOIN_THROUGH_KEY: &str = "raft_rejoin_through";
+/// Meta key: the file started a new cluster from the state it held (`start_new_cluster`), so
+/// its Raft log does not hold its whole history: a member joining it must take a snapshot.
+const STARTED_FROM_FILE_KEY: &str = "raft_started_from_file";
 
 /// Marks the file as diverged from its cluster at Raft index `index` (called by the log
 /// store as it refuses to truncate a written-through entry).
@@ -55,28 +58,7 @@ pub(crate) fn prepare(c: &Connection) -> Result<Vec<String>> {
     let diverged = meta_get::<i64>(c, DIVERGED_KEY)?.is_some();
     let restored = meta_get::<i64>(c, RESTORED_KEY)?.is_some();
     if diverged || restored {
-        let (_, membership) = applied_state(c)?;
-        let addrs: Vec<String> = membership
-            .membership()
-            .nodes()
-            .map(|(_, m)| m.addr.clone())
-            .collect();
-        let json = serde_json::to_string(&addrs).unwrap_or_default();
-        write_txn(c, |c| {
-            c.execute_batch("DELETE FROM _octo_raft_log; DELETE FROM _octo_raft;")?;
-            // (`decided_upto`: the checkpoint of decided transactions is of a log the
-            // snapshot replaces.)
-            c.prepare_cached("DELETE FROM _octo_meta WHERE key IN (?1, ?2, ?3, ?4, ?5, ?6)")?
-                .execute([
-                    APPLIED_KEY,
-                    MEMBERSHIP_KEY,
-                    SNAPSHOT_KEY,
-                    DIVERGED_KEY,
-                    RESTORED_KEY,
-                    "decided_upto",
-                ])?;
-            meta_set(c, REJOIN_THROUGH_KEY, json)
-        })?;
+        clear_raft_state(c, Next::Rejoin)?;
         if diverged {
             tracing::warn!(
                 "this primary's file held transactions its cluster did not keep (it led, and \
@@ -90,6 +72,83 @@ pub(crate) fn prepare(c: &Connection) -> Result<Vec<String>> {
         }
     }
     addresses(c)
+}
+
+/// What a file whose Raft state is cleared does next.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Joins its cluster again through the members it knew, which it notes in the same
+    /// transaction (were it to start without them, it would form a cluster of its own). It
+    /// takes the cluster's log by snapshot, so the checkpoint of decided transactions, which
+    /// is of the log the snapshot replaces, goes too.
+    Rejoin,
+    /// Forms a new cluster of its own, keeping its log (and the checkpoint, which is of it);
+    /// members that join it take a snapshot, since its Raft log will not hold that history.
+    StartNew,
+}
+
+/// Clears the file's Raft state (log, vote, applied position, membership, snapshot) and its
+/// marks (diverged, restored copy, members to rejoin through), in one transaction, and
+/// prepares it for `next`. Returns the addresses of the members its membership named.
+fn clear_raft_state(c: &Connection, next: Next) -> Result<Vec<String>> {
+    let (_, membership) = applied_state(c)?;
+    let addrs: Vec<String> = membership
+        .membership()
+        .nodes()
+        .map(|(_, m)| m.addr.clone())
+        .collect();
+    write_txn(c, |c| {
+        c.execute_batch("DELETE FROM _octo_raft_log; DELETE FROM _octo_raft;")?;
+        let mut keys = vec![
+            APPLIED_KEY,
+            MEMBERSHIP_KEY,
+            SNAPSHOT_KEY,
+            DIVERGED_KEY,
+            RESTORED_KEY,
+            REJOIN_THROUGH_KEY,
+            STARTED_FROM_FILE_KEY,
+        ];
+        if next == Next::Rejoin {
+            keys.push("decided_upto");
+        }
+        let mut delete = c.prepare_cached("DELETE FROM _octo_meta WHERE key = ?1")?;
+        for key in keys {
+            delete.execute([key])?;
+        }
+        match next {
+            Next::Rejoin => {
+                let json = serde_json::to_string(&addrs).unwrap_or_default();
+                meta_set(c, REJOIN_THROUGH_KEY, json)
+            }
+            Next::StartNew => meta_set(c, STARTED_FROM_FILE_KEY, 1),
+        }
+    })?;
+    Ok(addrs)
+}
+
+/// Disaster recovery, every primary of a cluster lost: makes this primary's file (a backup,
+/// restored) the first and only member of a new cluster. Its Raft state and marks are
+/// cleared, so that opened as a primary it forms a cluster of one from its own data, as a
+/// primary alone does, and other primaries join it as new members. Returns the addresses of
+/// the members its old cluster had. Its log and rows stay: devices that had more from the
+/// lost cluster find their primary behind them and are handled as after any restored primary.
+pub(crate) fn start_new_cluster(c: &Connection) -> Result<Vec<String>> {
+    let addrs = clear_raft_state(c, Next::StartNew)?;
+    tracing::warn!(
+        former_members = ?addrs,
+        "this primary's file starts a new cluster of its own: its old cluster's members are \
+         not called again"
+    );
+    Ok(addrs)
+}
+
+/// Whether a primary joining this one's cluster must take a snapshot of the whole state
+/// rather than the Raft log from its start: the log does not reach back to the file's
+/// beginning (its oldest entries were cut, `log::compaction`, or the file started a new
+/// cluster with the state it held).
+pub(crate) fn joiners_need_snapshot(c: &Connection) -> Result<bool> {
+    Ok(crate::log::compaction::start(c)? > 1
+        || meta_get::<i64>(c, STARTED_FROM_FILE_KEY)?.is_some())
 }
 
 /// The members' addresses a primary that rejoins joins through (none when it does not).

@@ -69,7 +69,9 @@ pub(super) async fn primary_session(
             rejoins,
         }) => {
             tracing::info!(%addr, node_id, ?rejoins, "a primary joins the cluster");
-            let log_cut = shared.read(crate::log::compaction::start).await? > 1;
+            let log_cut = shared
+                .read(crate::cluster::rejoin::joiners_need_snapshot)
+                .await?;
             add_member(&raft, node_id, member, rejoins, log_cut, rd, wr).await
         }
         Err(reason) => {
