@@ -381,15 +381,15 @@ fn backup_copies_a_running_primary_consistently_and_never_overwrites() {
     assert_eq!(count(&copy, "SELECT count(*) FROM t"), 2);
 }
 
-/// `octodb restore-cluster`: a primary's copy, its node stopped, starts a new cluster and
-/// leads it with the copy's rows; a running node's file and a device's are refused, with
-/// what to do.
+/// `octodb restore-cluster`: a primary's copy (encrypted: the URI gives its key), its node
+/// stopped, starts a new cluster and leads it with the copy's rows; a running node's file
+/// and a device's are refused, with what to do.
 #[test]
 fn restore_cluster_turns_a_primarys_copy_into_a_new_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("p.db");
     let uri = format!(
-        "file:{}?node=primary&bind=tcp://127.0.0.1:0",
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0&cipher=sqlcipher&key=k3y",
         path.display()
     );
     let p = Connection::open(&uri).unwrap();
@@ -404,7 +404,7 @@ fn restore_cluster_turns_a_primarys_copy_into_a_new_cluster() {
     let device = dir.path().join("d.db");
     {
         let d = Connection::open(&format!(
-            "file:{}?node=secondary&connect=tcp://{}",
+            "file:{}?node=secondary&connect=tcp://{}&cipher=sqlcipher&key=k3y",
             device.display(),
             p.bound_addrs()[0]
         ))
@@ -413,8 +413,9 @@ fn restore_cluster_turns_a_primarys_copy_into_a_new_cluster() {
             .unwrap();
     }
     drop(p);
+    let device_uri = format!("file:{}?cipher=sqlcipher&key=k3y", device.display());
     let out = octodb()
-        .args(["restore-cluster", device.to_str().unwrap()])
+        .args(["restore-cluster", &device_uri])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -425,10 +426,7 @@ fn restore_cluster_turns_a_primarys_copy_into_a_new_cluster() {
     // (The node's last connection may still be closing: try until the file is free.)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let out = loop {
-        let out = octodb()
-            .args(["restore-cluster", path.to_str().unwrap()])
-            .output()
-            .unwrap();
+        let out = octodb().args(["restore-cluster", &uri]).output().unwrap();
         let busy = String::from_utf8_lossy(&out.stderr).contains("already open");
         if !busy || std::time::Instant::now() > deadline {
             break out;
@@ -438,6 +436,14 @@ fn restore_cluster_turns_a_primarys_copy_into_a_new_cluster() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("starts a new cluster"), "{err}");
+    assert!(!err.contains("k3y"), "the key is never printed: {err}");
+    let without_key = format!("file:{}", path.display());
+    let out = octodb()
+        .args(["restore-cluster", &without_key])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("wrong key"), "{err}");
     let p = Connection::open(&uri).unwrap();
     assert_eq!(count(&p, "SELECT count(*) FROM t WHERE v = 'kept'"), 1);
     p.execute("INSERT INTO t VALUES ('new', '*')", []).unwrap();
@@ -508,6 +514,11 @@ fn encrypt_decrypt_and_backup_of_an_encrypted_node() {
     let copy = dir.path().join("copy.db");
     let (ok, err) = run(&["backup", &node_uri, copy.to_str().unwrap()]);
     assert!(ok, "{err}");
+    let no_key = format!("file:{}", dir.path().join("p.db").display());
+    let other = dir.path().join("other-copy.db");
+    let (ok, err) = run(&["backup", &no_key, other.to_str().unwrap()]);
+    assert!(!ok && err.contains("wrong key"), "{err}");
+    assert!(!other.exists(), "a failed backup leaves no file behind");
     let copy_bytes = std::fs::read(&copy).unwrap();
     assert!(!copy_bytes.starts_with(b"SQLite format 3"));
     assert!(!copy_bytes.windows(8).any(|w| w == b"node row"));

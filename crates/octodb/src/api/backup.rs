@@ -40,7 +40,9 @@ pub fn backup(cfg: &NodeConfig, dest: &Path) -> Result<bool> {
     let encrypted = |file| key.map(|key| Encrypted { file, key });
     let source = open_plain(&cfg.path, &opts, encrypted(&cfg.path))?;
     // SQLCipher writes the copy with the source's key and salt.
-    source.execute("VACUUM INTO ?1", [dest_str])?;
+    source
+        .execute("VACUUM INTO ?1", [dest_str])
+        .map_err(|e| crate::store::not_a_database(&cfg.path, e))?;
     drop(source);
     let copy = open_plain(dest, &opts, encrypted(dest))?;
     crate::cluster::mark_restored_copy(&copy)
@@ -84,6 +86,14 @@ pub fn restore_cluster(cfg: &NodeConfig) -> Result<RestoredCluster> {
             key,
         }),
     )?;
+    // The first read: an encrypted file opened without its key fails here.
+    let raft_tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE name IN ('_octo_raft_log', '_octo_raft')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| crate::store::not_a_database(&cfg.path, e))?;
     let node_type = crate::store::meta_get::<String>(&conn, "node_type")?;
     if node_type.as_deref() != Some("primary") {
         return Err(Error::rule(format!(
@@ -95,11 +105,6 @@ pub fn restore_cluster(cfg: &NodeConfig) -> Result<RestoredCluster> {
                 .map_or("plain database", |_| "device's file")
         )));
     }
-    let raft_tables: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE name IN ('_octo_raft_log', '_octo_raft')",
-        [],
-        |r| r.get(0),
-    )?;
     if raft_tables != 2 {
         return Err(Error::rule(format!(
             "`{}` has no cluster state (a primary's file from before clusters): opened as a \
@@ -112,7 +117,7 @@ pub fn restore_cluster(cfg: &NodeConfig) -> Result<RestoredCluster> {
         .and_then(|id| u32::try_from(id).ok())
         .filter(|id| *id > 0)
         .unwrap_or(1);
-    let former_members = crate::cluster::start_new_cluster(&conn)?;
+    let former_members = crate::cluster::start_new_cluster(&conn, node_id)?;
     Ok(RestoredCluster {
         node_id,
         former_members,

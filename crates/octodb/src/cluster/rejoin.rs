@@ -89,13 +89,13 @@ enum Next {
 
 /// Clears the file's Raft state (log, vote, applied position, membership, snapshot) and its
 /// marks (diverged, restored copy, members to rejoin through), in one transaction, and
-/// prepares it for `next`. Returns the addresses of the members its membership named.
-fn clear_raft_state(c: &Connection, next: Next) -> Result<Vec<String>> {
+/// prepares it for `next`. Returns the members its membership named, with their addresses.
+fn clear_raft_state(c: &Connection, next: Next) -> Result<Vec<(u64, String)>> {
     let (_, membership) = applied_state(c)?;
-    let addrs: Vec<String> = membership
+    let members: Vec<(u64, String)> = membership
         .membership()
         .nodes()
-        .map(|(_, m)| m.addr.clone())
+        .map(|(id, m)| (*id, m.addr.clone()))
         .collect();
     write_txn(c, |c| {
         c.execute_batch("DELETE FROM _octo_raft_log; DELETE FROM _octo_raft;")?;
@@ -117,23 +117,29 @@ fn clear_raft_state(c: &Connection, next: Next) -> Result<Vec<String>> {
         }
         match next {
             Next::Rejoin => {
+                let addrs: Vec<&str> = members.iter().map(|(_, a)| a.as_str()).collect();
                 let json = serde_json::to_string(&addrs).unwrap_or_default();
                 meta_set(c, REJOIN_THROUGH_KEY, json)
             }
             Next::StartNew => meta_set(c, STARTED_FROM_FILE_KEY, 1),
         }
     })?;
-    Ok(addrs)
+    Ok(members)
 }
 
 /// Disaster recovery, every primary of a cluster lost: makes this primary's file (a backup,
 /// restored) the first and only member of a new cluster. Its Raft state and marks are
 /// cleared, so that opened as a primary it forms a cluster of one from its own data, as a
 /// primary alone does, and other primaries join it as new members. Returns the addresses of
-/// the members its old cluster had. Its log and rows stay: devices that had more from the
-/// lost cluster find their primary behind them and are handled as after any restored primary.
-pub(crate) fn start_new_cluster(c: &Connection) -> Result<Vec<String>> {
-    let addrs = clear_raft_state(c, Next::StartNew)?;
+/// the other members its old cluster had (this one is node `own`). Its log and rows stay:
+/// devices that had more from the lost cluster find their primary behind them and are
+/// handled as after any restored primary.
+pub(crate) fn start_new_cluster(c: &Connection, own: u32) -> Result<Vec<String>> {
+    let addrs: Vec<String> = clear_raft_state(c, Next::StartNew)?
+        .into_iter()
+        .filter(|(id, _)| *id != u64::from(own))
+        .map(|(_, addr)| addr)
+        .collect();
     tracing::warn!(
         former_members = ?addrs,
         "this primary's file starts a new cluster of its own: its old cluster's members are \

@@ -167,7 +167,7 @@ pub fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
 
 /// A file that is not a database to SQLite when first read: most often an encrypted file
 /// opened without its key.
-fn not_a_database(path: &Path, e: rusqlite::Error) -> Error {
+pub(crate) fn not_a_database(path: &Path, e: rusqlite::Error) -> Error {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase) => Error::WrongKey {
             path: path.to_path_buf(),
