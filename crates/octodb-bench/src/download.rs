@@ -48,6 +48,8 @@ pub fn run(rows: u64) -> Result<Vec<Figure>> {
         eprintln!("  download: VACUUM INTO ({label}) took {vacuum:.3?} s");
     }
     let ratios: Vec<f64> = rounds.iter().map(|s| s / vacuum_secs).collect();
+    let floor = row_insert_floor(&cluster)?;
+    eprintln!("  download: plain SQLite inserting the same rows with their ids took {floor:.3} s");
 
     Ok(vec![Figure {
         scenario: "download",
@@ -61,14 +63,73 @@ pub fn run(rows: u64) -> Result<Vec<Figure>> {
         met: secs <= TARGET_X_VACUUM * vacuum_secs,
         spread: Some(Spread::of(&ratios, "x VACUUM INTO")),
         notes: format!(
-            "the rounds: {}",
+            "the rounds: {}; what any row-by-row download pays at least, plain SQLite inserting \
+             the same rows with their ids into a new file (WAL, one transaction, {FLOOR_ROWS_PER_INSERT} rows a \
+             statement, rows already in memory): {floor:.3} s = {:.2}x VACUUM INTO",
             rounds
                 .iter()
                 .map(|s| format!("{s:.3} s"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            floor / vacuum_secs
         ),
     }])
+}
+
+/// Rows per statement of the floor's inserts, as the device's download inserts them.
+const FLOOR_ROWS_PER_INSERT: usize = 64;
+
+/// Seconds plain SQLite takes to insert the primary's rows, with their ids, into a new file
+/// in WAL mode in one transaction: the least a download that inserts rows can take here, on
+/// top of which octodb adds the network, decoding and its checks. (`VACUUM INTO` copies
+/// records without decoding them and checks no id: no row-by-row copy can match it.)
+fn row_insert_floor(cluster: &Cluster) -> Result<f64> {
+    type Row = (i64, i64, String, i64);
+    let rows: Vec<Row> = {
+        let primary = rusqlite::Connection::open(cluster.path("primary.db"))?;
+        let mut stmt = primary.prepare("SELECT id, n, payload, row_owner FROM items")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+        rows
+    };
+    let path = cluster.path("floor.db");
+    let c = rusqlite::Connection::open(&path)?;
+    c.execute_batch(&format!(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA wal_autocheckpoint=0; {}",
+        crate::baseline::ITEMS
+    ))?;
+    let values = vec!["(?, ?, ?, ?)"; FLOOR_ROWS_PER_INSERT].join(", ");
+    let started = Instant::now();
+    c.execute_batch("BEGIN IMMEDIATE")?;
+    {
+        let mut many = c.prepare(&format!(
+            "INSERT INTO items(id, n, payload, row_owner) VALUES {values}"
+        ))?;
+        let mut one =
+            c.prepare("INSERT INTO items(id, n, payload, row_owner) VALUES (?, ?, ?, ?)")?;
+        let mut groups = rows.chunks_exact(FLOOR_ROWS_PER_INSERT);
+        for group in &mut groups {
+            for (k, (id, n, payload, owner)) in group.iter().enumerate() {
+                let at = k * 4;
+                many.raw_bind_parameter(at + 1, id)?;
+                many.raw_bind_parameter(at + 2, n)?;
+                many.raw_bind_parameter(at + 3, payload.as_str())?;
+                many.raw_bind_parameter(at + 4, owner)?;
+            }
+            many.raw_execute()?;
+        }
+        for (id, n, payload, owner) in groups.remainder() {
+            one.execute(rusqlite::params![id, n, payload, owner])?;
+        }
+    }
+    c.execute_batch("COMMIT")?;
+    let secs = started.elapsed().as_secs_f64();
+    drop(c);
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    Ok(secs)
 }
 
 /// Seconds until an empty device whose user sees `rows` rows is ready; the cluster (for a
