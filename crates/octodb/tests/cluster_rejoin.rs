@@ -189,7 +189,7 @@ fn a_member_restored_from_an_old_backup_rejoins_as_a_new_member() {
 
 /// Every primary lost: a backup of one of them, restored with `octodb::restore_cluster`,
 /// starts a new cluster of its own with the rows of the copy; a device that had more from the
-/// lost cluster takes the new cluster's data, its own rows kept; a new primary joins the new
+/// lost cluster takes the new cluster's data and writes to it; a new primary joins the new
 /// cluster and receives everything. Without the command the copy would wait for its old
 /// members forever; the command refuses a device's file and a running node.
 #[test]
