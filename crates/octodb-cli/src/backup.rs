@@ -1,9 +1,10 @@
 //! `octodb backup URI DEST`: a consistent copy of a node's file, taken while the node runs (in
 //! this process or another), by `octodb::backup`: the node goes on writing meanwhile.
 //! `octodb restore-cluster URI`: the copy of a primary whose whole cluster was lost starts a
-//! new cluster (`octodb::restore_cluster`).
+//! new cluster (`octodb::restore_cluster`). `octodb mark-restored URI`: a primary restored from
+//! a copy `octodb backup` did not make is marked as its copies are (`octodb::mark_restored`).
 
-use crate::{BackupArgs, RestoreClusterArgs};
+use crate::{BackupArgs, MarkRestoredArgs, RestoreClusterArgs};
 use anyhow::Context;
 use std::process::ExitCode;
 
@@ -59,6 +60,28 @@ pub fn restore_cluster(args: RestoreClusterArgs) -> anyhow::Result<ExitCode> {
             "octodb: its old cluster's members ({}) are not called: if one of them still runs, \
              stop it, or it serves devices a second, separate history",
             restored.former_members.join(", ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn mark_restored(args: MarkRestoredArgs) -> anyhow::Result<ExitCode> {
+    let uri = crate::normalize_uri(&args.uri);
+    let cfg = octodb::NodeConfig::parse(&uri)
+        .with_context(|| format!("reading the URI `{}`", octodb::NodeConfig::redacted(&uri)))?;
+    let marked = octodb::mark_restored(&cfg)
+        .with_context(|| format!("marking `{}` as restored", cfg.path.display()))?;
+    if marked {
+        eprintln!(
+            "octodb: `{}` is marked as restored: started, it rejoins its cluster as a new member \
+             and takes the cluster's current state",
+            cfg.path.display()
+        );
+    } else {
+        eprintln!(
+            "octodb: `{}` is a primary alone: it restores as it is (devices ahead of it are \
+             handled when they reconnect); nothing marked",
+            cfg.path.display()
         );
     }
     Ok(ExitCode::SUCCESS)

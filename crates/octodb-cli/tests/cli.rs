@@ -383,7 +383,8 @@ fn backup_copies_a_running_primary_consistently_and_never_overwrites() {
 
 /// `octodb restore-cluster`: a primary's copy (encrypted: the URI gives its key), its node
 /// stopped, starts a new cluster and leads it with the copy's rows; a running node's file
-/// and a device's are refused, with what to do.
+/// and a device's are refused, with what to do. `octodb mark-restored` on a primary alone
+/// marks nothing and says so.
 #[test]
 fn restore_cluster_turns_a_primarys_copy_into_a_new_cluster() {
     let dir = tempfile::tempdir().unwrap();
@@ -444,6 +445,22 @@ fn restore_cluster_turns_a_primarys_copy_into_a_new_cluster() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("wrong key"), "{err}");
+    // A primary alone needs no mark to be restored; a device's file is refused.
+    let out = octodb().args(["mark-restored", &uri]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.contains("nothing marked"),
+        "{err}"
+    );
+    let out = octodb()
+        .args(["mark-restored", &device_uri])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("not the file of a primary"),
+        "{err}"
+    );
     let p = Connection::open(&uri).unwrap();
     assert_eq!(count(&p, "SELECT count(*) FROM t WHERE v = 'kept'"), 1);
     p.execute("INSERT INTO t VALUES ('new', '*')", []).unwrap();

@@ -21,8 +21,8 @@ pub mod cluster;
 /// The change feed: committed row changes on a primary, in log order.
 pub use api::feed;
 pub use api::{
-    app_signed_bytes, backup, next_event, restore_cluster, Connection, Next, OpenOptions,
-    RestoredCluster, Row, Rows, Statement, Transaction,
+    app_signed_bytes, backup, mark_restored, next_event, restore_cluster, Connection, Next,
+    OpenOptions, RestoredCluster, Row, Rows, Statement, Transaction,
 };
 pub use error::{Error, Result};
 pub use node::{Event, NodeRecord, SyncStatus};

@@ -285,3 +285,47 @@ fn every_primary_lost_a_restored_backup_starts_a_new_cluster() {
         .unwrap();
     wait_count(&joiner, "SELECT count(*) FROM t WHERE v = 'later'", 1);
 }
+
+/// A member restored from a copy `octodb backup` did not make (here a copy of its files taken
+/// while it was stopped, as a file system snapshot would be) carries no mark; `octodb::
+/// mark_restored` marks it, and it rejoins as a new member with the cluster's current state.
+#[test]
+fn a_member_restored_from_a_file_copy_and_marked_rejoins_as_a_new_member() {
+    let c = Cluster::new();
+    let Three {
+        ports,
+        paths,
+        primaries: [p1, p2, p3],
+    } = three(&c);
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
+        .unwrap();
+    wait_count(&p3, "SELECT count(*) FROM t", 1);
+    let old_id = p3.sync_status().unwrap().node_id;
+    drop(p3);
+    wait_closed(&c, "p3.db");
+    copy_closed_db(&c, "p3.db", "p3-snapshot.db");
+    let p3 = primary_at(&paths[2], ports[2], None);
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
+        .unwrap();
+    wait_count(&p3, "SELECT count(*) FROM t", 2);
+
+    // p3's disk is lost; the snapshot is put back and marked.
+    drop(p3);
+    wait_closed(&c, "p3.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", paths[2].display()));
+    }
+    copy_closed_db(&c, "p3-snapshot.db", "p3.db");
+    let cfg = octodb::NodeConfig::parse(&primary_uri(&paths[2], ports[2])).unwrap();
+    assert!(
+        octodb::mark_restored(&cfg).unwrap(),
+        "a member's file is marked"
+    );
+    let p3 = primary_at(&paths[2], ports[2], None);
+    wait_until("p3 back among three voters, under a new id", || {
+        let v = voters(&p1);
+        (v.len() == 3 && !v.contains(&u64::from(old_id))).then_some(())
+    });
+    wait_count(&p3, "SELECT count(*) FROM t WHERE v = 'after'", 1);
+    drop(p2);
+}

@@ -65,46 +65,12 @@ pub struct RestoredCluster {
 /// node must not be running. Without this a restored copy of a member waits for its old
 /// members to let it rejoin.
 pub fn restore_cluster(cfg: &NodeConfig) -> Result<RestoredCluster> {
-    if !cfg.path.exists() {
-        return Err(Error::rule(format!(
-            "there is no database at `{}`",
-            cfg.path.display()
-        )));
-    }
-    // The node's own lock: a running node would go on with the state cleared under it.
-    let _lock = crate::store::lock::ProcessLock::acquire(&cfg.path)?;
-    let opts = OpenOptions {
-        uri: false,
-        busy_timeout: std::time::Duration::from_secs(30),
-    };
-    let key = cfg.file_key();
-    let conn = open_plain(
-        &cfg.path,
-        &opts,
-        key.map(|key| Encrypted {
-            file: &cfg.path,
-            key,
-        }),
+    let (_lock, conn) = open_stopped_primary(cfg)?;
+    let raft_tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE name IN ('_octo_raft_log', '_octo_raft')",
+        [],
+        |r| r.get(0),
     )?;
-    // The first read: an encrypted file opened without its key fails here.
-    let raft_tables: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE name IN ('_octo_raft_log', '_octo_raft')",
-            [],
-            |r| r.get(0),
-        )
-        .map_err(|e| crate::store::not_a_database(&cfg.path, e))?;
-    let node_type = crate::store::meta_get::<String>(&conn, "node_type")?;
-    if node_type.as_deref() != Some("primary") {
-        return Err(Error::rule(format!(
-            "`{}` is not the file of a primary (it is a {}): only a primary's copy can start a \
-             cluster",
-            cfg.path.display(),
-            node_type
-                .as_deref()
-                .map_or("plain database", |_| "device's file")
-        )));
-    }
     if raft_tables != 2 {
         return Err(Error::rule(format!(
             "`{}` has no cluster state (a primary's file from before clusters): opened as a \
@@ -122,4 +88,59 @@ pub fn restore_cluster(cfg: &NodeConfig) -> Result<RestoredCluster> {
         node_id,
         former_members,
     })
+}
+
+/// For a primary's file restored from a copy that `octodb backup` did not make (a file system
+/// snapshot, a copy of its files, Python's `Connection.backup`, `VACUUM INTO`): marks it as
+/// `octodb backup` marks its copies, so that opened as a primary it rejoins its cluster as a
+/// new member (the copy may be older than what the member acknowledged to the others, which
+/// Raft's safety cannot allow under its old identity). Returns whether it marked it: a
+/// primary alone needs no mark and restores as it is. The node must not be running.
+pub fn mark_restored(cfg: &NodeConfig) -> Result<bool> {
+    let (_lock, conn) = open_stopped_primary(cfg)?;
+    crate::cluster::mark_restored_copy(&conn)
+}
+
+/// The file of a primary whose node is stopped, held so that none starts meanwhile, opened
+/// with the key `cfg` gives.
+fn open_stopped_primary(
+    cfg: &NodeConfig,
+) -> Result<(crate::store::lock::ProcessLock, rusqlite::Connection)> {
+    if !cfg.path.exists() {
+        return Err(Error::rule(format!(
+            "there is no database at `{}`",
+            cfg.path.display()
+        )));
+    }
+    // The node's own lock: a running node would go on with its state changed under it.
+    let lock = crate::store::lock::ProcessLock::acquire(&cfg.path)?;
+    let opts = OpenOptions {
+        uri: false,
+        busy_timeout: std::time::Duration::from_secs(30),
+    };
+    let key = cfg.file_key();
+    let conn = open_plain(
+        &cfg.path,
+        &opts,
+        key.map(|key| Encrypted {
+            file: &cfg.path,
+            key,
+        }),
+    )?;
+    // The first read: an encrypted file opened without its key fails here.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_err(|e| crate::store::not_a_database(&cfg.path, e))?;
+    let node_type = crate::store::meta_get::<String>(&conn, "node_type")?;
+    if node_type.as_deref() != Some("primary") {
+        return Err(Error::rule(format!(
+            "`{}` is not the file of a primary (it is a {})",
+            cfg.path.display(),
+            node_type
+                .as_deref()
+                .map_or("plain database", |_| "device's file")
+        )));
+    }
+    Ok((lock, conn))
 }

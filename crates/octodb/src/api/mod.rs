@@ -12,7 +12,7 @@ mod pragma;
 mod rows;
 pub mod sql_text;
 
-pub use backup::{backup, restore_cluster, RestoredCluster};
+pub use backup::{backup, mark_restored, restore_cluster, RestoredCluster};
 pub use connection::{app_signed_bytes, Connection, Prepared, Started, Statement, Transaction};
 pub use events::{next_event, Next};
 pub use local::OpenOptions;
