@@ -254,3 +254,32 @@ def test_a_dump_holds_the_apps_data_and_none_of_the_nodes_own_tables(open_primar
     copy = sqlite3.connect(":memory:")
     copy.executescript("\n".join(dump))
     assert copy.execute("SELECT title FROM todos").fetchall() == [("buy milk",)]
+
+
+def test_backup_of_a_cluster_members_file_is_marked_to_rejoin(open_primary, tmp_path):
+    """sqlite3's Connection.backup of a primary in a cluster of two marks the copy as
+    `octodb backup` marks its copies: restored, the member rejoins as a new member (Raft
+    cannot take it back under its old identity). A primary alone's copy needs no mark."""
+    first = open_primary("p1.db")
+    alone = octodb.connect(str(tmp_path / "alone-copy.db"))
+    first.backup(alone)
+    marks = "SELECT count(*) FROM _octo_meta WHERE key = 'raft_restored_copy'"
+    assert alone.execute(marks).fetchone() == (0,)
+    alone.close()
+
+    second = octodb.connect(
+        f"file:{tmp_path / 'p2.db'}?node=primary&bind=tcp://127.0.0.1:0"
+        f"&connect={first.bound_addresses[0]}"
+    )
+    try:
+        def voters():
+            cluster = first.sync_status().get("cluster") or {}
+            return len([m for m in cluster.get("members", []) if m.get("voter")]) == 2
+
+        wait_until("two voters", voters)
+        copy = octodb.connect(str(tmp_path / "member-copy.db"))
+        second.backup(copy)
+        assert copy.execute(marks).fetchone() == (1,)
+        copy.close()
+    finally:
+        second.close()

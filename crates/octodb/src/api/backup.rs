@@ -91,7 +91,7 @@ pub fn restore_cluster(cfg: &NodeConfig) -> Result<RestoredCluster> {
 }
 
 /// For a primary's file restored from a copy that `octodb backup` did not make (a file system
-/// snapshot, a copy of its files, Python's `Connection.backup`, `VACUUM INTO`): marks it as
+/// snapshot, a copy of its files, `VACUUM INTO`): marks it as
 /// `octodb backup` marks its copies, so that opened as a primary it rejoins its cluster as a
 /// new member (the copy may be older than what the member acknowledged to the others, which
 /// Raft's safety cannot allow under its old identity). Returns whether it marked it: a

@@ -320,6 +320,21 @@ impl Connection {
         self.conn.is_autocommit()
     }
 
+    /// On a plain connection to a copy of a primary's file made by other means than
+    /// [`crate::backup`] (SQLite's backup API, `VACUUM INTO`, a copy of its files): marks the
+    /// copy as `backup` marks its own, if it is of a member of a cluster of several, so that
+    /// once restored it rejoins its cluster as a new member. Returns whether it marked it.
+    /// Refused on a node's own connection: the mark is for copies.
+    pub fn mark_as_restored_copy(&self) -> Result<bool> {
+        if self.node.is_some() {
+            return Err(Error::rule(
+                "only a copy of a primary's file is marked as restored, on a plain connection \
+                 to it; this connection is a running node's",
+            ));
+        }
+        crate::cluster::mark_restored_copy(&self.conn)
+    }
+
     pub fn sync_status(&self) -> Result<SyncStatus> {
         match &self.node {
             Some(node) => node.sync_status(),
