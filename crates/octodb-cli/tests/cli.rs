@@ -461,6 +461,20 @@ fn restore_cluster_turns_a_primarys_copy_into_a_new_cluster() {
         !out.status.success() && err.contains("not the file of a primary"),
         "{err}"
     );
+    let plain = dir.path().join("plain.db");
+    Connection::open(&format!("file:{}", plain.display()))
+        .unwrap()
+        .execute_batch("CREATE TABLE x(v)")
+        .unwrap();
+    let out = octodb()
+        .args(["mark-restored", plain.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("it is a plain database"),
+        "{err}"
+    );
     let p = Connection::open(&uri).unwrap();
     assert_eq!(count(&p, "SELECT count(*) FROM t WHERE v = 'kept'"), 1);
     p.execute("INSERT INTO t VALUES ('new', '*')", []).unwrap();

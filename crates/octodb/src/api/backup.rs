@@ -91,9 +91,8 @@ pub fn restore_cluster(cfg: &NodeConfig) -> Result<RestoredCluster> {
 }
 
 /// For a primary's file restored from a copy that `octodb backup` did not make (a file system
-/// snapshot, a copy of its files, `VACUUM INTO`): marks it as
-/// `octodb backup` marks its copies, so that opened as a primary it rejoins its cluster as a
-/// new member (the copy may be older than what the member acknowledged to the others, which
+/// snapshot, a copy of its files, `VACUUM INTO`): marks it as `octodb backup` marks its
+/// copies, so that opened as a primary it rejoins its cluster as a new member (the copy may be older than what the member acknowledged to the others, which
 /// Raft's safety cannot allow under its old identity). Returns whether it marked it: a
 /// primary alone needs no mark and restores as it is. The node must not be running.
 pub fn mark_restored(cfg: &NodeConfig) -> Result<bool> {
@@ -128,11 +127,17 @@ fn open_stopped_primary(
         }),
     )?;
     // The first read: an encrypted file opened without its key fails here.
-    conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .map_err(|e| crate::store::not_a_database(&cfg.path, e))?;
-    let node_type = crate::store::meta_get::<String>(&conn, "node_type")?;
+    let has_meta: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE name = '_octo_meta')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| crate::store::not_a_database(&cfg.path, e))?;
+    let node_type = match has_meta {
+        true => crate::store::meta_get::<String>(&conn, "node_type")?,
+        false => None,
+    };
     if node_type.as_deref() != Some("primary") {
         return Err(Error::rule(format!(
             "`{}` is not the file of a primary (it is a {})",
