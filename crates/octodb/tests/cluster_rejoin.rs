@@ -53,7 +53,7 @@ fn three(c: &Cluster) -> Three {
     .unwrap();
     let p2 = primary_at(&paths[1], ports[1], Some(&first));
     let p3 = primary_at(&paths[2], ports[2], Some(&first));
-    wait_until("three voters", || (voters(&p1).len() == 3).then_some(()));
+    wait_voters(&p1, 3);
     Three {
         ports,
         paths,
@@ -123,6 +123,8 @@ fn a_leader_whose_file_diverged_rejoins_as_a_new_member() {
         let v = voters(leader);
         (v.len() == 3 && !v.contains(&u64::from(old_id))).then_some(())
     });
+    // (Its membership change applied: a write meeting it is told to try again.)
+    wait_voters(leader, 3);
     wait_count(&p1, "SELECT count(*) FROM t WHERE v = 'after'", 1);
     assert_eq!(
         count(&p1, "SELECT count(*) FROM t WHERE v = 'only on p1'"),
@@ -175,6 +177,8 @@ fn a_member_restored_from_an_old_backup_rejoins_as_a_new_member() {
         let v = voters(&p1);
         (v.len() == 3 && !v.contains(&u64::from(old_id))).then_some(())
     });
+    // (Its membership change applied: a write meeting it is told to try again.)
+    wait_voters(&p1, 3);
     assert_ne!(p3.sync_status().unwrap().node_id, old_id);
     wait_count(&p3, "SELECT count(*) FROM t WHERE v = 'after'", 1);
     let log = "SELECT seq, origin_node, origin_txn, body FROM _octo_log ORDER BY seq";
@@ -279,7 +283,7 @@ fn every_primary_lost_a_restored_backup_starts_a_new_cluster() {
 
     // A new primary joins the new cluster and gets everything.
     let joiner = joining_primary(&c.path("p4.db"), &format!("127.0.0.1:{}", ports[0]));
-    wait_until("two voters", || (voters(&p).len() == 2).then_some(()));
+    wait_voters(&p, 2);
     wait_count(&joiner, "SELECT count(*) FROM t", 3);
     p.execute("INSERT INTO t(v, row_owner) VALUES ('later', '*')", [])
         .unwrap();
@@ -326,6 +330,8 @@ fn a_member_restored_from_a_file_copy_and_marked_rejoins_as_a_new_member() {
         let v = voters(&p1);
         (v.len() == 3 && !v.contains(&u64::from(old_id))).then_some(())
     });
+    // (Its membership change applied: a write meeting it is told to try again.)
+    wait_voters(&p1, 3);
     wait_count(&p3, "SELECT count(*) FROM t WHERE v = 'after'", 1);
     drop(p2);
 }
