@@ -138,6 +138,35 @@ fn a_leader_whose_file_diverged_rejoins_as_a_new_member() {
     wait_count(&p1, "SELECT count(*) FROM t WHERE v = 'later'", 1);
 }
 
+/// p3 (of `three`, its id `old_id`) stops and its disk is lost: its files are deleted,
+/// `restore` puts a copy in their place, and p3 opened again must rejoin as a new member (a
+/// new node id) and hold the row `'after'`, written after the copy. Returns p3.
+fn lose_p3_and_restore(
+    c: &Cluster,
+    p1: &Connection,
+    p3: Connection,
+    (path, port): (&std::path::Path, u16),
+    restore: impl FnOnce(),
+) -> Connection {
+    let old_id = p3.sync_status().unwrap().node_id;
+    drop(p3);
+    wait_closed(c, "p3.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+    restore();
+    let p3 = primary_at(path, port, None);
+    wait_until("p3 back among three voters, under a new id", || {
+        let v = voters(p1);
+        (v.len() == 3 && !v.contains(&u64::from(old_id))).then_some(())
+    });
+    // (Its membership change applied: a write meeting it is told to try again.)
+    wait_voters(p1, 3);
+    assert_ne!(p3.sync_status().unwrap().node_id, old_id);
+    wait_count(&p3, "SELECT count(*) FROM t WHERE v = 'after'", 1);
+    p3
+}
+
 /// A follower's file replaced by a backup taken earlier (`octodb backup`): restored, it may
 /// be older than what it acknowledged to the others, so it rejoins as a new member (a new
 /// node id) and takes the cluster's current state, the rows written after the backup too.
@@ -163,24 +192,11 @@ fn a_member_restored_from_an_old_backup_rejoins_as_a_new_member() {
     p1.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
         .unwrap();
     wait_count(&p3, "SELECT count(*) FROM t", 2);
-    let old_id = p3.sync_status().unwrap().node_id;
 
     // p3's disk is lost; its backup is restored in its place.
-    drop(p3);
-    wait_closed(&c, "p3.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", paths[2].display()));
-    }
-    std::fs::rename(&copy, &paths[2]).unwrap();
-    let p3 = primary_at(&paths[2], ports[2], None);
-    wait_until("p3 back among three voters, under a new id", || {
-        let v = voters(&p1);
-        (v.len() == 3 && !v.contains(&u64::from(old_id))).then_some(())
+    let p3 = lose_p3_and_restore(&c, &p1, p3, (&paths[2], ports[2]), || {
+        std::fs::rename(&copy, &paths[2]).unwrap()
     });
-    // (Its membership change applied: a write meeting it is told to try again.)
-    wait_voters(&p1, 3);
-    assert_ne!(p3.sync_status().unwrap().node_id, old_id);
-    wait_count(&p3, "SELECT count(*) FROM t WHERE v = 'after'", 1);
     let log = "SELECT seq, origin_node, origin_txn, body FROM _octo_log ORDER BY seq";
     wait_until("p3 holds the cluster's log", || {
         (file_rows(&paths[2], log) == file_rows(&paths[0], log)).then_some(())
@@ -304,7 +320,6 @@ fn a_member_restored_from_a_file_copy_and_marked_rejoins_as_a_new_member() {
     p1.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
         .unwrap();
     wait_count(&p3, "SELECT count(*) FROM t", 1);
-    let old_id = p3.sync_status().unwrap().node_id;
     drop(p3);
     wait_closed(&c, "p3.db");
     copy_closed_db(&c, "p3.db", "p3-snapshot.db");
@@ -314,24 +329,13 @@ fn a_member_restored_from_a_file_copy_and_marked_rejoins_as_a_new_member() {
     wait_count(&p3, "SELECT count(*) FROM t", 2);
 
     // p3's disk is lost; the snapshot is put back and marked.
-    drop(p3);
-    wait_closed(&c, "p3.db");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", paths[2].display()));
-    }
-    copy_closed_db(&c, "p3-snapshot.db", "p3.db");
-    let cfg = octodb::NodeConfig::parse(&primary_uri(&paths[2], ports[2])).unwrap();
-    assert!(
-        octodb::mark_restored(&cfg).unwrap(),
-        "a member's file is marked"
-    );
-    let p3 = primary_at(&paths[2], ports[2], None);
-    wait_until("p3 back among three voters, under a new id", || {
-        let v = voters(&p1);
-        (v.len() == 3 && !v.contains(&u64::from(old_id))).then_some(())
+    let p3 = lose_p3_and_restore(&c, &p1, p3, (&paths[2], ports[2]), || {
+        copy_closed_db(&c, "p3-snapshot.db", "p3.db");
+        let cfg = octodb::NodeConfig::parse(&primary_uri(&paths[2], ports[2])).unwrap();
+        assert!(
+            octodb::mark_restored(&cfg).unwrap(),
+            "a member's file is marked"
+        );
     });
-    // (Its membership change applied: a write meeting it is told to try again.)
-    wait_voters(&p1, 3);
-    wait_count(&p3, "SELECT count(*) FROM t WHERE v = 'after'", 1);
-    drop(p2);
+    drop((p2, p3));
 }
