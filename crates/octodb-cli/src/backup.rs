@@ -20,7 +20,8 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     if rejoins {
         eprintln!(
             "octodb: the copy is of a primary of a cluster: restored, it rejoins its cluster \
-             as a new member and takes the cluster's current state"
+             as a new member and takes the cluster's current state (were every primary lost, \
+             `octodb restore-cluster` on the copy starts a new cluster from it)"
         );
     }
     Ok(ExitCode::SUCCESS)
