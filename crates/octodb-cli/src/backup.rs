@@ -30,8 +30,7 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
 /// Copy the database of `uri` into the new file `dest` (also the shell's `.backup`). Returns
 /// whether the copy rejoins its cluster as a new member once restored.
 pub fn copy(uri: &str, dest: &std::path::Path) -> anyhow::Result<bool> {
-    let cfg = octodb::NodeConfig::parse(uri)
-        .with_context(|| format!("reading the URI `{}`", octodb::NodeConfig::redacted(uri)))?;
+    let cfg = node_config(uri)?;
     octodb::backup(&cfg, dest).with_context(|| {
         format!(
             "backing up `{}` into `{}`",
@@ -42,9 +41,7 @@ pub fn copy(uri: &str, dest: &std::path::Path) -> anyhow::Result<bool> {
 }
 
 pub fn restore_cluster(args: RestoreClusterArgs) -> anyhow::Result<ExitCode> {
-    let uri = crate::normalize_uri(&args.uri);
-    let cfg = octodb::NodeConfig::parse(&uri)
-        .with_context(|| format!("reading the URI `{}`", octodb::NodeConfig::redacted(&uri)))?;
+    let cfg = node_config(&crate::normalize_uri(&args.uri))?;
     let restored = octodb::restore_cluster(&cfg)
         .with_context(|| format!("restoring a cluster from `{}`", cfg.path.display()))?;
     eprintln!(
@@ -67,9 +64,7 @@ pub fn restore_cluster(args: RestoreClusterArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn mark_restored(args: MarkRestoredArgs) -> anyhow::Result<ExitCode> {
-    let uri = crate::normalize_uri(&args.uri);
-    let cfg = octodb::NodeConfig::parse(&uri)
-        .with_context(|| format!("reading the URI `{}`", octodb::NodeConfig::redacted(&uri)))?;
+    let cfg = node_config(&crate::normalize_uri(&args.uri))?;
     let marked = octodb::mark_restored(&cfg)
         .with_context(|| format!("marking `{}` as restored", cfg.path.display()))?;
     if marked {
@@ -86,4 +81,10 @@ pub fn mark_restored(args: MarkRestoredArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The node configuration `uri` gives, or an error naming the URI with its keys redacted.
+fn node_config(uri: &str) -> anyhow::Result<octodb::NodeConfig> {
+    octodb::NodeConfig::parse(uri)
+        .with_context(|| format!("reading the URI `{}`", octodb::NodeConfig::redacted(uri)))
 }

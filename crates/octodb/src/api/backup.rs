@@ -66,12 +66,7 @@ pub struct RestoredCluster {
 /// members to let it rejoin.
 pub fn restore_cluster(cfg: &NodeConfig) -> Result<RestoredCluster> {
     let (_lock, conn) = open_stopped_primary(cfg)?;
-    let raft_tables: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE name IN ('_octo_raft_log', '_octo_raft')",
-        [],
-        |r| r.get(0),
-    )?;
-    if raft_tables != 2 {
+    if !crate::cluster::has_raft_tables(&conn)? {
         return Err(Error::rule(format!(
             "`{}` has no cluster state (a primary's file from before clusters): opened as a \
              primary it forms a cluster of its own by itself",
@@ -92,9 +87,10 @@ pub fn restore_cluster(cfg: &NodeConfig) -> Result<RestoredCluster> {
 
 /// For a primary's file restored from a copy that `octodb backup` did not make (a file system
 /// snapshot, a copy of its files, `VACUUM INTO`): marks it as `octodb backup` marks its
-/// copies, so that opened as a primary it rejoins its cluster as a new member (the copy may be older than what the member acknowledged to the others, which
-/// Raft's safety cannot allow under its old identity). Returns whether it marked it: a
-/// primary alone needs no mark and restores as it is. The node must not be running.
+/// copies, so that opened as a primary it rejoins its cluster as a new member (the copy may
+/// be older than what the member acknowledged to the others, which Raft's safety cannot
+/// allow under its old identity). Returns whether it marked it: a primary alone needs no
+/// mark and restores as it is. The node must not be running.
 pub fn mark_restored(cfg: &NodeConfig) -> Result<bool> {
     let (_lock, conn) = open_stopped_primary(cfg)?;
     crate::cluster::mark_restored_copy(&conn)

@@ -154,18 +154,24 @@ pub(crate) async fn start_primary(
     Ok(proposer)
 }
 
+/// Whether the file has the Raft node's tables (a primary's that ran with a cluster, even of
+/// one).
+pub(crate) fn has_raft_tables(conn: &rusqlite::Connection) -> crate::Result<bool> {
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE name IN ('_octo_raft_log', '_octo_raft')",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(tables == 2)
+}
+
 /// Whether the primary's file at `path` already belongs to a cluster (its Raft node has a
 /// log or a vote): then its stored membership decides, not `connect=`.
 pub(crate) fn is_formed(conn: &rusqlite::Connection) -> crate::Result<bool> {
     let has = |sql: &str| -> crate::Result<bool> {
         Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? > 0)
     };
-    let tables: i64 = conn.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE name IN ('_octo_raft_log', '_octo_raft')",
-        [],
-        |r| r.get(0),
-    )?;
-    Ok(tables == 2
+    Ok(has_raft_tables(conn)?
         && (has("SELECT count(*) FROM _octo_raft_log")?
             || has("SELECT count(*) FROM _octo_raft WHERE key = 'vote'")?))
 }
