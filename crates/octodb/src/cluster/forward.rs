@@ -347,18 +347,7 @@ impl Applier {
             }
         };
         let (first, last) = (entries[0].seq, entries[entries.len() - 1].seq);
-        let txns = entries
-            .iter()
-            .map(|e| Decided {
-                origin_node,
-                origin_txn: 0,
-                body: e.body.clone(),
-            })
-            .collect();
-        let batch = Batch::Txns {
-            txns,
-            seqs: first..=last,
-        };
+        let batch = Batch::Txns { seqs: first..=last };
         match proposer.propose_in_txn(c, batch) {
             Proposed::InTxn(t) => match crate::store::exec(c, "COMMIT") {
                 Ok(()) => Ok(Decision::Written {

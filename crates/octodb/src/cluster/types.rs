@@ -18,8 +18,11 @@ pub enum Proposal {
     /// `first_seq..=last_seq`. Only stored in the leader's own Raft log; sent to other
     /// primaries as the `Decided` it stands for.
     InLog { first_seq: u64, last_seq: u64 },
-    /// Transactions a primary decided, as [`Proposal::Decided`], under an id that lets it void
-    /// the batch (appended with no transactions) when it gives it up (`write_through`).
+    /// A batch a primary proposes from inside its write transaction, under an id that lets
+    /// it void the batch when it gives it up (`write_through`). Its entry is either written
+    /// through, stored as [`Proposal::InLog`], or voided, so it is proposed with no
+    /// transactions; entries stored by older versions may hold them, applied as
+    /// [`Proposal::Decided`].
     Batch { id: u64, txns: Vec<Decided> },
     /// The authorization state a primary changed (its nodes' and users' rows, whole, as they
     /// now are in `_octo_nodes` and `_octo_users`), under an id as [`Proposal::Batch`].

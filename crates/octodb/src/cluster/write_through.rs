@@ -9,6 +9,11 @@
 //! ([`Proposal::InLog`]: the `_octo_log` positions that hold the batch), and the state machine
 //! skips it when it is committed: its effects are already in the file.
 //!
+//! A device's batch is proposed as soon as its transaction begins (`Proposer::propose_early`),
+//! so that openraft places its entry in the log while the writer decides the batch. When this
+//! primary is its cluster's only voter, the commit decides the batch by itself, and its answer
+//! comes at once rather than through openraft's core and state machine (`InTxn::committed`).
+//!
 //! Hand-over: openraft's core appends one batch at a time and waits until it is flushed
 //! (openraft 0.9's `append_to_log`). While a transaction waits for its entry, the log store
 //! gives every append to it ([`Handoff::offer`]), in order, so nothing is written out of
@@ -26,11 +31,11 @@
 //! (`LogStore::truncate`) and says the primary must rejoin as a new member.
 
 use super::log_store::{LogStore, LogStoreError};
-use super::types::{Applied, Decided, Proposal, TypeConfig};
+use super::types::{Applied, Proposal, TypeConfig};
 use super::Raft;
 use crate::error::{Error, Result};
 use openraft::storage::LogFlushed;
-use openraft::{Entry, EntryPayload};
+use openraft::{Entry, EntryPayload, LogId};
 use rusqlite::Connection;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -146,12 +151,26 @@ impl Handoff {
     }
 }
 
-/// What openraft answers a proposal once it is committed and applied.
-pub(crate) struct Response(oneshot::Receiver<Result<Applied>>);
+/// What openraft answers a proposal once it is committed and applied, or the answer itself
+/// when the batch was committed by its own write (see [`InTxn::committed`]).
+pub(crate) struct Response(Answer);
+
+enum Answer {
+    Waiting(oneshot::Receiver<Result<Applied>>),
+    Decided(Applied),
+}
 
 impl Response {
+    /// The batch is decided already (this primary is its cluster's only voter).
+    pub fn is_decided(&self) -> bool {
+        matches!(self.0, Answer::Decided(_))
+    }
+
     pub async fn wait(self) -> Result<Applied> {
-        self.0.await.map_err(|_| stopped())?
+        match self.0 {
+            Answer::Waiting(rx) => rx.await.map_err(|_| stopped())?,
+            Answer::Decided(applied) => Ok(applied),
+        }
     }
 }
 
@@ -179,15 +198,20 @@ pub struct Proposer {
 /// What a primary proposes from inside a write transaction.
 pub(crate) enum Batch {
     /// Decided transactions, which the transaction appended to `_octo_log` at `seqs`.
-    Txns {
-        txns: Vec<Decided>,
-        seqs: std::ops::RangeInclusive<u64>,
-    },
+    Txns { seqs: std::ops::RangeInclusive<u64> },
     /// Rows of the authorization state, whole.
     Rows {
         nodes: Vec<Vec<crate::Value>>,
         users: Vec<Vec<crate::Value>>,
     },
+}
+
+/// A batch proposed before its transaction's writes are done ([`Proposer::propose_early`]):
+/// openraft gives it its place in the log while the writer still works.
+pub(crate) struct Early {
+    id: u64,
+    response: Response,
+    deadline: Instant,
 }
 
 /// A proposal made from inside an open write transaction.
@@ -204,6 +228,9 @@ pub(crate) struct InTxn {
     /// The appends written in the transaction, as openraft gave them.
     written: Vec<PendingAppend>,
     response: Response,
+    /// The batch's answer when the transaction's commit alone decides it (see
+    /// [`committed_by_its_write`]).
+    decided: Option<Applied>,
     log: LogStore,
 }
 
@@ -330,6 +357,25 @@ impl Proposer {
     /// entry there too when openraft hands it over in time. Call it from a plain thread (it
     /// blocks).
     pub(crate) fn propose_in_txn(&self, conn: &Connection, batch: Batch) -> Proposed {
+        let compact = match batch {
+            Batch::Txns { seqs } => Proposal::InLog {
+                first_seq: *seqs.start(),
+                last_seq: *seqs.end(),
+            },
+            Batch::Rows { nodes, users } => Proposal::RowsWritten { nodes, users },
+        };
+        match self.propose_early() {
+            Ok(early) => self.write_entry(conn, early, Some(compact)),
+            Err(gave_up) => Proposed::GaveUp(gave_up),
+        }
+    }
+
+    /// Proposes a batch whose writes the caller's open write transaction is about to make, so
+    /// that openraft appends its entry meanwhile; [`Proposer::write_early`] then writes that
+    /// entry in the transaction, or [`Proposer::abandon`] gives it up. The proposal carries
+    /// nothing: its entry is always either written through, as the log positions it names, or
+    /// voided (see the module's notes), so what openraft holds of it in memory is never read.
+    pub(crate) fn propose_early(&self) -> std::result::Result<Early, GaveUp> {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -339,34 +385,56 @@ impl Proposer {
         let silence = super::quorum_silence(&self.raft.metrics().borrow());
         if let Some(ms) = silence {
             let why = super::cut_off(ms);
-            return Proposed::GaveUp(GaveUp {
+            return Err(GaveUp {
                 why,
                 ..self.gave_up(id, Vec::new())
             });
         }
-        let (proposal, compact) = match batch {
-            Batch::Txns { txns, seqs } => (
-                Proposal::Batch { id, txns },
-                Some(Proposal::InLog {
-                    first_seq: *seqs.start(),
-                    last_seq: *seqs.end(),
-                }),
-            ),
-            Batch::Rows { nodes, users } => (
-                Proposal::Rows {
-                    id,
-                    nodes: nodes.clone(),
-                    users: users.clone(),
-                },
-                Some(Proposal::RowsWritten { nodes, users }),
-            ),
-        };
         self.handoff.start_waiting();
-        let response = self.propose(proposal);
-        let deadline = Instant::now() + ENTRY_WAIT_MAX;
+        let response = self.propose(Proposal::Batch {
+            id,
+            txns: Vec::new(),
+        });
+        Ok(Early {
+            id,
+            response,
+            deadline: Instant::now() + ENTRY_WAIT_MAX,
+        })
+    }
+
+    /// Writes the entry of `early` in the open transaction, as the `_octo_log` rows `seqs`
+    /// (None: the transaction decided nothing, and its entry stays empty).
+    pub(crate) fn write_early(
+        &self,
+        conn: &Connection,
+        early: Early,
+        seqs: Option<std::ops::RangeInclusive<u64>>,
+    ) -> Proposed {
+        let compact = seqs.map(|seqs| Proposal::InLog {
+            first_seq: *seqs.start(),
+            last_seq: *seqs.end(),
+        });
+        self.write_entry(conn, early, compact)
+    }
+
+    /// The transaction of `early` will not commit: its batch is voided. Roll back, then
+    /// [`GaveUp::after_rollback`].
+    pub(crate) fn abandon(&self, early: Early) -> GaveUp {
+        let appends = self.handoff.stop_waiting(Some(early.id));
+        self.gave_up(early.id, appends)
+    }
+
+    /// Waits for the entry of `early` and writes it in the open transaction as `compact`,
+    /// with whatever openraft appended before it.
+    fn write_entry(&self, conn: &Connection, early: Early, compact: Option<Proposal>) -> Proposed {
+        let Early {
+            id,
+            response,
+            deadline,
+        } = early;
         let mut written = Vec::new();
-        let mut ours = false;
-        while !ours {
+        let mut ours = None;
+        while ours.is_none() {
             let appends = self.handoff.take(deadline);
             if appends.is_empty() {
                 break; // the deadline passed, or the proposal failed
@@ -380,7 +448,7 @@ impl Proposer {
                     return Proposed::GaveUp(self.gave_up(id, written));
                 }
             }
-            if !ours {
+            if ours.is_none() {
                 // Entries of others came alone (a membership change, a new leader's blank
                 // entry): openraft appends nothing more, this batch's entry included, until
                 // they are durable, which only this transaction's end can make them. Waiting
@@ -391,14 +459,15 @@ impl Proposer {
                 return Proposed::GaveUp(self.gave_up(id, written));
             }
         }
-        if !ours {
+        let Some(ours) = ours else {
             tracing::info!("a batch's Raft entry did not come in time: given up");
             written.extend(self.handoff.stop_waiting(Some(id)));
             return Proposed::GaveUp(self.gave_up(id, written));
-        }
+        };
         // openraft appends nothing more until ours is durable; whatever still came goes in too.
         for append in self.handoff.stop_waiting(None) {
-            let wrote = write_appends(conn, &append.entries, id, &compact, &mut ours);
+            let mut also = None;
+            let wrote = write_appends(conn, &append.entries, id, &compact, &mut also);
             written.push(append);
             if let Err(e) = wrote {
                 tracing::warn!("could not write a batch's Raft entry with it: {e}");
@@ -413,10 +482,15 @@ impl Proposer {
                 tracing::warn!("could not purge the Raft log with a batch: {e}");
             }
         }
+        let alone = committed_by_its_write(&self.raft.metrics().borrow(), ours, &written);
         Proposed::InTxn(InTxn {
             id,
             written,
             response,
+            decided: alone.then(|| match compact {
+                Some(Proposal::InLog { last_seq, .. }) => Applied { last_seq },
+                _ => Applied::default(),
+            }),
             log: self.log.clone(),
         })
     }
@@ -459,7 +533,7 @@ impl Proposer {
             }
             let _ = tx.send(outcome);
         });
-        Response(rx)
+        Response(Answer::Waiting(rx))
     }
 }
 
@@ -470,11 +544,13 @@ fn write_appends(
     entries: &[Entry<TypeConfig>],
     id: u64,
     compact: &Option<Proposal>,
-    ours: &mut bool,
+    ours: &mut Option<LogId<super::RaftNodeId>>,
 ) -> Result<()> {
     for entry in entries {
         let mine = matches!(&entry.payload, EntryPayload::Normal(p) if batch_id(p) == Some(id));
-        *ours |= mine;
+        if mine {
+            *ours = Some(entry.log_id);
+        }
         match (mine, compact) {
             (true, Some(compact)) => {
                 let stored = Entry {
@@ -488,6 +564,30 @@ fn write_appends(
         .map_err(|e| Error::rule(format!("writing the Raft log: {e}")))?;
     }
     Ok(())
+}
+
+/// Whether the commit that makes `ours` durable here decides it: this primary leads, in the
+/// entry's term, a cluster whose only voter it is. The configuration that counts is the newest
+/// in the log before `ours`: openraft's metrics must already cover every entry before those
+/// this transaction writes, and none of those may change the membership; otherwise openraft
+/// says when the batch is decided.
+fn committed_by_its_write(
+    m: &openraft::RaftMetrics<super::RaftNodeId, super::Member>,
+    ours: LogId<super::RaftNodeId>,
+    written: &[PendingAppend],
+) -> bool {
+    let entries = || written.iter().flat_map(|a| &a.entries);
+    let Some(first) = entries().map(|e| e.log_id.index).min() else {
+        return false;
+    };
+    let changes_membership = entries().any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+    let config = m.membership_config.membership().get_joint_config();
+    m.state == openraft::ServerState::Leader
+        && m.current_leader == Some(m.id)
+        && m.current_term == ours.leader_id.term
+        && !changes_membership
+        && m.last_log_index.is_some_and(|last| last + 1 >= first)
+        && matches!(config.as_slice(), [voters] if voters.len() == 1 && voters.contains(&m.id))
 }
 
 /// The id of a primary's batch.
@@ -521,12 +621,18 @@ fn void(p: &mut Proposal, id: u64) -> bool {
 }
 
 impl InTxn {
-    /// The transaction committed: the entries are durable. Returns openraft's answer to come.
+    /// The transaction committed: the entries are durable. Returns openraft's answer to come,
+    /// or the answer now when this primary is its cluster's only voter: the commit that made
+    /// the batch durable here made it durable on a majority, which is what deciding it means,
+    /// and the sessions need not wait for openraft's core and state machine to say so.
     pub(crate) fn committed(self) -> Response {
         for append in self.written {
             append.flushed.log_io_completed(Ok(()));
         }
-        self.response
+        match self.decided {
+            Some(applied) => Response(Answer::Decided(applied)),
+            None => self.response,
+        }
     }
 
     /// The commit failed (and rolled back): the batch is voided.

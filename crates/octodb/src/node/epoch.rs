@@ -4,7 +4,7 @@
 
 use super::writer::Job;
 use super::Shared;
-use crate::cluster::{Batch, Decided, Proposed};
+use crate::cluster::{Batch, Proposed};
 use crate::error::{Error, Result};
 use crate::log::{self, EntryBody, LogEntry};
 use crate::store::exec;
@@ -37,20 +37,10 @@ pub(super) fn write_marker(
         body,
         origin_digest: None,
     };
-    let proposed = shared.cluster.get().map(|cluster| {
-        let txns = vec![Decided {
-            origin_node: me,
-            origin_txn: 0,
-            body: entry.body.clone(),
-        }];
-        cluster.propose_in_txn(
-            conn,
-            Batch::Txns {
-                txns,
-                seqs: seq..=seq,
-            },
-        )
-    });
+    let proposed = shared
+        .cluster
+        .get()
+        .map(|cluster| cluster.propose_in_txn(conn, Batch::Txns { seqs: seq..=seq }));
     let txn = match proposed {
         None => None,
         Some(Proposed::InTxn(txn)) => Some(txn),

@@ -5,7 +5,7 @@
 use super::write_turns::EngineTurn;
 use super::{Event, Shared};
 use crate::changes::ChangeSet;
-use crate::cluster::{Batch, GaveUp, Proposed};
+use crate::cluster::{GaveUp, Proposed};
 use crate::crypto::PublicKey;
 use crate::error::{Error, Result};
 use crate::log::digest::TxnDigest;
@@ -734,6 +734,9 @@ impl Writer {
         let mut new = NewDecisions::default();
         let effects = &mut self.trigger_effects;
         exec(conn, "BEGIN IMMEDIATE")?;
+        // The batch's Raft entry is proposed first: openraft gives it its place in the log
+        // while the transactions are decided (the entry names their log positions).
+        let early = self.shared.cluster.get().map(|c| (c, c.propose_early()));
         // Device transactions never change the schema.
         let decisions = (|| {
             let effects = match effects {
@@ -749,16 +752,19 @@ impl Writer {
             recorded, clones, ..
         } = out;
         let last_seq = recorded.last().map_or(0, |e| e.seq);
-        let proposed = match (decisions, self.shared.cluster.get()) {
-            (Err(e), _) => Err(e),
-            (Ok(()), Some(cluster)) if !recorded.is_empty() => {
-                let seqs = recorded[0].seq..=recorded[recorded.len() - 1].seq;
-                let txns = proposal_of(&recorded);
-                Ok(Some(
-                    cluster.propose_in_txn(conn, Batch::Txns { txns, seqs }),
-                ))
+        let proposed = match (decisions, early) {
+            (Err(e), Some((cluster, Ok(early)))) => {
+                self.given_up = Some(cluster.abandon(early));
+                Err(e)
             }
-            (Ok(()), _) => Ok(None),
+            (Err(e), _) => Err(e),
+            (Ok(()), Some((cluster, Ok(early)))) => {
+                let seqs = recorded.first().zip(recorded.last());
+                let seqs = seqs.map(|(first, last)| first.seq..=last.seq);
+                Ok(Some(cluster.write_early(conn, early, seqs)))
+            }
+            (Ok(()), Some((_, Err(gave_up)))) => Ok(Some(Proposed::GaveUp(gave_up))),
+            (Ok(()), None) => Ok(None),
         };
         let committed = match &proposed {
             Ok(None | Some(Proposed::InTxn(_))) => exec(conn, "COMMIT").map_err(Error::from),
@@ -1150,18 +1156,6 @@ impl Writer {
             .execute_batch("PRAGMA wal_autocheckpoint=1000; PRAGMA wal_checkpoint(PASSIVE);")?;
         Ok(())
     }
-}
-
-/// The Raft proposal of a batch's log entries.
-fn proposal_of(recorded: &[LogEntry]) -> Vec<crate::cluster::Decided> {
-    recorded
-        .iter()
-        .map(|e| crate::cluster::Decided {
-            origin_node: e.origin_node,
-            origin_txn: e.origin_txn,
-            body: e.body.clone(),
-        })
-        .collect()
 }
 
 /// How long a new leader's writer waits for its log to be applied before it decides.

@@ -11,7 +11,7 @@
 
 use super::Connection;
 use crate::api::sql_text;
-use crate::cluster::{Decided, Proposed};
+use crate::cluster::Proposed;
 use crate::error::{Error, Result};
 use crate::log::{self, LogEntry};
 use crate::store;
@@ -93,16 +93,8 @@ impl Connection {
             return self.forward_to_leader(proposer, base_seq, entries, &self.reopen_for(word));
         }
         let seqs = first.seq..=last.seq;
-        let txns = entries
-            .iter()
-            .map(|e| Decided {
-                origin_node: e.origin_node,
-                origin_txn: e.origin_txn,
-                body: e.body.clone(),
-            })
-            .collect();
         // (The engine's own write: the authorizer lets it through.)
-        let batch = crate::cluster::Batch::Txns { txns, seqs };
+        let batch = crate::cluster::Batch::Txns { seqs };
         let proposed = self.internal(|| Ok(proposer.propose_in_txn(&self.conn, batch)))?;
         match proposed {
             Proposed::InTxn(txn) => {
