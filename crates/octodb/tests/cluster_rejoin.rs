@@ -339,3 +339,48 @@ fn a_member_restored_from_a_file_copy_and_marked_rejoins_as_a_new_member() {
     });
     drop((p2, p3));
 }
+
+/// A member restored from a copy nobody marked (a file system snapshot put back) comes back
+/// under its old identity, with less of the log than it acknowledged. The cluster must not
+/// stall or crash on it (openraft's leader sees the follower's log go back, and sends it
+/// again what it lacks): the member catches up with everything, including what was written
+/// while it was away. (What it had acknowledged and lost is why the README says to mark such
+/// a copy: it could have counted toward a majority.)
+#[test]
+fn a_member_restored_from_an_unmarked_copy_catches_up() {
+    let c = Cluster::new();
+    let Three {
+        ports,
+        paths,
+        primaries: [p1, p2, p3],
+    } = three(&c);
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
+        .unwrap();
+    wait_count(&p3, "SELECT count(*) FROM t", 1);
+    drop(p3);
+    wait_closed(&c, "p3.db");
+    copy_closed_db(&c, "p3.db", "p3-snapshot.db");
+    let p3 = primary_at(&paths[2], ports[2], None);
+    let old_id = p3.sync_status().unwrap().node_id;
+    for _ in 0..20 {
+        p1.execute("INSERT INTO t(v, row_owner) VALUES ('acknowledged', '*')", [])
+            .unwrap();
+    }
+    wait_count(&p3, "SELECT count(*) FROM t", 21);
+
+    // p3's files go back to the snapshot, unmarked.
+    drop(p3);
+    wait_closed(&c, "p3.db");
+    copy_closed_db(&c, "p3-snapshot.db", "p3.db");
+    let p3 = primary_at(&paths[2], ports[2], None);
+    assert_eq!(p3.sync_status().unwrap().node_id, old_id);
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('later', '*')", [])
+        .unwrap();
+    wait_count(&p3, "SELECT count(*) FROM t", 22);
+    let log = "SELECT seq, origin_node, origin_txn, body FROM _octo_log ORDER BY seq";
+    wait_until("p3 holds the cluster's log", || {
+        (file_rows(&paths[2], log) == file_rows(&paths[0], log)).then_some(())
+    });
+    assert_eq!(voters(&p1).len(), 3);
+    drop(p2);
+}
