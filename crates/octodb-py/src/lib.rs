@@ -28,6 +28,7 @@ mod events;
 mod ffi_util;
 mod functions;
 mod hooks;
+mod node_files;
 mod params;
 mod row;
 mod stmt;
@@ -69,6 +70,7 @@ fn _octodb(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::add_to_module(m)?;
     broker::add_to_module(m)?;
     tasks::add_to_module(m)?;
+    node_files::add_to_module(m)?;
     adapters::add_to_module(m)?;
     m.add_function(wrap_pyfunction!(complete_statement, m)?)?;
     m.add_function(wrap_pyfunction!(enable_shared_cache, m)?)?;

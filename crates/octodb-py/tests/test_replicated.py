@@ -5,8 +5,10 @@ import json
 import sqlite3
 import threading
 
+import pytest
+
 import octodb
-from conftest import DEADLINE, wait_until
+from conftest import DEADLINE, primary_uri, wait_until
 
 
 def make_table(backend):
@@ -254,6 +256,70 @@ def test_a_dump_holds_the_apps_data_and_none_of_the_nodes_own_tables(open_primar
     copy = sqlite3.connect(":memory:")
     copy.executescript("\n".join(dump))
     assert copy.execute("SELECT title FROM todos").fetchall() == [("buy milk",)]
+
+
+def test_a_lost_clusters_backup_restored_from_python(tmp_path):
+    """octodb.backup_node copies a running member's file (marked: it is a cluster's);
+    octodb.restore_cluster, every primary lost, makes the copy a cluster of its own, which
+    opens with the rows and takes writes; octodb.mark_restored marks a stopped member's file.
+    A running node is refused, with nothing changed."""
+    first = octodb.connect(primary_uri(tmp_path / "p1.db"))
+    second = octodb.connect(
+        f"{primary_uri(tmp_path / 'p2.db')}&connect={first.bound_addresses[0]}"
+    )
+    try:
+        first.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, row_owner)")
+        first.execute("INSERT INTO notes(body, row_owner) VALUES ('kept', '*')")
+        first.commit()
+        wait_until("the row on the second primary", lambda: _unless_missing(
+            lambda: second.execute("SELECT count(*) FROM notes").fetchone() == (1,)))
+        copy = tmp_path / "p2-copy.db"
+        assert octodb.backup_node(primary_uri(tmp_path / "p2.db"), copy) is True
+        with pytest.raises(octodb.OperationalError, match="open"):
+            octodb.mark_restored(primary_uri(tmp_path / "p2.db"))
+    finally:
+        second.close()
+        first.close()
+
+    # Every primary lost: the copy starts a new cluster.
+    copy_uri = primary_uri(copy)
+    restored = wait_until("the copy free to restore", lambda: _unless_open(
+        lambda: octodb.restore_cluster(copy_uri)))
+    assert restored["node_id"] >= 1
+    assert restored["former_members"], "the old cluster's members are named"
+    assert octodb.mark_restored(copy_uri) is False, "a cluster of one needs no mark"
+    alone = octodb.connect(copy_uri)
+    try:
+        assert alone.execute("SELECT body FROM notes").fetchall() == [("kept",)]
+        alone.execute("INSERT INTO notes(body, row_owner) VALUES ('new', '*')")
+        alone.commit()
+        assert alone.execute("SELECT count(*) FROM notes").fetchone() == (2,)
+    finally:
+        alone.close()
+
+    # A member's file taken while stopped (here p1's) is marked to rejoin as a new member.
+    assert wait_until("p1 free to mark", lambda: _unless_open(
+        lambda: octodb.mark_restored(primary_uri(tmp_path / "p1.db")))) is True
+
+
+def _unless_missing(call):
+    """call()'s result, or None while the table has not reached this node."""
+    try:
+        return call()
+    except octodb.OperationalError as e:
+        if "no such table" in str(e):
+            return None
+        raise
+
+
+def _unless_open(call):
+    """call()'s result, or None while the node's file is still held open."""
+    try:
+        return call()
+    except octodb.OperationalError as e:
+        if "open" in str(e):
+            return None
+        raise
 
 
 def test_backup_of_a_cluster_members_file_is_marked_to_rejoin(open_primary, tmp_path):

@@ -363,8 +363,11 @@ fn a_member_restored_from_an_unmarked_copy_catches_up() {
     let p3 = primary_at(&paths[2], ports[2], None);
     let old_id = p3.sync_status().unwrap().node_id;
     for _ in 0..20 {
-        p1.execute("INSERT INTO t(v, row_owner) VALUES ('acknowledged', '*')", [])
-            .unwrap();
+        p1.execute(
+            "INSERT INTO t(v, row_owner) VALUES ('acknowledged', '*')",
+            [],
+        )
+        .unwrap();
     }
     wait_count(&p3, "SELECT count(*) FROM t", 21);
 
