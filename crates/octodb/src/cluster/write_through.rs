@@ -161,11 +161,6 @@ enum Answer {
 }
 
 impl Response {
-    /// The batch is decided already (this primary is its cluster's only voter).
-    pub fn is_decided(&self) -> bool {
-        matches!(self.0, Answer::Decided(_))
-    }
-
     pub async fn wait(self) -> Result<Applied> {
         match self.0 {
             Answer::Waiting(rx) => rx.await.map_err(|_| stopped())?,

@@ -373,20 +373,16 @@ impl Shared {
     }
 
     /// Primaries: `entries` were committed with their Raft entry; the sessions hear of them
-    /// once the cluster has committed it (`users`: the users of the device nodes they decide):
-    /// now, when that commit decided it. (Announcements may then pass older ones still
-    /// waiting for the cluster: those are decided too, as entries before a decided one are,
-    /// and the sessions take entries in any order.)
+    /// once the cluster has committed it (`users`: the users of the device nodes they decide).
+    /// Announced by a task of its own, in order, even when the commit decided the batch by
+    /// itself: the writer's thread, which every device's transaction goes through, does not
+    /// also wake the sessions.
     pub fn announce_when_committed(
         &self,
         response: crate::cluster::Response,
         entries: Vec<crate::log::LogEntry>,
         users: Vec<(u32, i64)>,
     ) {
-        if response.is_decided() {
-            self.log_committed(entries, cluster_member::user_in(users));
-            return;
-        }
         if self.announcements.send((response, entries, users)).is_err() {
             tracing::debug!("the node stops: a batch is not announced");
         }
