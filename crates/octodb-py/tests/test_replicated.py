@@ -271,7 +271,7 @@ def test_a_lost_clusters_backup_restored_from_python(tmp_path):
         first.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, row_owner)")
         first.execute("INSERT INTO notes(body, row_owner) VALUES ('kept', '*')")
         first.commit()
-        wait_until("the row on the second primary", lambda: _unless_missing(
+        wait_until("the row on the second primary", lambda: _unless("no such table",
             lambda: second.execute("SELECT count(*) FROM notes").fetchone() == (1,)))
         copy = tmp_path / "p2-copy.db"
         assert octodb.backup_node(primary_uri(tmp_path / "p2.db"), copy) is True
@@ -283,7 +283,7 @@ def test_a_lost_clusters_backup_restored_from_python(tmp_path):
 
     # Every primary lost: the copy starts a new cluster.
     copy_uri = primary_uri(copy)
-    restored = wait_until("the copy free to restore", lambda: _unless_open(
+    restored = wait_until("the copy free to restore", lambda: _unless("open",
         lambda: octodb.restore_cluster(copy_uri)))
     assert restored["node_id"] >= 1
     assert restored["former_members"], "the old cluster's members are named"
@@ -298,26 +298,17 @@ def test_a_lost_clusters_backup_restored_from_python(tmp_path):
         alone.close()
 
     # A member's file taken while stopped (here p1's) is marked to rejoin as a new member.
-    assert wait_until("p1 free to mark", lambda: _unless_open(
+    assert wait_until("p1 free to mark", lambda: _unless("open",
         lambda: octodb.mark_restored(primary_uri(tmp_path / "p1.db")))) is True
 
 
-def _unless_missing(call):
-    """call()'s result, or None while the table has not reached this node."""
+def _unless(error, call):
+    """call()'s result, or None while it fails with an OperationalError saying `error` (a
+    table that has not reached this node yet, a node's file still held open)."""
     try:
         return call()
     except octodb.OperationalError as e:
-        if "no such table" in str(e):
-            return None
-        raise
-
-
-def _unless_open(call):
-    """call()'s result, or None while the node's file is still held open."""
-    try:
-        return call()
-    except octodb.OperationalError as e:
-        if "open" in str(e):
+        if error in str(e):
             return None
         raise
 

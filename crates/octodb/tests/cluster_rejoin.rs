@@ -306,6 +306,23 @@ fn every_primary_lost_a_restored_backup_starts_a_new_cluster() {
     wait_count(&joiner, "SELECT count(*) FROM t WHERE v = 'later'", 1);
 }
 
+/// With a row `'before'` written on p1 and held by p3, p3 stops, its files are copied to
+/// `p3-snapshot.db` (as a file system snapshot would be) and it starts again. Returns p3.
+fn snapshot_p3_while_stopped(
+    c: &Cluster,
+    p1: &Connection,
+    p3: Connection,
+    (path, port): (&std::path::Path, u16),
+) -> Connection {
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
+        .unwrap();
+    wait_count(&p3, "SELECT count(*) FROM t", 1);
+    drop(p3);
+    wait_closed(c, "p3.db");
+    copy_closed_db(c, "p3.db", "p3-snapshot.db");
+    primary_at(path, port, None)
+}
+
 /// A member restored from a copy `octodb backup` did not make (here a copy of its files taken
 /// while it was stopped, as a file system snapshot would be) carries no mark; `octodb::
 /// mark_restored` marks it, and it rejoins as a new member with the cluster's current state.
@@ -317,13 +334,7 @@ fn a_member_restored_from_a_file_copy_and_marked_rejoins_as_a_new_member() {
         paths,
         primaries: [p1, p2, p3],
     } = three(&c);
-    p1.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
-        .unwrap();
-    wait_count(&p3, "SELECT count(*) FROM t", 1);
-    drop(p3);
-    wait_closed(&c, "p3.db");
-    copy_closed_db(&c, "p3.db", "p3-snapshot.db");
-    let p3 = primary_at(&paths[2], ports[2], None);
+    let p3 = snapshot_p3_while_stopped(&c, &p1, p3, (&paths[2], ports[2]));
     p1.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
         .unwrap();
     wait_count(&p3, "SELECT count(*) FROM t", 2);
@@ -354,13 +365,7 @@ fn a_member_restored_from_an_unmarked_copy_catches_up() {
         paths,
         primaries: [p1, p2, p3],
     } = three(&c);
-    p1.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
-        .unwrap();
-    wait_count(&p3, "SELECT count(*) FROM t", 1);
-    drop(p3);
-    wait_closed(&c, "p3.db");
-    copy_closed_db(&c, "p3.db", "p3-snapshot.db");
-    let p3 = primary_at(&paths[2], ports[2], None);
+    let p3 = snapshot_p3_while_stopped(&c, &p1, p3, (&paths[2], ports[2]));
     let old_id = p3.sync_status().unwrap().node_id;
     for _ in 0..20 {
         p1.execute(
