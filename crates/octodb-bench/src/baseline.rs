@@ -82,10 +82,21 @@ fn insert_rate_once(sync: Sync, rows: u64, per_txn: u64, payload_len: usize) -> 
 
 /// Latencies (ms) of `samples` single-row autocommit inserts.
 pub fn commit_latencies(sync: Sync, samples: usize, payload_len: usize) -> Result<Vec<f64>> {
+    commit_latencies_spaced(sync, samples, payload_len, std::time::Duration::ZERO)
+}
+
+/// As [`commit_latencies`], with the file left idle for `gap` before each commit.
+pub fn commit_latencies_spaced(
+    sync: Sync,
+    samples: usize,
+    payload_len: usize,
+    gap: std::time::Duration,
+) -> Result<Vec<f64>> {
     let local = Local::new(sync)?;
     let mut ins = local.conn.prepare(INSERT)?;
     let mut out = Vec::with_capacity(samples);
     for i in 0..samples as u64 {
+        std::thread::sleep(gap);
         let t = Instant::now();
         ins.execute(rusqlite::params![i as i64, payload(i, payload_len), 7])?;
         out.push(t.elapsed().as_secs_f64() * 1e3);

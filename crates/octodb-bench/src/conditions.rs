@@ -7,7 +7,7 @@ use crate::report::percentile;
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Writes measured per fsync figure: enough for a p99 that is not a single sample.
 pub const FSYNC_SAMPLES: usize = 200;
@@ -61,6 +61,12 @@ impl Conditions {
 /// directory, each followed by an fsync: SQLite as built here calls fsync, not fdatasync, at
 /// every FULL commit.
 pub fn fsync_ms(samples: usize) -> Result<Vec<f64>> {
+    fsync_ms_spaced(samples, Duration::ZERO)
+}
+
+/// As [`fsync_ms`], with the disk left idle for `gap` before each append: an fsync after a
+/// pause takes longer on this VM than one right after another.
+pub fn fsync_ms_spaced(samples: usize, gap: Duration) -> Result<Vec<f64>> {
     let dir = tempfile::Builder::new()
         .prefix("octodb-bench-fsync")
         .tempdir_in(bench_dir()?)?;
@@ -73,6 +79,7 @@ pub fn fsync_ms(samples: usize) -> Result<Vec<f64>> {
     }
     let mut ms = Vec::with_capacity(samples);
     for _ in 0..samples {
+        std::thread::sleep(gap);
         let t = Instant::now();
         file.write_all(&block)?;
         file.sync_all()?;
