@@ -72,6 +72,10 @@ struct HandoffState {
     /// waiting for openraft, which waited for the purge): done by the next transaction that
     /// writes Raft entries (`log_store::purge`).
     purge: Option<openraft::LogId<super::RaftNodeId>>,
+    /// The newest membership entry appended since this process started (every append comes
+    /// through [`Handoff::offer`]): openraft's metrics, which lag behind appends in a burst,
+    /// hold the log's current membership when theirs is at least as new.
+    newest_membership: Option<openraft::LogId<super::RaftNodeId>>,
 }
 
 impl Handoff {
@@ -82,6 +86,11 @@ impl Handoff {
     /// From the log store: a waiting transaction takes `append` (None), else it comes back.
     pub(crate) fn offer(&self, mut append: PendingAppend) -> Option<PendingAppend> {
         let mut state = self.lock();
+        for entry in &append.entries {
+            if matches!(entry.payload, EntryPayload::Membership(_)) {
+                state.newest_membership = state.newest_membership.max(Some(entry.log_id));
+            }
+        }
         if !state.voided.is_empty() {
             for entry in &mut append.entries {
                 if let EntryPayload::Normal(p) = &mut entry.payload {
@@ -143,6 +152,10 @@ impl Handoff {
     /// The batch was never appended (its proposal failed): nothing to void.
     fn forget(&self, id: u64) {
         self.lock().voided.remove(&id);
+    }
+
+    fn newest_membership(&self) -> Option<openraft::LogId<super::RaftNodeId>> {
+        self.lock().newest_membership
     }
 
     fn proposal_failed(&self) {
@@ -477,7 +490,12 @@ impl Proposer {
                 tracing::warn!("could not purge the Raft log with a batch: {e}");
             }
         }
-        let alone = committed_by_its_write(&self.raft.metrics().borrow(), ours, &written);
+        let alone = committed_by_its_write(
+            &self.raft.metrics().borrow(),
+            self.handoff.newest_membership(),
+            ours,
+            &written,
+        );
         Proposed::InTxn(InTxn {
             id,
             written,
@@ -563,25 +581,27 @@ fn write_appends(
 
 /// Whether the commit that makes `ours` durable here decides it: this primary leads, in the
 /// entry's term, a cluster whose only voter it is. The configuration that counts is the newest
-/// in the log before `ours`: openraft's metrics must already cover every entry before those
-/// this transaction writes, and none of those may change the membership; otherwise openraft
-/// says when the batch is decided.
+/// in the log before `ours`. Nothing is appended after `ours` until it is durable, except what
+/// this transaction writes with it (`written`): with no membership change among those, and
+/// the metrics' membership at least as new as any appended since the start
+/// (`newest_membership`), the metrics' configuration is that one. Otherwise openraft says
+/// when the batch is decided.
 fn committed_by_its_write(
     m: &openraft::RaftMetrics<super::RaftNodeId, super::Member>,
+    newest_membership: Option<LogId<super::RaftNodeId>>,
     ours: LogId<super::RaftNodeId>,
     written: &[PendingAppend],
 ) -> bool {
-    let entries = || written.iter().flat_map(|a| &a.entries);
-    let Some(first) = entries().map(|e| e.log_id.index).min() else {
-        return false;
-    };
-    let changes_membership = entries().any(|e| matches!(e.payload, EntryPayload::Membership(_)));
+    let changes_membership = written
+        .iter()
+        .flat_map(|a| &a.entries)
+        .any(|e| matches!(e.payload, EntryPayload::Membership(_)));
     let config = m.membership_config.membership().get_joint_config();
     m.state == openraft::ServerState::Leader
         && m.current_leader == Some(m.id)
         && m.current_term == ours.leader_id.term
         && !changes_membership
-        && m.last_log_index.is_some_and(|last| last + 1 >= first)
+        && newest_membership <= *m.membership_config.log_id()
         && matches!(config.as_slice(), [voters] if voters.len() == 1 && voters.contains(&m.id))
 }
 
