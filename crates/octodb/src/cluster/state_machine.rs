@@ -378,7 +378,13 @@ pub(super) fn apply_decided(
                     let Some(t) = tables.get(c, &h.name)? else {
                         return Err(missing_table(&h.name));
                     };
-                    apply::write_row(c, &t, &h.columns, *rowid, values)?;
+                    // Decided rows are usually new here (rows made by apps more often than
+                    // rows changed): try the insert first, with the statements kept per table
+                    // and column order (building them for each row cost ~1% of a cluster's
+                    // CPU, the update tried first a seek per new row).
+                    tables
+                        .statements(&t, &h.columns)
+                        .insert_or_update(c, *rowid, values)?;
                 }
                 Op::Delete { table, rowid, .. } => {
                     let Some(h) = cs.header(*table) else { continue };
