@@ -2,6 +2,8 @@
 
     python bench_broker_vs_pyro5.py [--seconds S]
 
+Pyro5 is installed from PyPI into the running interpreter if it is missing.
+
 Each server runs in a process of its own (this script, re-run with --serve octodb|pyro5); the
 clients run here. Measured for both: method calls per second with one caller and with 8
 concurrent callers (threads; octodb's share one client, Pyro5's have a proxy each, as Pyro5
@@ -133,6 +135,19 @@ def pct(values, p):
     return s[min(len(s) - 1, int(len(s) * p))]
 
 
+def ensure_pyro5():
+    """The peer this compares against, from PyPI into this interpreter, on the first run."""
+    try:
+        import Pyro5  # noqa: F401
+    except ImportError:
+        print("installing Pyro5 from PyPI (once)", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", PYRO5], check=True)
+
+
+# The version the figures in BENCHMARKS.md were measured with.
+PYRO5 = "Pyro5==5.17"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--serve")
@@ -144,6 +159,7 @@ def main():
     if a.serve == "pyro5":
         return serve_pyro5()
 
+    ensure_pyro5()
     import octodb
     import Pyro5.api
     from octodb.broker import BrokerClient
