@@ -366,10 +366,7 @@ impl Proposer {
     /// blocks).
     pub(crate) fn propose_in_txn(&self, conn: &Connection, batch: Batch) -> Proposed {
         let compact = match batch {
-            Batch::Txns { seqs } => Proposal::InLog {
-                first_seq: *seqs.start(),
-                last_seq: *seqs.end(),
-            },
+            Batch::Txns { seqs } => in_log(&seqs),
             Batch::Rows { nodes, users } => Proposal::RowsWritten { nodes, users },
         };
         match self.propose_early() {
@@ -418,11 +415,7 @@ impl Proposer {
         early: Early,
         seqs: Option<std::ops::RangeInclusive<u64>>,
     ) -> Proposed {
-        let compact = seqs.map(|seqs| Proposal::InLog {
-            first_seq: *seqs.start(),
-            last_seq: *seqs.end(),
-        });
-        self.write_entry(conn, early, compact)
+        self.write_entry(conn, early, seqs.as_ref().map(in_log))
     }
 
     /// The transaction of `early` will not commit: its batch is voided. Roll back, then
@@ -520,10 +513,7 @@ impl Proposer {
     /// Proposes `_octo_log` rows `seqs` committed without their Raft entry (a transaction that
     /// a `RELEASE` committed): their effects are in the file already.
     pub(crate) fn propose_committed(&self, seqs: std::ops::RangeInclusive<u64>) -> Response {
-        self.propose(Proposal::InLog {
-            first_seq: *seqs.start(),
-            last_seq: *seqs.end(),
-        })
+        self.propose(in_log(&seqs))
     }
 
     /// Proposes on openraft's runtime; a failure wakes the transaction waiting for the entry.
@@ -603,6 +593,14 @@ fn committed_by_its_write(
         && !changes_membership
         && newest_membership <= *m.membership_config.log_id()
         && matches!(config.as_slice(), [voters] if voters.len() == 1 && voters.contains(&m.id))
+}
+
+/// The entry of a batch written through: the `_octo_log` positions `seqs` that hold it.
+fn in_log(seqs: &std::ops::RangeInclusive<u64>) -> Proposal {
+    Proposal::InLog {
+        first_seq: *seqs.start(),
+        last_seq: *seqs.end(),
+    }
 }
 
 /// The id of a primary's batch.
