@@ -35,6 +35,12 @@ pub struct ShellArgs {
     /// Print the rows of every statement as one line: a JSON array of row objects.
     #[arg(long)]
     json: bool,
+    /// A device: before running anything, wait until it is in sync with its primaries
+    /// (caught up, its pending writes decided), at most SECONDS (default 10), and fail if it
+    /// is not; before exiting, wait the same for the writes made here.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, require_equals = true,
+          default_missing_value = "10", value_parser = parse_sync_wait)]
+    sync: Option<std::time::Duration>,
     /// The database: a file URI (SPEC §2) or a plain file path.
     uri: String,
     /// SQL or dot commands to run instead of reading standard input; each argument is run in
@@ -160,6 +166,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn parse_sync_wait(text: &str) -> Result<std::time::Duration, String> {
+    shell::sync_timeout(text)
 }
 
 /// Accept a plain path as a URI for a local database, like sqlite3 does.

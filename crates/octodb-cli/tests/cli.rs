@@ -84,6 +84,65 @@ fn piped_shell_runs_each_statement_when_complete_and_goes_on_after_errors() {
     assert_eq!(out.status.code(), Some(1), "exit status 1 after an error");
 }
 
+/// `--sync`: a device's piped shell runs its SQL once it holds what the primary holds, and
+/// exits once its writes are decided; without a primary it runs nothing and says why.
+#[test]
+fn a_device_shell_with_sync_sees_the_primarys_rows_and_delivers_its_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, addr) = primary(dir.path());
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    p.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('from the backend', '*')",
+        [],
+    )
+    .unwrap();
+    let uri = device_uri(dir.path(), &addr);
+    let out = octodb()
+        .args(["--sync", "--json", &uri])
+        .args([
+            "SELECT v FROM t;",
+            "INSERT INTO t(v) VALUES ('from the shell');",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        r#"[{"v":"from the backend"}]"#,
+        "a new device's first run already sees the primary's rows"
+    );
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM t WHERE v = 'from the shell'"),
+        1,
+        "the write was decided before the shell exited"
+    );
+
+    drop(p);
+    let out = octodb()
+        .args(["--sync=0.3", &uri, "SELECT 'should not run';"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "nothing ran without sync");
+    assert!(
+        stderr.contains("not in sync with the primaries"),
+        "{stderr}"
+    );
+    // Without --sync the device works offline as ever.
+    let out = octodb()
+        .args([&uri, "SELECT count(*) FROM t;"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+}
+
 #[test]
 fn serve_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();

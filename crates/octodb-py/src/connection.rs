@@ -641,6 +641,18 @@ impl Connection {
         self.api_wait_until_ready(py, timeout)
     }
 
+    /// Wait until a device is in sync with its primaries (ready, caught up in this
+    /// connection, every write of its own decided) and return the status; TimeoutError after
+    /// `timeout` seconds (None: no limit). Primaries and local databases are in sync at once.
+    #[pyo3(signature = (timeout = None))]
+    fn wait_until_synced<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.api_wait_until_synced(py, timeout)
+    }
+
     /// Wait until `predicate(status)` is true and return that status; TimeoutError after
     /// `timeout` seconds (None: no limit). Woken by the node's events, not by polling.
     #[pyo3(signature = (predicate, timeout = None))]

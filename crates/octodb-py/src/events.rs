@@ -23,9 +23,10 @@ const TICK: Duration = Duration::from_millis(50);
 /// (None when they do not apply).
 #[pyclass(module = "octodb", frozen, get_all)]
 pub struct Event {
-    /// "ready", "connected", "disconnected", "data_received", "transaction_accepted",
-    /// "transaction_rejected", "authorization_refused", "download", or "missed" (the listener
-    /// fell behind and `rows` events were dropped: read `sync_status()` again).
+    /// "ready", "connected", "disconnected", "data_received", "caught_up",
+    /// "transaction_accepted", "transaction_rejected", "authorization_refused", "download",
+    /// "primary_behind", "resynced", "copied_file", or "missed" (the listener fell behind and
+    /// `rows` events were dropped: read `sync_status()` again).
     kind: &'static str,
     peer: Option<String>,
     seq: Option<u64>,
@@ -60,6 +61,10 @@ impl Event {
                 seq: Some(seq),
                 rows: Some(rows as u64),
                 ..Event::new("data_received")
+            },
+            EngineEvent::CaughtUp { seq } => Event {
+                seq: Some(seq),
+                ..Event::new("caught_up")
             },
             EngineEvent::TransactionAccepted { txn_id } => Event {
                 txn_id: Some(txn_id),
@@ -340,6 +345,16 @@ impl Connection {
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         self.wait_status(py, timeout, |s| s.get_item("db_is_ready")?.is_truthy())
+    }
+
+    /// Wait until the node is in sync (`synced` in its status); returns the status. Raises
+    /// TimeoutError after `timeout` seconds (None: wait as long as it takes).
+    pub fn api_wait_until_synced<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.wait_status(py, timeout, |s| s.get_item("synced")?.is_truthy())
     }
 
     /// Wait until `predicate(status)` is true; returns that status. Raises TimeoutError after

@@ -191,6 +191,25 @@ def test_a_wait_that_cannot_succeed_times_out(open_primary, open_device):
         assert "db_is_ready" in str(e)
 
 
+def test_wait_until_synced_returns_once_the_device_holds_the_backends_rows_and_its_writes_are_in(open_primary, open_device):
+    backend = open_primary()
+    make_table(backend)
+    with backend:
+        backend.executemany("INSERT INTO todos(title, row_owner) VALUES (?, '*')", [(f"shared {i}",) for i in range(500)])
+    phone = open_device(backend)
+    events = phone.events()
+    phone.wait_until_ready(timeout=DEADLINE)
+    with phone:
+        phone.execute("INSERT INTO todos(title) VALUES ('mine')")
+    status = phone.wait_until_synced(timeout=DEADLINE)
+    assert status["synced"] and status["caught_up"] and status["outbox_len"] == 0
+    assert phone.execute("SELECT count(*) FROM todos").fetchone() == (501,)
+    assert backend.execute("SELECT count(*) FROM todos WHERE title = 'mine'").fetchone() == (1,)
+    assert backend.wait_until_synced(timeout=0)["synced"], "a primary is always in sync"
+    kinds = set()
+    wait_until("the caught_up event", lambda: kinds.add(getattr(events.get(timeout=DEADLINE), "kind", None)) or "caught_up" in kinds)
+
+
 def test_a_device_whose_app_writes_without_pause_still_receives_rows(open_primary, open_device, tmp_path):
     """Python's implicit transactions on a device committing back to back do not keep the
     node's engine out of the file: a backend row arrives, and the app's rows are accepted."""

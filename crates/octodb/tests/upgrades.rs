@@ -109,6 +109,73 @@ fn a_device_from_before_version_negotiation_syncs_with_this_primary() {
     assert_eq!(count(&p, "SELECT count(*) FROM t WHERE v = 'old app'"), 1);
 }
 
+/// The kinds of message a new device speaking `versions` hears from `addr` until the
+/// primary answers its first heartbeat (which the primary does only once it has caught the
+/// device up).
+async fn kinds_until_heartbeat_answered(addr: &str, versions: Versions) -> Vec<&'static str> {
+    let options = HandshakeOptions {
+        versions,
+        ..Default::default()
+    };
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut s = SecureStream::connect(tcp, &NodeKeys::generate(), &options)
+        .await
+        .expect("this primary serves the version");
+    assert_eq!(s.protocol_version(), versions.newest);
+    let hello = Message::Hello {
+        role: octodb::Role::Secondary,
+        last_seq: 0,
+        info: "{}".into(),
+        auth: None,
+    };
+    s.send(&hello.encode()).await.unwrap();
+    s.flush().await.unwrap();
+    let mut kinds = Vec::new();
+    loop {
+        let m = next(&mut s).await;
+        kinds.push(m.kind());
+        match m {
+            Message::SnapshotEnd { .. } => {
+                s.send(&Message::Heartbeat.encode()).await.unwrap();
+                s.flush().await.unwrap();
+            }
+            Message::Heartbeat => return kinds,
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn only_devices_of_protocol_10_hear_that_they_caught_up() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    p.execute("INSERT INTO t(id, v, row_owner) VALUES (1, 'x', '*')", [])
+        .unwrap();
+    let addr = addr_of(&p);
+    runtime().block_on(async {
+        let old = Versions {
+            oldest: 2,
+            newest: 9,
+        };
+        let kinds = kinds_until_heartbeat_answered(&addr, old).await;
+        assert!(
+            !kinds.contains(&"CaughtUp"),
+            "sent to a device of 9: {kinds:?}"
+        );
+        let new = Versions {
+            oldest: 2,
+            newest: 10,
+        };
+        let kinds = kinds_until_heartbeat_answered(&addr, new).await;
+        let end = kinds.iter().position(|k| *k == "SnapshotEnd").unwrap();
+        let caught_up = kinds.iter().position(|k| *k == "CaughtUp");
+        assert!(
+            caught_up.is_some_and(|i| i > end),
+            "once the download is sent, before anything else streams: {kinds:?}"
+        );
+    });
+}
+
 /// Serves one kind of old or new primary on a loopback port until the test ends.
 async fn serve(listener: TcpListener, primary: impl Fn(TcpStream) -> tokio::task::JoinHandle<()>) {
     loop {

@@ -254,6 +254,8 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
                 lifetime_s: 86_400,
             },
         ),
+        // Protocol 10.
+        ("caught_up", Message::CaughtUp { up_to: 1234 }),
     ]
 }
 
@@ -294,7 +296,7 @@ fn every_message_kind_has_a_fixture() {
     // A new kind of message must be frozen too (add it to sample_messages).
     let kinds: std::collections::BTreeSet<&str> =
         sample_messages().iter().map(|(_, m)| m.kind()).collect();
-    assert_eq!(kinds.len(), 19, "message kinds with fixtures: {kinds:?}");
+    assert_eq!(kinds.len(), 20, "message kinds with fixtures: {kinds:?}");
 }
 
 /// The entries of the primaries' Raft log: stored in every primary's file and sent between

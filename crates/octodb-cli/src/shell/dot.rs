@@ -23,6 +23,7 @@ pub const COMMANDS: &[&str] = &[
     ".schema",
     ".separator",
     ".status",
+    ".sync",
     ".tables",
     ".timer",
 ];
@@ -47,6 +48,8 @@ pub const HELP: &str = "\
 .schema ?PATTERN?        CREATE statements, of tables or objects named LIKE PATTERN only
 .separator COL ?ROW?     the separators of list mode (default: | and newline)
 .status                  this node's sync status (PRAGMA sync_status)
+.sync ?SECONDS?          a device: wait until it is in sync with its primaries (caught up, its
+                         own writes decided), at most SECONDS (default 10)
 .tables ?PATTERN?        tables and views, of names LIKE PATTERN only
 .timer on|off            print the run time of each statement
 Any other input is SQL; a statement runs once it is complete (ends with ;).";
@@ -119,6 +122,13 @@ impl Shell {
                 Err(e) => self.report(e),
             },
             ".nodes" => self.run_sql("PRAGMA nodes;"),
+            ".sync" => match arg(1)
+                .map(super::sync_timeout)
+                .unwrap_or(Ok(super::SYNC_WAIT))
+            {
+                Ok(timeout) => self.sync(timeout),
+                Err(e) => self.report(format!("usage: .sync ?SECONDS? ({e})")),
+            },
             ".tables" => self.tables(arg(1)),
             ".schema" => self.schema(arg(1)),
             ".mode" => match arg(1) {

@@ -15,10 +15,22 @@ use octodb::api::sql_text;
 use octodb::Connection;
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How deep `.read` may nest (a file that reads itself stops here).
 const MAX_READ_DEPTH: usize = 16;
+
+/// How long `--sync` and `.sync` wait for a device to be in sync when not told.
+pub(crate) const SYNC_WAIT: Duration = Duration::from_secs(10);
+
+/// A wait given in seconds (`--sync=SECONDS`, `.sync SECONDS`).
+pub(crate) fn sync_timeout(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| format!("`{text}` is not a number of seconds of 0 or more"))
+}
 
 pub struct Shell {
     conn: Connection,
@@ -57,6 +69,14 @@ pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
         names: complete::Names::default(),
     };
     let interactive = args.sql.is_empty() && std::io::stdin().is_terminal();
+    // `--sync`: the statements see what the primaries hold, or none runs; and the shell ends
+    // once its writes are decided, or says that they wait in the outbox.
+    if let Some(timeout) = args.sync {
+        if let Err(e) = sh.conn.wait_until_synced(timeout) {
+            sh.report(e);
+            return Ok(ExitCode::FAILURE);
+        }
+    }
     if !args.sql.is_empty() {
         // As sqlite3: each argument is read as a script, dot commands included.
         for sql in &args.sql {
@@ -68,6 +88,9 @@ pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
         sh.interactive()?;
     } else {
         sh.script(&mut std::io::stdin().lock());
+    }
+    if let Some(timeout) = args.sync {
+        sh.sync(timeout);
     }
     let _ = sh.out.flush();
     Ok(if sh.errors > 0 && !interactive {
@@ -87,6 +110,13 @@ impl Shell {
     fn report(&mut self, e: impl std::fmt::Display) {
         self.errors += 1;
         eprintln!("Error: {}", one_line(&e.to_string()));
+    }
+
+    /// `.sync`: wait until this device is in sync with its primaries, or say why it is not.
+    fn sync(&mut self, timeout: Duration) {
+        if let Err(e) = self.conn.wait_until_synced(timeout) {
+            self.report(e);
+        }
     }
 
     fn write_out(&mut self, text: &str) {

@@ -96,12 +96,14 @@ class Event:
         "connected",
         "disconnected",
         "data_received",
+        "caught_up",
         "transaction_accepted",
         "transaction_rejected",
         "authorization_refused",
         "download",
         "primary_behind",
         "resynced",
+        "copied_file",
         "missed",
     ]
     peer: str | None
@@ -213,11 +215,13 @@ class Connection:
         authorization callbacks, called on a worker thread."""
     def sync_status(self) -> dict[str, Any]:
         """The node's status: db_is_ready, node_id, node_type, user_id, public_key, connected,
-        peers, bind, last_seq, outbox_len, last_rejected, last_sync, download, auth_state,
-        auth_error, sync_error."""
+        caught_up, synced, peers, bind, last_seq, outbox_len, last_rejected, last_sync,
+        download, auth_state, auth_error, sync_error."""
     def nodes(self) -> list[dict[str, Any]]: ...
     def wait_until_ready(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for db_is_ready (woken by the node's events); TimeoutError after `timeout`."""
+    def wait_until_synced(self, timeout: float | None = None) -> dict[str, Any]:
+        """A device: until ready, caught up with its primary and every write of its own decided."""
     def wait_for(self, predicate: Callable[[dict[str, Any]], object], timeout: float | None = None) -> dict[str, Any]: ...
     def events(self) -> EventStream: ...
     def on_event(self, callback: Callable[[Event], object]) -> Listener:

@@ -439,6 +439,25 @@ impl Connection {
         self.wait_for(timeout, |s| s.db_is_ready)
     }
 
+    /// Wait until `synced` (a device: ready, caught up with its primary in this connection,
+    /// every write of its own decided), at most `timeout`. Primaries and local databases are
+    /// in sync at once.
+    pub fn wait_until_synced(&self, timeout: Duration) -> Result<SyncStatus> {
+        self.wait_for(timeout, |s| s.synced).map_err(|e| match e {
+            Error::Timeout(_) => {
+                let why = self
+                    .sync_status()
+                    .ok()
+                    .and_then(|s| s.not_synced_because())
+                    .unwrap_or_else(|| "it was in sync only after the deadline".into());
+                Error::Timeout(format!(
+                    "not in sync with the primaries within {timeout:?}: {why}"
+                ))
+            }
+            other => other,
+        })
+    }
+
     /// Wait, woken by the node's events, until `cond` holds for the sync status.
     pub fn wait_for(
         &self,

@@ -79,6 +79,8 @@ pub(crate) fn status() -> SyncStatus {
         user_id: None,
         public_key: String::new(),
         connected: false,
+        caught_up: true,
+        synced: true,
         peers: Vec::new(),
         bind: Vec::new(),
         last_seq: 0,

@@ -11,12 +11,12 @@ use crate::uri::Role;
 use crate::value::Value;
 use serde::{Deserialize, Serialize};
 
-/// The encoding of protocol versions 2 to 9 (2: Welcome tells a device the last of its
+/// The encoding of protocol versions 2 to 10 (2: Welcome tells a device the last of its
 /// transactions the primaries decided; 4 adds `Heartbeat` at the end, which only peers of 4
 /// receive, and leaves every other message's bytes as they were; 5 adds `PrimaryMembers` and
 /// `NotLeader` after it, likewise; 6 appends `OpenChannel` and `ChannelOpen` the same way,
 /// exchanged only with peers of 6; 7 appends `LogHistory`; 8 appends `OwnDigests` and
-/// `CopiedFile`; 9 appends `SessionTicket`).
+/// `CopiedFile`; 9 appends `SessionTicket`; 10 appends `CaughtUp`).
 pub const MESSAGE_ENCODING: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,6 +134,13 @@ pub enum Message {
         secret: [u8; 32],
         lifetime_s: u32,
     },
+    /// Protocol 10, primary → device, once a session: the device has been sent everything
+    /// visible to it up to `up_to`, where the log stood when it had caught up; from here on
+    /// entries stream as they are decided. Lets a device (a script, a test, `octodb --sync`)
+    /// know that it holds what the primaries held, rather than guess from a quiet connection.
+    CaughtUp {
+        up_to: u64,
+    },
 }
 
 /// A primary of the cluster as a device needs it: where to reach it and the key it proves.
@@ -243,6 +250,7 @@ impl Message {
             Message::OwnDigests { .. } => "OwnDigests",
             Message::CopiedFile { .. } => "CopiedFile",
             Message::SessionTicket { .. } => "SessionTicket",
+            Message::CaughtUp { .. } => "CaughtUp",
         }
     }
 }

@@ -25,8 +25,12 @@ use std::fmt;
 /// Hello's information, and re-downloads from a primary that is behind it), 8 (copied device
 /// files: `Message::OwnDigests` beside the entries that decide a device's transactions, and
 /// `Message::CopiedFile`), 9 (session tickets: `Message::SessionTicket` after a device's
-/// admission, and the resumed handshake that takes one, `net::resume`).
-pub const NEWEST: u8 = 9;
+/// admission, and the resumed handshake that takes one, `net::resume`), 10 (a primary tells a
+/// device when it has caught up: `Message::CaughtUp`).
+pub const NEWEST: u8 = 10;
+/// The first version whose primaries tell a device that it holds what they held when it
+/// connected (`Message::CaughtUp`).
+pub const CAUGHT_UP: u8 = 10;
 /// The first version whose primaries hand devices session tickets and take them back.
 pub const SESSION_TICKETS: u8 = 9;
 /// The first version whose devices check that a decision is about their own work, and hear

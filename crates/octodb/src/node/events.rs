@@ -11,6 +11,9 @@ pub enum Event {
     Disconnected,
     /// Changes from the primaries were applied, up to log sequence `seq`.
     DataReceived { seq: u64, rows: usize },
+    /// The primary said that this device now holds everything it held, up to log sequence
+    /// `seq` (once a connection, protocol 10).
+    CaughtUp { seq: u64 },
     /// The primaries accepted one of this device's transactions.
     TransactionAccepted { txn_id: u64 },
     /// The primaries rejected one of this device's transactions; it was removed here.

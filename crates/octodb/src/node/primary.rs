@@ -328,6 +328,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         tells_members,
         tells_epochs,
         tells_digests: protocol >= version::COPIED_FILES,
+        tells_caught_up: protocol >= version::CAUGHT_UP,
         session,
     };
     let result = match told {
@@ -714,6 +715,8 @@ struct Streamed {
     /// It speaks protocol 8 or newer: it hears the digests of its own decided transactions,
     /// and that its file is a copy of another device's.
     tells_digests: bool,
+    /// It speaks protocol 10 or newer: it hears when it has caught up.
+    tells_caught_up: bool,
     /// The session reading its transactions (`copied_files`).
     session: u64,
 }
@@ -819,6 +822,7 @@ async fn stream_to_device(
         tells_members,
         tells_epochs,
         tells_digests,
+        tells_caught_up,
         session,
     } = device;
     let mut copied_files = shared.copied_files.subscribe();
@@ -841,6 +845,7 @@ async fn stream_to_device(
     // its position once it has caught up: no tick may come while the log stands still.
     let mut told = cursor;
     let mut tell_position = true;
+    let mut caught_up_untold = tells_caught_up;
     loop {
         following.mark_seen();
         let last = *shared.feed.borrow();
@@ -917,6 +922,14 @@ async fn stream_to_device(
             }
         }
         drop(catching_up);
+        if std::mem::take(&mut caught_up_untold) {
+            // Once a session, where the log stood when the device had it all (its position
+            // included, which it would otherwise hear below).
+            wr.send(&Message::CaughtUp { up_to: cursor }.encode())
+                .await?;
+            wr.flush().await?;
+            told = cursor;
+        }
         if tell_position && told < cursor {
             send(&mut wr, Vec::new(), cursor).await?;
             told = cursor;

@@ -195,13 +195,11 @@ async fn note_copied_file(shared: &Arc<Shared>) {
 /// A session ended: the device is not connected any more (and says so, if it was). Returns
 /// whether it was connected.
 fn session_ended(shared: &Shared) -> bool {
-    let was_connected = shared
-        .live
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .connected_to
-        .take()
-        .is_some();
+    let was_connected = {
+        let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.caught_up = false;
+        live.connected_to.take().is_some()
+    };
     if was_connected {
         shared.emit(Event::Disconnected);
     }
@@ -566,11 +564,13 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
             }
         }
     }
-    shared
-        .live
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .connected_to = Some(ep.to_string());
+    {
+        let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.connected_to = Some(ep.to_string());
+        // A primary of protocol 9 or older never says when this device has caught up: the
+        // connection is all it can go by (README, "Waiting for sync").
+        live.caught_up = protocol < version::CAUGHT_UP;
+    }
     shared.emit(Event::Connected {
         peer: ep.to_string(),
     });
@@ -714,6 +714,17 @@ async fn receive(
             // written with the next entries that change something.
             Message::Entries { entries, up_to } if entries.is_empty() => {
                 shared.advance_feed(up_to);
+            }
+            // Everything before it is written (no write may still be in flight here).
+            Message::CaughtUp { up_to } => {
+                tracing::debug!(up_to, "caught up with the primary");
+                shared.advance_feed(up_to);
+                shared
+                    .live
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .caught_up = true;
+                shared.emit(Event::CaughtUp { seq: up_to });
             }
             Message::Entries { entries, up_to } => {
                 tracing::trace!(up_to, "entries received");

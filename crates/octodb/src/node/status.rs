@@ -21,6 +21,8 @@ pub struct Live {
     pub auth_error: Option<String>,
     /// Devices: why the last session with the primaries failed; None while one is up.
     pub sync_error: Option<String>,
+    /// Devices: the primary said, in this session, that this device holds what it held.
+    pub caught_up: bool,
     /// Devices: this file is a copy of another device's in use, found at this transaction
     /// id; it does not sync until `PRAGMA new_identity` and a reopen.
     pub copied_file: Option<u64>,
@@ -44,6 +46,15 @@ pub struct SyncStatus {
     pub user_id: Option<i64>,
     pub public_key: String,
     pub connected: bool,
+    /// Devices: connected, and the primary said that this device holds everything it held
+    /// (protocol 10; with an older primary, the connection alone). Primaries: always true.
+    #[serde(default)]
+    pub caught_up: bool,
+    /// Devices: ready, caught up and the outbox empty (every write of this device decided):
+    /// it holds what the primaries hold, and they hold what it wrote. Primaries and local
+    /// databases: always true.
+    #[serde(default)]
+    pub synced: bool,
     /// Devices: the primary connected to. Primaries: the connected nodes.
     pub peers: Vec<String>,
     /// Primaries: the addresses listened on.
@@ -98,6 +109,45 @@ pub struct ClusterStatus {
     /// for this to clear (see [`ClusterStatus::settled_voters`]) before taking one away.
     #[serde(default)]
     pub membership_changing: bool,
+}
+
+impl SyncStatus {
+    /// Why a device is not `synced`, in words for its user; None when it is.
+    pub fn not_synced_because(&self) -> Option<String> {
+        if self.synced {
+            return None;
+        }
+        let why = if let Some(state) = &self.auth_state {
+            let detail = self
+                .auth_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            format!("its authorization is {state}{detail}")
+        } else if let Some(e) = &self.sync_error {
+            e.clone()
+        } else if !self.connected {
+            "it is not connected to a primary yet".to_string()
+        } else if !self.db_is_ready {
+            match self.download {
+                Some((rows, total)) => format!("its initial download is at {rows} of {total} rows"),
+                None => "its initial download has not begun".to_string(),
+            }
+        } else if !self.caught_up {
+            format!(
+                "it is still catching up with {} (at log position {})",
+                self.peers.join(", "),
+                self.last_seq
+            )
+        } else {
+            format!(
+                "{} of its transactions are not decided by the primaries yet (they stay in its \
+                 outbox and are sent again at its next connection)",
+                self.outbox_len
+            )
+        };
+        Some(why)
+    }
 }
 
 impl ClusterStatus {
@@ -168,7 +218,7 @@ pub(crate) fn cluster_status(raft: &crate::cluster::Raft) -> ClusterStatus {
 
 pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
     let role = shared.cfg.role;
-    let (live_peer, sessions, download, auth_state, auth_error, sync_error) = {
+    let (live_peer, sessions, download, auth_state, auth_error, sync_error, caught_up) = {
         let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
         let mut s: Vec<String> = live.sessions.values().cloned().collect();
         s.sort();
@@ -180,6 +230,7 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
             live.auth_state.clone().or(requested),
             live.auth_error.clone(),
             live.sync_error.clone(),
+            live.caught_up,
         )
     };
     let (ready, last_seq, outbox_len, last_rejected, last_sync, log_start) =
@@ -208,6 +259,10 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
     };
     let revoked = auth_state.as_deref() == Some("rejected");
     let db_is_ready = ready && (role != Some(Role::Secondary) || id.node_id() != 0);
+    let caught_up = match role {
+        Some(Role::Secondary) => connected && caught_up,
+        _ => true,
+    };
     Ok(SyncStatus {
         db_is_ready,
         node_id: id.node_id(),
@@ -215,6 +270,8 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         user_id: (id.user_id() != 0).then_some(id.user_id()),
         public_key: shared.keys.public_key().to_hex(),
         connected,
+        caught_up,
+        synced: caught_up && db_is_ready && outbox_len == 0,
         peers,
         bind: shared
             .bound
