@@ -676,9 +676,9 @@ impl RawDevice {
         }
     }
 
-    /// The primary's next message (the list of its cluster's primaries, the log's epochs and
-    /// the digests of its own decisions and a session ticket, which this client does not use,
-    /// skipped).
+    /// The primary's next message (the list of its cluster's primaries, the log's epochs,
+    /// the digests of its own decisions, a session ticket and that it caught up, which this
+    /// client does not use, skipped).
     async fn next(&mut self) -> Message {
         loop {
             let bytes = within("a message from the primary", self.s.recv())
@@ -688,7 +688,8 @@ impl RawDevice {
                 Message::PrimaryMembers { .. }
                 | Message::LogHistory { .. }
                 | Message::OwnDigests { .. }
-                | Message::SessionTicket { .. } => continue,
+                | Message::SessionTicket { .. }
+                | Message::CaughtUp { .. } => continue,
                 m => return m,
             }
         }
@@ -1048,7 +1049,8 @@ async fn attempt(addr: SocketAddr, messages: &[Vec<u8>]) -> (String, Vec<Message
         match Message::decode(&bytes).unwrap() {
             Message::PrimaryMembers { .. }
             | Message::LogHistory { .. }
-            | Message::SessionTicket { .. } => {}
+            | Message::SessionTicket { .. }
+            | Message::CaughtUp { .. } => {}
             m => got.push(m),
         }
     }

@@ -112,3 +112,22 @@ fn primaries_and_local_databases_are_always_synced() {
     let s = local.wait_until_synced(Duration::ZERO).unwrap();
     assert!(s.synced && s.caught_up, "{s:?}");
 }
+
+#[test]
+fn a_device_that_has_not_signed_up_is_told_to_sign_up_before_it_can_sync() {
+    let c = Cluster::new();
+    let p = c.auth_primary("p.db", "user");
+    approve_by_data(&p);
+    let d = c.device("d.db", &p);
+    d.wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("required"))
+        .unwrap();
+    let err = d
+        .wait_until_synced(Duration::from_millis(100))
+        .expect_err("not authorized");
+    assert!(err.to_string().contains("sign up or log in"), "{err}");
+    d.execute_batch("PRAGMA user_signup='ann'").unwrap();
+    let s = d
+        .wait_until_synced(DEADLINE)
+        .expect("synced once signed up");
+    assert!(s.user_id.is_some(), "{s:?}");
+}

@@ -123,7 +123,15 @@ impl SyncStatus {
                 .as_deref()
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default();
-            format!("its authorization is {state}{detail}")
+            match state.as_str() {
+                "required" => "the primaries need it to sign up or log in first (PRAGMA \
+                               user_signup or user_login; in the shell, before .sync)"
+                    .to_string(),
+                "requested" => "its sign-up or login has not reached the primaries yet".into(),
+                "pending" => "its sign-up or login waits for the backend's decision".into(),
+                "rejected" => format!("the backend refused it{detail}"),
+                other => format!("its authorization is {other}{detail}"),
+            }
         } else if let Some(e) = &self.sync_error {
             e.clone()
         } else if !self.connected {
