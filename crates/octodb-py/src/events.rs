@@ -354,7 +354,23 @@ impl Connection {
         py: Python<'py>,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.wait_status(py, timeout, |s| s.get_item("synced")?.is_truthy())
+        let waited = self.wait_status(py, timeout, |s| s.get_item("synced")?.is_truthy());
+        match waited {
+            Err(e) if e.is_instance_of::<PyTimeoutError>(py) => {
+                // Say why in words, as the Rust API does, rather than dump the status.
+                let why = self
+                    .status_json(py)
+                    .ok()
+                    .and_then(|json| serde_json::from_str::<octodb::SyncStatus>(&json).ok())
+                    .and_then(|s| s.not_synced_because())
+                    .unwrap_or_else(|| "it was in sync only after the deadline".into());
+                Err(PyTimeoutError::new_err(format!(
+                    "not in sync with the primaries within {:.1} s: {why}",
+                    timeout.unwrap_or_default()
+                )))
+            }
+            other => other,
+        }
     }
 
     /// Wait until `predicate(status)` is true; returns that status. Raises TimeoutError after

@@ -210,6 +210,14 @@ def test_wait_until_synced_returns_once_the_device_holds_the_backends_rows_and_i
     wait_until("the caught_up event", lambda: kinds.add(getattr(events.get(timeout=DEADLINE), "kind", None)) or "caught_up" in kinds)
 
 
+def test_wait_until_synced_says_why_a_device_is_not_in_sync(open_primary, open_device):
+    backend = open_primary(auth="user")
+    phone = open_device(backend)
+    phone.wait_for(lambda s: s["auth_state"] == "required", timeout=DEADLINE)
+    with pytest.raises(TimeoutError, match="sign up or log in"):
+        phone.wait_until_synced(timeout=0.1)
+
+
 def test_a_device_whose_app_writes_without_pause_still_receives_rows(open_primary, open_device, tmp_path):
     """Python's implicit transactions on a device committing back to back do not keep the
     node's engine out of the file: a backend row arrives, and the app's rows are accepted."""
