@@ -122,6 +122,25 @@ fn a_device_shell_with_sync_sees_the_primarys_rows_and_delivers_its_writes() {
         "the write was decided before the shell exited"
     );
 
+    // A write the primary refuses (the id is another user's row, which this device cannot
+    // see) is reported, and the exit status says so.
+    p.execute(
+        "INSERT INTO t(id, v, row_owner) VALUES (7, 'someone else''s', 99)",
+        [],
+    )
+    .unwrap();
+    let out = octodb()
+        .args(["--sync", &uri, "INSERT INTO t(id, v) VALUES (7, 'mine');"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("rejected this device's transaction"),
+        "{stderr}"
+    );
+    assert_eq!(count(&p, "SELECT count(*) FROM t WHERE v = 'mine'"), 0);
+
     drop(p);
     let out = octodb()
         .args(["--sync=0.3", &uri, "SELECT 'should not run';"])

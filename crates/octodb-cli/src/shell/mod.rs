@@ -48,12 +48,26 @@ pub struct Shell {
     once_armed: bool,
     read_depth: usize,
     names: complete::Names,
+    /// A device's events since the shell began, read at each sync to report the writes the
+    /// primaries rejected.
+    decisions: Option<Decisions>,
+}
+
+/// What a device's shell hears of the primaries' decisions on its writes.
+struct Decisions {
+    events: tokio::sync::broadcast::Receiver<octodb::Event>,
+    /// Unix time when the shell began listening.
+    since: f64,
 }
 
 pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
     let uri = crate::normalize_uri(&args.uri);
     let conn = Connection::open(&uri)?;
     crate::progress::show_download(&conn);
+    let decisions = (conn.role() == Some(octodb::Role::Secondary)).then(|| Decisions {
+        events: conn.subscribe(),
+        since: unix_now(),
+    });
     let mut sh = Shell {
         conn,
         uri,
@@ -67,6 +81,7 @@ pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
         once_armed: false,
         read_depth: 0,
         names: complete::Names::default(),
+        decisions,
     };
     let interactive = args.sql.is_empty() && std::io::stdin().is_terminal();
     // `--sync`: the statements see what the primaries hold, or none runs; and the shell ends
@@ -113,9 +128,48 @@ impl Shell {
     }
 
     /// `.sync`: wait until this device is in sync with its primaries, or say why it is not.
+    /// A write the primaries rejected is reported as an error (it was taken back here).
     fn sync(&mut self, timeout: Duration) {
-        if let Err(e) = self.conn.wait_until_synced(timeout) {
+        let synced = self.conn.wait_until_synced(timeout);
+        self.report_rejections();
+        if let Err(e) = synced {
             self.report(e);
+        }
+    }
+
+    /// The rejections heard since the last report: each with its reason, or, when too many
+    /// events came to keep them all, the last one the status holds.
+    fn report_rejections(&mut self) {
+        let Some(d) = &mut self.decisions else { return };
+        let mut rejected = Vec::new();
+        let mut missed = false;
+        loop {
+            match octodb::next_event(&mut d.events, Duration::ZERO) {
+                octodb::Next::Event(octodb::Event::TransactionRejected { txn_id, reason }) => {
+                    rejected.push((txn_id, reason))
+                }
+                octodb::Next::Event(_) => {}
+                octodb::Next::Missed(_) => missed = true,
+                octodb::Next::Timeout | octodb::Next::Closed => break,
+            }
+        }
+        if missed {
+            let since = d.since;
+            let last = self.conn.sync_status().ok().and_then(|s| s.last_rejected);
+            if let Some(r) =
+                last.filter(|r| r.at >= since && !rejected.iter().any(|(t, _)| *t == r.txn_id))
+            {
+                rejected.push((
+                    r.txn_id,
+                    format!("{} (and maybe others: see .status)", r.reason),
+                ));
+            }
+        }
+        for (txn_id, reason) in rejected {
+            self.report(format!(
+                "the primaries rejected this device's transaction {txn_id}, which is taken back \
+                 here: {reason}"
+            ));
         }
     }
 
@@ -314,4 +368,10 @@ fn names_a_key(line: &str) -> bool {
     let lower = line.to_ascii_lowercase();
     let keyed = |word: &str| lower.contains(word) && lower.contains("key");
     keyed("pragma") || keyed("attach") || lower.contains("sqlcipher")
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
