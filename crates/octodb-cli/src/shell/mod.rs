@@ -87,6 +87,10 @@ pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
     // `--sync`: the statements see what the primaries hold, or none runs; and the shell ends
     // once its writes are decided, or says that they wait in the outbox.
     if let Some(timeout) = args.sync {
+        let synced = sh.conn.sync_status().is_ok_and(|s| s.synced);
+        if !synced && std::io::stderr().is_terminal() {
+            eprintln!("waiting up to {timeout:?} for this device to sync with its primaries...");
+        }
         if let Err(e) = sh.conn.wait_until_synced(timeout) {
             sh.report(e);
             return Ok(ExitCode::FAILURE);
