@@ -7,10 +7,12 @@ Use it as a drop-in::
     db = sqlite3.connect("app.db")                     # a plain local database, as sqlite3
     db = sqlite3.connect("file:phone.db?node=secondary&connect=tcp://backend:1234")   # a device
     db.wait_until_ready(timeout=30)                     # authorized and downloaded
+    db.wait_until_synced(timeout=30)                    # holds what the primaries hold
 
 Everything sqlite3 offers works the same on a local database; on a primary or a device the
 same API reads and writes the replicated database, and adds ``sync_status()``, ``nodes()``,
-``wait_until_ready()``, ``wait_for()``, ``events()``, ``on_event()`` and the backend's
+``wait_until_ready()``, ``wait_until_synced()``, ``wait_for()``, ``events()``, ``on_event()``
+and the backend's
 authorization callbacks (``register_function("user_signup", 2, f)``, ...).
 """
 
