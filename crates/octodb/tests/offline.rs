@@ -6,15 +6,6 @@ use octodb::{Connection, Error, Event, SyncStatus};
 use std::path::Path;
 use tokio::sync::broadcast::error::TryRecvError;
 
-/// The port a primary listens on, to reopen it at the same address after a restart.
-fn port_of(primary: &Connection) -> u16 {
-    primary
-        .bound_addrs()
-        .first()
-        .expect("primary is listening")
-        .port()
-}
-
 fn reopen_primary(path: &Path, port: u16) -> Connection {
     Connection::open(&primary_uri(path, port)).expect("reopen primary on the same port")
 }

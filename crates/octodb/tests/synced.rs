@@ -6,14 +6,6 @@ use common::*;
 use octodb::{Connection, Error, Event};
 use std::time::Duration;
 
-fn port_of(primary: &Connection) -> u16 {
-    primary
-        .bound_addrs()
-        .first()
-        .expect("primary is listening")
-        .port()
-}
-
 #[test]
 fn a_device_back_online_is_synced_once_it_holds_what_it_missed_and_its_writes_are_decided() {
     let c = Cluster::new();

@@ -43,23 +43,7 @@ fn a_device_from_before_version_negotiation_syncs_with_this_primary() {
     let addr = addr_of(&p);
     runtime().block_on(async {
         // Exactly what a device of protocol 2 does: no offer in the handshake.
-        let old = HandshakeOptions {
-            versions: Versions::PRE_NEGOTIATION,
-            ..Default::default()
-        };
-        let tcp = TcpStream::connect(&addr).await.unwrap();
-        let mut s = SecureStream::connect(tcp, &NodeKeys::generate(), &old)
-            .await
-            .expect("this primary still serves protocol 2");
-        assert_eq!(s.protocol_version(), 2);
-        let hello = Message::Hello {
-            role: octodb::Role::Secondary,
-            last_seq: 0,
-            info: "{}".into(),
-            auth: None,
-        };
-        s.send(&hello.encode()).await.unwrap();
-        s.flush().await.unwrap();
+        let mut s = new_device_says_hello(&addr, Versions::PRE_NEGOTIATION).await;
         let Message::Welcome {
             node_id, user_id, ..
         } = next(&mut s).await
@@ -109,10 +93,9 @@ fn a_device_from_before_version_negotiation_syncs_with_this_primary() {
     assert_eq!(count(&p, "SELECT count(*) FROM t WHERE v = 'old app'"), 1);
 }
 
-/// The kinds of message a new device speaking `versions` hears from `addr` until the
-/// primary answers its first heartbeat (which the primary does only once it has caught the
-/// device up).
-async fn kinds_until_heartbeat_answered(addr: &str, versions: Versions) -> Vec<&'static str> {
+/// A new device's session over the raw protocol, speaking the newest of `versions`, its
+/// Hello sent.
+async fn new_device_says_hello(addr: &str, versions: Versions) -> SecureStream {
     let options = HandshakeOptions {
         versions,
         ..Default::default()
@@ -130,6 +113,14 @@ async fn kinds_until_heartbeat_answered(addr: &str, versions: Versions) -> Vec<&
     };
     s.send(&hello.encode()).await.unwrap();
     s.flush().await.unwrap();
+    s
+}
+
+/// The kinds of message a new device speaking `versions` hears from `addr` until the
+/// primary answers its first heartbeat (which the primary does only once it has caught the
+/// device up).
+async fn kinds_until_heartbeat_answered(addr: &str, versions: Versions) -> Vec<&'static str> {
+    let mut s = new_device_says_hello(addr, versions).await;
     let mut kinds = Vec::new();
     loop {
         let m = next(&mut s).await;

@@ -110,6 +110,15 @@ pub fn addr_of(primary: &Connection) -> String {
         .to_string()
 }
 
+/// The port a primary listens on, to reopen it at the same address after a restart.
+pub fn port_of(primary: &Connection) -> u16 {
+    primary
+        .bound_addrs()
+        .first()
+        .expect("primary is listening")
+        .port()
+}
+
 /// Wait until `f` returns Some, or panic with `what` after the deadline.
 pub fn wait_until<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + DEADLINE;
