@@ -122,6 +122,28 @@ fn a_device_shell_with_sync_sees_the_primarys_rows_and_delivers_its_writes() {
         "the write was decided before the shell exited"
     );
 
+    // `.sync` in a script: the write before it is on the primary once it returns.
+    let mut child = octodb()
+        .args([&uri])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let lines = lines_of(&mut child);
+    writeln!(stdin, "INSERT INTO t(v) VALUES ('before .sync');").unwrap();
+    writeln!(stdin, ".sync").unwrap();
+    writeln!(stdin, "SELECT 'synced';").unwrap();
+    assert_eq!(next_line(&lines), "synced");
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM t WHERE v = 'before .sync'"),
+        1,
+        ".sync returned once the write was decided"
+    );
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+
     // A write the primary refuses (the id is another user's row, which this device cannot
     // see) is reported, and the exit status says so.
     p.execute(
@@ -159,7 +181,7 @@ fn a_device_shell_with_sync_sees_the_primarys_rows_and_delivers_its_writes() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
 }
 
 #[test]
