@@ -44,6 +44,20 @@ fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
+/// The shell run with `args`, its standard input to write to, and the lines it prints.
+fn piped_shell(args: &[&str]) -> (Child, std::process::ChildStdin, mpsc::Receiver<String>) {
+    let mut child = octodb()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = child.stdin.take().unwrap();
+    let lines = lines_of(&mut child);
+    (child, stdin, lines)
+}
+
 fn next_line(rx: &mpsc::Receiver<String>) -> String {
     rx.recv_timeout(DEADLINE)
         .expect("a line of output before the deadline")
@@ -57,15 +71,7 @@ fn count(c: &Connection, sql: &str) -> i64 {
 fn piped_shell_runs_each_statement_when_complete_and_goes_on_after_errors() {
     let dir = tempfile::tempdir().unwrap();
     let uri = format!("file:{}", dir.path().join("local.db").display());
-    let mut child = octodb()
-        .args(["--json", &uri])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let lines = lines_of(&mut child);
+    let (child, mut stdin, lines) = piped_shell(&["--json", &uri]);
     // Each statement is answered before the next is written: the shell does not wait for EOF.
     writeln!(stdin, "CREATE TABLE t(a, b);").unwrap();
     writeln!(stdin, "INSERT INTO t VALUES (1, 'x'), (2, NULL);").unwrap();
@@ -123,15 +129,7 @@ fn a_device_shell_with_sync_sees_the_primarys_rows_and_delivers_its_writes() {
     );
 
     // `.sync` in a script: the write before it is on the primary once it returns.
-    let mut child = octodb()
-        .args([&uri])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let lines = lines_of(&mut child);
+    let (mut child, mut stdin, lines) = piped_shell(&[&uri]);
     writeln!(stdin, "INSERT INTO t(v) VALUES ('before .sync');").unwrap();
     writeln!(stdin, ".sync").unwrap();
     writeln!(stdin, "SELECT 'synced';").unwrap();
