@@ -358,15 +358,14 @@ impl Connection {
         match waited {
             Err(e) if e.is_instance_of::<PyTimeoutError>(py) => {
                 // Say why in words, as the Rust API does, rather than dump the status.
-                let why = self
+                let status = self
                     .status_json(py)
                     .ok()
-                    .and_then(|json| serde_json::from_str::<octodb::SyncStatus>(&json).ok())
-                    .and_then(|s| s.not_synced_because())
-                    .unwrap_or_else(|| "it was in sync only after the deadline".into());
-                Err(PyTimeoutError::new_err(format!(
-                    "not in sync with the primaries within {:.1} s: {why}",
-                    timeout.unwrap_or_default()
+                    .and_then(|json| serde_json::from_str::<octodb::SyncStatus>(&json).ok());
+                let waited = Duration::from_secs_f64(timeout.unwrap_or_default().max(0.0));
+                Err(PyTimeoutError::new_err(octodb::not_synced_within(
+                    status.as_ref(),
+                    waited,
                 )))
             }
             other => other,

@@ -444,16 +444,10 @@ impl Connection {
     /// in sync at once.
     pub fn wait_until_synced(&self, timeout: Duration) -> Result<SyncStatus> {
         self.wait_for(timeout, |s| s.synced).map_err(|e| match e {
-            Error::Timeout(_) => {
-                let why = self
-                    .sync_status()
-                    .ok()
-                    .and_then(|s| s.not_synced_because())
-                    .unwrap_or_else(|| "it was in sync only after the deadline".into());
-                Error::Timeout(format!(
-                    "not in sync with the primaries within {timeout:?}: {why}"
-                ))
-            }
+            Error::Timeout(_) => Error::Timeout(crate::node::not_synced_within(
+                self.sync_status().ok().as_ref(),
+                timeout,
+            )),
             other => other,
         })
     }

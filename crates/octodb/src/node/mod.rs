@@ -28,7 +28,7 @@ pub(crate) mod write_turns;
 mod writer;
 
 pub use events::Event;
-pub use status::{NodeRecord, SyncStatus};
+pub use status::{not_synced_within, NodeRecord, SyncStatus};
 
 use crate::crypto::NodeKeys;
 use crate::error::{Error, Result};

@@ -111,6 +111,15 @@ pub struct ClusterStatus {
     pub membership_changing: bool,
 }
 
+/// The error of a wait for `synced` that ran out after `waited`, saying why from `status`
+/// (the status read then, if it could be).
+pub fn not_synced_within(status: Option<&SyncStatus>, waited: std::time::Duration) -> String {
+    let why = status
+        .and_then(SyncStatus::not_synced_because)
+        .unwrap_or_else(|| "it was in sync only after the deadline".into());
+    format!("not in sync with the primaries within {waited:?}: {why}")
+}
+
 impl SyncStatus {
     /// Why a device is not `synced`, in words for its user; None when it is.
     pub fn not_synced_because(&self) -> Option<String> {
