@@ -20,7 +20,7 @@ use super::RaftNodeId;
 use crate::changes::Op;
 use crate::error::{Error, Result};
 use crate::log::{self, EntryBody, LogEntry};
-use crate::store::apply::Tables;
+use crate::store::apply::{HeldInserts, Tables};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::future::Future;
@@ -304,13 +304,21 @@ impl Applier {
                 return Ok(Err(ForwardOutcome::Conflict { reason }));
             }
             let mut entries = Vec::with_capacity(txn.bodies.len());
+            let mut inserts = HeldInserts::new(c);
             for body in &txn.bodies {
                 let d = Decided {
                     origin_node,
                     origin_txn: 0,
                     body: body.clone(),
                 };
-                let seq = match apply_decided(c, &mut self.tables, &self.replicated, &d, None) {
+                let seq = match apply_decided(
+                    c,
+                    &mut self.tables,
+                    &mut inserts,
+                    &self.replicated,
+                    &d,
+                    None,
+                ) {
                     Ok(seq) => seq,
                     // (A constraint of the leader's rows, a schema statement that fails here.)
                     Err(e) => {

@@ -14,7 +14,7 @@ use super::{RaftNodeId, StorageError};
 use crate::changes::Op;
 use crate::error::{Error, Result};
 use crate::log::{self, EntryBody};
-use crate::store::apply::{self, Tables};
+use crate::store::apply::{self, HeldInserts, Tables};
 use crate::store::{meta_get, meta_set, write_txn};
 use crate::value::Value;
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -98,6 +98,7 @@ impl Inner {
         } = self;
         let out = write_txn(conn, |c| {
             tables.in_transaction(|tables| {
+                let mut inserts = HeldInserts::new(c);
                 let mut out = Vec::with_capacity(entries.len());
                 for entry in entries {
                     let mut last_seq = 0;
@@ -107,7 +108,8 @@ impl Inner {
                             Proposal::Decided(txns) | Proposal::Batch { txns, .. },
                         ) => {
                             for d in txns {
-                                last_seq = apply_decided(c, tables, replicated, d, None)?;
+                                last_seq =
+                                    apply_decided(c, tables, &mut inserts, replicated, d, None)?;
                                 rows_seq = last_seq;
                                 if let EntryBody::Epoch { .. } = d.body {
                                     news.epoch_seq = last_seq;
@@ -118,7 +120,8 @@ impl Inner {
                             for (at, d) in txns.iter().enumerate() {
                                 let digest = digests.get(at).copied().flatten();
                                 let digest = digest.as_ref();
-                                last_seq = apply_decided(c, tables, replicated, d, digest)?;
+                                last_seq =
+                                    apply_decided(c, tables, &mut inserts, replicated, d, digest)?;
                                 rows_seq = last_seq;
                                 if let EntryBody::Epoch { .. } = d.body {
                                     news.epoch_seq = last_seq;
@@ -362,6 +365,7 @@ pub(super) fn save_applied_state(
 pub(super) fn apply_decided(
     c: &Connection,
     tables: &mut Tables,
+    inserts: &mut HeldInserts<'_>,
     replicated: &Replicated,
     d: &Decided,
     origin_digest: Option<&crate::log::digest::TxnDigest>,
@@ -382,9 +386,7 @@ pub(super) fn apply_decided(
                     // rows changed): try the insert first, with the statements kept per table
                     // and column order (building them for each row cost ~1% of a cluster's
                     // CPU, the update tried first a seek per new row).
-                    tables
-                        .statements(&t, &h.columns)
-                        .insert_or_update(c, *rowid, values)?;
+                    inserts.insert_or_update(&tables.statements(&t, &h.columns), *rowid, values)?;
                 }
                 Op::Delete { table, rowid, .. } => {
                     let Some(h) = cs.header(*table) else { continue };
@@ -396,6 +398,7 @@ pub(super) fn apply_decided(
                 Op::Ddl { sql, .. } => {
                     c.execute_batch(sql)?;
                     tables.schema_changed();
+                    inserts.schema_changed();
                     refresh_replicated(c, replicated)?;
                 }
                 Op::Insert { .. } | Op::Update { .. } => {

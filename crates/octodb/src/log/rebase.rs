@@ -8,7 +8,7 @@ use super::predict::Predictions;
 use super::{EntryBody, LogEntry};
 use crate::changes::{column_bit, ChangeSet, Op};
 use crate::error::Result;
-use crate::store::apply::{delete_row, write_row, RowSql, Tables};
+use crate::store::apply::{delete_row, write_row, HeldInserts, RowSql, Tables};
 use crate::store::schema;
 use crate::value::Value;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -68,6 +68,7 @@ pub fn apply_entries(
     let mut applied = Applied::default();
     let mut touched: BTreeSet<RowKey> = BTreeSet::new();
     let mut predictions = Predictions::default();
+    let mut inserts = HeldInserts::new(conn);
     // Base rows are made only by this device's own commits, which wait for this transaction.
     let any_base: bool = conn
         .prepare_cached("SELECT EXISTS(SELECT 1 FROM _octo_base)")?
@@ -115,6 +116,7 @@ pub fn apply_entries(
                 }
                 let mut ctx = ChangeSetApply {
                     tables: &mut *tables,
+                    inserts: &mut inserts,
                     any_base,
                     statements: HashMap::new(),
                     kept_as_sent,
@@ -156,8 +158,9 @@ fn leave_outbox(conn: &Connection, txn: u64, touched: &mut BTreeSet<RowKey>) -> 
 }
 
 /// What applying one change set needs besides the connection.
-struct ChangeSetApply<'a> {
+struct ChangeSetApply<'a, 'c> {
     tables: &'a mut Tables,
+    inserts: &'a mut HeldInserts<'c>,
     /// Whether any row has pending local work (else no row needs the base check).
     any_base: bool,
     /// Statements per table header of the change set, looked up at its first row.
@@ -173,7 +176,7 @@ struct ChangeSetApply<'a> {
 
 fn apply_op(
     conn: &Connection,
-    ctx: &mut ChangeSetApply<'_>,
+    ctx: &mut ChangeSetApply<'_, '_>,
     cs: &ChangeSet,
     op: &Op,
     touched: &mut BTreeSet<RowKey>,
@@ -183,6 +186,7 @@ fn apply_op(
         if let Op::Ddl { sql, .. } = op {
             schema::apply_primaries_ddl(conn, sql)?;
             ctx.tables.schema_changed();
+            ctx.inserts.schema_changed();
             applied.schema_changed = true;
             if ctx.any_base {
                 // A dropped table or column (or a table rebuilt under its name) may have taken
@@ -249,7 +253,7 @@ fn apply_op(
         // A settled row is usually already as the primaries have it: write only a difference.
         Some(values) if settled => sql.make_equal(conn, rowid, values),
         // Rows from the primaries are usually new here: try the insert first.
-        Some(values) => sql.insert_or_update(conn, rowid, values),
+        Some(values) => ctx.inserts.insert_or_update(sql, rowid, values),
         None => delete_row(conn, &t, rowid),
     };
     written.map_err(|e| refused_here(e, &h.name, rowid))

@@ -1264,6 +1264,7 @@ fn decide_device_txns(
     effects: Option<&TriggerEffects>,
     out: &mut BatchOutcome,
 ) -> Result<()> {
+    let mut inserts = apply::HeldInserts::new(c);
     for (at, (sender, txns)) in batch.iter().enumerate() {
         let mut done = decided.last(c, new, sender.node_id)?;
         let mut count = 0;
@@ -1292,12 +1293,13 @@ fn decide_device_txns(
             if let Some(e) = effects {
                 e.begin();
             }
-            let applied = apply::apply_device_txn(c, tables, *sender, cs, effects.is_none())
-                .and_then(|outcome| match (outcome, effects) {
-                    // What the primary's triggers wrote with it, as captured.
-                    (Ok(_), Some(e)) => e.take(c),
-                    (outcome, _) => Ok(outcome),
-                });
+            let applied =
+                apply::apply_device_txn(c, tables, &mut inserts, *sender, cs, effects.is_none())
+                    .and_then(|outcome| match (outcome, effects) {
+                        // What the primary's triggers wrote with it, as captured.
+                        (Ok(_), Some(e)) => e.take(c),
+                        (outcome, _) => Ok(outcome),
+                    });
             let body = match applied {
                 Ok(Ok(changes)) => {
                     exec(c, "RELEASE device_txn")?;
