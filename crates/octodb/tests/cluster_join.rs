@@ -184,6 +184,53 @@ fn a_follower_restarted_after_many_commits_catches_up_from_its_stored_membership
     );
 }
 
+/// The cluster's leader stopped, taken out of the cluster by the next leader, then started
+/// again on its old file: the members refuse its calls, its status says why and what to do,
+/// and the cluster goes on without it.
+#[test]
+fn a_removed_primary_started_again_is_told_it_is_no_member() {
+    let c = Cluster::new();
+    let (p1, p2, p3) = three_joined(&c);
+    let p1_port = p1.bound_addrs()[0].port();
+    let p1_id = p1.sync_status().unwrap().node_id;
+    drop(p1);
+    wait_closed(&c, "p.db");
+    let new_leader = wait_until("a new leader", || {
+        [&p2, &p3].into_iter().find(|p| {
+            p.sync_status()
+                .ok()
+                .and_then(|s| s.cluster)
+                .is_some_and(|c| c.role == "leader")
+        })
+    });
+    new_leader
+        .execute_batch(&format!("PRAGMA remove_primary={p1_id}"))
+        .unwrap();
+
+    let p1 = Connection::open(&format!(
+        "{}&connect=tcp://{}",
+        primary_uri(&c.path("p.db"), p1_port),
+        addr_of(new_leader)
+    ))
+    .unwrap();
+    let error = wait_until("the removed primary says the members refuse it", || {
+        p1.sync_status().ok()?.sync_error
+    });
+    assert!(
+        error.contains("not a member") && error.contains("new file"),
+        "{error}"
+    );
+    new_leader
+        .execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
+        .unwrap();
+    for p in [&p2, &p3] {
+        wait_count(p, "SELECT count(*) FROM t WHERE v = 'after'", 1);
+    }
+    let members = new_leader.sync_status().unwrap().cluster.unwrap().members;
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert_eq!(count(&p1, "SELECT count(*) FROM t WHERE v = 'after'"), 0);
+}
+
 /// A primary listening on every interface names the address others reach it at: the
 /// cluster stores and uses that one (here a host name, not an address).
 #[test]

@@ -138,6 +138,11 @@ pub(crate) struct Forwarder {
 }
 
 impl Forwarder {
+    /// The members refusing this primary (see [`super::network::Refusals`]).
+    pub(crate) fn refusals(&self) -> &super::network::Refusals {
+        self.network.refusals()
+    }
+
     pub(crate) fn new(network: super::PeerNetwork) -> Forwarder {
         Forwarder {
             network,

@@ -200,6 +200,41 @@ pub struct PeerNetwork {
     keys: NodeKeys,
     handshake: Arc<HandshakeOptions>,
     batches: WrittenBatches,
+    refusals: Refusals,
+}
+
+/// The members that refuse this primary's calls, and why, until one answers again: how a
+/// primary removed from its cluster while it was stopped learns it from its old peers.
+#[derive(Clone, Default)]
+pub(crate) struct Refusals(Arc<Mutex<std::collections::BTreeMap<RaftNodeId, String>>>);
+
+impl Refusals {
+    fn note(&self, member: RaftNodeId, reason: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Logged when it begins or changes, not at every call.
+        if map.get(&member).map(String::as_str) != Some(reason) {
+            tracing::warn!(member, %reason, "a member of the cluster refuses this primary");
+            map.insert(member, reason.to_string());
+        }
+    }
+
+    fn clear(&self, member: RaftNodeId) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.remove(&member).is_some() {
+            tracing::info!(member, "a member of the cluster answers this primary again");
+        }
+    }
+
+    /// What the refusing members say, for the primary's status; None while none refuses.
+    pub(crate) fn summary(&self) -> Option<String> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (first, reason) = map.iter().next()?;
+        let others = map.len() - 1;
+        Some(match others {
+            0 => format!("cluster member {first} refuses this primary: {reason}"),
+            _ => format!("cluster members {first} and {others} more refuse this primary: {reason}"),
+        })
+    }
 }
 
 impl PeerNetwork {
@@ -218,7 +253,12 @@ impl PeerNetwork {
                 file_key: Arc::new(file_key),
                 conn: Arc::default(),
             },
+            refusals: Refusals::default(),
         }
+    }
+
+    pub(crate) fn refusals(&self) -> &Refusals {
+        &self.refusals
     }
 }
 
@@ -432,13 +472,21 @@ impl PeerClient {
         let exchange = async {
             wr.send(&bytes).await?;
             wr.flush().await?;
-            decode::<Reply>(&rd.recv().await?)
+            let frame = rd.recv().await?;
+            decode::<Reply>(&frame).map_err(|e| refusal_in(&frame).unwrap_or(e))
         };
         match tokio::time::timeout(ttl, exchange).await {
             Ok(Ok(reply)) => {
                 self.conn = Some((rd, wr));
                 self.answered = true;
+                self.network.refusals.clear(self.target);
                 Ok(reply)
+            }
+            // Refused (no longer a member there, or it is another member now): openraft backs
+            // off rather than calling again at once, and the primary's status says why.
+            Ok(Err(NetError::Refused(reason))) => {
+                self.network.refusals.note(self.target, &reason);
+                Err(CallError::Unreachable(NetError::Refused(reason)))
             }
             // A member that closes a new connection at once refuses it (it is another
             // member now, or stopping): openraft backs off rather than calling again at once.
@@ -448,6 +496,14 @@ impl PeerClient {
             Ok(Err(e)) => Err(CallError::Network(e)),
             Err(_) => Err(CallError::Network(NetError::Timeout)),
         }
+    }
+}
+
+/// A member's refusal of the session (a node message, not a cluster frame), if `frame` is one.
+fn refusal_in(frame: &[u8]) -> Option<NetError> {
+    match Message::decode(frame) {
+        Ok(Message::Refused { reason }) => Some(NetError::Refused(reason)),
+        _ => None,
     }
 }
 

@@ -339,6 +339,12 @@ impl Proposer {
         &self.raft
     }
 
+    /// Why members of the cluster refuse this primary's calls, while any does (it was removed
+    /// from the cluster, or its file is another cluster's).
+    pub fn refused(&self) -> Option<String> {
+        self.forwarder.refusals().summary()
+    }
+
     /// Follows the log position of the rows the state machine writes itself: a follower's
     /// batches and snapshots (a leader's own batches are announced by their writers).
     pub fn rows_applied(&self) -> tokio::sync::watch::Receiver<u64> {

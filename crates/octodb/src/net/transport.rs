@@ -97,6 +97,9 @@ pub enum NetError {
     /// The two nodes speak no protocol version in common; says which one to upgrade.
     #[error("incompatible octodb versions: {0}")]
     Version(String),
+    /// The peer refused this node's session, saying why.
+    #[error("refused by the peer: {0}")]
+    Refused(String),
 }
 
 pub(super) fn noise_error(e: snow::Error) -> NetError {

@@ -53,7 +53,16 @@ pub(super) async fn primary_session(
     };
     let raft = proposer.raft().clone();
     let hello = PrimaryHello::parse(&info);
-    if !hello.asks_to_join() && crate::cluster::network::may_call(&raft, &peer) {
+    if !hello.asks_to_join() {
+        if !crate::cluster::network::may_call(&raft, &peer) {
+            // Raft's calls from a primary that is no member (any more): it backs off and shows
+            // this in its status, so it is not logged at every call.
+            tracing::debug!(%addr, "Raft calls from a primary that is not a member refused");
+            let refusal = Message::Refused {
+                reason: NOT_A_MEMBER.into(),
+            };
+            return send_now(&mut wr, &refusal).await;
+        }
         let me = raft.metrics().borrow().id;
         if hello.to.is_some_and(|to| to != me) {
             let reason = format!("this primary is node {me} of its cluster, not the one called");
@@ -80,6 +89,12 @@ pub(super) async fn primary_session(
         }
     }
 }
+
+/// The answer to Raft's calls from a primary whose key is not a member.
+const NOT_A_MEMBER: &str = "its key is not a member of this cluster: it was removed (PRAGMA \
+     remove_primary), or its file belongs to another cluster. To serve in this cluster again, \
+     start it from a new file with connect= naming a member: it then joins and receives the \
+     cluster's data";
 
 /// What a primary says of itself in its `Hello`: a member's Raft connection names the member
 /// it is for (`to`; older builds do not say); a join names the address members reach the

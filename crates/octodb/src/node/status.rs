@@ -306,7 +306,7 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         // An approved device shows a state only when the backend took its approval back.
         auth_error: auth_error.filter(|_| id.node_id() == 0 || revoked),
         auth_state: auth_state.filter(|_| id.node_id() == 0 || revoked),
-        sync_error,
+        sync_error: sync_error.or_else(|| shared.cluster.get().and_then(|p| p.refused())),
         cluster: shared.cluster.get().map(|p| cluster_status(p.raft())),
         primaries: shared
             .known_primaries
