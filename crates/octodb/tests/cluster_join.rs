@@ -6,6 +6,7 @@
 mod common;
 
 use common::*;
+use octodb::auth::{Action, AuthRequest, Decision};
 use octodb::Connection;
 
 const SHARED: [&str; 5] = [
@@ -229,6 +230,56 @@ fn a_removed_primary_started_again_is_told_it_is_no_member() {
     let members = new_leader.sync_status().unwrap().cluster.unwrap().members;
     assert_eq!(members.len(), 2, "{members:?}");
     assert_eq!(count(&p1, "SELECT count(*) FROM t WHERE v = 'after'"), 0);
+}
+
+/// With `auth=`, a new primary's key waits for the backend as a device's does: the leader
+/// lists it, and `PRAGMA authorize_node` or the `new_node` callback lets it join.
+#[test]
+fn with_auth_a_joining_primary_waits_for_the_backend_to_approve_it() {
+    let c = Cluster::new();
+    let p1 = c.auth_primary("p.db", "user");
+    let leader = addr_of(&p1);
+    let joining = |name: &str| {
+        Connection::open(&format!(
+            "{}&connect=tcp://{leader}&auth=user",
+            primary_uri(&c.path(name), 0)
+        ))
+        .expect("open a joining primary")
+    };
+    let p2 = joining("p2.db");
+    let key = p2.sync_status().unwrap().public_key;
+    let waits = wait_until("the new primary says it waits for approval", || {
+        p2.sync_status()
+            .ok()?
+            .sync_error
+            .filter(|e| e.contains("authorize_node"))
+    });
+    assert!(waits.contains(&key), "{waits}");
+    let listed = p1.nodes().unwrap();
+    assert!(
+        listed
+            .iter()
+            .any(|n| n.public_key == key && n.auth_state == "pending"),
+        "the leader lists the request: {listed:?}"
+    );
+    p1.execute(&format!("PRAGMA authorize_node='{key}:primary'"), [])
+        .unwrap();
+    wait_voters(&p1, 2);
+
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = asked.clone();
+    p1.set_auth_callback(Action::NewNode, move |r: &AuthRequest| {
+        seen.lock().unwrap().push(r.node_info.clone());
+        Decision::Node(octodb::Role::Primary)
+    })
+    .unwrap();
+    let _p3 = joining("p3.db");
+    wait_voters(&p1, 3);
+    let infos = asked.lock().unwrap().clone();
+    assert!(
+        infos.iter().any(|i| i.contains(r#""node_type":"primary""#)),
+        "the callback is told a primary asks: {infos:?}"
+    );
 }
 
 /// A primary listening on every interface names the address others reach it at: the

@@ -79,7 +79,7 @@ pub(super) async fn admit(
         (AuthMode::User, _) => {
             if known.is_none() {
                 let (pubkey, address) = (key.clone(), who.addr.to_string());
-                let info = node_info(&key, &who.addr, &who.info);
+                let info = node_info(&key, "secondary", &who.addr, &who.info);
                 ask(shared, |reply| Job::Presence {
                     pubkey,
                     address,
@@ -116,7 +116,7 @@ pub(super) async fn admit(
     };
     // Subscribe before anything can decide, so that no decision is missed.
     let mut decided = shared.auth_decided.subscribe();
-    let node_info = node_info(&key, &who.addr, &who.info);
+    let node_info = node_info(&key, "secondary", &who.addr, &who.info);
     let fresh_request = !(already_waiting && data.is_none());
     // This session puts a fresh request to this process's callback: the task deciding waiting
     // requests (`waiting_requests`) leaves it alone meanwhile. One carried over from another
@@ -159,6 +159,82 @@ pub(super) async fn admit(
         d => authorize(shared, key.clone(), d).await?,
     };
     finish(wr, outcome).await
+}
+
+/// Under `auth=`: the node id of a primary asking to join the cluster, once its key is
+/// approved as a primary. A key not decided yet is recorded as a request (listed by `PRAGMA
+/// nodes` and the admin console, decided there or by `PRAGMA authorize_node`) and put to the
+/// backend (its `new_node` callback or service); meanwhile the joiner is told it waits, and it
+/// asks again.
+pub(super) async fn approved_primary(
+    shared: &Arc<Shared>,
+    key: &str,
+    addr: SocketAddr,
+    told: &str,
+) -> std::result::Result<u32, String> {
+    let k = key.to_string();
+    let found = shared
+        .read(move |c| members::lookup(c, &k))
+        .await
+        .map_err(|e| format!("cannot read the nodes: {e}"))?;
+    let waiting = format!(
+        "this primary waits for the backend to approve its key as a primary: on the leader run \
+         PRAGMA authorize_node='{key}:primary' (or approve it in the admin console), or let the \
+         new_node callback answer \"primary\"; it asks again meanwhile"
+    );
+    match found {
+        Some(m) if m.auth_state == "approved" && m.node_type == "primary" => return Ok(m.node_id),
+        Some(m) if m.auth_state == "approved" => {
+            return Err(format!(
+                "this key is approved as a device, not as a primary: on the leader run PRAGMA \
+                 authorize_node='{key}:primary'"
+            ))
+        }
+        Some(m) if m.auth_state == "rejected" => {
+            return Err("the backend rejected this primary's key".into())
+        }
+        // Asked already: the decision comes from a PRAGMA, the console or the backend.
+        Some(m) if m.auth_state == "pending" => return Err(waiting),
+        _ => {}
+    }
+    let Some(_slot) = WaitingSlot::take(shared) else {
+        return Err("too many requests are waiting for the backend; try again later".into());
+    };
+    let _asking = shared.asking.begin(key);
+    let info = node_info(key, "primary", &addr, told);
+    let (pubkey, address, recorded_info) = (key.to_string(), addr.to_string(), info.clone());
+    ask(shared, |reply| Job::AuthRecord {
+        pubkey,
+        address,
+        info: recorded_info,
+        action: Action::NewNode,
+        data: None,
+        reply,
+    })
+    .await
+    .map_err(|e| format!("cannot record the request: {e}"))?;
+    let request = AuthRequest {
+        action: Action::NewNode,
+        data: None,
+        pubkey: key.to_string(),
+        node_info: info,
+    };
+    let decision = match decide_now(shared, request).await {
+        Decision::Pending => return Err(waiting),
+        d => d,
+    };
+    match authorize(shared, key.to_string(), decision).await {
+        Ok(Admission::Approved {
+            registered,
+            role: Role::Primary,
+        }) => Ok(registered.node_id),
+        Ok(Admission::Approved { .. }) => Err(format!(
+            "the backend approved this key as a device, not as a primary: on the leader run \
+             PRAGMA authorize_node='{key}:primary'"
+        )),
+        Ok(Admission::Rejected(reason)) => Err(reason),
+        Err(e) => Err(format!("cannot record the decision: {e}")),
+    }
 }
 
 /// Ask the backend's callback now, on a worker thread; without one the request waits for
@@ -286,11 +362,11 @@ pub(super) async fn refuse_session(wr: &mut SecureWriter, reason: String) -> Res
 }
 
 /// The node_info JSON the backend sees: SPEC §4.3.
-fn node_info(pubkey: &str, addr: &SocketAddr, told: &str) -> String {
+fn node_info(pubkey: &str, node_type: &str, addr: &SocketAddr, told: &str) -> String {
     let told: serde_json::Value = serde_json::from_str(told).unwrap_or(serde_json::Value::Null);
     let mut info = serde_json::json!({
         "public_key": pubkey,
-        "node_type": "secondary",
+        "node_type": node_type,
         "address": addr.to_string(),
     });
     if let (Some(obj), serde_json::Value::Object(extra)) = (info.as_object_mut(), told) {

@@ -71,7 +71,7 @@ pub(super) async fn primary_session(
         let services = Some(super::forwarded::services(shared));
         return Ok(crate::cluster::serve_connection(raft, peer, rd, wr, services).await?);
     }
-    match admit_joiner(shared, &raft, peer, hello).await {
+    match admit_joiner(shared, &raft, peer, addr, &info, hello).await {
         Ok(Joiner {
             node_id,
             member,
@@ -132,6 +132,8 @@ async fn admit_joiner(
     shared: &Arc<Shared>,
     raft: &Raft,
     peer: PublicKey,
+    addr: SocketAddr,
+    info: &str,
     hello: PrimaryHello,
 ) -> std::result::Result<Joiner, String> {
     match crate::cluster::lead(raft) {
@@ -164,22 +166,7 @@ async fn admit_joiner(
                 Admission::Rejected(reason) => return Err(reason),
             }
         }
-        _ => {
-            let k = key.clone();
-            let found = shared
-                .read(move |c| super::members::lookup(c, &k))
-                .await
-                .map_err(|e| format!("cannot read the nodes: {e}"))?;
-            match found {
-                Some(m) if m.auth_state == "approved" && m.node_type == "primary" => m.node_id,
-                _ => {
-                    return Err(format!(
-                        "this primary's key is not approved as a primary: on the leader, run \
-                         PRAGMA preauthorize_node='{key}:primary'"
-                    ))
-                }
-            }
-        }
+        _ => super::admission::approved_primary(shared, &key, addr, &info).await?,
     };
     // A member that says it rejoins lost its Raft state (its file diverged from the
     // cluster's): it comes back under a new node id, so that the vote it forgot cannot count
