@@ -166,7 +166,7 @@ async fn admit_joiner(
                 Admission::Rejected(reason) => return Err(reason),
             }
         }
-        _ => super::admission::approved_primary(shared, &key, addr, &info).await?,
+        _ => super::admission::approved_primary(shared, &key, addr, info).await?,
     };
     // A member that says it rejoins lost its Raft state (its file diverged from the
     // cluster's): it comes back under a new node id, so that the vote it forgot cannot count
