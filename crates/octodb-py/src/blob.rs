@@ -53,6 +53,21 @@ pub fn open(
     let c = |s: &str| {
         std::ffi::CString::new(s).map_err(|_| PyValueError::new_err("embedded null character"))
     };
+    if !readonly && name.eq_ignore_ascii_case("main") {
+        let engine = g.engine()?;
+        if engine.is_autocommit() && engine.replicates_table(table) {
+            return Err(errors::from_code(
+                py,
+                ffi::SQLITE_ERROR,
+                &format!(
+                    "octodb: open a writable blob of the replicated table `{table}` inside a \
+                     transaction (execute BEGIN first, COMMIT once the blob is closed): it is the \
+                     COMMIT that sends the row to the other nodes, and a blob written outside a \
+                     transaction is committed by SQLite alone"
+                ),
+            ));
+        }
+    }
     let (name, table, column) = (c(name)?, c(table)?, c(column)?);
     let mut blob = std::ptr::null_mut();
     // SAFETY: an open handle under its lock; the strings outlive the call.
@@ -80,6 +95,18 @@ pub fn open(
         handle,
         offset: AtomicI32::new(0),
     })
+}
+
+/// A blob the program dropped without closing it is closed, as sqlite3 does: an open blob
+/// keeps its transaction and its locks (a table it holds cannot be dropped, other connections
+/// cannot write, a device's connection stops seeing new rows).
+impl Drop for Blob {
+    fn drop(&mut self) {
+        crate::callback::with_gil((), |py| {
+            let g = self.db.lock(py);
+            self.handle.close(&g);
+        });
+    }
 }
 
 impl Blob {

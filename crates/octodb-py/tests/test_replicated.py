@@ -367,3 +367,49 @@ def test_backup_of_a_cluster_members_file_is_marked_to_rejoin(open_primary, tmp_
         copy.close()
     finally:
         second.close()
+
+
+def test_a_blob_written_in_a_transaction_replicates_and_outside_one_is_refused(open_primary, open_device):
+    backend = open_primary()
+    backend.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, title TEXT, body BLOB, row_owner)")
+    phone = open_device(backend)
+    phone.wait_until_ready(timeout=DEADLINE)
+    with phone:
+        phone.execute("INSERT INTO notes(title, body) VALUES ('n1', zeroblob(4))")
+    (rid,) = phone.execute("SELECT id FROM notes").fetchone()
+    # SQLite would commit a blob written outside a transaction by itself, unsent.
+    with pytest.raises(octodb.OperationalError, match="inside a transaction"):
+        phone.blobopen("notes", "body", rid)
+    phone.execute("BEGIN")
+    with phone.blobopen("notes", "body", rid) as blob:
+        blob.write(b"AB")
+    phone.commit()
+    phone.wait_until_synced(timeout=DEADLINE)
+    # SQLite shows a blob write to the capture as a delete of the row: it must stay a write.
+    wait_until(
+        "the blob's bytes on the backend",
+        lambda: backend.execute("SELECT title, body FROM notes").fetchall() == [("n1", b"AB\0\0")],
+    )
+    with phone:
+        phone.execute("INSERT INTO notes(title) VALUES ('n2')")
+    phone.wait_until_synced(timeout=DEADLINE)
+    titles = wait_until(
+        "the second row on the backend",
+        lambda: [t for (t,) in backend.execute("SELECT title FROM notes ORDER BY title")] == ["n1", "n2"],
+    )
+    assert titles
+    # Readable blobs and local tables are as in sqlite3.
+    with phone.blobopen("notes", "body", rid, readonly=True) as blob:
+        assert blob.read() == b"AB\0\0"
+
+
+def test_a_blob_dropped_without_close_is_closed(tmp_path):
+    import gc
+
+    db = octodb.connect(str(tmp_path / "x.db"))
+    db.execute("CREATE TABLE t(x)")
+    db.execute("INSERT INTO t VALUES (zeroblob(10))")
+    db.commit()
+    db.blobopen("t", "x", 1, readonly=True).read()
+    gc.collect()
+    db.execute("DROP TABLE t")

@@ -320,6 +320,16 @@ impl Connection {
         self.conn.is_autocommit()
     }
 
+    /// Whether this connection replicates the rows of `table` (in the main schema): its
+    /// changes are captured and sent when their transaction commits through this API. A write
+    /// through a blob handle to such a table must be made inside a transaction, else SQLite
+    /// commits it on its own and it is not sent.
+    pub fn replicates_table(&self, table: &str) -> bool {
+        self.repl
+            .as_ref()
+            .is_some_and(|r| r.capture.captures(table))
+    }
+
     /// On a plain connection to a copy of a primary's file made by other means than
     /// [`crate::backup`] (SQLite's backup API, `VACUUM INTO`, a copy of its files): marks the
     /// copy as `backup` marks its own, if it is of a member of a cluster of several, so that

@@ -305,8 +305,9 @@ fn hook_row<'a>(
 }
 
 impl State {
-    /// The preupdate hook: a statement is about to change a row of `table`.
-    fn on_change(&mut self, db: &str, table: &str, case: &PreUpdateCase) {
+    /// The preupdate hook: a statement (or a blob handle, see [`HookDb`]) is about to change a
+    /// row of `table`.
+    fn on_change(&mut self, db: &str, table: &str, case: &PreUpdateCase, hook_db: &HookDb) {
         if db != "main" || self.broken.is_some() {
             return;
         }
@@ -314,9 +315,39 @@ impl State {
             return;
         };
         let layout = self.layouts[layout_id].clone();
-        if let Err(why) = self.record(layout_id, layout, case) {
+        let result = match case {
+            PreUpdateCase::Delete(old) if hook_db.blob_write_column() >= 0 => {
+                self.record_blob_write(layout_id, layout, old)
+            }
+            _ => self.record(layout_id, layout, case),
+        };
+        if let Err(why) = result {
             self.broken = Some(why);
         }
+    }
+
+    /// A write through a blob handle (`sqlite3_blob_write`), which SQLite reports to the hook
+    /// as a delete of the row, with no new values: the row is noted as changed and read back
+    /// at the commit, as rows a rollback may have undone are.
+    fn record_blob_write(
+        &mut self,
+        layout_id: usize,
+        layout: Arc<TableLayout>,
+        old: &rusqlite::hooks::PreUpdateOldValueAccessor,
+    ) -> std::result::Result<(), HookError> {
+        let row = hook_row(&layout, old.get_column_count(), |i| {
+            old.get_old_column_value(i)
+        })?;
+        let before = row.clone();
+        self.changes.change(
+            layout_id,
+            layout,
+            old.get_old_row_id(),
+            || Ok(before),
+            Some(row),
+        )?;
+        self.undone = true;
+        Ok(())
     }
 
     fn record(
@@ -378,6 +409,27 @@ impl State {
             }
         }
         Ok(())
+    }
+}
+
+/// The handle of the connection a preupdate hook is installed on, to ask SQLite, inside the
+/// hook, whether the "delete" it reports is a write through a blob handle
+/// (`sqlite3_preupdate_blobwrite`; rusqlite's hook arguments do not say).
+struct HookDb(*mut rusqlite::ffi::sqlite3);
+
+// SAFETY: the pointer is only used by `blob_write_column`, which only the preupdate hook of
+// that very connection calls. SQLite runs the hook on the thread that is stepping one of the
+// connection's statements (holding the connection's mutex), and the hook, with this value,
+// is dropped when the connection closes or the hook is replaced, so the pointer is never used
+// on another thread concurrently with the connection nor after the connection is gone.
+unsafe impl Send for HookDb {}
+
+impl HookDb {
+    /// The column a blob handle is writing, or -1 for a real delete.
+    fn blob_write_column(&self) -> i32 {
+        // SAFETY: called only from inside this connection's preupdate hook (see above), the
+        // one place SQLite documents `sqlite3_preupdate_blobwrite` for.
+        unsafe { rusqlite::ffi::sqlite3_preupdate_blobwrite(self.0) }
     }
 }
 
@@ -487,12 +539,14 @@ impl Capture {
         drop(st);
         conn.execute_batch(&sql)?;
         let state = self.state.clone();
+        // SAFETY: `conn.handle()` is the connection the hook is installed on; see `HookDb`.
+        let hook_db = HookDb(unsafe { conn.handle() });
         conn.preupdate_hook(Some(
             move |_, db: &str, table: &str, case: &PreUpdateCase| {
                 state
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .on_change(db, table, case)
+                    .on_change(db, table, case, &hook_db)
             },
         ));
         Ok(())
@@ -521,6 +575,15 @@ impl Capture {
     /// A `ROLLBACK TO` undid part of the open transaction.
     pub fn rolled_back_to(&self) {
         self.lock().undone = true;
+    }
+
+    /// Whether writes to `table` are captured (a replicated table of the schema installed).
+    pub fn captures(&self, table: &str) -> bool {
+        // SQLite compares table names without regard to ASCII case.
+        self.lock()
+            .tables
+            .keys()
+            .any(|t| t.eq_ignore_ascii_case(table))
     }
 
     /// The transaction ended (committed after `take`, or rolled back): drop what is left.
@@ -910,6 +973,63 @@ mod tests {
         assert_eq!(got.len(), 2, "{got:?}");
         assert_eq!((got[0].0, got[0].2.is_none()), (1, true));
         assert_eq!((got[1].0, got[1].1.is_none()), (1, true));
+        conn.execute_batch("COMMIT").unwrap();
+    }
+
+    /// Writes `bytes` at offset 0 of column `v` of row `rowid` of `t` through a blob handle.
+    fn blob_write(conn: &Connection, rowid: i64, bytes: &[u8]) {
+        let mut blob: *mut rusqlite::ffi::sqlite3_blob = std::ptr::null_mut();
+        // SAFETY: the handle is the open connection's; the names are NUL-terminated; the blob
+        // is written within its length and closed before `conn` is used again.
+        unsafe {
+            let rc = rusqlite::ffi::sqlite3_blob_open(
+                conn.handle(),
+                c"main".as_ptr(),
+                c"t".as_ptr(),
+                c"v".as_ptr(),
+                rowid,
+                1,
+                &mut blob,
+            );
+            assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+            let rc = rusqlite::ffi::sqlite3_blob_write(
+                blob,
+                bytes.as_ptr().cast(),
+                bytes.len() as i32,
+                0,
+            );
+            assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
+            assert_eq!(
+                rusqlite::ffi::sqlite3_blob_close(blob),
+                rusqlite::ffi::SQLITE_OK
+            );
+        }
+    }
+
+    #[test]
+    fn a_write_through_a_blob_handle_is_an_update_of_the_row() {
+        let (conn, capture) = capturing();
+        conn.execute_batch("INSERT INTO t VALUES (1, zeroblob(4), '*')")
+            .unwrap();
+        capture.forget();
+        conn.execute_batch("BEGIN").unwrap();
+        blob_write(&conn, 1, b"AB");
+        let got = rows(capture.take(&conn).unwrap());
+        let row = |v: &[u8]| {
+            Some(format!(
+                "{:?}",
+                vec![
+                    Value::Integer(1),
+                    Value::Blob(v.to_vec()),
+                    Value::Text("*".into())
+                ]
+            ))
+        };
+        assert_eq!(
+            got,
+            vec![(1, row(&[0; 4]), row(b"AB\0\0"), 0b10)],
+            "SQLite reports a blob write to the hook as a delete"
+        );
         conn.execute_batch("COMMIT").unwrap();
     }
 
