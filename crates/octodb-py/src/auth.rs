@@ -9,7 +9,7 @@ use crate::connection::Connection;
 use crate::errors;
 use octodb::auth::{Action, AuthRequest, Decision};
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyString};
+use pyo3::types::{PyBool, PyInt, PyString};
 
 /// The decision a callback's return value stands for.
 fn decision(action: Action, answer: &Bound<'_, PyAny>) -> PyResult<Decision> {
@@ -17,6 +17,20 @@ fn decision(action: Action, answer: &Bound<'_, PyAny>) -> PyResult<Decision> {
         if let Ok(s) = answer.cast::<PyString>() {
             return Ok(Decision::from_node_answer(s.to_str()?));
         }
+    }
+    // bool is an int to Python: True would log the node in as user 1 and False make a new
+    // user, which is not what a callback answering "allowed?" means.
+    if answer.is_instance_of::<PyBool>() {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "the {} callback returned {}: a bool is not an answer here (True would mean user \
+             1, False a new user); return {}",
+            action.as_str(),
+            answer,
+            match action {
+                Action::NewNode => "\"primary\", \"secondary\", -1, -2 or -3",
+                _ => "a user id, 0 (new user), -1, -2 or -3",
+            }
+        )));
     }
     if answer.is_instance_of::<PyInt>() {
         let code: i64 = answer.extract()?;
@@ -78,6 +92,21 @@ pub fn register_function(
     if !f.is_callable() {
         return Err(pyo3::exceptions::PyTypeError::new_err(format!(
             "the {name} callback must be callable"
+        )));
+    }
+    let takes = match action {
+        Action::NewNode => 1,
+        _ => 2,
+    };
+    if narg != takes && narg != -1 {
+        return Err(errors::programming(format!(
+            "the {name} callback is called with {takes} argument{} ({}): register it with \
+             narg={takes}, not {narg}",
+            if takes == 1 { "" } else { "s" },
+            match action {
+                Action::NewNode => "node_info",
+                _ => "data, node_info",
+            }
         )));
     }
     let func = f.clone().unbind();

@@ -111,3 +111,26 @@ def test_the_names_are_authorization_callbacks_only_on_a_primary(tmp_path):
     # Any other name is a SQL function, as create_function.
     local.register_function("twice", 1, lambda x: 2 * x)
     assert local.execute("SELECT twice(21)").fetchone() == (42,)
+
+
+@pytest.mark.parametrize("answer", [True, False])
+def test_a_callback_returning_a_bool_is_refused_not_read_as_a_user_id(open_primary, open_device, monkeypatch, answer):
+    # True is 1 and False is 0 to Python: read as answers they would log the device in as
+    # user 1, or make it a new user, whatever the callback meant.
+    backend = open_primary(auth="user")
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: reported.append(u))
+    backend.register_function("user_login", 2, lambda data, info: answer)
+    phone = open_device(backend)
+    phone.execute("PRAGMA user_login='" + json.dumps({"name": "ann"}) + "'")
+    status = phone.wait_for(lambda s: s["auth_state"] == "rejected", timeout=DEADLINE)
+    assert status["node_id"] == 0 and not status["db_is_ready"]
+    assert any("bool" in str(u.exc_value) for u in reported), reported
+
+
+def test_a_callback_registered_with_the_wrong_number_of_arguments_is_refused(open_primary):
+    backend = open_primary(auth="user")
+    with pytest.raises(octodb.ProgrammingError, match="narg=2"):
+        backend.register_function("user_signup", 1, lambda data: 0)
+    with pytest.raises(octodb.ProgrammingError, match="narg=1"):
+        backend.register_function("new_node", 2, lambda data, info: "secondary")
