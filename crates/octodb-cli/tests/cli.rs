@@ -82,6 +82,9 @@ fn piped_shell_runs_each_statement_when_complete_and_goes_on_after_errors() {
     assert_eq!(next_line(&lines), r#"[{"n":0}]"#);
     writeln!(stdin, "SELECT a FROM t WHERE 0;").unwrap();
     assert_eq!(next_line(&lines), "[]");
+    // Columns in the query's order, two of one name both kept (as sqlite3's .mode json).
+    writeln!(stdin, "SELECT 'z' AS z, 2 AS a, 3 AS a;").unwrap();
+    assert_eq!(next_line(&lines), r#"[{"z":"z","a":2,"a":3}]"#);
     drop(stdin);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

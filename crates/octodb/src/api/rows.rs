@@ -24,9 +24,34 @@ impl Rows {
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
     }
-    /// Rows as JSON objects (column name → value), as the CLI prints them with `--json`.
+    /// Rows as JSON objects (column name → value). A JSON object keeps one value per name, in
+    /// name order: see [`Rows::to_json_text`] for the columns as the query gave them.
     pub fn to_json(&self) -> serde_json::Value {
         self.iter().map(|r| r.to_json()).collect::<Vec<_>>().into()
+    }
+
+    /// Rows as the text of a JSON array of objects, each with the columns in the query's order
+    /// and every column kept, two of the same name too (`SELECT a.id, b.id`), as sqlite3's
+    /// `.mode json` prints them: what the CLI prints with `--json`.
+    pub fn to_json_text(&self) -> String {
+        let mut out = String::from("[");
+        for (i, row) in self.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('{');
+            for (j, (column, value)) in row.columns.iter().zip(row.values).enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::from(column.as_str()).to_string());
+                out.push(':');
+                out.push_str(&value.to_json().to_string());
+            }
+            out.push('}');
+        }
+        out.push(']');
+        out
     }
 }
 
