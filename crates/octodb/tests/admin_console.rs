@@ -247,6 +247,17 @@ fn a_browser_approves_a_waiting_device_and_metrics_show_its_writes() {
     );
     assert!(value(&m, "octodb_connections_total").is_some_and(|v| v >= 1.0));
     assert!(value(&m, "octodb_handshakes_total").is_some_and(|v| v >= 1.0));
+    // Label values as README's table names them (not the Rust names "Ok", "NotOwned").
+    let outcomes: Vec<&str> = m
+        .samples
+        .iter()
+        .filter(|s| s.metric == "octodb_handshakes_total")
+        .filter_map(|s| s.labels.get("outcome"))
+        .collect();
+    assert!(
+        !outcomes.is_empty() && outcomes.iter().all(|o| ["ok", "failed"].contains(o)),
+        "{outcomes:?}"
+    );
     assert_eq!(value(&m, "octodb_auth_requests_waiting"), Some(0.0));
     assert!(value(&m, "octodb_raft_term").is_some_and(|v| v >= 1.0));
     assert!(

@@ -201,7 +201,8 @@ impl Shell {
                         if rows.columns.is_empty() {
                             Ok(())
                         } else {
-                            writeln!(self.out, "{}", rows.to_json_text()).and_then(|()| self.out.flush())
+                            writeln!(self.out, "{}", rows.to_json_text())
+                                .and_then(|()| self.out.flush())
                         }
                     } else {
                         modes::print(&mut self.out, &rows, &self.format)

@@ -4,7 +4,7 @@
 //! or a short lock per observation, once per batch, not per row); gauges that mirror the
 //! node's state (log seq, sessions, Raft) are read at scrape time instead.
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 /// Why the primaries rejected a device transaction, as a fixed set (never the row).
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum RejectKind {
     /// First insert wins: the row exists already.
     Conflict,
@@ -51,12 +51,42 @@ impl RejectKind {
     }
 }
 
+impl RejectKind {
+    /// The label value, as README's table of metrics names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectKind::Conflict => "conflict",
+            RejectKind::NotOwned => "not_owned",
+            RejectKind::Constraint => "constraint",
+            RejectKind::Malformed => "malformed",
+            RejectKind::Other => "other",
+        }
+    }
+}
+
+// By hand: the derive would write the variants' Rust names ("NotOwned").
+impl EncodeLabelValue for RejectKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+impl EncodeLabelValue for HandshakeOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        let value = match self {
+            HandshakeOutcome::Ok => "ok",
+            HandshakeOutcome::Failed => "failed",
+        };
+        EncodeLabelValue::encode(&value, encoder)
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: RejectKind,
 }
 
-#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum HandshakeOutcome {
     Ok,
     Failed,
