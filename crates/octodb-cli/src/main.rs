@@ -129,9 +129,12 @@ fn init_logging() {
     // down; octodb says what matters of it itself (OCTODB_LOG=warn,openraft=warn shows it).
     let filter = tracing_subscriber::EnvFilter::try_from_env("OCTODB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off"));
+    // Colours only for a terminal: a log file or journal would hold the escape codes.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .try_init();
 }
 

@@ -183,6 +183,17 @@ fn a_device_shell_with_sync_sees_the_primarys_rows_and_delivers_its_writes() {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "3");
+    // ...and says what it leaves unsent when it exits.
+    let out = octodb()
+        .args([&uri, "INSERT INTO t(v) VALUES ('offline');"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 transaction of this device not sent yet"),
+        "{stderr}"
+    );
 }
 
 #[test]

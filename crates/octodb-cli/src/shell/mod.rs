@@ -110,6 +110,8 @@ pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(timeout) = args.sync {
         sh.sync(timeout);
+    } else {
+        sh.note_unsent();
     }
     let _ = sh.out.flush();
     Ok(if sh.errors > 0 && !interactive {
@@ -129,6 +131,22 @@ impl Shell {
     fn report(&mut self, e: impl std::fmt::Display) {
         self.errors += 1;
         eprintln!("Error: {}", one_line(&e.to_string()));
+    }
+
+    /// Without `--sync`, a device's shell ends without waiting: it says what it leaves unsent
+    /// (kept in its file, sent when it next runs connected), so a script is not misled.
+    fn note_unsent(&self) {
+        if self.conn.role() != Some(octodb::Role::Secondary) {
+            return;
+        }
+        let unsent = self.conn.sync_status().map_or(0, |s| s.outbox_len);
+        if unsent > 0 {
+            eprintln!(
+                "note: {unsent} transaction{} of this device not sent yet: kept in its file and \
+                 sent when it next runs connected to a primary (--sync waits for them)",
+                if unsent == 1 { "" } else { "s" }
+            );
+        }
     }
 
     /// `.sync`: wait until this device is in sync with its primaries, or say why it is not.
