@@ -338,33 +338,59 @@ impl Connection {
     }
 
     /// Wait until the database is ready (authorized and downloaded); returns the status.
-    /// Raises TimeoutError after `timeout` seconds (None: wait as long as it takes).
+    /// Raises TimeoutError after `timeout` seconds (None: wait as long as it takes), saying
+    /// why, and OperationalError at once if the backend refuses the device.
     pub fn api_wait_until_ready<'py>(
         &self,
         py: Python<'py>,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.wait_status(py, timeout, |s| s.get_item("db_is_ready")?.is_truthy())
+        self.wait_unless_refused(py, timeout, "db_is_ready", octodb::not_ready_within)
     }
 
     /// Wait until the node is in sync (`synced` in its status); returns the status. Raises
-    /// TimeoutError after `timeout` seconds (None: wait as long as it takes).
+    /// TimeoutError after `timeout` seconds (None: wait as long as it takes), saying why, and
+    /// OperationalError at once if the backend refuses the device.
     pub fn api_wait_until_synced<'py>(
         &self,
         py: Python<'py>,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let waited = self.wait_status(py, timeout, |s| s.get_item("synced")?.is_truthy());
-        match waited {
+        self.wait_unless_refused(py, timeout, "synced", octodb::not_synced_within)
+    }
+
+    /// Wait until status field `reached` is true, as the Rust API's waits do: the same
+    /// sentences for a timeout and for a refusal.
+    fn wait_unless_refused<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+        reached: &str,
+        timed_out: fn(Option<&octodb::SyncStatus>, Duration) -> String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let is_reached = |s: &Bound<'py, PyAny>| s.get_item(reached)?.is_truthy();
+        let refused = |s: &Bound<'py, PyAny>| -> PyResult<bool> {
+            Ok(s.get_item("auth_state")?
+                .extract::<Option<String>>()?
+                .as_deref()
+                == Some("rejected"))
+        };
+        let last_status = || {
+            self.status_json(py)
+                .ok()
+                .and_then(|json| serde_json::from_str::<octodb::SyncStatus>(&json).ok())
+        };
+        match self.wait_status(py, timeout, |s| Ok(is_reached(s)? || refused(s)?)) {
+            Ok(status) if !is_reached(&status)? => {
+                let why = last_status()
+                    .and_then(|s| s.refused())
+                    .unwrap_or_else(|| "the backend refused this device".into());
+                Err(errors::OperationalError::new_err(why))
+            }
             Err(e) if e.is_instance_of::<PyTimeoutError>(py) => {
-                // Say why in words, as the Rust API does, rather than dump the status.
-                let status = self
-                    .status_json(py)
-                    .ok()
-                    .and_then(|json| serde_json::from_str::<octodb::SyncStatus>(&json).ok());
                 let waited = Duration::from_secs_f64(timeout.unwrap_or_default().max(0.0));
-                Err(PyTimeoutError::new_err(octodb::not_synced_within(
-                    status.as_ref(),
+                Err(PyTimeoutError::new_err(timed_out(
+                    last_status().as_ref(),
                     waited,
                 )))
             }

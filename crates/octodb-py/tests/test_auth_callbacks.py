@@ -126,6 +126,9 @@ def test_a_callback_returning_a_bool_is_refused_not_read_as_a_user_id(open_prima
     status = phone.wait_for(lambda s: s["auth_state"] == "rejected", timeout=DEADLINE)
     assert status["node_id"] == 0 and not status["db_is_ready"]
     assert any("bool" in str(u.exc_value) for u in reported), reported
+    # A refused device's waits end at once, saying so (not after the whole timeout).
+    with pytest.raises(octodb.OperationalError, match="the backend refused this device"):
+        phone.wait_until_ready(timeout=DEADLINE)
 
 
 def test_a_callback_registered_with_the_wrong_number_of_arguments_is_refused(open_primary):

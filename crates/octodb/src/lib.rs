@@ -25,7 +25,7 @@ pub use api::{
     OpenOptions, RestoredCluster, Row, Rows, Statement, Transaction,
 };
 pub use error::{Error, Result};
-pub use node::{not_synced_within, Event, NodeRecord, SyncStatus};
+pub use node::{not_ready_within, not_synced_within, Event, NodeRecord, SyncStatus};
 pub use uri::{NodeConfig, Role};
 pub use value::Value;
 

@@ -298,6 +298,13 @@ fn rejection_panicking_and_slow_callbacks() {
         .wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("rejected"))
         .unwrap();
     assert_eq!(s.auth_error.as_deref(), Some("go away"));
+    // No wait can help a refused device: the waits end at once and say why.
+    let refused = bad.wait_until_ready(DEADLINE).unwrap_err().to_string();
+    assert!(
+        refused.contains("the backend refused this device: go away"),
+        "{refused}"
+    );
+    assert!(bad.wait_until_synced(DEADLINE).is_err());
     not_authorized(&bad);
     let broken = c.device("broken.db", &p);
     broken.execute("PRAGMA user_signup='panic'", []).unwrap();

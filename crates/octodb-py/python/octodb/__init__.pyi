@@ -219,9 +219,11 @@ class Connection:
         download, auth_state, auth_error, sync_error."""
     def nodes(self) -> list[dict[str, Any]]: ...
     def wait_until_ready(self, timeout: float | None = None) -> dict[str, Any]:
-        """Wait for db_is_ready (woken by the node's events); TimeoutError after `timeout`."""
+        """Wait for db_is_ready (woken by the node's events); TimeoutError after `timeout`
+        saying why, OperationalError at once if the backend refuses the device."""
     def wait_until_synced(self, timeout: float | None = None) -> dict[str, Any]:
-        """A device: until ready, caught up with its primary and every write of its own decided."""
+        """A device: until ready, caught up with its primary and every write of its own decided;
+        TimeoutError saying why, OperationalError at once if the backend refuses the device."""
     def wait_for(self, predicate: Callable[[dict[str, Any]], object], timeout: float | None = None) -> dict[str, Any]: ...
     def events(self) -> EventStream: ...
     def on_event(self, callback: Callable[[Event], object]) -> Listener:

@@ -445,21 +445,38 @@ impl Connection {
     }
 
     /// Wait until `db_is_ready` (authorized and initial download done), at most `timeout`.
+    /// Ends at once, with the reason, when the backend refuses the device.
     pub fn wait_until_ready(&self, timeout: Duration) -> Result<SyncStatus> {
-        self.wait_for(timeout, |s| s.db_is_ready)
+        self.wait_unless_refused(timeout, |s| s.db_is_ready, crate::node::not_ready_within)
     }
 
     /// Wait until `synced` (a device: ready, caught up with its primary in this connection,
     /// every write of its own decided), at most `timeout`. Primaries and local databases are
-    /// in sync at once.
+    /// in sync at once. Ends at once, with the reason, when the backend refuses the device.
     pub fn wait_until_synced(&self, timeout: Duration) -> Result<SyncStatus> {
-        self.wait_for(timeout, |s| s.synced).map_err(|e| match e {
-            Error::Timeout(_) => Error::Timeout(crate::node::not_synced_within(
-                self.sync_status().ok().as_ref(),
-                timeout,
-            )),
-            other => other,
-        })
+        self.wait_unless_refused(timeout, |s| s.synced, crate::node::not_synced_within)
+    }
+
+    /// Wait until `reached`, unless the backend refuses the device first (no wait helps
+    /// then); a timeout says why in the words of `timed_out`.
+    fn wait_unless_refused(
+        &self,
+        timeout: Duration,
+        reached: impl Fn(&SyncStatus) -> bool,
+        timed_out: fn(Option<&SyncStatus>, Duration) -> String,
+    ) -> Result<SyncStatus> {
+        let status = self
+            .wait_for(timeout, |s| reached(s) || s.refused().is_some())
+            .map_err(|e| match e {
+                Error::Timeout(_) => {
+                    Error::Timeout(timed_out(self.sync_status().ok().as_ref(), timeout))
+                }
+                other => other,
+            })?;
+        match status.refused() {
+            Some(why) if !reached(&status) => Err(Error::Rule(why)),
+            _ => Ok(status),
+        }
     }
 
     /// Wait, woken by the node's events, until `cond` holds for the sync status.

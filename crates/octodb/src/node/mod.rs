@@ -28,7 +28,7 @@ pub(crate) mod write_turns;
 mod writer;
 
 pub use events::Event;
-pub use status::{not_synced_within, NodeRecord, SyncStatus};
+pub use status::{not_ready_within, not_synced_within, NodeRecord, SyncStatus};
 
 use crate::crypto::NodeKeys;
 use crate::error::{Error, Result};
@@ -722,6 +722,8 @@ impl Node {
         {
             let mut live = self.shared.live.lock().unwrap_or_else(|p| p.into_inner());
             live.auth_request = Some(crate::net::AuthAsk { action, data });
+            // A refusal of an earlier request no longer stands: "requested" until answered.
+            live.auth_state = None;
             live.auth_error = None;
         }
         self.shared.auth_changed.notify_one();

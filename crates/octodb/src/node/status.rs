@@ -120,7 +120,33 @@ pub fn not_synced_within(status: Option<&SyncStatus>, waited: std::time::Duratio
     format!("not in sync with the primaries within {waited:?}: {why}")
 }
 
+/// The one sentence for a wait until ready (authorized, download done) that ran out: why the
+/// node was not ready, from its last `status`.
+pub fn not_ready_within(status: Option<&SyncStatus>, waited: std::time::Duration) -> String {
+    let why = status
+        .filter(|s| !s.db_is_ready)
+        .and_then(SyncStatus::not_synced_because)
+        .unwrap_or_else(|| "it was ready only after the deadline".into());
+    format!("not ready within {waited:?}: {why}")
+}
+
 impl SyncStatus {
+    /// Why waiting for this device cannot help: the backend refused its sign-up, login or
+    /// key, and only a new request (or the backend's change of mind) can change that.
+    pub fn refused(&self) -> Option<String> {
+        (self.auth_state.as_deref() == Some("rejected")).then(|| {
+            let detail = self
+                .auth_error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            format!(
+                "the backend refused this device{detail}; sign up or log in again (PRAGMA \
+                 user_signup or user_login), then wait again"
+            )
+        })
+    }
+
     /// Why a device is not `synced`, in words for its user; None when it is.
     pub fn not_synced_because(&self) -> Option<String> {
         if self.synced {
