@@ -59,8 +59,27 @@ pub struct RemoteError {
     pub message: String,
 }
 
+impl BrokerError {
+    /// The message without the kind in front, for a caller that shows the kind by the error's
+    /// type (Python's exception classes): a remote error's own message, else the whole text.
+    pub fn detail(&self) -> String {
+        match self {
+            BrokerError::Remote { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl From<&BrokerError> for RemoteError {
     fn from(e: &BrokerError) -> RemoteError {
+        // The kinds the client makes the same variant of again travel with their bare detail,
+        // else the client's text would say the variant's words twice.
+        let bare = match e {
+            BrokerError::NotFound(m) | BrokerError::Permission(m) | BrokerError::Conflict(m) => {
+                Some(m.clone())
+            }
+            _ => None,
+        };
         let kind = match e {
             BrokerError::NoData { .. } => "NoData",
             BrokerError::ManyData { .. } => "ManyData",
@@ -82,7 +101,7 @@ impl From<&BrokerError> for RemoteError {
         };
         RemoteError {
             kind: kind.into(),
-            message: e.to_string(),
+            message: bare.unwrap_or_else(|| e.to_string()),
         }
     }
 }

@@ -22,7 +22,7 @@ pyo3::create_exception!(
 
 fn py_err(e: BrokerError) -> PyErr {
     let kind = octodb_broker::RemoteError::from(&e).kind;
-    BrokerCallError::new_err((kind, e.to_string()))
+    BrokerCallError::new_err((kind, e.detail()))
 }
 
 /// A Python exception raised by the program's code, as the client will see it.

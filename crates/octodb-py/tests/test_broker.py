@@ -117,8 +117,9 @@ def test_root_reference_method_call_and_identity(net):
     assert r.first_item().name == "One"
     assert r.kind() == "Root", "a classmethod, exported"
     assert [i.name for i in r.items] == ["One", "Two", "Two"]
-    with pytest.raises(ValueError, match="bad input, try again"):
+    with pytest.raises(ValueError) as raised:
         r.fail()
+    assert str(raised.value) == "bad input, try again", "the message as raised, once"
     with pytest.raises(AttributeError, match="no call named 'nothing'"):
         client.call("nothing")
 
@@ -159,8 +160,9 @@ def test_delete_and_search(net):
     one = items.get(name="One")
     server.obj_delete(root.items[0])
     wait_until("the deletion is told", lambda: one._obsolete)
-    with pytest.raises(ob.ObjectNotFound):
+    with pytest.raises(ob.ObjectNotFound) as raised:
         one._key()
+    assert str(raised.value).count("not found") == 1, raised.value
     assert items.count() == 2, "the cached count was dropped"
     # Renamed: a cached search of the old name is dropped.
     assert len(items.find(name="Two")) == 2
@@ -190,8 +192,9 @@ def test_sql_exports(net):
     # Read-only: refused, the database untouched.
     catalog = client.cls("catalog")
     a = catalog.get(name="a")
-    with pytest.raises(PermissionError, match="read-only"):
+    with pytest.raises(PermissionError, match="read-only") as raised:
         catalog.new(name="b")
+    assert str(raised.value).count("permission denied") == 1, raised.value
     with pytest.raises(PermissionError):
         client.update(a, name="z")
     with pytest.raises(PermissionError):
@@ -213,8 +216,9 @@ def test_sql_exports(net):
     assert [t.title for t in client.find("todos", title="Two")] == ["Two"]
     assert len(client.find("todos", title="Two2")) == 1
     # An update from a stale copy is refused.
-    with pytest.raises(ob.Conflict):
+    with pytest.raises(ob.Conflict) as raised:
         client.update(mine, title="again")
+    assert str(raised.value).count("fetch the object again") == 1, raised.value
     # The backend's SQL invalidates without any broker call.
     fresh = client.get("todos", title="Two2")
     p.execute("UPDATE todos SET title = 'by sql' WHERE id = ?", (row.rowid,))

@@ -295,7 +295,7 @@ class BrokerServer:
         with self._lock:
             obj = self._static.get(tuple(key[1:]))
         if obj is None:
-            raise ObjectNotFound(f"{key} was deleted, or never existed")
+            raise ObjectNotFound(str(key))
         info = self._info_of(obj)
         if info.allow is not None and not info.allow(peer["user_id"], obj):
             raise PermissionError(f"{key} is not shared with user {peer['user_id']}")
