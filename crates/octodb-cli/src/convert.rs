@@ -66,7 +66,12 @@ pub fn run(direction: Direction, args: ConvertArgs) -> anyhow::Result<ExitCode> 
     .context("creating the new file")?;
     let exported = conn
         .query_row("SELECT sqlcipher_export('converted')", [], |_| Ok(()))
-        .and_then(|()| conn.execute_batch("DETACH DATABASE converted"));
+        .map_err(anyhow::Error::from)
+        .and_then(|()| match direction {
+            Direction::Encrypt => keep_network_key(&conn, &source),
+            Direction::Decrypt => Ok(()),
+        })
+        .and_then(|()| Ok(conn.execute_batch("DETACH DATABASE converted")?));
     if let Err(e) = exported {
         let _ = std::fs::remove_file(&target.path);
         return Err(e).context("copying the database into the new file");
@@ -77,6 +82,33 @@ pub fn run(direction: Direction, args: ConvertArgs) -> anyhow::Result<ExitCode> 
         source.path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A node's file, encrypted, keeps the network key its node had plain (the source URI's `key=`,
+/// or none): an encrypted node would otherwise derive a new one from its file key at its next
+/// start, and its devices and peers, which hold the old one, could not connect any more. (A
+/// decrypted file keeps the key its encrypted node had: it is in the copied `_octo_meta`.)
+fn keep_network_key(conn: &octodb::Connection, source: &NodeConfig) -> anyhow::Result<()> {
+    let is_node: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM converted.sqlite_master WHERE name = '_octo_meta')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !is_node {
+        return Ok(());
+    }
+    let kept = source
+        .key
+        .as_ref()
+        .map(|k| octodb::crypto::plain_network_key(k).to_vec())
+        .unwrap_or_default();
+    conn.execute(
+        "INSERT OR IGNORE INTO converted._octo_meta(key, value)
+         SELECT 'network_key', ?1
+         WHERE EXISTS(SELECT 1 FROM converted._octo_meta WHERE key = 'node_keys')",
+        [kept],
+    )?;
+    Ok(())
 }
 
 fn parse(uri: &str) -> anyhow::Result<NodeConfig> {

@@ -728,3 +728,81 @@ fn serve_with_admin_serves_the_console_and_metrics_behind_the_token() {
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("\noctodb_log_seq "), "{metrics}");
 }
+
+/// A node converted with `octodb encrypt` or `decrypt` stays on the network its devices know:
+/// the network key it had (none, or one derived from its old file key) is kept in the new
+/// file, so its devices reconnect, and a device without the key stays out.
+#[test]
+fn a_converted_node_keeps_its_network_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name).display().to_string();
+    let run = |args: &[&str]| {
+        let out = octodb().args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+    };
+    let row_reaches = |device: &Connection, primary: &Connection, v: &str| {
+        primary
+            .execute("INSERT INTO t(v, row_owner) VALUES (?1, '*')", [v])
+            .unwrap();
+        let sql = format!("SELECT count(*) FROM t WHERE v = '{v}'");
+        device
+            .wait_for(DEADLINE, |_| {
+                device.query_row(&sql, [], |r| r.get::<i64>(0)).ok() == Some(1)
+            })
+            .unwrap_or_else(|e| panic!("`{v}` never reached the device: {e}"));
+    };
+
+    // A plain primary without a network key, encrypted: its plain device reconnects.
+    let (p, addr) = primary(dir.path());
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    p.execute("CREATE TABLE t(v, row_owner)", []).unwrap();
+    let d = Connection::open(&device_uri(dir.path(), &addr)).unwrap();
+    row_reaches(&d, &p, "plain");
+    drop(p);
+    let encrypted = format!("file:{}?cipher=sqlcipher&key=k3y", at("pe.db"));
+    run(&["encrypt", &at("p.db"), &encrypted]);
+    let p = Connection::open(&format!(
+        "{encrypted}&node=primary&bind=tcp://127.0.0.1:{port}"
+    ))
+    .unwrap();
+    row_reaches(&d, &p, "after encrypt");
+    drop(d);
+    drop(p);
+
+    // An encrypted primary's network (its key derived from the file key), decrypted: its
+    // encrypted device reconnects, and a device without the key is still refused.
+    let e_uri = format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0&cipher=sqlcipher&key=n3t",
+        at("e.db")
+    );
+    let e = Connection::open(&e_uri).unwrap();
+    let e_addr = e.bound_addrs()[0].to_string();
+    let e_port = e_addr.rsplit(':').next().unwrap().to_string();
+    e.execute("CREATE TABLE t(v, row_owner)", []).unwrap();
+    let de = Connection::open(&format!(
+        "file:{}?node=secondary&connect=tcp://{e_addr}&cipher=sqlcipher&key=n3t",
+        at("de.db")
+    ))
+    .unwrap();
+    row_reaches(&de, &e, "encrypted");
+    drop(e);
+    run(&[
+        "decrypt",
+        &format!("file:{}?cipher=sqlcipher&key=n3t", at("e.db")),
+        &at("ed.db"),
+    ]);
+    let e = Connection::open(&format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:{e_port}",
+        at("ed.db")
+    ))
+    .unwrap();
+    row_reaches(&de, &e, "after decrypt");
+    let stranger = Connection::open(&format!(
+        "file:{}?node=secondary&connect=tcp://127.0.0.1:{e_port}",
+        at("stranger.db")
+    ))
+    .unwrap();
+    let refused = stranger.wait_until_ready(Duration::from_millis(500));
+    assert!(refused.is_err(), "a device without the network key got in");
+}

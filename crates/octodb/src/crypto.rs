@@ -34,6 +34,19 @@ pub fn derive_key(context: &[u8], material: &[u8]) -> [u8; 32] {
     out
 }
 
+/// The network key (Noise's pre-shared key) of a node without encryption at rest, from the
+/// URI's `key=`/`hexkey=`: the user's key stretched with the Noise suite's own hash. (An
+/// encrypted node's is derived from its file key instead and kept in its file:
+/// `store::at_rest::network_key`.)
+pub fn plain_network_key(key: &crate::uri::NetworkKey) -> [u8; 32] {
+    use crate::uri::NetworkKey;
+    let material: &[u8] = match key {
+        NetworkKey::Passphrase(p) => p.as_bytes(),
+        NetworkKey::Bytes(b) => b,
+    };
+    derive_key(b"octodb network key v1", material)
+}
+
 /// Length of a stored key pair: Ed25519 secret || X25519 secret.
 const STORED_LEN: usize = 64;
 

@@ -458,10 +458,14 @@ impl Node {
         let (jobs_tx, jobs_rx) = mpsc::channel(1024);
         let (announcements, batches) = mpsc::unbounded_channel();
         let (fresh_tx, fresh_rx) = mpsc::channel(FRESH_TXNS);
-        let network_key = match (cfg.file_key(), &cfg.key) {
-            (Some(file_key), _) => Some(crate::store::at_rest::network_key(&conn, file_key)?),
-            (None, Some(key)) => Some(network_key_bytes(key)),
-            (None, None) => None,
+        // A key kept in the file is the network's, whatever the URI says: a node decrypted or
+        // encrypted by `octodb encrypt`/`decrypt` stays on the network its peers know.
+        let network_key = match cfg.file_key() {
+            Some(file_key) => crate::store::at_rest::network_key(&conn, file_key)?,
+            None => match crate::store::at_rest::kept_network_key(&conn)? {
+                Some(kept) => kept,
+                None => cfg.key.as_ref().map(crate::crypto::plain_network_key),
+            },
         };
         let primary_key = match meta_get::<String>(&conn, PRIMARY_KEY)? {
             Some(hex) => Some(crate::crypto::PublicKey::from_hex(&hex).map_err(|e| {
@@ -904,16 +908,6 @@ fn send_stop(
             _ => return,
         }
     }
-}
-
-fn network_key_bytes(k: &crate::uri::NetworkKey) -> [u8; 32] {
-    use crate::uri::NetworkKey;
-    // Stretch the user's key into a Noise pre-shared key with the Noise suite's own hash.
-    let material: Vec<u8> = match k {
-        NetworkKey::Passphrase(p) => p.as_bytes().to_vec(),
-        NetworkKey::Bytes(b) => b.clone(),
-    };
-    crate::crypto::derive_key(b"octodb network key v1", &material)
 }
 
 fn load_or_create_keys(conn: &Connection, cfg: &NodeConfig) -> Result<NodeKeys> {

@@ -168,18 +168,33 @@ impl Drop for Secret {
 /// Where a node on an encrypted file keeps its network key (in the encrypted file itself).
 const NETWORK_KEY: &str = "network_key";
 
+/// The network key kept in this file, if one is: `Some(None)` when the file says its node's
+/// network has no key (a plain node's file that `octodb encrypt` converted).
+pub fn kept_network_key(conn: &Connection) -> Result<Option<Option<[u8; 32]>>> {
+    let Some(stored) = super::meta_get::<Vec<u8>>(conn, NETWORK_KEY)? else {
+        return Ok(None);
+    };
+    if stored.is_empty() {
+        return Ok(Some(None));
+    }
+    <[u8; 32]>::try_from(stored.as_slice())
+        .map(|k| Some(Some(k)))
+        .map_err(|_| {
+            Error::rule("the network key kept in this file is damaged; restore it from a backup")
+        })
+}
+
 /// The network key of a node whose file is encrypted with `file_key`: the one kept in the file,
 /// or, on a file that has none yet, one derived from `file_key` and kept. Kept, so that a
-/// `PRAGMA rekey` of the file leaves the network key as it was: the other nodes still have it.
-pub fn network_key(conn: &Connection, file_key: &NetworkKey) -> Result<[u8; 32]> {
-    if let Some(stored) = super::meta_get::<Vec<u8>>(conn, NETWORK_KEY)? {
-        return <[u8; 32]>::try_from(stored.as_slice()).map_err(|_| {
-            Error::rule("the network key kept in this file is damaged; restore it from a backup")
-        });
+/// `PRAGMA rekey` of the file (or a conversion, `octodb encrypt`/`decrypt`) leaves the network
+/// key as it was: the other nodes still have it.
+pub fn network_key(conn: &Connection, file_key: &NetworkKey) -> Result<Option<[u8; 32]>> {
+    if let Some(kept) = kept_network_key(conn)? {
+        return Ok(kept);
     }
     let derived = derive_network_key(file_key)?;
     super::meta_set(conn, NETWORK_KEY, derived.to_vec())?;
-    Ok(derived)
+    Ok(Some(derived))
 }
 
 /// HKDF-SHA256 of the file's key, with a salt and a label of octodb's own: the bytes that
