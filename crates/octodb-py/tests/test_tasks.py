@@ -179,3 +179,12 @@ def test_the_backends_policy_decides_who_may_submit_a_type(nodes):
     assert Guarded(queue).start().join(timeout=DEADLINE) == "ran"
     signer, task_type = SIGNERS[-1]
     assert task_type == "Guarded" and signer["public_key"] == queue.public_key
+
+
+def test_a_new_device_that_has_not_downloaded_yet_is_told_to_wait(tmp_path):
+    uri = f"file:{tmp_path / 'new.db'}?node=secondary&connect=tcp://127.0.0.1:9"
+    queue = tasks.Queue(uri)
+    with pytest.raises(Exception, match="has not reached this device yet"):
+        Echo(queue).start("hello")
+    with pytest.raises(TimeoutError, match="not ready within"):
+        queue.wait_until_ready(timeout=0.2)

@@ -227,9 +227,21 @@ impl TaskQueue {
              submitter, nonce, created_at_ms, signature) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
         };
-        self.conn
-            .execute(sql, rusqlite::params_from_iter(params.iter()))?;
-        Ok(self.conn.last_insert_rowid())
+        match self
+            .conn
+            .execute(sql, rusqlite::params_from_iter(params.iter()))
+        {
+            Ok(_) => Ok(self.conn.last_insert_rowid()),
+            // A device gets the queue's table with its download from the primaries.
+            Err(e) if e.to_string().contains("no such table: octo_tasks") => Err(TaskError::Usage(
+                "the task queue has not reached this device yet: it comes with the \
+                     device's first download from a primary running a Worker (or a Queue). \
+                     Wait for the download (Queue.wait_until_ready, or \
+                     Connection::wait_until_ready) and start the task again"
+                    .into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// A handle on task `id` (submitted earlier, perhaps before a restart).

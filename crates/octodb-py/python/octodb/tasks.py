@@ -20,6 +20,7 @@ On a device::
             return a + b
 
     queue = tasks.Queue("file:phone.db?node=secondary&connect=tcp://backend:7000")
+    queue.wait_until_ready(timeout=60)  # a new device: its first download brings the queue
     add = Add(queue)
     add.start(1, 2)                     # returns at once
     print(add.join(timeout=30, progress_callback=lambda t: print(t.progress, t.total)))
@@ -141,6 +142,17 @@ class Queue:
     @property
     def public_key(self):
         return self._q.public_key
+
+    def wait_until_ready(self, timeout=None):
+        """A device: wait until its first download from the primaries is done (the queue's
+        table comes with it), as ``Connection.wait_until_ready``; returns the status."""
+        import octodb
+
+        conn = octodb.connect(self.uri)
+        try:
+            return conn.wait_until_ready(timeout=timeout)
+        finally:
+            conn.close()
 
     def task(self, task_id):
         """A handle on task `task_id` (submitted earlier, perhaps before a restart)."""
