@@ -148,6 +148,20 @@ def test_cancel_raises_cancelled_inside_run_and_in_join(nodes):
     assert task.state == "cancelled"
 
 
+class NoWorkerRuns(tasks.Task):
+    def run(self):
+        return "never"
+
+
+def test_a_waiting_task_of_a_type_no_worker_runs_is_cancelled_too(nodes):
+    queue, _ = nodes
+    task = NoWorkerRuns(queue).start()
+    task.cancel()
+    with pytest.raises(tasks.Cancelled):
+        task.join(timeout=DEADLINE)
+    assert task.state == "cancelled"
+
+
 def test_join_times_out_and_a_task_is_found_again_by_id(nodes, tmp_path):
     queue, worker = nodes
     # Not before an hour from now: it stays queued.

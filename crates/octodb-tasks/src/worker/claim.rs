@@ -56,6 +56,60 @@ WHERE (t.state IS NULL OR t.state = 'queued' OR (t.state = 'running' AND t.lease
 ORDER BY t.priority DESC, t.id
 LIMIT ?3";
 
+/// Waiting tasks of types no worker here runs, with a cancel request: a waiting task is
+/// cancelled whether or not any worker runs its type (one of a misspelt type would otherwise
+/// wait until its expiry). Read apart from the candidates, so that such rows never take
+/// their places.
+const UNRUN_CANCELS_SQL: &str = "
+SELECT t.id, t.task_type, t.args, t.priority, t.not_before_ms, t.not_after_ms, t.submitter,
+       t.nonce, t.created_at_ms, t.signature, t.cancel_signature, coalesce(t.attempts, 0),
+       o.origin_node
+FROM octo_tasks t LEFT JOIN private_octo_task_origins o ON o.task_id = t.id
+WHERE (t.state IS NULL OR t.state = 'queued') AND t.cancel_signature IS NOT NULL
+  AND t.task_type NOT IN (SELECT value FROM json_each(?1))
+ORDER BY t.id
+LIMIT 16";
+
+/// Ends the waiting tasks of [`UNRUN_CANCELS_SQL`] whose cancel request is their submitter's;
+/// a request with a bad signature is dropped (it would be ignored by the workers of its type).
+fn cancel_unrun(shared: &Shared, conn: &Connection, now: i64) -> Result<(), octodb::Error> {
+    let rows = conn.query(UNRUN_CANCELS_SQL, [shared.registry.types_json()])?;
+    for row in rows.iter() {
+        let c = candidate_of(shared, &row)?;
+        let Some(Origin::Node(_)) = c.origin else {
+            continue;
+        };
+        let Ok((record, _, Some(cancel))) = record_of(&c) else {
+            continue;
+        };
+        if verify_cancel(&record.submitter, c.id, &record.nonce, &cancel) {
+            end(conn, &c, "cancelled", None, None, now)?;
+        } else {
+            tracing::warn!(
+                task = c.id,
+                "dropping a cancel request with a bad signature"
+            );
+            conn.execute(
+                "UPDATE octo_tasks SET cancel_signature = NULL WHERE id = ?1",
+                [c.id],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A candidate task from a row of [`CANDIDATE_SQL`] (or [`UNRUN_CANCELS_SQL`]).
+fn candidate_of(shared: &Shared, row: &octodb::Row<'_>) -> Result<Candidate, octodb::Error> {
+    let id: i64 = row.get(0)?;
+    let origin = row.get::<Option<i64>>(12)?.map(Origin::from_stored);
+    Ok(Candidate {
+        id,
+        values: row.values().to_vec(),
+        attempts: row.get(11)?,
+        origin: origin.or_else(|| shared.intake().origins.get(&id).copied()),
+    })
+}
+
 /// Examine the waiting tasks in priority order; refuse or cancel those that must be, and
 /// claim the first that may run. One write transaction, so two workers never claim one task.
 pub(super) fn claim(
@@ -73,6 +127,7 @@ pub(super) fn claim(
         for o in outcomes {
             o.write(conn)?;
         }
+        cancel_unrun(shared, conn, now)?;
         let mut jobs = Vec::new();
         if wanted == 0 {
             return Ok(jobs);
@@ -89,14 +144,7 @@ pub(super) fn claim(
         }
         let nodes = conn.nodes()?;
         for row in rows.iter() {
-            let id: i64 = row.get(0)?;
-            let origin = row.get::<Option<i64>>(12)?.map(Origin::from_stored);
-            let candidate = Candidate {
-                id,
-                values: row.values().to_vec(),
-                attempts: row.get(11)?,
-                origin: origin.or_else(|| shared.intake().origins.get(&id).copied()),
-            };
+            let candidate = candidate_of(shared, &row)?;
             if candidate.origin.is_none() && shared.intake().up_to < feed {
                 // The intake is still reading the feed (at start, or behind): claiming the
                 // tasks after this one would pass over its priority. It wakes us when done.
