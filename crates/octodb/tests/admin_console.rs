@@ -303,3 +303,34 @@ fn a_console_beyond_loopback_needs_the_insecure_flag() {
     .expect("a device serves no console");
     assert!(err.to_string().contains("primaries only"), "{err}");
 }
+
+/// A primary served by `octodb serve` (no other process may open its file) is operated from
+/// the leader's console: it takes a member out of the cluster.
+#[test]
+fn the_leaders_console_removes_a_primary() {
+    let c = Cluster::new();
+    let p1 = Connection::open(&format!(
+        "{}&admin=127.0.0.1:0",
+        primary_uri(&c.path("p.db"), 0)
+    ))
+    .unwrap();
+    let p2 = joining_primary(&c.path("p2.db"), &addr_of(&p1));
+    wait_voters(&p1, 2);
+    let (base, token) = (admin_url(&p1), text(&p1, "PRAGMA admin_token"));
+    let remove = |node_id: u32| {
+        call(
+            agent()
+                .post(&format!("{base}/api/remove_primary"))
+                .set("Authorization", &format!("Bearer {token}"))
+                .set("content-type", "application/json")
+                .send_string(&format!(r#"{{"node_id":{node_id}}}"#)),
+        )
+    };
+    let (status, why) = remove(99);
+    assert_eq!(status, 400, "{why}");
+    assert!(why.contains("not a member"), "{why}");
+    let (status, why) = remove(p2.sync_status().unwrap().node_id);
+    assert_eq!(status, 200, "{why}");
+    let members = p1.sync_status().unwrap().cluster.unwrap().members;
+    assert_eq!(members.len(), 1, "{members:?}");
+}

@@ -31,6 +31,7 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/api/state", get(state))
         .route("/api/events", get(stream))
         .route("/api/authorize", post(authorize))
+        .route("/api/remove_primary", post(remove_primary))
         .route("/metrics", get(metrics))
         .with_state(console)
 }
@@ -306,6 +307,40 @@ async fn authorize(
     .await
     .map_err(|e| e.to_string())
     .and_then(|r| r.map_err(|e| e.to_string()));
+    c.journal.action(client, what.clone(), done.is_ok());
+    match done {
+        Ok(()) => (StatusCode::OK, format!("done: {what}\n")).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, format!("{what} failed: {e}\n")).into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct RemovePrimaryRequest {
+    pub node_id: u64,
+}
+
+/// `PRAGMA remove_primary` from the console: on the leader, a primary served by `octodb serve`
+/// (whose file no other process may open) is operated from here.
+async fn remove_primary(
+    State(c): Shared,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Json(r): Json<RemovePrimaryRequest>,
+) -> Response {
+    let Some(caller) = auth::caller(&headers, &c.token, &c.sessions) else {
+        return unauthorized();
+    };
+    let what = format!("PRAGMA remove_primary={}", r.node_id);
+    if let Err(e) = auth::check_csrf(&headers, &caller) {
+        c.journal
+            .action(client, format!("refused {what}: {e}"), false);
+        return (StatusCode::FORBIDDEN, e.to_string()).into_response();
+    }
+    let shared = c.shared.clone();
+    let done = tokio::task::spawn_blocking(move || crate::node::remove_primary(&shared, r.node_id))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
     c.journal.action(client, what.clone(), done.is_ok());
     match done {
         Ok(()) => (StatusCode::OK, format!("done: {what}\n")).into_response(),

@@ -194,6 +194,11 @@ pub(crate) fn cluster_status_of(p: &crate::cluster::Proposer) -> status::Cluster
     status::cluster_status(p.raft())
 }
 
+/// Primaries: `PRAGMA remove_primary` for the admin console (the leader's).
+pub(crate) fn remove_primary(shared: &Shared, id: u64) -> Result<()> {
+    cluster_member::remove_primary(shared, id)
+}
+
 /// Primaries: decide on `pubkey` by hand, as `PRAGMA authorize_*` does (the admin console's
 /// buttons too). `preapproval`: the key may be one no node has presented yet (else that is an
 /// error: most likely a mistyped key). Blocks until the decision is stored.
