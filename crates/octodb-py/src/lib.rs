@@ -44,6 +44,12 @@ fn complete_statement(statement: &str) -> PyResult<bool> {
     Ok(octodb::api::sql_text::is_complete(statement))
 }
 
+/// A device's CREATE TABLE as the primaries wrote it (for `iterdump`: restorable anywhere).
+#[pyfunction]
+fn _as_primaries_wrote_it(sql: &str) -> String {
+    octodb::store::schema::as_primaries_wrote_it(sql)
+}
+
 /// enable_shared_cache(enable): SQLite's (deprecated) shared cache for later connections.
 #[pyfunction]
 fn enable_shared_cache(enable: bool) -> PyResult<()> {
@@ -73,6 +79,7 @@ fn _octodb(m: &Bound<'_, PyModule>) -> PyResult<()> {
     node_files::add_to_module(m)?;
     adapters::add_to_module(m)?;
     m.add_function(wrap_pyfunction!(complete_statement, m)?)?;
+    m.add_function(wrap_pyfunction!(_as_primaries_wrote_it, m)?)?;
     m.add_function(wrap_pyfunction!(enable_shared_cache, m)?)?;
     m.add_function(wrap_pyfunction!(callback::enable_callback_tracebacks, m)?)?;
     for (name, value) in codes::RESULT_CODES.iter().chain(codes::OTHER_CONSTANTS) {

@@ -159,6 +159,11 @@ pub fn dump(conn: &Connection, patterns: &[&str], out: &mut dyn Write) -> anyhow
         } else if name.starts_with("sqlite_") {
             continue;
         } else {
+            let sql = match conn.role() {
+                // Restorable into any SQLite: a device's table without its row_owner default.
+                Some(octodb::Role::Secondary) => octodb::store::schema::as_primaries_wrote_it(&sql),
+                _ => sql,
+            };
             writeln!(out, "{};", create_sql(&sql))?;
         }
         let q = quote_ident(&name);

@@ -1,5 +1,7 @@
 """Connection.iterdump(): the SQL text that rebuilds a database, one statement at a time."""
 
+from octodb import _octodb
+
 
 def _ident(name):
     """A name as a double-quoted SQL identifier."""
@@ -44,6 +46,7 @@ def iterdump(connection):
     )
     writable_schema = False
     has_sequence = False
+    device = getattr(connection, "node_type", None) == "secondary"
     for name, _type, sql in tables:
         if name == "sqlite_sequence":
             # Restored last, once the tables it counts for exist.
@@ -64,6 +67,9 @@ def iterdump(connection):
                 "VALUES('table',{0},{0},0,{1});".format(_literal(name), _literal(sql))
             )
             continue
+        if device:
+            # Restorable into any SQLite: without the row_owner default only a device runs.
+            sql = _octodb._as_primaries_wrote_it(sql)
         yield "{};".format(sql)
         yield from _insert_statements(connection, name)
     others = _rows(

@@ -256,6 +256,16 @@ pub fn apply_primaries_ddl(conn: &Connection, sql: &str) -> Result<()> {
     })
 }
 
+/// What [`device_create_table`] adds to a `row_owner` column definition.
+const DEVICE_OWNER_DEFAULT: &str = " DEFAULT (this_user())";
+
+/// A device's CREATE TABLE as the primaries wrote it, without the `row_owner` default that
+/// [`device_create_table`] added (only an octodb device can evaluate it): what a device's dump
+/// holds, so that it restores into any SQLite.
+pub fn as_primaries_wrote_it(sql: &str) -> String {
+    sql.replacen(DEVICE_OWNER_DEFAULT, "", 1)
+}
+
 /// Rewrite a primary's CREATE TABLE for a device: an INSERT that does not name `row_owner`
 /// must make a row of the device's user, so the column gets `DEFAULT (this_user())` there.
 /// Returns the statement unchanged when it has no row_owner column definition or already has
@@ -287,7 +297,7 @@ pub fn device_create_table(sql: &str) -> String {
                 b')' | b',' if depth == 1 => {
                     let def = &sql[start..i];
                     if is_owner_def(def) && !def.to_ascii_uppercase().contains("DEFAULT") {
-                        return format!("{} DEFAULT (this_user()){}", &sql[..i], &sql[i..]);
+                        return format!("{}{DEVICE_OWNER_DEFAULT}{}", &sql[..i], &sql[i..]);
                     }
                     if b == b')' {
                         return sql.to_string();
@@ -329,6 +339,12 @@ mod tests {
         assert_eq!(
             device_create_table("CREATE TABLE t (a CHECK (a IN (1,2)), \"row_owner\" TEXT)"),
             "CREATE TABLE t (a CHECK (a IN (1,2)), \"row_owner\" TEXT DEFAULT (this_user()))"
+        );
+        assert_eq!(
+            as_primaries_wrote_it(&device_create_table(
+                "CREATE TABLE t (id INTEGER PRIMARY KEY, row_owner, x TEXT)"
+            )),
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, row_owner, x TEXT)"
         );
         let unchanged = "CREATE TABLE t (a, row_owner DEFAULT 5)";
         assert_eq!(device_create_table(unchanged), unchanged);
