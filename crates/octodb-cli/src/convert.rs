@@ -53,6 +53,20 @@ pub fn run(direction: Direction, args: ConvertArgs) -> anyhow::Result<ExitCode> 
     };
     let conn = octodb::Connection::open_file(&source, &opts)
         .with_context(|| format!("opening `{}`", source.path.display()))?;
+    // A source that cannot be read as given (an encrypted file named as plain, a wrong key)
+    // is named as such, before the new file is made.
+    if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())) {
+        match direction {
+            Direction::Encrypt => bail!(
+                "`{}` cannot be read as a plain database ({e}): it is encrypted already \
+                 (`octodb decrypt` makes a plain copy) or not a database",
+                source.path.display()
+            ),
+            Direction::Decrypt => {
+                return Err(e).with_context(|| format!("reading `{}`", source.path.display()))
+            }
+        }
+    }
     let dest = target
         .path
         .to_str()

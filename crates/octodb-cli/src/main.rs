@@ -160,12 +160,20 @@ fn main() -> ExitCode {
             convert::Direction::Decrypt,
             ConvertArgs::parse_from(&args[1..]),
         ),
+        // `octodb help` (sqlite3 would open a file named `help`): the help, unless that file
+        // exists.
+        Some("help") if args.len() == 2 && !std::path::Path::new("help").exists() => {
+            <ShellArgs as clap::CommandFactory>::command()
+                .print_long_help()
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(anyhow::Error::from)
+        }
         _ => shell::run(ShellArgs::parse()),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("Error: {}", output::one_line(&format!("{e:#}")));
+            eprintln!("Error: {}", output::error_line(&e));
             ExitCode::FAILURE
         }
     }

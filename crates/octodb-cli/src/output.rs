@@ -7,6 +7,23 @@ pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// An error and its causes on one line, each cause once: a message that already ends with its
+/// cause's text (as `thiserror`'s "...: {source}" do) is not followed by it again.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = one_line(&cause.to_string());
+        if out.ends_with(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
@@ -51,4 +68,18 @@ pub fn table(rows: &Rows) -> String {
         s += "    (no rows)\n";
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let e = anyhow::Error::new(io).context("binding: Address already in use");
+        assert_eq!(error_line(&e), "binding: Address already in use");
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(error_line(&e), "outer: inner");
+    }
 }
