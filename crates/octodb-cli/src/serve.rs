@@ -23,10 +23,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|a| format!("tcp://{a}"))
         .collect();
+    // A primary that has not joined its cluster yet has no node id of its own there yet.
+    let member = status.cluster.as_ref().is_none_or(|c| {
+        c.members
+            .iter()
+            .any(|m| m.node_id == u64::from(status.node_id))
+    });
+    let id = match member {
+        true => format!("node {}", status.node_id),
+        false => "(joining its cluster)".to_string(),
+    };
     eprintln!(
-        "octodb: {} node {} serving{}; public key {}",
+        "octodb: {} {id} serving{}; public key {}",
         status.node_type,
-        status.node_id,
         if addrs.is_empty() {
             String::new()
         } else {

@@ -582,7 +582,9 @@ impl Node {
                 tracing::info!("admin console token created and kept in the node's file");
             } else {
                 eprintln!(
-                    "octodb: admin console at http://{addr}/ (PRAGMA admin_token shows its token)"
+                    "octodb: admin console at http://{addr}/ (its token was printed at the \
+                     node's first start with admin=; PRAGMA admin_token shows it to an app of \
+                     the node; admin_token_file=PATH sets one of your choosing)"
                 );
             }
         }
