@@ -21,6 +21,9 @@ while True:
     result = cur.execute("PRAGMA sync_status").fetchone()
     status = json.loads(result[0])
     if status["db_is_ready"]: break
+    # refused by the backend: waiting longer will not help
+    if status["auth_state"] == "rejected":
+        raise SystemExit("the backend refused this device: " + str(status["auth_error"]))
     # check if the device is already authorized
     if not sent_user_registration and status["node_id"] == 0:
         cur.execute("PRAGMA user_signup='" + user_data + "'")

@@ -58,7 +58,7 @@ def main():
             addc.start(cnt, 1)
             print("start: " + addc.display())
             print("waiting for task completion")
-            addc.join(progress_callback)
+            addc.join(progress_callback=progress_callback)
             print("result: " + addc.display() + " --> " + str(addc.m_result))
             addc.delete()
         worker.stop()

@@ -319,7 +319,7 @@ class BrokerServer:
         key = self._keys.get(id(obj))
         if key is None:
             raise TypeError(
-                f"a {type(obj).__name__} without a key cannot be sent: add_static(obj, ...) it first"
+                f"this {type(obj).__name__} object has no key and cannot be sent: add_static(obj, ...) it first"
             )
         return key
 
