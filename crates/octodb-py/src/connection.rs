@@ -61,11 +61,20 @@ fn fs_path(database: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
 pub struct ConnInner {
     pub db: Arc<Db>,
     thread: ThreadId,
+    /// The same thread as Python names it (`threading.get_ident()`), for the message.
+    thread_ident: std::ffi::c_ulong,
     check_same_thread: bool,
     pub detect_types: i32,
     isolation: Mutex<Option<&'static str>>,
     pub row_factory: Mutex<Py<PyAny>>,
     pub text_factory: Mutex<Py<PyAny>>,
+}
+
+/// This thread's id as Python's `threading.get_ident()` gives it.
+fn python_thread_ident() -> std::ffi::c_ulong {
+    // SAFETY: PyThread_get_thread_ident reads the calling thread's id (pthread_self); it
+    // touches no Python object and needs no GIL.
+    unsafe { pyo3::ffi::PyThread_get_thread_ident() }
 }
 
 impl ConnInner {
@@ -75,8 +84,9 @@ impl ConnInner {
         if self.check_same_thread && here != self.thread {
             return Err(errors::programming(format!(
                 "SQLite objects created in a thread can only be used in that same thread. \
-                 The object was created in thread id {:?} and this is thread id {:?}.",
-                self.thread, here
+                 The object was created in thread id {} and this is thread id {}.",
+                self.thread_ident,
+                python_thread_ident()
             )));
         }
         Ok(())
@@ -203,6 +213,7 @@ impl Connection {
         let inner = ConnInner {
             db,
             thread: std::thread::current().id(),
+            thread_ident: python_thread_ident(),
             check_same_thread,
             detect_types,
             isolation: Mutex::new(isolation_level.0),
