@@ -162,10 +162,12 @@ pub(super) async fn admit(
 }
 
 /// Under `auth=`: the node id of a primary asking to join the cluster, once its key is
-/// approved as a primary. A key not decided yet is recorded as a request (listed by `PRAGMA
-/// nodes` and the admin console, decided there or by `PRAGMA authorize_node`) and put to the
-/// backend (its `new_node` callback or service); meanwhile the joiner is told it waits, and it
-/// asks again.
+/// approved as a primary. A key not decided yet is recorded as seen (listed by `PRAGMA nodes`
+/// and the admin console, so that `PRAGMA authorize_node` and the console can approve it) and
+/// put to the backend's `new_node` callback at each attempt; meanwhile the joiner is told it
+/// waits, and asks again. It is not kept as a waiting request: the task that puts waiting
+/// requests to the callbacks would record an answer meant for devices ("secondary") as this
+/// key's, where only a primary's approval may let it join.
 pub(super) async fn approved_primary(
     shared: &Arc<Shared>,
     key: &str,
@@ -182,7 +184,7 @@ pub(super) async fn approved_primary(
          PRAGMA authorize_node='{key}:primary' (or approve it in the admin console), or let the \
          new_node callback answer \"primary\"; it asks again meanwhile"
     );
-    match found {
+    match &found {
         Some(m) if m.auth_state == "approved" && m.node_type == "primary" => return Ok(m.node_id),
         Some(m) if m.auth_state == "approved" => {
             return Err(format!(
@@ -193,26 +195,23 @@ pub(super) async fn approved_primary(
         Some(m) if m.auth_state == "rejected" => {
             return Err("the backend rejected this primary's key".into())
         }
-        // Asked already: the decision comes from a PRAGMA, the console or the backend.
-        Some(m) if m.auth_state == "pending" => return Err(waiting),
         _ => {}
+    }
+    let info = node_info(key, "primary", &addr, told);
+    if found.is_none() {
+        let (pubkey, address, seen_info) = (key.to_string(), addr.to_string(), info.clone());
+        ask(shared, |reply| Job::Presence {
+            pubkey,
+            address,
+            info: seen_info,
+            reply,
+        })
+        .await
+        .map_err(|e| format!("cannot record the primary's key: {e}"))?;
     }
     let Some(_slot) = WaitingSlot::take(shared) else {
         return Err("too many requests are waiting for the backend; try again later".into());
     };
-    let _asking = shared.asking.begin(key);
-    let info = node_info(key, "primary", &addr, told);
-    let (pubkey, address, recorded_info) = (key.to_string(), addr.to_string(), info.clone());
-    ask(shared, |reply| Job::AuthRecord {
-        pubkey,
-        address,
-        info: recorded_info,
-        action: Action::NewNode,
-        data: None,
-        reply,
-    })
-    .await
-    .map_err(|e| format!("cannot record the request: {e}"))?;
     let request = AuthRequest {
         action: Action::NewNode,
         data: None,
@@ -220,7 +219,10 @@ pub(super) async fn approved_primary(
         node_info: info,
     };
     let decision = match decide_now(shared, request).await {
-        Decision::Pending => return Err(waiting),
+        // An answer for a device ("secondary", a user) is no approval as a primary.
+        Decision::Pending | Decision::Node(Role::Secondary) | Decision::User(_) => {
+            return Err(waiting)
+        }
         d => d,
     };
     match authorize(shared, key.to_string(), decision).await {
