@@ -299,14 +299,26 @@ async fn authorize(
     };
     let what = format!("PRAGMA {pragma}='{value}'");
     let shared = c.shared.clone();
-    let done = tokio::task::spawn_blocking(move || -> crate::error::Result<()> {
+    run_action(&c, client, what, move || {
         let (key, decision): (String, Decision) =
             crate::auth::parse_authorize(pragma, Some(&value))?;
         crate::node::authorize(&shared, key, decision, false)
     })
     .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()));
+}
+
+/// Runs a console action (the PRAGMA `what` names) on a worker thread, journals it, and
+/// answers with its outcome.
+async fn run_action(
+    c: &Console,
+    client: SocketAddr,
+    what: String,
+    action: impl FnOnce() -> crate::error::Result<()> + Send + 'static,
+) -> Response {
+    let done = tokio::task::spawn_blocking(action)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
     c.journal.action(client, what.clone(), done.is_ok());
     match done {
         Ok(()) => (StatusCode::OK, format!("done: {what}\n")).into_response(),
@@ -337,15 +349,10 @@ async fn remove_primary(
         return (StatusCode::FORBIDDEN, e.to_string()).into_response();
     }
     let shared = c.shared.clone();
-    let done = tokio::task::spawn_blocking(move || crate::node::remove_primary(&shared, r.node_id))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
-    c.journal.action(client, what.clone(), done.is_ok());
-    match done {
-        Ok(()) => (StatusCode::OK, format!("done: {what}\n")).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, format!("{what} failed: {e}\n")).into_response(),
-    }
+    run_action(&c, client, what, move || {
+        crate::node::remove_primary(&shared, r.node_id)
+    })
+    .await
 }
 
 async fn metrics(State(c): Shared, headers: HeaderMap) -> Response {
