@@ -202,3 +202,11 @@ def test_a_new_device_that_has_not_downloaded_yet_is_told_to_wait(tmp_path):
         Echo(queue).start("hello")
     with pytest.raises(TimeoutError, match="not ready within"):
         queue.wait_until_ready(timeout=0.2)
+
+
+def test_register_takes_task_classes_only(tmp_path):
+    worker = tasks.Worker(primary_uri(tmp_path / "backend.db"), threads=1)
+    with pytest.raises(TypeError, match="subclass of octodb.tasks.Task"):
+        worker.register(int)
+    with pytest.raises(ValueError, match="not both"):
+        worker.register(Echo, allowed_keys=[], allow_if=lambda s, t: True)

@@ -161,6 +161,15 @@ fn a_browser_approves_a_waiting_device_and_metrics_show_its_writes() {
     assert_eq!(status, 200);
     let csrf = csrf_of(&page);
     assert_eq!(csrf.len(), 64);
+    // A logout without the session's CSRF header (another site's form) is refused, and the
+    // session stays.
+    let (status, _) = call(
+        agent()
+            .post(&format!("{base}/logout"))
+            .set("Cookie", &cookie)
+            .call(),
+    );
+    assert_eq!(status, 403, "a logout without the CSRF header");
 
     // The state lists the request.
     let (_, state) = call(

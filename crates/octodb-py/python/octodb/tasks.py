@@ -453,10 +453,12 @@ class Worker:
         `allowed_keys`; or those for which `allow_if(signer, task_type)` is true (`signer`: a
         dict with public_key, node_id, node_type, user_id; it may read the database, not
         write it)."""
-        name = name or cls.task_name()
-        self._handlers[name] = (_runner_for(cls), int(max_retries), float(backoff))
+        if not (isinstance(cls, type) and issubclass(cls, Task)):
+            raise TypeError(f"register takes a subclass of octodb.tasks.Task, not {cls!r}")
         if allowed_keys is not None and allow_if is not None:
             raise ValueError("give allowed_keys or allow_if, not both")
+        name = name or cls.task_name()
+        self._handlers[name] = (_runner_for(cls), int(max_retries), float(backoff))
         if allowed_keys is not None:
             self._allowed[name] = [str(k) for k in allowed_keys]
         if allow_if is not None:

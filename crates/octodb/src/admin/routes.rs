@@ -100,15 +100,24 @@ async fn login(
         .into_response()
 }
 
+/// Ends a browser's session and clears its cookie. A request without the session's CSRF
+/// header is refused (403), not answered as if the session had ended.
 async fn logout(State(c): Shared, headers: HeaderMap) -> Response {
-    if let Some(caller @ Caller::Browser { .. }) = auth::caller(&headers, &c.token, &c.sessions) {
-        if let (Ok(()), Caller::Browser { session, .. }) =
-            (auth::check_csrf(&headers, &caller), &caller)
-        {
-            c.sessions.close(session);
-        }
+    let Some(caller @ Caller::Browser { .. }) = auth::caller(&headers, &c.token, &c.sessions)
+    else {
+        return Redirect::to("/").into_response();
+    };
+    if let Err(e) = auth::check_csrf(&headers, &caller) {
+        return (StatusCode::FORBIDDEN, e.to_string()).into_response();
     }
-    Redirect::to("/").into_response()
+    if let Caller::Browser { session, .. } = &caller {
+        c.sessions.close(session);
+    }
+    let cleared = format!(
+        "{}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        auth::COOKIE
+    );
+    ([(header::SET_COOKIE, cleared)], Redirect::to("/")).into_response()
 }
 
 /// A user and how many devices they have.
