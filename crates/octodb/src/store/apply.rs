@@ -185,9 +185,7 @@ impl RowSql {
 
     /// Insert the row; an error if its id (or another unique key) is taken.
     pub fn insert(&self, conn: &Connection, rowid: i64, values: &[Value]) -> rusqlite::Result<()> {
-        let mut stmt = conn.prepare_cached(&self.insert)?;
-        self.bind(&mut stmt, rowid, values)?;
-        stmt.raw_execute().map(drop)
+        self.insert_held(&mut conn.prepare_cached(&self.insert)?, rowid, values)
     }
 
     /// [`RowSql::insert`] through a statement held for the batch.
@@ -406,8 +404,7 @@ fn insert_one_by_one(conn: &Connection, sql: &RowSql, rows: &[(i64, Vec<Value>)]
     // of the insert itself.
     let mut insert = conn.prepare_cached(&sql.insert)?;
     for (rowid, values) in rows {
-        sql.bind(&mut insert, *rowid, values)?;
-        let inserted = insert.raw_execute().map(drop);
+        let inserted = sql.insert_held(&mut insert, *rowid, values);
         sql.update_if_insert_refused(conn, *rowid, values, inserted)?;
     }
     Ok(())
