@@ -229,6 +229,9 @@ fn every_primary_lost_a_restored_backup_starts_a_new_cluster() {
     p1.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
         .unwrap();
     wait_count(&d, "SELECT count(*) FROM t WHERE v = 'before'", 1);
+    // (A majority confirmed the commit: p2 may not hold it yet when p1 and p3 were that
+    // majority. The copy is taken once it does.)
+    wait_count(&p2, "SELECT count(*) FROM t WHERE v = 'before'", 1);
 
     let copy = c.path("p2-backup.db");
     let cfg = octodb::NodeConfig::parse(&primary_uri(&paths[1], ports[1])).unwrap();
