@@ -1,11 +1,12 @@
 //! `Connection`: sqlite3's connection object on an octodb database (a plain local file, a
-//! primary or a device), with sqlite3's legacy transaction control (`isolation_level`).
+//! primary or a device); its transaction control is `transactions`'.
 
 use crate::cursor::{self, Cursor};
 use crate::db::{Db, DbGuard};
 use crate::errors::{self, ProgrammingError};
 use crate::ffi_util::detached;
 use crate::stmt;
+use crate::transactions::{Autocommit, Control, Isolation, ALWAYS_OPEN_BEGIN};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple, PyType};
@@ -14,38 +15,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::Duration;
-
-/// The levels `isolation_level` accepts ("" is a plain `BEGIN`).
-const LEVELS: [&str; 4] = ["", "DEFERRED", "IMMEDIATE", "EXCLUSIVE"];
-
-/// A valid `isolation_level`: None (autocommit) or one of `LEVELS`.
-#[derive(Clone, Copy)]
-pub struct Isolation(Option<&'static str>);
-
-impl<'a, 'py> FromPyObject<'a, 'py> for Isolation {
-    type Error = PyErr;
-    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Isolation> {
-        if obj.is_none() {
-            return Ok(Isolation(None));
-        }
-        let Ok(s) = obj.cast::<PyString>() else {
-            return Err(PyTypeError::new_err(format!(
-                "isolation_level must be str or None, not {}",
-                crate::adapters::type_name(&obj)
-            )));
-        };
-        let s = s.to_str()?;
-        LEVELS
-            .iter()
-            .find(|l| l.eq_ignore_ascii_case(s))
-            .map(|l| Isolation(Some(l)))
-            .ok_or_else(|| {
-                PyValueError::new_err(
-                    "isolation_level string must be '', 'DEFERRED', 'IMMEDIATE', or 'EXCLUSIVE'",
-                )
-            })
-    }
-}
 
 /// A database argument (str, bytes or path-like) as the OS path it names, as sqlite3 takes
 /// it: any bytes, including names that are not valid UTF-8.
@@ -65,7 +34,7 @@ pub struct ConnInner {
     thread_ident: std::ffi::c_ulong,
     check_same_thread: bool,
     pub detect_types: i32,
-    isolation: Mutex<Option<&'static str>>,
+    transactions: Mutex<Control>,
     pub row_factory: Mutex<Py<PyAny>>,
     pub text_factory: Mutex<Py<PyAny>>,
 }
@@ -92,15 +61,13 @@ impl ConnInner {
         Ok(())
     }
 
-    /// The statement that opens a transaction before DML, or None in autocommit mode. On a
-    /// replicated node a deferred one takes the write lock at once: the node's writer thread
-    /// commits concurrently, and a deferred transaction could not upgrade past its commits.
-    pub fn begin_statement(&self, replicated: bool) -> Option<String> {
-        let level = *self.isolation.lock().unwrap_or_else(|p| p.into_inner());
-        level.map(|l| match l {
-            "" | "DEFERRED" if replicated => "BEGIN IMMEDIATE".to_string(),
-            l => format!("BEGIN {l}"),
-        })
+    /// The connection's transaction control as the app set it.
+    pub fn transactions(&self) -> Control {
+        *self.transactions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_transactions(&self, change: impl FnOnce(&mut Control)) {
+        change(&mut self.transactions.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     pub fn text_factory(&self, py: Python<'_>) -> Py<PyAny> {
@@ -192,7 +159,7 @@ impl Connection {
     }
 
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (database, timeout = 5.0, detect_types = 0, isolation_level = Isolation(Some("")), check_same_thread = true, factory = None, cached_statements = 128, uri = false))]
+    #[pyo3(signature = (database, timeout = 5.0, detect_types = 0, isolation_level = Isolation(Some("")), check_same_thread = true, factory = None, cached_statements = 128, uri = false, *, autocommit = Autocommit::Legacy))]
     fn __init__(
         &self,
         py: Python<'_>,
@@ -204,6 +171,7 @@ impl Connection {
         factory: Option<&Bound<'_, PyAny>>,
         cached_statements: i64,
         uri: bool,
+        autocommit: Autocommit,
     ) -> PyResult<()> {
         let _ = factory;
         let previous = self.inner.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -216,11 +184,19 @@ impl Connection {
             thread_ident: python_thread_ident(),
             check_same_thread,
             detect_types,
-            isolation: Mutex::new(isolation_level.0),
+            transactions: Mutex::new(Control {
+                isolation: isolation_level.0,
+                autocommit,
+            }),
             row_factory: Mutex::new(py.None()),
             text_factory: Mutex::new(py.get_type::<PyString>().into_any().unbind()),
         };
-        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(inner));
+        let inner = Arc::new(inner);
+        *self.inner.lock().unwrap_or_else(|p| p.into_inner()) = Some(inner.clone());
+        if autocommit == Autocommit::Off {
+            let g = inner.db.lock(py);
+            inner.run_internal(py, &g, ALWAYS_OPEN_BEGIN)?;
+        }
         Ok(())
     }
 
@@ -288,22 +264,15 @@ impl Connection {
         Ok(cur)
     }
 
+    /// Commit the open transaction; with `autocommit=False` open the next one, with
+    /// `autocommit=True` do nothing (the app ends its transactions itself).
     fn commit(&self, py: Python<'_>) -> PyResult<()> {
-        let inner = self.checked(py)?;
-        let g = inner.db.lock(py);
-        if !g.autocommit()? {
-            inner.run_internal(py, &g, "COMMIT")?;
-        }
-        Ok(())
+        self.end_transaction(py, "COMMIT")
     }
 
+    /// Roll back the open transaction; as `commit` for the `autocommit` modes.
     fn rollback(&self, py: Python<'_>) -> PyResult<()> {
-        let inner = self.checked(py)?;
-        let g = inner.db.lock(py);
-        if !g.autocommit()? {
-            inner.run_internal(py, &g, "ROLLBACK")?;
-        }
-        Ok(())
+        self.end_transaction(py, "ROLLBACK")
     }
 
     /// Close the database; an open transaction is rolled back, not committed.
@@ -368,20 +337,56 @@ impl Connection {
 
     #[getter]
     fn isolation_level(&self) -> PyResult<Option<&'static str>> {
-        let inner = self.initialized()?;
-        let level = *inner.isolation.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(level)
+        Ok(self.initialized()?.transactions().isolation)
     }
 
-    /// Setting None commits an open transaction and turns autocommit on.
+    /// Setting None commits an open transaction and turns autocommit on (under legacy
+    /// transaction control; otherwise `isolation_level` is kept but not used).
     #[setter]
     fn set_isolation_level(&self, py: Python<'_>, level: Isolation) -> PyResult<()> {
         let inner = self.initialized()?;
         if level.0.is_none() {
             self.commit(py)?;
         }
-        *inner.isolation.lock().unwrap_or_else(|p| p.into_inner()) = level.0;
+        inner.set_transactions(|c| c.isolation = level.0);
         Ok(())
+    }
+
+    /// Python 3.12's transaction control: True, False or `LEGACY_TRANSACTION_CONTROL`.
+    #[getter]
+    fn autocommit(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let inner = self.checked(py)?;
+        Ok(inner.transactions().autocommit.to_python(py))
+    }
+
+    /// Setting True commits an open transaction; setting False opens one if none is open.
+    #[setter]
+    fn set_autocommit(&self, py: Python<'_>, mode: Autocommit) -> PyResult<()> {
+        let inner = self.checked(py)?;
+        inner.set_transactions(|c| c.autocommit = mode);
+        let g = inner.db.lock(py);
+        match mode {
+            Autocommit::On if !g.autocommit()? => inner.run_internal(py, &g, "COMMIT"),
+            Autocommit::Off if g.autocommit()? => inner.run_internal(py, &g, ALWAYS_OPEN_BEGIN),
+            _ => Ok(()),
+        }
+    }
+
+    /// Python 3.12's `getconfig(op)`: a boolean `SQLITE_DBCONFIG_*` setting.
+    fn getconfig(&self, py: Python<'_>, op: i32) -> PyResult<bool> {
+        let inner = self.checked(py)?;
+        let g = inner.db.lock(py);
+        crate::dbconfig::get(py, &g, op)
+    }
+
+    /// Python 3.12's `setconfig(op, enable=True)`. On a replicated node the settings that
+    /// would switch off octodb's rules (triggers) or rewrite the file behind the engine's
+    /// back (`RESET_DATABASE`, `WRITABLE_SCHEMA`) are refused.
+    #[pyo3(signature = (op, enable = true, /))]
+    fn setconfig(&self, py: Python<'_>, op: i32, enable: bool) -> PyResult<()> {
+        let inner = self.checked(py)?;
+        let g = inner.db.lock(py);
+        crate::dbconfig::set(py, &g, op, enable)
     }
 
     #[getter]
@@ -761,6 +766,22 @@ impl Connection {
 }
 
 impl Connection {
+    /// `commit()`/`rollback()` (`word`) as the transaction control asks.
+    fn end_transaction(&self, py: Python<'_>, word: &str) -> PyResult<()> {
+        let inner = self.checked(py)?;
+        let g = inner.db.lock(py);
+        match inner.transactions().autocommit {
+            Autocommit::Legacy if !g.autocommit()? => inner.run_internal(py, &g, word),
+            Autocommit::Legacy | Autocommit::On => Ok(()),
+            // As sqlite3: the end is not conditional (an app that ended the transaction
+            // with its own COMMIT is told there is none), and the next one opens at once.
+            Autocommit::Off => {
+                inner.run_internal(py, &g, word)?;
+                inner.run_internal(py, &g, ALWAYS_OPEN_BEGIN)
+            }
+        }
+    }
+
     fn limit(&self, py: Python<'_>, category: i32, limit: i32) -> PyResult<i32> {
         let inner = self.checked(py)?;
         let g = inner.db.lock(py);

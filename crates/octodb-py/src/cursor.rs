@@ -181,8 +181,18 @@ pub fn step_error(py: Python<'_>, g: &DbGuard<'_>) -> PyErr {
             return errors::IntegrityError::new_err(reason);
         }
     }
+    if g.replicated && code == ffi::SQLITE_BUSY_SNAPSHOT {
+        // SQLite's "database is locked" would send the app looking for another process.
+        return errors::from_code(py, code, STALE_SNAPSHOT);
+    }
     errors::from_db(py, raw)
 }
+
+/// Why a write fails after the transaction read, on a replicated node.
+const STALE_SNAPSHOT: &str = "database is locked: this transaction read the database before \
+     its first write, and the node's engine has written since (rows from the primaries); roll \
+     back and run it again. A transaction that reads then writes should take the write lock \
+     first (BEGIN IMMEDIATE)";
 
 /// Prepare `sql` for a cursor: from the cache when possible.
 fn statement(
@@ -376,7 +386,7 @@ impl<'py> Run<'_, 'py> {
     ) -> PyResult<()> {
         let py = self.py;
         if s.is_dml && g.autocommit()? {
-            if let Some(begin) = self.conn.begin_statement(g.replicated) {
+            if let Some(begin) = self.conn.transactions().begin_before_dml(g.replicated) {
                 run_to_end(py, db, g, &begin)?;
             }
         }
@@ -556,8 +566,8 @@ pub fn executemany(
     .go(sql, ParamSets::Many(it), true)
 }
 
-/// Run every statement of a script (committing an open transaction first), ignoring
-/// `isolation_level`.
+/// Run every statement of a script, ignoring `isolation_level` (under legacy transaction
+/// control an open transaction is committed first; with `autocommit` set, nothing implicit).
 pub fn executescript(cur: &Bound<'_, Cursor>, script: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = cur.py();
     let me = cur.get();
@@ -588,7 +598,7 @@ pub fn executescript(cur: &Bound<'_, Cursor>, script: &Bound<'_, PyAny>) -> PyRe
     if text.len() > max.max(0) as usize {
         return Err(errors::DataError::new_err("query string is too large"));
     }
-    if !g.autocommit()? {
+    if conn.transactions().commits_before_script() && !g.autocommit()? {
         run_to_end(py, &db, &g, "COMMIT")?;
     }
     let mut rest = text;

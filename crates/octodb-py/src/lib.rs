@@ -23,6 +23,7 @@ mod columns;
 mod connection;
 mod cursor;
 mod db;
+mod dbconfig;
 mod errors;
 mod events;
 mod ffi_util;
@@ -33,6 +34,7 @@ mod params;
 mod row;
 mod stmt;
 mod tasks;
+mod transactions;
 mod values;
 
 use pyo3::prelude::*;
@@ -82,9 +84,14 @@ fn _octodb(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_as_primaries_wrote_it, m)?)?;
     m.add_function(wrap_pyfunction!(enable_shared_cache, m)?)?;
     m.add_function(wrap_pyfunction!(callback::enable_callback_tracebacks, m)?)?;
-    for (name, value) in codes::RESULT_CODES.iter().chain(codes::OTHER_CONSTANTS) {
+    let constants = codes::RESULT_CODES.iter().chain(codes::OTHER_CONSTANTS);
+    for (name, value) in constants.chain(dbconfig::CODES) {
         m.add(*name, *value)?;
     }
+    m.add(
+        "LEGACY_TRANSACTION_CONTROL",
+        transactions::LEGACY_TRANSACTION_CONTROL,
+    )?;
     m.add("PARSE_DECLTYPES", cursor::PARSE_DECLTYPES)?;
     m.add("PARSE_COLNAMES", cursor::PARSE_COLNAMES)?;
     // SAFETY: sqlite3_libversion returns a static NUL-terminated string.

@@ -65,7 +65,8 @@ def connect(database, *args, **kwargs):
     ``database`` is a file name, ``":memory:"``, a SQLite URI with ``uri=True``, or an octodb
     node URI such as ``"file:app.db?node=primary&bind=tcp://0.0.0.0:1234"`` (recognized by its
     ``node=`` parameter, with or without ``uri=True``). The other arguments are sqlite3's:
-    timeout, detect_types, isolation_level, check_same_thread, factory, cached_statements, uri.
+    timeout, detect_types, isolation_level, check_same_thread, factory, cached_statements, uri,
+    and (keyword only, as in Python 3.12) autocommit.
     """
     factory = args[4] if len(args) > 4 else kwargs.get("factory", Connection)
     return factory(database, *args, **kwargs)

@@ -23,8 +23,10 @@ sqlite_version_info: Final[tuple[int, int, int]]
 octodb_version: Final[str]
 PARSE_DECLTYPES: Final[int]
 PARSE_COLNAMES: Final[int]
-# SQLite's result codes, authorizer actions and answers, and limit categories, as in sqlite3
-# (SQLITE_OK, SQLITE_DENY, SQLITE_CONSTRAINT_UNIQUE, SQLITE_LIMIT_SQL_LENGTH, ...).
+LEGACY_TRANSACTION_CONTROL: Final[int]
+# SQLite's result codes, authorizer actions and answers, limit categories and boolean
+# connection settings, as in sqlite3 (SQLITE_OK, SQLITE_DENY, SQLITE_CONSTRAINT_UNIQUE,
+# SQLITE_LIMIT_SQL_LENGTH, SQLITE_DBCONFIG_DEFENSIVE, ...).
 def __getattr__(name: str) -> int: ...
 
 Date = datetime.date
@@ -76,6 +78,8 @@ def connect(
     factory: type[Connection] | None = ...,
     cached_statements: int = 128,
     uri: bool = False,
+    *,
+    autocommit: bool | int = -1,
 ) -> Connection:
     """Open a plain local database (as sqlite3), or a node when `database` is an octodb URI
     such as "file:app.db?node=secondary&connect=tcp://backend:1234"."""
@@ -143,6 +147,8 @@ class Connection:
     NotSupportedError: type[NotSupportedError]
 
     isolation_level: _IsolationLevel
+    autocommit: bool | int
+    """Python 3.12's transaction control: True, False or LEGACY_TRANSACTION_CONTROL (-1)."""
     row_factory: Any
     text_factory: Any
     @property
@@ -160,6 +166,8 @@ class Connection:
         factory: type[Connection] | None = ...,
         cached_statements: int = 128,
         uri: bool = False,
+        *,
+        autocommit: bool | int = -1,
     ) -> None: ...
     def cursor(self, factory: Callable[[Connection], Cursor] = ...) -> Cursor: ...
     def execute(self, sql: str, parameters: _Parameters = ..., /) -> Cursor: ...
@@ -191,6 +199,9 @@ class Connection:
     def load_extension(self, name: str, /, *, entrypoint: str | None = None) -> None: ...
     def interrupt(self) -> None: ...
     def getlimit(self, category: int, /) -> int: ...
+    def getconfig(self, op: int, /) -> bool: ...
+    def setconfig(self, op: int, enable: bool = True, /) -> None:
+        """On replicated nodes, turning triggers off, RESET_DATABASE and WRITABLE_SCHEMA are refused."""
     def setlimit(self, category: int, limit: int, /) -> int: ...
     def iterdump(self) -> Iterator[str]: ...
     def blobopen(self, table: str, column: str, row: int, /, *, readonly: bool = False, name: str = "main") -> Blob: ...
