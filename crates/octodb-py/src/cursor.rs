@@ -178,7 +178,10 @@ pub fn step_error(py: Python<'_>, g: &DbGuard<'_>) -> PyErr {
     let (code, _) = raw.last_error();
     if g.replicated && code & 0xff == ffi::SQLITE_AUTH {
         if let Some(reason) = g.engine().ok().and_then(|e| e.take_denied_reason()) {
-            return errors::IntegrityError::new_err(reason);
+            // A statement the node does not permit (a device's CREATE TABLE, a write to
+            // octodb's own tables): refused as a write to a read-only database would be.
+            let class = py.get_type::<errors::OperationalError>();
+            return errors::with_code(class, code, &reason);
         }
     }
     if g.replicated && code == ffi::SQLITE_BUSY_SNAPSHOT {

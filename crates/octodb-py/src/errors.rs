@@ -87,10 +87,14 @@ fn class_for(py: Python<'_>, code: i32) -> Bound<'_, PyType> {
 
 /// An exception for SQLite's `code` with `msg`, carrying the code and its name.
 pub fn from_code(py: Python<'_>, code: i32, msg: &str) -> PyErr {
-    let class = class_for(py, code);
     if code & 0xff == ffi::SQLITE_NOMEM {
         return PyMemoryError::new_err(msg.to_string());
     }
+    with_code(class_for(py, code), code, msg)
+}
+
+/// An exception of `class` with `msg`, carrying SQLite's `code` and its name.
+pub fn with_code(class: Bound<'_, PyType>, code: i32, msg: &str) -> PyErr {
     let made = class.call1((msg,)).and_then(|exc| {
         exc.setattr("sqlite_errorcode", code)?;
         exc.setattr("sqlite_errorname", codes::error_name(code))?;
