@@ -170,6 +170,10 @@ fn a_browser_approves_a_waiting_device_and_metrics_show_its_writes() {
             .call(),
     );
     assert_eq!(status, 403, "a logout without the CSRF header");
+    assert!(
+        page.contains(r#"id="logout""#) && page.contains(r#"fetch("/logout""#),
+        "the page has a button that ends the session"
+    );
 
     // The state lists the request.
     let (_, state) = call(
@@ -220,6 +224,23 @@ fn a_browser_approves_a_waiting_device_and_metrics_show_its_writes() {
         .wait_for(DEADLINE, |s| s.db_is_ready)
         .expect("the approved device becomes ready");
     assert!(s.user_id.is_some_and(|u| u > 0), "a new user: {s:?}");
+
+    // As the page's logout button does: the session ends, its cookie opens nothing more.
+    let (status, _) = call(
+        agent()
+            .post(&format!("{base}/logout"))
+            .set("Cookie", &cookie)
+            .set("x-octodb-csrf", &csrf)
+            .call(),
+    );
+    assert!((300..400).contains(&status), "a logout redirects: {status}");
+    let (status, _) = call(
+        agent()
+            .get(&format!("{base}/api/state"))
+            .set("Cookie", &cookie)
+            .call(),
+    );
+    assert_eq!(status, 401, "the ended session's cookie");
 
     // The action is in the console's journal with the client's address.
     let (_, state) = call(
