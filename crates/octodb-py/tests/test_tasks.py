@@ -102,7 +102,14 @@ def _has_table(db):
 
 def test_progress_reaches_the_submitter_and_arguments_keep_their_types(nodes):
     queue, _ = nodes
-    payload = {"bytes": b"\x00\xff", "when": datetime.datetime(2026, 12, 4, 16, 0), "day": datetime.date(2026, 1, 2)}
+    payload = {
+        "bytes": b"\x00\xff",
+        "when": datetime.datetime(2026, 12, 4, 16, 0),
+        "day": datetime.date(2026, 1, 2),
+        # The app's own dicts shaped like the encoding's markers stay dicts.
+        "looks_like_bytes": {"$bytes": "AP8="},
+        "nested": [{"$date": {"$dict": [1, 2]}}],
+    }
     task = Echo(queue).start(20, payload)
     seen = []
     result = task.join(timeout=DEADLINE, progress_callback=lambda t: seen.append((t.m_progress, t.m_total)))

@@ -88,6 +88,11 @@ def _default(value):
     raise TypeError(f"a task argument or result of type {type(value).__name__} cannot be sent")
 
 
+# One-key objects that stand for a value JSON lacks. An app's own dict of that shape is sent
+# as {"$dict": [[key, value]]}, so that it comes back a dict, not bytes or a date.
+_MARKERS = ("$bytes", "$datetime", "$date", "$dict")
+
+
 def _object_hook(obj):
     if len(obj) == 1:
         ((key, value),) = obj.items()
@@ -97,12 +102,26 @@ def _object_hook(obj):
             return _datetime.datetime.fromisoformat(value)
         if key == "$date":
             return _datetime.date.fromisoformat(value)
+        if key == "$dict":
+            return {k: v for k, v in value}
     return obj
+
+
+def _escaped(value):
+    """`value` with every dict that looks like a marker wrapped as "$dict"."""
+    if isinstance(value, dict):
+        if len(value) == 1 and next(iter(value)) in _MARKERS:
+            ((key, inner),) = value.items()
+            return {"$dict": [[key, _escaped(inner)]]}
+        return {k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_escaped(v) for v in value]
+    return value
 
 
 def encode(value):
     """JSON text of `value`, with bytes, dates and datetimes kept."""
-    return _json.dumps(value, default=_default, separators=(",", ":"))
+    return _json.dumps(_escaped(value), default=_default, separators=(",", ":"))
 
 
 def decode(text):
