@@ -457,13 +457,18 @@ impl Connection {
         self.limit(py, category, limit)
     }
 
-    /// The SQL text that recreates the database, statement by statement.
-    fn iterdump<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+    /// The SQL text that recreates the database, statement by statement; `filter` (Python
+    /// 3.13) is a LIKE pattern the names of the objects dumped match.
+    #[pyo3(signature = (*, filter = None))]
+    fn iterdump<'py>(
+        slf: &Bound<'py, Self>,
+        filter: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         slf.get().checked(slf.py())?;
         slf.py()
             .import("octodb._dump")?
             .getattr("iterdump")?
-            .call1((slf,))
+            .call1((slf, filter))
     }
 
     /// create_function(name, narg, func, *, deterministic=False); func None removes it.

@@ -37,12 +37,18 @@ def _insert_statements(connection, table):
 _INTERNAL = "_octo_"
 
 
-def iterdump(connection):
+def iterdump(connection, filter=None):
+    # `filter` (Python 3.13): a LIKE pattern the names of the objects dumped match.
+    if filter is not None and not isinstance(filter, str):
+        raise TypeError(f"filter must be str or None, not {type(filter).__name__}")
+    matching = ' AND "name" LIKE ?' if filter else ""
+    params = (filter,) if filter else ()
     yield "BEGIN TRANSACTION;"
     tables = _rows(
         connection,
         "SELECT name, type, sql FROM sqlite_master "
-        "WHERE sql NOT NULL AND type == 'table' ORDER BY name",
+        "WHERE sql NOT NULL AND type == 'table'" + matching + " ORDER BY name",
+        *params,
     )
     writable_schema = False
     has_sequence = False
@@ -75,7 +81,8 @@ def iterdump(connection):
     others = _rows(
         connection,
         "SELECT name, tbl_name, sql FROM sqlite_master "
-        "WHERE sql NOT NULL AND type IN ('index', 'trigger', 'view')",
+        "WHERE sql NOT NULL AND type IN ('index', 'trigger', 'view')" + matching,
+        *params,
     )
     for name, table, sql in others:
         if not (name.startswith(_INTERNAL) or table.startswith(_INTERNAL)):

@@ -1,7 +1,9 @@
-"""Python 3.12's sqlite3 additions, on every Python the module runs on: the `autocommit`
+"""Newer Pythons' sqlite3 additions, on every Python the module runs on: 3.12's `autocommit`
 attribute (PEP 249's always-open transaction, or SQLite's autocommit with no implicit control)
-and `getconfig`/`setconfig`; on local databases as sqlite3 3.12 documents them, and what they
-mean on a replicated node."""
+and `getconfig`/`setconfig`, 3.13's `iterdump(filter=)`; on local databases as sqlite3 documents
+them, and what they mean on a replicated node."""
+
+import sqlite3
 
 import pytest
 
@@ -175,3 +177,22 @@ def test_setconfig_keeps_a_nodes_rules(open_primary, open_device):
         assert db.getconfig(octodb.SQLITE_DBCONFIG_ENABLE_TRIGGER) is True
         db.setconfig(octodb.SQLITE_DBCONFIG_DEFENSIVE)
         assert db.getconfig(octodb.SQLITE_DBCONFIG_DEFENSIVE) is True
+
+
+def test_iterdump_filter_dumps_the_objects_whose_names_match(tmp_path):
+    db = octodb.connect(tmp_path / "app.db")
+    db.executescript(
+        "CREATE TABLE app_a(x); CREATE TABLE app_b(y); CREATE TABLE other(z);"
+        "CREATE INDEX app_a_x ON app_a(x); CREATE INDEX other_z ON other(z);"
+        "INSERT INTO app_a VALUES (1); INSERT INTO other VALUES (2);"
+    )
+    dump = list(db.iterdump(filter="app_%"))
+    restored = sqlite3.connect(":memory:")
+    restored.executescript("\n".join(dump))
+    names = [r[0] for r in restored.execute("SELECT name FROM sqlite_master ORDER BY name")]
+    assert names == ["app_a", "app_a_x", "app_b"]
+    assert restored.execute("SELECT x FROM app_a").fetchall() == [(1,)]
+    assert list(db.iterdump(filter=None)) == list(db.iterdump())
+    with pytest.raises(TypeError):
+        list(db.iterdump(filter=1))
+    db.close()
