@@ -122,6 +122,53 @@ fn a_replayed_copy_under_a_new_id_is_refused() {
 }
 
 #[test]
+fn a_replayed_copy_under_the_same_id_after_a_delete_is_refused() {
+    let setup = Setup::new();
+    let counter = Counter::default();
+    let _workers = setup.workers(registry(&counter), Policy::default(), quick_config(2));
+    let device = setup.device("d.db");
+    let task = device
+        .start("count", serde_json::json!([2]), SubmitOptions::default())
+        .unwrap();
+    task.join(Some(DEADLINE), |_| {}).unwrap();
+    let signed = "task_type, args, priority, not_before_ms, not_after_ms, submitter, nonce, \
+                  created_at_ms, signature";
+    let copy: Vec<rusqlite::types::Value> = device
+        .connection()
+        .query_row(
+            &format!("SELECT id, {signed} FROM octo_tasks WHERE id = ?1"),
+            [task.id],
+            |r| (0..10).map(|i| r.get(i)).collect(),
+        )
+        .unwrap();
+    task.delete().unwrap();
+    wait_until("the deleted row gone from the primary", || {
+        let n: i64 = setup
+            .primary
+            .query_row(
+                "SELECT count(*) FROM octo_tasks WHERE id = ?1",
+                [task.id],
+                |r| r.get(0),
+            )
+            .ok()?;
+        (n == 0).then_some(())
+    });
+    // The same row, id included, inserted again by the node that signed it.
+    device
+        .connection()
+        .execute(
+            &format!("INSERT INTO octo_tasks(id, {signed}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+            rusqlite::params_from_iter(copy),
+        )
+        .unwrap();
+    match device.join(task.id, Some(DEADLINE), |_| {}) {
+        Err(TaskError::Refused { reason }) => assert_eq!(reason, "replayed"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(counter.of(task.id), 1, "the replay did not run again");
+}
+
+#[test]
 fn a_signer_the_policy_refuses_or_that_did_not_insert_the_row_is_refused() {
     let setup = Setup::new();
     let counter = Counter::default();

@@ -378,17 +378,20 @@ pub(super) fn examine(
     // the row replicates among the primaries only. ('*' would do for a `private_` table by
     // the SPEC, but the engine streams '*' rows of private tables to devices too, which skip
     // them: reported.)
-    conn.execute(
+    let first_use = conn.execute(
         "INSERT INTO private_octo_task_nonces(nonce, task_id, expires_ms, row_owner) \
          VALUES (?1, ?2, ?3, 0) ON CONFLICT(nonce) DO NOTHING",
         (record.nonce.to_vec(), c.id, record.not_after_ms),
-    )?;
+    )? == 1;
     let owner: i64 = conn.query_row(
         "SELECT task_id FROM private_octo_task_nonces WHERE nonce = ?1",
         [record.nonce.to_vec()],
         |r| r.get(0),
     )?;
-    if owner != c.id {
+    // A task's first attempt is claimed in the transaction that records its nonce: a row
+    // that never ran whose nonce is known already is a copy, even under the same id (the
+    // row deleted, then inserted again).
+    if owner != c.id || (!first_use && c.attempts == 0) {
         tracing::warn!(
             task = c.id,
             first = owner,
