@@ -77,13 +77,21 @@ impl PyLoader {
         Encoder::new(py, Some(hook))?.encode(obj)
     }
 
+    /// The handler's `_decode_value` for the values of `peer`'s request (it checks the
+    /// references they hold against the exports' `allow`).
+    fn decode_hook<'py>(&self, py: Python<'py>, peer: &Peer) -> PyResult<Bound<'py, PyAny>> {
+        let partial = py.import("functools")?.getattr("partial")?;
+        let hook = self.handler.bind(py).getattr("_decode_value")?;
+        partial.call1((hook, peer_dict(py, peer)?))
+    }
+
     fn decode_args<'py>(
         &self,
         py: Python<'py>,
+        peer: &Peer,
         args: &Args,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-        let hook = self.handler.bind(py).getattr("_decode_value")?;
-        let mut dec = Decoder::new(py, Some(hook))?;
+        let mut dec = Decoder::new(py, Some(self.decode_hook(py, peer)?))?;
         let pos = PyList::empty(py);
         for a in &args.positional {
             pos.append(dec.decode(a)?)?;
@@ -108,7 +116,7 @@ impl Loader for PyLoader {
 
     fn call(&self, peer: &Peer, key: &Key, method: &str, args: Args) -> Result<Value, BrokerError> {
         self.with(|py, h| {
-            let (pos, kw) = self.decode_args(py, &args)?;
+            let (pos, kw) = self.decode_args(py, peer, &args)?;
             let out = h.call_method1(
                 "_call",
                 (peer_dict(py, peer)?, key_to_py(py, key)?, method, pos, kw),
@@ -139,7 +147,7 @@ impl Loader for PyLoader {
         mode: SearchMode,
     ) -> Result<Value, BrokerError> {
         self.with(|py, h| {
-            let mut dec = Decoder::new(py, Some(h.getattr("_decode_value")?))?;
+            let mut dec = Decoder::new(py, Some(self.decode_hook(py, peer)?))?;
             let d = PyDict::new(py);
             for (k, v) in eq {
                 d.set_item(k, dec.decode(v)?)?;
@@ -188,7 +196,7 @@ impl PyServer {
                     handler: calls.clone_ref(py),
                 };
                 let run = || -> PyResult<Value> {
-                    let (pos, kw) = loader.decode_args(py, &args)?;
+                    let (pos, kw) = loader.decode_args(py, peer, &args)?;
                     let out = calls
                         .bind(py)
                         .call_method1("_plain_call", (peer_dict(py, peer)?, name, pos, kw))?;

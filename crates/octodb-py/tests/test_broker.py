@@ -48,6 +48,22 @@ class Root:
     def kind(cls):
         return cls.__name__
 
+    @ob.exported
+    def owner_of(self, item):
+        return item.owner
+
+
+class Secretive:
+    """Added with add_static but never exported: its data shows, its methods do not."""
+
+    def __init__(self):
+        self.label = "plain"
+        self.password = "hunter2"
+        self._token = "TOPSECRET"
+
+    def reset(self):
+        return "reset"
+
 
 class Net:
     def __init__(self, tmp_path, auth=None):
@@ -266,8 +282,40 @@ def test_an_export_limited_to_a_user(tmp_path):
         with pytest.raises(ob.NoData):
             bob.cls("Item").get(name="ann's")
         assert bob.cls("Item").count() == 3
+        # Ann's reference handed to Bob (key and access code): refused as an argument too.
+        anns = ann.cls("Item").get(name="ann's")
+        assert ann.root.owner_of(anns) == 10
+        with pytest.raises(PermissionError, match="not shared with user 20"):
+            bob.root.owner_of(anns)
     finally:
         n.close()
+
+
+def test_a_search_compares_only_what_the_export_shows(net):
+    server, root = static_server(net)
+    hidden = Item("hidden")
+    hidden.password = "hunter2"
+    hidden._token = "TOPSECRET"
+    server.add_static(hidden, "item", "hidden")
+    uri, _ = net.device()
+    client = net.client(uri)
+    items = client.cls("Item")
+    assert items.count(name="hidden") == 1
+    for probe in [{"password": "hunter2"}, {"_token": "TOPSECRET"}, {"password": "wrong"}]:
+        with pytest.raises(AttributeError, match="has no field"):
+            items.count(**probe)
+
+
+def test_an_object_added_without_an_export_shows_its_data_not_its_methods(net):
+    server = ob.BrokerServer(net.primary_uri)
+    server.root = Secretive()
+    uri, _ = net.device()
+    root = net.client(uri).root
+    assert (root.label, root.password) == ("plain", "hunter2")
+    with pytest.raises(AttributeError):
+        root.reset()
+    with pytest.raises(AttributeError):
+        root._token
 
 
 def test_codecs_round_trip_and_hostile_bytes():

@@ -77,12 +77,15 @@ def _describe(info, subject, attrs, refs, backrefs):
             for name, member in inspect.getmembers(cls):
                 if getattr(member, "_broker_exported", False):
                     info.add(Callable(name))
-        elif a == "*":
+        elif a in ("*", "*fields"):
+            # "*fields": the data attributes only (what an object added without an export shows).
+            methods = a == "*"
             for name, member in inspect.getmembers(cls):
                 if name.startswith("_"):
                     continue
                 if callable(member) or isinstance(inspect.getattr_static(cls, name, None), (classmethod, staticmethod)):
-                    info.add(Callable(name))
+                    if methods:
+                        info.add(Callable(name))
                 else:
                     info.add(Field(name))
             if not isinstance(subject, type):
@@ -176,8 +179,9 @@ class BrokerServer:
             self._static[full[1:]] = obj
             self._keys[id(obj)] = full
             if id(obj) not in self._object_infos and self._info_of(obj, required=False) is None:
-                # An object of a class not exported: every public attribute.
-                self.export_object(obj, "*")
+                # An object of a class not exported: its public data attributes; methods are
+                # called only when exported explicitly.
+                self.export_object(obj, "*fields")
         return full
 
     def del_static(self, obj, *key):
@@ -297,9 +301,13 @@ class BrokerServer:
         if obj is None:
             raise ObjectNotFound(str(key))
         info = self._info_of(obj)
-        if info.allow is not None and not info.allow(peer["user_id"], obj):
-            raise PermissionError(f"{key} is not shared with user {peer['user_id']}")
+        self._check_allowed(peer, obj, info, key)
         return obj, info
+
+    @staticmethod
+    def _check_allowed(peer, obj, info, key):
+        if info.allow is not None and not info.allow(peer["user_id"], obj):
+            raise PermissionError(f"{tuple(key)} is not shared with user {peer['user_id']}")
 
     def _state(self, obj, info, key):
         fields, refs = {}, {}
@@ -353,12 +361,19 @@ class BrokerServer:
         with self._lock:
             candidates = [o for o in self._static.values() if (self._info_of(o, False) or _Info(None)).name == class_name]
         found = []
+        searchable = set()
         for o in candidates:
             info = self._info_of(o)
             if info.allow is not None and not info.allow(peer["user_id"], o):
                 continue
-            if all(getattr(o, k, _MISSING) == v for k, v in eq.items()):
+            # Only what the export shows: a search on another attribute would tell its value.
+            shown = set(info.fields) | set(info.refs)
+            searchable |= shown
+            if all(k in shown and getattr(o, k, _MISSING) == v for k, v in eq.items()):
                 found.append(o)
+        hidden = [k for k in eq if candidates and k not in searchable]
+        if hidden:
+            raise AttributeError(f"class {class_name} has no field {hidden[0]!r}")
         if mode == "count":
             return len(found)
         if mode == "get":
@@ -386,14 +401,21 @@ class BrokerServer:
             return custom
         return ("ref", self._key_of(obj))
 
-    def _decode_value(self, kind, payload):
+    def _decode_value(self, peer, kind, payload):
+        """A value in a request of `peer`: a reference to an object limited to other users
+        (``allow=``) is refused as a fetch of it would be."""
         if kind == "custom":
             return _decode_custom(payload)
         if kind in ("ref", "object"):
             key = payload[0]
             with self._lock:
                 obj = self._static.get(tuple(key[1:])) if key[0] == "static" else None
-            return obj if obj is not None else _SqlRow(key[0], key[1]) if len(key) == 2 else key
+            if obj is not None:
+                info = self._info_of(obj, required=False)
+                if info is not None:
+                    self._check_allowed(peer, obj, info, key)
+                return obj
+            return _SqlRow(key[0], key[1]) if len(key) == 2 else key
         return payload
 
 
