@@ -657,6 +657,28 @@ fn encrypt_decrypt_and_backup_of_an_encrypted_node() {
     let copy = dir.path().join("copy.db");
     let (ok, err) = run(&["backup", &node_uri, copy.to_str().unwrap()]);
     assert!(ok, "{err}");
+    // The backup's process closing its connection left the running node's WAL alone (it
+    // deleted it, with the rows committed there, when the node held no lock on the file).
+    assert!(
+        dir.path().join("p.db-wal").exists(),
+        "the running node's WAL was deleted"
+    );
+    p.execute_batch("INSERT INTO n VALUES ('after the backup', '*')")
+        .unwrap();
+    let later = dir.path().join("later-copy.db");
+    let (ok, err) = run(&["backup", &node_uri, later.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let c = Connection::open(&format!(
+        "file:{}?cipher=sqlcipher&key=s3cret-k3y",
+        later.display()
+    ))
+    .unwrap();
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM n"),
+        2,
+        "a row committed after a backup"
+    );
+    drop(c);
     let no_key = format!("file:{}", dir.path().join("p.db").display());
     let other = dir.path().join("other-copy.db");
     let (ok, err) = run(&["backup", &no_key, other.to_str().unwrap()]);

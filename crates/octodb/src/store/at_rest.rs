@@ -12,7 +12,6 @@ use crate::error::{Error, Result};
 use crate::uri::NetworkKey;
 use rusqlite::{Connection, ErrorCode};
 use std::collections::HashMap;
-use std::io::Read;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,7 +29,7 @@ const PLAIN_HEADER: &[u8; SALT_BYTES] = b"SQLite format 3\0";
 /// Hand `key` to a connection just opened on `file`, and check that it opens the file: a wrong
 /// key, or a key for a plain file, fails here with [`Error::WrongKey`] and changes nothing.
 pub fn unlock(conn: &Connection, file: &Path, key: &NetworkKey) -> Result<()> {
-    let salt = file_salt(file);
+    let salt = file_salt(conn);
     let spec = key_spec(key, salt)?;
     conn.pragma_update(None, "key", spec.as_str())?;
     // After the key: SQLCipher sets its default log (stderr) when its first codec starts.
@@ -56,11 +55,46 @@ pub fn unlock(conn: &Connection, file: &Path, key: &NetworkKey) -> Result<()> {
 }
 
 /// The file's salt: its first 16 bytes, when it has them and is not a plain SQLite file.
-fn file_salt(file: &Path) -> Option<[u8; SALT_BYTES]> {
+///
+/// Read through `conn`'s own handle on the file, never through one of ours: closing any
+/// descriptor of a file drops every POSIX lock the process holds on it, and SQLite's locks
+/// are POSIX locks. Without its shared lock, a node looked closed to other processes, and
+/// one of them (a backup, a shell) deleted the node's WAL, committed rows in it, on closing.
+fn file_salt(conn: &Connection) -> Option<[u8; SALT_BYTES]> {
+    use rusqlite::ffi;
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: `conn` is open and used by this thread only; SQLITE_FCNTL_FILE_POINTER writes
+    // the main database's `sqlite3_file*` (owned by SQLite, valid while `conn` is open) into
+    // `file`, which outlives the call.
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&mut file as *mut *mut ffi::sqlite3_file).cast(),
+        )
+    };
+    if rc != ffi::SQLITE_OK || file.is_null() {
+        return None;
+    }
+    // SAFETY: `file` is the open file of `conn` (above); its methods, when set, are the
+    // VFS's, and xRead reads the raw bytes at the offset into `salt`, which is SALT_BYTES
+    // long. A file shorter than that (a new one) answers SQLITE_IOERR_SHORT_READ.
     let mut salt = [0u8; SALT_BYTES];
-    let mut f = std::fs::File::open(file).ok()?;
-    f.read_exact(&mut salt).ok()?;
-    (&salt != PLAIN_HEADER).then_some(salt)
+    let rc = unsafe {
+        let methods = (*file).pMethods;
+        if methods.is_null() {
+            return None;
+        }
+        let read = (*methods).xRead?;
+        read(
+            file,
+            salt.as_mut_ptr().cast(),
+            SALT_BYTES as std::ffi::c_int,
+            0,
+        )
+    };
+    (rc == ffi::SQLITE_OK && &salt != PLAIN_HEADER).then_some(salt)
 }
 
 /// What `PRAGMA key` is given: SQLCipher reads `x'<64 hex>'` as a raw key, `x'<96 hex>'` as a
@@ -256,7 +290,7 @@ pub fn rekey(
     current: &CurrentKey,
 ) -> Result<()> {
     // The salt is the file's own: the new key is derived with it, as SQLCipher would.
-    let Some(salt) = file_salt(file) else {
+    let Some(salt) = file_salt(conn) else {
         return Err(Error::WrongKey {
             path: file.to_path_buf(),
         });
