@@ -12,6 +12,7 @@ pub mod error;
 pub mod log;
 pub mod store;
 pub mod value;
+pub mod wire_size;
 
 pub mod admin;
 pub mod api;

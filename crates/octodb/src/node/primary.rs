@@ -13,6 +13,7 @@ use crate::log;
 use crate::net::{version, Message, NetError, SecureReader, SecureStream, SecureWriter};
 use crate::store::apply::Sender;
 use crate::uri::{Endpoint, Role};
+use crate::wire_size;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
@@ -917,7 +918,18 @@ async fn stream_to_device(
                 if tells_digests {
                     send_own_digests(&mut wr, &visible, node).await?;
                 }
-                send(&mut wr, visible, up_to).await?;
+                let runs = wire_size::runs_within(visible, wire_size::MESSAGE_BUDGET, |e| {
+                    wire_size::entry_bound(e)
+                });
+                let last_run = runs.len() - 1;
+                for (i, run) in runs.into_iter().enumerate() {
+                    // Each message's position: its last entry, the batch's end for the last.
+                    let position = match run.last() {
+                        Some(e) if i < last_run => e.seq,
+                        _ => up_to,
+                    };
+                    send(&mut wr, run, position).await?;
+                }
                 told = up_to;
             }
         }

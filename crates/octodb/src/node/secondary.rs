@@ -901,15 +901,22 @@ async fn send_outbox(
         }
         sent = txns.last().map_or(sent, |t| t.0);
         tracing::trace!(up_to = sent, "sending transactions");
-        let msg = Message::Txns { txns };
-        // Counted as sent before it may have left: a transaction the primaries might have
+        // Counted as sent before they may have left: a transaction the primaries might have
         // must never be taken for the work of another copy of this file (see
         // `Writer::txn_ids_before_sending`).
         shared
             .sent_txn_max
             .fetch_max(sent, std::sync::atomic::Ordering::AcqRel);
-        if send_message(&mut wr, &msg).await.is_err() {
-            return;
+        let runs = crate::wire_size::runs_within(txns, crate::wire_size::MESSAGE_BUDGET, |t| {
+            crate::wire_size::change_set_bound(&t.1)
+        });
+        for txns in runs {
+            if send_message(&mut wr, &Message::Txns { txns })
+                .await
+                .is_err()
+            {
+                return;
+            }
         }
         last_sent = tokio::time::Instant::now();
     }

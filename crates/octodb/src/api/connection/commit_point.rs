@@ -81,6 +81,7 @@ impl Connection {
     /// once it is decided and applied here, an empty transaction is opened for `word`, the
     /// statement that commits (COMMIT, END, RELEASE; the engine's own COMMIT: "COMMIT"), to end.
     pub(super) fn propose_before_commit(&self, word: &str) -> Result<()> {
+        self.refuse_oversized()?;
         let Some(proposer) = self.node.as_ref().and_then(|n| n.shared.cluster.get()) else {
             return Ok(());
         };
@@ -111,6 +112,34 @@ impl Connection {
                 )))
             }
         }
+    }
+
+    /// A transaction whose changes could not travel in one message (`wire_size`) is rolled
+    /// back here, with the reason, rather than committed and stuck on its way.
+    fn refuse_oversized(&self) -> Result<()> {
+        let bytes = match self.repl.as_ref().map(|r| r.role) {
+            Some(crate::uri::Role::Primary) => self
+                .committed
+                .borrow()
+                .iter()
+                .map(crate::wire_size::entry_bound)
+                .sum(),
+            Some(crate::uri::Role::Secondary) => self
+                .outbox_added
+                .borrow()
+                .as_ref()
+                .map_or(0, crate::wire_size::change_set_bound),
+            None => 0,
+        };
+        if bytes <= crate::wire_size::MAX_TXN_BYTES {
+            return Ok(());
+        }
+        let _ = self.internal_sql("ROLLBACK");
+        tracing::warn!(
+            bytes,
+            "a transaction too large to replicate was rolled back"
+        );
+        Err(crate::wire_size::too_large(bytes))
     }
 
     /// Whether this primary follows another in its cluster: its app's replicated writes go to
