@@ -18,7 +18,10 @@ pub enum Direction {
 }
 
 pub fn run(direction: Direction, args: ConvertArgs) -> anyhow::Result<ExitCode> {
-    let source = parse(&args.source)?;
+    let source = match direction {
+        Direction::Encrypt => parse_plain_source(&args.source)?,
+        Direction::Decrypt => parse(&args.source)?,
+    };
     let target = parse(&args.target)?;
     let (encrypted, verb) = match direction {
         Direction::Encrypt => (&target, "encrypt"),
@@ -36,7 +39,10 @@ pub fn run(direction: Direction, args: ConvertArgs) -> anyhow::Result<ExitCode> 
         &target
     };
     if plain.file_key().is_some() {
-        bail!("octodb {verb}: the plain side is given a key; name it by its path alone");
+        bail!(
+            "octodb {verb}: the plain side is given a file key (cipher=); name it by its path, \
+             with the network key its node runs with as key= if it has one"
+        );
     }
     if target.path.exists() {
         bail!(
@@ -111,6 +117,17 @@ fn keep_network_key(conn: &octodb::Connection, source: &NodeConfig) -> anyhow::R
     if !is_node {
         return Ok(());
     }
+    if source.key.is_none() {
+        // A plain file does not hold its network key: only the source's URI tells it.
+        eprintln!(
+            "octodb: note: the new file's node has no network key (devices and primaries join \
+             it with node keys alone). If `{}` ran with key= (or hexkey=, keyenv=, keyfile=), \
+             remove the new file and give that key on the source: \
+             octodb encrypt 'file:{}?key=...' ...",
+            source.path.display(),
+            source.path.display()
+        );
+    }
     let kept = source
         .key
         .as_ref()
@@ -123,6 +140,28 @@ fn keep_network_key(conn: &octodb::Connection, source: &NodeConfig) -> anyhow::R
         [kept],
     )?;
     Ok(())
+}
+
+/// The plain source of `encrypt`, whose `key=` (or `hexkey=`, `keyenv=`, `keyfile=`) is the
+/// network key its node runs with: taken as such without `node=` here, since the file itself
+/// does not hold it.
+fn parse_plain_source(uri: &str) -> anyhow::Result<NodeConfig> {
+    let normalized = crate::normalize_uri(uri);
+    let parsed = NodeConfig::parse(&normalized);
+    let key_alone = parsed.is_err()
+        && normalized.contains('?')
+        && !normalized.contains("node=")
+        && !normalized.contains("cipher=");
+    if key_alone {
+        // Read as a primary's URI (its address unused), then as a file with a network key.
+        let as_node = format!("{normalized}&node=primary&bind=tcp://127.0.0.1:0");
+        if let Ok(mut config) = NodeConfig::parse(&as_node) {
+            config.role = None;
+            config.bind.clear();
+            return Ok(config);
+        }
+    }
+    parsed.with_context(|| format!("reading the URI `{}`", NodeConfig::redacted(uri)))
 }
 
 fn parse(uri: &str) -> anyhow::Result<NodeConfig> {

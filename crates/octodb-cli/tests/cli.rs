@@ -827,4 +827,43 @@ fn a_converted_node_keeps_its_network_key() {
     .unwrap();
     let refused = stranger.wait_until_ready(Duration::from_millis(500));
     assert!(refused.is_err(), "a device without the network key got in");
+    drop(stranger);
+    drop(de);
+    drop(e);
+
+    // A plain primary with a network key (`key=` without cipher=), encrypted with that key
+    // named on the source: its keyed device reconnects, a device without the key stays out.
+    let k_uri = format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0&key=n3tw0rk",
+        at("k.db")
+    );
+    let k = Connection::open(&k_uri).unwrap();
+    let k_addr = k.bound_addrs()[0].to_string();
+    let k_port = k_addr.rsplit(':').next().unwrap().to_string();
+    k.execute("CREATE TABLE t(v, row_owner)", []).unwrap();
+    let dk = Connection::open(&format!(
+        "file:{}?node=secondary&connect=tcp://{k_addr}&key=n3tw0rk",
+        at("dk.db")
+    ))
+    .unwrap();
+    row_reaches(&dk, &k, "keyed");
+    drop(k);
+    run(&[
+        "encrypt",
+        &format!("file:{}?key=n3tw0rk", at("k.db")),
+        &format!("file:{}?cipher=sqlcipher&key=d1sk", at("ke.db")),
+    ]);
+    let k = Connection::open(&format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:{k_port}&cipher=sqlcipher&key=d1sk",
+        at("ke.db")
+    ))
+    .unwrap();
+    row_reaches(&dk, &k, "after encrypting a keyed network");
+    let stranger = Connection::open(&format!(
+        "file:{}?node=secondary&connect=tcp://127.0.0.1:{k_port}",
+        at("stranger2.db")
+    ))
+    .unwrap();
+    let refused = stranger.wait_until_ready(Duration::from_millis(500));
+    assert!(refused.is_err(), "a device without the network key got in");
 }
