@@ -115,6 +115,9 @@ fn devices_ahead_of_a_restored_primary_download_again_and_agree_with_it() {
     );
     let reason = behind.expect("a PrimaryBehind event before the download");
     assert!(reason.contains("restored"), "{reason}");
+    // The status's error says what stops sync now: the finished download is no longer one.
+    let s = d.sync_status().unwrap();
+    assert_eq!(s.sync_error, None, "after the resync: {s:?}");
     assert_eq!(
         resynced,
         Some((3, 3)),

@@ -300,6 +300,19 @@ impl Shared {
         });
     }
 
+    /// The download a resync began has ended: its note leaves `sync_error` (which is for
+    /// what stops or slows sync now).
+    pub fn resync_done(&self) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        if live
+            .sync_error
+            .as_deref()
+            .is_some_and(|e| e.ends_with(secondary::RESYNC_NOTE))
+        {
+            live.sync_error = None;
+        }
+    }
+
     /// A write succeeded: whatever failed before is over.
     pub fn writes_succeed(&self) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());

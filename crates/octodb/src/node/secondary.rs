@@ -369,15 +369,16 @@ async fn take_log_history(
             .live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .sync_error = Some(format!(
-            "{reason}. This device downloads the primary's data again, keeping its pending \
-             work (and sending again any of its transactions the primary lost); rows the \
-             primary no longer has are removed here"
-        ));
+            .sync_error = Some(format!("{reason}. {RESYNC_NOTE}"));
         shared.emit(Event::PrimaryBehind { reason });
     }
     Ok(over_data)
 }
+
+/// What `sync_error` says while a device downloads again; it goes once the download ends.
+pub(super) const RESYNC_NOTE: &str = "This device downloads the primary's data again, keeping \
+     its pending work (and sending again any of its transactions the primary lost); rows the \
+     primary no longer has are removed here";
 
 /// How a session ended without error.
 #[derive(Debug, PartialEq, Eq)]

@@ -1143,6 +1143,7 @@ impl Writer {
                 seq,
                 "downloaded the primary's data again (it could not go on from this device's position)"
             );
+            self.shared.resync_done();
             self.shared.emit(Event::Resynced {
                 resent: self.resent,
                 rows_removed,
