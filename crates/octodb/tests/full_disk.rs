@@ -94,6 +94,17 @@ fn a_full_disk_on_the_primary_is_reported_and_sync_resumes_once_space_returns() 
         "{primary:?}"
     );
 
+    // The primary's own write says it is the disk (not a cluster's leader, which a primary
+    // alone does not have).
+    let own = p
+        .execute("INSERT INTO t(v, row_owner) VALUES (?1, '*')", [&big])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        own.contains("disk is full") || own.contains("disk refuses"),
+        "{own}"
+    );
+
     // Space returns: everything is accepted, without a restart.
     std::fs::remove_file(filler).unwrap();
     wait_outbox_empty(&d);

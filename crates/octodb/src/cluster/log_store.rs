@@ -100,10 +100,14 @@ impl LogStore {
             match write_entries(&conn, entries, &self.handoff) {
                 Err(LogStoreError::Sqlite(e)) if disk_refused(&e) => {
                     tracing::warn!("cannot write the Raft log ({e}); trying again");
+                    self.handoff.note_disk(Some(e.to_string()));
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(RETRY_PAUSE_MAX);
                 }
-                other => return other,
+                other => {
+                    self.handoff.note_disk(None);
+                    return other;
+                }
             }
         }
     }
@@ -130,10 +134,14 @@ impl LogStore {
                 }
                 Err(LogStoreError::Sqlite(e)) if disk_refused(&e) => {
                     tracing::warn!("cannot write the Raft log ({e}); trying again");
+                    self.handoff.note_disk(Some(e.to_string()));
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(RETRY_PAUSE_MAX);
                 }
-                other => break other,
+                other => {
+                    self.handoff.note_disk(None);
+                    break other;
+                }
             }
         };
         let _ = conn.busy_timeout(crate::store::BUSY_TIMEOUT);

@@ -76,11 +76,19 @@ struct HandoffState {
     /// through [`Handoff::offer`]): openraft's metrics, which lag behind appends in a burst,
     /// hold the log's current membership when theirs is at least as new.
     newest_membership: Option<openraft::LogId<super::RaftNodeId>>,
+    /// The disk's latest refusal of a Raft log write (full, failing), while it lasts: a
+    /// transaction given up meanwhile says so, not only that its entry did not come.
+    disk_refusal: Option<String>,
 }
 
 impl Handoff {
     fn lock(&self) -> std::sync::MutexGuard<'_, HandoffState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The log store's write was refused by the disk (`Some`), or went through (`None`).
+    pub(crate) fn note_disk(&self, refusal: Option<String>) {
+        self.lock().disk_refusal = refusal;
     }
 
     /// From the log store: a waiting transaction takes `append` (None), else it comes back.
@@ -508,11 +516,18 @@ impl Proposer {
     }
 
     fn gave_up(&self, id: u64, appends: Vec<PendingAppend>) -> GaveUp {
+        let why = match self.handoff.lock().disk_refusal.clone() {
+            Some(e) => format!(
+                "this primary's disk refuses to write its Raft log ({e}): if the disk is full, \
+                 free space there"
+            ),
+            None => ENTRY_NOT_WRITTEN.into(),
+        };
         GaveUp {
             id,
             appends,
             log: self.log.clone(),
-            why: ENTRY_NOT_WRITTEN.into(),
+            why,
         }
     }
 
