@@ -217,3 +217,44 @@ def test_register_takes_task_classes_only(tmp_path):
         worker.register(int)
     with pytest.raises(ValueError, match="not both"):
         worker.register(Echo, allowed_keys=[], allow_if=lambda s, t: True)
+
+
+class NotANumber(tasks.Task):
+    def run(self):
+        return float("nan")
+
+
+def test_values_json_would_change_are_refused_not_changed(nodes):
+    queue, worker = nodes
+    with pytest.raises(TypeError, match="dict keys must be str, not int"):
+        Echo(queue).start(1, {1: "a", "1": "b"})
+    with pytest.raises(ValueError, match="cannot be NaN or infinite"):
+        Echo(queue).start(1, float("inf"))
+    # A class registered once the workers run would be silently unknown to them.
+    with pytest.raises(RuntimeError, match="register task classes before start"):
+        worker.register(NotANumber)
+
+
+def test_a_not_before_past_the_expiry_is_refused_and_a_found_task_shows_its_type(nodes):
+    queue, _ = nodes
+    later = datetime.datetime.now().timestamp() + 7200
+    with pytest.raises(ValueError, match="could never run"):
+        Echo(queue).start(1, "x", not_before=later)
+    task = Echo(queue).start(1, "x", not_before=later, expires_in=3 * 3600)
+    assert queue.task(task.id).display().startswith(f"Echo#{task.id} ")
+    task.cancel()
+
+
+def test_a_result_that_is_not_json_fails_the_task_with_the_reason(tmp_path):
+    uri = primary_uri(tmp_path / "backend.db")
+    backend = octodb.connect(uri)
+    worker = tasks.Worker(uri, threads=1)
+    worker.register(NotANumber)
+    worker.start()
+    try:
+        queue = tasks.Queue(uri)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            NotANumber(queue).start().join(timeout=DEADLINE)
+    finally:
+        worker.stop()
+        backend.close()

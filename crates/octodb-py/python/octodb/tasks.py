@@ -110,6 +110,12 @@ def _object_hook(obj):
 def _escaped(value):
     """`value` with every dict that looks like a marker wrapped as "$dict"."""
     if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                # JSON would turn 1 into "1" (and merge it with a "1" key): refused, not changed.
+                raise TypeError(
+                    f"a task argument or result's dict keys must be str, not {type(key).__name__} ({key!r})"
+                )
         if len(value) == 1 and next(iter(value)) in _MARKERS:
             ((key, inner),) = value.items()
             return {"$dict": [[key, _escaped(inner)]]}
@@ -121,7 +127,12 @@ def _escaped(value):
 
 def encode(value):
     """JSON text of `value`, with bytes, dates and datetimes kept."""
-    return _json.dumps(_escaped(value), default=_default, separators=(",", ":"))
+    try:
+        return _json.dumps(_escaped(value), default=_default, separators=(",", ":"), allow_nan=False)
+    except ValueError as e:
+        if "JSON compliant" not in str(e):
+            raise
+        raise ValueError("a task argument or result cannot be NaN or infinite: JSON has no such numbers") from None
 
 
 def decode(text):
@@ -314,6 +325,11 @@ class Task:
             raise TypeError("this task has no queue: make it with Task(queue)")
         if self.id is not None:
             raise RuntimeError("this task was started already")
+        if not_before is not None and not_before >= _time.time() + expires_in:
+            raise ValueError(
+                f"not_before lies after the task's expiry ({expires_in:g} s from now): it could "
+                "never run; give a larger expires_in (at most 7 days)"
+            )
         self.id = self._queue._q.submit(
             self.task_name(), encode(list(args)), priority, not_before, expires_in
         )
@@ -397,7 +413,8 @@ class Task:
         self._queue._q.delete(self.id)
 
     def display(self):
-        return f"{self.task_name()}#{self.id} {self.state}"
+        # A task found by id (`queue.task(id)`) carries its row's type as its name.
+        return f"{self.name or self.task_name()}#{self.id} {self.state}"
 
     # -- worker side (inside run)
 
@@ -474,6 +491,11 @@ class Worker:
         write it)."""
         if not (isinstance(cls, type) and issubclass(cls, Task)):
             raise TypeError(f"register takes a subclass of octodb.tasks.Task, not {cls!r}")
+        if self._workers is not None:
+            raise RuntimeError(
+                "register task classes before start(): the running workers took the list when "
+                "they started (stop() and start() again to add one)"
+            )
         if allowed_keys is not None and allow_if is not None:
             raise ValueError("give allowed_keys or allow_if, not both")
         name = name or cls.task_name()
