@@ -52,6 +52,10 @@ class Root:
     def owner_of(self, item):
         return item.owner
 
+    @ob.exported
+    def echo(self, value):
+        return value
+
 
 class Secretive:
     """Added with add_static but never exported: its data shows, its methods do not."""
@@ -424,3 +428,17 @@ def test_concurrent_callers_share_one_client(net):
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def test_shared_and_self_referential_replies_keep_their_shape(net):
+    server, root = static_server(net)
+    uri, _ = net.device()
+    r = net.client(uri).root
+    x = [1, 2]
+    both = r.echo([x, x, r.status])
+    assert both[0] is both[1] and both[0] == x
+    assert both[2] is r.status, "a reference inside a list is the cached object"
+    loop = []
+    loop.append(loop)
+    back = r.echo(loop)
+    assert back[0] is back

@@ -158,16 +158,25 @@ class BrokerClient:
             return _LazyRef(payload)
         return payload
 
-    def _resolve(self, value):
-        """References in a reply become their objects (fetched once, then cached)."""
+    def _resolve(self, value, seen=None):
+        """References in a reply become their objects (fetched once, then cached). Lists and
+        dicts are the reply's own, freshly decoded: changed in place, so that a structure met
+        twice, or holding itself, stays one (`seen`: what is done or under way, by id)."""
         if isinstance(value, _LazyRef):
             return self._object(value.ref)
-        if type(value) is list:
-            return [self._resolve(v) for v in value]
-        if type(value) is tuple:
-            return tuple(self._resolve(v) for v in value)
-        if type(value) is dict:
-            return {k: self._resolve(v) for k, v in value.items()}
+        kind = type(value)
+        if kind not in (list, tuple, dict):
+            return value
+        seen = {} if seen is None else seen
+        if id(value) in seen:
+            return seen[id(value)]
+        if kind is tuple:
+            seen[id(value)] = value
+            seen[id(value)] = out = tuple(self._resolve(v, seen) for v in value)
+            return out
+        seen[id(value)] = value
+        for k, v in list(value.items()) if kind is dict else enumerate(value):
+            value[k] = self._resolve(v, seen)
         return value
 
     def _run(self, call, *args):
