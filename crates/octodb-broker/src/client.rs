@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// How long a request waits for a connection and its reply.
+/// How long a request waits for a connection and its reply, unless the client is told
+/// otherwise ([`Client::set_request_timeout`]).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const RECONNECT_FIRST: Duration = Duration::from_millis(50);
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
@@ -64,6 +65,8 @@ struct Inner {
     stopped: AtomicBool,
     listener: Mutex<Option<Listener>>,
     notices: mpsc::UnboundedSender<Notice>,
+    /// How long a request waits for a connection and its reply.
+    request_timeout: Mutex<Duration>,
 }
 
 /// A connection to a broker server. Cloning shares it; it ends when the last clone is dropped
@@ -156,6 +159,7 @@ impl Client {
             stopped: AtomicBool::new(false),
             listener: Mutex::new(None),
             notices,
+            request_timeout: Mutex::new(REQUEST_TIMEOUT),
         });
         spawn_listener_thread(inner.clone(), notices_rx)?;
         channel::spawn(maintain(inner.clone()));
@@ -184,6 +188,11 @@ impl Client {
             "cannot reach the broker `{}` within {timeout:?}: {why}",
             self.inner.service
         )))
+    }
+
+    /// How long each request waits, from now on, for a connection and its reply.
+    pub fn set_request_timeout(&self, timeout: Duration) {
+        *lock(&self.inner.request_timeout) = timeout;
     }
 
     /// Whether the client is connected now.
@@ -217,8 +226,9 @@ impl Client {
         let inner = &self.inner;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = protocol::encode(&Request { id, op });
+        let timeout = *lock(&inner.request_timeout);
         channel::block_on(async {
-            let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+            let deadline = tokio::time::Instant::now() + timeout;
             let mut connected = inner.connected.subscribe();
             loop {
                 if inner.stopped.load(Ordering::SeqCst) {
@@ -261,9 +271,7 @@ impl Client {
                             )),
                             Err(_) => {
                                 lock(&inner.state).pending.remove(&id);
-                                Err(BrokerError::Timeout(format!(
-                                    "no reply within {REQUEST_TIMEOUT:?}"
-                                )))
+                                Err(BrokerError::Timeout(format!("no reply within {timeout:?}")))
                             }
                         };
                     }

@@ -438,8 +438,13 @@ impl PyClient {
         let service = service.to_string();
         let (client, conn) = py
             .detach(move || {
-                let c = Client::connect(&conn, &service, Duration::from_secs_f64(timeout.max(0.0)));
-                c.map(|c| (c, conn))
+                // The first connection and every request wait at most `timeout`.
+                let timeout = Duration::from_secs_f64(timeout.max(0.0));
+                let c = Client::connect(&conn, &service, timeout);
+                c.map(|c| {
+                    c.set_request_timeout(timeout);
+                    (c, conn)
+                })
             })
             .map_err(py_err)?;
         Ok(PyClient {

@@ -56,6 +56,13 @@ class Root:
     def echo(self, value):
         return value
 
+    @ob.exported
+    def wait_for_release(self):
+        return RELEASE.wait(60)
+
+
+RELEASE = threading.Event()
+
 
 class Secretive:
     """Added with add_static but never exported: its data shows, its methods do not."""
@@ -442,3 +449,15 @@ def test_shared_and_self_referential_replies_keep_their_shape(net):
     loop.append(loop)
     back = r.echo(loop)
     assert back[0] is back
+
+
+def test_the_clients_timeout_bounds_each_request(net):
+    static_server(net)
+    uri, _ = net.device()
+    quick = ob.BrokerClient(uri, timeout=1)
+    net.clients.append(quick)
+    try:
+        with pytest.raises(TimeoutError, match="no reply within 1s"):
+            quick.root.wait_for_release()
+    finally:
+        RELEASE.set()
