@@ -325,6 +325,20 @@ fn three_joined(c: &Cluster) -> (Connection, Connection, Connection) {
     (p1, p2, p3)
 }
 
+/// A new primary whose connect= names a follower joins through the leader the follower names.
+#[test]
+fn a_primary_joining_through_a_follower_is_sent_to_the_leader() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let p2 = joining_primary(&c.path("p2.db"), &addr_of(&p1));
+    wait_voters(&p1, 2);
+    wait_follows_leader(&p2);
+    let p3 = joining_primary(&c.path("p3.db"), &addr_of(&p2));
+    wait_voters(&p1, 3);
+    p3.wait_for(DEADLINE, |s| s.sync_error.is_none() && s.cluster.is_some())
+        .expect("the third primary joined");
+}
+
 /// Waits until `p` counts `voters` voters in its cluster (while entries may still flow).
 fn wait_voter_count(p: &Connection, voters: usize) {
     p.wait_for(DEADLINE, |s| {

@@ -229,10 +229,13 @@ impl Refusals {
     pub(crate) fn summary(&self) -> Option<String> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let (first, reason) = map.iter().next()?;
-        let others = map.len() - 1;
-        Some(match others {
-            0 => format!("cluster member {first} refuses this primary: {reason}"),
-            _ => format!("cluster members {first} and {others} more refuse this primary: {reason}"),
+        let ids: Vec<String> = map.keys().map(|id| id.to_string()).collect();
+        Some(match ids.len() {
+            1 => format!("cluster member {first} refuses this primary: {reason}"),
+            _ => format!(
+                "cluster members {} refuse this primary: {reason}",
+                ids.join(", ")
+            ),
         })
     }
 }

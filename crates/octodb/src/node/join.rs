@@ -138,11 +138,7 @@ async fn admit_joiner(
 ) -> std::result::Result<Joiner, String> {
     match crate::cluster::lead(raft) {
         Lead::Here => {}
-        Lead::At(addr) => {
-            return Err(format!(
-                "this primary is not the cluster's leader; join through the leader at {addr}"
-            ))
-        }
+        Lead::At(addr) => return Err(format!("{THROUGH_THE_LEADER}{addr}")),
         Lead::Unknown => return Err("the cluster has no leader now; try again shortly".into()),
         Lead::CutOff(ms) => return Err(crate::cluster::cut_off(ms)),
     }
@@ -290,8 +286,20 @@ fn voter_ids(raft: &Raft) -> BTreeSet<u64> {
         .collect()
 }
 
-/// The new primary's side: joins through its `connect=` addresses, retrying until one of them
-/// adds it. Sets the node's cluster once its Raft node runs.
+/// A member that is not the leader refuses a join with this, followed by the leader's address,
+/// which the joining primary tries next.
+const THROUGH_THE_LEADER: &str =
+    "this primary is not the cluster's leader; join through the leader at ";
+
+/// The leader's address named in a refusal, when it names one that parses as an address.
+fn leader_named_in(reason: &str) -> Option<String> {
+    let addr = reason.strip_prefix(THROUGH_THE_LEADER)?;
+    (addr.len() <= 256 && crate::uri::Endpoint::from_addr(addr).is_some()).then(|| addr.to_string())
+}
+
+/// The new primary's side: joins through its `connect=` addresses (and the leader a member
+/// names when it is not the leader), retrying until one of them adds it. Sets the node's
+/// cluster once its Raft node runs.
 pub(super) async fn join(shared: Arc<Shared>) {
     let mut pause = RETRY_FIRST;
     let mut targets: Vec<String> = shared
@@ -308,10 +316,21 @@ pub(super) async fn join(shared: Arc<Shared>) {
         }
     }
     loop {
-        for ep in &targets {
+        let mut round: std::collections::VecDeque<String> = targets.iter().cloned().collect();
+        let mut tried = Vec::new();
+        while let Some(ep) = round.pop_front() {
+            if tried.contains(&ep) {
+                continue;
+            }
+            tried.push(ep.clone());
             // Said until its Raft node runs under the id the leader gives it.
             let rejoining = rejoins && shared.cluster.get().is_none();
-            let joined = join_through(&shared, ep, rejoining).await;
+            let mut redirect = None;
+            let joined = join_through(&shared, &ep, rejoining, &mut redirect).await;
+            if let Some(leader) = redirect {
+                // A follower named the leader: tried next, in this round.
+                round.push_front(leader);
+            }
             // The app sees why its primary is not in the cluster yet (`sync_status`).
             let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
             match joined {
@@ -344,7 +363,13 @@ async fn rejoin_through(shared: &Arc<Shared>) -> Vec<String> {
         })
 }
 
-async fn join_through(shared: &Arc<Shared>, addr: &str, rejoining: bool) -> Result<()> {
+/// One attempt through the member at `addr`; `redirect` is set when it names the leader.
+async fn join_through(
+    shared: &Arc<Shared>,
+    addr: &str,
+    rejoining: bool,
+    redirect: &mut Option<String>,
+) -> Result<()> {
     let member_addr = super::cluster_member::member_addr(shared);
     if member_addr.is_empty() {
         return Err(Error::rule(
@@ -366,7 +391,10 @@ async fn join_through(shared: &Arc<Shared>, addr: &str, rejoining: bool) -> Resu
     send_now(&mut wr, &hello).await?;
     let node_id = match next(&mut rd).await? {
         Message::Welcome { node_id, .. } => node_id,
-        Message::Refused { reason } => return Err(Error::rule(reason)),
+        Message::Refused { reason } => {
+            *redirect = leader_named_in(&reason);
+            return Err(Error::rule(reason));
+        }
         other => return Err(NetError::Malformed(format!("unexpected {}", other.kind())).into()),
     };
     start_raft(shared, node_id).await?;
