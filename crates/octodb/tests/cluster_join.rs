@@ -325,6 +325,32 @@ fn three_joined(c: &Cluster) -> (Connection, Connection, Connection) {
     (p1, p2, p3)
 }
 
+/// Of two voters, one is gone: its removal cannot be confirmed (both must agree), and the
+/// leader says so within a bound instead of waiting for ever; a second try is told an earlier
+/// change is under way.
+#[test]
+fn a_removal_that_cannot_be_confirmed_fails_within_a_bound_and_says_why() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let p2 = joining_primary(&c.path("p2.db"), &addr_of(&p1));
+    wait_voters(&p1, 2);
+    let p2_id = p2.sync_status().unwrap().node_id;
+    drop(p2);
+    let err = p1
+        .execute_batch(&format!("PRAGMA remove_primary={p2_id}"))
+        .expect_err("no majority to confirm it")
+        .to_string();
+    assert!(
+        err.contains("not confirmed") && err.contains("majority"),
+        "{err}"
+    );
+    let again = p1
+        .execute_batch(&format!("PRAGMA remove_primary={p2_id}"))
+        .expect_err("the first is still under way")
+        .to_string();
+    assert!(again.contains("still under way"), "{again}");
+}
+
 /// A new primary whose connect= names a follower joins through the leader the follower names.
 #[test]
 fn a_primary_joining_through_a_follower_is_sent_to_the_leader() {

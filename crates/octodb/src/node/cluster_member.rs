@@ -263,8 +263,32 @@ pub(super) fn remove_primary(shared: &Shared, id: u64) -> Result<()> {
     }
     let voters: std::collections::BTreeSet<u64> =
         membership.voter_ids().filter(|v| *v != id).collect();
-    let removed = on_runtime(async move { raft.change_membership(voters, false).await })?;
-    removed.map_err(|e| Error::rule(format!("the cluster could not remove node {id}: {e}")))?;
+    let removed = on_runtime(async move {
+        tokio::time::timeout(REMOVAL_WAIT, raft.change_membership(voters, false)).await
+    })?;
+    let Ok(removed) = removed else {
+        return Err(Error::Timeout(format!(
+            "the removal of node {id} was not confirmed within {}s: a majority of the current \
+             members (with two, both) must be reachable to change the membership. It stays \
+             proposed and takes effect once they are: a node removed so is refused when it \
+             comes back (PRAGMA sync_status shows the members)",
+            REMOVAL_WAIT.as_secs()
+        )));
+    };
+    removed.map_err(|e| match e {
+        openraft::error::RaftError::APIError(
+            openraft::error::ClientWriteError::ChangeMembershipError(
+                openraft::error::ChangeMembershipError::InProgress(_),
+            ),
+        ) => Error::rule(
+            "an earlier change of the cluster's members is still under way (it waits for a \
+             majority of the members to confirm it): try again once it ends",
+        ),
+        e => Error::rule(format!("the cluster could not remove node {id}: {e}")),
+    })?;
     tracing::info!(node_id = id, "primary removed from the cluster");
     Ok(())
 }
+
+/// How long a removal waits for the cluster to confirm the new membership.
+const REMOVAL_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
