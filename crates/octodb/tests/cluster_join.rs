@@ -315,6 +315,35 @@ fn a_primary_bound_to_every_interface_joins_at_the_address_it_advertises() {
     wait_count(&p2, "SELECT count(*) FROM t WHERE v = 'to p2'", 1);
 }
 
+/// A joining primary giving an address its members cannot reach (a mistyped advertise=) is
+/// refused with the reason, and never becomes a voter no one can reach.
+#[test]
+fn a_joining_primary_at_an_unreachable_address_is_refused() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let p2 = Connection::open(&format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0&advertise=tcp://127.0.0.1:{closed}\
+         &connect=tcp://{}",
+        c.path("p2.db").display(),
+        addr_of(&p1)
+    ))
+    .expect("open a joining primary");
+    let s = p2
+        .wait_for(DEADLINE, |s| {
+            s.sync_error
+                .as_deref()
+                .is_some_and(|e| e.contains("cannot reach the joining primary"))
+        })
+        .expect("the joiner hears why");
+    assert!(s.cluster.is_none(), "{s:?}");
+    let members = p1.sync_status().unwrap().cluster.unwrap().members;
+    assert_eq!(members.len(), 1, "no unreachable member: {members:?}");
+}
+
 /// The leader `p.db` (with table t), and `p2.db` and `p3.db` joined to it, all three voters.
 fn three_joined(c: &Cluster) -> (Connection, Connection, Connection) {
     let p1 = c.primary_with_t();

@@ -191,6 +191,15 @@ async fn admit_joiner(
         }
         _ => node_id,
     };
+    // The members will reach it at `member_addr`: a mistyped advertise= made a voter that no
+    // one could reach, leaving a cluster one failure away from losing its majority, silently.
+    if let Err(why) = reachable(&member_addr).await {
+        return Err(format!(
+            "this primary cannot reach the joining primary at {member_addr}, the address it \
+             gives for its cluster's members (its advertise=, else its bind=): {why}; correct \
+             it and start it again"
+        ));
+    }
     Ok(Joiner {
         node_id,
         member: Member {
@@ -200,6 +209,18 @@ async fn admit_joiner(
         rejoins: rejoins.then_some(old_id),
     })
 }
+
+/// Whether a TCP connection to `addr` opens, in a few seconds.
+async fn reachable(addr: &str) -> std::result::Result<(), String> {
+    match tokio::time::timeout(REACH_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", REACH_TIMEOUT.as_secs())),
+    }
+}
+
+/// How long the leader tries to reach a joining primary's address.
+const REACH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Tells the joiner its id, waits until its Raft node runs, then adds it: a learner that
 /// catches up (from a snapshot), then a voter. `log_cut`: this primary's log was cut
