@@ -23,15 +23,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|a| format!("tcp://{a}"))
         .collect();
-    // A primary that has not joined its cluster yet has no node id of its own there yet.
-    let member = status.cluster.as_ref().is_none_or(|c| {
-        c.members
-            .iter()
-            .any(|m| m.node_id == u64::from(status.node_id))
-    });
-    let id = match member {
-        true => format!("node {}", status.node_id),
-        false => "(joining its cluster)".to_string(),
+    // A primary that has not joined its cluster yet (no Raft node yet, or not among the
+    // members) has no node id of its own there yet.
+    let joining = status.node_type == "primary"
+        && status.cluster.as_ref().is_none_or(|c| {
+            !c.members
+                .iter()
+                .any(|m| m.node_id == u64::from(status.node_id))
+        });
+    let id = match joining {
+        false => format!("node {}", status.node_id),
+        true => "(joining its cluster)".to_string(),
     };
     eprintln!(
         "octodb: {} {id} serving{}; public key {}",
@@ -43,7 +45,28 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         status.public_key
     );
-    let signal = rt.block_on(signals.next());
+    let signal = rt.block_on(async {
+        let mut joining = joining;
+        let mut told: Option<String> = None;
+        loop {
+            tokio::select! {
+                signal = signals.next() => break signal,
+                // Until it has joined: why not yet (a typo in connect=, a refusal), then its id.
+                () = tokio::time::sleep(std::time::Duration::from_secs(1)), if joining => {
+                    let Ok(now) = conn.sync_status() else { continue };
+                    if now.cluster.is_some() && now.sync_error.is_none() {
+                        eprintln!("octodb: joined its cluster as node {}", now.node_id);
+                        joining = false;
+                    } else if now.sync_error != told {
+                        if let Some(e) = &now.sync_error {
+                            eprintln!("octodb: not in its cluster yet: {e}");
+                        }
+                        told = now.sync_error;
+                    }
+                }
+            }
+        }
+    });
     eprintln!("octodb: {signal} received, shutting down");
     drop(conn);
     eprintln!("octodb: stopped cleanly");

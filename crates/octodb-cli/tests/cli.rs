@@ -397,6 +397,37 @@ fn serve(uri: &str) -> (Served, String) {
     (child, addr)
 }
 
+/// `octodb serve` of a joining primary says it joins, then under which node id it joined
+/// (it printed a provisional id), and why it has not joined while it cannot.
+#[test]
+fn serve_of_a_joining_primary_reports_its_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_p, addr) = primary(dir.path());
+    let uri = format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0&connect=tcp://{addr}",
+        dir.path().join("p2.db").display()
+    );
+    let mut child = octodb()
+        .args(["serve", &uri])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let _child = Served(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(DEADLINE).unwrap();
+    assert!(first.contains("(joining its cluster) serving"), "{first}");
+    let joined = rx.recv_timeout(DEADLINE).unwrap();
+    assert_eq!(joined, "octodb: joined its cluster as node 2");
+}
+
 /// kill -9 of the primary process while a device sends one transaction after another: after
 /// a restart on the same file, each transaction is there exactly once (those decided before
 /// the kill and resent by the device are recognized as already decided).
