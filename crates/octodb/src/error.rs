@@ -28,6 +28,10 @@ pub enum Error {
     /// A replication rule was broken by the statement; the message names the rule.
     #[error("{0}")]
     Rule(String),
+    /// The primaries' cluster could not take or confirm a transaction now (a leader change, a
+    /// lost majority, a disk that refuses): a matter of availability, not a broken rule.
+    #[error("{0}")]
+    Cluster(String),
     #[error("PRAGMA {name}: {reason}")]
     Pragma { name: String, reason: String },
     #[error("internal data of `{0}` is damaged: {1}; restore the file from a backup or delete it to download again")]

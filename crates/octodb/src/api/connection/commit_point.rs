@@ -20,7 +20,7 @@ use crate::store;
 const CONFIRM_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn unconfirmed(why: &str) -> Error {
-    Error::rule(format!(
+    Error::Cluster(format!(
         "the transaction was committed on this primary, but its cluster did not confirm it \
          ({why}): its leader changed or lost its majority. It may be lost if another primary \
          leads: check whether it is there (PRAGMA sync_status names the leader) and write it \
@@ -106,7 +106,7 @@ impl Connection {
                 let _ = self.internal_sql("ROLLBACK");
                 let why = gave_up.why().to_string();
                 gave_up.after_rollback();
-                Err(Error::rule(format!(
+                Err(Error::Cluster(format!(
                     "the primaries' cluster did not take this transaction ({why}): it was \
                      rolled back; try it again",
                 )))
@@ -202,14 +202,14 @@ impl Connection {
             Ok(ForwardOutcome::Committed { last_seq }) => last_seq,
             Ok(ForwardOutcome::Conflict { reason }) => return Err(Error::Conflict(reason)),
             Ok(ForwardOutcome::Refused { reason }) => {
-                return Err(Error::rule(format!(
+                return Err(Error::Cluster(format!(
                     "this primary follows its cluster's leader, which did not apply the \
                      transaction: {reason}. Nothing of it was applied; try it again"
                 )))
             }
             Ok(ForwardOutcome::Unconfirmed { reason }) => return Err(unconfirmed(&reason)),
             Err(e) => {
-                return Err(Error::rule(format!(
+                return Err(Error::Cluster(format!(
                     "this primary follows its cluster's leader, and the transaction's outcome \
                      is unknown: {e}. It may have been applied: check whether it is there \
                      (PRAGMA sync_status names the leader) and write it again if not"
@@ -223,7 +223,7 @@ impl Connection {
                 .is_ok_and(|r| r.is_ok())
         });
         if !caught_up {
-            return Err(Error::rule(format!(
+            return Err(Error::Cluster(format!(
                 "the transaction was committed by the cluster (log position {last_seq}) but \
                  this primary has not applied it within 10 s: it will, and reads here show it \
                  from then on"
