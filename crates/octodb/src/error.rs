@@ -50,6 +50,10 @@ pub enum Error {
     LogCompacted { after: u64, start: u64 },
 }
 
+/// How [`Error::CopiedFile`]'s message begins (a device's `sync_error` shows it): a stop that
+/// lasts until the app acts, so waits for sync end at once on it.
+pub(crate) const COPIED_FILE_BEGINS: &str = "this device's file is a copy of another device's";
+
 impl Error {
     pub fn rule(msg: impl Into<String>) -> Error {
         Error::Rule(msg.into())
@@ -63,3 +67,12 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_copied_file_message_begins_as_the_waits_look_for() {
+        let e = super::Error::CopiedFile { txn: 7 }.to_string();
+        assert!(e.starts_with(super::COPIED_FILE_BEGINS), "{e}");
+    }
+}

@@ -191,6 +191,18 @@ fn a_found_out_copy_stays_stopped_until_it_takes_a_new_key() {
         .expect("still stopped after a reopen");
     assert_eq!(s.outbox_len, 1);
     assert!(!s.connected);
+    // A wait for sync fails at once, with what to do, instead of running to its deadline.
+    let started = std::time::Instant::now();
+    let err = copy
+        .wait_until_synced(DEADLINE)
+        .expect_err("a stopped copy is not synced")
+        .to_string();
+    assert!(err.contains("PRAGMA new_identity"), "{err}");
+    assert!(
+        started.elapsed() < DEADLINE / 2,
+        "it waited {:?}",
+        started.elapsed()
+    );
 
     // The backend sees, with the new key's login, which key it is a copy of.
     let old_key = status(&copy).public_key;

@@ -134,6 +134,14 @@ impl SyncStatus {
     /// Why waiting for this device cannot help: the backend refused its sign-up, login or
     /// key, and only a new request (or the backend's change of mind) can change that.
     pub fn refused(&self) -> Option<String> {
+        // A copied file stops syncing until the app gives it a new identity.
+        if let Some(copied) = self
+            .sync_error
+            .as_deref()
+            .filter(|e| e.starts_with(crate::error::COPIED_FILE_BEGINS))
+        {
+            return Some(copied.to_string());
+        }
         (self.auth_state.as_deref() == Some("rejected")).then(|| {
             let detail = self
                 .auth_error
