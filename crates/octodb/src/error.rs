@@ -11,8 +11,8 @@ pub enum Error {
     /// An encrypted file opened with another key or none, or a key given for a plain file.
     #[error("cannot open `{path}`: wrong key or not an encrypted database; give the key the file was encrypted with (cipher=sqlcipher&key=...), or open a plain file without `cipher`")]
     WrongKey { path: PathBuf },
-    #[error("database `{path}` is already open in another process; close that process or open another file")]
-    Locked { path: PathBuf },
+    #[error("database `{path}` is already open in another process{}; close that process or open another file", holder.map(|pid| format!(" (process {pid})")).unwrap_or_default())]
+    Locked { path: PathBuf, holder: Option<u32> },
     #[error("I/O error on {what}: {source}")]
     Io {
         what: String,

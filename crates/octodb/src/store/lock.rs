@@ -5,6 +5,7 @@
 
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions, TryLockError};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Held for as long as the node is open; the OS releases it if the process dies.
@@ -29,9 +30,23 @@ impl ProcessLock {
             .open(&path)
             .map_err(|e| Error::io(format!("lock file {}", path.display()), e))?;
         match file.try_lock() {
-            Ok(()) => Ok(ProcessLock { _file: file }),
+            Ok(()) => {
+                // Which process holds it, for the operator and for the refusal of another.
+                // (`flock` locks: reading or closing other handles of the file keeps them.)
+                let mut file = file;
+                let noted = file
+                    .set_len(0)
+                    .and_then(|()| writeln!(file, "{}", std::process::id()));
+                if let Err(e) = noted {
+                    tracing::debug!("cannot write the process id into {}: {e}", path.display());
+                }
+                Ok(ProcessLock { _file: file })
+            }
             Err(TryLockError::WouldBlock) => Err(Error::Locked {
                 path: db.to_path_buf(),
+                holder: std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok()),
             }),
             Err(TryLockError::Error(e)) => {
                 Err(Error::io(format!("lock file {}", path.display()), e))
