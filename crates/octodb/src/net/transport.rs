@@ -588,9 +588,11 @@ fn refused_offer(e: NetError) -> NetError {
         return e;
     }
     NetError::Authentication(format!(
-        "the peer closed the connection on this node's version offer (protocol {}): it runs an \
-         octodb from before version negotiation (protocol {}; upgrade the primaries before \
-         their devices), or it uses another network key, or it is a proxy whose node is down",
+        "the peer closed the connection on this node's version offer (protocol {}): most \
+         likely the two use different network keys (check that both give the same key=, or \
+         that neither does); else it runs an octodb from before version negotiation \
+         (protocol {}; upgrade the primaries before their devices), or it is a proxy whose \
+         node is down",
         Versions::default(),
         version::PRE_NEGOTIATION
     ))
