@@ -115,3 +115,32 @@ fn a_full_disk_on_the_primary_is_reported_and_sync_resumes_once_space_returns() 
         p.sync_status().unwrap().sync_error.is_none().then_some(())
     });
 }
+
+#[test]
+fn a_full_disk_on_a_device_is_said_to_be_the_devices_and_sync_resumes() {
+    let Some(disk) = SmallDisk::mount() else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = Connection::open(&device_uri(&disk.path().join("d.db"), &addr_of(&p))).unwrap();
+    ready(&d);
+    let filler = fill(disk.path());
+    let big = "x".repeat(64 * 1024);
+    for i in 0..8 {
+        p.execute(
+            "INSERT INTO t(v, row_owner) VALUES (?1, '*')",
+            [format!("{i} {big}")],
+        )
+        .unwrap();
+    }
+    d.wait_for(DEADLINE, |s| {
+        s.sync_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("this device cannot write"))
+    })
+    .expect("the device says its own disk refuses");
+    std::fs::remove_file(filler).unwrap();
+    wait_count(&d, "SELECT count(*) FROM t", 8);
+}

@@ -97,7 +97,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
                     .live
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .sync_error = Some(format!("{ep}: {e}"));
+                    .sync_error = Some(session_error(&ep.to_string(), &e));
                 false
             }
         };
@@ -373,6 +373,21 @@ async fn take_log_history(
         shared.emit(Event::PrimaryBehind { reason });
     }
     Ok(over_data)
+}
+
+/// A session's end as `sync_error` tells it: the primary's address, or, when this device's
+/// own disk refused a write (the error is not the primary's), this device.
+fn session_error(ep: &str, e: &Error) -> String {
+    use rusqlite::ErrorCode::{DiskFull, SystemIoFailure};
+    match e {
+        Error::Sqlite(s) if matches!(s.sqlite_error_code(), Some(DiskFull | SystemIoFailure)) => {
+            format!(
+                "this device cannot write what it receives from {ep} ({e}): if its disk is \
+                 full, free space here; sync goes on by itself"
+            )
+        }
+        _ => format!("{ep}: {e}"),
+    }
 }
 
 /// What `sync_error` says while a device downloads again; it goes once the download ends.
