@@ -1,13 +1,13 @@
 //! The SQLite constants `sqlite3` exports: result codes (primary and extended), authorizer
 //! actions and answers, run-time limit categories. Values come from the SQLite we link.
 
-use rusqlite::ffi;
-
+/// `(name, value)` pairs of SQLite constants, named as SQLite names them.
 macro_rules! named {
     ($($name:ident),* $(,)?) => {
-        &[$((stringify!($name), ffi::$name as i32)),*]
+        &[$((stringify!($name), rusqlite::ffi::$name as i32)),*]
     };
 }
+pub(crate) use named;
 
 /// Result codes; `sqlite_errorname` of an exception is looked up here.
 pub const RESULT_CODES: &[(&str, i32)] = named![

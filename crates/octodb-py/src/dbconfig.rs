@@ -6,14 +6,8 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use rusqlite::ffi;
 
-macro_rules! named {
-    ($($name:ident),* $(,)?) => {
-        &[$((stringify!($name), ffi::$name as i32)),*]
-    };
-}
-
 /// The settings sqlite3 exposes (and so the module's `SQLITE_DBCONFIG_*` constants).
-pub const CODES: &[(&str, i32)] = named![
+pub const CODES: &[(&str, i32)] = crate::codes::named![
     SQLITE_DBCONFIG_DEFENSIVE,
     SQLITE_DBCONFIG_DQS_DDL,
     SQLITE_DBCONFIG_DQS_DML,
