@@ -98,7 +98,7 @@ impl LogStore {
         let mut pause = Duration::from_millis(10);
         loop {
             match write_entries(&conn, entries, &self.handoff) {
-                Err(LogStoreError::Sqlite(e)) if disk_refused(&e) => {
+                Err(LogStoreError::Sqlite(e)) if crate::store::disk_refused(&e) => {
                     tracing::warn!("cannot write the Raft log ({e}); trying again");
                     self.handoff.note_disk(Some(e.to_string()));
                     std::thread::sleep(pause);
@@ -132,7 +132,7 @@ impl LogStore {
                         Some(back) => append = back,
                     }
                 }
-                Err(LogStoreError::Sqlite(e)) if disk_refused(&e) => {
+                Err(LogStoreError::Sqlite(e)) if crate::store::disk_refused(&e) => {
                     tracing::warn!("cannot write the Raft log ({e}); trying again");
                     self.handoff.note_disk(Some(e.to_string()));
                     std::thread::sleep(pause);
@@ -396,12 +396,6 @@ fn write_entries(
 fn lock_taken(e: &rusqlite::Error) -> bool {
     use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
     matches!(e.sqlite_error_code(), Some(DatabaseBusy | DatabaseLocked))
-}
-
-/// SQLite could not write for want of space or a working disk.
-fn disk_refused(e: &rusqlite::Error) -> bool {
-    use rusqlite::ErrorCode::{DiskFull, SystemIoFailure};
-    matches!(e.sqlite_error_code(), Some(DiskFull | SystemIoFailure))
 }
 
 /// The first entry from `from` on whose batch this primary wrote through (its effects are

@@ -378,9 +378,8 @@ async fn take_log_history(
 /// A session's end as `sync_error` tells it: the primary's address, or, when this device's
 /// own disk refused a write (the error is not the primary's), this device.
 fn session_error(ep: &str, e: &Error) -> String {
-    use rusqlite::ErrorCode::{DiskFull, SystemIoFailure};
     match e {
-        Error::Sqlite(s) if matches!(s.sqlite_error_code(), Some(DiskFull | SystemIoFailure)) => {
+        Error::Sqlite(s) if crate::store::disk_refused(s) => {
             format!(
                 "this device cannot write what it receives from {ep} ({e}): if its disk is \
                  full, free space here; sync goes on by itself"

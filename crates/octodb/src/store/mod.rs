@@ -141,6 +141,13 @@ pub fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
+/// SQLite could not write for want of space or a working disk (the node's own trouble, which
+/// passes once space returns).
+pub fn disk_refused(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{DiskFull, SystemIoFailure};
+    matches!(e.sqlite_error_code(), Some(DiskFull | SystemIoFailure))
+}
+
 /// Run `f` inside `BEGIN IMMEDIATE … COMMIT`, rolling back on error.
 pub fn write_txn<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
     exec(conn, "BEGIN IMMEDIATE")?;
