@@ -10,26 +10,41 @@ use std::process::ExitCode;
 
 pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     let uri = crate::normalize_uri(&args.uri);
-    let rejoins = copy(&uri, &args.dest)?;
+    let mark = copy(&uri, &args.dest)?;
     let path = octodb::NodeConfig::parse(&uri).map(|c| c.path.display().to_string())?;
     eprintln!(
         "octodb: backed up `{path}` into `{}` (it holds the node's secret key: keep it as safe \
          as the node itself)",
         args.dest.display()
     );
-    if rejoins {
-        eprintln!(
+    match mark {
+        octodb::RestoreMark::Rejoins => eprintln!(
             "octodb: the copy is of a primary of a cluster: restored, it rejoins its cluster \
              as a new member and takes the cluster's current state (were every primary lost, \
              `octodb restore-cluster` on the copy starts a new cluster from it)"
-        );
+        ),
+        octodb::RestoreMark::IdsReserved(Some(ids)) => eprintln!("octodb: {}", reserved_note(&ids)),
+        octodb::RestoreMark::IdsReserved(None) | octodb::RestoreMark::Unmarked => {}
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a restored primary does with the ids a restore reserved.
+fn reserved_note(ids: &octodb::ReservedIds) -> String {
+    format!(
+        "restored, this primary keeps node ids {}-{} and user ids {}-{} for the devices \
+         approved after the copy was taken: they come back under their ids, with their data \
+         and pending work (new devices get ids above them)",
+        ids.nodes.0,
+        ids.nodes.1 - 1,
+        ids.users.0,
+        ids.users.1 - 1
+    )
+}
+
 /// Copy the database of `uri` into the new file `dest` (also the shell's `.backup`). Returns
-/// whether the copy rejoins its cluster as a new member once restored.
-pub fn copy(uri: &str, dest: &std::path::Path) -> anyhow::Result<bool> {
+/// what the copy of a primary does once restored.
+pub fn copy(uri: &str, dest: &std::path::Path) -> anyhow::Result<octodb::RestoreMark> {
     let cfg = node_config(uri)?;
     octodb::backup(&cfg, dest).with_context(|| {
         format!(
@@ -60,25 +75,34 @@ pub fn restore_cluster(args: RestoreClusterArgs) -> anyhow::Result<ExitCode> {
             restored.former_members.join(", ")
         );
     }
+    if let Some(ids) = &restored.reserved {
+        eprintln!("octodb: {}", reserved_note(ids));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn mark_restored(args: MarkRestoredArgs) -> anyhow::Result<ExitCode> {
     let cfg = node_config(&crate::normalize_uri(&args.uri))?;
-    let marked = octodb::mark_restored(&cfg)
+    let mark = octodb::mark_restored(&cfg)
         .with_context(|| format!("marking `{}` as restored", cfg.path.display()))?;
-    if marked {
-        eprintln!(
-            "octodb: `{}` is marked as restored: started, it rejoins its cluster as a new member \
-             and takes the cluster's current state",
-            cfg.path.display()
-        );
-    } else {
-        eprintln!(
-            "octodb: `{}` is a primary alone: it restores as it is (devices ahead of it are \
-             handled when they reconnect); nothing marked",
-            cfg.path.display()
-        );
+    let path = cfg.path.display();
+    match mark {
+        octodb::RestoreMark::Rejoins => eprintln!(
+            "octodb: `{path}` is marked as restored: started, it rejoins its cluster as a new \
+             member and takes the cluster's current state"
+        ),
+        octodb::RestoreMark::IdsReserved(Some(ids)) => eprintln!(
+            "octodb: `{path}` is a primary alone, marked as restored: {}",
+            reserved_note(&ids)
+        ),
+        octodb::RestoreMark::IdsReserved(None) => eprintln!(
+            "octodb: `{path}` is a primary alone, marked as restored already (no ids were \
+             handed out since): nothing more to do"
+        ),
+        octodb::RestoreMark::Unmarked => eprintln!(
+            "octodb: `{path}` has no cluster state (a primary's file from before clusters): \
+             nothing marked"
+        ),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -27,7 +27,7 @@ use std::process::ExitCode;
     name = "octodb",
     version,
     about = "SQL shell on an octodb node (a replicated SQLite database)",
-    after_help = "Other commands:\n  octodb serve URI   run a node headless until SIGINT/SIGTERM\n  octodb backup URI FILE   a consistent copy of a node's file, while it runs\n  octodb restore-cluster URI   every primary lost: a primary's restored copy starts a new cluster\n  octodb mark-restored URI   a primary restored from a file system snapshot rejoins its cluster safely\n  octodb encrypt PLAIN_FILE 'file:NEW?cipher=sqlcipher&key=...'   an encrypted copy\n  octodb decrypt 'file:FILE?cipher=sqlcipher&key=...' NEW_PLAIN_FILE   a plain copy\n  octodb tasks URI   the signed task queue's tasks: state, progress, attempts, reasons\n  octodb demo        a primary and two devices syncing on loopback\n\n\
+    after_help = "Other commands:\n  octodb serve URI   run a node headless until SIGINT/SIGTERM\n  octodb backup URI FILE   a consistent copy of a node's file, while it runs\n  octodb restore-cluster URI   every primary lost: a primary's restored copy starts a new cluster\n  octodb mark-restored URI   a primary restored from a file system snapshot rejoins its cluster safely (alone: keeps the ids of devices approved after the snapshot)\n  octodb encrypt PLAIN_FILE 'file:NEW?cipher=sqlcipher&key=...'   an encrypted copy\n  octodb decrypt 'file:FILE?cipher=sqlcipher&key=...' NEW_PLAIN_FILE   a plain copy\n  octodb tasks URI   the signed task queue's tasks: state, progress, attempts, reasons\n  octodb demo        a primary and two devices syncing on loopback\n\n\
                   URI examples:\n  file:app.db?node=primary&bind=tcp://0.0.0.0:1234\n  file:dev.db?node=secondary&connect=tcp://host:1234\n\n\
                   Logs go to standard error; set OCTODB_LOG (e.g. info, debug, octodb=trace)."
 )]
@@ -83,7 +83,8 @@ pub struct RestoreClusterArgs {
 }
 
 /// A primary's file restored from a copy `octodb backup` did not make (a file system snapshot,
-/// a copy of its files): marked so that it rejoins its cluster as a new member.
+/// a copy of its files): marked so that it rejoins its cluster as a new member, or, for a
+/// primary alone, so that it keeps the ids of the devices approved after the copy for them.
 #[derive(Parser, Debug)]
 #[command(name = "octodb mark-restored")]
 pub struct MarkRestoredArgs {

@@ -580,6 +580,7 @@ fn restore_cluster_turns_a_primarys_copy_into_a_new_cluster() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(err.contains("starts a new cluster"), "{err}");
+    assert!(err.contains("keeps node ids"), "{err}");
     assert!(!err.contains("k3y"), "the key is never printed: {err}");
     let without_key = format!("file:{}", path.display());
     let out = octodb()
@@ -588,11 +589,12 @@ fn restore_cluster_turns_a_primarys_copy_into_a_new_cluster() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("wrong key"), "{err}");
-    // A primary alone needs no mark to be restored; a device's file is refused.
+    // A primary alone whose ids were reserved (by restore-cluster here) is marked once; a
+    // device's file is refused.
     let out = octodb().args(["mark-restored", &uri]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success() && err.contains("nothing marked"),
+        out.status.success() && err.contains("marked as restored already"),
         "{err}"
     );
     let out = octodb()

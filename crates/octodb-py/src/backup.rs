@@ -122,7 +122,8 @@ pub fn run(
         return Err(errors::from_db(py, draw));
     }
     // A whole copy of a primary's file is marked as `octodb backup` marks its copies: restored,
-    // a member of a cluster rejoins it as a new member (see `mark_as_restored_copy`).
+    // a member of a cluster rejoins it as a new member, a primary alone keeps the ids it
+    // handed out after the copy for their devices (see `mark_as_restored_copy`).
     if gs.role == Some(octodb::Role::Primary) && gd.role.is_none() && name.to_bytes() == b"main" {
         gd.engine()?
             .mark_as_restored_copy()

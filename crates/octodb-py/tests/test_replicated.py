@@ -315,7 +315,11 @@ def test_a_lost_clusters_backup_restored_from_python(tmp_path):
         lambda: octodb.restore_cluster(copy_uri)))
     assert restored["node_id"] >= 1
     assert restored["former_members"], "the old cluster's members are named"
-    assert octodb.mark_restored(copy_uri) is False, "a cluster of one needs no mark"
+    first_node, end_node = restored["reserved_node_ids"]
+    assert end_node - first_node == 999_999, restored
+    again = octodb.mark_restored(copy_uri)
+    assert again == {"rejoins": False, "reserved_node_ids": None,
+                     "reserved_user_ids": None}, "a cluster of one: its ids reserved already"
     alone = octodb.connect(copy_uri)
     try:
         assert alone.execute("SELECT body FROM notes").fetchall() == [("kept",)]
@@ -327,7 +331,7 @@ def test_a_lost_clusters_backup_restored_from_python(tmp_path):
 
     # A member's file taken while stopped (here p1's) is marked to rejoin as a new member.
     assert wait_until("p1 free to mark", lambda: _unless("open",
-        lambda: octodb.mark_restored(primary_uri(tmp_path / "p1.db")))) is True
+        lambda: octodb.mark_restored(primary_uri(tmp_path / "p1.db"))))["rejoins"] is True
 
 
 def _unless(error, call):

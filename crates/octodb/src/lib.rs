@@ -25,8 +25,9 @@ pub use api::{
     app_signed_bytes, backup, mark_restored, next_event, restore_cluster, Connection, Next,
     OpenOptions, RestoredCluster, Row, Rows, Statement, Transaction,
 };
+pub use cluster::RestoreMark;
 pub use error::{Error, Result};
-pub use node::{not_ready_within, not_synced_within, Event, NodeRecord, SyncStatus};
+pub use node::{not_ready_within, not_synced_within, Event, NodeRecord, ReservedIds, SyncStatus};
 pub use uri::{NodeConfig, Role};
 pub use value::Value;
 

@@ -185,8 +185,9 @@ fn a_member_restored_from_an_old_backup_rejoins_as_a_new_member() {
     // A backup of p3 while it runs, then more writes it acknowledges.
     let copy = c.path("p3-backup.db");
     let cfg = octodb::NodeConfig::parse(&primary_uri(&paths[2], ports[2])).unwrap();
-    assert!(
+    assert_eq!(
         octodb::backup(&cfg, &copy).expect("back up p3"),
+        octodb::RestoreMark::Rejoins,
         "a member's backup is marked to rejoin"
     );
     p1.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
@@ -235,7 +236,11 @@ fn every_primary_lost_a_restored_backup_starts_a_new_cluster() {
 
     let copy = c.path("p2-backup.db");
     let cfg = octodb::NodeConfig::parse(&primary_uri(&paths[1], ports[1])).unwrap();
-    assert!(octodb::backup(&cfg, &copy).unwrap(), "a member's copy");
+    assert_eq!(
+        octodb::backup(&cfg, &copy).unwrap(),
+        octodb::RestoreMark::Rejoins,
+        "a member's copy"
+    );
     let copy_cfg = octodb::NodeConfig::parse(&format!("file:{}", copy.display())).unwrap();
     p1.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
         .unwrap();
@@ -346,8 +351,9 @@ fn a_member_restored_from_a_file_copy_and_marked_rejoins_as_a_new_member() {
     let p3 = lose_p3_and_restore(&c, &p1, p3, (&paths[2], ports[2]), || {
         copy_closed_db(&c, "p3-snapshot.db", "p3.db");
         let cfg = octodb::NodeConfig::parse(&primary_uri(&paths[2], ports[2])).unwrap();
-        assert!(
+        assert_eq!(
             octodb::mark_restored(&cfg).unwrap(),
+            octodb::RestoreMark::Rejoins,
             "a member's file is marked"
         );
     });

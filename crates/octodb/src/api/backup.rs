@@ -5,16 +5,20 @@
 //! A copy of a primary that has other members in its cluster is marked as a restored copy:
 //! opened as a primary it rejoins its cluster as a new member. Raft's safety needs it: the
 //! copy may be older than what this primary acknowledged to the others (entries it held,
-//! a vote it cast), and a member that forgot those must not count under its old id.
+//! a vote it cast), and a member that forgot those must not count under its old id. A copy
+//! of a primary alone reserves the node and user ids above its own instead: restored, the
+//! primary would otherwise hand out again the ids of the devices approved after the copy
+//! (`node::restored_ids`).
 
 use super::local::{open_plain, Encrypted, OpenOptions};
+use crate::cluster::RestoreMark;
 use crate::error::{Error, Result};
 use crate::uri::NodeConfig;
 use std::path::Path;
 
-/// Copies the database `cfg` names into the new file `dest` (never overwritten). Returns
-/// whether the copy is marked to rejoin its cluster as a new member once restored.
-pub fn backup(cfg: &NodeConfig, dest: &Path) -> Result<bool> {
+/// Copies the database `cfg` names into the new file `dest` (never overwritten). Returns what
+/// the copy of a primary will do once restored (`RestoreMark`).
+pub fn backup(cfg: &NodeConfig, dest: &Path) -> Result<RestoreMark> {
     if dest.exists() {
         return Err(Error::rule(format!(
             "`{}` exists already: name a new file for the backup",
@@ -56,6 +60,9 @@ pub struct RestoredCluster {
     /// The addresses of the members of the cluster the file came from, which the new cluster
     /// does not call: a primary there that is still running would make a second cluster.
     pub former_members: Vec<String>,
+    /// The node and user ids reserved for the devices approved after the copy was taken
+    /// (None: reserved already).
+    pub reserved: Option<crate::ReservedIds>,
 }
 
 /// Disaster recovery, when every primary of a cluster is lost: makes the primary's file `cfg`
@@ -78,20 +85,22 @@ pub fn restore_cluster(cfg: &NodeConfig) -> Result<RestoredCluster> {
         .and_then(|id| u32::try_from(id).ok())
         .filter(|id| *id > 0)
         .unwrap_or(1);
-    let former_members = crate::cluster::start_new_cluster(&conn, node_id)?;
+    let (former_members, reserved) = crate::cluster::start_new_cluster(&conn, node_id)?;
     Ok(RestoredCluster {
         node_id,
         former_members,
+        reserved,
     })
 }
 
 /// For a primary's file restored from a copy that `octodb backup` did not make (a file system
 /// snapshot, a copy of its files, `VACUUM INTO`): marks it as `octodb backup` marks its
-/// copies, so that opened as a primary it rejoins its cluster as a new member (the copy may
-/// be older than what the member acknowledged to the others, which Raft's safety cannot
-/// allow under its old identity). Returns whether it marked it: a primary alone needs no
-/// mark and restores as it is. The node must not be running.
-pub fn mark_restored(cfg: &NodeConfig) -> Result<bool> {
+/// copies. A member of a cluster of several then rejoins its cluster as a new member (the
+/// copy may be older than what the member acknowledged to the others, which Raft's safety
+/// cannot allow under its old identity); a primary alone reserves the node and user ids it
+/// may have handed out after the copy, for the devices that hold them. The node must not be
+/// running.
+pub fn mark_restored(cfg: &NodeConfig) -> Result<RestoreMark> {
     let (_lock, conn) = open_stopped_primary(cfg)?;
     crate::cluster::mark_restored_copy(&conn)
 }

@@ -332,10 +332,11 @@ impl Connection {
 
     /// On a plain connection to a copy of a primary's file made by other means than
     /// [`crate::backup`] (SQLite's backup API, `VACUUM INTO`, a copy of its files): marks the
-    /// copy as `backup` marks its own, if it is of a member of a cluster of several, so that
-    /// once restored it rejoins its cluster as a new member. Returns whether it marked it.
-    /// Refused on a node's own connection: the mark is for copies.
-    pub fn mark_as_restored_copy(&self) -> Result<bool> {
+    /// copy as `backup` marks its own: a member of a cluster of several rejoins its cluster
+    /// as a new member once restored, a primary alone reserves the ids it may hand out after
+    /// the copy ([`crate::RestoreMark`]). Refused on a node's own connection: the mark is for
+    /// copies.
+    pub fn mark_as_restored_copy(&self) -> Result<crate::RestoreMark> {
         if self.node.is_some() {
             return Err(Error::rule(
                 "only a copy of a primary's file is marked as restored, on a plain connection \

@@ -16,6 +16,7 @@ pub(crate) mod forward;
 mod log_store;
 pub mod network;
 pub(crate) mod rejoin;
+pub use rejoin::RestoreMark;
 pub(crate) use rejoin::{mark_restored_copy, start_new_cluster};
 mod snapshot;
 mod state_machine;

@@ -36,18 +36,34 @@ pub(crate) fn mark_diverged(c: &Connection, index: u64) -> Result<()> {
     meta_set(c, DIVERGED_KEY, index as i64)
 }
 
-/// In a backup just written: if it is of a member of a cluster of several, marks it so that
-/// once restored it rejoins as a new member (it may be older than what the member
-/// acknowledged). Returns whether it did.
-pub(crate) fn mark_restored_copy(c: &Connection) -> Result<bool> {
+/// What marking a primary's file as a restored copy did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreMark {
+    /// Not a primary's file (or one from before clusters): nothing to mark.
+    Unmarked,
+    /// A member of a cluster of several: restored, it rejoins its cluster as a new member
+    /// and takes the cluster's current state.
+    Rejoins,
+    /// A primary alone: the node and user ids above the copy's are reserved for the devices
+    /// approved after it was taken, which keep theirs when they come back
+    /// (`node::restored_ids`). None: reserved already, nothing handed out since.
+    IdsReserved(Option<crate::ReservedIds>),
+}
+
+/// In a backup just written, or a primary's file restored from a copy: if it is of a member
+/// of a cluster of several, marks it so that once restored it rejoins as a new member (it may
+/// be older than what the member acknowledged); if of a primary alone, reserves the ids it
+/// may have handed out after the copy.
+pub(crate) fn mark_restored_copy(c: &Connection) -> Result<RestoreMark> {
     let Ok((_, membership)) = applied_state(c) else {
-        return Ok(false); // not a primary's file (no Raft state)
+        return Ok(RestoreMark::Unmarked); // not a primary's file (no Raft state)
     };
     if membership.membership().nodes().count() < 2 {
-        return Ok(false);
+        let reserved = write_txn(c, crate::node::restored_ids::reserve)?;
+        return Ok(RestoreMark::IdsReserved(reserved));
     }
     meta_set(c, RESTORED_KEY, 1)?;
-    Ok(true)
+    Ok(RestoreMark::Rejoins)
 }
 
 /// At a primary's start: if its file diverged from its cluster, or is a restored backup of a
@@ -134,7 +150,13 @@ fn clear_raft_state(c: &Connection, next: Next) -> Result<Vec<(u64, String)>> {
 /// the other members its old cluster had (this one is node `own`). Its log and rows stay:
 /// devices that had more from the lost cluster find their primary behind them and are
 /// handled as after any restored primary.
-pub(crate) fn start_new_cluster(c: &Connection, own: u32) -> Result<Vec<String>> {
+/// The whole cluster went back to the file's state, so the ids handed out after it are
+/// reserved for the devices that hold them (`node::restored_ids`).
+pub(crate) fn start_new_cluster(
+    c: &Connection,
+    own: u32,
+) -> Result<(Vec<String>, Option<crate::ReservedIds>)> {
+    let reserved = write_txn(c, crate::node::restored_ids::reserve)?;
     let addrs: Vec<String> = clear_raft_state(c, Next::StartNew)?
         .into_iter()
         .filter(|(id, _)| *id != u64::from(own))
@@ -145,7 +167,7 @@ pub(crate) fn start_new_cluster(c: &Connection, own: u32) -> Result<Vec<String>>
         "this primary's file starts a new cluster of its own: its old cluster's members are \
          not called again"
     );
-    Ok(addrs)
+    Ok((addrs, reserved))
 }
 
 /// Whether a primary joining this one's cluster must take a snapshot of the whole state

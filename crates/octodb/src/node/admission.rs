@@ -2,6 +2,7 @@
 //! node gets nothing but answers about its request, and nothing it sends is accepted.
 
 use super::members::{self, Admission, Member, Registered};
+use super::restored_ids;
 use super::writer::{ask, Job};
 use super::Shared;
 use crate::auth::{self, Action, AuthRequest, Decision, MAX_PENDING, MAX_REQUEST_DATA};
@@ -33,14 +34,14 @@ pub(super) async fn admit(
 ) -> Result<Option<Registered>> {
     if shared.cfg.auth == AuthMode::None {
         let (pubkey, address, info) = (who.pubkey, who.addr.to_string(), who.info);
-        return ask(shared, |reply| Job::Register {
+        let admitted = ask(shared, |reply| Job::Register {
             pubkey,
             address,
             info,
             reply,
         })
-        .await
-        .map(Some);
+        .await?;
+        return finish(wr, admitted).await;
     }
     let key = who.pubkey.to_hex();
     let known: Option<Member> = match shared.approved.get(&key) {
@@ -66,6 +67,15 @@ pub(super) async fn admit(
         };
         return finish(wr, Admission::Approved { registered, role }).await;
     }
+    // A key this primary does not know, approved under ids a newer copy of its file handed
+    // out: the backend decides again, but on ids it may keep (`restored_ids`).
+    let rejected = known.as_ref().is_some_and(|m| m.auth_state == "rejected");
+    if let Some(claim) = restored_ids::claim_in(&who.info).filter(|_| !rejected) {
+        let judged = shared.read(move |c| restored_ids::judge(c, claim)).await?;
+        if let Err(reason) = judged {
+            return refuse(wr, reason).await;
+        }
+    }
     let already_waiting = known.as_ref().is_some_and(|m| m.auth_state == "pending");
     let (action, data) = match (shared.cfg.auth, who.ask) {
         (
@@ -88,14 +98,15 @@ pub(super) async fn admit(
                 })
                 .await?;
             }
-            let reason = "this network needs a user: run PRAGMA user_signup='...' or PRAGMA user_login='...' on the device";
-            send_now(
-                wr,
-                &Message::AuthRequired {
-                    reason: reason.into(),
-                },
-            )
-            .await?;
+            let reason = match restored_ids::claim_in(&who.info) {
+                Some(claim) => format!(
+                    "this primary was restored from a copy of its file older than this                      device's approval (node {}), and does not know it: log in again with                      PRAGMA user_login='...' on the device. It keeps its node id, its data                      and its pending work",
+                    claim.node_id
+                ),
+                None => "this network needs a user: run PRAGMA user_signup='...' or PRAGMA                          user_login='...' on the device"
+                    .into(),
+            };
+            send_now(wr, &Message::AuthRequired { reason }).await?;
             return Ok(None);
         }
         _ => (Action::NewNode, None),

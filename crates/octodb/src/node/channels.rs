@@ -11,7 +11,7 @@
 //! A channel ends when the handler returns, when the node shuts down, or at once when the
 //! backend takes the node's approval back.
 
-use super::members::{self, Registered};
+use super::members::{self, Admission, Registered};
 use super::writer::{ask, Job};
 use super::Shared;
 use crate::crypto::PublicKey;
@@ -277,14 +277,17 @@ async fn authorized(
         ))),
         // Without authorization any node may join, as sync lets it.
         None if shared.cfg.auth == AuthMode::None => {
-            let registered = ask(shared, |reply| Job::Register {
+            let admitted = ask(shared, |reply| Job::Register {
                 pubkey,
                 address: addr.to_string(),
                 info: String::new(),
                 reply,
             })
             .await?;
-            Ok(Ok((registered, Role::Secondary)))
+            match admitted {
+                Admission::Approved { registered, role } => Ok(Ok((registered, role))),
+                Admission::Rejected(reason) => Ok(Err(reason)),
+            }
         }
         Some(m) if m.auth_state == "pending" => Ok(Err(
             "this node's request to join waits for the backend's decision: service channels \

@@ -1,6 +1,7 @@
 //! A primary's record of the nodes that joined or asked to (`_octo_nodes`, `_octo_users`):
 //! lookups, requests waiting for the backend, and the backend's decisions.
 
+use super::restored_ids;
 use super::writer::unix_now;
 use crate::auth::{Action, Decision};
 use crate::crypto::PublicKey;
@@ -195,7 +196,7 @@ fn ensure_node(
         return Ok(row);
     }
     let row = if state == "approved" {
-        next_node_id(c)?
+        restored_ids::claimed_node_id(c, info)?.map_or_else(|| next_node_id(c), Ok)?
     } else {
         prune_unapproved(c, MAX_UNAPPROVED)?;
         next_unapproved_row(c)?
@@ -225,25 +226,59 @@ pub(crate) fn renumber(c: &Connection, pubkey: &str) -> Result<u32> {
     Ok(node_id_of(node_id))
 }
 
+/// The node information a key's row keeps (what it told in its Hello, `restored_ids`).
+fn info_of(c: &Connection, row: i64) -> Result<Option<String>> {
+    Ok(
+        c.prepare_cached("SELECT info FROM _octo_nodes WHERE node_id = ?1")?
+            .query_row([row], |r| r.get(0))
+            .optional()?
+            .flatten(),
+    )
+}
+
+/// A new user for the key of row `row`: the one a newer copy of this primary's file
+/// approved it as, when it says so and may keep it (`restored_ids`), else the next.
+fn user_for(c: &Connection, row: i64) -> Result<i64> {
+    let info = info_of(c, row)?;
+    match restored_ids::claimed_user_id(c, row, info.as_deref())? {
+        Some(user_id) => Ok(user_id),
+        None => new_user(c),
+    }
+}
+
 /// Once approved, a key gets its node id (it had a negative row id while it waited).
 fn give_node_id(c: &Connection, row: i64) -> Result<u32> {
     if row > 0 {
         return Ok(node_id_of(row));
     }
-    let node_id = next_node_id(c)?;
+    let info = info_of(c, row)?;
+    let node_id = match restored_ids::claimed_node_id(c, info.as_deref())? {
+        Some(claimed) => claimed,
+        None => next_node_id(c)?,
+    };
     c.prepare_cached("UPDATE _octo_nodes SET node_id = ?2 WHERE node_id = ?1")?
         .execute(rusqlite::params![row, node_id])?;
     Ok(node_id_of(node_id))
 }
 
 /// No authorization: find or create the node; each new device is a new user.
+/// A key this primary does not know that says it was approved under ids a newer copy of this
+/// file handed out is let in under them only if they were reserved (`restored_ids`).
 pub(crate) fn register_open(
     c: &Connection,
     pubkey: PublicKey,
     address: &str,
     info: &str,
-) -> Result<Registered> {
+) -> Result<Admission> {
     let key = pubkey.to_hex();
+    if let Some(claim) = restored_ids::claim_in(info) {
+        let approved = lookup(c, &key)?.is_some_and(|m| m.auth_state == "approved");
+        if !approved {
+            if let Err(reason) = restored_ids::judge(c, claim)? {
+                return Ok(Admission::Rejected(reason));
+            }
+        }
+    }
     let row = ensure_node(c, &key, "approved", Some(address), Some(info))?;
     let node_id = give_node_id(c, row)?;
     if row != i64::from(node_id) {
@@ -253,14 +288,17 @@ pub(crate) fn register_open(
     let user_id = match lookup(c, &key)?.and_then(|m| m.user_id) {
         Some(u) => u,
         None => {
-            let u = new_user(c)?;
+            let u = user_for(c, i64::from(node_id))?;
             c.prepare_cached("UPDATE _octo_nodes SET user_id = ?2 WHERE node_id = ?1")?
                 .execute(rusqlite::params![node_id, u])?;
             tracing::info!(node_id, user_id = u, pubkey = %key, "new node joined");
             u
         }
     };
-    Ok(Registered { node_id, user_id })
+    Ok(Admission::Approved {
+        registered: Registered { node_id, user_id },
+        role: Role::Secondary,
+    })
 }
 
 /// When and from where a node was last connected.
@@ -362,6 +400,11 @@ pub(crate) fn decide(
             }
         }
     }
+    if lookup(c, pubkey)?.is_some_and(|m| m.auth_state == restored_ids::RESERVED_STATE) {
+        return Err(Error::rule(format!(
+            "`{pubkey}` is not a node's key: it holds the ids a restore reserved"
+        )));
+    }
     let row = ensure_node(c, pubkey, "pending", None, None)?;
     let current = lookup(c, pubkey)?.and_then(|m| m.user_id);
     let (role, user_id) = match decision {
@@ -374,7 +417,7 @@ pub(crate) fn decide(
             tracing::info!(node_id = node_id_of(row), pubkey, %reason, "node rejected");
             return Ok(Admission::Rejected(reason.clone()));
         }
-        Decision::User(0) => (Role::Secondary, Some(new_user(c)?)),
+        Decision::User(0) => (Role::Secondary, Some(user_for(c, row)?)),
         Decision::User(u) => {
             c.prepare_cached(
                 "INSERT OR IGNORE INTO _octo_users(user_id, created_at) VALUES (?1, ?2)",
@@ -385,7 +428,7 @@ pub(crate) fn decide(
         // Node-level authorization: one node per user.
         Decision::Node(Role::Secondary) => (
             Role::Secondary,
-            Some(current.map_or_else(|| new_user(c), Ok)?),
+            Some(current.map_or_else(|| user_for(c, row), Ok)?),
         ),
         Decision::Node(Role::Primary) => (Role::Primary, None),
     };

@@ -18,6 +18,7 @@ mod join;
 mod members;
 mod primary;
 mod registry;
+pub(crate) mod restored_ids;
 mod resync;
 mod secondary;
 mod shared_rows;
@@ -28,6 +29,7 @@ pub(crate) mod write_turns;
 mod writer;
 
 pub use events::Event;
+pub use restored_ids::ReservedIds;
 pub use status::{not_ready_within, not_synced_within, NodeRecord, SyncStatus};
 
 use crate::crypto::NodeKeys;
@@ -730,7 +732,18 @@ impl Node {
             return Err(bad("only devices (node=secondary) sign up or log in".into()));
         }
         let id = &self.shared.identity;
-        if id.node_id() != 0 {
+        // An approved device asks again only when the primaries asked it to: its approval
+        // taken back, or a primary restored from an older copy that does not know it.
+        let asked_again = matches!(
+            self.shared
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .auth_state
+                .as_deref(),
+            Some("rejected" | "required")
+        );
+        if id.node_id() != 0 && !asked_again {
             return Err(bad(format!(
                 "this device is already authorized (node {}, user {}); no new sign-up or login is needed",
                 id.node_id(),

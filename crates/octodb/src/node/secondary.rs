@@ -1,6 +1,7 @@
 //! A device's network side: connect to a primary (failing over along the `connect` list),
 //! download the database when empty, apply the stream, and send the outbox.
 
+use super::restored_ids::CLAIM_FIELD;
 use super::writer::{answer, ask, submit, Job};
 use super::{Event, Shared};
 use crate::crypto::PublicKey;
@@ -9,6 +10,7 @@ use crate::log::outbox;
 use crate::net::{
     version, Message, NetError, Resumption, SecureReader, SecureStream, SecureWriter,
 };
+use crate::store::capture::Identity;
 use crate::uri::{Endpoint, Role};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -330,9 +332,16 @@ pub(crate) const CLONE_OF_KEY: &str = "clone_of";
 
 /// What a device tells about itself in its Hello: its platform, its heartbeat's pace (the
 /// primary sends heartbeats at that pace and expects them at it), the epoch of the log its
-/// position belongs to (`log::epochs`; protocol 7), and, when its file was found a copy of
-/// another device's, the key of that device (`clone_of`), for the backend that approves it.
-fn device_info(heartbeat: Duration, log_epoch: Option<u64>, clone_of: Option<String>) -> String {
+/// position belongs to (`log::epochs`; protocol 7), when its file was found a copy of
+/// another device's, the key of that device (`clone_of`), for the backend that approves it,
+/// and the ids it was approved under (`approved_as`), which a primary restored from an older
+/// copy does not know but may have kept for it (`node::restored_ids`).
+fn device_info(
+    heartbeat: Duration,
+    log_epoch: Option<u64>,
+    clone_of: Option<String>,
+    identity: &Identity,
+) -> String {
     let mut info = serde_json::json!({
         "platform": std::env::consts::OS,
         "arch": std::env::consts::ARCH,
@@ -342,6 +351,12 @@ fn device_info(heartbeat: Duration, log_epoch: Option<u64>, clone_of: Option<Str
     });
     if let Some(key) = clone_of {
         info["clone_of"] = serde_json::Value::String(key);
+    }
+    if identity.node_id() != 0 {
+        info[CLAIM_FIELD] = serde_json::json!({
+            "node_id": identity.node_id(),
+            "user_id": identity.user_id(),
+        });
     }
     info.to_string()
 }
@@ -458,20 +473,18 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
         })
         .await?;
     let unauthorized = shared.identity.node_id() == 0;
-    let auth = unauthorized
-        .then(|| {
-            shared
-                .live
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .auth_request
-                .clone()
-        })
-        .flatten();
+    // An approved device makes a request only when the primaries asked it for one (a primary
+    // restored from an older copy does not know it: `Node::request_auth`).
+    let auth = shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .auth_request
+        .clone();
     let hello = Message::Hello {
         role: Role::Secondary,
         last_seq,
-        info: device_info(shared.cfg.heartbeat, epoch, clone_of),
+        info: device_info(shared.cfg.heartbeat, epoch, clone_of, &shared.identity),
         auth,
     };
     wr.send(&hello.encode()).await?;

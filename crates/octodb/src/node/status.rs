@@ -404,9 +404,10 @@ pub fn nodes(shared: &Shared) -> Result<Vec<NodeRecord>> {
     shared.read_blocking(|c| {
         let mut stmt = c.prepare_cached(
             "SELECT pubkey, node_id, node_type, user_id, address, auth_state, last_seen
-             FROM _octo_nodes ORDER BY node_id",
+             FROM _octo_nodes WHERE auth_state <> ?1 ORDER BY node_id",
         )?;
-        let rows = stmt.query_map([], |r| {
+        // A restore's reservation of ids (`restored_ids`) is no node.
+        let rows = stmt.query_map([super::restored_ids::RESERVED_STATE], |r| {
             // 0 for a key never approved: node ids go to approved nodes only.
             let node_id = super::members::node_id_of(r.get(1)?);
             let (cluster_role, raft_lag) = match roles.get(&node_id) {

@@ -89,7 +89,7 @@ pub(crate) enum Job {
         pubkey: PublicKey,
         address: String,
         info: String,
-        reply: Reply<Registered>,
+        reply: Reply<super::members::Admission>,
     },
     /// Primary: a node's request waits for the backend.
     AuthRecord {
@@ -213,7 +213,6 @@ pub(crate) enum Job {
 
 use super::auth_batch;
 use super::decided::{Decided, NewDecisions};
-pub(crate) use super::members::Registered;
 use super::shared_rows::{self, Touched};
 use crate::store::trigger_effects::TriggerEffects;
 
