@@ -401,3 +401,87 @@ fn a_member_restored_from_an_unmarked_copy_catches_up() {
     assert_eq!(voters(&p1).len(), 3);
     drop(p2);
 }
+
+fn role(p: &Connection) -> Option<String> {
+    p.sync_status().ok()?.cluster.map(|c| c.role)
+}
+
+/// A member restored from a backup rejoined under a new id, its Raft log replaced by the
+/// snapshot it received. Once it leads, a primary that joins through it receives a snapshot
+/// naming the members as they are, this leader among them; a snapshot naming the members of
+/// its own join (without itself) would have the new primary refuse its leader for good, a
+/// voter that never catches up.
+#[test]
+fn a_primary_joining_through_a_leader_that_rejoined_from_a_backup_catches_up() {
+    let c = Cluster::new();
+    let Three {
+        ports,
+        paths,
+        primaries: [p1, p2, p3],
+    } = three(&c);
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
+        .unwrap();
+    wait_count(&p3, "SELECT count(*) FROM t", 1);
+    let copy = c.path("p3-backup.db");
+    let cfg = octodb::NodeConfig::parse(&primary_uri(&paths[2], ports[2])).unwrap();
+    octodb::backup(&cfg, &copy).unwrap();
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
+        .unwrap();
+    let p3 = lose_p3_and_restore(&c, &p1, p3, (&paths[2], ports[2]), || {
+        std::fs::rename(&copy, &paths[2]).unwrap()
+    });
+
+    // The restored member must lead: stop whichever other primary leads until it does (each
+    // election among two is a coin toss; the stopped one comes back as a follower).
+    let mut others = [Some(p1), Some(p2)];
+    for _ in 0..20 {
+        if role(&p3).as_deref() == Some("leader") {
+            break;
+        }
+        let leading = wait_until("a leader", || {
+            if role(&p3).as_deref() == Some("leader") {
+                return Some(None);
+            }
+            others
+                .iter()
+                .position(|p| {
+                    p.as_ref()
+                        .is_some_and(|p| role(p).as_deref() == Some("leader"))
+                })
+                .map(Some)
+        });
+        let Some(i) = leading else { break };
+        drop(others[i].take());
+        let name = format!("p{}.db", i + 1);
+        wait_closed(&c, &name);
+        wait_until("another leader", || {
+            [others[1 - i].as_ref(), Some(&p3)]
+                .into_iter()
+                .flatten()
+                .any(|p| role(p).as_deref() == Some("leader"))
+                .then_some(())
+        });
+        others[i] = Some(primary_at(&paths[i], ports[i], None));
+        wait_voters(&p3, 3);
+    }
+    assert_eq!(role(&p3).as_deref(), Some("leader"));
+
+    let p4 = primary_at(
+        &c.path("p4.db"),
+        0,
+        Some(&format!("127.0.0.1:{}", ports[2])),
+    );
+    wait_voters(&p3, 4);
+    p3.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('led by the restored', '*')",
+        [],
+    )
+    .unwrap();
+    wait_count(
+        &p4,
+        "SELECT count(*) FROM t WHERE v = 'led by the restored'",
+        1,
+    );
+    assert_eq!(count(&p4, "SELECT count(*) FROM t"), 3);
+    assert_eq!(role(&p4).as_deref(), Some("follower"));
+}

@@ -258,8 +258,12 @@ async fn add_member(
     // vote), then the log is compacted so that the new one receives a snapshot, which replaces
     // its shared state whole (a log replayed over its old state would apply twice). A primary
     // whose log was cut (`log::compaction`) compacts too before any new member: the Raft log's
-    // oldest entries name log entries that are gone.
-    if rejoins.is_some() || log_cut {
+    // oldest entries name log entries that are gone. So does one whose Raft log was purged
+    // (it rejoined itself, or compacted before): the new member would get the snapshot stored
+    // then, whose membership may not name this leader (it joined after it), so the new
+    // member, trusting only the members it names, would refuse this leader for good.
+    let raft_log_purged = raft.metrics().borrow().purged.is_some();
+    if rejoins.is_some() || log_cut || raft_log_purged {
         let compacted = async {
             if let Some(Some(old)) = rejoins {
                 let mut voters = voter_ids(raft);

@@ -271,7 +271,10 @@ mod tests {
         let ids = reserve(&c).unwrap().unwrap();
         let name = format!("{RESERVED_STATE}:{}", ids.nodes.1);
         let refused = decide(&c, &name, &Decision::User(0), Known::Presented).unwrap_err();
-        assert!(refused.to_string().contains("not a node's key"), "{refused}");
+        assert!(
+            refused.to_string().contains("not a node's key"),
+            "{refused}"
+        );
     }
 
     #[test]
