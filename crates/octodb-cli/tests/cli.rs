@@ -517,6 +517,10 @@ fn backup_copies_a_running_primary_consistently_and_never_overwrites() {
     let copy = Connection::open(&format!("file:{}", dest.display())).unwrap();
     assert_eq!(count(&copy, "SELECT count(*) FROM t"), 2);
     assert!(count(&copy, "SELECT count(*) FROM _octo_log") >= 2);
+    // It holds the node's secret key: readable by its owner only, whatever the umask.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "mode {mode:o}");
     // A second backup to the same file is refused, leaving the first intact.
     let again = octodb().args(["backup", &uri]).arg(&dest).output().unwrap();
     assert!(!again.status.success());

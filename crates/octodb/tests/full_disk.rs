@@ -144,3 +144,30 @@ fn a_full_disk_on_a_device_is_said_to_be_the_devices_and_sync_resumes() {
     std::fs::remove_file(filler).unwrap();
     wait_count(&d, "SELECT count(*) FROM t", 8);
 }
+
+/// A backup onto a disk too small for it fails with the reason and leaves no partial file
+/// behind (which would pass for a backup, and make the next attempt refuse the name).
+#[test]
+fn a_backup_that_does_not_fit_leaves_no_partial_copy() {
+    let Some(disk) = SmallDisk::mount() else {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let big = "x".repeat(64 * 1024);
+    for _ in 0..100 {
+        p.execute(
+            "INSERT INTO t(v, row_owner) VALUES (?1, '*')",
+            [big.as_str()],
+        )
+        .unwrap();
+    }
+    let cfg = octodb::NodeConfig::parse(&c.path("p.db").display().to_string()).unwrap();
+    let dest = disk.path().join("copy.db");
+    let err = octodb::backup(&cfg, &dest).unwrap_err().to_string();
+    assert!(err.contains("full"), "{err}");
+    assert!(!dest.exists(), "no partial copy left");
+    let entries: Vec<_> = std::fs::read_dir(disk.path()).unwrap().collect();
+    assert!(entries.is_empty(), "{entries:?}");
+}

@@ -19,12 +19,6 @@ use std::path::Path;
 /// Copies the database `cfg` names into the new file `dest` (never overwritten). Returns what
 /// the copy of a primary will do once restored (`RestoreMark`).
 pub fn backup(cfg: &NodeConfig, dest: &Path) -> Result<RestoreMark> {
-    if dest.exists() {
-        return Err(Error::rule(format!(
-            "`{}` exists already: name a new file for the backup",
-            dest.display()
-        )));
-    }
     if !cfg.path.exists() {
         return Err(Error::rule(format!(
             "there is no database at `{}`",
@@ -43,13 +37,59 @@ pub fn backup(cfg: &NodeConfig, dest: &Path) -> Result<RestoreMark> {
     let key = cfg.file_key();
     let encrypted = |file| key.map(|key| Encrypted { file, key });
     let source = open_plain(&cfg.path, &opts, encrypted(&cfg.path))?;
-    // SQLCipher writes the copy with the source's key and salt.
+    let created = CreatedCopy::new(dest)?;
+    // SQLCipher writes the copy with the source's key and salt. (VACUUM INTO writes into an
+    // empty file.)
     source
         .execute("VACUUM INTO ?1", [dest_str])
         .map_err(|e| crate::store::not_a_database(&cfg.path, e))?;
     drop(source);
     let copy = open_plain(dest, &opts, encrypted(dest))?;
-    crate::cluster::mark_restored_copy(&copy)
+    let mark = crate::cluster::mark_restored_copy(&copy)?;
+    drop(copy);
+    created.keep();
+    Ok(mark)
+}
+
+/// The backup's file, created empty and readable by its owner only: the copy holds the node's
+/// secret key (and its admin token), so it must not be readable by every user of the machine
+/// as a file created with the usual umask is. Removed again unless kept: a copy that failed
+/// half way (a full disk) must not stay behind, to be taken for a backup or to refuse the
+/// next attempt as existing.
+struct CreatedCopy<'a> {
+    path: &'a Path,
+    kept: bool,
+}
+
+impl<'a> CreatedCopy<'a> {
+    fn new(path: &'a Path) -> Result<CreatedCopy<'a>> {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(path) {
+            Ok(_) => Ok(CreatedCopy { path, kept: false }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::rule(format!(
+                "`{}` exists already: name a new file for the backup",
+                path.display()
+            ))),
+            Err(e) => Err(Error::io(format!("creating `{}`", path.display()), e)),
+        }
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for CreatedCopy<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(self.path);
+            let journal = format!("{}-journal", self.path.display());
+            let _ = std::fs::remove_file(journal);
+        }
+    }
 }
 
 /// What [`restore_cluster`] made of a primary's file.
