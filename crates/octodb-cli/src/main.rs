@@ -44,8 +44,14 @@ pub struct ShellArgs {
     /// The database: a file URI (SPEC §2) or a plain file path.
     uri: String,
     /// SQL or dot commands to run instead of reading standard input; each argument is run in
-    /// turn, as the sqlite3 shell runs its arguments.
+    /// turn, as the sqlite3 shell runs its arguments (the first error ends the shell).
     sql: Vec<String>,
+    /// The commands sqlite3's options stand for (`shell::sqlite3_options`), run first.
+    #[arg(skip)]
+    preamble: Vec<String>,
+    /// sqlite3's `-bail`: the first error ends the shell.
+    #[arg(skip)]
+    bail: bool,
 }
 
 /// Run a node headless until SIGINT or SIGTERM.
@@ -169,7 +175,7 @@ fn main() -> ExitCode {
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(anyhow::Error::from)
         }
-        _ => shell::run(ShellArgs::parse()),
+        _ => shell_with_sqlite3_options(args),
     };
     match result {
         Ok(code) => code,
@@ -184,11 +190,42 @@ fn parse_sync_wait(text: &str) -> Result<std::time::Duration, String> {
     shell::sync_timeout(text)
 }
 
-/// Accept a plain path as a URI for a local database, like sqlite3 does.
+/// The shell, its command line read as sqlite3 reads its own (`-header`, `-csv`, ...) too.
+fn shell_with_sqlite3_options(args: Vec<String>) -> anyhow::Result<ExitCode> {
+    let options = shell::sqlite3_options::translate(args).map_err(anyhow::Error::msg)?;
+    let mut shell_args = ShellArgs::parse_from(options.args);
+    shell_args.preamble = options.preamble;
+    shell_args.bail = options.bail;
+    if options.readonly {
+        shell_args.uri = read_only(&normalize_uri(&shell_args.uri));
+    }
+    shell::run(shell_args)
+}
+
+/// `uri` opened read-only (`mode=ro`).
+fn read_only(uri: &str) -> String {
+    match uri.contains('?') {
+        true => format!("{uri}&mode=ro"),
+        false => format!("{uri}?mode=ro"),
+    }
+}
+
+/// Accept a plain path as a URI for a local database, like sqlite3 does. The characters a URI
+/// reads otherwise (`%` escapes, `?` parameters, `#` a fragment) are escaped: a plain path
+/// names the file it spells (`sales#2024.db` opened `sales`).
 pub fn normalize_uri(uri: &str) -> String {
     if uri.starts_with("file:") {
-        uri.to_string()
-    } else {
-        format!("file:{uri}")
+        return uri.to_string();
     }
+    let mut escaped = String::with_capacity(uri.len() + 5);
+    escaped.push_str("file:");
+    for c in uri.chars() {
+        match c {
+            '%' => escaped.push_str("%25"),
+            '?' => escaped.push_str("%3f"),
+            '#' => escaped.push_str("%23"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }

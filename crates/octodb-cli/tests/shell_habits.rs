@@ -218,6 +218,88 @@ fn sql_arguments_run_as_scripts_with_dot_commands() {
     );
 }
 
+/// SQL given as arguments stops at the first error, as sqlite3's does: nothing after a failed
+/// statement runs (here the COMMIT of a DELETE).
+#[test]
+fn sql_arguments_stop_at_the_first_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("bail.db");
+    let setup = octodb()
+        .arg(&db)
+        .arg("CREATE TABLE t(a); INSERT INTO t VALUES (1), (2), (3);")
+        .output()
+        .expect("run octodb");
+    assert!(setup.status.success());
+    let out = octodb()
+        .arg(&db)
+        .args(["BEGIN; DELETE FROM t; SELEC; COMMIT;", "SELECT 'not run';"])
+        .output()
+        .expect("run octodb");
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("not run"));
+    let (count, _) = run(octodb_on(&db), "SELECT count(*) FROM t;");
+    assert_eq!(count, "3\n", "the DELETE was not committed");
+    // `-bail` does the same for a script; without it the script goes on, as sqlite3's does.
+    let mut bail = octodb();
+    bail.arg("-bail").arg(&db);
+    let (out, _) = run(bail, "SELEC;\nSELECT 'after';\n");
+    assert_eq!(out, "");
+    let (out, _) = run(octodb_on(&db), "SELEC;\nSELECT 'after';\n");
+    assert_eq!(out, "after\n");
+}
+
+fn octodb_on(db: &Path) -> Command {
+    let mut cmd = octodb();
+    cmd.arg(db);
+    cmd
+}
+
+/// sqlite3's own options, typed out of habit, do what they do there; `.exit N` exits with N;
+/// a plain file name holding `#`, `?` or `%` names that file (as a URI it named another).
+#[test]
+fn sqlite3_options_exit_codes_and_odd_file_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("sales#2024 100%.db");
+    let made = octodb()
+        .arg(&db)
+        .arg("CREATE TABLE s(x, y); INSERT INTO s VALUES (42, 'a b');")
+        .output()
+        .expect("run octodb");
+    assert!(made.status.success(), "{made:?}");
+    assert!(db.exists(), "the file is the one named");
+    let out = octodb()
+        .args(["-header", "-csv", "-cmd", ".nullvalue NIL"])
+        .arg(&db)
+        .arg("SELECT x, y, NULL AS z FROM s;")
+        .output()
+        .expect("run octodb");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "x,y,z\r\n42,\"a b\",NIL\r\n"
+    );
+    let out = octodb()
+        .args(["-readonly"])
+        .arg(&db)
+        .arg("INSERT INTO s VALUES (1, 2);")
+        .output()
+        .expect("run octodb");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("readonly"),
+        "{out:?}"
+    );
+    let mut exit = octodb_on(&db);
+    exit.stdin(Stdio::piped());
+    let mut child = exit.spawn().expect("start the shell");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"SELECT 1;\n.exit 3\n")
+        .expect("write");
+    let status = child.wait_with_output().expect("wait").status;
+    assert_eq!(status.code(), Some(3));
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -33,7 +33,7 @@ pub const HELP: &str = "\
 .dump ?PATTERN ...?      the schema and rows as SQL, in one transaction; objects named LIKE
                          PATTERN only; octodb's own tables (_octo_*), their triggers and temp
                          objects are left out
-.exit / .quit            leave the shell
+.exit ?CODE? / .quit     leave the shell (.exit: with exit code CODE)
 .headers on|off          show column names (list, csv, quote, tabs, column; grids always do)
 .help                    this text
 .import ?--csv? ?--skip N? FILE TABLE
@@ -108,7 +108,16 @@ impl Shell {
         let cmd = args.first().map_or("", String::as_str);
         let arg = |i: usize| args.get(i).map(String::as_str);
         match cmd {
-            ".quit" | ".exit" => return Flow::Quit,
+            ".quit" => return Flow::Quit,
+            ".exit" => match arg(1).map(str::parse::<i32>) {
+                None => return Flow::Quit,
+                // As sqlite3: the code's low byte.
+                Some(Ok(code)) => {
+                    self.exit_code = Some(code.to_le_bytes()[0]);
+                    return Flow::Quit;
+                }
+                Some(Err(_)) => self.report("usage: .exit ?CODE? (a number)"),
+            },
             ".help" => self.say(HELP),
             ".status" => match self.conn.sync_status() {
                 Ok(s) => {

@@ -8,6 +8,7 @@ mod dot;
 mod dump;
 mod import;
 mod modes;
+pub mod sqlite3_options;
 
 use crate::output::one_line;
 use crate::ShellArgs;
@@ -51,6 +52,13 @@ pub struct Shell {
     /// A device's events since the shell began, read at each sync to report the writes the
     /// primaries rejected.
     decisions: Option<Decisions>,
+    /// `-bail` (and SQL given as arguments, as sqlite3 runs them): the first error ends the
+    /// shell, so that no statement after a failed one runs.
+    bail: bool,
+    /// Set once an error ended the shell under `bail`.
+    bailed: bool,
+    /// `.exit N`: the exit code asked for.
+    exit_code: Option<u8>,
 }
 
 /// What a device's shell hears of the primaries' decisions on its writes.
@@ -82,6 +90,9 @@ pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
         read_depth: 0,
         names: complete::Names::default(),
         decisions,
+        bail: args.bail || !args.sql.is_empty(),
+        bailed: false,
+        exit_code: None,
     };
     let interactive = args.sql.is_empty() && std::io::stdin().is_terminal();
     // `--sync`: the statements see what the primaries hold, or none runs; and the shell ends
@@ -94,6 +105,12 @@ pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
         if let Err(e) = sh.conn.wait_until_synced(timeout) {
             sh.report(e);
             return Ok(ExitCode::FAILURE);
+        }
+    }
+    // sqlite3's options (`-header`, `-csv`, `-cmd ...`) as the commands they stand for.
+    for command in &args.preamble {
+        if let Flow::Quit = sh.script(&mut command.as_bytes()) {
+            return Ok(sh.exit_code());
         }
     }
     if !args.sql.is_empty() {
@@ -114,6 +131,9 @@ pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
         sh.note_unsent();
     }
     let _ = sh.out.flush();
+    if let Some(code) = sh.exit_code {
+        return Ok(ExitCode::from(code));
+    }
     Ok(if sh.errors > 0 && !interactive {
         ExitCode::FAILURE
     } else {
@@ -130,7 +150,17 @@ pub(crate) enum Flow {
 impl Shell {
     fn report(&mut self, e: impl std::fmt::Display) {
         self.errors += 1;
+        self.bailed |= self.bail;
         eprintln!("Error: {}", one_line(&e.to_string()));
+    }
+
+    /// The exit code of a shell ended early (`.exit N`, or an error under `-bail`).
+    fn exit_code(&self) -> ExitCode {
+        match self.exit_code {
+            Some(code) => ExitCode::from(code),
+            None if self.errors > 0 => ExitCode::FAILURE,
+            None => ExitCode::SUCCESS,
+        }
     }
 
     /// Without `--sync`, a device's shell ends without waiting: it says what it leaves unsent
@@ -209,6 +239,9 @@ impl Shell {
     fn run_sql(&mut self, sql: &str) {
         let mut schema_changed = false;
         for stmt in sql_text::split_statements(sql) {
+            if self.bailed {
+                break;
+            }
             let started = Instant::now();
             let cpu = cpu_times();
             let result = self.conn.query(stmt, []);
@@ -268,7 +301,10 @@ impl Shell {
             Flow::Continue
         };
         let _ = self.out.flush();
-        flow
+        match self.bailed {
+            true => Flow::Quit,
+            false => flow,
+        }
     }
 
     /// `.once` sends one command's output to its file: the command after `.once`.
@@ -304,7 +340,10 @@ impl Shell {
             // An unfinished statement at the end: let SQLite say what is wrong with it.
             self.run_sql(&buffer);
         }
-        Flow::Continue
+        match self.bailed {
+            true => Flow::Quit,
+            false => Flow::Continue,
+        }
     }
 
     fn read_file(&mut self, path: &str) {
