@@ -34,69 +34,16 @@ pub fn quote_ident(name: &str) -> String {
     }
 }
 
+/// Whether SQLite reads `name` as a keyword: asked of SQLite itself, since any keyword a
+/// table may be named after (`except`, `returning`, ...) must be quoted in the dump, and a
+/// hand-kept list had gaps (a dump stopped half way at `SELECT * FROM except`).
 fn is_keyword(name: &str) -> bool {
-    // The keywords a table name could collide with in practice; sqlite3 quotes any keyword.
-    const KW: &[&str] = &[
-        "ABORT",
-        "ADD",
-        "ALL",
-        "ALTER",
-        "AND",
-        "AS",
-        "ASC",
-        "BEGIN",
-        "BETWEEN",
-        "BY",
-        "CASE",
-        "CHECK",
-        "COLUMN",
-        "COMMIT",
-        "CREATE",
-        "CROSS",
-        "DEFAULT",
-        "DELETE",
-        "DESC",
-        "DISTINCT",
-        "DROP",
-        "ELSE",
-        "END",
-        "EXISTS",
-        "FROM",
-        "GROUP",
-        "HAVING",
-        "IN",
-        "INDEX",
-        "INSERT",
-        "INTO",
-        "IS",
-        "JOIN",
-        "KEY",
-        "LIMIT",
-        "NOT",
-        "NULL",
-        "ON",
-        "OR",
-        "ORDER",
-        "PRIMARY",
-        "REFERENCES",
-        "SELECT",
-        "SET",
-        "TABLE",
-        "THEN",
-        "TO",
-        "TRANSACTION",
-        "TRIGGER",
-        "UNION",
-        "UNIQUE",
-        "UPDATE",
-        "USING",
-        "VALUES",
-        "VIEW",
-        "WHEN",
-        "WHERE",
-        "WITH",
-    ];
-    KW.contains(&name.to_ascii_uppercase().as_str())
+    let Ok(len) = std::os::raw::c_int::try_from(name.len()) else {
+        return false;
+    };
+    // SAFETY: `sqlite3_keyword_check` reads exactly `len` bytes from the pointer, which are
+    // the bytes of `name`, alive and unchanged for the call; it keeps no reference to them.
+    unsafe { rusqlite::ffi::sqlite3_keyword_check(name.as_ptr().cast(), len) != 0 }
 }
 
 fn text(v: &Value) -> String {
@@ -110,6 +57,12 @@ fn text(v: &Value) -> String {
 /// statement a line.
 fn literal(v: &Value) -> String {
     match v {
+        // A NUL in a literal would end the script's text there (and the dump's COMMIT with
+        // it): the exact bytes instead.
+        Value::Text(s) if s.contains('\0') => {
+            let hex: String = s.bytes().map(|b| format!("{b:02X}")).collect();
+            format!("CAST(x'{hex}' AS TEXT)")
+        }
         Value::Text(s) if s.contains('\n') || s.contains('\r') => {
             let mut lit = sql_literal(v).replace('\n', "\\n").replace('\r', "\\r");
             if s.contains('\r') {
@@ -122,6 +75,26 @@ fn literal(v: &Value) -> String {
         }
         _ => sql_literal(v),
     }
+}
+
+/// The columns an INSERT of `table`'s rows gives values for: all (`*`) but its generated
+/// ones, which SQLite computes and refuses values for (as sqlite3's dump leaves them out).
+fn stored_columns(conn: &Connection, table: &str) -> anyhow::Result<String> {
+    let columns = conn.query(
+        "SELECT name, hidden FROM pragma_table_xinfo(?1) ORDER BY cid",
+        [table],
+    )?;
+    let generated = |r: &Vec<Value>| matches!(r[1], Value::Integer(2 | 3));
+    if !columns.rows.iter().any(generated) {
+        return Ok("*".into());
+    }
+    let stored: Vec<String> = columns
+        .rows
+        .iter()
+        .filter(|r| !generated(r))
+        .map(|r| quote_ident(&text(&r[0])))
+        .collect();
+    Ok(stored.join(", "))
 }
 
 pub fn dump(conn: &Connection, patterns: &[&str], out: &mut dyn Write) -> anyhow::Result<()> {
@@ -150,8 +123,22 @@ pub fn dump(conn: &Connection, patterns: &[&str], out: &mut dyn Write) -> anyhow
         ),
         [],
     )?;
+    // A virtual table's shadow tables (FTS5's `_data`, `_idx`, ...) are made by its CREATE
+    // VIRTUAL TABLE and filled by its INSERTs: dumped too, the script would fail on them.
+    let shadows: std::collections::HashSet<String> = conn
+        .query(
+            "SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'shadow'",
+            [],
+        )?
+        .rows
+        .iter()
+        .map(|r| text(&r[0]))
+        .collect();
     for t in &tables.rows {
         let (name, sql) = (text(&t[0]), text(&t[1]));
+        if shadows.contains(&name) {
+            continue;
+        }
         if name == "sqlite_sequence" {
             writeln!(out, "DELETE FROM sqlite_sequence;")?;
         } else if name == "sqlite_stat1" {
@@ -167,7 +154,10 @@ pub fn dump(conn: &Connection, patterns: &[&str], out: &mut dyn Write) -> anyhow
             writeln!(out, "{};", create_sql(&sql))?;
         }
         let q = quote_ident(&name);
-        let rows = conn.query(&format!("SELECT * FROM {q}"), [])?;
+        let rows = conn.query(
+            &format!("SELECT {} FROM {q}", stored_columns(conn, &name)?),
+            [],
+        )?;
         for r in &rows.rows {
             let vals: Vec<String> = r.iter().map(literal).collect();
             writeln!(out, "INSERT INTO {q} VALUES({});", vals.join(","))?;
