@@ -205,6 +205,11 @@ fn a_member_restored_from_an_old_backup_rejoins_as_a_new_member() {
     p1.execute("INSERT INTO t(v, row_owner) VALUES ('later', '*')", [])
         .unwrap();
     wait_count(&p3, "SELECT count(*) FROM t WHERE v = 'later'", 1);
+    // The leader's status holds no refusal of p3's old id, which no member has any more.
+    wait_until("the leader's status clear of refusals", || {
+        let s = p1.sync_status().ok()?;
+        s.sync_error.is_none().then_some(())
+    });
     drop(p2);
 }
 

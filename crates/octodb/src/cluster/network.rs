@@ -226,8 +226,12 @@ impl Refusals {
     }
 
     /// What the refusing members say, for the primary's status; None while none refuses.
-    pub(crate) fn summary(&self) -> Option<String> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+    /// Members no longer in the cluster (`is_member` false) are forgotten: this primary calls
+    /// them no more, so they never answer again to clear their refusal (a member that rejoined
+    /// under a new id left its old one refusing on the leader's status for good).
+    pub(crate) fn summary(&self, is_member: impl Fn(RaftNodeId) -> bool) -> Option<String> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.retain(|id, _| is_member(*id));
         let (first, reason) = map.iter().next()?;
         let ids: Vec<String> = map.keys().map(|id| id.to_string()).collect();
         Some(match ids.len() {

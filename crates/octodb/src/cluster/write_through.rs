@@ -350,7 +350,9 @@ impl Proposer {
     /// Why members of the cluster refuse this primary's calls, while any does (it was removed
     /// from the cluster, or its file is another cluster's).
     pub fn refused(&self) -> Option<String> {
-        self.forwarder.refusals().summary()
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let is_member = |id| membership.membership().get_node(&id).is_some();
+        self.forwarder.refusals().summary(is_member)
     }
 
     /// Follows the log position of the rows the state machine writes itself: a follower's
