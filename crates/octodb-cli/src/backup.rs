@@ -17,16 +17,24 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
          as the node itself)",
         args.dest.display()
     );
-    match mark {
-        octodb::RestoreMark::Rejoins => eprintln!(
-            "octodb: the copy is of a primary of a cluster: restored, it rejoins its cluster \
-             as a new member and takes the cluster's current state (were every primary lost, \
-             `octodb restore-cluster` on the copy starts a new cluster from it)"
-        ),
-        octodb::RestoreMark::IdsReserved(Some(ids)) => eprintln!("octodb: {}", reserved_note(&ids)),
-        octodb::RestoreMark::IdsReserved(None) | octodb::RestoreMark::Unmarked => {}
+    if let Some(note) = mark_note(&mark) {
+        eprintln!("octodb: {note}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a copy of a primary does once restored, when there is something to say.
+pub fn mark_note(mark: &octodb::RestoreMark) -> Option<String> {
+    match mark {
+        octodb::RestoreMark::Rejoins => Some(
+            "the copy is of a primary of a cluster: restored, it rejoins its cluster as a new \
+             member and takes the cluster's current state (were every primary lost, `octodb \
+             restore-cluster` on the copy starts a new cluster from it)"
+                .into(),
+        ),
+        octodb::RestoreMark::IdsReserved(Some(ids)) => Some(reserved_note(ids)),
+        octodb::RestoreMark::IdsReserved(None) | octodb::RestoreMark::Unmarked => None,
+    }
 }
 
 /// What a restored primary does with the ids a restore reserved.

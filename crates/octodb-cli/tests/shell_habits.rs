@@ -278,6 +278,24 @@ fn a_dump_of_generated_columns_fts5_keyword_names_and_nul_text_loads_again() {
     assert_eq!(out, "5|10\n1\nhello world\n0061\n");
 }
 
+/// `.once '|COMMAND'` sends the next command's output into COMMAND, and `.output stdout`
+/// brings it back to the screen, as in sqlite3 (both made files of those names).
+#[test]
+fn output_into_a_command_and_back_to_stdout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("pipe.db");
+    let mut cmd = octodb_on(&db);
+    cmd.current_dir(dir.path());
+    let (out, err) = run(
+        cmd,
+        ".once '|tr a-z A-Z'\nSELECT 'abc';\nSELECT 'def';\n.output stdout\nSELECT 'ghi';\n",
+    );
+    assert_eq!(err, "");
+    assert_eq!(out, "ABC\ndef\nghi\n");
+    assert!(!dir.path().join("stdout").exists());
+    assert!(!dir.path().join("|tr a-z A-Z").exists());
+}
+
 fn octodb_on(db: &Path) -> Command {
     let mut cmd = octodb();
     cmd.arg(db);

@@ -42,7 +42,7 @@ pub const HELP: &str = "\
 .mode MODE               box, column, csv, json, line, list, markdown, quote, table, tabs
 .nodes                   the nodes this node knows (PRAGMA nodes)
 .nullvalue TEXT          how NULL prints (default: nothing)
-.once FILE               the next command's output goes into FILE
+.once FILE|'|CMD'        the next command's output goes into FILE (or CMD's input)
 .output ?FILE?           output into FILE from now on; with no FILE, back to the screen
 .read FILE               run the SQL and dot commands of FILE
 .schema ?PATTERN?        CREATE statements, of tables or objects named LIKE PATTERN only
@@ -194,8 +194,13 @@ impl Shell {
             ".backup" | ".save" => match (arg(1), arg(2)) {
                 (Some(file), None) => {
                     let dest = std::path::Path::new(file);
-                    if let Err(e) = crate::backup::copy(&self.uri, dest) {
-                        self.report(format!("{e:#}"));
+                    match crate::backup::copy(&self.uri, dest) {
+                        Ok(mark) => {
+                            if let Some(note) = crate::backup::mark_note(&mark) {
+                                eprintln!("note: {note}");
+                            }
+                        }
+                        Err(e) => self.report(format!("{e:#}")),
                     }
                 }
                 _ => self.report("usage: .backup FILE (a new file)"),
@@ -224,22 +229,31 @@ impl Shell {
         }
     }
 
+    /// `.output` / `.once`: a file, `stdout` (the screen again), or, as sqlite3, `|COMMAND`
+    /// (the output goes into the command's standard input).
     fn redirect(&mut self, once: bool, file: Option<&str>) {
-        match file {
-            None if !once => {
+        let opened: std::io::Result<Box<dyn std::io::Write>> = match file {
+            None | Some("stdout") if !once => {
                 self.out = Box::new(std::io::stdout());
                 self.once = false;
+                return;
             }
-            None => self.report("usage: .once FILE"),
-            Some(path) => match std::fs::File::create(path) {
-                Ok(f) => {
-                    self.out = Box::new(std::io::BufWriter::new(f));
-                    // The command that follows this one is the one whose output is caught.
-                    self.once = once;
-                    self.once_armed = false;
+            None => return self.report("usage: .once FILE (or |COMMAND)"),
+            Some(target) => match target.strip_prefix('|') {
+                Some(command) => PipeOut::spawn(command).map(|p| Box::new(p) as _),
+                None => {
+                    std::fs::File::create(target).map(|f| Box::new(std::io::BufWriter::new(f)) as _)
                 }
-                Err(e) => self.report(format!("cannot write to `{path}`: {e}")),
             },
+        };
+        match opened {
+            Ok(out) => {
+                self.out = out;
+                // The command that follows this one is the one whose output is caught.
+                self.once = once;
+                self.once_armed = false;
+            }
+            Err(e) => self.report(format!("cannot write to `{}`: {e}", file.unwrap_or(""))),
         }
     }
 
@@ -363,5 +377,44 @@ fn view_col(name: &str) -> String {
         name.to_string()
     } else {
         format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// Output into a command's standard input (`.output |COMMAND`); dropped, the input ends and
+/// the command is waited for, so its output comes before what the shell prints next.
+struct PipeOut {
+    child: std::process::Child,
+    input: Option<std::process::ChildStdin>,
+}
+
+impl PipeOut {
+    fn spawn(command: &str) -> std::io::Result<PipeOut> {
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .stdin(std::process::Stdio::piped())
+            .spawn()?;
+        let input = child.stdin.take();
+        Ok(PipeOut { child, input })
+    }
+}
+
+impl std::io::Write for PipeOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.input {
+            Some(input) => input.write(buf),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.input.as_mut().map_or(Ok(()), |i| i.flush())
+    }
+}
+
+impl Drop for PipeOut {
+    fn drop(&mut self) {
+        drop(self.input.take());
+        let _ = self.child.wait();
     }
 }
