@@ -287,8 +287,23 @@ fn a_device_cannot_take_a_node_id_the_primary_handed_out_by_naming_it() {
     ready(&usurper);
     assert_eq!(ids(&usurper).0, late_ids.0, "the id handed out again");
 
-    let late = c.device("late.db", &p);
+    // Its connect list also names a primary that cannot be reached: the refusal, which
+    // explains, stays in its status beside that failure.
+    let dead = common::process::free_port();
+    let late = Connection::open(&format!(
+        "file:{}?node=secondary&connect=tcp://127.0.0.1:{dead},tcp://{}",
+        c.path("late.db").display(),
+        addr_of(&p)
+    ))
+    .unwrap();
     refused_with(&late, "another key's");
+    wait_until(
+        "a failure to reach the other primary beside the refusal",
+        || {
+            let error = late.sync_status().unwrap().sync_error?;
+            (error.contains("another key's") && error.contains(&dead.to_string())).then_some(())
+        },
+    );
     assert_eq!(ids(&late), late_ids, "the device keeps its ids and data");
     let approved = p
         .nodes()

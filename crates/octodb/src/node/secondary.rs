@@ -48,6 +48,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
     let mut turn = 0usize;
     // Where a follower said the leader is: tried next, once.
     let mut leader_hint: Option<Endpoint> = None;
+    // The last answer from a primary that could be reached (a refusal, say), kept in
+    // `sync_error` beside the failures to reach the others: the one that explains the most.
+    let mut last_answer: Option<String> = None;
     note_copied_file(&shared).await;
     loop {
         if shared.is_shutting_down() {
@@ -95,15 +98,29 @@ pub(super) async fn run(shared: Arc<Shared>) {
             Ok(flow) => flow == Flow::WaitForRequest,
             Err(e) => {
                 tracing::info!(primary = %ep, "sync connection ended: {e}");
+                let here = session_error(&ep.to_string(), &e);
+                let shown = match (&e, &last_answer) {
+                    (Error::Io { .. } | Error::Net(_), Some(answer)) => {
+                        format!("{answer} (and {here})")
+                    }
+                    (Error::Io { .. } | Error::Net(_), None) => here,
+                    _ => {
+                        last_answer = Some(here.clone());
+                        here
+                    }
+                };
                 shared
                     .live
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .sync_error = Some(session_error(&ep.to_string(), &e));
+                    .sync_error = Some(shown);
                 false
             }
         };
         let was_connected = session_ended(&shared);
+        if was_connected {
+            last_answer = None;
+        }
         if !was_connected {
             turn = turn.wrapping_add(1);
         }
