@@ -304,6 +304,7 @@ async fn establish(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%addr, "could not set TCP_NODELAY: {e}");
     }
+    let initiator = matches!(side, Side::Initiator(_));
     let result = tokio::time::timeout(opts.timeout, handshake(stream, keys, opts, side)).await;
     match result {
         Err(_) => Err(NetError::Timeout),
@@ -320,6 +321,10 @@ async fn establish(
             protocol,
             resumed,
         }),
+        // A responder's peer that hangs up is gone, nothing more: a port probe (a leader
+        // checking a joiner's address, a health check), or an initiator that refused this
+        // node, which says so on its side.
+        Ok(Err(e)) if !initiator && is_disconnect(&e) => Err(NetError::Closed),
         // A peer that rejects our handshake just hangs up; say what that usually means.
         Ok(Err(e)) if is_disconnect(&e) => Err(NetError::Authentication(
             "peer closed the connection during the handshake: it probably rejected this node \
@@ -868,6 +873,20 @@ mod tests {
         };
         let silent = accept_raw(quick, &[&[0, 32][..], &[9; 32]].concat()).await;
         assert!(matches!(silent, NetError::Timeout), "{silent}");
+    }
+
+    #[tokio::test]
+    async fn a_port_probe_is_a_closed_connection_not_a_refusal() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let probe = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        drop(probe);
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (keys, opts) = (NodeKeys::generate(), HandshakeOptions::default());
+        let accepted = timeout(LIMIT, SecureStream::accept(tcp, &keys, &opts));
+        let err = accepted.await.expect("accept hung").unwrap_err();
+        assert!(matches!(err, NetError::Closed), "{err}");
     }
 
     /// A server behind a relay that hands every read from the client to `hook` before passing
