@@ -226,6 +226,14 @@ impl Client {
         let inner = &self.inner;
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = protocol::encode(&Request { id, op });
+        // Refused here, with the limit named: the server would drop the connection on it.
+        if frame.len() > protocol::MAX_FRAME {
+            return Err(crate::codec::CodecError::TooLarge {
+                size: frame.len(),
+                max: protocol::MAX_FRAME,
+            }
+            .into());
+        }
         let timeout = *lock(&inner.request_timeout);
         channel::block_on(async {
             let deadline = tokio::time::Instant::now() + timeout;

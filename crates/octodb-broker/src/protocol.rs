@@ -80,6 +80,24 @@ pub enum ServerFrame {
     ClassChanged { class: String },
 }
 
+/// A reply's frame; a reply larger than the client accepts becomes the error that says so
+/// (sent as it was, the client would drop the connection, and its caller would hear only that
+/// the request "may or may not have run").
+pub fn reply_within_limit(id: u64, result: Result<Encoded, RemoteError>) -> Vec<u8> {
+    let frame = encode(&ServerFrame::Reply { id, result });
+    if frame.len() <= MAX_FRAME {
+        return frame;
+    }
+    let too_large = crate::BrokerError::Codec(crate::codec::CodecError::TooLarge {
+        size: frame.len(),
+        max: MAX_FRAME,
+    });
+    encode(&ServerFrame::Reply {
+        id,
+        result: Err(RemoteError::from(&too_large)),
+    })
+}
+
 pub fn encode<T: Serialize>(frame: &T) -> Vec<u8> {
     // Serialising owned data into a Vec cannot fail.
     postcard::to_allocvec(frame).unwrap_or_default()

@@ -651,7 +651,7 @@ async fn run_session(inner: Arc<Inner>, ch: Channel) {
                     Ok((reply, after)) => (Ok(reply), after),
                     Err(e) => (Err(RemoteError::from(&e)), None),
                 };
-                let frame = protocol::encode(&ServerFrame::Reply { id: rid, result });
+                let frame = protocol::reply_within_limit(rid, result);
                 if let Err(e) = out.send_blocking(&runtime, std::iter::once(frame).chain(after)) {
                     tracing::debug!(node = peer.node_id, "broker reply not sent: {e}");
                     kicked.notify_one();

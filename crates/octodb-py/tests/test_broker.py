@@ -53,6 +53,10 @@ class Root:
         return item.owner
 
     @ob.exported
+    def bytes_of(self, size):
+        return b"x" * size
+
+    @ob.exported
     def echo(self, value):
         return value
 
@@ -461,3 +465,14 @@ def test_the_clients_timeout_bounds_each_request(net):
             quick.root.wait_for_release()
     finally:
         RELEASE.set()
+
+
+def test_a_value_over_the_frame_limit_is_refused_with_the_limit_and_the_connection_lives(net):
+    static_server(net)
+    uri, _ = net.device()
+    r = net.client(uri).root
+    with pytest.raises(ValueError, match="more than the limit"):
+        r.echo(b"y" * (17 * 1024 * 1024))
+    with pytest.raises(ValueError, match="more than the limit"):
+        r.bytes_of(17 * 1024 * 1024)
+    assert r.bytes_of(10) == b"x" * 10, "the connection goes on"
