@@ -230,6 +230,13 @@ fn a_removed_primary_started_again_is_told_it_is_no_member() {
     let members = new_leader.sync_status().unwrap().cluster.unwrap().members;
     assert_eq!(members.len(), 2, "{members:?}");
     assert_eq!(count(&p1, "SELECT count(*) FROM t WHERE v = 'after'"), 0);
+    // A device that reaches the removed primary hears why it is not served there.
+    let d = c.device("d.db", &p1);
+    wait_until("the device told why", || {
+        let error = d.sync_status().ok()?.sync_error?;
+        (error.contains("refuse this primary") && error.contains("use another primary"))
+            .then_some(())
+    });
 }
 
 /// With `auth=`, a new primary's key waits for the backend as a device's does: the leader

@@ -522,10 +522,18 @@ fn serving_now(shared: &Shared) -> std::result::Result<Serving, (Option<String>,
                 .epoch_settled
                 .load(std::sync::atomic::Ordering::Acquire) =>
         {
-            Err((
-                None,
-                "this primary is beginning a new epoch of its log: try again shortly".into(),
-            ))
+            // Members that refuse it (it was removed, or its cluster was restored elsewhere)
+            // mean the epoch will not begin: say why rather than "shortly" for ever.
+            let reason = match proposer.refused() {
+                Some(refused) => format!(
+                    "this primary cannot begin a new epoch of its log: {refused}; use another \
+                     primary"
+                ),
+                None => {
+                    "this primary is beginning a new epoch of its log: try again shortly".into()
+                }
+            };
+            Err((None, reason))
         }
         crate::cluster::Lead::Here => Ok(Serving::Leader),
         // Its devices' transactions could not be confirmed: they go where a majority is.
