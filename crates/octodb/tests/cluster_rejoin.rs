@@ -287,8 +287,19 @@ fn every_primary_lost_a_restored_backup_starts_a_new_cluster() {
     let mut former = restored.former_members.clone();
     former.sort();
     assert_eq!(former, others, "the other members, named");
-    // Put in place at the first primary's address, which the device knows.
+    // Put in place at the first primary's address, which the device knows. Opened with the
+    // connect= it had as a member, it would join the old cluster instead: refused, with why.
     std::fs::rename(&copy, &paths[0]).unwrap();
+    let joining = Connection::open(&format!(
+        "{}&connect=tcp://127.0.0.1:{}",
+        primary_uri(&paths[0], ports[0]),
+        ports[2]
+    ))
+    .err()
+    .expect("refused")
+    .to_string();
+    assert!(joining.contains("without connect="), "{joining}");
+    wait_closed(&c, "p1.db");
     let p = primary_at(&paths[0], ports[0], None);
     wait_until("the copy leads a cluster of one", || {
         (voters(&p) == [u64::from(p2_id)] && cluster_role(&p) == "leader").then_some(())

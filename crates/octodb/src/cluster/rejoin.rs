@@ -150,6 +150,7 @@ fn clear_raft_state(c: &Connection, next: Next) -> Result<Vec<(u64, String)>> {
 /// the other members its old cluster had (this one is node `own`). Its log and rows stay:
 /// devices that had more from the lost cluster find their primary behind them and are
 /// handled as after any restored primary.
+///
 /// The whole cluster went back to the file's state, so the ids handed out after it are
 /// reserved for the devices that hold them (`node::restored_ids`).
 pub(crate) fn start_new_cluster(
@@ -168,6 +169,12 @@ pub(crate) fn start_new_cluster(
          not called again"
     );
     Ok((addrs, reserved))
+}
+
+/// Whether the file was made the first member of a new cluster (`start_new_cluster`) and
+/// has not formed it yet.
+pub(crate) fn starts_new_cluster(c: &Connection) -> Result<bool> {
+    Ok(meta_get::<i64>(c, STARTED_FROM_FILE_KEY)?.is_some() && !super::is_formed(c)?)
 }
 
 /// Whether a primary joining this one's cluster must take a snapshot of the whole state

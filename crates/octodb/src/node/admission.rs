@@ -100,7 +100,10 @@ pub(super) async fn admit(
             }
             let reason = match restored_ids::claim_in(&who.info) {
                 Some(claim) => format!(
-                    "this primary was restored from a copy of its file older than this                      device's approval (node {}), and does not know it: log in again with                      PRAGMA user_login='...' on the device. It keeps its node id, its data                      and its pending work",
+                    "this primary was restored from a copy of its file older than this \
+                     device's approval (node {}), and does not know it: log in again with \
+                     PRAGMA user_login='...' on the device. It keeps its node id, its data \
+                     and its pending work",
                     claim.node_id
                 ),
                 None => "this network needs a user: run PRAGMA user_signup='...' or PRAGMA                          user_login='...' on the device"

@@ -469,6 +469,17 @@ impl Node {
         let joins = cfg.role == Some(Role::Primary)
             && (!cfg.connect.is_empty() || rejoins)
             && !crate::cluster::is_formed(&conn)?;
+        // A file `restore-cluster` made the first member of a new cluster forms it: joining
+        // another through `connect=` (its old cluster's members, typically, from the URI it
+        // always had) would throw the restore away, or join a cluster that still runs.
+        if joins && !rejoins && crate::cluster::rejoin::starts_new_cluster(&conn)? {
+            return Err(Error::rule(format!(
+                "`{}` was made the first member of a new cluster (octodb restore-cluster): open \
+                 it without connect=, so that it forms that cluster; other primaries join it \
+                 with connect= naming it",
+                cfg.path.display()
+            )));
+        }
         let identity = Arc::new(load_identity(&conn, &cfg)?);
         register_identity_functions(&conn, &identity)?;
         let start_seq = match cfg.role {
