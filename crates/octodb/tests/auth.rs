@@ -203,6 +203,9 @@ fn a_device_rejected_after_its_approval_is_refused_when_it_returns() {
         0,
         "nothing reaches a node whose approval was taken back"
     );
+    // Its app cannot log it back in: only the backend gives the approval back.
+    let again = d.execute("PRAGMA user_login='user:1'", []).unwrap_err();
+    assert!(again.to_string().contains("already authorized"), "{again}");
 }
 
 #[test]

@@ -384,6 +384,14 @@ fn under_user_auth_a_device_approved_after_the_backup_logs_in_again_and_keeps_it
     late.wait_for(DEADLINE, |s| s.auth_error.is_some()).unwrap();
     let asked = late.sync_status().unwrap().auth_error.unwrap();
     assert!(asked.contains("log in again"), "{asked}");
+    // As another user it would keep its user's rows and miss the other's: refused.
+    late.execute("PRAGMA user_login='user:77'", []).unwrap();
+    late.wait_for(DEADLINE, |s| {
+        s.auth_error
+            .as_deref()
+            .is_some_and(|e| e.contains("as that user only"))
+    })
+    .unwrap();
     late.execute(&format!("PRAGMA user_login='user:{}'", user.unwrap()), [])
         .unwrap();
     wait_until("the late device is back under its node id", || {

@@ -70,7 +70,9 @@ pub(super) async fn admit(
     // A key this primary does not know, approved under ids a newer copy of its file handed
     // out: the backend decides again, but on ids it may keep (`restored_ids`).
     let rejected = known.as_ref().is_some_and(|m| m.auth_state == "rejected");
-    if let Some(claim) = restored_ids::claim_in(&who.info).filter(|_| !rejected) {
+    // (A key the backend rejected stays out: its claim is not heard.)
+    let claim = restored_ids::claim_in(&who.info).filter(|_| !rejected);
+    if let Some(claim) = claim {
         let judged = shared.read(move |c| restored_ids::judge(c, claim)).await?;
         if let Err(reason) = judged {
             return refuse(wr, reason).await;
@@ -98,15 +100,17 @@ pub(super) async fn admit(
                 })
                 .await?;
             }
-            let reason = match restored_ids::claim_in(&who.info) {
+            let reason = match claim {
                 Some(claim) => format!(
-                    "this primary was restored from a copy of its file older than this \
-                     device's approval (node {}), and does not know it: log in again with \
-                     PRAGMA user_login='...' on the device. It keeps its node id, its data \
-                     and its pending work",
-                    claim.node_id
+                    "{} (node {}), and does not know it: log in again with PRAGMA \
+                     user_login='...' on the device, as its user {}. It keeps its node id, its \
+                     data and its pending work",
+                    restored_ids::LOG_IN_AGAIN,
+                    claim.node_id,
+                    claim.user_id
                 ),
-                None => "this network needs a user: run PRAGMA user_signup='...' or PRAGMA                          user_login='...' on the device"
+                None => "this network needs a user: run PRAGMA user_signup='...' or PRAGMA \
+                         user_login='...' on the device"
                     .into(),
             };
             send_now(wr, &Message::AuthRequired { reason }).await?;

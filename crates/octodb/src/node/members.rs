@@ -432,6 +432,21 @@ pub(crate) fn decide(
         ),
         Decision::Node(Role::Primary) => (Role::Primary, None),
     };
+    // A device a restored primary does not know (`restored_ids`) holds its user's rows: it
+    // may come back as that user only (as another, it would keep the first one's rows and
+    // miss its own).
+    let claim = info_of(c, row)?.as_deref().and_then(restored_ids::claim_in);
+    if let (Some(claim), Some(user_id)) = (claim.filter(|_| row < 0), user_id) {
+        if user_id != claim.user_id {
+            let reason = format!(
+                "this device holds the rows of user {}, the user it was approved as: it may log \
+                 in again as that user only (the backend approved it as user {user_id})",
+                claim.user_id
+            );
+            tracing::info!(pubkey, %reason, "node refused");
+            return Ok(Admission::Rejected(reason));
+        }
+    }
     let node_id = give_node_id(c, row)?;
     c.prepare_cached(
         "UPDATE _octo_nodes SET auth_state = 'approved', node_type = ?2, user_id = ?3, request = NULL

@@ -743,17 +743,17 @@ impl Node {
             return Err(bad("only devices (node=secondary) sign up or log in".into()));
         }
         let id = &self.shared.identity;
-        // An approved device asks again only when the primaries asked it to: its approval
-        // taken back, or a primary restored from an older copy that does not know it.
-        let asked_again = matches!(
-            self.shared
-                .live
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .auth_state
-                .as_deref(),
-            Some("rejected" | "required")
-        );
+        // An approved device asks again only when a primary restored from an older copy,
+        // which does not know it, asked it to (`restored_ids`); one whose approval the backend
+        // took back ("rejected") stays out.
+        let asked_again = self
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .auth_state
+            .as_deref()
+            == Some("required");
         if id.node_id() != 0 && !asked_again {
             return Err(bad(format!(
                 "this device is already authorized (node {}, user {}); no new sign-up or login is needed",

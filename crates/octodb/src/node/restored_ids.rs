@@ -45,6 +45,11 @@ pub(crate) struct Claim {
     pub user_id: i64,
 }
 
+/// How a restored primary's request to log in again begins: the device takes it for that
+/// (and lets its app log in again) rather than for its approval taken back.
+pub(crate) const LOG_IN_AGAIN: &str =
+    "this primary was restored from a copy of its file older than this device's approval";
+
 /// The key of the claim in a device's Hello information.
 pub(crate) const CLAIM_FIELD: &str = "approved_as";
 

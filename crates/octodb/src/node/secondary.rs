@@ -562,6 +562,16 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
                 set_auth(shared, Some("pending"), None);
                 pending = true;
             }
+            Message::AuthRequired { reason }
+                if !unauthorized && reason.starts_with(super::restored_ids::LOG_IN_AGAIN) =>
+            {
+                // A primary restored from a copy older than this device's approval: the app
+                // logs in again (`Node::request_auth` takes it in this state only), and the
+                // device keeps its ids.
+                tracing::warn!(primary = %ep, "{reason}");
+                set_auth(shared, Some("required"), Some(reason));
+                return Ok(Flow::WaitForRequest);
+            }
             Message::AuthRequired { reason } if !unauthorized => {
                 // This device was approved once; the backend has taken that back.
                 let reason = format!("the primaries no longer accept this device ({reason})");
@@ -575,14 +585,17 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
                 set_auth(shared, Some("required"), None);
                 return Ok(Flow::WaitForRequest);
             }
-            Message::Refused { reason } if unauthorized => {
+            Message::Refused { reason } if unauthorized || has_auth_request(shared) => {
                 tracing::warn!(primary = %ep, "the primary refused this node: {reason}");
                 shared
                     .live
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .auth_request = None;
-                set_auth(shared, Some("rejected"), Some(reason.clone()));
+                // An approved device logging in again for a restored primary may try again
+                // (as the user whose rows it holds).
+                let state = if unauthorized { "rejected" } else { "required" };
+                set_auth(shared, Some(state), Some(reason.clone()));
                 shared.emit(Event::AuthorizationRefused { reason });
                 return Ok(Flow::WaitForRequest);
             }

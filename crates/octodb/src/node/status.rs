@@ -67,7 +67,9 @@ pub struct SyncStatus {
     /// Rows downloaded and expected, while an initial download runs.
     pub download: Option<(u64, u64)>,
     /// Devices not yet authorized: "required" (sign up or log in), "pending" (the backend
-    /// decides) or "rejected"; null once authorized.
+    /// decides) or "rejected"; null once authorized, unless the backend took the approval
+    /// back ("rejected") or a primary restored from an older copy asks for a login again
+    /// ("required").
     pub auth_state: Option<String>,
     /// Why the last request was rejected.
     pub auth_error: Option<String>,
@@ -308,7 +310,9 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         Some(Role::Primary) => (!sessions.is_empty(), sessions),
         _ => (live_peer.is_some(), live_peer.into_iter().collect()),
     };
-    let revoked = auth_state.as_deref() == Some("rejected");
+    // An approved device shows a state when the backend took its approval back, or when a
+    // primary restored from an older copy asks it to log in again ("required").
+    let revoked = matches!(auth_state.as_deref(), Some("rejected" | "required"));
     let db_is_ready = ready && (role != Some(Role::Secondary) || id.node_id() != 0);
     let caught_up = match role {
         Some(Role::Secondary) => connected && caught_up,
@@ -337,7 +341,6 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         last_sync,
         // The download's end commits `ready` before the network task clears its progress.
         download: download.filter(|_| !db_is_ready),
-        // An approved device shows a state only when the backend took its approval back.
         auth_error: auth_error.filter(|_| id.node_id() == 0 || revoked),
         auth_state: auth_state.filter(|_| id.node_id() == 0 || revoked),
         sync_error: sync_error.or_else(|| shared.cluster.get().and_then(|p| p.refused())),
