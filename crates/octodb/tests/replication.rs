@@ -834,3 +834,30 @@ fn rows_replaced_by_insert_or_replace_are_replaced_everywhere() {
         1
     );
 }
+
+/// A replicated table needs a rowid: a primary's CREATE of a WITHOUT ROWID table with a
+/// row_owner column is refused with what to change (it was accepted, and its rows silently
+/// never went anywhere); one without row_owner stays a table of the primary's own.
+#[test]
+fn a_without_rowid_table_with_row_owner_is_refused() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    let err = p
+        .execute(
+            "CREATE TABLE tags(name TEXT PRIMARY KEY, color TEXT, row_owner) WITHOUT ROWID",
+            [],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("WITHOUT ROWID"), "{err}");
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM sqlite_schema WHERE name = 'tags'"),
+        0,
+        "rolled back"
+    );
+    p.execute(
+        "CREATE TABLE lookup(name TEXT PRIMARY KEY, color TEXT) WITHOUT ROWID",
+        [],
+    )
+    .unwrap();
+}

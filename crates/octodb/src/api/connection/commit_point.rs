@@ -82,6 +82,7 @@ impl Connection {
     /// statement that commits (COMMIT, END, RELEASE; the engine's own COMMIT: "COMMIT"), to end.
     pub(super) fn propose_before_commit(&self, word: &str) -> Result<()> {
         self.refuse_oversized()?;
+        self.refuse_unreplicable_schema()?;
         let Some(proposer) = self.node.as_ref().and_then(|n| n.shared.cluster.get()) else {
             return Ok(());
         };
@@ -140,6 +141,32 @@ impl Connection {
             "a transaction too large to replicate was rolled back"
         );
         Err(crate::wire_size::too_large(bytes))
+    }
+
+    /// A primary's transaction that changed the schema is rolled back if it leaves a table
+    /// replication cannot carry (a `row_owner` column on a WITHOUT ROWID table): such a table
+    /// was accepted, and its rows never went anywhere, with nothing said.
+    fn refuse_unreplicable_schema(&self) -> Result<()> {
+        if self.repl.as_ref().map(|r| r.role) != Some(crate::uri::Role::Primary) {
+            return Ok(());
+        }
+        let changed_schema = self.committed.borrow().iter().any(|e| {
+            matches!(&e.body, log::EntryBody::Changes(cs)
+                if cs.ops.iter().any(|op| matches!(op, crate::changes::Op::Ddl { .. })))
+        });
+        if !changed_schema {
+            return Ok(());
+        }
+        let checked = self.internal(|| {
+            store::schema::user_tables(&self.conn)?
+                .iter()
+                .try_for_each(store::schema::check_replicable)
+        });
+        if let Err(e) = checked {
+            let _ = self.internal_sql("ROLLBACK");
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Whether this primary follows another in its cluster: its app's replicated writes go to
