@@ -793,3 +793,51 @@ fn a_local_row_in_the_way_of_the_primaries_row_is_named_and_sync_resumes_once_mo
         1
     );
 }
+
+/// A local row (row_owner NULL) under the id a row from the primaries has is never replaced
+/// by it (the app's local data is its own): the sync stops, naming the row, until the app
+/// deletes its row (inserting it again under another id, to keep it).
+#[test]
+fn a_local_row_under_the_id_of_the_primaries_row_is_kept_and_named() {
+    let c = common::Cluster::new();
+    let p = c.primary("p.db");
+    p.execute_batch("CREATE TABLE drafts(id INTEGER PRIMARY KEY, body TEXT, row_owner)")
+        .unwrap();
+    let d = c.device("d.db", &p);
+    let user = common::ready(&d).user_id.expect("a user");
+    d.execute(
+        "INSERT INTO drafts(id, body, row_owner) VALUES (1, 'my unsent draft', NULL)",
+        [],
+    )
+    .unwrap();
+    p.execute(
+        "INSERT INTO drafts(id, body, row_owner) VALUES (1, 'welcome', ?1)",
+        [user],
+    )
+    .unwrap();
+    let s = d
+        .wait_for(common::DEADLINE, |s| {
+            s.sync_error
+                .as_deref()
+                .is_some_and(|e| e.contains("row only this device has"))
+        })
+        .unwrap();
+    assert!(s
+        .sync_error
+        .unwrap_or_default()
+        .contains("row 1 of `drafts`"));
+    assert_eq!(
+        common::text(&d, "SELECT body FROM drafts WHERE id = 1"),
+        "my unsent draft"
+    );
+    d.execute_batch(
+        "BEGIN; DELETE FROM drafts WHERE id = 1;
+         INSERT INTO drafts(body, row_owner) VALUES ('my unsent draft', NULL); COMMIT;",
+    )
+    .unwrap();
+    common::wait_count(&d, "SELECT count(*) FROM drafts WHERE body = 'welcome'", 1);
+    assert_eq!(
+        common::count(&d, "SELECT count(*) FROM drafts WHERE row_owner IS NULL"),
+        1
+    );
+}

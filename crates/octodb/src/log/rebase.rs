@@ -253,7 +253,9 @@ fn apply_op(
         // A settled row is usually already as the primaries have it: write only a difference.
         Some(values) if settled => sql.make_equal(conn, rowid, values),
         // Rows from the primaries are usually new here: try the insert first.
-        Some(values) => ctx.inserts.insert_or_update(sql, rowid, values),
+        Some(values) => ctx
+            .inserts
+            .insert_or_update_keeping_local(sql, rowid, values),
         None => delete_row(conn, &t, rowid),
     };
     written.map_err(|e| refused_here(e, &h.name, rowid))

@@ -103,6 +103,10 @@ pub struct RowSql {
     width: usize,
     /// The kept columns, in the given order.
     read_kept: String,
+    /// Whether the row of an id is a local one (row_owner NULL); None: the table has no
+    /// row_owner.
+    is_local: Option<String>,
+    table: String,
 }
 
 impl RowSql {
@@ -136,6 +140,13 @@ impl RowSql {
             ),
             width: t.columns.len(),
             read_kept: format!("SELECT {} FROM {q} WHERE rowid = ?1", names[1..].join(", ")),
+            is_local: t.owner.map(|o| {
+                format!(
+                    "SELECT 1 FROM {q} WHERE rowid = ?1 AND {} IS NULL",
+                    ident(&t.columns[o])
+                )
+            }),
+            table: t.name.clone(),
             keep,
         }
     }
@@ -264,6 +275,29 @@ impl RowSql {
         self.update_if_insert_refused(conn, rowid, values, inserted)
     }
 
+    /// A device: refuses to write a row from the primaries over a row only this device has
+    /// (row_owner NULL) under the same id, which would be lost; the sync stops, saying so,
+    /// until the app deletes that row or gives it another id.
+    fn refuse_over_local(&self, conn: &Connection, rowid: i64) -> Result<()> {
+        let Some(is_local) = &self.is_local else {
+            return Ok(());
+        };
+        let local = conn
+            .prepare_cached(is_local)?
+            .query_row([rowid], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !local {
+            return Ok(());
+        }
+        Err(crate::Error::rule(format!(
+            "row {rowid} of `{}` from the primaries has the id of a row only this device has \
+             (row_owner NULL), which it would replace: delete that row here (insert it again \
+             without its id to keep it) and sync resumes",
+            self.table
+        )))
+    }
+
     /// After an attempt to insert the row: when its id was taken, update the row there instead.
     fn update_if_insert_refused(
         &self,
@@ -389,6 +423,21 @@ impl<'c> HeldInserts<'c> {
         values: &[Value],
     ) -> Result<()> {
         let inserted = self.insert(sql, rowid, values);
+        sql.update_if_insert_refused(self.conn, rowid, values, inserted)
+    }
+
+    /// [`Self::insert_or_update`] on a device: a row from the primaries never replaces a row
+    /// only this device has under its id ([`RowSql::refuse_over_local`]).
+    pub fn insert_or_update_keeping_local(
+        &mut self,
+        sql: &Arc<RowSql>,
+        rowid: i64,
+        values: &[Value],
+    ) -> Result<()> {
+        let inserted = self.insert(sql, rowid, values);
+        if inserted.is_err() {
+            sql.refuse_over_local(self.conn, rowid)?;
+        }
         sql.update_if_insert_refused(self.conn, rowid, values, inserted)
     }
 
