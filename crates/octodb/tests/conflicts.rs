@@ -490,3 +490,30 @@ fn a_rollback_does_not_leave_the_capture_behind_the_schema() {
     wait_count(&p, "SELECT count(*) FROM t WHERE v = 'after'", 1);
     assert_eq!(text(&p, "SELECT c FROM t WHERE v = 'after'"), "has c");
 }
+
+/// A device's insert that a rule of the data refuses at the primary (here a trigger the
+/// primaries alone enforce) is rejected as failed, with the rule's message, not as a key
+/// conflict ("first insert wins"), which it is not.
+#[test]
+fn a_rule_refusing_an_insert_is_not_called_a_conflict() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    p.execute_batch(
+        "CREATE TRIGGER banned BEFORE INSERT ON t
+           WHEN NEW.v = 'banned' AND EXISTS (SELECT 1 FROM sqlite_schema WHERE name = '_octo_raft')
+           BEGIN SELECT RAISE(ABORT, 'banned word'); END;",
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute("INSERT INTO t(v) VALUES ('banned')", []).unwrap();
+    let s = d
+        .wait_for(DEADLINE, |s| s.last_rejected.is_some() && s.outbox_len == 0)
+        .unwrap();
+    let reason = s.last_rejected.unwrap().reason;
+    assert!(
+        reason.contains("banned word") && reason.contains("failed"),
+        "{reason}"
+    );
+    assert!(!reason.contains("first insert wins"), "{reason}");
+}

@@ -639,7 +639,7 @@ pub fn apply_device_txn(
                 }
                 match inserts.insert(sql, rowid, values) {
                     Ok(()) => {}
-                    Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                    Err(e) if is_key_conflict(&e) => {
                         return Ok(Err(format!(
                             "insert into `{}` conflicts with a row the primaries already have (first insert wins): {e}",
                             t.name
@@ -758,6 +758,21 @@ fn stored_as_given(t: &TableLayout, columns: &[String], values: &[Value]) -> boo
     t.columns == columns
         && values.len() == t.kinds.len()
         && values.iter().zip(&t.kinds).all(|(v, k)| k.keeps(v))
+}
+
+/// A row refused because its id or a unique value is another row's (a conflict between
+/// writers), rather than by a CHECK, NOT NULL, foreign key or trigger (a rule of the data):
+/// the two are worded apart in the rejection.
+fn is_key_conflict(e: &rusqlite::Error) -> bool {
+    use rusqlite::ffi::{
+        SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_ROWID, SQLITE_CONSTRAINT_UNIQUE,
+    };
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if [SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE, SQLITE_CONSTRAINT_ROWID]
+                .contains(&f.extended_code)
+    )
 }
 
 #[cfg(test)]
