@@ -444,8 +444,8 @@ impl Writer {
                         Err(e) => {
                             let reason = format!(
                                 "the primary could not write {count} device transactions ({e}); \
-                                 if its disk is full, free space there: they are sent again \
-                                 and accepted once it can write"
+                                 {}: they are sent again and accepted once it can write",
+                                write_failure_advice(&e)
                             );
                             tracing::error!("{reason}");
                             let nodes = batch.iter().map(|(s, _)| s.node_id).collect();
@@ -1333,4 +1333,15 @@ fn decide_device_txns(
         new.record(sender.node_id, done, count);
     }
     Ok(())
+}
+
+/// What the operator of a primary whose writer could not write should look at.
+fn write_failure_advice(e: &Error) -> &'static str {
+    match e {
+        Error::Sqlite(se) if se.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
+            "another connection to its file holds a write transaction open (an application's \
+             transaction left open: commit or roll it back)"
+        }
+        _ => "if its disk is full, free space there",
+    }
 }
