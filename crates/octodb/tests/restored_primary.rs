@@ -401,3 +401,32 @@ fn under_user_auth_a_device_approved_after_the_backup_logs_in_again_and_keeps_it
     assert_eq!(ids(&late), (node, user));
     wait_count(&p, "SELECT count(*) FROM t WHERE v = 'ann''s'", 1);
 }
+
+/// The download a device takes from a restored primary never writes over a row only the
+/// device has (row_owner NULL) under the same id: it stops, naming the row, until the app
+/// deletes it (README: a resync never touches local rows).
+#[test]
+fn a_resync_keeps_a_local_row_under_a_downloaded_rows_id() {
+    let BackedUp { c, p, port, d } = backed_up("kept");
+    insert(&p, "lost");
+    wait_count(&d, "SELECT count(*) FROM t", 2);
+    drop(p);
+    d.execute(
+        "INSERT INTO t(id, v, row_owner) VALUES (999, 'mine only', NULL)",
+        [],
+    )
+    .unwrap();
+    restore(&c);
+    let p = Connection::open(&primary_uri(&c.path("p.db"), port)).unwrap();
+    p.execute(
+        "INSERT INTO t(id, v, row_owner) VALUES (999, 'everyone''s', '*')",
+        [],
+    )
+    .unwrap();
+    refused_with(&d, "row only this device has");
+    assert_eq!(text(&d, "SELECT v FROM t WHERE id = 999"), "mine only");
+    d.execute("DELETE FROM t WHERE id = 999", []).unwrap();
+    wait_until("the resync ends with the primary's rows", || {
+        (values(&d) == values(&p)).then_some(())
+    });
+}

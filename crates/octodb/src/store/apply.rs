@@ -321,9 +321,10 @@ impl RowSql {
     }
 }
 
-/// Insert many rows given by `columns` (unknown columns are skipped), as the initial download
-/// does: one prepared statement for them all. A row whose id is taken here already (a local
-/// row made before the download) is updated instead.
+/// Insert many rows given by `columns` (unknown columns are skipped), as a device's download
+/// does: one prepared statement for them all. A row whose id is taken here already is updated
+/// instead, unless it is a row only this device has (row_owner NULL), which is never
+/// replaced: the download stops, saying so ([`RowSql::refuse_over_local`]).
 pub fn insert_rows(
     conn: &Connection,
     t: &TableLayout,
@@ -454,6 +455,9 @@ fn insert_one_by_one(conn: &Connection, sql: &RowSql, rows: &[(i64, Vec<Value>)]
     let mut insert = conn.prepare_cached(&sql.insert)?;
     for (rowid, values) in rows {
         let inserted = sql.insert_held(&mut insert, *rowid, values);
+        if inserted.is_err() {
+            sql.refuse_over_local(conn, *rowid)?;
+        }
         sql.update_if_insert_refused(conn, *rowid, values, inserted)?;
     }
     Ok(())
