@@ -167,17 +167,22 @@ fn lose_p3_and_restore(
     p3
 }
 
-/// A follower's file replaced by a backup taken earlier (`octodb backup`): restored, it may
-/// be older than what it acknowledged to the others, so it rejoins as a new member (a new
-/// node id) and takes the cluster's current state, the rows written after the backup too.
-#[test]
-fn a_member_restored_from_an_old_backup_rejoins_as_a_new_member() {
-    let c = Cluster::new();
+/// `three` with p3 restored from a backup (`octodb backup`) taken after the row 'before' and
+/// before the row 'after': p3 has rejoined as a new member and holds 'after'.
+struct Restored {
+    ports: [u16; 3],
+    paths: [std::path::PathBuf; 3],
+    p1: Connection,
+    p2: Connection,
+    p3: Connection,
+}
+
+fn p3_restored_from_backup(c: &Cluster) -> Restored {
     let Three {
         ports,
         paths,
         primaries: [p1, p2, p3],
-    } = three(&c);
+    } = three(c);
     p1.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
         .unwrap();
     wait_count(&p3, "SELECT count(*) FROM t", 1);
@@ -195,9 +200,27 @@ fn a_member_restored_from_an_old_backup_rejoins_as_a_new_member() {
     wait_count(&p3, "SELECT count(*) FROM t", 2);
 
     // p3's disk is lost; its backup is restored in its place.
-    let p3 = lose_p3_and_restore(&c, &p1, p3, (&paths[2], ports[2]), || {
+    let p3 = lose_p3_and_restore(c, &p1, p3, (&paths[2], ports[2]), || {
         std::fs::rename(&copy, &paths[2]).unwrap()
     });
+    Restored {
+        ports,
+        paths,
+        p1,
+        p2,
+        p3,
+    }
+}
+
+/// A follower's file replaced by a backup taken earlier (`octodb backup`): restored, it may
+/// be older than what it acknowledged to the others, so it rejoins as a new member (a new
+/// node id) and takes the cluster's current state, the rows written after the backup too.
+#[test]
+fn a_member_restored_from_an_old_backup_rejoins_as_a_new_member() {
+    let c = Cluster::new();
+    let Restored {
+        paths, p1, p2, p3, ..
+    } = p3_restored_from_backup(&c);
     let log = "SELECT seq, origin_node, origin_txn, body FROM _octo_log ORDER BY seq";
     wait_until("p3 holds the cluster's log", || {
         (file_rows(&paths[2], log) == file_rows(&paths[0], log)).then_some(())
@@ -430,22 +453,13 @@ fn role(p: &Connection) -> Option<String> {
 #[test]
 fn a_primary_joining_through_a_leader_that_rejoined_from_a_backup_catches_up() {
     let c = Cluster::new();
-    let Three {
+    let Restored {
         ports,
         paths,
-        primaries: [p1, p2, p3],
-    } = three(&c);
-    p1.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
-        .unwrap();
-    wait_count(&p3, "SELECT count(*) FROM t", 1);
-    let copy = c.path("p3-backup.db");
-    let cfg = octodb::NodeConfig::parse(&primary_uri(&paths[2], ports[2])).unwrap();
-    octodb::backup(&cfg, &copy).unwrap();
-    p1.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
-        .unwrap();
-    let p3 = lose_p3_and_restore(&c, &p1, p3, (&paths[2], ports[2]), || {
-        std::fs::rename(&copy, &paths[2]).unwrap()
-    });
+        p1,
+        p2,
+        p3,
+    } = p3_restored_from_backup(&c);
 
     // The restored member must lead: stop whichever other primary leads until it does (each
     // election among two is a coin toss; the stopped one comes back as a follower).
