@@ -116,7 +116,8 @@ fn every_output_mode_prints_what_sqlite3_prints() {
 
 #[test]
 fn schema_tables_and_dump_print_what_sqlite3_prints() {
-    let script = ".schema\n.schema t%\n.schema odd%\n.tables\n.tables %o%\n.dump\n.dump t\n";
+    let script = ".schema\n.schema t%\n.schema odd%\n.tables\n.tables %o%\n.dump\n.dump t\n\
+                  .indexes\n.indexes t\n.indexes nothing\n.print done with  the schema\n";
     compare(script, |s| {
         // octodb's one extra line: what .dump leaves out.
         s.lines()
@@ -239,6 +240,9 @@ fn sql_arguments_stop_at_the_first_error() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("not run"));
     let (count, _) = run(octodb_on(&db), "SELECT count(*) FROM t;");
     assert_eq!(count, "3\n", "the DELETE was not committed");
+    // `.bail on` in the script does too.
+    let (out, _) = run(octodb_on(&db), ".bail on\nSELEC;\nSELECT 'after';\n");
+    assert_eq!(out, "");
     // `-bail` does the same for a script; without it the script goes on, as sqlite3's does.
     let mut bail = octodb();
     bail.arg("-bail").arg(&db);

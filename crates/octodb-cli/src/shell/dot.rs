@@ -8,16 +8,19 @@ use std::io::Write;
 /// Every command, for `.help` and for completion.
 pub const COMMANDS: &[&str] = &[
     ".backup",
+    ".bail",
     ".dump",
     ".exit",
     ".headers",
     ".help",
     ".import",
+    ".indexes",
     ".mode",
     ".nodes",
     ".nullvalue",
     ".once",
     ".output",
+    ".print",
     ".quit",
     ".read",
     ".schema",
@@ -30,6 +33,7 @@ pub const COMMANDS: &[&str] = &[
 
 pub const HELP: &str = "\
 .backup FILE             a consistent copy of the database into the new FILE (never overwrites)
+.bail on|off             stop at the first error (as -bail)
 .dump ?PATTERN ...?      the schema and rows as SQL, in one transaction; objects named LIKE
                          PATTERN only; octodb's own tables (_octo_*), their triggers and temp
                          objects are left out
@@ -39,10 +43,12 @@ pub const HELP: &str = "\
 .import ?--csv? ?--skip N? FILE TABLE
                          rows of a CSV FILE into TABLE; a new TABLE is created from the header
                          row, into an existing one every row is data (--skip 1 drops a header)
+.indexes ?TABLE?         names of the indexes (of tables named LIKE TABLE)
 .mode MODE               box, column, csv, json, line, list, markdown, quote, table, tabs
 .nodes                   the nodes this node knows (PRAGMA nodes)
 .nullvalue TEXT          how NULL prints (default: nothing)
 .once FILE|'|CMD'        the next command's output goes into FILE (or CMD's input)
+.print TEXT ...          print the words of TEXT
 .output ?FILE?           output into FILE from now on; with no FILE, back to the screen
 .read FILE               run the SQL and dot commands of FILE
 .schema ?PATTERN?        CREATE statements, of tables or objects named LIKE PATTERN only
@@ -180,6 +186,13 @@ impl Shell {
                 None => self.report("usage: .nullvalue TEXT"),
             },
             ".output" | ".once" => self.redirect(cmd == ".once", arg(1)),
+            ".print" => self.say(&args[1..].join(" ")),
+            ".bail" => match arg(1) {
+                Some("on") => self.bail = true,
+                Some("off") => self.bail = false,
+                _ => self.report("usage: .bail on|off"),
+            },
+            ".indexes" | ".indices" => self.indexes(arg(1)),
             ".read" => match arg(1) {
                 Some(file) => self.read_file(file),
                 None => self.report("usage: .read FILE"),
@@ -261,6 +274,22 @@ impl Shell {
         let sql = "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view') \
                    AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' \
                    AND name NOT LIKE '\\_octo\\_%' ESCAPE '\\' AND name LIKE ?1 ORDER BY name";
+        self.names_in_columns(sql, pattern);
+    }
+
+    /// `.indexes`: as sqlite3, the indexes of the tables named LIKE the pattern, octodb's own
+    /// left out.
+    fn indexes(&mut self, table: Option<&str>) {
+        let sql = "SELECT name FROM sqlite_schema WHERE type = 'index' \
+                   AND name NOT LIKE '\\_octo\\_%' ESCAPE '\\' \
+                   AND tbl_name NOT LIKE '\\_octo\\_%' ESCAPE '\\' AND tbl_name LIKE ?1 \
+                   ORDER BY name";
+        self.names_in_columns(sql, table);
+    }
+
+    /// The names `sql` selects (its `?1` the LIKE pattern), laid out as sqlite3 lays out
+    /// `.tables`.
+    fn names_in_columns(&mut self, sql: &str, pattern: Option<&str>) {
         let rows = match self.conn.query(sql, [pattern.unwrap_or("%")]) {
             Ok(r) => r,
             Err(e) => return self.report(e),
