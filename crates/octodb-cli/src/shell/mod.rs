@@ -377,6 +377,7 @@ impl Shell {
         if let Some(h) = &history {
             let _ = editor.load_history(h);
         }
+        interrupt_on_ctrl_c(self.conn.interrupt_handle());
         let status = self.conn.sync_status()?;
         println!(
             "octodb {} — {} node {}; .help for help",
@@ -416,6 +417,35 @@ impl Shell {
             let _ = editor.save_history(h);
         }
         Ok(())
+    }
+}
+
+/// Interactive: Ctrl-C stops the running statement (it fails with "interrupted") and the
+/// shell goes on, as sqlite3's does. (While a line is read, the terminal is raw and Ctrl-C
+/// reaches the line editor instead, which drops the line.) Without this the signal was
+/// ignored and a runaway query could only be killed.
+fn interrupt_on_ctrl_c(handle: rusqlite::InterruptHandle) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let spawned = std::thread::Builder::new()
+        .name("octodb-shell-ctrl-c".into())
+        .spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                let Ok(mut interrupts) = signal(SignalKind::interrupt()) else {
+                    return;
+                };
+                while interrupts.recv().await.is_some() {
+                    handle.interrupt();
+                }
+            });
+        });
+    if let Err(e) = spawned {
+        tracing::debug!("no Ctrl-C handler for the shell: {e}");
     }
 }
 

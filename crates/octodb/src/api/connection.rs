@@ -445,6 +445,12 @@ impl Connection {
         unsafe { self.conn.handle() }
     }
 
+    /// A handle that stops this connection's running statement from another thread (it then
+    /// fails with "interrupted"), as the shell's Ctrl-C does; nothing when none runs.
+    pub fn interrupt_handle(&self) -> rusqlite::InterruptHandle {
+        self.conn.get_interrupt_handle()
+    }
+
     /// Wait until `db_is_ready` (authorized and initial download done), at most `timeout`.
     /// Ends at once, with the reason, when the backend refuses the device.
     pub fn wait_until_ready(&self, timeout: Duration) -> Result<SyncStatus> {
