@@ -125,6 +125,10 @@ pub fn from_engine(py: Python<'_>, e: octodb::Error) -> PyErr {
         }
         E::Uri(_) | E::Pragma { .. } => ProgrammingError::new_err(e.to_string()),
         E::Rule(_) => IntegrityError::new_err(e.to_string()),
+        // As a read-only database refuses a write: SQLite's own class and code for it.
+        E::NotPermitted(msg) => {
+            with_code(py.get_type::<OperationalError>(), ffi::SQLITE_AUTH, &msg)
+        }
         // sqlite3 reports a file it cannot read as a database (SQLITE_NOTADB) so.
         E::Corrupt(..) | E::Crypto(_) | E::WrongKey { .. } => DatabaseError::new_err(e.to_string()),
         _ => OperationalError::new_err(e.to_string()),

@@ -28,6 +28,10 @@ pub enum Error {
     /// A replication rule was broken by the statement; the message names the rule.
     #[error("{0}")]
     Rule(String),
+    /// A statement a replicated node does not permit (lowering `synchronous`, renaming
+    /// `row_owner`), refused before it ran, as a read-only database refuses a write.
+    #[error("{0}")]
+    NotPermitted(String),
     /// The primaries' cluster could not take or confirm a transaction now (a leader change, a
     /// lost majority, a disk that refuses): a matter of availability, not a broken rule.
     #[error("{0}")]

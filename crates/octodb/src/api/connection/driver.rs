@@ -112,15 +112,17 @@ impl Connection {
             self.write_lock_before_reading(&word)?;
             self.refresh_schema()?;
             if word == "ALTER" && alters_row_owner(sql) {
-                return Err(Error::rule(
-                    "the row_owner column cannot be renamed or dropped: it decides where rows replicate",
+                return Err(Error::NotPermitted(
+                    "the row_owner column cannot be renamed or dropped: it decides where rows replicate"
+                        .into(),
                 ));
             }
             if word == "PRAGMA" && lowers_synchronous(sql) {
-                return Err(Error::rule(
+                return Err(Error::NotPermitted(
                     "a replicated node keeps synchronous=FULL (or EXTRA): a commit lost at a power \
                      loss after it was sent would make the node hand out its transaction and row \
-                     ids again",
+                     ids again"
+                        .into(),
                 ));
             }
             let afresh = WRAPPED.contains(&word.as_str()) && self.leader_followed();
