@@ -118,8 +118,10 @@ def test_schema_comes_from_the_backend_and_devices_cannot_change_it(open_primary
     with pytest.raises(octodb.OperationalError, match="primaries") as e:
         phone.execute("CREATE TABLE mine(x)")
     assert e.value.sqlite_errorname == "SQLITE_AUTH", "refused as sqlite3 refuses what is not permitted"
-    # So are the statements no node permits: lowering synchronous, renaming row_owner.
-    for refused in ["PRAGMA synchronous=OFF", "ALTER TABLE todos RENAME COLUMN row_owner TO o"]:
+    # So are the statements no node permits: lowering synchronous, leaving WAL, renaming
+    # row_owner.
+    for refused in ["PRAGMA synchronous=OFF", "PRAGMA journal_mode=DELETE",
+                    "ALTER TABLE todos RENAME COLUMN row_owner TO o"]:
         with pytest.raises(octodb.OperationalError) as e:
             backend.execute(refused)
         assert e.value.sqlite_errorname == "SQLITE_AUTH", refused

@@ -770,6 +770,17 @@ fn lowers_synchronous(sql: &str) -> bool {
         .is_some_and(|v| !matches!(v.as_str(), "FULL" | "EXTRA" | "2" | "3"))
 }
 
+/// `PRAGMA [main.]journal_mode = X` with X anything but WAL (an attached or temp database's
+/// journal is the app's own affair).
+fn leaves_wal(sql: &str) -> bool {
+    let words: Vec<String> = sql_text::words(sql).collect();
+    let Some(at) = words.iter().take(3).position(|w| w == "JOURNAL_MODE") else {
+        return false;
+    };
+    let main = at == 1 || words.get(1).is_some_and(|schema| schema == "MAIN");
+    main && words.get(at + 1).is_some_and(|v| v != "WAL")
+}
+
 /// A statement prepared on a connection, run as many times as needed.
 pub struct Statement<'c> {
     conn: &'c Connection,
@@ -847,6 +858,27 @@ mod tests {
             "PRAGMA journal_mode=WAL",
         ] {
             assert!(!super::lowers_synchronous(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn leaving_wal_is_recognized() {
+        for sql in [
+            "PRAGMA journal_mode=DELETE",
+            "pragma main.journal_mode = 'truncate'",
+            "PRAGMA journal_mode(memory)",
+        ] {
+            assert!(super::leaves_wal(sql), "{sql}");
+        }
+        for sql in [
+            "PRAGMA journal_mode",
+            "PRAGMA journal_mode=WAL",
+            "PRAGMA main.journal_mode = wal",
+            "PRAGMA temp.journal_mode = memory",
+            "PRAGMA aux.journal_mode = delete",
+            "PRAGMA synchronous=OFF",
+        ] {
+            assert!(!super::leaves_wal(sql), "{sql}");
         }
     }
 

@@ -13,7 +13,7 @@
 //!
 //! On a plain local database the phases do nothing but note the counters.
 
-use super::{alters_row_owner, lowers_synchronous, Connection};
+use super::{alters_row_owner, leaves_wal, lowers_synchronous, Connection};
 use crate::api::authz;
 use crate::api::pragma;
 use crate::api::rows::Rows;
@@ -114,6 +114,13 @@ impl Connection {
             if word == "ALTER" && alters_row_owner(sql) {
                 return Err(Error::NotPermitted(
                     "the row_owner column cannot be renamed or dropped: it decides where rows replicate"
+                        .into(),
+                ));
+            }
+            if word == "PRAGMA" && leaves_wal(sql) {
+                return Err(Error::NotPermitted(
+                    "a replicated node keeps journal_mode=WAL: its engine reads beside the app's \
+                     writes"
                         .into(),
                 ));
             }
