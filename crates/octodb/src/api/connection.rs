@@ -758,27 +758,27 @@ fn alters_row_owner(sql: &str) -> bool {
     })
 }
 
+/// The schema named (None: none) and the value of `PRAGMA [schema.]name = value` (or
+/// `name(value)`); None when `sql` sets no such pragma.
+fn pragma_assignment(sql: &str, name: &str) -> Option<(Option<String>, String)> {
+    let words: Vec<String> = sql_text::words(sql).collect();
+    let at = words.iter().take(3).position(|w| w == name)?;
+    let value = words.get(at + 1)?.clone();
+    Some(((at == 2).then(|| words[1].clone()), value))
+}
+
 /// `PRAGMA [schema.]synchronous = X` with X anything but FULL or EXTRA (SQLite reads any
 /// other word as OFF or NORMAL).
 fn lowers_synchronous(sql: &str) -> bool {
-    let words: Vec<String> = sql_text::words(sql).collect();
-    let Some(at) = words.iter().take(3).position(|w| w == "SYNCHRONOUS") else {
-        return false;
-    };
-    words
-        .get(at + 1)
-        .is_some_and(|v| !matches!(v.as_str(), "FULL" | "EXTRA" | "2" | "3"))
+    pragma_assignment(sql, "SYNCHRONOUS")
+        .is_some_and(|(_, v)| !matches!(v.as_str(), "FULL" | "EXTRA" | "2" | "3"))
 }
 
 /// `PRAGMA [main.]journal_mode = X` with X anything but WAL (an attached or temp database's
 /// journal is the app's own affair).
 fn leaves_wal(sql: &str) -> bool {
-    let words: Vec<String> = sql_text::words(sql).collect();
-    let Some(at) = words.iter().take(3).position(|w| w == "JOURNAL_MODE") else {
-        return false;
-    };
-    let main = at == 1 || words.get(1).is_some_and(|schema| schema == "MAIN");
-    main && words.get(at + 1).is_some_and(|v| v != "WAL")
+    pragma_assignment(sql, "JOURNAL_MODE")
+        .is_some_and(|(schema, v)| schema.is_none_or(|s| s == "MAIN") && v != "WAL")
 }
 
 /// A statement prepared on a connection, run as many times as needed.
