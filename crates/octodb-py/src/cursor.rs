@@ -6,7 +6,7 @@
 use crate::connection::{ConnInner, Connection};
 use crate::db::{Db, DbGuard};
 use crate::errors;
-use crate::ffi_util::{detached, RawStmt};
+use crate::ffi_util::{column_origins, detached, RawStmt};
 use crate::params;
 use crate::row::Row;
 use crate::stmt::{self, Stmt};
@@ -482,6 +482,11 @@ impl<'py> Run<'_, 'py> {
             }
         };
         let failure = (rc != ffi::SQLITE_DONE).then(|| step_error(py, g));
+        if failure.is_none() && !rows.is_empty() {
+            let n = s.column_count(g).max(0) as usize;
+            g.engine()?
+                .correct_returned_ids(|| column_origins(raw, n), rows.make_contiguous());
+        }
         let changed = changes(g);
         let ok = if failure.is_none() {
             Ok(changed.max(0) as u64)

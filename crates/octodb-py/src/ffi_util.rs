@@ -89,3 +89,31 @@ pub struct Detached<T>(pub *mut T);
 // SAFETY: `Python::detach` runs its closure on the calling thread; the pointer never reaches
 // another thread, and whoever made it keeps what it points to alive and locked meanwhile.
 unsafe impl<T> Send for Detached<T> {}
+
+/// Where each of the first `n` result columns of `stmt` comes from, as SQLite says (None for
+/// an expression); see `octodb::Connection::correct_returned_ids`.
+pub fn column_origins(stmt: RawStmt, n: usize) -> Vec<Option<octodb::api::ColumnOrigin>> {
+    let text = |p: *const c_char| -> Option<String> {
+        // SAFETY: SQLite's column metadata strings live as long as the statement, which the
+        // caller holds (under its Db lock); the text is copied at once.
+        let bytes = unsafe { c_bytes(p) }?;
+        std::str::from_utf8(bytes).ok().map(str::to_string)
+    };
+    (0..n as std::ffi::c_int)
+        .map(|i| {
+            // SAFETY: `stmt` is a live prepared statement and `i` one of its result columns.
+            let (database, table, column) = unsafe {
+                (
+                    ffi::sqlite3_column_database_name(stmt.0, i),
+                    ffi::sqlite3_column_table_name(stmt.0, i),
+                    ffi::sqlite3_column_origin_name(stmt.0, i),
+                )
+            };
+            Some(octodb::api::ColumnOrigin {
+                database: text(database)?,
+                table: text(table)?,
+                column: text(column)?,
+            })
+        })
+        .collect()
+}

@@ -730,6 +730,71 @@ fn ids_sqlite_picks_move_into_the_nodes_range_and_ids_the_app_gives_are_kept() {
     }
 }
 
+/// A node's file holds its secret key: the file, its WAL and its shared memory are readable by
+/// their owner only, whatever the umask (SQLite alone creates them 0644).
+#[test]
+fn a_new_nodes_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute("INSERT INTO t(v) VALUES ('x')", []).unwrap();
+    for name in [
+        "p.db", "p.db-wal", "p.db-shm", "d.db", "d.db-wal", "d.db-shm",
+    ] {
+        let mode = std::fs::metadata(c.path(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{name}: mode {mode:o}");
+    }
+}
+
+/// `INSERT ... RETURNING` gives the ids the rows end with. SQLite computes RETURNING before
+/// the engine moves a row it numbered into the node's range: the id it first chose is another
+/// node's next id, and an app updating by it changed another user's row.
+#[test]
+fn insert_returning_gives_the_ids_the_rows_end_with() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    let returned = |conn: &octodb::Connection, sql: &str| -> Vec<(i64, String)> {
+        let rows = conn.query(sql, []).unwrap();
+        rows.iter()
+            .map(|r| (r.get(0).unwrap(), r.get(1).unwrap()))
+            .collect()
+    };
+    let check = |conn: &octodb::Connection, rows: &[(i64, String)]| {
+        let node = i64::from(conn.sync_status().unwrap().node_id);
+        for (id, v) in rows {
+            assert_eq!(
+                *id,
+                count(conn, &format!("SELECT id FROM t WHERE v = '{v}'")),
+                "the id returned for {v} is the row's"
+            );
+            assert_eq!(id >> 32, node, "{v}'s id {id:#x} in node {node}'s range");
+        }
+    };
+    // On an empty table SQLite picks ids 1 and 2, which are no node's.
+    let rows = returned(&d, "INSERT INTO t(v) VALUES ('d1'), ('d2') RETURNING id, v");
+    check(&d, &rows);
+    wait_count(&p, "SELECT count(*) FROM t", 2);
+    // On the primary SQLite picks the device's next id, for both rows in turn.
+    let rows = returned(&p, "INSERT INTO t(v) VALUES ('p1'), ('p2') RETURNING id, v");
+    check(&p, &rows);
+    assert_ne!(rows[0].0, rows[1].0);
+    // Whatever the rowid is called, and with the app's own ids in the same statement.
+    let rows = returned(
+        &p,
+        "INSERT INTO t(id, v) VALUES (NULL, 'p3'), (7, 'given') RETURNING _rowid_, v",
+    );
+    assert_eq!(rows[1], (7, "given".to_string()));
+    check(&p, &rows[..1]);
+    assert_eq!(p.last_insert_rowid(), 7);
+}
+
 #[test]
 fn each_device_gets_its_users_rows_and_hears_its_position_past_the_others() {
     let c = Cluster::new();

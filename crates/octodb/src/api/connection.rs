@@ -29,6 +29,7 @@ use crate::node::write_turns::AppTurn;
 use crate::node::{open_node, Event, Node, NodeRecord, SyncStatus};
 use crate::store;
 use crate::store::capture::Capture;
+use crate::store::returned_ids::ColumnOrigin;
 use crate::uri::{NodeConfig, Role};
 use crate::value::Value;
 use pragmas::pragma_columns;
@@ -308,6 +309,13 @@ impl Connection {
         }
     }
 
+    /// How long a statement waits for another connection's lock before failing with
+    /// "database is locked". A node's connections wait 60 s unless told otherwise: the
+    /// engine's writer holds the lock while it applies what other nodes sent.
+    pub fn set_busy_timeout(&self, wait: Duration) -> Result<()> {
+        Ok(self.conn.busy_timeout(local::sqlite_wait(wait))?)
+    }
+
     /// Rows changed by the last statement.
     pub fn changes(&self) -> u64 {
         match self.repl {
@@ -536,7 +544,13 @@ impl Connection {
             &mut cached
         };
         let started = self.before_step(prepared, sql, stmt.readonly())?;
-        let result = execute_statement(stmt, params).map_err(|e| self.sql_error(e));
+        let mut result = execute_statement(stmt, params).map_err(|e| self.sql_error(e));
+        if let Ok(Outcome {
+            rows: Some(rows), ..
+        }) = &mut result
+        {
+            self.correct_returned_ids(|| column_origins(stmt), &mut rows.rows);
+        }
         let changes = result.as_ref().map(|out| out.changes).map_err(|_| ());
         self.after_steps(started, changes)?;
         result
@@ -744,6 +758,20 @@ fn execute_statement<P: Params>(
         rows: Some(Rows { columns, rows: out }),
         changes,
     })
+}
+
+/// Where each of `stmt`'s result columns comes from (see `Connection::correct_returned_ids`).
+fn column_origins(stmt: &rusqlite::Statement<'_>) -> Vec<Option<ColumnOrigin>> {
+    (0..stmt.column_count())
+        .map(|i| {
+            let (database, table, column, ..) = stmt.column_metadata(i).ok().flatten()?;
+            Some(ColumnOrigin {
+                database: database.to_str().ok()?.to_string(),
+                table: table.to_str().ok()?.to_string(),
+                column: column.to_str().ok()?.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// `ALTER TABLE t RENAME [COLUMN] row_owner ...` or `ALTER TABLE t DROP [COLUMN] row_owner`.

@@ -59,7 +59,7 @@ pub(crate) fn open_plain(
         target
     };
     let conn = rusqlite::Connection::open_with_flags(target, flags)?;
-    conn.busy_timeout(opts.busy_timeout)?;
+    conn.busy_timeout(sqlite_wait(opts.busy_timeout))?;
     if let Some(e) = encrypted {
         crate::store::at_rest::unlock(&conn, e.file, e.key)?;
     }
@@ -95,4 +95,10 @@ pub(crate) fn status() -> SyncStatus {
         primaries: Vec::new(),
         log_start: None,
     }
+}
+
+/// `wait` as SQLite can take it: it counts in milliseconds up to about 24 days (rusqlite
+/// panics beyond).
+pub(crate) fn sqlite_wait(wait: Duration) -> Duration {
+    wait.min(Duration::from_millis(i32::MAX as u64))
 }

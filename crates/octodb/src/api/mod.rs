@@ -12,6 +12,7 @@ mod pragma;
 mod rows;
 pub mod sql_text;
 
+pub use crate::store::returned_ids::ColumnOrigin;
 pub use backup::{backup, mark_restored, restore_cluster, RestoredCluster};
 pub use connection::{app_signed_bytes, Connection, Prepared, Started, Statement, Transaction};
 pub use events::{next_event, Next};

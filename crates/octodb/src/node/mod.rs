@@ -437,6 +437,7 @@ impl Node {
     /// Open the node for `cfg`: lock the file, prepare it, start the engine and the network.
     fn start(cfg: NodeConfig) -> Result<Node> {
         let lock = ProcessLock::acquire(&cfg.path)?;
+        store::file_mode::keep_private(&cfg.path)?;
         let conn = store::open_connection(&cfg.path, cfg.file_key())?;
         store::init_internal_schema(&conn)?;
         store::write_txn(&conn, crate::log::outbox::upgrade)?;

@@ -14,6 +14,7 @@
 //! one is a new change. Each leaves a mark in a TEMP table, which SQLite undoes with it, so the
 //! commit knows whether it still stands.
 
+use super::returned_ids::MovedId;
 use super::schema::{self, TableLayout};
 use crate::changes::{ChangeSet, Op};
 use crate::error::{Error, Result};
@@ -132,6 +133,8 @@ struct State {
     tables: HashMap<String, usize, foldhash::fast::RandomState>,
     /// Per layout id: the row being inserted into that table now, or last.
     inserting: Vec<Inserting>,
+    /// The rows the running statement inserted whose id the engine moved, in insert order.
+    moved: Vec<MovedId>,
     /// The statement running now: schema statements are marked with it.
     statement: i64,
     /// What the open transaction changed so far.
@@ -564,6 +567,7 @@ impl Capture {
     pub fn begin_statement(&self) {
         let mut st = self.lock();
         st.inserting.clear();
+        st.moved.clear();
         st.statement += 1;
     }
 
@@ -642,7 +646,21 @@ impl Capture {
             rowid
         };
         row.decided = Some((rowid, to));
+        if to != rowid {
+            if let Some(layout) = st.layouts.get(layout_id).cloned() {
+                st.moved.push(MovedId {
+                    layout,
+                    from: rowid,
+                    to,
+                });
+            }
+        }
         to
+    }
+
+    /// The rows the running statement inserted whose id the engine moved, in insert order.
+    pub fn moved_ids(&self) -> Vec<MovedId> {
+        self.lock().moved.clone()
     }
 
     /// The id the last statement's row that SQLite gave id `raw` ends with: the last row it

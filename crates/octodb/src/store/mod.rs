@@ -6,7 +6,9 @@ pub mod apply;
 pub mod at_rest;
 pub mod capture;
 pub mod column_rules;
+pub mod file_mode;
 pub mod lock;
+pub mod returned_ids;
 pub mod schema;
 pub mod trigger_effects;
 

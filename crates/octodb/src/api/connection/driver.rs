@@ -8,8 +8,9 @@
 //!    [`Prepared::fresh`] says so (the authorizer notes schema statements only while they are
 //!    prepared);
 //! 3. [`Connection::before_step`] once it is prepared and bound;
-//! 4. step it to its end, then [`Connection::after_steps`] with the number of rows it changed,
-//!    or `Err(())` if it failed (the driver reports SQLite's error itself).
+//! 4. step it to its end, then, if it returned rows, [`Connection::correct_returned_ids`],
+//!    then [`Connection::after_steps`] with the number of rows it changed, or `Err(())` if it
+//!    failed (the driver reports SQLite's error itself).
 //!
 //! On a plain local database the phases do nothing but note the counters.
 
@@ -19,6 +20,8 @@ use crate::api::pragma;
 use crate::api::rows::Rows;
 use crate::api::sql_text;
 use crate::error::{Error, Result};
+use crate::store::returned_ids::{self, ColumnOrigin};
+use crate::value::Value;
 
 /// Statements that write and, outside an explicit transaction, run in one the engine opens
 /// (`BEGIN IMMEDIATE`, so the write lock is taken before any work is done).
@@ -261,6 +264,26 @@ impl Connection {
             self.recursive_triggers.set(recursive);
         }
         Ok(())
+    }
+
+    /// Phase 4, first, for a statement that returned rows: `INSERT ... RETURNING` computes its
+    /// values before the engine moves a row into this node's id range, so the ids among
+    /// `rows` (the statement's results, in order) are corrected to those the rows ended with.
+    /// `origins` is asked for only when the statement moved a row: per result column, where
+    /// its values come from (`sqlite3_column_database_name`, `_table_name`, `_origin_name`).
+    pub fn correct_returned_ids(
+        &self,
+        origins: impl FnOnce() -> Vec<Option<ColumnOrigin>>,
+        rows: &mut [Vec<Value>],
+    ) {
+        let Some(r) = &self.repl else { return };
+        if rows.is_empty() {
+            return;
+        }
+        let moved = r.capture.moved_ids();
+        if !moved.is_empty() {
+            returned_ids::correct(&moved, &origins(), rows);
+        }
     }
 
     /// Phase 4: the statement ran to its end having changed `changes` rows, or failed.
