@@ -47,6 +47,12 @@ db.register_function("user_login", 2, on_user_login)
 db.register_function("new_node", 1, on_new_node)
 print("primary listening on", ",".join(status["bind"]))
 
-# keep the app open (until Ctrl-C or SIGTERM); tell what happens
-for event in db.events():
-    print("event", event)
+# keep the app open (until Ctrl-C or SIGTERM); tell every row change, whoever made it (the
+# devices' too): the change feed, docs/change-feed.md
+after = db.feed_position()
+while True:
+    db.wait_feed(after, timeout=1.0)
+    changes, after = db.changes_after(after)
+    for change in changes:
+        print("change", change["kind"], change["table"], change["rowid"],
+              "from node", change["origin_node"], change["row"], flush=True)

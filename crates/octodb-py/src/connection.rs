@@ -9,7 +9,7 @@ use crate::stmt;
 use crate::transactions::{Autocommit, Control, Isolation, ALWAYS_OPEN_BEGIN};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple, PyType};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
 use rusqlite::ffi;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -110,16 +110,19 @@ impl Connection {
         Ok(inner)
     }
 
+    /// `timeout`: sqlite3's, in seconds. A node's connection keeps the engine's longer wait
+    /// unless the app gives one.
     fn open(
         py: Python<'_>,
         database: &Bound<'_, PyAny>,
-        timeout: f64,
+        timeout: Option<f64>,
         uri: bool,
     ) -> PyResult<octodb::Connection> {
         let path = fs_path(database)?;
+        let given = timeout.map(busy_timeout);
         let opts = octodb::OpenOptions {
             uri,
-            busy_timeout: Duration::from_secs_f64(timeout.max(0.0)),
+            busy_timeout: given.unwrap_or(Duration::from_secs(5)),
         };
         // A node's URI, or one with a key (`cipher=`): octodb's to read, not SQLite's.
         let octodb_uri = path
@@ -133,12 +136,18 @@ impl Connection {
                 None => octodb::Connection::open_local(&path, &opts),
             })
         };
-        opened.map_err(|e| match e {
+        let engine = opened.map_err(|e| match e {
             // At open time a broken rule (a file of another role, the same file with other
             // parameters) means the database cannot be opened, not a constraint.
             octodb::Error::Rule(msg) => errors::OperationalError::new_err(msg),
             e => errors::from_engine(py, e),
-        })
+        })?;
+        if let (Some(wait), Some(_)) = (given, engine.role()) {
+            engine
+                .set_busy_timeout(wait)
+                .map_err(|e| errors::from_engine(py, e))?;
+        }
+        Ok(engine)
     }
 
     fn make_cursor<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, Cursor>> {
@@ -159,12 +168,12 @@ impl Connection {
     }
 
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (database, timeout = 5.0, detect_types = 0, isolation_level = Isolation(Some("")), check_same_thread = true, factory = None, cached_statements = 128, uri = false, *, autocommit = Autocommit::Legacy))]
+    #[pyo3(signature = (database, timeout = None, detect_types = 0, isolation_level = Isolation(Some("")), check_same_thread = true, factory = None, cached_statements = 128, uri = false, *, autocommit = Autocommit::Legacy))]
     fn __init__(
         &self,
         py: Python<'_>,
         database: &Bound<'_, PyAny>,
-        timeout: f64,
+        timeout: Option<f64>,
         detect_types: i32,
         isolation_level: Isolation,
         check_same_thread: bool,
@@ -700,6 +709,32 @@ impl Connection {
         self.api_on_event(py, callback)
     }
 
+    /// The change feed's position: the last log position this primary committed (a device:
+    /// applied). See docs/change-feed.md.
+    fn feed_position(&self, py: Python<'_>) -> PyResult<u64> {
+        self.api_feed_position(py)
+    }
+
+    /// Wait until the feed passes `after`, at most `timeout` seconds (None: no limit); returns
+    /// the position (at most `after` when the time ran out).
+    #[pyo3(signature = (after, timeout = None))]
+    fn wait_feed(&self, py: Python<'_>, after: u64, timeout: Option<f64>) -> PyResult<u64> {
+        self.api_wait_feed(py, after, timeout)
+    }
+
+    /// On a primary, the rows changed by the log entries after `after` (at most
+    /// `max_entries` entries), whoever changed them: `(changes, up_to)`, each change a dict;
+    /// continue after `up_to`.
+    #[pyo3(signature = (after, max_entries = 256))]
+    fn changes_after<'py>(
+        &self,
+        py: Python<'py>,
+        after: u64,
+        max_entries: usize,
+    ) -> PyResult<(Bound<'py, PyList>, u64)> {
+        self.api_changes_after(py, after, max_entries)
+    }
+
     /// "primary", "secondary" or "local".
     #[getter]
     fn node_type(&self, py: Python<'_>) -> PyResult<&'static str> {
@@ -815,4 +850,10 @@ impl Statement {
             "cannot create 'octodb.Statement' instances",
         ))
     }
+}
+
+/// sqlite3's `timeout` in seconds: negative or NaN is no wait, too long for a Duration is
+/// the longest (the engine caps it at what SQLite takes).
+fn busy_timeout(seconds: f64) -> Duration {
+    Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX)
 }

@@ -26,6 +26,7 @@ mod db;
 mod dbconfig;
 mod errors;
 mod events;
+mod feed;
 mod ffi_util;
 mod functions;
 mod hooks;

@@ -4,6 +4,7 @@ attributes, octodb's status and events for apps."""
 import json
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -104,6 +105,42 @@ def test_autocommit_mode_and_returning_on_a_device(open_primary, open_device):
     assert sorted(rows) == [("a",), ("b",)]
     assert not phone.in_transaction
     wait_until("both rows on the backend", lambda: backend.execute("SELECT count(*) FROM todos").fetchone()[0] == 2)
+
+
+def test_insert_returning_gives_the_ids_the_rows_end_with(open_primary, open_device):
+    # SQLite computes RETURNING before the engine moves a row it numbered into the node's id
+    # range; the id it first chose is another node's next one.
+    backend = open_primary()
+    make_table(backend)
+    phone = open_device(backend)
+    phone.wait_until_ready(timeout=DEADLINE)
+    with phone:
+        returned = phone.execute("INSERT INTO todos(title) VALUES ('a') RETURNING id").fetchone()[0]
+    assert returned == phone.execute("SELECT id FROM todos WHERE title = 'a'").fetchone()[0]
+    wait_until("the row on the backend", lambda: backend.execute("SELECT count(*) FROM todos").fetchone()[0] == 1)
+    with backend:
+        cur = backend.execute("INSERT INTO todos(title) VALUES ('b'), ('c') RETURNING id, title")
+        rows = cur.fetchall()
+    stored = dict(backend.execute("SELECT title, id FROM todos").fetchall())
+    assert rows == [(stored["b"], "b"), (stored["c"], "c")]
+    assert cur.lastrowid == stored["c"]
+    assert stored["b"] >> 32 != stored["a"] >> 32, "the backend's rows are in its own range"
+
+
+def test_a_timeout_given_to_connect_bounds_a_nodes_wait_for_the_lock(open_primary, tmp_path):
+    backend = open_primary()
+    make_table(backend)
+    impatient = octodb.connect(primary_uri(tmp_path / "backend.db", None), timeout=0.1)
+    backend.execute("BEGIN IMMEDIATE")
+    started = time.monotonic()
+    with pytest.raises(octodb.OperationalError, match="locked"):
+        impatient.execute("INSERT INTO todos(title) VALUES ('x')")
+    # Not the node's own 60 s wait.
+    assert time.monotonic() - started < 30
+    backend.rollback()
+    impatient.execute("INSERT INTO todos(title) VALUES ('x')")
+    impatient.commit()
+    impatient.close()
 
 
 def test_schema_comes_from_the_backend_and_devices_cannot_change_it(open_primary, open_device):

@@ -60,6 +60,10 @@ def test_sign_up_then_log_in_from_a_second_device(tmp_path, run_example, backend
         assert any(l.startswith("on_user_signup_async signup_info:") for l in primary.lines)
         assert any(l.startswith("on_user_login_async login_info:") for l in primary.lines)
         assert f"account ann is user {user}" in primary.lines
+    else:
+        # The backend hears of the device's row through the change feed.
+        change = primary.wait_line("change upsert todos ")
+        assert "'buy milk'" in change and f"'row_owner': {user}" in change, change
 
 
 def test_a_device_with_a_wrong_password_is_refused_and_sees_nothing(tmp_path, run_example, open_primary):

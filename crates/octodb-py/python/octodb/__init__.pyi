@@ -239,6 +239,14 @@ class Connection:
     def events(self) -> EventStream: ...
     def on_event(self, callback: Callable[[Event], object]) -> Listener:
         """Call `callback(event)` for each event, on a thread of the module's own."""
+    def feed_position(self) -> int:
+        """The change feed's position: the last log position committed here (docs/change-feed.md)."""
+    def wait_feed(self, after: int, timeout: float | None = None) -> int:
+        """Until the feed passes `after` (or `timeout` seconds); returns the position."""
+    def changes_after(self, after: int, max_entries: int = 256) -> tuple[list[dict[str, Any]], int]:
+        """A primary's committed row changes after `after`, whoever made them: `(changes,
+        up_to)`; each change has seq, origin_node, table, rowid, kind ("upsert" or "delete")
+        and row (column -> value; empty for a delete). Continue after `up_to`."""
     @property
     def node_type(self) -> Literal["primary", "secondary", "local"]: ...
     @property
