@@ -6,6 +6,7 @@
 
 pub mod auth;
 mod events;
+mod listener;
 pub mod metrics;
 mod routes;
 
@@ -72,7 +73,8 @@ pub(crate) async fn start(
         journal: events::Journal::default(),
     });
     let sampler = tokio::spawn(events::sample(console.clone()));
-    let app = routes::router(console).into_make_service_with_connect_info::<SocketAddr>();
+    let app = routes::router(console).into_make_service_with_connect_info::<listener::ClientAddr>();
+    let listener = listener::Bounded::new(listener);
     let mut stop = shared.shutdown.subscribe();
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, app)

@@ -2,6 +2,7 @@
 //! and `/metrics`.
 
 use super::auth::{self, Caller};
+use super::listener::ClientAddr;
 use super::Console;
 use crate::auth::Decision;
 use axum::extract::{ConnectInfo, Query, State};
@@ -83,7 +84,7 @@ struct LoginForm {
 
 async fn login(
     State(c): Shared,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     Form(f): Form<LoginForm>,
 ) -> Response {
     if !auth::same_secret(f.token.trim(), &c.token) {
@@ -290,7 +291,7 @@ fn as_pragma(r: &AuthorizeRequest) -> Result<(&'static str, String), String> {
 
 async fn authorize(
     State(c): Shared,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     Json(r): Json<AuthorizeRequest>,
 ) -> Response {
@@ -344,7 +345,7 @@ pub struct RemovePrimaryRequest {
 /// (whose file no other process may open) is operated from here.
 async fn remove_primary(
     State(c): Shared,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     Json(r): Json<RemovePrimaryRequest>,
 ) -> Response {
