@@ -107,3 +107,80 @@ fn a_service_decides_signups_and_logins_and_survives_its_restart() {
     ready(&bob);
     assert_eq!(service.join().unwrap()[0]["data"]["name"], "bob");
 }
+
+/// A service's answer counts only for a request put to it that still waits: an answer for a
+/// key that never asked runs none of its SQL, and a late one (the backend decided meanwhile)
+/// changes nothing (the first decision stands; one moved a device to another user's rows). A
+/// sign-up answered with a user that exists already is refused. A frame that is not JSON is
+/// logged and the connection goes on.
+#[test]
+fn only_answers_to_waiting_requests_count() {
+    let c = Cluster::new();
+    let p = c.auth_primary("p.db", "user");
+    p.execute_batch(
+        "CREATE TABLE accounts(id INTEGER PRIMARY KEY, name TEXT);
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner);",
+    )
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    p.execute(
+        &format!("PRAGMA authorizer_service='tcp://127.0.0.1:{port}'"),
+        [],
+    )
+    .unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    assert_eq!(read_frame(&mut s), Some(json!({"leader": true})));
+
+    let garbage = b"\xff not json";
+    s.write_all(&(garbage.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(garbage).unwrap();
+    let stranger = "5a".repeat(32);
+    write_frame(
+        &mut s,
+        &json!({"pubkey": stranger, "user_id": 0,
+                "execute": ["INSERT INTO accounts(name) VALUES ('ghost')"]}),
+    );
+
+    // Decided by hand while the service thinks it over.
+    let ann = c.device("ann.db", &p);
+    ann.execute(r#"PRAGMA user_signup='{"name": "ann"}'"#, [])
+        .unwrap();
+    let request = read_frame(&mut s).expect("the connection lived through the garbage");
+    let ann_key = request["pubkey"].as_str().unwrap().to_string();
+    p.execute(&format!("PRAGMA authorize_user='{ann_key}:0'"), [])
+        .unwrap();
+    let ann_user = ready(&ann).user_id.unwrap();
+    write_frame(
+        &mut s,
+        &json!({"pubkey": ann_key, "user_id": ann_user + 50}),
+    );
+
+    // A sign-up answered with ann's user waits on; answered with a new user, it goes in.
+    let bob = c.device("bob.db", &p);
+    bob.execute(r#"PRAGMA user_signup='{"name": "bob"}'"#, [])
+        .unwrap();
+    let request = read_frame(&mut s).unwrap();
+    assert_eq!(request["data"]["name"], "bob");
+    let bob_key = request["pubkey"].clone();
+    write_frame(&mut s, &json!({"pubkey": bob_key, "user_id": ann_user}));
+    write_frame(&mut s, &json!({"pubkey": bob_key, "user_id": 0}));
+    let bob_user = ready(&bob).user_id.unwrap();
+    assert_ne!(bob_user, ann_user);
+
+    // The answers were taken in order: the earlier ones are settled.
+    assert_eq!(ann.sync_status().unwrap().user_id, Some(ann_user));
+    let ann_on_p = p
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.public_key == ann_key)
+        .unwrap();
+    assert_eq!(
+        ann_on_p.user_id,
+        Some(ann_user),
+        "the first decision stands"
+    );
+    assert_eq!(count(&p, "SELECT count(*) FROM accounts"), 0, "no SQL ran");
+    assert!(p.nodes().unwrap().iter().all(|n| n.public_key != stranger));
+}

@@ -11,17 +11,24 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Largest message accepted from the service.
 pub const MAX_FRAME: usize = 1024 * 1024;
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A connection that lasted this long was a working one: the next reconnection starts again
+/// from the shortest back-off.
+const STEADY_CONNECTION: Duration = Duration::from_secs(5);
 
 /// Runs the statements of an answer on the primary's database: `execute` (returns the last
 /// inserted row id) or `find` (returns the first column of the first row), for the node of the
 /// public key given first (whose id replaces `@node_id` in the SQL).
 pub type Executor = std::sync::Arc<ExecuteFn>;
 pub type ExecuteFn = dyn Fn(&str, &[String], Option<&str>) -> Result<Option<i64>> + Send + Sync;
+
+/// An answer for the engine, and where it says whether it applied it.
+pub type Decided = (Answer, oneshot::Sender<bool>);
 
 /// What the service decided on a key, ready for the engine.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,8 +37,24 @@ pub struct Answer {
     pub decision: Decision,
 }
 
-/// Read one frame; None at a clean end of stream.
+/// Read one frame as JSON; None at a clean end of stream.
 pub async fn read_frame(s: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<Json>> {
+    match read_raw_frame(s).await? {
+        Some(body) => parse_json(&body).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// One frame's JSON. A frame that is not JSON is the service's bug, and the next frame is
+/// still readable: the caller logs it and goes on.
+fn parse_json(body: &[u8]) -> Result<Json> {
+    serde_json::from_slice(body)
+        .map_err(|e| Error::rule(format!("the authorization service sent invalid JSON: {e}")))
+}
+
+/// Read one frame's bytes; None at a clean end of stream. A frame over [`MAX_FRAME`] ends the
+/// connection: what follows it cannot be told apart from its body.
+async fn read_raw_frame(s: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<Vec<u8>>> {
     let mut len = [0u8; 4];
     match s.read_exact(&mut len).await {
         Ok(_) => {}
@@ -41,16 +64,15 @@ pub async fn read_frame(s: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<Js
     let n = u32::from_be_bytes(len) as usize;
     if n > MAX_FRAME {
         return Err(Error::rule(format!(
-            "the authorization service sent {n} bytes; the limit is {MAX_FRAME}"
+            "the authorization service announced a message of {n} bytes; the limit is \
+             {MAX_FRAME}"
         )));
     }
     let mut buf = vec![0u8; n];
     s.read_exact(&mut buf)
         .await
         .map_err(|e| Error::io("reading from the authorization service", e))?;
-    serde_json::from_slice(&buf)
-        .map(Some)
-        .map_err(|e| Error::rule(format!("the authorization service sent invalid JSON: {e}")))
+    Ok(Some(buf))
 }
 
 pub async fn write_frame(s: &mut (impl AsyncWriteExt + Unpin), msg: &Json) -> Result<()> {
@@ -72,10 +94,24 @@ pub fn request_json(r: &AuthRequest) -> Json {
     serde_json::json!({ "action": r.action.as_str(), "data": data, "pubkey": r.pubkey, "node_info": r.node_info })
 }
 
+/// `msg` for a log line: at most a few hundred characters of it.
+fn brief(msg: &Json) -> String {
+    let text = msg.to_string();
+    match text.char_indices().nth(300) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text,
+    }
+}
+
 /// Turn an answer into a decision, running its `execute` / `find` with `exec`.
 /// Errors name what was wrong, so the service's author can fix it.
 pub fn parse_answer(msg: &Json, exec: &ExecuteFn) -> Result<Answer> {
-    let bad = |what: &str| Error::rule(format!("authorization service answer {msg}: {what}"));
+    let bad = |what: &str| {
+        Error::rule(format!(
+            "authorization service answer {}: {what}",
+            brief(msg)
+        ))
+    };
     let pubkey = msg
         .get("pubkey")
         .and_then(Json::as_str)
@@ -146,18 +182,23 @@ pub async fn run(
     addr: String,
     mut requests: mpsc::Receiver<AuthRequest>,
     exec: Executor,
-    decided: mpsc::Sender<Answer>,
+    decided: mpsc::Sender<Decided>,
 ) {
     let mut waiting: HashMap<String, AuthRequest> = HashMap::new();
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = MIN_BACKOFF;
     loop {
         match TcpStream::connect(&addr).await {
             Ok(stream) => {
-                backoff = Duration::from_millis(50);
                 tracing::info!(%addr, "connected to the authorization service");
+                let began = tokio::time::Instant::now();
                 match serve(stream, &mut requests, &mut waiting, &exec, &decided).await {
                     Ok(()) => return, // the node is gone
                     Err(e) => tracing::warn!(%addr, "authorization service connection ended: {e}"),
+                }
+                // A service that ends every connection at once (it sends what the primary
+                // cannot read) is not called again at once either.
+                if began.elapsed() > STEADY_CONNECTION {
+                    backoff = MIN_BACKOFF;
                 }
             }
             Err(e) => tracing::debug!(%addr, "cannot reach the authorization service: {e}"),
@@ -183,17 +224,17 @@ async fn serve(
     requests: &mut mpsc::Receiver<AuthRequest>,
     waiting: &mut HashMap<String, AuthRequest>,
     exec: &Executor,
-    decided: &mpsc::Sender<Answer>,
+    decided: &mpsc::Sender<Decided>,
 ) -> Result<()> {
     let (mut rd, mut wr) = stream.into_split();
     write_frame(&mut wr, &serde_json::json!({ "leader": true })).await?;
     for r in waiting.values() {
         write_frame(&mut wr, &request_json(r)).await?;
     }
-    let (answers_tx, mut answers) = mpsc::channel::<Result<Option<Json>>>(16);
+    let (answers_tx, mut answers) = mpsc::channel::<Result<Option<Vec<u8>>>>(16);
     let reader = tokio::spawn(async move {
         loop {
-            let frame = read_frame(&mut rd).await;
+            let frame = read_raw_frame(&mut rd).await;
             let end = !matches!(frame, Ok(Some(_)));
             if answers_tx.send(frame).await.is_err() || end {
                 return;
@@ -210,19 +251,46 @@ async fn serve(
                 }
                 a = answers.recv() => {
                     let msg = match a {
-                        Some(Ok(Some(m))) => m,
+                        Some(Ok(Some(body))) => match parse_json(&body) {
+                            Ok(m) => m,
+                            Err(e) => {
+                                tracing::warn!("{e}: ignored");
+                                continue;
+                            }
+                        },
                         Some(Err(e)) => return Err(e),
                         _ => return Err(Error::rule("the service closed the connection")),
                     };
+                    // Only an answer to a request put to it and not answered yet: one for
+                    // another key runs none of its SQL and decides nothing.
+                    let asked = msg
+                        .get("pubkey")
+                        .and_then(Json::as_str)
+                        .is_some_and(|k| waiting.contains_key(&k.to_ascii_lowercase()));
+                    if !asked {
+                        tracing::warn!(
+                            "authorization service answer {}: no request of that `pubkey` waits \
+                             for this service's answer (never asked, or answered already): \
+                             ignored",
+                            brief(&msg)
+                        );
+                        continue;
+                    }
                     let exec = exec.clone();
                     let parsed = tokio::task::spawn_blocking(move || parse_answer(&msg, &*exec))
                         .await
                         .map_err(|_| Error::rule("the answer handler failed"))?;
                     match parsed {
                         Ok(answer) => {
-                            waiting.remove(&answer.pubkey);
-                            if decided.send(answer).await.is_err() {
+                            let key = answer.pubkey.clone();
+                            let (taken, applied) = oneshot::channel();
+                            if decided.send((answer, taken)).await.is_err() {
                                 return Ok(());
+                            }
+                            // One the engine refused (a sign-up naming an existing user) still
+                            // waits for a better answer.
+                            if applied.await.unwrap_or(false) {
+                                waiting.remove(&key);
                             }
                         }
                         // A bad answer is the service's bug: log it, keep the connection.

@@ -365,6 +365,33 @@ pub(crate) enum Known {
     Pending,
 }
 
+/// A sign-up makes a new user: a backend's answer naming a user that exists already (one the
+/// console or the engine numbered, where the backend numbers its accounts itself) would give
+/// the new device that user's rows.
+fn refuse_existing_user_for_signup(c: &Connection, pubkey: &str, user_id: i64) -> Result<()> {
+    if user_id <= 0 {
+        return Ok(());
+    }
+    let signup = c
+        .prepare_cached("SELECT request FROM _octo_nodes WHERE pubkey = ?1")?
+        .query_row([pubkey], |r| r.get::<_, Option<String>>(0))
+        .optional()?
+        .flatten()
+        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
+        .is_some_and(|r| r["action"] == Action::UserSignup.as_str());
+    let exists = c
+        .prepare_cached("SELECT 1 FROM _octo_users WHERE user_id = ?1")?
+        .exists([user_id])?;
+    if signup && exists {
+        return Err(Error::rule(format!(
+            "the answer to the sign-up of key {pubkey} names user {user_id}, who exists already: \
+             a sign-up makes a new user. Answer with an id no user has (users the console or \
+             the engine made take the next free ids), or user_id 0 for the engine to choose"
+        )));
+    }
+    Ok(())
+}
+
 /// Apply the backend's decision on `pubkey`.
 pub(crate) fn decide(
     c: &Connection,
@@ -381,8 +408,17 @@ pub(crate) fn decide(
     }
     if known == Known::Pending {
         match lookup(c, pubkey)? {
-            Some(m) if m.auth_state == "pending" => {}
+            Some(m) if m.auth_state == "pending" => {
+                if let Decision::User(u) = decision {
+                    refuse_existing_user_for_signup(c, pubkey, *u)?;
+                }
+            }
             Some(m) if m.auth_state == "approved" => {
+                tracing::info!(
+                    pubkey,
+                    "a later answer on a request decided already is ignored: the first \
+                     decision stands"
+                );
                 let role = match m.node_type.as_str() {
                     "primary" => Role::Primary,
                     _ => Role::Secondary,
@@ -417,7 +453,21 @@ pub(crate) fn decide(
             tracing::info!(node_id = node_id_of(row), pubkey, %reason, "node rejected");
             return Ok(Admission::Rejected(reason.clone()));
         }
-        Decision::User(0) => (Role::Secondary, Some(user_for(c, row)?)),
+        // A device keeps the user it was first approved as, even after a revocation: its
+        // file holds that user's rows, and as another user it would keep them and receive
+        // the other's too.
+        Decision::User(0) => (
+            Role::Secondary,
+            Some(current.map_or_else(|| user_for(c, row), Ok)?),
+        ),
+        Decision::User(u) if current.is_some_and(|had| had != *u) => {
+            return Err(Error::rule(format!(
+                "key {pubkey} is a device of user {had}: its file holds that user's rows, so \
+                 it can be approved as user {had} only. For user {u}, the app makes a new \
+                 device (a new file, a new key)",
+                had = current.unwrap_or_default()
+            )))
+        }
         Decision::User(u) => {
             c.prepare_cached(
                 "INSERT OR IGNORE INTO _octo_users(user_id, created_at) VALUES (?1, ?2)",
@@ -520,6 +570,45 @@ mod tests {
             "the first node id after the primary's"
         );
         assert_eq!(lookup(&c, "d").unwrap().unwrap().node_id, 2);
+    }
+
+    #[test]
+    fn a_device_keeps_its_first_user_even_after_a_revocation() {
+        let c = file();
+        record_request(&c, "d", "127.0.0.1:1", "{}", Action::UserSignup, None).unwrap();
+        let user = |a: Admission| match a {
+            Admission::Approved { registered, .. } => registered.user_id,
+            Admission::Rejected(r) => panic!("rejected: {r}"),
+        };
+        let first = user(decide(&c, "d", &Decision::User(0), Known::Presented).unwrap());
+        let err = decide(&c, "d", &Decision::User(first + 1), Known::Presented).unwrap_err();
+        assert!(err.to_string().contains("new device"), "{err}");
+        decide(
+            &c,
+            "d",
+            &Decision::Reject("revoked".into()),
+            Known::Presented,
+        )
+        .unwrap();
+        assert!(decide(&c, "d", &Decision::User(first + 1), Known::Presented).is_err());
+        let again = user(decide(&c, "d", &Decision::User(0), Known::Presented).unwrap());
+        assert_eq!(again, first, "a new user for it means its own");
+    }
+
+    #[test]
+    fn a_signup_answered_with_an_existing_user_is_refused_and_still_waits() {
+        let c = file();
+        record_request(&c, "a", "127.0.0.1:1", "{}", Action::UserSignup, None).unwrap();
+        decide(&c, "a", &Decision::User(0), Known::Presented).unwrap();
+        record_request(&c, "b", "127.0.0.1:2", "{}", Action::UserSignup, None).unwrap();
+        let err = decide(&c, "b", &Decision::User(1), Known::Pending).unwrap_err();
+        assert!(err.to_string().contains("exists already"), "{err}");
+        assert_eq!(lookup(&c, "b").unwrap().unwrap().auth_state, "pending");
+        record_request(&c, "l", "127.0.0.1:3", "{}", Action::UserLogin, None).unwrap();
+        assert!(
+            decide(&c, "l", &Decision::User(1), Known::Pending).is_ok(),
+            "a login may"
+        );
     }
 
     #[test]

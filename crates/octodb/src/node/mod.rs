@@ -845,14 +845,18 @@ impl Node {
             return Err(Error::rule("only primaries use an authorization service"));
         }
         let (req_tx, req_rx) = mpsc::channel(crate::auth::MAX_PENDING);
-        let (ans_tx, mut ans_rx) = mpsc::channel::<crate::auth::service::Answer>(64);
+        let (ans_tx, mut ans_rx) = mpsc::channel::<crate::auth::service::Decided>(64);
         let shared = self.shared.clone();
         let client = runtime().spawn(crate::auth::service::run(addr, req_rx, exec, ans_tx));
         let applier = runtime().spawn(async move {
-            while let Some(a) = ans_rx.recv().await {
-                if let Err(e) = admission::authorize(&shared, a.pubkey, a.decision).await {
-                    tracing::warn!("cannot store the service's decision: {e}");
+            while let Some((a, applied)) = ans_rx.recv().await {
+                // Only a request that still waits: a late answer (the console decided
+                // meanwhile) or one for a key that never asked changes nothing.
+                let recorded = waiting_requests::record(&shared, a.pubkey, a.decision).await;
+                if let Err(e) = &recorded {
+                    tracing::warn!("the authorization service's answer is not applied: {e}");
                 }
+                let _ = applied.send(recorded.is_ok());
             }
         });
         *self

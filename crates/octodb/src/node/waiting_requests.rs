@@ -169,7 +169,7 @@ async fn ask_callback(shared: &Shared, w: &Waiting) -> Option<Decision> {
 
 /// Records `decision` on `pubkey` while its request waits: here when this primary leads,
 /// else at the leader.
-async fn record(shared: &Arc<Shared>, pubkey: String, decision: Decision) -> Result<()> {
+pub(super) async fn record(shared: &Arc<Shared>, pubkey: String, decision: Decision) -> Result<()> {
     let Some(proposer) = shared.cluster.get() else {
         return Err(crate::Error::rule("this primary is not in its cluster yet"));
     };
