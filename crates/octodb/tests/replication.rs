@@ -751,6 +751,37 @@ fn a_new_nodes_files_are_private() {
     }
 }
 
+/// `last_insert_rowid()` and `changes()` follow SQLite's rules on nodes too. After a rollback
+/// SQLite picks the rolled-back row's id again: the id of the row inserted next was taken for
+/// "nothing inserted" and the stale id reported (an update by it changed nothing). A query
+/// leaves `changes()` as it was.
+#[test]
+fn last_insert_rowid_and_changes_follow_sqlite_after_a_rollback_and_a_query() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    p.execute("CREATE TABLE plain(id INTEGER PRIMARY KEY, v TEXT)", [])
+        .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    for (conn, table) in [(&p, "t"), (&d, "t"), (&p, "plain")] {
+        conn.execute_batch(&format!(
+            "BEGIN; INSERT INTO {table}(v) VALUES ('gone'); ROLLBACK;"
+        ))
+        .unwrap();
+        conn.execute(&format!("INSERT INTO {table}(v) VALUES ('kept')"), [])
+            .unwrap();
+        let stored = count(conn, &format!("SELECT id FROM {table} WHERE v = 'kept'"));
+        assert_eq!(conn.last_insert_rowid(), stored, "{table}");
+        assert_eq!(count(conn, "SELECT last_insert_rowid()"), stored, "{table}");
+    }
+    p.execute("UPDATE t SET v = v", []).unwrap();
+    let updated = p.changes();
+    assert!(updated >= 1);
+    count(&p, "SELECT count(*) FROM t");
+    assert_eq!(p.changes(), updated, "a query leaves changes()");
+    assert_eq!(count(&p, "SELECT changes()"), updated as i64);
+}
+
 /// `INSERT ... RETURNING` gives the ids the rows end with. SQLite computes RETURNING before
 /// the engine moves a row it numbered into the node's range: the id it first chose is another
 /// node's next id, and an app updating by it changed another user's row.

@@ -15,6 +15,7 @@ mod driver;
 mod pragmas;
 mod services;
 
+use driver::Dml;
 pub use driver::{Prepared, Started};
 pub use services::app_signed_bytes;
 
@@ -556,22 +557,30 @@ impl Connection {
         result
     }
 
-    /// Remember `changes()` and the final id of the last insert for the user's functions.
-    /// `raw_before`: SQLite's figure before the statement ran. A statement that inserted
-    /// nothing leaves the id as it was (SQLite's own figure may come from the engine's
-    /// bookkeeping inserts at the last commit).
-    fn note_counters(&self, changes: u64, raw_before: i64) {
-        self.last_changes.store(changes as i64, Ordering::Relaxed);
-        let raw = self.conn.last_insert_rowid();
-        if raw == raw_before {
+    /// Remember `changes()` and the final id of the last insert for the user's functions, as
+    /// SQLite would: a statement that is not an INSERT, UPDATE or DELETE leaves both; one that
+    /// inserted nothing leaves the id. `raw_before`: SQLite's figure before the statement ran
+    /// (it may come from the engine's bookkeeping inserts at the last commit).
+    fn note_counters(&self, dml: Dml, changes: u64, raw_before: i64) {
+        if dml == Dml::None {
             return;
         }
-        let id = self
+        self.last_changes.store(changes as i64, Ordering::Relaxed);
+        let raw = self.conn.last_insert_rowid();
+        // A row of a replicated table inserted by this statement: the id it ended with.
+        if let Some(id) = self
             .repl
             .as_ref()
             .and_then(|r| r.capture.remapped_rowid(raw))
-            .unwrap_or(raw);
-        self.last_rowid.store(id, Ordering::Relaxed);
+        {
+            self.last_rowid.store(id, Ordering::Relaxed);
+            return;
+        }
+        // SQLite may give the same id again after a rollback: an INSERT that inserted
+        // reports it even when it equals the figure before.
+        if raw != raw_before || (dml == Dml::Inserts && changes > 0) {
+            self.last_rowid.store(raw, Ordering::Relaxed);
+        }
     }
 
     /// Once no transaction is open: tell the node what was committed, or forget it.

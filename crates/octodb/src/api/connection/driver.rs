@@ -33,6 +33,28 @@ const SCHEMA_WORDS: &[&str] = &["CREATE", "DROP", "ALTER"];
 /// write transaction before it looks at its WHERE clause.
 const TAKE_WRITE_LOCK: &str = "DELETE FROM main._octo_meta WHERE 0";
 
+/// Which of SQLite's counters a statement moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Dml {
+    /// Neither (a query, a schema statement, a pragma): `changes()` keeps its value.
+    None,
+    /// `changes()`; `last_insert_rowid()` only if it inserted (`WITH ... INSERT`, an UPDATE).
+    Writes,
+    /// A plain INSERT or REPLACE: `last_insert_rowid()` is the last row it inserted.
+    Inserts,
+}
+
+impl Dml {
+    fn of(word: &str, readonly: bool) -> Dml {
+        match word {
+            "INSERT" | "REPLACE" => Dml::Inserts,
+            "UPDATE" | "DELETE" => Dml::Writes,
+            "WITH" if !readonly => Dml::Writes,
+            _ => Dml::None,
+        }
+    }
+}
+
 /// A statement about to be prepared (phase 2).
 #[derive(Debug)]
 #[must_use = "pass it to before_step"]
@@ -57,6 +79,9 @@ pub struct Started {
     word: String,
     /// SQLite's last inserted row id before the statement ran.
     rowid_before: i64,
+    /// What SQLite's `changes()` and `last_insert_rowid()` follow: an INSERT, UPDATE or DELETE
+    /// (not a query, a schema statement or a pragma).
+    dml: Dml,
     /// Its text, when it changed the schema of a primary (to replicate), with "private?".
     ddl: Option<(String, bool)>,
     /// The engine opened a transaction around it.
@@ -177,6 +202,7 @@ impl Connection {
         let word = prepared.word;
         let Some(r) = &self.repl else {
             return Ok(Started {
+                dml: Dml::of(&word, readonly),
                 word,
                 rowid_before: self.conn.last_insert_rowid(),
                 ddl: None,
@@ -230,6 +256,7 @@ impl Connection {
         }
         r.capture.begin_statement();
         Ok(Started {
+            dml: Dml::of(&word, readonly),
             word,
             rowid_before: self.conn.last_insert_rowid(),
             ddl,
@@ -290,7 +317,7 @@ impl Connection {
     /// Completes what the engine opened for it; an error here means it was not committed.
     pub fn after_steps(&self, started: Started, changes: Result<u64, ()>) -> Result<()> {
         let result = changes.map_err(|_| None).and_then(|changes| {
-            self.note_counters(changes, started.rowid_before);
+            self.note_counters(started.dml, changes, started.rowid_before);
             if let Some((sql, private)) = &started.ddl {
                 self.after_schema_change(sql, *private).map_err(Some)?;
             }
