@@ -782,6 +782,48 @@ fn last_insert_rowid_and_changes_follow_sqlite_after_a_rollback_and_a_query() {
     assert_eq!(count(&p, "SELECT changes()"), updated as i64);
 }
 
+/// A `row_owner` that is no user id, `'*'` or NULL (a float, a name, a blob) stays on the
+/// primaries whatever the path: the first download sent a float 1.0 to user 1's devices
+/// (SQLite's `=` matched it) while streaming did not, and a later change of the row never
+/// reached them. A column declared REAL, which would make every owner a float, is refused.
+#[test]
+fn an_owner_that_is_no_user_id_stays_on_the_primaries_on_every_path() {
+    let c = Cluster::new();
+    let p = c.auth_primary("p.db", "user");
+    approve_by_data(&p);
+    p.execute(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    let phone = c.device("phone.db", &p);
+    phone.execute("PRAGMA user_signup='ann'", []).unwrap();
+    let user = ready(&phone).user_id.unwrap();
+    p.execute(
+        &format!("INSERT INTO t(v, row_owner) VALUES ('float', {user}.0), ('mine', {user})"),
+        [],
+    )
+    .unwrap();
+    wait_count(&phone, "SELECT count(*) FROM t WHERE v = 'mine'", 1);
+    let laptop = c.device("laptop.db", &p);
+    laptop
+        .execute(&format!("PRAGMA user_login='user:{user}'"), [])
+        .unwrap();
+    assert_eq!(ready(&laptop).user_id, Some(user));
+    assert_eq!(count(&laptop, "SELECT count(*) FROM t WHERE v = 'mine'"), 1);
+    for device in [&phone, &laptop] {
+        assert_eq!(count(device, "SELECT count(*) FROM t WHERE v = 'float'"), 0);
+    }
+    let err = p
+        .execute("CREATE TABLE f(id INTEGER PRIMARY KEY, row_owner REAL)", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("floating-point"), "{err}");
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM sqlite_master WHERE name = 'f'"),
+        0
+    );
+}
+
 /// `INSERT ... RETURNING` gives the ids the rows end with. SQLite computes RETURNING before
 /// the engine moves a row it numbered into the node's range: the id it first chose is another
 /// node's next id, and an app updating by it changed another user's row.

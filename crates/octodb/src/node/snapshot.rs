@@ -96,10 +96,12 @@ fn read_in_txn(c: &Connection, user: i64, out: &mpsc::Sender<Vec<u8>>) -> Result
     Ok(seq)
 }
 
-/// The rows of `t` a device of the user bound as ?1 (and as text, ?2) may see.
+/// The rows of `t` a device of the user bound as ?1 (and as text, ?2) may see: as
+/// `Owner::of_ref` reads an owner, so that a download sends what streaming sends (SQLite's `=`
+/// would also match a float 1.0, which streaming leaves on the primaries).
 fn visibility(t: &TableLayout) -> String {
     let ow = ident(&t.columns[t.owner.unwrap_or(0)]);
-    format!("{ow} = '*' OR {ow} = ?1 OR {ow} = ?2")
+    format!("{ow} = '*' OR ({ow} = ?1 AND typeof({ow}) = 'integer') OR {ow} = ?2")
 }
 
 /// Columns 1..=n of a query row, serialized as a sequence of values without copying them.

@@ -145,6 +145,15 @@ pub fn check_replicable(t: &TableLayout) -> Result<()> {
             t.name
         )));
     }
+    let owner_affinity = t.owner.and_then(|o| t.kinds.get(o)).map(|k| k.affinity);
+    if owner_affinity == Some(Affinity::Real) {
+        return Err(Error::rule(format!(
+            "table `{}` declares row_owner with a floating-point type: SQLite would store user \
+             ids as floats, which no device is given; declare row_owner without a type (or \
+             INTEGER)",
+            t.name
+        )));
+    }
     Ok(())
 }
 
