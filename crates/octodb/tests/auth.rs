@@ -194,7 +194,8 @@ fn a_device_rejected_after_its_approval_is_refused_when_it_returns() {
         .wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("rejected"))
         .expect("the device hears that it is no longer accepted");
     assert!(
-        s.auth_error.is_some_and(|e| e.contains("no longer accept")),
+        s.auth_error
+            .is_some_and(|e| e.contains("revoked") && e.contains("operator")),
         "the reason is given"
     );
     assert!(!s.connected);
@@ -206,6 +207,10 @@ fn a_device_rejected_after_its_approval_is_refused_when_it_returns() {
     // Its app cannot log it back in: only the backend gives the approval back.
     let again = d.execute("PRAGMA user_login='user:1'", []).unwrap_err();
     assert!(again.to_string().contains("already authorized"), "{again}");
+    // An operator does, and the device, checking now and then, comes back as its user.
+    p.execute(&format!("PRAGMA authorize_user='{key}:0'"), [])
+        .unwrap();
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'after'", 1);
 }
 
 #[test]

@@ -78,6 +78,21 @@ pub(super) async fn admit(
             return refuse(wr, reason).await;
         }
     }
+    // A device whose approval the backend took back stays out, whatever it asks: a new
+    // sign-up or login would put it to the backend's callbacks or service again, which may
+    // approve it anew (a key rejected before it was ever approved may ask again, with a
+    // better password say). Only an operator's approval lets it back.
+    if known
+        .as_ref()
+        .is_some_and(|m| m.auth_state == "rejected" && m.node_id != 0)
+    {
+        let reason = format!(
+            "{REVOKED}: it stays out, whatever it asks, until an operator approves its key again \
+             (the admin console, or PRAGMA authorize_user on a primary)"
+        );
+        send_now(wr, &Message::AuthRequired { reason }).await?;
+        return Ok(None);
+    }
     let already_waiting = known.as_ref().is_some_and(|m| m.auth_state == "pending");
     let (action, data) = match (shared.cfg.auth, who.ask) {
         (
@@ -178,6 +193,10 @@ pub(super) async fn admit(
     };
     finish(wr, outcome).await
 }
+
+/// How a revoked device is told why it is refused (it checks again now and then, so that an
+/// operator's new approval lets it back).
+pub(crate) const REVOKED: &str = "the backend revoked this device's approval";
 
 /// Under `auth=`: the node id of a primary asking to join the cluster, once its key is
 /// approved as a primary. A key not decided yet is recorded as seen (listed by `PRAGMA nodes`

@@ -137,7 +137,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
             // primaries require a sign-up). A wake-up left from a request the last session
             // already carried is not a new request: reconnecting for it would replace
             // "rejected" with "required".
-            let check_approval = auth_state_is(&shared, "required");
+            // (A revoked device checks too: an operator may approve its key again. One whose
+            // first request was refused waits for the app to ask again.)
+            let revoked = auth_state_is(&shared, "rejected") && shared.identity.node_id() != 0;
+            let check_approval = auth_state_is(&shared, "required") || revoked;
             let mut waited = false;
             let mut recheck = false;
             while !has_auth_request(&shared) {
@@ -574,7 +577,11 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
             }
             Message::AuthRequired { reason } if !unauthorized => {
                 // This device was approved once; the backend has taken that back.
-                let reason = format!("the primaries no longer accept this device ({reason})");
+                let reason = if reason.starts_with(super::admission::REVOKED) {
+                    reason
+                } else {
+                    format!("the primaries no longer accept this device ({reason})")
+                };
                 tracing::warn!(primary = %ep, "{reason}");
                 set_auth(shared, Some("rejected"), Some(reason.clone()));
                 shared.emit(Event::AuthorizationRefused { reason });
