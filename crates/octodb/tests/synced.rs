@@ -123,3 +123,33 @@ fn a_device_that_has_not_signed_up_is_told_to_sign_up_before_it_can_sync() {
         .expect("synced once signed up");
     assert!(s.user_id.is_some(), "{s:?}");
 }
+
+/// The waits block their thread, as documented, and work when called from async code too
+/// (`#[tokio::main]`, a current-thread runtime): tokio's own `block_on` panicked there.
+#[test]
+fn the_waits_work_when_called_from_async_code() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    for multi_thread in [false, true] {
+        let rt = if multi_thread {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        .unwrap();
+        rt.block_on(async {
+            let s = d.wait_until_synced(DEADLINE).unwrap();
+            assert!(s.db_is_ready);
+            let at = p.feed_position();
+            p.execute("INSERT INTO t(v, row_owner) VALUES ('x', '*')", [])
+                .unwrap();
+            assert!(p.wait_feed(at, DEADLINE) > at);
+            d.wait_for(DEADLINE, |s| s.last_seq > at).unwrap();
+        });
+    }
+}

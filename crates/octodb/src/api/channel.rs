@@ -79,8 +79,8 @@ where
     crate::node::runtime_handle().spawn(f)
 }
 
-/// Waits for `f` on the engine's network runtime. Call it from an application thread, never
-/// from async code.
+/// Waits for `f` on the engine's network runtime, blocking the calling thread (from async
+/// code, call it in `spawn_blocking`: it works there too, but holds the task's thread).
 pub fn block_on<F: Future>(f: F) -> F::Output {
     crate::node::block_on(f)
 }

@@ -410,7 +410,7 @@ impl Connection {
     }
 
     /// Waits until the feed's position passes `after`, at most `timeout`; returns the
-    /// position then. Call it from an application thread, not from async code.
+    /// position then. It blocks its thread (from async code, call it in `spawn_blocking`).
     pub fn wait_feed(&self, after: u64, timeout: Duration) -> u64 {
         let Some(node) = &self.node else {
             return 0;

@@ -18,7 +18,7 @@ pub enum Next {
 }
 
 /// Wait up to `timeout` for the next event of `events` (from `Connection::subscribe`).
-/// Call it from an application thread, not from async code.
+/// It blocks its thread (from async code, call it in `spawn_blocking`, or await `subscribe()`).
 pub fn next_event(events: &mut Receiver<Event>, timeout: Duration) -> Next {
     crate::node::block_on(async {
         match tokio::time::timeout(timeout, events.recv()).await {

@@ -78,8 +78,17 @@ pub(crate) fn runtime_handle() -> tokio::runtime::Handle {
     runtime().handle().clone()
 }
 
-/// Wait for `f` on the network runtime. Call it from an application thread, not from async code.
+/// Wait for `f` on the network runtime, blocking the calling thread (from async code too,
+/// where it blocks that task's thread: async apps call the waits in `spawn_blocking`).
 pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        // Called from async code (the app's runtime, `#[tokio::main]`), where tokio's
+        // `block_on` panics: the future is polled on this thread, its timers and sockets in
+        // the node's runtime, which its own threads drive. The caller's thread blocks
+        // meanwhile, as the API's waits are documented to.
+        let _node_runtime = runtime().enter();
+        return futures_executor::block_on(f);
+    }
     runtime().block_on(f)
 }
 
