@@ -102,8 +102,8 @@ fn a_follower_cuts_off_a_device_whose_approval_is_taken_back() {
     wait_until("the device is connected to the follower", || {
         connected_to(&d, &follower).then_some(())
     });
-    // (It asks again once cut off, as any device would: the backend says no this time.)
-    approving.store(false, Ordering::SeqCst);
+    // (It comes back once cut off, as any device would: it is not put to the backend's
+    // callback again, which would approve it anew; it hears that its approval was revoked.)
     p1.execute(
         &format!("PRAGMA authorize_node='{}:-1'", d.public_key()),
         [],
@@ -111,10 +111,9 @@ fn a_follower_cuts_off_a_device_whose_approval_is_taken_back() {
     .unwrap();
     d.wait_for(DEADLINE, |s| {
         !s.connected
-            && s.sync_error
-                .as_deref()
-                .is_some_and(|e| e.contains("no more devices"))
+            && s.auth_state.as_deref() == Some("rejected")
+            && s.auth_error.as_deref().is_some_and(|e| e.contains("revoked"))
     })
-    .expect("the device is cut off, and hears the backend's answer");
+    .expect("the device is cut off, and hears why");
     assert!(!connected_to(&d, &follower));
 }
