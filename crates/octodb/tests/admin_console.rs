@@ -364,3 +364,25 @@ fn the_leaders_console_removes_a_primary() {
     let members = p1.sync_status().unwrap().cluster.unwrap().members;
     assert_eq!(members.len(), 1, "{members:?}");
 }
+
+/// `octodb_auth_requests_waiting` counts the requests the console lists, their devices gone
+/// or not (it counted the devices still connected and waiting: 0 once they left), and
+/// `octodb_raft_quorum_lost` is there for alerts (0 for a primary alone).
+#[test]
+fn the_waiting_gauge_counts_requests_whose_device_left() {
+    let c = Cluster::new();
+    let p = primary_with_console(&c, None);
+    let token = text(&p, "PRAGMA admin_token");
+    let base = admin_url(&p);
+    let d = c.device("d.db", &p);
+    d.execute("PRAGMA user_signup='alice'", []).unwrap();
+    d.wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("pending"))
+        .unwrap();
+    drop(d);
+    wait_until("the device's session to end", || {
+        p.sync_status().unwrap().peers.is_empty().then_some(())
+    });
+    let m = scrape(&base, &token);
+    assert_eq!(value(&m, "octodb_auth_requests_waiting"), Some(1.0));
+    assert_eq!(value(&m, "octodb_raft_quorum_lost"), Some(0.0));
+}

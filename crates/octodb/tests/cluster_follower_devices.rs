@@ -112,7 +112,9 @@ fn a_follower_cuts_off_a_device_whose_approval_is_taken_back() {
     d.wait_for(DEADLINE, |s| {
         !s.connected
             && s.auth_state.as_deref() == Some("rejected")
-            && s.auth_error.as_deref().is_some_and(|e| e.contains("revoked"))
+            && s.auth_error
+                .as_deref()
+                .is_some_and(|e| e.contains("revoked"))
     })
     .expect("the device is cut off, and hears why");
     assert!(!connected_to(&d, &follower));

@@ -34,6 +34,14 @@ fn schema_from_primary_reaches_two_devices() {
     // Devices cannot change the schema.
     let err = d1.execute("CREATE TABLE mine(x)", []).unwrap_err();
     assert!(err.to_string().contains("primary"), "{err}");
+    // Rules the engine's triggers keep are typed as the others are.
+    let err = d1
+        .execute("INSERT INTO notes(body, row_owner) VALUES ('x', '*')", [])
+        .unwrap_err();
+    assert!(
+        matches!(&err, octodb::Error::Rule(m) if m.contains("insert only rows of its own user")),
+        "{err:?}"
+    );
 }
 
 /// `ALTER TABLE ... DROP COLUMN` on a primary works (the capture's triggers name every column)

@@ -136,6 +136,7 @@ pub struct Metrics {
     raft_last_log: Gauge,
     raft_applied: Gauge,
     raft_leader: Gauge,
+    raft_quorum_lost: Gauge,
     registry: Registry,
 }
 
@@ -154,6 +155,8 @@ pub struct RaftFigures {
     pub last_log_index: u64,
     pub applied_index: u64,
     pub leader: bool,
+    /// A leader cut off from its majority (`ClusterStatus::quorum_silence_ms`).
+    pub quorum_lost: bool,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -183,6 +186,7 @@ impl Default for Metrics {
             raft_last_log: Gauge::default(),
             raft_applied: Gauge::default(),
             raft_leader: Gauge::default(),
+            raft_quorum_lost: Gauge::default(),
             registry: Registry::default(),
         };
         m.register()
@@ -239,7 +243,7 @@ impl Metrics {
         );
         r.register(
             "octodb_auth_requests_waiting",
-            "Sign-up, login or join requests waiting for a decision",
+            "Sign-up and login requests waiting for a decision, their devices connected or not",
             self.auth_waiting.clone(),
         );
         r.register(
@@ -271,6 +275,12 @@ impl Metrics {
             "octodb_raft_leader",
             "1 while this primary leads its cluster",
             self.raft_leader.clone(),
+        );
+        r.register(
+            "octodb_raft_quorum_lost",
+            "1 while this primary leads but has heard from no majority of its voters for over \
+             1.5 s: it takes no writes and serves no device",
+            self.raft_quorum_lost.clone(),
         );
         // Every label value from the start, at 0: a rate over a series that appears only at
         // its first event misses that event.
@@ -367,6 +377,7 @@ impl Metrics {
             self.raft_last_log.set(n(r.last_log_index));
             self.raft_applied.set(n(r.applied_index));
             self.raft_leader.set(i64::from(r.leader));
+            self.raft_quorum_lost.set(i64::from(r.quorum_lost));
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;

@@ -376,6 +376,12 @@ async fn metrics(State(c): Shared, headers: HeaderMap) -> Response {
         Ok(seq) => seq,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
+    // The requests the console lists as waiting: a device that asked and went away still
+    // waits for its decision.
+    let auth_waiting = match shared.read(crate::node::members::pending_requests).await {
+        Ok(n) => n,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
     let sessions = shared
         .live
         .lock()
@@ -385,7 +391,7 @@ async fn metrics(State(c): Shared, headers: HeaderMap) -> Response {
     let now = super::metrics::Snapshot {
         log_seq,
         devices_connected: sessions,
-        auth_waiting: shared.waiting.load(std::sync::atomic::Ordering::Relaxed),
+        auth_waiting,
         raft: shared.cluster.get().map(|p| {
             let s = crate::node::cluster_status_of(p);
             super::metrics::RaftFigures {
@@ -393,6 +399,7 @@ async fn metrics(State(c): Shared, headers: HeaderMap) -> Response {
                 last_log_index: s.last_log_index.unwrap_or(0),
                 applied_index: s.applied_index.unwrap_or(0),
                 leader: s.role == "leader",
+                quorum_lost: s.quorum_silence_ms.is_some(),
             }
         }),
     };

@@ -370,8 +370,9 @@ impl Connection {
         }
     }
 
-    /// Events of this node from now on (ready, data received, transaction rejected, ...).
-    /// A plain local database has none.
+    /// A device's events from now on (ready, data received, transaction rejected, ...): what
+    /// happens to this node's sync. A primary sends none (its devices' rows are in the change
+    /// feed, [`Connection::changes_after`]); a plain local database has none.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
         match &self.node {
             Some(node) => node.subscribe(),
@@ -710,11 +711,18 @@ impl Connection {
         self.internal(|| Ok(store::exec(&self.conn, sql)?))
     }
 
-    /// Turn SQLite's bare "not authorized" into the rule that refused the statement.
+    /// Turn SQLite's bare "not authorized" into the rule that refused the statement, and a
+    /// replication rule a trigger enforces (its message begins "octodb: ") into
+    /// [`Error::Rule`], as the rules the engine checks itself are.
     fn sql_error(&self, e: rusqlite::Error) -> Error {
         if e.sqlite_error_code() == Some(rusqlite::ErrorCode::AuthorizationForStatementDenied) {
             if let Some(reason) = authz::lock(&self.authz).denied.take() {
                 return Error::Rule(reason);
+            }
+        }
+        if let rusqlite::Error::SqliteFailure(_, Some(msg)) = &e {
+            if let Some(rule) = msg.strip_prefix(store::schema::RULE_PREFIX) {
+                return Error::Rule(rule.to_string());
             }
         }
         Error::Sqlite(e)

@@ -352,6 +352,14 @@ pub(crate) fn record_request(
     Ok(())
 }
 
+/// How many requests wait for the backend's decision.
+pub(crate) fn pending_requests(c: &Connection) -> Result<usize> {
+    let n: i64 = c
+        .prepare_cached("SELECT count(*) FROM _octo_nodes WHERE auth_state = 'pending'")?
+        .query_row([], |r| r.get(0))?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// Which keys a decision may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Known {

@@ -15,7 +15,7 @@ mod epoch;
 mod events;
 mod forwarded;
 mod join;
-mod members;
+pub(crate) mod members;
 mod primary;
 mod registry;
 pub(crate) mod restored_ids;

@@ -164,11 +164,15 @@ pub const STATEMENTS_TABLE: &str = "_octo_statements";
 pub const CAPTURE_TABLE: &str =
     "CREATE TEMP TABLE IF NOT EXISTS _octo_statements(id INTEGER PRIMARY KEY)";
 
+/// How the messages of the rules the triggers enforce begin: the API reports them as
+/// `Error::Rule`.
+pub const RULE_PREFIX: &str = "octodb: ";
+
 /// Messages of the rules the triggers enforce (SQLite needs them as literals).
 const MSG_ROWID_CHANGE: &str =
     "octodb: the id of a replicated row cannot change; delete the row and insert a new one";
 const MSG_OWNER_CHANGE: &str = "octodb: row_owner may only widen: a local row (NULL) may become this user's row (or, on a primary, any user's or '*'), a primary may make a user's row '*'; ownership never moves to another user";
-const MSG_DEVICE_INSERT: &str = "octodb: a device may insert only rows of its own user (omit row_owner or use this_user()) or local rows (row_owner NULL); '*' rows are created on primaries";
+const MSG_DEVICE_INSERT: &str = "octodb: a device may insert only rows of its own user (omit row_owner or use this_user()) or local rows (row_owner NULL); '*' rows are created on primaries. A DEFAULT the table gives row_owner other than this_user() or NULL applies on devices too: set row_owner in the INSERT, or change the table's default";
 
 /// The TEMP triggers for one replicated table on a connection of a node with `role`.
 /// `layout_id` identifies `t`'s column list in the connection's capture state.
