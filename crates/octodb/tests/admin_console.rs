@@ -375,7 +375,11 @@ fn the_waiting_gauge_counts_requests_whose_device_left() {
     let token = text(&p, "PRAGMA admin_token");
     let base = admin_url(&p);
     let d = c.device("d.db", &p);
-    d.execute("PRAGMA user_signup='alice'", []).unwrap();
+    d.execute(
+        r#"PRAGMA user_signup='{"name": "alice", "password": "s3cret"}'"#,
+        [],
+    )
+    .unwrap();
     d.wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("pending"))
         .unwrap();
     drop(d);
@@ -385,4 +389,20 @@ fn the_waiting_gauge_counts_requests_whose_device_left() {
     let m = scrape(&base, &token);
     assert_eq!(value(&m, "octodb_auth_requests_waiting"), Some(1.0));
     assert_eq!(value(&m, "octodb_raft_quorum_lost"), Some(0.0));
+    // The console shows what it asks, its password masked (the scheme's name in any case).
+    let (status, state) = call(
+        agent()
+            .get(&format!("{base}/api/state"))
+            .set("Authorization", &format!("bearer {token}"))
+            .call(),
+    );
+    assert_eq!(status, 200);
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let waiting = &state["waiting"][0];
+    assert_eq!(waiting["asks"], "user_signup", "{state}");
+    assert_eq!(
+        waiting["data"],
+        serde_json::json!({"name": "alice", "password": "***"})
+    );
+    assert_eq!(state["auth_requests_waiting"], 1);
 }

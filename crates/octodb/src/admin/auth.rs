@@ -109,7 +109,12 @@ pub fn caller(headers: &HeaderMap, token: &str, sessions: &Sessions) -> Option<C
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // The scheme's name is case-insensitive (RFC 9110).
+        .and_then(|v| {
+            v.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        })
+        .map(|(_, token)| token);
     if let Some(b) = bearer {
         return same_secret(b.trim(), token).then_some(Caller::Bearer);
     }

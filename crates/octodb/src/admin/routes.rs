@@ -129,12 +129,68 @@ struct UserRow {
     online: usize,
 }
 
+/// A key waiting for a decision, with what it asked: the operator decides on it.
+#[derive(Serialize)]
+struct WaitingRow {
+    #[serde(flatten)]
+    node: crate::node::NodeRecord,
+    /// `user_signup`, `user_login` or `new_node`; None for a key that only presented itself.
+    asks: Option<String>,
+    /// What the app passed (secrets masked, see [`masked`]).
+    data: Option<serde_json::Value>,
+}
+
+/// A request's data as the console shows it: the values of fields whose name says they are
+/// secret (`password`, `secret`, `token`, `key`...) are masked, long text is cut.
+fn masked(data: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    const SECRET: [&str; 5] = ["pass", "secret", "token", "key", "pin"];
+    match data {
+        J::Object(fields) => J::Object(
+            fields
+                .iter()
+                .map(|(k, v)| {
+                    let k_low = k.to_ascii_lowercase();
+                    let shown = match SECRET.iter().any(|s| k_low.contains(s)) {
+                        true => J::String("***".into()),
+                        false => masked(v),
+                    };
+                    (k.clone(), shown)
+                })
+                .collect(),
+        ),
+        J::Array(items) => J::Array(items.iter().map(masked).collect()),
+        J::String(t) if t.chars().count() > 200 => {
+            J::String(format!("{}...", t.chars().take(200).collect::<String>()))
+        }
+        other => other.clone(),
+    }
+}
+
+/// What the key asked, from its stored request (`{"action": ..., "data": ...}`); data that is
+/// JSON text is shown as JSON.
+fn asked(request: Option<&String>) -> (Option<String>, Option<serde_json::Value>) {
+    let Some(r) = request.and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok()) else {
+        return (None, None);
+    };
+    let action = r["action"].as_str().map(str::to_string);
+    let data = match &r["data"] {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(t) => Some(
+            serde_json::from_str::<serde_json::Value>(t)
+                .unwrap_or_else(|_| serde_json::Value::String(t.clone())),
+        ),
+        other => Some(other.clone()),
+    };
+    (action, data.as_ref().map(masked))
+}
+
 /// Everything the page shows, in one JSON object.
 #[derive(Serialize)]
 struct ConsoleState {
     node: crate::node::SyncStatus,
     devices: Vec<crate::node::NodeRecord>,
-    waiting: Vec<crate::node::NodeRecord>,
+    waiting: Vec<WaitingRow>,
     users: Vec<UserRow>,
     samples: Vec<super::events::Sample>,
     rejections: Vec<super::metrics::RecentRejection>,
@@ -181,15 +237,25 @@ fn snapshot(c: &Console) -> crate::error::Result<ConsoleState> {
     let shared = &c.shared;
     let node = crate::node::sync_status_of(shared)?;
     let nodes = crate::node::nodes_of(shared)?;
+    let requests = shared.read_blocking(crate::node::members::requests_of_waiting)?;
     let waiting = nodes
         .iter()
         .filter(|n| n.auth_state == "pending" || n.auth_state == "required")
-        .cloned()
+        .map(|n| {
+            let (asks, data) = asked(requests.get(&n.public_key));
+            WaitingRow {
+                node: n.clone(),
+                asks,
+                data,
+            }
+        })
         .collect();
+    // The other primaries are in the cluster's table, not among the devices.
     let devices: Vec<_> = nodes
         .into_iter()
-        .filter(|n| n.auth_state == "approved")
+        .filter(|n| n.auth_state == "approved" && n.node_type != "primary")
         .collect();
+    let auth_requests_waiting = shared.read_blocking(crate::node::members::pending_requests)?;
     let mut users: std::collections::BTreeMap<i64, UserRow> = Default::default();
     for d in devices.iter().filter(|d| d.node_type == "secondary") {
         let Some(user_id) = d.user_id else { continue };
@@ -209,7 +275,7 @@ fn snapshot(c: &Console) -> crate::error::Result<ConsoleState> {
         samples: c.journal.samples(),
         rejections: shared.metrics.recent_rejections(),
         actions: c.journal.actions(),
-        auth_requests_waiting: shared.waiting.load(std::sync::atomic::Ordering::Relaxed),
+        auth_requests_waiting,
         tasks: task_counts(shared)?,
         services: shared.services.figures(),
     })

@@ -360,6 +360,19 @@ pub(crate) fn pending_requests(c: &Connection) -> Result<usize> {
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
+/// What each key waiting for a decision asked (`{"action": ..., "data": ...}` as stored),
+/// by key.
+pub(crate) fn requests_of_waiting(
+    c: &Connection,
+) -> Result<std::collections::HashMap<String, String>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT pubkey, request FROM _octo_nodes
+         WHERE auth_state IN ('pending', 'required') AND request IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// Which keys a decision may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Known {
