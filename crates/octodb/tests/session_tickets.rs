@@ -92,7 +92,7 @@ fn a_device_whose_approval_was_taken_back_is_refused_though_its_ticket_is_good()
         .wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("rejected"))
         .expect("the device hears that it is no longer accepted");
     assert!(
-        s.auth_error.is_some_and(|e| e.contains("no longer accept")),
+        s.auth_error.is_some_and(|e| e.contains("revoked")),
         "the reason is given"
     );
     assert!(
