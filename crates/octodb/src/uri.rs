@@ -157,6 +157,9 @@ pub struct NodeConfig {
     pub sqlite_uri: Option<String>,
     /// Primaries: the admin console and `/metrics` (`admin=HOST:PORT`), when asked for.
     pub admin: Option<AdminConfig>,
+    /// Primaries: the authorization service deciding sign-ups, logins and new nodes
+    /// (`authorizer_service=tcp://HOST:PORT`, as `host:port`), from the node's start.
+    pub authorizer_service: Option<String>,
 }
 
 /// Where and how a primary serves its admin console (`admin=`, `admin_token*=`,
@@ -261,7 +264,7 @@ pub enum UriError {
     },
 }
 
-const KNOWN: [&str; 17] = [
+const KNOWN: [&str; 18] = [
     "node",
     "bind",
     "connect",
@@ -279,9 +282,10 @@ const KNOWN: [&str; 17] = [
     "admin_token_file",
     "admin_insecure",
     "log_keep",
+    "authorizer_service",
 ];
 const KNOWN_LIST: &str = "node, bind, connect, advertise, auth, cipher, key, hexkey, keyenv, \
-     keyfile, heartbeat, admin, admin_token, admin_token_env, admin_token_file, admin_insecure, log_keep, and without `node` SQLite's own vfs, mode, cache, psow, nolock, immutable, modeof";
+     keyfile, heartbeat, admin, admin_token, admin_token_env, admin_token_file, admin_insecure, log_keep, authorizer_service, and without `node` SQLite's own vfs, mode, cache, psow, nolock, immutable, modeof";
 /// The parameters that give a key: at most one of them.
 const KEY_SOURCES: [&str; 4] = ["key", "hexkey", "keyenv", "keyfile"];
 /// Parameters whose value is a secret, masked wherever a URI is printed.
@@ -307,6 +311,9 @@ const ADVERTISE_ON_SECONDARY: &str =
     "applies to primaries only (the address other primaries reach it at); remove it";
 const ADVERTISE_ONE: &str = "takes one address, tcp://HOST:PORT, that other primaries reach";
 const AUTH_ON_SECONDARY: &str = "applies to primaries only; remove it for node=secondary";
+const SERVICE_WITHOUT_AUTH: &str =
+    "decides sign-ups, logins and new nodes, which a primary asks for with auth=user or \
+     auth=node only; add one of them";
 const BIND_ON_SECONDARY: &str =
     "is not supported with node=secondary; remove it and name the primaries in `connect`";
 const SECONDARY_ALONE: &str =
@@ -333,7 +340,7 @@ impl NodeConfig {
             return Err(UriError::EmptyPath);
         }
         let (ours, sqlite_own) = parameters(query)?;
-        let [node, bind, connect, auth, cipher, key, hexkey, heartbeat, keyenv, keyfile, advertise, admin, admin_token, admin_token_env, admin_token_file, admin_insecure, log_keep] =
+        let [node, bind, connect, auth, cipher, key, hexkey, heartbeat, keyenv, keyfile, advertise, admin, admin_token, admin_token_env, admin_token_file, admin_insecure, log_keep, authorizer_service] =
             ours;
         let admin_given = [
             &admin,
@@ -381,6 +388,11 @@ impl NodeConfig {
             let given = [&bind, &connect, &auth, &None, &None, &None, &heartbeat];
             rule(advertise.is_some(), "advertise", NEEDS_NODE)?;
             rule(log_keep.is_some(), "log_keep", NEEDS_NODE)?;
+            rule(
+                authorizer_service.is_some(),
+                "authorizer_service",
+                NEEDS_NODE,
+            )?;
             admin_on(None)?;
             if let Some(i) = given.iter().position(|v| v.is_some()) {
                 rule(true, KNOWN[i + 1], NEEDS_NODE)?;
@@ -433,6 +445,23 @@ impl NodeConfig {
                 _ => return Err(bad_value("log_keep", v, LOG_KEEP_EXPECTED)),
             },
         };
+        rule(
+            secondary && authorizer_service.is_some(),
+            "authorizer_service",
+            AUTH_ON_SECONDARY,
+        )?;
+        rule(
+            auth == AuthMode::None && authorizer_service.is_some(),
+            "authorizer_service",
+            SERVICE_WITHOUT_AUTH,
+        )?;
+        let authorizer_service = match authorizer_service.as_deref() {
+            None => None,
+            Some(v) => Some(
+                crate::auth::service::address(v)
+                    .map_err(|_| bad_value("authorizer_service", v, "tcp://HOST:PORT"))?,
+            ),
+        };
         let heartbeat = match heartbeat.as_deref() {
             None => DEFAULT_HEARTBEAT,
             Some(v) => match v.parse::<u64>() {
@@ -451,6 +480,7 @@ impl NodeConfig {
             cipher,
             key,
             admin,
+            authorizer_service,
             ..NodeConfig::local(path)
         })
     }
@@ -511,6 +541,7 @@ impl NodeConfig {
             log_keep: DEFAULT_LOG_KEEP,
             sqlite_uri: None,
             admin: None,
+            authorizer_service: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! The external authorization service (docs/authorizer-service.md) over a real socket.
 mod common;
 use common::*;
+use octodb::Connection;
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -183,4 +184,41 @@ fn only_answers_to_waiting_requests_count() {
     );
     assert_eq!(count(&p, "SELECT count(*) FROM accounts"), 0, "no SQL ran");
     assert!(p.nodes().unwrap().iter().all(|n| n.public_key != stranger));
+}
+
+/// `authorizer_service=` on the primary's URI (what `octodb serve` needs: no PRAGMA can run
+/// there) starts the service's connection with the node, at every start.
+#[test]
+fn the_uri_names_the_service_from_the_nodes_start() {
+    let c = Cluster::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let service = serve(listener, 1);
+    let p = Connection::open(&format!(
+        "{}&auth=user&authorizer_service=tcp://127.0.0.1:{port}",
+        primary_uri(&c.path("p.db"), 0)
+    ))
+    .unwrap();
+    p.execute_batch(
+        "CREATE TABLE accounts(id INTEGER PRIMARY KEY, name TEXT UNIQUE, first_node INTEGER);",
+    )
+    .unwrap();
+    let ann = c.device("ann.db", &p);
+    ann.execute(r#"PRAGMA user_signup='{"name": "ann"}'"#, [])
+        .unwrap();
+    assert!(ready(&ann).user_id.is_some());
+    assert_eq!(service.join().unwrap()[0]["data"]["name"], "ann");
+    for (uri, problem) in [
+        ("&authorizer_service=tcp://127.0.0.1:1", "auth=user"),
+        (
+            "&auth=user&authorizer_service=127.0.0.1:1",
+            "tcp://HOST:PORT",
+        ),
+    ] {
+        let Err(err) = Connection::open(&format!("{}{uri}", primary_uri(&c.path("q.db"), 0)))
+        else {
+            panic!("{uri} opened");
+        };
+        assert!(err.to_string().contains(problem), "{uri}: {err}");
+    }
 }

@@ -17,6 +17,7 @@ mod services;
 
 use driver::Dml;
 pub use driver::{Prepared, Started};
+pub(crate) use pragmas::service_executor;
 pub use services::app_signed_bytes;
 
 use super::authz;

@@ -14,6 +14,7 @@ pub mod sql_text;
 
 pub use crate::store::returned_ids::ColumnOrigin;
 pub use backup::{backup, mark_restored, restore_cluster, RestoredCluster};
+pub(crate) use connection::service_executor;
 pub use connection::{app_signed_bytes, Connection, Prepared, Started, Statement, Transaction};
 pub use events::{next_event, Next};
 pub use local::OpenOptions;

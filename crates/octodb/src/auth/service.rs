@@ -37,6 +37,19 @@ pub struct Answer {
     pub decision: Decision,
 }
 
+/// `tcp://host:port` as the service's address (`host:port`), or what is wrong with it.
+pub fn address(value: &str) -> std::result::Result<String, String> {
+    let rest = value
+        .strip_prefix("tcp://")
+        .ok_or_else(|| format!("`{value}` must start with tcp://"))?;
+    match rest.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(rest.to_string())
+        }
+        _ => Err(format!("`{value}` is not tcp://host:port")),
+    }
+}
+
 /// Read one frame as JSON; None at a clean end of stream.
 pub async fn read_frame(s: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<Json>> {
     match read_raw_frame(s).await? {

@@ -60,6 +60,9 @@ pub(crate) fn open_node(mut cfg: NodeConfig) -> Result<Arc<Node>> {
         return Ok(node);
     }
     let node = Arc::new(Node::start(cfg.clone())?);
+    if let Some(addr) = cfg.authorizer_service.clone() {
+        node.set_authorizer_service(addr, crate::api::service_executor(&node.shared))?;
+    }
     map.insert(cfg.path, Arc::downgrade(&node));
     Ok(node)
 }

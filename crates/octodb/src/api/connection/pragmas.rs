@@ -86,22 +86,7 @@ impl Connection {
                     name: p.name.clone(),
                     reason,
                 })?;
-                let shared = &self.node("an authorization service")?.shared;
-                let cfg = shared.cfg.clone();
-                let file_key = shared.file_key.clone();
-                let exec = Arc::new(
-                    move |pubkey: &str, execute: &[String], find: Option<&str>| {
-                        // The file's key as it is now: a PRAGMA rekey may have changed it.
-                        let cfg = match file_key.get() {
-                            Some(key) => NodeConfig {
-                                key: Some(key),
-                                ..cfg.clone()
-                            },
-                            None => cfg.clone(),
-                        };
-                        run_service_sql(&cfg, pubkey, execute, find)
-                    },
-                );
+                let exec = service_executor(&self.node("an authorization service")?.shared);
                 self.node("an authorization service")?
                     .set_authorizer_service(addr, exec)?;
                 Rows::default()
@@ -160,15 +145,26 @@ impl Connection {
 fn service_address(value: Option<&str>) -> std::result::Result<String, String> {
     let v =
         value.ok_or("give the service's address: PRAGMA authorizer_service='tcp://host:port'")?;
-    let rest = v
-        .strip_prefix("tcp://")
-        .ok_or_else(|| format!("`{v}` must start with tcp://"))?;
-    match rest.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
-            Ok(rest.to_string())
-        }
-        _ => Err(format!("`{v}` is not tcp://host:port")),
-    }
+    crate::auth::service::address(v)
+}
+
+/// Runs an authorization service's `execute` / `find` for the primary of `shared`.
+pub(crate) fn service_executor(shared: &crate::node::Shared) -> crate::auth::service::Executor {
+    let cfg = shared.cfg.clone();
+    let file_key = shared.file_key.clone();
+    Arc::new(
+        move |pubkey: &str, execute: &[String], find: Option<&str>| {
+            // The file's key as it is now: a PRAGMA rekey may have changed it.
+            let cfg = match file_key.get() {
+                Some(key) => NodeConfig {
+                    key: Some(key),
+                    ..cfg.clone()
+                },
+                None => cfg.clone(),
+            };
+            run_service_sql(&cfg, pubkey, execute, find)
+        },
+    )
 }
 
 /// The `execute` / `find` of an authorization service's answer, run on the primary's database
