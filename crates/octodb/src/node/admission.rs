@@ -181,17 +181,45 @@ pub(super) async fn admit(
     } else {
         Decision::Pending
     };
-    let outcome = match decision {
-        Decision::Pending => {
+    // The callback's answer counts only while the request still waits: an operator may have
+    // decided it meanwhile (the first decision stands), and a sign-up answered with a user
+    // that exists is refused. Either way the session waits for the decision that stands.
+    let recorded = match decision {
+        Decision::Pending => None,
+        d => match record_answer(shared, key.clone(), d).await {
+            Ok(outcome) => Some(outcome),
+            Err(e) => {
+                tracing::warn!(pubkey = %key, "the backend's answer is not recorded: {e}");
+                None
+            }
+        },
+    };
+    let outcome = match recorded {
+        Some(outcome) => outcome,
+        None => {
             send_now(wr, &Message::AuthPending).await?;
             // The backend may take long: the device's heartbeats (answered here) tell a quiet
             // wait from a dead connection, which must not hold a waiting slot forever.
             rd.set_idle_timeout(who.heartbeat.map(crate::uri::dead_after));
             wait_for_decision(shared, &key, &mut decided, rd, wr).await?
         }
-        d => authorize(shared, key.clone(), d).await?,
     };
     finish(wr, outcome).await
+}
+
+/// Record the backend's answer to a request this session recorded, while it still waits.
+async fn record_answer(
+    shared: &Arc<Shared>,
+    pubkey: String,
+    decision: Decision,
+) -> Result<Admission> {
+    ask(shared, |reply| Job::AuthDecide {
+        pubkey,
+        decision,
+        known: members::Known::Pending,
+        reply,
+    })
+    .await
 }
 
 /// How a revoked device is told why it is refused (it checks again now and then, so that an
