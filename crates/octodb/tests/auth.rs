@@ -481,27 +481,3 @@ fn refused_sign_ups_from_fresh_keys_spend_no_node_ids() {
         .filter(|n| n.auth_state == "rejected")
         .all(|n| n.node_id == 0));
 }
-
-/// A sign-up callback that answers with a user who exists already (a backend numbering its
-/// accounts apart from the engine's users) would give the new device that user's rows: the
-/// answer is not recorded and the device waits for a decision that stands.
-#[test]
-fn a_signup_answered_with_an_existing_user_waits_for_another_decision() {
-    let c = Cluster::new();
-    let p = primary_with(&c, "user");
-    p.set_auth_callback(Action::UserSignup, |_r: &AuthRequest| Decision::User(1))
-        .unwrap();
-    let first = c.device("first.db", &p);
-    first.execute("PRAGMA user_signup='a'", []).unwrap();
-    assert_eq!(ready(&first).user_id, Some(1));
-    let second = c.device("second.db", &p);
-    second.execute("PRAGMA user_signup='b'", []).unwrap();
-    second
-        .wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("pending"))
-        .unwrap();
-    let key = second.public_key();
-    p.execute(&format!("PRAGMA authorize_user='{key}:0'"), [])
-        .unwrap();
-    let user = ready(&second).user_id.unwrap();
-    assert_ne!(user, 1, "a user of its own");
-}

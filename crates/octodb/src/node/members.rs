@@ -386,33 +386,6 @@ pub(crate) enum Known {
     Pending,
 }
 
-/// A sign-up makes a new user: a backend's answer naming a user that exists already (one the
-/// console or the engine numbered, where the backend numbers its accounts itself) would give
-/// the new device that user's rows.
-fn refuse_existing_user_for_signup(c: &Connection, pubkey: &str, user_id: i64) -> Result<()> {
-    if user_id <= 0 {
-        return Ok(());
-    }
-    let signup = c
-        .prepare_cached("SELECT request FROM _octo_nodes WHERE pubkey = ?1")?
-        .query_row([pubkey], |r| r.get::<_, Option<String>>(0))
-        .optional()?
-        .flatten()
-        .and_then(|r| serde_json::from_str::<serde_json::Value>(&r).ok())
-        .is_some_and(|r| r["action"] == Action::UserSignup.as_str());
-    let exists = c
-        .prepare_cached("SELECT 1 FROM _octo_users WHERE user_id = ?1")?
-        .exists([user_id])?;
-    if signup && exists {
-        return Err(Error::rule(format!(
-            "the answer to the sign-up of key {pubkey} names user {user_id}, who exists already: \
-             a sign-up makes a new user. Answer with an id no user has (users the console or \
-             the engine made take the next free ids), or user_id 0 for the engine to choose"
-        )));
-    }
-    Ok(())
-}
-
 /// Apply the backend's decision on `pubkey`.
 pub(crate) fn decide(
     c: &Connection,
@@ -429,11 +402,7 @@ pub(crate) fn decide(
     }
     if known == Known::Pending {
         match lookup(c, pubkey)? {
-            Some(m) if m.auth_state == "pending" => {
-                if let Decision::User(u) = decision {
-                    refuse_existing_user_for_signup(c, pubkey, *u)?;
-                }
-            }
+            Some(m) if m.auth_state == "pending" => {}
             Some(m) if m.auth_state == "approved" => {
                 tracing::info!(
                     pubkey,
@@ -614,22 +583,6 @@ mod tests {
         assert!(decide(&c, "d", &Decision::User(first + 1), Known::Presented).is_err());
         let again = user(decide(&c, "d", &Decision::User(0), Known::Presented).unwrap());
         assert_eq!(again, first, "a new user for it means its own");
-    }
-
-    #[test]
-    fn a_signup_answered_with_an_existing_user_is_refused_and_still_waits() {
-        let c = file();
-        record_request(&c, "a", "127.0.0.1:1", "{}", Action::UserSignup, None).unwrap();
-        decide(&c, "a", &Decision::User(0), Known::Presented).unwrap();
-        record_request(&c, "b", "127.0.0.1:2", "{}", Action::UserSignup, None).unwrap();
-        let err = decide(&c, "b", &Decision::User(1), Known::Pending).unwrap_err();
-        assert!(err.to_string().contains("exists already"), "{err}");
-        assert_eq!(lookup(&c, "b").unwrap().unwrap().auth_state, "pending");
-        record_request(&c, "l", "127.0.0.1:3", "{}", Action::UserLogin, None).unwrap();
-        assert!(
-            decide(&c, "l", &Decision::User(1), Known::Pending).is_ok(),
-            "a login may"
-        );
     }
 
     #[test]
