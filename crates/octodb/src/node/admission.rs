@@ -186,7 +186,7 @@ pub(super) async fn admit(
     // that exists is refused. Either way the session waits for the decision that stands.
     let recorded = match decision {
         Decision::Pending => None,
-        d => match record_answer(shared, key.clone(), d).await {
+        d => match record(shared, key.clone(), d, members::Known::Pending).await {
             Ok(outcome) => Some(outcome),
             Err(e) => {
                 tracing::warn!(pubkey = %key, "the backend's answer is not recorded: {e}");
@@ -205,21 +205,6 @@ pub(super) async fn admit(
         }
     };
     finish(wr, outcome).await
-}
-
-/// Record the backend's answer to a request this session recorded, while it still waits.
-async fn record_answer(
-    shared: &Arc<Shared>,
-    pubkey: String,
-    decision: Decision,
-) -> Result<Admission> {
-    ask(shared, |reply| Job::AuthDecide {
-        pubkey,
-        decision,
-        known: members::Known::Pending,
-        reply,
-    })
-    .await
 }
 
 /// How a revoked device is told why it is refused (it checks again now and then, so that an
@@ -332,10 +317,21 @@ pub(super) async fn authorize(
     pubkey: String,
     decision: Decision,
 ) -> Result<Admission> {
+    record(shared, pubkey, decision, members::Known::Any).await
+}
+
+/// Record `decision` on the keys `known` allows (a session's own request: only while it
+/// still waits).
+async fn record(
+    shared: &Arc<Shared>,
+    pubkey: String,
+    decision: Decision,
+    known: members::Known,
+) -> Result<Admission> {
     ask(shared, |reply| Job::AuthDecide {
         pubkey,
         decision,
-        known: members::Known::Any,
+        known,
         reply,
     })
     .await
