@@ -371,6 +371,7 @@ fn a_removal_that_cannot_be_confirmed_fails_within_a_bound_and_says_why() {
     let p2 = joining_primary(&c.path("p2.db"), &addr_of(&p1));
     wait_voters(&p1, 2);
     let p2_id = p2.sync_status().unwrap().node_id;
+    let p2_port = port_of(&p2);
     drop(p2);
     let err = p1
         .execute_batch(&format!("PRAGMA remove_primary={p2_id}"))
@@ -385,6 +386,21 @@ fn a_removal_that_cannot_be_confirmed_fails_within_a_bound_and_says_why() {
         .expect_err("the first is still under way")
         .to_string();
     assert!(again.contains("still under way"), "{again}");
+
+    // Once the primary is back, the change's first step commits and the leader finishes it
+    // by itself (it stayed half-made, "membership changing", until the removal was sent
+    // again).
+    let p2 = Connection::open(&format!(
+        "{}&connect=tcp://{}",
+        primary_uri(&c.path("p2.db"), p2_port),
+        addr_of(&p1)
+    ))
+    .unwrap();
+    wait_until("the removal to be finished", || {
+        let cluster = p1.sync_status().ok()?.cluster?;
+        (!cluster.membership_changing && cluster.members.len() == 1).then_some(())
+    });
+    drop(p2);
 }
 
 /// A new primary whose connect= names a follower joins through the leader the follower names.

@@ -125,6 +125,7 @@ async fn follow_view(shared: std::sync::Weak<Shared>) {
     else {
         return;
     };
+    let mut finishing: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -183,9 +184,53 @@ async fn follow_view(shared: std::sync::Weak<Shared>) {
         if began_leading {
             tokio::spawn(super::epoch::begin(shared.clone()));
         }
+        let half_made = {
+            let metrics = proposer.raft().metrics();
+            let m = metrics.borrow();
+            m.state == openraft::ServerState::Leader
+                && m.membership_config.membership().get_joint_config().len() > 1
+        };
+        if half_made && finishing.as_ref().is_none_or(|f| f.is_finished()) {
+            finishing = Some(tokio::spawn(finish_voter_change(proposer.raft().clone())));
+        }
         drop(shared);
         if metrics.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// How long a change of the voters may stay half-made before the leader finishes it: the
+/// call that began it takes its second step as soon as the first commits.
+const HALF_MADE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Finishes a change of the voters left half-made: its caller stopped waiting (a removal not
+/// confirmed in time) or its leader changed, and the cluster stayed in the joint
+/// configuration, needing both the old and the new majorities, until someone sent the change
+/// again. Ends when this primary stops leading or the change is done.
+async fn finish_voter_change(raft: crate::cluster::Raft) {
+    loop {
+        tokio::time::sleep(HALF_MADE_GRACE).await;
+        let (goal, first_step_committed) = {
+            let m = raft.metrics().borrow().clone();
+            if m.running_state.is_err() || m.state != openraft::ServerState::Leader {
+                return;
+            }
+            let joint = m.membership_config.membership().get_joint_config();
+            let Some(goal) = joint.last().filter(|_| joint.len() > 1).cloned() else {
+                return;
+            };
+            (goal, m.membership_config.log_id() <= &m.last_applied)
+        };
+        if !first_step_committed {
+            continue; // a majority of the old or the new voters is away
+        }
+        match raft.change_membership(goal.clone(), false).await {
+            Ok(_) => {
+                tracing::info!(voters = ?goal, "a change of the cluster's voters left half-made is finished");
+                return;
+            }
+            Err(e) => tracing::warn!("cannot finish the change of the cluster's voters yet: {e}"),
         }
     }
 }
