@@ -18,4 +18,4 @@ pub(crate) use connection::service_executor;
 pub use connection::{app_signed_bytes, Connection, Prepared, Started, Statement, Transaction};
 pub use events::{next_event, Next};
 pub use local::OpenOptions;
-pub use rows::{Row, Rows};
+pub use rows::{ColumnIndex, Row, Rows};

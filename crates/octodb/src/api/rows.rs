@@ -62,9 +62,31 @@ pub struct Row<'a> {
     values: &'a [Value],
 }
 
+/// A column by its position (`0`) or by its name (`"id"`, case-insensitive), as rusqlite's
+/// `Row::get` takes them.
+pub trait ColumnIndex {
+    fn position_in(&self, columns: &[String]) -> Result<usize>;
+}
+
+impl ColumnIndex for usize {
+    fn position_in(&self, _: &[String]) -> Result<usize> {
+        Ok(*self)
+    }
+}
+
+impl ColumnIndex for &str {
+    fn position_in(&self, columns: &[String]) -> Result<usize> {
+        columns
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(self))
+            .ok_or_else(|| rusqlite::Error::InvalidColumnName(self.to_string()).into())
+    }
+}
+
 impl<'a> Row<'a> {
-    /// Column `idx` converted like rusqlite's `Row::get`.
-    pub fn get<T: FromSql>(&self, idx: usize) -> Result<T> {
+    /// Column `idx` (a position or a name) converted like rusqlite's `Row::get`.
+    pub fn get<T: FromSql>(&self, idx: impl ColumnIndex) -> Result<T> {
+        let idx = idx.position_in(self.columns)?;
         let v = self
             .values
             .get(idx)
@@ -88,5 +110,25 @@ impl<'a> Row<'a> {
             .map(|(c, v)| (c.clone(), v.to_json()))
             .collect();
         map.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_column_is_found_by_position_or_by_name() {
+        let columns = vec!["id".to_string(), "Title".to_string()];
+        let values = vec![Value::Integer(7), Value::Text("milk".into())];
+        let row = Row {
+            columns: &columns,
+            values: &values,
+        };
+        assert_eq!(row.get::<i64>(0).unwrap(), 7);
+        assert_eq!(row.get::<String>("title").unwrap(), "milk");
+        assert!(row.get::<i64>(2).is_err());
+        let err = row.get::<i64>("nope").unwrap_err().to_string();
+        assert!(err.contains("nope"), "{err}");
     }
 }
