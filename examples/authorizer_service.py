@@ -2,7 +2,8 @@
 """An example octodb authorization service (protocol: docs/authorizer-service.md).
 
 Sign-up data is JSON {"name": ..., "password": ...}: a new account row is inserted in the
-primary's `accounts` table and its id becomes the user id. Login data is the same JSON: the
+primary's `accounts` table, numbered by the user the engine makes for the device (`@user_id`),
+so that accounts and the users the admin console makes never share an id. Login data is the same JSON: the
 account is found by name and password. New nodes (auth=node) are approved as secondaries.
 Standard library only. Run: python3 examples/authorizer_service.py --port 7000
 """
@@ -28,8 +29,8 @@ def decide(request):
     name, password = sql_text(data["name"]), sql_text(data["password"])
     if action == "user_signup":
         return {"pubkey": key, "execute": [
-            "INSERT INTO accounts(name, password, first_node) "
-            f"VALUES ({name}, {password}, @node_id)"]}
+            "INSERT INTO accounts(id, name, password, first_node) "
+            f"VALUES (@user_id, {name}, {password}, @node_id)"]}
     if action == "user_login":
         return {"pubkey": key, "find":
                 f"SELECT id AS user_id FROM accounts WHERE name = {name} AND password = {password}"}

@@ -307,6 +307,12 @@ fn a_browser_approves_a_waiting_device_and_metrics_show_its_writes() {
     ))
     .unwrap();
     assert_eq!(text(&p, "PRAGMA admin_token"), token);
+    let err = p
+        .execute_batch("PRAGMA admin_token='new-secret'")
+        .expect_err("the token is not set by a PRAGMA")
+        .to_string();
+    assert!(err.contains("admin_token="), "{err}");
+    assert_eq!(text(&p, "PRAGMA admin_token"), token);
 }
 
 #[test]
@@ -405,4 +411,45 @@ fn the_waiting_gauge_counts_requests_whose_device_left() {
         serde_json::json!({"name": "alice", "password": "***"})
     );
     assert_eq!(state["auth_requests_waiting"], 1);
+}
+
+/// A primary asking to join an `auth=` cluster is listed as a primary, and the console approves
+/// it as one: it was listed as a device, and approving it as shown made it a device.
+#[test]
+fn a_joining_primary_waits_as_a_primary_and_the_console_approves_it_as_one() {
+    let c = Cluster::new();
+    let p = primary_with_console(&c, None);
+    let (base, token) = (admin_url(&p), text(&p, "PRAGMA admin_token"));
+    let q = joining_primary(&c.path("q.db"), &addr_of(&p));
+    let state = |token: &str| -> serde_json::Value {
+        let (status, body) = call(
+            agent()
+                .get(&format!("{base}/api/state"))
+                .set("Authorization", &format!("Bearer {token}"))
+                .call(),
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let key = q.public_key();
+    let waiting = wait_until("the joining primary to be listed as waiting", || {
+        state(&token)["waiting"]
+            .as_array()?
+            .iter()
+            .find(|w| w["public_key"] == key.as_str())
+            .cloned()
+    });
+    assert_eq!(waiting["node_type"], "primary", "{waiting}");
+    let (status, why) = call(
+        agent()
+            .post(&format!("{base}/api/authorize"))
+            .set("Authorization", &format!("Bearer {token}"))
+            .set("content-type", "application/json")
+            .send_string(&format!(r#"{{"pubkey":"{key}","decision":"primary"}}"#)),
+    );
+    assert_eq!(status, 200, "{why}");
+    wait_voters(&p, 2);
+    wait_until("the new primary to follow", || {
+        (cluster_role(&q) == "follower").then_some(())
+    });
 }

@@ -20,7 +20,8 @@ fn write_frame(s: &mut TcpStream, v: &Value) {
     s.write_all(&body).unwrap();
 }
 
-/// A service answering `n` requests: sign-ups create an account row (user id = its rowid),
+/// A service answering `n` requests: sign-ups create an account row numbered by the user the
+/// engine makes (`@user_id`),
 /// logins find the account by name, data "deny" is refused. Returns the requests it saw.
 fn serve(listener: TcpListener, n: usize) -> std::thread::JoinHandle<Vec<Value>> {
     std::thread::spawn(move || {
@@ -34,7 +35,7 @@ fn serve(listener: TcpListener, n: usize) -> std::thread::JoinHandle<Vec<Value>>
             let answer = match (req["action"].as_str(), data["name"].as_str()) {
                 (_, Some("deny")) | (_, None) => json!({"pubkey": key, "user_id": -1}),
                 (Some("user_signup"), Some(name)) => json!({"pubkey": key,
-                    "execute": [format!("INSERT INTO accounts(name, first_node) VALUES ('{name}', @node_id)")]}),
+                    "execute": [format!("INSERT INTO accounts(id, name, first_node) VALUES (@user_id, '{name}', @node_id)")]}),
                 (_, Some(name)) => json!({"pubkey": key,
                     "find": format!("SELECT id AS user_id FROM accounts WHERE name = '{name}'")}),
             };
@@ -107,6 +108,65 @@ fn a_service_decides_signups_and_logins_and_survives_its_restart() {
     let service = serve(listener, 1);
     ready(&bob);
     assert_eq!(service.join().unwrap()[0]["data"]["name"], "bob");
+}
+
+/// `@user_id` in a sign-up's SQL is the user the engine makes for the key, so a service's
+/// accounts and the users the engine or the console made are one numbering (accounts numbered
+/// by their own rowids gave the first sign-up user 1, and with it the rows of the user 1 the
+/// console had made).
+#[test]
+fn accounts_numbered_by_user_id_never_meet_the_engines_users() {
+    let c = Cluster::new();
+    let p = c.auth_primary("p.db", "user");
+    p.execute_batch(
+        "CREATE TABLE accounts(id INTEGER PRIMARY KEY, name TEXT UNIQUE, first_node INTEGER);
+         CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner);",
+    )
+    .unwrap();
+    // A user made before any account: the operator approves a device as a new user.
+    let early = c.device("early.db", &p);
+    early
+        .execute(r#"PRAGMA user_signup='{"name": "early"}'"#, [])
+        .unwrap();
+    early
+        .wait_for(DEADLINE, |s| s.auth_state.as_deref() == Some("pending"))
+        .unwrap();
+    p.execute(
+        &format!("PRAGMA authorize_user='{}:0'", early.public_key()),
+        [],
+    )
+    .unwrap();
+    let early_user = ready(&early).user_id.unwrap();
+    early
+        .execute(
+            "INSERT INTO t(v, row_owner) VALUES ('early''s own', ?1)",
+            [early_user],
+        )
+        .unwrap();
+    wait_count(&p, "SELECT count(*) FROM t", 1);
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let service = serve(listener, 1);
+    p.execute(
+        &format!("PRAGMA authorizer_service='tcp://127.0.0.1:{port}'"),
+        [],
+    )
+    .unwrap();
+    let ann = c.device("ann.db", &p);
+    ann.execute(r#"PRAGMA user_signup='{"name": "ann"}'"#, [])
+        .unwrap();
+    let ann_user = ready(&ann).user_id.unwrap();
+    service.join().unwrap();
+    let account: i64 = p
+        .query_row("SELECT id FROM accounts WHERE name = 'ann'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(ann_user, account, "the account is numbered by the user");
+    assert_ne!(ann_user, early_user, "a new person is a new user");
+    ann.wait_until_synced(DEADLINE).unwrap();
+    assert_eq!(count(&ann, "SELECT count(*) FROM t"), 0, "not early's rows");
 }
 
 /// A service's answer counts only for a request put to it that still waits: an answer for a
@@ -182,6 +242,32 @@ fn only_answers_to_waiting_requests_count() {
     );
     assert_eq!(count(&p, "SELECT count(*) FROM accounts"), 0, "no SQL ran");
     assert!(p.nodes().unwrap().iter().all(|n| n.public_key != stranger));
+
+    // Refused by hand, never answered by the service.
+    let dave = c.device("dave.db", &p);
+    dave.execute(r#"PRAGMA user_signup='{"name": "dave"}'"#, [])
+        .unwrap();
+    let request = read_frame(&mut s).unwrap();
+    assert_eq!(request["data"]["name"], "dave");
+    p.execute(
+        &format!("PRAGMA authorize_user='{}:-1'", dave.public_key()),
+        [],
+    )
+    .unwrap();
+    // The service restarts: only the requests still waiting are sent again, so the first one
+    // it hears is a new one.
+    drop(s);
+    let (mut s, _) = listener.accept().unwrap();
+    assert_eq!(read_frame(&mut s), Some(json!({"leader": true})));
+    let carol = c.device("carol.db", &p);
+    carol
+        .execute(r#"PRAGMA user_signup='{"name": "carol"}'"#, [])
+        .unwrap();
+    assert_eq!(
+        read_frame(&mut s).unwrap()["data"]["name"],
+        "carol",
+        "dave's request, decided by hand, is not sent again"
+    );
 }
 
 /// `authorizer_service=` on the primary's URI (what `octodb serve` needs: no PRAGMA can run
@@ -201,6 +287,10 @@ fn the_uri_names_the_service_from_the_nodes_start() {
         "CREATE TABLE accounts(id INTEGER PRIMARY KEY, name TEXT UNIQUE, first_node INTEGER);",
     )
     .unwrap();
+    let named: String = p
+        .query_row("PRAGMA authorizer_service", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(named, format!("tcp://127.0.0.1:{port}"), "read back");
     let ann = c.device("ann.db", &p);
     ann.execute(r#"PRAGMA user_signup='{"name": "ann"}'"#, [])
         .unwrap();

@@ -132,6 +132,7 @@ struct UserRow {
 /// A key waiting for a decision, with what it asked: the operator decides on it.
 #[derive(Serialize)]
 struct WaitingRow {
+    /// Its `node_type` is what it asks to be: "primary" for a primary joining the cluster.
     #[serde(flatten)]
     node: crate::node::NodeRecord,
     /// `user_signup`, `user_login` or `new_node`; None for a key that only presented itself.
@@ -242,12 +243,13 @@ fn snapshot(c: &Console) -> crate::error::Result<ConsoleState> {
         .iter()
         .filter(|n| n.auth_state == "pending" || n.auth_state == "required")
         .map(|n| {
-            let (asks, data) = asked(requests.get(&n.public_key));
-            WaitingRow {
-                node: n.clone(),
-                asks,
-                data,
+            let asked_here = requests.get(&n.public_key).cloned().unwrap_or_default();
+            let (asks, data) = asked(asked_here.request.as_ref());
+            let mut node = n.clone();
+            if asked_here.as_primary {
+                node.node_type = "primary".into();
             }
+            WaitingRow { node, asks, data }
         })
         .collect();
     // The other primaries are in the cluster's table, not among the devices.

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Largest message accepted from the service.
 pub const MAX_FRAME: usize = 1024 * 1024;
@@ -157,10 +157,9 @@ pub fn parse_answer(msg: &Json, exec: &ExecuteFn) -> Result<Answer> {
     };
     let mut user_id = match msg.get("user_id") {
         None => None,
-        Some(v) => Some(
-            v.as_i64()
-                .ok_or_else(|| bad("`user_id` must be an integer"))?,
-        ),
+        Some(v) => Some(v.as_i64().filter(|u| *u >= -1).ok_or_else(|| {
+            bad("`user_id` must be N > 0 (that user), 0 (a new one) or -1 (reject)")
+        })?),
     };
     if user_id.is_none_or(|u| u >= 0) && (!execute.is_empty() || find.is_some()) {
         match exec(&pubkey, &execute, find)? {
@@ -177,8 +176,7 @@ pub fn parse_answer(msg: &Json, exec: &ExecuteFn) -> Result<Answer> {
     }
     let decision = match user_id {
         Some(u) if u >= 0 => Decision::User(u),
-        Some(-1) => Decision::Reject("not authorized".into()),
-        Some(u) => Decision::from_user_code(u),
+        Some(_) => Decision::Reject("not authorized".into()),
         None => {
             return Err(bad(
                 "give `user_id` (or `node_type`), or `execute` / `find` to obtain it",
@@ -190,12 +188,14 @@ pub fn parse_answer(msg: &Json, exec: &ExecuteFn) -> Result<Answer> {
 
 /// The connection to the service, kept up for as long as the node runs. Requests come in on
 /// `requests`; answers go out through `decided`. Unanswered requests are sent again after a
-/// reconnection.
-pub async fn run(
+/// reconnection, except those the backend decided some other way meanwhile (the keys on
+/// `settled`, with whatever the engine says of them).
+pub async fn run<S: Clone>(
     addr: String,
     mut requests: mpsc::Receiver<AuthRequest>,
     exec: Executor,
     decided: mpsc::Sender<Decided>,
+    mut settled: broadcast::Receiver<(String, S)>,
 ) {
     let mut waiting: HashMap<String, AuthRequest> = HashMap::new();
     let mut backoff = MIN_BACKOFF;
@@ -204,7 +204,12 @@ pub async fn run(
             Ok(stream) => {
                 tracing::info!(%addr, "connected to the authorization service");
                 let began = tokio::time::Instant::now();
-                match serve(stream, &mut requests, &mut waiting, &exec, &decided).await {
+                let links = Links {
+                    requests: &mut requests,
+                    settled: &mut settled,
+                    decided: &decided,
+                };
+                match serve(stream, links, &mut waiting, &exec).await {
                     Ok(()) => return, // the node is gone
                     Err(e) => tracing::warn!(%addr, "authorization service connection ended: {e}"),
                 }
@@ -226,21 +231,62 @@ pub async fn run(
                     Some(r) => { waiting.insert(r.pubkey.clone(), r); }
                     None => return,
                 },
+                s = settled.recv() => if !forget_settled(s, &mut waiting) {
+                    return;
+                },
             }
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-async fn serve(
+/// Where requests come from and decisions go, for one connection to the service.
+struct Links<'a, S> {
+    requests: &'a mut mpsc::Receiver<AuthRequest>,
+    settled: &'a mut broadcast::Receiver<(String, S)>,
+    decided: &'a mpsc::Sender<Decided>,
+}
+
+/// A key the backend decided is no longer the service's to answer. Returns false once the
+/// node is gone.
+fn forget_settled<S>(
+    settled: std::result::Result<(String, S), broadcast::error::RecvError>,
+    waiting: &mut HashMap<String, AuthRequest>,
+) -> bool {
+    match settled {
+        Ok((key, _)) => {
+            waiting.remove(&key);
+            true
+        }
+        // Missed ones are sent again at the next connection; the engine ignores answers to them.
+        Err(broadcast::error::RecvError::Lagged(_)) => true,
+        Err(broadcast::error::RecvError::Closed) => false,
+    }
+}
+
+async fn serve<S: Clone>(
     stream: TcpStream,
-    requests: &mut mpsc::Receiver<AuthRequest>,
+    links: Links<'_, S>,
     waiting: &mut HashMap<String, AuthRequest>,
     exec: &Executor,
-    decided: &mpsc::Sender<Decided>,
 ) -> Result<()> {
+    let Links {
+        requests,
+        settled,
+        decided,
+    } = links;
     let (mut rd, mut wr) = stream.into_split();
     write_frame(&mut wr, &serde_json::json!({ "leader": true })).await?;
+    // Decided while disconnected: not sent again.
+    loop {
+        match settled.try_recv() {
+            Ok((key, _)) => {
+                waiting.remove(&key);
+            }
+            Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => break,
+        }
+    }
     for r in waiting.values() {
         write_frame(&mut wr, &request_json(r)).await?;
     }
@@ -262,6 +308,9 @@ async fn serve(
                     write_frame(&mut wr, &request_json(&r)).await?;
                     waiting.insert(r.pubkey.clone(), r);
                 }
+                s = settled.recv() => if !forget_settled(s, waiting) {
+                    return Ok(());
+                },
                 a = answers.recv() => {
                     let msg = match a {
                         Some(Ok(Some(body))) => match parse_json(&body) {
@@ -354,6 +403,7 @@ mod tests {
             serde_json::json!({"pubkey": "zz", "user_id": 1}),
             serde_json::json!({"pubkey": k}),
             serde_json::json!({"pubkey": k, "user_id": "one"}),
+            serde_json::json!({"pubkey": k, "user_id": -2}),
             serde_json::json!({"pubkey": k, "node_type": "boss"}),
             serde_json::json!({"pubkey": k, "execute": "not a list"}),
             serde_json::json!({"pubkey": k, "find": 7}),

@@ -296,7 +296,8 @@ async fn decide_now(shared: &Arc<Shared>, request: AuthRequest) -> Decision {
         .service
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .clone();
+        .as_ref()
+        .map(|(_, requests)| requests.clone());
     if let Some(service) = service {
         return match service.try_send(request) {
             Ok(()) => Decision::Pending,

@@ -217,6 +217,24 @@ pub(crate) fn reserve_node_id(c: &Connection, pubkey: &str) -> Result<u32> {
     }
 }
 
+/// The user `pubkey` becomes if it is approved as a device (`@user_id` in an authorization
+/// service's SQL): the user it was approved as before, else a new one, made now so that
+/// the engine's and the console's next new users come after it. A service numbering its
+/// accounts by it shares one numbering with them (two numberings gave a second person the
+/// first one's rows).
+pub(crate) fn reserve_user_id(c: &Connection, pubkey: &str) -> Result<i64> {
+    let Some(row) = row_id(c, pubkey)? else {
+        return Err(Error::rule(format!(
+            "octodb: key {pubkey} has not asked to join this primary: there is no user to \
+             reserve for it"
+        )));
+    };
+    match lookup(c, pubkey)?.and_then(|m| m.user_id) {
+        Some(user_id) => Ok(user_id),
+        None => user_for(c, row),
+    }
+}
+
 /// A primary that rejoins its cluster as a new member (its file diverged, or was restored):
 /// its key's record moves to a new node id, never used before.
 pub(crate) fn renumber(c: &Connection, pubkey: &str) -> Result<u32> {
@@ -360,16 +378,33 @@ pub(crate) fn pending_requests(c: &Connection) -> Result<usize> {
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
-/// What each key waiting for a decision asked (`{"action": ..., "data": ...}` as stored),
-/// by key.
+/// What a key waiting for a decision asked.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Asked {
+    /// `{"action": ..., "data": ...}` as stored; None for a key that only presented itself.
+    pub request: Option<String>,
+    /// It is a primary asking to join the cluster (its record's type is a device's until it
+    /// is approved).
+    pub as_primary: bool,
+}
+
+/// What each key waiting for a decision asked, by key.
 pub(crate) fn requests_of_waiting(
     c: &Connection,
-) -> Result<std::collections::HashMap<String, String>> {
+) -> Result<std::collections::HashMap<String, Asked>> {
     let mut stmt = c.prepare_cached(
-        "SELECT pubkey, request FROM _octo_nodes
-         WHERE auth_state IN ('pending', 'required') AND request IS NOT NULL",
+        "SELECT pubkey, request,
+                coalesce(CASE WHEN json_valid(info) THEN json_extract(info, '$.node_type') END
+                         = 'primary', 0)
+         FROM _octo_nodes WHERE auth_state IN ('pending', 'required')",
     )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rows = stmt.query_map([], |r| {
+        let asked = Asked {
+            request: r.get(1)?,
+            as_primary: r.get(2)?,
+        };
+        Ok((r.get(0)?, asked))
+    })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 

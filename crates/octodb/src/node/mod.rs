@@ -150,8 +150,9 @@ pub(crate) struct Shared {
     pub waiting: std::sync::atomic::AtomicUsize,
     /// Devices: the app made a sign-up or login request.
     pub auth_changed: Notify,
-    /// Primaries: requests go to this external authorization service when set.
-    pub service: Mutex<Option<mpsc::Sender<crate::auth::AuthRequest>>>,
+    /// Primaries: requests go to this external authorization service when set (its address,
+    /// `host:port`, and its client's queue).
+    pub service: Mutex<Option<(String, mpsc::Sender<crate::auth::AuthRequest>)>>,
     /// Turns at writing the file between the app's connections and the engine's writer.
     pub write_turns: Arc<write_turns::WriteTurns>,
     /// Devices: the key of the primary that admitted this device (kept in the file from its
@@ -812,6 +813,17 @@ impl Node {
         rx.blocking_recv().map_err(|_| Error::Closed)?
     }
 
+    /// Primaries: the user `pubkey` becomes if approved as a device: the one it had, else a
+    /// new one made now (an authorization service's `@user_id`).
+    pub fn reserve_user_id(&self, pubkey: String) -> Result<i64> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.shared
+            .jobs
+            .blocking_send(writer::Job::ReserveUserId { pubkey, reply: tx })
+            .map_err(|_| Error::Closed)?;
+        rx.blocking_recv().map_err(|_| Error::Closed)?
+    }
+
     /// Primaries: decide on `pubkey` by hand. `preapproval`: the key may be one no node has
     /// presented yet (else that is an error: most likely a mistyped key).
     pub fn authorize(
@@ -856,7 +868,14 @@ impl Node {
         let (req_tx, req_rx) = mpsc::channel(crate::auth::MAX_PENDING);
         let (ans_tx, mut ans_rx) = mpsc::channel::<crate::auth::service::Decided>(64);
         let shared = self.shared.clone();
-        let client = runtime().spawn(crate::auth::service::run(addr, req_rx, exec, ans_tx));
+        let settled = self.shared.auth_decided.subscribe();
+        let client = runtime().spawn(crate::auth::service::run(
+            addr.clone(),
+            req_rx,
+            exec,
+            ans_tx,
+            settled,
+        ));
         let applier = runtime().spawn(async move {
             while let Some((a, applied)) = ans_rx.recv().await {
                 // Only a request that still waits: a late answer (the console decided
@@ -872,12 +891,22 @@ impl Node {
             .shared
             .service
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(req_tx);
+            .unwrap_or_else(|p| p.into_inner()) = Some((addr, req_tx));
         self.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .extend([client, applier]);
         Ok(())
+    }
+
+    /// Primaries: the authorization service's address (`host:port`), when one decides.
+    pub fn authorizer_service(&self) -> Option<String> {
+        self.shared
+            .service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|(addr, _)| addr.clone())
     }
 
     /// Primaries: `PRAGMA remove_primary`: the cluster's leader takes primary `id` out of the

@@ -115,6 +115,11 @@ pub(crate) enum Job {
         pubkey: String,
         reply: Reply<u32>,
     },
+    /// Primary: the user a key about to be approved as a device becomes (made now if new).
+    ReserveUserId {
+        pubkey: String,
+        reply: Reply<i64>,
+    },
     /// Primary (the leader): a member primary rejoins as a new member; its key's new node id.
     RenumberPrimary {
         pubkey: String,
@@ -508,6 +513,14 @@ impl Writer {
                     let reserved =
                         shared_rows::write_txn(&self.conn, &self.shared, &touched, |c| {
                             super::members::reserve_node_id(c, &pubkey)
+                        });
+                    let _ = reply.send(reserved);
+                }
+                Job::ReserveUserId { pubkey, reply } => {
+                    let touched = [Touched::Key(pubkey.clone())];
+                    let reserved =
+                        shared_rows::write_txn(&self.conn, &self.shared, &touched, |c| {
+                            super::members::reserve_user_id(c, &pubkey)
                         });
                     let _ = reply.send(reserved);
                 }

@@ -37,6 +37,15 @@ impl Connection {
             }
             // The admin console's address (`http://HOST:PORT/`) and token; NULL without `admin=`.
             "admin_address" | "admin_token" => {
+                if p.value.is_some() {
+                    return Err(Error::Pragma {
+                        name: p.name.clone(),
+                        reason: "it is read-only: the console's address and token are set on \
+                                 the node's URI (admin=HOST:PORT; admin_token=, \
+                                 admin_token_env= or admin_token_file=), from its next start"
+                            .into(),
+                    });
+                }
                 let node = self.node(&format!("PRAGMA {}", p.name))?;
                 let value = match p.name.as_str() {
                     "admin_address" => node.admin_address().map(|a| format!("http://{a}/")),
@@ -81,6 +90,14 @@ impl Connection {
                 self.node("removing a primary")?.remove_primary(id)?;
                 Rows::default()
             }
+            // Read back: the service deciding now, NULL without one.
+            "authorizer_service" if p.value.is_none() => Rows {
+                columns: pragma_columns(&p),
+                rows: vec![vec![self
+                    .node("PRAGMA authorizer_service")?
+                    .authorizer_service()
+                    .map_or(Value::Null, |a| Value::Text(format!("tcp://{a}")))]],
+            },
             _ => {
                 let addr = service_address(p.value.as_deref()).map_err(|reason| Error::Pragma {
                     name: p.name.clone(),
@@ -177,13 +194,23 @@ fn run_service_sql(
 ) -> Result<Option<i64>> {
     let conn = Connection::open_config(cfg.clone())?;
     // A key waiting for approval has no node id yet: one that the service's SQL names gets
-    // it now, as the node it is about to approve.
-    let names_id = |sql: &str| sql.contains("@node_id");
-    let node_id = match execute.iter().any(|s| names_id(s)) || find.is_some_and(names_id) {
+    // it now, as the node it is about to approve; likewise its user (`@user_id`), so that
+    // the service's accounts and the engine's users are one numbering.
+    let names = |name: &str| {
+        execute.iter().any(|s| s.contains(name)) || find.is_some_and(|s| s.contains(name))
+    };
+    let node_id = match names("@node_id") {
         true => conn.node("@node_id")?.reserve_node_id(pubkey.to_string())?,
         false => 0,
     };
-    let with_id = |sql: &str| sql.replace("@node_id", &node_id.to_string());
+    let user_id = match names("@user_id") {
+        true => conn.node("@user_id")?.reserve_user_id(pubkey.to_string())?,
+        false => 0,
+    };
+    let with_id = |sql: &str| {
+        sql.replace("@node_id", &node_id.to_string())
+            .replace("@user_id", &user_id.to_string())
+    };
     let mut user = None;
     for sql in execute {
         conn.execute(&with_id(sql), [])?;
@@ -206,6 +233,7 @@ pub(super) fn pragma_columns(p: &Pragma) -> Vec<String> {
         "sync_status" => &["sync_status"],
         "admin_address" => &["admin_address"],
         "admin_token" => &["admin_token"],
+        "authorizer_service" if p.value.is_none() => &["authorizer_service"],
         "new_identity" => &["public_key"],
         "nodes" => &[
             "public_key",
