@@ -517,3 +517,68 @@ fn a_rule_refusing_an_insert_is_not_called_a_conflict() {
     );
     assert!(!reason.contains("first insert wins"), "{reason}");
 }
+
+/// A row from the primaries holding a unique value that a pending row of this device holds
+/// too (the primaries had theirs first): the device writes the primaries' row, its own steps
+/// aside until the primaries reject its transaction, and the sync goes on. The device used to
+/// stop syncing for good, its pending row blocking the primaries' one and the rejection that
+/// would have removed it queued behind it.
+#[test]
+fn a_pending_row_clashing_on_a_unique_value_steps_aside_for_the_primaries_row() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    let port = port_of(&p);
+    p.execute(
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, code TEXT UNIQUE, row_owner)",
+        [],
+    )
+    .unwrap();
+    let d_uri = device_uri(&c.path("d.db"), &addr_of(&p));
+    let d = octodb::Connection::open(&d_uri).unwrap();
+    ready(&d);
+    d.wait_until_synced(DEADLINE).unwrap();
+
+    // Offline, the device takes code 'c'; meanwhile the primaries give it to a row of theirs.
+    drop(p);
+    d.wait_for(DEADLINE, |s| !s.connected).unwrap();
+    d.execute("INSERT INTO items(code) VALUES ('c')", [])
+        .unwrap();
+    let mine = d.last_insert_rowid();
+    drop(d);
+    let p = octodb::Connection::open(&primary_uri(&c.path("p.db"), port)).unwrap();
+    p.execute_batch(
+        "INSERT INTO items(code, row_owner) VALUES ('c', '*');
+         INSERT INTO items(code, row_owner) VALUES ('after', '*');",
+    )
+    .unwrap();
+    let theirs: i64 = p
+        .query_row("SELECT id FROM items WHERE code = 'c'", [], |r| r.get(0))
+        .unwrap();
+
+    let d = octodb::Connection::open(&d_uri).unwrap();
+    let s = d
+        .wait_for(DEADLINE, |s| s.last_rejected.is_some() && s.outbox_len == 0)
+        .unwrap();
+    assert!(
+        s.last_rejected.unwrap().reason.contains("UNIQUE"),
+        "the device hears why"
+    );
+    wait_count(&d, "SELECT count(*) FROM items WHERE code = 'after'", 1);
+    assert_eq!(
+        count(&d, "SELECT id FROM items WHERE code = 'c'"),
+        theirs,
+        "the primaries' row holds the value"
+    );
+    assert_eq!(
+        count(&d, &format!("SELECT count(*) FROM items WHERE id = {mine}")),
+        0,
+        "the rejected row is taken back"
+    );
+    // The sync goes on both ways.
+    d.execute("INSERT INTO items(code) VALUES ('d')", [])
+        .unwrap();
+    wait_count(&p, "SELECT count(*) FROM items WHERE code = 'd'", 1);
+    p.execute("INSERT INTO items(code, row_owner) VALUES ('e', '*')", [])
+        .unwrap();
+    wait_count(&d, "SELECT count(*) FROM items WHERE code = 'e'", 1);
+}

@@ -249,7 +249,7 @@ fn apply_op(
         .statements
         .entry(table)
         .or_insert_with(|| ctx.tables.statements(&t, &h.columns));
-    let written = match values {
+    let write = |ctx: &mut ChangeSetApply<'_, '_>, sql: &std::sync::Arc<RowSql>| match values {
         // A settled row is usually already as the primaries have it: write only a difference.
         Some(values) if settled => sql.make_equal(conn, rowid, values),
         // Rows from the primaries are usually new here: try the insert first.
@@ -258,7 +258,24 @@ fn apply_op(
             .insert_or_update_keeping_local(sql, rowid, values),
         None => delete_row(conn, &t, rowid),
     };
-    written.map_err(|e| refused_here(e, &h.name, rowid))
+    let sql = sql.clone();
+    match (write(ctx, &sql), values) {
+        (Err(e), Some(values)) if ctx.any_base && is_constraint(&e) => {
+            // A row of this device's pending work may hold one of its unique values.
+            let aside = super::unique_clash::step_aside(conn, &t, &h.columns, rowid, values)?;
+            if aside.is_empty() {
+                return Err(refused_here(e, &h.name, rowid));
+            }
+            touched.extend(aside.into_iter().map(|rid| (h.name.clone(), rid)));
+            write(ctx, &sql).map_err(|e| refused_here(e, &h.name, rowid))
+        }
+        (written, _) => written.map_err(|e| refused_here(e, &h.name, rowid)),
+    }
+}
+
+fn is_constraint(e: &crate::Error) -> bool {
+    matches!(e, crate::Error::Sqlite(se)
+        if se.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation))
 }
 
 /// A row from the primaries that this file refuses (a constraint of its own rows): the sync
@@ -408,10 +425,34 @@ fn replay_row(
     let Some(t) = tables.get(conn, tbl)? else {
         return Ok(());
     };
-    match state {
+    let replayed = match &state {
         Some(img) => write_row(conn, &t, &img.columns, rid, &img.values),
         None => delete_row(conn, &t, rid),
+    };
+    match replayed {
+        // The work clashes with what the primaries hold (a unique value they gave another row
+        // first): until they decide it, the row shows their version, or is left out if they
+        // do not have it (`unique_clash`). The work stays in the outbox.
+        Err(e) if is_constraint(&e) => {
+            tracing::warn!(
+                table = tbl,
+                row = rid,
+                "this device's pending change clashes with the primaries' rows ({e}): the row \
+                 shows their version until they decide the change"
+            );
+            let shown = match base_image(conn, tbl, rid)? {
+                Some(img) => write_row(conn, &t, &img.columns, rid, &img.values),
+                None => delete_row(conn, &t, rid),
+            };
+            shown.map_err(|e| refused_here(e, tbl, rid))
+        }
+        other => other,
     }
+}
+
+/// The primaries' version of a row with pending work here (None: they do not have it).
+fn base_image(conn: &Connection, tbl: &str, rid: i64) -> Result<Option<RowImage>> {
+    Ok(outbox::base_of(conn, tbl, rid)?.and_then(|b| b.image))
 }
 
 /// One pending change replayed over a row state.
