@@ -582,3 +582,86 @@ fn a_pending_row_clashing_on_a_unique_value_steps_aside_for_the_primaries_row() 
         .unwrap();
     wait_count(&d, "SELECT count(*) FROM items WHERE code = 'e'", 1);
 }
+
+/// Rows that trade unique values inside one transaction (a swap through a temporary value,
+/// a value moved from a deleted row to a new one) reach followers and devices: a transaction
+/// is replicated as each row's final image, and written one by one those clashed, stopping
+/// every follower and device for good.
+#[test]
+fn rows_trading_unique_values_in_one_transaction_replicate() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute_batch(
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, code TEXT UNIQUE, row_owner);
+         INSERT INTO items(id, code, row_owner) VALUES (1, 'x', '*'), (2, 'y', '*'), (3, 'z', '*');",
+    )
+    .unwrap();
+    let q = joining_primary(&c.path("q.db"), &addr_of(&p));
+    wait_voters(&p, 2);
+    let d = c.device("d.db", &p);
+    ready(&d);
+    wait_count(&d, "SELECT count(*) FROM items", 3);
+    p.execute_batch(
+        "BEGIN;
+         UPDATE items SET code = 'tmp' WHERE id = 1;
+         UPDATE items SET code = 'x' WHERE id = 2;
+         UPDATE items SET code = 'y' WHERE id = 1;
+         DELETE FROM items WHERE id = 3;
+         INSERT INTO items(id, code, row_owner) VALUES (4, 'z', '*');
+         COMMIT;",
+    )
+    .unwrap();
+    let want = "1=y 2=x 4=z";
+    let rows = "SELECT group_concat(id || '=' || code, ' ') FROM (SELECT * FROM items ORDER BY id)";
+    for (node, name) in [(&q, "the follower"), (&d, "the device")] {
+        wait_until(&format!("{name} to hold the swap"), || {
+            (text(node, rows) == want).then_some(())
+        });
+    }
+    // The sync goes on.
+    p.execute(
+        "INSERT INTO items(code, row_owner) VALUES ('after', '*')",
+        [],
+    )
+    .unwrap();
+    wait_count(&d, "SELECT count(*) FROM items WHERE code = 'after'", 1);
+    wait_count(&q, "SELECT count(*) FROM items WHERE code = 'after'", 1);
+}
+
+/// A device's transaction in which rows trade unique values is refused by the primaries,
+/// which apply it row by row, and the reason says how to do it; in two transactions it goes.
+#[test]
+fn a_devices_swap_of_unique_values_is_refused_with_the_way_to_do_it() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute(
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, code TEXT UNIQUE, row_owner)",
+        [],
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    d.wait_until_synced(DEADLINE).unwrap();
+    d.execute_batch("INSERT INTO items(id, code) VALUES (1, 'x'), (2, 'y');")
+        .unwrap();
+    wait_outbox_empty(&d);
+    d.execute_batch(
+        "BEGIN; UPDATE items SET code = 'tmp' WHERE id = 1; UPDATE items SET code = 'x' WHERE id = 2;
+         UPDATE items SET code = 'y' WHERE id = 1; COMMIT;",
+    )
+    .unwrap();
+    let s = d.wait_for(DEADLINE, |s| s.outbox_len == 0).unwrap();
+    let reason = s.last_rejected.expect("refused").reason;
+    assert!(reason.contains("transaction of its own"), "{reason}");
+    let rows = "SELECT group_concat(id || '=' || code, ' ') FROM (SELECT * FROM items ORDER BY id)";
+    wait_until("the swap to be taken back", || {
+        (text(&d, rows) == "1=x 2=y").then_some(())
+    });
+    d.execute("UPDATE items SET code = 'tmp' WHERE id = 1", [])
+        .unwrap();
+    d.execute_batch(
+        "BEGIN; UPDATE items SET code = 'x' WHERE id = 2; UPDATE items SET code = 'y' WHERE id = 1; COMMIT;",
+    )
+    .unwrap();
+    wait_outbox_empty(&d);
+    assert_eq!(text(&p, rows), "1=y 2=x");
+}

@@ -15,6 +15,7 @@ use crate::changes::Op;
 use crate::error::{Error, Result};
 use crate::log::{self, EntryBody};
 use crate::store::apply::{self, HeldInserts, Tables};
+use crate::store::unique_holders;
 use crate::store::{meta_get, meta_set, write_txn};
 use crate::value::Value;
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -371,7 +372,7 @@ pub(super) fn apply_decided(
     origin_digest: Option<&crate::log::digest::TxnDigest>,
 ) -> Result<u64> {
     if let EntryBody::Changes(cs) = &d.body {
-        for op in &cs.ops {
+        for (i, op) in cs.ops.iter().enumerate() {
             match op {
                 Op::Upsert {
                     table,
@@ -386,7 +387,25 @@ pub(super) fn apply_decided(
                     // rows changed): try the insert first, with the statements kept per table
                     // and column order (building them for each row cost ~1% of a cluster's
                     // CPU, the update tried first a seek per new row).
-                    inserts.insert_or_update(&tables.statements(&t, &h.columns), *rowid, values)?;
+                    let sql = tables.statements(&t, &h.columns);
+                    match inserts.insert_or_update(&sql, *rowid, values) {
+                        // Rows that traded unique values in the transaction: those written
+                        // later step aside until their own image comes.
+                        Err(e)
+                            if unique_holders::is_constraint(&e)
+                                && unique_holders::aside_for_later(
+                                    c,
+                                    &t,
+                                    &h.columns,
+                                    *rowid,
+                                    values,
+                                    (cs, &cs.ops[i + 1..]),
+                                )? =>
+                        {
+                            inserts.insert_or_update(&sql, *rowid, values)?
+                        }
+                        written => written?,
+                    }
                 }
                 Op::Delete { table, rowid, .. } => {
                     let Some(h) = cs.header(*table) else { continue };

@@ -10,6 +10,7 @@ use crate::changes::{column_bit, ChangeSet, Op};
 use crate::error::Result;
 use crate::store::apply::{delete_row, write_row, HeldInserts, RowSql, Tables};
 use crate::store::schema;
+use crate::store::unique_holders::{self, is_constraint};
 use crate::value::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::hash_map::Entry;
@@ -124,8 +125,9 @@ pub fn apply_entries(
                     predictions: &mut predictions,
                     predicted: HashSet::new(),
                 };
-                for op in &cs.ops {
-                    apply_op(conn, &mut ctx, cs, op, &mut touched, &mut applied)?;
+                for (i, op) in cs.ops.iter().enumerate() {
+                    let later = &cs.ops[i + 1..];
+                    apply_op(conn, &mut ctx, (cs, op, later), &mut touched, &mut applied)?;
                 }
             }
             EntryBody::Rejected { reason } if e.origin_node == my_node => {
@@ -140,13 +142,30 @@ pub fn apply_entries(
         own.check(*txn, &taken_back)?;
         predictions.spoil_rows_of(&taken_back);
     }
-    let mut pending = PendingCache::default();
-    for (tbl, rid) in touched {
-        if !predictions.settle_if_predicted(conn, &tbl, rid)? {
-            replay_row(conn, tables, &mut pending, &tbl, rid)?;
+    let mut replay = Replay {
+        pending: PendingCache::default(),
+        touched: touched.into_iter().collect(),
+        aside: HashSet::new(),
+    };
+    for i in 0..replay.touched.len() {
+        let (tbl, rid) = replay.touched[i].clone();
+        // (A row stepped aside for a row replayed before it is rewritten, never assumed.)
+        let stepped_aside = replay.aside.contains(&replay.touched[i]);
+        if stepped_aside || !predictions.settle_if_predicted(conn, &tbl, rid)? {
+            replay_row(conn, tables, &mut replay, i)?;
         }
     }
     Ok(applied)
+}
+
+/// The rows rebuilt from their base and pending work at the end of a batch.
+struct Replay {
+    pending: PendingCache,
+    /// In order: each row's turn comes once.
+    touched: Vec<RowKey>,
+    /// Rows taken out of their table for a row before them: rows trading unique values (a
+    /// swap taken back) are rebuilt one at a time.
+    aside: HashSet<RowKey>,
 }
 
 /// Remove transaction `txn` from the outbox and return it; the rows it changed are added to
@@ -174,11 +193,11 @@ struct ChangeSetApply<'a, 'c> {
     predicted: HashSet<RowKey>,
 }
 
+/// Applies `op` of `cs`, before the ops `later` of the same transaction.
 fn apply_op(
     conn: &Connection,
     ctx: &mut ChangeSetApply<'_, '_>,
-    cs: &ChangeSet,
-    op: &Op,
+    (cs, op, later): (&ChangeSet, &Op, &[Op]),
     touched: &mut BTreeSet<RowKey>,
     applied: &mut Applied,
 ) -> Result<()> {
@@ -260,22 +279,23 @@ fn apply_op(
     };
     let sql = sql.clone();
     match (write(ctx, &sql), values) {
-        (Err(e), Some(values)) if ctx.any_base && is_constraint(&e) => {
-            // A row of this device's pending work may hold one of its unique values.
-            let aside = super::unique_clash::step_aside(conn, &t, &h.columns, rowid, values)?;
-            if aside.is_empty() {
+        (Err(e), Some(values)) if is_constraint(&e) => {
+            // Another row holds one of its unique values: one the same transaction rewrites
+            // later (rows that traded values), or one of this device's pending work.
+            let for_later =
+                unique_holders::aside_for_later(conn, &t, &h.columns, rowid, values, (cs, later))?;
+            let pending = match ctx.any_base {
+                true => super::unique_clash::step_aside(conn, &t, &h.columns, rowid, values)?,
+                false => Vec::new(),
+            };
+            if !for_later && pending.is_empty() {
                 return Err(refused_here(e, &h.name, rowid));
             }
-            touched.extend(aside.into_iter().map(|rid| (h.name.clone(), rid)));
+            touched.extend(pending.into_iter().map(|rid| (h.name.clone(), rid)));
             write(ctx, &sql).map_err(|e| refused_here(e, &h.name, rowid))
         }
         (written, _) => written.map_err(|e| refused_here(e, &h.name, rowid)),
     }
-}
-
-fn is_constraint(e: &crate::Error) -> bool {
-    matches!(e, crate::Error::Sqlite(se)
-        if se.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation))
 }
 
 /// A row from the primaries that this file refuses (a constraint of its own rows): the sync
@@ -395,10 +415,11 @@ impl PendingCache {
 fn replay_row(
     conn: &Connection,
     tables: &mut Tables,
-    pending: &mut PendingCache,
-    tbl: &str,
-    rid: i64,
+    replay: &mut Replay,
+    at: usize,
 ) -> Result<()> {
+    let (tbl, rid) = (replay.touched[at].0.as_str(), replay.touched[at].1);
+    let pending = &mut replay.pending;
     let Some(base) = outbox::base_of(conn, tbl, rid)? else {
         return Ok(());
     };
@@ -425,10 +446,30 @@ fn replay_row(
     let Some(t) = tables.get(conn, tbl)? else {
         return Ok(());
     };
-    let replayed = match &state {
+    let write = |state: &Option<RowImage>| match state {
         Some(img) => write_row(conn, &t, &img.columns, rid, &img.values),
         None => delete_row(conn, &t, rid),
     };
+    let mut replayed = write(&state);
+    if let (Err(e), Some(img)) = (&replayed, &state) {
+        // Rows rebuilt after this one, with work pending, that hold its unique values (rows
+        // that traded them, as a swap taken back): they step aside until their turn.
+        if is_constraint(e) {
+            let mut any = false;
+            for holder in unique_holders::holders(conn, &t, &img.columns, rid, &img.values)? {
+                let key = (tbl.to_string(), holder);
+                let later = replay.touched[at + 1..].binary_search(&key).is_ok();
+                if later && has_base(conn, tbl, holder)? {
+                    delete_row(conn, &t, holder)?;
+                    replay.aside.insert(key);
+                    any = true;
+                }
+            }
+            if any {
+                replayed = write(&state);
+            }
+        }
+    }
     match replayed {
         // The work clashes with what the primaries hold (a unique value they gave another row
         // first): until they decide it, the row shows their version, or is left out if they

@@ -14,14 +14,14 @@
 
 use crate::error::Result;
 use crate::store::apply::delete_row;
-use crate::store::schema::{ident, TableLayout};
+use crate::store::schema::TableLayout;
+use crate::store::unique_holders::holders;
 use crate::value::Value;
-use rusqlite::Connection;
+use rusqlite::{params, Connection, OptionalExtension};
 
 /// Takes out of `t` the rows with pending work here (a base in `_octo_base`) that hold one of
 /// the unique values of `values` (the primaries' row `rowid`, in `columns`' order). Returns
-/// their row ids; none when no such row holds them (another row refuses it: the caller's
-/// error stands).
+/// their row ids.
 pub fn step_aside(
     conn: &Connection,
     t: &TableLayout,
@@ -30,47 +30,15 @@ pub fn step_aside(
     values: &[Value],
 ) -> Result<Vec<i64>> {
     let mut aside = Vec::new();
-    for key in unique_keys(conn, &t.name)? {
-        // Where the primaries' row holds each column of the key; NULLs never clash.
-        let Some(held): Option<Vec<&Value>> = key
-            .iter()
-            .map(|k| {
-                columns
-                    .iter()
-                    .position(|c| c.eq_ignore_ascii_case(k))
-                    .and_then(|i| values.get(i))
-                    .filter(|v| !matches!(v, Value::Null))
-            })
-            .collect()
-        else {
+    for rid in holders(conn, t, columns, rowid, values)? {
+        let pending = conn
+            .prepare_cached("SELECT 1 FROM _octo_base WHERE tbl = ?1 AND rid = ?2")?
+            .query_row(params![t.name, rid], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !pending {
             continue;
-        };
-        let matching: Vec<String> = key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("{} = ?{}", ident(k), i + 2))
-            .collect();
-        let sql = format!(
-            "SELECT rowid FROM {} WHERE rowid != ?1 AND {}
-               AND EXISTS (SELECT 1 FROM _octo_base WHERE tbl = {} AND rid = {}.rowid)",
-            ident(&t.name),
-            matching.join(" AND "),
-            crate::store::schema::literal(&t.name),
-            ident(&t.name),
-        );
-        let mut stmt = conn.prepare_cached(&sql)?;
-        stmt.raw_bind_parameter(1, rowid)?;
-        for (i, v) in held.iter().enumerate() {
-            stmt.raw_bind_parameter(i + 2, *v)?;
         }
-        let mut rows = stmt.raw_query();
-        while let Some(r) = rows.next()? {
-            aside.push(r.get::<_, i64>(0)?);
-        }
-    }
-    aside.sort_unstable();
-    aside.dedup();
-    for rid in &aside {
         tracing::warn!(
             table = %t.name,
             row = rid,
@@ -79,28 +47,8 @@ pub fn step_aside(
              first: it leaves the table until the primaries decide its transaction (most \
              likely a rejection)"
         );
-        delete_row(conn, t, *rid)?;
+        delete_row(conn, t, rid)?;
+        aside.push(rid);
     }
     Ok(aside)
-}
-
-/// The columns of each UNIQUE constraint or index of `table` (its PRIMARY KEY too, when that
-/// is not the rowid), those on plain columns only.
-fn unique_keys(conn: &Connection, table: &str) -> Result<Vec<Vec<String>>> {
-    let indexes: Vec<String> = conn
-        .prepare_cached("SELECT name FROM pragma_index_list(?1) WHERE \"unique\"")?
-        .query_map([table], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut keys = Vec::with_capacity(indexes.len());
-    for index in indexes {
-        let columns: Vec<Option<String>> = conn
-            .prepare_cached("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?
-            .query_map([&index], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        // (An expression's column has no name: such keys are left to the caller's error.)
-        if let Some(columns) = columns.into_iter().collect::<Option<Vec<String>>>() {
-            keys.push(columns);
-        }
-    }
-    Ok(keys)
 }

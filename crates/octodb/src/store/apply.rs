@@ -694,6 +694,14 @@ pub fn apply_device_txn(
                     .update_or_insert(conn, rowid, &vals);
                 match written {
                     Err(crate::Error::Sqlite(e)) if fault_of_the_node(&e) => return Err(e.into()),
+                    Err(e) if crate::store::unique_holders::is_constraint(&e) => {
+                        return Ok(Err(format!(
+                            "update of `{}` failed: {e}. Another row holds that value on the \
+                             primaries; rows of one device transaction cannot trade unique \
+                             values (a swap): park one value in a transaction of its own first",
+                            t.name
+                        )))
+                    }
                     Err(e) => return Ok(Err(format!("update of `{}` failed: {e}", t.name))),
                     Ok(()) => {}
                 }

@@ -11,6 +11,7 @@ pub mod lock;
 pub mod returned_ids;
 pub mod schema;
 pub mod trigger_effects;
+pub mod unique_holders;
 
 use crate::error::{Error, Result};
 use crate::uri::NetworkKey;

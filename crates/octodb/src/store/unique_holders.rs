@@ -1,0 +1,114 @@
+//! Which rows hold a row's unique values: what a write refused by a UNIQUE constraint clashed
+//! with. A transaction is replicated as each row's final image, so rows that traded unique
+//! values inside it (a swap through a temporary value, a value moved from a deleted row to a
+//! new one) clash when their images are written one by one; the appliers step such rows
+//! aside until their own image comes ([`aside_for_later`]).
+
+use crate::changes::{ChangeSet, Op};
+use crate::error::Result;
+use crate::store::apply::delete_row;
+use crate::store::schema::{ident, TableLayout};
+use crate::value::Value;
+use rusqlite::Connection;
+
+/// The rows of `t` other than `rowid` holding one of the unique values (of a UNIQUE
+/// constraint, a unique index, or a PRIMARY KEY that is not the rowid) of `values`, the row
+/// given in `columns`' order. Keys on expressions are not searched.
+pub fn holders(
+    conn: &Connection,
+    t: &TableLayout,
+    columns: &[String],
+    rowid: i64,
+    values: &[Value],
+) -> Result<Vec<i64>> {
+    let mut found = Vec::new();
+    for key in unique_keys(conn, &t.name)? {
+        // NULLs never clash.
+        let Some(held): Option<Vec<&Value>> = key
+            .iter()
+            .map(|k| {
+                columns
+                    .iter()
+                    .position(|c| c.eq_ignore_ascii_case(k))
+                    .and_then(|i| values.get(i))
+                    .filter(|v| !matches!(v, Value::Null))
+            })
+            .collect()
+        else {
+            continue;
+        };
+        let matching: Vec<String> = key
+            .iter()
+            .enumerate()
+            .map(|(i, k)| format!("{} = ?{}", ident(k), i + 2))
+            .collect();
+        let sql = format!(
+            "SELECT rowid FROM {} WHERE rowid != ?1 AND {}",
+            ident(&t.name),
+            matching.join(" AND ")
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        stmt.raw_bind_parameter(1, rowid)?;
+        for (i, v) in held.iter().enumerate() {
+            stmt.raw_bind_parameter(i + 2, *v)?;
+        }
+        let mut rows = stmt.raw_query();
+        while let Some(r) = rows.next()? {
+            found.push(r.get::<_, i64>(0)?);
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    Ok(found)
+}
+
+/// Steps aside (deletes here) the rows holding `values`' unique values that a later op of
+/// the same transaction (`later`) writes or deletes anyway: their own image restores them.
+/// Returns whether it stepped any aside, so that the write is worth trying again.
+pub fn aside_for_later(
+    conn: &Connection,
+    t: &TableLayout,
+    columns: &[String],
+    rowid: i64,
+    values: &[Value],
+    (cs, later): (&ChangeSet, &[Op]),
+) -> Result<bool> {
+    let mut any = false;
+    for rid in holders(conn, t, columns, rowid, values)? {
+        let written_later = later
+            .iter()
+            .filter_map(|op| cs.row_of(op))
+            .any(|(tbl, r)| r == rid && tbl == t.name);
+        if written_later {
+            delete_row(conn, t, rid)?;
+            any = true;
+        }
+    }
+    Ok(any)
+}
+
+/// Whether a write failed on a constraint (a UNIQUE one, among others).
+pub fn is_constraint(e: &crate::Error) -> bool {
+    matches!(e, crate::Error::Sqlite(se)
+        if se.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation))
+}
+
+/// The columns of each unique key of `table` on plain columns.
+fn unique_keys(conn: &Connection, table: &str) -> Result<Vec<Vec<String>>> {
+    let indexes: Vec<String> = conn
+        .prepare_cached("SELECT name FROM pragma_index_list(?1) WHERE \"unique\"")?
+        .query_map([table], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut keys = Vec::with_capacity(indexes.len());
+    for index in indexes {
+        let columns: Vec<Option<String>> = conn
+            .prepare_cached("SELECT name FROM pragma_index_info(?1) ORDER BY seqno")?
+            .query_map([&index], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        // (An expression's column has no name.)
+        if let Some(columns) = columns.into_iter().collect::<Option<Vec<String>>>() {
+            keys.push(columns);
+        }
+    }
+    Ok(keys)
+}
