@@ -175,6 +175,29 @@ def test_invalidation_obsolete_copies_and_reply_ordering(net):
         assert r.status.health == f"h{i}"
 
 
+def test_a_watch_on_an_obsolete_copy_hears_every_change_and_a_raising_listener_is_alone(net):
+    server, root = static_server(net)
+    uri, _ = net.device()
+    client = net.client(uri)
+    status = client.root.status
+    server.obj_update(root.status, health="first")
+    wait_until("the copy to be obsolete", lambda: status._obsolete)
+    heard, failing = [], []
+
+    def fails(copy):
+        failing.append(copy)
+        raise RuntimeError("a listener's bug")
+
+    client.on_change(status, fails)
+    client.on_change(status, lambda copy: heard.append(copy.health))
+    # The change it missed is told at once; the following ones as they come.
+    assert heard == ["first"] and len(failing) == 1
+    for health in ("second", "third"):
+        server.obj_update(root.status, health=health)
+        wait_until(f"the listener to hear {health}", lambda: heard[-1] == health)
+    assert len(failing) == 3, "the raising listener was called each time too"
+
+
 def test_delete_and_search(net):
     server, root = static_server(net)
     uri, _ = net.device()
@@ -302,6 +325,19 @@ def test_an_export_limited_to_a_user(tmp_path):
         assert ann.root.owner_of(anns) == 10
         with pytest.raises(PermissionError, match="not shared with user 20"):
             bob.root.owner_of(anns)
+
+        # A class none of whose objects Bob may see still has its exported fields: a search
+        # on them finds nothing (it said the field did not exist).
+        class Secret:
+            code = "s3cr3t"
+
+        server.export_class(Secret, "code", allow=lambda user, obj: user == 999)
+        server.add_static(Secret(), "secret")
+        assert bob.find("Secret", code="s3cr3t") == []
+        with pytest.raises(ob.NoData):
+            bob.get("Secret", code="s3cr3t")
+        with pytest.raises(AttributeError, match="no field 'other'"):
+            bob.get("Secret", other=1)
     finally:
         n.close()
 

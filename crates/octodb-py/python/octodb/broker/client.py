@@ -1,5 +1,6 @@
 """The broker's client: proxies cached by key, lazy references, live updates."""
 
+import logging
 import threading
 
 from octodb import _octodb
@@ -279,10 +280,22 @@ class BrokerClient:
     def on_change(self, obj_or_class, callback):
         """``callback(new_copy_or_None)`` when the object changes (None: deleted), or
         ``callback(class_name)`` when objects of a class change (a class name or ClassProxy).
-        Called on the client's notices thread."""
+        Called on the client's notices thread. A listener that raises is logged; the others
+        are still called."""
         if isinstance(obj_or_class, Proxy):
             ref = object.__getattribute__(obj_or_class, "_ref")
             self._watchers.setdefault(ref[0], []).append((ref, callback))
+            # The server tells a client of the objects it holds: a copy already obsolete (the
+            # object changed since it was fetched) is fetched again, and a change it missed is
+            # told at once.
+            if object.__getattribute__(obj_or_class, "_obsolete"):
+                try:
+                    current = self._object(ref)
+                except ObjectNotFound:
+                    current = None
+                held = object.__getattribute__(obj_or_class, "_fields")
+                if current is None or object.__getattribute__(current, "_fields") != held:
+                    _call_listener(callback, current)
         else:
             name = obj_or_class.name if isinstance(obj_or_class, ClassProxy) else obj_or_class
             self._watchers.setdefault(name, []).append((None, callback))
@@ -293,25 +306,25 @@ class BrokerClient:
         if kind == "invalidated":
             for key in payload:
                 for ref, cb in list(self._watchers.get(key, [])):
-                    try:
-                        new = self._object(ref)
-                    except ObjectNotFound:
-                        new = None
-                    cb(new)
+                    _call_listener(cb, self._current(ref))
         elif kind == "class":
             for _, cb in list(self._watchers.get(payload, [])):
-                cb(payload)
+                _call_listener(cb, payload)
         elif kind == "reconnected":
             for key, watchers in list(self._watchers.items()):
                 for ref, cb in watchers:
                     if ref is None:
                         self.count(key)
-                        cb(key)
+                        _call_listener(cb, key)
                     else:
-                        try:
-                            cb(self._object(ref))
-                        except ObjectNotFound:
-                            cb(None)
+                        _call_listener(cb, self._current(ref))
+
+    def _current(self, ref):
+        """The object's current copy for a listener: None once deleted."""
+        try:
+            return self._object(ref)
+        except ObjectNotFound:
+            return None
 
     @property
     def connected(self):
@@ -325,6 +338,17 @@ class BrokerClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+_log = logging.getLogger("octodb.broker")
+
+
+def _call_listener(callback, arg):
+    """One listener's failure is its own: logged with its traceback, the others still called."""
+    try:
+        callback(arg)
+    except Exception:
+        _log.exception("an on_change listener (%r) raised; the other listeners go on", callback)
 
 
 class _LazyRef:

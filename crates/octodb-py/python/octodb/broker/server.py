@@ -364,11 +364,12 @@ class BrokerServer:
         searchable = set()
         for o in candidates:
             info = self._info_of(o)
-            if info.allow is not None and not info.allow(peer["user_id"], o):
-                continue
             # Only what the export shows: a search on another attribute would tell its value.
+            # (The names it shows are the class's, whoever may see its objects.)
             shown = set(info.fields) | set(info.refs)
             searchable |= shown
+            if info.allow is not None and not info.allow(peer["user_id"], o):
+                continue
             if all(k in shown and getattr(o, k, _MISSING) == v for k, v in eq.items()):
                 found.append(o)
         hidden = [k for k in eq if candidates and k not in searchable]
