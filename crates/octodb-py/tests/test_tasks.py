@@ -217,6 +217,12 @@ def test_register_takes_task_classes_only(tmp_path):
         worker.register(int)
     with pytest.raises(ValueError, match="not both"):
         worker.register(Echo, allowed_keys=[], allow_if=lambda s, t: True)
+    # A key that is no public key would refuse every task of the type without a word.
+    with pytest.raises(ValueError, match="not a node's public key"):
+        worker.register(Echo, allowed_keys=["not-a-hex-key"])
+    with pytest.raises(TypeError, match=r"allowed_keys=\[key\]"):
+        worker.register(Echo, allowed_keys="ab" * 32)
+    worker.register(Echo, allowed_keys=["AB" * 32])
 
 
 class NotANumber(tasks.Task):

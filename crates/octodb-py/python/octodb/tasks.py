@@ -469,6 +469,23 @@ def _runner_for(cls):
 # ---------------------------------------------------------------- workers
 
 
+def _public_keys(keys):
+    """`allowed_keys` checked: a key that is no node's public key would refuse every task of the
+    type, silently."""
+    if isinstance(keys, (str, bytes)):
+        raise TypeError("allowed_keys is a list of public keys: allowed_keys=[key]")
+    out = []
+    for k in keys:
+        key = str(k).strip().lower()
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise ValueError(
+                f"allowed_keys: {k!r} is not a node's public key (64 hex digits, as PRAGMA nodes "
+                "and sync_status show them)"
+            )
+        out.append(key)
+    return out
+
+
 class Worker:
     """Worker threads on a primary running the registered task classes."""
 
@@ -501,7 +518,7 @@ class Worker:
         name = name or cls.task_name()
         self._handlers[name] = (_runner_for(cls), int(max_retries), float(backoff))
         if allowed_keys is not None:
-            self._allowed[name] = [str(k) for k in allowed_keys]
+            self._allowed[name] = _public_keys(allowed_keys)
         if allow_if is not None:
             if not callable(allow_if):
                 raise TypeError("allow_if must be callable: allow_if(signer, task_type) -> bool")
