@@ -151,8 +151,9 @@ impl SyncStatus {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default();
             format!(
-                "the backend refused this device{detail}; sign up or log in again (PRAGMA \
-                 user_signup or user_login), then wait again"
+                "the backend refused this device{detail}; where the network asks for sign-ups, \
+                 sign up or log in again (PRAGMA user_signup or user_login), else an operator \
+                 approves its key; then wait again"
             )
         })
     }
@@ -172,7 +173,16 @@ impl SyncStatus {
                 "required" => "the primaries need it to sign up or log in first (PRAGMA \
                                user_signup or user_login; in the shell, before .sync)"
                     .to_string(),
-                "requested" => "its sign-up or login has not reached the primaries yet".into(),
+                // (What keeps it from them, when something does.)
+                "requested" => match (&self.sync_error, self.connected) {
+                    (Some(e), _) => {
+                        format!("its sign-up or login has not reached the primaries yet: {e}")
+                    }
+                    (None, false) => "its sign-up or login has not reached the primaries yet: \
+                                      it is not connected to a primary"
+                        .into(),
+                    (None, true) => "its sign-up or login has not reached the primaries yet".into(),
+                },
                 "pending" => "its sign-up or login waits for the backend's decision".into(),
                 "rejected" => format!("the backend refused it{detail}"),
                 other => format!("its authorization is {other}{detail}"),

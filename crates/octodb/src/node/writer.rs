@@ -335,6 +335,23 @@ impl Writer {
         Ok(())
     }
 
+    /// The node closes: the row and transaction ids reserved ahead and not used go back to
+    /// the file (`store::release_ids`). Every connection of the node is gone, so none is
+    /// handed out after this.
+    fn give_back_unused_ids(&self) {
+        if !self.conn.is_autocommit() {
+            return; // an unfinished download: left as it is
+        }
+        let identity = &self.shared.identity;
+        let released = write_txn(&self.conn, |c| {
+            crate::store::release_ids(c, crate::store::ROW_SEQ_KEY, identity.next_row_seq() - 1)?;
+            log::outbox::release_unused_txn_ids(c, identity)
+        });
+        if let Err(e) = released {
+            tracing::debug!("the unused reserved ids stay reserved: {e}");
+        }
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut next: Option<Job> = None;
         // Held while jobs are queued (see `write_turns`), never across an idle wait.
@@ -370,7 +387,10 @@ impl Writer {
                 turn = Some(self.shared.write_turns.engine());
             }
             match job {
-                Job::Stop => return,
+                Job::Stop => {
+                    self.give_back_unused_ids();
+                    return;
+                }
                 Job::PauseForRekey { paused, resume } => {
                     if !self.conn.is_autocommit() {
                         let _ = paused.send(Err(Error::rule(

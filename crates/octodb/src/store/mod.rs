@@ -138,6 +138,17 @@ pub fn reserve_ids(conn: &Connection, key: &str, used: i64) -> Result<()> {
     Ok(())
 }
 
+/// A clean close gives back the ids reserved ahead of `used` (the highest handed out): the
+/// next run goes on from there instead of skipping the rest of a block, so that a node opened
+/// and closed often (a connection per request) does not use up its ids. After a crash the
+/// reservation stands, and the next run skips what was reserved.
+pub fn release_ids(conn: &Connection, key: &str, used: i64) -> Result<()> {
+    if meta_i64(conn, key)? > used {
+        meta_set(conn, key, used.max(0))?;
+    }
+    Ok(())
+}
+
 /// Run one statement without results through the statement cache: the engine's own
 /// BEGIN/COMMIT/SAVEPOINT/... run for every transaction, and parsing them each time shows.
 pub fn exec(conn: &Connection, sql: &str) -> rusqlite::Result<()> {

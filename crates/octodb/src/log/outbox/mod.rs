@@ -82,6 +82,12 @@ pub fn new_txn_id(conn: &Connection, identity: &Identity) -> Result<u64> {
     Ok(txn)
 }
 
+/// At a clean close: the transaction ids reserved beyond the last one handed out are given
+/// back ([`crate::store::release_ids`]).
+pub fn release_unused_txn_ids(conn: &Connection, identity: &Identity) -> Result<()> {
+    crate::store::release_ids(conn, TXN_ID_KEY, identity.next_txn_id() as i64 - 1)
+}
+
 /// The meta key of the first outbox transaction id that no run of the node has sent, kept
 /// from one run to the next while none of them connects to a primary.
 const UNSENT_FROM_KEY: &str = "unsent_txn_from";
