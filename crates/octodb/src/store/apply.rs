@@ -3,6 +3,7 @@
 
 use super::column_rules::{self, ColumnRule};
 use super::schema::{self, ident, TableLayout};
+use super::unique_holders::Aside;
 use crate::changes::{column_bit, ChangeSet, Op};
 use crate::error::Result;
 use crate::value::{Owner, Value};
@@ -534,7 +535,10 @@ pub fn apply_device_txn(
     let mut statements: HashMap<u32, Arc<RowSql>> = HashMap::new();
     // The columns devices may not write freely, per table header (see `column_rules`).
     let mut rules: HashMap<u32, Vec<(String, ColumnRule)>> = HashMap::new();
-    for op in &cs.ops {
+    // Rows stepped aside for rows of this transaction that take their unique values.
+    let mut aside = Aside::default();
+    for (at, op) in cs.ops.iter().enumerate() {
+        let later = &cs.ops[at + 1..];
         let (table, rowid) = match op {
             Op::Insert { table, rowid, .. }
             | Op::Update { table, rowid, .. }
@@ -664,8 +668,13 @@ pub fn apply_device_txn(
             Op::Update {
                 changed, values, ..
             } => {
-                let Some(owner) = existing_owner(conn)? else {
-                    continue;
+                let stashed = aside.take(&t.name, rowid);
+                let owner = match &stashed {
+                    Some(row) => owner_in(&t, row),
+                    None => match existing_owner(conn)? {
+                        Some(owner) => owner,
+                        None => continue,
+                    },
                 };
                 if !mine(&owner) {
                     return Ok(Err(format!(
@@ -689,16 +698,50 @@ pub fn apply_device_txn(
                         )));
                     }
                 }
-                let written = tables
-                    .statements(&t, &cols)
-                    .update_or_insert(conn, rowid, &vals);
+                // A row stepped aside for an earlier row comes back whole, with its changes.
+                let whole = stashed.map(|mut row| {
+                    for (c, v) in cols.iter().zip(&vals) {
+                        if let Some(j) = t.columns.iter().position(|tc| tc == c) {
+                            row[j] = v.clone();
+                        }
+                    }
+                    row
+                });
+                let write = |tables: &mut Tables| match &whole {
+                    Some(row) => Ok(tables.statements(&t, &t.columns).insert(conn, rowid, row)?),
+                    None => tables
+                        .statements(&t, &cols)
+                        .update_or_insert(conn, rowid, &vals),
+                };
+                let mut written = write(tables);
+                if matches!(&written, Err(e) if crate::store::unique_holders::is_constraint(e)) {
+                    // Rows this transaction changes later may hold the values it takes (a
+                    // swap): they step aside until their turn.
+                    let image = match &whole {
+                        Some(row) => Some(row.clone()),
+                        None => RowSql::new(&t, &t.columns)
+                            .read(conn, rowid)?
+                            .map(|mut row| {
+                                for (c, v) in cols.iter().zip(&vals) {
+                                    if let Some(j) = t.columns.iter().position(|tc| tc == c) {
+                                        row[j] = v.clone();
+                                    }
+                                }
+                                row
+                            }),
+                    };
+                    if let Some(image) = image {
+                        if aside.make_room(conn, &t, rowid, &image, (cs, later))? {
+                            written = write(tables);
+                        }
+                    }
+                }
                 match written {
                     Err(crate::Error::Sqlite(e)) if fault_of_the_node(&e) => return Err(e.into()),
                     Err(e) if crate::store::unique_holders::is_constraint(&e) => {
                         return Ok(Err(format!(
-                            "update of `{}` failed: {e}. Another row holds that value on the \
-                             primaries; rows of one device transaction cannot trade unique \
-                             values (a swap): park one value in a transaction of its own first",
+                            "update of `{}` failed: {e}: another row holds that value on the \
+                             primaries",
                             t.name
                         )))
                     }
@@ -707,8 +750,13 @@ pub fn apply_device_txn(
                 }
             }
             Op::Delete { .. } => {
-                let Some(owner) = existing_owner(conn)? else {
-                    continue;
+                let stashed = aside.take(&t.name, rowid);
+                let owner = match &stashed {
+                    Some(row) => owner_in(&t, row),
+                    None => match existing_owner(conn)? {
+                        Some(owner) => owner,
+                        None => continue,
+                    },
                 };
                 if !mine(&owner) {
                     return Ok(Err(format!(
@@ -717,13 +765,20 @@ pub fn apply_device_txn(
                     )));
                 }
                 if let Some(gate) = column_rules::delete_gate(table_rules) {
-                    let read = conn
-                        .prepare_cached(&format!(
-                            "SELECT {} FROM {} WHERE rowid = ?1",
-                            ident(gate),
-                            ident(&t.name)
-                        ))
-                        .and_then(|mut s| s.query_row([rowid], |r| r.get::<_, Value>(0)));
+                    let kept = stashed.as_ref().and_then(|row| {
+                        let j = t.columns.iter().position(|c| c == gate)?;
+                        row.get(j).cloned()
+                    });
+                    let read = match kept {
+                        Some(value) => Ok(value),
+                        None => conn
+                            .prepare_cached(&format!(
+                                "SELECT {} FROM {} WHERE rowid = ?1",
+                                ident(gate),
+                                ident(&t.name)
+                            ))
+                            .and_then(|mut s| s.query_row([rowid], |r| r.get::<_, Value>(0))),
+                    };
                     let refusal = match read {
                         Ok(value) => column_rules::delete_refusal(&t.name, gate, rowid, &value),
                         // A rule naming a column the table lost: refuse rather than guess.
@@ -736,7 +791,9 @@ pub fn apply_device_txn(
                         return Ok(Err(reason));
                     }
                 }
-                delete_row(conn, &t, rowid)?;
+                if stashed.is_none() {
+                    delete_row(conn, &t, rowid)?;
+                }
                 if read_back {
                     out.ops.push(Op::Delete {
                         table: out_table,
@@ -759,7 +816,17 @@ pub fn apply_device_txn(
             });
         }
     }
+    if let Some(reason) = aside.restore(conn, tables)? {
+        return Ok(Err(reason));
+    }
     Ok(Ok(out))
+}
+
+/// The owner of a whole row (in its table's column order).
+fn owner_in(t: &TableLayout, row: &[Value]) -> Value {
+    t.owner
+        .and_then(|i| row.get(i).cloned())
+        .unwrap_or(Value::Null)
 }
 
 /// Whether an inserted row is stored exactly as `values` (given for `columns`), so that it
@@ -793,6 +860,83 @@ mod tests {
 
     fn sqlite_error(code: std::ffi::c_int) -> rusqlite::Error {
         rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None)
+    }
+
+    /// Rows of `items(id, code UNIQUE, row_owner)`: (id, code, owner).
+    fn items(rows: &[(i64, &str, i64)]) -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        crate::store::init_internal_schema(&conn).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE items(id INTEGER PRIMARY KEY, code TEXT UNIQUE, row_owner)",
+        )
+        .unwrap();
+        for (id, code, owner) in rows {
+            conn.execute(
+                "INSERT INTO items VALUES (?1, ?2, ?3)",
+                rusqlite::params![id, code, owner],
+            )
+            .unwrap();
+        }
+        conn
+    }
+
+    /// A device's updates giving each row in `moves` (id, code) its new code, in order.
+    fn moves(moves: &[(i64, &str, i64)]) -> ChangeSet {
+        let mut cs = ChangeSet::default();
+        let columns = ["id", "code", "row_owner"].map(String::from);
+        let table = cs.table_index("items", &columns);
+        for (id, code, owner) in moves {
+            cs.ops.push(Op::Update {
+                table,
+                rowid: *id,
+                changed: column_bit(1),
+                values: vec![
+                    Value::Integer(*id),
+                    Value::Text(code.to_string()),
+                    Value::Integer(*owner),
+                ],
+            });
+        }
+        cs
+    }
+
+    fn apply(conn: &Connection, user_id: i64, cs: &ChangeSet) -> Verdict {
+        let mut tables = Tables::default();
+        let mut inserts = HeldInserts::new(conn);
+        let sender = Sender {
+            node_id: 2,
+            user_id,
+        };
+        apply_device_txn(conn, &mut tables, &mut inserts, sender, cs, true).unwrap()
+    }
+
+    fn codes(conn: &Connection) -> String {
+        conn.query_row(
+            "SELECT group_concat(id || '=' || code, ' ') FROM (SELECT * FROM items ORDER BY id)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_devices_rows_trading_unique_values_are_applied_and_only_its_own() {
+        // A swap and a rotation of three, as a device's final images come (one row each).
+        let conn = items(&[(1, "x", 7), (2, "y", 7), (3, "z", 7)]);
+        assert!(apply(&conn, 7, &moves(&[(1, "y", 7), (2, "x", 7)])).is_ok());
+        assert_eq!(codes(&conn), "1=y 2=x 3=z");
+        let rotation = moves(&[(1, "z", 7), (2, "y", 7), (3, "x", 7)]);
+        assert!(apply(&conn, 7, &rotation).is_ok());
+        assert_eq!(codes(&conn), "1=z 2=y 3=x");
+
+        // Another user's row is never moved for it: the transaction is refused.
+        let conn = items(&[(1, "x", 7), (2, "y", 8)]);
+        let refused = apply(&conn, 7, &moves(&[(1, "y", 7), (2, "x", 7)])).unwrap_err();
+        assert!(refused.contains("does not own"), "{refused}");
+        // A value held by a row the transaction does not change stays a conflict.
+        let conn = items(&[(1, "x", 7), (2, "y", 7)]);
+        let refused = apply(&conn, 7, &moves(&[(1, "y", 7)])).unwrap_err();
+        assert!(refused.contains("UNIQUE"), "{refused}");
     }
 
     #[test]

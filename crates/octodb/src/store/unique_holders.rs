@@ -112,3 +112,78 @@ fn unique_keys(conn: &Connection, table: &str) -> Result<Vec<Vec<String>>> {
     }
     Ok(keys)
 }
+
+/// A device's transaction applied on a primary, whose rows trade unique values (a swap
+/// through a temporary value on the device): its changes come as one partial update per row,
+/// and the first clashes with a row the transaction changes later. That row steps aside (its
+/// whole row kept here) until its own change comes, which writes it back whole.
+#[derive(Default)]
+pub struct Aside {
+    /// (table, row id) -> the row as it was, in its table's column order.
+    rows: std::collections::HashMap<(String, i64), Vec<Value>>,
+}
+
+impl Aside {
+    /// The row kept for `rowid` of `table`, if it stepped aside; it is the caller's to write.
+    pub fn take(&mut self, table: &str, rowid: i64) -> Option<Vec<Value>> {
+        // (Every update and delete a primary applies asks: nothing to look up, nearly always.)
+        if self.rows.is_empty() {
+            return None;
+        }
+        self.rows.remove(&(table.to_string(), rowid))
+    }
+
+    /// Makes room for row `rowid` of `t` to hold `image` (its whole row, in `t`'s column
+    /// order): the rows holding its unique values that a later op of the transaction changes
+    /// step aside. Returns whether any did.
+    pub fn make_room(
+        &mut self,
+        conn: &Connection,
+        t: &TableLayout,
+        rowid: i64,
+        image: &[Value],
+        (cs, later): (&ChangeSet, &[Op]),
+    ) -> Result<bool> {
+        let whole = crate::store::apply::RowSql::new(t, &t.columns);
+        let mut any = false;
+        for rid in holders(conn, t, &t.columns, rowid, image)? {
+            let changed_later = later
+                .iter()
+                .filter_map(|op| cs.row_of(op))
+                .any(|(tbl, r)| r == rid && tbl == t.name);
+            if !changed_later {
+                continue;
+            }
+            let Some(row) = whole.read(conn, rid)? else {
+                continue;
+            };
+            delete_row(conn, t, rid)?;
+            self.rows.insert((t.name.clone(), rid), row);
+            any = true;
+        }
+        Ok(any)
+    }
+
+    /// Rows still aside when the transaction ends (their later change wrote nothing) go back
+    /// as they were. Returns why one cannot, to reject the transaction.
+    pub fn restore(
+        self,
+        conn: &Connection,
+        tables: &mut crate::store::apply::Tables,
+    ) -> Result<Option<String>> {
+        for ((table, rowid), row) in self.rows {
+            let Some(t) = tables.get(conn, &table)? else {
+                continue;
+            };
+            if let Err(e) =
+                crate::store::apply::RowSql::new(&t, &t.columns).insert(conn, rowid, &row)
+            {
+                return Ok(Some(format!(
+                    "rows of `{table}` trade unique values in a way the primaries cannot apply \
+                     ({e}): park one value in a transaction of its own first"
+                )));
+            }
+        }
+        Ok(None)
+    }
+}
