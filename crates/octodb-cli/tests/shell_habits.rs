@@ -452,4 +452,11 @@ fn on_a_primary_dump_leaves_octodb_out_and_import_reaches_a_device() {
         "{text}"
     );
     assert!(text.trim_end().ends_with("todos"), "{text}");
+
+    // The device's file dumped as a plain file restores into any SQLite: without the
+    // row_owner default only an octodb device can evaluate.
+    drop(device);
+    let (dump, err) = run(octodb_on(&dir.path().join("d.db")), ".dump todos\n");
+    assert!(dump.contains("CREATE TABLE todos"), "{dump}{err}");
+    assert!(!dump.contains("this_user"), "{dump}");
 }

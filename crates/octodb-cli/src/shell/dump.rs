@@ -97,6 +97,20 @@ fn stored_columns(conn: &Connection, table: &str) -> anyhow::Result<String> {
     Ok(stored.join(", "))
 }
 
+/// A device's file, opened as the device or as a plain file (its record says what it is).
+fn is_device_file(conn: &Connection) -> bool {
+    match conn.role() {
+        Some(role) => role == octodb::Role::Secondary,
+        None => conn
+            .query_row(
+                "SELECT value FROM _octo_meta WHERE key = 'node_type'",
+                [],
+                |r| r.get::<String>(0),
+            )
+            .is_ok_and(|t| t == "secondary"),
+    }
+}
+
 pub fn dump(conn: &Connection, patterns: &[&str], out: &mut dyn Write) -> anyhow::Result<()> {
     let filter = |col: &str| -> String {
         if patterns.is_empty() {
@@ -134,6 +148,7 @@ pub fn dump(conn: &Connection, patterns: &[&str], out: &mut dyn Write) -> anyhow
         .iter()
         .map(|r| text(&r[0]))
         .collect();
+    let device = is_device_file(conn);
     for t in &tables.rows {
         let (name, sql) = (text(&t[0]), text(&t[1]));
         if shadows.contains(&name) {
@@ -146,10 +161,10 @@ pub fn dump(conn: &Connection, patterns: &[&str], out: &mut dyn Write) -> anyhow
         } else if name.starts_with("sqlite_") {
             continue;
         } else {
-            let sql = match conn.role() {
-                // Restorable into any SQLite: a device's table without its row_owner default.
-                Some(octodb::Role::Secondary) => octodb::store::schema::as_primaries_wrote_it(&sql),
-                _ => sql,
+            // Restorable into any SQLite: a device's table without its row_owner default.
+            let sql = match device {
+                true => octodb::store::schema::as_primaries_wrote_it(&sql),
+                false => sql,
             };
             writeln!(out, "{};", create_sql(&sql))?;
         }
