@@ -133,6 +133,9 @@ impl Inner {
     }
 }
 
+/// How often a client waiting for its first connection looks whether its node was refused.
+const REFUSAL_CHECK: Duration = Duration::from_millis(100);
+
 impl Client {
     /// Connects to the broker `service` on the primary of the node behind `conn` (usually a
     /// device), with that node's keys. Waits for the first connection at most `timeout`.
@@ -167,19 +170,38 @@ impl Client {
             _closer: Arc::new(Closer(inner.clone())),
             inner,
         };
-        client.wait_connected(timeout)?;
+        client.wait_connected(conn, timeout)?;
         Ok(client)
     }
 
-    fn wait_connected(&self, timeout: Duration) -> Result<(), BrokerError> {
-        let mut rx = self.inner.connected.subscribe();
-        let ok = channel::block_on(async {
-            tokio::time::timeout(timeout, rx.wait_for(|c| *c))
-                .await
-                .is_ok_and(|r| r.is_ok())
-        });
-        if ok {
-            return Ok(());
+    /// Waits for the first connection; ends at once when the backend refused the node (no
+    /// wait can help then).
+    fn wait_connected(
+        &self,
+        conn: &octodb::Connection,
+        timeout: Duration,
+    ) -> Result<(), BrokerError> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let mut rx = self.inner.connected.subscribe();
+            let ok = channel::block_on(async {
+                tokio::time::timeout(left.min(REFUSAL_CHECK), rx.wait_for(|c| *c))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            });
+            if ok {
+                return Ok(());
+            }
+            if let Some(refused) = conn.sync_status().ok().and_then(|s| s.refused()) {
+                return Err(BrokerError::Connection(format!(
+                    "cannot reach the broker `{}`: {refused}",
+                    self.inner.service
+                )));
+            }
+            if left <= REFUSAL_CHECK {
+                break;
+            }
         }
         let why = lock(&self.inner.last_error)
             .clone()

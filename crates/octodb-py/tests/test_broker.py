@@ -5,6 +5,7 @@ import datetime
 import os
 import random
 import threading
+import time
 
 import pytest
 
@@ -452,6 +453,19 @@ def test_unapproved_devices_cannot_reach_the_broker(tmp_path):
         with pytest.raises(ConnectionError) as e:
             ob.BrokerClient(uri, timeout=2)
         assert "not approved" in str(e.value)
+
+        # A device the backend refused hears it at once, not after the whole timeout.
+        n.primary.register_function("user_signup", 2, lambda data, info: -1)
+        refused_uri = device_uri(tmp_path / "refused.db", n.primary)
+        refused = octodb.connect(refused_uri)
+        n.opened.append(refused)
+        refused.execute("PRAGMA user_signup='eve'")
+        with pytest.raises(octodb.OperationalError, match="refused"):
+            refused.wait_until_ready(timeout=60)
+        began = time.monotonic()
+        with pytest.raises(ConnectionError, match="refused"):
+            ob.BrokerClient(refused_uri, timeout=60)
+        assert time.monotonic() - began < 30, "ended before its timeout"
     finally:
         n.close()
 
