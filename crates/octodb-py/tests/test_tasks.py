@@ -41,6 +41,16 @@ class Quota(tasks.Task):
         raise QuotaExceeded("no more than 3 a day")
 
 
+class Lookup(tasks.Task):
+    def run(self):
+        return {}["nope"]
+
+
+class GiveUp(tasks.Task):
+    def run(self):
+        raise tasks.Cancelled("I give up")
+
+
 class Spin(tasks.Task):
     """Publishes until cancelled."""
 
@@ -76,7 +86,7 @@ def nodes(tmp_path):
     uri = primary_uri(tmp_path / "backend.db")
     backend = octodb.connect(uri)
     worker = tasks.Worker(uri, threads=2, lease=10)
-    for cls in (Echo, Divide, Quota, Spin):
+    for cls in (Echo, Divide, Quota, Spin, Lookup, GiveUp):
         worker.register(cls)
     worker.register(Forbidden, allow_if=lambda signer, task_type: False)
     worker.register(Guarded, allow_if=only_secondaries)
@@ -143,6 +153,12 @@ def test_errors_keep_their_type_name_and_message(nodes):
     assert type(raised.value).__name__ == "QuotaExceeded"
     assert str(raised.value) == "no more than 3 a day"
     assert task.state == "failed"
+    # The message as raised: a KeyError's was quoted twice, a task's own Cancelled lost its.
+    with pytest.raises(KeyError) as raised:
+        Lookup(queue).start().join(timeout=DEADLINE)
+    assert raised.value.args == ("nope",)
+    with pytest.raises(tasks.Cancelled, match="I give up"):
+        GiveUp(queue).start().join(timeout=DEADLINE)
 
 
 def test_cancel_raises_cancelled_inside_run_and_in_join(nodes):

@@ -150,6 +150,8 @@ def _error(type_name, message):
             return builtin(message)
         except Exception:  # a built-in that wants other arguments
             pass
+    if type_name == "Cancelled":  # a task that gave up by raising it: the module's own class
+        return Cancelled(message)
     name = type_name if (type_name or "").isidentifier() else "TaskFailed"
     cls = _error_classes.get(name)
     if cls is None:
@@ -443,6 +445,14 @@ class Task:
         pass
 
 
+def _message_of(e):
+    """An exception's message as it was raised: ``KeyError("nope")`` gives ``nope`` (its str is
+    ``'nope'``, quoted, which made the submitter's copy quoted twice)."""
+    if len(e.args) == 1 and isinstance(e.args[0], str):
+        return e.args[0]
+    return str(e)
+
+
 def _runner_for(cls):
     def runner(run, args_json):
         task = cls.__new__(cls)
@@ -458,10 +468,10 @@ def _runner_for(cls):
             # The last values are written with the outcome (no write of their own).
             run.publish(task.progress, task.total, task.expected_duration, False)
             return (True, encode(result))
-        except Cancelled:
-            return (False, "Cancelled", "the task was cancelled")
+        except Cancelled as e:
+            return (False, "Cancelled", _message_of(e) or "the task was cancelled")
         except Exception as e:  # the task's error goes back to the submitter as it is
-            return (False, type(e).__name__, str(e))
+            return (False, type(e).__name__, _message_of(e))
 
     return runner
 
