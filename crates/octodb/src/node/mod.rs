@@ -92,12 +92,10 @@ pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
     runtime().block_on(f)
 }
 
-/// Devices whose transactions could not be written, and why.
-#[derive(Debug, Default)]
-pub(crate) struct Unwritten {
-    pub nodes: std::collections::HashSet<u32>,
-    pub reason: String,
-}
+/// Device sessions whose transactions could not be written, and why, by session: every one
+/// is kept until its session ends (a single "last failure" lost the earlier ones when several
+/// sessions failed together, and those sessions stopped reading for good).
+pub(crate) type Unwritten = HashMap<u64, String>;
 
 /// What the node's tasks share.
 pub(crate) struct Shared {
@@ -141,7 +139,7 @@ pub(crate) struct Shared {
     /// Primaries: the devices whose transactions the writer could not write (a full disk, an
     /// I/O error), and why: their sessions end, telling them, so that they send those
     /// transactions again (after the device's back-off) once the primary can write.
-    pub unwritten: watch::Sender<Arc<Unwritten>>,
+    pub unwritten: watch::Sender<Unwritten>,
     /// Primaries: sessions whose device sent other work under a transaction id already
     /// decided (its file is a copy of another device's), with that id. Such a session ends,
     /// telling its device, and takes itself out.
@@ -293,15 +291,24 @@ impl Shared {
         }
     }
 
-    /// The writer could not write these devices' transactions: their sessions end with
-    /// `reason`, and the primary's `sync_error` says it until a write succeeds again.
-    pub fn writes_failed(&self, nodes: std::collections::HashSet<u32>, reason: String) {
+    /// The writer could not write these sessions' transactions: they end with `reason`,
+    /// and the primary's `sync_error` says it until a write succeeds again.
+    pub fn writes_failed(&self, sessions: &[u64], reason: String) {
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .sync_error = Some(reason.clone());
-        self.unwritten
-            .send_replace(Arc::new(Unwritten { nodes, reason }));
+        self.sessions_unwritten(sessions, reason);
+    }
+
+    /// These sessions' transactions were not written (by this primary's writer, or the
+    /// leader's): each ends, telling its device `reason`.
+    pub fn sessions_unwritten(&self, sessions: &[u64], reason: String) {
+        self.unwritten.send_modify(|failed| {
+            for session in sessions {
+                failed.insert(*session, reason.clone());
+            }
+        });
     }
 
     /// Session `session`'s device sent other work under transaction id `txn`, already
@@ -553,7 +560,7 @@ impl Node {
             auth_decided: broadcast::channel(256).0,
             waiting: Default::default(),
             connected_keys: Default::default(),
-            unwritten: watch::channel(Arc::new(Unwritten::default())).0,
+            unwritten: watch::channel(Unwritten::default()).0,
             copied_files: watch::channel(HashMap::new()).0,
             auth_changed: Notify::new(),
             service: Mutex::new(None),

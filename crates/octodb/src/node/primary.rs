@@ -354,6 +354,10 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         found.remove(&session);
         false
     });
+    shared.unwritten.send_if_modified(|failed| {
+        failed.remove(&session);
+        false
+    });
     // Kept when the session ends (while it lasts, `PRAGMA nodes` says it is connected): a
     // write per connection would cost every reconnecting device a commit.
     let seen = super::members::Sighting {
@@ -369,18 +373,18 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     result
 }
 
-/// Until the writer fails to write a batch holding `node`'s transactions; then why.
+/// Until the transactions of session `session` could not be written (by this primary's
+/// writer or, forwarded, by the leader); then why.
 async fn transactions_unwritten(
-    unwritten: &mut tokio::sync::watch::Receiver<Arc<super::Unwritten>>,
-    node: u32,
+    unwritten: &mut tokio::sync::watch::Receiver<super::Unwritten>,
+    session: u64,
 ) -> String {
     loop {
         if unwritten.changed().await.is_err() {
             return std::future::pending().await;
         }
-        let failed = unwritten.borrow_and_update().clone();
-        if failed.nodes.contains(&node) {
-            return failed.reason.clone();
+        if let Some(reason) = unwritten.borrow_and_update().get(&session) {
+            return reason.clone();
         }
     }
 }
@@ -452,10 +456,7 @@ async fn read_loop(
                         // sent after must not be decided before what failed.
                         let reason = e.to_string();
                         tracing::warn!(node = sender.node_id, "{reason}");
-                        let nodes = std::collections::HashSet::from([sender.node_id]);
-                        shared
-                            .unwritten
-                            .send_replace(Arc::new(super::Unwritten { nodes, reason }));
+                        shared.sessions_unwritten(&[session], reason);
                         return std::future::pending().await;
                     }
                     continue;
@@ -998,7 +999,7 @@ async fn stream_to_device(
                 }
                 // The writer could not write this device's transactions: the session ends,
                 // telling the device why, and it sends them again when it reconnects.
-                reason = transactions_unwritten(&mut unwritten, node) => {
+                reason = transactions_unwritten(&mut unwritten, session) => {
                     tracing::info!(node, "device disconnected: {reason}");
                     wr.send(&Message::Refused { reason: reason.clone() }.encode()).await?;
                     wr.flush().await?;
@@ -1093,6 +1094,33 @@ async fn download(shared: &Arc<Shared>, user: i64, wr: &mut SecureWriter) -> Res
 
 #[cfg(test)]
 mod tests {
+    /// Sessions whose transactions fail together each hear their own reason: the failures
+    /// were one "last failure", and a session whose failure was replaced before its streaming
+    /// side looked never ended (its reading side had stopped: the device's outbox grew for
+    /// good, found by the cluster operator's walkthrough with two devices on one follower).
+    #[tokio::test]
+    async fn every_session_whose_transactions_failed_hears_why() {
+        let (failures, _) = tokio::sync::watch::channel(super::super::Unwritten::default());
+        let (mut first, mut second, mut other) = (
+            failures.subscribe(),
+            failures.subscribe(),
+            failures.subscribe(),
+        );
+        for (session, reason) in [(1, "one"), (2, "two")] {
+            failures.send_modify(|f| {
+                f.insert(session, reason.to_string());
+            });
+        }
+        assert_eq!(super::transactions_unwritten(&mut first, 1).await, "one");
+        assert_eq!(super::transactions_unwritten(&mut second, 2).await, "two");
+        let waiting = super::transactions_unwritten(&mut other, 3);
+        let timed_out = tokio::time::timeout(std::time::Duration::from_millis(50), waiting);
+        assert!(
+            timed_out.await.is_err(),
+            "a session that did not fail goes on"
+        );
+    }
+
     /// The size of the future an `async fn` of three arguments returns, never called.
     fn future_size<A, B, C, F: std::future::Future>(_: fn(A, B, C) -> F) -> usize {
         std::mem::size_of::<F>()

@@ -473,11 +473,10 @@ impl Writer {
                                 write_failure_advice(&e)
                             );
                             tracing::error!("{reason}");
-                            let nodes = batch.iter().map(|(s, _)| s.node_id).collect();
                             for w in waiting.into_iter().flatten() {
                                 let _ = w.send(Err(reason.clone()));
                             }
-                            self.shared.writes_failed(nodes, reason);
+                            self.shared.writes_failed(&sessions, reason);
                             self.note_failed_sessions(sessions);
                             // (Retries while the disk refuses: openraft waits for these.)
                             if let Some(g) = self.given_up.take() {
