@@ -351,6 +351,43 @@ fn a_joining_primary_at_an_unreachable_address_is_refused() {
     assert_eq!(members.len(), 1, "no unreachable member: {members:?}");
 }
 
+/// A primary on a new disk, started at the address of a member it replaces, is told to take
+/// that member out first: joined beside it, the old voter stayed in the cluster unreachable
+/// for good (the operator walkthrough's replaced disk). Once it is out, the new one joins.
+#[test]
+fn a_primary_at_a_members_address_with_another_key_is_told_to_remove_it_first() {
+    let c = Cluster::new();
+    let (p1, p2, p3) = three_joined(&c);
+    let (p3_id, p3_port) = (p3.sync_status().unwrap().node_id, port_of(&p3));
+    drop(p3);
+    let replacing = || {
+        Connection::open(&format!(
+            "{}&connect=tcp://{}",
+            primary_uri(&c.path("p3-new.db"), p3_port),
+            addr_of(&p1)
+        ))
+        .expect("open the replacing primary")
+    };
+    let new = replacing();
+    new.wait_for(DEADLINE, |s| {
+        s.sync_error
+            .as_deref()
+            .is_some_and(|e| e.contains(&format!("remove_primary={p3_id}")))
+    })
+    .expect("the new primary hears what to do");
+    assert_eq!(p1.sync_status().unwrap().cluster.unwrap().members.len(), 3);
+
+    p1.execute_batch(&format!("PRAGMA remove_primary={p3_id}"))
+        .unwrap();
+    drop(new);
+    let new = replacing();
+    wait_voters(&p1, 3);
+    wait_until("the new primary to follow", || {
+        (cluster_role(&new) == "follower").then_some(())
+    });
+    drop(p2);
+}
+
 /// The leader `p.db` (with table t), and `p2.db` and `p3.db` joined to it, all three voters.
 fn three_joined(c: &Cluster) -> (Connection, Connection, Connection) {
     let p1 = c.primary_with_t();

@@ -659,3 +659,69 @@ fn a_devices_swap_of_unique_values_is_accepted() {
     assert_eq!(text(&p, rows), "1=y 2=x 3=z");
     assert_eq!(text(&d, rows), "1=y 2=x 3=z");
 }
+
+/// Foreign keys: the engine writes rows as the primaries or a device's transaction have them,
+/// checking and cascading none (the app's connections do both). A rejected transaction that
+/// made a parent and its child is taken back, and a transaction whose child row comes first
+/// in it is accepted: each stopped the device's sync for good (SQL walkthrough).
+#[test]
+fn foreign_keys_block_neither_a_take_back_nor_the_order_of_a_transactions_rows() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute_batch(
+        "CREATE TABLE folder(id INTEGER PRIMARY KEY, name TEXT, row_owner);
+         CREATE TABLE note(id INTEGER PRIMARY KEY, txt TEXT,
+                           folder INTEGER REFERENCES folder(id) ON DELETE CASCADE, row_owner);
+         CREATE TRIGGER banned BEFORE INSERT ON note
+           WHEN NEW.txt = 'banned' AND EXISTS (SELECT 1 FROM sqlite_schema WHERE name = '_octo_raft')
+           BEGIN SELECT RAISE(ABORT, 'banned word'); END;",
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    d.wait_until_synced(DEADLINE).unwrap();
+    d.execute_batch(
+        "BEGIN;
+         INSERT INTO folder(id, name) VALUES (1, 'work');
+         INSERT INTO note(id, txt, folder) VALUES (10, 'banned', 1);
+         COMMIT;",
+    )
+    .unwrap();
+    let s = d
+        .wait_for(DEADLINE, |s| s.last_rejected.is_some() && s.outbox_len == 0)
+        .unwrap();
+    assert!(s.sync_error.is_none(), "{:?}", s.sync_error);
+    assert_eq!(count(&d, "SELECT count(*) FROM folder"), 0, "taken back");
+    assert_eq!(count(&d, "SELECT count(*) FROM note"), 0, "taken back");
+
+    d.execute_batch(
+        "INSERT INTO folder(id, name) VALUES (1, 'work');
+         INSERT INTO note(id, txt, folder) VALUES (10, 'fine', 1);",
+    )
+    .unwrap();
+    wait_outbox_empty(&d);
+    // The note changes first, then the folder it moves to is made.
+    d.execute_batch(
+        "BEGIN;
+         UPDATE note SET txt = 'moving' WHERE id = 10;
+         INSERT INTO folder(id, name) VALUES (2, 'new');
+         UPDATE note SET folder = 2 WHERE id = 10;
+         COMMIT;",
+    )
+    .unwrap();
+    let s = d.wait_until_synced(DEADLINE).unwrap();
+    assert!(
+        s.last_rejected
+            .as_ref()
+            .is_none_or(|r| r.reason.contains("banned")),
+        "{:?}",
+        s.last_rejected
+    );
+    assert_eq!(
+        text(&p, "SELECT folder || txt FROM note WHERE id = 10"),
+        "2moving"
+    );
+    // An app's delete cascades in the app's own statement, and the cascade replicates.
+    d.execute("DELETE FROM folder WHERE id = 2", []).unwrap();
+    wait_count(&p, "SELECT count(*) FROM note", 0);
+    assert_eq!(count(&d, "SELECT count(*) FROM note"), 0);
+}

@@ -144,6 +144,9 @@ impl Connection {
         // pages to the database file and its fsync. The app checkpoints itself only as a
         // backstop, when the engine has not written for a while (a device offline).
         conn.execute_batch(&format!("PRAGMA wal_autocheckpoint={APP_CHECKPOINT_PAGES}"))?;
+        // The app's statements check and cascade foreign keys (the bundled SQLite's default,
+        // which the engine's own connections turn off): `PRAGMA foreign_keys=OFF` per connection.
+        conn.execute_batch("PRAGMA foreign_keys=ON")?;
         let repl = node.role().map(|role| Replication {
             capture: Capture::new(node.identity().clone()),
             role,

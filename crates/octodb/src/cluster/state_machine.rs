@@ -392,7 +392,7 @@ pub(super) fn apply_decided(
                         // Rows that traded unique values in the transaction: those written
                         // later step aside until their own image comes.
                         Err(e)
-                            if unique_holders::is_constraint(&e)
+                            if unique_holders::is_unique_violation(&e)
                                 && unique_holders::aside_for_later(
                                     c,
                                     &t,

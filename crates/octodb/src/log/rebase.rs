@@ -10,7 +10,7 @@ use crate::changes::{column_bit, ChangeSet, Op};
 use crate::error::Result;
 use crate::store::apply::{delete_row, write_row, HeldInserts, RowSql, Tables};
 use crate::store::schema;
-use crate::store::unique_holders::{self, is_constraint};
+use crate::store::unique_holders::{self, is_constraint, is_unique_violation};
 use crate::value::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::hash_map::Entry;
@@ -279,7 +279,7 @@ fn apply_op(
     };
     let sql = sql.clone();
     match (write(ctx, &sql), values) {
-        (Err(e), Some(values)) if is_constraint(&e) => {
+        (Err(e), Some(values)) if is_unique_violation(&e) => {
             // Another row holds one of its unique values: one the same transaction rewrites
             // later (rows that traded values), or one of this device's pending work.
             let for_later =
@@ -454,7 +454,7 @@ fn replay_row(
     if let (Err(e), Some(img)) = (&replayed, &state) {
         // Rows rebuilt after this one, with work pending, that hold its unique values (rows
         // that traded them, as a swap taken back): they step aside until their turn.
-        if is_constraint(e) {
+        if is_unique_violation(e) {
             let mut any = false;
             for holder in unique_holders::holders(conn, &t, &img.columns, rid, &img.values)? {
                 let key = (tbl.to_string(), holder);

@@ -147,6 +147,25 @@ async fn admit_joiner(
         .filter(|a| a.len() <= 256 && crate::uri::Endpoint::from_addr(a).is_some())
         .ok_or("a joining primary must name the address members reach it at")?;
     let key = peer.to_hex();
+    // A member with another key at the same address is one this primary replaces (a new
+    // disk): joined beside it, the old voter stayed in the cluster for good, unreachable,
+    // one failure away from losing the majority while every page looked healthy.
+    let holder = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .nodes()
+        .find(|(_, m)| m.addr == member_addr && m.public_key != key)
+        .map(|(id, _)| *id);
+    if let Some(old) = holder {
+        return Err(format!(
+            "member {old} of this cluster is at {member_addr}, with another key: to replace it \
+             (a new disk, a new file), take it out first (on the leader PRAGMA \
+             remove_primary={old}, or the admin console's remove), then start this primary \
+             again; to add a primary beside it, give this one another address"
+        ));
+    }
     let node_id = match shared.cfg.auth {
         AuthMode::None => {
             let decided = ask(shared, |reply| Job::AuthDecide {

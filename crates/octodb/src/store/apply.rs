@@ -714,7 +714,8 @@ pub fn apply_device_txn(
                         .update_or_insert(conn, rowid, &vals),
                 };
                 let mut written = write(tables);
-                if matches!(&written, Err(e) if crate::store::unique_holders::is_constraint(e)) {
+                if matches!(&written, Err(e) if crate::store::unique_holders::is_unique_violation(e))
+                {
                     // Rows this transaction changes later may hold the values it takes (a
                     // swap): they step aside until their turn.
                     let image = match &whole {
@@ -738,7 +739,7 @@ pub fn apply_device_txn(
                 }
                 match written {
                     Err(crate::Error::Sqlite(e)) if fault_of_the_node(&e) => return Err(e.into()),
-                    Err(e) if crate::store::unique_holders::is_constraint(&e) => {
+                    Err(e) if crate::store::unique_holders::is_unique_violation(&e) => {
                         return Ok(Err(format!(
                             "update of `{}` failed: {e}: another row holds that value on the \
                              primaries",

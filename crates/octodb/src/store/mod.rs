@@ -46,7 +46,13 @@ pub fn open_connection(path: &Path, file_key: Option<&NetworkKey>) -> Result<Con
         }
     }
     // Acknowledged transactions must survive a crash of the machine, not only of the process.
-    conn.execute_batch("PRAGMA synchronous=FULL;")?;
+    // The engine writes rows as the primaries (or a device's transaction) have them, in the
+    // order it gets them: it neither checks nor cascades foreign keys (the bundled SQLite
+    // does both by default). A check failed on the order of a transaction's rows or on a
+    // taken-back parent, and stopped the sync for good; a cascade of the engine's own was
+    // never replicated. An app's connection turns them back on: its cascades are its rows'
+    // changes, replicated as such.
+    conn.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF;")?;
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }

@@ -93,6 +93,15 @@ pub fn is_constraint(e: &crate::Error) -> bool {
         if se.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation))
 }
 
+/// Whether a write failed because another row holds one of its unique values (a UNIQUE
+/// constraint or index, or a PRIMARY KEY that is not the rowid).
+pub fn is_unique_violation(e: &crate::Error) -> bool {
+    use rusqlite::ffi::{SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE};
+    matches!(e, crate::Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+        if f.extended_code == SQLITE_CONSTRAINT_UNIQUE
+            || f.extended_code == SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
 /// The columns of each unique key of `table` on plain columns.
 fn unique_keys(conn: &Connection, table: &str) -> Result<Vec<Vec<String>>> {
     let indexes: Vec<String> = conn
