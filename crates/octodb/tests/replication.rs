@@ -1028,3 +1028,35 @@ fn a_node_closed_cleanly_goes_on_numbering_where_it_stopped() {
     assert_eq!(ids, vec![ids[0], ids[0] + 1, ids[0] + 2], "{ids:x?}");
     wait_count(&p, "SELECT count(*) FROM t", 3);
 }
+
+/// A virtual table made on a primary (FTS5, R*Tree) reaches the devices connected then and
+/// the new ones; each node fills its own (it has no row_owner). A new device never became
+/// ready (the download replayed the FTS table's own shadow tables), and a connected one
+/// never got the table (SQL walkthrough).
+#[test]
+fn virtual_tables_reach_connected_and_new_devices() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    d.wait_until_synced(DEADLINE).unwrap();
+    p.execute_batch(
+        "CREATE VIRTUAL TABLE search USING fts5(body);
+         CREATE VIRTUAL TABLE boxes USING rtree(id, x0, x1);",
+    )
+    .unwrap();
+    let has_tables = "SELECT count(*) FROM sqlite_schema WHERE name IN ('search', 'boxes')";
+    wait_count(&d, has_tables, 2);
+    let newcomer = c.device("new.db", &p);
+    newcomer.wait_until_synced(DEADLINE).unwrap();
+    assert_eq!(count(&newcomer, has_tables), 2);
+    newcomer
+        .execute("INSERT INTO search(body) VALUES ('local words')", [])
+        .unwrap();
+    assert_eq!(
+        count(
+            &newcomer,
+            "SELECT count(*) FROM search WHERE search MATCH 'words'"
+        ),
+        1
+    );
+}

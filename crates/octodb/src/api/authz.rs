@@ -45,19 +45,22 @@ fn decide(role: Role, state: &Shared, ctx: AuthContext<'_>) -> Authorization {
         _ => ctx.database_name.is_none_or(|d| d == "main"),
     };
     let internal = |t: &str| t.starts_with(crate::store::INTERNAL_PREFIX);
-    let ddl_table: Option<&str> = match ctx.action {
-        AuthAction::CreateTable { table_name } | AuthAction::DropTable { table_name } => {
-            Some(table_name)
-        }
-        AuthAction::AlterTable { table_name, .. } => Some(table_name),
-        AuthAction::CreateIndex { table_name, .. } | AuthAction::DropIndex { table_name, .. } => {
-            Some(table_name)
-        }
-        AuthAction::CreateTrigger { table_name, .. }
-        | AuthAction::DropTrigger { table_name, .. } => Some(table_name),
-        AuthAction::CreateView { .. } | AuthAction::DropView { .. } => Some(""),
-        _ => None,
-    };
+    let ddl_table: Option<&str> =
+        match ctx.action {
+            AuthAction::CreateTable { table_name } | AuthAction::DropTable { table_name } => {
+                Some(table_name)
+            }
+            AuthAction::AlterTable { table_name, .. } => Some(table_name),
+            AuthAction::CreateIndex { table_name, .. }
+            | AuthAction::DropIndex { table_name, .. } => Some(table_name),
+            AuthAction::CreateTrigger { table_name, .. }
+            | AuthAction::DropTrigger { table_name, .. } => Some(table_name),
+            AuthAction::CreateView { .. } | AuthAction::DropView { .. } => Some(""),
+            // (An FTS or R*Tree table: its statement replicates, and each node fills its own.)
+            AuthAction::CreateVtable { table_name, .. }
+            | AuthAction::DropVtable { table_name, .. } => Some(table_name),
+            _ => None,
+        };
     match (ctx.action, ddl_table) {
         (_, Some(t)) if in_main => {
             if internal(t) {

@@ -39,6 +39,7 @@ fn read_in_txn(c: &Connection, user: i64, out: &mpsc::Sender<Vec<u8>>) -> Result
             "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL
                AND name NOT LIKE '\\_octo\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
                AND tbl_name NOT LIKE 'private\\_%' ESCAPE '\\'
+               AND name NOT IN (SELECT name FROM pragma_table_list WHERE type = 'shadow')
              ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid",
         )?
         .query_map([], |r| r.get(0))?
