@@ -669,12 +669,9 @@ pub fn apply_device_txn(
                 changed, values, ..
             } => {
                 let stashed = aside.take(&t.name, rowid);
-                let owner = match &stashed {
-                    Some(row) => owner_in(&t, row),
-                    None => match existing_owner(conn)? {
-                        Some(owner) => owner,
-                        None => continue,
-                    },
+                let Some(owner) = owner_now(&t, stashed.as_deref(), || existing_owner(conn))?
+                else {
+                    continue;
                 };
                 if !mine(&owner) {
                     return Ok(Err(format!(
@@ -752,12 +749,9 @@ pub fn apply_device_txn(
             }
             Op::Delete { .. } => {
                 let stashed = aside.take(&t.name, rowid);
-                let owner = match &stashed {
-                    Some(row) => owner_in(&t, row),
-                    None => match existing_owner(conn)? {
-                        Some(owner) => owner,
-                        None => continue,
-                    },
+                let Some(owner) = owner_now(&t, stashed.as_deref(), || existing_owner(conn))?
+                else {
+                    continue;
                 };
                 if !mine(&owner) {
                     return Ok(Err(format!(
@@ -823,11 +817,21 @@ pub fn apply_device_txn(
     Ok(Ok(out))
 }
 
-/// The owner of a whole row (in its table's column order).
-fn owner_in(t: &TableLayout, row: &[Value]) -> Value {
-    t.owner
-        .and_then(|i| row.get(i).cloned())
-        .unwrap_or(Value::Null)
+/// The owner of the row a change names: from the row kept aside for it (whole, in its
+/// table's column order), else as the table holds it (`read`); None when it is gone.
+fn owner_now(
+    t: &TableLayout,
+    kept: Option<&[Value]>,
+    read: impl FnOnce() -> Result<Option<Value>>,
+) -> Result<Option<Value>> {
+    match kept {
+        Some(row) => Ok(Some(
+            t.owner
+                .and_then(|i| row.get(i).cloned())
+                .unwrap_or(Value::Null),
+        )),
+        None => read(),
+    }
 }
 
 /// Whether an inserted row is stored exactly as `values` (given for `columns`), so that it
