@@ -17,7 +17,7 @@ use crate::store::apply::delete_row;
 use crate::store::schema::TableLayout;
 use crate::store::unique_holders::holders;
 use crate::value::Value;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
 
 /// Takes out of `t` the rows with pending work here (a base in `_octo_base`) that hold one of
 /// the unique values of `values` (the primaries' row `rowid`, in `columns`' order). Returns
@@ -31,12 +31,7 @@ pub fn step_aside(
 ) -> Result<Vec<i64>> {
     let mut aside = Vec::new();
     for rid in holders(conn, t, columns, rowid, values)? {
-        let pending = conn
-            .prepare_cached("SELECT 1 FROM _octo_base WHERE tbl = ?1 AND rid = ?2")?
-            .query_row(params![t.name, rid], |_| Ok(()))
-            .optional()?
-            .is_some();
-        if !pending {
+        if !super::rebase::has_base(conn, &t.name, rid)? {
             continue;
         }
         tracing::warn!(

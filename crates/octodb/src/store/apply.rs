@@ -696,14 +696,7 @@ pub fn apply_device_txn(
                     }
                 }
                 // A row stepped aside for an earlier row comes back whole, with its changes.
-                let whole = stashed.map(|mut row| {
-                    for (c, v) in cols.iter().zip(&vals) {
-                        if let Some(j) = t.columns.iter().position(|tc| tc == c) {
-                            row[j] = v.clone();
-                        }
-                    }
-                    row
-                });
+                let whole = stashed.map(|row| with_changes(&t, row, &cols, &vals));
                 let write = |tables: &mut Tables| match &whole {
                     Some(row) => Ok(tables.statements(&t, &t.columns).insert(conn, rowid, row)?),
                     None => tables
@@ -719,14 +712,7 @@ pub fn apply_device_txn(
                         Some(row) => Some(row.clone()),
                         None => RowSql::new(&t, &t.columns)
                             .read(conn, rowid)?
-                            .map(|mut row| {
-                                for (c, v) in cols.iter().zip(&vals) {
-                                    if let Some(j) = t.columns.iter().position(|tc| tc == c) {
-                                        row[j] = v.clone();
-                                    }
-                                }
-                                row
-                            }),
+                            .map(|row| with_changes(&t, row, &cols, &vals)),
                     };
                     if let Some(image) = image {
                         if aside.make_room(conn, &t, rowid, &image, (cs, later))? {
@@ -817,6 +803,21 @@ pub fn apply_device_txn(
     Ok(Ok(out))
 }
 
+/// `row` (whole, in `t`'s column order) with an update's changed `cols` set to `vals`.
+fn with_changes(
+    t: &TableLayout,
+    mut row: Vec<Value>,
+    cols: &[String],
+    vals: &[Value],
+) -> Vec<Value> {
+    for (c, v) in cols.iter().zip(vals) {
+        if let Some(j) = t.columns.iter().position(|tc| tc == c) {
+            row[j] = v.clone();
+        }
+    }
+    row
+}
+
 /// The owner of the row a change names: from the row kept aside for it (whole, in its
 /// table's column order), else as the table holds it (`read`); None when it is gone.
 fn owner_now(
@@ -847,7 +848,7 @@ fn stored_as_given(t: &TableLayout, columns: &[String], values: &[Value]) -> boo
 /// A row refused because its id or a unique value is another row's (a conflict between
 /// writers), rather than by a CHECK, NOT NULL, foreign key or trigger (a rule of the data):
 /// the two are worded apart in the rejection.
-fn is_key_conflict(e: &rusqlite::Error) -> bool {
+pub(crate) fn is_key_conflict(e: &rusqlite::Error) -> bool {
     use rusqlite::ffi::{
         SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_ROWID, SQLITE_CONSTRAINT_UNIQUE,
     };

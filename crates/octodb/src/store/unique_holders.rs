@@ -75,16 +75,21 @@ pub fn aside_for_later(
 ) -> Result<bool> {
     let mut any = false;
     for rid in holders(conn, t, columns, rowid, values)? {
-        let written_later = later
-            .iter()
-            .filter_map(|op| cs.row_of(op))
-            .any(|(tbl, r)| r == rid && tbl == t.name);
-        if written_later {
+        if changed_later((cs, later), &t.name, rid) {
             delete_row(conn, t, rid)?;
             any = true;
         }
     }
     Ok(any)
+}
+
+/// Whether an op of `later` (the rest of transaction `cs`) writes or deletes row `rid` of
+/// `table`.
+fn changed_later((cs, later): (&ChangeSet, &[Op]), table: &str, rid: i64) -> bool {
+    later
+        .iter()
+        .filter_map(|op| cs.row_of(op))
+        .any(|(tbl, r)| r == rid && tbl == table)
 }
 
 /// Whether a write failed on a constraint (a UNIQUE one, among others).
@@ -93,13 +98,9 @@ pub fn is_constraint(e: &crate::Error) -> bool {
         if se.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation))
 }
 
-/// Whether a write failed because another row holds one of its unique values (a UNIQUE
-/// constraint or index, or a PRIMARY KEY that is not the rowid).
+/// Whether a write failed because another row holds its id or one of its unique values.
 pub fn is_unique_violation(e: &crate::Error) -> bool {
-    use rusqlite::ffi::{SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE};
-    matches!(e, crate::Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
-        if f.extended_code == SQLITE_CONSTRAINT_UNIQUE
-            || f.extended_code == SQLITE_CONSTRAINT_PRIMARYKEY)
+    matches!(e, crate::Error::Sqlite(se) if crate::store::apply::is_key_conflict(se))
 }
 
 /// The columns of each unique key of `table` on plain columns.
@@ -156,11 +157,7 @@ impl Aside {
         let whole = crate::store::apply::RowSql::new(t, &t.columns);
         let mut any = false;
         for rid in holders(conn, t, &t.columns, rowid, image)? {
-            let changed_later = later
-                .iter()
-                .filter_map(|op| cs.row_of(op))
-                .any(|(tbl, r)| r == rid && tbl == t.name);
-            if !changed_later {
+            if !changed_later((cs, later), &t.name, rid) {
                 continue;
             }
             let Some(row) = whole.read(conn, rid)? else {
