@@ -725,3 +725,89 @@ fn foreign_keys_block_neither_a_take_back_nor_the_order_of_a_transactions_rows()
     wait_count(&p, "SELECT count(*) FROM note", 0);
     assert_eq!(count(&d, "SELECT count(*) FROM note"), 0);
 }
+
+/// A primary's `CREATE UNIQUE INDEX` over values that a device's pending rows share (with a
+/// row of the primaries, or with each other): the device takes the index, its clashing rows
+/// wait aside for the primaries' decision (a rejection, the index being there), and the sync
+/// goes on. The device used to stop syncing for good, telling the user to update the app.
+/// A row only the device has (row_owner NULL) that breaks the index is the app's to change:
+/// the sync stops, saying so.
+#[test]
+fn a_unique_index_over_values_pending_rows_share_reaches_the_device() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute_batch(
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, code TEXT, label TEXT, row_owner);
+         INSERT INTO items(code, row_owner) VALUES ('x', '*');",
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    wait_count(&d, "SELECT count(*) FROM items", 1);
+    drop(d);
+    let d = offline_device(&c, "d.db");
+    for code in ["x", "y", "y", "z"] {
+        d.execute("INSERT INTO items(code) VALUES (?1)", [code])
+            .unwrap();
+    }
+    drop(d);
+    p.execute("CREATE UNIQUE INDEX items_code ON items(code)", [])
+        .unwrap();
+
+    let d = back_online(&c, "d.db", &p);
+    let s = d.sync_status().unwrap();
+    assert_eq!(s.sync_error, None);
+    assert!(
+        s.last_rejected.is_some_and(|r| r.reason.contains("UNIQUE")),
+        "the device hears why its duplicates were refused"
+    );
+    for node in [&p, &d] {
+        assert_eq!(
+            text(
+                node,
+                "SELECT group_concat(code) FROM (SELECT code FROM items ORDER BY code)"
+            ),
+            "x,y,z"
+        );
+    }
+    assert_eq!(
+        count(
+            &d,
+            "SELECT count(*) FROM sqlite_master WHERE name = 'items_code'"
+        ),
+        1,
+        "the device has the index"
+    );
+    assert_eq!(count(&d, "SELECT count(*) FROM _octo_base"), 0);
+    // The sync goes on both ways.
+    d.execute("INSERT INTO items(code) VALUES ('w')", [])
+        .unwrap();
+    wait_count(&p, "SELECT count(*) FROM items WHERE code = 'w'", 1);
+    p.execute("INSERT INTO items(code, row_owner) VALUES ('v', '*')", [])
+        .unwrap();
+    wait_count(&d, "SELECT count(*) FROM items WHERE code = 'v'", 1);
+
+    // Two rows only the device has, sharing a value the next index makes unique: the sync
+    // stops, and says which rows to change.
+    for _ in 0..2 {
+        d.execute(
+            "INSERT INTO items(code, label, row_owner) VALUES (NULL, 'mine', NULL)",
+            [],
+        )
+        .unwrap();
+    }
+    p.execute("CREATE UNIQUE INDEX items_label ON items(label)", [])
+        .unwrap();
+    let s = d.wait_for(DEADLINE, |s| s.sync_error.is_some()).unwrap();
+    let error = s.sync_error.unwrap();
+    assert!(
+        error.contains("row_owner NULL") && error.contains("items_label"),
+        "{error}"
+    );
+    assert!(!error.contains("update the app"), "{error}");
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM items WHERE label = 'mine'"),
+        2,
+        "kept"
+    );
+}

@@ -203,7 +203,7 @@ fn apply_op(
 ) -> Result<()> {
     let Some((table, rowid, values)) = op.row() else {
         if let Op::Ddl { sql, .. } = op {
-            schema::apply_primaries_ddl(conn, sql)?;
+            apply_ddl(conn, ctx, sql)?;
             ctx.tables.schema_changed();
             ctx.inserts.schema_changed();
             applied.schema_changed = true;
@@ -295,6 +295,25 @@ fn apply_op(
             write(ctx, &sql).map_err(|e| refused_here(e, &h.name, rowid))
         }
         (written, _) => written.map_err(|e| refused_here(e, &h.name, rowid)),
+    }
+}
+
+/// One of the primaries' schema statements. One adding a constraint that this device's pending
+/// work breaks (a UNIQUE index over values its pending rows share with others) runs with those
+/// rows as the primaries have them; they are rebuilt from that and their work at the end of
+/// the batch, where work that still clashes waits for the primaries' decision.
+fn apply_ddl(conn: &Connection, ctx: &mut ChangeSetApply<'_, '_>, sql: &str) -> Result<()> {
+    match schema::run_primaries_ddl(conn, sql) {
+        Err(e)
+            if ctx.any_base
+                && e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
+        {
+            for (tbl, rid) in super::unique_clash::show_primaries_versions(conn, ctx.tables)? {
+                ctx.predictions.spoil(&tbl, rid);
+            }
+            schema::apply_primaries_ddl(conn, sql)
+        }
+        ran => ran.map_err(|e| schema::ddl_refused(sql, e)),
     }
 }
 

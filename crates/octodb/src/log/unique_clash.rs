@@ -9,11 +9,16 @@
 //! more from the primaries: its pending row blocked the primaries' one for good, and the
 //! rejection that would have removed it came after it in the log.
 //!
+//! A schema statement of the primaries adding a constraint (a UNIQUE index) that pending rows
+//! break is met the same way: every row with pending work shows the primaries' version while
+//! the statement runs ([`show_primaries_versions`]).
+//!
 //! Rows only this device has (row_owner NULL) never step aside: the app's own data is not
 //! removed on its behalf, and the sync stops, saying which row to change.
 
+use super::rebase::RowKey;
 use crate::error::Result;
-use crate::store::apply::delete_row;
+use crate::store::apply::{delete_row, write_row, Tables};
 use crate::store::schema::TableLayout;
 use crate::store::unique_holders::holders;
 use crate::value::Value;
@@ -46,4 +51,34 @@ pub fn step_aside(
         aside.push(rid);
     }
     Ok(aside)
+}
+
+/// Writes every row with pending work here as the primaries have it (its base; taken out of its
+/// table if they do not have it), and returns those rows: they are to be rebuilt from that and
+/// their work. All are taken out first, so that no row's base clashes with another's work.
+pub fn show_primaries_versions(conn: &Connection, tables: &mut Tables) -> Result<Vec<RowKey>> {
+    let rows: Vec<RowKey> = conn
+        .prepare("SELECT tbl, rid FROM _octo_base")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut bases = Vec::with_capacity(rows.len());
+    for (tbl, rid) in &rows {
+        let Some(t) = tables.get(conn, tbl)? else {
+            continue;
+        };
+        delete_row(conn, &t, *rid)?;
+        if let Some(image) = super::outbox::base_of(conn, tbl, *rid)?.and_then(|b| b.image) {
+            bases.push((t, *rid, image));
+        }
+    }
+    for (t, rid, image) in bases {
+        write_row(conn, &t, &image.columns, rid, &image.values)?;
+    }
+    tracing::warn!(
+        rows = rows.len(),
+        "a schema statement of the primaries adds a constraint that this device's pending work \
+         breaks: it runs with those rows as the primaries have them, and the work that still \
+         clashes after it waits aside for their decision"
+    );
+    Ok(rows)
 }

@@ -255,18 +255,36 @@ pub fn drop_triggers(conn: &Connection) -> Result<()> {
 }
 
 /// Run one of the primaries' schema statements on a device. One that this device cannot run
-/// (a newer SQLite feature, a collation or function the app registered on the backend only)
-/// stops the sync with an error that says so, and changes nothing: the device keeps its data
-/// and pending work, and syncs on once an app update can run it.
+/// stops the sync with an error that says why ([`ddl_refused`]), and changes nothing: the
+/// device keeps its data and pending work, and syncs on once the cause is gone.
 pub fn apply_primaries_ddl(conn: &Connection, sql: &str) -> Result<()> {
-    conn.execute_batch(&device_create_table(sql)).map_err(|e| {
-        Error::rule(format!(
-            "the primaries' schema has a statement this device cannot run ({e}): `{sql}`. This \
-             build of the app (its octodb, or the functions and collations it registers) \
-             cannot handle it: update the app. Sync is stopped until then; this device's data \
-             and pending work are kept"
-        ))
-    })
+    run_primaries_ddl(conn, sql).map_err(|e| ddl_refused(sql, e))
+}
+
+/// [`apply_primaries_ddl`] with SQLite's own error, for a caller that can remove its cause.
+pub fn run_primaries_ddl(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.execute_batch(&device_create_table(sql))
+}
+
+/// Why a device cannot run the primaries' schema statement `sql`, and what makes it able to.
+/// A constraint the statement adds (a UNIQUE index) that rows here break: rows only this
+/// device has (row_owner NULL; the primaries' rows satisfy it, and pending work steps aside),
+/// which are the app's to change. Anything else: a newer SQLite feature, or a collation or
+/// function the app registers on the backend only, which an update of the app brings.
+pub fn ddl_refused(sql: &str, e: rusqlite::Error) -> Error {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) {
+        return Error::rule(format!(
+            "the primaries' schema statement `{sql}` cannot be applied here: rows only this \
+             device has (row_owner NULL) break it ({e}). Change or delete those rows; sync \
+             is stopped until then, and this device's data and pending work are kept"
+        ));
+    }
+    Error::rule(format!(
+        "the primaries' schema has a statement this device cannot run ({e}): `{sql}`. This \
+         build of the app (its octodb, or the functions and collations it registers) cannot \
+         handle it: update the app. Sync is stopped until then; this device's data and \
+         pending work are kept"
+    ))
 }
 
 /// What [`device_create_table`] adds to a `row_owner` column definition.
