@@ -33,7 +33,7 @@ impl RejectKind {
     pub fn of(reason: &str) -> RejectKind {
         if reason.contains("conflicts with") {
             RejectKind::Conflict
-        } else if reason.contains("not owned") {
+        } else if reason.contains("not owned") || reason.contains("does not own") {
             RejectKind::NotOwned
         } else if reason.contains("failed") || reason.contains("constraint") {
             RejectKind::Constraint
@@ -402,11 +402,19 @@ mod tests {
     #[test]
     fn rejection_reasons_fall_into_fixed_kinds() {
         assert_eq!(
-            RejectKind::of("insert into `t` conflicts with a row the primaries already have (first insert wins): x"),
+            RejectKind::of("insert of row 5 into `t` conflicts with a row the primaries already have (first insert wins): x"),
             RejectKind::Conflict
         );
         assert_eq!(
-            RejectKind::of("insert into `t` of a row not owned by the sending user 3"),
+            RejectKind::of("insert of row 5 into `t`, a row not owned by the sending user 3"),
+            RejectKind::NotOwned
+        );
+        assert_eq!(
+            RejectKind::of("update of row 5 of `t`, which user 3 does not own"),
+            RejectKind::NotOwned
+        );
+        assert_eq!(
+            RejectKind::of("delete of row 5 of `t`, which user 3 does not own"),
             RejectKind::NotOwned
         );
         assert_eq!(

@@ -641,7 +641,7 @@ pub fn apply_device_txn(
                     .is_some_and(|o| o == Owner::User(sender.user_id))
                 {
                     return Ok(Err(format!(
-                        "insert into `{}` of a row not owned by the sending user {}",
+                        "insert of row {rowid} into `{}`, a row not owned by the sending user {}",
                         t.name, sender.user_id
                     )));
                 }
@@ -649,12 +649,17 @@ pub fn apply_device_txn(
                     Ok(()) => {}
                     Err(e) if is_key_conflict(&e) => {
                         return Ok(Err(format!(
-                            "insert into `{}` conflicts with a row the primaries already have (first insert wins): {e}",
+                            "insert of row {rowid} into `{}` conflicts with a row the primaries already have (first insert wins): {e}",
                             t.name
                         )))
                     }
                     Err(e) if fault_of_the_node(&e) => return Err(e.into()),
-                    Err(e) => return Ok(Err(format!("insert into `{}` failed: {e}", t.name))),
+                    Err(e) => {
+                        return Ok(Err(format!(
+                            "insert of row {rowid} into `{}` failed: {e}",
+                            t.name
+                        )))
+                    }
                 }
                 if read_back && stored_as_given(&t, &header.columns, values) {
                     out.ops.push(Op::Upsert {
@@ -724,12 +729,17 @@ pub fn apply_device_txn(
                     Err(crate::Error::Sqlite(e)) if fault_of_the_node(&e) => return Err(e.into()),
                     Err(e) if crate::store::unique_holders::is_unique_violation(&e) => {
                         return Ok(Err(format!(
-                            "update of `{}` failed: {e}: another row holds that value on the \
-                             primaries",
+                            "update of row {rowid} of `{}` failed: {e}: another row holds that \
+                             value on the primaries",
                             t.name
                         )))
                     }
-                    Err(e) => return Ok(Err(format!("update of `{}` failed: {e}", t.name))),
+                    Err(e) => {
+                        return Ok(Err(format!(
+                            "update of row {rowid} of `{}` failed: {e}",
+                            t.name
+                        )))
+                    }
                     Ok(()) => {}
                 }
             }
