@@ -56,7 +56,10 @@ impl Event {
                 peer: Some(peer),
                 ..Event::new("connected")
             },
-            EngineEvent::Disconnected => Event::new("disconnected"),
+            EngineEvent::Disconnected { reason } => Event {
+                reason: Some(reason),
+                ..Event::new("disconnected")
+            },
             EngineEvent::DataReceived { seq, rows } => Event {
                 seq: Some(seq),
                 rows: Some(rows as u64),

@@ -201,6 +201,15 @@ def test_events_ready_data_received_and_a_rejected_transaction(open_primary, ope
     assert second.sync_status()["last_rejected"]["reason"] == event.reason
     assert second.execute("SELECT v FROM t WHERE id = 7").fetchall() == [], "removed from the device"
 
+    # The primary goes: the app hears that, and why.
+    gone = second.events()
+    backend.close()
+    event = None
+    while event is None or event.kind != "disconnected":
+        event = gone.get(timeout=DEADLINE)
+        assert event is not None, "no disconnected event"
+    assert event.reason, "the disconnected event says why"
+
 
 def test_the_same_file_cannot_be_two_nodes(open_primary, tmp_path):
     backend = open_primary()

@@ -95,7 +95,7 @@ fn a_quiet_connection_with_heartbeats_stays_up() {
     }
     assert!(
         !std::iter::from_fn(|| events.try_recv().ok())
-            .any(|e| matches!(e, octodb::Event::Disconnected)),
+            .any(|e| matches!(e, octodb::Event::Disconnected { .. })),
         "no reconnection while the connection was quiet"
     );
 }

@@ -209,10 +209,17 @@ fn devices_reconnect_by_themselves_after_a_primary_restart() {
     }
     let seq_before = status(&p).last_seq;
 
+    let mut events = d1.subscribe();
     drop(p);
     for d in [&d1, &d2] {
         wait_connected(d, false);
     }
+    // The app hears why, with the primary's address.
+    let why = wait_until("a Disconnected event", || match events.try_recv() {
+        Ok(Event::Disconnected { reason }) => Some(reason),
+        _ => None,
+    });
+    assert!(why.contains(&format!("127.0.0.1:{port}")), "{why}");
     // Written while the primary is down.
     d1.execute("INSERT INTO t(v) VALUES ('d1 during')", [])
         .unwrap();

@@ -7,8 +7,9 @@ pub enum Event {
     Ready,
     /// A connection to a peer came up (a device: to a primary).
     Connected { peer: String },
-    /// The connection to the primaries was lost; writes keep going to the outbox.
-    Disconnected,
+    /// The connection to the primaries was lost (`reason` says how, as `sync_error` does);
+    /// writes keep going to the outbox.
+    Disconnected { reason: String },
     /// Changes from the primaries were applied, up to log sequence `seq`.
     DataReceived { seq: u64, rows: usize },
     /// The primary said that this device now holds everything it held, up to log sequence

@@ -74,11 +74,11 @@ pub(super) async fn run(shared: Arc<Shared>) {
         let ep = &ep;
         let started = std::time::Instant::now();
         let position_before = *shared.feed.borrow();
-        let wait_for_request = match session(&shared, ep).await {
-            Ok(Flow::NotLeader(leader)) => {
+        let (wait_for_request, ended) = match session(&shared, ep).await {
+            Ok(Flow::NotLeader { leader, reason }) => {
                 // Not a failure of the path: the cluster is moving. To the leader at once, or
                 // round the list again soon while it is being elected.
-                session_ended(&shared);
+                session_ended(&shared, format!("{ep}: {reason}"));
                 let pause = match leader {
                     Some(leader) => {
                         leader_hint = Some(leader);
@@ -95,7 +95,8 @@ pub(super) async fn run(shared: Arc<Shared>) {
                 }
                 continue;
             }
-            Ok(flow) => flow == Flow::WaitForRequest,
+            Ok(Flow::WaitForRequest) => (true, "the primaries need a sign-up or login".into()),
+            Ok(_) => (false, "this node is closing".into()),
             Err(e) => {
                 tracing::info!(primary = %ep, "sync connection ended: {e}");
                 let here = session_error(&ep.to_string(), &e);
@@ -113,11 +114,11 @@ pub(super) async fn run(shared: Arc<Shared>) {
                     .live
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .sync_error = Some(shown);
-                false
+                    .sync_error = Some(shown.clone());
+                (false, shown)
             }
         };
-        let was_connected = session_ended(&shared);
+        let was_connected = session_ended(&shared, ended);
         if was_connected {
             last_answer = None;
         }
@@ -214,16 +215,16 @@ async fn note_copied_file(shared: &Arc<Shared>) {
     }
 }
 
-/// A session ended: the device is not connected any more (and says so, if it was). Returns
-/// whether it was connected.
-fn session_ended(shared: &Shared) -> bool {
+/// A session ended, for `reason`: the device is not connected any more (and says so, if it
+/// was). Returns whether it was connected.
+fn session_ended(shared: &Shared, reason: String) -> bool {
     let was_connected = {
         let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
         live.caught_up = false;
         live.connected_to.take().is_some()
     };
     if was_connected {
-        shared.emit(Event::Disconnected);
+        shared.emit(Event::Disconnected { reason });
     }
     was_connected
 }
@@ -435,8 +436,12 @@ enum Flow {
     Reconnect,
     /// The primaries need a (new) sign-up or login from the app first.
     WaitForRequest,
-    /// This primary does not serve devices now: the leader is there (or being elected).
-    NotLeader(Option<Endpoint>),
+    /// This primary does not serve devices now (`reason`): the leader is there (or being
+    /// elected).
+    NotLeader {
+        leader: Option<Endpoint>,
+        reason: String,
+    },
 }
 
 fn auth_state_is(shared: &Shared, state: &str) -> bool {
@@ -618,9 +623,10 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .sync_error = Some(format!("{ep}: {reason}"));
-                return Ok(Flow::NotLeader(
-                    leader.as_deref().and_then(Endpoint::from_addr),
-                ));
+                return Ok(Flow::NotLeader {
+                    leader: leader.as_deref().and_then(Endpoint::from_addr),
+                    reason,
+                });
             }
             other => {
                 return Err(
@@ -730,10 +736,11 @@ async fn receive(
                     .live
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .sync_error = Some(reason);
-                return Ok(Flow::NotLeader(
-                    leader.as_deref().and_then(Endpoint::from_addr),
-                ));
+                    .sync_error = Some(format!("{ep}: {reason}"));
+                return Ok(Flow::NotLeader {
+                    leader: leader.as_deref().and_then(Endpoint::from_addr),
+                    reason,
+                });
             }
             _ => {}
         }
