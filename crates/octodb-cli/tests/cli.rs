@@ -786,6 +786,27 @@ fn serve_with_admin_serves_the_console_and_metrics_behind_the_token() {
     let metrics = http_get(&addr, "/metrics", Some(&token));
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
     assert!(metrics.contains("\noctodb_log_seq "), "{metrics}");
+    drop(child);
+
+    // Started again with a token of the operator's: the start line points to it, not to the
+    // token printed at the first start.
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "operators-own-token\n").unwrap();
+    let child = octodb()
+        .args([
+            "serve",
+            &format!("{uri}&admin_token_file={}", token_file.display()),
+            "--admin",
+            "127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Served(child);
+    let stderr = child.0.stderr.take().unwrap();
+    let first = BufReader::new(stderr).lines().next().unwrap().unwrap();
+    assert!(first.contains("admin_token_file="), "{first}");
+    assert!(!first.contains("first start"), "{first}");
 }
 
 /// A node converted with `octodb encrypt` or `decrypt` stays on the network its devices know:

@@ -84,6 +84,8 @@ fn without_the_token_page_api_and_metrics_answer_401() {
             .send_form(&[("token", "wrong")]),
     );
     assert_eq!(status, 401, "a login with a wrong token");
+    let (status, _) = call(agent().get(&format!("{base}/?token=guess")).call());
+    assert_eq!(status, 401, "a login with a wrong token in the address");
     for path in ["/api/state", "/metrics"] {
         let (status, body) = call(
             agent()
@@ -102,6 +104,33 @@ fn without_the_token_page_api_and_metrics_answer_401() {
     );
     assert_eq!(status, 200);
     assert!(page.contains("octodb admin console"), "{page}");
+    // Each wrong token is in the journal, a request without one (a browser before its login)
+    // is not.
+    let (_, state) = call(
+        agent()
+            .get(&format!("{base}/api/state"))
+            .set("Cookie", &cookie)
+            .call(),
+    );
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let refused: Vec<&str> = state["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["ok"] == false)
+        .filter_map(|a| a["what"].as_str())
+        .collect();
+    for what in [
+        "/ with a wrong bearer token",
+        "/api/state with a wrong bearer token",
+        "/api/events with a wrong bearer token",
+        "/metrics with a wrong bearer token",
+        "login with a wrong token",
+        "login with a wrong token (?token=)",
+    ] {
+        assert!(refused.contains(&what), "{what} in {refused:?}");
+    }
+    assert_eq!(refused.len(), 6, "{refused:?}");
 }
 
 /// The page's figures of the task queue and of service channels (the object broker's).

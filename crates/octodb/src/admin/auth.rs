@@ -28,21 +28,32 @@ pub fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Where the console's token came from: what the node's start line says of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    /// The operator's (`admin_token=`, `admin_token_env=`, `admin_token_file=`).
+    Given,
+    /// Kept in the node's file since an earlier start.
+    Kept,
+    /// Made now and kept in the file: printed this once.
+    Created,
+}
+
 /// The token from the operator (URI), else the one kept in the file, else a new one kept
-/// there now. The bool tells whether it was just made (to be printed once).
+/// there now.
 pub fn load_or_create_token(
     conn: &rusqlite::Connection,
     given: Option<&crate::uri::AdminToken>,
-) -> crate::error::Result<(String, bool)> {
+) -> crate::error::Result<(String, TokenSource)> {
     if let Some(t) = given {
-        return Ok((t.0.clone(), false));
+        return Ok((t.0.clone(), TokenSource::Given));
     }
     if let Some(t) = crate::store::meta_get::<String>(conn, TOKEN_KEY)? {
-        return Ok((t, false));
+        return Ok((t, TokenSource::Kept));
     }
     let t = random_hex();
     crate::store::meta_set(conn, TOKEN_KEY, t.clone())?;
-    Ok((t, true))
+    Ok((t, TokenSource::Created))
 }
 
 /// Logged-in browsers: session id → CSRF token.

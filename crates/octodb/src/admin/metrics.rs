@@ -213,12 +213,14 @@ impl Metrics {
         );
         r.register(
             "octodb_transactions_accepted",
-            "Device transactions the primaries accepted",
+            "Device transactions this primary decided and accepted (the leader decides a \
+             cluster's; a follower counts none: sum over the primaries)",
             self.txns_accepted.clone(),
         );
         r.register(
             "octodb_transactions_rejected",
-            "Device transactions the primaries rejected, by kind of reason",
+            "Device transactions this primary decided and rejected, by kind of reason (the \
+             leader decides a cluster's: sum over the primaries)",
             self.txns_rejected.clone(),
         );
         r.register(

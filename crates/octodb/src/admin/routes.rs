@@ -37,7 +37,14 @@ pub fn router(console: Arc<Console>) -> Router {
         .with_state(console)
 }
 
-fn unauthorized() -> Response {
+/// The answer to a request without the token.
+fn unauthorized(
+    c: &Console,
+    client: std::net::SocketAddr,
+    headers: &HeaderMap,
+    path: &str,
+) -> Response {
+    journal_wrong_bearer(c, client, headers, path);
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Bearer realm=\"octodb\"")],
@@ -45,6 +52,20 @@ fn unauthorized() -> Response {
          Authorization: Bearer TOKEN\n",
     )
         .into_response()
+}
+
+/// A request that sent a wrong bearer token (a script with a stale token, or someone guessing)
+/// is journaled; one that sent none is a browser before its login, and is not.
+fn journal_wrong_bearer(
+    c: &Console,
+    client: std::net::SocketAddr,
+    headers: &HeaderMap,
+    path: &str,
+) {
+    if headers.contains_key(header::AUTHORIZATION) {
+        c.journal
+            .action(client, format!("{path} with a wrong bearer token"), false);
+    }
 }
 
 fn session_cookie(id: &str) -> String {
@@ -57,9 +78,16 @@ struct TokenQuery {
 }
 
 /// The page for a logged-in browser; `?token=` logs in and drops the token from the address.
-async fn page(State(c): Shared, headers: HeaderMap, Query(q): Query<TokenQuery>) -> Response {
+async fn page(
+    State(c): Shared,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    headers: HeaderMap,
+    Query(q): Query<TokenQuery>,
+) -> Response {
     if let Some(t) = q.token {
         if !auth::same_secret(&t, &c.token) {
+            c.journal
+                .action(client, "login with a wrong token (?token=)".into(), false);
             return (StatusCode::UNAUTHORIZED, Html(LOGIN)).into_response();
         }
         let (id, _) = c.sessions.open();
@@ -73,7 +101,10 @@ async fn page(State(c): Shared, headers: HeaderMap, Query(q): Query<TokenQuery>)
         Some(Caller::Browser { csrf, .. }) => Html(PAGE.replace("{{CSRF}}", &csrf)).into_response(),
         // A script with the bearer token has no session to act from: it uses the API.
         Some(Caller::Bearer) => Html(PAGE.replace("{{CSRF}}", "")).into_response(),
-        None => (StatusCode::UNAUTHORIZED, Html(LOGIN)).into_response(),
+        None => {
+            journal_wrong_bearer(&c, client, &headers, "/");
+            (StatusCode::UNAUTHORIZED, Html(LOGIN)).into_response()
+        }
     }
 }
 
@@ -294,9 +325,13 @@ async fn state_json(c: Arc<Console>) -> Result<String, String> {
     done.map_err(|e| format!("the state's reader failed: {e}"))?
 }
 
-async fn state(State(c): Shared, headers: HeaderMap) -> Response {
+async fn state(
+    State(c): Shared,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    headers: HeaderMap,
+) -> Response {
     if auth::caller(&headers, &c.token, &c.sessions).is_none() {
-        return unauthorized();
+        return unauthorized(&c, client, &headers, "/api/state");
     }
     match state_json(c).await {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
@@ -305,9 +340,13 @@ async fn state(State(c): Shared, headers: HeaderMap) -> Response {
 }
 
 /// The state, pushed as server-sent events: each second, and soon after the log moves.
-async fn stream(State(c): Shared, headers: HeaderMap) -> Response {
+async fn stream(
+    State(c): Shared,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    headers: HeaderMap,
+) -> Response {
     if auth::caller(&headers, &c.token, &c.sessions).is_none() {
-        return unauthorized();
+        return unauthorized(&c, client, &headers, "/api/events");
     }
     let feed = c.shared.feed.subscribe();
     let events = futures_util::stream::unfold((c, feed, true), |(c, mut feed, first)| async move {
@@ -364,7 +403,7 @@ async fn authorize(
     Json(r): Json<AuthorizeRequest>,
 ) -> Response {
     let Some(caller) = auth::caller(&headers, &c.token, &c.sessions) else {
-        return unauthorized();
+        return unauthorized(&c, client, &headers, "/api/authorize");
     };
     if let Err(e) = auth::check_csrf(&headers, &caller) {
         c.journal
@@ -418,7 +457,7 @@ async fn remove_primary(
     Json(r): Json<RemovePrimaryRequest>,
 ) -> Response {
     let Some(caller) = auth::caller(&headers, &c.token, &c.sessions) else {
-        return unauthorized();
+        return unauthorized(&c, client, &headers, "/api/remove_primary");
     };
     let what = format!("PRAGMA remove_primary={}", r.node_id);
     if let Err(e) = auth::check_csrf(&headers, &caller) {
@@ -433,9 +472,13 @@ async fn remove_primary(
     .await
 }
 
-async fn metrics(State(c): Shared, headers: HeaderMap) -> Response {
+async fn metrics(
+    State(c): Shared,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    headers: HeaderMap,
+) -> Response {
     if auth::caller(&headers, &c.token, &c.sessions).is_none() {
-        return unauthorized();
+        return unauthorized(&c, client, &headers, "/metrics");
     }
     let shared = &c.shared;
     // From the file, as PRAGMA sync_status reads it: the feed moves only once the cluster

@@ -471,9 +471,9 @@ impl Node {
         let admin = match (&cfg.admin, cfg.role) {
             (Some(a), Some(Role::Primary)) => {
                 crate::admin::check_address(a)?;
-                let (token, new) =
+                let (token, source) =
                     crate::admin::auth::load_or_create_token(&conn, a.token.as_ref())?;
-                Some((a.clone(), token, new))
+                Some((a.clone(), token, source))
             }
             _ => None,
         };
@@ -612,7 +612,7 @@ impl Node {
             None => Vec::new(),
         };
         *node.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
-        if let Some((cfg, token, new)) = admin {
+        if let Some((cfg, token, source)) = admin {
             let (addr, task) =
                 on_runtime(crate::admin::start(shared.clone(), cfg, token.clone()))??;
             node.tasks
@@ -620,16 +620,26 @@ impl Node {
                 .unwrap_or_else(|p| p.into_inner())
                 .push(task);
             let _ = shared.admin_addr.set(addr);
-            if new {
-                // Shown this once; PRAGMA admin_token shows it again to whoever holds the file.
-                eprintln!("octodb: admin console at http://{addr}/ ; its token (kept in the node's file): {token}");
-                tracing::info!("admin console token created and kept in the node's file");
-            } else {
-                eprintln!(
+            use crate::admin::auth::TokenSource;
+            match source {
+                TokenSource::Created => {
+                    // Shown this once; PRAGMA admin_token shows it again to whoever holds the
+                    // file.
+                    eprintln!(
+                        "octodb: admin console at http://{addr}/ ; its token (kept in the \
+                         node's file): {token}"
+                    );
+                    tracing::info!("admin console token created and kept in the node's file");
+                }
+                TokenSource::Given => eprintln!(
+                    "octodb: admin console at http://{addr}/ (its token is the one this start \
+                     was given: admin_token=, admin_token_env= or admin_token_file=)"
+                ),
+                TokenSource::Kept => eprintln!(
                     "octodb: admin console at http://{addr}/ (its token was printed at the \
                      node's first start with admin=; PRAGMA admin_token shows it to an app of \
                      the node; admin_token_file=PATH sets one of your choosing)"
-                );
+                ),
             }
         }
         Ok(node)
