@@ -124,7 +124,10 @@ fn new_primaries_join_the_first_and_hold_what_its_devices_and_app_write() {
     let refused = p2
         .execute_batch(&format!("PRAGMA remove_primary={p3_id}"))
         .expect_err("only the leader removes primaries");
-    assert!(refused.to_string().contains("leader"), "{refused}");
+    assert!(
+        refused.to_string().contains(&addr_of(&p1)),
+        "the follower says where the leader is: {refused}"
+    );
     p1.execute_batch(&format!("PRAGMA remove_primary={p3_id}"))
         .unwrap();
     let members = p1.sync_status().unwrap().cluster.unwrap().members;

@@ -290,9 +290,14 @@ pub(super) fn remove_primary(shared: &Shared, id: u64) -> Result<()> {
     let raft = proposer.raft().clone();
     let metrics = raft.metrics().borrow().clone();
     if metrics.state != openraft::ServerState::Leader {
-        return Err(Error::rule(
-            "run PRAGMA remove_primary on the cluster's leader (PRAGMA sync_status names it)",
-        ));
+        let leader = match crate::cluster::lead(&raft) {
+            crate::cluster::Lead::At(addr) => format!("the cluster's leader, at {addr}"),
+            _ => "the cluster's leader (none now: an election runs)".to_string(),
+        };
+        return Err(Error::rule(format!(
+            "only the cluster's leader removes primaries: do it on {leader} (its admin \
+             console, or PRAGMA remove_primary there)"
+        )));
     }
     if id == metrics.id {
         return Err(Error::rule(
