@@ -811,3 +811,63 @@ fn a_unique_index_over_values_pending_rows_share_reaches_the_device() {
         "kept"
     );
 }
+
+/// A device's work pending on a table the primaries drop and make again, and on a table they
+/// rename: the device ends as the primaries are. Rows it had deleted came back, with their old
+/// values, once the primaries ignored its changes to rows they no longer had (the device still
+/// took them for the primaries' rows); its rejected changes to the renamed table stayed on it
+/// for good (the take-back looked for the table under its old name).
+#[test]
+fn work_pending_on_a_table_made_again_or_renamed_ends_as_the_primaries_have_it() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    p.execute_batch(
+        "CREATE TABLE other(id INTEGER PRIMARY KEY, a TEXT, row_owner);
+         CREATE TABLE items(id INTEGER PRIMARY KEY, v TEXT, row_owner);",
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute_batch(
+        "INSERT INTO other(a) VALUES ('one');
+         INSERT INTO other(a) VALUES ('two');
+         INSERT INTO items(v) VALUES ('synced before');",
+    )
+    .unwrap();
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM other", 2);
+    drop(d);
+    let d = offline_device(&c, "d.db");
+    d.execute_batch(
+        "UPDATE other SET a = 'edited' WHERE a = 'one';
+         DELETE FROM other WHERE a = 'two';
+         UPDATE items SET v = 'updated offline';
+         INSERT INTO items(v) VALUES ('inserted offline');",
+    )
+    .unwrap();
+    drop(d);
+    p.execute_batch(
+        "DROP TABLE other;
+         CREATE TABLE other(id INTEGER PRIMARY KEY, a TEXT, row_owner);
+         ALTER TABLE items RENAME TO things;",
+    )
+    .unwrap();
+
+    let d = back_online(&c, "d.db", &p);
+    for node in [&p, &d] {
+        assert_eq!(count(node, "SELECT count(*) FROM other"), 0);
+        assert_eq!(
+            text(node, "SELECT group_concat(v) FROM things"),
+            "synced before"
+        );
+    }
+    assert_eq!(count(&d, "SELECT count(*) FROM _octo_base"), 0);
+    // And after a restart.
+    drop(d);
+    let d = offline_device(&c, "d.db");
+    assert_eq!(count(&d, "SELECT count(*) FROM other"), 0);
+    assert_eq!(
+        text(&d, "SELECT group_concat(v) FROM things"),
+        "synced before"
+    );
+}

@@ -8,6 +8,7 @@ pub mod outbox;
 mod predict;
 pub mod rebase;
 pub mod recent;
+mod schema_moves;
 mod unique_clash;
 
 use crate::changes::ChangeSet;

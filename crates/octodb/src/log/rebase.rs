@@ -155,6 +155,9 @@ pub fn apply_entries(
             replay_row(conn, tables, &mut replay, i)?;
         }
     }
+    if !applied.accepted.is_empty() || !applied.rejected.is_empty() {
+        super::schema_moves::forget_renames_if_done(conn)?;
+    }
     Ok(applied)
 }
 
@@ -172,7 +175,9 @@ struct Replay {
 /// `touched`, to be rebuilt from their base and the pending work that remains.
 fn leave_outbox(conn: &Connection, txn: u64, touched: &mut BTreeSet<RowKey>) -> Result<ChangeSet> {
     let changes = outbox::remove(conn, txn)?;
-    touched.extend(outbox::rows_of(&changes).map(|(tbl, rid)| (tbl.to_string(), rid)));
+    for (tbl, rid) in outbox::rows_of(&changes) {
+        touched.insert((super::schema_moves::table_now(conn, tbl)?, rid));
+    }
     Ok(changes)
 }
 
@@ -204,7 +209,6 @@ fn apply_op(
     let Some((table, rowid, values)) = op.row() else {
         if let Op::Ddl { sql, .. } = op {
             apply_ddl(conn, ctx, sql)?;
-            ctx.tables.schema_changed();
             ctx.inserts.schema_changed();
             applied.schema_changed = true;
             if ctx.any_base {
@@ -303,6 +307,21 @@ fn apply_op(
 /// rows as the primaries have them; they are rebuilt from that and their work at the end of
 /// the batch, where work that still clashes waits for the primaries' decision.
 fn apply_ddl(conn: &Connection, ctx: &mut ChangeSetApply<'_, '_>, sql: &str) -> Result<()> {
+    let roots = match ctx.any_base {
+        true => Some(super::schema_moves::before(conn)?),
+        false => None,
+    };
+    run_ddl(conn, ctx, sql)?;
+    ctx.tables.schema_changed();
+    if let Some(roots) = roots {
+        for (tbl, rid) in super::schema_moves::after(conn, ctx.tables, roots)? {
+            ctx.predictions.spoil(&tbl, rid);
+        }
+    }
+    Ok(())
+}
+
+fn run_ddl(conn: &Connection, ctx: &mut ChangeSetApply<'_, '_>, sql: &str) -> Result<()> {
     match schema::run_primaries_ddl(conn, sql) {
         Err(e)
             if ctx.any_base

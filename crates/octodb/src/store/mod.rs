@@ -87,6 +87,10 @@ pub fn init_internal_schema(conn: &Connection) -> Result<()> {
          -- secondaries: their newest accepted transactions, kept to be sent again to a
          -- primary restored from an older copy (log::outbox::accepted)
          CREATE TABLE IF NOT EXISTS _octo_accepted(txn INTEGER PRIMARY KEY, changes BLOB NOT NULL);
+         -- secondaries: tables the primaries renamed while work on them was pending, by
+         -- their old name (log::schema_moves)
+         CREATE TABLE IF NOT EXISTS _octo_renamed(old TEXT PRIMARY KEY, new TEXT NOT NULL)
+             WITHOUT ROWID;
          -- primaries: the epochs of their log (log::epochs), shared by the cluster
          CREATE TABLE IF NOT EXISTS _octo_epochs(id INTEGER NOT NULL, first_seq INTEGER NOT NULL);",
     )?;
