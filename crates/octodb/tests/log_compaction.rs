@@ -111,6 +111,75 @@ fn a_device_away_longer_than_the_log_keeps_downloads_again_keeping_its_work() {
     wait_count(&d, "SELECT count(*) FROM t", 307);
 }
 
+/// The primaries change the schema while a device is away longer than their log keeps: its
+/// download brings the tables, indexes and triggers as they are now, and keeps the device's
+/// local rows and pending work in the new shape. (The device kept its old tables for good: the
+/// download skipped their statements as "already exists".)
+#[test]
+fn a_device_away_longer_than_the_log_across_schema_changes_takes_the_new_schema() {
+    let c = Cluster::new();
+    let p = primary_keeping_100(&c);
+    p.execute_batch(
+        "CREATE TABLE legacy(id INTEGER PRIMARY KEY, x TEXT, row_owner);
+         CREATE INDEX t_v ON t(v);",
+    )
+    .unwrap();
+    let d_uri = device_uri(&c.path("d.db"), &addr_of(&p));
+    let d = Connection::open(&d_uri).unwrap();
+    ready(&d);
+    d.execute_batch(
+        "INSERT INTO t(v) VALUES ('mine, before');
+         INSERT INTO t(v, row_owner) VALUES ('local', NULL);",
+    )
+    .unwrap();
+    wait_outbox_empty(&d);
+    drop(d);
+    let nowhere = device_uri(&c.path("d.db"), "127.0.0.1:9");
+    let d = Connection::open(&nowhere).unwrap();
+    d.execute("INSERT INTO t(v) VALUES ('mine, offline')", [])
+        .unwrap();
+    drop(d);
+
+    p.execute_batch(
+        "ALTER TABLE t ADD COLUMN prio INTEGER DEFAULT 3;
+         DROP TABLE legacy;
+         DROP INDEX t_v;
+         CREATE INDEX t_prio ON t(prio);
+         CREATE TABLE tags(id INTEGER PRIMARY KEY, tag TEXT, row_owner);",
+    )
+    .unwrap();
+    let seq = p.sync_status().unwrap().last_seq;
+    commits(&p, 300, "public");
+    wait_log_cut_past(&p, seq);
+
+    let d = Connection::open(&d_uri).unwrap();
+    wait_outbox_empty(&d);
+    wait_count(&d, "SELECT count(*) FROM t WHERE v LIKE 'public %'", 300);
+    let schema = "SELECT group_concat(name, ',') FROM (SELECT name FROM sqlite_master
+                  WHERE name NOT LIKE '\\_octo%' ESCAPE '\\' AND name NOT LIKE 'sqlite%'
+                  ORDER BY name)";
+    assert_eq!(text(&d, schema), text(&p, schema));
+    assert_eq!(text(&d, schema), "t,t_prio,tags");
+    assert_eq!(
+        text(
+            &d,
+            "SELECT group_concat(v || ':' || prio, '|') FROM (SELECT v, prio FROM t
+             WHERE v NOT LIKE 'public %' ORDER BY id)"
+        ),
+        "mine, before:3|local:3|mine, offline:3",
+        "the device's own rows, local and pending ones kept, in the new shape"
+    );
+    wait_count(
+        &p,
+        "SELECT count(*) FROM t WHERE v = 'mine, offline' AND prio = 3",
+        1,
+    );
+    // And writes in the new shape replicate.
+    d.execute("INSERT INTO tags(tag) VALUES ('new table')", [])
+        .unwrap();
+    wait_count(&p, "SELECT count(*) FROM tags", 1);
+}
+
 #[test]
 fn a_primary_away_longer_than_the_log_keeps_catches_up_from_a_snapshot() {
     let c = Cluster::new();

@@ -111,3 +111,131 @@ pub fn finish(conn: &Connection) -> Result<u64> {
     )?;
     Ok(removed)
 }
+
+/// A table of this file that the download replaces, and where the rows this device keeps of
+/// it wait meanwhile.
+pub struct SetAside {
+    table: String,
+    kept: String,
+    with_rowid: bool,
+}
+
+/// Before the download's schema: the objects of this file that its `statements` no longer
+/// hold as they are here, changed or dropped by the primaries while this device's position
+/// was beyond what their log still holds (otherwise the statements that changed them would
+/// have come in the log). Indexes, views and triggers go (the download makes again those
+/// that remain); so does such a table, once the rows this device keeps of it are set aside:
+/// its local rows (row_owner NULL, every row of a table without one) and those with pending
+/// work. The rows the primaries hold come with the download. (An outdated table used to
+/// stay as it was: the download skipped its statement as "already exists", and the device
+/// went on with the old columns for good.)
+pub fn set_aside_outdated(conn: &Connection, statements: &[String]) -> Result<Vec<SetAside>> {
+    let current: std::collections::HashSet<String> = statements
+        .iter()
+        .flat_map(|s| [s.trim().to_string(), schema::device_create_table(s.trim())])
+        .collect();
+    let mut outdated: Vec<(String, String, bool)> = conn
+        .prepare(
+            "SELECT type, name, sql LIKE 'CREATE VIRTUAL%' FROM main.sqlite_master
+             WHERE sql IS NOT NULL AND type IN ('table', 'index', 'view', 'trigger')
+               AND name NOT LIKE '\\_octo\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+               AND tbl_name NOT LIKE 'private\\_%' ESCAPE '\\'
+               AND name NOT IN (SELECT name FROM pragma_table_list WHERE type = 'shadow')
+               AND sql NOT IN (SELECT value FROM json_each(?1))
+             ORDER BY CASE type WHEN 'trigger' THEN 0 WHEN 'view' THEN 1 WHEN 'index' THEN 2 ELSE 3 END",
+        )?
+        .query_map([serde_json::to_string(&current).unwrap_or_default()], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut set_aside = Vec::new();
+    for (n, (kind, name, is_virtual)) in outdated.drain(..).enumerate() {
+        let q = ident(&name);
+        if kind == "table" && !is_virtual {
+            let t = schema::user_tables(conn)?
+                .into_iter()
+                .find(|t| t.name == name);
+            let Some(t) = t else { continue };
+            let kept = format!("_octo_kept_{n}");
+            let rowid = if t.without_rowid {
+                ""
+            } else {
+                "rowid AS _octo_rid, "
+            };
+            let copy = format!("CREATE TEMP TABLE {kept} AS SELECT {rowid}* FROM main.{q}");
+            match t.owner {
+                Some(o) => conn.execute(
+                    &format!(
+                        "{copy} WHERE {} IS NULL OR rowid IN (SELECT rid FROM _octo_base WHERE tbl = ?1)",
+                        ident(&t.columns[o])
+                    ),
+                    [&name],
+                )?,
+                None => conn.execute(&copy, [])?,
+            };
+            set_aside.push(SetAside {
+                table: name.clone(),
+                kept,
+                with_rowid: !t.without_rowid,
+            });
+        }
+        let kind = match kind.as_str() {
+            "index" => "INDEX",
+            "view" => "VIEW",
+            "trigger" => "TRIGGER",
+            _ => "TABLE",
+        };
+        conn.execute_batch(&format!("DROP {kind} IF EXISTS main.{q}"))?;
+        tracing::info!(
+            object = %name,
+            "downloading again: the primaries changed or dropped this, beyond what their log \
+             still holds: it is made again as they have it"
+        );
+    }
+    Ok(set_aside)
+}
+
+/// After the download's schema: the rows set aside go into their tables' new shape (the
+/// columns the table still has; the new ones take their defaults). A table the primaries
+/// dropped takes its rows with it, as its DROP would have done here.
+pub fn bring_back(conn: &Connection, set_aside: Vec<SetAside>) -> Result<()> {
+    for s in set_aside {
+        let columns = |table: &str, schema: &str| -> Result<Vec<String>> {
+            Ok(conn
+                .prepare(&format!(
+                    "SELECT name FROM pragma_table_info(?1, '{schema}')"
+                ))?
+                .query_map([table], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?)
+        };
+        let now = columns(&s.table, "main")?;
+        let kept_columns = columns(&s.kept, "temp")?;
+        if !now.is_empty() && kept_columns.iter().any(|c| now.contains(c)) {
+            let common: Vec<String> = kept_columns
+                .into_iter()
+                .filter(|c| now.contains(c))
+                .map(|c| ident(&c))
+                .collect();
+            let (into, from) = match s.with_rowid {
+                true => ("rowid, ", "_octo_rid, "),
+                false => ("", ""),
+            };
+            let sql = format!(
+                "INSERT INTO main.{t}({into}{cols}) SELECT {from}{cols} FROM temp.{kept}",
+                t = ident(&s.table),
+                cols = common.join(", "),
+                kept = s.kept,
+            );
+            conn.execute_batch(&sql).map_err(|e| {
+                Error::rule(format!(
+                    "downloading again: the rows this device keeps of `{}` (its local rows and \
+                     pending work) do not fit the primaries' new shape of the table ({e}): \
+                     change them to fit it, or delete them",
+                    s.table
+                ))
+            })?;
+        }
+        conn.execute_batch(&format!("DROP TABLE temp.{}", s.kept))?;
+    }
+    Ok(())
+}

@@ -1116,16 +1116,20 @@ impl Writer {
             .execute_batch("PRAGMA wal_autocheckpoint=0; BEGIN IMMEDIATE")?;
         let over_data = self.resync.is_some();
         let begun = (|| {
-            if over_data {
-                super::resync::begin(&self.conn)?;
-            }
+            let set_aside = match over_data {
+                true => {
+                    super::resync::begin(&self.conn)?;
+                    super::resync::set_aside_outdated(&self.conn, statements)?
+                }
+                false => Vec::new(),
+            };
             for sql in statements {
                 match over_data {
                     true => super::resync::apply_ddl(&self.conn, sql)?,
                     false => schema::apply_primaries_ddl(&self.conn, sql)?,
                 }
             }
-            Ok(())
+            super::resync::bring_back(&self.conn, set_aside)
         })();
         if begun.is_err() {
             self.conn.execute_batch("ROLLBACK")?;
