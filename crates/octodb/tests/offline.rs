@@ -848,3 +848,54 @@ fn a_local_row_under_the_id_of_the_primaries_row_is_kept_and_named() {
         1
     );
 }
+
+/// An app opening a connection per request (a web backend's threads, each opening the node,
+/// writing and closing): every open succeeds, waiting for the node that a close is stopping;
+/// it was refused as "already open in another process", naming this very process.
+#[test]
+fn a_node_opened_and_closed_by_many_threads_at_once_opens_every_time() {
+    let c = Cluster::new();
+    let uri = primary_uri(&c.path("p.db"), common::process::free_port());
+    Connection::open(&uri)
+        .unwrap()
+        .execute(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)",
+            [],
+        )
+        .unwrap();
+    let threads: Vec<_> = (0..2)
+        .map(|thread| {
+            let uri = uri.clone();
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    let p = Connection::open(&uri)
+                        .unwrap_or_else(|e| panic!("open {i} of thread {thread}: {e}"));
+                    p.execute(
+                        "INSERT INTO t(v, row_owner) VALUES (?1, '*')",
+                        [format!("{thread}/{i}")],
+                    )
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("every open and insert succeeds");
+    }
+    let p = Connection::open(&uri).unwrap();
+    assert_eq!(count(&p, "SELECT count(*) FROM t"), 80);
+}
+
+/// A primary opened and closed over and over in one process leaves nothing of itself behind:
+/// its state outlived some stops (a task waiting for the log to move, which nothing moved any
+/// more), each keeping its connections to the file open, until opens failed for want of file
+/// descriptors.
+#[test]
+fn a_primary_opened_and_closed_over_and_over_leaves_no_file_open() {
+    let c = Cluster::new();
+    let uri = primary_uri(&c.path("p.db"), common::process::free_port());
+    for _ in 0..150 {
+        drop(Connection::open(&uri).unwrap());
+    }
+    wait_closed(&c, "p.db");
+}

@@ -139,8 +139,14 @@ pub(super) async fn begin(shared: Arc<Shared>) {
         }
         match super::writer::ask(&shared, |reply| Job::BeginEpoch { reply }).await {
             Ok(seq) => {
+                // (Not past the node's stop: this task holds the node's state, its connections
+                // to the file among it, and nothing moves the feed once the node stops.)
                 let mut feed = shared.feed.subscribe();
-                let _ = feed.wait_for(|at| *at >= seq).await;
+                let mut stop = shared.shutdown.subscribe();
+                tokio::select! {
+                    _ = feed.wait_for(|at| *at >= seq) => {}
+                    _ = stop.wait_for(|stopping| *stopping) => return,
+                }
                 tracing::info!(seq, "a new epoch of the log begins");
                 settled(&shared);
                 return;

@@ -448,6 +448,9 @@ pub struct Node {
     writer: Mutex<Option<JoinHandle<()>>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     _lock: ProcessLock,
+    /// Last, so dropped after the lock: tells this process's next opener of the file that it
+    /// is free.
+    pub(super) stopped: registry::Stopped,
 }
 
 impl Node {
@@ -590,6 +593,7 @@ impl Node {
             writer: Mutex::new(writer),
             tasks: Mutex::new(Vec::new()),
             _lock: lock,
+            stopped: registry::Stopped::default(),
         };
         let tasks = match shared.cfg.role {
             Some(Role::Primary) => {
