@@ -363,11 +363,17 @@ fn triggers_calling_this_node_and_this_user_run_on_every_node() {
 #[test]
 fn a_device_transaction_whose_trigger_effects_cannot_be_captured_is_rejected_saying_why() {
     let c = Cluster::new();
+    // (A primary refuses to make such a table; a file made before it became a node has one.)
+    octodb::Connection::open(&c.path("p.db").display().to_string())
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner);
+             CREATE TABLE w(id INTEGER PRIMARY KEY, g AS (v || '!') VIRTUAL, v TEXT, row_owner);",
+        )
+        .unwrap();
     let p = c.primary("p.db");
     p.execute_batch(
-        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner);
-         CREATE TABLE w(id INTEGER PRIMARY KEY, g AS (v || '!') VIRTUAL, v TEXT, row_owner);
-         CREATE TRIGGER copy AFTER INSERT ON t WHEN this_user() IS NULL AND NEW.v = 'copied'
+        "CREATE TRIGGER copy AFTER INSERT ON t WHEN this_user() IS NULL AND NEW.v = 'copied'
          BEGIN
            INSERT INTO w(v, row_owner) VALUES (NEW.v, '*');
          END;",
@@ -386,6 +392,47 @@ fn a_device_transaction_whose_trigger_effects_cannot_be_captured_is_rejected_say
     wait_count(&p, "SELECT count(*) FROM t WHERE v = 'plain'", 1);
     assert_eq!(count(&p, "SELECT count(*) FROM t WHERE v = 'copied'"), 0);
     assert_eq!(count(&p, "SELECT count(*) FROM w"), 0);
+}
+
+/// A VIRTUAL generated column on a replicated table is refused on the primary, with its
+/// transaction: it was accepted and replicated, after which every write to the table failed on
+/// every node. STORED ones, and VIRTUAL ones on tables that do not replicate, are made.
+#[test]
+fn a_virtual_generated_column_on_a_replicated_table_is_refused_by_the_primary() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    for refused in [
+        "ALTER TABLE t ADD COLUMN g AS (v || '!')",
+        "CREATE TABLE w(id INTEGER PRIMARY KEY, v TEXT, g AS (v || '!') VIRTUAL, row_owner)",
+    ] {
+        let e = p.execute_batch(refused).expect_err(refused);
+        assert!(e.to_string().contains("STORED"), "{refused}: {e}");
+    }
+    // Inside a transaction, the transaction goes with it.
+    p.execute_batch("BEGIN; INSERT INTO t(v, row_owner) VALUES ('in it', '*')")
+        .unwrap();
+    p.execute_batch("ALTER TABLE t ADD COLUMN g AS (v || '!') VIRTUAL")
+        .unwrap_err();
+    assert!(p.is_autocommit(), "the transaction was rolled back");
+    assert_eq!(count(&p, "SELECT count(*) FROM t"), 0);
+    p.execute_batch(
+        "CREATE TABLE s(id INTEGER PRIMARY KEY, v TEXT, g AS (v || '!') STORED, row_owner);
+         CREATE TABLE local_only(id INTEGER PRIMARY KEY, v TEXT, g AS (v || '?'));
+         INSERT INTO s(v, row_owner) VALUES ('stored', '*');
+         INSERT INTO t(v, row_owner) VALUES ('after', '*');",
+    )
+    .unwrap();
+    wait_count(&d, "SELECT count(*) FROM s WHERE g = 'stored!'", 1);
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'after'", 1);
+    assert_eq!(
+        count(
+            &d,
+            "SELECT count(*) FROM pragma_table_xinfo('t') WHERE name = 'g'"
+        ),
+        0
+    );
 }
 
 #[test]

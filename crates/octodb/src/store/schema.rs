@@ -254,6 +254,19 @@ pub fn drop_triggers(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// The replicated tables (with a `row_owner` column) that have a VIRTUAL generated column.
+pub fn replicated_with_virtual_columns(conn: &Connection) -> Result<Vec<String>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT m.name FROM main.sqlite_master m WHERE m.type = 'table'
+               AND EXISTS (SELECT 1 FROM pragma_table_xinfo(m.name, 'main') x WHERE x.hidden = 2)
+               AND EXISTS (SELECT 1 FROM pragma_table_info(m.name, 'main') c
+                           WHERE c.name = 'row_owner' COLLATE NOCASE)",
+        )?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?)
+}
+
 /// Run one of the primaries' schema statements on a device. One that this device cannot run
 /// stops the sync with an error that says why ([`ddl_refused`]), and changes nothing: the
 /// device keeps its data and pending work, and syncs on once the cause is gone.

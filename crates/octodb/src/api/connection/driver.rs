@@ -84,6 +84,8 @@ pub struct Started {
     dml: Dml,
     /// Its text, when it changed the schema of a primary (to replicate), with "private?".
     ddl: Option<(String, bool)>,
+    /// With `ddl`: the replicated tables that had a VIRTUAL generated column before it.
+    virtual_before: Vec<String>,
     /// The engine opened a transaction around it.
     wrap: bool,
 }
@@ -206,6 +208,7 @@ impl Connection {
                 word,
                 rowid_before: self.conn.last_insert_rowid(),
                 ddl: None,
+                virtual_before: Vec::new(),
                 wrap: false,
             });
         };
@@ -255,11 +258,16 @@ impl Connection {
             return Err(e);
         }
         r.capture.begin_statement();
+        let virtual_before = match ddl {
+            Some(_) => crate::store::schema::replicated_with_virtual_columns(&self.conn)?,
+            None => Vec::new(),
+        };
         Ok(Started {
             dml: Dml::of(&word, readonly),
             word,
             rowid_before: self.conn.last_insert_rowid(),
             ddl,
+            virtual_before,
             wrap,
         })
     }
@@ -316,10 +324,17 @@ impl Connection {
     /// Phase 4: the statement ran to its end having changed `changes` rows, or failed.
     /// Completes what the engine opened for it; an error here means it was not committed.
     pub fn after_steps(&self, started: Started, changes: Result<u64, ()>) -> Result<()> {
+        // A schema statement that ran but cannot be replicated (or recorded) must not stay in
+        // its transaction: committed, the primary would differ from everyone else.
+        let mut schema_refused = false;
         let result = changes.map_err(|_| None).and_then(|changes| {
             self.note_counters(started.dml, changes, started.rowid_before);
             if let Some((sql, private)) = &started.ddl {
+                schema_refused = true;
+                self.refuse_new_virtual_columns(&started.virtual_before)
+                    .map_err(Some)?;
                 self.after_schema_change(sql, *private).map_err(Some)?;
+                schema_refused = false;
             }
             if started.wrap {
                 self.flush().map_err(Some)?;
@@ -334,7 +349,8 @@ impl Connection {
             }
         }
         let raft_entry_written = self.in_flight.borrow().is_some();
-        if result.is_err() && (started.wrap || raft_entry_written) && !self.conn.is_autocommit() {
+        let undo_all = started.wrap || raft_entry_written || schema_refused;
+        if result.is_err() && undo_all && !self.conn.is_autocommit() {
             // (A failed COMMIT that left its transaction open: its Raft entry is voided, so
             // the transaction goes too.)
             let _ = self.internal_sql("ROLLBACK");
@@ -357,6 +373,23 @@ impl Connection {
         match result {
             Err(Some(e)) => Err(e),
             _ => confirmed,
+        }
+    }
+
+    /// A schema statement of a primary that gave a replicated table a VIRTUAL generated column
+    /// is refused (and its transaction rolled back): the preupdate hook of the SQLite built here
+    /// reads such a table's rows wrongly, so every later write to it would fail, on every node.
+    fn refuse_new_virtual_columns(&self, before: &[String]) -> Result<()> {
+        let now = crate::store::schema::replicated_with_virtual_columns(&self.conn)?;
+        match now.iter().find(|t| !before.contains(t)) {
+            Some(table) => Err(Error::NotPermitted(format!(
+                "table `{table}` would have a VIRTUAL generated column, which octodb cannot \
+                 replicate (SQLite 3.46's preupdate hook reads such rows wrongly): declare the \
+                 column STORED when the table is made (ALTER TABLE ADD COLUMN cannot add a \
+                 STORED one: make the table again with it). The statement's transaction was \
+                 rolled back"
+            ))),
+            None => Ok(()),
         }
     }
 
