@@ -189,7 +189,7 @@ pub fn set_aside_outdated(conn: &Connection, statements: &[String]) -> Result<Ve
         tracing::info!(
             object = %name,
             "downloading again: the primaries changed or dropped this, beyond what their log \
-             still holds: it is made again as they have it"
+             still holds: it is made again as they have it, or left out"
         );
     }
     Ok(set_aside)
