@@ -871,3 +871,30 @@ fn work_pending_on_a_table_made_again_or_renamed_ends_as_the_primaries_have_it()
         "synced before"
     );
 }
+
+/// A device's offline insert into a table the primaries rebuilt meanwhile with a new NOT NULL
+/// column is rejected saying that the change lacks the column and why (SQLite's message alone
+/// named a column the app never wrote).
+#[test]
+fn an_insert_lacking_a_column_the_primaries_added_is_rejected_saying_why() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    drop(d);
+    let d = offline_device(&c, "d.db");
+    d.execute("INSERT INTO t(v) VALUES ('written offline')", [])
+        .unwrap();
+    drop(d);
+    p.execute_batch(
+        "CREATE TABLE t_new(id INTEGER PRIMARY KEY, v TEXT, w TEXT NOT NULL, row_owner);
+         INSERT INTO t_new(id, v, w, row_owner) SELECT id, v, 'x', row_owner FROM t;
+         DROP TABLE t;
+         ALTER TABLE t_new RENAME TO t;",
+    )
+    .unwrap();
+    let d = back_online(&c, "d.db", &p);
+    let reason = d.sync_status().unwrap().last_rejected.unwrap().reason;
+    assert!(reason.contains("does not write `w`"), "{reason}");
+    assert_eq!(count(&d, "SELECT count(*) FROM t"), 0, "taken back");
+}

@@ -656,8 +656,9 @@ pub fn apply_device_txn(
                     Err(e) if fault_of_the_node(&e) => return Err(e.into()),
                     Err(e) => {
                         return Ok(Err(format!(
-                            "insert of row {rowid} into `{}` failed: {e}",
-                            t.name
+                            "insert of row {rowid} into `{}` failed: {e}{}",
+                            t.name,
+                            unwritten_column(&e, &t.name, &header.columns)
                         )))
                     }
                 }
@@ -858,6 +859,30 @@ fn stored_as_given(t: &TableLayout, columns: &[String], values: &[Value]) -> boo
 /// A row refused because its id or a unique value is another row's (a conflict between
 /// writers), rather than by a CHECK, NOT NULL, foreign key or trigger (a rule of the data):
 /// the two are worded apart in the rejection.
+/// A NOT NULL failure on a column the device's change does not write says why: the table
+/// gained that column (or one was renamed to it) after the device made the change, offline
+/// most likely; SQLite's message alone names a column the app never wrote.
+fn unwritten_column(e: &rusqlite::Error, table: &str, written: &[String]) -> String {
+    let rusqlite::Error::SqliteFailure(f, Some(msg)) = e else {
+        return String::new();
+    };
+    if f.extended_code != rusqlite::ffi::SQLITE_CONSTRAINT_NOTNULL {
+        return String::new();
+    }
+    let column = msg
+        .strip_prefix("NOT NULL constraint failed: ")
+        .and_then(|c| c.strip_prefix(table))
+        .and_then(|c| c.strip_prefix('.'));
+    match column {
+        Some(c) if !written.iter().any(|w| w.eq_ignore_ascii_case(c)) => format!(
+            " (the change does not write `{c}`: the primaries' table gained that column, or \
+             one was renamed to it, after the device made the change; the app writes it once \
+             the device has the new schema)"
+        ),
+        _ => String::new(),
+    }
+}
+
 pub(crate) fn is_key_conflict(e: &rusqlite::Error) -> bool {
     use rusqlite::ffi::{
         SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_ROWID, SQLITE_CONSTRAINT_UNIQUE,
