@@ -271,3 +271,41 @@ fn a_stranger_cannot_forward_a_transaction_to_the_leader() {
     }
     assert_eq!(count(&p1, "SELECT count(*) FROM t WHERE v = 'forged'"), 0);
 }
+
+/// A trigger calling `this_user()` (the guard README shows for backend-only triggers) runs
+/// again on every primary that applies the entry: the followers' state machine and the
+/// leader's applier of a follower's transaction lacked the function, so the first such write
+/// stopped every follower's Raft node for good, and the cluster lost its majority.
+#[test]
+fn a_trigger_calling_this_user_runs_on_every_primary() {
+    let c = Cluster::new();
+    let (p1, p2, p3) = three_primaries(&c);
+    // An audit kept by each primary of its own (no row_owner: not replicated).
+    p1.execute_batch(
+        "CREATE TABLE audit(v TEXT, by_node INTEGER);
+         CREATE TRIGGER t_audit AFTER INSERT ON t WHEN this_user() IS NULL BEGIN
+           INSERT INTO audit(v, by_node) VALUES (NEW.v, this_node());
+         END;",
+    )
+    .unwrap();
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('on the leader', '*')", [])
+        .unwrap();
+    p2.execute("INSERT INTO t(v, row_owner) VALUES ('on a follower', '*')", [])
+        .expect("a follower's write through the leader");
+    for p in [&p1, &p2, &p3] {
+        wait_count(p, "SELECT count(*) FROM t", 2);
+        let me = p.sync_status().unwrap().node_id;
+        wait_count(
+            p,
+            &format!("SELECT count(*) FROM audit WHERE by_node = {me}"),
+            2,
+        );
+        let s = p.sync_status().unwrap();
+        assert_eq!(s.sync_error, None, "{s:?}");
+    }
+    wait_identical(&c);
+    // The cluster still writes.
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
+        .unwrap();
+    wait_count(&p3, "SELECT count(*) FROM t WHERE v = 'after'", 1);
+}

@@ -281,8 +281,10 @@ impl Applier {
     pub(crate) fn open(
         path: &std::path::Path,
         file_key: Option<&crate::uri::NetworkKey>,
+        node_id: RaftNodeId,
     ) -> Result<Applier> {
         let conn = crate::store::open_connection(path, file_key)?;
+        crate::store::capture::register_primary_functions(&conn, node_id)?;
         let replicated = Replicated::default();
         guard_triggers(&conn, replicated.clone());
         Ok(Applier {

@@ -78,7 +78,7 @@ pub async fn start_node(
     handshake: crate::net::HandshakeOptions,
 ) -> crate::Result<(Raft, Proposer)> {
     let log = LogStore::open(path, file_key.as_ref())?;
-    let state = StateMachine::open(path, file_key.as_ref())?;
+    let state = StateMachine::open(path, file_key.as_ref(), id)?;
     let network = PeerNetwork::new(keys, handshake, path, file_key.clone());
     let raft = Raft::new(
         id,

@@ -43,6 +43,8 @@ pub(super) type Replicated = Arc<Mutex<std::collections::HashSet<String>>>;
 
 struct Inner {
     conn: Connection,
+    /// This primary's id (`this_node()` on the connection).
+    node_id: RaftNodeId,
     tables: Tables,
     replicated: Replicated,
     /// The last snapshot built or installed, as sent to followers that need one.
@@ -215,9 +217,14 @@ pub struct Applying {
 
 impl StateMachine {
     /// The state machine on the primary's file at `path` (its internal tables already made).
-    pub fn open(path: &Path, file_key: Option<&crate::uri::NetworkKey>) -> Result<StateMachine> {
+    pub fn open(
+        path: &Path,
+        file_key: Option<&crate::uri::NetworkKey>,
+        node_id: RaftNodeId,
+    ) -> Result<StateMachine> {
         let conn = crate::store::open_connection(path, file_key)?;
         crate::store::init_internal_schema(&conn)?;
+        crate::store::capture::register_primary_functions(&conn, node_id)?;
         // The Raft log is the durable record of every entry: a commit here need not wait for
         // the disk. After a crash openraft applies again what `raft_applied` lacks, and the
         // log's own FULL commits flush the shared WAL, these frames included.
@@ -228,6 +235,7 @@ impl StateMachine {
         Ok(StateMachine {
             inner: Arc::new(Mutex::new(Inner {
                 conn,
+                node_id,
                 tables: Tables::default(),
                 replicated,
                 current: None,
@@ -269,6 +277,7 @@ impl StateMachine {
         let conn = crate::store::open_connection(path, file_key)?;
         conn.execute_batch("PRAGMA synchronous=NORMAL")?;
         let mut inner = self.lock();
+        crate::store::capture::register_primary_functions(&conn, inner.node_id)?;
         guard_triggers(&conn, inner.replicated.clone());
         inner.conn = conn;
         inner.tables = Tables::default();

@@ -108,6 +108,7 @@ async fn decide(shared: Weak<Shared>, peer: PublicKey, txn: Forwarded) -> Forwar
             None => slot.insert(Applier::open(
                 &on_file.cfg.path,
                 on_file.file_key.get().as_ref(),
+                u64::from(on_file.identity.node_id()),
             )?),
         };
         let Some(proposer) = on_file.cluster.get() else {

@@ -787,15 +787,35 @@ fn read_back(
 /// needs them, the engine's too: the schema may use them (a device's `DEFAULT (this_user())`,
 /// a trigger from the primaries), and the engine's writes fire those triggers.
 pub fn register_identity_functions(conn: &Connection, identity: &Arc<Identity>) -> Result<()> {
+    let (user, node) = (identity.clone(), identity.clone());
+    register_functions(
+        conn,
+        move || {
+            let u = user.user_id();
+            (u != 0).then_some(u)
+        },
+        move || i64::from(node.node_id()),
+    )
+}
+
+/// The same functions on a primary's own engine connections that apply what another primary
+/// decided (its Raft state machine; the leader's applier of its followers' transactions): the
+/// apps' triggers run again there, and one calling `this_user()` (the guard README shows)
+/// failed with "no such function", stopping every follower's state machine for good.
+pub fn register_primary_functions(conn: &Connection, node_id: u64) -> Result<()> {
+    let node = i64::try_from(node_id).unwrap_or(i64::MAX);
+    register_functions(conn, || None, move || node)
+}
+
+fn register_functions(
+    conn: &Connection,
+    user: impl Fn() -> Option<i64> + Send + std::panic::UnwindSafe + 'static,
+    node: impl Fn() -> i64 + Send + std::panic::UnwindSafe + 'static,
+) -> Result<()> {
     // INNOCUOUS: they are safe inside schema.
     let pure = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_INNOCUOUS;
-    let id = identity.clone();
-    conn.create_scalar_function("this_user", 0, pure, move |_| {
-        let u = id.user_id();
-        Ok((u != 0).then_some(u))
-    })?;
-    let id = identity.clone();
-    conn.create_scalar_function("this_node", 0, pure, move |_| Ok(id.node_id() as i64))?;
+    conn.create_scalar_function("this_user", 0, pure, move |_| Ok(user()))?;
+    conn.create_scalar_function("this_node", 0, pure, move |_| Ok(node()))?;
     Ok(())
 }
 
