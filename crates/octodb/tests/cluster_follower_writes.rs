@@ -288,10 +288,16 @@ fn a_trigger_calling_this_user_runs_on_every_primary() {
          END;",
     )
     .unwrap();
-    p1.execute("INSERT INTO t(v, row_owner) VALUES ('on the leader', '*')", [])
-        .unwrap();
-    p2.execute("INSERT INTO t(v, row_owner) VALUES ('on a follower', '*')", [])
-        .expect("a follower's write through the leader");
+    p1.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('on the leader', '*')",
+        [],
+    )
+    .unwrap();
+    p2.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('on a follower', '*')",
+        [],
+    )
+    .expect("a follower's write through the leader");
     for p in [&p1, &p2, &p3] {
         wait_count(p, "SELECT count(*) FROM t", 2);
         let me = p.sync_status().unwrap().node_id;
@@ -308,4 +314,39 @@ fn a_trigger_calling_this_user_runs_on_every_primary() {
     p1.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
         .unwrap();
     wait_count(&p3, "SELECT count(*) FROM t WHERE v = 'after'", 1);
+}
+
+/// Schema changes through a follower's app as through the leader's: a DROP TABLE and SQLite's
+/// table rebuild were refused there, taken for writes to tables that do not replicate (the
+/// tables they wrote were gone by the COMMIT).
+#[test]
+fn a_followers_app_drops_and_rebuilds_tables() {
+    let c = Cluster::new();
+    let (p1, p2, p3) = three_primaries(&c);
+    p1.execute_batch(
+        "CREATE TABLE e(id INTEGER PRIMARY KEY, x TEXT, row_owner);
+         CREATE TABLE memos(id INTEGER PRIMARY KEY, body TEXT, row_owner);
+         INSERT INTO memos(body, row_owner) VALUES ('kept', '*');",
+    )
+    .unwrap();
+    wait_count(&p2, "SELECT count(*) FROM memos", 1);
+    p2.execute_batch("DROP TABLE e")
+        .expect("a follower drops a table");
+    p2.execute_batch(
+        "BEGIN;
+         CREATE TABLE memos_new(id INTEGER PRIMARY KEY, body TEXT NOT NULL, row_owner);
+         INSERT INTO memos_new SELECT id, body, row_owner FROM memos;
+         DROP TABLE memos;
+         ALTER TABLE memos_new RENAME TO memos;
+         COMMIT;",
+    )
+    .expect("a follower rebuilds a table");
+    for p in [&p1, &p2, &p3] {
+        wait_count(
+            p,
+            "SELECT count(*) FROM sqlite_master WHERE name = 'e' OR sql LIKE '%body TEXT NOT NULL%'",
+            1,
+        );
+        wait_count(p, "SELECT count(*) FROM memos WHERE body = 'kept'", 1);
+    }
 }

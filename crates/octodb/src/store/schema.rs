@@ -251,6 +251,26 @@ pub fn drop_triggers(conn: &Connection) -> Result<()> {
     for n in names {
         conn.execute_batch(&format!("DROP TRIGGER IF EXISTS temp.{}", ident(&n)))?;
     }
+    // What is left are orphans: triggers on a table that another connection dropped (the
+    // engine applying the primaries' DROP TABLE, a follower's state machine). SQLite leaves
+    // them out of the schema it parses, so DROP TRIGGER does not find them, but ALTER TABLE
+    // ... RENAME reads every trigger's text and then fails on theirs ("error in trigger
+    // _octo_bi_t: no such table"). Their rows go from this connection's TEMP schema directly.
+    let orphans: bool = conn
+        .prepare_cached(
+            "SELECT EXISTS(SELECT 1 FROM sqlite_temp_master WHERE type = 'trigger'
+               AND name LIKE '\\_octo\\_%' ESCAPE '\\')",
+        )?
+        .query_row([], |r| r.get(0))?;
+    if orphans {
+        conn.execute_batch("PRAGMA writable_schema = ON")?;
+        let removed = conn.execute_batch(
+            "DELETE FROM temp.sqlite_master WHERE type = 'trigger'
+               AND name LIKE '\\_octo\\_%' ESCAPE '\\'",
+        );
+        conn.execute_batch("PRAGMA writable_schema = OFF")?;
+        removed?;
+    }
     Ok(())
 }
 

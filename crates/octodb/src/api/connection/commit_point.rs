@@ -275,16 +275,19 @@ impl Connection {
         if written.is_empty() {
             return Ok(None);
         }
-        let replicated: Vec<String> = self.internal(|| {
+        let unreplicated: Vec<String> = self.internal(|| {
             Ok(crate::store::schema::user_tables(&self.conn)?
                 .into_iter()
-                .filter(|t| t.is_replicated())
+                .filter(|t| !t.is_replicated())
                 .map(|t| t.name)
                 .collect())
         })?;
+        // (A table the transaction dropped or renamed is not among them: its rows went with
+        // the schema statement, which replicates. DROP TABLE counts as a write to the table,
+        // so such a transaction, or SQLite's table rebuild, was refused on a follower.)
         let local: Vec<String> = written
             .into_iter()
-            .filter(|t| !replicated.iter().any(|r| r.eq_ignore_ascii_case(t)))
+            .filter(|t| unreplicated.iter().any(|u| u.eq_ignore_ascii_case(t)))
             .map(|t| format!("`{t}`"))
             .collect();
         Ok((!local.is_empty()).then(|| local.join(", ")))
