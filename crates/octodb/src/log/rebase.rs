@@ -215,11 +215,7 @@ fn apply_op(
                 // A dropped table or column (or a table rebuilt under its name) may have taken
                 // rows of pending work with it: each such row is rebuilt from its base and that
                 // work at the end of the batch, as the primaries will see it.
-                let mut stmt = conn.prepare_cached("SELECT tbl, rid FROM _octo_base")?;
-                let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
-                for row in rows {
-                    touched.insert(row?);
-                }
+                touched.extend(outbox::rows_with_base(conn)?);
             }
         }
         return Ok(());

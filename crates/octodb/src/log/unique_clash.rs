@@ -57,10 +57,7 @@ pub fn step_aside(
 /// table if they do not have it), and returns those rows: they are to be rebuilt from that and
 /// their work. All are taken out first, so that no row's base clashes with another's work.
 pub fn show_primaries_versions(conn: &Connection, tables: &mut Tables) -> Result<Vec<RowKey>> {
-    let rows: Vec<RowKey> = conn
-        .prepare("SELECT tbl, rid FROM _octo_base")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+    let rows = super::outbox::rows_with_base(conn)?;
     let mut bases = Vec::with_capacity(rows.len());
     for (tbl, rid) in &rows {
         let Some(t) = tables.get(conn, tbl)? else {

@@ -135,15 +135,13 @@ pub fn set_aside_outdated(conn: &Connection, statements: &[String]) -> Result<Ve
         .flat_map(|s| [s.trim().to_string(), schema::device_create_table(s.trim())])
         .collect();
     let mut outdated: Vec<(String, String, bool)> = conn
-        .prepare(
+        .prepare(&format!(
             "SELECT type, name, sql LIKE 'CREATE VIRTUAL%' FROM main.sqlite_master
-             WHERE sql IS NOT NULL AND type IN ('table', 'index', 'view', 'trigger')
-               AND name NOT LIKE '\\_octo\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
-               AND tbl_name NOT LIKE 'private\\_%' ESCAPE '\\'
-               AND name NOT IN (SELECT name FROM pragma_table_list WHERE type = 'shadow')
+             WHERE {} AND type IN ('table', 'index', 'view', 'trigger')
                AND sql NOT IN (SELECT value FROM json_each(?1))
              ORDER BY CASE type WHEN 'trigger' THEN 0 WHEN 'view' THEN 1 WHEN 'index' THEN 2 ELSE 3 END",
-        )?
+            schema::DEVICE_SCHEMA
+        ))?
         .query_map([serde_json::to_string(&current).unwrap_or_default()], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?

@@ -35,13 +35,11 @@ fn read_in_txn(c: &Connection, user: i64, out: &mpsc::Sender<Vec<u8>>) -> Result
     let send = |bytes: Vec<u8>| out.blocking_send(bytes).map_err(|_| Error::Closed);
     let seq = log::last_seq(c)?;
     let statements: Vec<String> = c
-        .prepare(
-            "SELECT sql FROM sqlite_master WHERE sql IS NOT NULL
-               AND name NOT LIKE '\\_octo\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
-               AND tbl_name NOT LIKE 'private\\_%' ESCAPE '\\'
-               AND name NOT IN (SELECT name FROM pragma_table_list WHERE type = 'shadow')
+        .prepare(&format!(
+            "SELECT sql FROM sqlite_master WHERE {}
              ORDER BY CASE type WHEN 'table' THEN 0 WHEN 'index' THEN 1 WHEN 'view' THEN 2 ELSE 3 END, rowid",
-        )?
+            schema::DEVICE_SCHEMA
+        ))?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
     let tables: Vec<_> = schema::user_tables(c)?

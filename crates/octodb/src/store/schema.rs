@@ -274,6 +274,15 @@ pub fn drop_triggers(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
+/// Which rows of `sqlite_master` make the schema the primaries give devices (a download's
+/// statements, and what a device downloading again compares its own with): those with SQL,
+/// neither the engine's nor SQLite's own, not of private tables, not a virtual table's shadow
+/// tables (its CREATE makes them).
+pub const DEVICE_SCHEMA: &str = "sql IS NOT NULL
+    AND name NOT LIKE '\\_octo\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+    AND tbl_name NOT LIKE 'private\\_%' ESCAPE '\\'
+    AND name NOT IN (SELECT name FROM pragma_table_list WHERE type = 'shadow')";
+
 /// The replicated tables (with a `row_owner` column) that have a VIRTUAL generated column.
 pub fn replicated_with_virtual_columns(conn: &Connection) -> Result<Vec<String>> {
     Ok(conn

@@ -399,6 +399,13 @@ pub fn narrow_base(conn: &Connection, tbl: &str, rid: i64, first: Option<i64>) -
     Ok(())
 }
 
+/// Every row with pending work here (a base in `_octo_base`), as (table, row id).
+pub fn rows_with_base(conn: &Connection) -> Result<Vec<(String, i64)>> {
+    let mut stmt = conn.prepare_cached("SELECT tbl, rid FROM _octo_base")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 /// The (table, row id) of every row change in `cs`.
 pub fn rows_of(cs: &ChangeSet) -> impl Iterator<Item = (&str, i64)> + '_ {
     cs.ops.iter().filter_map(|op| cs.row_of(op))
