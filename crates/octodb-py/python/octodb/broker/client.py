@@ -284,40 +284,35 @@ class BrokerClient:
         are still called."""
         if isinstance(obj_or_class, Proxy):
             ref = object.__getattribute__(obj_or_class, "_ref")
-            self._watchers.setdefault(ref[0], []).append((ref, callback))
+            watch = _Watch(ref, callback, object.__getattribute__(obj_or_class, "_fields"))
+            self._watchers.setdefault(ref[0], []).append(watch)
             # The server tells a client of the objects it holds: a copy already obsolete (the
             # object changed since it was fetched) is fetched again, and a change it missed is
             # told at once.
             if object.__getattribute__(obj_or_class, "_obsolete"):
-                try:
-                    current = self._object(ref)
-                except ObjectNotFound:
-                    current = None
-                held = object.__getattribute__(obj_or_class, "_fields")
-                if current is None or object.__getattribute__(current, "_fields") != held:
-                    _call_listener(callback, current)
+                watch.tell(self._current(ref))
         else:
             name = obj_or_class.name if isinstance(obj_or_class, ClassProxy) else obj_or_class
-            self._watchers.setdefault(name, []).append((None, callback))
+            self._watchers.setdefault(name, []).append(_Watch(None, callback, None))
             # The server tells a client of a class it searched.
             self.count(name)
 
     def _notice(self, kind, payload):
         if kind == "invalidated":
             for key in payload:
-                for ref, cb in list(self._watchers.get(key, [])):
-                    _call_listener(cb, self._current(ref))
+                for watch in list(self._watchers.get(key, [])):
+                    watch.tell(self._current(watch.ref))
         elif kind == "class":
-            for _, cb in list(self._watchers.get(payload, [])):
-                _call_listener(cb, payload)
+            for watch in list(self._watchers.get(payload, [])):
+                _call_listener(watch.callback, payload)
         elif kind == "reconnected":
             for key, watchers in list(self._watchers.items()):
-                for ref, cb in watchers:
-                    if ref is None:
+                for watch in watchers:
+                    if watch.ref is None:
                         self.count(key)
-                        _call_listener(cb, key)
+                        _call_listener(watch.callback, key)
                     else:
-                        _call_listener(cb, self._current(ref))
+                        watch.tell(self._current(watch.ref), even_unchanged=True)
 
     def _current(self, ref):
         """The object's current copy for a listener: None once deleted."""
@@ -341,6 +336,28 @@ class BrokerClient:
 
 
 _log = logging.getLogger("octodb.broker")
+
+
+class _Watch:
+    """One ``on_change`` listener: of an object (``ref``), with the fields of the copy it was
+    last told of, or of a class (``ref`` None)."""
+
+    __slots__ = ("ref", "callback", "told")
+
+    def __init__(self, ref, callback, told):
+        self.ref = ref
+        self.callback = callback
+        self.told = told
+
+    def tell(self, current, even_unchanged=False):
+        """Call the listener with ``current`` (None: deleted), unless it was already told
+        of these fields: a change told at ``on_change`` (the copy was obsolete) may also
+        arrive afterwards as the server's notice, and is told once."""
+        fields = None if current is None else object.__getattribute__(current, "_fields")
+        if fields == self.told and not even_unchanged:
+            return
+        self.told = fields
+        _call_listener(self.callback, current)
 
 
 def _call_listener(callback, arg):
