@@ -175,6 +175,7 @@ pub struct PyServer {
 
 fn open(py: Python<'_>, uri: &str) -> PyResult<octodb::Connection> {
     let uri = uri.to_string();
+    crate::logging_bridge::start(py);
     py.detach(move || octodb::Connection::open(&uri))
         .map_err(|e| PyValueError::new_err(e.to_string()))
 }

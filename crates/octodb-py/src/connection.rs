@@ -5,6 +5,7 @@ use crate::cursor::{self, Cursor};
 use crate::db::{Db, DbGuard};
 use crate::errors::{self, ProgrammingError};
 use crate::ffi_util::detached;
+use crate::logging_bridge;
 use crate::stmt;
 use crate::transactions::{Autocommit, Control, Isolation, ALWAYS_OPEN_BEGIN};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -129,6 +130,9 @@ impl Connection {
             .to_str()
             .filter(|s| octodb::NodeConfig::has_octodb_parameters(s))
             .map(str::to_string);
+        if octodb_uri.is_some() {
+            logging_bridge::start(py);
+        }
         // SAFETY: opening touches no Python object; a node's start may take a while.
         let opened = unsafe {
             detached(py, move || match octodb_uri {

@@ -30,6 +30,7 @@ mod feed;
 mod ffi_util;
 mod functions;
 mod hooks;
+mod logging_bridge;
 mod node_files;
 mod params;
 mod row;
