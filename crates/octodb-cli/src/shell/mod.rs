@@ -386,6 +386,7 @@ impl Shell {
             status.node_id
         );
         let mut buffer = String::new();
+        let mut typed = HeldHistory::default();
         loop {
             let prompt = if sql_text::is_blank(&buffer) {
                 "octodb> "
@@ -394,14 +395,21 @@ impl Shell {
             };
             match editor.readline(prompt) {
                 Ok(line) => {
-                    if !line.trim().is_empty() && !names_a_key(&line) {
-                        let _ = editor.add_history_entry(line.as_str());
+                    typed.line(&line);
+                    let flow = self.feed(&mut buffer, &line);
+                    if sql_text::is_blank(&buffer) {
+                        for entry in typed.statement_ended() {
+                            let _ = editor.add_history_entry(entry.as_str());
+                        }
                     }
-                    if let Flow::Quit = self.feed(&mut buffer, &line) {
+                    if let Flow::Quit = flow {
                         break;
                     }
                 }
-                Err(ReadlineError::Interrupted) => buffer.clear(),
+                Err(ReadlineError::Interrupted) => {
+                    buffer.clear();
+                    typed.statement_dropped();
+                }
                 Err(ReadlineError::Eof) => {
                     // As sqlite3: an unfinished statement at the end still runs.
                     if !sql_text::is_blank(&buffer) {
@@ -463,16 +471,83 @@ fn cpu_times() -> Option<(f64, f64)> {
     Some((user / ticks, sys / ticks))
 }
 
-/// A line that may hold a key (`PRAGMA rekey='...'`, `ATTACH ... KEY '...'`): kept out of the
-/// shell's history file, which is plain text.
-fn names_a_key(line: &str) -> bool {
-    let lower = line.to_ascii_lowercase();
+/// The lines of the statement being typed, held back from the history until it ends: only a
+/// whole statement tells whether it names a key (`PRAGMA` on one line, `rekey='...'` on the
+/// next).
+#[derive(Default)]
+struct HeldHistory(Vec<String>);
+
+impl HeldHistory {
+    fn line(&mut self, line: &str) {
+        if !line.trim().is_empty() {
+            self.0.push(line.to_string());
+        }
+    }
+
+    /// The lines of the statement that just ended, for the history; none if it names a key.
+    fn statement_ended(&mut self) -> Vec<String> {
+        let lines = std::mem::take(&mut self.0);
+        if names_a_key(&lines.join("\n")) {
+            Vec::new()
+        } else {
+            lines
+        }
+    }
+
+    fn statement_dropped(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// A statement that may hold a key (`PRAGMA rekey='...'`, `ATTACH ... KEY '...'`): kept out
+/// of the shell's history file, which is plain text.
+fn names_a_key(statement: &str) -> bool {
+    let lower = statement.to_ascii_lowercase();
     let keyed = |word: &str| lower.contains(word) && lower.contains("key");
-    keyed("pragma") || keyed("attach") || lower.contains("sqlcipher")
+    // `rekey` / `hexkey` alone: the rest of a statement Ctrl-C cut short.
+    keyed("pragma")
+        || keyed("attach")
+        || lower.contains("rekey")
+        || lower.contains("hexkey")
+        || lower.contains("cipher")
 }
 
 fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeldHistory;
+
+    #[test]
+    fn a_key_typed_over_several_lines_stays_out_of_the_history() {
+        let mut history = HeldHistory::default();
+        history.line("SELECT 1;");
+        assert_eq!(history.statement_ended(), vec!["SELECT 1;"]);
+        history.line("PRAGMA");
+        history.line("  rekey='TWO-LINE-SECRET';");
+        assert!(history.statement_ended().is_empty());
+        history.line("PRAGMA rekey='one line';");
+        assert!(history.statement_ended().is_empty());
+        history.line("SELECT *");
+        history.line("FROM t;");
+        assert_eq!(history.statement_ended(), vec!["SELECT *", "FROM t;"]);
+    }
+
+    #[test]
+    fn an_interrupted_statement_leaves_nothing_behind() {
+        let mut history = HeldHistory::default();
+        history.line("SELECT");
+        history.statement_dropped();
+        history.line("SELECT 2;");
+        assert_eq!(history.statement_ended(), vec!["SELECT 2;"]);
+        // The rest of a PRAGMA that Ctrl-C cut short still names a key.
+        history.line("PRAGMA");
+        history.statement_dropped();
+        history.line("  hexrekey='00ff';");
+        assert!(history.statement_ended().is_empty());
+    }
 }
