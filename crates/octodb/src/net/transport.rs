@@ -326,12 +326,11 @@ async fn establish(
         // node, which says so on its side.
         Ok(Err(e)) if !initiator && is_disconnect(&e) => Err(NetError::Closed),
         // A peer that rejects our handshake just hangs up; say what that usually means.
-        Ok(Err(e)) if is_disconnect(&e) => Err(NetError::Authentication(
-            "peer closed the connection during the handshake: it probably rejected this node \
-             (check that both use the same network key and octodb version), or is not an \
-             octodb node"
-                .into(),
-        )),
+        Ok(Err(e)) if is_disconnect(&e) => Err(NetError::Authentication(format!(
+            "peer closed the connection during the handshake: it probably rejected this \
+                 node (check that both use the same network key and octodb version), or is \
+                 not an octodb node. {NETWORK_KEY_OF_ENCRYPTED_NODES}"
+        ))),
         Ok(Err(e)) => Err(e),
     }
 }
@@ -597,11 +596,19 @@ fn refused_offer(e: NetError) -> NetError {
          likely the two use different network keys (check that both give the same key=, or \
          that neither does); else it runs an octodb from before version negotiation \
          (protocol {}; upgrade the primaries before their devices), or it is a proxy whose \
-         node is down",
+         node is down. {NETWORK_KEY_OF_ENCRYPTED_NODES}",
         Versions::default(),
         version::PRE_NEGOTIATION
     ))
 }
+
+/// Where a "same network key" hint misleads: nodes whose files are encrypted do not use their
+/// file's key on the network (the encryption walkthrough followed the hint and failed again).
+const NETWORK_KEY_OF_ENCRYPTED_NODES: &str = "With cipher=, a node's network key is derived \
+     from the key its file was first created with, and kept across rekeys: a plain node cannot \
+     join by giving that key as key=, and a node created with a later key cannot join either; \
+     create it with the key the network began with (then rekey it), or give a plain node a \
+     file made by `octodb decrypt` of a member's copy";
 
 /// Which signatures the two sides asked each other for.
 #[derive(Clone, Copy)]
