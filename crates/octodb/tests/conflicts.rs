@@ -583,6 +583,74 @@ fn a_pending_row_clashing_on_a_unique_value_steps_aside_for_the_primaries_row() 
     wait_count(&d, "SELECT count(*) FROM items WHERE code = 'e'", 1);
 }
 
+/// An app's own rule (a trigger counting a group's rows) that the device's pending rows break
+/// once the primaries' rows arrive: the primaries' rows are written, the pending rows wait
+/// aside for the primaries' decision (triggers walkthrough: the sync stopped for good, its
+/// error blaming a local row, while the rejection that would have resolved it waited later
+/// in the log).
+#[test]
+fn an_app_rule_broken_by_pending_rows_waits_for_the_primaries_decision() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    let port = port_of(&p);
+    p.execute_batch(
+        "CREATE TABLE items(id INTEGER PRIMARY KEY, grp TEXT, row_owner);
+         CREATE TRIGGER items_limit BEFORE INSERT ON items
+           WHEN (SELECT count(*) FROM items WHERE grp = NEW.grp) >= 2
+           BEGIN SELECT RAISE(ABORT, 'at most 2 items per group'); END;",
+    )
+    .unwrap();
+    let d_uri = device_uri(&c.path("d.db"), &addr_of(&p));
+    let d = octodb::Connection::open(&d_uri).unwrap();
+    ready(&d);
+    d.wait_until_synced(DEADLINE).unwrap();
+
+    // Offline, the device fills group g; meanwhile the primaries fill it with rows of theirs.
+    drop(p);
+    d.wait_for(DEADLINE, |s| !s.connected).unwrap();
+    d.execute_batch(
+        "BEGIN; INSERT INTO items(grp) VALUES ('g'); INSERT INTO items(grp) VALUES ('g'); COMMIT;",
+    )
+    .unwrap();
+    drop(d);
+    let p = octodb::Connection::open(&primary_uri(&c.path("p.db"), port)).unwrap();
+    p.execute_batch(
+        "INSERT INTO items(grp, row_owner) VALUES ('g', '*');
+         INSERT INTO items(grp, row_owner) VALUES ('g', '*');",
+    )
+    .unwrap();
+
+    let d = octodb::Connection::open(&d_uri).unwrap();
+    let s = d
+        .wait_for(DEADLINE, |s| s.last_rejected.is_some() && s.outbox_len == 0)
+        .unwrap();
+    assert!(
+        s.last_rejected.unwrap().reason.contains("at most 2 items"),
+        "the device hears why"
+    );
+    assert_eq!(s.sync_error, None);
+    assert_eq!(
+        count(
+            &d,
+            "SELECT count(*) FROM items WHERE grp = 'g' AND row_owner = '*'"
+        ),
+        2,
+        "the primaries' rows are written"
+    );
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM items"),
+        2,
+        "the rejected rows are taken back"
+    );
+    // The sync goes on.
+    p.execute("INSERT INTO items(grp, row_owner) VALUES ('h', '*')", [])
+        .unwrap();
+    wait_count(&d, "SELECT count(*) FROM items WHERE grp = 'h'", 1);
+    d.execute("INSERT INTO items(grp) VALUES ('k')", [])
+        .unwrap();
+    wait_count(&p, "SELECT count(*) FROM items WHERE grp = 'k'", 1);
+}
+
 /// Rows that trade unique values inside one transaction (a swap through a temporary value,
 /// a value moved from a deleted row to a new one) reach followers and devices: a transaction
 /// is replicated as each row's final image, and written one by one those clashed, stopping

@@ -294,6 +294,25 @@ fn apply_op(
             touched.extend(pending.into_iter().map(|rid| (h.name.clone(), rid)));
             write(ctx, &sql).map_err(|e| refused_here(e, &h.name, rowid))
         }
+        (Err(e), _) if ctx.any_base && is_constraint(&e) => {
+            // A rule of this file refuses the primaries' row while this device's pending work
+            // is in place (an app's trigger counting a group's rows, a CHECK over another
+            // table): the pending rows show the primaries' versions, as for a schema
+            // statement's new constraint, and are rebuilt from their work at the end of the
+            // batch, where work that still breaks the rule waits for the primaries' decision.
+            // (The sync stopped here for good: that decision came later in the log.)
+            tracing::warn!(
+                table = %h.name,
+                row = rowid,
+                "a row from the primaries breaks a rule of this file ({e}) while this device's \
+                 pending work is in place: it is written with that work as the primaries have it"
+            );
+            for key in super::unique_clash::show_primaries_versions(conn, ctx.tables)? {
+                ctx.predictions.spoil(&key.0, key.1);
+                touched.insert(key);
+            }
+            write(ctx, &sql).map_err(|e| refused_here(e, &h.name, rowid))
+        }
         (written, _) => written.map_err(|e| refused_here(e, &h.name, rowid)),
     }
 }
@@ -323,6 +342,11 @@ fn run_ddl(conn: &Connection, ctx: &mut ChangeSetApply<'_, '_>, sql: &str) -> Re
             if ctx.any_base
                 && e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) =>
         {
+            tracing::warn!(
+                "a schema statement of the primaries adds a constraint that this device's \
+                 pending work breaks: it runs with those rows as the primaries have them, and \
+                 the work that still clashes after it waits aside for their decision"
+            );
             for (tbl, rid) in super::unique_clash::show_primaries_versions(conn, ctx.tables)? {
                 ctx.predictions.spoil(&tbl, rid);
             }

@@ -11,7 +11,8 @@
 //!
 //! A schema statement of the primaries adding a constraint (a UNIQUE index) that pending rows
 //! break is met the same way: every row with pending work shows the primaries' version while
-//! the statement runs ([`show_primaries_versions`]).
+//! the statement runs ([`show_primaries_versions`]); so is a row of theirs that another rule
+//! of the file (an app's trigger, a CHECK) refuses while the pending work is in place.
 //!
 //! Rows only this device has (row_owner NULL) never step aside: the app's own data is not
 //! removed on its behalf, and the sync stops, saying which row to change.
@@ -71,11 +72,5 @@ pub fn show_primaries_versions(conn: &Connection, tables: &mut Tables) -> Result
     for (t, rid, image) in bases {
         write_row(conn, &t, &image.columns, rid, &image.values)?;
     }
-    tracing::warn!(
-        rows = rows.len(),
-        "a schema statement of the primaries adds a constraint that this device's pending work \
-         breaks: it runs with those rows as the primaries have them, and the work that still \
-         clashes after it waits aside for their decision"
-    );
     Ok(rows)
 }
