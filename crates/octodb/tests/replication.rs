@@ -1028,6 +1028,54 @@ fn rows_replaced_by_insert_or_replace_are_replaced_everywhere() {
     );
 }
 
+/// The app's own `PRAGMA recursive_triggers = ON` stays on across an `INSERT OR REPLACE`,
+/// which the engine runs with recursive triggers on (triggers walkthrough: the engine turned
+/// them off after it, and an app's recursive delete of a subtree then stopped at the first
+/// level, a partial delete that replicated).
+#[test]
+fn an_apps_recursive_triggers_stay_on_after_a_replace() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    let d = c.device("d.db", &p);
+    p.execute_batch(
+        "CREATE TABLE tree(id INTEGER PRIMARY KEY, parent INTEGER, row_owner);
+         CREATE TRIGGER tree_subtree AFTER DELETE ON tree
+           BEGIN DELETE FROM tree WHERE parent = OLD.id; END;
+         CREATE TABLE kv(k TEXT PRIMARY KEY, v, row_owner);",
+    )
+    .unwrap();
+    p.execute_batch("PRAGMA recursive_triggers = ON").unwrap();
+    p.execute_batch(
+        "INSERT INTO tree(id, parent, row_owner) VALUES (1, NULL, '*'), (2, 1, '*'),
+             (3, 2, '*'), (4, 3, '*');
+         INSERT OR REPLACE INTO kv(k, v, row_owner) VALUES ('a', 1, '*');
+         INSERT INTO kv(k, v, row_owner) VALUES ('b', 2, '*');",
+    )
+    .unwrap();
+    let on: i64 = p
+        .query_row("PRAGMA recursive_triggers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(on, 1, "the app's setting is kept");
+    p.execute("DELETE FROM tree WHERE id = 1", []).unwrap();
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM tree"),
+        0,
+        "the whole subtree"
+    );
+    wait_count(&d, "SELECT count(*) FROM kv", 2);
+    assert_eq!(count(&d, "SELECT count(*) FROM tree"), 0);
+    // Turned off by the app, it stays off after a REPLACE too.
+    p.execute_batch(
+        "PRAGMA recursive_triggers = OFF;
+         INSERT OR REPLACE INTO kv(k, v, row_owner) VALUES ('a', 3, '*');",
+    )
+    .unwrap();
+    let on: i64 = p
+        .query_row("PRAGMA recursive_triggers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(on, 0);
+}
+
 /// A replicated table needs a rowid: a primary's CREATE of a WITHOUT ROWID table with a
 /// row_owner column is refused with what to change (it was accepted, and its rows silently
 /// never went anywhere); one without row_owner stays a table of the primary's own.

@@ -75,6 +75,9 @@ pub struct Connection {
     /// SQLite's recursive triggers are on: the last statement resolved conflicts by REPLACE
     /// (see `driver::deletes_by_replace`).
     recursive_triggers: Cell<bool>,
+    /// The app's own `PRAGMA recursive_triggers`, which the engine goes back to after a
+    /// REPLACE (None: the app set it since; read before the next statement).
+    app_recursive_triggers: Cell<Option<bool>>,
     /// Devices: the outbox transaction the open SQLite transaction adds to.
     open_txn: Cell<Option<u64>>,
     /// Primaries: the log entries to announce once the open transaction commits.
@@ -194,6 +197,7 @@ impl Connection {
             schema_fixed: Cell::new(false),
             installed_in_txn: Cell::new(false),
             recursive_triggers: Cell::new(false),
+            app_recursive_triggers: Cell::new(Some(false)),
             open_txn: Cell::new(None),
             committed: RefCell::new(Vec::new()),
             outbox_added: RefCell::new(None),

@@ -287,18 +287,39 @@ impl Connection {
             // Last, just before it runs: nothing in between may install them again.
             self.capture_off_for_drop_column()?;
         }
-        if recursive != self.recursive_triggers.get() {
+        // Outside a REPLACE, the app's own setting (it was reset to off after every REPLACE:
+        // an app's recursive delete of a subtree then stopped at the first level, and that
+        // partial delete replicated).
+        let wanted = recursive || self.app_recursive_triggers()?;
+        if wanted != self.recursive_triggers.get() {
             // Once the statement is prepared: the pragma expires it, and SQLite prepares it
             // again with (or without) the delete triggers coded in. Switched only when the
             // kind of statement changes, so that a run of REPLACEs is prepared once.
-            self.internal_sql(if recursive {
+            self.internal_sql(if wanted {
                 "PRAGMA recursive_triggers = ON"
             } else {
                 "PRAGMA recursive_triggers = OFF"
             })?;
-            self.recursive_triggers.set(recursive);
+            self.recursive_triggers.set(wanted);
+        }
+        if word == "PRAGMA" && sql.to_ascii_lowercase().contains("recursive_triggers") {
+            self.app_recursive_triggers.set(None);
         }
         Ok(())
+    }
+
+    /// The app's `PRAGMA recursive_triggers`; read from SQLite once after the app set it (no
+    /// statement of the engine's has changed it since).
+    fn app_recursive_triggers(&self) -> Result<bool> {
+        if let Some(on) = self.app_recursive_triggers.get() {
+            return Ok(on);
+        }
+        let on: bool = self
+            .conn
+            .query_row("PRAGMA recursive_triggers", [], |r| r.get(0))?;
+        self.app_recursive_triggers.set(Some(on));
+        self.recursive_triggers.set(on);
+        Ok(on)
     }
 
     /// Phase 4, first, for a statement that returned rows: `INSERT ... RETURNING` computes its
