@@ -108,6 +108,9 @@ pub struct RowSql {
     /// row_owner.
     is_local: Option<String>,
     table: String,
+    /// The table has `UPDATE OF` triggers: an update sets only the columns that changed
+    /// (quoted names of the kept columns, to build that statement).
+    update_of: Option<Vec<String>>,
 }
 
 impl RowSql {
@@ -148,6 +151,9 @@ impl RowSql {
                 )
             }),
             table: t.name.clone(),
+            update_of: t
+                .update_of_triggers
+                .then(|| keep.iter().map(|&i| ident(&columns[i])).collect()),
             keep,
         }
     }
@@ -230,9 +236,62 @@ impl RowSql {
                 .optional()?
                 .is_some());
         };
+        if let Some(names) = &self.update_of {
+            if let Some(updated) = self.update_changed_columns(conn, names, rowid, values)? {
+                return Ok(updated);
+            }
+        }
         let mut stmt = conn.prepare_cached(update)?;
         self.bind(&mut stmt, rowid, values)?;
         Ok(stmt.raw_execute()? > 0)
+    }
+
+    /// For a table with `UPDATE OF` triggers: sets only the columns whose values differ from
+    /// the row's, so that such a trigger fires where its column changed, as on the node where
+    /// the change was made (a whole-row image does not say which columns its statement named).
+    /// Some(false): no such row. None: no column differs, and the caller sets them all (an
+    /// update that changed nothing still fires the table's plain UPDATE triggers).
+    fn update_changed_columns(
+        &self,
+        conn: &Connection,
+        names: &[String],
+        rowid: i64,
+        values: &[Value],
+    ) -> Result<Option<bool>> {
+        if self.keep.last().is_some_and(|&last| values.len() <= last) {
+            return Ok(None); // (the whole-row update refuses it, saying why)
+        }
+        let current: Option<Vec<Value>> = conn
+            .prepare_cached(&self.read_kept)?
+            .query_row([rowid], |r| {
+                (0..self.keep.len()).map(|n| r.get::<_, Value>(n)).collect()
+            })
+            .optional()?;
+        let Some(current) = current else {
+            return Ok(Some(false));
+        };
+        let changed: Vec<usize> = (0..self.keep.len())
+            .filter(|&n| values.get(self.keep[n]) != Some(&current[n]))
+            .collect();
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        let sets: Vec<String> = changed
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| format!("{} = ?{}", names[n], k + 2))
+            .collect();
+        let sql = format!(
+            "UPDATE {} SET {} WHERE rowid = ?1",
+            ident(&self.table),
+            sets.join(", ")
+        );
+        let mut stmt = conn.prepare_cached(&sql)?;
+        stmt.raw_bind_parameter(1, rowid)?;
+        for (k, &n) in changed.iter().enumerate() {
+            stmt.raw_bind_parameter(k + 2, &values[self.keep[n]])?;
+        }
+        Ok(Some(stmt.raw_execute()? > 0))
     }
 
     /// Update the row if it exists, else insert it: for rows that usually exist.

@@ -106,6 +106,7 @@ mod tests {
             width: columns.len() as i32,
             virtual_columns: false,
             kinds: Vec::new(),
+            update_of_triggers: false,
         })
     }
 

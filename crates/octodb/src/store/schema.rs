@@ -31,6 +31,10 @@ pub struct TableLayout {
     pub virtual_columns: bool,
     /// For each of `columns`, what decides whether a value is stored as given.
     pub kinds: Vec<ColumnKind>,
+    /// A trigger of the table fires on `UPDATE OF` some columns: a row written from another
+    /// node's whole-row image sets only the columns that changed, so that it fires where the
+    /// change did (setting every column fired it for columns no one changed).
+    pub update_of_triggers: bool,
 }
 
 impl TableLayout {
@@ -134,7 +138,29 @@ fn layout_of(conn: &Connection, name: &str, without_rowid: bool) -> Result<Table
         width,
         virtual_columns,
         kinds,
+        update_of_triggers: has_update_of_triggers(conn, name)?,
     })
+}
+
+fn has_update_of_triggers(conn: &Connection, table: &str) -> Result<bool> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?1 AND sql IS NOT NULL",
+    )?;
+    let sqls = stmt.query_map([table], |r| r.get::<_, String>(0))?;
+    for sql in sqls {
+        if fires_on_update_of(&sql?) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// `CREATE TRIGGER name [BEFORE | AFTER | INSTEAD OF] UPDATE OF columns ON table ...`.
+fn fires_on_update_of(trigger_sql: &str) -> bool {
+    let header: Vec<String> = crate::api::sql_text::words(trigger_sql)
+        .take_while(|w| w != "ON")
+        .collect();
+    header.windows(2).any(|w| w[0] == "UPDATE" && w[1] == "OF")
 }
 
 /// Reject layouts that replication cannot handle, with what to change.
@@ -431,5 +457,21 @@ mod tests {
         assert!(is_private("PRIVATE_x"));
         assert!(!is_private("priv"));
         assert!(!is_private("public"));
+    }
+
+    #[test]
+    fn update_of_triggers_are_told_from_others() {
+        assert!(fires_on_update_of(
+            "CREATE TRIGGER t_title AFTER UPDATE OF title ON tasks BEGIN SELECT 1; END"
+        ));
+        assert!(fires_on_update_of(
+            "create trigger \"update\" instead of update of a, b on v begin select 1; end"
+        ));
+        assert!(!fires_on_update_of(
+            "CREATE TRIGGER t_any AFTER UPDATE ON tasks BEGIN UPDATE x SET a = 1; END"
+        ));
+        assert!(!fires_on_update_of(
+            "CREATE TRIGGER update_of AFTER INSERT ON tasks BEGIN SELECT 1; END"
+        ));
     }
 }
