@@ -219,8 +219,10 @@ impl Connection {
             return Err(Error::rule(
                 "on a follower, a transaction that changes replicated rows is decided by the \
                  cluster's leader, which receives only those rows; this one also changed rows \
-                 that stay local (row_owner NULL). Change them in a transaction of their own, \
-                 or run this one on the leader. It was rolled back",
+                 that stay local (row_owner NULL), itself or through a trigger. Change them in a \
+                 transaction of their own, or run this one on the leader; a trigger keeping \
+                 such rows can keep them in a table without row_owner instead (triggers keep \
+                 those on every primary). It was rolled back",
             ));
         }
         let txn = Forwarded { base_seq, bodies };
