@@ -40,7 +40,7 @@ pub fn mark_note(mark: &octodb::RestoreMark) -> Option<String> {
 /// What a restored primary does with the ids a restore reserved.
 fn reserved_note(ids: &octodb::ReservedIds) -> String {
     format!(
-        "restored, this primary keeps node ids {}-{} and user ids {}-{} for the devices \
+        "once restored, this primary keeps node ids {}-{} and user ids {}-{} for the devices \
          approved after the copy was taken: they come back under their ids, with their data \
          and pending work (new devices get ids above them)",
         ids.nodes.0,

@@ -37,7 +37,8 @@ pub fn unlock(conn: &Connection, file: &Path, key: &NetworkKey) -> Result<()> {
     match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
         Ok(()) => {}
         Err(e) if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) => {
-            tracing::warn!(file = %file.display(), "the key given does not open this file");
+            // (Debug: the error says it to the caller, who would otherwise read it twice.)
+            tracing::debug!(file = %file.display(), "the key given does not open this file");
             return Err(Error::WrongKey {
                 path: file.to_path_buf(),
             });
