@@ -121,3 +121,50 @@ fn a_commit_the_cluster_cannot_confirm_says_so() {
     let p2 = Connection::open(&p2_uri).expect("reopen the second primary");
     wait_count(&p2, "SELECT count(*) FROM t WHERE v = 'alone'", 1);
 }
+
+/// A leader stopped and started again comes back leading its old term (openraft restores it
+/// so) until it hears that the others elected another: its app's first write, made at once,
+/// waits for the cluster's leader and goes there, instead of failing with "no leader" or
+/// writing an entry the cluster never keeps, after which this primary's Raft node stopped
+/// (cluster walkthrough, with kill -9; a clean stop leaves the same stored vote).
+#[test]
+fn a_former_leaders_write_right_after_its_restart_goes_to_the_new_leader() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let first = addr_of(&p1);
+    let port = port_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &first);
+    let p3 = joining_primary(&c.path("p3.db"), &first);
+    wait_voters(&p1, 3);
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
+        .unwrap();
+    wait_count(&p3, "SELECT count(*) FROM t", 1);
+
+    drop(p1);
+    wait_closed(&c, "p.db");
+    wait_until("a new leader among the other two", || {
+        [&p2, &p3]
+            .iter()
+            .any(|p| cluster_role(p) == "leader")
+            .then_some(())
+    });
+    let p1 = Connection::open(&primary_uri(&c.path("p.db"), port)).unwrap();
+    p1.execute("INSERT INTO t(v, row_owner) VALUES ('at once', '*')", [])
+        .expect("the write goes to the cluster's leader");
+    for p in [&p1, &p2, &p3] {
+        wait_count(p, "SELECT count(*) FROM t WHERE v = 'at once'", 1);
+    }
+    let status = p1.sync_status().unwrap();
+    assert_eq!(status.sync_error, None, "its Raft node goes on");
+    assert_eq!(cluster_role(&p1), "follower");
+    // And it keeps serving its cluster: the leader's writes reach it.
+    let leader = if cluster_role(&p2) == "leader" {
+        &p2
+    } else {
+        &p3
+    };
+    leader
+        .execute("INSERT INTO t(v, row_owner) VALUES ('later', '*')", [])
+        .unwrap();
+    wait_count(&p1, "SELECT count(*) FROM t WHERE v = 'later'", 1);
+}

@@ -226,7 +226,8 @@ pub(crate) fn lead(raft: &Raft) -> Lead {
     if m.state == openraft::ServerState::Leader {
         return match quorum_silence(&m) {
             Some(ms) => Lead::CutOff(ms),
-            None => Lead::Here,
+            None if leads_confirmed(&m) => Lead::Here,
+            None => Lead::Unknown,
         };
     }
     let leader = m
@@ -236,6 +237,15 @@ pub(crate) fn lead(raft: &Raft) -> Lead {
         Some(member) => Lead::At(member.addr),
         None => Lead::Unknown,
     }
+}
+
+/// Whether this node leads with its leadership confirmed in this run: a majority of its voters
+/// answered it since it became leader (alone, at once). A leader of several voters killed and
+/// started again comes back leading its stored term (openraft restores it so) before it hears
+/// that the others elected another meanwhile: an app's write in that moment made a Raft entry
+/// the cluster never kept, and this primary's Raft node then stopped (cluster walkthrough).
+pub(crate) fn leads_confirmed(m: &openraft::RaftMetrics<RaftNodeId, Member>) -> bool {
+    m.state == openraft::ServerState::Leader && m.millis_since_quorum_ack.is_some()
 }
 
 /// How long a leader of several voters may hear from no majority of them before it stops
@@ -380,11 +390,11 @@ impl ClusterView {
 pub(crate) fn view(raft: &Raft) -> ClusterView {
     // (Taken out of the borrow at once: openraft's core waits while it is held.)
     let m = raft.metrics().borrow().clone();
-    let leading = m.state == openraft::ServerState::Leader;
+    let leading = leads_confirmed(&m);
     let config = m.membership_config.membership();
     let leader = m
         .current_leader
-        .filter(|_| !leading)
+        .filter(|id| *id != m.id)
         .and_then(|id| config.get_node(&id))
         .map(|member| member.addr.clone());
     ClusterView {

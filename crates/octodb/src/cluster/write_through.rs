@@ -194,8 +194,8 @@ fn stopped() -> Error {
     Error::rule("the cluster stopped before the proposal was decided")
 }
 
-const NO_LEADER: &str =
-    "the cluster has no leader now (an election is under way, or its majority is lost)";
+const NO_LEADER: &str = "this primary knows no leader of its cluster now (an election is under \
+     way, this primary has just started, or the cluster's majority is lost): try again shortly";
 
 /// Proposes a primary's decided batches to the cluster, writing them through when it can.
 pub struct Proposer {
@@ -287,12 +287,34 @@ impl Proposer {
         txn: super::forward::Forwarded,
         wait: std::time::Duration,
     ) -> Result<super::forward::ForwardOutcome> {
-        let Some(leader) = self.leader() else {
+        let Some(leader) = self.leader_within(wait).await else {
             return Ok(super::forward::ForwardOutcome::Refused {
                 reason: NO_LEADER.into(),
             });
         };
         self.forwarder.forward(leader, txn, wait).await
+    }
+
+    /// The leader, waiting for one (at most `wait`, and no longer than an election takes)
+    /// when none is known: an app's write in an election, or just after this primary
+    /// started, goes through once one is elected instead of failing at once. None: still
+    /// none, or this primary leads now (the caller decides here then, on its next try).
+    async fn leader_within(
+        &self,
+        wait: std::time::Duration,
+    ) -> Option<(super::RaftNodeId, super::Member)> {
+        if let Some(known) = self.leader() {
+            return Some(known);
+        }
+        let _ = self
+            .raft
+            .wait(Some(wait.min(super::LEADERLESS_MAX)))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != m.id) || super::leads_confirmed(m),
+                "a leader of the cluster",
+            )
+            .await;
+        self.leader()
     }
 
     /// A follower: sends a decision on a node to the cluster's leader, which records it.
@@ -301,7 +323,10 @@ impl Proposer {
         decision: super::forward::ForwardedDecision,
         wait: std::time::Duration,
     ) -> Result<()> {
-        let leader = self.leader().ok_or_else(|| Error::rule(NO_LEADER))?;
+        let leader = self
+            .leader_within(wait)
+            .await
+            .ok_or_else(|| Error::rule(NO_LEADER))?;
         self.forwarder.decision(leader, decision, wait).await
     }
 

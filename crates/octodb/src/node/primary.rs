@@ -544,9 +544,18 @@ fn serving_now(shared: &Shared) -> std::result::Result<Serving, (Option<String>,
         // new leader), so that a fail-over costs them no reconnection. One that has known no
         // leader for longer than an election takes is likely cut off from its majority: its
         // devices go to primaries that can have their transactions decided.
-        crate::cluster::Lead::Unknown => match shared.cluster_view.borrow().refusal() {
-            Some(reason) => Err((None, reason)),
-            None => Ok(Serving::Follower(None)),
+        // Members that refuse it (it was removed, or its cluster was restored elsewhere): it
+        // will know no leader, so it says why now. (Started again after it was removed, it
+        // comes back leading its old term, unconfirmed: no leader it may follow.)
+        crate::cluster::Lead::Unknown => match proposer.refused() {
+            Some(refused) => Err((
+                None,
+                format!("this primary serves no devices: {refused}; use another primary"),
+            )),
+            None => match shared.cluster_view.borrow().refusal() {
+                Some(reason) => Err((None, reason)),
+                None => Ok(Serving::Follower(None)),
+            },
         },
     }
 }

@@ -353,7 +353,14 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         download: download.filter(|_| !db_is_ready),
         auth_error: auth_error.filter(|_| id.node_id() == 0 || revoked),
         auth_state: auth_state.filter(|_| id.node_id() == 0 || revoked),
-        sync_error: sync_error.or_else(|| shared.cluster.get().and_then(|p| p.refused())),
+        // A primary of a cluster also says why it cannot take writes now (cut off from its
+        // majority, no leader for long: its app's commits fail meanwhile).
+        sync_error: sync_error
+            .or_else(|| shared.cluster.get().and_then(|p| p.refused()))
+            .or_else(|| {
+                shared.cluster.get()?;
+                shared.cluster_view.borrow().refusal()
+            }),
         cluster: shared.cluster.get().map(|p| cluster_status(p.raft())),
         primaries: shared
             .known_primaries

@@ -252,11 +252,22 @@ impl Connection {
                 .is_ok_and(|r| r.is_ok())
         });
         if !caught_up {
-            return Err(Error::Cluster(format!(
-                "the transaction was committed by the cluster (log position {last_seq}) but \
-                 this primary has not applied it within 10 s: it will, and reads here show it \
-                 from then on"
-            )));
+            // (A Raft node that stopped applies nothing more until the node opens again.)
+            let stopped = proposer.raft().metrics().borrow().running_state.is_err();
+            return Err(Error::Cluster(if stopped {
+                format!(
+                    "the transaction was committed by the cluster (log position {last_seq}), \
+                     but this primary's Raft node stopped before applying it (its sync_error \
+                     says why): the other primaries have it; this one shows it once it is \
+                     opened again"
+                )
+            } else {
+                format!(
+                    "the transaction was committed by the cluster (log position {last_seq}) but \
+                     this primary has not applied it within 10 s: it will, and reads here show \
+                     it from then on"
+                )
+            }));
         }
         self.internal(|| {
             store::exec(&self.conn, reopen)?;
