@@ -157,3 +157,35 @@ fn a_sign_up_waiting_for_the_backend_stays_up_and_a_cut_is_noticed() {
         .unwrap();
     ready(&d);
 }
+
+/// A device that connects again by another path before its primary notices that the old one
+/// died stays listed as connected when the old session times out (network walkthrough:
+/// `PRAGMA nodes`, `peers` and the metrics lost it then, while it synced on).
+#[test]
+fn a_device_connected_again_stays_connected_when_its_dead_session_times_out() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let proxy = Proxy::start(&addr_of(&p));
+    let d = device_behind(&c, &proxy);
+    let node_id = ready(&d).node_id;
+    // The path dies silently; the app restarts meanwhile and connects afresh.
+    proxy.swallow();
+    proxy.pass();
+    drop(d);
+    wait_closed(&c, "d.db");
+    let d = device_behind(&c, &proxy);
+    d.wait_for(DEADLINE, |s| s.connected)
+        .expect("connected again");
+    // The primary ends the old session once it hears nothing on it: both sides of the old
+    // connection are then closed (the device's at its drop).
+    wait_until("the old session's end on the primary", || {
+        (proxy.sides_closed() >= 2).then_some(())
+    });
+    let nodes = p.nodes().unwrap();
+    let device = nodes.iter().find(|n| n.node_id == node_id).unwrap();
+    assert!(device.connected, "{device:?}");
+    assert_eq!(p.sync_status().unwrap().peers.len(), 1);
+    d.execute("INSERT INTO t(v) VALUES ('still here')", [])
+        .unwrap();
+    wait_count(&p, "SELECT count(*) FROM t WHERE v = 'still here'", 1);
+}

@@ -90,7 +90,8 @@ pub enum NetError {
     /// silently cut (a NAT or mobile network dropping the connection's packets).
     #[error(
         "no data from the peer for {} s although it sends heartbeats: the connection is \
-         dead (the network silently stopped passing its packets); reconnecting",
+         dead (the network silently stopped passing its packets); the session ends (a device \
+         connects again)",
         .0.as_secs_f64()
     )]
     Dead(Duration),

@@ -309,19 +309,19 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         .await
         .map_err(Box::new);
 
+    let session = super::next_session();
     shared
         .live
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .sessions
-        .insert(node_id, addr.to_string());
+        .insert(node_id, (addr.to_string(), session));
     let sender = Sender { node_id, user_id };
     rd.set_idle_timeout(heartbeat.map(crate::uri::dead_after));
     // Reading the device's transactions and streaming the log to it end together, so a device
     // never stays connected to a session that stopped sending it anything. A device whose
     // approval the backend takes back is cut off at once (it hears why when it reconnects).
     let beats = tokio::sync::Notify::new();
-    let session = super::next_session();
     let streamed = Streamed {
         node: node_id,
         user: user_id,
@@ -343,12 +343,19 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
             }
         },
     };
-    shared
-        .live
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .sessions
-        .remove(&node_id);
+    {
+        // Only this session's entry: the device may have connected again meanwhile (its old
+        // path died silently, and this session only now timed out), and that session's
+        // entry is what `PRAGMA nodes`, `peers` and the metrics show.
+        let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        if live
+            .sessions
+            .get(&node_id)
+            .is_some_and(|(_, s)| *s == session)
+        {
+            live.sessions.remove(&node_id);
+        }
+    }
     // (Nobody waits for a session's removal: no wake-up.)
     shared.copied_files.send_if_modified(|found| {
         found.remove(&session);

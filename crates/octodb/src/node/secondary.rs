@@ -239,7 +239,15 @@ pub(super) fn endpoints(shared: &Shared) -> Vec<Endpoint> {
         .unwrap_or_else(|p| p.into_inner())
         .clone();
     for member in known {
-        if let Some(ep) = Endpoint::from_addr(&member.addr) {
+        // A primary that listens on every interface and names no advertise= tells its bind
+        // address (0.0.0.0): here that is the device's own machine, not the primary
+        // (network walkthrough: a device took it, past the proxy its connect= named).
+        let unspecified = |ep: &Endpoint| {
+            ep.host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_unspecified())
+        };
+        if let Some(ep) = Endpoint::from_addr(&member.addr).filter(|ep| !unspecified(ep)) {
             if !out.contains(&ep) {
                 out.push(ep);
             }

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 #[derive(Debug, Default)]
 pub struct Live {
     pub connected_to: Option<String>,
-    /// Primaries: node id → address of each connected node.
-    pub sessions: HashMap<u32, String>,
+    /// Primaries: node id → address of each connected node, and its session's number (a
+    /// device's newer session replaces its entry; an older one's end leaves it).
+    pub sessions: HashMap<u32, (String, u64)>,
     pub download: Option<(u64, u64)>,
     /// Devices not yet authorized: the sign-up / login request made by the app, not yet sent.
     pub auth_request: Option<crate::net::AuthAsk>,
@@ -283,7 +284,7 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
     let role = shared.cfg.role;
     let (live_peer, sessions, download, auth_state, auth_error, sync_error, caught_up) = {
         let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
-        let mut s: Vec<String> = live.sessions.values().cloned().collect();
+        let mut s: Vec<String> = live.sessions.values().map(|(a, _)| a.clone()).collect();
         s.sort();
         let requested = live.auth_request.is_some().then(|| "requested".to_string());
         (
@@ -418,7 +419,9 @@ pub fn nodes(shared: &Shared) -> Result<Vec<NodeRecord>> {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .sessions
-        .clone();
+        .iter()
+        .map(|(id, (addr, _))| (*id, addr.clone()))
+        .collect();
     let roles = member_roles(shared);
     let now = super::writer::unix_now();
     shared.read_blocking(|c| {

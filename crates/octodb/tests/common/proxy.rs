@@ -4,6 +4,7 @@
 //! passes again, as a lost NAT entry stays lost, while new ones pass); or resets every open
 //! connection; or slows every read down.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,6 +28,8 @@ pub struct Proxy {
     pub addr: String,
     state: Arc<Mutex<State>>,
     resets: tokio::sync::watch::Sender<u64>,
+    /// Sides of connections that closed (read an end from a peer).
+    ended: Arc<AtomicUsize>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -48,7 +51,9 @@ impl Proxy {
             delay: Duration::ZERO,
         }));
         let resets = tokio::sync::watch::channel(0u64).0;
+        let ended = Arc::new(AtomicUsize::new(0));
         let (upstream, shared, reset_tx) = (upstream.to_string(), state.clone(), resets.clone());
+        let ends = ended.clone();
         rt.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = TcpStream::connect(&upstream).await else {
@@ -60,6 +65,7 @@ impl Proxy {
                 let link = Link {
                     state: shared.clone(),
                     generation,
+                    ended: ends.clone(),
                 };
                 tokio::spawn(link.clone().pump(cr, sw, reset_tx.subscribe()));
                 tokio::spawn(link.pump(sr, cw, reset_tx.subscribe()));
@@ -69,8 +75,14 @@ impl Proxy {
             addr,
             state,
             resets,
+            ended,
             _rt: rt,
         }
+    }
+
+    /// How many sides of connections have closed so far (a peer closed its socket).
+    pub fn sides_closed(&self) -> usize {
+        self.ended.load(Ordering::SeqCst)
     }
 
     /// From now on, every connection's bytes are dropped in both directions.
@@ -100,6 +112,7 @@ impl Proxy {
 struct Link {
     state: Arc<Mutex<State>>,
     generation: u64,
+    ended: Arc<AtomicUsize>,
 }
 
 impl Link {
@@ -123,6 +136,9 @@ impl Link {
                 // Both halves are dropped: the connection closes under the peers' feet.
                 _ = resets.changed() => return,
             };
+            if matches!(read, Ok(0) | Err(_)) {
+                self.ended.fetch_add(1, Ordering::SeqCst);
+            }
             let n = match read {
                 Ok(0) | Err(_) if self.passes().is_some() => return,
                 // A cut path carries no FIN or reset either: the other side keeps waiting.
