@@ -35,13 +35,17 @@ def test_the_backend_reads_a_devices_rows_from_the_feed(open_primary, open_devic
     # Nothing new: the wait ends at its timeout with the position where it was.
     assert backend.wait_feed(after, timeout=0.05) == after
     assert backend.changes_after(after) == ([], after)
+    # A position past the end (kept from before a restore, say) is refused, naming the end:
+    # carried on from, it would miss every change until the feed passed it.
+    with pytest.raises(octodb.OperationalError, match=f"past its end \\({after}\\)"):
+        backend.changes_after(after + 1000)
 
 
 def test_a_device_keeps_no_log_to_read(open_primary, open_device):
     backend = open_primary()
     phone = open_device(backend)
     phone.wait_until_ready(timeout=DEADLINE)
-    with pytest.raises(octodb.Error, match="kept on primaries only"):
+    with pytest.raises(octodb.OperationalError, match="kept on primaries only"):
         phone.changes_after(0)
     with pytest.raises(ValueError, match="timeout"):
         backend.wait_feed(0, timeout=-1)

@@ -52,6 +52,8 @@ pub enum Error {
     CopiedFile { txn: u64 },
     #[error("the change feed's position {after} is older than the primary's log, which now starts at {start} (compacted to its newest log_keep= entries): read again from {start} on, or from the current position")]
     LogCompacted { after: u64, start: u64 },
+    #[error("the change feed's position {after} is past its end ({end}): a position kept from before the primary was restored from an older copy (the entries after {end} were lost with it; new ones take their numbers), or from another primary's feed; read again from a position at or before {end}")]
+    FeedAhead { after: u64, end: u64 },
 }
 
 /// How [`Error::CopiedFile`]'s message begins (a device's `sync_error` shows it): a stop that

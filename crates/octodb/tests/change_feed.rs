@@ -90,6 +90,26 @@ fn a_device_waits_on_its_feed_but_reads_rows_from_its_tables() {
     assert!(err.to_string().contains("primaries only"), "{err}");
 }
 
+/// A position past the feed's end (kept from before the primary was restored from an older
+/// copy, say) is refused, naming the end (Python walkthrough: it answered "nothing new, up to
+/// that position", and a reader carrying on from there missed every later change).
+#[test]
+fn a_position_past_the_feeds_end_is_refused_naming_the_end() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('one', '*')", [])
+        .unwrap();
+    let end = p.feed_position();
+    match p.changes_after(end + 1_000_000, 10) {
+        Err(octodb::Error::FeedAhead { after, end: told }) => {
+            assert_eq!((after, told), (end + 1_000_000, end));
+        }
+        other => panic!("expected FeedAhead, got {other:?}"),
+    }
+    let batch = p.changes_after(end, 10).unwrap();
+    assert!(batch.changes.is_empty() && batch.up_to == end);
+}
+
 #[test]
 fn a_follower_feeds_what_the_leader_decided() {
     let c = Cluster::new();

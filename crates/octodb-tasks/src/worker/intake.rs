@@ -60,6 +60,18 @@ pub(super) fn intake(shared: &Shared, conn: Connection) {
                 position = start - 1;
                 shared.intake().up_to = position;
             }
+            // Past the feed's end (a file restored from an older copy under a position kept
+            // elsewhere): the entries after the end were lost, and new ones take their
+            // numbers, so it reads on from the end.
+            Err(octodb::Error::FeedAhead { after, end }) => {
+                tracing::warn!(
+                    from = after,
+                    to = end,
+                    "task intake: its position is past the change feed's end; it reads on from the end"
+                );
+                position = end;
+                shared.intake().up_to = position;
+            }
             Err(e) => tracing::warn!("task intake cannot read the change feed: {e}"),
         }
         let tick_due = last_housekeeping.is_none_or(|at| at.elapsed() >= shared.config.tick);

@@ -440,10 +440,12 @@ impl Connection {
     pub fn changes_after(&self, after: u64, max_entries: usize) -> Result<crate::feed::FeedBatch> {
         let node = match &self.node {
             Some(node) if node.role() == Some(Role::Primary) => node,
+            // (Not a broken rule: a call this kind of node does not offer.)
             _ => {
-                return Err(Error::rule(
+                return Err(Error::NotPermitted(
                     "the change feed's rows are kept on primaries only: open the primary's \
-                     database to read them (a device can wait on `wait_feed`)",
+                     database to read them (a device can wait on `wait_feed`)"
+                        .into(),
                 ))
             }
         };

@@ -87,7 +87,15 @@ pub(crate) fn read(
         changes: Vec::new(),
         up_to: after,
     };
-    if position <= after || max_entries == 0 {
+    // A reader carrying on from a position past the end would miss every change until the
+    // feed passed it (Python walkthrough), so it is told at once.
+    if after > position {
+        return Err(crate::Error::FeedAhead {
+            after,
+            end: position,
+        });
+    }
+    if position == after || max_entries == 0 {
         return Ok(batch);
     }
     let start = log::compaction::start(conn)?;
