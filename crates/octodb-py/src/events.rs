@@ -424,6 +424,13 @@ impl Connection {
     /// (as authorization callbacks are); returns a Listener whose `cancel()` stops it.
     /// Exceptions in the callback are reported through `sys.unraisablehook`.
     pub fn api_on_event(&self, py: Python<'_>, callback: &Bound<'_, PyAny>) -> PyResult<Listener> {
+        // Said now, not at each event through sys.unraisablehook (Python walkthrough).
+        if !callback.is_callable() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "on_event needs a callable, called with each event; got {}",
+                callback.get_type().name()?
+            )));
+        }
         let mut rx = self.subscribe(py)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();

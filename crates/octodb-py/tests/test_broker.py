@@ -212,6 +212,8 @@ def test_delete_and_search(net):
         items.get(name="Two")
     assert len(items.find(name="Two")) == 2
     assert len(items.find(name="Two", _limit=1)) == 1
+    # The client's own calls take the class as cls() gives it, as on_change does.
+    assert client.count(items) == 3 and client.get(items, name="One").name == "One"
     one = items.get(name="One")
     server.obj_delete(root.items[0])
     wait_until("the deletion is told", lambda: one._obsolete)

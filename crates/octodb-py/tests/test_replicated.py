@@ -180,6 +180,8 @@ def test_events_ready_data_received_and_a_rejected_transaction(open_primary, ope
         if event.kind == "data_received":
             got.set()
 
+    with pytest.raises(TypeError, match="needs a callable"):
+        second.on_event("seen")
     listener = second.on_event(seen)
     backend.execute("INSERT INTO t(v, row_owner) VALUES ('for everyone', '*')")
     backend.commit()

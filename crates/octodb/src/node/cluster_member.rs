@@ -178,6 +178,18 @@ async fn follow_view(shared: std::sync::Weak<Shared>) {
                 tracing::info!("this primary leads its cluster now");
                 began_leading = true;
             }
+            // Said once each way: its app's commits fail meanwhile (Python walkthrough: only
+            // openraft's own messages, nine a second, told of it).
+            match (current.cut_off, view.cut_off) {
+                (false, true) => tracing::warn!(
+                    "quorum lost: this primary leads but hears from no majority of its cluster; \
+                     it takes no writes until it does (the others may elect another leader)"
+                ),
+                (true, false) => {
+                    tracing::info!("this primary hears from a majority of its cluster again")
+                }
+                _ => {}
+            }
             *current = view;
             true
         });

@@ -955,6 +955,18 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
+        if self.shared.cfg.role == Some(Role::Secondary) {
+            // A record of it for the app (the CLI's shell says it on its own): a normal
+            // state for a device closed offline, so not a warning.
+            let unsent = self.shared.read_blocking(crate::log::outbox::len);
+            if let Ok(n @ 1..) = unsent {
+                tracing::info!(
+                    transactions = n,
+                    "device closed with work not yet sent to the primaries: kept in its file, \
+                     sent when it next runs connected"
+                );
+            }
+        }
         let _ = self.shared.shutdown.send(true);
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in &tasks {

@@ -234,6 +234,7 @@ class BrokerClient:
         return ClassProxy(self, name)
 
     def _search(self, class_name, eq, limit, mode):
+        class_name = _class_name(class_name)
         self._sync()
         key = (class_name, tuple(sorted(eq.items(), key=lambda kv: kv[0])), limit, mode)
         try:
@@ -251,7 +252,8 @@ class BrokerClient:
         return result
 
     def get(self, class_name, **eq):
-        """The one object of the class whose fields equal ``eq``: NoData / ManyData else."""
+        """The one object of the class (a name, or what ``cls`` returns) whose fields equal
+        ``eq``: NoData / ManyData else."""
         return self._search(class_name, eq, None, "get")[0]
 
     def find(self, class_name, _limit=None, **eq):
@@ -262,8 +264,8 @@ class BrokerClient:
         return self._search(class_name, eq, None, "count")
 
     def new(self, class_name, **values):
-        """A new object of a writable class."""
-        return self._run(self._core.create, class_name, values)
+        """A new object of a writable class (a name, or what ``cls`` returns)."""
+        return self._run(self._core.create, _class_name(class_name), values)
 
     def update(self, obj, **changes):
         """Changes fields of ``obj``; each carries the value this copy holds, and the server
@@ -292,7 +294,7 @@ class BrokerClient:
             if object.__getattribute__(obj_or_class, "_obsolete"):
                 watch.tell(self._current(ref))
         else:
-            name = obj_or_class.name if isinstance(obj_or_class, ClassProxy) else obj_or_class
+            name = _class_name(obj_or_class)
             self._watchers.setdefault(name, []).append(_Watch(None, callback, None))
             # The server tells a client of a class it searched.
             self.count(name)
@@ -336,6 +338,11 @@ class BrokerClient:
 
 
 _log = logging.getLogger("octodb.broker")
+
+
+def _class_name(class_or_name):
+    """A class's name, given the name or the ``ClassProxy`` of ``client.cls(name)``."""
+    return class_or_name.name if isinstance(class_or_name, ClassProxy) else class_or_name
 
 
 class _Watch:
