@@ -189,3 +189,28 @@ fn a_device_connected_again_stays_connected_when_its_dead_session_times_out() {
         .unwrap();
     wait_count(&p, "SELECT count(*) FROM t WHERE v = 'still here'", 1);
 }
+
+/// A device catching up over a link that drops every megabyte and a half still gets there:
+/// each connection keeps what it carried (network walkthrough: the catch-up came in messages
+/// of up to 16 MiB, kept only whole, so it never moved however often it reconnected).
+#[test]
+fn a_catch_up_over_a_link_that_drops_every_few_megabytes_gets_there() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let proxy = Proxy::start(&addr_of(&p));
+    let d = device_behind(&c, &proxy);
+    ready(&d);
+    drop(d);
+    wait_closed(&c, "d.db");
+    // About 3.3 MB of rows while the device is away, 10 rows of 1 KB a transaction.
+    let kb = "x".repeat(1000);
+    for _ in 0..330 {
+        let rows = vec![format!("INSERT INTO t(v, row_owner) VALUES ('{kb}', '*');"); 10];
+        p.execute_batch(&format!("BEGIN; {} COMMIT;", rows.concat()))
+            .unwrap();
+    }
+    proxy.cut_after(1_500_000);
+    let d = device_behind(&c, &proxy);
+    wait_count(&d, "SELECT count(*) FROM t", 3300);
+    assert!(proxy.sides_closed() >= 2, "the link dropped on the way");
+}

@@ -943,7 +943,7 @@ async fn stream_to_device(
                 if tells_digests {
                     send_own_digests(&mut wr, &visible, node).await?;
                 }
-                let runs = wire_size::runs_within(visible, wire_size::MESSAGE_BUDGET, |e| {
+                let runs = wire_size::runs_within(visible, wire_size::STREAM_BUDGET, |e| {
                     wire_size::entry_bound(e)
                 });
                 let last_run = runs.len() - 1;

@@ -22,6 +22,8 @@ struct State {
     mode: Mode,
     generation: u64,
     delay: Duration,
+    /// Each connection is closed once this many bytes passed it towards the client.
+    cut_after: Option<usize>,
 }
 
 pub struct Proxy {
@@ -49,6 +51,7 @@ impl Proxy {
             mode: Mode::Pass,
             generation: 0,
             delay: Duration::ZERO,
+            cut_after: None,
         }));
         let resets = tokio::sync::watch::channel(0u64).0;
         let ended = Arc::new(AtomicUsize::new(0));
@@ -67,8 +70,8 @@ impl Proxy {
                     generation,
                     ended: ends.clone(),
                 };
-                tokio::spawn(link.clone().pump(cr, sw, reset_tx.subscribe()));
-                tokio::spawn(link.pump(sr, cw, reset_tx.subscribe()));
+                tokio::spawn(link.clone().pump(cr, sw, reset_tx.subscribe(), false));
+                tokio::spawn(link.pump(sr, cw, reset_tx.subscribe(), true));
             }
         });
         Proxy {
@@ -106,6 +109,12 @@ impl Proxy {
     pub fn slow(&self, delay: Duration) {
         self.state.lock().unwrap().delay = delay;
     }
+
+    /// From now on, each connection closes once `bytes` passed it towards the client (a link
+    /// that drops every few megabytes).
+    pub fn cut_after(&self, bytes: usize) {
+        self.state.lock().unwrap().cut_after = Some(bytes);
+    }
 }
 
 #[derive(Clone)]
@@ -127,9 +136,11 @@ impl Link {
         mut from: tokio::net::tcp::OwnedReadHalf,
         mut to: tokio::net::tcp::OwnedWriteHalf,
         mut resets: tokio::sync::watch::Receiver<u64>,
+        to_client: bool,
     ) {
         resets.mark_unchanged();
         let mut buf = vec![0u8; 64 * 1024];
+        let mut passed = 0usize;
         loop {
             let read = tokio::select! {
                 r = from.read(&mut buf) => r,
@@ -152,7 +163,17 @@ impl Link {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
+            let cut_after = self.state.lock().unwrap().cut_after.filter(|_| to_client);
+            let n = match cut_after {
+                Some(limit) => n.min(limit.saturating_sub(passed)),
+                None => n,
+            };
             if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+            passed += n;
+            if cut_after.is_some_and(|limit| passed >= limit) {
+                // The halves are dropped: the client reads the end of the connection.
                 return;
             }
         }
