@@ -593,11 +593,13 @@ fn refused_offer(e: NetError) -> NetError {
         return e;
     }
     NetError::Authentication(format!(
-        "the peer closed the connection on this node's version offer (protocol {}): most \
-         likely the two use different network keys (check that both give the same key=, or \
-         that neither does); else it runs an octodb from before version negotiation \
-         (protocol {}; upgrade the primaries before their devices), or it is a proxy whose \
-         node is down. {NETWORK_KEY_OF_ENCRYPTED_NODES}",
+        "the peer closed the connection on this node's version offer (protocol {}), before \
+         answering it. Either something on the way closes connections (a proxy or load \
+         balancer whose node is down, a network resetting them: likely when this node reached \
+         the same peer before), or the peer refused this node: the two use different network \
+         keys (check that both give the same key=, or that neither does), or it runs an octodb \
+         from before version negotiation (protocol {}; upgrade the primaries before their \
+         devices). {NETWORK_KEY_OF_ENCRYPTED_NODES}",
         Versions::default(),
         version::PRE_NEGOTIATION
     ))
