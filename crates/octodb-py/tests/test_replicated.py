@@ -473,3 +473,13 @@ def test_a_blob_dropped_without_close_is_closed(tmp_path):
     db.blobopen("t", "x", 1, readonly=True).read()
     gc.collect()
     db.execute("DROP TABLE t")
+
+
+def test_a_write_before_the_device_is_ready_says_why_the_table_is_missing(open_primary, open_device):
+    backend = open_primary(auth="user")
+    backend.execute("CREATE TABLE todos(id INTEGER PRIMARY KEY, title, row_owner)")
+    backend.commit()
+    phone = open_device(backend)
+    assert not phone.sync_status()["db_is_ready"]
+    with pytest.raises(octodb.OperationalError, match="no such table: todos: this device does not have"):
+        phone.execute("INSERT INTO todos(title) VALUES ('too early')")

@@ -54,7 +54,26 @@ pub fn step_error(py: Python<'_>, g: &DbGuard<'_>) -> PyErr {
         // SQLite's "database is locked" would send the app looking for another process.
         return errors::from_code(py, code, STALE_SNAPSHOT);
     }
+    let (_, msg) = raw.last_error();
+    if g.replicated && msg.starts_with("no such table") && device_not_ready(g) {
+        // The app wrote before the device had the primaries' schema (Python walkthrough: a
+        // bare "no such table" while sync_status said db_is_ready False).
+        return errors::from_code(py, code, &format!("{msg}: {NOT_READY}"));
+    }
     errors::from_db(py, raw)
+}
+
+const NOT_READY: &str = "this device does not have the primaries' schema yet: it is not ready \
+     (sign up or log in with PRAGMA user_signup / user_login where the network asks for it, \
+     then wait_until_ready())";
+
+/// A device whose first download is not done (its tables are not there yet).
+fn device_not_ready(g: &DbGuard<'_>) -> bool {
+    g.engine()
+        .ok()
+        .filter(|e| e.role() == Some(octodb::Role::Secondary))
+        .and_then(|e| e.sync_status().ok())
+        .is_some_and(|s| !s.db_is_ready)
 }
 
 /// Why a write fails after the transaction read, on a replicated node.
