@@ -43,6 +43,10 @@ pub enum BrokerError {
     Timeout(String),
     #[error("internal broker error: {0}")]
     Internal(String),
+    /// The broker cannot start on this primary yet (its secret is made by the cluster's leader
+    /// and has not reached this one): a matter of order, said with what to do.
+    #[error("{0}")]
+    NotYet(String),
 }
 
 impl From<rusqlite::Error> for BrokerError {
@@ -97,7 +101,7 @@ impl From<&BrokerError> for RemoteError {
             BrokerError::Engine(_) => "DatabaseError",
             BrokerError::Connection(_) => "ConnectionError",
             BrokerError::Timeout(_) => "TimeoutError",
-            BrokerError::Internal(_) => "RuntimeError",
+            BrokerError::Internal(_) | BrokerError::NotYet(_) => "RuntimeError",
         };
         RemoteError {
             kind: kind.into(),

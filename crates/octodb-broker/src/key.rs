@@ -157,7 +157,7 @@ impl Secret {
             .and_then(|s| s.cluster)
             .map(|c| c.role);
         if let Some(role) = role.filter(|r| r != "leader") {
-            return Err(crate::BrokerError::Internal(format!(
+            return Err(crate::BrokerError::NotYet(format!(
                 "the broker's secret is not in this primary's database yet and cannot be made \
                  here (it is the cluster's {role}): start the broker on the cluster's leader \
                  first, or wait until this primary has caught up"
@@ -185,7 +185,7 @@ impl Secret {
                 )
             });
         if let Err(e) = made {
-            return Err(crate::BrokerError::Internal(format!(
+            return Err(crate::BrokerError::NotYet(format!(
                 "the broker's secret is not in this primary's database yet and cannot be made \
                  here ({e}): start the broker on the cluster's leader first, or wait until this \
                  primary has caught up"
