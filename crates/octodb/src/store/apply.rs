@@ -227,6 +227,16 @@ impl RowSql {
             .optional()?)
     }
 
+    /// The row's values of the kept columns (in the given order), or None if absent.
+    fn read_kept(&self, conn: &Connection, rowid: i64) -> Result<Option<Vec<Value>>> {
+        Ok(conn
+            .prepare_cached(&self.read_kept)?
+            .query_row([rowid], |r| {
+                (0..self.keep.len()).map(|n| r.get::<_, Value>(n)).collect()
+            })
+            .optional()?)
+    }
+
     /// Update the row if it exists; returns whether it did.
     pub fn update(&self, conn: &Connection, rowid: i64, values: &[Value]) -> Result<bool> {
         let Some(update) = &self.update else {
@@ -261,13 +271,7 @@ impl RowSql {
         if self.keep.last().is_some_and(|&last| values.len() <= last) {
             return Ok(None); // (the whole-row update refuses it, saying why)
         }
-        let current: Option<Vec<Value>> = conn
-            .prepare_cached(&self.read_kept)?
-            .query_row([rowid], |r| {
-                (0..self.keep.len()).map(|n| r.get::<_, Value>(n)).collect()
-            })
-            .optional()?;
-        let Some(current) = current else {
+        let Some(current) = self.read_kept(conn, rowid)? else {
             return Ok(Some(false));
         };
         let changed: Vec<usize> = (0..self.keep.len())
@@ -308,13 +312,7 @@ impl RowSql {
         if self.keep.is_empty() {
             return self.update_or_insert(conn, rowid, values);
         }
-        let current: Option<Vec<Value>> = conn
-            .prepare_cached(&self.read_kept)?
-            .query_row([rowid], |r| {
-                (0..self.keep.len()).map(|n| r.get::<_, Value>(n)).collect()
-            })
-            .optional()?;
-        match current {
+        match self.read_kept(conn, rowid)? {
             Some(row)
                 if self
                     .keep
