@@ -46,6 +46,12 @@ struct Record {
     level: Level,
     logger: String,
     message: String,
+    /// When and where the engine logged it: the record shows the engine's thread, time and
+    /// source line, not the forwarding thread's.
+    created: f64,
+    thread: String,
+    file: &'static str,
+    line: u32,
 }
 
 /// Forward the engine's logs to `logging` from now on (idempotent; called before a node
@@ -115,10 +121,34 @@ fn hand_to_logging(py: Python<'_>, batch: Vec<Record>) -> PyResult<()> {
             ),),
         )?;
     }
+    let started: f64 = logging
+        .getattr("_startTime")
+        .and_then(|t| t.extract())
+        .unwrap_or(0.0);
     for record in batch {
-        get_logger
-            .call1((record.logger,))?
-            .call_method1("log", (python_level(record.level), record.message))?;
+        let logger = get_logger.call1((record.logger.as_str(),))?;
+        let level = python_level(record.level);
+        if !logger.call_method1("isEnabledFor", (level,))?.is_truthy()? {
+            continue;
+        }
+        let made = logger.call_method1(
+            "makeRecord",
+            (
+                record.logger,
+                level,
+                record.file,
+                record.line,
+                record.message,
+                pyo3::types::PyTuple::empty(py),
+                py.None(),
+            ),
+        )?;
+        made.setattr("created", record.created)?;
+        made.setattr("msecs", (record.created.fract() * 1000.0).floor())?;
+        made.setattr("relativeCreated", (record.created - started) * 1000.0)?;
+        made.setattr("threadName", record.thread)?;
+        made.setattr("thread", py.None())?;
+        logger.call_method1("handle", (made,))?;
     }
     read_levels(py)
 }
@@ -223,10 +253,20 @@ impl<S: Subscriber> Layer<S> for ToQueue {
         let metadata = event.metadata();
         let mut text = Text::default();
         event.record(&mut text);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         let record = Record {
             level: *metadata.level(),
             logger: logger_name(metadata.target()),
             message: text.message + &text.fields,
+            created,
+            thread: std::thread::current()
+                .name()
+                .unwrap_or("octodb engine")
+                .to_string(),
+            file: metadata.file().unwrap_or(""),
+            line: metadata.line().unwrap_or(0),
         };
         let queue_in = match QUEUE_IN.lock() {
             Ok(q) => q,

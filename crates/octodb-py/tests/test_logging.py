@@ -27,8 +27,11 @@ def test_a_refused_device_s_warning_reaches_python_logging(open_primary, open_de
         "the device's warning in Python's logging",
         lambda: records_of(caplog, logging.WARNING, "refused"),
     )
-    # Named after the engine's module, under the `octodb` logger.
+    # Named after the engine's module, under the `octodb` logger; the engine's thread and
+    # source line, not the forwarding thread's.
     assert found[0].name.startswith("octodb.node."), found[0].name
+    assert not found[0].threadName.startswith("Dummy"), found[0].threadName
+    assert found[0].pathname.endswith(".rs") and found[0].lineno > 0
     # Below the logger's level, nothing is forwarded (the device's "connected" is INFO).
     assert not [r for r in caplog.records if r.name.startswith("octodb.") and r.levelno < logging.WARNING]
 
