@@ -722,8 +722,8 @@ impl Connection {
     /// Wait until the feed passes `after`, at most `timeout` seconds (None: no limit); returns
     /// the position (at most `after` when the time ran out).
     #[pyo3(signature = (after, timeout = None))]
-    fn wait_feed(&self, py: Python<'_>, after: u64, timeout: Option<f64>) -> PyResult<u64> {
-        self.api_wait_feed(py, after, timeout)
+    fn wait_feed(&self, py: Python<'_>, after: i64, timeout: Option<f64>) -> PyResult<u64> {
+        self.api_wait_feed(py, feed_position(after)?, timeout)
     }
 
     /// On a primary, the rows changed by the log entries after `after` (at most
@@ -733,10 +733,10 @@ impl Connection {
     fn changes_after<'py>(
         &self,
         py: Python<'py>,
-        after: u64,
+        after: i64,
         max_entries: usize,
     ) -> PyResult<(Bound<'py, PyList>, u64)> {
-        self.api_changes_after(py, after, max_entries)
+        self.api_changes_after(py, feed_position(after)?, max_entries)
     }
 
     /// "primary", "secondary" or "local".
@@ -860,4 +860,13 @@ impl Statement {
 /// the longest (the engine caps it at what SQLite takes).
 fn busy_timeout(seconds: f64) -> Duration {
     Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// A feed position from Python: 0 or more (a negative one gave a bare OverflowError).
+fn feed_position(after: i64) -> PyResult<u64> {
+    u64::try_from(after).map_err(|_| {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "a change feed position is 0 or more (feed_position() gives the current one); got {after}"
+        ))
+    })
 }

@@ -47,5 +47,7 @@ def test_a_device_keeps_no_log_to_read(open_primary, open_device):
     phone.wait_until_ready(timeout=DEADLINE)
     with pytest.raises(octodb.OperationalError, match="kept on primaries only"):
         phone.changes_after(0)
+    with pytest.raises(ValueError, match="0 or more"):
+        backend.changes_after(-1)
     with pytest.raises(ValueError, match="timeout"):
         backend.wait_feed(0, timeout=-1)
