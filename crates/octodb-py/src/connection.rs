@@ -133,6 +133,14 @@ impl Connection {
         if octodb_uri.is_some() {
             logging_bridge::start(py);
         }
+        // A URI sqlite3 reads as a plain file name (no uri=True, no node=): a mistyped
+        // `node=` (`nodes=secondary`) failed as "unable to open database file: ./file:/..."
+        // (Python walkthrough).
+        let uri_read_as_name = !uri
+            && octodb_uri.is_none()
+            && path
+                .to_str()
+                .is_some_and(|s| s.starts_with("file:") && s.contains('?'));
         // SAFETY: opening touches no Python object; a node's start may take a while.
         let opened = unsafe {
             detached(py, move || match octodb_uri {
@@ -144,6 +152,14 @@ impl Connection {
             // At open time a broken rule (a file of another role, the same file with other
             // parameters) means the database cannot be opened, not a constraint.
             octodb::Error::Rule(msg) => errors::OperationalError::new_err(msg),
+            octodb::Error::Sqlite(rusqlite::Error::SqliteFailure(f, msg)) if uri_read_as_name => {
+                let msg = msg.unwrap_or_else(|| "unable to open database file".into());
+                errors::with_code(
+                    py.get_type::<errors::OperationalError>(),
+                    f.extended_code,
+                    &format!("{msg}: {URI_READ_AS_NAME}"),
+                )
+            }
             e => errors::from_engine(py, e),
         })?;
         if let (Some(wait), Some(_)) = (given, engine.role()) {
@@ -870,3 +886,7 @@ fn feed_position(after: i64) -> PyResult<u64> {
         ))
     })
 }
+
+const URI_READ_AS_NAME: &str = "a name beginning with file: is read as a file name, as sqlite3 \
+     does, unless connect() is given uri=True or the URI names node= (an octodb node: check its \
+     spelling)";

@@ -483,3 +483,10 @@ def test_a_write_before_the_device_is_ready_says_why_the_table_is_missing(open_p
     assert not phone.sync_status()["db_is_ready"]
     with pytest.raises(octodb.OperationalError, match="no such table: todos: this device does not have"):
         phone.execute("INSERT INTO todos(title) VALUES ('too early')")
+
+
+def test_a_mistyped_node_parameter_says_how_the_name_was_read(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(octodb.OperationalError, match="read as a file name.*node=") as raised:
+        octodb.connect("file:x.db?nodes=secondary&connect=tcp://127.0.0.1:1")
+    assert raised.value.sqlite_errorname == "SQLITE_CANTOPEN"
