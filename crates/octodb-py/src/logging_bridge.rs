@@ -1,7 +1,7 @@
 //! The engine's logs, handed to Python's `logging`. The engine logs with `tracing` on its
 //! own threads (a device stepping a pending row aside, a close with unsent writes, a task of
 //! a type nobody runs); without this, a Python app would never see them. Each record goes to
-//! the logger `octodb.<module>` (`octodb.node.secondary`, `octodb.tasks.runner`, ...), at
+//! the logger `octodb.<module>` (`octodb.node.secondary`, `octodb.tasks.worker.claim`, ...), at
 //! the level of the `octodb` logger, read again every second.
 //!
 //! An engine thread never takes the GIL here: it may hold a lock that a Python thread
@@ -215,7 +215,7 @@ fn is_raft(target: &str) -> bool {
 }
 
 /// `octodb::node::secondary` -> `octodb.node.secondary`; the other crates' under `octodb`
-/// (`octodb_tasks::runner` -> `octodb.tasks.runner`, `openraft::core` ->
+/// (`octodb_tasks::worker` -> `octodb.tasks.worker`, `openraft::core` ->
 /// `octodb.openraft.core`), so that the `octodb` logger's level and handlers cover them all.
 fn logger_name(target: &str) -> String {
     let dotted = target.replace("::", ".");
