@@ -1,6 +1,6 @@
 //! The engine's logs, handed to Python's `logging`. The engine logs with `tracing` on its
-//! own threads (a device stepping a pending row aside, a close with unsent writes, a task of
-//! a type nobody runs); without this, a Python app would never see them. Each record goes to
+//! own threads (a device refused, a pending row stepping aside, a leader losing its
+//! majority); without this, a Python app would never see them. Each record goes to
 //! the logger `octodb.<module>` (`octodb.node.secondary`, `octodb.tasks.worker.claim`, ...), at
 //! the level of the `octodb` logger, read again every second.
 //!
