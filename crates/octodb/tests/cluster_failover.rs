@@ -168,3 +168,116 @@ fn a_former_leaders_write_right_after_its_restart_goes_to_the_new_leader() {
         .unwrap();
     wait_count(&p1, "SELECT count(*) FROM t WHERE v = 'later'", 1);
 }
+
+/// The renames a leader's schema statements made reach its followers with the statements: a
+/// device's offline edit of a renamed column, sent after a fail-over to a new leader, lands
+/// under the new name there too.
+#[test]
+fn a_new_leader_reads_offline_work_under_the_names_its_predecessor_gave() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let first = addr_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &first);
+    let p3 = joining_primary(&c.path("p3.db"), &first);
+    wait_voters(&p1, 3);
+    let d = c.device("d.db", &p1);
+    ready(&d);
+    d.execute("INSERT INTO t(v) VALUES ('first')", []).unwrap();
+    wait_outbox_empty(&d);
+    drop(d);
+    let nobody = keep_device_offline(&c, "d.db", [first.as_str(), &addr_of(&p2), &addr_of(&p3)]);
+    let d = Connection::open(&device_uri(&c.path("d.db"), &nobody)).unwrap();
+    d.execute("UPDATE t SET v = 'edited offline'", []).unwrap();
+    assert_eq!(d.sync_status().unwrap().outbox_len, 1);
+    drop(d);
+    wait_closed(&c, "d.db");
+
+    p1.execute("ALTER TABLE t RENAME COLUMN v TO label", [])
+        .unwrap();
+    for p in [&p2, &p3] {
+        wait_count(
+            p,
+            "SELECT count(*) FROM pragma_table_info('t') WHERE name = 'label'",
+            1,
+        );
+    }
+    drop(p1);
+    let (leader, follower) = wait_until("a new leader among the other two", || {
+        match (cluster_role(&p2).as_str(), cluster_role(&p3).as_str()) {
+            ("leader", _) => Some((&p2, &p3)),
+            (_, "leader") => Some((&p3, &p2)),
+            _ => None,
+        }
+    });
+    let d = c.device("d.db", leader);
+    wait_outbox_empty(&d);
+    assert_eq!(d.sync_status().unwrap().last_rejected, None);
+    for node in [leader, follower, &d] {
+        wait_count(
+            node,
+            "SELECT count(*) FROM t WHERE label = 'edited offline'",
+            1,
+        );
+    }
+}
+
+/// A device's pending edit of a column the primaries renamed, on a row they changed since,
+/// still shows on the device while it waits for their decision (a follower without a leader
+/// serves it the log but decides nothing): its work is replayed under the new name. (It
+/// showed the primaries' value until the decision came.)
+#[test]
+fn pending_work_on_a_renamed_column_shows_on_the_device_until_decided() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let first = addr_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &first);
+    let p3 = joining_primary(&c.path("p3.db"), &first);
+    wait_voters(&p1, 3);
+    let d = c.device("d.db", &p1);
+    ready(&d);
+    d.execute("INSERT INTO t(v) VALUES ('first')", []).unwrap();
+    wait_outbox_empty(&d);
+    drop(d);
+    let nobody = keep_device_offline(&c, "d.db", [first.as_str(), &addr_of(&p2), &addr_of(&p3)]);
+    let d = Connection::open(&device_uri(&c.path("d.db"), &nobody)).unwrap();
+    d.execute("UPDATE t SET v = 'from the device'", []).unwrap();
+    drop(d);
+    wait_closed(&c, "d.db");
+
+    p1.execute_batch(
+        "ALTER TABLE t RENAME COLUMN v TO label;
+         UPDATE t SET label = 'from the primaries';",
+    )
+    .unwrap();
+    let last = p1.sync_status().unwrap().last_seq;
+    p2.wait_for(DEADLINE, |s| s.last_seq == last).unwrap();
+    drop(p1);
+    drop(p3);
+
+    let d = c.device("d.db", &p2);
+    d.wait_for(DEADLINE, |s| s.last_seq == last).unwrap();
+    assert_eq!(d.sync_status().unwrap().outbox_len, 1, "not decided yet");
+    assert_eq!(text(&d, "SELECT label FROM t"), "from the device");
+}
+
+/// Device `name` (closed) kept offline when opened next: the cluster's primaries it was told
+/// of (`addrs`; it would reach them) are kept at an address where nothing listens, which it
+/// returns for its connect=.
+fn keep_device_offline<'a>(
+    c: &Cluster,
+    name: &str,
+    addrs: impl IntoIterator<Item = &'a str>,
+) -> String {
+    wait_closed(c, name);
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nobody = nobody.local_addr().unwrap().to_string();
+    let file = rusqlite::Connection::open(c.path(name)).unwrap();
+    for addr in addrs {
+        file.execute(
+            "UPDATE _octo_meta SET value = replace(value, ?1, ?2) WHERE key = 'primary_members'",
+            [addr, &nobody],
+        )
+        .unwrap();
+    }
+    nobody
+}

@@ -659,11 +659,20 @@ impl Connection {
         Ok(())
     }
 
-    /// A primary replicates its schema statements; every node re-reads the table layouts.
-    fn after_schema_change(&self, sql: &str, private: bool) -> Result<()> {
+    /// A primary replicates its schema statements, and records the renames one made (against
+    /// the tables before it, `shapes_before`); every node re-reads the table layouts.
+    fn after_schema_change(
+        &self,
+        sql: &str,
+        private: bool,
+        shapes_before: Option<store::renames::Shapes>,
+    ) -> Result<()> {
         if let Some(r) = &self.repl {
             if r.role == Role::Primary {
                 self.internal(|| r.capture.record_ddl(&self.conn, sql.trim(), private))?;
+                if let Some(before) = shapes_before {
+                    self.internal(|| store::renames::record(&self.conn, before))?;
+                }
             }
         }
         self.schema_version.set(-1);

@@ -16,6 +16,8 @@ use serde::{Deserialize, Serialize};
 
 /// The primaries' internal tables that are shared state: copied whole.
 const SHARED_INTERNAL: &[&str] = &["_octo_log", "_octo_nodes", "_octo_users", "_octo_epochs"];
+/// The renames the primaries' schema statements made (`store::renames`), shared state too.
+const RENAMES: &str = "_octo_renames";
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct SharedState {
@@ -45,6 +47,12 @@ impl SharedState {
         for name in SHARED_INTERNAL {
             let columns = column_names(c, name)?;
             tables.push(read_rows(c, name, &columns, "1")?);
+        }
+        // Sent only when it holds renames: a primary of a version before it (a cluster being
+        // upgraded) has no such table to install them into.
+        let renames = read_rows(c, RENAMES, &column_names(c, RENAMES)?, "1")?;
+        if !renames.rows.is_empty() {
+            tables.push(renames);
         }
         Ok(SharedState { schema, tables })
     }

@@ -15,8 +15,8 @@ use crate::changes::Op;
 use crate::error::{Error, Result};
 use crate::log::{self, EntryBody};
 use crate::store::apply::{self, HeldInserts, Tables};
-use crate::store::unique_holders;
 use crate::store::{meta_get, meta_set, write_txn};
+use crate::store::{renames, unique_holders};
 use crate::value::Value;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -424,7 +424,14 @@ pub(super) fn apply_decided(
                     apply::delete_row(c, &t, *rowid)?;
                 }
                 Op::Ddl { sql, .. } => {
+                    let before = match renames::may_rename(sql) {
+                        true => Some(renames::shapes(c)?),
+                        false => None,
+                    };
                     c.execute_batch(sql)?;
+                    if let Some(before) = before {
+                        renames::record(c, before)?;
+                    }
                     tables.schema_changed();
                     inserts.schema_changed();
                     refresh_replicated(c, replicated)?;

@@ -9,8 +9,8 @@ use super::{EntryBody, LogEntry};
 use crate::changes::{column_bit, ChangeSet, Op};
 use crate::error::Result;
 use crate::store::apply::{delete_row, write_row, HeldInserts, RowSql, Tables};
-use crate::store::schema;
 use crate::store::unique_holders::{self, is_constraint, is_unique_violation};
+use crate::store::{renames, schema};
 use crate::value::Value;
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::hash_map::Entry;
@@ -326,7 +326,15 @@ fn apply_ddl(conn: &Connection, ctx: &mut ChangeSetApply<'_, '_>, sql: &str) -> 
         true => Some(super::schema_moves::before(conn)?),
         false => None,
     };
+    let shapes = match renames::may_rename(sql) {
+        true => Some(renames::shapes(conn)?),
+        false => None,
+    };
     run_ddl(conn, ctx, sql)?;
+    if let Some(before) = shapes {
+        // So that pending work written under the old names is replayed under the new ones.
+        renames::record(conn, before)?;
+    }
     ctx.tables.schema_changed();
     if let Some(roots) = roots {
         for (tbl, rid) in super::schema_moves::after(conn, ctx.tables, roots)? {
@@ -461,10 +469,15 @@ pub(super) fn has_base(conn: &Connection, tbl: &str, rid: i64) -> Result<bool> {
 struct PendingCache(HashMap<u64, ChangeSet>);
 
 impl PendingCache {
-    fn get(&mut self, conn: &Connection, txn: u64) -> Result<&ChangeSet> {
+    /// Transaction `txn`, under the names the tables have now (work written before the
+    /// primaries renamed a table or column it names).
+    fn get(&mut self, conn: &Connection, tables: &mut Tables, txn: u64) -> Result<&ChangeSet> {
         Ok(match self.0.entry(txn) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => e.insert(outbox::pending_changes(conn, txn)?),
+            Entry::Vacant(e) => {
+                let cs = outbox::pending_changes(conn, txn)?;
+                e.insert(renames::under_current_names(conn, tables, &cs)?.unwrap_or(cs))
+            }
         })
     }
 }
@@ -482,13 +495,18 @@ fn replay_row(
         return Ok(());
     };
     let mut state = base.image;
+    if let (Some(img), Some(t)) = (&mut state, tables.get(conn, tbl)?) {
+        if let Some(columns) = renames::columns_under_current_names(conn, &t, &img.columns)? {
+            img.columns = columns;
+        }
+    }
     let range = match (base.first, base.last) {
         (Some(f), Some(l)) => outbox::txns_in(conn, f as u64, l as u64)?,
         _ => Vec::new(),
     };
     let mut first_remaining = None;
     for txn in range {
-        let cs = pending.get(conn, txn)?;
+        let cs = pending.get(conn, tables, txn)?;
         for op in &cs.ops {
             if cs.row_of(op) == Some((tbl, rid)) {
                 first_remaining.get_or_insert(txn);

@@ -587,6 +587,9 @@ pub fn apply_device_txn(
             )));
         }
     }
+    // Work written before the primaries renamed a table or column it names (offline, say).
+    let renamed = super::renames::under_current_names(conn, tables, cs)?;
+    let cs = renamed.as_ref().unwrap_or(cs);
     let mut out = ChangeSet::default();
     // Statements for each table header, looked up at its first row.
     let mut statements: HashMap<u32, Arc<RowSql>> = HashMap::new();
@@ -626,10 +629,11 @@ pub fn apply_device_txn(
                 )))
             }
         };
-        // A column the table no longer has (dropped or renamed on the primaries since the
-        // device wrote, perhaps offline) is left out; the rest of the change applies, as it
-        // does on the device once the new schema reaches it. (Rejecting the transaction would
-        // lose every row a device wrote offline across such a schema change.)
+        // A column the table no longer has (dropped on the primaries since the device wrote,
+        // perhaps offline; a renamed one was read under its new name) is left out; the rest
+        // of the change applies, as it does on the device once the new schema reaches it.
+        // (Rejecting the transaction would lose every row a device wrote offline across such
+        // a schema change.)
         // A row shorter than its header hides row_owner from the owner checks, and a changed
         // column without a value is written as NULL: a device could take its row from its user.
         if let Op::Insert { values, .. } | Op::Update { values, .. } = op {

@@ -8,6 +8,7 @@ pub mod capture;
 pub mod column_rules;
 pub mod file_mode;
 pub mod lock;
+pub mod renames;
 pub mod returned_ids;
 pub mod schema;
 pub mod trigger_effects;
@@ -91,6 +92,10 @@ pub fn init_internal_schema(conn: &Connection) -> Result<()> {
          -- their old name (log::schema_moves)
          CREATE TABLE IF NOT EXISTS _octo_renamed(old TEXT PRIMARY KEY, new TEXT NOT NULL)
              WITHOUT ROWID;
+         -- every node: the tables and columns the primaries' schema statements renamed, in
+         -- order; col NULL: table tbl renamed to new (store::renames)
+         CREATE TABLE IF NOT EXISTS _octo_renames(
+             id INTEGER PRIMARY KEY, tbl TEXT NOT NULL, col TEXT, new TEXT NOT NULL);
          -- primaries: the epochs of their log (log::epochs), shared by the cluster
          CREATE TABLE IF NOT EXISTS _octo_epochs(id INTEGER NOT NULL, first_seq INTEGER NOT NULL);",
     )?;

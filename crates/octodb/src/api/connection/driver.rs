@@ -20,7 +20,9 @@ use crate::api::pragma;
 use crate::api::rows::Rows;
 use crate::api::sql_text;
 use crate::error::{Error, Result};
+use crate::store::renames;
 use crate::store::returned_ids::{self, ColumnOrigin};
+use crate::uri::Role;
 use crate::value::Value;
 
 /// Statements that write and, outside an explicit transaction, run in one the engine opens
@@ -86,6 +88,8 @@ pub struct Started {
     ddl: Option<(String, bool)>,
     /// With `ddl`: the replicated tables that had a VIRTUAL generated column before it.
     virtual_before: Vec<String>,
+    /// With `ddl` on a primary, when it may rename: the tables before it (`store::renames`).
+    shapes_before: Option<renames::Shapes>,
     /// The engine opened a transaction around it.
     wrap: bool,
 }
@@ -209,6 +213,7 @@ impl Connection {
                 rowid_before: self.conn.last_insert_rowid(),
                 ddl: None,
                 virtual_before: Vec::new(),
+                shapes_before: None,
                 wrap: false,
             });
         };
@@ -262,12 +267,19 @@ impl Connection {
             Some(_) => crate::store::schema::replicated_with_virtual_columns(&self.conn)?,
             None => Vec::new(),
         };
+        let shapes_before = match &ddl {
+            Some((sql, _)) if r.role == Role::Primary && renames::may_rename(sql) => {
+                Some(renames::shapes(&self.conn)?)
+            }
+            _ => None,
+        };
         Ok(Started {
             dml: Dml::of(&word, readonly),
             word,
             rowid_before: self.conn.last_insert_rowid(),
             ddl,
             virtual_before,
+            shapes_before,
             wrap,
         })
     }
@@ -354,7 +366,8 @@ impl Connection {
                 schema_refused = true;
                 self.refuse_new_virtual_columns(&started.virtual_before)
                     .map_err(Some)?;
-                self.after_schema_change(sql, *private).map_err(Some)?;
+                self.after_schema_change(sql, *private, started.shapes_before)
+                    .map_err(Some)?;
                 schema_refused = false;
             }
             if started.wrap {
