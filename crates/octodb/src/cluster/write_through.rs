@@ -317,6 +317,27 @@ impl Proposer {
         self.leader()
     }
 
+    /// Whether this primary leads with its leadership confirmed, waiting (at most `wait`)
+    /// while it has been elected and no majority has answered it yet: a new leader's first
+    /// write went the follower's way then, and was refused, the leader it waited for being
+    /// itself. False at once when it does not lead.
+    pub(crate) async fn leads_once_confirmed(&self, wait: std::time::Duration) -> bool {
+        let elected = self.raft.metrics().borrow().state == openraft::ServerState::Leader;
+        if !elected {
+            return false;
+        }
+        let _ = self
+            .raft
+            .wait(Some(wait))
+            .metrics(
+                |m| m.state != openraft::ServerState::Leader || super::leads_confirmed(m),
+                "a majority answering this leader",
+            )
+            .await;
+        let m = self.raft.metrics().borrow().clone();
+        super::leads_confirmed(&m)
+    }
+
     /// A follower: sends a decision on a node to the cluster's leader, which records it.
     pub(crate) async fn forward_decision(
         &self,

@@ -90,7 +90,10 @@ impl Connection {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(());
         };
-        if self.leader_followed() {
+        // (Just elected, it waits for a majority's answer before taking its own way.)
+        let leads =
+            || crate::node::block_on(proposer.leads_once_confirmed(crate::cluster::LEADERLESS_MAX));
+        if self.leader_followed() && !leads() {
             let base_seq = first.seq - 1;
             return self.forward_to_leader(proposer, base_seq, entries, &self.reopen_for(word));
         }
