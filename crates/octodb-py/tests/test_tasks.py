@@ -1,6 +1,7 @@
 """octodb.tasks with real nodes on loopback: a primary running workers, a device submitting."""
 
 import datetime
+import logging
 import threading
 
 import pytest
@@ -183,6 +184,23 @@ def test_a_waiting_task_of_a_type_no_worker_runs_is_cancelled_too(nodes):
     with pytest.raises(tasks.Cancelled):
         task.join(timeout=DEADLINE)
     assert task.state == "cancelled"
+
+
+def test_a_task_of_a_type_no_worker_runs_is_said_in_the_log_once(nodes, caplog):
+    caplog.set_level(logging.WARNING, logger="octodb")
+    queue, _ = nodes
+    said = lambda: [
+        r for r in caplog.records if r.name.startswith("octodb.") and "no worker" in r.getMessage()
+    ]
+    first = NoWorkerRuns(queue).start()
+    found = wait_until("the worker's warning", said)
+    assert "Echo" in found[0].getMessage(), "it names the types it runs"
+    second = NoWorkerRuns(queue).start()
+    # (Once the second task is noted by the intake, nothing more is said of its type.)
+    Echo(queue).start(1, "after").join(timeout=DEADLINE)
+    assert len(said()) == 1
+    for task in (first, second):
+        task.cancel()
 
 
 def test_join_times_out_and_a_task_is_found_again_by_id(nodes, tmp_path):

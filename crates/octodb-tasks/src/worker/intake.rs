@@ -11,6 +11,8 @@ pub(super) struct IntakeBuffer {
     pub(super) notes: Vec<Note>,
     /// The feed position everything up to which is noted here or in the file.
     pub(super) up_to: u64,
+    /// Task types no worker here runs that a new task had, already said in the log.
+    pub(super) unrun_types_said: HashSet<String>,
 }
 
 pub(super) fn intake(shared: &Shared, conn: Connection) {
@@ -104,6 +106,32 @@ pub(super) fn intake(shared: &Shared, conn: Connection) {
     }
 }
 
+/// A new task of a type no worker registered here waits (until a worker of another primary
+/// takes it, or its expiry): said once per type, so that a misspelt or forgotten type is not
+/// silent.
+fn say_if_unrun(shared: &Shared, task: i64, task_type: &str) {
+    if shared.registry.runs(task_type) {
+        return;
+    }
+    let mut buffer = shared.intake();
+    if buffer.unrun_types_said.len() >= MAX_UNRUN_TYPES_SAID
+        || !buffer.unrun_types_said.insert(task_type.to_string())
+    {
+        return;
+    }
+    tracing::warn!(
+        task,
+        task_type,
+        registered = %shared.registry.type_list(),
+        "a task of a type no worker on this primary runs: it waits until a worker that \
+         registered the type claims it, or until it expires. Register a handler for the type, \
+         or check its spelling (said once per type)"
+    );
+}
+
+/// Unrun task types said at most (types come from the network).
+const MAX_UNRUN_TYPES_SAID: usize = 256;
+
 /// Entries the intake may read past without writing its position down: after a restart it
 /// reads them again, harmlessly. (Writing it at every read would cost a commit for each.)
 pub(super) const POSITION_SLACK: u64 = 10_000;
@@ -183,6 +211,9 @@ pub(super) fn take_in(
         };
         if !buffered && acked.is_none() {
             // The first upsert of a row in the log is its insert.
+            if let Some(Value::Text(task_type)) = change.get("task_type") {
+                say_if_unrun(shared, task, task_type);
+            }
             let origin = Origin::Node(change.origin_node);
             fresh.insert(task, origin);
             notes.push(Note::Origin {

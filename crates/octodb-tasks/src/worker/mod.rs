@@ -42,7 +42,7 @@ use octodb::feed::ChangeKind;
 use octodb::{Connection, Role, Value};
 use rand::RngCore;
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -124,6 +124,15 @@ impl Registry {
     }
     fn types_json(&self) -> String {
         serde_json::Value::from(self.handlers.keys().cloned().collect::<Vec<_>>()).to_string()
+    }
+    fn runs(&self, task_type: &str) -> bool {
+        self.handlers.contains_key(task_type)
+    }
+    /// The types registered, sorted, for messages.
+    fn type_list(&self) -> String {
+        let mut names: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names.join(", ")
     }
 }
 
