@@ -48,6 +48,41 @@ fn schema_from_primary_reaches_two_devices() {
 /// and reaches the devices; a device cannot drop a column, and no one can drop one of octodb's
 /// internal tables. (SQLite hands the authorizer the dropped column where other statements put
 /// a database name: DROP COLUMN used to pass every rule, and was not replicated.)
+/// An app's schema set-up run at every start (`CREATE ... IF NOT EXISTS`, `DROP ... IF
+/// EXISTS`) changes nothing once done, and replicates nothing: it made a log entry at each
+/// start, which every device applied as a schema change.
+#[test]
+fn a_schema_statement_that_changes_nothing_is_not_replicated() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    let before = p.sync_status().unwrap().last_seq;
+    p.execute_batch(
+        "CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT, row_owner);
+         DROP TABLE IF EXISTS no_such_table;
+         BEGIN;
+         CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT, row_owner);
+         COMMIT;",
+    )
+    .unwrap();
+    assert_eq!(p.sync_status().unwrap().last_seq, before);
+    // What changes the schema still does, in the same transaction as a no-op.
+    p.execute_batch(
+        "BEGIN;
+         CREATE INDEX IF NOT EXISTS t_v ON t(v);
+         CREATE INDEX IF NOT EXISTS t_v ON t(v);
+         COMMIT;",
+    )
+    .unwrap();
+    assert_eq!(p.sync_status().unwrap().last_seq, before + 1);
+    wait_count(
+        &d,
+        "SELECT count(*) FROM sqlite_master WHERE name = 't_v'",
+        1,
+    );
+}
+
 #[test]
 fn dropping_a_column_on_a_primary_reaches_the_devices_and_only_a_primary_may() {
     let c = Cluster::new();

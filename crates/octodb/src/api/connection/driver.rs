@@ -90,6 +90,9 @@ pub struct Started {
     virtual_before: Vec<String>,
     /// With `ddl` on a primary, when it may rename: the tables before it (`store::renames`).
     shapes_before: Option<renames::Shapes>,
+    /// With `ddl`: SQLite's schema cookie before it, to tell a statement that changed nothing
+    /// (`CREATE TABLE IF NOT EXISTS` of a table there).
+    schema_cookie_before: Option<i64>,
     /// The engine opened a transaction around it.
     wrap: bool,
 }
@@ -214,6 +217,7 @@ impl Connection {
                 ddl: None,
                 virtual_before: Vec::new(),
                 shapes_before: None,
+                schema_cookie_before: None,
                 wrap: false,
             });
         };
@@ -273,6 +277,10 @@ impl Connection {
             }
             _ => None,
         };
+        let schema_cookie_before = match ddl {
+            Some(_) => Some(crate::store::schema_version(&self.conn)?),
+            None => None,
+        };
         Ok(Started {
             dml: Dml::of(&word, readonly),
             word,
@@ -280,6 +288,7 @@ impl Connection {
             ddl,
             virtual_before,
             shapes_before,
+            schema_cookie_before,
             wrap,
         })
     }
@@ -362,7 +371,16 @@ impl Connection {
         let mut schema_refused = false;
         let result = changes.map_err(|_| None).and_then(|changes| {
             self.note_counters(started.dml, changes, started.rowid_before);
-            if let Some((sql, private)) = &started.ddl {
+            // A schema statement that changed nothing (an app's `CREATE TABLE IF NOT EXISTS`
+            // at every start) is not replicated: it made a log entry each time, which every
+            // device applied as a schema change.
+            let changed_schema = match started.schema_cookie_before {
+                Some(before) => {
+                    crate::store::schema_version(&self.conn).map_err(|e| Some(e.into()))? != before
+                }
+                None => true,
+            };
+            if let Some((sql, private)) = started.ddl.as_ref().filter(|_| changed_schema) {
                 schema_refused = true;
                 self.refuse_new_virtual_columns(&started.virtual_before)
                     .map_err(Some)?;
