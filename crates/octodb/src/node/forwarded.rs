@@ -10,7 +10,7 @@ use crate::cluster::forward::{
     ForwardedTxns, LeaderServices, Services,
 };
 use crate::crypto::PublicKey;
-use crate::store::apply::Sender;
+use crate::store::device_txn::Sender;
 use rusqlite::OptionalExtension;
 use std::future::Future;
 use std::pin::Pin;

@@ -11,7 +11,7 @@ use crate::crypto::PublicKey;
 use crate::error::{Error, Result};
 use crate::log;
 use crate::net::{version, Message, NetError, SecureReader, SecureStream, SecureWriter};
-use crate::store::apply::Sender;
+use crate::store::device_txn::Sender;
 use crate::uri::{Endpoint, Role};
 use crate::wire_size;
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -10,7 +10,8 @@ use crate::crypto::PublicKey;
 use crate::error::{Error, Result};
 use crate::log::digest::TxnDigest;
 use crate::log::{self, EntryBody, LogEntry};
-use crate::store::apply::{self, Sender, Tables};
+use crate::store::apply::{self, Tables};
+use crate::store::device_txn::{self, Sender};
 use crate::store::{exec, meta_i64, meta_set, schema, write_txn};
 use crate::uri::Role;
 use crate::value::Value;
@@ -1329,13 +1330,19 @@ fn decide_device_txns(
             if let Some(e) = effects {
                 e.begin();
             }
-            let applied =
-                apply::apply_device_txn(c, tables, &mut inserts, *sender, cs, effects.is_none())
-                    .and_then(|outcome| match (outcome, effects) {
-                        // What the primary's triggers wrote with it, as captured.
-                        (Ok(_), Some(e)) => e.take(c),
-                        (outcome, _) => Ok(outcome),
-                    });
+            let applied = device_txn::apply_device_txn(
+                c,
+                tables,
+                &mut inserts,
+                *sender,
+                cs,
+                effects.is_none(),
+            )
+            .and_then(|outcome| match (outcome, effects) {
+                // What the primary's triggers wrote with it, as captured.
+                (Ok(_), Some(e)) => e.take(c),
+                (outcome, _) => Ok(outcome),
+            });
             let body = match applied {
                 Ok(Ok(changes)) => {
                     exec(c, "RELEASE device_txn")?;

@@ -6,6 +6,7 @@ pub mod apply;
 pub mod at_rest;
 pub mod capture;
 pub mod column_rules;
+pub mod device_txn;
 pub mod file_mode;
 pub mod lock;
 pub mod renames;
