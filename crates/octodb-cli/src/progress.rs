@@ -27,7 +27,10 @@ pub fn show_download(conn: &Connection) {
                     if bar.is_hidden() {
                         bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
                     }
-                    bar.set_length(total);
+                    // (0: the primary is still counting them.)
+                    if total > 0 {
+                        bar.set_length(total);
+                    }
                     bar.set_position(rows);
                 }
                 Event::Ready => break,

@@ -666,7 +666,7 @@ impl RawDevice {
         }
         loop {
             match d.next().await {
-                Message::SnapshotBegin { .. } => {}
+                Message::SnapshotBegin { .. } | Message::SnapshotTotal { .. } => {}
                 Message::SnapshotRows { rows, .. } => {
                     d.rows.extend(rows.into_iter().map(|(_, v)| v))
                 }
@@ -1296,7 +1296,9 @@ fn garbage_in_every_field_of_an_authorization_request_is_refused_and_stores_noth
                     }
                     m => matches!(
                         m,
-                        Message::SnapshotBegin { .. } | Message::SnapshotEnd { .. }
+                        Message::SnapshotBegin { .. }
+                            | Message::SnapshotTotal { .. }
+                            | Message::SnapshotEnd { .. }
                     ),
                 })
             }

@@ -456,12 +456,18 @@ fn an_empty_device_downloads_100k_rows_with_progress() {
         })
         .collect();
     assert!(!progress.is_empty(), "no Download event: {events:?}");
+    // The total is 0 until the primary has counted the rows (beside sending the first ones),
+    // then theirs.
     assert!(
-        progress.iter().all(|&(_, total)| total == N as u64),
+        progress
+            .iter()
+            .all(|&(_, total)| total == 0 || total == N as u64),
         "{progress:?}"
     );
     assert!(
-        progress.windows(2).all(|w| w[0].0 < w[1].0),
+        progress
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1),
         "progress goes forward: {progress:?}"
     );
     assert_eq!(progress.last(), Some(&(N as u64, N as u64)));

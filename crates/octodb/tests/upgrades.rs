@@ -167,6 +167,59 @@ fn only_devices_of_protocol_10_hear_that_they_caught_up() {
     });
 }
 
+/// A device of protocol 11 gets its download's first rows before the primary has counted
+/// them, and the count after them (`SnapshotTotal`); an older one gets the count first, in
+/// `SnapshotBegin`, as before.
+#[test]
+fn only_devices_of_protocol_11_get_the_download_count_after_the_first_rows() {
+    let c = Cluster::new();
+    let mut p = c.primary_with_t();
+    {
+        let tx = p.transaction().unwrap();
+        let mut ins = tx
+            .prepare("INSERT INTO t(v, row_owner) VALUES (?1, '*')")
+            .unwrap();
+        for i in 0..200_000 {
+            ins.execute([format!(
+                "row {i} of a download long enough to be counted meanwhile"
+            )])
+            .unwrap();
+        }
+        drop(ins);
+        tx.commit().unwrap();
+    }
+    let addr = addr_of(&p);
+    runtime().block_on(async {
+        for (newest, later) in [(10, false), (11, true)] {
+            let mut s = new_device_says_hello(&addr, Versions { oldest: 2, newest }).await;
+            let (mut begun_with, mut counted, mut rows) = (None, None, 0u64);
+            loop {
+                match next(&mut s).await {
+                    Message::SnapshotBegin { total_rows, .. } => begun_with = Some(total_rows),
+                    Message::SnapshotRows { rows: r, .. } => rows += r.len() as u64,
+                    Message::SnapshotTotal { total_rows } => {
+                        assert!(begun_with.is_some(), "after SnapshotBegin");
+                        counted = Some(total_rows)
+                    }
+                    Message::SnapshotEnd { .. } => break,
+                    _ => {}
+                }
+            }
+            assert_eq!(rows, 200_000);
+            match later {
+                false => {
+                    assert_eq!(begun_with, Some(200_000), "protocol {newest}");
+                    assert_eq!(counted, None, "protocol {newest}");
+                }
+                true => {
+                    assert_eq!(begun_with, Some(0), "protocol {newest}");
+                    assert_eq!(counted, Some(200_000), "protocol {newest}");
+                }
+            }
+        }
+    });
+}
+
 /// Serves one kind of old or new primary on a loopback port until the test ends.
 async fn serve(listener: TcpListener, primary: impl Fn(TcpStream) -> tokio::task::JoinHandle<()>) {
     loop {

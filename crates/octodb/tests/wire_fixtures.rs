@@ -256,6 +256,13 @@ fn sample_messages() -> Vec<(&'static str, Message)> {
         ),
         // Protocol 10.
         ("caught_up", Message::CaughtUp { up_to: 1234 }),
+        // Protocol 11.
+        (
+            "snapshot_total",
+            Message::SnapshotTotal {
+                total_rows: 1_000_000,
+            },
+        ),
     ]
 }
 
@@ -296,7 +303,7 @@ fn every_message_kind_has_a_fixture() {
     // A new kind of message must be frozen too (add it to sample_messages).
     let kinds: std::collections::BTreeSet<&str> =
         sample_messages().iter().map(|(_, m)| m.kind()).collect();
-    assert_eq!(kinds.len(), 20, "message kinds with fixtures: {kinds:?}");
+    assert_eq!(kinds.len(), 21, "message kinds with fixtures: {kinds:?}");
 }
 
 /// The entries of the primaries' Raft log: stored in every primary's file and sent between

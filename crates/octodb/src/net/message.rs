@@ -141,6 +141,13 @@ pub enum Message {
     CaughtUp {
         up_to: u64,
     },
+    /// Protocol 11, primary → device during its initial download, after `SnapshotBegin`
+    /// (which then says 0 rows): how many rows the download holds, counted meanwhile, for its
+    /// progress. Counting them first held the first rows back (a scan of each table: 80 ms
+    /// for a million rows). Not sent when the download ended first.
+    SnapshotTotal {
+        total_rows: u64,
+    },
 }
 
 /// A primary of the cluster as a device needs it: where to reach it and the key it proves.
@@ -251,6 +258,7 @@ impl Message {
             Message::CopiedFile { .. } => "CopiedFile",
             Message::SessionTicket { .. } => "SessionTicket",
             Message::CaughtUp { .. } => "CaughtUp",
+            Message::SnapshotTotal { .. } => "SnapshotTotal",
         }
     }
 }

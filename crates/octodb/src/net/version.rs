@@ -26,8 +26,12 @@ use std::fmt;
 /// files: `Message::OwnDigests` beside the entries that decide a device's transactions, and
 /// `Message::CopiedFile`), 9 (session tickets: `Message::SessionTicket` after a device's
 /// admission, and the resumed handshake that takes one, `net::resume`), 10 (a primary tells a
-/// device when it has caught up: `Message::CaughtUp`).
-pub const NEWEST: u8 = 10;
+/// device when it has caught up: `Message::CaughtUp`), 11 (a download's row count follows its
+/// first rows instead of holding them up: `Message::SnapshotTotal`).
+pub const NEWEST: u8 = 11;
+/// The first version whose devices take a download's row count after its first rows
+/// (`Message::SnapshotTotal`; `SnapshotBegin` then says 0).
+pub const DOWNLOAD_TOTAL_LATER: u8 = 11;
 /// The first version whose primaries tell a device that it holds what they held when it
 /// connected (`Message::CaughtUp`).
 pub const CAUGHT_UP: u8 = 10;

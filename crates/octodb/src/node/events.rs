@@ -21,7 +21,8 @@ pub enum Event {
     TransactionRejected { txn_id: u64, reason: String },
     /// The primaries refused this node's sign-up, login or join request.
     AuthorizationRefused { reason: String },
-    /// Initial download progress.
+    /// Initial download progress; `total` is 0 until the primary has counted the rows (it
+    /// counts them beside sending the first ones).
     Download { rows: u64, total: u64 },
     /// The primary is behind this device (restored from an older copy of its file): the
     /// device downloads its data again, keeping its pending work (`reason` says what was

@@ -330,6 +330,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         tells_epochs,
         tells_digests: protocol >= version::COPIED_FILES,
         tells_caught_up: protocol >= version::CAUGHT_UP,
+        counts_later: protocol >= version::DOWNLOAD_TOTAL_LATER,
         session,
     };
     let result = match told {
@@ -743,6 +744,8 @@ struct Streamed {
     tells_digests: bool,
     /// It speaks protocol 10 or newer: it hears when it has caught up.
     tells_caught_up: bool,
+    /// It speaks protocol 11 or newer: its download's row count follows the first rows.
+    counts_later: bool,
     /// The session reading its transactions (`copied_files`).
     session: u64,
 }
@@ -849,6 +852,7 @@ async fn stream_to_device(
         tells_epochs,
         tells_digests,
         tells_caught_up,
+        counts_later,
         session,
     } = device;
     let mut copied_files = shared.copied_files.subscribe();
@@ -863,7 +867,7 @@ async fn stream_to_device(
     let mut cursor = last_seq;
     if last_seq == 0 {
         // Boxed: the download's state is large and must not stay in every idle session.
-        cursor = Box::pin(download(shared, user, &mut wr)).await?;
+        cursor = Box::pin(download(shared, user, counts_later, &mut wr)).await?;
     }
     // The device's position as it was last told. Entries it may not see are not sent one by
     // one; it hears of its new position with its next visible entry, or at the next position
@@ -1087,25 +1091,93 @@ async fn send(wr: &mut SecureWriter, entries: Vec<log::LogEntry>, up_to: u64) ->
 }
 
 /// The initial download: the snapshot is read and encoded on a blocking thread and sent from
-/// here as its parts arrive. Returns the log position it stands at.
-async fn download(shared: &Arc<Shared>, user: i64, wr: &mut SecureWriter) -> Result<u64> {
+/// here as its parts arrive. Returns the log position it stands at. With `counts_later` (a
+/// device of protocol 11) the rows are counted on another reader meanwhile, and the count
+/// follows the first rows (`Message::SnapshotTotal`, before `SnapshotEnd`) rather than
+/// holding them up.
+async fn download(
+    shared: &Arc<Shared>,
+    user: i64,
+    counts_later: bool,
+    wr: &mut SecureWriter,
+) -> Result<u64> {
     let _serving = shared.metrics.download_served();
     let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
-    let reading = shared.read(move |c| snapshot::read(c, user, &tx));
+    let total = match counts_later {
+        true => snapshot::Total::Later,
+        false => snapshot::Total::First,
+    };
+    let reading = shared.read(move |c| snapshot::read(c, user, total, &tx));
     let sending = async {
         // Owned here so that a failed send drops it, which stops the reading side too.
         let mut rx = rx;
-        while let Some(m) = rx.recv().await {
-            wr.send(&m).await?;
-            if rx.is_empty() {
-                wr.flush().await?;
+        // The count, begun once `SnapshotBegin` has gone.
+        let mut count: Option<tokio::sync::oneshot::Receiver<Result<u64>>> = None;
+        let mut counted = !counts_later;
+        loop {
+            tokio::select! {
+                m = rx.recv() => {
+                    let Some(m) = m else { break };
+                    wr.send(&m).await?;
+                    if !counted && count.is_none() {
+                        count = Some(count_beside(shared, user));
+                    }
+                    if rx.is_empty() {
+                        wr.flush().await?;
+                    }
+                }
+                n = async {
+                    match count.as_mut() {
+                        Some(c) => Some(c.await),
+                        None => None,
+                    }
+                }, if !counted && count.is_some() => {
+                    counted = true;
+                    send_total(wr, n).await?;
+                }
+            }
+        }
+        if !counted {
+            if let Some(count) = count {
+                send_total(wr, Some(count.await)).await?;
             }
         }
         Ok::<(), Error>(())
     };
     let (seq, sent) = tokio::join!(reading, sending);
     sent?;
-    seq
+    let seq = seq?;
+    wr.send(&Message::SnapshotEnd { seq }.encode()).await?;
+    wr.flush().await?;
+    Ok(seq)
+}
+
+/// Counts the rows of a download for `user` on a reader of its own; the count arrives on the
+/// channel returned.
+fn count_beside(shared: &Arc<Shared>, user: i64) -> tokio::sync::oneshot::Receiver<Result<u64>> {
+    let (counted, count) = tokio::sync::oneshot::channel();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let _ = counted.send(shared.read(move |c| snapshot::count(c, user)).await);
+    });
+    count
+}
+
+/// Sends a download's row count (a count that failed leaves the device's progress without a
+/// total: said at debug).
+async fn send_total(
+    wr: &mut SecureWriter,
+    n: Option<std::result::Result<Result<u64>, tokio::sync::oneshot::error::RecvError>>,
+) -> Result<()> {
+    match n {
+        Some(Ok(Ok(total_rows))) => {
+            wr.send(&Message::SnapshotTotal { total_rows }.encode())
+                .await?
+        }
+        Some(Ok(Err(e))) => tracing::debug!("a download's rows could not be counted: {e}"),
+        _ => tracing::debug!("a download's rows could not be counted"),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -750,6 +750,20 @@ async fn receive(
                     reason,
                 });
             }
+            // Protocol 11: the download's row count, for its progress; nothing to write.
+            Message::SnapshotTotal { total_rows } => {
+                let progress = {
+                    let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some((_, total)) = live.download.as_mut() {
+                        *total = total_rows;
+                    }
+                    live.download
+                };
+                if let Some((rows, total)) = progress {
+                    shared.emit(Event::Download { rows, total });
+                }
+                continue;
+            }
             _ => {}
         }
         // Only download rows, and entries, may overtake each other's writing; anything else

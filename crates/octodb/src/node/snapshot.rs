@@ -16,14 +16,43 @@ use tokio::sync::mpsc;
 /// Rows per message.
 const CHUNK_ROWS: usize = 4000;
 
-/// Read the download of a device of `user` into `out` (encoded messages). Returns the log
-/// position it stands at.
-pub(super) fn read(c: &Connection, user: i64, out: &mpsc::Sender<Vec<u8>>) -> Result<u64> {
-    // The download scans the whole file: read it through a memory map rather than a read() per
-    // page (1M rows: 0.72 -> 0.63 s). Only here: a map on every connection made each commit
-    // slower (the map is redone as the file grows), which showed in the latency figure.
+/// When the download's row count (for the device's progress) is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Total {
+    /// In `SnapshotBegin`, counted before the first row (devices before protocol 11).
+    First,
+    /// Later, in `SnapshotTotal`, counted by [`count`] beside the reading: `SnapshotBegin`
+    /// says 0.
+    Later,
+}
+
+/// Read the download of a device of `user` into `out` (encoded messages), all but its
+/// `SnapshotEnd`. Returns the log position it stands at.
+pub(super) fn read(
+    c: &Connection,
+    user: i64,
+    total: Total,
+    out: &mpsc::Sender<Vec<u8>>,
+) -> Result<u64> {
+    scanning(c, |c| read_in_txn(c, user, total, out))
+}
+
+/// How many rows a download for `user` holds now (its own read: the download's may stand a
+/// commit or two apart, which a progress figure can bear).
+pub(super) fn count(c: &Connection, user: i64) -> Result<u64> {
+    scanning(c, |c| {
+        let tables = download_tables(c)?;
+        count_rows(c, &tables, user)
+    })
+}
+
+/// `f` in a read transaction through a memory map: a download scans the whole
+/// file, and a map reads it faster than a read() per page (1M rows: 0.72 -> 0.63 s). Only
+/// here: a map on every connection made each commit slower (the map is redone as the file
+/// grows), which showed in the latency figure.
+fn scanning<T>(c: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
     c.execute_batch(&format!("PRAGMA mmap_size={SCAN_MMAP_BYTES}; BEGIN"))?;
-    let result = read_in_txn(c, user, out);
+    let result = f(c);
     let _ = c.execute_batch("COMMIT; PRAGMA mmap_size=0");
     result
 }
@@ -31,7 +60,12 @@ pub(super) fn read(c: &Connection, user: i64, out: &mpsc::Sender<Vec<u8>>) -> Re
 /// The most of the file a download maps at once (address space, not memory).
 const SCAN_MMAP_BYTES: u64 = 1 << 30;
 
-fn read_in_txn(c: &Connection, user: i64, out: &mpsc::Sender<Vec<u8>>) -> Result<u64> {
+fn read_in_txn(
+    c: &Connection,
+    user: i64,
+    total: Total,
+    out: &mpsc::Sender<Vec<u8>>,
+) -> Result<u64> {
     let send = |bytes: Vec<u8>| out.blocking_send(bytes).map_err(|_| Error::Closed);
     let seq = log::last_seq(c)?;
     let statements: Vec<String> = c
@@ -42,29 +76,17 @@ fn read_in_txn(c: &Connection, user: i64, out: &mpsc::Sender<Vec<u8>>) -> Result
         ))?
         .query_map([], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let tables: Vec<_> = schema::user_tables(c)?
-        .into_iter()
-        .filter(|t| t.is_replicated() && !schema::is_private(&t.name) && !t.without_rowid)
-        .collect();
+    let tables = download_tables(c)?;
     let visible = rusqlite::params![user, user.to_string()];
-    let mut total = 0u64;
-    for t in &tables {
-        let n: i64 = c.query_row(
-            &format!(
-                "SELECT count(*) FROM {} WHERE {}",
-                ident(&t.name),
-                visibility(t)
-            ),
-            visible,
-            |r| r.get(0),
-        )?;
-        total += n as u64;
-    }
+    let total_rows = match total {
+        Total::First => count_rows(c, &tables, user)?,
+        Total::Later => 0,
+    };
     send(
         Message::SnapshotBegin {
             seq,
             schema: statements,
-            total_rows: total,
+            total_rows,
         }
         .encode(),
     )?;
@@ -91,8 +113,34 @@ fn read_in_txn(c: &Connection, user: i64, out: &mpsc::Sender<Vec<u8>>) -> Result
             send(chunk.finish()?)?;
         }
     }
-    send(Message::SnapshotEnd { seq }.encode())?;
+    // (`SnapshotEnd` is the caller's to send: a count made beside the reading goes first.)
     Ok(seq)
+}
+
+/// The tables a download carries.
+fn download_tables(c: &Connection) -> Result<Vec<TableLayout>> {
+    Ok(schema::user_tables(c)?
+        .into_iter()
+        .filter(|t| t.is_replicated() && !schema::is_private(&t.name) && !t.without_rowid)
+        .collect())
+}
+
+/// The rows of `tables` a device of `user` may see.
+fn count_rows(c: &Connection, tables: &[TableLayout], user: i64) -> Result<u64> {
+    let mut total = 0u64;
+    for t in tables {
+        let n: i64 = c.query_row(
+            &format!(
+                "SELECT count(*) FROM {} WHERE {}",
+                ident(&t.name),
+                visibility(t)
+            ),
+            rusqlite::params![user, user.to_string()],
+            |r| r.get(0),
+        )?;
+        total += n as u64;
+    }
+    Ok(total)
 }
 
 /// The rows of `t` a device of the user bound as ?1 (and as text, ?2) may see: as

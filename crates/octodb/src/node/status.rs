@@ -65,7 +65,8 @@ pub struct SyncStatus {
     pub last_rejected: Option<Rejection>,
     /// Unix time (seconds) of the last batch received from the primaries.
     pub last_sync: Option<f64>,
-    /// Rows downloaded and expected, while an initial download runs.
+    /// Rows downloaded and expected, while an initial download runs (expected: 0 until the
+    /// primary has counted them, beside sending the first rows).
     pub download: Option<(u64, u64)>,
     /// Devices not yet authorized: "required" (sign up or log in), "pending" (the backend
     /// decides) or "rejected"; null once authorized, unless the backend took the approval
@@ -194,6 +195,7 @@ impl SyncStatus {
             "it is not connected to a primary yet".to_string()
         } else if !self.db_is_ready {
             match self.download {
+                Some((rows, 0)) => format!("its initial download is at {rows} rows"),
                 Some((rows, total)) => format!("its initial download is at {rows} of {total} rows"),
                 None => "its initial download has not begun".to_string(),
             }
