@@ -561,3 +561,49 @@ fn a_follower_away_for_100000_commits_catches_up() {
     assert_eq!(p3.sync_status().unwrap().cluster.unwrap().role, "follower");
     drop(p2);
 }
+
+/// An app's schema set-up run as soon as its primary opens, while that primary is still
+/// joining its cluster, waits for the join: made before, alone, it numbered the new primary's
+/// log apart from the cluster's, and a device that failed over between primaries at the same
+/// position missed rows (schema walkthrough, session 33).
+#[test]
+fn a_joining_primarys_app_writes_once_it_has_joined_and_keeps_the_clusters_numbering() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    p1.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('before the join', '*')",
+        [],
+    )
+    .unwrap();
+    let setup = "CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT, row_owner);
+                 CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body TEXT, row_owner);
+                 CREATE INDEX IF NOT EXISTS notes_body ON notes(body);";
+    let p2 = joining_primary(&c.path("p2.db"), &addr_of(&p1));
+    p2.execute_batch(setup).unwrap();
+    p2.execute(
+        "INSERT INTO t(v, row_owner) VALUES ('from the new primary', '*')",
+        [],
+    )
+    .unwrap();
+    wait_voters(&p1, 2);
+    let last = p1.sync_status().unwrap().last_seq;
+    p2.wait_for(DEADLINE, |s| s.last_seq == last).unwrap();
+    let log = "SELECT group_concat(seq || ':' || origin_node || ':' || origin_txn, ' ')
+               FROM (SELECT * FROM _octo_log ORDER BY seq)";
+    let on_p1 = file_rows(&c.path("p.db"), log);
+    assert_eq!(
+        file_rows(&c.path("p2.db"), log),
+        on_p1,
+        "the same log, numbered alike"
+    );
+    for p in [&p1, &p2] {
+        assert_eq!(count(p, "SELECT count(*) FROM t"), 2);
+        assert_eq!(
+            count(
+                p,
+                "SELECT count(*) FROM sqlite_master WHERE name = 'notes_body'"
+            ),
+            1
+        );
+    }
+}

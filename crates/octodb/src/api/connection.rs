@@ -78,6 +78,9 @@ pub struct Connection {
     /// The app's own `PRAGMA recursive_triggers`, which the engine goes back to after a
     /// REPLACE (None: the app set it since; read before the next statement).
     app_recursive_triggers: Cell<Option<bool>>,
+    /// A primary's connection has seen its primary a caught-up member of its cluster
+    /// (`driver::wait_until_joined`).
+    member_seen: Cell<bool>,
     /// Devices: the outbox transaction the open SQLite transaction adds to.
     open_txn: Cell<Option<u64>>,
     /// Primaries: the log entries to announce once the open transaction commits.
@@ -198,6 +201,7 @@ impl Connection {
             installed_in_txn: Cell::new(false),
             recursive_triggers: Cell::new(false),
             app_recursive_triggers: Cell::new(Some(false)),
+            member_seen: Cell::new(false),
             open_txn: Cell::new(None),
             committed: RefCell::new(Vec::new()),
             outbox_added: RefCell::new(None),

@@ -239,6 +239,21 @@ pub(crate) fn lead(raft: &Raft) -> Lead {
     }
 }
 
+/// Whether this primary has joined its cluster as a voter and applied the log up to where it
+/// became one: what the cluster held when it let it in. (A primary that has just joined is a
+/// learner at first, its log still arriving: an app's transaction begun then ran against an
+/// empty file and conflicted with all the cluster's schema.)
+pub(crate) fn joined_and_caught_up(raft: &Raft) -> bool {
+    let m = raft.metrics().borrow().clone();
+    let voter = m
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|id| id == m.id);
+    let became_voter_at = m.membership_config.log_id().map(|l| l.index).unwrap_or(0);
+    voter && m.last_applied.map(|l| l.index).unwrap_or(0) >= became_voter_at
+}
+
 /// Whether this node leads with its leadership confirmed in this run: a majority of its voters
 /// answered it since it became leader (alone, at once). A leader of several voters killed and
 /// started again comes back leading its stored term (openraft restores it so) before it hears

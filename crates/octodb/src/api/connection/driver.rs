@@ -74,6 +74,10 @@ impl Prepared {
     }
 }
 
+/// How long an app's write waits for its primary to join its cluster.
+const JOIN_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+const JOIN_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// A statement whose steps are about to run (phase 3); give it back to `after_steps`.
 #[derive(Debug)]
 #[must_use = "pass it to after_steps once the statement is done"]
@@ -197,6 +201,7 @@ impl Connection {
         if self.conn.transaction_state(None::<&str>)? != rusqlite::TransactionState::None {
             return Ok(());
         }
+        self.wait_until_joined()?;
         self.turn.begins_writing();
         if let Err(e) = self.internal_sql(TAKE_WRITE_LOCK) {
             self.turn.idle();
@@ -245,12 +250,14 @@ impl Connection {
         // and holding no read snapshot may wait for the engine; a reader never waits, and one
         // whose snapshot is taken would only fail to write after the engine's commit.
         if !in_txn && opens_write_transaction(&word, sql, readonly) {
+            self.wait_until_joined()?;
             self.turn.begins_writing();
         } else if in_txn && !readonly && !self.turn.is_writing() {
             let no_snapshot =
                 self.conn.transaction_state(None::<&str>)? == rusqlite::TransactionState::None;
             if no_snapshot {
                 // A deferred `BEGIN` (or `SAVEPOINT`) whose first statement writes.
+                self.wait_until_joined()?;
                 self.turn.begins_writing();
             } else {
                 self.turn.writes();
@@ -326,6 +333,47 @@ impl Connection {
         if word == "PRAGMA" && sql.to_ascii_lowercase().contains("recursive_triggers") {
             self.app_recursive_triggers.set(None);
         }
+        Ok(())
+    }
+
+    /// A primary joining its cluster (opened with `connect=`, its join not done) takes its
+    /// app's writes once it has joined: made before, alone, they numbered its log apart from
+    /// the cluster's, and a device failing over between primaries then missed rows (a schema
+    /// set-up run at start did it, in the schema walkthrough; a broker's first write stopped
+    /// the primary's Raft node). Waits for the join, at most [`JOIN_WAIT_MAX`].
+    fn wait_until_joined(&self) -> Result<()> {
+        let Some(node) = &self.node else {
+            return Ok(());
+        };
+        if self.repl.as_ref().map(|r| r.role) != Some(Role::Primary) {
+            return Ok(());
+        }
+        // (Once it has joined, it stays: a connection asks until it has.)
+        if self.member_seen.get() {
+            return Ok(());
+        }
+        let joined = || {
+            node.shared
+                .cluster
+                .get()
+                .is_some_and(|c| crate::cluster::joined_and_caught_up(c.raft()))
+        };
+        let deadline = std::time::Instant::now() + JOIN_WAIT_MAX;
+        while !joined() {
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Cluster(format!(
+                    "this primary is still joining its cluster (connect=): its app's writes go \
+                     through once it has joined, which it has not within {}s (PRAGMA \
+                     sync_status says what it waits for; a primary must be approved to join \
+                     where the cluster authorizes nodes). Nothing was written; try again",
+                    JOIN_WAIT_MAX.as_secs()
+                )));
+            }
+            // (A join takes from milliseconds to the time its snapshot takes to install: a
+            // rare wait, polled rather than signalled.)
+            std::thread::sleep(JOIN_POLL);
+        }
+        self.member_seen.set(true);
         Ok(())
     }
 
