@@ -422,7 +422,9 @@ class Task:
 
     @property
     def idempotency_key(self):
-        """Task id and attempt: the same for a retry of the same attempt never happens."""
+        """``"<task id>:<attempt>"``: names this attempt. A side effect that must happen once
+        per task, whatever the attempts (a worker killed after it and before the outcome was
+        written runs the task again under the next attempt), is keyed by the task id."""
         return self._run.idempotency_key if self._run is not None else None
 
     @property
