@@ -175,22 +175,7 @@ fn a_former_leaders_write_right_after_its_restart_goes_to_the_new_leader() {
 #[test]
 fn a_new_leader_reads_offline_work_under_the_names_its_predecessor_gave() {
     let c = Cluster::new();
-    let p1 = c.primary_with_t();
-    let first = addr_of(&p1);
-    let p2 = joining_primary(&c.path("p2.db"), &first);
-    let p3 = joining_primary(&c.path("p3.db"), &first);
-    wait_voters(&p1, 3);
-    let d = c.device("d.db", &p1);
-    ready(&d);
-    d.execute("INSERT INTO t(v) VALUES ('first')", []).unwrap();
-    wait_outbox_empty(&d);
-    drop(d);
-    let nobody = keep_device_offline(&c, "d.db", [first.as_str(), &addr_of(&p2), &addr_of(&p3)]);
-    let d = Connection::open(&device_uri(&c.path("d.db"), &nobody)).unwrap();
-    d.execute("UPDATE t SET v = 'edited offline'", []).unwrap();
-    assert_eq!(d.sync_status().unwrap().outbox_len, 1);
-    drop(d);
-    wait_closed(&c, "d.db");
+    let (p1, p2, p3) = three_primaries_and_an_offline_edit(&c, "edited offline");
 
     p1.execute("ALTER TABLE t RENAME COLUMN v TO label", [])
         .unwrap();
@@ -228,21 +213,7 @@ fn a_new_leader_reads_offline_work_under_the_names_its_predecessor_gave() {
 #[test]
 fn pending_work_on_a_renamed_column_shows_on_the_device_until_decided() {
     let c = Cluster::new();
-    let p1 = c.primary_with_t();
-    let first = addr_of(&p1);
-    let p2 = joining_primary(&c.path("p2.db"), &first);
-    let p3 = joining_primary(&c.path("p3.db"), &first);
-    wait_voters(&p1, 3);
-    let d = c.device("d.db", &p1);
-    ready(&d);
-    d.execute("INSERT INTO t(v) VALUES ('first')", []).unwrap();
-    wait_outbox_empty(&d);
-    drop(d);
-    let nobody = keep_device_offline(&c, "d.db", [first.as_str(), &addr_of(&p2), &addr_of(&p3)]);
-    let d = Connection::open(&device_uri(&c.path("d.db"), &nobody)).unwrap();
-    d.execute("UPDATE t SET v = 'from the device'", []).unwrap();
-    drop(d);
-    wait_closed(&c, "d.db");
+    let (p1, p2, p3) = three_primaries_and_an_offline_edit(&c, "from the device");
 
     p1.execute_batch(
         "ALTER TABLE t RENAME COLUMN v TO label;
@@ -258,6 +229,31 @@ fn pending_work_on_a_renamed_column_shows_on_the_device_until_decided() {
     d.wait_for(DEADLINE, |s| s.last_seq == last).unwrap();
     assert_eq!(d.sync_status().unwrap().outbox_len, 1, "not decided yet");
     assert_eq!(text(&d, "SELECT label FROM t"), "from the device");
+}
+
+/// A cluster of three primaries (the first leads), and device `d.db`, synced with a row of
+/// `t` through the first, then closed having set that row's `v` to `edit` offline.
+fn three_primaries_and_an_offline_edit(
+    c: &Cluster,
+    edit: &str,
+) -> (Connection, Connection, Connection) {
+    let p1 = c.primary_with_t();
+    let first = addr_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &first);
+    let p3 = joining_primary(&c.path("p3.db"), &first);
+    wait_voters(&p1, 3);
+    let d = c.device("d.db", &p1);
+    ready(&d);
+    d.execute("INSERT INTO t(v) VALUES ('first')", []).unwrap();
+    wait_outbox_empty(&d);
+    drop(d);
+    let nobody = keep_device_offline(c, "d.db", [first.as_str(), &addr_of(&p2), &addr_of(&p3)]);
+    let d = Connection::open(&device_uri(&c.path("d.db"), &nobody)).unwrap();
+    d.execute("UPDATE t SET v = ?1", [edit]).unwrap();
+    assert_eq!(d.sync_status().unwrap().outbox_len, 1);
+    drop(d);
+    wait_closed(c, "d.db");
+    (p1, p2, p3)
 }
 
 /// Device `name` (closed) kept offline when opened next: the cluster's primaries it was told
