@@ -170,6 +170,9 @@ pub(crate) struct Shared {
     /// Devices: the cluster's primaries as the primaries last told (kept in the file): where
     /// to fail over to, and the keys trusted besides the pinned one.
     pub known_primaries: Mutex<Vec<crate::net::PrimaryMember>>,
+    /// Primaries: this one was opened to join a cluster (`connect=`, no cluster in its file
+    /// yet, or a rejoin): its app's writes wait for the join (`Connection`'s driver).
+    pub joins: bool,
     /// Devices: the session ticket each primary (by the endpoint it was reached at) last
     /// handed this device, for a resumed handshake on the next connection (`net::ticket`).
     /// In memory only: a restarted device runs the full handshake once.
@@ -574,6 +577,7 @@ impl Node {
             epoch_marks: watch::channel(0).0,
             epoch_settled: Default::default(),
             known_primaries: Mutex::new(known_primaries),
+            joins,
             session_tickets: Default::default(),
             announcements,
             services: Default::default(),

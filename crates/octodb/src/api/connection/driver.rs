@@ -349,7 +349,7 @@ impl Connection {
             return Ok(());
         }
         // (Once it has joined, it stays: a connection asks until it has.)
-        if self.member_seen.get() {
+        if !node.shared.joins || self.member_seen.get() {
             return Ok(());
         }
         let joined = || {
