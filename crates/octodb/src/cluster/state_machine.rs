@@ -424,14 +424,7 @@ pub(super) fn apply_decided(
                     apply::delete_row(c, &t, *rowid)?;
                 }
                 Op::Ddl { sql, .. } => {
-                    let before = match renames::may_rename(sql) {
-                        true => Some(renames::shapes(c)?),
-                        false => None,
-                    };
-                    c.execute_batch(sql)?;
-                    if let Some(before) = before {
-                        renames::record(c, before)?;
-                    }
+                    renames::recording(c, sql, || Ok(c.execute_batch(sql)?))?;
                     tables.schema_changed();
                     inserts.schema_changed();
                     refresh_replicated(c, replicated)?;

@@ -326,15 +326,8 @@ fn apply_ddl(conn: &Connection, ctx: &mut ChangeSetApply<'_, '_>, sql: &str) -> 
         true => Some(super::schema_moves::before(conn)?),
         false => None,
     };
-    let shapes = match renames::may_rename(sql) {
-        true => Some(renames::shapes(conn)?),
-        false => None,
-    };
-    run_ddl(conn, ctx, sql)?;
-    if let Some(before) = shapes {
-        // So that pending work written under the old names is replayed under the new ones.
-        renames::record(conn, before)?;
-    }
+    // (Recorded so that pending work written under old names is replayed under the new ones.)
+    renames::recording(conn, sql, || run_ddl(conn, ctx, sql))?;
     ctx.tables.schema_changed();
     if let Some(roots) = roots {
         for (tbl, rid) in super::schema_moves::after(conn, ctx.tables, roots)? {

@@ -144,7 +144,7 @@ pub enum Message {
     /// Protocol 11, primary → device during its initial download, after `SnapshotBegin`
     /// (which then says 0 rows): how many rows the download holds, counted meanwhile, for its
     /// progress. Counting them first held the first rows back (a scan of each table: 80 ms
-    /// for a million rows). Not sent when the download ended first.
+    /// for a million rows). Always before `SnapshotEnd`; none if the count failed.
     SnapshotTotal {
         total_rows: u64,
     },

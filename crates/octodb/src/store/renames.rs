@@ -53,6 +53,21 @@ pub fn shapes(conn: &Connection) -> Result<Shapes> {
     Ok(Shapes(shapes))
 }
 
+/// Runs `run`, which executes the primaries' schema statement `sql`, and records the renames
+/// it made (the followers' state machine and devices; the leader's app path records across
+/// the statement's phases with [`shapes`] and [`record`]).
+pub fn recording<T>(conn: &Connection, sql: &str, run: impl FnOnce() -> Result<T>) -> Result<T> {
+    let before = match may_rename(sql) {
+        true => Some(shapes(conn)?),
+        false => None,
+    };
+    let out = run()?;
+    if let Some(before) = before {
+        record(conn, before)?;
+    }
+    Ok(out)
+}
+
 /// After a statement that [`may_rename`]: records the renames it made against `before`.
 pub fn record(conn: &Connection, before: Shapes) -> Result<()> {
     let after = shapes(conn)?;

@@ -358,6 +358,9 @@ impl Connection {
                 .get()
                 .is_some_and(|c| crate::cluster::joined_and_caught_up(c.raft()))
         };
+        if !joined() {
+            tracing::info!("an app's write waits until this primary has joined its cluster");
+        }
         let deadline = std::time::Instant::now() + JOIN_WAIT_MAX;
         while !joined() {
             if std::time::Instant::now() >= deadline {
