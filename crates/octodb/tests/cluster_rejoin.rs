@@ -515,3 +515,42 @@ fn a_primary_joining_through_a_leader_that_rejoined_from_a_backup_catches_up() {
     assert_eq!(count(&p4, "SELECT count(*) FROM t"), 3);
     assert_eq!(role(&p4).as_deref(), Some("follower"));
 }
+
+/// A leader restarted while the other voters are away is restored as leader by Raft, but no
+/// majority answers it: its status must not say it leads (an app, or the task workers, gate
+/// leader-only work on the role), until a majority is back.
+#[test]
+fn a_leader_restarted_without_its_majority_does_not_report_leading() {
+    let c = Cluster::new();
+    let Three {
+        ports,
+        paths,
+        primaries: [p1, p2, p3],
+    } = three(&c);
+    assert_eq!(cluster_role(&p1), "leader");
+    drop(p2);
+    drop(p3);
+    wait_closed(&c, "p2.db");
+    wait_closed(&c, "p3.db");
+    drop(p1);
+    wait_closed(&c, "p1.db");
+
+    let p1 = primary_at(&paths[0], ports[0], None);
+    let cluster = wait_until("the restarted leader's role", || {
+        let cluster = p1.sync_status().ok()?.cluster?;
+        assert_ne!(
+            cluster.role, "leader",
+            "no majority answered the restarted leader: {cluster:?}"
+        );
+        matches!(cluster.role.as_str(), "leader_unconfirmed" | "candidate").then_some(cluster)
+    });
+    assert_eq!(cluster.leader, None, "{cluster:?}");
+
+    let first = format!("127.0.0.1:{}", ports[0]);
+    let p2 = primary_at(&paths[1], ports[1], Some(&first));
+    wait_until("a leader a majority answers", || {
+        let roles = [cluster_role(&p1), cluster_role(&p2)];
+        (roles.contains(&"leader".to_string()) && roles.contains(&"follower".to_string()))
+            .then_some(())
+    });
+}

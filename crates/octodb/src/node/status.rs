@@ -94,10 +94,13 @@ pub struct SyncStatus {
 /// A primary's view of its cluster (openraft's metrics).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClusterStatus {
-    /// "leader", "follower", "candidate" or "learner".
+    /// "leader", "follower", "candidate" or "learner"; "leader_unconfirmed" for a primary
+    /// elected (or restored as leader at its restart) that no majority of voters has
+    /// answered yet: it takes no writes until one does.
     pub role: String,
     pub term: u64,
-    /// The leader's node id, when one is known.
+    /// The leader's node id, when one is known (not this primary's own while its
+    /// leadership is unconfirmed).
     pub leader: Option<u64>,
     /// The last Raft log index this primary holds, and the last it applied.
     pub last_log_index: Option<u64>,
@@ -243,8 +246,13 @@ pub struct ClusterMember {
 pub(crate) fn cluster_status(raft: &crate::cluster::Raft) -> ClusterStatus {
     // (Taken out of the borrow at once: openraft's core waits while it is held.)
     let m = raft.metrics().borrow().clone();
+    // A leader no majority has answered yet (one restored as leader at its restart, or just
+    // elected) takes no writes: saying "leader" would mislead an app that gates its
+    // leader-only work on the role, for as long as the others are out of reach.
+    let confirmed = crate::cluster::leads_confirmed(&m);
     let role = match m.state {
-        openraft::ServerState::Leader => "leader",
+        openraft::ServerState::Leader if confirmed => "leader",
+        openraft::ServerState::Leader => "leader_unconfirmed",
         openraft::ServerState::Follower => "follower",
         openraft::ServerState::Candidate => "candidate",
         _ => "learner",
@@ -273,7 +281,7 @@ pub(crate) fn cluster_status(raft: &crate::cluster::Raft) -> ClusterStatus {
     ClusterStatus {
         role: role.into(),
         term: m.current_term,
-        leader: m.current_leader,
+        leader: m.current_leader.filter(|l| *l != m.id || confirmed),
         last_log_index: m.last_log_index,
         applied_index: m.last_applied.map(|l| l.index),
         quorum_silence_ms: crate::cluster::quorum_silence(&m),
