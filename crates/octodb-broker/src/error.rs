@@ -43,6 +43,10 @@ pub enum BrokerError {
     Timeout(String),
     #[error("internal broker error: {0}")]
     Internal(String),
+    /// The server's primaries could not take a write now (no leader, a fail-over under way):
+    /// nothing of it was applied, so it may simply be sent again.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The broker cannot start on this primary yet (its secret is made by the cluster's leader
     /// and has not reached this one): a matter of order, said with what to do.
     #[error("{0}")]
@@ -79,9 +83,11 @@ impl From<&BrokerError> for RemoteError {
         // The kinds the client makes the same variant of again travel with their bare detail,
         // else the client's text would say the variant's words twice.
         let bare = match e {
-            BrokerError::NotFound(m) | BrokerError::Permission(m) | BrokerError::Conflict(m) => {
-                Some(m.clone())
-            }
+            BrokerError::NotFound(m)
+            | BrokerError::Permission(m)
+            | BrokerError::Conflict(m)
+            | BrokerError::Unavailable(m) => Some(m.clone()),
+            BrokerError::Engine(octodb::Error::Unavailable(m)) => Some(m.clone()),
             _ => None,
         };
         let kind = match e {
@@ -98,6 +104,9 @@ impl From<&BrokerError> for RemoteError {
                 }
             }
             BrokerError::Codec(_) => "ValueError",
+            BrokerError::Unavailable(_) | BrokerError::Engine(octodb::Error::Unavailable(_)) => {
+                "Unavailable"
+            }
             BrokerError::Engine(_) => "DatabaseError",
             BrokerError::Connection(_) => "ConnectionError",
             BrokerError::Timeout(_) => "TimeoutError",
@@ -126,10 +135,26 @@ impl RemoteError {
             "NotFound" => BrokerError::NotFound(self.message),
             "PermissionError" => BrokerError::Permission(self.message),
             "Conflict" => BrokerError::Conflict(self.message),
+            "Unavailable" => BrokerError::Unavailable(self.message),
             _ => BrokerError::Remote {
                 kind: self.kind,
                 message: self.message,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine write refused as not applied reaches a Rust client as a variant it can
+    /// match on to send the write again.
+    #[test]
+    fn an_unavailable_write_stays_typed_across_the_wire() {
+        let server_side = BrokerError::Engine(octodb::Error::Unavailable("no leader".into()));
+        let sent = RemoteError::from(&server_side);
+        assert_eq!(sent.kind, "Unavailable");
+        assert!(matches!(sent.into_error(), BrokerError::Unavailable(m) if m == "no leader"));
     }
 }

@@ -129,6 +129,9 @@ pub fn from_engine(py: Python<'_>, e: octodb::Error) -> PyErr {
         E::NotPermitted(msg) => {
             with_code(py.get_type::<OperationalError>(), ffi::SQLITE_AUTH, &msg)
         }
+        // Nothing applied, safe to run again: SQLite's code for "try again", which apps
+        // already retry on.
+        E::Unavailable(msg) => with_code(py.get_type::<OperationalError>(), ffi::SQLITE_BUSY, &msg),
         // sqlite3 reports a file it cannot read as a database (SQLITE_NOTADB) so.
         E::Corrupt(..) | E::Crypto(_) | E::WrongKey { .. } => DatabaseError::new_err(e.to_string()),
         _ => OperationalError::new_err(e.to_string()),

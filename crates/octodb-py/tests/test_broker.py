@@ -4,6 +4,7 @@ the seed's MyRoot/Status example as two processes. Waits on conditions, never fi
 import datetime
 import os
 import random
+import socket
 import threading
 import time
 
@@ -528,3 +529,59 @@ def test_a_value_over_the_frame_limit_is_refused_with_the_limit_and_the_connecti
     with pytest.raises(ValueError, match="more than the limit"):
         r.bytes_of(17 * 1024 * 1024)
     assert r.bytes_of(10) == b"x" * 10, "the connection goes on"
+
+
+def test_a_write_with_the_clusters_leader_gone_is_unavailable(tmp_path):
+    """A broker on a follower whose leader is gone (two voters, one left): a client's write is
+    refused as not applied, `ob.Unavailable`, a ConnectionError a retry loop catches by type,
+    not an unknown outcome; nothing of it is in the database."""
+    leader_uri = primary_uri(tmp_path / "p1.db")
+    leader = octodb.connect(leader_uri)
+    leader.execute("CREATE TABLE todos(id INTEGER PRIMARY KEY, title TEXT, row_owner)")
+    leader.commit()
+    ob.BrokerServer(leader_uri).stop()  # makes the broker's secret, which the follower needs
+    follower_uri = f"{primary_uri(tmp_path / 'p2.db')}&connect={leader.bound_addresses[0]}"
+    follower = octodb.connect(follower_uri)
+    opened = [follower]
+    try:
+        wait_until("the follower has the table", lambda: follower.execute(
+            "SELECT count(*) FROM sqlite_master WHERE name = 'todos'").fetchone() == (1,))
+        def broker_on_follower():
+            try:
+                return ob.BrokerServer(follower_uri)
+            except RuntimeError as e:
+                if "not in this primary's database yet" in str(e):
+                    return None
+                raise
+
+        server = wait_until("the broker's secret on the follower", broker_on_follower)
+        server.export_table("todos", rw=True)
+        server.root = Status()
+        device = octodb.connect(device_uri(tmp_path / "phone.db", follower))
+        opened.append(device)
+        device.wait_until_ready(timeout=60)
+        client = ob.BrokerClient(device_uri(tmp_path / "phone.db", follower), timeout=60)
+        try:
+            todos = client.cls("todos")
+            todos.new(title="before")
+            host, port = leader.bound_addresses[0].removeprefix("tcp://").rsplit(":", 1)
+            leader.close()
+            wait_until("the leader has stopped", lambda: _refused(host, int(port)))
+            with pytest.raises(ob.Unavailable, match="nothing of the transaction was sent") as raised:
+                todos.new(title="lost")
+            assert isinstance(raised.value, ConnectionError)
+            assert follower.execute("SELECT title FROM todos").fetchall() == [("before",)]
+        finally:
+            client.close()
+    finally:
+        for db in reversed(opened):
+            db.close()
+
+
+def _refused(host, port):
+    """Whether nothing listens at host:port any more."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+        return False
+    except ConnectionRefusedError:
+        return True

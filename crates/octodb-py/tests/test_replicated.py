@@ -490,3 +490,27 @@ def test_a_mistyped_node_parameter_says_how_the_name_was_read(tmp_path, monkeypa
     with pytest.raises(octodb.OperationalError, match="read as a file name.*node=") as raised:
         octodb.connect("file:x.db?nodes=secondary&connect=tcp://127.0.0.1:1")
     assert raised.value.sqlite_errorname == "SQLITE_CANTOPEN"
+
+
+def test_a_followers_write_with_no_leader_is_busy(tmp_path):
+    """A follower whose leader is gone (two voters, one left) refuses a write as SQLite refuses
+    one it cannot take now: OperationalError with SQLITE_BUSY, which apps already retry on,
+    nothing of it applied; not an unknown outcome."""
+    first = octodb.connect(primary_uri(tmp_path / "p1.db"))
+    first.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, row_owner)")
+    first.commit()
+    second = octodb.connect(f"{primary_uri(tmp_path / 'p2.db')}&connect={first.bound_addresses[0]}")
+    try:
+        wait_until("the table on the second primary", lambda: _unless("no such table",
+            lambda: second.execute("SELECT count(*) FROM notes").fetchone() == (0,)))
+        first.close()
+        with pytest.raises(octodb.OperationalError, match="try it again") as raised:
+            second.execute("INSERT INTO notes(body, row_owner) VALUES ('lost', '*')")
+            second.commit()
+        assert raised.value.sqlite_errorname == "SQLITE_BUSY", raised.value
+        assert raised.value.sqlite_errorcode == 5
+        second.rollback()
+        assert second.execute("SELECT count(*) FROM notes").fetchone() == (0,)
+    finally:
+        second.close()
+        first.close()

@@ -36,6 +36,12 @@ pub enum Error {
     /// lost majority, a disk that refuses): a matter of availability, not a broken rule.
     #[error("{0}")]
     Cluster(String),
+    /// The primaries' cluster could not take a transaction now (no leader yet, a leader
+    /// change, its leader out of reach, a primary still joining): nothing of it was applied,
+    /// so running it again is safe. (Python: `OperationalError` with SQLite's
+    /// `SQLITE_BUSY`, the code apps already retry on.)
+    #[error("{0}")]
+    Unavailable(String),
     #[error("PRAGMA {name}: {reason}")]
     Pragma { name: String, reason: String },
     #[error("internal data of `{0}` is damaged: {1}; restore the file from a backup or delete it to download again")]

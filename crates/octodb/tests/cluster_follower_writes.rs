@@ -350,3 +350,28 @@ fn a_followers_app_drops_and_rebuilds_tables() {
         wait_count(p, "SELECT count(*) FROM memos WHERE body = 'kept'", 1);
     }
 }
+
+/// A follower whose leader is gone (stopped, no other majority to elect one) refuses its app's
+/// write as not applied, safe to run again: not as an unknown outcome, which would make the
+/// app check for a write that was never sent.
+#[test]
+fn a_followers_write_with_its_leader_gone_fails_as_not_applied() {
+    let c = Cluster::new();
+    let (p1, p2, p3) = three_primaries(&c);
+    // (Its connection to the leader, kept from this write, is closed by the leader's stop.)
+    p2.execute("INSERT INTO t(v, row_owner) VALUES ('kept', '*')", [])
+        .expect("a follower's write");
+    drop(p3);
+    wait_closed(&c, "p3.db");
+    drop(p1);
+    wait_closed(&c, "p.db");
+
+    let failed = p2
+        .execute("INSERT INTO t(v, row_owner) VALUES ('lost', '*')", [])
+        .expect_err("no leader to take the write");
+    assert!(
+        matches!(&failed, Error::Unavailable(m) if m.contains("nothing of the transaction was sent")),
+        "{failed:?}"
+    );
+    assert_eq!(count(&p2, "SELECT count(*) FROM t WHERE v = 'lost'"), 0);
+}

@@ -154,7 +154,8 @@ impl Forwarder {
     }
 
     /// Sends `request` to `leader` and waits at most `wait` for its reply. An error means the
-    /// outcome is unknown (the request may have reached the leader).
+    /// outcome is unknown (the request may have reached the leader); see [`Self::try_call`]
+    /// for a caller that tells a request never sent apart.
     async fn call(
         &self,
         leader: RaftNodeId,
@@ -162,6 +163,19 @@ impl Forwarder {
         request: Request,
         wait: Duration,
     ) -> Result<Reply> {
+        self.try_call(leader, member, request, wait)
+            .await
+            .map_err(|failed| failed.error)
+    }
+
+    /// As [`Self::call`], saying whether a failed request may have reached the leader.
+    async fn try_call(
+        &self,
+        leader: RaftNodeId,
+        member: Member,
+        request: Request,
+        wait: Duration,
+    ) -> std::result::Result<Reply, CallFailed> {
         // A free connection, else the next in turn.
         let free = self.clients.iter().find_map(|c| c.try_lock().ok());
         let mut slot = match free {
@@ -176,13 +190,24 @@ impl Forwarder {
             *slot = Some(PeerClient::new(leader, member, self.network.clone()));
         }
         let Some(client) = slot.as_mut() else {
-            return Err(Error::rule("no connection to the leader"));
+            return Err(CallFailed {
+                error: Error::rule("no connection to the leader"),
+                maybe_received: false,
+            });
         };
         match client.request(request, wait).await {
             Ok(reply) => Ok(reply),
-            Err(e) => {
+            Err(failed) => {
                 *slot = None;
-                Err(Error::rule(format!("the leader did not answer ({e})")))
+                let error = failed.error;
+                Err(CallFailed {
+                    error: if failed.maybe_received {
+                        Error::rule(format!("the leader did not answer ({error})"))
+                    } else {
+                        Error::rule(error.to_string())
+                    },
+                    maybe_received: failed.maybe_received,
+                })
             }
         }
     }
@@ -195,11 +220,17 @@ impl Forwarder {
         wait: Duration,
     ) -> Result<ForwardOutcome> {
         match self
-            .call(leader, member, Request::Forward(txn), wait)
-            .await?
+            .try_call(leader, member, Request::Forward(txn), wait)
+            .await
         {
-            Reply::Forward(outcome) => Ok(outcome),
-            _ => Err(other_reply()),
+            Ok(Reply::Forward(outcome)) => Ok(outcome),
+            Ok(_) => Err(other_reply()),
+            // Never sent: nothing of it can have been applied (a leader just lost, say).
+            Err(failed) if !failed.maybe_received => Err(Error::Unavailable(format!(
+                "this primary could not reach its cluster's leader ({})",
+                failed.error
+            ))),
+            Err(failed) => Err(failed.error),
         }
     }
 
@@ -252,6 +283,12 @@ impl Forwarder {
             _ => Err(other_reply()),
         }
     }
+}
+
+/// A forwarded request that failed, and whether the leader may have acted on it.
+struct CallFailed {
+    error: Error,
+    maybe_received: bool,
 }
 
 fn other_reply() -> Error {

@@ -91,10 +91,18 @@ pub async fn serve_connection(
     mut wr: SecureWriter,
     services: Option<Services>,
 ) -> Result<(), NetError> {
+    // A node that stops (closed, or its file diverged) closes its members' connections at
+    // once: a peer must not take a connection kept to a stopped node for a live one (its
+    // next request would be lost on the way, its outcome unknown), and finds the cluster's
+    // leader anew.
+    let stopped = raft_stopped(&raft);
+    tokio::pin!(stopped);
     loop {
-        let request: Request = decode(&rd.recv().await?)?;
-        // A node that stopped (closed, or its file diverged) answers nothing more: the peer
-        // must not wait on it, and finds the cluster's leader anew.
+        let frame = tokio::select! {
+            frame = rd.recv() => frame?,
+            () = &mut stopped => return Err(NetError::Closed),
+        };
+        let request: Request = decode(&frame)?;
         if raft.metrics().borrow().running_state.is_err() {
             return Err(NetError::Closed);
         }
@@ -132,6 +140,16 @@ pub async fn serve_connection(
         // the peer must reconnect rather than keep hearing "stopped" on this connection.
         if reply.is_fatal() {
             return Err(NetError::Closed);
+        }
+    }
+}
+
+/// Resolves once `raft` has stopped (shut down, or stopped by a fatal error).
+async fn raft_stopped(raft: &Raft) {
+    let mut metrics = raft.metrics();
+    while metrics.borrow_and_update().running_state.is_ok() {
+        if metrics.changed().await.is_err() {
+            return;
         }
     }
 }
@@ -385,6 +403,14 @@ pub struct PeerClient {
     answered: bool,
 }
 
+/// A follower's request that got no answer, and whether the member may have acted on it.
+#[derive(Debug)]
+pub(super) struct Unanswered {
+    pub error: NetError,
+    /// False when the request never reached the member (no connection, a refused session).
+    pub maybe_received: bool,
+}
+
 /// How a call failed: before reaching the member (back off), or on the way.
 enum CallError {
     Unreachable(NetError),
@@ -422,9 +448,18 @@ impl PeerClient {
         &mut self,
         request: Request,
         wait: Duration,
-    ) -> Result<Reply, NetError> {
+    ) -> Result<Reply, Unanswered> {
         self.call(request, wait).await.map_err(|e| match e {
-            CallError::Unreachable(e) | CallError::Network(e) => e,
+            // No connection, or the member refused the session: the request was not read.
+            // (A fresh connection closed before any answer may have been read first.)
+            CallError::Unreachable(e) if !matches!(e, NetError::Closed) => Unanswered {
+                error: e,
+                maybe_received: false,
+            },
+            CallError::Unreachable(e) | CallError::Network(e) => Unanswered {
+                error: e,
+                maybe_received: true,
+            },
         })
     }
 
@@ -472,6 +507,12 @@ impl PeerClient {
 
     async fn call(&mut self, request: Request, ttl: Duration) -> Result<Reply, CallError> {
         let bytes = encode(&request).map_err(CallError::Network)?;
+        // A kept connection the member closed meanwhile (it stopped): connect again, so that
+        // a member gone for good reads as unreachable (nothing sent), not as a request lost
+        // on its way.
+        if self.conn.as_ref().is_some_and(|(rd, _)| rd.peer_closed()) {
+            self.conn = None;
+        }
         self.ensure_connected().await?;
         let Some((mut rd, mut wr)) = self.conn.take() else {
             return Err(CallError::Unreachable(NetError::Closed));

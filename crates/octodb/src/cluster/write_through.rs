@@ -281,16 +281,15 @@ impl Proposer {
     }
 
     /// A follower: sends an app's transaction to the cluster's leader, to be decided there
-    /// (`forward`), and waits at most `wait` for the answer. An error: the outcome is unknown.
+    /// (`forward`), and waits at most `wait` for the answer. An error: the outcome is unknown,
+    /// but for [`Error::Unavailable`]: nothing was sent (no leader known, or none reachable).
     pub(crate) async fn forward(
         &self,
         txn: super::forward::Forwarded,
         wait: std::time::Duration,
     ) -> Result<super::forward::ForwardOutcome> {
         let Some(leader) = self.leader_within(wait).await else {
-            return Ok(super::forward::ForwardOutcome::Refused {
-                reason: NO_LEADER.into(),
-            });
+            return Err(Error::Unavailable(NO_LEADER.into()));
         };
         self.forwarder.forward(leader, txn, wait).await
     }

@@ -106,6 +106,23 @@ impl SecureReader {
         }
     }
 
+    /// Whether the peer has already closed the connection (its end of stream is waiting to
+    /// be read), seen without reading: a connection kept between requests whose peer went
+    /// away is not worth sending on, and a request sent on it could not be told apart from
+    /// one the peer received before it went.
+    pub fn peer_closed(&self) -> bool {
+        if self.start < self.buf.len() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        let mut probe = tokio::io::ReadBuf::new(&mut byte);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        matches!(
+            self.inner.as_ref().poll_peek(&mut cx, &mut probe),
+            std::task::Poll::Ready(Ok(0)) | std::task::Poll::Ready(Err(_))
+        )
+    }
+
     /// From now on, a silence of `after` (no byte received or sent) fails `recv` with
     /// [`NetError::Dead`]; `None` waits forever (a peer that sends no heartbeats).
     pub fn set_idle_timeout(&mut self, after: Option<std::time::Duration>) {

@@ -990,7 +990,8 @@ impl Drop for Node {
             );
             let _ = w.join();
         }
-        // The Raft node's task holds connections to the file: it ends with the node.
+        // The Raft node's task holds connections to the file: it ends with the node (and so
+        // do the member connections it serves).
         if let Some(proposer) = self.shared.cluster.get() {
             let raft = proposer.raft().clone();
             let stopped = on_runtime(async move { raft.shutdown().await });
@@ -998,6 +999,12 @@ impl Drop for Node {
                 tracing::warn!("stopping the primary's Raft node: {e}");
             }
         }
+        // So does the connection that applied the followers' transactions.
+        *self
+            .shared
+            .forwarded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 

@@ -28,6 +28,7 @@ from octodb.broker._common import (
     NoData,
     ObjectNotFound,
     RemoteError,
+    Unavailable,
     decode,
     encode,
     register_codec,
@@ -61,6 +62,7 @@ __all__ = [
     "ObjectNotFound",
     "Conflict",
     "RemoteError",
+    "Unavailable",
     "encode",
     "decode",
 ]

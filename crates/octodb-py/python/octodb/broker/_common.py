@@ -25,6 +25,11 @@ class Conflict(BrokerError):
     """An update carried an old value the object no longer has: fetch it again and retry."""
 
 
+class Unavailable(BrokerError, ConnectionError):
+    """The server's primaries could not take the write now (no leader, a fail-over under way):
+    nothing of it was applied; send it again (a ``ConnectionError``, as a dropped connection)."""
+
+
 class RemoteError(BrokerError):
     """An error raised by the server's code, of a type this side does not know."""
 
@@ -40,6 +45,7 @@ _KINDS = {
     "NotFound": ObjectNotFound,
     "ObjectNotFound": ObjectNotFound,
     "Conflict": Conflict,
+    "Unavailable": Unavailable,
 }
 
 

@@ -110,7 +110,7 @@ impl Connection {
                 let _ = self.internal_sql("ROLLBACK");
                 let why = gave_up.why().to_string();
                 gave_up.after_rollback();
-                Err(Error::Cluster(format!(
+                Err(Error::Unavailable(format!(
                     "the primaries' cluster did not take this transaction ({why}): it was \
                      rolled back; try it again",
                 )))
@@ -237,6 +237,12 @@ impl Connection {
                 return Err(Error::Cluster(format!(
                     "this primary follows its cluster's leader, which did not apply the \
                      transaction: {reason}. Nothing of it was applied; try it again"
+                )))
+            }
+            Err(Error::Unavailable(reason)) => {
+                return Err(Error::Unavailable(format!(
+                    "{reason}. This primary follows its cluster's leader; nothing of the \
+                     transaction was sent or applied: try it again"
                 )))
             }
             Ok(ForwardOutcome::Unconfirmed { reason }) => return Err(unconfirmed(&reason)),

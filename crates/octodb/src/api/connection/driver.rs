@@ -364,7 +364,7 @@ impl Connection {
         let deadline = std::time::Instant::now() + JOIN_WAIT_MAX;
         while !joined() {
             if std::time::Instant::now() >= deadline {
-                return Err(Error::Cluster(format!(
+                return Err(Error::Unavailable(format!(
                     "this primary is still joining its cluster (connect=): its app's writes go \
                      through once it has joined, which it has not within {}s (PRAGMA \
                      sync_status says what it waits for; a primary must be approved to join \
