@@ -375,3 +375,35 @@ fn a_followers_write_with_its_leader_gone_fails_as_not_applied() {
     );
     assert_eq!(count(&p2, "SELECT count(*) FROM t WHERE v = 'lost'"), 0);
 }
+
+/// A follower's schema statement right after the leader's runs on the leader's schema (it
+/// waits until it has applied what the leader had committed), not on an older one that
+/// failed it at COMMIT: "the schema changed since it began".
+#[test]
+fn a_followers_schema_statement_right_after_the_leaders_goes_through() {
+    let c = Cluster::new();
+    let (p1, p2, p3) = three_primaries(&c);
+    p2.execute("INSERT INTO t(v, row_owner) VALUES ('first', '*')", [])
+        .expect("the follower's first write");
+    for i in 0..10 {
+        p1.execute(&format!("ALTER TABLE t ADD COLUMN leader_{i}"), [])
+            .expect("the leader's schema statement");
+        p2.execute(
+            &format!("CREATE TABLE follower_{i}(id INTEGER PRIMARY KEY, row_owner)"),
+            [],
+        )
+        .unwrap_or_else(|e| panic!("the follower's schema statement {i}: {e}"));
+    }
+    for p in [&p1, &p2, &p3] {
+        wait_count(
+            p,
+            "SELECT count(*) FROM sqlite_master WHERE name LIKE 'follower_%'",
+            10,
+        );
+        wait_count(
+            p,
+            "SELECT count(*) FROM pragma_table_info('t') WHERE name LIKE 'leader_%'",
+            10,
+        );
+    }
+}

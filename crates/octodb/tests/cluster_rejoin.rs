@@ -554,3 +554,42 @@ fn a_leader_restarted_without_its_majority_does_not_report_leading() {
             .then_some(())
     });
 }
+
+/// A follower restarted while the leader changed the schema runs its app's start-up
+/// migration (`CREATE TABLE IF NOT EXISTS`) on the cluster's schema: its first write waits
+/// until it has applied what the leader had committed, so the statement finds the table and
+/// does nothing, where it made it again and failed at COMMIT ("the schema changed since it
+/// began"), or recorded a second CREATE.
+#[test]
+fn a_restarted_followers_start_up_migration_sees_the_leaders_schema() {
+    let c = Cluster::new();
+    let Three {
+        ports,
+        paths,
+        primaries: [p1, p2, p3],
+    } = three(&c);
+    drop(p2);
+    wait_closed(&c, "p2.db");
+    let migration = "CREATE TABLE IF NOT EXISTS notes(id INTEGER PRIMARY KEY, body, row_owner)";
+    p1.execute(migration, []).expect("the leader's migration");
+    let entries = "SELECT count(*) FROM _octo_log";
+    let before = count(&p1, entries);
+
+    let first = format!("127.0.0.1:{}", ports[0]);
+    let p2 = primary_at(&paths[1], ports[1], Some(&first));
+    p2.execute(migration, [])
+        .expect("the restarted follower's migration");
+    p2.execute(
+        "INSERT INTO notes(body, row_owner) VALUES ('from p2', '*')",
+        [],
+    )
+    .expect("a write to the table");
+    for p in [&p1, &p2, &p3] {
+        wait_count(p, "SELECT count(*) FROM notes WHERE body = 'from p2'", 1);
+        assert_eq!(
+            count(p, entries),
+            before + 1,
+            "only the insert was logged after"
+        );
+    }
+}

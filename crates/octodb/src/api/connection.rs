@@ -81,6 +81,9 @@ pub struct Connection {
     /// A primary's connection has seen its primary a caught-up member of its cluster
     /// (`driver::wait_until_joined`).
     member_seen: Cell<bool>,
+    /// On a follower: this connection caught up with its leader before its first write
+    /// (`driver::catch_up_with_leader`).
+    caught_up_once: Cell<bool>,
     /// Devices: the outbox transaction the open SQLite transaction adds to.
     open_txn: Cell<Option<u64>>,
     /// Primaries: the log entries to announce once the open transaction commits.
@@ -202,6 +205,7 @@ impl Connection {
             recursive_triggers: Cell::new(false),
             app_recursive_triggers: Cell::new(Some(false)),
             member_seen: Cell::new(false),
+            caught_up_once: Cell::new(false),
             open_txn: Cell::new(None),
             committed: RefCell::new(Vec::new()),
             outbox_added: RefCell::new(None),

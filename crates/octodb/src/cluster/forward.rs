@@ -163,18 +163,20 @@ impl Forwarder {
         request: Request,
         wait: Duration,
     ) -> Result<Reply> {
-        self.try_call(leader, member, request, wait)
+        self.try_call(leader, member, request, wait, 0)
             .await
             .map_err(|failed| failed.error)
     }
 
-    /// As [`Self::call`], saying whether a failed request may have reached the leader.
+    /// As [`Self::call`], saying whether a failed request may have reached the leader; a
+    /// leader speaking an older protocol than `needs` is not sent it.
     async fn try_call(
         &self,
         leader: RaftNodeId,
         member: Member,
         request: Request,
         wait: Duration,
+        needs: u8,
     ) -> std::result::Result<Reply, CallFailed> {
         // A free connection, else the next in turn.
         let free = self.clients.iter().find_map(|c| c.try_lock().ok());
@@ -195,6 +197,15 @@ impl Forwarder {
                 maybe_received: false,
             });
         };
+        if needs > 0 && client.protocol().await < needs {
+            return Err(CallFailed {
+                error: Error::rule(format!(
+                    "the leader does not speak protocol {needs} (an older build) or cannot be \
+                     reached"
+                )),
+                maybe_received: false,
+            });
+        }
         match client.request(request, wait).await {
             Ok(reply) => Ok(reply),
             Err(failed) => {
@@ -220,7 +231,7 @@ impl Forwarder {
         wait: Duration,
     ) -> Result<ForwardOutcome> {
         match self
-            .try_call(leader, member, Request::Forward(txn), wait)
+            .try_call(leader, member, Request::Forward(txn), wait, 0)
             .await
         {
             Ok(Reply::Forward(outcome)) => Ok(outcome),
@@ -231,6 +242,26 @@ impl Forwarder {
                 failed.error
             ))),
             Err(failed) => Err(failed.error),
+        }
+    }
+
+    /// Asks `leader` up to which Raft index the cluster has committed (confirmed by a
+    /// majority as it answers).
+    pub(crate) async fn read_index(
+        &self,
+        (leader, member): (RaftNodeId, Member),
+        wait: Duration,
+    ) -> Result<u64> {
+        let needs = crate::net::version::READ_INDEX;
+        match self
+            .try_call(leader, member, Request::ReadIndex, wait, needs)
+            .await
+            .map_err(|failed| failed.error)?
+        {
+            Reply::ReadIndex(index) => index.map_err(|why| {
+                Error::rule(format!("the cluster's leader gave no read index: {why}"))
+            }),
+            _ => Err(other_reply()),
         }
     }
 

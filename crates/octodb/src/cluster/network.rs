@@ -43,6 +43,9 @@ pub(super) enum Request {
     AdmitDevice(String),
     /// A device's transactions received by a follower, for the leader to decide.
     DeviceTxns(ForwardedTxns),
+    /// A follower asks the leader up to which Raft index the cluster has committed, to catch
+    /// up to it before its app goes on (protocol 12, `version::READ_INDEX`).
+    ReadIndex,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,6 +59,9 @@ pub(super) enum Reply {
     Decide(Result<(), String>),
     AdmitDevice(Result<DeviceAdmitted, String>),
     DeviceTxns(Result<Option<u64>, String>),
+    /// The Raft index the cluster has committed up to, confirmed by a majority; Err: why not
+    /// (this primary does not lead).
+    ReadIndex(Result<u64, String>),
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, NetError> {
@@ -133,6 +139,10 @@ pub async fn serve_connection(
                 Some(s) => s.device_txns(peer, txns).await,
                 None => Err(NO_SERVICES.into()),
             }),
+            Request::ReadIndex => Reply::ReadIndex(match raft.get_read_log_id().await {
+                Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
+                Err(e) => Err(e.to_string()),
+            }),
         };
         wr.send(&encode(&reply)?).await?;
         wr.flush().await?;
@@ -160,9 +170,11 @@ impl Reply {
             Reply::AppendEntries(r) => matches!(r, Err(RaftError::Fatal(_))),
             Reply::Vote(r) => matches!(r, Err(RaftError::Fatal(_))),
             Reply::InstallSnapshot(r) => matches!(r, Err(RaftError::Fatal(_))),
-            Reply::Forward(_) | Reply::Decide(_) | Reply::AdmitDevice(_) | Reply::DeviceTxns(_) => {
-                false
-            }
+            Reply::Forward(_)
+            | Reply::Decide(_)
+            | Reply::AdmitDevice(_)
+            | Reply::DeviceTxns(_)
+            | Reply::ReadIndex(_) => false,
         }
     }
 }
@@ -444,6 +456,15 @@ impl PeerClient {
     }
 
     /// Sends a follower's request to this member (the leader) and reads its reply.
+    /// The protocol version agreed with the member, connecting first if need be (0 if it
+    /// cannot be reached).
+    pub(super) async fn protocol(&mut self) -> u8 {
+        match self.ensure_connected().await {
+            Ok(()) => self.protocol,
+            Err(_) => 0,
+        }
+    }
+
     pub(super) async fn request(
         &mut self,
         request: Request,

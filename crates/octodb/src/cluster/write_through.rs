@@ -294,6 +294,34 @@ impl Proposer {
         self.forwarder.forward(leader, txn, wait).await
     }
 
+    /// A follower: waits (at most `wait` in all) until it has applied everything the cluster
+    /// had committed when the leader answered, so that what its app reads next, or the schema
+    /// its app changes, is at least as new as any transaction committed before. Err: why it
+    /// could not (no leader, an older leader, a slow catch-up); the app goes on then, on what
+    /// this primary holds. A leader has nothing to wait for.
+    pub(crate) async fn catch_up_with_leader(&self, wait: std::time::Duration) -> Result<()> {
+        let start = std::time::Instant::now();
+        let Some(leader) = self.leader_within(wait).await else {
+            return if self.leads_once_confirmed(wait).await {
+                Ok(())
+            } else {
+                Err(Error::Unavailable(NO_LEADER.into()))
+            };
+        };
+        let index = self.forwarder.read_index(leader, wait).await?;
+        let left = wait.saturating_sub(start.elapsed());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "the leader's read index")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Error::rule(format!(
+                    "not caught up with the leader's index {index}: {e}"
+                ))
+            })
+    }
+
     /// The leader, waiting for one (at most `wait`, and no longer than an election takes)
     /// when none is known: an app's write in an election, or just after this primary
     /// started, goes through once one is elected instead of failing at once. None: still

@@ -27,8 +27,13 @@ use std::fmt;
 /// `Message::CopiedFile`), 9 (session tickets: `Message::SessionTicket` after a device's
 /// admission, and the resumed handshake that takes one, `net::resume`), 10 (a primary tells a
 /// device when it has caught up: `Message::CaughtUp`), 11 (a download's row count follows its
-/// first rows instead of holding them up: `Message::SnapshotTotal`).
-pub const NEWEST: u8 = 11;
+/// first rows instead of holding them up: `Message::SnapshotTotal`), 12 (a follower asks its
+/// leader how far to catch up before its app reads or changes the schema: the cluster's
+/// `ReadIndex` request).
+pub const NEWEST: u8 = 12;
+/// The first version whose leaders answer a follower's `ReadIndex` (the position up to which
+/// the cluster has committed).
+pub const READ_INDEX: u8 = 12;
 /// The first version whose devices take a download's row count after its first rows
 /// (`Message::SnapshotTotal`; `SnapshotBegin` then says 0).
 pub const DOWNLOAD_TOTAL_LATER: u8 = 11;

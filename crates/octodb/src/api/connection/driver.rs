@@ -202,6 +202,7 @@ impl Connection {
             return Ok(());
         }
         self.wait_until_joined()?;
+        self.catch_up_with_leader(false);
         self.turn.begins_writing();
         if let Err(e) = self.internal_sql(TAKE_WRITE_LOCK) {
             self.turn.idle();
@@ -231,6 +232,8 @@ impl Connection {
             .take()
             .map(|private| (sql.to_string(), private));
         let in_txn = !self.conn.is_autocommit();
+        // (A schema statement of its own: no transaction's snapshot or lock is held yet.)
+        self.catch_up_with_leader(ddl.is_some() && !in_txn);
         let wrap = !in_txn && !readonly && WRAPPED.contains(&word.as_str());
         if in_txn && matches!(word.as_str(), "COMMIT" | "END" | "RELEASE") {
             let commits = word != "RELEASE" || self.release_commits(sql);
@@ -251,6 +254,7 @@ impl Connection {
         // whose snapshot is taken would only fail to write after the engine's commit.
         if !in_txn && opens_write_transaction(&word, sql, readonly) {
             self.wait_until_joined()?;
+            self.catch_up_with_leader(false);
             self.turn.begins_writing();
         } else if in_txn && !readonly && !self.turn.is_writing() {
             let no_snapshot =
@@ -258,6 +262,7 @@ impl Connection {
             if no_snapshot {
                 // A deferred `BEGIN` (or `SAVEPOINT`) whose first statement writes.
                 self.wait_until_joined()?;
+                self.catch_up_with_leader(false);
                 self.turn.begins_writing();
             } else {
                 self.turn.writes();
@@ -334,6 +339,34 @@ impl Connection {
             self.app_recursive_triggers.set(None);
         }
         Ok(())
+    }
+
+    /// A follower's app writes on what the cluster had committed, not on what this primary
+    /// happens to have applied yet: before a connection's first write transaction, and before
+    /// each schema statement of its own (`schema_statement`), it waits until it has applied
+    /// everything the leader had committed then (a read index: one round trip). Start-up
+    /// migrations on a follower restarted, or run just after the leader's, otherwise ran on an
+    /// older schema and failed at COMMIT ("the schema changed since it began"), and a
+    /// `CREATE TABLE IF NOT EXISTS` the leader had run was made again. Holding no lock, as
+    /// the state machine needs the file's write lock to apply. Best effort, bounded: without
+    /// a leader (or with one of an older build) the app goes on, and the leader's conflict
+    /// check still guards the transaction.
+    fn catch_up_with_leader(&self, schema_statement: bool) {
+        if self.caught_up_once.get() && !schema_statement {
+            return;
+        }
+        self.caught_up_once.set(true);
+        if !self.leader_followed() {
+            return;
+        }
+        let Some(proposer) = self.node.as_ref().and_then(|n| n.shared.cluster.get()) else {
+            return;
+        };
+        let caught_up =
+            crate::node::block_on(proposer.catch_up_with_leader(crate::cluster::LEADERLESS_MAX));
+        if let Err(e) = caught_up {
+            tracing::debug!("a follower's app goes on without catching up with its leader: {e}");
+        }
     }
 
     /// A primary joining its cluster (opened with `connect=`, its join not done) takes its
