@@ -54,6 +54,25 @@ pub enum ForwardOutcome {
     Refused { reason: String },
     /// Written by the leader, but no majority confirmed it: it may be lost.
     Unconfirmed { reason: String },
+    /// Not applied because the leader cannot take writes now (it is starting, stopping, no
+    /// longer leads, or the cluster gave its entry up): the same transaction may be sent
+    /// again. Protocol 12 (`version::FORWARD_UNAVAILABLE`); older followers are sent
+    /// `Refused` instead.
+    Unavailable { reason: String },
+}
+
+impl ForwardOutcome {
+    /// As a follower speaking `protocol` reads it.
+    pub(crate) fn for_protocol(self, protocol: u8) -> ForwardOutcome {
+        match self {
+            ForwardOutcome::Unavailable { reason }
+                if protocol < crate::net::version::FORWARD_UNAVAILABLE =>
+            {
+                ForwardOutcome::Refused { reason }
+            }
+            other => other,
+        }
+    }
 }
 
 /// A decision on a node's request that a follower's process took (its callback, its
@@ -447,7 +466,7 @@ impl Applier {
                 let _ = crate::store::exec(c, "ROLLBACK");
                 let reason = format!("the cluster did not take it ({})", g.why());
                 g.after_rollback();
-                Ok(Decision::NotApplied(ForwardOutcome::Refused { reason }))
+                Ok(Decision::NotApplied(ForwardOutcome::Unavailable { reason }))
             }
         }
     }
@@ -509,4 +528,25 @@ fn conflict(c: &rusqlite::Connection, txn: &Forwarded) -> Result<Option<String>>
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ForwardOutcome;
+
+    /// A follower of protocol 11 reads a transaction its leader could not take now as refused
+    /// (it knows no other variant); one of 12 as unavailable, which its app may send again.
+    #[test]
+    fn an_unavailable_outcome_goes_to_older_followers_as_refused() {
+        let outcome = || ForwardOutcome::Unavailable {
+            reason: "the leader is shutting down".into(),
+        };
+        assert_eq!(
+            outcome().for_protocol(11),
+            ForwardOutcome::Refused {
+                reason: "the leader is shutting down".into()
+            }
+        );
+        assert_eq!(outcome().for_protocol(12), outcome());
+    }
 }

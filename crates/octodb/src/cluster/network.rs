@@ -93,6 +93,7 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, NetError> {
 pub async fn serve_connection(
     raft: Raft,
     peer: PublicKey,
+    protocol: u8,
     mut rd: SecureReader,
     mut wr: SecureWriter,
     services: Option<Services>,
@@ -122,7 +123,7 @@ pub async fn serve_connection(
             Request::Vote(r) => Reply::Vote(raft.vote(r).await),
             Request::InstallSnapshot(r) => Reply::InstallSnapshot(raft.install_snapshot(r).await),
             Request::Forward(txn) => Reply::Forward(match &services {
-                Some(s) => s.transaction(peer, txn).await,
+                Some(s) => s.transaction(peer, txn).await.for_protocol(protocol),
                 None => ForwardOutcome::Refused {
                     reason: "this primary decides no forwarded transactions".into(),
                 },
@@ -198,9 +199,12 @@ pub async fn serve_members(
             let served = async {
                 let stream = SecureStream::accept(tcp, &keys, &handshake).await?;
                 let peer = stream.peer().public_key;
+                let protocol = stream.protocol_version();
                 let (mut rd, wr) = stream.into_split();
                 match Message::decode(&rd.recv().await?)? {
-                    Message::Hello { .. } => serve_connection(raft, peer, rd, wr, None).await,
+                    Message::Hello { .. } => {
+                        serve_connection(raft, peer, protocol, rd, wr, None).await
+                    }
                     other => Err(NetError::Malformed(format!(
                         "expected Hello first, got {}",
                         other.kind()

@@ -28,12 +28,16 @@ use std::fmt;
 /// admission, and the resumed handshake that takes one, `net::resume`), 10 (a primary tells a
 /// device when it has caught up: `Message::CaughtUp`), 11 (a download's row count follows its
 /// first rows instead of holding them up: `Message::SnapshotTotal`), 12 (a follower asks its
-/// leader how far to catch up before its app reads or changes the schema: the cluster's
-/// `ReadIndex` request).
+/// leader how far to catch up before its app writes or changes the schema: the cluster's
+/// `ReadIndex` request; a leader says which transactions it could not take now, to be sent
+/// again: `ForwardOutcome::Unavailable`).
 pub const NEWEST: u8 = 12;
 /// The first version whose leaders answer a follower's `ReadIndex` (the position up to which
 /// the cluster has committed).
 pub const READ_INDEX: u8 = 12;
+/// The first version whose followers tell a transaction their leader could not take now
+/// (`ForwardOutcome::Unavailable`) from one it refused.
+pub const FORWARD_UNAVAILABLE: u8 = 12;
 /// The first version whose devices take a download's row count after its first rows
 /// (`Message::SnapshotTotal`; `SnapshotBegin` then says 0).
 pub const DOWNLOAD_TOTAL_LATER: u8 = 11;

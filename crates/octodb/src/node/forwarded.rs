@@ -68,6 +68,13 @@ fn refused(reason: impl Into<String>) -> ForwardOutcome {
     }
 }
 
+/// Not applied because this primary cannot take writes now: the follower may send it again.
+fn unavailable(reason: impl Into<String>) -> ForwardOutcome {
+    ForwardOutcome::Unavailable {
+        reason: reason.into(),
+    }
+}
+
 /// The node id of `peer` if it is a member of this primary's cluster and this primary leads
 /// it; else why the request is refused.
 fn leading_for(shared: &Shared, peer: &PublicKey) -> std::result::Result<u32, &'static str> {
@@ -89,16 +96,21 @@ fn leading_for(shared: &Shared, peer: &PublicKey) -> std::result::Result<u32, &'
         .nodes()
         .find(|(_, member)| member.public_key == key)
         .and_then(|(id, _)| u32::try_from(*id).ok());
-    id.ok_or("only the cluster's primaries send it requests")
+    id.ok_or(NOT_A_MEMBER)
 }
+
+/// Why a request from a primary outside the cluster is refused (every other refusal of
+/// [`leading_for`] is a matter of time: the request may be sent again).
+const NOT_A_MEMBER: &str = "only the cluster's primaries send it requests";
 
 async fn decide(shared: Weak<Shared>, peer: PublicKey, txn: Forwarded) -> ForwardOutcome {
     let Some(shared) = shared.upgrade() else {
-        return refused("the leader is shutting down");
+        return unavailable("the leader is shutting down");
     };
     let origin = match leading_for(&shared, &peer) {
         Ok(id) => id,
-        Err(why) => return refused(why),
+        Err(why) if why == NOT_A_MEMBER => return refused(why),
+        Err(why) => return unavailable(why),
     };
     let on_file = shared.clone();
     let decided = tokio::task::spawn_blocking(move || {
@@ -112,7 +124,7 @@ async fn decide(shared: Weak<Shared>, peer: PublicKey, txn: Forwarded) -> Forwar
             )?),
         };
         let Some(proposer) = on_file.cluster.get() else {
-            return Ok(Decision::NotApplied(refused("the leader is stopping")));
+            return Ok(Decision::NotApplied(unavailable("the leader is stopping")));
         };
         let decided = applier.decide(proposer, origin, &txn);
         if decided.is_err() {

@@ -42,6 +42,7 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 pub(super) async fn primary_session(
     shared: &Arc<Shared>,
     peer: PublicKey,
+    protocol: u8,
     addr: SocketAddr,
     info: String,
     rd: SecureReader,
@@ -69,7 +70,7 @@ pub(super) async fn primary_session(
             return refuse_session(&mut wr, reason).await;
         }
         let services = Some(super::forwarded::services(shared));
-        return Ok(crate::cluster::serve_connection(raft, peer, rd, wr, services).await?);
+        return Ok(crate::cluster::serve_connection(raft, peer, protocol, rd, wr, services).await?);
     }
     match admit_joiner(shared, &raft, peer, addr, &info, hello).await {
         Ok(Joiner {

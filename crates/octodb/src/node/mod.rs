@@ -990,21 +990,25 @@ impl Drop for Node {
             );
             let _ = w.join();
         }
-        // The Raft node's task holds connections to the file: it ends with the node (and so
-        // do the member connections it serves).
-        if let Some(proposer) = self.shared.cluster.get() {
-            let raft = proposer.raft().clone();
-            let stopped = on_runtime(async move { raft.shutdown().await });
-            if let Ok(Err(e)) = stopped {
-                tracing::warn!("stopping the primary's Raft node: {e}");
-            }
-        }
-        // So does the connection that applied the followers' transactions.
+        // The connection that applies the followers' transactions closes (once the one it
+        // may be deciding is written).
         *self
             .shared
             .forwarded
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = None;
+        // The Raft node's task holds connections to the file: it ends with the node (and so
+        // do the member connections it serves), a leader's once a majority holds its writes.
+        if let Some(proposer) = self.shared.cluster.get() {
+            let raft = proposer.raft().clone();
+            let stopped = on_runtime(async move {
+                crate::cluster::hand_over_before_stopping(&raft).await;
+                raft.shutdown().await
+            });
+            if let Ok(Err(e)) = stopped {
+                tracing::warn!("stopping the primary's Raft node: {e}");
+            }
+        }
     }
 }
 

@@ -193,7 +193,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     };
     if role == Role::Primary {
         return Box::pin(super::join::primary_session(
-            shared, pubkey, addr, info, rd, wr,
+            shared, pubkey, protocol, addr, info, rd, wr,
         ))
         .await;
     }

@@ -19,6 +19,16 @@ use crate::store;
 /// How long a COMMIT waits for a cluster of several primaries to hold its transaction.
 const CONFIRM_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// A follower's transaction the leader wrote but its cluster did not confirm.
+fn forwarded_unconfirmed(why: &str) -> Error {
+    Error::Cluster(format!(
+        "the transaction was committed by the cluster's leader, but the cluster did not \
+         confirm it ({why}): its leader changed or lost its majority. It may be lost if another \
+         primary leads: check whether it is there (PRAGMA sync_status names the leader) and \
+         write it again if not"
+    ))
+}
+
 fn unconfirmed(why: &str) -> Error {
     Error::Cluster(format!(
         "the transaction was committed on this primary, but its cluster did not confirm it \
@@ -245,7 +255,15 @@ impl Connection {
                      transaction was sent or applied: try it again"
                 )))
             }
-            Ok(ForwardOutcome::Unconfirmed { reason }) => return Err(unconfirmed(&reason)),
+            Ok(ForwardOutcome::Unavailable { reason }) => {
+                return Err(Error::Unavailable(format!(
+                    "this primary follows its cluster's leader, which could not take the \
+                     transaction now: {reason}. Nothing of it was applied; try it again"
+                )))
+            }
+            Ok(ForwardOutcome::Unconfirmed { reason }) => {
+                return Err(forwarded_unconfirmed(&reason))
+            }
             Err(e) => {
                 return Err(Error::Cluster(format!(
                     "this primary follows its cluster's leader, and the transaction's outcome \
