@@ -635,6 +635,19 @@ fn a_leader_closed_under_its_followers_writes_opens_again_in_step() {
             })
         })
         .collect();
+    // A device writing through the leader's own writer too.
+    let device_uri = device_uri(&c.path("d.db"), &first);
+    let device_stop = stop.clone();
+    let device = std::thread::spawn(move || {
+        let d = Connection::open(&device_uri).expect("open a device");
+        ready(&d);
+        let mut n = 0;
+        while !device_stop.load(std::sync::atomic::Ordering::Relaxed) {
+            d.execute("INSERT INTO t(v) VALUES (?1)", [format!("d {n}")])
+                .expect("a device writes offline or not");
+            n += 1;
+        }
+    });
     wait_until("the followers' writes flowing", || {
         (count(&p1, "SELECT count(*) FROM t") >= 50).then_some(())
     });
@@ -644,6 +657,7 @@ fn a_leader_closed_under_its_followers_writes_opens_again_in_step() {
     for w in writers {
         w.join().expect("a writer thread");
     }
+    device.join().expect("the device's thread");
     let p1 = primary_at(&paths[0], ports[0], None);
     wait_until("the reopened leader in step with its cluster", || {
         let s = p1.sync_status().ok()?;
