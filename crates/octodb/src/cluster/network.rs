@@ -156,7 +156,7 @@ pub async fn serve_connection(
 }
 
 /// Resolves once `raft` has stopped (shut down, or stopped by a fatal error).
-async fn raft_stopped(raft: &Raft) {
+pub(crate) async fn raft_stopped(raft: &Raft) {
     let mut metrics = raft.metrics();
     while metrics.borrow_and_update().running_state.is_ok() {
         if metrics.changed().await.is_err() {

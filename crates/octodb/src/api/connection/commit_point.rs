@@ -273,10 +273,19 @@ impl Connection {
             }
         };
         let mut applied = proposer.rows_applied();
-        let caught_up = crate::node::block_on(async {
-            tokio::time::timeout(CONFIRM_WAIT_MAX, applied.wait_for(|seq| *seq >= last_seq))
-                .await
-                .is_ok_and(|r| r.is_ok())
+        let raft = proposer.raft().clone();
+        let caught_up = crate::node::block_on(async move {
+            // (A Raft node that stops meanwhile applies nothing more: no use waiting.)
+            let applying = async {
+                tokio::time::timeout(CONFIRM_WAIT_MAX, applied.wait_for(|seq| *seq >= last_seq))
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+            };
+            tokio::select! {
+                biased;
+                caught_up = applying => caught_up,
+                () = crate::cluster::network::raft_stopped(&raft) => false,
+            }
         });
         if !caught_up {
             // (A Raft node that stopped applies nothing more until the node opens again.)
