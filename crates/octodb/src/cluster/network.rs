@@ -94,15 +94,14 @@ pub async fn serve_connection(
     raft: Raft,
     peer: PublicKey,
     protocol: u8,
-    mut rd: SecureReader,
-    mut wr: SecureWriter,
+    (mut rd, mut wr): (SecureReader, SecureWriter),
     services: Option<Services>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), NetError> {
-    // A node that stops (closed, or its file diverged) closes its members' connections at
-    // once: a peer must not take a connection kept to a stopped node for a live one (its
-    // next request would be lost on the way, its outcome unknown), and finds the cluster's
-    // leader anew.
-    let stopped = raft_stopped(&raft);
+    // A node that stops closes its members' connections at once: a peer must not take a
+    // connection kept to a stopped node for a live one (its next request would be lost on
+    // the way, its outcome unknown), and finds the cluster's leader anew.
+    let stopped = until_set(stopping);
     tokio::pin!(stopped);
     loop {
         let frame = tokio::select! {
@@ -110,6 +109,7 @@ pub async fn serve_connection(
             () = &mut stopped => return Err(NetError::Closed),
         };
         let request: Request = decode(&frame)?;
+        // (So does a Raft node stopped by a fatal error, its file diverged say.)
         if raft.metrics().borrow().running_state.is_err() {
             return Err(NetError::Closed);
         }
@@ -155,6 +155,15 @@ pub async fn serve_connection(
     }
 }
 
+/// Resolves once `flag` is set, or its sender is gone.
+async fn until_set(mut flag: tokio::sync::watch::Receiver<bool>) {
+    while !*flag.borrow_and_update() {
+        if flag.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// Resolves once `raft` has stopped (shut down, or stopped by a fatal error).
 pub(crate) async fn raft_stopped(raft: &Raft) {
     let mut metrics = raft.metrics();
@@ -192,9 +201,11 @@ pub async fn serve_members(
     let handshake = Arc::new(handshake);
     // Owned here: when this server is stopped, its connections end with it.
     let mut connections = tokio::task::JoinSet::new();
+    let (_serving, stopping) = tokio::sync::watch::channel(false);
     while let Ok((tcp, addr)) = listener.accept().await {
         while connections.try_join_next().is_some() {}
         let (keys, handshake, raft) = (keys.clone(), handshake.clone(), raft.clone());
+        let stopping = stopping.clone();
         connections.spawn(async move {
             let served = async {
                 let stream = SecureStream::accept(tcp, &keys, &handshake).await?;
@@ -203,7 +214,7 @@ pub async fn serve_members(
                 let (mut rd, wr) = stream.into_split();
                 match Message::decode(&rd.recv().await?)? {
                     Message::Hello { .. } => {
-                        serve_connection(raft, peer, protocol, rd, wr, None).await
+                        serve_connection(raft, peer, protocol, (rd, wr), None, stopping).await
                     }
                     other => Err(NetError::Malformed(format!(
                         "expected Hello first, got {}",

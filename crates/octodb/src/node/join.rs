@@ -70,7 +70,15 @@ pub(super) async fn primary_session(
             return refuse_session(&mut wr, reason).await;
         }
         let services = Some(super::forwarded::services(shared));
-        return Ok(crate::cluster::serve_connection(raft, peer, protocol, rd, wr, services).await?);
+        return Ok(crate::cluster::serve_connection(
+            raft,
+            peer,
+            protocol,
+            (rd, wr),
+            services,
+            shared.shutdown.subscribe(),
+        )
+        .await?);
     }
     match admit_joiner(shared, &raft, peer, addr, &info, hello).await {
         Ok(Joiner {
