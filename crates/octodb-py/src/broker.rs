@@ -381,10 +381,12 @@ impl PyServer {
         }
     }
 
-    fn stop(&self) -> PyResult<()> {
+    /// Stops with the GIL released: the server's threads may be calling the program's
+    /// loaders, which need it to finish.
+    fn stop(&self, py: Python<'_>) -> PyResult<()> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(c) = conn {
-            self.server.stop(&c).map_err(py_err)?;
+            py.detach(move || self.server.stop(&c)).map_err(py_err)?;
         }
         Ok(())
     }
@@ -647,8 +649,10 @@ impl PyClient {
         self.client.is_connected()
     }
 
-    fn close(&self) {
-        self.client.close();
+    /// Closes with the GIL released: the client's notices thread may be calling a listener,
+    /// which needs it to finish.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.client.close());
     }
 }
 

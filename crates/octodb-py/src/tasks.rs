@@ -173,9 +173,15 @@ impl PyTaskRun {
     /// Publish the values (coalesced); returns True when the task must stop (cancelled, or
     /// this worker lost it): `octodb.tasks` raises `Cancelled` inside `run` then.
     /// With `write` false the values are only kept, for the outcome's write.
+    /// The write runs with the GIL released: it may wait for the file's write lock (up to
+    /// the connection's busy timeout), which another of the program's threads may hold while
+    /// it needs the GIL to go on (a handler's own insert, as in the broker and tasks
+    /// walkthrough: every Python thread, and the engine waiting for that lock, stood still
+    /// for the whole timeout).
     #[pyo3(signature = (progress=None, total=None, expected_duration=None, write=true))]
     fn publish(
         &self,
+        py: Python<'_>,
         progress: Option<f64>,
         total: Option<f64>,
         expected_duration: Option<f64>,
@@ -190,7 +196,24 @@ impl PyTaskRun {
         if let Some(d) = expected_duration {
             self.ctx.set_expected_duration(d);
         }
-        write && self.ctx.publish().is_err()
+        let ctx = OnThisThread(&self.ctx);
+        write && py.detach(move || ctx.publish()).is_err()
+    }
+}
+
+/// The task's context, taken into a `detach` closure: it is `Rc`-based, so not `Send`.
+struct OnThisThread<'a>(&'a TaskContext);
+
+// SAFETY: `Python::detach` runs its closure on the calling thread and returns only once it is
+// done, so the context's `Rc`s are only ever touched by the thread that owns them. No other
+// thread reaches them meanwhile either: the context lives in a `_TaskRun`, an `unsendable`
+// pyclass, which PyO3 refuses to borrow from any thread but its own.
+unsafe impl Send for OnThisThread<'_> {}
+
+impl OnThisThread<'_> {
+    /// (A method, so that the closure takes the whole wrapper, not its non-`Send` field.)
+    fn publish(self) -> Result<(), HandlerError> {
+        self.0.publish()
     }
 }
 

@@ -3,6 +3,7 @@
 import datetime
 import logging
 import threading
+import time
 
 import pytest
 
@@ -295,6 +296,51 @@ def test_a_result_that_is_not_json_fails_the_task_with_the_reason(tmp_path):
         queue = tasks.Queue(uri)
         with pytest.raises(ValueError, match="NaN or infinite"):
             NotANumber(queue).start().join(timeout=DEADLINE)
+    finally:
+        worker.stop()
+        backend.close()
+
+
+LOCK_HELD = threading.Event()
+
+
+class PublishesWhileLocked(tasks.Task):
+    def run(self):
+        LOCK_HELD.wait(DEADLINE)  # another thread of the program holds the write lock now
+        self.progress = 1
+        self.publish()  # waits for that lock: with the GIL released meanwhile
+        return "published"
+
+
+def test_publish_waiting_for_the_write_lock_lets_other_threads_run(tmp_path):
+    """A handler's publish that waits for the file's write lock must not hold the GIL: the
+    thread holding the lock needs the GIL to get on and commit, and every other thread of the
+    program (and the engine, waiting for that lock too) stood still until the publish's busy
+    timeout, 60 s (the broker and tasks walkthrough: a leader frozen, the cluster lost)."""
+    uri = primary_uri(tmp_path / "backend.db")
+    backend = octodb.connect(uri)
+    worker = tasks.Worker(uri, threads=1)
+    worker.register(PublishesWhileLocked)
+    worker.start()
+    try:
+        queue = tasks.Queue(uri)
+        task = PublishesWhileLocked(queue).start()
+        wait_until("the task running", lambda: queue.task(task.id).state == "running")
+        holder = octodb.connect(uri, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        LOCK_HELD.set()
+        ticks = threading.Event()
+
+        def python_work():
+            for _ in range(20):
+                time.sleep(0.01)  # each wake-up needs the GIL back
+            ticks.set()
+
+        threading.Thread(target=python_work, daemon=True).start()
+        assert ticks.wait(20), "the program's threads stood still while the publish waited"
+        holder.execute("COMMIT")
+        assert task.join(timeout=DEADLINE) == "published"
+        holder.close()
     finally:
         worker.stop()
         backend.close()
