@@ -69,19 +69,28 @@ pub fn open(
         }
     }
     let (name, table, column) = (c(name)?, c(table)?, c(column)?);
-    let mut blob = std::ptr::null_mut();
-    // SAFETY: an open handle under its lock; the strings outlive the call.
-    let rc = unsafe {
-        ffi::sqlite3_blob_open(
-            raw.0,
-            name.as_ptr(),
-            table.as_ptr(),
-            column.as_ptr(),
-            row,
-            (!readonly) as c_int,
-            &mut blob,
-        )
-    };
+    // With the GIL released: a writable blob may begin the write transaction, which waits
+    // (the busy timeout) for a lock another thread of the program may hold while it needs
+    // the GIL.
+    let (rc, blob) = py.detach(move || {
+        let raw = raw; // (the whole handle, which is Send, not its raw pointer field)
+        let mut blob = std::ptr::null_mut();
+        // SAFETY: an open handle under its lock (`g`, held across this call); the strings
+        // are owned by this closure and outlive the call.
+        let rc = unsafe {
+            ffi::sqlite3_blob_open(
+                raw.0,
+                name.as_ptr(),
+                table.as_ptr(),
+                column.as_ptr(),
+                row,
+                (!readonly) as c_int,
+                &mut blob,
+            )
+        };
+        (rc, OpenedBlob(blob))
+    });
+    let blob = blob.0;
     if rc != ffi::SQLITE_OK {
         return Err(errors::from_db(py, raw));
     }
@@ -385,3 +394,10 @@ impl Blob {
         )))
     }
 }
+
+/// A blob handle just opened, handed back from the `detach` closure that opened it.
+struct OpenedBlob(*mut ffi::sqlite3_blob);
+
+// SAFETY: the handle is only used under its connection's `Db` lock, which the opening thread
+// holds throughout (as for `RawDb`); the closure runs on that same thread.
+unsafe impl Send for OpenedBlob {}

@@ -185,7 +185,18 @@ impl PyServer {
     #[new]
     fn new(py: Python<'_>, uri: &str, service: &str, handler: Py<PyAny>) -> PyResult<PyServer> {
         let conn = open(py, uri)?;
-        let server = Server::start(&conn, service).map_err(py_err)?;
+        // Detached: starting loads or makes the broker's secret, a write that may wait for
+        // the file's write lock (and for the cluster), which another thread of the program
+        // may hold while it needs the GIL; a failed start drops the connection there too
+        // (perhaps the node's last, whose shutdown joins its threads).
+        let service = service.to_string();
+        let server = py
+            .detach(move || {
+                let started = Server::start(&conn, &service);
+                started.map(|server| (server, conn))
+            })
+            .map_err(py_err)?;
+        let (server, conn) = server;
         let loader = Arc::new(PyLoader {
             handler: handler.clone_ref(py),
         });
@@ -254,15 +265,33 @@ impl PyServer {
             "attrs" => Access::AttributesOnly,
             other => return Err(PyValueError::new_err(format!("unknown access {other}"))),
         };
-        let tables = {
-            let mut slot = self.tables.lock().unwrap_or_else(|p| p.into_inner());
-            match slot.as_ref() {
-                Some(t) => t.clone(),
-                None => {
-                    let t = SqlTables::new(open(py, &self.uri)?, &self.server);
-                    follow_feed(&self.server, open(py, &self.uri)?).map_err(py_err)?;
-                    *slot = Some(t.clone());
-                    t
+        // The connections are opened before the slot is locked: opening releases the GIL, and
+        // another thread waiting for the slot with the GIL held would never let it back.
+        let existing = self
+            .tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let tables = match existing {
+            Some(t) => t,
+            None => {
+                let (tables_conn, feed_conn) = (open(py, &self.uri)?, open(py, &self.uri)?);
+                let mut slot = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+                match slot.as_ref() {
+                    // (Another thread exported first: its tables stand; these connections
+                    // close with the GIL released below.)
+                    Some(t) => {
+                        let t = t.clone();
+                        drop(slot);
+                        py.detach(move || drop((tables_conn, feed_conn)));
+                        t
+                    }
+                    None => {
+                        let t = SqlTables::new(tables_conn, &self.server);
+                        follow_feed(&self.server, feed_conn).map_err(py_err)?;
+                        *slot = Some(t.clone());
+                        t
+                    }
                 }
             }
         };

@@ -54,6 +54,11 @@ fn info_dict<'py>(py: Python<'py>, i: &TaskInfo) -> PyResult<Bound<'py, PyDict>>
 #[pyclass(module = "octodb._octodb", name = "_TaskQueue", frozen)]
 pub struct PyTaskQueue {
     queue: Mutex<TaskQueue>,
+    /// Read apart from the queue's lock, which a submit holds (GIL released) for as long as
+    /// it waits for the file: a `join` loop reading the feed with the GIL held must not wait
+    /// behind it.
+    feed: octodb::FeedWatcher,
+    public_key: String,
 }
 
 impl PyTaskQueue {
@@ -69,8 +74,12 @@ impl PyTaskQueue {
         let queue = py
             .detach(|| TaskQueue::open(&uri))
             .map_err(|e| task_error(py, e))?;
+        let feed = queue.connection().feed_watcher();
+        let public_key = queue.connection().public_key();
         Ok(PyTaskQueue {
             queue: Mutex::new(queue),
+            feed,
+            public_key,
         })
     }
 
@@ -131,22 +140,18 @@ impl PyTaskQueue {
     }
 
     fn feed_position(&self) -> u64 {
-        self.queue().connection().feed_position()
+        self.feed.position()
     }
 
     /// Wait (GIL released) until the node's feed passes `after`, at most `timeout` seconds.
     fn wait_feed(&self, py: Python<'_>, after: u64, timeout: f64) -> PyResult<u64> {
         let timeout = seconds("timeout", timeout)?;
-        Ok(py.detach(|| {
-            // The wait needs no lock on the queue: a clone of nothing, just the node's feed.
-            let q = self.queue();
-            q.connection().wait_feed(after, timeout)
-        }))
+        Ok(py.detach(|| self.feed.wait(after, timeout)))
     }
 
     #[getter]
     fn public_key(&self) -> String {
-        self.queue().connection().public_key()
+        self.public_key.clone()
     }
 }
 

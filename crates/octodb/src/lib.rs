@@ -23,7 +23,7 @@ pub mod cluster;
 pub use api::feed;
 pub use api::{
     app_signed_bytes, backup, mark_restored, next_event, restore_cluster, ColumnIndex, Connection,
-    Next, OpenOptions, RestoredCluster, Row, Rows, Statement, Transaction,
+    FeedWatcher, Next, OpenOptions, RestoredCluster, Row, Rows, Statement, Transaction,
 };
 pub use cluster::RestoreMark;
 pub use error::{Error, Result};

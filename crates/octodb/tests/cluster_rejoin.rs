@@ -111,6 +111,11 @@ fn a_leader_whose_file_diverged_rejoins_as_a_new_member() {
         .expect("the diverged primary says why it stopped");
     assert!(status.sync_error.unwrap().contains("rejoins"));
     assert_eq!(
+        cluster_role(&p1),
+        "stopped",
+        "its role says it serves nothing"
+    );
+    assert_eq!(
         count(leader, "SELECT count(*) FROM t WHERE v = 'only on p1'"),
         0,
         "the cluster never took p1's unconfirmed tail"

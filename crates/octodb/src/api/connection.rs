@@ -429,18 +429,13 @@ impl Connection {
     /// Waits until the feed's position passes `after`, at most `timeout`; returns the
     /// position then. It blocks its thread (from async code, call it in `spawn_blocking`).
     pub fn wait_feed(&self, after: u64, timeout: Duration) -> u64 {
-        let Some(node) = &self.node else {
-            return 0;
-        };
-        let mut feed = node.shared.feed.subscribe();
-        crate::node::block_on(async {
-            let passed = tokio::time::timeout(timeout, feed.wait_for(|seq| *seq > after))
-                .await
-                .ok()
-                .and_then(|waited| waited.ok().map(|seq| *seq));
-            // Timed out, or the node stopped: where it stands.
-            passed.unwrap_or_else(|| *feed.borrow())
-        })
+        self.feed_watcher().wait(after, timeout)
+    }
+
+    /// The feed's position, to read and wait on from any thread without this connection
+    /// (which one thread at a time uses).
+    pub fn feed_watcher(&self) -> FeedWatcher {
+        FeedWatcher(self.node.as_ref().map(|n| n.shared.feed.subscribe()))
     }
 
     /// Primaries: the rows changed by the log entries after `after`, up to the feed's
@@ -971,5 +966,32 @@ mod tests {
         ] {
             assert!(!super::alters_row_owner(sql), "{sql}");
         }
+    }
+}
+
+/// The change feed's position of a node, apart from any connection ([`Connection::feed_watcher`]).
+#[derive(Clone)]
+pub struct FeedWatcher(Option<tokio::sync::watch::Receiver<u64>>);
+
+impl FeedWatcher {
+    /// As [`Connection::feed_position`].
+    pub fn position(&self) -> u64 {
+        self.0.as_ref().map_or(0, |feed| *feed.borrow())
+    }
+
+    /// As [`Connection::wait_feed`].
+    pub fn wait(&self, after: u64, timeout: Duration) -> u64 {
+        let Some(feed) = &self.0 else {
+            return 0;
+        };
+        let mut feed = feed.clone();
+        crate::node::block_on(async {
+            let passed = tokio::time::timeout(timeout, feed.wait_for(|seq| *seq > after))
+                .await
+                .ok()
+                .and_then(|waited| waited.ok().map(|seq| *seq));
+            // Timed out, or the node stopped: where it stands.
+            passed.unwrap_or_else(|| *feed.borrow())
+        })
     }
 }

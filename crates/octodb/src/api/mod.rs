@@ -15,7 +15,9 @@ pub mod sql_text;
 pub use crate::store::returned_ids::ColumnOrigin;
 pub use backup::{backup, mark_restored, restore_cluster, RestoredCluster};
 pub(crate) use connection::service_executor;
-pub use connection::{app_signed_bytes, Connection, Prepared, Started, Statement, Transaction};
+pub use connection::{
+    app_signed_bytes, Connection, FeedWatcher, Prepared, Started, Statement, Transaction,
+};
 pub use events::{next_event, Next};
 pub use local::OpenOptions;
 pub use rows::{ColumnIndex, Row, Rows};

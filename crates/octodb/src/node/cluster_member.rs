@@ -115,6 +115,21 @@ async fn follow_news(
     }
 }
 
+/// What a primary whose Raft node stopped by itself says (in its `sync_error`, ahead of
+/// anything else: it serves nothing until opened again); None for a node stopped on purpose.
+pub(crate) fn stopped_because(
+    fatal: &openraft::error::Fatal<crate::cluster::RaftNodeId>,
+) -> Option<String> {
+    if matches!(fatal, openraft::error::Fatal::Stopped) {
+        return None;
+    }
+    Some(format!(
+        "this primary's Raft node stopped ({fatal}); it serves nothing until the database is \
+         opened again (a primary whose file diverged from its cluster's then rejoins it as a \
+         new member)"
+    ))
+}
+
 /// Keeps `Shared::cluster_view` as the cluster is: the device sessions follow it (to end
 /// when this primary stops leading, to tell their devices of the primaries), and only a
 /// change of it wakes them, not every commit that moves Raft's metrics.
@@ -141,14 +156,9 @@ async fn follow_view(shared: std::sync::Weak<Shared>) {
             .clone()
             .err();
         if let Some(fatal) = stopped {
-            if matches!(fatal, openraft::error::Fatal::Stopped) {
+            let Some(why) = stopped_because(&fatal) else {
                 return; // the node closes
-            }
-            let why = format!(
-                "this primary's Raft node stopped ({fatal}); it serves nothing until the \
-                 database is opened again (a primary whose file diverged from its cluster's \
-                 then rejoins it as a new member)"
-            );
+            };
             tracing::error!("{why}");
             shared
                 .live

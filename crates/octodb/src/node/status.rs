@@ -96,7 +96,8 @@ pub struct SyncStatus {
 pub struct ClusterStatus {
     /// "leader", "follower", "candidate" or "learner"; "leader_unconfirmed" for a primary
     /// elected (or restored as leader at its restart) that no majority of voters has
-    /// answered yet: it takes no writes until one does.
+    /// answered yet: it takes no writes until one does; "stopped" for one whose Raft node
+    /// stopped (its `sync_error` says why: open the database again).
     pub role: String,
     pub term: u64,
     /// The leader's node id, when one is known (not this primary's own while its
@@ -242,6 +243,13 @@ pub struct ClusterMember {
     pub lag: Option<u64>,
 }
 
+/// Why this primary's Raft node stopped by itself, if it did.
+fn raft_stopped(shared: &Shared) -> Option<String> {
+    let raft = shared.cluster.get()?.raft();
+    let fatal = raft.metrics().borrow().running_state.clone().err()?;
+    super::cluster_member::stopped_because(&fatal)
+}
+
 /// The cluster as `raft`'s metrics show it now.
 pub(crate) fn cluster_status(raft: &crate::cluster::Raft) -> ClusterStatus {
     // (Taken out of the borrow at once: openraft's core waits while it is held.)
@@ -251,6 +259,8 @@ pub(crate) fn cluster_status(raft: &crate::cluster::Raft) -> ClusterStatus {
     // leader-only work on the role, for as long as the others are out of reach.
     let confirmed = crate::cluster::leads_confirmed(&m);
     let role = match m.state {
+        // (Stopped by itself: it keeps the last state it had, a learner's often.)
+        _ if m.running_state.is_err() => "stopped",
         openraft::ServerState::Leader if confirmed => "leader",
         openraft::ServerState::Leader => "leader_unconfirmed",
         openraft::ServerState::Follower => "follower",
@@ -366,7 +376,11 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         auth_state: auth_state.filter(|_| id.node_id() == 0 || revoked),
         // A primary of a cluster also says why it cannot take writes now (cut off from its
         // majority, no leader for long: its app's commits fail meanwhile).
-        sync_error: sync_error
+        // A Raft node stopped by itself comes first: nothing else is fixed until the database
+        // is opened again (a failed write said the disk might be full, the cluster
+        // walkthrough: the real reason was only in the log).
+        sync_error: raft_stopped(shared)
+            .or(sync_error)
             .or_else(|| shared.cluster.get().and_then(|p| p.refused()))
             .or_else(|| {
                 shared.cluster.get()?;
