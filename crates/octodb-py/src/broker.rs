@@ -426,8 +426,8 @@ impl PyServer {
 pub struct PyClient {
     client: Client,
     hook: Py<PyAny>,
-    /// The client's own connection to its node (kept open while the client lives).
-    _conn: Mutex<octodb::Connection>,
+    /// The client's own connection to its node (kept open until `close`).
+    conn: Mutex<Option<octodb::Connection>>,
 }
 
 impl PyClient {
@@ -482,7 +482,7 @@ impl PyClient {
         Ok(PyClient {
             client,
             hook,
-            _conn: Mutex::new(conn),
+            conn: Mutex::new(Some(conn)),
         })
     }
 
@@ -681,7 +681,13 @@ impl PyClient {
     /// Closes with the GIL released: the client's notices thread may be calling a listener,
     /// which needs it to finish.
     fn close(&self, py: Python<'_>) {
-        py.detach(|| self.client.close());
+        // (Its connection too: dropped later by the garbage collector, with the GIL held, it
+        // could be the node's last, whose shutdown joins threads that may need the GIL.)
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
+        py.detach(move || {
+            self.client.close();
+            drop(conn);
+        });
     }
 }
 
