@@ -263,6 +263,16 @@ pub(crate) fn leads_confirmed(m: &openraft::RaftMetrics<RaftNodeId, Member>) -> 
     m.state == openraft::ServerState::Leader && m.millis_since_quorum_ack.is_some()
 }
 
+/// Resolves once `raft` has stopped (shut down, or stopped by a fatal error).
+pub(crate) async fn raft_stopped(raft: &Raft) {
+    let mut metrics = raft.metrics();
+    while metrics.borrow_and_update().running_state.is_ok() {
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 /// How long a leader that is closed waits for a majority to hold what it wrote.
 const STOP_HANDOVER_MAX: std::time::Duration = std::time::Duration::from_secs(3);
 

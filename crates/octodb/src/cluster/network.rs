@@ -101,12 +101,12 @@ pub async fn serve_connection(
     // A node that stops closes its members' connections at once: a peer must not take a
     // connection kept to a stopped node for a live one (its next request would be lost on
     // the way, its outcome unknown), and finds the cluster's leader anew.
-    let stopped = until_set(stopping);
-    tokio::pin!(stopped);
+    let mut stopping = stopping;
     loop {
         let frame = tokio::select! {
             frame = rd.recv() => frame?,
-            () = &mut stopped => return Err(NetError::Closed),
+            // (Also when the node is gone, its sender with it.)
+            _ = stopping.wait_for(|stop| *stop) => return Err(NetError::Closed),
         };
         let request: Request = decode(&frame)?;
         // (So does a Raft node stopped by a fatal error, its file diverged say.)
@@ -151,25 +151,6 @@ pub async fn serve_connection(
         // the peer must reconnect rather than keep hearing "stopped" on this connection.
         if reply.is_fatal() {
             return Err(NetError::Closed);
-        }
-    }
-}
-
-/// Resolves once `flag` is set, or its sender is gone.
-async fn until_set(mut flag: tokio::sync::watch::Receiver<bool>) {
-    while !*flag.borrow_and_update() {
-        if flag.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-/// Resolves once `raft` has stopped (shut down, or stopped by a fatal error).
-pub(crate) async fn raft_stopped(raft: &Raft) {
-    let mut metrics = raft.metrics();
-    while metrics.borrow_and_update().running_state.is_ok() {
-        if metrics.changed().await.is_err() {
-            return;
         }
     }
 }

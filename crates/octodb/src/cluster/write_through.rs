@@ -302,13 +302,19 @@ impl Proposer {
     pub(crate) async fn catch_up_with_leader(&self, wait: std::time::Duration) -> Result<()> {
         let start = std::time::Instant::now();
         let Some(leader) = self.leader_within(wait).await else {
-            return if self.leads_once_confirmed(wait).await {
+            return if self
+                .leads_once_confirmed(wait.saturating_sub(start.elapsed()))
+                .await
+            {
                 Ok(())
             } else {
                 Err(Error::Unavailable(NO_LEADER.into()))
             };
         };
-        let index = self.forwarder.read_index(leader, wait).await?;
+        let index = self
+            .forwarder
+            .read_index(leader, wait.saturating_sub(start.elapsed()))
+            .await?;
         let left = wait.saturating_sub(start.elapsed());
         self.raft
             .wait(Some(left))

@@ -244,7 +244,7 @@ pub struct ClusterMember {
 }
 
 /// Why this primary's Raft node stopped by itself, if it did.
-fn raft_stopped(shared: &Shared) -> Option<String> {
+fn raft_stopped_because(shared: &Shared) -> Option<String> {
     let raft = shared.cluster.get()?.raft();
     let fatal = raft.metrics().borrow().running_state.clone().err()?;
     super::cluster_member::stopped_because(&fatal)
@@ -379,7 +379,7 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         // A Raft node stopped by itself comes first: nothing else is fixed until the database
         // is opened again (a failed write said the disk might be full, the cluster
         // walkthrough: the real reason was only in the log).
-        sync_error: raft_stopped(shared)
+        sync_error: raft_stopped_because(shared)
             .or(sync_error)
             .or_else(|| shared.cluster.get().and_then(|p| p.refused()))
             .or_else(|| {

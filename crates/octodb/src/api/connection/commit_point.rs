@@ -284,7 +284,7 @@ impl Connection {
             tokio::select! {
                 biased;
                 caught_up = applying => caught_up,
-                () = crate::cluster::network::raft_stopped(&raft) => false,
+                () = crate::cluster::raft_stopped(&raft) => false,
             }
         });
         if !caught_up {
