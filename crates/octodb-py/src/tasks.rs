@@ -223,7 +223,7 @@ impl OnThisThread<'_> {
 }
 
 /// A task type implemented in Python: `runner(run, args_json)` returns
-/// `(True, result_json)` or `(False, error_type_name, message)`.
+/// `(True, result_json)` or `(False, error_type_name, message, unavailable)`.
 struct PyHandler {
     runner: Py<PyAny>,
 }
@@ -256,7 +256,16 @@ impl Handler for PyHandler {
                     .map_err(|e| HandlerError::new("TypeError", e.to_string()))
             };
             if ok {
-                text(1)
+                return text(1);
+            }
+            // A fourth item, true: the database was unavailable to the handler (the runner
+            // tells; see `HandlerError::is_unavailable`).
+            let unavailable = tuple
+                .get_item(3)
+                .and_then(|v| v.extract::<bool>())
+                .unwrap_or(false);
+            if unavailable {
+                Err(HandlerError::unavailable(text(1)?, text(2)?))
             } else {
                 Err(HandlerError::new(text(1)?, text(2)?))
             }

@@ -344,3 +344,55 @@ def test_publish_waiting_for_the_write_lock_lets_other_threads_run(tmp_path):
     finally:
         worker.stop()
         backend.close()
+
+
+HOLDER_READY = threading.Event()
+BUSY_SEEN = threading.Event()
+BUSY_RUNS = []
+
+
+class WritesAfterBusy(tasks.Task):
+    """Writes a row on its own connection; the first time, the file's write lock is held
+    elsewhere beyond the connection's busy timeout."""
+
+    def run(self, uri):
+        BUSY_RUNS.append(self.idempotency_key)
+        HOLDER_READY.wait(DEADLINE)
+        db = octodb.connect(uri, timeout=0.05)
+        try:
+            with db:
+                db.execute("INSERT INTO done_by_task(task) VALUES (?)", (self.id,))
+        except octodb.OperationalError:
+            BUSY_SEEN.set()
+            raise
+        finally:
+            db.close()
+        return "written"
+
+
+def test_a_handler_the_database_was_unavailable_to_runs_again_though_retries_are_spent(tmp_path):
+    """SQLITE_BUSY (and a cluster's `Unavailable`, which Python sees as it) means the failing
+    statement applied nothing: the worker runs the task again rather than failing it, even
+    with no retries allowed (a cluster walkthrough: tasks failed by an election)."""
+    uri = primary_uri(tmp_path / "backend.db")
+    backend = octodb.connect(uri)
+    backend.execute("CREATE TABLE done_by_task(task INTEGER, row_owner)")
+    worker = tasks.Worker(uri, threads=1)
+    worker.register(WritesAfterBusy, max_retries=0, backoff=0.05)
+    worker.start()
+    try:
+        queue = tasks.Queue(uri)
+        task = WritesAfterBusy(queue).start(uri)
+        wait_until("the task running", lambda: queue.task(task.id).state == "running")
+        holder = octodb.connect(uri, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        HOLDER_READY.set()
+        assert BUSY_SEEN.wait(DEADLINE), "the handler's write was not refused while locked"
+        holder.execute("COMMIT")
+        holder.close()
+        assert task.join(timeout=DEADLINE) == "written"
+        assert len(BUSY_RUNS) == 2, BUSY_RUNS
+        assert backend.execute("SELECT count(*) FROM done_by_task").fetchone()[0] == 1
+    finally:
+        worker.stop()
+        backend.close()

@@ -190,6 +190,66 @@ fn a_task_whose_expiry_passes_before_its_retry_fails_saying_so() {
 }
 
 #[test]
+fn an_attempt_the_database_was_unavailable_to_runs_again_beyond_the_retries() {
+    // A cluster's election fails a handler's write with `Error::Unavailable` (nothing
+    // applied): that must not fail a task allowing no retry. One that never gets through ends
+    // failed with its own error after the attempts lost workers are allowed.
+    let setup = Setup::new();
+    let mut registry = octodb_tasks::Registry::default();
+    let runs = Counter::default();
+    let (once, always) = (runs.clone(), runs.clone());
+    let unavailable = || octodb::Error::Unavailable("the cluster knows no leader".into());
+    let no_retry = octodb_tasks::TypeOptions {
+        max_retries: 0,
+        backoff: Duration::from_millis(20),
+    };
+    registry.register(
+        "unavailable_once",
+        no_retry.clone(),
+        move |ctx: &octodb_tasks::TaskContext, _args: serde_json::Value| {
+            once.add(ctx.id);
+            if ctx.attempt == 1 {
+                return Err(unavailable().into());
+            }
+            Ok(serde_json::json!("done"))
+        },
+    );
+    registry.register(
+        "unavailable_always",
+        no_retry,
+        move |ctx: &octodb_tasks::TaskContext, _args: serde_json::Value| {
+            always.add(ctx.id);
+            Err::<serde_json::Value, _>(unavailable().into())
+        },
+    );
+    let _workers = setup.workers(registry, Policy::default(), quick_config(1));
+    let device = setup.device("d.db");
+    let once = device
+        .submit("unavailable_once", "[]", SubmitOptions::default())
+        .unwrap();
+    let always = device
+        .submit("unavailable_always", "[]", SubmitOptions::default())
+        .unwrap();
+    assert_eq!(
+        device.join(once, Some(DEADLINE), |_| {}).unwrap(),
+        "\"done\""
+    );
+    assert_eq!(runs.of(once), 2);
+    match device.join(always, Some(DEADLINE), |_| {}) {
+        Err(TaskError::Failed { type_name, message }) => {
+            assert_eq!(type_name, "Unavailable");
+            assert!(message.contains("no leader"), "{message}");
+        }
+        other => panic!("expected the task failed with its error, got {other:?}"),
+    }
+    assert_eq!(
+        runs.of(always),
+        3,
+        "the first attempt and the two a lost worker has"
+    );
+}
+
+#[test]
 fn an_ended_task_nobody_acknowledges_is_deleted_at_the_retention_cap() {
     let setup = Setup::new();
     let counter = Counter::default();

@@ -38,6 +38,7 @@ import datetime as _datetime
 import json as _json
 import time as _time
 
+from octodb._octodb import OperationalError as _OperationalError
 from octodb._octodb import _TaskQueue, _TaskWorkers
 
 __all__ = [
@@ -471,11 +472,23 @@ def _runner_for(cls):
             run.publish(task.progress, task.total, task.expected_duration, False)
             return (True, encode(result))
         except Cancelled as e:
-            return (False, "Cancelled", _message_of(e) or "the task was cancelled")
+            return (False, "Cancelled", _message_of(e) or "the task was cancelled", False)
         except Exception as e:  # the task's error goes back to the submitter as it is
-            return (False, type(e).__name__, _message_of(e))
+            return (False, type(e).__name__, _message_of(e), _unavailable(e))
 
     return runner
+
+
+def _unavailable(e):
+    """Whether the handler failed only because the database could not take its write for a
+    while (no leader in the cluster, the file's lock held too long: SQLITE_BUSY, nothing of
+    the statement applied; or the broker's `Unavailable`): the worker runs the task again
+    even when its retries are spent (docs/tasks.md, "Retries")."""
+    if isinstance(e, _OperationalError) and getattr(e, "sqlite_errorname", None) == "SQLITE_BUSY":
+        return True
+    from octodb.broker import Unavailable
+
+    return isinstance(e, Unavailable)
 
 
 # ---------------------------------------------------------------- workers

@@ -55,6 +55,10 @@ use std::time::{Duration, Instant};
 pub struct HandlerError {
     pub type_name: String,
     pub message: String,
+    /// The database could not take the handler's write for a while (no leader in the
+    /// cluster, the file's lock held too long) and applied nothing of the failing statement:
+    /// the attempt is run again like one its worker lost, beyond the task's retries.
+    unavailable: bool,
 }
 
 impl HandlerError {
@@ -62,12 +66,46 @@ impl HandlerError {
         HandlerError {
             type_name: type_name.into(),
             message: message.into(),
+            unavailable: false,
         }
+    }
+    /// A handler's error caused by the database being unavailable for a while (see
+    /// [`HandlerError::is_unavailable`]); `From<octodb::Error>` makes it for the engine's
+    /// `Unavailable` and `SQLITE_BUSY` errors.
+    pub fn unavailable(type_name: impl Into<String>, message: impl Into<String>) -> HandlerError {
+        HandlerError {
+            unavailable: true,
+            ..HandlerError::new(type_name, message)
+        }
+    }
+    /// Whether the attempt failed only because the database was unavailable: the worker runs
+    /// it again after the type's backoff even when its retries are spent, as far as the two
+    /// more attempts it allows for workers lost (a cluster's election must not fail a task
+    /// that allows no retry).
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
     }
     /// What a progress report returns once the task is cancelled (or this worker lost it):
     /// return it from the handler.
     pub fn cancelled() -> HandlerError {
         HandlerError::new("Cancelled", "the task was cancelled")
+    }
+}
+
+impl From<octodb::Error> for HandlerError {
+    fn from(e: octodb::Error) -> HandlerError {
+        let busy = matches!(
+            &e,
+            octodb::Error::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy
+        );
+        match e {
+            octodb::Error::Unavailable(message) => {
+                HandlerError::unavailable("Unavailable", message)
+            }
+            e if busy => HandlerError::unavailable("OperationalError", e.to_string()),
+            e => HandlerError::new("OctodbError", e.to_string()),
+        }
     }
 }
 

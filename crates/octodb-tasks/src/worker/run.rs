@@ -89,11 +89,25 @@ pub(super) fn run(shared: &Shared, conn: &Rc<Connection>, job: Job) -> Option<Ou
         ),
         (None, Err(error)) => {
             let retries_used = job.attempt - 1;
-            if retries_used < i64::from(options.max_retries) {
-                let backoff = options
-                    .backoff
-                    .saturating_mul(1u32 << retries_used.clamp(0, 16) as u32)
-                    .min(Duration::from_secs(600));
+            let backoff = options
+                .backoff
+                .saturating_mul(1u32 << retries_used.clamp(0, 16) as u32)
+                .min(Duration::from_secs(600));
+            // Attempts in all: the first, the retries, and those lost to dying workers, with
+            // which an unavailable database's attempts are counted (`claim` ends the task
+            // past them).
+            let last_attempt = i64::from(options.max_retries) + 1 + LOST_ATTEMPTS_ALLOWED;
+            let again = retries_used < i64::from(options.max_retries)
+                || (error.is_unavailable() && job.attempt < last_attempt);
+            if again {
+                if error.is_unavailable() {
+                    tracing::warn!(
+                        task = job.id,
+                        attempt = job.attempt,
+                        error = %error,
+                        "the database was unavailable to the task's handler: it runs again"
+                    );
+                }
                 (
                     "state = 'queued', next_try_ms = ?4, lease_id = NULL, error_type = ?5, \
                      error_message = ?6",
