@@ -14,7 +14,6 @@ use pyo3::types::{PyDict, PyList, PyString, PyTuple, PyType};
 use rusqlite::ffi;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::thread::ThreadId;
 use std::time::Duration;
 
 /// A database argument (str, bytes or path-like) as the OS path it names, as sqlite3 takes
@@ -30,8 +29,8 @@ fn fs_path(database: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
 /// The state of an initialized connection.
 pub struct ConnInner {
     pub db: Arc<Db>,
-    thread: ThreadId,
-    /// The same thread as Python names it (`threading.get_ident()`), for the message.
+    /// The thread that made it, as Python names it (`threading.get_ident()`): sqlite3 checks
+    /// that id, so a thread that reuses a finished one's id may use the connection, as there.
     thread_ident: std::ffi::c_ulong,
     check_same_thread: bool,
     pub detect_types: i32,
@@ -50,13 +49,12 @@ fn python_thread_ident() -> std::ffi::c_ulong {
 impl ConnInner {
     /// sqlite3's check that a connection is used from the thread that made it.
     pub fn check_thread(&self) -> PyResult<()> {
-        let here = std::thread::current().id();
-        if self.check_same_thread && here != self.thread {
+        let here = python_thread_ident();
+        if self.check_same_thread && here != self.thread_ident {
             return Err(errors::programming(format!(
                 "SQLite objects created in a thread can only be used in that same thread. \
-                 The object was created in thread id {} and this is thread id {}.",
-                self.thread_ident,
-                python_thread_ident()
+                 The object was created in thread id {} and this is thread id {here}.",
+                self.thread_ident
             )));
         }
         Ok(())
@@ -209,7 +207,6 @@ impl Connection {
         let db = Db::new(engine, cached_statements.max(0) as usize);
         let inner = ConnInner {
             db,
-            thread: std::thread::current().id(),
             thread_ident: python_thread_ident(),
             check_same_thread,
             detect_types,

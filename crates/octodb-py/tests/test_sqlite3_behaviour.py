@@ -183,6 +183,43 @@ def test_threads(tmp_path):
     assert shared.execute("SELECT count(*), count(DISTINCT n) FROM t").fetchone() == (800, 800)
 
 
+def test_a_thread_that_reuses_a_finished_ones_id_may_use_its_connection(tmp_path):
+    """sqlite3 checks the thread by `threading.get_ident()`: a web server's new thread that got
+    the id of the finished thread that opened the connection may use it (the app walkthrough:
+    octodb refused it, naming the same id twice)."""
+
+    def opened_in_a_thread(module):
+        made = []
+
+        def open_one():
+            made.append((module.connect(":memory:"), threading.get_ident()))
+
+        t = threading.Thread(target=open_one)
+        t.start()
+        t.join()
+        return made[0]
+
+    for module in (sqlite3, octodb):
+        db, ident = opened_in_a_thread(module)
+        for _ in range(50):  # thread ids are reused, though not promised to be
+            outcome = []
+
+            def use():
+                reused = threading.get_ident() == ident
+                outcome.append((reused, _try(db.execute, "SELECT 1")))
+
+            t = threading.Thread(target=use)
+            t.start()
+            t.join()
+            reused, result = outcome[0]
+            if reused:
+                assert not isinstance(result, Exception), (module.__name__, result)
+                break
+            assert isinstance(result, module.ProgrammingError), module.__name__
+        else:
+            pytest.skip("no thread got a finished one's id in 50 tries")
+
+
 def test_interrupt_from_another_thread(tmp_path):
     db = octodb.connect(":memory:")
     done = threading.Event()
