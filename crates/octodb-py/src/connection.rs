@@ -758,6 +758,14 @@ impl Connection {
         self.api_node_type(py)
     }
 
+    /// Devices: the id of the transaction this connection committed last that the primaries
+    /// will decide (one that changed replicated rows), as `transaction_accepted` /
+    /// `transaction_rejected` events and `last_rejected` name it; None before any.
+    #[getter]
+    fn last_txn_id(&self, py: Python<'_>) -> PyResult<Option<u64>> {
+        self.api_last_txn_id(py)
+    }
+
     /// This node's public key (hex); "" on a plain local database.
     #[getter]
     fn public_key(&self, py: Python<'_>) -> PyResult<String> {

@@ -476,6 +476,14 @@ impl Connection {
         Ok(g.role.map_or("local", |r| r.as_str()))
     }
 
+    /// Devices: the transaction this connection committed last (see `last_txn_id`).
+    pub fn api_last_txn_id(&self, py: Python<'_>) -> PyResult<Option<u64>> {
+        let inner = self.checked(py)?;
+        let g = inner.db.lock(py);
+        let id = g.engine()?.last_txn_id();
+        Ok(id)
+    }
+
     /// This node's public key (hex); "" on a plain local database.
     pub fn api_public_key(&self, py: Python<'_>) -> PyResult<String> {
         let inner = self.checked(py)?;

@@ -193,14 +193,22 @@ def test_events_ready_data_received_and_a_rejected_transaction(open_primary, ope
     first.commit()
     first.wait_for(lambda s: s["outbox_len"] == 0, timeout=DEADLINE)
     rejected = second.events()
+    assert second.last_txn_id is None, "nothing committed on this connection yet"
+    assert second.sync_status()["rejected_total"] == 0
     second.execute("INSERT INTO t(id, v) VALUES (7, 'second')")
     second.commit()
+    mine = second.last_txn_id
+    assert mine is not None
     event = None
     while event is None or event.kind != "transaction_rejected":
         event = rejected.get(timeout=DEADLINE)
         assert event is not None, "no transaction_rejected event"
     assert "first insert wins" in event.reason
-    assert second.sync_status()["last_rejected"]["reason"] == event.reason
+    assert event.txn_id == mine, "the app can tell which of its commits was taken back"
+    status = second.sync_status()
+    assert status["last_rejected"]["reason"] == event.reason
+    assert status["last_rejected"]["txn_id"] == mine
+    assert status["rejected_total"] == 1
     assert second.execute("SELECT v FROM t WHERE id = 7").fetchall() == [], "removed from the device"
 
     # The primary goes: the app hears that, and why.

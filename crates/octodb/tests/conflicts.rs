@@ -15,25 +15,30 @@ fn explicit_key_conflict_rejects_the_later_transaction_whole() {
         .unwrap();
     wait_outbox_empty(&d1);
     let mut events = d2.subscribe();
+    assert_eq!(d2.last_txn_id(), None);
     d2.execute_batch("BEGIN; INSERT INTO t(id, v) VALUES (100, 'other row'); INSERT INTO t(id, v) VALUES (7, 'second'); COMMIT;")
         .unwrap();
+    let mine = d2.last_txn_id().expect("the committed transaction's id");
     let s = d2
         .wait_for(DEADLINE, |s| s.last_rejected.is_some() && s.outbox_len == 0)
         .unwrap();
-    assert!(s
-        .last_rejected
-        .unwrap()
-        .reason
-        .contains("first insert wins"));
+    assert_eq!(s.rejected_total, 1);
+    let last = s.last_rejected.unwrap();
+    assert_eq!(
+        last.txn_id, mine,
+        "the app can tell which commit was taken back"
+    );
+    assert!(last.reason.contains("first insert wins"));
     // Removed whole from the device, and nothing of it at the primary.
     wait_count(&d2, "SELECT count(*) FROM t", 0);
     assert_eq!(count(&p, "SELECT count(*) FROM t WHERE id = 100"), 0);
     assert_eq!(count(&p, "SELECT count(*) FROM t WHERE v = 'first'"), 1);
     let rejected = wait_until("a TransactionRejected event", || match events.try_recv() {
-        Ok(Event::TransactionRejected { reason, .. }) => Some(reason),
+        Ok(Event::TransactionRejected { reason, txn_id }) => Some((txn_id, reason)),
         _ => None,
     });
-    assert!(rejected.contains("first insert wins"));
+    assert_eq!(rejected.0, mine);
+    assert!(rejected.1.contains("first insert wins"));
 }
 
 #[test]

@@ -226,8 +226,8 @@ class Connection:
         authorization callbacks, called on a worker thread."""
     def sync_status(self) -> dict[str, Any]:
         """The node's status: db_is_ready, node_id, node_type, user_id, public_key, connected,
-        caught_up, synced, peers, bind, last_seq, outbox_len, last_rejected, last_sync,
-        download, auth_state, auth_error, sync_error."""
+        caught_up, synced, peers, bind, last_seq, outbox_len, last_rejected, rejected_total,
+        last_sync, download, auth_state, auth_error, sync_error."""
     def nodes(self) -> list[dict[str, Any]]: ...
     def wait_until_ready(self, timeout: float | None = None) -> dict[str, Any]:
         """Wait for db_is_ready (woken by the node's events); TimeoutError after `timeout`
@@ -251,6 +251,10 @@ class Connection:
     def node_type(self) -> Literal["primary", "secondary", "local"]: ...
     @property
     def public_key(self) -> str: ...
+    @property
+    def last_txn_id(self) -> int | None:
+        """A device: the id of the transaction this connection committed last that the
+        primaries will decide, as transaction_accepted/rejected events name it."""
     @property
     def bound_addresses(self) -> list[str]: ...
 

@@ -86,6 +86,8 @@ pub struct Connection {
     caught_up_once: Cell<bool>,
     /// Devices: the outbox transaction the open SQLite transaction adds to.
     open_txn: Cell<Option<u64>>,
+    /// Devices: the outbox transaction this connection committed last ([`Connection::last_txn_id`]).
+    last_txn: Cell<Option<u64>>,
     /// Primaries: the log entries to announce once the open transaction commits.
     committed: RefCell<Vec<log::LogEntry>>,
     /// Devices: the changes the open transaction added to the outbox, handed to the node at
@@ -207,6 +209,7 @@ impl Connection {
             member_seen: Cell::new(false),
             caught_up_once: Cell::new(false),
             open_txn: Cell::new(None),
+            last_txn: Cell::new(None),
             committed: RefCell::new(Vec::new()),
             outbox_added: RefCell::new(None),
             rolled_back_within: Cell::new(false),
@@ -369,6 +372,14 @@ impl Connection {
             ));
         }
         crate::cluster::mark_restored_copy(&self.conn)
+    }
+
+    /// Devices: the id of the transaction this connection committed last that the primaries
+    /// will decide (one that changed replicated rows), as the `TransactionAccepted` /
+    /// `TransactionRejected` events and `last_rejected` name it; `None` before any. An app
+    /// that must know whether a write got in notes it after the commit and watches for it.
+    pub fn last_txn_id(&self) -> Option<u64> {
+        self.last_txn.get()
     }
 
     pub fn sync_status(&self) -> Result<SyncStatus> {
@@ -622,6 +633,9 @@ impl Connection {
         }
         let entries = self.committed.take();
         let outbox = self.outbox_added.take();
+        if let (true, Some(t), Some(_)) = (committed, txn, &outbox) {
+            self.last_txn.set(Some(t));
+        }
         let from_file = self.rolled_back_within.replace(false);
         // Its Raft entry was written with it: announced once the cluster commits it.
         let announced = self.settle_in_flight(committed)?;

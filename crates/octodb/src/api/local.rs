@@ -86,6 +86,7 @@ pub(crate) fn status() -> SyncStatus {
         last_seq: 0,
         outbox_len: 0,
         last_rejected: None,
+        rejected_total: 0,
         last_sync: None,
         download: None,
         auth_state: None,

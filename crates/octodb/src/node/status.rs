@@ -29,6 +29,9 @@ pub struct Live {
     pub copied_file: Option<u64>,
 }
 
+/// Meta key: how many of this device's transactions the primaries rejected, ever.
+pub(crate) const REJECTED_TOTAL_KEY: &str = "rejected_total";
+
 /// The last transaction the primaries rejected, with why.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rejection {
@@ -63,6 +66,11 @@ pub struct SyncStatus {
     pub last_seq: u64,
     pub outbox_len: u64,
     pub last_rejected: Option<Rejection>,
+    /// Devices: how many of this device's transactions the primaries rejected, ever
+    /// (`last_rejected` is the newest only): compared before and after a wait, it says whether
+    /// any write was taken back meanwhile.
+    #[serde(default)]
+    pub rejected_total: u64,
     /// Unix time (seconds) of the last batch received from the primaries.
     pub last_sync: Option<f64>,
     /// Rows downloaded and expected, while an initial download runs (expected: 0 until the
@@ -317,7 +325,7 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
             live.caught_up,
         )
     };
-    let (ready, last_seq, outbox_len, last_rejected, last_sync, log_start) =
+    let (ready, last_seq, outbox_len, (last_rejected, rejected_total), last_sync, log_start) =
         shared.read_blocking(|c| {
             let ready = role != Some(Role::Secondary) || meta_i64(c, "ready")? == 1;
             let primary = role == Some(Role::Primary);
@@ -328,13 +336,21 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
             };
             let rej: Option<String> = meta_get(c, "last_rejected")?;
             let rej = rej.and_then(|j| serde_json::from_str(&j).ok());
+            let rejected_total = meta_i64(c, REJECTED_TOTAL_KEY)?.max(0) as u64;
             let last_sync: Option<f64> = meta_get(c, "last_sync")?;
             let log_start = match primary {
                 true => Some(crate::log::compaction::start(c)?),
                 false => None,
             };
             let outbox_len = crate::log::outbox::len(c)?;
-            Ok((ready, last_seq, outbox_len, rej, last_sync, log_start))
+            Ok((
+                ready,
+                last_seq,
+                outbox_len,
+                (rej, rejected_total),
+                last_sync,
+                log_start,
+            ))
         })?;
     let id = &shared.identity;
     let (connected, peers) = match role {
@@ -369,6 +385,7 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         last_seq,
         outbox_len,
         last_rejected,
+        rejected_total,
         last_sync,
         // The download's end commits `ready` before the network task clears its progress.
         download: download.filter(|_| !db_is_ready),

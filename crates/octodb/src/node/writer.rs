@@ -1070,6 +1070,12 @@ impl Writer {
             meta_set(c, "last_seq", seq as i64)?;
             meta_set(c, "last_sync", now)?;
             if let Some((txn_id, reason)) = applied.rejected.last() {
+                let total = meta_i64(c, super::status::REJECTED_TOTAL_KEY)?;
+                meta_set(
+                    c,
+                    super::status::REJECTED_TOTAL_KEY,
+                    total + applied.rejected.len() as i64,
+                )?;
                 let r = super::status::Rejection {
                     txn_id: *txn_id,
                     reason: reason.clone(),
