@@ -91,6 +91,7 @@ pub fn run(direction: Direction, args: ConvertArgs) -> anyhow::Result<ExitCode> 
             Direction::Encrypt => keep_network_key(&conn, &source),
             Direction::Decrypt => Ok(()),
         })
+        .and_then(|()| keep_header_settings(&conn))
         .and_then(|()| Ok(conn.execute_batch("DETACH DATABASE converted")?));
     if let Err(e) = exported {
         let _ = std::fs::remove_file(&target.path);
@@ -102,6 +103,24 @@ pub fn run(direction: Direction, args: ConvertArgs) -> anyhow::Result<ExitCode> 
         source.path.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The settings a file keeps in its header, which `sqlcipher_export` copies no more than
+/// `VACUUM INTO` would: the app's schema version (`user_version`, which apps count their
+/// migrations by: lost, they would run them all again), its `application_id`, and WAL mode.
+fn keep_header_settings(conn: &octodb::Connection) -> anyhow::Result<()> {
+    for setting in ["user_version", "application_id"] {
+        let value: i64 = conn.query_row(&format!("PRAGMA main.{setting}"), [], |r| r.get(0))?;
+        if value != 0 {
+            // An integer read from SQLite: nothing of a user's text goes into the statement.
+            conn.execute_batch(&format!("PRAGMA converted.{setting} = {value}"))?;
+        }
+    }
+    let mode: String = conn.query_row("PRAGMA main.journal_mode", [], |r| r.get(0))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        conn.query_row("PRAGMA converted.journal_mode = wal", [], |_| Ok(()))?;
+    }
+    Ok(())
 }
 
 /// A node's file, encrypted, keeps the network key its node had plain (the source URI's `key=`,

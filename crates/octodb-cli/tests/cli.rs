@@ -639,10 +639,27 @@ fn encrypt_decrypt_and_backup_of_an_encrypted_node() {
     let plain = dir.path().join("plain.db");
     {
         let c = Connection::open(&format!("file:{}", plain.display())).unwrap();
-        c.execute_batch("CREATE TABLE t(v); INSERT INTO t VALUES ('readable row')")
-            .unwrap();
+        c.execute_batch(
+            "CREATE TABLE t(v); INSERT INTO t VALUES ('readable row');
+             PRAGMA user_version = 7; PRAGMA application_id = 42; PRAGMA journal_mode = wal;",
+        )
+        .unwrap();
     }
     let before = std::fs::read(&plain).unwrap();
+    // What the file's header keeps, kept by the copy (an app counts its migrations by
+    // user_version: the ops walkthrough found it 0 after encrypt and after decrypt).
+    let header = |c: &Connection| {
+        let number = |p: &str| c.query_row(p, [], |r| r.get::<i64>(0)).unwrap();
+        let mode = c
+            .query_row("PRAGMA journal_mode", [], |r| r.get::<String>(0))
+            .unwrap();
+        (
+            number("PRAGMA user_version"),
+            number("PRAGMA application_id"),
+            mode,
+        )
+    };
+    let kept = (7, 42, "wal".to_string());
     let enc = dir.path().join("enc.db");
     let enc_uri = format!("file:{}?cipher=sqlcipher&key=s3cret-k3y", enc.display());
     let run = |args: &[&str]| {
@@ -666,6 +683,7 @@ fn encrypt_decrypt_and_backup_of_an_encrypted_node() {
         count(&c, "SELECT count(*) FROM t WHERE v = 'readable row'"),
         1
     );
+    assert_eq!(header(&c), kept);
     drop(c);
     // Never over an existing file.
     let (ok, err) = run(&["encrypt", plain_arg, &enc_uri]);
@@ -679,6 +697,7 @@ fn encrypt_decrypt_and_backup_of_an_encrypted_node() {
         count(&c, "SELECT count(*) FROM t WHERE v = 'readable row'"),
         1
     );
+    assert_eq!(header(&c), kept);
     let wrong = format!("file:{}?cipher=sqlcipher&key=wrong", enc.display());
     let (ok, err) = run(&["decrypt", &wrong, dir.path().join("x.db").to_str().unwrap()]);
     assert!(!ok && err.contains("wrong key"), "{err}");
