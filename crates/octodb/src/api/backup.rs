@@ -14,7 +14,7 @@ use super::local::{open_plain, Encrypted, OpenOptions};
 use crate::cluster::RestoreMark;
 use crate::error::{Error, Result};
 use crate::uri::NodeConfig;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Copies the database `cfg` names into the new file `dest` (never overwritten). Returns what
 /// the copy of a primary will do once restored (`RestoreMark`).
@@ -25,9 +25,6 @@ pub fn backup(cfg: &NodeConfig, dest: &Path) -> Result<RestoreMark> {
             cfg.path.display()
         )));
     }
-    let dest_str = dest
-        .to_str()
-        .ok_or_else(|| Error::rule("the backup's path is not valid UTF-8"))?;
     // A plain connection that only reads: the node's lock is not taken, and reading its file
     // beside it is what WAL allows.
     let opts = OpenOptions {
@@ -37,57 +34,109 @@ pub fn backup(cfg: &NodeConfig, dest: &Path) -> Result<RestoreMark> {
     let key = cfg.file_key();
     let encrypted = |file| key.map(|key| Encrypted { file, key });
     let source = open_plain(&cfg.path, &opts, encrypted(&cfg.path))?;
-    let created = CreatedCopy::new(dest)?;
+    let partial = PartialCopy::new(dest)?;
+    let partial_str = partial
+        .path
+        .to_str()
+        .ok_or_else(|| Error::rule("the backup's path is not valid UTF-8"))?;
     // SQLCipher writes the copy with the source's key and salt. (VACUUM INTO writes into an
     // empty file.)
     source
-        .execute("VACUUM INTO ?1", [dest_str])
+        .execute("VACUUM INTO ?1", [partial_str])
         .map_err(|e| crate::store::not_a_database(&cfg.path, e))?;
     drop(source);
-    let copy = open_plain(dest, &opts, encrypted(dest))?;
+    let copy = open_plain(&partial.path, &opts, encrypted(&partial.path))?;
     let mark = crate::cluster::mark_restored_copy(&copy)?;
     drop(copy);
-    created.keep();
+    partial.publish(dest)?;
     Ok(mark)
 }
 
-/// The backup's file, created empty and readable by its owner only: the copy holds the node's
-/// secret key (and its admin token), so it must not be readable by every user of the machine
-/// as a file created with the usual umask is. Removed again unless kept: a copy that failed
-/// half way (a full disk) must not stay behind, to be taken for a backup or to refuse the
-/// next attempt as existing.
-struct CreatedCopy<'a> {
-    path: &'a Path,
-    kept: bool,
+/// The backup being written, under a name of its own beside the destination
+/// (`DEST.partial-PID`), created empty and readable by its owner only: the copy holds the
+/// node's secret key (and its admin token), so it must not be readable by every user of the
+/// machine as a file created with the usual umask is. It takes the destination's name only
+/// once complete, so a backup cut off half way (a full disk, or the process killed: the ops
+/// walkthrough's SIGTERM left 14 MB and a journal that rolled back to an empty database) never
+/// leaves a file at the destination to be restored, or to refuse the next attempt as existing.
+/// Removed unless published; a process killed outright leaves it under its `.partial-` name.
+struct PartialCopy {
+    path: PathBuf,
+    published: bool,
 }
 
-impl<'a> CreatedCopy<'a> {
-    fn new(path: &'a Path) -> Result<CreatedCopy<'a>> {
+impl PartialCopy {
+    fn new(dest: &Path) -> Result<PartialCopy> {
+        if dest.exists() {
+            return Err(exists_already(dest));
+        }
+        let mut name = dest.as_os_str().to_owned();
+        name.push(format!(".partial-{}", std::process::id()));
+        let path = PathBuf::from(name);
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        match options.open(path) {
-            Ok(_) => Ok(CreatedCopy { path, kept: false }),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::rule(format!(
-                "`{}` exists already: name a new file for the backup",
-                path.display()
-            ))),
+        match options.open(&path) {
+            Ok(_) => Ok(PartialCopy {
+                path,
+                published: false,
+            }),
             Err(e) => Err(Error::io(format!("creating `{}`", path.display()), e)),
         }
     }
 
-    fn keep(mut self) {
-        self.kept = true;
+    /// Gives the complete copy the destination's name, never over a file that appeared there
+    /// meanwhile (a hard link fails if the name is taken; where links are not supported, a
+    /// rename after a check), and makes the new name durable.
+    fn publish(mut self, dest: &Path) -> Result<()> {
+        match std::fs::hard_link(&self.path, dest) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(exists_already(dest))
+            }
+            Err(_) if dest.exists() => return Err(exists_already(dest)),
+            Err(_) => std::fs::rename(&self.path, dest)
+                .map_err(|e| Error::io(format!("naming the backup `{}`", dest.display()), e))?,
+        }
+        self.published = true;
+        sync_directory_of(dest);
+        Ok(())
     }
 }
 
-impl Drop for CreatedCopy<'_> {
+impl Drop for PartialCopy {
     fn drop(&mut self) {
-        if !self.kept {
-            let _ = std::fs::remove_file(self.path);
-            let journal = format!("{}-journal", self.path.display());
+        if !self.published {
+            let _ = std::fs::remove_file(&self.path);
+            let mut journal = self.path.as_os_str().to_owned();
+            journal.push("-journal");
             let _ = std::fs::remove_file(journal);
+        }
+    }
+}
+
+fn exists_already(dest: &Path) -> Error {
+    Error::rule(format!(
+        "`{}` exists already: name a new file for the backup",
+        dest.display()
+    ))
+}
+
+/// A new directory entry survives a power cut once its directory is synced (best effort: the
+/// copy itself was synced by SQLite as it was written).
+fn sync_directory_of(path: &Path) {
+    #[cfg(unix)]
+    if let Some(dir) = path.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+            tracing::warn!("cannot sync `{}` after the backup: {e}", dir.display());
         }
     }
 }
