@@ -114,6 +114,27 @@ fn every_output_mode_prints_what_sqlite3_prints() {
     compare(&script, |s| s.to_string());
 }
 
+/// The ops walkthrough's differences: csv output after an `.import` (sqlite3 then ends rows in
+/// a newline), a parameter nothing bound (NULL in sqlite3), `.databases`.
+#[test]
+fn csv_after_import_unbound_parameters_and_databases_as_sqlite3() {
+    if !sqlite3_present() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let csv = dir.path().join("in.csv");
+    std::fs::write(&csv, "id,name\n1,ann\n").expect("write the CSV");
+    let script = format!(
+        ".mode csv\nSELECT 1, 'before';\n.import {} people\nSELECT * FROM people;\n\
+         .mode list\nSELECT @p, :q, ?1, 'after';\n.databases\n",
+        csv.display()
+    );
+    compare(&script, |s| {
+        // Each shell's own file in `.databases`.
+        s.replace("octodb.db r/w", "sqlite3.db r/w")
+    });
+}
+
 #[test]
 fn schema_tables_and_dump_print_what_sqlite3_prints() {
     let script = ".schema\n.schema t%\n.schema odd%\n.tables\n.tables %o%\n.dump\n.dump t\n\
@@ -300,6 +321,50 @@ fn output_into_a_command_and_back_to_stdout() {
     assert!(!dir.path().join("|tr a-z A-Z").exists());
 }
 
+/// `.open` goes on with another database; one that cannot be opened is an error, and the shell
+/// stays where it was (the ops walkthrough: `.open` was unknown, and a script ran on against
+/// the first database).
+#[test]
+fn open_switches_databases_and_a_failed_one_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("a.db"), dir.path().join("b.db"));
+    for (db, table) in [(&a, "in_a"), (&b, "in_b")] {
+        let made = octodb_on(db)
+            .arg(format!("CREATE TABLE {table}(v);"))
+            .output()
+            .expect("run octodb");
+        assert!(made.status.success(), "{made:?}");
+    }
+    let script = format!(
+        ".tables\n.open {}\n.tables\n.open '{}'\n.tables\n",
+        b.display(),
+        dir.path().join("no such dir/c.db").display()
+    );
+    let mut cmd = octodb_on(&a);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start the shell");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(script.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "in_a\nin_b\nin_b\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open") && err.contains("stays on"),
+        "{err}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a script with a failed .open fails"
+    );
+}
+
 fn octodb_on(db: &Path) -> Command {
     let mut cmd = octodb();
     cmd.arg(db);
@@ -327,7 +392,8 @@ fn sqlite3_options_exit_codes_and_odd_file_names() {
         .expect("run octodb");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "x,y,z\r\n42,\"a b\",NIL\r\n"
+        "x,y,z\n42,\"a b\",NIL\n",
+        "sqlite3's -csv ends rows in a newline (its .mode csv in CRLF)"
     );
     let out = octodb()
         .args(["-readonly"])

@@ -9,6 +9,7 @@ use std::io::Write;
 pub const COMMANDS: &[&str] = &[
     ".backup",
     ".bail",
+    ".databases",
     ".dump",
     ".exit",
     ".headers",
@@ -19,6 +20,7 @@ pub const COMMANDS: &[&str] = &[
     ".nodes",
     ".nullvalue",
     ".once",
+    ".open",
     ".output",
     ".print",
     ".quit",
@@ -34,6 +36,7 @@ pub const COMMANDS: &[&str] = &[
 pub const HELP: &str = "\
 .backup FILE             a consistent copy of the database into the new FILE (never overwrites)
 .bail on|off             stop at the first error (as -bail)
+.databases               the names and files of the attached databases
 .dump ?PATTERN ...?      the schema and rows as SQL, in one transaction; objects named LIKE
                          PATTERN only; octodb's own tables (_octo_*), their triggers and temp
                          objects are left out
@@ -48,6 +51,8 @@ pub const HELP: &str = "\
 .nodes                   the nodes this node knows (PRAGMA nodes)
 .nullvalue TEXT          how NULL prints (default: nothing)
 .once FILE|'|CMD'        the next command's output goes into FILE (or CMD's input)
+.open FILE|URI           close this database and open FILE (a node's URI opens that node); if
+                         it cannot be opened, the shell stays on this one and says so
 .print TEXT ...          print the words of TEXT
 .output ?FILE?           output into FILE from now on; with no FILE, back to the screen
 .read FILE               run the SQL and dot commands of FILE
@@ -219,6 +224,11 @@ impl Shell {
                 _ => self.report("usage: .backup FILE (a new file)"),
             },
             ".import" => self.import(&args[1..]),
+            ".open" => match &args[1..] {
+                [target] if !target.starts_with('-') => self.open(target),
+                _ => self.report("usage: .open FILE|URI (a node's URI opens that node)"),
+            },
+            ".databases" => self.databases(),
             _ => self.report(format!("unknown command `{cmd}`; .help lists the commands")),
         }
         let _ = self.out.flush();
@@ -354,6 +364,55 @@ impl Shell {
         self.write_out(&text);
     }
 
+    /// `.open`: the shell goes on with the database (or node) `target` names; the one it
+    /// leaves says what it would at the shell's end (rejected writes, writes left unsent).
+    /// One that cannot be opened leaves the shell where it was, with an error (under -bail,
+    /// the end), so that a script does not run on against the wrong database unawares.
+    fn open(&mut self, target: &str) {
+        let uri = crate::normalize_uri(target);
+        match octodb::Connection::open(&uri) {
+            Ok(conn) => {
+                self.report_rejections();
+                self.note_unsent();
+                crate::progress::show_download(&conn);
+                self.decisions = super::Decisions::of(&conn);
+                self.conn = conn;
+                self.uri = uri;
+                self.names.refresh(&self.conn);
+            }
+            Err(e) => self.report(format!(
+                "cannot open `{}`: {e}; the shell stays on `{}`",
+                octodb::NodeConfig::redacted(&uri),
+                octodb::NodeConfig::redacted(&self.uri)
+            )),
+        }
+    }
+
+    /// `.databases`: as sqlite3 prints them, `NAME: FILE r/w` (`r/o` on a read-only shell).
+    fn databases(&mut self) {
+        let listed = self
+            .conn
+            .query("PRAGMA database_list", [])
+            .and_then(|rows| {
+                rows.iter()
+                    .map(|r| Ok((r.get::<String>(1)?, r.get::<String>(2)?)))
+                    .collect::<octodb::Result<Vec<_>>>()
+            });
+        let read_only = self
+            .conn
+            .query_row("PRAGMA query_only", [], |r| r.get::<i64>(0))
+            .is_ok_and(|q| q == 1);
+        let mode = if read_only { "r/o" } else { "r/w" };
+        match listed {
+            Ok(list) => {
+                for (name, file) in list {
+                    self.say(&format!("{name}: {file} {mode}"));
+                }
+            }
+            Err(e) => self.report(e),
+        }
+    }
+
     fn import(&mut self, args: &[String]) {
         let mut skip = 0;
         let mut csv = self.format.mode == Mode::Csv;
@@ -375,6 +434,11 @@ impl Shell {
         let [file, table] = rest[..] else {
             return self.report("usage: .import ?--csv? ?--skip N? FILE TABLE");
         };
+        if self.format.mode == Mode::Csv && self.format.row_sep == "\r\n" {
+            // As sqlite3 (3.40): importing in csv mode sets the row separator, which input
+            // and output share, to the input's newline: later csv output ends rows in "\n".
+            self.format.row_sep = "\n".into();
+        }
         let sep = if csv {
             ','
         } else {

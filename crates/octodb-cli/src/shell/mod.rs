@@ -68,14 +68,21 @@ struct Decisions {
     since: f64,
 }
 
+impl Decisions {
+    /// A device's decisions, heard from now on (none on a primary or a local database).
+    fn of(conn: &Connection) -> Option<Decisions> {
+        (conn.role() == Some(octodb::Role::Secondary)).then(|| Decisions {
+            events: conn.subscribe(),
+            since: unix_now(),
+        })
+    }
+}
+
 pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
     let uri = crate::normalize_uri(&args.uri);
     let conn = Connection::open(&uri)?;
     crate::progress::show_download(&conn);
-    let decisions = (conn.role() == Some(octodb::Role::Secondary)).then(|| Decisions {
-        events: conn.subscribe(),
-        since: unix_now(),
-    });
+    let decisions = Decisions::of(&conn);
     let mut sh = Shell {
         conn,
         uri,
@@ -244,7 +251,10 @@ impl Shell {
             }
             let started = Instant::now();
             let cpu = cpu_times();
-            let result = self.conn.query(stmt, []);
+            // As sqlite3: a parameter nothing bound is NULL.
+            let unbound = self.conn.prepare(stmt).map_or(0, |s| s.parameter_count());
+            let nulls = std::iter::repeat_n(rusqlite::types::Null, unbound);
+            let result = self.conn.query(stmt, rusqlite::params_from_iter(nulls));
             let elapsed = started.elapsed();
             match result {
                 Ok(rows) => {

@@ -45,7 +45,14 @@ pub fn translate(args: Vec<String>) -> Result<Sqlite3Options, String> {
         match name {
             "header" | "headers" => out.preamble.push(".headers on".into()),
             "noheader" => out.preamble.push(".headers off".into()),
-            mode if MODES.contains(&mode) => out.preamble.push(format!(".mode {mode}")),
+            mode if MODES.contains(&mode) => {
+                out.preamble.push(format!(".mode {mode}"));
+                if mode == "csv" {
+                    // sqlite3's -csv keeps its rows ending in a newline, where `.mode csv`
+                    // ends them in CRLF.
+                    out.preamble.push(".separator , \\n".into());
+                }
+            }
             "separator" => out
                 .preamble
                 .push(format!(".separator {}", quoted(&value(name)?))),
@@ -103,7 +110,13 @@ mod tests {
         assert_eq!(t.args, line(&["octodb", "db", "SELECT 1"]));
         assert_eq!(
             t.preamble,
-            line(&[".headers on", ".mode csv", ".separator '|'", "PRAGMA x"])
+            line(&[
+                ".headers on",
+                ".mode csv",
+                ".separator , \\n",
+                ".separator '|'",
+                "PRAGMA x"
+            ])
         );
         assert!(t.bail && !t.readonly);
     }

@@ -266,20 +266,22 @@ impl Connection {
 
     /// A statement to run several times. It is checked (prepared) now.
     pub fn prepare(&self, sql: &str) -> Result<Statement<'_>> {
-        let columns = match pragma::parse(sql)? {
-            Some(p) => pragma_columns(&p),
+        let (columns, parameters) = match pragma::parse(sql)? {
+            Some(p) => (pragma_columns(&p), 0),
             None => {
                 let stmt = self
                     .conn
                     .prepare_cached(sql)
                     .map_err(|e| self.sql_error(e))?;
-                stmt.column_names().into_iter().map(String::from).collect()
+                let columns = stmt.column_names().into_iter().map(String::from).collect();
+                (columns, stmt.parameter_count())
             }
         };
         Ok(Statement {
             conn: self,
             sql: sql.to_string(),
             columns,
+            parameters,
         })
     }
 
@@ -867,6 +869,7 @@ pub struct Statement<'c> {
     conn: &'c Connection,
     sql: String,
     columns: Vec<String>,
+    parameters: usize,
 }
 
 impl Statement<'_> {
@@ -878,6 +881,10 @@ impl Statement<'_> {
     }
     pub fn column_names(&self) -> Vec<&str> {
         self.columns.iter().map(String::as_str).collect()
+    }
+    /// How many parameters the statement takes (`?`, `?N`, `:name`, `@name`, `$name`).
+    pub fn parameter_count(&self) -> usize {
+        self.parameters
     }
     pub fn column_count(&self) -> usize {
         self.columns.len()
