@@ -13,8 +13,8 @@ pub fn run(args: BackupArgs) -> anyhow::Result<ExitCode> {
     let mark = copy(&uri, &args.dest)?;
     let path = octodb::NodeConfig::parse(&uri).map(|c| c.path.display().to_string())?;
     eprintln!(
-        "octodb: backed up `{path}` into `{}` (it holds the node's secret key: keep it as safe \
-         as the node itself)",
+        "octodb: backed up `{path}` into `{}` (a node's copy holds the node's secret key: keep \
+         it as safe as the node itself)",
         args.dest.display()
     );
     if let Some(note) = mark_note(&mark) {

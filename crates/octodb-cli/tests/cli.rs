@@ -744,6 +744,9 @@ fn encrypt_decrypt_and_backup_of_an_encrypted_node() {
     );
     assert_eq!(header(&c), kept);
     drop(c);
+    // Read without its key, the shell says what SQLite's "not a database" may mean.
+    let (ok, err) = run(&[enc.to_str().unwrap(), "SELECT count(*) FROM t;"]);
+    assert!(!ok && err.contains("cipher=sqlcipher&key="), "{err}");
     // Never over an existing file.
     let (ok, err) = run(&["encrypt", plain_arg, &enc_uri]);
     assert!(!ok && err.contains("exists already"), "{err}");

@@ -272,7 +272,10 @@ impl Shell {
                         self.report(format!("cannot write the output: {e}"));
                     }
                 }
-                Err(e) => self.report(e),
+                Err(e) => {
+                    let hint = self.not_a_database_hint(&e);
+                    self.report(format!("{e}{hint}"))
+                }
             }
             if self.timer {
                 let (user, sys) = match (cpu, cpu_times()) {
@@ -290,6 +293,20 @@ impl Shell {
         }
         if schema_changed {
             self.names.refresh(&self.conn);
+        }
+    }
+
+    /// What SQLite's "file is not a database" may mean on a file opened without a key.
+    fn not_a_database_hint(&self, e: &octodb::Error) -> &'static str {
+        let not_a_database = matches!(
+            e,
+            octodb::Error::Sqlite(err)
+                if err.sqlite_error_code() == Some(rusqlite::ErrorCode::NotADatabase)
+        );
+        if not_a_database && !self.uri.contains("cipher=") {
+            " (if it is encrypted, open it with its key: file:PATH?cipher=sqlcipher&key=...)"
+        } else {
+            ""
         }
     }
 
@@ -389,11 +406,13 @@ impl Shell {
         }
         interrupt_on_ctrl_c(self.conn.interrupt_handle());
         let status = self.conn.sync_status()?;
+        let what = match status.node_type.as_str() {
+            "local" => "a plain local database".to_string(),
+            kind => format!("{kind} node {}", status.node_id),
+        };
         println!(
-            "octodb {} — {} node {}; .help for help",
-            env!("CARGO_PKG_VERSION"),
-            status.node_type,
-            status.node_id
+            "octodb {} — {what}; .help for help",
+            env!("CARGO_PKG_VERSION")
         );
         let mut buffer = String::new();
         let mut typed = HeldHistory::default();
