@@ -41,8 +41,16 @@ pub fn run(
     }
     let pages = if pages == 0 { -1 } else { pages };
     let name = cname(name)?;
-    let gs = src.db.lock(py);
-    let gd = dst.db.lock(py);
+    // Two threads copying A into B and B into A must not each hold one database and wait for
+    // the other: the two are always locked in the same order (by address), whichever is the
+    // source.
+    let (gs, gd) = if std::ptr::from_ref(&*src.db) < std::ptr::from_ref(&*dst.db) {
+        let gs = src.db.lock(py);
+        (gs, dst.db.lock(py))
+    } else {
+        let gd = dst.db.lock(py);
+        (src.db.lock(py), gd)
+    };
     if !gd.autocommit()? {
         return Err(errors::OperationalError::new_err(
             "target is in transaction",
