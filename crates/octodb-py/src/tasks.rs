@@ -53,7 +53,8 @@ fn info_dict<'py>(py: Python<'py>, i: &TaskInfo) -> PyResult<Bound<'py, PyDict>>
 /// A node's handle on the queue (`octodb.tasks.Queue` wraps it).
 #[pyclass(module = "octodb._octodb", name = "_TaskQueue", frozen)]
 pub struct PyTaskQueue {
-    queue: Mutex<TaskQueue>,
+    /// None once closed.
+    queue: Mutex<Option<TaskQueue>>,
     /// Read apart from the queue's lock, which a submit holds (GIL released) for as long as
     /// it waits for the file: a `join` loop reading the feed with the GIL held must not wait
     /// behind it.
@@ -62,8 +63,22 @@ pub struct PyTaskQueue {
 }
 
 impl PyTaskQueue {
-    fn queue(&self) -> MutexGuard<'_, TaskQueue> {
+    fn queue(&self) -> MutexGuard<'_, Option<TaskQueue>> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the open queue (call it with the GIL released: it takes the queue's lock,
+    /// which a submit waiting for the file holds).
+    fn with_queue<T>(
+        &self,
+        f: impl FnOnce(&TaskQueue) -> Result<T, TaskError>,
+    ) -> Result<T, TaskError> {
+        match &*self.queue() {
+            Some(q) => f(q),
+            None => Err(TaskError::Usage(
+                "the task queue is closed: open a new octodb.tasks.Queue".into(),
+            )),
+        }
     }
 }
 
@@ -77,7 +92,7 @@ impl PyTaskQueue {
         let feed = queue.connection().feed_watcher();
         let public_key = queue.connection().public_key();
         Ok(PyTaskQueue {
-            queue: Mutex::new(queue),
+            queue: Mutex::new(Some(queue)),
             feed,
             public_key,
         })
@@ -98,43 +113,42 @@ impl PyTaskQueue {
             not_before_ms: not_before.map(|t| (t * 1000.0) as i64),
             expires_in: seconds("expires_in", expires_in)?,
         };
-        py.detach(|| self.queue().submit(&task_type, &args_json, opts))
+        py.detach(|| self.with_queue(|q| q.submit(&task_type, &args_json, opts)))
             .map_err(|e| task_error(py, e))
     }
 
     /// The task as a dict, or None once deleted.
     fn info<'py>(&self, py: Python<'py>, task_id: i64) -> PyResult<Option<Bound<'py, PyDict>>> {
         let info = py
-            .detach(|| self.queue().info(task_id))
+            .detach(|| self.with_queue(|q| q.info(task_id)))
             .map_err(|e| task_error(py, e))?;
         info.map(|i| info_dict(py, &i)).transpose()
     }
 
     fn list<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
         let all = py
-            .detach(|| self.queue().list())
+            .detach(|| self.with_queue(|q| q.list()))
             .map_err(|e| task_error(py, e))?;
         all.iter().map(|i| info_dict(py, i)).collect()
     }
 
     fn cancel(&self, py: Python<'_>, task_id: i64) -> PyResult<()> {
-        py.detach(|| self.queue().cancel(task_id))
+        py.detach(|| self.with_queue(|q| q.cancel(task_id)))
             .map_err(|e| task_error(py, e))
     }
 
     fn delete(&self, py: Python<'_>, task_id: i64) -> PyResult<()> {
-        py.detach(|| self.queue().delete(task_id))
+        py.detach(|| self.with_queue(|q| q.delete(task_id)))
             .map_err(|e| task_error(py, e))
     }
 
     /// Record that this node has seen the task's final state (starts its retention).
     fn acknowledge(&self, py: Python<'_>, task_id: i64) -> PyResult<()> {
         py.detach(|| {
-            let q = self.queue();
-            match q.info(task_id)? {
+            self.with_queue(|q| match q.info(task_id)? {
                 Some(info) => q.acknowledge(&info),
                 None => Ok(()),
-            }
+            })
         })
         .map_err(|e| task_error(py, e))
     }
@@ -152,6 +166,13 @@ impl PyTaskQueue {
     #[getter]
     fn public_key(&self) -> String {
         self.public_key.clone()
+    }
+
+    /// Closes the queue's connection to its node, with the GIL released: left to the garbage
+    /// collector, it would be dropped with the GIL held, and as the node's last connection its
+    /// shutdown joins threads that may need the GIL. Closing twice does nothing.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| drop(self.queue().take()));
     }
 }
 

@@ -396,3 +396,13 @@ def test_a_handler_the_database_was_unavailable_to_runs_again_though_retries_are
     finally:
         worker.stop()
         backend.close()
+
+
+def test_a_queue_closes_its_connection_and_refuses_calls_after(nodes):
+    queue, _ = nodes
+    with tasks.Queue(queue.uri) as q:
+        assert Echo(q).start(1, "x").join(timeout=DEADLINE) == "x"
+    with pytest.raises(ValueError, match="closed"):
+        q.tasks()
+    q.close()  # a second close does nothing
+    assert queue.tasks(), "other queues of the node go on"

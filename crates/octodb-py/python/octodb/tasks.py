@@ -200,6 +200,20 @@ class Queue:
         """Every task this node sees, as dicts, newest first."""
         return self._q.list()
 
+    def close(self):
+        """Close the queue's connection to its node (also at the end of a ``with`` block).
+        Tasks started through it keep running; a closed queue refuses further calls."""
+        self._q.close()
+        if _queues.get(self.uri) is self:
+            del _queues[self.uri]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
 
 _queues = {}
 
