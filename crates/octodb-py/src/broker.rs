@@ -414,10 +414,16 @@ impl PyServer {
     /// loaders, which need it to finish.
     fn stop(&self, py: Python<'_>) -> PyResult<()> {
         let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(c) = conn {
-            py.detach(move || self.server.stop(&c)).map_err(py_err)?;
-        }
-        Ok(())
+        // The exported tables' connections go too, with the GIL released (dropped later by the
+        // garbage collector, one could be the node's last, whose shutdown joins threads that
+        // may need the GIL).
+        let tables = self.tables.lock().unwrap_or_else(|p| p.into_inner()).take();
+        py.detach(move || {
+            let stopped = conn.map_or(Ok(()), |c| self.server.stop(&c));
+            drop(tables);
+            stopped
+        })
+        .map_err(py_err)
     }
 }
 
