@@ -363,10 +363,19 @@ pub(super) async fn join(shared: Arc<Shared>) {
         .collect();
     let rejoin_addrs = rejoin_through(&shared).await;
     let rejoins = !rejoin_addrs.is_empty();
+    // The members it knew include itself, which cannot add it.
+    let own = super::cluster_member::member_addr(&shared);
     for addr in rejoin_addrs {
-        if !targets.contains(&addr) {
+        if !targets.contains(&addr) && addr != own {
             targets.push(addr);
         }
+    }
+    if targets.is_empty() {
+        let why = "no other member of its cluster is known to join through: give one with connect=";
+        tracing::warn!("this primary cannot rejoin its cluster: {why}");
+        let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        live.sync_error = Some(format!("rejoining the cluster: {why}"));
+        return;
     }
     loop {
         let mut round: std::collections::VecDeque<String> = targets.iter().cloned().collect();
