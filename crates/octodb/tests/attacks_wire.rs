@@ -869,6 +869,35 @@ fn a_device_cannot_insert_update_or_delete_another_users_rows_over_the_raw_proto
             ),
         ),
         (
+            // The security review: the duplicate check compared names exactly, the owner check
+            // read the first name matching in any case, and the write kept the exact one.
+            "move its own row to user 5 through a decoy ROW_OWNER column before row_owner",
+            txn_with(
+                &["id", "v", "ROW_OWNER", "row_owner"],
+                vec![update(
+                    1000,
+                    &[2, 3],
+                    vec![user(1000), Value::Text("mine".into()), user(6), user(5)],
+                )],
+            ),
+        ),
+        (
+            "insert a public row behind a decoy ROW_OWNER column",
+            txn_with(
+                &["id", "v", "ROW_OWNER", "row_owner"],
+                vec![Op::Insert {
+                    table: 0,
+                    rowid: 2004,
+                    values: vec![
+                        Value::Integer(2004),
+                        Value::Text("planted".into()),
+                        user(6),
+                        Value::Text("*".into()),
+                    ],
+                }],
+            ),
+        ),
+        (
             "update its own row leaving row_owner out of the values",
             txn(vec![update(
                 1000,

@@ -113,8 +113,14 @@ pub struct RowSql {
 
 impl RowSql {
     pub fn new(t: &TableLayout, columns: &[String]) -> RowSql {
+        // As SQLite and the owner checks match names: ignoring ASCII case (a column the
+        // checks read must be the one written).
         let keep: Vec<usize> = (0..columns.len())
-            .filter(|&i| t.columns.contains(&columns[i]))
+            .filter(|&i| {
+                t.columns
+                    .iter()
+                    .any(|c| c.eq_ignore_ascii_case(&columns[i]))
+            })
             .collect();
         let q = ident(&t.name);
         let mut names = vec!["rowid".to_string()];

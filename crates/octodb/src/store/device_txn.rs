@@ -64,10 +64,16 @@ pub fn apply_device_txn(
 ) -> Result<Verdict> {
     // The owner checks read a column's value at its first place in the header, but SQLite's
     // UPDATE keeps the last assignment to a column: a header naming a column twice would let a
-    // device pass the check with its own row_owner and write another user's.
+    // device pass the check with its own row_owner and write another user's. Names are
+    // compared as SQLite compares them, ignoring ASCII case: `ROW_OWNER` then `row_owner`
+    // passed an exact comparison (the security review).
     for h in &cs.tables {
         let mut seen = HashSet::with_capacity(h.columns.len());
-        if let Some(c) = h.columns.iter().find(|c| !seen.insert(c.as_str())) {
+        if let Some(c) = h
+            .columns
+            .iter()
+            .find(|c| !seen.insert(c.to_ascii_lowercase()))
+        {
             return Ok(Err(format!(
                 "the change to `{}` names column `{c}` twice",
                 h.name
