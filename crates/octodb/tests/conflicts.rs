@@ -523,6 +523,39 @@ fn a_rule_refusing_an_insert_is_not_called_a_conflict() {
     assert!(!reason.contains("first insert wins"), "{reason}");
 }
 
+/// A device's delete that the primary's schema refuses (a trigger's RAISE(ABORT)) is that
+/// transaction's rejection: the row comes back on the device and the sync goes on. It failed
+/// the primary's whole batch instead (the security review), every device's work in it, again
+/// at each resend.
+#[test]
+fn a_delete_the_primarys_rules_refuse_is_rejected_and_the_sync_goes_on() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    p.execute_batch(
+        "CREATE TRIGGER kept BEFORE DELETE ON t
+           WHEN OLD.v = 'keep' AND EXISTS (SELECT 1 FROM sqlite_schema WHERE name = '_octo_raft')
+           BEGIN SELECT RAISE(ABORT, 'this row is kept'); END;",
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute("INSERT INTO t(v) VALUES ('keep')", []).unwrap();
+    wait_outbox_empty(&d);
+    d.execute("DELETE FROM t WHERE v = 'keep'", []).unwrap();
+    let s = d
+        .wait_for(DEADLINE, |s| s.last_rejected.is_some() && s.outbox_len == 0)
+        .unwrap();
+    let reason = s.last_rejected.unwrap().reason;
+    assert!(
+        reason.contains("this row is kept") && reason.contains("delete"),
+        "{reason}"
+    );
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'keep'", 1);
+    assert_eq!(p.sync_status().unwrap().sync_error, None);
+    d.execute("INSERT INTO t(v) VALUES ('after')", []).unwrap();
+    wait_count(&p, "SELECT count(*) FROM t WHERE v = 'after'", 1);
+}
+
 /// A row from the primaries holding a unique value that a pending row of this device holds
 /// too (the primaries had theirs first): the device writes the primaries' row, its own steps
 /// aside until the primaries reject its transaction, and the sync goes on. The device used to

@@ -338,7 +338,21 @@ pub fn apply_device_txn(
                     }
                 }
                 if stashed.is_none() {
-                    delete_row(conn, &t, rowid)?;
+                    // The schema may refuse it (a trigger's RAISE(ABORT), a foreign key):
+                    // this transaction is rejected, not the batch it came in (the security
+                    // review: every device's work in the batch failed, again at each resend).
+                    match delete_row(conn, &t, rowid) {
+                        Ok(()) => {}
+                        Err(crate::Error::Sqlite(e)) if fault_of_the_node(&e) => {
+                            return Err(e.into())
+                        }
+                        Err(e) => {
+                            return Ok(Err(format!(
+                                "delete of row {rowid} of `{}` failed: {e}",
+                                t.name
+                            )))
+                        }
+                    }
                 }
                 if read_back {
                     out.ops.push(Op::Delete {
