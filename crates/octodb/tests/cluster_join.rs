@@ -607,3 +607,89 @@ fn a_joining_primarys_app_writes_once_it_has_joined_and_keeps_the_clusters_numbe
         );
     }
 }
+
+/// A primary the leader has admitted but not yet given its membership (a snapshot of a large
+/// database may take minutes) takes Raft's calls from that leader alone: a stranger's vote of
+/// a higher term is refused. It took anyone's (the security review): such a vote or a forged
+/// snapshot would have made the stranger its leader.
+#[test]
+fn a_joining_primary_takes_raft_calls_only_from_the_leader_that_admitted_it() {
+    use octodb::crypto::NodeKeys;
+    use octodb::net::{HandshakeOptions, Message, SecureStream};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let c = Cluster::new();
+    // A leader that admits the joiner, then sends nothing: the joiner stays without a
+    // membership for as long as the test needs.
+    let leader = NodeKeys::generate();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let leader_addr = listener.local_addr().unwrap();
+    let keys = leader.clone();
+    let admitting = rt.spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let stream = SecureStream::accept(tcp, &keys, &HandshakeOptions::default())
+            .await
+            .unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        rd.recv().await.unwrap(); // the joiner's Hello
+        let welcome = Message::Welcome {
+            node_id: 2,
+            user_id: 0,
+            node_type: octodb::Role::Primary,
+            last_decided_txn: 0,
+        };
+        wr.send(&welcome.encode()).await.unwrap();
+        wr.flush().await.unwrap();
+        rd.recv().await.unwrap(); // its heartbeat: it waits for its membership now
+        (rd, wr)
+    });
+    let joiner = Connection::open(&format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:0&connect=tcp://{leader_addr}",
+        c.path("p2.db").display()
+    ))
+    .unwrap();
+    let _kept_open = rt.block_on(admitting).unwrap();
+    wait_until("the joiner's Raft node running", || {
+        joiner.sync_status().unwrap().cluster.map(|_| ())
+    });
+    let addr = joiner.bound_addrs()[0];
+    // A vote of term 99 from `keys`: whether it got a Raft answer.
+    let answered = |keys: &NodeKeys| {
+        rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let stream = SecureStream::connect(tcp, keys, &HandshakeOptions::default())
+                .await
+                .unwrap();
+            let (mut rd, mut wr) = stream.into_split();
+            let hello = Message::Hello {
+                role: octodb::Role::Primary,
+                last_seq: 0,
+                info: "{}".into(),
+                auth: None,
+            };
+            wr.send(&hello.encode()).await.unwrap();
+            let vote = openraft::raft::VoteRequest::<u64>::new(openraft::Vote::new(99, 9), None);
+            let mut frame = vec![1u8]; // the cluster messages' encoding, then Request::Vote
+            frame.extend(postcard::to_allocvec(&(1u32, vote)).unwrap());
+            wr.send(&frame).await.unwrap();
+            wr.flush().await.unwrap();
+            match tokio::time::timeout(DEADLINE, rd.recv()).await.unwrap() {
+                Ok(reply) => match Message::decode(&reply) {
+                    Ok(Message::Refused { .. }) => false,
+                    _ => reply.first() == Some(&1),
+                },
+                Err(_) => false, // closed
+            }
+        })
+    };
+    assert!(
+        !answered(&NodeKeys::generate()),
+        "a stranger's vote was taken"
+    );
+    assert!(answered(&leader), "the admitting leader's vote is answered");
+}

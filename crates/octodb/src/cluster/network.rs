@@ -87,12 +87,12 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, NetError> {
 }
 
 /// Serves Raft's requests from another primary on an established connection (its `Hello`
-/// already read) until it closes. Only the cluster's members are served, and anyone while
-/// this primary has no membership yet (it waits to be added, and its `connect=` primary
-/// admitted it). `services` serve followers' requests (a running primary's).
+/// already read) until it closes. Only the cluster's members are served, and while this
+/// primary has no membership yet (it waits to be added), whom `before` allows. `services`
+/// serve followers' requests (a running primary's).
 pub async fn serve_connection(
     raft: Raft,
-    peer: PublicKey,
+    (peer, before): (PublicKey, BeforeMembership),
     protocol: u8,
     (mut rd, mut wr): (SecureReader, SecureWriter),
     services: Option<Services>,
@@ -113,7 +113,7 @@ pub async fn serve_connection(
         if raft.metrics().borrow().running_state.is_err() {
             return Err(NetError::Closed);
         }
-        if !may_call(&raft, &peer) {
+        if !may_call(&raft, &peer, &before) {
             return Err(NetError::Authentication(format!(
                 "{peer} is not a member of this cluster"
             )));
@@ -195,7 +195,8 @@ pub async fn serve_members(
                 let (mut rd, wr) = stream.into_split();
                 match Message::decode(&rd.recv().await?)? {
                     Message::Hello { .. } => {
-                        serve_connection(raft, peer, protocol, (rd, wr), None, stopping).await
+                        let caller = (peer, BeforeMembership::Anyone);
+                        serve_connection(raft, caller, protocol, (rd, wr), None, stopping).await
                     }
                     other => Err(NetError::Malformed(format!(
                         "expected Hello first, got {}",
@@ -210,14 +211,54 @@ pub async fn serve_members(
     }
 }
 
-/// Whether `peer` may send this primary Raft's messages: a member, or anyone while this
-/// primary has no membership yet (it waits to be added; its leader was admitted by the
-/// primary it joined through).
-pub(crate) fn may_call(raft: &Raft, peer: &PublicKey) -> bool {
+/// Whom a primary with no membership yet (it waits to be added) takes Raft's calls from.
+#[derive(Clone)]
+pub enum BeforeMembership {
+    /// Anyone who completes the handshake: the Raft layer run alone (`serve_members`), whose
+    /// caller adds the members itself.
+    Anyone,
+    /// The leaders that admitted it (their `Welcome`, hex keys): a running primary. Anyone
+    /// else could otherwise, in the window before the leader's first call (a snapshot of a
+    /// large database may take minutes), vote it into a term of their own or install a
+    /// membership and state of theirs (the security review).
+    Admitters(Arc<Mutex<std::collections::HashSet<String>>>),
+}
+
+impl BeforeMembership {
+    /// A running primary's: nobody until a leader admits it.
+    pub(crate) fn admitters() -> BeforeMembership {
+        BeforeMembership::Admitters(Arc::default())
+    }
+
+    /// `key`'s primary admitted this one (its `Welcome` came).
+    pub(crate) fn admitted_by(&self, key: &PublicKey) {
+        if let BeforeMembership::Admitters(keys) = self {
+            keys.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.to_hex());
+        }
+    }
+
+    fn allows(&self, key: &str) -> bool {
+        match self {
+            BeforeMembership::Anyone => true,
+            BeforeMembership::Admitters(keys) => {
+                keys.lock().unwrap_or_else(|p| p.into_inner()).contains(key)
+            }
+        }
+    }
+}
+
+/// Whether `peer` may send this primary Raft's messages: a member, or, while this primary has
+/// no membership yet, whom `before` allows.
+pub(crate) fn may_call(raft: &Raft, peer: &PublicKey, before: &BeforeMembership) -> bool {
     let membership = raft.metrics().borrow().membership_config.clone();
     let key = peer.to_hex();
     let mut members = membership.nodes().peekable();
-    members.peek().is_none() || members.any(|(_, m)| m.public_key == key)
+    match members.peek() {
+        None => before.allows(&key),
+        Some(_) => members.any(|(_, m)| m.public_key == key),
+    }
 }
 
 /// Opens connections to the other primaries, with this primary's keys.

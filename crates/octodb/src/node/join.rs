@@ -55,7 +55,7 @@ pub(super) async fn primary_session(
     let raft = proposer.raft().clone();
     let hello = PrimaryHello::parse(&info);
     if !hello.asks_to_join() {
-        if !crate::cluster::network::may_call(&raft, &peer) {
+        if !crate::cluster::network::may_call(&raft, &peer, &shared.admitters) {
             // Raft's calls from a primary that is no member (any more): it backs off and shows
             // this in its status, so it is not logged at every call.
             tracing::debug!(%addr, "Raft calls from a primary that is not a member refused");
@@ -72,7 +72,7 @@ pub(super) async fn primary_session(
         let services = Some(super::forwarded::services(shared));
         return Ok(crate::cluster::serve_connection(
             raft,
-            peer,
+            (peer, shared.admitters.clone()),
             protocol,
             (rd, wr),
             services,
@@ -443,6 +443,7 @@ async fn join_through(
         .map_err(|_| NetError::Timeout)?
         .map_err(|e| Error::io(format!("connecting to {addr}"), e))?;
     let stream = SecureStream::connect(tcp, &shared.keys, &shared.handshake).await?;
+    let member = stream.peer().public_key;
     let (mut rd, mut wr) = stream.into_split();
     let hello = Message::Hello {
         role: Role::Primary,
@@ -452,7 +453,11 @@ async fn join_through(
     };
     send_now(&mut wr, &hello).await?;
     let node_id = match next(&mut rd).await? {
-        Message::Welcome { node_id, .. } => node_id,
+        Message::Welcome { node_id, .. } => {
+            // Its Raft calls are taken before this primary has a membership; nobody else's.
+            shared.admitters.admitted_by(&member);
+            node_id
+        }
         Message::Refused { reason } => {
             *redirect = leader_named_in(&reason);
             return Err(Error::rule(reason));

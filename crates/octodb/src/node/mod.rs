@@ -120,6 +120,9 @@ pub(crate) struct Shared {
     pub events: broadcast::Sender<Event>,
     pub live: Mutex<status::Live>,
     pub shutdown: watch::Sender<bool>,
+    /// Primary: whose Raft calls it takes while it has no membership (a joining primary: the
+    /// leaders that admitted it).
+    pub admitters: crate::cluster::network::BeforeMembership,
     pub handshake: HandshakeOptions,
     pub bound: Mutex<Vec<SocketAddr>>,
     /// Pooled read connections, each with the generation of the file's key it was opened with.
@@ -545,6 +548,7 @@ impl Node {
             events: broadcast::channel(1024).0,
             live: Mutex::new(status::Live::default()),
             shutdown: watch::channel(false).0,
+            admitters: crate::cluster::network::BeforeMembership::admitters(),
             handshake: HandshakeOptions {
                 network_key,
                 tickets: match cfg.role {
