@@ -1474,3 +1474,27 @@ fn a_transaction_resent_after_a_primary_restart_is_not_decided_twice() {
     );
     assert_eq!(stored(&p).rows.len(), before.rows.len() + 1);
 }
+
+/// Before it has said who it is, a node's first message may be as large as a Hello needs,
+/// not the 64 MiB a session's may reach: any key that completes the handshake could
+/// otherwise make the primary buffer that much for each connection it opens (the security
+/// review). A sign-up whose Hello is 1 MiB is closed without an answer; a normal one goes on.
+#[test]
+fn a_first_message_larger_than_a_hello_needs_is_refused() {
+    let c = Cluster::new();
+    let p = user_primary(&c);
+    let addr: SocketAddr = p.bound_addrs()[0];
+    let rt = runtime();
+    let padded = serde_json::json!({ "padding": "x".repeat(1024 * 1024) }).to_string();
+    let answer = rt.block_on(async {
+        let mut s = session_as(addr, &NodeKeys::generate()).await;
+        let m = hello(0, &padded, ask(Action::UserSignup, "user:6"));
+        send(&mut s, &m.encode()).await;
+        within("the primary's answer or close", s.recv()).await
+    });
+    assert!(
+        answer.is_err(),
+        "a 1 MiB first message was taken: {answer:?}"
+    );
+    rt.block_on(RawDevice::sign_up(addr, 6));
+}

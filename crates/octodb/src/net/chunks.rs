@@ -85,6 +85,11 @@ pub struct SecureReader {
 }
 
 impl SecureReader {
+    /// Sets the largest message this reader takes from now on; returns the one it had.
+    pub fn limit_message_size(&mut self, max: usize) -> usize {
+        std::mem::replace(&mut self.max_message, max)
+    }
+
     pub(super) fn new(
         inner: OwnedReadHalf,
         t: Arc<StatelessTransportState>,

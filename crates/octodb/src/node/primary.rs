@@ -26,6 +26,11 @@ const CATCH_UP_BATCH: usize = 2000;
 /// Most transactions a device may send in one message.
 const MAX_TXNS_PER_MESSAGE: usize = 10_000;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest first message (`Hello`, `OpenChannel`) a node may send before it has said who
+/// it is: a sign-up's data is at most 16 KiB. Any key that completes the handshake may send
+/// one, so it must not make the primary buffer the 64 MiB a session's messages may reach, for
+/// each of as many connections as a stranger opens (the security review).
+const FIRST_MESSAGE_MAX: usize = 256 * 1024;
 
 /// Bind every `bind` address (so errors show at open time) and start accepting.
 pub(super) fn start(shared: Arc<Shared>) -> Result<Vec<JoinHandle<()>>> {
@@ -174,9 +179,11 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     let protocol = stream.protocol_version();
     tracing::debug!(%addr, protocol, "secure connection up");
     let (mut rd, mut wr) = stream.into_split();
+    let session_max = rd.limit_message_size(FIRST_MESSAGE_MAX);
     let hello = tokio::time::timeout(HELLO_TIMEOUT, recv_msg(&mut rd))
         .await
         .map_err(|_| NetError::Timeout)??;
+    rd.limit_message_size(session_max);
     if let Message::OpenChannel { service } = hello {
         return super::channels::serve(shared, pubkey, addr, protocol, service, rd, wr).await;
     }
