@@ -245,3 +245,81 @@ fn a_primary_joins_under_load_after_the_log_was_cut() {
     }
     drop(d);
 }
+
+/// A table and a column the primaries renamed while a device was away longer than their log
+/// keeps: the device's local rows (and pending work) come back in the renamed table, their
+/// values under the renamed column. The download now brings the primaries' record of renames
+/// (protocol 13); without it the local rows of a renamed table were deleted with the old
+/// table, and a renamed column's values were blanked, in silence (the long-offline walkthrough).
+#[test]
+fn a_device_away_longer_than_the_log_across_renames_keeps_its_local_rows() {
+    let c = Cluster::new();
+    let p = primary_keeping_100(&c);
+    p.execute(
+        "CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, row_owner)",
+        [],
+    )
+    .unwrap();
+    let d_uri = device_uri(&c.path("d.db"), &addr_of(&p));
+    let d = Connection::open(&d_uri).unwrap();
+    ready(&d);
+    d.execute_batch(
+        "INSERT INTO notes(body, row_owner) VALUES ('local note', NULL);
+         INSERT INTO t(v, row_owner) VALUES ('local t', NULL);
+         INSERT INTO notes(body) VALUES ('synced note');",
+    )
+    .unwrap();
+    wait_outbox_empty(&d);
+    drop(d);
+    let nowhere = device_uri(&c.path("d.db"), "127.0.0.1:9");
+    let d = Connection::open(&nowhere).unwrap();
+    d.execute("INSERT INTO notes(body) VALUES ('pending note')", [])
+        .unwrap();
+    drop(d);
+
+    p.execute_batch(
+        "ALTER TABLE notes RENAME TO memos;
+         ALTER TABLE memos RENAME COLUMN body TO text;
+         ALTER TABLE t RENAME COLUMN v TO label;",
+    )
+    .unwrap();
+    let seq = p.sync_status().unwrap().last_seq;
+    for i in 0..300 {
+        p.execute(
+            "INSERT INTO t(label, row_owner) VALUES (?1, '*')",
+            [format!("public {i}")],
+        )
+        .unwrap();
+    }
+    wait_log_cut_past(&p, seq);
+
+    let d = Connection::open(&d_uri).unwrap();
+    wait_outbox_empty(&d);
+    wait_count(
+        &d,
+        "SELECT count(*) FROM t WHERE label LIKE 'public %'",
+        300,
+    );
+    assert_eq!(
+        text(
+            &d,
+            "SELECT group_concat(text, '|') FROM (SELECT text FROM memos ORDER BY id)"
+        ),
+        "local note|synced note|pending note",
+        "the renamed table holds the device's local, synced and pending rows"
+    );
+    assert_eq!(
+        text(&d, "SELECT label FROM t WHERE row_owner IS NULL"),
+        "local t",
+        "a local row's value under its column's new name"
+    );
+    wait_count(
+        &p,
+        "SELECT count(*) FROM memos WHERE text = 'pending note'",
+        1,
+    );
+    assert_eq!(
+        count(&p, "SELECT count(*) FROM memos WHERE text = 'local note'"),
+        0
+    );
+}

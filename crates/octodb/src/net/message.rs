@@ -148,6 +148,13 @@ pub enum Message {
     SnapshotTotal {
         total_rows: u64,
     },
+    /// Protocol 13, primary → device, just before `SnapshotBegin`: the tables and columns the
+    /// primaries' schema statements renamed, in order (`store::renames`): a device downloading
+    /// again, its position beyond what their log still holds, missed those statements, and
+    /// finds its local rows' tables and columns under their new names by them.
+    Renames {
+        renames: Vec<crate::store::renames::Rename>,
+    },
 }
 
 /// A primary of the cluster as a device needs it: where to reach it and the key it proves.
@@ -259,6 +266,7 @@ impl Message {
             Message::SessionTicket { .. } => "SessionTicket",
             Message::CaughtUp { .. } => "CaughtUp",
             Message::SnapshotTotal { .. } => "SnapshotTotal",
+            Message::Renames { .. } => "Renames",
         }
     }
 }

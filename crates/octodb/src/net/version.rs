@@ -30,8 +30,12 @@ use std::fmt;
 /// first rows instead of holding them up: `Message::SnapshotTotal`), 12 (a follower asks its
 /// leader how far to catch up before its app writes or changes the schema: the cluster's
 /// `ReadIndex` request; a leader says which transactions it could not take now, to be sent
-/// again: `ForwardOutcome::Unavailable`).
-pub const NEWEST: u8 = 12;
+/// again: `ForwardOutcome::Unavailable`), 13 (a download brings the primaries' renames of
+/// tables and columns: `Message::Renames`).
+pub const NEWEST: u8 = 13;
+/// The first version whose devices take the primaries' renames with a download
+/// (`Message::Renames`).
+pub const DOWNLOAD_RENAMES: u8 = 13;
 /// The first version whose leaders answer a follower's `ReadIndex` (the position up to which
 /// the cluster has committed).
 pub const READ_INDEX: u8 = 12;

@@ -338,6 +338,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         tells_digests: protocol >= version::COPIED_FILES,
         tells_caught_up: protocol >= version::CAUGHT_UP,
         counts_later: protocol >= version::DOWNLOAD_TOTAL_LATER,
+        takes_renames: protocol >= version::DOWNLOAD_RENAMES,
         session,
     };
     let result = match told {
@@ -753,6 +754,8 @@ struct Streamed {
     tells_caught_up: bool,
     /// It speaks protocol 11 or newer: its download's row count follows the first rows.
     counts_later: bool,
+    /// It speaks protocol 13 or newer: its download brings the primaries' renames.
+    takes_renames: bool,
     /// The session reading its transactions (`copied_files`).
     session: u64,
 }
@@ -860,6 +863,7 @@ async fn stream_to_device(
         tells_digests,
         tells_caught_up,
         counts_later,
+        takes_renames,
         session,
     } = device;
     let mut copied_files = shared.copied_files.subscribe();
@@ -874,7 +878,15 @@ async fn stream_to_device(
     let mut cursor = last_seq;
     if last_seq == 0 {
         // Boxed: the download's state is large and must not stay in every idle session.
-        cursor = Box::pin(download(shared, user, counts_later, &mut wr)).await?;
+        let download_of = snapshot::Download {
+            user,
+            total: match counts_later {
+                true => snapshot::Total::Later,
+                false => snapshot::Total::First,
+            },
+            renames: takes_renames,
+        };
+        cursor = Box::pin(download(shared, download_of, &mut wr)).await?;
     }
     // The device's position as it was last told. Entries it may not see are not sent one by
     // one; it hears of its new position with its next visible entry, or at the next position
@@ -1104,17 +1116,13 @@ async fn send(wr: &mut SecureWriter, entries: Vec<log::LogEntry>, up_to: u64) ->
 /// holding them up.
 async fn download(
     shared: &Arc<Shared>,
-    user: i64,
-    counts_later: bool,
+    of: snapshot::Download,
     wr: &mut SecureWriter,
 ) -> Result<u64> {
     let _serving = shared.metrics.download_served();
     let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
-    let total = match counts_later {
-        true => snapshot::Total::Later,
-        false => snapshot::Total::First,
-    };
-    let reading = shared.read(move |c| snapshot::read(c, user, total, &tx));
+    let (user, counts_later) = (of.user, of.total == snapshot::Total::Later);
+    let reading = shared.read(move |c| snapshot::read(c, of, &tx));
     let sending = async {
         // Owned here so that a failed send drops it, which stops the reading side too.
         let mut rx = rx;

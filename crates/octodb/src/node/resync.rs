@@ -194,44 +194,78 @@ pub fn set_aside_outdated(conn: &Connection, statements: &[String]) -> Result<Ve
 }
 
 /// After the download's schema: the rows set aside go into their tables' new shape (the
-/// columns the table still has; the new ones take their defaults). A table the primaries
-/// dropped takes its rows with it, as its DROP would have done here.
+/// columns the table still has, under the names the primaries' renames gave them and the
+/// table's own new name, from the renames the download brought; the new columns take their
+/// defaults). A table the primaries dropped takes its rows with it, as its DROP would have
+/// done here, and says how many.
 pub fn bring_back(conn: &Connection, set_aside: Vec<SetAside>) -> Result<()> {
     for s in set_aside {
-        let columns = |table: &str, schema: &str| -> Result<Vec<String>> {
-            Ok(conn
-                .prepare(&format!(
-                    "SELECT name FROM pragma_table_info(?1, '{schema}')"
-                ))?
-                .query_map([table], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?)
-        };
-        let now = columns(&s.table, "main")?;
-        let kept_columns = columns(&s.kept, "temp")?;
-        if !now.is_empty() && kept_columns.iter().any(|c| now.contains(c)) {
-            let common: Vec<String> = kept_columns
-                .into_iter()
-                .filter(|c| now.contains(c))
-                .map(|c| ident(&c))
-                .collect();
-            let (into, from) = match s.with_rowid {
-                true => ("rowid, ", "_octo_rid, "),
-                false => ("", ""),
-            };
-            let sql = format!(
-                "INSERT INTO main.{t}({into}{cols}) SELECT {from}{cols} FROM temp.{kept}",
-                t = ident(&s.table),
-                cols = common.join(", "),
-                kept = s.kept,
-            );
-            conn.execute_batch(&sql).map_err(|e| {
-                Error::rule(format!(
-                    "downloading again: the rows this device keeps of `{}` (its local rows and \
-                     pending work) do not fit the primaries' new shape of the table ({e}): \
-                     change them to fit it, or delete them",
-                    s.table
-                ))
-            })?;
+        let kept_columns: Vec<String> = conn
+            .prepare_cached("SELECT name FROM pragma_table_info(?1, 'temp')")?
+            .query_map([&s.kept], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?
+            .into_iter()
+            .filter(|c| c != "_octo_rid")
+            .collect();
+        let now = crate::store::renames::kept_rows_now(conn, &s.table, &kept_columns)?;
+        match now {
+            Some((table, columns_now)) => {
+                let current: Vec<String> = conn
+                    .prepare_cached("SELECT name FROM pragma_table_info(?1, 'main')")?
+                    .query_map([&table], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let (from, into): (Vec<String>, Vec<String>) = kept_columns
+                    .iter()
+                    .zip(&columns_now)
+                    .filter(|(_, now)| current.contains(now))
+                    .map(|(was, now)| (ident(was), ident(now)))
+                    .unzip();
+                if !into.is_empty() {
+                    let (rowid_into, rowid_from) = match s.with_rowid {
+                        true => ("rowid, ", "_octo_rid, "),
+                        false => ("", ""),
+                    };
+                    let sql = format!(
+                        "INSERT INTO main.{t}({rowid_into}{into}) SELECT {rowid_from}{from} \
+                         FROM temp.{kept}",
+                        t = ident(&table),
+                        into = into.join(", "),
+                        from = from.join(", "),
+                        kept = s.kept,
+                    );
+                    conn.execute_batch(&sql).map_err(|e| {
+                        Error::rule(format!(
+                            "downloading again: the rows this device keeps of `{}` (its local \
+                             rows and pending work) do not fit the primaries' new shape of the \
+                             table ({e}): change them to fit it, or delete them",
+                            s.table
+                        ))
+                    })?;
+                    if table != s.table {
+                        tracing::info!(
+                            was = %s.table,
+                            now = %table,
+                            "downloading again: the rows this device keeps of a table the \
+                             primaries renamed are kept under its new name"
+                        );
+                    }
+                }
+            }
+            None => {
+                let dropped: i64 =
+                    conn.query_row(&format!("SELECT count(*) FROM temp.{}", s.kept), [], |r| {
+                        r.get(0)
+                    })?;
+                if dropped > 0 {
+                    tracing::warn!(
+                        table = %s.table,
+                        rows = dropped,
+                        "downloading again: the primaries dropped this table; the rows this \
+                         device kept of it (local rows, pending work) go with it, as its DROP \
+                         would have taken them"
+                    );
+                }
+            }
         }
         conn.execute_batch(&format!("DROP TABLE temp.{}", s.kept))?;
     }

@@ -694,6 +694,8 @@ async fn receive(
     let session = super::next_session();
     // Digests of the decisions of this device's own transactions in the next entries.
     let mut own_digests = std::collections::HashMap::new();
+    // Protocol 13: the primaries' renames, for the download that follows.
+    let mut renames: Option<Vec<crate::store::renames::Rename>> = None;
     loop {
         let msg = tokio::select! {
             m = recv_msg(rd) => m?,
@@ -722,6 +724,10 @@ async fn receive(
             }
             Message::OwnDigests { txns } => {
                 own_digests.extend(txns);
+                continue;
+            }
+            Message::Renames { renames: list } => {
+                renames = Some(list);
                 continue;
             }
             Message::SessionTicket {
@@ -781,7 +787,13 @@ async fn receive(
             } => {
                 tracing::debug!(total_rows, "initial download begins");
                 set_download(shared, Some((0, total_rows)));
-                ask(shared, |reply| Job::SnapshotBegin { schema, reply }).await?;
+                let renames = renames.take();
+                ask(shared, |reply| Job::SnapshotBegin {
+                    schema,
+                    renames,
+                    reply,
+                })
+                .await?;
             }
             Message::SnapshotRows {
                 table,

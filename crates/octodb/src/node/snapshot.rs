@@ -26,15 +26,20 @@ pub(super) enum Total {
     Later,
 }
 
-/// Read the download of a device of `user` into `out` (encoded messages), all but its
-/// `SnapshotEnd`. Returns the log position it stands at.
-pub(super) fn read(
-    c: &Connection,
-    user: i64,
-    total: Total,
-    out: &mpsc::Sender<Vec<u8>>,
-) -> Result<u64> {
-    scanning(c, |c| read_in_txn(c, user, total, out))
+/// A device's download, as its protocol takes it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Download {
+    /// The device's user: the rows it may see.
+    pub user: i64,
+    pub total: Total,
+    /// It takes the primaries' renames first (`Message::Renames`, protocol 13).
+    pub renames: bool,
+}
+
+/// Read download `of` into `out` (encoded messages), all but its `SnapshotEnd`. Returns the
+/// log position it stands at.
+pub(super) fn read(c: &Connection, of: Download, out: &mpsc::Sender<Vec<u8>>) -> Result<u64> {
+    scanning(c, |c| read_in_txn(c, of, out))
 }
 
 /// How many rows a download for `user` holds now (its own read: the download's may stand a
@@ -60,12 +65,12 @@ fn scanning<T>(c: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Resu
 /// The most of the file a download maps at once (address space, not memory).
 const SCAN_MMAP_BYTES: u64 = 1 << 30;
 
-fn read_in_txn(
-    c: &Connection,
-    user: i64,
-    total: Total,
-    out: &mpsc::Sender<Vec<u8>>,
-) -> Result<u64> {
+fn read_in_txn(c: &Connection, of: Download, out: &mpsc::Sender<Vec<u8>>) -> Result<u64> {
+    let Download {
+        user,
+        total,
+        renames,
+    } = of;
     let send = |bytes: Vec<u8>| out.blocking_send(bytes).map_err(|_| Error::Closed);
     let seq = log::last_seq(c)?;
     let statements: Vec<String> = c
@@ -82,6 +87,10 @@ fn read_in_txn(
         Total::First => count_rows(c, &tables, user)?,
         Total::Later => 0,
     };
+    if renames {
+        let renames = crate::store::renames::all(c)?;
+        send(Message::Renames { renames }.encode())?;
+    }
     send(
         Message::SnapshotBegin {
             seq,

@@ -192,9 +192,11 @@ pub(crate) enum Job {
     NewIdentity {
         reply: Reply<String>,
     },
-    /// Device: the initial download, in parts, inside one transaction.
+    /// Device: the initial download, in parts, inside one transaction; with the primaries'
+    /// renames (protocol 13).
     SnapshotBegin {
         schema: Vec<String>,
+        renames: Option<Vec<crate::store::renames::Rename>>,
         reply: Reply<()>,
     },
     SnapshotRows {
@@ -628,8 +630,12 @@ impl Writer {
                     let jobs = take_batch(&mut rx, &mut next, job, entries_in, ENTRIES_MAX);
                     self.apply_queued_entries(jobs);
                 }
-                Job::SnapshotBegin { schema, reply } => {
-                    let _ = reply.send(self.snapshot_begin(&schema));
+                Job::SnapshotBegin {
+                    schema,
+                    renames,
+                    reply,
+                } => {
+                    let _ = reply.send(self.snapshot_begin(&schema, renames.as_deref()));
                 }
                 Job::SnapshotRows {
                     table,
@@ -1113,7 +1119,11 @@ impl Writer {
         Ok(())
     }
 
-    fn snapshot_begin(&mut self, statements: &[String]) -> Result<()> {
+    fn snapshot_begin(
+        &mut self,
+        statements: &[String],
+        renames: Option<&[crate::store::renames::Rename]>,
+    ) -> Result<()> {
         if !self.conn.is_autocommit() {
             self.conn.execute_batch("ROLLBACK")?;
         }
@@ -1135,6 +1145,10 @@ impl Writer {
                     true => super::resync::apply_ddl(&self.conn, sql)?,
                     false => schema::apply_primaries_ddl(&self.conn, sql)?,
                 }
+            }
+            // The primaries' record holds the renames this device missed (and those it saw).
+            if let Some(renames) = renames {
+                crate::store::renames::replace_all(&self.conn, renames)?;
             }
             super::resync::bring_back(&self.conn, set_aside)
         })();

@@ -181,6 +181,15 @@ fn columns_now(
 /// The name a table called `name` once has now; None if no table has it (dropped, or never
 /// renamed).
 fn table_now(conn: &Connection, tables: &mut Tables, name: &str) -> Result<Option<String>> {
+    table_now_where(conn, name, |next| Ok(tables.get(conn, next)?.is_some()))
+}
+
+/// [`table_now`], with `exists` telling whether a table of a name is there now.
+fn table_now_where(
+    conn: &Connection,
+    name: &str,
+    mut exists: impl FnMut(&str) -> Result<bool>,
+) -> Result<Option<String>> {
     let mut stmt = conn.prepare_cached(
         "SELECT new FROM _octo_renames WHERE tbl = ?1 AND col IS NULL ORDER BY id DESC LIMIT 1",
     )?;
@@ -193,12 +202,68 @@ fn table_now(conn: &Connection, tables: &mut Tables, name: &str) -> Result<Optio
         if seen.contains(&next) {
             break; // renamed back and forth, and the table is gone
         }
-        if tables.get(conn, &next)?.is_some() {
+        if exists(&next)? {
             return Ok(Some(next));
         }
         seen.push(next);
     }
     Ok(None)
+}
+
+/// One rename as `_octo_renames` records it: table `.0` renamed to `.2` (`.1` None), or its
+/// column `.1` renamed to `.2`.
+pub type Rename = (String, Option<String>, String);
+
+/// Every rename recorded here, in the order they were made: what a primary sends with a
+/// download (protocol 13), so that a device that missed the statements (its position beyond
+/// what the log still holds) finds its local rows' tables and columns under their new names.
+pub fn all(conn: &Connection) -> Result<Vec<Rename>> {
+    let mut stmt = conn.prepare_cached("SELECT tbl, col, new FROM _octo_renames ORDER BY id")?;
+    let renames = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(renames)
+}
+
+/// A device's download: the primaries' renames take the place of the ones it recorded (theirs
+/// hold every one; its own lacks those it missed).
+pub fn replace_all(conn: &Connection, renames: &[Rename]) -> Result<()> {
+    conn.execute_batch("DELETE FROM _octo_renames")?;
+    let mut insert =
+        conn.prepare_cached("INSERT INTO _octo_renames(tbl, col, new) VALUES (?1, ?2, ?3)")?;
+    for (tbl, col, new) in renames {
+        insert.execute(rusqlite::params![tbl, col, new])?;
+    }
+    Ok(())
+}
+
+/// Where rows kept of table `table` as it once was go now: its name now (itself if it is
+/// still there; None if the primaries dropped it), and each of `columns` under its name now.
+pub fn kept_rows_now(
+    conn: &Connection,
+    table: &str,
+    columns: &[String],
+) -> Result<Option<(String, Vec<String>)>> {
+    let exists = |name: &str| -> Result<bool> {
+        Ok(conn
+            .prepare_cached("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?1")?
+            .query_row([name], |_| Ok(()))
+            .optional()?
+            .is_some())
+    };
+    let now = match exists(table)? {
+        true => table.to_string(),
+        false => match table_now_where(conn, table, exists)? {
+            Some(now) => now,
+            None => return Ok(None),
+        },
+    };
+    let current: Vec<String> = conn
+        .prepare_cached("SELECT name FROM pragma_table_info(?1, 'main')")?
+        .query_map([&now], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let columns = columns_now(conn, &now, &current, columns)?;
+    Ok(Some((now, columns)))
 }
 
 /// Table `table` and the names it had before, newest first.
