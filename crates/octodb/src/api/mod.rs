@@ -7,7 +7,7 @@ pub mod channel;
 mod connection;
 mod events;
 pub mod feed;
-mod local;
+pub(crate) mod local;
 mod pragma;
 mod rows;
 pub mod sql_text;

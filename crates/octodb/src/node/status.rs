@@ -164,6 +164,14 @@ impl SyncStatus {
                 .as_deref()
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default();
+            // A device approved once and revoked stays out whatever it asks (a sign-up or
+            // login is refused as "already authorized"): only an operator lets it back.
+            if self.node_id != 0 {
+                return format!(
+                    "the backend refused this device{detail}; it comes back once an operator \
+                     approves its key again, by itself within seconds; then wait again"
+                );
+            }
             format!(
                 "the backend refused this device{detail}; where the network asks for sign-ups, \
                  sign up or log in again (PRAGMA user_signup or user_login), else an operator \
@@ -498,4 +506,29 @@ pub fn nodes(shared: &Shared) -> Result<Vec<NodeRecord>> {
         })?;
         Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// A revoked device is not told to sign up or log in again: it is refused as "already
+    /// authorized" (the long-offline walkthrough followed that advice, and failed).
+    #[test]
+    fn a_revoked_device_is_told_an_operator_lets_it_back() {
+        let mut s = crate::api::local::status();
+        s.node_type = "secondary".into();
+        s.auth_state = Some("rejected".into());
+        s.auth_error = Some(crate::node::admission::REVOKED.into());
+        let never_approved = s.refused().unwrap();
+        assert!(
+            never_approved.contains("PRAGMA user_signup"),
+            "{never_approved}"
+        );
+        s.node_id = 3;
+        let revoked = s.refused().unwrap();
+        assert!(
+            revoked.contains("operator approves its key again"),
+            "{revoked}"
+        );
+        assert!(!revoked.contains("user_signup"), "{revoked}");
+    }
 }
