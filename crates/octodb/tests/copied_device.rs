@@ -133,6 +133,24 @@ fn two_copies_of_a_device_file_in_use_lose_nothing_and_a_copy_stops_saying_what_
         // Its work is still there, pending, not taken for the other copy's.
         assert!(status(&copies[k]).outbox_len > 0);
     }
+    // The primary shows the copy still syncing as connected once the other's session ended:
+    // they share a node id, and the end of the one that was found out took the other's
+    // entry with it (the long-offline walkthrough, 3 of 3).
+    if let [k] = found[..] {
+        wait_until("the copy found out disconnected", || {
+            (!status(&copies[k]).connected).then_some(())
+        });
+        let other = status(&copies[1 - k]);
+        if other.connected {
+            let record = p
+                .nodes()
+                .unwrap()
+                .into_iter()
+                .find(|n| n.node_id == other.node_id)
+                .expect("the device's record");
+            assert!(record.connected, "{record:?}");
+        }
+    }
     // Each copy that was found out takes a new key, and goes on once reopened.
     let [a, b] = copies;
     let mut reopened = Vec::new();

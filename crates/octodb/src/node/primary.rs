@@ -322,7 +322,9 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .sessions
-        .insert(node_id, (addr.to_string(), session));
+        .entry(node_id)
+        .or_default()
+        .push((addr.to_string(), session));
     let sender = Sender { node_id, user_id };
     rd.set_idle_timeout(heartbeat.map(crate::uri::dead_after));
     // Reading the device's transactions and streaming the log to it end together, so a device
@@ -353,16 +355,16 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
         },
     };
     {
-        // Only this session's entry: the device may have connected again meanwhile (its old
-        // path died silently, and this session only now timed out), and that session's
-        // entry is what `PRAGMA nodes`, `peers` and the metrics show.
+        // Only this session's entry: the device may have another meanwhile (its old path
+        // died silently and this session only now timed out, or this was a copy of its file
+        // found out), which `PRAGMA nodes`, `peers` and the metrics still show (the
+        // long-offline walkthrough: a copy's end showed the original disconnected).
         let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
-        if live
-            .sessions
-            .get(&node_id)
-            .is_some_and(|(_, s)| *s == session)
-        {
-            live.sessions.remove(&node_id);
+        if let Some(all) = live.sessions.get_mut(&node_id) {
+            all.retain(|(_, s)| *s != session);
+            if all.is_empty() {
+                live.sessions.remove(&node_id);
+            }
         }
     }
     // (Nobody waits for a session's removal: no wake-up.)

@@ -11,9 +11,10 @@ use std::collections::HashMap;
 #[derive(Debug, Default)]
 pub struct Live {
     pub connected_to: Option<String>,
-    /// Primaries: node id → address of each connected node, and its session's number (a
-    /// device's newer session replaces its entry; an older one's end leaves it).
-    pub sessions: HashMap<u32, (String, u64)>,
+    /// Primaries: node id → address and number of each of its sessions, the newest last
+    /// (the one shown). A device's old path that died silently, or a copy of its file, may
+    /// hold a second session under its id for a while; the end of one leaves the other's.
+    pub sessions: HashMap<u32, Vec<(String, u64)>>,
     pub download: Option<(u64, u64)>,
     /// Devices not yet authorized: the sign-up / login request made by the app, not yet sent.
     pub auth_request: Option<crate::net::AuthAsk>,
@@ -320,7 +321,11 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
     let role = shared.cfg.role;
     let (live_peer, sessions, download, auth_state, auth_error, sync_error, caught_up) = {
         let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
-        let mut s: Vec<String> = live.sessions.values().map(|(a, _)| a.clone()).collect();
+        let mut s: Vec<String> = live
+            .sessions
+            .values()
+            .filter_map(|all| all.last().map(|(a, _)| a.clone()))
+            .collect();
         s.sort();
         let requested = live.auth_request.is_some().then(|| "requested".to_string());
         (
@@ -469,7 +474,7 @@ pub fn nodes(shared: &Shared) -> Result<Vec<NodeRecord>> {
         .unwrap_or_else(|p| p.into_inner())
         .sessions
         .iter()
-        .map(|(id, (addr, _))| (*id, addr.clone()))
+        .filter_map(|(id, all)| all.last().map(|(addr, _)| (*id, addr.clone())))
         .collect();
     let roles = member_roles(shared);
     let now = super::writer::unix_now();
