@@ -145,7 +145,7 @@ impl SecureReader {
                 "connection unusable after an earlier error: {reason}"
             )));
         }
-        let result = self.recv_inner().await;
+        let result = self.recv_inner(false).await;
         if let Err(e) = &result {
             if !matches!(e, NetError::TooLarge { .. } | NetError::Closed) {
                 self.failed = Some(e.to_string());
@@ -154,7 +154,18 @@ impl SecureReader {
         result
     }
 
-    async fn recv_inner(&mut self) -> Result<Vec<u8>, NetError> {
+    /// After [`NetError::TooLarge`]: reads and drops the rest of that message, and nothing
+    /// after it (a refusal sent meanwhile then reaches the peer, not a reset of the
+    /// connection that unread data would cause at its close).
+    pub async fn skip_rest_of_refused(&mut self) -> Result<(), NetError> {
+        if !self.discarding {
+            return Ok(());
+        }
+        self.recv_inner(true).await.map(drop)
+    }
+
+    /// With `skip_only`, returns (an empty message) once the message being skipped is.
+    async fn recv_inner(&mut self, skip_only: bool) -> Result<Vec<u8>, NetError> {
         loop {
             let len = self.next_chunk_len().await?;
             let from = self.start + 2;
@@ -193,6 +204,9 @@ impl SecureReader {
             let last = flags & FLAG_LAST != 0;
             if self.discarding {
                 self.discarding = !last;
+                if skip_only && last {
+                    return Ok(Vec::new());
+                }
                 continue;
             }
             if !fits {

@@ -164,6 +164,36 @@ async fn recv_msg(rd: &mut SecureReader) -> Result<Message> {
     Ok(Message::decode(&rd.recv().await?)?)
 }
 
+/// A node's first message (`Hello`, `OpenChannel`), at most [`FIRST_MESSAGE_MAX`] bytes; a
+/// larger one is refused, saying so, after the rest of it is read and dropped (so that the
+/// refusal reaches the node rather than a reset of the connection).
+async fn first_message(rd: &mut SecureReader, wr: &mut SecureWriter) -> Result<Message> {
+    let session_max = rd.limit_message_size(FIRST_MESSAGE_MAX);
+    let first = tokio::time::timeout(HELLO_TIMEOUT, recv_msg(rd))
+        .await
+        .map_err(|_| NetError::Timeout)?;
+    rd.limit_message_size(session_max);
+    match first {
+        Err(Error::Net(NetError::TooLarge { .. })) => {
+            let reason = format!(
+                "the first message is larger than {} KiB: not accepted (a Hello's information \
+                 and sign-up data are small)",
+                FIRST_MESSAGE_MAX / 1024
+            );
+            send_now(
+                wr,
+                &Message::Refused {
+                    reason: reason.clone(),
+                },
+            )
+            .await?;
+            let _ = tokio::time::timeout(HELLO_TIMEOUT, rd.skip_rest_of_refused()).await;
+            Err(Error::rule(reason))
+        }
+        first => first,
+    }
+}
+
 async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> Result<()> {
     // The steps whose state is larger than an idle session's are boxed (the handshake, the
     // admission, a follower's asking its leader, a joining primary's session): a future is
@@ -179,11 +209,7 @@ async fn run_session(shared: &Arc<Shared>, tcp: TcpStream, addr: SocketAddr) -> 
     let protocol = stream.protocol_version();
     tracing::debug!(%addr, protocol, "secure connection up");
     let (mut rd, mut wr) = stream.into_split();
-    let session_max = rd.limit_message_size(FIRST_MESSAGE_MAX);
-    let hello = tokio::time::timeout(HELLO_TIMEOUT, recv_msg(&mut rd))
-        .await
-        .map_err(|_| NetError::Timeout)??;
-    rd.limit_message_size(session_max);
+    let hello = Box::pin(first_message(&mut rd, &mut wr)).await?;
     if let Message::OpenChannel { service } = hello {
         return super::channels::serve(shared, pubkey, addr, protocol, service, rd, wr).await;
     }
