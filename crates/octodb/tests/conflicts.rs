@@ -556,6 +556,36 @@ fn a_delete_the_primarys_rules_refuse_is_rejected_and_the_sync_goes_on() {
     wait_count(&p, "SELECT count(*) FROM t WHERE v = 'after'", 1);
 }
 
+/// A primary's trigger that ends a device's transaction with RAISE(ROLLBACK) ends the whole
+/// batch it is decided in (SQLite rolls back the whole transaction): that batch fails, and
+/// the transaction is rejected when its device sends it again, naming the trigger's message.
+/// It failed every batch it came in, for ever (the security review).
+#[test]
+fn a_device_transaction_a_trigger_rolls_back_whole_is_rejected_when_sent_again() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    p.execute_batch(
+        "CREATE TRIGGER rb BEFORE INSERT ON t
+           WHEN NEW.v = 'rb' AND EXISTS (SELECT 1 FROM sqlite_schema WHERE name = '_octo_raft')
+           BEGIN SELECT RAISE(ROLLBACK, 'rolled back by the app'); END;",
+    )
+    .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    d.execute("INSERT INTO t(v) VALUES ('rb')", []).unwrap();
+    let s = d
+        .wait_for(DEADLINE, |s| s.last_rejected.is_some() && s.outbox_len == 0)
+        .unwrap();
+    let reason = s.last_rejected.unwrap().reason;
+    assert!(
+        reason.contains("RAISE(ROLLBACK)") && reason.contains("rolled back by the app"),
+        "{reason}"
+    );
+    wait_count(&d, "SELECT count(*) FROM t WHERE v = 'rb'", 0);
+    d.execute("INSERT INTO t(v) VALUES ('after')", []).unwrap();
+    wait_count(&p, "SELECT count(*) FROM t WHERE v = 'after'", 1);
+}
+
 /// A row from the primaries holding a unique value that a pending row of this device holds
 /// too (the primaries had theirs first): the device writes the primaries' row, its own steps
 /// aside until the primaries reject its transaction, and the sync goes on. The device used to

@@ -16,6 +16,7 @@ use crate::store::{exec, meta_i64, meta_set, schema, write_txn};
 use crate::uri::Role;
 use crate::value::Value;
 use rusqlite::Connection;
+use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
@@ -250,6 +251,7 @@ pub(crate) fn spawn(
                 told_last_decided: 0,
                 resent: 0,
                 failed_sessions: Default::default(),
+                ended_by_trigger: HashMap::new(),
             }
             .run(rx)
         })
@@ -316,6 +318,9 @@ struct Writer {
     /// Sessions whose work could not be written (a primary's device sessions, a device's
     /// sessions with its primary).
     failed_sessions: std::collections::HashSet<u64>,
+    /// Primary: device transactions (node, transaction id) during which a trigger ended the
+    /// batch's SQLite transaction (`RAISE(ROLLBACK)`), and why: rejected when sent again.
+    ended_by_trigger: HashMap<(u32, u64), String>,
 }
 
 /// Failed sessions remembered at most (they end within moments of their failure).
@@ -768,7 +773,7 @@ impl Writer {
         let conn = &self.conn;
         let tables = &mut self.tables;
         let decided = loaded(&mut self.decided, conn, term)?;
-        let mut out = BatchOutcome::new(&self.shared.recent);
+        let mut out = BatchOutcome::new(&self.shared.recent, &mut self.ended_by_trigger);
         let mut new = NewDecisions::default();
         let effects = &mut self.trigger_effects;
         exec(conn, "BEGIN IMMEDIATE")?;
@@ -787,8 +792,14 @@ impl Writer {
             decided.checkpoint_if_due(conn, &mut new)
         })();
         let BatchOutcome {
-            recorded, clones, ..
+            recorded,
+            clones,
+            ended_now,
+            ..
         } = out;
+        if let Some((node, txn, reason)) = ended_now {
+            self.ended_by_trigger.insert((node, txn), reason);
+        }
         let last_seq = recorded.last().map_or(0, |e| e.seq);
         let proposed = match (decisions, early) {
             (Err(e), Some((cluster, Ok(early)))) => {
@@ -1272,14 +1283,23 @@ struct BatchOutcome<'a> {
     recent: &'a log::recent::Recent,
     recorded: Vec<LogEntry>,
     clones: Vec<CloneFound>,
+    /// Transactions a trigger ended the batch during, before: rejected now (taken out).
+    ended_earlier: &'a mut HashMap<(u32, u64), String>,
+    /// The transaction a trigger ended this batch during, and why.
+    ended_now: Option<(u32, u64, String)>,
 }
 
 impl<'a> BatchOutcome<'a> {
-    fn new(recent: &'a log::recent::Recent) -> BatchOutcome<'a> {
+    fn new(
+        recent: &'a log::recent::Recent,
+        ended_earlier: &'a mut HashMap<(u32, u64), String>,
+    ) -> BatchOutcome<'a> {
         BatchOutcome {
             recent,
             recorded: Vec::new(),
             clones: Vec::new(),
+            ended_earlier,
+            ended_now: None,
         }
     }
 
@@ -1346,6 +1366,21 @@ fn decide_device_txns(
                 }
                 continue;
             }
+            if let Some(reason) = out.ended_earlier.remove(&(sender.node_id, *txn_id)) {
+                tracing::info!(node = sender.node_id, txn = txn_id, %reason, "transaction rejected");
+                let body = EntryBody::Rejected { reason };
+                let seq = log::append(c, sender.node_id, *txn_id, &body, Some(digest))?;
+                out.recorded.push(LogEntry {
+                    seq,
+                    origin_node: sender.node_id,
+                    origin_txn: *txn_id,
+                    body,
+                    origin_digest: Some(*digest),
+                });
+                done = *txn_id as i64;
+                count += 1;
+                continue;
+            }
             exec(c, "SAVEPOINT device_txn")?;
             if let Some(e) = effects {
                 e.begin();
@@ -1363,6 +1398,21 @@ fn decide_device_txns(
                 (Ok(_), Some(e)) => e.take(c),
                 (outcome, _) => Ok(outcome),
             });
+            if c.is_autocommit() {
+                // A trigger's RAISE(ROLLBACK) ended the whole batch, not only this
+                // transaction's savepoint: the batch fails, and this transaction is rejected
+                // when its device sends it again (it failed the batch at every resend).
+                let why = match &applied {
+                    Ok(Err(reason)) => reason.clone(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => "the transaction ended".into(),
+                };
+                let reason =
+                    format!("{ENDED_BY_TRIGGER} ({why}); a trigger should use RAISE(ABORT)");
+                effects.inspect(|e| e.forget());
+                out.ended_now = Some((sender.node_id, *txn_id, reason.clone()));
+                return Err(Error::rule(reason));
+            }
             let body = match applied {
                 Ok(Ok(changes)) => {
                     exec(c, "RELEASE device_txn")?;
@@ -1398,9 +1448,17 @@ fn decide_device_txns(
     Ok(())
 }
 
+/// How a device transaction during which a trigger ended the batch is refused.
+const ENDED_BY_TRIGGER: &str =
+    "a trigger of the primary ended its transaction with RAISE(ROLLBACK), taking the batch of \
+     devices' transactions it was decided in with it";
+
 /// What the operator of a primary whose writer could not write should look at.
 fn write_failure_advice(e: &Error) -> &'static str {
     match e {
+        Error::Rule(reason) if reason.starts_with(ENDED_BY_TRIGGER) => {
+            "that transaction is rejected when its device sends it again, the others accepted"
+        }
         Error::Sqlite(se) if se.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) => {
             "another connection to its file holds a write transaction open (an application's \
              transaction left open: commit or roll it back)"
