@@ -224,19 +224,36 @@ pub enum BeforeMembership {
     Admitters(Arc<Mutex<std::collections::HashSet<String>>>),
 }
 
+/// Meta key: the leaders that admitted this primary (JSON list of hex keys), kept so that a
+/// primary restarted before its membership came (its vote saved, so it does not join again)
+/// still takes their calls.
+const ADMITTED_BY_KEY: &str = "raft_admitted_by";
+
 impl BeforeMembership {
-    /// A running primary's: nobody until a leader admits it.
-    pub(crate) fn admitters() -> BeforeMembership {
-        BeforeMembership::Admitters(Arc::default())
+    /// A running primary's: the leaders that admitted it, as its file keeps them (none until
+    /// one does).
+    pub(crate) fn admitters(conn: &rusqlite::Connection) -> crate::Result<BeforeMembership> {
+        let kept: Option<String> = crate::store::meta_get(conn, ADMITTED_BY_KEY)?;
+        let keys: std::collections::HashSet<String> = kept
+            .and_then(|json| serde_json::from_str(&json).ok())
+            .unwrap_or_default();
+        Ok(BeforeMembership::Admitters(Arc::new(Mutex::new(keys))))
     }
 
-    /// `key`'s primary admitted this one (its `Welcome` came).
-    pub(crate) fn admitted_by(&self, key: &PublicKey) {
-        if let BeforeMembership::Admitters(keys) = self {
-            keys.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key.to_hex());
-        }
+    /// `key`'s primary admitted this one (its `Welcome` came). Returns the keys to keep in
+    /// the file ([`BeforeMembership::keep`]).
+    pub(crate) fn admitted_by(&self, key: &PublicKey) -> Option<String> {
+        let BeforeMembership::Admitters(keys) = self else {
+            return None;
+        };
+        let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.insert(key.to_hex());
+        serde_json::to_string(&*keys).ok()
+    }
+
+    /// Keeps `keys` (from [`BeforeMembership::admitted_by`]) in the file.
+    pub(crate) fn keep(conn: &rusqlite::Connection, keys: &str) -> crate::Result<()> {
+        crate::store::meta_set(conn, ADMITTED_BY_KEY, keys)
     }
 
     fn allows(&self, key: &str) -> bool {

@@ -455,7 +455,9 @@ async fn join_through(
     let node_id = match next(&mut rd).await? {
         Message::Welcome { node_id, .. } => {
             // Its Raft calls are taken before this primary has a membership; nobody else's.
-            shared.admitters.admitted_by(&member);
+            if let Some(keys) = shared.admitters.admitted_by(&member) {
+                keep_admitters(shared, keys).await?;
+            }
             node_id
         }
         Message::Refused { reason } => {
@@ -483,6 +485,18 @@ async fn next(rd: &mut SecureReader) -> Result<Message> {
         .await
         .map_err(|_| NetError::Timeout)??;
     Ok(Message::decode(&bytes)?)
+}
+
+/// Keeps the leaders that admitted this primary in its file (see `BeforeMembership`).
+async fn keep_admitters(shared: &Arc<Shared>, keys: String) -> Result<()> {
+    let path = shared.cfg.path.clone();
+    let file_key = shared.file_key.get();
+    tokio::task::spawn_blocking(move || {
+        let c = crate::store::open_connection(&path, file_key.as_ref())?;
+        crate::cluster::network::BeforeMembership::keep(&c, &keys)
+    })
+    .await
+    .map_err(|_| Error::Closed)?
 }
 
 /// Takes `node_id` as this primary's and starts its Raft node (once: a join tried again after

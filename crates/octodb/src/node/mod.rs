@@ -534,6 +534,7 @@ impl Node {
             None => None,
         };
         let known_primaries = secondary::known_primaries_in(&conn)?;
+        let admitters = crate::cluster::network::BeforeMembership::admitters(&conn)?;
         let shared = Arc::new(Shared {
             keys,
             identity,
@@ -548,7 +549,7 @@ impl Node {
             events: broadcast::channel(1024).0,
             live: Mutex::new(status::Live::default()),
             shutdown: watch::channel(false).0,
-            admitters: crate::cluster::network::BeforeMembership::admitters(),
+            admitters,
             handshake: HandshakeOptions {
                 network_key,
                 tickets: match cfg.role {
