@@ -453,20 +453,16 @@ async fn join_through(
     };
     send_now(&mut wr, &hello).await?;
     let node_id = match next(&mut rd).await? {
-        Message::Welcome { node_id, .. } => {
-            // Its Raft calls are taken before this primary has a membership; nobody else's.
-            if let Some(keys) = shared.admitters.admitted_by(&member) {
-                keep_admitters(shared, keys).await?;
-            }
-            node_id
-        }
+        Message::Welcome { node_id, .. } => node_id,
         Message::Refused { reason } => {
             *redirect = leader_named_in(&reason);
             return Err(Error::rule(reason));
         }
         other => return Err(NetError::Malformed(format!("unexpected {}", other.kind())).into()),
     };
-    start_raft(shared, node_id).await?;
+    // Its Raft calls are taken before this primary has a membership; nobody else's.
+    let admitters = shared.admitters.admitted_by(&member);
+    start_raft(shared, node_id, admitters).await?;
     send_now(&mut wr, &Message::Heartbeat).await?;
     // The leader answers once this primary is a voter: after a snapshot of the whole shared
     // state, which may take a while.
@@ -487,33 +483,29 @@ async fn next(rd: &mut SecureReader) -> Result<Message> {
     Ok(Message::decode(&bytes)?)
 }
 
-/// Keeps the leaders that admitted this primary in its file (see `BeforeMembership`).
-async fn keep_admitters(shared: &Arc<Shared>, keys: String) -> Result<()> {
-    let path = shared.cfg.path.clone();
-    let file_key = shared.file_key.get();
-    tokio::task::spawn_blocking(move || {
-        let c = crate::store::open_connection(&path, file_key.as_ref())?;
-        crate::cluster::network::BeforeMembership::keep(&c, &keys)
-    })
-    .await
-    .map_err(|_| Error::Closed)?
-}
-
 /// Takes `node_id` as this primary's and starts its Raft node (once: a join tried again after
-/// a failure keeps the node).
-async fn start_raft(shared: &Arc<Shared>, node_id: u32) -> Result<()> {
-    if shared.cluster.get().is_some() {
-        return Ok(());
-    }
+/// a failure keeps the node). `admitters`: the leaders that admitted it so far, kept in the file at every join (see
+/// `BeforeMembership`).
+async fn start_raft(shared: &Arc<Shared>, node_id: u32, admitters: Option<String>) -> Result<()> {
+    let starts = shared.cluster.get().is_none();
     let path = shared.cfg.path.clone();
     let file_key = shared.file_key.get();
     tokio::task::spawn_blocking(move || {
         let c = crate::store::open_connection(&path, file_key.as_ref())?;
+        if let Some(keys) = admitters {
+            crate::cluster::network::BeforeMembership::keep(&c, &keys)?;
+        }
+        if !starts {
+            return Ok(());
+        }
         crate::store::meta_set(&c, "node_id", i64::from(node_id))?;
         crate::cluster::rejoin::done(&c)
     })
     .await
     .map_err(|_| Error::Closed)??;
+    if !starts {
+        return Ok(());
+    }
     shared.identity.set_authorized(node_id, 0);
     let (_, proposer) = crate::cluster::start_node(
         u64::from(node_id),

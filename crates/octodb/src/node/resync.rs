@@ -209,15 +209,9 @@ pub fn bring_back(conn: &Connection, set_aside: Vec<SetAside>) -> Result<()> {
             .collect();
         let now = crate::store::renames::kept_rows_now(conn, &s.table, &kept_columns)?;
         match now {
-            Some((table, columns_now)) => {
-                let current: Vec<String> = conn
-                    .prepare_cached("SELECT name FROM pragma_table_info(?1, 'main')")?
-                    .query_map([&table], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                let (from, into): (Vec<String>, Vec<String>) = kept_columns
+            Some(crate::store::renames::KeptRowsNow { table, columns }) => {
+                let (from, into): (Vec<String>, Vec<String>) = columns
                     .iter()
-                    .zip(&columns_now)
-                    .filter(|(_, now)| current.contains(now))
                     .map(|(was, now)| (ident(was), ident(now)))
                     .unzip();
                 if !into.is_empty() {

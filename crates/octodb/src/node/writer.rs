@@ -1366,70 +1366,65 @@ fn decide_device_txns(
                 }
                 continue;
             }
-            if let Some(reason) = out.ended_earlier.remove(&(sender.node_id, *txn_id)) {
-                tracing::info!(node = sender.node_id, txn = txn_id, %reason, "transaction rejected");
-                let body = EntryBody::Rejected { reason };
-                let seq = log::append(c, sender.node_id, *txn_id, &body, Some(digest))?;
-                out.recorded.push(LogEntry {
-                    seq,
-                    origin_node: sender.node_id,
-                    origin_txn: *txn_id,
-                    body,
-                    origin_digest: Some(*digest),
-                });
-                done = *txn_id as i64;
-                count += 1;
-                continue;
-            }
-            exec(c, "SAVEPOINT device_txn")?;
-            if let Some(e) = effects {
-                e.begin();
-            }
-            let applied = device_txn::apply_device_txn(
-                c,
-                tables,
-                &mut inserts,
-                *sender,
-                cs,
-                effects.is_none(),
-            )
-            .and_then(|outcome| match (outcome, effects) {
-                // What the primary's triggers wrote with it, as captured.
-                (Ok(_), Some(e)) => e.take(c),
-                (outcome, _) => Ok(outcome),
-            });
-            if c.is_autocommit() {
-                // A trigger's RAISE(ROLLBACK) ended the whole batch, not only this
-                // transaction's savepoint: the batch fails, and this transaction is rejected
-                // when its device sends it again (it failed the batch at every resend).
-                let why = match &applied {
-                    Ok(Err(reason)) => reason.clone(),
-                    Err(e) => e.to_string(),
-                    Ok(Ok(_)) => "the transaction ended".into(),
-                };
-                let reason =
-                    format!("{ENDED_BY_TRIGGER} ({why}); a trigger should use RAISE(ABORT)");
-                effects.inspect(|e| e.forget());
-                out.ended_now = Some((sender.node_id, *txn_id, reason.clone()));
-                return Err(Error::rule(reason));
-            }
-            let body = match applied {
-                Ok(Ok(changes)) => {
-                    exec(c, "RELEASE device_txn")?;
-                    EntryBody::Changes(changes)
-                }
-                Ok(Err(reason)) => {
-                    exec(c, "ROLLBACK TO device_txn")?;
-                    exec(c, "RELEASE device_txn")?;
-                    effects.inspect(|e| e.forget());
+            // A transaction a trigger ended an earlier batch during is rejected unapplied.
+            let body = match out.ended_earlier.remove(&(sender.node_id, *txn_id)) {
+                Some(reason) => {
                     tracing::info!(node = sender.node_id, txn = txn_id, %reason, "transaction rejected");
                     EntryBody::Rejected { reason }
                 }
-                Err(e) => {
-                    exec(c, "ROLLBACK TO device_txn")?;
-                    exec(c, "RELEASE device_txn")?;
-                    effects.inspect(|e| e.forget());
-                    return Err(e);
+                None => {
+                    exec(c, "SAVEPOINT device_txn")?;
+                    if let Some(e) = effects {
+                        e.begin();
+                    }
+                    let applied = device_txn::apply_device_txn(
+                        c,
+                        tables,
+                        &mut inserts,
+                        *sender,
+                        cs,
+                        effects.is_none(),
+                    )
+                    .and_then(|outcome| match (outcome, effects) {
+                        // What the primary's triggers wrote with it, as captured.
+                        (Ok(_), Some(e)) => e.take(c),
+                        (outcome, _) => Ok(outcome),
+                    });
+                    if c.is_autocommit() {
+                        // A trigger's RAISE(ROLLBACK) ended the whole batch, not only this
+                        // transaction's savepoint: the batch fails, and this transaction is rejected
+                        // when its device sends it again (it failed the batch at every resend).
+                        let why = match &applied {
+                            Ok(Err(reason)) => reason.clone(),
+                            Err(e) => e.to_string(),
+                            Ok(Ok(_)) => "the transaction ended".into(),
+                        };
+                        let reason = format!(
+                            "{ENDED_BY_TRIGGER} ({why}); a trigger should use RAISE(ABORT)"
+                        );
+                        effects.inspect(|e| e.forget());
+                        out.ended_now = Some((sender.node_id, *txn_id, reason.clone()));
+                        return Err(Error::rule(reason));
+                    }
+                    match applied {
+                        Ok(Ok(changes)) => {
+                            exec(c, "RELEASE device_txn")?;
+                            EntryBody::Changes(changes)
+                        }
+                        Ok(Err(reason)) => {
+                            exec(c, "ROLLBACK TO device_txn")?;
+                            exec(c, "RELEASE device_txn")?;
+                            effects.inspect(|e| e.forget());
+                            tracing::info!(node = sender.node_id, txn = txn_id, %reason, "transaction rejected");
+                            EntryBody::Rejected { reason }
+                        }
+                        Err(e) => {
+                            exec(c, "ROLLBACK TO device_txn")?;
+                            exec(c, "RELEASE device_txn")?;
+                            effects.inspect(|e| e.forget());
+                            return Err(e);
+                        }
+                    }
                 }
             };
             let seq = log::append(c, sender.node_id, *txn_id, &body, Some(digest))?;

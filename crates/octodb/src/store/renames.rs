@@ -237,13 +237,22 @@ pub fn replace_all(conn: &Connection, renames: &[Rename]) -> Result<()> {
     Ok(())
 }
 
+/// Where rows kept of a table go now (see [`kept_rows_now`]).
+pub struct KeptRowsNow {
+    /// The table's name now.
+    pub table: String,
+    /// The kept columns it still has, each with its name then and now.
+    pub columns: Vec<(String, String)>,
+}
+
 /// Where rows kept of table `table` as it once was go now: its name now (itself if it is
-/// still there; None if the primaries dropped it), and each of `columns` under its name now.
+/// still there; None if the primaries dropped it), and those of `columns` it still has, each
+/// paired with its name now.
 pub fn kept_rows_now(
     conn: &Connection,
     table: &str,
     columns: &[String],
-) -> Result<Option<(String, Vec<String>)>> {
+) -> Result<Option<KeptRowsNow>> {
     let exists = |name: &str| -> Result<bool> {
         Ok(conn
             .prepare_cached("SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = ?1")?
@@ -262,8 +271,16 @@ pub fn kept_rows_now(
         .prepare_cached("SELECT name FROM pragma_table_info(?1, 'main')")?
         .query_map([&now], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    let columns = columns_now(conn, &now, &current, columns)?;
-    Ok(Some((now, columns)))
+    let pairs = columns
+        .iter()
+        .cloned()
+        .zip(columns_now(conn, &now, &current, columns)?)
+        .filter(|(_, column)| current.contains(column))
+        .collect();
+    Ok(Some(KeptRowsNow {
+        table: now,
+        columns: pairs,
+    }))
 }
 
 /// Table `table` and the names it had before, newest first.
