@@ -73,36 +73,51 @@ pub fn run(direction: Direction, args: ConvertArgs) -> anyhow::Result<ExitCode> 
             }
         }
     }
-    let dest = target
-        .path
+    // Written under a name of its own, readable by its owner only (a plain copy holds every
+    // row and the node's secret key), and marked as a backup's copy is: the source may be a
+    // running primary's file.
+    let mark = octodb::write_copy(&target, |partial| {
+        export(&conn, direction, &source, target.file_key(), partial)
+            .map_err(|e| octodb::Error::rule(format!("{e:#}")))
+    })
+    .context("copying the database into the new file")?;
+    eprintln!(
+        "octodb: {verb}ed `{}` into `{}`; `{}` is unchanged",
+        source.path.display(),
+        target.path.display(),
+        source.path.display()
+    );
+    if let Some(note) = crate::backup::mark_note(&mark) {
+        eprintln!("octodb: {note}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exports the source database `conn` reads into the empty file `dest`, with the target's key.
+fn export(
+    conn: &octodb::Connection,
+    direction: Direction,
+    source: &NodeConfig,
+    target_key: Option<&NetworkKey>,
+    dest: &std::path::Path,
+) -> anyhow::Result<()> {
+    let dest = dest
         .to_str()
         .context("the new file's path is not valid UTF-8")?;
     // An empty key attaches a plain file; the key is bound, never spliced into the SQL.
-    let key = target.file_key().map(attach_key).unwrap_or_default();
+    let key = target_key.map(attach_key).unwrap_or_default();
     conn.execute(
         "ATTACH DATABASE ?1 AS converted KEY ?2",
         [dest, key.as_str()],
     )
     .context("creating the new file")?;
-    let exported = conn
-        .query_row("SELECT sqlcipher_export('converted')", [], |_| Ok(()))
-        .map_err(anyhow::Error::from)
-        .and_then(|()| match direction {
-            Direction::Encrypt => keep_network_key(&conn, &source),
-            Direction::Decrypt => Ok(()),
-        })
-        .and_then(|()| keep_header_settings(&conn))
-        .and_then(|()| Ok(conn.execute_batch("DETACH DATABASE converted")?));
-    if let Err(e) = exported {
-        let _ = std::fs::remove_file(&target.path);
-        return Err(e).context("copying the database into the new file");
+    conn.query_row("SELECT sqlcipher_export('converted')", [], |_| Ok(()))?;
+    if direction == Direction::Encrypt {
+        keep_network_key(conn, source)?;
     }
-    eprintln!(
-        "octodb: {verb}ed `{}` into `{dest}`; `{}` is unchanged",
-        source.path.display(),
-        source.path.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    keep_header_settings(conn)?;
+    conn.execute_batch("DETACH DATABASE converted")?;
+    Ok(())
 }
 
 /// The settings a file keeps in its header, which `sqlcipher_export` copies no more than
@@ -136,7 +151,13 @@ fn keep_network_key(conn: &octodb::Connection, source: &NodeConfig) -> anyhow::R
     if !is_node {
         return Ok(());
     }
-    if source.key.is_none() {
+    // (A plain file made by `octodb decrypt` keeps its encrypted node's network key.)
+    let keeps_one: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM converted._octo_meta WHERE key = 'network_key')",
+        [],
+        |r| r.get(0),
+    )?;
+    if source.key.is_none() && !keeps_one {
         // A plain file does not hold its network key: only the source's URI tells it.
         eprintln!(
             "octodb: note: the new file's node has no network key (devices and primaries join \

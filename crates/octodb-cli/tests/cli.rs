@@ -797,6 +797,29 @@ fn encrypt_decrypt_and_backup_of_an_encrypted_node() {
         "a row committed after a backup"
     );
     drop(c);
+    // A plain copy of the running primary: readable by its owner only (it holds every row
+    // and the node's secret key; it was created with the umask's 0644), and marked as a
+    // backup's copy is (restored, it would hand out again the ids of devices approved since).
+    let plain_copy = dir.path().join("plain-copy.db");
+    let (ok, err) = run(&["decrypt", &node_uri, plain_copy.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("keeps node ids"),
+        "not marked as restored: {err}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&plain_copy).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+    let c = Connection::open(&format!("file:{}", plain_copy.display())).unwrap();
+    assert_eq!(count(&c, "SELECT count(*) FROM n"), 2);
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM _octo_nodes WHERE auth_state = 'reserved'"
+        ),
+        1
+    );
+    drop(c);
     let no_key = format!("file:{}", dir.path().join("p.db").display());
     let other = dir.path().join("other-copy.db");
     let (ok, err) = run(&["backup", &no_key, other.to_str().unwrap()]);
@@ -901,6 +924,7 @@ fn a_converted_node_keeps_its_network_key() {
         let out = octodb().args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
         assert!(out.status.success(), "{args:?}: {stderr}");
+        stderr
     };
     let row_reaches = |device: &Connection, primary: &Connection, v: &str| {
         primary
@@ -969,6 +993,14 @@ fn a_converted_node_keeps_its_network_key() {
     drop(stranger);
     drop(de);
     drop(e);
+    // Encrypted again, the decrypted file keeps the network key it holds, and `encrypt` does
+    // not say it has none (the cluster walkthrough was told to remove the new file).
+    let said = run(&[
+        "encrypt",
+        &at("ed.db"),
+        &format!("file:{}?cipher=sqlcipher&key=an0ther", at("ede.db")),
+    ]);
+    assert!(!said.contains("no network key"), "{said}");
 
     // A plain primary with a network key (`key=` without cipher=), encrypted with that key
     // named on the source: its keyed device reconnects, a device without the key stays out.

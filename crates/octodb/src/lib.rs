@@ -22,8 +22,8 @@ pub mod cluster;
 /// The change feed: committed row changes on a primary, in log order.
 pub use api::feed;
 pub use api::{
-    app_signed_bytes, backup, mark_restored, next_event, restore_cluster, ColumnIndex, Connection,
-    FeedWatcher, Next, OpenOptions, RestoredCluster, Row, Rows, Statement, Transaction,
+    app_signed_bytes, backup, mark_restored, next_event, restore_cluster, write_copy, ColumnIndex,
+    Connection, FeedWatcher, Next, OpenOptions, RestoredCluster, Row, Rows, Statement, Transaction,
 };
 pub use cluster::RestoreMark;
 pub use error::{Error, Result};

@@ -336,6 +336,48 @@ fn rekey_re_encrypts_a_running_primary_and_keeps_its_network_key() {
     assert!(matches!(old, Err(Error::WrongKey { .. })), "{old:?}");
 }
 
+/// A local connection (no `node=`) to a running node's file may not re-encrypt it under the
+/// node (the review: the node's connections, holding the old key, then failed every read and
+/// write); once the node is stopped it may, as the refusal of a rekey on a cluster member
+/// advises, and the node starts again with the new key and the network key it had.
+#[test]
+fn a_local_rekey_waits_for_the_node_to_stop_and_keeps_its_network_key() {
+    let c = Cluster::new();
+    let p_path = c.path("p.db");
+    let p = Connection::open(&encrypted_primary_uri(&p_path, KEY)).unwrap();
+    p.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)")
+        .unwrap();
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
+        .unwrap();
+    let port = p.bound_addrs()[0].port();
+    let d = Connection::open(&encrypted_device_uri(&c.path("d.db"), &addr_of(&p), KEY)).unwrap();
+    ready(&d);
+    wait_count(&d, "SELECT count(*) FROM t", 1);
+
+    let local = Connection::open(&local_uri(&p_path, KEY)).unwrap();
+    let err = local.execute_batch("PRAGMA rekey = 'new key'").unwrap_err();
+    assert!(err.to_string().contains("a node runs on"), "{err}");
+    drop(local);
+    // The node goes on with its key.
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('still', '*')", [])
+        .unwrap();
+    wait_count(&d, "SELECT count(*) FROM t", 2);
+    drop(p);
+
+    let local = Connection::open(&local_uri(&p_path, KEY)).unwrap();
+    local.execute_batch("PRAGMA rekey = 'new key'").unwrap();
+    drop(local);
+    let uri = format!(
+        "file:{}?node=primary&bind=tcp://127.0.0.1:{port}&cipher=sqlcipher&key=new key",
+        p_path.display()
+    );
+    let p = Connection::open(&uri).unwrap();
+    p.execute("INSERT INTO t(v, row_owner) VALUES ('after', '*')", [])
+        .unwrap();
+    // The device reconnects with the network key it always had.
+    wait_count(&d, "SELECT count(*) FROM t", 3);
+}
+
 /// What SQLite does with a damaged WAL frame of an encrypted file (README, "Tampering"): its
 /// own checksum over the encrypted frame fails first, and the frame is taken as the end of the
 /// log, as after a torn write: the last transaction is gone, the ones before it read, and no

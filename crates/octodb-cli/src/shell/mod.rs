@@ -513,10 +513,11 @@ impl HeldHistory {
         }
     }
 
-    /// The lines of the statement that just ended, for the history; none if it names a key.
+    /// The lines of the statement that just ended, for the history; none if it may hold a
+    /// secret.
     fn statement_ended(&mut self) -> Vec<String> {
         let lines = std::mem::take(&mut self.0);
-        if names_a_key(&lines.join("\n")) {
+        if names_a_secret(&lines.join("\n")) {
             Vec::new()
         } else {
             lines
@@ -528,17 +529,15 @@ impl HeldHistory {
     }
 }
 
-/// A statement that may hold a key (`PRAGMA rekey='...'`, `ATTACH ... KEY '...'`): kept out
-/// of the shell's history file, which is plain text.
-fn names_a_key(statement: &str) -> bool {
+/// A statement or dot command that may hold a secret: a key (`PRAGMA rekey='...'`, `ATTACH
+/// ... KEY '...'`, a URI's `key=` or `hexkey=`) or the admin console's token (`admin_token=`,
+/// `PRAGMA admin_token`): kept out of the shell's history file, which is plain text. Any
+/// mention of a key or a token counts (the ops walkthrough found `.open` lines with `key=` and
+/// `admin_token=` there); a query of a column named `key` is left out too: better a statement
+/// missing from the history than a secret in it.
+fn names_a_secret(statement: &str) -> bool {
     let lower = statement.to_ascii_lowercase();
-    let keyed = |word: &str| lower.contains(word) && lower.contains("key");
-    // `rekey` / `hexkey` alone: the rest of a statement Ctrl-C cut short.
-    keyed("pragma")
-        || keyed("attach")
-        || lower.contains("rekey")
-        || lower.contains("hexkey")
-        || lower.contains("cipher")
+    lower.contains("key") || lower.contains("token") || lower.contains("cipher")
 }
 
 fn unix_now() -> f64 {
@@ -564,6 +563,15 @@ mod tests {
         history.line("SELECT *");
         history.line("FROM t;");
         assert_eq!(history.statement_ended(), vec!["SELECT *", "FROM t;"]);
+        // A network key or the console's token in a URI, or the token's PRAGMA.
+        for secret in [
+            ".open file:d.db?node=secondary&connect=tcp://h:1&key=NETSECRET",
+            ".open file:p.db?node=primary&bind=tcp://h:1&admin=h:2&admin_token=TOKEN",
+            "PRAGMA admin_token='TOKEN';",
+        ] {
+            history.line(secret);
+            assert!(history.statement_ended().is_empty(), "{secret}");
+        }
     }
 
     #[test]

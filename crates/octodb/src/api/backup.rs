@@ -34,18 +34,50 @@ pub fn backup(cfg: &NodeConfig, dest: &Path) -> Result<RestoreMark> {
     let key = cfg.file_key();
     let encrypted = |file| key.map(|key| Encrypted { file, key });
     let source = open_plain(&cfg.path, &opts, encrypted(&cfg.path))?;
+    copy_into(dest, key, |partial| {
+        let partial_str = partial
+            .to_str()
+            .ok_or_else(|| Error::rule("the backup's path is not valid UTF-8"))?;
+        // SQLCipher writes the copy with the source's key and salt. (VACUUM INTO writes into
+        // an empty file.)
+        source
+            .execute("VACUUM INTO ?1", [partial_str])
+            .map_err(|e| crate::store::not_a_database(&cfg.path, e))?;
+        Ok(())
+    })
+}
+
+/// A copy of a node's file made another way (`octodb encrypt` and `octodb decrypt` export it
+/// through SQLCipher): `write` fills the empty file it is given, readable by its owner only;
+/// the complete copy is then marked as [`backup`] marks its copies, opened as `target`
+/// describes it (its path is the copy's name, its file key the copy's), and takes that name
+/// only then. The source may be a running node's file, so its copy must be marked as any
+/// other: a member's copy put in place under its old identity would break Raft's safety.
+pub fn write_copy(
+    target: &NodeConfig,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<RestoreMark> {
+    copy_into(&target.path, target.file_key(), write)
+}
+
+/// `write` fills a [`PartialCopy`] of `dest`, which is marked (opened with `key`) and then
+/// published.
+fn copy_into(
+    dest: &Path,
+    key: Option<&crate::uri::NetworkKey>,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<RestoreMark> {
     let partial = PartialCopy::new(dest)?;
-    let partial_str = partial
-        .path
-        .to_str()
-        .ok_or_else(|| Error::rule("the backup's path is not valid UTF-8"))?;
-    // SQLCipher writes the copy with the source's key and salt. (VACUUM INTO writes into an
-    // empty file.)
-    source
-        .execute("VACUUM INTO ?1", [partial_str])
-        .map_err(|e| crate::store::not_a_database(&cfg.path, e))?;
-    drop(source);
-    let copy = open_plain(&partial.path, &opts, encrypted(&partial.path))?;
+    write(&partial.path)?;
+    let opts = OpenOptions {
+        uri: false,
+        busy_timeout: std::time::Duration::from_secs(30),
+    };
+    let encrypted = key.map(|key| Encrypted {
+        file: &partial.path,
+        key,
+    });
+    let copy = open_plain(&partial.path, &opts, encrypted)?;
     let mark = crate::cluster::mark_restored_copy(&copy)?;
     drop(copy);
     partial.publish(dest)?;

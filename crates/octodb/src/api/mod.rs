@@ -13,7 +13,7 @@ mod rows;
 pub mod sql_text;
 
 pub use crate::store::returned_ids::ColumnOrigin;
-pub use backup::{backup, mark_restored, restore_cluster, RestoredCluster};
+pub use backup::{backup, mark_restored, restore_cluster, write_copy, RestoredCluster};
 pub(crate) use connection::service_executor;
 pub use connection::{
     app_signed_bytes, Connection, FeedWatcher, Prepared, Started, Statement, Transaction,

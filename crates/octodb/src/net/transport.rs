@@ -607,11 +607,15 @@ fn refused_offer(e: NetError) -> NetError {
 
 /// Where a "same network key" hint misleads: nodes whose files are encrypted do not use their
 /// file's key on the network (the encryption walkthrough followed the hint and failed again).
+/// (An earlier hint advised a plain device a decrypted copy of a member's file, which holds the
+/// primary's secret key and every user's rows: the cluster walkthrough followed it.)
 const NETWORK_KEY_OF_ENCRYPTED_NODES: &str = "With cipher=, a node's network key is derived \
      from the key its file was first created with, and kept across rekeys: a plain node cannot \
      join by giving that key as key=, and a node created with a later key cannot join either; \
-     create it with the key the network began with (then rekey it), or give a plain node a \
-     file made by `octodb decrypt` of a member's copy";
+     create it (a new file) with the key the network began with, then give it a key of its own \
+     with PRAGMA rekey, or a plain file with `octodb decrypt` of that new file: either keeps \
+     the network key. Never give a device a copy of a primary's file: it holds the primary's \
+     secret key and every user's rows";
 
 /// Which signatures the two sides asked each other for.
 #[derive(Clone, Copy)]

@@ -729,8 +729,10 @@ impl Node {
                 .count();
             if members > 1 {
                 return Err(Error::rule(
-                    "PRAGMA rekey on a primary of a cluster of several is not supported yet: \
-                     re-encrypt while the primary is alone, or copy with `octodb encrypt`",
+                    "PRAGMA rekey on a primary of a cluster of several is not supported while \
+                     it runs: stop it, run the PRAGMA on its file opened without node= \
+                     (file:PATH?cipher=sqlcipher&key=OLD; the file keeps its network key), and \
+                     start it again with the new key",
                 ));
             }
         }

@@ -140,9 +140,39 @@ impl Connection {
     /// without SQLite; None when `sql` is anything else.
     pub fn answer_pragma(&self, sql: &str) -> Result<Option<Rows>> {
         match pragma::parse(sql)? {
-            Some(p) if self.node.is_none() && pragma::REKEY.contains(&p.name.as_str()) => Ok(None),
+            Some(p) if self.node.is_none() && pragma::REKEY.contains(&p.name.as_str()) => {
+                self.refuse_rekey_under_a_running_node()?;
+                Ok(None)
+            }
             Some(p) => Ok(Some(self.pragma(p)?.rows.unwrap_or_default())),
             None => Ok(None),
+        }
+    }
+
+    /// A local connection's `PRAGMA rekey` of a file a node runs on (in this process or
+    /// another) would re-encrypt it under the node, whose connections hold the old key: every
+    /// later read or write of the node would fail, and its Raft node stop.
+    fn refuse_rekey_under_a_running_node(&self) -> Result<()> {
+        let Some(path) = self.conn.path().filter(|p| !p.is_empty()) else {
+            return Ok(()); // an in-memory database
+        };
+        let path = std::path::Path::new(path);
+        // (No lock file: no node ever ran on it, and none is made for a plain database.)
+        if !crate::store::lock::lock_path(path).exists() {
+            return Ok(());
+        }
+        match crate::store::lock::ProcessLock::acquire(path) {
+            Ok(_free) => Ok(()),
+            Err(Error::Locked { holder, .. }) => Err(Error::NotPermitted(format!(
+                "PRAGMA rekey: a node runs on `{}`{}: re-encrypting its file under it would \
+                 stop it. Run the PRAGMA on the node's own connection (its URI with node=), or \
+                 stop the node first",
+                path.display(),
+                holder
+                    .map(|pid| format!(" (process {pid})"))
+                    .unwrap_or_default()
+            ))),
+            Err(e) => Err(e),
         }
     }
 
