@@ -66,7 +66,13 @@ pub(super) async fn primary_session(
         }
         let me = raft.metrics().borrow().id;
         if hello.to.is_some_and(|to| to != me) {
-            let reason = format!("this primary is node {me} of its cluster, not the one called");
+            // Seen on the caller's side (its sync_error): say what usually happened here.
+            let reason = format!(
+                "the primary at this address is node {me} of the cluster, not the member \
+                 called (an older copy of its file put in place after it had rejoined under a \
+                 new id, say: stop it, run `octodb mark-restored` on its file and start it, and \
+                 it rejoins as a new member)"
+            );
             return refuse_session(&mut wr, reason).await;
         }
         let services = Some(super::forwarded::services(shared));

@@ -16,6 +16,7 @@ use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, Once, OnceLock};
+use zeroize::Zeroizing;
 
 /// SQLCipher 4's default key derivation, which octodb keeps so that stock SQLCipher 4 opens
 /// its files: PBKDF2-HMAC-SHA512, 256,000 iterations, a 256-bit key, a 16-byte random salt
@@ -121,7 +122,7 @@ fn key_spec(key: &NetworkKey, salt: Option<[u8; SALT_BYTES]>) -> Result<Secret> 
     let derived = derived_key(passphrase, &salt);
     Ok(Secret(format!(
         "x'{}{}'",
-        hex::encode(derived),
+        hex::encode(&derived[..]),
         hex::encode(salt)
     )))
 }
@@ -131,8 +132,9 @@ fn looks_raw(passphrase: &str) -> bool {
     lower.starts_with("x'") && lower.ends_with('\'')
 }
 
-/// Derived keys by passphrase and salt.
-type DerivedKeys = HashMap<(String, [u8; SALT_BYTES]), [u8; KEY_BYTES]>;
+/// Derived keys by a digest of their passphrase (the passphrase itself is not kept) and salt,
+/// cleared from memory when dropped.
+type DerivedKeys = HashMap<([u8; 32], [u8; SALT_BYTES]), Zeroizing<[u8; KEY_BYTES]>>;
 /// The keys derived in this process.
 static DERIVED: OnceLock<Mutex<DerivedKeys>> = OnceLock::new();
 
@@ -143,32 +145,49 @@ fn derived() -> std::sync::MutexGuard<'static, DerivedKeys> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
+fn passphrase_digest(passphrase: &str) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, passphrase.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
 /// How many PBKDF2 derivations of `passphrase` this process has run (one per file salt): what
 /// the tests check to show that a connection after the first does not derive again.
 #[doc(hidden)]
 pub fn derivations_of(passphrase: &str) -> usize {
-    derived().keys().filter(|(p, _)| p == passphrase).count()
+    let digest = passphrase_digest(passphrase);
+    derived().keys().filter(|(p, _)| *p == digest).count()
 }
 
 /// PBKDF2 of `passphrase` with `salt`, SQLCipher 4's way, once per process for each pair.
-fn derived_key(passphrase: &str, salt: &[u8; SALT_BYTES]) -> [u8; KEY_BYTES] {
+fn derived_key(passphrase: &str, salt: &[u8; SALT_BYTES]) -> Zeroizing<[u8; KEY_BYTES]> {
     // The lock is held while deriving: a second connection waits for the first derivation
     // rather than doing its own.
     let mut cache = derived();
-    *cache
-        .entry((passphrase.to_string(), *salt))
+    cache
+        .entry((passphrase_digest(passphrase), *salt))
         .or_insert_with(|| {
-            let mut out = [0u8; KEY_BYTES];
+            let mut out = Zeroizing::new([0u8; KEY_BYTES]);
             let rounds = NonZeroU32::new(KDF_ITERATIONS).unwrap_or(NonZeroU32::MIN);
             aws_lc_rs::pbkdf2::derive(
                 aws_lc_rs::pbkdf2::PBKDF2_HMAC_SHA512,
                 rounds,
                 salt,
                 passphrase.as_bytes(),
-                &mut out,
+                &mut out[..],
             );
             out
         })
+        .clone()
+}
+
+/// A file's old key, replaced by a rekey, is no longer kept derived in memory (where it would
+/// open the file's older backups for whoever reads this process's memory).
+fn forget_derived(old: &NetworkKey, salt: &[u8; SALT_BYTES]) {
+    if let NetworkKey::Passphrase(p) = old {
+        derived().remove(&(passphrase_digest(p), *salt));
+    }
 }
 
 /// SQLCipher prints its warnings ("hmac check failed for pgno=1" at every wrong key) on
@@ -300,7 +319,11 @@ pub fn rekey(
     conn.pragma_update(None, "rekey", spec.as_str())?;
     // Proof that the file reads with the new key, through this connection.
     conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+    let old = current.get();
     current.replace(new_key);
+    if let Some(old) = old {
+        forget_derived(&old, &salt);
+    }
     tracing::info!(file = %file.display(), "the file was re-encrypted with a new key");
     Ok(())
 }
