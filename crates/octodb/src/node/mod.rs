@@ -750,9 +750,14 @@ impl Node {
             crate::store::at_rest::rekey(conn, self.shared.path(), new_key, &self.shared.file_key)
                 .and_then(|()| match self.shared.cluster.get() {
                     // The Raft log's and state machine's connections hold the old key.
-                    Some(p) => {
-                        p.reopen_storage(self.shared.path(), self.shared.file_key.get().as_ref())
-                    }
+                    Some(p) => p
+                        .reopen_storage(self.shared.path(), self.shared.file_key.get().as_ref())
+                        .map_err(|e| {
+                            Error::rule(format!(
+                                "the file now has the new key, but the cluster's storage could \
+                                 not reopen with it ({e}): restart the node with the new key"
+                            ))
+                        }),
                     None => Ok(()),
                 });
         self.shared

@@ -408,8 +408,12 @@ impl Writer {
                     }
                     // The turn is not held while paused: the app connection rekeys meanwhile.
                     turn = None;
+                    let key_before = self.shared.file_key.generation();
                     let _ = paused.send(Ok(()));
-                    if let Ok(true) = resume.recv_timeout(REKEY_WAIT_MAX) {
+                    let _ = resume.recv_timeout(REKEY_WAIT_MAX);
+                    // Whenever the file took the new key, even if what followed the rekey
+                    // failed (the Raft storage's reopening): the old key reads nothing now.
+                    if self.shared.file_key.generation() != key_before {
                         if let Err(e) = self.reopen() {
                             tracing::error!(error = %e, "the writer could not reopen the file with its new key");
                         }
