@@ -46,6 +46,10 @@ class Root:
     def first_item(self):
         return self.items[0]
 
+    @ob.exported(include=True)
+    def every_item(self):
+        return list(self.items)
+
     @classmethod
     def kind(cls):
         return cls.__name__
@@ -329,6 +333,14 @@ def test_an_export_limited_to_a_user(tmp_path):
         assert ann.root.owner_of(anns) == 10
         with pytest.raises(PermissionError, match="not shared with user 20"):
             bob.root.owner_of(anns)
+        # A method that sends its result whole (include=True) sends Ann's item to Bob only as
+        # a reference, which he may not fetch: the call is refused as one returning references
+        # is (it sent him the item with its fields: the broker walkthrough).
+        assert [i.name for i in bob.root.every_item()] == ["One", "Two", "Two"]
+        root.items.append(mine)
+        with pytest.raises(PermissionError, match="not shared with user 20"):
+            bob.root.every_item()
+        assert ann.root.every_item()[3].name == "ann's"
 
         # A class none of whose objects Bob may see still has its exported fields: a search
         # on them finds nothing (it said the field did not exist).

@@ -327,7 +327,9 @@ class BrokerServer:
         key = self._keys.get(id(obj))
         if key is None:
             raise TypeError(
-                f"this {type(obj).__name__} object has no key and cannot be sent: add_static(obj, ...) it first"
+                f"cannot send a {type(obj).__name__}: it is no value the broker sends as such "
+                "(register a codec for its type) and no object it knows (export its class and "
+                "add_static(obj, ...) it)"
             )
         return key
 
@@ -342,7 +344,7 @@ class BrokerServer:
         result = getattr(obj, method)(*args, **kwargs)
         fn = getattr(type(obj), method, None)
         if getattr(fn, "_broker_include", False):
-            return _Whole(result)
+            return _Whole(result, peer)
         return result
 
     def _backref(self, peer, key, name):
@@ -382,16 +384,22 @@ class BrokerServer:
                 raise NoData(f"no {class_name} matches {eq}")
             if len(found) > 1:
                 raise ManyData(f"{len(found)} objects of {class_name} match {eq}, expected one")
-            return [_Whole(found[0])]
+            return [_Whole(found[0], peer)]
         found = found[:limit] if limit is not None else found
         small = len(found) <= 10
-        return [_Whole(o) if small else o for o in found]
+        return [_Whole(o, peer) if small else o for o in found]
 
     def _encode_object(self, obj):
         if isinstance(obj, _Whole):
             inner = obj.obj
             key = self._key_of(inner)
-            return self._state(inner, self._info_of(inner), key)
+            info = self._info_of(inner)
+            # Whole only to a user who may see it (``allow=``); otherwise a reference, whose
+            # fetch is refused as any other (a method's ``include=True`` sent every user's
+            # objects, fields and all, to whoever called it: the broker walkthrough).
+            if info.allow is not None and not info.allow(obj.peer["user_id"], inner):
+                return ("ref", key)
+            return self._state(inner, info, key)
         if isinstance(obj, _SqlRow):
             return ("ref", (obj.export, obj.rowid))
         key = self._keys.get(id(obj))
@@ -424,11 +432,12 @@ _MISSING = object()
 
 
 class _Whole:
-    """A method's result sent whole (``@exported(include=True)``)."""
+    """A method's result sent whole (``@exported(include=True)``) to the peer that asked."""
 
-    def __new__(cls, obj):
+    def __new__(cls, obj, peer):
         if isinstance(obj, (list, tuple)):
-            return type(obj)(_Whole(o) for o in obj)
+            return type(obj)(_Whole(o, peer) for o in obj)
         self = super().__new__(cls)
         self.obj = obj
+        self.peer = peer
         return self
