@@ -378,6 +378,28 @@ fn a_local_rekey_waits_for_the_node_to_stop_and_keeps_its_network_key() {
     wait_count(&d, "SELECT count(*) FROM t", 3);
 }
 
+/// SQLCipher does not encrypt temporary files: on an encrypted file (a node's connection, a
+/// local one with its key, or one given it by `PRAGMA key`) the app may not send temporary
+/// tables and sorts to files (the review); a plain database may.
+#[test]
+fn an_encrypted_file_keeps_its_temporary_data_in_memory() {
+    let c = Cluster::new();
+    let refused = |conn: &Connection| {
+        let err = conn.execute_batch("PRAGMA temp_store = FILE").unwrap_err();
+        assert!(err.to_string().contains("temp_store=MEMORY"), "{err}");
+        conn.execute_batch("PRAGMA temp_store = MEMORY").unwrap();
+    };
+    let p = Connection::open(&encrypted_primary_uri(&c.path("p.db"), KEY)).unwrap();
+    refused(&p);
+    let local = Connection::open(&local_uri(&c.path("l.db"), KEY)).unwrap();
+    refused(&local);
+    let plain = Connection::open(&format!("file:{}", c.path("plain.db").display())).unwrap();
+    plain.execute_batch("PRAGMA temp_store = FILE").unwrap();
+    let keyed = Connection::open(&format!("file:{}", c.path("k.db").display())).unwrap();
+    keyed.execute_batch("PRAGMA key = 'given later'").unwrap();
+    refused(&keyed);
+}
+
 /// What SQLite does with a damaged WAL frame of an encrypted file (README, "Tampering"): its
 /// own checksum over the encrypted frame fails first, and the frame is taken as the end of the
 /// log, as after a torn write: the last transaction is gone, the ones before it read, and no

@@ -108,6 +108,9 @@ pub struct Connection {
     last_changes: Arc<AtomicI64>,
     /// This connection's part in the node's turns at writing (none on a plain database).
     turn: AppTurn,
+    /// The file is encrypted (opened with a key, or given one by `PRAGMA key`): its temporary
+    /// tables and sorts must stay in memory (`driver::spills_temp_to_files`).
+    encrypted: Cell<bool>,
 }
 
 /// WAL pages after which an app's commit checkpoints (the engine does at 1000).
@@ -166,6 +169,7 @@ impl Connection {
             turn: AppTurn::new(node.shared.write_turns.clone()),
             node: Some(node),
             repl,
+            encrypted: Cell::new(app_key.is_some()),
             ..Connection::bare(conn)
         };
         override_counters(&me.conn, &me.last_rowid, &me.last_changes)?;
@@ -190,9 +194,10 @@ impl Connection {
             file: &cfg.path,
             key,
         });
-        Ok(Connection::bare(local::open_plain(
-            target, &opts, encrypted,
-        )?))
+        let is_encrypted = encrypted.is_some();
+        let me = Connection::bare(local::open_plain(target, &opts, encrypted)?);
+        me.encrypted.set(is_encrypted);
+        Ok(me)
     }
 
     fn bare(conn: rusqlite::Connection) -> Connection {
@@ -219,6 +224,7 @@ impl Connection {
             last_rowid: Arc::new(AtomicI64::new(0)),
             last_changes: Arc::new(AtomicI64::new(0)),
             turn: AppTurn::default(),
+            encrypted: Cell::new(false),
         }
     }
 
@@ -857,6 +863,20 @@ fn lowers_synchronous(sql: &str) -> bool {
         .is_some_and(|(_, v)| !matches!(v.as_str(), "FULL" | "EXTRA" | "2" | "3"))
 }
 
+/// `PRAGMA [schema.]temp_store = FILE` (or 1): temporary tables, indexes and sorts in files,
+/// which SQLCipher does not encrypt.
+fn spills_temp_to_files(sql: &str) -> bool {
+    pragma_assignment(sql, "TEMP_STORE").is_some_and(|(_, v)| {
+        let v = v.trim_matches(|c| c == '\'' || c == '"');
+        v.eq_ignore_ascii_case("FILE") || v == "1"
+    })
+}
+
+/// `PRAGMA [schema.]key = ...` (or `hexkey`): the app gives a local connection its file's key.
+fn gives_a_key(sql: &str) -> bool {
+    pragma_assignment(sql, "KEY").is_some() || pragma_assignment(sql, "HEXKEY").is_some()
+}
+
 /// `PRAGMA [main.]journal_mode = X` with X anything but WAL (an attached or temp database's
 /// journal is the app's own affair).
 fn leaves_wal(sql: &str) -> bool {
@@ -927,6 +947,28 @@ impl Drop for Transaction<'_> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn temp_files_and_keys_are_recognized() {
+        for sql in [
+            "PRAGMA temp_store = FILE",
+            "pragma temp_store=1",
+            "PRAGMA main.temp_store = 'file'",
+        ] {
+            assert!(super::spills_temp_to_files(sql), "{sql}");
+        }
+        for sql in [
+            "PRAGMA temp_store",
+            "PRAGMA temp_store = MEMORY",
+            "PRAGMA temp_store=2",
+            "PRAGMA temp_store = DEFAULT",
+        ] {
+            assert!(!super::spills_temp_to_files(sql), "{sql}");
+        }
+        assert!(super::gives_a_key("PRAGMA key = 'secret'"));
+        assert!(super::gives_a_key("pragma hexkey='00ff'"));
+        assert!(!super::gives_a_key("PRAGMA rekey = 'x'"));
+    }
+
     #[test]
     fn lowering_synchronous_is_recognized() {
         for sql in [

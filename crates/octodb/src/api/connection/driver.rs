@@ -14,7 +14,9 @@
 //!
 //! On a plain local database the phases do nothing but note the counters.
 
-use super::{alters_row_owner, leaves_wal, lowers_synchronous, Connection};
+use super::{
+    alters_row_owner, gives_a_key, leaves_wal, lowers_synchronous, spills_temp_to_files, Connection,
+};
 use crate::api::authz;
 use crate::api::pragma;
 use crate::api::rows::Rows;
@@ -179,6 +181,19 @@ impl Connection {
     /// Phase 2: before `sql` is prepared.
     pub fn before_prepare(&self, sql: &str) -> Result<Prepared> {
         let word = sql_text::first_word(sql);
+        if word == "PRAGMA" {
+            if gives_a_key(sql) {
+                self.encrypted.set(true);
+            }
+            if self.encrypted.get() && spills_temp_to_files(sql) {
+                return Err(Error::NotPermitted(
+                    "an encrypted database keeps temp_store=MEMORY: SQLCipher does not encrypt \
+                     temporary files, so temporary tables, indexes and sorts would reach the \
+                     disk in plain text"
+                        .into(),
+                ));
+            }
+        }
         if self.repl.is_some() {
             self.write_lock_before_reading(&word)?;
             self.refresh_schema()?;
