@@ -115,6 +115,18 @@ pub enum NetworkKey {
     Bytes(Vec<u8>),
 }
 
+/// A key's bytes are cleared from memory when it is dropped (the review found old keys kept
+/// in the process after a rekey).
+impl Drop for NetworkKey {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        match self {
+            NetworkKey::Passphrase(p) => p.zeroize(),
+            NetworkKey::Bytes(b) => b.zeroize(),
+        }
+    }
+}
+
 // Hand-written so that logging a NodeConfig never leaks the secret.
 impl fmt::Debug for NetworkKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
