@@ -271,14 +271,10 @@ fn a_flipped_byte_in_a_page_fails_the_reads_of_that_page() {
     assert!(db.query("SELECT v FROM big", []).is_err());
 }
 
-/// `PRAGMA rekey` on a running primary: the file is re-encrypted, nothing is lost, the engine
-/// goes on writing (rows from its device), and the network key stays: the device, which still
-/// has the old key for its own file, keeps syncing, before and after the primary reopens.
-#[test]
-fn rekey_re_encrypts_a_running_primary_and_keeps_its_network_key() {
-    let c = Cluster::new();
-    let p_path = c.path("p.db");
-    let p = Connection::open(&encrypted_primary_uri(&p_path, KEY)).unwrap();
+/// An encrypted primary on `c`'s `p.db` with a table `t` holding one public row, and an
+/// encrypted device of it (the same key) that has the row: (primary, device, primary's port).
+fn encrypted_primary_and_device(c: &Cluster) -> (Connection, Connection, u16) {
+    let p = Connection::open(&encrypted_primary_uri(&c.path("p.db"), KEY)).unwrap();
     p.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)")
         .unwrap();
     p.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
@@ -287,6 +283,17 @@ fn rekey_re_encrypts_a_running_primary_and_keeps_its_network_key() {
     let d = Connection::open(&encrypted_device_uri(&c.path("d.db"), &addr_of(&p), KEY)).unwrap();
     ready(&d);
     wait_count(&d, "SELECT count(*) FROM t", 1);
+    (p, d, port)
+}
+
+/// `PRAGMA rekey` on a running primary: the file is re-encrypted, nothing is lost, the engine
+/// goes on writing (rows from its device), and the network key stays: the device, which still
+/// has the old key for its own file, keeps syncing, before and after the primary reopens.
+#[test]
+fn rekey_re_encrypts_a_running_primary_and_keeps_its_network_key() {
+    let c = Cluster::new();
+    let p_path = c.path("p.db");
+    let (p, d, port) = encrypted_primary_and_device(&c);
 
     // Refused while another app connection holds the old key.
     let second = Connection::open(&encrypted_primary_uri(&p_path, KEY)).unwrap();
@@ -344,15 +351,7 @@ fn rekey_re_encrypts_a_running_primary_and_keeps_its_network_key() {
 fn a_local_rekey_waits_for_the_node_to_stop_and_keeps_its_network_key() {
     let c = Cluster::new();
     let p_path = c.path("p.db");
-    let p = Connection::open(&encrypted_primary_uri(&p_path, KEY)).unwrap();
-    p.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner)")
-        .unwrap();
-    p.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
-        .unwrap();
-    let port = p.bound_addrs()[0].port();
-    let d = Connection::open(&encrypted_device_uri(&c.path("d.db"), &addr_of(&p), KEY)).unwrap();
-    ready(&d);
-    wait_count(&d, "SELECT count(*) FROM t", 1);
+    let (p, d, port) = encrypted_primary_and_device(&c);
 
     let local = Connection::open(&local_uri(&p_path, KEY)).unwrap();
     let err = local.execute_batch("PRAGMA rekey = 'new key'").unwrap_err();
