@@ -7,6 +7,7 @@
 mod admission;
 mod audiences;
 mod auth_batch;
+mod awake;
 pub mod channels;
 mod cluster_member;
 mod compaction;

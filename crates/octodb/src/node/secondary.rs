@@ -221,6 +221,7 @@ fn session_ended(shared: &Shared, reason: String) -> bool {
     let was_connected = {
         let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
         live.caught_up = false;
+        live.awake = None;
         live.connected_to.take().is_some()
     };
     if was_connected {
@@ -643,12 +644,18 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
             }
         }
     }
+    // A process suspended for longer than a connection may stay silent ends its session on
+    // resuming (`awake`). Without heartbeats, the default pace's limit.
+    let awake = super::awake::Awake::new(crate::uri::dead_after(
+        heartbeat.unwrap_or(crate::uri::DEFAULT_HEARTBEAT),
+    ));
     {
         let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
         live.connected_to = Some(ep.to_string());
         // A primary of protocol 9 or older never says when this device has caught up: the
         // connection is all it can go by (README, "Waiting for sync").
         live.caught_up = protocol < version::CAUGHT_UP;
+        live.awake = Some(awake.clone());
     }
     shared.emit(Event::Connected {
         peer: ep.to_string(),
@@ -666,7 +673,32 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
         heartbeat,
         download_done,
     )));
-    let result = receive(shared, &mut rd, &downloaded, (ep, primary_key)).await;
+    let mut suspended = AbortOnDrop(tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            let gap = awake.until_suspended().await;
+            // Not caught up from now on, before the session ends: what it read on resuming
+            // was sent before its primary gave it up.
+            shared
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .caught_up = false;
+            tracing::info!(
+                seconds = gap.as_secs(),
+                "this process did not run for a while (suspended): the session ends, and the \
+                 next one catches up"
+            );
+        }
+    }));
+    let result = tokio::select! {
+        result = receive(shared, &mut rd, &downloaded, (ep, primary_key)) => result,
+        _ = &mut suspended.0 => Err(Error::rule(
+            "this device's process was suspended for longer than its connection may stay \
+             silent: it connects again",
+        )),
+    };
+    drop(suspended);
     drop(sender);
     if shared
         .live

@@ -25,6 +25,9 @@ pub struct Live {
     pub sync_error: Option<String>,
     /// Devices: the primary said, in this session, that this device holds what it held.
     pub caught_up: bool,
+    /// Devices: whether the process ran all along during this session (`awake`): one
+    /// suspended for longer than a connection may stay silent is not `caught_up`.
+    pub awake: Option<std::sync::Arc<super::awake::Awake>>,
     /// Devices: this file is a copy of another device's in use, found at this transaction
     /// id; it does not sync until `PRAGMA new_identity` and a reopen.
     pub copied_file: Option<u64>,
@@ -335,7 +338,7 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
             live.auth_state.clone().or(requested),
             live.auth_error.clone(),
             live.sync_error.clone(),
-            live.caught_up,
+            live.caught_up && !live.awake.as_ref().is_some_and(|a| a.was_suspended()),
         )
     };
     let (ready, last_seq, outbox_len, (last_rejected, rejected_total), last_sync, log_start) =

@@ -111,9 +111,15 @@ impl Process {
     }
 
     pub fn ask(&mut self, command: &str, word: &str) -> String {
+        self.send(command);
+        self.expect(word)
+    }
+
+    /// Gives the child a command without waiting for its answer (a stopped child reads it
+    /// when it runs again).
+    pub fn send(&mut self, command: &str) {
         writeln!(self.stdin, "{command}").expect("the child reads its commands");
         self.stdin.flush().unwrap();
-        self.expect(word)
     }
 
     pub fn id(&self) -> u32 {
