@@ -313,9 +313,14 @@ fn a_well_signed_task_beyond_the_expiry_cap_or_from_the_future_is_refused() {
     let day = 24 * 3600 * 1000;
     let beyond_cap = signed_by_hand(&device, now + 8 * day, now);
     let from_the_future = signed_by_hand(&device, now + 2 * day, now + day);
+    // A phone whose clock is two hours behind: its task arrives expired, and the reason says
+    // which clock to look at (it blamed the queue alone: the suspended-devices walkthrough).
+    let hour = 3600 * 1000;
+    let clock_behind = signed_by_hand(&device, now - hour, now - 2 * hour);
     for (id, why) in [
         (beyond_cap, "beyond the 7-day cap"),
         (from_the_future, "created in the future"),
+        (clock_behind, "clock is behind"),
     ] {
         match device.join(id, Some(DEADLINE), |_| {}) {
             Err(TaskError::Refused { reason }) => assert_eq!(reason, "expired", "{why}"),

@@ -300,7 +300,17 @@ pub(super) fn check(
         ));
     }
     if record.not_after_ms < now {
-        return Err(refusal("expired", "not started before its expiry"));
+        // Both clocks' readings: a task that arrives already expired is most often one
+        // whose submitter's clock is behind (a phone set hours back: the walkthrough read only
+        // "not started before its expiry", which blamed the queue).
+        return Err(refusal(
+            "expired",
+            format!(
+                "not started before its expiry: it expired {} ago by this primary's clock, and                  was created {} ago by its submitter's; if it was submitted just now, the                  submitting node's clock is behind",
+                minutes_and_seconds(now - record.not_after_ms),
+                minutes_and_seconds(now - record.created_at_ms),
+            ),
+        ));
     }
     let cap = crate::client::MAX_EXPIRY.as_millis() as i64;
     if record.not_after_ms > now + cap + CLOCK_SKEW_MS {
@@ -313,6 +323,16 @@ pub(super) fn check(
         ));
     }
     Ok(())
+}
+
+/// A span of milliseconds for people: `2 h 5 min`, `3 min 20 s`, `12 s`.
+fn minutes_and_seconds(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, sec) => format!("{sec} s"),
+        (0, min, sec) => format!("{min} min {sec} s"),
+        (h, min, _) => format!("{h} h {min} min"),
+    }
 }
 
 /// Decide about one candidate inside the claim transaction: `Some(job)` when claimed.

@@ -416,7 +416,8 @@ pub(super) fn housekeeping(
     // Never started: refused. Waiting for a retry (it ran before): failed.
     let expired = conn.execute(
         "UPDATE octo_tasks SET state = 'refused', reason = 'expired', ended_at_ms = ?1, \
-         error_message = 'not started before its expiry' \
+         error_message = 'not started before its expiry (if it was submitted just now, the \
+         submitting node''s clock is behind)' \
          WHERE (state IS NULL OR state = 'queued') AND coalesce(attempts, 0) = 0 \
            AND not_after_ms < ?1",
         [now],
