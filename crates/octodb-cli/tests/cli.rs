@@ -35,6 +35,26 @@ fn piped_shell_runs_each_statement_when_complete_and_goes_on_after_errors() {
     assert_eq!(out.status.code(), Some(1), "exit status 1 after an error");
 }
 
+/// A one-shot shell's sign-up or login that never reached a primary says so at the end: the
+/// request is not kept (the suspended-devices walkthrough's login vanished without a word).
+#[test]
+fn a_login_the_shell_could_not_send_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: the device never reaches a primary.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = nowhere.local_addr().unwrap().to_string();
+    drop(nowhere);
+    let out = octodb()
+        .args([
+            &device_uri(dir.path(), &addr),
+            "PRAGMA user_login = 'user:1';",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("login request was not sent"), "{stderr}");
+}
+
 /// `--sync`: a device's piped shell runs its SQL once it holds what the primary holds, and
 /// exits once its writes are decided; without a primary it runs nothing and says why.
 #[test]

@@ -22,7 +22,12 @@ pub fn report(py: Python<'_>, err: PyErr, obj: &Bound<'_, PyAny>) {
     }
 }
 
-/// Run `f` with the GIL; a panic gives `fallback` instead of unwinding into SQLite.
+/// Run `f` with the GIL; a panic gives `fallback` instead of unwinding into SQLite, and so does
+/// an interpreter that is shutting down or gone (an event listener's thread at the app's exit
+/// panicked in `attach`, printing PyO3's message: the suspended-devices walkthrough).
 pub fn with_gil<T>(fallback: T, f: impl FnOnce(Python<'_>) -> T) -> T {
-    catch_unwind(AssertUnwindSafe(|| Python::attach(f))).unwrap_or(fallback)
+    catch_unwind(AssertUnwindSafe(|| Python::try_attach(f)))
+        .ok()
+        .flatten()
+        .unwrap_or(fallback)
 }

@@ -176,7 +176,21 @@ impl Shell {
         if self.conn.role() != Some(octodb::Role::Secondary) {
             return;
         }
-        let unsent = self.conn.sync_status().map_or(0, |s| s.outbox_len);
+        let status = self.conn.sync_status().ok();
+        // A sign-up or login is kept in memory only until the device reaches a primary: a
+        // one-shot shell ended before it did, and the request went with it, in silence (the
+        // suspended-devices walkthrough).
+        if status
+            .as_ref()
+            .is_some_and(|s| s.auth_state.as_deref() == Some("requested"))
+        {
+            eprintln!(
+                "note: this device's sign-up or login request was not sent: the shell ended \
+                 before the device reached a primary, and the request is not kept. Run it \
+                 again with --sync (or followed by .sync) to wait for the backend's answer"
+            );
+        }
+        let unsent = status.map_or(0, |s| s.outbox_len);
         if unsent > 0 {
             eprintln!(
                 "note: {unsent} transaction{} of this device not sent yet: kept in its file and \
