@@ -230,10 +230,13 @@ impl SyncStatus {
                 self.last_seq
             )
         } else {
+            let (count, verb) = match self.outbox_len {
+                1 => ("1 of its transactions".to_string(), "is"),
+                n => (format!("{n} of its transactions"), "are"),
+            };
             format!(
-                "{} of its transactions are not decided by the primaries yet (they stay in its \
-                 outbox and are sent again at its next connection)",
-                self.outbox_len
+                "{count} {verb} not decided by the primaries yet (kept in its outbox, and sent \
+                 again at its next connection)"
             )
         };
         Some(why)
