@@ -354,9 +354,21 @@ fn a_local_rekey_waits_for_the_node_to_stop_and_keeps_its_network_key() {
     let (p, d, port) = encrypted_primary_and_device(&c);
 
     let local = Connection::open(&local_uri(&p_path, KEY)).unwrap();
-    let err = local.execute_batch("PRAGMA rekey = 'new key'").unwrap_err();
-    assert!(err.to_string().contains("a node runs on"), "{err}");
+    // In every spelling SQLCipher takes (the review: a schema name went around the check).
+    for sql in [
+        "PRAGMA rekey = 'new key'",
+        "PRAGMA main.rekey = 'new key'",
+        "PRAGMA \"rekey\" = 'new key'",
+    ] {
+        let err = local.execute_batch(sql).unwrap_err();
+        assert!(err.to_string().contains("a node runs on"), "{sql}: {err}");
+    }
     drop(local);
+    // The node's own connection takes the plain form only (which pauses its writer).
+    let err = p
+        .execute_batch("PRAGMA main.rekey = 'new key'")
+        .unwrap_err();
+    assert!(err.to_string().contains("write it as"), "{err}");
     // The node goes on with its key.
     p.execute("INSERT INTO t(v, row_owner) VALUES ('still', '*')", [])
         .unwrap();

@@ -872,6 +872,12 @@ fn spills_temp_to_files(sql: &str) -> bool {
     })
 }
 
+/// `PRAGMA [schema.]rekey = ...` (or `hexrekey`), in any spelling SQLite takes (a schema name,
+/// quotes, comments).
+fn names_rekey(sql: &str) -> bool {
+    pragma_assignment(sql, "REKEY").is_some() || pragma_assignment(sql, "HEXREKEY").is_some()
+}
+
 /// `PRAGMA [schema.]key = ...` (or `hexkey`): the app gives a local connection its file's key.
 fn gives_a_key(sql: &str) -> bool {
     pragma_assignment(sql, "KEY").is_some() || pragma_assignment(sql, "HEXKEY").is_some()
@@ -967,6 +973,15 @@ mod tests {
         assert!(super::gives_a_key("PRAGMA key = 'secret'"));
         assert!(super::gives_a_key("pragma hexkey='00ff'"));
         assert!(!super::gives_a_key("PRAGMA rekey = 'x'"));
+        for sql in [
+            "PRAGMA rekey = 'x'",
+            "PRAGMA main.rekey='x'",
+            "PRAGMA \"rekey\"='x'",
+            "PRAGMA/**/hexrekey='00'",
+        ] {
+            assert!(super::names_rekey(sql), "{sql}");
+        }
+        assert!(!super::names_rekey("PRAGMA key = 'x'"));
     }
 
     #[test]

@@ -53,4 +53,28 @@ impl ProcessLock {
             }
         }
     }
+
+    /// Whether a node holds `db`'s lock now: `Some(process id)` (0 when its file does not
+    /// say), without taking it or writing its file (it may be the service user's, read-only
+    /// here). A file with no lock file beside it has never had a node.
+    pub fn holder(db: &Path) -> Result<Option<u32>> {
+        let path = lock_path(db);
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("lock file {}", path.display()), e)),
+        };
+        match file.try_lock() {
+            Ok(()) => Ok(None),
+            Err(TryLockError::WouldBlock) => Ok(Some(
+                std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse().ok())
+                    .unwrap_or(0),
+            )),
+            Err(TryLockError::Error(e)) => {
+                Err(Error::io(format!("lock file {}", path.display()), e))
+            }
+        }
+    }
 }

@@ -15,7 +15,8 @@
 //! On a plain local database the phases do nothing but note the counters.
 
 use super::{
-    alters_row_owner, gives_a_key, leaves_wal, lowers_synchronous, spills_temp_to_files, Connection,
+    alters_row_owner, gives_a_key, leaves_wal, lowers_synchronous, names_rekey,
+    spills_temp_to_files, Connection,
 };
 use crate::api::authz;
 use crate::api::pragma;
@@ -142,10 +143,8 @@ impl Connection {
     /// without SQLite; None when `sql` is anything else.
     pub fn answer_pragma(&self, sql: &str) -> Result<Option<Rows>> {
         match pragma::parse(sql)? {
-            Some(p) if self.node.is_none() && pragma::REKEY.contains(&p.name.as_str()) => {
-                self.refuse_rekey_under_a_running_node()?;
-                Ok(None)
-            }
+            // Checked in `before_prepare`, whatever form the statement takes.
+            Some(p) if self.node.is_none() && pragma::REKEY.contains(&p.name.as_str()) => Ok(None),
             Some(p) => Ok(Some(self.pragma(p)?.rows.unwrap_or_default())),
             None => Ok(None),
         }
@@ -159,22 +158,18 @@ impl Connection {
             return Ok(()); // an in-memory database
         };
         let path = std::path::Path::new(path);
-        // (No lock file: no node ever ran on it, and none is made for a plain database.)
-        if !crate::store::lock::lock_path(path).exists() {
-            return Ok(());
-        }
-        match crate::store::lock::ProcessLock::acquire(path) {
-            Ok(_free) => Ok(()),
-            Err(Error::Locked { holder, .. }) => Err(Error::NotPermitted(format!(
+        match crate::store::lock::ProcessLock::holder(path)? {
+            None => Ok(()),
+            Some(holder) => Err(Error::NotPermitted(format!(
                 "PRAGMA rekey: a node runs on `{}`{}: re-encrypting its file under it would \
                  stop it. Run the PRAGMA on the node's own connection (its URI with node=), or \
                  stop the node first",
                 path.display(),
-                holder
-                    .map(|pid| format!(" (process {pid})"))
-                    .unwrap_or_default()
+                match holder {
+                    0 => String::new(),
+                    pid => format!(" (process {pid})"),
+                }
             ))),
-            Err(e) => Err(e),
         }
     }
 
@@ -182,6 +177,21 @@ impl Connection {
     pub fn before_prepare(&self, sql: &str) -> Result<Prepared> {
         let word = sql_text::first_word(sql);
         if word == "PRAGMA" {
+            if names_rekey(sql) {
+                match self.node {
+                    None => self.refuse_rekey_under_a_running_node()?,
+                    // A node's own rekey (which pauses its writer) is answered before SQLite
+                    // sees it, in its plain form only (`answer_pragma`): any other form would
+                    // reach SQLCipher and re-encrypt the file under the node.
+                    Some(_) => {
+                        return Err(Error::NotPermitted(
+                            "write it as PRAGMA rekey = '...' (or hexrekey), without a schema \
+                             name or quotes: a node re-encrypts its file through its own rekey"
+                                .into(),
+                        ))
+                    }
+                }
+            }
             if gives_a_key(sql) {
                 self.encrypted.set(true);
             }
