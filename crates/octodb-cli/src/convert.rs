@@ -74,9 +74,9 @@ pub fn run(direction: Direction, args: ConvertArgs) -> anyhow::Result<ExitCode> 
         }
     }
     // Written under a name of its own, readable by its owner only (a plain copy holds every
-    // row and the node's secret key), and marked as a backup's copy is: the source may be a
-    // running primary's file.
-    let mark = octodb::write_copy(&target, |partial| {
+    // row and the node's secret key), and marked as a backup's copy is when a node runs on
+    // the source (a stopped node's copy is its file exactly).
+    let mark = octodb::write_copy(&source.path, &target, |partial| {
         export(&conn, direction, &source, target.file_key(), partial)
             .map_err(|e| octodb::Error::rule(format!("{e:#}")))
     })

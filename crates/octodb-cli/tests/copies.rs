@@ -350,6 +350,23 @@ fn encrypt_decrypt_and_backup_of_an_encrypted_node() {
     ))
     .unwrap();
     assert_eq!(count(&c, "SELECT count(*) FROM n"), 1);
+    drop(c);
+
+    // The node stopped, its copy is its file exactly, and is not marked: a converted member
+    // would otherwise leave its cluster to rejoin it (the review of this session's diff).
+    drop(p);
+    let stopped_copy = dir.path().join("stopped-copy.db");
+    let (ok, err) = run(&["decrypt", &node_uri, stopped_copy.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(!err.contains("keeps node ids"), "{err}");
+    let c = Connection::open(&format!("file:{}", stopped_copy.display())).unwrap();
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM _octo_nodes WHERE auth_state = 'reserved'"
+        ),
+        0
+    );
 }
 
 /// A node converted with `octodb encrypt` or `decrypt` stays on the network its devices know:

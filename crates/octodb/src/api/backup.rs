@@ -34,7 +34,7 @@ pub fn backup(cfg: &NodeConfig, dest: &Path) -> Result<RestoreMark> {
     let key = cfg.file_key();
     let encrypted = |file| key.map(|key| Encrypted { file, key });
     let source = open_plain(&cfg.path, &opts, encrypted(&cfg.path))?;
-    copy_into(dest, key, |partial| {
+    copy_into(dest, key, true, |partial| {
         let partial_str = partial
             .to_str()
             .ok_or_else(|| Error::rule("the backup's path is not valid UTF-8"))?;
@@ -47,28 +47,48 @@ pub fn backup(cfg: &NodeConfig, dest: &Path) -> Result<RestoreMark> {
     })
 }
 
-/// A copy of a node's file made another way (`octodb encrypt` and `octodb decrypt` export it
-/// through SQLCipher): `write` fills the empty file it is given, readable by its owner only;
-/// the complete copy is then marked as [`backup`] marks its copies, opened as `target`
-/// describes it (its path is the copy's name, its file key the copy's), and takes that name
-/// only then. The source may be a running node's file, so its copy must be marked as any
-/// other: a member's copy put in place under its old identity would break Raft's safety.
+/// A copy of a node's file `source` made another way (`octodb encrypt` and `octodb decrypt`
+/// export it through SQLCipher): `write` fills the empty file it is given, readable by its
+/// owner only, which takes `target`'s path once complete. A copy of a running node's file is
+/// marked as [`backup`] marks its copies (opened with `target`'s file key): a member's copy put
+/// in place under its old identity would break Raft's safety. A stopped node's is its file
+/// exactly, and is not marked (marked, a converted member would leave its cluster to rejoin
+/// it, which a cluster of two, or one whose members were all converted, cannot let it do):
+/// its node's lock is held meanwhile, so that none starts on it.
 pub fn write_copy(
+    source: &Path,
     target: &NodeConfig,
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<RestoreMark> {
-    copy_into(&target.path, target.file_key(), write)
+    use crate::store::lock::{lock_path, ProcessLock};
+    let running = ProcessLock::holder(source)?.is_some();
+    // (A file no node ever ran on has no lock file, and gets none.)
+    let _held = match running || !lock_path(source).exists() {
+        true => None,
+        false => match ProcessLock::acquire(source) {
+            Ok(lock) => Some(lock),
+            // It started meanwhile: a running node's copy.
+            Err(Error::Locked { .. }) => return write_copy(source, target, write),
+            Err(e) => return Err(e),
+        },
+    };
+    copy_into(&target.path, target.file_key(), running, write)
 }
 
-/// `write` fills a [`PartialCopy`] of `dest`, which is marked (opened with `key`) and then
-/// published.
+/// `write` fills a [`PartialCopy`] of `dest`, which is marked (opened with `key`) when `mark`,
+/// and then published.
 fn copy_into(
     dest: &Path,
     key: Option<&crate::uri::NetworkKey>,
+    mark: bool,
     write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<RestoreMark> {
     let partial = PartialCopy::new(dest)?;
     write(&partial.path)?;
+    if !mark {
+        partial.publish(dest)?;
+        return Ok(RestoreMark::Unmarked);
+    }
     let opts = OpenOptions {
         uri: false,
         busy_timeout: std::time::Duration::from_secs(30),
@@ -143,9 +163,12 @@ impl Drop for PartialCopy {
     fn drop(&mut self) {
         if !self.published {
             let _ = std::fs::remove_file(&self.path);
-            let mut journal = self.path.as_os_str().to_owned();
-            journal.push("-journal");
-            let _ = std::fs::remove_file(journal);
+            // (A conversion's copy may have been switched to WAL before it failed.)
+            for suffix in ["-journal", "-wal", "-shm"] {
+                let mut beside = self.path.as_os_str().to_owned();
+                beside.push(suffix);
+                let _ = std::fs::remove_file(beside);
+            }
         }
     }
 }
