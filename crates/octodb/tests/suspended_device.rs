@@ -54,6 +54,7 @@ fn a_resumed_device_hears_from_its_primary_before_it_says_it_is_in_sync() {
     assert_eq!(device.ask("synced", "synced"), "synced 1");
 
     device.signal("-STOP");
+    let stopped = Instant::now();
     for i in 0..50 {
         p.execute("INSERT INTO t(v, row_owner) VALUES (?1, '*')", [i])
             .unwrap();
@@ -68,6 +69,9 @@ fn a_resumed_device_hears_from_its_primary_before_it_says_it_is_in_sync() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Stopped for 3 s at least (the primary may drop it after 2: its last heartbeat may
+    // have gone a second before the stop): the pause is the scenario, not a wait.
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(stopped.elapsed()));
     // The app asks as soon as it runs again.
     device.send("synced");
     device.signal("-CONT");

@@ -545,13 +545,27 @@ impl HeldHistory {
 
 /// A statement or dot command that may hold a secret: a key (`PRAGMA rekey='...'`, `ATTACH
 /// ... KEY '...'`, a URI's `key=` or `hexkey=`) or the admin console's token (`admin_token=`,
-/// `PRAGMA admin_token`): kept out of the shell's history file, which is plain text. Any
-/// mention of a key or a token counts (the ops walkthrough found `.open` lines with `key=` and
-/// `admin_token=` there); a query of a column named `key` is left out too: better a statement
-/// missing from the history than a secret in it.
+/// `PRAGMA admin_token`): kept out of the shell's history file, which is plain text (the ops
+/// walkthrough found `.open` lines with `key=` and `admin_token=` there). `PRIMARY KEY` and
+/// `tokenize=` stay in it; a `PRAGMA` or `ATTACH` naming a key anywhere is left out whole.
 fn names_a_secret(statement: &str) -> bool {
     let lower = statement.to_ascii_lowercase();
-    lower.contains("key") || lower.contains("token") || lower.contains("cipher")
+    let keyed = |word: &str| lower.contains(word) && lower.contains("key");
+    // (`rekey`, `hexkey` and the rest alone: what is left of a statement Ctrl-C cut short.)
+    [
+        "key=",
+        "rekey",
+        "hexkey",
+        "keyenv",
+        "keyfile",
+        "token=",
+        "admin_token",
+        "cipher",
+    ]
+    .iter()
+    .any(|secret| lower.contains(secret))
+        || keyed("pragma")
+        || keyed("attach")
 }
 
 fn unix_now() -> f64 {
@@ -578,6 +592,14 @@ mod tests {
         history.line("FROM t;");
         assert_eq!(history.statement_ended(), vec!["SELECT *", "FROM t;"]);
         // A network key or the console's token in a URI, or the token's PRAGMA.
+        // A table's keys and a full-text tokenizer are no secrets.
+        for plain in [
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, p REFERENCES q, FOREIGN KEY(p) REFERENCES q);",
+            "CREATE VIRTUAL TABLE f USING fts5(body, tokenize='porter');",
+        ] {
+            history.line(plain);
+            assert_eq!(history.statement_ended(), vec![plain]);
+        }
         for secret in [
             ".open file:d.db?node=secondary&connect=tcp://h:1&key=NETSECRET",
             ".open file:p.db?node=primary&bind=tcp://h:1&admin=h:2&admin_token=TOKEN",

@@ -306,7 +306,9 @@ pub(super) fn check(
         return Err(refusal(
             "expired",
             format!(
-                "not started before its expiry: it expired {} ago by this primary's clock, and                  was created {} ago by its submitter's; if it was submitted just now, the                  submitting node's clock is behind",
+                "not started before its expiry: it expired {} ago by this primary's clock, and \
+                 its creation time, set by its submitter's clock, is {} before this primary's \
+                 now; if it was submitted just now, the submitting node's clock is behind",
                 minutes_and_seconds(now - record.not_after_ms),
                 minutes_and_seconds(now - record.created_at_ms),
             ),

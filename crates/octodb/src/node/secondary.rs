@@ -644,11 +644,9 @@ async fn session(shared: &Arc<Shared>, ep: &Endpoint) -> Result<Flow> {
             }
         }
     }
-    // A process suspended for longer than a connection may stay silent ends its session on
-    // resuming (`awake`). Without heartbeats, the default pace's limit.
-    let awake = super::awake::Awake::new(crate::uri::dead_after(
-        heartbeat.unwrap_or(crate::uri::DEFAULT_HEARTBEAT),
-    ));
+    // A process suspended for longer than its primary may let the connection stay silent ends
+    // its session on resuming (`awake`). Without heartbeats, the default pace's limit.
+    let awake = super::awake::Awake::new(heartbeat.unwrap_or(crate::uri::DEFAULT_HEARTBEAT));
     {
         let mut live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
         live.connected_to = Some(ep.to_string());
