@@ -13,6 +13,7 @@ mod capture_schema;
 mod commit_point;
 mod driver;
 mod pragmas;
+mod rules;
 mod services;
 
 use driver::Dml;
@@ -109,7 +110,7 @@ pub struct Connection {
     /// This connection's part in the node's turns at writing (none on a plain database).
     turn: AppTurn,
     /// The file is encrypted (opened with a key, or given one by `PRAGMA key`): its temporary
-    /// tables and sorts must stay in memory (`driver::spills_temp_to_files`).
+    /// tables and sorts must stay in memory (`rules::spills_temp_to_files`).
     encrypted: Cell<bool>,
 }
 
@@ -835,61 +836,6 @@ fn column_origins(stmt: &rusqlite::Statement<'_>) -> Vec<Option<ColumnOrigin>> {
         .collect()
 }
 
-/// `ALTER TABLE t RENAME [COLUMN] row_owner ...` or `ALTER TABLE t DROP [COLUMN] row_owner`.
-fn alters_row_owner(sql: &str) -> bool {
-    let words: Vec<String> = sql_text::words(sql).collect();
-    words.iter().enumerate().any(|(i, w)| {
-        (w == "DROP" || w == "RENAME")
-            && words[i + 1..]
-                .iter()
-                .find(|w| *w != "COLUMN")
-                .is_some_and(|w| w == "ROW_OWNER")
-    })
-}
-
-/// The schema named (None: none) and the value of `PRAGMA [schema.]name = value` (or
-/// `name(value)`); None when `sql` sets no such pragma.
-fn pragma_assignment(sql: &str, name: &str) -> Option<(Option<String>, String)> {
-    let words: Vec<String> = sql_text::words(sql).collect();
-    let at = words.iter().take(3).position(|w| w == name)?;
-    let value = words.get(at + 1)?.clone();
-    Some(((at == 2).then(|| words[1].clone()), value))
-}
-
-/// `PRAGMA [schema.]synchronous = X` with X anything but FULL or EXTRA (SQLite reads any
-/// other word as OFF or NORMAL).
-fn lowers_synchronous(sql: &str) -> bool {
-    pragma_assignment(sql, "SYNCHRONOUS")
-        .is_some_and(|(_, v)| !matches!(v.as_str(), "FULL" | "EXTRA" | "2" | "3"))
-}
-
-/// `PRAGMA [schema.]temp_store = FILE` (or 1): temporary tables, indexes and sorts in files,
-/// which SQLCipher does not encrypt.
-fn spills_temp_to_files(sql: &str) -> bool {
-    pragma_assignment(sql, "TEMP_STORE").is_some_and(|(_, v)| {
-        let v = v.trim_matches(|c| c == '\'' || c == '"');
-        v.eq_ignore_ascii_case("FILE") || v == "1"
-    })
-}
-
-/// `PRAGMA [schema.]rekey = ...` (or `hexrekey`), in any spelling SQLite takes (a schema name,
-/// quotes, comments).
-fn names_rekey(sql: &str) -> bool {
-    pragma_assignment(sql, "REKEY").is_some() || pragma_assignment(sql, "HEXREKEY").is_some()
-}
-
-/// `PRAGMA [schema.]key = ...` (or `hexkey`): the app gives a local connection its file's key.
-fn gives_a_key(sql: &str) -> bool {
-    pragma_assignment(sql, "KEY").is_some() || pragma_assignment(sql, "HEXKEY").is_some()
-}
-
-/// `PRAGMA [main.]journal_mode = X` with X anything but WAL (an attached or temp database's
-/// journal is the app's own affair).
-fn leaves_wal(sql: &str) -> bool {
-    pragma_assignment(sql, "JOURNAL_MODE")
-        .is_some_and(|(schema, v)| schema.is_none_or(|s| s == "MAIN") && v != "WAL")
-}
-
 /// A statement prepared on a connection, run as many times as needed.
 pub struct Statement<'c> {
     conn: &'c Connection,
@@ -947,102 +893,6 @@ impl Drop for Transaction<'_> {
             if let Err(e) = self.conn.execute("ROLLBACK", []) {
                 tracing::warn!("rolling back a dropped transaction failed: {e}");
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn temp_files_and_keys_are_recognized() {
-        for sql in [
-            "PRAGMA temp_store = FILE",
-            "pragma temp_store=1",
-            "PRAGMA main.temp_store = 'file'",
-        ] {
-            assert!(super::spills_temp_to_files(sql), "{sql}");
-        }
-        for sql in [
-            "PRAGMA temp_store",
-            "PRAGMA temp_store = MEMORY",
-            "PRAGMA temp_store=2",
-            "PRAGMA temp_store = DEFAULT",
-        ] {
-            assert!(!super::spills_temp_to_files(sql), "{sql}");
-        }
-        assert!(super::gives_a_key("PRAGMA key = 'secret'"));
-        assert!(super::gives_a_key("pragma hexkey='00ff'"));
-        assert!(!super::gives_a_key("PRAGMA rekey = 'x'"));
-        for sql in [
-            "PRAGMA rekey = 'x'",
-            "PRAGMA main.rekey='x'",
-            "PRAGMA \"rekey\"='x'",
-            "PRAGMA/**/hexrekey='00'",
-        ] {
-            assert!(super::names_rekey(sql), "{sql}");
-        }
-        assert!(!super::names_rekey("PRAGMA key = 'x'"));
-    }
-
-    #[test]
-    fn lowering_synchronous_is_recognized() {
-        for sql in [
-            "PRAGMA synchronous=NORMAL",
-            "pragma main.synchronous = off",
-            "PRAGMA synchronous(1)",
-            "PRAGMA synchronous = 'normal'",
-            "PRAGMA synchronous = yes",
-        ] {
-            assert!(super::lowers_synchronous(sql), "{sql}");
-        }
-        for sql in [
-            "PRAGMA synchronous",
-            "PRAGMA synchronous=FULL",
-            "PRAGMA main.synchronous = extra",
-            "PRAGMA synchronous(2)",
-            "PRAGMA journal_mode=WAL",
-        ] {
-            assert!(!super::lowers_synchronous(sql), "{sql}");
-        }
-    }
-
-    #[test]
-    fn leaving_wal_is_recognized() {
-        for sql in [
-            "PRAGMA journal_mode=DELETE",
-            "pragma main.journal_mode = 'truncate'",
-            "PRAGMA journal_mode(memory)",
-        ] {
-            assert!(super::leaves_wal(sql), "{sql}");
-        }
-        for sql in [
-            "PRAGMA journal_mode",
-            "PRAGMA journal_mode=WAL",
-            "PRAGMA main.journal_mode = wal",
-            "PRAGMA temp.journal_mode = memory",
-            "PRAGMA aux.journal_mode = delete",
-            "PRAGMA synchronous=OFF",
-        ] {
-            assert!(!super::leaves_wal(sql), "{sql}");
-        }
-    }
-
-    #[test]
-    fn row_owner_rename_or_drop_is_recognized() {
-        for sql in [
-            "ALTER TABLE t DROP COLUMN row_owner",
-            "alter table t drop \"row_owner\"",
-            "ALTER TABLE t RENAME COLUMN row_owner TO x",
-            "ALTER TABLE t RENAME row_owner TO x",
-        ] {
-            assert!(super::alters_row_owner(sql), "{sql}");
-        }
-        for sql in [
-            "ALTER TABLE t RENAME TO row_owner_x",
-            "ALTER TABLE t ADD COLUMN row_owner",
-            "ALTER TABLE t DROP COLUMN x",
-        ] {
-            assert!(!super::alters_row_owner(sql), "{sql}");
         }
     }
 }

@@ -14,10 +14,11 @@
 //!
 //! On a plain local database the phases do nothing but note the counters.
 
-use super::{
+use super::rules::{
     alters_row_owner, gives_a_key, leaves_wal, lowers_synchronous, names_rekey,
-    spills_temp_to_files, Connection,
+    spills_temp_to_files,
 };
+use super::Connection;
 use crate::api::authz;
 use crate::api::pragma;
 use crate::api::rows::Rows;
