@@ -27,10 +27,7 @@ pub fn backup(cfg: &NodeConfig, dest: &Path) -> Result<RestoreMark> {
     }
     // A plain connection that only reads: the node's lock is not taken, and reading its file
     // beside it is what WAL allows.
-    let opts = OpenOptions {
-        uri: false,
-        busy_timeout: std::time::Duration::from_secs(30),
-    };
+    let opts = file_options();
     let key = cfg.file_key();
     let encrypted = |file| key.map(|key| Encrypted { file, key });
     let source = open_plain(&cfg.path, &opts, encrypted(&cfg.path))?;
@@ -89,10 +86,7 @@ fn copy_into(
         partial.publish(dest)?;
         return Ok(RestoreMark::Unmarked);
     }
-    let opts = OpenOptions {
-        uri: false,
-        busy_timeout: std::time::Duration::from_secs(30),
-    };
+    let opts = file_options();
     let encrypted = key.map(|key| Encrypted {
         file: &partial.path,
         key,
@@ -102,6 +96,15 @@ fn copy_into(
     drop(copy);
     partial.publish(dest)?;
     Ok(mark)
+}
+
+/// How the tools here open a node's file beside the node: a path, not a URI, waiting out the
+/// node's writes.
+fn file_options() -> OpenOptions {
+    OpenOptions {
+        uri: false,
+        busy_timeout: std::time::Duration::from_secs(30),
+    }
 }
 
 /// The backup being written, under a name of its own beside the destination
@@ -262,10 +265,7 @@ fn open_stopped_primary(
     }
     // The node's own lock: a running node would go on with its state changed under it.
     let lock = crate::store::lock::ProcessLock::acquire(&cfg.path)?;
-    let opts = OpenOptions {
-        uri: false,
-        busy_timeout: std::time::Duration::from_secs(30),
-    };
+    let opts = file_options();
     let key = cfg.file_key();
     let conn = open_plain(
         &cfg.path,
