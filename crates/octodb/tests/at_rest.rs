@@ -409,6 +409,29 @@ fn an_encrypted_file_keeps_its_temporary_data_in_memory() {
     let keyed = Connection::open(&format!("file:{}", c.path("k.db").display())).unwrap();
     keyed.execute_batch("PRAGMA key = 'given later'").unwrap();
     refused(&keyed);
+
+    // Set to files before the key is given, or before an encrypted file is attached: back in
+    // memory once a key is in play (the review).
+    let temp_store = |conn: &Connection| -> i64 {
+        conn.query_row("PRAGMA temp_store", [], |r| r.get(0))
+            .unwrap()
+    };
+    let late = Connection::open(&format!("file:{}", c.path("late.db").display())).unwrap();
+    late.execute_batch("PRAGMA temp_store = FILE").unwrap();
+    late.execute_batch("PRAGMA key = 'given after'").unwrap();
+    assert_eq!(temp_store(&late), 2, "MEMORY");
+    refused(&late);
+    let attaching = Connection::open(&format!("file:{}", c.path("a.db").display())).unwrap();
+    attaching.execute_batch("PRAGMA temp_store = FILE").unwrap();
+    let secret = c.path("secret.db");
+    attaching
+        .execute_batch(&format!(
+            "ATTACH DATABASE '{}' AS s KEY 'attached'",
+            secret.display()
+        ))
+        .unwrap();
+    assert_eq!(temp_store(&attaching), 2, "MEMORY");
+    refused(&attaching);
 }
 
 /// What SQLite does with a damaged WAL frame of an encrypted file (README, "Tampering"): its

@@ -15,7 +15,7 @@
 //! On a plain local database the phases do nothing but note the counters.
 
 use super::rules::{
-    alters_row_owner, gives_a_key, leaves_wal, lowers_synchronous, names_rekey,
+    alters_row_owner, attaches_with_key, gives_a_key, leaves_wal, lowers_synchronous, names_rekey,
     spills_temp_to_files,
 };
 use super::Connection;
@@ -174,6 +174,15 @@ impl Connection {
         }
     }
 
+    /// A key is given (to the main file, or with an attached one): SQLCipher does not encrypt
+    /// temporary files, so whatever the app set before, temporary tables, indexes and sorts
+    /// stay in memory from now on. (`temp_store` reads no page: it may come before the key.)
+    fn keep_temporary_data_in_memory(&self) -> Result<()> {
+        self.encrypted.set(true);
+        self.conn.execute_batch("PRAGMA temp_store = MEMORY")?;
+        Ok(())
+    }
+
     /// Phase 2: before `sql` is prepared.
     pub fn before_prepare(&self, sql: &str) -> Result<Prepared> {
         let word = sql_text::first_word(sql);
@@ -194,7 +203,7 @@ impl Connection {
                 }
             }
             if gives_a_key(sql) {
-                self.encrypted.set(true);
+                self.keep_temporary_data_in_memory()?;
             }
             if self.encrypted.get() && spills_temp_to_files(sql) {
                 return Err(Error::NotPermitted(
@@ -204,6 +213,9 @@ impl Connection {
                         .into(),
                 ));
             }
+        }
+        if word == "ATTACH" && attaches_with_key(sql) {
+            self.keep_temporary_data_in_memory()?;
         }
         if self.repl.is_some() {
             self.write_lock_before_reading(&word)?;

@@ -51,6 +51,13 @@ pub(super) fn gives_a_key(sql: &str) -> bool {
     pragma_assignment(sql, "KEY").is_some() || pragma_assignment(sql, "HEXKEY").is_some()
 }
 
+/// `ATTACH ... KEY ...`: the app brings in an encrypted file, whose temporary data shares the
+/// connection's temp store.
+pub(super) fn attaches_with_key(sql: &str) -> bool {
+    let mut words = sql_text::words(sql);
+    words.next().is_some_and(|w| w == "ATTACH") && words.any(|w| w == "KEY")
+}
+
 /// `PRAGMA [main.]journal_mode = X` with X anything but WAL (an attached or temp database's
 /// journal is the app's own affair).
 pub(super) fn leaves_wal(sql: &str) -> bool {
@@ -69,6 +76,12 @@ mod tests {
         ] {
             assert!(super::spills_temp_to_files(sql), "{sql}");
         }
+        assert!(super::attaches_with_key(
+            "ATTACH DATABASE 'b.db' AS b KEY 'secret'"
+        ));
+        assert!(super::attaches_with_key("attach 'b.db' as b key x'00'"));
+        assert!(!super::attaches_with_key("ATTACH 'b.db' AS b"));
+        assert!(!super::attaches_with_key("SELECT key FROM t"));
         for sql in [
             "PRAGMA temp_store",
             "PRAGMA temp_store = MEMORY",
