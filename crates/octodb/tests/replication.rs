@@ -1175,6 +1175,46 @@ fn a_without_rowid_table_with_row_owner_is_refused() {
     .unwrap();
 }
 
+/// A replicated table may not resolve UNIQUE conflicts with ON CONFLICT REPLACE in its
+/// definition: a device's insert then deleted a '*' row locally, looked accepted, and its
+/// transaction was rejected later (the SQLite-features walkthrough). NOT NULL ON CONFLICT
+/// REPLACE (a default for a NULL) and the statement forms stay.
+#[test]
+fn a_replicated_table_may_not_replace_on_conflict_in_its_definition() {
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    for sql in [
+        "CREATE TABLE ocr(id INTEGER PRIMARY KEY, code TEXT UNIQUE ON CONFLICT REPLACE, row_owner)",
+        "CREATE TABLE ocr(id INTEGER PRIMARY KEY, code TEXT, row_owner, UNIQUE(code) ON CONFLICT REPLACE)",
+    ] {
+        let err = p.execute(sql, []).unwrap_err().to_string();
+        assert!(err.contains("ON CONFLICT REPLACE"), "{err}");
+        assert!(err.contains("remove the clause"), "{err}");
+        assert_eq!(
+            count(&p, "SELECT count(*) FROM sqlite_schema WHERE name = 'ocr'"),
+            0,
+            "rolled back"
+        );
+    }
+    // Made replicated later, by a row_owner column added to it.
+    p.execute_batch(
+        "CREATE TABLE own(id INTEGER PRIMARY KEY, code TEXT UNIQUE ON CONFLICT REPLACE)",
+    )
+    .unwrap();
+    let err = p
+        .execute_batch("ALTER TABLE own ADD COLUMN row_owner")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ON CONFLICT REPLACE"), "{err}");
+    p.execute_batch(
+        "CREATE TABLE fine(id INTEGER PRIMARY KEY, v TEXT NOT NULL ON CONFLICT REPLACE DEFAULT '', \
+         code TEXT UNIQUE, row_owner);
+         INSERT OR REPLACE INTO fine(code, v, row_owner) VALUES ('a', NULL, '*');",
+    )
+    .unwrap();
+    assert_eq!(count(&p, "SELECT count(*) FROM fine WHERE v = ''"), 1);
+}
+
 /// A node opened and closed often (a connection per request) goes on numbering its rows where
 /// it stopped: each run skipped the rest of a block of 4,096 reserved ids, and a node has 2^32.
 #[test]

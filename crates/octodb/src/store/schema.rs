@@ -183,6 +183,45 @@ pub fn check_replicable(t: &TableLayout) -> Result<()> {
     Ok(())
 }
 
+/// Refuse a replicated table whose definition resolves UNIQUE or PRIMARY KEY conflicts with
+/// `ON CONFLICT REPLACE`: the rows SQLite deletes for it fire no trigger, so a device's rule
+/// that leaves other users' and `'*'` rows alone never sees them (the device's insert looks
+/// accepted, then its whole transaction is rejected by the primary). The statement forms
+/// (`INSERT OR REPLACE`, `REPLACE INTO`) are handled.
+pub fn check_conflict_clauses(conn: &Connection, t: &TableLayout) -> Result<()> {
+    if !t.is_replicated() {
+        return Ok(());
+    }
+    let sql: Option<String> = conn
+        .prepare_cached("SELECT sql FROM sqlite_schema WHERE type = 'table' AND name = ?1")?
+        .query_row([&t.name], |r| r.get(0))
+        .ok();
+    if sql.as_deref().is_some_and(replaces_on_conflict) {
+        return Err(Error::rule(format!(
+            "table `{}` has a row_owner column and a UNIQUE or PRIMARY KEY constraint with ON \
+             CONFLICT REPLACE, whose deletions of conflicting rows no rule of a device sees: \
+             remove the clause (write INSERT OR REPLACE in the statements that mean it)",
+            t.name
+        )));
+    }
+    Ok(())
+}
+
+/// A table definition with `ON CONFLICT REPLACE` on a UNIQUE or PRIMARY KEY constraint (on
+/// NOT NULL it only puts the column's default in place of a NULL: no row goes).
+fn replaces_on_conflict(create_sql: &str) -> bool {
+    let words: Vec<String> = crate::api::sql_text::words(create_sql).collect();
+    let constraint_words = ["UNIQUE", "KEY", "NULL", "CHECK", "DEFAULT", "REFERENCES"];
+    words.windows(3).enumerate().any(|(i, w)| {
+        w == ["ON", "CONFLICT", "REPLACE"]
+            && words[..i]
+                .iter()
+                .rev()
+                .find(|w| constraint_words.contains(&w.as_str()))
+                .is_some_and(|w| w == "UNIQUE" || w == "KEY")
+    })
+}
+
 /// The TEMP table of schema statements' marks (see `store::capture`).
 pub const STATEMENTS_TABLE: &str = "_octo_statements";
 
@@ -428,6 +467,25 @@ pub const INTERNAL_TABLE_HINT: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replacing_constraints_are_recognized() {
+        for sql in [
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, code TEXT UNIQUE ON CONFLICT REPLACE)",
+            "CREATE TABLE t(a, b, UNIQUE (a, b) ON CONFLICT REPLACE, row_owner)",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY DESC ON CONFLICT REPLACE, row_owner)",
+            "create table t(id integer, primary key (id) on conflict replace)",
+        ] {
+            assert!(replaces_on_conflict(sql), "{sql}");
+        }
+        for sql in [
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT NOT NULL ON CONFLICT REPLACE DEFAULT '')",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, code TEXT UNIQUE ON CONFLICT ABORT)",
+            "CREATE TABLE t(id INTEGER PRIMARY KEY, code TEXT UNIQUE)",
+        ] {
+            assert!(!replaces_on_conflict(sql), "{sql}");
+        }
+    }
 
     #[test]
     fn device_default_is_added_to_row_owner() {

@@ -173,7 +173,10 @@ impl Connection {
         let checked = self.internal(|| {
             store::schema::user_tables(&self.conn)?
                 .iter()
-                .try_for_each(store::schema::check_replicable)
+                .try_for_each(|t| {
+                    store::schema::check_replicable(t)?;
+                    store::schema::check_conflict_clauses(&self.conn, t)
+                })
         });
         if let Err(e) = checked {
             let _ = self.internal_sql("ROLLBACK");
