@@ -1175,6 +1175,50 @@ fn a_without_rowid_table_with_row_owner_is_refused() {
     .unwrap();
 }
 
+/// An app's migrations shared by its backend and its devices run on a device too when they
+/// change nothing there: `CREATE TABLE/VIEW IF NOT EXISTS` of what the primaries made (SQLite
+/// asks about these before it looks whether the name exists, and they were refused), and
+/// `ANALYZE` / `PRAGMA optimize` (their statistics tables were refused as schema). A device's
+/// own new table stays refused (the schema walkthrough).
+#[test]
+fn a_device_runs_schema_statements_that_change_nothing_shared() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    p.execute_batch("CREATE VIEW named AS SELECT v FROM t")
+        .unwrap();
+    let d = c.device("d.db", &p);
+    ready(&d);
+    wait_count(
+        &d,
+        "SELECT count(*) FROM sqlite_schema WHERE name IN ('t', 'named')",
+        2,
+    );
+    d.execute_batch(
+        "CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT, row_owner);
+         CREATE TABLE IF NOT EXISTS main.\"T\"(x);
+         CREATE VIEW IF NOT EXISTS named AS SELECT 1;
+         INSERT INTO t(v) VALUES ('a');
+         ANALYZE;
+         PRAGMA optimize;",
+    )
+    .unwrap();
+    assert_eq!(count(&d, "SELECT count(*) FROM sqlite_stat1 WHERE tbl = 't'"), 1);
+    let err = d
+        .execute_batch("CREATE TABLE t(x)")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already exists"), "{err}");
+    for sql in [
+        "CREATE TABLE IF NOT EXISTS mine(x)",
+        "CREATE VIEW IF NOT EXISTS other AS SELECT 1",
+    ] {
+        let err = d.execute_batch(sql).unwrap_err().to_string();
+        assert!(err.contains("comes from the primaries"), "{sql}: {err}");
+    }
+    // The row went as usual.
+    wait_count(&p, "SELECT count(*) FROM t WHERE v = 'a'", 1);
+}
+
 /// A replicated table may not resolve UNIQUE conflicts with ON CONFLICT REPLACE in its
 /// definition: a device's insert then deleted a '*' row locally, looked accepted, and its
 /// transaction was rejected later (the SQLite-features walkthrough). NOT NULL ON CONFLICT

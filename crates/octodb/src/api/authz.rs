@@ -20,6 +20,11 @@ pub struct AuthzState {
     /// The main tables the open transaction's statements write themselves (see
     /// `track_writes`), for a follower to tell whether the leader would receive all of it.
     pub direct_writes: Vec<String>,
+    /// Device: the main tables and views (lowercase) before a `CREATE` statement is prepared.
+    /// SQLite asks about a `CREATE TABLE` or `CREATE VIEW` before it looks whether the name
+    /// exists: one that does is let through, to be a no-op (`IF NOT EXISTS`, an app's shared
+    /// migrations) or SQLite's own "already exists".
+    pub existing: Vec<String>,
 }
 
 pub type Shared = Arc<Mutex<AuthzState>>;
@@ -70,6 +75,9 @@ fn decide(role: Role, state: &Shared, ctx: AuthContext<'_>) -> Authorization {
                 return Authorization::Deny;
             }
             if role == Role::Secondary {
+                if device_may_run(&st, &ctx.action) {
+                    return Authorization::Allow;
+                }
                 st.denied = Some(
                     "the schema of a device comes from the primaries: run CREATE/ALTER/DROP on a primary".into(),
                 );
@@ -103,5 +111,19 @@ fn decide(role: Role, state: &Shared, ctx: AuthContext<'_>) -> Authorization {
             Authorization::Deny
         }
         _ => Authorization::Allow,
+    }
+}
+
+/// Device: the schema statements it runs itself, changing nothing the primaries send: a
+/// `CREATE` of a table or view that exists (see `AuthzState::existing`), and the statistics
+/// tables `ANALYZE` (and `PRAGMA optimize`) make, which stay the device's own.
+fn device_may_run(st: &AuthzState, action: &AuthAction<'_>) -> bool {
+    let exists = |name: &str| st.existing.iter().any(|e| e.eq_ignore_ascii_case(name));
+    match action {
+        AuthAction::CreateTable { table_name } => {
+            table_name.starts_with("sqlite_stat") || exists(table_name)
+        }
+        AuthAction::CreateView { view_name } => exists(view_name),
+        _ => false,
     }
 }

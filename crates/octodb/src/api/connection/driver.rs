@@ -241,8 +241,13 @@ impl Connection {
                         .into(),
                 ));
             }
+            let existing = match word == "CREATE" && self.is_device() {
+                true => self.main_tables_and_views()?,
+                false => Vec::new(),
+            };
             let afresh = WRAPPED.contains(&word.as_str()) && self.leader_followed();
             let mut a = authz::lock(&self.authz);
+            a.existing = existing;
             a.ddl = None;
             a.denied = None;
             a.track_writes = afresh;
@@ -251,6 +256,23 @@ impl Connection {
         Ok(Prepared {
             word,
             afresh: false,
+        })
+    }
+
+    fn is_device(&self) -> bool {
+        self.repl.as_ref().map(|r| r.role) == Some(crate::uri::Role::Secondary)
+    }
+
+    /// The names of the main database's tables and views (see `authz::AuthzState::existing`).
+    fn main_tables_and_views(&self) -> Result<Vec<String>> {
+        self.internal(|| {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT name FROM sqlite_schema WHERE type IN ('table', 'view')")?;
+            let names = stmt
+                .query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(names)
         })
     }
 
