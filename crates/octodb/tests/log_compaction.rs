@@ -111,6 +111,83 @@ fn a_device_away_longer_than_the_log_keeps_downloads_again_keeping_its_work() {
     wait_count(&d, "SELECT count(*) FROM t", 307);
 }
 
+/// A device away longer than the log keeps, whose pending row holds a unique value the
+/// primaries gave another row meanwhile: its download writes the primaries' row, its own steps
+/// aside until the primaries decide it (rejected: first insert wins), and its other work
+/// arrives. (The download stopped at the clash, and the device retried it for good, its other
+/// work never sent: the schema walkthrough, 4 of 4.) A row only this device has in that place
+/// stops the download, naming it, until the app changes it.
+#[test]
+fn a_device_away_longer_than_the_log_with_a_unique_clash_downloads_again() {
+    let c = Cluster::new();
+    let p = primary_keeping_100(&c);
+    p.execute_batch(
+        "CREATE TABLE tu(id INTEGER PRIMARY KEY, code TEXT UNIQUE, row_owner);
+         CREATE TABLE filler(id INTEGER PRIMARY KEY, v TEXT, row_owner);",
+    )
+    .unwrap();
+    let d_uri = device_uri(&c.path("d.db"), &addr_of(&p));
+    let d = Connection::open(&d_uri).unwrap();
+    ready(&d);
+    drop(d);
+
+    // Offline: a pending row taking code X, a local row taking code L, other work.
+    let nowhere = device_uri(&c.path("d.db"), "127.0.0.1:9");
+    let d = Connection::open(&nowhere).unwrap();
+    d.execute_batch(
+        "INSERT INTO tu(code) VALUES ('X');
+         INSERT INTO tu(code, row_owner) VALUES ('L', NULL);
+         INSERT INTO filler(v) VALUES ('other work');",
+    )
+    .unwrap();
+    drop(d);
+
+    // The primaries give X and L to rows of their own, and cut their log.
+    p.execute_batch(
+        "INSERT INTO tu(code, row_owner) VALUES ('X', '*');
+         INSERT INTO tu(code, row_owner) VALUES ('L', '*');",
+    )
+    .unwrap();
+    commits(&p, 300, "while the device was away");
+    let last = p.sync_status().unwrap().last_seq;
+    wait_log_cut_past(&p, last - 111);
+
+    // Back: the local row holding L stops the download, saying which row to change.
+    let d = Connection::open(&d_uri).unwrap();
+    let stopped = d
+        .wait_for(DEADLINE, |s| {
+            s.sync_error
+                .as_deref()
+                .is_some_and(|e| e.contains("only this device has"))
+        })
+        .expect("the download stops at the local row");
+    let error = stopped.sync_error.unwrap_or_default();
+    assert!(error.contains("unique values"), "{error}");
+    assert_eq!(count(&d, "SELECT count(*) FROM tu WHERE code = 'L'"), 1);
+
+    // The app moves its local row out of the way; the download goes on.
+    d.execute("UPDATE tu SET code = 'L2' WHERE code = 'L'", [])
+        .unwrap();
+    wait_outbox_empty(&d);
+    wait_count(&p, "SELECT count(*) FROM filler WHERE v = 'other work'", 1);
+    wait_count(&d, "SELECT count(*) FROM t", 300);
+    // The primaries' X is on the device; the device's own X was rejected.
+    wait_count(
+        &d,
+        "SELECT count(*) FROM tu WHERE code = 'X' AND row_owner = '*'",
+        1,
+    );
+    assert_eq!(count(&d, "SELECT count(*) FROM tu WHERE code = 'X'"), 1);
+    assert_eq!(count(&p, "SELECT count(*) FROM tu WHERE code = 'X'"), 1);
+    let rejected = d.sync_status().unwrap().last_rejected.expect("rejected");
+    assert!(
+        rejected.reason.contains("first insert wins"),
+        "{}",
+        rejected.reason
+    );
+    assert_eq!(count(&d, "SELECT count(*) FROM tu WHERE code = 'L2'"), 1);
+}
+
 /// The primaries change the schema while a device is away longer than their log keeps: its
 /// download brings the tables, indexes and triggers as they are now, and keeps the device's
 /// local rows and pending work in the new shape. (The device kept its old tables for good: the

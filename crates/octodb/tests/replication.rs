@@ -1202,7 +1202,10 @@ fn a_device_runs_schema_statements_that_change_nothing_shared() {
          PRAGMA optimize;",
     )
     .unwrap();
-    assert_eq!(count(&d, "SELECT count(*) FROM sqlite_stat1 WHERE tbl = 't'"), 1);
+    assert_eq!(
+        count(&d, "SELECT count(*) FROM sqlite_stat1 WHERE tbl = 't'"),
+        1
+    );
     let err = d
         .execute_batch("CREATE TABLE t(x)")
         .unwrap_err()

@@ -448,7 +448,7 @@ fn row_after<'a>(
     Some((h.name.as_str(), h.columns.as_slice(), rowid, values))
 }
 
-pub(super) fn has_base(conn: &Connection, tbl: &str, rid: i64) -> Result<bool> {
+pub(crate) fn has_base(conn: &Connection, tbl: &str, rid: i64) -> Result<bool> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM _octo_base WHERE tbl = ?1 AND rid = ?2")?
         .query_row(params![tbl, rid], |_| Ok(()))

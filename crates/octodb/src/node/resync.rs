@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::log::outbox::RowImage;
 use crate::store::apply;
 use crate::store::schema::{self, ident, TableLayout};
+use crate::store::unique_holders::{holders, is_unique_violation};
 use crate::value::Value;
 use rusqlite::{params, Connection};
 
@@ -77,7 +78,73 @@ pub fn rows(
             written.push((*rid, values.clone()));
         }
     }
-    apply::insert_rows(conn, t, columns, &written)
+    match apply::insert_rows(conn, t, columns, &written) {
+        // Some row here holds a unique value of one of these: row by row, clearing the way.
+        Err(e) if is_unique_violation(&e) => {
+            for row in &written {
+                let one = std::slice::from_ref(row);
+                match apply::insert_rows(conn, t, columns, one) {
+                    Err(e) if is_unique_violation(&e) => {
+                        clear_unique_holders(conn, t, columns, row)?;
+                        apply::insert_rows(conn, t, columns, one)?;
+                    }
+                    written => written?,
+                }
+            }
+            Ok(())
+        }
+        written => written,
+    }
+}
+
+/// The rows here holding a unique value of the primary's `row`, which they gave another row
+/// meanwhile, leave the table: one nobody changes here is the primary's older version (the
+/// download rewrites it, or `finish` removes it); one with pending work steps aside, as in
+/// the log's path (`log::unique_clash`): its work waits in the outbox for the primaries'
+/// decision (most likely a rejection, "first insert wins"). A row only this device has
+/// (row_owner NULL) is never removed on the app's behalf: the download stops, naming it.
+/// (The download stopped at such a clash before, and the device went on retrying it for
+/// good.)
+fn clear_unique_holders(
+    conn: &Connection,
+    t: &TableLayout,
+    columns: &[String],
+    (rowid, values): &(i64, Vec<Value>),
+) -> Result<()> {
+    for holder in holders(conn, t, columns, *rowid, values)? {
+        if let Some(owner) = t.owner {
+            let local: bool = conn.query_row(
+                &format!(
+                    "SELECT {} IS NULL FROM {} WHERE rowid = ?1",
+                    ident(&t.columns[owner]),
+                    ident(&t.name)
+                ),
+                [holder],
+                |r| r.get(0),
+            )?;
+            if local {
+                return Err(Error::rule(format!(
+                    "downloading again: row {rowid} of `{}` from the primaries cannot be \
+                     written here: row {holder}, which only this device has (row_owner NULL), \
+                     holds one of its unique values; change or delete that row and sync \
+                     resumes",
+                    t.name
+                )));
+            }
+        }
+        if crate::log::rebase::has_base(conn, &t.name, holder)? {
+            tracing::warn!(
+                table = %t.name,
+                row = holder,
+                clashes_with = rowid,
+                "downloading again: a row this device changed holds a unique value the \
+                 primaries gave another row first: it leaves the table until the primaries \
+                 decide its transaction (most likely a rejection)"
+            );
+        }
+        apply::delete_row(conn, t, holder)?;
+    }
+    Ok(())
 }
 
 /// After the download's rows: the replicated rows it did not bring, with no pending work on
