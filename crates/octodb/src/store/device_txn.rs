@@ -117,7 +117,9 @@ pub fn apply_device_txn(
             }
             _ => {
                 return Ok(Err(format!(
-                    "table `{}` does not exist or is not replicated to devices",
+                    "table `{}` does not exist or is not replicated to devices (dropped on the \
+                     primaries after this transaction was written, perhaps offline?): the \
+                     transaction is rejected whole, its other changes too",
                     header.name
                 )))
             }
