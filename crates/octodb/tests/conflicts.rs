@@ -941,6 +941,11 @@ fn a_unique_index_over_values_pending_rows_share_reaches_the_device() {
         "{error}"
     );
     assert!(!error.contains("update the app"), "{error}");
+    let ids = text(
+        &d,
+        "SELECT group_concat(id, ', ') FROM (SELECT id FROM items WHERE label = 'mine' ORDER BY id)",
+    );
+    assert!(error.contains(&format!("rows {ids} of `items`")), "{error}");
     assert_eq!(
         count(&d, "SELECT count(*) FROM items WHERE label = 'mine'"),
         2,

@@ -353,7 +353,7 @@ fn run_ddl(conn: &Connection, ctx: &mut ChangeSetApply<'_, '_>, sql: &str) -> Re
             }
             schema::apply_primaries_ddl(conn, sql)
         }
-        ran => ran.map_err(|e| schema::ddl_refused(sql, e)),
+        ran => ran.map_err(|e| schema::ddl_refused(conn, sql, e)),
     }
 }
 

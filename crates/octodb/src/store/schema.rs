@@ -365,7 +365,7 @@ pub fn replicated_with_virtual_columns(conn: &Connection) -> Result<Vec<String>>
 /// stops the sync with an error that says why ([`ddl_refused`]), and changes nothing: the
 /// device keeps its data and pending work, and syncs on once the cause is gone.
 pub fn apply_primaries_ddl(conn: &Connection, sql: &str) -> Result<()> {
-    run_primaries_ddl(conn, sql).map_err(|e| ddl_refused(sql, e))
+    run_primaries_ddl(conn, sql).map_err(|e| ddl_refused(conn, sql, e))
 }
 
 /// [`apply_primaries_ddl`] with SQLite's own error, for a caller that can remove its cause.
@@ -378,12 +378,19 @@ pub fn run_primaries_ddl(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
 /// device has (row_owner NULL; the primaries' rows satisfy it, and pending work steps aside),
 /// which are the app's to change. Anything else: a newer SQLite feature, or a collation or
 /// function the app registers on the backend only, which an update of the app brings.
-pub fn ddl_refused(sql: &str, e: rusqlite::Error) -> Error {
+pub fn ddl_refused(conn: &Connection, sql: &str, e: rusqlite::Error) -> Error {
     if e.sqlite_error_code() == Some(rusqlite::ErrorCode::ConstraintViolation) {
+        let rows = match duplicated_local_rows(conn, &e.to_string()) {
+            Some((table, rows)) if !rows.is_empty() => {
+                let ids: Vec<String> = rows.iter().map(i64::to_string).collect();
+                format!(" (rows {} of `{table}`)", ids.join(", "))
+            }
+            _ => String::new(),
+        };
         return Error::rule(format!(
             "the primaries' schema statement `{sql}` cannot be applied here: rows only this \
-             device has (row_owner NULL) break it ({e}). Change or delete those rows; sync \
-             is stopped until then, and this device's data and pending work are kept"
+             device has (row_owner NULL){rows} break it ({e}). Change or delete those rows; \
+             sync is stopped until then, and this device's data and pending work are kept"
         ));
     }
     Error::rule(format!(
@@ -392,6 +399,37 @@ pub fn ddl_refused(sql: &str, e: rusqlite::Error) -> Error {
          handle it: update the app. Sync is stopped until then; this device's data and \
          pending work are kept"
     ))
+}
+
+/// The local rows (row_owner NULL) of the table a UNIQUE failure names (`UNIQUE constraint
+/// failed: t.a, t.b`) that share their values of those columns with another row, at most 10:
+/// the rows the app is to change. None when the message names no such key.
+fn duplicated_local_rows(conn: &Connection, message: &str) -> Option<(String, Vec<i64>)> {
+    let key = message.split("UNIQUE constraint failed: ").nth(1)?;
+    let mut table = None;
+    let mut columns = Vec::new();
+    for part in key.split(", ") {
+        let (t, c) = part.trim().split_once('.')?;
+        if table.get_or_insert(t) != &t {
+            return None;
+        }
+        columns.push(ident(c));
+    }
+    let table = table?.to_string();
+    let cols = columns.join(", ");
+    let sql = format!(
+        "SELECT rowid FROM {t} WHERE row_owner IS NULL AND ({cols}) IN \
+         (SELECT {cols} FROM {t} GROUP BY {cols} HAVING count(*) > 1) ORDER BY rowid LIMIT 10",
+        t = ident(&table)
+    );
+    let rows = conn
+        .prepare(&sql)
+        .ok()?
+        .query_map([], |r| r.get(0))
+        .ok()?
+        .collect::<rusqlite::Result<Vec<i64>>>()
+        .ok()?;
+    Some((table, rows))
 }
 
 /// What [`device_create_table`] adds to a `row_owner` column definition.
