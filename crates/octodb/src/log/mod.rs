@@ -4,6 +4,7 @@
 pub mod compaction;
 pub mod digest;
 pub mod epochs;
+mod local_rows;
 pub mod outbox;
 mod predict;
 pub mod rebase;

@@ -70,6 +70,7 @@ pub fn apply_entries(
     let mut touched: BTreeSet<RowKey> = BTreeSet::new();
     let mut predictions = Predictions::default();
     let mut inserts = HeldInserts::new(conn);
+    let mut kept_local = super::local_rows::KeptLocal::default();
     // Base rows are made only by this device's own commits, which wait for this transaction.
     let any_base: bool = conn
         .prepare_cached("SELECT EXISTS(SELECT 1 FROM _octo_base)")?
@@ -124,6 +125,7 @@ pub fn apply_entries(
                     ours: ours.as_ref(),
                     predictions: &mut predictions,
                     predicted: HashSet::new(),
+                    kept_local: &mut kept_local,
                 };
                 for (i, op) in cs.ops.iter().enumerate() {
                     let later = &cs.ops[i + 1..];
@@ -137,6 +139,7 @@ pub fn apply_entries(
             EntryBody::Rejected { .. } | EntryBody::Epoch { .. } => {}
         }
     }
+    super::local_rows::put_back(conn, kept_local)?;
     for (txn, _) in &applied.rejected {
         let taken_back = leave_outbox(conn, *txn, &mut touched)?;
         own.check(*txn, &taken_back)?;
@@ -196,6 +199,8 @@ struct ChangeSetApply<'a, 'c> {
     predictions: &'a mut Predictions,
     /// Rows whose base prediction this change set already advanced.
     predicted: HashSet<RowKey>,
+    /// Local rows of the tables the batch's schema statements dropped, until its end.
+    kept_local: &'a mut super::local_rows::KeptLocal,
 }
 
 /// Applies `op` of `cs`, before the ops `later` of the same transaction.
@@ -326,6 +331,9 @@ fn apply_ddl(conn: &Connection, ctx: &mut ChangeSetApply<'_, '_>, sql: &str) -> 
         true => Some(super::schema_moves::before(conn)?),
         false => None,
     };
+    super::local_rows::set_aside_before_drop(conn, sql, ctx.kept_local, || {
+        schema::run_primaries_ddl(conn, sql)
+    })?;
     // (Recorded so that pending work written under old names is replayed under the new ones.)
     renames::recording(conn, sql, || run_ddl(conn, ctx, sql))?;
     ctx.tables.schema_changed();
