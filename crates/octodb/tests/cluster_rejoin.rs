@@ -115,6 +115,24 @@ fn a_leader_whose_file_diverged_rejoins_as_a_new_member() {
         "stopped",
         "its role says it serves nothing"
     );
+    // Its app's write is refused before anything is sent: the leader committed it, and this
+    // primary then reported a failure (the failover walkthrough).
+    let err = p1
+        .execute(
+            "INSERT INTO t(v, row_owner) VALUES ('on stopped p1', '*')",
+            [],
+        )
+        .expect_err("a stopped Raft node takes no write");
+    assert!(matches!(err, octodb::Error::Unavailable(_)), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("Nothing of the transaction was sent"),
+        "{err}"
+    );
+    assert_eq!(
+        count(leader, "SELECT count(*) FROM t WHERE v = 'on stopped p1'"),
+        0
+    );
     assert_eq!(
         count(leader, "SELECT count(*) FROM t WHERE v = 'only on p1'"),
         0,

@@ -241,6 +241,18 @@ impl Connection {
                  those on every primary). It was rolled back",
             ));
         }
+        // A primary whose Raft node stopped (its file diverged from its cluster's) would have
+        // the leader commit the transaction and then could not confirm it: the app heard of
+        // a failure for a write that was made (the failover walkthrough), and retried it.
+        if proposer.raft().metrics().borrow().running_state.is_err() {
+            return Err(Error::Unavailable(
+                "this primary's Raft node stopped (its sync_error says why), so it can neither \
+                 decide nor confirm a transaction: open the database again (it then rejoins its \
+                 cluster), or write on another primary. Nothing of the transaction was sent or \
+                 applied"
+                    .into(),
+            ));
+        }
         let txn = Forwarded { base_seq, bodies };
         let outcome = crate::node::block_on(proposer.forward(txn, CONFIRM_WAIT_MAX));
         let last_seq = match outcome {
