@@ -67,6 +67,43 @@ fn a_device_fails_over_to_the_new_leader_when_its_primary_goes() {
     assert_eq!(count(&d, "SELECT count(*) FROM t"), 3, "nothing doubled");
 }
 
+/// A follower's app writing right as its leader goes: while the follower still knows the
+/// old leader, which no longer answers, its commit waits for the new one (through the
+/// election) and goes there, rather than failing at once (the failover walkthrough: every
+/// such write in the first second or two failed with "could not reach its cluster's
+/// leader").
+#[test]
+fn a_followers_write_as_its_leader_goes_waits_for_the_new_leader() {
+    let c = Cluster::new();
+    let p1 = c.primary_with_t();
+    let first = addr_of(&p1);
+    let p2 = joining_primary(&c.path("p2.db"), &first);
+    let p3 = joining_primary(&c.path("p3.db"), &first);
+    wait_voters(&p1, 3);
+    p2.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
+        .unwrap();
+
+    drop(p1);
+    // At once: no election has ended yet. The write waits for the new leader, unless p2 is
+    // elected itself meanwhile: then it is to be run again, as an app retries SQLITE_BUSY.
+    let insert = "INSERT INTO t(v, row_owner) VALUES ('as the leader goes', '*')";
+    if let Err(e) = p2.execute(insert, []) {
+        assert!(
+            matches!(&e, octodb::Error::Unavailable(m) if m.contains("was elected")),
+            "{e:?}"
+        );
+        assert_eq!(cluster_role(&p2), "leader");
+        p2.execute(insert, []).expect("run again on the new leader");
+    }
+    for p in [&p2, &p3] {
+        wait_count(
+            p,
+            "SELECT count(*) FROM t WHERE v = 'as the leader goes'",
+            1,
+        );
+    }
+}
+
 #[test]
 fn a_device_is_not_served_by_a_primary_outside_its_cluster() {
     let c = Cluster::new();

@@ -194,6 +194,18 @@ fn stopped() -> Error {
     Error::rule("the cluster stopped before the proposal was decided")
 }
 
+/// How soon a follower tries to reach its cluster's leader again when it could not, at
+/// first and at most (an election takes a second or two).
+const UNREACHABLE_LEADER_POLL: Duration = Duration::from_millis(25);
+const UNREACHABLE_LEADER_POLL_MAX: Duration = Duration::from_millis(200);
+/// How long a follower's commit waits, in all, once its leader could not be reached: for it to
+/// answer again or the others to elect another (an election takes a second or two; a split
+/// vote and a loaded machine, more).
+const LEADER_LOST_WAIT: Duration = Duration::from_secs(6);
+
+const ELECTED_MEANWHILE: &str = "this primary was elected its cluster's leader while the \
+     transaction waited for one: run it again, and this primary decides it";
+
 const NO_LEADER: &str = "this primary knows no leader of its cluster now (an election is under \
      way, this primary has just started, or the cluster's majority is lost): try again shortly";
 
@@ -283,15 +295,52 @@ impl Proposer {
     /// A follower: sends an app's transaction to the cluster's leader, to be decided there
     /// (`forward`), and waits at most `wait` for the answer. An error: the outcome is unknown,
     /// but for [`Error::Unavailable`]: nothing was sent (no leader known, or none reachable).
+    ///
+    /// A leader that cannot be reached (killed: it refuses connections, while this primary
+    /// still knows it as the leader until the others elect another) is tried again, with
+    /// back-off, and the election that follows waited for, [`LEADER_LOST_WAIT`] in all: the
+    /// app's commit then goes to the new leader rather than failing at once (the failover
+    /// walkthrough: every follower's write in the first second or two failed).
     pub(crate) async fn forward(
         &self,
         txn: super::forward::Forwarded,
         wait: std::time::Duration,
     ) -> Result<super::forward::ForwardOutcome> {
-        let Some(leader) = self.leader_within(wait).await else {
-            return Err(Error::Unavailable(NO_LEADER.into()));
-        };
-        self.forwarder.forward(leader, txn, wait).await
+        let start = Instant::now();
+        let mut pause = UNREACHABLE_LEADER_POLL;
+        let mut lost = false;
+        loop {
+            let budget = if lost {
+                wait.min(LEADER_LOST_WAIT)
+            } else {
+                wait
+            };
+            let left = budget.saturating_sub(start.elapsed());
+            let again = start.elapsed() + pause < wait.min(LEADER_LOST_WAIT);
+            let Some(leader) = self.leader_within(left).await else {
+                if self.leads() {
+                    return Err(Error::Unavailable(ELECTED_MEANWHILE.into()));
+                }
+                if lost && again {
+                    tokio::time::sleep(pause).await;
+                    continue;
+                }
+                return Err(Error::Unavailable(NO_LEADER.into()));
+            };
+            let left = wait.saturating_sub(start.elapsed());
+            match self.forwarder.forward(leader, txn.clone(), left).await {
+                // Never sent: trying again cannot apply it twice.
+                Err(Error::Unavailable(reason)) if again => {
+                    tracing::debug!(
+                        "the cluster's leader could not be reached ({reason}): trying again"
+                    );
+                    lost = true;
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(UNREACHABLE_LEADER_POLL_MAX);
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// A follower: waits (at most `wait` in all) until it has applied everything the cluster
@@ -410,6 +459,13 @@ impl Proposer {
     }
 
     /// The cluster's leader, when it is another primary.
+    /// Whether this primary is its cluster's leader now (elected, confirmed or not).
+    fn leads(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.current_leader == Some(m.id)
+    }
+
     fn leader(&self) -> Option<(super::RaftNodeId, super::Member)> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
