@@ -931,6 +931,23 @@ fn a_device_cannot_insert_update_or_delete_another_users_rows_over_the_raw_proto
             ),
         ),
         (
+            // (The id column's name was compared exactly: the row moved to an id the log
+            // never recorded, and could take another node's next id: the hostile walkthrough.)
+            "move its own row to another id, naming the id column in capitals",
+            txn_with(
+                &["ID", "v", "row_owner"],
+                vec![update(
+                    1000,
+                    &[0],
+                    vec![
+                        Value::Integer(987_654_321_000),
+                        Value::Text("mine".into()),
+                        user(6),
+                    ],
+                )],
+            ),
+        ),
+        (
             "an upsert of user 5's row",
             txn(vec![Op::Upsert {
                 table: 0,

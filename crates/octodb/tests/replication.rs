@@ -122,7 +122,25 @@ fn dropping_a_column_on_a_primary_reaches_the_devices_and_only_a_primary_may() {
             .execute_batch("ALTER TABLE _octo_meta DROP COLUMN value")
             .unwrap_err();
         assert!(err.to_string().contains("internal tables"), "{err}");
+        // The engine's rules are TEMP triggers, and the schema changes through statements it
+        // sees: neither may be taken away on a node's connection (the hostile walkthrough
+        // dropped a device's checks and rewrote its schema so).
+        let err = node
+            .execute_batch("DROP TRIGGER temp._octo_bi_t")
+            .unwrap_err();
+        assert!(err.to_string().contains("octodb's own triggers"), "{err}");
+        let err = node
+            .execute_batch("PRAGMA writable_schema = ON")
+            .unwrap_err();
+        assert!(err.to_string().contains("sqlite_schema"), "{err}");
     }
+    let err = d
+        .execute_batch("INSERT INTO t(a, row_owner) VALUES ('public', '*')")
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("own user"),
+        "the device's rule holds: {err}"
+    );
 }
 
 #[test]

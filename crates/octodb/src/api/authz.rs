@@ -25,6 +25,9 @@ pub struct AuthzState {
     /// exists: one that does is let through, to be a no-op (`IF NOT EXISTS`, an app's shared
     /// migrations) or SQLite's own "already exists".
     pub existing: Vec<String>,
+    /// The statement being prepared is a `CREATE` or `DROP TRIGGER` of the app's (a `DROP
+    /// TABLE` drops the table's triggers too, the engine's among them, and may).
+    pub trigger_statement: bool,
 }
 
 pub type Shared = Arc<Mutex<AuthzState>>;
@@ -66,6 +69,21 @@ fn decide(role: Role, state: &Shared, ctx: AuthContext<'_>) -> Authorization {
             | AuthAction::DropVtable { table_name, .. } => Some(table_name),
             _ => None,
         };
+    // The engine's TEMP triggers keep the rules on a replicated connection (a device's
+    // ownership checks, collision-free ids): an app may not drop or shadow them.
+    if let AuthAction::CreateTrigger { trigger_name, .. }
+    | AuthAction::DropTrigger { trigger_name, .. }
+    | AuthAction::CreateTempTrigger { trigger_name, .. }
+    | AuthAction::DropTempTrigger { trigger_name, .. } = ctx.action
+    {
+        if st.trigger_statement && internal(trigger_name) {
+            st.denied = Some(format!(
+                "`{trigger_name}` is one of octodb's own triggers, which keep its rules on this \
+                 connection; {INTERNAL_TABLE_HINT}"
+            ));
+            return Authorization::Deny;
+        }
+    }
     match (ctx.action, ddl_table) {
         (_, Some(t)) if in_main => {
             if internal(t) {

@@ -141,9 +141,15 @@ pub fn apply_device_txn(
                 )));
             }
             // The INTEGER PRIMARY KEY is the row id: a change naming another value for it
-            // would store the row under an id the log does not know.
+            // would store the row under an id the log does not know. (Names compared as
+            // SQLite does, ignoring case: `ID` went past an exact comparison.)
             let alias = t.rowid_alias.map(|i| &t.columns[i]);
-            let given = alias.and_then(|a| header.columns.iter().position(|c| c == a));
+            let given = alias.and_then(|a| {
+                header
+                    .columns
+                    .iter()
+                    .position(|c| c.eq_ignore_ascii_case(a))
+            });
             if let Some(i) = given {
                 let changes_it = match op {
                     Op::Update { changed, .. } => changed & column_bit(i) != 0,
@@ -392,7 +398,7 @@ fn with_changes(
     vals: &[Value],
 ) -> Vec<Value> {
     for (c, v) in cols.iter().zip(vals) {
-        if let Some(j) = t.columns.iter().position(|tc| tc == c) {
+        if let Some(j) = t.columns.iter().position(|tc| tc.eq_ignore_ascii_case(c)) {
             row[j] = v.clone();
         }
     }

@@ -16,7 +16,7 @@
 
 use super::rules::{
     alters_row_owner, attaches_with_key, gives_a_key, leaves_wal, lowers_synchronous, names_rekey,
-    spills_temp_to_files,
+    spills_temp_to_files, writes_the_schema,
 };
 use super::Connection;
 use crate::api::authz;
@@ -226,6 +226,13 @@ impl Connection {
                         .into(),
                 ));
             }
+            if word == "PRAGMA" && writes_the_schema(sql) {
+                return Err(Error::NotPermitted(
+                    "the schema of a replicated node changes only through SQL statements the \
+                     engine sees (CREATE, ALTER, DROP), not by writing sqlite_schema"
+                        .into(),
+                ));
+            }
             if word == "PRAGMA" && leaves_wal(sql) {
                 return Err(Error::NotPermitted(
                     "a replicated node keeps journal_mode=WAL: its engine reads beside the app's \
@@ -248,6 +255,8 @@ impl Connection {
             let afresh = WRAPPED.contains(&word.as_str()) && self.leader_followed();
             let mut a = authz::lock(&self.authz);
             a.existing = existing;
+            a.trigger_statement = (word == "CREATE" || word == "DROP")
+                && sql_text::words(sql).take(3).any(|w| w == "TRIGGER");
             a.ddl = None;
             a.denied = None;
             a.track_writes = afresh;

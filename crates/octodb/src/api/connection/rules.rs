@@ -51,6 +51,18 @@ pub(super) fn gives_a_key(sql: &str) -> bool {
     pragma_assignment(sql, "KEY").is_some() || pragma_assignment(sql, "HEXKEY").is_some()
 }
 
+/// `PRAGMA [schema.]writable_schema = ON` (or any value but off): the schema written as rows
+/// of `sqlite_schema`, which no statement the engine sees does.
+pub(super) fn writes_the_schema(sql: &str) -> bool {
+    pragma_assignment(sql, "WRITABLE_SCHEMA").is_some_and(|(_, v)| {
+        let v = v.trim_matches(|c| c == '\'' || c == '"');
+        !(v.eq_ignore_ascii_case("OFF")
+            || v.eq_ignore_ascii_case("FALSE")
+            || v.eq_ignore_ascii_case("NO")
+            || v == "0")
+    })
+}
+
 /// `ATTACH ... KEY ...`: the app brings in an encrypted file, whose temporary data shares the
 /// connection's temp store.
 pub(super) fn attaches_with_key(sql: &str) -> bool {
@@ -75,6 +87,16 @@ mod tests {
             "PRAGMA main.temp_store = 'file'",
         ] {
             assert!(super::spills_temp_to_files(sql), "{sql}");
+        }
+        for sql in [
+            "PRAGMA writable_schema = ON",
+            "pragma main.writable_schema=1",
+            "PRAGMA writable_schema = 'reset'",
+        ] {
+            assert!(super::writes_the_schema(sql), "{sql}");
+        }
+        for sql in ["PRAGMA writable_schema", "PRAGMA writable_schema = OFF"] {
+            assert!(!super::writes_the_schema(sql), "{sql}");
         }
         assert!(super::attaches_with_key(
             "ATTACH DATABASE 'b.db' AS b KEY 'secret'"
