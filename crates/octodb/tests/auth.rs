@@ -243,8 +243,16 @@ fn async_mode_pending_until_pragma_authorize_user() {
             .any(|n| n.public_key == req.pubkey && n.auth_state == "pending"),
         "{nodes:?}"
     );
-    // The main thread decides later.
-    p.execute(&format!("PRAGMA authorize_user=\"{}:0\"", req.pubkey), [])
+    // The backend decides later, from its async code (a `#[tokio::main]` app: the PRAGMA's
+    // wait for the writer panicked there, "Cannot block the current thread from within a
+    // runtime": the Rust walkthrough).
+    let backend = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    backend
+        .block_on(async { p.execute(&format!("PRAGMA authorize_user=\"{}:0\"", req.pubkey), []) })
         .unwrap();
     let s = ready(&d);
     assert!(s.user_id.is_some());

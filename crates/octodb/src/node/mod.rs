@@ -246,20 +246,23 @@ pub(crate) fn authorize(
         };
         return block_on(proposer.forward_decision(forwarded, FORWARD_WAIT_MAX));
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    shared
-        .jobs
-        .blocking_send(writer::Job::AuthDecide {
-            pubkey,
-            decision,
-            known: match preapproval {
-                true => members::Known::Any,
-                false => members::Known::Presented,
-            },
-            reply: tx,
-        })
-        .map_err(|_| Error::Closed)?;
-    rx.blocking_recv().map_err(|_| Error::Closed)?.map(drop)
+    let known = match preapproval {
+        true => members::Known::Any,
+        false => members::Known::Presented,
+    };
+    ask_writer(shared, |reply| writer::Job::AuthDecide {
+        pubkey,
+        decision,
+        known,
+        reply,
+    })
+    .map(drop)
+}
+
+/// Hands the writer a job and waits for its reply, blocking the calling thread: from async
+/// code too (an app's `#[tokio::main]`), where tokio's own blocking calls panic ([`block_on`]).
+fn ask_writer<T>(shared: &Shared, make: impl FnOnce(writer::Reply<T>) -> writer::Job) -> Result<T> {
+    block_on(writer::ask(shared, make))
 }
 
 /// How long a follower waits for its leader to record a decision it forwards.
@@ -542,14 +545,13 @@ impl Node {
         }
         let (paused_tx, paused_rx) = tokio::sync::oneshot::channel();
         let (resume_tx, resume_rx) = std::sync::mpsc::channel();
-        self.shared
-            .jobs
-            .blocking_send(writer::Job::PauseForRekey {
-                paused: paused_tx,
-                resume: resume_rx,
-            })
-            .map_err(|_| Error::Closed)?;
-        paused_rx.blocking_recv().map_err(|_| Error::Closed)??;
+        let pause = writer::Job::PauseForRekey {
+            paused: paused_tx,
+            resume: resume_rx,
+        };
+        // (Through `block_on`: from async code too, where tokio's blocking calls panic.)
+        block_on(self.shared.jobs.send(pause)).map_err(|_| Error::Closed)?;
+        block_on(paused_rx).map_err(|_| Error::Closed)??;
         let done =
             crate::store::at_rest::rekey(conn, self.shared.path(), new_key, &self.shared.file_key)
                 .and_then(|()| match self.shared.cluster.get() {
@@ -633,36 +635,25 @@ impl Node {
     /// Devices whose file was found a copy of another device's (`PRAGMA new_identity`): a new
     /// key pair for the next open; returns its public key (hex).
     pub fn new_identity(&self) -> Result<String> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.shared
-            .jobs
-            .blocking_send(writer::Job::NewIdentity { reply: tx })
-            .map_err(|_| Error::Closed)?;
-        rx.blocking_recv().map_err(|_| Error::Closed)?
+        ask_writer(&self.shared, |reply| writer::Job::NewIdentity { reply })
     }
 
-    /// Primaries: decide on a node by its public key (`PRAGMA authorize_user` / `authorize_node`).
-    /// Blocks until the decision is stored; do not call it from async code.
     /// Primaries: the node id of `pubkey`, given to it now if it waits for approval (0 for a
     /// key no node presented).
     pub fn reserve_node_id(&self, pubkey: String) -> Result<u32> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.shared
-            .jobs
-            .blocking_send(writer::Job::ReserveNodeId { pubkey, reply: tx })
-            .map_err(|_| Error::Closed)?;
-        rx.blocking_recv().map_err(|_| Error::Closed)?
+        ask_writer(&self.shared, |reply| writer::Job::ReserveNodeId {
+            pubkey,
+            reply,
+        })
     }
 
     /// Primaries: the user `pubkey` becomes if approved as a device: the one it had, else a
     /// new one made now (an authorization service's `@user_id`).
     pub fn reserve_user_id(&self, pubkey: String) -> Result<i64> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.shared
-            .jobs
-            .blocking_send(writer::Job::ReserveUserId { pubkey, reply: tx })
-            .map_err(|_| Error::Closed)?;
-        rx.blocking_recv().map_err(|_| Error::Closed)?
+        ask_writer(&self.shared, |reply| writer::Job::ReserveUserId {
+            pubkey,
+            reply,
+        })
     }
 
     /// Primaries: decide on `pubkey` by hand. `preapproval`: the key may be one no node has
