@@ -315,7 +315,10 @@ fn rejection_panicking_and_slow_callbacks() {
         .unwrap();
     assert_eq!(s.auth_error.as_deref(), Some("go away"));
     // No wait can help a refused device: the waits end at once and say why.
-    let refused = bad.wait_until_ready(DEADLINE).unwrap_err().to_string();
+    // (Its own variant, to match on: it was a Rule, as broken replication rules are.)
+    let refused = bad.wait_until_ready(DEADLINE).unwrap_err();
+    assert!(matches!(refused, octodb::Error::Refused(_)), "{refused:?}");
+    let refused = refused.to_string();
     assert!(
         refused.contains("the backend refused this device: go away"),
         "{refused}"

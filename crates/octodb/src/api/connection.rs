@@ -524,7 +524,7 @@ impl Connection {
                 other => other,
             })?;
         match status.refused() {
-            Some(why) if !reached(&status) => Err(Error::Rule(why)),
+            Some(why) if !reached(&status) => Err(Error::Refused(why)),
             _ => Ok(status),
         }
     }
