@@ -161,6 +161,32 @@ def test_root_reference_method_call_and_identity(net):
         client.call("nothing")
 
 
+def test_a_plain_call_knows_its_caller(net):
+    """Plain calls run for every approved device: the server tells who calls (the hostile
+    walkthrough ran a backend's admin call from any user's device, and the call could not
+    tell whose), so that a call only some users may make can refuse the others."""
+    server, root = static_server(net)
+    admins = set()
+
+    def admin_reset():
+        who = ob.caller()
+        if who["user_id"] not in admins:
+            raise PermissionError(f"user {who['user_id']} may not reset")
+        return "reset"
+
+    server.add_call("admin_reset", admin_reset)
+    server.add_call("whoami", lambda: ob.caller()["user_id"])
+    uri, db = net.device(signup="mallory")
+    client = net.client(uri)
+    user = db.sync_status()["user_id"]
+    assert client.call("whoami") == user
+    with pytest.raises(PermissionError, match=f"user {user} may not reset"):
+        client.call("admin_reset")
+    admins.add(user)
+    assert client.call("admin_reset") == "reset"
+    assert ob.caller() is None, "outside a request"
+
+
 def test_invalidation_obsolete_copies_and_reply_ordering(net):
     server, root = static_server(net)
     uri, _ = net.device()

@@ -85,9 +85,11 @@ impl Owner {
             ValueRef::Null => Owner::Local,
             ValueRef::Integer(u) => Owner::User(u),
             ValueRef::Text(b"*") => Owner::Global,
+            // Exactly the id's digits: "03" or "+3" would be user 3 to the stream but not to a
+            // download's or the broker's `row_owner = '3'` (the hostile walkthrough).
             ValueRef::Text(t) => std::str::from_utf8(t)
                 .ok()
-                .and_then(|s| s.parse().ok())
+                .and_then(|s| s.parse::<i64>().ok().filter(|u| u.to_string() == s))
                 .map_or(Owner::Invalid, Owner::User),
             ValueRef::Real(_) | ValueRef::Blob(_) => Owner::Invalid,
         }
@@ -135,6 +137,9 @@ mod tests {
             (ValueRef::Text(b"*"), Owner::Global),
             (ValueRef::Text(b"42"), Owner::User(42)),
             (ValueRef::Text(b"4x"), Owner::Invalid),
+            (ValueRef::Text(b"042"), Owner::Invalid),
+            (ValueRef::Text(b"+42"), Owner::Invalid),
+            (ValueRef::Text(b"-3"), Owner::User(-3)),
             (ValueRef::Text(b"\xff7"), Owner::Invalid),
             (ValueRef::Real(1.0), Owner::Invalid),
             (ValueRef::Blob(b"1"), Owner::Invalid),

@@ -41,6 +41,7 @@ from octodb.broker.server import (
     Field,
     Ref,
     SqlClass,
+    caller,
     exported,
 )
 
@@ -55,6 +56,7 @@ __all__ = [
     "BackRef",
     "Callable",
     "exported",
+    "caller",
     "register_codec",
     "BrokerError",
     "NoData",

@@ -6,6 +6,34 @@ import threading
 from octodb import _octodb
 from octodb.broker._common import ManyData, NoData, ObjectNotFound, _core, _custom, _decode_custom
 
+_request = threading.local()
+
+
+def caller():
+    """The node a request comes from, while the server runs an exported method or a plain call
+    for it (``{"node_id": ..., "user_id": ..., "role": ...}``); None outside a request. Plain
+    calls (``do_<name>``, ``add_call``) and exported methods run for every approved node that
+    asks: a call that only some users may make checks ``caller()["user_id"]`` itself."""
+    peer = getattr(_request, "peer", None)
+    return dict(peer) if peer is not None else None
+
+
+class _calling:
+    """Makes ``peer`` the :func:`caller` for the duration of a method or call (restoring the
+    one before: a call made from inside another's method)."""
+
+    def __init__(self, peer):
+        self.peer = peer
+
+    def __enter__(self):
+        self.before = getattr(_request, "peer", None)
+        _request.peer = self.peer
+
+    def __exit__(self, *exc):
+        _request.peer = self.before
+        return False
+
+
 
 class _Attr:
     def __init__(self, name):
@@ -341,7 +369,8 @@ class BrokerServer:
         obj, info = self._object(peer, key)
         if method not in info.methods:
             raise AttributeError(f"{info.name} exports no method {method!r}")
-        result = getattr(obj, method)(*args, **kwargs)
+        with _calling(peer):
+            result = getattr(obj, method)(*args, **kwargs)
         fn = getattr(type(obj), method, None)
         if getattr(fn, "_broker_include", False):
             return _Whole(result, peer)
@@ -357,7 +386,8 @@ class BrokerServer:
         fn = self._calls.get(name) or getattr(self, "do_" + name, None)
         if fn is None:
             raise AttributeError(f"the server has no call named {name!r}")
-        return fn(*args, **kwargs)
+        with _calling(peer):
+            return fn(*args, **kwargs)
 
     def _search(self, peer, class_name, eq, limit, mode):
         with self._lock:
