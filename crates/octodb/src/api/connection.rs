@@ -139,6 +139,8 @@ impl Connection {
         Ok(Connection::bare(local::open_plain(target, opts, None)?))
     }
 
+    /// Open the database a parsed URI (`NodeConfig::parse`) describes: a node (started, or
+    /// shared with this process's other connections to its file) or a plain local database.
     pub fn open_config(cfg: NodeConfig) -> Result<Connection> {
         Connection::open_config_with(cfg, &OpenOptions::default())
     }
@@ -353,6 +355,7 @@ impl Connection {
         }
     }
 
+    /// Whether no transaction is open on this connection.
     pub fn is_autocommit(&self) -> bool {
         self.conn.is_autocommit()
     }
@@ -391,6 +394,9 @@ impl Connection {
         self.last_txn.get()
     }
 
+    /// The node's state (`PRAGMA sync_status`): ready, connected, caught up, synced, its
+    /// outbox, its last rejection, its authorization, its errors; a plain database's says
+    /// "local", always in sync.
     pub fn sync_status(&self) -> Result<SyncStatus> {
         match &self.node {
             Some(node) => node.sync_status(),
@@ -428,6 +434,7 @@ impl Connection {
             .map_or_else(Vec::new, |n| n.bound_addrs())
     }
 
+    /// Primary or secondary; None for a plain local database.
     pub fn role(&self) -> Option<Role> {
         self.node.as_ref().and_then(|n| n.role())
     }
@@ -845,12 +852,15 @@ pub struct Statement<'c> {
 }
 
 impl Statement<'_> {
+    /// Run it with `params`; returns how many rows it changed (as [`Connection::execute`]).
     pub fn execute<P: Params>(&mut self, params: P) -> Result<usize> {
         self.conn.execute(&self.sql, params)
     }
+    /// Run it with `params` and read its rows (as [`Connection::query`]).
     pub fn query<P: Params>(&mut self, params: P) -> Result<Rows> {
         self.conn.query(&self.sql, params)
     }
+    /// The names of the columns it returns, in order.
     pub fn column_names(&self) -> Vec<&str> {
         self.columns.iter().map(String::as_str).collect()
     }
@@ -858,6 +868,7 @@ impl Statement<'_> {
     pub fn parameter_count(&self) -> usize {
         self.parameters
     }
+    /// How many columns it returns.
     pub fn column_count(&self) -> usize {
         self.columns.len()
     }
@@ -870,10 +881,13 @@ pub struct Transaction<'c> {
 }
 
 impl Transaction<'_> {
+    /// Commit it: on a device, the transaction then waits in the outbox for the primaries'
+    /// decision (`last_txn_id`, the `TransactionAccepted` / `TransactionRejected` events).
     pub fn commit(mut self) -> Result<()> {
         self.done = true;
         self.conn.execute("COMMIT", []).map(drop)
     }
+    /// Roll it back: nothing of it is kept or sent.
     pub fn rollback(mut self) -> Result<()> {
         self.done = true;
         self.conn.execute("ROLLBACK", []).map(drop)
