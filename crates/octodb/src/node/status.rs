@@ -214,9 +214,9 @@ impl SyncStatus {
                 other => format!("its authorization is {other}{detail}"),
             }
         } else if let Some(e) = &self.sync_error {
-            e.clone()
+            self.with_outbox(e.clone())
         } else if !self.connected {
-            "it is not connected to a primary yet".to_string()
+            self.with_outbox("it is not connected to a primary yet".to_string())
         } else if !self.db_is_ready {
             match self.download {
                 Some((rows, 0)) => format!("its initial download is at {rows} rows"),
@@ -240,6 +240,18 @@ impl SyncStatus {
             )
         };
         Some(why)
+    }
+}
+
+impl SyncStatus {
+    /// `why` a device is not in sync, and the writes of its own that wait meanwhile (an app
+    /// offline wants to know what has not left).
+    fn with_outbox(&self, why: String) -> String {
+        match self.outbox_len {
+            0 => why,
+            1 => format!("{why}; 1 transaction of its own waits in its outbox"),
+            n => format!("{why}; {n} transactions of its own wait in its outbox"),
+        }
     }
 }
 
@@ -541,5 +553,28 @@ mod tests {
             "{revoked}"
         );
         assert!(!revoked.contains("user_signup"), "{revoked}");
+    }
+
+    /// A wait that runs out while the device is offline says what of its own has not left
+    /// (the Rust walkthrough's timeout named only the refused connection).
+    #[test]
+    fn an_offline_devices_timeout_names_its_waiting_writes() {
+        let mut s = crate::api::local::status();
+        s.node_type = "secondary".into();
+        s.synced = false;
+        s.outbox_len = 2;
+        s.sync_error = Some("tcp://127.0.0.1:9: Connection refused".into());
+        let why = s.not_synced_because().unwrap();
+        assert!(
+            why.ends_with("; 2 transactions of its own wait in its outbox"),
+            "{why}"
+        );
+        s.sync_error = None;
+        s.outbox_len = 1;
+        let why = s.not_synced_because().unwrap();
+        assert_eq!(
+            why,
+            "it is not connected to a primary yet; 1 transaction of its own waits in its outbox"
+        );
     }
 }
