@@ -7,14 +7,20 @@ mod common;
 use common::*;
 use octodb::Connection;
 
-#[test]
-fn a_device_fails_over_to_the_new_leader_when_its_primary_goes() {
-    let c = Cluster::new();
+/// A cluster of three primaries with table `t`, the first (`p.db`) leading.
+fn three_primaries(c: &Cluster) -> (Connection, Connection, Connection) {
     let p1 = c.primary_with_t();
     let first = addr_of(&p1);
     let p2 = joining_primary(&c.path("p2.db"), &first);
     let p3 = joining_primary(&c.path("p3.db"), &first);
     wait_voters(&p1, 3);
+    (p1, p2, p3)
+}
+
+#[test]
+fn a_device_fails_over_to_the_new_leader_when_its_primary_goes() {
+    let c = Cluster::new();
+    let (p1, p2, p3) = three_primaries(&c);
 
     // The device names only the first primary; it hears of the others from it.
     let d = c.device("d.db", &p1);
@@ -75,11 +81,7 @@ fn a_device_fails_over_to_the_new_leader_when_its_primary_goes() {
 #[test]
 fn a_followers_write_as_its_leader_goes_waits_for_the_new_leader() {
     let c = Cluster::new();
-    let p1 = c.primary_with_t();
-    let first = addr_of(&p1);
-    let p2 = joining_primary(&c.path("p2.db"), &first);
-    let p3 = joining_primary(&c.path("p3.db"), &first);
-    wait_voters(&p1, 3);
+    let (p1, p2, p3) = three_primaries(&c);
     p2.execute("INSERT INTO t(v, row_owner) VALUES ('before', '*')", [])
         .unwrap();
 
@@ -274,11 +276,8 @@ fn three_primaries_and_an_offline_edit(
     c: &Cluster,
     edit: &str,
 ) -> (Connection, Connection, Connection) {
-    let p1 = c.primary_with_t();
+    let (p1, p2, p3) = three_primaries(c);
     let first = addr_of(&p1);
-    let p2 = joining_primary(&c.path("p2.db"), &first);
-    let p3 = joining_primary(&c.path("p3.db"), &first);
-    wait_voters(&p1, 3);
     let d = c.device("d.db", &p1);
     ready(&d);
     d.execute("INSERT INTO t(v) VALUES ('first')", []).unwrap();
