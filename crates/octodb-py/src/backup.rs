@@ -34,7 +34,7 @@ pub fn run(
             "target cannot be the same connection instance",
         ));
     }
-    let dst = target.get().checked(py)?;
+    let dst = target.get().checked_open(py)?;
     let progress = progress.filter(|p| !p.is_none());
     if progress.is_some_and(|p| !p.is_callable()) {
         return Err(PyTypeError::new_err("progress argument must be a callable"));

@@ -109,6 +109,16 @@ impl Connection {
         Ok(inner)
     }
 
+    /// As [`Connection::checked`] without the thread check: sqlite3 lets a backup's target be
+    /// used from any thread (aiosqlite's backup runs on the source's thread).
+    pub fn checked_open(&self, py: Python<'_>) -> PyResult<Arc<ConnInner>> {
+        let inner = self.initialized()?;
+        if !inner.db.lock(py).is_open() {
+            return Err(errors::closed_db());
+        }
+        Ok(inner)
+    }
+
     /// `timeout`: sqlite3's, in seconds. A node's connection keeps the engine's longer wait
     /// unless the app gives one.
     fn open(

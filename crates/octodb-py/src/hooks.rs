@@ -13,6 +13,9 @@ use std::ffi::{c_char, c_int, c_uint, c_void};
 
 struct Ctx {
     callable: Py<PyAny>,
+    /// Trace: leave out the engine's own statements (its tables and triggers, `_octo_*`): on
+    /// a node they outnumbered the app's, and wrote the outbox's change sets into app logs.
+    engine_hidden: bool,
 }
 
 /// The contexts SQLite points to now.
@@ -23,10 +26,11 @@ pub struct Hooks {
     trace: Option<Box<Ctx>>,
 }
 
-fn new_ctx(callable: &Bound<'_, PyAny>) -> Option<Box<Ctx>> {
+fn new_ctx(callable: &Bound<'_, PyAny>, engine_hidden: bool) -> Option<Box<Ctx>> {
     (!callable.is_none()).then(|| {
         Box::new(Ctx {
             callable: callable.clone().unbind(),
+            engine_hidden,
         })
     })
 }
@@ -105,8 +109,12 @@ unsafe extern "C" fn trace(
     with_gil(0, |py| {
         // SAFETY: as for `authorize`; `stmt` is the statement starting and `sql` its
         // unexpanded text (or a trigger comment), both valid during the callback.
-        let f = unsafe { &*(p as *const Ctx) }.callable.bind(py).clone();
+        let ctx = unsafe { &*(p as *const Ctx) };
         let unexpanded = unsafe { c_bytes(sql as *const c_char) }.unwrap_or_default();
+        if ctx.engine_hidden && unexpanded.windows(6).any(|w| w == b"_octo_") {
+            return 0;
+        }
+        let f = ctx.callable.bind(py).clone();
         let text = if unexpanded.starts_with(b"--") {
             String::from_utf8_lossy(unexpanded).into_owned()
         } else {
@@ -149,7 +157,7 @@ pub fn set(
     let inner = conn.checked(py)?;
     let g = inner.db.lock(py);
     let raw = g.raw()?;
-    let ctx = new_ctx(callable);
+    let ctx = new_ctx(callable, g.replicated && matches!(hook, Hook::Trace));
     let p = ctx_ptr(&ctx);
     let old = {
         let mut hooks = g.hooks.borrow_mut();

@@ -33,6 +33,23 @@ def test_writes_replicate_when_the_implicit_transaction_commits(open_primary, op
     assert rows == [(cur.lastrowid, "buy milk", user)]
 
 
+def test_a_trace_callback_sees_the_apps_statements_not_the_engines(open_primary, open_device):
+    """On a node, the engine runs statements of its own on the app's connection (its outbox,
+    its rules' triggers): a trace left them in, 19 lines for an app's 3, the outbox's change
+    sets among them (the data tooling walkthrough)."""
+    backend = open_primary()
+    make_table(backend)
+    phone = open_device(backend)
+    phone.wait_until_ready(timeout=DEADLINE)
+    traced = []
+    phone.set_trace_callback(traced.append)
+    with phone:
+        phone.execute("INSERT INTO todos(title) VALUES ('traced')")
+    phone.set_trace_callback(None)
+    assert any("INSERT INTO todos" in t for t in traced), traced
+    assert not [t for t in traced if "_octo_" in t], traced
+
+
 def test_implicit_transactions_take_the_write_lock_at_once_on_a_node(open_primary, open_device):
     backend = open_primary()
     make_table(backend)

@@ -253,6 +253,30 @@ def test_blob_and_backup(tmp_path):
     assert target.execute("SELECT b FROM t").fetchone() == (b"octo\x00\x00\x00\x00",)
 
 
+def test_a_backup_target_made_in_another_thread(tmp_path):
+    """sqlite3 checks only that a backup's target is open, not its thread: aiosqlite's
+    backup, whose connections each live in a thread of their own, relies on it (the data
+    tooling walkthrough)."""
+    import threading
+
+    for module, db in both(tmp_path, "bk"):
+        db.execute("CREATE TABLE t(x)")
+        db.execute("INSERT INTO t VALUES (1)")
+        db.commit()
+        made = {}
+        copy_path = tmp_path / f"{module.__name__}-copy.db"
+        maker = threading.Thread(target=lambda: made.setdefault("target", module.connect(copy_path)))
+        maker.start()
+        maker.join()
+        target = made["target"]
+        db.backup(target)
+        del made["target"], target  # (closing it here would be another thread's use)
+        copy = module.connect(copy_path)
+        assert copy.execute("SELECT x FROM t").fetchall() == [(1,)]
+        copy.close()
+        db.close()
+
+
 def test_errors_are_the_same_classes(tmp_path):
     for module, db in both(tmp_path, "err"):
         db.execute("CREATE TABLE t(x UNIQUE CHECK (x > 0))")

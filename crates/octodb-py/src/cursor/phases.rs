@@ -78,9 +78,11 @@ fn device_not_ready(g: &DbGuard<'_>) -> bool {
 
 /// Why a write fails after the transaction read, on a replicated node.
 const STALE_SNAPSHOT: &str = "database is locked: this transaction read the database before \
-     its first write, and the node's engine has written since (rows from the primaries); roll \
-     back and run it again. A transaction that reads then writes should take the write lock \
-     first (BEGIN IMMEDIATE)";
+     its first write, and the node's engine has written since (rows from the primaries, or the \
+     decision on this connection's own last commit); roll back and run it again. A cursor of \
+     this connection still being read keeps that read going: fetch its rows first (fetchall) \
+     or commit once after the loop. A transaction that reads then writes should take the write \
+     lock first (BEGIN IMMEDIATE)";
 
 /// Prepare `sql` for a cursor: from the cache when possible.
 pub(super) fn statement(
