@@ -2,23 +2,20 @@
 //! larger than its `HandshakeOptions::max_message` (64 MiB by default) and drops the
 //! connection: a sender that put 2,000 big transactions in one message, or a device that
 //! committed one transaction of 100 MiB, stalled its peer for good. So senders cut their
-//! batches to [`MESSAGE_BUDGET`], and a transaction larger than [`MAX_TXN_BYTES`] is refused
+//! batches to [`STREAM_BUDGET`], and a transaction larger than [`MAX_TXN_BYTES`] is refused
 //! when it commits, with the reason, instead of being stuck on its way.
 
 use crate::changes::{ChangeSet, Op};
 use crate::log::{EntryBody, LogEntry};
 use crate::value::Value;
 
-/// The bytes of transactions a sender puts in one message (more when one transaction alone
-/// is larger): a quarter of the receiver's default limit.
-pub const MESSAGE_BUDGET: usize = 16 << 20;
-
-/// The bytes of log entries a primary puts in one message to a device (more when one entry
-/// alone is larger). A device keeps what it received one message at a time, so on a link
-/// that drops every few megabytes a catch-up in 16 MiB messages never moved (network
-/// walkthrough: 44 reconnects, 174 MB received, no progress); in 1 MiB messages each
-/// connection keeps what it carried. Beyond a megabyte, bigger messages save nothing
-/// measurable.
+/// The bytes of log entries a primary puts in one message to a device, and of transactions a
+/// device puts in one message to its primary (more when one alone is larger). A node keeps
+/// what it received one message at a time, so on a link that drops every few megabytes a
+/// catch-up in 16 MiB messages never moved (network walkthrough: 44 reconnects, 174 MB
+/// received, no progress), nor did a device's backlog (offline-heavy walkthrough: 5,000
+/// transactions, none through in six connections); in 1 MiB messages each connection keeps
+/// what it carried. Beyond a megabyte, bigger messages save nothing measurable.
 pub const STREAM_BUDGET: usize = 1 << 20;
 
 /// The largest change set a transaction may make to replicated tables: it travels whole in

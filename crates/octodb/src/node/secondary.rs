@@ -1043,7 +1043,9 @@ async fn send_outbox(
         shared
             .sent_txn_max
             .fetch_max(sent, std::sync::atomic::Ordering::AcqRel);
-        let runs = crate::wire_size::runs_within(txns, crate::wire_size::MESSAGE_BUDGET, |t| {
+        // In 1 MiB messages, as the primary streams: on a link that drops every few megabytes,
+        // each connection keeps what it carried (a 16 MiB batch never got through).
+        let runs = crate::wire_size::runs_within(txns, crate::wire_size::STREAM_BUDGET, |t| {
             crate::wire_size::change_set_bound(&t.1)
         });
         for txns in runs {

@@ -24,6 +24,8 @@ struct State {
     delay: Duration,
     /// Each connection is closed once this many bytes passed it towards the client.
     cut_after: Option<usize>,
+    /// The same, towards the server (a device's uploads).
+    cut_upstream_after: Option<usize>,
 }
 
 pub struct Proxy {
@@ -52,6 +54,7 @@ impl Proxy {
             generation: 0,
             delay: Duration::ZERO,
             cut_after: None,
+            cut_upstream_after: None,
         }));
         let resets = tokio::sync::watch::channel(0u64).0;
         let ended = Arc::new(AtomicUsize::new(0));
@@ -115,6 +118,12 @@ impl Proxy {
     pub fn cut_after(&self, bytes: usize) {
         self.state.lock().unwrap().cut_after = Some(bytes);
     }
+
+    /// From now on, each connection closes once `bytes` passed it towards the server (a
+    /// device's upload over a link that drops every few megabytes).
+    pub fn cut_upstream_after(&self, bytes: usize) {
+        self.state.lock().unwrap().cut_upstream_after = Some(bytes);
+    }
 }
 
 #[derive(Clone)]
@@ -163,7 +172,14 @@ impl Link {
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            let cut_after = self.state.lock().unwrap().cut_after.filter(|_| to_client);
+            let cut_after = {
+                let s = self.state.lock().unwrap();
+                if to_client {
+                    s.cut_after
+                } else {
+                    s.cut_upstream_after
+                }
+            };
             let n = match cut_after {
                 Some(limit) => n.min(limit.saturating_sub(passed)),
                 None => n,
