@@ -79,112 +79,124 @@ pub(super) fn leaves_wal(sql: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// `rule` says yes to each of `yes` and no to each of `no`.
+    fn recognizes(rule: fn(&str) -> bool, yes: &[&str], no: &[&str]) {
+        for sql in yes {
+            assert!(rule(sql), "{sql}");
+        }
+        for sql in no {
+            assert!(!rule(sql), "{sql}");
+        }
+    }
+
     #[test]
     fn temp_files_and_keys_are_recognized() {
-        for sql in [
-            "PRAGMA temp_store = FILE",
-            "pragma temp_store=1",
-            "PRAGMA main.temp_store = 'file'",
-        ] {
-            assert!(super::spills_temp_to_files(sql), "{sql}");
-        }
-        for sql in [
-            "PRAGMA writable_schema = ON",
-            "pragma main.writable_schema=1",
-            "PRAGMA writable_schema = 'reset'",
-        ] {
-            assert!(super::writes_the_schema(sql), "{sql}");
-        }
-        for sql in ["PRAGMA writable_schema", "PRAGMA writable_schema = OFF"] {
-            assert!(!super::writes_the_schema(sql), "{sql}");
-        }
-        assert!(super::attaches_with_key(
-            "ATTACH DATABASE 'b.db' AS b KEY 'secret'"
-        ));
-        assert!(super::attaches_with_key("attach 'b.db' as b key x'00'"));
-        assert!(!super::attaches_with_key("ATTACH 'b.db' AS b"));
-        assert!(!super::attaches_with_key("SELECT key FROM t"));
-        for sql in [
-            "PRAGMA temp_store",
-            "PRAGMA temp_store = MEMORY",
-            "PRAGMA temp_store=2",
-            "PRAGMA temp_store = DEFAULT",
-        ] {
-            assert!(!super::spills_temp_to_files(sql), "{sql}");
-        }
-        assert!(super::gives_a_key("PRAGMA key = 'secret'"));
-        assert!(super::gives_a_key("pragma hexkey='00ff'"));
-        assert!(!super::gives_a_key("PRAGMA rekey = 'x'"));
-        for sql in [
-            "PRAGMA rekey = 'x'",
-            "PRAGMA main.rekey='x'",
-            "PRAGMA \"rekey\"='x'",
-            "PRAGMA/**/hexrekey='00'",
-        ] {
-            assert!(super::names_rekey(sql), "{sql}");
-        }
-        assert!(!super::names_rekey("PRAGMA key = 'x'"));
+        recognizes(
+            spills_temp_to_files,
+            &[
+                "PRAGMA temp_store = FILE",
+                "pragma temp_store=1",
+                "PRAGMA main.temp_store = 'file'",
+            ],
+            &[
+                "PRAGMA temp_store",
+                "PRAGMA temp_store = MEMORY",
+                "PRAGMA temp_store=2",
+                "PRAGMA temp_store = DEFAULT",
+            ],
+        );
+        recognizes(
+            writes_the_schema,
+            &[
+                "PRAGMA writable_schema = ON",
+                "pragma main.writable_schema=1",
+                "PRAGMA writable_schema = 'reset'",
+            ],
+            &["PRAGMA writable_schema", "PRAGMA writable_schema = OFF"],
+        );
+        recognizes(
+            attaches_with_key,
+            &[
+                "ATTACH DATABASE 'b.db' AS b KEY 'secret'",
+                "attach 'b.db' as b key x'00'",
+            ],
+            &["ATTACH 'b.db' AS b", "SELECT key FROM t"],
+        );
+        recognizes(
+            gives_a_key,
+            &["PRAGMA key = 'secret'", "pragma hexkey='00ff'"],
+            &["PRAGMA rekey = 'x'"],
+        );
+        recognizes(
+            names_rekey,
+            &[
+                "PRAGMA rekey = 'x'",
+                "PRAGMA main.rekey='x'",
+                "PRAGMA \"rekey\"='x'",
+                "PRAGMA/**/hexrekey='00'",
+            ],
+            &["PRAGMA key = 'x'"],
+        );
     }
 
     #[test]
     fn lowering_synchronous_is_recognized() {
-        for sql in [
-            "PRAGMA synchronous=NORMAL",
-            "pragma main.synchronous = off",
-            "PRAGMA synchronous(1)",
-            "PRAGMA synchronous = 'normal'",
-            "PRAGMA synchronous = yes",
-        ] {
-            assert!(super::lowers_synchronous(sql), "{sql}");
-        }
-        for sql in [
-            "PRAGMA synchronous",
-            "PRAGMA synchronous=FULL",
-            "PRAGMA main.synchronous = extra",
-            "PRAGMA synchronous(2)",
-            "PRAGMA journal_mode=WAL",
-        ] {
-            assert!(!super::lowers_synchronous(sql), "{sql}");
-        }
+        recognizes(
+            lowers_synchronous,
+            &[
+                "PRAGMA synchronous=NORMAL",
+                "pragma main.synchronous = off",
+                "PRAGMA synchronous(1)",
+                "PRAGMA synchronous = 'normal'",
+                "PRAGMA synchronous = yes",
+            ],
+            &[
+                "PRAGMA synchronous",
+                "PRAGMA synchronous=FULL",
+                "PRAGMA main.synchronous = extra",
+                "PRAGMA synchronous(2)",
+                "PRAGMA journal_mode=WAL",
+            ],
+        );
     }
 
     #[test]
     fn leaving_wal_is_recognized() {
-        for sql in [
-            "PRAGMA journal_mode=DELETE",
-            "pragma main.journal_mode = 'truncate'",
-            "PRAGMA journal_mode(memory)",
-        ] {
-            assert!(super::leaves_wal(sql), "{sql}");
-        }
-        for sql in [
-            "PRAGMA journal_mode",
-            "PRAGMA journal_mode=WAL",
-            "PRAGMA main.journal_mode = wal",
-            "PRAGMA temp.journal_mode = memory",
-            "PRAGMA aux.journal_mode = delete",
-            "PRAGMA synchronous=OFF",
-        ] {
-            assert!(!super::leaves_wal(sql), "{sql}");
-        }
+        recognizes(
+            leaves_wal,
+            &[
+                "PRAGMA journal_mode=DELETE",
+                "pragma main.journal_mode = 'truncate'",
+                "PRAGMA journal_mode(memory)",
+            ],
+            &[
+                "PRAGMA journal_mode",
+                "PRAGMA journal_mode=WAL",
+                "PRAGMA main.journal_mode = wal",
+                "PRAGMA temp.journal_mode = memory",
+                "PRAGMA aux.journal_mode = delete",
+                "PRAGMA synchronous=OFF",
+            ],
+        );
     }
 
     #[test]
     fn row_owner_rename_or_drop_is_recognized() {
-        for sql in [
-            "ALTER TABLE t DROP COLUMN row_owner",
-            "alter table t drop \"row_owner\"",
-            "ALTER TABLE t RENAME COLUMN row_owner TO x",
-            "ALTER TABLE t RENAME row_owner TO x",
-        ] {
-            assert!(super::alters_row_owner(sql), "{sql}");
-        }
-        for sql in [
-            "ALTER TABLE t RENAME TO row_owner_x",
-            "ALTER TABLE t ADD COLUMN row_owner",
-            "ALTER TABLE t DROP COLUMN x",
-        ] {
-            assert!(!super::alters_row_owner(sql), "{sql}");
-        }
+        recognizes(
+            alters_row_owner,
+            &[
+                "ALTER TABLE t DROP COLUMN row_owner",
+                "alter table t drop \"row_owner\"",
+                "ALTER TABLE t RENAME COLUMN row_owner TO x",
+                "ALTER TABLE t RENAME row_owner TO x",
+            ],
+            &[
+                "ALTER TABLE t RENAME TO row_owner_x",
+                "ALTER TABLE t ADD COLUMN row_owner",
+                "ALTER TABLE t DROP COLUMN x",
+            ],
+        );
     }
 }
