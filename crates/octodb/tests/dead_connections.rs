@@ -256,3 +256,29 @@ fn an_upload_over_a_link_that_drops_every_few_megabytes_gets_there() {
     wait_outbox_empty(&d);
     assert!(proxy.sides_closed() >= 2, "the link dropped on the way");
 }
+
+/// One large transaction sent over a slow link is not taken for a dead connection while its
+/// bytes drain from the device's socket (the offline-heavy walkthrough: an 8 MB photo at
+/// 150 KB/s was declared dead after 30 s, sent again whole, and never got there): the kernel
+/// takes megabytes in one write, and the device then heard nothing until the primary had read
+/// them all.
+#[test]
+fn a_large_transaction_over_a_slow_link_gets_there_on_one_connection() {
+    let c = Cluster::new();
+    let p = c.primary_with_t();
+    let proxy = Proxy::start(&addr_of(&p));
+    let d = device_behind(&c, &proxy);
+    ready(&d);
+    // At most 64 KB each 200 ms (320 KB/s): 3 MB take about ten seconds, three times the
+    // silence a connection with one-second heartbeats may keep.
+    proxy.slow(std::time::Duration::from_millis(200));
+    let blob = "x".repeat(3_000_000);
+    d.execute("INSERT INTO t(v) VALUES (?1)", [&blob]).unwrap();
+    wait_count(&p, "SELECT count(*) FROM t WHERE length(v) = 3000000", 1);
+    wait_outbox_empty(&d);
+    assert_eq!(
+        proxy.sides_closed(),
+        0,
+        "the upload went on the connection it began on"
+    );
+}

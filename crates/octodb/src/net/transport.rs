@@ -294,6 +294,28 @@ enum Side<'a> {
     Responder,
 }
 
+/// Unsent bytes a socket holds before a write must wait (`TCP_NOTSENT_LOWAT`).
+///
+/// A connection counts as alive while bytes move (`chunks::Progress`), and the writer learns
+/// that they move only when it had to wait for room. Left to itself the kernel takes megabytes
+/// in one write: over a slow link a large message then drained for longer than a connection
+/// may stay silent, with nothing noted, and was declared dead and sent again whole, for ever
+/// (an 8 MB row at 150 KB/s). With little unsent data allowed, the writer waits, and notes
+/// progress, every time this much has gone; the bytes in flight are not limited, so a fast
+/// link is not slowed.
+const UNSENT_LIMIT: u32 = 256 * 1024;
+
+fn keep_little_unsent(stream: &TcpStream, addr: std::net::SocketAddr) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_notsent_lowat(UNSENT_LIMIT) {
+        tracing::debug!(%addr, "could not set TCP_NOTSENT_LOWAT: {e}");
+    }
+    // Elsewhere, a message that drains for longer than a connection may stay silent is
+    // still taken for a dead connection.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = (stream, addr, UNSENT_LIMIT);
+}
+
 async fn establish(
     stream: TcpStream,
     keys: &NodeKeys,
@@ -305,6 +327,7 @@ async fn establish(
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(%addr, "could not set TCP_NODELAY: {e}");
     }
+    keep_little_unsent(&stream, addr);
     let initiator = matches!(side, Side::Initiator(_));
     let result = tokio::time::timeout(opts.timeout, handshake(stream, keys, opts, side)).await;
     match result {
