@@ -27,6 +27,7 @@ pub use api::{
 };
 pub use cluster::RestoreMark;
 pub use error::{Error, Result};
+pub use log::outbox::decisions::TxnStatus;
 pub use node::{not_ready_within, not_synced_within, Event, NodeRecord, ReservedIds, SyncStatus};
 /// The SQLite binding the API's parameters, functions and `Error::Sqlite` come from, so that an
 /// app writes `octodb::rusqlite::params![...]` without a dependency of its own to keep in step.

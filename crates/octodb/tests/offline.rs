@@ -905,3 +905,71 @@ fn a_primary_opened_and_closed_over_and_over_leaves_no_file_open() {
     }
     wait_closed(&c, "p.db");
 }
+
+/// An app asks after its transactions by id, also after a restart: which wait, whether one
+/// was accepted or rejected and why, and waits for one's decision (the Rust walkthrough: a
+/// decision was heard only by an app subscribed before the commit, and lost at a reopen).
+#[test]
+fn a_device_tells_each_transactions_decision_by_its_id_also_after_a_restart() {
+    use octodb::TxnStatus;
+    let c = Cluster::new();
+    let p = c.primary("p.db");
+    let port = port_of(&p);
+    p.execute(
+        "CREATE TABLE codes(id INTEGER PRIMARY KEY, code TEXT UNIQUE, row_owner)",
+        [],
+    )
+    .unwrap();
+    let d_uri = device_uri(&c.path("d.db"), &addr_of(&p));
+    let d = Connection::open(&d_uri).unwrap();
+    ready(&d);
+    wait_count(
+        &d,
+        "SELECT count(*) FROM sqlite_master WHERE name = 'codes'",
+        1,
+    );
+
+    // Another user's row holds a code: the device does not see it.
+    p.execute(
+        "INSERT INTO codes(code, row_owner) VALUES ('taken', 999)",
+        [],
+    )
+    .unwrap();
+    drop(p);
+    wait_connected(&d, false);
+    d.execute("INSERT INTO codes(code) VALUES ('mine')", [])
+        .unwrap();
+    let kept = d.last_txn_id().expect("a transaction id");
+    d.execute("INSERT INTO codes(code) VALUES ('taken')", [])
+        .unwrap();
+    let refused = d.last_txn_id().expect("a transaction id");
+    assert_eq!(d.txn_status(kept).unwrap(), TxnStatus::Pending);
+    let waited = d.wait_for_txn(kept, std::time::Duration::from_millis(200));
+    assert!(
+        matches!(&waited, Err(Error::Timeout(why)) if why.contains(&format!("transaction {kept}"))
+            && why.contains("2 transactions of its own wait in its outbox")),
+        "{waited:?}"
+    );
+
+    // A restart: the ids are all the app has left.
+    drop(d);
+    let d = Connection::open(&d_uri).unwrap();
+    assert_eq!(d.pending_txns().unwrap(), [kept, refused]);
+
+    // Back online: the primary takes one and refuses the code another row holds.
+    let p = reopen_primary(&c.path("p.db"), port);
+    assert_eq!(d.wait_for_txn(kept, DEADLINE).unwrap(), TxnStatus::Accepted);
+    let decided = d.wait_for_txn(refused, DEADLINE).unwrap();
+    assert!(
+        matches!(&decided, TxnStatus::Rejected { reason, .. } if reason.contains("UNIQUE")),
+        "{decided:?}"
+    );
+    assert!(d.pending_txns().unwrap().is_empty());
+
+    drop(d);
+    let d = Connection::open(&d_uri).unwrap();
+    assert_eq!(d.txn_status(kept).unwrap(), TxnStatus::Accepted);
+    assert_eq!(d.txn_status(refused).unwrap(), decided);
+    assert_eq!(d.txn_status(refused + 100).unwrap(), TxnStatus::Unknown);
+    assert!(matches!(p.txn_status(kept), Err(Error::NotPermitted(_))));
+}

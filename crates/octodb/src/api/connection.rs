@@ -15,6 +15,7 @@ mod driver;
 mod pragmas;
 mod rules;
 mod services;
+mod txn_status;
 
 use driver::Dml;
 pub use driver::{Prepared, Started};

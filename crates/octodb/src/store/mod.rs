@@ -89,6 +89,10 @@ pub fn init_internal_schema(conn: &Connection) -> Result<()> {
          -- secondaries: their newest accepted transactions, kept to be sent again to a
          -- primary restored from an older copy (log::outbox::accepted)
          CREATE TABLE IF NOT EXISTS _octo_accepted(txn INTEGER PRIMARY KEY, changes BLOB NOT NULL);
+         -- secondaries: their newest rejected transactions, with the primaries' reason
+         -- (log::outbox::decisions)
+         CREATE TABLE IF NOT EXISTS _octo_rejected(txn INTEGER PRIMARY KEY, reason TEXT NOT NULL,
+             at REAL NOT NULL);
          -- secondaries: tables the primaries renamed while work on them was pending, by
          -- their old name (log::schema_moves)
          CREATE TABLE IF NOT EXISTS _octo_renamed(old TEXT PRIMARY KEY, new TEXT NOT NULL)

@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 pub mod accepted;
+pub mod decisions;
 mod upgrade;
 pub use upgrade::upgrade;
 
@@ -425,7 +426,7 @@ pub fn len(conn: &Connection) -> Result<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::changes::Op;
 

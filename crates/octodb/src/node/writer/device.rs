@@ -237,6 +237,9 @@ impl Writer {
                 .max(meta_i64(c, "last_seq")? as u64);
             meta_set(c, "last_seq", seq as i64)?;
             meta_set(c, "last_sync", now)?;
+            for (txn_id, reason) in &applied.rejected {
+                log::outbox::decisions::keep_rejection(c, *txn_id, reason, now)?;
+            }
             if let Some((txn_id, reason)) = applied.rejected.last() {
                 let total = meta_i64(c, crate::node::status::REJECTED_TOTAL_KEY)?;
                 meta_set(
