@@ -776,6 +776,32 @@ impl Connection {
         self.api_last_txn_id(py)
     }
 
+    /// Devices: where transaction `txn_id` (from `last_txn_id`, an event or `pending_txns()`)
+    /// stands, also after a restart: a dict with `status` ("pending", "accepted", "rejected"
+    /// or "unknown": decided before the newest 10,000), and for a rejection `reason` and `at`.
+    fn txn_status<'py>(&self, py: Python<'py>, txn_id: u64) -> PyResult<Bound<'py, PyAny>> {
+        self.api_txn_status(py, txn_id)
+    }
+
+    /// Devices: the ids of this device's transactions the primaries have not decided yet,
+    /// oldest first.
+    fn pending_txns(&self, py: Python<'_>) -> PyResult<Vec<u64>> {
+        self.api_pending_txns(py)
+    }
+
+    /// Devices: wait until the primaries decide transaction `txn_id` and return its status
+    /// (as `txn_status`); TimeoutError after `timeout` seconds (None: no limit), saying why
+    /// the device is not in sync; OperationalError at once if the backend refuses the device.
+    #[pyo3(signature = (txn_id, timeout = None))]
+    fn wait_for_txn<'py>(
+        &self,
+        py: Python<'py>,
+        txn_id: u64,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.api_wait_for_txn(py, txn_id, timeout)
+    }
+
     /// This node's public key (hex); "" on a plain local database.
     #[getter]
     fn public_key(&self, py: Python<'_>) -> PyResult<String> {

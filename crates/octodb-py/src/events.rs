@@ -348,7 +348,8 @@ impl Connection {
         py: Python<'py>,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.wait_unless_refused(py, timeout, "db_is_ready", octodb::not_ready_within)
+        let ready = |s: &Bound<'py, PyAny>| s.get_item("db_is_ready")?.is_truthy();
+        self.wait_unless_refused(py, timeout, ready, octodb::not_ready_within)
     }
 
     /// Wait until the node is in sync (`synced` in its status); returns the status. Raises
@@ -359,19 +360,19 @@ impl Connection {
         py: Python<'py>,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        self.wait_unless_refused(py, timeout, "synced", octodb::not_synced_within)
+        let synced = |s: &Bound<'py, PyAny>| s.get_item("synced")?.is_truthy();
+        self.wait_unless_refused(py, timeout, synced, octodb::not_synced_within)
     }
 
-    /// Wait until status field `reached` is true, as the Rust API's waits do: the same
+    /// Wait until `is_reached` holds for the status, as the Rust API's waits do: the same
     /// sentences for a timeout and for a refusal.
     fn wait_unless_refused<'py>(
         &self,
         py: Python<'py>,
         timeout: Option<f64>,
-        reached: &str,
+        is_reached: impl Fn(&Bound<'py, PyAny>) -> PyResult<bool>,
         timed_out: fn(Option<&octodb::SyncStatus>, Duration) -> String,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let is_reached = |s: &Bound<'py, PyAny>| s.get_item(reached)?.is_truthy();
         let refused = |s: &Bound<'py, PyAny>| -> PyResult<bool> {
             Ok(s.get_item("auth_state")?
                 .extract::<Option<String>>()?
@@ -482,6 +483,54 @@ impl Connection {
         let g = inner.db.lock(py);
         let id = g.engine()?.last_txn_id();
         Ok(id)
+    }
+
+    /// Devices: where transaction `txn_id` stands, as a dict: `status` ("pending",
+    /// "accepted", "rejected" or "unknown"), and for a rejection `reason` and `at`.
+    pub fn api_txn_status<'py>(&self, py: Python<'py>, txn_id: u64) -> PyResult<Bound<'py, PyAny>> {
+        let inner = self.checked(py)?;
+        let g = inner.db.lock(py);
+        let engine = g.engine()?;
+        // SAFETY: touches no Python object.
+        let status = unsafe { detached(py, || engine.txn_status(txn_id)) }
+            .map_err(|e| errors::from_engine(py, e))?;
+        let json = serde_json::to_string(&status)
+            .map_err(|e| errors::OperationalError::new_err(e.to_string()))?;
+        py.import("json")?.call_method1("loads", (json,))
+    }
+
+    /// Devices: the ids of the transactions the primaries have not decided yet, oldest first.
+    pub fn api_pending_txns(&self, py: Python<'_>) -> PyResult<Vec<u64>> {
+        let inner = self.checked(py)?;
+        let g = inner.db.lock(py);
+        let engine = g.engine()?;
+        // SAFETY: touches no Python object.
+        unsafe { detached(py, || engine.pending_txns()) }.map_err(|e| errors::from_engine(py, e))
+    }
+
+    /// Devices: wait until the primaries decide transaction `txn_id`; returns its status
+    /// (see `api_txn_status`). TimeoutError after `timeout` seconds saying why the device is
+    /// not in sync; OperationalError at once if the backend refuses the device.
+    pub fn api_wait_for_txn<'py>(
+        &self,
+        py: Python<'py>,
+        txn_id: u64,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let decided = |_: &Bound<'py, PyAny>| -> PyResult<bool> {
+            let status = self.api_txn_status(py, txn_id)?;
+            Ok(status.get_item("status")?.extract::<String>()? != "pending")
+        };
+        match self.wait_unless_refused(py, timeout, decided, octodb::not_synced_within) {
+            Ok(_) => self.api_txn_status(py, txn_id),
+            Err(e) if e.is_instance_of::<PyTimeoutError>(py) => {
+                Err(PyTimeoutError::new_err(format!(
+                    "transaction {txn_id} still waits for the primaries' decision: {}",
+                    e.value(py)
+                )))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// This node's public key (hex); "" on a plain local database.

@@ -227,6 +227,16 @@ def test_events_ready_data_received_and_a_rejected_transaction(open_primary, ope
     assert status["last_rejected"]["txn_id"] == mine
     assert status["rejected_total"] == 1
     assert second.execute("SELECT v FROM t WHERE id = 7").fetchall() == [], "removed from the device"
+    # Asked after by its id, as after a restart, when the event is long gone.
+    decided = second.txn_status(mine)
+    assert decided["status"] == "rejected" and decided["reason"] == event.reason
+    assert second.wait_for_txn(mine, timeout=DEADLINE) == decided
+    assert second.pending_txns() == []
+    second.execute("INSERT INTO t(v) VALUES ('kept')")
+    second.commit()
+    assert second.wait_for_txn(second.last_txn_id, timeout=DEADLINE) == {"status": "accepted"}
+    with pytest.raises(octodb.Error, match="only a device"):
+        backend.txn_status(mine)
 
     # The primary goes: the app hears that, and why.
     gone = second.events()

@@ -937,12 +937,12 @@ fn a_device_tells_each_transactions_decision_by_its_id_also_after_a_restart() {
     .unwrap();
     drop(p);
     wait_connected(&d, false);
-    d.execute("INSERT INTO codes(code) VALUES ('mine')", [])
-        .unwrap();
-    let kept = d.last_txn_id().expect("a transaction id");
     d.execute("INSERT INTO codes(code) VALUES ('taken')", [])
         .unwrap();
     let refused = d.last_txn_id().expect("a transaction id");
+    d.execute("INSERT INTO codes(code) VALUES ('mine')", [])
+        .unwrap();
+    let kept = d.last_txn_id().expect("a transaction id");
     assert_eq!(d.txn_status(kept).unwrap(), TxnStatus::Pending);
     let waited = d.wait_for_txn(kept, std::time::Duration::from_millis(200));
     assert!(
@@ -954,9 +954,14 @@ fn a_device_tells_each_transactions_decision_by_its_id_also_after_a_restart() {
     // A restart: the ids are all the app has left.
     drop(d);
     let d = Connection::open(&d_uri).unwrap();
-    assert_eq!(d.pending_txns().unwrap(), [kept, refused]);
+    assert_eq!(d.pending_txns().unwrap(), [refused, kept]);
+    assert_eq!(
+        column_i64(&d, "PRAGMA pending_txns"),
+        [refused as i64, kept as i64]
+    );
 
     // Back online: the primary takes one and refuses the code another row holds.
+    let mut events = d.subscribe();
     let p = reopen_primary(&c.path("p.db"), port);
     assert_eq!(d.wait_for_txn(kept, DEADLINE).unwrap(), TxnStatus::Accepted);
     let decided = d.wait_for_txn(refused, DEADLINE).unwrap();
@@ -965,11 +970,40 @@ fn a_device_tells_each_transactions_decision_by_its_id_also_after_a_restart() {
         "{decided:?}"
     );
     assert!(d.pending_txns().unwrap().is_empty());
+    // The events tell the decisions in the primaries' order.
+    let heard: Vec<u64> = events_until(&mut events, "both decisions", |seen| {
+        seen.iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    Event::TransactionAccepted { .. } | Event::TransactionRejected { .. }
+                )
+            })
+            .count()
+            == 2
+    })
+    .into_iter()
+    .filter_map(|e| match e {
+        Event::TransactionAccepted { txn_id } | Event::TransactionRejected { txn_id, .. } => {
+            Some(txn_id)
+        }
+        _ => None,
+    })
+    .collect();
+    assert_eq!(heard, [refused, kept]);
 
     drop(d);
     let d = Connection::open(&d_uri).unwrap();
     assert_eq!(d.txn_status(kept).unwrap(), TxnStatus::Accepted);
     assert_eq!(d.txn_status(refused).unwrap(), decided);
     assert_eq!(d.txn_status(refused + 100).unwrap(), TxnStatus::Unknown);
+    // The same in SQL, for the shell and any driver.
+    let (status, reason): (String, String) = d
+        .query_row(&format!("PRAGMA txn_status({refused})"), [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(status, "rejected");
+    assert!(reason.contains("UNIQUE"), "{reason}");
     assert!(matches!(p.txn_status(kept), Err(Error::NotPermitted(_))));
 }

@@ -26,6 +26,8 @@ const OURS: &[&str] = &[
     "admin_address",
     "admin_token",
     "new_identity",
+    "txn_status",
+    "pending_txns",
 ];
 
 /// The PRAGMAs that change an encrypted file's key: a node's connections take turns for them;

@@ -1,5 +1,5 @@
 //! octodb's own PRAGMAs (`sync_status`, `nodes`, `user_signup`, `authorize_*`,
-//! `authorizer_service`, `remove_primary`), answered by the connection without SQLite.
+//! `authorizer_service`, `remove_primary`, `txn_status`, `pending_txns`), answered by the connection without SQLite.
 
 use super::{Connection, Outcome};
 use crate::api::pragma::Pragma;
@@ -8,6 +8,7 @@ use crate::error::{Error, Result};
 use crate::node::NodeRecord;
 use crate::uri::{NetworkKey, NodeConfig};
 use crate::value::Value;
+use crate::TxnStatus;
 use std::sync::Arc;
 
 impl Connection {
@@ -24,6 +25,24 @@ impl Connection {
             "nodes" => Rows {
                 columns: pragma_columns(&p),
                 rows: self.nodes()?.into_iter().map(node_row).collect(),
+            },
+            // Devices: where a transaction stands, by the id `last_txn_id` gave.
+            "txn_status" => {
+                let id = p.value.as_deref().and_then(|v| v.parse::<u64>().ok());
+                let id = id.ok_or_else(|| Error::Pragma {
+                    name: p.name.clone(),
+                    reason: "give the transaction's id: PRAGMA txn_status(42)".into(),
+                })?;
+                Rows {
+                    columns: pragma_columns(&p),
+                    rows: vec![txn_row(id, self.txn_status(id)?)],
+                }
+            }
+            "pending_txns" => Rows {
+                columns: pragma_columns(&p),
+                rows: (self.pending_txns()?.into_iter())
+                    .map(|id| vec![Value::Integer(id as i64)])
+                    .collect(),
             },
             "user_signup" | "user_login" => {
                 let action = crate::auth::Action::from_name(&p.name)
@@ -235,6 +254,8 @@ pub(super) fn pragma_columns(p: &Pragma) -> Vec<String> {
         "admin_token" => &["admin_token"],
         "authorizer_service" if p.value.is_none() => &["authorizer_service"],
         "new_identity" => &["public_key"],
+        "txn_status" => &["txn_id", "status", "reason", "decided_at"],
+        "pending_txns" => &["txn_id"],
         "nodes" => &[
             "public_key",
             "node_id",
@@ -250,6 +271,21 @@ pub(super) fn pragma_columns(p: &Pragma) -> Vec<String> {
         _ => &[],
     };
     names.iter().map(|s| s.to_string()).collect()
+}
+
+/// A transaction's status as a row: its id, `pending` / `accepted` / `rejected` / `unknown`,
+/// and for a rejection the reason and when (Unix time).
+fn txn_row(id: u64, status: TxnStatus) -> Vec<Value> {
+    let word = |w: &str| Value::Text(w.into());
+    let (status, reason, at) = match status {
+        TxnStatus::Pending => (word("pending"), Value::Null, Value::Null),
+        TxnStatus::Accepted => (word("accepted"), Value::Null, Value::Null),
+        TxnStatus::Rejected { reason, at } => {
+            (word("rejected"), Value::Text(reason), Value::Real(at))
+        }
+        TxnStatus::Unknown => (word("unknown"), Value::Null, Value::Null),
+    };
+    vec![Value::Integer(id as i64), status, reason, at]
 }
 
 fn node_row(n: NodeRecord) -> Vec<Value> {

@@ -266,13 +266,19 @@ impl Writer {
             .observe(started.elapsed().as_secs_f64());
         tracing::trace!(up_to, rows = applied.rows, "entries applied");
         self.shared.advance_feed(applied.last_seq.max(up_to));
-        for t in &applied.accepted {
-            self.shared.emit(Event::TransactionAccepted { txn_id: *t });
-        }
-        for (txn_id, reason) in &applied.rejected {
-            self.shared.emit(Event::TransactionRejected {
-                txn_id: *txn_id,
-                reason: reason.clone(),
+        // In the order the primaries decided them (the order of their ids): an app marking
+        // rows synced as it hears of them must not hear of a later transaction first.
+        let accepted = applied.accepted.iter().map(|t| (*t, None));
+        let rejected = applied.rejected.iter().map(|(t, why)| (*t, Some(why)));
+        let mut decisions: Vec<_> = accepted.chain(rejected).collect();
+        decisions.sort_by_key(|(txn_id, _)| *txn_id);
+        for (txn_id, rejected) in decisions {
+            self.shared.emit(match rejected {
+                None => Event::TransactionAccepted { txn_id },
+                Some(reason) => Event::TransactionRejected {
+                    txn_id,
+                    reason: reason.clone(),
+                },
             });
         }
         if applied.rows > 0 {
