@@ -497,3 +497,54 @@ fn serve_with_admin_serves_the_console_and_metrics_behind_the_token() {
     assert!(first.contains("admin_token_file="), "{first}");
     assert!(!first.contains("first start"), "{first}");
 }
+
+/// `--sync` fails a session for the rejection of its own writes only: a rejection heard now of
+/// a write an earlier session left in the outbox is a note (the conflicts walkthrough: a
+/// SELECT-only session exited 1, blamed for an earlier session's write).
+#[test]
+fn a_sync_reports_an_earlier_sessions_rejected_write_as_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, addr) = primary(dir.path());
+    p.execute_batch(
+        "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, row_owner);
+         INSERT INTO t(id, v, row_owner) VALUES (7, 'someone else''s', 99);",
+    )
+    .unwrap();
+    let uri = device_uri(dir.path(), &addr);
+    let out = octodb()
+        .args(["--sync", &uri, "SELECT 1;"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Offline, a session writes a row the primary will refuse, and ends.
+    drop(p);
+    let out = octodb()
+        .args([&uri, "INSERT INTO t(id, v) VALUES (7, 'mine');"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("not sent yet"), "{stderr}");
+
+    let _p = Connection::open(&format!(
+        "file:{}?node=primary&bind=tcp://{addr}",
+        dir.path().join("p.db").display()
+    ))
+    .expect("reopen the primary on its address");
+    let out = octodb()
+        .args(["--sync", &uri, "SELECT 'read';"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "read");
+    assert!(
+        stderr.contains("written before this session"),
+        "the rejection is told all the same: {stderr}"
+    );
+}

@@ -66,6 +66,9 @@ struct Decisions {
     events: tokio::sync::broadcast::Receiver<octodb::Event>,
     /// Unix time when the shell began listening.
     since: f64,
+    /// The transactions this session committed: a rejection of one of them is an error; of
+    /// an earlier session's write, heard now, a note.
+    mine: std::collections::HashSet<u64>,
 }
 
 impl Decisions {
@@ -74,6 +77,7 @@ impl Decisions {
         (conn.role() == Some(octodb::Role::Secondary)).then(|| Decisions {
             events: conn.subscribe(),
             since: unix_now(),
+            mine: Default::default(),
         })
     }
 }
@@ -238,11 +242,23 @@ impl Shell {
                 ));
             }
         }
+        let mine = std::mem::take(&mut d.mine);
         for (txn_id, reason) in rejected {
-            self.report(format!(
-                "the primaries rejected this device's transaction {txn_id}, which is taken back \
-                 here: {reason}"
-            ));
+            if mine.contains(&txn_id) {
+                self.report(format!(
+                    "the primaries rejected this device's transaction {txn_id}, which is taken \
+                     back here: {reason}"
+                ));
+            } else {
+                eprintln!(
+                    "note: the primaries rejected this device's transaction {txn_id}, written \
+                     before this session, which is taken back here: {}",
+                    one_line(&reason)
+                );
+            }
+        }
+        if let Some(d) = &mut self.decisions {
+            d.mine = mine;
         }
     }
 
@@ -270,6 +286,9 @@ impl Shell {
             let nulls = std::iter::repeat_n(rusqlite::types::Null, unbound);
             let result = self.conn.query(stmt, rusqlite::params_from_iter(nulls));
             let elapsed = started.elapsed();
+            if let (Some(d), Some(txn)) = (&mut self.decisions, self.conn.last_txn_id()) {
+                d.mine.insert(txn);
+            }
             match result {
                 Ok(rows) => {
                     let printed = if self.json {
