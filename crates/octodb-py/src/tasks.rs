@@ -86,6 +86,8 @@ impl PyTaskQueue {
 impl PyTaskQueue {
     #[new]
     fn new(py: Python<'_>, uri: String) -> PyResult<Self> {
+        // A process that only submits (or only runs workers) logs through `logging` too.
+        crate::logging_bridge::start(py);
         let queue = py
             .detach(|| TaskQueue::open(&uri))
             .map_err(|e| task_error(py, e))?;
@@ -195,6 +197,18 @@ impl PyTaskRun {
     #[getter]
     fn idempotency_key(&self) -> String {
         self.ctx.idempotency_key()
+    }
+    /// Who submitted the task, as a dict: `public_key`, `node_id`, `node_type` and
+    /// `user_id` (None for a primary).
+    #[getter]
+    fn submitted_by<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+        let s = &self.ctx.submitted_by;
+        let d = pyo3::types::PyDict::new(py);
+        d.set_item("public_key", &s.public_key)?;
+        d.set_item("node_id", s.node_id)?;
+        d.set_item("node_type", &s.node_type)?;
+        d.set_item("user_id", s.user_id)?;
+        Ok(d)
     }
     /// Publish the values (coalesced); returns True when the task must stop (cancelled, or
     /// this worker lost it): `octodb.tasks` raises `Cancelled` inside `run` then.
@@ -319,6 +333,9 @@ impl PyTaskWorkers {
         retention: f64,
         retention_cap: f64,
     ) -> PyResult<Self> {
+        // The intake's warnings (a type no worker runs, a refused task) reach `logging` in a
+        // process that runs workers only (the Celery walkthrough's saw none).
+        crate::logging_bridge::start(py);
         let mut registry = Registry::default();
         for (name, spec) in handlers.iter() {
             let name: String = name.extract()?;

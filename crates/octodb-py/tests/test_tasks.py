@@ -75,6 +75,11 @@ class Guarded(tasks.Task):
         return "ran"
 
 
+class Whoami(tasks.Task):
+    def run(self):
+        return self.submitted_by
+
+
 SIGNERS = []
 
 
@@ -88,7 +93,7 @@ def nodes(tmp_path):
     uri = primary_uri(tmp_path / "backend.db")
     backend = octodb.connect(uri)
     worker = tasks.Worker(uri, threads=2, lease=10)
-    for cls in (Echo, Divide, Quota, Spin, Lookup, GiveUp):
+    for cls in (Echo, Divide, Quota, Spin, Lookup, GiveUp, Whoami):
         worker.register(cls)
     worker.register(Forbidden, allow_if=lambda signer, task_type: False)
     worker.register(Guarded, allow_if=only_secondaries)
@@ -134,6 +139,14 @@ def test_progress_reaches_the_submitter_and_arguments_keep_their_types(nodes):
     assert COMPLETED.count(f"{task.id}:1") == 1
 
 
+def test_a_handler_knows_who_submitted_its_task(nodes):
+    queue, _ = nodes
+    who = Whoami(queue).start().join(timeout=DEADLINE)
+    assert who["public_key"] == queue.public_key
+    assert who["node_type"] == "secondary"
+    assert who["user_id"] is not None and who["node_id"] > 0
+
+
 def test_state_result_and_error_follow_the_row_without_join(nodes):
     queue, _ = nodes
     task = Echo(queue).start(3, "hello")
@@ -145,10 +158,15 @@ def test_state_result_and_error_follow_the_row_without_join(nodes):
     assert isinstance(failing.error, ZeroDivisionError)
 
 
-def test_errors_keep_their_type_name_and_message(nodes):
+def test_errors_keep_their_type_name_and_message(nodes, caplog):
     queue, _ = nodes
-    with pytest.raises(ZeroDivisionError, match="division by zero"):
-        Divide(queue).start(1, 0).join(timeout=DEADLINE)
+    with caplog.at_level(logging.WARNING, logger="octodb.tasks.worker"):
+        with pytest.raises(ZeroDivisionError, match="division by zero"):
+            Divide(queue).start(1, 0).join(timeout=DEADLINE)
+    # The worker's log keeps the traceback, which the submitter does not get.
+    failed = [r for r in caplog.records if "ZeroDivisionError" in r.getMessage()]
+    assert failed and "Traceback" in failed[0].getMessage(), caplog.text
+    assert "return a / b" in failed[0].getMessage()
     task = Quota(queue).start()
     with pytest.raises(tasks.TaskFailed) as raised:
         task.join(timeout=DEADLINE)
@@ -207,7 +225,9 @@ def test_a_task_of_a_type_no_worker_runs_is_said_in_the_log_once(nodes, caplog):
 def test_join_times_out_and_a_task_is_found_again_by_id(nodes, tmp_path):
     queue, worker = nodes
     # Not before an hour from now: it stays queued.
-    task = Echo(queue).start(1, "later", not_before=datetime.datetime.now().timestamp() + 3600)
+    # (A datetime, as Celery's eta= takes.)
+    later = datetime.datetime.now() + datetime.timedelta(hours=1)
+    task = Echo(queue).start(1, "later", not_before=later)
     with pytest.raises(TimeoutError):
         task.join(timeout=0.3)
     again = queue.task(task.id)

@@ -25,7 +25,7 @@ pub mod schema;
 pub mod worker;
 
 pub use client::{Progress, State, SubmitOptions, Task, TaskInfo, TaskQueue};
-pub use policy::Policy;
+pub use policy::{Policy, Signer};
 pub use worker::{
     Handler, HandlerError, Registry, TaskContext, TypeOptions, WorkerConfig, Workers,
 };

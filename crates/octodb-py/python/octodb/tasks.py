@@ -36,10 +36,14 @@ import base64 as _base64
 import builtins as _builtins
 import datetime as _datetime
 import json as _json
+import logging as _logging
 import time as _time
+import traceback as _traceback
 
 from octodb._octodb import OperationalError as _OperationalError
 from octodb._octodb import _TaskQueue, _TaskWorkers
+
+_log = _logging.getLogger("octodb.tasks.worker")
 
 __all__ = [
     "Task",
@@ -336,8 +340,12 @@ class Task:
     # -- submitter side
 
     def start(self, *args, priority=0, not_before=None, expires_in=3600.0):
-        """Sign and submit the task; returns at once. `not_before` is a Unix time;
-        `expires_in` seconds (at most 7 days) after which a worker refuses it."""
+        """Sign and submit the task; returns at once. `not_before`: a Unix time or an aware
+        `datetime` (a naive one is local time) before which no worker starts it; `expires_in`
+        seconds (at most 7 days) after which a worker refuses it. Higher `priority` runs
+        first."""
+        if isinstance(not_before, _datetime.datetime):
+            not_before = not_before.timestamp()
         if self._queue is None:
             raise TypeError("this task has no queue: make it with Task(queue)")
         if self.id is not None:
@@ -446,6 +454,15 @@ class Task:
     def attempt(self):
         return self._run.attempt if self._run is not None else self.attempts
 
+    @property
+    def submitted_by(self):
+        """Inside ``run``: who submitted the task, the node that signed it, as the worker
+        checked it: ``{"public_key", "node_id", "node_type", "user_id"}`` (``user_id`` None
+        for a primary). A handler checks with it what its arguments name (that order
+        ``order_id`` is this user's), which a type's ``allow_if`` cannot see. None outside
+        ``run``."""
+        return self._run.submitted_by if self._run is not None else None
+
     def publish(self):
         """Publish progress, total and expected duration (at most about 10 writes a second;
         the last values are always written at the end). Raises ``Cancelled`` once the task is
@@ -488,6 +505,17 @@ def _runner_for(cls):
         except Cancelled as e:
             return (False, "Cancelled", _message_of(e) or "the task was cancelled", False)
         except Exception as e:  # the task's error goes back to the submitter as it is
+            # Its traceback stays here, in the worker's log: the submitter (a user's device)
+            # hears the error's type and message only. As text: a record keeping the
+            # traceback itself would keep this run's frames, which a handler on another
+            # thread must not drop.
+            _log.warning(
+                "task %s (%s, attempt %s) failed:\n%s",
+                run.id,
+                cls.task_name(),
+                run.attempt,
+                _traceback.format_exc().rstrip(),
+            )
             return (False, type(e).__name__, _message_of(e), _unavailable(e))
 
     return runner

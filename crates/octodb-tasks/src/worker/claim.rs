@@ -19,6 +19,8 @@ pub(super) struct Job {
     pub(super) args: String,
     pub(super) submitter: PublicKey,
     pub(super) nonce: Vec<u8>,
+    /// The node that signed it, as checked at this claim.
+    pub(super) signer: Signer,
 }
 
 /// This primary, as a signer of its own tasks.
@@ -246,7 +248,7 @@ pub(super) fn check(
     signature: &[u8],
     origin: u32,
     now: i64,
-) -> Result<(), Refusal> {
+) -> Result<Signer, Refusal> {
     record
         .verify(signature)
         .map_err(|e| refusal("bad signature", e.to_string()))?;
@@ -324,7 +326,7 @@ pub(super) fn check(
             "created in the future (clock skew beyond 5 minutes)",
         ));
     }
-    Ok(())
+    Ok(signer)
 }
 
 /// A span of milliseconds for people: `2 h 5 min`, `3 min 20 s`, `12 s`.
@@ -363,10 +365,10 @@ pub(super) fn examine(
     };
     let checked = origin.and_then(|origin| {
         let (record, signature, cancel) = record_of(c)?;
-        check(&shared.policy, me, nodes, &record, &signature, origin, now)?;
-        Ok((record, cancel))
+        let signer = check(&shared.policy, me, nodes, &record, &signature, origin, now)?;
+        Ok((record, cancel, signer))
     });
-    let (record, cancel) = match checked {
+    let (record, cancel, signer) = match checked {
         Ok(ok) => ok,
         // A task that has run before (a retry, or a takeover after a lost lease) whose expiry
         // passed meanwhile: it was not refused, it ran; it fails, saying why.
@@ -475,6 +477,7 @@ pub(super) fn examine(
         args: record.args,
         submitter: record.submitter,
         nonce: record.nonce.to_vec(),
+        signer,
     }))
 }
 

@@ -20,6 +20,10 @@ pub struct TaskContext {
     pub id: i64,
     /// 1 for the first attempt.
     pub attempt: i64,
+    /// Who submitted it: the node that signed it (its user, for a device), as checked when
+    /// this attempt was claimed. A handler checks with it what its arguments name (an order
+    /// of this user's), which the type's policy cannot see.
+    pub submitted_by: Signer,
     pub(super) fixed: Rc<RunFixed>,
     pub(super) reporting: Rc<RefCell<Reporting>>,
 }

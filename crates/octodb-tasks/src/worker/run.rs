@@ -21,6 +21,7 @@ pub(super) fn run(shared: &Shared, conn: &Rc<Connection>, job: Job) -> Option<Ou
     let ctx = TaskContext {
         id: job.id,
         attempt: job.attempt,
+        submitted_by: job.signer.clone(),
         fixed: Rc::new(RunFixed {
             lease_id: job.lease_id.clone(),
             conn: conn.clone(),
