@@ -25,14 +25,38 @@ fn py_err(e: BrokerError) -> PyErr {
     BrokerCallError::new_err((kind, e.detail()))
 }
 
-/// A Python exception raised by the program's code, as the client will see it.
+/// A Python exception raised by the program's code, as the client will see it: a builtin
+/// exception or one of the broker's own by its name (the client raises the same type), any
+/// other class by its name after `app:` (the client raises `RemoteError`): an app's own
+/// `Unavailable` or `ConnectionError` reached clients as the broker's, which tell them to send
+/// the request again, after the method had run (the Pyro5 walkthrough).
 fn remote(py: Python<'_>, e: PyErr) -> BrokerError {
-    let kind = e
-        .get_type(py)
+    let ty = e.get_type(py);
+    let name = ty
         .name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "Exception".into());
-    let message = e.value(py).str().map(|s| s.to_string()).unwrap_or_default();
+    let module = ty.module().map(|m| m.to_string()).unwrap_or_default();
+    let known = module == "builtins" || module.starts_with("octodb.broker");
+    let kind = match known {
+        true => name,
+        false => format!("app:{name}"),
+    };
+    // A KeyError's text argument as it is: `str(KeyError("x"))` quotes it, and the client's
+    // KeyError quoted it again.
+    let value = e.value(py);
+    let key_text = (kind == "KeyError")
+        .then(|| {
+            value
+                .getattr("args")
+                .and_then(|a| a.extract::<(String,)>())
+                .ok()
+        })
+        .flatten();
+    let message = match key_text {
+        Some((text,)) => text,
+        None => value.str().map(|s| s.to_string()).unwrap_or_default(),
+    };
     match kind.as_str() {
         "PermissionError" => BrokerError::Permission(message),
         "ObjectNotFound" => BrokerError::NotFound(message),

@@ -42,6 +42,13 @@ class Root:
     def fail(self):
         raise ValueError("bad input, try again")
 
+    def fail_as_unavailable(self):
+        # The app's own class, named as the broker's "send it again" error.
+        raise type("Unavailable", (Exception,), {})("the stock service said no")
+
+    def missing(self):
+        raise KeyError("nope")
+
     @ob.exported(include=True)
     def first_item(self):
         return self.items[0]
@@ -128,7 +135,10 @@ def static_server(n):
     server.export_class(Item, "name owner", allow=lambda user, item: item.owner in (0, user))
     root = Root(server)
     server.export_object(
-        root, ["version_string", "set_health", "fail", ob.Callable("kind"), "+"], refs="status", backrefs="items"
+        root,
+        ["version_string", "set_health", "fail", "fail_as_unavailable", "missing", ob.Callable("kind"), "+"],
+        refs="status",
+        backrefs="items",
     )
     server.add_static(root.status, "status")
     for i, name in enumerate(["One", "Two", "Two"]):
@@ -140,7 +150,7 @@ def static_server(n):
     return server, root
 
 
-def test_root_reference_method_call_and_identity(net):
+def test_root_reference_method_call_and_identity(net, caplog):
     server, root = static_server(net)
     uri, _ = net.device()
     client = net.client(uri)
@@ -154,9 +164,23 @@ def test_root_reference_method_call_and_identity(net):
     assert r.first_item().name == "One"
     assert r.kind() == "Root", "a classmethod, exported"
     assert [i.name for i in r.items] == ["One", "Two", "Two"]
-    with pytest.raises(ValueError) as raised:
-        r.fail()
+    with caplog.at_level("WARNING", logger="octodb.broker.server"):
+        with pytest.raises(ValueError) as raised:
+            r.fail()
     assert str(raised.value) == "bad input, try again", "the message as raised, once"
+    # The traceback stays in the server's log.
+    assert any("Traceback" in r.getMessage() and "bad input" in r.getMessage()
+               for r in caplog.records), caplog.text
+    # An app's own class is never taken for the broker's (or a builtin) error of its name:
+    # the Pyro5 walkthrough's retry loop on ConnectionError ran the method again.
+    with pytest.raises(ob.RemoteError) as raised:
+        r.fail_as_unavailable()
+    assert not isinstance(raised.value, ConnectionError)
+    assert raised.value.kind == "Unavailable"
+    assert raised.value.message == "the stock service said no"
+    with pytest.raises(KeyError) as raised:
+        r.missing()
+    assert raised.value.args == ("nope",), "quoted once"
     with pytest.raises(AttributeError, match="no call named 'nothing'"):
         client.call("nothing")
 

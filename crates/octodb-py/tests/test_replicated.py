@@ -386,6 +386,10 @@ def test_a_lost_clusters_backup_restored_from_python(tmp_path):
         f"{primary_uri(tmp_path / 'p2.db')}&connect={first.bound_addresses[0]}"
     )
     try:
+        # The second is a voter before the first writes: a commit made while the membership
+        # changes may be refused (to be tried again), as a loaded machine showed.
+        wait_until("the second primary follows", lambda: any(
+            n["cluster_role"] == "follower" for n in first.nodes()))
         first.execute("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT, row_owner)")
         first.execute("INSERT INTO notes(body, row_owner) VALUES ('kept', '*')")
         first.commit()

@@ -49,9 +49,17 @@ _KINDS = {
 }
 
 
+#: How the kind of an exception of the server program's own class begins (a class of its
+#: own named `Unavailable` or `ConnectionError` must not reach the client as the broker's or
+#: the builtin one, which tell it to send the request again).
+APP_KIND = "app:"
+
+
 def _typed(error):
     """The typed exception for a BrokerCallError (kind, message)."""
     kind, message = error.args
+    if kind.startswith(APP_KIND):
+        return RemoteError(kind[len(APP_KIND):], message)
     if kind in _KINDS:
         return _KINDS[kind](message)
     builtin = __builtins__.get(kind) if isinstance(__builtins__, dict) else getattr(__builtins__, kind, None)

@@ -1,17 +1,21 @@
 """The broker's server: exports, statics, SQL tables as classes, invalidations."""
 
 import inspect
+import logging
 import threading
+import traceback
 
 from octodb import _octodb
 from octodb.broker._common import ManyData, NoData, ObjectNotFound, _core, _custom, _decode_custom
 
 _request = threading.local()
+_log = logging.getLogger("octodb.broker.server")
 
 
 def caller():
     """The node a request comes from, while the server runs an exported method or a plain call
-    for it (``{"node_id": ..., "user_id": ..., "role": ...}``); None outside a request. Plain
+    for it (``{"node_id": ..., "user_id": ..., "public_key": ..., "role": ...}``); None outside
+    a request. Plain
     calls (``do_<name>``, ``add_call``) and exported methods run for every approved node that
     asks: a call that only some users may make checks ``caller()["user_id"]`` itself."""
     peer = getattr(_request, "peer", None)
@@ -20,17 +24,28 @@ def caller():
 
 class _calling:
     """Makes ``peer`` the :func:`caller` for the duration of a method or call (restoring the
-    one before: a call made from inside another's method)."""
+    one before: a call made from inside another's method). An exception the program's code
+    raises is logged here with its traceback, which stays on the server: the client gets its
+    type and message."""
 
-    def __init__(self, peer):
+    def __init__(self, peer, what):
         self.peer = peer
+        self.what = what
 
     def __enter__(self):
         self.before = getattr(_request, "peer", None)
         _request.peer = self.peer
 
-    def __exit__(self, *exc):
+    def __exit__(self, kind, error, tb):
         _request.peer = self.before
+        if isinstance(error, Exception):
+            # As text: a kept record must not hold the request's frames.
+            _log.warning(
+                "%s for node %s failed:\n%s",
+                self.what,
+                self.peer.get("node_id") if isinstance(self.peer, dict) else self.peer,
+                "".join(traceback.format_exception(kind, error, tb)).rstrip(),
+            )
         return False
 
 
@@ -369,7 +384,7 @@ class BrokerServer:
         obj, info = self._object(peer, key)
         if method not in info.methods:
             raise AttributeError(f"{info.name} exports no method {method!r}")
-        with _calling(peer):
+        with _calling(peer, f"{info.name}.{method}"):
             result = getattr(obj, method)(*args, **kwargs)
         fn = getattr(type(obj), method, None)
         if getattr(fn, "_broker_include", False):
@@ -386,7 +401,7 @@ class BrokerServer:
         fn = self._calls.get(name) or getattr(self, "do_" + name, None)
         if fn is None:
             raise AttributeError(f"the server has no call named {name!r}")
-        with _calling(peer):
+        with _calling(peer, f"call {name!r}"):
             return fn(*args, **kwargs)
 
     def _search(self, peer, class_name, eq, limit, mode):
