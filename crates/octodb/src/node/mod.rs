@@ -535,11 +535,13 @@ impl Node {
                 .nodes()
                 .count();
             if members > 1 {
-                return Err(Error::rule(
+                // Not a broken replication rule: a call this node does not offer now.
+                return Err(Error::NotPermitted(
                     "PRAGMA rekey on a primary of a cluster of several is not supported while \
                      it runs: stop it, run the PRAGMA on its file opened without node= \
                      (file:PATH?cipher=sqlcipher&key=OLD; the file keeps its network key), and \
-                     start it again with the new key",
+                     start it again with the new key"
+                        .into(),
                 ));
             }
         }
