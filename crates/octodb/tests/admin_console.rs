@@ -319,6 +319,13 @@ fn a_browser_approves_a_waiting_device_and_metrics_show_its_writes() {
     );
     assert_eq!(value(&m, "octodb_auth_requests_waiting"), Some(0.0));
     assert!(value(&m, "octodb_raft_term").is_some_and(|v| v >= 1.0));
+    // What an operator alerts on: the file's size, and a primary in trouble.
+    assert!(
+        value(&m, "octodb_file_bytes").is_some_and(|v| v >= 4096.0),
+        "{:?}",
+        value(&m, "octodb_file_bytes")
+    );
+    assert_eq!(value(&m, "octodb_sync_error"), Some(0.0));
     assert!(
         value(&m, "octodb_commit_seconds_count").is_some_and(|v| v >= 1.0)
             || m.samples

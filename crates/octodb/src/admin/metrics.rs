@@ -137,6 +137,8 @@ pub struct Metrics {
     raft_applied: Gauge,
     raft_leader: Gauge,
     raft_quorum_lost: Gauge,
+    file_bytes: Gauge,
+    in_error: Gauge,
     registry: Registry,
 }
 
@@ -146,6 +148,10 @@ pub struct Snapshot {
     pub log_seq: u64,
     pub devices_connected: usize,
     pub auth_waiting: usize,
+    /// The database file and its WAL, in bytes.
+    pub file_bytes: u64,
+    /// The node reports a `sync_error`.
+    pub in_error: bool,
     pub raft: Option<RaftFigures>,
 }
 
@@ -187,6 +193,8 @@ impl Default for Metrics {
             raft_applied: Gauge::default(),
             raft_leader: Gauge::default(),
             raft_quorum_lost: Gauge::default(),
+            file_bytes: Gauge::default(),
+            in_error: Gauge::default(),
             registry: Registry::default(),
         };
         m.register()
@@ -284,6 +292,18 @@ impl Metrics {
              1.5 s: it takes no writes and serves no device",
             self.raft_quorum_lost.clone(),
         );
+        r.register(
+            "octodb_file_bytes",
+            "Bytes of this primary's database file and its WAL (a follower's holds its Raft \
+             log's batches too, until compacted)",
+            self.file_bytes.clone(),
+        );
+        r.register(
+            "octodb_sync_error",
+            "1 while this primary reports a sync_error (its Raft node stopped, it was removed \
+             from its cluster, cut off from its majority, its disk full...): /api/state says why",
+            self.in_error.clone(),
+        );
         // Every label value from the start, at 0: a rate over a series that appears only at
         // its first event misses that event.
         for reason in [
@@ -368,6 +388,8 @@ impl Metrics {
         self.log_seq.set(n(now.log_seq));
         self.devices_connected.set(n(now.devices_connected as u64));
         self.auth_waiting.set(n(now.auth_waiting as u64));
+        self.file_bytes.set(n(now.file_bytes));
+        self.in_error.set(i64::from(now.in_error));
         let serving = self
             .downloads_serving
             .load(std::sync::atomic::Ordering::Relaxed);

@@ -493,16 +493,20 @@ async fn metrics(
         Ok(n) => n,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
-    let sessions = shared
-        .live
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .sessions
-        .len();
+    let (sessions, live_error) = {
+        let live = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        (live.sessions.len(), live.sync_error.clone())
+    };
+    let path = shared.path();
+    let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let mut wal = path.clone().into_os_string();
+    wal.push("-wal");
     let now = super::metrics::Snapshot {
         log_seq,
         devices_connected: sessions,
         auth_waiting,
+        file_bytes: size(path) + size(std::path::Path::new(&wal)),
+        in_error: crate::node::sync_error_of(shared, live_error).is_some(),
         raft: shared.cluster.get().map(|p| {
             let s = crate::node::cluster_status_of(p);
             super::metrics::RaftFigures {

@@ -32,6 +32,7 @@ mod writer;
 
 pub use events::Event;
 pub use restored_ids::ReservedIds;
+pub(crate) use status::sync_error_of;
 pub use status::{not_ready_within, not_synced_within, NodeRecord, SyncStatus};
 
 use crate::crypto::NodeKeys;

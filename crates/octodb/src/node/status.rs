@@ -279,6 +279,21 @@ pub struct ClusterMember {
 }
 
 /// Why this primary's Raft node stopped by itself, if it did.
+/// The node's `sync_error`, from what its sessions noted (`live`) and its cluster's state.
+/// A Raft node stopped by itself comes first: nothing else is fixed until the database is
+/// opened again (a failed write said the disk might be full, the cluster walkthrough: the
+/// real reason was only in the log). A primary of a cluster also says why it cannot take
+/// writes now (cut off from its majority, no leader for long, removed from its cluster).
+pub(crate) fn sync_error_of(shared: &Shared, live: Option<String>) -> Option<String> {
+    raft_stopped_because(shared)
+        .or(live)
+        .or_else(|| shared.cluster.get().and_then(|p| p.refused()))
+        .or_else(|| {
+            shared.cluster.get()?;
+            shared.cluster_view.borrow().refusal()
+        })
+}
+
 fn raft_stopped_because(shared: &Shared) -> Option<String> {
     let raft = shared.cluster.get()?.raft();
     let fatal = raft.metrics().borrow().running_state.clone().err()?;
@@ -422,18 +437,7 @@ pub fn sync_status(shared: &Shared) -> Result<SyncStatus> {
         download: download.filter(|_| !db_is_ready),
         auth_error: auth_error.filter(|_| id.node_id() == 0 || revoked),
         auth_state: auth_state.filter(|_| id.node_id() == 0 || revoked),
-        // A primary of a cluster also says why it cannot take writes now (cut off from its
-        // majority, no leader for long: its app's commits fail meanwhile).
-        // A Raft node stopped by itself comes first: nothing else is fixed until the database
-        // is opened again (a failed write said the disk might be full, the cluster
-        // walkthrough: the real reason was only in the log).
-        sync_error: raft_stopped_because(shared)
-            .or(sync_error)
-            .or_else(|| shared.cluster.get().and_then(|p| p.refused()))
-            .or_else(|| {
-                shared.cluster.get()?;
-                shared.cluster_view.borrow().refusal()
-            }),
+        sync_error: sync_error_of(shared, sync_error),
         cluster: shared.cluster.get().map(|p| cluster_status(p.raft())),
         primaries: shared
             .known_primaries
