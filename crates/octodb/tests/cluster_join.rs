@@ -133,6 +133,14 @@ fn new_primaries_join_the_first_and_hold_what_its_devices_and_app_write() {
     let members = p1.sync_status().unwrap().cluster.unwrap().members;
     assert_eq!(members.len(), 2, "{members:?}");
     assert!(members.iter().all(|m| m.node_id != u64::from(p3_id)));
+    // PRAGMA nodes tells the removed primary from a member (the operations walkthrough:
+    // it read as an approved primary with no role, as a device does).
+    let removed = p1.nodes().unwrap();
+    let n = removed
+        .iter()
+        .find(|n| n.node_id == p3_id)
+        .expect("the removed primary is still listed");
+    assert_eq!(n.cluster_role.as_deref(), Some("not_member"), "{n:?}");
     assert!(p1.execute_batch("PRAGMA remove_primary=99").is_err());
     drop(p3);
 }

@@ -462,7 +462,8 @@ pub struct NodeRecord {
     pub auth_state: String,
     pub last_seen: Option<f64>,
     /// A primary of this node's cluster: `leader`, `follower` or `learner`, as this node's
-    /// Raft sees it (None for other nodes).
+    /// Raft sees it; `not_member` for a primary the cluster no longer has (None for other
+    /// nodes).
     pub cluster_role: Option<String>,
     /// A primary of this node's cluster, seen from its leader: how many Raft entries the
     /// leader has that it does not hold yet (None elsewhere, or not known here).
@@ -509,8 +510,14 @@ pub fn nodes(shared: &Shared) -> Result<Vec<NodeRecord>> {
         let rows = stmt.query_map([super::restored_ids::RESERVED_STATE], |r| {
             // 0 for a key never approved: node ids go to approved nodes only.
             let node_id = super::members::node_id_of(r.get(1)?);
+            let node_type: String = r.get(2)?;
             let (cluster_role, raft_lag) = match roles.get(&node_id) {
                 Some((role, lag)) => (Some(role.clone()), *lag),
+                // A primary this cluster once had and has no more (removed, or of a cluster
+                // lost and restored from a copy): an operator must not take it for a member.
+                None if node_type == "primary" && !roles.is_empty() => {
+                    (Some("not_member".to_string()), None)
+                }
                 None => (None, None),
             };
             Ok(NodeRecord {
@@ -518,7 +525,7 @@ pub fn nodes(shared: &Shared) -> Result<Vec<NodeRecord>> {
                 raft_lag,
                 public_key: r.get(0)?,
                 node_id,
-                node_type: r.get(2)?,
+                node_type,
                 user_id: r.get(3)?,
                 address: connected.get(&node_id).cloned().or(r.get(4)?),
                 connected: connected.contains_key(&node_id),
