@@ -242,23 +242,21 @@ impl Shell {
                 ));
             }
         }
-        let mine = std::mem::take(&mut d.mine);
-        for (txn_id, reason) in rejected {
-            if mine.contains(&txn_id) {
-                self.report(format!(
-                    "the primaries rejected this device's transaction {txn_id}, which is taken \
-                     back here: {reason}"
-                ));
-            } else {
-                eprintln!(
-                    "note: the primaries rejected this device's transaction {txn_id}, written \
-                     before this session, which is taken back here: {}",
-                    one_line(&reason)
-                );
-            }
+        let (own, earlier): (Vec<_>, Vec<_>) = rejected
+            .into_iter()
+            .partition(|(txn_id, _)| d.mine.contains(txn_id));
+        for (txn_id, reason) in earlier {
+            eprintln!(
+                "note: the primaries rejected this device's transaction {txn_id}, written before \
+                 this session, which is taken back here: {}",
+                one_line(&reason)
+            );
         }
-        if let Some(d) = &mut self.decisions {
-            d.mine = mine;
+        for (txn_id, reason) in own {
+            self.report(format!(
+                "the primaries rejected this device's transaction {txn_id}, which is taken back \
+                 here: {reason}"
+            ));
         }
     }
 

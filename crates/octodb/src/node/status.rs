@@ -278,7 +278,6 @@ pub struct ClusterMember {
     pub lag: Option<u64>,
 }
 
-/// Why this primary's Raft node stopped by itself, if it did.
 /// The node's `sync_error`, from what its sessions noted (`live`) and its cluster's state.
 /// A Raft node stopped by itself comes first: nothing else is fixed until the database is
 /// opened again (a failed write said the disk might be full, the cluster walkthrough: the
@@ -294,6 +293,7 @@ pub(crate) fn sync_error_of(shared: &Shared, live: Option<String>) -> Option<Str
         })
 }
 
+/// Why this primary's Raft node stopped by itself, if it did.
 fn raft_stopped_because(shared: &Shared) -> Option<String> {
     let raft = shared.cluster.get()?.raft();
     let fatal = raft.metrics().borrow().running_state.clone().err()?;

@@ -15,9 +15,9 @@ _log = logging.getLogger("octodb.broker.server")
 def caller():
     """The node a request comes from, while the server runs an exported method or a plain call
     for it (``{"node_id": ..., "user_id": ..., "public_key": ..., "role": ...}``); None outside
-    a request. Plain
-    calls (``do_<name>``, ``add_call``) and exported methods run for every approved node that
-    asks: a call that only some users may make checks ``caller()["user_id"]`` itself."""
+    a request. Plain calls (``do_<name>``, ``add_call``) and exported methods run for every
+    approved node that asks: a call that only some users may make checks
+    ``caller()["user_id"]`` itself."""
     peer = getattr(_request, "peer", None)
     return dict(peer) if peer is not None else None
 
@@ -47,7 +47,6 @@ class _calling:
                 "".join(traceback.format_exception(kind, error, tb)).rstrip(),
             )
         return False
-
 
 
 class _Attr:

@@ -1,5 +1,6 @@
 //! octodb's own PRAGMAs (`sync_status`, `nodes`, `user_signup`, `authorize_*`,
-//! `authorizer_service`, `remove_primary`, `txn_status`, `pending_txns`), answered by the connection without SQLite.
+//! `authorizer_service`, `remove_primary`, `txn_status`, `pending_txns`), answered by the
+//! connection without SQLite.
 
 use super::{Connection, Outcome};
 use crate::api::pragma::Pragma;
